@@ -1,0 +1,115 @@
+//! How values become bytes: postcard, with a copy-only fast path for byte vectors.
+//!
+//! postcard encodes a `Vec<u8>` as a varint length followed by the raw bytes, but it does so
+//! one element at a time through serde. For `Vec<u8>` we write (and read) exactly the same
+//! layout with one `memcpy`, so both paths are interchangeable: a value written by either
+//! decodes with either. This matters for the large buffers the store is for.
+
+use crate::error::{Error, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::any::{Any, TypeId};
+
+/// An encoded value, possibly in two parts (header + borrowed body) so that large byte
+/// vectors are not copied before they reach the store.
+pub(crate) enum Encoded<'a> {
+    Owned(Vec<u8>),
+    Bytes { header: Vec<u8>, body: &'a [u8] },
+}
+
+impl Encoded<'_> {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Encoded::Owned(v) => v.len(),
+            Encoded::Bytes { header, body } => header.len() + body.len(),
+        }
+    }
+    pub(crate) fn parts(&self) -> Vec<&[u8]> {
+        match self {
+            Encoded::Owned(v) => vec![v],
+            Encoded::Bytes { header, body } => vec![header, body],
+        }
+    }
+    pub(crate) fn into_vec(self) -> Vec<u8> {
+        match self {
+            Encoded::Owned(v) => v,
+            Encoded::Bytes { mut header, body } => {
+                header.extend_from_slice(body);
+                header
+            }
+        }
+    }
+}
+
+fn ser_err(e: postcard::Error) -> Error {
+    Error::Serialization { detail: e.to_string() }
+}
+
+/// Encodes `v`.
+pub(crate) fn encode<T: Serialize + 'static>(v: &T) -> Result<Encoded<'_>> {
+    if let Some(bytes) = (v as &dyn Any).downcast_ref::<Vec<u8>>() {
+        let header = postcard::to_allocvec(&bytes.len()).map_err(ser_err)?;
+        return Ok(Encoded::Bytes { header, body: bytes });
+    }
+    postcard::to_allocvec(v).map(Encoded::Owned).map_err(ser_err)
+}
+
+/// Encodes `v` into one buffer.
+pub fn encode_vec<T: Serialize + 'static>(v: &T) -> Result<Vec<u8>> {
+    encode(v).map(Encoded::into_vec)
+}
+
+/// Decodes a `T` from `bytes`.
+pub fn decode<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T> {
+    if TypeId::of::<T>() == TypeId::of::<Vec<u8>>() {
+        let body = bytes_body(bytes)?;
+        let boxed: Box<dyn Any> = Box::new(body.to_vec());
+        return Ok(*boxed.downcast::<T>().expect("T is Vec<u8>"));
+    }
+    match postcard::take_from_bytes::<T>(bytes) {
+        Ok((v, rest)) if rest.is_empty() => Ok(v),
+        Ok((_, rest)) => Err(Error::Serialization {
+            detail: format!("{} bytes left over after decoding {}", rest.len(), std::any::type_name::<T>()),
+        }),
+        Err(e) => Err(Error::Serialization {
+            detail: format!("cannot decode {}: {e}", std::any::type_name::<T>()),
+        }),
+    }
+}
+
+/// The raw bytes inside an encoded `Vec<u8>` (skipping the length prefix).
+pub(crate) fn bytes_body(bytes: &[u8]) -> Result<&[u8]> {
+    let (len, rest) = postcard::take_from_bytes::<usize>(bytes).map_err(ser_err)?;
+    if rest.len() != len {
+        return Err(Error::Serialization {
+            detail: format!("byte vector says {len} bytes but {} follow", rest.len()),
+        });
+    }
+    Ok(rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_path_matches_postcard_layout() {
+        for n in [0usize, 1, 127, 128, 300, 70_000] {
+            let v: Vec<u8> = (0..n).map(|i| i as u8).collect();
+            let fast = encode_vec(&v).unwrap();
+            let slow = postcard::to_allocvec(&v).unwrap();
+            assert_eq!(fast, slow, "n={n}");
+            assert_eq!(decode::<Vec<u8>>(&slow).unwrap(), v);
+            let via_serde: Vec<u8> = postcard::from_bytes(&fast).unwrap();
+            assert_eq!(via_serde, v);
+        }
+    }
+
+    #[test]
+    fn type_mismatch_is_an_error() {
+        let b = encode_vec(&"hello".to_string()).unwrap();
+        assert!(matches!(decode::<u64>(&b), Err(Error::Serialization { .. })));
+        assert!(decode::<Vec<u8>>(&[5, 1]).is_err());
+        assert_eq!(decode::<(i64, String)>(&encode_vec(&(3i64, "x".to_string())).unwrap()).unwrap(), (3, "x".into()));
+    }
+}

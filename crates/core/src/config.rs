@@ -1,0 +1,111 @@
+//! Every tunable of a ferry process, in one place, with its default and its environment
+//! override (`FERRY_<NAME>`, read by [`Config::default`]).
+
+use std::time::Duration;
+
+/// How to start or join a cluster, and the runtime's tunables.
+///
+/// ```no_run
+/// let cfg = ferry_core::Config::default().num_cpus(4).resource("disk", 2.0);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// CPUs of the embedded node (default: the machine's cores). Env: `FERRY_NUM_CPUS`.
+    pub num_cpus: Option<usize>,
+    /// Custom resources of the embedded node, e.g. `("gpu", 1.0)`.
+    pub resources: Vec<(String, f64)>,
+    /// Values whose encoding is at most this many bytes travel inline (in task specs,
+    /// replies and the owner's memory); larger ones go to the shared-memory store.
+    /// Env: `FERRY_INLINE_MAX_BYTES`. Default 100 KiB.
+    pub inline_max_bytes: usize,
+    /// Capacity of the node's store. Env: `FERRY_OBJECT_STORE_BYTES`. Default 30% of RAM.
+    pub object_store_bytes: Option<u64>,
+    /// Tasks pushed to one leased worker before its replies come back. Env:
+    /// `FERRY_MAX_TASKS_IN_FLIGHT`. Default 16.
+    pub max_tasks_in_flight_per_worker: usize,
+    /// Lease requests one owner keeps outstanding per scheduling class. Default 2.
+    pub max_pending_lease_requests: usize,
+    /// A lease unused this long is returned to the daemon. Env: `FERRY_LEASE_IDLE_MS`.
+    /// Default 1 s (the daemon also recalls idle leases at once when it runs short).
+    pub lease_idle_timeout: Duration,
+    /// Workers started ahead of need (default: `num_cpus`). Env: `FERRY_PRESTART_WORKERS`.
+    pub prestart_workers: Option<usize>,
+    /// Most worker processes on a node. Env: `FERRY_MAX_WORKERS`. Default 512.
+    pub max_workers: usize,
+    /// Idle workers beyond the prestarted ones are stopped after this. Default 5 s.
+    pub idle_worker_timeout: Duration,
+    /// Largest frame accepted on any connection. Default 64 MiB.
+    pub max_frame_bytes: u32,
+    /// Default retries of a task whose worker dies. Default 3.
+    pub default_max_retries: u32,
+}
+
+fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            num_cpus: env("FERRY_NUM_CPUS"),
+            resources: Vec::new(),
+            inline_max_bytes: env("FERRY_INLINE_MAX_BYTES").unwrap_or(100 << 10),
+            object_store_bytes: env("FERRY_OBJECT_STORE_BYTES"),
+            max_tasks_in_flight_per_worker: env("FERRY_MAX_TASKS_IN_FLIGHT").unwrap_or(16).max(1),
+            max_pending_lease_requests: 2,
+            lease_idle_timeout: Duration::from_millis(env("FERRY_LEASE_IDLE_MS").unwrap_or(1000)),
+            prestart_workers: env("FERRY_PRESTART_WORKERS"),
+            max_workers: env("FERRY_MAX_WORKERS").unwrap_or(512),
+            idle_worker_timeout: Duration::from_secs(5),
+            max_frame_bytes: ferry_proto::DEFAULT_MAX_FRAME,
+            default_max_retries: 3,
+        }
+    }
+}
+
+impl Config {
+    /// Sets the embedded node's CPU count.
+    pub fn num_cpus(mut self, n: usize) -> Self {
+        self.num_cpus = Some(n.max(1));
+        self
+    }
+    /// Adds a custom resource to the embedded node.
+    pub fn resource(mut self, name: &str, amount: f64) -> Self {
+        self.resources.push((name.to_string(), amount));
+        self
+    }
+    /// Sets the store's capacity in bytes.
+    pub fn object_store_bytes(mut self, bytes: u64) -> Self {
+        self.object_store_bytes = Some(bytes);
+        self
+    }
+    /// Sets the inline threshold in bytes.
+    pub fn inline_max_bytes(mut self, bytes: usize) -> Self {
+        self.inline_max_bytes = bytes;
+        self
+    }
+
+    pub(crate) fn cpus(&self) -> usize {
+        self.num_cpus.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+    }
+
+    pub(crate) fn store_bytes(&self) -> u64 {
+        self.object_store_bytes.unwrap_or_else(|| total_memory().map(|m| m / 10 * 3).unwrap_or(2 << 30))
+    }
+
+    /// The settings a worker inherits from its driver, as environment variables.
+    pub(crate) fn to_worker_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("FERRY_INLINE_MAX_BYTES".into(), self.inline_max_bytes.to_string()),
+            ("FERRY_MAX_TASKS_IN_FLIGHT".into(), self.max_tasks_in_flight_per_worker.to_string()),
+            ("FERRY_LEASE_IDLE_MS".into(), self.lease_idle_timeout.as_millis().to_string()),
+        ]
+    }
+}
+
+fn total_memory() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

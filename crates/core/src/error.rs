@@ -1,0 +1,106 @@
+//! The error every ferry call returns. Each variant says what happened and what to do.
+
+use ferry_proto::msg::TaskError;
+use ferry_proto::ObjectId;
+use std::fmt;
+use std::time::Duration;
+
+/// Result of a ferry call.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a ferry call or a task produced no value.
+///
+/// An error of a task reaches the `get` of its returns and, unchanged, the `get` of every
+/// task downstream that took those returns as arguments.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The task's function panicked; `message` is the panic's message.
+    TaskPanicked { task: String, message: String },
+    /// The worker running the task died and no retries were left.
+    WorkerDied { task: String, detail: String },
+    /// The object cannot be retrieved any more.
+    ObjectLost { object: ObjectId, reason: String },
+    /// A value did not encode or decode (a type mismatch between caller and function, or a
+    /// value serde cannot represent).
+    Serialization { detail: String },
+    /// `get` or `wait` gave up after the caller's timeout; the task goes on.
+    Timeout { waited: Duration },
+    /// The task was cancelled before it produced a value.
+    Cancelled { task: String },
+    /// No node can ever provide the resources the task asks for.
+    Infeasible { task: String, detail: String },
+    /// The worker's binary has no function with this id (driver and worker binaries differ).
+    UnknownFunction { function: String },
+    /// The object store is full.
+    ObjectStoreFull { detail: String },
+    /// The runtime is not running (never started, failed to start, or shut down).
+    NotRunning { detail: String },
+    /// `init` was called twice in one process.
+    AlreadyInitialized,
+    /// Starting or reaching the cluster failed.
+    Connection { detail: String },
+}
+
+impl Error {
+    pub(crate) fn from_task(name: &str, e: TaskError) -> Error {
+        match e {
+            TaskError::Panicked { message, .. } => Error::TaskPanicked { task: name.to_string(), message },
+            TaskError::UnknownFunction { function } => Error::UnknownFunction { function },
+            TaskError::BadArgument { index, detail, .. } => Error::Serialization {
+                detail: format!("argument {index} of {name} did not decode: {detail}"),
+            },
+            TaskError::BadReturn { detail, .. } => {
+                if detail.contains("object store full") {
+                    Error::ObjectStoreFull { detail }
+                } else {
+                    Error::Serialization { detail: format!("return value of {name}: {detail}") }
+                }
+            }
+            TaskError::ArgumentUnavailable { detail, .. } => Error::ObjectLost {
+                object: ObjectId::default(),
+                reason: format!("an argument of {name} could not be read: {detail}"),
+            },
+            TaskError::Cancelled => Error::Cancelled { task: name.to_string() },
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::TaskPanicked { task, message } => write!(f, "task {task} panicked: {message}"),
+            Error::WorkerDied { task, detail } => write!(
+                f,
+                "the worker running task {task} died ({detail}) and no retries were left; \
+                 raise max_retries if the task is idempotent"
+            ),
+            Error::ObjectLost { object, reason } => write!(f, "object {object:?} is lost: {reason}"),
+            Error::Serialization { detail } => write!(
+                f,
+                "serialization failed: {detail}; check that the caller's and the function's types match"
+            ),
+            Error::Timeout { waited } => {
+                write!(f, "timed out after {waited:?}; the task goes on, call get again to keep waiting")
+            }
+            Error::Cancelled { task } => write!(f, "task {task} was cancelled"),
+            Error::Infeasible { task, detail } => write!(
+                f,
+                "task {task} can never be scheduled: {detail}; lower its resource request or add them \
+                 to the cluster (Config::resource / num_cpus)"
+            ),
+            Error::UnknownFunction { function } => write!(
+                f,
+                "the worker has no remote function {function:?}; driver and workers must run the same binary"
+            ),
+            Error::ObjectStoreFull { detail } => write!(f, "{detail}"),
+            Error::NotRunning { detail } => write!(f, "ferry is not running: {detail}"),
+            Error::AlreadyInitialized => {
+                write!(f, "ferry::init was already called in this process; call it once, at start")
+            }
+            Error::Connection { detail } => write!(f, "cannot reach the cluster: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}

@@ -1,0 +1,522 @@
+//! ferry's owner and worker core. Users reach it through the `ferry` facade.
+//!
+//! - [`ObjectRef`]: a typed future for an object this process owns.
+//! - [`init`], [`get`], [`put`], [`wait`], [`cancel`]: the calls of the programming model.
+//! - `owner`: the owner's table and the submitter (pure state, see its docs).
+//! - `runtime`: the process's connections and threads.
+//! - `executor`: how a worker runs tasks.
+//!
+//! **Architecture Invariant:** the process that submits a task (or calls `put`) owns the
+//! returned object: its table alone says whether the object is pending, where its value is,
+//! and when it can be freed. No central service is on the path of a task.
+
+mod codec;
+mod config;
+mod error;
+mod executor;
+mod owner;
+pub mod registry;
+mod runtime;
+mod session;
+mod worker;
+
+pub use codec::{decode, encode_vec};
+pub use config::Config;
+pub use error::{Error, Result};
+pub use executor::store_return;
+pub use ferry_proto::msg::NodeStats;
+pub use ferry_proto::ObjectId;
+pub use runtime::block_on;
+
+use owner::{ArgDraft, Ready};
+use runtime::{runtime, try_runtime, Runtime};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------------------------------
+// Worker mode
+
+/// Runs before `main`: a process started by a node daemon as a worker becomes one here and
+/// never reaches `main`. This is why any binary that links ferry (tests, benches, examples)
+/// can be its own worker without special code in `main`.
+#[used]
+#[link_section = ".init_array"]
+static WORKER_ENTRY: extern "C" fn() = worker_entry;
+
+extern "C" fn worker_entry() {
+    if std::env::var_os(ferry_node::worker_env::WORKER).is_some_and(|v| v == "1") {
+        worker::main();
+    }
+}
+
+/// Enters worker mode if this process was started as a worker (`#[ferry::main]` calls it
+/// first thing; the constructor above has normally done so already).
+pub fn worker_entry_point() {
+    worker_entry();
+}
+
+// ---------------------------------------------------------------------------------------
+// Starting and stopping
+
+/// Starts ferry in this process: with no cluster address, an embedded local cluster (a node
+/// daemon on background threads and one worker process per core, started from this very
+/// binary). Call once, early in `main`; other calls start it with `Config::default()` if
+/// it is not running.
+pub fn init(cfg: Config) -> Result<()> {
+    let _g = Runtime::init_lock();
+    if Runtime::is_set() {
+        return Err(Error::AlreadyInitialized);
+    }
+    // Keep the worker constructor linked into every binary that starts a cluster.
+    std::hint::black_box(&WORKER_ENTRY);
+    session::start_embedded(cfg)?;
+    Ok(())
+}
+
+/// Stops ferry: pending objects fail with `NotRunning`, and the embedded cluster's
+/// processes and files are removed. ferry cannot be started again in this process.
+pub fn shutdown() {
+    if let Some(rt) = try_runtime() {
+        rt.shutdown();
+    }
+}
+
+/// Figures of the local node: store usage, workers, resources.
+pub fn node_stats() -> Result<NodeStats> {
+    runtime()?.node_stats()
+}
+
+// ---------------------------------------------------------------------------------------
+// Object references
+
+/// An untyped handle that keeps its object alive in the owner's table.
+struct RawRef {
+    id: ObjectId,
+}
+
+impl Clone for RawRef {
+    fn clone(&self) -> Self {
+        if let Some(rt) = try_runtime() {
+            rt.lock().add_local_ref(self.id);
+        }
+        RawRef { id: self.id }
+    }
+}
+
+impl Drop for RawRef {
+    fn drop(&mut self) {
+        if let Some(rt) = try_runtime() {
+            let id = self.id;
+            rt.with_state(|st, fx| st.remove_local_ref(id, fx));
+        }
+    }
+}
+
+/// A typed future for an object: the return of a remote function or a `put`. It is ready
+/// when the object is, and keeps the object alive while it exists.
+///
+/// ```no_run
+/// # fn f() -> ferry_core::Result<()> {
+/// let r = ferry_core::put(41u64)?;
+/// assert_eq!(ferry_core::get(&r)?, 41);
+/// # Ok(()) }
+/// ```
+pub struct ObjectRef<T> {
+    raw: RawRef,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> ObjectRef<T> {
+    fn from_id(id: ObjectId) -> Self {
+        ObjectRef { raw: RawRef { id }, _t: PhantomData }
+    }
+    /// The object's id (which names its owner).
+    pub fn id(&self) -> ObjectId {
+        self.raw.id
+    }
+}
+
+impl<T> Clone for ObjectRef<T> {
+    fn clone(&self) -> Self {
+        ObjectRef { raw: self.raw.clone(), _t: PhantomData }
+    }
+}
+
+impl<T> std::fmt::Debug for ObjectRef<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ObjectRef<{}>({:?})", std::any::type_name::<T>(), self.raw.id)
+    }
+}
+
+impl<T> PartialEq for ObjectRef<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw.id == other.raw.id
+    }
+}
+impl<T> Eq for ObjectRef<T> {}
+impl<T> std::hash::Hash for ObjectRef<T> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.raw.id.hash(state)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Task arguments and options
+
+enum ArgInner {
+    Value(Vec<u8>),
+    Ref(RawRef),
+    Failed(Error),
+}
+
+/// A task argument: a value, or a reference whose value the task receives.
+pub struct TaskArg(ArgInner);
+
+/// What may be passed where a remote function takes a `T`: a `T`, or an
+/// `ObjectRef<T>` (by value or by reference), resolved to its value before the task runs.
+pub trait IntoArg<T> {
+    fn into_arg(self) -> TaskArg;
+}
+
+impl<T: Serialize + 'static> IntoArg<T> for T {
+    fn into_arg(self) -> TaskArg {
+        let rt = match runtime() {
+            Ok(rt) => rt,
+            Err(e) => return TaskArg(ArgInner::Failed(e)),
+        };
+        match codec::encode(&self) {
+            Ok(enc) if enc.len() <= rt.cfg.inline_max_bytes => TaskArg(ArgInner::Value(enc.into_vec())),
+            // Large values go through the store, as if `put` first.
+            Ok(enc) => match rt.put_encoded(enc) {
+                Ok(id) => TaskArg(ArgInner::Ref(RawRef { id })),
+                Err(e) => TaskArg(ArgInner::Failed(e)),
+            },
+            Err(e) => TaskArg(ArgInner::Failed(e)),
+        }
+    }
+}
+
+impl<T> IntoArg<T> for &ObjectRef<T> {
+    fn into_arg(self) -> TaskArg {
+        TaskArg(ArgInner::Ref(self.raw.clone()))
+    }
+}
+
+impl<T> IntoArg<T> for ObjectRef<T> {
+    fn into_arg(self) -> TaskArg {
+        TaskArg(ArgInner::Ref(self.raw))
+    }
+}
+
+/// Options of one task: resources, retries, a display name.
+#[derive(Clone, Debug)]
+pub struct TaskOptions {
+    /// CPUs the task holds while it runs (default 1).
+    pub num_cpus: f64,
+    /// Custom resources, e.g. `("gpu", 1.0)`.
+    pub resources: Vec<(String, f64)>,
+    /// Retries if the worker dies (default `Config::default_max_retries`).
+    pub max_retries: Option<u32>,
+    /// Name shown in errors (default: the function's name).
+    pub name: Option<String>,
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        TaskOptions { num_cpus: 1.0, resources: Vec::new(), max_retries: None, name: None }
+    }
+}
+
+impl TaskOptions {
+    fn shape(&self) -> ferry_proto::msg::Shape {
+        let mut s = ferry_proto::msg::Shape::cpus(self.num_cpus);
+        for (n, a) in &self.resources {
+            s.set(n, *a);
+        }
+        s
+    }
+}
+
+/// Builder methods shared by the `Options` type each `#[ferry::remote]` function gets.
+pub trait RemoteOptions: Sized {
+    #[doc(hidden)]
+    fn task_options(&mut self) -> &mut TaskOptions;
+
+    /// CPUs the task needs (fractions allowed; 0 for none).
+    fn num_cpus(mut self, n: f64) -> Self {
+        self.task_options().num_cpus = n;
+        self
+    }
+    /// A custom resource the task needs.
+    fn resource(mut self, name: &str, amount: f64) -> Self {
+        self.task_options().resources.push((name.to_string(), amount));
+        self
+    }
+    /// Retries if the worker running it dies.
+    fn max_retries(mut self, n: u32) -> Self {
+        self.task_options().max_retries = Some(n);
+        self
+    }
+    /// The task's display name.
+    fn name(mut self, name: &str) -> Self {
+        self.task_options().name = Some(name.to_string());
+        self
+    }
+}
+
+/// Submits a task (used by the code `#[ferry::remote]` generates).
+#[doc(hidden)]
+pub fn submit<R>(function: &'static str, opts: &TaskOptions, args: Vec<TaskArg>) -> ObjectRef<R> {
+    let rt = match runtime() {
+        // A ref with no entry: its `get` reports why the runtime is not there.
+        Err(_) => return ObjectRef::from_id(ObjectId::default()),
+        Ok(rt) => rt,
+    };
+    let mut drafts = Vec::with_capacity(args.len());
+    let mut held = Vec::new();
+    for a in args {
+        match a.0 {
+            ArgInner::Value(v) => drafts.push(ArgDraft::Value(v)),
+            ArgInner::Ref(raw) => {
+                drafts.push(ArgDraft::Ref(raw.id));
+                held.push(raw);
+            }
+            ArgInner::Failed(e) => return ObjectRef::from_id(rt.failed_object(e)),
+        }
+    }
+    let name: Arc<str> = match &opts.name {
+        Some(n) => Arc::from(n.as_str()),
+        None => Arc::from(function.rsplit("::").next().unwrap_or(function)),
+    };
+    let retries = opts.max_retries.unwrap_or(rt.cfg.default_max_retries);
+    let id = rt.submit(function, name, drafts, &opts.shape(), retries);
+    // The task now counts its arguments itself.
+    drop(held);
+    ObjectRef::from_id(id)
+}
+
+// ---------------------------------------------------------------------------------------
+// get / put / wait / cancel
+
+fn decode_ready<T: DeserializeOwned + 'static>(rt: &Runtime, id: ObjectId, ready: Ready) -> Result<T> {
+    match ready {
+        Ready::Inline(b) => codec::decode(&b),
+        Ready::Stored { .. } => codec::decode(&rt.map_object(id)?),
+    }
+}
+
+fn wait_ready(rt: &Runtime, id: ObjectId, timeout: Option<Duration>) -> Result<Ready> {
+    let deadline = timeout.map(|d| Instant::now() + d);
+    match rt.block_until(deadline, |w| rt.poll_object(id, w)) {
+        Some(r) => r,
+        None => Err(Error::Timeout { waited: timeout.unwrap_or_default() }),
+    }
+}
+
+/// Waits for the object and returns its value.
+pub fn get<T: DeserializeOwned + 'static>(r: &ObjectRef<T>) -> Result<T> {
+    let rt = runtime()?;
+    let ready = wait_ready(rt, r.id(), None)?;
+    decode_ready(rt, r.id(), ready)
+}
+
+/// Like [`get`], giving up with [`Error::Timeout`] after `timeout`.
+pub fn get_timeout<T: DeserializeOwned + 'static>(r: &ObjectRef<T>, timeout: Duration) -> Result<T> {
+    let rt = runtime()?;
+    let ready = wait_ready(rt, r.id(), Some(timeout))?;
+    decode_ready(rt, r.id(), ready)
+}
+
+/// Gets every object, in order; the first error is returned.
+pub fn get_all<T: DeserializeOwned + 'static>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
+    refs.iter().map(get).collect()
+}
+
+/// The bytes of a stored byte vector, without a copy: a view of the shared-memory store
+/// (or of the owner's memory, for small values).
+#[derive(Clone)]
+pub struct Bytes {
+    inner: BytesInner,
+    start: usize,
+}
+
+#[derive(Clone)]
+enum BytesInner {
+    Inline(Arc<Vec<u8>>),
+    Mapped(ferry_store::ObjectView),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.inner {
+            BytesInner::Inline(v) => &v[self.start..],
+            BytesInner::Mapped(m) => &m[self.start..],
+        }
+    }
+}
+
+impl AsRef<[u8]> for Bytes {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bytes({} bytes)", self.len())
+    }
+}
+
+/// Waits for a byte vector and returns a zero-copy view of it.
+pub fn get_bytes(r: &ObjectRef<Vec<u8>>) -> Result<Bytes> {
+    let rt = runtime()?;
+    let inner = match wait_ready(rt, r.id(), None)? {
+        Ready::Inline(b) => BytesInner::Inline(b),
+        Ready::Stored { .. } => BytesInner::Mapped(rt.map_object(r.id())?),
+    };
+    let all: &[u8] = match &inner {
+        BytesInner::Inline(v) => v,
+        BytesInner::Mapped(m) => m,
+    };
+    let body = codec::bytes_body(all)?;
+    let start = all.len() - body.len();
+    Ok(Bytes { inner, start })
+}
+
+/// Stores a value and returns an owned reference to it. Small values stay in this
+/// process's memory; large ones go to the node's shared-memory store.
+pub fn put<T: Serialize + 'static>(value: T) -> Result<ObjectRef<T>> {
+    let rt = runtime()?;
+    let enc = codec::encode(&value)?;
+    rt.put_encoded(enc).map(ObjectRef::from_id)
+}
+
+/// Waits until `num_ready` of `refs` are ready (a failed object counts as ready) or the
+/// timeout passes, and returns `(ready, not_ready)`: at most `num_ready` refs in the first
+/// list, every other ref in the second, each in the order given.
+pub fn wait<T>(
+    refs: &[ObjectRef<T>],
+    num_ready: usize,
+    timeout: Option<Duration>,
+) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
+    let rt = runtime()?;
+    let n = num_ready.min(refs.len());
+    let deadline = timeout.map(|d| Instant::now() + d);
+    let ids: Vec<ObjectId> = refs.iter().map(|r| r.id()).collect();
+    let poll_flags = |waker: Option<&std::task::Waker>| -> Poll<Vec<bool>> {
+        let mut st = rt.lock();
+        let flags: Vec<bool> = ids
+            .iter()
+            .map(|id| st.objects.get(id).is_none_or(|e| !matches!(e.state, owner::ObjState::Pending)))
+            .collect();
+        if flags.iter().filter(|f| **f).count() >= n {
+            return Poll::Ready(flags);
+        }
+        if let Some(w) = waker {
+            for (id, ready) in ids.iter().zip(&flags) {
+                if !ready {
+                    if let Some(e) = st.objects.get_mut(id) {
+                        if !e.waiters.iter().any(|x| x.will_wake(w)) {
+                            e.waiters.push(w.clone());
+                        }
+                    }
+                }
+            }
+        }
+        Poll::Pending
+    };
+    let flags = match rt.block_until(deadline, |w| poll_flags(Some(w))) {
+        Some(f) => f,
+        None => match poll_flags(None) {
+            Poll::Ready(f) => f,
+            Poll::Pending => {
+                let st = rt.lock();
+                ids.iter()
+                    .map(|id| st.objects.get(id).is_none_or(|e| !matches!(e.state, owner::ObjState::Pending)))
+                    .collect()
+            }
+        },
+    };
+    let mut ready = Vec::new();
+    let mut pending = Vec::new();
+    for (r, f) in refs.iter().zip(flags) {
+        // Like Ray: at most `num_ready` in the first list, the rest in the second.
+        if f && ready.len() < n {
+            ready.push(r.clone());
+        } else {
+            pending.push(r.clone());
+        }
+    }
+    Ok((ready, pending))
+}
+
+/// Cancels the task that produces `r`: a task not yet started never runs; one already
+/// running finishes but its result is dropped. Either way `get(r)` returns
+/// [`Error::Cancelled`]. Cancelling a finished task or a `put` object does nothing.
+pub fn cancel<T>(r: &ObjectRef<T>) -> Result<()> {
+    let rt = runtime()?;
+    let id = r.id();
+    rt.with_state(|st, fx| st.cancel(id, fx));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// async
+
+/// A future of an object's value: `ferry::get_async(&r).await` or `r.await`.
+pub struct GetFuture<T> {
+    id: ObjectId,
+    _hold: Option<RawRef>,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned + 'static> Future for GetFuture<T> {
+    type Output = Result<T>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        let rt = match runtime() {
+            Ok(rt) => rt,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        match rt.poll_object(self.id, cx.waker()) {
+            Poll::Ready(Ok(r)) => Poll::Ready(decode_ready(rt, self.id, r)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Waits for an object without blocking a thread.
+pub fn get_async<T: DeserializeOwned + 'static>(r: &ObjectRef<T>) -> GetFuture<T> {
+    GetFuture { id: r.id(), _hold: Some(r.raw.clone()), _t: PhantomData }
+}
+
+impl<T: DeserializeOwned + 'static> IntoFuture for ObjectRef<T> {
+    type Output = Result<T>;
+    type IntoFuture = GetFuture<T>;
+    fn into_future(self) -> GetFuture<T> {
+        GetFuture { id: self.raw.id, _hold: Some(self.raw), _t: PhantomData }
+    }
+}
+
+impl<T: DeserializeOwned + 'static> IntoFuture for &ObjectRef<T> {
+    type Output = Result<T>;
+    type IntoFuture = GetFuture<T>;
+    fn into_future(self) -> GetFuture<T> {
+        get_async(self)
+    }
+}
+
+/// Private items for generated code.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::registry::{check_arity, decode_arg, run_catching, RemoteFunction, REMOTE_FUNCTIONS};
+    pub use ferry_proto::msg::{Return, TaskError};
+    pub use linkme;
+}

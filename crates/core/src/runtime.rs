@@ -1,0 +1,469 @@
+//! The per-process runtime: the owner table, the connection to the node daemon, the
+//! connections to leased workers, and (in workers) the executor.
+//!
+//! One [`Runtime`] per process, reached through [`runtime`]. Threads it starts:
+//! - `ferry-node-rx`: reads the daemon's messages (lease grants, worker deaths, replies);
+//! - `ferry-worker-rx` (one per leased worker): reads task replies;
+//! - `ferry-housekeeping`: returns leases idle for too long;
+//! - in workers, `ferry-accept` and one `ferry-owner-rx` per owner (see `executor`).
+//!
+//! The owner table's mutex is never held while blocking on the network: state changes
+//! collect their sends in [`Effects`], which go out after the lock is released (sends only
+//! append to a connection's buffer, or write to a socket whose reader is always reading).
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::executor::Executor;
+use crate::owner::{ArgDraft, Effects, ObjState, OwnerLimits, OwnerState, Ready};
+use ferry_node::NodeHandle;
+use ferry_proto::conn::{connect, Addr, Conn};
+use ferry_proto::msg::{FromNode, FromWorker, NodeStats, ProcKind, Shape, ToNode};
+use ferry_proto::{FrameError, FrameReader, NodeId, ObjectId, Stream, WorkerId};
+use ferry_store::{ObjectView, StoreDir};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Poll, Wake, Waker};
+use std::thread;
+use std::time::{Duration, Instant};
+
+static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+static INIT: Mutex<()> = Mutex::new(());
+
+/// The process's runtime, started with `Config::default()` on first use if `init` was not
+/// called (as Ray does).
+pub(crate) fn runtime() -> Result<&'static Runtime> {
+    if let Some(rt) = RUNTIME.get() {
+        return rt.check_running().map(|_| rt);
+    }
+    match crate::init(Config::default()) {
+        Ok(()) | Err(Error::AlreadyInitialized) => {}
+        Err(e) => return Err(e),
+    }
+    let rt = RUNTIME.get().ok_or_else(|| Error::NotRunning { detail: "initialisation failed".into() })?;
+    rt.check_running().map(|_| rt)
+}
+
+/// The runtime if it was started, without starting it.
+pub(crate) fn try_runtime() -> Option<&'static Runtime> {
+    RUNTIME.get()
+}
+
+/// Who this process is in the cluster.
+pub(crate) struct Identity {
+    pub me: WorkerId,
+    pub kind: ProcKind,
+    pub token: String,
+    pub node_addr: Addr,
+    pub store_dir: std::path::PathBuf,
+    pub session_dir: std::path::PathBuf,
+}
+
+/// See the module docs.
+pub(crate) struct Runtime {
+    pub me: WorkerId,
+    pub node_id: NodeId,
+    pub cfg: Config,
+    pub token: String,
+    pub store: StoreDir,
+    pub session_dir: std::path::PathBuf,
+    node: Arc<Conn>,
+    node_calls: Mutex<HashMap<u64, mpsc::SyncSender<FromNode>>>,
+    next_call: AtomicU64,
+    state: Mutex<OwnerState>,
+    workers: Mutex<HashMap<WorkerId, Arc<Conn>>>,
+    pub executor: Option<Arc<Executor>>,
+    embedded: Mutex<Option<NodeHandle>>,
+    running: AtomicBool,
+}
+
+impl Runtime {
+    /// Connects to the node daemon, registers, and starts the runtime's threads.
+    pub(crate) fn start(
+        id: Identity,
+        cfg: Config,
+        embedded: Option<NodeHandle>,
+        executor: Option<Arc<Executor>>,
+        listen: Addr,
+    ) -> Result<&'static Runtime> {
+        let (conn, mut reader, node_id) = connect(&id.node_addr, &id.token, id.me, cfg.max_frame_bytes)
+            .map_err(|e| Error::Connection { detail: format!("node daemon at {}: {e}", id.node_addr) })?;
+        let conn = Arc::new(conn);
+        conn.send(&ToNode::Register { kind: id.kind, pid: std::process::id(), listen })
+            .map_err(|e| Error::Connection { detail: e.to_string() })?;
+        match reader.read::<FromNode>() {
+            Ok(FromNode::Registered { .. }) => {}
+            Ok(other) => return Err(Error::Connection { detail: format!("unexpected first reply {other:?}") }),
+            Err(e) => return Err(Error::Connection { detail: format!("registration failed: {e}") }),
+        }
+        let limits = OwnerLimits {
+            max_in_flight: cfg.max_tasks_in_flight_per_worker,
+            max_pending_requests: cfg.max_pending_lease_requests.max(1),
+        };
+        let rt = Runtime {
+            me: id.me,
+            node_id,
+            token: id.token,
+            store: StoreDir::open(id.store_dir),
+            session_dir: id.session_dir,
+            cfg,
+            node: conn,
+            node_calls: Mutex::new(HashMap::new()),
+            next_call: AtomicU64::new(1),
+            state: Mutex::new(OwnerState::new(id.me, limits)),
+            workers: Mutex::new(HashMap::new()),
+            executor,
+            embedded: Mutex::new(embedded),
+            running: AtomicBool::new(true),
+        };
+        if RUNTIME.set(rt).is_err() {
+            return Err(Error::AlreadyInitialized);
+        }
+        let rt: &'static Runtime = RUNTIME.get().expect("just set");
+        thread::Builder::new()
+            .name("ferry-node-rx".into())
+            .spawn(move || rt.node_reader(reader))
+            .map_err(|e| Error::Connection { detail: e.to_string() })?;
+        thread::Builder::new()
+            .name("ferry-housekeeping".into())
+            .spawn(move || rt.housekeeping())
+            .map_err(|e| Error::Connection { detail: e.to_string() })?;
+        Ok(rt)
+    }
+
+    pub(crate) fn init_lock() -> MutexGuard<'static, ()> {
+        INIT.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn is_set() -> bool {
+        RUNTIME.get().is_some()
+    }
+
+    fn check_running(&self) -> Result<()> {
+        if self.running.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(Error::NotRunning { detail: "ferry::shutdown was called".into() })
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, OwnerState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Carries out the effects of a state change (after the lock is released).
+    pub(crate) fn apply(&self, fx: Effects) {
+        for m in fx.to_node {
+            let _ = self.node.send(&m);
+        }
+        for (conn, m) in fx.pushes {
+            // A failed push surfaces as the loss of that worker on its reader thread.
+            let _ = conn.send(&m);
+        }
+    }
+
+    /// Runs `f` on the owner table, then carries out its effects.
+    pub(crate) fn with_state<R>(&self, f: impl FnOnce(&mut OwnerState, &mut Effects) -> R) -> R {
+        let mut fx = Effects::default();
+        let r = {
+            let mut st = self.lock();
+            f(&mut st, &mut fx)
+        };
+        self.apply(fx);
+        r
+    }
+
+    // ---- the node connection ----
+
+    /// Sends a request to the daemon and waits for its answer.
+    pub(crate) fn node_call(&self, make: impl FnOnce(u64) -> ToNode) -> Result<FromNode> {
+        let req = self.next_call.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.node_calls.lock().unwrap_or_else(|e| e.into_inner()).insert(req, tx);
+        if let Err(e) = self.node.send(&make(req)) {
+            self.node_calls.lock().unwrap_or_else(|e| e.into_inner()).remove(&req);
+            return Err(Error::Connection { detail: format!("node daemon: {e}") });
+        }
+        rx.recv_timeout(Duration::from_secs(60)).map_err(|_| {
+            self.node_calls.lock().unwrap_or_else(|e| e.into_inner()).remove(&req);
+            Error::Connection { detail: "the node daemon did not answer within 60 s".into() }
+        })
+    }
+
+    pub(crate) fn send_node(&self, m: &ToNode) {
+        let _ = self.node.send(m);
+    }
+
+    fn node_reader(&'static self, mut reader: FrameReader<Stream>) {
+        loop {
+            let msg = match reader.read::<FromNode>() {
+                Ok(m) => m,
+                Err(e) => {
+                    self.node_lost(e);
+                    return;
+                }
+            };
+            match msg {
+                FromNode::LeaseGranted { req, lease, worker, addr } => {
+                    match self.worker_conn(worker, &addr) {
+                        Ok(conn) => self.with_state(|st, fx| st.on_lease_granted(req, lease, worker, conn, fx)),
+                        Err(e) => {
+                            eprintln!("ferry: cannot reach leased worker {worker:?} at {addr}: {e}");
+                            self.with_state(|st, fx| st.on_lease_unreachable(req, lease, worker, fx))
+                        }
+                    }
+                }
+                FromNode::LeaseInfeasible { req, reason } => {
+                    self.with_state(|st, fx| st.on_lease_infeasible(req, reason, fx))
+                }
+                FromNode::RecallIdleLeases => self.with_state(|st, fx| st.return_idle_leases(None, fx)),
+                FromNode::WorkerDied { worker, reason } => self.worker_lost(worker, &reason),
+                FromNode::Sealed { req, .. } | FromNode::Stats { req, .. } => {
+                    if let Some(tx) = self.node_calls.lock().unwrap_or_else(|e| e.into_inner()).remove(&req) {
+                        let _ = tx.send(msg);
+                    }
+                }
+                FromNode::Registered { .. } => {}
+            }
+        }
+    }
+
+    fn node_lost(&self, e: FrameError) {
+        if self.executor.is_some() {
+            // A worker without its daemon has no purpose: its node is gone or stopping.
+            std::process::exit(0);
+        }
+        if self.running.load(Ordering::Acquire) {
+            eprintln!("ferry: lost the connection to the node daemon: {e}");
+            self.with_state(|st, fx| {
+                st.fail_all(Error::Connection { detail: format!("lost the node daemon: {e}") }, fx)
+            });
+        }
+    }
+
+    // ---- leased workers ----
+
+    /// The connection to `worker`, opened (with its reader thread) on first use.
+    fn worker_conn(&'static self, worker: WorkerId, addr: &Addr) -> Result<Arc<Conn>> {
+        if let Some(c) = self.workers.lock().unwrap_or_else(|e| e.into_inner()).get(&worker) {
+            return Ok(c.clone());
+        }
+        let (conn, reader, _) = connect(addr, &self.token, self.me, self.cfg.max_frame_bytes)
+            .map_err(|e| Error::Connection { detail: e.to_string() })?;
+        let conn = Arc::new(conn);
+        self.workers.lock().unwrap_or_else(|e| e.into_inner()).insert(worker, conn.clone());
+        thread::Builder::new()
+            .name("ferry-worker-rx".into())
+            .spawn(move || self.worker_reader(worker, reader))
+            .map_err(|e| Error::Connection { detail: e.to_string() })?;
+        Ok(conn)
+    }
+
+    fn worker_reader(&'static self, worker: WorkerId, mut reader: FrameReader<Stream>) {
+        let reason = loop {
+            match reader.read::<FromWorker>() {
+                Ok(FromWorker::Done { task, returns }) => self.with_state(|st, fx| st.on_done(task, returns, fx)),
+                Ok(FromWorker::Failed { task, error }) => self.with_state(|st, fx| st.on_failed(task, error, fx)),
+                Ok(FromWorker::Requeued { tasks }) => self.with_state(|st, fx| st.on_requeued(tasks, fx)),
+                Err(FrameError::Closed) => break "its connection closed".to_string(),
+                Err(e) => {
+                    eprintln!("ferry: closing connection to worker {worker:?}: {e}");
+                    break e.to_string();
+                }
+            }
+        };
+        self.worker_lost(worker, &reason);
+    }
+
+    fn worker_lost(&self, worker: WorkerId, reason: &str) {
+        if let Some(c) = self.workers.lock().unwrap_or_else(|e| e.into_inner()).remove(&worker) {
+            c.shutdown();
+        }
+        self.with_state(|st, fx| st.on_worker_lost(worker, reason, fx));
+    }
+
+    fn housekeeping(&'static self) {
+        while self.running.load(Ordering::Acquire) {
+            thread::sleep(Duration::from_millis(50));
+            if let Some(cutoff) = Instant::now().checked_sub(self.cfg.lease_idle_timeout) {
+                self.with_state(|st, fx| st.return_idle_leases(Some(cutoff), fx));
+            }
+        }
+    }
+
+    // ---- objects ----
+
+    /// Stores an encoded value this process owns and returns its id.
+    pub(crate) fn put_encoded(&self, enc: crate::codec::Encoded<'_>) -> Result<ObjectId> {
+        if enc.len() <= self.cfg.inline_max_bytes {
+            let v = enc.into_vec();
+            return Ok(self.with_state(|st, _| st.new_object(ObjState::Ready(Ready::Inline(Arc::new(v))))));
+        }
+        // Reserve the id first so the file is named for it.
+        let id = self.with_state(|st, _| st.new_object(ObjState::Pending));
+        let stored = self.write_and_seal(id, &enc.parts());
+        let state = match &stored {
+            Ok(size) => ObjState::Ready(Ready::Stored { size: *size, node: self.node_id }),
+            Err(e) => ObjState::Failed(e.clone()),
+        };
+        self.with_state(|st, fx| {
+            if let Some(e) = st.objects.get_mut(&id) {
+                e.state = state;
+            }
+            // Undo the handle the caller will not get on failure.
+            if stored.is_err() {
+                st.remove_local_ref(id, fx);
+            }
+        });
+        stored.map(|_| id)
+    }
+
+    /// Writes an object into this node's store and has the daemon account for it.
+    pub(crate) fn write_and_seal(&self, id: ObjectId, parts: &[&[u8]]) -> Result<u64> {
+        let size = self
+            .store
+            .write_parts(id, parts)
+            .map_err(|e| Error::ObjectStoreFull { detail: format!("cannot write object {id:?} to the store: {e}") })?;
+        match self.node_call(|req| ToNode::Seal { req, object: id, size })? {
+            FromNode::Sealed { error: None, .. } => Ok(size),
+            FromNode::Sealed { error: Some(e), .. } => Err(Error::ObjectStoreFull { detail: e }),
+            other => Err(Error::Connection { detail: format!("unexpected reply to seal: {other:?}") }),
+        }
+    }
+
+    pub(crate) fn map_object(&self, id: ObjectId) -> Result<ObjectView> {
+        self.store.map(id).map_err(|e| Error::ObjectLost {
+            object: id,
+            reason: format!("its store file could not be read: {e}"),
+        })
+    }
+
+    /// Polls `id`: ready, failed, or pending (then `waker` is registered).
+    pub(crate) fn poll_object(&self, id: ObjectId, waker: &Waker) -> Poll<Result<Ready>> {
+        let mut st = self.lock();
+        let Some(e) = st.objects.get_mut(&id) else {
+            return Poll::Ready(Err(Error::ObjectLost {
+                object: id,
+                reason: "this process holds no reference to it".into(),
+            }));
+        };
+        match &e.state {
+            ObjState::Ready(r) => Poll::Ready(Ok(r.clone())),
+            ObjState::Failed(err) => Poll::Ready(Err(err.clone())),
+            ObjState::Pending => {
+                if !e.waiters.iter().any(|w| w.will_wake(waker)) {
+                    e.waiters.push(waker.clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Blocks the calling thread until `poll` is ready or the deadline passes (`None`).
+    /// In a worker, a task that waits gives its CPU back for the wait.
+    pub(crate) fn block_until<R>(&self, deadline: Option<Instant>, mut poll: impl FnMut(&Waker) -> Poll<R>) -> Option<R> {
+        let tw = Arc::new(ThreadWaker { thread: thread::current() });
+        let waker = Waker::from(tw);
+        let mut blocked = None;
+        loop {
+            if let Poll::Ready(r) = poll(&waker) {
+                return Some(r);
+            }
+            if blocked.is_none() {
+                blocked = Some(self.executor.as_ref().and_then(|x| x.enter_blocked(self)));
+            }
+            match deadline {
+                None => thread::park(),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return None;
+                    }
+                    thread::park_timeout(d - now);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn submit(
+        &self,
+        function: &'static str,
+        name: Arc<str>,
+        args: Vec<ArgDraft>,
+        shape: &Shape,
+        max_retries: u32,
+    ) -> ObjectId {
+        self.with_state(|st, fx| st.submit(function, name, args, shape, max_retries, fx))
+    }
+
+    /// An object whose value is an error (for calls that fail before a task exists).
+    pub(crate) fn failed_object(&self, err: Error) -> ObjectId {
+        self.with_state(|st, _| st.new_object(ObjState::Failed(err)))
+    }
+
+    pub(crate) fn node_stats(&self) -> Result<NodeStats> {
+        match self.node_call(|req| ToNode::Stats { req })? {
+            FromNode::Stats { stats, .. } => Ok(stats),
+            other => Err(Error::Connection { detail: format!("unexpected reply to stats: {other:?}") }),
+        }
+    }
+
+    pub(crate) fn shutdown(&self) {
+        if !self.running.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        self.with_state(|st, fx| {
+            st.fail_all(Error::NotRunning { detail: "ferry::shutdown was called while it was pending".into() }, fx)
+        });
+        let node = self.embedded.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(n) = node {
+            n.shutdown();
+        }
+    }
+
+    /// Cleanup at process exit without taking locks that may be held.
+    pub(crate) fn emergency_cleanup(&self) {
+        if let Ok(g) = self.embedded.try_lock() {
+            if let Some(n) = g.as_ref() {
+                n.emergency_cleanup();
+            }
+        }
+    }
+
+    pub(crate) fn worker_pids(&self) -> Vec<u32> {
+        self.embedded.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|n| n.worker_pids()).unwrap_or_default()
+    }
+}
+
+struct ThreadWaker {
+    thread: thread::Thread,
+}
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.thread.unpark();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.thread.unpark();
+    }
+}
+
+/// Runs a future to completion on this thread (used for `async fn` tasks).
+pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let tw = Arc::new(ThreadWaker { thread: thread::current() });
+    let waker = Waker::from(tw);
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut blocked = None;
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        if blocked.is_none() {
+            if let Some(rt) = try_runtime() {
+                blocked = Some(rt.executor.as_ref().and_then(|x| x.enter_blocked(rt)));
+            }
+        }
+        thread::park();
+    }
+}

@@ -1,0 +1,64 @@
+//! Worker mode: the process a node daemon starts from the job's binary. It connects to the
+//! daemon, listens for owners, and runs tasks on its main thread until the daemon goes.
+
+use crate::config::Config;
+use crate::executor::Executor;
+use crate::runtime::{Identity, Runtime};
+use ferry_node::worker_env::*;
+use ferry_proto::conn::Addr;
+use ferry_proto::msg::ProcKind;
+use ferry_proto::WorkerId;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+
+fn var(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) => v,
+        Err(_) => {
+            eprintln!("ferry-worker: {name} is not set; worker processes are started by a node daemon");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Runs the worker; never returns.
+pub(crate) fn main() -> ! {
+    // Before `main`, std has not yet set SIGPIPE to ignored: a write to a closed socket
+    // must be an error, not the end of the process.
+    // SAFETY: setting a signal disposition to SIG_IGN.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let me = WorkerId(var(WORKER_ID).parse().unwrap_or_else(|_| {
+        eprintln!("ferry-worker: bad {WORKER_ID}");
+        std::process::exit(2)
+    }));
+    let id = Identity {
+        me,
+        kind: ProcKind::Worker,
+        token: var(TOKEN),
+        node_addr: Addr::Unix(PathBuf::from(var(NODE_SOCKET))),
+        store_dir: PathBuf::from(var(STORE_DIR)),
+        session_dir: PathBuf::from(var(SESSION_DIR)),
+    };
+    // Programs the task starts are not workers.
+    // SAFETY: still single-threaded here (before main, no thread started yet).
+    std::env::remove_var(WORKER);
+    std::env::remove_var(TOKEN);
+    let sock = id.session_dir.join(format!("w-{me}.sock"));
+    let listener = match UnixListener::bind(&sock) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("ferry-worker: cannot listen on {}: {e}", sock.display());
+            std::process::exit(1);
+        }
+    };
+    let exec = Executor::new();
+    let rt = match Runtime::start(id, Config::default(), None, Some(exec.clone()), Addr::Unix(sock)) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ferry-worker: {e}");
+            std::process::exit(1);
+        }
+    };
+    exec.serve(listener, rt);
+    exec.run(rt)
+}

@@ -1,0 +1,483 @@
+//! The node daemon: one per host. It owns the worker pool (processes started from the job's
+//! binary in worker mode), grants leases on them to owners, and keeps the accounts of the
+//! node's shared-memory store.
+//!
+//! The daemon is a library: [`start`] runs it on threads inside any process (the driver of
+//! an embedded local cluster, or the `ferry` CLI), and [`NodeHandle::shutdown`] stops it and
+//! every process it started.
+//!
+//! Threads: one accepts connections; one per connection reads requests; one (the spawner)
+//! starts, kills and reaps worker processes and ticks the scheduler's clock. All share
+//! [`State`] behind one mutex; the scheduling policy itself is `ferry_sched::Scheduler`.
+//!
+//! **Architecture Invariant:** the daemon is off the task path. It sees a lease request per
+//! burst of tasks of one shape, never a task; owners push tasks straight to workers.
+//!
+//! Shutdown order: stop accepting, kill every worker (they also die with the daemon's
+//! spawner thread through `PR_SET_PDEATHSIG`, and exit when their daemon connection
+//! closes), close connections, delete the store and socket directories.
+
+use ferry_proto::conn::{accept, Addr, Conn, Stream};
+use ferry_proto::msg::{FromNode, NodeStats, ProcKind, Shape, ToNode};
+use ferry_proto::{FrameError, NodeId, WorkerId};
+use ferry_sched::{Action, ConnId, PoolOptions, Scheduler};
+use ferry_store::{ObjectTable, StoreDir};
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Everything a daemon needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// Directory for the daemon's and workers' sockets (private to the cluster's user).
+    pub session_dir: PathBuf,
+    /// Directory of the shared-memory store (on tmpfs).
+    pub store_dir: PathBuf,
+    pub store_capacity: u64,
+    /// The cluster token every connection must present.
+    pub token: String,
+    pub resources: Shape,
+    pub pool: PoolOptions,
+    /// The program started in worker mode (the job's own binary).
+    pub worker_program: PathBuf,
+    /// Extra environment for workers (the job's configuration).
+    pub worker_env: Vec<(String, String)>,
+    pub max_frame: u32,
+}
+
+/// Environment variables a worker process is started with.
+pub mod worker_env {
+    /// Set (to "1") in worker processes: the binary enters worker mode before `main`.
+    pub const WORKER: &str = "FERRY_WORKER";
+    pub const WORKER_ID: &str = "FERRY_WORKER_ID";
+    pub const NODE_SOCKET: &str = "FERRY_NODE_SOCKET";
+    pub const TOKEN: &str = "FERRY_TOKEN";
+    pub const STORE_DIR: &str = "FERRY_STORE_DIR";
+    pub const SESSION_DIR: &str = "FERRY_SESSION_DIR";
+}
+
+struct ConnInfo {
+    conn: Arc<Conn>,
+    /// The id the peer gave in its hello.
+    from: WorkerId,
+    /// Set once a worker process registered on this connection.
+    worker: Option<WorkerId>,
+}
+
+struct State {
+    sched: Scheduler,
+    store: ObjectTable,
+    conns: HashMap<ConnId, ConnInfo>,
+    /// Registered workers: their connection and where owners reach them.
+    workers: HashMap<WorkerId, (ConnId, Addr)>,
+    /// Workers started by the spawner and not yet registered.
+    expected: HashSet<WorkerId>,
+    next_conn: ConnId,
+}
+
+enum SpawnCmd {
+    Start,
+    Kill(WorkerId),
+    Shutdown,
+}
+
+struct Node {
+    id: NodeId,
+    opts: NodeOptions,
+    state: Mutex<State>,
+    spawn_tx: Mutex<mpsc::Sender<SpawnCmd>>,
+    stopping: AtomicBool,
+    /// Pids of live workers, for the last-resort cleanup at process exit.
+    pids: Mutex<HashMap<WorkerId, u32>>,
+}
+
+/// A running daemon.
+pub struct NodeHandle {
+    node: Arc<Node>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle").field("id", &self.node.id).finish()
+    }
+}
+
+/// Starts a node daemon on background threads.
+pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
+    let store = StoreDir::create(&opts.store_dir)?;
+    std::fs::DirBuilder::new().recursive(true).create(&opts.session_dir)?;
+    std::fs::set_permissions(&opts.session_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    let sock = opts.session_dir.join("node.sock");
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock)?;
+    let (sched, actions) = Scheduler::new(&opts.resources, opts.pool.clone());
+    let (spawn_tx, spawn_rx) = mpsc::channel();
+    let node = Arc::new(Node {
+        id: NodeId(ferry_proto::ids::random_u64()),
+        state: Mutex::new(State {
+            sched,
+            store: ObjectTable::new(store, opts.store_capacity),
+            conns: HashMap::new(),
+            workers: HashMap::new(),
+            expected: HashSet::new(),
+            next_conn: 1,
+        }),
+        opts,
+        spawn_tx: Mutex::new(spawn_tx),
+        stopping: AtomicBool::new(false),
+        pids: Mutex::new(HashMap::new()),
+    });
+    let mut threads = Vec::new();
+    let n = node.clone();
+    threads.push(thread::Builder::new().name("ferry-spawner".into()).spawn(move || spawner(n, spawn_rx))?);
+    {
+        let mut st = node.lock();
+        node.apply(&mut st, actions);
+    }
+    let n = node.clone();
+    threads.push(thread::Builder::new().name("ferry-accept".into()).spawn(move || accept_loop(n, listener))?);
+    Ok(NodeHandle { node, threads })
+}
+
+impl NodeHandle {
+    /// Where drivers and workers on this host connect.
+    pub fn addr(&self) -> Addr {
+        Addr::Unix(self.node.opts.session_dir.join("node.sock"))
+    }
+    pub fn id(&self) -> NodeId {
+        self.node.id
+    }
+    pub fn stats(&self) -> NodeStats {
+        let st = self.node.lock();
+        self.node.stats(&st)
+    }
+    /// Pids of the worker processes alive now.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.node.pids.lock().unwrap_or_else(|e| e.into_inner()).values().copied().collect()
+    }
+
+    /// Stops the daemon and every worker it started, and deletes its directories.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if self.node.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let _ = self.node.spawn_tx.lock().unwrap_or_else(|e| e.into_inner()).send(SpawnCmd::Shutdown);
+        // Wake the accept loop so it sees `stopping`.
+        let _ = std::os::unix::net::UnixStream::connect(self.node.opts.session_dir.join("node.sock"));
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let conns: Vec<Arc<Conn>> = self.node.lock().conns.values().map(|c| c.conn.clone()).collect();
+        for c in conns {
+            c.shutdown();
+        }
+        StoreDir::open(&self.node.opts.store_dir).destroy();
+        let _ = std::fs::remove_dir_all(&self.node.opts.session_dir);
+    }
+
+    /// Last-resort cleanup that takes no lock that could be held: for an `atexit` handler
+    /// when the process ends without `shutdown`.
+    pub fn emergency_cleanup(&self) {
+        if let Ok(p) = self.node.pids.try_lock() {
+            for pid in p.values() {
+                // SAFETY: plain syscall; a stale pid at worst gets a signal it ignores.
+                unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.node.opts.store_dir);
+        let _ = std::fs::remove_dir_all(&self.node.opts.session_dir);
+    }
+}
+
+impl Drop for NodeHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Node {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stats(&self, st: &State) -> NodeStats {
+        NodeStats {
+            node: Some(self.id),
+            store_objects: st.store.len() as u64,
+            store_used_bytes: st.store.used_bytes(),
+            store_capacity_bytes: st.store.capacity_bytes(),
+            workers: st.sched.num_workers() as u64,
+            idle_workers: st.sched.num_idle() as u64,
+            leased_workers: (st.sched.num_workers() - st.sched.num_idle()) as u64,
+            pending_lease_requests: st.sched.num_queued() as u64,
+            total: st.sched.total(),
+            available: st.sched.available(),
+        }
+    }
+
+    fn send(&self, st: &State, conn: ConnId, msg: &FromNode) {
+        if let Some(c) = st.conns.get(&conn) {
+            // A failed send means the peer is gone; its reader thread cleans up.
+            let _ = c.conn.send(msg);
+        }
+    }
+
+    fn spawn_cmd(&self, cmd: SpawnCmd) {
+        let _ = self.spawn_tx.lock().unwrap_or_else(|e| e.into_inner()).send(cmd);
+    }
+
+    /// Carries out the scheduler's decisions.
+    fn apply(&self, st: &mut State, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Grant { conn, req, lease, worker } => {
+                    let addr = st.workers.get(&worker).map(|(_, a)| a.clone());
+                    match addr {
+                        Some(addr) => self.send(st, conn, &FromNode::LeaseGranted { req, lease, worker, addr }),
+                        None => {
+                            // Cannot happen: the scheduler only grants registered workers.
+                            eprintln!("ferry-node: granted unknown worker {worker:?}");
+                        }
+                    }
+                }
+                Action::Infeasible { conn, req, reason } => {
+                    self.send(st, conn, &FromNode::LeaseInfeasible { req, reason })
+                }
+                Action::StartWorker => self.spawn_cmd(SpawnCmd::Start),
+                Action::KillWorker { worker } => self.spawn_cmd(SpawnCmd::Kill(worker)),
+                Action::Recall { conn } => self.send(st, conn, &FromNode::RecallIdleLeases),
+            }
+        }
+    }
+
+    /// A worker is gone: tell every owner, free its resources, keep the pool's size.
+    fn worker_gone(&self, st: &mut State, worker: WorkerId, reason: &str) {
+        st.expected.remove(&worker);
+        if let Some((conn, _)) = st.workers.remove(&worker) {
+            if let Some(c) = st.conns.get_mut(&conn) {
+                c.worker = None;
+            }
+            let msg = FromNode::WorkerDied { worker, reason: reason.to_string() };
+            for c in st.conns.values() {
+                let _ = c.conn.send(&msg);
+            }
+        }
+        let actions = st.sched.worker_died(worker);
+        self.apply(st, actions);
+    }
+
+    fn handle(&self, conn: ConnId, msg: ToNode) -> Result<(), String> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        match msg {
+            ToNode::Register { kind, pid: _, listen } => {
+                let Some(info) = st.conns.get_mut(&conn) else { return Ok(()) };
+                let w = info.from;
+                match kind {
+                    ProcKind::Worker => {
+                        if !st.expected.remove(&w) {
+                            return Err(format!("worker {w:?} was not started by this node"));
+                        }
+                        info.worker = Some(w);
+                        st.workers.insert(w, (conn, listen));
+                        let actions = st.sched.worker_registered(w, Instant::now());
+                        self.apply(st, actions);
+                    }
+                    ProcKind::Driver => {}
+                }
+                self.send(st, conn, &FromNode::Registered { node: self.id, worker: w });
+            }
+            ToNode::RequestLease { req, shape, depth } => {
+                let actions = st.sched.request(conn, req, shape, depth);
+                self.apply(st, actions);
+            }
+            ToNode::ReturnLease { lease, kill } => {
+                let actions = st.sched.return_lease(conn, lease, kill, Instant::now());
+                self.apply(st, actions);
+            }
+            ToNode::Blocked => {
+                if let Some(w) = st.conns.get(&conn).and_then(|c| c.worker) {
+                    let actions = st.sched.blocked(w);
+                    self.apply(st, actions);
+                }
+            }
+            ToNode::Unblocked => {
+                if let Some(w) = st.conns.get(&conn).and_then(|c| c.worker) {
+                    st.sched.unblocked(w);
+                }
+            }
+            ToNode::Seal { req, object, size } => {
+                let error = st.store.seal(object, size).err().map(|e| e.to_string());
+                self.send(st, conn, &FromNode::Sealed { req, error });
+            }
+            ToNode::Free { objects } => {
+                for o in objects {
+                    st.store.free(o);
+                }
+            }
+            ToNode::Stats { req } => {
+                let stats = self.stats(st);
+                self.send(st, conn, &FromNode::Stats { req, stats });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn accept_loop(node: Arc<Node>, listener: UnixListener) {
+    for stream in listener.incoming() {
+        if node.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(stream) = stream else { continue };
+        let n = node.clone();
+        let _ = thread::Builder::new().name("ferry-node-conn".into()).spawn(move || serve_conn(n, Stream::Unix(stream)));
+    }
+}
+
+fn serve_conn(node: Arc<Node>, stream: Stream) {
+    let (conn, mut reader, hello) = match accept(stream, &node.opts.token, node.id, node.opts.max_frame) {
+        Ok(x) => x,
+        Err(e) => {
+            if !node.stopping.load(Ordering::SeqCst) {
+                eprintln!("ferry-node: refused a connection: {e}");
+            }
+            return;
+        }
+    };
+    let conn = Arc::new(conn);
+    let id = {
+        let mut st = node.lock();
+        let id = st.next_conn;
+        st.next_conn += 1;
+        st.conns.insert(id, ConnInfo { conn: conn.clone(), from: hello.from, worker: None });
+        id
+    };
+    let reason = loop {
+        match reader.read::<ToNode>() {
+            Ok(msg) => {
+                if let Err(e) = node.handle(id, msg) {
+                    break format!("protocol error: {e}");
+                }
+            }
+            Err(FrameError::Closed) => break "connection closed".to_string(),
+            Err(e) => {
+                // Malformed or oversized: this connection is done; the daemon goes on.
+                eprintln!("ferry-node: closing connection from {:?}: {e}", hello.from);
+                break e.to_string();
+            }
+        }
+    };
+    conn.shutdown();
+    let mut st = node.lock();
+    let st = &mut *st;
+    let info = st.conns.remove(&id);
+    if let Some(w) = info.and_then(|i| i.worker) {
+        node.worker_gone(st, w, &format!("worker's connection to its node ended ({reason})"));
+        node.spawn_cmd(SpawnCmd::Kill(w));
+    }
+    let actions = st.sched.conn_closed(id);
+    node.apply(st, actions);
+}
+
+fn spawner(node: Arc<Node>, rx: mpsc::Receiver<SpawnCmd>) {
+    let mut children: HashMap<WorkerId, Child> = HashMap::new();
+    loop {
+        let cmd = rx.recv_timeout(Duration::from_millis(50));
+        match cmd {
+            Ok(SpawnCmd::Start) => match spawn_worker(&node) {
+                Ok((w, child)) => {
+                    node.pids.lock().unwrap_or_else(|e| e.into_inner()).insert(w, child.id());
+                    children.insert(w, child);
+                }
+                Err(e) => {
+                    eprintln!("ferry-node: cannot start a worker ({}): {e}", node.opts.worker_program.display());
+                    let mut st = node.lock();
+                    let actions = st.sched.worker_start_failed();
+                    node.apply(&mut st, actions);
+                }
+            },
+            Ok(SpawnCmd::Kill(w)) => {
+                if let Some(c) = children.get_mut(&w) {
+                    let _ = c.kill();
+                }
+            }
+            Ok(SpawnCmd::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                for c in children.values_mut() {
+                    let _ = c.kill();
+                }
+                for (_, mut c) in children.drain() {
+                    let _ = c.wait();
+                }
+                node.pids.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                return;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        // Reap exited workers and tick the pool's clock.
+        let exited: Vec<(WorkerId, String)> = children
+            .iter_mut()
+            .filter_map(|(w, c)| match c.try_wait() {
+                Ok(Some(status)) => Some((*w, format!("worker process exited ({status})"))),
+                _ => None,
+            })
+            .collect();
+        let mut st = node.lock();
+        for (w, reason) in exited {
+            children.remove(&w);
+            node.pids.lock().unwrap_or_else(|e| e.into_inner()).remove(&w);
+            let was_expected = st.expected.contains(&w);
+            node.worker_gone(&mut st, w, &reason);
+            if was_expected {
+                let actions = st.sched.worker_start_failed();
+                node.apply(&mut st, actions);
+            }
+        }
+        let actions = st.sched.tick(Instant::now());
+        node.apply(&mut st, actions);
+    }
+}
+
+fn spawn_worker(node: &Node) -> io::Result<(WorkerId, Child)> {
+    use worker_env::*;
+    let w = WorkerId(ferry_proto::ids::random_u64());
+    node.lock().expected.insert(w);
+    let o = &node.opts;
+    let mut cmd = Command::new(&o.worker_program);
+    cmd.env(WORKER, "1")
+        .env(WORKER_ID, w.0.to_string())
+        .env(NODE_SOCKET, o.session_dir.join("node.sock"))
+        .env(TOKEN, &o.token)
+        .env(STORE_DIR, &o.store_dir)
+        .env(SESSION_DIR, &o.session_dir)
+        .envs(o.worker_env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null());
+    // SAFETY: prctl is async-signal-safe. The worker dies with the thread that started it
+    // (the spawner, which lives as long as the daemon), so a killed driver leaves no worker.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    match cmd.spawn() {
+        Ok(c) => Ok((w, c)),
+        Err(e) => {
+            node.lock().expected.remove(&w);
+            Err(e)
+        }
+    }
+}

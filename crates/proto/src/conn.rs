@@ -1,0 +1,254 @@
+//! Connections: a byte stream (Unix or TCP), a writer shared by many threads, and the
+//! handshake.
+//!
+//! [`Conn`] is the sending half. Any thread may call [`Conn::send`]; frames are appended to
+//! one buffer, and the thread that finds nobody writing becomes the writer and drains the
+//! buffer, so frames sent while a write is in progress leave together in one syscall.
+//! The receiving half is a [`FrameReader`] owned by one reader thread.
+
+use crate::frame::{encode_frame, FrameError, FrameReader};
+use crate::ids::{NodeId, WorkerId};
+use crate::msg::{Hello, HelloReply};
+use crate::{MAGIC, PROTOCOL_VERSION};
+use serde::{Deserialize, Serialize};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Where a process listens.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Addr {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+impl std::fmt::Display for Addr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Addr::Unix(p) => write!(f, "unix:{}", p.display()),
+            Addr::Tcp(a) => write!(f, "tcp:{a}"),
+        }
+    }
+}
+
+/// A connected byte stream.
+#[derive(Debug)]
+pub enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Stream {
+    pub fn connect(addr: &Addr) -> io::Result<Stream> {
+        match addr {
+            Addr::Unix(p) => UnixStream::connect(p).map(Stream::Unix),
+            Addr::Tcp(a) => {
+                let s = TcpStream::connect(a)?;
+                s.set_nodelay(true)?;
+                Ok(Stream::Tcp(s))
+            }
+        }
+    }
+    pub fn try_clone(&self) -> io::Result<Stream> {
+        Ok(match self {
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+        })
+    }
+    pub fn set_read_timeout(&self, d: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_read_timeout(d),
+            Stream::Tcp(s) => s.set_read_timeout(d),
+        }
+    }
+    pub fn shutdown(&self) {
+        let _ = match self {
+            Stream::Unix(s) => s.shutdown(Shutdown::Both),
+            Stream::Tcp(s) => s.shutdown(Shutdown::Both),
+        };
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(buf),
+            Stream::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for &Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => (&*s).write(buf),
+            Stream::Tcp(s) => (&*s).write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Out {
+    buf: Vec<u8>,
+    flushing: bool,
+    failed: bool,
+}
+
+/// The sending half of a connection; share it with `Arc`.
+pub struct Conn {
+    stream: Stream,
+    out: Mutex<Out>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").field("stream", &self.stream).finish()
+    }
+}
+
+impl Conn {
+    pub fn new(stream: Stream) -> Conn {
+        Conn { stream, out: Mutex::new(Out { buf: Vec::new(), flushing: false, failed: false }) }
+    }
+
+    /// Sends one message. Frames queued by other threads during our write go out with it.
+    pub fn send<T: Serialize>(&self, msg: &T) -> io::Result<()> {
+        let mut g = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        if g.failed {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "connection failed earlier"));
+        }
+        encode_frame(&mut g.buf, msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        if g.flushing {
+            return Ok(());
+        }
+        g.flushing = true;
+        let mut spare = Vec::new();
+        loop {
+            let data = std::mem::replace(&mut g.buf, spare);
+            drop(g);
+            let r = (&self.stream).write_all(&data);
+            spare = data;
+            spare.clear();
+            g = self.out.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = r {
+                g.failed = true;
+                g.flushing = false;
+                g.buf.clear();
+                return Err(e);
+            }
+            if g.buf.is_empty() {
+                g.buf = spare;
+                g.flushing = false;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends raw bytes without framing them. Only for tests that send garbage on purpose.
+    pub fn send_raw(&self, bytes: &[u8]) -> io::Result<()> {
+        let _g = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        (&self.stream).write_all(bytes)
+    }
+
+    /// Closes both directions; the peer's reader sees end of stream, ours an error.
+    pub fn shutdown(&self) {
+        self.stream.shutdown();
+    }
+}
+
+/// Why a connection could not be set up.
+#[derive(Debug)]
+pub enum ConnectError {
+    Io(io::Error),
+    /// The peer refused us (wrong token, wrong version, ...).
+    Refused(String),
+    Protocol(FrameError),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Io(e) => write!(f, "{e}"),
+            ConnectError::Refused(r) => write!(f, "refused by peer: {r}"),
+            ConnectError::Protocol(e) => write!(f, "handshake failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+/// How long either side waits for the other's handshake frame.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to `addr` and runs the client side of the handshake.
+pub fn connect(
+    addr: &Addr,
+    token: &str,
+    from: WorkerId,
+    max_frame: u32,
+) -> Result<(Conn, FrameReader<Stream>, NodeId), ConnectError> {
+    let stream = Stream::connect(addr).map_err(ConnectError::Io)?;
+    let rd = stream.try_clone().map_err(ConnectError::Io)?;
+    rd.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(ConnectError::Io)?;
+    let conn = Conn::new(stream);
+    let mut reader = FrameReader::new(rd, max_frame);
+    conn.send(&Hello { magic: MAGIC, version: PROTOCOL_VERSION, token: token.to_string(), from })
+        .map_err(ConnectError::Io)?;
+    let reply: HelloReply = reader.read().map_err(ConnectError::Protocol)?;
+    reader.get_ref().set_read_timeout(None).map_err(ConnectError::Io)?;
+    match reply {
+        HelloReply::Welcome { node } => Ok((conn, reader, node)),
+        HelloReply::Refused { reason } => Err(ConnectError::Refused(reason)),
+    }
+}
+
+/// Runs the server side of the handshake on an accepted stream: checks magic, version and
+/// token, and answers. A refused peer gets the reason before the connection is closed.
+pub fn accept(
+    stream: Stream,
+    token: &str,
+    node: NodeId,
+    max_frame: u32,
+) -> Result<(Conn, FrameReader<Stream>, Hello), ConnectError> {
+    let rd = stream.try_clone().map_err(ConnectError::Io)?;
+    rd.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(ConnectError::Io)?;
+    let conn = Conn::new(stream);
+    // The hello is tiny: a small limit here keeps unauthenticated peers from making us
+    // allocate a large frame.
+    let mut reader = FrameReader::new(rd, 4096);
+    let hello: Hello = reader.read().map_err(ConnectError::Protocol)?;
+    let refuse = |reason: String| {
+        let _ = conn.send(&HelloReply::Refused { reason: reason.clone() });
+        conn.shutdown();
+        Err(ConnectError::Refused(reason))
+    };
+    if hello.magic != MAGIC {
+        return refuse("not a ferry peer (bad magic)".into());
+    }
+    if hello.version != PROTOCOL_VERSION {
+        return refuse(format!(
+            "protocol version {} is not supported (this peer speaks {PROTOCOL_VERSION}); run the same ferry version everywhere",
+            hello.version
+        ));
+    }
+    if !constant_time_eq(hello.token.as_bytes(), token.as_bytes()) {
+        return refuse("wrong or missing cluster token".into());
+    }
+    conn.send(&HelloReply::Welcome { node }).map_err(ConnectError::Io)?;
+    reader.get_ref().set_read_timeout(None).map_err(ConnectError::Io)?;
+    reader.set_max(max_frame);
+    Ok((conn, reader, hello))
+}
+
+/// Compares tokens without leaking through timing how long a matching prefix is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

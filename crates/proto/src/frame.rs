@@ -1,0 +1,193 @@
+//! Length-delimited frames: `u32` little-endian length, then a postcard message.
+//!
+//! The reader checks the length against its maximum before it allocates, so a peer cannot
+//! make us reserve gigabytes with four bytes; decoding errors are values, never panics.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::fmt;
+use std::io::{self, BufReader, Read};
+
+/// Why a frame could not be read.
+#[derive(Debug)]
+pub enum FrameError {
+    /// The peer closed the connection between frames.
+    Closed,
+    Io(io::Error),
+    /// The length prefix exceeds the maximum frame size.
+    TooLarge { len: u32, max: u32 },
+    /// The payload is not a valid message.
+    Malformed(String),
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::Closed => write!(f, "connection closed"),
+            FrameError::Io(e) => write!(f, "i/o error: {e}"),
+            FrameError::TooLarge { len, max } => {
+                write!(f, "frame of {len} bytes exceeds the maximum of {max} bytes")
+            }
+            FrameError::Malformed(d) => write!(f, "malformed frame: {d}"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+impl From<io::Error> for FrameError {
+    fn from(e: io::Error) -> Self {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            FrameError::Closed
+        } else {
+            FrameError::Io(e)
+        }
+    }
+}
+
+/// Appends one frame holding `msg` to `out`. On error `out` is left as it was.
+pub fn encode_frame<T: Serialize>(out: &mut Vec<u8>, msg: &T) -> Result<(), FrameError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let taken = std::mem::take(out);
+    match postcard::to_extend(msg, taken) {
+        Ok(v) => {
+            *out = v;
+            let len = (out.len() - start - 4) as u32;
+            out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+            Ok(())
+        }
+        Err(e) => {
+            // postcard consumed the buffer; this only happens for types serde cannot
+            // encode, which the protocol does not contain.
+            out.truncate(start);
+            Err(FrameError::Malformed(e.to_string()))
+        }
+    }
+}
+
+/// Reads frames from a byte stream, reusing one buffer.
+pub struct FrameReader<R> {
+    inner: BufReader<R>,
+    buf: Vec<u8>,
+    max: u32,
+}
+
+impl<R: Read> FrameReader<R> {
+    pub fn new(inner: R, max: u32) -> Self {
+        FrameReader { inner: BufReader::with_capacity(64 << 10, inner), buf: Vec::new(), max }
+    }
+
+    /// Reads the next frame's payload.
+    pub fn read_raw(&mut self) -> Result<&[u8], FrameError> {
+        let mut len = [0u8; 4];
+        // A clean close before the first byte of a frame is `Closed`; in the middle, an error.
+        let n = self.inner.read(&mut len[..1])?;
+        if n == 0 {
+            return Err(FrameError::Closed);
+        }
+        self.inner.read_exact(&mut len[1..]).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => FrameError::Malformed("truncated length prefix".into()),
+            _ => FrameError::Io(e),
+        })?;
+        let len = u32::from_le_bytes(len);
+        if len > self.max {
+            return Err(FrameError::TooLarge { len, max: self.max });
+        }
+        self.buf.clear();
+        self.buf.resize(len as usize, 0);
+        self.inner.read_exact(&mut self.buf).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => FrameError::Malformed("truncated frame".into()),
+            _ => FrameError::Io(e),
+        })?;
+        Ok(&self.buf)
+    }
+
+    /// Reads and decodes the next frame.
+    pub fn read<T: DeserializeOwned>(&mut self) -> Result<T, FrameError> {
+        let raw = self.read_raw()?;
+        decode(raw)
+    }
+
+    /// Whether a frame's bytes are already buffered (so a read will not block for long).
+    pub fn has_buffered(&self) -> bool {
+        !self.inner.buffer().is_empty()
+    }
+
+    pub fn get_ref(&self) -> &R {
+        self.inner.get_ref()
+    }
+}
+
+/// Decodes one message; trailing bytes are an error, so a frame means exactly one message.
+pub fn decode<T: DeserializeOwned>(raw: &[u8]) -> Result<T, FrameError> {
+    match postcard::take_from_bytes::<T>(raw) {
+        Ok((v, rest)) if rest.is_empty() => Ok(v),
+        Ok((_, rest)) => Err(FrameError::Malformed(format!("{} trailing bytes", rest.len()))),
+        Err(e) => Err(FrameError::Malformed(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::msg::{Arg, ToWorker};
+
+    #[test]
+    fn roundtrip_several_frames() {
+        let mut out = Vec::new();
+        encode_frame(&mut out, &ToWorker::Cancel { task: Default::default() }).unwrap();
+        encode_frame(&mut out, &ToWorker::Push(vec![])).unwrap();
+        let mut r = FrameReader::new(&out[..], 1024);
+        assert!(matches!(r.read::<ToWorker>().unwrap(), ToWorker::Cancel { .. }));
+        assert!(matches!(r.read::<ToWorker>().unwrap(), ToWorker::Push(v) if v.is_empty()));
+        assert!(matches!(r.read::<ToWorker>(), Err(FrameError::Closed)));
+    }
+
+    #[test]
+    fn oversized_frame_is_refused_before_allocation() {
+        let bytes = u32::MAX.to_le_bytes();
+        let mut r = FrameReader::new(&bytes[..], 1024);
+        assert!(matches!(r.read_raw(), Err(FrameError::TooLarge { len: u32::MAX, max: 1024 })));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        // Every prefix of every small byte pattern must decode to a value or an error.
+        for seed in 0u32..2000 {
+            let mut bytes = vec![];
+            let mut x = seed.wrapping_mul(2654435761);
+            for _ in 0..(seed % 40) {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                bytes.push(x as u8);
+            }
+            let _ = decode::<ToWorker>(&bytes);
+            let _ = decode::<crate::msg::FromNode>(&bytes);
+            let _ = decode::<crate::msg::ToNode>(&bytes);
+        }
+        let mut out = Vec::new();
+        encode_frame(&mut out, &ToWorker::Push(vec![])).unwrap();
+        out[4] = 0xff; // bad enum tag
+        let mut r = FrameReader::new(&out[..], 1024);
+        assert!(matches!(r.read::<ToWorker>(), Err(FrameError::Malformed(_))));
+        let _ = Arg::Inline(vec![]);
+    }
+
+    #[test]
+    fn truncated_frame_is_malformed() {
+        let mut out = Vec::new();
+        encode_frame(&mut out, &ToWorker::Cancel { task: Default::default() }).unwrap();
+        out.pop();
+        let mut r = FrameReader::new(&out[..], 1024);
+        assert!(matches!(r.read::<ToWorker>(), Err(FrameError::Malformed(_))));
+    }
+}
+
+impl<R> FrameReader<R> {
+    /// Changes the maximum frame size (raised after a peer has proved it holds the token).
+    pub fn set_max(&mut self, max: u32) {
+        self.max = max;
+    }
+}

@@ -1,0 +1,127 @@
+//! Identifiers. All are plain integers so they hash fast and print as fixed-width hex.
+//!
+//! A [`WorkerId`] is random per process (driver or worker) and so unique across a cluster;
+//! a [`TaskId`] is its owner plus a per-owner sequence number; an [`ObjectId`] is the task
+//! that creates it plus the return index (`put` objects get a sequence number of their own
+//! and index 0). An object's id therefore names its owner, which is what the ownership
+//! design needs to route every question about it.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A process that can own objects: the driver or a worker.
+#[derive(Copy, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct WorkerId(pub u64);
+
+/// One node (host) of the cluster.
+#[derive(Copy, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NodeId(pub u64);
+
+/// A task, named by its owner and the owner's sequence number.
+#[derive(Copy, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TaskId {
+    pub owner: WorkerId,
+    pub seq: u64,
+}
+
+/// An immutable object: the return `index` of `task`.
+#[derive(Copy, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ObjectId {
+    pub task: TaskId,
+    pub index: u32,
+}
+
+impl ObjectId {
+    /// The process that owns this object (submitted its task or called `put`).
+    pub fn owner(&self) -> WorkerId {
+        self.task.owner
+    }
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+impl fmt::Debug for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "W{self}")
+    }
+}
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "N{self}")
+    }
+}
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{:016x}", self.owner, self.seq)
+    }
+}
+impl fmt::Debug for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "T{self}")
+    }
+}
+/// The display form is also the object's file name in the store, so it is fixed-width hex.
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{:04x}", self.task, self.index)
+    }
+}
+impl fmt::Debug for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "O{self}")
+    }
+}
+
+/// Reads `n` bytes of OS randomness (for ids and tokens).
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    use std::io::Read;
+    let mut buf = vec![0u8; n];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        if f.read_exact(&mut buf).is_ok() {
+            return buf;
+        }
+    }
+    // /dev/urandom is on every Linux we target; if it is not readable, fall back to the
+    // std hasher's per-process random keys, which are unpredictable enough for ids.
+    use std::hash::{BuildHasher, Hasher};
+    for chunk in buf.chunks_mut(8) {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+        let v = h.finish().to_le_bytes();
+        chunk.copy_from_slice(&v[..chunk.len()]);
+    }
+    buf
+}
+
+/// A random non-zero 64-bit id.
+pub fn random_u64() -> u64 {
+    let b = random_bytes(8);
+    u64::from_le_bytes(b.try_into().expect("8 bytes")).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_id_display_is_fixed_width_hex() {
+        let id = ObjectId { task: TaskId { owner: WorkerId(1), seq: 2 }, index: 3 };
+        let s = id.to_string();
+        assert_eq!(s.len(), 16 + 16 + 4);
+        assert!(s.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(id.owner(), WorkerId(1));
+    }
+
+    #[test]
+    fn random_ids_differ() {
+        assert_ne!(random_u64(), random_u64());
+    }
+}

@@ -1,0 +1,27 @@
+//! ferry's wire protocol: the only types that travel between processes.
+//!
+//! **Architecture Invariant:** every byte that crosses a socket is a frame written by
+//! [`frame`]: a little-endian `u32` length followed by a postcard-encoded message from
+//! [`msg`]. Frames larger than the configured maximum are refused before any allocation,
+//! and a frame that fails to decode closes that connection only; nothing here panics on
+//! input.
+//!
+//! Every connection starts with a [`msg::Hello`] carrying the protocol version and the
+//! cluster token; the accepting side answers [`msg::HelloReply`] before anything else.
+
+pub mod conn;
+pub mod frame;
+pub mod ids;
+pub mod msg;
+
+pub use conn::{Addr, Conn, Stream};
+pub use frame::{FrameError, FrameReader};
+pub use ids::{NodeId, ObjectId, TaskId, WorkerId};
+
+/// Version of the wire protocol; peers with another version are refused at the handshake.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// First bytes of every `Hello`, so a stray client (an HTTP probe, say) is told apart at once.
+pub const MAGIC: [u8; 4] = *b"FRY1";
+/// Default maximum frame size: small values travel inline, large ones through the store,
+/// so no legitimate frame comes near it.
+pub const DEFAULT_MAX_FRAME: u32 = 64 << 20;

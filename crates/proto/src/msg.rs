@@ -1,0 +1,217 @@
+//! Wire messages, one enum per direction of each kind of connection.
+//!
+//! | connection            | client sends   | server sends   |
+//! |-----------------------|----------------|----------------|
+//! | any process → daemon  | [`ToNode`]     | [`FromNode`]   |
+//! | owner → leased worker | [`ToWorker`]   | [`FromWorker`] |
+//!
+//! Each connection opens with [`Hello`] / [`HelloReply`].
+
+use crate::conn::Addr;
+use crate::ids::{NodeId, ObjectId, TaskId, WorkerId};
+use serde::{Deserialize, Serialize};
+
+/// The first frame on every connection.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Hello {
+    pub magic: [u8; 4],
+    pub version: u32,
+    /// The cluster token; a connection without the right one is refused.
+    pub token: String,
+    /// The connecting process.
+    pub from: WorkerId,
+}
+
+/// The answer to a [`Hello`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum HelloReply {
+    Welcome { node: NodeId },
+    Refused { reason: String },
+}
+
+/// Resource amounts in thousandths (so that `0.5` CPU is exact), sorted by name.
+/// A task's shape is also its scheduling class: tasks of one shape share leases.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Shape(pub Vec<(String, u64)>);
+
+/// Name of the CPU resource.
+pub const CPU: &str = "CPU";
+
+impl Shape {
+    /// A shape of `cpus` CPUs and nothing else.
+    pub fn cpus(cpus: f64) -> Shape {
+        let mut s = Shape::default();
+        s.set(CPU, cpus);
+        s
+    }
+
+    /// Sets `name` to `amount` (in whole units; stored in thousandths). Zero removes it.
+    pub fn set(&mut self, name: &str, amount: f64) {
+        let milli = (amount.max(0.0) * 1000.0).round() as u64;
+        match self.0.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
+            Ok(i) if milli == 0 => {
+                self.0.remove(i);
+            }
+            Ok(i) => self.0[i].1 = milli,
+            Err(_) if milli == 0 => {}
+            Err(i) => self.0.insert(i, (name.to_string(), milli)),
+        }
+    }
+
+    /// Amount of `name` in thousandths.
+    pub fn get_milli(&self, name: &str) -> u64 {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| *v).unwrap_or(0)
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("{")?;
+        for (i, (n, v)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{n}: {}", *v as f64 / 1000.0)?;
+        }
+        f.write_str("}")
+    }
+}
+
+/// What kind of process registers with a daemon.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProcKind {
+    Driver,
+    Worker,
+}
+
+/// Requests to the node daemon.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ToNode {
+    /// First message after the handshake. `listen` is where owners reach this process.
+    Register { kind: ProcKind, pid: u32, listen: Addr },
+    /// Ask for a worker for tasks of `shape` at nesting `depth` (the driver's tasks are at
+    /// depth 1). Answered by `LeaseGranted` or `LeaseInfeasible`.
+    RequestLease { req: u64, shape: Shape, depth: u32 },
+    /// Give a lease back; the worker becomes idle (or is retired, with `kill`).
+    ReturnLease { lease: u64, kill: bool },
+    /// The task running in this worker waits in `get`: its CPU may go to other work.
+    Blocked,
+    /// The waiting task resumes and takes its CPU back.
+    Unblocked,
+    /// An object file was written into the store; account for it. Answered by `Sealed`.
+    Seal { req: u64, object: ObjectId, size: u64 },
+    /// Objects no longer referenced by their owner: delete them.
+    Free { objects: Vec<ObjectId> },
+    /// Ask for the store's and the pool's figures. Answered by `Stats`.
+    Stats { req: u64 },
+}
+
+/// Figures a daemon reports about itself.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct NodeStats {
+    pub node: Option<NodeId>,
+    pub store_objects: u64,
+    pub store_used_bytes: u64,
+    pub store_capacity_bytes: u64,
+    pub workers: u64,
+    pub idle_workers: u64,
+    pub leased_workers: u64,
+    pub pending_lease_requests: u64,
+    pub total: Shape,
+    pub available: Shape,
+}
+
+/// Messages from the node daemon.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum FromNode {
+    Registered { node: NodeId, worker: WorkerId },
+    LeaseGranted { req: u64, lease: u64, worker: WorkerId, addr: Addr },
+    /// No node can ever satisfy `shape`: tasks of that shape fail with this reason.
+    LeaseInfeasible { req: u64, reason: String },
+    /// The daemon is short of resources: return leases that have nothing to do.
+    RecallIdleLeases,
+    /// A worker process exited; owners fail or retry what they had pushed to it.
+    WorkerDied { worker: WorkerId, reason: String },
+    Sealed { req: u64, error: Option<String> },
+    Stats { req: u64, stats: NodeStats },
+}
+
+/// A task argument as the executing worker receives it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Arg {
+    /// The encoded value itself (small values, passed by value).
+    Inline(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A large value in the shared-memory store of `node`.
+    Stored { object: ObjectId, size: u64, node: NodeId },
+}
+
+/// Everything a worker needs to run one task.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub task: TaskId,
+    /// Registered id of the function (its path in the job's binary); never code.
+    pub function: String,
+    pub args: Vec<Arg>,
+    /// Nesting depth: 1 for tasks the driver submits, one more for each level below.
+    pub depth: u32,
+}
+
+/// From an owner to a worker it holds a lease on.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// Run these tasks, in order.
+    Push(Vec<TaskSpec>),
+    /// Drop this task if it has not started.
+    Cancel { task: TaskId },
+}
+
+/// A task's return value as the worker reports it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Return {
+    Inline(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Written to the store of the worker's node and sealed there.
+    Stored { size: u64, node: NodeId },
+}
+
+/// Why a task produced no value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum TaskError {
+    /// The function panicked.
+    Panicked { function: String, message: String },
+    /// The worker's binary has no function with this id.
+    UnknownFunction { function: String },
+    /// An argument did not decode as the type the function takes.
+    BadArgument { function: String, index: usize, detail: String },
+    /// The return value did not encode or could not be stored.
+    BadReturn { function: String, detail: String },
+    /// An argument in the store could not be read.
+    ArgumentUnavailable { function: String, detail: String },
+    /// Cancelled before it started.
+    Cancelled,
+}
+
+/// From a worker to the owner that pushed it tasks.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum FromWorker {
+    Done { task: TaskId, returns: Vec<Return> },
+    Failed { task: TaskId, error: TaskError },
+    /// These tasks were pushed but never started (the worker blocked); submit them again.
+    Requeued { tasks: Vec<TaskId> },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shape_set_keeps_sorted_and_drops_zero() {
+        let mut s = Shape::cpus(1.0);
+        s.set("GPU", 0.5);
+        s.set("A", 2.0);
+        assert_eq!(s.0.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["A", "CPU", "GPU"]);
+        assert_eq!(s.get_milli("GPU"), 500);
+        s.set("A", 0.0);
+        assert_eq!(s.0.len(), 2);
+        assert_eq!(s.to_string(), "{CPU: 1, GPU: 0.5}");
+    }
+}

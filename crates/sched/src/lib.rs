@@ -1,0 +1,498 @@
+//! Scheduling policy of one node: resources, lease requests and the worker pool.
+//!
+//! [`Scheduler`] is a state machine: the daemon feeds it events (a lease request, a worker
+//! that registered or died, a lease returned, a worker blocked in `get`, a clock tick) and
+//! carries out the [`Action`]s it returns (grant, refuse, start or kill a worker, ask
+//! owners to return idle leases).
+//!
+//! **Architecture Invariant:** no IO, no clock, no threads here: time comes in as an
+//! argument, effects go out as values. That is what lets the tests below drive every
+//! interleaving directly.
+//!
+//! Resource accounting: a granted lease takes its shape from `available`; a worker blocked
+//! in `get` gives its CPUs back (so nested tasks can run) and takes them again when it
+//! resumes, which may briefly drive `available` negative (then nothing new is granted until
+//! it recovers). Invariant: `available + Σ(held by unblocked leases) + Σ(non-CPU of blocked
+//! leases) == total`.
+
+use ferry_proto::msg::{Shape, CPU};
+use ferry_proto::WorkerId;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// A connection to the daemon (an owner process).
+pub type ConnId = u64;
+/// A granted lease.
+pub type LeaseId = u64;
+
+/// What the daemon must do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    Grant { conn: ConnId, req: u64, lease: LeaseId, worker: WorkerId },
+    Infeasible { conn: ConnId, req: u64, reason: String },
+    /// Start one more worker process; report it with [`Scheduler::worker_registered`].
+    StartWorker,
+    KillWorker { worker: WorkerId },
+    /// Ask this owner to return leases it is not using.
+    Recall { conn: ConnId },
+}
+
+/// Tunables of the pool.
+#[derive(Clone, Debug)]
+pub struct PoolOptions {
+    /// Workers started ahead of need and kept even when idle.
+    pub prestart: usize,
+    /// Upper bound on worker processes (blocked workers count).
+    pub max_workers: usize,
+    /// Idle workers beyond `prestart` are stopped after this long.
+    pub idle_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+enum WorkerState {
+    Idle { since: Instant },
+    Leased { lease: LeaseId, owner: ConnId, shape: Shape, blocked: bool },
+}
+
+#[derive(Clone, Debug)]
+struct Request {
+    conn: ConnId,
+    req: u64,
+    shape: Shape,
+    depth: u32,
+}
+
+/// The node's scheduler. See the module docs.
+#[derive(Debug)]
+pub struct Scheduler {
+    total: BTreeMap<String, i64>,
+    available: BTreeMap<String, i64>,
+    workers: HashMap<WorkerId, WorkerState>,
+    /// Idle workers, most recently used last (reused first: warm caches).
+    idle: Vec<WorkerId>,
+    queue: VecDeque<Request>,
+    leases: HashMap<LeaseId, WorkerId>,
+    starting: usize,
+    next_lease: LeaseId,
+    recalled: bool,
+    opts: PoolOptions,
+}
+
+impl Scheduler {
+    /// A scheduler for a node with `total` resources. Returns the actions that prestart
+    /// the pool.
+    pub fn new(total: &Shape, opts: PoolOptions) -> (Scheduler, Vec<Action>) {
+        let total: BTreeMap<String, i64> = total.0.iter().map(|(n, v)| (n.clone(), *v as i64)).collect();
+        let mut s = Scheduler {
+            available: total.clone(),
+            total,
+            workers: HashMap::new(),
+            idle: Vec::new(),
+            queue: VecDeque::new(),
+            leases: HashMap::new(),
+            starting: 0,
+            next_lease: 1,
+            recalled: false,
+            opts,
+        };
+        let n = s.opts.prestart.min(s.opts.max_workers);
+        s.starting = n;
+        (s, vec![Action::StartWorker; n])
+    }
+
+    /// An owner asks for a worker for tasks of `shape` at nesting `depth`.
+    ///
+    /// Deeper requests go first (stable among equals). Nested tasks then run depth-first,
+    /// which bounds the number of workers blocked in `get` by about depth × CPUs; served in
+    /// arrival order, a tree of tasks would start breadth-first and block a worker for
+    /// nearly every inner node.
+    pub fn request(&mut self, conn: ConnId, req: u64, shape: Shape, depth: u32) -> Vec<Action> {
+        let pos = self.queue.iter().position(|r| r.depth < depth).unwrap_or(self.queue.len());
+        self.queue.insert(pos, Request { conn, req, shape, depth });
+        self.schedule()
+    }
+
+    /// A started worker process has connected and is ready for work.
+    pub fn worker_registered(&mut self, worker: WorkerId, now: Instant) -> Vec<Action> {
+        self.starting = self.starting.saturating_sub(1);
+        self.workers.insert(worker, WorkerState::Idle { since: now });
+        self.idle.push(worker);
+        self.schedule()
+    }
+
+    /// Starting a worker failed (the daemon could not spawn it).
+    pub fn worker_start_failed(&mut self) -> Vec<Action> {
+        self.starting = self.starting.saturating_sub(1);
+        Vec::new()
+    }
+
+    /// The owner on `conn` gives lease `lease` back. Returns no actions for an unknown
+    /// lease or one held by another connection (a confused or hostile peer).
+    pub fn return_lease(&mut self, conn: ConnId, lease: LeaseId, kill: bool, now: Instant) -> Vec<Action> {
+        let Some(&worker) = self.leases.get(&lease) else { return Vec::new() };
+        match self.workers.get(&worker) {
+            Some(WorkerState::Leased { owner, .. }) if *owner == conn => {}
+            _ => return Vec::new(),
+        }
+        self.leases.remove(&lease);
+        let Some(WorkerState::Leased { shape, blocked, .. }) = self.workers.remove(&worker) else {
+            unreachable!("checked above")
+        };
+        self.release(&shape, blocked);
+        let mut actions = Vec::new();
+        if kill {
+            actions.push(Action::KillWorker { worker });
+        } else {
+            self.workers.insert(worker, WorkerState::Idle { since: now });
+            self.idle.push(worker);
+        }
+        actions.extend(self.schedule());
+        actions
+    }
+
+    /// A worker process is gone (exited, killed, or its connection broke).
+    pub fn worker_died(&mut self, worker: WorkerId) -> Vec<Action> {
+        match self.workers.remove(&worker) {
+            Some(WorkerState::Leased { lease, shape, blocked, .. }) => {
+                self.leases.remove(&lease);
+                self.release(&shape, blocked);
+            }
+            Some(WorkerState::Idle { .. }) => self.idle.retain(|w| *w != worker),
+            None => return Vec::new(),
+        }
+        let mut actions = Vec::new();
+        // Keep the warm pool at its size.
+        if self.workers.len() + self.starting < self.opts.prestart {
+            self.starting += 1;
+            actions.push(Action::StartWorker);
+        }
+        actions.extend(self.schedule());
+        actions
+    }
+
+    /// The task running on `worker` waits in `get`: lend its CPUs to other work.
+    pub fn blocked(&mut self, worker: WorkerId) -> Vec<Action> {
+        if let Some(WorkerState::Leased { shape, blocked, .. }) = self.workers.get_mut(&worker) {
+            if !*blocked {
+                *blocked = true;
+                let cpu = shape.get_milli(CPU) as i64;
+                *self.available.entry(CPU.to_string()).or_insert(0) += cpu;
+                return self.schedule();
+            }
+        }
+        Vec::new()
+    }
+
+    /// The waiting task on `worker` resumes: it takes its CPUs back (possibly
+    /// oversubscribing the node for a while).
+    pub fn unblocked(&mut self, worker: WorkerId) {
+        if let Some(WorkerState::Leased { shape, blocked, .. }) = self.workers.get_mut(&worker) {
+            if *blocked {
+                *blocked = false;
+                let cpu = shape.get_milli(CPU) as i64;
+                *self.available.entry(CPU.to_string()).or_insert(0) -= cpu;
+            }
+        }
+    }
+
+    /// An owner's connection closed: forget its requests; the workers it leased may still
+    /// run its tasks, which nobody wants any more, so they are killed (and replaced).
+    pub fn conn_closed(&mut self, conn: ConnId) -> Vec<Action> {
+        self.queue.retain(|r| r.conn != conn);
+        let held: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter_map(|(w, s)| match s {
+                WorkerState::Leased { owner, .. } if *owner == conn => Some(*w),
+                _ => None,
+            })
+            .collect();
+        let mut actions = Vec::new();
+        for w in held {
+            actions.push(Action::KillWorker { worker: w });
+            actions.extend(self.worker_died(w));
+        }
+        actions.extend(self.schedule());
+        actions
+    }
+
+    /// Stops idle workers beyond the warm pool that have been idle too long.
+    pub fn tick(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        while self.workers.len() > self.opts.prestart {
+            // The oldest idle worker is at the front.
+            let Some(&w) = self.idle.first() else { break };
+            let Some(WorkerState::Idle { since }) = self.workers.get(&w) else { break };
+            if now.duration_since(*since) < self.opts.idle_timeout {
+                break;
+            }
+            self.idle.remove(0);
+            self.workers.remove(&w);
+            actions.push(Action::KillWorker { worker: w });
+        }
+        actions
+    }
+
+    fn release(&mut self, shape: &Shape, blocked: bool) {
+        for (n, v) in &shape.0 {
+            if blocked && n == CPU {
+                continue; // already lent back while blocked
+            }
+            *self.available.entry(n.clone()).or_insert(0) += *v as i64;
+        }
+    }
+
+    fn fits(pool: &BTreeMap<String, i64>, shape: &Shape) -> bool {
+        shape.0.iter().all(|(n, v)| pool.get(n).copied().unwrap_or(0) >= *v as i64)
+    }
+
+    fn schedule(&mut self) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let mut provisional = self.available.clone();
+        let mut need_workers = 0usize;
+        let mut short = false;
+        let mut i = 0;
+        while i < self.queue.len() {
+            let shape = &self.queue[i].shape;
+            if !Self::fits(&self.total, shape) {
+                let r = self.queue.remove(i).expect("index checked");
+                let total = Shape(self.total.iter().map(|(n, v)| (n.clone(), *v as u64)).collect());
+                actions.push(Action::Infeasible {
+                    conn: r.conn,
+                    req: r.req,
+                    reason: format!("the task needs {} but the node has {total} in all", r.shape),
+                });
+                continue;
+            }
+            if !Self::fits(&provisional, shape) {
+                short = true;
+                i += 1;
+                continue;
+            }
+            if let Some(worker) = self.idle.pop() {
+                let r = self.queue.remove(i).expect("index checked");
+                for (n, v) in &r.shape.0 {
+                    *self.available.entry(n.clone()).or_insert(0) -= *v as i64;
+                    *provisional.entry(n.clone()).or_insert(0) -= *v as i64;
+                }
+                let lease = self.next_lease;
+                self.next_lease += 1;
+                self.leases.insert(lease, worker);
+                self.workers.insert(worker, WorkerState::Leased { lease, owner: r.conn, shape: r.shape, blocked: false });
+                actions.push(Action::Grant { conn: r.conn, req: r.req, lease, worker });
+                self.recalled = false;
+                continue;
+            }
+            for (n, v) in &shape.0 {
+                *provisional.entry(n.clone()).or_insert(0) -= *v as i64;
+            }
+            need_workers += 1;
+            i += 1;
+        }
+        while self.starting < need_workers && self.workers.len() + self.starting < self.opts.max_workers {
+            self.starting += 1;
+            actions.push(Action::StartWorker);
+        }
+        if short && !self.recalled {
+            let mut conns: Vec<ConnId> = self
+                .workers
+                .values()
+                .filter_map(|s| match s {
+                    WorkerState::Leased { owner, .. } => Some(*owner),
+                    _ => None,
+                })
+                .collect();
+            conns.sort_unstable();
+            conns.dedup();
+            if !conns.is_empty() {
+                self.recalled = true;
+                actions.extend(conns.into_iter().map(|conn| Action::Recall { conn }));
+            }
+        }
+        actions
+    }
+
+    /// Number of worker processes (idle or leased), not counting those starting.
+    pub fn num_workers(&self) -> usize {
+        self.workers.len()
+    }
+    pub fn num_idle(&self) -> usize {
+        self.idle.len()
+    }
+    pub fn num_queued(&self) -> usize {
+        self.queue.len()
+    }
+    pub fn total(&self) -> Shape {
+        Shape(self.total.iter().map(|(n, v)| (n.clone(), *v as u64)).collect())
+    }
+    /// Available resources (negative amounts, from oversubscription, show as zero).
+    pub fn available(&self) -> Shape {
+        Shape(self.available.iter().map(|(n, v)| (n.clone(), (*v).max(0) as u64)).collect())
+    }
+    /// The owner connection holding `worker`'s lease, if leased.
+    pub fn lease_holder(&self, worker: WorkerId) -> Option<ConnId> {
+        match self.workers.get(&worker) {
+            Some(WorkerState::Leased { owner, .. }) => Some(*owner),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(prestart: usize) -> PoolOptions {
+        PoolOptions { prestart, max_workers: 8, idle_timeout: Duration::from_secs(1) }
+    }
+
+    fn grants(a: &[Action]) -> Vec<(ConnId, u64, WorkerId)> {
+        a.iter()
+            .filter_map(|x| match x {
+                Action::Grant { conn, req, worker, .. } => Some((*conn, *req, *worker)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn lease_of(a: &[Action]) -> LeaseId {
+        a.iter()
+            .find_map(|x| match x {
+                Action::Grant { lease, .. } => Some(*lease),
+                _ => None,
+            })
+            .expect("a grant")
+    }
+
+    #[test]
+    fn prestarts_pool_and_grants_when_workers_register() {
+        let now = Instant::now();
+        let (mut s, a) = Scheduler::new(&Shape::cpus(2.0), opts(2));
+        assert_eq!(a, vec![Action::StartWorker, Action::StartWorker]);
+        // A request before any worker registered waits without starting more than needed.
+        assert!(s.request(1, 10, Shape::cpus(1.0), 1).is_empty());
+        let a = s.worker_registered(WorkerId(1), now);
+        assert_eq!(grants(&a), vec![(1, 10, WorkerId(1))]);
+        s.worker_registered(WorkerId(2), now);
+        assert_eq!(s.num_idle(), 1);
+    }
+
+    #[test]
+    fn infeasible_requests_are_refused_with_reason() {
+        let (mut s, _) = Scheduler::new(&Shape::cpus(2.0), opts(0));
+        let mut shape = Shape::cpus(1.0);
+        shape.set("GPU", 1.0);
+        let a = s.request(3, 1, shape, 1);
+        assert!(matches!(&a[0], Action::Infeasible { conn: 3, req: 1, reason } if reason.contains("GPU")));
+        assert_eq!(s.num_queued(), 0);
+    }
+
+    #[test]
+    fn resources_bound_grants_and_return_frees_them() {
+        let now = Instant::now();
+        let (mut s, _) = Scheduler::new(&Shape::cpus(2.0), opts(3));
+        for w in 1..=3 {
+            s.worker_registered(WorkerId(w), now);
+        }
+        let a1 = s.request(1, 1, Shape::cpus(1.0), 1);
+        let a2 = s.request(1, 2, Shape::cpus(1.0), 1);
+        let a3 = s.request(2, 3, Shape::cpus(1.0), 1);
+        assert_eq!(grants(&a1).len() + grants(&a2).len(), 2);
+        // The third does not fit: no grant, and the holder of leases is asked for idle ones.
+        assert!(grants(&a3).is_empty());
+        assert!(a3.contains(&Action::Recall { conn: 1 }));
+        let a = s.return_lease(1, lease_of(&a1), false, now);
+        assert_eq!(grants(&a).len(), 1);
+        assert_eq!(grants(&a)[0].0, 2);
+    }
+
+    #[test]
+    fn blocked_worker_lends_cpu_and_oversubscribes_on_resume() {
+        let now = Instant::now();
+        let (mut s, _) = Scheduler::new(&Shape::cpus(1.0), opts(2));
+        s.worker_registered(WorkerId(1), now);
+        s.worker_registered(WorkerId(2), now);
+        let a = s.request(1, 1, Shape::cpus(1.0), 1);
+        let (_, _, w) = grants(&a)[0];
+        assert!(grants(&s.request(2, 2, Shape::cpus(1.0), 1)).is_empty());
+        let a = s.blocked(w);
+        assert_eq!(grants(&a).len(), 1, "the blocked worker's CPU goes to the waiting request");
+        s.unblocked(w);
+        assert_eq!(s.available().get_milli(CPU), 0);
+        // Oversubscribed: a further request waits until both leases are back.
+        assert!(grants(&s.request(3, 3, Shape::cpus(1.0), 1)).is_empty());
+    }
+
+    #[test]
+    fn starts_workers_on_demand_up_to_max() {
+        let now = Instant::now();
+        let (mut s, _) = Scheduler::new(&Shape::cpus(16.0), PoolOptions { prestart: 0, max_workers: 2, idle_timeout: Duration::ZERO });
+        let mut starts = 0;
+        for r in 0..5 {
+            starts += s.request(1, r, Shape::cpus(1.0), 1).iter().filter(|a| **a == Action::StartWorker).count();
+        }
+        assert_eq!(starts, 2);
+        let a = s.worker_registered(WorkerId(9), now);
+        assert_eq!(grants(&a).len(), 1);
+    }
+
+    #[test]
+    fn worker_death_frees_lease_and_replaces_pool_member() {
+        let now = Instant::now();
+        let (mut s, _) = Scheduler::new(&Shape::cpus(1.0), opts(1));
+        s.worker_registered(WorkerId(1), now);
+        let a = s.request(1, 1, Shape::cpus(1.0), 1);
+        let lease = lease_of(&a);
+        let a = s.worker_died(WorkerId(1));
+        assert_eq!(a, vec![Action::StartWorker]);
+        assert_eq!(s.available().get_milli(CPU), 1000);
+        // Returning the dead worker's lease later is harmless.
+        assert!(s.return_lease(1, lease, false, now).is_empty());
+    }
+
+    #[test]
+    fn foreign_lease_return_is_ignored() {
+        let now = Instant::now();
+        let (mut s, _) = Scheduler::new(&Shape::cpus(1.0), opts(1));
+        s.worker_registered(WorkerId(1), now);
+        let lease = lease_of(&s.request(1, 1, Shape::cpus(1.0), 1));
+        assert!(s.return_lease(2, lease, false, now).is_empty());
+        assert_eq!(s.lease_holder(WorkerId(1)), Some(1));
+    }
+
+    #[test]
+    fn closed_owner_loses_requests_and_leased_workers() {
+        let now = Instant::now();
+        let (mut s, _) = Scheduler::new(&Shape::cpus(1.0), opts(1));
+        s.worker_registered(WorkerId(1), now);
+        s.request(1, 1, Shape::cpus(1.0), 1);
+        s.request(1, 2, Shape::cpus(1.0), 1);
+        let a = s.conn_closed(1);
+        assert!(a.contains(&Action::KillWorker { worker: WorkerId(1) }));
+        assert_eq!(s.num_queued(), 0);
+        assert_eq!(s.available().get_milli(CPU), 1000);
+    }
+
+    #[test]
+    fn deeper_requests_are_served_first() {
+        let now = Instant::now();
+        let (mut s, _) = Scheduler::new(&Shape::cpus(1.0), opts(0));
+        s.request(1, 1, Shape::cpus(1.0), 1);
+        s.request(2, 2, Shape::cpus(1.0), 3);
+        s.request(3, 3, Shape::cpus(1.0), 2);
+        let a = s.worker_registered(WorkerId(1), now);
+        assert_eq!(grants(&a), vec![(2, 2, WorkerId(1))]);
+    }
+
+    #[test]
+    fn idle_extras_are_stopped_after_timeout() {
+        let now = Instant::now();
+        let (mut s, _) = Scheduler::new(&Shape::cpus(4.0), opts(1));
+        s.worker_registered(WorkerId(1), now);
+        s.worker_registered(WorkerId(2), now);
+        assert!(s.tick(now).is_empty());
+        let a = s.tick(now + Duration::from_secs(2));
+        assert_eq!(a, vec![Action::KillWorker { worker: WorkerId(1) }]);
+        assert_eq!(s.num_workers(), 1);
+    }
+}
