@@ -140,6 +140,8 @@ pub(crate) struct OwnerState {
     limits: OwnerLimits,
     /// Set at shutdown: everything pending fails with this.
     pub stopped: Option<Error>,
+    /// The node is short of resources: give leases back as soon as they are idle.
+    pub node_short: bool,
 }
 
 impl OwnerState {
@@ -157,6 +159,7 @@ impl OwnerState {
             next_req: 1,
             limits,
             stopped: None,
+            node_short: false,
         }
     }
 
@@ -303,6 +306,9 @@ impl OwnerState {
             if !batch.is_empty() {
                 fx.pushes.push((self.leases[&lease_id].conn.clone(), ToWorker::Push(batch)));
             }
+        }
+        if self.node_short && self.classes[class].queue.is_empty() {
+            self.return_idle_leases(None, fx);
         }
         let c = &mut self.classes[class];
         let want = c.queue.len().min(self.limits.max_pending_requests);

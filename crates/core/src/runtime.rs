@@ -216,7 +216,11 @@ impl Runtime {
                 FromNode::LeaseInfeasible { req, reason } => {
                     self.with_state(|st, fx| st.on_lease_infeasible(req, reason, fx))
                 }
-                FromNode::RecallIdleLeases => self.with_state(|st, fx| st.return_idle_leases(None, fx)),
+                FromNode::RecallIdleLeases => self.with_state(|st, fx| {
+                    st.node_short = true;
+                    st.return_idle_leases(None, fx)
+                }),
+                FromNode::EndRecall => self.with_state(|st, _| st.node_short = false),
                 FromNode::WorkerDied { worker, reason } => self.worker_lost(worker, &reason),
                 FromNode::Sealed { req, .. } | FromNode::Stats { req, .. } => {
                     if let Some(tx) = self.node_calls.lock().unwrap_or_else(|e| e.into_inner()).remove(&req) {

@@ -259,6 +259,7 @@ impl Node {
                 Action::StartWorker => self.spawn_cmd(SpawnCmd::Start),
                 Action::KillWorker { worker } => self.spawn_cmd(SpawnCmd::Kill(worker)),
                 Action::Recall { conn } => self.send(st, conn, &FromNode::RecallIdleLeases),
+                Action::EndRecall { conn } => self.send(st, conn, &FromNode::EndRecall),
             }
         }
     }
@@ -374,6 +375,7 @@ fn serve_conn(node: Arc<Node>, stream: Stream) {
                 }
             }
             Err(FrameError::Closed) => break "connection closed".to_string(),
+            Err(FrameError::Io(e)) => break format!("connection failed: {e}"),
             Err(e) => {
                 // Malformed or oversized: this connection is done; the daemon goes on.
                 eprintln!("ferry-node: closing connection from {:?}: {e}", hello.from);

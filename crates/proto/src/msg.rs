@@ -128,8 +128,11 @@ pub enum FromNode {
     LeaseGranted { req: u64, lease: u64, worker: WorkerId, addr: Addr },
     /// No node can ever satisfy `shape`: tasks of that shape fail with this reason.
     LeaseInfeasible { req: u64, reason: String },
-    /// The daemon is short of resources: return leases that have nothing to do.
+    /// The daemon is short of resources: return leases that have nothing to do, now and
+    /// whenever one goes idle, until `EndRecall`.
     RecallIdleLeases,
+    /// The daemon is no longer short: idle leases may be kept for reuse again.
+    EndRecall,
     /// A worker process exited; owners fail or retry what they had pushed to it.
     WorkerDied { worker: WorkerId, reason: String },
     Sealed { req: u64, error: Option<String> },

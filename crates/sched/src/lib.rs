@@ -17,7 +17,7 @@
 
 use ferry_proto::msg::{Shape, CPU};
 use ferry_proto::WorkerId;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// A connection to the daemon (an owner process).
@@ -33,8 +33,11 @@ pub enum Action {
     /// Start one more worker process; report it with [`Scheduler::worker_registered`].
     StartWorker,
     KillWorker { worker: WorkerId },
-    /// Ask this owner to return leases it is not using.
+    /// The node is short: this owner should return leases it is not using, now and as soon
+    /// as any goes idle, until `EndRecall`.
     Recall { conn: ConnId },
+    /// The node is no longer short: the owner may keep idle leases again.
+    EndRecall { conn: ConnId },
 }
 
 /// Tunables of the pool.
@@ -74,7 +77,8 @@ pub struct Scheduler {
     leases: HashMap<LeaseId, WorkerId>,
     starting: usize,
     next_lease: LeaseId,
-    recalled: bool,
+    /// Owners told the node is short (and not yet told it no longer is).
+    recalled: BTreeSet<ConnId>,
     opts: PoolOptions,
 }
 
@@ -92,7 +96,7 @@ impl Scheduler {
             leases: HashMap::new(),
             starting: 0,
             next_lease: 1,
-            recalled: false,
+            recalled: BTreeSet::new(),
             opts,
         };
         let n = s.opts.prestart.min(s.opts.max_workers);
@@ -199,6 +203,7 @@ impl Scheduler {
     /// run its tasks, which nobody wants any more, so they are killed (and replaced).
     pub fn conn_closed(&mut self, conn: ConnId) -> Vec<Action> {
         self.queue.retain(|r| r.conn != conn);
+        self.recalled.remove(&conn);
         let held: Vec<WorkerId> = self
             .workers
             .iter()
@@ -280,7 +285,6 @@ impl Scheduler {
                 self.leases.insert(lease, worker);
                 self.workers.insert(worker, WorkerState::Leased { lease, owner: r.conn, shape: r.shape, blocked: false });
                 actions.push(Action::Grant { conn: r.conn, req: r.req, lease, worker });
-                self.recalled = false;
                 continue;
             }
             for (n, v) in &shape.0 {
@@ -293,8 +297,10 @@ impl Scheduler {
             self.starting += 1;
             actions.push(Action::StartWorker);
         }
-        if short && !self.recalled {
-            let mut conns: Vec<ConnId> = self
+        if short {
+            // Every holder of a lease learns that the node is short, including holders that
+            // got their lease after the first recall.
+            let holders: BTreeSet<ConnId> = self
                 .workers
                 .values()
                 .filter_map(|s| match s {
@@ -302,12 +308,13 @@ impl Scheduler {
                     _ => None,
                 })
                 .collect();
-            conns.sort_unstable();
-            conns.dedup();
-            if !conns.is_empty() {
-                self.recalled = true;
-                actions.extend(conns.into_iter().map(|conn| Action::Recall { conn }));
+            for conn in holders {
+                if self.recalled.insert(conn) {
+                    actions.push(Action::Recall { conn });
+                }
             }
+        } else {
+            actions.extend(std::mem::take(&mut self.recalled).into_iter().map(|conn| Action::EndRecall { conn }));
         }
         actions
     }
@@ -401,9 +408,16 @@ mod tests {
         // The third does not fit: no grant, and the holder of leases is asked for idle ones.
         assert!(grants(&a3).is_empty());
         assert!(a3.contains(&Action::Recall { conn: 1 }));
+        // Told once, not on every event.
+        assert!(!s.request(2, 4, Shape::cpus(1.0), 1).contains(&Action::Recall { conn: 1 }));
         let a = s.return_lease(1, lease_of(&a1), false, now);
         assert_eq!(grants(&a).len(), 1);
         assert_eq!(grants(&a)[0].0, 2);
+        // Conn 2 now holds a lease while request 4 still waits: it is told too.
+        assert!(a.contains(&Action::Recall { conn: 2 }));
+        let a = s.return_lease(1, lease_of(&a2), false, now);
+        assert_eq!(grants(&a).len(), 1);
+        assert!(a.contains(&Action::EndRecall { conn: 1 }) && a.contains(&Action::EndRecall { conn: 2 }));
     }
 
     #[test]
