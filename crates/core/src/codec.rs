@@ -42,16 +42,23 @@ impl Encoded<'_> {
 }
 
 fn ser_err(e: postcard::Error) -> Error {
-    Error::Serialization { detail: e.to_string() }
+    Error::Serialization {
+        detail: e.to_string(),
+    }
 }
 
 /// Encodes `v`.
 pub(crate) fn encode<T: Serialize + 'static>(v: &T) -> Result<Encoded<'_>> {
     if let Some(bytes) = (v as &dyn Any).downcast_ref::<Vec<u8>>() {
         let header = postcard::to_allocvec(&bytes.len()).map_err(ser_err)?;
-        return Ok(Encoded::Bytes { header, body: bytes });
+        return Ok(Encoded::Bytes {
+            header,
+            body: bytes,
+        });
     }
-    postcard::to_allocvec(v).map(Encoded::Owned).map_err(ser_err)
+    postcard::to_allocvec(v)
+        .map(Encoded::Owned)
+        .map_err(ser_err)
 }
 
 /// Encodes `v` into one buffer.
@@ -67,9 +74,13 @@ pub fn decode<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T> {
         return Ok(*boxed.downcast::<T>().expect("T is Vec<u8>"));
     }
     match postcard::take_from_bytes::<T>(bytes) {
-        Ok((v, rest)) if rest.is_empty() => Ok(v),
+        Ok((v, [])) => Ok(v),
         Ok((_, rest)) => Err(Error::Serialization {
-            detail: format!("{} bytes left over after decoding {}", rest.len(), std::any::type_name::<T>()),
+            detail: format!(
+                "{} bytes left over after decoding {}",
+                rest.len(),
+                std::any::type_name::<T>()
+            ),
         }),
         Err(e) => Err(Error::Serialization {
             detail: format!("cannot decode {}: {e}", std::any::type_name::<T>()),
@@ -108,8 +119,14 @@ mod tests {
     #[test]
     fn type_mismatch_is_an_error() {
         let b = encode_vec(&"hello".to_string()).unwrap();
-        assert!(matches!(decode::<u64>(&b), Err(Error::Serialization { .. })));
+        assert!(matches!(
+            decode::<u64>(&b),
+            Err(Error::Serialization { .. })
+        ));
         assert!(decode::<Vec<u8>>(&[5, 1]).is_err());
-        assert_eq!(decode::<(i64, String)>(&encode_vec(&(3i64, "x".to_string())).unwrap()).unwrap(), (3, "x".into()));
+        assert_eq!(
+            decode::<(i64, String)>(&encode_vec(&(3i64, "x".to_string())).unwrap()).unwrap(),
+            (3, "x".into())
+        );
     }
 }

@@ -86,19 +86,33 @@ impl Config {
     }
 
     pub(crate) fn cpus(&self) -> usize {
-        self.num_cpus.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        self.num_cpus.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
     }
 
     pub(crate) fn store_bytes(&self) -> u64 {
-        self.object_store_bytes.unwrap_or_else(|| total_memory().map(|m| m / 10 * 3).unwrap_or(2 << 30))
+        self.object_store_bytes
+            .unwrap_or_else(|| total_memory().map(|m| m / 10 * 3).unwrap_or(2 << 30))
     }
 
     /// The settings a worker inherits from its driver, as environment variables.
     pub(crate) fn to_worker_env(&self) -> Vec<(String, String)> {
         vec![
-            ("FERRY_INLINE_MAX_BYTES".into(), self.inline_max_bytes.to_string()),
-            ("FERRY_MAX_TASKS_IN_FLIGHT".into(), self.max_tasks_in_flight_per_worker.to_string()),
-            ("FERRY_LEASE_IDLE_MS".into(), self.lease_idle_timeout.as_millis().to_string()),
+            (
+                "FERRY_INLINE_MAX_BYTES".into(),
+                self.inline_max_bytes.to_string(),
+            ),
+            (
+                "FERRY_MAX_TASKS_IN_FLIGHT".into(),
+                self.max_tasks_in_flight_per_worker.to_string(),
+            ),
+            (
+                "FERRY_LEASE_IDLE_MS".into(),
+                self.lease_idle_timeout.as_millis().to_string(),
+            ),
         ]
     }
 }

@@ -45,7 +45,10 @@ pub enum Error {
 impl Error {
     pub(crate) fn from_task(name: &str, e: TaskError) -> Error {
         match e {
-            TaskError::Panicked { message, .. } => Error::TaskPanicked { task: name.to_string(), message },
+            TaskError::Panicked { message, .. } => Error::TaskPanicked {
+                task: name.to_string(),
+                message,
+            },
             TaskError::UnknownFunction { function } => Error::UnknownFunction { function },
             TaskError::BadArgument { index, detail, .. } => Error::Serialization {
                 detail: format!("argument {index} of {name} did not decode: {detail}"),
@@ -54,14 +57,18 @@ impl Error {
                 if detail.contains("object store full") {
                     Error::ObjectStoreFull { detail }
                 } else {
-                    Error::Serialization { detail: format!("return value of {name}: {detail}") }
+                    Error::Serialization {
+                        detail: format!("return value of {name}: {detail}"),
+                    }
                 }
             }
             TaskError::ArgumentUnavailable { detail, .. } => Error::ObjectLost {
                 object: ObjectId::default(),
                 reason: format!("an argument of {name} could not be read: {detail}"),
             },
-            TaskError::Cancelled => Error::Cancelled { task: name.to_string() },
+            TaskError::Cancelled => Error::Cancelled {
+                task: name.to_string(),
+            },
         }
     }
 }

@@ -42,7 +42,13 @@ pub(crate) struct Executor {
 
 impl Executor {
     pub fn new() -> Arc<Executor> {
-        Arc::new(Executor { q: Mutex::new(Queue { tasks: VecDeque::new(), blocked: 0 }), cv: Condvar::new() })
+        Arc::new(Executor {
+            q: Mutex::new(Queue {
+                tasks: VecDeque::new(),
+                blocked: 0,
+            }),
+            cv: Condvar::new(),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
@@ -52,18 +58,27 @@ impl Executor {
     /// Accepts owners' connections on `listener` (on a background thread).
     pub fn serve(self: &Arc<Self>, listener: UnixListener, rt: &'static Runtime) {
         let me = self.clone();
-        let spawned = thread::Builder::new().name("ferry-accept".into()).spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let me = me.clone();
-                let _ = thread::Builder::new().name("ferry-owner-rx".into()).spawn(move || {
-                    match accept(Stream::Unix(stream), &rt.token, rt.node_id, rt.cfg.max_frame_bytes) {
-                        Ok((conn, reader, _)) => me.owner_reader(Arc::new(conn), reader),
-                        Err(e) => eprintln!("ferry-worker: refused a connection: {e}"),
-                    }
-                });
-            }
-        });
+        let spawned = thread::Builder::new()
+            .name("ferry-accept".into())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(stream) = stream else { continue };
+                    let me = me.clone();
+                    let _ = thread::Builder::new()
+                        .name("ferry-owner-rx".into())
+                        .spawn(move || {
+                            match accept(
+                                Stream::Unix(stream),
+                                &rt.token,
+                                rt.node_id,
+                                rt.cfg.max_frame_bytes,
+                            ) {
+                                Ok((conn, reader, _)) => me.owner_reader(Arc::new(conn), reader),
+                                Err(e) => eprintln!("ferry-worker: refused a connection: {e}"),
+                            }
+                        });
+                }
+            });
         if let Err(e) = spawned {
             eprintln!("ferry-worker: cannot start the accept thread: {e}");
             std::process::exit(1);
@@ -92,7 +107,10 @@ impl Executor {
                     if let Some(pos) = q.tasks.iter().position(|(_, s)| s.task == task) {
                         q.tasks.remove(pos);
                         drop(q);
-                        let _ = conn.send(&FromWorker::Failed { task, error: TaskError::Cancelled });
+                        let _ = conn.send(&FromWorker::Failed {
+                            task,
+                            error: TaskError::Cancelled,
+                        });
                     }
                 }
                 Err(FrameError::Closed) => break,
@@ -181,7 +199,12 @@ enum ArgBytes {
 fn execute(rt: &Runtime, spec: &TaskSpec) -> FromWorker {
     let task = spec.task;
     let Some(f) = registry::lookup(&spec.function) else {
-        return FromWorker::Failed { task, error: TaskError::UnknownFunction { function: spec.function.clone() } };
+        return FromWorker::Failed {
+            task,
+            error: TaskError::UnknownFunction {
+                function: spec.function.clone(),
+            },
+        };
     };
     let mut held = Vec::with_capacity(spec.args.len());
     for (i, a) in spec.args.iter().enumerate() {
@@ -192,7 +215,10 @@ fn execute(rt: &Runtime, spec: &TaskSpec) -> FromWorker {
                 Err(e) => {
                     return FromWorker::Failed {
                         task,
-                        error: TaskError::ArgumentUnavailable { function: spec.function.clone(), detail: e.to_string() },
+                        error: TaskError::ArgumentUnavailable {
+                            function: spec.function.clone(),
+                            detail: e.to_string(),
+                        },
                     }
                 }
             },
@@ -209,7 +235,10 @@ fn execute(rt: &Runtime, spec: &TaskSpec) -> FromWorker {
         })
         .collect();
     match (f.invoke)(&slices) {
-        Ok(ret) => FromWorker::Done { task, returns: vec![ret] },
+        Ok(ret) => FromWorker::Done {
+            task,
+            returns: vec![ret],
+        },
         Err(error) => FromWorker::Failed { task, error },
     }
 }
@@ -217,22 +246,39 @@ fn execute(rt: &Runtime, spec: &TaskSpec) -> FromWorker {
 /// Encodes a task's return value: inline if small, else into the node's store under the
 /// task's return id (used by generated code).
 pub fn store_return<R: Serialize + 'static>(r: &R, function: &str) -> Result<Return, TaskError> {
-    let bad = |detail: String| TaskError::BadReturn { function: function.to_string(), detail };
+    let bad = |detail: String| TaskError::BadReturn {
+        function: function.to_string(),
+        detail,
+    };
     let enc = codec::encode(r).map_err(|e| bad(e.to_string()))?;
     let rt = try_runtime().ok_or_else(|| bad("no runtime in this process".into()))?;
     if enc.len() <= rt.cfg.inline_max_bytes {
         return Ok(Return::Inline(enc.into_vec()));
     }
-    let task = CURRENT.with(|c| c.get()).ok_or_else(|| bad("not running a task".into()))?;
+    let task = CURRENT
+        .with(|c| c.get())
+        .ok_or_else(|| bad("not running a task".into()))?;
     let id = ObjectId { task, index: 0 };
     match rt.write_and_seal(id, &enc.parts()) {
-        Ok(size) => Ok(Return::Stored { size, node: rt.node_id }),
+        Ok(size) => Ok(Return::Stored {
+            size,
+            node: rt.node_id,
+        }),
         Err(Error::ObjectStoreFull { detail }) if detail.contains("exists") => {
             // A retry of a task whose earlier run stored its value before dying: tasks are
             // idempotent, so the stored value stands.
-            let size = std::fs::metadata(rt.store.path_of(id)).map(|m| m.len()).map_err(|e| bad(e.to_string()))?;
-            match rt.node_call(|req| ToNode::Seal { req, object: id, size }) {
-                Ok(_) => Ok(Return::Stored { size, node: rt.node_id }),
+            let size = std::fs::metadata(rt.store.path_of(id))
+                .map(|m| m.len())
+                .map_err(|e| bad(e.to_string()))?;
+            match rt.node_call(|req| ToNode::Seal {
+                req,
+                object: id,
+                size,
+            }) {
+                Ok(_) => Ok(Return::Stored {
+                    size,
+                    node: rt.node_id,
+                }),
                 Err(e) => Err(bad(e.to_string())),
             }
         }

@@ -134,7 +134,10 @@ pub struct ObjectRef<T> {
 
 impl<T> ObjectRef<T> {
     fn from_id(id: ObjectId) -> Self {
-        ObjectRef { raw: RawRef { id }, _t: PhantomData }
+        ObjectRef {
+            raw: RawRef { id },
+            _t: PhantomData,
+        }
     }
     /// The object's id (which names its owner).
     pub fn id(&self) -> ObjectId {
@@ -144,13 +147,21 @@ impl<T> ObjectRef<T> {
 
 impl<T> Clone for ObjectRef<T> {
     fn clone(&self) -> Self {
-        ObjectRef { raw: self.raw.clone(), _t: PhantomData }
+        ObjectRef {
+            raw: self.raw.clone(),
+            _t: PhantomData,
+        }
     }
 }
 
 impl<T> std::fmt::Debug for ObjectRef<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ObjectRef<{}>({:?})", std::any::type_name::<T>(), self.raw.id)
+        write!(
+            f,
+            "ObjectRef<{}>({:?})",
+            std::any::type_name::<T>(),
+            self.raw.id
+        )
     }
 }
 
@@ -191,7 +202,9 @@ impl<T: Serialize + 'static> IntoArg<T> for T {
             Err(e) => return TaskArg(ArgInner::Failed(e)),
         };
         match codec::encode(&self) {
-            Ok(enc) if enc.len() <= rt.cfg.inline_max_bytes => TaskArg(ArgInner::Value(enc.into_vec())),
+            Ok(enc) if enc.len() <= rt.cfg.inline_max_bytes => {
+                TaskArg(ArgInner::Value(enc.into_vec()))
+            }
             // Large values go through the store, as if `put` first.
             Ok(enc) => match rt.put_encoded(enc) {
                 Ok(id) => TaskArg(ArgInner::Ref(RawRef { id })),
@@ -229,7 +242,12 @@ pub struct TaskOptions {
 
 impl Default for TaskOptions {
     fn default() -> Self {
-        TaskOptions { num_cpus: 1.0, resources: Vec::new(), max_retries: None, name: None }
+        TaskOptions {
+            num_cpus: 1.0,
+            resources: Vec::new(),
+            max_retries: None,
+            name: None,
+        }
     }
 }
 
@@ -255,7 +273,9 @@ pub trait RemoteOptions: Sized {
     }
     /// A custom resource the task needs.
     fn resource(mut self, name: &str, amount: f64) -> Self {
-        self.task_options().resources.push((name.to_string(), amount));
+        self.task_options()
+            .resources
+            .push((name.to_string(), amount));
         self
     }
     /// Retries if the worker running it dies.
@@ -304,7 +324,11 @@ pub fn submit<R>(function: &'static str, opts: &TaskOptions, args: Vec<TaskArg>)
 // ---------------------------------------------------------------------------------------
 // get / put / wait / cancel
 
-fn decode_ready<T: DeserializeOwned + 'static>(rt: &Runtime, id: ObjectId, ready: Ready) -> Result<T> {
+fn decode_ready<T: DeserializeOwned + 'static>(
+    rt: &Runtime,
+    id: ObjectId,
+    ready: Ready,
+) -> Result<T> {
     match ready {
         Ready::Inline(b) => codec::decode(&b),
         Ready::Stored { .. } => codec::decode(&rt.map_object(id)?),
@@ -315,7 +339,9 @@ fn wait_ready(rt: &Runtime, id: ObjectId, timeout: Option<Duration>) -> Result<R
     let deadline = timeout.map(|d| Instant::now() + d);
     match rt.block_until(deadline, |w| rt.poll_object(id, w)) {
         Some(r) => r,
-        None => Err(Error::Timeout { waited: timeout.unwrap_or_default() }),
+        None => Err(Error::Timeout {
+            waited: timeout.unwrap_or_default(),
+        }),
     }
 }
 
@@ -327,7 +353,10 @@ pub fn get<T: DeserializeOwned + 'static>(r: &ObjectRef<T>) -> Result<T> {
 }
 
 /// Like [`get`], giving up with [`Error::Timeout`] after `timeout`.
-pub fn get_timeout<T: DeserializeOwned + 'static>(r: &ObjectRef<T>, timeout: Duration) -> Result<T> {
+pub fn get_timeout<T: DeserializeOwned + 'static>(
+    r: &ObjectRef<T>,
+    timeout: Duration,
+) -> Result<T> {
     let rt = runtime()?;
     let ready = wait_ready(rt, r.id(), Some(timeout))?;
     decode_ready(rt, r.id(), ready)
@@ -398,6 +427,9 @@ pub fn put<T: Serialize + 'static>(value: T) -> Result<ObjectRef<T>> {
     rt.put_encoded(enc).map(ObjectRef::from_id)
 }
 
+/// `(ready, not_ready)`, as [`wait`] returns them.
+pub type WaitResult<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
+
 /// Waits until `num_ready` of `refs` are ready (a failed object counts as ready) or the
 /// timeout passes, and returns `(ready, not_ready)`: at most `num_ready` refs in the first
 /// list, every other ref in the second, each in the order given.
@@ -405,7 +437,7 @@ pub fn wait<T>(
     refs: &[ObjectRef<T>],
     num_ready: usize,
     timeout: Option<Duration>,
-) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
+) -> Result<WaitResult<T>> {
     let rt = runtime()?;
     let n = num_ready.min(refs.len());
     let deadline = timeout.map(|d| Instant::now() + d);
@@ -414,7 +446,11 @@ pub fn wait<T>(
         let mut st = rt.lock();
         let flags: Vec<bool> = ids
             .iter()
-            .map(|id| st.objects.get(id).is_none_or(|e| !matches!(e.state, owner::ObjState::Pending)))
+            .map(|id| {
+                st.objects
+                    .get(id)
+                    .is_none_or(|e| !matches!(e.state, owner::ObjState::Pending))
+            })
             .collect();
         if flags.iter().filter(|f| **f).count() >= n {
             return Poll::Ready(flags);
@@ -439,7 +475,11 @@ pub fn wait<T>(
             Poll::Pending => {
                 let st = rt.lock();
                 ids.iter()
-                    .map(|id| st.objects.get(id).is_none_or(|e| !matches!(e.state, owner::ObjState::Pending)))
+                    .map(|id| {
+                        st.objects
+                            .get(id)
+                            .is_none_or(|e| !matches!(e.state, owner::ObjState::Pending))
+                    })
                     .collect()
             }
         },
@@ -494,14 +534,22 @@ impl<T: DeserializeOwned + 'static> Future for GetFuture<T> {
 
 /// Waits for an object without blocking a thread.
 pub fn get_async<T: DeserializeOwned + 'static>(r: &ObjectRef<T>) -> GetFuture<T> {
-    GetFuture { id: r.id(), _hold: Some(r.raw.clone()), _t: PhantomData }
+    GetFuture {
+        id: r.id(),
+        _hold: Some(r.raw.clone()),
+        _t: PhantomData,
+    }
 }
 
 impl<T: DeserializeOwned + 'static> IntoFuture for ObjectRef<T> {
     type Output = Result<T>;
     type IntoFuture = GetFuture<T>;
     fn into_future(self) -> GetFuture<T> {
-        GetFuture { id: self.raw.id, _hold: Some(self.raw), _t: PhantomData }
+        GetFuture {
+            id: self.raw.id,
+            _hold: Some(self.raw),
+            _t: PhantomData,
+        }
     }
 }
 
@@ -513,10 +561,36 @@ impl<T: DeserializeOwned + 'static> IntoFuture for &ObjectRef<T> {
     }
 }
 
+/// Where this process's node and store are, and the token to reach them: for tools and
+/// tests that speak the wire protocol directly.
+#[doc(hidden)]
+#[derive(Clone, Debug)]
+pub struct SessionInfo {
+    pub node_addr: ferry_proto::Addr,
+    pub token: String,
+    pub store_dir: std::path::PathBuf,
+    pub session_dir: std::path::PathBuf,
+    pub worker_pids: Vec<u32>,
+}
+
+#[doc(hidden)]
+pub fn session_info() -> Result<SessionInfo> {
+    let rt = runtime()?;
+    Ok(SessionInfo {
+        node_addr: rt.node_addr.clone(),
+        token: rt.token.clone(),
+        store_dir: rt.store.path().to_path_buf(),
+        session_dir: rt.session_dir.clone(),
+        worker_pids: rt.worker_pids(),
+    })
+}
+
 /// Private items for generated code.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::registry::{check_arity, decode_arg, run_catching, RemoteFunction, REMOTE_FUNCTIONS};
+    pub use crate::registry::{
+        check_arity, decode_arg, run_catching, RemoteFunction, REMOTE_FUNCTIONS,
+    };
     pub use ferry_proto::msg::{Return, TaskError};
     pub use linkme;
 }

@@ -61,7 +61,13 @@ pub(crate) struct ObjEntry {
 
 impl ObjEntry {
     fn new(state: ObjState, local: u32) -> ObjEntry {
-        ObjEntry { state, local, submitted: 0, waiters: Vec::new(), dependents: Vec::new() }
+        ObjEntry {
+            state,
+            local,
+            submitted: 0,
+            waiters: Vec::new(),
+            dependents: Vec::new(),
+        }
     }
     fn wake(&mut self) {
         for w in self.waiters.drain(..) {
@@ -166,7 +172,10 @@ impl OwnerState {
     fn next_id(&mut self) -> TaskId {
         let seq = self.next_seq;
         self.next_seq += 1;
-        TaskId { owner: self.me, seq }
+        TaskId {
+            owner: self.me,
+            seq,
+        }
     }
 
     fn class_of(&mut self, shape: &Shape) -> usize {
@@ -174,14 +183,20 @@ impl OwnerState {
             return *c;
         }
         let id = self.classes.len();
-        self.classes.push(Class { shape: shape.clone(), ..Default::default() });
+        self.classes.push(Class {
+            shape: shape.clone(),
+            ..Default::default()
+        });
         self.class_ids.insert(shape.clone(), id);
         id
     }
 
     /// Records a new owned object with one local handle, already in `state`.
     pub fn new_object(&mut self, state: ObjState) -> ObjectId {
-        let id = ObjectId { task: self.next_id(), index: 0 };
+        let id = ObjectId {
+            task: self.next_id(),
+            index: 0,
+        };
         self.objects.insert(id, ObjEntry::new(state, 1));
         id
     }
@@ -200,7 +215,9 @@ impl OwnerState {
     }
 
     fn maybe_free(&mut self, id: ObjectId, fx: &mut Effects) {
-        let Some(e) = self.objects.get(&id) else { return };
+        let Some(e) = self.objects.get(&id) else {
+            return;
+        };
         if e.local > 0 || e.submitted > 0 || matches!(e.state, ObjState::Pending) {
             return;
         }
@@ -222,7 +239,8 @@ impl OwnerState {
     ) -> ObjectId {
         let task = self.next_id();
         let ret = ObjectId { task, index: 0 };
-        self.objects.insert(ret, ObjEntry::new(ObjState::Pending, 1));
+        self.objects
+            .insert(ret, ObjEntry::new(ObjState::Pending, 1));
         let class = self.class_of(shape);
         let mut waiting = 0;
         let mut failed = None;
@@ -250,11 +268,24 @@ impl OwnerState {
                 }
             }
         }
-        let state = if waiting > 0 { TaskState::WaitingDeps(waiting) } else { TaskState::Queued };
+        let state = if waiting > 0 {
+            TaskState::WaitingDeps(waiting)
+        } else {
+            TaskState::Queued
+        };
         let depth = self.depth;
         self.tasks.insert(
             task,
-            TaskEntry { function, name, args, class, depth, retries_left: max_retries, state, ret },
+            TaskEntry {
+                function,
+                name,
+                args,
+                class,
+                depth,
+                retries_left: max_retries,
+                state,
+                ret,
+            },
         );
         if let Some(err) = failed.or_else(|| self.stopped.clone()) {
             self.fail_task(task, err, fx);
@@ -288,7 +319,9 @@ impl OwnerState {
                 if lease.in_flight >= max {
                     break;
                 }
-                let Some(task) = self.classes[class].queue.pop_front() else { break };
+                let Some(task) = self.classes[class].queue.pop_front() else {
+                    break;
+                };
                 match self.build_spec(task) {
                     Ok(spec) => {
                         let lease = self.leases.get_mut(&lease_id).expect("lease");
@@ -296,7 +329,10 @@ impl OwnerState {
                         lease.idle_since = None;
                         let worker = lease.worker;
                         if let Some(t) = self.tasks.get_mut(&task) {
-                            t.state = TaskState::Pushed { lease: lease_id, worker };
+                            t.state = TaskState::Pushed {
+                                lease: lease_id,
+                                worker,
+                            };
                         }
                         batch.push(spec);
                     }
@@ -304,7 +340,8 @@ impl OwnerState {
                 }
             }
             if !batch.is_empty() {
-                fx.pushes.push((self.leases[&lease_id].conn.clone(), ToWorker::Push(batch)));
+                fx.pushes
+                    .push((self.leases[&lease_id].conn.clone(), ToWorker::Push(batch)));
             }
         }
         if self.node_short && self.classes[class].queue.is_empty() {
@@ -317,7 +354,11 @@ impl OwnerState {
             self.next_req += 1;
             c.pending_requests += 1;
             self.lease_requests.insert(req, class);
-            fx.to_node.push(ToNode::RequestLease { req, shape: c.shape.clone(), depth: self.depth });
+            fx.to_node.push(ToNode::RequestLease {
+                req,
+                shape: c.shape.clone(),
+                depth: self.depth,
+            });
         }
     }
 
@@ -329,17 +370,27 @@ impl OwnerState {
                 ArgDraft::Value(v) => Arg::Inline(v.clone()),
                 ArgDraft::Ref(id) => match self.objects.get(id).map(|e| &e.state) {
                     Some(ObjState::Ready(Ready::Inline(b))) => Arg::Inline(b.to_vec()),
-                    Some(ObjState::Ready(Ready::Stored { size, node })) => {
-                        Arg::Stored { object: *id, size: *size, node: *node }
-                    }
+                    Some(ObjState::Ready(Ready::Stored { size, node })) => Arg::Stored {
+                        object: *id,
+                        size: *size,
+                        node: *node,
+                    },
                     Some(ObjState::Failed(e)) => return Err(e.clone()),
                     Some(ObjState::Pending) | None => {
-                        return Err(Error::ObjectLost { object: *id, reason: "argument vanished before its task ran".into() })
+                        return Err(Error::ObjectLost {
+                            object: *id,
+                            reason: "argument vanished before its task ran".into(),
+                        })
                     }
                 },
             });
         }
-        Ok(TaskSpec { task, function: t.function.to_string(), args, depth: t.depth })
+        Ok(TaskSpec {
+            task,
+            function: t.function.to_string(),
+            args,
+            depth: t.depth,
+        })
     }
 
     /// A task is over: release its arguments.
@@ -370,7 +421,11 @@ impl OwnerState {
             }
             return;
         }
-        let failed = if let ObjState::Failed(err) = &state { Some(err.clone()) } else { None };
+        let failed = if let ObjState::Failed(err) = &state {
+            Some(err.clone())
+        } else {
+            None
+        };
         e.state = state;
         e.wake();
         let deps = std::mem::take(&mut e.dependents);
@@ -379,7 +434,9 @@ impl OwnerState {
                 // An error upstream is the error of everything downstream.
                 Some(err) => self.fail_task(d, err.clone(), fx),
                 None => {
-                    let Some(t) = self.tasks.get_mut(&d) else { continue };
+                    let Some(t) = self.tasks.get_mut(&d) else {
+                        continue;
+                    };
                     if let TaskState::WaitingDeps(n) = &mut t.state {
                         *n -= 1;
                         if *n == 0 {
@@ -397,7 +454,9 @@ impl OwnerState {
 
     /// Fails a task that is not pushed, or whose push is over.
     fn fail_task(&mut self, task: TaskId, err: Error, fx: &mut Effects) {
-        let Some(t) = self.tasks.remove(&task) else { return };
+        let Some(t) = self.tasks.remove(&task) else {
+            return;
+        };
         if t.state == TaskState::Queued {
             self.classes[t.class].queue.retain(|x| *x != task);
         }
@@ -423,7 +482,9 @@ impl OwnerState {
         let Some(t) = self.finish_push(task) else {
             // A task we gave up on (cancelled, failed over): drop what it stored.
             if let Some(Return::Stored { .. }) = returns.first() {
-                fx.to_node.push(ToNode::Free { objects: vec![ObjectId { task, index: 0 }] });
+                fx.to_node.push(ToNode::Free {
+                    objects: vec![ObjectId { task, index: 0 }],
+                });
             }
             return;
         };
@@ -431,14 +492,18 @@ impl OwnerState {
         let state = match returns.pop() {
             Some(Return::Inline(v)) => ObjState::Ready(Ready::Inline(Arc::new(v))),
             Some(Return::Stored { size, node }) => ObjState::Ready(Ready::Stored { size, node }),
-            None => ObjState::Failed(Error::Serialization { detail: format!("task {} returned nothing", t.name) }),
+            None => ObjState::Failed(Error::Serialization {
+                detail: format!("task {} returned nothing", t.name),
+            }),
         };
         self.resolve(t.ret, state, fx);
         self.pump(t.class, fx);
     }
 
     pub fn on_failed(&mut self, task: TaskId, err: ferry_proto::msg::TaskError, fx: &mut Effects) {
-        let Some(t) = self.finish_push(task) else { return };
+        let Some(t) = self.finish_push(task) else {
+            return;
+        };
         self.release_args(&t.args, fx);
         self.resolve(t.ret, ObjState::Failed(Error::from_task(&t.name, err)), fx);
         self.pump(t.class, fx);
@@ -448,7 +513,9 @@ impl OwnerState {
     pub fn on_requeued(&mut self, tasks: Vec<TaskId>, fx: &mut Effects) {
         let mut classes = Vec::new();
         for task in tasks.into_iter().rev() {
-            let Some(t) = self.tasks.get_mut(&task) else { continue };
+            let Some(t) = self.tasks.get_mut(&task) else {
+                continue;
+            };
             if let TaskState::Pushed { lease, .. } = t.state {
                 if let Some(l) = self.leases.get_mut(&lease) {
                     l.in_flight = l.in_flight.saturating_sub(1);
@@ -466,7 +533,14 @@ impl OwnerState {
     }
 
     /// A lease request was granted.
-    pub fn on_lease_granted(&mut self, req: u64, lease: u64, worker: WorkerId, conn: Arc<Conn>, fx: &mut Effects) {
+    pub fn on_lease_granted(
+        &mut self,
+        req: u64,
+        lease: u64,
+        worker: WorkerId,
+        conn: Arc<Conn>,
+        fx: &mut Effects,
+    ) {
         let Some(class) = self.lease_requests.remove(&req) else {
             fx.to_node.push(ToNode::ReturnLease { lease, kill: false });
             return;
@@ -476,13 +550,26 @@ impl OwnerState {
         c.leases.push(lease);
         self.leases.insert(
             lease,
-            Lease { worker, conn, class, in_flight: 0, blocked: false, idle_since: Some(Instant::now()) },
+            Lease {
+                worker,
+                conn,
+                class,
+                in_flight: 0,
+                blocked: false,
+                idle_since: Some(Instant::now()),
+            },
         );
         self.pump(class, fx);
     }
 
     /// The worker behind a granted lease could not be reached.
-    pub fn on_lease_unreachable(&mut self, req: u64, lease: u64, worker: WorkerId, fx: &mut Effects) {
+    pub fn on_lease_unreachable(
+        &mut self,
+        req: u64,
+        lease: u64,
+        worker: WorkerId,
+        fx: &mut Effects,
+    ) {
         fx.to_node.push(ToNode::ReturnLease { lease, kill: true });
         if let Some(class) = self.lease_requests.remove(&req) {
             self.classes[class].pending_requests -= 1;
@@ -492,18 +579,36 @@ impl OwnerState {
     }
 
     pub fn on_lease_infeasible(&mut self, req: u64, reason: String, fx: &mut Effects) {
-        let Some(class) = self.lease_requests.remove(&req) else { return };
+        let Some(class) = self.lease_requests.remove(&req) else {
+            return;
+        };
         self.classes[class].pending_requests -= 1;
         let queued: Vec<TaskId> = self.classes[class].queue.drain(..).collect();
         for t in queued {
-            let name = self.tasks.get(&t).map(|t| t.name.to_string()).unwrap_or_default();
-            self.fail_task(t, Error::Infeasible { task: name, detail: reason.clone() }, fx);
+            let name = self
+                .tasks
+                .get(&t)
+                .map(|t| t.name.to_string())
+                .unwrap_or_default();
+            self.fail_task(
+                t,
+                Error::Infeasible {
+                    task: name,
+                    detail: reason.clone(),
+                },
+                fx,
+            );
         }
     }
 
     /// A worker is gone: its leases end, and what it was running is retried or failed.
     pub fn on_worker_lost(&mut self, worker: WorkerId, detail: &str, fx: &mut Effects) {
-        let dead: Vec<u64> = self.leases.iter().filter(|(_, l)| l.worker == worker).map(|(id, _)| *id).collect();
+        let dead: Vec<u64> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.worker == worker)
+            .map(|(id, _)| *id)
+            .collect();
         let mut classes = Vec::new();
         for id in dead {
             if let Some(l) = self.leases.remove(&id) {
@@ -529,7 +634,14 @@ impl OwnerState {
                 t.state = TaskState::Queued;
                 let class = t.class;
                 self.classes[class].queue.push_front(task);
-                self.fail_task(task, Error::WorkerDied { task: name, detail: detail.to_string() }, fx);
+                self.fail_task(
+                    task,
+                    Error::WorkerDied {
+                        task: name,
+                        detail: detail.to_string(),
+                    },
+                    fx,
+                );
             }
         }
         classes.sort_unstable();
@@ -559,14 +671,19 @@ impl OwnerState {
         for id in idle {
             let l = self.leases.remove(&id).expect("listed");
             self.classes[l.class].leases.retain(|x| *x != id);
-            fx.to_node.push(ToNode::ReturnLease { lease: id, kill: false });
+            fx.to_node.push(ToNode::ReturnLease {
+                lease: id,
+                kill: false,
+            });
         }
     }
 
     /// Cancels the task that creates `id` if it has not finished.
     pub fn cancel(&mut self, id: ObjectId, fx: &mut Effects) {
         let task = id.task;
-        let Some(t) = self.tasks.get(&task) else { return };
+        let Some(t) = self.tasks.get(&task) else {
+            return;
+        };
         let name = t.name.to_string();
         match t.state {
             TaskState::Pushed { lease, .. } => {
@@ -592,12 +709,5 @@ impl OwnerState {
         for t in tasks {
             self.fail_task(t, err.clone(), fx);
         }
-    }
-
-    pub fn num_tasks(&self) -> usize {
-        self.tasks.len()
-    }
-    pub fn num_leases(&self) -> usize {
-        self.leases.len()
     }
 }

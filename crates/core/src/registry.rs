@@ -35,11 +35,19 @@ pub fn lookup(id: &str) -> Option<&'static RemoteFunction> {
 }
 
 /// Decodes argument `index` of function `function` (used by generated code).
-pub fn decode_arg<T: DeserializeOwned + 'static>(args: &[&[u8]], index: usize, function: &str) -> Result<T, TaskError> {
+pub fn decode_arg<T: DeserializeOwned + 'static>(
+    args: &[&[u8]],
+    index: usize,
+    function: &str,
+) -> Result<T, TaskError> {
     let bytes = args.get(index).ok_or_else(|| TaskError::BadArgument {
         function: function.to_string(),
         index,
-        detail: format!("expected at least {} arguments, got {}", index + 1, args.len()),
+        detail: format!(
+            "expected at least {} arguments, got {}",
+            index + 1,
+            args.len()
+        ),
     })?;
     crate::codec::decode(bytes).map_err(|e| TaskError::BadArgument {
         function: function.to_string(),
@@ -57,7 +65,10 @@ pub fn check_arity(args: &[&[u8]], n: usize, function: &str) -> Result<(), TaskE
         return Err(TaskError::BadArgument {
             function: function.to_string(),
             index: args.len().min(n),
-            detail: format!("{function} takes {n} arguments, the task carried {}", args.len()),
+            detail: format!(
+                "{function} takes {n} arguments, the task carried {}",
+                args.len()
+            ),
         });
     }
     Ok(())

@@ -40,7 +40,9 @@ pub(crate) fn runtime() -> Result<&'static Runtime> {
         Ok(()) | Err(Error::AlreadyInitialized) => {}
         Err(e) => return Err(e),
     }
-    let rt = RUNTIME.get().ok_or_else(|| Error::NotRunning { detail: "initialisation failed".into() })?;
+    let rt = RUNTIME.get().ok_or_else(|| Error::NotRunning {
+        detail: "initialisation failed".into(),
+    })?;
     rt.check_running().map(|_| rt)
 }
 
@@ -67,6 +69,7 @@ pub(crate) struct Runtime {
     pub token: String,
     pub store: StoreDir,
     pub session_dir: std::path::PathBuf,
+    pub node_addr: Addr,
     node: Arc<Conn>,
     node_calls: Mutex<HashMap<u64, mpsc::SyncSender<FromNode>>>,
     next_call: AtomicU64,
@@ -86,15 +89,33 @@ impl Runtime {
         executor: Option<Arc<Executor>>,
         listen: Addr,
     ) -> Result<&'static Runtime> {
-        let (conn, mut reader, node_id) = connect(&id.node_addr, &id.token, id.me, cfg.max_frame_bytes)
-            .map_err(|e| Error::Connection { detail: format!("node daemon at {}: {e}", id.node_addr) })?;
+        let (conn, mut reader, node_id) =
+            connect(&id.node_addr, &id.token, id.me, cfg.max_frame_bytes).map_err(|e| {
+                Error::Connection {
+                    detail: format!("node daemon at {}: {e}", id.node_addr),
+                }
+            })?;
         let conn = Arc::new(conn);
-        conn.send(&ToNode::Register { kind: id.kind, pid: std::process::id(), listen })
-            .map_err(|e| Error::Connection { detail: e.to_string() })?;
+        conn.send(&ToNode::Register {
+            kind: id.kind,
+            pid: std::process::id(),
+            listen,
+        })
+        .map_err(|e| Error::Connection {
+            detail: e.to_string(),
+        })?;
         match reader.read::<FromNode>() {
             Ok(FromNode::Registered { .. }) => {}
-            Ok(other) => return Err(Error::Connection { detail: format!("unexpected first reply {other:?}") }),
-            Err(e) => return Err(Error::Connection { detail: format!("registration failed: {e}") }),
+            Ok(other) => {
+                return Err(Error::Connection {
+                    detail: format!("unexpected first reply {other:?}"),
+                })
+            }
+            Err(e) => {
+                return Err(Error::Connection {
+                    detail: format!("registration failed: {e}"),
+                })
+            }
         }
         let limits = OwnerLimits {
             max_in_flight: cfg.max_tasks_in_flight_per_worker,
@@ -106,6 +127,7 @@ impl Runtime {
             token: id.token,
             store: StoreDir::open(id.store_dir),
             session_dir: id.session_dir,
+            node_addr: id.node_addr.clone(),
             cfg,
             node: conn,
             node_calls: Mutex::new(HashMap::new()),
@@ -123,11 +145,15 @@ impl Runtime {
         thread::Builder::new()
             .name("ferry-node-rx".into())
             .spawn(move || rt.node_reader(reader))
-            .map_err(|e| Error::Connection { detail: e.to_string() })?;
+            .map_err(|e| Error::Connection {
+                detail: e.to_string(),
+            })?;
         thread::Builder::new()
             .name("ferry-housekeeping".into())
             .spawn(move || rt.housekeeping())
-            .map_err(|e| Error::Connection { detail: e.to_string() })?;
+            .map_err(|e| Error::Connection {
+                detail: e.to_string(),
+            })?;
         Ok(rt)
     }
 
@@ -143,7 +169,9 @@ impl Runtime {
         if self.running.load(Ordering::Acquire) {
             Ok(())
         } else {
-            Err(Error::NotRunning { detail: "ferry::shutdown was called".into() })
+            Err(Error::NotRunning {
+                detail: "ferry::shutdown was called".into(),
+            })
         }
     }
 
@@ -179,14 +207,27 @@ impl Runtime {
     pub(crate) fn node_call(&self, make: impl FnOnce(u64) -> ToNode) -> Result<FromNode> {
         let req = self.next_call.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::sync_channel(1);
-        self.node_calls.lock().unwrap_or_else(|e| e.into_inner()).insert(req, tx);
+        self.node_calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(req, tx);
         if let Err(e) = self.node.send(&make(req)) {
-            self.node_calls.lock().unwrap_or_else(|e| e.into_inner()).remove(&req);
-            return Err(Error::Connection { detail: format!("node daemon: {e}") });
+            self.node_calls
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&req);
+            return Err(Error::Connection {
+                detail: format!("node daemon: {e}"),
+            });
         }
         rx.recv_timeout(Duration::from_secs(60)).map_err(|_| {
-            self.node_calls.lock().unwrap_or_else(|e| e.into_inner()).remove(&req);
-            Error::Connection { detail: "the node daemon did not answer within 60 s".into() }
+            self.node_calls
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&req);
+            Error::Connection {
+                detail: "the node daemon did not answer within 60 s".into(),
+            }
         })
     }
 
@@ -204,15 +245,20 @@ impl Runtime {
                 }
             };
             match msg {
-                FromNode::LeaseGranted { req, lease, worker, addr } => {
-                    match self.worker_conn(worker, &addr) {
-                        Ok(conn) => self.with_state(|st, fx| st.on_lease_granted(req, lease, worker, conn, fx)),
-                        Err(e) => {
-                            eprintln!("ferry: cannot reach leased worker {worker:?} at {addr}: {e}");
-                            self.with_state(|st, fx| st.on_lease_unreachable(req, lease, worker, fx))
-                        }
+                FromNode::LeaseGranted {
+                    req,
+                    lease,
+                    worker,
+                    addr,
+                } => match self.worker_conn(worker, &addr) {
+                    Ok(conn) => {
+                        self.with_state(|st, fx| st.on_lease_granted(req, lease, worker, conn, fx))
                     }
-                }
+                    Err(e) => {
+                        eprintln!("ferry: cannot reach leased worker {worker:?} at {addr}: {e}");
+                        self.with_state(|st, fx| st.on_lease_unreachable(req, lease, worker, fx))
+                    }
+                },
                 FromNode::LeaseInfeasible { req, reason } => {
                     self.with_state(|st, fx| st.on_lease_infeasible(req, reason, fx))
                 }
@@ -223,7 +269,12 @@ impl Runtime {
                 FromNode::EndRecall => self.with_state(|st, _| st.node_short = false),
                 FromNode::WorkerDied { worker, reason } => self.worker_lost(worker, &reason),
                 FromNode::Sealed { req, .. } | FromNode::Stats { req, .. } => {
-                    if let Some(tx) = self.node_calls.lock().unwrap_or_else(|e| e.into_inner()).remove(&req) {
+                    if let Some(tx) = self
+                        .node_calls
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&req)
+                    {
                         let _ = tx.send(msg);
                     }
                 }
@@ -240,7 +291,12 @@ impl Runtime {
         if self.running.load(Ordering::Acquire) {
             eprintln!("ferry: lost the connection to the node daemon: {e}");
             self.with_state(|st, fx| {
-                st.fail_all(Error::Connection { detail: format!("lost the node daemon: {e}") }, fx)
+                st.fail_all(
+                    Error::Connection {
+                        detail: format!("lost the node daemon: {e}"),
+                    },
+                    fx,
+                )
             });
         }
     }
@@ -249,26 +305,44 @@ impl Runtime {
 
     /// The connection to `worker`, opened (with its reader thread) on first use.
     fn worker_conn(&'static self, worker: WorkerId, addr: &Addr) -> Result<Arc<Conn>> {
-        if let Some(c) = self.workers.lock().unwrap_or_else(|e| e.into_inner()).get(&worker) {
+        if let Some(c) = self
+            .workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&worker)
+        {
             return Ok(c.clone());
         }
         let (conn, reader, _) = connect(addr, &self.token, self.me, self.cfg.max_frame_bytes)
-            .map_err(|e| Error::Connection { detail: e.to_string() })?;
+            .map_err(|e| Error::Connection {
+                detail: e.to_string(),
+            })?;
         let conn = Arc::new(conn);
-        self.workers.lock().unwrap_or_else(|e| e.into_inner()).insert(worker, conn.clone());
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(worker, conn.clone());
         thread::Builder::new()
             .name("ferry-worker-rx".into())
             .spawn(move || self.worker_reader(worker, reader))
-            .map_err(|e| Error::Connection { detail: e.to_string() })?;
+            .map_err(|e| Error::Connection {
+                detail: e.to_string(),
+            })?;
         Ok(conn)
     }
 
     fn worker_reader(&'static self, worker: WorkerId, mut reader: FrameReader<Stream>) {
         let reason = loop {
             match reader.read::<FromWorker>() {
-                Ok(FromWorker::Done { task, returns }) => self.with_state(|st, fx| st.on_done(task, returns, fx)),
-                Ok(FromWorker::Failed { task, error }) => self.with_state(|st, fx| st.on_failed(task, error, fx)),
-                Ok(FromWorker::Requeued { tasks }) => self.with_state(|st, fx| st.on_requeued(tasks, fx)),
+                Ok(FromWorker::Done { task, returns }) => {
+                    self.with_state(|st, fx| st.on_done(task, returns, fx))
+                }
+                Ok(FromWorker::Failed { task, error }) => {
+                    self.with_state(|st, fx| st.on_failed(task, error, fx))
+                }
+                Ok(FromWorker::Requeued { tasks }) => {
+                    self.with_state(|st, fx| st.on_requeued(tasks, fx))
+                }
                 Err(FrameError::Closed) => break "its connection closed".to_string(),
                 Err(e) => {
                     eprintln!("ferry: closing connection to worker {worker:?}: {e}");
@@ -280,7 +354,12 @@ impl Runtime {
     }
 
     fn worker_lost(&self, worker: WorkerId, reason: &str) {
-        if let Some(c) = self.workers.lock().unwrap_or_else(|e| e.into_inner()).remove(&worker) {
+        if let Some(c) = self
+            .workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&worker)
+        {
             c.shutdown();
         }
         self.with_state(|st, fx| st.on_worker_lost(worker, reason, fx));
@@ -301,13 +380,18 @@ impl Runtime {
     pub(crate) fn put_encoded(&self, enc: crate::codec::Encoded<'_>) -> Result<ObjectId> {
         if enc.len() <= self.cfg.inline_max_bytes {
             let v = enc.into_vec();
-            return Ok(self.with_state(|st, _| st.new_object(ObjState::Ready(Ready::Inline(Arc::new(v))))));
+            return Ok(
+                self.with_state(|st, _| st.new_object(ObjState::Ready(Ready::Inline(Arc::new(v)))))
+            );
         }
         // Reserve the id first so the file is named for it.
         let id = self.with_state(|st, _| st.new_object(ObjState::Pending));
         let stored = self.write_and_seal(id, &enc.parts());
         let state = match &stored {
-            Ok(size) => ObjState::Ready(Ready::Stored { size: *size, node: self.node_id }),
+            Ok(size) => ObjState::Ready(Ready::Stored {
+                size: *size,
+                node: self.node_id,
+            }),
             Err(e) => ObjState::Failed(e.clone()),
         };
         self.with_state(|st, fx| {
@@ -327,11 +411,19 @@ impl Runtime {
         let size = self
             .store
             .write_parts(id, parts)
-            .map_err(|e| Error::ObjectStoreFull { detail: format!("cannot write object {id:?} to the store: {e}") })?;
-        match self.node_call(|req| ToNode::Seal { req, object: id, size })? {
+            .map_err(|e| Error::ObjectStoreFull {
+                detail: format!("cannot write object {id:?} to the store: {e}"),
+            })?;
+        match self.node_call(|req| ToNode::Seal {
+            req,
+            object: id,
+            size,
+        })? {
             FromNode::Sealed { error: None, .. } => Ok(size),
             FromNode::Sealed { error: Some(e), .. } => Err(Error::ObjectStoreFull { detail: e }),
-            other => Err(Error::Connection { detail: format!("unexpected reply to seal: {other:?}") }),
+            other => Err(Error::Connection {
+                detail: format!("unexpected reply to seal: {other:?}"),
+            }),
         }
     }
 
@@ -365,8 +457,14 @@ impl Runtime {
 
     /// Blocks the calling thread until `poll` is ready or the deadline passes (`None`).
     /// In a worker, a task that waits gives its CPU back for the wait.
-    pub(crate) fn block_until<R>(&self, deadline: Option<Instant>, mut poll: impl FnMut(&Waker) -> Poll<R>) -> Option<R> {
-        let tw = Arc::new(ThreadWaker { thread: thread::current() });
+    pub(crate) fn block_until<R>(
+        &self,
+        deadline: Option<Instant>,
+        mut poll: impl FnMut(&Waker) -> Poll<R>,
+    ) -> Option<R> {
+        let tw = Arc::new(ThreadWaker {
+            thread: thread::current(),
+        });
         let waker = Waker::from(tw);
         let mut blocked = None;
         loop {
@@ -408,7 +506,9 @@ impl Runtime {
     pub(crate) fn node_stats(&self) -> Result<NodeStats> {
         match self.node_call(|req| ToNode::Stats { req })? {
             FromNode::Stats { stats, .. } => Ok(stats),
-            other => Err(Error::Connection { detail: format!("unexpected reply to stats: {other:?}") }),
+            other => Err(Error::Connection {
+                detail: format!("unexpected reply to stats: {other:?}"),
+            }),
         }
     }
 
@@ -417,9 +517,18 @@ impl Runtime {
             return;
         }
         self.with_state(|st, fx| {
-            st.fail_all(Error::NotRunning { detail: "ferry::shutdown was called while it was pending".into() }, fx)
+            st.fail_all(
+                Error::NotRunning {
+                    detail: "ferry::shutdown was called while it was pending".into(),
+                },
+                fx,
+            )
         });
-        let node = self.embedded.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let node = self
+            .embedded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(n) = node {
             n.shutdown();
         }
@@ -435,7 +544,12 @@ impl Runtime {
     }
 
     pub(crate) fn worker_pids(&self) -> Vec<u32> {
-        self.embedded.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|n| n.worker_pids()).unwrap_or_default()
+        self.embedded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|n| n.worker_pids())
+            .unwrap_or_default()
     }
 }
 
@@ -455,7 +569,9 @@ impl Wake for ThreadWaker {
 /// Runs a future to completion on this thread (used for `async fn` tasks).
 pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
     let mut fut = std::pin::pin!(fut);
-    let tw = Arc::new(ThreadWaker { thread: thread::current() });
+    let tw = Arc::new(ThreadWaker {
+        thread: thread::current(),
+    });
     let waker = Waker::from(tw);
     let mut cx = std::task::Context::from_waker(&waker);
     let mut blocked = None;

@@ -28,11 +28,17 @@ fn shm_root() -> PathBuf {
 /// Removes the directories of sessions whose process no longer exists.
 fn cleanup_stale() {
     for root in [std::env::temp_dir(), shm_root()] {
-        let Ok(rd) = std::fs::read_dir(&root) else { continue };
+        let Ok(rd) = std::fs::read_dir(&root) else {
+            continue;
+        };
         for e in rd.flatten() {
             let name = e.file_name();
-            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("ferry-")) else { continue };
-            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("ferry-")) else {
+                continue;
+            };
+            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
             if !Path::new(&format!("/proc/{pid}")).exists() {
                 let _ = std::fs::remove_dir_all(e.path());
             }
@@ -45,13 +51,18 @@ pub(crate) fn start_embedded(cfg: Config) -> Result<()> {
     let sid = format!("{}-{:08x}", std::process::id(), random_u64() as u32);
     let session_dir = std::env::temp_dir().join(format!("ferry-{sid}"));
     let store_dir = shm_root().join(format!("ferry-{sid}-store"));
-    let token: String = random_bytes(16).iter().map(|b| format!("{b:02x}")).collect();
+    let token: String = random_bytes(16)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let cpus = cfg.cpus();
     let mut shape = Shape::cpus(cpus as f64);
     for (n, a) in &cfg.resources {
         shape.set(n, *a);
     }
-    let exe = std::env::current_exe().map_err(|e| Error::Connection { detail: format!("cannot find this program: {e}") })?;
+    let exe = std::env::current_exe().map_err(|e| Error::Connection {
+        detail: format!("cannot find this program: {e}"),
+    })?;
     let node = ferry_node::start(NodeOptions {
         session_dir: session_dir.clone(),
         store_dir: store_dir.clone(),
@@ -67,9 +78,18 @@ pub(crate) fn start_embedded(cfg: Config) -> Result<()> {
         worker_env: cfg.to_worker_env(),
         max_frame: cfg.max_frame_bytes,
     })
-    .map_err(|e| Error::Connection { detail: format!("cannot start the node daemon: {e}") })?;
+    .map_err(|e| Error::Connection {
+        detail: format!("cannot start the node daemon: {e}"),
+    })?;
     let me = WorkerId(random_u64());
-    let id = Identity { me, kind: ProcKind::Driver, token, node_addr: node.addr(), store_dir, session_dir: session_dir.clone() };
+    let id = Identity {
+        me,
+        kind: ProcKind::Driver,
+        token,
+        node_addr: node.addr(),
+        store_dir,
+        session_dir: session_dir.clone(),
+    };
     // Drivers accept no connections yet; the address is reserved for borrowers.
     let listen = Addr::Unix(session_dir.join(format!("d-{me}.sock")));
     Runtime::start(id, cfg, Some(node), None, listen)?;

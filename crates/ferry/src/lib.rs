@@ -24,9 +24,9 @@
 //! the same executable and enter worker mode before `main` runs.
 
 pub use ferry_core::{
-    block_on, cancel, decode, encode_vec, get, get_all, get_async, get_bytes, get_timeout, init, node_stats, put,
-    shutdown, store_return, wait, Bytes, Config, Error, GetFuture, IntoArg, NodeStats, ObjectId,
-    ObjectRef, RemoteOptions, Result, TaskArg, TaskOptions,
+    block_on, cancel, decode, encode_vec, get, get_all, get_async, get_bytes, get_timeout, init,
+    node_stats, put, shutdown, store_return, wait, Bytes, Config, Error, GetFuture, IntoArg,
+    NodeStats, ObjectId, ObjectRef, RemoteOptions, Result, TaskArg, TaskOptions, WaitResult,
 };
 pub use ferry_macros::{main, remote};
 
@@ -41,4 +41,5 @@ pub mod __private {
     pub use ferry_core::__private::*;
     pub use ferry_core::submit;
     pub use ferry_core::worker_entry_point;
+    pub use ferry_core::{session_info, SessionInfo};
 }

@@ -11,7 +11,9 @@
 use proc_macro::TokenStream;
 use proc_macro2::Span;
 use quote::{format_ident, quote};
-use syn::{parse_macro_input, spanned::Spanned, FnArg, ItemFn, LitFloat, LitInt, LitStr, ReturnType, Type};
+use syn::{
+    parse_macro_input, spanned::Spanned, FnArg, ItemFn, LitFloat, LitInt, LitStr, ReturnType, Type,
+};
 
 #[derive(Default)]
 struct RemoteArgs {
@@ -40,7 +42,11 @@ fn parse_args(attr: TokenStream) -> syn::Result<RemoteArgs> {
             a.name = Some(meta.value()?.parse::<LitStr>()?.value());
         } else if meta.path.is_ident("resources") {
             meta.parse_nested_meta(|m| {
-                let name = m.path.get_ident().ok_or_else(|| m.error("expected a resource name"))?.to_string();
+                let name = m
+                    .path
+                    .get_ident()
+                    .ok_or_else(|| m.error("expected a resource name"))?
+                    .to_string();
                 a.resources.push((name, number(m.value()?)?));
                 Ok(())
             })?;
@@ -76,7 +82,10 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
 fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenStream> {
     let sig = &f.sig;
     if !sig.generics.params.is_empty() {
-        return Err(syn::Error::new(sig.generics.span(), "remote functions cannot be generic: each needs one registered id"));
+        return Err(syn::Error::new(
+            sig.generics.span(),
+            "remote functions cannot be generic: each needs one registered id",
+        ));
     }
     let name = &sig.ident;
     let vis = &f.vis;
@@ -84,7 +93,10 @@ fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenS
     for input in &sig.inputs {
         match input {
             FnArg::Receiver(r) => {
-                return Err(syn::Error::new(r.span(), "remote functions take no self; use #[ferry::actor] for methods"))
+                return Err(syn::Error::new(
+                    r.span(),
+                    "remote functions take no self; use #[ferry::actor] for methods",
+                ))
             }
             FnArg::Typed(pt) => {
                 if let Type::Reference(r) = &*pt.ty {
@@ -120,7 +132,8 @@ fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenS
     };
     let res_names: Vec<_> = args.resources.iter().map(|(n, _)| n.clone()).collect();
     let res_amounts: Vec<_> = args.resources.iter().map(|(_, a)| *a).collect();
-    let doc = format!("Remote form of [`{name}`](fn@{name}): `{name}::remote(..)` runs it as a task.");
+    let doc =
+        format!("Remote form of [`{name}`](fn@{name}): `{name}::remote(..)` runs it as a task.");
     let span = Span::call_site();
     let mod_vis = vis.clone();
     Ok(quote::quote_spanned! {span=>
@@ -188,7 +201,6 @@ fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenS
 pub fn main(_attr: TokenStream, item: TokenStream) -> TokenStream {
     let f = parse_macro_input!(item as ItemFn);
     let attrs = &f.attrs;
-    let vis = &f.vis;
     let sig = &f.sig;
     let body = &f.block;
     let output = &sig.output;
@@ -196,8 +208,9 @@ pub fn main(_attr: TokenStream, item: TokenStream) -> TokenStream {
         return quote!(compile_error!("#[ferry::main] takes a plain fn main; use ferry::block_on inside for async code");).into();
     }
     quote! {
+        // Public so the same file can also be used as a module (the quickstart test does).
         #(#attrs)*
-        #vis fn main() #output {
+        pub fn main() #output {
             ::ferry::__private::worker_entry_point();
             fn __ferry_user_main() #output #body
             let __ferry_result = __ferry_user_main();

@@ -70,6 +70,8 @@ struct ConnInfo {
     from: WorkerId,
     /// Set once a worker process registered on this connection.
     worker: Option<WorkerId>,
+    /// Nothing but `Register` is accepted before it.
+    registered: bool,
 }
 
 struct State {
@@ -107,15 +109,22 @@ pub struct NodeHandle {
 
 impl std::fmt::Debug for NodeHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeHandle").field("id", &self.node.id).finish()
+        f.debug_struct("NodeHandle")
+            .field("id", &self.node.id)
+            .finish()
     }
 }
 
 /// Starts a node daemon on background threads.
 pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
     let store = StoreDir::create(&opts.store_dir)?;
-    std::fs::DirBuilder::new().recursive(true).create(&opts.session_dir)?;
-    std::fs::set_permissions(&opts.session_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .create(&opts.session_dir)?;
+    std::fs::set_permissions(
+        &opts.session_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
     let sock = opts.session_dir.join("node.sock");
     let _ = std::fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock)?;
@@ -138,13 +147,21 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
     });
     let mut threads = Vec::new();
     let n = node.clone();
-    threads.push(thread::Builder::new().name("ferry-spawner".into()).spawn(move || spawner(n, spawn_rx))?);
+    threads.push(
+        thread::Builder::new()
+            .name("ferry-spawner".into())
+            .spawn(move || spawner(n, spawn_rx))?,
+    );
     {
         let mut st = node.lock();
         node.apply(&mut st, actions);
     }
     let n = node.clone();
-    threads.push(thread::Builder::new().name("ferry-accept".into()).spawn(move || accept_loop(n, listener))?);
+    threads.push(
+        thread::Builder::new()
+            .name("ferry-accept".into())
+            .spawn(move || accept_loop(n, listener))?,
+    );
     Ok(NodeHandle { node, threads })
 }
 
@@ -162,7 +179,13 @@ impl NodeHandle {
     }
     /// Pids of the worker processes alive now.
     pub fn worker_pids(&self) -> Vec<u32> {
-        self.node.pids.lock().unwrap_or_else(|e| e.into_inner()).values().copied().collect()
+        self.node
+            .pids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .copied()
+            .collect()
     }
 
     /// Stops the daemon and every worker it started, and deletes its directories.
@@ -174,13 +197,25 @@ impl NodeHandle {
         if self.node.stopping.swap(true, Ordering::SeqCst) {
             return;
         }
-        let _ = self.node.spawn_tx.lock().unwrap_or_else(|e| e.into_inner()).send(SpawnCmd::Shutdown);
+        let _ = self
+            .node
+            .spawn_tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(SpawnCmd::Shutdown);
         // Wake the accept loop so it sees `stopping`.
-        let _ = std::os::unix::net::UnixStream::connect(self.node.opts.session_dir.join("node.sock"));
+        let _ =
+            std::os::unix::net::UnixStream::connect(self.node.opts.session_dir.join("node.sock"));
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        let conns: Vec<Arc<Conn>> = self.node.lock().conns.values().map(|c| c.conn.clone()).collect();
+        let conns: Vec<Arc<Conn>> = self
+            .node
+            .lock()
+            .conns
+            .values()
+            .map(|c| c.conn.clone())
+            .collect();
         for c in conns {
             c.shutdown();
         }
@@ -236,17 +271,35 @@ impl Node {
     }
 
     fn spawn_cmd(&self, cmd: SpawnCmd) {
-        let _ = self.spawn_tx.lock().unwrap_or_else(|e| e.into_inner()).send(cmd);
+        let _ = self
+            .spawn_tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(cmd);
     }
 
     /// Carries out the scheduler's decisions.
     fn apply(&self, st: &mut State, actions: Vec<Action>) {
         for a in actions {
             match a {
-                Action::Grant { conn, req, lease, worker } => {
+                Action::Grant {
+                    conn,
+                    req,
+                    lease,
+                    worker,
+                } => {
                     let addr = st.workers.get(&worker).map(|(_, a)| a.clone());
                     match addr {
-                        Some(addr) => self.send(st, conn, &FromNode::LeaseGranted { req, lease, worker, addr }),
+                        Some(addr) => self.send(
+                            st,
+                            conn,
+                            &FromNode::LeaseGranted {
+                                req,
+                                lease,
+                                worker,
+                                addr,
+                            },
+                        ),
                         None => {
                             // Cannot happen: the scheduler only grants registered workers.
                             eprintln!("ferry-node: granted unknown worker {worker:?}");
@@ -271,7 +324,10 @@ impl Node {
             if let Some(c) = st.conns.get_mut(&conn) {
                 c.worker = None;
             }
-            let msg = FromNode::WorkerDied { worker, reason: reason.to_string() };
+            let msg = FromNode::WorkerDied {
+                worker,
+                reason: reason.to_string(),
+            };
             for c in st.conns.values() {
                 let _ = c.conn.send(&msg);
             }
@@ -283,9 +339,23 @@ impl Node {
     fn handle(&self, conn: ConnId, msg: ToNode) -> Result<(), String> {
         let mut st = self.lock();
         let st = &mut *st;
+        let registered = st.conns.get(&conn).is_some_and(|c| c.registered);
+        match (&msg, registered) {
+            (ToNode::Register { .. }, true) => return Err("registered twice".into()),
+            (ToNode::Register { .. }, false) => {}
+            (_, false) => return Err("request before registration".into()),
+            (_, true) => {}
+        }
         match msg {
-            ToNode::Register { kind, pid: _, listen } => {
-                let Some(info) = st.conns.get_mut(&conn) else { return Ok(()) };
+            ToNode::Register {
+                kind,
+                pid: _,
+                listen,
+            } => {
+                let Some(info) = st.conns.get_mut(&conn) else {
+                    return Ok(());
+                };
+                info.registered = true;
                 let w = info.from;
                 match kind {
                     ProcKind::Worker => {
@@ -299,7 +369,14 @@ impl Node {
                     }
                     ProcKind::Driver => {}
                 }
-                self.send(st, conn, &FromNode::Registered { node: self.id, worker: w });
+                self.send(
+                    st,
+                    conn,
+                    &FromNode::Registered {
+                        node: self.id,
+                        worker: w,
+                    },
+                );
             }
             ToNode::RequestLease { req, shape, depth } => {
                 let actions = st.sched.request(conn, req, shape, depth);
@@ -345,26 +422,37 @@ fn accept_loop(node: Arc<Node>, listener: UnixListener) {
         }
         let Ok(stream) = stream else { continue };
         let n = node.clone();
-        let _ = thread::Builder::new().name("ferry-node-conn".into()).spawn(move || serve_conn(n, Stream::Unix(stream)));
+        let _ = thread::Builder::new()
+            .name("ferry-node-conn".into())
+            .spawn(move || serve_conn(n, Stream::Unix(stream)));
     }
 }
 
 fn serve_conn(node: Arc<Node>, stream: Stream) {
-    let (conn, mut reader, hello) = match accept(stream, &node.opts.token, node.id, node.opts.max_frame) {
-        Ok(x) => x,
-        Err(e) => {
-            if !node.stopping.load(Ordering::SeqCst) {
-                eprintln!("ferry-node: refused a connection: {e}");
+    let (conn, mut reader, hello) =
+        match accept(stream, &node.opts.token, node.id, node.opts.max_frame) {
+            Ok(x) => x,
+            Err(e) => {
+                if !node.stopping.load(Ordering::SeqCst) {
+                    eprintln!("ferry-node: refused a connection: {e}");
+                }
+                return;
             }
-            return;
-        }
-    };
+        };
     let conn = Arc::new(conn);
     let id = {
         let mut st = node.lock();
         let id = st.next_conn;
         st.next_conn += 1;
-        st.conns.insert(id, ConnInfo { conn: conn.clone(), from: hello.from, worker: None });
+        st.conns.insert(
+            id,
+            ConnInfo {
+                conn: conn.clone(),
+                from: hello.from,
+                worker: None,
+                registered: false,
+            },
+        );
         id
     };
     let reason = loop {
@@ -388,7 +476,11 @@ fn serve_conn(node: Arc<Node>, stream: Stream) {
     let st = &mut *st;
     let info = st.conns.remove(&id);
     if let Some(w) = info.and_then(|i| i.worker) {
-        node.worker_gone(st, w, &format!("worker's connection to its node ended ({reason})"));
+        node.worker_gone(
+            st,
+            w,
+            &format!("worker's connection to its node ended ({reason})"),
+        );
         node.spawn_cmd(SpawnCmd::Kill(w));
     }
     let actions = st.sched.conn_closed(id);
@@ -402,11 +494,17 @@ fn spawner(node: Arc<Node>, rx: mpsc::Receiver<SpawnCmd>) {
         match cmd {
             Ok(SpawnCmd::Start) => match spawn_worker(&node) {
                 Ok((w, child)) => {
-                    node.pids.lock().unwrap_or_else(|e| e.into_inner()).insert(w, child.id());
+                    node.pids
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(w, child.id());
                     children.insert(w, child);
                 }
                 Err(e) => {
-                    eprintln!("ferry-node: cannot start a worker ({}): {e}", node.opts.worker_program.display());
+                    eprintln!(
+                        "ferry-node: cannot start a worker ({}): {e}",
+                        node.opts.worker_program.display()
+                    );
                     let mut st = node.lock();
                     let actions = st.sched.worker_start_failed();
                     node.apply(&mut st, actions);
@@ -440,7 +538,10 @@ fn spawner(node: Arc<Node>, rx: mpsc::Receiver<SpawnCmd>) {
         let mut st = node.lock();
         for (w, reason) in exited {
             children.remove(&w);
-            node.pids.lock().unwrap_or_else(|e| e.into_inner()).remove(&w);
+            node.pids
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&w);
             let was_expected = st.expected.contains(&w);
             node.worker_gone(&mut st, w, &reason);
             if was_expected {

@@ -60,7 +60,11 @@ impl Shape {
 
     /// Amount of `name` in thousandths.
     pub fn get_milli(&self, name: &str) -> u64 {
-        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| *v).unwrap_or(0)
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+            .unwrap_or(0)
     }
 }
 
@@ -88,7 +92,11 @@ pub enum ProcKind {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ToNode {
     /// First message after the handshake. `listen` is where owners reach this process.
-    Register { kind: ProcKind, pid: u32, listen: Addr },
+    Register {
+        kind: ProcKind,
+        pid: u32,
+        listen: Addr,
+    },
     /// Ask for a worker for tasks of `shape` at nesting `depth` (the driver's tasks are at
     /// depth 1). Answered by `LeaseGranted` or `LeaseInfeasible`.
     RequestLease { req: u64, shape: Shape, depth: u32 },
@@ -99,7 +107,11 @@ pub enum ToNode {
     /// The waiting task resumes and takes its CPU back.
     Unblocked,
     /// An object file was written into the store; account for it. Answered by `Sealed`.
-    Seal { req: u64, object: ObjectId, size: u64 },
+    Seal {
+        req: u64,
+        object: ObjectId,
+        size: u64,
+    },
     /// Objects no longer referenced by their owner: delete them.
     Free { objects: Vec<ObjectId> },
     /// Ask for the store's and the pool's figures. Answered by `Stats`.
@@ -124,19 +136,39 @@ pub struct NodeStats {
 /// Messages from the node daemon.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum FromNode {
-    Registered { node: NodeId, worker: WorkerId },
-    LeaseGranted { req: u64, lease: u64, worker: WorkerId, addr: Addr },
+    Registered {
+        node: NodeId,
+        worker: WorkerId,
+    },
+    LeaseGranted {
+        req: u64,
+        lease: u64,
+        worker: WorkerId,
+        addr: Addr,
+    },
     /// No node can ever satisfy `shape`: tasks of that shape fail with this reason.
-    LeaseInfeasible { req: u64, reason: String },
+    LeaseInfeasible {
+        req: u64,
+        reason: String,
+    },
     /// The daemon is short of resources: return leases that have nothing to do, now and
     /// whenever one goes idle, until `EndRecall`.
     RecallIdleLeases,
     /// The daemon is no longer short: idle leases may be kept for reuse again.
     EndRecall,
     /// A worker process exited; owners fail or retry what they had pushed to it.
-    WorkerDied { worker: WorkerId, reason: String },
-    Sealed { req: u64, error: Option<String> },
-    Stats { req: u64, stats: NodeStats },
+    WorkerDied {
+        worker: WorkerId,
+        reason: String,
+    },
+    Sealed {
+        req: u64,
+        error: Option<String>,
+    },
+    Stats {
+        req: u64,
+        stats: NodeStats,
+    },
 }
 
 /// A task argument as the executing worker receives it.
@@ -145,7 +177,11 @@ pub enum Arg {
     /// The encoded value itself (small values, passed by value).
     Inline(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A large value in the shared-memory store of `node`.
-    Stored { object: ObjectId, size: u64, node: NodeId },
+    Stored {
+        object: ObjectId,
+        size: u64,
+        node: NodeId,
+    },
 }
 
 /// Everything a worker needs to run one task.
@@ -173,7 +209,10 @@ pub enum ToWorker {
 pub enum Return {
     Inline(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Written to the store of the worker's node and sealed there.
-    Stored { size: u64, node: NodeId },
+    Stored {
+        size: u64,
+        node: NodeId,
+    },
 }
 
 /// Why a task produced no value.
@@ -184,7 +223,11 @@ pub enum TaskError {
     /// The worker's binary has no function with this id.
     UnknownFunction { function: String },
     /// An argument did not decode as the type the function takes.
-    BadArgument { function: String, index: usize, detail: String },
+    BadArgument {
+        function: String,
+        index: usize,
+        detail: String,
+    },
     /// The return value did not encode or could not be stored.
     BadReturn { function: String, detail: String },
     /// An argument in the store could not be read.
@@ -196,10 +239,18 @@ pub enum TaskError {
 /// From a worker to the owner that pushed it tasks.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum FromWorker {
-    Done { task: TaskId, returns: Vec<Return> },
-    Failed { task: TaskId, error: TaskError },
+    Done {
+        task: TaskId,
+        returns: Vec<Return>,
+    },
+    Failed {
+        task: TaskId,
+        error: TaskError,
+    },
     /// These tasks were pushed but never started (the worker blocked); submit them again.
-    Requeued { tasks: Vec<TaskId> },
+    Requeued {
+        tasks: Vec<TaskId>,
+    },
 }
 
 #[cfg(test)]
@@ -211,7 +262,10 @@ mod tests {
         let mut s = Shape::cpus(1.0);
         s.set("GPU", 0.5);
         s.set("A", 2.0);
-        assert_eq!(s.0.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["A", "CPU", "GPU"]);
+        assert_eq!(
+            s.0.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["A", "CPU", "GPU"]
+        );
         assert_eq!(s.get_milli("GPU"), 500);
         s.set("A", 0.0);
         assert_eq!(s.0.len(), 2);

@@ -28,16 +28,31 @@ pub type LeaseId = u64;
 /// What the daemon must do.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
-    Grant { conn: ConnId, req: u64, lease: LeaseId, worker: WorkerId },
-    Infeasible { conn: ConnId, req: u64, reason: String },
+    Grant {
+        conn: ConnId,
+        req: u64,
+        lease: LeaseId,
+        worker: WorkerId,
+    },
+    Infeasible {
+        conn: ConnId,
+        req: u64,
+        reason: String,
+    },
     /// Start one more worker process; report it with [`Scheduler::worker_registered`].
     StartWorker,
-    KillWorker { worker: WorkerId },
+    KillWorker {
+        worker: WorkerId,
+    },
     /// The node is short: this owner should return leases it is not using, now and as soon
     /// as any goes idle, until `EndRecall`.
-    Recall { conn: ConnId },
+    Recall {
+        conn: ConnId,
+    },
     /// The node is no longer short: the owner may keep idle leases again.
-    EndRecall { conn: ConnId },
+    EndRecall {
+        conn: ConnId,
+    },
 }
 
 /// Tunables of the pool.
@@ -53,8 +68,15 @@ pub struct PoolOptions {
 
 #[derive(Clone, Debug)]
 enum WorkerState {
-    Idle { since: Instant },
-    Leased { lease: LeaseId, owner: ConnId, shape: Shape, blocked: bool },
+    Idle {
+        since: Instant,
+    },
+    Leased {
+        lease: LeaseId,
+        owner: ConnId,
+        shape: Shape,
+        blocked: bool,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -86,7 +108,11 @@ impl Scheduler {
     /// A scheduler for a node with `total` resources. Returns the actions that prestart
     /// the pool.
     pub fn new(total: &Shape, opts: PoolOptions) -> (Scheduler, Vec<Action>) {
-        let total: BTreeMap<String, i64> = total.0.iter().map(|(n, v)| (n.clone(), *v as i64)).collect();
+        let total: BTreeMap<String, i64> = total
+            .0
+            .iter()
+            .map(|(n, v)| (n.clone(), *v as i64))
+            .collect();
         let mut s = Scheduler {
             available: total.clone(),
             total,
@@ -111,15 +137,28 @@ impl Scheduler {
     /// arrival order, a tree of tasks would start breadth-first and block a worker for
     /// nearly every inner node.
     pub fn request(&mut self, conn: ConnId, req: u64, shape: Shape, depth: u32) -> Vec<Action> {
-        let pos = self.queue.iter().position(|r| r.depth < depth).unwrap_or(self.queue.len());
-        self.queue.insert(pos, Request { conn, req, shape, depth });
+        let pos = self
+            .queue
+            .iter()
+            .position(|r| r.depth < depth)
+            .unwrap_or(self.queue.len());
+        self.queue.insert(
+            pos,
+            Request {
+                conn,
+                req,
+                shape,
+                depth,
+            },
+        );
         self.schedule()
     }
 
     /// A started worker process has connected and is ready for work.
     pub fn worker_registered(&mut self, worker: WorkerId, now: Instant) -> Vec<Action> {
         self.starting = self.starting.saturating_sub(1);
-        self.workers.insert(worker, WorkerState::Idle { since: now });
+        self.workers
+            .insert(worker, WorkerState::Idle { since: now });
         self.idle.push(worker);
         self.schedule()
     }
@@ -132,8 +171,16 @@ impl Scheduler {
 
     /// The owner on `conn` gives lease `lease` back. Returns no actions for an unknown
     /// lease or one held by another connection (a confused or hostile peer).
-    pub fn return_lease(&mut self, conn: ConnId, lease: LeaseId, kill: bool, now: Instant) -> Vec<Action> {
-        let Some(&worker) = self.leases.get(&lease) else { return Vec::new() };
+    pub fn return_lease(
+        &mut self,
+        conn: ConnId,
+        lease: LeaseId,
+        kill: bool,
+        now: Instant,
+    ) -> Vec<Action> {
+        let Some(&worker) = self.leases.get(&lease) else {
+            return Vec::new();
+        };
         match self.workers.get(&worker) {
             Some(WorkerState::Leased { owner, .. }) if *owner == conn => {}
             _ => return Vec::new(),
@@ -147,7 +194,8 @@ impl Scheduler {
         if kill {
             actions.push(Action::KillWorker { worker });
         } else {
-            self.workers.insert(worker, WorkerState::Idle { since: now });
+            self.workers
+                .insert(worker, WorkerState::Idle { since: now });
             self.idle.push(worker);
         }
         actions.extend(self.schedule());
@@ -157,7 +205,12 @@ impl Scheduler {
     /// A worker process is gone (exited, killed, or its connection broke).
     pub fn worker_died(&mut self, worker: WorkerId) -> Vec<Action> {
         match self.workers.remove(&worker) {
-            Some(WorkerState::Leased { lease, shape, blocked, .. }) => {
+            Some(WorkerState::Leased {
+                lease,
+                shape,
+                blocked,
+                ..
+            }) => {
                 self.leases.remove(&lease);
                 self.release(&shape, blocked);
             }
@@ -227,7 +280,9 @@ impl Scheduler {
         while self.workers.len() > self.opts.prestart {
             // The oldest idle worker is at the front.
             let Some(&w) = self.idle.first() else { break };
-            let Some(WorkerState::Idle { since }) = self.workers.get(&w) else { break };
+            let Some(WorkerState::Idle { since }) = self.workers.get(&w) else {
+                break;
+            };
             if now.duration_since(*since) < self.opts.idle_timeout {
                 break;
             }
@@ -248,7 +303,10 @@ impl Scheduler {
     }
 
     fn fits(pool: &BTreeMap<String, i64>, shape: &Shape) -> bool {
-        shape.0.iter().all(|(n, v)| pool.get(n).copied().unwrap_or(0) >= *v as i64)
+        shape
+            .0
+            .iter()
+            .all(|(n, v)| pool.get(n).copied().unwrap_or(0) >= *v as i64)
     }
 
     fn schedule(&mut self) -> Vec<Action> {
@@ -261,7 +319,12 @@ impl Scheduler {
             let shape = &self.queue[i].shape;
             if !Self::fits(&self.total, shape) {
                 let r = self.queue.remove(i).expect("index checked");
-                let total = Shape(self.total.iter().map(|(n, v)| (n.clone(), *v as u64)).collect());
+                let total = Shape(
+                    self.total
+                        .iter()
+                        .map(|(n, v)| (n.clone(), *v as u64))
+                        .collect(),
+                );
                 actions.push(Action::Infeasible {
                     conn: r.conn,
                     req: r.req,
@@ -283,8 +346,21 @@ impl Scheduler {
                 let lease = self.next_lease;
                 self.next_lease += 1;
                 self.leases.insert(lease, worker);
-                self.workers.insert(worker, WorkerState::Leased { lease, owner: r.conn, shape: r.shape, blocked: false });
-                actions.push(Action::Grant { conn: r.conn, req: r.req, lease, worker });
+                self.workers.insert(
+                    worker,
+                    WorkerState::Leased {
+                        lease,
+                        owner: r.conn,
+                        shape: r.shape,
+                        blocked: false,
+                    },
+                );
+                actions.push(Action::Grant {
+                    conn: r.conn,
+                    req: r.req,
+                    lease,
+                    worker,
+                });
                 continue;
             }
             for (n, v) in &shape.0 {
@@ -293,7 +369,9 @@ impl Scheduler {
             need_workers += 1;
             i += 1;
         }
-        while self.starting < need_workers && self.workers.len() + self.starting < self.opts.max_workers {
+        while self.starting < need_workers
+            && self.workers.len() + self.starting < self.opts.max_workers
+        {
             self.starting += 1;
             actions.push(Action::StartWorker);
         }
@@ -314,7 +392,11 @@ impl Scheduler {
                 }
             }
         } else {
-            actions.extend(std::mem::take(&mut self.recalled).into_iter().map(|conn| Action::EndRecall { conn }));
+            actions.extend(
+                std::mem::take(&mut self.recalled)
+                    .into_iter()
+                    .map(|conn| Action::EndRecall { conn }),
+            );
         }
         actions
     }
@@ -330,11 +412,21 @@ impl Scheduler {
         self.queue.len()
     }
     pub fn total(&self) -> Shape {
-        Shape(self.total.iter().map(|(n, v)| (n.clone(), *v as u64)).collect())
+        Shape(
+            self.total
+                .iter()
+                .map(|(n, v)| (n.clone(), *v as u64))
+                .collect(),
+        )
     }
     /// Available resources (negative amounts, from oversubscription, show as zero).
     pub fn available(&self) -> Shape {
-        Shape(self.available.iter().map(|(n, v)| (n.clone(), (*v).max(0) as u64)).collect())
+        Shape(
+            self.available
+                .iter()
+                .map(|(n, v)| (n.clone(), (*v).max(0) as u64))
+                .collect(),
+        )
     }
     /// The owner connection holding `worker`'s lease, if leased.
     pub fn lease_holder(&self, worker: WorkerId) -> Option<ConnId> {
@@ -350,13 +442,19 @@ mod tests {
     use super::*;
 
     fn opts(prestart: usize) -> PoolOptions {
-        PoolOptions { prestart, max_workers: 8, idle_timeout: Duration::from_secs(1) }
+        PoolOptions {
+            prestart,
+            max_workers: 8,
+            idle_timeout: Duration::from_secs(1),
+        }
     }
 
     fn grants(a: &[Action]) -> Vec<(ConnId, u64, WorkerId)> {
         a.iter()
             .filter_map(|x| match x {
-                Action::Grant { conn, req, worker, .. } => Some((*conn, *req, *worker)),
+                Action::Grant {
+                    conn, req, worker, ..
+                } => Some((*conn, *req, *worker)),
                 _ => None,
             })
             .collect()
@@ -390,7 +488,9 @@ mod tests {
         let mut shape = Shape::cpus(1.0);
         shape.set("GPU", 1.0);
         let a = s.request(3, 1, shape, 1);
-        assert!(matches!(&a[0], Action::Infeasible { conn: 3, req: 1, reason } if reason.contains("GPU")));
+        assert!(
+            matches!(&a[0], Action::Infeasible { conn: 3, req: 1, reason } if reason.contains("GPU"))
+        );
         assert_eq!(s.num_queued(), 0);
     }
 
@@ -409,7 +509,9 @@ mod tests {
         assert!(grants(&a3).is_empty());
         assert!(a3.contains(&Action::Recall { conn: 1 }));
         // Told once, not on every event.
-        assert!(!s.request(2, 4, Shape::cpus(1.0), 1).contains(&Action::Recall { conn: 1 }));
+        assert!(!s
+            .request(2, 4, Shape::cpus(1.0), 1)
+            .contains(&Action::Recall { conn: 1 }));
         let a = s.return_lease(1, lease_of(&a1), false, now);
         assert_eq!(grants(&a).len(), 1);
         assert_eq!(grants(&a)[0].0, 2);
@@ -417,7 +519,10 @@ mod tests {
         assert!(a.contains(&Action::Recall { conn: 2 }));
         let a = s.return_lease(1, lease_of(&a2), false, now);
         assert_eq!(grants(&a).len(), 1);
-        assert!(a.contains(&Action::EndRecall { conn: 1 }) && a.contains(&Action::EndRecall { conn: 2 }));
+        assert!(
+            a.contains(&Action::EndRecall { conn: 1 })
+                && a.contains(&Action::EndRecall { conn: 2 })
+        );
     }
 
     #[test]
@@ -430,7 +535,11 @@ mod tests {
         let (_, _, w) = grants(&a)[0];
         assert!(grants(&s.request(2, 2, Shape::cpus(1.0), 1)).is_empty());
         let a = s.blocked(w);
-        assert_eq!(grants(&a).len(), 1, "the blocked worker's CPU goes to the waiting request");
+        assert_eq!(
+            grants(&a).len(),
+            1,
+            "the blocked worker's CPU goes to the waiting request"
+        );
         s.unblocked(w);
         assert_eq!(s.available().get_milli(CPU), 0);
         // Oversubscribed: a further request waits until both leases are back.
@@ -440,10 +549,21 @@ mod tests {
     #[test]
     fn starts_workers_on_demand_up_to_max() {
         let now = Instant::now();
-        let (mut s, _) = Scheduler::new(&Shape::cpus(16.0), PoolOptions { prestart: 0, max_workers: 2, idle_timeout: Duration::ZERO });
+        let (mut s, _) = Scheduler::new(
+            &Shape::cpus(16.0),
+            PoolOptions {
+                prestart: 0,
+                max_workers: 2,
+                idle_timeout: Duration::ZERO,
+            },
+        );
         let mut starts = 0;
         for r in 0..5 {
-            starts += s.request(1, r, Shape::cpus(1.0), 1).iter().filter(|a| **a == Action::StartWorker).count();
+            starts += s
+                .request(1, r, Shape::cpus(1.0), 1)
+                .iter()
+                .filter(|a| **a == Action::StartWorker)
+                .count();
         }
         assert_eq!(starts, 2);
         let a = s.worker_registered(WorkerId(9), now);
@@ -482,7 +602,9 @@ mod tests {
         s.request(1, 1, Shape::cpus(1.0), 1);
         s.request(1, 2, Shape::cpus(1.0), 1);
         let a = s.conn_closed(1);
-        assert!(a.contains(&Action::KillWorker { worker: WorkerId(1) }));
+        assert!(a.contains(&Action::KillWorker {
+            worker: WorkerId(1)
+        }));
         assert_eq!(s.num_queued(), 0);
         assert_eq!(s.available().get_milli(CPU), 1000);
     }
@@ -506,7 +628,12 @@ mod tests {
         s.worker_registered(WorkerId(2), now);
         assert!(s.tick(now).is_empty());
         let a = s.tick(now + Duration::from_secs(2));
-        assert_eq!(a, vec![Action::KillWorker { worker: WorkerId(1) }]);
+        assert_eq!(
+            a,
+            vec![Action::KillWorker {
+                worker: WorkerId(1)
+            }]
+        );
         assert_eq!(s.num_workers(), 1);
     }
 }

@@ -1,0 +1,37 @@
+//! Shared by the integration tests: each test binary's tests run one per process under
+//! nextest, each with its own embedded cluster (real worker processes, sockets, /dev/shm).
+
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+/// The longest any single wait in a test may take before it fails with a message.
+pub const T: Duration = Duration::from_secs(30);
+
+/// Starts a 2-CPU embedded cluster (or reuses this process's).
+pub fn cluster() {
+    match ferry::init(ferry::Config::default().num_cpus(2)) {
+        Ok(()) | Err(ferry::Error::AlreadyInitialized) => {}
+        Err(e) => panic!("cannot start ferry: {e}"),
+    }
+}
+
+/// Polls `f` until it returns true or `within` passes; panics with `what` then.
+pub fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("timed out after {within:?} waiting for: {what}");
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    // A zombie still has a /proc entry; count it as dead.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s.split_whitespace().nth(2).is_none_or(|st| st != "Z"),
+        Err(_) => false,
+    }
+}

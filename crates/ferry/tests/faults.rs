@@ -1,0 +1,312 @@
+//! Failures and bad input, with real processes: a worker that dies, a driver that shuts down,
+//! and bytes on every socket that no well-behaved peer would send.
+
+mod common;
+
+use common::{cluster, eventually, pid_alive, T};
+use ferry::Error;
+use ferry_proto::conn::{connect, Conn};
+use ferry_proto::msg::{Arg, FromNode, FromWorker, Shape, TaskError, TaskSpec, ToNode, ToWorker};
+use ferry_proto::{FrameReader, Stream, TaskId, WorkerId};
+use std::io::Write;
+
+#[ferry::remote]
+fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+#[ferry::remote]
+fn pid() -> u32 {
+    std::process::id()
+}
+
+#[ferry::remote(max_retries = 0)]
+fn die() -> u32 {
+    std::process::abort()
+}
+
+/// Dies the first time it runs for `marker`, succeeds on the retry.
+#[ferry::remote]
+fn die_once(marker: String) -> String {
+    if std::fs::metadata(&marker).is_err() {
+        std::fs::write(&marker, b"x").unwrap();
+        std::process::exit(3);
+    }
+    "survived".into()
+}
+
+#[test]
+fn worker_death_fails_the_task_and_the_driver_goes_on() {
+    cluster();
+    let r = die::remote();
+    match ferry::get_timeout(&r, T) {
+        Err(e @ Error::WorkerDied { .. }) => assert!(e.to_string().contains("die"), "{e}"),
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    // Downstream of the dead task fails the same way, and new tasks run.
+    assert!(matches!(ferry::get_timeout(&add::remote(1, 1), T), Ok(2)));
+    // The pool is back at its size.
+    eventually("the pool replaced the dead worker", T, || {
+        ferry::node_stats().unwrap().workers == 2
+    });
+}
+
+#[test]
+fn worker_death_is_retried() {
+    cluster();
+    let marker = std::env::temp_dir().join(format!("ferry-die-once-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let r = die_once::remote(marker.to_string_lossy().into_owned());
+    assert_eq!(ferry::get_timeout(&r, T).unwrap(), "survived");
+    let _ = std::fs::remove_file(&marker);
+}
+
+#[test]
+fn shutdown_leaves_no_process_and_no_file_behind() {
+    cluster();
+    let mut pids: Vec<u32> = (0..10)
+        .map(|_| ferry::get_timeout(&pid::remote(), T).unwrap())
+        .collect();
+    pids.extend(ferry::__private::session_info().unwrap().worker_pids);
+    pids.sort_unstable();
+    pids.dedup();
+    assert!(!pids.is_empty() && !pids.contains(&std::process::id()));
+    let info = ferry::__private::session_info().unwrap();
+    let slow = add::remote(1, 1);
+    ferry::shutdown();
+    for p in &pids {
+        eventually(&format!("worker {p} gone"), T, || !pid_alive(*p));
+    }
+    assert!(!info.store_dir.exists(), "store directory left behind");
+    assert!(!info.session_dir.exists(), "session directory left behind");
+    // Calls after shutdown say so instead of hanging.
+    let after = add::remote(1, 2);
+    assert!(matches!(
+        ferry::get_timeout(&after, T),
+        Err(Error::NotRunning { .. })
+    ));
+    assert!(matches!(
+        ferry::get_timeout(&slow, T),
+        Ok(2) | Err(Error::NotRunning { .. })
+    ));
+}
+
+// ---- raw protocol ----
+
+fn raw_node() -> (Conn, FrameReader<Stream>) {
+    let info = ferry::__private::session_info().unwrap();
+    let (c, r, _) = connect(&info.node_addr, &info.token, WorkerId(42), 1 << 20).unwrap();
+    (c, r)
+}
+
+/// Leases a worker straight from the daemon and connects to it, as an owner would.
+fn raw_worker() -> (Conn, FrameReader<Stream>, Conn) {
+    let info = ferry::__private::session_info().unwrap();
+    let (node, mut node_rx) = raw_node();
+    node.send(&ToNode::Register {
+        kind: ferry_proto::msg::ProcKind::Driver,
+        pid: std::process::id(),
+        listen: ferry_proto::Addr::Unix("/nonexistent".into()),
+    })
+    .unwrap();
+    assert!(matches!(
+        node_rx.read::<FromNode>().unwrap(),
+        FromNode::Registered { .. }
+    ));
+    node.send(&ToNode::RequestLease {
+        req: 1,
+        shape: Shape::cpus(1.0),
+        depth: 1,
+    })
+    .unwrap();
+    let addr = loop {
+        match node_rx.read::<FromNode>().unwrap() {
+            FromNode::LeaseGranted { addr, .. } => break addr,
+            _ => continue,
+        }
+    };
+    let (w, wrx, _) = connect(&addr, &info.token, WorkerId(43), 1 << 20).unwrap();
+    (w, wrx, node)
+}
+
+fn spec(function: &str, args: Vec<Arg>) -> TaskSpec {
+    TaskSpec {
+        task: TaskId {
+            owner: WorkerId(43),
+            seq: 1,
+        },
+        function: function.into(),
+        args,
+        depth: 1,
+    }
+}
+
+fn cluster_still_works() {
+    assert_eq!(ferry::get_timeout(&add::remote(40, 2), T).unwrap(), 42);
+}
+
+#[test]
+fn wrong_or_missing_token_is_refused_with_a_reason() {
+    cluster();
+    let info = ferry::__private::session_info().unwrap();
+    match connect(&info.node_addr, "not-the-token", WorkerId(1), 1 << 20) {
+        Err(ferry_proto::conn::ConnectError::Refused(r)) => assert!(r.contains("token"), "{r}"),
+        other => panic!("expected refusal, got {:?}", other.map(|_| ())),
+    }
+    match connect(&info.node_addr, "", WorkerId(1), 1 << 20) {
+        Err(ferry_proto::conn::ConnectError::Refused(_)) => {}
+        other => panic!("expected refusal, got {:?}", other.map(|_| ())),
+    }
+    cluster_still_works();
+}
+
+#[test]
+fn garbage_and_oversized_frames_close_only_that_connection() {
+    cluster();
+    let info = ferry::__private::session_info().unwrap();
+    let path = match &info.node_addr {
+        ferry_proto::Addr::Unix(p) => p.clone(),
+        _ => unreachable!(),
+    };
+    // Not a ferry peer at all.
+    let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    let mut buf = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut buf); // closed by the daemon
+                                                          // An authenticated peer that sends an oversized frame, then garbage.
+    let (c, mut rx) = raw_node();
+    c.send_raw(&(u32::MAX - 1).to_le_bytes()).unwrap();
+    assert!(
+        rx.read::<FromNode>().is_err(),
+        "the daemon must close the connection"
+    );
+    let (c, mut rx) = raw_node();
+    c.send_raw(&[5, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff])
+        .unwrap();
+    assert!(
+        rx.read::<FromNode>().is_err(),
+        "the daemon must close the connection"
+    );
+    // Messages that make no sense from this peer are refused, not obeyed.
+    let (c, mut rx) = raw_node();
+    c.send(&ToNode::ReturnLease {
+        lease: 12345,
+        kill: true,
+    })
+    .unwrap();
+    c.send(&ToNode::Register {
+        kind: ferry_proto::msg::ProcKind::Worker,
+        pid: 1,
+        listen: ferry_proto::Addr::Unix("/x".into()),
+    })
+    .unwrap();
+    assert!(
+        rx.read::<FromNode>().is_err(),
+        "an unexpected worker registration closes the connection"
+    );
+    cluster_still_works();
+}
+
+#[test]
+fn unknown_function_and_bad_arguments_are_typed_errors_and_the_worker_survives() {
+    cluster();
+    let (w, mut wrx, _node) = raw_worker();
+    w.send(&ToWorker::Push(vec![spec("no::such::function", vec![])]))
+        .unwrap();
+    match wrx.read::<FromWorker>().unwrap() {
+        FromWorker::Failed {
+            error: TaskError::UnknownFunction { function },
+            ..
+        } => {
+            assert_eq!(function, "no::such::function")
+        }
+        other => panic!("{other:?}"),
+    }
+    // `add` takes two i64: give it a string and too few arguments.
+    let add_id = "faults::add";
+    let bad = ferry::encode_vec(&"not a number".to_string()).unwrap();
+    w.send(&ToWorker::Push(vec![spec(
+        add_id,
+        vec![Arg::Inline(bad.clone()), Arg::Inline(bad)],
+    )]))
+    .unwrap();
+    match wrx.read::<FromWorker>().unwrap() {
+        FromWorker::Failed {
+            error: TaskError::BadArgument { index: 0, .. },
+            ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    w.send(&ToWorker::Push(vec![spec(add_id, vec![])])).unwrap();
+    assert!(matches!(
+        wrx.read::<FromWorker>().unwrap(),
+        FromWorker::Failed {
+            error: TaskError::BadArgument { .. },
+            ..
+        }
+    ));
+    // An argument said to be in the store that is not there.
+    let missing = Arg::Stored {
+        object: Default::default(),
+        size: 10,
+        node: Default::default(),
+    };
+    w.send(&ToWorker::Push(vec![spec(
+        add_id,
+        vec![missing.clone(), missing],
+    )]))
+    .unwrap();
+    assert!(matches!(
+        wrx.read::<FromWorker>().unwrap(),
+        FromWorker::Failed {
+            error: TaskError::ArgumentUnavailable { .. },
+            ..
+        }
+    ));
+    // A well-formed call on the same connection still works.
+    let one = ferry::encode_vec(&1i64).unwrap();
+    w.send(&ToWorker::Push(vec![spec(
+        add_id,
+        vec![Arg::Inline(one.clone()), Arg::Inline(one)],
+    )]))
+    .unwrap();
+    match wrx.read::<FromWorker>().unwrap() {
+        FromWorker::Done { returns, .. } => match &returns[0] {
+            ferry_proto::msg::Return::Inline(b) => assert_eq!(ferry::decode::<i64>(b).unwrap(), 2),
+            r => panic!("{r:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+    // Garbage on the worker's socket closes that connection only.
+    w.send_raw(&[3, 0, 0, 0, 9, 9, 9]).unwrap();
+    assert!(wrx.read::<FromWorker>().is_err());
+    cluster_still_works();
+}
+
+#[test]
+fn garbage_never_crashes_a_daemon_or_a_worker() {
+    cluster();
+    let pids = ferry::__private::session_info().unwrap().worker_pids;
+    // Many random frames from authenticated peers, each on its own connection.
+    let mut x: u32 = 0x9e3779b9;
+    for i in 0..200 {
+        let mut frame = Vec::new();
+        let len = (i % 60) as u32;
+        frame.extend_from_slice(&len.to_le_bytes());
+        for _ in 0..len {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            frame.push(x as u8);
+        }
+        let (c, mut rx) = raw_node();
+        c.send_raw(&frame).unwrap();
+        c.shutdown();
+        let _ = rx.read::<FromNode>();
+    }
+    for p in pids {
+        assert!(pid_alive(p), "worker {p} died");
+    }
+    cluster_still_works();
+}

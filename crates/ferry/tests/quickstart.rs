@@ -1,0 +1,10 @@
+//! The README's quickstart, run as a test so it can never rot.
+
+#[path = "../../../examples/quickstart.rs"]
+#[allow(dead_code)]
+mod quickstart;
+
+#[test]
+fn quickstart_runs() {
+    quickstart::main().expect("quickstart failed");
+}

@@ -1,0 +1,368 @@
+//! Tasks, refs, objects and errors on a real embedded cluster.
+
+mod common;
+
+use common::{cluster, T};
+use ferry::prelude::*;
+use ferry::Error;
+use serde::{Deserialize, Serialize};
+
+#[ferry::remote]
+fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+#[ferry::remote]
+fn concat(a: String, b: Vec<String>) -> String {
+    let mut s = a;
+    for x in b {
+        s.push_str(&x);
+    }
+    s
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq, Clone)]
+pub struct Point {
+    x: f64,
+    y: f64,
+    tag: Option<String>,
+}
+
+#[ferry::remote]
+fn mirror(p: Point) -> Point {
+    Point {
+        x: p.y,
+        y: p.x,
+        tag: p.tag.map(|t| t.to_uppercase()),
+    }
+}
+
+#[ferry::remote(num_cpus = 1)]
+fn tree(depth: u32) -> u64 {
+    if depth == 0 {
+        return 1;
+    }
+    let (l, r) = (tree::remote(depth - 1), tree::remote(depth - 1));
+    ferry::get(&l).unwrap() + ferry::get(&r).unwrap()
+}
+
+#[ferry::remote]
+fn one() -> u64 {
+    1
+}
+
+#[ferry::remote]
+fn fanout(n: u64) -> u64 {
+    let refs: Vec<_> = (0..n).map(|_| one::remote()).collect();
+    ferry::get_all(&refs).unwrap().into_iter().sum()
+}
+
+#[ferry::remote]
+fn boom(msg: String) -> i64 {
+    panic!("boom: {msg}")
+}
+
+#[ferry::remote]
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[ferry::remote]
+fn sum_bytes(v: Vec<u8>) -> u64 {
+    v.iter().map(|b| *b as u64).sum()
+}
+
+#[ferry::remote]
+fn make_bytes(n: usize, fill: u8) -> Vec<u8> {
+    vec![fill; n]
+}
+
+#[ferry::remote]
+async fn async_double(x: i64) -> i64 {
+    let r = one::remote();
+    x * 2 + r.await.unwrap() as i64 - 1
+}
+
+#[ferry::remote(resources(widget = 1))]
+fn needs_widget() -> String {
+    "ran".into()
+}
+
+#[ferry::remote(resources(unobtainium = 1))]
+fn never_schedulable() -> u8 {
+    0
+}
+
+#[ferry::remote]
+fn pid() -> u32 {
+    std::process::id()
+}
+
+#[test]
+fn add_and_refs_as_arguments() {
+    cluster();
+    let a = add::remote(1, 2);
+    let b = add::remote(&a, 10);
+    let c = add::remote(&a, b.clone());
+    assert_eq!(ferry::get_timeout(&b, T).unwrap(), 13);
+    assert_eq!(ferry::get_timeout(&c, T).unwrap(), 16);
+    assert_eq!(ferry::get_timeout(&a, T).unwrap(), 3);
+}
+
+#[test]
+fn strings_structs_and_vectors_round_trip() {
+    cluster();
+    let r = concat::remote("a".to_string(), vec!["b".into(), "c".into()]);
+    assert_eq!(ferry::get_timeout(&r, T).unwrap(), "abc");
+    let p = Point {
+        x: 1.5,
+        y: -2.0,
+        tag: Some("hi".into()),
+    };
+    let m = mirror::remote(p.clone());
+    assert_eq!(
+        ferry::get_timeout(&m, T).unwrap(),
+        Point {
+            x: -2.0,
+            y: 1.5,
+            tag: Some("HI".into())
+        }
+    );
+    // A put value as an argument.
+    let pr = ferry::put(p).unwrap();
+    assert_eq!(
+        ferry::get_timeout(&mirror::remote(&pr), T)
+            .unwrap()
+            .tag
+            .as_deref(),
+        Some("HI")
+    );
+}
+
+#[test]
+fn nested_depth_ten_without_deadlock() {
+    cluster();
+    let r = tree::remote(10);
+    assert_eq!(ferry::get_timeout(&r, T).unwrap(), 1024);
+}
+
+#[test]
+fn fanout_of_a_thousand_from_inside_a_task() {
+    cluster();
+    let r = fanout::remote(1000);
+    assert_eq!(ferry::get_timeout(&r, T).unwrap(), 1000);
+    // Two at once: both blocked parents must give their CPUs back.
+    let (a, b) = (fanout::remote(1000), fanout::remote(1000));
+    assert_eq!(
+        ferry::get_timeout(&a, T).unwrap() + ferry::get_timeout(&b, T).unwrap(),
+        2000
+    );
+}
+
+#[test]
+fn many_tasks_complete_with_right_values() {
+    cluster();
+    let refs: Vec<_> = (0..5000).map(|i| add::remote(i, 1)).collect();
+    let vals = ferry::get_all(&refs).unwrap();
+    assert!(vals.iter().enumerate().all(|(i, v)| *v == i as i64 + 1));
+}
+
+#[test]
+fn large_put_is_zero_copy_view_of_shared_memory() {
+    cluster();
+    let n = 100 << 20;
+    let big = ferry::put(vec![7u8; n]).unwrap();
+    let view = ferry::get_bytes(&big).unwrap();
+    assert_eq!(view.len(), n);
+    assert!(view.iter().step_by(4096).all(|b| *b == 7));
+    // The view points into a mapping of the object's file in the store, not into our heap.
+    let addr = view.as_ptr() as usize;
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let store = ferry::__private::session_info().unwrap().store_dir;
+    let mapped = maps.lines().any(|l| {
+        let mut it = l.split_whitespace();
+        let range = it.next().unwrap();
+        let (lo, hi) = range.split_once('-').unwrap();
+        let (lo, hi) = (
+            usize::from_str_radix(lo, 16).unwrap(),
+            usize::from_str_radix(hi, 16).unwrap(),
+        );
+        lo <= addr && addr < hi && l.contains(store.to_str().unwrap())
+    });
+    assert!(
+        mapped,
+        "get_bytes view at {addr:#x} is not a mapping of the store"
+    );
+    // Workers read the same object, and a typed get copies it out.
+    assert_eq!(
+        ferry::get_timeout(&sum_bytes::remote(&big), T).unwrap(),
+        7 * n as u64
+    );
+    assert_eq!(ferry::get(&big).unwrap().len(), n);
+}
+
+#[test]
+fn large_task_returns_and_large_arguments_go_through_the_store() {
+    cluster();
+    let r = make_bytes::remote(3 << 20, 2);
+    assert_eq!(ferry::get_bytes(&r).unwrap().len(), 3 << 20);
+    assert_eq!(
+        ferry::get_timeout(&sum_bytes::remote(&r), T).unwrap(),
+        6 << 20
+    );
+    // A large value passed directly is stored first, then passed by reference.
+    assert_eq!(
+        ferry::get_timeout(&sum_bytes::remote(vec![1u8; 1 << 20]), T).unwrap(),
+        1 << 20
+    );
+    let stats = ferry::node_stats().unwrap();
+    assert!(stats.store_used_bytes >= 3 << 20, "{stats:?}");
+    // Small values stay inline: an empty store entry count for them.
+    let small = make_bytes::remote(10, 1);
+    assert_eq!(ferry::get_bytes(&small).unwrap().as_ref(), &[1u8; 10]);
+}
+
+#[test]
+fn wait_returns_ready_and_pending() {
+    cluster();
+    let fast = sleep_ms::remote(0);
+    ferry::get_timeout(&fast, T).unwrap();
+    let slow = sleep_ms::remote(3000);
+    let (ready, pending) = ferry::wait(
+        &[fast.clone(), slow.clone()],
+        1,
+        Some(Duration::from_millis(10)),
+    )
+    .unwrap();
+    assert_eq!(ready, vec![fast.clone()]);
+    assert_eq!(pending, vec![slow.clone()]);
+    // Asking for both with a short timeout returns what is ready.
+    let (ready, pending) = ferry::wait(
+        &[fast.clone(), slow.clone()],
+        2,
+        Some(Duration::from_millis(50)),
+    )
+    .unwrap();
+    assert_eq!((ready.len(), pending.len()), (1, 1));
+    let refs: Vec<_> = (0..100).map(|i| sleep_ms::remote(i % 3)).collect();
+    let (ready, pending) = ferry::wait(&refs, 100, Some(T)).unwrap();
+    assert_eq!((ready.len(), pending.len()), (100, 0));
+}
+
+#[test]
+fn panic_reaches_get_with_name_and_message_and_flows_downstream() {
+    cluster();
+    let r = boom::remote("kaput".to_string());
+    match ferry::get_timeout(&r, T) {
+        Err(Error::TaskPanicked { task, message }) => {
+            assert_eq!(task, "boom");
+            assert!(message.contains("boom: kaput"), "{message}");
+        }
+        other => panic!("expected TaskPanicked, got {other:?}"),
+    }
+    // Everything downstream gets the same error, without running.
+    let d1 = add::remote(&r, 1);
+    let d2 = add::remote(&d1, 1);
+    assert!(
+        matches!(ferry::get_timeout(&d2, T), Err(Error::TaskPanicked { ref task, .. }) if task == "boom")
+    );
+    // A named task reports its name.
+    let n = boom::options().name("custom-name").remote("x".to_string());
+    assert!(
+        matches!(ferry::get_timeout(&n, T), Err(Error::TaskPanicked { ref task, .. }) if task == "custom-name")
+    );
+    // The worker survived the panic.
+    assert_eq!(ferry::get_timeout(&add::remote(2, 2), T).unwrap(), 4);
+}
+
+#[test]
+fn timeout_is_an_error_and_the_task_goes_on() {
+    cluster();
+    let r = sleep_ms::remote(300);
+    assert!(matches!(
+        ferry::get_timeout(&r, Duration::from_millis(20)),
+        Err(Error::Timeout { .. })
+    ));
+    assert_eq!(ferry::get_timeout(&r, T).unwrap(), 300);
+}
+
+#[test]
+fn cancel_queued_and_running_tasks() {
+    cluster();
+    // Occupy both CPUs, then queue more.
+    let busy: Vec<_> = (0..2).map(|_| sleep_ms::remote(500)).collect();
+    let queued = sleep_ms::remote(400);
+    let dependent = add::remote(1, 2);
+    let after_queued = sleep_ms::remote(&queued);
+    ferry::cancel(&queued).unwrap();
+    assert!(matches!(
+        ferry::get_timeout(&queued, T),
+        Err(Error::Cancelled { .. })
+    ));
+    assert!(matches!(
+        ferry::get_timeout(&after_queued, T),
+        Err(Error::Cancelled { .. })
+    ));
+    ferry::cancel(&busy[0]).unwrap();
+    assert!(matches!(
+        ferry::get_timeout(&busy[0], T),
+        Err(Error::Cancelled { .. })
+    ));
+    assert_eq!(ferry::get_timeout(&busy[1], T).unwrap(), 500);
+    assert_eq!(ferry::get_timeout(&dependent, T).unwrap(), 3);
+    // Cancelling something finished changes nothing.
+    ferry::cancel(&dependent).unwrap();
+    assert_eq!(ferry::get_timeout(&dependent, T).unwrap(), 3);
+}
+
+#[test]
+fn async_get_and_async_remote_functions() {
+    cluster();
+    let r = add::remote(20, 1);
+    assert_eq!(ferry::block_on(async { r.clone().await }).unwrap(), 21);
+    assert_eq!(ferry::block_on(ferry::get_async(&r)).unwrap(), 21);
+    let d = async_double::remote(&r);
+    assert_eq!(ferry::block_on(async { (&d).await }).unwrap(), 42);
+}
+
+#[test]
+fn custom_and_infeasible_resources() {
+    match ferry::init(ferry::Config::default().num_cpus(2).resource("widget", 1.0)) {
+        Ok(()) => {}
+        Err(e) => panic!("{e}"),
+    }
+    assert_eq!(
+        ferry::get_timeout(&needs_widget::remote(), T).unwrap(),
+        "ran"
+    );
+    match ferry::get_timeout(&never_schedulable::remote(), T) {
+        Err(e @ Error::Infeasible { .. }) => assert!(e.to_string().contains("unobtainium"), "{e}"),
+        other => panic!("expected Infeasible, got {other:?}"),
+    }
+    let too_big = add::options().num_cpus(64.0).remote(1, 1);
+    assert!(matches!(
+        ferry::get_timeout(&too_big, T),
+        Err(Error::Infeasible { .. })
+    ));
+    // Zero-CPU tasks run too.
+    assert_eq!(
+        ferry::get_timeout(&add::options().num_cpus(0.0).remote(1, 1), T).unwrap(),
+        2
+    );
+}
+
+#[test]
+fn workers_are_prestarted_and_reused_across_functions() {
+    cluster();
+    common::eventually("two prestarted workers", T, || {
+        ferry::node_stats().unwrap().workers == 2
+    });
+    let mut pids = std::collections::HashSet::new();
+    for _ in 0..20 {
+        pids.insert(ferry::get_timeout(&pid::remote(), T).unwrap());
+        ferry::get_timeout(&add::remote(1, 1), T).unwrap();
+    }
+    assert!(pids.len() <= 2, "{pids:?}");
+    assert_eq!(ferry::node_stats().unwrap().workers, 2);
+}
