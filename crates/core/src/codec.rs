@@ -5,10 +5,20 @@
 //! layout with one `memcpy`, so both paths are interchangeable: a value written by either
 //! decodes with either. This matters for the large buffers the store is for.
 
+use crate::bytes::Bytes;
 use crate::error::{Error, Result};
+use ferry_store::ObjectView;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::any::{Any, TypeId};
+use std::sync::Arc;
+
+/// What the bytes being decoded live in, so a [`Bytes`] can be a view of them.
+pub(crate) enum Backing<'a> {
+    None,
+    Inline(&'a Arc<Vec<u8>>),
+    Mapped(&'a ObjectView),
+}
 
 /// An encoded value, possibly in two parts (header + borrowed body) so that large byte
 /// vectors are not copied before they reach the store.
@@ -68,6 +78,27 @@ pub fn encode_vec<T: Serialize + 'static>(v: &T) -> Result<Vec<u8>> {
 
 /// Decodes a `T` from `bytes`.
 pub fn decode<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T> {
+    decode_backed(bytes, Backing::None)
+}
+
+/// Decodes a `T` from `bytes`, which live in `backing`: a [`Bytes`] becomes a view of it.
+pub(crate) fn decode_backed<T: DeserializeOwned + 'static>(
+    bytes: &[u8],
+    backing: Backing<'_>,
+) -> Result<T> {
+    if TypeId::of::<T>() == TypeId::of::<Bytes>() {
+        let body = bytes_body(bytes)?;
+        let start = bytes.len() - body.len();
+        let b = match backing {
+            Backing::Mapped(view) if view.len() == bytes.len() => {
+                Bytes::mapped(view.clone(), start)
+            }
+            Backing::Inline(buf) if buf.len() == bytes.len() => Bytes::inline(buf.clone(), start),
+            _ => Bytes::from(body.to_vec()),
+        };
+        let boxed: Box<dyn Any> = Box::new(b);
+        return Ok(*boxed.downcast::<T>().expect("T is Bytes"));
+    }
     if TypeId::of::<T>() == TypeId::of::<Vec<u8>>() {
         let body = bytes_body(bytes)?;
         let boxed: Box<dyn Any> = Box::new(body.to_vec());
@@ -114,6 +145,27 @@ mod tests {
             let via_serde: Vec<u8> = postcard::from_bytes(&fast).unwrap();
             assert_eq!(via_serde, v);
         }
+    }
+
+    #[test]
+    fn bytes_and_vec_share_an_encoding() {
+        let v: Vec<u8> = (0..200).map(|i| i as u8).collect();
+        let b = Bytes::from(v.clone());
+        let enc = encode_vec(&b).unwrap();
+        assert_eq!(enc, encode_vec(&v).unwrap());
+        assert_eq!(decode::<Bytes>(&enc).unwrap(), b);
+        assert_eq!(decode::<Vec<u8>>(&enc).unwrap(), v);
+        // Through plain serde (inside a struct), too.
+        let pair = postcard::to_allocvec(&(1u8, b.clone())).unwrap();
+        let (one, back): (u8, Bytes) = postcard::from_bytes(&pair).unwrap();
+        assert_eq!((one, back), (1, b));
+        let buf = Arc::new(enc);
+        let view: Bytes = decode_backed(&buf, Backing::Inline(&buf)).unwrap();
+        assert_eq!(
+            view.as_ptr(),
+            buf[buf.len() - 200..].as_ptr(),
+            "a view, not a copy"
+        );
     }
 
     #[test]

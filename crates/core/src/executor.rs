@@ -9,6 +9,7 @@
 //! its CPU is free; while blocked, new pushes go straight back too. Without this a task
 //! queued behind a blocked one could be the very task it waits for.
 
+use crate::bytes::ArgData;
 use crate::codec;
 use crate::error::Error;
 use crate::registry;
@@ -224,14 +225,20 @@ fn execute(rt: &Runtime, spec: &TaskSpec) -> FromWorker {
             },
         }
     }
-    let slices: Vec<&[u8]> = held
+    let slices: Vec<ArgData<'_>> = held
         .iter()
         .map(|h| match h {
             ArgBytes::Inline(i) => match &spec.args[*i] {
-                Arg::Inline(v) => v.as_slice(),
+                Arg::Inline(v) => ArgData {
+                    bytes: v.as_slice(),
+                    view: None,
+                },
                 Arg::Stored { .. } => unreachable!("inline index"),
             },
-            ArgBytes::Mapped(v) => &v[..],
+            ArgBytes::Mapped(v) => ArgData {
+                bytes: &v[..],
+                view: Some(v),
+            },
         })
         .collect();
     match (f.invoke)(&slices) {

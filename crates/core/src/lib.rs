@@ -10,6 +10,7 @@
 //! returned object: its table alone says whether the object is pending, where its value is,
 //! and when it can be freed. No central service is on the path of a task.
 
+mod bytes;
 mod codec;
 mod config;
 mod error;
@@ -20,6 +21,7 @@ mod runtime;
 mod session;
 mod worker;
 
+pub use bytes::{ArgData, Bytes};
 pub use codec::{decode, encode_vec};
 pub use config::Config;
 pub use error::{Error, Result};
@@ -28,6 +30,7 @@ pub use ferry_proto::msg::NodeStats;
 pub use ferry_proto::ObjectId;
 pub use runtime::block_on;
 
+use codec::Backing;
 use owner::{ArgDraft, Ready};
 use runtime::{runtime, try_runtime, Runtime};
 use serde::de::DeserializeOwned;
@@ -227,6 +230,24 @@ impl<T> IntoArg<T> for ObjectRef<T> {
     }
 }
 
+// `Vec<u8>` and `Bytes` encode alike, so a function taking `Bytes` (to read a stored object
+// without copying it) accepts byte vectors and refs to them as they are.
+impl IntoArg<Bytes> for &ObjectRef<Vec<u8>> {
+    fn into_arg(self) -> TaskArg {
+        TaskArg(ArgInner::Ref(self.raw.clone()))
+    }
+}
+impl IntoArg<Bytes> for ObjectRef<Vec<u8>> {
+    fn into_arg(self) -> TaskArg {
+        TaskArg(ArgInner::Ref(self.raw))
+    }
+}
+impl IntoArg<Bytes> for Vec<u8> {
+    fn into_arg(self) -> TaskArg {
+        IntoArg::<Vec<u8>>::into_arg(self)
+    }
+}
+
 /// Options of one task: resources, retries, a display name.
 #[derive(Clone, Debug)]
 pub struct TaskOptions {
@@ -330,8 +351,11 @@ fn decode_ready<T: DeserializeOwned + 'static>(
     ready: Ready,
 ) -> Result<T> {
     match ready {
-        Ready::Inline(b) => codec::decode(&b),
-        Ready::Stored { .. } => codec::decode(&rt.map_object(id)?),
+        Ready::Inline(b) => codec::decode_backed(&b, Backing::Inline(&b)),
+        Ready::Stored { .. } => {
+            let view = rt.map_object(id)?;
+            codec::decode_backed(&view, Backing::Mapped(&view))
+        }
     }
 }
 
@@ -367,56 +391,12 @@ pub fn get_all<T: DeserializeOwned + 'static>(refs: &[ObjectRef<T>]) -> Result<V
     refs.iter().map(get).collect()
 }
 
-/// The bytes of a stored byte vector, without a copy: a view of the shared-memory store
-/// (or of the owner's memory, for small values).
-#[derive(Clone)]
-pub struct Bytes {
-    inner: BytesInner,
-    start: usize,
-}
-
-#[derive(Clone)]
-enum BytesInner {
-    Inline(Arc<Vec<u8>>),
-    Mapped(ferry_store::ObjectView),
-}
-
-impl std::ops::Deref for Bytes {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match &self.inner {
-            BytesInner::Inline(v) => &v[self.start..],
-            BytesInner::Mapped(m) => &m[self.start..],
-        }
-    }
-}
-
-impl AsRef<[u8]> for Bytes {
-    fn as_ref(&self) -> &[u8] {
-        self
-    }
-}
-
-impl std::fmt::Debug for Bytes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Bytes({} bytes)", self.len())
-    }
-}
-
-/// Waits for a byte vector and returns a zero-copy view of it.
-pub fn get_bytes(r: &ObjectRef<Vec<u8>>) -> Result<Bytes> {
+/// Waits for a byte vector (`Vec<u8>` or [`Bytes`]) and returns a zero-copy view of it: a
+/// slice of the shared-memory store, or of the owner's memory for small values.
+pub fn get_bytes<T: bytes::ByteValue>(r: &ObjectRef<T>) -> Result<Bytes> {
     let rt = runtime()?;
-    let inner = match wait_ready(rt, r.id(), None)? {
-        Ready::Inline(b) => BytesInner::Inline(b),
-        Ready::Stored { .. } => BytesInner::Mapped(rt.map_object(r.id())?),
-    };
-    let all: &[u8] = match &inner {
-        BytesInner::Inline(v) => v,
-        BytesInner::Mapped(m) => m,
-    };
-    let body = codec::bytes_body(all)?;
-    let start = all.len() - body.len();
-    Ok(Bytes { inner, start })
+    let ready = wait_ready(rt, r.id(), None)?;
+    decode_ready::<Bytes>(rt, r.id(), ready)
 }
 
 /// Stores a value and returns an owned reference to it. Small values stay in this
@@ -588,6 +568,7 @@ pub fn session_info() -> Result<SessionInfo> {
 /// Private items for generated code.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::bytes::ArgData;
     pub use crate::registry::{
         check_arity, decode_arg, run_catching, RemoteFunction, REMOTE_FUNCTIONS,
     };

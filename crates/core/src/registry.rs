@@ -4,6 +4,8 @@
 //! **Architecture Invariant:** a task names a registered id, never code; an id this binary
 //! does not have is an `UnknownFunction` error for that task only.
 
+use crate::bytes::ArgData;
+use crate::codec::Backing;
 use crate::error::Error;
 use ferry_proto::msg::TaskError;
 use serde::de::DeserializeOwned;
@@ -18,7 +20,7 @@ pub struct RemoteFunction {
     pub id: &'static str,
     /// Decodes the arguments, runs the function and stores its return value
     /// (see `executor::store_return`).
-    pub invoke: fn(&[&[u8]]) -> Result<ferry_proto::msg::Return, TaskError>,
+    pub invoke: fn(&[ArgData<'_>]) -> Result<ferry_proto::msg::Return, TaskError>,
 }
 
 #[linkme::distributed_slice]
@@ -36,7 +38,7 @@ pub fn lookup(id: &str) -> Option<&'static RemoteFunction> {
 
 /// Decodes argument `index` of function `function` (used by generated code).
 pub fn decode_arg<T: DeserializeOwned + 'static>(
-    args: &[&[u8]],
+    args: &[ArgData<'_>],
     index: usize,
     function: &str,
 ) -> Result<T, TaskError> {
@@ -49,7 +51,11 @@ pub fn decode_arg<T: DeserializeOwned + 'static>(
             args.len()
         ),
     })?;
-    crate::codec::decode(bytes).map_err(|e| TaskError::BadArgument {
+    let backing = match bytes.view {
+        Some(v) => Backing::Mapped(v),
+        None => Backing::None,
+    };
+    crate::codec::decode_backed(bytes.bytes, backing).map_err(|e| TaskError::BadArgument {
         function: function.to_string(),
         index,
         detail: match e {
@@ -60,7 +66,7 @@ pub fn decode_arg<T: DeserializeOwned + 'static>(
 }
 
 /// Checks the argument count (used by generated code).
-pub fn check_arity(args: &[&[u8]], n: usize, function: &str) -> Result<(), TaskError> {
+pub fn check_arity(args: &[ArgData<'_>], n: usize, function: &str) -> Result<(), TaskError> {
     if args.len() != n {
         return Err(TaskError::BadArgument {
             function: function.to_string(),

@@ -188,13 +188,19 @@ fn garbage_and_oversized_frames_close_only_that_connection() {
         rx.read::<FromNode>().is_err(),
         "the daemon must close the connection"
     );
-    // Messages that make no sense from this peer are refused, not obeyed.
+    // Requests before registering, and a worker registration from a process the daemon did
+    // not start, are refused, not obeyed.
     let (c, mut rx) = raw_node();
     c.send(&ToNode::ReturnLease {
         lease: 12345,
         kill: true,
     })
     .unwrap();
+    assert!(
+        rx.read::<FromNode>().is_err(),
+        "a request before registration closes the connection"
+    );
+    let (c, mut rx) = raw_node();
     c.send(&ToNode::Register {
         kind: ferry_proto::msg::ProcKind::Worker,
         pid: 1,

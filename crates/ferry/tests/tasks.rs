@@ -73,6 +73,16 @@ fn sum_bytes(v: Vec<u8>) -> u64 {
     v.iter().map(|b| *b as u64).sum()
 }
 
+/// Reads its argument in place: the pointer must lie in the store's mapping.
+#[ferry::remote]
+fn view_info(b: ferry::Bytes) -> (usize, bool, u64) {
+    (
+        b.len(),
+        b.is_shared_memory(),
+        b.iter().step_by(4096).map(|x| *x as u64).sum(),
+    )
+}
+
 #[ferry::remote]
 fn make_bytes(n: usize, fill: u8) -> Vec<u8> {
     vec![fill; n]
@@ -200,6 +210,15 @@ fn large_put_is_zero_copy_view_of_shared_memory() {
         7 * n as u64
     );
     assert_eq!(ferry::get(&big).unwrap().len(), n);
+    // A task taking `Bytes` reads the stored object without copying it.
+    let (len, shared, sum) = ferry::get_timeout(&view_info::remote(&big), T).unwrap();
+    assert_eq!((len, shared, sum), (n, true, 7 * (n as u64 / 4096)));
+    // `get` of a `Bytes` ref is a view as well; small values are private copies.
+    let as_bytes: ferry::ObjectRef<ferry::Bytes> =
+        ferry::put(ferry::Bytes::from(vec![5u8; 2 << 20])).unwrap();
+    assert!(ferry::get(&as_bytes).unwrap().is_shared_memory());
+    let (len, shared, _) = ferry::get_timeout(&view_info::remote(vec![1u8; 100]), T).unwrap();
+    assert_eq!((len, shared), (100, false));
 }
 
 #[test]

@@ -144,7 +144,7 @@ fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenS
         #mod_vis mod #name {
             use super::*;
 
-            fn __invoke(__args: &[&[u8]]) -> ::core::result::Result<::ferry::__private::Return, ::ferry::__private::TaskError> {
+            fn __invoke(__args: &[::ferry::__private::ArgData<'_>]) -> ::core::result::Result<::ferry::__private::Return, ::ferry::__private::TaskError> {
                 const __ID: &str = ::core::module_path!();
                 ::ferry::__private::check_arity(__args, #n, __ID)?;
                 #( let #idents: #tys = ::ferry::__private::decode_arg(__args, #idx, __ID)?; )*

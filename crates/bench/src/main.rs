@@ -1,0 +1,500 @@
+//! `ferry-bench [GROUP...]`: ferry's figures, one `name value unit` line each, with the names
+//! `../shared/anchors/ray_bench.py` prints so the two can be set side by side. Lines starting
+//! with `#` are information.
+//!
+//! Groups: `memory` (startup and idle memory), `tasks`, `objects`; with no argument all three
+//! run, in about a minute. Later groups (`actors`, `cluster`, `recovery`) come with their
+//! issues. Sizes and iteration counts follow ray_bench.py.
+
+use ferry::prelude::*;
+use std::time::Instant;
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * 1024;
+
+#[ferry::remote]
+fn noop() {}
+
+#[ferry::remote]
+fn one() -> u64 {
+    1
+}
+
+#[ferry::remote]
+fn fanout(n: u64) -> u64 {
+    let refs: Vec<_> = (0..n).map(|_| one::remote()).collect();
+    ferry::get_all(&refs).unwrap().into_iter().sum()
+}
+
+#[ferry::remote]
+fn produce(n: usize) -> Vec<u8> {
+    vec![7u8; n]
+}
+
+/// Takes `Bytes`: a view of the stored object, like numpy's zero-copy read in Ray.
+#[ferry::remote]
+fn length(v: ferry::Bytes) -> usize {
+    v.len()
+}
+
+// ---- output, formatted like bench_common.emit ----
+
+fn emit(name: &str, v: f64, unit: &str) {
+    let s = if v.abs() >= 100.0 {
+        format!("{v:.1}")
+    } else if v.abs() >= 1.0 {
+        format!("{v:.3}")
+    } else {
+        format!("{v:.6}")
+    };
+    println!("{name} {s} {unit}");
+}
+
+fn info(s: &str) {
+    println!("# {s}");
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// numpy's `percentile` (linear interpolation).
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let rank = p / 100.0 * (v.len() - 1) as f64;
+    let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (rank - lo as f64)
+}
+
+fn emit_latency(prefix: &str, samples_ns: &[u64]) {
+    let mut us: Vec<f64> = samples_ns.iter().map(|n| *n as f64 / 1e3).collect();
+    let mean = us.iter().sum::<f64>() / us.len() as f64;
+    emit(&format!("{prefix}_median"), median(&mut us), "us");
+    emit(&format!("{prefix}_p99"), percentile(&mut us, 99.0), "us");
+    emit(&format!("{prefix}_mean"), mean, "us");
+}
+
+fn ns(t: Instant) -> u64 {
+    t.elapsed().as_nanos() as u64
+}
+
+/// Non-zero, fully written data (no zero-page shortcuts), like bench_common.make_array.
+fn make_array(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let mut v = Vec::with_capacity(n);
+    while v.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let b = x.to_le_bytes();
+        v.extend_from_slice(&b[..(n - v.len()).min(8)]);
+    }
+    v
+}
+
+// ---- process memory, like bench_common.process_tree_memory ----
+
+struct Mem {
+    rss: u64,
+    pss: u64,
+}
+
+fn mem_of(pid: u32) -> Option<Mem> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |k: &str| {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    Some(Mem {
+        rss: field("Rss:"),
+        pss: field("Pss:"),
+    })
+}
+
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(st) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let ppid = st
+            .lines()
+            .find(|l| l.starts_with("PPid:"))
+            .and_then(|l| l.split_whitespace().nth(1));
+        if ppid == Some(&parent.to_string()) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn report_memory(prefix: &str) {
+    let me = std::process::id();
+    let mib = MIB as f64;
+    let kids: Vec<(u32, Mem)> = children_of(me)
+        .into_iter()
+        .filter_map(|p| mem_of(p).map(|m| (p, m)))
+        .collect();
+    let drv = mem_of(me).unwrap_or(Mem { rss: 0, pss: 0 });
+    for (p, m) in &kids {
+        info(&format!(
+            "{prefix} pid={p} worker rss={:.1}MiB pss={:.1}MiB",
+            m.rss as f64 / mib,
+            m.pss as f64 / mib
+        ));
+    }
+    info(&format!(
+        "{prefix} pid={me} driver rss={:.1}MiB pss={:.1}MiB",
+        drv.rss as f64 / mib,
+        drv.pss as f64 / mib
+    ));
+    let rss: u64 = kids.iter().map(|(_, m)| m.rss).sum();
+    let pss: u64 = kids.iter().map(|(_, m)| m.pss).sum();
+    emit(
+        &format!("{prefix}_nprocs_excl_driver"),
+        kids.len() as f64,
+        "procs",
+    );
+    emit(
+        &format!("{prefix}_rss_sum_excl_driver"),
+        rss as f64 / mib,
+        "MiB",
+    );
+    emit(
+        &format!("{prefix}_pss_sum_excl_driver"),
+        pss as f64 / mib,
+        "MiB",
+    );
+    emit(&format!("{prefix}_driver_rss"), drv.rss as f64 / mib, "MiB");
+    emit(
+        &format!("{prefix}_rss_sum_incl_driver"),
+        (rss + drv.rss) as f64 / mib,
+        "MiB",
+    );
+    emit(
+        &format!("{prefix}_pss_sum_incl_driver"),
+        (pss + drv.pss) as f64 / mib,
+        "MiB",
+    );
+}
+
+fn process_start() -> Option<Instant> {
+    // Field 22 of /proc/self/stat: start time in clock ticks since boot.
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let start_ticks: f64 = after.split_whitespace().nth(19)?.parse().ok()?;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = 100.0; // USER_HZ is 100 on every Linux we run on
+    let age = uptime - start_ticks / hz;
+    Instant::now().checked_sub(std::time::Duration::from_secs_f64(age.max(0.0)))
+}
+
+// ---- groups ----
+
+fn startup(t_main: Instant) {
+    let t0 = Instant::now();
+    ferry::init(ferry::Config::default()).expect("ferry::init");
+    let dt = t0.elapsed();
+    emit("startup_s", dt.as_secs_f64(), "s");
+    if let Some(ps) = process_start() {
+        emit(
+            "startup_from_process_start_s",
+            ps.elapsed().as_secs_f64(),
+            "s",
+        );
+    }
+    emit(
+        "startup_from_script_start_s",
+        t_main.elapsed().as_secs_f64(),
+        "s",
+    );
+    let cpus = ferry::node_stats().unwrap().total.get_milli("CPU") / 1000;
+    while ferry::node_stats().unwrap().workers < cpus {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    emit("startup_workers_ready_s", t0.elapsed().as_secs_f64(), "s");
+    info(&format!(
+        "ferry resources: {}",
+        ferry::node_stats().unwrap().total
+    ));
+}
+
+fn group_memory() {
+    std::thread::sleep(Duration::from_secs(1)); // workers are up; no task has run yet
+    report_memory("idle_mem");
+}
+
+fn group_tasks() {
+    let t = Instant::now();
+    ferry::get(&noop::remote()).unwrap();
+    emit("first_task_s", t.elapsed().as_secs_f64(), "s");
+
+    for _ in 0..200 {
+        ferry::get(&noop::remote()).unwrap();
+    }
+    let mut samples = Vec::with_capacity(2000);
+    for _ in 0..2000 {
+        let t = Instant::now();
+        ferry::get(&noop::remote()).unwrap();
+        samples.push(ns(t));
+    }
+    emit_latency("task_roundtrip_us", &samples);
+
+    let warm: Vec<_> = (0..2000).map(|_| noop::remote()).collect();
+    ferry::get_all(&warm).unwrap();
+    drop(warm);
+    let n = 20_000;
+    let t = Instant::now();
+    let refs: Vec<_> = (0..n).map(|_| noop::remote()).collect();
+    let t_sub = t.elapsed();
+    ferry::get_all(&refs).unwrap();
+    let total = t.elapsed();
+    drop(refs);
+    emit(
+        "task_throughput_per_s",
+        n as f64 / total.as_secs_f64(),
+        "tasks/s",
+    );
+    emit(
+        "task_throughput_submit_only_per_s",
+        n as f64 / t_sub.as_secs_f64(),
+        "tasks/s",
+    );
+    emit("task_throughput_total_s", total.as_secs_f64(), "s");
+
+    ferry::get(&fanout::remote(100)).unwrap();
+    let mut fs = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        assert_eq!(ferry::get(&fanout::remote(1000)).unwrap(), 1000);
+        fs.push(t.elapsed().as_secs_f64());
+    }
+    let m = median(&mut fs);
+    emit("nested_fanout_1000_s", m, "s");
+    emit("nested_fanout_1000_subtasks_per_s", 1000.0 / m, "tasks/s");
+
+    let refs: Vec<_> = (0..1000).map(|_| noop::remote()).collect();
+    ferry::get_all(&refs).unwrap();
+    let mut samples = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        let (ready, _) = ferry::wait(&refs, 1, None).unwrap();
+        samples.push(ns(t) as f64 / 1e3);
+        assert_eq!(ready.len(), 1);
+    }
+    emit(
+        "wait_first_of_1000_ready_median",
+        median(&mut samples),
+        "us",
+    );
+    drop(refs);
+    let (mut sub, mut wt, mut both) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let t = Instant::now();
+        let refs: Vec<_> = (0..1000).map(|_| noop::remote()).collect();
+        let t2 = Instant::now();
+        ferry::wait(&refs, 1, None).unwrap();
+        let w = ns(t2) as f64 / 1e3;
+        let s = (t2 - t).as_nanos() as f64 / 1e3;
+        sub.push(s);
+        wt.push(w);
+        both.push(s + w);
+        ferry::get_all(&refs).unwrap();
+    }
+    emit("wait_first_of_1000_pending_median", median(&mut wt), "us");
+    emit(
+        "wait_first_of_1000_pending_incl_submit_median",
+        median(&mut both),
+        "us",
+    );
+}
+
+fn group_objects() {
+    for (label, nbytes, iters) in [
+        ("1KiB", KIB, 2000),
+        ("1MiB", MIB, 300),
+        ("100MiB", 100 * MIB, 10),
+    ] {
+        let arr = make_array(nbytes);
+        for _ in 0..iters.min(20) {
+            let r = ferry::put(arr.clone()).unwrap();
+            ferry::get_bytes(&r).unwrap();
+        }
+        let (mut put_ns, mut get_ns, mut getcopy_ns) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..iters {
+            // ray.put(arr) serialises the caller's array; ours takes the value, so the clone
+            // is made before the clock starts.
+            let v = arr.clone();
+            let t = Instant::now();
+            let r = ferry::put(v).unwrap();
+            let t2 = Instant::now();
+            let view = ferry::get_bytes(&r).unwrap();
+            let t3 = Instant::now();
+            put_ns.push((t2 - t).as_nanos() as u64);
+            get_ns.push((t3 - t2).as_nanos() as u64);
+            if nbytes >= MIB {
+                let t4 = Instant::now();
+                let c = view.to_vec();
+                getcopy_ns.push(ns(t4) + (t3 - t2).as_nanos() as u64);
+                assert_eq!(c.len(), nbytes);
+            }
+            assert_eq!(view.len(), nbytes);
+        }
+        let put_s = put_ns.iter().sum::<u64>() as f64 / 1e9;
+        let get_s = get_ns.iter().sum::<u64>() as f64 / 1e9;
+        emit(
+            &format!("put_{label}_ops_per_s"),
+            iters as f64 / put_s,
+            "ops/s",
+        );
+        emit(
+            &format!("get_{label}_ops_per_s"),
+            iters as f64 / get_s,
+            "ops/s",
+        );
+        emit(
+            &format!("put_{label}_GB_per_s"),
+            (iters * nbytes) as f64 / put_s / 1e9,
+            "GB/s",
+        );
+        emit(
+            &format!("get_{label}_GB_per_s"),
+            (iters * nbytes) as f64 / get_s / 1e9,
+            "GB/s",
+        );
+        let mut p: Vec<f64> = put_ns.iter().map(|n| *n as f64 / 1e3).collect();
+        let mut g: Vec<f64> = get_ns.iter().map(|n| *n as f64 / 1e3).collect();
+        emit(&format!("put_{label}_median_us"), median(&mut p), "us");
+        emit(&format!("get_{label}_median_us"), median(&mut g), "us");
+        if !getcopy_ns.is_empty() {
+            let s = getcopy_ns.iter().sum::<u64>() as f64 / 1e9;
+            emit(
+                &format!("get_plus_copy_{label}_GB_per_s"),
+                (iters * nbytes) as f64 / s / 1e9,
+                "GB/s",
+            );
+        }
+    }
+    info("get_* uses ferry::get_bytes, a zero-copy view of the shared-memory store (as Ray's numpy get); get_plus_copy_* adds a copy");
+
+    let nbytes = 100 * MIB;
+    let src = produce::remote(nbytes);
+    ferry::wait(std::slice::from_ref(&src), 1, None).unwrap();
+    assert_eq!(ferry::get(&length::remote(&src)).unwrap(), nbytes);
+    let mut ts = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        assert_eq!(ferry::get(&length::remote(&src)).unwrap(), nbytes);
+        ts.push(t.elapsed().as_secs_f64());
+    }
+    emit("pass_by_ref_100MiB_consume_s", median(&mut ts), "s");
+    drop(src);
+    let mut ts = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        assert_eq!(
+            ferry::get(&length::remote(produce::remote(nbytes))).unwrap(),
+            nbytes
+        );
+        ts.push(t.elapsed().as_secs_f64());
+    }
+    emit(
+        "pass_by_ref_100MiB_produce_and_consume_s",
+        median(&mut ts),
+        "s",
+    );
+    let dref = ferry::put(make_array(nbytes)).unwrap();
+    ferry::get(&length::remote(&dref)).unwrap();
+    let mut ts = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        ferry::get(&length::remote(&dref)).unwrap();
+        ts.push(t.elapsed().as_secs_f64());
+    }
+    emit(
+        "pass_by_ref_100MiB_driver_put_consume_s",
+        median(&mut ts),
+        "s",
+    );
+}
+
+const GROUPS: &[&str] = &["memory", "tasks", "objects"];
+const LATER: &[(&str, &str)] = &[
+    ("actors", "issue 3"),
+    ("cluster", "issue 5"),
+    ("recovery", "issue 6"),
+];
+
+fn main() {
+    let t_main = Instant::now();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!(
+            "usage: ferry-bench [GROUP...]   groups: {} (default: all of them)",
+            GROUPS.join(", ")
+        );
+        return;
+    }
+    let groups: Vec<&str> = if args.is_empty() {
+        GROUPS.to_vec()
+    } else {
+        args.iter().map(|s| s.as_str()).collect()
+    };
+    for g in &groups {
+        if let Some((_, issue)) = LATER.iter().find(|(n, _)| n == g) {
+            eprintln!("ferry-bench: group {g} is not built yet ({issue})");
+            std::process::exit(2);
+        }
+        if !GROUPS.contains(g) {
+            eprintln!(
+                "ferry-bench: unknown group {g}; groups: {}",
+                GROUPS.join(", ")
+            );
+            std::process::exit(2);
+        }
+    }
+    info(&format!(
+        "ferry {} nproc={} groups={}",
+        env!("CARGO_PKG_VERSION"),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        groups.join(",")
+    ));
+    startup(t_main);
+    for g in groups {
+        match g {
+            "memory" => group_memory(),
+            "tasks" => group_tasks(),
+            "objects" => group_objects(),
+            _ => unreachable!("checked above"),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    report_memory("end_mem");
+    let t = Instant::now();
+    ferry::shutdown();
+    emit("shutdown_s", t.elapsed().as_secs_f64(), "s");
+}
