@@ -114,6 +114,21 @@ impl Executor {
                         });
                     }
                 }
+                Ok(ToWorker::Steal { max }) => {
+                    // The newest of this owner's unstarted tasks (the oldest run soonest here).
+                    let mut q = self.lock();
+                    let mut tasks = Vec::new();
+                    let mut i = q.tasks.len();
+                    while i > 0 && tasks.len() < max as usize {
+                        i -= 1;
+                        if Arc::ptr_eq(&q.tasks[i].0, &conn) {
+                            tasks.push(q.tasks.remove(i).expect("index in range").1.task);
+                        }
+                    }
+                    drop(q);
+                    tasks.reverse();
+                    let _ = conn.send(&FromWorker::Stolen { tasks });
+                }
                 Err(FrameError::Closed) => break,
                 Err(e) => {
                     // Malformed or oversized: drop this owner's connection, keep running.

@@ -105,6 +105,8 @@ struct Lease {
     /// finishes that task.
     blocked: bool,
     idle_since: Option<Instant>,
+    /// A `Steal` is outstanding on this lease.
+    stealing: bool,
 }
 
 #[derive(Debug, Default)]
@@ -498,6 +500,58 @@ impl OwnerState {
         };
         self.resolve(t.ret, state, fx);
         self.pump(t.class, fx);
+        self.steal(t.class, fx);
+    }
+
+    /// When a lease of `class` has nothing to do and nothing is queued, asks the busiest
+    /// other lease of the class to hand back half of its unstarted tasks: without this, a
+    /// task pipelined behind a long one waits while a worker idles.
+    fn steal(&mut self, class: usize, fx: &mut Effects) {
+        let c = &self.classes[class];
+        if !c.queue.is_empty() {
+            return;
+        }
+        let leases = || {
+            c.leases
+                .iter()
+                .filter_map(|l| self.leases.get(l).map(|s| (*l, s)))
+        };
+        if !leases().any(|(_, l)| l.in_flight == 0 && !l.blocked) {
+            return;
+        }
+        let victim = leases()
+            .filter(|(_, l)| l.in_flight >= 2 && !l.stealing)
+            .max_by_key(|(_, l)| l.in_flight);
+        if let Some((id, l)) = victim {
+            let max = (l.in_flight / 2) as u32;
+            fx.pushes.push((l.conn.clone(), ToWorker::Steal { max }));
+            self.leases.get_mut(&id).expect("listed").stealing = true;
+        }
+    }
+
+    /// The answer to a `Steal`: the tasks come back to the queue and go to idle leases.
+    pub fn on_stolen(&mut self, worker: WorkerId, tasks: Vec<TaskId>, fx: &mut Effects) {
+        for l in self.leases.values_mut().filter(|l| l.worker == worker) {
+            l.stealing = false;
+        }
+        let mut classes = Vec::new();
+        for task in tasks.into_iter().rev() {
+            let Some(t) = self.tasks.get_mut(&task) else {
+                continue;
+            };
+            if let TaskState::Pushed { lease, .. } = t.state {
+                if let Some(l) = self.leases.get_mut(&lease) {
+                    l.in_flight = l.in_flight.saturating_sub(1);
+                }
+                t.state = TaskState::Queued;
+                self.classes[t.class].queue.push_front(task);
+                classes.push(t.class);
+            }
+        }
+        classes.dedup();
+        for c in classes {
+            self.pump(c, fx);
+        }
     }
 
     pub fn on_failed(&mut self, task: TaskId, err: ferry_proto::msg::TaskError, fx: &mut Effects) {
@@ -507,6 +561,7 @@ impl OwnerState {
         self.release_args(&t.args, fx);
         self.resolve(t.ret, ObjState::Failed(Error::from_task(&t.name, err)), fx);
         self.pump(t.class, fx);
+        self.steal(t.class, fx);
     }
 
     /// The worker of `lease` blocked and handed back tasks it had not started.
@@ -557,6 +612,7 @@ impl OwnerState {
                 in_flight: 0,
                 blocked: false,
                 idle_since: Some(Instant::now()),
+                stealing: false,
             },
         );
         self.pump(class, fx);

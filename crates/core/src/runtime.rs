@@ -343,6 +343,9 @@ impl Runtime {
                 Ok(FromWorker::Requeued { tasks }) => {
                     self.with_state(|st, fx| st.on_requeued(tasks, fx))
                 }
+                Ok(FromWorker::Stolen { tasks }) => {
+                    self.with_state(|st, fx| st.on_stolen(worker, tasks, fx))
+                }
                 Err(FrameError::Closed) => break "its connection closed".to_string(),
                 Err(e) => {
                     eprintln!("ferry: closing connection to worker {worker:?}: {e}");

@@ -385,3 +385,21 @@ fn workers_are_prestarted_and_reused_across_functions() {
     assert!(pids.len() <= 2, "{pids:?}");
     assert_eq!(ferry::node_stats().unwrap().workers, 2);
 }
+
+#[test]
+fn short_tasks_are_not_stuck_behind_a_long_one() {
+    cluster();
+    // Warm both leases, then put one long task and many short ones in flight.
+    ferry::get_all(&(0..4).map(|_| sleep_ms::remote(1)).collect::<Vec<_>>()).unwrap();
+    let long = sleep_ms::remote(3000);
+    let short: Vec<_> = (0..30).map(|_| sleep_ms::remote(1)).collect();
+    let t = std::time::Instant::now();
+    ferry::get_all(&short).unwrap();
+    // Some of them were pipelined behind the long task; the idle worker steals them back.
+    assert!(
+        t.elapsed() < Duration::from_millis(2000),
+        "short tasks waited {:?} behind the long one",
+        t.elapsed()
+    );
+    assert_eq!(ferry::get_timeout(&long, T).unwrap(), 3000);
+}

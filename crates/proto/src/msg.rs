@@ -202,6 +202,9 @@ pub enum ToWorker {
     Push(Vec<TaskSpec>),
     /// Drop this task if it has not started.
     Cancel { task: TaskId },
+    /// Hand back up to `max` of this owner's tasks that have not started (the owner has an
+    /// idle worker for them). Answered by `Stolen`.
+    Steal { max: u32 },
 }
 
 /// A task's return value as the worker reports it.
@@ -249,6 +252,10 @@ pub enum FromWorker {
     },
     /// These tasks were pushed but never started (the worker blocked); submit them again.
     Requeued {
+        tasks: Vec<TaskId>,
+    },
+    /// The answer to `Steal`: these tasks will not run here (possibly none).
+    Stolen {
         tasks: Vec<TaskId>,
     },
 }
