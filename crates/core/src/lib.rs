@@ -352,8 +352,12 @@ fn decode_ready<T: DeserializeOwned + 'static>(
 ) -> Result<T> {
     match ready {
         Ready::Inline(b) => codec::decode_backed(&b, Backing::Inline(&b)),
-        Ready::Stored { .. } => {
+        Ready::Stored {
+            view: Some(view), ..
+        } => codec::decode_backed(&view, Backing::Mapped(&view)),
+        Ready::Stored { view: None, .. } => {
             let view = rt.map_object(id)?;
+            rt.lock().cache_view(id, view.clone());
             codec::decode_backed(&view, Backing::Mapped(&view))
         }
     }

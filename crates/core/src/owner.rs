@@ -39,7 +39,14 @@ pub(crate) enum ArgDraft {
 #[derive(Clone, Debug)]
 pub(crate) enum Ready {
     Inline(Arc<Vec<u8>>),
-    Stored { size: u64, node: NodeId },
+    /// In the store of `node`. `view` is this process's mapping of it, once made: the
+    /// process that wrote an object keeps it mapped (as a plasma client does), and a later
+    /// `get` is then a pointer copy, not an `open` + `mmap`. Dropped with the entry.
+    Stored {
+        size: u64,
+        node: NodeId,
+        view: Option<ferry_store::ObjectView>,
+    },
 }
 
 #[derive(Debug)]
@@ -201,6 +208,17 @@ impl OwnerState {
         };
         self.objects.insert(id, ObjEntry::new(state, 1));
         id
+    }
+
+    /// Keeps this process's mapping of a stored object for later gets.
+    pub fn cache_view(&mut self, id: ObjectId, v: ferry_store::ObjectView) {
+        if let Some(ObjEntry {
+            state: ObjState::Ready(Ready::Stored { view, .. }),
+            ..
+        }) = self.objects.get_mut(&id)
+        {
+            view.get_or_insert(v);
+        }
     }
 
     pub fn add_local_ref(&mut self, id: ObjectId) {
@@ -372,7 +390,7 @@ impl OwnerState {
                 ArgDraft::Value(v) => Arg::Inline(v.clone()),
                 ArgDraft::Ref(id) => match self.objects.get(id).map(|e| &e.state) {
                     Some(ObjState::Ready(Ready::Inline(b))) => Arg::Inline(b.to_vec()),
-                    Some(ObjState::Ready(Ready::Stored { size, node })) => Arg::Stored {
+                    Some(ObjState::Ready(Ready::Stored { size, node, .. })) => Arg::Stored {
                         object: *id,
                         size: *size,
                         node: *node,
@@ -493,7 +511,11 @@ impl OwnerState {
         self.release_args(&t.args, fx);
         let state = match returns.pop() {
             Some(Return::Inline(v)) => ObjState::Ready(Ready::Inline(Arc::new(v))),
-            Some(Return::Stored { size, node }) => ObjState::Ready(Ready::Stored { size, node }),
+            Some(Return::Stored { size, node }) => ObjState::Ready(Ready::Stored {
+                size,
+                node,
+                view: None,
+            }),
             None => ObjState::Failed(Error::Serialization {
                 detail: format!("task {} returned nothing", t.name),
             }),

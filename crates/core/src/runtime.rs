@@ -394,6 +394,7 @@ impl Runtime {
             Ok(size) => ObjState::Ready(Ready::Stored {
                 size: *size,
                 node: self.node_id,
+                view: self.store.map(id).ok(),
             }),
             Err(e) => ObjState::Failed(e.clone()),
         };
