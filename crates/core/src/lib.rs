@@ -425,57 +425,56 @@ pub fn wait<T>(
     let rt = runtime()?;
     let n = num_ready.min(refs.len());
     let deadline = timeout.map(|d| Instant::now() + d);
-    let ids: Vec<ObjectId> = refs.iter().map(|r| r.id()).collect();
-    let poll_flags = |waker: Option<&std::task::Waker>| -> Poll<Vec<bool>> {
-        let mut st = rt.lock();
-        let flags: Vec<bool> = ids
-            .iter()
-            .map(|id| {
-                st.objects
-                    .get(id)
-                    .is_none_or(|e| !matches!(e.state, owner::ObjState::Pending))
-            })
-            .collect();
-        if flags.iter().filter(|f| **f).count() >= n {
-            return Poll::Ready(flags);
+    let is_ready = |st: &owner::OwnerState, id: &ObjectId| {
+        st.objects
+            .get(id)
+            .is_none_or(|e| !matches!(e.state, owner::ObjState::Pending))
+    };
+    // Indices of the first `n` ready refs; the scan stops as soon as it has them.
+    let scan = |st: &owner::OwnerState| -> Vec<usize> {
+        let mut found = Vec::with_capacity(n);
+        for (i, r) in refs.iter().enumerate() {
+            if found.len() == n {
+                break;
+            }
+            if is_ready(st, &r.raw.id) {
+                found.push(i);
+            }
         }
-        if let Some(w) = waker {
-            for (id, ready) in ids.iter().zip(&flags) {
-                if !ready {
-                    if let Some(e) = st.objects.get_mut(id) {
-                        if !e.waiters.iter().any(|x| x.will_wake(w)) {
-                            e.waiters.push(w.clone());
-                        }
-                    }
+        found
+    };
+    let waited = rt.block_until(deadline, |w| {
+        let mut st = rt.lock();
+        let found = scan(&st);
+        if found.len() == n {
+            return Poll::Ready(());
+        }
+        for r in refs {
+            if let Some(e) = st.objects.get_mut(&r.raw.id) {
+                if matches!(e.state, owner::ObjState::Pending)
+                    && !e.waiters.iter().any(|x| x.will_wake(w))
+                {
+                    e.waiters.push(w.clone());
                 }
             }
         }
         Poll::Pending
-    };
-    let flags = match rt.block_until(deadline, |w| poll_flags(Some(w))) {
-        Some(f) => f,
-        None => match poll_flags(None) {
-            Poll::Ready(f) => f,
-            Poll::Pending => {
-                let st = rt.lock();
-                ids.iter()
-                    .map(|id| {
-                        st.objects
-                            .get(id)
-                            .is_none_or(|e| !matches!(e.state, owner::ObjState::Pending))
-                    })
-                    .collect()
-            }
-        },
-    };
-    let mut ready = Vec::new();
-    let mut pending = Vec::new();
-    for (r, f) in refs.iter().zip(flags) {
-        // Like Ray: at most `num_ready` in the first list, the rest in the second.
-        if f && ready.len() < n {
-            ready.push(r.clone());
+    });
+    let _ = waited; // on timeout, return what is ready now
+                    // Split and take the new handles under one lock.
+    let mut st = rt.lock();
+    let found = scan(&st);
+    let mut ready = Vec::with_capacity(found.len());
+    let mut pending = Vec::with_capacity(refs.len() - found.len());
+    let mut next = found.iter().peekable();
+    for (i, r) in refs.iter().enumerate() {
+        st.add_local_ref(r.raw.id);
+        let handle = ObjectRef::from_id(r.raw.id);
+        if next.peek() == Some(&&i) {
+            next.next();
+            ready.push(handle);
         } else {
-            pending.push(r.clone());
+            pending.push(handle);
         }
     }
     Ok((ready, pending))

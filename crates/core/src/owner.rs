@@ -21,7 +21,8 @@
 use crate::error::Error;
 use ferry_proto::msg::{Arg, Return, Shape, TaskSpec, ToNode, ToWorker};
 use ferry_proto::{Conn, NodeId, ObjectId, TaskId, WorkerId};
-use std::collections::{HashMap, VecDeque};
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::Instant;
@@ -164,12 +165,12 @@ impl OwnerState {
         OwnerState {
             me,
             depth: 1,
-            objects: HashMap::new(),
-            tasks: HashMap::new(),
+            objects: HashMap::default(),
+            tasks: HashMap::default(),
             classes: Vec::new(),
-            class_ids: HashMap::new(),
-            leases: HashMap::new(),
-            lease_requests: HashMap::new(),
+            class_ids: HashMap::default(),
+            leases: HashMap::default(),
+            lease_requests: HashMap::default(),
             next_seq: 1,
             next_req: 1,
             limits,
