@@ -194,23 +194,6 @@ fn report_memory(prefix: &str) {
     );
 }
 
-fn process_start() -> Option<Instant> {
-    // Field 22 of /proc/self/stat: start time in clock ticks since boot.
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    let start_ticks: f64 = after.split_whitespace().nth(19)?.parse().ok()?;
-    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = 100.0; // USER_HZ is 100 on every Linux we run on
-    let age = uptime - start_ticks / hz;
-    Instant::now().checked_sub(std::time::Duration::from_secs_f64(age.max(0.0)))
-}
-
 // ---- groups ----
 
 fn startup(t_main: Instant) {
@@ -218,13 +201,6 @@ fn startup(t_main: Instant) {
     ferry::init(ferry::Config::default()).expect("ferry::init");
     let dt = t0.elapsed();
     emit("startup_s", dt.as_secs_f64(), "s");
-    if let Some(ps) = process_start() {
-        emit(
-            "startup_from_process_start_s",
-            ps.elapsed().as_secs_f64(),
-            "s",
-        );
-    }
     emit(
         "startup_from_script_start_s",
         t_main.elapsed().as_secs_f64(),
