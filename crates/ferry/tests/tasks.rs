@@ -403,3 +403,18 @@ fn short_tasks_are_not_stuck_behind_a_long_one() {
     );
     assert_eq!(ferry::get_timeout(&long, T).unwrap(), 3000);
 }
+
+#[test]
+fn idle_leases_go_back_to_the_daemon() {
+    cluster();
+    let refs: Vec<_> = (0..50).map(|i| add::remote(i, i)).collect();
+    ferry::get_all(&refs).unwrap();
+    // Held for reuse right after the burst...
+    assert!(ferry::node_stats().unwrap().leased_workers > 0);
+    // ...and returned once idle past the lease timeout (1 s by default).
+    common::eventually("all leases returned", T, || {
+        ferry::node_stats().unwrap().leased_workers == 0
+    });
+    let s = ferry::node_stats().unwrap();
+    assert_eq!(s.available, s.total, "{s:?}");
+}
