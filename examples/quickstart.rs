@@ -38,20 +38,13 @@ fn main() -> ferry::Result<()> {
 
     let t = std::time::Instant::now();
     let leaves = ferry::get(&tree::remote(6))?;
-    println!(
-        "tree(6) counted {leaves} leaves with {} nested tasks in {:?}",
-        2 * leaves - 1,
-        t.elapsed()
-    );
+    println!("tree(6) counted {leaves} leaves with {} nested tasks in {:?}", 2 * leaves - 1, t.elapsed());
 
     let big = ferry::put(vec![7u8; 100 << 20])?; // large: into the shared-memory store
     let view = ferry::get_bytes(&big)?; // zero-copy view of the stored bytes
     assert_eq!(view.len(), 100 << 20);
     let sum = ferry::get(&checksum::remote(&big))?; // the task maps the same pages
-    println!(
-        "100 MiB object: view of {} bytes, checksum {sum} computed by a worker",
-        view.len()
-    );
+    println!("100 MiB object: view of {} bytes, checksum {sum} computed by a worker", view.len());
 
     let (ready, pending) = ferry::wait(&[a, b], 1, Some(Duration::from_millis(10)))?;
     println!("wait: {} ready, {} pending", ready.len(), pending.len());

@@ -115,10 +115,7 @@ fn mem_of(pid: u32) -> Option<Mem> {
             .unwrap_or(0)
             * 1024
     };
-    Some(Mem {
-        rss: field("Rss:"),
-        pss: field("Pss:"),
-    })
+    Some(Mem { rss: field("Rss:"), pss: field("Pss:") })
 }
 
 fn children_of(parent: u32) -> Vec<u32> {
@@ -133,10 +130,7 @@ fn children_of(parent: u32) -> Vec<u32> {
         let Ok(st) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
             continue;
         };
-        let ppid = st
-            .lines()
-            .find(|l| l.starts_with("PPid:"))
-            .and_then(|l| l.split_whitespace().nth(1));
+        let ppid = st.lines().find(|l| l.starts_with("PPid:")).and_then(|l| l.split_whitespace().nth(1));
         if ppid == Some(&parent.to_string()) {
             out.push(pid);
         }
@@ -147,51 +141,20 @@ fn children_of(parent: u32) -> Vec<u32> {
 fn report_memory(prefix: &str) {
     let me = std::process::id();
     let mib = MIB as f64;
-    let kids: Vec<(u32, Mem)> = children_of(me)
-        .into_iter()
-        .filter_map(|p| mem_of(p).map(|m| (p, m)))
-        .collect();
+    let kids: Vec<(u32, Mem)> = children_of(me).into_iter().filter_map(|p| mem_of(p).map(|m| (p, m))).collect();
     let drv = mem_of(me).unwrap_or(Mem { rss: 0, pss: 0 });
     for (p, m) in &kids {
-        info(&format!(
-            "{prefix} pid={p} worker rss={:.1}MiB pss={:.1}MiB",
-            m.rss as f64 / mib,
-            m.pss as f64 / mib
-        ));
+        info(&format!("{prefix} pid={p} worker rss={:.1}MiB pss={:.1}MiB", m.rss as f64 / mib, m.pss as f64 / mib));
     }
-    info(&format!(
-        "{prefix} pid={me} driver rss={:.1}MiB pss={:.1}MiB",
-        drv.rss as f64 / mib,
-        drv.pss as f64 / mib
-    ));
+    info(&format!("{prefix} pid={me} driver rss={:.1}MiB pss={:.1}MiB", drv.rss as f64 / mib, drv.pss as f64 / mib));
     let rss: u64 = kids.iter().map(|(_, m)| m.rss).sum();
     let pss: u64 = kids.iter().map(|(_, m)| m.pss).sum();
-    emit(
-        &format!("{prefix}_nprocs_excl_driver"),
-        kids.len() as f64,
-        "procs",
-    );
-    emit(
-        &format!("{prefix}_rss_sum_excl_driver"),
-        rss as f64 / mib,
-        "MiB",
-    );
-    emit(
-        &format!("{prefix}_pss_sum_excl_driver"),
-        pss as f64 / mib,
-        "MiB",
-    );
+    emit(&format!("{prefix}_nprocs_excl_driver"), kids.len() as f64, "procs");
+    emit(&format!("{prefix}_rss_sum_excl_driver"), rss as f64 / mib, "MiB");
+    emit(&format!("{prefix}_pss_sum_excl_driver"), pss as f64 / mib, "MiB");
     emit(&format!("{prefix}_driver_rss"), drv.rss as f64 / mib, "MiB");
-    emit(
-        &format!("{prefix}_rss_sum_incl_driver"),
-        (rss + drv.rss) as f64 / mib,
-        "MiB",
-    );
-    emit(
-        &format!("{prefix}_pss_sum_incl_driver"),
-        (pss + drv.pss) as f64 / mib,
-        "MiB",
-    );
+    emit(&format!("{prefix}_rss_sum_incl_driver"), (rss + drv.rss) as f64 / mib, "MiB");
+    emit(&format!("{prefix}_pss_sum_incl_driver"), (pss + drv.pss) as f64 / mib, "MiB");
 }
 
 // ---- groups ----
@@ -201,20 +164,13 @@ fn startup(t_main: Instant) {
     ferry::init(ferry::Config::default()).expect("ferry::init");
     let dt = t0.elapsed();
     emit("startup_s", dt.as_secs_f64(), "s");
-    emit(
-        "startup_from_script_start_s",
-        t_main.elapsed().as_secs_f64(),
-        "s",
-    );
+    emit("startup_from_script_start_s", t_main.elapsed().as_secs_f64(), "s");
     let cpus = ferry::node_stats().unwrap().total.get_milli("CPU") / 1000;
     while ferry::node_stats().unwrap().workers < cpus {
         std::thread::sleep(Duration::from_micros(200));
     }
     emit("startup_workers_ready_s", t0.elapsed().as_secs_f64(), "s");
-    info(&format!(
-        "ferry resources: {}",
-        ferry::node_stats().unwrap().total
-    ));
+    info(&format!("ferry resources: {}", ferry::node_stats().unwrap().total));
 }
 
 fn group_memory() {
@@ -248,16 +204,8 @@ fn group_tasks() {
     ferry::get_all(&refs).unwrap();
     let total = t.elapsed();
     drop(refs);
-    emit(
-        "task_throughput_per_s",
-        n as f64 / total.as_secs_f64(),
-        "tasks/s",
-    );
-    emit(
-        "task_throughput_submit_only_per_s",
-        n as f64 / t_sub.as_secs_f64(),
-        "tasks/s",
-    );
+    emit("task_throughput_per_s", n as f64 / total.as_secs_f64(), "tasks/s");
+    emit("task_throughput_submit_only_per_s", n as f64 / t_sub.as_secs_f64(), "tasks/s");
     emit("task_throughput_total_s", total.as_secs_f64(), "s");
 
     ferry::get(&fanout::remote(100)).unwrap();
@@ -280,11 +228,7 @@ fn group_tasks() {
         samples.push(ns(t) as f64 / 1e3);
         assert_eq!(ready.len(), 1);
     }
-    emit(
-        "wait_first_of_1000_ready_median",
-        median(&mut samples),
-        "us",
-    );
+    emit("wait_first_of_1000_ready_median", median(&mut samples), "us");
     drop(refs);
     let (mut sub, mut wt, mut both) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..5 {
@@ -300,19 +244,11 @@ fn group_tasks() {
         ferry::get_all(&refs).unwrap();
     }
     emit("wait_first_of_1000_pending_median", median(&mut wt), "us");
-    emit(
-        "wait_first_of_1000_pending_incl_submit_median",
-        median(&mut both),
-        "us",
-    );
+    emit("wait_first_of_1000_pending_incl_submit_median", median(&mut both), "us");
 }
 
 fn group_objects() {
-    for (label, nbytes, iters) in [
-        ("1KiB", KIB, 2000),
-        ("1MiB", MIB, 300),
-        ("100MiB", 100 * MIB, 10),
-    ] {
+    for (label, nbytes, iters) in [("1KiB", KIB, 2000), ("1MiB", MIB, 300), ("100MiB", 100 * MIB, 10)] {
         let arr = make_array(nbytes);
         for _ in 0..iters.min(20) {
             let r = ferry::put(arr.clone()).unwrap();
@@ -340,37 +276,17 @@ fn group_objects() {
         }
         let put_s = put_ns.iter().sum::<u64>() as f64 / 1e9;
         let get_s = get_ns.iter().sum::<u64>() as f64 / 1e9;
-        emit(
-            &format!("put_{label}_ops_per_s"),
-            iters as f64 / put_s,
-            "ops/s",
-        );
-        emit(
-            &format!("get_{label}_ops_per_s"),
-            iters as f64 / get_s,
-            "ops/s",
-        );
-        emit(
-            &format!("put_{label}_GB_per_s"),
-            (iters * nbytes) as f64 / put_s / 1e9,
-            "GB/s",
-        );
-        emit(
-            &format!("get_{label}_GB_per_s"),
-            (iters * nbytes) as f64 / get_s / 1e9,
-            "GB/s",
-        );
+        emit(&format!("put_{label}_ops_per_s"), iters as f64 / put_s, "ops/s");
+        emit(&format!("get_{label}_ops_per_s"), iters as f64 / get_s, "ops/s");
+        emit(&format!("put_{label}_GB_per_s"), (iters * nbytes) as f64 / put_s / 1e9, "GB/s");
+        emit(&format!("get_{label}_GB_per_s"), (iters * nbytes) as f64 / get_s / 1e9, "GB/s");
         let mut p: Vec<f64> = put_ns.iter().map(|n| *n as f64 / 1e3).collect();
         let mut g: Vec<f64> = get_ns.iter().map(|n| *n as f64 / 1e3).collect();
         emit(&format!("put_{label}_median_us"), median(&mut p), "us");
         emit(&format!("get_{label}_median_us"), median(&mut g), "us");
         if !getcopy_ns.is_empty() {
             let s = getcopy_ns.iter().sum::<u64>() as f64 / 1e9;
-            emit(
-                &format!("get_plus_copy_{label}_GB_per_s"),
-                (iters * nbytes) as f64 / s / 1e9,
-                "GB/s",
-            );
+            emit(&format!("get_plus_copy_{label}_GB_per_s"), (iters * nbytes) as f64 / s / 1e9, "GB/s");
         }
     }
     info("get_* uses ferry::get_bytes, a zero-copy view of the shared-memory store (as Ray's numpy get); get_plus_copy_* adds a copy");
@@ -390,17 +306,10 @@ fn group_objects() {
     let mut ts = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
-        assert_eq!(
-            ferry::get(&length::remote(produce::remote(nbytes))).unwrap(),
-            nbytes
-        );
+        assert_eq!(ferry::get(&length::remote(produce::remote(nbytes))).unwrap(), nbytes);
         ts.push(t.elapsed().as_secs_f64());
     }
-    emit(
-        "pass_by_ref_100MiB_produce_and_consume_s",
-        median(&mut ts),
-        "s",
-    );
+    emit("pass_by_ref_100MiB_produce_and_consume_s", median(&mut ts), "s");
     let dref = ferry::put(make_array(nbytes)).unwrap();
     ferry::get(&length::remote(&dref)).unwrap();
     let mut ts = Vec::new();
@@ -409,54 +318,34 @@ fn group_objects() {
         ferry::get(&length::remote(&dref)).unwrap();
         ts.push(t.elapsed().as_secs_f64());
     }
-    emit(
-        "pass_by_ref_100MiB_driver_put_consume_s",
-        median(&mut ts),
-        "s",
-    );
+    emit("pass_by_ref_100MiB_driver_put_consume_s", median(&mut ts), "s");
 }
 
 const GROUPS: &[&str] = &["memory", "tasks", "objects"];
-const LATER: &[(&str, &str)] = &[
-    ("actors", "issue 3"),
-    ("cluster", "issue 5"),
-    ("recovery", "issue 6"),
-];
+const LATER: &[(&str, &str)] = &[("actors", "issue 3"), ("cluster", "issue 5"), ("recovery", "issue 6")];
 
 fn main() {
     let t_main = Instant::now();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!(
-            "usage: ferry-bench [GROUP...]   groups: {} (default: all of them)",
-            GROUPS.join(", ")
-        );
+        println!("usage: ferry-bench [GROUP...]   groups: {} (default: all of them)", GROUPS.join(", "));
         return;
     }
-    let groups: Vec<&str> = if args.is_empty() {
-        GROUPS.to_vec()
-    } else {
-        args.iter().map(|s| s.as_str()).collect()
-    };
+    let groups: Vec<&str> = if args.is_empty() { GROUPS.to_vec() } else { args.iter().map(|s| s.as_str()).collect() };
     for g in &groups {
         if let Some((_, issue)) = LATER.iter().find(|(n, _)| n == g) {
             eprintln!("ferry-bench: group {g} is not built yet ({issue})");
             std::process::exit(2);
         }
         if !GROUPS.contains(g) {
-            eprintln!(
-                "ferry-bench: unknown group {g}; groups: {}",
-                GROUPS.join(", ")
-            );
+            eprintln!("ferry-bench: unknown group {g}; groups: {}", GROUPS.join(", "));
             std::process::exit(2);
         }
     }
     info(&format!(
         "ferry {} nproc={} groups={}",
         env!("CARGO_PKG_VERSION"),
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         groups.join(",")
     ));
     startup(t_main);

@@ -24,16 +24,10 @@ enum Inner {
 
 impl Bytes {
     pub(crate) fn inline(buf: Arc<Vec<u8>>, start: usize) -> Bytes {
-        Bytes {
-            inner: Inner::Inline(buf),
-            start,
-        }
+        Bytes { inner: Inner::Inline(buf), start }
     }
     pub(crate) fn mapped(view: ObjectView, start: usize) -> Bytes {
-        Bytes {
-            inner: Inner::Mapped(view),
-            start,
-        }
+        Bytes { inner: Inner::Mapped(view), start }
     }
     /// Whether these bytes are a view of the shared-memory store (not a private copy).
     pub fn is_shared_memory(&self) -> bool {
@@ -71,16 +65,7 @@ impl PartialEq for Bytes {
 
 impl std::fmt::Debug for Bytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Bytes({} bytes{})",
-            self.len(),
-            if self.is_shared_memory() {
-                ", shared memory"
-            } else {
-                ""
-            }
-        )
+        write!(f, "Bytes({} bytes{})", self.len(), if self.is_shared_memory() { ", shared memory" } else { "" })
     }
 }
 

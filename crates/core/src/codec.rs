@@ -52,23 +52,16 @@ impl Encoded<'_> {
 }
 
 fn ser_err(e: postcard::Error) -> Error {
-    Error::Serialization {
-        detail: e.to_string(),
-    }
+    Error::Serialization { detail: e.to_string() }
 }
 
 /// Encodes `v`.
 pub(crate) fn encode<T: Serialize + 'static>(v: &T) -> Result<Encoded<'_>> {
     if let Some(bytes) = (v as &dyn Any).downcast_ref::<Vec<u8>>() {
         let header = postcard::to_allocvec(&bytes.len()).map_err(ser_err)?;
-        return Ok(Encoded::Bytes {
-            header,
-            body: bytes,
-        });
+        return Ok(Encoded::Bytes { header, body: bytes });
     }
-    postcard::to_allocvec(v)
-        .map(Encoded::Owned)
-        .map_err(ser_err)
+    postcard::to_allocvec(v).map(Encoded::Owned).map_err(ser_err)
 }
 
 /// Encodes `v` into one buffer.
@@ -82,17 +75,12 @@ pub fn decode<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T> {
 }
 
 /// Decodes a `T` from `bytes`, which live in `backing`: a [`Bytes`] becomes a view of it.
-pub(crate) fn decode_backed<T: DeserializeOwned + 'static>(
-    bytes: &[u8],
-    backing: Backing<'_>,
-) -> Result<T> {
+pub(crate) fn decode_backed<T: DeserializeOwned + 'static>(bytes: &[u8], backing: Backing<'_>) -> Result<T> {
     if TypeId::of::<T>() == TypeId::of::<Bytes>() {
         let body = bytes_body(bytes)?;
         let start = bytes.len() - body.len();
         let b = match backing {
-            Backing::Mapped(view) if view.len() == bytes.len() => {
-                Bytes::mapped(view.clone(), start)
-            }
+            Backing::Mapped(view) if view.len() == bytes.len() => Bytes::mapped(view.clone(), start),
             Backing::Inline(buf) if buf.len() == bytes.len() => Bytes::inline(buf.clone(), start),
             _ => Bytes::from(body.to_vec()),
         };
@@ -107,15 +95,9 @@ pub(crate) fn decode_backed<T: DeserializeOwned + 'static>(
     match postcard::take_from_bytes::<T>(bytes) {
         Ok((v, [])) => Ok(v),
         Ok((_, rest)) => Err(Error::Serialization {
-            detail: format!(
-                "{} bytes left over after decoding {}",
-                rest.len(),
-                std::any::type_name::<T>()
-            ),
+            detail: format!("{} bytes left over after decoding {}", rest.len(), std::any::type_name::<T>()),
         }),
-        Err(e) => Err(Error::Serialization {
-            detail: format!("cannot decode {}: {e}", std::any::type_name::<T>()),
-        }),
+        Err(e) => Err(Error::Serialization { detail: format!("cannot decode {}: {e}", std::any::type_name::<T>()) }),
     }
 }
 
@@ -123,9 +105,7 @@ pub(crate) fn decode_backed<T: DeserializeOwned + 'static>(
 pub(crate) fn bytes_body(bytes: &[u8]) -> Result<&[u8]> {
     let (len, rest) = postcard::take_from_bytes::<usize>(bytes).map_err(ser_err)?;
     if rest.len() != len {
-        return Err(Error::Serialization {
-            detail: format!("byte vector says {len} bytes but {} follow", rest.len()),
-        });
+        return Err(Error::Serialization { detail: format!("byte vector says {len} bytes but {} follow", rest.len()) });
     }
     Ok(rest)
 }
@@ -161,24 +141,14 @@ mod tests {
         assert_eq!((one, back), (1, b));
         let buf = Arc::new(enc);
         let view: Bytes = decode_backed(&buf, Backing::Inline(&buf)).unwrap();
-        assert_eq!(
-            view.as_ptr(),
-            buf[buf.len() - 200..].as_ptr(),
-            "a view, not a copy"
-        );
+        assert_eq!(view.as_ptr(), buf[buf.len() - 200..].as_ptr(), "a view, not a copy");
     }
 
     #[test]
     fn type_mismatch_is_an_error() {
         let b = encode_vec(&"hello".to_string()).unwrap();
-        assert!(matches!(
-            decode::<u64>(&b),
-            Err(Error::Serialization { .. })
-        ));
+        assert!(matches!(decode::<u64>(&b), Err(Error::Serialization { .. })));
         assert!(decode::<Vec<u8>>(&[5, 1]).is_err());
-        assert_eq!(
-            decode::<(i64, String)>(&encode_vec(&(3i64, "x".to_string())).unwrap()).unwrap(),
-            (3, "x".into())
-        );
+        assert_eq!(decode::<(i64, String)>(&encode_vec(&(3i64, "x".to_string())).unwrap()).unwrap(), (3, "x".into()));
     }
 }

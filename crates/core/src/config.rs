@@ -30,7 +30,8 @@ pub struct Config {
     pub lease_idle_timeout: Duration,
     /// Workers started ahead of need (default: `num_cpus`). Env: `FERRY_PRESTART_WORKERS`.
     pub prestart_workers: Option<usize>,
-    /// Most worker processes on a node. Env: `FERRY_MAX_WORKERS`. Default 512.
+    /// Most worker processes on a node (actors are processes too): a safety cap.
+    /// Env: `FERRY_MAX_WORKERS`. Default 4096.
     pub max_workers: usize,
     /// Idle workers beyond the prestarted ones are stopped after this. Default 5 s.
     pub idle_worker_timeout: Duration,
@@ -55,7 +56,7 @@ impl Default for Config {
             max_pending_lease_requests: 2,
             lease_idle_timeout: Duration::from_millis(env("FERRY_LEASE_IDLE_MS").unwrap_or(1000)),
             prestart_workers: env("FERRY_PRESTART_WORKERS"),
-            max_workers: env("FERRY_MAX_WORKERS").unwrap_or(512),
+            max_workers: env("FERRY_MAX_WORKERS").unwrap_or(4096),
             idle_worker_timeout: Duration::from_secs(5),
             max_frame_bytes: ferry_proto::DEFAULT_MAX_FRAME,
             default_max_retries: 3,
@@ -86,33 +87,19 @@ impl Config {
     }
 
     pub(crate) fn cpus(&self) -> usize {
-        self.num_cpus.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        })
+        self.num_cpus.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
     }
 
     pub(crate) fn store_bytes(&self) -> u64 {
-        self.object_store_bytes
-            .unwrap_or_else(|| total_memory().map(|m| m / 10 * 3).unwrap_or(2 << 30))
+        self.object_store_bytes.unwrap_or_else(|| total_memory().map(|m| m / 10 * 3).unwrap_or(2 << 30))
     }
 
     /// The settings a worker inherits from its driver, as environment variables.
     pub(crate) fn to_worker_env(&self) -> Vec<(String, String)> {
         vec![
-            (
-                "FERRY_INLINE_MAX_BYTES".into(),
-                self.inline_max_bytes.to_string(),
-            ),
-            (
-                "FERRY_MAX_TASKS_IN_FLIGHT".into(),
-                self.max_tasks_in_flight_per_worker.to_string(),
-            ),
-            (
-                "FERRY_LEASE_IDLE_MS".into(),
-                self.lease_idle_timeout.as_millis().to_string(),
-            ),
+            ("FERRY_INLINE_MAX_BYTES".into(), self.inline_max_bytes.to_string()),
+            ("FERRY_MAX_TASKS_IN_FLIGHT".into(), self.max_tasks_in_flight_per_worker.to_string()),
+            ("FERRY_LEASE_IDLE_MS".into(), self.lease_idle_timeout.as_millis().to_string()),
         ]
     }
 }

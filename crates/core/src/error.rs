@@ -36,6 +36,15 @@ pub enum Error {
     ObjectStoreFull { detail: String },
     /// The runtime is not running (never started, failed to start, or shut down).
     NotRunning { detail: String },
+    /// The actor is gone (killed, every handle dropped, or its process died with no restarts
+    /// left); calls to it fail with this.
+    ActorDied { actor: String, reason: String },
+    /// No actor has this name.
+    ActorNotFound { name: String },
+    /// The named actor is of another type than the one asked for.
+    ActorTypeMismatch { name: String, expected: String, found: String },
+    /// An actor with this name exists already.
+    ActorNameTaken { name: String },
     /// `init` was called twice in one process.
     AlreadyInitialized,
     /// Starting or reaching the cluster failed.
@@ -45,30 +54,23 @@ pub enum Error {
 impl Error {
     pub(crate) fn from_task(name: &str, e: TaskError) -> Error {
         match e {
-            TaskError::Panicked { message, .. } => Error::TaskPanicked {
-                task: name.to_string(),
-                message,
-            },
+            TaskError::Panicked { message, .. } => Error::TaskPanicked { task: name.to_string(), message },
             TaskError::UnknownFunction { function } => Error::UnknownFunction { function },
-            TaskError::BadArgument { index, detail, .. } => Error::Serialization {
-                detail: format!("argument {index} of {name} did not decode: {detail}"),
-            },
+            TaskError::BadArgument { index, detail, .. } => {
+                Error::Serialization { detail: format!("argument {index} of {name} did not decode: {detail}") }
+            }
             TaskError::BadReturn { detail, .. } => {
                 if detail.contains("object store full") {
                     Error::ObjectStoreFull { detail }
                 } else {
-                    Error::Serialization {
-                        detail: format!("return value of {name}: {detail}"),
-                    }
+                    Error::Serialization { detail: format!("return value of {name}: {detail}") }
                 }
             }
             TaskError::ArgumentUnavailable { detail, .. } => Error::ObjectLost {
                 object: ObjectId::default(),
                 reason: format!("an argument of {name} could not be read: {detail}"),
             },
-            TaskError::Cancelled => Error::Cancelled {
-                task: name.to_string(),
-            },
+            TaskError::Cancelled => Error::Cancelled { task: name.to_string() },
         }
     }
 }
@@ -83,10 +85,9 @@ impl fmt::Display for Error {
                  raise max_retries if the task is idempotent"
             ),
             Error::ObjectLost { object, reason } => write!(f, "object {object:?} is lost: {reason}"),
-            Error::Serialization { detail } => write!(
-                f,
-                "serialization failed: {detail}; check that the caller's and the function's types match"
-            ),
+            Error::Serialization { detail } => {
+                write!(f, "serialization failed: {detail}; check that the caller's and the function's types match")
+            }
             Error::Timeout { waited } => {
                 write!(f, "timed out after {waited:?}; the task goes on, call get again to keep waiting")
             }
@@ -96,12 +97,24 @@ impl fmt::Display for Error {
                 "task {task} can never be scheduled: {detail}; lower its resource request or add them \
                  to the cluster (Config::resource / num_cpus)"
             ),
-            Error::UnknownFunction { function } => write!(
-                f,
-                "the worker has no remote function {function:?}; driver and workers must run the same binary"
-            ),
+            Error::UnknownFunction { function } => {
+                write!(f, "the worker has no remote function {function:?}; driver and workers must run the same binary")
+            }
             Error::ObjectStoreFull { detail } => write!(f, "{detail}"),
             Error::NotRunning { detail } => write!(f, "ferry is not running: {detail}"),
+            Error::ActorDied { actor, reason } => write!(
+                f,
+                "actor {actor} is dead: {reason}; create a new one, or give it max_restarts to have it restarted"
+            ),
+            Error::ActorNotFound { name } => {
+                write!(f, "no actor is named {name:?}; check the name, or create it with .name({name:?})")
+            }
+            Error::ActorTypeMismatch { name, expected, found } => {
+                write!(f, "actor {name:?} is a {found}, not a {expected}; ask for its own type")
+            }
+            Error::ActorNameTaken { name } => {
+                write!(f, "an actor named {name:?} already exists; pick another name or get it with ferry::get_actor")
+            }
             Error::AlreadyInitialized => {
                 write!(f, "ferry::init was already called in this process; call it once, at start")
             }

@@ -13,15 +13,16 @@ use crate::bytes::ArgData;
 use crate::codec;
 use crate::error::Error;
 use crate::registry;
+use crate::registry::ActorInstance;
 use crate::runtime::{try_runtime, Runtime};
 use ferry_proto::conn::{accept, Conn};
-use ferry_proto::msg::{Arg, FromWorker, Return, TaskError, TaskSpec, ToNode, ToWorker};
+use ferry_proto::msg::{ActorId, ActorSpec, Arg, FromWorker, Return, TaskError, TaskSpec, ToNode, ToWorker};
 use ferry_proto::{FrameError, FrameReader, ObjectId, Stream, TaskId};
 use serde::Serialize;
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::os::unix::net::UnixListener;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread;
 
 thread_local! {
@@ -33,22 +34,28 @@ struct Queue {
     tasks: VecDeque<(Arc<Conn>, TaskSpec)>,
     /// Nesting of `enter_blocked` on the task thread.
     blocked: u32,
+    /// The daemon asked this worker to host an actor; the main thread constructs it.
+    to_host: Option<(ActorId, ActorSpec)>,
+}
+
+/// The actor this worker hosts, once constructed.
+struct Hosted {
+    instance: ActorInstance,
 }
 
 /// See the module docs.
 pub(crate) struct Executor {
     q: Mutex<Queue>,
     cv: Condvar,
+    actor: OnceLock<Hosted>,
 }
 
 impl Executor {
     pub fn new() -> Arc<Executor> {
         Arc::new(Executor {
-            q: Mutex::new(Queue {
-                tasks: VecDeque::new(),
-                blocked: 0,
-            }),
+            q: Mutex::new(Queue { tasks: VecDeque::new(), blocked: 0, to_host: None }),
             cv: Condvar::new(),
+            actor: OnceLock::new(),
         })
     }
 
@@ -59,27 +66,18 @@ impl Executor {
     /// Accepts owners' connections on `listener` (on a background thread).
     pub fn serve(self: &Arc<Self>, listener: UnixListener, rt: &'static Runtime) {
         let me = self.clone();
-        let spawned = thread::Builder::new()
-            .name("ferry-accept".into())
-            .spawn(move || {
-                for stream in listener.incoming() {
-                    let Ok(stream) = stream else { continue };
-                    let me = me.clone();
-                    let _ = thread::Builder::new()
-                        .name("ferry-owner-rx".into())
-                        .spawn(move || {
-                            match accept(
-                                Stream::Unix(stream),
-                                &rt.token,
-                                rt.node_id,
-                                rt.cfg.max_frame_bytes,
-                            ) {
-                                Ok((conn, reader, _)) => me.owner_reader(Arc::new(conn), reader),
-                                Err(e) => eprintln!("ferry-worker: refused a connection: {e}"),
-                            }
-                        });
-                }
-            });
+        let spawned = thread::Builder::new().name("ferry-accept".into()).spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let me = me.clone();
+                let _ = thread::Builder::new().name("ferry-owner-rx".into()).spawn(move || {
+                    match accept(Stream::Unix(stream), &rt.token, rt.node_id, rt.cfg.max_frame_bytes) {
+                        Ok((conn, reader, _)) => me.owner_reader(Arc::new(conn), reader),
+                        Err(e) => eprintln!("ferry-worker: refused a connection: {e}"),
+                    }
+                });
+            }
+        });
         if let Err(e) = spawned {
             eprintln!("ferry-worker: cannot start the accept thread: {e}");
             std::process::exit(1);
@@ -91,7 +89,8 @@ impl Executor {
             match reader.read::<ToWorker>() {
                 Ok(ToWorker::Push(specs)) => {
                     let mut q = self.lock();
-                    if q.blocked > 0 {
+                    // An actor's calls can run nowhere else: they wait here even while blocked.
+                    if q.blocked > 0 && self.actor.get().is_none() {
                         drop(q);
                         let tasks = specs.iter().map(|s| s.task).collect();
                         let _ = conn.send(&FromWorker::Requeued { tasks });
@@ -108,10 +107,7 @@ impl Executor {
                     if let Some(pos) = q.tasks.iter().position(|(_, s)| s.task == task) {
                         q.tasks.remove(pos);
                         drop(q);
-                        let _ = conn.send(&FromWorker::Failed {
-                            task,
-                            error: TaskError::Cancelled,
-                        });
+                        let _ = conn.send(&FromWorker::Failed { task, error: TaskError::Cancelled });
                     }
                 }
                 Ok(ToWorker::Steal { max }) => {
@@ -142,23 +138,75 @@ impl Executor {
         self.lock().tasks.retain(|(c, _)| !Arc::ptr_eq(c, &conn));
     }
 
+    /// The daemon asks this worker to host an actor (called on the node reader thread).
+    pub fn become_actor(&self, actor: ActorId, spec: ActorSpec) {
+        self.lock().to_host = Some((actor, spec));
+        self.cv.notify_all();
+    }
+
     /// Runs tasks forever on the calling thread.
-    pub fn run(&self, rt: &'static Runtime) -> ! {
+    pub fn run(self: &Arc<Self>, rt: &'static Runtime) -> ! {
         loop {
-            let (conn, spec) = {
+            let job = {
                 let mut q = self.lock();
                 loop {
+                    if let Some((actor, spec)) = q.to_host.take() {
+                        break Err((actor, spec));
+                    }
                     if let Some(t) = q.tasks.pop_front() {
-                        break t;
+                        break Ok(t);
                     }
                     q = self.cv.wait(q).unwrap_or_else(|e| e.into_inner());
                 }
             };
+            match job {
+                Ok((conn, spec)) => self.run_one(rt, &conn, &spec),
+                Err((actor, spec)) => self.construct(rt, actor, spec),
+            }
+        }
+    }
+
+    fn run_one(&self, rt: &'static Runtime, conn: &Conn, spec: &TaskSpec) {
+        rt.lock().depth = spec.depth + 1;
+        CURRENT.with(|c| c.set(Some(spec.task)));
+        let reply = match self.actor.get() {
+            Some(h) => execute_method(rt, &h.instance, spec),
+            None => execute(rt, spec),
+        };
+        CURRENT.with(|c| c.set(None));
+        let _ = conn.send(&reply);
+    }
+
+    /// Runs the actor's constructor; on success this worker serves its calls from now on,
+    /// on `max_concurrency` threads.
+    fn construct(self: &Arc<Self>, rt: &'static Runtime, actor: ActorId, spec: ActorSpec) {
+        let result = (|| {
+            let class = registry::lookup_class(&spec.class)
+                .ok_or_else(|| format!("this binary has no actor type {:?}", spec.class))?;
+            let held = load_args(rt, &spec.class, &spec.args).map_err(|e| format!("{e:?}"))?;
+            let args = arg_data(&spec.args, &held);
             rt.lock().depth = spec.depth + 1;
-            CURRENT.with(|c| c.set(Some(spec.task)));
-            let reply = execute(rt, &spec);
-            CURRENT.with(|c| c.set(None));
-            let _ = conn.send(&reply);
+            let instance = (class.construct)(&args).map_err(|e| match e {
+                TaskError::Panicked { message, .. } => format!("the constructor panicked: {message}"),
+                e => format!("{e:?}"),
+            })?;
+            Ok::<_, String>(instance)
+        })();
+        match result {
+            Ok(instance) => {
+                let _ = self.actor.set(Hosted { instance });
+                for i in 1..spec.max_concurrency.max(1) {
+                    let me = self.clone();
+                    let spawned = thread::Builder::new().name(format!("ferry-actor-{i}")).spawn(move || me.run(rt));
+                    if let Err(e) = spawned {
+                        eprintln!("ferry-worker: cannot start actor thread: {e}");
+                    }
+                }
+                rt.send_node(&ToNode::ActorReady { actor, error: None });
+            }
+            Err(e) => {
+                rt.send_node(&ToNode::ActorReady { actor, error: Some(e) });
+            }
         }
     }
 
@@ -168,7 +216,12 @@ impl Executor {
         CURRENT.with(|c| c.get())?;
         let mut q = self.lock();
         q.blocked += 1;
-        if q.blocked == 1 {
+        if q.blocked == 1 && self.actor.get().is_some() {
+            // An actor keeps its queued calls (they can run nowhere else); it only lends its
+            // CPU while it waits.
+            drop(q);
+            rt.send_node(&ToNode::Blocked);
+        } else if q.blocked == 1 {
             let queued: Vec<(Arc<Conn>, TaskSpec)> = q.tasks.drain(..).collect();
             drop(q);
             // Hand unstarted tasks back, one message per owner.
@@ -212,55 +265,64 @@ enum ArgBytes {
     Mapped(ferry_store::ObjectView),
 }
 
-fn execute(rt: &Runtime, spec: &TaskSpec) -> FromWorker {
-    let task = spec.task;
-    let Some(f) = registry::lookup(&spec.function) else {
-        return FromWorker::Failed {
-            task,
-            error: TaskError::UnknownFunction {
-                function: spec.function.clone(),
-            },
-        };
-    };
-    let mut held = Vec::with_capacity(spec.args.len());
-    for (i, a) in spec.args.iter().enumerate() {
+/// Maps the stored arguments (inline ones stay where they are).
+fn load_args(rt: &Runtime, function: &str, args: &[Arg]) -> Result<Vec<ArgBytes>, TaskError> {
+    let mut held = Vec::with_capacity(args.len());
+    for (i, a) in args.iter().enumerate() {
         match a {
             Arg::Inline(_) => held.push(ArgBytes::Inline(i)),
             Arg::Stored { object, .. } => match rt.map_object(*object) {
                 Ok(v) => held.push(ArgBytes::Mapped(v)),
                 Err(e) => {
-                    return FromWorker::Failed {
-                        task,
-                        error: TaskError::ArgumentUnavailable {
-                            function: spec.function.clone(),
-                            detail: e.to_string(),
-                        },
-                    }
+                    return Err(TaskError::ArgumentUnavailable {
+                        function: function.to_string(),
+                        detail: e.to_string(),
+                    })
                 }
             },
         }
     }
-    let slices: Vec<ArgData<'_>> = held
-        .iter()
+    Ok(held)
+}
+
+fn arg_data<'a>(args: &'a [Arg], held: &'a [ArgBytes]) -> Vec<ArgData<'a>> {
+    held.iter()
         .map(|h| match h {
-            ArgBytes::Inline(i) => match &spec.args[*i] {
-                Arg::Inline(v) => ArgData {
-                    bytes: v.as_slice(),
-                    view: None,
-                },
+            ArgBytes::Inline(i) => match &args[*i] {
+                Arg::Inline(v) => ArgData { bytes: v.as_slice(), view: None },
                 Arg::Stored { .. } => unreachable!("inline index"),
             },
-            ArgBytes::Mapped(v) => ArgData {
-                bytes: &v[..],
-                view: Some(v),
-            },
+            ArgBytes::Mapped(v) => ArgData { bytes: &v[..], view: Some(v) },
         })
-        .collect();
-    match (f.invoke)(&slices) {
-        Ok(ret) => FromWorker::Done {
-            task,
-            returns: vec![ret],
-        },
+        .collect()
+}
+
+fn execute(rt: &Runtime, spec: &TaskSpec) -> FromWorker {
+    let task = spec.task;
+    let Some(f) = registry::lookup(&spec.function) else {
+        return FromWorker::Failed { task, error: TaskError::UnknownFunction { function: spec.function.clone() } };
+    };
+    let held = match load_args(rt, &spec.function, &spec.args) {
+        Ok(h) => h,
+        Err(error) => return FromWorker::Failed { task, error },
+    };
+    match (f.invoke)(&arg_data(&spec.args, &held)) {
+        Ok(ret) => FromWorker::Done { task, returns: vec![ret] },
+        Err(error) => FromWorker::Failed { task, error },
+    }
+}
+
+fn execute_method(rt: &Runtime, instance: &ActorInstance, spec: &TaskSpec) -> FromWorker {
+    let task = spec.task;
+    let Some(m) = registry::lookup_method(&spec.function) else {
+        return FromWorker::Failed { task, error: TaskError::UnknownFunction { function: spec.function.clone() } };
+    };
+    let held = match load_args(rt, &spec.function, &spec.args) {
+        Ok(h) => h,
+        Err(error) => return FromWorker::Failed { task, error },
+    };
+    match (m.invoke)(instance, &arg_data(&spec.args, &held)) {
+        Ok(ret) => FromWorker::Done { task, returns: vec![ret] },
         Err(error) => FromWorker::Failed { task, error },
     }
 }
@@ -268,39 +330,22 @@ fn execute(rt: &Runtime, spec: &TaskSpec) -> FromWorker {
 /// Encodes a task's return value: inline if small, else into the node's store under the
 /// task's return id (used by generated code).
 pub fn store_return<R: Serialize + 'static>(r: &R, function: &str) -> Result<Return, TaskError> {
-    let bad = |detail: String| TaskError::BadReturn {
-        function: function.to_string(),
-        detail,
-    };
+    let bad = |detail: String| TaskError::BadReturn { function: function.to_string(), detail };
     let enc = codec::encode(r).map_err(|e| bad(e.to_string()))?;
     let rt = try_runtime().ok_or_else(|| bad("no runtime in this process".into()))?;
     if enc.len() <= rt.cfg.inline_max_bytes {
         return Ok(Return::Inline(enc.into_vec()));
     }
-    let task = CURRENT
-        .with(|c| c.get())
-        .ok_or_else(|| bad("not running a task".into()))?;
+    let task = CURRENT.with(|c| c.get()).ok_or_else(|| bad("not running a task".into()))?;
     let id = ObjectId { task, index: 0 };
     match rt.write_and_seal(id, &enc.parts()) {
-        Ok(size) => Ok(Return::Stored {
-            size,
-            node: rt.node_id,
-        }),
+        Ok(size) => Ok(Return::Stored { size, node: rt.node_id }),
         Err(Error::ObjectStoreFull { detail }) if detail.contains("exists") => {
             // A retry of a task whose earlier run stored its value before dying: tasks are
             // idempotent, so the stored value stands.
-            let size = std::fs::metadata(rt.store.path_of(id))
-                .map(|m| m.len())
-                .map_err(|e| bad(e.to_string()))?;
-            match rt.node_call(|req| ToNode::Seal {
-                req,
-                object: id,
-                size,
-            }) {
-                Ok(_) => Ok(Return::Stored {
-                    size,
-                    node: rt.node_id,
-                }),
+            let size = std::fs::metadata(rt.store.path_of(id)).map(|m| m.len()).map_err(|e| bad(e.to_string()))?;
+            match rt.node_call(|req| ToNode::Seal { req, object: id, size }) {
+                Ok(_) => Ok(Return::Stored { size, node: rt.node_id }),
                 Err(e) => Err(bad(e.to_string())),
             }
         }

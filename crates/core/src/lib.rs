@@ -10,6 +10,7 @@
 //! returned object: its table alone says whether the object is pending, where its value is,
 //! and when it can be freed. No central service is on the path of a task.
 
+mod actor;
 mod bytes;
 mod codec;
 mod config;
@@ -21,11 +22,13 @@ mod runtime;
 mod session;
 mod worker;
 
+pub use actor::{get_actor, kill, Actor, ActorHandle, ActorOptions, ActorOptionsBuilder, ActorProxy, RawActor};
 pub use bytes::{ArgData, Bytes};
 pub use codec::{decode, encode_vec};
 pub use config::Config;
 pub use error::{Error, Result};
 pub use executor::store_return;
+pub use ferry_proto::msg::ActorId;
 pub use ferry_proto::msg::NodeStats;
 pub use ferry_proto::ObjectId;
 pub use runtime::block_on;
@@ -137,10 +140,7 @@ pub struct ObjectRef<T> {
 
 impl<T> ObjectRef<T> {
     fn from_id(id: ObjectId) -> Self {
-        ObjectRef {
-            raw: RawRef { id },
-            _t: PhantomData,
-        }
+        ObjectRef { raw: RawRef { id }, _t: PhantomData }
     }
     /// The object's id (which names its owner).
     pub fn id(&self) -> ObjectId {
@@ -150,21 +150,13 @@ impl<T> ObjectRef<T> {
 
 impl<T> Clone for ObjectRef<T> {
     fn clone(&self) -> Self {
-        ObjectRef {
-            raw: self.raw.clone(),
-            _t: PhantomData,
-        }
+        ObjectRef { raw: self.raw.clone(), _t: PhantomData }
     }
 }
 
 impl<T> std::fmt::Debug for ObjectRef<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "ObjectRef<{}>({:?})",
-            std::any::type_name::<T>(),
-            self.raw.id
-        )
+        write!(f, "ObjectRef<{}>({:?})", std::any::type_name::<T>(), self.raw.id)
     }
 }
 
@@ -205,9 +197,7 @@ impl<T: Serialize + 'static> IntoArg<T> for T {
             Err(e) => return TaskArg(ArgInner::Failed(e)),
         };
         match codec::encode(&self) {
-            Ok(enc) if enc.len() <= rt.cfg.inline_max_bytes => {
-                TaskArg(ArgInner::Value(enc.into_vec()))
-            }
+            Ok(enc) if enc.len() <= rt.cfg.inline_max_bytes => TaskArg(ArgInner::Value(enc.into_vec())),
             // Large values go through the store, as if `put` first.
             Ok(enc) => match rt.put_encoded(enc) {
                 Ok(id) => TaskArg(ArgInner::Ref(RawRef { id })),
@@ -227,6 +217,13 @@ impl<T> IntoArg<T> for &ObjectRef<T> {
 impl<T> IntoArg<T> for ObjectRef<T> {
     fn into_arg(self) -> TaskArg {
         TaskArg(ArgInner::Ref(self.raw))
+    }
+}
+
+// A `&str` where a `String` is expected, as a Rust user would write it.
+impl IntoArg<String> for &str {
+    fn into_arg(self) -> TaskArg {
+        IntoArg::<String>::into_arg(self.to_string())
     }
 }
 
@@ -263,12 +260,7 @@ pub struct TaskOptions {
 
 impl Default for TaskOptions {
     fn default() -> Self {
-        TaskOptions {
-            num_cpus: 1.0,
-            resources: Vec::new(),
-            max_retries: None,
-            name: None,
-        }
+        TaskOptions { num_cpus: 1.0, resources: Vec::new(), max_retries: None, name: None }
     }
 }
 
@@ -294,9 +286,7 @@ pub trait RemoteOptions: Sized {
     }
     /// A custom resource the task needs.
     fn resource(mut self, name: &str, amount: f64) -> Self {
-        self.task_options()
-            .resources
-            .push((name.to_string(), amount));
+        self.task_options().resources.push((name.to_string(), amount));
         self
     }
     /// Retries if the worker running it dies.
@@ -311,14 +301,9 @@ pub trait RemoteOptions: Sized {
     }
 }
 
-/// Submits a task (used by the code `#[ferry::remote]` generates).
-#[doc(hidden)]
-pub fn submit<R>(function: &'static str, opts: &TaskOptions, args: Vec<TaskArg>) -> ObjectRef<R> {
-    let rt = match runtime() {
-        // A ref with no entry: its `get` reports why the runtime is not there.
-        Err(_) => return ObjectRef::from_id(ObjectId::default()),
-        Ok(rt) => rt,
-    };
+/// Splits encoded arguments into drafts and the handles that keep ref arguments alive
+/// until the task has counted them.
+fn drafts(args: Vec<TaskArg>) -> Result<(Vec<ArgDraft>, Vec<RawRef>)> {
     let mut drafts = Vec::with_capacity(args.len());
     let mut held = Vec::new();
     for a in args {
@@ -328,15 +313,34 @@ pub fn submit<R>(function: &'static str, opts: &TaskOptions, args: Vec<TaskArg>)
                 drafts.push(ArgDraft::Ref(raw.id));
                 held.push(raw);
             }
-            ArgInner::Failed(e) => return ObjectRef::from_id(rt.failed_object(e)),
+            ArgInner::Failed(e) => return Err(e),
         }
     }
+    Ok((drafts, held))
+}
+
+/// Submits a task (used by the code `#[ferry::remote]` generates, after `begin_exports`).
+#[doc(hidden)]
+pub fn submit<R>(function: &'static str, opts: &TaskOptions, args: Vec<TaskArg>) -> ObjectRef<R> {
+    let exported = actor::end_exports();
+    let rt = match runtime() {
+        // A ref with no entry: its `get` reports why the runtime is not there.
+        Err(_) => return ObjectRef::from_id(ObjectId::default()),
+        Ok(rt) => rt,
+    };
+    let (drafts, held) = match drafts(args) {
+        Ok(x) => x,
+        Err(e) => {
+            actor::unexport(exported);
+            return ObjectRef::from_id(rt.failed_object(e));
+        }
+    };
     let name: Arc<str> = match &opts.name {
         Some(n) => Arc::from(n.as_str()),
         None => Arc::from(function.rsplit("::").next().unwrap_or(function)),
     };
     let retries = opts.max_retries.unwrap_or(rt.cfg.default_max_retries);
-    let id = rt.submit(function, name, drafts, &opts.shape(), retries);
+    let id = rt.submit(function, name, drafts, &opts.shape(), retries, exported);
     // The task now counts its arguments itself.
     drop(held);
     ObjectRef::from_id(id)
@@ -345,16 +349,10 @@ pub fn submit<R>(function: &'static str, opts: &TaskOptions, args: Vec<TaskArg>)
 // ---------------------------------------------------------------------------------------
 // get / put / wait / cancel
 
-fn decode_ready<T: DeserializeOwned + 'static>(
-    rt: &Runtime,
-    id: ObjectId,
-    ready: Ready,
-) -> Result<T> {
+fn decode_ready<T: DeserializeOwned + 'static>(rt: &Runtime, id: ObjectId, ready: Ready) -> Result<T> {
     match ready {
         Ready::Inline(b) => codec::decode_backed(&b, Backing::Inline(&b)),
-        Ready::Stored {
-            view: Some(view), ..
-        } => codec::decode_backed(&view, Backing::Mapped(&view)),
+        Ready::Stored { view: Some(view), .. } => codec::decode_backed(&view, Backing::Mapped(&view)),
         Ready::Stored { view: None, .. } => {
             let view = rt.map_object(id)?;
             rt.lock().cache_view(id, view.clone());
@@ -367,9 +365,7 @@ fn wait_ready(rt: &Runtime, id: ObjectId, timeout: Option<Duration>) -> Result<R
     let deadline = timeout.map(|d| Instant::now() + d);
     match rt.block_until(deadline, |w| rt.poll_object(id, w)) {
         Some(r) => r,
-        None => Err(Error::Timeout {
-            waited: timeout.unwrap_or_default(),
-        }),
+        None => Err(Error::Timeout { waited: timeout.unwrap_or_default() }),
     }
 }
 
@@ -381,10 +377,7 @@ pub fn get<T: DeserializeOwned + 'static>(r: &ObjectRef<T>) -> Result<T> {
 }
 
 /// Like [`get`], giving up with [`Error::Timeout`] after `timeout`.
-pub fn get_timeout<T: DeserializeOwned + 'static>(
-    r: &ObjectRef<T>,
-    timeout: Duration,
-) -> Result<T> {
+pub fn get_timeout<T: DeserializeOwned + 'static>(r: &ObjectRef<T>, timeout: Duration) -> Result<T> {
     let rt = runtime()?;
     let ready = wait_ready(rt, r.id(), Some(timeout))?;
     decode_ready(rt, r.id(), ready)
@@ -417,18 +410,12 @@ pub type WaitResult<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
 /// Waits until `num_ready` of `refs` are ready (a failed object counts as ready) or the
 /// timeout passes, and returns `(ready, not_ready)`: at most `num_ready` refs in the first
 /// list, every other ref in the second, each in the order given.
-pub fn wait<T>(
-    refs: &[ObjectRef<T>],
-    num_ready: usize,
-    timeout: Option<Duration>,
-) -> Result<WaitResult<T>> {
+pub fn wait<T>(refs: &[ObjectRef<T>], num_ready: usize, timeout: Option<Duration>) -> Result<WaitResult<T>> {
     let rt = runtime()?;
     let n = num_ready.min(refs.len());
     let deadline = timeout.map(|d| Instant::now() + d);
     let is_ready = |st: &owner::OwnerState, id: &ObjectId| {
-        st.objects
-            .get(id)
-            .is_none_or(|e| !matches!(e.state, owner::ObjState::Pending))
+        st.objects.get(id).is_none_or(|e| !matches!(e.state, owner::ObjState::Pending))
     };
     // Indices of the first `n` ready refs; the scan stops as soon as it has them.
     let scan = |st: &owner::OwnerState| -> Vec<usize> {
@@ -451,9 +438,7 @@ pub fn wait<T>(
         }
         for r in refs {
             if let Some(e) = st.objects.get_mut(&r.raw.id) {
-                if matches!(e.state, owner::ObjState::Pending)
-                    && !e.waiters.iter().any(|x| x.will_wake(w))
-                {
+                if matches!(e.state, owner::ObjState::Pending) && !e.waiters.iter().any(|x| x.will_wake(w)) {
                     e.waiters.push(w.clone());
                 }
             }
@@ -517,22 +502,14 @@ impl<T: DeserializeOwned + 'static> Future for GetFuture<T> {
 
 /// Waits for an object without blocking a thread.
 pub fn get_async<T: DeserializeOwned + 'static>(r: &ObjectRef<T>) -> GetFuture<T> {
-    GetFuture {
-        id: r.id(),
-        _hold: Some(r.raw.clone()),
-        _t: PhantomData,
-    }
+    GetFuture { id: r.id(), _hold: Some(r.raw.clone()), _t: PhantomData }
 }
 
 impl<T: DeserializeOwned + 'static> IntoFuture for ObjectRef<T> {
     type Output = Result<T>;
     type IntoFuture = GetFuture<T>;
     fn into_future(self) -> GetFuture<T> {
-        GetFuture {
-            id: self.raw.id,
-            _hold: Some(self.raw),
-            _t: PhantomData,
-        }
+        GetFuture { id: self.raw.id, _hold: Some(self.raw), _t: PhantomData }
     }
 }
 
@@ -571,10 +548,10 @@ pub fn session_info() -> Result<SessionInfo> {
 /// Private items for generated code.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::actor::{begin_exports, create_actor};
     pub use crate::bytes::ArgData;
-    pub use crate::registry::{
-        check_arity, decode_arg, run_catching, RemoteFunction, REMOTE_FUNCTIONS,
-    };
+    pub use crate::registry::{check_arity, decode_arg, run_catching, RemoteFunction, REMOTE_FUNCTIONS};
+    pub use crate::registry::{ActorClass, ActorInstance, ActorMethod, ACTOR_CLASSES, ACTOR_METHODS};
     pub use ferry_proto::msg::{Return, TaskError};
     pub use linkme;
 }

@@ -19,7 +19,7 @@
 //! `Pushed` tasks back to `Queued` while retries last, and fails them after.
 
 use crate::error::Error;
-use ferry_proto::msg::{Arg, Return, Shape, TaskSpec, ToNode, ToWorker};
+use ferry_proto::msg::{ActorId, ActorSpec, Arg, Return, Shape, TaskSpec, ToNode, ToWorker};
 use ferry_proto::{Conn, NodeId, ObjectId, TaskId, WorkerId};
 use rustc_hash::FxHashMap as HashMap;
 use std::collections::VecDeque;
@@ -69,13 +69,7 @@ pub(crate) struct ObjEntry {
 
 impl ObjEntry {
     fn new(state: ObjState, local: u32) -> ObjEntry {
-        ObjEntry {
-            state,
-            local,
-            submitted: 0,
-            waiters: Vec::new(),
-            dependents: Vec::new(),
-        }
+        ObjEntry { state, local, submitted: 0, waiters: Vec::new(), dependents: Vec::new() }
     }
     fn wake(&mut self) {
         for w in self.waiters.drain(..) {
@@ -96,7 +90,13 @@ struct TaskEntry {
     function: &'static str,
     name: Arc<str>,
     args: Vec<ArgDraft>,
+    /// Normal tasks: their scheduling class. Actor calls and creations: unused.
     class: usize,
+    /// A call of (or, with `create`, the creation of) this actor.
+    actor: Option<ActorId>,
+    create: Option<Box<ActorSpec>>,
+    /// Actors whose handles travel in the arguments: held here until the task is over.
+    exported: Vec<ActorId>,
     depth: u32,
     retries_left: u32,
     state: TaskState,
@@ -147,6 +147,10 @@ pub(crate) struct OwnerState {
     pub depth: u32,
     pub objects: HashMap<ObjectId, ObjEntry>,
     tasks: HashMap<TaskId, TaskEntry>,
+    /// Actors this process holds handles of (or has calls to).
+    actors: HashMap<ActorId, ActorClient>,
+    /// `ResolveActor` requests in flight.
+    pub actor_resolves: HashMap<u64, ActorId>,
     classes: Vec<Class>,
     class_ids: HashMap<Shape, usize>,
     leases: HashMap<u64, Lease>,
@@ -167,6 +171,8 @@ impl OwnerState {
             depth: 1,
             objects: HashMap::default(),
             tasks: HashMap::default(),
+            actors: HashMap::default(),
+            actor_resolves: HashMap::default(),
             classes: Vec::new(),
             class_ids: HashMap::default(),
             leases: HashMap::default(),
@@ -182,10 +188,7 @@ impl OwnerState {
     fn next_id(&mut self) -> TaskId {
         let seq = self.next_seq;
         self.next_seq += 1;
-        TaskId {
-            owner: self.me,
-            seq,
-        }
+        TaskId { owner: self.me, seq }
     }
 
     fn class_of(&mut self, shape: &Shape) -> usize {
@@ -193,31 +196,21 @@ impl OwnerState {
             return *c;
         }
         let id = self.classes.len();
-        self.classes.push(Class {
-            shape: shape.clone(),
-            ..Default::default()
-        });
+        self.classes.push(Class { shape: shape.clone(), ..Default::default() });
         self.class_ids.insert(shape.clone(), id);
         id
     }
 
     /// Records a new owned object with one local handle, already in `state`.
     pub fn new_object(&mut self, state: ObjState) -> ObjectId {
-        let id = ObjectId {
-            task: self.next_id(),
-            index: 0,
-        };
+        let id = ObjectId { task: self.next_id(), index: 0 };
         self.objects.insert(id, ObjEntry::new(state, 1));
         id
     }
 
     /// Keeps this process's mapping of a stored object for later gets.
     pub fn cache_view(&mut self, id: ObjectId, v: ferry_store::ObjectView) {
-        if let Some(ObjEntry {
-            state: ObjState::Ready(Ready::Stored { view, .. }),
-            ..
-        }) = self.objects.get_mut(&id)
-        {
+        if let Some(ObjEntry { state: ObjState::Ready(Ready::Stored { view, .. }), .. }) = self.objects.get_mut(&id) {
             view.get_or_insert(v);
         }
     }
@@ -249,6 +242,7 @@ impl OwnerState {
     }
 
     /// Records a task and returns its return object's id (with one local handle).
+    #[allow(clippy::too_many_arguments)]
     pub fn submit(
         &mut self,
         function: &'static str,
@@ -256,12 +250,12 @@ impl OwnerState {
         args: Vec<ArgDraft>,
         shape: &Shape,
         max_retries: u32,
+        exported: Vec<ActorId>,
         fx: &mut Effects,
     ) -> ObjectId {
         let task = self.next_id();
         let ret = ObjectId { task, index: 0 };
-        self.objects
-            .insert(ret, ObjEntry::new(ObjState::Pending, 1));
+        self.objects.insert(ret, ObjEntry::new(ObjState::Pending, 1));
         let class = self.class_of(shape);
         let mut waiting = 0;
         let mut failed = None;
@@ -289,11 +283,7 @@ impl OwnerState {
                 }
             }
         }
-        let state = if waiting > 0 {
-            TaskState::WaitingDeps(waiting)
-        } else {
-            TaskState::Queued
-        };
+        let state = if waiting > 0 { TaskState::WaitingDeps(waiting) } else { TaskState::Queued };
         let depth = self.depth;
         self.tasks.insert(
             task,
@@ -302,6 +292,9 @@ impl OwnerState {
                 name,
                 args,
                 class,
+                actor: None,
+                create: None,
+                exported,
                 depth,
                 retries_left: max_retries,
                 state,
@@ -350,10 +343,7 @@ impl OwnerState {
                         lease.idle_since = None;
                         let worker = lease.worker;
                         if let Some(t) = self.tasks.get_mut(&task) {
-                            t.state = TaskState::Pushed {
-                                lease: lease_id,
-                                worker,
-                            };
+                            t.state = TaskState::Pushed { lease: lease_id, worker };
                         }
                         batch.push(spec);
                     }
@@ -361,8 +351,7 @@ impl OwnerState {
                 }
             }
             if !batch.is_empty() {
-                fx.pushes
-                    .push((self.leases[&lease_id].conn.clone(), ToWorker::Push(batch)));
+                fx.pushes.push((self.leases[&lease_id].conn.clone(), ToWorker::Push(batch)));
             }
         }
         if self.node_short && self.classes[class].queue.is_empty() {
@@ -375,27 +364,20 @@ impl OwnerState {
             self.next_req += 1;
             c.pending_requests += 1;
             self.lease_requests.insert(req, class);
-            fx.to_node.push(ToNode::RequestLease {
-                req,
-                shape: c.shape.clone(),
-                depth: self.depth,
-            });
+            fx.to_node.push(ToNode::RequestLease { req, shape: c.shape.clone(), depth: self.depth });
         }
     }
 
-    fn build_spec(&self, task: TaskId) -> Result<TaskSpec, Error> {
-        let t = &self.tasks[&task];
-        let mut args = Vec::with_capacity(t.args.len());
-        for a in &t.args {
+    fn resolve_args(&self, drafts: &[ArgDraft]) -> Result<Vec<Arg>, Error> {
+        let mut args = Vec::with_capacity(drafts.len());
+        for a in drafts {
             args.push(match a {
                 ArgDraft::Value(v) => Arg::Inline(v.clone()),
                 ArgDraft::Ref(id) => match self.objects.get(id).map(|e| &e.state) {
                     Some(ObjState::Ready(Ready::Inline(b))) => Arg::Inline(b.to_vec()),
-                    Some(ObjState::Ready(Ready::Stored { size, node, .. })) => Arg::Stored {
-                        object: *id,
-                        size: *size,
-                        node: *node,
-                    },
+                    Some(ObjState::Ready(Ready::Stored { size, node, .. })) => {
+                        Arg::Stored { object: *id, size: *size, node: *node }
+                    }
                     Some(ObjState::Failed(e)) => return Err(e.clone()),
                     Some(ObjState::Pending) | None => {
                         return Err(Error::ObjectLost {
@@ -406,15 +388,24 @@ impl OwnerState {
                 },
             });
         }
-        Ok(TaskSpec {
-            task,
-            function: t.function.to_string(),
-            args,
-            depth: t.depth,
-        })
+        Ok(args)
     }
 
-    /// A task is over: release its arguments.
+    fn build_spec(&self, task: TaskId) -> Result<TaskSpec, Error> {
+        let t = &self.tasks[&task];
+        let args = self.resolve_args(&t.args)?;
+        Ok(TaskSpec { task, function: t.function.to_string(), args, depth: t.depth })
+    }
+
+    /// A task is over: release its arguments and the actor handles it carried.
+    fn task_over(&mut self, t: &TaskEntry, fx: &mut Effects) {
+        self.release_args(&t.args, fx);
+        for a in &t.exported {
+            self.actor_handle_dropped(*a, fx);
+        }
+    }
+
+    /// Releases a task's arguments.
     fn release_args(&mut self, args: &[ArgDraft], fx: &mut Effects) {
         for a in args {
             if let ArgDraft::Ref(id) = a {
@@ -442,11 +433,7 @@ impl OwnerState {
             }
             return;
         }
-        let failed = if let ObjState::Failed(err) = &state {
-            Some(err.clone())
-        } else {
-            None
-        };
+        let failed = if let ObjState::Failed(err) = &state { Some(err.clone()) } else { None };
         e.state = state;
         e.wake();
         let deps = std::mem::take(&mut e.dependents);
@@ -462,9 +449,15 @@ impl OwnerState {
                         *n -= 1;
                         if *n == 0 {
                             t.state = TaskState::Queued;
-                            let class = t.class;
-                            self.classes[class].queue.push_back(d);
-                            self.pump(class, fx);
+                            match t.actor {
+                                // Actor calls keep their place in the actor's queue.
+                                Some(a) => self.pump_actor(a, fx),
+                                None => {
+                                    let class = t.class;
+                                    self.classes[class].queue.push_back(d);
+                                    self.pump(class, fx);
+                                }
+                            }
                         }
                     }
                 }
@@ -478,15 +471,31 @@ impl OwnerState {
         let Some(t) = self.tasks.remove(&task) else {
             return;
         };
-        if t.state == TaskState::Queued {
-            self.classes[t.class].queue.retain(|x| *x != task);
+        match t.actor {
+            Some(a) => {
+                if let Some(c) = self.actors.get_mut(&a) {
+                    c.queue.retain(|x| *x != task);
+                    c.in_flight.retain(|x| *x != task);
+                }
+            }
+            None if t.state == TaskState::Queued => self.classes[t.class].queue.retain(|x| *x != task),
+            None => {}
         }
-        self.release_args(&t.args, fx);
+        self.task_over(&t, fx);
         self.resolve(t.ret, ObjState::Failed(err), fx);
+        if let Some(a) = t.actor {
+            self.maybe_release_actor(a, fx);
+        }
     }
 
     fn finish_push(&mut self, task: TaskId) -> Option<TaskEntry> {
         let t = self.tasks.remove(&task)?;
+        if let Some(a) = t.actor {
+            if let Some(c) = self.actors.get_mut(&a) {
+                c.in_flight.retain(|x| *x != task);
+            }
+            return Some(t);
+        }
         if let TaskState::Pushed { lease, .. } = t.state {
             if let Some(l) = self.leases.get_mut(&lease) {
                 l.in_flight = l.in_flight.saturating_sub(1);
@@ -503,27 +512,28 @@ impl OwnerState {
         let Some(t) = self.finish_push(task) else {
             // A task we gave up on (cancelled, failed over): drop what it stored.
             if let Some(Return::Stored { .. }) = returns.first() {
-                fx.to_node.push(ToNode::Free {
-                    objects: vec![ObjectId { task, index: 0 }],
-                });
+                fx.to_node.push(ToNode::Free { objects: vec![ObjectId { task, index: 0 }] });
             }
             return;
         };
-        self.release_args(&t.args, fx);
+        self.task_over(&t, fx);
         let state = match returns.pop() {
             Some(Return::Inline(v)) => ObjState::Ready(Ready::Inline(Arc::new(v))),
-            Some(Return::Stored { size, node }) => ObjState::Ready(Ready::Stored {
-                size,
-                node,
-                view: None,
-            }),
-            None => ObjState::Failed(Error::Serialization {
-                detail: format!("task {} returned nothing", t.name),
-            }),
+            Some(Return::Stored { size, node }) => ObjState::Ready(Ready::Stored { size, node, view: None }),
+            None => ObjState::Failed(Error::Serialization { detail: format!("task {} returned nothing", t.name) }),
         };
         self.resolve(t.ret, state, fx);
-        self.pump(t.class, fx);
-        self.steal(t.class, fx);
+        self.after_reply(&t, fx);
+    }
+
+    fn after_reply(&mut self, t: &TaskEntry, fx: &mut Effects) {
+        match t.actor {
+            Some(a) => self.maybe_release_actor(a, fx),
+            None => {
+                self.pump(t.class, fx);
+                self.steal(t.class, fx);
+            }
+        }
     }
 
     /// When a lease of `class` has nothing to do and nothing is queued, asks the busiest
@@ -534,17 +544,11 @@ impl OwnerState {
         if !c.queue.is_empty() {
             return;
         }
-        let leases = || {
-            c.leases
-                .iter()
-                .filter_map(|l| self.leases.get(l).map(|s| (*l, s)))
-        };
+        let leases = || c.leases.iter().filter_map(|l| self.leases.get(l).map(|s| (*l, s)));
         if !leases().any(|(_, l)| l.in_flight == 0 && !l.blocked) {
             return;
         }
-        let victim = leases()
-            .filter(|(_, l)| l.in_flight >= 2 && !l.stealing)
-            .max_by_key(|(_, l)| l.in_flight);
+        let victim = leases().filter(|(_, l)| l.in_flight >= 2 && !l.stealing).max_by_key(|(_, l)| l.in_flight);
         if let Some((id, l)) = victim {
             let max = (l.in_flight / 2) as u32;
             fx.pushes.push((l.conn.clone(), ToWorker::Steal { max }));
@@ -581,10 +585,9 @@ impl OwnerState {
         let Some(t) = self.finish_push(task) else {
             return;
         };
-        self.release_args(&t.args, fx);
+        self.task_over(&t, fx);
         self.resolve(t.ret, ObjState::Failed(Error::from_task(&t.name, err)), fx);
-        self.pump(t.class, fx);
-        self.steal(t.class, fx);
+        self.after_reply(&t, fx);
     }
 
     /// The worker of `lease` blocked and handed back tasks it had not started.
@@ -611,14 +614,7 @@ impl OwnerState {
     }
 
     /// A lease request was granted.
-    pub fn on_lease_granted(
-        &mut self,
-        req: u64,
-        lease: u64,
-        worker: WorkerId,
-        conn: Arc<Conn>,
-        fx: &mut Effects,
-    ) {
+    pub fn on_lease_granted(&mut self, req: u64, lease: u64, worker: WorkerId, conn: Arc<Conn>, fx: &mut Effects) {
         let Some(class) = self.lease_requests.remove(&req) else {
             fx.to_node.push(ToNode::ReturnLease { lease, kill: false });
             return;
@@ -642,13 +638,7 @@ impl OwnerState {
     }
 
     /// The worker behind a granted lease could not be reached.
-    pub fn on_lease_unreachable(
-        &mut self,
-        req: u64,
-        lease: u64,
-        worker: WorkerId,
-        fx: &mut Effects,
-    ) {
+    pub fn on_lease_unreachable(&mut self, req: u64, lease: u64, worker: WorkerId, fx: &mut Effects) {
         fx.to_node.push(ToNode::ReturnLease { lease, kill: true });
         if let Some(class) = self.lease_requests.remove(&req) {
             self.classes[class].pending_requests -= 1;
@@ -664,30 +654,14 @@ impl OwnerState {
         self.classes[class].pending_requests -= 1;
         let queued: Vec<TaskId> = self.classes[class].queue.drain(..).collect();
         for t in queued {
-            let name = self
-                .tasks
-                .get(&t)
-                .map(|t| t.name.to_string())
-                .unwrap_or_default();
-            self.fail_task(
-                t,
-                Error::Infeasible {
-                    task: name,
-                    detail: reason.clone(),
-                },
-                fx,
-            );
+            let name = self.tasks.get(&t).map(|t| t.name.to_string()).unwrap_or_default();
+            self.fail_task(t, Error::Infeasible { task: name, detail: reason.clone() }, fx);
         }
     }
 
     /// A worker is gone: its leases end, and what it was running is retried or failed.
     pub fn on_worker_lost(&mut self, worker: WorkerId, detail: &str, fx: &mut Effects) {
-        let dead: Vec<u64> = self
-            .leases
-            .iter()
-            .filter(|(_, l)| l.worker == worker)
-            .map(|(id, _)| *id)
-            .collect();
+        let dead: Vec<u64> = self.leases.iter().filter(|(_, l)| l.worker == worker).map(|(id, _)| *id).collect();
         let mut classes = Vec::new();
         for id in dead {
             if let Some(l) = self.leases.remove(&id) {
@@ -695,10 +669,17 @@ impl OwnerState {
                 classes.push(l.class);
             }
         }
+        // Actor calls in flight there go back, in order, to the front of their actor's queue
+        // (for the next incarnation) or fail; the actor's address must be fetched again.
+        let actor_ids: Vec<ActorId> =
+            self.actors.iter().filter(|(_, c)| c.worker == Some(worker)).map(|(a, _)| *a).collect();
+        for a in actor_ids {
+            self.actor_conn_lost(a, detail, fx);
+        }
         let lost: Vec<TaskId> = self
             .tasks
             .iter()
-            .filter(|(_, t)| matches!(t.state, TaskState::Pushed { worker: w, .. } if w == worker))
+            .filter(|(_, t)| t.actor.is_none() && matches!(t.state, TaskState::Pushed { worker: w, .. } if w == worker))
             .map(|(id, _)| *id)
             .collect();
         for task in lost {
@@ -713,14 +694,7 @@ impl OwnerState {
                 t.state = TaskState::Queued;
                 let class = t.class;
                 self.classes[class].queue.push_front(task);
-                self.fail_task(
-                    task,
-                    Error::WorkerDied {
-                        task: name,
-                        detail: detail.to_string(),
-                    },
-                    fx,
-                );
+                self.fail_task(task, Error::WorkerDied { task: name, detail: detail.to_string() }, fx);
             }
         }
         classes.sort_unstable();
@@ -750,10 +724,7 @@ impl OwnerState {
         for id in idle {
             let l = self.leases.remove(&id).expect("listed");
             self.classes[l.class].leases.retain(|x| *x != id);
-            fx.to_node.push(ToNode::ReturnLease {
-                lease: id,
-                kill: false,
-            });
+            fx.to_node.push(ToNode::ReturnLease { lease: id, kill: false });
         }
     }
 
@@ -768,8 +739,12 @@ impl OwnerState {
             TaskState::Pushed { lease, .. } => {
                 // The worker drops it if not started; the result is final now either way and
                 // a late reply is ignored (and its stored value freed).
-                if let Some(l) = self.leases.get(&lease) {
-                    fx.pushes.push((l.conn.clone(), ToWorker::Cancel { task }));
+                let conn = match t.actor {
+                    Some(a) => self.actors.get(&a).and_then(|c| c.conn.clone()),
+                    None => self.leases.get(&lease).map(|l| l.conn.clone()),
+                };
+                if let Some(conn) = conn {
+                    fx.pushes.push((conn, ToWorker::Cancel { task }));
                 }
                 let ret = t.ret;
                 self.resolve(ret, ObjState::Failed(Error::Cancelled { task: name }), fx);
@@ -787,6 +762,366 @@ impl OwnerState {
         let tasks: Vec<TaskId> = self.tasks.keys().copied().collect();
         for t in tasks {
             self.fail_task(t, err.clone(), fx);
+        }
+    }
+
+    // ---- actors ----
+
+    /// Records a task (normal, actor call or actor creation) with its argument counts.
+    /// Returns its id, and the error of a failed argument if there is one.
+    #[allow(clippy::too_many_arguments)]
+    fn register_task(
+        &mut self,
+        function: &'static str,
+        name: Arc<str>,
+        args: Vec<ArgDraft>,
+        actor: ActorId,
+        create: Option<Box<ActorSpec>>,
+        exported: Vec<ActorId>,
+        max_retries: u32,
+        local: u32,
+    ) -> (TaskId, ObjectId, Option<Error>) {
+        let task = self.next_id();
+        let ret = ObjectId { task, index: 0 };
+        self.objects.insert(ret, ObjEntry::new(ObjState::Pending, local));
+        let mut waiting = 0;
+        let mut failed = None;
+        for a in &args {
+            if let ArgDraft::Ref(id) = a {
+                match self.objects.get_mut(id) {
+                    Some(e) => {
+                        e.submitted += 1;
+                        match &e.state {
+                            ObjState::Pending => {
+                                waiting += 1;
+                                e.dependents.push(task);
+                            }
+                            ObjState::Failed(err) => failed = Some(err.clone()),
+                            ObjState::Ready(_) => {}
+                        }
+                    }
+                    None => {
+                        failed = Some(Error::ObjectLost {
+                            object: *id,
+                            reason: "this process does not own the object (passing borrowed refs is not supported yet)"
+                                .into(),
+                        })
+                    }
+                }
+            }
+        }
+        let state = if waiting > 0 { TaskState::WaitingDeps(waiting) } else { TaskState::Queued };
+        let depth = self.depth;
+        self.tasks.insert(
+            task,
+            TaskEntry {
+                function,
+                name,
+                args,
+                class: 0,
+                actor: Some(actor),
+                create,
+                exported,
+                depth,
+                retries_left: max_retries,
+                state,
+                ret,
+            },
+        );
+        (task, ret, failed.or_else(|| self.stopped.clone()))
+    }
+
+    /// A new handle of `actor` in this process. Returns true if the daemon must be told
+    /// that this process now holds the actor (its first handle here).
+    pub fn actor_attach(&mut self, actor: ActorId, label: &str) -> bool {
+        let c = self.actors.entry(actor).or_insert_with(|| ActorClient::new(label, false, 0));
+        c.handles += 1;
+        !c.held
+    }
+
+    pub fn actor_set_held(&mut self, actor: ActorId) {
+        if let Some(c) = self.actors.get_mut(&actor) {
+            c.held = true;
+        }
+    }
+
+    pub fn actor_handle_dropped(&mut self, actor: ActorId, fx: &mut Effects) {
+        if let Some(c) = self.actors.get_mut(&actor) {
+            c.handles = c.handles.saturating_sub(1);
+        }
+        self.maybe_release_actor(actor, fx);
+    }
+
+    /// Forgets an actor once no handle and no call of it is left here.
+    fn maybe_release_actor(&mut self, actor: ActorId, fx: &mut Effects) {
+        let Some(c) = self.actors.get(&actor) else { return };
+        if c.handles > 0 || !c.queue.is_empty() || !c.in_flight.is_empty() {
+            return;
+        }
+        let c = self.actors.remove(&actor).expect("checked");
+        if c.held {
+            fx.to_node.push(ToNode::ReleaseActor { actor });
+        }
+        for id in c.ctor_args {
+            if let Some(e) = self.objects.get_mut(&id) {
+                e.submitted = e.submitted.saturating_sub(1);
+                self.maybe_free(id, fx);
+            }
+        }
+        for a in c.ctor_exports {
+            self.actor_handle_dropped(a, fx);
+        }
+    }
+
+    /// Creates an actor: its constructor's arguments resolve first, then the daemon is
+    /// asked to place it. Calls made meanwhile wait behind the creation, in order.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_actor(
+        &mut self,
+        actor: ActorId,
+        class: &'static str,
+        label: &str,
+        args: Vec<ArgDraft>,
+        exported: Vec<ActorId>,
+        spec: ActorSpec,
+        max_task_retries: u32,
+        fx: &mut Effects,
+    ) {
+        self.actors.insert(actor, ActorClient::new(label, true, max_task_retries));
+        self.actors.get_mut(&actor).expect("inserted").handles = 1;
+        let (task, _ret, failed) =
+            self.register_task(class, Arc::from(label), args, actor, Some(Box::new(spec)), exported, 0, 0);
+        self.actors.get_mut(&actor).expect("inserted").queue.push_back(task);
+        match failed {
+            Some(err) => {
+                self.actors.get_mut(&actor).expect("inserted").dead = Some(err.clone());
+                self.fail_task(task, err, fx);
+            }
+            None => self.pump_actor(actor, fx),
+        }
+    }
+
+    /// Records a call of `actor`'s method and returns its result's id.
+    pub fn submit_call(
+        &mut self,
+        actor: ActorId,
+        method: &'static str,
+        name: Arc<str>,
+        args: Vec<ArgDraft>,
+        exported: Vec<ActorId>,
+        fx: &mut Effects,
+    ) -> ObjectId {
+        let retries = self.actors.get(&actor).map(|c| c.max_task_retries).unwrap_or(0);
+        let (task, ret, failed) = self.register_task(method, name, args, actor, None, exported, retries, 1);
+        let c = self.actors.entry(actor).or_insert_with(|| ActorClient::new("actor", false, 0));
+        c.queue.push_back(task);
+        match failed {
+            Some(err) => self.fail_task(task, err, fx),
+            None => self.pump_actor(actor, fx),
+        }
+        ret
+    }
+
+    /// Sends what can go to `actor` now: its creation, then calls in order, each once its
+    /// arguments are ready (a call waits for the calls before it).
+    fn pump_actor(&mut self, actor: ActorId, fx: &mut Effects) {
+        loop {
+            let Some(c) = self.actors.get_mut(&actor) else { return };
+            if let Some(err) = c.dead.clone() {
+                let doomed: Vec<TaskId> = c.queue.drain(..).chain(c.in_flight.drain(..)).collect();
+                for t in doomed {
+                    self.fail_task(t, err.clone(), fx);
+                }
+                self.maybe_release_actor(actor, fx);
+                return;
+            }
+            let Some(&front) = c.queue.front() else { return };
+            let Some(t) = self.tasks.get(&front) else {
+                c.queue.pop_front();
+                continue;
+            };
+            if t.state != TaskState::Queued {
+                return;
+            }
+            if t.create.is_some() {
+                c.queue.pop_front();
+                self.send_create(actor, front, fx);
+                continue;
+            }
+            let (Some(conn), Some(worker)) = (c.conn.clone(), c.worker) else {
+                if !c.resolving {
+                    c.resolving = true;
+                    let req = self.next_req;
+                    self.next_req += 1;
+                    self.actor_resolves.insert(req, actor);
+                    fx.to_node.push(ToNode::ResolveActor { req, actor, stale: c.stale });
+                }
+                return;
+            };
+            let mut batch = Vec::new();
+            while let Some(&f) = self.actors.get(&actor).and_then(|c| c.queue.front()) {
+                match self.tasks.get(&f) {
+                    Some(t) if t.state == TaskState::Queued && t.create.is_none() => {}
+                    _ => break,
+                }
+                self.actors.get_mut(&actor).expect("present").queue.pop_front();
+                match self.build_spec(f) {
+                    Ok(spec) => {
+                        self.tasks.get_mut(&f).expect("present").state = TaskState::Pushed { lease: 0, worker };
+                        self.actors.get_mut(&actor).expect("present").in_flight.push_back(f);
+                        batch.push(spec);
+                    }
+                    Err(e) => self.fail_task(f, e, fx),
+                }
+            }
+            if !batch.is_empty() {
+                fx.pushes.push((conn, ToWorker::Push(batch)));
+            }
+            return;
+        }
+    }
+
+    fn send_create(&mut self, actor: ActorId, task: TaskId, fx: &mut Effects) {
+        let Some(mut t) = self.tasks.remove(&task) else { return };
+        let mut spec = *t.create.take().expect("a creation task");
+        match self.resolve_args(&t.args) {
+            Ok(args) => {
+                spec.args = args;
+                fx.to_node.push(ToNode::CreateActor { req: 0, actor, spec });
+                // Arguments by reference stay alive while this process holds the actor, so a
+                // restart can read them again.
+                let refs = t.args.iter().filter_map(|a| match a {
+                    ArgDraft::Ref(id) => Some(*id),
+                    ArgDraft::Value(_) => None,
+                });
+                if let Some(c) = self.actors.get_mut(&actor) {
+                    c.ctor_args.extend(refs);
+                    c.ctor_exports.append(&mut t.exported);
+                } else {
+                    self.task_over(&t, fx);
+                }
+                self.resolve(t.ret, ObjState::Ready(Ready::Inline(Arc::new(Vec::new()))), fx);
+            }
+            Err(e) => {
+                self.task_over(&t, fx);
+                if let Some(c) = self.actors.get_mut(&actor) {
+                    c.dead = Some(e.clone());
+                }
+                self.resolve(t.ret, ObjState::Failed(e), fx);
+            }
+        }
+    }
+
+    /// The daemon said where `actor` is, and we could connect (or not), or that it is dead.
+    pub fn actor_resolved(&mut self, actor: ActorId, at: Located, fx: &mut Effects) {
+        let Some(c) = self.actors.get_mut(&actor) else { return };
+        c.resolving = false;
+        match at {
+            Located::At(worker, conn) => {
+                c.worker = Some(worker);
+                c.conn = Some(conn);
+                c.stale = None;
+            }
+            // Gone since the daemon last heard of it: ask again, naming it.
+            Located::Unreachable(worker) => c.stale = Some(worker),
+            Located::Dead(reason) => c.dead = Some(Error::ActorDied { actor: c.label.to_string(), reason }),
+        }
+        self.pump_actor(actor, fx);
+    }
+
+    /// The daemon says `actor` died; without a restart coming, every call fails now.
+    pub fn on_actor_died(&mut self, actor: ActorId, reason: &str, restarting: bool, fx: &mut Effects) {
+        let Some(c) = self.actors.get_mut(&actor) else { return };
+        if restarting {
+            // The lost connection sends calls back for the next incarnation.
+            return;
+        }
+        c.dead = Some(Error::ActorDied { actor: c.label.to_string(), reason: reason.to_string() });
+        self.pump_actor(actor, fx);
+    }
+
+    /// The connection to `actor`'s worker is gone: calls in flight go back to the front of
+    /// the queue, in order, while they have retries; the others fail.
+    fn actor_conn_lost(&mut self, actor: ActorId, detail: &str, fx: &mut Effects) {
+        let Some(c) = self.actors.get_mut(&actor) else { return };
+        c.conn = None;
+        c.stale = c.worker.take();
+        let err = c.dead.clone().unwrap_or_else(|| Error::ActorDied {
+            actor: c.label.to_string(),
+            reason: format!("its process died ({detail})"),
+        });
+        let in_flight: Vec<TaskId> = c.in_flight.drain(..).collect();
+        let mut retry = Vec::new();
+        for task in in_flight {
+            let Some(t) = self.tasks.get_mut(&task) else { continue };
+            if t.retries_left > 0 {
+                t.retries_left -= 1;
+                t.state = TaskState::Queued;
+                retry.push(task);
+            } else {
+                self.fail_task(task, err.clone(), fx);
+            }
+        }
+        if let Some(c) = self.actors.get_mut(&actor) {
+            for task in retry.into_iter().rev() {
+                c.queue.push_front(task);
+            }
+        }
+        self.pump_actor(actor, fx);
+    }
+}
+
+/// Where a resolved actor turned out to be.
+#[derive(Debug)]
+pub(crate) enum Located {
+    At(WorkerId, Arc<Conn>),
+    Unreachable(WorkerId),
+    Dead(String),
+}
+
+/// What a process knows of an actor it calls. See the module docs for the task side.
+#[derive(Debug)]
+struct ActorClient {
+    /// Live handles in this process.
+    handles: u32,
+    /// The daemon counts this process among the actor's holders.
+    held: bool,
+    worker: Option<WorkerId>,
+    conn: Option<Arc<Conn>>,
+    resolving: bool,
+    /// The worker it was on when we last lost it (so the daemon does not send us back).
+    stale: Option<WorkerId>,
+    /// Set once the actor is dead for good: every call fails with it.
+    dead: Option<Error>,
+    /// Not yet sent, in submission order (the creation first, while pending).
+    queue: VecDeque<TaskId>,
+    /// Sent and not answered, in order.
+    in_flight: VecDeque<TaskId>,
+    max_task_retries: u32,
+    /// How errors name the actor.
+    label: Arc<str>,
+    /// Objects its constructor took by reference (kept for restarts).
+    ctor_args: Vec<ObjectId>,
+    /// Actors whose handles its constructor took (held likewise).
+    ctor_exports: Vec<ActorId>,
+}
+
+impl ActorClient {
+    fn new(label: &str, held: bool, max_task_retries: u32) -> ActorClient {
+        ActorClient {
+            handles: 0,
+            held,
+            worker: None,
+            conn: None,
+            resolving: false,
+            stale: None,
+            dead: None,
+            queue: VecDeque::new(),
+            in_flight: VecDeque::new(),
+            max_task_retries,
+            label: Arc::from(label),
+            ctor_args: Vec::new(),
+            ctor_exports: Vec::new(),
         }
     }
 }

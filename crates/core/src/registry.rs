@@ -26,6 +26,45 @@ pub struct RemoteFunction {
 #[linkme::distributed_slice]
 pub static REMOTE_FUNCTIONS: [RemoteFunction];
 
+/// An actor's instance as its worker holds it (the generated code knows the concrete type,
+/// a lock around the user's type).
+pub type ActorInstance = std::sync::Arc<dyn std::any::Any + Send + Sync>;
+
+/// An actor type, as `#[ferry::actor]` registers it.
+#[derive(Debug)]
+pub struct ActorClass {
+    /// Stable id: `module::path::Type`.
+    pub id: &'static str,
+    /// Decodes the constructor's arguments and builds the instance.
+    pub construct: fn(&[ArgData<'_>]) -> Result<ActorInstance, TaskError>,
+}
+
+/// One method of an actor type.
+#[derive(Debug)]
+pub struct ActorMethod {
+    /// Stable id: `module::path::Type::method`.
+    pub id: &'static str,
+    pub invoke: fn(&ActorInstance, &[ArgData<'_>]) -> Result<ferry_proto::msg::Return, TaskError>,
+}
+
+#[linkme::distributed_slice]
+pub static ACTOR_CLASSES: [ActorClass];
+
+#[linkme::distributed_slice]
+pub static ACTOR_METHODS: [ActorMethod];
+
+/// Finds a registered actor type.
+pub fn lookup_class(id: &str) -> Option<&'static ActorClass> {
+    static TABLE: OnceLock<HashMap<&'static str, &'static ActorClass>> = OnceLock::new();
+    TABLE.get_or_init(|| ACTOR_CLASSES.iter().map(|c| (c.id, c)).collect()).get(id).copied()
+}
+
+/// Finds a registered actor method.
+pub fn lookup_method(id: &str) -> Option<&'static ActorMethod> {
+    static TABLE: OnceLock<HashMap<&'static str, &'static ActorMethod>> = OnceLock::new();
+    TABLE.get_or_init(|| ACTOR_METHODS.iter().map(|m| (m.id, m)).collect()).get(id).copied()
+}
+
 fn table() -> &'static HashMap<&'static str, &'static RemoteFunction> {
     static TABLE: OnceLock<HashMap<&'static str, &'static RemoteFunction>> = OnceLock::new();
     TABLE.get_or_init(|| REMOTE_FUNCTIONS.iter().map(|f| (f.id, f)).collect())
@@ -45,11 +84,7 @@ pub fn decode_arg<T: DeserializeOwned + 'static>(
     let bytes = args.get(index).ok_or_else(|| TaskError::BadArgument {
         function: function.to_string(),
         index,
-        detail: format!(
-            "expected at least {} arguments, got {}",
-            index + 1,
-            args.len()
-        ),
+        detail: format!("expected at least {} arguments, got {}", index + 1, args.len()),
     })?;
     let backing = match bytes.view {
         Some(v) => Backing::Mapped(v),
@@ -71,10 +106,7 @@ pub fn check_arity(args: &[ArgData<'_>], n: usize, function: &str) -> Result<(),
         return Err(TaskError::BadArgument {
             function: function.to_string(),
             index: args.len().min(n),
-            detail: format!(
-                "{function} takes {n} arguments, the task carried {}",
-                args.len()
-            ),
+            detail: format!("{function} takes {n} arguments, the task carried {}", args.len()),
         });
     }
     Ok(())
@@ -82,10 +114,8 @@ pub fn check_arity(args: &[ArgData<'_>], n: usize, function: &str) -> Result<(),
 
 /// Runs `f`, turning a panic into a `TaskError` with the panic's message.
 pub fn run_catching<R>(function: &str, f: impl FnOnce() -> R) -> Result<R, TaskError> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|p| TaskError::Panicked {
-        function: function.to_string(),
-        message: panic_message(&*p),
-    })
+    catch_unwind(AssertUnwindSafe(f))
+        .map_err(|p| TaskError::Panicked { function: function.to_string(), message: panic_message(&*p) })
 }
 
 pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {

@@ -40,9 +40,7 @@ pub(crate) fn runtime() -> Result<&'static Runtime> {
         Ok(()) | Err(Error::AlreadyInitialized) => {}
         Err(e) => return Err(e),
     }
-    let rt = RUNTIME.get().ok_or_else(|| Error::NotRunning {
-        detail: "initialisation failed".into(),
-    })?;
+    let rt = RUNTIME.get().ok_or_else(|| Error::NotRunning { detail: "initialisation failed".into() })?;
     rt.check_running().map(|_| rt)
 }
 
@@ -89,33 +87,15 @@ impl Runtime {
         executor: Option<Arc<Executor>>,
         listen: Addr,
     ) -> Result<&'static Runtime> {
-        let (conn, mut reader, node_id) =
-            connect(&id.node_addr, &id.token, id.me, cfg.max_frame_bytes).map_err(|e| {
-                Error::Connection {
-                    detail: format!("node daemon at {}: {e}", id.node_addr),
-                }
-            })?;
+        let (conn, mut reader, node_id) = connect(&id.node_addr, &id.token, id.me, cfg.max_frame_bytes)
+            .map_err(|e| Error::Connection { detail: format!("node daemon at {}: {e}", id.node_addr) })?;
         let conn = Arc::new(conn);
-        conn.send(&ToNode::Register {
-            kind: id.kind,
-            pid: std::process::id(),
-            listen,
-        })
-        .map_err(|e| Error::Connection {
-            detail: e.to_string(),
-        })?;
+        conn.send(&ToNode::Register { kind: id.kind, pid: std::process::id(), listen })
+            .map_err(|e| Error::Connection { detail: e.to_string() })?;
         match reader.read::<FromNode>() {
             Ok(FromNode::Registered { .. }) => {}
-            Ok(other) => {
-                return Err(Error::Connection {
-                    detail: format!("unexpected first reply {other:?}"),
-                })
-            }
-            Err(e) => {
-                return Err(Error::Connection {
-                    detail: format!("registration failed: {e}"),
-                })
-            }
+            Ok(other) => return Err(Error::Connection { detail: format!("unexpected first reply {other:?}") }),
+            Err(e) => return Err(Error::Connection { detail: format!("registration failed: {e}") }),
         }
         let limits = OwnerLimits {
             max_in_flight: cfg.max_tasks_in_flight_per_worker,
@@ -145,15 +125,11 @@ impl Runtime {
         thread::Builder::new()
             .name("ferry-node-rx".into())
             .spawn(move || rt.node_reader(reader))
-            .map_err(|e| Error::Connection {
-                detail: e.to_string(),
-            })?;
+            .map_err(|e| Error::Connection { detail: e.to_string() })?;
         thread::Builder::new()
             .name("ferry-housekeeping".into())
             .spawn(move || rt.housekeeping())
-            .map_err(|e| Error::Connection {
-                detail: e.to_string(),
-            })?;
+            .map_err(|e| Error::Connection { detail: e.to_string() })?;
         Ok(rt)
     }
 
@@ -169,9 +145,7 @@ impl Runtime {
         if self.running.load(Ordering::Acquire) {
             Ok(())
         } else {
-            Err(Error::NotRunning {
-                detail: "ferry::shutdown was called".into(),
-            })
+            Err(Error::NotRunning { detail: "ferry::shutdown was called".into() })
         }
     }
 
@@ -207,27 +181,14 @@ impl Runtime {
     pub(crate) fn node_call(&self, make: impl FnOnce(u64) -> ToNode) -> Result<FromNode> {
         let req = self.next_call.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::sync_channel(1);
-        self.node_calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(req, tx);
+        self.node_calls.lock().unwrap_or_else(|e| e.into_inner()).insert(req, tx);
         if let Err(e) = self.node.send(&make(req)) {
-            self.node_calls
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&req);
-            return Err(Error::Connection {
-                detail: format!("node daemon: {e}"),
-            });
+            self.node_calls.lock().unwrap_or_else(|e| e.into_inner()).remove(&req);
+            return Err(Error::Connection { detail: format!("node daemon: {e}") });
         }
         rx.recv_timeout(Duration::from_secs(60)).map_err(|_| {
-            self.node_calls
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&req);
-            Error::Connection {
-                detail: "the node daemon did not answer within 60 s".into(),
-            }
+            self.node_calls.lock().unwrap_or_else(|e| e.into_inner()).remove(&req);
+            Error::Connection { detail: "the node daemon did not answer within 60 s".into() }
         })
     }
 
@@ -245,15 +206,8 @@ impl Runtime {
                 }
             };
             match msg {
-                FromNode::LeaseGranted {
-                    req,
-                    lease,
-                    worker,
-                    addr,
-                } => match self.worker_conn(worker, &addr) {
-                    Ok(conn) => {
-                        self.with_state(|st, fx| st.on_lease_granted(req, lease, worker, conn, fx))
-                    }
+                FromNode::LeaseGranted { req, lease, worker, addr } => match self.worker_conn(worker, &addr) {
+                    Ok(conn) => self.with_state(|st, fx| st.on_lease_granted(req, lease, worker, conn, fx)),
                     Err(e) => {
                         eprintln!("ferry: cannot reach leased worker {worker:?} at {addr}: {e}");
                         self.with_state(|st, fx| st.on_lease_unreachable(req, lease, worker, fx))
@@ -268,19 +222,48 @@ impl Runtime {
                 }),
                 FromNode::EndRecall => self.with_state(|st, _| st.node_short = false),
                 FromNode::WorkerDied { worker, reason } => self.worker_lost(worker, &reason),
-                FromNode::Sealed { req, .. } | FromNode::Stats { req, .. } => {
-                    if let Some(tx) = self
-                        .node_calls
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&req)
-                    {
-                        let _ = tx.send(msg);
+                FromNode::Sealed { req, .. }
+                | FromNode::Stats { req, .. }
+                | FromNode::Ack { req, .. }
+                | FromNode::NamedActor { req, .. } => self.answer_call(req, msg),
+                FromNode::ActorState { req, actor, location } => {
+                    let resolving = self.lock().actor_resolves.remove(&req);
+                    match resolving {
+                        Some(actor) => self.actor_located(actor, location),
+                        None => self.answer_call(req, FromNode::ActorState { req, actor, location }),
                     }
                 }
-                FromNode::Registered { .. } => {}
+                FromNode::ActorDied { actor, reason, restarting } => {
+                    self.with_state(|st, fx| st.on_actor_died(actor, &reason, restarting, fx))
+                }
+                FromNode::BecomeActor { actor, spec } => match &self.executor {
+                    Some(x) => x.become_actor(actor, spec),
+                    None => eprintln!("ferry: a driver was asked to host an actor; ignored"),
+                },
+                // Creation failures also reach callers through `ActorState` (dead).
+                FromNode::ActorCreated { .. } | FromNode::Registered { .. } => {}
             }
         }
+    }
+
+    fn answer_call(&self, req: u64, msg: FromNode) {
+        if let Some(tx) = self.node_calls.lock().unwrap_or_else(|e| e.into_inner()).remove(&req) {
+            let _ = tx.send(msg);
+        }
+    }
+
+    /// Connects to a resolved actor's worker (outside the owner lock) and lets its calls go.
+    fn actor_located(&'static self, actor: ferry_proto::msg::ActorId, location: ferry_proto::msg::ActorLocation) {
+        use crate::owner::Located;
+        use ferry_proto::msg::ActorLocation;
+        let at = match location {
+            ActorLocation::Alive { worker, addr, .. } => match self.worker_conn(worker, &addr) {
+                Ok(conn) => Located::At(worker, conn),
+                Err(_) => Located::Unreachable(worker),
+            },
+            ActorLocation::Dead { reason } => Located::Dead(reason),
+        };
+        self.with_state(|st, fx| st.actor_resolved(actor, at, fx));
     }
 
     fn node_lost(&self, e: FrameError) {
@@ -291,12 +274,7 @@ impl Runtime {
         if self.running.load(Ordering::Acquire) {
             eprintln!("ferry: lost the connection to the node daemon: {e}");
             self.with_state(|st, fx| {
-                st.fail_all(
-                    Error::Connection {
-                        detail: format!("lost the node daemon: {e}"),
-                    },
-                    fx,
-                )
+                st.fail_all(Error::Connection { detail: format!("lost the node daemon: {e}") }, fx)
             });
         }
     }
@@ -305,47 +283,27 @@ impl Runtime {
 
     /// The connection to `worker`, opened (with its reader thread) on first use.
     fn worker_conn(&'static self, worker: WorkerId, addr: &Addr) -> Result<Arc<Conn>> {
-        if let Some(c) = self
-            .workers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&worker)
-        {
+        if let Some(c) = self.workers.lock().unwrap_or_else(|e| e.into_inner()).get(&worker) {
             return Ok(c.clone());
         }
         let (conn, reader, _) = connect(addr, &self.token, self.me, self.cfg.max_frame_bytes)
-            .map_err(|e| Error::Connection {
-                detail: e.to_string(),
-            })?;
+            .map_err(|e| Error::Connection { detail: e.to_string() })?;
         let conn = Arc::new(conn);
-        self.workers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(worker, conn.clone());
+        self.workers.lock().unwrap_or_else(|e| e.into_inner()).insert(worker, conn.clone());
         thread::Builder::new()
             .name("ferry-worker-rx".into())
             .spawn(move || self.worker_reader(worker, reader))
-            .map_err(|e| Error::Connection {
-                detail: e.to_string(),
-            })?;
+            .map_err(|e| Error::Connection { detail: e.to_string() })?;
         Ok(conn)
     }
 
     fn worker_reader(&'static self, worker: WorkerId, mut reader: FrameReader<Stream>) {
         let reason = loop {
             match reader.read::<FromWorker>() {
-                Ok(FromWorker::Done { task, returns }) => {
-                    self.with_state(|st, fx| st.on_done(task, returns, fx))
-                }
-                Ok(FromWorker::Failed { task, error }) => {
-                    self.with_state(|st, fx| st.on_failed(task, error, fx))
-                }
-                Ok(FromWorker::Requeued { tasks }) => {
-                    self.with_state(|st, fx| st.on_requeued(tasks, fx))
-                }
-                Ok(FromWorker::Stolen { tasks }) => {
-                    self.with_state(|st, fx| st.on_stolen(worker, tasks, fx))
-                }
+                Ok(FromWorker::Done { task, returns }) => self.with_state(|st, fx| st.on_done(task, returns, fx)),
+                Ok(FromWorker::Failed { task, error }) => self.with_state(|st, fx| st.on_failed(task, error, fx)),
+                Ok(FromWorker::Requeued { tasks }) => self.with_state(|st, fx| st.on_requeued(tasks, fx)),
+                Ok(FromWorker::Stolen { tasks }) => self.with_state(|st, fx| st.on_stolen(worker, tasks, fx)),
                 Err(FrameError::Closed) => break "its connection closed".to_string(),
                 Err(e) => {
                     eprintln!("ferry: closing connection to worker {worker:?}: {e}");
@@ -357,12 +315,7 @@ impl Runtime {
     }
 
     fn worker_lost(&self, worker: WorkerId, reason: &str) {
-        if let Some(c) = self
-            .workers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&worker)
-        {
+        if let Some(c) = self.workers.lock().unwrap_or_else(|e| e.into_inner()).remove(&worker) {
             c.shutdown();
         }
         self.with_state(|st, fx| st.on_worker_lost(worker, reason, fx));
@@ -383,19 +336,15 @@ impl Runtime {
     pub(crate) fn put_encoded(&self, enc: crate::codec::Encoded<'_>) -> Result<ObjectId> {
         if enc.len() <= self.cfg.inline_max_bytes {
             let v = enc.into_vec();
-            return Ok(
-                self.with_state(|st, _| st.new_object(ObjState::Ready(Ready::Inline(Arc::new(v)))))
-            );
+            return Ok(self.with_state(|st, _| st.new_object(ObjState::Ready(Ready::Inline(Arc::new(v))))));
         }
         // Reserve the id first so the file is named for it.
         let id = self.with_state(|st, _| st.new_object(ObjState::Pending));
         let stored = self.write_and_seal(id, &enc.parts());
         let state = match &stored {
-            Ok(size) => ObjState::Ready(Ready::Stored {
-                size: *size,
-                node: self.node_id,
-                view: self.store.map(id).ok(),
-            }),
+            Ok(size) => {
+                ObjState::Ready(Ready::Stored { size: *size, node: self.node_id, view: self.store.map(id).ok() })
+            }
             Err(e) => ObjState::Failed(e.clone()),
         };
         self.with_state(|st, fx| {
@@ -415,27 +364,18 @@ impl Runtime {
         let size = self
             .store
             .write_parts(id, parts)
-            .map_err(|e| Error::ObjectStoreFull {
-                detail: format!("cannot write object {id:?} to the store: {e}"),
-            })?;
-        match self.node_call(|req| ToNode::Seal {
-            req,
-            object: id,
-            size,
-        })? {
+            .map_err(|e| Error::ObjectStoreFull { detail: format!("cannot write object {id:?} to the store: {e}") })?;
+        match self.node_call(|req| ToNode::Seal { req, object: id, size })? {
             FromNode::Sealed { error: None, .. } => Ok(size),
             FromNode::Sealed { error: Some(e), .. } => Err(Error::ObjectStoreFull { detail: e }),
-            other => Err(Error::Connection {
-                detail: format!("unexpected reply to seal: {other:?}"),
-            }),
+            other => Err(Error::Connection { detail: format!("unexpected reply to seal: {other:?}") }),
         }
     }
 
     pub(crate) fn map_object(&self, id: ObjectId) -> Result<ObjectView> {
-        self.store.map(id).map_err(|e| Error::ObjectLost {
-            object: id,
-            reason: format!("its store file could not be read: {e}"),
-        })
+        self.store
+            .map(id)
+            .map_err(|e| Error::ObjectLost { object: id, reason: format!("its store file could not be read: {e}") })
     }
 
     /// Polls `id`: ready, failed, or pending (then `waker` is registered).
@@ -466,9 +406,7 @@ impl Runtime {
         deadline: Option<Instant>,
         mut poll: impl FnMut(&Waker) -> Poll<R>,
     ) -> Option<R> {
-        let tw = Arc::new(ThreadWaker {
-            thread: thread::current(),
-        });
+        let tw = Arc::new(ThreadWaker { thread: thread::current() });
         let waker = Waker::from(tw);
         let mut blocked = None;
         loop {
@@ -498,8 +436,9 @@ impl Runtime {
         args: Vec<ArgDraft>,
         shape: &Shape,
         max_retries: u32,
+        exported: Vec<ferry_proto::msg::ActorId>,
     ) -> ObjectId {
-        self.with_state(|st, fx| st.submit(function, name, args, shape, max_retries, fx))
+        self.with_state(|st, fx| st.submit(function, name, args, shape, max_retries, exported, fx))
     }
 
     /// An object whose value is an error (for calls that fail before a task exists).
@@ -510,9 +449,7 @@ impl Runtime {
     pub(crate) fn node_stats(&self) -> Result<NodeStats> {
         match self.node_call(|req| ToNode::Stats { req })? {
             FromNode::Stats { stats, .. } => Ok(stats),
-            other => Err(Error::Connection {
-                detail: format!("unexpected reply to stats: {other:?}"),
-            }),
+            other => Err(Error::Connection { detail: format!("unexpected reply to stats: {other:?}") }),
         }
     }
 
@@ -521,18 +458,9 @@ impl Runtime {
             return;
         }
         self.with_state(|st, fx| {
-            st.fail_all(
-                Error::NotRunning {
-                    detail: "ferry::shutdown was called while it was pending".into(),
-                },
-                fx,
-            )
+            st.fail_all(Error::NotRunning { detail: "ferry::shutdown was called while it was pending".into() }, fx)
         });
-        let node = self
-            .embedded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let node = self.embedded.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(n) = node {
             n.shutdown();
         }
@@ -548,12 +476,7 @@ impl Runtime {
     }
 
     pub(crate) fn worker_pids(&self) -> Vec<u32> {
-        self.embedded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|n| n.worker_pids())
-            .unwrap_or_default()
+        self.embedded.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|n| n.worker_pids()).unwrap_or_default()
     }
 }
 
@@ -573,9 +496,7 @@ impl Wake for ThreadWaker {
 /// Runs a future to completion on this thread (used for `async fn` tasks).
 pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
     let mut fut = std::pin::pin!(fut);
-    let tw = Arc::new(ThreadWaker {
-        thread: thread::current(),
-    });
+    let tw = Arc::new(ThreadWaker { thread: thread::current() });
     let waker = Waker::from(tw);
     let mut cx = std::task::Context::from_waker(&waker);
     let mut blocked = None;

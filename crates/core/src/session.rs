@@ -51,18 +51,14 @@ pub(crate) fn start_embedded(cfg: Config) -> Result<()> {
     let sid = format!("{}-{:08x}", std::process::id(), random_u64() as u32);
     let session_dir = std::env::temp_dir().join(format!("ferry-{sid}"));
     let store_dir = shm_root().join(format!("ferry-{sid}-store"));
-    let token: String = random_bytes(16)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let token: String = random_bytes(16).iter().map(|b| format!("{b:02x}")).collect();
     let cpus = cfg.cpus();
     let mut shape = Shape::cpus(cpus as f64);
     for (n, a) in &cfg.resources {
         shape.set(n, *a);
     }
-    let exe = std::env::current_exe().map_err(|e| Error::Connection {
-        detail: format!("cannot find this program: {e}"),
-    })?;
+    let exe =
+        std::env::current_exe().map_err(|e| Error::Connection { detail: format!("cannot find this program: {e}") })?;
     let node = ferry_node::start(NodeOptions {
         session_dir: session_dir.clone(),
         store_dir: store_dir.clone(),
@@ -78,9 +74,7 @@ pub(crate) fn start_embedded(cfg: Config) -> Result<()> {
         worker_env: cfg.to_worker_env(),
         max_frame: cfg.max_frame_bytes,
     })
-    .map_err(|e| Error::Connection {
-        detail: format!("cannot start the node daemon: {e}"),
-    })?;
+    .map_err(|e| Error::Connection { detail: format!("cannot start the node daemon: {e}") })?;
     let me = WorkerId(random_u64());
     let id = Identity {
         me,

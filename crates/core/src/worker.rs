@@ -15,9 +15,7 @@ fn var(name: &str) -> String {
     match std::env::var(name) {
         Ok(v) => v,
         Err(_) => {
-            eprintln!(
-                "ferry-worker: {name} is not set; worker processes are started by a node daemon"
-            );
+            eprintln!("ferry-worker: {name} is not set; worker processes are started by a node daemon");
             std::process::exit(2);
         }
     }
@@ -54,13 +52,7 @@ pub(crate) fn main() -> ! {
         }
     };
     let exec = Executor::new();
-    let rt = match Runtime::start(
-        id,
-        Config::default(),
-        None,
-        Some(exec.clone()),
-        Addr::Unix(sock),
-    ) {
+    let rt = match Runtime::start(id, Config::default(), None, Some(exec.clone()), Addr::Unix(sock)) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ferry-worker: {e}");

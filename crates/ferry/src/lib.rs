@@ -24,15 +24,16 @@
 //! the same executable and enter worker mode before `main` runs.
 
 pub use ferry_core::{
-    block_on, cancel, decode, encode_vec, get, get_all, get_async, get_bytes, get_timeout, init,
-    node_stats, put, shutdown, store_return, wait, Bytes, Config, Error, GetFuture, IntoArg,
-    NodeStats, ObjectId, ObjectRef, RemoteOptions, Result, TaskArg, TaskOptions, WaitResult,
+    block_on, cancel, decode, encode_vec, get, get_actor, get_all, get_async, get_bytes, get_timeout, init, kill,
+    node_stats, put, shutdown, store_return, wait, Actor, ActorHandle, ActorId, ActorOptions, ActorOptionsBuilder,
+    ActorProxy, Bytes, Config, Error, GetFuture, IntoArg, NodeStats, ObjectId, ObjectRef, RawActor, RemoteOptions,
+    Result, TaskArg, TaskOptions, WaitResult,
 };
-pub use ferry_macros::{main, remote};
+pub use ferry_macros::{actor, main, remote};
 
 /// The names most programs need: `use ferry::prelude::*;`.
 pub mod prelude {
-    pub use crate::{IntoArg, ObjectRef, RemoteOptions};
+    pub use crate::{ActorHandle, ActorOptionsBuilder, IntoArg, ObjectRef, RemoteOptions};
     pub use std::time::Duration;
 }
 

@@ -46,9 +46,7 @@ fn worker_death_fails_the_task_and_the_driver_goes_on() {
     // Downstream of the dead task fails the same way, and new tasks run.
     assert!(matches!(ferry::get_timeout(&add::remote(1, 1), T), Ok(2)));
     // The pool is back at its size.
-    eventually("the pool replaced the dead worker", T, || {
-        ferry::node_stats().unwrap().workers == 2
-    });
+    eventually("the pool replaced the dead worker", T, || ferry::node_stats().unwrap().workers == 2);
 }
 
 #[test]
@@ -64,9 +62,7 @@ fn worker_death_is_retried() {
 #[test]
 fn shutdown_leaves_no_process_and_no_file_behind() {
     cluster();
-    let mut pids: Vec<u32> = (0..10)
-        .map(|_| ferry::get_timeout(&pid::remote(), T).unwrap())
-        .collect();
+    let mut pids: Vec<u32> = (0..10).map(|_| ferry::get_timeout(&pid::remote(), T).unwrap()).collect();
     pids.extend(ferry::__private::session_info().unwrap().worker_pids);
     pids.sort_unstable();
     pids.dedup();
@@ -81,14 +77,8 @@ fn shutdown_leaves_no_process_and_no_file_behind() {
     assert!(!info.session_dir.exists(), "session directory left behind");
     // Calls after shutdown say so instead of hanging.
     let after = add::remote(1, 2);
-    assert!(matches!(
-        ferry::get_timeout(&after, T),
-        Err(Error::NotRunning { .. })
-    ));
-    assert!(matches!(
-        ferry::get_timeout(&slow, T),
-        Ok(2) | Err(Error::NotRunning { .. })
-    ));
+    assert!(matches!(ferry::get_timeout(&after, T), Err(Error::NotRunning { .. })));
+    assert!(matches!(ferry::get_timeout(&slow, T), Ok(2) | Err(Error::NotRunning { .. })));
 }
 
 // ---- raw protocol ----
@@ -109,16 +99,8 @@ fn raw_worker() -> (Conn, FrameReader<Stream>, Conn) {
         listen: ferry_proto::Addr::Unix("/nonexistent".into()),
     })
     .unwrap();
-    assert!(matches!(
-        node_rx.read::<FromNode>().unwrap(),
-        FromNode::Registered { .. }
-    ));
-    node.send(&ToNode::RequestLease {
-        req: 1,
-        shape: Shape::cpus(1.0),
-        depth: 1,
-    })
-    .unwrap();
+    assert!(matches!(node_rx.read::<FromNode>().unwrap(), FromNode::Registered { .. }));
+    node.send(&ToNode::RequestLease { req: 1, shape: Shape::cpus(1.0), depth: 1 }).unwrap();
     let addr = loop {
         match node_rx.read::<FromNode>().unwrap() {
             FromNode::LeaseGranted { addr, .. } => break addr,
@@ -130,15 +112,7 @@ fn raw_worker() -> (Conn, FrameReader<Stream>, Conn) {
 }
 
 fn spec(function: &str, args: Vec<Arg>) -> TaskSpec {
-    TaskSpec {
-        task: TaskId {
-            owner: WorkerId(43),
-            seq: 1,
-        },
-        function: function.into(),
-        args,
-        depth: 1,
-    }
+    TaskSpec { task: TaskId { owner: WorkerId(43), seq: 1 }, function: function.into(), args, depth: 1 }
 }
 
 fn cluster_still_works() {
@@ -177,29 +151,15 @@ fn garbage_and_oversized_frames_close_only_that_connection() {
                                                           // An authenticated peer that sends an oversized frame, then garbage.
     let (c, mut rx) = raw_node();
     c.send_raw(&(u32::MAX - 1).to_le_bytes()).unwrap();
-    assert!(
-        rx.read::<FromNode>().is_err(),
-        "the daemon must close the connection"
-    );
+    assert!(rx.read::<FromNode>().is_err(), "the daemon must close the connection");
     let (c, mut rx) = raw_node();
-    c.send_raw(&[5, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff])
-        .unwrap();
-    assert!(
-        rx.read::<FromNode>().is_err(),
-        "the daemon must close the connection"
-    );
+    c.send_raw(&[5, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff]).unwrap();
+    assert!(rx.read::<FromNode>().is_err(), "the daemon must close the connection");
     // Requests before registering, and a worker registration from a process the daemon did
     // not start, are refused, not obeyed.
     let (c, mut rx) = raw_node();
-    c.send(&ToNode::ReturnLease {
-        lease: 12345,
-        kill: true,
-    })
-    .unwrap();
-    assert!(
-        rx.read::<FromNode>().is_err(),
-        "a request before registration closes the connection"
-    );
+    c.send(&ToNode::ReturnLease { lease: 12345, kill: true }).unwrap();
+    assert!(rx.read::<FromNode>().is_err(), "a request before registration closes the connection");
     let (c, mut rx) = raw_node();
     c.send(&ToNode::Register {
         kind: ferry_proto::msg::ProcKind::Worker,
@@ -207,10 +167,7 @@ fn garbage_and_oversized_frames_close_only_that_connection() {
         listen: ferry_proto::Addr::Unix("/x".into()),
     })
     .unwrap();
-    assert!(
-        rx.read::<FromNode>().is_err(),
-        "an unexpected worker registration closes the connection"
-    );
+    assert!(rx.read::<FromNode>().is_err(), "an unexpected worker registration closes the connection");
     cluster_still_works();
 }
 
@@ -218,13 +175,9 @@ fn garbage_and_oversized_frames_close_only_that_connection() {
 fn unknown_function_and_bad_arguments_are_typed_errors_and_the_worker_survives() {
     cluster();
     let (w, mut wrx, _node) = raw_worker();
-    w.send(&ToWorker::Push(vec![spec("no::such::function", vec![])]))
-        .unwrap();
+    w.send(&ToWorker::Push(vec![spec("no::such::function", vec![])])).unwrap();
     match wrx.read::<FromWorker>().unwrap() {
-        FromWorker::Failed {
-            error: TaskError::UnknownFunction { function },
-            ..
-        } => {
+        FromWorker::Failed { error: TaskError::UnknownFunction { function }, .. } => {
             assert_eq!(function, "no::such::function")
         }
         other => panic!("{other:?}"),
@@ -232,51 +185,26 @@ fn unknown_function_and_bad_arguments_are_typed_errors_and_the_worker_survives()
     // `add` takes two i64: give it a string and too few arguments.
     let add_id = "faults::add";
     let bad = ferry::encode_vec(&"not a number".to_string()).unwrap();
-    w.send(&ToWorker::Push(vec![spec(
-        add_id,
-        vec![Arg::Inline(bad.clone()), Arg::Inline(bad)],
-    )]))
-    .unwrap();
+    w.send(&ToWorker::Push(vec![spec(add_id, vec![Arg::Inline(bad.clone()), Arg::Inline(bad)])])).unwrap();
     match wrx.read::<FromWorker>().unwrap() {
-        FromWorker::Failed {
-            error: TaskError::BadArgument { index: 0, .. },
-            ..
-        } => {}
+        FromWorker::Failed { error: TaskError::BadArgument { index: 0, .. }, .. } => {}
         other => panic!("{other:?}"),
     }
     w.send(&ToWorker::Push(vec![spec(add_id, vec![])])).unwrap();
     assert!(matches!(
         wrx.read::<FromWorker>().unwrap(),
-        FromWorker::Failed {
-            error: TaskError::BadArgument { .. },
-            ..
-        }
+        FromWorker::Failed { error: TaskError::BadArgument { .. }, .. }
     ));
     // An argument said to be in the store that is not there.
-    let missing = Arg::Stored {
-        object: Default::default(),
-        size: 10,
-        node: Default::default(),
-    };
-    w.send(&ToWorker::Push(vec![spec(
-        add_id,
-        vec![missing.clone(), missing],
-    )]))
-    .unwrap();
+    let missing = Arg::Stored { object: Default::default(), size: 10, node: Default::default() };
+    w.send(&ToWorker::Push(vec![spec(add_id, vec![missing.clone(), missing])])).unwrap();
     assert!(matches!(
         wrx.read::<FromWorker>().unwrap(),
-        FromWorker::Failed {
-            error: TaskError::ArgumentUnavailable { .. },
-            ..
-        }
+        FromWorker::Failed { error: TaskError::ArgumentUnavailable { .. }, .. }
     ));
     // A well-formed call on the same connection still works.
     let one = ferry::encode_vec(&1i64).unwrap();
-    w.send(&ToWorker::Push(vec![spec(
-        add_id,
-        vec![Arg::Inline(one.clone()), Arg::Inline(one)],
-    )]))
-    .unwrap();
+    w.send(&ToWorker::Push(vec![spec(add_id, vec![Arg::Inline(one.clone()), Arg::Inline(one)])])).unwrap();
     match wrx.read::<FromWorker>().unwrap() {
         FromWorker::Done { returns, .. } => match &returns[0] {
             ferry_proto::msg::Return::Inline(b) => assert_eq!(ferry::decode::<i64>(b).unwrap(), 2),

@@ -29,20 +29,12 @@ fn ten_thousand_one_mib_returns_leave_the_store_empty() {
     cluster();
     // In waves, so the test also shows the store reused, not only emptied at the end.
     for wave in 0..10u8 {
-        let refs: Vec<_> = (0..1000)
-            .map(|i| mib::remote(((i % 250) as u8).wrapping_add(wave)))
-            .collect();
+        let refs: Vec<_> = (0..1000).map(|i| mib::remote(((i % 250) as u8).wrapping_add(wave))).collect();
         let firsts: Vec<_> = refs.iter().map(first_byte::remote).collect();
         for (i, f) in firsts.iter().enumerate() {
-            assert_eq!(
-                ferry::get_timeout(f, T).unwrap(),
-                ((i % 250) as u8).wrapping_add(wave)
-            );
+            assert_eq!(ferry::get_timeout(f, T).unwrap(), ((i % 250) as u8).wrapping_add(wave));
         }
-        assert!(
-            store_used() >= 1000 << 20,
-            "the wave's objects are held while referenced"
-        );
+        assert!(store_used() >= 1000 << 20, "the wave's objects are held while referenced");
     }
     eventually("store used bytes back at zero", T, || store_used() == 0);
     eventually("no object files left", T, || store_files() == 0);
@@ -56,9 +48,7 @@ fn object_lives_while_a_pending_task_needs_it() {
     let user = first_byte::remote(&big);
     drop(big); // the task still holds it
     assert_eq!(ferry::get_timeout(&user, T).unwrap(), 9);
-    eventually("freed after its last user finished", T, || {
-        store_used() == 0
-    });
+    eventually("freed after its last user finished", T, || store_used() == 0);
 }
 
 #[test]
@@ -82,7 +72,5 @@ fn unreferenced_pending_result_is_freed_when_it_arrives() {
     // Nobody holds the refs, but the tasks ran and their values must not leak.
     let marker = first_byte::remote(vec![3u8; 10]);
     assert_eq!(ferry::get_timeout(&marker, T).unwrap(), 3);
-    eventually("results nobody wanted are freed", T, || {
-        store_used() == 0 && store_files() == 0
-    });
+    eventually("results nobody wanted are freed", T, || store_used() == 0 && store_files() == 0);
 }

@@ -30,11 +30,7 @@ pub struct Point {
 
 #[ferry::remote]
 fn mirror(p: Point) -> Point {
-    Point {
-        x: p.y,
-        y: p.x,
-        tag: p.tag.map(|t| t.to_uppercase()),
-    }
+    Point { x: p.y, y: p.x, tag: p.tag.map(|t| t.to_uppercase()) }
 }
 
 #[ferry::remote(num_cpus = 1)]
@@ -76,11 +72,7 @@ fn sum_bytes(v: Vec<u8>) -> u64 {
 /// Reads its argument in place: the pointer must lie in the store's mapping.
 #[ferry::remote]
 fn view_info(b: ferry::Bytes) -> (usize, bool, u64) {
-    (
-        b.len(),
-        b.is_shared_memory(),
-        b.iter().step_by(4096).map(|x| *x as u64).sum(),
-    )
+    (b.len(), b.is_shared_memory(), b.iter().step_by(4096).map(|x| *x as u64).sum())
 }
 
 #[ferry::remote]
@@ -125,29 +117,12 @@ fn strings_structs_and_vectors_round_trip() {
     cluster();
     let r = concat::remote("a".to_string(), vec!["b".into(), "c".into()]);
     assert_eq!(ferry::get_timeout(&r, T).unwrap(), "abc");
-    let p = Point {
-        x: 1.5,
-        y: -2.0,
-        tag: Some("hi".into()),
-    };
+    let p = Point { x: 1.5, y: -2.0, tag: Some("hi".into()) };
     let m = mirror::remote(p.clone());
-    assert_eq!(
-        ferry::get_timeout(&m, T).unwrap(),
-        Point {
-            x: -2.0,
-            y: 1.5,
-            tag: Some("HI".into())
-        }
-    );
+    assert_eq!(ferry::get_timeout(&m, T).unwrap(), Point { x: -2.0, y: 1.5, tag: Some("HI".into()) });
     // A put value as an argument.
     let pr = ferry::put(p).unwrap();
-    assert_eq!(
-        ferry::get_timeout(&mirror::remote(&pr), T)
-            .unwrap()
-            .tag
-            .as_deref(),
-        Some("HI")
-    );
+    assert_eq!(ferry::get_timeout(&mirror::remote(&pr), T).unwrap().tag.as_deref(), Some("HI"));
 }
 
 #[test]
@@ -164,10 +139,7 @@ fn fanout_of_a_thousand_from_inside_a_task() {
     assert_eq!(ferry::get_timeout(&r, T).unwrap(), 1000);
     // Two at once: both blocked parents must give their CPUs back.
     let (a, b) = (fanout::remote(1000), fanout::remote(1000));
-    assert_eq!(
-        ferry::get_timeout(&a, T).unwrap() + ferry::get_timeout(&b, T).unwrap(),
-        2000
-    );
+    assert_eq!(ferry::get_timeout(&a, T).unwrap() + ferry::get_timeout(&b, T).unwrap(), 2000);
 }
 
 #[test]
@@ -194,28 +166,18 @@ fn large_put_is_zero_copy_view_of_shared_memory() {
         let mut it = l.split_whitespace();
         let range = it.next().unwrap();
         let (lo, hi) = range.split_once('-').unwrap();
-        let (lo, hi) = (
-            usize::from_str_radix(lo, 16).unwrap(),
-            usize::from_str_radix(hi, 16).unwrap(),
-        );
+        let (lo, hi) = (usize::from_str_radix(lo, 16).unwrap(), usize::from_str_radix(hi, 16).unwrap());
         lo <= addr && addr < hi && l.contains(store.to_str().unwrap())
     });
-    assert!(
-        mapped,
-        "get_bytes view at {addr:#x} is not a mapping of the store"
-    );
+    assert!(mapped, "get_bytes view at {addr:#x} is not a mapping of the store");
     // Workers read the same object, and a typed get copies it out.
-    assert_eq!(
-        ferry::get_timeout(&sum_bytes::remote(&big), T).unwrap(),
-        7 * n as u64
-    );
+    assert_eq!(ferry::get_timeout(&sum_bytes::remote(&big), T).unwrap(), 7 * n as u64);
     assert_eq!(ferry::get(&big).unwrap().len(), n);
     // A task taking `Bytes` reads the stored object without copying it.
     let (len, shared, sum) = ferry::get_timeout(&view_info::remote(&big), T).unwrap();
     assert_eq!((len, shared, sum), (n, true, 7 * (n as u64 / 4096)));
     // `get` of a `Bytes` ref is a view as well; small values are private copies.
-    let as_bytes: ferry::ObjectRef<ferry::Bytes> =
-        ferry::put(ferry::Bytes::from(vec![5u8; 2 << 20])).unwrap();
+    let as_bytes: ferry::ObjectRef<ferry::Bytes> = ferry::put(ferry::Bytes::from(vec![5u8; 2 << 20])).unwrap();
     assert!(ferry::get(&as_bytes).unwrap().is_shared_memory());
     let (len, shared, _) = ferry::get_timeout(&view_info::remote(vec![1u8; 100]), T).unwrap();
     assert_eq!((len, shared), (100, false));
@@ -226,15 +188,9 @@ fn large_task_returns_and_large_arguments_go_through_the_store() {
     cluster();
     let r = make_bytes::remote(3 << 20, 2);
     assert_eq!(ferry::get_bytes(&r).unwrap().len(), 3 << 20);
-    assert_eq!(
-        ferry::get_timeout(&sum_bytes::remote(&r), T).unwrap(),
-        6 << 20
-    );
+    assert_eq!(ferry::get_timeout(&sum_bytes::remote(&r), T).unwrap(), 6 << 20);
     // A large value passed directly is stored first, then passed by reference.
-    assert_eq!(
-        ferry::get_timeout(&sum_bytes::remote(vec![1u8; 1 << 20]), T).unwrap(),
-        1 << 20
-    );
+    assert_eq!(ferry::get_timeout(&sum_bytes::remote(vec![1u8; 1 << 20]), T).unwrap(), 1 << 20);
     let stats = ferry::node_stats().unwrap();
     assert!(stats.store_used_bytes >= 3 << 20, "{stats:?}");
     // Small values stay inline: an empty store entry count for them.
@@ -248,21 +204,11 @@ fn wait_returns_ready_and_pending() {
     let fast = sleep_ms::remote(0);
     ferry::get_timeout(&fast, T).unwrap();
     let slow = sleep_ms::remote(3000);
-    let (ready, pending) = ferry::wait(
-        &[fast.clone(), slow.clone()],
-        1,
-        Some(Duration::from_millis(10)),
-    )
-    .unwrap();
+    let (ready, pending) = ferry::wait(&[fast.clone(), slow.clone()], 1, Some(Duration::from_millis(10))).unwrap();
     assert_eq!(ready, vec![fast.clone()]);
     assert_eq!(pending, vec![slow.clone()]);
     // Asking for both with a short timeout returns what is ready.
-    let (ready, pending) = ferry::wait(
-        &[fast.clone(), slow.clone()],
-        2,
-        Some(Duration::from_millis(50)),
-    )
-    .unwrap();
+    let (ready, pending) = ferry::wait(&[fast.clone(), slow.clone()], 2, Some(Duration::from_millis(50))).unwrap();
     assert_eq!((ready.len(), pending.len()), (1, 1));
     let refs: Vec<_> = (0..100).map(|i| sleep_ms::remote(i % 3)).collect();
     let (ready, pending) = ferry::wait(&refs, 100, Some(T)).unwrap();
@@ -283,14 +229,10 @@ fn panic_reaches_get_with_name_and_message_and_flows_downstream() {
     // Everything downstream gets the same error, without running.
     let d1 = add::remote(&r, 1);
     let d2 = add::remote(&d1, 1);
-    assert!(
-        matches!(ferry::get_timeout(&d2, T), Err(Error::TaskPanicked { ref task, .. }) if task == "boom")
-    );
+    assert!(matches!(ferry::get_timeout(&d2, T), Err(Error::TaskPanicked { ref task, .. }) if task == "boom"));
     // A named task reports its name.
     let n = boom::options().name("custom-name").remote("x".to_string());
-    assert!(
-        matches!(ferry::get_timeout(&n, T), Err(Error::TaskPanicked { ref task, .. }) if task == "custom-name")
-    );
+    assert!(matches!(ferry::get_timeout(&n, T), Err(Error::TaskPanicked { ref task, .. }) if task == "custom-name"));
     // The worker survived the panic.
     assert_eq!(ferry::get_timeout(&add::remote(2, 2), T).unwrap(), 4);
 }
@@ -299,10 +241,7 @@ fn panic_reaches_get_with_name_and_message_and_flows_downstream() {
 fn timeout_is_an_error_and_the_task_goes_on() {
     cluster();
     let r = sleep_ms::remote(300);
-    assert!(matches!(
-        ferry::get_timeout(&r, Duration::from_millis(20)),
-        Err(Error::Timeout { .. })
-    ));
+    assert!(matches!(ferry::get_timeout(&r, Duration::from_millis(20)), Err(Error::Timeout { .. })));
     assert_eq!(ferry::get_timeout(&r, T).unwrap(), 300);
 }
 
@@ -315,19 +254,10 @@ fn cancel_queued_and_running_tasks() {
     let dependent = add::remote(1, 2);
     let after_queued = sleep_ms::remote(&queued);
     ferry::cancel(&queued).unwrap();
-    assert!(matches!(
-        ferry::get_timeout(&queued, T),
-        Err(Error::Cancelled { .. })
-    ));
-    assert!(matches!(
-        ferry::get_timeout(&after_queued, T),
-        Err(Error::Cancelled { .. })
-    ));
+    assert!(matches!(ferry::get_timeout(&queued, T), Err(Error::Cancelled { .. })));
+    assert!(matches!(ferry::get_timeout(&after_queued, T), Err(Error::Cancelled { .. })));
     ferry::cancel(&busy[0]).unwrap();
-    assert!(matches!(
-        ferry::get_timeout(&busy[0], T),
-        Err(Error::Cancelled { .. })
-    ));
+    assert!(matches!(ferry::get_timeout(&busy[0], T), Err(Error::Cancelled { .. })));
     assert_eq!(ferry::get_timeout(&busy[1], T).unwrap(), 500);
     assert_eq!(ferry::get_timeout(&dependent, T).unwrap(), 3);
     // Cancelling something finished changes nothing.
@@ -351,32 +281,21 @@ fn custom_and_infeasible_resources() {
         Ok(()) => {}
         Err(e) => panic!("{e}"),
     }
-    assert_eq!(
-        ferry::get_timeout(&needs_widget::remote(), T).unwrap(),
-        "ran"
-    );
+    assert_eq!(ferry::get_timeout(&needs_widget::remote(), T).unwrap(), "ran");
     match ferry::get_timeout(&never_schedulable::remote(), T) {
         Err(e @ Error::Infeasible { .. }) => assert!(e.to_string().contains("unobtainium"), "{e}"),
         other => panic!("expected Infeasible, got {other:?}"),
     }
     let too_big = add::options().num_cpus(64.0).remote(1, 1);
-    assert!(matches!(
-        ferry::get_timeout(&too_big, T),
-        Err(Error::Infeasible { .. })
-    ));
+    assert!(matches!(ferry::get_timeout(&too_big, T), Err(Error::Infeasible { .. })));
     // Zero-CPU tasks run too.
-    assert_eq!(
-        ferry::get_timeout(&add::options().num_cpus(0.0).remote(1, 1), T).unwrap(),
-        2
-    );
+    assert_eq!(ferry::get_timeout(&add::options().num_cpus(0.0).remote(1, 1), T).unwrap(), 2);
 }
 
 #[test]
 fn workers_are_prestarted_and_reused_across_functions() {
     cluster();
-    common::eventually("two prestarted workers", T, || {
-        ferry::node_stats().unwrap().workers == 2
-    });
+    common::eventually("two prestarted workers", T, || ferry::node_stats().unwrap().workers == 2);
     let mut pids = std::collections::HashSet::new();
     for _ in 0..20 {
         pids.insert(ferry::get_timeout(&pid::remote(), T).unwrap());
@@ -396,11 +315,7 @@ fn short_tasks_are_not_stuck_behind_a_long_one() {
     let t = std::time::Instant::now();
     ferry::get_all(&short).unwrap();
     // Some of them were pipelined behind the long task; the idle worker steals them back.
-    assert!(
-        t.elapsed() < Duration::from_millis(2000),
-        "short tasks waited {:?} behind the long one",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_millis(2000), "short tasks waited {:?} behind the long one", t.elapsed());
     assert_eq!(ferry::get_timeout(&long, T).unwrap(), 3000);
 }
 
@@ -412,9 +327,7 @@ fn idle_leases_go_back_to_the_daemon() {
     // Held for reuse right after the burst...
     assert!(ferry::node_stats().unwrap().leased_workers > 0);
     // ...and returned once idle past the lease timeout (1 s by default).
-    common::eventually("all leases returned", T, || {
-        ferry::node_stats().unwrap().leased_workers == 0
-    });
+    common::eventually("all leases returned", T, || ferry::node_stats().unwrap().leased_workers == 0);
     let s = ferry::node_stats().unwrap();
     assert_eq!(s.available, s.total, "{s:?}");
 }

@@ -12,7 +12,8 @@ use proc_macro::TokenStream;
 use proc_macro2::Span;
 use quote::{format_ident, quote};
 use syn::{
-    parse_macro_input, spanned::Spanned, FnArg, ItemFn, LitFloat, LitInt, LitStr, ReturnType, Type,
+    parse_macro_input, spanned::Spanned, FnArg, ImplItem, Item, ItemFn, ItemImpl, LitFloat, LitInt, LitStr, ReturnType,
+    Type,
 };
 
 #[derive(Default)]
@@ -42,11 +43,7 @@ fn parse_args(attr: TokenStream) -> syn::Result<RemoteArgs> {
             a.name = Some(meta.value()?.parse::<LitStr>()?.value());
         } else if meta.path.is_ident("resources") {
             meta.parse_nested_meta(|m| {
-                let name = m
-                    .path
-                    .get_ident()
-                    .ok_or_else(|| m.error("expected a resource name"))?
-                    .to_string();
+                let name = m.path.get_ident().ok_or_else(|| m.error("expected a resource name"))?.to_string();
                 a.resources.push((name, number(m.value()?)?));
                 Ok(())
             })?;
@@ -93,10 +90,7 @@ fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenS
     for input in &sig.inputs {
         match input {
             FnArg::Receiver(r) => {
-                return Err(syn::Error::new(
-                    r.span(),
-                    "remote functions take no self; use #[ferry::actor] for methods",
-                ))
+                return Err(syn::Error::new(r.span(), "remote functions take no self; use #[ferry::actor] for methods"))
             }
             FnArg::Typed(pt) => {
                 if let Type::Reference(r) = &*pt.ty {
@@ -132,8 +126,7 @@ fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenS
     };
     let res_names: Vec<_> = args.resources.iter().map(|(n, _)| n.clone()).collect();
     let res_amounts: Vec<_> = args.resources.iter().map(|(_, a)| *a).collect();
-    let doc =
-        format!("Remote form of [`{name}`](fn@{name}): `{name}::remote(..)` runs it as a task.");
+    let doc = format!("Remote form of [`{name}`](fn@{name}): `{name}::remote(..)` runs it as a task.");
     let span = Span::call_site();
     let mod_vis = vis.clone();
     Ok(quote::quote_spanned! {span=>
@@ -179,11 +172,9 @@ fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenS
             impl Options {
                 /// Submits the task with these options.
                 pub fn remote(self, #( #idents: impl ::ferry::IntoArg<#tys> ),*) -> ::ferry::ObjectRef<#ret> {
-                    ::ferry::__private::submit::<#ret>(
-                        __ENTRY.id,
-                        &self.0,
-                        ::std::vec![#( ::ferry::IntoArg::<#tys>::into_arg(#idents) ),*],
-                    )
+                    ::ferry::__private::begin_exports();
+                    let __args = ::std::vec![#( ::ferry::IntoArg::<#tys>::into_arg(#idents) ),*];
+                    ::ferry::__private::submit::<#ret>(__ENTRY.id, &self.0, __args)
                 }
             }
 
@@ -219,4 +210,307 @@ pub fn main(_attr: TokenStream, item: TokenStream) -> TokenStream {
         }
     }
     .into()
+}
+
+#[derive(Default)]
+struct ActorArgs {
+    max_concurrency: Option<u32>,
+    max_restarts: Option<u32>,
+    max_task_retries: Option<u32>,
+    num_cpus: Option<f64>,
+}
+
+fn parse_actor_args(attr: TokenStream) -> syn::Result<ActorArgs> {
+    let mut a = ActorArgs::default();
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("max_concurrency") {
+            a.max_concurrency = Some(meta.value()?.parse::<LitInt>()?.base10_parse()?);
+        } else if meta.path.is_ident("max_restarts") {
+            a.max_restarts = Some(meta.value()?.parse::<LitInt>()?.base10_parse()?);
+        } else if meta.path.is_ident("max_task_retries") {
+            a.max_task_retries = Some(meta.value()?.parse::<LitInt>()?.base10_parse()?);
+        } else if meta.path.is_ident("num_cpus") {
+            a.num_cpus = Some(number(meta.value()?)?);
+        } else {
+            return Err(meta.error("expected max_concurrency, max_restarts, max_task_retries or num_cpus"));
+        }
+        Ok(())
+    });
+    syn::parse::Parser::parse(parser, attr)?;
+    Ok(a)
+}
+
+/// Makes a type an actor. Put it on the struct (or enum) and on its `impl` block:
+///
+/// ```ignore
+/// #[ferry::actor]
+/// pub struct Counter { n: i64 }
+///
+/// #[ferry::actor]
+/// impl Counter {
+///     pub fn new(start: i64) -> Self { Counter { n: start } }
+///     pub fn incr(&mut self, by: i64) -> i64 { self.n += by; self.n }
+///     pub fn get(&self) -> i64 { self.n }
+/// }
+///
+/// let c = Counter::remote(10)?;        // ActorHandle<Counter>
+/// let r = c.incr(5);                   // ObjectRef<i64>
+/// ```
+///
+/// On the type it adds `<Type>Proxy` (what a handle derefs to) and the `ferry::Actor` impl.
+/// On the `impl` block: `new` is the constructor; each `&self` / `&mut self` method becomes
+/// callable through handles (`&self` methods may run together when `max_concurrency` > 1;
+/// `&mut self` ones run alone); `Type::remote(..)` and `Type::options()` create actors.
+/// Options on the `impl` attribute set defaults: `max_concurrency`, `max_restarts`,
+/// `max_task_retries`, `num_cpus`.
+#[proc_macro_attribute]
+pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let parsed = parse_macro_input!(item as Item);
+    let out = match parsed {
+        Item::Struct(s) => {
+            if !attr.is_empty() {
+                return syn::Error::new(Span::call_site(), "options go on the #[ferry::actor] of the impl block")
+                    .to_compile_error()
+                    .into();
+            }
+            expand_actor_type(&s.ident, &s.vis, quote!(#s))
+        }
+        Item::Enum(e) => expand_actor_type(&e.ident, &e.vis, quote!(#e)),
+        Item::Impl(i) => match parse_actor_args(attr) {
+            Ok(a) => expand_actor_impl(a, i),
+            Err(e) => Err(e),
+        },
+        other => Err(syn::Error::new(other.span(), "#[ferry::actor] goes on a struct and on its impl block")),
+    };
+    match out {
+        Ok(ts) => ts.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+fn proxy_name(ty: &syn::Ident) -> syn::Ident {
+    format_ident!("{}Proxy", ty)
+}
+
+fn expand_actor_type(
+    name: &syn::Ident,
+    vis: &syn::Visibility,
+    item: proc_macro2::TokenStream,
+) -> syn::Result<proc_macro2::TokenStream> {
+    let proxy = proxy_name(name);
+    let doc = format!("The methods of actor [`{name}`], called through an `ActorHandle<{name}>`.");
+    Ok(quote! {
+        #item
+
+        #[doc = #doc]
+        #[derive(Clone, Debug)]
+        #vis struct #proxy {
+            raw: ::ferry::RawActor,
+        }
+
+        impl ::ferry::ActorProxy for #proxy {
+            fn from_raw(raw: ::ferry::RawActor) -> Self {
+                #proxy { raw }
+            }
+            fn raw(&self) -> &::ferry::RawActor {
+                &self.raw
+            }
+        }
+
+        impl ::ferry::Actor for #name {
+            const CLASS: &'static str = ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#name));
+            type Proxy = #proxy;
+        }
+    })
+}
+
+fn expand_actor_impl(args: ActorArgs, imp: ItemImpl) -> syn::Result<proc_macro2::TokenStream> {
+    if !imp.generics.params.is_empty() || imp.trait_.is_some() {
+        return Err(syn::Error::new(imp.span(), "#[ferry::actor] goes on a plain, non-generic `impl Type` block"));
+    }
+    let Type::Path(tp) = &*imp.self_ty else {
+        return Err(syn::Error::new(imp.self_ty.span(), "expected `impl Type`"));
+    };
+    let name = tp.path.segments.last().expect("a path").ident.clone();
+    let proxy = proxy_name(&name);
+    let options = format_ident!("{}Options", name);
+    let mut ctor: Option<(Vec<Type>, bool)> = None;
+    let mut methods = Vec::new();
+    for item in &imp.items {
+        let ImplItem::Fn(f) = item else { continue };
+        let sig = &f.sig;
+        let mut receiver = None;
+        let mut tys = Vec::new();
+        for input in &sig.inputs {
+            match input {
+                FnArg::Receiver(r) => {
+                    if r.reference.is_none() {
+                        return Err(syn::Error::new(r.span(), "actor methods take &self or &mut self"));
+                    }
+                    receiver = Some(r.mutability.is_some());
+                }
+                FnArg::Typed(pt) => {
+                    if let Type::Reference(r) = &*pt.ty {
+                        return Err(syn::Error::new(
+                            r.span(),
+                            "actor methods take owned arguments (they cross process boundaries)",
+                        ));
+                    }
+                    tys.push((*pt.ty).clone());
+                }
+            }
+        }
+        match receiver {
+            None if sig.ident == "new" => ctor = Some((tys, sig.asyncness.is_some())),
+            None => {}
+            Some(mutable) => {
+                if !sig.generics.params.is_empty() {
+                    return Err(syn::Error::new(sig.generics.span(), "actor methods cannot be generic"));
+                }
+                let ret: Type = match &sig.output {
+                    ReturnType::Default => syn::parse_quote!(()),
+                    ReturnType::Type(_, t) => (**t).clone(),
+                };
+                methods.push((sig.ident.clone(), tys, ret, mutable, sig.asyncness.is_some(), f.vis.clone()));
+            }
+        }
+    }
+    let Some((ctor_tys, ctor_async)) = ctor else {
+        return Err(syn::Error::new(imp.span(), "an actor needs a constructor `fn new(..) -> Self`"));
+    };
+    if ctor_async {
+        return Err(syn::Error::new(imp.span(), "the constructor cannot be async"));
+    }
+    let n = ctor_tys.len();
+    let cidents: Vec<_> = (0..n).map(|i| format_ident!("__arg{}", i)).collect();
+    let cidx: Vec<_> = (0..n).collect();
+
+    let mut method_items = Vec::new();
+    let mut proxy_methods = Vec::new();
+    for (mname, tys, ret, mutable, is_async, mvis) in &methods {
+        let k = tys.len();
+        let idents: Vec<_> = (0..k).map(|i| format_ident!("__arg{}", i)).collect();
+        let idx: Vec<_> = (0..k).collect();
+        let invoke = format_ident!("__ferry_invoke_{}", mname);
+        let entry = format_ident!("__FERRY_METHOD_{}", mname.to_string().to_uppercase());
+        let lock = if *mutable {
+            quote!(let mut __g = __cell.write().unwrap_or_else(|e| e.into_inner());)
+        } else {
+            quote!(let __g = __cell.read().unwrap_or_else(|e| e.into_inner());)
+        };
+        let call = if *is_async {
+            quote!(::ferry::block_on(__g.#mname(#(#idents),*)))
+        } else {
+            quote!(__g.#mname(#(#idents),*))
+        };
+        let id = quote!(::core::concat!(
+            ::core::module_path!(),
+            "::",
+            ::core::stringify!(#name),
+            "::",
+            ::core::stringify!(#mname)
+        ));
+        method_items.push(quote! {
+            fn #invoke(
+                __inst: &::ferry::__private::ActorInstance,
+                __args: &[::ferry::__private::ArgData<'_>],
+            ) -> ::core::result::Result<::ferry::__private::Return, ::ferry::__private::TaskError> {
+                const __ID: &str = #id;
+                let __cell = __inst.downcast_ref::<::std::sync::RwLock<#name>>().ok_or_else(|| {
+                    ::ferry::__private::TaskError::UnknownFunction { function: ::std::string::String::from(__ID) }
+                })?;
+                ::ferry::__private::check_arity(__args, #k, __ID)?;
+                #( let #idents: #tys = ::ferry::__private::decode_arg(__args, #idx, __ID)?; )*
+                let __out: #ret = ::ferry::__private::run_catching(__ID, move || { #lock #call })?;
+                ::ferry::store_return(&__out, __ID)
+            }
+
+            #[::ferry::__private::linkme::distributed_slice(::ferry::__private::ACTOR_METHODS)]
+            #[linkme(crate = ::ferry::__private::linkme)]
+            static #entry: ::ferry::__private::ActorMethod =
+                ::ferry::__private::ActorMethod { id: #id, invoke: #invoke };
+        });
+        let mname_str = mname.to_string();
+        proxy_methods.push(quote! {
+            /// Calls the actor's method; returns its result's future at once.
+            #mvis fn #mname(&self, #( #idents: impl ::ferry::IntoArg<#tys> ),*) -> ::ferry::ObjectRef<#ret> {
+                ::ferry::__private::begin_exports();
+                let __args = ::std::vec![#( ::ferry::IntoArg::<#tys>::into_arg(#idents) ),*];
+                self.raw.call(#id, #mname_str, __args)
+            }
+        });
+    }
+    let mc = args.max_concurrency.unwrap_or(1);
+    let mr = args.max_restarts.unwrap_or(0);
+    let mtr = args.max_task_retries.unwrap_or(0);
+    let cpus = args.num_cpus.unwrap_or(0.0);
+    let options_doc = format!("Options for creating a [`{name}`] actor; finish with `.remote(..)`.");
+    Ok(quote! {
+        #imp
+
+        #[allow(non_snake_case, non_upper_case_globals)]
+        const _: () = {
+            fn __ferry_construct(
+                __args: &[::ferry::__private::ArgData<'_>],
+            ) -> ::core::result::Result<::ferry::__private::ActorInstance, ::ferry::__private::TaskError> {
+                const __ID: &str = <#name as ::ferry::Actor>::CLASS;
+                ::ferry::__private::check_arity(__args, #n, __ID)?;
+                #( let #cidents: #ctor_tys = ::ferry::__private::decode_arg(__args, #cidx, __ID)?; )*
+                let __v = ::ferry::__private::run_catching(__ID, move || #name::new(#(#cidents),*))?;
+                ::core::result::Result::Ok(::std::sync::Arc::new(::std::sync::RwLock::new(__v)))
+            }
+
+            #[::ferry::__private::linkme::distributed_slice(::ferry::__private::ACTOR_CLASSES)]
+            #[linkme(crate = ::ferry::__private::linkme)]
+            static __FERRY_CLASS: ::ferry::__private::ActorClass = ::ferry::__private::ActorClass {
+                id: <#name as ::ferry::Actor>::CLASS,
+                construct: __ferry_construct,
+            };
+
+            #(#method_items)*
+        };
+
+        impl #proxy {
+            #(#proxy_methods)*
+        }
+
+        #[doc = #options_doc]
+        #[allow(private_interfaces)]
+        pub struct #options(::ferry::ActorOptions);
+
+        impl ::ferry::ActorOptionsBuilder for #options {
+            fn actor_options(&mut self) -> &mut ::ferry::ActorOptions {
+                &mut self.0
+            }
+        }
+
+        #[allow(private_interfaces)]
+        impl #options {
+            /// Creates the actor with these options; its constructor runs on a dedicated worker.
+            pub fn remote(self, #( #cidents: impl ::ferry::IntoArg<#ctor_tys> ),*) -> ::ferry::Result<::ferry::ActorHandle<#name>> {
+                ::ferry::__private::begin_exports();
+                let __args = ::std::vec![#( ::ferry::IntoArg::<#ctor_tys>::into_arg(#cidents) ),*];
+                ::ferry::__private::create_actor::<#name>(&self.0, __args)
+            }
+        }
+
+        #[allow(private_interfaces)]
+        impl #name {
+            /// Creates an actor; returns its handle at once.
+            pub fn remote(#( #cidents: impl ::ferry::IntoArg<#ctor_tys> ),*) -> ::ferry::Result<::ferry::ActorHandle<#name>> {
+                Self::options().remote(#(#cidents),*)
+            }
+
+            /// Options for creating an actor of this type.
+            pub fn options() -> #options {
+                #options(::ferry::ActorOptions {
+                    max_concurrency: #mc,
+                    max_restarts: #mr,
+                    max_task_retries: #mtr,
+                    num_cpus: #cpus,
+                    ..::core::default::Default::default()
+                })
+            }
+        }
+    })
 }

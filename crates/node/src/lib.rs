@@ -17,8 +17,11 @@
 //! spawner thread through `PR_SET_PDEATHSIG`, and exit when their daemon connection
 //! closes), close connections, delete the store and socket directories.
 
+mod actors;
+
+use actors::{ActorRec, ACTOR_CONN};
 use ferry_proto::conn::{accept, Addr, Conn, Stream};
-use ferry_proto::msg::{FromNode, NodeStats, ProcKind, Shape, ToNode};
+use ferry_proto::msg::{ActorId, FromNode, NodeStats, ProcKind, Shape, ToNode};
 use ferry_proto::{FrameError, NodeId, WorkerId};
 use ferry_sched::{Action, ConnId, PoolOptions, Scheduler};
 use ferry_store::{ObjectTable, StoreDir};
@@ -83,6 +86,13 @@ struct State {
     /// Workers started by the spawner and not yet registered.
     expected: HashSet<WorkerId>,
     next_conn: ConnId,
+    actors: HashMap<ActorId, ActorRec>,
+    names: HashMap<String, ActorId>,
+    /// Lease requests made for actors, by the scheduler's request id.
+    actor_reqs: HashMap<u64, ActorId>,
+    next_actor_req: u64,
+    /// Which actor each actor worker hosts.
+    worker_actor: HashMap<WorkerId, ActorId>,
 }
 
 enum SpawnCmd {
@@ -109,22 +119,15 @@ pub struct NodeHandle {
 
 impl std::fmt::Debug for NodeHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeHandle")
-            .field("id", &self.node.id)
-            .finish()
+        f.debug_struct("NodeHandle").field("id", &self.node.id).finish()
     }
 }
 
 /// Starts a node daemon on background threads.
 pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
     let store = StoreDir::create(&opts.store_dir)?;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .create(&opts.session_dir)?;
-    std::fs::set_permissions(
-        &opts.session_dir,
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )?;
+    std::fs::DirBuilder::new().recursive(true).create(&opts.session_dir)?;
+    std::fs::set_permissions(&opts.session_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let sock = opts.session_dir.join("node.sock");
     let _ = std::fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock)?;
@@ -139,6 +142,11 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
             workers: HashMap::new(),
             expected: HashSet::new(),
             next_conn: 1,
+            actors: HashMap::new(),
+            names: HashMap::new(),
+            actor_reqs: HashMap::new(),
+            next_actor_req: 1,
+            worker_actor: HashMap::new(),
         }),
         opts,
         spawn_tx: Mutex::new(spawn_tx),
@@ -147,21 +155,13 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
     });
     let mut threads = Vec::new();
     let n = node.clone();
-    threads.push(
-        thread::Builder::new()
-            .name("ferry-spawner".into())
-            .spawn(move || spawner(n, spawn_rx))?,
-    );
+    threads.push(thread::Builder::new().name("ferry-spawner".into()).spawn(move || spawner(n, spawn_rx))?);
     {
         let mut st = node.lock();
         node.apply(&mut st, actions);
     }
     let n = node.clone();
-    threads.push(
-        thread::Builder::new()
-            .name("ferry-accept".into())
-            .spawn(move || accept_loop(n, listener))?,
-    );
+    threads.push(thread::Builder::new().name("ferry-accept".into()).spawn(move || accept_loop(n, listener))?);
     Ok(NodeHandle { node, threads })
 }
 
@@ -179,13 +179,7 @@ impl NodeHandle {
     }
     /// Pids of the worker processes alive now.
     pub fn worker_pids(&self) -> Vec<u32> {
-        self.node
-            .pids
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .copied()
-            .collect()
+        self.node.pids.lock().unwrap_or_else(|e| e.into_inner()).values().copied().collect()
     }
 
     /// Stops the daemon and every worker it started, and deletes its directories.
@@ -197,25 +191,13 @@ impl NodeHandle {
         if self.node.stopping.swap(true, Ordering::SeqCst) {
             return;
         }
-        let _ = self
-            .node
-            .spawn_tx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(SpawnCmd::Shutdown);
+        let _ = self.node.spawn_tx.lock().unwrap_or_else(|e| e.into_inner()).send(SpawnCmd::Shutdown);
         // Wake the accept loop so it sees `stopping`.
-        let _ =
-            std::os::unix::net::UnixStream::connect(self.node.opts.session_dir.join("node.sock"));
+        let _ = std::os::unix::net::UnixStream::connect(self.node.opts.session_dir.join("node.sock"));
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        let conns: Vec<Arc<Conn>> = self
-            .node
-            .lock()
-            .conns
-            .values()
-            .map(|c| c.conn.clone())
-            .collect();
+        let conns: Vec<Arc<Conn>> = self.node.lock().conns.values().map(|c| c.conn.clone()).collect();
         for c in conns {
             c.shutdown();
         }
@@ -260,6 +242,7 @@ impl Node {
             pending_lease_requests: st.sched.num_queued() as u64,
             total: st.sched.total(),
             available: st.sched.available(),
+            actors: self.num_live_actors(st) as u64,
         }
     }
 
@@ -270,36 +253,23 @@ impl Node {
         }
     }
 
+    fn spawn_kill(&self, worker: WorkerId) {
+        self.spawn_cmd(SpawnCmd::Kill(worker));
+    }
+
     fn spawn_cmd(&self, cmd: SpawnCmd) {
-        let _ = self
-            .spawn_tx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(cmd);
+        let _ = self.spawn_tx.lock().unwrap_or_else(|e| e.into_inner()).send(cmd);
     }
 
     /// Carries out the scheduler's decisions.
     fn apply(&self, st: &mut State, actions: Vec<Action>) {
         for a in actions {
             match a {
-                Action::Grant {
-                    conn,
-                    req,
-                    lease,
-                    worker,
-                } => {
+                Action::Grant { conn: ACTOR_CONN, req, lease, worker } => self.on_actor_grant(st, req, lease, worker),
+                Action::Grant { conn, req, lease, worker } => {
                     let addr = st.workers.get(&worker).map(|(_, a)| a.clone());
                     match addr {
-                        Some(addr) => self.send(
-                            st,
-                            conn,
-                            &FromNode::LeaseGranted {
-                                req,
-                                lease,
-                                worker,
-                                addr,
-                            },
-                        ),
+                        Some(addr) => self.send(st, conn, &FromNode::LeaseGranted { req, lease, worker, addr }),
                         None => {
                             // Cannot happen: the scheduler only grants registered workers.
                             eprintln!("ferry-node: granted unknown worker {worker:?}");
@@ -324,16 +294,14 @@ impl Node {
             if let Some(c) = st.conns.get_mut(&conn) {
                 c.worker = None;
             }
-            let msg = FromNode::WorkerDied {
-                worker,
-                reason: reason.to_string(),
-            };
+            let msg = FromNode::WorkerDied { worker, reason: reason.to_string() };
             for c in st.conns.values() {
                 let _ = c.conn.send(&msg);
             }
         }
         let actions = st.sched.worker_died(worker);
         self.apply(st, actions);
+        self.actor_worker_gone(st, worker, reason);
     }
 
     fn handle(&self, conn: ConnId, msg: ToNode) -> Result<(), String> {
@@ -347,11 +315,7 @@ impl Node {
             (_, true) => {}
         }
         match msg {
-            ToNode::Register {
-                kind,
-                pid: _,
-                listen,
-            } => {
+            ToNode::Register { kind, pid: _, listen } => {
                 let Some(info) = st.conns.get_mut(&conn) else {
                     return Ok(());
                 };
@@ -364,19 +328,13 @@ impl Node {
                         }
                         info.worker = Some(w);
                         st.workers.insert(w, (conn, listen));
+                        // The registration is answered before anything is asked of the worker.
+                        self.send(st, conn, &FromNode::Registered { node: self.id, worker: w });
                         let actions = st.sched.worker_registered(w, Instant::now());
                         self.apply(st, actions);
                     }
-                    ProcKind::Driver => {}
+                    ProcKind::Driver => self.send(st, conn, &FromNode::Registered { node: self.id, worker: w }),
                 }
-                self.send(
-                    st,
-                    conn,
-                    &FromNode::Registered {
-                        node: self.id,
-                        worker: w,
-                    },
-                );
             }
             ToNode::RequestLease { req, shape, depth } => {
                 let actions = st.sched.request(conn, req, shape, depth);
@@ -410,6 +368,26 @@ impl Node {
                 let stats = self.stats(st);
                 self.send(st, conn, &FromNode::Stats { req, stats });
             }
+            ToNode::CreateActor { req, actor, spec } => self.create_actor(st, conn, req, actor, spec),
+            ToNode::ReserveName { req, name, actor, class } => {
+                let error = self.reserve_name(st, conn, name, actor, class);
+                self.send(st, conn, &FromNode::Ack { req, error });
+            }
+            ToNode::ResolveActor { req, actor, stale } => self.resolve_actor(st, conn, req, actor, stale),
+            ToNode::GetNamedActor { req, name } => {
+                let found = self.named_actor(st, &name);
+                self.send(st, conn, &FromNode::NamedActor { req, found });
+            }
+            ToNode::HoldActor { req, actor } => {
+                let error = self.hold_actor(st, conn, actor);
+                self.send(st, conn, &FromNode::Ack { req, error });
+            }
+            ToNode::ReleaseActor { actor } => self.release_actor(st, conn, actor),
+            ToNode::KillActor { actor } => self.kill_actor(st, actor),
+            ToNode::ActorReady { actor, error } => {
+                let worker = st.conns.get(&conn).and_then(|c| c.worker);
+                self.actor_ready(st, worker, actor, error)
+            }
         }
         Ok(())
     }
@@ -422,37 +400,27 @@ fn accept_loop(node: Arc<Node>, listener: UnixListener) {
         }
         let Ok(stream) = stream else { continue };
         let n = node.clone();
-        let _ = thread::Builder::new()
-            .name("ferry-node-conn".into())
-            .spawn(move || serve_conn(n, Stream::Unix(stream)));
+        let _ =
+            thread::Builder::new().name("ferry-node-conn".into()).spawn(move || serve_conn(n, Stream::Unix(stream)));
     }
 }
 
 fn serve_conn(node: Arc<Node>, stream: Stream) {
-    let (conn, mut reader, hello) =
-        match accept(stream, &node.opts.token, node.id, node.opts.max_frame) {
-            Ok(x) => x,
-            Err(e) => {
-                if !node.stopping.load(Ordering::SeqCst) {
-                    eprintln!("ferry-node: refused a connection: {e}");
-                }
-                return;
+    let (conn, mut reader, hello) = match accept(stream, &node.opts.token, node.id, node.opts.max_frame) {
+        Ok(x) => x,
+        Err(e) => {
+            if !node.stopping.load(Ordering::SeqCst) {
+                eprintln!("ferry-node: refused a connection: {e}");
             }
-        };
+            return;
+        }
+    };
     let conn = Arc::new(conn);
     let id = {
         let mut st = node.lock();
         let id = st.next_conn;
         st.next_conn += 1;
-        st.conns.insert(
-            id,
-            ConnInfo {
-                conn: conn.clone(),
-                from: hello.from,
-                worker: None,
-                registered: false,
-            },
-        );
+        st.conns.insert(id, ConnInfo { conn: conn.clone(), from: hello.from, worker: None, registered: false });
         id
     };
     let reason = loop {
@@ -476,13 +444,10 @@ fn serve_conn(node: Arc<Node>, stream: Stream) {
     let st = &mut *st;
     let info = st.conns.remove(&id);
     if let Some(w) = info.and_then(|i| i.worker) {
-        node.worker_gone(
-            st,
-            w,
-            &format!("worker's connection to its node ended ({reason})"),
-        );
+        node.worker_gone(st, w, &format!("worker's connection to its node ended ({reason})"));
         node.spawn_cmd(SpawnCmd::Kill(w));
     }
+    node.actors_conn_closed(st, id);
     let actions = st.sched.conn_closed(id);
     node.apply(st, actions);
 }
@@ -494,17 +459,11 @@ fn spawner(node: Arc<Node>, rx: mpsc::Receiver<SpawnCmd>) {
         match cmd {
             Ok(SpawnCmd::Start) => match spawn_worker(&node) {
                 Ok((w, child)) => {
-                    node.pids
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(w, child.id());
+                    node.pids.lock().unwrap_or_else(|e| e.into_inner()).insert(w, child.id());
                     children.insert(w, child);
                 }
                 Err(e) => {
-                    eprintln!(
-                        "ferry-node: cannot start a worker ({}): {e}",
-                        node.opts.worker_program.display()
-                    );
+                    eprintln!("ferry-node: cannot start a worker ({}): {e}", node.opts.worker_program.display());
                     let mut st = node.lock();
                     let actions = st.sched.worker_start_failed();
                     node.apply(&mut st, actions);
@@ -538,10 +497,7 @@ fn spawner(node: Arc<Node>, rx: mpsc::Receiver<SpawnCmd>) {
         let mut st = node.lock();
         for (w, reason) in exited {
             children.remove(&w);
-            node.pids
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&w);
+            node.pids.lock().unwrap_or_else(|e| e.into_inner()).remove(&w);
             let was_expected = st.expected.contains(&w);
             node.worker_gone(&mut st, w, &reason);
             if was_expected {

@@ -107,35 +107,22 @@ pub struct Conn {
 
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conn")
-            .field("stream", &self.stream)
-            .finish()
+        f.debug_struct("Conn").field("stream", &self.stream).finish()
     }
 }
 
 impl Conn {
     pub fn new(stream: Stream) -> Conn {
-        Conn {
-            stream,
-            out: Mutex::new(Out {
-                buf: Vec::new(),
-                flushing: false,
-                failed: false,
-            }),
-        }
+        Conn { stream, out: Mutex::new(Out { buf: Vec::new(), flushing: false, failed: false }) }
     }
 
     /// Sends one message. Frames queued by other threads during our write go out with it.
     pub fn send<T: Serialize>(&self, msg: &T) -> io::Result<()> {
         let mut g = self.out.lock().unwrap_or_else(|e| e.into_inner());
         if g.failed {
-            return Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "connection failed earlier",
-            ));
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "connection failed earlier"));
         }
-        encode_frame(&mut g.buf, msg)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        encode_frame(&mut g.buf, msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         if g.flushing {
             return Ok(());
         }
@@ -207,22 +194,13 @@ pub fn connect(
 ) -> Result<(Conn, FrameReader<Stream>, NodeId), ConnectError> {
     let stream = Stream::connect(addr).map_err(ConnectError::Io)?;
     let rd = stream.try_clone().map_err(ConnectError::Io)?;
-    rd.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-        .map_err(ConnectError::Io)?;
+    rd.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(ConnectError::Io)?;
     let conn = Conn::new(stream);
     let mut reader = FrameReader::new(rd, max_frame);
-    conn.send(&Hello {
-        magic: MAGIC,
-        version: PROTOCOL_VERSION,
-        token: token.to_string(),
-        from,
-    })
-    .map_err(ConnectError::Io)?;
-    let reply: HelloReply = reader.read().map_err(ConnectError::Protocol)?;
-    reader
-        .get_ref()
-        .set_read_timeout(None)
+    conn.send(&Hello { magic: MAGIC, version: PROTOCOL_VERSION, token: token.to_string(), from })
         .map_err(ConnectError::Io)?;
+    let reply: HelloReply = reader.read().map_err(ConnectError::Protocol)?;
+    reader.get_ref().set_read_timeout(None).map_err(ConnectError::Io)?;
     match reply {
         HelloReply::Welcome { node } => Ok((conn, reader, node)),
         HelloReply::Refused { reason } => Err(ConnectError::Refused(reason)),
@@ -238,17 +216,14 @@ pub fn accept(
     max_frame: u32,
 ) -> Result<(Conn, FrameReader<Stream>, Hello), ConnectError> {
     let rd = stream.try_clone().map_err(ConnectError::Io)?;
-    rd.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-        .map_err(ConnectError::Io)?;
+    rd.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(ConnectError::Io)?;
     let conn = Conn::new(stream);
     // The hello is tiny: a small limit here keeps unauthenticated peers from making us
     // allocate a large frame.
     let mut reader = FrameReader::new(rd, 4096);
     let hello: Hello = reader.read().map_err(ConnectError::Protocol)?;
     let refuse = |reason: String| {
-        let _ = conn.send(&HelloReply::Refused {
-            reason: reason.clone(),
-        });
+        let _ = conn.send(&HelloReply::Refused { reason: reason.clone() });
         conn.shutdown();
         Err(ConnectError::Refused(reason))
     };
@@ -264,12 +239,8 @@ pub fn accept(
     if !constant_time_eq(hello.token.as_bytes(), token.as_bytes()) {
         return refuse("wrong or missing cluster token".into());
     }
-    conn.send(&HelloReply::Welcome { node })
-        .map_err(ConnectError::Io)?;
-    reader
-        .get_ref()
-        .set_read_timeout(None)
-        .map_err(ConnectError::Io)?;
+    conn.send(&HelloReply::Welcome { node }).map_err(ConnectError::Io)?;
+    reader.get_ref().set_read_timeout(None).map_err(ConnectError::Io)?;
     reader.set_max(max_frame);
     Ok((conn, reader, hello))
 }

@@ -78,11 +78,7 @@ pub struct FrameReader<R> {
 
 impl<R: Read> FrameReader<R> {
     pub fn new(inner: R, max: u32) -> Self {
-        FrameReader {
-            inner: BufReader::with_capacity(64 << 10, inner),
-            buf: Vec::new(),
-            max,
-        }
+        FrameReader { inner: BufReader::with_capacity(64 << 10, inner), buf: Vec::new(), max }
     }
 
     /// Reads the next frame's payload.
@@ -93,26 +89,20 @@ impl<R: Read> FrameReader<R> {
         if n == 0 {
             return Err(FrameError::Closed);
         }
-        self.inner
-            .read_exact(&mut len[1..])
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::UnexpectedEof => {
-                    FrameError::Malformed("truncated length prefix".into())
-                }
-                _ => FrameError::Io(e),
-            })?;
+        self.inner.read_exact(&mut len[1..]).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => FrameError::Malformed("truncated length prefix".into()),
+            _ => FrameError::Io(e),
+        })?;
         let len = u32::from_le_bytes(len);
         if len > self.max {
             return Err(FrameError::TooLarge { len, max: self.max });
         }
         self.buf.clear();
         self.buf.resize(len as usize, 0);
-        self.inner
-            .read_exact(&mut self.buf)
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::UnexpectedEof => FrameError::Malformed("truncated frame".into()),
-                _ => FrameError::Io(e),
-            })?;
+        self.inner.read_exact(&mut self.buf).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => FrameError::Malformed("truncated frame".into()),
+            _ => FrameError::Io(e),
+        })?;
         Ok(&self.buf)
     }
 
@@ -136,10 +126,7 @@ impl<R: Read> FrameReader<R> {
 pub fn decode<T: DeserializeOwned>(raw: &[u8]) -> Result<T, FrameError> {
     match postcard::take_from_bytes::<T>(raw) {
         Ok((v, [])) => Ok(v),
-        Ok((_, rest)) => Err(FrameError::Malformed(format!(
-            "{} trailing bytes",
-            rest.len()
-        ))),
+        Ok((_, rest)) => Err(FrameError::Malformed(format!("{} trailing bytes", rest.len()))),
         Err(e) => Err(FrameError::Malformed(e.to_string())),
     }
 }
@@ -159,19 +146,10 @@ mod tests {
     #[test]
     fn roundtrip_several_frames() {
         let mut out = Vec::new();
-        encode_frame(
-            &mut out,
-            &ToWorker::Cancel {
-                task: Default::default(),
-            },
-        )
-        .unwrap();
+        encode_frame(&mut out, &ToWorker::Cancel { task: Default::default() }).unwrap();
         encode_frame(&mut out, &ToWorker::Push(vec![])).unwrap();
         let mut r = FrameReader::new(&out[..], 1024);
-        assert!(matches!(
-            r.read::<ToWorker>().unwrap(),
-            ToWorker::Cancel { .. }
-        ));
+        assert!(matches!(r.read::<ToWorker>().unwrap(), ToWorker::Cancel { .. }));
         assert!(matches!(r.read::<ToWorker>().unwrap(), ToWorker::Push(v) if v.is_empty()));
         assert!(matches!(r.read::<ToWorker>(), Err(FrameError::Closed)));
     }
@@ -180,13 +158,7 @@ mod tests {
     fn oversized_frame_is_refused_before_allocation() {
         let bytes = u32::MAX.to_le_bytes();
         let mut r = FrameReader::new(&bytes[..], 1024);
-        assert!(matches!(
-            r.read_raw(),
-            Err(FrameError::TooLarge {
-                len: u32::MAX,
-                max: 1024
-            })
-        ));
+        assert!(matches!(r.read_raw(), Err(FrameError::TooLarge { len: u32::MAX, max: 1024 })));
     }
 
     #[test]
@@ -209,28 +181,16 @@ mod tests {
         encode_frame(&mut out, &ToWorker::Push(vec![])).unwrap();
         out[4] = 0xff; // bad enum tag
         let mut r = FrameReader::new(&out[..], 1024);
-        assert!(matches!(
-            r.read::<ToWorker>(),
-            Err(FrameError::Malformed(_))
-        ));
+        assert!(matches!(r.read::<ToWorker>(), Err(FrameError::Malformed(_))));
         let _ = Arg::Inline(vec![]);
     }
 
     #[test]
     fn truncated_frame_is_malformed() {
         let mut out = Vec::new();
-        encode_frame(
-            &mut out,
-            &ToWorker::Cancel {
-                task: Default::default(),
-            },
-        )
-        .unwrap();
+        encode_frame(&mut out, &ToWorker::Cancel { task: Default::default() }).unwrap();
         out.pop();
         let mut r = FrameReader::new(&out[..], 1024);
-        assert!(matches!(
-            r.read::<ToWorker>(),
-            Err(FrameError::Malformed(_))
-        ));
+        assert!(matches!(r.read::<ToWorker>(), Err(FrameError::Malformed(_))));
     }
 }

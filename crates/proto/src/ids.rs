@@ -95,10 +95,7 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
     for chunk in buf.chunks_mut(8) {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
         );
         let v = h.finish().to_le_bytes();
         chunk.copy_from_slice(&v[..chunk.len()]);
@@ -118,13 +115,7 @@ mod tests {
 
     #[test]
     fn object_id_display_is_fixed_width_hex() {
-        let id = ObjectId {
-            task: TaskId {
-                owner: WorkerId(1),
-                seq: 2,
-            },
-            index: 3,
-        };
+        let id = ObjectId { task: TaskId { owner: WorkerId(1), seq: 2 }, index: 3 };
         let s = id.to_string();
         assert_eq!(s.len(), 16 + 16 + 4);
         assert!(s.chars().all(|c| c.is_ascii_hexdigit()));

@@ -60,11 +60,7 @@ impl Shape {
 
     /// Amount of `name` in thousandths.
     pub fn get_milli(&self, name: &str) -> u64 {
-        self.0
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| *v)
-            .unwrap_or(0)
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| *v).unwrap_or(0)
     }
 }
 
@@ -92,11 +88,7 @@ pub enum ProcKind {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ToNode {
     /// First message after the handshake. `listen` is where owners reach this process.
-    Register {
-        kind: ProcKind,
-        pid: u32,
-        listen: Addr,
-    },
+    Register { kind: ProcKind, pid: u32, listen: Addr },
     /// Ask for a worker for tasks of `shape` at nesting `depth` (the driver's tasks are at
     /// depth 1). Answered by `LeaseGranted` or `LeaseInfeasible`.
     RequestLease { req: u64, shape: Shape, depth: u32 },
@@ -107,15 +99,67 @@ pub enum ToNode {
     /// The waiting task resumes and takes its CPU back.
     Unblocked,
     /// An object file was written into the store; account for it. Answered by `Sealed`.
-    Seal {
-        req: u64,
-        object: ObjectId,
-        size: u64,
-    },
+    Seal { req: u64, object: ObjectId, size: u64 },
     /// Objects no longer referenced by their owner: delete them.
     Free { objects: Vec<ObjectId> },
     /// Ask for the store's and the pool's figures. Answered by `Stats`.
     Stats { req: u64 },
+    /// Create an actor (its constructor's arguments already resolved). Answered by
+    /// `ActorCreated` once it runs, or failed. The sender holds the actor.
+    CreateActor { req: u64, actor: ActorId, spec: ActorSpec },
+    /// Reserve `name` for `actor` before creating it. Answered by `Ack`.
+    ReserveName { req: u64, name: String, actor: ActorId, class: String },
+    /// Where is `actor`? Answered by `ActorState` once it is alive or dead (not while it is
+    /// being created or restarted). `stale` is a worker the caller found gone: an answer
+    /// naming it waits until the daemon has moved the actor on (or declared it dead).
+    ResolveActor { req: u64, actor: ActorId, stale: Option<WorkerId> },
+    /// The named actor. Answered by `NamedActor`.
+    GetNamedActor { req: u64, name: String },
+    /// This process holds a handle of `actor` (the first one it holds). Answered by `Ack`
+    /// (an error if the actor is unknown or dead).
+    HoldActor { req: u64, actor: ActorId },
+    /// This process holds no handle of `actor` any more.
+    ReleaseActor { actor: ActorId },
+    /// Stop `actor` now, without restart.
+    KillActor { actor: ActorId },
+    /// From a worker told to `BecomeActor`: the constructor ran (or failed).
+    ActorReady { actor: ActorId, error: Option<String> },
+}
+
+/// Identifies an actor across the cluster and its restarts.
+#[derive(Copy, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ActorId(pub u64);
+
+impl std::fmt::Debug for ActorId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "A{:016x}", self.0)
+    }
+}
+
+/// How to create (and re-create) an actor.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ActorSpec {
+    /// Registered id of the actor's type.
+    pub class: String,
+    /// The constructor's arguments, by value.
+    pub args: Vec<Arg>,
+    /// Resources held for the actor's whole life.
+    pub shape: Shape,
+    pub name: Option<String>,
+    /// Outlives its creator; stops only when killed.
+    pub detached: bool,
+    pub max_restarts: u32,
+    /// Calls run at once on this many threads (1: one at a time, in order).
+    pub max_concurrency: u32,
+    /// Nesting depth of the creator, for lease priority.
+    pub depth: u32,
+}
+
+/// Where an actor is, as the daemon knows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub enum ActorLocation {
+    Alive { worker: WorkerId, addr: Addr, incarnation: u32 },
+    Dead { reason: String },
 }
 
 /// Figures a daemon reports about itself.
@@ -131,6 +175,8 @@ pub struct NodeStats {
     pub pending_lease_requests: u64,
     pub total: Shape,
     pub available: Shape,
+    /// Actors not yet dead.
+    pub actors: u64,
 }
 
 /// Messages from the node daemon.
@@ -165,6 +211,36 @@ pub enum FromNode {
         req: u64,
         error: Option<String>,
     },
+    ActorCreated {
+        req: u64,
+        actor: ActorId,
+        error: Option<String>,
+    },
+    /// The answer to `ReserveName` and `HoldActor`.
+    Ack {
+        req: u64,
+        error: Option<String>,
+    },
+    ActorState {
+        req: u64,
+        actor: ActorId,
+        location: ActorLocation,
+    },
+    NamedActor {
+        req: u64,
+        found: Option<(ActorId, String)>,
+    },
+    /// An actor's process died; `restarting` says whether a new incarnation is coming.
+    ActorDied {
+        actor: ActorId,
+        reason: String,
+        restarting: bool,
+    },
+    /// To a worker: construct this actor and serve its calls from now on.
+    BecomeActor {
+        actor: ActorId,
+        spec: ActorSpec,
+    },
     Stats {
         req: u64,
         stats: NodeStats,
@@ -177,11 +253,7 @@ pub enum Arg {
     /// The encoded value itself (small values, passed by value).
     Inline(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A large value in the shared-memory store of `node`.
-    Stored {
-        object: ObjectId,
-        size: u64,
-        node: NodeId,
-    },
+    Stored { object: ObjectId, size: u64, node: NodeId },
 }
 
 /// Everything a worker needs to run one task.
@@ -226,11 +298,7 @@ pub enum TaskError {
     /// The worker's binary has no function with this id.
     UnknownFunction { function: String },
     /// An argument did not decode as the type the function takes.
-    BadArgument {
-        function: String,
-        index: usize,
-        detail: String,
-    },
+    BadArgument { function: String, index: usize, detail: String },
     /// The return value did not encode or could not be stored.
     BadReturn { function: String, detail: String },
     /// An argument in the store could not be read.
@@ -269,10 +337,7 @@ mod tests {
         let mut s = Shape::cpus(1.0);
         s.set("GPU", 0.5);
         s.set("A", 2.0);
-        assert_eq!(
-            s.0.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
-            ["A", "CPU", "GPU"]
-        );
+        assert_eq!(s.0.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["A", "CPU", "GPU"]);
         assert_eq!(s.get_milli("GPU"), 500);
         s.set("A", 0.0);
         assert_eq!(s.0.len(), 2);

@@ -25,6 +25,9 @@ pub type ConnId = u64;
 /// A granted lease.
 pub type LeaseId = u64;
 
+/// Worker processes started and not yet registered, at most.
+pub const MAX_STARTING: usize = 16;
+
 /// What the daemon must do.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
@@ -68,15 +71,8 @@ pub struct PoolOptions {
 
 #[derive(Clone, Debug)]
 enum WorkerState {
-    Idle {
-        since: Instant,
-    },
-    Leased {
-        lease: LeaseId,
-        owner: ConnId,
-        shape: Shape,
-        blocked: bool,
-    },
+    Idle { since: Instant },
+    Leased { lease: LeaseId, owner: ConnId, shape: Shape, blocked: bool },
 }
 
 #[derive(Clone, Debug)]
@@ -108,11 +104,7 @@ impl Scheduler {
     /// A scheduler for a node with `total` resources. Returns the actions that prestart
     /// the pool.
     pub fn new(total: &Shape, opts: PoolOptions) -> (Scheduler, Vec<Action>) {
-        let total: BTreeMap<String, i64> = total
-            .0
-            .iter()
-            .map(|(n, v)| (n.clone(), *v as i64))
-            .collect();
+        let total: BTreeMap<String, i64> = total.0.iter().map(|(n, v)| (n.clone(), *v as i64)).collect();
         let mut s = Scheduler {
             available: total.clone(),
             total,
@@ -137,28 +129,15 @@ impl Scheduler {
     /// arrival order, a tree of tasks would start breadth-first and block a worker for
     /// nearly every inner node.
     pub fn request(&mut self, conn: ConnId, req: u64, shape: Shape, depth: u32) -> Vec<Action> {
-        let pos = self
-            .queue
-            .iter()
-            .position(|r| r.depth < depth)
-            .unwrap_or(self.queue.len());
-        self.queue.insert(
-            pos,
-            Request {
-                conn,
-                req,
-                shape,
-                depth,
-            },
-        );
+        let pos = self.queue.iter().position(|r| r.depth < depth).unwrap_or(self.queue.len());
+        self.queue.insert(pos, Request { conn, req, shape, depth });
         self.schedule()
     }
 
     /// A started worker process has connected and is ready for work.
     pub fn worker_registered(&mut self, worker: WorkerId, now: Instant) -> Vec<Action> {
         self.starting = self.starting.saturating_sub(1);
-        self.workers
-            .insert(worker, WorkerState::Idle { since: now });
+        self.workers.insert(worker, WorkerState::Idle { since: now });
         self.idle.push(worker);
         self.schedule()
     }
@@ -171,13 +150,7 @@ impl Scheduler {
 
     /// The owner on `conn` gives lease `lease` back. Returns no actions for an unknown
     /// lease or one held by another connection (a confused or hostile peer).
-    pub fn return_lease(
-        &mut self,
-        conn: ConnId,
-        lease: LeaseId,
-        kill: bool,
-        now: Instant,
-    ) -> Vec<Action> {
+    pub fn return_lease(&mut self, conn: ConnId, lease: LeaseId, kill: bool, now: Instant) -> Vec<Action> {
         let Some(&worker) = self.leases.get(&lease) else {
             return Vec::new();
         };
@@ -194,8 +167,7 @@ impl Scheduler {
         if kill {
             actions.push(Action::KillWorker { worker });
         } else {
-            self.workers
-                .insert(worker, WorkerState::Idle { since: now });
+            self.workers.insert(worker, WorkerState::Idle { since: now });
             self.idle.push(worker);
         }
         actions.extend(self.schedule());
@@ -205,12 +177,7 @@ impl Scheduler {
     /// A worker process is gone (exited, killed, or its connection broke).
     pub fn worker_died(&mut self, worker: WorkerId) -> Vec<Action> {
         match self.workers.remove(&worker) {
-            Some(WorkerState::Leased {
-                lease,
-                shape,
-                blocked,
-                ..
-            }) => {
+            Some(WorkerState::Leased { lease, shape, blocked, .. }) => {
                 self.leases.remove(&lease);
                 self.release(&shape, blocked);
             }
@@ -303,10 +270,7 @@ impl Scheduler {
     }
 
     fn fits(pool: &BTreeMap<String, i64>, shape: &Shape) -> bool {
-        shape
-            .0
-            .iter()
-            .all(|(n, v)| pool.get(n).copied().unwrap_or(0) >= *v as i64)
+        shape.0.iter().all(|(n, v)| pool.get(n).copied().unwrap_or(0) >= *v as i64)
     }
 
     fn schedule(&mut self) -> Vec<Action> {
@@ -319,12 +283,7 @@ impl Scheduler {
             let shape = &self.queue[i].shape;
             if !Self::fits(&self.total, shape) {
                 let r = self.queue.remove(i).expect("index checked");
-                let total = Shape(
-                    self.total
-                        .iter()
-                        .map(|(n, v)| (n.clone(), *v as u64))
-                        .collect(),
-                );
+                let total = Shape(self.total.iter().map(|(n, v)| (n.clone(), *v as u64)).collect());
                 actions.push(Action::Infeasible {
                     conn: r.conn,
                     req: r.req,
@@ -346,21 +305,9 @@ impl Scheduler {
                 let lease = self.next_lease;
                 self.next_lease += 1;
                 self.leases.insert(lease, worker);
-                self.workers.insert(
-                    worker,
-                    WorkerState::Leased {
-                        lease,
-                        owner: r.conn,
-                        shape: r.shape,
-                        blocked: false,
-                    },
-                );
-                actions.push(Action::Grant {
-                    conn: r.conn,
-                    req: r.req,
-                    lease,
-                    worker,
-                });
+                self.workers
+                    .insert(worker, WorkerState::Leased { lease, owner: r.conn, shape: r.shape, blocked: false });
+                actions.push(Action::Grant { conn: r.conn, req: r.req, lease, worker });
                 continue;
             }
             for (n, v) in &shape.0 {
@@ -369,9 +316,7 @@ impl Scheduler {
             need_workers += 1;
             i += 1;
         }
-        while self.starting < need_workers
-            && self.workers.len() + self.starting < self.opts.max_workers
-        {
+        while self.starting < need_workers && self.workers.len() + self.starting < self.opts.max_workers {
             self.starting += 1;
             actions.push(Action::StartWorker);
         }
@@ -392,11 +337,7 @@ impl Scheduler {
                 }
             }
         } else {
-            actions.extend(
-                std::mem::take(&mut self.recalled)
-                    .into_iter()
-                    .map(|conn| Action::EndRecall { conn }),
-            );
+            actions.extend(std::mem::take(&mut self.recalled).into_iter().map(|conn| Action::EndRecall { conn }));
         }
         actions
     }
@@ -412,21 +353,11 @@ impl Scheduler {
         self.queue.len()
     }
     pub fn total(&self) -> Shape {
-        Shape(
-            self.total
-                .iter()
-                .map(|(n, v)| (n.clone(), *v as u64))
-                .collect(),
-        )
+        Shape(self.total.iter().map(|(n, v)| (n.clone(), *v as u64)).collect())
     }
     /// Available resources (negative amounts, from oversubscription, show as zero).
     pub fn available(&self) -> Shape {
-        Shape(
-            self.available
-                .iter()
-                .map(|(n, v)| (n.clone(), (*v).max(0) as u64))
-                .collect(),
-        )
+        Shape(self.available.iter().map(|(n, v)| (n.clone(), (*v).max(0) as u64)).collect())
     }
     /// The owner connection holding `worker`'s lease, if leased.
     pub fn lease_holder(&self, worker: WorkerId) -> Option<ConnId> {
@@ -442,19 +373,13 @@ mod tests {
     use super::*;
 
     fn opts(prestart: usize) -> PoolOptions {
-        PoolOptions {
-            prestart,
-            max_workers: 8,
-            idle_timeout: Duration::from_secs(1),
-        }
+        PoolOptions { prestart, max_workers: 8, idle_timeout: Duration::from_secs(1) }
     }
 
     fn grants(a: &[Action]) -> Vec<(ConnId, u64, WorkerId)> {
         a.iter()
             .filter_map(|x| match x {
-                Action::Grant {
-                    conn, req, worker, ..
-                } => Some((*conn, *req, *worker)),
+                Action::Grant { conn, req, worker, .. } => Some((*conn, *req, *worker)),
                 _ => None,
             })
             .collect()
@@ -488,9 +413,7 @@ mod tests {
         let mut shape = Shape::cpus(1.0);
         shape.set("GPU", 1.0);
         let a = s.request(3, 1, shape, 1);
-        assert!(
-            matches!(&a[0], Action::Infeasible { conn: 3, req: 1, reason } if reason.contains("GPU"))
-        );
+        assert!(matches!(&a[0], Action::Infeasible { conn: 3, req: 1, reason } if reason.contains("GPU")));
         assert_eq!(s.num_queued(), 0);
     }
 
@@ -509,9 +432,7 @@ mod tests {
         assert!(grants(&a3).is_empty());
         assert!(a3.contains(&Action::Recall { conn: 1 }));
         // Told once, not on every event.
-        assert!(!s
-            .request(2, 4, Shape::cpus(1.0), 1)
-            .contains(&Action::Recall { conn: 1 }));
+        assert!(!s.request(2, 4, Shape::cpus(1.0), 1).contains(&Action::Recall { conn: 1 }));
         let a = s.return_lease(1, lease_of(&a1), false, now);
         assert_eq!(grants(&a).len(), 1);
         assert_eq!(grants(&a)[0].0, 2);
@@ -519,10 +440,7 @@ mod tests {
         assert!(a.contains(&Action::Recall { conn: 2 }));
         let a = s.return_lease(1, lease_of(&a2), false, now);
         assert_eq!(grants(&a).len(), 1);
-        assert!(
-            a.contains(&Action::EndRecall { conn: 1 })
-                && a.contains(&Action::EndRecall { conn: 2 })
-        );
+        assert!(a.contains(&Action::EndRecall { conn: 1 }) && a.contains(&Action::EndRecall { conn: 2 }));
     }
 
     #[test]
@@ -535,11 +453,7 @@ mod tests {
         let (_, _, w) = grants(&a)[0];
         assert!(grants(&s.request(2, 2, Shape::cpus(1.0), 1)).is_empty());
         let a = s.blocked(w);
-        assert_eq!(
-            grants(&a).len(),
-            1,
-            "the blocked worker's CPU goes to the waiting request"
-        );
+        assert_eq!(grants(&a).len(), 1, "the blocked worker's CPU goes to the waiting request");
         s.unblocked(w);
         assert_eq!(s.available().get_milli(CPU), 0);
         // Oversubscribed: a further request waits until both leases are back.
@@ -551,19 +465,11 @@ mod tests {
         let now = Instant::now();
         let (mut s, _) = Scheduler::new(
             &Shape::cpus(16.0),
-            PoolOptions {
-                prestart: 0,
-                max_workers: 2,
-                idle_timeout: Duration::ZERO,
-            },
+            PoolOptions { prestart: 0, max_workers: 2, idle_timeout: Duration::ZERO },
         );
         let mut starts = 0;
         for r in 0..5 {
-            starts += s
-                .request(1, r, Shape::cpus(1.0), 1)
-                .iter()
-                .filter(|a| **a == Action::StartWorker)
-                .count();
+            starts += s.request(1, r, Shape::cpus(1.0), 1).iter().filter(|a| **a == Action::StartWorker).count();
         }
         assert_eq!(starts, 2);
         let a = s.worker_registered(WorkerId(9), now);
@@ -602,9 +508,7 @@ mod tests {
         s.request(1, 1, Shape::cpus(1.0), 1);
         s.request(1, 2, Shape::cpus(1.0), 1);
         let a = s.conn_closed(1);
-        assert!(a.contains(&Action::KillWorker {
-            worker: WorkerId(1)
-        }));
+        assert!(a.contains(&Action::KillWorker { worker: WorkerId(1) }));
         assert_eq!(s.num_queued(), 0);
         assert_eq!(s.available().get_milli(CPU), 1000);
     }
@@ -628,12 +532,7 @@ mod tests {
         s.worker_registered(WorkerId(2), now);
         assert!(s.tick(now).is_empty());
         let a = s.tick(now + Duration::from_secs(2));
-        assert_eq!(
-            a,
-            vec![Action::KillWorker {
-                worker: WorkerId(1)
-            }]
-        );
+        assert_eq!(a, vec![Action::KillWorker { worker: WorkerId(1) }]);
         assert_eq!(s.num_workers(), 1);
     }
 }

@@ -33,10 +33,7 @@ impl StoreDir {
     /// Creates the directory (mode 0700: objects are private to the cluster's user).
     pub fn create(path: impl Into<PathBuf>) -> io::Result<StoreDir> {
         let path = path.into();
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&path)?;
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&path)?;
         Ok(StoreDir { path })
     }
 
@@ -59,21 +56,14 @@ impl StoreDir {
     pub fn write_parts(&self, id: ObjectId, parts: &[&[u8]]) -> io::Result<u64> {
         let fin = self.path_of(id);
         let tmp = self.path.join(format!("{id}.tmp"));
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
         let size: u64 = parts.iter().map(|p| p.len() as u64).sum();
         let res = (|| {
             for p in parts {
                 f.write_all(p)?;
             }
             if fin.exists() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!("object {id} already exists"),
-                ));
+                return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("object {id} already exists")));
             }
             fs::rename(&tmp, &fin)
         })();
@@ -94,9 +84,7 @@ impl StoreDir {
         // SAFETY: store files are written once under a temporary name and renamed into
         // place; nobody writes to them afterwards, so the mapped bytes never change under us.
         let map = unsafe { Mmap::map(&f)? };
-        Ok(ObjectView {
-            map: Some(Arc::new(map)),
-        })
+        Ok(ObjectView { map: Some(Arc::new(map)) })
     }
 
     /// Deletes `id`'s file; missing files are fine (already freed).
@@ -148,11 +136,7 @@ pub enum StoreError {
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StoreError::Full {
-                size,
-                used,
-                capacity,
-            } => write!(
+            StoreError::Full { size, used, capacity } => write!(
                 f,
                 "object store full: {size} bytes requested, {used} of {capacity} bytes in use; \
                  drop references to large objects or raise Config::object_store_bytes"
@@ -175,12 +159,7 @@ pub struct ObjectTable {
 
 impl ObjectTable {
     pub fn new(dir: StoreDir, capacity: u64) -> ObjectTable {
-        ObjectTable {
-            dir,
-            objects: HashMap::new(),
-            used: 0,
-            capacity,
-        }
+        ObjectTable { dir, objects: HashMap::new(), used: 0, capacity }
     }
 
     pub fn dir(&self) -> &StoreDir {
@@ -202,11 +181,7 @@ impl ObjectTable {
         let size = on_disk;
         if self.used + size > self.capacity {
             let _ = self.dir.remove(id);
-            return Err(StoreError::Full {
-                size,
-                used: self.used,
-                capacity: self.capacity,
-            });
+            return Err(StoreError::Full { size, used: self.used, capacity: self.capacity });
         }
         self.objects.insert(id, size);
         self.used += size;
@@ -248,18 +223,11 @@ mod tests {
     use ferry_proto::{TaskId, WorkerId};
 
     fn oid(seq: u64) -> ObjectId {
-        ObjectId {
-            task: TaskId {
-                owner: WorkerId(7),
-                seq,
-            },
-            index: 0,
-        }
+        ObjectId { task: TaskId { owner: WorkerId(7), seq }, index: 0 }
     }
 
     fn tmpdir(name: &str) -> StoreDir {
-        let p =
-            std::env::temp_dir().join(format!("ferry-store-test-{name}-{}", std::process::id()));
+        let p = std::env::temp_dir().join(format!("ferry-store-test-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&p);
         StoreDir::create(p).unwrap()
     }
@@ -292,14 +260,7 @@ mod tests {
         dir.write_parts(oid(2), &[&[1u8; 8]]).unwrap();
         t.seal(oid(2), 8).unwrap();
         dir.write_parts(oid(3), &[&[1u8; 8]]).unwrap();
-        assert!(matches!(
-            t.seal(oid(3), 8),
-            Err(StoreError::Full {
-                size: 8,
-                used: 8,
-                capacity: 10
-            })
-        ));
+        assert!(matches!(t.seal(oid(3), 8), Err(StoreError::Full { size: 8, used: 8, capacity: 10 })));
         assert!(!dir.path_of(oid(3)).exists());
         assert_eq!(t.seal(oid(4), 1), Err(StoreError::Missing(oid(4))));
         dir.destroy();

@@ -1,0 +1,346 @@
+//! Actors: a worker process bound to one instance of a user type, called through handles.
+//!
+//! `#[ferry::actor]` on a type and its `impl` block generates the type's proxy (`<Type>Proxy`,
+//! whose methods mirror the actor's and return `ObjectRef`s), `Type::remote(..)` and
+//! `Type::options()`. An [`ActorHandle<T>`] derefs to the proxy, so `handle.incr(5)` calls the
+//! actor. Handles are `Clone` and serialisable: one passed to a task or another actor is
+//! callable there, and calls go straight from the caller to the actor's worker.
+//!
+//! Lifetime: every process with a handle is a holder at the daemon; when none is left (and
+//! the actor is not detached) it stops. A handle sent inside a task's arguments stays held by
+//! the sender until the task is over, so the receiver has taken its own hold before the
+//! sender lets go.
+
+use crate::error::{Error, Result};
+use crate::runtime::{runtime, try_runtime};
+use crate::{ObjectRef, TaskArg};
+use ferry_proto::msg::{ActorId, ActorSpec, FromNode, Shape, ToNode};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::cell::RefCell;
+use std::sync::Arc;
+
+/// A type whose instances run as actors (implemented by `#[ferry::actor]`).
+pub trait Actor: Send + Sync + 'static {
+    /// Registered id of the type: `module::path::Type`.
+    const CLASS: &'static str;
+    /// The generated type with the actor's methods.
+    type Proxy: ActorProxy;
+}
+
+/// The generated proxy of an actor type (implemented by `#[ferry::actor]`).
+pub trait ActorProxy: Clone + Send + Sync + 'static {
+    #[doc(hidden)]
+    fn from_raw(raw: RawActor) -> Self;
+    #[doc(hidden)]
+    fn raw(&self) -> &RawActor;
+}
+
+/// An untyped handle: keeps this process a holder of the actor while it exists.
+pub struct RawActor {
+    id: ActorId,
+    label: Arc<str>,
+}
+
+impl RawActor {
+    /// The actor's id.
+    pub fn id(&self) -> ActorId {
+        self.id
+    }
+
+    /// Calls method `method` (used by generated code).
+    #[doc(hidden)]
+    pub fn call<R>(&self, method: &'static str, name: &'static str, args: Vec<TaskArg>) -> ObjectRef<R> {
+        let rt = match runtime() {
+            Ok(rt) => rt,
+            Err(_) => return ObjectRef::from_id(Default::default()),
+        };
+        let exported = end_exports();
+        let (drafts, held) = match crate::drafts(args) {
+            Ok(x) => x,
+            Err(e) => {
+                unexport(exported);
+                return ObjectRef::from_id(rt.failed_object(e));
+            }
+        };
+        let id = rt.with_state(|st, fx| st.submit_call(self.id, method, Arc::from(name), drafts, exported, fx));
+        drop(held);
+        ObjectRef::from_id(id)
+    }
+
+    /// A new handle in this process for an actor known by id (from a name or a message).
+    fn attach(id: ActorId, label: &str) -> RawActor {
+        if let Some(rt) = try_runtime() {
+            if rt.lock().actor_attach(id, label) {
+                let held = matches!(
+                    rt.node_call(|req| ToNode::HoldActor { req, actor: id }),
+                    Ok(FromNode::Ack { error: None, .. })
+                );
+                // A dead or unknown actor is not held; its calls fail when they resolve it.
+                if held {
+                    rt.lock().actor_set_held(id);
+                }
+            }
+        }
+        RawActor { id, label: Arc::from(label) }
+    }
+}
+
+impl Clone for RawActor {
+    fn clone(&self) -> Self {
+        if let Some(rt) = try_runtime() {
+            rt.lock().actor_attach(self.id, &self.label);
+        }
+        RawActor { id: self.id, label: self.label.clone() }
+    }
+}
+
+impl Drop for RawActor {
+    fn drop(&mut self) {
+        if let Some(rt) = try_runtime() {
+            let id = self.id;
+            rt.with_state(|st, fx| st.actor_handle_dropped(id, fx));
+        }
+    }
+}
+
+impl std::fmt::Debug for RawActor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Actor({}, {:?})", self.label, self.id)
+    }
+}
+
+/// A handle of an actor of type `T`. Deref to call its methods: `handle.incr(5)`.
+pub struct ActorHandle<T: Actor> {
+    proxy: T::Proxy,
+}
+
+impl<T: Actor> ActorHandle<T> {
+    /// The actor's id.
+    pub fn id(&self) -> ActorId {
+        self.proxy.raw().id
+    }
+}
+
+impl<T: Actor> std::ops::Deref for ActorHandle<T> {
+    type Target = T::Proxy;
+    fn deref(&self) -> &T::Proxy {
+        &self.proxy
+    }
+}
+
+impl<T: Actor> Clone for ActorHandle<T> {
+    fn clone(&self) -> Self {
+        ActorHandle { proxy: self.proxy.clone() }
+    }
+}
+
+impl<T: Actor> std::fmt::Debug for ActorHandle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.proxy.raw().fmt(f)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireHandle {
+    actor: u64,
+    class: String,
+    label: String,
+}
+
+thread_local! {
+    /// Actors whose handles were encoded while building a task's arguments on this thread.
+    static EXPORTS: RefCell<Option<Vec<ActorId>>> = const { RefCell::new(None) };
+}
+
+/// Starts collecting the actors whose handles get encoded on this thread (generated code
+/// calls it before encoding a task's arguments).
+#[doc(hidden)]
+pub fn begin_exports() {
+    EXPORTS.with(|e| *e.borrow_mut() = Some(Vec::new()));
+}
+
+/// Gives back the handles taken for exports that did not make it into a task.
+pub(crate) fn unexport(exported: Vec<ActorId>) {
+    if let Some(rt) = try_runtime() {
+        rt.with_state(|st, fx| {
+            for a in exported {
+                st.actor_handle_dropped(a, fx);
+            }
+        });
+    }
+}
+
+/// The actors whose handles were encoded since `begin_exports`.
+pub(crate) fn end_exports() -> Vec<ActorId> {
+    EXPORTS.with(|e| e.borrow_mut().take().unwrap_or_default())
+}
+
+impl<T: Actor> Serialize for ActorHandle<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let raw = self.proxy.raw();
+        // Inside a task's arguments: the task keeps one more handle until it is over.
+        let exporting = EXPORTS.with(|e| e.borrow_mut().as_mut().map(|v| v.push(raw.id)).is_some());
+        if exporting {
+            if let Some(rt) = try_runtime() {
+                rt.lock().actor_attach(raw.id, &raw.label);
+            }
+        }
+        WireHandle { actor: raw.id.0, class: T::CLASS.to_string(), label: raw.label.to_string() }.serialize(s)
+    }
+}
+
+impl<'de, T: Actor> Deserialize<'de> for ActorHandle<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let w = WireHandle::deserialize(d)?;
+        if w.class != T::CLASS {
+            return Err(D::Error::custom(format!("a handle of {} is not a handle of {}", w.class, T::CLASS)));
+        }
+        Ok(ActorHandle { proxy: T::Proxy::from_raw(RawActor::attach(ActorId(w.actor), &w.label)) })
+    }
+}
+
+/// Options of an actor; `Type::options()` starts from the defaults and `#[ferry::actor]`
+/// attributes.
+#[derive(Clone, Debug)]
+pub struct ActorOptions {
+    /// Registers the actor under this name, cluster-wide (see [`get_actor`]).
+    pub name: Option<String>,
+    /// Outlives its creator and its handles; stops only when killed.
+    pub detached: bool,
+    /// Times the actor is restarted (constructor re-run) after its process dies.
+    pub max_restarts: u32,
+    /// Times a call in flight when the process died is sent again to the restarted actor.
+    pub max_task_retries: u32,
+    /// Calls run at once (on threads; `&self` methods run together, `&mut self` ones alone).
+    pub max_concurrency: u32,
+    /// CPUs held for the actor's life (default 0, as in Ray: actors rarely need one reserved).
+    pub num_cpus: f64,
+    pub resources: Vec<(String, f64)>,
+}
+
+impl Default for ActorOptions {
+    fn default() -> Self {
+        ActorOptions {
+            name: None,
+            detached: false,
+            max_restarts: 0,
+            max_task_retries: 0,
+            max_concurrency: 1,
+            num_cpus: 0.0,
+            resources: Vec::new(),
+        }
+    }
+}
+
+/// Builder methods of the options type each actor gets (`Type::options()`).
+pub trait ActorOptionsBuilder: Sized {
+    #[doc(hidden)]
+    fn actor_options(&mut self) -> &mut ActorOptions;
+
+    /// Registers the actor under `name`.
+    fn name(mut self, name: &str) -> Self {
+        self.actor_options().name = Some(name.to_string());
+        self
+    }
+    /// The actor outlives its creator until killed.
+    fn detached(mut self) -> Self {
+        self.actor_options().detached = true;
+        self
+    }
+    fn max_restarts(mut self, n: u32) -> Self {
+        self.actor_options().max_restarts = n;
+        self
+    }
+    fn max_task_retries(mut self, n: u32) -> Self {
+        self.actor_options().max_task_retries = n;
+        self
+    }
+    fn max_concurrency(mut self, n: u32) -> Self {
+        self.actor_options().max_concurrency = n.max(1);
+        self
+    }
+    fn num_cpus(mut self, n: f64) -> Self {
+        self.actor_options().num_cpus = n;
+        self
+    }
+    fn resource(mut self, name: &str, amount: f64) -> Self {
+        self.actor_options().resources.push((name.to_string(), amount));
+        self
+    }
+}
+
+/// Creates an actor (used by generated code): returns its handle at once; the constructor
+/// runs on a dedicated worker once its arguments are ready.
+#[doc(hidden)]
+pub fn create_actor<T: Actor>(opts: &ActorOptions, args: Vec<TaskArg>) -> Result<ActorHandle<T>> {
+    let rt = runtime()?;
+    let actor = ActorId(ferry_proto::ids::random_u64());
+    let short = T::CLASS.rsplit("::").next().unwrap_or(T::CLASS);
+    let label = match &opts.name {
+        Some(n) => format!("{short}({n:?})"),
+        None => short.to_string(),
+    };
+    if let Some(name) = &opts.name {
+        match rt.node_call(|req| ToNode::ReserveName { req, name: name.clone(), actor, class: T::CLASS.into() })? {
+            FromNode::Ack { error: None, .. } => {}
+            FromNode::Ack { error: Some(_), .. } => return Err(Error::ActorNameTaken { name: name.clone() }),
+            other => return Err(Error::Connection { detail: format!("unexpected reply {other:?}") }),
+        }
+    }
+    let exported = end_exports();
+    let (drafts, held) = match crate::drafts(args) {
+        Ok(x) => x,
+        Err(e) => {
+            unexport(exported);
+            return Err(e);
+        }
+    };
+    let mut shape = Shape::cpus(opts.num_cpus);
+    for (n, a) in &opts.resources {
+        shape.set(n, *a);
+    }
+    let depth = rt.lock().depth;
+    let spec = ActorSpec {
+        class: T::CLASS.to_string(),
+        args: Vec::new(),
+        shape,
+        name: opts.name.clone(),
+        detached: opts.detached,
+        max_restarts: opts.max_restarts,
+        max_concurrency: opts.max_concurrency.max(1),
+        depth,
+    };
+    rt.with_state(|st, fx| st.create_actor(actor, T::CLASS, &label, drafts, exported, spec, opts.max_task_retries, fx));
+    drop(held);
+    Ok(ActorHandle { proxy: T::Proxy::from_raw(RawActor { id: actor, label: Arc::from(label.as_str()) }) })
+}
+
+/// The actor registered under `name`, as a `T`.
+pub fn get_actor<T: Actor>(name: &str) -> Result<ActorHandle<T>> {
+    let rt = runtime()?;
+    match rt.node_call(|req| ToNode::GetNamedActor { req, name: name.to_string() })? {
+        FromNode::NamedActor { found: None, .. } => Err(Error::ActorNotFound { name: name.to_string() }),
+        FromNode::NamedActor { found: Some((actor, class)), .. } => {
+            if class != T::CLASS {
+                return Err(Error::ActorTypeMismatch {
+                    name: name.to_string(),
+                    expected: T::CLASS.to_string(),
+                    found: class,
+                });
+            }
+            let short = T::CLASS.rsplit("::").next().unwrap_or(T::CLASS);
+            let raw = RawActor::attach(actor, &format!("{short}({name:?})"));
+            Ok(ActorHandle { proxy: T::Proxy::from_raw(raw) })
+        }
+        other => Err(Error::Connection { detail: format!("unexpected reply {other:?}") }),
+    }
+}
+
+/// Stops the actor at once, without restart: calls pending or made later fail with
+/// [`Error::ActorDied`].
+pub fn kill<T: Actor>(handle: &ActorHandle<T>) -> Result<()> {
+    let rt = runtime()?;
+    rt.send_node(&ToNode::KillActor { actor: handle.id() });
+    Ok(())
+}

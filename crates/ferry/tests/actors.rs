@@ -1,0 +1,269 @@
+//! Actors on a real embedded cluster: each actor is its own worker process.
+
+mod common;
+
+use common::{cluster, eventually, pid_alive, T};
+use ferry::prelude::*;
+use ferry::Error;
+use std::time::Instant;
+
+#[ferry::actor]
+pub struct Counter {
+    n: i64,
+}
+
+#[ferry::actor]
+impl Counter {
+    pub fn new(start: i64) -> Self {
+        Counter { n: start }
+    }
+    pub fn incr(&mut self, by: i64) -> i64 {
+        self.n += by;
+        self.n
+    }
+    pub fn get(&self) -> i64 {
+        self.n
+    }
+    pub fn pid(&self) -> u32 {
+        std::process::id()
+    }
+    pub fn slow_get(&self, ms: u64) -> i64 {
+        std::thread::sleep(Duration::from_millis(ms));
+        self.n
+    }
+    pub fn fail(&mut self, msg: String) -> i64 {
+        self.n += 1000;
+        panic!("counter failed: {msg}")
+    }
+    pub fn die(&self) -> i64 {
+        std::process::abort()
+    }
+    /// Calls another actor from inside this one.
+    pub fn add_from(&mut self, other: ActorHandle<Counter>) -> i64 {
+        let v = ferry::get(&other.get()).unwrap();
+        self.n += v;
+        self.n
+    }
+    pub async fn async_get(&self) -> i64 {
+        let r = add::remote(self.n, 0);
+        r.await.unwrap()
+    }
+}
+
+#[ferry::actor]
+pub struct Other {
+    s: String,
+}
+
+#[ferry::actor]
+impl Other {
+    pub fn new() -> Self {
+        Other { s: "other".into() }
+    }
+    pub fn name(&self) -> String {
+        self.s.clone()
+    }
+}
+
+impl Default for Other {
+    fn default() -> Self {
+        Other::new()
+    }
+}
+
+#[ferry::remote]
+fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+/// A task that receives a handle and calls the actor from its own process.
+#[ferry::remote]
+fn bump_from_task(c: ActorHandle<Counter>, times: u32) -> i64 {
+    let mut last = 0;
+    for _ in 0..times {
+        last = ferry::get(&c.incr(1)).unwrap();
+    }
+    last
+}
+
+fn live_actors() -> u64 {
+    ferry::node_stats().unwrap().actors
+}
+
+#[test]
+fn calls_run_in_submission_order_and_return_refs() {
+    cluster();
+    let c = Counter::remote(10).unwrap();
+    let refs: Vec<_> = (0..200).map(|_| c.incr(1)).collect();
+    let vals = ferry::get_all(&refs).unwrap();
+    assert_eq!(vals, (11..=210).collect::<Vec<i64>>());
+    assert_eq!(ferry::get_timeout(&c.get(), T).unwrap(), 210);
+    // Results are ordinary refs: pass one to a task.
+    let r = add::remote(c.get(), 5);
+    assert_eq!(ferry::get_timeout(&r, T).unwrap(), 215);
+}
+
+#[test]
+fn constructor_and_method_arguments_may_be_refs() {
+    cluster();
+    let start = add::remote(40, 2);
+    let c = Counter::remote(&start).unwrap();
+    let by = add::remote(1, 1);
+    assert_eq!(ferry::get_timeout(&c.incr(&by), T).unwrap(), 44);
+    // A call whose argument is not ready does not let later calls overtake it.
+    let slow = add::remote(1, 0);
+    let first = c.incr(slow);
+    let second = c.incr(100);
+    assert_eq!(ferry::get_timeout(&first, T).unwrap(), 45);
+    assert_eq!(ferry::get_timeout(&second, T).unwrap(), 145);
+}
+
+#[test]
+fn handles_are_first_class() {
+    cluster();
+    let c = Counter::remote(0).unwrap();
+    let t = bump_from_task::remote(c.clone(), 5);
+    assert_eq!(ferry::get_timeout(&t, T).unwrap(), 5);
+    // A handle given to another actor, which calls the first one directly.
+    let d = Counter::remote(100).unwrap();
+    assert_eq!(ferry::get_timeout(&d.add_from(c.clone()), T).unwrap(), 105);
+    // The task keeps the actor alive even when the caller drops its handle at once.
+    let t = bump_from_task::remote(c.clone(), 3);
+    drop(c);
+    assert_eq!(ferry::get_timeout(&t, T).unwrap(), 8);
+}
+
+#[test]
+fn actor_stops_when_every_handle_is_dropped() {
+    cluster();
+    let c = Counter::remote(1).unwrap();
+    let pid = ferry::get_timeout(&c.pid(), T).unwrap();
+    let c2 = c.clone();
+    drop(c);
+    assert_eq!(ferry::get_timeout(&c2.get(), T).unwrap(), 1, "one handle left");
+    assert_eq!(live_actors(), 1);
+    let pending = c2.slow_get(200);
+    drop(c2);
+    // Pending calls finish first.
+    assert_eq!(ferry::get_timeout(&pending, T).unwrap(), 1);
+    eventually("the actor stopped", T, || live_actors() == 0);
+    eventually("its process exited", T, || !pid_alive(pid));
+}
+
+#[test]
+fn kill_stops_at_once_and_calls_fail_with_actor_died() {
+    cluster();
+    let c = Counter::remote(1).unwrap();
+    let pid = ferry::get_timeout(&c.pid(), T).unwrap();
+    let pending = c.slow_get(5000);
+    std::thread::sleep(Duration::from_millis(50));
+    ferry::kill(&c).unwrap();
+    match ferry::get_timeout(&pending, T) {
+        Err(e @ Error::ActorDied { .. }) => assert!(e.to_string().contains("kill"), "{e}"),
+        other => panic!("expected ActorDied, got {other:?}"),
+    }
+    assert!(matches!(ferry::get_timeout(&c.get(), T), Err(Error::ActorDied { .. })));
+    eventually("the actor's process is gone", T, || !pid_alive(pid));
+}
+
+#[test]
+fn named_and_detached_actors() {
+    cluster();
+    let c = Counter::options().name("hits").detached().remote(7).unwrap();
+    ferry::get_timeout(&c.incr(1), T).unwrap();
+    drop(c); // detached: lives on without handles
+    let same = ferry::get_actor::<Counter>("hits").unwrap();
+    assert_eq!(ferry::get_timeout(&same.get(), T).unwrap(), 8);
+    assert!(matches!(ferry::get_actor::<Counter>("nope"), Err(Error::ActorNotFound { .. })));
+    match ferry::get_actor::<Other>("hits") {
+        Err(e @ Error::ActorTypeMismatch { .. }) => assert!(e.to_string().contains("Counter"), "{e}"),
+        other => panic!("expected a type mismatch, got {other:?}"),
+    }
+    assert!(matches!(Counter::options().name("hits").remote(0), Err(Error::ActorNameTaken { .. })));
+    ferry::kill(&same).unwrap();
+    eventually("the name is free again", T, || ferry::get_actor::<Counter>("hits").is_err());
+    let again = Counter::options().name("hits").remote(0).unwrap();
+    assert_eq!(ferry::get_timeout(&again.get(), T).unwrap(), 0);
+    let o = Other::remote().unwrap();
+    assert_eq!(ferry::get_timeout(&o.name(), T).unwrap(), "other");
+}
+
+#[test]
+fn max_concurrency_runs_shared_methods_together() {
+    cluster();
+    let c = Counter::options().max_concurrency(4).remote(3).unwrap();
+    ferry::get_timeout(&c.get(), T).unwrap();
+    let t = Instant::now();
+    let refs: Vec<_> = (0..4).map(|_| c.slow_get(300)).collect();
+    assert_eq!(ferry::get_all(&refs).unwrap(), vec![3; 4]);
+    assert!(t.elapsed() < Duration::from_millis(1000), "took {:?}", t.elapsed());
+    // With the default of one, they run one after another.
+    let s = Counter::remote(3).unwrap();
+    ferry::get_timeout(&s.get(), T).unwrap();
+    let t = Instant::now();
+    let refs: Vec<_> = (0..3).map(|_| s.slow_get(100)).collect();
+    ferry::get_all(&refs).unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(300), "took {:?}", t.elapsed());
+}
+
+#[test]
+fn async_methods_await_refs() {
+    cluster();
+    let c = Counter::remote(5).unwrap();
+    assert_eq!(ferry::get_timeout(&c.async_get(), T).unwrap(), 5);
+}
+
+#[test]
+fn a_panic_fails_only_that_call() {
+    cluster();
+    let c = Counter::remote(1).unwrap();
+    match ferry::get_timeout(&c.fail("oops"), T) {
+        Err(Error::TaskPanicked { task, message }) => {
+            assert_eq!(task, "fail");
+            assert!(message.contains("counter failed: oops"), "{message}");
+        }
+        other => panic!("expected TaskPanicked, got {other:?}"),
+    }
+    // The actor goes on, with the state the method left.
+    assert_eq!(ferry::get_timeout(&c.incr(1), T).unwrap(), 1002);
+}
+
+#[test]
+fn a_dead_actor_fails_pending_and_later_calls() {
+    cluster();
+    let c = Counter::remote(1).unwrap();
+    let dying = c.die();
+    let after = c.get();
+    assert!(matches!(ferry::get_timeout(&dying, T), Err(Error::ActorDied { .. })));
+    assert!(matches!(ferry::get_timeout(&after, T), Err(Error::ActorDied { .. })));
+    assert!(matches!(ferry::get_timeout(&c.get(), T), Err(Error::ActorDied { .. })));
+    eventually("no live actor", T, || live_actors() == 0);
+    // The cluster is fine.
+    assert_eq!(ferry::get_timeout(&add::remote(1, 1), T).unwrap(), 2);
+}
+
+#[test]
+fn killed_process_is_restarted_and_calls_in_flight_retried() {
+    cluster();
+    let c = Counter::options().max_restarts(2).max_task_retries(2).remote(100).unwrap();
+    assert_eq!(ferry::get_timeout(&c.incr(1), T).unwrap(), 101);
+    let pid = ferry::get_timeout(&c.pid(), T).unwrap();
+    let in_flight = c.slow_get(2000);
+    std::thread::sleep(Duration::from_millis(100));
+    // SAFETY: sending SIGKILL to the actor's worker process, a child of this test.
+    unsafe { libc_kill(pid) };
+    // The call in flight is retried on the new incarnation, whose constructor ran again.
+    assert_eq!(ferry::get_timeout(&in_flight, T).unwrap(), 100);
+    let new_pid = ferry::get_timeout(&c.pid(), T).unwrap();
+    assert_ne!(pid, new_pid);
+    assert_eq!(ferry::get_timeout(&c.incr(5), T).unwrap(), 105);
+}
+
+unsafe fn libc_kill(pid: u32) {
+    // A tiny FFI declaration keeps libc out of the test's dependencies.
+    extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    // SAFETY: plain syscall wrapper.
+    unsafe { kill(pid as i32, 9) };
+}
