@@ -2,8 +2,8 @@
 //! `../shared/anchors/ray_bench.py` prints so the two can be set side by side. Lines starting
 //! with `#` are information.
 //!
-//! Groups: `memory` (startup and idle memory), `tasks`, `objects`; with no argument all three
-//! run, in about a minute. Later groups (`actors`, `cluster`, `recovery`) come with their
+//! Groups: `memory` (startup and idle memory), `tasks`, `objects`, `actors`; with no argument
+//! all of them run, in about two minutes. Later groups (`actors`, `cluster`, `recovery`) come with their
 //! issues. Sizes and iteration counts follow ray_bench.py.
 
 use ferry::prelude::*;
@@ -35,6 +35,208 @@ fn produce(n: usize) -> Vec<u8> {
 #[ferry::remote]
 fn length(v: ferry::Bytes) -> usize {
     v.len()
+}
+
+// ---- actors, as in Ray's ray_perf.py ----
+
+#[ferry::actor]
+pub struct Server;
+
+#[ferry::actor]
+impl Server {
+    pub fn new() -> Self {
+        Server
+    }
+    pub fn small_value(&self) -> Vec<u8> {
+        b"ok".to_vec()
+    }
+    pub fn small_value_arg(&self, _x: i64) -> Vec<u8> {
+        b"ok".to_vec()
+    }
+    pub fn noop(&self) {}
+}
+
+#[ferry::actor]
+pub struct AsyncServer;
+
+#[ferry::actor]
+impl AsyncServer {
+    pub fn new() -> Self {
+        AsyncServer
+    }
+    pub async fn small_value(&self) -> Vec<u8> {
+        b"ok".to_vec()
+    }
+    pub async fn small_value_with_arg(&self, _x: i64) -> Vec<u8> {
+        b"ok".to_vec()
+    }
+}
+
+/// Ray's `Client`: calls its servers from inside an actor.
+#[ferry::actor]
+pub struct Client {
+    servers: Vec<ActorHandle<Server>>,
+}
+
+#[ferry::actor]
+impl Client {
+    pub fn new(servers: Vec<ActorHandle<Server>>) -> Self {
+        Client { servers }
+    }
+    pub fn small_value_batch(&self, n: u64) {
+        let refs: Vec<_> = self.servers.iter().flat_map(|s| (0..n).map(|_| s.small_value())).collect();
+        ferry::get_all(&refs).unwrap();
+    }
+    pub fn small_value_batch_arg(&self, n: u64) {
+        let x = ferry::put(0i64).unwrap();
+        let refs: Vec<_> = self.servers.iter().flat_map(|s| (0..n).map(|_| s.small_value_arg(&x))).collect();
+        ferry::get_all(&refs).unwrap();
+    }
+}
+
+#[ferry::actor]
+pub struct AsyncClient {
+    servers: Vec<ActorHandle<AsyncServer>>,
+}
+
+#[ferry::actor]
+impl AsyncClient {
+    pub fn new(servers: Vec<ActorHandle<AsyncServer>>) -> Self {
+        AsyncClient { servers }
+    }
+    pub fn small_value_batch(&self, n: u64) {
+        let refs: Vec<_> = self.servers.iter().flat_map(|s| (0..n).map(|_| s.small_value())).collect();
+        ferry::get_all(&refs).unwrap();
+    }
+}
+
+#[ferry::remote]
+fn work(actors: Vec<ActorHandle<Server>>, n: u64) {
+    let refs: Vec<_> = (0..n as usize).map(|i| actors[i % actors.len()].small_value()).collect();
+    ferry::get_all(&refs).unwrap();
+}
+
+#[ferry::remote]
+fn async_work(actors: Vec<ActorHandle<AsyncServer>>, n: u64) {
+    let refs: Vec<_> = (0..n as usize).map(|i| actors[i % actors.len()].small_value()).collect();
+    ferry::get_all(&refs).unwrap();
+}
+
+/// Ray's `timeit`: warm up for a second, then four runs, each as many calls of `f` as fit in
+/// `RUN` (in steps of a tenth of the warm-up count); prints the mean rate.
+fn timeit(name: &str, multiplier: f64, mut f: impl FnMut()) {
+    const RUN: Duration = Duration::from_secs(1);
+    let start = Instant::now();
+    let mut count = 0u64;
+    while start.elapsed() < Duration::from_secs(1) {
+        f();
+        count += 1;
+    }
+    let step = count / 10 + 1;
+    let mut rates = Vec::new();
+    for _ in 0..4 {
+        let start = Instant::now();
+        let mut count = 0u64;
+        while start.elapsed() < RUN {
+            for _ in 0..step {
+                f();
+            }
+            count += step;
+        }
+        rates.push(multiplier * count as f64 / start.elapsed().as_secs_f64());
+    }
+    emit(name, rates.iter().sum::<f64>() / rates.len() as f64, "calls/s");
+}
+
+fn group_actors() {
+    let a = Server::remote().unwrap();
+    for _ in 0..200 {
+        ferry::get(&a.noop()).unwrap();
+    }
+    let mut samples = Vec::with_capacity(2000);
+    for _ in 0..2000 {
+        let t = Instant::now();
+        ferry::get(&a.noop()).unwrap();
+        samples.push(ns(t));
+    }
+    emit_latency("actor_call_roundtrip_us", &samples);
+    let warm: Vec<_> = (0..1000).map(|_| a.noop()).collect();
+    ferry::get_all(&warm).unwrap();
+    let t = Instant::now();
+    let refs: Vec<_> = (0..10_000).map(|_| a.noop()).collect();
+    ferry::get_all(&refs).unwrap();
+    emit("actor_call_throughput_per_s", 10_000.0 / t.elapsed().as_secs_f64(), "calls/s");
+    drop(refs);
+
+    // Ray's microbenchmark, same shapes: n_cpu = cores / 2 servers, m = 4 callers.
+    let n_cpu = (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) / 2).max(1);
+    let m = 4;
+    timeit("actor_calls_1_1_sync_per_s", 1.0, || {
+        ferry::get(&a.small_value()).unwrap();
+    });
+    let a = Server::remote().unwrap();
+    timeit("actor_calls_1_1_async_per_s", 1000.0, || {
+        ferry::get_all(&(0..1000).map(|_| a.small_value()).collect::<Vec<_>>()).unwrap();
+    });
+    let c = Server::options().max_concurrency(16).remote().unwrap();
+    timeit("actor_calls_1_1_concurrent_per_s", 1000.0, || {
+        ferry::get_all(&(0..1000).map(|_| c.small_value()).collect::<Vec<_>>()).unwrap();
+    });
+    let n = 5000;
+    let servers: Vec<_> = (0..n_cpu).map(|_| Server::remote().unwrap()).collect();
+    let client = Client::remote(servers.clone()).unwrap();
+    timeit("actor_calls_1_n_async_per_s", (n * servers.len() as u64) as f64, || {
+        ferry::get(&client.small_value_batch(n)).unwrap();
+    });
+    timeit("actor_calls_n_n_async_per_s", (m * n) as f64, || {
+        ferry::get_all(&(0..m).map(|_| work::remote(servers.clone(), n)).collect::<Vec<_>>()).unwrap();
+    });
+    let n = 1000;
+    let clients: Vec<_> = (0..n_cpu).map(|_| Client::remote(vec![Server::remote().unwrap()]).unwrap()).collect();
+    timeit("actor_calls_n_n_with_arg_async_per_s", (n * clients.len() as u64) as f64, || {
+        ferry::get_all(&clients.iter().map(|c| c.small_value_batch_arg(n)).collect::<Vec<_>>()).unwrap();
+    });
+    let a = AsyncServer::remote().unwrap();
+    timeit("async_actor_calls_1_1_sync_per_s", 1.0, || {
+        ferry::get(&a.small_value()).unwrap();
+    });
+    timeit("async_actor_calls_1_1_async_per_s", 1000.0, || {
+        ferry::get_all(&(0..1000).map(|_| a.small_value()).collect::<Vec<_>>()).unwrap();
+    });
+    timeit("async_actor_calls_1_1_with_args_async_per_s", 1000.0, || {
+        ferry::get_all(&(0..1000).map(|i| a.small_value_with_arg(i)).collect::<Vec<_>>()).unwrap();
+    });
+    let n = 5000;
+    let aservers: Vec<_> = (0..n_cpu).map(|_| AsyncServer::remote().unwrap()).collect();
+    let aclient = AsyncClient::remote(aservers.clone()).unwrap();
+    timeit("async_actor_calls_1_n_async_per_s", (n * aservers.len() as u64) as f64, || {
+        ferry::get(&aclient.small_value_batch(n)).unwrap();
+    });
+    timeit("async_actor_calls_n_n_async_per_s", (m * n) as f64, || {
+        ferry::get_all(&(0..m).map(|_| async_work::remote(aservers.clone(), n)).collect::<Vec<_>>()).unwrap();
+    });
+    drop((servers, client, clients, aservers, aclient, a, c));
+
+    // Creating many actors: each is a process.
+    let n = 1000;
+    let t = Instant::now();
+    let actors: Vec<_> = (0..n).map(|_| Server::remote().unwrap()).collect();
+    let refs: Vec<_> = actors.iter().map(|a| a.small_value()).collect();
+    ferry::get_all(&refs).unwrap();
+    let dt = t.elapsed().as_secs_f64();
+    emit("actor_create_1000_and_call_s", dt, "s");
+    emit("actor_create_per_s", n as f64 / dt, "actors/s");
+    let kids: Vec<Mem> = children_of(std::process::id()).into_iter().filter_map(mem_of).collect();
+    emit("actor_create_1000_rss_sum_MiB", kids.iter().map(|m| m.rss).sum::<u64>() as f64 / MIB as f64, "MiB");
+    emit("actor_create_1000_pss_sum_MiB", kids.iter().map(|m| m.pss).sum::<u64>() as f64 / MIB as f64, "MiB");
+    emit("actor_create_1000_nprocs", kids.len() as f64, "procs");
+    let t = Instant::now();
+    drop(refs);
+    drop(actors);
+    while ferry::node_stats().unwrap().actors > 0 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    emit("actor_release_1000_s", t.elapsed().as_secs_f64(), "s");
 }
 
 // ---- output, formatted like bench_common.emit ----
@@ -321,8 +523,8 @@ fn group_objects() {
     emit("pass_by_ref_100MiB_driver_put_consume_s", median(&mut ts), "s");
 }
 
-const GROUPS: &[&str] = &["memory", "tasks", "objects"];
-const LATER: &[(&str, &str)] = &[("actors", "issue 3"), ("cluster", "issue 5"), ("recovery", "issue 6")];
+const GROUPS: &[&str] = &["memory", "tasks", "objects", "actors"];
+const LATER: &[(&str, &str)] = &[("cluster", "issue 5"), ("recovery", "issue 6")];
 
 fn main() {
     let t_main = Instant::now();
@@ -354,6 +556,7 @@ fn main() {
             "memory" => group_memory(),
             "tasks" => group_tasks(),
             "objects" => group_objects(),
+            "actors" => group_actors(),
             _ => unreachable!("checked above"),
         }
     }

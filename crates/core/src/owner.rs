@@ -765,6 +765,10 @@ impl OwnerState {
         }
     }
 
+    pub fn num_leases(&self) -> usize {
+        self.leases.len()
+    }
+
     // ---- actors ----
 
     /// Records a task (normal, actor call or actor creation) with its argument counts.

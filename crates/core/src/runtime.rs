@@ -321,11 +321,18 @@ impl Runtime {
         self.with_state(|st, fx| st.on_worker_lost(worker, reason, fx));
     }
 
+    /// Returns leases idle past the timeout. A process without leases (most actors, idle
+    /// workers) checks rarely: a node may run a thousand of them.
     fn housekeeping(&'static self) {
+        let mut holding = false;
         while self.running.load(Ordering::Acquire) {
-            thread::sleep(Duration::from_millis(50));
+            let tick = self.cfg.lease_idle_timeout.min(Duration::from_millis(200));
+            thread::sleep(if holding { tick / 4 } else { tick });
             if let Some(cutoff) = Instant::now().checked_sub(self.cfg.lease_idle_timeout) {
-                self.with_state(|st, fx| st.return_idle_leases(Some(cutoff), fx));
+                holding = self.with_state(|st, fx| {
+                    st.return_idle_leases(Some(cutoff), fx);
+                    st.num_leases() > 0
+                });
             }
         }
     }

@@ -27,6 +27,14 @@ pub(crate) fn main() -> ! {
     // must be an error, not the end of the process.
     // SAFETY: setting a signal disposition to SIG_IGN.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    // Die with the daemon's spawner thread (our parent); if it is already gone, go now.
+    // SAFETY: plain syscalls.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    let parent: Option<i32> = std::env::var(PARENT_PID).ok().and_then(|p| p.parse().ok());
+    // SAFETY: getppid has no preconditions.
+    if parent.is_some_and(|p| p != unsafe { libc::getppid() }) {
+        std::process::exit(0);
+    }
     let me = WorkerId(var(WORKER_ID).parse().unwrap_or_else(|_| {
         eprintln!("ferry-worker: bad {WORKER_ID}");
         std::process::exit(2)

@@ -244,3 +244,66 @@ fn garbage_never_crashes_a_daemon_or_a_worker() {
     }
     cluster_still_works();
 }
+
+/// With `FERRY_TEST_CHILD_DRIVER=1`, this test binary is a driver that prints its workers'
+/// pids and waits to be killed (entered before `main`, like worker mode).
+#[used]
+#[link_section = ".init_array"]
+static CHILD_DRIVER: extern "C" fn() = child_driver;
+
+extern "C" fn child_driver() {
+    if std::env::var_os("FERRY_TEST_CHILD_DRIVER").is_none() {
+        return;
+    }
+    // SAFETY: single-threaded here, before main; the workers must not inherit it.
+    unsafe { std::env::remove_var("FERRY_TEST_CHILD_DRIVER") };
+    ferry::init(ferry::Config::default().num_cpus(2)).unwrap();
+    let info = ferry::__private::session_info().unwrap();
+    let pids: Vec<u32> = (0..4).map(|_| ferry::get_timeout(&pid::remote(), T).unwrap()).collect();
+    println!("session {}", info.session_dir.display());
+    println!("store {}", info.store_dir.display());
+    for p in pids {
+        println!("pid {p}");
+    }
+    println!("ready");
+    std::thread::sleep(std::time::Duration::from_secs(120));
+    std::process::exit(1);
+}
+
+#[test]
+fn a_killed_driver_takes_its_workers_with_it() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("FERRY_TEST_CHILD_DRIVER", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut pids, mut dirs) = (Vec::new(), Vec::new());
+    loop {
+        let line = rx.recv_timeout(T).expect("the child driver did not report its workers");
+        match line.split_once(' ') {
+            Some(("pid", p)) => pids.push(p.parse::<u32>().unwrap()),
+            Some(("session" | "store", d)) => dirs.push(std::path::PathBuf::from(d)),
+            _ if line == "ready" => break,
+            _ => {}
+        }
+    }
+    assert!(!pids.is_empty() && pids.iter().all(|p| pid_alive(*p)));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for p in &pids {
+        eventually(&format!("worker {p} of the killed driver gone"), T, || !pid_alive(*p));
+    }
+    // The next init on the machine removes what the dead driver left.
+    cluster();
+    for d in &dirs {
+        assert!(!d.exists(), "{} left behind", d.display());
+    }
+}

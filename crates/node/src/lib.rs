@@ -14,8 +14,13 @@
 //! burst of tasks of one shape, never a task; owners push tasks straight to workers.
 //!
 //! Shutdown order: stop accepting, kill every worker (they also die with the daemon's
-//! spawner thread through `PR_SET_PDEATHSIG`, and exit when their daemon connection
-//! closes), close connections, delete the store and socket directories.
+//! spawner thread through `PR_SET_PDEATHSIG`, which each worker sets on itself first thing,
+//! and exit when their daemon connection closes), close connections, delete the store and
+//! socket directories.
+//!
+//! Workers are started with `posix_spawn` (no `pre_exec` hook, so std does not `fork`): a
+//! fork copies the page tables of a process that may hold thousands of threads, and made
+//! starting the thousandth actor forty times slower than the first.
 
 mod actors;
 
@@ -28,7 +33,6 @@ use ferry_store::{ObjectTable, StoreDir};
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::unix::net::UnixListener;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,6 +69,8 @@ pub mod worker_env {
     pub const TOKEN: &str = "FERRY_TOKEN";
     pub const STORE_DIR: &str = "FERRY_STORE_DIR";
     pub const SESSION_DIR: &str = "FERRY_SESSION_DIR";
+    /// The daemon's process: a worker whose parent is no longer it exits at once.
+    pub const PARENT_PID: &str = "FERRY_PARENT_PID";
 }
 
 struct ConnInfo {
@@ -454,6 +460,11 @@ fn serve_conn(node: Arc<Node>, stream: Stream) {
 
 fn spawner(node: Arc<Node>, rx: mpsc::Receiver<SpawnCmd>) {
     let mut children: HashMap<WorkerId, Child> = HashMap::new();
+    // Killed workers are reaped on the next tick; all children are checked once a second
+    // (for one that died on its own before registering), not every tick: a node may have a
+    // thousand actor processes.
+    let mut dying: Vec<WorkerId> = Vec::new();
+    let mut last_scan = Instant::now();
     loop {
         let cmd = rx.recv_timeout(Duration::from_millis(50));
         match cmd {
@@ -472,6 +483,7 @@ fn spawner(node: Arc<Node>, rx: mpsc::Receiver<SpawnCmd>) {
             Ok(SpawnCmd::Kill(w)) => {
                 if let Some(c) = children.get_mut(&w) {
                     let _ = c.kill();
+                    dying.push(w);
                 }
             }
             Ok(SpawnCmd::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -487,13 +499,20 @@ fn spawner(node: Arc<Node>, rx: mpsc::Receiver<SpawnCmd>) {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
         // Reap exited workers and tick the pool's clock.
-        let exited: Vec<(WorkerId, String)> = children
-            .iter_mut()
-            .filter_map(|(w, c)| match c.try_wait() {
-                Ok(Some(status)) => Some((*w, format!("worker process exited ({status})"))),
-                _ => None,
-            })
-            .collect();
+        let scan_all = last_scan.elapsed() >= Duration::from_secs(1);
+        if scan_all {
+            last_scan = Instant::now();
+        }
+        let candidates: Vec<WorkerId> = if scan_all { children.keys().copied().collect() } else { dying.clone() };
+        let mut exited: Vec<(WorkerId, String)> = Vec::new();
+        for w in candidates {
+            if let Some(c) = children.get_mut(&w) {
+                if let Ok(Some(status)) = c.try_wait() {
+                    exited.push((w, format!("worker process exited ({status})")));
+                }
+            }
+        }
+        dying.retain(|w| children.contains_key(w) && !exited.iter().any(|(x, _)| x == w));
         let mut st = node.lock();
         for (w, reason) in exited {
             children.remove(&w);
@@ -522,16 +541,9 @@ fn spawn_worker(node: &Node) -> io::Result<(WorkerId, Child)> {
         .env(TOKEN, &o.token)
         .env(STORE_DIR, &o.store_dir)
         .env(SESSION_DIR, &o.session_dir)
+        .env(PARENT_PID, std::process::id().to_string())
         .envs(o.worker_env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null());
-    // SAFETY: prctl is async-signal-safe. The worker dies with the thread that started it
-    // (the spawner, which lives as long as the daemon), so a killed driver leaves no worker.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
     match cmd.spawn() {
         Ok(c) => Ok((w, c)),
         Err(e) => {
