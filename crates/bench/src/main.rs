@@ -40,6 +40,7 @@ fn length(v: ferry::Bytes) -> usize {
 // ---- actors, as in Ray's ray_perf.py ----
 
 #[ferry::actor]
+#[derive(Default)]
 pub struct Server;
 
 #[ferry::actor]
@@ -57,6 +58,7 @@ impl Server {
 }
 
 #[ferry::actor]
+#[derive(Default)]
 pub struct AsyncServer;
 
 #[ferry::actor]
