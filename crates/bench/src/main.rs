@@ -220,6 +220,7 @@ fn group_actors() {
     drop((servers, client, clients, aservers, aclient, a, c));
 
     // Creating many actors: each is a process.
+    let before = ferry::node_stats().unwrap().actors;
     let n = 1000;
     let t = Instant::now();
     let actors: Vec<_> = (0..n).map(|_| Server::remote().unwrap()).collect();
@@ -235,7 +236,7 @@ fn group_actors() {
     let t = Instant::now();
     drop(refs);
     drop(actors);
-    while ferry::node_stats().unwrap().actors > 0 {
+    while ferry::node_stats().unwrap().actors > before {
         std::thread::sleep(Duration::from_millis(5));
     }
     emit("actor_release_1000_s", t.elapsed().as_secs_f64(), "s");

@@ -92,10 +92,13 @@ impl Runtime {
         let conn = Arc::new(conn);
         conn.send(&ToNode::Register { kind: id.kind, pid: std::process::id(), listen })
             .map_err(|e| Error::Connection { detail: e.to_string() })?;
-        match reader.read::<FromNode>() {
-            Ok(FromNode::Registered { .. }) => {}
-            Ok(other) => return Err(Error::Connection { detail: format!("unexpected first reply {other:?}") }),
-            Err(e) => return Err(Error::Connection { detail: format!("registration failed: {e}") }),
+        // Nothing that comes before the answer concerns a process that is not yet registered.
+        loop {
+            match reader.read::<FromNode>() {
+                Ok(FromNode::Registered { .. }) => break,
+                Ok(_) => continue,
+                Err(e) => return Err(Error::Connection { detail: format!("registration failed: {e}") }),
+            }
         }
         let limits = OwnerLimits {
             max_in_flight: cfg.max_tasks_in_flight_per_worker,

@@ -305,7 +305,7 @@ impl Node {
     }
 
     fn broadcast(&self, st: &State, msg: &FromNode) {
-        for c in st.conns.values() {
+        for c in st.conns.values().filter(|c| c.registered) {
             let _ = c.conn.send(msg);
         }
     }

@@ -73,14 +73,14 @@ pub mod worker_env {
     pub const PARENT_PID: &str = "FERRY_PARENT_PID";
 }
 
-struct ConnInfo {
-    conn: Arc<Conn>,
+pub(crate) struct ConnInfo {
+    pub(crate) conn: Arc<Conn>,
     /// The id the peer gave in its hello.
     from: WorkerId,
     /// Set once a worker process registered on this connection.
     worker: Option<WorkerId>,
-    /// Nothing but `Register` is accepted before it.
-    registered: bool,
+    /// Nothing but `Register` is accepted before it, and nothing is broadcast to it.
+    pub(crate) registered: bool,
 }
 
 struct State {
@@ -301,7 +301,7 @@ impl Node {
                 c.worker = None;
             }
             let msg = FromNode::WorkerDied { worker, reason: reason.to_string() };
-            for c in st.conns.values() {
+            for c in st.conns.values().filter(|c| c.registered) {
                 let _ = c.conn.send(&msg);
             }
         }
