@@ -348,8 +348,11 @@ fn report_memory(prefix: &str) {
     let mib = MIB as f64;
     let kids: Vec<(u32, Mem)> = children_of(me).into_iter().filter_map(|p| mem_of(p).map(|m| (p, m))).collect();
     let drv = mem_of(me).unwrap_or(Mem { rss: 0, pss: 0 });
-    for (p, m) in &kids {
+    for (p, m) in kids.iter().take(8) {
         info(&format!("{prefix} pid={p} worker rss={:.1}MiB pss={:.1}MiB", m.rss as f64 / mib, m.pss as f64 / mib));
+    }
+    if kids.len() > 8 {
+        info(&format!("{prefix} ... and {} more workers", kids.len() - 8));
     }
     info(&format!("{prefix} pid={me} driver rss={:.1}MiB pss={:.1}MiB", drv.rss as f64 / mib, drv.pss as f64 / mib));
     let rss: u64 = kids.iter().map(|(_, m)| m.rss).sum();

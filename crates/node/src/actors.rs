@@ -265,7 +265,7 @@ impl Node {
             st.worker_actor.remove(&w);
             self.spawn_kill(w);
         }
-        self.broadcast(st, &FromNode::ActorDied { actor, reason, restarting: false });
+        self.tell_holders(st, actor, &FromNode::ActorDied { actor, reason, restarting: false });
         self.answer_waiters(st, actor);
     }
 
@@ -280,7 +280,7 @@ impl Node {
             rec.restarts_left -= 1;
             rec.phase = Phase::Placing;
             let msg = FromNode::ActorDied { actor, reason: reason.to_string(), restarting: true };
-            self.broadcast(st, &msg);
+            self.tell_holders(st, actor, &msg);
             self.place(st, actor);
         } else {
             self.stop(st, actor, format!("its process died ({reason})"));
@@ -304,9 +304,11 @@ impl Node {
         }
     }
 
-    fn broadcast(&self, st: &State, msg: &FromNode) {
-        for c in st.conns.values().filter(|c| c.registered) {
-            let _ = c.conn.send(msg);
+    /// Tells the processes that hold the actor (they are the ones that may call it).
+    fn tell_holders(&self, st: &State, actor: ActorId, msg: &FromNode) {
+        let Some(rec) = st.actors.get(&actor) else { return };
+        for conn in &rec.holders {
+            self.send(st, *conn, msg);
         }
     }
 

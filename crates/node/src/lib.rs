@@ -300,9 +300,11 @@ impl Node {
             if let Some(c) = st.conns.get_mut(&conn) {
                 c.worker = None;
             }
-            let msg = FromNode::WorkerDied { worker, reason: reason.to_string() };
-            for c in st.conns.values().filter(|c| c.registered) {
-                let _ = c.conn.send(&msg);
+            // Only the owner holding its lease needs to know (an actor's callers hear of
+            // the actor instead); telling every process would cost n² messages when many
+            // workers go at once.
+            if let Some(holder) = st.sched.lease_holder(worker).filter(|h| *h != ACTOR_CONN) {
+                self.send(st, holder, &FromNode::WorkerDied { worker, reason: reason.to_string() });
             }
         }
         let actions = st.sched.worker_died(worker);
@@ -466,37 +468,43 @@ fn spawner(node: Arc<Node>, rx: mpsc::Receiver<SpawnCmd>) {
     let mut dying: Vec<WorkerId> = Vec::new();
     let mut last_scan = Instant::now();
     loop {
-        let cmd = rx.recv_timeout(Duration::from_millis(50));
-        match cmd {
-            Ok(SpawnCmd::Start) => match spawn_worker(&node) {
-                Ok((w, child)) => {
-                    node.pids.lock().unwrap_or_else(|e| e.into_inner()).insert(w, child.id());
-                    children.insert(w, child);
+        // Take every command waiting, then reap once.
+        let mut cmds = vec![rx.recv_timeout(Duration::from_millis(50))];
+        while let Ok(c) = rx.try_recv() {
+            cmds.push(Ok(c));
+        }
+        for cmd in cmds {
+            match cmd {
+                Ok(SpawnCmd::Start) => match spawn_worker(&node) {
+                    Ok((w, child)) => {
+                        node.pids.lock().unwrap_or_else(|e| e.into_inner()).insert(w, child.id());
+                        children.insert(w, child);
+                    }
+                    Err(e) => {
+                        eprintln!("ferry-node: cannot start a worker ({}): {e}", node.opts.worker_program.display());
+                        let mut st = node.lock();
+                        let actions = st.sched.worker_start_failed();
+                        node.apply(&mut st, actions);
+                    }
+                },
+                Ok(SpawnCmd::Kill(w)) => {
+                    if let Some(c) = children.get_mut(&w) {
+                        let _ = c.kill();
+                        dying.push(w);
+                    }
                 }
-                Err(e) => {
-                    eprintln!("ferry-node: cannot start a worker ({}): {e}", node.opts.worker_program.display());
-                    let mut st = node.lock();
-                    let actions = st.sched.worker_start_failed();
-                    node.apply(&mut st, actions);
+                Ok(SpawnCmd::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    for c in children.values_mut() {
+                        let _ = c.kill();
+                    }
+                    for (_, mut c) in children.drain() {
+                        let _ = c.wait();
+                    }
+                    node.pids.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                    return;
                 }
-            },
-            Ok(SpawnCmd::Kill(w)) => {
-                if let Some(c) = children.get_mut(&w) {
-                    let _ = c.kill();
-                    dying.push(w);
-                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
-            Ok(SpawnCmd::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-                for c in children.values_mut() {
-                    let _ = c.kill();
-                }
-                for (_, mut c) in children.drain() {
-                    let _ = c.wait();
-                }
-                node.pids.lock().unwrap_or_else(|e| e.into_inner()).clear();
-                return;
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
         // Reap exited workers and tick the pool's clock.
         let scan_all = last_scan.elapsed() >= Duration::from_secs(1);
