@@ -43,11 +43,31 @@ struct Hosted {
     instance: ActorInstance,
 }
 
+/// Runs one call's future with `CURRENT` set to its task during each poll (stored returns
+/// are named after it), so calls can interleave on one thread.
+struct InTask {
+    task: TaskId,
+    inner: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
+}
+
+impl std::future::Future for InTask {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let task = self.task;
+        CURRENT.with(|c| c.set(Some(task)));
+        let r = self.inner.as_mut().poll(cx);
+        CURRENT.with(|c| c.set(None));
+        r
+    }
+}
+
 /// See the module docs.
 pub(crate) struct Executor {
     q: Mutex<Queue>,
     cv: Condvar,
     actor: OnceLock<Hosted>,
+    /// The event loop's thread, for async actors (woken with `unpark` instead of `cv`).
+    loop_thread: OnceLock<thread::Thread>,
 }
 
 impl Executor {
@@ -56,6 +76,7 @@ impl Executor {
             q: Mutex::new(Queue { tasks: VecDeque::new(), blocked: 0, to_host: None }),
             cv: Condvar::new(),
             actor: OnceLock::new(),
+            loop_thread: OnceLock::new(),
         })
     }
 
@@ -97,7 +118,10 @@ impl Executor {
                     } else {
                         q.tasks.extend(specs.into_iter().map(|s| (conn.clone(), s)));
                         drop(q);
-                        self.cv.notify_one();
+                        match self.loop_thread.get() {
+                            Some(t) => t.unpark(),
+                            None => self.cv.notify_one(),
+                        }
                     }
                 }
                 Ok(ToWorker::Cancel { task }) => {
@@ -180,12 +204,14 @@ impl Executor {
     /// Runs the actor's constructor; on success this worker serves its calls from now on,
     /// on `max_concurrency` threads.
     fn construct(self: &Arc<Self>, rt: &'static Runtime, actor: ActorId, spec: ActorSpec) {
+        let mut is_async = false;
         let result = (|| {
             let class = registry::lookup_class(&spec.class)
                 .ok_or_else(|| format!("this binary has no actor type {:?}", spec.class))?;
             let held = load_args(rt, &spec.class, &spec.args).map_err(|e| format!("{e:?}"))?;
             let args = arg_data(&spec.args, &held);
             rt.lock().depth = spec.depth + 1;
+            is_async = class.is_async;
             let instance = (class.construct)(&args).map_err(|e| match e {
                 TaskError::Panicked { message, .. } => format!("the constructor panicked: {message}"),
                 e => format!("{e:?}"),
@@ -195,6 +221,11 @@ impl Executor {
         match result {
             Ok(instance) => {
                 let _ = self.actor.set(Hosted { instance });
+                if is_async {
+                    let _ = self.loop_thread.set(thread::current());
+                    rt.send_node(&ToNode::ActorReady { actor, error: None });
+                    self.run_event_loop(rt, spec.max_concurrency.max(1) as usize);
+                }
                 for i in 1..spec.max_concurrency.max(1) {
                     let me = self.clone();
                     let spawned = thread::Builder::new().name(format!("ferry-actor-{i}")).spawn(move || me.run(rt));
@@ -206,6 +237,60 @@ impl Executor {
             }
             Err(e) => {
                 rt.send_node(&ToNode::ActorReady { actor, error: Some(e) });
+            }
+        }
+    }
+
+    /// The event loop of an async actor: calls run as futures on this one thread, up to
+    /// `limit` at once, interleaving where they `.await`; sync methods run inline.
+    fn run_event_loop(&self, rt: &'static Runtime, limit: usize) -> ! {
+        use std::cell::Cell;
+        use std::rc::Rc;
+        let mut pool = futures_executor::LocalPool::new();
+        let spawner = pool.spawner();
+        let active = Rc::new(Cell::new(0usize));
+        let instance = self.actor.get().expect("constructed").instance.clone();
+        loop {
+            let jobs: Vec<(Arc<Conn>, TaskSpec)> = {
+                let mut q = self.lock();
+                let n = limit.saturating_sub(active.get()).min(q.tasks.len());
+                q.tasks.drain(..n).collect()
+            };
+            for (conn, spec) in jobs {
+                let task = spec.task;
+                CURRENT.with(|c| c.set(Some(task)));
+                let started = start_call(rt, &instance, &spec);
+                CURRENT.with(|c| c.set(None));
+                match started {
+                    Started::Done(reply) => {
+                        let _ = conn.send(&reply);
+                    }
+                    Started::Future(fut) => {
+                        active.set(active.get() + 1);
+                        let active = active.clone();
+                        let inner = Box::pin(async move {
+                            let reply = match fut.await {
+                                Ok(ret) => FromWorker::Done { task, returns: vec![ret] },
+                                Err(error) => FromWorker::Failed { task, error },
+                            };
+                            let _ = conn.send(&reply);
+                            active.set(active.get() - 1);
+                        });
+                        use futures_util::task::LocalSpawnExt;
+                        if let Err(e) = spawner.spawn_local(InTask { task, inner }) {
+                            eprintln!("ferry-worker: cannot run an async call: {e}");
+                        }
+                    }
+                }
+            }
+            pool.run_until_stalled();
+            let more = {
+                let q = self.lock();
+                !q.tasks.is_empty() && active.get() < limit
+            };
+            if !more {
+                // Woken by a new call (the owner readers unpark us) or a call's waker.
+                thread::park();
             }
         }
     }
@@ -309,6 +394,31 @@ fn execute(rt: &Runtime, spec: &TaskSpec) -> FromWorker {
     match (f.invoke)(&arg_data(&spec.args, &held)) {
         Ok(ret) => FromWorker::Done { task, returns: vec![ret] },
         Err(error) => FromWorker::Failed { task, error },
+    }
+}
+
+enum Started {
+    Done(FromWorker),
+    Future(registry::MethodFuture),
+}
+
+/// Starts a call on an async actor: an async method gives a future, anything else runs now.
+fn start_call(rt: &Runtime, instance: &ActorInstance, spec: &TaskSpec) -> Started {
+    let task = spec.task;
+    let Some(m) = registry::lookup_method(&spec.function) else {
+        let error = TaskError::UnknownFunction { function: spec.function.clone() };
+        return Started::Done(FromWorker::Failed { task, error });
+    };
+    let Some(start) = m.invoke_async else {
+        return Started::Done(execute_method(rt, instance, spec));
+    };
+    let held = match load_args(rt, &spec.function, &spec.args) {
+        Ok(h) => h,
+        Err(error) => return Started::Done(FromWorker::Failed { task, error }),
+    };
+    match start(instance, &arg_data(&spec.args, &held)) {
+        Ok(fut) => Started::Future(fut),
+        Err(error) => Started::Done(FromWorker::Failed { task, error }),
     }
 }
 

@@ -550,8 +550,10 @@ pub fn session_info() -> Result<SessionInfo> {
 pub mod __private {
     pub use crate::actor::{begin_exports, create_actor};
     pub use crate::bytes::ArgData;
+    pub use crate::registry::{
+        await_catching, ActorClass, ActorInstance, ActorMethod, MethodFuture, ACTOR_CLASSES, ACTOR_METHODS,
+    };
     pub use crate::registry::{check_arity, decode_arg, run_catching, RemoteFunction, REMOTE_FUNCTIONS};
-    pub use crate::registry::{ActorClass, ActorInstance, ActorMethod, ACTOR_CLASSES, ACTOR_METHODS};
     pub use ferry_proto::msg::{Return, TaskError};
     pub use linkme;
 }

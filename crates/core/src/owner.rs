@@ -354,11 +354,22 @@ impl OwnerState {
                 fx.pushes.push((self.leases[&lease_id].conn.clone(), ToWorker::Push(batch)));
             }
         }
-        if self.node_short && self.classes[class].queue.is_empty() {
+        // Tasks waiting behind another on a worker count as waiting too: more workers are
+        // asked for while there are any, and a new lease steals them (see `steal`).
+        // Otherwise a burst of long tasks would run one after another on the first lease.
+        let pipelined: usize = self.classes[class]
+            .leases
+            .iter()
+            .filter_map(|l| self.leases.get(l))
+            .map(|l| l.in_flight.saturating_sub(1))
+            .sum();
+        // An idle lease goes back when the node is short, unless it can take over some of
+        // those waiting tasks.
+        if self.node_short && self.classes[class].queue.is_empty() && pipelined == 0 {
             self.return_idle_leases(None, fx);
         }
         let c = &mut self.classes[class];
-        let want = c.queue.len().min(self.limits.max_pending_requests);
+        let want = (c.queue.len() + pipelined).min(self.limits.max_pending_requests);
         while c.pending_requests < want {
             let req = self.next_req;
             self.next_req += 1;
@@ -634,6 +645,7 @@ impl OwnerState {
                 stealing: false,
             },
         );
+        self.steal(class, fx);
         self.pump(class, fx);
     }
 

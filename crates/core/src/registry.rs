@@ -30,11 +30,20 @@ pub static REMOTE_FUNCTIONS: [RemoteFunction];
 /// a lock around the user's type).
 pub type ActorInstance = std::sync::Arc<dyn std::any::Any + Send + Sync>;
 
+/// The future of an async actor method's result.
+pub type MethodFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<ferry_proto::msg::Return, TaskError>>>>;
+
+/// Starts an async method: decodes the arguments and returns the call's future.
+pub type StartMethod = fn(&ActorInstance, &[ArgData<'_>]) -> Result<MethodFuture, TaskError>;
+
 /// An actor type, as `#[ferry::actor]` registers it.
 #[derive(Debug)]
 pub struct ActorClass {
     /// Stable id: `module::path::Type`.
     pub id: &'static str,
+    /// It has async methods: its calls run on one event loop, interleaved at `.await`.
+    pub is_async: bool,
     /// Decodes the constructor's arguments and builds the instance.
     pub construct: fn(&[ArgData<'_>]) -> Result<ActorInstance, TaskError>,
 }
@@ -45,6 +54,8 @@ pub struct ActorMethod {
     /// Stable id: `module::path::Type::method`.
     pub id: &'static str,
     pub invoke: fn(&ActorInstance, &[ArgData<'_>]) -> Result<ferry_proto::msg::Return, TaskError>,
+    /// For `async fn` methods: decodes the arguments and returns the call's future.
+    pub invoke_async: Option<StartMethod>,
 }
 
 #[linkme::distributed_slice]
@@ -110,6 +121,19 @@ pub fn check_arity(args: &[ArgData<'_>], n: usize, function: &str) -> Result<(),
         });
     }
     Ok(())
+}
+
+/// Awaits `f`, turning a panic into a `TaskError` with the panic's message (used by
+/// generated code for async methods).
+pub async fn await_catching<R>(
+    function: &'static str,
+    f: impl std::future::Future<Output = R>,
+) -> Result<R, TaskError> {
+    use futures_util::FutureExt;
+    AssertUnwindSafe(f)
+        .catch_unwind()
+        .await
+        .map_err(|p| TaskError::Panicked { function: function.to_string(), message: panic_message(&*p) })
 }
 
 /// Runs `f`, turning a panic into a `TaskError` with the panic's message.

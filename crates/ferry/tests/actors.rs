@@ -44,10 +44,47 @@ impl Counter {
         self.n += v;
         self.n
     }
-    pub async fn async_get(&self) -> i64 {
-        let r = add::remote(self.n, 0);
-        r.await.unwrap()
+}
+
+/// An async actor: its calls interleave on one event loop where they `.await`.
+#[ferry::actor]
+pub struct Waiter {
+    calls: std::sync::atomic::AtomicU64,
+}
+
+#[ferry::actor]
+impl Waiter {
+    pub fn new() -> Self {
+        Waiter { calls: Default::default() }
     }
+    /// Waits for a task of `ms` milliseconds; returns the thread it ran on.
+    pub async fn wait_for(&self, ms: u64) -> String {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let r = sleep_ms::options().num_cpus(0.0).remote(ms);
+        assert_eq!(r.await.unwrap(), ms);
+        format!("{:?}", std::thread::current().id())
+    }
+    pub async fn add_async(&self, a: i64, b: i64) -> i64 {
+        add::remote(a, b).await.unwrap()
+    }
+    pub async fn boom(&self) -> i64 {
+        panic!("async boom")
+    }
+    pub fn calls(&self) -> u64 {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Default for Waiter {
+    fn default() -> Self {
+        Waiter::new()
+    }
+}
+
+#[ferry::remote]
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
 }
 
 #[ferry::actor]
@@ -207,10 +244,23 @@ fn max_concurrency_runs_shared_methods_together() {
 }
 
 #[test]
-fn async_methods_await_refs() {
+fn async_methods_interleave_on_one_event_loop() {
     cluster();
-    let c = Counter::remote(5).unwrap();
-    assert_eq!(ferry::get_timeout(&c.async_get(), T).unwrap(), 5);
+    let w = Waiter::remote().unwrap();
+    assert_eq!(ferry::get_timeout(&w.add_async(40, 2), T).unwrap(), 42);
+    // Warm the pool so the timing below measures the actor, not process starts.
+    ferry::get_all(&(0..4).map(|_| sleep_ms::options().num_cpus(0.0).remote(1)).collect::<Vec<_>>()).unwrap();
+    let t = Instant::now();
+    let calls: Vec<_> = (0..4).map(|_| w.wait_for(400)).collect();
+    let threads = ferry::get_all(&calls).unwrap();
+    // Four 400 ms waits overlap: well under the 1.6 s they would take one after another...
+    assert!(t.elapsed() < Duration::from_millis(1200), "took {:?}", t.elapsed());
+    // ...on a single thread.
+    assert!(threads.iter().all(|x| *x == threads[0]), "{threads:?}");
+    assert_eq!(ferry::get_timeout(&w.calls(), T).unwrap(), 4);
+    // A panic in an async method fails that call only.
+    assert!(matches!(ferry::get_timeout(&w.boom(), T), Err(Error::TaskPanicked { .. })));
+    assert_eq!(ferry::get_timeout(&w.add_async(1, 1), T).unwrap(), 2);
 }
 
 #[test]

@@ -331,3 +331,14 @@ fn idle_leases_go_back_to_the_daemon() {
     let s = ferry::node_stats().unwrap();
     assert_eq!(s.available, s.total, "{s:?}");
 }
+
+#[test]
+fn regression_a_burst_of_long_tasks_spreads_over_workers() {
+    cluster();
+    // From a fresh owner holding no lease: the two tasks must not run one after another
+    // on the first worker leased.
+    let t = std::time::Instant::now();
+    let refs: Vec<_> = (0..2).map(|_| sleep_ms::remote(600)).collect();
+    assert_eq!(ferry::get_all(&refs).unwrap(), vec![600, 600]);
+    assert!(t.elapsed() < Duration::from_millis(1100), "took {:?}", t.elapsed());
+}

@@ -381,6 +381,16 @@ fn expand_actor_impl(args: ActorArgs, imp: ItemImpl) -> syn::Result<proc_macro2:
     if ctor_async {
         return Err(syn::Error::new(imp.span(), "the constructor cannot be async"));
     }
+    let is_async = methods.iter().any(|m| m.4);
+    if is_async {
+        if let Some(m) = methods.iter().find(|m| m.3) {
+            return Err(syn::Error::new(
+                m.0.span(),
+                "an actor with async methods runs its calls interleaved on one event loop, so its methods take \
+                 &self (keep mutable state in a Mutex or Cell)",
+            ));
+        }
+    }
     let n = ctor_tys.len();
     let cidents: Vec<_> = (0..n).map(|i| format_ident!("__arg{}", i)).collect();
     let cidx: Vec<_> = (0..n).collect();
@@ -410,6 +420,36 @@ fn expand_actor_impl(args: ActorArgs, imp: ItemImpl) -> syn::Result<proc_macro2:
             "::",
             ::core::stringify!(#mname)
         ));
+        let invoke_async = format_ident!("__ferry_start_{}", mname);
+        let (async_fn, async_entry) = if *is_async {
+            (
+                quote! {
+                    fn #invoke_async(
+                        __inst: &::ferry::__private::ActorInstance,
+                        __args: &[::ferry::__private::ArgData<'_>],
+                    ) -> ::core::result::Result<::ferry::__private::MethodFuture, ::ferry::__private::TaskError> {
+                        const __ID: &str = #id;
+                        if __inst.downcast_ref::<::std::sync::RwLock<#name>>().is_none() {
+                            return ::core::result::Result::Err(::ferry::__private::TaskError::UnknownFunction {
+                                function: ::std::string::String::from(__ID),
+                            });
+                        }
+                        ::ferry::__private::check_arity(__args, #k, __ID)?;
+                        #( let #idents: #tys = ::ferry::__private::decode_arg(__args, #idx, __ID)?; )*
+                        let __inst = __inst.clone();
+                        ::core::result::Result::Ok(::std::boxed::Box::pin(async move {
+                            let __cell = __inst.downcast_ref::<::std::sync::RwLock<#name>>().expect("checked above");
+                            let __g = __cell.read().unwrap_or_else(|e| e.into_inner());
+                            let __out: #ret = ::ferry::__private::await_catching(__ID, __g.#mname(#(#idents),*)).await?;
+                            ::ferry::store_return(&__out, __ID)
+                        }))
+                    }
+                },
+                quote!(::core::option::Option::Some(#invoke_async)),
+            )
+        } else {
+            (quote!(), quote!(::core::option::Option::None))
+        };
         method_items.push(quote! {
             fn #invoke(
                 __inst: &::ferry::__private::ActorInstance,
@@ -428,7 +468,9 @@ fn expand_actor_impl(args: ActorArgs, imp: ItemImpl) -> syn::Result<proc_macro2:
             #[::ferry::__private::linkme::distributed_slice(::ferry::__private::ACTOR_METHODS)]
             #[linkme(crate = ::ferry::__private::linkme)]
             static #entry: ::ferry::__private::ActorMethod =
-                ::ferry::__private::ActorMethod { id: #id, invoke: #invoke };
+                ::ferry::__private::ActorMethod { id: #id, invoke: #invoke, invoke_async: #async_entry };
+
+            #async_fn
         });
         let mname_str = mname.to_string();
         proxy_methods.push(quote! {
@@ -440,7 +482,8 @@ fn expand_actor_impl(args: ActorArgs, imp: ItemImpl) -> syn::Result<proc_macro2:
             }
         });
     }
-    let mc = args.max_concurrency.unwrap_or(1);
+    // Async actors interleave calls on one thread: many may be in flight (Ray's default).
+    let mc = args.max_concurrency.unwrap_or(if is_async { 1000 } else { 1 });
     let mr = args.max_restarts.unwrap_or(0);
     let mtr = args.max_task_retries.unwrap_or(0);
     let cpus = args.num_cpus.unwrap_or(0.0);
@@ -448,7 +491,9 @@ fn expand_actor_impl(args: ActorArgs, imp: ItemImpl) -> syn::Result<proc_macro2:
     Ok(quote! {
         #imp
 
-        #[allow(non_snake_case, non_upper_case_globals)]
+        // Async methods hold the instance's read guard across `.await`: an async actor has
+        // no `&mut self` methods, so nothing ever waits for the write side of that lock.
+        #[allow(non_snake_case, non_upper_case_globals, clippy::await_holding_lock)]
         const _: () = {
             fn __ferry_construct(
                 __args: &[::ferry::__private::ArgData<'_>],
@@ -464,6 +509,7 @@ fn expand_actor_impl(args: ActorArgs, imp: ItemImpl) -> syn::Result<proc_macro2:
             #[linkme(crate = ::ferry::__private::linkme)]
             static __FERRY_CLASS: ::ferry::__private::ActorClass = ::ferry::__private::ActorClass {
                 id: <#name as ::ferry::Actor>::CLASS,
+                is_async: #is_async,
                 construct: __ferry_construct,
             };
 
