@@ -116,10 +116,14 @@ impl Executor {
                         let tasks = specs.iter().map(|s| s.task).collect();
                         let _ = conn.send(&FromWorker::Requeued { tasks });
                     } else {
+                        let n = specs.len();
                         q.tasks.extend(specs.into_iter().map(|s| (conn.clone(), s)));
                         drop(q);
                         match self.loop_thread.get() {
                             Some(t) => t.unpark(),
+                            // One thread per new call: with max_concurrency > 1, a batch of
+                            // calls arriving in one frame must not wait for a single thread.
+                            None if n > 1 => self.cv.notify_all(),
                             None => self.cv.notify_one(),
                         }
                     }

@@ -384,7 +384,29 @@ pub fn get_timeout<T: DeserializeOwned + 'static>(r: &ObjectRef<T>, timeout: Dur
 }
 
 /// Gets every object, in order; the first error is returned.
+///
+/// Waits once for the whole list (a cursor moves past ready objects, and only the first one
+/// still pending is watched), so a task waiting on thousands of refs gives its CPU back once,
+/// not once per ref.
 pub fn get_all<T: DeserializeOwned + 'static>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
+    let rt = runtime()?;
+    let mut next = 0;
+    rt.block_until(None, |w| {
+        let mut st = rt.lock();
+        while let Some(r) = refs.get(next) {
+            match st.objects.get_mut(&r.raw.id) {
+                Some(e) if matches!(e.state, owner::ObjState::Pending) => {
+                    if !e.waiters.iter().any(|x| x.will_wake(w)) {
+                        e.waiters.push(w.clone());
+                    }
+                    return Poll::Pending;
+                }
+                // Ready, failed or unknown: `get` below reports which.
+                _ => next += 1,
+            }
+        }
+        Poll::Ready(())
+    });
     refs.iter().map(get).collect()
 }
 

@@ -5,7 +5,6 @@ mod common;
 use common::{cluster, eventually, pid_alive, T};
 use ferry::prelude::*;
 use ferry::Error;
-use std::time::Instant;
 
 #[ferry::actor]
 pub struct Counter {
@@ -46,23 +45,57 @@ impl Counter {
     }
 }
 
+/// Counts how many of its calls run at the same moment.
+#[ferry::actor]
+#[derive(Default)]
+pub struct Gauge {
+    active: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+}
+
+#[ferry::actor]
+impl Gauge {
+    pub fn new() -> Self {
+        Gauge::default()
+    }
+    pub fn hold(&self, ms: u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.active.fetch_add(1, SeqCst) + 1;
+        self.peak.fetch_max(now, SeqCst);
+        std::thread::sleep(Duration::from_millis(ms));
+        self.active.fetch_sub(1, SeqCst);
+    }
+    pub fn peak(&self) -> usize {
+        self.peak.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// An async actor: its calls interleave on one event loop where they `.await`.
 #[ferry::actor]
 pub struct Waiter {
     calls: std::sync::atomic::AtomicU64,
+    active: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
 }
 
 #[ferry::actor]
 impl Waiter {
     pub fn new() -> Self {
-        Waiter { calls: Default::default() }
+        Waiter { calls: Default::default(), active: Default::default(), peak: Default::default() }
     }
     /// Waits for a task of `ms` milliseconds; returns the thread it ran on.
     pub async fn wait_for(&self, ms: u64) -> String {
-        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        use std::sync::atomic::Ordering::SeqCst;
+        self.calls.fetch_add(1, SeqCst);
+        let now = self.active.fetch_add(1, SeqCst) + 1;
+        self.peak.fetch_max(now, SeqCst);
         let r = sleep_ms::options().num_cpus(0.0).remote(ms);
         assert_eq!(r.await.unwrap(), ms);
+        self.active.fetch_sub(1, SeqCst);
         format!("{:?}", std::thread::current().id())
+    }
+    pub fn peak(&self) -> usize {
+        self.peak.load(std::sync::atomic::Ordering::SeqCst)
     }
     pub async fn add_async(&self, a: i64, b: i64) -> i64 {
         add::remote(a, b).await.unwrap()
@@ -228,19 +261,13 @@ fn named_and_detached_actors() {
 #[test]
 fn max_concurrency_runs_shared_methods_together() {
     cluster();
-    let c = Counter::options().max_concurrency(4).remote(3).unwrap();
-    ferry::get_timeout(&c.get(), T).unwrap();
-    let t = Instant::now();
-    let refs: Vec<_> = (0..4).map(|_| c.slow_get(300)).collect();
-    assert_eq!(ferry::get_all(&refs).unwrap(), vec![3; 4]);
-    assert!(t.elapsed() < Duration::from_millis(1000), "took {:?}", t.elapsed());
+    let g = Gauge::options().max_concurrency(4).remote().unwrap();
+    ferry::get_all(&(0..4).map(|_| g.hold(300)).collect::<Vec<_>>()).unwrap();
+    assert_eq!(ferry::get_timeout(&g.peak(), T).unwrap(), 4, "four calls ran at once");
     // With the default of one, they run one after another.
-    let s = Counter::remote(3).unwrap();
-    ferry::get_timeout(&s.get(), T).unwrap();
-    let t = Instant::now();
-    let refs: Vec<_> = (0..3).map(|_| s.slow_get(100)).collect();
-    ferry::get_all(&refs).unwrap();
-    assert!(t.elapsed() >= Duration::from_millis(300), "took {:?}", t.elapsed());
+    let s = Gauge::remote().unwrap();
+    ferry::get_all(&(0..3).map(|_| s.hold(50)).collect::<Vec<_>>()).unwrap();
+    assert_eq!(ferry::get_timeout(&s.peak(), T).unwrap(), 1);
 }
 
 #[test]
@@ -250,11 +277,10 @@ fn async_methods_interleave_on_one_event_loop() {
     assert_eq!(ferry::get_timeout(&w.add_async(40, 2), T).unwrap(), 42);
     // Warm the pool so the timing below measures the actor, not process starts.
     ferry::get_all(&(0..4).map(|_| sleep_ms::options().num_cpus(0.0).remote(1)).collect::<Vec<_>>()).unwrap();
-    let t = Instant::now();
     let calls: Vec<_> = (0..4).map(|_| w.wait_for(400)).collect();
     let threads = ferry::get_all(&calls).unwrap();
-    // Four 400 ms waits overlap: well under the 1.6 s they would take one after another...
-    assert!(t.elapsed() < Duration::from_millis(1200), "took {:?}", t.elapsed());
+    // The four waits were in progress at the same moment...
+    assert_eq!(ferry::get_timeout(&w.peak(), T).unwrap(), 4);
     // ...on a single thread.
     assert!(threads.iter().all(|x| *x == threads[0]), "{threads:?}");
     assert_eq!(ferry::get_timeout(&w.calls(), T).unwrap(), 4);
