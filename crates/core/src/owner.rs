@@ -487,6 +487,7 @@ impl OwnerState {
                 if let Some(c) = self.actors.get_mut(&a) {
                     c.queue.retain(|x| *x != task);
                     c.in_flight.retain(|x| *x != task);
+                    c.doomed.retain(|x| *x != task);
                 }
             }
             None if t.state == TaskState::Queued => self.classes[t.class].queue.retain(|x| *x != task),
@@ -871,7 +872,7 @@ impl OwnerState {
     /// Forgets an actor once no handle and no call of it is left here.
     fn maybe_release_actor(&mut self, actor: ActorId, fx: &mut Effects) {
         let Some(c) = self.actors.get(&actor) else { return };
-        if c.handles > 0 || !c.queue.is_empty() || !c.in_flight.is_empty() {
+        if c.handles > 0 || !c.queue.is_empty() || !c.in_flight.is_empty() || !c.doomed.is_empty() {
             return;
         }
         let c = self.actors.remove(&actor).expect("checked");
@@ -944,7 +945,8 @@ impl OwnerState {
         loop {
             let Some(c) = self.actors.get_mut(&actor) else { return };
             if let Some(err) = c.dead.clone() {
-                let doomed: Vec<TaskId> = c.queue.drain(..).chain(c.in_flight.drain(..)).collect();
+                let doomed: Vec<TaskId> =
+                    c.queue.drain(..).chain(c.in_flight.drain(..)).chain(c.doomed.drain(..)).collect();
                 for t in doomed {
                     self.fail_task(t, err.clone(), fx);
                 }
@@ -1037,6 +1039,15 @@ impl OwnerState {
                 c.worker = Some(worker);
                 c.conn = Some(conn);
                 c.stale = None;
+                // A new incarnation: the calls lost with the old one had no retries left.
+                let doomed = std::mem::take(&mut c.doomed);
+                let err = Error::ActorDied {
+                    actor: c.label.to_string(),
+                    reason: format!("its process died ({}) and the call had no retries left", c.lost_detail),
+                };
+                for t in doomed {
+                    self.fail_task(t, err.clone(), fx);
+                }
             }
             // Gone since the daemon last heard of it: ask again, naming it.
             Located::Unreachable(worker) => c.stale = Some(worker),
@@ -1062,12 +1073,10 @@ impl OwnerState {
         let Some(c) = self.actors.get_mut(&actor) else { return };
         c.conn = None;
         c.stale = c.worker.take();
-        let err = c.dead.clone().unwrap_or_else(|| Error::ActorDied {
-            actor: c.label.to_string(),
-            reason: format!("its process died ({detail})"),
-        });
+        c.lost_detail = detail.to_string();
         let in_flight: Vec<TaskId> = c.in_flight.drain(..).collect();
         let mut retry = Vec::new();
+        let mut doomed = Vec::new();
         for task in in_flight {
             let Some(t) = self.tasks.get_mut(&task) else { continue };
             if t.retries_left > 0 {
@@ -1075,13 +1084,16 @@ impl OwnerState {
                 t.state = TaskState::Queued;
                 retry.push(task);
             } else {
-                self.fail_task(task, err.clone(), fx);
+                doomed.push(task);
             }
         }
         if let Some(c) = self.actors.get_mut(&actor) {
             for task in retry.into_iter().rev() {
                 c.queue.push_front(task);
             }
+            // These fail, but with the daemon's account of why (killed, crashed, restarted),
+            // which arrives with the answer to the resolve that `pump_actor` sends now.
+            c.doomed.extend(doomed);
         }
         self.pump_actor(actor, fx);
     }
@@ -1113,6 +1125,10 @@ struct ActorClient {
     queue: VecDeque<TaskId>,
     /// Sent and not answered, in order.
     in_flight: VecDeque<TaskId>,
+    /// Lost with the actor's process and out of retries: they fail once the daemon says why.
+    doomed: Vec<TaskId>,
+    /// How the connection to the last incarnation ended.
+    lost_detail: String,
     max_task_retries: u32,
     /// How errors name the actor.
     label: Arc<str>,
@@ -1134,6 +1150,8 @@ impl ActorClient {
             dead: None,
             queue: VecDeque::new(),
             in_flight: VecDeque::new(),
+            doomed: Vec::new(),
+            lost_detail: String::new(),
             max_task_retries,
             label: Arc::from(label),
             ctor_args: Vec::new(),
