@@ -253,57 +253,12 @@ impl OwnerState {
         exported: Vec<ActorId>,
         fx: &mut Effects,
     ) -> ObjectId {
-        let task = self.next_id();
-        let ret = ObjectId { task, index: 0 };
-        self.objects.insert(ret, ObjEntry::new(ObjState::Pending, 1));
         let class = self.class_of(shape);
-        let mut waiting = 0;
-        let mut failed = None;
-        for a in &args {
-            if let ArgDraft::Ref(id) = a {
-                match self.objects.get_mut(id) {
-                    Some(e) => {
-                        e.submitted += 1;
-                        match &e.state {
-                            ObjState::Pending => {
-                                waiting += 1;
-                                e.dependents.push(task);
-                            }
-                            ObjState::Failed(err) => failed = Some(err.clone()),
-                            ObjState::Ready(_) => {}
-                        }
-                    }
-                    None => {
-                        failed = Some(Error::ObjectLost {
-                            object: *id,
-                            reason: "this process does not own the object (passing borrowed refs is not supported yet)"
-                                .into(),
-                        })
-                    }
-                }
-            }
-        }
-        let state = if waiting > 0 { TaskState::WaitingDeps(waiting) } else { TaskState::Queued };
-        let depth = self.depth;
-        self.tasks.insert(
-            task,
-            TaskEntry {
-                function,
-                name,
-                args,
-                class,
-                actor: None,
-                create: None,
-                exported,
-                depth,
-                retries_left: max_retries,
-                state,
-                ret,
-            },
-        );
-        if let Some(err) = failed.or_else(|| self.stopped.clone()) {
+        let target = Target { class, actor: None, create: None };
+        let (task, ret, failed) = self.register_task(function, name, args, target, exported, max_retries, 1);
+        if let Some(err) = failed {
             self.fail_task(task, err, fx);
-        } else if waiting == 0 {
+        } else if self.tasks.get(&task).is_some_and(|t| t.state == TaskState::Queued) {
             self.classes[class].queue.push_back(task);
             self.pump(class, fx);
         }
@@ -785,6 +740,7 @@ impl OwnerState {
     // ---- actors ----
 
     /// Records a task (normal, actor call or actor creation) with its argument counts.
+    /// Its return object starts with `local` handles.
     /// Returns its id, and the error of a failed argument if there is one.
     #[allow(clippy::too_many_arguments)]
     fn register_task(
@@ -792,8 +748,7 @@ impl OwnerState {
         function: &'static str,
         name: Arc<str>,
         args: Vec<ArgDraft>,
-        actor: ActorId,
-        create: Option<Box<ActorSpec>>,
+        target: Target,
         exported: Vec<ActorId>,
         max_retries: u32,
         local: u32,
@@ -835,9 +790,9 @@ impl OwnerState {
                 function,
                 name,
                 args,
-                class: 0,
-                actor: Some(actor),
-                create,
+                class: target.class,
+                actor: target.actor,
+                create: target.create,
                 exported,
                 depth,
                 retries_left: max_retries,
@@ -907,7 +862,7 @@ impl OwnerState {
         self.actors.insert(actor, ActorClient::new(label, true, max_task_retries));
         self.actors.get_mut(&actor).expect("inserted").handles = 1;
         let (task, _ret, failed) =
-            self.register_task(class, Arc::from(label), args, actor, Some(Box::new(spec)), exported, 0, 0);
+            self.register_task(class, Arc::from(label), args, Target::creation(actor, spec), exported, 0, 0);
         self.actors.get_mut(&actor).expect("inserted").queue.push_back(task);
         match failed {
             Some(err) => {
@@ -929,7 +884,7 @@ impl OwnerState {
         fx: &mut Effects,
     ) -> ObjectId {
         let retries = self.actors.get(&actor).map(|c| c.max_task_retries).unwrap_or(0);
-        let (task, ret, failed) = self.register_task(method, name, args, actor, None, exported, retries, 1);
+        let (task, ret, failed) = self.register_task(method, name, args, Target::call(actor), exported, retries, 1);
         let c = self.actors.entry(actor).or_insert_with(|| ActorClient::new("actor", false, 0));
         c.queue.push_back(task);
         match failed {
@@ -1096,6 +1051,23 @@ impl OwnerState {
             c.doomed.extend(doomed);
         }
         self.pump_actor(actor, fx);
+    }
+}
+
+/// What a task is for: a scheduling class, or an actor (a call, or with `create` its creation).
+#[derive(Debug)]
+struct Target {
+    class: usize,
+    actor: Option<ActorId>,
+    create: Option<Box<ActorSpec>>,
+}
+
+impl Target {
+    fn call(actor: ActorId) -> Target {
+        Target { class: 0, actor: Some(actor), create: None }
+    }
+    fn creation(actor: ActorId, spec: ActorSpec) -> Target {
+        Target { class: 0, actor: Some(actor), create: Some(Box::new(spec)) }
     }
 }
 
