@@ -197,10 +197,7 @@ impl Executor {
     fn run_one(&self, rt: &'static Runtime, conn: &Conn, spec: &TaskSpec) {
         rt.lock().depth = spec.depth + 1;
         CURRENT.with(|c| c.set(Some(spec.task)));
-        let reply = match self.actor.get() {
-            Some(h) => execute_method(rt, &h.instance, spec),
-            None => execute(rt, spec),
-        };
+        let reply = execute(rt, spec, self.actor.get().map(|h| &h.instance));
         CURRENT.with(|c| c.set(None));
         let _ = conn.send(&reply);
     }
@@ -386,16 +383,26 @@ fn arg_data<'a>(args: &'a [Arg], held: &'a [ArgBytes]) -> Vec<ArgData<'a>> {
         .collect()
 }
 
-fn execute(rt: &Runtime, spec: &TaskSpec) -> FromWorker {
+/// Runs a task, or with `instance` a call of the hosted actor's method.
+fn execute(rt: &Runtime, spec: &TaskSpec, instance: Option<&ActorInstance>) -> FromWorker {
     let task = spec.task;
-    let Some(f) = registry::lookup(&spec.function) else {
-        return FromWorker::Failed { task, error: TaskError::UnknownFunction { function: spec.function.clone() } };
-    };
+    let unknown = || FromWorker::Failed { task, error: TaskError::UnknownFunction { function: spec.function.clone() } };
     let held = match load_args(rt, &spec.function, &spec.args) {
         Ok(h) => h,
         Err(error) => return FromWorker::Failed { task, error },
     };
-    match (f.invoke)(&arg_data(&spec.args, &held)) {
+    let args = arg_data(&spec.args, &held);
+    let result = match instance {
+        None => match registry::lookup(&spec.function) {
+            Some(f) => (f.invoke)(&args),
+            None => return unknown(),
+        },
+        Some(inst) => match registry::lookup_method(&spec.function) {
+            Some(m) => (m.invoke)(inst, &args),
+            None => return unknown(),
+        },
+    };
+    match result {
         Ok(ret) => FromWorker::Done { task, returns: vec![ret] },
         Err(error) => FromWorker::Failed { task, error },
     }
@@ -414,7 +421,7 @@ fn start_call(rt: &Runtime, instance: &ActorInstance, spec: &TaskSpec) -> Starte
         return Started::Done(FromWorker::Failed { task, error });
     };
     let Some(start) = m.invoke_async else {
-        return Started::Done(execute_method(rt, instance, spec));
+        return Started::Done(execute(rt, spec, Some(instance)));
     };
     let held = match load_args(rt, &spec.function, &spec.args) {
         Ok(h) => h,
@@ -423,21 +430,6 @@ fn start_call(rt: &Runtime, instance: &ActorInstance, spec: &TaskSpec) -> Starte
     match start(instance, &arg_data(&spec.args, &held)) {
         Ok(fut) => Started::Future(fut),
         Err(error) => Started::Done(FromWorker::Failed { task, error }),
-    }
-}
-
-fn execute_method(rt: &Runtime, instance: &ActorInstance, spec: &TaskSpec) -> FromWorker {
-    let task = spec.task;
-    let Some(m) = registry::lookup_method(&spec.function) else {
-        return FromWorker::Failed { task, error: TaskError::UnknownFunction { function: spec.function.clone() } };
-    };
-    let held = match load_args(rt, &spec.function, &spec.args) {
-        Ok(h) => h,
-        Err(error) => return FromWorker::Failed { task, error },
-    };
-    match (m.invoke)(instance, &arg_data(&spec.args, &held)) {
-        Ok(ret) => FromWorker::Done { task, returns: vec![ret] },
-        Err(error) => FromWorker::Failed { task, error },
     }
 }
 
