@@ -343,3 +343,28 @@ unsafe fn libc_kill(pid: u32) {
     // SAFETY: plain syscall wrapper.
     unsafe { kill(pid as i32, 9) };
 }
+
+/// Creates two named actors from inside a task (so the task's worker is their creator) and
+/// returns that worker's pid.
+#[ferry::remote]
+fn create_from_task(detached: String, attached: String) -> u32 {
+    let d = Counter::options().name(&detached).detached().remote(1).unwrap();
+    let a = Counter::options().name(&attached).remote(2).unwrap();
+    assert_eq!(ferry::get(&d.get()).unwrap() + ferry::get(&a.get()).unwrap(), 3);
+    // Keep the non-detached actor held by this process after the task returns.
+    std::mem::forget(a);
+    std::process::id()
+}
+
+#[test]
+fn detached_actor_outlives_its_creator_and_an_attached_one_does_not() {
+    cluster();
+    let creator = ferry::get_timeout(&create_from_task::remote("survivor", "follower"), T).unwrap();
+    assert_eq!(ferry::get_timeout(&ferry::get_actor::<Counter>("follower").unwrap().get(), T).unwrap(), 2);
+    // SAFETY: killing the creator worker, a process of this test's cluster.
+    unsafe { libc_kill(creator) };
+    eventually("the creator's actor died with it", T, || ferry::get_actor::<Counter>("follower").is_err());
+    let survivor = ferry::get_actor::<Counter>("survivor").unwrap();
+    assert_eq!(ferry::get_timeout(&survivor.incr(1), T).unwrap(), 2);
+    ferry::kill(&survivor).unwrap();
+}
