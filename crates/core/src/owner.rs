@@ -528,6 +528,12 @@ impl OwnerState {
         for l in self.leases.values_mut().filter(|l| l.worker == worker) {
             l.stealing = false;
         }
+        self.take_back(tasks, false, fx);
+    }
+
+    /// Pushed tasks that a worker hands back unstarted go to the front of their queues, in
+    /// order; with `blocked`, their lease gets no more until its running task finishes.
+    fn take_back(&mut self, tasks: Vec<TaskId>, blocked: bool, fx: &mut Effects) {
         let mut classes = Vec::new();
         for task in tasks.into_iter().rev() {
             let Some(t) = self.tasks.get_mut(&task) else {
@@ -536,6 +542,7 @@ impl OwnerState {
             if let TaskState::Pushed { lease, .. } = t.state {
                 if let Some(l) = self.leases.get_mut(&lease) {
                     l.in_flight = l.in_flight.saturating_sub(1);
+                    l.blocked |= blocked;
                 }
                 t.state = TaskState::Queued;
                 self.classes[t.class].queue.push_front(task);
@@ -557,27 +564,9 @@ impl OwnerState {
         self.after_reply(&t, fx);
     }
 
-    /// The worker of `lease` blocked and handed back tasks it had not started.
+    /// The worker of a lease blocked in `get` and handed back the tasks it had not started.
     pub fn on_requeued(&mut self, tasks: Vec<TaskId>, fx: &mut Effects) {
-        let mut classes = Vec::new();
-        for task in tasks.into_iter().rev() {
-            let Some(t) = self.tasks.get_mut(&task) else {
-                continue;
-            };
-            if let TaskState::Pushed { lease, .. } = t.state {
-                if let Some(l) = self.leases.get_mut(&lease) {
-                    l.in_flight = l.in_flight.saturating_sub(1);
-                    l.blocked = true;
-                }
-                t.state = TaskState::Queued;
-                self.classes[t.class].queue.push_front(task);
-                classes.push(t.class);
-            }
-        }
-        classes.dedup();
-        for c in classes {
-            self.pump(c, fx);
-        }
+        self.take_back(tasks, true, fx);
     }
 
     /// A lease request was granted.
