@@ -17,6 +17,8 @@ mod config;
 mod error;
 mod executor;
 mod owner;
+#[cfg(test)]
+mod owner_model;
 pub mod registry;
 mod runtime;
 mod session;
