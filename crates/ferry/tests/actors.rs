@@ -368,3 +368,13 @@ fn detached_actor_outlives_its_creator_and_an_attached_one_does_not() {
     assert_eq!(ferry::get_timeout(&survivor.incr(1), T).unwrap(), 2);
     ferry::kill(&survivor).unwrap();
 }
+
+#[test]
+fn an_actor_no_node_can_host_fails_its_calls_with_the_reason() {
+    cluster();
+    let c = Counter::options().resource("unobtainium", 1.0).remote(0).unwrap();
+    match ferry::get_timeout(&c.get(), T) {
+        Err(e @ Error::ActorDied { .. }) => assert!(e.to_string().contains("never be scheduled"), "{e}"),
+        other => panic!("expected ActorDied, got {other:?}"),
+    }
+}

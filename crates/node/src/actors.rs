@@ -159,6 +159,16 @@ impl Node {
         }
     }
 
+    /// No node can ever host the actor: it is dead, and its callers are told why.
+    pub(crate) fn actor_infeasible(&self, st: &mut State, req: u64, reason: String) {
+        if let Some(actor) = st.actor_reqs.remove(&req) {
+            if let Some(rec) = st.actors.get_mut(&actor) {
+                rec.killed = true;
+            }
+            self.stop(st, actor, format!("it can never be scheduled: {reason}"));
+        }
+    }
+
     pub(crate) fn actor_ready(&self, st: &mut State, worker: Option<WorkerId>, actor: ActorId, error: Option<String>) {
         let Some(rec) = st.actors.get_mut(&actor) else { return };
         let Phase::Starting { worker: w } = rec.phase else { return };

@@ -282,6 +282,7 @@ impl Node {
                         }
                     }
                 }
+                Action::Infeasible { conn: ACTOR_CONN, req, reason } => self.actor_infeasible(st, req, reason),
                 Action::Infeasible { conn, req, reason } => {
                     self.send(st, conn, &FromNode::LeaseInfeasible { req, reason })
                 }
