@@ -168,9 +168,14 @@ fn calls_run_in_submission_order_and_return_refs() {
     let vals = ferry::get_all(&refs).unwrap();
     assert_eq!(vals, (11..=210).collect::<Vec<i64>>());
     assert_eq!(ferry::get_timeout(&c.get(), T).unwrap(), 210);
-    // Results are ordinary refs: pass one to a task.
+    // Results are ordinary refs: pass one to a task, to another actor, and wait on them.
     let r = add::remote(c.get(), 5);
     assert_eq!(ferry::get_timeout(&r, T).unwrap(), 215);
+    let other = Counter::remote(1000).unwrap();
+    let chained = other.incr(c.incr(1));
+    let (ready, pending) = ferry::wait(&[chained.clone(), c.get()], 2, Some(T)).unwrap();
+    assert_eq!((ready.len(), pending.len()), (2, 0));
+    assert_eq!(ferry::get_timeout(&chained, T).unwrap(), 1211);
 }
 
 #[test]
