@@ -307,3 +307,29 @@ fn a_killed_driver_takes_its_workers_with_it() {
         assert!(!d.exists(), "{} left behind", d.display());
     }
 }
+
+#[test]
+fn a_peer_that_stops_reading_cannot_stall_the_daemon() {
+    cluster();
+    let (c, _rx_never_read) = raw_node();
+    c.send(&ToNode::Register {
+        kind: ferry_proto::msg::ProcKind::Driver,
+        pid: std::process::id(),
+        listen: ferry_proto::Addr::Unix("/nonexistent".into()),
+    })
+    .unwrap();
+    // Ask for far more answers than a socket buffer holds, and read none of them.
+    let flood = std::thread::spawn(move || {
+        for req in 0..200_000u64 {
+            if c.send(&ToNode::Stats { req }).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // The daemon gives up on that peer after its write timeout, and serves everyone else.
+    let start = std::time::Instant::now();
+    cluster_still_works();
+    assert!(start.elapsed() < T);
+    flood.join().unwrap();
+}

@@ -424,6 +424,8 @@ fn serve_conn(node: Arc<Node>, stream: Stream) {
             return;
         }
     };
+    // The daemon answers while holding its state: a peer that stops reading must not stall it.
+    let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
     let conn = Arc::new(conn);
     let id = {
         let mut st = node.lock();

@@ -64,6 +64,12 @@ impl Stream {
             Stream::Tcp(s) => s.set_read_timeout(d),
         }
     }
+    pub fn set_write_timeout(&self, d: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_write_timeout(d),
+            Stream::Tcp(s) => s.set_write_timeout(d),
+        }
+    }
     pub fn shutdown(&self) {
         let _ = match self {
             Stream::Unix(s) => s.shutdown(Shutdown::Both),
@@ -153,6 +159,12 @@ impl Conn {
     pub fn send_raw(&self, bytes: &[u8]) -> io::Result<()> {
         let _g = self.out.lock().unwrap_or_else(|e| e.into_inner());
         (&self.stream).write_all(bytes)
+    }
+
+    /// Bounds how long a send may wait for the peer to read; past it the send fails and the
+    /// connection is marked failed (a peer that stops reading cannot stall the sender).
+    pub fn set_write_timeout(&self, d: Option<Duration>) -> io::Result<()> {
+        self.stream.set_write_timeout(d)
     }
 
     /// Closes both directions; the peer's reader sees end of stream, ours an error.
