@@ -4,9 +4,10 @@
 //! interchangeable on the wire. Decoded from the store (by `get`, or as a task argument) it
 //! is a view of the shared-memory mapping: no copy, however large.
 
-use ferry_store::ObjectView;
+use ferry_store::{ObjectView, StagedFile};
 use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Immutable bytes: owned, or a zero-copy view of an object in the store.
@@ -20,6 +21,21 @@ pub struct Bytes {
 enum Inner {
     Inline(Arc<Vec<u8>>),
     Mapped(ObjectView),
+    /// Built in the store by a [`BytesMut`]: `put` or a task return adopts the file.
+    Staged(Arc<Staged>),
+}
+
+/// A frozen staged file: read-only now; its temporary name goes with the last `Bytes`.
+struct Staged {
+    map: ferry_store::Mmap,
+    path: PathBuf,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        // Objects adopted from it are hard links and stay.
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 impl Bytes {
@@ -31,7 +47,15 @@ impl Bytes {
     }
     /// Whether these bytes are a view of the shared-memory store (not a private copy).
     pub fn is_shared_memory(&self) -> bool {
-        matches!(self.inner, Inner::Mapped(_))
+        matches!(self.inner, Inner::Mapped(_) | Inner::Staged(_))
+    }
+
+    /// For bytes built by a [`BytesMut`]: the staged file and all its bytes (header included).
+    pub(crate) fn staged(&self) -> Option<(&Path, &[u8])> {
+        match &self.inner {
+            Inner::Staged(s) => Some((&s.path, &s.map[..])),
+            _ => None,
+        }
     }
 }
 
@@ -47,6 +71,7 @@ impl std::ops::Deref for Bytes {
         match &self.inner {
             Inner::Inline(v) => &v[self.start..],
             Inner::Mapped(m) => &m[self.start..],
+            Inner::Staged(s) => &s.map[self.start..],
         }
     }
 }
@@ -98,6 +123,78 @@ impl<'de> Deserialize<'de> for Bytes {
             }
         }
         d.deserialize_byte_buf(V)
+    }
+}
+
+/// A byte buffer allocated in the node's shared-memory store. Fill it in place, then
+/// [`freeze`](BytesMut::freeze) it: returning the `Bytes` from a task or `put`ting it makes the
+/// buffer itself the object, with no copy (a large `Vec<u8>` is copied into the store instead).
+///
+/// ```no_run
+/// # fn f() -> ferry_core::Result<()> {
+/// let mut b = ferry_core::BytesMut::zeroed(100 << 20)?;
+/// b.fill(7);
+/// let r = ferry_core::put(b.freeze())?;
+/// # Ok(()) }
+/// ```
+pub struct BytesMut {
+    file: Option<StagedFile>,
+    start: usize,
+}
+
+impl BytesMut {
+    /// `len` zero bytes in the store (pages are allocated as they are written).
+    pub fn zeroed(len: usize) -> crate::Result<BytesMut> {
+        let rt = crate::runtime::runtime()?;
+        let header = postcard::to_allocvec(&len).map_err(|e| crate::Error::Serialization { detail: e.to_string() })?;
+        let tag = ferry_proto::ids::random_u64();
+        let mut file = rt.store.stage((header.len() + len) as u64, tag).map_err(|e| crate::Error::ObjectStoreFull {
+            detail: format!("cannot allocate {len} bytes in the store: {e}"),
+        })?;
+        file.map[..header.len()].copy_from_slice(&header);
+        Ok(BytesMut { file: Some(file), start: header.len() })
+    }
+
+    /// Makes the bytes immutable, without copying them.
+    pub fn freeze(mut self) -> Bytes {
+        let f = self.file.take().expect("a BytesMut holds its file until frozen or dropped");
+        match f.map.make_read_only() {
+            Ok(map) => Bytes { inner: Inner::Staged(Arc::new(Staged { map, path: f.path })), start: self.start },
+            // Cannot happen on Linux for a mapping we own; fall back to a private copy.
+            Err(_) => {
+                let bytes = Bytes::from(Vec::new());
+                let _ = std::fs::remove_file(&f.path);
+                bytes
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for BytesMut {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.file.as_ref().expect("live").map[self.start..]
+    }
+}
+
+impl std::ops::DerefMut for BytesMut {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        let start = self.start;
+        &mut self.file.as_mut().expect("live").map[start..]
+    }
+}
+
+impl Drop for BytesMut {
+    fn drop(&mut self) {
+        if let Some(f) = self.file.take() {
+            let _ = std::fs::remove_file(&f.path);
+        }
+    }
+}
+
+impl std::fmt::Debug for BytesMut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BytesMut({} bytes in the store)", self.len())
     }
 }
 

@@ -24,7 +24,15 @@ pub(crate) enum Backing<'a> {
 /// vectors are not copied before they reach the store.
 pub(crate) enum Encoded<'a> {
     Owned(Vec<u8>),
-    Bytes { header: Vec<u8>, body: &'a [u8] },
+    Bytes {
+        header: Vec<u8>,
+        body: &'a [u8],
+    },
+    /// Already encoded in a staged store file (a frozen `BytesMut`): adopt it, do not copy.
+    Staged {
+        path: &'a std::path::Path,
+        all: &'a [u8],
+    },
 }
 
 impl Encoded<'_> {
@@ -32,12 +40,14 @@ impl Encoded<'_> {
         match self {
             Encoded::Owned(v) => v.len(),
             Encoded::Bytes { header, body } => header.len() + body.len(),
+            Encoded::Staged { all, .. } => all.len(),
         }
     }
     pub(crate) fn parts(&self) -> Vec<&[u8]> {
         match self {
             Encoded::Owned(v) => vec![v],
             Encoded::Bytes { header, body } => vec![header, body],
+            Encoded::Staged { all, .. } => vec![all],
         }
     }
     pub(crate) fn into_vec(self) -> Vec<u8> {
@@ -47,6 +57,7 @@ impl Encoded<'_> {
                 header.extend_from_slice(body);
                 header
             }
+            Encoded::Staged { all, .. } => all.to_vec(),
         }
     }
 }
@@ -58,6 +69,13 @@ fn ser_err(e: postcard::Error) -> Error {
 /// Encodes `v`.
 pub(crate) fn encode<T: Serialize + 'static>(v: &T) -> Result<Encoded<'_>> {
     if let Some(bytes) = (v as &dyn Any).downcast_ref::<Vec<u8>>() {
+        let header = postcard::to_allocvec(&bytes.len()).map_err(ser_err)?;
+        return Ok(Encoded::Bytes { header, body: bytes });
+    }
+    if let Some(bytes) = (v as &dyn Any).downcast_ref::<Bytes>() {
+        if let Some((path, all)) = bytes.staged() {
+            return Ok(Encoded::Staged { path, all });
+        }
         let header = postcard::to_allocvec(&bytes.len()).map_err(ser_err)?;
         return Ok(Encoded::Bytes { header, body: bytes });
     }

@@ -444,7 +444,7 @@ pub fn store_return<R: Serialize + 'static>(r: &R, function: &str) -> Result<Ret
     }
     let task = CURRENT.with(|c| c.get()).ok_or_else(|| bad("not running a task".into()))?;
     let id = ObjectId { task, index: 0 };
-    match rt.write_and_seal(id, &enc.parts()) {
+    match rt.write_and_seal(id, &enc) {
         Ok(size) => Ok(Return::Stored { size, node: rt.node_id }),
         Err(Error::ObjectStoreFull { detail }) if detail.contains("exists") => {
             // A retry of a task whose earlier run stored its value before dying: tasks are

@@ -25,7 +25,7 @@ mod session;
 mod worker;
 
 pub use actor::{get_actor, kill, Actor, ActorHandle, ActorOptions, ActorOptionsBuilder, ActorProxy, RawActor};
-pub use bytes::{ArgData, Bytes};
+pub use bytes::{ArgData, Bytes, BytesMut};
 pub use codec::{decode, encode_vec};
 pub use config::Config;
 pub use error::{Error, Result};

@@ -350,7 +350,7 @@ impl Runtime {
         }
         // Reserve the id first so the file is named for it.
         let id = self.with_state(|st, _| st.new_object(ObjState::Pending));
-        let stored = self.write_and_seal(id, &enc.parts());
+        let stored = self.write_and_seal(id, &enc);
         let state = match &stored {
             Ok(size) => {
                 ObjState::Ready(Ready::Stored { size: *size, node: self.node_id, view: self.store.map(id).ok() })
@@ -370,10 +370,13 @@ impl Runtime {
     }
 
     /// Writes an object into this node's store and has the daemon account for it.
-    pub(crate) fn write_and_seal(&self, id: ObjectId, parts: &[&[u8]]) -> Result<u64> {
-        let size = self
-            .store
-            .write_parts(id, parts)
+    /// A value built in the store (`BytesMut`) becomes the object without a copy.
+    pub(crate) fn write_and_seal(&self, id: ObjectId, enc: &crate::codec::Encoded<'_>) -> Result<u64> {
+        let written = match enc {
+            crate::codec::Encoded::Staged { path, .. } => self.store.adopt(path, id),
+            _ => self.store.write_parts(id, &enc.parts()),
+        };
+        let size = written
             .map_err(|e| Error::ObjectStoreFull { detail: format!("cannot write object {id:?} to the store: {e}") })?;
         match self.node_call(|req| ToNode::Seal { req, object: id, size })? {
             FromNode::Sealed { error: None, .. } => Ok(size),

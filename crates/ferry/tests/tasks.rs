@@ -84,6 +84,14 @@ fn view_info(b: ferry::Bytes) -> (usize, bool, u64) {
     (b.len(), b.is_shared_memory(), b.iter().step_by(4096).map(|x| *x as u64).sum())
 }
 
+/// Builds its result in place in the store.
+#[ferry::remote]
+fn make_in_store(n: usize, fill: u8) -> ferry::Bytes {
+    let mut b = ferry::BytesMut::zeroed(n).unwrap();
+    b.fill(fill);
+    b.freeze()
+}
+
 #[ferry::remote]
 fn make_bytes(n: usize, fill: u8) -> Vec<u8> {
     vec![fill; n]
@@ -352,4 +360,35 @@ fn regression_a_burst_of_long_tasks_spreads_over_workers() {
     let latest_start = spans.iter().map(|s| s.0).max().unwrap();
     let earliest_end = spans.iter().map(|s| s.1).min().unwrap();
     assert!(latest_start < earliest_end, "the two tasks did not overlap: {spans:?}");
+}
+
+#[test]
+fn bytes_built_in_the_store_become_objects_without_a_copy() {
+    cluster();
+    let store = ferry::__private::session_info().unwrap().store_dir;
+    let n = 5 << 20;
+    let r = make_in_store::remote(n, 3);
+    let v = ferry::get_bytes(&r).unwrap();
+    assert_eq!(v.len(), n);
+    assert!(v.iter().step_by(4096).all(|b| *b == 3));
+    // In the driver: fill, freeze, put; a task reads it in place.
+    let mut b = ferry::BytesMut::zeroed(2 << 20).unwrap();
+    b[0] = 9;
+    b[(2 << 20) - 1] = 8;
+    let frozen = b.freeze();
+    assert!(frozen.is_shared_memory());
+    let p = ferry::put(frozen).unwrap();
+    let pv = ferry::get_bytes(&p).unwrap();
+    assert_eq!((pv[0], pv[(2 << 20) - 1], pv.len()), (9, 8, 2 << 20));
+    let (len, shared, _) = ferry::get_timeout(&view_info::remote(&p), T).unwrap();
+    assert_eq!((len, shared), (2 << 20, true));
+    // Small ones are inline, and an unfrozen buffer that is dropped leaves nothing.
+    let mut small = ferry::BytesMut::zeroed(10).unwrap();
+    small.fill(1);
+    assert_eq!(ferry::get_bytes(&ferry::put(small.freeze()).unwrap()).unwrap().as_ref(), &[1u8; 10]);
+    drop(ferry::BytesMut::zeroed(1 << 20).unwrap());
+    drop((r, v, p, pv));
+    common::eventually("store empty, no staged file left", T, || {
+        ferry::node_stats().unwrap().store_used_bytes == 0 && std::fs::read_dir(&store).unwrap().count() == 0
+    });
 }
