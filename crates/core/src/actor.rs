@@ -296,10 +296,7 @@ pub fn create_actor<T: Actor>(opts: &ActorOptions, args: Vec<TaskArg>) -> Result
             return Err(e);
         }
     };
-    let mut shape = Shape::cpus(opts.num_cpus);
-    for (n, a) in &opts.resources {
-        shape.set(n, *a);
-    }
+    let shape = Shape::with_resources(opts.num_cpus, &opts.resources);
     let depth = rt.lock().depth;
     let spec = ActorSpec {
         class: T::CLASS.to_string(),

@@ -268,11 +268,7 @@ impl Default for TaskOptions {
 
 impl TaskOptions {
     fn shape(&self) -> ferry_proto::msg::Shape {
-        let mut s = ferry_proto::msg::Shape::cpus(self.num_cpus);
-        for (n, a) in &self.resources {
-            s.set(n, *a);
-        }
-        s
+        ferry_proto::msg::Shape::with_resources(self.num_cpus, &self.resources)
     }
 }
 

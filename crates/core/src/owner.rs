@@ -595,13 +595,12 @@ impl OwnerState {
     }
 
     /// The worker behind a granted lease could not be reached.
-    pub fn on_lease_unreachable(&mut self, req: u64, lease: u64, worker: WorkerId, fx: &mut Effects) {
+    pub fn on_lease_unreachable(&mut self, req: u64, lease: u64, fx: &mut Effects) {
         fx.to_node.push(ToNode::ReturnLease { lease, kill: true });
         if let Some(class) = self.lease_requests.remove(&req) {
             self.classes[class].pending_requests -= 1;
             self.pump(class, fx);
         }
-        let _ = worker;
     }
 
     pub fn on_lease_infeasible(&mut self, req: u64, reason: String, fx: &mut Effects) {

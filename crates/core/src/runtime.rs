@@ -213,7 +213,7 @@ impl Runtime {
                     Ok(conn) => self.with_state(|st, fx| st.on_lease_granted(req, lease, worker, conn, fx)),
                     Err(e) => {
                         eprintln!("ferry: cannot reach leased worker {worker:?} at {addr}: {e}");
-                        self.with_state(|st, fx| st.on_lease_unreachable(req, lease, worker, fx))
+                        self.with_state(|st, fx| st.on_lease_unreachable(req, lease, fx))
                     }
                 },
                 FromNode::LeaseInfeasible { req, reason } => {

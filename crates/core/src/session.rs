@@ -53,10 +53,7 @@ pub(crate) fn start_embedded(cfg: Config) -> Result<()> {
     let store_dir = shm_root().join(format!("ferry-{sid}-store"));
     let token: String = random_bytes(16).iter().map(|b| format!("{b:02x}")).collect();
     let cpus = cfg.cpus();
-    let mut shape = Shape::cpus(cpus as f64);
-    for (n, a) in &cfg.resources {
-        shape.set(n, *a);
-    }
+    let shape = Shape::with_resources(cpus as f64, &cfg.resources);
     let exe =
         std::env::current_exe().map_err(|e| Error::Connection { detail: format!("cannot find this program: {e}") })?;
     let node = ferry_node::start(NodeOptions {

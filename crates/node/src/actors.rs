@@ -141,8 +141,7 @@ impl Node {
         self.apply(st, actions);
     }
 
-    pub(crate) fn on_actor_grant(&self, st: &mut State, req: u64, lease: u64, worker: WorkerId) {
-        let _ = lease;
+    pub(crate) fn on_actor_grant(&self, st: &mut State, req: u64, worker: WorkerId) {
         let actor = st.actor_reqs.remove(&req);
         let rec = actor.and_then(|a| st.actors.get_mut(&a).map(|r| (a, r)));
         let Some((actor, rec)) = rec.filter(|(_, r)| r.phase == Phase::Placing) else {

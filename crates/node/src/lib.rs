@@ -271,7 +271,7 @@ impl Node {
     fn apply(&self, st: &mut State, actions: Vec<Action>) {
         for a in actions {
             match a {
-                Action::Grant { conn: ACTOR_CONN, req, lease, worker } => self.on_actor_grant(st, req, lease, worker),
+                Action::Grant { conn: ACTOR_CONN, req, worker, .. } => self.on_actor_grant(st, req, worker),
                 Action::Grant { conn, req, lease, worker } => {
                     let addr = st.workers.get(&worker).map(|(_, a)| a.clone());
                     match addr {

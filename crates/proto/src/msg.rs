@@ -45,6 +45,15 @@ impl Shape {
         s
     }
 
+    /// A shape of `cpus` CPUs plus custom `resources` (later amounts of a name win).
+    pub fn with_resources(cpus: f64, resources: &[(String, f64)]) -> Shape {
+        let mut s = Shape::cpus(cpus);
+        for (n, a) in resources {
+            s.set(n, *a);
+        }
+        s
+    }
+
     /// Sets `name` to `amount` (in whole units; stored in thousandths). Zero removes it.
     pub fn set(&mut self, name: &str, amount: f64) {
         let milli = (amount.max(0.0) * 1000.0).round() as u64;

@@ -202,8 +202,9 @@ impl ObjectTable {
     }
 
     /// Accounts for an object whose file a process has written. If it does not fit, the
-    /// file is deleted and the writer is told why.
-    pub fn seal(&mut self, id: ObjectId, size: u64) -> Result<(), StoreError> {
+    /// file is deleted and the writer is told why. The size is the file's: what the writer
+    /// claims (`_claimed`) is not trusted.
+    pub fn seal(&mut self, id: ObjectId, _claimed: u64) -> Result<(), StoreError> {
         let on_disk = fs::metadata(self.dir.path_of(id)).map(|m| m.len());
         let Ok(on_disk) = on_disk else {
             return Err(StoreError::Missing(id));
@@ -211,8 +212,6 @@ impl ObjectTable {
         if self.objects.contains_key(&id) {
             return Ok(());
         }
-        // Trust the file, not the message: the size the writer claims may be wrong.
-        let _claimed = size;
         let size = on_disk;
         if self.used + size > self.capacity {
             let _ = self.dir.remove(id);
