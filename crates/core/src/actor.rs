@@ -12,12 +12,12 @@
 //! sender lets go.
 
 use crate::error::{Error, Result};
+use crate::owner::Exports;
 use crate::runtime::{runtime, try_runtime};
 use crate::{ObjectRef, TaskArg};
 use ferry_proto::msg::{ActorId, ActorSpec, FromNode, Shape, ToNode};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use std::cell::RefCell;
 use std::sync::Arc;
 
 /// A type whose instances run as actors (implemented by `#[ferry::actor]`).
@@ -148,39 +148,35 @@ struct WireHandle {
     label: String,
 }
 
-thread_local! {
-    /// Actors whose handles were encoded while building a task's arguments on this thread.
-    static EXPORTS: RefCell<Option<Vec<ActorId>>> = const { RefCell::new(None) };
-}
-
-/// Starts collecting the actors whose handles get encoded on this thread (generated code
-/// calls it before encoding a task's arguments).
+/// Starts collecting the actor handles and refs that get encoded on this thread (generated
+/// code calls it before encoding a task's arguments).
 #[doc(hidden)]
 pub fn begin_exports() {
-    EXPORTS.with(|e| *e.borrow_mut() = Some(Vec::new()));
+    crate::refs::begin(crate::refs::Mode::Args);
 }
 
-/// Gives back the handles taken for exports that did not make it into a task.
-pub(crate) fn unexport(exported: Vec<ActorId>) {
+/// Gives back the holds taken for exports that did not make it into a task.
+pub(crate) fn unexport(exported: Exports) {
     if let Some(rt) = try_runtime() {
         rt.with_state(|st, fx| {
-            for a in exported {
+            for a in exported.actors {
                 st.actor_handle_dropped(a, fx);
             }
+            st.release_submitted(&exported.refs, fx);
         });
     }
 }
 
-/// The actors whose handles were encoded since `begin_exports`.
-pub(crate) fn end_exports() -> Vec<ActorId> {
-    EXPORTS.with(|e| e.borrow_mut().take().unwrap_or_default())
+/// The actor handles and refs encoded since `begin_exports`.
+pub(crate) fn end_exports() -> Exports {
+    crate::refs::end()
 }
 
 impl<T: Actor> Serialize for ActorHandle<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         let raw = self.proxy.raw();
         // Inside a task's arguments: the task keeps one more handle until it is over.
-        let exporting = EXPORTS.with(|e| e.borrow_mut().as_mut().map(|v| v.push(raw.id)).is_some());
+        let exporting = crate::refs::encoding_actor(raw.id);
         if exporting {
             if let Some(rt) = try_runtime() {
                 rt.lock().actor_attach(raw.id, &raw.label);

@@ -12,7 +12,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// An error of a task reaches the `get` of its returns and, unchanged, the `get` of every
 /// task downstream that took those returns as arguments.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum Error {
     /// The task's function panicked; `message` is the panic's message.
@@ -21,6 +21,9 @@ pub enum Error {
     WorkerDied { task: String, detail: String },
     /// The object cannot be retrieved any more.
     ObjectLost { object: ObjectId, reason: String },
+    /// The process that owns the object (the one that created it) died, and with it the
+    /// object's metadata: the object cannot be resolved any more.
+    OwnerDied { object: ObjectId, detail: String },
     /// A value did not encode or decode (a type mismatch between caller and function, or a
     /// value serde cannot represent).
     Serialization { detail: String },
@@ -85,6 +88,11 @@ impl fmt::Display for Error {
                  raise max_retries if the task is idempotent"
             ),
             Error::ObjectLost { object, reason } => write!(f, "object {object:?} is lost: {reason}"),
+            Error::OwnerDied { object, detail } => write!(
+                f,
+                "the owner of object {object:?} died ({detail}); objects die with the process that created \
+                 them, so create long-lived objects in the driver or in a long-lived actor"
+            ),
             Error::Serialization { detail } => {
                 write!(f, "serialization failed: {detail}; check that the caller's and the function's types match")
             }

@@ -15,19 +15,37 @@ use crate::error::Error;
 use crate::registry;
 use crate::registry::ActorInstance;
 use crate::runtime::{try_runtime, Runtime};
-use ferry_proto::conn::{accept, Conn};
+use ferry_proto::conn::Conn;
 use ferry_proto::msg::{ActorId, ActorSpec, Arg, FromWorker, Return, TaskError, TaskSpec, ToNode, ToWorker};
-use ferry_proto::{FrameError, FrameReader, ObjectId, Stream, TaskId};
+use ferry_proto::{ObjectId, TaskId, WorkerId};
 use serde::Serialize;
 use std::cell::Cell;
 use std::collections::VecDeque;
-use std::os::unix::net::UnixListener;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread;
 
 thread_local! {
     /// The task running on this thread, if any.
     static CURRENT: Cell<Option<TaskId>> = const { Cell::new(None) };
+    /// Set by `store_return` for the reply: the refs inside the return value, and those of
+    /// them the caller owns (this worker now holds them once more, see `send_reply`).
+    static RETURN_REFS: std::cell::RefCell<(Vec<ObjectId>, Vec<ObjectId>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Sends a task's reply to its caller: first what the end of the task requires to be
+/// registered (`Runtime::register_at_task_end`; `Retained` tells the caller which of its own
+/// objects this worker still holds), then the reply, carrying the refs its value contains.
+fn send_reply(rt: &'static Runtime, conn: &Conn, caller: WorkerId, mut reply: FromWorker) {
+    let (contained, mut retained) = RETURN_REFS.with(|r| std::mem::take(&mut *r.borrow_mut()));
+    retained.extend(rt.register_at_task_end(caller));
+    if let FromWorker::Done { contained: c, .. } = &mut reply {
+        *c = contained;
+    }
+    if !retained.is_empty() {
+        let _ = conn.send(&FromWorker::Retained { objects: retained });
+    }
+    let _ = conn.send(&reply);
 }
 
 struct Queue {
@@ -84,86 +102,62 @@ impl Executor {
         self.q.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Accepts owners' connections on `listener` (on a background thread).
-    pub fn serve(self: &Arc<Self>, listener: UnixListener, rt: &'static Runtime) {
-        let me = self.clone();
-        let spawned = thread::Builder::new().name("ferry-accept".into()).spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let me = me.clone();
-                let _ = thread::Builder::new().name("ferry-owner-rx".into()).spawn(move || {
-                    match accept(Stream::Unix(stream), &rt.token, rt.node_id, rt.cfg.max_frame_bytes) {
-                        Ok((conn, reader, _)) => me.owner_reader(Arc::new(conn), reader),
-                        Err(e) => eprintln!("ferry-worker: refused a connection: {e}"),
+    /// A message from an owner on connection `conn` (read by the runtime's inbound thread).
+    pub fn on_message(&self, conn: &Arc<Conn>, msg: ToWorker) {
+        match msg {
+            ToWorker::Push(specs) => {
+                let mut q = self.lock();
+                // An actor's calls can run nowhere else: they wait here even while blocked.
+                if q.blocked > 0 && self.actor.get().is_none() {
+                    drop(q);
+                    let tasks = specs.iter().map(|s| s.task).collect();
+                    let _ = conn.send(&FromWorker::Requeued { tasks });
+                } else {
+                    let n = specs.len();
+                    q.tasks.extend(specs.into_iter().map(|s| (conn.clone(), s)));
+                    drop(q);
+                    match self.loop_thread.get() {
+                        Some(t) => t.unpark(),
+                        // One thread per new call: with max_concurrency > 1, a batch of
+                        // calls arriving in one frame must not wait for a single thread.
+                        None if n > 1 => self.cv.notify_all(),
+                        None => self.cv.notify_one(),
                     }
-                });
+                }
             }
-        });
-        if let Err(e) = spawned {
-            eprintln!("ferry-worker: cannot start the accept thread: {e}");
-            std::process::exit(1);
+            ToWorker::Cancel { task } => {
+                let mut q = self.lock();
+                // Only a task that has not started can be cancelled here; a running or
+                // finished one is already final at its owner.
+                if let Some(pos) = q.tasks.iter().position(|(_, s)| s.task == task) {
+                    q.tasks.remove(pos);
+                    drop(q);
+                    let _ = conn.send(&FromWorker::Failed { task, error: TaskError::Cancelled });
+                }
+            }
+            ToWorker::Steal { max } => {
+                // The newest of this owner's unstarted tasks (the oldest run soonest here).
+                let mut q = self.lock();
+                let mut tasks = Vec::new();
+                let mut i = q.tasks.len();
+                while i > 0 && tasks.len() < max as usize {
+                    i -= 1;
+                    if Arc::ptr_eq(&q.tasks[i].0, conn) {
+                        tasks.push(q.tasks.remove(i).expect("index in range").1.task);
+                    }
+                }
+                drop(q);
+                tasks.reverse();
+                let _ = conn.send(&FromWorker::Stolen { tasks });
+            }
+            // Requests about objects are the runtime's.
+            _ => {}
         }
     }
 
-    fn owner_reader(&self, conn: Arc<Conn>, mut reader: FrameReader<Stream>) {
-        loop {
-            match reader.read::<ToWorker>() {
-                Ok(ToWorker::Push(specs)) => {
-                    let mut q = self.lock();
-                    // An actor's calls can run nowhere else: they wait here even while blocked.
-                    if q.blocked > 0 && self.actor.get().is_none() {
-                        drop(q);
-                        let tasks = specs.iter().map(|s| s.task).collect();
-                        let _ = conn.send(&FromWorker::Requeued { tasks });
-                    } else {
-                        let n = specs.len();
-                        q.tasks.extend(specs.into_iter().map(|s| (conn.clone(), s)));
-                        drop(q);
-                        match self.loop_thread.get() {
-                            Some(t) => t.unpark(),
-                            // One thread per new call: with max_concurrency > 1, a batch of
-                            // calls arriving in one frame must not wait for a single thread.
-                            None if n > 1 => self.cv.notify_all(),
-                            None => self.cv.notify_one(),
-                        }
-                    }
-                }
-                Ok(ToWorker::Cancel { task }) => {
-                    let mut q = self.lock();
-                    // Only a task that has not started can be cancelled here; a running or
-                    // finished one is already final at its owner.
-                    if let Some(pos) = q.tasks.iter().position(|(_, s)| s.task == task) {
-                        q.tasks.remove(pos);
-                        drop(q);
-                        let _ = conn.send(&FromWorker::Failed { task, error: TaskError::Cancelled });
-                    }
-                }
-                Ok(ToWorker::Steal { max }) => {
-                    // The newest of this owner's unstarted tasks (the oldest run soonest here).
-                    let mut q = self.lock();
-                    let mut tasks = Vec::new();
-                    let mut i = q.tasks.len();
-                    while i > 0 && tasks.len() < max as usize {
-                        i -= 1;
-                        if Arc::ptr_eq(&q.tasks[i].0, &conn) {
-                            tasks.push(q.tasks.remove(i).expect("index in range").1.task);
-                        }
-                    }
-                    drop(q);
-                    tasks.reverse();
-                    let _ = conn.send(&FromWorker::Stolen { tasks });
-                }
-                Err(FrameError::Closed) => break,
-                Err(e) => {
-                    // Malformed or oversized: drop this owner's connection, keep running.
-                    eprintln!("ferry-worker: closing an owner's connection: {e}");
-                    break;
-                }
-            }
-        }
-        conn.shutdown();
-        // The owner is gone: nobody wants the results of its queued tasks.
-        self.lock().tasks.retain(|(c, _)| !Arc::ptr_eq(c, &conn));
+    /// The owner behind `conn` is gone: nobody wants the results of its queued tasks.
+    pub fn owner_gone(&self, conn: &Arc<Conn>) {
+        self.lock().tasks.retain(|(c, _)| !Arc::ptr_eq(c, conn));
     }
 
     /// The daemon asks this worker to host an actor (called on the node reader thread).
@@ -199,7 +193,7 @@ impl Executor {
         CURRENT.with(|c| c.set(Some(spec.task)));
         let reply = execute(rt, spec, self.actor.get().map(|h| &h.instance));
         CURRENT.with(|c| c.set(None));
-        let _ = conn.send(&reply);
+        send_reply(rt, conn, spec.task.owner, reply);
     }
 
     /// Runs the actor's constructor; on success this worker serves its calls from now on,
@@ -263,18 +257,16 @@ impl Executor {
                 let started = start_call(rt, &instance, &spec);
                 CURRENT.with(|c| c.set(None));
                 match started {
-                    Started::Done(reply) => {
-                        let _ = conn.send(&reply);
-                    }
+                    Started::Done(reply) => send_reply(rt, &conn, task.owner, reply),
                     Started::Future(fut) => {
                         active.set(active.get() + 1);
                         let active = active.clone();
                         let inner = Box::pin(async move {
                             let reply = match fut.await {
-                                Ok(ret) => FromWorker::Done { task, returns: vec![ret] },
+                                Ok(ret) => FromWorker::Done { task, returns: vec![ret], contained: Vec::new() },
                                 Err(error) => FromWorker::Failed { task, error },
                             };
-                            let _ = conn.send(&reply);
+                            send_reply(rt, &conn, task.owner, reply);
                             active.set(active.get() - 1);
                         });
                         use futures_util::task::LocalSpawnExt;
@@ -403,7 +395,7 @@ fn execute(rt: &Runtime, spec: &TaskSpec, instance: Option<&ActorInstance>) -> F
         },
     };
     match result {
-        Ok(ret) => FromWorker::Done { task, returns: vec![ret] },
+        Ok(ret) => FromWorker::Done { task, returns: vec![ret], contained: Vec::new() },
         Err(error) => FromWorker::Failed { task, error },
     }
 }
@@ -437,12 +429,35 @@ fn start_call(rt: &Runtime, instance: &ActorInstance, spec: &TaskSpec) -> Starte
 /// task's return id (used by generated code).
 pub fn store_return<R: Serialize + 'static>(r: &R, function: &str) -> Result<Return, TaskError> {
     let bad = |detail: String| TaskError::BadReturn { function: function.to_string(), detail };
-    let enc = codec::encode(r).map_err(|e| bad(e.to_string()))?;
+    let (enc, exports) = crate::refs::encoding(crate::refs::Mode::Return, || codec::encode(r));
+    let refs = exports.refs;
+    let enc = enc.map_err(|e| bad(e.to_string()))?;
     let rt = try_runtime().ok_or_else(|| bad("no runtime in this process".into()))?;
+    let task = CURRENT.with(|c| c.get()).ok_or_else(|| bad("not running a task".into()))?;
+    let ret = store_encoded(rt, task, enc, function)?;
+    if !refs.is_empty() {
+        // The value holds refs: make sure the caller is counted as holding them before
+        // this task's own handles go (see `OwnerState::returning`).
+        let mut refs = refs;
+        refs.sort_unstable();
+        refs.dedup();
+        let (callers, others) = rt.lock().returning(task.owner, &refs);
+        rt.register_borrows(others, task.owner);
+        RETURN_REFS.with(|r| *r.borrow_mut() = (refs, callers));
+    }
+    Ok(ret)
+}
+
+fn store_encoded(
+    rt: &'static Runtime,
+    task: TaskId,
+    enc: codec::Encoded<'_>,
+    function: &str,
+) -> Result<Return, TaskError> {
+    let bad = |detail: String| TaskError::BadReturn { function: function.to_string(), detail };
     if enc.len() <= rt.cfg.inline_max_bytes {
         return Ok(Return::Inline(enc.into_vec()));
     }
-    let task = CURRENT.with(|c| c.get()).ok_or_else(|| bad("not running a task".into()))?;
     let id = ObjectId { task, index: 0 };
     match rt.write_and_seal(id, &enc) {
         Ok(size) => Ok(Return::Stored { size, node: rt.node_id }),

@@ -19,6 +19,7 @@ mod executor;
 mod owner;
 #[cfg(test)]
 mod owner_model;
+mod refs;
 pub mod registry;
 mod runtime;
 mod session;
@@ -159,6 +160,25 @@ impl<T> Clone for ObjectRef<T> {
 impl<T> std::fmt::Debug for ObjectRef<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "ObjectRef<{}>({:?})", std::any::type_name::<T>(), self.raw.id)
+    }
+}
+
+/// A ref inside a value (`Vec<ObjectRef<T>>`, a struct field, a map) travels as a ref: the
+/// process that decodes it becomes a borrower, and the object stays alive while any process
+/// holds it. To pass a ref to a task without resolving it, make the parameter an
+/// `ObjectRef<T>`; a `T` parameter receives the value.
+impl<T> Serialize for ObjectRef<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        refs::encoding_ref(self.raw.id);
+        self.raw.id.serialize(s)
+    }
+}
+
+impl<'de, T> serde::Deserialize<'de> for ObjectRef<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let id = ObjectId::deserialize(d)?;
+        refs::decoded_ref(id);
+        Ok(ObjectRef::from_id(id))
     }
 }
 
@@ -347,7 +367,15 @@ pub fn submit<R>(function: &'static str, opts: &TaskOptions, args: Vec<TaskArg>)
 // ---------------------------------------------------------------------------------------
 // get / put / wait / cancel
 
-fn decode_ready<T: DeserializeOwned + 'static>(rt: &Runtime, id: ObjectId, ready: Ready) -> Result<T> {
+/// Decodes a ready value; the borrowed refs inside it are registered with their owners
+/// before it is returned (the value's own hold on them may end at any time after).
+fn decode_ready<T: DeserializeOwned + 'static>(rt: &'static Runtime, id: ObjectId, ready: Ready) -> Result<T> {
+    let (v, new) = refs::decoding(|| decode_ready_raw(rt, id, ready));
+    rt.register_decoded(new);
+    v
+}
+
+fn decode_ready_raw<T: DeserializeOwned + 'static>(rt: &Runtime, id: ObjectId, ready: Ready) -> Result<T> {
     match ready {
         Ready::Inline(b) => codec::decode_backed(&b, Backing::Inline(&b)),
         Ready::Stored { view: Some(view), .. } => codec::decode_backed(&view, Backing::Mapped(&view)),
@@ -359,7 +387,7 @@ fn decode_ready<T: DeserializeOwned + 'static>(rt: &Runtime, id: ObjectId, ready
     }
 }
 
-fn wait_ready(rt: &Runtime, id: ObjectId, timeout: Option<Duration>) -> Result<Ready> {
+fn wait_ready(rt: &'static Runtime, id: ObjectId, timeout: Option<Duration>) -> Result<Ready> {
     let deadline = timeout.map(|d| Instant::now() + d);
     match rt.block_until(deadline, |w| rt.poll_object(id, w)) {
         Some(r) => r,
@@ -390,20 +418,25 @@ pub fn get_all<T: DeserializeOwned + 'static>(refs: &[ObjectRef<T>]) -> Result<V
     let rt = runtime()?;
     let mut next = 0;
     rt.block_until(None, |w| {
-        let mut st = rt.lock();
-        while let Some(r) = refs.get(next) {
-            match st.objects.get_mut(&r.raw.id) {
-                Some(e) if matches!(e.state, owner::ObjState::Pending) => {
-                    if !e.waiters.iter().any(|x| x.will_wake(w)) {
-                        e.waiters.push(w.clone());
+        rt.with_state(|st, fx| {
+            while let Some(r) = refs.get(next) {
+                match st.objects.get_mut(&r.raw.id) {
+                    Some(e) if matches!(e.state, owner::ObjState::Pending) => {
+                        if !e.waiters.iter().any(|x| x.will_wake(w)) {
+                            e.waiters.push(w.clone());
+                        }
+                        // Borrowed ones are asked of their owners, all at once.
+                        for r in &refs[next..] {
+                            st.ensure_fetch(r.raw.id, fx);
+                        }
+                        return Poll::Pending;
                     }
-                    return Poll::Pending;
+                    // Ready, failed or unknown: `get` below reports which.
+                    _ => next += 1,
                 }
-                // Ready, failed or unknown: `get` below reports which.
-                _ => next += 1,
             }
-        }
-        Poll::Ready(())
+            Poll::Ready(())
+        })
     });
     refs.iter().map(get).collect()
 }
@@ -420,8 +453,14 @@ pub fn get_bytes<T: bytes::ByteValue>(r: &ObjectRef<T>) -> Result<Bytes> {
 /// process's memory; large ones go to the node's shared-memory store.
 pub fn put<T: Serialize + 'static>(value: T) -> Result<ObjectRef<T>> {
     let rt = runtime()?;
-    let enc = codec::encode(&value)?;
-    rt.put_encoded(enc).map(ObjectRef::from_id)
+    // Refs inside the value are pinned by the new object while it lives.
+    let (enc, inner) = refs::encoding(refs::Mode::Put, || codec::encode(&value));
+    let put = enc.and_then(|enc| rt.put_encoded(enc));
+    rt.with_state(|st, fx| match &put {
+        Ok(id) => st.set_contains(*id, inner.refs, fx),
+        Err(_) => st.set_contains(ObjectId::default(), inner.refs, fx),
+    });
+    put.map(ObjectRef::from_id)
 }
 
 /// `(ready, not_ready)`, as [`wait`] returns them.
@@ -451,19 +490,21 @@ pub fn wait<T>(refs: &[ObjectRef<T>], num_ready: usize, timeout: Option<Duration
         found
     };
     let waited = rt.block_until(deadline, |w| {
-        let mut st = rt.lock();
-        let found = scan(&st);
-        if found.len() == n {
-            return Poll::Ready(());
-        }
-        for r in refs {
-            if let Some(e) = st.objects.get_mut(&r.raw.id) {
-                if matches!(e.state, owner::ObjState::Pending) && !e.waiters.iter().any(|x| x.will_wake(w)) {
-                    e.waiters.push(w.clone());
-                }
+        rt.with_state(|st, fx| {
+            let found = scan(st);
+            if found.len() == n {
+                return Poll::Ready(());
             }
-        }
-        Poll::Pending
+            for r in refs {
+                if let Some(e) = st.objects.get_mut(&r.raw.id) {
+                    if matches!(e.state, owner::ObjState::Pending) && !e.waiters.iter().any(|x| x.will_wake(w)) {
+                        e.waiters.push(w.clone());
+                    }
+                }
+                st.ensure_fetch(r.raw.id, fx);
+            }
+            Poll::Pending
+        })
     });
     let _ = waited; // on timeout, return what is ready now
                     // Split and take the new handles under one lock.

@@ -8,20 +8,31 @@
 //! - the node connection's reader thread: lease grants, refusals, recalls, worker deaths;
 //! - the housekeeping thread: returning leases idle too long.
 //!
-//! Object life: `Pending` → `Inline` | `Stored` | `Failed`, never back. An entry is removed
-//! when it is no longer pending and both its counts are zero: `local` (live `ObjectRef`
-//! handles in this process) and `submitted` (tasks not yet finished that take it as an
-//! argument). A pending entry whose counts reach zero stays until its task finishes and is
-//! then removed at once; removing a stored object tells the node to delete it.
+//! Object life: `Pending` → `Inline` | `Stored` | `Failed`, never back. The table holds the
+//! objects this process owns and those it borrows (refs it received from elsewhere). An
+//! entry is removed when all its counts are zero: `local` (live `ObjectRef` handles here),
+//! `submitted` (unfinished tasks that take it as an argument, or carry it inside one),
+//! `pins` (live objects whose values contain it) and, for owned objects, `borrowers` (other
+//! processes' registrations not yet released). An owned pending entry stays until its task
+//! finishes. Removing a stored owned object tells the node to delete it; removing a
+//! borrowed one tells its owner that this process no longer holds it.
+//!
+//! Borrowing (see ARCHITECTURE.md, "Borrowing"): a process that receives a ref it does not
+//! own holds it unregistered while whatever carried it pins it upstream (the task's
+//! arguments, the value it was read from). Before that pin can end it registers with the
+//! owner: at the end of the task for refs it still holds, or in `get` for refs it read out of
+//! a value. A borrower's registrations may be counted by the owner after the borrower's
+//! release of them arrives (they travel on different connections), so a borrower's count
+//! may be negative for a while; only zero frees.
 //!
 //! Task life: `WaitingDeps(n)` → `Queued` → `Pushed` → removed on reply. A worker that blocks
 //! sends back the tasks it has not started (`Queued` again); a worker that dies sends its
 //! `Pushed` tasks back to `Queued` while retries last, and fails them after.
 
 use crate::error::Error;
-use ferry_proto::msg::{ActorId, ActorSpec, Arg, Return, Shape, TaskSpec, ToNode, ToWorker};
+use ferry_proto::msg::{ActorId, ActorSpec, Arg, FromWorker, ObjectAnswer, Return, Shape, TaskSpec, ToNode, ToWorker};
 use ferry_proto::{Conn, NodeId, ObjectId, TaskId, WorkerId};
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::Waker;
@@ -62,14 +73,38 @@ pub(crate) struct ObjEntry {
     pub state: ObjState,
     pub local: u32,
     pub submitted: u32,
+    /// Live objects whose values contain this ref (each holds it once).
+    pub pins: u32,
     pub waiters: Vec<Waker>,
     /// Tasks waiting for this object before they can be pushed.
     pub dependents: Vec<TaskId>,
+    /// Owned objects: the processes that borrow it, with their unreleased registrations.
+    pub borrowers: Vec<(WorkerId, i32)>,
+    /// Owned objects: the refs inside its value, each pinned once while it lives.
+    pub contains: Vec<ObjectId>,
+    /// Borrowed objects: this process's registrations at the owner not yet released.
+    pub registered: u32,
+    /// Borrowed objects: a `GetObject` to the owner is outstanding.
+    pub fetching: bool,
+    /// Owned objects: borrowers waiting for the value (answered when it is final).
+    pub remote_waiters: Vec<(WorkerId, Arc<Conn>)>,
 }
 
 impl ObjEntry {
     fn new(state: ObjState, local: u32) -> ObjEntry {
-        ObjEntry { state, local, submitted: 0, waiters: Vec::new(), dependents: Vec::new() }
+        ObjEntry {
+            state,
+            local,
+            submitted: 0,
+            pins: 0,
+            waiters: Vec::new(),
+            dependents: Vec::new(),
+            borrowers: Vec::new(),
+            contains: Vec::new(),
+            registered: 0,
+            fetching: false,
+            remote_waiters: Vec::new(),
+        }
     }
     fn wake(&mut self) {
         for w in self.waiters.drain(..) {
@@ -95,8 +130,8 @@ struct TaskEntry {
     /// A call of (or, with `create`, the creation of) this actor.
     actor: Option<ActorId>,
     create: Option<Box<ActorSpec>>,
-    /// Actors whose handles travel in the arguments: held here until the task is over.
-    exported: Vec<ActorId>,
+    /// Actor handles and refs inside the argument values: held here until the task is over.
+    exported: Exports,
     depth: u32,
     retries_left: u32,
     state: TaskState,
@@ -130,6 +165,20 @@ struct Class {
 pub(crate) struct Effects {
     pub to_node: Vec<ToNode>,
     pub pushes: Vec<(Arc<Conn>, ToWorker)>,
+    /// Messages to other processes by id (connected to on first use).
+    pub to_peers: Vec<(WorkerId, ToWorker)>,
+    /// Answers on connections other processes opened to us.
+    pub replies: Vec<(Arc<Conn>, FromWorker)>,
+    /// Borrowed objects this process no longer holds, with the registrations to release.
+    pub releases: Vec<(ObjectId, u32)>,
+}
+
+/// What travels inside a task's argument values and must stay alive until the task is
+/// over: actor handles (held at the daemon) and refs (counted as `submitted`).
+#[derive(Debug, Default)]
+pub(crate) struct Exports {
+    pub actors: Vec<ActorId>,
+    pub refs: Vec<ObjectId>,
 }
 
 /// Tunables the table needs.
@@ -162,6 +211,8 @@ pub(crate) struct OwnerState {
     pub stopped: Option<Error>,
     /// The node is short of resources: give leases back as soon as they are idle.
     pub node_short: bool,
+    /// Borrowed entries not yet registered with their owners (see the module docs).
+    pub unregistered: HashSet<ObjectId>,
 }
 
 impl OwnerState {
@@ -182,6 +233,7 @@ impl OwnerState {
             limits,
             stopped: None,
             node_short: false,
+            unregistered: HashSet::default(),
         }
     }
 
@@ -229,15 +281,48 @@ impl OwnerState {
     }
 
     fn maybe_free(&mut self, id: ObjectId, fx: &mut Effects) {
-        let Some(e) = self.objects.get(&id) else {
-            return;
-        };
-        if e.local > 0 || e.submitted > 0 || matches!(e.state, ObjState::Pending) {
-            return;
+        let mut work = vec![id];
+        while let Some(id) = work.pop() {
+            let Some(e) = self.objects.get(&id) else {
+                continue;
+            };
+            let owned = id.owner() == self.me;
+            if e.local > 0
+                || e.submitted > 0
+                || e.pins > 0
+                || !e.borrowers.is_empty()
+                || (owned && matches!(e.state, ObjState::Pending))
+            {
+                continue;
+            }
+            let e = self.objects.remove(&id).expect("checked");
+            if owned {
+                if let ObjState::Ready(Ready::Stored { .. }) = e.state {
+                    fx.to_node.push(ToNode::Free { objects: vec![id] });
+                }
+            } else {
+                self.unregistered.remove(&id);
+                if e.registered > 0 {
+                    fx.releases.push((id, e.registered));
+                }
+            }
+            // What its value contained is no longer held by it.
+            for c in e.contains {
+                if let Some(ce) = self.objects.get_mut(&c) {
+                    ce.pins = ce.pins.saturating_sub(1);
+                    work.push(c);
+                }
+            }
         }
-        let e = self.objects.remove(&id).expect("checked");
-        if let ObjState::Ready(Ready::Stored { .. }) = e.state {
-            fx.to_node.push(ToNode::Free { objects: vec![id] });
+    }
+
+    /// Pins refs inside a value that is gone (or never was kept).
+    fn unpin_all(&mut self, refs: Vec<ObjectId>, fx: &mut Effects) {
+        for c in refs {
+            if let Some(ce) = self.objects.get_mut(&c) {
+                ce.pins = ce.pins.saturating_sub(1);
+                self.maybe_free(c, fx);
+            }
         }
     }
 
@@ -250,12 +335,12 @@ impl OwnerState {
         args: Vec<ArgDraft>,
         shape: &Shape,
         max_retries: u32,
-        exported: Vec<ActorId>,
+        exported: Exports,
         fx: &mut Effects,
     ) -> ObjectId {
         let class = self.class_of(shape);
         let target = Target { class, actor: None, create: None };
-        let (task, ret, failed) = self.register_task(function, name, args, target, exported, max_retries, 1);
+        let (task, ret, failed) = self.register_task(function, name, args, target, exported, max_retries, 1, fx);
         if let Some(err) = failed {
             self.fail_task(task, err, fx);
         } else if self.tasks.get(&task).is_some_and(|t| t.state == TaskState::Queued) {
@@ -366,8 +451,19 @@ impl OwnerState {
     /// A task is over: release its arguments and the actor handles it carried.
     fn task_over(&mut self, t: &TaskEntry, fx: &mut Effects) {
         self.release_args(&t.args, fx);
-        for a in &t.exported {
+        for a in &t.exported.actors {
             self.actor_handle_dropped(*a, fx);
+        }
+        self.release_submitted(&t.exported.refs, fx);
+    }
+
+    /// Ends one `submitted` count of each ref.
+    pub fn release_submitted(&mut self, refs: &[ObjectId], fx: &mut Effects) {
+        for id in refs {
+            if let Some(e) = self.objects.get_mut(id) {
+                e.submitted = e.submitted.saturating_sub(1);
+                self.maybe_free(*id, fx);
+            }
         }
     }
 
@@ -385,23 +481,35 @@ impl OwnerState {
 
     /// Gives `id` its final state, wakes its waiters and moves its dependents on.
     fn resolve(&mut self, id: ObjectId, state: ObjState, fx: &mut Effects) {
-        let Some(e) = self.objects.get_mut(&id) else {
-            // Nobody holds the object any more: drop the value.
-            if let ObjState::Ready(Ready::Stored { .. }) = state {
+        self.resolve_with(id, state, Vec::new(), fx)
+    }
+
+    /// [`Self::resolve`] for a value that contains the refs `contains` (already pinned once
+    /// each on its behalf).
+    fn resolve_with(&mut self, id: ObjectId, state: ObjState, contains: Vec<ObjectId>, fx: &mut Effects) {
+        let owned = id.owner() == self.me;
+        let final_already = self.objects.get(&id).is_none_or(|e| !matches!(e.state, ObjState::Pending));
+        if final_already {
+            // Nobody holds the object any more, or it is already final (cancelled, failed at
+            // shutdown): the late value is dropped.
+            if let (true, ObjState::Ready(Ready::Stored { .. })) = (owned, &state) {
                 fx.to_node.push(ToNode::Free { objects: vec![id] });
             }
-            return;
-        };
-        if !matches!(e.state, ObjState::Pending) {
-            // Already final (cancelled, or failed at shutdown): the late value is dropped.
-            if let ObjState::Ready(Ready::Stored { .. }) = state {
-                fx.to_node.push(ToNode::Free { objects: vec![id] });
-            }
+            self.unpin_all(contains, fx);
             return;
         }
+        let e = self.objects.get_mut(&id).expect("checked");
         let failed = if let ObjState::Failed(err) = &state { Some(err.clone()) } else { None };
         e.state = state;
+        e.contains = contains;
+        e.fetching = false;
         e.wake();
+        if !e.remote_waiters.is_empty() {
+            let answer = answer_of(&e.state);
+            for (_, conn) in std::mem::take(&mut e.remote_waiters) {
+                fx.replies.push((conn, FromWorker::Object { object: id, answer: answer.clone() }));
+            }
+        }
         let deps = std::mem::take(&mut e.dependents);
         for d in deps {
             match &failed {
@@ -475,22 +583,46 @@ impl OwnerState {
         Some(t)
     }
 
-    pub fn on_done(&mut self, task: TaskId, mut returns: Vec<Return>, fx: &mut Effects) {
+    pub fn on_done(&mut self, task: TaskId, mut returns: Vec<Return>, contained: Vec<ObjectId>, fx: &mut Effects) {
+        // Refs inside the value: held on its behalf from now on (see `resolve_with`).
+        let contained = self.pin_contained(contained);
         let Some(t) = self.finish_push(task) else {
             // A task we gave up on (cancelled, failed over): drop what it stored.
             if let Some(Return::Stored { .. }) = returns.first() {
                 fx.to_node.push(ToNode::Free { objects: vec![ObjectId { task, index: 0 }] });
             }
+            self.unpin_all(contained, fx);
             return;
         };
-        self.task_over(&t, fx);
         let state = match returns.pop() {
             Some(Return::Inline(v)) => ObjState::Ready(Ready::Inline(Arc::new(v))),
             Some(Return::Stored { size, node }) => ObjState::Ready(Ready::Stored { size, node, view: None }),
             None => ObjState::Failed(Error::Serialization { detail: format!("task {} returned nothing", t.name) }),
         };
-        self.resolve(t.ret, state, fx);
+        self.resolve_with(t.ret, state, contained, fx);
+        self.task_over(&t, fx);
         self.after_reply(&t, fx);
+    }
+
+    /// Pins the refs a reply says its value contains; returns those pinned. Borrowed ones
+    /// were registered with their owners for us before the reply was sent.
+    fn pin_contained(&mut self, contained: Vec<ObjectId>) -> Vec<ObjectId> {
+        let mut kept = Vec::with_capacity(contained.len());
+        for c in contained {
+            if c.owner() == self.me {
+                // Ours: the worker's hold on it kept it alive until now (see `Retained`).
+                if let Some(e) = self.objects.get_mut(&c) {
+                    e.pins += 1;
+                    kept.push(c);
+                }
+            } else {
+                let e = self.objects.entry(c).or_insert_with(|| ObjEntry::new(ObjState::Pending, 0));
+                e.pins += 1;
+                e.registered += 1;
+                kept.push(c);
+            }
+        }
+        kept
     }
 
     fn after_reply(&mut self, t: &TaskEntry, fx: &mut Effects) {
@@ -725,6 +857,218 @@ impl OwnerState {
         self.leases.len()
     }
 
+    // ---- borrowing ----
+
+    /// A ref was decoded in this process: one more local handle. Returns true if this made
+    /// a new unregistered borrowed entry.
+    pub fn decode_ref(&mut self, id: ObjectId) -> bool {
+        if let Some(e) = self.objects.get_mut(&id) {
+            e.local += 1;
+            return false;
+        }
+        if id.owner() == self.me {
+            // Ours and already freed: the handle names nothing, and `get` says so.
+            return false;
+        }
+        self.objects.insert(id, ObjEntry::new(ObjState::Pending, 1));
+        self.unregistered.insert(id);
+        true
+    }
+
+    /// A ref is being encoded into a task's arguments: the task holds it until it is over.
+    pub fn pin_for_task(&mut self, id: ObjectId) -> bool {
+        match self.objects.get_mut(&id) {
+            Some(e) => {
+                e.submitted += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// `put` made `outer`, whose value contains `refs` (each pinned once already).
+    pub fn set_contains(&mut self, outer: ObjectId, refs: Vec<ObjectId>, fx: &mut Effects) {
+        match self.objects.get_mut(&outer) {
+            Some(e) => e.contains.extend(refs),
+            None => self.unpin_all(refs, fx),
+        }
+    }
+
+    /// Pins `id` once for a value being built (`put`); false if it is unknown here.
+    pub fn pin(&mut self, id: ObjectId) -> bool {
+        match self.objects.get_mut(&id) {
+            Some(e) => {
+                e.pins += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Counts `borrower` once more for each object we own (an `AddBorrower` or a
+    /// `Retained`).
+    pub fn add_borrowers(&mut self, borrower: WorkerId, objects: &[ObjectId], fx: &mut Effects) {
+        for id in objects {
+            if let Some(e) = self.objects.get_mut(id) {
+                bump(&mut e.borrowers, borrower, 1);
+                self.maybe_free(*id, fx);
+            }
+        }
+    }
+
+    /// `borrower` released registrations of objects we own.
+    pub fn release_borrows(&mut self, borrower: WorkerId, objects: &[(ObjectId, u32)], fx: &mut Effects) {
+        for (id, n) in objects {
+            if let Some(e) = self.objects.get_mut(id) {
+                bump(&mut e.borrowers, borrower, -(*n as i32));
+                self.maybe_free(*id, fx);
+            }
+        }
+    }
+
+    /// A borrower asks for an object's value: answered now if final, else when it is.
+    pub fn on_get_request(&mut self, from: WorkerId, conn: Arc<Conn>, id: ObjectId, fx: &mut Effects) {
+        match self.objects.get_mut(&id) {
+            Some(e) if id.owner() == self.me => {
+                if matches!(e.state, ObjState::Pending) {
+                    e.remote_waiters.push((from, conn));
+                } else {
+                    fx.replies.push((conn, FromWorker::Object { object: id, answer: answer_of(&e.state) }));
+                }
+            }
+            _ => fx.replies.push((conn, FromWorker::Object { object: id, answer: ObjectAnswer::Unknown })),
+        }
+    }
+
+    /// The owner answered our `GetObject`.
+    pub fn on_object_answer(&mut self, id: ObjectId, answer: ObjectAnswer, fx: &mut Effects) {
+        let state = match answer {
+            ObjectAnswer::Inline(v) => ObjState::Ready(Ready::Inline(Arc::new(v))),
+            ObjectAnswer::Stored { size, node } => ObjState::Ready(Ready::Stored { size, node, view: None }),
+            ObjectAnswer::Failed(bytes) => ObjState::Failed(postcard::from_bytes(&bytes).unwrap_or_else(|e| {
+                Error::ObjectLost { object: id, reason: format!("its owner's error did not decode: {e}") }
+            })),
+            ObjectAnswer::Unknown => ObjState::Failed(Error::ObjectLost {
+                object: id,
+                reason: "its owner no longer has it (it was freed there)".into(),
+            }),
+        };
+        self.resolve(id, state, fx);
+    }
+
+    /// Asks the owner of a borrowed pending object for it, once.
+    pub fn ensure_fetch(&mut self, id: ObjectId, fx: &mut Effects) {
+        if id.owner() == self.me {
+            return;
+        }
+        if let Some(e) = self.objects.get_mut(&id) {
+            if matches!(e.state, ObjState::Pending) && !e.fetching {
+                e.fetching = true;
+                fx.to_peers.push((id.owner(), ToWorker::GetObject { object: id }));
+            }
+        }
+    }
+
+    /// Another process is gone: its borrows end, and what it owned can no longer be
+    /// resolved.
+    pub fn peer_lost(&mut self, peer: WorkerId, detail: &str, fx: &mut Effects) {
+        let mut touched = Vec::new();
+        let mut orphaned = Vec::new();
+        for (id, e) in self.objects.iter_mut() {
+            if id.owner() == self.me {
+                let before = e.borrowers.len() + e.remote_waiters.len();
+                e.borrowers.retain(|(w, _)| *w != peer);
+                e.remote_waiters.retain(|(w, _)| *w != peer);
+                if e.borrowers.len() + e.remote_waiters.len() != before {
+                    touched.push(*id);
+                }
+            } else if id.owner() == peer {
+                // Nobody is left to release to.
+                e.registered = 0;
+                if matches!(e.state, ObjState::Pending) {
+                    orphaned.push(*id);
+                }
+            }
+        }
+        for id in orphaned {
+            let err = Error::OwnerDied { object: id, detail: detail.to_string() };
+            self.resolve(id, ObjState::Failed(err), fx);
+        }
+        for id in touched {
+            self.maybe_free(id, fx);
+        }
+    }
+
+    /// Borrowed entries that must be registered before the pin that covers them ends:
+    /// marks them registered and returns them. `only` limits it to those ids.
+    pub fn take_unregistered(&mut self, only: Option<&[ObjectId]>) -> Vec<ObjectId> {
+        let ids: Vec<ObjectId> = match only {
+            Some(ids) => ids.iter().filter(|id| self.unregistered.remove(id)).copied().collect(),
+            None => self.unregistered.drain().collect(),
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(e) = self.objects.get_mut(&id) {
+                e.registered += 1;
+                out.push(id);
+            }
+        }
+        out
+    }
+
+    /// Refs inside a task's return value, before the reply goes to `caller`: ours are now
+    /// borrowed by the caller; the caller's own are held by us once more (told to it by
+    /// `Retained`, returned); the others must be registered for the caller by their owners
+    /// (returned too).
+    pub fn returning(&mut self, caller: WorkerId, refs: &[ObjectId]) -> (Vec<ObjectId>, Vec<ObjectId>) {
+        let mut callers = Vec::new();
+        let mut others = Vec::new();
+        for id in refs {
+            let Some(e) = self.objects.get_mut(id) else { continue };
+            if id.owner() == self.me {
+                bump(&mut e.borrowers, caller, 1);
+            } else if id.owner() == caller {
+                e.registered += 1;
+                self.unregistered.remove(id);
+                callers.push(*id);
+            } else {
+                others.push(*id);
+            }
+        }
+        (callers, others)
+    }
+
+    /// This process's table, for `memory_summary`.
+    pub fn summary(&self) -> Vec<ferry_proto::msg::RefInfo> {
+        self.objects
+            .iter()
+            .map(|(id, e)| {
+                let (state, size) = match &e.state {
+                    ObjState::Pending => ("pending", 0),
+                    ObjState::Ready(Ready::Inline(b)) => ("inline", b.len() as u64),
+                    ObjState::Ready(Ready::Stored { size, .. }) => ("stored", *size),
+                    ObjState::Failed(_) => ("failed", 0),
+                };
+                ferry_proto::msg::RefInfo {
+                    object: *id,
+                    holder: self.me,
+                    owned: id.owner() == self.me,
+                    state: state.to_string(),
+                    size,
+                    local: e.local,
+                    submitted: e.submitted,
+                    contained_in: e.pins,
+                    borrowers: e.borrowers.len() as u32,
+                }
+            })
+            .collect()
+    }
+
+    /// Counts of the table's contents (for tests: nothing may be left behind).
+    pub fn table_sizes(&self) -> (usize, usize, usize) {
+        (self.objects.len(), self.tasks.len(), self.actors.len())
+    }
+
     // ---- actors ----
 
     /// Records a task (normal, actor call or actor creation) with its argument counts.
@@ -737,9 +1081,10 @@ impl OwnerState {
         name: Arc<str>,
         args: Vec<ArgDraft>,
         target: Target,
-        exported: Vec<ActorId>,
+        exported: Exports,
         max_retries: u32,
         local: u32,
+        fx: &mut Effects,
     ) -> (TaskId, ObjectId, Option<Error>) {
         let task = self.next_id();
         let ret = ObjectId { task, index: 0 };
@@ -755,6 +1100,11 @@ impl OwnerState {
                             ObjState::Pending => {
                                 waiting += 1;
                                 e.dependents.push(task);
+                                // A borrowed object: its value comes from its owner.
+                                if id.owner() != self.me && !e.fetching {
+                                    e.fetching = true;
+                                    fx.to_peers.push((id.owner(), ToWorker::GetObject { object: *id }));
+                                }
                             }
                             ObjState::Failed(err) => failed = Some(err.clone()),
                             ObjState::Ready(_) => {}
@@ -763,8 +1113,7 @@ impl OwnerState {
                     None => {
                         failed = Some(Error::ObjectLost {
                             object: *id,
-                            reason: "this process does not own the object (passing borrowed refs is not supported yet)"
-                                .into(),
+                            reason: "it was freed: no handle to it was left in this process".into(),
                         })
                     }
                 }
@@ -842,7 +1191,7 @@ impl OwnerState {
         class: &'static str,
         label: &str,
         args: Vec<ArgDraft>,
-        exported: Vec<ActorId>,
+        exported: Exports,
         spec: ActorSpec,
         max_task_retries: u32,
         fx: &mut Effects,
@@ -850,7 +1199,7 @@ impl OwnerState {
         self.actors.insert(actor, ActorClient::new(label, true, max_task_retries));
         self.actors.get_mut(&actor).expect("inserted").handles = 1;
         let (task, _ret, failed) =
-            self.register_task(class, Arc::from(label), args, Target::creation(actor, spec), exported, 0, 0);
+            self.register_task(class, Arc::from(label), args, Target::creation(actor, spec), exported, 0, 0, fx);
         self.actors.get_mut(&actor).expect("inserted").queue.push_back(task);
         match failed {
             Some(err) => {
@@ -868,11 +1217,11 @@ impl OwnerState {
         method: &'static str,
         name: Arc<str>,
         args: Vec<ArgDraft>,
-        exported: Vec<ActorId>,
+        exported: Exports,
         fx: &mut Effects,
     ) -> ObjectId {
         let retries = self.actors.get(&actor).map(|c| c.max_task_retries).unwrap_or(0);
-        let (task, ret, failed) = self.register_task(method, name, args, Target::call(actor), exported, retries, 1);
+        let (task, ret, failed) = self.register_task(method, name, args, Target::call(actor), exported, retries, 1, fx);
         let c = self.actors.entry(actor).or_insert_with(|| ActorClient::new("actor", false, 0));
         c.queue.push_back(task);
         match failed {
@@ -957,7 +1306,8 @@ impl OwnerState {
                 });
                 if let Some(c) = self.actors.get_mut(&actor) {
                     c.ctor_args.extend(refs);
-                    c.ctor_exports.append(&mut t.exported);
+                    c.ctor_args.append(&mut t.exported.refs);
+                    c.ctor_exports.append(&mut t.exported.actors);
                 } else {
                     self.task_over(&t, fx);
                 }
@@ -1117,5 +1467,29 @@ impl ActorClient {
             ctor_args: Vec::new(),
             ctor_exports: Vec::new(),
         }
+    }
+}
+
+/// Adds `by` to `who`'s count; a count that reaches zero is removed.
+fn bump(counts: &mut Vec<(WorkerId, i32)>, who: WorkerId, by: i32) {
+    match counts.iter().position(|(w, _)| *w == who) {
+        Some(i) => {
+            counts[i].1 += by;
+            if counts[i].1 == 0 {
+                counts.swap_remove(i);
+            }
+        }
+        None if by != 0 => counts.push((who, by)),
+        None => {}
+    }
+}
+
+/// What to tell a borrower about a final object.
+fn answer_of(state: &ObjState) -> ObjectAnswer {
+    match state {
+        ObjState::Ready(Ready::Inline(b)) => ObjectAnswer::Inline(b.to_vec()),
+        ObjState::Ready(Ready::Stored { size, node, .. }) => ObjectAnswer::Stored { size: *size, node: *node },
+        ObjState::Failed(e) => ObjectAnswer::Failed(postcard::to_allocvec(e).unwrap_or_default()),
+        ObjState::Pending => ObjectAnswer::Unknown,
     }
 }

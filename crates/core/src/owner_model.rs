@@ -166,7 +166,7 @@ fn run(ops: Vec<Op>) {
                 }
                 let args: Vec<ObjectId> = args.iter().map(|i| m.handles[i % m.handles.len()]).collect();
                 let drafts = args.iter().map(|a| ArgDraft::Ref(*a)).collect();
-                let ret = h.st.submit("f", Arc::from("f"), drafts, &Shape::cpus(1.0), 0, Vec::new(), &mut fx);
+                let ret = h.st.submit("f", Arc::from("f"), drafts, &Shape::cpus(1.0), 0, Default::default(), &mut fx);
                 all.push(ret);
                 m.handles.push(ret);
                 let t = ModelTask { task: ret.task, ret, args: args.clone(), stored_return };
@@ -204,7 +204,7 @@ fn run(ops: Vec<Op>) {
                     } else {
                         Return::Inline(vec![0])
                     };
-                    h.st.on_done(t.task, vec![ret], &mut fx);
+                    h.st.on_done(t.task, vec![ret], Vec::new(), &mut fx);
                     m.unfinished.retain(|x| x.task != t.task);
                 } else {
                     h.st.on_failed(t.task, TaskError::Cancelled, &mut fx);
@@ -228,7 +228,7 @@ fn run(ops: Vec<Op>) {
             m.stored.insert(t.ret);
         }
         let ret = if t.stored_return { Return::Stored { size: 10, node: NodeId(1) } } else { Return::Inline(vec![0]) };
-        h.st.on_done(t.task, vec![ret], &mut fx);
+        h.st.on_done(t.task, vec![ret], Vec::new(), &mut fx);
         m.unfinished.retain(|x| x.task != t.task);
         h.settle(fx);
         check(&h, &m, &all);

@@ -3,9 +3,14 @@
 //!
 //! One [`Runtime`] per process, reached through [`runtime`]. Threads it starts:
 //! - `ferry-node-rx`: reads the daemon's messages (lease grants, worker deaths, replies);
-//! - `ferry-worker-rx` (one per leased worker): reads task replies;
-//! - `ferry-housekeeping`: returns leases idle for too long;
-//! - in workers, `ferry-accept` and one `ferry-owner-rx` per owner (see `executor`).
+//! - `ferry-peer-rx` (one per process we connected to: leased workers, actors, owners of
+//!   refs we borrow): reads task replies and owners' answers;
+//! - `ferry-accept`, and one `ferry-inbound` per process that connected to us: reads pushed
+//!   tasks (handed to the `executor` in workers) and borrowers' requests;
+//! - `ferry-housekeeping`: returns leases idle for too long.
+//!
+//! Every process listens on `<session dir>/p-<worker id>.sock`, so a ref's id (which names
+//! its owner) is enough to reach the owner.
 //!
 //! The owner table's mutex is never held while blocking on the network: state changes
 //! collect their sends in [`Effects`], which go out after the lock is released (sends only
@@ -16,11 +21,13 @@ use crate::error::{Error, Result};
 use crate::executor::Executor;
 use crate::owner::{ArgDraft, Effects, ObjState, OwnerLimits, OwnerState, Ready};
 use ferry_node::NodeHandle;
+use ferry_proto::conn::accept;
 use ferry_proto::conn::{connect, Addr, Conn};
-use ferry_proto::msg::{FromNode, FromWorker, NodeStats, ProcKind, Shape, ToNode};
+use ferry_proto::msg::{FromNode, FromWorker, NodeStats, ProcKind, Shape, ToNode, ToWorker};
 use ferry_proto::{FrameError, FrameReader, NodeId, ObjectId, Stream, WorkerId};
 use ferry_store::{ObjectView, StoreDir};
 use std::collections::HashMap;
+use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Poll, Wake, Waker};
@@ -72,7 +79,10 @@ pub(crate) struct Runtime {
     node_calls: Mutex<HashMap<u64, mpsc::SyncSender<FromNode>>>,
     next_call: AtomicU64,
     state: Mutex<OwnerState>,
-    workers: Mutex<HashMap<WorkerId, Arc<Conn>>>,
+    /// Connections we opened to other processes, by process.
+    peers: Mutex<HashMap<WorkerId, Arc<Conn>>>,
+    /// Requests to other processes waiting for their answer.
+    peer_calls: Mutex<HashMap<u64, (WorkerId, mpsc::SyncSender<FromWorker>)>>,
     pub executor: Option<Arc<Executor>>,
     embedded: Mutex<Option<NodeHandle>>,
     running: AtomicBool,
@@ -85,8 +95,11 @@ impl Runtime {
         cfg: Config,
         embedded: Option<NodeHandle>,
         executor: Option<Arc<Executor>>,
-        listen: Addr,
     ) -> Result<&'static Runtime> {
+        let sock = peer_socket(&id.session_dir, id.me);
+        let listener = UnixListener::bind(&sock)
+            .map_err(|e| Error::Connection { detail: format!("cannot listen on {}: {e}", sock.display()) })?;
+        let listen = Addr::Unix(sock);
         let (conn, mut reader, node_id) = connect(&id.node_addr, &id.token, id.me, cfg.max_frame_bytes)
             .map_err(|e| Error::Connection { detail: format!("node daemon at {}: {e}", id.node_addr) })?;
         let conn = Arc::new(conn);
@@ -116,7 +129,8 @@ impl Runtime {
             node_calls: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(1),
             state: Mutex::new(OwnerState::new(id.me, limits)),
-            workers: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+            peer_calls: Mutex::new(HashMap::new()),
             executor,
             embedded: Mutex::new(embedded),
             running: AtomicBool::new(true),
@@ -132,6 +146,10 @@ impl Runtime {
         thread::Builder::new()
             .name("ferry-housekeeping".into())
             .spawn(move || rt.housekeeping())
+            .map_err(|e| Error::Connection { detail: e.to_string() })?;
+        thread::Builder::new()
+            .name("ferry-accept".into())
+            .spawn(move || rt.accept_loop(listener))
             .map_err(|e| Error::Connection { detail: e.to_string() })?;
         Ok(rt)
     }
@@ -157,7 +175,7 @@ impl Runtime {
     }
 
     /// Carries out the effects of a state change (after the lock is released).
-    pub(crate) fn apply(&self, fx: Effects) {
+    pub(crate) fn apply(&'static self, mut fx: Effects) {
         for m in fx.to_node {
             let _ = self.node.send(&m);
         }
@@ -165,10 +183,30 @@ impl Runtime {
             // A failed push surfaces as the loss of that worker on its reader thread.
             let _ = conn.send(&m);
         }
+        for (conn, m) in fx.replies {
+            let _ = conn.send(&m);
+        }
+        if !fx.releases.is_empty() {
+            // One message per owner.
+            fx.releases.sort_unstable_by_key(|(id, _)| id.owner());
+            for chunk in fx.releases.chunk_by(|a, b| a.0.owner() == b.0.owner()) {
+                fx.to_peers.push((chunk[0].0.owner(), ToWorker::ReleaseBorrows { objects: chunk.to_vec() }));
+            }
+        }
+        for (peer, m) in fx.to_peers {
+            let sent =
+                self.peer_conn(peer).map_err(|e| e.to_string()).and_then(|c| c.send(&m).map_err(|e| e.to_string()));
+            if let Err(e) = sent {
+                // Its reader reports the loss if it had a connection; otherwise do it here.
+                if !self.peers.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&peer) {
+                    self.with_state(|st, fx| st.peer_lost(peer, &format!("cannot reach it: {e}"), fx));
+                }
+            }
+        }
     }
 
     /// Runs `f` on the owner table, then carries out its effects.
-    pub(crate) fn with_state<R>(&self, f: impl FnOnce(&mut OwnerState, &mut Effects) -> R) -> R {
+    pub(crate) fn with_state<R>(&'static self, f: impl FnOnce(&mut OwnerState, &mut Effects) -> R) -> R {
         let mut fx = Effects::default();
         let r = {
             let mut st = self.lock();
@@ -269,7 +307,7 @@ impl Runtime {
         self.with_state(|st, fx| st.actor_resolved(actor, at, fx));
     }
 
-    fn node_lost(&self, e: FrameError) {
+    fn node_lost(&'static self, e: FrameError) {
         if self.executor.is_some() {
             // A worker without its daemon has no purpose: its node is gone or stopping.
             std::process::exit(0);
@@ -284,17 +322,26 @@ impl Runtime {
 
     // ---- leased workers ----
 
+    /// The connection to another process by id (at its well-known socket).
+    pub(crate) fn peer_conn(&'static self, peer: WorkerId) -> Result<Arc<Conn>> {
+        self.worker_conn(peer, &Addr::Unix(peer_socket(&self.session_dir, peer)))
+    }
+
     /// The connection to `worker`, opened (with its reader thread) on first use.
     fn worker_conn(&'static self, worker: WorkerId, addr: &Addr) -> Result<Arc<Conn>> {
-        if let Some(c) = self.workers.lock().unwrap_or_else(|e| e.into_inner()).get(&worker) {
+        // Held while connecting, so two threads never open two connections to one process
+        // (its replies must come back on one ordered stream).
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = peers.get(&worker) {
             return Ok(c.clone());
         }
         let (conn, reader, _) = connect(addr, &self.token, self.me, self.cfg.max_frame_bytes)
             .map_err(|e| Error::Connection { detail: e.to_string() })?;
         let conn = Arc::new(conn);
-        self.workers.lock().unwrap_or_else(|e| e.into_inner()).insert(worker, conn.clone());
+        peers.insert(worker, conn.clone());
+        drop(peers);
         thread::Builder::new()
-            .name("ferry-worker-rx".into())
+            .name("ferry-peer-rx".into())
             .spawn(move || self.worker_reader(worker, reader))
             .map_err(|e| Error::Connection { detail: e.to_string() })?;
         Ok(conn)
@@ -303,13 +350,30 @@ impl Runtime {
     fn worker_reader(&'static self, worker: WorkerId, mut reader: FrameReader<Stream>) {
         let reason = loop {
             match reader.read::<FromWorker>() {
-                Ok(FromWorker::Done { task, returns }) => self.with_state(|st, fx| st.on_done(task, returns, fx)),
+                Ok(FromWorker::Done { task, returns, contained }) => {
+                    self.with_state(|st, fx| st.on_done(task, returns, contained, fx))
+                }
                 Ok(FromWorker::Failed { task, error }) => self.with_state(|st, fx| st.on_failed(task, error, fx)),
                 Ok(FromWorker::Requeued { tasks }) => self.with_state(|st, fx| st.on_requeued(tasks, fx)),
                 Ok(FromWorker::Stolen { tasks }) => self.with_state(|st, fx| st.on_stolen(worker, tasks, fx)),
+                Ok(FromWorker::Retained { objects }) => {
+                    self.with_state(|st, fx| st.add_borrowers(worker, &objects, fx))
+                }
+                Ok(FromWorker::Object { object, answer }) => {
+                    self.with_state(|st, fx| st.on_object_answer(object, answer, fx))
+                }
+                Ok(m @ (FromWorker::Ack { .. } | FromWorker::Summary { .. })) => {
+                    let req = match &m {
+                        FromWorker::Ack { req } | FromWorker::Summary { req, .. } => *req,
+                        _ => unreachable!("matched above"),
+                    };
+                    if let Some((_, tx)) = self.peer_calls.lock().unwrap_or_else(|e| e.into_inner()).remove(&req) {
+                        let _ = tx.send(m);
+                    }
+                }
                 Err(FrameError::Closed) => break "its connection closed".to_string(),
                 Err(e) => {
-                    eprintln!("ferry: closing connection to worker {worker:?}: {e}");
+                    eprintln!("ferry: closing connection to process {worker:?}: {e}");
                     break e.to_string();
                 }
             }
@@ -317,11 +381,128 @@ impl Runtime {
         self.worker_lost(worker, &reason);
     }
 
-    fn worker_lost(&self, worker: WorkerId, reason: &str) {
-        if let Some(c) = self.workers.lock().unwrap_or_else(|e| e.into_inner()).remove(&worker) {
+    fn worker_lost(&'static self, worker: WorkerId, reason: &str) {
+        if let Some(c) = self.peers.lock().unwrap_or_else(|e| e.into_inner()).remove(&worker) {
             c.shutdown();
         }
-        self.with_state(|st, fx| st.on_worker_lost(worker, reason, fx));
+        // Its unanswered requests fail (their senders are dropped).
+        self.peer_calls.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, (p, _)| *p != worker);
+        self.with_state(|st, fx| {
+            st.on_worker_lost(worker, reason, fx);
+            st.peer_lost(worker, reason, fx);
+        });
+    }
+
+    /// Sends a request to another process and waits for its answer.
+    pub(crate) fn peer_call(&'static self, peer: WorkerId, make: impl FnOnce(u64) -> ToWorker) -> Result<FromWorker> {
+        let conn = self.peer_conn(peer)?;
+        let req = self.next_call.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.peer_calls.lock().unwrap_or_else(|e| e.into_inner()).insert(req, (peer, tx));
+        if let Err(e) = conn.send(&make(req)) {
+            self.peer_calls.lock().unwrap_or_else(|e| e.into_inner()).remove(&req);
+            return Err(Error::Connection { detail: format!("process {peer:?}: {e}") });
+        }
+        rx.recv_timeout(Duration::from_secs(60)).map_err(|e| {
+            self.peer_calls.lock().unwrap_or_else(|e| e.into_inner()).remove(&req);
+            Error::Connection { detail: format!("process {peer:?} did not answer: {e}") }
+        })
+    }
+
+    /// Registers this process (or `borrower`) with the owners of `ids` as holding them,
+    /// one request per owner, and waits for every answer.
+    pub(crate) fn register_borrows(&'static self, ids: Vec<ObjectId>, borrower: WorkerId) {
+        let mut ids = ids;
+        ids.sort_unstable_by_key(|id| id.owner());
+        for chunk in ids.chunk_by(|a, b| a.owner() == b.owner()) {
+            let owner = chunk[0].owner();
+            let objects = chunk.to_vec();
+            // An owner that cannot be reached is dead: its objects fail with OwnerDied on
+            // their next `get`, so there is nothing to hold.
+            let _ = self.peer_call(owner, |req| ToWorker::AddBorrower { req, objects, borrower });
+        }
+    }
+
+    /// After `get` decoded a value: registers the borrowed refs it held.
+    pub(crate) fn register_decoded(&'static self, new: Vec<ObjectId>) {
+        if new.is_empty() {
+            return;
+        }
+        let ids = self.lock().take_unregistered(Some(&new));
+        self.register_borrows(ids, self.me);
+    }
+
+    /// At the end of a task for `caller`: every borrowed ref still held here and not yet
+    /// registered is registered now, before the caller's hold on it (the task's arguments)
+    /// ends. Returns those owned by the caller: it counts them when it reads `Retained`.
+    pub(crate) fn register_at_task_end(&'static self, caller: WorkerId) -> Vec<ObjectId> {
+        let ids = {
+            let mut st = self.lock();
+            if st.unregistered.is_empty() {
+                return Vec::new();
+            }
+            st.take_unregistered(None)
+        };
+        let (callers, others): (Vec<ObjectId>, Vec<ObjectId>) = ids.into_iter().partition(|id| id.owner() == caller);
+        self.register_borrows(others, self.me);
+        callers
+    }
+
+    // ---- connections from other processes ----
+
+    fn accept_loop(&'static self, listener: UnixListener) {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let _ = thread::Builder::new().name("ferry-inbound".into()).spawn(move || {
+                match accept(Stream::Unix(stream), &self.token, self.node_id, self.cfg.max_frame_bytes) {
+                    Ok((conn, reader, hello)) => self.inbound(hello.from, Arc::new(conn), reader),
+                    Err(e) => eprintln!("ferry: refused a connection: {e}"),
+                }
+            });
+        }
+    }
+
+    /// Reads what another process sends us: tasks to run (workers only) and requests about
+    /// objects we own.
+    fn inbound(&'static self, from: WorkerId, conn: Arc<Conn>, mut reader: FrameReader<Stream>) {
+        loop {
+            match reader.read::<ToWorker>() {
+                Ok(m @ (ToWorker::Push(_) | ToWorker::Cancel { .. } | ToWorker::Steal { .. })) => {
+                    match &self.executor {
+                        Some(x) => x.on_message(&conn, m),
+                        None => {
+                            eprintln!("ferry: process {from:?} sent tasks to a driver; closing its connection");
+                            break;
+                        }
+                    }
+                }
+                Ok(ToWorker::GetObject { object }) => {
+                    self.with_state(|st, fx| st.on_get_request(from, conn.clone(), object, fx))
+                }
+                Ok(ToWorker::AddBorrower { req, objects, borrower }) => {
+                    self.with_state(|st, fx| st.add_borrowers(borrower, &objects, fx));
+                    let _ = conn.send(&FromWorker::Ack { req });
+                }
+                Ok(ToWorker::ReleaseBorrows { objects }) => {
+                    self.with_state(|st, fx| st.release_borrows(from, &objects, fx))
+                }
+                Ok(ToWorker::Summary { req }) => {
+                    let refs = self.lock().summary();
+                    let _ = conn.send(&FromWorker::Summary { req, refs });
+                }
+                Err(FrameError::Closed) => break,
+                Err(e) => {
+                    // Malformed or oversized: drop this connection, keep running.
+                    eprintln!("ferry: closing the connection of process {from:?}: {e}");
+                    break;
+                }
+            }
+        }
+        conn.shutdown();
+        if let Some(x) = &self.executor {
+            x.owner_gone(&conn);
+        }
+        self.with_state(|st, fx| st.peer_lost(from, "its connection closed", fx));
     }
 
     /// Returns leases idle past the timeout. A process without leases (most actors, idle
@@ -343,7 +524,7 @@ impl Runtime {
     // ---- objects ----
 
     /// Stores an encoded value this process owns and returns its id.
-    pub(crate) fn put_encoded(&self, enc: crate::codec::Encoded<'_>) -> Result<ObjectId> {
+    pub(crate) fn put_encoded(&'static self, enc: crate::codec::Encoded<'_>) -> Result<ObjectId> {
         if enc.len() <= self.cfg.inline_max_bytes {
             let v = enc.into_vec();
             return Ok(self.with_state(|st, _| st.new_object(ObjState::Ready(Ready::Inline(Arc::new(v))))));
@@ -391,25 +572,28 @@ impl Runtime {
             .map_err(|e| Error::ObjectLost { object: id, reason: format!("its store file could not be read: {e}") })
     }
 
-    /// Polls `id`: ready, failed, or pending (then `waker` is registered).
-    pub(crate) fn poll_object(&self, id: ObjectId, waker: &Waker) -> Poll<Result<Ready>> {
-        let mut st = self.lock();
-        let Some(e) = st.objects.get_mut(&id) else {
-            return Poll::Ready(Err(Error::ObjectLost {
-                object: id,
-                reason: "this process holds no reference to it".into(),
-            }));
-        };
-        match &e.state {
-            ObjState::Ready(r) => Poll::Ready(Ok(r.clone())),
-            ObjState::Failed(err) => Poll::Ready(Err(err.clone())),
-            ObjState::Pending => {
-                if !e.waiters.iter().any(|w| w.will_wake(waker)) {
-                    e.waiters.push(waker.clone());
+    /// Polls `id`: ready, failed, or pending (then `waker` is registered, and a borrowed
+    /// object is asked of its owner).
+    pub(crate) fn poll_object(&'static self, id: ObjectId, waker: &Waker) -> Poll<Result<Ready>> {
+        self.with_state(|st, fx| {
+            let Some(e) = st.objects.get_mut(&id) else {
+                return Poll::Ready(Err(Error::ObjectLost {
+                    object: id,
+                    reason: "this process holds no reference to it (it was freed)".into(),
+                }));
+            };
+            match &e.state {
+                ObjState::Ready(r) => Poll::Ready(Ok(r.clone())),
+                ObjState::Failed(err) => Poll::Ready(Err(err.clone())),
+                ObjState::Pending => {
+                    if !e.waiters.iter().any(|w| w.will_wake(waker)) {
+                        e.waiters.push(waker.clone());
+                    }
+                    st.ensure_fetch(id, fx);
+                    Poll::Pending
                 }
-                Poll::Pending
             }
-        }
+        })
     }
 
     /// Blocks the calling thread until `poll` is ready or the deadline passes (`None`).
@@ -443,19 +627,19 @@ impl Runtime {
     }
 
     pub(crate) fn submit(
-        &self,
+        &'static self,
         function: &'static str,
         name: Arc<str>,
         args: Vec<ArgDraft>,
         shape: &Shape,
         max_retries: u32,
-        exported: Vec<ferry_proto::msg::ActorId>,
+        exported: crate::owner::Exports,
     ) -> ObjectId {
         self.with_state(|st, fx| st.submit(function, name, args, shape, max_retries, exported, fx))
     }
 
     /// An object whose value is an error (for calls that fail before a task exists).
-    pub(crate) fn failed_object(&self, err: Error) -> ObjectId {
+    pub(crate) fn failed_object(&'static self, err: Error) -> ObjectId {
         self.with_state(|st, _| st.new_object(ObjState::Failed(err)))
     }
 
@@ -466,7 +650,7 @@ impl Runtime {
         }
     }
 
-    pub(crate) fn shutdown(&self) {
+    pub(crate) fn shutdown(&'static self) {
         if !self.running.swap(false, Ordering::AcqRel) {
             return;
         }
@@ -524,4 +708,9 @@ pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
         }
         thread::park();
     }
+}
+
+/// Where process `id` of a session listens.
+pub(crate) fn peer_socket(session_dir: &std::path::Path, id: WorkerId) -> std::path::PathBuf {
+    session_dir.join(format!("p-{id}.sock"))
 }

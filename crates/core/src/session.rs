@@ -9,7 +9,6 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::runtime::{try_runtime, Identity, Runtime};
 use ferry_node::NodeOptions;
-use ferry_proto::conn::Addr;
 use ferry_proto::ids::{random_bytes, random_u64};
 use ferry_proto::msg::{ProcKind, Shape};
 use ferry_proto::WorkerId;
@@ -81,9 +80,7 @@ pub(crate) fn start_embedded(cfg: Config) -> Result<()> {
         store_dir,
         session_dir: session_dir.clone(),
     };
-    // Drivers accept no connections yet; the address is reserved for borrowers.
-    let listen = Addr::Unix(session_dir.join(format!("d-{me}.sock")));
-    Runtime::start(id, cfg, Some(node), None, listen)?;
+    Runtime::start(id, cfg, Some(node), None)?;
     // SAFETY: registering a plain extern "C" function.
     unsafe { libc::atexit(exit_cleanup) };
     Ok(())

@@ -8,7 +8,6 @@ use ferry_node::worker_env::*;
 use ferry_proto::conn::Addr;
 use ferry_proto::msg::ProcKind;
 use ferry_proto::WorkerId;
-use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 
 fn var(name: &str) -> String {
@@ -51,22 +50,13 @@ pub(crate) fn main() -> ! {
     // SAFETY: still single-threaded here (before main, no thread started yet).
     std::env::remove_var(WORKER);
     std::env::remove_var(TOKEN);
-    let sock = id.session_dir.join(format!("w-{me}.sock"));
-    let listener = match UnixListener::bind(&sock) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("ferry-worker: cannot listen on {}: {e}", sock.display());
-            std::process::exit(1);
-        }
-    };
     let exec = Executor::new();
-    let rt = match Runtime::start(id, Config::default(), None, Some(exec.clone()), Addr::Unix(sock)) {
+    let rt = match Runtime::start(id, Config::default(), None, Some(exec.clone())) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ferry-worker: {e}");
             std::process::exit(1);
         }
     };
-    exec.serve(listener, rt);
     exec.run(rt)
 }

@@ -286,6 +286,48 @@ pub enum ToWorker {
     /// Hand back up to `max` of this owner's tasks that have not started (the owner has an
     /// idle worker for them). Answered by `Stolen`.
     Steal { max: u32 },
+    /// From a borrower to an owner: the object's value or location, answered by
+    /// [`FromWorker::Object`] once the object is final.
+    GetObject { object: ObjectId },
+    /// Count `borrower` as holding each object once more (answered by [`FromWorker::Ack`]).
+    AddBorrower { req: u64, objects: Vec<ObjectId>, borrower: WorkerId },
+    /// The sender no longer holds these objects; each count is how many registrations of
+    /// the sender as a borrower it ends.
+    ReleaseBorrows { objects: Vec<(ObjectId, u32)> },
+    /// List the objects in this process's table (for `memory_summary`).
+    Summary { req: u64 },
+}
+
+/// What an owner says about an object a borrower asked for.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ObjectAnswer {
+    Inline(#[serde(with = "serde_bytes")] Vec<u8>),
+    Stored {
+        size: u64,
+        node: NodeId,
+    },
+    /// The object failed; the bytes are the owner's encoded error.
+    Failed(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The owner has no such object (freed, or never existed).
+    Unknown,
+}
+
+/// One object in a process's table, as `memory_summary` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RefInfo {
+    pub object: ObjectId,
+    /// The process whose table this is.
+    pub holder: WorkerId,
+    pub owned: bool,
+    /// "pending", "inline", "stored" or "failed".
+    pub state: String,
+    pub size: u64,
+    pub local: u32,
+    pub submitted: u32,
+    /// Objects (values) that contain this ref.
+    pub contained_in: u32,
+    /// Processes borrowing it (owned objects only).
+    pub borrowers: u32,
 }
 
 /// A task's return value as the worker reports it.
@@ -322,6 +364,9 @@ pub enum FromWorker {
     Done {
         task: TaskId,
         returns: Vec<Return>,
+        /// Refs inside the return value: the caller keeps them alive while the value lives.
+        /// Those it does not own are already registered with their owners as borrowed by it.
+        contained: Vec<ObjectId>,
     },
     Failed {
         task: TaskId,
@@ -334,6 +379,23 @@ pub enum FromWorker {
     /// The answer to `Steal`: these tasks will not run here (possibly none).
     Stolen {
         tasks: Vec<TaskId>,
+    },
+    /// Sent before a task's reply: objects owned by the receiver that this worker still
+    /// holds after the task; the receiver counts it as their borrower once more.
+    Retained {
+        objects: Vec<ObjectId>,
+    },
+    /// The answer to [`ToWorker::GetObject`].
+    Object {
+        object: ObjectId,
+        answer: ObjectAnswer,
+    },
+    Ack {
+        req: u64,
+    },
+    Summary {
+        req: u64,
+        refs: Vec<RefInfo>,
     },
 }
 
