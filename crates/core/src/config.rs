@@ -19,7 +19,11 @@ pub struct Config {
     /// Env: `FERRY_INLINE_MAX_BYTES`. Default 100 KiB.
     pub inline_max_bytes: usize,
     /// Capacity of the node's store. Env: `FERRY_OBJECT_STORE_BYTES`. Default 30% of RAM.
+    /// Past it, the oldest objects spill to `spill_dir`.
     pub object_store_bytes: Option<u64>,
+    /// Where objects spill when the store is full (should be on disk). Env:
+    /// `FERRY_SPILL_DIR`. Default: `spill` in the session's directory under `$TMPDIR`.
+    pub spill_dir: Option<std::path::PathBuf>,
     /// Tasks pushed to one leased worker before its replies come back. Env:
     /// `FERRY_MAX_TASKS_IN_FLIGHT`. Default 16.
     pub max_tasks_in_flight_per_worker: usize,
@@ -52,6 +56,7 @@ impl Default for Config {
             resources: Vec::new(),
             inline_max_bytes: env("FERRY_INLINE_MAX_BYTES").unwrap_or(100 << 10),
             object_store_bytes: env("FERRY_OBJECT_STORE_BYTES"),
+            spill_dir: std::env::var_os("FERRY_SPILL_DIR").map(Into::into),
             max_tasks_in_flight_per_worker: env("FERRY_MAX_TASKS_IN_FLIGHT").unwrap_or(16).max(1),
             max_pending_lease_requests: 2,
             lease_idle_timeout: Duration::from_millis(env("FERRY_LEASE_IDLE_MS").unwrap_or(1000)),
@@ -78,6 +83,11 @@ impl Config {
     /// Sets the store's capacity in bytes.
     pub fn object_store_bytes(mut self, bytes: u64) -> Self {
         self.object_store_bytes = Some(bytes);
+        self
+    }
+    /// Sets the spill directory.
+    pub fn spill_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.spill_dir = Some(dir.into());
         self
     }
     /// Sets the inline threshold in bytes.

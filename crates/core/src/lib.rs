@@ -16,6 +16,7 @@ mod codec;
 mod config;
 mod error;
 mod executor;
+mod memory;
 mod owner;
 #[cfg(test)]
 mod owner_model;
@@ -33,7 +34,8 @@ pub use error::{Error, Result};
 pub use executor::store_return;
 pub use ferry_proto::msg::ActorId;
 pub use ferry_proto::msg::NodeStats;
-pub use ferry_proto::ObjectId;
+pub use ferry_proto::{ObjectId, WorkerId};
+pub use memory::{memory_summary, Location, MemorySummary, ObjectSummary};
 pub use runtime::block_on;
 
 use codec::Backing;
@@ -239,6 +241,13 @@ impl<T> IntoArg<T> for &ObjectRef<T> {
 impl<T> IntoArg<T> for ObjectRef<T> {
     fn into_arg(self) -> TaskArg {
         TaskArg(ArgInner::Ref(self.raw))
+    }
+}
+
+// `&r` where a function takes an `ObjectRef<T>`: the ref itself is passed (cloned), unresolved.
+impl<T: 'static> IntoArg<ObjectRef<T>> for &ObjectRef<T> {
+    fn into_arg(self) -> TaskArg {
+        IntoArg::<ObjectRef<T>>::into_arg(self.clone())
     }
 }
 

@@ -267,6 +267,14 @@ impl OwnerState {
         }
     }
 
+    /// Forgets this process's mapping of a stored object (it was spilled: the mapping
+    /// would keep its memory in use).
+    pub fn drop_view(&mut self, id: ObjectId) {
+        if let Some(ObjEntry { state: ObjState::Ready(Ready::Stored { view, .. }), .. }) = self.objects.get_mut(&id) {
+            *view = None;
+        }
+    }
+
     pub fn add_local_ref(&mut self, id: ObjectId) {
         if let Some(e) = self.objects.get_mut(&id) {
             e.local += 1;

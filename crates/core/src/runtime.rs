@@ -64,6 +64,8 @@ pub(crate) struct Identity {
     pub node_addr: Addr,
     pub store_dir: std::path::PathBuf,
     pub session_dir: std::path::PathBuf,
+    /// The node's spill directory, where spilled objects are read from.
+    pub spill_dir: Option<std::path::PathBuf>,
 }
 
 /// See the module docs.
@@ -121,7 +123,10 @@ impl Runtime {
             me: id.me,
             node_id,
             token: id.token,
-            store: StoreDir::open(id.store_dir),
+            store: match id.spill_dir {
+                Some(spill) => StoreDir::open(id.store_dir).with_spill(spill),
+                None => StoreDir::open(id.store_dir),
+            },
             session_dir: id.session_dir,
             node_addr: id.node_addr.clone(),
             cfg,
@@ -274,6 +279,12 @@ impl Runtime {
                         None => self.answer_call(req, FromNode::ActorState { req, actor, location }),
                     }
                 }
+                FromNode::Spilled { objects } => self.with_state(|st, _| {
+                    for id in objects {
+                        st.drop_view(id);
+                    }
+                }),
+                FromNode::Inventory { req, .. } => self.answer_call(req, msg),
                 FromNode::ActorDied { actor, reason, restarting } => {
                     self.with_state(|st, fx| st.on_actor_died(actor, &reason, restarting, fx))
                 }
@@ -487,8 +498,11 @@ impl Runtime {
                     self.with_state(|st, fx| st.release_borrows(from, &objects, fx))
                 }
                 Ok(ToWorker::Summary { req }) => {
-                    let refs = self.lock().summary();
-                    let _ = conn.send(&FromWorker::Summary { req, refs });
+                    let (refs, tasks) = {
+                        let st = self.lock();
+                        (st.summary(), st.table_sizes().1 as u64)
+                    };
+                    let _ = conn.send(&FromWorker::Summary { req, refs, tasks });
                 }
                 Err(FrameError::Closed) => break,
                 Err(e) => {

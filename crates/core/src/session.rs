@@ -49,6 +49,7 @@ pub(crate) fn start_embedded(cfg: Config) -> Result<()> {
     cleanup_stale();
     let sid = format!("{}-{:08x}", std::process::id(), random_u64() as u32);
     let session_dir = std::env::temp_dir().join(format!("ferry-{sid}"));
+    let spill_dir = cfg.spill_dir.clone().unwrap_or_else(|| session_dir.join("spill"));
     let store_dir = shm_root().join(format!("ferry-{sid}-store"));
     let token: String = random_bytes(16).iter().map(|b| format!("{b:02x}")).collect();
     let cpus = cfg.cpus();
@@ -59,6 +60,7 @@ pub(crate) fn start_embedded(cfg: Config) -> Result<()> {
         session_dir: session_dir.clone(),
         store_dir: store_dir.clone(),
         store_capacity: cfg.store_bytes(),
+        spill_dir: Some(spill_dir.clone()),
         token: token.clone(),
         resources: shape,
         pool: PoolOptions {
@@ -79,6 +81,7 @@ pub(crate) fn start_embedded(cfg: Config) -> Result<()> {
         node_addr: node.addr(),
         store_dir,
         session_dir: session_dir.clone(),
+        spill_dir: Some(spill_dir),
     };
     Runtime::start(id, cfg, Some(node), None)?;
     // SAFETY: registering a plain extern "C" function.

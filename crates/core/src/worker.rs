@@ -45,6 +45,7 @@ pub(crate) fn main() -> ! {
         node_addr: Addr::Unix(PathBuf::from(var(NODE_SOCKET))),
         store_dir: PathBuf::from(var(STORE_DIR)),
         session_dir: PathBuf::from(var(SESSION_DIR)),
+        spill_dir: std::env::var_os(SPILL_DIR).filter(|d| !d.is_empty()).map(PathBuf::from),
     };
     // Programs the task starts are not workers.
     // SAFETY: still single-threaded here (before main, no thread started yet).

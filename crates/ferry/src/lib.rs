@@ -25,9 +25,10 @@
 
 pub use ferry_core::{
     block_on, cancel, decode, encode_vec, get, get_actor, get_all, get_async, get_bytes, get_timeout, init, kill,
-    node_stats, put, shutdown, store_return, wait, Actor, ActorHandle, ActorId, ActorOptions, ActorOptionsBuilder,
-    ActorProxy, Bytes, BytesMut, Config, Error, GetFuture, IntoArg, NodeStats, ObjectId, ObjectRef, RawActor,
-    RemoteOptions, Result, TaskArg, TaskOptions, WaitResult,
+    memory_summary, node_stats, put, shutdown, store_return, wait, Actor, ActorHandle, ActorId, ActorOptions,
+    ActorOptionsBuilder, ActorProxy, Bytes, BytesMut, Config, Error, GetFuture, IntoArg, Location, MemorySummary,
+    NodeStats, ObjectId, ObjectRef, ObjectSummary, RawActor, RemoteOptions, Result, TaskArg, TaskOptions, WaitResult,
+    WorkerId,
 };
 pub use ferry_macros::{actor, main, remote};
 

@@ -26,12 +26,13 @@ mod actors;
 
 use actors::{ActorRec, ACTOR_CONN};
 use ferry_proto::conn::{accept, Addr, Conn, Stream};
-use ferry_proto::msg::{ActorId, FromNode, NodeStats, ProcKind, Shape, ToNode};
-use ferry_proto::{FrameError, NodeId, WorkerId};
+use ferry_proto::msg::{ActorId, FromNode, NodeStats, ProcKind, Shape, StoredInfo, ToNode};
+use ferry_proto::{FrameError, NodeId, ObjectId, WorkerId};
 use ferry_sched::{Action, ConnId, PoolOptions, Scheduler};
 use ferry_store::{ObjectTable, StoreDir};
 use std::collections::{HashMap, HashSet};
 use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -49,6 +50,8 @@ pub struct NodeOptions {
     /// Directory of the shared-memory store (on tmpfs).
     pub store_dir: PathBuf,
     pub store_capacity: u64,
+    /// Where objects spill when the store is full (on disk); `None` turns spilling off.
+    pub spill_dir: Option<PathBuf>,
     /// The cluster token every connection must present.
     pub token: String,
     pub resources: Shape,
@@ -69,6 +72,8 @@ pub mod worker_env {
     pub const TOKEN: &str = "FERRY_TOKEN";
     pub const STORE_DIR: &str = "FERRY_STORE_DIR";
     pub const SESSION_DIR: &str = "FERRY_SESSION_DIR";
+    /// Where the node spills objects (read back from there by any process).
+    pub const SPILL_DIR: &str = "FERRY_NODE_SPILL_DIR";
     /// The daemon's process: a worker whose parent is no longer it exits at once.
     pub const PARENT_PID: &str = "FERRY_PARENT_PID";
 }
@@ -99,6 +104,9 @@ struct State {
     next_actor_req: u64,
     /// Which actor each actor worker hosts.
     worker_actor: HashMap<WorkerId, ActorId>,
+    /// Seals answered once the store is back under its capacity (back-pressure on `put`
+    /// and on task returns).
+    waiting_seals: Vec<(ConnId, u64, ObjectId)>,
 }
 
 enum SpawnCmd {
@@ -112,6 +120,8 @@ struct Node {
     opts: NodeOptions,
     state: Mutex<State>,
     spawn_tx: Mutex<mpsc::Sender<SpawnCmd>>,
+    /// Wakes the spill thread (`None` stops it).
+    spill_tx: Mutex<mpsc::Sender<Option<()>>>,
     stopping: AtomicBool,
     /// Pids of live workers, for the last-resort cleanup at process exit.
     pids: Mutex<HashMap<WorkerId, u32>>,
@@ -131,7 +141,11 @@ impl std::fmt::Debug for NodeHandle {
 
 /// Starts a node daemon on background threads.
 pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
-    let store = StoreDir::create(&opts.store_dir)?;
+    let mut store = StoreDir::create(&opts.store_dir)?;
+    if let Some(spill) = &opts.spill_dir {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(spill)?;
+        store = store.with_spill(spill);
+    }
     std::fs::DirBuilder::new().recursive(true).create(&opts.session_dir)?;
     std::fs::set_permissions(&opts.session_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let sock = opts.session_dir.join("node.sock");
@@ -139,6 +153,7 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
     let listener = UnixListener::bind(&sock)?;
     let (sched, actions) = Scheduler::new(&opts.resources, opts.pool.clone());
     let (spawn_tx, spawn_rx) = mpsc::channel();
+    let (spill_tx, spill_rx) = mpsc::channel();
     let node = Arc::new(Node {
         id: NodeId(ferry_proto::ids::random_u64()),
         state: Mutex::new(State {
@@ -153,15 +168,19 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
             actor_reqs: HashMap::new(),
             next_actor_req: 1,
             worker_actor: HashMap::new(),
+            waiting_seals: Vec::new(),
         }),
         opts,
         spawn_tx: Mutex::new(spawn_tx),
+        spill_tx: Mutex::new(spill_tx),
         stopping: AtomicBool::new(false),
         pids: Mutex::new(HashMap::new()),
     });
     let mut threads = Vec::new();
     let n = node.clone();
     threads.push(thread::Builder::new().name("ferry-spawner".into()).spawn(move || spawner(n, spawn_rx))?);
+    let n = node.clone();
+    threads.push(thread::Builder::new().name("ferry-spill".into()).spawn(move || spiller(n, spill_rx))?);
     {
         let mut st = node.lock();
         node.apply(&mut st, actions);
@@ -198,6 +217,7 @@ impl NodeHandle {
             return;
         }
         let _ = self.node.spawn_tx.lock().unwrap_or_else(|e| e.into_inner()).send(SpawnCmd::Shutdown);
+        let _ = self.node.spill_tx.lock().unwrap_or_else(|e| e.into_inner()).send(None);
         // Wake the accept loop so it sees `stopping`.
         let _ = std::os::unix::net::UnixStream::connect(self.node.opts.session_dir.join("node.sock"));
         for t in self.threads.drain(..) {
@@ -249,6 +269,8 @@ impl Node {
             total: st.sched.total(),
             available: st.sched.available(),
             actors: self.num_live_actors(st) as u64,
+            spilled_objects: st.store.spilled_objects() as u64,
+            spilled_bytes: st.store.spilled_bytes(),
         }
     }
 
@@ -364,9 +386,26 @@ impl Node {
                     st.sched.unblocked(w);
                 }
             }
-            ToNode::Seal { req, object, size } => {
-                let error = st.store.seal(object, size).err().map(|e| e.to_string());
-                self.send(st, conn, &FromNode::Sealed { req, error });
+            ToNode::Seal { req, object, size } => match st.store.seal(object, size) {
+                Ok(()) if st.store.over_capacity() => {
+                    // Answered once spilling has made room: the writer waits until then.
+                    st.waiting_seals.push((conn, req, object));
+                    let _ = self.spill_tx.lock().unwrap_or_else(|e| e.into_inner()).send(Some(()));
+                }
+                res => {
+                    let error = res.err().map(|e| e.to_string());
+                    self.send(st, conn, &FromNode::Sealed { req, error });
+                }
+            },
+            ToNode::Inventory { req } => {
+                let processes = st.conns.values().filter(|c| c.registered).map(|c| c.from).collect();
+                let objects = st
+                    .store
+                    .list()
+                    .into_iter()
+                    .map(|o| StoredInfo { object: o.id, size: o.size, spilled: o.spilled })
+                    .collect();
+                self.send(st, conn, &FromNode::Inventory { req, processes, objects });
             }
             ToNode::Free { objects } => {
                 for o in objects {
@@ -399,6 +438,63 @@ impl Node {
             }
         }
         Ok(())
+    }
+}
+
+/// Spills the oldest objects to disk while the store is over its capacity, then answers the
+/// seals that waited for room. Copies run without the state lock.
+fn spiller(node: Arc<Node>, rx: mpsc::Receiver<Option<()>>) {
+    while let Ok(Some(())) = rx.recv() {
+        loop {
+            let next = {
+                let mut st = node.lock();
+                if !st.store.over_capacity() {
+                    let waiting = std::mem::take(&mut st.waiting_seals);
+                    for (conn, req, _) in waiting {
+                        node.send(&st, conn, &FromNode::Sealed { req, error: None });
+                    }
+                    break;
+                }
+                match st.store.next_to_spill() {
+                    Some((id, _)) => (id, st.store.dir().clone()),
+                    None => break,
+                }
+            };
+            let (id, dir) = next;
+            let copied = dir.spill(id);
+            let mut st = node.lock();
+            match copied {
+                Ok(_) => {
+                    if st.store.mark_spilled(id) {
+                        // Its owner drops its mapping, or the memory would stay in use.
+                        let owner =
+                            st.conns.iter().find(|(_, c)| c.registered && c.from == id.owner()).map(|(k, _)| *k);
+                        if let Some(c) = owner {
+                            node.send(&st, c, &FromNode::Spilled { objects: vec![id] });
+                        }
+                    }
+                }
+                Err(e) => {
+                    // The disk is full (or the spill directory unusable): the writers
+                    // waiting for room get a clear error and their objects are dropped.
+                    st.store.spill_failed(id);
+                    let waiting = std::mem::take(&mut st.waiting_seals);
+                    let spill = dir.spill_dir().map(|p| p.display().to_string()).unwrap_or_default();
+                    for (conn, req, object) in waiting {
+                        st.store.free(object);
+                        let error = format!(
+                            "object store full: {} of {} bytes in memory, and spilling to {spill} failed: {e}; \
+                             free space there, drop references to large objects, or raise \
+                             Config::object_store_bytes",
+                            st.store.used_bytes(),
+                            st.store.capacity_bytes()
+                        );
+                        node.send(&st, conn, &FromNode::Sealed { req, error: Some(error) });
+                    }
+                    break;
+                }
+            }
+        }
     }
 }
 
@@ -553,6 +649,7 @@ fn spawn_worker(node: &Node) -> io::Result<(WorkerId, Child)> {
         .env(STORE_DIR, &o.store_dir)
         .env(SESSION_DIR, &o.session_dir)
         .env(PARENT_PID, std::process::id().to_string())
+        .env(SPILL_DIR, o.spill_dir.as_deref().unwrap_or(std::path::Path::new("")))
         .envs(o.worker_env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null());
     match cmd.spawn() {

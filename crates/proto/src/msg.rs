@@ -133,6 +133,8 @@ pub enum ToNode {
     KillActor { actor: ActorId },
     /// From a worker told to `BecomeActor`: the constructor ran (or failed).
     ActorReady { actor: ActorId, error: Option<String> },
+    /// What the node knows of processes and stored objects (for `memory_summary`).
+    Inventory { req: u64 },
 }
 
 /// Identifies an actor across the cluster and its restarts.
@@ -186,6 +188,16 @@ pub struct NodeStats {
     pub available: Shape,
     /// Actors not yet dead.
     pub actors: u64,
+    pub spilled_objects: u64,
+    pub spilled_bytes: u64,
+}
+
+/// A stored object as the node lists it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StoredInfo {
+    pub object: ObjectId,
+    pub size: u64,
+    pub spilled: bool,
 }
 
 /// Messages from the node daemon.
@@ -253,6 +265,16 @@ pub enum FromNode {
     Stats {
         req: u64,
         stats: NodeStats,
+    },
+    /// These objects of yours were spilled to disk: drop your mappings of them so that
+    /// their memory is freed.
+    Spilled {
+        objects: Vec<ObjectId>,
+    },
+    Inventory {
+        req: u64,
+        processes: Vec<WorkerId>,
+        objects: Vec<StoredInfo>,
     },
 }
 
@@ -396,6 +418,8 @@ pub enum FromWorker {
     Summary {
         req: u64,
         refs: Vec<RefInfo>,
+        /// Tasks this process submitted that are not finished.
+        tasks: u64,
     },
 }
 

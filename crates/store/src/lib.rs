@@ -9,6 +9,12 @@
 //! Writers and readers are any process; the [`ObjectTable`] (accounting, capacity, freeing)
 //! belongs to the node daemon alone.
 //!
+//! Spilling: when the store is over its capacity the daemon copies its oldest objects to a
+//! spill directory on disk and deletes their shared-memory files. A reader that finds no
+//! file in the store maps the spilled file instead, so a spilled object is read back on
+//! demand by the kernel (the page cache is its restored copy, reclaimable at any time)
+//! rather than copied back into a store that is, by definition, short of room.
+//!
 //! **Architecture Invariant:** this crate knows nothing of the network or of owners; it
 //! stores, maps and deletes bytes named by [`ObjectId`].
 
@@ -28,6 +34,8 @@ use std::sync::Arc;
 #[derive(Clone, Debug)]
 pub struct StoreDir {
     path: PathBuf,
+    /// Where spilled objects go (on disk), if spilling is on.
+    spill: Option<PathBuf>,
 }
 
 impl StoreDir {
@@ -35,12 +43,52 @@ impl StoreDir {
     pub fn create(path: impl Into<PathBuf>) -> io::Result<StoreDir> {
         let path = path.into();
         fs::DirBuilder::new().recursive(true).mode(0o700).create(&path)?;
-        Ok(StoreDir { path })
+        Ok(StoreDir { path, spill: None })
     }
 
     /// Opens an existing directory (in worker and driver processes).
     pub fn open(path: impl Into<PathBuf>) -> StoreDir {
-        StoreDir { path: path.into() }
+        StoreDir { path: path.into(), spill: None }
+    }
+
+    /// The same store, with spilled objects in `spill` (created if needed by the daemon).
+    pub fn with_spill(mut self, spill: impl Into<PathBuf>) -> StoreDir {
+        self.spill = Some(spill.into());
+        self
+    }
+
+    pub fn spill_dir(&self) -> Option<&Path> {
+        self.spill.as_deref()
+    }
+
+    fn spill_path_of(&self, id: ObjectId) -> Option<PathBuf> {
+        self.spill.as_ref().map(|d| d.join(id.to_string()))
+    }
+
+    /// Copies `id` to the spill directory (under a temporary name, renamed when complete)
+    /// and asks the kernel to drop the copy's pages from its cache. The store's file is left
+    /// for the caller to delete.
+    pub fn spill(&self, id: ObjectId) -> io::Result<u64> {
+        let dir = self.spill.as_ref().ok_or_else(|| io::Error::other("spilling is off"))?;
+        let fin = dir.join(id.to_string());
+        let tmp = dir.join(format!("{id}.tmp"));
+        let res = (|| {
+            let mut src = File::open(self.path_of(id))?;
+            let mut dst = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+            // `io::copy` between files uses copy_file_range/sendfile: no user-space copy.
+            let n = io::copy(&mut src, &mut dst)?;
+            dst.sync_data()?;
+            fs::rename(&tmp, &fin)?;
+            // Written and on disk: its pages need not stay in memory.
+            use std::os::fd::AsRawFd;
+            // SAFETY: advisory call on a file descriptor we own.
+            unsafe { libc::posix_fadvise(dst.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            Ok(n)
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res
     }
 
     pub fn path(&self) -> &Path {
@@ -79,7 +127,15 @@ impl StoreDir {
     pub fn stage(&self, size: u64, tag: u64) -> io::Result<StagedFile> {
         let path = self.path.join(format!("staged-{}-{tag:016x}", std::process::id()));
         let f = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path)?;
-        f.set_len(size)?;
+        // Allocated now, so a full tmpfs is an error here rather than a SIGBUS while the
+        // caller writes through the mapping.
+        use std::os::fd::AsRawFd;
+        // SAFETY: plain syscall on a file descriptor we own.
+        let r = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, size as libc::off_t) };
+        if r != 0 {
+            let _ = fs::remove_file(&path);
+            return Err(io::Error::from_raw_os_error(r));
+        }
         // SAFETY: the file was just created by us under a unique name; until it is adopted
         // only this mapping writes it.
         // Populated at once: one kernel call instead of a page fault per 4 KiB as it is filled
@@ -104,7 +160,15 @@ impl StoreDir {
     /// Maps `id` read-only. The mapping stays valid even if the object is deleted meanwhile
     /// (the pages live until the last mapping goes).
     pub fn map(&self, id: ObjectId) -> io::Result<ObjectView> {
-        let f = File::open(self.path_of(id))?;
+        let f = match File::open(self.path_of(id)) {
+            Ok(f) => f,
+            // Spilled: read it from disk.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match self.spill_path_of(id) {
+                Some(p) => File::open(p).map_err(|_| e)?,
+                None => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
         let len = f.metadata()?.len();
         if len == 0 {
             return Ok(ObjectView { map: None });
@@ -123,9 +187,19 @@ impl StoreDir {
         }
     }
 
-    /// Deletes the directory and everything in it.
+    /// Deletes `id`'s spilled copy, if any.
+    pub fn remove_spilled(&self, id: ObjectId) {
+        if let Some(p) = self.spill_path_of(id) {
+            let _ = fs::remove_file(p);
+        }
+    }
+
+    /// Deletes the directory (and the spill directory) and everything in them.
     pub fn destroy(&self) {
         let _ = fs::remove_dir_all(&self.path);
+        if let Some(s) = &self.spill {
+            let _ = fs::remove_dir_all(s);
+        }
     }
 }
 
@@ -183,27 +257,46 @@ impl fmt::Display for StoreError {
 
 /// The daemon's record of what its store holds.
 ///
-/// Invariant: `used` is the sum of the sizes of `objects`, and every entry has a file.
+/// Invariants: `used` is the sum of the sizes of the objects in memory and `spilled` of
+/// those on disk; every entry has a file in one of the two places; `order` holds every
+/// object in memory, oldest first (and may hold ids since freed or spilled: skipped).
 #[derive(Debug)]
 pub struct ObjectTable {
     dir: StoreDir,
-    objects: HashMap<ObjectId, u64>,
+    objects: HashMap<ObjectId, Rec>,
+    order: std::collections::VecDeque<ObjectId>,
     used: u64,
+    spilled: u64,
     capacity: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Rec {
+    size: u64,
+    spilled: bool,
+}
+
+/// One object as the daemon lists it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StoredObject {
+    pub id: ObjectId,
+    pub size: u64,
+    pub spilled: bool,
 }
 
 impl ObjectTable {
     pub fn new(dir: StoreDir, capacity: u64) -> ObjectTable {
-        ObjectTable { dir, objects: HashMap::new(), used: 0, capacity }
+        ObjectTable { dir, objects: HashMap::new(), order: Default::default(), used: 0, spilled: 0, capacity }
     }
 
     pub fn dir(&self) -> &StoreDir {
         &self.dir
     }
 
-    /// Accounts for an object whose file a process has written. If it does not fit, the
-    /// file is deleted and the writer is told why. The size is the file's: what the writer
-    /// claims (`_claimed`) is not trusted.
+    /// Accounts for an object whose file a process has written. Without a spill directory
+    /// an object that does not fit is deleted and refused; with one it is accepted, and the
+    /// store may be over capacity until [`ObjectTable::next_to_spill`] has made room. The
+    /// size is the file's: what the writer claims (`_claimed`) is not trusted.
     pub fn seal(&mut self, id: ObjectId, _claimed: u64) -> Result<(), StoreError> {
         let on_disk = fs::metadata(self.dir.path_of(id)).map(|m| m.len());
         let Ok(on_disk) = on_disk else {
@@ -213,21 +306,71 @@ impl ObjectTable {
             return Ok(());
         }
         let size = on_disk;
-        if self.used + size > self.capacity {
+        if self.used + size > self.capacity && self.dir.spill.is_none() {
             let _ = self.dir.remove(id);
             return Err(StoreError::Full { size, used: self.used, capacity: self.capacity });
         }
-        self.objects.insert(id, size);
+        self.objects.insert(id, Rec { size, spilled: false });
+        self.order.push_back(id);
         self.used += size;
         Ok(())
+    }
+
+    /// Whether more is in memory than the capacity allows.
+    pub fn over_capacity(&self) -> bool {
+        self.used > self.capacity
+    }
+
+    /// The oldest object in memory, to be spilled (it stays in memory, and counted, until
+    /// [`ObjectTable::mark_spilled`]).
+    pub fn next_to_spill(&mut self) -> Option<(ObjectId, u64)> {
+        while let Some(id) = self.order.pop_front() {
+            if let Some(r) = self.objects.get(&id) {
+                if !r.spilled {
+                    return Some((id, r.size));
+                }
+            }
+        }
+        None
+    }
+
+    /// `id` was copied to the spill directory: its memory copy is deleted. Returns false
+    /// (and deletes the copy) if it was freed meanwhile.
+    pub fn mark_spilled(&mut self, id: ObjectId) -> bool {
+        match self.objects.get_mut(&id) {
+            Some(r) if !r.spilled => {
+                r.spilled = true;
+                self.used -= r.size;
+                self.spilled += r.size;
+                let _ = self.dir.remove(id);
+                true
+            }
+            Some(_) => true,
+            None => {
+                self.dir.remove_spilled(id);
+                false
+            }
+        }
+    }
+
+    /// A spill of `id` failed: it stays in memory, first in line for the next attempt.
+    pub fn spill_failed(&mut self, id: ObjectId) {
+        if self.objects.get(&id).is_some_and(|r| !r.spilled) {
+            self.order.push_front(id);
+        }
     }
 
     /// Deletes an object. Returns whether it was known.
     pub fn free(&mut self, id: ObjectId) -> bool {
         let _ = self.dir.remove(id);
         match self.objects.remove(&id) {
-            Some(size) => {
-                self.used -= size;
+            Some(r) if r.spilled => {
+                self.dir.remove_spilled(id);
+                self.spilled -= r.size;
+                true
+            }
+            Some(r) => {
+                self.used -= r.size;
                 true
             }
             None => false,
@@ -237,8 +380,16 @@ impl ObjectTable {
     pub fn contains(&self, id: ObjectId) -> bool {
         self.objects.contains_key(&id)
     }
+    /// Bytes in memory.
     pub fn used_bytes(&self) -> u64 {
         self.used
+    }
+    /// Bytes spilled to disk.
+    pub fn spilled_bytes(&self) -> u64 {
+        self.spilled
+    }
+    pub fn spilled_objects(&self) -> usize {
+        self.objects.values().filter(|r| r.spilled).count()
     }
     pub fn capacity_bytes(&self) -> u64 {
         self.capacity
@@ -248,6 +399,9 @@ impl ObjectTable {
     }
     pub fn is_empty(&self) -> bool {
         self.objects.is_empty()
+    }
+    pub fn list(&self) -> Vec<StoredObject> {
+        self.objects.iter().map(|(id, r)| StoredObject { id: *id, size: r.size, spilled: r.spilled }).collect()
     }
 }
 
@@ -297,6 +451,42 @@ mod tests {
         assert!(matches!(t.seal(oid(3), 8), Err(StoreError::Full { size: 8, used: 8, capacity: 10 })));
         assert!(!dir.path_of(oid(3)).exists());
         assert_eq!(t.seal(oid(4), 1), Err(StoreError::Missing(oid(4))));
+        dir.destroy();
+    }
+
+    #[test]
+    fn spill_moves_oldest_to_disk_and_reads_still_work() {
+        let spill = std::env::temp_dir().join(format!("ferry-store-test-spilled-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&spill);
+        fs::create_dir_all(&spill).unwrap();
+        let dir = tmpdir("spill").with_spill(&spill);
+        let mut t = ObjectTable::new(dir.clone(), 10);
+        dir.write_parts(oid(1), &[&[1u8; 8]]).unwrap();
+        t.seal(oid(1), 8).unwrap();
+        dir.write_parts(oid(2), &[&[2u8; 8]]).unwrap();
+        // Over capacity is accepted when it can spill.
+        t.seal(oid(2), 8).unwrap();
+        assert!(t.over_capacity());
+        let (id, size) = t.next_to_spill().unwrap();
+        assert_eq!((id, size), (oid(1), 8));
+        assert_eq!(dir.spill(id).unwrap(), 8);
+        assert!(t.mark_spilled(id));
+        assert!(!t.over_capacity());
+        assert_eq!((t.used_bytes(), t.spilled_bytes(), t.spilled_objects()), (8, 8, 1));
+        assert!(!dir.path_of(oid(1)).exists());
+        // Read back from disk, transparently.
+        assert_eq!(&*dir.map(oid(1)).unwrap(), &[1u8; 8]);
+        assert!(t.free(oid(1)));
+        assert!(t.free(oid(2)));
+        assert_eq!((t.used_bytes(), t.spilled_bytes()), (0, 0));
+        assert_eq!(fs::read_dir(&spill).unwrap().count(), 0);
+        // A spill of an object freed meanwhile leaves nothing behind.
+        dir.write_parts(oid(3), &[&[3u8; 4]]).unwrap();
+        t.seal(oid(3), 4).unwrap();
+        dir.spill(oid(3)).unwrap();
+        t.free(oid(3));
+        assert!(!t.mark_spilled(oid(3)));
+        assert_eq!(fs::read_dir(&spill).unwrap().count(), 0);
         dir.destroy();
     }
 }
