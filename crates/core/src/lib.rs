@@ -11,6 +11,8 @@
 //! and when it can be freed. No central service is on the path of a task.
 
 mod actor;
+#[cfg(test)]
+mod borrow_model;
 mod bytes;
 mod codec;
 mod config;

@@ -614,7 +614,7 @@ impl OwnerState {
 
     /// Pins the refs a reply says its value contains; returns those pinned. Borrowed ones
     /// were registered with their owners for us before the reply was sent.
-    fn pin_contained(&mut self, contained: Vec<ObjectId>) -> Vec<ObjectId> {
+    pub(crate) fn pin_contained(&mut self, contained: Vec<ObjectId>) -> Vec<ObjectId> {
         let mut kept = Vec::with_capacity(contained.len());
         for c in contained {
             if c.owner() == self.me {
