@@ -47,6 +47,13 @@ fn length(v: ferry::Bytes) -> usize {
     v.len()
 }
 
+/// Ray's `create_object_containing_ref`: 10,000 small objects put by the task, returned as a
+/// list of refs (owned by the worker, borrowed by the caller).
+#[ferry::remote]
+fn containing_10k_refs() -> Vec<ObjectRef<u64>> {
+    (0..10_000u64).map(|i| ferry::put(i).unwrap()).collect()
+}
+
 // ---- actors, as in Ray's ray_perf.py ----
 
 #[ferry::actor]
@@ -546,7 +553,99 @@ fn group_objects() {
     emit("pass_by_ref_100MiB_driver_put_consume_s", median(&mut ts), "s");
 }
 
-const GROUPS: &[&str] = &["memory", "tasks", "objects", "actors"];
+/// `get` of an object containing 10k refs, timed as ray_perf's `timeit`.
+fn group_refs() {
+    timeit("get_object_containing_10k_refs_per_s", 1.0, || {
+        let refs = ferry::get(&containing_10k_refs::remote()).unwrap();
+        assert_eq!(refs.len(), 10_000);
+    });
+}
+
+/// Runs a `dd` and returns its GB/s (GNU dd's last stderr line ends in "<rate> <unit>").
+fn dd(args: &[&str]) -> f64 {
+    let out = std::process::Command::new("dd").args(args).output().expect("run dd");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err.lines().last().unwrap_or_default();
+    let mut words = line.rsplit(' ');
+    let unit = words.next().unwrap_or_default();
+    let rate: f64 = words.next().and_then(|w| w.replace(',', ".").parse().ok()).unwrap_or(0.0);
+    rate * match unit {
+        "GB/s" => 1.0,
+        "MB/s" => 1e-3,
+        "kB/s" => 1e-6,
+        _ => 0.0,
+    }
+}
+
+/// Spilling and restoring, beside the disk's own speed (`dd`, same directory, same run).
+/// Needs a small store: run alone (`ferry-bench spill`), or in a child process with one.
+fn group_spill() {
+    let stats = ferry::node_stats().unwrap();
+    let spill = ferry::__private::session_info().unwrap().session_dir.join("spill");
+    let cap = stats.store_capacity_bytes as usize;
+    let obj = 64 * MIB;
+    let total = 1024 * MIB;
+    info(&format!(
+        "spill: store {} MiB, {} MiB of {} MiB objects past it, to {}",
+        cap / MIB,
+        total / MIB,
+        obj / MIB,
+        spill.display()
+    ));
+    // The disk, as dd sees it: a 1 GiB sequential write (synced), then read with a cold cache.
+    let f = spill.join("dd-test");
+    let fs = f.to_string_lossy().to_string();
+    let w = dd(&["if=/dev/zero", &format!("of={fs}"), "bs=1M", "count=1024", "conv=fdatasync"]);
+    let _ = dd(&[&format!("if={fs}"), "iflag=nocache", "count=0"]);
+    let r = dd(&[&format!("if={fs}"), "of=/dev/null", "bs=1M"]);
+    let _ = std::fs::remove_file(&f);
+    emit("disk_write_GB_per_s", w, "GB/s");
+    emit("disk_read_GB_per_s", r, "GB/s");
+    // Fill the store, then put 1 GiB more: the oldest objects spill as the puts wait.
+    let mut refs = Vec::new();
+    let fill = cap / obj;
+    for i in 0..fill + total / obj {
+        let mut b = ferry::BytesMut::zeroed(obj).unwrap();
+        b.fill(i as u8);
+        refs.push(ferry::put(b.freeze()).unwrap());
+    }
+    let st = ferry::node_stats().unwrap();
+    let spilled = st.spill_total_bytes as f64;
+    emit("spill_GB_per_s", spilled / (st.spill_total_ns as f64 / 1e9) / 1e9, "GB/s");
+    info(&format!("spilled {} MiB in {} objects", st.spilled_bytes / MIB as u64, st.spilled_objects));
+    // Read every spilled object back (every page touched), from a cold cache.
+    let t = Instant::now();
+    let mut bytes = 0usize;
+    let mut check = 0u64;
+    for (i, r) in refs.iter().enumerate().take(st.spilled_objects as usize) {
+        let b = ferry::get_bytes(r).unwrap();
+        assert_eq!(b[0], i as u8);
+        check += b.iter().step_by(4096).map(|x| *x as u64).sum::<u64>();
+        bytes += b.len();
+    }
+    let dt = t.elapsed().as_secs_f64();
+    std::hint::black_box(check);
+    emit("restore_GB_per_s", bytes as f64 / dt / 1e9, "GB/s");
+    drop(refs);
+}
+
+/// Runs `ferry-bench spill` in a child with a 256 MiB store and passes its figures on.
+fn group_spill_child() {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .arg("spill")
+        .env("FERRY_OBJECT_STORE_BYTES", (256 * MIB).to_string())
+        .output()
+        .expect("run ferry-bench spill");
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let keep = ["disk_", "spill_", "restore_", "# spill"].iter().any(|p| line.starts_with(p));
+        if keep {
+            println!("{line}");
+        }
+    }
+}
+
+const GROUPS: &[&str] = &["memory", "tasks", "objects", "refs", "actors", "spill"];
 const LATER: &[(&str, &str)] = &[("cluster", "issue 5"), ("recovery", "issue 6")];
 
 fn main() {
@@ -580,6 +679,9 @@ fn main() {
             "tasks" => group_tasks(),
             "objects" => group_objects(),
             "actors" => group_actors(),
+            "refs" => group_refs(),
+            "spill" if std::env::var_os("FERRY_OBJECT_STORE_BYTES").is_some() => group_spill(),
+            "spill" => group_spill_child(),
             _ => unreachable!("checked above"),
         }
     }

@@ -289,39 +289,43 @@ impl OwnerState {
     }
 
     fn maybe_free(&mut self, id: ObjectId, fx: &mut Effects) {
-        let mut work = vec![id];
-        while let Some(id) = work.pop() {
-            let Some(e) = self.objects.get(&id) else {
-                continue;
-            };
-            let owned = id.owner() == self.me;
-            if e.local > 0
-                || e.submitted > 0
-                || e.pins > 0
-                || !e.borrowers.is_empty()
-                || (owned && matches!(e.state, ObjState::Pending))
-            {
-                continue;
-            }
-            let e = self.objects.remove(&id).expect("checked");
-            if owned {
-                if let ObjState::Ready(Ready::Stored { .. }) = e.state {
-                    fx.to_node.push(ToNode::Free { objects: vec![id] });
-                }
-            } else {
-                self.unregistered.remove(&id);
-                if e.registered > 0 {
-                    fx.releases.push((id, e.registered));
-                }
-            }
-            // What its value contained is no longer held by it.
-            for c in e.contains {
-                if let Some(ce) = self.objects.get_mut(&c) {
-                    ce.pins = ce.pins.saturating_sub(1);
-                    work.push(c);
+        // Most frees contain nothing: no work list then.
+        let Some(mut work) = self.free_one(id, fx) else { return };
+        while let Some(c) = work.pop() {
+            if let Some(ce) = self.objects.get_mut(&c) {
+                ce.pins = ce.pins.saturating_sub(1);
+                if let Some(more) = self.free_one(c, fx) {
+                    work.extend(more);
                 }
             }
         }
+    }
+
+    /// Removes `id` if nothing holds it; returns what its value contained (then no longer
+    /// held by it), if anything.
+    fn free_one(&mut self, id: ObjectId, fx: &mut Effects) -> Option<Vec<ObjectId>> {
+        let e = self.objects.get(&id)?;
+        let owned = id.owner() == self.me;
+        if e.local > 0
+            || e.submitted > 0
+            || e.pins > 0
+            || !e.borrowers.is_empty()
+            || (owned && matches!(e.state, ObjState::Pending))
+        {
+            return None;
+        }
+        let e = self.objects.remove(&id).expect("checked");
+        if owned {
+            if let ObjState::Ready(Ready::Stored { .. }) = e.state {
+                fx.to_node.push(ToNode::Free { objects: vec![id] });
+            }
+        } else {
+            self.unregistered.remove(&id);
+            if e.registered > 0 {
+                fx.releases.push((id, e.registered));
+            }
+        }
+        (!e.contains.is_empty()).then_some(e.contains)
     }
 
     /// Pins refs inside a value that is gone (or never was kept).

@@ -85,6 +85,10 @@ pub(crate) struct Runtime {
     peers: Mutex<HashMap<WorkerId, Arc<Conn>>>,
     /// Requests to other processes waiting for their answer.
     peer_calls: Mutex<HashMap<u64, (WorkerId, mpsc::SyncSender<FromWorker>)>>,
+    /// Borrows to release, gathered for a moment so that dropping ten thousand refs one by
+    /// one sends one message per owner, not ten thousand (see `release_sender`).
+    releases: Mutex<Vec<(ObjectId, u32)>>,
+    releases_cv: std::sync::Condvar,
     pub executor: Option<Arc<Executor>>,
     embedded: Mutex<Option<NodeHandle>>,
     running: AtomicBool,
@@ -136,6 +140,8 @@ impl Runtime {
             state: Mutex::new(OwnerState::new(id.me, limits)),
             peers: Mutex::new(HashMap::new()),
             peer_calls: Mutex::new(HashMap::new()),
+            releases: Mutex::new(Vec::new()),
+            releases_cv: std::sync::Condvar::new(),
             executor,
             embedded: Mutex::new(embedded),
             running: AtomicBool::new(true),
@@ -151,6 +157,10 @@ impl Runtime {
         thread::Builder::new()
             .name("ferry-housekeeping".into())
             .spawn(move || rt.housekeeping())
+            .map_err(|e| Error::Connection { detail: e.to_string() })?;
+        thread::Builder::new()
+            .name("ferry-release".into())
+            .spawn(move || rt.release_sender())
             .map_err(|e| Error::Connection { detail: e.to_string() })?;
         thread::Builder::new()
             .name("ferry-accept".into())
@@ -192,11 +202,11 @@ impl Runtime {
             let _ = conn.send(&m);
         }
         if !fx.releases.is_empty() {
-            // One message per owner.
-            fx.releases.sort_unstable_by_key(|(id, _)| id.owner());
-            for chunk in fx.releases.chunk_by(|a, b| a.0.owner() == b.0.owner()) {
-                fx.to_peers.push((chunk[0].0.owner(), ToWorker::ReleaseBorrows { objects: chunk.to_vec() }));
+            let mut r = self.releases.lock().unwrap_or_else(|e| e.into_inner());
+            if r.is_empty() {
+                self.releases_cv.notify_one();
             }
+            r.append(&mut fx.releases);
         }
         for (peer, m) in fx.to_peers {
             let sent =
@@ -207,6 +217,27 @@ impl Runtime {
                     self.with_state(|st, fx| st.peer_lost(peer, &format!("cannot reach it: {e}"), fx));
                 }
             }
+        }
+    }
+
+    /// Sends the gathered releases, one message per owner, a moment after the first one
+    /// (nothing waits for a release: it only lets an owner free memory).
+    fn release_sender(&'static self) {
+        loop {
+            {
+                let mut r = self.releases.lock().unwrap_or_else(|e| e.into_inner());
+                while r.is_empty() {
+                    r = self.releases_cv.wait(r).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+            thread::sleep(Duration::from_micros(500));
+            let mut batch = std::mem::take(&mut *self.releases.lock().unwrap_or_else(|e| e.into_inner()));
+            batch.sort_unstable_by_key(|(id, _)| id.owner());
+            let mut fx = Effects::default();
+            for chunk in batch.chunk_by(|a, b| a.0.owner() == b.0.owner()) {
+                fx.to_peers.push((chunk[0].0.owner(), ToWorker::ReleaseBorrows { objects: chunk.to_vec() }));
+            }
+            self.apply(fx);
         }
     }
 

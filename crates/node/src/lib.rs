@@ -107,6 +107,8 @@ struct State {
     /// Seals answered once the store is back under its capacity (back-pressure on `put`
     /// and on task returns).
     waiting_seals: Vec<(ConnId, u64, ObjectId)>,
+    /// Bytes spilled so far, and the time their copies took.
+    spill_total: (u64, Duration),
 }
 
 enum SpawnCmd {
@@ -169,6 +171,7 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
             next_actor_req: 1,
             worker_actor: HashMap::new(),
             waiting_seals: Vec::new(),
+            spill_total: (0, Duration::ZERO),
         }),
         opts,
         spawn_tx: Mutex::new(spawn_tx),
@@ -271,6 +274,8 @@ impl Node {
             actors: self.num_live_actors(st) as u64,
             spilled_objects: st.store.spilled_objects() as u64,
             spilled_bytes: st.store.spilled_bytes(),
+            spill_total_bytes: st.spill_total.0,
+            spill_total_ns: st.spill_total.1.as_nanos() as u64,
         }
     }
 
@@ -461,10 +466,14 @@ fn spiller(node: Arc<Node>, rx: mpsc::Receiver<Option<()>>) {
                 }
             };
             let (id, dir) = next;
+            let t = Instant::now();
             let copied = dir.spill(id);
+            let took = t.elapsed();
             let mut st = node.lock();
             match copied {
-                Ok(_) => {
+                Ok(n) => {
+                    st.spill_total.0 += n;
+                    st.spill_total.1 += took;
                     if st.store.mark_spilled(id) {
                         // Its owner drops its mapping, or the memory would stay in use.
                         let owner =

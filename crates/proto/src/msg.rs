@@ -190,6 +190,9 @@ pub struct NodeStats {
     pub actors: u64,
     pub spilled_objects: u64,
     pub spilled_bytes: u64,
+    /// Bytes spilled since the node started, and the time the copies took.
+    pub spill_total_bytes: u64,
+    pub spill_total_ns: u64,
 }
 
 /// A stored object as the node lists it.
