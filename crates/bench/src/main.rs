@@ -553,9 +553,31 @@ fn group_objects() {
     emit("pass_by_ref_100MiB_driver_put_consume_s", median(&mut ts), "s");
 }
 
-/// `get` of an object containing 10k refs, timed as ray_perf's `timeit`.
+/// `get` of an object containing 10k refs, as ray_perf's: the object is made once (by a
+/// task, so the refs are the worker's and the driver borrows them) and each `get` decodes the
+/// 10,000 refs. Then the same with a new object each time (task, 10,000 puts, get, release).
 fn group_refs() {
+    let outer = containing_10k_refs::remote();
     timeit("get_object_containing_10k_refs_per_s", 1.0, || {
+        let refs = ferry::get(&outer).unwrap();
+        assert_eq!(refs.len(), 10_000);
+    });
+    drop(outer);
+    // Owner metadata: the driver's memory per live small object (entry + value), and what
+    // is left after 100,000 finished tasks whose results were dropped.
+    let me = std::process::id();
+    let before = mem_of(me).map(|m| m.rss).unwrap_or(0);
+    let held: Vec<_> = (0..100_000u64).map(|i| ferry::put(i).unwrap()).collect();
+    let after = mem_of(me).map(|m| m.rss).unwrap_or(0);
+    emit("owner_bytes_per_live_object", after.saturating_sub(before) as f64 / held.len() as f64, "B");
+    drop(held);
+    let refs: Vec<_> = (0..100_000).map(|_| one::remote()).collect();
+    ferry::get_all(&refs).unwrap();
+    drop(refs);
+    std::thread::sleep(Duration::from_millis(50));
+    let m = ferry::memory_summary().unwrap();
+    emit("owner_entries_after_100k_dropped_tasks", (m.objects.len() as u64 + m.pending_tasks) as f64, "entries");
+    timeit("create_and_get_object_containing_10k_refs_per_s", 1.0, || {
         let refs = ferry::get(&containing_10k_refs::remote()).unwrap();
         assert_eq!(refs.len(), 10_000);
     });

@@ -188,7 +188,7 @@ impl Sim {
             }
             Op::Read(h) if !self.handles.is_empty() => {
                 let (p, v) = self.handles[h % self.handles.len()];
-                let inner = self.procs[p].objects.get(&v).map(|e| e.contains.clone()).unwrap_or_default();
+                let inner = self.procs[p].objects.get(&v).map(|e| e.contains().to_vec()).unwrap_or_default();
                 let mut new = Vec::new();
                 for x in inner {
                     if self.procs[p].decode_ref(x) {

@@ -433,9 +433,7 @@ pub fn get_all<T: DeserializeOwned + 'static>(refs: &[ObjectRef<T>]) -> Result<V
             while let Some(r) = refs.get(next) {
                 match st.objects.get_mut(&r.raw.id) {
                     Some(e) if matches!(e.state, owner::ObjState::Pending) => {
-                        if !e.waiters.iter().any(|x| x.will_wake(w)) {
-                            e.waiters.push(w.clone());
-                        }
+                        e.add_waiter(w);
                         // Borrowed ones are asked of their owners, all at once.
                         for r in &refs[next..] {
                             st.ensure_fetch(r.raw.id, fx);
@@ -510,8 +508,8 @@ pub fn wait<T>(refs: &[ObjectRef<T>], num_ready: usize, timeout: Option<Duration
             }
             for r in refs {
                 if let Some(e) = st.objects.get_mut(&r.raw.id) {
-                    if matches!(e.state, owner::ObjState::Pending) && !e.waiters.iter().any(|x| x.will_wake(w)) {
-                        e.waiters.push(w.clone());
+                    if matches!(e.state, owner::ObjState::Pending) {
+                        e.add_waiter(w);
                     }
                 }
                 st.ensure_fetch(r.raw.id, fx);

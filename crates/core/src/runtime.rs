@@ -631,9 +631,7 @@ impl Runtime {
                 ObjState::Ready(r) => Poll::Ready(Ok(r.clone())),
                 ObjState::Failed(err) => Poll::Ready(Err(err.clone())),
                 ObjState::Pending => {
-                    if !e.waiters.iter().any(|w| w.will_wake(waker)) {
-                        e.waiters.push(waker.clone());
-                    }
+                    e.add_waiter(waker);
                     st.ensure_fetch(id, fx);
                     Poll::Pending
                 }
