@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{cluster, eventually, pid_alive, T};
+use common::{cluster, eventually, pid_alive, sigkill, T};
 use ferry::prelude::*;
 use ferry::Error;
 
@@ -331,22 +331,12 @@ fn killed_process_is_restarted_and_calls_in_flight_retried() {
     let pid = ferry::get_timeout(&c.pid(), T).unwrap();
     let in_flight = c.slow_get(2000);
     std::thread::sleep(Duration::from_millis(100));
-    // SAFETY: sending SIGKILL to the actor's worker process, a child of this test.
-    unsafe { libc_kill(pid) };
+    sigkill(pid);
     // The call in flight is retried on the new incarnation, whose constructor ran again.
     assert_eq!(ferry::get_timeout(&in_flight, T).unwrap(), 100);
     let new_pid = ferry::get_timeout(&c.pid(), T).unwrap();
     assert_ne!(pid, new_pid);
     assert_eq!(ferry::get_timeout(&c.incr(5), T).unwrap(), 105);
-}
-
-unsafe fn libc_kill(pid: u32) {
-    // A tiny FFI declaration keeps libc out of the test's dependencies.
-    extern "C" {
-        fn kill(pid: i32, sig: i32) -> i32;
-    }
-    // SAFETY: plain syscall wrapper.
-    unsafe { kill(pid as i32, 9) };
 }
 
 /// Creates two named actors from inside a task (so the task's worker is their creator) and
@@ -366,8 +356,7 @@ fn detached_actor_outlives_its_creator_and_an_attached_one_does_not() {
     cluster();
     let creator = ferry::get_timeout(&create_from_task::remote("survivor", "follower"), T).unwrap();
     assert_eq!(ferry::get_timeout(&ferry::get_actor::<Counter>("follower").unwrap().get(), T).unwrap(), 2);
-    // SAFETY: killing the creator worker, a process of this test's cluster.
-    unsafe { libc_kill(creator) };
+    sigkill(creator);
     eventually("the creator's actor died with it", T, || ferry::get_actor::<Counter>("follower").is_err());
     let survivor = ferry::get_actor::<Counter>("survivor").unwrap();
     assert_eq!(ferry::get_timeout(&survivor.incr(1), T).unwrap(), 2);

@@ -194,3 +194,25 @@ fn a_hundred_thousand_tasks_passing_refs_leave_nothing_behind() {
     drop(base);
     eventually("no object and no task metadata is left in any process", T, nothing_left);
 }
+
+#[ferry::remote]
+fn refs_and_pid() -> (u32, Vec<ObjectRef<u64>>) {
+    (std::process::id(), (0..3u64).map(|i| ferry::put(i).unwrap()).collect())
+}
+
+#[test]
+fn a_get_of_a_ref_whose_owner_died_fails_with_owner_died() {
+    cluster();
+    let (pid, refs) = ferry::get_timeout(&refs_and_pid::remote(), T).unwrap();
+    // The owner (the worker that put them) dies before anyone asked for the values.
+    sigkill(pid);
+    eventually("the worker is gone", T, || !pid_alive(pid));
+    for r in &refs {
+        match ferry::get_timeout(r, T) {
+            Err(ferry::Error::OwnerDied { object, .. }) => assert_eq!(object, r.id()),
+            other => panic!("expected OwnerDied, got {other:?}"),
+        }
+    }
+    drop(refs);
+    eventually("no metadata is left", T, nothing_left);
+}

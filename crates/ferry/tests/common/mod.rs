@@ -35,3 +35,13 @@ pub fn pid_alive(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+/// Kills a process of this test's cluster with SIGKILL.
+pub fn sigkill(pid: u32) {
+    // A tiny FFI declaration keeps libc out of the tests' dependencies.
+    extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    // SAFETY: a plain syscall; the pid is a worker of this test's own cluster.
+    unsafe { kill(pid as i32, 9) };
+}
