@@ -14,5 +14,7 @@ cargo build --release -p ferry-bench
 ./target/release/ferry-bench "$@" | tee "$OUT/ferry.txt"
 if [ -n "${VENV:-}" ]; then
     RAY_USAGE_STATS_ENABLED=0 "$VENV/bin/python" ../shared/anchors/ray_bench.py | tee "$OUT/ray.txt"
+    # Ray's side of the refs and spill groups (ray_bench.py has neither).
+    RAY_USAGE_STATS_ENABLED=0 "$VENV/bin/python" crates/bench/ray_memory.py | tee -a "$OUT/ray.txt"
     python3 crates/bench/compare.py "$OUT/ferry.txt" "$OUT/ray.txt" | tee "$OUT/compare.md"
 fi

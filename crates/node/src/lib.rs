@@ -462,7 +462,17 @@ fn spiller(node: Arc<Node>, rx: mpsc::Receiver<Option<()>>) {
                 }
                 match st.store.next_to_spill() {
                     Some((id, _)) => (id, st.store.dir().clone()),
-                    None => break,
+                    None => {
+                        // Nothing left to spill (cannot happen while the table's invariant
+                        // holds): a writer must never wait for room that will not come.
+                        let waiting = std::mem::take(&mut st.waiting_seals);
+                        for (conn, req, object) in waiting {
+                            st.store.free(object);
+                            let error = "object store full and nothing left to spill".to_string();
+                            node.send(&st, conn, &FromNode::Sealed { req, error: Some(error) });
+                        }
+                        break;
+                    }
                 }
             };
             let (id, dir) = next;

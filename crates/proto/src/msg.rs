@@ -3,7 +3,10 @@
 //! | connection            | client sends   | server sends   |
 //! |-----------------------|----------------|----------------|
 //! | any process → daemon  | [`ToNode`]     | [`FromNode`]   |
-//! | owner → leased worker | [`ToWorker`]   | [`FromWorker`] |
+//! | process → process     | [`ToWorker`]   | [`FromWorker`] |
+//!
+//! A process-to-process connection carries tasks an owner pushes to a worker it leased (or to an
+//! actor) and a borrower's requests to an owner, and the answers back.
 //!
 //! Each connection opens with [`Hello`] / [`HelloReply`].
 
