@@ -603,6 +603,9 @@ pub struct SessionInfo {
     pub store_dir: std::path::PathBuf,
     pub session_dir: std::path::PathBuf,
     pub worker_pids: Vec<u32>,
+    /// This process's id, and where it listens for other processes.
+    pub me: WorkerId,
+    pub listen: ferry_proto::Addr,
 }
 
 #[doc(hidden)]
@@ -614,6 +617,8 @@ pub fn session_info() -> Result<SessionInfo> {
         store_dir: rt.store.path().to_path_buf(),
         session_dir: rt.session_dir.clone(),
         worker_pids: rt.worker_pids(),
+        me: rt.me,
+        listen: ferry_proto::Addr::Unix(runtime::peer_socket(&rt.session_dir, rt.me)),
     })
 }
 

@@ -958,7 +958,8 @@ impl OwnerState {
     pub fn release_borrows(&mut self, borrower: WorkerId, objects: &[(ObjectId, u32)], fx: &mut Effects) {
         for (id, n) in objects {
             if let Some(e) = self.objects.get_mut(id) {
-                e.borrowers.bump(borrower, -(*n as i32));
+                // A count from the network: clamped, never an overflow.
+                e.borrowers.bump(borrower, -((*n).min(i32::MAX as u32) as i32));
                 self.maybe_free(*id, fx);
             }
         }
@@ -1534,7 +1535,7 @@ impl Borrowers {
         }
         match &mut self.first {
             Some((w, n)) if *w == who => {
-                *n += by;
+                *n = n.saturating_add(by);
                 if *n == 0 {
                     self.first = self.more.pop();
                 }
@@ -1542,7 +1543,7 @@ impl Borrowers {
             None => self.first = Some((who, by)),
             Some(_) => match self.more.iter().position(|(w, _)| *w == who) {
                 Some(i) => {
-                    self.more[i].1 += by;
+                    self.more[i].1 = self.more[i].1.saturating_add(by);
                     if self.more[i].1 == 0 {
                         self.more.swap_remove(i);
                     }

@@ -7,7 +7,7 @@ use common::{cluster, eventually, pid_alive, T};
 use ferry::Error;
 use ferry_proto::conn::{connect, Conn};
 use ferry_proto::msg::{Arg, FromNode, FromWorker, Shape, TaskError, TaskSpec, ToNode, ToWorker};
-use ferry_proto::{FrameReader, Stream, TaskId, WorkerId};
+use ferry_proto::{FrameReader, ObjectId, Stream, TaskId, WorkerId};
 use std::io::Write;
 
 #[ferry::remote]
@@ -332,4 +332,31 @@ fn a_peer_that_stops_reading_cannot_stall_the_daemon() {
     cluster_still_works();
     assert!(start.elapsed() < T);
     flood.join().unwrap();
+}
+
+#[test]
+fn bad_requests_to_a_drivers_own_socket_close_that_connection_only() {
+    cluster();
+    let info = ferry::__private::session_info().unwrap();
+    let x = ferry::put(vec![1u8; 3]).unwrap();
+    // Well-formed but bogus requests about objects: answered, and nothing breaks.
+    let (c, mut rx, _) = connect(&info.listen, &info.token, WorkerId(77), 1 << 20).unwrap();
+    let nobody = ObjectId { task: TaskId { owner: info.me, seq: 1 << 60 }, index: 0 };
+    c.send(&ToWorker::GetObject { object: nobody }).unwrap();
+    assert!(matches!(
+        rx.read::<FromWorker>().unwrap(),
+        FromWorker::Object { answer: ferry_proto::msg::ObjectAnswer::Unknown, .. }
+    ));
+    c.send(&ToWorker::ReleaseBorrows { objects: vec![(x.id(), u32::MAX), (nobody, 7)] }).unwrap();
+    c.send(&ToWorker::AddBorrower { req: 5, objects: vec![nobody], borrower: WorkerId(77) }).unwrap();
+    assert!(matches!(rx.read::<FromWorker>().unwrap(), FromWorker::Ack { req: 5 }));
+    // Tasks pushed to a driver, then garbage: each closes its own connection.
+    c.send(&ToWorker::Push(vec![spec("nothing", vec![])])).unwrap();
+    assert!(rx.read::<FromWorker>().is_err());
+    let (g, mut grx, _) = connect(&info.listen, &info.token, WorkerId(78), 1 << 20).unwrap();
+    g.send_raw(&[9, 0, 0, 0, 0xff, 0xfe, 0xfd, 1, 2, 3, 4, 5, 6]).unwrap();
+    assert!(grx.read::<FromWorker>().is_err());
+    // The driver goes on: its own object reads back, and tasks run.
+    assert_eq!(ferry::get(&x).unwrap(), vec![1u8; 3]);
+    cluster_still_works();
 }
