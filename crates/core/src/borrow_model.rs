@@ -2,12 +2,14 @@
 //! protocol's messages over simulated connections (FIFO per connection, any interleaving
 //! between connections, as on real sockets), driven by random sequences of put / clone /
 //! drop / pass-to-a-task / task-finish (keeping or dropping what it received, returning refs
-//! inside a value or not) / read-refs-out-of-a-value / deliver-a-message events.
+//! inside a value or not) / read-refs-out-of-a-value / deliver-a-message / crash-a-process
+//! events.
 //!
-//! Checked after every step: an object is never freed at its owner while any process still
-//! holds it (safety), and every process's local count equals the handles the model says it
-//! holds. At the end, once every handle is dropped, every task finished and every message
-//! delivered, every table is empty (nothing leaks).
+//! Checked after every step: an object is never freed at its live owner while any process
+//! still holds it (safety), and every live process's local count equals the handles the model
+//! says it holds. At the end, once every handle is dropped, every task finished and every
+//! message delivered, every live process's table is empty (nothing leaks, even of what dead
+//! processes borrowed or owned).
 //!
 //! The runtime's synchronous registrations (`AddBorrower`, answered before the caller goes
 //! on) are applied to the owner at once; everything else travels as a message.
@@ -40,6 +42,8 @@ enum Op {
     /// Decode the refs inside a value the process holds (as `get` does).
     Read(usize),
     Deliver(usize),
+    /// A process dies: its connections close, and every other process learns it.
+    Crash(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -51,6 +55,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (any::<usize>(), any::<bool>(), any::<bool>()).prop_map(|(task, keep, ret)| Op::Finish { task, keep, ret }),
         1 => any::<usize>().prop_map(Op::Read),
         6 => any::<usize>().prop_map(Op::Deliver),
+        1 => (0..PROCS).prop_map(Op::Crash),
     ]
 }
 
@@ -89,7 +94,8 @@ struct Sim {
     chans: BTreeMap<Chan, VecDeque<Msg>>,
     next_task: u64,
     /// Finished tasks whose `Done` is still on its way: the refs their callers pinned.
-    done_refs: BTreeMap<u64, Vec<ObjectId>>,
+    done_refs: BTreeMap<u64, (usize, Vec<ObjectId>)>,
+    dead: [bool; PROCS],
 }
 
 fn wid(p: usize) -> WorkerId {
@@ -110,11 +116,19 @@ impl Sim {
             chans: BTreeMap::new(),
             next_task: 1,
             done_refs: BTreeMap::new(),
+            dead: [false; PROCS],
         }
     }
 
     fn send(&mut self, chan: Chan, m: Msg) {
-        self.chans.entry(chan).or_default().push_back(m);
+        let (a, b) = match chan {
+            Chan::Lease { caller, worker, .. } => (caller, worker),
+            Chan::Peer { from, to } => (from, to),
+        };
+        // A dead process's connections are closed.
+        if !self.dead[a] && !self.dead[b] {
+            self.chans.entry(chan).or_default().push_back(m);
+        }
     }
 
     /// Turns a state change's effects into messages (the only ones this model produces).
@@ -139,13 +153,58 @@ impl Sim {
     /// A synchronous registration: the owner counts `borrower` before anyone goes on.
     fn register(&mut self, ids: Vec<ObjectId>, borrower: usize) {
         for id in ids {
-            self.on(proc_of(id.owner()), |st, fx| st.add_borrowers(wid(borrower), &[id], fx));
+            let owner = proc_of(id.owner());
+            // A dead owner does not answer; a dead borrower registers nothing.
+            if !self.dead[owner] && !self.dead[borrower] {
+                self.on(owner, |st, fx| st.add_borrowers(wid(borrower), &[id], fx));
+            }
         }
     }
 
     fn step(&mut self, op: Op) {
         match op {
-            Op::Put(p) => {
+            Op::Crash(p) => {
+                if self.dead[p] || self.dead.iter().filter(|d| !**d).count() == 1 {
+                    return;
+                }
+                self.dead[p] = true;
+                self.handles.retain(|(q, _)| *q != p);
+                self.chans.retain(|c, _| match *c {
+                    Chan::Lease { caller, worker, .. } => caller != p && worker != p,
+                    Chan::Peer { from, to } => from != p && to != p,
+                });
+                // Tasks it ran fail at their callers (their arguments are released); tasks it
+                // called go on if they started (their replies go nowhere), else never arrive.
+                self.tasks.retain(|t| t.caller != p || t.started);
+                let lost: Vec<SimTask> = {
+                    let (lost, kept) = std::mem::take(&mut self.tasks).into_iter().partition(|t| t.worker == p);
+                    self.tasks = kept;
+                    lost
+                };
+                for t in lost {
+                    self.on(t.caller, |st, fx| st.release_submitted(&t.refs, fx));
+                }
+                for q in 0..PROCS {
+                    if !self.dead[q] {
+                        self.on(q, |st, fx| st.peer_lost(wid(p), "killed", fx));
+                    }
+                }
+                // Replies on their way to or from it are gone with its connections.
+                // A caller whose reply was lost sees the connection close and gives up on
+                // the task, releasing its arguments.
+                let stale: Vec<u64> = self.done_refs.keys().copied().collect();
+                for task in stale {
+                    let lost =
+                        !self.chans.values().flatten().any(|m| matches!(m, Msg::Done { task: t, .. } if *t == task));
+                    if lost {
+                        let (c, refs) = self.done_refs.remove(&task).expect("listed");
+                        if !self.dead[c] {
+                            self.on(c, |st, fx| st.release_submitted(&refs, fx));
+                        }
+                    }
+                }
+            }
+            Op::Put(p) if !self.dead[p] => {
                 let id = self.procs[p].new_object(ObjState::Ready(Ready::Inline(Arc::new(vec![1]))));
                 self.handles.push((p, id));
             }
@@ -160,7 +219,8 @@ impl Sim {
             }
             Op::Pass { handle, to } if !self.handles.is_empty() => {
                 let (p, id) = self.handles[handle % self.handles.len()];
-                if p == to {
+                // (A push to a dead worker is retried elsewhere: not modelled.)
+                if p == to || self.dead[to] {
                     return;
                 }
                 // Encoding the argument pins it for the task (`refs::encoding_ref`).
@@ -228,7 +288,7 @@ impl Sim {
                 self.on(caller, |st, fx| st.add_borrowers(wid(worker), &objs, fx));
             }
             (Chan::Lease { caller, .. }, Msg::Done { task, contained }) => {
-                let refs = self.done_refs.remove(&task).unwrap_or_default();
+                let refs = self.done_refs.remove(&task).map(|(_, r)| r).unwrap_or_default();
                 if !contained.is_empty() {
                     // The reply's value: a new object at the caller holding the refs.
                     let v = self.procs[caller].new_object(ObjState::Ready(Ready::Inline(Arc::new(vec![2]))));
@@ -274,7 +334,7 @@ impl Sim {
         if !retained.is_empty() {
             self.send(chan, Msg::Retained(retained));
         }
-        self.done_refs.insert(t.id, t.refs);
+        self.done_refs.insert(t.id, (caller, t.refs));
         self.send(chan, Msg::Done { task: t.id, contained });
     }
 
@@ -292,18 +352,20 @@ impl Sim {
         for ((p, id), n) in &held {
             let owner = proc_of(id.owner());
             assert!(
-                self.procs[owner].objects.contains_key(id),
+                self.dead[owner] || self.procs[owner].objects.contains_key(id),
                 "{id:?} was freed by its owner P{owner} while P{p} holds it"
             );
             let local = self.procs[*p].objects.get(id).map(|e| e.local).unwrap_or(0);
             assert_eq!(local, *n, "P{p}'s local count of {id:?}");
         }
         // Refs pinned by unfinished tasks are alive at their owners too.
-        for (task, refs) in
-            self.done_refs.iter().map(|(t, r)| (*t, r)).chain(self.tasks.iter().map(|t| (t.id, &t.refs)))
-        {
+        let pinned = self.done_refs.iter().map(|(t, (c, r))| (*t, *c, r));
+        for (task, caller, refs) in pinned.chain(self.tasks.iter().map(|t| (t.id, t.caller, &t.refs))) {
             for id in refs {
-                assert!(self.procs[proc_of(id.owner())].objects.contains_key(id), "{id:?} of task {task} freed");
+                let owner = proc_of(id.owner());
+                if !self.dead[owner] && !self.dead[caller] {
+                    assert!(self.procs[owner].objects.contains_key(id), "{id:?} of task {task} freed");
+                }
             }
         }
     }
@@ -319,10 +381,8 @@ impl Sim {
                 self.finish(t, false, false);
             }
             let Some(chan) = self.chans.iter().find(|(_, q)| !q.is_empty()).map(|(k, _)| *k) else {
-                if self.handles.is_empty() && self.tasks.is_empty() {
-                    return;
-                }
-                continue;
+                assert!(self.handles.is_empty() && self.tasks.is_empty(), "stuck: {:?}", self.tasks);
+                return;
             };
             let m = self.chans.get_mut(&chan).and_then(|q| q.pop_front()).expect("non-empty");
             self.deliver(chan, m);
@@ -344,7 +404,7 @@ proptest! {
             sim.check();
         }
         sim.drain();
-        for (p, st) in sim.procs.iter().enumerate() {
+        for (p, st) in sim.procs.iter().enumerate().filter(|(p, _)| !sim.dead[*p]) {
             prop_assert!(st.objects.is_empty(), "P{} still has {:?}", p, st.objects.keys().collect::<Vec<_>>());
             prop_assert!(st.unregistered.is_empty());
         }

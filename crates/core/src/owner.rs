@@ -234,6 +234,9 @@ pub(crate) struct OwnerState {
     pub node_short: bool,
     /// Borrowed entries not yet registered with their owners (see the module docs).
     pub unregistered: HashSet<ObjectId>,
+    /// Processes known to be dead: they are never counted as borrowers again (a task still
+    /// running for a dead caller must not pin its return's refs for nobody).
+    dead_peers: HashSet<WorkerId>,
 }
 
 impl OwnerState {
@@ -255,6 +258,7 @@ impl OwnerState {
             stopped: None,
             node_short: false,
             unregistered: HashSet::default(),
+            dead_peers: HashSet::default(),
         }
     }
 
@@ -946,6 +950,9 @@ impl OwnerState {
     /// Counts `borrower` once more for each object we own (an `AddBorrower` or a
     /// `Retained`).
     pub fn add_borrowers(&mut self, borrower: WorkerId, objects: &[ObjectId], fx: &mut Effects) {
+        if self.dead_peers.contains(&borrower) {
+            return;
+        }
         for id in objects {
             if let Some(e) = self.objects.get_mut(id) {
                 e.borrowers.bump(borrower, 1);
@@ -1011,6 +1018,7 @@ impl OwnerState {
     /// Another process is gone: its borrows end, and what it owned can no longer be
     /// resolved.
     pub fn peer_lost(&mut self, peer: WorkerId, detail: &str, fx: &mut Effects) {
+        self.dead_peers.insert(peer);
         let mut touched = Vec::new();
         let mut orphaned = Vec::new();
         for (id, e) in self.objects.iter_mut() {
@@ -1066,7 +1074,9 @@ impl OwnerState {
         for id in refs {
             let Some(e) = self.objects.get_mut(id) else { continue };
             if id.owner() == self.me {
-                e.borrowers.bump(caller, 1);
+                if !self.dead_peers.contains(&caller) {
+                    e.borrowers.bump(caller, 1);
+                }
             } else if id.owner() == caller {
                 e.registered += 1;
                 self.unregistered.remove(id);
