@@ -88,6 +88,14 @@ def spill():
     else:
         info("ray reported no spill: " + stats.replace("\n", " | "))
     n = int(m.group(2)) if m else 0
+    # ferry drops its spilled files from the page cache; Ray's stay cached. Read both cold.
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        info("page cache dropped before the restore")
+    except OSError as e:
+        info(f"could not drop the page cache ({e}): Ray's restore may read from memory")
     t = time.perf_counter()
     total = 0
     for i, r in enumerate(refs[:n]):

@@ -160,11 +160,11 @@ impl StoreDir {
     /// Maps `id` read-only. The mapping stays valid even if the object is deleted meanwhile
     /// (the pages live until the last mapping goes).
     pub fn map(&self, id: ObjectId) -> io::Result<ObjectView> {
-        let f = match File::open(self.path_of(id)) {
-            Ok(f) => f,
+        let (f, spilled) = match File::open(self.path_of(id)) {
+            Ok(f) => (f, false),
             // Spilled: read it from disk.
             Err(e) if e.kind() == io::ErrorKind::NotFound => match self.spill_path_of(id) {
-                Some(p) => File::open(p).map_err(|_| e)?,
+                Some(p) => (File::open(p).map_err(|_| e)?, true),
                 None => return Err(e),
             },
             Err(e) => return Err(e),
@@ -176,6 +176,11 @@ impl StoreDir {
         // SAFETY: store files are written once under a temporary name and renamed into
         // place; nobody writes to them afterwards, so the mapped bytes never change under us.
         let map = unsafe { Mmap::map(&f)? };
+        if spilled {
+            // Start reading it all from disk now, in large requests, rather than a page
+            // fault at a time as the reader gets there.
+            let _ = map.advise(memmap2::Advice::WillNeed);
+        }
         Ok(ObjectView { map: Some(Arc::new(map)) })
     }
 
