@@ -61,9 +61,17 @@ fn op() -> impl Strategy<Value = Op> {
 
 #[derive(Debug)]
 enum Msg {
-    Task { task: u64, refs: Vec<ObjectId> },
+    Task {
+        task: u64,
+        refs: Vec<ObjectId>,
+    },
     Retained(Vec<ObjectId>),
-    Done { task: u64, contained: Vec<ObjectId> },
+    /// `sponsored`: refs of third owners the worker registered the caller for (model only).
+    Done {
+        task: u64,
+        contained: Vec<ObjectId>,
+        sponsored: Vec<ObjectId>,
+    },
     Release(Vec<(ObjectId, u32)>),
 }
 
@@ -96,6 +104,12 @@ struct Sim {
     /// Finished tasks whose `Done` is still on its way: the refs their callers pinned.
     done_refs: BTreeMap<u64, (usize, Vec<ObjectId>)>,
     dead: [bool; PROCS],
+    /// Registrations left behind by the known leak: (object, borrower).
+    leaked: Vec<(ObjectId, usize)>,
+    /// Objects a running task received from a caller that then died: the caller's pin was
+    /// their only cover, so they may be freed under the task (which then gets `ObjectLost`);
+    /// the known limitation, exempt from the safety check (not from the leak check).
+    orphaned: std::collections::BTreeSet<ObjectId>,
 }
 
 fn wid(p: usize) -> WorkerId {
@@ -117,6 +131,8 @@ impl Sim {
             next_task: 1,
             done_refs: BTreeMap::new(),
             dead: [false; PROCS],
+            leaked: Vec::new(),
+            orphaned: Default::default(),
         }
     }
 
@@ -169,6 +185,20 @@ impl Sim {
                 }
                 self.dead[p] = true;
                 self.handles.retain(|(q, _)| *q != p);
+                // The known leak: a worker that dies after registering its caller with a third
+                // owner (for refs in its return value) but before the caller reads the reply
+                // leaves that registration until the caller exits (ARCHITECTURE.md).
+                for (c, q) in &self.chans {
+                    if let Chan::Lease { caller, worker, to_worker: false } = *c {
+                        if worker == p && !self.dead[caller] {
+                            for m in q {
+                                if let Msg::Done { sponsored, .. } = m {
+                                    self.leaked.extend(sponsored.iter().map(|id| (*id, caller)));
+                                }
+                            }
+                        }
+                    }
+                }
                 self.chans.retain(|c, _| match *c {
                     Chan::Lease { caller, worker, .. } => caller != p && worker != p,
                     Chan::Peer { from, to } => from != p && to != p,
@@ -176,6 +206,9 @@ impl Sim {
                 // Tasks it ran fail at their callers (their arguments are released); tasks it
                 // called go on if they started (their replies go nowhere), else never arrive.
                 self.tasks.retain(|t| t.caller != p || t.started);
+                for t in self.tasks.iter().filter(|t| t.caller == p) {
+                    self.orphaned.extend(t.held.iter().copied());
+                }
                 let lost: Vec<SimTask> = {
                     let (lost, kept) = std::mem::take(&mut self.tasks).into_iter().partition(|t| t.worker == p);
                     self.tasks = kept;
@@ -287,7 +320,7 @@ impl Sim {
             (Chan::Lease { caller, worker, .. }, Msg::Retained(objs)) => {
                 self.on(caller, |st, fx| st.add_borrowers(wid(worker), &objs, fx));
             }
-            (Chan::Lease { caller, .. }, Msg::Done { task, contained }) => {
+            (Chan::Lease { caller, .. }, Msg::Done { task, contained, .. }) => {
                 let refs = self.done_refs.remove(&task).map(|(_, r)| r).unwrap_or_default();
                 if !contained.is_empty() {
                     // The reply's value: a new object at the caller holding the refs.
@@ -310,11 +343,13 @@ impl Sim {
         let (w, caller) = (t.worker, t.caller);
         let mut retained = Vec::new();
         let mut contained = Vec::new();
+        let mut sponsored = Vec::new();
         if ret {
             let mut refs = t.held.clone();
             refs.sort_unstable();
             refs.dedup();
             let (callers, others) = self.procs[w].returning(wid(caller), &refs);
+            sponsored.clone_from(&others);
             self.register(others, caller);
             retained.extend(callers);
             contained = refs;
@@ -335,7 +370,7 @@ impl Sim {
             self.send(chan, Msg::Retained(retained));
         }
         self.done_refs.insert(t.id, (caller, t.refs));
-        self.send(chan, Msg::Done { task: t.id, contained });
+        self.send(chan, Msg::Done { task: t.id, contained, sponsored });
     }
 
     /// Safety, and agreement of local counts with the model's handles.
@@ -352,18 +387,21 @@ impl Sim {
         for ((p, id), n) in &held {
             let owner = proc_of(id.owner());
             assert!(
-                self.dead[owner] || self.procs[owner].objects.contains_key(id),
+                self.dead[owner] || self.orphaned.contains(id) || self.procs[owner].objects.contains_key(id),
                 "{id:?} was freed by its owner P{owner} while P{p} holds it"
             );
-            let local = self.procs[*p].objects.get(id).map(|e| e.local).unwrap_or(0);
-            assert_eq!(local, *n, "P{p}'s local count of {id:?}");
+            let local = self.procs[*p].objects.get(id).map(|e| e.local);
+            // An orphaned object freed at its owner comes back there as a handle to nothing.
+            if !(self.orphaned.contains(id) && local.is_none() && *p == owner) {
+                assert_eq!(local.unwrap_or(0), *n, "P{p}'s local count of {id:?}");
+            }
         }
         // Refs pinned by unfinished tasks are alive at their owners too.
         let pinned = self.done_refs.iter().map(|(t, (c, r))| (*t, *c, r));
         for (task, caller, refs) in pinned.chain(self.tasks.iter().map(|t| (t.id, t.caller, &t.refs))) {
             for id in refs {
                 let owner = proc_of(id.owner());
-                if !self.dead[owner] && !self.dead[caller] {
+                if !self.dead[owner] && !self.dead[caller] && !self.orphaned.contains(id) {
                     assert!(self.procs[owner].objects.contains_key(id), "{id:?} of task {task} freed");
                 }
             }
@@ -392,11 +430,11 @@ impl Sim {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
     #[test]
     fn borrowed_objects_live_exactly_as_long_as_some_process_holds_them(
-        ops in proptest::collection::vec(op(), 1..120)
+        ops in proptest::collection::vec(op(), 1..200)
     ) {
         let mut sim = Sim::new();
         for op in ops {
@@ -404,8 +442,16 @@ proptest! {
             sim.check();
         }
         sim.drain();
+        // Exactly the known leak is left: ending it empties every table.
+        for (id, borrower) in std::mem::take(&mut sim.leaked) {
+            let owner = proc_of(id.owner());
+            if !sim.dead[owner] && !sim.dead[borrower] {
+                sim.on(owner, |st, fx| st.release_borrows(wid(borrower), &[(id, 1)], fx));
+            }
+        }
+        sim.drain();
         for (p, st) in sim.procs.iter().enumerate().filter(|(p, _)| !sim.dead[*p]) {
-            prop_assert!(st.objects.is_empty(), "P{} still has {:?}", p, st.objects.keys().collect::<Vec<_>>());
+            prop_assert!(st.objects.is_empty(), "P{} still has {:?}", p, st.objects);
             prop_assert!(st.unregistered.is_empty());
         }
     }

@@ -1584,28 +1584,3 @@ fn answer_of(state: &ObjState) -> ObjectAnswer {
         ObjState::Pending => ObjectAnswer::Unknown,
     }
 }
-
-#[cfg(test)]
-mod micro {
-    use super::*;
-    #[test]
-    fn table_ops_cost() {
-        let mut st = OwnerState::new(WorkerId(1), OwnerLimits { max_in_flight: 16, max_pending_requests: 1 });
-        for round in 0..5 {
-            let t = Instant::now();
-            let ids: Vec<ObjectId> =
-                (0..10_000).map(|_| st.new_object(ObjState::Ready(Ready::Inline(Arc::new(vec![1, 2]))))).collect();
-            let t1 = t.elapsed();
-            let mut fx = Effects::default();
-            for id in ids {
-                st.remove_local_ref(id, &mut fx);
-            }
-            eprintln!(
-                "round {round}: insert {:?} total {:?} entry {}",
-                t1,
-                t.elapsed(),
-                std::mem::size_of::<ObjEntry>()
-            );
-        }
-    }
-}
