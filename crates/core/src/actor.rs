@@ -176,7 +176,7 @@ impl<T: Actor> Serialize for ActorHandle<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         let raw = self.proxy.raw();
         // Inside a task's arguments: the task keeps one more handle until it is over.
-        let exporting = crate::refs::encoding_actor(raw.id);
+        let exporting = crate::refs::encoding_actor(raw.id, &raw.label);
         if exporting {
             if let Some(rt) = try_runtime() {
                 rt.lock().actor_attach(raw.id, &raw.label);

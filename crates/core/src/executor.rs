@@ -27,20 +27,24 @@ use std::thread;
 thread_local! {
     /// The task running on this thread, if any.
     static CURRENT: Cell<Option<TaskId>> = const { Cell::new(None) };
-    /// Set by `store_return` for the reply: the refs inside the return value, and those of
-    /// them the caller owns (this worker now holds them once more, see `send_reply`).
-    static RETURN_REFS: std::cell::RefCell<(Vec<ObjectId>, Vec<ObjectId>)> =
-        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    /// Set by `store_return` for the reply: the refs inside the return value, those of them
+    /// the caller owns (this worker now holds them once more, see `send_reply`), and the
+    /// actors whose handles it holds.
+    static RETURN_REFS: std::cell::RefCell<ReturnRefs> = const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
+
+/// Refs in a return value, those the caller owns, and actors with handles in it.
+type ReturnRefs = (Vec<ObjectId>, Vec<ObjectId>, Vec<(ActorId, String)>);
 
 /// Sends a task's reply to its caller: first what the end of the task requires to be
 /// registered (`Runtime::register_at_task_end`; `Retained` tells the caller which of its own
 /// objects this worker still holds), then the reply, carrying the refs its value contains.
 fn send_reply(rt: &'static Runtime, conn: &Conn, caller: WorkerId, mut reply: FromWorker) {
-    let (contained, mut retained) = RETURN_REFS.with(|r| std::mem::take(&mut *r.borrow_mut()));
+    let (contained, mut retained, actors) = RETURN_REFS.with(|r| std::mem::take(&mut *r.borrow_mut()));
     retained.extend(rt.register_at_task_end(caller));
-    if let FromWorker::Done { contained: c, .. } = &mut reply {
+    if let FromWorker::Done { contained: c, actors: a, .. } = &mut reply {
         *c = contained;
+        *a = actors;
     }
     if !retained.is_empty() {
         let _ = conn.send(&FromWorker::Retained { objects: retained });
@@ -263,7 +267,12 @@ impl Executor {
                         let active = active.clone();
                         let inner = Box::pin(async move {
                             let reply = match fut.await {
-                                Ok(ret) => FromWorker::Done { task, returns: vec![ret], contained: Vec::new() },
+                                Ok(ret) => FromWorker::Done {
+                                    task,
+                                    returns: vec![ret],
+                                    contained: Vec::new(),
+                                    actors: Vec::new(),
+                                },
                                 Err(error) => FromWorker::Failed { task, error },
                             };
                             send_reply(rt, &conn, task.owner, reply);
@@ -395,7 +404,7 @@ fn execute(rt: &Runtime, spec: &TaskSpec, instance: Option<&ActorInstance>) -> F
         },
     };
     match result {
-        Ok(ret) => FromWorker::Done { task, returns: vec![ret], contained: Vec::new() },
+        Ok(ret) => FromWorker::Done { task, returns: vec![ret], contained: Vec::new(), actors: Vec::new() },
         Err(error) => FromWorker::Failed { task, error },
     }
 }
@@ -431,6 +440,7 @@ pub fn store_return<R: Serialize + 'static>(r: &R, function: &str) -> Result<Ret
     let bad = |detail: String| TaskError::BadReturn { function: function.to_string(), detail };
     let (enc, exports) = crate::refs::encoding(crate::refs::Mode::Return, || codec::encode(r));
     let refs = exports.refs;
+    let mut actors = exports.returned_actors;
     let enc = enc.map_err(|e| bad(e.to_string()))?;
     let rt = try_runtime().ok_or_else(|| bad("no runtime in this process".into()))?;
     let task = CURRENT.with(|c| c.get()).ok_or_else(|| bad("not running a task".into()))?;
@@ -443,7 +453,21 @@ pub fn store_return<R: Serialize + 'static>(r: &R, function: &str) -> Result<Ret
         refs.dedup();
         let (callers, others) = rt.lock().returning(task.owner, &refs);
         rt.register_borrows(others, task.owner);
-        RETURN_REFS.with(|r| *r.borrow_mut() = (refs, callers));
+        RETURN_REFS.with(|r| {
+            let mut r = r.borrow_mut();
+            r.0 = refs;
+            r.1 = callers;
+        });
+    }
+    if !actors.is_empty() {
+        // The caller must hold them before this task's own handles go.
+        actors.sort_unstable_by_key(|(a, _)| *a);
+        actors.dedup_by_key(|(a, _)| *a);
+        actors.retain(|(actor, _)| {
+            let held = rt.node_call(|req| ToNode::HoldActorFor { req, actor: *actor, holder: task.owner });
+            matches!(held, Ok(ferry_proto::msg::FromNode::Ack { error: None, .. }))
+        });
+        RETURN_REFS.with(|r| r.borrow_mut().2 = actors);
     }
     Ok(ret)
 }

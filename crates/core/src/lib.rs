@@ -465,10 +465,12 @@ pub fn put<T: Serialize + 'static>(value: T) -> Result<ObjectRef<T>> {
     // Refs inside the value are pinned by the new object while it lives.
     let (enc, inner) = refs::encoding(refs::Mode::Put, || codec::encode(&value));
     let put = enc.and_then(|enc| rt.put_encoded(enc));
-    if !inner.refs.is_empty() {
-        rt.with_state(|st, fx| match &put {
-            Ok(id) => st.set_contains(*id, inner.refs, fx),
-            Err(_) => st.set_contains(ObjectId::default(), inner.refs, fx),
+    if !inner.refs.is_empty() || !inner.actors.is_empty() {
+        // Held by the new object while it lives (or let go at once if there is none).
+        let outer = put.as_ref().copied().unwrap_or_default();
+        rt.with_state(|st, fx| {
+            st.set_contains(outer, inner.refs, fx);
+            st.hold_actors_for(outer, inner.actors, fx);
         });
     }
     put.map(ObjectRef::from_id)

@@ -95,6 +95,8 @@ struct Rare {
     contains: Vec<ObjectId>,
     /// Owned objects: borrowers waiting for the value (answered when it is final).
     remote_waiters: Vec<(WorkerId, Arc<Conn>)>,
+    /// Owned objects: actors whose handles are inside its value, each held once for it.
+    actors: Vec<ActorId>,
 }
 
 impl ObjEntry {
@@ -194,12 +196,21 @@ pub(crate) struct Effects {
     pub releases: Vec<(ObjectId, u32)>,
 }
 
-/// What travels inside a task's argument values and must stay alive until the task is
-/// over: actor handles (held at the daemon) and refs (counted as `submitted`).
+/// What a reply says its value holds: refs, and handles of actors (with their labels).
+#[derive(Debug, Default)]
+pub(crate) struct Inside {
+    pub refs: Vec<ObjectId>,
+    pub actors: Vec<(ActorId, String)>,
+}
+
+/// What travels inside a value and must stay alive with it: actor handles (held at the
+/// daemon) and refs. For a task's arguments they are held until the task is over.
 #[derive(Debug, Default)]
 pub(crate) struct Exports {
     pub actors: Vec<ActorId>,
     pub refs: Vec<ObjectId>,
+    /// In a task's return value: the actors and their labels (the caller will hold them).
+    pub returned_actors: Vec<(ActorId, String)>,
 }
 
 /// Tunables the table needs.
@@ -339,7 +350,12 @@ impl OwnerState {
         {
             return None;
         }
-        let e = self.objects.remove(&id).expect("checked");
+        let mut e = self.objects.remove(&id).expect("checked");
+        if let Some(r) = &mut e.rare {
+            for a in std::mem::take(&mut r.actors) {
+                self.actor_handle_dropped(a, fx);
+            }
+        }
         if owned {
             if let ObjState::Ready(Ready::Stored { .. }) = e.state {
                 fx.to_node.push(ToNode::Free { objects: vec![id] });
@@ -625,15 +641,16 @@ impl OwnerState {
         Some(t)
     }
 
-    pub fn on_done(&mut self, task: TaskId, mut returns: Vec<Return>, contained: Vec<ObjectId>, fx: &mut Effects) {
+    pub fn on_done(&mut self, task: TaskId, mut returns: Vec<Return>, inside: Inside, fx: &mut Effects) {
         // Refs inside the value: held on its behalf from now on (see `resolve_with`).
-        let contained = self.pin_contained(contained);
+        let contained = self.pin_contained(inside.refs);
         let Some(t) = self.finish_push(task) else {
             // A task we gave up on (cancelled, failed over): drop what it stored.
             if let Some(Return::Stored { .. }) = returns.first() {
                 fx.to_node.push(ToNode::Free { objects: vec![ObjectId { task, index: 0 }] });
             }
             self.unpin_all(contained, fx);
+            self.returned_actors(ObjectId::default(), inside.actors, fx);
             return;
         };
         let state = match returns.pop() {
@@ -642,6 +659,7 @@ impl OwnerState {
             None => ObjState::Failed(Error::Serialization { detail: format!("task {} returned nothing", t.name) }),
         };
         self.resolve_with(t.ret, state, contained, fx);
+        self.returned_actors(t.ret, inside.actors, fx);
         self.task_over(&t, fx);
         self.after_reply(&t, fx);
     }
@@ -928,6 +946,35 @@ impl OwnerState {
         }
     }
 
+    /// `outer`'s value holds a handle of each of `actors` (each attached once for it already):
+    /// they are released when it is freed.
+    pub fn hold_actors_for(&mut self, outer: ObjectId, actors: Vec<ActorId>, fx: &mut Effects) {
+        if actors.is_empty() {
+            return;
+        }
+        match self.objects.get_mut(&outer) {
+            Some(e) => e.rare().actors.extend(actors),
+            None => {
+                for a in actors {
+                    self.actor_handle_dropped(a, fx);
+                }
+            }
+        }
+    }
+
+    /// A reply's value holds handles of these actors, which its worker had the daemon count
+    /// as held by this process: one more handle each, held by the value.
+    pub fn returned_actors(&mut self, outer: ObjectId, actors: Vec<(ActorId, String)>, fx: &mut Effects) {
+        let mut ids = Vec::with_capacity(actors.len());
+        for (a, label) in actors {
+            let c = self.actors.entry(a).or_insert_with(|| ActorClient::new(&label, 0, 0));
+            c.held += 1;
+            c.handles += 1;
+            ids.push(a);
+        }
+        self.hold_actors_for(outer, ids, fx);
+    }
+
     /// `put` made `outer`, whose value contains `refs` (each pinned once already).
     pub fn set_contains(&mut self, outer: ObjectId, refs: Vec<ObjectId>, fx: &mut Effects) {
         match self.objects.get_mut(&outer) {
@@ -1193,14 +1240,14 @@ impl OwnerState {
     /// A new handle of `actor` in this process. Returns true if the daemon must be told
     /// that this process now holds the actor (its first handle here).
     pub fn actor_attach(&mut self, actor: ActorId, label: &str) -> bool {
-        let c = self.actors.entry(actor).or_insert_with(|| ActorClient::new(label, false, 0));
+        let c = self.actors.entry(actor).or_insert_with(|| ActorClient::new(label, 0, 0));
         c.handles += 1;
-        !c.held
+        c.held == 0
     }
 
     pub fn actor_set_held(&mut self, actor: ActorId) {
         if let Some(c) = self.actors.get_mut(&actor) {
-            c.held = true;
+            c.held += 1;
         }
     }
 
@@ -1218,8 +1265,8 @@ impl OwnerState {
             return;
         }
         let c = self.actors.remove(&actor).expect("checked");
-        if c.held {
-            fx.to_node.push(ToNode::ReleaseActor { actor });
+        if c.held > 0 {
+            fx.to_node.push(ToNode::ReleaseActor { actor, count: c.held });
         }
         for id in c.ctor_args {
             if let Some(e) = self.objects.get_mut(&id) {
@@ -1246,7 +1293,7 @@ impl OwnerState {
         max_task_retries: u32,
         fx: &mut Effects,
     ) {
-        self.actors.insert(actor, ActorClient::new(label, true, max_task_retries));
+        self.actors.insert(actor, ActorClient::new(label, 1, max_task_retries));
         self.actors.get_mut(&actor).expect("inserted").handles = 1;
         let (task, _ret, failed) =
             self.register_task(class, Arc::from(label), args, Target::creation(actor, spec), exported, 0, 0, fx);
@@ -1272,7 +1319,7 @@ impl OwnerState {
     ) -> ObjectId {
         let retries = self.actors.get(&actor).map(|c| c.max_task_retries).unwrap_or(0);
         let (task, ret, failed) = self.register_task(method, name, args, Target::call(actor), exported, retries, 1, fx);
-        let c = self.actors.entry(actor).or_insert_with(|| ActorClient::new("actor", false, 0));
+        let c = self.actors.entry(actor).or_insert_with(|| ActorClient::new("actor", 0, 0));
         c.queue.push_back(task);
         match failed {
             Some(err) => self.fail_task(task, err, fx),
@@ -1472,8 +1519,9 @@ pub(crate) enum Located {
 struct ActorClient {
     /// Live handles in this process.
     handles: u32,
-    /// The daemon counts this process among the actor's holders.
-    held: bool,
+    /// Holds the daemon counts for this process (its own `HoldActor`s, and those a worker
+    /// made for it when returning a value with a handle in it); all end with the client.
+    held: u32,
     worker: Option<WorkerId>,
     conn: Option<Arc<Conn>>,
     resolving: bool,
@@ -1499,7 +1547,7 @@ struct ActorClient {
 }
 
 impl ActorClient {
-    fn new(label: &str, held: bool, max_task_retries: u32) -> ActorClient {
+    fn new(label: &str, held: u32, max_task_retries: u32) -> ActorClient {
         ActorClient {
             handles: 0,
             held,

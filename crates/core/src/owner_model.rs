@@ -204,7 +204,7 @@ fn run(ops: Vec<Op>) {
                     } else {
                         Return::Inline(vec![0])
                     };
-                    h.st.on_done(t.task, vec![ret], Vec::new(), &mut fx);
+                    h.st.on_done(t.task, vec![ret], Default::default(), &mut fx);
                     m.unfinished.retain(|x| x.task != t.task);
                 } else {
                     h.st.on_failed(t.task, TaskError::Cancelled, &mut fx);
@@ -228,7 +228,7 @@ fn run(ops: Vec<Op>) {
             m.stored.insert(t.ret);
         }
         let ret = if t.stored_return { Return::Stored { size: 10, node: NodeId(1) } } else { Return::Inline(vec![0]) };
-        h.st.on_done(t.task, vec![ret], Vec::new(), &mut fx);
+        h.st.on_done(t.task, vec![ret], Default::default(), &mut fx);
         m.unfinished.retain(|x| x.task != t.task);
         h.settle(fx);
         check(&h, &m, &all);

@@ -73,15 +73,20 @@ pub(crate) fn encoding_ref(id: ObjectId) {
     }
 }
 
-/// Called when an actor handle is encoded; true if the task will hold it (the caller then
-/// takes one more handle for it).
-pub(crate) fn encoding_actor(id: ActorId) -> bool {
+/// Called when an actor handle is encoded; true if the task or value will hold it (the
+/// caller then takes one more handle for it). In a return value it is recorded with its label,
+/// and the worker has the daemon count the caller as a holder before replying.
+pub(crate) fn encoding_actor(id: ActorId, label: &str) -> bool {
     ENCODING.with(|e| match e.borrow_mut().as_mut() {
-        Some((Mode::Args, x)) => {
+        Some((Mode::Args | Mode::Put, x)) => {
             x.actors.push(id);
             true
         }
-        _ => false,
+        Some((Mode::Return, x)) => {
+            x.returned_actors.push((id, label.to_string()));
+            false
+        }
+        None => false,
     })
 }
 

@@ -392,8 +392,9 @@ impl Runtime {
     fn worker_reader(&'static self, worker: WorkerId, mut reader: FrameReader<Stream>) {
         let reason = loop {
             match reader.read::<FromWorker>() {
-                Ok(FromWorker::Done { task, returns, contained }) => {
-                    self.with_state(|st, fx| st.on_done(task, returns, contained, fx))
+                Ok(FromWorker::Done { task, returns, contained, actors }) => {
+                    let inside = crate::owner::Inside { refs: contained, actors };
+                    self.with_state(|st, fx| st.on_done(task, returns, inside, fx))
                 }
                 Ok(FromWorker::Failed { task, error }) => self.with_state(|st, fx| st.on_failed(task, error, fx)),
                 Ok(FromWorker::Requeued { tasks }) => self.with_state(|st, fx| st.on_requeued(tasks, fx)),

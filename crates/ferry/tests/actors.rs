@@ -372,3 +372,43 @@ fn an_actor_no_node_can_host_fails_its_calls_with_the_reason() {
         other => panic!("expected ActorDied, got {other:?}"),
     }
 }
+
+#[test]
+fn a_handle_inside_a_put_value_keeps_the_actor_alive() {
+    cluster();
+    let c = Counter::remote(7).unwrap();
+    let boxed = ferry::put(vec![c.clone()]).unwrap();
+    drop(c);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(live_actors(), 1, "the put value holds the actor");
+    let handles: Vec<ActorHandle<Counter>> = ferry::get(&boxed).unwrap();
+    assert_eq!(ferry::get_timeout(&handles[0].incr(1), T).unwrap(), 8);
+    drop(handles);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(live_actors(), 1, "still held by the value");
+    drop(boxed);
+    eventually("the actor stops with the value", T, || live_actors() == 0);
+}
+
+#[ferry::remote]
+fn make_counter(start: i64) -> Vec<ActorHandle<Counter>> {
+    // The task's own handle goes when it returns: the caller must already hold the actor.
+    vec![Counter::remote(start).unwrap()]
+}
+
+#[test]
+fn a_handle_returned_from_a_task_is_held_by_the_caller() {
+    cluster();
+    let out = make_counter::remote(40);
+    ferry::wait(&[out.clone()], 1, Some(T)).unwrap();
+    // Give the worker's handle time to go before anyone decodes the value.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(live_actors(), 1);
+    let handles = ferry::get(&out).unwrap();
+    assert_eq!(ferry::get_timeout(&handles[0].incr(2), T).unwrap(), 42);
+    drop(out);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(live_actors(), 1, "the decoded handle holds it");
+    drop(handles);
+    eventually("the actor stops with the last handle", T, || live_actors() == 0);
+}

@@ -15,7 +15,7 @@ use crate::{Node, State};
 use ferry_proto::msg::{ActorId, ActorLocation, ActorSpec, FromNode};
 use ferry_proto::WorkerId;
 use ferry_sched::ConnId;
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 /// The scheduler connection id under which the daemon leases actors' workers.
 pub(crate) const ACTOR_CONN: ConnId = 0;
@@ -37,7 +37,10 @@ pub(crate) struct ActorRec {
     phase: Phase,
     incarnation: u32,
     restarts_left: u32,
-    holders: HashSet<ConnId>,
+    /// How many holds each process has (a process holds once per `HoldActor` or
+    /// `HoldActorFor`, and releases them together; a release may come before a hold made for
+    /// it by another process, so a count may be negative for a while).
+    holders: HashMap<ConnId, i64>,
     created: Option<(ConnId, u64)>,
     waiters: Vec<(ConnId, u64)>,
     killed: bool,
@@ -52,7 +55,7 @@ impl ActorRec {
             phase: Phase::Reserved,
             incarnation: 0,
             restarts_left: 0,
-            holders: HashSet::from([owner]),
+            holders: HashMap::from([(owner, 1)]),
             created: None,
             waiters: Vec::new(),
             killed: false,
@@ -220,16 +223,20 @@ impl Node {
             Some(rec) => match &rec.phase {
                 Phase::Dead { reason } => Some(reason.clone()),
                 _ => {
-                    rec.holders.insert(conn);
+                    *rec.holders.entry(conn).or_default() += 1;
                     None
                 }
             },
         }
     }
 
-    pub(crate) fn release_actor(&self, st: &mut State, conn: ConnId, actor: ActorId) {
+    pub(crate) fn release_actor(&self, st: &mut State, conn: ConnId, actor: ActorId, count: u32) {
         if let Some(rec) = st.actors.get_mut(&actor) {
-            rec.holders.remove(&conn);
+            let n = rec.holders.entry(conn).or_default();
+            *n -= count as i64;
+            if *n == 0 {
+                rec.holders.remove(&conn);
+            }
             if rec.holders.is_empty() && !rec.spec.as_ref().is_some_and(|s| s.detached) {
                 self.stop(st, actor, "every handle to it was dropped".into());
             }
@@ -303,7 +310,7 @@ impl Node {
         for actor in ids {
             let Some(rec) = st.actors.get_mut(&actor) else { continue };
             rec.waiters.retain(|(c, _)| *c != conn);
-            let was_holder = rec.holders.remove(&conn);
+            let was_holder = rec.holders.remove(&conn).is_some();
             let detached = rec.spec.as_ref().is_some_and(|s| s.detached);
             if rec.owner == conn && !detached {
                 self.stop(st, actor, "the process that created it exited".into());
@@ -316,7 +323,7 @@ impl Node {
     /// Tells the processes that hold the actor (they are the ones that may call it).
     fn tell_holders(&self, st: &State, actor: ActorId, msg: &FromNode) {
         let Some(rec) = st.actors.get(&actor) else { return };
-        for conn in &rec.holders {
+        for conn in rec.holders.keys() {
             self.send(st, *conn, msg);
         }
     }

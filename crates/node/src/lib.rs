@@ -435,7 +435,15 @@ impl Node {
                 let error = self.hold_actor(st, conn, actor);
                 self.send(st, conn, &FromNode::Ack { req, error });
             }
-            ToNode::ReleaseActor { actor } => self.release_actor(st, conn, actor),
+            ToNode::ReleaseActor { actor, count } => self.release_actor(st, conn, actor, count),
+            ToNode::HoldActorFor { req, actor, holder } => {
+                let target = st.conns.iter().find(|(_, c)| c.registered && c.from == holder).map(|(k, _)| *k);
+                let error = match target {
+                    Some(t) => self.hold_actor(st, t, actor),
+                    None => Some(format!("process {holder:?} is not connected")),
+                };
+                self.send(st, conn, &FromNode::Ack { req, error });
+            }
             ToNode::KillActor { actor } => self.kill_actor(st, actor),
             ToNode::ActorReady { actor, error } => {
                 let worker = st.conns.get(&conn).and_then(|c| c.worker);

@@ -130,8 +130,11 @@ pub enum ToNode {
     /// This process holds a handle of `actor` (the first one it holds). Answered by `Ack`
     /// (an error if the actor is unknown or dead).
     HoldActor { req: u64, actor: ActorId },
-    /// This process holds no handle of `actor` any more.
-    ReleaseActor { actor: ActorId },
+    /// This process holds no handle of `actor` any more: its `count` holds end.
+    ReleaseActor { actor: ActorId, count: u32 },
+    /// Counts process `holder` as holding `actor` once more (a task returns a value with a
+    /// handle in it: its caller holds the actor from now on). Answered by `Ack`.
+    HoldActorFor { req: u64, actor: ActorId, holder: WorkerId },
     /// Stop `actor` now, without restart.
     KillActor { actor: ActorId },
     /// From a worker told to `BecomeActor`: the constructor ran (or failed).
@@ -395,6 +398,9 @@ pub enum FromWorker {
         /// Refs inside the return value: the caller keeps them alive while the value lives.
         /// Those it does not own are already registered with their owners as borrowed by it.
         contained: Vec<ObjectId>,
+        /// Actors whose handles are inside the return value (with their labels): the daemon
+        /// already counts the caller as holding each once more, for the value.
+        actors: Vec<(ActorId, String)>,
     },
     Failed {
         task: TaskId,
