@@ -400,7 +400,7 @@ fn make_counter(start: i64) -> Vec<ActorHandle<Counter>> {
 fn a_handle_returned_from_a_task_is_held_by_the_caller() {
     cluster();
     let out = make_counter::remote(40);
-    ferry::wait(&[out.clone()], 1, Some(T)).unwrap();
+    ferry::wait(std::slice::from_ref(&out), 1, Some(T)).unwrap();
     // Give the worker's handle time to go before anyone decodes the value.
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(live_actors(), 1);
