@@ -20,6 +20,7 @@ import ray
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "anchors"))
 from bench_common import emit, info  # noqa: E402
+from ray_timing import timeit  # noqa: E402
 
 
 @ray.remote(num_cpus=0)
@@ -57,25 +58,6 @@ class Client:
         for s in self.servers:
             results.extend([s.small_value_arg.remote(x) for _ in range(n)])
         ray.get(results)
-
-
-def timeit(name, fn, multiplier=1):
-    start = time.perf_counter()
-    count = 0
-    while time.perf_counter() - start < 1:
-        fn()
-        count += 1
-    step = count // 10 + 1
-    rates = []
-    for _ in range(4):
-        start = time.perf_counter()
-        count = 0
-        while time.perf_counter() - start < 1:
-            for _ in range(step):
-                fn()
-            count += step
-        rates.append(multiplier * count / (time.perf_counter() - start))
-    emit(name, sum(rates) / len(rates), "calls/s")
 
 
 def tree_memory():

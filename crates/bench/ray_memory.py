@@ -25,27 +25,9 @@ import ray
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "anchors"))
 from bench_common import emit, info  # noqa: E402
+from ray_timing import timeit  # noqa: E402
 
 MIB = 1 << 20
-
-
-def timeit(name, f, multiplier=1):
-    start = time.perf_counter()
-    count = 0
-    while time.perf_counter() - start < 1:
-        f()
-        count += 1
-    step = count // 10 + 1
-    rates = []
-    for _ in range(4):
-        start = time.perf_counter()
-        count = 0
-        while time.perf_counter() - start < 1:
-            for _ in range(step):
-                f()
-            count += step
-        rates.append(multiplier * count / (time.perf_counter() - start))
-    emit(name, sum(rates) / len(rates), "calls/s")
 
 
 @ray.remote
