@@ -1,5 +1,5 @@
 //! The quickstart: typed remote tasks, nested tasks, refs as arguments, a large object in
-//! the shared-memory store, and `wait` — on an embedded local cluster.
+//! the shared-memory store, refs inside values, and `wait` — on an embedded local cluster.
 //!
 //! Run: `cargo run --release -p ferry --example quickstart`
 
@@ -25,6 +25,12 @@ fn checksum(data: Vec<u8>) -> u64 {
     data.iter().map(|b| *b as u64).sum()
 }
 
+/// Refs are values: this task receives refs unresolved, inside a `Vec`, and reads them.
+#[ferry::remote]
+fn total(parts: Vec<ObjectRef<i64>>) -> i64 {
+    ferry::get_all(&parts).unwrap().into_iter().sum()
+}
+
 #[ferry::main]
 fn main() -> ferry::Result<()> {
     let t = std::time::Instant::now();
@@ -45,6 +51,14 @@ fn main() -> ferry::Result<()> {
     assert_eq!(view.len(), 100 << 20);
     let sum = ferry::get(&checksum::remote(&big))?; // the task maps the same pages
     println!("100 MiB object: view of {} bytes, checksum {sum} computed by a worker", view.len());
+
+    let parts: Vec<ObjectRef<i64>> = (1..=4).map(|i| add::remote(i, i)).collect();
+    let sum = ferry::get(&total::remote(parts))?; // the task borrows the four refs
+    println!("total of refs passed inside a Vec: {sum}");
+    drop(view);
+    drop(big);
+    let m = ferry::memory_summary()?; // every object in the cluster, and why it is alive
+    println!("memory_summary: {} objects alive, {} bytes in the store", m.objects.len(), m.store_used_bytes);
 
     let (ready, pending) = ferry::wait(&[a, b], 1, Some(Duration::from_millis(10)))?;
     println!("wait: {} ready, {} pending", ready.len(), pending.len());
