@@ -10,6 +10,12 @@ use std::time::Duration;
 /// ```
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// Join the node at this address (`host:port`, from `ferry start`) instead of starting an
+    /// embedded one. Env: `FERRY_ADDRESS`.
+    pub address: Option<String>,
+    /// The cluster token (printed by `ferry start`). Env: `FERRY_TOKEN`. Default: read from
+    /// the node's token file on its host, or random for an embedded cluster.
+    pub token: Option<String>,
     /// CPUs of the embedded node (default: the machine's cores). Env: `FERRY_NUM_CPUS`.
     pub num_cpus: Option<usize>,
     /// Custom resources of the embedded node, e.g. `("gpu", 1.0)`.
@@ -52,6 +58,8 @@ fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            address: std::env::var("FERRY_ADDRESS").ok().filter(|a| !a.is_empty()),
+            token: std::env::var("FERRY_TOKEN").ok().filter(|t| !t.is_empty()),
             num_cpus: env("FERRY_NUM_CPUS"),
             resources: Vec::new(),
             inline_max_bytes: env("FERRY_INLINE_MAX_BYTES").unwrap_or(100 << 10),
@@ -83,6 +91,16 @@ impl Config {
     /// Sets the store's capacity in bytes.
     pub fn object_store_bytes(mut self, bytes: u64) -> Self {
         self.object_store_bytes = Some(bytes);
+        self
+    }
+    /// Joins the node at `address` (`host:port`) instead of starting an embedded one.
+    pub fn address(mut self, address: &str) -> Self {
+        self.address = Some(address.to_string());
+        self
+    }
+    /// Sets the cluster token.
+    pub fn token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_string());
         self
     }
     /// Sets the spill directory.

@@ -97,28 +97,50 @@ pub(crate) struct Runtime {
 impl Runtime {
     /// Connects to the node daemon, registers, and starts the runtime's threads.
     pub(crate) fn start(
-        id: Identity,
+        mut id: Identity,
         cfg: Config,
         embedded: Option<NodeHandle>,
         executor: Option<Arc<Executor>>,
     ) -> Result<&'static Runtime> {
-        let sock = peer_socket(&id.session_dir, id.me);
-        let listener = UnixListener::bind(&sock)
-            .map_err(|e| Error::Connection { detail: format!("cannot listen on {}: {e}", sock.display()) })?;
-        let listen = Addr::Unix(sock);
+        let bind = |dir: &std::path::Path| {
+            let sock = peer_socket(dir, id.me);
+            UnixListener::bind(&sock)
+                .map_err(|e| Error::Connection { detail: format!("cannot listen on {}: {e}", sock.display()) })
+        };
+        // Listening before registering: the daemon may lease a worker to an owner as soon as
+        // it registers. (A driver that joins by address learns the directory from the answer.)
+        let mut listener = match id.session_dir.as_os_str().is_empty() {
+            true => None,
+            false => Some(bind(&id.session_dir)?),
+        };
         let (conn, mut reader, node_id) = connect(&id.node_addr, &id.token, id.me, cfg.max_frame_bytes)
             .map_err(|e| Error::Connection { detail: format!("node daemon at {}: {e}", id.node_addr) })?;
         let conn = Arc::new(conn);
-        conn.send(&ToNode::Register { kind: id.kind, pid: std::process::id(), listen })
+        let listen = Addr::Unix(peer_socket(&id.session_dir, id.me));
+        let exe = match id.kind {
+            ProcKind::Driver => std::env::current_exe().ok(),
+            ProcKind::Worker => None,
+        };
+        conn.send(&ToNode::Register { kind: id.kind, pid: std::process::id(), listen, exe })
             .map_err(|e| Error::Connection { detail: e.to_string() })?;
         // Nothing that comes before the answer concerns a process that is not yet registered.
         loop {
             match reader.read::<FromNode>() {
-                Ok(FromNode::Registered { .. }) => break,
+                Ok(FromNode::Registered { session_dir, store_dir, spill_dir, .. }) => {
+                    // The node's directories (what a driver that joined by address did not know).
+                    id.session_dir = session_dir;
+                    id.store_dir = store_dir;
+                    id.spill_dir = spill_dir;
+                    break;
+                }
                 Ok(_) => continue,
                 Err(e) => return Err(Error::Connection { detail: format!("registration failed: {e}") }),
             }
         }
+        let listener = match listener.take() {
+            Some(l) => l,
+            None => bind(&id.session_dir)?,
+        };
         let limits = OwnerLimits {
             max_in_flight: cfg.max_tasks_in_flight_per_worker,
             max_pending_requests: cfg.max_pending_lease_requests.max(1),

@@ -8,7 +8,7 @@
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::runtime::{try_runtime, Identity, Runtime};
-use ferry_node::NodeOptions;
+use ferry_node::{NodeHandle, NodeOptions};
 use ferry_proto::ids::{random_bytes, random_u64};
 use ferry_proto::msg::{ProcKind, Shape};
 use ferry_proto::WorkerId;
@@ -45,47 +45,107 @@ fn cleanup_stale() {
     }
 }
 
-pub(crate) fn start_embedded(cfg: Config) -> Result<()> {
+/// A node's options and directories for `cfg`: workers run `program` (`None`: the first
+/// driver's), and it also listens on `tcp` if given.
+fn node_options(cfg: &Config, program: Option<PathBuf>, tcp: Option<String>) -> NodeOptions {
     cleanup_stale();
     let sid = format!("{}-{:08x}", std::process::id(), random_u64() as u32);
     let session_dir = std::env::temp_dir().join(format!("ferry-{sid}"));
     let spill_dir = cfg.spill_dir.clone().unwrap_or_else(|| session_dir.join("spill"));
     let store_dir = shm_root().join(format!("ferry-{sid}-store"));
-    let token: String = random_bytes(16).iter().map(|b| format!("{b:02x}")).collect();
+    let token = match &cfg.token {
+        Some(t) => t.clone(),
+        None => random_bytes(16).iter().map(|b| format!("{b:02x}")).collect(),
+    };
     let cpus = cfg.cpus();
-    let shape = Shape::with_resources(cpus as f64, &cfg.resources);
-    let exe =
-        std::env::current_exe().map_err(|e| Error::Connection { detail: format!("cannot find this program: {e}") })?;
-    let node = ferry_node::start(NodeOptions {
-        session_dir: session_dir.clone(),
-        store_dir: store_dir.clone(),
+    NodeOptions {
+        session_dir,
+        store_dir,
         store_capacity: cfg.store_bytes(),
-        spill_dir: Some(spill_dir.clone()),
-        token: token.clone(),
-        resources: shape,
+        spill_dir: Some(spill_dir),
+        token,
+        resources: Shape::with_resources(cpus as f64, &cfg.resources),
         pool: PoolOptions {
             prestart: cfg.prestart_workers.unwrap_or(cpus),
             max_workers: cfg.max_workers,
             idle_timeout: cfg.idle_worker_timeout,
         },
-        worker_program: exe,
+        worker_program: program,
+        tcp,
         worker_env: cfg.to_worker_env(),
         max_frame: cfg.max_frame_bytes,
-    })
-    .map_err(|e| Error::Connection { detail: format!("cannot start the node daemon: {e}") })?;
-    let me = WorkerId(random_u64());
+    }
+}
+
+/// Starts a node on its own (for `ferry start`): it listens on `tcp` too, and its workers
+/// run the binary of the first driver that joins. Returns the node and its token.
+pub fn start_node(cfg: &Config, tcp: &str) -> Result<(NodeHandle, String)> {
+    let opts = node_options(cfg, None, Some(tcp.to_string()));
+    let token = opts.token.clone();
+    let node = ferry_node::start(opts)
+        .map_err(|e| Error::Connection { detail: format!("cannot start the node daemon on {tcp}: {e}") })?;
+    Ok((node, token))
+}
+
+/// Where `ferry start` leaves the token of the node listening on `port` (readable by its user
+/// only), for drivers that join without `Config::token` or `FERRY_TOKEN`.
+pub fn token_file(port: u16) -> PathBuf {
+    std::env::temp_dir().join(format!("ferry-cluster-{port}.token"))
+}
+
+pub(crate) fn start_embedded(cfg: Config) -> Result<()> {
+    if let Some(address) = cfg.address.clone() {
+        return join(cfg, &address);
+    }
+    let exe =
+        std::env::current_exe().map_err(|e| Error::Connection { detail: format!("cannot find this program: {e}") })?;
+    let opts = node_options(&cfg, Some(exe), None);
+    let (token, store_dir, session_dir, spill_dir) =
+        (opts.token.clone(), opts.store_dir.clone(), opts.session_dir.clone(), opts.spill_dir.clone());
+    let node = ferry_node::start(opts)
+        .map_err(|e| Error::Connection { detail: format!("cannot start the node daemon: {e}") })?;
     let id = Identity {
-        me,
+        me: WorkerId(random_u64()),
         kind: ProcKind::Driver,
         token,
         node_addr: node.addr(),
         store_dir,
-        session_dir: session_dir.clone(),
-        spill_dir: Some(spill_dir),
+        session_dir,
+        spill_dir,
     };
     Runtime::start(id, cfg, Some(node), None)?;
     // SAFETY: registering a plain extern "C" function.
     unsafe { libc::atexit(exit_cleanup) };
+    Ok(())
+}
+
+/// Joins a node that runs on its own (`ferry start`) at `address` (`host:port`).
+fn join(cfg: Config, address: &str) -> Result<()> {
+    let token = match &cfg.token {
+        Some(t) => t.clone(),
+        None => {
+            let port = address.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).unwrap_or(0);
+            let file = token_file(port);
+            std::fs::read_to_string(&file).map(|t| t.trim().to_string()).map_err(|e| Error::Connection {
+                detail: format!(
+                    "no cluster token: set Config::token or FERRY_TOKEN to the token `ferry start` printed \
+                     (or run on the node's host, where it is in {}: {e})",
+                    file.display()
+                ),
+            })?
+        }
+    };
+    let id = Identity {
+        me: WorkerId(random_u64()),
+        kind: ProcKind::Driver,
+        token,
+        node_addr: ferry_proto::Addr::Tcp(address.to_string()),
+        // Learnt from the node when registering.
+        store_dir: PathBuf::new(),
+        session_dir: PathBuf::new(),
+        spill_dir: None,
+    };
+    Runtime::start(id, cfg, None, None)?;
     Ok(())
 }
 

@@ -97,6 +97,7 @@ fn raw_worker() -> (Conn, FrameReader<Stream>, Conn) {
         kind: ferry_proto::msg::ProcKind::Driver,
         pid: std::process::id(),
         listen: ferry_proto::Addr::Unix("/nonexistent".into()),
+        exe: None,
     })
     .unwrap();
     assert!(matches!(node_rx.read::<FromNode>().unwrap(), FromNode::Registered { .. }));
@@ -165,6 +166,7 @@ fn garbage_and_oversized_frames_close_only_that_connection() {
         kind: ferry_proto::msg::ProcKind::Worker,
         pid: 1,
         listen: ferry_proto::Addr::Unix("/x".into()),
+        exe: None,
     })
     .unwrap();
     assert!(rx.read::<FromNode>().is_err(), "an unexpected worker registration closes the connection");
@@ -316,6 +318,7 @@ fn a_peer_that_stops_reading_cannot_stall_the_daemon() {
         kind: ferry_proto::msg::ProcKind::Driver,
         pid: std::process::id(),
         listen: ferry_proto::Addr::Unix("/nonexistent".into()),
+        exe: None,
     })
     .unwrap();
     // Ask for far more answers than a socket buffer holds, and read none of them.

@@ -57,7 +57,12 @@ pub struct NodeOptions {
     pub resources: Shape,
     pub pool: PoolOptions,
     /// The program started in worker mode (the job's own binary).
-    pub worker_program: PathBuf,
+    /// `None` for a node started on its own: the first driver to register gives its own
+    /// executable (workers run the job's binary).
+    pub worker_program: Option<PathBuf>,
+    /// Also listen on this TCP address (`host:port`; port 0 picks one), for drivers and tools
+    /// that join by address.
+    pub tcp: Option<String>,
     /// Extra environment for workers (the job's configuration).
     pub worker_env: Vec<(String, String)>,
     pub max_frame: u32,
@@ -124,9 +129,22 @@ struct Node {
     spawn_tx: Mutex<mpsc::Sender<SpawnCmd>>,
     /// Wakes the spill thread (`None` stops it).
     spill_tx: Mutex<mpsc::Sender<Option<()>>>,
+    /// The program workers run (set by the first driver on a node started on its own).
+    program: Mutex<Option<PathBuf>>,
+    /// The scheduler's first actions (prestarting workers), held until there is a program.
+    deferred: Mutex<Vec<Action>>,
+    /// Set when a client asks the node to stop.
+    stop_requested: (Mutex<bool>, std::sync::Condvar),
+    tcp_addr: Option<std::net::SocketAddr>,
     stopping: AtomicBool,
     /// Pids of live workers, for the last-resort cleanup at process exit.
     pids: Mutex<HashMap<WorkerId, u32>>,
+}
+
+impl Node {
+    fn program(&self) -> Option<PathBuf> {
+        self.program.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// A running daemon.
@@ -153,7 +171,16 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
     let sock = opts.session_dir.join("node.sock");
     let _ = std::fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock)?;
+    let tcp = match &opts.tcp {
+        Some(a) => Some(std::net::TcpListener::bind(a)?),
+        None => None,
+    };
+    let tcp_addr = match &tcp {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
     let (sched, actions) = Scheduler::new(&opts.resources, opts.pool.clone());
+    let program = opts.worker_program.clone();
     let (spawn_tx, spawn_rx) = mpsc::channel();
     let (spill_tx, spill_rx) = mpsc::channel();
     let node = Arc::new(Node {
@@ -176,6 +203,10 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
         opts,
         spawn_tx: Mutex::new(spawn_tx),
         spill_tx: Mutex::new(spill_tx),
+        program: Mutex::new(program),
+        deferred: Mutex::new(Vec::new()),
+        stop_requested: (Mutex::new(false), std::sync::Condvar::new()),
+        tcp_addr,
         stopping: AtomicBool::new(false),
         pids: Mutex::new(HashMap::new()),
     });
@@ -184,12 +215,19 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
     threads.push(thread::Builder::new().name("ferry-spawner".into()).spawn(move || spawner(n, spawn_rx))?);
     let n = node.clone();
     threads.push(thread::Builder::new().name("ferry-spill".into()).spawn(move || spiller(n, spill_rx))?);
-    {
+    if node.program().is_some() {
         let mut st = node.lock();
         node.apply(&mut st, actions);
+    } else {
+        // Nothing to start workers from until a driver joins.
+        *node.deferred.lock().unwrap_or_else(|e| e.into_inner()) = actions;
     }
     let n = node.clone();
     threads.push(thread::Builder::new().name("ferry-accept".into()).spawn(move || accept_loop(n, listener))?);
+    if let Some(l) = tcp {
+        let n = node.clone();
+        threads.push(thread::Builder::new().name("ferry-accept-tcp".into()).spawn(move || tcp_accept_loop(n, l))?);
+    }
     Ok(NodeHandle { node, threads })
 }
 
@@ -200,6 +238,18 @@ impl NodeHandle {
     }
     pub fn id(&self) -> NodeId {
         self.node.id
+    }
+    /// The TCP address it listens on, if any.
+    pub fn tcp_addr(&self) -> Option<std::net::SocketAddr> {
+        self.node.tcp_addr
+    }
+    /// Blocks until a client asks the node to stop (`ToNode::StopNode`).
+    pub fn wait_for_stop_request(&self) {
+        let (m, cv) = &self.node.stop_requested;
+        let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
+        while !*g {
+            g = cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
     }
     pub fn stats(&self) -> NodeStats {
         let st = self.node.lock();
@@ -223,6 +273,9 @@ impl NodeHandle {
         let _ = self.node.spill_tx.lock().unwrap_or_else(|e| e.into_inner()).send(None);
         // Wake the accept loop so it sees `stopping`.
         let _ = std::os::unix::net::UnixStream::connect(self.node.opts.session_dir.join("node.sock"));
+        if let Some(a) = self.node.tcp_addr {
+            let _ = std::net::TcpStream::connect(a);
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -351,7 +404,14 @@ impl Node {
             (_, true) => {}
         }
         match msg {
-            ToNode::Register { kind, pid: _, listen } => {
+            ToNode::Register { kind, pid: _, listen, exe } => {
+                let registered = FromNode::Registered {
+                    node: self.id,
+                    worker: st.conns.get(&conn).map(|c| c.from).unwrap_or_default(),
+                    session_dir: self.opts.session_dir.clone(),
+                    store_dir: self.opts.store_dir.clone(),
+                    spill_dir: self.opts.spill_dir.clone(),
+                };
                 let Some(info) = st.conns.get_mut(&conn) else {
                     return Ok(());
                 };
@@ -365,12 +425,25 @@ impl Node {
                         info.worker = Some(w);
                         st.workers.insert(w, (conn, listen));
                         // The registration is answered before anything is asked of the worker.
-                        self.send(st, conn, &FromNode::Registered { node: self.id, worker: w });
+                        self.send(st, conn, &registered);
                         let actions = st.sched.worker_registered(w, Instant::now());
                         self.apply(st, actions);
                     }
-                    ProcKind::Driver => self.send(st, conn, &FromNode::Registered { node: self.id, worker: w }),
+                    ProcKind::Driver => {
+                        self.send(st, conn, &registered);
+                        // A node started on its own runs the first job's binary.
+                        if let Some(exe) = exe.filter(|_| self.program().is_none()) {
+                            *self.program.lock().unwrap_or_else(|e| e.into_inner()) = Some(exe);
+                            let actions = std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()));
+                            self.apply(st, actions);
+                        }
+                    }
                 }
+            }
+            ToNode::StopNode => {
+                let (m, cv) = &self.stop_requested;
+                *m.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                cv.notify_all();
             }
             ToNode::RequestLease { req, shape, depth } => {
                 let actions = st.sched.request(conn, req, shape, depth);
@@ -525,6 +598,18 @@ fn spiller(node: Arc<Node>, rx: mpsc::Receiver<Option<()>>) {
     }
 }
 
+fn tcp_accept_loop(node: Arc<Node>, listener: std::net::TcpListener) {
+    for stream in listener.incoming() {
+        if node.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(stream) = stream else { continue };
+        let _ = stream.set_nodelay(true);
+        let n = node.clone();
+        let _ = thread::Builder::new().name("ferry-node-conn".into()).spawn(move || serve_conn(n, Stream::Tcp(stream)));
+    }
+}
+
 fn accept_loop(node: Arc<Node>, listener: UnixListener) {
     for stream in listener.incoming() {
         if node.stopping.load(Ordering::SeqCst) {
@@ -607,7 +692,8 @@ fn spawner(node: Arc<Node>, rx: mpsc::Receiver<SpawnCmd>) {
                         children.insert(w, child);
                     }
                     Err(e) => {
-                        eprintln!("ferry-node: cannot start a worker ({}): {e}", node.opts.worker_program.display());
+                        let program = node.program().map(|p| p.display().to_string()).unwrap_or_default();
+                        eprintln!("ferry-node: cannot start a worker ({program}): {e}");
                         let mut st = node.lock();
                         let actions = st.sched.worker_start_failed();
                         node.apply(&mut st, actions);
@@ -668,7 +754,8 @@ fn spawn_worker(node: &Node) -> io::Result<(WorkerId, Child)> {
     let w = WorkerId(ferry_proto::ids::random_u64());
     node.lock().expected.insert(w);
     let o = &node.opts;
-    let mut cmd = Command::new(&o.worker_program);
+    let program = node.program().ok_or_else(|| io::Error::other("no job has joined: no worker program yet"))?;
+    let mut cmd = Command::new(program);
     cmd.env(WORKER, "1")
         .env(WORKER_ID, w.0.to_string())
         .env(NODE_SOCKET, o.session_dir.join("node.sock"))

@@ -100,7 +100,9 @@ pub enum ProcKind {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ToNode {
     /// First message after the handshake. `listen` is where owners reach this process.
-    Register { kind: ProcKind, pid: u32, listen: Addr },
+    /// `exe`: a driver's own executable, which workers run (a node started on its own takes
+    /// it from the first driver that joins).
+    Register { kind: ProcKind, pid: u32, listen: Addr, exe: Option<std::path::PathBuf> },
     /// Ask for a worker for tasks of `shape` at nesting `depth` (the driver's tasks are at
     /// depth 1). Answered by `LeaseGranted` or `LeaseInfeasible`.
     RequestLease { req: u64, shape: Shape, depth: u32 },
@@ -141,6 +143,8 @@ pub enum ToNode {
     ActorReady { actor: ActorId, error: Option<String> },
     /// What the node knows of processes and stored objects (for `memory_summary`).
     Inventory { req: u64 },
+    /// Asks a node started on its own (`ferry start`) to stop.
+    StopNode,
 }
 
 /// Identifies an actor across the cluster and its restarts.
@@ -215,6 +219,10 @@ pub enum FromNode {
     Registered {
         node: NodeId,
         worker: WorkerId,
+        /// The node's directories (a driver that joined by address learns them here).
+        session_dir: std::path::PathBuf,
+        store_dir: std::path::PathBuf,
+        spill_dir: Option<std::path::PathBuf>,
     },
     LeaseGranted {
         req: u64,

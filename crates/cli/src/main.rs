@@ -1,0 +1,264 @@
+//! `ferry`: start a node on its own, see its state, stop it. A thin shell over
+//! `ferry_core::__private::start_node` and the node's wire protocol.
+//!
+//! ```text
+//! ferry start --head [--host H] [--port P] [--num-cpus N] [--resources k=v,..] [--block]
+//! ferry status [--address H:P] [--token T]
+//! ferry stop   [--address H:P] [--token T]
+//! ```
+//! Drivers join with `ferry::init(Config::default().address("H:P"))` or `FERRY_ADDRESS`.
+
+use clap::{Parser, Subcommand};
+use ferry_proto::conn::connect;
+use ferry_proto::msg::{FromNode, ProcKind, ToNode};
+use ferry_proto::{Addr, WorkerId};
+use std::io::{BufRead, BufReader};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+const DEFAULT_PORT: u16 = 6380;
+
+#[derive(Parser)]
+#[command(name = "ferry", version, about = "Start, inspect and stop ferry nodes")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start a node on this host. Its workers run the binary of the first driver that joins.
+    Start {
+        /// Start the head node (the only kind there is until clusters of several hosts).
+        #[arg(long)]
+        head: bool,
+        /// Join the head at HOST:PORT (not built yet).
+        #[arg(long)]
+        address: Option<String>,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Port to listen on (0 picks a free one).
+        #[arg(long, default_value_t = DEFAULT_PORT)]
+        port: u16,
+        /// CPUs to offer (default: the machine's cores).
+        #[arg(long)]
+        num_cpus: Option<usize>,
+        /// Custom resources, e.g. `gpu=1,disk=2`.
+        #[arg(long)]
+        resources: Option<String>,
+        /// Store capacity in bytes (default 30% of RAM).
+        #[arg(long)]
+        object_store_bytes: Option<u64>,
+        /// Stay in the foreground until `ferry stop`.
+        #[arg(long)]
+        block: bool,
+    },
+    /// Show a node's resources, workers, actors and store.
+    Status {
+        #[arg(long)]
+        address: Option<String>,
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// Stop a node and every worker it started.
+    Stop {
+        #[arg(long)]
+        address: Option<String>,
+        #[arg(long)]
+        token: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Start { head, address, host, port, num_cpus, resources, object_store_bytes, block } => {
+            if !head || address.is_some() {
+                Err("only `ferry start --head` exists yet: nodes that join a head come with the control store".into())
+            } else if block {
+                start_blocking(&host, port, num_cpus, resources.as_deref(), object_store_bytes)
+            } else {
+                start_background()
+            }
+        }
+        Cmd::Status { address, token } => status(&address_or_default(address), token),
+        Cmd::Stop { address, token } => stop(&address_or_default(address), token),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn address_or_default(a: Option<String>) -> String {
+    a.or_else(|| std::env::var("FERRY_ADDRESS").ok()).unwrap_or_else(|| format!("127.0.0.1:{DEFAULT_PORT}"))
+}
+
+fn parse_resources(s: &str) -> Result<Vec<(String, f64)>, String> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').ok_or_else(|| format!("resource {p:?} is not name=amount"))?;
+            let v: f64 = v.trim().parse().map_err(|_| format!("resource {p:?}: {v:?} is not a number"))?;
+            Ok((k.trim().to_string(), v))
+        })
+        .collect()
+}
+
+/// Runs the node in this process until `ferry stop`.
+fn start_blocking(
+    host: &str,
+    port: u16,
+    cpus: Option<usize>,
+    resources: Option<&str>,
+    store: Option<u64>,
+) -> Result<(), String> {
+    let mut cfg = ferry::Config::default();
+    if let Some(n) = cpus {
+        cfg = cfg.num_cpus(n);
+    }
+    for (k, v) in parse_resources(resources.unwrap_or(""))? {
+        cfg = cfg.resource(&k, v);
+    }
+    if let Some(b) = store {
+        cfg = cfg.object_store_bytes(b);
+    }
+    let (node, token) = ferry::__private::start_node(&cfg, &format!("{host}:{port}")).map_err(|e| e.to_string())?;
+    let addr = node.tcp_addr().ok_or("the node has no TCP address")?;
+    let file = ferry::__private::token_file(addr.port());
+    write_private(&file, &token).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    println!("ferry: node started (pid {})", std::process::id());
+    println!("address: {addr}");
+    println!("token: {token}");
+    println!("join with: ferry::init(ferry::Config::default().address(\"{addr}\")), or FERRY_ADDRESS={addr}");
+    println!("the token is in {} (or give FERRY_TOKEN)", file.display());
+    println!("ready");
+    node.wait_for_stop_request();
+    let _ = std::fs::remove_file(&file);
+    node.shutdown();
+    Ok(())
+}
+
+fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(contents.as_bytes())
+}
+
+/// Starts `ferry start ... --block` in the background (its own session) and returns once it
+/// is ready, passing on what it printed.
+fn start_background() -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    args.push("--block".into());
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(&args).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped());
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe; the node must outlive this terminal session.
+    unsafe {
+        cmd.pre_exec(|| {
+            if ferry_sys_setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start the node: {e}"))?;
+    let out = child.stdout.take().ok_or("no output from the node")?;
+    for line in BufReader::new(out).lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        if line == "ready" {
+            return Ok(());
+        }
+        println!("{line}");
+    }
+    Err(format!("the node exited before it was ready ({:?})", child.wait().ok()))
+}
+
+fn ferry_sys_setsid() -> i32 {
+    extern "C" {
+        fn setsid() -> i32;
+    }
+    // SAFETY: plain syscall.
+    unsafe { setsid() }
+}
+
+/// Connects to the node at `address` as a tool (a driver that runs nothing).
+fn node_conn(
+    address: &str,
+    token: Option<String>,
+) -> Result<(ferry_proto::Conn, ferry_proto::FrameReader<ferry_proto::Stream>), String> {
+    let token = match token.or_else(|| std::env::var("FERRY_TOKEN").ok()) {
+        Some(t) => t,
+        None => {
+            let port = address.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).unwrap_or(0);
+            let file = ferry::__private::token_file(port);
+            std::fs::read_to_string(&file)
+                .map(|t| t.trim().to_string())
+                .map_err(|e| format!("no token: give --token or FERRY_TOKEN ({}: {e})", file.display()))?
+        }
+    };
+    let me = WorkerId(std::process::id() as u64 | 0xfe00_0000_0000_0000);
+    let (conn, mut rx, _) = connect(&Addr::Tcp(address.to_string()), &token, me, 1 << 24)
+        .map_err(|e| format!("cannot reach the node at {address}: {e}"))?;
+    conn.send(&ToNode::Register {
+        kind: ProcKind::Driver,
+        pid: std::process::id(),
+        listen: Addr::Tcp(String::new()),
+        exe: None,
+    })
+    .map_err(|e| e.to_string())?;
+    loop {
+        match rx.read::<FromNode>() {
+            Ok(FromNode::Registered { .. }) => return Ok((conn, rx)),
+            Ok(_) => continue,
+            Err(e) => return Err(format!("the node closed the connection: {e}")),
+        }
+    }
+}
+
+fn status(address: &str, token: Option<String>) -> Result<(), String> {
+    let (conn, mut rx) = node_conn(address, token)?;
+    conn.send(&ToNode::Stats { req: 1 }).map_err(|e| e.to_string())?;
+    let stats = loop {
+        match rx.read::<FromNode>() {
+            Ok(FromNode::Stats { stats, .. }) => break stats,
+            Ok(_) => continue,
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    let mb = |b: u64| b as f64 / (1 << 20) as f64;
+    println!("node {} at {address}: alive", stats.node.map(|n| n.to_string()).unwrap_or_default());
+    println!("  resources: {} available of {}", stats.available, stats.total);
+    println!("  workers:   {} ({} idle, {} leased)", stats.workers, stats.idle_workers, stats.leased_workers);
+    println!("  actors:    {}", stats.actors);
+    println!(
+        "  store:     {} objects, {:.1} of {:.1} MiB in memory; {} objects, {:.1} MiB spilled",
+        stats.store_objects,
+        mb(stats.store_used_bytes),
+        mb(stats.store_capacity_bytes),
+        stats.spilled_objects,
+        mb(stats.spilled_bytes)
+    );
+    println!("  waiting lease requests: {}", stats.pending_lease_requests);
+    Ok(())
+}
+
+fn stop(address: &str, token: Option<String>) -> Result<(), String> {
+    let (conn, _rx) = node_conn(address, token)?;
+    conn.send(&ToNode::StopNode).map_err(|e| e.to_string())?;
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        if std::net::TcpStream::connect(address).is_err() {
+            println!("ferry: node at {address} stopped");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("the node at {address} did not stop within 20 s"))
+}
