@@ -1,0 +1,132 @@
+//! Hosts for multi-host tests, made of Linux network namespaces on this machine: each host
+//! is a namespace with its own address on a private bridge (veth pairs), so processes in it
+//! reach the others only through the network, as on separate machines. The filesystem is
+//! still shared.
+//!
+//! [`Hosts::new`] builds them (root needed) and `Drop` removes every namespace, link and bridge
+//! it made, also when the test panics. Names carry this process's pid, so hosts left by a
+//! killed test run are recognised and removed by the next one.
+
+use std::process::{Command, Output};
+
+/// Namespace names start with this, then `<pid>-<n>-<host>`.
+const PREFIX: &str = "ferryns-";
+
+/// A set of network-namespace hosts on one bridge.
+#[derive(Debug)]
+pub struct Hosts {
+    tag: String,
+    bridge: String,
+    names: Vec<String>,
+    addrs: Vec<String>,
+}
+
+fn ip(args: &[&str]) -> Result<Output, String> {
+    let out = Command::new("ip").args(args).output().map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// Removes namespaces and bridges left by test processes that no longer exist.
+fn cleanup_stale() {
+    let Ok(out) = ip(&["netns", "list"]) else { return };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let Some(rest) = name.strip_prefix(PREFIX) else { continue };
+        let Some(pid) = rest.split('-').next() else { continue };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = ip(&["netns", "del", name]);
+            let parts: Vec<&str> = rest.split('-').collect();
+            if parts.len() >= 2 {
+                let _ = ip(&["link", "del", &bridge_name(parts[0], parts[1])]);
+            }
+        }
+    }
+}
+
+fn bridge_name(pid: &str, n: &str) -> String {
+    // Interface names are at most 15 bytes.
+    format!("fb{}", &format!("{pid}{n}")[..format!("{pid}{n}").len().min(13)])
+}
+
+impl Hosts {
+    /// Makes `n` hosts (at most 200), with addresses `10.<a>.<b>.<1..=n>/24` on a bridge of
+    /// their own.
+    pub fn new(n: usize) -> Result<Hosts, String> {
+        assert!((1..=200).contains(&n));
+        cleanup_stale();
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let pid = std::process::id();
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("{pid}-{k}");
+        let bridge = bridge_name(&pid.to_string(), &k.to_string());
+        // A /24 of 10.0.0.0/8 that depends on the pid, so concurrent test processes differ.
+        let (a, b) = (1 + (pid / 251) % 250, (pid % 251) as u8 ^ (k as u8).wrapping_mul(37));
+        let mut hosts = Hosts { tag, bridge: bridge.clone(), names: Vec::new(), addrs: Vec::new() };
+        ip(&["link", "add", &bridge, "type", "bridge"])?;
+        ip(&["link", "set", &bridge, "up"])?;
+        for i in 0..n {
+            let name = format!("{PREFIX}{}-{i}", hosts.tag);
+            ip(&["netns", "add", &name])?;
+            hosts.names.push(name.clone());
+            let outer = format!("fv{pid}x{k}x{i}");
+            let inner = format!("fp{pid}x{k}x{i}");
+            let (outer, inner) = (outer[..outer.len().min(15)].to_string(), inner[..inner.len().min(15)].to_string());
+            ip(&["link", "add", &outer, "type", "veth", "peer", "name", &inner])?;
+            ip(&["link", "set", &inner, "netns", &name])?;
+            ip(&["link", "set", &outer, "master", &bridge])?;
+            ip(&["link", "set", &outer, "up"])?;
+            let addr = format!("10.{a}.{b}.{}", i + 1);
+            ip(&["-n", &name, "addr", "add", &format!("{addr}/24"), "dev", &inner])?;
+            ip(&["-n", &name, "link", "set", &inner, "up"])?;
+            ip(&["-n", &name, "link", "set", "lo", "up"])?;
+            hosts.addrs.push(addr);
+        }
+        Ok(hosts)
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Host `i`'s address.
+    pub fn addr(&self, i: usize) -> &str {
+        &self.addrs[i]
+    }
+
+    /// Host `i`'s namespace name.
+    pub fn name(&self, i: usize) -> &str {
+        &self.names[i]
+    }
+
+    /// A command that runs `program` on host `i`.
+    pub fn command(&self, i: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.names[i]]).arg(program);
+        c
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for n in &self.names {
+            // Deleting a namespace deletes the veth end in it, and so its pair.
+            let _ = ip(&["netns", "del", n]);
+        }
+        let _ = ip(&["link", "del", &self.bridge]);
+    }
+}
+
+/// Whether a namespace of this name exists.
+pub fn netns_exists(name: &str) -> bool {
+    ip(&["netns", "list"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.split_whitespace().next() == Some(name)))
+        .unwrap_or(false)
+}
