@@ -194,6 +194,9 @@ impl Executor {
 
     fn run_one(&self, rt: &'static Runtime, conn: &Conn, spec: &TaskSpec) {
         rt.lock().depth = spec.depth + 1;
+        if self.actor.get().is_none() {
+            crate::logs::set_label(spec.function.rsplit("::").next().unwrap_or(&spec.function));
+        }
         CURRENT.with(|c| c.set(Some(spec.task)));
         let reply = execute(rt, spec, self.actor.get().map(|h| &h.instance));
         CURRENT.with(|c| c.set(None));
@@ -203,6 +206,7 @@ impl Executor {
     /// Runs the actor's constructor; on success this worker serves its calls from now on,
     /// on `max_concurrency` threads.
     fn construct(self: &Arc<Self>, rt: &'static Runtime, actor: ActorId, spec: ActorSpec) {
+        crate::logs::set_label(spec.class.rsplit("::").next().unwrap_or(&spec.class));
         let mut is_async = false;
         let result = (|| {
             let class = registry::lookup_class(&spec.class)

@@ -18,6 +18,7 @@ mod codec;
 mod config;
 mod error;
 mod executor;
+mod logs;
 mod memory;
 mod owner;
 #[cfg(test)]

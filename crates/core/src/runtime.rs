@@ -338,6 +338,7 @@ impl Runtime {
                     }
                 }),
                 FromNode::Inventory { req, .. } => self.answer_call(req, msg),
+                FromNode::Log { node, stderr, lines } => print_log(node != self.node_id, node, stderr, &lines),
                 FromNode::ActorDied { actor, reason, restarting } => {
                     self.with_state(|st, fx| st.on_actor_died(actor, &reason, restarting, fx))
                 }
@@ -779,4 +780,25 @@ pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
 /// Where process `id` of a session listens.
 pub(crate) fn peer_socket(session_dir: &std::path::Path, id: WorkerId) -> std::path::PathBuf {
     session_dir.join(format!("p-{id}.sock"))
+}
+
+/// Shows lines that tasks printed, as they came (each starts with `(task pid=N)`); lines from
+/// another node also name it.
+fn print_log(remote: bool, node: NodeId, stderr: bool, lines: &[String]) {
+    use std::io::Write;
+    let mut text = String::new();
+    for l in lines {
+        match (remote, l.strip_prefix('(')) {
+            (true, Some(rest)) => text.push_str(&format!("(node={} {rest}\n", &node.to_string()[..8])),
+            _ => {
+                text.push_str(l);
+                text.push('\n');
+            }
+        }
+    }
+    let _ = if stderr {
+        std::io::stderr().write_all(text.as_bytes())
+    } else {
+        std::io::stdout().write_all(text.as_bytes())
+    };
 }

@@ -59,5 +59,6 @@ pub(crate) fn main() -> ! {
             std::process::exit(1);
         }
     };
+    crate::logs::capture(rt);
     exec.run(rt)
 }

@@ -440,6 +440,15 @@ impl Node {
                     }
                 }
             }
+            ToNode::Log { stderr, lines } => {
+                // Every driver of the node sees its tasks' output (one job per node for now).
+                let drivers: Vec<ConnId> =
+                    st.conns.iter().filter(|(_, c)| c.registered && c.worker.is_none()).map(|(k, _)| *k).collect();
+                let msg = FromNode::Log { node: self.id, stderr, lines };
+                for d in drivers {
+                    self.send(st, d, &msg);
+                }
+            }
             ToNode::StopNode => {
                 let (m, cv) = &self.stop_requested;
                 *m.lock().unwrap_or_else(|e| e.into_inner()) = true;

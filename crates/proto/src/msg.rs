@@ -145,6 +145,9 @@ pub enum ToNode {
     Inventory { req: u64 },
     /// Asks a node started on its own (`ferry start`) to stop.
     StopNode,
+    /// Lines a worker's tasks printed (`stderr`: on standard error), each already prefixed
+    /// with the task or actor and the process; the daemon passes them to the drivers.
+    Log { stderr: bool, lines: Vec<String> },
 }
 
 /// Identifies an actor across the cluster and its restarts.
@@ -282,6 +285,12 @@ pub enum FromNode {
     Stats {
         req: u64,
         stats: NodeStats,
+    },
+    /// Lines printed by tasks of this node's workers, to show on the driver's terminal.
+    Log {
+        node: NodeId,
+        stderr: bool,
+        lines: Vec<String>,
     },
     /// These objects of yours were spilled to disk: drop your mappings of them so that
     /// their memory is freed.
