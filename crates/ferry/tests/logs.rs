@@ -16,6 +16,7 @@ fn shout(word: String) -> u32 {
 }
 
 #[ferry::actor]
+#[derive(Default)]
 pub struct Talker;
 
 #[ferry::actor]
