@@ -2,8 +2,8 @@
 //! processes and TCP on loopback. This test binary is also the job: the node runs its workers
 //! from it.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use ferry_testkit::Head;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(30);
@@ -18,47 +18,16 @@ fn pid() -> u32 {
     std::process::id()
 }
 
-/// The head node, killed if the test fails before `ferry stop`.
-struct Head(Child);
-
-impl Drop for Head {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn ferry_cmd(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_ferry")).args(args).output().expect("run ferry")
 }
 
 #[test]
 fn a_driver_joins_a_node_started_by_the_cli_and_the_cli_sees_and_stops_it() {
-    let mut head = Head(
-        Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(["start", "--head", "--port", "0", "--num-cpus", "2", "--block"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the head"),
-    );
-    // Its first lines say where it listens and with what token.
-    let out = head.0.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let (mut address, mut token) = (String::new(), String::new());
-    while address.is_empty() || token.is_empty() {
-        let line = rx.recv_timeout(T).expect("the head prints its address and token");
-        if let Some(a) = line.strip_prefix("address: ") {
-            address = a.to_string();
-        }
-        if let Some(t) = line.strip_prefix("token: ") {
-            token = t.to_string();
-        }
-    }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args(["start", "--head", "--port", "0", "--num-cpus", "2", "--block"]);
+    let mut head = Head::start(cmd, T).unwrap();
+    let (address, token) = (head.address.clone(), head.token.clone());
 
     // A wrong token is refused, with the reason.
     let bad = ferry_cmd(&["status", "--address", &address, "--token", "not-the-token"]);
@@ -85,15 +54,7 @@ fn a_driver_joins_a_node_started_by_the_cli_and_the_cli_sees_and_stops_it() {
     // Stop: the node and its workers go.
     let stop = ferry_cmd(&["stop", "--address", &address, "--token", &token]);
     assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
-    let end = Instant::now() + T;
-    loop {
-        if let Some(status) = head.0.try_wait().unwrap() {
-            assert!(status.success());
-            break;
-        }
-        assert!(Instant::now() < end, "the head did not exit after ferry stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(head.wait_exit(T).unwrap(), "the head exits cleanly after ferry stop");
     let end = Instant::now() + T;
     while std::path::Path::new(&format!("/proc/{worker}")).exists() {
         assert!(Instant::now() < end, "worker {worker} outlived its node");

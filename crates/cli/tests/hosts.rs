@@ -2,10 +2,10 @@
 //! `ferry status` and `ferry stop` from another, a job joining by address from a third, and
 //! the root namespace unable to reach any of them. Everything is torn down at the end.
 
-use ferry_testkit::{netns_exists, Hosts};
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use ferry_testkit::{netns_exists, wait_exit, Head, Hosts};
+use std::io::Read;
+use std::process::Stdio;
+use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -38,55 +38,14 @@ extern "C" fn join_entry() {
     std::process::exit(0);
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_exit(c: &mut Child, what: &str) -> std::process::ExitStatus {
-    let end = Instant::now() + T;
-    loop {
-        if let Some(s) = c.try_wait().unwrap() {
-            return s;
-        }
-        assert!(Instant::now() < end, "{what} did not exit within {T:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_head_on_one_host_serves_tools_and_a_job_on_others() {
     let hosts = Hosts::new(3).expect("network namespaces (needs root and `ip`)");
     let ferry = env!("CARGO_BIN_EXE_ferry");
-    let mut head = Killed(
-        hosts
-            .command(0, ferry)
-            .args(["start", "--head", "--host", hosts.addr(0), "--port", "0", "--num-cpus", "2", "--block"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let out = head.0.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let (mut address, mut token) = (String::new(), String::new());
-    while address.is_empty() || token.is_empty() {
-        let line = rx.recv_timeout(T).expect("the head prints its address and token");
-        if let Some(a) = line.strip_prefix("address: ") {
-            address = a.to_string();
-        }
-        if let Some(t) = line.strip_prefix("token: ") {
-            token = t.to_string();
-        }
-    }
+    let mut cmd = hosts.command(0, ferry);
+    cmd.args(["start", "--head", "--host", hosts.addr(0), "--port", "0", "--num-cpus", "2", "--block"]);
+    let mut head = Head::start(cmd, T).unwrap();
+    let (address, token) = (head.address.clone(), head.token.clone());
     assert!(address.starts_with(hosts.addr(0)), "{address}");
 
     // Another host sees it over the network.
@@ -100,23 +59,25 @@ fn a_head_on_one_host_serves_tools_and_a_job_on_others() {
 
     // A job on a third host joins by address (token from the environment) and runs tasks on
     // the head's workers.
-    let mut job = Killed(
-        hosts
-            .command(2, std::env::current_exe().unwrap())
-            .env("FERRY_TEST_JOIN_ADDRESS", &address)
-            .env("FERRY_TOKEN", &token)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    assert!(wait_exit(&mut job.0, "the job").success());
+    let mut job = hosts
+        .command(2, std::env::current_exe().unwrap())
+        .env("FERRY_TEST_JOIN_ADDRESS", &address)
+        .env("FERRY_TOKEN", &token)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = wait_exit(&mut job, T);
+    if exited.is_err() {
+        let _ = job.kill();
+    }
+    assert!(exited.unwrap(), "the job fails");
     let mut printed = String::new();
-    job.0.stdout.take().unwrap().read_to_string(&mut printed).unwrap();
+    job.stdout.take().unwrap().read_to_string(&mut printed).unwrap();
     assert!(printed.contains("sum=2470"), "{printed}");
 
     let stop = hosts.command(1, ferry).args(["stop", "--address", &address, "--token", &token]).output().unwrap();
     assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
-    assert!(wait_exit(&mut head.0, "the head").success());
+    assert!(head.wait_exit(T).unwrap(), "the head exits cleanly after ferry stop");
 
     let names: Vec<String> = (0..hosts.len()).map(|i| hosts.name(i).to_string()).collect();
     drop(hosts);

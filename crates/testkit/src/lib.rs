@@ -130,3 +130,68 @@ pub fn netns_exists(name: &str) -> bool {
         .map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.split_whitespace().next() == Some(name)))
         .unwrap_or(false)
 }
+
+/// A `ferry start --head --block` process, with the address and token it printed; killed on
+/// drop if still running.
+#[derive(Debug)]
+pub struct Head {
+    pub child: std::process::Child,
+    pub address: String,
+    pub token: String,
+}
+
+impl Head {
+    /// Spawns `cmd` (a `ferry start --head ... --block`) and reads its address and token.
+    pub fn start(mut cmd: Command, within: std::time::Duration) -> Result<Head, String> {
+        use std::io::BufRead;
+        let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().map_err(|e| format!("start the head: {e}"))?;
+        let out = child.stdout.take().ok_or("no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut head = Head { child, address: String::new(), token: String::new() };
+        let end = std::time::Instant::now() + within;
+        while head.address.is_empty() || head.token.is_empty() {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .map_err(|_| format!("the head printed no address and token within {within:?}"))?;
+            if let Some(a) = line.strip_prefix("address: ") {
+                head.address = a.to_string();
+            }
+            if let Some(t) = line.strip_prefix("token: ") {
+                head.token = t.to_string();
+            }
+        }
+        Ok(head)
+    }
+
+    /// Waits (at most `within`) for the head to exit, and returns whether it exited cleanly.
+    pub fn wait_exit(&mut self, within: std::time::Duration) -> Result<bool, String> {
+        wait_exit(&mut self.child, within)
+    }
+}
+
+impl Drop for Head {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (at most `within`) for `child` to exit; whether it exited cleanly.
+pub fn wait_exit(child: &mut std::process::Child, within: std::time::Duration) -> Result<bool, String> {
+    let end = std::time::Instant::now() + within;
+    loop {
+        if let Some(s) = child.try_wait().map_err(|e| e.to_string())? {
+            return Ok(s.success());
+        }
+        if std::time::Instant::now() >= end {
+            return Err(format!("process {} did not exit within {within:?}", child.id()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
