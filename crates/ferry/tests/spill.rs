@@ -79,6 +79,15 @@ fn tasks_read_spilled_arguments() {
 fn with_no_room_on_disk_either_put_fails_cleanly_and_nothing_is_lost() {
     let spill = std::env::temp_dir().join(format!("ferry-test-nospill-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&spill);
+    /// Removes the stand-in for a full disk however the test ends.
+    struct Gone(std::path::PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _gone = Gone(spill.clone());
     start(16, Some(spill.clone()));
     // The spill directory becomes unusable (as a full disk would be).
     std::fs::remove_dir_all(&spill).unwrap();
@@ -98,5 +107,4 @@ fn with_no_room_on_disk_either_put_fails_cleanly_and_nothing_is_lost() {
         let b = ferry::get_bytes(r).unwrap();
         assert_eq!((b.len(), b[0]), (4 * MB, i as u8));
     }
-    let _ = std::fs::remove_file(&spill);
 }
