@@ -13,7 +13,11 @@ static LABEL: Mutex<Option<Arc<str>>> = Mutex::new(None);
 
 /// Names what runs from now on.
 pub(crate) fn set_label(label: &str) {
-    *LABEL.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::from(label));
+    // Called per task: allocates only when the label changes.
+    let mut l = LABEL.lock().unwrap_or_else(|e| e.into_inner());
+    if l.as_deref() != Some(label) {
+        *l = Some(Arc::from(label));
+    }
 }
 
 /// Points standard output and error at pipes read by forwarding threads. On failure the
