@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! ferry start --head [--host H] [--port P] [--num-cpus N] [--resources k=v,..] [--block]
+//! ferry start --address HEAD:PORT [--host H] [--port P] [--token T] ...   (joins the head)
 //! ferry status [--address H:P] [--token T]
 //! ferry stop   [--address H:P] [--token T]
 //! ```
@@ -29,12 +30,16 @@ struct Cli {
 enum Cmd {
     /// Start a node on this host. Its workers run the binary of the first driver that joins.
     Start {
-        /// Start the head node (the only kind there is until clusters of several hosts).
+        /// Start the head node: other nodes join it.
         #[arg(long)]
         head: bool,
-        /// Join the head at HOST:PORT (not built yet).
+        /// Join the head at HOST:PORT.
         #[arg(long)]
         address: Option<String>,
+        /// The cluster token, to join a head (default: FERRY_TOKEN, or the head's token file on
+        /// its host).
+        #[arg(long)]
+        token: Option<String>,
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1")]
         host: String,
@@ -73,13 +78,18 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Start { head, address, host, port, num_cpus, resources, object_store_bytes, block } => {
-            if !head || address.is_some() {
-                Err("only `ferry start --head` exists yet: nodes that join a head come with the control store".into())
-            } else if block {
-                start_blocking(&host, port, num_cpus, resources.as_deref(), object_store_bytes)
-            } else {
-                start_background()
+        Cmd::Start { head, address, token, host, port, num_cpus, resources, object_store_bytes, block } => {
+            let role = match (head, address) {
+                (true, None) => Ok(Role::Head),
+                (false, Some(a)) => Ok(Role::Member { head: a, token }),
+                _ => Err("give either --head, or --address HEAD:PORT to join a head".to_string()),
+            };
+            match role {
+                Err(e) => Err(e),
+                Ok(role) if block => {
+                    start_blocking(role, &host, port, num_cpus, resources.as_deref(), object_store_bytes)
+                }
+                Ok(_) => start_background(),
             }
         }
         Cmd::Status { address, token } => status(&address_or_default(address), token),
@@ -109,8 +119,19 @@ fn parse_resources(s: &str) -> Result<Vec<(String, f64)>, String> {
         .collect()
 }
 
+enum Role {
+    Head,
+    Member { head: String, token: Option<String> },
+}
+
+/// Milliseconds from the environment, for tests that need short heartbeats.
+fn env_ms(name: &str, default: u64) -> Duration {
+    Duration::from_millis(std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default))
+}
+
 /// Runs the node in this process until `ferry stop`.
 fn start_blocking(
+    role: Role,
     host: &str,
     port: u16,
     cpus: Option<usize>,
@@ -127,7 +148,16 @@ fn start_blocking(
     if let Some(b) = store {
         cfg = cfg.object_store_bytes(b);
     }
-    let (node, token) = ferry::__private::start_node(&cfg, &format!("{host}:{port}")).map_err(|e| e.to_string())?;
+    let head_timeout = match &role {
+        Role::Head => Some(env_ms("FERRY_NODE_TIMEOUT_MS", 5000)),
+        Role::Member { head, token } => {
+            // A member uses the cluster's token, so drivers reach it with the same one.
+            cfg = cfg.token(&cluster_token(head, token.clone())?);
+            None
+        }
+    };
+    let (node, token) =
+        ferry::__private::start_node(&cfg, &format!("{host}:{port}"), head_timeout).map_err(|e| e.to_string())?;
     let addr = node.tcp_addr().ok_or("the node has no TCP address")?;
     let file = ferry::__private::token_file(addr.port());
     write_private(&file, &token).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
@@ -136,6 +166,15 @@ fn start_blocking(
     println!("token: {token}");
     println!("join with: ferry::init(ferry::Config::default().address(\"{addr}\")), or FERRY_ADDRESS={addr}");
     println!("the token is in {} (or give FERRY_TOKEN)", file.display());
+    if let Role::Member { head, .. } = role {
+        let (id, total, token) = (node.id(), node.stats().total, token.clone());
+        let node_addr = addr.to_string();
+        let stats = node.stats_source();
+        std::thread::Builder::new()
+            .name("ferry-heartbeat".into())
+            .spawn(move || heartbeats(&head, &token, id, &node_addr, total, stats))
+            .map_err(|e| e.to_string())?;
+    }
     println!("ready");
     node.wait_for_stop_request();
     let _ = std::fs::remove_file(&file);
@@ -188,37 +227,80 @@ fn ferry_sys_setsid() -> i32 {
     unsafe { setsid() }
 }
 
-/// Connects to the node at `address` as a tool (a driver that runs nothing).
-fn node_conn(
-    address: &str,
-    token: Option<String>,
-) -> Result<(ferry_proto::Conn, ferry_proto::FrameReader<ferry_proto::Stream>), String> {
-    let token = match token.or_else(|| std::env::var("FERRY_TOKEN").ok()) {
-        Some(t) => t,
+/// The token to reach the node at `address`: given, `FERRY_TOKEN`, or its token file.
+fn cluster_token(address: &str, token: Option<String>) -> Result<String, String> {
+    match token.or_else(|| std::env::var("FERRY_TOKEN").ok()) {
+        Some(t) => Ok(t),
         None => {
             let port = address.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).unwrap_or(0);
             let file = ferry::__private::token_file(port);
             std::fs::read_to_string(&file)
                 .map(|t| t.trim().to_string())
-                .map_err(|e| format!("no token: give --token or FERRY_TOKEN ({}: {e})", file.display()))?
+                .map_err(|e| format!("no token: give --token or FERRY_TOKEN ({}: {e})", file.display()))
         }
-    };
-    let me = WorkerId(std::process::id() as u64 | 0xfe00_0000_0000_0000);
-    let (conn, mut rx, _) = connect(&Addr::Tcp(address.to_string()), &token, me, 1 << 24)
+    }
+}
+
+type Reader = ferry_proto::FrameReader<ferry_proto::Stream>;
+
+/// Connects to the node at `address` and registers as `kind`.
+fn register(address: &str, token: &str, kind: ProcKind) -> Result<(ferry_proto::Conn, Reader), String> {
+    let me = WorkerId(ferry_proto::ids::random_u64());
+    let (conn, mut rx, _) = connect(&Addr::Tcp(address.to_string()), token, me, 1 << 24)
         .map_err(|e| format!("cannot reach the node at {address}: {e}"))?;
-    conn.send(&ToNode::Register {
-        kind: ProcKind::Driver,
-        pid: std::process::id(),
-        listen: Addr::Tcp(String::new()),
-        exe: None,
-    })
-    .map_err(|e| e.to_string())?;
+    conn.send(&ToNode::Register { kind, pid: std::process::id(), listen: Addr::Tcp(String::new()), exe: None })
+        .map_err(|e| e.to_string())?;
+    // A tool never waits for long: a node that does not answer is reported.
+    rx.get_ref().set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
     loop {
         match rx.read::<FromNode>() {
             Ok(FromNode::Registered { .. }) => return Ok((conn, rx)),
             Ok(_) => continue,
             Err(e) => return Err(format!("the node closed the connection: {e}")),
         }
+    }
+}
+
+/// Connects to the node at `address` as a tool (a driver that runs nothing).
+fn node_conn(address: &str, token: Option<String>) -> Result<(ferry_proto::Conn, Reader), String> {
+    register(address, &cluster_token(address, token)?, ProcKind::Driver)
+}
+
+/// A member's link to its head: joins, then sends a heartbeat every interval, joining again
+/// when the link breaks.
+fn heartbeats(
+    head: &str,
+    token: &str,
+    id: ferry_proto::NodeId,
+    addr: &str,
+    total: ferry_proto::msg::Shape,
+    stats: impl Fn() -> ferry_proto::msg::NodeStats,
+) {
+    let every = env_ms("FERRY_HEARTBEAT_MS", 1000);
+    loop {
+        let joined = (|| -> Result<(), String> {
+            let (conn, mut rx) = register(head, token, ProcKind::Node)?;
+            conn.send(&ToNode::JoinCluster { req: 1, node: id, addr: addr.to_string(), total: total.clone() })
+                .map_err(|e| e.to_string())?;
+            loop {
+                match rx.read::<FromNode>().map_err(|e| e.to_string())? {
+                    FromNode::Ack { error: None, .. } => break,
+                    FromNode::Ack { error: Some(e), .. } => return Err(e),
+                    _ => continue,
+                }
+            }
+            eprintln!("ferry: joined the head at {head}");
+            loop {
+                let s = stats();
+                conn.send(&ToNode::Heartbeat { node: id, available: s.available, workers: s.workers })
+                    .map_err(|e| e.to_string())?;
+                std::thread::sleep(every);
+            }
+        })();
+        if let Err(e) = joined {
+            eprintln!("ferry: lost the head at {head} ({e}); trying again");
+        }
+        std::thread::sleep(every);
     }
 }
 
@@ -246,6 +328,26 @@ fn status(address: &str, token: Option<String>) -> Result<(), String> {
         mb(stats.spilled_bytes)
     );
     println!("  waiting lease requests: {}", stats.pending_lease_requests);
+    conn.send(&ToNode::ClusterStatus { req: 2 }).map_err(|e| e.to_string())?;
+    let nodes = loop {
+        match rx.read::<FromNode>() {
+            Ok(FromNode::Cluster { nodes, .. }) => break Some(nodes),
+            Ok(FromNode::Ack { error: Some(_), .. }) => break None,
+            Ok(_) => continue,
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    if let Some(nodes) = nodes.filter(|n| n.len() > 1) {
+        println!("cluster: {} nodes, {} alive", nodes.len(), nodes.iter().filter(|n| n.alive).count());
+        for n in nodes {
+            let state = if n.alive { "alive" } else { "dead" };
+            let role = if n.head { " (head)" } else { "" };
+            println!(
+                "  node {}{role} at {}: {state}; {} available of {}; {} workers; last heard {} ms ago",
+                n.node, n.addr, n.available, n.total, n.workers, n.silent_ms
+            );
+        }
+    }
     Ok(())
 }
 

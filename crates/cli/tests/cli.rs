@@ -63,8 +63,10 @@ fn a_driver_joins_a_node_started_by_the_cli_and_the_cli_sees_and_stops_it() {
 }
 
 #[test]
-fn start_without_head_is_refused_clearly() {
-    let out = ferry_cmd(&["start", "--address", "127.0.0.1:1"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("only `ferry start --head`"));
+fn start_needs_a_role() {
+    for args in [&["start"][..], &["start", "--head", "--address", "127.0.0.1:1"][..]] {
+        let out = ferry_cmd(args);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("give either --head, or --address"));
+    }
 }

@@ -85,3 +85,71 @@ fn a_head_on_one_host_serves_tools_and_a_job_on_others() {
         assert!(!netns_exists(&n), "namespace {n} left behind");
     }
 }
+
+fn status_of(hosts: &Hosts, on: usize, address: &str, token: &str) -> String {
+    let ferry = env!("CARGO_BIN_EXE_ferry");
+    let out = hosts.command(on, ferry).args(["status", "--address", address, "--token", token]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Polls the head's status until `f` holds; returns how long that took.
+fn until(hosts: &Hosts, head: &Head, what: &str, f: impl Fn(&str) -> bool) -> Duration {
+    let t = std::time::Instant::now();
+    loop {
+        let s = status_of(hosts, 0, &head.address, &head.token);
+        if f(&s) {
+            return t.elapsed();
+        }
+        assert!(t.elapsed() < T, "timed out waiting for: {what}; last status:\n{s}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(pid: u32, sig: i32) {
+    extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    // SAFETY: a plain syscall on a process this test started.
+    unsafe { kill(pid as i32, sig) };
+}
+
+#[test]
+fn nodes_join_the_head_and_dead_ones_are_detected() {
+    let hosts = Hosts::new(3).expect("network namespaces (needs root and `ip`)");
+    let ferry = env!("CARGO_BIN_EXE_ferry");
+    let mut cmd = hosts.command(0, ferry);
+    cmd.env("FERRY_NODE_TIMEOUT_MS", "1000");
+    cmd.args(["start", "--head", "--host", hosts.addr(0), "--port", "0", "--num-cpus", "1", "--block"]);
+    let mut head = Head::start(cmd, T).unwrap();
+    let mut members = Vec::new();
+    for i in 1..3 {
+        let mut cmd = hosts.command(i, ferry);
+        cmd.env("FERRY_HEARTBEAT_MS", "100");
+        cmd.args(["start", "--address", &head.address, "--token", &head.token, "--host", hosts.addr(i)]);
+        cmd.args(["--port", "0", "--num-cpus", "1", "--block"]);
+        members.push(Head::start(cmd, T).unwrap());
+    }
+    until(&hosts, &head, "three nodes alive", |s| s.contains("cluster: 3 nodes, 3 alive"));
+
+    // A frozen node keeps its sockets open: only the missing heartbeats show it is gone.
+    let frozen = members[0].child.id();
+    signal(frozen, 19); // SIGSTOP
+    let took = until(&hosts, &head, "the frozen node declared dead", |s| s.contains("3 nodes, 2 alive"));
+    eprintln!("frozen node detected dead after {took:?} (timeout 1 s)");
+    // A killed node's connection closes: it is dead at once.
+    signal(members[1].child.id(), 9);
+    until(&hosts, &head, "the killed node declared dead", |s| s.contains("3 nodes, 1 alive"));
+    // The frozen one, thawed, is heard from again.
+    signal(frozen, 18); // SIGCONT
+    until(&hosts, &head, "the thawed node alive again", |s| s.contains("3 nodes, 2 alive"));
+
+    let stop = hosts.command(0, ferry).args(["stop", "--address", &head.address, "--token", &head.token]).output();
+    assert!(stop.unwrap().status.success());
+    assert!(head.wait_exit(T).unwrap());
+    drop(members);
+    let names: Vec<String> = (0..hosts.len()).map(|i| hosts.name(i).to_string()).collect();
+    drop(hosts);
+    for n in names {
+        assert!(!netns_exists(&n), "namespace {n} left behind");
+    }
+}

@@ -119,7 +119,7 @@ impl Runtime {
         let listen = Addr::Unix(peer_socket(&id.session_dir, id.me));
         let exe = match id.kind {
             ProcKind::Driver => std::env::current_exe().ok(),
-            ProcKind::Worker => None,
+            ProcKind::Worker | ProcKind::Node => None,
         };
         conn.send(&ToNode::Register { kind: id.kind, pid: std::process::id(), listen, exe })
             .map_err(|e| Error::Connection { detail: e.to_string() })?;
@@ -337,7 +337,9 @@ impl Runtime {
                         st.drop_view(id);
                     }
                 }),
-                FromNode::Inventory { req, .. } => self.answer_call(req, msg),
+                FromNode::Inventory { req, .. } | FromNode::Cluster { req, .. } => self.answer_call(req, msg),
+                // Nothing runs on other nodes yet (issue 5's scheduling).
+                FromNode::NodeDied { .. } => {}
                 FromNode::Log { node, stderr, lines } => print_log(node != self.node_id, node, stderr, &lines),
                 FromNode::ActorDied { actor, reason, restarting } => {
                     self.with_state(|st, fx| st.on_actor_died(actor, &reason, restarting, fx))

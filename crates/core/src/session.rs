@@ -72,15 +72,18 @@ fn node_options(cfg: &Config, program: Option<PathBuf>, tcp: Option<String>) -> 
         },
         worker_program: program,
         tcp,
+        head_timeout: None,
         worker_env: cfg.to_worker_env(),
         max_frame: cfg.max_frame_bytes,
     }
 }
 
 /// Starts a node on its own (for `ferry start`): it listens on `tcp` too, and its workers
-/// run the binary of the first driver that joins. Returns the node and its token.
-pub fn start_node(cfg: &Config, tcp: &str) -> Result<(NodeHandle, String)> {
-    let opts = node_options(cfg, None, Some(tcp.to_string()));
+/// run the binary of the first driver that joins. With `head_timeout` it is a head: other
+/// nodes join it, and one silent that long is dead. Returns the node and its token.
+pub fn start_node(cfg: &Config, tcp: &str, head_timeout: Option<std::time::Duration>) -> Result<(NodeHandle, String)> {
+    let mut opts = node_options(cfg, None, Some(tcp.to_string()));
+    opts.head_timeout = head_timeout;
     let token = opts.token.clone();
     let node = ferry_node::start(opts)
         .map_err(|e| Error::Connection { detail: format!("cannot start the node daemon on {tcp}: {e}") })?;

@@ -23,6 +23,7 @@
 //! starting the thousandth actor forty times slower than the first.
 
 mod actors;
+mod members;
 
 use actors::{ActorRec, ACTOR_CONN};
 use ferry_proto::conn::{accept, Addr, Conn, Stream};
@@ -63,6 +64,8 @@ pub struct NodeOptions {
     /// Also listen on this TCP address (`host:port`; port 0 picks one), for drivers and tools
     /// that join by address.
     pub tcp: Option<String>,
+    /// Set on a head: other nodes may join it, and one silent this long is dead.
+    pub head_timeout: Option<Duration>,
     /// Extra environment for workers (the job's configuration).
     pub worker_env: Vec<(String, String)>,
     pub max_frame: u32,
@@ -91,6 +94,8 @@ pub(crate) struct ConnInfo {
     worker: Option<WorkerId>,
     /// Nothing but `Register` is accepted before it, and nothing is broadcast to it.
     pub(crate) registered: bool,
+    /// What registered on it.
+    kind: Option<ProcKind>,
 }
 
 struct State {
@@ -109,6 +114,8 @@ struct State {
     next_actor_req: u64,
     /// Which actor each actor worker hosts.
     worker_actor: HashMap<WorkerId, ActorId>,
+    /// The nodes that joined this head.
+    members: HashMap<NodeId, members::Member>,
     /// Seals answered once the store is back under its capacity (back-pressure on `put`
     /// and on task returns).
     waiting_seals: Vec<(ConnId, u64, ObjectId)>,
@@ -197,6 +204,7 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
             actor_reqs: HashMap::new(),
             next_actor_req: 1,
             worker_actor: HashMap::new(),
+            members: HashMap::new(),
             waiting_seals: Vec::new(),
             spill_total: (0, Duration::ZERO),
         }),
@@ -224,6 +232,10 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
     }
     let n = node.clone();
     threads.push(thread::Builder::new().name("ferry-accept".into()).spawn(move || accept_loop(n, listener))?);
+    if let Some(timeout) = node.opts.head_timeout {
+        let n = node.clone();
+        threads.push(thread::Builder::new().name("ferry-members".into()).spawn(move || members::monitor(n, timeout))?);
+    }
     if let Some(l) = tcp {
         let n = node.clone();
         threads.push(thread::Builder::new().name("ferry-accept-tcp".into()).spawn(move || tcp_accept_loop(n, l))?);
@@ -254,6 +266,14 @@ impl NodeHandle {
     pub fn stats(&self) -> NodeStats {
         let st = self.node.lock();
         self.node.stats(&st)
+    }
+    /// A way to read the node's figures from another thread (heartbeats).
+    pub fn stats_source(&self) -> impl Fn() -> NodeStats + Send + 'static {
+        let node = self.node.clone();
+        move || {
+            let st = node.lock();
+            node.stats(&st)
+        }
     }
     /// Pids of the worker processes alive now.
     pub fn worker_pids(&self) -> Vec<u32> {
@@ -416,6 +436,7 @@ impl Node {
                     return Ok(());
                 };
                 info.registered = true;
+                info.kind = Some(kind);
                 let w = info.from;
                 match kind {
                     ProcKind::Worker => {
@@ -429,6 +450,7 @@ impl Node {
                         let actions = st.sched.worker_registered(w, Instant::now());
                         self.apply(st, actions);
                     }
+                    ProcKind::Node => self.send(st, conn, &registered),
                     ProcKind::Driver => {
                         self.send(st, conn, &registered);
                         // A node started on its own runs the first job's binary.
@@ -443,11 +465,23 @@ impl Node {
             ToNode::Log { stderr, lines } => {
                 // Every driver of the node sees its tasks' output (one job per node for now).
                 let drivers: Vec<ConnId> =
-                    st.conns.iter().filter(|(_, c)| c.registered && c.worker.is_none()).map(|(k, _)| *k).collect();
+                    st.conns.iter().filter(|(_, c)| c.kind == Some(ProcKind::Driver)).map(|(k, _)| *k).collect();
                 let msg = FromNode::Log { node: self.id, stderr, lines };
                 for d in drivers {
                     self.send(st, d, &msg);
                 }
+            }
+            ToNode::JoinCluster { req, node, addr, total } => {
+                let error = match self.opts.head_timeout {
+                    Some(_) => self.join_cluster(st, conn, node, addr, total),
+                    None => Some("this node is not a head: join the head's address".into()),
+                };
+                self.send(st, conn, &FromNode::Ack { req, error });
+            }
+            ToNode::Heartbeat { node, available, workers } => self.heartbeat(st, node, available, workers),
+            ToNode::ClusterStatus { req } => {
+                let nodes = self.cluster_view(st);
+                self.send(st, conn, &FromNode::Cluster { req, nodes });
             }
             ToNode::StopNode => {
                 let (m, cv) = &self.stop_requested;
@@ -648,7 +682,8 @@ fn serve_conn(node: Arc<Node>, stream: Stream) {
         let mut st = node.lock();
         let id = st.next_conn;
         st.next_conn += 1;
-        st.conns.insert(id, ConnInfo { conn: conn.clone(), from: hello.from, worker: None, registered: false });
+        st.conns
+            .insert(id, ConnInfo { conn: conn.clone(), from: hello.from, worker: None, registered: false, kind: None });
         id
     };
     let reason = loop {
@@ -676,6 +711,7 @@ fn serve_conn(node: Arc<Node>, stream: Stream) {
         node.spawn_cmd(SpawnCmd::Kill(w));
     }
     node.actors_conn_closed(st, id);
+    node.member_conn_closed(st, id);
     let actions = st.sched.conn_closed(id);
     node.apply(st, actions);
 }

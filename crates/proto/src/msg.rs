@@ -94,6 +94,23 @@ impl std::fmt::Display for Shape {
 pub enum ProcKind {
     Driver,
     Worker,
+    /// Another node's daemon, joining the head (`ferry start --address`).
+    Node,
+}
+
+/// One node as the head sees it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NodeView {
+    pub node: NodeId,
+    /// Where drivers and tools reach its daemon (`host:port`).
+    pub addr: String,
+    pub head: bool,
+    pub alive: bool,
+    pub total: Shape,
+    pub available: Shape,
+    pub workers: u64,
+    /// Since its last heartbeat.
+    pub silent_ms: u64,
 }
 
 /// Requests to the node daemon.
@@ -145,6 +162,12 @@ pub enum ToNode {
     Inventory { req: u64 },
     /// Asks a node started on its own (`ferry start`) to stop.
     StopNode,
+    /// From a node joining the head: who it is and what it has (answered by `Ack`).
+    JoinCluster { req: u64, node: NodeId, addr: String, total: Shape },
+    /// From a member node, every heartbeat interval.
+    Heartbeat { node: NodeId, available: Shape, workers: u64 },
+    /// The head's view of every node (answered by `Cluster`).
+    ClusterStatus { req: u64 },
     /// Lines a worker's tasks printed (`stderr`: on standard error), each already prefixed
     /// with the task or actor and the process; the daemon passes them to the drivers.
     Log { stderr: bool, lines: Vec<String> },
@@ -285,6 +308,15 @@ pub enum FromNode {
     Stats {
         req: u64,
         stats: NodeStats,
+    },
+    Cluster {
+        req: u64,
+        nodes: Vec<NodeView>,
+    },
+    /// The head found a node silent past the heartbeat timeout: it is dead.
+    NodeDied {
+        node: NodeId,
+        silent_ms: u64,
     },
     /// Lines printed by tasks of this node's workers, to show on the driver's terminal.
     Log {

@@ -1,0 +1,125 @@
+//! The head's membership table: the nodes that joined it, their last heartbeat, and which
+//! are dead. A node is dead when its heartbeats stop for longer than the timeout, or at once
+//! when its connection to the head closes (a process that was killed closes its sockets; a
+//! frozen process or a cut link does not, and is caught by the timeout). Deaths are
+//! published to every process connected to the head.
+//!
+//! This is the first part of the control store (DESIGN §9): in memory for now.
+
+use crate::{ConnId, Node, State};
+use ferry_proto::msg::{FromNode, NodeView, Shape};
+use ferry_proto::NodeId;
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+pub(crate) struct Member {
+    addr: String,
+    total: Shape,
+    available: Shape,
+    workers: u64,
+    last_seen: Instant,
+    alive: bool,
+    conn: ConnId,
+}
+
+impl Node {
+    pub(crate) fn join_cluster(
+        &self,
+        st: &mut State,
+        conn: ConnId,
+        node: NodeId,
+        addr: String,
+        total: Shape,
+    ) -> Option<String> {
+        self.opts.head_timeout?;
+        eprintln!("ferry-node: node {node} at {addr} joined with {total}");
+        let available = total.clone();
+        st.members
+            .insert(node, Member { addr, total, available, workers: 0, last_seen: Instant::now(), alive: true, conn });
+        None
+    }
+
+    pub(crate) fn heartbeat(&self, st: &mut State, node: NodeId, available: Shape, workers: u64) {
+        if let Some(m) = st.members.get_mut(&node) {
+            if !m.alive {
+                eprintln!("ferry-node: node {node} at {} is heard from again", m.addr);
+            }
+            m.alive = true;
+            m.available = available;
+            m.workers = workers;
+            m.last_seen = Instant::now();
+        }
+    }
+
+    /// Marks silent members dead (called by the head's monitor thread).
+    pub(crate) fn check_members(&self, st: &mut State, timeout: Duration) {
+        let now = Instant::now();
+        let silent: Vec<NodeId> = st
+            .members
+            .iter()
+            .filter(|(_, m)| m.alive && now.duration_since(m.last_seen) > timeout)
+            .map(|(n, _)| *n)
+            .collect();
+        for n in silent {
+            self.member_died(st, n, "no heartbeat within the timeout");
+        }
+    }
+
+    /// A connection closed: if a member's, that node is gone.
+    pub(crate) fn member_conn_closed(&self, st: &mut State, conn: ConnId) {
+        let gone: Vec<NodeId> = st.members.iter().filter(|(_, m)| m.alive && m.conn == conn).map(|(n, _)| *n).collect();
+        for n in gone {
+            self.member_died(st, n, "its connection to the head closed");
+        }
+    }
+
+    fn member_died(&self, st: &mut State, node: NodeId, why: &str) {
+        let Some(m) = st.members.get_mut(&node) else { return };
+        m.alive = false;
+        let silent_ms = m.last_seen.elapsed().as_millis() as u64;
+        eprintln!("ferry-node: node {node} at {} is dead: {why} (silent for {silent_ms} ms)", m.addr);
+        let msg = FromNode::NodeDied { node, silent_ms };
+        let all: Vec<ConnId> = st.conns.iter().filter(|(_, c)| c.registered).map(|(k, _)| *k).collect();
+        for c in all {
+            self.send(st, c, &msg);
+        }
+    }
+
+    /// This node (the head) and every member.
+    pub(crate) fn cluster_view(&self, st: &State) -> Vec<NodeView> {
+        let me = self.stats(st);
+        let mut v = vec![NodeView {
+            node: self.id,
+            addr: self.tcp_addr.map(|a| a.to_string()).unwrap_or_default(),
+            head: true,
+            alive: true,
+            total: me.total,
+            available: me.available,
+            workers: me.workers,
+            silent_ms: 0,
+        }];
+        for (n, m) in &st.members {
+            v.push(NodeView {
+                node: *n,
+                addr: m.addr.clone(),
+                head: false,
+                alive: m.alive,
+                total: m.total.clone(),
+                available: m.available.clone(),
+                workers: m.workers,
+                silent_ms: m.last_seen.elapsed().as_millis() as u64,
+            });
+        }
+        v
+    }
+}
+
+/// The head's monitor: checks heartbeats ten times per timeout.
+pub(crate) fn monitor(node: std::sync::Arc<Node>, timeout: Duration) {
+    let tick = (timeout / 10).max(Duration::from_millis(10));
+    while !node.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::sleep(tick);
+        let mut st = node.lock();
+        node.check_members(&mut st, timeout);
+    }
+}
