@@ -138,6 +138,8 @@ pub struct Head {
     pub child: std::process::Child,
     pub address: String,
     pub token: String,
+    /// The token file it wrote (removed on drop: a killed head cannot).
+    token_file: Option<std::path::PathBuf>,
 }
 
 impl Head {
@@ -152,9 +154,9 @@ impl Head {
                 let _ = tx.send(line);
             }
         });
-        let mut head = Head { child, address: String::new(), token: String::new() };
+        let mut head = Head { child, address: String::new(), token: String::new(), token_file: None };
         let end = std::time::Instant::now() + within;
-        while head.address.is_empty() || head.token.is_empty() {
+        while head.address.is_empty() || head.token.is_empty() || head.token_file.is_none() {
             let left = end.saturating_duration_since(std::time::Instant::now());
             let line = rx
                 .recv_timeout(left)
@@ -164,6 +166,9 @@ impl Head {
             }
             if let Some(t) = line.strip_prefix("token: ") {
                 head.token = t.to_string();
+            }
+            if let Some(f) = line.strip_prefix("the token is in ").and_then(|r| r.split(" (").next()) {
+                head.token_file = Some(f.into());
             }
         }
         Ok(head)
@@ -179,6 +184,9 @@ impl Drop for Head {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(f) = &self.token_file {
+            let _ = std::fs::remove_file(f);
+        }
     }
 }
 
