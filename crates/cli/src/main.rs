@@ -352,15 +352,23 @@ fn status(address: &str, token: Option<String>) -> Result<(), String> {
 }
 
 fn stop(address: &str, token: Option<String>) -> Result<(), String> {
-    let (conn, _rx) = node_conn(address, token)?;
+    let (conn, mut rx) = node_conn(address, token)?;
     conn.send(&ToNode::StopNode).map_err(|e| e.to_string())?;
+    // The node closes every connection as it stops: this one closing means it is gone.
     let end = Instant::now() + Duration::from_secs(20);
     while Instant::now() < end {
-        if std::net::TcpStream::connect(address).is_err() {
-            println!("ferry: node at {address} stopped");
-            return Ok(());
+        match rx.read::<FromNode>() {
+            Ok(_) => continue,
+            Err(ferry_proto::FrameError::Io(e))
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+            {
+                continue
+            }
+            Err(_) => {
+                println!("ferry: node at {address} stopped");
+                return Ok(());
+            }
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
     Err(format!("the node at {address} did not stop within 20 s"))
 }
