@@ -229,16 +229,8 @@ fn ferry_sys_setsid() -> i32 {
 
 /// The token to reach the node at `address`: given, `FERRY_TOKEN`, or its token file.
 fn cluster_token(address: &str, token: Option<String>) -> Result<String, String> {
-    match token.or_else(|| std::env::var("FERRY_TOKEN").ok()) {
-        Some(t) => Ok(t),
-        None => {
-            let port = address.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).unwrap_or(0);
-            let file = ferry::__private::token_file(port);
-            std::fs::read_to_string(&file)
-                .map(|t| t.trim().to_string())
-                .map_err(|e| format!("no token: give --token or FERRY_TOKEN ({}: {e})", file.display()))
-        }
-    }
+    let given = token.or_else(|| std::env::var("FERRY_TOKEN").ok());
+    ferry::__private::cluster_token(address, given.as_deref()).map_err(|e| e.to_string())
 }
 
 type Reader = ferry_proto::FrameReader<ferry_proto::Stream>;

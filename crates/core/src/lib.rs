@@ -634,7 +634,7 @@ pub mod __private {
         await_catching, ActorClass, ActorInstance, ActorMethod, MethodFuture, ACTOR_CLASSES, ACTOR_METHODS,
     };
     pub use crate::registry::{check_arity, decode_arg, run_catching, RemoteFunction, REMOTE_FUNCTIONS};
-    pub use crate::session::{start_node, token_file};
+    pub use crate::session::{cluster_token, start_node, token_file};
     pub use ferry_proto::msg::{Return, TaskError};
     pub use linkme;
 }

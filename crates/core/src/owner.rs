@@ -511,7 +511,7 @@ impl OwnerState {
     }
 
     /// Ends one `submitted` count of each ref.
-    pub fn release_submitted(&mut self, refs: &[ObjectId], fx: &mut Effects) {
+    pub fn release_submitted<'a>(&mut self, refs: impl IntoIterator<Item = &'a ObjectId>, fx: &mut Effects) {
         for id in refs {
             if let Some(e) = self.objects.get_mut(id) {
                 e.submitted = e.submitted.saturating_sub(1);
@@ -522,14 +522,11 @@ impl OwnerState {
 
     /// Releases a task's arguments.
     fn release_args(&mut self, args: &[ArgDraft], fx: &mut Effects) {
-        for a in args {
-            if let ArgDraft::Ref(id) = a {
-                if let Some(e) = self.objects.get_mut(id) {
-                    e.submitted = e.submitted.saturating_sub(1);
-                    self.maybe_free(*id, fx);
-                }
-            }
-        }
+        let refs = args.iter().filter_map(|a| match a {
+            ArgDraft::Ref(id) => Some(id),
+            ArgDraft::Value(_) => None,
+        });
+        self.release_submitted(refs, fx);
     }
 
     /// Gives `id` its final state, wakes its waiters and moves its dependents on.
@@ -1268,12 +1265,7 @@ impl OwnerState {
         if c.held > 0 {
             fx.to_node.push(ToNode::ReleaseActor { actor, count: c.held });
         }
-        for id in c.ctor_args {
-            if let Some(e) = self.objects.get_mut(&id) {
-                e.submitted = e.submitted.saturating_sub(1);
-                self.maybe_free(id, fx);
-            }
-        }
+        self.release_submitted(&c.ctor_args, fx);
         for a in c.ctor_exports {
             self.actor_handle_dropped(a, fx);
         }

@@ -122,22 +122,26 @@ pub(crate) fn start_embedded(cfg: Config) -> Result<()> {
     Ok(())
 }
 
+/// The token to reach the node at `address`: `given`, or the token file `ferry start` wrote
+/// on the node's host.
+pub fn cluster_token(address: &str, given: Option<&str>) -> Result<String> {
+    if let Some(t) = given {
+        return Ok(t.to_string());
+    }
+    let port = address.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).unwrap_or(0);
+    let file = token_file(port);
+    std::fs::read_to_string(&file).map(|t| t.trim().to_string()).map_err(|e| Error::Connection {
+        detail: format!(
+            "no cluster token: give the token `ferry start` printed (Config::token, --token or \
+             FERRY_TOKEN), or run on the node's host, where it is in {}: {e}",
+            file.display()
+        ),
+    })
+}
+
 /// Joins a node that runs on its own (`ferry start`) at `address` (`host:port`).
 fn join(cfg: Config, address: &str) -> Result<()> {
-    let token = match &cfg.token {
-        Some(t) => t.clone(),
-        None => {
-            let port = address.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).unwrap_or(0);
-            let file = token_file(port);
-            std::fs::read_to_string(&file).map(|t| t.trim().to_string()).map_err(|e| Error::Connection {
-                detail: format!(
-                    "no cluster token: set Config::token or FERRY_TOKEN to the token `ferry start` printed \
-                     (or run on the node's host, where it is in {}: {e})",
-                    file.display()
-                ),
-            })?
-        }
-    };
+    let token = cluster_token(address, cfg.token.as_deref())?;
     let id = Identity {
         me: WorkerId(random_u64()),
         kind: ProcKind::Driver,
