@@ -10,6 +10,7 @@
 //! Drivers join with `ferry::init(Config::default().address("H:P"))` or `FERRY_ADDRESS`.
 
 use clap::{Parser, Subcommand};
+use ferry::__private::NodeRole;
 use ferry_proto::conn::connect;
 use ferry_proto::msg::{FromNode, ProcKind, ToNode};
 use ferry_proto::{Addr, WorkerId};
@@ -148,16 +149,16 @@ fn start_blocking(
     if let Some(b) = store {
         cfg = cfg.object_store_bytes(b);
     }
-    let head_timeout = match &role {
-        Role::Head => Some(env_ms("FERRY_NODE_TIMEOUT_MS", 5000)),
+    let node_role = match &role {
+        Role::Head => NodeRole::Head { timeout: env_ms("FERRY_NODE_TIMEOUT_MS", 5000) },
         Role::Member { head, token } => {
             // A member uses the cluster's token, so drivers reach it with the same one.
             cfg = cfg.token(&cluster_token(head, token.clone())?);
-            None
+            NodeRole::Member { head: head.clone(), heartbeat: env_ms("FERRY_HEARTBEAT_MS", 1000) }
         }
     };
     let (node, token) =
-        ferry::__private::start_node(&cfg, &format!("{host}:{port}"), head_timeout).map_err(|e| e.to_string())?;
+        ferry::__private::start_node(&cfg, &format!("{host}:{port}"), node_role).map_err(|e| e.to_string())?;
     let addr = node.tcp_addr().ok_or("the node has no TCP address")?;
     let file = ferry::__private::token_file(addr.port());
     write_private(&file, &token).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
@@ -166,15 +167,6 @@ fn start_blocking(
     println!("token: {token}");
     println!("join with: ferry::init(ferry::Config::default().address(\"{addr}\")), or FERRY_ADDRESS={addr}");
     println!("the token is in {} (or give FERRY_TOKEN)", file.display());
-    if let Role::Member { head, .. } = role {
-        let (id, total, token) = (node.id(), node.stats().total, token.clone());
-        let node_addr = addr.to_string();
-        let stats = node.stats_source();
-        std::thread::Builder::new()
-            .name("ferry-heartbeat".into())
-            .spawn(move || heartbeats(&head, &token, id, &node_addr, total, stats))
-            .map_err(|e| e.to_string())?;
-    }
     println!("ready");
     node.wait_for_stop_request();
     let _ = std::fs::remove_file(&file);
@@ -240,8 +232,7 @@ fn register(address: &str, token: &str, kind: ProcKind) -> Result<(ferry_proto::
     let me = WorkerId(ferry_proto::ids::random_u64());
     let (conn, mut rx, _) = connect(&Addr::Tcp(address.to_string()), token, me, 1 << 24)
         .map_err(|e| format!("cannot reach the node at {address}: {e}"))?;
-    conn.send(&ToNode::Register { kind, pid: std::process::id(), listen: Addr::Tcp(String::new()), exe: None })
-        .map_err(|e| e.to_string())?;
+    conn.send(&ToNode::register_tool(kind)).map_err(|e| e.to_string())?;
     // A tool never waits for long: a node that does not answer is reported.
     rx.get_ref().set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
     loop {
@@ -256,44 +247,6 @@ fn register(address: &str, token: &str, kind: ProcKind) -> Result<(ferry_proto::
 /// Connects to the node at `address` as a tool (a driver that runs nothing).
 fn node_conn(address: &str, token: Option<String>) -> Result<(ferry_proto::Conn, Reader), String> {
     register(address, &cluster_token(address, token)?, ProcKind::Driver)
-}
-
-/// A member's link to its head: joins, then sends a heartbeat every interval, joining again
-/// when the link breaks.
-fn heartbeats(
-    head: &str,
-    token: &str,
-    id: ferry_proto::NodeId,
-    addr: &str,
-    total: ferry_proto::msg::Shape,
-    stats: impl Fn() -> ferry_proto::msg::NodeStats,
-) {
-    let every = env_ms("FERRY_HEARTBEAT_MS", 1000);
-    loop {
-        let joined = (|| -> Result<(), String> {
-            let (conn, mut rx) = register(head, token, ProcKind::Node)?;
-            conn.send(&ToNode::JoinCluster { req: 1, node: id, addr: addr.to_string(), total: total.clone() })
-                .map_err(|e| e.to_string())?;
-            loop {
-                match rx.read::<FromNode>().map_err(|e| e.to_string())? {
-                    FromNode::Ack { error: None, .. } => break,
-                    FromNode::Ack { error: Some(e), .. } => return Err(e),
-                    _ => continue,
-                }
-            }
-            eprintln!("ferry: joined the head at {head}");
-            loop {
-                let s = stats();
-                conn.send(&ToNode::Heartbeat { node: id, available: s.available, workers: s.workers })
-                    .map_err(|e| e.to_string())?;
-                std::thread::sleep(every);
-            }
-        })();
-        if let Err(e) = joined {
-            eprintln!("ferry: lost the head at {head} ({e}); trying again");
-        }
-        std::thread::sleep(every);
-    }
 }
 
 fn status(address: &str, token: Option<String>) -> Result<(), String> {

@@ -362,7 +362,7 @@ fn load_args(rt: &Runtime, function: &str, args: &[Arg]) -> Result<Vec<ArgBytes>
     for (i, a) in args.iter().enumerate() {
         match a {
             Arg::Inline(_) => held.push(ArgBytes::Inline(i)),
-            Arg::Stored { object, .. } => match rt.map_object(*object) {
+            Arg::Stored { object, node, .. } => match rt.map_from(*object, *node) {
                 Ok(v) => held.push(ArgBytes::Mapped(v)),
                 Err(e) => {
                     return Err(TaskError::ArgumentUnavailable {

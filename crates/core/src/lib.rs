@@ -37,7 +37,9 @@ pub use error::{Error, Result};
 pub use executor::store_return;
 pub use ferry_proto::msg::ActorId;
 pub use ferry_proto::msg::NodeStats;
-pub use ferry_proto::{ObjectId, WorkerId};
+/// One node as the cluster sees it (see [`nodes`]).
+pub use ferry_proto::msg::NodeView as NodeInfo;
+pub use ferry_proto::{NodeId, ObjectId, WorkerId};
 pub use memory::{memory_summary, Location, MemorySummary, ObjectSummary};
 pub use runtime::block_on;
 
@@ -172,17 +174,19 @@ impl<T> std::fmt::Debug for ObjectRef<T> {
 /// process that decodes it becomes a borrower, and the object stays alive while any process
 /// holds it. To pass a ref to a task without resolving it, make the parameter an
 /// `ObjectRef<T>`; a `T` parameter receives the value.
+/// A ref travels as its id and, in a cluster, its owner's TCP address, so that a process on
+/// any node can reach the owner.
 impl<T> Serialize for ObjectRef<T> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         refs::encoding_ref(self.raw.id);
-        self.raw.id.serialize(s)
+        (self.raw.id, refs::owner_addr(self.raw.id)).serialize(s)
     }
 }
 
 impl<'de, T> serde::Deserialize<'de> for ObjectRef<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let id = ObjectId::deserialize(d)?;
-        refs::decoded_ref(id);
+        let (id, owner) = <(ObjectId, Option<std::net::SocketAddr>)>::deserialize(d)?;
+        refs::decoded_ref(id, owner);
         Ok(ObjectRef::from_id(id))
     }
 }
@@ -290,11 +294,44 @@ pub struct TaskOptions {
     pub max_retries: Option<u32>,
     /// Name shown in errors (default: the function's name).
     pub name: Option<String>,
+    /// Which node runs it (default: this node first, then where there is room).
+    pub strategy: SchedulingStrategy,
 }
 
 impl Default for TaskOptions {
     fn default() -> Self {
-        TaskOptions { num_cpus: 1.0, resources: Vec::new(), max_retries: None, name: None }
+        TaskOptions {
+            num_cpus: 1.0,
+            resources: Vec::new(),
+            max_retries: None,
+            name: None,
+            strategy: Default::default(),
+        }
+    }
+}
+
+/// Which node a task runs on (Ray's `scheduling_strategy`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SchedulingStrategy {
+    /// The submitting node while it has room; then another node with room (the less loaded
+    /// of two drawn at random), preferring the node that holds most of the arguments' bytes.
+    #[default]
+    Default,
+    /// Round-robin over the nodes that can fit the task.
+    Spread,
+    /// On `node`; if `soft`, elsewhere when that node is dead or cannot fit the task (if not,
+    /// the task fails with `TaskError` saying why).
+    NodeAffinity { node: NodeId, soft: bool },
+}
+
+impl SchedulingStrategy {
+    fn placement(&self) -> ferry_proto::msg::Placement {
+        use ferry_proto::msg::Placement;
+        match self {
+            SchedulingStrategy::Default => Placement::Default,
+            SchedulingStrategy::Spread => Placement::Spread,
+            SchedulingStrategy::NodeAffinity { node, soft } => Placement::Node { node: *node, soft: *soft },
+        }
     }
 }
 
@@ -329,6 +366,11 @@ pub trait RemoteOptions: Sized {
         self.task_options().name = Some(name.to_string());
         self
     }
+    /// Which node runs the task.
+    fn scheduling_strategy(mut self, s: SchedulingStrategy) -> Self {
+        self.task_options().strategy = s;
+        self
+    }
 }
 
 /// Splits encoded arguments into drafts and the handles that keep ref arguments alive
@@ -347,6 +389,21 @@ fn drafts(args: Vec<TaskArg>) -> Result<(Vec<ArgDraft>, Vec<RawRef>)> {
         }
     }
     Ok((drafts, held))
+}
+
+/// The node this process runs on (for [`SchedulingStrategy::NodeAffinity`]).
+pub fn node_id() -> Result<NodeId> {
+    Ok(runtime()?.node_id)
+}
+
+/// Every node of the cluster, alive or dead, with its resources (this node alone when it is
+/// not part of a cluster).
+pub fn nodes() -> Result<Vec<NodeInfo>> {
+    use ferry_proto::msg::{FromNode, ToNode};
+    match runtime()?.node_call(|req| ToNode::ClusterStatus { req })? {
+        FromNode::Cluster { nodes, .. } => Ok(nodes),
+        other => Err(Error::Connection { detail: format!("unexpected reply to a cluster status: {other:?}") }),
+    }
 }
 
 /// Submits a task (used by the code `#[ferry::remote]` generates, after `begin_exports`).
@@ -370,7 +427,7 @@ pub fn submit<R>(function: &'static str, opts: &TaskOptions, args: Vec<TaskArg>)
         None => Arc::from(function.rsplit("::").next().unwrap_or(function)),
     };
     let retries = opts.max_retries.unwrap_or(rt.cfg.default_max_retries);
-    let id = rt.submit(function, name, drafts, &opts.shape(), retries, exported);
+    let id = rt.submit(function, name, drafts, (&opts.shape(), &opts.strategy.placement()), retries, exported);
     // The task now counts its arguments itself.
     drop(held);
     ObjectRef::from_id(id)
@@ -391,8 +448,8 @@ fn decode_ready_raw<T: DeserializeOwned + 'static>(rt: &Runtime, id: ObjectId, r
     match ready {
         Ready::Inline(b) => codec::decode_backed(&b, Backing::Inline(&b)),
         Ready::Stored { view: Some(view), .. } => codec::decode_backed(&view, Backing::Mapped(&view)),
-        Ready::Stored { view: None, .. } => {
-            let view = rt.map_object(id)?;
+        Ready::Stored { view: None, node, .. } => {
+            let view = rt.map_from(id, node)?;
             rt.lock().cache_view(id, view.clone());
             codec::decode_backed(&view, Backing::Mapped(&view))
         }
@@ -634,7 +691,7 @@ pub mod __private {
         await_catching, ActorClass, ActorInstance, ActorMethod, MethodFuture, ACTOR_CLASSES, ACTOR_METHODS,
     };
     pub use crate::registry::{check_arity, decode_arg, run_catching, RemoteFunction, REMOTE_FUNCTIONS};
-    pub use crate::session::{cluster_token, start_node, token_file};
+    pub use crate::session::{cluster_token, start_node, token_file, NodeRole};
     pub use ferry_proto::msg::{Return, TaskError};
     pub use linkme;
 }

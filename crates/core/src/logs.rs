@@ -60,6 +60,6 @@ fn forward(rt: &'static Runtime, file: std::fs::File, stderr: bool) {
                 break;
             }
         }
-        rt.send_node(&ToNode::Log { stderr, lines });
+        rt.send_node(&ToNode::Log { stderr, lines, node: None });
     }
 }

@@ -30,7 +30,9 @@
 //! `Pushed` tasks back to `Queued` while retries last, and fails them after.
 
 use crate::error::Error;
-use ferry_proto::msg::{ActorId, ActorSpec, Arg, FromWorker, ObjectAnswer, Return, Shape, TaskSpec, ToNode, ToWorker};
+use ferry_proto::msg::{
+    ActorId, ActorSpec, Arg, FromWorker, ObjectAnswer, Placement, Return, Shape, TaskSpec, ToNode, ToWorker,
+};
 use ferry_proto::{Conn, NodeId, ObjectId, TaskId, WorkerId};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::collections::VecDeque;
@@ -178,6 +180,7 @@ struct Lease {
 #[derive(Debug, Default)]
 struct Class {
     shape: Shape,
+    placement: Placement,
     queue: VecDeque<TaskId>,
     leases: Vec<u64>,
     pending_requests: usize,
@@ -187,6 +190,8 @@ struct Class {
 #[derive(Debug, Default)]
 pub(crate) struct Effects {
     pub to_node: Vec<ToNode>,
+    /// Stored objects to delete, with the node whose store holds them.
+    pub frees: Vec<(NodeId, ObjectId)>,
     pub pushes: Vec<(Arc<Conn>, ToWorker)>,
     /// Messages to other processes by id (connected to on first use).
     pub to_peers: Vec<(WorkerId, ToWorker)>,
@@ -213,6 +218,9 @@ pub(crate) struct Exports {
     pub returned_actors: Vec<(ActorId, String)>,
 }
 
+/// Arguments smaller than this in all are not worth choosing a node for.
+pub(crate) const LOCALITY_MIN_BYTES: u64 = 1 << 20;
+
 /// Tunables the table needs.
 #[derive(Debug, Clone)]
 pub(crate) struct OwnerLimits {
@@ -233,7 +241,7 @@ pub(crate) struct OwnerState {
     /// `ResolveActor` requests in flight.
     pub actor_resolves: HashMap<u64, ActorId>,
     classes: Vec<Class>,
-    class_ids: HashMap<Shape, usize>,
+    class_ids: HashMap<(Shape, Placement), usize>,
     leases: HashMap<u64, Lease>,
     lease_requests: HashMap<u64, usize>,
     next_seq: u64,
@@ -279,13 +287,14 @@ impl OwnerState {
         TaskId { owner: self.me, seq }
     }
 
-    fn class_of(&mut self, shape: &Shape) -> usize {
-        if let Some(c) = self.class_ids.get(shape) {
+    fn class_of(&mut self, shape: &Shape, placement: &Placement) -> usize {
+        let key = (shape.clone(), placement.clone());
+        if let Some(c) = self.class_ids.get(&key) {
             return *c;
         }
         let id = self.classes.len();
-        self.classes.push(Class { shape: shape.clone(), ..Default::default() });
-        self.class_ids.insert(shape.clone(), id);
+        self.classes.push(Class { shape: shape.clone(), placement: placement.clone(), ..Default::default() });
+        self.class_ids.insert(key, id);
         id
     }
 
@@ -357,8 +366,8 @@ impl OwnerState {
             }
         }
         if owned {
-            if let ObjState::Ready(Ready::Stored { .. }) = e.state {
-                fx.to_node.push(ToNode::Free { objects: vec![id] });
+            if let ObjState::Ready(Ready::Stored { node, .. }) = e.state {
+                fx.frees.push((node, id));
             }
         } else {
             self.unregistered.remove(&id);
@@ -386,12 +395,12 @@ impl OwnerState {
         function: &'static str,
         name: Arc<str>,
         args: Vec<ArgDraft>,
-        shape: &Shape,
+        (shape, placement): (&Shape, &Placement),
         max_retries: u32,
         exported: Exports,
         fx: &mut Effects,
     ) -> ObjectId {
-        let class = self.class_of(shape);
+        let class = self.class_of(shape, placement);
         let target = Target { class, actor: None, create: None };
         let (task, ret, failed) = self.register_task(function, name, args, target, exported, max_retries, 1, fx);
         if let Some(err) = failed {
@@ -461,15 +470,40 @@ impl OwnerState {
         if self.node_short && self.classes[class].queue.is_empty() && pipelined == 0 {
             self.return_idle_leases(None, fx);
         }
+        let want = (self.classes[class].queue.len() + pipelined).min(self.limits.max_pending_requests);
+        if self.classes[class].pending_requests >= want {
+            return;
+        }
+        let prefer = self.classes[class].queue.front().and_then(|t| self.args_node(*t));
         let c = &mut self.classes[class];
-        let want = (c.queue.len() + pipelined).min(self.limits.max_pending_requests);
         while c.pending_requests < want {
             let req = self.next_req;
             self.next_req += 1;
             c.pending_requests += 1;
             self.lease_requests.insert(req, class);
-            fx.to_node.push(ToNode::RequestLease { req, shape: c.shape.clone(), depth: self.depth });
+            let (shape, placement) = (c.shape.clone(), c.placement.clone());
+            fx.to_node.push(ToNode::RequestLease { req, shape, depth: self.depth, placement, prefer });
         }
+    }
+
+    /// The node holding most of `task`'s stored argument bytes, if that is at least
+    /// [`LOCALITY_MIN_BYTES`]: its lease is best asked of that node (Ray's locality-aware
+    /// lease policy), so the bytes need not move.
+    fn args_node(&self, task: TaskId) -> Option<NodeId> {
+        let t = self.tasks.get(&task)?;
+        let mut best: Vec<(NodeId, u64)> = Vec::new();
+        for a in &t.args {
+            if let ArgDraft::Ref(id) = a {
+                if let Some(ObjState::Ready(Ready::Stored { size, node, .. })) = self.objects.get(id).map(|e| &e.state)
+                {
+                    match best.iter_mut().find(|(n, _)| n == node) {
+                        Some((_, b)) => *b += size,
+                        None => best.push((*node, *size)),
+                    }
+                }
+            }
+        }
+        best.into_iter().filter(|(_, b)| *b >= LOCALITY_MIN_BYTES).max_by_key(|(_, b)| *b).map(|(n, _)| n)
     }
 
     fn resolve_args(&self, drafts: &[ArgDraft]) -> Result<Vec<Arg>, Error> {
@@ -542,8 +576,8 @@ impl OwnerState {
         if final_already {
             // Nobody holds the object any more, or it is already final (cancelled, failed at
             // shutdown): the late value is dropped.
-            if let (true, ObjState::Ready(Ready::Stored { .. })) = (owned, &state) {
-                fx.to_node.push(ToNode::Free { objects: vec![id] });
+            if let (true, ObjState::Ready(Ready::Stored { node, .. })) = (owned, &state) {
+                fx.frees.push((*node, id));
             }
             self.unpin_all(contains, fx);
             return;
@@ -643,8 +677,8 @@ impl OwnerState {
         let contained = self.pin_contained(inside.refs);
         let Some(t) = self.finish_push(task) else {
             // A task we gave up on (cancelled, failed over): drop what it stored.
-            if let Some(Return::Stored { .. }) = returns.first() {
-                fx.to_node.push(ToNode::Free { objects: vec![ObjectId { task, index: 0 }] });
+            if let Some(Return::Stored { node, .. }) = returns.first() {
+                fx.frees.push((*node, ObjectId { task, index: 0 }));
             }
             self.unpin_all(contained, fx);
             self.returned_actors(ObjectId::default(), inside.actors, fx);

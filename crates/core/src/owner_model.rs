@@ -100,27 +100,27 @@ impl Harness {
 
     /// Grants the first lease asked for and records every object freed.
     fn settle(&mut self, fx: Effects) {
-        let mut pending = fx.to_node;
-        while !pending.is_empty() {
+        let mut fx = fx;
+        loop {
+            for (_, o) in fx.frees.drain(..) {
+                assert!(self.freed.insert(o), "object {o:?} freed twice");
+            }
+            if fx.to_node.is_empty() {
+                break;
+            }
             let mut more = Effects::default();
-            for m in pending {
-                match m {
-                    // A node with one worker: the first request is granted, the others wait
-                    // (as a short daemon's would).
-                    ToNode::RequestLease { req, .. } if self.next_lease == 1 => {
+            for m in std::mem::take(&mut fx.to_node) {
+                // A node with one worker: the first request is granted, the others wait
+                // (as a short daemon's would).
+                if let ToNode::RequestLease { req, .. } = m {
+                    if self.next_lease == 1 {
                         let lease = self.next_lease;
                         self.next_lease += 1;
                         self.st.on_lease_granted(req, lease, WorkerId(100 + lease), self.conn.clone(), &mut more);
                     }
-                    ToNode::Free { objects } => {
-                        for o in objects {
-                            assert!(self.freed.insert(o), "object {o:?} freed twice");
-                        }
-                    }
-                    _ => {}
                 }
             }
-            pending = more.to_node;
+            fx = more;
         }
     }
 }
@@ -166,7 +166,15 @@ fn run(ops: Vec<Op>) {
                 }
                 let args: Vec<ObjectId> = args.iter().map(|i| m.handles[i % m.handles.len()]).collect();
                 let drafts = args.iter().map(|a| ArgDraft::Ref(*a)).collect();
-                let ret = h.st.submit("f", Arc::from("f"), drafts, &Shape::cpus(1.0), 0, Default::default(), &mut fx);
+                let ret = h.st.submit(
+                    "f",
+                    Arc::from("f"),
+                    drafts,
+                    (&Shape::cpus(1.0), &Default::default()),
+                    0,
+                    Default::default(),
+                    &mut fx,
+                );
                 all.push(ret);
                 m.handles.push(ret);
                 let t = ModelTask { task: ret.task, ret, args: args.clone(), stored_return };

@@ -90,9 +90,17 @@ pub(crate) fn encoding_actor(id: ActorId, label: &str) -> bool {
     })
 }
 
-/// Called when a ref is decoded.
-pub(crate) fn decoded_ref(id: ObjectId) {
+/// The TCP address of `id`'s owner, to travel with the ref (`None` off a cluster).
+pub(crate) fn owner_addr(id: ObjectId) -> Option<std::net::SocketAddr> {
+    try_runtime().filter(|rt| rt.my_tcp.is_some()).and_then(|rt| rt.tcp_addr_of(id.owner()))
+}
+
+/// Called when a ref is decoded; `owner` is where its owner listens on TCP.
+pub(crate) fn decoded_ref(id: ObjectId, owner: Option<std::net::SocketAddr>) {
     let Some(rt) = try_runtime() else { return };
+    if let Some(a) = owner {
+        rt.learn_addr(id.owner(), a);
+    }
     if rt.lock().decode_ref(id) {
         DECODED.with(|d| {
             if let Some(v) = d.borrow_mut().as_mut() {

@@ -10,7 +10,15 @@
 //! - `ferry-housekeeping`: returns leases idle for too long.
 //!
 //! Every process listens on `<session dir>/p-<worker id>.sock`, so a ref's id (which names
-//! its owner) is enough to reach the owner.
+//! its owner) is enough to reach the owner on the same node. On a node with a TCP address
+//! processes also listen on TCP, and a ref carries its owner's TCP address when it travels
+//! (as Ray's refs carry the owner's address), so a process on another node reaches the owner
+//! without asking anyone.
+//!
+//! Leases may come from other nodes: a daemon answers a request with `LeaseSpillback`, and
+//! the request goes to that node's daemon (connected to on first use, as a `Client`). The
+//! owner table sees lease ids of this process's own numbering; [`LeaseRoutes`] maps them to
+//! the granting daemon and its lease id.
 //!
 //! The owner table's mutex is never held while blocking on the network: state changes
 //! collect their sends in [`Effects`], which go out after the lock is released (sends only
@@ -27,6 +35,7 @@ use ferry_proto::msg::{FromNode, FromWorker, NodeStats, ProcKind, Shape, ToNode,
 use ferry_proto::{FrameError, FrameReader, NodeId, ObjectId, Stream, WorkerId};
 use ferry_store::{ObjectView, StoreDir};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock};
@@ -66,6 +75,18 @@ pub(crate) struct Identity {
     pub session_dir: std::path::PathBuf,
     /// The node's spill directory, where spilled objects are read from.
     pub spill_dir: Option<std::path::PathBuf>,
+    /// Also listen on TCP at this host address (a node with a TCP address).
+    pub tcp_host: Option<String>,
+}
+
+/// Leases and lease requests by daemon (see the module docs).
+#[derive(Default)]
+struct LeaseRoutes {
+    next: u64,
+    /// This process's lease id → the granting node and its lease id.
+    routes: HashMap<u64, (NodeId, u64)>,
+    /// Unanswered lease requests: the node asked, and the request (to ask another).
+    requests: HashMap<u64, (NodeId, ToNode)>,
 }
 
 /// See the module docs.
@@ -78,6 +99,14 @@ pub(crate) struct Runtime {
     pub session_dir: std::path::PathBuf,
     pub node_addr: Addr,
     node: Arc<Conn>,
+    /// Where processes of other nodes reach this one.
+    pub my_tcp: Option<SocketAddr>,
+    /// Where other processes listen on TCP, learnt from the refs they own.
+    addrs: std::sync::RwLock<HashMap<WorkerId, SocketAddr>>,
+    /// Connections to other nodes' daemons, and their addresses.
+    daemons: Mutex<HashMap<NodeId, Arc<Conn>>>,
+    daemon_addrs: Mutex<HashMap<NodeId, String>>,
+    leases: Mutex<LeaseRoutes>,
     node_calls: Mutex<HashMap<u64, mpsc::SyncSender<FromNode>>>,
     next_call: AtomicU64,
     state: Mutex<OwnerState>,
@@ -113,15 +142,24 @@ impl Runtime {
             true => None,
             false => Some(bind(&id.session_dir)?),
         };
+        let tcp_listener = match &id.tcp_host {
+            Some(h) => Some(
+                std::net::TcpListener::bind((h.as_str(), 0))
+                    .map_err(|e| Error::Connection { detail: format!("cannot listen on TCP at {h}: {e}") })?,
+            ),
+            None => None,
+        };
+        let my_tcp = tcp_listener.as_ref().and_then(|l| l.local_addr().ok());
         let (conn, mut reader, node_id) = connect(&id.node_addr, &id.token, id.me, cfg.max_frame_bytes)
             .map_err(|e| Error::Connection { detail: format!("node daemon at {}: {e}", id.node_addr) })?;
         let conn = Arc::new(conn);
         let listen = Addr::Unix(peer_socket(&id.session_dir, id.me));
         let exe = match id.kind {
             ProcKind::Driver => std::env::current_exe().ok(),
-            ProcKind::Worker | ProcKind::Node => None,
+            _ => None,
         };
-        conn.send(&ToNode::Register { kind: id.kind, pid: std::process::id(), listen, exe })
+        let tcp = my_tcp.map(|a| a.to_string());
+        conn.send(&ToNode::Register { kind: id.kind, pid: std::process::id(), listen, tcp, exe })
             .map_err(|e| Error::Connection { detail: e.to_string() })?;
         // Nothing that comes before the answer concerns a process that is not yet registered.
         loop {
@@ -157,6 +195,11 @@ impl Runtime {
             node_addr: id.node_addr.clone(),
             cfg,
             node: conn,
+            my_tcp,
+            addrs: Default::default(),
+            daemons: Default::default(),
+            daemon_addrs: Default::default(),
+            leases: Mutex::new(LeaseRoutes { next: 1, ..Default::default() }),
             node_calls: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(1),
             state: Mutex::new(OwnerState::new(id.me, limits)),
@@ -174,7 +217,7 @@ impl Runtime {
         let rt: &'static Runtime = RUNTIME.get().expect("just set");
         thread::Builder::new()
             .name("ferry-node-rx".into())
-            .spawn(move || rt.node_reader(reader))
+            .spawn(move || rt.daemon_reader(node_id, reader))
             .map_err(|e| Error::Connection { detail: e.to_string() })?;
         thread::Builder::new()
             .name("ferry-housekeeping".into())
@@ -186,8 +229,21 @@ impl Runtime {
             .map_err(|e| Error::Connection { detail: e.to_string() })?;
         thread::Builder::new()
             .name("ferry-accept".into())
-            .spawn(move || rt.accept_loop(listener))
+            .spawn(move || rt.accept_loop(listener.incoming().map(|s| s.map(Stream::Unix))))
             .map_err(|e| Error::Connection { detail: e.to_string() })?;
+        if let Some(l) = tcp_listener {
+            thread::Builder::new()
+                .name("ferry-accept-tcp".into())
+                .spawn(move || {
+                    rt.accept_loop(l.incoming().map(|s| {
+                        s.map(|s| {
+                            let _ = s.set_nodelay(true);
+                            Stream::Tcp(s)
+                        })
+                    }))
+                })
+                .map_err(|e| Error::Connection { detail: e.to_string() })?;
+        }
         Ok(rt)
     }
 
@@ -214,7 +270,28 @@ impl Runtime {
     /// Carries out the effects of a state change (after the lock is released).
     pub(crate) fn apply(&'static self, mut fx: Effects) {
         for m in fx.to_node {
-            let _ = self.node.send(&m);
+            match m {
+                ToNode::RequestLease { req, .. } => {
+                    self.lock_leases().requests.insert(req, (self.node_id, m.clone()));
+                    let _ = self.node.send(&m);
+                }
+                ToNode::ReturnLease { lease, kill } => {
+                    let route = self.lock_leases().routes.remove(&lease);
+                    if let Some((node, lease)) = route {
+                        self.send_to_node(node, &ToNode::ReturnLease { lease, kill });
+                    }
+                }
+                m => {
+                    let _ = self.node.send(&m);
+                }
+            }
+        }
+        if !fx.frees.is_empty() {
+            fx.frees.sort_unstable_by_key(|(n, _)| *n);
+            for chunk in fx.frees.chunk_by(|a, b| a.0 == b.0) {
+                let objects = chunk.iter().map(|(_, o)| *o).collect();
+                self.send_to_node(chunk[0].0, &ToNode::Free { objects });
+            }
         }
         for (conn, m) in fx.pushes {
             // A failed push surfaces as the loss of that worker on its reader thread.
@@ -295,26 +372,45 @@ impl Runtime {
         let _ = self.node.send(m);
     }
 
-    fn node_reader(&'static self, mut reader: FrameReader<Stream>) {
+    /// Reads what a daemon sends: this node's (`node == self.node_id`), or another node's
+    /// that this process holds leases of.
+    fn daemon_reader(&'static self, node: NodeId, mut reader: FrameReader<Stream>) {
         loop {
             let msg = match reader.read::<FromNode>() {
                 Ok(m) => m,
-                Err(e) => {
+                Err(e) if node == self.node_id => {
                     self.node_lost(e);
+                    return;
+                }
+                Err(_) => {
+                    self.daemon_lost(node);
                     return;
                 }
             };
             match msg {
-                FromNode::LeaseGranted { req, lease, worker, addr } => match self.worker_conn(worker, &addr) {
-                    Ok(conn) => self.with_state(|st, fx| st.on_lease_granted(req, lease, worker, conn, fx)),
-                    Err(e) => {
-                        eprintln!("ferry: cannot reach leased worker {worker:?} at {addr}: {e}");
-                        self.with_state(|st, fx| st.on_lease_unreachable(req, lease, fx))
+                FromNode::LeaseGranted { req, lease: theirs, worker, addr } => {
+                    let lease = {
+                        let mut l = self.lock_leases();
+                        l.requests.remove(&req);
+                        let lease = l.next;
+                        l.next += 1;
+                        l.routes.insert(lease, (node, theirs));
+                        lease
+                    };
+                    match self.worker_conn(worker, &addr) {
+                        Ok(conn) => self.with_state(|st, fx| st.on_lease_granted(req, lease, worker, conn, fx)),
+                        Err(e) => {
+                            eprintln!("ferry: cannot reach leased worker {worker:?} at {addr}: {e}");
+                            self.with_state(|st, fx| st.on_lease_unreachable(req, lease, fx))
+                        }
                     }
-                },
+                }
+                FromNode::LeaseSpillback { req, node: to, addr } => self.spill_back(req, to, &addr),
                 FromNode::LeaseInfeasible { req, reason } => {
+                    self.lock_leases().requests.remove(&req);
                     self.with_state(|st, fx| st.on_lease_infeasible(req, reason, fx))
                 }
+                FromNode::Pulled { req, .. } => self.answer_call(req, msg),
                 FromNode::RecallIdleLeases => self.with_state(|st, fx| {
                     st.node_short = true;
                     st.return_idle_leases(None, fx)
@@ -349,8 +445,130 @@ impl Runtime {
                     None => eprintln!("ferry: a driver was asked to host an actor; ignored"),
                 },
                 // Creation failures also reach callers through `ActorState` (dead).
-                FromNode::ActorCreated { .. } | FromNode::Registered { .. } => {}
+                FromNode::ActorCreated { .. } | FromNode::Registered { .. } | FromNode::ObjectData { .. } => {}
             }
+        }
+    }
+
+    fn lock_leases(&self) -> MutexGuard<'_, LeaseRoutes> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A daemon sent a lease request on to node `to`: ask that node, which grants or queues it
+    /// (`Placement::Here`). If it cannot be reached, this node queues it after all.
+    fn spill_back(&'static self, req: u64, to: NodeId, addr: &str) {
+        let Some((_, mut msg)) = self.lock_leases().requests.remove(&req) else { return };
+        if let ToNode::RequestLease { placement, .. } = &mut msg {
+            *placement = ferry_proto::msg::Placement::Here;
+        }
+        let target = match self.daemon_conn(to, addr) {
+            Ok(c) => (to, c),
+            Err(e) => {
+                eprintln!("ferry: cannot reach node {to} at {addr} ({e}); the task waits on this node");
+                (self.node_id, self.node.clone())
+            }
+        };
+        self.lock_leases().requests.insert(req, (target.0, msg.clone()));
+        let _ = target.1.send(&msg);
+    }
+
+    /// Sends `m` to node `n`'s daemon (dropped if that node is unknown or gone: then what it
+    /// would have done, freeing or returning, no longer matters).
+    fn send_to_node(&'static self, n: NodeId, m: &ToNode) {
+        if n == self.node_id {
+            let _ = self.node.send(m);
+            return;
+        }
+        let known = self.daemons.lock().unwrap_or_else(|e| e.into_inner()).get(&n).cloned();
+        let conn = match known {
+            Some(c) => Some(c),
+            None => {
+                let addr = self.daemon_addrs.lock().unwrap_or_else(|e| e.into_inner()).get(&n).cloned();
+                addr.and_then(|a| self.daemon_conn(n, &a).ok())
+            }
+        };
+        if let Some(c) = conn {
+            let _ = c.send(m);
+        }
+    }
+
+    /// The connection to node `n`'s daemon at `addr`, opened (and registered as a client)
+    /// on first use.
+    fn daemon_conn(&'static self, n: NodeId, addr: &str) -> Result<Arc<Conn>> {
+        let mut daemons = self.daemons.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = daemons.get(&n) {
+            return Ok(c.clone());
+        }
+        self.daemon_addrs.lock().unwrap_or_else(|e| e.into_inner()).insert(n, addr.to_string());
+        let err = |e: String| Error::Connection { detail: format!("node {n} at {addr}: {e}") };
+        let (conn, mut reader, _) =
+            connect(&Addr::Tcp(addr.to_string()), &self.token, self.me, self.cfg.max_frame_bytes)
+                .map_err(|e| err(e.to_string()))?;
+        let register = ToNode::Register {
+            kind: ProcKind::Client,
+            pid: std::process::id(),
+            listen: Addr::Unix(peer_socket(&self.session_dir, self.me)),
+            tcp: self.my_tcp.map(|a| a.to_string()),
+            exe: std::env::current_exe().ok(),
+        };
+        conn.send(&register).map_err(|e| err(e.to_string()))?;
+        reader.get_ref().set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| err(e.to_string()))?;
+        loop {
+            match reader.read::<FromNode>() {
+                Ok(FromNode::Registered { .. }) => break,
+                Ok(_) => continue,
+                Err(e) => return Err(err(format!("registration failed: {e}"))),
+            }
+        }
+        reader.get_ref().set_read_timeout(None).map_err(|e| err(e.to_string()))?;
+        let conn = Arc::new(conn);
+        daemons.insert(n, conn.clone());
+        drop(daemons);
+        thread::Builder::new()
+            .name("ferry-daemon-rx".into())
+            .spawn(move || self.daemon_reader(n, reader))
+            .map_err(|e| err(e.to_string()))?;
+        Ok(conn)
+    }
+
+    /// Another node's daemon is gone: requests waiting there are asked of this node again
+    /// (its workers, and so the leases, go with it and are reported by their connections).
+    fn daemon_lost(&'static self, n: NodeId) {
+        if let Some(c) = self.daemons.lock().unwrap_or_else(|e| e.into_inner()).remove(&n) {
+            c.shutdown();
+        }
+        let retry: Vec<ToNode> = {
+            let mut l = self.lock_leases();
+            let reqs: Vec<u64> = l.requests.iter().filter(|(_, (t, _))| *t == n).map(|(r, _)| *r).collect();
+            reqs.into_iter()
+                .filter_map(|r| l.requests.remove(&r))
+                .map(|(_, mut m)| {
+                    if let ToNode::RequestLease { placement, .. } = &mut m {
+                        *placement = ferry_proto::msg::Placement::Default;
+                    }
+                    m
+                })
+                .collect()
+        };
+        self.apply(Effects { to_node: retry, ..Default::default() });
+    }
+
+    /// Where process `w` listens on TCP (learnt from a ref it owns), for processes of other
+    /// nodes; this process's own address for itself.
+    pub(crate) fn tcp_addr_of(&self, w: WorkerId) -> Option<SocketAddr> {
+        if w == self.me {
+            return self.my_tcp;
+        }
+        self.addrs.read().unwrap_or_else(|e| e.into_inner()).get(&w).copied()
+    }
+
+    pub(crate) fn learn_addr(&self, w: WorkerId, a: SocketAddr) {
+        if w == self.me {
+            return;
+        }
+        let known = self.addrs.read().unwrap_or_else(|e| e.into_inner()).get(&w) == Some(&a);
+        if !known {
+            self.addrs.write().unwrap_or_else(|e| e.into_inner()).insert(w, a);
         }
     }
 
@@ -389,9 +607,18 @@ impl Runtime {
 
     // ---- leased workers ----
 
-    /// The connection to another process by id (at its well-known socket).
+    /// The connection to another process by id: at its well-known socket if it is on this
+    /// node, else at the TCP address its refs carried.
     pub(crate) fn peer_conn(&'static self, peer: WorkerId) -> Result<Arc<Conn>> {
-        self.worker_conn(peer, &Addr::Unix(peer_socket(&self.session_dir, peer)))
+        if let Some(c) = self.peers.lock().unwrap_or_else(|e| e.into_inner()).get(&peer) {
+            return Ok(c.clone());
+        }
+        let unix = peer_socket(&self.session_dir, peer);
+        let addr = match self.tcp_addr_of(peer).filter(|_| !unix.exists()) {
+            Some(a) => Addr::Tcp(a.to_string()),
+            None => Addr::Unix(unix),
+        };
+        self.worker_conn(peer, &addr)
     }
 
     /// The connection to `worker`, opened (with its reader thread) on first use.
@@ -518,11 +745,11 @@ impl Runtime {
 
     // ---- connections from other processes ----
 
-    fn accept_loop(&'static self, listener: UnixListener) {
-        for stream in listener.incoming() {
+    fn accept_loop(&'static self, incoming: impl Iterator<Item = std::io::Result<Stream>>) {
+        for stream in incoming {
             let Ok(stream) = stream else { continue };
             let _ = thread::Builder::new().name("ferry-inbound".into()).spawn(move || {
-                match accept(Stream::Unix(stream), &self.token, self.node_id, self.cfg.max_frame_bytes) {
+                match accept(stream, &self.token, self.node_id, self.cfg.max_frame_bytes) {
                     Ok((conn, reader, hello)) => self.inbound(hello.from, Arc::new(conn), reader),
                     Err(e) => eprintln!("ferry: refused a connection: {e}"),
                 }
@@ -637,6 +864,27 @@ impl Runtime {
         }
     }
 
+    /// Maps `id`, stored on `node`: first copied here if `node` is another node (the daemon
+    /// pulls it; a copy already here is used as it is).
+    pub(crate) fn map_from(&self, id: ObjectId, node: NodeId) -> Result<ObjectView> {
+        if node != self.node_id {
+            if let Ok(v) = self.store.map(id) {
+                return Ok(v);
+            }
+            match self.node_call(|req| ToNode::Pull { req, object: id, from: node })? {
+                FromNode::Pulled { error: None, .. } => {}
+                FromNode::Pulled { error: Some(e), .. } => {
+                    return Err(Error::ObjectLost {
+                        object: id,
+                        reason: format!("cannot copy it from node {node}: {e}"),
+                    })
+                }
+                other => return Err(Error::Connection { detail: format!("unexpected reply to pull: {other:?}") }),
+            }
+        }
+        self.map_object(id)
+    }
+
     pub(crate) fn map_object(&self, id: ObjectId) -> Result<ObjectView> {
         self.store
             .map(id)
@@ -700,11 +948,11 @@ impl Runtime {
         function: &'static str,
         name: Arc<str>,
         args: Vec<ArgDraft>,
-        shape: &Shape,
+        class: (&Shape, &ferry_proto::msg::Placement),
         max_retries: u32,
         exported: crate::owner::Exports,
     ) -> ObjectId {
-        self.with_state(|st, fx| st.submit(function, name, args, shape, max_retries, exported, fx))
+        self.with_state(|st, fx| st.submit(function, name, args, class, max_retries, exported, fx))
     }
 
     /// An object whose value is an error (for calls that fail before a task exists).

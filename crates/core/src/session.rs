@@ -73,17 +73,30 @@ fn node_options(cfg: &Config, program: Option<PathBuf>, tcp: Option<String>) -> 
         worker_program: program,
         tcp,
         head_timeout: None,
+        join: None,
         worker_env: cfg.to_worker_env(),
         max_frame: cfg.max_frame_bytes,
     }
 }
 
+/// How a node started on its own takes part in a cluster.
+#[derive(Debug, Clone)]
+pub enum NodeRole {
+    /// Other nodes join it; one silent this long is dead.
+    Head { timeout: std::time::Duration },
+    /// It joins the head at this address, with a heartbeat every interval.
+    Member { head: String, heartbeat: std::time::Duration },
+}
+
 /// Starts a node on its own (for `ferry start`): it listens on `tcp` too, and its workers
-/// run the binary of the first driver that joins. With `head_timeout` it is a head: other
-/// nodes join it, and one silent that long is dead. Returns the node and its token.
-pub fn start_node(cfg: &Config, tcp: &str, head_timeout: Option<std::time::Duration>) -> Result<(NodeHandle, String)> {
+/// run the binary of the first driver that joins (or that leases a worker from another node).
+/// Returns the node and its token.
+pub fn start_node(cfg: &Config, tcp: &str, role: NodeRole) -> Result<(NodeHandle, String)> {
     let mut opts = node_options(cfg, None, Some(tcp.to_string()));
-    opts.head_timeout = head_timeout;
+    match role {
+        NodeRole::Head { timeout } => opts.head_timeout = Some(timeout),
+        NodeRole::Member { head, heartbeat } => opts.join = Some((head, heartbeat)),
+    }
     let token = opts.token.clone();
     let node = ferry_node::start(opts)
         .map_err(|e| Error::Connection { detail: format!("cannot start the node daemon on {tcp}: {e}") })?;
@@ -115,6 +128,7 @@ pub(crate) fn start_embedded(cfg: Config) -> Result<()> {
         store_dir,
         session_dir,
         spill_dir,
+        tcp_host: None,
     };
     Runtime::start(id, cfg, Some(node), None)?;
     // SAFETY: registering a plain extern "C" function.
@@ -151,9 +165,19 @@ fn join(cfg: Config, address: &str) -> Result<()> {
         store_dir: PathBuf::new(),
         session_dir: PathBuf::new(),
         spill_dir: None,
+        // Processes of other nodes reach this driver at its address on the way to the node.
+        tcp_host: local_ip_toward(address),
     };
     Runtime::start(id, cfg, None, None)?;
     Ok(())
+}
+
+/// This host's address on the route to `address` (no packet is sent: connecting a UDP
+/// socket only picks the route).
+fn local_ip_toward(address: &str) -> Option<String> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect(address).ok()?;
+    Some(s.local_addr().ok()?.ip().to_string())
 }
 
 extern "C" fn exit_cleanup() {

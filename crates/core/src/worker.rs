@@ -46,6 +46,7 @@ pub(crate) fn main() -> ! {
         store_dir: PathBuf::from(var(STORE_DIR)),
         session_dir: PathBuf::from(var(SESSION_DIR)),
         spill_dir: std::env::var_os(SPILL_DIR).filter(|d| !d.is_empty()).map(PathBuf::from),
+        tcp_host: std::env::var(TCP_HOST).ok().filter(|h| !h.is_empty()),
     };
     // Programs the task starts are not workers.
     // SAFETY: still single-threaded here (before main, no thread started yet).

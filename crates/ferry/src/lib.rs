@@ -25,16 +25,16 @@
 
 pub use ferry_core::{
     block_on, cancel, decode, encode_vec, get, get_actor, get_all, get_async, get_bytes, get_timeout, init, kill,
-    memory_summary, node_stats, put, shutdown, store_return, wait, Actor, ActorHandle, ActorId, ActorOptions,
-    ActorOptionsBuilder, ActorProxy, Bytes, BytesMut, Config, Error, GetFuture, IntoArg, Location, MemorySummary,
-    NodeStats, ObjectId, ObjectRef, ObjectSummary, RawActor, RemoteOptions, Result, TaskArg, TaskOptions, WaitResult,
-    WorkerId,
+    memory_summary, node_id, node_stats, nodes, put, shutdown, store_return, wait, Actor, ActorHandle, ActorId,
+    ActorOptions, ActorOptionsBuilder, ActorProxy, Bytes, BytesMut, Config, Error, GetFuture, IntoArg, Location,
+    MemorySummary, NodeId, NodeInfo, NodeStats, ObjectId, ObjectRef, ObjectSummary, RawActor, RemoteOptions, Result,
+    SchedulingStrategy, TaskArg, TaskOptions, WaitResult, WorkerId,
 };
 pub use ferry_macros::{actor, main, remote};
 
 /// The names most programs need: `use ferry::prelude::*;`.
 pub mod prelude {
-    pub use crate::{ActorHandle, ActorOptionsBuilder, IntoArg, ObjectRef, RemoteOptions};
+    pub use crate::{ActorHandle, ActorOptionsBuilder, IntoArg, ObjectRef, RemoteOptions, SchedulingStrategy};
     pub use std::time::Duration;
 }
 

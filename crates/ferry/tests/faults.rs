@@ -97,11 +97,19 @@ fn raw_worker() -> (Conn, FrameReader<Stream>, Conn) {
         kind: ferry_proto::msg::ProcKind::Driver,
         pid: std::process::id(),
         listen: ferry_proto::Addr::Unix("/nonexistent".into()),
+        tcp: None,
         exe: None,
     })
     .unwrap();
     assert!(matches!(node_rx.read::<FromNode>().unwrap(), FromNode::Registered { .. }));
-    node.send(&ToNode::RequestLease { req: 1, shape: Shape::cpus(1.0), depth: 1 }).unwrap();
+    node.send(&ToNode::RequestLease {
+        req: 1,
+        shape: Shape::cpus(1.0),
+        depth: 1,
+        placement: Default::default(),
+        prefer: None,
+    })
+    .unwrap();
     let addr = loop {
         match node_rx.read::<FromNode>().unwrap() {
             FromNode::LeaseGranted { addr, .. } => break addr,
@@ -166,6 +174,7 @@ fn garbage_and_oversized_frames_close_only_that_connection() {
         kind: ferry_proto::msg::ProcKind::Worker,
         pid: 1,
         listen: ferry_proto::Addr::Unix("/x".into()),
+        tcp: None,
         exe: None,
     })
     .unwrap();
@@ -318,6 +327,7 @@ fn a_peer_that_stops_reading_cannot_stall_the_daemon() {
         kind: ferry_proto::msg::ProcKind::Driver,
         pid: std::process::id(),
         listen: ferry_proto::Addr::Unix("/nonexistent".into()),
+        tcp: None,
         exe: None,
     })
     .unwrap();

@@ -166,6 +166,7 @@ fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenS
                     resources: ::std::vec![#( (::std::string::String::from(#res_names), #res_amounts) ),*],
                     max_retries: #max_retries,
                     name: #display,
+                    strategy: ::std::default::Default::default(),
                 })
             }
 

@@ -66,13 +66,28 @@ impl ActorRec {
 impl Node {
     fn location(&self, st: &State, rec: &ActorRec) -> Option<ActorLocation> {
         match &rec.phase {
-            Phase::Alive { worker } => st.workers.get(worker).map(|(_, addr)| ActorLocation::Alive {
+            Phase::Alive { worker } => st.workers.get(worker).map(|(_, addr, _)| ActorLocation::Alive {
                 worker: *worker,
                 addr: addr.clone(),
                 incarnation: rec.incarnation,
             }),
             Phase::Dead { reason } => Some(ActorLocation::Dead { reason: reason.clone() }),
             _ => None,
+        }
+    }
+
+    /// `location` as the peer on `conn` reaches it (over TCP when it came over TCP).
+    fn location_for(&self, st: &State, conn: ConnId, location: &ActorLocation) -> ActorLocation {
+        match location {
+            ActorLocation::Alive { worker, addr, incarnation } => {
+                let tcp = st.workers.get(worker).and_then(|(_, _, t)| t.clone());
+                ActorLocation::Alive {
+                    worker: *worker,
+                    addr: self.addr_for(st, conn, addr, &tcp),
+                    incarnation: *incarnation,
+                }
+            }
+            dead => dead.clone(),
         }
     }
 
@@ -87,7 +102,8 @@ impl Node {
             None
         };
         for (conn, req) in waiters {
-            self.send(st, conn, &FromNode::ActorState { req, actor, location: location.clone() });
+            let location = self.location_for(st, conn, &location);
+            self.send(st, conn, &FromNode::ActorState { req, actor, location });
         }
         if let Some((conn, req)) = created {
             let error = match &location {
@@ -155,7 +171,7 @@ impl Node {
         rec.phase = Phase::Starting { worker };
         let spec = rec.spec.clone().expect("placed actors have a spec");
         st.worker_actor.insert(worker, actor);
-        if let Some((wconn, _)) = st.workers.get(&worker) {
+        if let Some((wconn, _, _)) = st.workers.get(&worker) {
             let wconn = *wconn;
             self.send(st, wconn, &FromNode::BecomeActor { actor, spec });
         }

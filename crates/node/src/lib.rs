@@ -24,10 +24,11 @@
 
 mod actors;
 mod members;
+mod transfer;
 
 use actors::{ActorRec, ACTOR_CONN};
 use ferry_proto::conn::{accept, Addr, Conn, Stream};
-use ferry_proto::msg::{ActorId, FromNode, NodeStats, ProcKind, Shape, StoredInfo, ToNode};
+use ferry_proto::msg::{ActorId, FromNode, NodeStats, Placement, ProcKind, Shape, StoredInfo, ToNode};
 use ferry_proto::{FrameError, NodeId, ObjectId, WorkerId};
 use ferry_sched::{Action, ConnId, PoolOptions, Scheduler};
 use ferry_store::{ObjectTable, StoreDir};
@@ -66,6 +67,9 @@ pub struct NodeOptions {
     pub tcp: Option<String>,
     /// Set on a head: other nodes may join it, and one silent this long is dead.
     pub head_timeout: Option<Duration>,
+    /// Set on a member: the head's address (`host:port`) to join, and how often to send it a
+    /// heartbeat.
+    pub join: Option<(String, Duration)>,
     /// Extra environment for workers (the job's configuration).
     pub worker_env: Vec<(String, String)>,
     pub max_frame: u32,
@@ -84,6 +88,9 @@ pub mod worker_env {
     pub const SPILL_DIR: &str = "FERRY_NODE_SPILL_DIR";
     /// The daemon's process: a worker whose parent is no longer it exits at once.
     pub const PARENT_PID: &str = "FERRY_PARENT_PID";
+    /// On a node with a TCP address: the host address the worker listens on too, for
+    /// processes of other nodes.
+    pub const TCP_HOST: &str = "FERRY_TCP_HOST";
 }
 
 pub(crate) struct ConnInfo {
@@ -96,14 +103,18 @@ pub(crate) struct ConnInfo {
     pub(crate) registered: bool,
     /// What registered on it.
     kind: Option<ProcKind>,
+    /// Accepted on the TCP listener: the peer may be on another host, so the addresses it is
+    /// given are TCP ones.
+    via_tcp: bool,
 }
 
 struct State {
     sched: Scheduler,
     store: ObjectTable,
     conns: HashMap<ConnId, ConnInfo>,
-    /// Registered workers: their connection and where owners reach them.
-    workers: HashMap<WorkerId, (ConnId, Addr)>,
+    /// Registered workers: their connection and where owners reach them (on this host, and
+    /// from other hosts).
+    workers: HashMap<WorkerId, (ConnId, Addr, Option<String>)>,
     /// Workers started by the spawner and not yet registered.
     expected: HashSet<WorkerId>,
     next_conn: ConnId,
@@ -121,6 +132,17 @@ struct State {
     waiting_seals: Vec<(ConnId, u64, ObjectId)>,
     /// Bytes spilled so far, and the time their copies took.
     spill_total: (u64, Duration),
+    /// On a member: the other nodes as the head last described them.
+    view: Vec<ferry_proto::msg::NodeView>,
+    /// For `Placement::Spread`, and the random draws of spillback.
+    rr: u64,
+    rand: u64,
+    /// Transfers in flight: who waits for each object.
+    pulls: HashMap<ObjectId, Vec<(ConnId, u64)>>,
+    /// Nodes that took copies of objects stored here (told when they are freed).
+    copies: HashMap<ObjectId, Vec<NodeId>>,
+    /// Lease requests no node alive can fit, waiting for one that can.
+    infeasible: Vec<(ConnId, u64, Shape, u32, Placement)>,
 }
 
 enum SpawnCmd {
@@ -143,6 +165,10 @@ struct Node {
     /// Set when a client asks the node to stop.
     stop_requested: (Mutex<bool>, std::sync::Condvar),
     tcp_addr: Option<std::net::SocketAddr>,
+    /// Messages to other nodes' daemons (see `transfer::links`).
+    links_tx: Mutex<mpsc::Sender<(NodeId, String, ToNode)>>,
+    /// On a member: its link to the head, once joined.
+    head_link: Mutex<Option<Arc<Conn>>>,
     stopping: AtomicBool,
     /// Pids of live workers, for the last-resort cleanup at process exit.
     pids: Mutex<HashMap<WorkerId, u32>>,
@@ -190,6 +216,7 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
     let program = opts.worker_program.clone();
     let (spawn_tx, spawn_rx) = mpsc::channel();
     let (spill_tx, spill_rx) = mpsc::channel();
+    let (links_tx, links_rx) = mpsc::channel();
     let node = Arc::new(Node {
         id: NodeId(ferry_proto::ids::random_u64()),
         state: Mutex::new(State {
@@ -207,6 +234,12 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
             members: HashMap::new(),
             waiting_seals: Vec::new(),
             spill_total: (0, Duration::ZERO),
+            view: Vec::new(),
+            rr: 0,
+            rand: ferry_proto::ids::random_u64(),
+            pulls: HashMap::new(),
+            copies: HashMap::new(),
+            infeasible: Vec::new(),
         }),
         opts,
         spawn_tx: Mutex::new(spawn_tx),
@@ -215,6 +248,8 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
         deferred: Mutex::new(Vec::new()),
         stop_requested: (Mutex::new(false), std::sync::Condvar::new()),
         tcp_addr,
+        links_tx: Mutex::new(links_tx),
+        head_link: Mutex::new(None),
         stopping: AtomicBool::new(false),
         pids: Mutex::new(HashMap::new()),
     });
@@ -223,6 +258,9 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
     threads.push(thread::Builder::new().name("ferry-spawner".into()).spawn(move || spawner(n, spawn_rx))?);
     let n = node.clone();
     threads.push(thread::Builder::new().name("ferry-spill".into()).spawn(move || spiller(n, spill_rx))?);
+    let (token, id, max) = (node.opts.token.clone(), node.id, node.opts.max_frame);
+    // Not joined at shutdown: it ends when its sender goes with the node.
+    thread::Builder::new().name("ferry-links".into()).spawn(move || transfer::links(token, id, max, links_rx))?;
     if node.program().is_some() {
         let mut st = node.lock();
         node.apply(&mut st, actions);
@@ -239,6 +277,11 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
     if let Some(l) = tcp {
         let n = node.clone();
         threads.push(thread::Builder::new().name("ferry-accept-tcp".into()).spawn(move || tcp_accept_loop(n, l))?);
+    }
+    if let Some((head, every)) = node.opts.join.clone() {
+        let n = node.clone();
+        // Not joined at shutdown: it sleeps between heartbeats and ends when it sees `stopping`.
+        thread::Builder::new().name("ferry-heartbeat".into()).spawn(move || members::join_loop(n, &head, every))?;
     }
     Ok(NodeHandle { node, threads })
 }
@@ -352,6 +395,121 @@ impl Node {
         }
     }
 
+    fn is_registered(&self, conn: ConnId) -> bool {
+        self.lock().conns.get(&conn).is_some_and(|c| c.registered)
+    }
+
+    /// The address of a process to give to the peer on `conn`: its TCP one when the peer
+    /// came over TCP (it may be on another host) and the process has one.
+    fn addr_for(&self, st: &State, conn: ConnId, local: &Addr, tcp: &Option<String>) -> Addr {
+        match (st.conns.get(&conn).is_some_and(|c| c.via_tcp), tcp) {
+            (true, Some(t)) => Addr::Tcp(t.clone()),
+            _ => local.clone(),
+        }
+    }
+
+    /// Whether this node is part of a cluster (a head, or a member), where requests that no
+    /// node can fit wait for one that can rather than fail.
+    fn in_cluster(&self) -> bool {
+        self.opts.head_timeout.is_some() || self.opts.join.is_some()
+    }
+
+    /// A lease request: granted or queued here, sent to another node (`LeaseSpillback`), or
+    /// waiting for a node that can fit it.
+    #[allow(clippy::too_many_arguments)]
+    fn request_lease(
+        &self,
+        st: &mut State,
+        conn: ConnId,
+        req: u64,
+        shape: Shape,
+        depth: u32,
+        placement: Placement,
+        prefer: Option<NodeId>,
+    ) {
+        use ferry_sched::place::{place, Decision};
+        let others = self.others(st);
+        let me = self.my_view(st);
+        if placement == Placement::Spread {
+            st.rr += 1;
+        }
+        // xorshift: cheap draws for the power of two choices.
+        st.rand ^= st.rand << 13;
+        st.rand ^= st.rand >> 7;
+        st.rand ^= st.rand << 17;
+        let busy = st.sched.num_queued() > 0;
+        match place(&shape, &placement, prefer, &me, &others, busy, st.rr, st.rand) {
+            Decision::Local => {
+                let actions = st.sched.request(conn, req, shape, depth);
+                self.apply(st, actions);
+            }
+            Decision::Spill { node, addr } => self.send(st, conn, &FromNode::LeaseSpillback { req, node, addr }),
+            Decision::Fail(reason) => self.send(st, conn, &FromNode::LeaseInfeasible { req, reason }),
+            Decision::Wait(why) if !self.in_cluster() => {
+                // One node on its own: nothing can join, so it can never run.
+                let _ = why;
+                let actions = st.sched.request(conn, req, shape, depth);
+                self.apply(st, actions);
+            }
+            Decision::Wait(why) => {
+                let first = !st.infeasible.iter().any(|(c, _, s, _, _)| *c == conn && *s == shape);
+                if first {
+                    eprintln!("ferry-node: warning: tasks needing {shape} wait: {why}");
+                    let line = format!("ferry: warning: tasks needing {shape} wait: {why}");
+                    self.send(st, conn, &FromNode::Log { node: self.id, stderr: true, lines: vec![line] });
+                }
+                st.infeasible.push((conn, req, shape, depth, placement));
+            }
+        }
+    }
+
+    /// The cluster's view changed: requests that waited for a node that can fit them try again.
+    fn retry_infeasible(&self, st: &mut State) {
+        if st.infeasible.is_empty() {
+            return;
+        }
+        let waiting = std::mem::take(&mut st.infeasible);
+        for (conn, req, shape, depth, placement) in waiting {
+            if st.conns.contains_key(&conn) {
+                self.request_lease(st, conn, req, shape, depth, placement, None);
+            }
+        }
+    }
+
+    /// Lines tasks printed: to this node's drivers; a member also passes its own workers'
+    /// lines to the head, and the head passes members' lines to its drivers and the other
+    /// members (so every driver sees every line once).
+    fn log(&self, st: &mut State, from: ConnId, origin: Option<NodeId>, stderr: bool, lines: Vec<String>) {
+        let node = origin.unwrap_or(self.id);
+        let msg = FromNode::Log { node, stderr, lines: lines.clone() };
+        let drivers: Vec<ConnId> =
+            st.conns.iter().filter(|(_, c)| c.kind == Some(ProcKind::Driver)).map(|(k, _)| *k).collect();
+        for d in drivers {
+            self.send(st, d, &msg);
+        }
+        if origin.is_none() {
+            if let Some(head) = self.head_link.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                let _ = head.send(&ToNode::Log { stderr, lines, node: Some(self.id) });
+            }
+        } else if self.opts.head_timeout.is_some() {
+            let members: Vec<ConnId> =
+                st.members.values().filter(|m| m.alive).map(|m| m.conn).filter(|c| *c != from).collect();
+            for m in members {
+                self.send(st, m, &msg);
+            }
+        }
+    }
+
+    /// Lines from another member, passed on by the head: to this node's drivers only.
+    fn log_from_head(&self, st: &mut State, origin: NodeId, stderr: bool, lines: Vec<String>) {
+        let msg = FromNode::Log { node: origin, stderr, lines };
+        let drivers: Vec<ConnId> =
+            st.conns.iter().filter(|(_, c)| c.kind == Some(ProcKind::Driver)).map(|(k, _)| *k).collect();
+        for d in drivers {
+            self.send(st, d, &msg);
+        }
+    }
+
     fn send(&self, st: &State, conn: ConnId, msg: &FromNode) {
         if let Some(c) = st.conns.get(&conn) {
             // A failed send means the peer is gone; its reader thread cleans up.
@@ -373,7 +531,7 @@ impl Node {
             match a {
                 Action::Grant { conn: ACTOR_CONN, req, worker, .. } => self.on_actor_grant(st, req, worker),
                 Action::Grant { conn, req, lease, worker } => {
-                    let addr = st.workers.get(&worker).map(|(_, a)| a.clone());
+                    let addr = st.workers.get(&worker).map(|(_, a, tcp)| self.addr_for(st, conn, a, tcp));
                     match addr {
                         Some(addr) => self.send(st, conn, &FromNode::LeaseGranted { req, lease, worker, addr }),
                         None => {
@@ -397,7 +555,7 @@ impl Node {
     /// A worker is gone: tell every owner, free its resources, keep the pool's size.
     fn worker_gone(&self, st: &mut State, worker: WorkerId, reason: &str) {
         st.expected.remove(&worker);
-        if let Some((conn, _)) = st.workers.remove(&worker) {
+        if let Some((conn, _, _)) = st.workers.remove(&worker) {
             if let Some(c) = st.conns.get_mut(&conn) {
                 c.worker = None;
             }
@@ -424,7 +582,7 @@ impl Node {
             (_, true) => {}
         }
         match msg {
-            ToNode::Register { kind, pid: _, listen, exe } => {
+            ToNode::Register { kind, pid: _, listen, tcp, exe } => {
                 let registered = FromNode::Registered {
                     node: self.id,
                     worker: st.conns.get(&conn).map(|c| c.from).unwrap_or_default(),
@@ -444,14 +602,14 @@ impl Node {
                             return Err(format!("worker {w:?} was not started by this node"));
                         }
                         info.worker = Some(w);
-                        st.workers.insert(w, (conn, listen));
+                        st.workers.insert(w, (conn, listen, tcp));
                         // The registration is answered before anything is asked of the worker.
                         self.send(st, conn, &registered);
                         let actions = st.sched.worker_registered(w, Instant::now());
                         self.apply(st, actions);
                     }
                     ProcKind::Node => self.send(st, conn, &registered),
-                    ProcKind::Driver => {
+                    ProcKind::Driver | ProcKind::Client => {
                         self.send(st, conn, &registered);
                         // A node started on its own runs the first job's binary.
                         if let Some(exe) = exe.filter(|_| self.program().is_none()) {
@@ -462,15 +620,7 @@ impl Node {
                     }
                 }
             }
-            ToNode::Log { stderr, lines } => {
-                // Every driver of the node sees its tasks' output (one job per node for now).
-                let drivers: Vec<ConnId> =
-                    st.conns.iter().filter(|(_, c)| c.kind == Some(ProcKind::Driver)).map(|(k, _)| *k).collect();
-                let msg = FromNode::Log { node: self.id, stderr, lines };
-                for d in drivers {
-                    self.send(st, d, &msg);
-                }
-            }
+            ToNode::Log { stderr, lines, node } => self.log(st, conn, node, stderr, lines),
             ToNode::JoinCluster { req, node, addr, total } => {
                 let error = match self.opts.head_timeout {
                     Some(_) => self.join_cluster(st, conn, node, addr, total),
@@ -478,19 +628,24 @@ impl Node {
                 };
                 self.send(st, conn, &FromNode::Ack { req, error });
             }
-            ToNode::Heartbeat { node, available, workers } => self.heartbeat(st, node, available, workers),
-            ToNode::ClusterStatus { req } => {
+            ToNode::Heartbeat { node, available, workers } => {
+                self.heartbeat(st, node, available, workers);
                 let nodes = self.cluster_view(st);
+                self.send(st, conn, &FromNode::Cluster { req: 0, nodes });
+            }
+            ToNode::ClusterStatus { req } => {
+                let nodes = self.full_view(st);
                 self.send(st, conn, &FromNode::Cluster { req, nodes });
             }
+            // Handled on the connection's thread (`serve_conn`): they block on the network.
+            ToNode::Pull { .. } | ToNode::FetchObject { .. } => {}
             ToNode::StopNode => {
                 let (m, cv) = &self.stop_requested;
                 *m.lock().unwrap_or_else(|e| e.into_inner()) = true;
                 cv.notify_all();
             }
-            ToNode::RequestLease { req, shape, depth } => {
-                let actions = st.sched.request(conn, req, shape, depth);
-                self.apply(st, actions);
+            ToNode::RequestLease { req, shape, depth, placement, prefer } => {
+                self.request_lease(st, conn, req, shape, depth, placement, prefer)
             }
             ToNode::ReturnLease { lease, kill } => {
                 let actions = st.sched.return_lease(conn, lease, kill, Instant::now());
@@ -529,9 +684,10 @@ impl Node {
                 self.send(st, conn, &FromNode::Inventory { req, processes, objects });
             }
             ToNode::Free { objects } => {
-                for o in objects {
-                    st.store.free(o);
+                for o in &objects {
+                    st.store.free(*o);
                 }
+                self.free_copies(st, &objects);
             }
             ToNode::Stats { req } => {
                 let stats = self.stats(st);
@@ -666,6 +822,7 @@ fn accept_loop(node: Arc<Node>, listener: UnixListener) {
 }
 
 fn serve_conn(node: Arc<Node>, stream: Stream) {
+    let via_tcp = matches!(stream, Stream::Tcp(_));
     let (conn, mut reader, hello) = match accept(stream, &node.opts.token, node.id, node.opts.max_frame) {
         Ok(x) => x,
         Err(e) => {
@@ -682,12 +839,17 @@ fn serve_conn(node: Arc<Node>, stream: Stream) {
         let mut st = node.lock();
         let id = st.next_conn;
         st.next_conn += 1;
-        st.conns
-            .insert(id, ConnInfo { conn: conn.clone(), from: hello.from, worker: None, registered: false, kind: None });
+        let info =
+            ConnInfo { conn: conn.clone(), from: hello.from, worker: None, registered: false, kind: None, via_tcp };
+        st.conns.insert(id, info);
         id
     };
     let reason = loop {
         match reader.read::<ToNode>() {
+            Ok(ToNode::FetchObject { object, node: to }) if node.is_registered(id) => {
+                node.serve_fetch(&conn, object, to)
+            }
+            Ok(ToNode::Pull { req, object, from }) if node.is_registered(id) => node.pull(id, req, object, from),
             Ok(msg) => {
                 if let Err(e) = node.handle(id, msg) {
                     break format!("protocol error: {e}");
@@ -809,6 +971,7 @@ fn spawn_worker(node: &Node) -> io::Result<(WorkerId, Child)> {
         .env(SESSION_DIR, &o.session_dir)
         .env(PARENT_PID, std::process::id().to_string())
         .env(SPILL_DIR, o.spill_dir.as_deref().unwrap_or(std::path::Path::new("")))
+        .env(TCP_HOST, node.tcp_addr.map(|a| a.ip().to_string()).unwrap_or_default())
         .envs(o.worker_env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null());
     match cmd.spawn() {

@@ -18,8 +18,8 @@ pub(crate) struct Member {
     available: Shape,
     workers: u64,
     last_seen: Instant,
-    alive: bool,
-    conn: ConnId,
+    pub(crate) alive: bool,
+    pub(crate) conn: ConnId,
 }
 
 impl Node {
@@ -36,6 +36,7 @@ impl Node {
         let available = total.clone();
         st.members
             .insert(node, Member { addr, total, available, workers: 0, last_seen: Instant::now(), alive: true, conn });
+        self.retry_infeasible(st);
         None
     }
 
@@ -85,6 +86,36 @@ impl Node {
         }
     }
 
+    /// This node as a cluster view shows it (its live figures).
+    pub(crate) fn my_view(&self, st: &State) -> NodeView {
+        let me = self.stats(st);
+        NodeView {
+            node: self.id,
+            addr: self.tcp_addr.map(|a| a.to_string()).unwrap_or_default(),
+            head: self.opts.head_timeout.is_some(),
+            alive: true,
+            total: me.total,
+            available: me.available,
+            workers: me.workers,
+            silent_ms: 0,
+        }
+    }
+
+    /// Every other node: a head's members, or what the head last told a member.
+    pub(crate) fn others(&self, st: &State) -> Vec<NodeView> {
+        match self.opts.head_timeout {
+            Some(_) => self.cluster_view(st).into_iter().skip(1).collect(),
+            None => st.view.iter().filter(|v| v.node != self.id).cloned().collect(),
+        }
+    }
+
+    /// This node and every other.
+    pub(crate) fn full_view(&self, st: &State) -> Vec<NodeView> {
+        let mut v = vec![self.my_view(st)];
+        v.extend(self.others(st));
+        v
+    }
+
     /// This node (the head) and every member.
     pub(crate) fn cluster_view(&self, st: &State) -> Vec<NodeView> {
         let me = self.stats(st);
@@ -121,5 +152,72 @@ pub(crate) fn monitor(node: std::sync::Arc<Node>, timeout: Duration) {
         std::thread::sleep(tick);
         let mut st = node.lock();
         node.check_members(&mut st, timeout);
+    }
+}
+
+/// A member's link to its head: joins, then sends a heartbeat every interval and keeps the
+/// head's view of the cluster it gets back (what spillback chooses from); joins again when the
+/// link breaks.
+pub(crate) fn join_loop(node: std::sync::Arc<Node>, head: &str, every: Duration) {
+    use ferry_proto::conn::{connect, Addr};
+    use ferry_proto::msg::{ProcKind, ToNode};
+    use std::sync::atomic::Ordering;
+    let stopping = || node.stopping.load(Ordering::SeqCst);
+    while !stopping() {
+        let joined = (|| -> Result<(), String> {
+            let me = ferry_proto::WorkerId(node.id.0);
+            let (conn, mut rx, _) = connect(&Addr::Tcp(head.to_string()), &node.opts.token, me, node.opts.max_frame)
+                .map_err(|e| format!("cannot reach the head: {e}"))?;
+            let conn = std::sync::Arc::new(conn);
+            conn.send(&ToNode::register_tool(ProcKind::Node)).map_err(|e| e.to_string())?;
+            let addr = node.tcp_addr.map(|a| a.to_string()).unwrap_or_default();
+            let total = node.lock().sched.total();
+            conn.send(&ToNode::JoinCluster { req: 1, node: node.id, addr, total }).map_err(|e| e.to_string())?;
+            rx.get_ref().set_read_timeout(Some(every.max(Duration::from_millis(10)))).map_err(|e| e.to_string())?;
+            let mut joined = false;
+            let mut next_beat = Instant::now();
+            let mut last_heard = Instant::now();
+            while !stopping() {
+                if joined && Instant::now() >= next_beat {
+                    let s = node.stats(&node.lock());
+                    conn.send(&ToNode::Heartbeat { node: node.id, available: s.available, workers: s.workers })
+                        .map_err(|e| e.to_string())?;
+                    next_beat = Instant::now() + every;
+                }
+                match rx.read::<FromNode>() {
+                    Ok(FromNode::Ack { error: None, .. }) if !joined => {
+                        joined = true;
+                        eprintln!("ferry-node: joined the head at {head}");
+                        *node.head_link.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+                    }
+                    Ok(FromNode::Ack { error: Some(e), .. }) => return Err(e),
+                    Ok(FromNode::Cluster { nodes, .. }) => {
+                        last_heard = Instant::now();
+                        let mut st = node.lock();
+                        st.view = nodes;
+                        node.retry_infeasible(&mut st);
+                    }
+                    Ok(FromNode::Log { node: origin, stderr, lines }) => {
+                        let mut st = node.lock();
+                        node.log_from_head(&mut st, origin, stderr, lines);
+                    }
+                    Ok(_) => {}
+                    Err(ferry_proto::FrameError::Io(e))
+                        if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+                if last_heard.elapsed() > every * 10 + Duration::from_secs(1) {
+                    return Err("the head stopped answering heartbeats".into());
+                }
+            }
+            Ok(())
+        })();
+        *node.head_link.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if let Err(e) = joined {
+            if !stopping() {
+                eprintln!("ferry-node: lost the head at {head} ({e}); trying again");
+            }
+        }
+        std::thread::sleep(every);
     }
 }

@@ -161,6 +161,32 @@ impl Conn {
         (&self.stream).write_all(bytes)
     }
 
+    /// Runs `f` on the socket's descriptor with every other sender held off, once everything
+    /// queued before is written: for raw bytes after a frame (an object's contents written
+    /// with `sendfile`, for instance).
+    pub fn with_raw_fd<R>(&self, f: impl FnOnce(std::os::fd::RawFd) -> io::Result<R>) -> io::Result<R> {
+        use std::os::fd::AsRawFd;
+        loop {
+            let g = self.out.lock().unwrap_or_else(|e| e.into_inner());
+            if g.failed {
+                return Err(io::Error::new(io::ErrorKind::BrokenPipe, "connection failed earlier"));
+            }
+            if g.flushing || !g.buf.is_empty() {
+                // Another thread is still writing frames queued before us.
+                drop(g);
+                std::thread::yield_now();
+                continue;
+            }
+            let fd = match &self.stream {
+                Stream::Unix(s) => s.as_raw_fd(),
+                Stream::Tcp(s) => s.as_raw_fd(),
+            };
+            let r = f(fd);
+            drop(g);
+            return r;
+        }
+    }
+
     /// Bounds how long a send may wait for the peer to read; past it the send fails and the
     /// connection is marked failed (a peer that stops reading cannot stall the sender).
     pub fn set_write_timeout(&self, d: Option<Duration>) -> io::Result<()> {

@@ -112,6 +112,11 @@ impl<R: Read> FrameReader<R> {
         decode(raw)
     }
 
+    /// Reads exactly `buf.len()` raw bytes that follow a frame (not framed themselves).
+    pub fn read_exact_raw(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.inner.read_exact(buf)
+    }
+
     /// Whether a frame's bytes are already buffered (so a read will not block for long).
     pub fn has_buffered(&self) -> bool {
         !self.inner.buffer().is_empty()

@@ -94,8 +94,26 @@ impl std::fmt::Display for Shape {
 pub enum ProcKind {
     Driver,
     Worker,
-    /// Another node's daemon, joining the head (`ferry start --address`).
+    /// Another node's daemon, joining the head (`ferry start --address`) or fetching objects.
     Node,
+    /// A driver or worker of another node that holds leases here (spillback) or reads this
+    /// node's objects. Its executable, like a driver's, is what workers run here.
+    Client,
+}
+
+/// Where a task may run (Ray's scheduling strategies).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Placement {
+    /// This node first; another when this one can never fit the task or is busy and another
+    /// has room (power of two choices on load).
+    #[default]
+    Default,
+    /// Round-robin over the nodes that can fit the task.
+    Spread,
+    /// On `node`; with `soft`, elsewhere when that node is dead or cannot fit the task.
+    Node { node: NodeId, soft: bool },
+    /// On the node asked and no other (a request another node spilled back to it).
+    Here,
 }
 
 /// One node as the head sees it.
@@ -119,10 +137,12 @@ pub enum ToNode {
     /// First message after the handshake. `listen` is where owners reach this process.
     /// `exe`: a driver's own executable, which workers run (a node started on its own takes
     /// it from the first driver that joins).
-    Register { kind: ProcKind, pid: u32, listen: Addr, exe: Option<std::path::PathBuf> },
+    /// `tcp`: where processes of other nodes reach it (a node with a TCP address).
+    Register { kind: ProcKind, pid: u32, listen: Addr, tcp: Option<String>, exe: Option<std::path::PathBuf> },
     /// Ask for a worker for tasks of `shape` at nesting `depth` (the driver's tasks are at
-    /// depth 1). Answered by `LeaseGranted` or `LeaseInfeasible`.
-    RequestLease { req: u64, shape: Shape, depth: u32 },
+    /// depth 1). Answered by `LeaseGranted`, `LeaseSpillback` (ask that node instead) or
+    /// `LeaseInfeasible`. `prefer`: the node holding most of the tasks' argument bytes.
+    RequestLease { req: u64, shape: Shape, depth: u32, placement: Placement, prefer: Option<NodeId> },
     /// Give a lease back; the worker becomes idle (or is retired, with `kill`).
     ReturnLease { lease: u64, kill: bool },
     /// The task running in this worker waits in `get`: its CPU may go to other work.
@@ -164,13 +184,33 @@ pub enum ToNode {
     StopNode,
     /// From a node joining the head: who it is and what it has (answered by `Ack`).
     JoinCluster { req: u64, node: NodeId, addr: String, total: Shape },
-    /// From a member node, every heartbeat interval.
+    /// From a member node, every heartbeat interval; answered by `Cluster` (req 0), the
+    /// head's view of every node, which the member schedules with.
     Heartbeat { node: NodeId, available: Shape, workers: u64 },
-    /// The head's view of every node (answered by `Cluster`).
+    /// Copy `object` (stored on node `from`) into this node's store. Answered by `Pulled`
+    /// once it is here; concurrent pulls of one object share one transfer.
+    Pull { req: u64, object: ObjectId, from: NodeId },
+    /// From another node's daemon (`node`, which keeps the copy until the object is freed):
+    /// send `object`'s bytes. Answered by `ObjectData`, followed
+    /// on the connection by exactly `size` raw bytes (not a frame).
+    FetchObject { object: ObjectId, node: NodeId },
+
+    /// Every node of the cluster (answered by `Cluster`; a member answers with the head's
+    /// last view).
     ClusterStatus { req: u64 },
     /// Lines a worker's tasks printed (`stderr`: on standard error), each already prefixed
     /// with the task or actor and the process; the daemon passes them to the drivers.
-    Log { stderr: bool, lines: Vec<String> },
+    /// `node`: set when a member passes its workers' lines on to the head (which passes them
+    /// to its drivers and to the other members').
+    Log { stderr: bool, lines: Vec<String>, node: Option<NodeId> },
+}
+
+impl ToNode {
+    /// The registration of a connection that runs no tasks and owns nothing: a tool, or
+    /// another node's daemon.
+    pub fn register_tool(kind: ProcKind) -> ToNode {
+        ToNode::Register { kind, pid: std::process::id(), listen: Addr::Tcp(String::new()), tcp: None, exe: None }
+    }
 }
 
 /// Identifies an actor across the cluster and its restarts.
@@ -255,6 +295,23 @@ pub enum FromNode {
         lease: u64,
         worker: WorkerId,
         addr: Addr,
+    },
+    /// This node will not run it: ask `node` (at `addr`) with `Placement::Here`.
+    LeaseSpillback {
+        req: u64,
+        node: NodeId,
+        addr: String,
+    },
+    /// The answer to `Pull`.
+    Pulled {
+        req: u64,
+        error: Option<String>,
+    },
+    /// The answer to `FetchObject`: `size` raw bytes follow, or the error says why not.
+    ObjectData {
+        object: ObjectId,
+        size: u64,
+        error: Option<String>,
     },
     /// No node can ever satisfy `shape`: tasks of that shape fail with this reason.
     LeaseInfeasible {

@@ -15,6 +15,8 @@
 //! it recovers). Invariant: `available + Σ(held by unblocked leases) + Σ(non-CPU of blocked
 //! leases) == total`.
 
+pub mod place;
+
 use ferry_proto::msg::{Shape, CPU};
 use ferry_proto::WorkerId;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};

@@ -184,6 +184,17 @@ impl StoreDir {
         Ok(ObjectView { map: Some(Arc::new(map)) })
     }
 
+    /// Opens `id`'s file for reading, in memory or spilled.
+    pub fn open_object(&self, id: ObjectId) -> io::Result<File> {
+        match File::open(self.path_of(id)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match self.spill_path_of(id) {
+                Some(p) => File::open(p).map_err(|_| e),
+                None => Err(e),
+            },
+            r => r,
+        }
+    }
+
     /// Deletes `id`'s file; missing files are fine (already freed).
     pub fn remove(&self, id: ObjectId) -> io::Result<()> {
         match fs::remove_file(self.path_of(id)) {

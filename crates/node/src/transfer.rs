@@ -1,0 +1,201 @@
+//! Objects between nodes (DESIGN §5): a node pulls an object another node holds when one
+//! of its processes needs it (a task's argument, a `get`).
+//!
+//! The puller opens a connection of its own to the holder's daemon and asks for the object
+//! (`FetchObject`); the holder answers with its size and then streams the file's bytes raw
+//! with `sendfile` (from tmpfs, or from the spill file), while the puller reads them straight
+//! into a file staged in its own store. No request per chunk, no frame around the bytes: the
+//! stream is the pipeline, and the only copies are the kernel's. Concurrent pulls of one
+//! object wait for the one transfer in flight. The copy is sealed in the puller's store; the
+//! holder remembers which nodes took copies and tells them when the object is freed.
+
+use crate::{ConnId, Node};
+use ferry_proto::conn::{connect, Addr, Conn};
+use ferry_proto::msg::{FromNode, ProcKind, ToNode};
+use ferry_proto::{NodeId, ObjectId, WorkerId};
+use std::collections::HashMap;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+/// How long a transfer may stall (no byte arriving) before it fails.
+const STALL: Duration = Duration::from_secs(30);
+
+impl Node {
+    /// `Pull`: answer at once if the object is here, join a transfer in flight, or start one.
+    pub(crate) fn pull(self: &Arc<Self>, conn: ConnId, req: u64, object: ObjectId, from: NodeId) {
+        let mut st = self.lock();
+        if st.store.contains(object) {
+            self.send(&st, conn, &FromNode::Pulled { req, error: None });
+            return;
+        }
+        if let Some(w) = st.pulls.get_mut(&object) {
+            w.push((conn, req));
+            return;
+        }
+        let Some(addr) = self.node_addr(&st, from) else {
+            let error = format!("object {object:?} is on node {from}, which is dead or not in the cluster");
+            self.send(&st, conn, &FromNode::Pulled { req, error: Some(error) });
+            return;
+        };
+        st.pulls.insert(object, vec![(conn, req)]);
+        drop(st);
+        let node = self.clone();
+        let spawned = std::thread::Builder::new().name("ferry-pull".into()).spawn(move || {
+            let r = node.fetch(object, &addr);
+            node.pulled(object, r);
+        });
+        if let Err(e) = spawned {
+            self.pulled(object, Err(format!("cannot start a transfer: {e}")));
+        }
+    }
+
+    /// Copies `object` from the daemon at `addr` into this node's store; returns its size.
+    fn fetch(&self, object: ObjectId, addr: &str) -> Result<u64, String> {
+        let (conn, mut rx, _) =
+            connect(&Addr::Tcp(addr.to_string()), &self.opts.token, WorkerId(self.id.0), self.opts.max_frame)
+                .map_err(|e| format!("cannot reach node at {addr}: {e}"))?;
+        rx.get_ref().set_read_timeout(Some(STALL)).map_err(|e| e.to_string())?;
+        conn.send(&ToNode::register_tool(ProcKind::Node)).map_err(|e| e.to_string())?;
+        conn.send(&ToNode::FetchObject { object, node: self.id }).map_err(|e| e.to_string())?;
+        let size = loop {
+            match rx.read::<FromNode>().map_err(|e| format!("node at {addr}: {e}"))? {
+                FromNode::ObjectData { size, error: None, .. } => break size,
+                FromNode::ObjectData { error: Some(e), .. } => return Err(e),
+                _ => continue,
+            }
+        };
+        let store = self.lock().store.dir().clone();
+        let tag = ferry_proto::ids::random_u64();
+        let mut staged = store.stage(size, tag).map_err(|e| format!("no room for {size} bytes in the store: {e}"))?;
+        let r = rx
+            .read_exact_raw(&mut staged.map[..])
+            .map_err(|e| format!("transfer from {addr} broke off: {e}"))
+            .and_then(|_| store.adopt(&staged.path, object).map_err(|e| e.to_string()));
+        let _ = std::fs::remove_file(&staged.path);
+        conn.shutdown();
+        r
+    }
+
+    /// A transfer ended: seal the copy and answer everyone who waited for it.
+    fn pulled(&self, object: ObjectId, r: Result<u64, String>) {
+        let mut st = self.lock();
+        let error = match r {
+            Ok(size) => match st.store.seal(object, size) {
+                Ok(()) => {
+                    if st.store.over_capacity() {
+                        let _ = self.spill_tx.lock().unwrap_or_else(|e| e.into_inner()).send(Some(()));
+                    }
+                    None
+                }
+                Err(e) => Some(e.to_string()),
+            },
+            Err(e) => Some(e),
+        };
+        for (conn, req) in st.pulls.remove(&object).unwrap_or_default() {
+            self.send(&st, conn, &FromNode::Pulled { req, error: error.clone() });
+        }
+    }
+
+    /// `FetchObject`, on the fetching node's own connection: the size, then the bytes.
+    /// Runs on that connection's thread without the state lock.
+    pub(crate) fn serve_fetch(&self, conn: &Conn, object: ObjectId, to: NodeId) {
+        let file = {
+            let mut st = self.lock();
+            match st.store.contains(object) {
+                true => {
+                    let f = st.store.dir().open_object(object);
+                    if f.is_ok() {
+                        st.copies.entry(object).or_default().push(to);
+                    }
+                    f.map_err(|e| e.to_string())
+                }
+                false => Err(format!("node {} does not hold object {object:?} (freed?)", self.id)),
+            }
+        };
+        let file = match file {
+            Ok(f) => f,
+            Err(error) => {
+                let _ = conn.send(&FromNode::ObjectData { object, size: 0, error: Some(error) });
+                return;
+            }
+        };
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if conn.send(&FromNode::ObjectData { object, size, error: None }).is_err() {
+            return;
+        }
+        let _ = conn.with_raw_fd(|fd| send_file(fd, &file, size));
+    }
+
+    /// Where node `n`'s daemon listens, if it is alive.
+    pub(crate) fn node_addr(&self, st: &crate::State, n: NodeId) -> Option<String> {
+        self.full_view(st).into_iter().find(|v| v.node == n && v.alive && !v.addr.is_empty()).map(|v| v.addr)
+    }
+
+    /// The primary copy of these objects was freed: so are the copies other nodes took.
+    pub(crate) fn free_copies(&self, st: &mut crate::State, objects: &[ObjectId]) {
+        let mut by_node: HashMap<NodeId, Vec<ObjectId>> = HashMap::new();
+        for o in objects {
+            for n in st.copies.remove(o).unwrap_or_default() {
+                by_node.entry(n).or_default().push(*o);
+            }
+        }
+        for (n, objects) in by_node {
+            if let Some(addr) = self.node_addr(st, n) {
+                let _ =
+                    self.links_tx.lock().unwrap_or_else(|e| e.into_inner()).send((n, addr, ToNode::Free { objects }));
+            }
+        }
+    }
+}
+
+/// Writes `len` bytes of `file` to the socket `fd` with `sendfile` (no copy through user
+/// space), in pieces so that a large object does not need one huge call.
+fn send_file(fd: std::os::fd::RawFd, file: &std::fs::File, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut off: libc::off_t = 0;
+    while (off as u64) < len {
+        let want = ((len - off as u64) as usize).min(64 << 20);
+        // SAFETY: both descriptors are open for the call; `off` is ours.
+        let n = unsafe { libc::sendfile(fd, file.as_raw_fd(), &mut off, want) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "object file shorter than its size"));
+        }
+    }
+    Ok(())
+}
+
+/// Sends messages to other nodes' daemons (freed copies), connecting on first use, off the
+/// state lock.
+pub(crate) fn links(token: String, me: NodeId, max_frame: u32, rx: mpsc::Receiver<(NodeId, String, ToNode)>) {
+    let mut conns: HashMap<NodeId, Conn> = HashMap::new();
+    while let Ok((n, addr, msg)) = rx.recv() {
+        let conn = match conns.entry(n) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let Ok((c, rd, _)) = connect(&Addr::Tcp(addr.clone()), &token, WorkerId(me.0), max_frame) else {
+                    continue;
+                };
+                if c.send(&ToNode::register_tool(ProcKind::Node)).is_err() {
+                    continue;
+                }
+                let _ = c.set_write_timeout(Some(Duration::from_secs(5)));
+                // Nothing comes back on a link but the registration; read so the socket drains.
+                std::thread::spawn(move || {
+                    let mut rd = rd;
+                    while rd.read_raw().is_ok() {}
+                });
+                v.insert(c)
+            }
+        };
+        if conn.send(&msg).is_err() {
+            conns.remove(&n);
+        }
+    }
+}

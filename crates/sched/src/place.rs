@@ -1,0 +1,214 @@
+//! Which node a lease request goes to (DESIGN §6, bottom-up): this node first; another one
+//! when this node can never fit the request, or is busy while another has room. Among the
+//! nodes with room, two are drawn at random and the less loaded wins (power of two choices),
+//! so a burst spread from stale load figures does not pile onto one node.
+//!
+//! Pure: the cluster view, the strategy and a random number in, a decision out.
+
+use ferry_proto::msg::{NodeView, Placement, Shape, CPU};
+use ferry_proto::NodeId;
+
+/// Where a request goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Queue or grant it here.
+    Local,
+    /// Ask that node (with `Placement::Here`).
+    Spill { node: NodeId, addr: String },
+    /// It can never run: fail with this reason.
+    Fail(String),
+    /// No node alive can fit it now; wait here for one that can (with a warning).
+    Wait(String),
+}
+
+/// Whether `have` holds at least `need` of every resource.
+pub fn fits(need: &Shape, have: &Shape) -> bool {
+    need.0.iter().all(|(n, v)| have.get_milli(n) >= *v)
+}
+
+/// Load of a node: the fraction of its CPUs in use (0 when it has none).
+fn load(v: &NodeView) -> f64 {
+    let total = v.total.get_milli(CPU);
+    if total == 0 {
+        return 0.0;
+    }
+    1.0 - v.available.get_milli(CPU) as f64 / total as f64
+}
+
+/// Decides where a request of `shape` under `placement` goes. `me` is this node's own entry
+/// (its live figures); `others` every other node the cluster knows; `busy`: this node has
+/// requests waiting already; `rr` a counter for `Spread`; `rand` any random number.
+#[allow(clippy::too_many_arguments)]
+pub fn place(
+    shape: &Shape,
+    placement: &Placement,
+    prefer: Option<NodeId>,
+    me: &NodeView,
+    others: &[NodeView],
+    busy: bool,
+    rr: u64,
+    rand: u64,
+) -> Decision {
+    let spill = |v: &NodeView| Decision::Spill { node: v.node, addr: v.addr.clone() };
+    let alive = || others.iter().filter(|v| v.alive && !v.addr.is_empty());
+    match placement {
+        Placement::Here => Decision::Local,
+        Placement::Node { node, soft } => {
+            if *node == me.node && fits(shape, &me.total) {
+                return Decision::Local;
+            }
+            if let Some(v) = alive().find(|v| v.node == *node && fits(shape, &v.total)) {
+                return spill(v);
+            }
+            if *soft {
+                return place(shape, &Placement::Default, prefer, me, others, busy, rr, rand);
+            }
+            let why = match others.iter().find(|v| v.node == *node) {
+                Some(v) if !v.alive => "is dead",
+                Some(_) => "cannot fit it",
+                None if *node == me.node => "cannot fit it",
+                None => "is not in the cluster",
+            };
+            Decision::Fail(format!(
+                "node affinity: node {node} {why} (needs {shape}); use a soft affinity to run elsewhere"
+            ))
+        }
+        Placement::Spread => {
+            let mut feasible: Vec<&NodeView> = std::iter::once(me)
+                .filter(|v| fits(shape, &v.total))
+                .chain(alive().filter(|v| fits(shape, &v.total)))
+                .collect();
+            if feasible.is_empty() {
+                return wait(shape, me, others);
+            }
+            feasible.sort_by_key(|v| v.node);
+            let v = feasible[(rr % feasible.len() as u64) as usize];
+            if v.node == me.node {
+                Decision::Local
+            } else {
+                spill(v)
+            }
+        }
+        Placement::Default => {
+            if let Some(v) = prefer.filter(|p| *p != me.node).and_then(|p| alive().find(|v| v.node == p)) {
+                if fits(shape, &v.available) {
+                    return spill(v);
+                }
+            }
+            let here_ever = fits(shape, &me.total);
+            if here_ever && fits(shape, &me.available) && !busy {
+                return Decision::Local;
+            }
+            let roomy: Vec<&NodeView> = alive().filter(|v| fits(shape, &v.available)).collect();
+            if !roomy.is_empty() {
+                let a = roomy[(rand % roomy.len() as u64) as usize];
+                let b = roomy[((rand >> 32) % roomy.len() as u64) as usize];
+                return spill(if load(b) < load(a) { b } else { a });
+            }
+            if here_ever {
+                return Decision::Local;
+            }
+            match alive().filter(|v| fits(shape, &v.total)).min_by(|a, b| load(a).total_cmp(&load(b))) {
+                Some(v) => spill(v),
+                None => wait(shape, me, others),
+            }
+        }
+    }
+}
+
+fn wait(shape: &Shape, me: &NodeView, others: &[NodeView]) -> Decision {
+    let mut have: Vec<String> = vec![format!("{} (this node)", me.total)];
+    have.extend(others.iter().filter(|v| v.alive).map(|v| v.total.to_string()));
+    Decision::Wait(format!(
+        "no node alive can ever fit {shape} (nodes have {}); it waits until one joins that can",
+        have.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: u64, cpus: f64, free: f64) -> NodeView {
+        NodeView {
+            node: NodeId(id),
+            addr: format!("10.0.0.{id}:1"),
+            head: id == 1,
+            alive: true,
+            total: Shape::cpus(cpus),
+            available: Shape::cpus(free),
+            workers: 0,
+            silent_ms: 0,
+        }
+    }
+
+    #[test]
+    fn local_first_while_it_has_room() {
+        let me = node(1, 2.0, 1.0);
+        let d = place(&Shape::cpus(1.0), &Placement::Default, None, &me, &[node(2, 2.0, 2.0)], false, 0, 7);
+        assert_eq!(d, Decision::Local);
+    }
+
+    #[test]
+    fn busy_node_spills_to_one_with_room_and_the_less_loaded_of_two() {
+        let me = node(1, 2.0, 0.0);
+        let others = [node(2, 4.0, 1.0), node(3, 4.0, 4.0)];
+        // rand picks index 0 then 1: node 3 is less loaded.
+        let d = place(&Shape::cpus(1.0), &Placement::Default, None, &me, &others, true, 0, 1 << 32);
+        assert_eq!(d, Decision::Spill { node: NodeId(3), addr: "10.0.0.3:1".into() });
+        // Nobody has room: queue here.
+        let full = [node(2, 4.0, 0.0)];
+        assert_eq!(place(&Shape::cpus(1.0), &Placement::Default, None, &me, &full, true, 0, 0), Decision::Local);
+    }
+
+    #[test]
+    fn infeasible_here_goes_where_it_fits_or_waits() {
+        let me = node(1, 2.0, 2.0);
+        let mut gpu = node(2, 2.0, 0.0);
+        gpu.total.set("GPU", 1.0);
+        let want = Shape::with_resources(1.0, &[("GPU".into(), 1.0)]);
+        let d = place(&want, &Placement::Default, None, &me, &[gpu.clone()], false, 0, 0);
+        assert_eq!(d, Decision::Spill { node: NodeId(2), addr: gpu.addr.clone() });
+        gpu.alive = false;
+        assert!(
+            matches!(place(&want, &Placement::Default, None, &me, &[gpu], false, 0, 0), Decision::Wait(m) if m.contains("GPU"))
+        );
+    }
+
+    #[test]
+    fn spread_goes_round_robin_over_feasible_nodes() {
+        let me = node(1, 1.0, 1.0);
+        let others = [node(2, 1.0, 1.0), node(3, 1.0, 0.0)];
+        let picks: Vec<Decision> =
+            (0..3).map(|rr| place(&Shape::cpus(1.0), &Placement::Spread, None, &me, &others, false, rr, 0)).collect();
+        assert_eq!(picks[0], Decision::Local);
+        assert!(matches!(&picks[1], Decision::Spill { node, .. } if *node == NodeId(2)));
+        assert!(matches!(&picks[2], Decision::Spill { node, .. } if *node == NodeId(3)));
+    }
+
+    #[test]
+    fn node_affinity_hard_and_soft() {
+        let me = node(1, 1.0, 1.0);
+        let mut other = node(2, 1.0, 1.0);
+        let hard = Placement::Node { node: NodeId(2), soft: false };
+        assert!(matches!(
+            place(&Shape::cpus(1.0), &hard, None, &me, &[other.clone()], false, 0, 0),
+            Decision::Spill { .. }
+        ));
+        other.alive = false;
+        assert!(
+            matches!(place(&Shape::cpus(1.0), &hard, None, &me, &[other.clone()], false, 0, 0), Decision::Fail(m) if m.contains("dead"))
+        );
+        let soft = Placement::Node { node: NodeId(2), soft: true };
+        assert_eq!(place(&Shape::cpus(1.0), &soft, None, &me, &[other], false, 0, 0), Decision::Local);
+    }
+
+    #[test]
+    fn prefers_the_node_holding_the_arguments_when_it_has_room() {
+        let me = node(1, 2.0, 2.0);
+        let d = place(&Shape::cpus(1.0), &Placement::Default, Some(NodeId(2)), &me, &[node(2, 2.0, 1.0)], false, 0, 0);
+        assert!(matches!(d, Decision::Spill { node, .. } if node == NodeId(2)));
+        let d = place(&Shape::cpus(1.0), &Placement::Default, Some(NodeId(2)), &me, &[node(2, 2.0, 0.0)], false, 0, 0);
+        assert_eq!(d, Decision::Local);
+    }
+}
