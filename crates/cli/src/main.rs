@@ -288,8 +288,18 @@ fn status(address: &str, token: Option<String>) -> Result<(), String> {
             let state = if n.alive { "alive" } else { "dead" };
             let role = if n.head { " (head)" } else { "" };
             println!(
-                "  node {}{role} at {}: {state}; {} available of {}; {} workers; last heard {} ms ago",
-                n.node, n.addr, n.available, n.total, n.workers, n.silent_ms
+                "  node {}{role} at {}: {state}; {} available of {}; {} workers, {} actors; \
+                 {} objects, {:.1} MiB ({:.1} MiB spilled); last heard {} ms ago",
+                n.node,
+                n.addr,
+                n.available,
+                n.total,
+                n.workers,
+                n.actors,
+                n.objects,
+                mb(n.object_bytes),
+                mb(n.spilled_bytes),
+                n.silent_ms
             );
         }
     }

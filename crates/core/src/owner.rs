@@ -175,6 +175,9 @@ struct Lease {
     idle_since: Option<Instant>,
     /// A `Steal` is outstanding on this lease.
     stealing: bool,
+    /// Runs one task, then goes back (`Spread`: every task is placed on its own).
+    one_shot: bool,
+    used: bool,
 }
 
 #[derive(Debug, Default)]
@@ -425,14 +428,14 @@ impl OwnerState {
                 .leases
                 .iter()
                 .filter_map(|l| self.leases.get(l).map(|s| (*l, s)))
-                .filter(|(_, s)| !s.blocked && s.in_flight < max)
+                .filter(|(_, s)| !s.blocked && s.in_flight < max && !(s.one_shot && s.used))
                 .min_by_key(|(_, s)| s.in_flight)
                 .map(|(l, _)| l);
             let Some(lease_id) = best else { break };
             let mut batch = Vec::new();
             loop {
                 let lease = &self.leases[&lease_id];
-                if lease.in_flight >= max {
+                if lease.in_flight >= max || (lease.one_shot && lease.used) {
                     break;
                 }
                 let Some(task) = self.classes[class].queue.pop_front() else {
@@ -443,6 +446,7 @@ impl OwnerState {
                         let lease = self.leases.get_mut(&lease_id).expect("lease");
                         lease.in_flight += 1;
                         lease.idle_since = None;
+                        lease.used = true;
                         let worker = lease.worker;
                         if let Some(t) = self.tasks.get_mut(&task) {
                             t.state = TaskState::Pushed { lease: lease_id, worker };
@@ -652,7 +656,7 @@ impl OwnerState {
         }
     }
 
-    fn finish_push(&mut self, task: TaskId) -> Option<TaskEntry> {
+    fn finish_push(&mut self, task: TaskId, fx: &mut Effects) -> Option<TaskEntry> {
         let t = self.tasks.remove(&task)?;
         if let Some(a) = t.actor {
             if let Some(c) = self.actors.get_mut(&a) {
@@ -666,6 +670,12 @@ impl OwnerState {
                 l.blocked = false;
                 if l.in_flight == 0 {
                     l.idle_since = Some(Instant::now());
+                    if l.one_shot && l.used {
+                        let class = l.class;
+                        self.leases.remove(&lease);
+                        self.classes[class].leases.retain(|x| *x != lease);
+                        fx.to_node.push(ToNode::ReturnLease { lease, kill: false });
+                    }
                 }
             }
         }
@@ -675,7 +685,7 @@ impl OwnerState {
     pub fn on_done(&mut self, task: TaskId, mut returns: Vec<Return>, inside: Inside, fx: &mut Effects) {
         // Refs inside the value: held on its behalf from now on (see `resolve_with`).
         let contained = self.pin_contained(inside.refs);
-        let Some(t) = self.finish_push(task) else {
+        let Some(t) = self.finish_push(task, fx) else {
             // A task we gave up on (cancelled, failed over): drop what it stored.
             if let Some(Return::Stored { node, .. }) = returns.first() {
                 fx.frees.push((*node, ObjectId { task, index: 0 }));
@@ -779,7 +789,7 @@ impl OwnerState {
     }
 
     pub fn on_failed(&mut self, task: TaskId, err: ferry_proto::msg::TaskError, fx: &mut Effects) {
-        let Some(t) = self.finish_push(task) else {
+        let Some(t) = self.finish_push(task, fx) else {
             return;
         };
         self.task_over(&t, fx);
@@ -801,6 +811,7 @@ impl OwnerState {
         let c = &mut self.classes[class];
         c.pending_requests -= 1;
         c.leases.push(lease);
+        let one_shot = c.placement == Placement::Spread;
         self.leases.insert(
             lease,
             Lease {
@@ -811,6 +822,8 @@ impl OwnerState {
                 blocked: false,
                 idle_since: Some(Instant::now()),
                 stealing: false,
+                one_shot,
+                used: false,
             },
         );
         self.steal(class, fx);

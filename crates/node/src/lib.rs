@@ -628,8 +628,8 @@ impl Node {
                 };
                 self.send(st, conn, &FromNode::Ack { req, error });
             }
-            ToNode::Heartbeat { node, available, workers } => {
-                self.heartbeat(st, node, available, workers);
+            ToNode::Heartbeat { node, stats } => {
+                self.heartbeat(st, node, stats);
                 let nodes = self.cluster_view(st);
                 self.send(st, conn, &FromNode::Cluster { req: 0, nodes });
             }

@@ -7,7 +7,7 @@
 //! This is the first part of the control store (DESIGN §9): in memory for now.
 
 use crate::{ConnId, Node, State};
-use ferry_proto::msg::{FromNode, NodeView, Shape};
+use ferry_proto::msg::{FromNode, NodeStats, NodeView, Shape};
 use ferry_proto::NodeId;
 use std::time::{Duration, Instant};
 
@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 pub(crate) struct Member {
     addr: String,
     total: Shape,
-    available: Shape,
-    workers: u64,
+    /// Its figures at the last heartbeat.
+    stats: NodeStats,
     last_seen: Instant,
     pub(crate) alive: bool,
     pub(crate) conn: ConnId,
@@ -33,21 +33,19 @@ impl Node {
     ) -> Option<String> {
         self.opts.head_timeout?;
         eprintln!("ferry-node: node {node} at {addr} joined with {total}");
-        let available = total.clone();
-        st.members
-            .insert(node, Member { addr, total, available, workers: 0, last_seen: Instant::now(), alive: true, conn });
+        let stats = NodeStats { available: total.clone(), total: total.clone(), ..Default::default() };
+        st.members.insert(node, Member { addr, total, stats, last_seen: Instant::now(), alive: true, conn });
         self.retry_infeasible(st);
         None
     }
 
-    pub(crate) fn heartbeat(&self, st: &mut State, node: NodeId, available: Shape, workers: u64) {
+    pub(crate) fn heartbeat(&self, st: &mut State, node: NodeId, stats: NodeStats) {
         if let Some(m) = st.members.get_mut(&node) {
             if !m.alive {
                 eprintln!("ferry-node: node {node} at {} is heard from again", m.addr);
             }
             m.alive = true;
-            m.available = available;
-            m.workers = workers;
+            m.stats = stats;
             m.last_seen = Instant::now();
         }
     }
@@ -88,17 +86,8 @@ impl Node {
 
     /// This node as a cluster view shows it (its live figures).
     pub(crate) fn my_view(&self, st: &State) -> NodeView {
-        let me = self.stats(st);
-        NodeView {
-            node: self.id,
-            addr: self.tcp_addr.map(|a| a.to_string()).unwrap_or_default(),
-            head: self.opts.head_timeout.is_some(),
-            alive: true,
-            total: me.total,
-            available: me.available,
-            workers: me.workers,
-            silent_ms: 0,
-        }
+        let addr = self.tcp_addr.map(|a| a.to_string()).unwrap_or_default();
+        view_of(self.id, addr, self.opts.head_timeout.is_some(), true, 0, &self.stats(st))
     }
 
     /// Every other node: a head's members, or what the head last told a member.
@@ -118,30 +107,30 @@ impl Node {
 
     /// This node (the head) and every member.
     pub(crate) fn cluster_view(&self, st: &State) -> Vec<NodeView> {
-        let me = self.stats(st);
-        let mut v = vec![NodeView {
-            node: self.id,
-            addr: self.tcp_addr.map(|a| a.to_string()).unwrap_or_default(),
-            head: true,
-            alive: true,
-            total: me.total,
-            available: me.available,
-            workers: me.workers,
-            silent_ms: 0,
-        }];
+        let mut v = vec![self.my_view(st)];
         for (n, m) in &st.members {
-            v.push(NodeView {
-                node: *n,
-                addr: m.addr.clone(),
-                head: false,
-                alive: m.alive,
-                total: m.total.clone(),
-                available: m.available.clone(),
-                workers: m.workers,
-                silent_ms: m.last_seen.elapsed().as_millis() as u64,
-            });
+            let mut stats = m.stats.clone();
+            stats.total = m.total.clone();
+            v.push(view_of(*n, m.addr.clone(), false, m.alive, m.last_seen.elapsed().as_millis() as u64, &stats));
         }
         v
+    }
+}
+
+fn view_of(node: NodeId, addr: String, head: bool, alive: bool, silent_ms: u64, s: &NodeStats) -> NodeView {
+    NodeView {
+        node,
+        addr,
+        head,
+        alive,
+        total: s.total.clone(),
+        available: s.available.clone(),
+        workers: s.workers,
+        silent_ms,
+        actors: s.actors,
+        objects: s.store_objects,
+        object_bytes: s.store_used_bytes + s.spilled_bytes,
+        spilled_bytes: s.spilled_bytes,
     }
 }
 
@@ -180,8 +169,7 @@ pub(crate) fn join_loop(node: std::sync::Arc<Node>, head: &str, every: Duration)
             while !stopping() {
                 if joined && Instant::now() >= next_beat {
                     let s = node.stats(&node.lock());
-                    conn.send(&ToNode::Heartbeat { node: node.id, available: s.available, workers: s.workers })
-                        .map_err(|e| e.to_string())?;
+                    conn.send(&ToNode::Heartbeat { node: node.id, stats: s }).map_err(|e| e.to_string())?;
                     next_beat = Instant::now() + every;
                 }
                 match rx.read::<FromNode>() {

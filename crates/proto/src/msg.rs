@@ -129,6 +129,12 @@ pub struct NodeView {
     pub workers: u64,
     /// Since its last heartbeat.
     pub silent_ms: u64,
+    /// Actors alive on it.
+    pub actors: u64,
+    /// Objects in its store (in memory or spilled), and their bytes.
+    pub objects: u64,
+    pub object_bytes: u64,
+    pub spilled_bytes: u64,
 }
 
 /// Requests to the node daemon.
@@ -186,7 +192,7 @@ pub enum ToNode {
     JoinCluster { req: u64, node: NodeId, addr: String, total: Shape },
     /// From a member node, every heartbeat interval; answered by `Cluster` (req 0), the
     /// head's view of every node, which the member schedules with.
-    Heartbeat { node: NodeId, available: Shape, workers: u64 },
+    Heartbeat { node: NodeId, stats: NodeStats },
     /// Copy `object` (stored on node `from`) into this node's store. Answered by `Pulled`
     /// once it is here; concurrent pulls of one object share one transfer.
     Pull { req: u64, object: ObjectId, from: NodeId },

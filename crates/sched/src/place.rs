@@ -139,6 +139,10 @@ mod tests {
             available: Shape::cpus(free),
             workers: 0,
             silent_ms: 0,
+            actors: 0,
+            objects: 0,
+            object_bytes: 0,
+            spilled_bytes: 0,
         }
     }
 

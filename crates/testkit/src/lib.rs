@@ -203,3 +203,55 @@ pub fn wait_exit(child: &mut std::process::Child, within: std::time::Duration) -
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// A cluster of `ferry` nodes on namespace hosts: the head on host 0, a member on each other
+/// host. Killed on drop (each node with its workers).
+#[derive(Debug)]
+pub struct Cluster {
+    pub head: Head,
+    pub members: Vec<Head>,
+}
+
+impl Cluster {
+    /// Starts `ferry` (the CLI at `ferry`) on every host, host `i` with `args[i]` added
+    /// (`--num-cpus`, `--resources`, ...), heartbeats every 100 ms, and waits until the head
+    /// sees every node alive.
+    pub fn start(
+        hosts: &Hosts,
+        ferry: &str,
+        args: &[Vec<String>],
+        within: std::time::Duration,
+    ) -> Result<Cluster, String> {
+        let end = std::time::Instant::now() + within;
+        let mut cmd = hosts.command(0, ferry);
+        cmd.args(["start", "--head", "--host", hosts.addr(0), "--port", "0", "--block"]);
+        cmd.args(args.first().cloned().unwrap_or_default());
+        let head = Head::start(cmd, within)?;
+        let mut members = Vec::new();
+        for i in 1..hosts.len() {
+            let mut cmd = hosts.command(i, ferry);
+            cmd.env("FERRY_HEARTBEAT_MS", "100");
+            cmd.args(["start", "--address", &head.address, "--token", &head.token, "--host", hosts.addr(i)]);
+            cmd.args(["--port", "0", "--block"]);
+            cmd.args(args.get(i).cloned().unwrap_or_default());
+            members.push(Head::start(cmd, within)?);
+        }
+        let cluster = Cluster { head, members };
+        let want = format!("cluster: {n} nodes, {n} alive", n = hosts.len());
+        loop {
+            let out = hosts
+                .command(0, ferry)
+                .args(["status", "--address", &cluster.head.address, "--token", &cluster.head.token])
+                .output()
+                .map_err(|e| e.to_string())?;
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            if text.contains(&want) || (hosts.len() == 1 && out.status.success()) {
+                return Ok(cluster);
+            }
+            if std::time::Instant::now() >= end {
+                return Err(format!("the cluster did not come up within {within:?}; status:\n{text}"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! A three-node cluster on namespace hosts (head + two members, one CPU each, the third with
+//! a custom resource), and a job on the head's host that uses all of it: tasks spilling over
+//! to other nodes, spread and node-affine tasks, a custom resource, large objects made on one
+//! node and read on another and by the driver, refs owned by a worker of another node,
+//! nested tasks submitted from a remote worker, an infeasible task that waits with a warning,
+//! and a remote task's output reaching the driver. Everything is torn down at the end.
+
+use ferry::prelude::*;
+use ferry::{NodeId, SchedulingStrategy};
+use ferry_testkit::{netns_exists, wait_exit, Cluster, Hosts};
+use std::io::Read;
+use std::process::Stdio;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+#[ferry::remote]
+fn where_am_i(sleep_ms: u64) -> NodeId {
+    std::thread::sleep(Duration::from_millis(sleep_ms));
+    ferry::node_id().unwrap()
+}
+
+#[ferry::remote]
+fn make_bytes(n: usize, seed: u8) -> (NodeId, Vec<u8>) {
+    (ferry::node_id().unwrap(), (0..n).map(|i| (i as u8).wrapping_mul(seed)).collect())
+}
+
+#[ferry::remote]
+fn big(n: usize, seed: u8) -> Vec<u8> {
+    (0..n).map(|i| (i as u8).wrapping_mul(seed)).collect()
+}
+
+#[ferry::remote]
+fn checksum(data: Vec<u8>) -> (NodeId, u64) {
+    (ferry::node_id().unwrap(), data.iter().map(|b| *b as u64).sum())
+}
+
+/// Puts objects in a worker (so that the worker owns them) and returns refs to them.
+#[ferry::remote]
+fn put_some(n: u64) -> Vec<ObjectRef<u64>> {
+    (0..n).map(|i| ferry::put(i * 10).unwrap()).collect()
+}
+
+/// Runs `n` nested tasks from wherever it runs and reports their nodes.
+#[ferry::remote]
+fn fan_out(n: u64) -> Vec<NodeId> {
+    let refs: Vec<_> = (0..n).map(|_| where_am_i::remote(100)).collect();
+    ferry::get_all(&refs).unwrap()
+}
+
+#[ferry::remote]
+fn shout(text: String) -> u32 {
+    println!("{text}");
+    1
+}
+
+fn expected_checksum(n: usize, seed: u8) -> u64 {
+    (0..n).map(|i| (i as u8).wrapping_mul(seed) as u64).sum()
+}
+
+/// With `FERRY_TEST_CLUSTER_JOB` set this binary is the job: it joins that address, runs
+/// each check, prints `ok <name>` or `FAIL <name>: <why>`, and exits.
+#[used]
+#[link_section = ".init_array"]
+static JOB: extern "C" fn() = job_entry;
+
+extern "C" fn job_entry() {
+    let Ok(address) = std::env::var("FERRY_TEST_CLUSTER_JOB") else { return };
+    if std::env::var_os("FERRY_WORKER").is_some() {
+        return;
+    }
+    if let Err(e) = ferry::init(ferry::Config::default().address(&address)) {
+        println!("FAIL init: {e}");
+        std::process::exit(0);
+    }
+    let checks: &[(&str, fn() -> Result<(), String>)] = &[
+        ("nodes", check_nodes),
+        ("spillback", check_spillback),
+        ("spread", check_spread),
+        ("affinity", check_affinity),
+        ("custom_resource", check_custom_resource),
+        ("transfer", check_transfer),
+        ("remote_owner", check_remote_owner),
+        ("nested", check_nested),
+        ("infeasible_waits", check_infeasible),
+        ("logs", check_logs),
+        ("stores_empty", check_stores_empty),
+    ];
+    for (name, f) in checks {
+        match f() {
+            Ok(()) => println!("ok {name}"),
+            Err(e) => println!("FAIL {name}: {e}"),
+        }
+    }
+    ferry::shutdown();
+    std::process::exit(0);
+}
+
+fn e(x: impl std::fmt::Display) -> String {
+    x.to_string()
+}
+
+fn node_ids() -> Result<(NodeId, Vec<NodeId>), String> {
+    let me = ferry::node_id().map_err(e)?;
+    let mut all: Vec<NodeId> = ferry::nodes().map_err(e)?.into_iter().filter(|n| n.alive).map(|n| n.node).collect();
+    all.sort();
+    Ok((me, all))
+}
+
+fn check_nodes() -> Result<(), String> {
+    let nodes = ferry::nodes().map_err(e)?;
+    let alive = nodes.iter().filter(|n| n.alive).count();
+    if alive != 3 {
+        return Err(format!("{alive} nodes alive: {nodes:?}"));
+    }
+    Ok(())
+}
+
+/// One CPU per node: six 300 ms tasks at once cannot all run on the driver's node.
+fn check_spillback() -> Result<(), String> {
+    let refs: Vec<_> = (0..6).map(|_| where_am_i::remote(300)).collect();
+    let got = ferry::get_all(&refs).map_err(e)?;
+    let mut distinct = got.clone();
+    distinct.sort();
+    distinct.dedup();
+    if distinct.len() < 2 {
+        return Err(format!("every task ran on one node: {got:?}"));
+    }
+    Ok(())
+}
+
+fn check_spread() -> Result<(), String> {
+    let (_, all) = node_ids()?;
+    let refs: Vec<_> =
+        (0..6).map(|_| where_am_i::options().scheduling_strategy(SchedulingStrategy::Spread).remote(0)).collect();
+    let mut got = ferry::get_all(&refs).map_err(e)?;
+    got.sort();
+    got.dedup();
+    if got != all {
+        return Err(format!("spread reached {got:?}, nodes are {all:?}"));
+    }
+    Ok(())
+}
+
+fn check_affinity() -> Result<(), String> {
+    let (me, all) = node_ids()?;
+    for n in all {
+        let s = SchedulingStrategy::NodeAffinity { node: n, soft: false };
+        let got = ferry::get(&where_am_i::options().scheduling_strategy(s).remote(0)).map_err(e)?;
+        if got != n {
+            return Err(format!("asked for {n:?}, ran on {got:?}"));
+        }
+    }
+    // A node that is not in the cluster: a hard affinity fails with a clear error, a soft one
+    // runs anyway.
+    let nowhere = NodeId(12345);
+    let hard =
+        where_am_i::options().scheduling_strategy(SchedulingStrategy::NodeAffinity { node: nowhere, soft: false });
+    match ferry::get(&hard.remote(0)) {
+        Err(err) if err.to_string().contains("not in the cluster") => {}
+        other => return Err(format!("hard affinity to a missing node gave {other:?}")),
+    }
+    let soft =
+        where_am_i::options().scheduling_strategy(SchedulingStrategy::NodeAffinity { node: nowhere, soft: true });
+    let _ = (ferry::get(&soft.remote(0)).map_err(e)?, me);
+    Ok(())
+}
+
+fn check_custom_resource() -> Result<(), String> {
+    let special = ferry::nodes().map_err(e)?.into_iter().find(|n| n.total.get_milli("special") > 0);
+    let Some(special) = special else { return Err("no node has the resource".into()) };
+    for _ in 0..3 {
+        let got = ferry::get(&where_am_i::options().resource("special", 1.0).remote(0)).map_err(e)?;
+        if got != special.node {
+            return Err(format!("ran on {got:?}, only {:?} has it", special.node));
+        }
+    }
+    Ok(())
+}
+
+/// An 8 MiB object made on one member is read by a task on the other (pulled between their
+/// daemons) and by the driver (pulled to the head); many readers at once share transfers.
+fn check_transfer() -> Result<(), String> {
+    let (me, all) = node_ids()?;
+    let others: Vec<NodeId> = all.into_iter().filter(|n| *n != me).collect();
+    let (a, b) = (others[0], others[1]);
+    let on = |n: NodeId| SchedulingStrategy::NodeAffinity { node: n, soft: false };
+    let n = 8 << 20;
+    let data = big::options().scheduling_strategy(on(a)).remote(n, 7);
+    let want = expected_checksum(n, 7);
+    let reads: Vec<_> = (0..4).map(|_| checksum::options().scheduling_strategy(on(b)).remote(&data)).collect();
+    for r in ferry::get_all(&reads).map_err(e)? {
+        if r != (b, want) {
+            return Err(format!("read on {b:?} gave {r:?}, want {want}"));
+        }
+    }
+    let local = ferry::get(&data).map_err(e)?;
+    if local.len() != n || local.iter().map(|x| *x as u64).sum::<u64>() != want {
+        return Err("the driver read wrong bytes".into());
+    }
+    // A value made on a member, returned with its node, read in the driver.
+    let (made_on, bytes) = ferry::get(&make_bytes::options().scheduling_strategy(on(b)).remote(n, 3)).map_err(e)?;
+    if made_on != b || bytes.iter().map(|x| *x as u64).sum::<u64>() != expected_checksum(n, 3) {
+        return Err(format!("made on {made_on:?}, wrong bytes"));
+    }
+    Ok(())
+}
+
+/// Refs owned by a worker on another node: the driver reaches that worker by the address
+/// the refs carry.
+fn check_remote_owner() -> Result<(), String> {
+    let (me, all) = node_ids()?;
+    let other = all.into_iter().find(|n| *n != me).ok_or("no other node")?;
+    let s = SchedulingStrategy::NodeAffinity { node: other, soft: false };
+    let refs = ferry::get(&put_some::options().scheduling_strategy(s).remote(5)).map_err(e)?;
+    let got = ferry::get_all(&refs).map_err(e)?;
+    if got != vec![0, 10, 20, 30, 40] {
+        return Err(format!("got {got:?}"));
+    }
+    Ok(())
+}
+
+/// A task on a member submits tasks itself; with one CPU per node they spill to others.
+fn check_nested() -> Result<(), String> {
+    let (me, all) = node_ids()?;
+    let other = all.into_iter().find(|n| *n != me).ok_or("no other node")?;
+    let s = SchedulingStrategy::NodeAffinity { node: other, soft: false };
+    let got = ferry::get(&fan_out::options().scheduling_strategy(s).remote(4)).map_err(e)?;
+    if got.len() != 4 {
+        return Err(format!("got {got:?}"));
+    }
+    Ok(())
+}
+
+/// A task no node can fit waits (with a warning) rather than fail.
+fn check_infeasible() -> Result<(), String> {
+    let r = where_am_i::options().resource("unobtainium", 1.0).remote(0);
+    match ferry::get_timeout(&r, Duration::from_millis(800)) {
+        Err(ferry::Error::Timeout { .. }) => Ok(()),
+        other => Err(format!("expected it to wait, got {other:?}")),
+    }
+}
+
+fn check_logs() -> Result<(), String> {
+    let (me, all) = node_ids()?;
+    let other = all.into_iter().find(|n| *n != me).ok_or("no other node")?;
+    let s = SchedulingStrategy::NodeAffinity { node: other, soft: false };
+    ferry::get(&shout::options().scheduling_strategy(s).remote("hello from afar".to_string())).map_err(e)?;
+    // Lines travel worker → its daemon → head → this driver; give them a moment.
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(())
+}
+
+/// Every object the checks made is freed, and so are the copies other nodes took.
+fn check_stores_empty() -> Result<(), String> {
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let nodes = ferry::nodes().map_err(e)?;
+        if nodes.iter().all(|n| n.objects == 0) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > end {
+            let left: Vec<_> = nodes.iter().map(|n| (n.node, n.objects, n.object_bytes)).collect();
+            return Err(format!("objects left in stores after 10 s: {left:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_job_uses_every_node_of_a_three_host_cluster() {
+    let hosts = Hosts::new(3).expect("network namespaces (needs root and `ip`)");
+    let ferry = env!("CARGO_BIN_EXE_ferry");
+    let args = vec![
+        vec!["--num-cpus".to_string(), "1".to_string()],
+        vec!["--num-cpus".to_string(), "1".to_string()],
+        vec!["--num-cpus".to_string(), "1".to_string(), "--resources".to_string(), "special=1".to_string()],
+    ];
+    let cluster = Cluster::start(&hosts, ferry, &args, T).unwrap();
+    let mut job = hosts
+        .command(0, std::env::current_exe().unwrap())
+        .env("FERRY_TEST_CLUSTER_JOB", &cluster.head.address)
+        .env("FERRY_TOKEN", &cluster.head.token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = wait_exit(&mut job, T);
+    if exited.is_err() {
+        let _ = job.kill();
+    }
+    let (mut out, mut err) = (String::new(), String::new());
+    job.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    job.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    eprintln!("job stdout:\n{out}\njob stderr:\n{err}");
+    assert!(exited.is_ok(), "the job hung");
+    for name in [
+        "nodes",
+        "spillback",
+        "spread",
+        "affinity",
+        "custom_resource",
+        "transfer",
+        "remote_owner",
+        "nested",
+        "infeasible_waits",
+        "logs",
+        "stores_empty",
+    ] {
+        assert!(out.lines().any(|l| l == format!("ok {name}")), "check {name} failed or did not run");
+    }
+    assert!(err.contains("warning") && err.contains("unobtainium"), "no warning for the infeasible task");
+    assert!(
+        out.lines().any(|l| l.starts_with("(node=") && l.ends_with("hello from afar")),
+        "a remote task's output did not reach the driver, prefixed with its node"
+    );
+    drop(cluster);
+    let names: Vec<String> = (0..hosts.len()).map(|i| hosts.name(i).to_string()).collect();
+    drop(hosts);
+    for n in names {
+        assert!(!netns_exists(&n), "namespace {n} left behind");
+    }
+}
