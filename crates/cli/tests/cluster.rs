@@ -58,6 +58,8 @@ fn expected_checksum(n: usize, seed: u8) -> u64 {
     (0..n).map(|i| (i as u8).wrapping_mul(seed) as u64).sum()
 }
 
+type Check = fn() -> Result<(), String>;
+
 /// With `FERRY_TEST_CLUSTER_JOB` set this binary is the job: it joins that address, runs
 /// each check, prints `ok <name>` or `FAIL <name>: <why>`, and exits.
 #[used]
@@ -73,7 +75,7 @@ extern "C" fn job_entry() {
         println!("FAIL init: {e}");
         std::process::exit(0);
     }
-    let checks: &[(&str, fn() -> Result<(), String>)] = &[
+    let checks: &[(&str, Check)] = &[
         ("nodes", check_nodes),
         ("spillback", check_spillback),
         ("spread", check_spread),
