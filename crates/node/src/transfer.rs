@@ -3,15 +3,17 @@
 //!
 //! The puller opens a connection of its own to the holder's daemon and asks for the object
 //! (`FetchObject`); the holder answers with its size and then streams the file's bytes raw
-//! with `sendfile` (from tmpfs, or from the spill file), while the puller reads them straight
-//! into a file staged in its own store. No request per chunk, no frame around the bytes: the
-//! stream is the pipeline, and the only copies are the kernel's. Concurrent pulls of one
+//! with `sendfile` (from tmpfs, or from the spill file), while the puller `splice`s them from
+//! the socket into a file staged in its own store, a pipe's worth (1 MiB) at a time. No request
+//! per chunk, no frame around the bytes: the stream is the pipeline, and the only copies are
+//! the kernel's (none through user space on either side). Concurrent pulls of one
 //! object wait for the one transfer in flight. The copy is sealed in the puller's store; the
 //! holder remembers which nodes took copies and tells them when the object is freed.
 
 use crate::{ConnId, Node};
-use ferry_proto::conn::{connect, Addr, Conn};
+use ferry_proto::conn::{connect, Addr, Conn, Stream};
 use ferry_proto::msg::{FromNode, ProcKind, ToNode};
+use ferry_proto::FrameReader;
 use ferry_proto::{NodeId, ObjectId, WorkerId};
 use std::collections::HashMap;
 use std::sync::{mpsc, Arc};
@@ -65,13 +67,12 @@ impl Node {
             }
         };
         let store = self.lock().store.dir().clone();
-        let tag = ferry_proto::ids::random_u64();
-        let mut staged = store.stage(size, tag).map_err(|e| format!("no room for {size} bytes in the store: {e}"))?;
-        let r = rx
-            .read_exact_raw(&mut staged.map[..])
+        let (path, file) =
+            store.stage_file(ferry_proto::ids::random_u64()).map_err(|e| format!("cannot stage it: {e}"))?;
+        let r = receive(&mut rx, &file, size)
             .map_err(|e| format!("transfer from {addr} broke off: {e}"))
-            .and_then(|_| store.adopt(&staged.path, object).map_err(|e| e.to_string()));
-        let _ = std::fs::remove_file(&staged.path);
+            .and_then(|_| store.adopt(&path, object).map_err(|e| e.to_string()));
+        let _ = std::fs::remove_file(&path);
         conn.shutdown();
         r
     }
@@ -146,6 +147,72 @@ impl Node {
             }
         }
     }
+}
+
+/// Reads `size` raw bytes from the connection into `file`: what the reader already buffered
+/// first, then the rest with `splice` (socket to pipe to file), so the bytes go from the
+/// socket's buffers to the store's pages with one copy, made by the kernel.
+fn receive(rx: &mut FrameReader<Stream>, file: &std::fs::File, size: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let head = (rx.buffered() as u64).min(size) as usize;
+    let mut first = vec![0u8; head];
+    rx.read_exact_raw(&mut first)?;
+    (&*file).write_all(&first)?;
+    let sock = match rx.get_ref() {
+        Stream::Tcp(s) => s.as_raw_fd(),
+        Stream::Unix(s) => s.as_raw_fd(),
+    };
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: plain syscalls on descriptors we own; the pipe is closed below.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let (pr, pw) = (fds[0], fds[1]);
+    // SAFETY: as above.
+    let pipe_size = unsafe { libc::fcntl(pw, libc::F_SETPIPE_SZ, 1 << 20) }.max(64 << 10) as usize;
+    let mut off: libc::loff_t = head as libc::loff_t;
+    let r = (|| {
+        while (off as u64) < size {
+            let want = ((size - off as u64) as usize).min(pipe_size);
+            // SAFETY: valid descriptors; null offsets mean "current position" for the socket.
+            let n = unsafe {
+                libc::splice(sock, std::ptr::null_mut(), pw, std::ptr::null_mut(), want, libc::SPLICE_F_MOVE)
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the sender closed early"));
+            }
+            let mut left = n as usize;
+            while left > 0 {
+                // SAFETY: as above; `off` is ours and advanced by the kernel.
+                let m = unsafe {
+                    libc::splice(pr, std::ptr::null_mut(), file.as_raw_fd(), &mut off, left, libc::SPLICE_F_MOVE)
+                };
+                if m < 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() == std::io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(e);
+                }
+                left -= m as usize;
+            }
+        }
+        Ok(())
+    })();
+    // SAFETY: closing the pipe we opened.
+    unsafe {
+        libc::close(pr);
+        libc::close(pw);
+    }
+    r
 }
 
 /// Writes `len` bytes of `file` to the socket `fd` with `sendfile` (no copy through user

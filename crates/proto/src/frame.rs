@@ -117,6 +117,11 @@ impl<R: Read> FrameReader<R> {
         self.inner.read_exact(buf)
     }
 
+    /// How many bytes are read ahead and buffered (raw bytes after a frame may be among them).
+    pub fn buffered(&self) -> usize {
+        self.inner.buffer().len()
+    }
+
     /// Whether a frame's bytes are already buffered (so a read will not block for long).
     pub fn has_buffered(&self) -> bool {
         !self.inner.buffer().is_empty()

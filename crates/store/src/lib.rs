@@ -150,6 +150,14 @@ impl StoreDir {
         }
     }
 
+    /// Creates an empty file in the store, not yet an object, for a writer that fills it with
+    /// `write`/`splice` rather than through a mapping; [`StoreDir::adopt`] it when complete.
+    pub fn stage_file(&self, tag: u64) -> io::Result<(PathBuf, File)> {
+        let path = self.path.join(format!("staged-{}-{tag:016x}", std::process::id()));
+        let f = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path)?;
+        Ok((path, f))
+    }
+
     /// Makes a staged file the object `id`, without copying (a hard link). Returns its size.
     pub fn adopt(&self, staged: &Path, id: ObjectId) -> io::Result<u64> {
         let fin = self.path_of(id);

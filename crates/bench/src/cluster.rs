@@ -1,0 +1,192 @@
+//! `ferry-bench cluster`: figures across nodes, on network-namespace hosts this group builds
+//! itself (root and `ip` needed), each node a `ferry start` process (the `ferry` binary next to
+//! this one). The job runs on the head's host: this binary again, with `FERRY_BENCH_JOB` set.
+//!
+//! - `single_node_task_throughput_per_s` / `xnode_task_throughput_per_s`: no-op tasks
+//!   submitted from nested tasks, one submitter per CPU, spread over the nodes, on one node
+//!   and on three (same CPUs per node).
+//! - `xnode_driver_task_throughput_per_s`: no-op tasks from the driver, spilling over.
+//! - `xnode_transfer_1GiB_GB_per_s`: a 1 GiB object made on one node, read by the driver on
+//!   another (pulled between the daemons).
+//! - `raw_tcp_GB_per_s`: 1 GiB over one plain TCP connection between the same two hosts.
+//! - `broadcast_1GiB_3nodes_s`: a 1 GiB object put on the head, read (zero-copy, as numpy
+//!   arrays are in Ray) by a task on each other node: both pull it at once.
+
+use crate::{emit, info, length, median, produce, MIB};
+use ferry::prelude::*;
+use ferry::{NodeId, SchedulingStrategy};
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+const GIB: usize = 1024 * MIB;
+const CPUS_PER_NODE: &str = "2";
+
+#[ferry::remote]
+fn nothing() {}
+
+/// Submits `n` no-op tasks from wherever it runs and waits for them.
+#[ferry::remote]
+fn submitter(n: u64) -> u64 {
+    let refs: Vec<_> = (0..n).map(|_| nothing::remote()).collect();
+    ferry::get_all(&refs).unwrap();
+    n
+}
+
+fn on(n: NodeId) -> SchedulingStrategy {
+    SchedulingStrategy::NodeAffinity { node: n, soft: false }
+}
+
+/// The job, on the head's host: prints figures for the parent to pass on.
+pub fn job(address: &str) {
+    ferry::init(ferry::Config::default().address(address)).expect("join the cluster");
+    let me = ferry::node_id().unwrap();
+    let nodes: Vec<NodeId> = ferry::nodes().unwrap().into_iter().filter(|n| n.alive).map(|n| n.node).collect();
+    let cpus = nodes.len() * CPUS_PER_NODE.parse::<usize>().unwrap();
+    // Warm every node's workers.
+    let warm: Vec<_> =
+        (0..cpus * 4).map(|_| nothing::options().scheduling_strategy(SchedulingStrategy::Spread).remote()).collect();
+    ferry::get_all(&warm).unwrap();
+    let per = 20_000 / cpus as u64;
+    let mut rates = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let subs: Vec<_> = (0..cpus)
+            .map(|_| submitter::options().scheduling_strategy(SchedulingStrategy::Spread).remote(per))
+            .collect();
+        let done: u64 = ferry::get_all(&subs).unwrap().into_iter().sum();
+        rates.push(done as f64 / t.elapsed().as_secs_f64());
+    }
+    let name = if nodes.len() == 1 { "single_node_task_throughput_per_s" } else { "xnode_task_throughput_per_s" };
+    emit(name, median(&mut rates), "tasks/s");
+    if nodes.len() == 1 {
+        ferry::shutdown();
+        return;
+    }
+    let mut rates = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let refs: Vec<_> = (0..20_000).map(|_| nothing::remote()).collect();
+        ferry::get_all(&refs).unwrap();
+        rates.push(20_000.0 / t.elapsed().as_secs_f64());
+    }
+    emit("xnode_driver_task_throughput_per_s", median(&mut rates), "tasks/s");
+
+    let other = *nodes.iter().find(|n| **n != me).unwrap();
+    let mut speeds = Vec::new();
+    for _ in 0..5 {
+        let r = produce::options().scheduling_strategy(on(other)).remote(GIB);
+        ferry::wait(std::slice::from_ref(&r), 1, None).unwrap();
+        let t = Instant::now();
+        let b = ferry::get_bytes(&r).unwrap();
+        let dt = t.elapsed().as_secs_f64();
+        assert_eq!(b.len(), GIB);
+        speeds.push(GIB as f64 / dt / 1e9);
+    }
+    info(&format!("transfers: {speeds:.2?} GB/s"));
+    emit("xnode_transfer_1GiB_GB_per_s", median(&mut speeds), "GB/s");
+
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        let mut b = ferry::BytesMut::zeroed(GIB).unwrap();
+        b.fill(1);
+        let obj = ferry::put(b.freeze()).unwrap();
+        let t = Instant::now();
+        let reads: Vec<_> = nodes
+            .iter()
+            .filter(|n| **n != me)
+            .map(|n| length::options().scheduling_strategy(on(*n)).remote(&obj))
+            .collect();
+        ferry::get_all(&reads).unwrap();
+        times.push(t.elapsed().as_secs_f64());
+    }
+    emit("broadcast_1GiB_3nodes_s", median(&mut times), "s");
+    ferry::shutdown();
+}
+
+/// `__tcp_send ADDR`: listens on ADDR, sends 1 GiB to the first connection.
+pub fn tcp_send(addr: &str) {
+    let l = std::net::TcpListener::bind(addr).expect("bind");
+    println!("listening");
+    std::io::stdout().flush().unwrap();
+    let buf = vec![1u8; 4 * MIB];
+    for _ in 0..5 {
+        let (mut s, _) = l.accept().expect("accept");
+        for _ in 0..GIB / buf.len() {
+            s.write_all(&buf).expect("send");
+        }
+    }
+}
+
+/// `__tcp_recv ADDR`: reads 1 GiB from ADDR, five times; prints the median speed.
+pub fn tcp_recv(addr: &str) {
+    let mut buf = vec![0u8; 4 * MIB];
+    let mut speeds = Vec::new();
+    for _ in 0..5 {
+        let mut s = connect_retry(addr);
+        let t = Instant::now();
+        let mut got = 0;
+        while got < GIB {
+            let n = s.read(&mut buf).expect("recv");
+            assert!(n > 0, "the sender closed early");
+            got += n;
+        }
+        speeds.push(GIB as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    info(&format!("raw tcp: {speeds:.2?} GB/s"));
+    emit("raw_tcp_GB_per_s", median(&mut speeds), "GB/s");
+}
+
+fn connect_retry(addr: &str) -> std::net::TcpStream {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        match std::net::TcpStream::connect(addr) {
+            Ok(s) => return s,
+            Err(e) if Instant::now() > end => panic!("cannot reach {addr}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Builds the hosts and clusters, runs the job on each, and passes its figures on.
+pub fn group() {
+    let here = std::env::current_exe().unwrap();
+    let ferry = here.with_file_name("ferry");
+    if !ferry.exists() {
+        eprintln!("ferry-bench cluster: {} not found; build it: cargo build --release -p ferry-cli", ferry.display());
+        std::process::exit(2);
+    }
+    let ferry = ferry.to_string_lossy().to_string();
+    let args = |_| vec!["--num-cpus".to_string(), CPUS_PER_NODE.to_string()];
+    let t = Duration::from_secs(60);
+    for n in [1, 3] {
+        let hosts = ferry_testkit::Hosts::new(n).expect("network namespaces (run as root, with `ip`)");
+        let cluster =
+            ferry_testkit::Cluster::start(&hosts, &ferry, &(0..n).map(args).collect::<Vec<_>>(), t).expect("cluster");
+        info(&format!("{n} namespace node(s), {CPUS_PER_NODE} CPUs each, head at {}", cluster.head.address));
+        let out = hosts
+            .command(0, &here)
+            .env("FERRY_BENCH_JOB", &cluster.head.address)
+            .env("FERRY_TOKEN", &cluster.head.token)
+            .output()
+            .expect("run the job");
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        if !out.status.success() {
+            eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        }
+        if n == 3 {
+            let addr = format!("{}:7999", hosts.addr(1));
+            let mut send = hosts
+                .command(1, &here)
+                .args(["__tcp_send", &addr])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("tcp sender");
+            let mut line = [0u8; 10];
+            let _ = send.stdout.as_mut().unwrap().read_exact(&mut line);
+            let out = hosts.command(0, &here).args(["__tcp_recv", &addr]).output().expect("tcp receiver");
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+            let _ = send.kill();
+            let _ = send.wait();
+        }
+    }
+}
