@@ -54,6 +54,44 @@ fn shout(text: String) -> u32 {
     1
 }
 
+#[ferry::actor]
+pub struct Tally {
+    n: i64,
+}
+
+#[ferry::actor]
+impl Tally {
+    pub fn new(start: i64) -> Self {
+        Tally { n: start }
+    }
+    pub fn add(&mut self, by: i64) -> i64 {
+        self.n += by;
+        self.n
+    }
+    pub fn node(&self) -> NodeId {
+        ferry::node_id().unwrap()
+    }
+}
+
+/// Calls an actor from wherever this task runs.
+#[ferry::remote]
+fn add_to(t: ActorHandle<Tally>, by: i64) -> i64 {
+    ferry::get(&t.add(by)).unwrap()
+}
+
+/// Adds to the actor registered as `name`, found by name from this task's node.
+#[ferry::remote]
+fn add_to_named(name: String, by: i64) -> i64 {
+    let t = ferry::get_actor::<Tally>(&name).unwrap();
+    ferry::get(&t.add(by)).unwrap()
+}
+
+/// Creates an actor from a task (its entry lives at this task's node) and returns it.
+#[ferry::remote]
+fn make_tally(start: i64) -> (NodeId, ActorHandle<Tally>) {
+    (ferry::node_id().unwrap(), Tally::remote(start).unwrap())
+}
+
 fn expected_checksum(n: usize, seed: u8) -> u64 {
     (0..n).map(|i| (i as u8).wrapping_mul(seed) as u64).sum()
 }
@@ -86,12 +124,25 @@ extern "C" fn job_entry() {
         ("nested", check_nested),
         ("infeasible_waits", check_infeasible),
         ("logs", check_logs),
+        ("actors", check_actors),
         ("stores_empty", check_stores_empty),
     ];
+    let only = std::env::var("FERRY_TEST_ONLY").ok();
     for (name, f) in checks {
+        if only.as_deref().is_some_and(|o| o != *name) {
+            continue;
+        }
         match f() {
             Ok(()) => println!("ok {name}"),
-            Err(e) => println!("FAIL {name}: {e}"),
+            Err(e) => {
+                println!("FAIL {name}: {e}");
+                for n in ferry::nodes().unwrap_or_default() {
+                    println!(
+                        "  node {:?} alive={} available {} of {}, {} workers, {} actors",
+                        n.node, n.alive, n.available, n.total, n.workers, n.actors
+                    );
+                }
+            }
         }
     }
     ferry::shutdown();
@@ -253,6 +304,57 @@ fn check_logs() -> Result<(), String> {
     Ok(())
 }
 
+/// Actors holding a CPU each fill the three nodes (placed like spilled tasks); calls reach
+/// them from the driver and from tasks on other nodes; a named actor is found by name from
+/// another node; an actor created by a task on a member is called from the driver.
+fn check_actors() -> Result<(), String> {
+    // Every wait is bounded, and says which step did not finish.
+    fn g<T: serde::de::DeserializeOwned + 'static>(r: &ObjectRef<T>, what: &str) -> Result<T, String> {
+        ferry::get_timeout(r, Duration::from_secs(15)).map_err(|err| format!("{what}: {err}"))
+    }
+    let (_, all) = node_ids()?;
+    let tallies: Vec<ActorHandle<Tally>> =
+        (0..3).map(|i| Tally::options().num_cpus(1.0).remote(i)).collect::<ferry::Result<_>>().map_err(e)?;
+    let mut at = Vec::new();
+    for (i, t) in tallies.iter().enumerate() {
+        at.push(g(&t.node(), &format!("actor {i} placed"))?);
+    }
+    at.sort();
+    if at != all {
+        return Err(format!("actors on {at:?}, nodes are {all:?}"));
+    }
+    // Each actor called from a task (on whatever node has room: 0-CPU tasks run anywhere).
+    let calls: Vec<_> = tallies.iter().map(|t| add_to::options().num_cpus(0.0).remote(t, 10)).collect();
+    let mut got = Vec::new();
+    for (i, c) in calls.iter().enumerate() {
+        got.push(g(c, &format!("call from a task to actor {i}"))?);
+    }
+    if got != vec![10, 11, 12] {
+        return Err(format!("calls from tasks gave {got:?}"));
+    }
+    drop(tallies);
+    // A named actor: its entry is at the head; found by name from a task on another node.
+    let named = Tally::options().num_cpus(0.0).name("shared").remote(100).map_err(e)?;
+    let (me, _) = node_ids()?;
+    let other = all.iter().copied().find(|n| *n != me).ok_or("no other node")?;
+    let s = SchedulingStrategy::NodeAffinity { node: other, soft: false };
+    let v = g(&add_to_named::options().scheduling_strategy(s).remote("shared".to_string(), 5), "named from a task")?;
+    let now = g(&named.add(0), "named from the driver")?;
+    if v != 105 || now != 105 {
+        return Err(format!("named actor: task saw {v}, driver {now}"));
+    }
+    drop(named);
+    // An actor whose entry lives on a member (its creator ran there), called from the driver.
+    let s = SchedulingStrategy::NodeAffinity { node: other, soft: false };
+    let (made_on, t) =
+        g(&make_tally::options().num_cpus(0.0).scheduling_strategy(s).remote(1), "actor made by a task")?;
+    let v = g(&t.add(2), "call to an actor homed on a member")?;
+    if made_on != other || v != 3 {
+        return Err(format!("actor made on {made_on:?} answered {v}"));
+    }
+    Ok(())
+}
+
 /// Every object the checks made is freed, and so are the copies other nodes took.
 fn check_stores_empty() -> Result<(), String> {
     let end = std::time::Instant::now() + Duration::from_secs(10);
@@ -307,6 +409,7 @@ fn a_job_uses_every_node_of_a_three_host_cluster() {
         "nested",
         "infeasible_waits",
         "logs",
+        "actors",
         "stores_empty",
     ] {
         assert!(out.lines().any(|l| l == format!("ok {name}")), "check {name} failed or did not run");

@@ -73,7 +73,7 @@ impl RawActor {
         if let Some(rt) = try_runtime() {
             if rt.lock().actor_attach(id, label) {
                 let held = matches!(
-                    rt.node_call(|req| ToNode::HoldActor { req, actor: id }),
+                    rt.call_at(&rt.actor_home(id), |req| ToNode::HoldActor { req, actor: id }),
                     Ok(FromNode::Ack { error: None, .. })
                 );
                 // A dead or unknown actor is not held; its calls fail when they resolve it.
@@ -271,14 +271,15 @@ pub trait ActorOptionsBuilder: Sized {
 #[doc(hidden)]
 pub fn create_actor<T: Actor>(opts: &ActorOptions, args: Vec<TaskArg>) -> Result<ActorHandle<T>> {
     let rt = runtime()?;
-    let actor = ActorId(ferry_proto::ids::random_u64());
+    let actor = rt.new_actor_id(opts.name.is_some() || opts.detached);
     let short = T::CLASS.rsplit("::").next().unwrap_or(T::CLASS);
     let label = match &opts.name {
         Some(n) => format!("{short}({n:?})"),
         None => short.to_string(),
     };
     if let Some(name) = &opts.name {
-        match rt.node_call(|req| ToNode::ReserveName { req, name: name.clone(), actor, class: T::CLASS.into() })? {
+        let home = rt.actor_home(actor);
+        match rt.call_at(&home, |req| ToNode::ReserveName { req, name: name.clone(), actor, class: T::CLASS.into() })? {
             FromNode::Ack { error: None, .. } => {}
             FromNode::Ack { error: Some(_), .. } => return Err(Error::ActorNameTaken { name: name.clone() }),
             other => return Err(Error::Connection { detail: format!("unexpected reply {other:?}") }),
@@ -312,7 +313,7 @@ pub fn create_actor<T: Actor>(opts: &ActorOptions, args: Vec<TaskArg>) -> Result
 /// The actor registered under `name`, as a `T`.
 pub fn get_actor<T: Actor>(name: &str) -> Result<ActorHandle<T>> {
     let rt = runtime()?;
-    match rt.node_call(|req| ToNode::GetNamedActor { req, name: name.to_string() })? {
+    match rt.call_at(&rt.head_daemon(), |req| ToNode::GetNamedActor { req, name: name.to_string() })? {
         FromNode::NamedActor { found: None, .. } => Err(Error::ActorNotFound { name: name.to_string() }),
         FromNode::NamedActor { found: Some((actor, class)), .. } => {
             if class != T::CLASS {
@@ -334,6 +335,6 @@ pub fn get_actor<T: Actor>(name: &str) -> Result<ActorHandle<T>> {
 /// [`Error::ActorDied`].
 pub fn kill<T: Actor>(handle: &ActorHandle<T>) -> Result<()> {
     let rt = runtime()?;
-    rt.send_node(&ToNode::KillActor { actor: handle.id() });
+    let _ = rt.actor_home(handle.id()).send(&ToNode::KillActor { actor: handle.id() });
     Ok(())
 }

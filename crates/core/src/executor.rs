@@ -468,7 +468,8 @@ pub fn store_return<R: Serialize + 'static>(r: &R, function: &str) -> Result<Ret
         actors.sort_unstable_by_key(|(a, _)| *a);
         actors.dedup_by_key(|(a, _)| *a);
         actors.retain(|(actor, _)| {
-            let held = rt.node_call(|req| ToNode::HoldActorFor { req, actor: *actor, holder: task.owner });
+            let home = rt.actor_home(*actor);
+            let held = rt.call_at(&home, |req| ToNode::HoldActorFor { req, actor: *actor, holder: task.owner });
             matches!(held, Ok(ferry_proto::msg::FromNode::Ack { error: None, .. }))
         });
         RETURN_REFS.with(|r| r.borrow_mut().2 = actors);

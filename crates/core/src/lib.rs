@@ -258,6 +258,13 @@ impl<T: 'static> IntoArg<ObjectRef<T>> for &ObjectRef<T> {
     }
 }
 
+// `&handle` where a function takes an `ActorHandle<A>`: the handle is passed (cloned).
+impl<A: Actor> IntoArg<ActorHandle<A>> for &ActorHandle<A> {
+    fn into_arg(self) -> TaskArg {
+        IntoArg::<ActorHandle<A>>::into_arg(self.clone())
+    }
+}
+
 // A `&str` where a `String` is expected, as a Rust user would write it.
 impl IntoArg<String> for &str {
     fn into_arg(self) -> TaskArg {

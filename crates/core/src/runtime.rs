@@ -31,7 +31,7 @@ use crate::owner::{ArgDraft, Effects, ObjState, OwnerLimits, OwnerState, Ready};
 use ferry_node::NodeHandle;
 use ferry_proto::conn::accept;
 use ferry_proto::conn::{connect, Addr, Conn};
-use ferry_proto::msg::{FromNode, FromWorker, NodeStats, ProcKind, Shape, ToNode, ToWorker};
+use ferry_proto::msg::{ActorId, FromNode, FromWorker, NodeStats, ProcKind, Shape, ToNode, ToWorker};
 use ferry_proto::{FrameError, FrameReader, NodeId, ObjectId, Stream, WorkerId};
 use ferry_store::{ObjectView, StoreDir};
 use std::collections::HashMap;
@@ -107,6 +107,8 @@ pub(crate) struct Runtime {
     daemons: Mutex<HashMap<NodeId, Arc<Conn>>>,
     daemon_addrs: Mutex<HashMap<NodeId, String>>,
     leases: Mutex<LeaseRoutes>,
+    /// The cluster's nodes as last asked (to find an actor's home daemon).
+    cluster: Mutex<Vec<ferry_proto::msg::NodeView>>,
     node_calls: Mutex<HashMap<u64, mpsc::SyncSender<FromNode>>>,
     next_call: AtomicU64,
     state: Mutex<OwnerState>,
@@ -200,6 +202,7 @@ impl Runtime {
             daemons: Default::default(),
             daemon_addrs: Default::default(),
             leases: Mutex::new(LeaseRoutes { next: 1, ..Default::default() }),
+            cluster: Mutex::new(Vec::new()),
             node_calls: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(1),
             state: Mutex::new(OwnerState::new(id.me, limits)),
@@ -281,6 +284,12 @@ impl Runtime {
                         self.send_to_node(node, &ToNode::ReturnLease { lease, kill });
                     }
                 }
+                ToNode::ReleaseActor { actor, .. }
+                | ToNode::ResolveActor { actor, .. }
+                | ToNode::CreateActor { actor, .. }
+                | ToNode::KillActor { actor } => {
+                    let _ = self.actor_home(actor).send(&m);
+                }
                 m => {
                     let _ = self.node.send(&m);
                 }
@@ -355,10 +364,16 @@ impl Runtime {
 
     /// Sends a request to the daemon and waits for its answer.
     pub(crate) fn node_call(&self, make: impl FnOnce(u64) -> ToNode) -> Result<FromNode> {
+        self.call_at(&self.node, make)
+    }
+
+    /// Sends a request to the daemon on `conn` (this node's or another's) and waits for its
+    /// answer.
+    pub(crate) fn call_at(&self, conn: &Conn, make: impl FnOnce(u64) -> ToNode) -> Result<FromNode> {
         let req = self.next_call.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::sync_channel(1);
         self.node_calls.lock().unwrap_or_else(|e| e.into_inner()).insert(req, tx);
-        if let Err(e) = self.node.send(&make(req)) {
+        if let Err(e) = conn.send(&make(req)) {
             self.node_calls.lock().unwrap_or_else(|e| e.into_inner()).remove(&req);
             return Err(Error::Connection { detail: format!("node daemon: {e}") });
         }
@@ -551,6 +566,61 @@ impl Runtime {
                 .collect()
         };
         self.apply(Effects { to_node: retry, ..Default::default() });
+    }
+
+    /// The cluster's nodes, asked of this node's daemon (`refresh`) or as last asked.
+    fn cluster_view(&self, refresh: bool) -> Vec<ferry_proto::msg::NodeView> {
+        if !refresh {
+            let known = self.cluster.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if !known.is_empty() {
+                return known;
+            }
+        }
+        match self.node_call(|req| ToNode::ClusterStatus { req }) {
+            Ok(FromNode::Cluster { nodes, .. }) => {
+                *self.cluster.lock().unwrap_or_else(|e| e.into_inner()) = nodes.clone();
+                nodes
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The daemon keeping `actor`'s entry: its home node, whose tag the id carries (this
+    /// node's daemon if that node is unknown: it answers that there is no such actor).
+    pub(crate) fn actor_home(&'static self, actor: ActorId) -> Arc<Conn> {
+        let tag = actor.home_tag();
+        if tag == ActorId::tag_of(self.node_id) {
+            return self.node.clone();
+        }
+        for refresh in [false, true] {
+            let view = self.cluster_view(refresh);
+            if let Some(v) = view.iter().find(|v| ActorId::tag_of(v.node) == tag && v.alive) {
+                if let Ok(c) = self.daemon_conn(v.node, &v.addr) {
+                    return c;
+                }
+            }
+        }
+        self.node.clone()
+    }
+
+    /// A new actor id. Named and detached actors live at the head (the cluster's directory
+    /// of names); others at this node, which also places them.
+    pub(crate) fn new_actor_id(&'static self, at_head: bool) -> ActorId {
+        let home = match at_head {
+            true => self.cluster_view(false).iter().find(|v| v.head).map(|v| v.node).unwrap_or(self.node_id),
+            false => self.node_id,
+        };
+        ActorId::new(home, ferry_proto::ids::random_u64())
+    }
+
+    /// The head's daemon (this node's when it is the head or there is no cluster).
+    pub(crate) fn head_daemon(&'static self) -> Arc<Conn> {
+        match self.cluster_view(false).into_iter().find(|v| v.head) {
+            Some(v) if v.node != self.node_id => {
+                self.daemon_conn(v.node, &v.addr).unwrap_or_else(|_| self.node.clone())
+            }
+            _ => self.node.clone(),
+        }
     }
 
     /// Where process `w` listens on TCP (learnt from a ref it owns), for processes of other

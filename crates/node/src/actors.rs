@@ -10,12 +10,26 @@
 //! Holders are connections (processes) with at least one handle. A non-detached actor stops
 //! when it has no holders left, or when its owner (the creator's connection) goes.
 //! Callers fetch an actor's address once (`ResolveActor`) and then call its worker directly.
+//!
+//! Across nodes: an actor's entry lives at its *home* daemon, whose tag its id carries (the
+//! creator's node; the head for named and detached actors, so names are one directory). The
+//! home places it: on its own node while that has room, else on another with room (the same
+//! choice as tasks' spillback), by asking that node's daemon to host it (`HostActor`). The
+//! host runs the constructor on a worker of its own and reports to the home (`ActorHosted`,
+//! `ActorLost`); everything else (holders, restarts, names, resolving) stays at the home, and
+//! callers then call the actor's worker directly, wherever it is. A host whose home's link
+//! closes stops the actors it hosts for it (fate-sharing, as with a creator).
 
 use crate::{Node, State};
-use ferry_proto::msg::{ActorId, ActorLocation, ActorSpec, FromNode};
-use ferry_proto::WorkerId;
+use ferry_proto::conn::Addr;
+use ferry_proto::msg::{ActorId, ActorLocation, ActorSpec, FromNode, ToNode};
+use ferry_proto::{NodeId, WorkerId};
 use ferry_sched::ConnId;
 use std::collections::HashMap;
+use std::time::Instant;
+
+/// How long an actor just hosted elsewhere still counts against its host in this node's view.
+const PENDING_AFTER_HOSTED: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The scheduler connection id under which the daemon leases actors' workers.
 pub(crate) const ACTOR_CONN: ConnId = 0;
@@ -44,6 +58,22 @@ pub(crate) struct ActorRec {
     created: Option<(ConnId, u64)>,
     waiters: Vec<(ConnId, u64)>,
     killed: bool,
+    /// At a host: the home daemon it reports to.
+    home: Option<NodeId>,
+    /// At the home: the node hosting it (`None`: this one), and its worker there once it runs.
+    host: Option<NodeId>,
+    remote: Option<(WorkerId, Addr)>,
+}
+
+impl ActorRec {
+    /// Hosted on another node (seen from its home).
+    pub(crate) fn is_remote(&self) -> bool {
+        self.host.is_some()
+    }
+    /// Hosted here for another node's home.
+    pub(crate) fn home_elsewhere(&self) -> bool {
+        self.home.is_some()
+    }
 }
 
 impl ActorRec {
@@ -59,6 +89,9 @@ impl ActorRec {
             created: None,
             waiters: Vec::new(),
             killed: false,
+            home: None,
+            host: None,
+            remote: None,
         }
     }
 }
@@ -66,11 +99,16 @@ impl ActorRec {
 impl Node {
     fn location(&self, st: &State, rec: &ActorRec) -> Option<ActorLocation> {
         match &rec.phase {
-            Phase::Alive { worker } => st.workers.get(worker).map(|(_, addr, _)| ActorLocation::Alive {
-                worker: *worker,
-                addr: addr.clone(),
-                incarnation: rec.incarnation,
-            }),
+            Phase::Alive { worker } => match &rec.remote {
+                Some((w, addr)) if w == worker => {
+                    Some(ActorLocation::Alive { worker: *worker, addr: addr.clone(), incarnation: rec.incarnation })
+                }
+                _ => st.workers.get(worker).map(|(_, addr, _)| ActorLocation::Alive {
+                    worker: *worker,
+                    addr: addr.clone(),
+                    incarnation: rec.incarnation,
+                }),
+            },
             Phase::Dead { reason } => Some(ActorLocation::Dead { reason: reason.clone() }),
             _ => None,
         }
@@ -149,10 +187,34 @@ impl Node {
         }
     }
 
-    /// Leases a worker for the actor; `on_actor_grant` continues.
+    /// Leases a worker for the actor here (`on_actor_grant` continues), or asks another node
+    /// to host it when this one has no room and that one has.
     fn place(&self, st: &mut State, actor: ActorId) {
-        let Some(spec) = st.actors.get(&actor).and_then(|r| r.spec.as_ref()) else { return };
+        let Some(rec) = st.actors.get(&actor) else { return };
+        let Some(spec) = rec.spec.as_ref() else { return };
         let (shape, depth) = (spec.shape.clone(), spec.depth);
+        if rec.home.is_none() && self.in_cluster() {
+            use ferry_sched::place::{place, Decision};
+            let (me, others) = (self.my_view(st), self.others_free(st));
+            let busy = st.sched.num_queued() > 0;
+            st.rand ^= st.rand << 13;
+            st.rand ^= st.rand >> 7;
+            st.rand ^= st.rand << 17;
+            let decision = place(&shape, &Default::default(), None, &me, &others, busy, 0, st.rand);
+            if let Decision::Spill { node, addr } = decision {
+                st.pending_hosts.insert(actor, (node, shape, None));
+                let rec = st.actors.get_mut(&actor).expect("present");
+                rec.host = Some(node);
+                rec.remote = None;
+                let spec = rec.spec.clone().expect("checked");
+                let msg = ToNode::HostActor { actor, spec, home: self.id, exe: self.program() };
+                let _ = self.links_tx.lock().unwrap_or_else(|e| e.into_inner()).send((node, addr, msg));
+                return;
+            }
+        }
+        if let Some(rec) = st.actors.get_mut(&actor) {
+            rec.host = None;
+        }
         let req = st.next_actor_req;
         st.next_actor_req += 1;
         st.actor_reqs.insert(req, actor);
@@ -193,6 +255,16 @@ impl Node {
         if Some(w) != worker {
             return;
         }
+        if let Some(home) = rec.home {
+            // Hosted for another node: it keeps the entry.
+            let tcp = st.workers.get(&w).and_then(|(_, _, t)| t.clone());
+            let addr = tcp.map(Addr::Tcp).unwrap_or_else(|| Addr::Tcp(String::new()));
+            let msg = ToNode::ActorHosted { actor, worker: w, addr, error: error.clone() };
+            if let Some(a) = self.node_addr(st, home) {
+                let _ = self.links_tx.lock().unwrap_or_else(|e| e.into_inner()).send((home, a, msg));
+            }
+        }
+        let Some(rec) = st.actors.get_mut(&actor) else { return };
         match error {
             None => {
                 rec.phase = Phase::Alive { worker: w };
@@ -206,6 +278,93 @@ impl Node {
             }
         }
         self.answer_waiters(st, actor);
+    }
+
+    /// The request for the actor's worker left this node's queue for `node`: it hosts it.
+    pub(crate) fn actor_moved(&self, st: &mut State, req: u64, node: NodeId, addr: String) {
+        let Some(actor) = st.actor_reqs.remove(&req) else { return };
+        let Some(rec) = st.actors.get_mut(&actor) else { return };
+        let Some(spec) = rec.spec.clone().filter(|_| rec.phase == Phase::Placing) else { return };
+        rec.host = Some(node);
+        rec.remote = None;
+        st.pending_hosts.insert(actor, (node, spec.shape.clone(), None));
+        let msg = ToNode::HostActor { actor, spec, home: self.id, exe: self.program() };
+        let _ = self.links_tx.lock().unwrap_or_else(|e| e.into_inner()).send((node, addr, msg));
+    }
+
+    /// `HostActor`, from the actor's home daemon on `conn`: run it here.
+    pub(crate) fn host_actor(&self, st: &mut State, conn: ConnId, actor: ActorId, spec: ActorSpec, home: NodeId) {
+        let mut rec = ActorRec::new(spec.class.clone(), conn);
+        rec.home = Some(home);
+        rec.phase = Phase::Placing;
+        rec.spec = Some(spec);
+        st.actors.insert(actor, rec);
+        self.place(st, actor);
+    }
+
+    /// `ActorHosted`, at the home: the host ran the constructor.
+    pub(crate) fn actor_hosted(
+        &self,
+        st: &mut State,
+        actor: ActorId,
+        worker: WorkerId,
+        addr: Addr,
+        error: Option<String>,
+    ) {
+        // Still counted until the host's heartbeats show it (they lag by one).
+        if let Some(p) = st.pending_hosts.get_mut(&actor) {
+            p.2 = Some(Instant::now() + PENDING_AFTER_HOSTED);
+        }
+        let Some(rec) = st.actors.get_mut(&actor) else { return };
+        if rec.host.is_none() || !matches!(rec.phase, Phase::Placing) {
+            return;
+        }
+        match error {
+            None => {
+                rec.phase = Phase::Alive { worker };
+                rec.remote = Some((worker, addr));
+                rec.incarnation += 1;
+                self.answer_waiters(st, actor);
+            }
+            Some(e) => {
+                rec.killed = true;
+                self.stop(st, actor, format!("its constructor failed: {e}"));
+            }
+        }
+    }
+
+    /// Attaches holds made for `w` before it connected (see `hold_actor_pending`).
+    pub(crate) fn attach_pending_holds(&self, st: &mut State, conn: ConnId, w: WorkerId) {
+        for actor in st.pending_holds.remove(&w).unwrap_or_default() {
+            let _ = self.hold_actor(st, conn, actor);
+        }
+    }
+
+    /// `HoldActorFor` a process not connected here: held as soon as it connects (it will, to
+    /// call the actor or to let its handle go). If it never does, the hold lasts until the
+    /// actor's creator exits.
+    pub(crate) fn hold_actor_pending(&self, st: &mut State, holder: WorkerId, actor: ActorId) -> Option<String> {
+        match st.actors.get(&actor).map(|r| &r.phase) {
+            None => Some("no such actor".into()),
+            Some(Phase::Dead { reason }) => Some(reason.clone()),
+            Some(_) => {
+                st.pending_holds.entry(holder).or_default().push(actor);
+                None
+            }
+        }
+    }
+
+    /// Node `n` died: actors it hosted for this home are lost (restarted elsewhere if they may).
+    pub(crate) fn actors_node_died(&self, st: &mut State, n: NodeId) {
+        let lost: Vec<ActorId> = st
+            .actors
+            .iter()
+            .filter(|(_, r)| r.host == Some(n) && !matches!(r.phase, Phase::Dead { .. }))
+            .map(|(a, _)| *a)
+            .collect();
+        for a in lost {
+            self.actor_lost(st, a, &format!("its node {n} died"));
+        }
     }
 
     pub(crate) fn resolve_actor(
@@ -293,7 +452,15 @@ impl Node {
             }
         }
         st.names.retain(|_, a| *a != actor);
-        if let Some(w) = worker {
+        let host = rec.host.take();
+        st.pending_hosts.remove(&actor);
+        if let Some(h) = host {
+            // Hosted elsewhere: that node stops it.
+            if let Some(a) = self.node_addr(st, h) {
+                let _ =
+                    self.links_tx.lock().unwrap_or_else(|e| e.into_inner()).send((h, a, ToNode::KillActor { actor }));
+            }
+        } else if let Some(w) = worker {
             st.worker_actor.remove(&w);
             self.spawn_kill(w);
         }
@@ -305,8 +472,33 @@ impl Node {
     pub(crate) fn actor_worker_gone(&self, st: &mut State, worker: WorkerId, reason: &str) {
         let Some(actor) = st.worker_actor.remove(&worker) else { return };
         let Some(rec) = st.actors.get_mut(&actor) else { return };
+        if let Some(home) = rec.home {
+            // Hosted for another node: it decides about restarts; this copy ends.
+            rec.killed = true;
+            let msg = ToNode::ActorLost { actor, reason: reason.to_string() };
+            if let Some(a) = self.node_addr(st, home) {
+                let _ = self.links_tx.lock().unwrap_or_else(|e| e.into_inner()).send((home, a, msg));
+            }
+            self.stop(st, actor, format!("its process died ({reason})"));
+            return;
+        }
+        self.actor_lost(st, actor, reason);
+    }
+
+    /// The actor's process (here or on its host) is gone: restart it if allowed, else it is
+    /// dead.
+    pub(crate) fn actor_lost(&self, st: &mut State, actor: ActorId, reason: &str) {
+        st.pending_hosts.remove(&actor);
+        let Some(rec) = st.actors.get_mut(&actor) else { return };
         if matches!(rec.phase, Phase::Dead { .. }) {
             return;
+        }
+        rec.remote = None;
+        if rec.host.is_some() && matches!(rec.phase, Phase::Alive { .. } | Phase::Placing) {
+            // Its host already stopped it; `stop` must not tell the host again.
+            if rec.restarts_left == 0 || rec.killed {
+                rec.host = None;
+            }
         }
         if rec.restarts_left > 0 && !rec.killed {
             rec.restarts_left -= 1;

@@ -28,7 +28,7 @@ mod transfer;
 
 use actors::{ActorRec, ACTOR_CONN};
 use ferry_proto::conn::{accept, Addr, Conn, Stream};
-use ferry_proto::msg::{ActorId, FromNode, NodeStats, Placement, ProcKind, Shape, StoredInfo, ToNode};
+use ferry_proto::msg::{ActorId, FromNode, NodeStats, Placement, ProcKind, Shape, StoredInfo, ToNode, CPU as CPU_NAME};
 use ferry_proto::{FrameError, NodeId, ObjectId, WorkerId};
 use ferry_sched::{Action, ConnId, PoolOptions, Scheduler};
 use ferry_store::{ObjectTable, StoreDir};
@@ -125,6 +125,9 @@ struct State {
     next_actor_req: u64,
     /// Which actor each actor worker hosts.
     worker_actor: HashMap<WorkerId, ActorId>,
+    /// Holds of actors made for processes not connected yet (`HoldActorFor` from another
+    /// node's worker for its caller): attached when they connect.
+    pending_holds: HashMap<WorkerId, Vec<ActorId>>,
     /// The nodes that joined this head.
     members: HashMap<NodeId, members::Member>,
     /// Seals answered once the store is back under its capacity (back-pressure on `put`
@@ -143,6 +146,13 @@ struct State {
     copies: HashMap<ObjectId, Vec<NodeId>>,
     /// Lease requests no node alive can fit, waiting for one that can.
     infeasible: Vec<(ConnId, u64, Shape, u32, Placement)>,
+    next_rebalance: Instant,
+    /// Actors sent to other nodes to host and not yet running there: their resources count
+    /// as taken in this node's view of those nodes (which lags by a heartbeat).
+    pending_hosts: HashMap<ActorId, (NodeId, Shape, Option<Instant>)>,
+    /// Queued lease requests that may go to another node (default placement, asked here
+    /// first); requests with a node affinity, or sent here by another node, stay.
+    movable: HashSet<(ConnId, u64)>,
 }
 
 enum SpawnCmd {
@@ -231,6 +241,7 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
             actor_reqs: HashMap::new(),
             next_actor_req: 1,
             worker_actor: HashMap::new(),
+            pending_holds: HashMap::new(),
             members: HashMap::new(),
             waiting_seals: Vec::new(),
             spill_total: (0, Duration::ZERO),
@@ -240,6 +251,9 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
             pulls: HashMap::new(),
             copies: HashMap::new(),
             infeasible: Vec::new(),
+            next_rebalance: Instant::now(),
+            pending_hosts: HashMap::new(),
+            movable: HashSet::new(),
         }),
         opts,
         spawn_tx: Mutex::new(spawn_tx),
@@ -395,6 +409,17 @@ impl Node {
         }
     }
 
+    /// A node started on its own runs the first job's binary (from the first driver or
+    /// client that registers, or the first actor another node asks it to host).
+    fn set_program(&self, st: &mut State, exe: PathBuf) {
+        if self.program().is_some() {
+            return;
+        }
+        *self.program.lock().unwrap_or_else(|e| e.into_inner()) = Some(exe);
+        let actions = std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()));
+        self.apply(st, actions);
+    }
+
     fn is_registered(&self, conn: ConnId) -> bool {
         self.lock().conns.get(&conn).is_some_and(|c| c.registered)
     }
@@ -440,6 +465,9 @@ impl Node {
         let busy = st.sched.num_queued() > 0;
         match place(&shape, &placement, prefer, &me, &others, busy, st.rr, st.rand) {
             Decision::Local => {
+                if placement == Placement::Default {
+                    st.movable.insert((conn, req));
+                }
                 let actions = st.sched.request(conn, req, shape, depth);
                 self.apply(st, actions);
             }
@@ -459,6 +487,55 @@ impl Node {
                     self.send(st, conn, &FromNode::Log { node: self.id, stderr: true, lines: vec![line] });
                 }
                 st.infeasible.push((conn, req, shape, depth, placement));
+            }
+        }
+    }
+
+    /// Requests waiting here for resources another node has free go there, as a raylet spills
+    /// back queued work: leases by `LeaseSpillback`, actors by `HostActor`. At most every
+    /// 100 ms (called from the spawner's tick), against the last view of the cluster.
+    fn rebalance(&self, st: &mut State) {
+        use ferry_sched::place::{fits, take};
+        if !self.in_cluster() || st.sched.num_queued() == 0 || Instant::now() < st.next_rebalance {
+            return;
+        }
+        st.next_rebalance = Instant::now() + Duration::from_millis(100);
+        let mut others: Vec<ferry_proto::msg::NodeView> =
+            self.others_free(st).into_iter().filter(|v| v.alive && !v.addr.is_empty()).collect();
+        if others.is_empty() {
+            return;
+        }
+        let hosted: HashSet<u64> = st
+            .actor_reqs
+            .iter()
+            .filter(|(_, a)| st.actors.get(a).is_some_and(|r| r.home_elsewhere()))
+            .map(|(r, _)| *r)
+            .collect();
+        let mut chosen = Vec::new();
+        let (moved, actions) = st.sched.take_short(|conn, req, shape| {
+            if (conn == ACTOR_CONN && hosted.contains(&req))
+                || (conn != ACTOR_CONN && !st.movable.contains(&(conn, req)))
+            {
+                return false;
+            }
+            let best =
+                others.iter_mut().filter(|v| fits(shape, &v.available)).max_by_key(|v| v.available.get_milli(CPU_NAME));
+            match best {
+                Some(v) => {
+                    take(&mut v.available, shape);
+                    chosen.push((v.node, v.addr.clone()));
+                    true
+                }
+                None => false,
+            }
+        });
+        self.apply(st, actions);
+        for ((conn, req, _, _), (node, addr)) in moved.into_iter().zip(chosen) {
+            st.movable.remove(&(conn, req));
+            if conn == ACTOR_CONN {
+                self.actor_moved(st, req, node, addr);
+            } else {
+                self.send(st, conn, &FromNode::LeaseSpillback { req, node, addr });
             }
         }
     }
@@ -531,6 +608,7 @@ impl Node {
             match a {
                 Action::Grant { conn: ACTOR_CONN, req, worker, .. } => self.on_actor_grant(st, req, worker),
                 Action::Grant { conn, req, lease, worker } => {
+                    st.movable.remove(&(conn, req));
                     let addr = st.workers.get(&worker).map(|(_, a, tcp)| self.addr_for(st, conn, a, tcp));
                     match addr {
                         Some(addr) => self.send(st, conn, &FromNode::LeaseGranted { req, lease, worker, addr }),
@@ -542,6 +620,7 @@ impl Node {
                 }
                 Action::Infeasible { conn: ACTOR_CONN, req, reason } => self.actor_infeasible(st, req, reason),
                 Action::Infeasible { conn, req, reason } => {
+                    st.movable.remove(&(conn, req));
                     self.send(st, conn, &FromNode::LeaseInfeasible { req, reason })
                 }
                 Action::StartWorker => self.spawn_cmd(SpawnCmd::Start),
@@ -596,6 +675,10 @@ impl Node {
                 info.registered = true;
                 info.kind = Some(kind);
                 let w = info.from;
+                self.attach_pending_holds(st, conn, w);
+                let Some(info) = st.conns.get_mut(&conn) else {
+                    return Ok(());
+                };
                 match kind {
                     ProcKind::Worker => {
                         if !st.expected.remove(&w) {
@@ -611,11 +694,8 @@ impl Node {
                     ProcKind::Node => self.send(st, conn, &registered),
                     ProcKind::Driver | ProcKind::Client => {
                         self.send(st, conn, &registered);
-                        // A node started on its own runs the first job's binary.
-                        if let Some(exe) = exe.filter(|_| self.program().is_none()) {
-                            *self.program.lock().unwrap_or_else(|e| e.into_inner()) = Some(exe);
-                            let actions = std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()));
-                            self.apply(st, actions);
+                        if let Some(exe) = exe {
+                            self.set_program(st, exe);
                         }
                     }
                 }
@@ -712,7 +792,8 @@ impl Node {
                 let target = st.conns.iter().find(|(_, c)| c.registered && c.from == holder).map(|(k, _)| *k);
                 let error = match target {
                     Some(t) => self.hold_actor(st, t, actor),
-                    None => Some(format!("process {holder:?} is not connected")),
+                    // On another node and not connected here yet: held once it connects.
+                    None => self.hold_actor_pending(st, holder, actor),
                 };
                 self.send(st, conn, &FromNode::Ack { req, error });
             }
@@ -720,6 +801,18 @@ impl Node {
             ToNode::ActorReady { actor, error } => {
                 let worker = st.conns.get(&conn).and_then(|c| c.worker);
                 self.actor_ready(st, worker, actor, error)
+            }
+            ToNode::HostActor { actor, spec, home, exe } => {
+                if let Some(exe) = exe {
+                    self.set_program(st, exe);
+                }
+                self.host_actor(st, conn, actor, spec, home)
+            }
+            ToNode::ActorHosted { actor, worker, addr, error } => self.actor_hosted(st, actor, worker, addr, error),
+            ToNode::ActorLost { actor, reason } => {
+                if st.actors.get(&actor).is_some_and(|r| r.is_remote()) {
+                    self.actor_lost(st, actor, &reason);
+                }
             }
         }
         Ok(())
@@ -874,6 +967,8 @@ fn serve_conn(node: Arc<Node>, stream: Stream) {
     }
     node.actors_conn_closed(st, id);
     node.member_conn_closed(st, id);
+    st.movable.retain(|(c, _)| *c != id);
+    st.infeasible.retain(|(c, ..)| *c != id);
     let actions = st.sched.conn_closed(id);
     node.apply(st, actions);
 }
@@ -953,6 +1048,7 @@ fn spawner(node: Arc<Node>, rx: mpsc::Receiver<SpawnCmd>) {
         }
         let actions = st.sched.tick(Instant::now());
         node.apply(&mut st, actions);
+        node.rebalance(&mut st);
     }
 }
 

@@ -82,6 +82,7 @@ impl Node {
         for c in all {
             self.send(st, c, &msg);
         }
+        self.actors_node_died(st, node);
     }
 
     /// This node as a cluster view shows it (its live figures).
@@ -96,6 +97,18 @@ impl Node {
             Some(_) => self.cluster_view(st).into_iter().skip(1).collect(),
             None => st.view.iter().filter(|v| v.node != self.id).cloned().collect(),
         }
+    }
+
+    /// [`Node::others`], less what actors on their way to them will take.
+    pub(crate) fn others_free(&self, st: &State) -> Vec<NodeView> {
+        let mut v = self.others(st);
+        let now = Instant::now();
+        for (node, shape, _) in st.pending_hosts.values().filter(|p| p.2.is_none_or(|until| until > now)) {
+            if let Some(n) = v.iter_mut().find(|n| n.node == *node) {
+                ferry_sched::place::take(&mut n.available, shape);
+            }
+        }
+        v
     }
 
     /// This node and every other.
@@ -184,6 +197,10 @@ pub(crate) fn join_loop(node: std::sync::Arc<Node>, head: &str, every: Duration)
                         let mut st = node.lock();
                         st.view = nodes;
                         node.retry_infeasible(&mut st);
+                    }
+                    Ok(FromNode::NodeDied { node: dead, .. }) => {
+                        let mut st = node.lock();
+                        node.actors_node_died(&mut st, dead);
                     }
                     Ok(FromNode::Log { node: origin, stderr, lines }) => {
                         let mut st = node.lock();

@@ -184,6 +184,14 @@ pub enum ToNode {
     KillActor { actor: ActorId },
     /// From a worker told to `BecomeActor`: the constructor ran (or failed).
     ActorReady { actor: ActorId, error: Option<String> },
+    /// From an actor's home daemon to another node's: run this actor on one of your workers
+    /// and report to `home` (`ActorHosted`, `ActorLost`). `KillActor` stops it.
+    /// `exe`: the job's binary, for a node whose workers have none yet.
+    HostActor { actor: ActorId, spec: ActorSpec, home: NodeId, exe: Option<std::path::PathBuf> },
+    /// To an actor's home: its constructor ran (or failed) on `worker`, reached at `addr`.
+    ActorHosted { actor: ActorId, worker: WorkerId, addr: Addr, error: Option<String> },
+    /// To an actor's home: the worker hosting it died.
+    ActorLost { actor: ActorId, reason: String },
     /// What the node knows of processes and stored objects (for `memory_summary`).
     Inventory { req: u64 },
     /// Asks a node started on its own (`ferry start`) to stop.
@@ -222,6 +230,22 @@ impl ToNode {
 /// Identifies an actor across the cluster and its restarts.
 #[derive(Copy, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ActorId(pub u64);
+
+impl ActorId {
+    /// A new id for an actor whose entry lives at `home`'s daemon: the high 32 bits are the
+    /// home's tag (so any process finds the daemon to ask), the rest is `random`.
+    pub fn new(home: NodeId, random: u64) -> ActorId {
+        ActorId((Self::tag_of(home) << 32) | (random & 0xffff_ffff))
+    }
+    /// The tag of the node keeping this actor's entry.
+    pub fn home_tag(&self) -> u64 {
+        self.0 >> 32
+    }
+    /// A node's tag, as actor ids carry it.
+    pub fn tag_of(node: NodeId) -> u64 {
+        node.0 & 0xffff_ffff
+    }
+}
 
 impl std::fmt::Debug for ActorId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

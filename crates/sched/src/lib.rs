@@ -85,6 +85,9 @@ struct Request {
     depth: u32,
 }
 
+/// A queued request taken out to go elsewhere: its connection, id, shape and depth.
+pub type Moved = (ConnId, u64, Shape, u32);
+
 /// The node's scheduler. See the module docs.
 #[derive(Debug)]
 pub struct Scheduler {
@@ -134,6 +137,34 @@ impl Scheduler {
         let pos = self.queue.iter().position(|r| r.depth < depth).unwrap_or(self.queue.len());
         self.queue.insert(pos, Request { conn, req, shape, depth });
         self.schedule()
+    }
+
+    /// Takes out of the queue the requests that wait for resources this node does not have
+    /// free (not those merely waiting for a worker to start) and that `elsewhere` finds room
+    /// for on another node; returns them, with what the queue's change sets off here.
+    pub fn take_short(
+        &mut self,
+        mut elsewhere: impl FnMut(ConnId, u64, &Shape) -> bool,
+    ) -> (Vec<Moved>, Vec<Action>) {
+        let mut provisional = self.available.clone();
+        let mut moved = Vec::new();
+        let mut i = 0;
+        while i < self.queue.len() {
+            let Request { conn, req, ref shape, .. } = self.queue[i];
+            if Self::fits(&provisional, shape) {
+                for (n, v) in &shape.0 {
+                    *provisional.entry(n.clone()).or_insert(0) -= *v as i64;
+                }
+                i += 1;
+            } else if elsewhere(conn, req, shape) {
+                let r = self.queue.remove(i).expect("index checked");
+                moved.push((r.conn, r.req, r.shape, r.depth));
+            } else {
+                i += 1;
+            }
+        }
+        let actions = if moved.is_empty() { Vec::new() } else { self.schedule() };
+        (moved, actions)
     }
 
     /// A started worker process has connected and is ready for work.
@@ -513,6 +544,21 @@ mod tests {
         assert!(a.contains(&Action::KillWorker { worker: WorkerId(1) }));
         assert_eq!(s.num_queued(), 0);
         assert_eq!(s.available().get_milli(CPU), 1000);
+    }
+
+    #[test]
+    fn short_requests_can_move_but_not_those_waiting_for_a_worker() {
+        let (mut s, _) = Scheduler::new(&Shape::cpus(2.0), opts(0));
+        // Two fit (they wait for workers to start); the third does not.
+        for req in 1..=3 {
+            s.request(1, req, Shape::cpus(1.0), 1);
+        }
+        let (moved, _) = s.take_short(|_, _, _| true);
+        assert_eq!(moved.iter().map(|m| m.1).collect::<Vec<_>>(), vec![3]);
+        assert_eq!(s.num_queued(), 2);
+        // Nowhere else has room: nothing moves.
+        s.request(1, 4, Shape::cpus(1.0), 1);
+        assert!(s.take_short(|_, _, _| false).0.is_empty());
     }
 
     #[test]

@@ -26,6 +26,14 @@ pub fn fits(need: &Shape, have: &Shape) -> bool {
     need.0.iter().all(|(n, v)| have.get_milli(n) >= *v)
 }
 
+/// Takes `need` out of `have` (a node's free resources, as a view shows them).
+pub fn take(have: &mut Shape, need: &Shape) {
+    for (n, v) in &need.0 {
+        let left = have.get_milli(n).saturating_sub(*v);
+        have.set(n, left as f64 / 1000.0);
+    }
+}
+
 /// Load of a node: the fraction of its CPUs in use (0 when it has none).
 fn load(v: &NodeView) -> f64 {
     let total = v.total.get_milli(CPU);
