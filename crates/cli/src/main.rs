@@ -6,6 +6,7 @@
 //! ferry start --address HEAD:PORT [--host H] [--port P] [--token T] ...   (joins the head)
 //! ferry status [--address H:P] [--token T]
 //! ferry stop   [--address H:P] [--token T]
+//! ferry submit [--address H:P] [--token T] -- ./job args...
 //! ```
 //! Drivers join with `ferry::init(Config::default().address("H:P"))` or `FERRY_ADDRESS`.
 
@@ -59,6 +60,21 @@ enum Cmd {
         /// Stay in the foreground until `ferry stop`.
         #[arg(long)]
         block: bool,
+        /// On a head: where its control store (nodes, named actors, jobs) and submitted
+        /// binaries persist (default: a directory under $TMPDIR named for the port).
+        #[arg(long)]
+        state_dir: Option<std::path::PathBuf>,
+    },
+    /// Run a job binary on the cluster: it is shipped to the head by content hash (once), runs
+    /// there as the job's driver, and its output comes back here.
+    Submit {
+        #[arg(long)]
+        address: Option<String>,
+        #[arg(long)]
+        token: Option<String>,
+        /// The program and its arguments.
+        #[arg(required = true, last = true)]
+        command: Vec<String>,
     },
     /// Show a node's resources, workers, actors and store.
     Status {
@@ -79,9 +95,10 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Start { head, address, token, host, port, num_cpus, resources, object_store_bytes, block } => {
+        Cmd::Submit { address, token, command } => return submit(&address_or_default(address), token, &command),
+        Cmd::Start { head, address, token, host, port, num_cpus, resources, object_store_bytes, block, state_dir } => {
             let role = match (head, address) {
-                (true, None) => Ok(Role::Head),
+                (true, None) => Ok(Role::Head { state_dir }),
                 (false, Some(a)) => Ok(Role::Member { head: a, token }),
                 _ => Err("give either --head, or --address HEAD:PORT to join a head".to_string()),
             };
@@ -121,7 +138,7 @@ fn parse_resources(s: &str) -> Result<Vec<(String, f64)>, String> {
 }
 
 enum Role {
-    Head,
+    Head { state_dir: Option<std::path::PathBuf> },
     Member { head: String, token: Option<String> },
 }
 
@@ -150,7 +167,12 @@ fn start_blocking(
         cfg = cfg.object_store_bytes(b);
     }
     let node_role = match &role {
-        Role::Head => NodeRole::Head { timeout: env_ms("FERRY_NODE_TIMEOUT_MS", 5000) },
+        Role::Head { state_dir } => {
+            let state_dir = state_dir
+                .clone()
+                .or_else(|| (port != 0).then(|| std::env::temp_dir().join(format!("ferry-head-{port}"))));
+            NodeRole::Head { timeout: env_ms("FERRY_NODE_TIMEOUT_MS", 5000), state_dir }
+        }
         Role::Member { head, token } => {
             // A member uses the cluster's token, so drivers reach it with the same one.
             cfg = cfg.token(&cluster_token(head, token.clone())?);
@@ -244,9 +266,120 @@ fn register(address: &str, token: &str, kind: ProcKind) -> Result<(ferry_proto::
     }
 }
 
-/// Connects to the node at `address` as a tool (a driver that runs nothing).
+/// Connects to the node at `address` as a tool.
 fn node_conn(address: &str, token: Option<String>) -> Result<(ferry_proto::Conn, Reader), String> {
-    register(address, &cluster_token(address, token)?, ProcKind::Driver)
+    register(address, &cluster_token(address, token)?, ProcKind::Tool)
+}
+
+/// Waits for the answer `want` picks out, ignoring other messages; a node that says nothing
+/// for `limit` is reported.
+fn answer<T>(rx: &mut Reader, limit: Duration, mut want: impl FnMut(FromNode) -> Option<T>) -> Result<T, String> {
+    let end = Instant::now() + limit;
+    loop {
+        match rx.read::<FromNode>() {
+            Ok(m) => {
+                if let Some(v) = want(m) {
+                    return Ok(v);
+                }
+            }
+            Err(ferry_proto::FrameError::Io(e))
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+                    && Instant::now() < end => {}
+            Err(e) => return Err(format!("the node did not answer: {e}")),
+        }
+    }
+}
+
+fn sha256_file(path: &std::path::Path) -> Result<String, String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Ok(format!("{:x}", h.finalize()));
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// `ferry submit`: ship the binary by hash (if the head lacks it), run it, pass its output on,
+/// exit with its exit code.
+fn submit(address: &str, token: Option<String>, command: &[String]) -> ExitCode {
+    match submit_inner(address, token, command) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn submit_inner(address: &str, token: Option<String>, command: &[String]) -> Result<i32, String> {
+    use std::io::Write;
+    let program = std::path::Path::new(&command[0]);
+    let size = std::fs::metadata(program).map_err(|e| format!("cannot read {}: {e}", program.display()))?.len();
+    let hash = sha256_file(program)?;
+    let (conn, mut rx) = node_conn(address, token)?;
+    conn.send(&ToNode::HaveBinary { req: 1, hash: hash.clone() }).map_err(|e| e.to_string())?;
+    let have = answer(&mut rx, Duration::from_secs(30), |m| match m {
+        FromNode::Ack { req: 1, error } => Some(error.is_none()),
+        _ => None,
+    })?;
+    if have {
+        eprintln!("ferry: the head already has {} ({})", program.display(), &hash[..12]);
+    } else {
+        eprintln!(
+            "ferry: uploading {} ({:.1} MiB, {}) to {address} ...",
+            program.display(),
+            size as f64 / 1048576.0,
+            &hash[..12]
+        );
+        let t = Instant::now();
+        conn.send(&ToNode::PutBinary { req: 2, hash: hash.clone(), size }).map_err(|e| e.to_string())?;
+        let file = std::fs::File::open(program).map_err(|e| e.to_string())?;
+        conn.send_file(&file, size).map_err(|e| format!("upload failed: {e}"))?;
+        answer(&mut rx, Duration::from_secs(120), |m| match m {
+            FromNode::Ack { req: 2, error } => Some(error),
+            _ => None,
+        })?
+        .map_or(Ok(()), |e| Err(format!("the head refused the binary: {e}")))?;
+        eprintln!("ferry: uploaded in {:.2?}", t.elapsed());
+    }
+    conn.send(&ToNode::SubmitJob { req: 3, hash, args: command[1..].to_vec() }).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let mut last_output = Instant::now();
+    let mut job = 0;
+    loop {
+        match rx.read::<FromNode>() {
+            Ok(FromNode::JobStarted { job: j, pid, .. }) => {
+                job = j;
+                eprintln!("ferry: job {j} running on the head (pid {pid})");
+            }
+            Ok(FromNode::JobOutput { stderr, data, .. }) => {
+                last_output = Instant::now();
+                let _ = if stderr { std::io::stderr().write_all(&data) } else { std::io::stdout().write_all(&data) };
+            }
+            Ok(FromNode::JobEnded { code, detail, .. }) => {
+                let _ = std::io::stdout().flush();
+                eprintln!("ferry: job {job} ended ({detail}) after {:.1?}", started.elapsed());
+                return Ok(code.unwrap_or(1));
+            }
+            Ok(_) => {}
+            Err(ferry_proto::FrameError::Io(e))
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+            {
+                // A long wait shows progress rather than silence.
+                if last_output.elapsed() >= Duration::from_secs(30) {
+                    eprintln!("ferry: job {job} still running ({:.0?} so far)", started.elapsed());
+                    last_output = Instant::now();
+                }
+            }
+            Err(e) => return Err(format!("lost the head while job {job} ran: {e}")),
+        }
+    }
 }
 
 fn status(address: &str, token: Option<String>) -> Result<(), String> {
@@ -300,6 +433,28 @@ fn status(address: &str, token: Option<String>) -> Result<(), String> {
                 mb(n.object_bytes),
                 mb(n.spilled_bytes),
                 n.silent_ms
+            );
+        }
+    }
+    conn.send(&ToNode::Jobs { req: 3 }).map_err(|e| e.to_string())?;
+    let jobs = answer(&mut rx, Duration::from_secs(10), |m| match m {
+        FromNode::Jobs { jobs, .. } => Some(jobs),
+        _ => None,
+    })?;
+    if !jobs.is_empty() {
+        println!("jobs: {}", jobs.len());
+        for j in jobs {
+            let state = match (j.ended_ms, j.code) {
+                (None, _) => "running".to_string(),
+                (Some(_), Some(c)) => format!("exited with {c}"),
+                (Some(_), None) => "ended (signal, or the head restarted)".to_string(),
+            };
+            println!(
+                "  job {} (pid {}, binary {}): {state}; {}",
+                j.id,
+                j.pid,
+                &j.hash[..j.hash.len().min(12)],
+                j.args.join(" ")
             );
         }
     }

@@ -105,10 +105,13 @@ type Check = fn() -> Result<(), String>;
 static JOB: extern "C" fn() = job_entry;
 
 extern "C" fn job_entry() {
-    let Ok(address) = std::env::var("FERRY_TEST_CLUSTER_JOB") else { return };
     if std::env::var_os("FERRY_WORKER").is_some() {
         return;
     }
+    if std::env::args().nth(1).as_deref() == Some("--submitted-job") {
+        submitted_job();
+    }
+    let Ok(address) = std::env::var("FERRY_TEST_CLUSTER_JOB") else { return };
     if let Err(e) = ferry::init(ferry::Config::default().address(&address)) {
         println!("FAIL init: {e}");
         std::process::exit(0);
@@ -147,6 +150,29 @@ extern "C" fn job_entry() {
     }
     ferry::shutdown();
     std::process::exit(0);
+}
+
+/// The binary each task runs from, and its node.
+#[ferry::remote]
+fn my_binary() -> (NodeId, String) {
+    (ferry::node_id().unwrap(), std::env::current_exe().unwrap().display().to_string())
+}
+
+/// Run by `ferry submit` on the head (`--submitted-job N`): joins through `FERRY_ADDRESS`,
+/// runs tasks on every node, prints what binary each node ran them from, exits with N.
+fn submitted_job() -> ! {
+    let code: i32 = std::env::args().nth(2).and_then(|c| c.parse().ok()).unwrap_or(0);
+    ferry::init(ferry::Config::default()).unwrap();
+    let refs: Vec<_> =
+        (0..6).map(|_| my_binary::options().scheduling_strategy(SchedulingStrategy::Spread).remote()).collect();
+    let mut seen = ferry::get_all(&refs).unwrap();
+    seen.sort();
+    seen.dedup();
+    for (node, exe) in seen {
+        println!("node {node:?} ran {exe}");
+    }
+    ferry::shutdown();
+    std::process::exit(code);
 }
 
 fn e(x: impl std::fmt::Display) -> String {
@@ -419,6 +445,43 @@ fn a_job_uses_every_node_of_a_three_host_cluster() {
         out.lines().any(|l| l.starts_with("(node=") && l.ends_with("hello from afar")),
         "a remote task's output did not reach the driver, prefixed with its node"
     );
+
+    // `ferry submit` from another host's view: the binary goes to the head by hash, runs there
+    // as the driver, and every node runs its tasks from its own copy of it (fetched by hash).
+    let submit = |code: &str| {
+        hosts
+            .command(1, ferry)
+            .args(["submit", "--address", &cluster.head.address, "--token", &cluster.head.token, "--"])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--submitted-job", code])
+            .output()
+            .unwrap()
+    };
+    let out = submit("3");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("submit stdout:\n{stdout}\nsubmit stderr:\n{stderr}");
+    assert_eq!(out.status.code(), Some(3), "ferry submit exits with the job's code");
+    assert!(stderr.contains("uploading"), "the first submit ships the binary");
+    let exes: Vec<&str> = stdout.lines().filter_map(|l| l.split(" ran ").nth(1)).collect();
+    assert_eq!(exes.len(), 3, "one line per node: {stdout}");
+    let hash = exes[0].rsplit('/').next().unwrap().to_string();
+    assert_eq!(hash.len(), 64, "nodes run the binary stored under its hash: {exes:?}");
+    let mut dirs: Vec<&str> = exes.iter().map(|e| e.rsplit_once('/').unwrap().0).collect();
+    dirs.sort();
+    dirs.dedup();
+    assert_eq!(dirs.len(), 3, "each node ran its own copy: {exes:?}");
+    assert!(exes.iter().all(|e| e.ends_with(&hash)));
+    let again = submit("0");
+    assert_eq!(again.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already has"), "a binary is shipped once");
+    let st = hosts
+        .command(0, ferry)
+        .args(["status", "--address", &cluster.head.address, "--token", &cluster.head.token])
+        .output()
+        .unwrap();
+    let st = String::from_utf8_lossy(&st.stdout).to_string();
+    assert!(st.contains("jobs: 2") && st.contains("exited with 3") && st.contains("exited with 0"), "{st}");
+
     drop(cluster);
     let names: Vec<String> = (0..hosts.len()).map(|i| hosts.name(i).to_string()).collect();
     drop(hosts);

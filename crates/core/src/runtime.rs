@@ -157,7 +157,7 @@ impl Runtime {
         let conn = Arc::new(conn);
         let listen = Addr::Unix(peer_socket(&id.session_dir, id.me));
         let exe = match id.kind {
-            ProcKind::Driver => std::env::current_exe().ok(),
+            ProcKind::Driver => this_program(),
             _ => None,
         };
         let tcp = my_tcp.map(|a| a.to_string());
@@ -460,7 +460,14 @@ impl Runtime {
                     None => eprintln!("ferry: a driver was asked to host an actor; ignored"),
                 },
                 // Creation failures also reach callers through `ActorState` (dead).
-                FromNode::ActorCreated { .. } | FromNode::Registered { .. } | FromNode::ObjectData { .. } => {}
+                FromNode::ActorCreated { .. }
+                | FromNode::Registered { .. }
+                | FromNode::ObjectData { .. }
+                | FromNode::BinaryData { .. }
+                | FromNode::JobStarted { .. }
+                | FromNode::JobOutput { .. }
+                | FromNode::JobEnded { .. }
+                | FromNode::Jobs { .. } => {}
             }
         }
     }
@@ -524,7 +531,7 @@ impl Runtime {
             pid: std::process::id(),
             listen: Addr::Unix(peer_socket(&self.session_dir, self.me)),
             tcp: self.my_tcp.map(|a| a.to_string()),
-            exe: std::env::current_exe().ok(),
+            exe: this_program(),
         };
         conn.send(&register).map_err(|e| err(e.to_string()))?;
         reader.get_ref().set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| err(e.to_string()))?;
@@ -1095,6 +1102,14 @@ pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
         }
         thread::park();
     }
+}
+
+/// This process's binary, as nodes are told of it: with its content hash when the job was
+/// started by `ferry submit` (then a node without it fetches it from the head).
+fn this_program() -> Option<ferry_proto::msg::Program> {
+    let path = std::env::current_exe().ok()?;
+    let hash = std::env::var(ferry_node::worker_env::EXE_HASH).ok().filter(|h| !h.is_empty());
+    Some(ferry_proto::msg::Program { path, hash })
 }
 
 /// Where process `id` of a session listens.

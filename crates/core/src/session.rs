@@ -74,6 +74,7 @@ fn node_options(cfg: &Config, program: Option<PathBuf>, tcp: Option<String>) -> 
         tcp,
         head_timeout: None,
         join: None,
+        state_dir: None,
         worker_env: cfg.to_worker_env(),
         max_frame: cfg.max_frame_bytes,
     }
@@ -82,8 +83,9 @@ fn node_options(cfg: &Config, program: Option<PathBuf>, tcp: Option<String>) -> 
 /// How a node started on its own takes part in a cluster.
 #[derive(Debug, Clone)]
 pub enum NodeRole {
-    /// Other nodes join it; one silent this long is dead.
-    Head { timeout: std::time::Duration },
+    /// Other nodes join it; one silent this long is dead. Its control store and submitted
+    /// binaries persist in `state_dir`.
+    Head { timeout: std::time::Duration, state_dir: Option<PathBuf> },
     /// It joins the head at this address, with a heartbeat every interval.
     Member { head: String, heartbeat: std::time::Duration },
 }
@@ -94,7 +96,10 @@ pub enum NodeRole {
 pub fn start_node(cfg: &Config, tcp: &str, role: NodeRole) -> Result<(NodeHandle, String)> {
     let mut opts = node_options(cfg, None, Some(tcp.to_string()));
     match role {
-        NodeRole::Head { timeout } => opts.head_timeout = Some(timeout),
+        NodeRole::Head { timeout, state_dir } => {
+            opts.head_timeout = Some(timeout);
+            opts.state_dir = state_dir;
+        }
         NodeRole::Member { head, heartbeat } => opts.join = Some((head, heartbeat)),
     }
     let token = opts.token.clone();

@@ -168,6 +168,11 @@ impl Node {
                 ));
             }
         }
+        if let Some(c) = &self.control {
+            if let Err(e) = c.put_name(&name, actor, &class) {
+                eprintln!("ferry-node: control store: cannot record actor name {name:?}: {e}");
+            }
+        }
         st.names.insert(name, actor);
         st.actors.entry(actor).or_insert_with(|| ActorRec::new(class, conn));
         None
@@ -207,7 +212,7 @@ impl Node {
                 rec.host = Some(node);
                 rec.remote = None;
                 let spec = rec.spec.clone().expect("checked");
-                let msg = ToNode::HostActor { actor, spec, home: self.id, exe: self.program() };
+                let msg = ToNode::HostActor { actor, spec, home: self.id, exe: self.program_spec() };
                 let _ = self.links_tx.lock().unwrap_or_else(|e| e.into_inner()).send((node, addr, msg));
                 return;
             }
@@ -288,7 +293,7 @@ impl Node {
         rec.host = Some(node);
         rec.remote = None;
         st.pending_hosts.insert(actor, (node, spec.shape.clone(), None));
-        let msg = ToNode::HostActor { actor, spec, home: self.id, exe: self.program() };
+        let msg = ToNode::HostActor { actor, spec, home: self.id, exe: self.program_spec() };
         let _ = self.links_tx.lock().unwrap_or_else(|e| e.into_inner()).send((node, addr, msg));
     }
 
@@ -442,6 +447,7 @@ impl Node {
             _ => None,
         };
         rec.phase = Phase::Dead { reason: reason.clone() };
+        let rec_name = rec.spec.as_ref().and_then(|s| s.name.clone());
         // Keep a small tombstone: later resolves get the reason.
         if let Some(spec) = rec.spec.as_mut() {
             spec.args.clear();
@@ -451,7 +457,15 @@ impl Node {
                 }
             }
         }
-        st.names.retain(|_, a| *a != actor);
+        let names: Vec<String> = st.names.iter().filter(|(_, a)| **a == actor).map(|(n, _)| n.clone()).collect();
+        for n in &names {
+            st.names.remove(n);
+        }
+        if let Some(c) = &self.control {
+            for n in names.iter().chain(rec_name.iter()) {
+                let _ = c.remove_name(n);
+            }
+        }
         let host = rec.host.take();
         st.pending_hosts.remove(&actor);
         if let Some(h) = host {

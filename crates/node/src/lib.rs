@@ -23,12 +23,16 @@
 //! starting the thousandth actor forty times slower than the first.
 
 mod actors;
+mod control;
+pub mod jobs;
 mod members;
 mod transfer;
 
 use actors::{ActorRec, ACTOR_CONN};
 use ferry_proto::conn::{accept, Addr, Conn, Stream};
-use ferry_proto::msg::{ActorId, FromNode, NodeStats, Placement, ProcKind, Shape, StoredInfo, ToNode, CPU as CPU_NAME};
+use ferry_proto::msg::{
+    ActorId, FromNode, JobView, NodeStats, Placement, ProcKind, Program, Shape, StoredInfo, ToNode, CPU as CPU_NAME,
+};
 use ferry_proto::{FrameError, NodeId, ObjectId, WorkerId};
 use ferry_sched::{Action, ConnId, PoolOptions, Scheduler};
 use ferry_store::{ObjectTable, StoreDir};
@@ -70,6 +74,9 @@ pub struct NodeOptions {
     /// Set on a member: the head's address (`host:port`) to join, and how often to send it a
     /// heartbeat.
     pub join: Option<(String, Duration)>,
+    /// On a head: where the control store and submitted binaries persist (a head started again
+    /// on the same directory finds them).
+    pub state_dir: Option<PathBuf>,
     /// Extra environment for workers (the job's configuration).
     pub worker_env: Vec<(String, String)>,
     pub max_frame: u32,
@@ -91,6 +98,8 @@ pub mod worker_env {
     /// On a node with a TCP address: the host address the worker listens on too, for
     /// processes of other nodes.
     pub const TCP_HOST: &str = "FERRY_TCP_HOST";
+    /// The content hash of the program (when the job was submitted with `ferry submit`).
+    pub const EXE_HASH: &str = "FERRY_EXE_HASH";
 }
 
 pub(crate) struct ConnInfo {
@@ -153,6 +162,10 @@ struct State {
     /// Queued lease requests that may go to another node (default placement, asked here
     /// first); requests with a node affinity, or sent here by another node, stay.
     movable: HashSet<(ConnId, u64)>,
+    /// Jobs started with `ferry submit` (on a head).
+    jobs: Vec<JobView>,
+    /// Workers of an earlier job's binary: stopped when their lease comes back.
+    retired: HashSet<WorkerId>,
 }
 
 enum SpawnCmd {
@@ -168,8 +181,12 @@ struct Node {
     spawn_tx: Mutex<mpsc::Sender<SpawnCmd>>,
     /// Wakes the spill thread (`None` stops it).
     spill_tx: Mutex<mpsc::Sender<Option<()>>>,
-    /// The program workers run (set by the first driver on a node started on its own).
+    /// The program workers run (set by the first driver on a node started on its own), and
+    /// its content hash when known (passed on to workers, who pass it to other nodes).
     program: Mutex<Option<PathBuf>>,
+    program_hash: Mutex<Option<String>>,
+    /// The head's persisted tables.
+    control: Option<control::ControlStore>,
     /// The scheduler's first actions (prestarting workers), held until there is a program.
     deferred: Mutex<Vec<Action>>,
     /// Set when a client asks the node to stop.
@@ -187,6 +204,11 @@ struct Node {
 impl Node {
     fn program(&self) -> Option<PathBuf> {
         self.program.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    /// The program as other nodes are told of it (with its hash, so they can fetch it).
+    fn program_spec(&self) -> Option<Program> {
+        let hash = self.program_hash.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        self.program().map(|path| Program { path, hash })
     }
 }
 
@@ -223,6 +245,13 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
         None => None,
     };
     let (sched, actions) = Scheduler::new(&opts.resources, opts.pool.clone());
+    let control = match &opts.state_dir {
+        Some(d) => Some(
+            control::ControlStore::open(d)
+                .map_err(|e| io::Error::other(format!("control store in {}: {e}", d.display())))?,
+        ),
+        None => None,
+    };
     let program = opts.worker_program.clone();
     let (spawn_tx, spawn_rx) = mpsc::channel();
     let (spill_tx, spill_rx) = mpsc::channel();
@@ -254,11 +283,15 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
             next_rebalance: Instant::now(),
             pending_hosts: HashMap::new(),
             movable: HashSet::new(),
+            jobs: Vec::new(),
+            retired: HashSet::new(),
         }),
         opts,
         spawn_tx: Mutex::new(spawn_tx),
         spill_tx: Mutex::new(spill_tx),
         program: Mutex::new(program),
+        program_hash: Mutex::new(None),
+        control,
         deferred: Mutex::new(Vec::new()),
         stop_requested: (Mutex::new(false), std::sync::Condvar::new()),
         tcp_addr,
@@ -275,6 +308,7 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
     let (token, id, max) = (node.opts.token.clone(), node.id, node.opts.max_frame);
     // Not joined at shutdown: it ends when its sender goes with the node.
     thread::Builder::new().name("ferry-links".into()).spawn(move || transfer::links(token, id, max, links_rx))?;
+    node.load_control();
     if node.program().is_some() {
         let mut st = node.lock();
         node.apply(&mut st, actions);
@@ -411,11 +445,29 @@ impl Node {
 
     /// A node started on its own runs the first job's binary (from the first driver or
     /// client that registers, or the first actor another node asks it to host).
-    fn set_program(&self, st: &mut State, exe: PathBuf) {
-        if self.program().is_some() {
-            return;
+    /// `exe`'s path is already this node's copy (see `serve_conn`).
+    fn set_program(&self, st: &mut State, exe: Program) {
+        match self.program() {
+            Some(p) if p == exe.path || self.opts.worker_program.is_some() => return,
+            Some(old) => {
+                // A job with another binary: workers of the old one must not run its tasks.
+                // Idle ones stop now, leased ones when their lease comes back.
+                eprintln!(
+                    "ferry-node: a job with another binary joined ({}; was {}): its workers replace the old ones",
+                    exe.path.display(),
+                    old.display()
+                );
+                st.retired = st.workers.keys().chain(st.expected.iter()).copied().collect();
+                *self.program.lock().unwrap_or_else(|e| e.into_inner()) = Some(exe.path);
+                *self.program_hash.lock().unwrap_or_else(|e| e.into_inner()) = exe.hash;
+                let actions = st.sched.retire_idle();
+                self.apply(st, actions);
+                return;
+            }
+            None => {}
         }
-        *self.program.lock().unwrap_or_else(|e| e.into_inner()) = Some(exe);
+        *self.program.lock().unwrap_or_else(|e| e.into_inner()) = Some(exe.path);
+        *self.program_hash.lock().unwrap_or_else(|e| e.into_inner()) = exe.hash;
         let actions = std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()));
         self.apply(st, actions);
     }
@@ -577,6 +629,40 @@ impl Node {
         }
     }
 
+    /// Loads the head's persisted tables (see `control`).
+    fn load_control(&self) {
+        let Some(c) = &self.control else { return };
+        let mut st = self.lock();
+        for (node, addr, total) in c.nodes().unwrap_or_default() {
+            st.members.insert(node, members::Member::restored(addr, total));
+        }
+        for (name, actor, _class) in c.names().unwrap_or_default() {
+            st.names.insert(name, actor);
+        }
+        st.jobs = c.jobs().unwrap_or_default();
+        for j in st.jobs.iter_mut().filter(|j| j.ended_ms.is_none()) {
+            // It ran under a head that is gone; whether it is still running is not known.
+            j.ended_ms = Some(j.started_ms);
+        }
+        if !st.members.is_empty() || !st.jobs.is_empty() {
+            eprintln!(
+                "ferry-node: control store: {} nodes (dead until they join again), {} names, {} jobs",
+                st.members.len(),
+                st.names.len(),
+                st.jobs.len()
+            );
+        }
+    }
+
+    /// Persists a job's record (on a head with a state directory).
+    pub(crate) fn record_job(&self, j: &JobView) {
+        if let Some(c) = &self.control {
+            if let Err(e) = c.put_job(j) {
+                eprintln!("ferry-node: control store: cannot record job {}: {e}", j.id);
+            }
+        }
+    }
+
     /// Lines from another member, passed on by the head: to this node's drivers only.
     fn log_from_head(&self, st: &mut State, origin: NodeId, stderr: bool, lines: Vec<String>) {
         let msg = FromNode::Log { node: origin, stderr, lines };
@@ -634,6 +720,7 @@ impl Node {
     /// A worker is gone: tell every owner, free its resources, keep the pool's size.
     fn worker_gone(&self, st: &mut State, worker: WorkerId, reason: &str) {
         st.expected.remove(&worker);
+        st.retired.remove(&worker);
         if let Some((conn, _, _)) = st.workers.remove(&worker) {
             if let Some(c) = st.conns.get_mut(&conn) {
                 c.worker = None;
@@ -688,10 +775,17 @@ impl Node {
                         st.workers.insert(w, (conn, listen, tcp));
                         // The registration is answered before anything is asked of the worker.
                         self.send(st, conn, &registered);
+                        if st.retired.remove(&w) {
+                            // Started from the previous job's binary: another takes its
+                            // place (the scheduler still counts it as starting).
+                            self.spawn_kill(w);
+                            self.spawn_cmd(SpawnCmd::Start);
+                            return Ok(());
+                        }
                         let actions = st.sched.worker_registered(w, Instant::now());
                         self.apply(st, actions);
                     }
-                    ProcKind::Node => self.send(st, conn, &registered),
+                    ProcKind::Node | ProcKind::Tool => self.send(st, conn, &registered),
                     ProcKind::Driver | ProcKind::Client => {
                         self.send(st, conn, &registered);
                         if let Some(exe) = exe {
@@ -718,7 +812,16 @@ impl Node {
                 self.send(st, conn, &FromNode::Cluster { req, nodes });
             }
             // Handled on the connection's thread (`serve_conn`): they block on the network.
-            ToNode::Pull { .. } | ToNode::FetchObject { .. } => {}
+            ToNode::Pull { .. }
+            | ToNode::FetchObject { .. }
+            | ToNode::PutBinary { .. }
+            | ToNode::FetchBinary { .. }
+            | ToNode::SubmitJob { .. } => {}
+            ToNode::HaveBinary { req, hash } => {
+                let error = self.binary_path(&hash).is_none().then(|| format!("no binary {hash} here"));
+                self.send(st, conn, &FromNode::Ack { req, error });
+            }
+            ToNode::Jobs { req } => self.jobs(st, conn, req),
             ToNode::StopNode => {
                 let (m, cv) = &self.stop_requested;
                 *m.lock().unwrap_or_else(|e| e.into_inner()) = true;
@@ -728,7 +831,8 @@ impl Node {
                 self.request_lease(st, conn, req, shape, depth, placement, prefer)
             }
             ToNode::ReturnLease { lease, kill } => {
-                let actions = st.sched.return_lease(conn, lease, kill, Instant::now());
+                let retired = st.sched.lease_worker(lease).is_some_and(|w| st.retired.contains(&w));
+                let actions = st.sched.return_lease(conn, lease, kill || retired, Instant::now());
                 self.apply(st, actions);
             }
             ToNode::Blocked => {
@@ -943,7 +1047,21 @@ fn serve_conn(node: Arc<Node>, stream: Stream) {
                 node.serve_fetch(&conn, object, to)
             }
             Ok(ToNode::Pull { req, object, from }) if node.is_registered(id) => node.pull(id, req, object, from),
-            Ok(msg) => {
+            Ok(ToNode::PutBinary { req, hash, size }) if node.is_registered(id) => {
+                node.put_binary(&conn, &mut reader, req, &hash, size)
+            }
+            Ok(ToNode::FetchBinary { hash }) if node.is_registered(id) => node.serve_binary(&conn, &hash),
+            Ok(ToNode::SubmitJob { req, hash, args }) if node.is_registered(id) => {
+                node.submit_job(conn.clone(), req, &hash, args)
+            }
+            Ok(mut msg) => {
+                // A program named by hash is fetched (from the head) before the state is
+                // locked, so the daemon never waits on the network while holding it.
+                if let ToNode::Register { exe: Some(p), .. } | ToNode::HostActor { exe: Some(p), .. } = &mut msg {
+                    if p.hash.is_some() {
+                        p.path = node.local_program(p);
+                    }
+                }
                 if let Err(e) = node.handle(id, msg) {
                     break format!("protocol error: {e}");
                 }
@@ -1068,6 +1186,7 @@ fn spawn_worker(node: &Node) -> io::Result<(WorkerId, Child)> {
         .env(PARENT_PID, std::process::id().to_string())
         .env(SPILL_DIR, o.spill_dir.as_deref().unwrap_or(std::path::Path::new("")))
         .env(TCP_HOST, node.tcp_addr.map(|a| a.ip().to_string()).unwrap_or_default())
+        .env(EXE_HASH, node.program_hash.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default())
         .envs(o.worker_env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null());
     match cmd.spawn() {

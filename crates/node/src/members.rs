@@ -22,6 +22,15 @@ pub(crate) struct Member {
     pub(crate) conn: ConnId,
 }
 
+impl Member {
+    /// A node the control store remembers: dead until it joins again.
+    pub(crate) fn restored(addr: String, total: Shape) -> Member {
+        let stats = NodeStats { total: total.clone(), ..Default::default() };
+        // No connection yet: 0 is the daemon's own (actors') id, never a peer's.
+        Member { addr, total, stats, last_seen: Instant::now(), alive: false, conn: 0 }
+    }
+}
+
 impl Node {
     pub(crate) fn join_cluster(
         &self,
@@ -34,6 +43,11 @@ impl Node {
         self.opts.head_timeout?;
         eprintln!("ferry-node: node {node} at {addr} joined with {total}");
         let stats = NodeStats { available: total.clone(), total: total.clone(), ..Default::default() };
+        if let Some(c) = &self.control {
+            if let Err(e) = c.put_node(node, &addr, &total) {
+                eprintln!("ferry-node: control store: cannot record node {node}: {e}");
+            }
+        }
         st.members.insert(node, Member { addr, total, stats, last_seen: Instant::now(), alive: true, conn });
         self.retry_infeasible(st);
         None

@@ -217,7 +217,7 @@ fn receive(rx: &mut FrameReader<Stream>, file: &std::fs::File, size: u64) -> std
 
 /// Writes `len` bytes of `file` to the socket `fd` with `sendfile` (no copy through user
 /// space), in pieces so that a large object does not need one huge call.
-fn send_file(fd: std::os::fd::RawFd, file: &std::fs::File, len: u64) -> std::io::Result<()> {
+pub(crate) fn send_file(fd: std::os::fd::RawFd, file: &std::fs::File, len: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let mut off: libc::off_t = 0;
     while (off as u64) < len {

@@ -187,6 +187,22 @@ impl Conn {
         }
     }
 
+    /// Writes the first `len` bytes of `file` raw (not framed) after what was queued before,
+    /// with the kernel's file-to-socket copy where it has one.
+    pub fn send_file(&self, file: &std::fs::File, len: u64) -> io::Result<()> {
+        use std::os::fd::FromRawFd;
+        self.with_raw_fd(|fd| {
+            // SAFETY: `fd` stays open for the call (the connection owns it); ManuallyDrop
+            // keeps this temporary stream from closing it.
+            let mut sock = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+            let copied = io::copy(&mut io::Read::take(file, len), &mut *sock)?;
+            if copied < len {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file is shorter than announced"));
+            }
+            Ok(())
+        })
+    }
+
     /// Bounds how long a send may wait for the peer to read; past it the send fails and the
     /// connection is marked failed (a peer that stops reading cannot stall the sender).
     pub fn set_write_timeout(&self, d: Option<Duration>) -> io::Result<()> {

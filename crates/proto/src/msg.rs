@@ -99,6 +99,31 @@ pub enum ProcKind {
     /// A driver or worker of another node that holds leases here (spillback) or reads this
     /// node's objects. Its executable, like a driver's, is what workers run here.
     Client,
+    /// A command-line tool (`ferry status`, `ferry submit`): runs nothing, gets no task output.
+    Tool,
+}
+
+/// The job's binary, which workers run: its path on the sender's host and, for a job started
+/// by `ferry submit`, its content hash (SHA-256, hex). A node that has no file of that hash
+/// fetches it from the head, which keeps every submitted binary.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Program {
+    pub path: std::path::PathBuf,
+    pub hash: Option<String>,
+}
+
+/// A job started by `ferry submit`, as the head lists it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: u64,
+    pub hash: String,
+    pub args: Vec<String>,
+    pub pid: u32,
+    /// Unix time in milliseconds.
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+    /// The exit code (`None` while running or if a signal ended it).
+    pub code: Option<i32>,
 }
 
 /// Where a task may run (Ray's scheduling strategies).
@@ -144,7 +169,7 @@ pub enum ToNode {
     /// `exe`: a driver's own executable, which workers run (a node started on its own takes
     /// it from the first driver that joins).
     /// `tcp`: where processes of other nodes reach it (a node with a TCP address).
-    Register { kind: ProcKind, pid: u32, listen: Addr, tcp: Option<String>, exe: Option<std::path::PathBuf> },
+    Register { kind: ProcKind, pid: u32, listen: Addr, tcp: Option<String>, exe: Option<Program> },
     /// Ask for a worker for tasks of `shape` at nesting `depth` (the driver's tasks are at
     /// depth 1). Answered by `LeaseGranted`, `LeaseSpillback` (ask that node instead) or
     /// `LeaseInfeasible`. `prefer`: the node holding most of the tasks' argument bytes.
@@ -187,7 +212,19 @@ pub enum ToNode {
     /// From an actor's home daemon to another node's: run this actor on one of your workers
     /// and report to `home` (`ActorHosted`, `ActorLost`). `KillActor` stops it.
     /// `exe`: the job's binary, for a node whose workers have none yet.
-    HostActor { actor: ActorId, spec: ActorSpec, home: NodeId, exe: Option<std::path::PathBuf> },
+    HostActor { actor: ActorId, spec: ActorSpec, home: NodeId, exe: Option<Program> },
+    /// Whether the head keeps a binary of this hash (answered by `Ack`, an error if not).
+    HaveBinary { req: u64, hash: String },
+    /// A job's binary: exactly `size` raw bytes follow this frame. Answered by `Ack` once it
+    /// is stored (an error if its hash is not `hash`).
+    PutBinary { req: u64, hash: String, size: u64 },
+    /// Send the binary of this hash: answered by `BinaryData` and its raw bytes.
+    FetchBinary { hash: String },
+    /// Run the stored binary `hash` with `args` as a job joined to this cluster (its driver).
+    /// Answered by `JobStarted`, then `JobOutput` as it prints and `JobEnded`.
+    SubmitJob { req: u64, hash: String, args: Vec<String> },
+    /// The jobs started here (answered by `Jobs`).
+    Jobs { req: u64 },
     /// To an actor's home: its constructor ran (or failed) on `worker`, reached at `addr`.
     ActorHosted { actor: ActorId, worker: WorkerId, addr: Addr, error: Option<String> },
     /// To an actor's home: the worker hosting it died.
@@ -336,6 +373,32 @@ pub enum FromNode {
     Pulled {
         req: u64,
         error: Option<String>,
+    },
+    /// The answer to `FetchBinary`: `size` raw bytes follow, or the error says why not.
+    BinaryData {
+        size: u64,
+        error: Option<String>,
+    },
+    JobStarted {
+        req: u64,
+        job: u64,
+        pid: u32,
+    },
+    /// What the job printed (`stderr`: on standard error).
+    JobOutput {
+        job: u64,
+        stderr: bool,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    JobEnded {
+        job: u64,
+        code: Option<i32>,
+        detail: String,
+    },
+    Jobs {
+        req: u64,
+        jobs: Vec<JobView>,
     },
     /// The answer to `FetchObject`: `size` raw bytes follow, or the error says why not.
     ObjectData {

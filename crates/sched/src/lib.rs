@@ -142,10 +142,7 @@ impl Scheduler {
     /// Takes out of the queue the requests that wait for resources this node does not have
     /// free (not those merely waiting for a worker to start) and that `elsewhere` finds room
     /// for on another node; returns them, with what the queue's change sets off here.
-    pub fn take_short(
-        &mut self,
-        mut elsewhere: impl FnMut(ConnId, u64, &Shape) -> bool,
-    ) -> (Vec<Moved>, Vec<Action>) {
+    pub fn take_short(&mut self, mut elsewhere: impl FnMut(ConnId, u64, &Shape) -> bool) -> (Vec<Moved>, Vec<Action>) {
         let mut provisional = self.available.clone();
         let mut moved = Vec::new();
         let mut i = 0;
@@ -165,6 +162,27 @@ impl Scheduler {
         }
         let actions = if moved.is_empty() { Vec::new() } else { self.schedule() };
         (moved, actions)
+    }
+
+    /// Stops every idle worker (the job's binary changed: they run the old one) and starts
+    /// fresh ones to keep the pool's size.
+    pub fn retire_idle(&mut self) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for w in std::mem::take(&mut self.idle) {
+            self.workers.remove(&w);
+            actions.push(Action::KillWorker { worker: w });
+        }
+        while self.workers.len() + self.starting < self.opts.prestart {
+            self.starting += 1;
+            actions.push(Action::StartWorker);
+        }
+        actions.extend(self.schedule());
+        actions
+    }
+
+    /// The worker a lease is on.
+    pub fn lease_worker(&self, lease: LeaseId) -> Option<WorkerId> {
+        self.leases.get(&lease).copied()
     }
 
     /// A started worker process has connected and is ready for work.

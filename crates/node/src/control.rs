@@ -1,0 +1,141 @@
+//! The head's persisted tables (DESIGN §9, the control store): the nodes that joined, the
+//! named actors, the jobs. They live in an embedded database (redb: transactional, crash-safe,
+//! pure Rust) in the head's state directory; a head started again on that directory loads
+//! them: nodes come back as dead until they join again (members retry on their own), names
+//! stay reserved, jobs keep their history.
+//!
+//! What changes every heartbeat (load, last heard) stays in memory: a restart re-learns it
+//! within a heartbeat.
+
+use ferry_proto::msg::{ActorId, JobView, Shape};
+use ferry_proto::NodeId;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+const NODES: TableDefinition<u64, &[u8]> = TableDefinition::new("nodes");
+const NAMES: TableDefinition<&str, &[u8]> = TableDefinition::new("named_actors");
+const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
+
+/// See the module docs.
+pub(crate) struct ControlStore {
+    db: redb::Database,
+}
+
+type Res<T> = Result<T, String>;
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+impl ControlStore {
+    /// Opens (or creates) the store in `dir`.
+    pub(crate) fn open(dir: &std::path::Path) -> Res<ControlStore> {
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let db = redb::Database::create(dir.join("control.redb")).map_err(err)?;
+        // Create the tables, so that reads of a new store find them empty.
+        let tx = db.begin_write().map_err(err)?;
+        tx.open_table(NODES).map_err(err)?;
+        tx.open_table(NAMES).map_err(err)?;
+        tx.open_table(JOBS).map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(ControlStore { db })
+    }
+
+    fn write(&self, f: impl FnOnce(&redb::WriteTransaction) -> Res<()>) -> Res<()> {
+        let tx = self.db.begin_write().map_err(err)?;
+        f(&tx)?;
+        tx.commit().map_err(err)
+    }
+
+    pub(crate) fn put_node(&self, node: NodeId, addr: &str, total: &Shape) -> Res<()> {
+        let v = postcard::to_stdvec(&(addr, total)).map_err(err)?;
+        self.write(|tx| tx.open_table(NODES).map_err(err)?.insert(node.0, v.as_slice()).map(|_| ()).map_err(err))
+    }
+
+    pub(crate) fn nodes(&self) -> Res<Vec<(NodeId, String, Shape)>> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let t = tx.open_table(NODES).map_err(err)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            if let Ok((addr, total)) = postcard::from_bytes::<(String, Shape)>(v.value()) {
+                out.push((NodeId(k.value()), addr, total));
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn put_name(&self, name: &str, actor: ActorId, class: &str) -> Res<()> {
+        let v = postcard::to_stdvec(&(actor, class)).map_err(err)?;
+        self.write(|tx| tx.open_table(NAMES).map_err(err)?.insert(name, v.as_slice()).map(|_| ()).map_err(err))
+    }
+
+    pub(crate) fn remove_name(&self, name: &str) -> Res<()> {
+        self.write(|tx| tx.open_table(NAMES).map_err(err)?.remove(name).map(|_| ()).map_err(err))
+    }
+
+    pub(crate) fn names(&self) -> Res<Vec<(String, ActorId, String)>> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let t = tx.open_table(NAMES).map_err(err)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            if let Ok((actor, class)) = postcard::from_bytes::<(ActorId, String)>(v.value()) {
+                out.push((k.value().to_string(), actor, class));
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn put_job(&self, job: &JobView) -> Res<()> {
+        let v = postcard::to_stdvec(job).map_err(err)?;
+        self.write(|tx| tx.open_table(JOBS).map_err(err)?.insert(job.id, v.as_slice()).map(|_| ()).map_err(err))
+    }
+
+    pub(crate) fn jobs(&self) -> Res<Vec<JobView>> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let t = tx.open_table(JOBS).map_err(err)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(err)? {
+            let (_, v) = row.map_err(err)?;
+            if let Ok(j) = postcard::from_bytes::<JobView>(v.value()) {
+                out.push(j);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_survive_reopening() {
+        let dir = std::env::temp_dir().join(format!("ferry-control-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let s = ControlStore::open(&dir).unwrap();
+            s.put_node(NodeId(7), "10.0.0.2:1", &Shape::cpus(2.0)).unwrap();
+            s.put_name("svc", ActorId(9), "app::Svc").unwrap();
+            s.put_name("gone", ActorId(10), "app::Svc").unwrap();
+            s.remove_name("gone").unwrap();
+            let job = JobView {
+                id: 1,
+                hash: "ab".into(),
+                args: vec!["x".into()],
+                pid: 5,
+                started_ms: 1,
+                ended_ms: None,
+                code: None,
+            };
+            s.put_job(&job).unwrap();
+            s.put_job(&JobView { ended_ms: Some(2), code: Some(0), ..job }).unwrap();
+        }
+        let s = ControlStore::open(&dir).unwrap();
+        assert_eq!(s.nodes().unwrap(), vec![(NodeId(7), "10.0.0.2:1".to_string(), Shape::cpus(2.0))]);
+        assert_eq!(s.names().unwrap(), vec![("svc".to_string(), ActorId(9), "app::Svc".to_string())]);
+        let jobs = s.jobs().unwrap();
+        assert_eq!((jobs.len(), jobs[0].code), (1, Some(0)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

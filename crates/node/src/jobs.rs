@@ -1,0 +1,247 @@
+//! Jobs started with `ferry submit`, and shipping their binary.
+//!
+//! `ferry submit -- ./job args` asks the head whether it has a binary of the job's content
+//! hash (SHA-256), uploads it if not (raw bytes after a `PutBinary` frame, checked against
+//! the hash), then asks the head to run it (`SubmitJob`). The head starts it as the job's
+//! driver, joined to the cluster (`FERRY_ADDRESS`, `FERRY_TOKEN`, and `FERRY_EXE_HASH` so
+//! that the program it registers carries its hash), and streams what it prints back to
+//! `ferry submit` until it exits.
+//!
+//! Other nodes learn the program with its hash (a client's `Register`, `HostActor`): a node
+//! that has no file of that hash in its `bin` directory fetches it from the head once
+//! (`FetchBinary`), and its workers run that copy. Binaries are named by their hash, so a
+//! second job with the same binary ships nothing.
+
+use crate::{ConnId, Node};
+use ferry_proto::conn::{connect, Addr, Conn, Stream};
+use ferry_proto::msg::{FromNode, JobView, ProcKind, Program, ToNode};
+use ferry_proto::{FrameReader, WorkerId};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A SHA-256 in hex: anything else is refused (it becomes a file name).
+pub fn valid_hash(h: &str) -> bool {
+    h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+/// The hex SHA-256 of a file's contents.
+pub fn hash_file(path: &std::path::Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Node {
+    fn bin_dir(&self) -> PathBuf {
+        self.opts.session_dir.join("bin")
+    }
+
+    /// The local copy of the binary of `hash`, if this node has one.
+    pub(crate) fn binary_path(&self, hash: &str) -> Option<PathBuf> {
+        let p = self.bin_dir().join(hash);
+        (valid_hash(hash) && p.is_file()).then_some(p)
+    }
+
+    /// Reads `size` raw bytes from `rx` into the binary of `hash`, checking the hash; the file
+    /// appears (executable) only when complete and right.
+    fn receive_binary(&self, rx: &mut FrameReader<Stream>, hash: &str, size: u64) -> Result<PathBuf, String> {
+        if !valid_hash(hash) {
+            return Err(format!("{hash:?} is not a SHA-256 in hex"));
+        }
+        std::fs::create_dir_all(self.bin_dir()).map_err(|e| e.to_string())?;
+        let tmp = self.bin_dir().join(format!("{hash}.{:x}.tmp", ferry_proto::ids::random_u64()));
+        let r = (|| -> Result<PathBuf, String> {
+            let mut f = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut left = size;
+            while left > 0 {
+                let n = left.min(buf.len() as u64) as usize;
+                rx.read_exact_raw(&mut buf[..n]).map_err(|e| format!("upload broke off: {e}"))?;
+                h.update(&buf[..n]);
+                f.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+                left -= n as u64;
+            }
+            let got = format!("{:x}", h.finalize());
+            if got != hash {
+                return Err(format!("the bytes have hash {got}, not {hash}"));
+            }
+            f.set_permissions(std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+            let fin = self.bin_dir().join(hash);
+            std::fs::rename(&tmp, &fin).map_err(|e| e.to_string())?;
+            Ok(fin)
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        r
+    }
+
+    /// `PutBinary`, on the uploader's connection (which sends nothing else meanwhile).
+    pub(crate) fn put_binary(&self, conn: &Conn, rx: &mut FrameReader<Stream>, req: u64, hash: &str, size: u64) {
+        let error = self.receive_binary(rx, hash, size).err();
+        let _ = conn.send(&FromNode::Ack { req, error });
+    }
+
+    /// `FetchBinary`: the size, then the bytes.
+    pub(crate) fn serve_binary(&self, conn: &Conn, hash: &str) {
+        let file = self
+            .binary_path(hash)
+            .ok_or_else(|| format!("no binary {hash} here"))
+            .and_then(|p| std::fs::File::open(p).map_err(|e| e.to_string()));
+        match file {
+            Ok(f) => {
+                let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+                if conn.send(&FromNode::BinaryData { size, error: None }).is_ok() {
+                    let _ = conn.with_raw_fd(|fd| crate::transfer::send_file(fd, &f, size));
+                }
+            }
+            Err(error) => {
+                let _ = conn.send(&FromNode::BinaryData { size: 0, error: Some(error) });
+            }
+        }
+    }
+
+    /// Where this node runs `p` from: its own copy of the binary of `p`'s hash (fetched from
+    /// the head the first time), else `p`'s path (the job was not submitted, or the head does
+    /// not have it: then the path must be valid on this host too).
+    pub(crate) fn local_program(&self, p: &Program) -> PathBuf {
+        let Some(hash) = p.hash.as_deref().filter(|h| valid_hash(h)) else { return p.path.clone() };
+        if let Some(path) = self.binary_path(hash) {
+            return path;
+        }
+        if let Some((head, _)) = &self.opts.join {
+            match self.fetch_binary(head, hash) {
+                Ok(path) => return path,
+                Err(e) => {
+                    eprintln!("ferry-node: cannot fetch binary {hash} from the head: {e}; using {}", p.path.display())
+                }
+            }
+        }
+        p.path.clone()
+    }
+
+    fn fetch_binary(&self, head: &str, hash: &str) -> Result<PathBuf, String> {
+        let (conn, mut rx, _) =
+            connect(&Addr::Tcp(head.to_string()), &self.opts.token, WorkerId(self.id.0), self.opts.max_frame)
+                .map_err(|e| e.to_string())?;
+        rx.get_ref().set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+        conn.send(&ToNode::register_tool(ProcKind::Tool)).map_err(|e| e.to_string())?;
+        conn.send(&ToNode::FetchBinary { hash: hash.to_string() }).map_err(|e| e.to_string())?;
+        let size = loop {
+            match rx.read::<FromNode>().map_err(|e| e.to_string())? {
+                FromNode::BinaryData { size, error: None } => break size,
+                FromNode::BinaryData { error: Some(e), .. } => return Err(e),
+                _ => continue,
+            }
+        };
+        let t = std::time::Instant::now();
+        let path = self.receive_binary(&mut rx, hash, size)?;
+        eprintln!("ferry-node: fetched the job's binary ({} MiB) from the head in {:.2?}", size >> 20, t.elapsed());
+        Ok(path)
+    }
+
+    /// `SubmitJob`: starts the binary as a driver of this cluster and streams its output to
+    /// the submitter (`conn`); the job goes on if the submitter goes.
+    pub(crate) fn submit_job(self: &Arc<Self>, conn: Arc<Conn>, req: u64, hash: &str, args: Vec<String>) {
+        let Some(path) = self.binary_path(hash) else {
+            let _ = conn.send(&FromNode::JobEnded {
+                job: 0,
+                code: None,
+                detail: format!("no binary {hash} here: upload it first"),
+            });
+            return;
+        };
+        let address = self.tcp_addr.map(|a| a.to_string()).unwrap_or_default();
+        let mut cmd = std::process::Command::new(&path);
+        cmd.args(&args)
+            .env("FERRY_ADDRESS", &address)
+            .env("FERRY_TOKEN", &self.opts.token)
+            .env("FERRY_EXE_HASH", hash)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = conn.send(&FromNode::JobEnded { job: 0, code: None, detail: format!("cannot start it: {e}") });
+                return;
+            }
+        };
+        let pid = child.id();
+        let job = {
+            let mut st = self.lock();
+            let id = st.jobs.len() as u64 + 1;
+            let view =
+                JobView { id, hash: hash.to_string(), args, pid, started_ms: now_ms(), ended_ms: None, code: None };
+            self.record_job(&view);
+            st.jobs.push(view);
+            id
+        };
+        eprintln!("ferry-node: job {job} started (pid {pid}, binary {})", &hash[..12]);
+        let _ = conn.send(&FromNode::JobStarted { req, job, pid });
+        let mut pipes = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            pipes.push((false, Box::new(out) as Box<dyn Read + Send>));
+        }
+        if let Some(err) = child.stderr.take() {
+            pipes.push((true, Box::new(err) as Box<dyn Read + Send>));
+        }
+        let readers: Vec<_> = pipes
+            .into_iter()
+            .map(|(stderr, mut pipe)| {
+                let conn = conn.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 << 10];
+                    while let Ok(n) = pipe.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let _ = conn.send(&FromNode::JobOutput { job, stderr, data: buf[..n].to_vec() });
+                    }
+                })
+            })
+            .collect();
+        let node = self.clone();
+        let _ = std::thread::Builder::new().name("ferry-job".into()).spawn(move || {
+            let status = child.wait();
+            for r in readers {
+                let _ = r.join();
+            }
+            let (code, detail) = match status {
+                Ok(s) => (s.code(), s.to_string()),
+                Err(e) => (None, e.to_string()),
+            };
+            {
+                let mut st = node.lock();
+                if let Some(j) = st.jobs.iter_mut().find(|j| j.id == job) {
+                    j.ended_ms = Some(now_ms());
+                    j.code = code;
+                    let j = j.clone();
+                    node.record_job(&j);
+                }
+            }
+            eprintln!("ferry-node: job {job} ended ({detail})");
+            let _ = conn.send(&FromNode::JobEnded { job, code, detail });
+        });
+    }
+
+    /// `Jobs`.
+    pub(crate) fn jobs(&self, st: &crate::State, conn: ConnId, req: u64) {
+        self.send(st, conn, &FromNode::Jobs { req, jobs: st.jobs.clone() });
+    }
+}
