@@ -153,3 +153,52 @@ fn nodes_join_the_head_and_dead_ones_are_detected() {
         assert!(!netns_exists(&n), "namespace {n} left behind");
     }
 }
+
+/// The head's control store persists: after `kill -9` and a start on the same state directory
+/// and port, the head lists the jobs that ran before, and the member (which retries on its
+/// own) is alive in it again.
+#[test]
+fn a_restarted_head_finds_its_nodes_and_jobs_again() {
+    let hosts = Hosts::new(2).expect("network namespaces (needs root and `ip`)");
+    let ferry = env!("CARGO_BIN_EXE_ferry");
+    let state = std::env::temp_dir().join(format!("ferry-test-state-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let start_head = || {
+        let mut cmd = hosts.command(0, ferry);
+        cmd.args(["start", "--head", "--host", hosts.addr(0), "--port", "7001", "--num-cpus", "1", "--block"]);
+        cmd.arg("--state-dir").arg(&state).env("FERRY_NODE_TIMEOUT_MS", "1000");
+        Head::start(cmd, T).unwrap()
+    };
+    let mut head = start_head();
+    let mut cmd = hosts.command(1, ferry);
+    cmd.env("FERRY_HEARTBEAT_MS", "100");
+    cmd.args(["start", "--address", &head.address, "--token", &head.token, "--host", hosts.addr(1)]);
+    cmd.args(["--port", "0", "--num-cpus", "1", "--block"]);
+    let _member = Head::start(cmd, T).unwrap();
+    until(&hosts, &head, "two nodes alive", |s| s.contains("cluster: 2 nodes, 2 alive"));
+
+    // Any program can be a job; this one is shipped to the head and prints.
+    let out = hosts
+        .command(1, ferry)
+        .args(["submit", "--address", &head.address, "--token", &head.token, "--", "/bin/echo", "hello from a job"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from a job\n");
+
+    signal(head.child.id(), 9);
+    let _ = head.wait_exit(T);
+    let token = head.token.clone();
+    drop(head);
+    let head = start_head();
+    assert_eq!(head.token, token, "the token is the cluster's: the member keeps using it");
+    let s = until(&hosts, &head, "the member back", |s| s.contains("cluster: 2 nodes, 2 alive"));
+    eprintln!("the member was back {s:?} after the head restarted");
+    let status = status_of(&hosts, 0, &head.address, &head.token);
+    assert!(
+        status.contains("jobs: 1") && status.contains("exited with 0") && status.contains("hello from a job"),
+        "{status}"
+    );
+    drop(head);
+    let _ = std::fs::remove_dir_all(&state);
+}

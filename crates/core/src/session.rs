@@ -94,7 +94,15 @@ pub enum NodeRole {
 /// run the binary of the first driver that joins (or that leases a worker from another node).
 /// Returns the node and its token.
 pub fn start_node(cfg: &Config, tcp: &str, role: NodeRole) -> Result<(NodeHandle, String)> {
-    let mut opts = node_options(cfg, None, Some(tcp.to_string()));
+    let mut cfg = cfg.clone();
+    if let NodeRole::Head { state_dir: Some(dir), .. } = &role {
+        // The cluster's token lives with the head's state: a head started again keeps it, so
+        // members and drivers that hold it carry on.
+        if cfg.token.is_none() {
+            cfg.token = Some(persistent_token(dir)?);
+        }
+    }
+    let mut opts = node_options(&cfg, None, Some(tcp.to_string()));
     match role {
         NodeRole::Head { timeout, state_dir } => {
             opts.head_timeout = Some(timeout);
@@ -106,6 +114,26 @@ pub fn start_node(cfg: &Config, tcp: &str, role: NodeRole) -> Result<(NodeHandle
     let node = ferry_node::start(opts)
         .map_err(|e| Error::Connection { detail: format!("cannot start the node daemon on {tcp}: {e}") })?;
     Ok((node, token))
+}
+
+/// The token kept in `dir` (made, readable by its user only, the first time).
+fn persistent_token(dir: &Path) -> Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = dir.join("token");
+    if let Ok(t) = std::fs::read_to_string(&file) {
+        if !t.trim().is_empty() {
+            return Ok(t.trim().to_string());
+        }
+    }
+    let fail =
+        |e: std::io::Error| Error::Connection { detail: format!("cannot keep the token in {}: {e}", file.display()) };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let token: String = random_bytes(16).iter().map(|b| format!("{b:02x}")).collect();
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&file).map_err(fail)?;
+    f.write_all(token.as_bytes()).map_err(fail)?;
+    Ok(token)
 }
 
 /// Where `ferry start` leaves the token of the node listening on `port` (readable by its user
