@@ -273,6 +273,13 @@ fn check_transfer() -> Result<(), String> {
             return Err(format!("read on {b:?} gave {r:?}, want {want}"));
         }
     }
+    // Default placement prefers the node holding the argument's bytes (when it has room: a
+    // task needing no CPU always does).
+    let near = checksum::options().num_cpus(0.0).remote(&data);
+    let (ran_on, sum) = ferry::get(&near).map_err(e)?;
+    if (ran_on, sum) != (a, want) {
+        return Err(format!("a task on {a:?}'s 8 MiB ran on {ran_on:?} (sum {sum})"));
+    }
     let local = ferry::get(&data).map_err(e)?;
     if local.len() != n || local.iter().map(|x| *x as u64).sum::<u64>() != want {
         return Err("the driver read wrong bytes".into());
