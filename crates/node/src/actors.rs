@@ -70,10 +70,6 @@ impl ActorRec {
     pub(crate) fn is_remote(&self) -> bool {
         self.host.is_some()
     }
-    /// Hosted here for another node's home.
-    pub(crate) fn home_elsewhere(&self) -> bool {
-        self.home.is_some()
-    }
 }
 
 impl ActorRec {
@@ -199,13 +195,21 @@ impl Node {
         let Some(spec) = rec.spec.as_ref() else { return };
         let (shape, depth) = (spec.shape.clone(), spec.depth);
         if rec.home.is_none() && self.in_cluster() {
-            use ferry_sched::place::{place, Decision};
+            use ferry_sched::place::{fits, place, Decision};
             let (me, others) = (self.my_view(st), self.others_free(st));
-            let busy = st.sched.num_queued() > 0;
             st.rand ^= st.rand << 13;
             st.rand ^= st.rand >> 7;
             st.rand ^= st.rand << 17;
-            let decision = place(&shape, &Default::default(), None, &me, &others, busy, 0, st.rand);
+            // Here if it fits here now; else where there is room now; else queued here (and
+            // moved by rebalancing once some node has room).
+            let decision = if fits(&shape, &me.available) {
+                Decision::Local
+            } else {
+                match ferry_sched::place::two_choices(&shape, &others, st.rand) {
+                    Some(v) => Decision::Spill { node: v.node, addr: v.addr.clone() },
+                    None => place(&shape, &Default::default(), None, &me, &others, 0, st.rand),
+                }
+            };
             if let Decision::Spill { node, addr } = decision {
                 st.pending_hosts.insert(actor, (node, shape, None));
                 let rec = st.actors.get_mut(&actor).expect("present");
@@ -223,6 +227,9 @@ impl Node {
         let req = st.next_actor_req;
         st.next_actor_req += 1;
         st.actor_reqs.insert(req, actor);
+        if st.actors.get(&actor).is_some_and(|r| r.home.is_none()) {
+            st.movable.insert((ACTOR_CONN, req), Instant::now());
+        }
         let actions = st.sched.request(ACTOR_CONN, req, shape, depth);
         self.apply(st, actions);
     }

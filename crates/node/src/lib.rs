@@ -48,6 +48,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// How long a request waits here before rebalancing may send it to a node with room.
+const MOVE_AFTER: Duration = Duration::from_millis(50);
+
 /// Everything a daemon needs to start.
 #[derive(Clone, Debug)]
 pub struct NodeOptions {
@@ -159,9 +162,10 @@ struct State {
     /// Actors sent to other nodes to host and not yet running there: their resources count
     /// as taken in this node's view of those nodes (which lags by a heartbeat).
     pending_hosts: HashMap<ActorId, (NodeId, Shape, Option<Instant>)>,
-    /// Queued lease requests that may go to another node (default placement, asked here
-    /// first); requests with a node affinity, or sent here by another node, stay.
-    movable: HashSet<(ConnId, u64)>,
+    /// Queued requests that may go to another node, and since when they wait: leases of
+    /// default placement asked here first, and workers for actors homed here. Requests with a
+    /// node affinity, or sent here by another node, stay.
+    movable: HashMap<(ConnId, u64), Instant>,
     /// Jobs started with `ferry submit` (on a head).
     jobs: Vec<JobView>,
     /// Workers of an earlier job's binary: stopped when their lease comes back.
@@ -282,7 +286,7 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
             infeasible: Vec::new(),
             next_rebalance: Instant::now(),
             pending_hosts: HashMap::new(),
-            movable: HashSet::new(),
+            movable: HashMap::new(),
             jobs: Vec::new(),
             retired: HashSet::new(),
         }),
@@ -514,11 +518,10 @@ impl Node {
         st.rand ^= st.rand << 13;
         st.rand ^= st.rand >> 7;
         st.rand ^= st.rand << 17;
-        let busy = st.sched.num_queued() > 0;
-        match place(&shape, &placement, prefer, &me, &others, busy, st.rr, st.rand) {
+        match place(&shape, &placement, prefer, &me, &others, st.rr, st.rand) {
             Decision::Local => {
                 if placement == Placement::Default {
-                    st.movable.insert((conn, req));
+                    st.movable.insert((conn, req), Instant::now());
                 }
                 let actions = st.sched.request(conn, req, shape, depth);
                 self.apply(st, actions);
@@ -544,30 +547,24 @@ impl Node {
     }
 
     /// Requests waiting here for resources another node has free go there, as a raylet spills
-    /// back queued work: leases by `LeaseSpillback`, actors by `HostActor`. At most every
-    /// 100 ms (called from the spawner's tick), against the last view of the cluster.
+    /// back queued work: leases by `LeaseSpillback`, actors by `HostActor`. Every 50 ms (from
+    /// the spawner's tick), for requests that waited at least [`MOVE_AFTER`], against the
+    /// last view of the cluster.
     fn rebalance(&self, st: &mut State) {
         use ferry_sched::place::{fits, take};
         if !self.in_cluster() || st.sched.num_queued() == 0 || Instant::now() < st.next_rebalance {
             return;
         }
-        st.next_rebalance = Instant::now() + Duration::from_millis(100);
+        st.next_rebalance = Instant::now() + Duration::from_millis(50);
         let mut others: Vec<ferry_proto::msg::NodeView> =
             self.others_free(st).into_iter().filter(|v| v.alive && !v.addr.is_empty()).collect();
         if others.is_empty() {
             return;
         }
-        let hosted: HashSet<u64> = st
-            .actor_reqs
-            .iter()
-            .filter(|(_, a)| st.actors.get(a).is_some_and(|r| r.home_elsewhere()))
-            .map(|(r, _)| *r)
-            .collect();
         let mut chosen = Vec::new();
         let (moved, actions) = st.sched.take_short(|conn, req, shape| {
-            if (conn == ACTOR_CONN && hosted.contains(&req))
-                || (conn != ACTOR_CONN && !st.movable.contains(&(conn, req)))
-            {
+            // Only what has waited a while: a CPU here usually frees sooner than that.
+            if st.movable.get(&(conn, req)).is_none_or(|t| t.elapsed() < MOVE_AFTER) {
                 return false;
             }
             let best =
@@ -692,7 +689,10 @@ impl Node {
     fn apply(&self, st: &mut State, actions: Vec<Action>) {
         for a in actions {
             match a {
-                Action::Grant { conn: ACTOR_CONN, req, worker, .. } => self.on_actor_grant(st, req, worker),
+                Action::Grant { conn: ACTOR_CONN, req, worker, .. } => {
+                    st.movable.remove(&(ACTOR_CONN, req));
+                    self.on_actor_grant(st, req, worker)
+                }
                 Action::Grant { conn, req, lease, worker } => {
                     st.movable.remove(&(conn, req));
                     let addr = st.workers.get(&worker).map(|(_, a, tcp)| self.addr_for(st, conn, a, tcp));
@@ -1085,7 +1085,7 @@ fn serve_conn(node: Arc<Node>, stream: Stream) {
     }
     node.actors_conn_closed(st, id);
     node.member_conn_closed(st, id);
-    st.movable.retain(|(c, _)| *c != id);
+    st.movable.retain(|(c, _), _| *c != id);
     st.infeasible.retain(|(c, ..)| *c != id);
     let actions = st.sched.conn_closed(id);
     node.apply(st, actions);

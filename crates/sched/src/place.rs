@@ -1,7 +1,14 @@
-//! Which node a lease request goes to (DESIGN §6, bottom-up): this node first; another one
-//! when this node can never fit the request, or is busy while another has room. Among the
-//! nodes with room, two are drawn at random and the less loaded wins (power of two choices),
-//! so a burst spread from stale load figures does not pile onto one node.
+//! Which node a lease request goes to (DESIGN §6, bottom-up): this node first (it queues what
+//! it cannot grant yet: the daemon's rebalancing moves requests that keep waiting to nodes
+//! with room); another node at once only when this one can never fit the request, or when the
+//! node holding the task's arguments has room. Among nodes with room, two are drawn at random
+//! and the less loaded wins (power of two choices), so a burst placed from stale load figures
+//! does not pile onto one node.
+//!
+//! Why not spill a request the moment this node is busy: short tasks finish in microseconds,
+//! so a busy node frees a CPU long before another node's lease pays for itself; spilling at
+//! once sent a third of a burst of no-op tasks over TCP and cut the cluster's throughput to
+//! under a single node's (measured).
 //!
 //! Pure: the cluster view, the strategy and a random number in, a decision out.
 
@@ -44,16 +51,14 @@ fn load(v: &NodeView) -> f64 {
 }
 
 /// Decides where a request of `shape` under `placement` goes. `me` is this node's own entry
-/// (its live figures); `others` every other node the cluster knows; `busy`: this node has
-/// requests waiting already; `rr` a counter for `Spread`; `rand` any random number.
-#[allow(clippy::too_many_arguments)]
+/// (its live figures); `others` every other node the cluster knows; `rr` a counter for
+/// `Spread`; `rand` any random number.
 pub fn place(
     shape: &Shape,
     placement: &Placement,
     prefer: Option<NodeId>,
     me: &NodeView,
     others: &[NodeView],
-    busy: bool,
     rr: u64,
     rand: u64,
 ) -> Decision {
@@ -69,7 +74,7 @@ pub fn place(
                 return spill(v);
             }
             if *soft {
-                return place(shape, &Placement::Default, prefer, me, others, busy, rr, rand);
+                return place(shape, &Placement::Default, prefer, me, others, rr, rand);
             }
             let why = match others.iter().find(|v| v.node == *node) {
                 Some(v) if !v.alive => "is dead",
@@ -103,18 +108,11 @@ pub fn place(
                     return spill(v);
                 }
             }
-            let here_ever = fits(shape, &me.total);
-            if here_ever && fits(shape, &me.available) && !busy {
+            if fits(shape, &me.total) {
                 return Decision::Local;
             }
-            let roomy: Vec<&NodeView> = alive().filter(|v| fits(shape, &v.available)).collect();
-            if !roomy.is_empty() {
-                let a = roomy[(rand % roomy.len() as u64) as usize];
-                let b = roomy[((rand >> 32) % roomy.len() as u64) as usize];
-                return spill(if load(b) < load(a) { b } else { a });
-            }
-            if here_ever {
-                return Decision::Local;
+            if let Some(v) = two_choices(shape, others, rand) {
+                return spill(v);
             }
             match alive().filter(|v| fits(shape, &v.total)).min_by(|a, b| load(a).total_cmp(&load(b))) {
                 Some(v) => spill(v),
@@ -122,6 +120,18 @@ pub fn place(
             }
         }
     }
+}
+
+/// Of the live nodes with room for `shape` now, the less loaded of two drawn at random.
+pub fn two_choices<'a>(shape: &Shape, nodes: &'a [NodeView], rand: u64) -> Option<&'a NodeView> {
+    let roomy: Vec<&NodeView> =
+        nodes.iter().filter(|v| v.alive && !v.addr.is_empty() && fits(shape, &v.available)).collect();
+    if roomy.is_empty() {
+        return None;
+    }
+    let a = roomy[(rand % roomy.len() as u64) as usize];
+    let b = roomy[((rand >> 32) % roomy.len() as u64) as usize];
+    Some(if load(b) < load(a) { b } else { a })
 }
 
 fn wait(shape: &Shape, me: &NodeView, others: &[NodeView]) -> Decision {
@@ -157,20 +167,18 @@ mod tests {
     #[test]
     fn local_first_while_it_has_room() {
         let me = node(1, 2.0, 1.0);
-        let d = place(&Shape::cpus(1.0), &Placement::Default, None, &me, &[node(2, 2.0, 2.0)], false, 0, 7);
+        let d = place(&Shape::cpus(1.0), &Placement::Default, None, &me, &[node(2, 2.0, 2.0)], 0, 7);
         assert_eq!(d, Decision::Local);
     }
 
     #[test]
-    fn busy_node_spills_to_one_with_room_and_the_less_loaded_of_two() {
+    fn a_busy_node_queues_and_rebalancing_picks_the_less_loaded_of_two() {
         let me = node(1, 2.0, 0.0);
         let others = [node(2, 4.0, 1.0), node(3, 4.0, 4.0)];
+        assert_eq!(place(&Shape::cpus(1.0), &Placement::Default, None, &me, &others, 0, 1 << 32), Decision::Local);
         // rand picks index 0 then 1: node 3 is less loaded.
-        let d = place(&Shape::cpus(1.0), &Placement::Default, None, &me, &others, true, 0, 1 << 32);
-        assert_eq!(d, Decision::Spill { node: NodeId(3), addr: "10.0.0.3:1".into() });
-        // Nobody has room: queue here.
-        let full = [node(2, 4.0, 0.0)];
-        assert_eq!(place(&Shape::cpus(1.0), &Placement::Default, None, &me, &full, true, 0, 0), Decision::Local);
+        assert_eq!(two_choices(&Shape::cpus(1.0), &others, 1 << 32).map(|v| v.node), Some(NodeId(3)));
+        assert_eq!(two_choices(&Shape::cpus(1.0), &[node(2, 4.0, 0.0)], 0), None);
     }
 
     #[test]
@@ -179,11 +187,11 @@ mod tests {
         let mut gpu = node(2, 2.0, 0.0);
         gpu.total.set("GPU", 1.0);
         let want = Shape::with_resources(1.0, &[("GPU".into(), 1.0)]);
-        let d = place(&want, &Placement::Default, None, &me, &[gpu.clone()], false, 0, 0);
+        let d = place(&want, &Placement::Default, None, &me, &[gpu.clone()], 0, 0);
         assert_eq!(d, Decision::Spill { node: NodeId(2), addr: gpu.addr.clone() });
         gpu.alive = false;
         assert!(
-            matches!(place(&want, &Placement::Default, None, &me, &[gpu], false, 0, 0), Decision::Wait(m) if m.contains("GPU"))
+            matches!(place(&want, &Placement::Default, None, &me, &[gpu], 0, 0), Decision::Wait(m) if m.contains("GPU"))
         );
     }
 
@@ -192,7 +200,7 @@ mod tests {
         let me = node(1, 1.0, 1.0);
         let others = [node(2, 1.0, 1.0), node(3, 1.0, 0.0)];
         let picks: Vec<Decision> =
-            (0..3).map(|rr| place(&Shape::cpus(1.0), &Placement::Spread, None, &me, &others, false, rr, 0)).collect();
+            (0..3).map(|rr| place(&Shape::cpus(1.0), &Placement::Spread, None, &me, &others, rr, 0)).collect();
         assert_eq!(picks[0], Decision::Local);
         assert!(matches!(&picks[1], Decision::Spill { node, .. } if *node == NodeId(2)));
         assert!(matches!(&picks[2], Decision::Spill { node, .. } if *node == NodeId(3)));
@@ -203,24 +211,21 @@ mod tests {
         let me = node(1, 1.0, 1.0);
         let mut other = node(2, 1.0, 1.0);
         let hard = Placement::Node { node: NodeId(2), soft: false };
-        assert!(matches!(
-            place(&Shape::cpus(1.0), &hard, None, &me, &[other.clone()], false, 0, 0),
-            Decision::Spill { .. }
-        ));
+        assert!(matches!(place(&Shape::cpus(1.0), &hard, None, &me, &[other.clone()], 0, 0), Decision::Spill { .. }));
         other.alive = false;
         assert!(
-            matches!(place(&Shape::cpus(1.0), &hard, None, &me, &[other.clone()], false, 0, 0), Decision::Fail(m) if m.contains("dead"))
+            matches!(place(&Shape::cpus(1.0), &hard, None, &me, &[other.clone()], 0, 0), Decision::Fail(m) if m.contains("dead"))
         );
         let soft = Placement::Node { node: NodeId(2), soft: true };
-        assert_eq!(place(&Shape::cpus(1.0), &soft, None, &me, &[other], false, 0, 0), Decision::Local);
+        assert_eq!(place(&Shape::cpus(1.0), &soft, None, &me, &[other], 0, 0), Decision::Local);
     }
 
     #[test]
     fn prefers_the_node_holding_the_arguments_when_it_has_room() {
         let me = node(1, 2.0, 2.0);
-        let d = place(&Shape::cpus(1.0), &Placement::Default, Some(NodeId(2)), &me, &[node(2, 2.0, 1.0)], false, 0, 0);
+        let d = place(&Shape::cpus(1.0), &Placement::Default, Some(NodeId(2)), &me, &[node(2, 2.0, 1.0)], 0, 0);
         assert!(matches!(d, Decision::Spill { node, .. } if node == NodeId(2)));
-        let d = place(&Shape::cpus(1.0), &Placement::Default, Some(NodeId(2)), &me, &[node(2, 2.0, 0.0)], false, 0, 0);
+        let d = place(&Shape::cpus(1.0), &Placement::Default, Some(NodeId(2)), &me, &[node(2, 2.0, 0.0)], 0, 0);
         assert_eq!(d, Decision::Local);
     }
 }
