@@ -406,6 +406,13 @@ fn status(address: &str, token: Option<String>) -> Result<(), String> {
         mb(stats.spilled_bytes)
     );
     println!("  waiting lease requests: {}", stats.pending_lease_requests);
+    println!(
+        "  transfers: {} objects ({:.1} MiB) sent to other nodes, {} ({:.1} MiB) copied from them",
+        stats.transfers_out,
+        mb(stats.transfer_bytes_out),
+        stats.transfers_in,
+        mb(stats.transfer_bytes_in)
+    );
     conn.send(&ToNode::ClusterStatus { req: 2 }).map_err(|e| e.to_string())?;
     let nodes = loop {
         match rx.read::<FromNode>() {

@@ -147,6 +147,8 @@ struct State {
     waiting_seals: Vec<(ConnId, u64, ObjectId)>,
     /// Bytes spilled so far, and the time their copies took.
     spill_total: (u64, Duration),
+    /// Transfers out and in, and their bytes.
+    transfers: (u64, u64, u64, u64),
     /// On a member: the other nodes as the head last described them.
     view: Vec<ferry_proto::msg::NodeView>,
     /// For `Placement::Spread`, and the random draws of spillback.
@@ -278,6 +280,7 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
             members: HashMap::new(),
             waiting_seals: Vec::new(),
             spill_total: (0, Duration::ZERO),
+            transfers: (0, 0, 0, 0),
             view: Vec::new(),
             rr: 0,
             rand: ferry_proto::ids::random_u64(),
@@ -444,6 +447,10 @@ impl Node {
             spilled_bytes: st.store.spilled_bytes(),
             spill_total_bytes: st.spill_total.0,
             spill_total_ns: st.spill_total.1.as_nanos() as u64,
+            transfers_out: st.transfers.0,
+            transfers_in: st.transfers.1,
+            transfer_bytes_out: st.transfers.2,
+            transfer_bytes_in: st.transfers.3,
         }
     }
 

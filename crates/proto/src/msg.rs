@@ -336,6 +336,12 @@ pub struct NodeStats {
     /// Bytes spilled since the node started, and the time the copies took.
     pub spill_total_bytes: u64,
     pub spill_total_ns: u64,
+    /// Objects this node sent to other nodes, and copied from them (transfers, not requests:
+    /// concurrent pulls of one object are one transfer), with their bytes.
+    pub transfers_out: u64,
+    pub transfers_in: u64,
+    pub transfer_bytes_out: u64,
+    pub transfer_bytes_in: u64,
 }
 
 /// A stored object as the node lists it.

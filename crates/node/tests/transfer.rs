@@ -1,0 +1,136 @@
+//! Two real daemons (a head and a member joined to it over TCP on loopback) and raw protocol
+//! clients: an object sealed on the head is pulled by the member for four clients at once in
+//! one transfer, arrives byte for byte, and its copy is freed with the original. Pulls that
+//! cannot succeed end in errors, never in a wait.
+
+use ferry_node::{NodeHandle, NodeOptions};
+use ferry_proto::conn::{connect, Addr};
+use ferry_proto::msg::{FromNode, ProcKind, Shape, ToNode};
+use ferry_proto::{Conn, FrameReader, NodeId, ObjectId, Stream, TaskId, WorkerId};
+use ferry_sched::PoolOptions;
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "transfer-test-token";
+const T: Duration = Duration::from_secs(20);
+
+fn options(tag: &str, head: Option<String>) -> NodeOptions {
+    let base = std::env::temp_dir().join(format!("ferry-transfer-test-{}-{tag}", std::process::id()));
+    NodeOptions {
+        session_dir: base.join("session"),
+        store_dir: base.join("store"),
+        store_capacity: 1 << 30,
+        spill_dir: None,
+        token: TOKEN.into(),
+        resources: Shape::cpus(1.0),
+        // No worker program: this test runs no tasks.
+        pool: PoolOptions { prestart: 0, max_workers: 1, idle_timeout: Duration::from_secs(1) },
+        worker_program: None,
+        tcp: Some("127.0.0.1:0".into()),
+        head_timeout: head.is_none().then_some(Duration::from_secs(5)),
+        join: head.map(|h| (h, Duration::from_millis(50))),
+        state_dir: None,
+        worker_env: Vec::new(),
+        max_frame: 64 << 20,
+    }
+}
+
+fn client(node: &NodeHandle) -> (Conn, FrameReader<Stream>) {
+    let addr = Addr::Tcp(node.tcp_addr().unwrap().to_string());
+    let (conn, mut rx, _) = connect(&addr, TOKEN, WorkerId(ferry_proto::ids::random_u64()), 64 << 20).unwrap();
+    rx.get_ref().set_read_timeout(Some(T)).unwrap();
+    conn.send(&ToNode::register_tool(ProcKind::Tool)).unwrap();
+    assert!(matches!(rx.read::<FromNode>().unwrap(), FromNode::Registered { .. }));
+    (conn, rx)
+}
+
+/// Sends `msg` and returns the first answer `pick` accepts.
+fn call<R>(c: &mut (Conn, FrameReader<Stream>), msg: ToNode, mut pick: impl FnMut(FromNode) -> Option<R>) -> R {
+    c.0.send(&msg).unwrap();
+    loop {
+        if let Some(r) = pick(c.1.read::<FromNode>().expect("an answer within the timeout")) {
+            return r;
+        }
+    }
+}
+
+fn pull(c: &mut (Conn, FrameReader<Stream>), object: ObjectId, from: NodeId) -> Option<String> {
+    call(c, ToNode::Pull { req: 7, object, from }, |m| match m {
+        FromNode::Pulled { req: 7, error } => Some(error),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_member_pulls_an_object_once_for_concurrent_readers_and_frees_the_copy() {
+    let head = ferry_node::start(options("head", None)).unwrap();
+    let member = ferry_node::start(options("member", Some(head.tcp_addr().unwrap().to_string()))).unwrap();
+    let end = Instant::now() + T;
+    let mut m = client(&member);
+    loop {
+        let n = call(&mut m, ToNode::ClusterStatus { req: 1 }, |r| match r {
+            FromNode::Cluster { nodes, .. } => Some(nodes.iter().filter(|n| n.alive).count()),
+            _ => None,
+        });
+        if n == 2 {
+            break;
+        }
+        assert!(Instant::now() < end, "the member never saw the head");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // An object on the head: 16 MiB written into its store, then sealed.
+    let id = ObjectId { task: TaskId { owner: WorkerId(42), seq: 1 }, index: 0 };
+    let bytes: Vec<u8> = (0..16 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let store = std::env::temp_dir().join(format!("ferry-transfer-test-{}-head/store", std::process::id()));
+    std::fs::write(store.join(id.to_string()), &bytes).unwrap();
+    let mut h = client(&head);
+    let sealed = call(&mut h, ToNode::Seal { req: 2, object: id, size: bytes.len() as u64 }, |r| match r {
+        FromNode::Sealed { error, .. } => Some(error),
+        _ => None,
+    });
+    assert_eq!(sealed, None);
+
+    // Four readers on the member at once.
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let mut c = client(&member);
+            let b = barrier.clone();
+            let from = head.id();
+            std::thread::spawn(move || {
+                b.wait();
+                pull(&mut c, id, from)
+            })
+        })
+        .collect();
+    for r in readers {
+        assert_eq!(r.join().unwrap(), None, "every concurrent pull succeeds");
+    }
+    let mstore = std::env::temp_dir().join(format!("ferry-transfer-test-{}-member/store", std::process::id()));
+    assert!(std::fs::read(mstore.join(id.to_string())).unwrap() == bytes, "the copy is byte for byte");
+    assert_eq!(head.stats().transfers_out, 1, "four concurrent pulls, one transfer");
+    assert_eq!((member.stats().transfers_in, member.stats().transfer_bytes_in), (1, bytes.len() as u64));
+    // A pull of what is already here costs nothing.
+    assert_eq!(pull(&mut m, id, head.id()), None);
+    assert_eq!(head.stats().transfers_out, 1);
+
+    // Freeing the original frees the copy.
+    h.0.send(&ToNode::Free { objects: vec![id] }).unwrap();
+    while member.stats().store_objects != 0 {
+        assert!(Instant::now() < end + T, "the member's copy outlived the original");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Pulls that cannot succeed say why.
+    let missing = pull(&mut m, ObjectId { index: 9, ..id }, head.id()).expect("an error");
+    assert!(missing.contains("does not hold"), "{missing}");
+    let nowhere = pull(&mut m, id, NodeId(1)).expect("an error");
+    assert!(nowhere.contains("not in the cluster"), "{nowhere}");
+    drop(member);
+    drop(head);
+    for tag in ["head", "member"] {
+        let _ = std::fs::remove_dir_all(
+            std::env::temp_dir().join(format!("ferry-transfer-test-{}-{tag}", std::process::id())),
+        );
+    }
+}
