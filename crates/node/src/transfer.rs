@@ -83,6 +83,8 @@ impl Node {
         let error = match r {
             Ok(size) => match st.store.seal(object, size) {
                 Ok(()) => {
+                    st.transfers.1 += 1;
+                    st.transfers.3 += size;
                     if st.store.over_capacity() {
                         let _ = self.spill_tx.lock().unwrap_or_else(|e| e.into_inner()).send(Some(()));
                     }
@@ -121,6 +123,13 @@ impl Node {
             }
         };
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        {
+            // Counted as it starts: the puller may have it (and look) before this thread
+            // would get the lock again.
+            let mut st = self.lock();
+            st.transfers.0 += 1;
+            st.transfers.2 += size;
+        }
         if conn.send(&FromNode::ObjectData { object, size, error: None }).is_err() {
             return;
         }
