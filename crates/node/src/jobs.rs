@@ -23,6 +23,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// The largest job binary accepted (an upload's size is announced before its bytes).
+const MAX_BINARY: u64 = 4 << 30;
+
 /// A SHA-256 in hex: anything else is refused (it becomes a file name).
 pub fn valid_hash(h: &str) -> bool {
     h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
@@ -63,6 +66,9 @@ impl Node {
     fn receive_binary(&self, rx: &mut FrameReader<Stream>, hash: &str, size: u64) -> Result<PathBuf, String> {
         if !valid_hash(hash) {
             return Err(format!("{hash:?} is not a SHA-256 in hex"));
+        }
+        if size > MAX_BINARY {
+            return Err(format!("a job binary of {size} bytes is over the limit of {MAX_BINARY}"));
         }
         std::fs::create_dir_all(self.bin_dir()).map_err(|e| e.to_string())?;
         let tmp = self.bin_dir().join(format!("{hash}.{:x}.tmp", ferry_proto::ids::random_u64()));
