@@ -318,12 +318,17 @@ fn check_nested() -> Result<(), String> {
     Ok(())
 }
 
-/// A task no node can fit waits (with a warning) rather than fail.
+/// A task or an actor no node can fit waits (with a warning) rather than fail.
 fn check_infeasible() -> Result<(), String> {
     let r = where_am_i::options().resource("unobtainium", 1.0).remote(0);
     match ferry::get_timeout(&r, Duration::from_millis(800)) {
+        Err(ferry::Error::Timeout { .. }) => {}
+        other => return Err(format!("expected the task to wait, got {other:?}")),
+    }
+    let a = Tally::options().resource("unobtainium", 2.0).remote(0).map_err(e)?;
+    match ferry::get_timeout(&a.add(1), Duration::from_millis(800)) {
         Err(ferry::Error::Timeout { .. }) => Ok(()),
-        other => Err(format!("expected it to wait, got {other:?}")),
+        other => Err(format!("expected the actor to wait, got {other:?}")),
     }
 }
 
@@ -447,7 +452,8 @@ fn a_job_uses_every_node_of_a_three_host_cluster() {
     ] {
         assert!(out.lines().any(|l| l == format!("ok {name}")), "check {name} failed or did not run");
     }
-    assert!(err.contains("warning") && err.contains("unobtainium"), "no warning for the infeasible task");
+    assert!(err.contains("tasks needing {CPU: 1, unobtainium: 1} wait"), "no warning for the infeasible task");
+    assert!(err.contains("unobtainium: 2} waits"), "no warning for the infeasible actor");
     assert!(
         out.lines().any(|l| l.starts_with("(node=") && l.ends_with("hello from afar")),
         "a remote task's output did not reach the driver, prefixed with its node"

@@ -70,6 +70,10 @@ impl ActorRec {
     pub(crate) fn is_remote(&self) -> bool {
         self.host.is_some()
     }
+    /// Waiting for a worker (or a node) to run on.
+    pub(crate) fn is_placing(&self) -> bool {
+        self.phase == Phase::Placing
+    }
 }
 
 impl ActorRec {
@@ -188,6 +192,10 @@ impl Node {
         }
     }
 
+    pub(crate) fn place_actor(&self, st: &mut State, actor: ActorId) {
+        self.place(st, actor)
+    }
+
     /// Leases a worker for the actor here (`on_actor_grant` continues), or asks another node
     /// to host it when this one has no room and that one has.
     fn place(&self, st: &mut State, actor: ActorId) {
@@ -210,6 +218,19 @@ impl Node {
                     None => place(&shape, &Default::default(), None, &me, &others, 0, st.rand),
                 }
             };
+            if let Decision::Wait(why) = &decision {
+                // No node alive can ever host it: it waits for one that can (retried when the
+                // cluster's view changes), and its creator is told.
+                let warning = format!("ferry: warning: actor {actor:?} needing {shape} waits: {why}");
+                eprintln!("ferry-node: {warning}");
+                if let Some((conn, _)) = st.actors.get(&actor).and_then(|r| r.created) {
+                    self.send(st, conn, &FromNode::Log { node: self.id, stderr: true, lines: vec![warning] });
+                }
+                if !st.waiting_actors.contains(&actor) {
+                    st.waiting_actors.push(actor);
+                }
+                return;
+            }
             if let Decision::Spill { node, addr } = decision {
                 st.pending_hosts.insert(actor, (node, shape, None));
                 let rec = st.actors.get_mut(&actor).expect("present");

@@ -172,6 +172,8 @@ struct State {
     jobs: Vec<JobView>,
     /// Workers of an earlier job's binary: stopped when their lease comes back.
     retired: HashSet<WorkerId>,
+    /// Actors no node alive can host, waiting for one that can.
+    waiting_actors: Vec<ActorId>,
 }
 
 enum SpawnCmd {
@@ -292,6 +294,7 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
             movable: HashMap::new(),
             jobs: Vec::new(),
             retired: HashSet::new(),
+            waiting_actors: Vec::new(),
         }),
         opts,
         spawn_tx: Mutex::new(spawn_tx),
@@ -598,6 +601,11 @@ impl Node {
 
     /// The cluster's view changed: requests that waited for a node that can fit them try again.
     fn retry_infeasible(&self, st: &mut State) {
+        for actor in std::mem::take(&mut st.waiting_actors) {
+            if st.actors.get(&actor).is_some_and(|r| r.is_placing()) {
+                self.place_actor(st, actor);
+            }
+        }
         if st.infeasible.is_empty() {
             return;
         }
