@@ -113,7 +113,7 @@ impl Node {
             Ok(f) => {
                 let size = f.metadata().map(|m| m.len()).unwrap_or(0);
                 if conn.send(&FromNode::BinaryData { size, error: None }).is_ok() {
-                    let _ = conn.with_raw_fd(|fd| crate::transfer::send_file(fd, &f, size));
+                    let _ = conn.send_file(&f, size);
                 }
             }
             Err(error) => {

@@ -133,7 +133,7 @@ impl Node {
         if conn.send(&FromNode::ObjectData { object, size, error: None }).is_err() {
             return;
         }
-        let _ = conn.with_raw_fd(|fd| send_file(fd, &file, size));
+        let _ = conn.send_file(&file, size);
     }
 
     /// Where node `n`'s daemon listens, if it is alive.
@@ -185,33 +185,18 @@ fn receive(rx: &mut FrameReader<Stream>, file: &std::fs::File, size: u64) -> std
         while (off as u64) < size {
             let want = ((size - off as u64) as usize).min(pipe_size);
             // SAFETY: valid descriptors; null offsets mean "current position" for the socket.
-            let n = unsafe {
+            let n = retry(|| unsafe {
                 libc::splice(sock, std::ptr::null_mut(), pw, std::ptr::null_mut(), want, libc::SPLICE_F_MOVE)
-            };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
+            })?;
             if n == 0 {
                 return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the sender closed early"));
             }
-            let mut left = n as usize;
+            let mut left = n;
             while left > 0 {
                 // SAFETY: as above; `off` is ours and advanced by the kernel.
-                let m = unsafe {
+                left -= retry(|| unsafe {
                     libc::splice(pr, std::ptr::null_mut(), file.as_raw_fd(), &mut off, left, libc::SPLICE_F_MOVE)
-                };
-                if m < 0 {
-                    let e = std::io::Error::last_os_error();
-                    if e.kind() == std::io::ErrorKind::Interrupted {
-                        continue;
-                    }
-                    return Err(e);
-                }
-                left -= m as usize;
+                })?;
             }
         }
         Ok(())
@@ -224,27 +209,18 @@ fn receive(rx: &mut FrameReader<Stream>, file: &std::fs::File, size: u64) -> std
     r
 }
 
-/// Writes `len` bytes of `file` to the socket `fd` with `sendfile` (no copy through user
-/// space), in pieces so that a large object does not need one huge call.
-pub(crate) fn send_file(fd: std::os::fd::RawFd, file: &std::fs::File, len: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let mut off: libc::off_t = 0;
-    while (off as u64) < len {
-        let want = ((len - off as u64) as usize).min(64 << 20);
-        // SAFETY: both descriptors are open for the call; `off` is ours.
-        let n = unsafe { libc::sendfile(fd, file.as_raw_fd(), &mut off, want) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
+/// Runs a syscall again while it is interrupted; its result as a count or an error.
+fn retry(mut call: impl FnMut() -> isize) -> std::io::Result<usize> {
+    loop {
+        let n = call();
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
             return Err(e);
         }
-        if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "object file shorter than its size"));
-        }
     }
-    Ok(())
 }
 
 /// Sends messages to other nodes' daemons (freed copies), connecting on first use, off the
