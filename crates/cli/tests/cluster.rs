@@ -111,6 +111,9 @@ extern "C" fn job_entry() {
     if std::env::args().nth(1).as_deref() == Some("--submitted-job") {
         submitted_job();
     }
+    if let Ok(address) = std::env::var("FERRY_TEST_FREEZE_JOB") {
+        freeze_job(&address);
+    }
     let Ok(address) = std::env::var("FERRY_TEST_CLUSTER_JOB") else { return };
     if let Err(e) = ferry::init(ferry::Config::default().address(&address)) {
         println!("FAIL init: {e}");
@@ -173,6 +176,32 @@ fn submitted_job() -> ! {
     }
     ferry::shutdown();
     std::process::exit(code);
+}
+
+/// Sleeps, then says where it ran.
+#[ferry::remote]
+fn slow_where(ms: u64) -> NodeId {
+    std::thread::sleep(Duration::from_millis(ms));
+    ferry::node_id().unwrap()
+}
+
+/// The job of the freeze test: starts a task on a member, asks the harness (on stdout) to
+/// freeze that member, and reports where the task finished and how long it took.
+fn freeze_job(address: &str) -> ! {
+    ferry::init(ferry::Config::default().address(address)).unwrap();
+    let me = ferry::node_id().unwrap();
+    let target = ferry::nodes().unwrap().into_iter().find(|n| n.node != me && n.alive).unwrap();
+    let s = SchedulingStrategy::NodeAffinity { node: target.node, soft: true };
+    let r = slow_where::options().scheduling_strategy(s).remote(1500);
+    std::thread::sleep(Duration::from_millis(300));
+    println!("freeze {}", target.addr);
+    let t = std::time::Instant::now();
+    match ferry::get_timeout(&r, Duration::from_secs(20)) {
+        Ok(n) if n != target.node => println!("retried on another node after {:.2}s", t.elapsed().as_secs_f64()),
+        other => println!("FAIL: {other:?}"),
+    }
+    ferry::shutdown();
+    std::process::exit(0);
 }
 
 fn e(x: impl std::fmt::Display) -> String {
@@ -501,4 +530,58 @@ fn a_job_uses_every_node_of_a_three_host_cluster() {
     for n in names {
         assert!(!netns_exists(&n), "namespace {n} left behind");
     }
+}
+
+/// A member frozen in the middle of a task (its sockets stay open, its heartbeats stop): the
+/// head declares it dead after the timeout, tells every process, and the task's owner runs it
+/// again on another node at once.
+#[test]
+fn a_task_on_a_frozen_node_runs_again_elsewhere() {
+    use std::io::BufRead;
+    let hosts = Hosts::new(3).expect("network namespaces (needs root and `ip`)");
+    let ferry = env!("CARGO_BIN_EXE_ferry");
+    let one = || vec!["--num-cpus".to_string(), "1".to_string()];
+    let cluster =
+        Cluster::start_with(&hosts, ferry, &[one(), one(), one()], &[("FERRY_NODE_TIMEOUT_MS", "1000")], T).unwrap();
+    let mut job = hosts
+        .command(0, std::env::current_exe().unwrap())
+        .env("FERRY_TEST_FREEZE_JOB", &cluster.head.address)
+        .env("FERRY_TOKEN", &cluster.head.token)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufReader::new(job.stdout.take().unwrap()).lines();
+    let mut frozen = None;
+    let mut result = String::new();
+    for line in lines.map_while(Result::ok) {
+        if let Some(addr) = line.strip_prefix("freeze ") {
+            let m = cluster.members.iter().find(|m| m.address == addr).expect("the target is a member");
+            signal(m.child.id(), 19); // SIGSTOP
+            frozen = Some(m.child.id());
+        } else {
+            result = line;
+            break;
+        }
+    }
+    let exited = wait_exit(&mut job, T);
+    if let Some(pid) = frozen {
+        signal(pid, 18); // SIGCONT, so that it can be stopped
+    }
+    if exited.is_err() {
+        let _ = job.kill();
+    }
+    assert!(frozen.is_some(), "the job never named a node to freeze");
+    assert!(result.starts_with("retried on another node after"), "{result}");
+    let secs: f64 = result.rsplit(' ').next().unwrap().trim_end_matches('s').parse().unwrap();
+    // Timeout 1 s, then the task's 1.5 s again: well under the 20 s it would take otherwise.
+    assert!(secs < 10.0, "{result}");
+    drop(cluster);
+}
+
+fn signal(pid: u32, sig: i32) {
+    extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    // SAFETY: a plain syscall on a process this test started.
+    unsafe { kill(pid as i32, sig) };
 }

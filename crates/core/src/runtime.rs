@@ -83,8 +83,8 @@ pub(crate) struct Identity {
 #[derive(Default)]
 struct LeaseRoutes {
     next: u64,
-    /// This process's lease id → the granting node and its lease id.
-    routes: HashMap<u64, (NodeId, u64)>,
+    /// This process's lease id → the granting node, its lease id, and the leased worker.
+    routes: HashMap<u64, (NodeId, u64, WorkerId)>,
     /// Unanswered lease requests: the node asked, and the request (to ask another).
     requests: HashMap<u64, (NodeId, ToNode)>,
 }
@@ -280,7 +280,7 @@ impl Runtime {
                 }
                 ToNode::ReturnLease { lease, kill } => {
                     let route = self.lock_leases().routes.remove(&lease);
-                    if let Some((node, lease)) = route {
+                    if let Some((node, lease, _)) = route {
                         self.send_to_node(node, &ToNode::ReturnLease { lease, kill });
                     }
                 }
@@ -409,7 +409,7 @@ impl Runtime {
                         l.requests.remove(&req);
                         let lease = l.next;
                         l.next += 1;
-                        l.routes.insert(lease, (node, theirs));
+                        l.routes.insert(lease, (node, theirs, worker));
                         lease
                     };
                     match self.worker_conn(worker, &addr) {
@@ -450,7 +450,7 @@ impl Runtime {
                 }),
                 FromNode::Inventory { req, .. } | FromNode::Cluster { req, .. } => self.answer_call(req, msg),
                 // Nothing runs on other nodes yet (issue 5's scheduling).
-                FromNode::NodeDied { .. } => {}
+                FromNode::NodeDied { node: dead, .. } => self.node_died(dead),
                 FromNode::Log { node, stderr, lines } => print_log(node != self.node_id, node, stderr, &lines),
                 FromNode::ActorDied { actor, reason, restarting } => {
                     self.with_state(|st, fx| st.on_actor_died(actor, &reason, restarting, fx))
@@ -551,6 +551,25 @@ impl Runtime {
             .spawn(move || self.daemon_reader(n, reader))
             .map_err(|e| err(e.to_string()))?;
         Ok(conn)
+    }
+
+    /// The head declared node `n` dead (its heartbeats stopped: it may be frozen or cut off, its
+    /// sockets still open). Its workers are lost now rather than when (if) their connections
+    /// break: their tasks are retried or fail, and requests waiting there are asked again.
+    fn node_died(&'static self, n: NodeId) {
+        if n == self.node_id {
+            return;
+        }
+        let workers: Vec<WorkerId> = {
+            let mut l = self.lock_leases();
+            let w = l.routes.values().filter(|(node, ..)| *node == n).map(|(.., w)| *w).collect();
+            l.routes.retain(|_, (node, ..)| *node != n);
+            w
+        };
+        for w in workers {
+            self.worker_lost(w, &format!("its node {n} was declared dead (no heartbeat)"));
+        }
+        self.daemon_lost(n);
     }
 
     /// Another node's daemon is gone: requests waiting there are asked of this node again

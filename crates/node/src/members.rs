@@ -212,8 +212,13 @@ pub(crate) fn join_loop(node: std::sync::Arc<Node>, head: &str, every: Duration)
                         st.view = nodes;
                         node.retry_infeasible(&mut st);
                     }
-                    Ok(FromNode::NodeDied { node: dead, .. }) => {
+                    Ok(m @ FromNode::NodeDied { node: dead, .. }) => {
+                        // Published to this node's processes too: their leases there end now.
                         let mut st = node.lock();
+                        let all: Vec<ConnId> = st.conns.iter().filter(|(_, c)| c.registered).map(|(k, _)| *k).collect();
+                        for c in all {
+                            node.send(&st, c, &m);
+                        }
                         node.actors_node_died(&mut st, dead);
                     }
                     Ok(FromNode::Log { node: origin, stderr, lines }) => {

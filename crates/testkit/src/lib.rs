@@ -222,8 +222,20 @@ impl Cluster {
         args: &[Vec<String>],
         within: std::time::Duration,
     ) -> Result<Cluster, String> {
+        Self::start_with(hosts, ferry, args, &[], within)
+    }
+
+    /// [`Cluster::start`] with extra environment for the head (`FERRY_NODE_TIMEOUT_MS`, ...).
+    pub fn start_with(
+        hosts: &Hosts,
+        ferry: &str,
+        args: &[Vec<String>],
+        head_env: &[(&str, &str)],
+        within: std::time::Duration,
+    ) -> Result<Cluster, String> {
         let end = std::time::Instant::now() + within;
         let mut cmd = hosts.command(0, ferry);
+        cmd.envs(head_env.iter().copied());
         cmd.args(["start", "--head", "--host", hosts.addr(0), "--port", "0", "--block"]);
         cmd.args(args.first().cloned().unwrap_or_default());
         let head = Head::start(cmd, within)?;
