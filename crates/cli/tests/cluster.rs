@@ -114,6 +114,9 @@ extern "C" fn job_entry() {
     if let Ok(address) = std::env::var("FERRY_TEST_FREEZE_JOB") {
         freeze_job(&address);
     }
+    if let Ok(address) = std::env::var("FERRY_TEST_LINEAGE_JOB") {
+        lineage_job(&address);
+    }
     let Ok(address) = std::env::var("FERRY_TEST_CLUSTER_JOB") else { return };
     if let Err(e) = ferry::init(ferry::Config::default().address(&address)) {
         println!("FAIL init: {e}");
@@ -199,6 +202,39 @@ fn freeze_job(address: &str) -> ! {
     match ferry::get_timeout(&r, Duration::from_secs(20)) {
         Ok(n) if n != target.node => println!("retried on another node after {:.2}s", t.elapsed().as_secs_f64()),
         other => println!("FAIL: {other:?}"),
+    }
+    ferry::shutdown();
+    std::process::exit(0);
+}
+
+/// The job of the lineage test: an 8 MiB object made on a member (soft affinity: it may be
+/// made again elsewhere), the harness kills that member, then a task reads the object and the
+/// driver gets it: both need it made again from its lineage.
+fn lineage_job(address: &str) -> ! {
+    ferry::init(ferry::Config::default().address(address)).unwrap();
+    let me = ferry::node_id().unwrap();
+    let target = ferry::nodes().unwrap().into_iter().find(|n| n.node != me && n.alive).unwrap();
+    let s = SchedulingStrategy::NodeAffinity { node: target.node, soft: true };
+    let n = 8 << 20;
+    let data = big::options().scheduling_strategy(s.clone()).remote(n, 5);
+    let (made_on, sum) = ferry::get(&checksum::options().scheduling_strategy(s).remote(&data)).unwrap();
+    assert_eq!((made_on, sum), (target.node, expected_checksum(n, 5)));
+    println!("kill {}", target.addr);
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while ferry::nodes().unwrap().iter().any(|v| v.node == target.node && v.alive) {
+        assert!(std::time::Instant::now() < end, "the node was never declared dead");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t = std::time::Instant::now();
+    let r = checksum::remote(&data);
+    match ferry::get_timeout(&r, Duration::from_secs(20)) {
+        Ok((_, sum)) if sum == expected_checksum(n, 5) => println!("task ok after {:.2}s", t.elapsed().as_secs_f64()),
+        other => println!("FAIL task: {other:?}"),
+    }
+    match ferry::get_timeout(&data, Duration::from_secs(20)) {
+        Ok(v) if v.iter().map(|x| *x as u64).sum::<u64>() == expected_checksum(n, 5) => println!("get ok"),
+        Ok(_) => println!("FAIL get: wrong bytes"),
+        Err(err) => println!("FAIL get: {err}"),
     }
     ferry::shutdown();
     std::process::exit(0);
@@ -584,4 +620,41 @@ fn signal(pid: u32, sig: i32) {
     }
     // SAFETY: a plain syscall on a process this test started.
     unsafe { kill(pid as i32, sig) };
+}
+
+/// An object whose only copy was on a node that was killed is made again from its lineage,
+/// both when a task needs it and when the driver gets it.
+#[test]
+fn an_object_lost_with_its_node_is_made_again() {
+    use std::io::BufRead;
+    let hosts = Hosts::new(3).expect("network namespaces (needs root and `ip`)");
+    let ferry = env!("CARGO_BIN_EXE_ferry");
+    let one = || vec!["--num-cpus".to_string(), "1".to_string()];
+    let mut cluster =
+        Cluster::start_with(&hosts, ferry, &[one(), one(), one()], &[("FERRY_NODE_TIMEOUT_MS", "1000")], T).unwrap();
+    let mut job = hosts
+        .command(0, std::env::current_exe().unwrap())
+        .env("FERRY_TEST_LINEAGE_JOB", &cluster.head.address)
+        .env("FERRY_TOKEN", &cluster.head.token)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = Vec::new();
+    for line in std::io::BufReader::new(job.stdout.take().unwrap()).lines().map_while(Result::ok) {
+        if let Some(addr) = line.strip_prefix("kill ") {
+            let m = cluster.members.iter_mut().find(|m| m.address == addr).expect("the target is a member");
+            let _ = m.child.kill();
+            let _ = m.child.wait();
+        } else {
+            out.push(line);
+        }
+    }
+    let exited = wait_exit(&mut job, T);
+    if exited.is_err() {
+        let _ = job.kill();
+    }
+    eprintln!("{out:?}");
+    assert!(out.iter().any(|l| l.starts_with("task ok")), "{out:?}");
+    assert!(out.iter().any(|l| l == "get ok"), "{out:?}");
+    drop(cluster);
 }

@@ -122,7 +122,7 @@ fn proc_of(w: WorkerId) -> usize {
 
 impl Sim {
     fn new() -> Sim {
-        let limits = OwnerLimits { max_in_flight: 16, max_pending_requests: 1 };
+        let limits = OwnerLimits { max_in_flight: 16, max_pending_requests: 1, max_lineage_bytes: 1 << 20 };
         Sim {
             procs: (0..PROCS).map(|p| OwnerState::new(wid(p), limits.clone())).collect(),
             handles: Vec::new(),

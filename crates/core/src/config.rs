@@ -35,6 +35,9 @@ pub struct Config {
     pub max_tasks_in_flight_per_worker: usize,
     /// Lease requests one owner keeps outstanding per scheduling class. Default 2.
     pub max_pending_lease_requests: usize,
+    /// Bytes of task arguments an owner keeps to make lost objects again (lineage). Objects
+    /// made past it are not reconstructable. Default 256 MiB.
+    pub max_lineage_bytes: usize,
     /// A lease unused this long is returned to the daemon. Env: `FERRY_LEASE_IDLE_MS`.
     /// Default 1 s (the daemon also recalls idle leases at once when it runs short).
     pub lease_idle_timeout: Duration,
@@ -67,6 +70,7 @@ impl Default for Config {
             spill_dir: std::env::var_os("FERRY_SPILL_DIR").map(Into::into),
             max_tasks_in_flight_per_worker: env("FERRY_MAX_TASKS_IN_FLIGHT").unwrap_or(16).max(1),
             max_pending_lease_requests: 2,
+            max_lineage_bytes: 256 << 20,
             lease_idle_timeout: Duration::from_millis(env("FERRY_LEASE_IDLE_MS").unwrap_or(1000)),
             prestart_workers: env("FERRY_PRESTART_WORKERS"),
             max_workers: env("FERRY_MAX_WORKERS").unwrap_or(4096),

@@ -471,18 +471,37 @@ fn wait_ready(rt: &'static Runtime, id: ObjectId, timeout: Option<Duration>) -> 
     }
 }
 
+/// Waits for `id` and decodes it. An owned object whose every copy was lost (its node died)
+/// is made again from its lineage, and waited for again.
+fn get_value<T: DeserializeOwned + 'static>(
+    rt: &'static Runtime,
+    id: ObjectId,
+    timeout: Option<Duration>,
+) -> Result<T> {
+    let deadline = timeout.map(|d| Instant::now() + d);
+    let mut remade = 0;
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let ready = wait_ready(rt, id, left)?;
+        match decode_ready(rt, id, ready) {
+            // Bounded: each round re-runs the task, which has retries of its own.
+            Err(Error::ObjectLost { .. }) if id.owner() == rt.me && remade < 16 => {
+                remade += 1;
+                rt.with_state(|st, fx| st.reconstruct(id, fx))?;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Waits for the object and returns its value.
 pub fn get<T: DeserializeOwned + 'static>(r: &ObjectRef<T>) -> Result<T> {
-    let rt = runtime()?;
-    let ready = wait_ready(rt, r.id(), None)?;
-    decode_ready(rt, r.id(), ready)
+    get_value(runtime()?, r.id(), None)
 }
 
 /// Like [`get`], giving up with [`Error::Timeout`] after `timeout`.
 pub fn get_timeout<T: DeserializeOwned + 'static>(r: &ObjectRef<T>, timeout: Duration) -> Result<T> {
-    let rt = runtime()?;
-    let ready = wait_ready(rt, r.id(), Some(timeout))?;
-    decode_ready(rt, r.id(), ready)
+    get_value(runtime()?, r.id(), Some(timeout))
 }
 
 /// Gets every object, in order; the first error is returned.
@@ -518,9 +537,7 @@ pub fn get_all<T: DeserializeOwned + 'static>(refs: &[ObjectRef<T>]) -> Result<V
 /// Waits for a byte vector (`Vec<u8>` or [`Bytes`]) and returns a zero-copy view of it: a
 /// slice of the shared-memory store, or of the owner's memory for small values.
 pub fn get_bytes<T: bytes::ByteValue>(r: &ObjectRef<T>) -> Result<Bytes> {
-    let rt = runtime()?;
-    let ready = wait_ready(rt, r.id(), None)?;
-    decode_ready::<Bytes>(rt, r.id(), ready)
+    get_value::<Bytes>(runtime()?, r.id(), None)
 }
 
 /// Stores a value and returns an owned reference to it. Small values stay in this

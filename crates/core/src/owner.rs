@@ -224,11 +224,28 @@ pub(crate) struct Exports {
 /// Arguments smaller than this in all are not worth choosing a node for.
 pub(crate) const LOCALITY_MIN_BYTES: u64 = 1 << 20;
 
+/// How an owned stored object was made, kept while the object lives so that it can be made
+/// again if every copy is lost (lineage reconstruction, DESIGN §8). Its arguments stay held
+/// (`submitted`) meanwhile, so that they can be remade too.
+#[derive(Debug, Clone)]
+struct Lineage {
+    function: &'static str,
+    name: Arc<str>,
+    args: Vec<ArgDraft>,
+    class: usize,
+    /// Re-executions left (the task's `max_retries`, shared with its retries).
+    retries_left: u32,
+    /// Bytes of inline argument values it keeps.
+    bytes: usize,
+}
+
 /// Tunables the table needs.
 #[derive(Debug, Clone)]
 pub(crate) struct OwnerLimits {
     pub max_in_flight: usize,
     pub max_pending_requests: usize,
+    /// Bytes of task arguments kept for lineage; past it, new objects are not reconstructable.
+    pub max_lineage_bytes: usize,
 }
 
 /// See the module docs.
@@ -259,6 +276,13 @@ pub(crate) struct OwnerState {
     /// Processes known to be dead: they are never counted as borrowers again (a task still
     /// running for a dead caller must not pin its return's refs for nobody).
     dead_peers: HashSet<WorkerId>,
+    /// How each owned stored object was made (see [`Lineage`]), and the bytes this keeps.
+    lineage: HashMap<ObjectId, Lineage>,
+    lineage_bytes: usize,
+    /// Nodes declared dead: objects stored there are lost.
+    dead_nodes: HashSet<NodeId>,
+    /// Objects made again so far (visible in `memory_summary` figures and tests).
+    pub reconstructions: u64,
 }
 
 impl OwnerState {
@@ -281,6 +305,10 @@ impl OwnerState {
             node_short: false,
             unregistered: HashSet::default(),
             dead_peers: HashSet::default(),
+            lineage: HashMap::default(),
+            lineage_bytes: 0,
+            dead_nodes: HashSet::default(),
+            reconstructions: 0,
         }
     }
 
@@ -371,6 +399,9 @@ impl OwnerState {
         if owned {
             if let ObjState::Ready(Ready::Stored { node, .. }) = e.state {
                 fx.frees.push((node, id));
+            }
+            if let Some(l) = self.lineage.remove(&id) {
+                self.drop_lineage_of(l, fx);
             }
         } else {
             self.unregistered.remove(&id);
@@ -542,6 +573,11 @@ impl OwnerState {
     /// A task is over: release its arguments and the actor handles it carried.
     fn task_over(&mut self, t: &TaskEntry, fx: &mut Effects) {
         self.release_args(&t.args, fx);
+        self.task_over_keeping_args(t, fx);
+    }
+
+    /// [`Self::task_over`] but for its arguments (kept by a lineage).
+    fn task_over_keeping_args(&mut self, t: &TaskEntry, fx: &mut Effects) {
         for a in &t.exported.actors {
             self.actor_handle_dropped(*a, fx);
         }
@@ -699,10 +735,159 @@ impl OwnerState {
             Some(Return::Stored { size, node }) => ObjState::Ready(Ready::Stored { size, node, view: None }),
             None => ObjState::Failed(Error::Serialization { detail: format!("task {} returned nothing", t.name) }),
         };
+        // A value holding refs is not made again (its refs would be pinned twice).
+        let stored = matches!(state, ObjState::Ready(Ready::Stored { .. })) && contained.is_empty();
         self.resolve_with(t.ret, state, contained, fx);
         self.returned_actors(t.ret, inside.actors, fx);
-        self.task_over(&t, fx);
+        if stored && self.keep_lineage(&t, fx) {
+            // Its arguments stay held by the lineage; the rest of the task ends.
+            self.task_over_keeping_args(&t, fx);
+        } else {
+            self.task_over(&t, fx);
+        }
         self.after_reply(&t, fx);
+    }
+
+    /// Keeps how `t`'s stored return was made, if it can be made again (a normal task whose
+    /// arguments hold no refs or handles inside values) and the lineage budget allows.
+    fn keep_lineage(&mut self, t: &TaskEntry, fx: &mut Effects) -> bool {
+        if t.actor.is_some() || !t.exported.refs.is_empty() || !t.exported.actors.is_empty() {
+            return false;
+        }
+        if !self.objects.contains_key(&t.ret) {
+            return false;
+        }
+        let bytes: usize = t.args.iter().map(|a| if let ArgDraft::Value(v) = a { v.len() } else { 0 }).sum();
+        if self.lineage_bytes + bytes > self.limits.max_lineage_bytes {
+            return false;
+        }
+        let lin = Lineage {
+            function: t.function,
+            name: t.name.clone(),
+            args: t.args.clone(),
+            class: t.class,
+            retries_left: t.retries_left,
+            bytes,
+        };
+        self.lineage_bytes += bytes;
+        if let Some(old) = self.lineage.insert(t.ret, lin) {
+            self.drop_lineage_of(old, fx);
+        }
+        true
+    }
+
+    fn drop_lineage_of(&mut self, old: Lineage, fx: &mut Effects) {
+        self.lineage_bytes = self.lineage_bytes.saturating_sub(old.bytes);
+        self.release_args(&old.args, fx);
+    }
+
+    /// The node `n` is dead: what it stored is lost (made again on demand, from lineage).
+    pub fn node_dead(&mut self, n: NodeId) {
+        self.dead_nodes.insert(n);
+    }
+
+    /// Makes the owned object `id` again: its task runs once more (and, first, the tasks of
+    /// its lost arguments), the object is pending until then. An error says why it cannot be.
+    pub fn reconstruct(&mut self, id: ObjectId, fx: &mut Effects) -> Result<(), Error> {
+        if self.tasks.contains_key(&id.task) {
+            return Ok(()); // Already being made again.
+        }
+        let lost = |why: String| Error::ObjectLost { object: id, reason: why };
+        let Some(lin) = self.lineage.get_mut(&id) else {
+            return Err(lost(
+                "every copy was lost, and it cannot be made again: it was `put`, or made by an actor, or its \
+                 lineage was not kept (Config::max_lineage_bytes)"
+                    .into(),
+            ));
+        };
+        if lin.retries_left == 0 {
+            return Err(lost(format!(
+                "every copy was lost and task {} has no retries left to make it again",
+                lin.name
+            )));
+        }
+        lin.retries_left -= 1;
+        let lin = lin.clone();
+        // Lost arguments first.
+        let mut waiting = 0;
+        for a in &lin.args {
+            if let ArgDraft::Ref(arg) = a {
+                let on_dead = matches!(self.objects.get(arg).map(|e| &e.state),
+                    Some(ObjState::Ready(Ready::Stored { node, .. })) if self.dead_nodes.contains(node));
+                if on_dead && arg.owner() == self.me {
+                    self.reconstruct(*arg, fx)?;
+                }
+            }
+        }
+        for a in &lin.args {
+            if let ArgDraft::Ref(arg) = a {
+                if let Some(e) = self.objects.get_mut(arg) {
+                    e.submitted += 1;
+                    if matches!(e.state, ObjState::Pending) {
+                        waiting += 1;
+                        e.rare().dependents.push(id.task);
+                    }
+                }
+            }
+        }
+        if let Some(e) = self.objects.get_mut(&id) {
+            e.state = ObjState::Pending;
+        }
+        self.reconstructions += 1;
+        let state = if waiting > 0 { TaskState::WaitingDeps(waiting) } else { TaskState::Queued };
+        let depth = self.depth;
+        self.tasks.insert(
+            id.task,
+            TaskEntry {
+                function: lin.function,
+                name: lin.name.clone(),
+                args: lin.args.clone(),
+                class: lin.class,
+                actor: None,
+                create: None,
+                exported: Exports::default(),
+                depth,
+                retries_left: lin.retries_left,
+                state,
+                ret: id,
+            },
+        );
+        if state == TaskState::Queued {
+            self.classes[lin.class].queue.push_back(id.task);
+            self.pump(lin.class, fx);
+        }
+        Ok(())
+    }
+
+    /// A task failed because an argument could not be read (its node died): its lost
+    /// arguments are made again and it runs again, if it may. Gives the task back if not.
+    fn retry_after_lost_args(&mut self, mut t: Box<TaskEntry>, fx: &mut Effects) -> Result<(), Box<TaskEntry>> {
+        if t.retries_left == 0 || t.actor.is_some() {
+            return Err(t);
+        }
+        let mut remade = Vec::new();
+        for a in &t.args {
+            if let ArgDraft::Ref(arg) = a {
+                let stored =
+                    matches!(self.objects.get(arg).map(|e| &e.state), Some(ObjState::Ready(Ready::Stored { .. })));
+                if stored && arg.owner() == self.me && self.reconstruct(*arg, fx).is_ok() {
+                    remade.push(*arg);
+                }
+            }
+        }
+        if remade.is_empty() {
+            return Err(t);
+        }
+        // The task again, waiting for them (its arguments are still held: it never ended).
+        t.retries_left -= 1;
+        t.state = TaskState::WaitingDeps(remade.len() as u32);
+        for arg in &remade {
+            if let Some(e) = self.objects.get_mut(arg) {
+                e.rare().dependents.push(t.ret.task);
+            }
+        }
+        self.tasks.insert(t.ret.task, *t);
+        Ok(())
     }
 
     /// Pins the refs a reply says its value contains; returns those pinned. Borrowed ones
@@ -791,6 +976,19 @@ impl OwnerState {
     pub fn on_failed(&mut self, task: TaskId, err: ferry_proto::msg::TaskError, fx: &mut Effects) {
         let Some(t) = self.finish_push(task, fx) else {
             return;
+        };
+        let t = match err {
+            ferry_proto::msg::TaskError::ArgumentUnavailable { .. } => {
+                let class = t.class;
+                match self.retry_after_lost_args(Box::new(t), fx) {
+                    Ok(()) => {
+                        self.pump(class, fx);
+                        return;
+                    }
+                    Err(t) => *t,
+                }
+            }
+            _ => t,
         };
         self.task_over(&t, fx);
         self.resolve(t.ret, ObjState::Failed(Error::from_task(&t.name, err)), fx);

@@ -48,20 +48,54 @@ struct Model {
     unfinished: Vec<ModelTask>,
     failed: HashSet<ObjectId>,
     stored: HashSet<ObjectId>,
+    /// Finished tasks with a stored return: while the return lives, its lineage holds the
+    /// task's arguments (so that it could be made again).
+    kept: Vec<ModelTask>,
 }
 
 impl Model {
     fn pending(&self, o: ObjectId) -> bool {
         self.unfinished.iter().any(|t| t.ret == o)
     }
+    /// Everything held: handles, unfinished tasks and their arguments, and (to a fixpoint)
+    /// the arguments of kept lineages whose return is held.
+    fn live(&self) -> HashSet<ObjectId> {
+        let mut live: HashSet<ObjectId> = self.handles.iter().copied().collect();
+        for t in &self.unfinished {
+            live.insert(t.ret);
+            live.extend(t.args.iter().copied());
+        }
+        loop {
+            let before = live.len();
+            for k in &self.kept {
+                if live.contains(&k.ret) {
+                    live.extend(k.args.iter().copied());
+                }
+            }
+            if live.len() == before {
+                return live;
+            }
+        }
+    }
     fn alive(&self, o: ObjectId) -> bool {
-        self.handles.contains(&o) || self.unfinished.iter().any(|t| t.ret == o || t.args.contains(&o))
+        self.live().contains(&o)
     }
     fn local(&self, o: ObjectId) -> u32 {
         self.handles.iter().filter(|h| **h == o).count() as u32
     }
     fn submitted(&self, o: ObjectId) -> u32 {
-        self.unfinished.iter().map(|t| t.args.iter().filter(|a| **a == o).count() as u32).sum()
+        let live = self.live();
+        let kept = self.kept.iter().filter(|k| live.contains(&k.ret));
+        self.unfinished.iter().chain(kept).map(|t| t.args.iter().filter(|a| **a == o).count() as u32).sum()
+    }
+
+    /// A task finished with its value: a stored one keeps its lineage while it lives.
+    fn finished(&mut self, t: &ModelTask) {
+        let held = self.live().contains(&t.ret);
+        self.unfinished.retain(|x| x.task != t.task);
+        if t.stored_return && held {
+            self.kept.push(t.clone());
+        }
     }
     /// A task can finish when it was pushed: all its arguments are ready.
     fn pushed(&self) -> Vec<usize> {
@@ -90,7 +124,10 @@ impl Harness {
     fn new() -> Harness {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         Harness {
-            st: OwnerState::new(WorkerId(1), OwnerLimits { max_in_flight: 100_000, max_pending_requests: 1 }),
+            st: OwnerState::new(
+                WorkerId(1),
+                OwnerLimits { max_in_flight: 100_000, max_pending_requests: 1, max_lineage_bytes: 1 << 20 },
+            ),
             conn: Arc::new(Conn::new(Stream::Unix(a))),
             _peer: b,
             next_lease: 1,
@@ -213,7 +250,7 @@ fn run(ops: Vec<Op>) {
                         Return::Inline(vec![0])
                     };
                     h.st.on_done(t.task, vec![ret], Default::default(), &mut fx);
-                    m.unfinished.retain(|x| x.task != t.task);
+                    m.finished(&t);
                 } else {
                     h.st.on_failed(t.task, TaskError::Cancelled, &mut fx);
                     m.fail(t.ret);
@@ -237,7 +274,7 @@ fn run(ops: Vec<Op>) {
         }
         let ret = if t.stored_return { Return::Stored { size: 10, node: NodeId(1) } } else { Return::Inline(vec![0]) };
         h.st.on_done(t.task, vec![ret], Default::default(), &mut fx);
-        m.unfinished.retain(|x| x.task != t.task);
+        m.finished(&t);
         h.settle(fx);
         check(&h, &m, &all);
     }

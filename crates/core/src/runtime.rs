@@ -184,6 +184,7 @@ impl Runtime {
         let limits = OwnerLimits {
             max_in_flight: cfg.max_tasks_in_flight_per_worker,
             max_pending_requests: cfg.max_pending_lease_requests.max(1),
+            max_lineage_bytes: cfg.max_lineage_bytes,
         };
         let rt = Runtime {
             me: id.me,
@@ -560,6 +561,7 @@ impl Runtime {
         if n == self.node_id {
             return;
         }
+        self.with_state(|st, _| st.node_dead(n));
         let workers: Vec<WorkerId> = {
             let mut l = self.lock_leases();
             let w = l.routes.values().filter(|(node, ..)| *node == n).map(|(.., w)| *w).collect();
