@@ -35,8 +35,9 @@ pub struct Config {
     pub max_tasks_in_flight_per_worker: usize,
     /// Lease requests one owner keeps outstanding per scheduling class. Default 2.
     pub max_pending_lease_requests: usize,
-    /// Bytes of task arguments an owner keeps to make lost objects again (lineage). Objects
-    /// made past it are not reconstructable. Default 256 MiB.
+    /// Bytes of task arguments (inline values, and stored objects they hold) an owner keeps to
+    /// make lost objects again (lineage). Objects made past it are not reconstructable.
+    /// Default 256 MiB.
     pub max_lineage_bytes: usize,
     /// A lease unused this long is returned to the daemon. Env: `FERRY_LEASE_IDLE_MS`.
     /// Default 1 s (the daemon also recalls idle leases at once when it runs short).

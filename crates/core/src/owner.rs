@@ -235,7 +235,7 @@ struct Lineage {
     class: usize,
     /// Re-executions left (the task's `max_retries`, shared with its retries).
     retries_left: u32,
-    /// Bytes of inline argument values it keeps.
+    /// Bytes of argument values it keeps (inline, and stored objects it holds).
     bytes: usize,
 }
 
@@ -757,7 +757,19 @@ impl OwnerState {
         if !self.objects.contains_key(&t.ret) {
             return false;
         }
-        let bytes: usize = t.args.iter().map(|a| if let ArgDraft::Value(v) = a { v.len() } else { 0 }).sum();
+        // What it keeps alive: its inline arguments, and the stored objects among its ref
+        // arguments (a lineage holds its arguments' values, not only their names).
+        let bytes: usize = t
+            .args
+            .iter()
+            .map(|a| match a {
+                ArgDraft::Value(v) => v.len(),
+                ArgDraft::Ref(id) => match self.objects.get(id).map(|e| &e.state) {
+                    Some(ObjState::Ready(Ready::Stored { size, .. })) => *size as usize,
+                    _ => 0,
+                },
+            })
+            .sum();
         if self.lineage_bytes + bytes > self.limits.max_lineage_bytes {
             return false;
         }
