@@ -40,6 +40,105 @@ fn on(n: NodeId) -> SchedulingStrategy {
     SchedulingStrategy::NodeAffinity { node: n, soft: false }
 }
 
+/// One link of the recovery chain: 10 ms of work on the previous link's value.
+#[ferry::remote]
+fn link(prev: u64, ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    prev + 1
+}
+
+/// The recovery experiment's job (the Ownership paper's chain, small objects): a chain of
+/// 10 ms tasks on one member, without and then with that member killed halfway (the parent
+/// kills it when this prints `kill ADDR`); then how long the head takes to declare a frozen
+/// member dead (the parent freezes it on `freeze ADDR`).
+pub fn recovery_job(address: &str) {
+    use std::io::Write;
+    ferry::init(ferry::Config::default().address(address)).expect("join the cluster");
+    let me = ferry::node_id().unwrap();
+    let members: Vec<ferry::NodeInfo> = ferry::nodes().unwrap().into_iter().filter(|n| n.node != me).collect();
+    let n = 1000u64;
+    let chain = |victim: Option<&ferry::NodeInfo>| {
+        let on = SchedulingStrategy::NodeAffinity { node: members[0].node, soft: true };
+        let t = Instant::now();
+        let mut refs = Vec::with_capacity(n as usize);
+        let mut prev = link::options().scheduling_strategy(on.clone()).remote(0u64, 10);
+        refs.push(prev.clone());
+        for _ in 1..n {
+            prev = link::options().scheduling_strategy(on.clone()).remote(&prev, 10);
+            refs.push(prev.clone());
+        }
+        if let Some(v) = victim {
+            ferry::get(&refs[(n / 2) as usize]).unwrap();
+            println!("kill {}", v.addr);
+            std::io::stdout().flush().unwrap();
+        }
+        let last = ferry::get(&prev).expect("the chain finishes");
+        assert_eq!(last, n);
+        t.elapsed().as_secs_f64()
+    };
+    emit("recovery_chain_10ms_nofail_s", chain(None), "s");
+    emit("recovery_chain_10ms_fail_s", chain(Some(&members[0])), "s");
+    // Detection: the other member frozen (sockets open, heartbeats stopped).
+    let frozen = &members[1];
+    println!("freeze {}", frozen.addr);
+    std::io::stdout().flush().unwrap();
+    let t = Instant::now();
+    while ferry::nodes().unwrap().iter().any(|v| v.node == frozen.node && v.alive) {
+        assert!(t.elapsed() < Duration::from_secs(30), "never declared dead");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    emit("node_death_detect_s", t.elapsed().as_secs_f64(), "s");
+    info("heartbeat timeout 1 s (FERRY_NODE_TIMEOUT_MS=1000), heartbeats every 100 ms");
+    ferry::shutdown();
+}
+
+/// `ferry-bench recovery`: the recovery job on three namespace nodes, the parent killing and
+/// freezing members when it asks.
+pub fn recovery_group() {
+    use std::io::BufRead;
+    let here = std::env::current_exe().unwrap();
+    let ferry = here.with_file_name("ferry").to_string_lossy().to_string();
+    let hosts = ferry_testkit::Hosts::new(3).expect("network namespaces (run as root, with `ip`)");
+    let one = || vec!["--num-cpus".to_string(), "1".to_string()];
+    let mut cluster = ferry_testkit::Cluster::start_with(
+        &hosts,
+        &ferry,
+        &[one(), one(), one()],
+        &[("FERRY_NODE_TIMEOUT_MS", "1000")],
+        Duration::from_secs(60),
+    )
+    .expect("cluster");
+    info("recovery: 3 namespace nodes, 1 CPU each; a chain of 1,000 10 ms tasks on one member");
+    let mut job = hosts
+        .command(0, &here)
+        .env("FERRY_BENCH_RECOVERY", &cluster.head.address)
+        .env("FERRY_TOKEN", &cluster.head.token)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the job");
+    let mut frozen = None;
+    for line in std::io::BufReader::new(job.stdout.take().unwrap()).lines().map_while(Result::ok) {
+        if let Some(addr) = line.strip_prefix("kill ") {
+            if let Some(m) = cluster.members.iter_mut().find(|m| m.address == addr) {
+                let _ = m.child.kill();
+            }
+        } else if let Some(addr) = line.strip_prefix("freeze ") {
+            if let Some(m) = cluster.members.iter().find(|m| m.address == addr) {
+                // SAFETY: a plain syscall on a process this bench started.
+                unsafe { libc::kill(m.child.id() as i32, libc::SIGSTOP) };
+                frozen = Some(m.child.id());
+            }
+        } else {
+            println!("{line}");
+        }
+    }
+    let _ = job.wait();
+    if let Some(pid) = frozen {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    }
+}
+
 /// The job, on the head's host: prints figures for the parent to pass on.
 pub fn job(address: &str) {
     ferry::init(ferry::Config::default().address(address)).expect("join the cluster");

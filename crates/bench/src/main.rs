@@ -678,12 +678,16 @@ fn group_spill_child() {
 }
 
 const GROUPS: &[&str] = &["memory", "tasks", "objects", "refs", "actors", "spill"];
-const LATER: &[(&str, &str)] = &[("recovery", "issue 6")];
+const LATER: &[(&str, &str)] = &[];
 
 fn main() {
     let t_main = Instant::now();
     if let Ok(address) = std::env::var("FERRY_BENCH_JOB") {
         cluster::job(&address);
+        return;
+    }
+    if let Ok(address) = std::env::var("FERRY_BENCH_RECOVERY") {
+        cluster::recovery_job(&address);
         return;
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -694,6 +698,10 @@ fn main() {
             // Its own processes on namespace hosts; nothing to start here.
             info(&format!("ferry {} cluster (namespace hosts)", env!("CARGO_PKG_VERSION")));
             return cluster::group();
+        }
+        Some("recovery") => {
+            info(&format!("ferry {} recovery (namespace hosts)", env!("CARGO_PKG_VERSION")));
+            return cluster::recovery_group();
         }
         _ => {}
     }
