@@ -35,6 +35,12 @@ fn checksum(data: Vec<u8>) -> (NodeId, u64) {
     (ferry::node_id().unwrap(), data.iter().map(|b| *b as u64).sum())
 }
 
+/// Adds one to every byte.
+#[ferry::remote]
+fn bump(data: Vec<u8>) -> Vec<u8> {
+    data.into_iter().map(|b| b.wrapping_add(1)).collect()
+}
+
 /// Puts objects in a worker (so that the worker owns them) and returns refs to them.
 #[ferry::remote]
 fn put_some(n: u64) -> Vec<ObjectRef<u64>> {
@@ -217,8 +223,28 @@ fn lineage_job(address: &str) -> ! {
     let s = SchedulingStrategy::NodeAffinity { node: target.node, soft: true };
     let n = 8 << 20;
     let data = big::options().scheduling_strategy(s.clone()).remote(n, 5);
-    let (made_on, sum) = ferry::get(&checksum::options().scheduling_strategy(s).remote(&data)).unwrap();
+    let (made_on, sum) = ferry::get(&checksum::options().scheduling_strategy(s.clone()).remote(&data)).unwrap();
     assert_eq!((made_on, sum), (target.node, expected_checksum(n, 5)));
+    // A chain whose first link's value is released (nothing holds it but the second link's
+    // lineage): making the second again needs the first made again too.
+    let first = big::options().scheduling_strategy(s.clone()).remote(n, 3);
+    let second = bump::options().scheduling_strategy(s).remote(&first);
+    ferry::wait(std::slice::from_ref(&second), 1, None).unwrap();
+    drop(first);
+    // Its value goes from the store (the lineage keeps only its name): `data` and `second` stay.
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let objects = ferry::nodes().unwrap().iter().find(|v| v.node == target.node).map(|v| v.objects);
+        if objects == Some(2) {
+            println!("released ok");
+            break;
+        }
+        if std::time::Instant::now() > end {
+            println!("FAIL released: {objects:?} objects on the node");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     println!("kill {}", target.addr);
     let end = std::time::Instant::now() + Duration::from_secs(20);
     while ferry::nodes().unwrap().iter().any(|v| v.node == target.node && v.alive) {
@@ -235,6 +261,12 @@ fn lineage_job(address: &str) -> ! {
         Ok(v) if v.iter().map(|x| *x as u64).sum::<u64>() == expected_checksum(n, 5) => println!("get ok"),
         Ok(_) => println!("FAIL get: wrong bytes"),
         Err(err) => println!("FAIL get: {err}"),
+    }
+    let want: Vec<u8> = (0..n).map(|i| (i as u8).wrapping_mul(3).wrapping_add(1)).collect();
+    match ferry::get_timeout(&second, Duration::from_secs(20)) {
+        Ok(v) if v == want => println!("chain ok"),
+        Ok(_) => println!("FAIL chain: wrong bytes"),
+        Err(err) => println!("FAIL chain: {err}"),
     }
     ferry::shutdown();
     std::process::exit(0);
@@ -656,5 +688,7 @@ fn an_object_lost_with_its_node_is_made_again() {
     eprintln!("{out:?}");
     assert!(out.iter().any(|l| l.starts_with("task ok")), "{out:?}");
     assert!(out.iter().any(|l| l == "get ok"), "{out:?}");
+    assert!(out.iter().any(|l| l == "chain ok"), "{out:?}");
+    assert!(out.iter().any(|l| l == "released ok"), "{out:?}");
     drop(cluster);
 }

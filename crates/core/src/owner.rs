@@ -68,6 +68,9 @@ pub(crate) enum ObjState {
     Pending,
     Ready(Ready),
     Failed(Error),
+    /// Nothing holds it but lineages of objects made from it: its value is gone (freed), its
+    /// entry stays so that it can be made again if one of them must be.
+    Released,
 }
 
 #[derive(Debug)]
@@ -99,6 +102,8 @@ struct Rare {
     remote_waiters: Vec<(WorkerId, Arc<Conn>)>,
     /// Owned objects: actors whose handles are inside its value, each held once for it.
     actors: Vec<ActorId>,
+    /// Owned objects: lineages naming it as an argument (see `Lineage`).
+    lineage_pins: u32,
 }
 
 impl ObjEntry {
@@ -232,6 +237,9 @@ struct Lineage {
     function: &'static str,
     name: Arc<str>,
     args: Vec<ArgDraft>,
+    /// Per argument: held by name (its own lineage can make it again, so only its entry is
+    /// kept) or by value (a `put` object, or one without lineage: its value is kept).
+    by_name: Vec<bool>,
     class: usize,
     /// Re-executions left (the task's `max_retries`, shared with its retries).
     retries_left: u32,
@@ -388,6 +396,15 @@ impl OwnerState {
             || !e.borrowers.is_empty()
             || (owned && matches!(e.state, ObjState::Pending))
         {
+            return None;
+        }
+        if owned && e.rare.as_ref().is_some_and(|r| r.lineage_pins > 0) {
+            // Only lineages name it: its value goes, its entry (and its own lineage) stays.
+            let e = self.objects.get_mut(&id).expect("checked");
+            if let ObjState::Ready(Ready::Stored { node, .. }) = e.state {
+                fx.frees.push((node, id));
+            }
+            e.state = ObjState::Released;
             return None;
         }
         let mut e = self.objects.remove(&id).expect("checked");
@@ -552,7 +569,7 @@ impl OwnerState {
                         Arg::Stored { object: *id, size: *size, node: *node }
                     }
                     Some(ObjState::Failed(e)) => return Err(e.clone()),
-                    Some(ObjState::Pending) | None => {
+                    Some(ObjState::Pending | ObjState::Released) | None => {
                         return Err(Error::ObjectLost {
                             object: *id,
                             reason: "argument vanished before its task ran".into(),
@@ -757,13 +774,20 @@ impl OwnerState {
         if !self.objects.contains_key(&t.ret) {
             return false;
         }
-        // What it keeps alive: its inline arguments, and the stored objects among its ref
-        // arguments (a lineage holds its arguments' values, not only their names).
+        // Arguments that can themselves be made again are held by name only; others (put
+        // objects, borrowed ones, ones without lineage) by value, which the budget counts.
+        let by_name: Vec<bool> = t
+            .args
+            .iter()
+            .map(|a| matches!(a, ArgDraft::Ref(id) if id.owner() == self.me && self.lineage.contains_key(id)))
+            .collect();
         let bytes: usize = t
             .args
             .iter()
-            .map(|a| match a {
+            .zip(&by_name)
+            .map(|(a, named)| match a {
                 ArgDraft::Value(v) => v.len(),
+                ArgDraft::Ref(_) if *named => 0,
                 ArgDraft::Ref(id) => match self.objects.get(id).map(|e| &e.state) {
                     Some(ObjState::Ready(Ready::Stored { size, .. })) => *size as usize,
                     _ => 0,
@@ -773,10 +797,29 @@ impl OwnerState {
         if self.lineage_bytes + bytes > self.limits.max_lineage_bytes {
             return false;
         }
+        // The task's own holds on its arguments end here: by-value ones pass to the lineage,
+        // by-name ones become lineage pins (their values may go).
+        for (a, named) in t.args.iter().zip(&by_name) {
+            if let (ArgDraft::Ref(id), true) = (a, named) {
+                if let Some(e) = self.objects.get_mut(id) {
+                    e.rare().lineage_pins += 1;
+                }
+            }
+        }
+        let named_refs: Vec<ObjectId> = t
+            .args
+            .iter()
+            .zip(&by_name)
+            .filter_map(|(a, n)| match a {
+                ArgDraft::Ref(id) if *n => Some(*id),
+                _ => None,
+            })
+            .collect();
         let lin = Lineage {
             function: t.function,
             name: t.name.clone(),
             args: t.args.clone(),
+            by_name,
             class: t.class,
             retries_left: t.retries_left,
             bytes,
@@ -785,12 +828,25 @@ impl OwnerState {
         if let Some(old) = self.lineage.insert(t.ret, lin) {
             self.drop_lineage_of(old, fx);
         }
+        self.release_submitted(&named_refs, fx);
         true
     }
 
     fn drop_lineage_of(&mut self, old: Lineage, fx: &mut Effects) {
         self.lineage_bytes = self.lineage_bytes.saturating_sub(old.bytes);
-        self.release_args(&old.args, fx);
+        for (a, named) in old.args.iter().zip(&old.by_name) {
+            let ArgDraft::Ref(id) = a else { continue };
+            if let Some(e) = self.objects.get_mut(id) {
+                if *named {
+                    if let Some(r) = e.rare.as_mut() {
+                        r.lineage_pins = r.lineage_pins.saturating_sub(1);
+                    }
+                } else {
+                    e.submitted = e.submitted.saturating_sub(1);
+                }
+                self.maybe_free(*id, fx);
+            }
+        }
     }
 
     /// The node `n` is dead: what it stored is lost (made again on demand, from lineage).
@@ -824,8 +880,11 @@ impl OwnerState {
         let mut waiting = 0;
         for a in &lin.args {
             if let ArgDraft::Ref(arg) = a {
-                let on_dead = matches!(self.objects.get(arg).map(|e| &e.state),
-                    Some(ObjState::Ready(Ready::Stored { node, .. })) if self.dead_nodes.contains(node));
+                let on_dead = match self.objects.get(arg).map(|e| &e.state) {
+                    Some(ObjState::Released) => true,
+                    Some(ObjState::Ready(Ready::Stored { node, .. })) => self.dead_nodes.contains(node),
+                    _ => false,
+                };
                 if on_dead && arg.owner() == self.me {
                     self.reconstruct(*arg, fx)?;
                 }
@@ -1399,6 +1458,7 @@ impl OwnerState {
                     ObjState::Ready(Ready::Inline(b)) => ("inline", b.len() as u64),
                     ObjState::Ready(Ready::Stored { size, .. }) => ("stored", *size),
                     ObjState::Failed(_) => ("failed", 0),
+                    ObjState::Released => ("released", 0),
                 };
                 ferry_proto::msg::RefInfo {
                     object: *id,
@@ -1458,6 +1518,11 @@ impl OwnerState {
                                 }
                             }
                             ObjState::Failed(err) => failed = Some(err.clone()),
+                            // Only lineages hold a released object, never a handle.
+                            ObjState::Released => {
+                                failed =
+                                    Some(Error::ObjectLost { object: *id, reason: "its value was released".into() })
+                            }
                             ObjState::Ready(_) => {}
                         }
                     }
@@ -1878,6 +1943,6 @@ fn answer_of(state: &ObjState) -> ObjectAnswer {
         ObjState::Ready(Ready::Inline(b)) => ObjectAnswer::Inline(b.to_vec()),
         ObjState::Ready(Ready::Stored { size, node, .. }) => ObjectAnswer::Stored { size: *size, node: *node },
         ObjState::Failed(e) => ObjectAnswer::Failed(postcard::to_allocvec(e).unwrap_or_default()),
-        ObjState::Pending => ObjectAnswer::Unknown,
+        ObjState::Pending | ObjState::Released => ObjectAnswer::Unknown,
     }
 }

@@ -48,9 +48,10 @@ struct Model {
     unfinished: Vec<ModelTask>,
     failed: HashSet<ObjectId>,
     stored: HashSet<ObjectId>,
-    /// Finished tasks with a stored return: while the return lives, its lineage holds the
-    /// task's arguments (so that it could be made again).
-    kept: Vec<ModelTask>,
+    /// Finished tasks with a stored return: while the return's entry lives, its lineage holds
+    /// the task's arguments (so that it could be made again): by name those that have a
+    /// lineage themselves (their values may go), by value the others.
+    kept: Vec<(ModelTask, Vec<bool>)>,
 }
 
 impl Model {
@@ -67,7 +68,7 @@ impl Model {
         }
         loop {
             let before = live.len();
-            for k in &self.kept {
+            for (k, _) in &self.kept {
                 if live.contains(&k.ret) {
                     live.extend(k.args.iter().copied());
                 }
@@ -77,6 +78,20 @@ impl Model {
             }
         }
     }
+    /// Held by a handle, a task, or a lineage by value: its value must stay.
+    fn held(&self, o: ObjectId) -> bool {
+        let live = self.live();
+        self.handles.contains(&o)
+            || self.unfinished.iter().any(|t| t.ret == o || t.args.contains(&o))
+            || self
+                .kept
+                .iter()
+                .any(|(k, by_name)| live.contains(&k.ret) && k.args.iter().zip(by_name).any(|(a, n)| *a == o && !n))
+    }
+    /// In the table only for lineages naming it: its value was released.
+    fn released(&self, o: ObjectId) -> bool {
+        self.alive(o) && !self.held(o)
+    }
     fn alive(&self, o: ObjectId) -> bool {
         self.live().contains(&o)
     }
@@ -85,16 +100,22 @@ impl Model {
     }
     fn submitted(&self, o: ObjectId) -> u32 {
         let live = self.live();
-        let kept = self.kept.iter().filter(|k| live.contains(&k.ret));
-        self.unfinished.iter().chain(kept).map(|t| t.args.iter().filter(|a| **a == o).count() as u32).sum()
+        let by_tasks: u32 = self.unfinished.iter().map(|t| t.args.iter().filter(|a| **a == o).count() as u32).sum();
+        let by_value: u32 = self
+            .kept
+            .iter()
+            .filter(|(k, _)| live.contains(&k.ret))
+            .map(|(k, by_name)| k.args.iter().zip(by_name).filter(|(a, n)| **a == o && !**n).count() as u32)
+            .sum();
+        by_tasks + by_value
     }
 
     /// A task finished with its value: a stored one keeps its lineage while it lives.
     fn finished(&mut self, t: &ModelTask) {
-        let held = self.live().contains(&t.ret);
+        let by_name = t.args.iter().map(|a| self.kept.iter().any(|(k, _)| k.ret == *a)).collect();
         self.unfinished.retain(|x| x.task != t.task);
-        if t.stored_return && held {
-            self.kept.push(t.clone());
+        if t.stored_return && self.live().contains(&t.ret) {
+            self.kept.push((t.clone(), by_name));
         }
     }
     /// A task can finish when it was pushed: all its arguments are ready.
@@ -172,7 +193,8 @@ fn check(h: &Harness, m: &Model, all: &[ObjectId]) {
             match &e.state {
                 ObjState::Pending => assert!(m.pending(*o)),
                 ObjState::Failed(_) => assert!(m.failed.contains(o)),
-                ObjState::Ready(_) => assert!(!m.pending(*o) && !m.failed.contains(o)),
+                ObjState::Ready(_) => assert!(!m.pending(*o) && !m.failed.contains(o) && !m.released(*o)),
+                ObjState::Released => assert!(m.released(*o), "{o:?} released while held"),
             }
         } else if m.stored.contains(o) {
             assert!(h.freed.contains(o), "stored object {o:?} gone from the table but not freed");

@@ -1002,6 +1002,10 @@ impl Runtime {
             match &e.state {
                 ObjState::Ready(r) => Poll::Ready(Ok(r.clone())),
                 ObjState::Failed(err) => Poll::Ready(Err(err.clone())),
+                ObjState::Released => Poll::Ready(Err(Error::ObjectLost {
+                    object: id,
+                    reason: "its value was released (no handle to it was left)".into(),
+                })),
                 ObjState::Pending => {
                     e.add_waiter(waker);
                     st.ensure_fetch(id, fx);
