@@ -47,10 +47,25 @@ fn link(prev: u64, ms: u64) -> u64 {
     prev + 1
 }
 
-/// The recovery experiment's job (the Ownership paper's chain, small objects): a chain of
-/// 10 ms tasks on one member, without and then with that member killed halfway (the parent
-/// kills it when this prints `kill ADDR`); then how long the head takes to declare a frozen
-/// member dead (the parent freezes it on `freeze ADDR`).
+/// A link of the 10 MiB chain: 10 ms, then a new 10 MiB object from the previous one.
+#[ferry::remote]
+fn big_link(prev: ferry::Bytes, ms: u64) -> ferry::Bytes {
+    std::thread::sleep(Duration::from_millis(ms));
+    let mut next = ferry::BytesMut::zeroed(prev.len()).unwrap();
+    next.copy_from_slice(&prev);
+    next[0] = next[0].wrapping_add(1);
+    next.freeze()
+}
+
+#[ferry::remote]
+fn first_big(n: usize) -> ferry::Bytes {
+    ferry::BytesMut::zeroed(n).unwrap().freeze()
+}
+
+/// The recovery experiment's job (the Ownership paper's chains): 1,000 tasks of 10 ms each
+/// passing a small value, then a 10 MiB object, along a chain on one member, without and then
+/// with that member killed halfway (the parent kills it when this prints `kill ADDR`); and how
+/// long the head takes to declare a frozen member dead (`freeze ADDR`, then `thaw ADDR`).
 pub fn recovery_job(address: &str) {
     use std::io::Write;
     ferry::init(ferry::Config::default().address(address)).expect("join the cluster");
@@ -77,8 +92,31 @@ pub fn recovery_job(address: &str) {
         t.elapsed().as_secs_f64()
     };
     emit("recovery_chain_10ms_nofail_s", chain(None), "s");
-    emit("recovery_chain_10ms_fail_s", chain(Some(&members[0])), "s");
-    // Detection: the other member frozen (sockets open, heartbeats stopped).
+    // The 10 MiB chain holds only its ends: links in between are held by the next link's
+    // lineage alone (by name), so their values go as the chain moves on.
+    let big_chain = |on: &ferry::NodeInfo, victim: bool| {
+        let s = SchedulingStrategy::NodeAffinity { node: on.node, soft: true };
+        let t = Instant::now();
+        let mut prev = first_big::options().scheduling_strategy(s.clone()).remote(10 << 20);
+        let mut half = None;
+        for i in 1..n {
+            prev = big_link::options().scheduling_strategy(s.clone()).remote(&prev, 10);
+            if i == n / 2 {
+                half = Some(prev.clone());
+            }
+        }
+        if victim {
+            ferry::wait(std::slice::from_ref(half.as_ref().unwrap()), 1, None).unwrap();
+            println!("kill {}", on.addr);
+            std::io::stdout().flush().unwrap();
+        }
+        drop(half);
+        let last = ferry::get_bytes(&prev).expect("the chain finishes");
+        assert_eq!(last[0], (n - 1) as u8);
+        t.elapsed().as_secs_f64()
+    };
+    emit("recovery_chain_10MiB_nofail_s", big_chain(&members[1], false), "s");
+    // Detection: a member frozen (sockets open, heartbeats stopped), then thawed.
     let frozen = &members[1];
     println!("freeze {}", frozen.addr);
     std::io::stdout().flush().unwrap();
@@ -88,6 +126,14 @@ pub fn recovery_job(address: &str) {
         std::thread::sleep(Duration::from_millis(5));
     }
     emit("node_death_detect_s", t.elapsed().as_secs_f64(), "s");
+    println!("thaw {}", frozen.addr);
+    std::io::stdout().flush().unwrap();
+    while !ferry::nodes().unwrap().iter().any(|v| v.node == frozen.node && v.alive) {
+        assert!(t.elapsed() < Duration::from_secs(60), "never back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    emit("recovery_chain_10ms_fail_s", chain(Some(&members[0])), "s");
+    emit("recovery_chain_10MiB_fail_s", big_chain(&members[1], true), "s");
     info("heartbeat timeout 1 s (FERRY_NODE_TIMEOUT_MS=1000), heartbeats every 100 ms");
     ferry::shutdown();
 }
@@ -108,7 +154,7 @@ pub fn recovery_group() {
         Duration::from_secs(60),
     )
     .expect("cluster");
-    info("recovery: 3 namespace nodes, 1 CPU each; a chain of 1,000 10 ms tasks on one member");
+    info("recovery: 3 namespace nodes, 1 CPU each; chains of 1,000 10 ms tasks on one member");
     let mut job = hosts
         .command(0, &here)
         .env("FERRY_BENCH_RECOVERY", &cluster.head.address)
@@ -127,6 +173,11 @@ pub fn recovery_group() {
                 // SAFETY: a plain syscall on a process this bench started.
                 unsafe { libc::kill(m.child.id() as i32, libc::SIGSTOP) };
                 frozen = Some(m.child.id());
+            }
+        } else if line.starts_with("thaw ") {
+            if let Some(pid) = frozen.take() {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid as i32, libc::SIGCONT) };
             }
         } else {
             println!("{line}");
