@@ -303,6 +303,8 @@ pub struct TaskOptions {
     pub name: Option<String>,
     /// Which node runs it (default: this node first, then where there is room).
     pub strategy: SchedulingStrategy,
+    /// Retry when the task panics too (default: only when its worker or node is lost).
+    pub retry_exceptions: bool,
 }
 
 impl Default for TaskOptions {
@@ -313,6 +315,7 @@ impl Default for TaskOptions {
             max_retries: None,
             name: None,
             strategy: Default::default(),
+            retry_exceptions: false,
         }
     }
 }
@@ -378,6 +381,12 @@ pub trait RemoteOptions: Sized {
         self.task_options().strategy = s;
         self
     }
+    /// Also retry (up to `max_retries`) when the task panics; the final error says how many
+    /// attempts were made.
+    fn retry_exceptions(mut self, yes: bool) -> Self {
+        self.task_options().retry_exceptions = yes;
+        self
+    }
 }
 
 /// Splits encoded arguments into drafts and the handles that keep ref arguments alive
@@ -434,7 +443,8 @@ pub fn submit<R>(function: &'static str, opts: &TaskOptions, args: Vec<TaskArg>)
         None => Arc::from(function.rsplit("::").next().unwrap_or(function)),
     };
     let retries = opts.max_retries.unwrap_or(rt.cfg.default_max_retries);
-    let id = rt.submit(function, name, drafts, (&opts.shape(), &opts.strategy.placement()), retries, exported);
+    let class = (&opts.shape(), &opts.strategy.placement());
+    let id = rt.submit(function, name, drafts, class, (retries, opts.retry_exceptions), exported);
     // The task now counts its arguments itself.
     drop(held);
     ObjectRef::from_id(id)

@@ -164,6 +164,10 @@ struct TaskEntry {
     exported: Exports,
     depth: u32,
     retries_left: u32,
+    /// Panics are retried too (`retry_exceptions`), not only lost workers.
+    retry_exceptions: bool,
+    /// Times it ran and failed or was lost before this run.
+    attempts: u32,
     state: TaskState,
     ret: ObjectId,
 }
@@ -447,13 +451,16 @@ impl OwnerState {
         name: Arc<str>,
         args: Vec<ArgDraft>,
         (shape, placement): (&Shape, &Placement),
-        max_retries: u32,
+        (max_retries, retry_exceptions): (u32, bool),
         exported: Exports,
         fx: &mut Effects,
     ) -> ObjectId {
         let class = self.class_of(shape, placement);
         let target = Target { class, actor: None, create: None };
         let (task, ret, failed) = self.register_task(function, name, args, target, exported, max_retries, 1, fx);
+        if let Some(t) = self.tasks.get_mut(&task) {
+            t.retry_exceptions = retry_exceptions;
+        }
         if let Some(err) = failed {
             self.fail_task(task, err, fx);
         } else if self.tasks.get(&task).is_some_and(|t| t.state == TaskState::Queued) {
@@ -919,6 +926,8 @@ impl OwnerState {
                 exported: Exports::default(),
                 depth,
                 retries_left: lin.retries_left,
+                retry_exceptions: false,
+                attempts: 0,
                 state,
                 ret: id,
             },
@@ -1059,7 +1068,28 @@ impl OwnerState {
                     Err(t) => *t,
                 }
             }
+            ferry_proto::msg::TaskError::Panicked { .. }
+                if t.retry_exceptions && t.retries_left > 0 && t.actor.is_none() =>
+            {
+                // Opted in: an application error is retried like a lost worker.
+                let mut t = t;
+                t.retries_left -= 1;
+                t.attempts += 1;
+                t.state = TaskState::Queued;
+                let class = t.class;
+                self.classes[class].queue.push_back(t.ret.task);
+                self.tasks.insert(t.ret.task, t);
+                self.pump(class, fx);
+                return;
+            }
             _ => t,
+        };
+        let err = match (err, t.attempts) {
+            (ferry_proto::msg::TaskError::Panicked { function, message }, n) if n > 0 => {
+                let message = format!("{message} (the last of {} attempts)", n + 1);
+                ferry_proto::msg::TaskError::Panicked { function, message }
+            }
+            (e, _) => e,
         };
         self.task_over(&t, fx);
         self.resolve(t.ret, ObjState::Failed(Error::from_task(&t.name, err)), fx);
@@ -1147,6 +1177,7 @@ impl OwnerState {
             let t = self.tasks.get_mut(&task).expect("listed");
             if t.retries_left > 0 {
                 t.retries_left -= 1;
+                t.attempts += 1;
                 t.state = TaskState::Queued;
                 self.classes[t.class].queue.push_front(task);
                 classes.push(t.class);
@@ -1549,6 +1580,8 @@ impl OwnerState {
                 exported,
                 depth,
                 retries_left: max_retries,
+                retry_exceptions: false,
+                attempts: 0,
                 state,
                 ret,
             },

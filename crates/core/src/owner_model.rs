@@ -230,7 +230,7 @@ fn run(ops: Vec<Op>) {
                     Arc::from("f"),
                     drafts,
                     (&Shape::cpus(1.0), &Default::default()),
-                    0,
+                    (0, false),
                     Default::default(),
                     &mut fx,
                 );

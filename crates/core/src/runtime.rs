@@ -1051,10 +1051,10 @@ impl Runtime {
         name: Arc<str>,
         args: Vec<ArgDraft>,
         class: (&Shape, &ferry_proto::msg::Placement),
-        max_retries: u32,
+        retries: (u32, bool),
         exported: crate::owner::Exports,
     ) -> ObjectId {
-        self.with_state(|st, fx| st.submit(function, name, args, class, max_retries, exported, fx))
+        self.with_state(|st, fx| st.submit(function, name, args, class, retries, exported, fx))
     }
 
     /// An object whose value is an error (for calls that fail before a task exists).

@@ -392,3 +392,47 @@ fn bytes_built_in_the_store_become_objects_without_a_copy() {
         ferry::node_stats().unwrap().store_used_bytes == 0 && std::fs::read_dir(&store).unwrap().count() == 0
     });
 }
+
+/// Panics until it has run `times` times (counted in `file`, as runs happen in new workers).
+#[ferry::remote]
+fn flaky(file: String, times: u32) -> u32 {
+    let n: u32 = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0) + 1;
+    std::fs::write(&file, n.to_string()).unwrap();
+    if n < times {
+        panic!("attempt {n} fails");
+    }
+    n
+}
+
+#[test]
+fn retry_exceptions_retries_panics_and_says_how_many_attempts() {
+    cluster();
+    let file = |tag: &str| {
+        let f = std::env::temp_dir().join(format!("ferry-flaky-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_file(&f);
+        f.display().to_string()
+    };
+    // Opted in: the third run succeeds.
+    let f = file("a");
+    let r = flaky::options().retry_exceptions(true).max_retries(3).remote(f.clone(), 3);
+    assert_eq!(ferry::get_timeout(&r, T).unwrap(), 3);
+    // Not opted in: the first panic is the answer.
+    let f2 = file("b");
+    let r = flaky::options().max_retries(3).remote(f2.clone(), 3);
+    match ferry::get_timeout(&r, T) {
+        Err(Error::TaskPanicked { message, .. }) => assert!(message.contains("attempt 1 fails"), "{message}"),
+        other => panic!("expected a panic, got {other:?}"),
+    }
+    // Retries run out: the error names the last attempt and how many there were.
+    let f3 = file("c");
+    let r = flaky::options().retry_exceptions(true).max_retries(1).remote(f3.clone(), 5);
+    match ferry::get_timeout(&r, T) {
+        Err(Error::TaskPanicked { message, .. }) => {
+            assert!(message.contains("attempt 2 fails") && message.contains("the last of 2 attempts"), "{message}")
+        }
+        other => panic!("expected a panic, got {other:?}"),
+    }
+    for f in [f, f2, f3] {
+        let _ = std::fs::remove_file(f);
+    }
+}

@@ -167,6 +167,7 @@ fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenS
                     max_retries: #max_retries,
                     name: #display,
                     strategy: ::std::default::Default::default(),
+                    retry_exceptions: false,
                 })
             }
 

@@ -1094,6 +1094,15 @@ fn serve_conn(node: Arc<Node>, stream: Stream) {
     let mut st = node.lock();
     let st = &mut *st;
     let info = st.conns.remove(&id);
+    if let Some(i) = info.as_ref().filter(|i| matches!(i.kind, Some(ProcKind::Driver | ProcKind::Worker))) {
+        // A process of this node is gone: what it owned here can never be asked for again
+        // (its borrowers get `OwnerDied`), so its stored objects and their copies go.
+        let owned: Vec<ObjectId> = st.store.list().into_iter().map(|o| o.id).filter(|o| o.owner() == i.from).collect();
+        for o in &owned {
+            st.store.free(*o);
+        }
+        node.free_copies(st, &owned);
+    }
     if let Some(w) = info.and_then(|i| i.worker) {
         node.worker_gone(st, w, &format!("worker's connection to its node ended ({reason})"));
         node.spawn_cmd(SpawnCmd::Kill(w));
