@@ -196,17 +196,22 @@ fn a_hundred_thousand_tasks_passing_refs_leave_nothing_behind() {
 }
 
 #[ferry::remote]
-fn refs_and_pid() -> (u32, Vec<ObjectRef<u64>>) {
-    (std::process::id(), (0..3u64).map(|i| ferry::put(i).unwrap()).collect())
+fn refs_and_pid() -> (u32, Vec<ObjectRef<u64>>, ObjectRef<Vec<u8>>) {
+    let big = ferry::put(vec![7u8; 4 << 20]).unwrap();
+    (std::process::id(), (0..3u64).map(|i| ferry::put(i).unwrap()).collect(), big)
 }
 
 #[test]
 fn a_get_of_a_ref_whose_owner_died_fails_with_owner_died() {
     cluster();
-    let (pid, refs) = ferry::get_timeout(&refs_and_pid::remote(), T).unwrap();
+    let (pid, refs, big) = ferry::get_timeout(&refs_and_pid::remote(), T).unwrap();
+    assert_eq!(ferry::node_stats().unwrap().store_objects, 1);
     // The owner (the worker that put them) dies before anyone asked for the values.
     sigkill(pid);
     eventually("the worker is gone", T, || !pid_alive(pid));
+    // What it stored goes with it: nobody can ask its owner for it any more.
+    eventually("its stored object is freed", T, || ferry::node_stats().unwrap().store_objects == 0);
+    assert!(matches!(ferry::get_timeout(&big, T), Err(ferry::Error::OwnerDied { .. })));
     for r in &refs {
         match ferry::get_timeout(r, T) {
             Err(ferry::Error::OwnerDied { object, .. }) => assert_eq!(object, r.id()),
@@ -214,5 +219,6 @@ fn a_get_of_a_ref_whose_owner_died_fails_with_owner_died() {
         }
     }
     drop(refs);
+    drop(big);
     eventually("no metadata is left", T, nothing_left);
 }
