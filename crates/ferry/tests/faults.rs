@@ -373,3 +373,41 @@ fn bad_requests_to_a_drivers_own_socket_close_that_connection_only() {
     assert_eq!(ferry::get(&x).unwrap(), vec![1u8; 3]);
     cluster_still_works();
 }
+
+#[ferry::remote]
+fn slow_child(x: u64) -> u64 {
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    x * 10
+}
+
+/// Submits children and waits for them; on its first run it writes its pid to `marker` so
+/// that the test can kill it while its children run.
+#[ferry::remote]
+fn parent_of_children(marker: String) -> u64 {
+    let first = !std::path::Path::new(&marker).exists();
+    if first {
+        std::fs::write(&marker, std::process::id().to_string()).unwrap();
+    }
+    let kids: Vec<_> = (1..=3u64).map(slow_child::remote).collect();
+    if first {
+        // Give the test time to kill this process while the children run.
+        std::thread::sleep(std::time::Duration::from_secs(5));
+    }
+    ferry::get_all(&kids).unwrap().into_iter().sum()
+}
+
+/// An owner that is itself a task dies while its children run: its caller runs it again (it
+/// has retries left), which makes the children again, and the result is the same.
+#[test]
+fn a_task_that_owns_children_is_run_again_when_it_dies() {
+    cluster();
+    let marker = std::env::temp_dir().join(format!("ferry-parent-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let r = parent_of_children::remote(marker.display().to_string());
+    eventually("the parent started", T, || marker.exists());
+    let pid: u32 = std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
+    common::sigkill(pid);
+    assert_eq!(ferry::get_timeout(&r, T).unwrap(), 60);
+    assert!(!pid_alive(pid));
+    let _ = std::fs::remove_file(&marker);
+}
