@@ -7,7 +7,7 @@
 
 use ferry::prelude::*;
 use ferry::{NodeId, SchedulingStrategy};
-use ferry_testkit::{netns_exists, wait_exit, Cluster, Hosts};
+use ferry_testkit::{netns_exists, signal, wait_exit, Cluster, Hosts};
 use std::io::Read;
 use std::process::Stdio;
 use std::time::Duration;
@@ -644,14 +644,6 @@ fn a_task_on_a_frozen_node_runs_again_elsewhere() {
     // Timeout 1 s, then the task's 1.5 s again: well under the 20 s it would take otherwise.
     assert!(secs < 10.0, "{result}");
     drop(cluster);
-}
-
-fn signal(pid: u32, sig: i32) {
-    extern "C" {
-        fn kill(pid: i32, sig: i32) -> i32;
-    }
-    // SAFETY: a plain syscall on a process this test started.
-    unsafe { kill(pid as i32, sig) };
 }
 
 /// An object whose only copy was on a node that was killed is made again from its lineage,

@@ -2,7 +2,7 @@
 //! `ferry status` and `ferry stop` from another, a job joining by address from a third, and
 //! the root namespace unable to reach any of them. Everything is torn down at the end.
 
-use ferry_testkit::{netns_exists, wait_exit, Head, Hosts};
+use ferry_testkit::{netns_exists, signal, wait_exit, Head, Hosts};
 use std::io::Read;
 use std::process::Stdio;
 use std::time::Duration;
@@ -103,14 +103,6 @@ fn until(hosts: &Hosts, head: &Head, what: &str, f: impl Fn(&str) -> bool) -> Du
         assert!(t.elapsed() < T, "timed out waiting for: {what}; last status:\n{s}");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn signal(pid: u32, sig: i32) {
-    extern "C" {
-        fn kill(pid: i32, sig: i32) -> i32;
-    }
-    // SAFETY: a plain syscall on a process this test started.
-    unsafe { kill(pid as i32, sig) };
 }
 
 #[test]

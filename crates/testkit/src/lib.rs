@@ -267,3 +267,14 @@ impl Cluster {
         }
     }
 }
+
+/// Sends signal `sig` to process `pid` (one a test started: SIGSTOP to freeze a node, SIGCONT
+/// to thaw it, SIGKILL).
+pub fn signal(pid: u32, sig: i32) {
+    extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    // SAFETY: a plain syscall; a stale pid at worst gets a signal meant for another process of
+    // ours, which tests avoid by signalling only children they still hold.
+    unsafe { kill(pid as i32, sig) };
+}
