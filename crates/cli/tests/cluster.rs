@@ -123,6 +123,9 @@ extern "C" fn job_entry() {
     if let Ok(address) = std::env::var("FERRY_TEST_LINEAGE_JOB") {
         lineage_job(&address);
     }
+    if let Ok(address) = std::env::var("FERRY_TEST_ACTOR_NODE_JOB") {
+        actor_node_job(&address);
+    }
     let Ok(address) = std::env::var("FERRY_TEST_CLUSTER_JOB") else { return };
     if let Err(e) = ferry::init(ferry::Config::default().address(&address)) {
         println!("FAIL init: {e}");
@@ -268,6 +271,39 @@ fn lineage_job(address: &str) -> ! {
         Ok(_) => println!("FAIL chain: wrong bytes"),
         Err(err) => println!("FAIL chain: {err}"),
     }
+    ferry::shutdown();
+    std::process::exit(0);
+}
+
+/// The job of the actor-restart test: a filler actor takes the head's `spot`, so an actor
+/// needing a `spot` is placed on a member; the harness kills that member; the actor comes back
+/// on the other member (`max_restarts`), and a call made after the death is answered there.
+fn actor_node_job(address: &str) -> ! {
+    ferry::init(ferry::Config::default().address(address)).unwrap();
+    let me = ferry::node_id().unwrap();
+    let filler = Tally::options().resource("spot", 1.0).remote(0).unwrap();
+    assert_eq!(ferry::get_timeout(&filler.node(), Duration::from_secs(20)).unwrap(), me);
+    let t = Tally::options().resource("spot", 1.0).max_restarts(1).remote(100).unwrap();
+    let first = ferry::get_timeout(&t.node(), Duration::from_secs(20)).unwrap();
+    assert_ne!(first, me);
+    assert_eq!(ferry::get_timeout(&t.add(1), Duration::from_secs(20)).unwrap(), 101);
+    let addr = ferry::nodes().unwrap().into_iter().find(|n| n.node == first).unwrap().addr;
+    println!("kill {addr}");
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while ferry::nodes().unwrap().iter().any(|v| v.node == first && v.alive) {
+        assert!(std::time::Instant::now() < end, "the node was never declared dead");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The restarted actor runs its constructor again: its state starts over.
+    match ferry::get_timeout(&t.add(1), Duration::from_secs(20)) {
+        Ok(101) => {}
+        other => println!("FAIL call after the death: {other:?}"),
+    }
+    match ferry::get_timeout(&t.node(), Duration::from_secs(20)) {
+        Ok(n) if n != first && n != me => println!("restarted ok"),
+        other => println!("FAIL where: {other:?}"),
+    }
+    drop(filler);
     ferry::shutdown();
     std::process::exit(0);
 }
@@ -682,5 +718,42 @@ fn an_object_lost_with_its_node_is_made_again() {
     assert!(out.iter().any(|l| l == "get ok"), "{out:?}");
     assert!(out.iter().any(|l| l == "chain ok"), "{out:?}");
     assert!(out.iter().any(|l| l == "released ok"), "{out:?}");
+    drop(cluster);
+}
+
+/// An actor on a node that dies comes back on another node (it has a restart left), and calls
+/// made after the death reach it there.
+#[test]
+fn an_actor_on_a_dead_node_restarts_elsewhere() {
+    use std::io::BufRead;
+    let hosts = Hosts::new(3).expect("network namespaces (needs root and `ip`)");
+    let ferry = env!("CARGO_BIN_EXE_ferry");
+    let spot = || vec!["--num-cpus".to_string(), "1".to_string(), "--resources".to_string(), "spot=1".to_string()];
+    let mut cluster =
+        Cluster::start_with(&hosts, ferry, &[spot(), spot(), spot()], &[("FERRY_NODE_TIMEOUT_MS", "1000")], T).unwrap();
+    let mut job = hosts
+        .command(0, std::env::current_exe().unwrap())
+        .env("FERRY_TEST_ACTOR_NODE_JOB", &cluster.head.address)
+        .env("FERRY_TOKEN", &cluster.head.token)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = Vec::new();
+    for line in std::io::BufReader::new(job.stdout.take().unwrap()).lines().map_while(Result::ok) {
+        if let Some(addr) = line.strip_prefix("kill ") {
+            let m = cluster.members.iter_mut().find(|m| m.address == addr).expect("the actor is on a member");
+            let _ = m.child.kill();
+            let _ = m.child.wait();
+        } else {
+            out.push(line);
+        }
+    }
+    let exited = wait_exit(&mut job, T);
+    if exited.is_err() {
+        let _ = job.kill();
+    }
+    assert!(exited.is_ok_and(|ok| ok), "the job failed: {out:?}");
+    assert!(out.iter().any(|l| l == "restarted ok"), "{out:?}");
+    assert!(!out.iter().any(|l| l.starts_with("FAIL")), "{out:?}");
     drop(cluster);
 }
