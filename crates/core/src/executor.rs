@@ -40,6 +40,7 @@ type ReturnRefs = (Vec<ObjectId>, Vec<ObjectId>, Vec<(ActorId, String)>);
 /// registered (`Runtime::register_at_task_end`; `Retained` tells the caller which of its own
 /// objects this worker still holds), then the reply, carrying the refs its value contains.
 fn send_reply(rt: &'static Runtime, conn: &Conn, caller: WorkerId, mut reply: FromWorker) {
+    ferry_proto::fail::crash_point("worker-before-reply");
     let (contained, mut retained, actors) = RETURN_REFS.with(|r| std::mem::take(&mut *r.borrow_mut()));
     retained.extend(rt.register_at_task_end(caller));
     if let FromWorker::Done { contained: c, actors: a, .. } = &mut reply {
@@ -223,6 +224,7 @@ impl Executor {
         })();
         match result {
             Ok(instance) => {
+                ferry_proto::fail::crash_point("actor-before-ready");
                 let _ = self.actor.set(Hosted { instance });
                 if is_async {
                     let _ = self.loop_thread.set(thread::current());
@@ -489,7 +491,11 @@ fn store_encoded(
     }
     let id = ObjectId { task, index: 0 };
     match rt.write_and_seal(id, &enc) {
-        Ok(size) => Ok(Return::Stored { size, node: rt.node_id }),
+        Ok(size) => {
+            // Stored and sealed, its location not yet reported to the owner.
+            ferry_proto::fail::crash_point("worker-after-store");
+            Ok(Return::Stored { size, node: rt.node_id })
+        }
         Err(Error::ObjectStoreFull { detail }) if detail.contains("exists") => {
             // A retry of a task whose earlier run stored its value before dying: tasks are
             // idempotent, so the stored value stands.

@@ -133,6 +133,12 @@ impl Node {
         if conn.send(&FromNode::ObjectData { object, size, error: None }).is_err() {
             return;
         }
+        if ferry_proto::fail::break_point("transfer-midway") {
+            // Half the bytes, then the connection goes: the puller must report, not hang.
+            let _ = conn.send_file(&file, size / 2);
+            conn.shutdown();
+            return;
+        }
         let _ = conn.send_file(&file, size);
     }
 

@@ -60,8 +60,23 @@ fn pull(c: &mut (Conn, FrameReader<Stream>), object: ObjectId, from: NodeId) -> 
     })
 }
 
+/// Writes `bytes` into the head's store as `id` and seals it.
+fn put_on_head(h: &mut (Conn, FrameReader<Stream>), id: ObjectId, bytes: &[u8]) {
+    let store = std::env::temp_dir().join(format!("ferry-transfer-test-{}-head/store", std::process::id()));
+    std::fs::write(store.join(id.to_string()), bytes).unwrap();
+    let sealed = call(h, ToNode::Seal { req: 2, object: id, size: bytes.len() as u64 }, |r| match r {
+        FromNode::Sealed { error, .. } => Some(error),
+        _ => None,
+    });
+    assert_eq!(sealed, None);
+}
+
 #[test]
 fn a_member_pulls_an_object_once_for_concurrent_readers_and_frees_the_copy() {
+    // The first transfer in this process breaks off midway (a failpoint), once.
+    let marker = std::env::temp_dir().join(format!("ferry-transfer-test-{}-broke", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    std::env::set_var("FERRY_FAILPOINTS", format!("transfer-midway=break-once:{}", marker.display()));
     let head = ferry_node::start(options("head", None)).unwrap();
     let member = ferry_node::start(options("member", Some(head.tcp_addr().unwrap().to_string()))).unwrap();
     let end = Instant::now() + T;
@@ -78,17 +93,21 @@ fn a_member_pulls_an_object_once_for_concurrent_readers_and_frees_the_copy() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
+    // A transfer that breaks off midway is an error for the pull, not a wait, and nothing
+    // half-copied is left in the member's store.
+    let mut h = client(&head);
+    let broken = ObjectId { task: TaskId { owner: WorkerId(42), seq: 9 }, index: 0 };
+    put_on_head(&mut h, broken, &vec![5u8; 4 << 20]);
+    let err = pull(&mut m, broken, head.id()).expect("a transfer broken midway is an error");
+    assert!(err.contains("broke off"), "{err}");
+    assert!(marker.exists());
+    assert_eq!(member.stats().store_objects, 0);
+    let out_before = head.stats().transfers_out;
+
     // An object on the head: 16 MiB written into its store, then sealed.
     let id = ObjectId { task: TaskId { owner: WorkerId(42), seq: 1 }, index: 0 };
     let bytes: Vec<u8> = (0..16 << 20).map(|i: u32| (i % 251) as u8).collect();
-    let store = std::env::temp_dir().join(format!("ferry-transfer-test-{}-head/store", std::process::id()));
-    std::fs::write(store.join(id.to_string()), &bytes).unwrap();
-    let mut h = client(&head);
-    let sealed = call(&mut h, ToNode::Seal { req: 2, object: id, size: bytes.len() as u64 }, |r| match r {
-        FromNode::Sealed { error, .. } => Some(error),
-        _ => None,
-    });
-    assert_eq!(sealed, None);
+    put_on_head(&mut h, id, &bytes);
 
     // Four readers on the member at once.
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
@@ -108,11 +127,11 @@ fn a_member_pulls_an_object_once_for_concurrent_readers_and_frees_the_copy() {
     }
     let mstore = std::env::temp_dir().join(format!("ferry-transfer-test-{}-member/store", std::process::id()));
     assert!(std::fs::read(mstore.join(id.to_string())).unwrap() == bytes, "the copy is byte for byte");
-    assert_eq!(head.stats().transfers_out, 1, "four concurrent pulls, one transfer");
+    assert_eq!(head.stats().transfers_out - out_before, 1, "four concurrent pulls, one transfer");
     assert_eq!((member.stats().transfers_in, member.stats().transfer_bytes_in), (1, bytes.len() as u64));
     // A pull of what is already here costs nothing.
     assert_eq!(pull(&mut m, id, head.id()), None);
-    assert_eq!(head.stats().transfers_out, 1);
+    assert_eq!(head.stats().transfers_out - out_before, 1);
 
     // Freeing the original frees the copy.
     h.0.send(&ToNode::Free { objects: vec![id] }).unwrap();
@@ -128,6 +147,7 @@ fn a_member_pulls_an_object_once_for_concurrent_readers_and_frees_the_copy() {
     assert!(nowhere.contains("not in the cluster"), "{nowhere}");
     drop(member);
     drop(head);
+    let _ = std::fs::remove_file(&marker);
     for tag in ["head", "member"] {
         let _ = std::fs::remove_dir_all(
             std::env::temp_dir().join(format!("ferry-transfer-test-{}-{tag}", std::process::id())),

@@ -10,6 +10,7 @@
 //! cluster token; the accepting side answers [`msg::HelloReply`] before anything else.
 
 pub mod conn;
+pub mod fail;
 pub mod frame;
 pub mod ids;
 pub mod msg;
