@@ -496,6 +496,9 @@ impl OwnerState {
                 let Some(task) = self.classes[class].queue.pop_front() else {
                     break;
                 };
+                if !self.tasks.contains_key(&task) {
+                    continue; // Finished meanwhile (see `finish_push`).
+                }
                 match self.build_spec(task) {
                     Ok(spec) => {
                         let lease = self.leases.get_mut(&lease_id).expect("lease");
@@ -718,6 +721,11 @@ impl OwnerState {
 
     fn finish_push(&mut self, task: TaskId, fx: &mut Effects) -> Option<TaskEntry> {
         let t = self.tasks.remove(&task)?;
+        if t.actor.is_none() && t.state == TaskState::Queued {
+            // A late reply from a worker already given up for lost (its node was declared dead
+            // while the reply was on its way): the task was queued again; its result stands.
+            self.classes[t.class].queue.retain(|x| *x != task);
+        }
         if let Some(a) = t.actor {
             if let Some(c) = self.actors.get_mut(&a) {
                 c.in_flight.retain(|x| *x != task);
