@@ -25,6 +25,7 @@ fn combine(a: Vec<u64>, b: Vec<u64>) -> Vec<u64> {
 }
 
 #[ferry::actor]
+#[derive(Default)]
 pub struct Tally {
     n: u64,
 }
@@ -32,7 +33,7 @@ pub struct Tally {
 #[ferry::actor]
 impl Tally {
     pub fn new() -> Self {
-        Tally { n: 0 }
+        Tally::default()
     }
     pub fn add(&mut self, by: u64) -> u64 {
         self.n += by;
