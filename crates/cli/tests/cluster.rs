@@ -641,119 +641,81 @@ fn a_job_uses_every_node_of_a_three_host_cluster() {
 /// again on another node at once.
 #[test]
 fn a_task_on_a_frozen_node_runs_again_elsewhere() {
-    use std::io::BufRead;
-    let hosts = Hosts::new(3).expect("network namespaces (needs root and `ip`)");
-    let ferry = env!("CARGO_BIN_EXE_ferry");
-    let one = || vec!["--num-cpus".to_string(), "1".to_string()];
-    let cluster =
-        Cluster::start_with(&hosts, ferry, &[one(), one(), one()], &[("FERRY_NODE_TIMEOUT_MS", "1000")], T).unwrap();
-    let mut job = hosts
-        .command(0, std::env::current_exe().unwrap())
-        .env("FERRY_TEST_FREEZE_JOB", &cluster.head.address)
-        .env("FERRY_TOKEN", &cluster.head.token)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = std::io::BufReader::new(job.stdout.take().unwrap()).lines();
-    let mut frozen = None;
-    let mut result = String::new();
-    for line in lines.map_while(Result::ok) {
-        if let Some(addr) = line.strip_prefix("freeze ") {
-            let m = cluster.members.iter().find(|m| m.address == addr).expect("the target is a member");
-            signal(m.child.id(), 19); // SIGSTOP
-            frozen = Some(m.child.id());
-        } else {
-            result = line;
-            break;
-        }
-    }
-    let exited = wait_exit(&mut job, T);
-    if let Some(pid) = frozen {
-        signal(pid, 18); // SIGCONT, so that it can be stopped
-    }
-    if exited.is_err() {
-        let _ = job.kill();
-    }
-    assert!(frozen.is_some(), "the job never named a node to freeze");
-    assert!(result.starts_with("retried on another node after"), "{result}");
+    let (out, _) = job_with_failures("FERRY_TEST_FREEZE_JOB", &[]);
+    let result = out.first().cloned().unwrap_or_default();
+    assert!(result.starts_with("retried on another node after"), "{out:?}");
     let secs: f64 = result.rsplit(' ').next().unwrap().trim_end_matches('s').parse().unwrap();
     // Timeout 1 s, then the task's 1.5 s again: well under the 20 s it would take otherwise.
     assert!(secs < 10.0, "{result}");
-    drop(cluster);
 }
 
 /// An object whose only copy was on a node that was killed is made again from its lineage,
 /// both when a task needs it and when the driver gets it.
 #[test]
 fn an_object_lost_with_its_node_is_made_again() {
-    use std::io::BufRead;
-    let hosts = Hosts::new(3).expect("network namespaces (needs root and `ip`)");
-    let ferry = env!("CARGO_BIN_EXE_ferry");
-    let one = || vec!["--num-cpus".to_string(), "1".to_string()];
-    let mut cluster =
-        Cluster::start_with(&hosts, ferry, &[one(), one(), one()], &[("FERRY_NODE_TIMEOUT_MS", "1000")], T).unwrap();
-    let mut job = hosts
-        .command(0, std::env::current_exe().unwrap())
-        .env("FERRY_TEST_LINEAGE_JOB", &cluster.head.address)
-        .env("FERRY_TOKEN", &cluster.head.token)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = Vec::new();
-    for line in std::io::BufReader::new(job.stdout.take().unwrap()).lines().map_while(Result::ok) {
-        if let Some(addr) = line.strip_prefix("kill ") {
-            let m = cluster.members.iter_mut().find(|m| m.address == addr).expect("the target is a member");
-            let _ = m.child.kill();
-            let _ = m.child.wait();
-        } else {
-            out.push(line);
-        }
-    }
-    let exited = wait_exit(&mut job, T);
-    if exited.is_err() {
-        let _ = job.kill();
-    }
-    eprintln!("{out:?}");
+    let (out, _) = job_with_failures("FERRY_TEST_LINEAGE_JOB", &[]);
     assert!(out.iter().any(|l| l.starts_with("task ok")), "{out:?}");
     assert!(out.iter().any(|l| l == "get ok"), "{out:?}");
     assert!(out.iter().any(|l| l == "chain ok"), "{out:?}");
     assert!(out.iter().any(|l| l == "released ok"), "{out:?}");
-    drop(cluster);
 }
 
 /// An actor on a node that dies comes back on another node (it has a restart left), and calls
 /// made after the death reach it there.
 #[test]
 fn an_actor_on_a_dead_node_restarts_elsewhere() {
+    let (out, clean) = job_with_failures("FERRY_TEST_ACTOR_NODE_JOB", &["--resources", "spot=1"]);
+    assert!(clean, "the job failed: {out:?}");
+    assert!(out.iter().any(|l| l == "restarted ok"), "{out:?}");
+    assert!(!out.iter().any(|l| l.starts_with("FAIL")), "{out:?}");
+}
+
+/// Starts three namespace hosts of 1 CPU (with `args` added to each node) and a head timeout of
+/// 1 s, runs this binary on the head's host as a job with `var` set to the head's address, and
+/// does what it asks on its standard output: `kill ADDR` kills that member, `freeze ADDR` stops
+/// it (thawed at the end). Returns the job's other lines and whether it exited cleanly.
+fn job_with_failures(var: &str, args: &[&str]) -> (Vec<String>, bool) {
     use std::io::BufRead;
     let hosts = Hosts::new(3).expect("network namespaces (needs root and `ip`)");
     let ferry = env!("CARGO_BIN_EXE_ferry");
-    let spot = || vec!["--num-cpus".to_string(), "1".to_string(), "--resources".to_string(), "spot=1".to_string()];
+    let node = || {
+        let mut a = vec!["--num-cpus".to_string(), "1".to_string()];
+        a.extend(args.iter().map(|s| s.to_string()));
+        a
+    };
     let mut cluster =
-        Cluster::start_with(&hosts, ferry, &[spot(), spot(), spot()], &[("FERRY_NODE_TIMEOUT_MS", "1000")], T).unwrap();
+        Cluster::start_with(&hosts, ferry, &[node(), node(), node()], &[("FERRY_NODE_TIMEOUT_MS", "1000")], T).unwrap();
     let mut job = hosts
         .command(0, std::env::current_exe().unwrap())
-        .env("FERRY_TEST_ACTOR_NODE_JOB", &cluster.head.address)
+        .env(var, &cluster.head.address)
         .env("FERRY_TOKEN", &cluster.head.token)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let mut out = Vec::new();
+    let mut frozen = Vec::new();
     for line in std::io::BufReader::new(job.stdout.take().unwrap()).lines().map_while(Result::ok) {
+        let member = |c: &Cluster, addr: &str| c.members.iter().position(|m| m.address == addr).expect("a member");
         if let Some(addr) = line.strip_prefix("kill ") {
-            let m = cluster.members.iter_mut().find(|m| m.address == addr).expect("the actor is on a member");
+            let i = member(&cluster, addr);
+            let m = &mut cluster.members[i];
             let _ = m.child.kill();
             let _ = m.child.wait();
+        } else if let Some(addr) = line.strip_prefix("freeze ") {
+            let pid = cluster.members[member(&cluster, addr)].child.id();
+            signal(pid, 19); // SIGSTOP
+            frozen.push(pid);
         } else {
             out.push(line);
         }
     }
     let exited = wait_exit(&mut job, T);
+    for pid in frozen {
+        signal(pid, 18); // SIGCONT, so that it can be stopped
+    }
     if exited.is_err() {
         let _ = job.kill();
     }
-    assert!(exited.is_ok_and(|ok| ok), "the job failed: {out:?}");
-    assert!(out.iter().any(|l| l == "restarted ok"), "{out:?}");
-    assert!(!out.iter().any(|l| l.starts_with("FAIL")), "{out:?}");
     drop(cluster);
+    (out, exited.unwrap_or(false))
 }
