@@ -271,6 +271,8 @@ fn lineage_job(address: &str) -> ! {
         Ok(_) => println!("FAIL chain: wrong bytes"),
         Err(err) => println!("FAIL chain: {err}"),
     }
+    // Made again: `data`, `second` and the released `first`.
+    println!("reconstructions {}", ferry::recovery_stats().unwrap().reconstructions);
     ferry::shutdown();
     std::process::exit(0);
 }
@@ -658,6 +660,7 @@ fn an_object_lost_with_its_node_is_made_again() {
     assert!(out.iter().any(|l| l == "get ok"), "{out:?}");
     assert!(out.iter().any(|l| l == "chain ok"), "{out:?}");
     assert!(out.iter().any(|l| l == "released ok"), "{out:?}");
+    assert!(out.iter().any(|l| l == "reconstructions 3"), "{out:?}");
 }
 
 /// An actor on a node that dies comes back on another node (it has a restart left), and calls

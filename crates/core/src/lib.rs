@@ -407,6 +407,23 @@ fn drafts(args: Vec<TaskArg>) -> Result<(Vec<ArgDraft>, Vec<RawRef>)> {
     Ok((drafts, held))
 }
 
+/// What this process's owner table did to recover, so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryStats {
+    /// Task runs repeated: after a lost worker or node, a panic with `retry_exceptions`, or an
+    /// argument that had to be made again.
+    pub task_retries: u64,
+    /// Objects made again from their lineage after every copy was lost.
+    pub reconstructions: u64,
+}
+
+/// Retries and reconstructions of the tasks and objects this process owns.
+pub fn recovery_stats() -> Result<RecoveryStats> {
+    let rt = runtime()?;
+    let st = rt.lock();
+    Ok(RecoveryStats { task_retries: st.retries, reconstructions: st.reconstructions })
+}
+
 /// The node this process runs on (for [`SchedulingStrategy::NodeAffinity`]).
 pub fn node_id() -> Result<NodeId> {
     Ok(runtime()?.node_id)

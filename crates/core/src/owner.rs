@@ -293,8 +293,10 @@ pub(crate) struct OwnerState {
     lineage_bytes: usize,
     /// Nodes declared dead: objects stored there are lost.
     dead_nodes: HashSet<NodeId>,
-    /// Objects made again so far (visible in `memory_summary` figures and tests).
+    /// Objects made again so far, and task runs repeated (a lost worker or node, a panic with
+    /// `retry_exceptions`, a lost argument): see `ferry::recovery_stats`.
     pub reconstructions: u64,
+    pub retries: u64,
 }
 
 impl OwnerState {
@@ -321,6 +323,7 @@ impl OwnerState {
             lineage_bytes: 0,
             dead_nodes: HashSet::default(),
             reconstructions: 0,
+            retries: 0,
         }
     }
 
@@ -968,6 +971,8 @@ impl OwnerState {
         }
         // The task again, waiting for them (its arguments are still held: it never ended).
         t.retries_left -= 1;
+        t.attempts += 1;
+        self.retries += 1;
         t.state = TaskState::WaitingDeps(remade.len() as u32);
         for arg in &remade {
             if let Some(e) = self.objects.get_mut(arg) {
@@ -1083,6 +1088,7 @@ impl OwnerState {
                 let mut t = t;
                 t.retries_left -= 1;
                 t.attempts += 1;
+                self.retries += 1;
                 t.state = TaskState::Queued;
                 let class = t.class;
                 self.classes[class].queue.push_back(t.ret.task);
@@ -1186,6 +1192,7 @@ impl OwnerState {
             if t.retries_left > 0 {
                 t.retries_left -= 1;
                 t.attempts += 1;
+                self.retries += 1;
                 t.state = TaskState::Queued;
                 self.classes[t.class].queue.push_front(task);
                 classes.push(t.class);

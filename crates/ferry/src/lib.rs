@@ -25,10 +25,10 @@
 
 pub use ferry_core::{
     block_on, cancel, decode, encode_vec, get, get_actor, get_all, get_async, get_bytes, get_timeout, init, kill,
-    memory_summary, node_id, node_stats, nodes, put, shutdown, store_return, wait, Actor, ActorHandle, ActorId,
-    ActorOptions, ActorOptionsBuilder, ActorProxy, Bytes, BytesMut, Config, Error, GetFuture, IntoArg, Location,
-    MemorySummary, NodeId, NodeInfo, NodeStats, ObjectId, ObjectRef, ObjectSummary, RawActor, RemoteOptions, Result,
-    SchedulingStrategy, TaskArg, TaskOptions, WaitResult, WorkerId,
+    memory_summary, node_id, node_stats, nodes, put, recovery_stats, shutdown, store_return, wait, Actor, ActorHandle,
+    ActorId, ActorOptions, ActorOptionsBuilder, ActorProxy, Bytes, BytesMut, Config, Error, GetFuture, IntoArg,
+    Location, MemorySummary, NodeId, NodeInfo, NodeStats, ObjectId, ObjectRef, ObjectSummary, RawActor, RecoveryStats,
+    RemoteOptions, Result, SchedulingStrategy, TaskArg, TaskOptions, WaitResult, WorkerId,
 };
 pub use ferry_macros::{actor, main, remote};
 

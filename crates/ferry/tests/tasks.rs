@@ -414,8 +414,10 @@ fn retry_exceptions_retries_panics_and_says_how_many_attempts() {
     };
     // Opted in: the third run succeeds.
     let f = file("a");
+    let before = ferry::recovery_stats().unwrap().task_retries;
     let r = flaky::options().retry_exceptions(true).max_retries(3).remote(f.clone(), 3);
     assert_eq!(ferry::get_timeout(&r, T).unwrap(), 3);
+    assert_eq!(ferry::recovery_stats().unwrap().task_retries - before, 2, "two retries, counted");
     // Not opted in: the first panic is the answer.
     let f2 = file("b");
     let r = flaky::options().max_retries(3).remote(f2.clone(), 3);
