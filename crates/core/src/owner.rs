@@ -514,7 +514,11 @@ impl OwnerState {
                         }
                         batch.push(spec);
                     }
-                    Err(e) => self.fail_task(task, e, fx),
+                    Err(e) => {
+                        if !self.wait_for_remade_args(task) {
+                            self.fail_task(task, e, fx);
+                        }
+                    }
                 }
             }
             if !batch.is_empty() {
@@ -592,6 +596,34 @@ impl OwnerState {
             });
         }
         Ok(args)
+    }
+
+    /// A queued task found an argument pending again (it is being made again after a loss):
+    /// the task waits for it, as it would have before its first run. False if none is.
+    fn wait_for_remade_args(&mut self, task: TaskId) -> bool {
+        let Some(t) = self.tasks.get(&task) else { return false };
+        let pending: Vec<ObjectId> = t
+            .args
+            .iter()
+            .filter_map(|a| match a {
+                ArgDraft::Ref(id) if matches!(self.objects.get(id).map(|e| &e.state), Some(ObjState::Pending)) => {
+                    Some(*id)
+                }
+                _ => None,
+            })
+            .collect();
+        if pending.is_empty() {
+            return false;
+        }
+        for id in &pending {
+            if let Some(e) = self.objects.get_mut(id) {
+                e.rare().dependents.push(task);
+            }
+        }
+        if let Some(t) = self.tasks.get_mut(&task) {
+            t.state = TaskState::WaitingDeps(pending.len() as u32);
+        }
+        true
     }
 
     fn build_spec(&self, task: TaskId) -> Result<TaskSpec, Error> {
