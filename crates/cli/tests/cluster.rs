@@ -7,7 +7,7 @@
 
 use ferry::prelude::*;
 use ferry::{NodeId, SchedulingStrategy};
-use ferry_testkit::{netns_exists, signal, wait_exit, Cluster, Hosts};
+use ferry_testkit::{signal, wait_exit, Cluster, Hosts};
 use std::io::Read;
 use std::process::Stdio;
 use std::time::Duration;
@@ -631,11 +631,7 @@ fn a_job_uses_every_node_of_a_three_host_cluster() {
     assert!(st.contains("jobs: 2") && st.contains("exited with 3") && st.contains("exited with 0"), "{st}");
 
     drop(cluster);
-    let names: Vec<String> = (0..hosts.len()).map(|i| hosts.name(i).to_string()).collect();
-    drop(hosts);
-    for n in names {
-        assert!(!netns_exists(&n), "namespace {n} left behind");
-    }
+    hosts.tear_down().unwrap();
 }
 
 /// A member frozen in the middle of a task (its sockets stay open, its heartbeats stop): the

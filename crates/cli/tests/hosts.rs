@@ -2,7 +2,7 @@
 //! `ferry status` and `ferry stop` from another, a job joining by address from a third, and
 //! the root namespace unable to reach any of them. Everything is torn down at the end.
 
-use ferry_testkit::{netns_exists, signal, wait_exit, Head, Hosts};
+use ferry_testkit::{signal, wait_exit, Head, Hosts};
 use std::io::Read;
 use std::process::Stdio;
 use std::time::Duration;
@@ -79,11 +79,7 @@ fn a_head_on_one_host_serves_tools_and_a_job_on_others() {
     assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
     assert!(head.wait_exit(T).unwrap(), "the head exits cleanly after ferry stop");
 
-    let names: Vec<String> = (0..hosts.len()).map(|i| hosts.name(i).to_string()).collect();
-    drop(hosts);
-    for n in names {
-        assert!(!netns_exists(&n), "namespace {n} left behind");
-    }
+    hosts.tear_down().unwrap();
 }
 
 fn status_of(hosts: &Hosts, on: usize, address: &str, token: &str) -> String {
@@ -139,11 +135,7 @@ fn nodes_join_the_head_and_dead_ones_are_detected() {
     assert!(stop.unwrap().status.success());
     assert!(head.wait_exit(T).unwrap());
     drop(members);
-    let names: Vec<String> = (0..hosts.len()).map(|i| hosts.name(i).to_string()).collect();
-    drop(hosts);
-    for n in names {
-        assert!(!netns_exists(&n), "namespace {n} left behind");
-    }
+    hosts.tear_down().unwrap();
 }
 
 /// The head's control store persists: after `kill -9` and a start on the same state directory

@@ -114,6 +114,18 @@ impl Hosts {
     }
 }
 
+impl Hosts {
+    /// Removes the hosts now and checks that no namespace of theirs is left.
+    pub fn tear_down(self) -> Result<(), String> {
+        let names = self.names.clone();
+        drop(self);
+        match names.iter().find(|n| netns_exists(n)) {
+            Some(n) => Err(format!("namespace {n} left behind")),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Drop for Hosts {
     fn drop(&mut self) {
         for n in &self.names {
