@@ -1,4 +1,4 @@
-//! Chaos: a tree reduction (4,096 leaves of 128 KiB, 8,191 tasks, every intermediate object
+//! Chaos: a tree reduction (8,192 leaves of 128 KiB, 16,383 tasks, every intermediate object
 //! in a store) runs on a three-host cluster while the harness kills worker processes on the
 //! members at random moments and then one whole member. Seeded (`FERRY_CHAOS_SEED`, default
 //! two seeds), so a failing run can be replayed. Every run must end, within its bound, with
@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(60);
-const LEAVES: u64 = 4096;
+const LEAVES: u64 = 8192;
 const LEN: usize = 16 << 10; // u64s per object: 128 KiB
 
 #[ferry::remote]
