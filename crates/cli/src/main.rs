@@ -60,10 +60,14 @@ enum Cmd {
         /// Stay in the foreground until `ferry stop`.
         #[arg(long)]
         block: bool,
-        /// On a head: where its control store (nodes, named actors, jobs) and submitted
+        /// On a head: where its control store (nodes, named actors), its jobs and submitted
         /// binaries persist (default: a directory under $TMPDIR named for the port).
         #[arg(long)]
         state_dir: Option<std::path::PathBuf>,
+        /// Run the control store alone (the head starts it as a process of its own, and starts
+        /// it again if it dies).
+        #[arg(long, hide = true)]
+        control_store: bool,
     },
     /// Run a job binary on the cluster: it is shipped to the head by content hash (once), runs
     /// there as the job's driver, and its output comes back here.
@@ -96,8 +100,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Submit { address, token, command } => return submit(&address_or_default(address), token, &command),
-        Cmd::Start { head, address, token, host, port, num_cpus, resources, object_store_bytes, block, state_dir } => {
+        Cmd::Start {
+            head,
+            address,
+            token,
+            host,
+            port,
+            num_cpus,
+            resources,
+            object_store_bytes,
+            block,
+            state_dir,
+            control_store,
+        } => {
             let role = match (head, address) {
+                _ if control_store => Ok(Role::Control { state_dir }),
                 (true, None) => Ok(Role::Head { state_dir }),
                 (false, Some(a)) => Ok(Role::Member { head: a, token }),
                 _ => Err("give either --head, or --address HEAD:PORT to join a head".to_string()),
@@ -138,6 +155,7 @@ fn parse_resources(s: &str) -> Result<Vec<(String, f64)>, String> {
 }
 
 enum Role {
+    Control { state_dir: Option<std::path::PathBuf> },
     Head { state_dir: Option<std::path::PathBuf> },
     Member { head: String, token: Option<String> },
 }
@@ -166,12 +184,30 @@ fn start_blocking(
     if let Some(b) = store {
         cfg = cfg.object_store_bytes(b);
     }
+    let mut control = None;
     let node_role = match &role {
+        Role::Control { state_dir } => {
+            die_with_parent();
+            NodeRole::Control { timeout: env_ms("FERRY_NODE_TIMEOUT_MS", 5000), state_dir: state_dir.clone() }
+        }
         Role::Head { state_dir } => {
-            let state_dir = state_dir
-                .clone()
-                .or_else(|| (port != 0).then(|| std::env::temp_dir().join(format!("ferry-head-{port}"))));
-            NodeRole::Head { timeout: env_ms("FERRY_NODE_TIMEOUT_MS", 5000), state_dir }
+            // The head's state always persists (a fresh directory when no port is fixed), so
+            // that its control store can be started again on it.
+            // With no port fixed it is named for this process, so that it goes once the
+            // process has (as other nodes' stale directories do).
+            let state_dir = state_dir.clone().unwrap_or_else(|| {
+                std::env::temp_dir().join(match port {
+                    0 => format!("ferry-{}-head-state", std::process::id()),
+                    p => format!("ferry-head-{p}"),
+                })
+            });
+            let c = ControlStore::start(host, &state_dir)?;
+            let addr = c.addr.clone();
+            control = Some(c);
+            // Five heartbeats per timeout at least (its control store has the same timeout).
+            let timeout = env_ms("FERRY_NODE_TIMEOUT_MS", 5000).as_millis() as u64;
+            let heartbeat = env_ms("FERRY_HEARTBEAT_MS", (timeout / 5).clamp(10, 1000));
+            NodeRole::Head { control: addr, heartbeat, state_dir: Some(state_dir) }
         }
         Role::Member { head, token } => {
             // A member uses the cluster's token, so drivers reach it with the same one.
@@ -182,6 +218,14 @@ fn start_blocking(
     let (node, token) =
         ferry::__private::start_node(&cfg, &format!("{host}:{port}"), node_role).map_err(|e| e.to_string())?;
     let addr = node.tcp_addr().ok_or("the node has no TCP address")?;
+    if let Role::Control { state_dir: Some(dir) } = &role {
+        // How the head (and tests) find the running control store's process.
+        let _ = std::fs::write(dir.join("control.pid"), std::process::id().to_string());
+    }
+    let supervisor = control.map(|c| {
+        println!("control store: {} (pid {}, started again if it dies)", c.addr, c.pid());
+        c.supervise()
+    });
     let file = ferry::__private::token_file(addr.port());
     write_private(&file, &token).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
     println!("ferry: node started (pid {})", std::process::id());
@@ -192,8 +236,142 @@ fn start_blocking(
     println!("ready");
     node.wait_for_stop_request();
     let _ = std::fs::remove_file(&file);
+    if let Some(s) = supervisor {
+        s.stop();
+    }
     node.shutdown();
     Ok(())
+}
+
+/// Dies with the process that started this one (the head, for its control store).
+fn die_with_parent() {
+    let parent: Option<i32> = std::env::var("FERRY_PARENT_PID").ok().and_then(|p| p.parse().ok());
+    if let Some(parent) = parent {
+        // SAFETY: plain syscalls on this process.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() != parent {
+                // The parent died before the line above.
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+/// The control store's process, started by the head (DESIGN §9): on its own so that it can
+/// die and start again while every node, task and actor goes on.
+struct ControlStore {
+    child: std::process::Child,
+    addr: String,
+    host: String,
+    state_dir: std::path::PathBuf,
+}
+
+impl ControlStore {
+    /// Starts `ferry start --control-store` on `host` (any port the first time) and waits
+    /// until it is ready.
+    fn start(host: &str, state_dir: &std::path::Path) -> Result<ControlStore, String> {
+        let (child, addr) = Self::spawn(host, 0, state_dir)?;
+        Ok(ControlStore { child, addr, host: host.to_string(), state_dir: state_dir.to_path_buf() })
+    }
+
+    fn spawn(host: &str, port: u16, state_dir: &std::path::Path) -> Result<(std::process::Child, String), String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = std::process::Command::new(exe)
+            .args(["start", "--control-store", "--block", "--host", host, "--port", &port.to_string()])
+            .arg("--state-dir")
+            .arg(state_dir)
+            .env("FERRY_PARENT_PID", std::process::id().to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start the control store: {e}"))?;
+        let out = child.stdout.take().ok_or("no output from the control store")?;
+        let mut lines = BufReader::new(out).lines();
+        let mut addr = None;
+        for line in lines.by_ref() {
+            let line = line.map_err(|e| e.to_string())?;
+            if let Some(a) = line.strip_prefix("address: ") {
+                addr = Some(a.to_string());
+            }
+            if line == "ready" {
+                break;
+            }
+        }
+        // Whatever it prints later is drained, so that it never writes to a closed pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        match addr {
+            Some(a) => Ok((child, a)),
+            None => {
+                let _ = child.kill();
+                Err(format!("the control store exited before it was ready ({:?})", child.wait().ok()))
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Watches the control store from a thread of its own (its death signal is tied to that
+    /// thread) and starts it again, on the same address and state, whenever it dies.
+    fn supervise(self) -> Supervisor {
+        let stopping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pid = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(self.child.id()));
+        let (s, p) = (stopping.clone(), pid.clone());
+        let thread = std::thread::spawn(move || {
+            let ControlStore { mut child, addr, host, state_dir } = self;
+            let port: u16 = addr.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            loop {
+                let status = child.wait();
+                if s.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                eprintln!("ferry: the control store exited ({status:?}); starting it again on {addr}");
+                // Its port may take a moment to be free again; bounded, then the head gives up.
+                let mut tries = 0;
+                child = loop {
+                    match Self::spawn(&host, port, &state_dir) {
+                        Ok((c, _)) => break c,
+                        Err(e) if tries < 50 => {
+                            tries += 1;
+                            eprintln!("ferry: cannot start the control store yet: {e}");
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
+                        Err(e) => {
+                            eprintln!("ferry: giving up on the control store: {e}");
+                            return;
+                        }
+                    }
+                };
+                p.store(child.id(), std::sync::atomic::Ordering::SeqCst);
+                if s.load(std::sync::atomic::Ordering::SeqCst) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return;
+                }
+            }
+        });
+        Supervisor { stopping, pid, thread }
+    }
+}
+
+struct Supervisor {
+    stopping: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pid: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Supervisor {
+    /// Stops the control store for good.
+    fn stop(self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        let pid = self.pid.load(std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: a signal to the child this head started (and has not reaped: the thread
+        // below reaps it).
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let _ = self.thread.join();
+    }
 }
 
 fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
@@ -423,10 +601,11 @@ fn status(address: &str, token: Option<String>) -> Result<(), String> {
         }
     };
     if let Some(nodes) = nodes.filter(|n| n.len() > 1) {
-        println!("cluster: {} nodes, {} alive", nodes.len(), nodes.iter().filter(|n| n.alive).count());
+        let work = nodes.iter().filter(|n| !n.head);
+        println!("cluster: {} nodes, {} alive", work.clone().count(), work.filter(|n| n.alive).count());
         for n in nodes {
             let state = if n.alive { "alive" } else { "dead" };
-            let role = if n.head { " (head)" } else { "" };
+            let role = if n.head { " (control store)" } else { "" };
             println!(
                 "  node {}{role} at {}: {state}; {} available of {}; {} workers, {} actors; \
                  {} objects, {:.1} MiB ({:.1} MiB spilled); last heard {} ms ago",

@@ -1,6 +1,7 @@
 //! Chaos: a tree reduction (8,192 leaves of 128 KiB, 16,383 tasks, every intermediate object
 //! in a store) runs on a three-host cluster while the harness kills worker processes on the
-//! members at random moments and then one whole member. Seeded (`FERRY_CHAOS_SEED`, default
+//! members at random moments, one whole member, and the control store (which the head starts
+//! again). Seeded (`FERRY_CHAOS_SEED`, default
 //! two seeds), so a failing run can be replayed. Every run must end, within its bound, with
 //! exactly the failure-free result or a typed error; then no stored object may be left.
 
@@ -135,8 +136,12 @@ fn run(seed: u64) {
     let hosts = Hosts::new(3).expect("network namespaces (needs root and `ip`)");
     let ferry = env!("CARGO_BIN_EXE_ferry");
     let two = || vec!["--num-cpus".to_string(), "2".to_string()];
+    let state = std::env::temp_dir().join(format!("ferry-test-chaos-{}-{seed}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let mut head = two();
+    head.extend(["--state-dir".to_string(), state.display().to_string()]);
     let mut cluster =
-        Cluster::start_with(&hosts, ferry, &[two(), two(), two()], &[("FERRY_NODE_TIMEOUT_MS", "1000")], T).unwrap();
+        Cluster::start_with(&hosts, ferry, &[head, two(), two()], &[("FERRY_NODE_TIMEOUT_MS", "1000")], T).unwrap();
     let mut job = hosts
         .command(0, std::env::current_exe().unwrap())
         .env("FERRY_TEST_CHAOS_JOB", &cluster.head.address)
@@ -157,12 +162,22 @@ fn run(seed: u64) {
     let mut killed_workers = 0;
     let node_victim = (rng.next() % 2) as usize;
     let node_kill_at = 2 + rng.next() % 6;
+    let control_kill_at = 1 + rng.next() % 8;
     let mut node_killed = false;
-    // Chaos while the job runs: a worker every 50–250 ms, one whole member once.
+    let mut control_killed = false;
+    // Chaos while the job runs: a worker every 50–250 ms, one whole member once, and the
+    // control store once (the head starts it again).
     for round in 0..40u64 {
         if let Ok(l) = rx.recv_timeout(Duration::from_millis(50 + rng.next() % 200)) {
             lines.push(l);
             break;
+        }
+        if round == control_kill_at {
+            let pid = std::fs::read_to_string(state.join("control.pid")).ok().and_then(|p| p.trim().parse().ok());
+            if let Some(pid) = pid {
+                ferry_testkit::signal(pid, 9);
+                control_killed = true;
+            }
         }
         if round == node_kill_at && !node_killed {
             let _ = cluster.members[node_victim].child.kill();
@@ -190,13 +205,17 @@ fn run(seed: u64) {
     if exited.is_err() {
         let _ = job.kill();
     }
-    eprintln!("seed {seed}: killed {killed_workers} workers, node killed: {node_killed}; job said {lines:?}");
+    eprintln!(
+        "seed {seed}: killed {killed_workers} workers, node killed: {node_killed}, control store killed: \
+         {control_killed}; job said {lines:?}"
+    );
     let result = lines.iter().find(|l| l.starts_with("result")).cloned().unwrap_or_default();
     assert!(result == "result right" || result.starts_with("result error"), "seed {seed}: {result:?} ({lines:?})");
     assert!(lines.iter().any(|l| l == "stores empty"), "seed {seed}: {lines:?}");
     assert!(lines.iter().any(|l| l == "actor calls hung: 0"), "seed {seed}: {lines:?}");
     assert!(exited.is_ok(), "seed {seed}: the job hung");
     drop(cluster);
+    let _ = std::fs::remove_dir_all(&state);
 }
 
 #[test]

@@ -434,7 +434,8 @@ pub fn node_id() -> Result<NodeId> {
 pub fn nodes() -> Result<Vec<NodeInfo>> {
     use ferry_proto::msg::{FromNode, ToNode};
     match runtime()?.node_call(|req| ToNode::ClusterStatus { req })? {
-        FromNode::Cluster { nodes, .. } => Ok(nodes),
+        // The control store runs no work: it is not one of the nodes tasks can use.
+        FromNode::Cluster { nodes, .. } => Ok(nodes.into_iter().filter(|n| !n.head).collect()),
         other => Err(Error::Connection { detail: format!("unexpected reply to a cluster status: {other:?}") }),
     }
 }

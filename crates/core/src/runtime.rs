@@ -468,7 +468,8 @@ impl Runtime {
                 | FromNode::JobStarted { .. }
                 | FromNode::JobOutput { .. }
                 | FromNode::JobEnded { .. }
-                | FromNode::Jobs { .. } => {}
+                | FromNode::Jobs { .. }
+                | FromNode::ControlAt { .. } => {}
             }
         }
     }

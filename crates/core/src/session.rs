@@ -73,6 +73,7 @@ fn node_options(cfg: &Config, program: Option<PathBuf>, tcp: Option<String>) -> 
         worker_program: program,
         tcp,
         head_timeout: None,
+        control_only: false,
         join: None,
         state_dir: None,
         worker_env: cfg.to_worker_env(),
@@ -83,10 +84,14 @@ fn node_options(cfg: &Config, program: Option<PathBuf>, tcp: Option<String>) -> 
 /// How a node started on its own takes part in a cluster.
 #[derive(Debug, Clone)]
 pub enum NodeRole {
-    /// Other nodes join it; one silent this long is dead. Its control store and submitted
-    /// binaries persist in `state_dir`.
-    Head { timeout: std::time::Duration, state_dir: Option<PathBuf> },
-    /// It joins the head at this address, with a heartbeat every interval.
+    /// The control store: nodes join it; one silent this long is dead. It runs no work; its
+    /// tables persist in `state_dir`.
+    Control { timeout: std::time::Duration, state_dir: Option<PathBuf> },
+    /// The head node: it joins the control store at `control` like any member, and keeps
+    /// submitted binaries and the jobs it runs in `state_dir`.
+    Head { control: String, heartbeat: std::time::Duration, state_dir: Option<PathBuf> },
+    /// It joins the cluster through any node's address (normally the head's), with a
+    /// heartbeat every interval.
     Member { head: String, heartbeat: std::time::Duration },
 }
 
@@ -95,7 +100,7 @@ pub enum NodeRole {
 /// Returns the node and its token.
 pub fn start_node(cfg: &Config, tcp: &str, role: NodeRole) -> Result<(NodeHandle, String)> {
     let mut cfg = cfg.clone();
-    if let NodeRole::Head { state_dir: Some(dir), .. } = &role {
+    if let NodeRole::Head { state_dir: Some(dir), .. } | NodeRole::Control { state_dir: Some(dir), .. } = &role {
         // The cluster's token lives with the head's state: a head started again keeps it, so
         // members and drivers that hold it carry on.
         if cfg.token.is_none() {
@@ -104,8 +109,17 @@ pub fn start_node(cfg: &Config, tcp: &str, role: NodeRole) -> Result<(NodeHandle
     }
     let mut opts = node_options(&cfg, None, Some(tcp.to_string()));
     match role {
-        NodeRole::Head { timeout, state_dir } => {
+        NodeRole::Control { timeout, state_dir } => {
             opts.head_timeout = Some(timeout);
+            opts.state_dir = state_dir;
+            opts.control_only = true;
+            opts.resources = Shape::default();
+            opts.pool.prestart = 0;
+            opts.pool.max_workers = 0;
+            opts.spill_dir = None;
+        }
+        NodeRole::Head { control, heartbeat, state_dir } => {
+            opts.join = Some((control, heartbeat));
             opts.state_dir = state_dir;
         }
         NodeRole::Member { head, heartbeat } => opts.join = Some((head, heartbeat)),

@@ -179,6 +179,14 @@ impl Node {
     }
 
     pub(crate) fn create_actor(&self, st: &mut State, conn: ConnId, req: u64, actor: ActorId, spec: ActorSpec) {
+        if self.opts.control_only {
+            // Kept across a restart of the control store (see `restore_actor`).
+            if let Some(c) = &self.control {
+                if let Err(e) = c.put_actor(actor, &spec) {
+                    eprintln!("ferry-node: control store: cannot record actor {actor:?}: {e}");
+                }
+            }
+        }
         let rec = st.actors.entry(actor).or_insert_with(|| ActorRec::new(spec.class.clone(), conn));
         rec.restarts_left = spec.max_restarts;
         rec.created = Some((conn, req));
@@ -210,11 +218,19 @@ impl Node {
             st.rand ^= st.rand << 17;
             // Here if it fits here now; else where there is room now; else queued here (and
             // moved by rebalancing once some node has room).
-            let decision = if fits(&shape, &me.available) {
+            // The control store runs nothing: its actors go to a node with room, else to one
+            // that can fit them (which queues them), else wait.
+            let decision = if fits(&shape, &me.available) && !self.opts.control_only {
                 Decision::Local
             } else {
                 match ferry_sched::place::two_choices(&shape, &others, st.rand) {
                     Some(v) => Decision::Spill { node: v.node, addr: v.addr.clone() },
+                    None if self.opts.control_only => others
+                        .iter()
+                        .filter(|v| v.alive && !v.addr.is_empty() && fits(&shape, &v.total))
+                        .min_by_key(|v| v.node.0 ^ st.rand)
+                        .map(|v| Decision::Spill { node: v.node, addr: v.addr.clone() })
+                        .unwrap_or_else(|| Decision::Wait("no node alive can ever host it".into())),
                     None => place(&shape, &Default::default(), None, &me, &others, 0, st.rand),
                 }
             };
@@ -493,7 +509,11 @@ impl Node {
             for n in names.iter().chain(rec_name.iter()) {
                 let _ = c.remove_name(n);
             }
+            if self.opts.control_only {
+                let _ = c.remove_actor(actor);
+            }
         }
+        st.recovering.remove(&actor);
         let host = rec.host.take();
         st.pending_hosts.remove(&actor);
         if let Some(h) = host {
@@ -557,9 +577,16 @@ impl Node {
     /// detached) share its fate.
     pub(crate) fn actors_conn_closed(&self, st: &mut State, conn: ConnId) {
         let ids: Vec<ActorId> = st.actors.keys().copied().collect();
+        let controls: Vec<NodeId> = st.view.iter().filter(|v| v.head).map(|v| v.node).collect();
         for actor in ids {
             let Some(rec) = st.actors.get_mut(&actor) else { continue };
             rec.waiters.retain(|(c, _)| *c != conn);
+            if rec.home.is_some_and(|h| controls.contains(&h)) {
+                // Hosted for the control store, which is started again when it dies: the
+                // actor goes on, and is re-reported when this node joins it again.
+                rec.holders.remove(&conn);
+                continue;
+            }
             let was_holder = rec.holders.remove(&conn).is_some();
             let detached = rec.spec.as_ref().is_some_and(|s| s.detached);
             if rec.owner == conn && !detached {
@@ -576,6 +603,81 @@ impl Node {
         for conn in rec.holders.keys() {
             self.send(st, *conn, msg);
         }
+    }
+
+    /// An actor from the control store's tables, after it was started again: it waits for
+    /// its host to re-report it (`actors_reported`) until `due`, then is started anew. Which
+    /// processes held it is not known again, so from now on it lives until it is killed.
+    pub(crate) fn restore_actor(&self, st: &mut State, actor: ActorId, mut spec: ActorSpec, due: Instant) {
+        let mut rec = ActorRec::new(spec.class.clone(), ACTOR_CONN);
+        rec.holders.clear();
+        rec.restarts_left = spec.max_restarts;
+        rec.phase = Phase::Placing;
+        spec.detached = true;
+        rec.spec = Some(spec);
+        st.actors.insert(actor, rec);
+        st.recovering.insert(actor, due);
+    }
+
+    /// Restored actors no host re-reported in time: started anew (the control store's
+    /// monitor calls this).
+    pub(crate) fn recover_due(&self, st: &mut State) {
+        let now = Instant::now();
+        let due: Vec<ActorId> = st.recovering.iter().filter(|(_, t)| **t <= now).map(|(a, _)| *a).collect();
+        for actor in due {
+            st.recovering.remove(&actor);
+            if st.actors.get(&actor).is_some_and(|r| r.is_placing() && r.host.is_none()) {
+                eprintln!("ferry-node: actor {actor:?} was not re-reported by any node: starting it anew");
+                self.place(st, actor);
+            }
+        }
+    }
+
+    /// `ActorsHosted` from `node`, which (re)joined: the actors it runs for this home. A
+    /// restored actor is re-attached where it runs; a copy this home no longer counts on (it
+    /// was started elsewhere meanwhile, or killed) is stopped.
+    pub(crate) fn actors_reported(&self, st: &mut State, node: NodeId, actors: Vec<(ActorId, WorkerId, Addr)>) {
+        for (actor, worker, addr) in actors {
+            if actor.home_tag() != ActorId::tag_of(self.id) {
+                continue;
+            }
+            let recovering = st.recovering.contains_key(&actor);
+            let keep = match st.actors.get_mut(&actor) {
+                Some(rec) if rec.is_placing() && (recovering || rec.host == Some(node)) => {
+                    st.recovering.remove(&actor);
+                    rec.host = Some(node);
+                    rec.remote = Some((worker, addr));
+                    rec.phase = Phase::Alive { worker };
+                    rec.incarnation += 1;
+                    eprintln!("ferry-node: actor {actor:?} re-attached on node {node}");
+                    self.answer_waiters(st, actor);
+                    true
+                }
+                Some(rec) => matches!(rec.phase, Phase::Alive { worker: w } if w == worker),
+                None => false,
+            };
+            if !keep {
+                if let Some(a) = self.node_addr(st, node) {
+                    let msg = ToNode::KillActor { actor };
+                    let _ = self.links_tx.lock().unwrap_or_else(|e| e.into_inner()).send((node, a, msg));
+                }
+            }
+        }
+    }
+
+    /// The actors this node runs for `home`, as `ActorsHosted` reports them.
+    pub(crate) fn hosted_for(&self, st: &State, home: NodeId) -> Vec<(ActorId, WorkerId, Addr)> {
+        st.actors
+            .iter()
+            .filter(|(_, r)| r.home == Some(home))
+            .filter_map(|(a, r)| match r.phase {
+                Phase::Alive { worker } => {
+                    let tcp = st.workers.get(&worker).and_then(|(_, _, t)| t.clone())?;
+                    Some((*a, worker, Addr::Tcp(tcp)))
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     pub(crate) fn num_live_actors(&self, st: &State) -> usize {

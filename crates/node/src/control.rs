@@ -1,19 +1,23 @@
-//! The head's persisted tables (DESIGN §9, the control store): the nodes that joined, the
-//! named actors, the jobs. They live in an embedded database (redb: transactional, crash-safe,
-//! pure Rust) in the head's state directory; a head started again on that directory loads
-//! them: nodes come back as dead until they join again (members retry on their own), names
-//! stay reserved, jobs keep their history.
+//! Persisted tables (DESIGN §9) in an embedded database (redb: transactional, crash-safe,
+//! pure Rust) in the head's state directory. The control store's file (`control.redb`) has its
+//! node id, the nodes that joined, the named actors and the specs of the actors it is home
+//! for; a control store started again on that directory loads them: the nodes alive when it
+//! stopped get a timeout to join again (members retry on their own) and are declared dead if
+//! they do not, names stay reserved, actors wait to be re-reported by their hosts. The head node's file (`jobs.redb`) has the jobs it ran: a job's
+//! driver is that daemon's child, so its record lives with the process that sees it end.
 //!
 //! What changes every heartbeat (load, last heard) stays in memory: a restart re-learns it
 //! within a heartbeat.
 
-use ferry_proto::msg::{ActorId, JobView, Shape};
+use ferry_proto::msg::{ActorId, ActorSpec, JobView, Shape};
 use ferry_proto::NodeId;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 const NODES: TableDefinition<u64, &[u8]> = TableDefinition::new("nodes");
 const NAMES: TableDefinition<&str, &[u8]> = TableDefinition::new("named_actors");
 const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
+const ACTORS: TableDefinition<u64, &[u8]> = TableDefinition::new("actors");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// See the module docs.
 pub(crate) struct ControlStore {
@@ -27,15 +31,17 @@ fn err(e: impl std::fmt::Display) -> String {
 }
 
 impl ControlStore {
-    /// Opens (or creates) the store in `dir`.
-    pub(crate) fn open(dir: &std::path::Path) -> Res<ControlStore> {
+    /// Opens (or creates) the store `file` in `dir`.
+    pub(crate) fn open(dir: &std::path::Path, file: &str) -> Res<ControlStore> {
         std::fs::create_dir_all(dir).map_err(err)?;
-        let db = redb::Database::create(dir.join("control.redb")).map_err(err)?;
+        let db = redb::Database::create(dir.join(file)).map_err(err)?;
         // Create the tables, so that reads of a new store find them empty.
         let tx = db.begin_write().map_err(err)?;
         tx.open_table(NODES).map_err(err)?;
         tx.open_table(NAMES).map_err(err)?;
         tx.open_table(JOBS).map_err(err)?;
+        tx.open_table(ACTORS).map_err(err)?;
+        tx.open_table(META).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(ControlStore { db })
     }
@@ -49,6 +55,10 @@ impl ControlStore {
     pub(crate) fn put_node(&self, node: NodeId, addr: &str, total: &Shape) -> Res<()> {
         let v = postcard::to_stdvec(&(addr, total)).map_err(err)?;
         self.write(|tx| tx.open_table(NODES).map_err(err)?.insert(node.0, v.as_slice()).map(|_| ()).map_err(err))
+    }
+
+    pub(crate) fn remove_node(&self, node: NodeId) -> Res<()> {
+        self.write(|tx| tx.open_table(NODES).map_err(err)?.remove(node.0).map(|_| ()).map_err(err))
     }
 
     pub(crate) fn nodes(&self) -> Res<Vec<(NodeId, String, Shape)>> {
@@ -86,6 +96,48 @@ impl ControlStore {
         Ok(out)
     }
 
+    /// The id this store's node has had since the store was made: a control store started
+    /// again keeps it, so the actor ids that name it as their home still do.
+    pub(crate) fn node_id(&self) -> Res<NodeId> {
+        let tx = self.db.begin_write().map_err(err)?;
+        let id = {
+            let mut t = tx.open_table(META).map_err(err)?;
+            let known = t.get("node_id").map_err(err)?.map(|v| v.value());
+            match known {
+                Some(id) => id,
+                None => {
+                    let id = ferry_proto::ids::random_u64();
+                    t.insert("node_id", id).map_err(err)?;
+                    id
+                }
+            }
+        };
+        tx.commit().map_err(err)?;
+        Ok(NodeId(id))
+    }
+
+    pub(crate) fn put_actor(&self, actor: ActorId, spec: &ActorSpec) -> Res<()> {
+        let v = postcard::to_stdvec(spec).map_err(err)?;
+        self.write(|tx| tx.open_table(ACTORS).map_err(err)?.insert(actor.0, v.as_slice()).map(|_| ()).map_err(err))
+    }
+
+    pub(crate) fn remove_actor(&self, actor: ActorId) -> Res<()> {
+        self.write(|tx| tx.open_table(ACTORS).map_err(err)?.remove(actor.0).map(|_| ()).map_err(err))
+    }
+
+    pub(crate) fn actors(&self) -> Res<Vec<(ActorId, ActorSpec)>> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let t = tx.open_table(ACTORS).map_err(err)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            if let Ok(spec) = postcard::from_bytes::<ActorSpec>(v.value()) {
+                out.push((ActorId(k.value()), spec));
+            }
+        }
+        Ok(out)
+    }
+
     pub(crate) fn put_job(&self, job: &JobView) -> Res<()> {
         let v = postcard::to_stdvec(job).map_err(err)?;
         self.write(|tx| tx.open_table(JOBS).map_err(err)?.insert(job.id, v.as_slice()).map(|_| ()).map_err(err))
@@ -114,7 +166,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ferry-control-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         {
-            let s = ControlStore::open(&dir).unwrap();
+            let s = ControlStore::open(&dir, "control.redb").unwrap();
             s.put_node(NodeId(7), "10.0.0.2:1", &Shape::cpus(2.0)).unwrap();
             s.put_name("svc", ActorId(9), "app::Svc").unwrap();
             s.put_name("gone", ActorId(10), "app::Svc").unwrap();
@@ -131,7 +183,7 @@ mod tests {
             s.put_job(&job).unwrap();
             s.put_job(&JobView { ended_ms: Some(2), code: Some(0), ..job }).unwrap();
         }
-        let s = ControlStore::open(&dir).unwrap();
+        let s = ControlStore::open(&dir, "control.redb").unwrap();
         assert_eq!(s.nodes().unwrap(), vec![(NodeId(7), "10.0.0.2:1".to_string(), Shape::cpus(2.0))]);
         assert_eq!(s.names().unwrap(), vec![("svc".to_string(), ActorId(9), "app::Svc".to_string())]);
         let jobs = s.jobs().unwrap();

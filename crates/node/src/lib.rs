@@ -72,13 +72,18 @@ pub struct NodeOptions {
     /// Also listen on this TCP address (`host:port`; port 0 picks one), for drivers and tools
     /// that join by address.
     pub tcp: Option<String>,
-    /// Set on a head: other nodes may join it, and one silent this long is dead.
+    /// Set on the control store: other nodes may join it, and one silent this long is dead.
     pub head_timeout: Option<Duration>,
+    /// The control store (DESIGN §9) runs as a node of its own that hosts no work: it keeps
+    /// membership, names and the actors homed at it, and is never chosen to run anything, so
+    /// it can be killed and started again while every other node goes on.
+    pub control_only: bool,
     /// Set on a member: the head's address (`host:port`) to join, and how often to send it a
     /// heartbeat.
     pub join: Option<(String, Duration)>,
-    /// On a head: where the control store and submitted binaries persist (a head started again
-    /// on the same directory finds them).
+    /// On the control store: where its tables persist; on the head node: where submitted
+    /// binaries and the jobs' records persist (started again on the same directory, they find
+    /// them).
     pub state_dir: Option<PathBuf>,
     /// Extra environment for workers (the job's configuration).
     pub worker_env: Vec<(String, String)>,
@@ -174,6 +179,9 @@ struct State {
     retired: HashSet<WorkerId>,
     /// Actors no node alive can host, waiting for one that can.
     waiting_actors: Vec<ActorId>,
+    /// On a control store started again: actors loaded from its tables whose hosts have not
+    /// re-reported them yet, and when they are started anew if none does.
+    recovering: HashMap<ActorId, Instant>,
 }
 
 enum SpawnCmd {
@@ -202,8 +210,9 @@ struct Node {
     tcp_addr: Option<std::net::SocketAddr>,
     /// Messages to other nodes' daemons (see `transfer::links`).
     links_tx: Mutex<mpsc::Sender<(NodeId, String, ToNode)>>,
-    /// On a member: its link to the head, once joined.
+    /// On a member: its link to the control store, once joined, and that store's address.
     head_link: Mutex<Option<Arc<Conn>>>,
+    control_addr: Mutex<Option<String>>,
     stopping: AtomicBool,
     /// Pids of live workers, for the last-resort cleanup at process exit.
     pids: Mutex<HashMap<WorkerId, u32>>,
@@ -253,19 +262,26 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
         None => None,
     };
     let (sched, actions) = Scheduler::new(&opts.resources, opts.pool.clone());
+    let file = if opts.control_only { "control.redb" } else { "jobs.redb" };
     let control = match &opts.state_dir {
         Some(d) => Some(
-            control::ControlStore::open(d)
+            control::ControlStore::open(d, file)
                 .map_err(|e| io::Error::other(format!("control store in {}: {e}", d.display())))?,
         ),
         None => None,
+    };
+    // A node with a state directory keeps its id across restarts: the control store's is in
+    // the home tag of its actors' ids, the head node's in the membership table.
+    let id = match &control {
+        Some(c) => c.node_id().map_err(|e| io::Error::other(format!("state in {:?}: {e}", opts.state_dir)))?,
+        None => NodeId(ferry_proto::ids::random_u64()),
     };
     let program = opts.worker_program.clone();
     let (spawn_tx, spawn_rx) = mpsc::channel();
     let (spill_tx, spill_rx) = mpsc::channel();
     let (links_tx, links_rx) = mpsc::channel();
     let node = Arc::new(Node {
-        id: NodeId(ferry_proto::ids::random_u64()),
+        id,
         state: Mutex::new(State {
             sched,
             store: ObjectTable::new(store, opts.store_capacity),
@@ -295,6 +311,7 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
             jobs: Vec::new(),
             retired: HashSet::new(),
             waiting_actors: Vec::new(),
+            recovering: HashMap::new(),
         }),
         opts,
         spawn_tx: Mutex::new(spawn_tx),
@@ -307,6 +324,7 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
         tcp_addr,
         links_tx: Mutex::new(links_tx),
         head_link: Mutex::new(None),
+        control_addr: Mutex::new(None),
         stopping: AtomicBool::new(false),
         pids: Mutex::new(HashMap::new()),
     });
@@ -651,16 +669,23 @@ impl Node {
         for (name, actor, _class) in c.names().unwrap_or_default() {
             st.names.insert(name, actor);
         }
+        // Their hosts re-report them when they join again; those none reports within a node
+        // timeout are started anew.
+        let due = Instant::now() + self.opts.head_timeout.unwrap_or(Duration::from_secs(5));
+        for (actor, spec) in c.actors().unwrap_or_default() {
+            self.restore_actor(&mut st, actor, spec, due);
+        }
         st.jobs = c.jobs().unwrap_or_default();
         for j in st.jobs.iter_mut().filter(|j| j.ended_ms.is_none()) {
             // It ran under a head that is gone; whether it is still running is not known.
             j.ended_ms = Some(j.started_ms);
         }
-        if !st.members.is_empty() || !st.jobs.is_empty() {
+        if !st.members.is_empty() || !st.jobs.is_empty() || !st.recovering.is_empty() {
             eprintln!(
-                "ferry-node: control store: {} nodes (dead until they join again), {} names, {} jobs",
+                "ferry-node: control store: {} nodes (to join again within the timeout), {} names, {} actors, {} jobs",
                 st.members.len(),
                 st.names.len(),
+                st.recovering.len(),
                 st.jobs.len()
             );
         }
@@ -928,6 +953,14 @@ impl Node {
                 self.host_actor(st, conn, actor, spec, home)
             }
             ToNode::ActorHosted { actor, worker, addr, error } => self.actor_hosted(st, actor, worker, addr, error),
+            ToNode::ActorsHosted { node, actors } => self.actors_reported(st, node, actors),
+            ToNode::ControlAddress { req } => {
+                let addr = match self.opts.head_timeout.is_some() {
+                    true => self.tcp_addr.map(|a| a.to_string()),
+                    false => self.control_addr.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                };
+                self.send(st, conn, &FromNode::ControlAt { req, addr });
+            }
             ToNode::ActorLost { actor, reason } => {
                 if st.actors.get(&actor).is_some_and(|r| r.is_remote()) {
                     self.actor_lost(st, actor, &reason);

@@ -1,10 +1,12 @@
-//! The head's membership table: the nodes that joined it, their last heartbeat, and which
-//! are dead. A node is dead when its heartbeats stop for longer than the timeout, or at once
-//! when its connection to the head closes (a process that was killed closes its sockets; a
-//! frozen process or a cut link does not, and is caught by the timeout). Deaths are
-//! published to every process connected to the head.
+//! The control store's membership table: the nodes that joined it, their last heartbeat, and
+//! which are dead. A node is dead when its heartbeats stop for longer than the timeout, or at
+//! once when its connection closes (a process that was killed closes its sockets; a frozen
+//! process or a cut link does not, and is caught by the timeout). Deaths are published to
+//! every node, and by each to its processes.
 //!
-//! This is the first part of the control store (DESIGN §9): in memory for now.
+//! A member's side (`join_loop`): it asks the address it was given where the control store
+//! is (any node answers), joins it, heartbeats, and when the link breaks (the control store
+//! was killed, or restarts) asks and joins again, re-reporting the actors it hosts for it.
 
 use crate::{ConnId, Node, State};
 use ferry_proto::msg::{FromNode, NodeStats, NodeView, Shape};
@@ -23,11 +25,13 @@ pub(crate) struct Member {
 }
 
 impl Member {
-    /// A node the control store remembers: dead until it joins again.
+    /// A node that was alive when the control store stopped: alive until the timeout passes
+    /// without it joining again, and then declared dead (published, as any death is), so
+    /// that a node that died meanwhile is not forgotten. Until it joins it shows no room.
     pub(crate) fn restored(addr: String, total: Shape) -> Member {
         let stats = NodeStats { total: total.clone(), ..Default::default() };
         // No connection yet: 0 is the daemon's own (actors') id, never a peer's.
-        Member { addr, total, stats, last_seen: Instant::now(), alive: false, conn: 0 }
+        Member { addr, total, stats, last_seen: Instant::now(), alive: true, conn: 0 }
     }
 }
 
@@ -54,6 +58,10 @@ impl Node {
     }
 
     pub(crate) fn heartbeat(&self, st: &mut State, node: NodeId, stats: NodeStats) {
+        if !st.waiting_actors.is_empty() {
+            // Room may have freed for actors the control store could not place.
+            self.retry_infeasible(st);
+        }
         if let Some(m) = st.members.get_mut(&node) {
             if !m.alive {
                 eprintln!("ferry-node: node {node} at {} is heard from again", m.addr);
@@ -82,7 +90,7 @@ impl Node {
     pub(crate) fn member_conn_closed(&self, st: &mut State, conn: ConnId) {
         let gone: Vec<NodeId> = st.members.iter().filter(|(_, m)| m.alive && m.conn == conn).map(|(n, _)| *n).collect();
         for n in gone {
-            self.member_died(st, n, "its connection to the head closed");
+            self.member_died(st, n, "its connection to the control store closed");
         }
     }
 
@@ -91,6 +99,12 @@ impl Node {
         m.alive = false;
         let silent_ms = m.last_seen.elapsed().as_millis() as u64;
         eprintln!("ferry-node: node {node} at {} is dead: {why} (silent for {silent_ms} ms)", m.addr);
+        if let Some(c) = &self.control {
+            // The table holds the nodes alive: what a restarted control store waits for.
+            if let Err(e) = c.remove_node(node) {
+                eprintln!("ferry-node: control store: cannot drop node {node}: {e}");
+            }
+        }
         let msg = FromNode::NodeDied { node, silent_ms };
         let all: Vec<ConnId> = st.conns.iter().filter(|(_, c)| c.registered).map(|(k, _)| *k).collect();
         for c in all {
@@ -105,11 +119,12 @@ impl Node {
         view_of(self.id, addr, self.opts.head_timeout.is_some(), true, 0, &self.stats(st))
     }
 
-    /// Every other node: a head's members, or what the head last told a member.
+    /// Every other node that can run work: the control store's members, or what it last
+    /// told a member (less the control store itself).
     pub(crate) fn others(&self, st: &State) -> Vec<NodeView> {
         match self.opts.head_timeout {
             Some(_) => self.cluster_view(st).into_iter().skip(1).collect(),
-            None => st.view.iter().filter(|v| v.node != self.id).cloned().collect(),
+            None => st.view.iter().filter(|v| v.node != self.id && !v.head).cloned().collect(),
         }
     }
 
@@ -125,11 +140,16 @@ impl Node {
         v
     }
 
-    /// This node and every other.
+    /// This node and every other, the control store included.
     pub(crate) fn full_view(&self, st: &State) -> Vec<NodeView> {
-        let mut v = vec![self.my_view(st)];
-        v.extend(self.others(st));
-        v
+        match self.opts.head_timeout {
+            Some(_) => self.cluster_view(st),
+            None => {
+                let mut v = vec![self.my_view(st)];
+                v.extend(st.view.iter().filter(|v| v.node != self.id).cloned());
+                v
+            }
+        }
     }
 
     /// This node (the head) and every member.
@@ -168,22 +188,49 @@ pub(crate) fn monitor(node: std::sync::Arc<Node>, timeout: Duration) {
         std::thread::sleep(tick);
         let mut st = node.lock();
         node.check_members(&mut st, timeout);
+        node.recover_due(&mut st);
     }
 }
 
-/// A member's link to its head: joins, then sends a heartbeat every interval and keeps the
-/// head's view of the cluster it gets back (what spillback chooses from); joins again when the
-/// link breaks.
-pub(crate) fn join_loop(node: std::sync::Arc<Node>, head: &str, every: Duration) {
+/// Asks the node at `addr` where the control store is.
+fn find_control(node: &Node, addr: &str, every: Duration) -> Result<String, String> {
+    use ferry_proto::conn::{connect, Addr};
+    use ferry_proto::msg::{ProcKind, ToNode};
+    let me = ferry_proto::WorkerId(node.id.0);
+    let (conn, mut rx, _) = connect(&Addr::Tcp(addr.to_string()), &node.opts.token, me, node.opts.max_frame)
+        .map_err(|e| format!("cannot reach {addr}: {e}"))?;
+    conn.send(&ToNode::register_tool(ProcKind::Tool)).map_err(|e| e.to_string())?;
+    conn.send(&ToNode::ControlAddress { req: 1 }).map_err(|e| e.to_string())?;
+    rx.get_ref().set_read_timeout(Some(every.max(Duration::from_millis(500)))).map_err(|e| e.to_string())?;
+    loop {
+        match rx.read::<FromNode>().map_err(|e| format!("{addr} did not answer: {e}"))? {
+            FromNode::ControlAt { addr: Some(a), .. } => return Ok(a),
+            FromNode::ControlAt { addr: None, .. } => return Err(format!("{addr} has not joined a control store")),
+            _ => {}
+        }
+    }
+}
+
+/// A member's link to the control store: finds it through the address it was given, joins,
+/// re-reports the actors it hosts for it, then sends a heartbeat every interval and keeps the
+/// view of the cluster it gets back (what spillback chooses from); joins again when the link
+/// breaks.
+pub(crate) fn join_loop(node: std::sync::Arc<Node>, given: &str, every: Duration) {
     use ferry_proto::conn::{connect, Addr};
     use ferry_proto::msg::{ProcKind, ToNode};
     use std::sync::atomic::Ordering;
     let stopping = || node.stopping.load(Ordering::SeqCst);
+    // The last failure told, so that a control store down for a while is reported once.
+    let mut told = String::new();
     while !stopping() {
+        let mut head = given.to_string();
         let joined = (|| -> Result<(), String> {
+            head = find_control(&node, given, every)?;
+            let head = head.as_str();
             let me = ferry_proto::WorkerId(node.id.0);
-            let (conn, mut rx, _) = connect(&Addr::Tcp(head.to_string()), &node.opts.token, me, node.opts.max_frame)
-                .map_err(|e| format!("cannot reach the head: {e}"))?;
+            let (conn, mut rx, control) =
+                connect(&Addr::Tcp(head.to_string()), &node.opts.token, me, node.opts.max_frame)
+                    .map_err(|e| format!("cannot reach the control store: {e}"))?;
             let conn = std::sync::Arc::new(conn);
             conn.send(&ToNode::register_tool(ProcKind::Node)).map_err(|e| e.to_string())?;
             let addr = node.tcp_addr.map(|a| a.to_string()).unwrap_or_default();
@@ -202,8 +249,13 @@ pub(crate) fn join_loop(node: std::sync::Arc<Node>, head: &str, every: Duration)
                 match rx.read::<FromNode>() {
                     Ok(FromNode::Ack { error: None, .. }) if !joined => {
                         joined = true;
-                        eprintln!("ferry-node: joined the head at {head}");
+                        eprintln!("ferry-node: joined the control store at {head}");
                         *node.head_link.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+                        *node.control_addr.lock().unwrap_or_else(|e| e.into_inner()) = Some(head.to_string());
+                        let actors = node.hosted_for(&node.lock(), control);
+                        if !actors.is_empty() {
+                            conn.send(&ToNode::ActorsHosted { node: node.id, actors }).map_err(|e| e.to_string())?;
+                        }
                     }
                     Ok(FromNode::Ack { error: Some(e), .. }) => return Err(e),
                     Ok(FromNode::Cluster { nodes, .. }) => {
@@ -214,7 +266,11 @@ pub(crate) fn join_loop(node: std::sync::Arc<Node>, head: &str, every: Duration)
                     }
                     Ok(m @ FromNode::NodeDied { node: dead, .. }) => {
                         // Published to this node's processes too: their leases there end now.
+                        // Its view says so at once, so that their retries are not sent there.
                         let mut st = node.lock();
+                        if let Some(v) = st.view.iter_mut().find(|v| v.node == dead) {
+                            v.alive = false;
+                        }
                         let all: Vec<ConnId> = st.conns.iter().filter(|(_, c)| c.registered).map(|(k, _)| *k).collect();
                         for c in all {
                             node.send(&st, c, &m);
@@ -231,16 +287,19 @@ pub(crate) fn join_loop(node: std::sync::Arc<Node>, head: &str, every: Duration)
                     Err(e) => return Err(e.to_string()),
                 }
                 if last_heard.elapsed() > every * 10 + Duration::from_secs(1) {
-                    return Err("the head stopped answering heartbeats".into());
+                    return Err("the control store stopped answering heartbeats".into());
                 }
             }
             Ok(())
         })();
         *node.head_link.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        if let Err(e) = joined {
-            if !stopping() {
-                eprintln!("ferry-node: lost the head at {head} ({e}); trying again");
+        match joined {
+            Err(e) if !stopping() && e != told => {
+                eprintln!("ferry-node: no link to the control store at {head} ({e}); trying again");
+                told = e;
             }
+            Err(_) => {}
+            Ok(()) => told.clear(),
         }
         std::thread::sleep(every);
     }

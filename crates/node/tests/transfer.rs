@@ -27,6 +27,7 @@ fn options(tag: &str, head: Option<String>) -> NodeOptions {
         worker_program: None,
         tcp: Some("127.0.0.1:0".into()),
         head_timeout: head.is_none().then_some(Duration::from_secs(5)),
+        control_only: false,
         join: head.map(|h| (h, Duration::from_millis(50))),
         state_dir: None,
         worker_env: Vec::new(),

@@ -147,6 +147,7 @@ pub struct NodeView {
     pub node: NodeId,
     /// Where drivers and tools reach its daemon (`host:port`).
     pub addr: String,
+    /// The control store (DESIGN §9): it keeps the cluster's tables and runs no work.
     pub head: bool,
     pub alive: bool,
     pub total: Shape,
@@ -229,6 +230,12 @@ pub enum ToNode {
     ActorHosted { actor: ActorId, worker: WorkerId, addr: Addr, error: Option<String> },
     /// To an actor's home: the worker hosting it died.
     ActorLost { actor: ActorId, reason: String },
+    /// From a member that (re)joined the control store: the actors it hosts for it, so a
+    /// control store started again re-attaches them instead of starting them anew.
+    ActorsHosted { node: NodeId, actors: Vec<(ActorId, WorkerId, Addr)> },
+    /// Where this cluster's control store is (answered by `ControlAt`): a member asks the
+    /// address it was given, which may be any node of the cluster.
+    ControlAddress { req: u64 },
     /// What the node knows of processes and stored objects (for `memory_summary`).
     Inventory { req: u64 },
     /// Asks a node started on its own (`ferry start`) to stop.
@@ -405,6 +412,11 @@ pub enum FromNode {
     Jobs {
         req: u64,
         jobs: Vec<JobView>,
+    },
+    /// The answer to `ControlAddress` (`None`: this node is in no cluster).
+    ControlAt {
+        req: u64,
+        addr: Option<String>,
     },
     /// The answer to `FetchObject`: `size` raw bytes follow, or the error says why not.
     ObjectData {
