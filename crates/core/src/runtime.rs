@@ -161,7 +161,7 @@ impl Runtime {
             _ => None,
         };
         let tcp = my_tcp.map(|a| a.to_string());
-        conn.send(&ToNode::Register { kind: id.kind, pid: std::process::id(), listen, tcp, exe })
+        conn.send(&ToNode::Register { kind: id.kind, pid: std::process::id(), listen, tcp, exe, node: Some(node_id) })
             .map_err(|e| Error::Connection { detail: e.to_string() })?;
         // Nothing that comes before the answer concerns a process that is not yet registered.
         loop {
@@ -534,6 +534,7 @@ impl Runtime {
             listen: Addr::Unix(peer_socket(&self.session_dir, self.me)),
             tcp: self.my_tcp.map(|a| a.to_string()),
             exe: this_program(),
+            node: Some(self.node_id),
         };
         conn.send(&register).map_err(|e| err(e.to_string()))?;
         reader.get_ref().set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| err(e.to_string()))?;

@@ -99,6 +99,7 @@ fn raw_worker() -> (Conn, FrameReader<Stream>, Conn) {
         listen: ferry_proto::Addr::Unix("/nonexistent".into()),
         tcp: None,
         exe: None,
+        node: None,
     })
     .unwrap();
     assert!(matches!(node_rx.read::<FromNode>().unwrap(), FromNode::Registered { .. }));
@@ -176,6 +177,7 @@ fn garbage_and_oversized_frames_close_only_that_connection() {
         listen: ferry_proto::Addr::Unix("/x".into()),
         tcp: None,
         exe: None,
+        node: None,
     })
     .unwrap();
     assert!(rx.read::<FromNode>().is_err(), "an unexpected worker registration closes the connection");
@@ -329,6 +331,7 @@ fn a_peer_that_stops_reading_cannot_stall_the_daemon() {
         listen: ferry_proto::Addr::Unix("/nonexistent".into()),
         tcp: None,
         exe: None,
+        node: None,
     })
     .unwrap();
     // Ask for far more answers than a socket buffer holds, and read none of them.

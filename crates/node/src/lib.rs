@@ -123,6 +123,8 @@ pub(crate) struct ConnInfo {
     /// Accepted on the TCP listener: the peer may be on another host, so the addresses it is
     /// given are TCP ones.
     via_tcp: bool,
+    /// The node a registered process runs on (as it said).
+    node: Option<NodeId>,
 }
 
 struct State {
@@ -788,7 +790,7 @@ impl Node {
             (_, true) => {}
         }
         match msg {
-            ToNode::Register { kind, pid: _, listen, tcp, exe } => {
+            ToNode::Register { kind, pid: _, listen, tcp, exe, node } => {
                 let registered = FromNode::Registered {
                     node: self.id,
                     worker: st.conns.get(&conn).map(|c| c.from).unwrap_or_default(),
@@ -801,6 +803,7 @@ impl Node {
                 };
                 info.registered = true;
                 info.kind = Some(kind);
+                info.node = node;
                 let w = info.from;
                 self.attach_pending_holds(st, conn, w);
                 let Some(info) = st.conns.get_mut(&conn) else {
@@ -1084,8 +1087,15 @@ fn serve_conn(node: Arc<Node>, stream: Stream) {
         let mut st = node.lock();
         let id = st.next_conn;
         st.next_conn += 1;
-        let info =
-            ConnInfo { conn: conn.clone(), from: hello.from, worker: None, registered: false, kind: None, via_tcp };
+        let info = ConnInfo {
+            conn: conn.clone(),
+            from: hello.from,
+            worker: None,
+            registered: false,
+            kind: None,
+            via_tcp,
+            node: None,
+        };
         st.conns.insert(id, info);
         id
     };
@@ -1127,9 +1137,13 @@ fn serve_conn(node: Arc<Node>, stream: Stream) {
     let mut st = node.lock();
     let st = &mut *st;
     let info = st.conns.remove(&id);
-    if let Some(i) = info.as_ref().filter(|i| matches!(i.kind, Some(ProcKind::Driver | ProcKind::Worker))) {
-        // A process of this node is gone: what it owned here can never be asked for again
-        // (its borrowers get `OwnerDied`), so its stored objects and their copies go.
+    if let Some(i) =
+        info.as_ref().filter(|i| matches!(i.kind, Some(ProcKind::Driver | ProcKind::Worker | ProcKind::Client)))
+    {
+        // A process is gone (of this node; or of another, whose link here closes when it
+        // exits, gives this node up for dead, or its node is declared dead): what it owned
+        // here will never be asked for again (its borrowers get `OwnerDied`), so its stored
+        // objects and their copies go.
         let owned: Vec<ObjectId> = st.store.list().into_iter().map(|o| o.id).filter(|o| o.owner() == i.from).collect();
         for o in &owned {
             st.store.free(*o);

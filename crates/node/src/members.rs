@@ -9,7 +9,7 @@
 //! was killed, or restarts) asks and joins again, re-reporting the actors it hosts for it.
 
 use crate::{ConnId, Node, State};
-use ferry_proto::msg::{FromNode, NodeStats, NodeView, Shape};
+use ferry_proto::msg::{FromNode, NodeStats, NodeView, ProcKind, Shape};
 use ferry_proto::NodeId;
 use std::time::{Duration, Instant};
 
@@ -111,6 +111,15 @@ impl Node {
             self.send(st, c, &msg);
         }
         self.actors_node_died(st, node);
+    }
+
+    /// Node `dead` was declared dead: the links of its processes here are closed (a frozen or
+    /// cut-off node's stay open otherwise), which releases their leases and holds and frees the
+    /// objects they own here, as when a process exits.
+    pub(crate) fn close_conns_of(&self, st: &State, dead: NodeId) {
+        for c in st.conns.values().filter(|c| c.kind == Some(ProcKind::Client) && c.node == Some(dead)) {
+            c.conn.shutdown();
+        }
     }
 
     /// This node as a cluster view shows it (its live figures).
@@ -276,6 +285,7 @@ pub(crate) fn join_loop(node: std::sync::Arc<Node>, given: &str, every: Duration
                             node.send(&st, c, &m);
                         }
                         node.actors_node_died(&mut st, dead);
+                        node.close_conns_of(&st, dead);
                     }
                     Ok(FromNode::Log { node: origin, stderr, lines }) => {
                         let mut st = node.lock();

@@ -170,7 +170,9 @@ pub enum ToNode {
     /// `exe`: a driver's own executable, which workers run (a node started on its own takes
     /// it from the first driver that joins).
     /// `tcp`: where processes of other nodes reach it (a node with a TCP address).
-    Register { kind: ProcKind, pid: u32, listen: Addr, tcp: Option<String>, exe: Option<Program> },
+    /// `node`: the node a `Client` runs on (its processes' links here are closed when that
+    /// node is declared dead).
+    Register { kind: ProcKind, pid: u32, listen: Addr, tcp: Option<String>, exe: Option<Program>, node: Option<NodeId> },
     /// Ask for a worker for tasks of `shape` at nesting `depth` (the driver's tasks are at
     /// depth 1). Answered by `LeaseGranted`, `LeaseSpillback` (ask that node instead) or
     /// `LeaseInfeasible`. `prefer`: the node holding most of the tasks' argument bytes.
@@ -267,7 +269,14 @@ impl ToNode {
     /// The registration of a connection that runs no tasks and owns nothing: a tool, or
     /// another node's daemon.
     pub fn register_tool(kind: ProcKind) -> ToNode {
-        ToNode::Register { kind, pid: std::process::id(), listen: Addr::Tcp(String::new()), tcp: None, exe: None }
+        ToNode::Register {
+            kind,
+            pid: std::process::id(),
+            listen: Addr::Tcp(String::new()),
+            tcp: None,
+            exe: None,
+            node: None,
+        }
     }
 }
 

@@ -1,0 +1,114 @@
+//! Owner death across nodes (DESIGN §8): a driver on one host owns a large object stored on
+//! another host's node. When the driver is killed, or when its whole node freezes and is
+//! declared dead, the other node frees the object (and releases the driver's leases there):
+//! nothing would ever ask for it again.
+
+use ferry::prelude::*;
+use ferry_testkit::{signal, Cluster, Hosts};
+use std::io::BufRead;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(30);
+
+#[ferry::remote]
+fn big(n: usize) -> Vec<u8> {
+    vec![7; n]
+}
+
+#[used]
+#[link_section = ".init_array"]
+static JOB: extern "C" fn() = job_entry;
+
+/// Joins the node at `FERRY_TEST_OWNER_JOB`, stores an 8 MiB object on the node at
+/// `FERRY_TEST_OWNER_ON`, says so, and waits to be killed.
+extern "C" fn job_entry() {
+    if std::env::var_os("FERRY_WORKER").is_some() {
+        return;
+    }
+    let Ok(address) = std::env::var("FERRY_TEST_OWNER_JOB") else { return };
+    let on = std::env::var("FERRY_TEST_OWNER_ON").unwrap();
+    ferry::init(ferry::Config::default().address(&address)).unwrap();
+    let node = ferry::nodes().unwrap().into_iter().find(|n| n.addr == on).expect("the other node").node;
+    let s = SchedulingStrategy::NodeAffinity { node, soft: false };
+    let r = big::options().scheduling_strategy(s).remote(8 << 20);
+    ferry::wait(std::slice::from_ref(&r), 1, Some(T)).unwrap();
+    println!("stored");
+    std::thread::sleep(T);
+    std::process::exit(1);
+}
+
+/// The number of objects `ferry status` shows for the node at `addr`.
+fn objects_on(hosts: &Hosts, cluster: &Cluster, addr: &str) -> Option<u64> {
+    let out = hosts
+        .command(0, env!("CARGO_BIN_EXE_ferry"))
+        .args(["status", "--address", &cluster.head.address, "--token", &cluster.head.token])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = text.lines().find(|l| l.trim_start().starts_with("node ") && l.contains(&format!("at {addr}:")))?;
+    let before = line.split(" objects,").next()?;
+    before.rsplit(' ').next()?.parse().ok()
+}
+
+fn wait_objects(hosts: &Hosts, cluster: &Cluster, addr: &str, want: u64, what: &str) -> Duration {
+    let t = Instant::now();
+    loop {
+        if objects_on(hosts, cluster, addr) == Some(want) {
+            return t.elapsed();
+        }
+        assert!(t.elapsed() < T, "{what}: node {addr} has {:?} objects", objects_on(hosts, cluster, addr));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts the job on host 1 (joining that host's node), storing on host 2's node.
+fn start_job(hosts: &Hosts, cluster: &Cluster) -> std::process::Child {
+    let mut job = hosts
+        .command(1, std::env::current_exe().unwrap())
+        .env("FERRY_TEST_OWNER_JOB", &cluster.members[0].address)
+        .env("FERRY_TEST_OWNER_ON", &cluster.members[1].address)
+        .env("FERRY_TOKEN", &cluster.head.token)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(job.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "stored");
+    job
+}
+
+#[test]
+fn a_dead_owners_objects_on_other_nodes_are_freed() {
+    let hosts = Hosts::new(3).expect("network namespaces (needs root and `ip`)");
+    let ferry = env!("CARGO_BIN_EXE_ferry");
+    let one = || vec!["--num-cpus".to_string(), "1".to_string()];
+    let mut cluster =
+        Cluster::start_with(&hosts, ferry, &[one(), one(), one()], &[("FERRY_NODE_TIMEOUT_MS", "1000")], T).unwrap();
+    let far = cluster.members[1].address.clone();
+    let far = far.rsplit_once(':').unwrap().0.to_string();
+
+    // The owner process is killed: its link to the far node closes.
+    let mut job = start_job(&hosts, &cluster);
+    wait_objects(&hosts, &cluster, &far, 1, "the object stored");
+    job.kill().unwrap();
+    job.wait().unwrap();
+    let took = wait_objects(&hosts, &cluster, &far, 0, "freed after its owner was killed");
+    eprintln!("freed {took:?} after the owner was killed");
+
+    // The owner's whole node freezes: its links stay open, but it is declared dead.
+    let mut job = start_job(&hosts, &cluster);
+    wait_objects(&hosts, &cluster, &far, 1, "the object stored again");
+    let node = cluster.members[0].child.id();
+    signal(job.id(), 19);
+    signal(node, 19);
+    let took = wait_objects(&hosts, &cluster, &far, 0, "freed after its owner's node was declared dead");
+    eprintln!("freed {took:?} after the owner's node froze (timeout 1 s)");
+    signal(node, 18);
+    signal(job.id(), 18);
+    job.kill().unwrap();
+    job.wait().unwrap();
+    let _ = cluster.members[0].child.kill();
+    drop(cluster);
+    hosts.tear_down().unwrap();
+}
