@@ -35,6 +35,12 @@ fn checksum(data: Vec<u8>) -> (NodeId, u64) {
     (ferry::node_id().unwrap(), data.iter().map(|b| *b as u64).sum())
 }
 
+/// Reads the object inside its argument (so this task borrows it) and sums it, or says why not.
+#[ferry::remote]
+fn checksum_inner(refs: Vec<ObjectRef<Vec<u8>>>) -> Result<u64, String> {
+    ferry::get(&refs[0]).map(|d| d.iter().map(|b| *b as u64).sum()).map_err(|e| e.to_string())
+}
+
 /// Adds one to every byte.
 #[ferry::remote]
 fn bump(data: Vec<u8>) -> Vec<u8> {
@@ -231,7 +237,7 @@ fn lineage_job(address: &str) -> ! {
     // A chain whose first link's value is released (nothing holds it but the second link's
     // lineage): making the second again needs the first made again too.
     let first = big::options().scheduling_strategy(s.clone()).remote(n, 3);
-    let second = bump::options().scheduling_strategy(s).remote(&first);
+    let second = bump::options().scheduling_strategy(s.clone()).remote(&first);
     ferry::wait(std::slice::from_ref(&second), 1, None).unwrap();
     drop(first);
     // Its value goes from the store (the lineage keeps only its name): `data` and `second` stay.
@@ -248,11 +254,19 @@ fn lineage_job(address: &str) -> ! {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Lent to a task inside a value: that task borrows it, and asks this process (its owner)
+    // to make it again when it finds it lost.
+    let lent = big::options().scheduling_strategy(s).remote(n, 7);
+    ferry::wait(std::slice::from_ref(&lent), 1, None).unwrap();
     println!("kill {}", target.addr);
     let end = std::time::Instant::now() + Duration::from_secs(20);
     while ferry::nodes().unwrap().iter().any(|v| v.node == target.node && v.alive) {
         assert!(std::time::Instant::now() < end, "the node was never declared dead");
         std::thread::sleep(Duration::from_millis(20));
+    }
+    match ferry::get_timeout(&checksum_inner::remote(vec![lent.clone()]), Duration::from_secs(20)) {
+        Ok(Ok(sum)) if sum == expected_checksum(n, 7) => println!("borrower ok"),
+        other => println!("FAIL borrower: {other:?}"),
     }
     let t = std::time::Instant::now();
     let r = checksum::remote(&data);
@@ -271,7 +285,7 @@ fn lineage_job(address: &str) -> ! {
         Ok(_) => println!("FAIL chain: wrong bytes"),
         Err(err) => println!("FAIL chain: {err}"),
     }
-    // Made again: `data`, `second` and the released `first`.
+    // Made again: `lent`, `data`, `second` and the released `first`.
     println!("reconstructions {}", ferry::recovery_stats().unwrap().reconstructions);
     ferry::shutdown();
     std::process::exit(0);
@@ -656,7 +670,8 @@ fn an_object_lost_with_its_node_is_made_again() {
     assert!(out.iter().any(|l| l == "get ok"), "{out:?}");
     assert!(out.iter().any(|l| l == "chain ok"), "{out:?}");
     assert!(out.iter().any(|l| l == "released ok"), "{out:?}");
-    assert!(out.iter().any(|l| l == "reconstructions 3"), "{out:?}");
+    assert!(out.iter().any(|l| l == "borrower ok"), "{out:?}");
+    assert!(out.iter().any(|l| l == "reconstructions 4"), "{out:?}");
 }
 
 /// An actor on a node that dies comes back on another node (it has a restart left), and calls

@@ -517,6 +517,13 @@ fn get_value<T: DeserializeOwned + 'static>(
                 remade += 1;
                 rt.with_state(|st, fx| st.reconstruct(id, fx))?;
             }
+            // Borrowed: its owner makes it again (or says why it cannot).
+            Err(e @ Error::ObjectLost { .. }) if remade < 16 => {
+                remade += 1;
+                if !rt.with_state(|st, fx| st.ask_remake(id, fx)) {
+                    return Err(e);
+                }
+            }
             r => return r,
         }
     }

@@ -1424,6 +1424,37 @@ impl OwnerState {
         }
     }
 
+    /// A borrower could not read our object `id` from `node`: if this table still has it
+    /// there, that copy is gone, and the object is made again from its lineage (a copy
+    /// elsewhere, or a remake already under way, is simply given). Answered as `GetObject`
+    /// is, or with the reason it cannot be made again.
+    pub fn on_remake_request(&mut self, from: WorkerId, conn: Arc<Conn>, id: ObjectId, node: NodeId, fx: &mut Effects) {
+        let there = |s: &ObjState| matches!(s, ObjState::Ready(Ready::Stored { node: n, .. }) if *n == node);
+        if id.owner() == self.me && self.objects.get(&id).is_some_and(|e| there(&e.state)) {
+            if let Err(e) = self.reconstruct(id, fx) {
+                let answer = answer_of(&ObjState::Failed(e));
+                fx.replies.push((conn, FromWorker::Object { object: id, answer }));
+                return;
+            }
+        }
+        self.on_get_request(from, conn, id, fx)
+    }
+
+    /// A borrowed object's stored copy could not be read: ask its owner to make it again
+    /// (`Remake`); the object is pending until the owner answers. False if it was not a
+    /// stored copy that failed (nothing to ask).
+    pub fn ask_remake(&mut self, id: ObjectId, fx: &mut Effects) -> bool {
+        if id.owner() == self.me || self.dead_peers.contains(&id.owner()) {
+            return false;
+        }
+        let Some(e) = self.objects.get_mut(&id) else { return false };
+        let ObjState::Ready(Ready::Stored { node, .. }) = e.state else { return false };
+        e.state = ObjState::Pending;
+        e.fetching = true;
+        fx.to_peers.push((id.owner(), ToWorker::Remake { object: id, node }));
+        true
+    }
+
     /// The owner answered our `GetObject`.
     pub fn on_object_answer(&mut self, id: ObjectId, answer: ObjectAnswer, fx: &mut Effects) {
         let state = match answer {

@@ -874,6 +874,9 @@ impl Runtime {
                 Ok(ToWorker::GetObject { object }) => {
                     self.with_state(|st, fx| st.on_get_request(from, conn.clone(), object, fx))
                 }
+                Ok(ToWorker::Remake { object, node }) => {
+                    self.with_state(|st, fx| st.on_remake_request(from, conn.clone(), object, node, fx))
+                }
                 Ok(ToWorker::AddBorrower { req, objects, borrower }) => {
                     self.with_state(|st, fx| st.add_borrowers(borrower, &objects, fx));
                     let _ = conn.send(&FromWorker::Ack { req });

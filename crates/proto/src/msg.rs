@@ -546,6 +546,10 @@ pub enum ToWorker {
     /// From a borrower to an owner: the object's value or location, answered by
     /// [`FromWorker::Object`] once the object is final.
     GetObject { object: ObjectId },
+    /// From a borrower that could not read `object` from `node` (its copy there is lost):
+    /// make it again if that was its only copy, and answer with [`FromWorker::Object`] once
+    /// it is final again (or with the error if it cannot be made again).
+    Remake { object: ObjectId, node: NodeId },
     /// Count `borrower` as holding each object once more (answered by [`FromWorker::Ack`]).
     AddBorrower { req: u64, objects: Vec<ObjectId>, borrower: WorkerId },
     /// The sender no longer holds these objects; each count is how many registrations of
