@@ -1,7 +1,8 @@
 //! Owner death across nodes (DESIGN §8): a driver on one host owns a large object stored on
 //! another host's node. When the driver is killed, or when its whole node freezes and is
 //! declared dead, the other node frees the object (and releases the driver's leases there):
-//! nothing would ever ask for it again.
+//! nothing would ever ask for it again. And a borrower on a third host waiting for an object
+//! whose owner's node freezes gets `OwnerDied` once that node is declared dead, not a hang.
 
 use ferry::prelude::*;
 use ferry_testkit::{signal, Cluster, Hosts};
@@ -16,9 +17,68 @@ fn big(n: usize) -> Vec<u8> {
     vec![7; n]
 }
 
+#[ferry::remote]
+fn forever() -> u64 {
+    std::thread::sleep(Duration::from_secs(60));
+    0
+}
+
+/// Keeps refs it was given; `wait_value` gets the first (as a borrower).
+#[ferry::actor]
+#[derive(Default)]
+pub struct Keeper {
+    held: Vec<ObjectRef<u64>>,
+}
+
+#[ferry::actor]
+impl Keeper {
+    pub fn new() -> Self {
+        Keeper::default()
+    }
+    pub fn hold(&mut self, refs: Vec<ObjectRef<u64>>) {
+        self.held = refs;
+    }
+    pub fn wait_value(&self) -> String {
+        match ferry::get_timeout(&self.held[0], Duration::from_secs(25)) {
+            Ok(v) => format!("value {v}"),
+            Err(e) => format!("error {e}"),
+        }
+    }
+}
+
 #[used]
 #[link_section = ".init_array"]
 static JOB: extern "C" fn() = job_entry;
+
+#[used]
+#[link_section = ".init_array"]
+static LENDER: extern "C" fn() = lender_entry;
+
+/// Joins the node at `FERRY_TEST_LENDER_JOB`, gives a keeper actor on the host with the `keep`
+/// resource a ref to a task that never ends, and waits to be frozen. With
+/// `FERRY_TEST_WAITER_JOB`: asks that keeper for the value and prints what it got.
+extern "C" fn lender_entry() {
+    if std::env::var_os("FERRY_WORKER").is_some() {
+        return;
+    }
+    if let Ok(address) = std::env::var("FERRY_TEST_WAITER_JOB") {
+        ferry::init(ferry::Config::default().address(&address)).unwrap();
+        let keeper = ferry::get_actor::<Keeper>("keeper").unwrap();
+        let r = keeper.wait_value();
+        println!("waiting");
+        println!("{}", ferry::get_timeout(&r, T).unwrap_or_else(|e| format!("call failed: {e}")));
+        std::process::exit(0);
+    }
+    let Ok(address) = std::env::var("FERRY_TEST_LENDER_JOB") else { return };
+    ferry::init(ferry::Config::default().address(&address)).unwrap();
+    let me = ferry::node_id().unwrap();
+    let r = forever::options().scheduling_strategy(SchedulingStrategy::NodeAffinity { node: me, soft: false }).remote();
+    let keeper = Keeper::options().name("keeper").detached().resource("keep", 1.0).remote().unwrap();
+    ferry::get_timeout(&keeper.hold(vec![r]), T).unwrap();
+    println!("held");
+    std::thread::sleep(T * 2);
+    std::process::exit(1);
+}
 
 /// Joins the node at `FERRY_TEST_OWNER_JOB`, stores an 8 MiB object on the node at
 /// `FERRY_TEST_OWNER_ON`, says so, and waits to be killed.
@@ -109,6 +169,55 @@ fn a_dead_owners_objects_on_other_nodes_are_freed() {
     job.kill().unwrap();
     job.wait().unwrap();
     let _ = cluster.members[0].child.kill();
+    drop(cluster);
+    hosts.tear_down().unwrap();
+}
+
+#[test]
+fn a_borrower_gets_owner_died_when_the_owners_node_is_declared_dead() {
+    let hosts = Hosts::new(3).expect("network namespaces (needs root and `ip`)");
+    let ferry = env!("CARGO_BIN_EXE_ferry");
+    let one = || vec!["--num-cpus".to_string(), "1".to_string()];
+    let keep = vec!["--num-cpus".to_string(), "1".to_string(), "--resources".to_string(), "keep=1".to_string()];
+    let cluster =
+        Cluster::start_with(&hosts, ferry, &[one(), one(), keep], &[("FERRY_NODE_TIMEOUT_MS", "1000")], T).unwrap();
+    let mut lender = hosts
+        .command(1, std::env::current_exe().unwrap())
+        .env("FERRY_TEST_LENDER_JOB", &cluster.members[0].address)
+        .env("FERRY_TOKEN", &cluster.head.token)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(lender.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "held");
+    let mut waiter = hosts
+        .command(0, std::env::current_exe().unwrap())
+        .env("FERRY_TEST_WAITER_JOB", &cluster.head.address)
+        .env("FERRY_TOKEN", &cluster.head.token)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(waiter.stdout.take().unwrap());
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "waiting");
+    std::thread::sleep(Duration::from_millis(300));
+    let node = cluster.members[0].child.id();
+    let t = Instant::now();
+    signal(lender.id(), 19);
+    signal(node, 19);
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    let took = t.elapsed();
+    eprintln!("the borrower heard {took:?} after the owner's node froze (timeout 1 s): {}", line.trim());
+    signal(node, 18);
+    signal(lender.id(), 18);
+    let _ = lender.kill();
+    let _ = lender.wait();
+    let _ = waiter.wait();
+    assert!(line.starts_with("error") && line.contains("owner"), "{line}");
+    assert!(took < Duration::from_secs(10), "not prompt: {took:?}");
     drop(cluster);
     hosts.tear_down().unwrap();
 }

@@ -114,6 +114,9 @@ pub(crate) struct Runtime {
     state: Mutex<OwnerState>,
     /// Connections we opened to other processes, by process.
     peers: Mutex<HashMap<WorkerId, Arc<Conn>>>,
+    /// The node of each process connected to (from its handshake): when a node is declared
+    /// dead, its processes are lost at once, even if their sockets stay open.
+    peer_nodes: Mutex<HashMap<WorkerId, NodeId>>,
     /// Requests to other processes waiting for their answer.
     peer_calls: Mutex<HashMap<u64, (WorkerId, mpsc::SyncSender<FromWorker>)>>,
     /// Borrows to release, gathered for a moment so that dropping ten thousand refs one by
@@ -208,6 +211,7 @@ impl Runtime {
             next_call: AtomicU64::new(1),
             state: Mutex::new(OwnerState::new(id.me, limits)),
             peers: Mutex::new(HashMap::new()),
+            peer_nodes: Mutex::new(HashMap::new()),
             peer_calls: Mutex::new(HashMap::new()),
             releases: Mutex::new(Vec::new()),
             releases_cv: std::sync::Condvar::new(),
@@ -570,7 +574,15 @@ impl Runtime {
             l.routes.retain(|_, (node, ..)| *node != n);
             w
         };
-        for w in workers {
+        // And every other process there this one talks to: owners it borrows from (their
+        // objects fail with `OwnerDied`), actors it calls.
+        let others: Vec<WorkerId> = {
+            let mut pn = self.peer_nodes.lock().unwrap_or_else(|e| e.into_inner());
+            let w = pn.iter().filter(|(_, node)| **node == n).map(|(w, _)| *w).collect();
+            pn.retain(|_, node| *node != n);
+            w
+        };
+        for w in workers.into_iter().chain(others) {
             self.worker_lost(w, &format!("its node {n} was declared dead (no heartbeat)"));
         }
         self.daemon_lost(n);
@@ -729,10 +741,11 @@ impl Runtime {
         if let Some(c) = peers.get(&worker) {
             return Ok(c.clone());
         }
-        let (conn, reader, _) = connect(addr, &self.token, self.me, self.cfg.max_frame_bytes)
+        let (conn, reader, node) = connect(addr, &self.token, self.me, self.cfg.max_frame_bytes)
             .map_err(|e| Error::Connection { detail: e.to_string() })?;
         let conn = Arc::new(conn);
         peers.insert(worker, conn.clone());
+        self.peer_nodes.lock().unwrap_or_else(|e| e.into_inner()).insert(worker, node);
         drop(peers);
         thread::Builder::new()
             .name("ferry-peer-rx".into())
@@ -780,6 +793,7 @@ impl Runtime {
         if let Some(c) = self.peers.lock().unwrap_or_else(|e| e.into_inner()).remove(&worker) {
             c.shutdown();
         }
+        self.peer_nodes.lock().unwrap_or_else(|e| e.into_inner()).remove(&worker);
         // Its unanswered requests fail (their senders are dropped).
         self.peer_calls.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, (p, _)| *p != worker);
         self.with_state(|st, fx| {
