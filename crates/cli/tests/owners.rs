@@ -46,9 +46,55 @@ impl Keeper {
     }
 }
 
+/// Borrows large objects it is given, for as long as it lives.
+#[ferry::actor]
+#[derive(Default)]
+pub struct Holder {
+    held: Vec<ObjectRef<Vec<u8>>>,
+}
+
+#[ferry::actor]
+impl Holder {
+    pub fn new() -> Self {
+        Holder::default()
+    }
+    pub fn hold(&mut self, refs: Vec<ObjectRef<Vec<u8>>>) {
+        self.held = refs;
+    }
+}
+
+#[ferry::remote]
+fn forward(refs: Vec<ObjectRef<Vec<u8>>>) {
+    let holder = ferry::get_actor::<Holder>("holder").unwrap();
+    ferry::get(&holder.hold(refs)).unwrap();
+}
+
 #[used]
 #[link_section = ".init_array"]
 static JOB: extern "C" fn() = job_entry;
+
+#[used]
+#[link_section = ".init_array"]
+static OWNER: extern "C" fn() = owner_entry;
+
+/// Joins the node at `FERRY_TEST_LENDING_OWNER`, puts an 8 MiB object, lends it to a holder
+/// actor on the host with the `keep` resource, drops its own handle and waits.
+extern "C" fn owner_entry() {
+    if std::env::var_os("FERRY_WORKER").is_some() {
+        return;
+    }
+    let Ok(address) = std::env::var("FERRY_TEST_LENDING_OWNER") else { return };
+    ferry::init(ferry::Config::default().address(&address)).unwrap();
+    let data = ferry::put(vec![1u8; 8 << 20]).unwrap();
+    let _holder = Holder::options().name("holder").resource("keep", 1.0).remote().unwrap();
+    // A task passes it on, so that this process never connects to the holder: only the
+    // holder connects here (to register as a borrower).
+    ferry::get_timeout(&forward::remote(vec![data.clone()]), T).unwrap();
+    drop(data);
+    println!("lent");
+    std::thread::sleep(T * 2);
+    std::process::exit(1);
+}
 
 #[used]
 #[link_section = ".init_array"]
@@ -169,6 +215,58 @@ fn a_dead_owners_objects_on_other_nodes_are_freed() {
     job.kill().unwrap();
     job.wait().unwrap();
     let _ = cluster.members[0].child.kill();
+    drop(cluster);
+    hosts.tear_down().unwrap();
+}
+
+/// Worker processes of a node daemon (its children).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    for t in tasks.flatten() {
+        if let Ok(c) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(c.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    out
+}
+
+/// A borrower whose whole node freezes stops holding the object once that node is declared
+/// dead: its owner frees it.
+#[test]
+fn an_object_lent_to_a_frozen_node_is_freed_when_it_is_declared_dead() {
+    let hosts = Hosts::new(3).expect("network namespaces (needs root and `ip`)");
+    let ferry = env!("CARGO_BIN_EXE_ferry");
+    let one = || vec!["--num-cpus".to_string(), "1".to_string()];
+    let keep = vec!["--num-cpus".to_string(), "1".to_string(), "--resources".to_string(), "keep=1".to_string()];
+    let cluster =
+        Cluster::start_with(&hosts, ferry, &[one(), one(), keep], &[("FERRY_NODE_TIMEOUT_MS", "1000")], T).unwrap();
+    let mut owner = hosts
+        .command(1, std::env::current_exe().unwrap())
+        .env("FERRY_TEST_LENDING_OWNER", &cluster.members[0].address)
+        .env("FERRY_TOKEN", &cluster.head.token)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(owner.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "lent");
+    let here = cluster.members[0].address.rsplit_once(':').unwrap().0.to_string();
+    // Still stored: the holder borrows it.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(objects_on(&hosts, &cluster, &here), Some(1));
+    let node = cluster.members[1].child.id();
+    let frozen: Vec<u32> = std::iter::once(node).chain(children_of(node)).collect();
+    for p in &frozen {
+        signal(*p, 19);
+    }
+    let took = wait_objects(&hosts, &cluster, &here, 0, "freed after its borrower's node was declared dead");
+    eprintln!("freed {took:?} after the borrower's node froze (timeout 1 s)");
+    for p in &frozen {
+        signal(*p, 18);
+    }
+    let _ = owner.kill();
+    let _ = owner.wait();
     drop(cluster);
     hosts.tear_down().unwrap();
 }

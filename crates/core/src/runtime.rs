@@ -30,7 +30,7 @@ use crate::executor::Executor;
 use crate::owner::{ArgDraft, Effects, ObjState, OwnerLimits, OwnerState, Ready};
 use ferry_node::NodeHandle;
 use ferry_proto::conn::accept;
-use ferry_proto::conn::{connect, Addr, Conn};
+use ferry_proto::conn::{connect, connect_from, Addr, Conn};
 use ferry_proto::msg::{ActorId, FromNode, FromWorker, NodeStats, ProcKind, Shape, ToNode, ToWorker};
 use ferry_proto::{FrameError, FrameReader, NodeId, ObjectId, Stream, WorkerId};
 use ferry_store::{ObjectView, StoreDir};
@@ -117,6 +117,9 @@ pub(crate) struct Runtime {
     /// The node of each process connected to (from its handshake): when a node is declared
     /// dead, its processes are lost at once, even if their sockets stay open.
     peer_nodes: Mutex<HashMap<WorkerId, NodeId>>,
+    /// Processes that connected to this one (borrowers, callers), with their nodes: closed
+    /// when their node is declared dead, which ends their borrows here.
+    inbound_conns: Mutex<HashMap<WorkerId, (NodeId, Arc<Conn>)>>,
     /// Requests to other processes waiting for their answer.
     peer_calls: Mutex<HashMap<u64, (WorkerId, mpsc::SyncSender<FromWorker>)>>,
     /// Borrows to release, gathered for a moment so that dropping ten thousand refs one by
@@ -212,6 +215,7 @@ impl Runtime {
             state: Mutex::new(OwnerState::new(id.me, limits)),
             peers: Mutex::new(HashMap::new()),
             peer_nodes: Mutex::new(HashMap::new()),
+            inbound_conns: Mutex::new(HashMap::new()),
             peer_calls: Mutex::new(HashMap::new()),
             releases: Mutex::new(Vec::new()),
             releases_cv: std::sync::Condvar::new(),
@@ -585,6 +589,13 @@ impl Runtime {
         for w in workers.into_iter().chain(others) {
             self.worker_lost(w, &format!("its node {n} was declared dead (no heartbeat)"));
         }
+        // Processes there that connected to this one: closing their links ends their borrows
+        // (and, for a worker, the tasks of owners there) as if they had exited.
+        for (_, (node, c)) in self.inbound_conns.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            if *node == n {
+                c.shutdown();
+            }
+        }
         self.daemon_lost(n);
     }
 
@@ -741,7 +752,7 @@ impl Runtime {
         if let Some(c) = peers.get(&worker) {
             return Ok(c.clone());
         }
-        let (conn, reader, node) = connect(addr, &self.token, self.me, self.cfg.max_frame_bytes)
+        let (conn, reader, node) = connect_from(addr, &self.token, self.me, self.node_id, self.cfg.max_frame_bytes)
             .map_err(|e| Error::Connection { detail: e.to_string() })?;
         let conn = Arc::new(conn);
         peers.insert(worker, conn.clone());
@@ -864,7 +875,13 @@ impl Runtime {
             let Ok(stream) = stream else { continue };
             let _ = thread::Builder::new().name("ferry-inbound".into()).spawn(move || {
                 match accept(stream, &self.token, self.node_id, self.cfg.max_frame_bytes) {
-                    Ok((conn, reader, hello)) => self.inbound(hello.from, Arc::new(conn), reader),
+                    Ok((conn, reader, hello)) => {
+                        let conn = Arc::new(conn);
+                        let mut inb = self.inbound_conns.lock().unwrap_or_else(|e| e.into_inner());
+                        inb.insert(hello.from, (hello.node, conn.clone()));
+                        drop(inb);
+                        self.inbound(hello.from, conn, reader)
+                    }
                     Err(e) => eprintln!("ferry: refused a connection: {e}"),
                 }
             });
@@ -914,6 +931,12 @@ impl Runtime {
             }
         }
         conn.shutdown();
+        {
+            let mut inb = self.inbound_conns.lock().unwrap_or_else(|e| e.into_inner());
+            if inb.get(&from).is_some_and(|(_, c)| Arc::ptr_eq(c, &conn)) {
+                inb.remove(&from);
+            }
+        }
         if let Some(x) = &self.executor {
             x.owner_gone(&conn);
         }

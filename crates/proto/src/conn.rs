@@ -250,11 +250,22 @@ impl std::error::Error for ConnectError {}
 /// How long either side waits for the other's handshake frame.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Connects to `addr` and runs the client side of the handshake.
+/// Connects to `addr` and runs the client side of the handshake, for a process of no node.
 pub fn connect(
     addr: &Addr,
     token: &str,
     from: WorkerId,
+    max_frame: u32,
+) -> Result<(Conn, FrameReader<Stream>, NodeId), ConnectError> {
+    connect_from(addr, token, from, NodeId::default(), max_frame)
+}
+
+/// [`connect`] for a process of node `node`. Returns the peer's node.
+pub fn connect_from(
+    addr: &Addr,
+    token: &str,
+    from: WorkerId,
+    node: NodeId,
     max_frame: u32,
 ) -> Result<(Conn, FrameReader<Stream>, NodeId), ConnectError> {
     let stream = Stream::connect(addr).map_err(ConnectError::Io)?;
@@ -262,7 +273,7 @@ pub fn connect(
     rd.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(ConnectError::Io)?;
     let conn = Conn::new(stream);
     let mut reader = FrameReader::new(rd, max_frame);
-    conn.send(&Hello { magic: MAGIC, version: PROTOCOL_VERSION, token: token.to_string(), from })
+    conn.send(&Hello { magic: MAGIC, version: PROTOCOL_VERSION, token: token.to_string(), from, node })
         .map_err(ConnectError::Io)?;
     let reply: HelloReply = reader.read().map_err(ConnectError::Protocol)?;
     reader.get_ref().set_read_timeout(None).map_err(ConnectError::Io)?;

@@ -23,6 +23,9 @@ pub struct Hello {
     pub token: String,
     /// The connecting process.
     pub from: WorkerId,
+    /// Its node (zero for tools): a process whose node is declared dead is lost to its peers
+    /// even if its sockets stay open.
+    pub node: NodeId,
 }
 
 /// The answer to a [`Hello`].
