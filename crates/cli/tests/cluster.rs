@@ -291,15 +291,19 @@ fn lineage_job(address: &str) -> ! {
     std::process::exit(0);
 }
 
-/// The job of the actor-restart test: a filler actor takes the head's `spot`, so an actor
-/// needing a `spot` is placed on a member; the harness kills that member; the actor comes back
-/// on the other member (`max_restarts`), and a call made after the death is answered there.
+/// The job of the actor-restart test: a filler actor takes the head's `spot`, so a named
+/// detached actor needing a `spot` is placed on a member; the harness kills that member; the
+/// actor comes back on the other member (`max_restarts`) under its name, and a call made after
+/// the death is answered there.
 fn actor_node_job(address: &str) -> ! {
     ferry::init(ferry::Config::default().address(address)).unwrap();
     let me = ferry::node_id().unwrap();
     let filler = Tally::options().resource("spot", 1.0).remote(0).unwrap();
     assert_eq!(ferry::get_timeout(&filler.node(), Duration::from_secs(20)).unwrap(), me);
-    let t = Tally::options().resource("spot", 1.0).max_restarts(1).remote(100).unwrap();
+    // Named and detached: its home is the control store, which places it by its view of the
+    // nodes; that view shows the filler after the head node's next heartbeats.
+    std::thread::sleep(Duration::from_millis(600));
+    let t = Tally::options().name("phoenix").detached().resource("spot", 1.0).max_restarts(1).remote(100).unwrap();
     let first = ferry::get_timeout(&t.node(), Duration::from_secs(20)).unwrap();
     assert_ne!(first, me);
     assert_eq!(ferry::get_timeout(&t.add(1), Duration::from_secs(20)).unwrap(), 101);
@@ -310,7 +314,9 @@ fn actor_node_job(address: &str) -> ! {
         assert!(std::time::Instant::now() < end, "the node was never declared dead");
         std::thread::sleep(Duration::from_millis(20));
     }
-    // The restarted actor runs its constructor again: its state starts over.
+    // The restarted actor runs its constructor again: its state starts over. It is found
+    // under its name.
+    let t = ferry::get_actor::<Tally>("phoenix").unwrap();
     match ferry::get_timeout(&t.add(1), Duration::from_secs(20)) {
         Ok(101) => {}
         other => println!("FAIL call after the death: {other:?}"),
@@ -319,6 +325,7 @@ fn actor_node_job(address: &str) -> ! {
         Ok(n) if n != first && n != me => println!("restarted ok"),
         other => println!("FAIL where: {other:?}"),
     }
+    ferry::kill(&t).unwrap();
     drop(filler);
     ferry::shutdown();
     std::process::exit(0);
