@@ -264,9 +264,9 @@ impl Node {
         let req = st.next_actor_req;
         st.next_actor_req += 1;
         st.actor_reqs.insert(req, actor);
-        if st.actors.get(&actor).is_some_and(|r| r.home.is_none()) {
-            st.movable.insert((ACTOR_CONN, req), Instant::now());
-        }
+        // Movable, also when hosted for another home: that home chose this node from a view
+        // that may be a heartbeat old, and the actor must not wait here while others have room.
+        st.movable.insert((ACTOR_CONN, req), Instant::now());
         let actions = st.sched.request(ACTOR_CONN, req, shape, depth);
         self.apply(st, actions);
     }
@@ -308,7 +308,7 @@ impl Node {
             // Hosted for another node: it keeps the entry.
             let tcp = st.workers.get(&w).and_then(|(_, _, t)| t.clone());
             let addr = tcp.map(Addr::Tcp).unwrap_or_else(|| Addr::Tcp(String::new()));
-            let msg = ToNode::ActorHosted { actor, worker: w, addr, error: error.clone() };
+            let msg = ToNode::ActorHosted { actor, worker: w, addr, error: error.clone(), host: self.id };
             if let Some(a) = self.node_addr(st, home) {
                 let _ = self.links_tx.lock().unwrap_or_else(|e| e.into_inner()).send((home, a, msg));
             }
@@ -334,6 +334,14 @@ impl Node {
         let Some(actor) = st.actor_reqs.remove(&req) else { return };
         let Some(rec) = st.actors.get_mut(&actor) else { return };
         let Some(spec) = rec.spec.clone().filter(|_| rec.phase == Phase::Placing) else { return };
+        if let Some(home) = rec.home {
+            // Hosted here for another node's home: passed on; the new host reports to the home
+            // (naming itself), as this one would have.
+            st.actors.remove(&actor);
+            let msg = ToNode::HostActor { actor, spec, home, exe: self.program_spec() };
+            let _ = self.links_tx.lock().unwrap_or_else(|e| e.into_inner()).send((node, addr, msg));
+            return;
+        }
         rec.host = Some(node);
         rec.remote = None;
         st.pending_hosts.insert(actor, (node, spec.shape.clone(), None));
@@ -359,15 +367,26 @@ impl Node {
         worker: WorkerId,
         addr: Addr,
         error: Option<String>,
+        host: NodeId,
     ) {
         // Still counted until the host's heartbeats show it (they lag by one).
         if let Some(p) = st.pending_hosts.get_mut(&actor) {
+            p.0 = host;
             p.2 = Some(Instant::now() + PENDING_AFTER_HOSTED);
         }
         let Some(rec) = st.actors.get_mut(&actor) else { return };
+        if matches!(rec.phase, Phase::Dead { .. }) && error.is_none() {
+            // Killed while it was being passed on from a busy host: stop the copy that ran.
+            if let Some(a) = self.node_addr(st, host) {
+                let msg = ToNode::KillActor { actor };
+                let _ = self.links_tx.lock().unwrap_or_else(|e| e.into_inner()).send((host, a, msg));
+            }
+            return;
+        }
         if rec.host.is_none() || !matches!(rec.phase, Phase::Placing) {
             return;
         }
+        rec.host = Some(host);
         match error {
             None => {
                 rec.phase = Phase::Alive { worker };

@@ -955,7 +955,9 @@ impl Node {
                 }
                 self.host_actor(st, conn, actor, spec, home)
             }
-            ToNode::ActorHosted { actor, worker, addr, error } => self.actor_hosted(st, actor, worker, addr, error),
+            ToNode::ActorHosted { actor, worker, addr, error, host } => {
+                self.actor_hosted(st, actor, worker, addr, error, host)
+            }
             ToNode::ActorsHosted { node, actors } => self.actors_reported(st, node, actors),
             ToNode::ControlAddress { req } => {
                 let addr = match self.opts.head_timeout.is_some() {

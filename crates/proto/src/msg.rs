@@ -231,8 +231,10 @@ pub enum ToNode {
     SubmitJob { req: u64, hash: String, args: Vec<String> },
     /// The jobs started here (answered by `Jobs`).
     Jobs { req: u64 },
-    /// To an actor's home: its constructor ran (or failed) on `worker`, reached at `addr`.
-    ActorHosted { actor: ActorId, worker: WorkerId, addr: Addr, error: Option<String> },
+    /// To an actor's home: its constructor ran (or failed) on `worker` of node `host`,
+    /// reached at `addr` (the host may not be the node the home asked: a busy one passes the
+    /// actor on to a node with room).
+    ActorHosted { actor: ActorId, worker: WorkerId, addr: Addr, error: Option<String>, host: NodeId },
     /// To an actor's home: the worker hosting it died.
     ActorLost { actor: ActorId, reason: String },
     /// From a member that (re)joined the control store: the actors it hosts for it, so a
