@@ -57,6 +57,24 @@ fn big_link(prev: ferry::Bytes, ms: u64) -> ferry::Bytes {
     next.freeze()
 }
 
+/// A named actor the recovery job finds again after the control store restarts.
+#[ferry::actor]
+#[derive(Default)]
+pub struct Probe {
+    n: u64,
+}
+
+#[ferry::actor]
+impl Probe {
+    pub fn new() -> Self {
+        Probe::default()
+    }
+    pub fn bump(&mut self) -> u64 {
+        self.n += 1;
+        self.n
+    }
+}
+
 #[ferry::remote]
 fn first_big(n: usize) -> ferry::Bytes {
     ferry::BytesMut::zeroed(n).unwrap().freeze()
@@ -64,15 +82,17 @@ fn first_big(n: usize) -> ferry::Bytes {
 
 /// The recovery experiment's job (the Ownership paper's chains): 1,000 tasks of 10 ms each
 /// passing a small value, then a 10 MiB object, along a chain on one member, without and then
-/// with that member killed halfway (the parent kills it when this prints `kill ADDR`); and how
-/// long the head takes to declare a frozen member dead (`freeze ADDR`, then `thaw ADDR`).
+/// with that member killed halfway (the parent kills it when this prints `kill ADDR`); the
+/// small chain with the control store killed halfway (`kill-control`), and how long until a
+/// named actor answers again after another kill; and how long the control store takes to
+/// declare a frozen member dead (`freeze ADDR`, then `thaw ADDR`).
 pub fn recovery_job(address: &str) {
     use std::io::Write;
     ferry::init(ferry::Config::default().address(address)).expect("join the cluster");
     let me = ferry::node_id().unwrap();
     let members: Vec<ferry::NodeInfo> = ferry::nodes().unwrap().into_iter().filter(|n| n.node != me).collect();
     let n = 1000u64;
-    let chain = |victim: Option<&ferry::NodeInfo>| {
+    let chain = |victim: Option<&str>| {
         let on = SchedulingStrategy::NodeAffinity { node: members[0].node, soft: true };
         let t = Instant::now();
         let mut refs = Vec::with_capacity(n as usize);
@@ -82,9 +102,9 @@ pub fn recovery_job(address: &str) {
             prev = link::options().scheduling_strategy(on.clone()).remote(&prev, 10);
             refs.push(prev.clone());
         }
-        if let Some(v) = victim {
+        if let Some(what) = victim {
             ferry::get(&refs[(n / 2) as usize]).unwrap();
-            println!("kill {}", v.addr);
+            println!("{what}");
             std::io::stdout().flush().unwrap();
         }
         let last = ferry::get(&prev).expect("the chain finishes");
@@ -132,7 +152,27 @@ pub fn recovery_job(address: &str) {
         assert!(t.elapsed() < Duration::from_secs(60), "never back");
         std::thread::sleep(Duration::from_millis(20));
     }
-    emit("recovery_chain_10ms_fail_s", chain(Some(&members[0])), "s");
+    // The control store killed halfway (the head starts it again): the chain goes on.
+    let probe = Probe::options().name("probe").detached().remote().expect("a named actor");
+    ferry::get(&probe.bump()).unwrap();
+    emit("recovery_chain_10ms_control_killed_s", chain(Some("kill-control")), "s");
+    // And killed again: how long until a named actor is found and answers through a new handle
+    // (the control store is back, and its host has re-reported it).
+    println!("kill-control");
+    std::io::stdout().flush().unwrap();
+    let t = Instant::now();
+    loop {
+        assert!(t.elapsed() < Duration::from_secs(30), "the control store never came back");
+        if let Ok(p) = ferry::get_actor::<Probe>("probe") {
+            if ferry::get_timeout(&p.bump(), Duration::from_secs(30)).is_ok() {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    emit("control_store_restart_s", t.elapsed().as_secs_f64(), "s");
+    ferry::kill(&probe).unwrap();
+    emit("recovery_chain_10ms_fail_s", chain(Some(&format!("kill {}", members[0].addr))), "s");
     emit("recovery_chain_10MiB_fail_s", big_chain(&members[1], true), "s");
     info("heartbeat timeout 1 s (FERRY_NODE_TIMEOUT_MS=1000), heartbeats every 100 ms");
     ferry::shutdown();
@@ -146,10 +186,13 @@ pub fn recovery_group() {
     let ferry = here.with_file_name("ferry").to_string_lossy().to_string();
     let hosts = ferry_testkit::Hosts::new(3).expect("network namespaces (run as root, with `ip`)");
     let one = || vec!["--num-cpus".to_string(), "1".to_string()];
+    let state = std::env::temp_dir().join(format!("ferry-bench-state-{}", std::process::id()));
+    let mut head = one();
+    head.extend(["--state-dir".to_string(), state.display().to_string()]);
     let mut cluster = ferry_testkit::Cluster::start_with(
         &hosts,
         &ferry,
-        &[one(), one(), one()],
+        &[head, one(), one()],
         &[("FERRY_NODE_TIMEOUT_MS", "1000")],
         Duration::from_secs(60),
     )
@@ -164,7 +207,13 @@ pub fn recovery_group() {
         .expect("run the job");
     let mut frozen = None;
     for line in std::io::BufReader::new(job.stdout.take().unwrap()).lines().map_while(Result::ok) {
-        if let Some(addr) = line.strip_prefix("kill ") {
+        if line == "kill-control" {
+            let pid = std::fs::read_to_string(state.join("control.pid")).ok().and_then(|p| p.trim().parse().ok());
+            if let Some(pid) = pid {
+                // SAFETY: a plain syscall on a process of the cluster this bench started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        } else if let Some(addr) = line.strip_prefix("kill ") {
             if let Some(m) = cluster.members.iter_mut().find(|m| m.address == addr) {
                 let _ = m.child.kill();
             }
@@ -188,6 +237,8 @@ pub fn recovery_group() {
         // SAFETY: as above.
         unsafe { libc::kill(pid as i32, libc::SIGCONT) };
     }
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&state);
 }
 
 /// The job, on the head's host: prints figures for the parent to pass on.
