@@ -328,6 +328,8 @@ impl ControlStore {
                     return;
                 }
                 eprintln!("ferry: the control store exited ({status:?}); starting it again on {addr}");
+                // Only for drills and tests that need the outage to last.
+                std::thread::sleep(env_ms("FERRY_CONTROL_RESTART_DELAY_MS", 0));
                 // Its port may take a moment to be free again; bounded, then the head gives up.
                 let mut tries = 0;
                 child = loop {

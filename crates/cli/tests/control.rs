@@ -60,7 +60,11 @@ extern "C" fn job_entry() {
     say("kill control".into());
     let mut line = String::new();
     std::io::stdin().read_line(&mut line).unwrap();
-    // The control store is down: tasks and actor calls go on.
+    // The control store is down (its restart is delayed by 500 ms here): a name lookup waits
+    // for it; tasks and actor calls go on.
+    let t = std::time::Instant::now();
+    let found = ferry::get_actor::<Counter>("counter").map(|c| c.id() == counter.id());
+    say(format!("lookup during outage: {found:?}, waited {}", t.elapsed() > Duration::from_millis(100)));
     let during: Vec<_> =
         (0..30).map(|i| slow::options().scheduling_strategy(spread.clone()).remote(10, 100 + i)).collect();
     let ok = ferry::get_all(&during).map(|v| v == (100..130).map(|x| x * 2).collect::<Vec<u64>>());
@@ -112,9 +116,8 @@ fn the_control_store_killed_and_started_again_loses_nothing() {
     let _ = std::fs::remove_dir_all(&state);
     let head_args = vec!["--num-cpus".into(), "2".into(), "--state-dir".into(), state.display().to_string()];
     let two = vec!["--num-cpus".to_string(), "2".to_string()];
-    let mut cluster =
-        Cluster::start_with(&hosts, ferry, &[head_args, two.clone(), two], &[("FERRY_NODE_TIMEOUT_MS", "1000")], T)
-            .unwrap();
+    let env = [("FERRY_NODE_TIMEOUT_MS", "1000"), ("FERRY_CONTROL_RESTART_DELAY_MS", "500")];
+    let mut cluster = Cluster::start_with(&hosts, ferry, &[head_args, two.clone(), two], &env, T).unwrap();
     let out = hosts
         .command(1, ferry)
         .args(["submit", "--address", &cluster.head.address, "--token", &cluster.head.token, "--", "/bin/echo", "hi"])
@@ -145,6 +148,7 @@ fn the_control_store_killed_and_started_again_loses_nothing() {
     signal(first, 9);
     let killed = Instant::now();
     writeln!(stdin, "go").unwrap();
+    assert_eq!(next("lookup"), "lookup during outage: Ok(true), waited true");
     let during = next("the outage");
     assert_eq!(during, "during outage: tasks Ok(true), actor Ok(6)");
     let running = next("running tasks");

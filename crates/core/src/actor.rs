@@ -313,7 +313,17 @@ pub fn create_actor<T: Actor>(opts: &ActorOptions, args: Vec<TaskArg>) -> Result
 /// The actor registered under `name`, as a `T`.
 pub fn get_actor<T: Actor>(name: &str) -> Result<ActorHandle<T>> {
     let rt = runtime()?;
-    match rt.call_at(&rt.head_daemon(), |req| ToNode::GetNamedActor { req, name: name.to_string() })? {
+    // The control store may be restarting: its link closing under a call is retried, once it
+    // is back (`control_conn` waits for it, bounded).
+    let mut tries = 0;
+    let answer = loop {
+        let control = rt.control_conn()?;
+        match rt.call_at(&control, |req| ToNode::GetNamedActor { req, name: name.to_string() }) {
+            Err(Error::Connection { .. }) if tries < 3 => tries += 1,
+            r => break r?,
+        }
+    };
+    match answer {
         FromNode::NamedActor { found: None, .. } => Err(Error::ActorNotFound { name: name.to_string() }),
         FromNode::NamedActor { found: Some((actor, class)), .. } => {
             if class != T::CLASS {

@@ -109,7 +109,9 @@ pub(crate) struct Runtime {
     leases: Mutex<LeaseRoutes>,
     /// The cluster's nodes as last asked (to find an actor's home daemon).
     cluster: Mutex<Vec<ferry_proto::msg::NodeView>>,
-    node_calls: Mutex<HashMap<u64, mpsc::SyncSender<FromNode>>>,
+    /// Calls to daemons waiting for their answer, with the connection each went on (its
+    /// address: calls on a daemon's link that closes fail at once).
+    node_calls: Mutex<HashMap<u64, (usize, mpsc::SyncSender<FromNode>)>>,
     next_call: AtomicU64,
     state: Mutex<OwnerState>,
     /// Connections we opened to other processes, by process.
@@ -381,14 +383,18 @@ impl Runtime {
     pub(crate) fn call_at(&self, conn: &Conn, make: impl FnOnce(u64) -> ToNode) -> Result<FromNode> {
         let req = self.next_call.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::sync_channel(1);
-        self.node_calls.lock().unwrap_or_else(|e| e.into_inner()).insert(req, tx);
+        self.node_calls.lock().unwrap_or_else(|e| e.into_inner()).insert(req, (conn as *const Conn as usize, tx));
         if let Err(e) = conn.send(&make(req)) {
             self.node_calls.lock().unwrap_or_else(|e| e.into_inner()).remove(&req);
             return Err(Error::Connection { detail: format!("node daemon: {e}") });
         }
-        rx.recv_timeout(Duration::from_secs(60)).map_err(|_| {
+        rx.recv_timeout(Duration::from_secs(60)).map_err(|e| {
             self.node_calls.lock().unwrap_or_else(|e| e.into_inner()).remove(&req);
-            Error::Connection { detail: "the node daemon did not answer within 60 s".into() }
+            let detail = match e {
+                mpsc::RecvTimeoutError::Timeout => "the node daemon did not answer within 60 s",
+                mpsc::RecvTimeoutError::Disconnected => "the daemon's connection closed before it answered",
+            };
+            Error::Connection { detail: detail.into() }
         })
     }
 
@@ -604,6 +610,9 @@ impl Runtime {
     fn daemon_lost(&'static self, n: NodeId) {
         if let Some(c) = self.daemons.lock().unwrap_or_else(|e| e.into_inner()).remove(&n) {
             c.shutdown();
+            // Calls waiting for its answer fail now (their senders go).
+            let at = Arc::as_ptr(&c) as usize;
+            self.node_calls.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, (c, _)| *c != at);
         }
         let retry: Vec<ToNode> = {
             let mut l = self.lock_leases();
@@ -645,6 +654,10 @@ impl Runtime {
         if tag == ActorId::tag_of(self.node_id) {
             return self.node.clone();
         }
+        let control = self.cluster_view(false).iter().any(|v| v.head && ActorId::tag_of(v.node) == tag);
+        if control {
+            return self.control_conn().unwrap_or_else(|_| self.node.clone());
+        }
         for refresh in [false, true] {
             let view = self.cluster_view(refresh);
             if let Some(v) = view.iter().find(|v| ActorId::tag_of(v.node) == tag && v.alive) {
@@ -666,13 +679,28 @@ impl Runtime {
         ActorId::new(home, ferry_proto::ids::random_u64())
     }
 
-    /// The head's daemon (this node's when it is the head or there is no cluster).
-    pub(crate) fn head_daemon(&'static self) -> Arc<Conn> {
-        match self.cluster_view(false).into_iter().find(|v| v.head) {
-            Some(v) if v.node != self.node_id => {
-                self.daemon_conn(v.node, &v.addr).unwrap_or_else(|_| self.node.clone())
+    /// The control store (this node's daemon when there is no cluster, which then plays its
+    /// part). While it restarts (the head starts it again within milliseconds) this waits for
+    /// it, up to 10 s.
+    pub(crate) fn control_conn(&'static self) -> Result<Arc<Conn>> {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let Some(v) = self.cluster_view(false).into_iter().find(|v| v.head && v.node != self.node_id) else {
+                return Ok(self.node.clone());
+            };
+            match self.daemon_conn(v.node, &v.addr) {
+                Ok(c) => return Ok(c),
+                Err(e) if Instant::now() >= end => {
+                    return Err(Error::Connection {
+                        detail: format!(
+                            "the control store at {} did not answer for 10 s ({e}); the head node starts it \
+                             again when it dies: see `ferry status` on the head",
+                            v.addr
+                        ),
+                    })
+                }
+                Err(_) => thread::sleep(Duration::from_millis(20)),
             }
-            _ => self.node.clone(),
         }
     }
 
@@ -696,7 +724,7 @@ impl Runtime {
     }
 
     fn answer_call(&self, req: u64, msg: FromNode) {
-        if let Some(tx) = self.node_calls.lock().unwrap_or_else(|e| e.into_inner()).remove(&req) {
+        if let Some((_, tx)) = self.node_calls.lock().unwrap_or_else(|e| e.into_inner()).remove(&req) {
             let _ = tx.send(msg);
         }
     }
