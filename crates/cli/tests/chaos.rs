@@ -120,18 +120,6 @@ impl Rng {
     }
 }
 
-/// Worker processes of a node daemon (its children).
-fn workers_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
-    for t in tasks.flatten() {
-        if let Ok(c) = std::fs::read_to_string(t.path().join("children")) {
-            out.extend(c.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-        }
-    }
-    out
-}
-
 fn run(seed: u64) {
     let hosts = Hosts::new(3).expect("network namespaces (needs root and `ip`)");
     let ferry = env!("CARGO_BIN_EXE_ferry");
@@ -187,7 +175,7 @@ fn run(seed: u64) {
         }
         let alive: Vec<usize> = (0..cluster.members.len()).filter(|i| !(node_killed && *i == node_victim)).collect();
         let m = alive[(rng.next() % alive.len() as u64) as usize];
-        let ws = workers_of(cluster.members[m].child.id());
+        let ws = ferry_testkit::children_of(cluster.members[m].child.id());
         if !ws.is_empty() {
             let w = ws[(rng.next() % ws.len() as u64) as usize];
             ferry_testkit::signal(w, 9);

@@ -96,12 +96,7 @@ extern "C" fn job_entry() {
 }
 
 fn status(hosts: &Hosts, cluster: &Cluster) -> String {
-    let out = hosts
-        .command(0, env!("CARGO_BIN_EXE_ferry"))
-        .args(["status", "--address", &cluster.head.address, "--token", &cluster.head.token])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).to_string()
+    cluster.status(hosts, env!("CARGO_BIN_EXE_ferry")).unwrap()
 }
 
 fn control_pid(state: &std::path::Path) -> Option<u32> {

@@ -7,7 +7,7 @@
 use ferry::prelude::*;
 use ferry_testkit::{signal, Cluster, Hosts};
 use std::io::BufRead;
-use std::process::Stdio;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(30);
@@ -146,12 +146,7 @@ extern "C" fn job_entry() {
 
 /// The number of objects `ferry status` shows for the node at `addr`.
 fn objects_on(hosts: &Hosts, cluster: &Cluster, addr: &str) -> Option<u64> {
-    let out = hosts
-        .command(0, env!("CARGO_BIN_EXE_ferry"))
-        .args(["status", "--address", &cluster.head.address, "--token", &cluster.head.token])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let text = cluster.status(hosts, env!("CARGO_BIN_EXE_ferry")).ok()?;
     let line = text.lines().find(|l| l.trim_start().starts_with("node ") && l.contains(&format!("at {addr}:")))?;
     let before = line.split(" objects,").next()?;
     before.rsplit(' ').next()?.parse().ok()
@@ -168,29 +163,44 @@ fn wait_objects(hosts: &Hosts, cluster: &Cluster, addr: &str, want: u64, what: &
     }
 }
 
-/// Starts the job on host 1 (joining that host's node), storing on host 2's node.
-fn start_job(hosts: &Hosts, cluster: &Cluster) -> std::process::Child {
+/// Three hosts of 1 CPU, the third with the resource `keep`; a node timeout of 1 s.
+fn keep_cluster() -> (Hosts, Cluster) {
+    let hosts = Hosts::new(3).expect("network namespaces (needs root and `ip`)");
+    let one = || vec!["--num-cpus".to_string(), "1".to_string()];
+    let keep = vec!["--num-cpus".to_string(), "1".to_string(), "--resources".to_string(), "keep=1".to_string()];
+    let env = [("FERRY_NODE_TIMEOUT_MS", "1000")];
+    let cluster = Cluster::start_with(&hosts, env!("CARGO_BIN_EXE_ferry"), &[one(), one(), keep], &env, T).unwrap();
+    (hosts, cluster)
+}
+
+/// Runs this binary on host `host` as a job with `env`, and returns it with its standard
+/// output, once it printed `first`.
+fn job_on(hosts: &Hosts, cluster: &Cluster, host: usize, env: &[(&str, &String)], first: &str) -> (Child, Lines) {
     let mut job = hosts
-        .command(1, std::env::current_exe().unwrap())
-        .env("FERRY_TEST_OWNER_JOB", &cluster.members[0].address)
-        .env("FERRY_TEST_OWNER_ON", &cluster.members[1].address)
+        .command(host, std::env::current_exe().unwrap())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("FERRY_TOKEN", &cluster.head.token)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(job.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "stored");
-    job
+    let mut out = std::io::BufReader::new(job.stdout.take().unwrap()).lines();
+    let line = out.next().and_then(|l| l.ok()).unwrap_or_default();
+    assert_eq!(line, first, "the job on host {host} did not say {first:?}");
+    (job, out)
+}
+
+type Lines = std::io::Lines<std::io::BufReader<std::process::ChildStdout>>;
+
+/// Starts the owner job on host 1 (joining that host's node), storing on host 2's node.
+fn start_job(hosts: &Hosts, cluster: &Cluster) -> Child {
+    let env =
+        [("FERRY_TEST_OWNER_JOB", &cluster.members[0].address), ("FERRY_TEST_OWNER_ON", &cluster.members[1].address)];
+    job_on(hosts, cluster, 1, &env, "stored").0
 }
 
 #[test]
 fn a_dead_owners_objects_on_other_nodes_are_freed() {
-    let hosts = Hosts::new(3).expect("network namespaces (needs root and `ip`)");
-    let ferry = env!("CARGO_BIN_EXE_ferry");
-    let one = || vec!["--num-cpus".to_string(), "1".to_string()];
-    let mut cluster =
-        Cluster::start_with(&hosts, ferry, &[one(), one(), one()], &[("FERRY_NODE_TIMEOUT_MS", "1000")], T).unwrap();
+    let (hosts, mut cluster) = keep_cluster();
     let far = cluster.members[1].address.clone();
     let far = far.rsplit_once(':').unwrap().0.to_string();
 
@@ -219,44 +229,20 @@ fn a_dead_owners_objects_on_other_nodes_are_freed() {
     hosts.tear_down().unwrap();
 }
 
-/// Worker processes of a node daemon (its children).
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
-    for t in tasks.flatten() {
-        if let Ok(c) = std::fs::read_to_string(t.path().join("children")) {
-            out.extend(c.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-        }
-    }
-    out
-}
-
 /// A borrower whose whole node freezes stops holding the object once that node is declared
 /// dead: its owner frees it.
+
 #[test]
 fn an_object_lent_to_a_frozen_node_is_freed_when_it_is_declared_dead() {
-    let hosts = Hosts::new(3).expect("network namespaces (needs root and `ip`)");
-    let ferry = env!("CARGO_BIN_EXE_ferry");
-    let one = || vec!["--num-cpus".to_string(), "1".to_string()];
-    let keep = vec!["--num-cpus".to_string(), "1".to_string(), "--resources".to_string(), "keep=1".to_string()];
-    let cluster =
-        Cluster::start_with(&hosts, ferry, &[one(), one(), keep], &[("FERRY_NODE_TIMEOUT_MS", "1000")], T).unwrap();
-    let mut owner = hosts
-        .command(1, std::env::current_exe().unwrap())
-        .env("FERRY_TEST_LENDING_OWNER", &cluster.members[0].address)
-        .env("FERRY_TOKEN", &cluster.head.token)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(owner.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "lent");
+    let (hosts, cluster) = keep_cluster();
+    let (mut owner, _) =
+        job_on(&hosts, &cluster, 1, &[("FERRY_TEST_LENDING_OWNER", &cluster.members[0].address)], "lent");
     let here = cluster.members[0].address.rsplit_once(':').unwrap().0.to_string();
     // Still stored: the holder borrows it.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(objects_on(&hosts, &cluster, &here), Some(1));
     let node = cluster.members[1].child.id();
-    let frozen: Vec<u32> = std::iter::once(node).chain(children_of(node)).collect();
+    let frozen: Vec<u32> = std::iter::once(node).chain(ferry_testkit::children_of(node)).collect();
     for p in &frozen {
         signal(*p, 19);
     }
@@ -273,40 +259,17 @@ fn an_object_lent_to_a_frozen_node_is_freed_when_it_is_declared_dead() {
 
 #[test]
 fn a_borrower_gets_owner_died_when_the_owners_node_is_declared_dead() {
-    let hosts = Hosts::new(3).expect("network namespaces (needs root and `ip`)");
-    let ferry = env!("CARGO_BIN_EXE_ferry");
-    let one = || vec!["--num-cpus".to_string(), "1".to_string()];
-    let keep = vec!["--num-cpus".to_string(), "1".to_string(), "--resources".to_string(), "keep=1".to_string()];
-    let cluster =
-        Cluster::start_with(&hosts, ferry, &[one(), one(), keep], &[("FERRY_NODE_TIMEOUT_MS", "1000")], T).unwrap();
-    let mut lender = hosts
-        .command(1, std::env::current_exe().unwrap())
-        .env("FERRY_TEST_LENDER_JOB", &cluster.members[0].address)
-        .env("FERRY_TOKEN", &cluster.head.token)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(lender.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "held");
-    let mut waiter = hosts
-        .command(0, std::env::current_exe().unwrap())
-        .env("FERRY_TEST_WAITER_JOB", &cluster.head.address)
-        .env("FERRY_TOKEN", &cluster.head.token)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(waiter.stdout.take().unwrap());
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "waiting");
+    let (hosts, cluster) = keep_cluster();
+    let (mut lender, _) =
+        job_on(&hosts, &cluster, 1, &[("FERRY_TEST_LENDER_JOB", &cluster.members[0].address)], "held");
+    let (mut waiter, mut out) =
+        job_on(&hosts, &cluster, 0, &[("FERRY_TEST_WAITER_JOB", &cluster.head.address)], "waiting");
     std::thread::sleep(Duration::from_millis(300));
     let node = cluster.members[0].child.id();
     let t = Instant::now();
     signal(lender.id(), 19);
     signal(node, 19);
-    line.clear();
-    out.read_line(&mut line).unwrap();
+    let line = out.next().and_then(|l| l.ok()).unwrap_or_default();
     let took = t.elapsed();
     eprintln!("the borrower heard {took:?} after the owner's node froze (timeout 1 s): {}", line.trim());
     signal(node, 18);

@@ -263,13 +263,8 @@ impl Cluster {
         let cluster = Cluster { head, members };
         let want = format!("cluster: {n} nodes, {n} alive", n = hosts.len());
         loop {
-            let out = hosts
-                .command(0, ferry)
-                .args(["status", "--address", &cluster.head.address, "--token", &cluster.head.token])
-                .output()
-                .map_err(|e| e.to_string())?;
-            let text = String::from_utf8_lossy(&out.stdout).to_string();
-            if text.contains(&want) || (hosts.len() == 1 && out.status.success()) {
+            let text = cluster.status(hosts, ferry)?;
+            if text.contains(&want) || (hosts.len() == 1 && text.contains("alive")) {
                 return Ok(cluster);
             }
             if std::time::Instant::now() >= end {
@@ -278,6 +273,30 @@ impl Cluster {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
+}
+
+impl Cluster {
+    /// What `ferry status` (the CLI at `ferry`) prints on the head's host.
+    pub fn status(&self, hosts: &Hosts, ferry: &str) -> Result<String, String> {
+        let out = hosts
+            .command(0, ferry)
+            .args(["status", "--address", &self.head.address, "--token", &self.head.token])
+            .output()
+            .map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    }
+}
+
+/// The child processes of `pid` (a node daemon's workers, its control store).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    for t in tasks.flatten() {
+        if let Ok(c) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(c.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    out
 }
 
 /// Sends signal `sig` to process `pid` (one a test started: SIGSTOP to freeze a node, SIGCONT
