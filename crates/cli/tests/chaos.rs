@@ -1,7 +1,7 @@
 //! Chaos: a tree reduction (8,192 leaves of 128 KiB, 16,383 tasks, every intermediate object
 //! in a store) runs on a three-host cluster while the harness kills worker processes on the
-//! members at random moments, one whole member, and the control store (which the head starts
-//! again). Seeded (`FERRY_CHAOS_SEED`, default
+//! members at random moments, one whole member (killed, or frozen with its workers), and the
+//! control store (which the head starts again). Seeded (`FERRY_CHAOS_SEED`, default
 //! two seeds), so a failing run can be replayed. Every run must end, within its bound, with
 //! exactly the failure-free result or a typed error; then no stored object may be left.
 
@@ -151,6 +151,10 @@ fn run(seed: u64) {
     let node_victim = (rng.next() % 2) as usize;
     let node_kill_at = 2 + rng.next() % 6;
     let control_kill_at = 1 + rng.next() % 8;
+    // The member is killed, or frozen (SIGSTOP on it and its workers: their sockets stay open,
+    // only the missing heartbeats show it is gone); thawed at the end.
+    let freeze = rng.next() % 2 == 0;
+    let mut frozen: Vec<u32> = Vec::new();
     let mut node_killed = false;
     let mut control_killed = false;
     // Chaos while the job runs: a worker every 50–250 ms, one whole member once, and the
@@ -168,8 +172,16 @@ fn run(seed: u64) {
             }
         }
         if round == node_kill_at && !node_killed {
-            let _ = cluster.members[node_victim].child.kill();
-            let _ = cluster.members[node_victim].child.wait();
+            let pid = cluster.members[node_victim].child.id();
+            if freeze {
+                frozen = std::iter::once(pid).chain(ferry_testkit::children_of(pid)).collect();
+                for p in &frozen {
+                    ferry_testkit::signal(*p, 19);
+                }
+            } else {
+                let _ = cluster.members[node_victim].child.kill();
+                let _ = cluster.members[node_victim].child.wait();
+            }
             node_killed = true;
             continue;
         }
@@ -193,8 +205,12 @@ fn run(seed: u64) {
     if exited.is_err() {
         let _ = job.kill();
     }
+    for p in &frozen {
+        ferry_testkit::signal(*p, 18);
+    }
+    let how = if freeze { "frozen" } else { "killed" };
     eprintln!(
-        "seed {seed}: killed {killed_workers} workers, node killed: {node_killed}, control store killed: \
+        "seed {seed}: killed {killed_workers} workers, node {how}: {node_killed}, control store killed: \
          {control_killed}; job said {lines:?}"
     );
     let result = lines.iter().find(|l| l.starts_with("result")).cloned().unwrap_or_default();
