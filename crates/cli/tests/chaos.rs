@@ -153,7 +153,7 @@ fn run(seed: u64) {
     let control_kill_at = 1 + rng.next() % 8;
     // The member is killed, or frozen (SIGSTOP on it and its workers: their sockets stay open,
     // only the missing heartbeats show it is gone); thawed at the end.
-    let freeze = rng.next() % 2 == 0;
+    let freeze = rng.next().is_multiple_of(2);
     let mut frozen: Vec<u32> = Vec::new();
     let mut node_killed = false;
     let mut control_killed = false;
