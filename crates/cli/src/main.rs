@@ -64,6 +64,14 @@ enum Cmd {
         /// binaries persist (default: a directory under $TMPDIR named for the port).
         #[arg(long)]
         state_dir: Option<std::path::PathBuf>,
+        /// On a head: a node silent this long is declared dead (default 5000; or
+        /// FERRY_NODE_TIMEOUT_MS).
+        #[arg(long)]
+        node_timeout_ms: Option<u64>,
+        /// How often this node sends the control store a heartbeat (default 1000, or a fifth
+        /// of the timeout on the head; or FERRY_HEARTBEAT_MS).
+        #[arg(long)]
+        heartbeat_ms: Option<u64>,
         /// Run the control store alone (the head starts it as a process of its own, and starts
         /// it again if it dies).
         #[arg(long, hide = true)]
@@ -112,7 +120,16 @@ fn main() -> ExitCode {
             block,
             state_dir,
             control_store,
+            node_timeout_ms,
+            heartbeat_ms,
         } => {
+            // Read where they are used, and inherited by the control store's process.
+            for (var, v) in [("FERRY_NODE_TIMEOUT_MS", node_timeout_ms), ("FERRY_HEARTBEAT_MS", heartbeat_ms)] {
+                if let Some(v) = v {
+                    // SAFETY: still one thread: nothing reads the environment concurrently.
+                    unsafe { std::env::set_var(var, v.to_string()) };
+                }
+            }
             let role = match (head, address) {
                 _ if control_store => Ok(Role::Control { state_dir }),
                 (true, None) => Ok(Role::Head { state_dir }),

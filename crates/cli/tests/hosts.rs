@@ -106,14 +106,14 @@ fn nodes_join_the_head_and_dead_ones_are_detected() {
     let hosts = Hosts::new(3).expect("network namespaces (needs root and `ip`)");
     let ferry = env!("CARGO_BIN_EXE_ferry");
     let mut cmd = hosts.command(0, ferry);
-    cmd.env("FERRY_NODE_TIMEOUT_MS", "1000");
     cmd.args(["start", "--head", "--host", hosts.addr(0), "--port", "0", "--num-cpus", "1", "--block"]);
+    cmd.args(["--node-timeout-ms", "1000"]);
     let mut head = Head::start(cmd, T).unwrap();
     let mut members = Vec::new();
     for i in 1..3 {
         let mut cmd = hosts.command(i, ferry);
-        cmd.env("FERRY_HEARTBEAT_MS", "100");
         cmd.args(["start", "--address", &head.address, "--token", &head.token, "--host", hosts.addr(i)]);
+        cmd.args(["--heartbeat-ms", "100"]);
         cmd.args(["--port", "0", "--num-cpus", "1", "--block"]);
         members.push(Head::start(cmd, T).unwrap());
     }
@@ -124,6 +124,8 @@ fn nodes_join_the_head_and_dead_ones_are_detected() {
     signal(frozen, 19); // SIGSTOP
     let took = until(&hosts, &head, "the frozen node declared dead", |s| s.contains("3 nodes, 2 alive"));
     eprintln!("frozen node detected dead after {took:?} (timeout 1 s)");
+    // The timeout given on the command line (the default is 5 s).
+    assert!(took < Duration::from_secs(4), "{took:?}");
     // A killed node's connection closes: it is dead at once.
     signal(members[1].child.id(), 9);
     until(&hosts, &head, "the killed node declared dead", |s| s.contains("3 nodes, 1 alive"));
