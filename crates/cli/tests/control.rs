@@ -2,8 +2,9 @@
 //! head starts it again on its state directory; tasks running meanwhile finish without a
 //! retry, new tasks and actor calls go on during the outage, the nodes join again and
 //! re-report the actors they host, so a named detached actor is found under its name with its
-//! state (the same process, not a restart), names can be taken again, jobs are still listed,
-//! and the restarted control store still detects a node's death.
+//! state (the same process, not a restart), a named actor that is not detached lives while its
+//! handle does (its holder holds it again) and ends when it goes, names can be taken again,
+//! jobs are still listed, and the restarted control store still detects a node's death.
 
 use ferry::prelude::*;
 use ferry_testkit::{signal, wait_exit, Cluster, Hosts};
@@ -53,6 +54,9 @@ extern "C" fn job_entry() {
     let counter = Counter::options().name("counter").detached().max_restarts(0).remote().unwrap();
     let (n, pid) = ferry::get(&counter.add(5)).unwrap();
     assert_eq!(n, 5);
+    // Named, not detached: it lives while a handle does, across the restart too.
+    let session = Counter::options().name("session").remote().unwrap();
+    ferry::get(&session.add(1)).unwrap();
     // Tasks running on every node when the control store dies.
     let spread = SchedulingStrategy::Spread;
     let running: Vec<_> = (0..6).map(|i| slow::options().scheduling_strategy(spread.clone()).remote(1500, i)).collect();
@@ -83,6 +87,15 @@ extern "C" fn job_entry() {
         },
         Err(e) => say(format!("named actor after restart: not found: {e}")),
     }
+    // Past the restored control store's grace for holders to hold again: still held.
+    std::thread::sleep(Duration::from_millis(1500));
+    let alive = ferry::get_timeout(&session.add(1), Duration::from_secs(20)).map(|r| r.0);
+    drop(session);
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while ferry::get_actor::<Counter>("session").is_ok() && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    say(format!("session: {alive:?}, ended {}", ferry::get_actor::<Counter>("session").is_err()));
     let other = Counter::options().name("another").detached().remote().unwrap();
     let found = ferry::get_actor::<Counter>("another").map(|a| a.id() == other.id());
     let taken = Counter::options().name("counter").remote().map(|_| ());
@@ -162,6 +175,7 @@ fn the_control_store_killed_and_started_again_loses_nothing() {
     writeln!(stdin, "go").unwrap();
     let named = next("named actor");
     assert_eq!(named, "named actor after restart: n=7 same_process=true", "re-attached, not started anew");
+    assert_eq!(next("session"), "session: Ok(2), ended true", "held across the restart, ended when dropped");
     assert_eq!(next("names"), "names after restart: new Ok(true), taken true");
     assert_eq!(next("tasks after"), "tasks after restart: Ok(12)");
     assert!(wait_exit(&mut job, T).unwrap(), "the job failed");

@@ -1675,6 +1675,11 @@ impl OwnerState {
         c.held == 0
     }
 
+    /// The actors homed at the node of `tag` that this process holds, and how many times.
+    pub fn held_actors_at(&self, tag: u64) -> Vec<(ActorId, u32)> {
+        self.actors.iter().filter(|(a, c)| a.home_tag() == tag && c.held > 0).map(|(a, c)| (*a, c.held)).collect()
+    }
+
     pub fn actor_set_held(&mut self, actor: ActorId) {
         if let Some(c) = self.actors.get_mut(&actor) {
             c.held += 1;

@@ -614,6 +614,22 @@ impl Runtime {
             let at = Arc::as_ptr(&c) as usize;
             self.node_calls.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, (c, _)| *c != at);
         }
+        // The view as last asked, never asked now: this runs on a daemon's reader thread, which
+        // must not wait for an answer only it can read.
+        let control = self.cluster.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|v| v.head && v.node == n);
+        if control && self.running.load(Ordering::Acquire) {
+            // The control store is gone, and is started again without knowing who held the
+            // actors homed at it: this process holds its again, once it is back.
+            let holds = self.lock().held_actors_at(ActorId::tag_of(n));
+            if !holds.is_empty() {
+                let _ = thread::Builder::new().name("ferry-rehold".into()).spawn(move || {
+                    let Ok(c) = self.control_conn() else { return };
+                    for (actor, count) in holds {
+                        let _ = self.call_at(&c, |req| ToNode::HoldActorAgain { req, actor, count });
+                    }
+                });
+            }
+        }
         let retry: Vec<ToNode> = {
             let mut l = self.lock_leases();
             let reqs: Vec<u64> = l.requests.iter().filter(|(_, (t, _))| *t == n).map(|(r, _)| *r).collect();

@@ -63,6 +63,9 @@ pub(crate) struct ActorRec {
     /// At the home: the node hosting it (`None`: this one), and its worker there once it runs.
     host: Option<NodeId>,
     remote: Option<(WorkerId, Addr)>,
+    /// Restored by a control store started again: until then its holders re-hold it (they
+    /// saw their link to the control store close), and it is not stopped for having none.
+    hold_grace: Option<Instant>,
 }
 
 impl ActorRec {
@@ -92,6 +95,7 @@ impl ActorRec {
             home: None,
             host: None,
             remote: None,
+            hold_grace: None,
         }
     }
 }
@@ -473,6 +477,20 @@ impl Node {
         }
     }
 
+    /// `HoldActorAgain`: `conn`'s process holds the actor `count` times (set, not added).
+    pub(crate) fn hold_actor_again(&self, st: &mut State, conn: ConnId, actor: ActorId, count: u32) -> Option<String> {
+        match st.actors.get_mut(&actor) {
+            None => Some("no such actor".into()),
+            Some(rec) => match &rec.phase {
+                Phase::Dead { reason } => Some(reason.clone()),
+                _ => {
+                    rec.holders.insert(conn, count as i64);
+                    None
+                }
+            },
+        }
+    }
+
     pub(crate) fn release_actor(&self, st: &mut State, conn: ConnId, actor: ActorId, count: u32) {
         if let Some(rec) = st.actors.get_mut(&actor) {
             let n = rec.holders.entry(conn).or_default();
@@ -480,7 +498,8 @@ impl Node {
             if *n == 0 {
                 rec.holders.remove(&conn);
             }
-            if rec.holders.is_empty() && !rec.spec.as_ref().is_some_and(|s| s.detached) {
+            let detached = rec.spec.as_ref().is_some_and(|s| s.detached);
+            if rec.holders.is_empty() && !detached && rec.hold_grace.is_none() {
                 self.stop(st, actor, "every handle to it was dropped".into());
             }
         }
@@ -610,7 +629,7 @@ impl Node {
             let detached = rec.spec.as_ref().is_some_and(|s| s.detached);
             if rec.owner == conn && !detached {
                 self.stop(st, actor, "the process that created it exited".into());
-            } else if was_holder && rec.holders.is_empty() && !detached {
+            } else if was_holder && rec.holders.is_empty() && !detached && rec.hold_grace.is_none() {
                 self.stop(st, actor, "every handle to it was dropped".into());
             }
         }
@@ -625,23 +644,37 @@ impl Node {
     }
 
     /// An actor from the control store's tables, after it was started again: it waits for
-    /// its host to re-report it (`actors_reported`) until `due`, then is started anew. Which
-    /// processes held it is not known again, so from now on it lives until it is killed.
-    pub(crate) fn restore_actor(&self, st: &mut State, actor: ActorId, mut spec: ActorSpec, due: Instant) {
+    /// its host to re-report it (`actors_reported`) until `due`, then is started anew. Its
+    /// holders hold it again meanwhile (`HoldActor`); one that none holds by then (and is not
+    /// detached) stops, as when its last handle goes.
+    pub(crate) fn restore_actor(&self, st: &mut State, actor: ActorId, spec: ActorSpec, due: Instant) {
         let mut rec = ActorRec::new(spec.class.clone(), ACTOR_CONN);
         rec.holders.clear();
         rec.restarts_left = spec.max_restarts;
         rec.phase = Phase::Placing;
-        spec.detached = true;
+        rec.hold_grace = Some(due);
         rec.spec = Some(spec);
         st.actors.insert(actor, rec);
         st.recovering.insert(actor, due);
     }
 
-    /// Restored actors no host re-reported in time: started anew (the control store's
-    /// monitor calls this).
+    /// Restored actors no host re-reported in time: started anew; restored actors nobody
+    /// holds again: stopped (the control store's monitor calls this).
     pub(crate) fn recover_due(&self, st: &mut State) {
         let now = Instant::now();
+        let unheld: Vec<ActorId> = st
+            .actors
+            .iter_mut()
+            .filter(|(_, r)| r.hold_grace.is_some_and(|t| t <= now))
+            .filter_map(|(a, r)| {
+                r.hold_grace = None;
+                let detached = r.spec.as_ref().is_some_and(|s| s.detached);
+                (r.holders.is_empty() && !detached).then_some(*a)
+            })
+            .collect();
+        for actor in unheld {
+            self.stop(st, actor, "every handle to it was dropped (while the control store restarted)".into());
+        }
         let due: Vec<ActorId> = st.recovering.iter().filter(|(_, t)| **t <= now).map(|(a, _)| *a).collect();
         for actor in due {
             st.recovering.remove(&actor);

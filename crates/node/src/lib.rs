@@ -935,6 +935,10 @@ impl Node {
                 self.send(st, conn, &FromNode::Ack { req, error });
             }
             ToNode::ReleaseActor { actor, count } => self.release_actor(st, conn, actor, count),
+            ToNode::HoldActorAgain { req, actor, count } => {
+                let error = self.hold_actor_again(st, conn, actor, count);
+                self.send(st, conn, &FromNode::Ack { req, error });
+            }
             ToNode::HoldActorFor { req, actor, holder } => {
                 let target = st.conns.iter().find(|(_, c)| c.registered && c.from == holder).map(|(k, _)| *k);
                 let error = match target {

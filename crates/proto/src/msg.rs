@@ -206,6 +206,10 @@ pub enum ToNode {
     /// This process holds a handle of `actor` (the first one it holds). Answered by `Ack`
     /// (an error if the actor is unknown or dead).
     HoldActor { req: u64, actor: ActorId },
+    /// After its link to the actor's home closed (the control store restarted): this process
+    /// holds `actor` `count` times, on this link. Sets the count (sending it twice is
+    /// harmless). Answered by `Ack`.
+    HoldActorAgain { req: u64, actor: ActorId, count: u32 },
     /// This process holds no handle of `actor` any more: its `count` holds end.
     ReleaseActor { actor: ActorId, count: u32 },
     /// Counts process `holder` as holding `actor` once more (a task returns a value with a
