@@ -149,6 +149,7 @@ extern "C" fn job_entry() {
         ("infeasible_waits", check_infeasible),
         ("logs", check_logs),
         ("actors", check_actors),
+        ("actor_placement", check_actor_placement),
         ("stores_empty", check_stores_empty),
     ];
     let only = std::env::var("FERRY_TEST_ONLY").ok();
@@ -500,6 +501,47 @@ fn check_logs() -> Result<(), String> {
 /// Actors holding a CPU each fill the three nodes (placed like spilled tasks); calls reach
 /// them from the driver and from tasks on other nodes; a named actor is found by name from
 /// another node; an actor created by a task on a member is called from the driver.
+/// Scheduling strategies for actors: `Spread` puts three on three nodes, a hard affinity puts
+/// one where it says (and fails clearly for a node that is not there), a soft one runs anyway.
+fn check_actor_placement() -> Result<(), String> {
+    let g = |r: &ObjectRef<NodeId>, what: &str| {
+        ferry::get_timeout(r, Duration::from_secs(15)).map_err(|err| format!("{what}: {err}"))
+    };
+    let (me, all) = node_ids()?;
+    let spread: Vec<ActorHandle<Tally>> = (0..3)
+        .map(|i| Tally::options().scheduling_strategy(SchedulingStrategy::Spread).remote(i))
+        .collect::<ferry::Result<_>>()
+        .map_err(e)?;
+    let mut at = spread.iter().map(|t| g(&t.node(), "a spread actor")).collect::<Result<Vec<_>, _>>()?;
+    at.sort();
+    if at != all {
+        return Err(format!("spread actors ran on {at:?}, not on each of {all:?}"));
+    }
+    let other = *all.iter().find(|n| **n != me).expect("another node");
+    let pinned = Tally::options()
+        .scheduling_strategy(SchedulingStrategy::NodeAffinity { node: other, soft: false })
+        .remote(0)
+        .map_err(e)?;
+    if g(&pinned.node(), "a pinned actor")? != other {
+        return Err("a hard node affinity was not kept".into());
+    }
+    let nowhere = NodeId(12345);
+    let lost = Tally::options()
+        .scheduling_strategy(SchedulingStrategy::NodeAffinity { node: nowhere, soft: false })
+        .remote(0)
+        .map_err(e)?;
+    match ferry::get_timeout(&lost.node(), Duration::from_secs(15)) {
+        Err(err) if err.to_string().contains("node affinity") => {}
+        other => return Err(format!("an actor pinned to a missing node: {other:?}")),
+    }
+    let soft = Tally::options()
+        .scheduling_strategy(SchedulingStrategy::NodeAffinity { node: nowhere, soft: true })
+        .remote(0)
+        .map_err(e)?;
+    g(&soft.node(), "a soft-pinned actor")?;
+    Ok(())
+}
+
 fn check_actors() -> Result<(), String> {
     // Every wait is bounded, and says which step did not finish.
     fn g<T: serde::de::DeserializeOwned + 'static>(r: &ObjectRef<T>, what: &str) -> Result<T, String> {
@@ -603,6 +645,7 @@ fn a_job_uses_every_node_of_a_three_host_cluster() {
         "infeasible_waits",
         "logs",
         "actors",
+        "actor_placement",
         "stores_empty",
     ] {
         assert!(out.lines().any(|l| l == format!("ok {name}")), "check {name} failed or did not run");

@@ -213,6 +213,8 @@ pub struct ActorOptions {
     /// CPUs held for the actor's life (default 0, as in Ray: actors rarely need one reserved).
     pub num_cpus: f64,
     pub resources: Vec<(String, f64)>,
+    /// Which node runs it (and runs it again after a restart).
+    pub strategy: crate::SchedulingStrategy,
 }
 
 impl Default for ActorOptions {
@@ -225,6 +227,7 @@ impl Default for ActorOptions {
             max_concurrency: 1,
             num_cpus: 0.0,
             resources: Vec::new(),
+            strategy: crate::SchedulingStrategy::Default,
         }
     }
 }
@@ -262,6 +265,13 @@ pub trait ActorOptionsBuilder: Sized {
     }
     fn resource(mut self, name: &str, amount: f64) -> Self {
         self.actor_options().resources.push((name.to_string(), amount));
+        self
+    }
+    /// Which node runs the actor: `Spread` over the nodes, or `NodeAffinity` (a hard one to a
+    /// node that is dead or cannot fit it fails the creation, and a restart after that node
+    /// dies; a soft one runs elsewhere then).
+    fn scheduling_strategy(mut self, s: crate::SchedulingStrategy) -> Self {
+        self.actor_options().strategy = s;
         self
     }
 }
@@ -304,6 +314,7 @@ pub fn create_actor<T: Actor>(opts: &ActorOptions, args: Vec<TaskArg>) -> Result
         max_restarts: opts.max_restarts,
         max_concurrency: opts.max_concurrency.max(1),
         depth,
+        placement: opts.strategy.placement(),
     };
     rt.with_state(|st, fx| st.create_actor(actor, T::CLASS, &label, drafts, exported, spec, opts.max_task_retries, fx));
     drop(held);

@@ -335,7 +335,7 @@ pub enum SchedulingStrategy {
 }
 
 impl SchedulingStrategy {
-    fn placement(&self) -> ferry_proto::msg::Placement {
+    pub(crate) fn placement(&self) -> ferry_proto::msg::Placement {
         use ferry_proto::msg::Placement;
         match self {
             SchedulingStrategy::Default => Placement::Default,

@@ -412,3 +412,20 @@ fn a_handle_returned_from_a_task_is_held_by_the_caller() {
     drop(handles);
     eventually("the actor stops with the last handle", T, || live_actors() == 0);
 }
+
+/// On one node, an actor pinned (hard) to a node that is not in the cluster fails with the
+/// reason; pinned to this node, or softly to the missing one, it runs here.
+#[test]
+fn an_actor_pinned_to_a_missing_node_fails_with_the_reason() {
+    cluster();
+    let here = ferry::node_id().unwrap();
+    let missing = ferry::NodeId(7);
+    let pin = |node, soft| SchedulingStrategy::NodeAffinity { node, soft };
+    let lost = Counter::options().scheduling_strategy(pin(missing, false)).remote(0).unwrap();
+    let err = ferry::get_timeout(&lost.get(), T).unwrap_err().to_string();
+    assert!(err.contains("node affinity") && err.contains("not in the cluster"), "{err}");
+    for c in [pin(here, false), pin(missing, true), SchedulingStrategy::Spread] {
+        let a = Counter::options().scheduling_strategy(c).remote(3).unwrap();
+        assert_eq!(ferry::get_timeout(&a.get(), T).unwrap(), 3);
+    }
+}

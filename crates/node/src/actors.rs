@@ -22,7 +22,7 @@
 
 use crate::{Node, State};
 use ferry_proto::conn::Addr;
-use ferry_proto::msg::{ActorId, ActorLocation, ActorSpec, FromNode, ToNode};
+use ferry_proto::msg::{ActorId, ActorLocation, ActorSpec, FromNode, Placement, ToNode};
 use ferry_proto::{NodeId, WorkerId};
 use ferry_sched::ConnId;
 use std::collections::HashMap;
@@ -213,31 +213,40 @@ impl Node {
     fn place(&self, st: &mut State, actor: ActorId) {
         let Some(rec) = st.actors.get(&actor) else { return };
         let Some(spec) = rec.spec.as_ref() else { return };
-        let (shape, depth) = (spec.shape.clone(), spec.depth);
-        if rec.home.is_none() && self.in_cluster() {
-            use ferry_sched::place::{fits, place, Decision};
+        let (shape, depth, placement) = (spec.shape.clone(), spec.depth, spec.placement.clone());
+        let default = placement == Placement::Default;
+        if rec.home.is_none() && (self.in_cluster() || !default) {
+            use ferry_sched::place::{fits, place, two_choices, Decision};
             let (me, others) = (self.my_view(st), self.others_free(st));
             st.rand ^= st.rand << 13;
             st.rand ^= st.rand >> 7;
             st.rand ^= st.rand << 17;
-            // Here if it fits here now; else where there is room now; else queued here (and
-            // moved by rebalancing once some node has room).
-            // The control store runs nothing: its actors go to a node with room, else to one
-            // that can fit them (which queues them), else wait.
-            let decision = if fits(&shape, &me.available) && !self.opts.control_only {
+            if placement == Placement::Spread {
+                st.rr += 1;
+            }
+            // A strategy decides as it does for tasks. By default: here if it fits here now
+            // (never on the control store, which runs nothing); else where there is room now;
+            // else queued where it can ever fit (moved by rebalancing once some node has room).
+            let decision = if !default {
+                match place(&shape, &placement, None, &me, &others, st.rr, st.rand) {
+                    Decision::Wait(_) if !self.in_cluster() => Decision::Local,
+                    d => d,
+                }
+            } else if !me.head && fits(&shape, &me.available) {
                 Decision::Local
             } else {
-                match ferry_sched::place::two_choices(&shape, &others, st.rand) {
+                match two_choices(&shape, &others, st.rand) {
                     Some(v) => Decision::Spill { node: v.node, addr: v.addr.clone() },
-                    None if self.opts.control_only => others
-                        .iter()
-                        .filter(|v| v.alive && !v.addr.is_empty() && fits(&shape, &v.total))
-                        .min_by_key(|v| v.node.0 ^ st.rand)
-                        .map(|v| Decision::Spill { node: v.node, addr: v.addr.clone() })
-                        .unwrap_or_else(|| Decision::Wait("no node alive can ever host it".into())),
-                    None => place(&shape, &Default::default(), None, &me, &others, 0, st.rand),
+                    None => place(&shape, &Placement::Default, None, &me, &others, 0, st.rand),
                 }
             };
+            if let Decision::Fail(reason) = decision {
+                if let Some(rec) = st.actors.get_mut(&actor) {
+                    rec.killed = true;
+                }
+                self.stop(st, actor, format!("it cannot be placed: {reason}"));
+                return;
+            }
             if let Decision::Wait(why) = &decision {
                 // No node alive can ever host it: it waits for one that can (retried when the
                 // cluster's view changes), and its creator is told.
@@ -268,9 +277,12 @@ impl Node {
         let req = st.next_actor_req;
         st.next_actor_req += 1;
         st.actor_reqs.insert(req, actor);
-        // Movable, also when hosted for another home: that home chose this node from a view
-        // that may be a heartbeat old, and the actor must not wait here while others have room.
-        st.movable.insert((ACTOR_CONN, req), Instant::now());
+        // Movable (unless a strategy chose this node), also when hosted for another home: that
+        // home chose this node from a view that may be a heartbeat old, and the actor must not
+        // wait here while others have room.
+        if default {
+            st.movable.insert((ACTOR_CONN, req), Instant::now());
+        }
         let actions = st.sched.request(ACTOR_CONN, req, shape, depth);
         self.apply(st, actions);
     }

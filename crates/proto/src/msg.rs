@@ -332,6 +332,8 @@ pub struct ActorSpec {
     pub max_concurrency: u32,
     /// Nesting depth of the creator, for lease priority.
     pub depth: u32,
+    /// Which node runs it (as for tasks; `Here` is not used).
+    pub placement: Placement,
 }
 
 /// Where an actor is, as the daemon knows it.

@@ -51,7 +51,7 @@ fn load(v: &NodeView) -> f64 {
 }
 
 /// Decides where a request of `shape` under `placement` goes. `me` is this node's own entry
-/// (its live figures); `others` every other node the cluster knows; `rr` a counter for
+/// (its live figures; never chosen when it is the control store, `head`); `others` every other node the cluster knows; `rr` a counter for
 /// `Spread`; `rand` any random number.
 pub fn place(
     shape: &Shape,
@@ -67,7 +67,7 @@ pub fn place(
     match placement {
         Placement::Here => Decision::Local,
         Placement::Node { node, soft } => {
-            if *node == me.node && fits(shape, &me.total) {
+            if *node == me.node && !me.head && fits(shape, &me.total) {
                 return Decision::Local;
             }
             if let Some(v) = alive().find(|v| v.node == *node && fits(shape, &v.total)) {
@@ -88,7 +88,7 @@ pub fn place(
         }
         Placement::Spread => {
             let mut feasible: Vec<&NodeView> = std::iter::once(me)
-                .filter(|v| fits(shape, &v.total))
+                .filter(|v| !v.head && fits(shape, &v.total))
                 .chain(alive().filter(|v| fits(shape, &v.total)))
                 .collect();
             if feasible.is_empty() {
@@ -108,7 +108,7 @@ pub fn place(
                     return spill(v);
                 }
             }
-            if fits(shape, &me.total) {
+            if !me.head && fits(shape, &me.total) {
                 return Decision::Local;
             }
             if let Some(v) = two_choices(shape, others, rand) {
@@ -151,7 +151,7 @@ mod tests {
         NodeView {
             node: NodeId(id),
             addr: format!("10.0.0.{id}:1"),
-            head: id == 1,
+            head: false,
             alive: true,
             total: Shape::cpus(cpus),
             available: Shape::cpus(free),
