@@ -235,9 +235,17 @@ fn start_blocking(
     let (node, token) =
         ferry::__private::start_node(&cfg, &format!("{host}:{port}"), node_role).map_err(|e| e.to_string())?;
     let addr = node.tcp_addr().ok_or("the node has no TCP address")?;
-    if let Role::Control { state_dir: Some(dir) } = &role {
-        // How the head (and tests) find the running control store's process.
-        let _ = std::fs::write(dir.join("control.pid"), std::process::id().to_string());
+    if let Role::Control { state_dir } = &role {
+        // How the head (and tests) find the running control store's process. Nobody joins it
+        // by a token file: it writes none (it may be killed, and could not remove it).
+        if let Some(dir) = state_dir {
+            let _ = std::fs::write(dir.join("control.pid"), std::process::id().to_string());
+        }
+        println!("address: {addr}");
+        println!("ready");
+        node.wait_for_stop_request();
+        node.shutdown();
+        return Ok(());
     }
     let supervisor = control.map(|c| {
         println!("control store: {} (pid {}, started again if it dies)", c.addr, c.pid());
