@@ -994,6 +994,10 @@ fn spiller(node: Arc<Node>, rx: mpsc::Receiver<Option<()>>) {
                     }
                     break;
                 }
+                // Secondary copies go first: their nodes can give them again.
+                if st.store.drop_copy().is_some() {
+                    continue;
+                }
                 match st.store.next_to_spill() {
                     Some((id, _)) => (id, st.store.dir().clone()),
                     None => {

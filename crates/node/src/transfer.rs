@@ -81,7 +81,8 @@ impl Node {
     fn pulled(&self, object: ObjectId, r: Result<u64, String>) {
         let mut st = self.lock();
         let error = match r {
-            Ok(size) => match st.store.seal(object, size) {
+            // A secondary copy: under pressure it is dropped (pulled again when needed).
+            Ok(size) => match st.store.seal_copy(object, size) {
                 Ok(()) => {
                     st.transfers.1 += 1;
                     st.transfers.3 += size;

@@ -155,3 +155,52 @@ fn a_member_pulls_an_object_once_for_concurrent_readers_and_frees_the_copy() {
         );
     }
 }
+
+/// Under memory pressure a member drops its copy of another node's object (a reader pulls it
+/// again) rather than spilling its own objects to disk.
+#[test]
+fn a_copy_is_dropped_before_a_primary_is_spilled() {
+    let head = ferry_node::start(options("head", None)).unwrap();
+    let mut mo = options("member", Some(head.tcp_addr().unwrap().to_string()));
+    mo.store_capacity = 24 << 20;
+    mo.spill_dir = Some(std::env::temp_dir().join(format!("ferry-transfer-test-{}-spill", std::process::id())));
+    let member = ferry_node::start(mo).unwrap();
+    let end = Instant::now() + T;
+    let mut m = client(&member);
+    while call(&mut m, ToNode::ClusterStatus { req: 1 }, |r| match r {
+        FromNode::Cluster { nodes, .. } => Some(nodes.iter().filter(|n| n.alive).count()),
+        _ => None,
+    }) != 2
+    {
+        assert!(Instant::now() < end, "the member never saw the head");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut h = client(&head);
+    let remote = ObjectId { task: TaskId { owner: WorkerId(42), seq: 1 }, index: 0 };
+    put_on_head(&mut h, remote, &vec![1u8; 16 << 20]);
+    assert_eq!(pull(&mut m, remote, head.id()), None);
+    assert_eq!(member.stats().store_objects, 1);
+
+    // 16 MiB of the member's own: with the copy, 32 MiB in a 24 MiB store.
+    let own = ObjectId { task: TaskId { owner: WorkerId(43), seq: 1 }, index: 0 };
+    let mstore = std::env::temp_dir().join(format!("ferry-transfer-test-{}-member/store", std::process::id()));
+    std::fs::write(mstore.join(own.to_string()), vec![2u8; 16 << 20]).unwrap();
+    let sealed = call(&mut m, ToNode::Seal { req: 2, object: own, size: 16 << 20 }, |r| match r {
+        FromNode::Sealed { error, .. } => Some(error),
+        _ => None,
+    });
+    assert_eq!(sealed, None);
+    let s = member.stats();
+    assert_eq!((s.store_objects, s.spilled_objects, s.store_used_bytes), (1, 0, 16 << 20), "the copy made room");
+    assert!(!mstore.join(remote.to_string()).exists());
+    // Read again: pulled again (and this time its own object is spilled to make room).
+    assert_eq!(pull(&mut m, remote, head.id()), None);
+    assert_eq!(member.stats().transfers_in, 2);
+    drop(member);
+    drop(head);
+    for tag in ["head", "member", "spill"] {
+        let _ = std::fs::remove_dir_all(
+            std::env::temp_dir().join(format!("ferry-transfer-test-{}-{tag}", std::process::id())),
+        );
+    }
+}

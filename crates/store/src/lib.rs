@@ -283,12 +283,15 @@ impl fmt::Display for StoreError {
 ///
 /// Invariants: `used` is the sum of the sizes of the objects in memory and `spilled` of
 /// those on disk; every entry has a file in one of the two places; `order` holds every
-/// object in memory, oldest first (and may hold ids since freed or spilled: skipped).
+/// object in memory, oldest first, and `copies` every secondary copy (copied from another
+/// node, which can give it again) in memory, oldest first (both may hold ids since freed or
+/// spilled: skipped). Under pressure copies are dropped before primaries are spilled.
 #[derive(Debug)]
 pub struct ObjectTable {
     dir: StoreDir,
     objects: HashMap<ObjectId, Rec>,
     order: std::collections::VecDeque<ObjectId>,
+    copies: std::collections::VecDeque<ObjectId>,
     used: u64,
     spilled: u64,
     capacity: u64,
@@ -298,6 +301,8 @@ pub struct ObjectTable {
 struct Rec {
     size: u64,
     spilled: bool,
+    /// A secondary copy: dropped, not spilled, when room is needed.
+    copy: bool,
 }
 
 /// One object as the daemon lists it.
@@ -310,7 +315,15 @@ pub struct StoredObject {
 
 impl ObjectTable {
     pub fn new(dir: StoreDir, capacity: u64) -> ObjectTable {
-        ObjectTable { dir, objects: HashMap::new(), order: Default::default(), used: 0, spilled: 0, capacity }
+        ObjectTable {
+            dir,
+            objects: HashMap::new(),
+            order: Default::default(),
+            copies: Default::default(),
+            used: 0,
+            spilled: 0,
+            capacity,
+        }
     }
 
     pub fn dir(&self) -> &StoreDir {
@@ -330,14 +343,41 @@ impl ObjectTable {
             return Ok(());
         }
         let size = on_disk;
+        // Secondary copies make room first: their nodes can give them again.
+        while self.used + size > self.capacity && self.drop_copy().is_some() {}
         if self.used + size > self.capacity && self.dir.spill.is_none() {
             let _ = self.dir.remove(id);
             return Err(StoreError::Full { size, used: self.used, capacity: self.capacity });
         }
-        self.objects.insert(id, Rec { size, spilled: false });
+        self.objects.insert(id, Rec { size, spilled: false, copy: false });
         self.order.push_back(id);
         self.used += size;
         Ok(())
+    }
+
+    /// [`ObjectTable::seal`] for a secondary copy of an object whose primary is on another
+    /// node: under pressure it is dropped (a reader copies it again) rather than spilled.
+    pub fn seal_copy(&mut self, id: ObjectId, claimed: u64) -> Result<(), StoreError> {
+        let known = self.objects.contains_key(&id);
+        self.seal(id, claimed)?;
+        if !known {
+            if let Some(r) = self.objects.get_mut(&id) {
+                r.copy = true;
+                self.copies.push_back(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the oldest secondary copy in memory; returns its id (`None`: there is none).
+    pub fn drop_copy(&mut self) -> Option<ObjectId> {
+        while let Some(id) = self.copies.pop_front() {
+            if self.objects.get(&id).is_some_and(|r| r.copy && !r.spilled) {
+                self.free(id);
+                return Some(id);
+            }
+        }
+        None
     }
 
     /// Whether more is in memory than the capacity allows.
@@ -512,5 +552,39 @@ mod tests {
         assert!(!t.mark_spilled(oid(3)));
         assert_eq!(fs::read_dir(&spill).unwrap().count(), 0);
         dir.destroy();
+    }
+
+    #[test]
+    fn secondary_copies_make_room_before_anything_is_refused_or_spilled() {
+        // Without a spill directory: a copy makes room for a primary that would not fit.
+        let dir = tmpdir("copies");
+        let mut t = ObjectTable::new(dir.clone(), 10);
+        dir.write_parts(oid(1), &[&[1u8; 6]]).unwrap();
+        t.seal_copy(oid(1), 6).unwrap();
+        dir.write_parts(oid(2), &[&[2u8; 6]]).unwrap();
+        t.seal(oid(2), 6).unwrap();
+        assert!(!t.contains(oid(1)) && !dir.path_of(oid(1)).exists(), "the copy was dropped");
+        assert_eq!(t.used_bytes(), 6);
+        // A primary is never dropped: with no copy left, the next one is refused.
+        dir.write_parts(oid(3), &[&[3u8; 6]]).unwrap();
+        assert!(t.seal(oid(3), 6).is_err());
+        assert_eq!(t.drop_copy(), None);
+        dir.destroy();
+
+        // With one: the oldest copy goes before the oldest primary is spilled.
+        let spill = std::env::temp_dir().join(format!("ferry-store-test-copyspill-{}", std::process::id()));
+        fs::create_dir_all(&spill).unwrap();
+        let dir = tmpdir("copies2").with_spill(&spill);
+        let mut t = ObjectTable::new(dir.clone(), 20);
+        dir.write_parts(oid(4), &[&[4u8; 8]]).unwrap();
+        t.seal(oid(4), 8).unwrap();
+        dir.write_parts(oid(5), &[&[5u8; 8]]).unwrap();
+        t.seal_copy(oid(5), 8).unwrap();
+        dir.write_parts(oid(6), &[&[6u8; 8]]).unwrap();
+        t.seal(oid(6), 8).unwrap();
+        assert!(!t.over_capacity() && !t.contains(oid(5)), "the copy made room");
+        assert_eq!((t.used_bytes(), t.spilled_objects()), (16, 0));
+        dir.destroy();
+        let _ = fs::remove_dir_all(&spill);
     }
 }
