@@ -347,6 +347,7 @@ impl ControlStore {
         let thread = std::thread::spawn(move || {
             let ControlStore { mut child, addr, host, state_dir } = self;
             let port: u16 = addr.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            let mut started = std::time::Instant::now();
             loop {
                 let status = child.wait();
                 if s.load(std::sync::atomic::Ordering::SeqCst) {
@@ -355,6 +356,10 @@ impl ControlStore {
                 eprintln!("ferry: the control store exited ({status:?}); starting it again on {addr}");
                 // Only for drills and tests that need the outage to last.
                 std::thread::sleep(env_ms("FERRY_CONTROL_RESTART_DELAY_MS", 0));
+                if started.elapsed() < Duration::from_secs(1) {
+                    // It died as soon as it started: not in a tight loop.
+                    std::thread::sleep(Duration::from_secs(1));
+                }
                 // Its port may take a moment to be free again; bounded, then the head gives up.
                 let mut tries = 0;
                 child = loop {
@@ -372,6 +377,7 @@ impl ControlStore {
                     }
                 };
                 p.store(child.id(), std::sync::atomic::Ordering::SeqCst);
+                started = std::time::Instant::now();
                 if s.load(std::sync::atomic::Ordering::SeqCst) {
                     let _ = child.kill();
                     let _ = child.wait();
