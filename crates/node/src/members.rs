@@ -65,6 +65,10 @@ impl Node {
         if let Some(m) = st.members.get_mut(&node) {
             if !m.alive {
                 eprintln!("ferry-node: node {node} at {} is heard from again", m.addr);
+                if let Some(c) = &self.control {
+                    // Alive again: a restarted control store waits for it too.
+                    let _ = c.put_node(node, &m.addr, &m.total);
+                }
             }
             m.alive = true;
             m.stats = stats;
