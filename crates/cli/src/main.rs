@@ -420,8 +420,11 @@ fn start_background() -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     args.push("--block".into());
+    // Its log goes to a file: the terminal (or a pipe) it was started from may go away.
+    let log = std::env::temp_dir().join(format!("ferry-node-{}.log", std::process::id()));
+    let log_file = std::fs::File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(&args).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped());
+    cmd.args(&args).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).stderr(log_file);
     use std::os::unix::process::CommandExt;
     // SAFETY: setsid is async-signal-safe; the node must outlive this terminal session.
     unsafe {
@@ -437,11 +440,13 @@ fn start_background() -> Result<(), String> {
     for line in BufReader::new(out).lines() {
         let line = line.map_err(|e| e.to_string())?;
         if line == "ready" {
+            println!("log: {}", log.display());
             return Ok(());
         }
         println!("{line}");
     }
-    Err(format!("the node exited before it was ready ({:?})", child.wait().ok()))
+    let tail = std::fs::read_to_string(&log).unwrap_or_default();
+    Err(format!("the node exited before it was ready ({:?}): {}", child.wait().ok(), tail.trim()))
 }
 
 fn ferry_sys_setsid() -> i32 {
