@@ -198,10 +198,8 @@ pub fn recovery_group() {
     )
     .expect("cluster");
     info("recovery: 3 namespace nodes, 1 CPU each; chains of 1,000 10 ms tasks on one member");
-    let mut job = hosts
-        .command(0, &here)
-        .env("FERRY_BENCH_RECOVERY", &cluster.head.address)
-        .env("FERRY_TOKEN", &cluster.head.token)
+    let mut job = cluster
+        .job(&hosts, 0, &here, "FERRY_BENCH_RECOVERY", &cluster.head.address)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("run the job");
@@ -374,12 +372,8 @@ pub fn group() {
         let cluster =
             ferry_testkit::Cluster::start(&hosts, &ferry, &(0..n).map(args).collect::<Vec<_>>(), t).expect("cluster");
         info(&format!("{n} namespace node(s), {CPUS_PER_NODE} CPUs each, head at {}", cluster.head.address));
-        let out = hosts
-            .command(0, &here)
-            .env("FERRY_BENCH_JOB", &cluster.head.address)
-            .env("FERRY_TOKEN", &cluster.head.token)
-            .output()
-            .expect("run the job");
+        let out =
+            cluster.job(&hosts, 0, &here, "FERRY_BENCH_JOB", &cluster.head.address).output().expect("run the job");
         print!("{}", String::from_utf8_lossy(&out.stdout));
         if !out.status.success() {
             eprintln!("{}", String::from_utf8_lossy(&out.stderr));

@@ -130,10 +130,8 @@ fn run(seed: u64) {
     head.extend(["--state-dir".to_string(), state.display().to_string()]);
     let mut cluster =
         Cluster::start_with(&hosts, ferry, &[head, two(), two()], &[("FERRY_NODE_TIMEOUT_MS", "1000")], T).unwrap();
-    let mut job = hosts
-        .command(0, std::env::current_exe().unwrap())
-        .env("FERRY_TEST_CHAOS_JOB", &cluster.head.address)
-        .env("FERRY_TOKEN", &cluster.head.token)
+    let mut job = cluster
+        .job(&hosts, 0, std::env::current_exe().unwrap(), "FERRY_TEST_CHAOS_JOB", &cluster.head.address)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

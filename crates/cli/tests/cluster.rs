@@ -616,10 +616,8 @@ fn a_job_uses_every_node_of_a_three_host_cluster() {
         vec!["--num-cpus".to_string(), "1".to_string(), "--resources".to_string(), "special=1".to_string()],
     ];
     let cluster = Cluster::start(&hosts, ferry, &args, T).unwrap();
-    let mut job = hosts
-        .command(0, std::env::current_exe().unwrap())
-        .env("FERRY_TEST_CLUSTER_JOB", &cluster.head.address)
-        .env("FERRY_TOKEN", &cluster.head.token)
+    let mut job = cluster
+        .job(&hosts, 0, std::env::current_exe().unwrap(), "FERRY_TEST_CLUSTER_JOB", &cluster.head.address)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -748,10 +746,8 @@ fn job_with_failures(var: &str, args: &[&str]) -> (Vec<String>, bool) {
     };
     let mut cluster =
         Cluster::start_with(&hosts, ferry, &[node(), node(), node()], &[("FERRY_NODE_TIMEOUT_MS", "1000")], T).unwrap();
-    let mut job = hosts
-        .command(0, std::env::current_exe().unwrap())
-        .env(var, &cluster.head.address)
-        .env("FERRY_TOKEN", &cluster.head.token)
+    let mut job = cluster
+        .job(&hosts, 0, std::env::current_exe().unwrap(), var, &cluster.head.address)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

@@ -133,10 +133,8 @@ fn the_control_store_killed_and_started_again_loses_nothing() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
-    let mut job = hosts
-        .command(0, std::env::current_exe().unwrap())
-        .env("FERRY_TEST_CONTROL_JOB", &cluster.head.address)
-        .env("FERRY_TOKEN", &cluster.head.token)
+    let mut job = cluster
+        .job(&hosts, 0, std::env::current_exe().unwrap(), "FERRY_TEST_CONTROL_JOB", &cluster.head.address)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

@@ -276,6 +276,21 @@ impl Cluster {
 }
 
 impl Cluster {
+    /// The program `exe` (a test binary that is its own job) on host `host`, with `var` set to
+    /// `address` (the node it joins) and the cluster's token.
+    pub fn job(
+        &self,
+        hosts: &Hosts,
+        host: usize,
+        exe: impl AsRef<std::ffi::OsStr>,
+        var: &str,
+        address: &str,
+    ) -> Command {
+        let mut cmd = hosts.command(host, exe);
+        cmd.env(var, address).env("FERRY_TOKEN", &self.head.token);
+        cmd
+    }
+
     /// What `ferry status` (the CLI at `ferry`) prints on the head's host.
     pub fn status(&self, hosts: &Hosts, ferry: &str) -> Result<String, String> {
         let out = hosts
