@@ -52,16 +52,10 @@ fn expected() -> Vec<u64> {
     out
 }
 
-#[used]
-#[link_section = ".init_array"]
-static JOB: extern "C" fn() = job_entry;
+ferry_testkit::job!("FERRY_TEST_CHAOS_JOB", chaos_job);
 
-extern "C" fn job_entry() {
-    if std::env::var_os("FERRY_WORKER").is_some() {
-        return;
-    }
-    let Ok(address) = std::env::var("FERRY_TEST_CHAOS_JOB") else { return };
-    ferry::init(ferry::Config::default().address(&address)).unwrap();
+fn chaos_job(address: &str) {
+    ferry::init(ferry::Config::default().address(address)).unwrap();
     println!("started");
     // Actors too: calls interleaved with the tree, answered or failed with a typed error
     // (a restarted actor starts over, so only liveness is checked).

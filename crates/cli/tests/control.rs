@@ -37,16 +37,10 @@ impl Counter {
     }
 }
 
-#[used]
-#[link_section = ".init_array"]
-static JOB: extern "C" fn() = job_entry;
+ferry_testkit::job!("FERRY_TEST_CONTROL_JOB", control_job);
 
-extern "C" fn job_entry() {
-    if std::env::var_os("FERRY_WORKER").is_some() {
-        return;
-    }
-    let Ok(address) = std::env::var("FERRY_TEST_CONTROL_JOB") else { return };
-    ferry::init(ferry::Config::default().address(&address)).unwrap();
+fn control_job(address: &str) {
+    ferry::init(ferry::Config::default().address(address)).unwrap();
     let say = |s: String| {
         println!("{s}");
         let _ = std::io::stdout().flush();

@@ -14,19 +14,13 @@ fn square(x: u64) -> u64 {
     x * x
 }
 
+ferry_testkit::job!("FERRY_TEST_JOIN_ADDRESS", join_job);
+
 /// With `FERRY_TEST_JOIN_ADDRESS` set this test binary is a job that joins that node, sums
 /// squares on it, prints the sum and exits (entered before `main`, like worker mode).
-#[used]
-#[link_section = ".init_array"]
-static JOIN: extern "C" fn() = join_entry;
-
-extern "C" fn join_entry() {
-    let Ok(address) = std::env::var("FERRY_TEST_JOIN_ADDRESS") else { return };
-    if std::env::var_os("FERRY_WORKER").is_some() {
-        return;
-    }
+fn join_job(address: &str) {
     let r = (|| -> ferry::Result<u64> {
-        ferry::init(ferry::Config::default().address(&address))?;
+        ferry::init(ferry::Config::default().address(address))?;
         let refs: Vec<_> = (0..20u64).map(square::remote).collect();
         Ok(ferry::get_all(&refs)?.into_iter().sum())
     })();

@@ -69,22 +69,15 @@ fn forward(refs: Vec<ObjectRef<Vec<u8>>>) {
     ferry::get(&holder.hold(refs)).unwrap();
 }
 
-#[used]
-#[link_section = ".init_array"]
-static JOB: extern "C" fn() = job_entry;
+ferry_testkit::job!("FERRY_TEST_OWNER_JOB", owner_job);
+ferry_testkit::job!("FERRY_TEST_LENDING_OWNER", lending_owner_job);
+ferry_testkit::job!("FERRY_TEST_LENDER_JOB", lender_job);
+ferry_testkit::job!("FERRY_TEST_WAITER_JOB", waiter_job);
 
-#[used]
-#[link_section = ".init_array"]
-static OWNER: extern "C" fn() = owner_entry;
-
-/// Joins the node at `FERRY_TEST_LENDING_OWNER`, puts an 8 MiB object, lends it to a holder
-/// actor on the host with the `keep` resource, drops its own handle and waits.
-extern "C" fn owner_entry() {
-    if std::env::var_os("FERRY_WORKER").is_some() {
-        return;
-    }
-    let Ok(address) = std::env::var("FERRY_TEST_LENDING_OWNER") else { return };
-    ferry::init(ferry::Config::default().address(&address)).unwrap();
+/// Joins the node at `address`, puts an 8 MiB object, lends it to a holder actor on the host
+/// with the `keep` resource, drops its own handle and waits.
+fn lending_owner_job(address: &str) {
+    ferry::init(ferry::Config::default().address(address)).unwrap();
     let data = ferry::put(vec![1u8; 8 << 20]).unwrap();
     let _holder = Holder::options().name("holder").resource("keep", 1.0).remote().unwrap();
     // A task passes it on, so that this process never connects to the holder: only the
@@ -96,27 +89,20 @@ extern "C" fn owner_entry() {
     std::process::exit(1);
 }
 
-#[used]
-#[link_section = ".init_array"]
-static LENDER: extern "C" fn() = lender_entry;
+/// Asks the keeper for the value and prints what it got.
+fn waiter_job(address: &str) {
+    ferry::init(ferry::Config::default().address(address)).unwrap();
+    let keeper = ferry::get_actor::<Keeper>("keeper").unwrap();
+    let r = keeper.wait_value();
+    println!("waiting");
+    println!("{}", ferry::get_timeout(&r, T).unwrap_or_else(|e| format!("call failed: {e}")));
+    std::process::exit(0);
+}
 
-/// Joins the node at `FERRY_TEST_LENDER_JOB`, gives a keeper actor on the host with the `keep`
-/// resource a ref to a task that never ends, and waits to be frozen. With
-/// `FERRY_TEST_WAITER_JOB`: asks that keeper for the value and prints what it got.
-extern "C" fn lender_entry() {
-    if std::env::var_os("FERRY_WORKER").is_some() {
-        return;
-    }
-    if let Ok(address) = std::env::var("FERRY_TEST_WAITER_JOB") {
-        ferry::init(ferry::Config::default().address(&address)).unwrap();
-        let keeper = ferry::get_actor::<Keeper>("keeper").unwrap();
-        let r = keeper.wait_value();
-        println!("waiting");
-        println!("{}", ferry::get_timeout(&r, T).unwrap_or_else(|e| format!("call failed: {e}")));
-        std::process::exit(0);
-    }
-    let Ok(address) = std::env::var("FERRY_TEST_LENDER_JOB") else { return };
-    ferry::init(ferry::Config::default().address(&address)).unwrap();
+/// Joins the node at `address`, gives a keeper actor on the host with the `keep` resource a
+/// ref to a task that never ends, and waits to be frozen.
+fn lender_job(address: &str) {
+    ferry::init(ferry::Config::default().address(address)).unwrap();
     let me = ferry::node_id().unwrap();
     let r = forever::options().scheduling_strategy(SchedulingStrategy::NodeAffinity { node: me, soft: false }).remote();
     let keeper = Keeper::options().name("keeper").detached().resource("keep", 1.0).remote().unwrap();
@@ -126,15 +112,11 @@ extern "C" fn lender_entry() {
     std::process::exit(1);
 }
 
-/// Joins the node at `FERRY_TEST_OWNER_JOB`, stores an 8 MiB object on the node at
-/// `FERRY_TEST_OWNER_ON`, says so, and waits to be killed.
-extern "C" fn job_entry() {
-    if std::env::var_os("FERRY_WORKER").is_some() {
-        return;
-    }
-    let Ok(address) = std::env::var("FERRY_TEST_OWNER_JOB") else { return };
+/// Joins the node at `address`, stores an 8 MiB object on the node at `FERRY_TEST_OWNER_ON`,
+/// says so, and waits to be killed.
+fn owner_job(address: &str) {
     let on = std::env::var("FERRY_TEST_OWNER_ON").unwrap();
-    ferry::init(ferry::Config::default().address(&address)).unwrap();
+    ferry::init(ferry::Config::default().address(address)).unwrap();
     let node = ferry::nodes().unwrap().into_iter().find(|n| n.addr == on).expect("the other node").node;
     let s = SchedulingStrategy::NodeAffinity { node, soft: false };
     let r = big::options().scheduling_strategy(s).remote(8 << 20);

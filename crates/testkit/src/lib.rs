@@ -314,6 +314,29 @@ pub fn children_of(pid: u32) -> Vec<u32> {
     out
 }
 
+/// Makes a test binary its own job: when the environment variable `$var` is set in a process
+/// that is not a worker, `$entry(&value)` runs before `main` (the value is the address of the
+/// node to join), and ends the process itself. Workers of that job are the same binary and
+/// skip it.
+#[macro_export]
+macro_rules! job {
+    ($var:literal, $entry:path) => {
+        const _: () = {
+            extern "C" fn entry() {
+                if std::env::var_os("FERRY_WORKER").is_some() {
+                    return;
+                }
+                if let Ok(address) = std::env::var($var) {
+                    $entry(&address);
+                }
+            }
+            #[used]
+            #[link_section = ".init_array"]
+            static ENTRY: extern "C" fn() = entry;
+        };
+    };
+}
+
 /// Sends signal `sig` to process `pid` (one a test started: SIGSTOP to freeze a node, SIGCONT
 /// to thaw it, SIGKILL).
 pub fn signal(pid: u32, sig: i32) {
