@@ -3,19 +3,23 @@
 //!
 //! ```text
 //! ferry start --head [--host H] [--port P] [--num-cpus N] [--resources k=v,..] [--block]
-//! ferry start --address HEAD:PORT [--host H] [--port P] [--token T] ...   (joins the head)
-//! ferry status [--address H:P] [--token T]
-//! ferry stop   [--address H:P] [--token T]
-//! ferry submit [--address H:P] [--token T] -- ./job args...
+//! ferry start --address HEAD:PORT [--host H] [--port P] [--token-file F] ...   (joins the head)
+//! ferry status [--address H:P] [--token-file F]
+//! ferry stop   [--address H:P] [--token-file F] [--node-only]
+//! ferry submit [--address H:P] [--token-file F] -- ./job args...
 //! ```
 //! Drivers join with `ferry::init(Config::default().address("H:P"))` or `FERRY_ADDRESS`.
+//! The token comes from `--token-file`, `FERRY_TOKEN`, or the file `ferry start` wrote in this
+//! user's private runtime directory on that host; `--token` works too but is visible to every
+//! user of the host in the process list.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use ferry::__private::NodeRole;
 use ferry_proto::conn::connect;
 use ferry_proto::msg::{FromNode, ProcKind, ToNode};
 use ferry_proto::{Addr, WorkerId};
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -28,6 +32,22 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// How a command reaches a node, and the token it shows.
+#[derive(Args, Clone, Default)]
+struct Target {
+    /// The node's address, HOST:PORT (default: FERRY_ADDRESS, else 127.0.0.1:6380).
+    #[arg(long)]
+    address: Option<String>,
+    /// A file holding the cluster token (default: FERRY_TOKEN, else the token file
+    /// `ferry start` wrote for this user on this host).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The cluster token itself. Other users of this host can read it in the process list:
+    /// prefer --token-file or FERRY_TOKEN.
+    #[arg(long)]
+    token: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Start a node on this host. Its workers run the binary of the first driver that joins.
@@ -38,8 +58,12 @@ enum Cmd {
         /// Join the head at HOST:PORT.
         #[arg(long)]
         address: Option<String>,
-        /// The cluster token, to join a head (default: FERRY_TOKEN, or the head's token file on
-        /// its host).
+        /// A file holding the cluster token, to join a head (default: FERRY_TOKEN, else the
+        /// head's token file for this user on this host).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// The cluster token itself, to join a head. Other users of this host can read it in
+        /// the process list: prefer --token-file or FERRY_TOKEN.
         #[arg(long)]
         token: Option<String>,
         /// Address to listen on.
@@ -54,16 +78,19 @@ enum Cmd {
         /// Custom resources, e.g. `gpu=1,disk=2`.
         #[arg(long)]
         resources: Option<String>,
-        /// Store capacity in bytes (default 30% of RAM).
+        /// Store capacity in bytes (default 30% of RAM, at most what the store's filesystem
+        /// has free).
         #[arg(long)]
         object_store_bytes: Option<u64>,
-        /// Stay in the foreground until `ferry stop`.
+        /// Stay in the foreground until `ferry stop` (otherwise the node runs in the background
+        /// and logs to a file it names).
         #[arg(long)]
         block: bool,
-        /// On a head: where its control store (nodes, named actors), its jobs and submitted
-        /// binaries persist (default: a directory under $TMPDIR named for the port).
+        /// On a head: where its control store (nodes, named actors), its jobs and its token
+        /// persist, made private (0700) or refused if others can reach it (default: `head-PORT`
+        /// in this user's runtime directory, $XDG_RUNTIME_DIR/ferry or $TMPDIR/ferry-UID).
         #[arg(long)]
-        state_dir: Option<std::path::PathBuf>,
+        state_dir: Option<PathBuf>,
         /// On a head: a node silent this long is declared dead (default 5000; or
         /// FERRY_NODE_TIMEOUT_MS).
         #[arg(long)]
@@ -72,6 +99,10 @@ enum Cmd {
         /// of the timeout on the head; or FERRY_HEARTBEAT_MS).
         #[arg(long)]
         heartbeat_ms: Option<u64>,
+        /// A node that cannot reach its head's control store for this long stops by itself
+        /// (default 60000; or FERRY_HEAD_GRACE_MS).
+        #[arg(long)]
+        head_grace_ms: Option<u64>,
         /// Run the control store alone (the head starts it as a process of its own, and starts
         /// it again if it dies).
         #[arg(long, hide = true)]
@@ -80,38 +111,41 @@ enum Cmd {
     /// Run a job binary on the cluster: it is shipped to the head by content hash (once), runs
     /// there as the job's driver, and its output comes back here.
     Submit {
-        #[arg(long)]
-        address: Option<String>,
-        #[arg(long)]
-        token: Option<String>,
+        #[command(flatten)]
+        target: Target,
         /// The program and its arguments.
         #[arg(required = true, last = true)]
         command: Vec<String>,
     },
-    /// Show a node's resources, workers, actors and store.
+    /// Show the node's resources, workers, actors and store, every node of its cluster, and
+    /// the jobs it ran.
     Status {
-        #[arg(long)]
-        address: Option<String>,
-        #[arg(long)]
-        token: Option<String>,
+        #[command(flatten)]
+        target: Target,
     },
-    /// Stop a node and every worker it started.
+    /// Stop the cluster: every node (members first, then the head and its control store),
+    /// with every worker they started.
     Stop {
+        #[command(flatten)]
+        target: Target,
+        /// Stop only the node at the address.
         #[arg(long)]
-        address: Option<String>,
-        #[arg(long)]
-        token: Option<String>,
+        node_only: bool,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Submit { address, token, command } => return submit(&address_or_default(address), token, &command),
+        Cmd::Submit { target, command } => {
+            warn_token_in_argv(target.token.is_some());
+            return submit(&target, &command);
+        }
         Cmd::Start {
             head,
             address,
             token,
+            token_file,
             host,
             port,
             num_cpus,
@@ -122,30 +156,43 @@ fn main() -> ExitCode {
             control_store,
             node_timeout_ms,
             heartbeat_ms,
+            head_grace_ms,
         } => {
             // Read where they are used, and inherited by the control store's process.
-            for (var, v) in [("FERRY_NODE_TIMEOUT_MS", node_timeout_ms), ("FERRY_HEARTBEAT_MS", heartbeat_ms)] {
+            for (var, v) in [
+                ("FERRY_NODE_TIMEOUT_MS", node_timeout_ms),
+                ("FERRY_HEARTBEAT_MS", heartbeat_ms),
+                ("FERRY_HEAD_GRACE_MS", head_grace_ms),
+            ] {
                 if let Some(v) = v {
                     // SAFETY: still one thread: nothing reads the environment concurrently.
                     unsafe { std::env::set_var(var, v.to_string()) };
                 }
             }
+            let target = Target { address: address.clone(), token: token.clone(), token_file };
             let role = match (head, address) {
                 _ if control_store => Ok(Role::Control { state_dir }),
                 (true, None) => Ok(Role::Head { state_dir }),
-                (false, Some(a)) => Ok(Role::Member { head: a, token }),
+                (false, Some(a)) => Ok(Role::Member { head: a, target }),
                 _ => Err("give either --head, or --address HEAD:PORT to join a head".to_string()),
             };
+            warn_token_in_argv(token.is_some() && !control_store);
             match role {
                 Err(e) => Err(e),
                 Ok(role) if block => {
                     start_blocking(role, &host, port, num_cpus, resources.as_deref(), object_store_bytes)
                 }
-                Ok(_) => start_background(),
+                Ok(_) => start_background(token),
             }
         }
-        Cmd::Status { address, token } => status(&address_or_default(address), token),
-        Cmd::Stop { address, token } => stop(&address_or_default(address), token),
+        Cmd::Status { target } => {
+            warn_token_in_argv(target.token.is_some());
+            status(&target)
+        }
+        Cmd::Stop { target, node_only } => {
+            warn_token_in_argv(target.token.is_some());
+            stop(&target, node_only)
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -156,8 +203,45 @@ fn main() -> ExitCode {
     }
 }
 
-fn address_or_default(a: Option<String>) -> String {
-    a.or_else(|| std::env::var("FERRY_ADDRESS").ok()).unwrap_or_else(|| format!("127.0.0.1:{DEFAULT_PORT}"))
+fn warn_token_in_argv(given: bool) {
+    if given {
+        eprintln!(
+            "ferry: warning: --token is visible to every user of this host in the process list; \
+             use --token-file or FERRY_TOKEN"
+        );
+    }
+}
+
+impl Target {
+    /// The address: given, FERRY_ADDRESS, or the default; it must be HOST:PORT.
+    fn address(&self) -> Result<String, String> {
+        let a = self
+            .address
+            .clone()
+            .or_else(|| std::env::var("FERRY_ADDRESS").ok().filter(|a| !a.is_empty()))
+            .unwrap_or_else(|| format!("127.0.0.1:{DEFAULT_PORT}"));
+        match a.rsplit_once(':').map(|(_, p)| p.parse::<u16>()) {
+            Some(Ok(_)) => Ok(a),
+            _ => Err(format!("{a:?} is not an address: use HOST:PORT (e.g. 127.0.0.1:{DEFAULT_PORT})")),
+        }
+    }
+
+    /// The token: --token, --token-file, FERRY_TOKEN, or this user's token file for the port.
+    fn token(&self, address: &str) -> Result<String, String> {
+        let given = match (&self.token, &self.token_file) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(f)) => Some(read_token_file(f)?),
+            (None, None) => std::env::var("FERRY_TOKEN").ok().filter(|t| !t.is_empty()),
+        };
+        ferry::__private::cluster_token(address, given.as_deref()).map_err(|e| e.to_string())
+    }
+}
+
+/// A token from a file the user names (it must be theirs and private, as ssh asks of keys).
+fn read_token_file(f: &Path) -> Result<String, String> {
+    ferry_os::read_secret(f)
+        .map(|t| t.trim().to_string())
+        .map_err(|e| format!("cannot read the token from {}: {e}", f.display()))
 }
 
 fn parse_resources(s: &str) -> Result<Vec<(String, f64)>, String> {
@@ -172,9 +256,9 @@ fn parse_resources(s: &str) -> Result<Vec<(String, f64)>, String> {
 }
 
 enum Role {
-    Control { state_dir: Option<std::path::PathBuf> },
-    Head { state_dir: Option<std::path::PathBuf> },
-    Member { head: String, token: Option<String> },
+    Control { state_dir: Option<PathBuf> },
+    Head { state_dir: Option<PathBuf> },
+    Member { head: String, target: Target },
 }
 
 /// Milliseconds from the environment, for tests that need short heartbeats.
@@ -202,38 +286,42 @@ fn start_blocking(
         cfg = cfg.object_store_bytes(b);
     }
     let mut control = None;
+    let mut head_state = None;
     let node_role = match &role {
         Role::Control { state_dir } => {
             die_with_parent();
             NodeRole::Control { timeout: env_ms("FERRY_NODE_TIMEOUT_MS", 5000), state_dir: state_dir.clone() }
         }
         Role::Head { state_dir } => {
-            // The head's state always persists (a fresh directory when no port is fixed), so
-            // that its control store can be started again on it.
-            // With no port fixed it is named for this process, so that it goes once the
-            // process has (as other nodes' stale directories do).
-            let state_dir = state_dir.clone().unwrap_or_else(|| {
-                std::env::temp_dir().join(match port {
-                    0 => format!("ferry-{}-head-state", std::process::id()),
-                    p => format!("ferry-head-{p}"),
-                })
-            });
-            let c = ControlStore::start(host, &state_dir)?;
+            // The head's state always persists (in a directory of its own when no port is
+            // fixed, which goes with the head), so its control store can start again on it.
+            let state = HeadState::open(state_dir.as_deref(), host, port)?;
+            let c = ControlStore::start(host, state.dir())?;
             let addr = c.addr.clone();
             control = Some(c);
+            let dir = state.dir().to_path_buf();
+            head_state = Some(state);
             // Five heartbeats per timeout at least (its control store has the same timeout).
             let timeout = env_ms("FERRY_NODE_TIMEOUT_MS", 5000).as_millis() as u64;
             let heartbeat = env_ms("FERRY_HEARTBEAT_MS", (timeout / 5).clamp(10, 1000));
-            NodeRole::Head { control: addr, heartbeat, state_dir: Some(state_dir) }
+            NodeRole::Head { control: addr, heartbeat, state_dir: Some(dir) }
         }
-        Role::Member { head, token } => {
+        Role::Member { head, target } => {
             // A member uses the cluster's token, so drivers reach it with the same one.
-            cfg = cfg.token(&cluster_token(head, token.clone())?);
+            cfg = cfg.token(&target.token(head)?);
             NodeRole::Member { head: head.clone(), heartbeat: env_ms("FERRY_HEARTBEAT_MS", 1000) }
         }
     };
-    let (node, token) =
-        ferry::__private::start_node(&cfg, &format!("{host}:{port}"), node_role).map_err(|e| e.to_string())?;
+    let started = ferry::__private::start_node(&cfg, &format!("{host}:{port}"), node_role);
+    let (node, token) = match started {
+        Ok(x) => x,
+        Err(e) => {
+            if let Some(c) = control {
+                c.stop();
+            }
+            return Err(e.to_string());
+        }
+    };
     let addr = node.tcp_addr().ok_or("the node has no TCP address")?;
     if let Role::Control { state_dir } = &role {
         // How the head (and tests) find the running control store's process. Nobody joins it
@@ -251,13 +339,13 @@ fn start_blocking(
         println!("control store: {} (pid {}, started again if it dies)", c.addr, c.pid());
         c.supervise()
     });
-    let file = ferry::__private::token_file(addr.port());
-    write_private(&file, &token).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    let file = ferry::__private::token_file(addr.port()).map_err(|e| e.to_string())?;
+    ferry_os::write_secret(&file, token.as_bytes()).map_err(|e| e.to_string())?;
     println!("ferry: node started (pid {})", std::process::id());
     println!("address: {addr}");
     println!("token: {token}");
     println!("join with: ferry::init(ferry::Config::default().address(\"{addr}\")), or FERRY_ADDRESS={addr}");
-    println!("the token is in {} (or give FERRY_TOKEN)", file.display());
+    println!("the token is in {} (readable by this user only; or give FERRY_TOKEN)", file.display());
     println!("ready");
     node.wait_for_stop_request();
     let _ = std::fs::remove_file(&file);
@@ -265,7 +353,59 @@ fn start_blocking(
         s.stop();
     }
     node.shutdown();
+    drop(head_state);
     Ok(())
+}
+
+/// A head's state directory, locked for the head's life: a second head on it is refused.
+struct HeadState {
+    dir: PathBuf,
+    /// For a head on a port picked by the system: a directory of its own, removed with it.
+    _session: Option<ferry_os::SessionDir>,
+    _lock: Option<ferry_os::Lock>,
+}
+
+impl HeadState {
+    fn open(given: Option<&Path>, host: &str, port: u16) -> Result<HeadState, String> {
+        let runtime = || ferry_os::runtime_dir().map_err(|e| e.to_string());
+        if given.is_none() && port == 0 {
+            let name = format!("s-head-{}-{:08x}", std::process::id(), ferry_proto::ids::random_u64() as u32);
+            let session = ferry_os::SessionDir::create(&runtime()?, &name).map_err(|e| e.to_string())?;
+            return Ok(HeadState { dir: session.path().to_path_buf(), _session: Some(session), _lock: None });
+        }
+        let dir = match given {
+            Some(d) => d.to_path_buf(),
+            None => runtime()?.join(format!("head-{port}")),
+        };
+        let dir = ferry_os::private_dir_all(&dir).map_err(|e| format!("the head's state directory: {e}"))?;
+        let pid_file = dir.join("head.pid");
+        let running = || std::fs::read_to_string(&pid_file).ok().map(|p| p.trim().to_string()).unwrap_or_default();
+        let lock = ferry_os::Lock::try_acquire(&dir.join("head.lock")).map_err(|e| e.to_string())?;
+        let Some(lock) = lock else {
+            return Err(format!(
+                "a head already runs on this state directory, {} (pid {}); stop it with `ferry stop`, or give \
+                 another --port or --state-dir",
+                dir.display(),
+                running()
+            ));
+        };
+        if port != 0 {
+            if let Err(e) = std::net::TcpListener::bind((host, port)) {
+                return Err(match e.kind() {
+                    std::io::ErrorKind::AddrInUse => {
+                        format!("port {port} on {host} is in use by another program; choose another with --port")
+                    }
+                    _ => format!("cannot listen on {host}:{port}: {e}"),
+                });
+            }
+        }
+        std::fs::write(&pid_file, std::process::id().to_string()).map_err(|e| e.to_string())?;
+        Ok(HeadState { dir, _session: None, _lock: Some(lock) })
+    }
+
+    fn dir(&self) -> &Path {
+        &self.dir
+    }
 }
 
 /// Dies with the process that started this one (the head, for its control store).
@@ -289,18 +429,18 @@ struct ControlStore {
     child: std::process::Child,
     addr: String,
     host: String,
-    state_dir: std::path::PathBuf,
+    state_dir: PathBuf,
 }
 
 impl ControlStore {
     /// Starts `ferry start --control-store` on `host` (any port the first time) and waits
     /// until it is ready.
-    fn start(host: &str, state_dir: &std::path::Path) -> Result<ControlStore, String> {
+    fn start(host: &str, state_dir: &Path) -> Result<ControlStore, String> {
         let (child, addr) = Self::spawn(host, 0, state_dir)?;
         Ok(ControlStore { child, addr, host: host.to_string(), state_dir: state_dir.to_path_buf() })
     }
 
-    fn spawn(host: &str, port: u16, state_dir: &std::path::Path) -> Result<(std::process::Child, String), String> {
+    fn spawn(host: &str, port: u16, state_dir: &Path) -> Result<(std::process::Child, String), String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut child = std::process::Command::new(exe)
             .args(["start", "--control-store", "--block", "--host", host, "--port", &port.to_string()])
@@ -336,6 +476,12 @@ impl ControlStore {
 
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Stops it (the head could not start after all).
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Watches the control store from a thread of its own (its death signal is tied to that
@@ -407,29 +553,36 @@ impl Supervisor {
     }
 }
 
-fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    f.write_all(contents.as_bytes())
-}
-
 /// Starts `ferry start ... --block` in the background (its own session) and returns once it
-/// is ready, passing on what it printed.
-fn start_background() -> Result<(), String> {
+/// is ready, passing on what it printed. A token given on the command line reaches it in
+/// its environment, not in its arguments (which every user can read for the node's life).
+fn start_background(token: Option<String>) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args = Vec::new();
+    let mut given = std::env::args().skip(1);
+    while let Some(a) = given.next() {
+        if a == "--token" {
+            given.next();
+        } else if !a.starts_with("--token=") {
+            args.push(a);
+        }
+    }
     args.push("--block".into());
-    // Its log goes to a file: the terminal (or a pipe) it was started from may go away.
-    let log = std::env::temp_dir().join(format!("ferry-node-{}.log", std::process::id()));
-    let log_file = std::fs::File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+    // Its log goes to a file of this user's alone: the terminal (or a pipe) it was started
+    // from may go away.
+    let dir = ferry_os::runtime_dir().map_err(|e| e.to_string())?;
+    let log = dir.join(format!("node-{}.log", std::process::id()));
+    let log_file = ferry_os::open_private_log(&log).map_err(|e| e.to_string())?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(&args).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).stderr(log_file);
+    if let Some(t) = token {
+        cmd.env("FERRY_TOKEN", t);
+    }
     use std::os::unix::process::CommandExt;
     // SAFETY: setsid is async-signal-safe; the node must outlive this terminal session.
     unsafe {
         cmd.pre_exec(|| {
-            if ferry_sys_setsid() < 0 {
+            if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -447,20 +600,6 @@ fn start_background() -> Result<(), String> {
     }
     let tail = std::fs::read_to_string(&log).unwrap_or_default();
     Err(format!("the node exited before it was ready ({:?}): {}", child.wait().ok(), tail.trim()))
-}
-
-fn ferry_sys_setsid() -> i32 {
-    extern "C" {
-        fn setsid() -> i32;
-    }
-    // SAFETY: plain syscall.
-    unsafe { setsid() }
-}
-
-/// The token to reach the node at `address`: given, `FERRY_TOKEN`, or its token file.
-fn cluster_token(address: &str, token: Option<String>) -> Result<String, String> {
-    let given = token.or_else(|| std::env::var("FERRY_TOKEN").ok());
-    ferry::__private::cluster_token(address, given.as_deref()).map_err(|e| e.to_string())
 }
 
 type Reader = ferry_proto::FrameReader<ferry_proto::Stream>;
@@ -482,9 +621,12 @@ fn register(address: &str, token: &str, kind: ProcKind) -> Result<(ferry_proto::
     }
 }
 
-/// Connects to the node at `address` as a tool.
-fn node_conn(address: &str, token: Option<String>) -> Result<(ferry_proto::Conn, Reader), String> {
-    register(address, &cluster_token(address, token)?, ProcKind::Tool)
+/// Connects to the node `target` names, as a tool; returns its address and token too.
+fn node_conn(target: &Target) -> Result<(ferry_proto::Conn, Reader, String, String), String> {
+    let address = target.address()?;
+    let token = target.token(&address)?;
+    let (conn, rx) = register(&address, &token, ProcKind::Tool)?;
+    Ok((conn, rx, address, token))
 }
 
 /// Waits for the answer `want` picks out, ignoring other messages; a node that says nothing
@@ -523,8 +665,8 @@ fn sha256_file(path: &std::path::Path) -> Result<String, String> {
 
 /// `ferry submit`: ship the binary by hash (if the head lacks it), run it, pass its output on,
 /// exit with its exit code.
-fn submit(address: &str, token: Option<String>, command: &[String]) -> ExitCode {
-    match submit_inner(address, token, command) {
+fn submit(target: &Target, command: &[String]) -> ExitCode {
+    match submit_inner(target, command) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             eprintln!("ferry: {e}");
@@ -533,12 +675,13 @@ fn submit(address: &str, token: Option<String>, command: &[String]) -> ExitCode 
     }
 }
 
-fn submit_inner(address: &str, token: Option<String>, command: &[String]) -> Result<i32, String> {
+fn submit_inner(target: &Target, command: &[String]) -> Result<i32, String> {
     use std::io::Write;
-    let program = std::path::Path::new(&command[0]);
+    let program = Path::new(&command[0]);
     let size = std::fs::metadata(program).map_err(|e| format!("cannot read {}: {e}", program.display()))?.len();
     let hash = sha256_file(program)?;
-    let (conn, mut rx) = node_conn(address, token)?;
+    let name = program.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| command[0].clone());
+    let (conn, mut rx, address, _) = node_conn(target)?;
     conn.send(&ToNode::HaveBinary { req: 1, hash: hash.clone() }).map_err(|e| e.to_string())?;
     let have = answer(&mut rx, Duration::from_secs(30), |m| match m {
         FromNode::Ack { req: 1, error } => Some(error.is_none()),
@@ -564,7 +707,8 @@ fn submit_inner(address: &str, token: Option<String>, command: &[String]) -> Res
         .map_or(Ok(()), |e| Err(format!("the head refused the binary: {e}")))?;
         eprintln!("ferry: uploaded in {:.2?}", t.elapsed());
     }
-    conn.send(&ToNode::SubmitJob { req: 3, hash, args: command[1..].to_vec() }).map_err(|e| e.to_string())?;
+    conn.send(&ToNode::SubmitJob { req: 3, hash, name: name.clone(), args: command[1..].to_vec() })
+        .map_err(|e| e.to_string())?;
     let started = Instant::now();
     let mut last_output = Instant::now();
     let mut job = 0;
@@ -572,7 +716,7 @@ fn submit_inner(address: &str, token: Option<String>, command: &[String]) -> Res
         match rx.read::<FromNode>() {
             Ok(FromNode::JobStarted { job: j, pid, .. }) => {
                 job = j;
-                eprintln!("ferry: job {j} running on the head (pid {pid})");
+                eprintln!("ferry: job {j} ({name}) running on the head (pid {pid})");
             }
             Ok(FromNode::JobOutput { stderr, data, .. }) => {
                 last_output = Instant::now();
@@ -580,7 +724,7 @@ fn submit_inner(address: &str, token: Option<String>, command: &[String]) -> Res
             }
             Ok(FromNode::JobEnded { code, detail, .. }) => {
                 let _ = std::io::stdout().flush();
-                eprintln!("ferry: job {job} ended ({detail}) after {:.1?}", started.elapsed());
+                eprintln!("ferry: job {job} ({name}) ended ({detail}) after {:.1?}", started.elapsed());
                 return Ok(code.unwrap_or(1));
             }
             Ok(_) => {}
@@ -589,75 +733,81 @@ fn submit_inner(address: &str, token: Option<String>, command: &[String]) -> Res
             {
                 // A long wait shows progress rather than silence.
                 if last_output.elapsed() >= Duration::from_secs(30) {
-                    eprintln!("ferry: job {job} still running ({:.0?} so far)", started.elapsed());
+                    eprintln!("ferry: job {job} ({name}) still running ({:.0?} so far)", started.elapsed());
                     last_output = Instant::now();
                 }
             }
-            Err(e) => return Err(format!("lost the head while job {job} ran: {e}")),
+            Err(e) => return Err(format!("lost the head while job {job} ({name}) ran: {e}")),
         }
     }
 }
 
-fn status(address: &str, token: Option<String>) -> Result<(), String> {
-    let (conn, mut rx) = node_conn(address, token)?;
+/// "1 node", "2 nodes".
+fn count(n: usize, what: &str) -> String {
+    match n {
+        1 => format!("1 {what}"),
+        _ => format!("{n} {what}s"),
+    }
+}
+
+fn status(target: &Target) -> Result<(), String> {
+    let (conn, mut rx, address, _) = node_conn(target)?;
     conn.send(&ToNode::Stats { req: 1 }).map_err(|e| e.to_string())?;
-    let stats = loop {
-        match rx.read::<FromNode>() {
-            Ok(FromNode::Stats { stats, .. }) => break stats,
-            Ok(_) => continue,
-            Err(e) => return Err(e.to_string()),
-        }
-    };
+    let stats = answer(&mut rx, Duration::from_secs(10), |m| match m {
+        FromNode::Stats { stats, .. } => Some(stats),
+        _ => None,
+    })?;
     let mb = |b: u64| b as f64 / (1 << 20) as f64;
     println!("node {} at {address}: alive", stats.node.map(|n| n.to_string()).unwrap_or_default());
     println!("  resources: {} available of {}", stats.available, stats.total);
     println!("  workers:   {} ({} idle, {} leased)", stats.workers, stats.idle_workers, stats.leased_workers);
     println!("  actors:    {}", stats.actors);
     println!(
-        "  store:     {} objects, {:.1} of {:.1} MiB in memory; {} objects, {:.1} MiB spilled",
-        stats.store_objects,
+        "  store:     {}, {:.1} of {:.1} MiB in memory; {}, {:.1} MiB spilled",
+        count(stats.store_objects as usize, "object"),
         mb(stats.store_used_bytes),
         mb(stats.store_capacity_bytes),
-        stats.spilled_objects,
+        count(stats.spilled_objects as usize, "object"),
         mb(stats.spilled_bytes)
     );
     println!("  waiting lease requests: {}", stats.pending_lease_requests);
     println!(
-        "  transfers: {} objects ({:.1} MiB) sent to other nodes, {} ({:.1} MiB) copied from them",
-        stats.transfers_out,
+        "  transfers: {} ({:.1} MiB) sent to other nodes, {} ({:.1} MiB) copied from them",
+        count(stats.transfers_out as usize, "object"),
         mb(stats.transfer_bytes_out),
         stats.transfers_in,
         mb(stats.transfer_bytes_in)
     );
     conn.send(&ToNode::ClusterStatus { req: 2 }).map_err(|e| e.to_string())?;
-    let nodes = loop {
-        match rx.read::<FromNode>() {
-            Ok(FromNode::Cluster { nodes, .. }) => break Some(nodes),
-            Ok(FromNode::Ack { error: Some(_), .. }) => break None,
-            Ok(_) => continue,
-            Err(e) => return Err(e.to_string()),
-        }
-    };
+    let nodes = answer(&mut rx, Duration::from_secs(10), |m| match m {
+        FromNode::Cluster { nodes, .. } => Some(Some(nodes)),
+        FromNode::Ack { error: Some(_), .. } => Some(None),
+        _ => None,
+    })?;
     if let Some(nodes) = nodes.filter(|n| n.len() > 1) {
-        let work = nodes.iter().filter(|n| !n.head);
-        println!("cluster: {} nodes, {} alive", work.clone().count(), work.filter(|n| n.alive).count());
-        for n in nodes {
+        // The control store keeps the cluster's tables and runs no work: not one of its nodes.
+        let (control, work): (Vec<_>, Vec<_>) = nodes.into_iter().partition(|n| n.head);
+        let alive = work.iter().filter(|n| n.alive).count();
+        println!("cluster: {}, {alive} alive", count(work.len(), "node"));
+        for n in work {
             let state = if n.alive { "alive" } else { "dead" };
-            let role = if n.head { " (control store)" } else { "" };
             println!(
-                "  node {}{role} at {}: {state}; {} available of {}; {} workers, {} actors; \
-                 {} objects, {:.1} MiB ({:.1} MiB spilled); last heard {} ms ago",
+                "  node {} at {}: {state}; {} available of {}; {}, {}; {}, {:.1} MiB ({:.1} MiB spilled); \
+                 last heard {} ms ago",
                 n.node,
                 n.addr,
                 n.available,
                 n.total,
-                n.workers,
-                n.actors,
-                n.objects,
+                count(n.workers as usize, "worker"),
+                count(n.actors as usize, "actor"),
+                count(n.objects as usize, "object"),
                 mb(n.object_bytes),
                 mb(n.spilled_bytes),
                 n.silent_ms
             );
+        }
+        for c in control {
+            println!("control store at {}: {}", c.addr, if c.alive { "alive" } else { "not answering" });
         }
     }
     conn.send(&ToNode::Jobs { req: 3 }).map_err(|e| e.to_string())?;
@@ -673,23 +823,24 @@ fn status(address: &str, token: Option<String>) -> Result<(), String> {
                 (Some(_), Some(c)) => format!("exited with {c}"),
                 (Some(_), None) => "ended (signal, or the head restarted)".to_string(),
             };
+            let line = std::iter::once(j.name.as_str()).chain(j.args.iter().map(String::as_str)).collect::<Vec<_>>();
             println!(
-                "  job {} (pid {}, binary {}): {state}; {}",
+                "  job {} {} (pid {}, binary {}): {state}",
                 j.id,
+                line.join(" "),
                 j.pid,
-                &j.hash[..j.hash.len().min(12)],
-                j.args.join(" ")
+                &j.hash[..j.hash.len().min(12)]
             );
         }
     }
     Ok(())
 }
 
-fn stop(address: &str, token: Option<String>) -> Result<(), String> {
-    let (conn, mut rx) = node_conn(address, token)?;
+/// Asks the node on `conn` to stop and waits (at most `within`) until it has: it closes every
+/// connection as it stops, this one included.
+fn stop_node(conn: &ferry_proto::Conn, rx: &mut Reader, within: Duration) -> Result<(), String> {
     conn.send(&ToNode::StopNode).map_err(|e| e.to_string())?;
-    // The node closes every connection as it stops: this one closing means it is gone.
-    let end = Instant::now() + Duration::from_secs(20);
+    let end = Instant::now() + within;
     while Instant::now() < end {
         match rx.read::<FromNode>() {
             Ok(_) => continue,
@@ -698,11 +849,52 @@ fn stop(address: &str, token: Option<String>) -> Result<(), String> {
             {
                 continue
             }
-            Err(_) => {
-                println!("ferry: node at {address} stopped");
-                return Ok(());
+            Err(_) => return Ok(()),
+        }
+    }
+    Err(format!("it did not stop within {within:?}"))
+}
+
+/// `ferry stop`: the other nodes of the cluster first (at once, each waited for), then the
+/// node at the address; with `node_only`, that node alone.
+fn stop(target: &Target, node_only: bool) -> Result<(), String> {
+    let (conn, mut rx, address, token) = node_conn(target)?;
+    let mut failed = Vec::new();
+    if !node_only {
+        conn.send(&ToNode::ClusterStatus { req: 1 }).map_err(|e| e.to_string())?;
+        let nodes = answer(&mut rx, Duration::from_secs(10), |m| match m {
+            FromNode::Cluster { nodes, .. } => Some(nodes),
+            FromNode::Ack { error: Some(_), .. } => Some(Vec::new()),
+            _ => None,
+        })?;
+        // The control store goes with the head; the node asked stops last (it answered).
+        let others: Vec<String> =
+            nodes.into_iter().filter(|n| !n.head && n.alive && n.addr != address).map(|n| n.addr).collect();
+        let stops: Vec<_> = others
+            .into_iter()
+            .map(|a| {
+                let token = token.clone();
+                std::thread::spawn(move || {
+                    let r = register(&a, &token, ProcKind::Tool)
+                        .and_then(|(c, mut rx)| stop_node(&c, &mut rx, Duration::from_secs(20)));
+                    (a, r)
+                })
+            })
+            .collect();
+        for s in stops {
+            match s.join() {
+                Ok((a, Ok(()))) => println!("ferry: node at {a} stopped"),
+                Ok((a, Err(e))) => failed.push(format!("{a}: {e}")),
+                Err(_) => failed.push("a stop thread panicked".into()),
             }
         }
     }
-    Err(format!("the node at {address} did not stop within 20 s"))
+    match stop_node(&conn, &mut rx, Duration::from_secs(20)) {
+        Ok(()) => println!("ferry: node at {address} stopped"),
+        Err(e) => failed.push(format!("{address}: {e}")),
+    }
+    match failed.is_empty() {
+        true => Ok(()),
+        false => Err(format!("some nodes did not stop: {}", failed.join("; "))),
+    }
 }

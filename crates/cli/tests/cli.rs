@@ -47,7 +47,7 @@ fn a_driver_joins_a_node_started_by_the_cli_and_the_cli_sees_and_stops_it() {
     let st = ferry_cmd(&["status", "--address", &address, "--token", &token]);
     let text = String::from_utf8_lossy(&st.stdout);
     assert!(st.status.success(), "{text}{}", String::from_utf8_lossy(&st.stderr));
-    assert!(text.contains("alive") && text.contains("CPU: 2") && text.contains("1 objects"), "{text}");
+    assert!(text.contains("alive") && text.contains("CPU: 2") && text.contains("1 object,"), "{text}");
     drop(big);
     ferry::shutdown();
 

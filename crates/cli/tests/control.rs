@@ -174,7 +174,7 @@ fn the_control_store_killed_and_started_again_loses_nothing() {
     let end = Instant::now() + T;
     let s = loop {
         let s = status(&hosts, &cluster);
-        if s.contains("cluster: 3 nodes, 3 alive") && s.contains("(control store)") {
+        if s.contains("cluster: 3 nodes, 3 alive") && s.contains("control store at ") {
             break s;
         }
         assert!(Instant::now() < end, "the nodes did not join the restarted control store:\n{s}");

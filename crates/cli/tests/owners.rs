@@ -130,7 +130,7 @@ fn owner_job(address: &str) {
 fn objects_on(hosts: &Hosts, cluster: &Cluster, addr: &str) -> Option<u64> {
     let text = cluster.status(hosts, env!("CARGO_BIN_EXE_ferry")).ok()?;
     let line = text.lines().find(|l| l.trim_start().starts_with("node ") && l.contains(&format!("at {addr}:")))?;
-    let before = line.split(" objects,").next()?;
+    let before = line.split(" object").next()?;
     before.rsplit(' ').next()?.parse().ok()
 }
 

@@ -31,6 +31,7 @@ use crate::owner::{ArgDraft, Effects, ObjState, OwnerLimits, OwnerState, Ready};
 use ferry_node::NodeHandle;
 use ferry_proto::conn::accept;
 use ferry_proto::conn::{connect, connect_from, Addr, Conn};
+use ferry_proto::listen::{accept_loop as accept_loop_on, wake_pair, Gate, Limits, Listener, Wake as StopLoop, WakeRx};
 use ferry_proto::msg::{ActorId, FromNode, FromWorker, NodeStats, ProcKind, Shape, ToNode, ToWorker};
 use ferry_proto::{FrameError, FrameReader, NodeId, ObjectId, Stream, WorkerId};
 use ferry_store::{ObjectView, StoreDir};
@@ -131,6 +132,8 @@ pub(crate) struct Runtime {
     pub executor: Option<Arc<Executor>>,
     embedded: Mutex<Option<NodeHandle>>,
     running: AtomicBool,
+    /// Would stop the accept loops (they live as long as the process).
+    wakes: Mutex<Vec<StopLoop>>,
 }
 
 impl Runtime {
@@ -224,6 +227,7 @@ impl Runtime {
             executor,
             embedded: Mutex::new(embedded),
             running: AtomicBool::new(true),
+            wakes: Mutex::new(Vec::new()),
         };
         if RUNTIME.set(rt).is_err() {
             return Err(Error::AlreadyInitialized);
@@ -241,21 +245,17 @@ impl Runtime {
             .name("ferry-release".into())
             .spawn(move || rt.release_sender())
             .map_err(|e| Error::Connection { detail: e.to_string() })?;
-        thread::Builder::new()
-            .name("ferry-accept".into())
-            .spawn(move || rt.accept_loop(listener.incoming().map(|s| s.map(Stream::Unix))))
-            .map_err(|e| Error::Connection { detail: e.to_string() })?;
+        let mut listeners = vec![(Listener::Unix(listener), Limits::unix())];
         if let Some(l) = tcp_listener {
+            listeners.push((Listener::Tcp(l), Limits::tcp()));
+        }
+        for (l, limits) in listeners {
+            let (wake, rx) = wake_pair().map_err(|e| Error::Connection { detail: e.to_string() })?;
+            rt.wakes.lock().unwrap_or_else(|e| e.into_inner()).push(wake);
+            let gate = Gate::new("ferry", limits);
             thread::Builder::new()
-                .name("ferry-accept-tcp".into())
-                .spawn(move || {
-                    rt.accept_loop(l.incoming().map(|s| {
-                        s.map(|s| {
-                            let _ = s.set_nodelay(true);
-                            Stream::Tcp(s)
-                        })
-                    }))
-                })
+                .name("ferry-accept".into())
+                .spawn(move || rt.accept_loop(l, rx, gate))
                 .map_err(|e| Error::Connection { detail: e.to_string() })?;
         }
         Ok(rt)
@@ -914,22 +914,27 @@ impl Runtime {
 
     // ---- connections from other processes ----
 
-    fn accept_loop(&'static self, incoming: impl Iterator<Item = std::io::Result<Stream>>) {
-        for stream in incoming {
-            let Ok(stream) = stream else { continue };
+    /// Accepts other processes' connections (see `ferry_proto::listen`): each gets a thread
+    /// that runs its handshake, then reads what it sends.
+    fn accept_loop(&'static self, listener: Listener, wake: WakeRx, gate: Arc<Gate>) {
+        accept_loop_on(&listener, &wake, &gate, |stream, adm| {
             let _ = thread::Builder::new().name("ferry-inbound".into()).spawn(move || {
-                match accept(stream, &self.token, self.node_id, self.cfg.max_frame_bytes) {
-                    Ok((conn, reader, hello)) => {
+                let (source, gate) = (adm.source(), adm.gate().clone());
+                match accept(stream, &self.token, self.node_id, self.cfg.max_frame_bytes, adm) {
+                    Ok((conn, reader, hello, _slot)) => {
                         let conn = Arc::new(conn);
                         let mut inb = self.inbound_conns.lock().unwrap_or_else(|e| e.into_inner());
                         inb.insert(hello.from, (hello.node, conn.clone()));
                         drop(inb);
                         self.inbound(hello.from, conn, reader)
                     }
-                    Err(e) => eprintln!("ferry: refused a connection: {e}"),
+                    Err(ferry_proto::conn::ConnectError::Protocol(FrameError::Closed)) => {}
+                    Err(e) => {
+                        gate.log.log(|| format!("ferry: refused a connection from {source}: {e}"));
+                    }
                 }
             });
-        }
+        });
     }
 
     /// Reads what another process sends us: tasks to run (workers only) and requests about

@@ -1,9 +1,11 @@
 //! Starting an embedded local cluster: directories, token, the node daemon, and this
 //! process's runtime as its driver.
 //!
-//! A session's files live in `$TMPDIR/ferry-<pid>-<rand>` (sockets) and
-//! `/dev/shm/ferry-<pid>-<rand>` (the store). Both are removed at shutdown, at normal process
-//! exit, and otherwise by the next `init` on the machine once `<pid>` is gone.
+//! A session's files live in this user's private directories (`ferry_os::runtime_dir`,
+//! `ferry_os::shm_dir`): `s-<pid>-<rand>` in the first (sockets, spilled objects) and in the
+//! second (the store). The daemon makes both new and holds a lock on each for its life; they
+//! are removed at shutdown, at normal process exit, and otherwise by the next `init` of this
+//! user once nobody holds their lock (whatever PID namespace the session ran in).
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -15,50 +17,40 @@ use ferry_proto::WorkerId;
 use ferry_sched::PoolOptions;
 use std::path::{Path, PathBuf};
 
-fn shm_root() -> PathBuf {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        shm.to_path_buf()
-    } else {
-        std::env::temp_dir()
-    }
+/// The prefix of session directories (swept once their session is over).
+pub(crate) const SESSION_PREFIX: &str = "s-";
+
+fn dirs_error(e: std::io::Error) -> Error {
+    Error::Connection { detail: format!("ferry's directories: {e}") }
 }
 
-/// Removes the directories of sessions whose process no longer exists.
-fn cleanup_stale() {
-    for root in [std::env::temp_dir(), shm_root()] {
-        let Ok(rd) = std::fs::read_dir(&root) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let name = e.file_name();
-            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("ferry-")) else {
-                continue;
-            };
-            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-                continue;
-            };
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-    }
+/// Removes the directories of this user's sessions that are over.
+fn cleanup_stale(runtime: &Path, shm: &Path) {
+    ferry_os::sweep(runtime, SESSION_PREFIX);
+    ferry_os::sweep(shm, SESSION_PREFIX);
 }
 
 /// A node's options and directories for `cfg`: workers run `program` (`None`: the first
 /// driver's), and it also listens on `tcp` if given.
-fn node_options(cfg: &Config, program: Option<PathBuf>, tcp: Option<String>) -> NodeOptions {
-    cleanup_stale();
-    let sid = format!("{}-{:08x}", std::process::id(), random_u64() as u32);
-    let session_dir = std::env::temp_dir().join(format!("ferry-{sid}"));
-    let spill_dir = cfg.spill_dir.clone().unwrap_or_else(|| session_dir.join("spill"));
-    let store_dir = shm_root().join(format!("ferry-{sid}-store"));
+fn node_options(cfg: &Config, program: Option<PathBuf>, tcp: Option<String>) -> Result<NodeOptions> {
+    let runtime = ferry_os::runtime_dir().map_err(dirs_error)?;
+    let shm = ferry_os::shm_dir().map_err(dirs_error)?;
+    cleanup_stale(&runtime, &shm);
+    let sid = format!("{SESSION_PREFIX}{}-{:08x}", std::process::id(), random_u64() as u32);
+    let session_dir = runtime.join(&sid);
+    // A spill directory the user names may be shared: the session spills into a directory
+    // of its own there, made new and private.
+    let spill_dir = match &cfg.spill_dir {
+        Some(d) => d.join(format!("ferry-spill-{sid}")),
+        None => session_dir.join("spill"),
+    };
+    let store_dir = shm.join(&sid);
     let token = match &cfg.token {
         Some(t) => t.clone(),
         None => random_bytes(16).iter().map(|b| format!("{b:02x}")).collect(),
     };
     let cpus = cfg.cpus();
-    NodeOptions {
+    Ok(NodeOptions {
         session_dir,
         store_dir,
         store_capacity: cfg.store_bytes(),
@@ -75,10 +67,13 @@ fn node_options(cfg: &Config, program: Option<PathBuf>, tcp: Option<String>) -> 
         head_timeout: None,
         control_only: false,
         join: None,
+        head_grace: std::time::Duration::from_millis(
+            std::env::var("FERRY_HEAD_GRACE_MS").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(60_000),
+        ),
         state_dir: None,
         worker_env: cfg.to_worker_env(),
         max_frame: cfg.max_frame_bytes,
-    }
+    })
 }
 
 /// How a node started on its own takes part in a cluster.
@@ -107,7 +102,7 @@ pub fn start_node(cfg: &Config, tcp: &str, role: NodeRole) -> Result<(NodeHandle
             cfg.token = Some(persistent_token(dir)?);
         }
     }
-    let mut opts = node_options(&cfg, None, Some(tcp.to_string()));
+    let mut opts = node_options(&cfg, None, Some(tcp.to_string()))?;
     match role {
         NodeRole::Control { timeout, state_dir } => {
             opts.head_timeout = Some(timeout);
@@ -130,30 +125,28 @@ pub fn start_node(cfg: &Config, tcp: &str, role: NodeRole) -> Result<(NodeHandle
     Ok((node, token))
 }
 
-/// The token kept in `dir` (made, readable by its user only, the first time).
+/// The token kept in `dir` (made, readable by its user only, the first time). The directory
+/// must be this user's and private (or is made so): it is refused otherwise.
 fn persistent_token(dir: &Path) -> Result<String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |e: std::io::Error| Error::Connection { detail: format!("the head's state directory: {e}") };
+    let dir = ferry_os::private_dir_all(dir).map_err(fail)?;
     let file = dir.join("token");
-    if let Ok(t) = std::fs::read_to_string(&file) {
-        if !t.trim().is_empty() {
-            return Ok(t.trim().to_string());
-        }
+    match ferry_os::read_secret(&file) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(e)),
     }
-    let fail =
-        |e: std::io::Error| Error::Connection { detail: format!("cannot keep the token in {}: {e}", file.display()) };
-    std::fs::create_dir_all(dir).map_err(fail)?;
     let token: String = random_bytes(16).iter().map(|b| format!("{b:02x}")).collect();
-    let mut f =
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&file).map_err(fail)?;
-    f.write_all(token.as_bytes()).map_err(fail)?;
+    ferry_os::write_secret(&file, token.as_bytes()).map_err(fail)?;
     Ok(token)
 }
 
-/// Where `ferry start` leaves the token of the node listening on `port` (readable by its user
-/// only), for drivers that join without `Config::token` or `FERRY_TOKEN`.
-pub fn token_file(port: u16) -> PathBuf {
-    std::env::temp_dir().join(format!("ferry-cluster-{port}.token"))
+/// Where `ferry start` leaves the token of the node listening on `port`, for drivers of the
+/// same user on that host that join without `Config::token` or `FERRY_TOKEN`: in this
+/// user's private runtime directory, readable by this user only.
+pub fn token_file(port: u16) -> Result<PathBuf> {
+    Ok(ferry_os::runtime_dir().map_err(dirs_error)?.join(format!("cluster-{port}.token")))
 }
 
 pub(crate) fn start_embedded(cfg: Config) -> Result<()> {
@@ -162,7 +155,7 @@ pub(crate) fn start_embedded(cfg: Config) -> Result<()> {
     }
     let exe =
         std::env::current_exe().map_err(|e| Error::Connection { detail: format!("cannot find this program: {e}") })?;
-    let opts = node_options(&cfg, Some(exe), None);
+    let opts = node_options(&cfg, Some(exe), None)?;
     let (token, store_dir, session_dir, spill_dir) =
         (opts.token.clone(), opts.store_dir.clone(), opts.session_dir.clone(), opts.spill_dir.clone());
     let node = ferry_node::start(opts)
@@ -184,17 +177,19 @@ pub(crate) fn start_embedded(cfg: Config) -> Result<()> {
 }
 
 /// The token to reach the node at `address`: `given`, or the token file `ferry start` wrote
-/// on the node's host.
+/// on the node's host (read only if it is this user's and private).
 pub fn cluster_token(address: &str, given: Option<&str>) -> Result<String> {
     if let Some(t) = given {
         return Ok(t.to_string());
     }
-    let port = address.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).unwrap_or(0);
-    let file = token_file(port);
-    std::fs::read_to_string(&file).map(|t| t.trim().to_string()).map_err(|e| Error::Connection {
+    let port = address.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).ok_or_else(|| Error::Connection {
+        detail: format!("{address:?} is not an address: use HOST:PORT, as `ferry start` printed it"),
+    })?;
+    let file = token_file(port)?;
+    ferry_os::read_secret(&file).map(|t| t.trim().to_string()).map_err(|e| Error::Connection {
         detail: format!(
-            "no cluster token: give the token `ferry start` printed (Config::token, --token or \
-             FERRY_TOKEN), or run on the node's host, where it is in {}: {e}",
+            "no cluster token for {address}: give the token `ferry start` printed (Config::token, FERRY_TOKEN, \
+             or --token-file), or run as the same user on the node's host, where it is in {}: {e}",
             file.display()
         ),
     })
@@ -202,6 +197,7 @@ pub fn cluster_token(address: &str, given: Option<&str>) -> Result<String> {
 
 /// Joins a node that runs on its own (`ferry start`) at `address` (`host:port`).
 fn join(cfg: Config, address: &str) -> Result<()> {
+    probe(address)?;
     let token = cluster_token(address, cfg.token.as_deref())?;
     let id = Identity {
         me: WorkerId(random_u64()),
@@ -217,6 +213,34 @@ fn join(cfg: Config, address: &str) -> Result<()> {
     };
     Runtime::start(id, cfg, None, None)?;
     Ok(())
+}
+
+/// Checks that something listens at `address` (`host:port`) before anything else is said
+/// about joining it (a missing token is beside the point when no node runs there).
+fn probe(address: &str) -> Result<()> {
+    use std::net::ToSocketAddrs;
+    let bad =
+        || Error::Connection { detail: format!("{address:?} is not an address: use HOST:PORT (e.g. 127.0.0.1:6380)") };
+    let (_, port) = address.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>().map_err(|_| bad())?;
+    let addrs: Vec<_> = address
+        .to_socket_addrs()
+        .map_err(|e| Error::Connection { detail: format!("cannot resolve {address}: {e}") })?
+        .collect();
+    let mut last = None;
+    for a in addrs {
+        match std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(5)) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(Error::Connection {
+        detail: format!(
+            "nothing is listening at {address} ({}); start a cluster there with `ferry start --head`, or check \
+             the address `ferry start` printed",
+            last.map(|e| e.to_string()).unwrap_or_else(|| "no address".into())
+        ),
+    })
 }
 
 /// This host's address on the route to `address` (no packet is sent: connecting a UDP

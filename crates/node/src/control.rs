@@ -172,6 +172,7 @@ mod tests {
             s.put_name("gone", ActorId(10), "app::Svc").unwrap();
             s.remove_name("gone").unwrap();
             let job = JobView {
+                name: "job".into(),
                 id: 1,
                 hash: "ab".into(),
                 args: vec!["x".into()],

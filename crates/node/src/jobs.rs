@@ -163,7 +163,7 @@ impl Node {
 
     /// `SubmitJob`: starts the binary as a driver of this cluster and streams its output to
     /// the submitter (`conn`); the job goes on if the submitter goes.
-    pub(crate) fn submit_job(self: &Arc<Self>, conn: Arc<Conn>, req: u64, hash: &str, args: Vec<String>) {
+    pub(crate) fn submit_job(self: &Arc<Self>, conn: Arc<Conn>, req: u64, hash: &str, name: &str, args: Vec<String>) {
         let Some(path) = self.binary_path(hash) else {
             let _ = conn.send(&FromNode::JobEnded {
                 job: 0,
@@ -192,8 +192,18 @@ impl Node {
         let job = {
             let mut st = self.lock();
             let id = st.jobs.len() as u64 + 1;
-            let view =
-                JobView { id, hash: hash.to_string(), args, pid, started_ms: now_ms(), ended_ms: None, code: None };
+            // A name from the network is shown in terminals: printable characters only.
+            let name: String = name.chars().filter(|c| !c.is_control()).take(256).collect();
+            let view = JobView {
+                id,
+                name,
+                hash: hash.to_string(),
+                args,
+                pid,
+                started_ms: now_ms(),
+                ended_ms: None,
+                code: None,
+            };
             self.record_job(&view);
             st.jobs.push(view);
             id

@@ -29,7 +29,8 @@ mod members;
 mod transfer;
 
 use actors::{ActorRec, ACTOR_CONN};
-use ferry_proto::conn::{accept, Addr, Conn, Stream};
+use ferry_proto::conn::{accept, Addr, Conn, ConnectError, Stream};
+use ferry_proto::listen::{accept_loop as accept_loop_on, wake_pair, Admission, Gate, Limits, Listener, Wake, WakeRx};
 use ferry_proto::msg::{
     ActorId, FromNode, JobView, NodeStats, Placement, ProcKind, Program, Shape, StoredInfo, ToNode, CPU as CPU_NAME,
 };
@@ -81,6 +82,9 @@ pub struct NodeOptions {
     /// Set on a member: the head's address (`host:port`) to join, and how often to send it a
     /// heartbeat.
     pub join: Option<(String, Duration)>,
+    /// On a member: how long it goes on without reaching the control store before it stops
+    /// by itself (its head is gone for good).
+    pub head_grace: Duration,
     /// On the control store: where its tables persist; on the head node: where submitted
     /// binaries and the jobs' records persist (started again on the same directory, they find
     /// them).
@@ -218,6 +222,11 @@ struct Node {
     stopping: AtomicBool,
     /// Pids of live workers, for the last-resort cleanup at process exit.
     pids: Mutex<HashMap<WorkerId, u32>>,
+    /// The session's directories, locked while the daemon lives (released when they are
+    /// removed at shutdown, or by the kernel if the process dies first).
+    dirs: Mutex<Vec<ferry_os::SessionDir>>,
+    /// Stop the accept loops.
+    wakes: Mutex<Vec<Wake>>,
 }
 
 impl Node {
@@ -245,15 +254,28 @@ impl std::fmt::Debug for NodeHandle {
 
 /// Starts a node daemon on background threads.
 pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
-    let mut store = StoreDir::create(&opts.store_dir)?;
+    ferry_os::raise_fd_limit();
+    // Made new (never adopted) and locked for the daemon's life: see `ferry_os::SessionDir`.
+    let mut dirs = vec![ferry_os::SessionDir::create_at(&opts.session_dir)?];
+    dirs.push(ferry_os::SessionDir::create_at(&opts.store_dir)?);
+    let mut store = StoreDir::open(&opts.store_dir);
     if let Some(spill) = &opts.spill_dir {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(spill)?;
+        if !spill.starts_with(&opts.session_dir) {
+            // In a directory the user named, which may be shared: its parent is made if
+            // missing (private), and swept of this user's spill directories of dead sessions.
+            if let Some(root) = spill.parent() {
+                if !root.exists() {
+                    ferry_os::private_dir_all(root)?;
+                }
+                ferry_os::sweep(root, "ferry-spill-");
+            }
+            dirs.push(ferry_os::SessionDir::create_at(spill)?);
+        } else {
+            std::fs::DirBuilder::new().mode(0o700).create(spill)?;
+        }
         store = store.with_spill(spill);
     }
-    std::fs::DirBuilder::new().recursive(true).create(&opts.session_dir)?;
-    std::fs::set_permissions(&opts.session_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let sock = opts.session_dir.join("node.sock");
-    let _ = std::fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock)?;
     let tcp = match &opts.tcp {
         Some(a) => Some(std::net::TcpListener::bind(a)?),
@@ -329,6 +351,8 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
         control_addr: Mutex::new(None),
         stopping: AtomicBool::new(false),
         pids: Mutex::new(HashMap::new()),
+        dirs: Mutex::new(dirs),
+        wakes: Mutex::new(Vec::new()),
     });
     let mut threads = Vec::new();
     let n = node.clone();
@@ -347,14 +371,28 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
         *node.deferred.lock().unwrap_or_else(|e| e.into_inner()) = actions;
     }
     let n = node.clone();
-    threads.push(thread::Builder::new().name("ferry-accept".into()).spawn(move || accept_loop(n, listener))?);
+    let (wake, rx) = wake_pair()?;
+    node.wakes.lock().unwrap_or_else(|e| e.into_inner()).push(wake);
+    let gate = Gate::new("ferry-node", Limits::unix());
+    threads.push(
+        thread::Builder::new()
+            .name("ferry-accept".into())
+            .spawn(move || accept_loop(n, Listener::Unix(listener), rx, gate))?,
+    );
     if let Some(timeout) = node.opts.head_timeout {
         let n = node.clone();
         threads.push(thread::Builder::new().name("ferry-members".into()).spawn(move || members::monitor(n, timeout))?);
     }
     if let Some(l) = tcp {
         let n = node.clone();
-        threads.push(thread::Builder::new().name("ferry-accept-tcp".into()).spawn(move || tcp_accept_loop(n, l))?);
+        let (wake, rx) = wake_pair()?;
+        node.wakes.lock().unwrap_or_else(|e| e.into_inner()).push(wake);
+        let gate = Gate::new("ferry-node", Limits::tcp());
+        threads.push(
+            thread::Builder::new()
+                .name("ferry-accept-tcp".into())
+                .spawn(move || accept_loop(n, Listener::Tcp(l), rx, gate))?,
+        );
     }
     if let Some((head, every)) = node.opts.join.clone() {
         let n = node.clone();
@@ -412,10 +450,8 @@ impl NodeHandle {
         }
         let _ = self.node.spawn_tx.lock().unwrap_or_else(|e| e.into_inner()).send(SpawnCmd::Shutdown);
         let _ = self.node.spill_tx.lock().unwrap_or_else(|e| e.into_inner()).send(None);
-        // Wake the accept loop so it sees `stopping`.
-        let _ = std::os::unix::net::UnixStream::connect(self.node.opts.session_dir.join("node.sock"));
-        if let Some(a) = self.node.tcp_addr {
-            let _ = std::net::TcpStream::connect(a);
+        for w in self.node.wakes.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            w.wake();
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -426,6 +462,10 @@ impl NodeHandle {
         }
         StoreDir::open(&self.node.opts.store_dir).destroy();
         let _ = std::fs::remove_dir_all(&self.node.opts.session_dir);
+        if let Some(spill) = &self.node.opts.spill_dir {
+            let _ = std::fs::remove_dir_all(spill);
+        }
+        self.node.dirs.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// Last-resort cleanup that takes no lock that could be held: for an `atexit` handler
@@ -439,6 +479,9 @@ impl NodeHandle {
         }
         let _ = std::fs::remove_dir_all(&self.node.opts.store_dir);
         let _ = std::fs::remove_dir_all(&self.node.opts.session_dir);
+        if let Some(spill) = &self.node.opts.spill_dir {
+            let _ = std::fs::remove_dir_all(spill);
+        }
     }
 }
 
@@ -504,6 +547,13 @@ impl Node {
         *self.program_hash.lock().unwrap_or_else(|e| e.into_inner()) = exe.hash;
         let actions = std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()));
         self.apply(st, actions);
+    }
+
+    /// Wakes `NodeHandle::wait_for_stop_request` (a client asked, or the head is gone).
+    pub(crate) fn request_stop(&self) {
+        let (m, cv) = &self.stop_requested;
+        *m.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cv.notify_all();
     }
 
     fn is_registered(&self, conn: ConnId) -> bool {
@@ -865,11 +915,7 @@ impl Node {
                 self.send(st, conn, &FromNode::Ack { req, error });
             }
             ToNode::Jobs { req } => self.jobs(st, conn, req),
-            ToNode::StopNode => {
-                let (m, cv) = &self.stop_requested;
-                *m.lock().unwrap_or_else(|e| e.into_inner()) = true;
-                cv.notify_all();
-            }
+            ToNode::StopNode => self.request_stop(),
             ToNode::RequestLease { req, shape, depth, placement, prefer } => {
                 self.request_lease(st, conn, req, shape, depth, placement, prefer)
             }
@@ -1055,37 +1101,25 @@ fn spiller(node: Arc<Node>, rx: mpsc::Receiver<Option<()>>) {
     }
 }
 
-fn tcp_accept_loop(node: Arc<Node>, listener: std::net::TcpListener) {
-    for stream in listener.incoming() {
-        if node.stopping.load(Ordering::SeqCst) {
-            return;
-        }
-        let Ok(stream) = stream else { continue };
-        let _ = stream.set_nodelay(true);
+/// Accepts connections until the node stops (see `ferry_proto::listen`): each gets a thread
+/// that runs its handshake, then serves it.
+fn accept_loop(node: Arc<Node>, listener: Listener, wake: WakeRx, gate: Arc<Gate>) {
+    accept_loop_on(&listener, &wake, &gate, |stream, adm| {
         let n = node.clone();
-        let _ = thread::Builder::new().name("ferry-node-conn".into()).spawn(move || serve_conn(n, Stream::Tcp(stream)));
-    }
+        let _ = thread::Builder::new().name("ferry-node-conn".into()).spawn(move || serve_conn(n, stream, adm));
+    });
 }
 
-fn accept_loop(node: Arc<Node>, listener: UnixListener) {
-    for stream in listener.incoming() {
-        if node.stopping.load(Ordering::SeqCst) {
-            return;
-        }
-        let Ok(stream) = stream else { continue };
-        let n = node.clone();
-        let _ =
-            thread::Builder::new().name("ferry-node-conn".into()).spawn(move || serve_conn(n, Stream::Unix(stream)));
-    }
-}
-
-fn serve_conn(node: Arc<Node>, stream: Stream) {
+fn serve_conn(node: Arc<Node>, stream: Stream, adm: Admission) {
     let via_tcp = matches!(stream, Stream::Tcp(_));
-    let (conn, mut reader, hello) = match accept(stream, &node.opts.token, node.id, node.opts.max_frame) {
+    let (source, gate) = (adm.source(), adm.gate().clone());
+    let (conn, mut reader, hello, _slot) = match accept(stream, &node.opts.token, node.id, node.opts.max_frame, adm) {
         Ok(x) => x,
+        // A peer that closed before saying anything (a port probe) is not worth a line.
+        Err(ConnectError::Protocol(FrameError::Closed)) => return,
         Err(e) => {
             if !node.stopping.load(Ordering::SeqCst) {
-                eprintln!("ferry-node: refused a connection: {e}");
+                gate.log.log(|| format!("ferry-node: refused a connection from {source}: {e}"));
             }
             return;
         }
@@ -1119,8 +1153,8 @@ fn serve_conn(node: Arc<Node>, stream: Stream) {
                 node.put_binary(&conn, &mut reader, req, &hash, size)
             }
             Ok(ToNode::FetchBinary { hash }) if node.is_registered(id) => node.serve_binary(&conn, &hash),
-            Ok(ToNode::SubmitJob { req, hash, args }) if node.is_registered(id) => {
-                node.submit_job(conn.clone(), req, &hash, args)
+            Ok(ToNode::SubmitJob { req, hash, name, args }) if node.is_registered(id) => {
+                node.submit_job(conn.clone(), req, &hash, &name, args)
             }
             Ok(mut msg) => {
                 // A program named by hash is fetched (from the head) before the state is

@@ -235,7 +235,20 @@ pub(crate) fn join_loop(node: std::sync::Arc<Node>, given: &str, every: Duration
     let stopping = || node.stopping.load(Ordering::SeqCst);
     // The last failure told, so that a control store down for a while is reported once.
     let mut told = String::new();
+    // When the control store was last reached: past the grace, the head is gone for good.
+    let last_link = std::sync::Arc::new(std::sync::Mutex::new(Instant::now()));
     while !stopping() {
+        let since = last_link.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
+        if since > node.opts.head_grace {
+            eprintln!(
+                "ferry-node: the control store at {given} has not been reachable for {:.0?} (the grace, \
+                 FERRY_HEAD_GRACE_MS); its head is gone: stopping this node",
+                since
+            );
+            node.request_stop();
+            return;
+        }
+        let last_link = last_link.clone();
         let mut head = given.to_string();
         let joined = (|| -> Result<(), String> {
             head = find_control(&node, given, every)?;
@@ -273,6 +286,7 @@ pub(crate) fn join_loop(node: std::sync::Arc<Node>, given: &str, every: Duration
                     Ok(FromNode::Ack { error: Some(e), .. }) => return Err(e),
                     Ok(FromNode::Cluster { nodes, .. }) => {
                         last_heard = Instant::now();
+                        *last_link.lock().unwrap_or_else(|e| e.into_inner()) = last_heard;
                         let mut st = node.lock();
                         st.view = nodes;
                         node.retry_infeasible(&mut st);

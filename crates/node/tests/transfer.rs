@@ -15,6 +15,8 @@ const T: Duration = Duration::from_secs(20);
 
 fn options(tag: &str, head: Option<String>) -> NodeOptions {
     let base = std::env::temp_dir().join(format!("ferry-transfer-test-{}-{tag}", std::process::id()));
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&base).unwrap();
     NodeOptions {
         session_dir: base.join("session"),
         store_dir: base.join("store"),
@@ -28,6 +30,7 @@ fn options(tag: &str, head: Option<String>) -> NodeOptions {
         tcp: Some("127.0.0.1:0".into()),
         head_timeout: head.is_none().then_some(Duration::from_secs(5)),
         control_only: false,
+        head_grace: Duration::from_secs(60),
         join: head.map(|h| (h, Duration::from_millis(50))),
         state_dir: None,
         worker_env: Vec::new(),

@@ -8,6 +8,7 @@
 
 use crate::frame::{encode_frame, FrameError, FrameReader};
 use crate::ids::{NodeId, WorkerId};
+use crate::listen::{Admission, ConnSlot};
 use crate::msg::{Hello, HelloReply};
 use crate::{MAGIC, PROTOCOL_VERSION};
 use serde::{Deserialize, Serialize};
@@ -16,7 +17,7 @@ use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Where a process listens.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -83,6 +84,15 @@ impl Read for Stream {
         match self {
             Stream::Unix(s) => s.read(buf),
             Stream::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Read for &Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => (&*s).read(buf),
+            Stream::Tcp(s) => (&*s).read(buf),
         }
     }
 }
@@ -247,8 +257,59 @@ impl std::fmt::Display for ConnectError {
 
 impl std::error::Error for ConnectError {}
 
-/// How long either side waits for the other's handshake frame.
+/// How long a connecting process waits for the whole handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest handshake frame either side reads (a `Hello` or its answer is tiny: a
+/// stranger cannot make us allocate more than this).
+const MAX_HANDSHAKE_FRAME: u32 = 4096;
+
+/// Reads from a stream with one deadline for every read together (a peer sending a byte a
+/// second cannot stretch it).
+struct Deadline<'a> {
+    stream: &'a Stream,
+    end: Instant,
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "the handshake took too long"));
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        match (&mut &*self.stream).read(buf) {
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(io::Error::new(io::ErrorKind::TimedOut, "the handshake took too long"))
+            }
+            r => r,
+        }
+    }
+}
+
+/// Reads one handshake frame (not through a buffer, so nothing after it is consumed).
+fn read_handshake<T: serde::de::DeserializeOwned>(stream: &Stream, end: Instant) -> Result<T, FrameError> {
+    let mut r = Deadline { stream, end };
+    let mut len = [0u8; 4];
+    let n = r.read(&mut len[..1])?;
+    if n == 0 {
+        return Err(FrameError::Closed);
+    }
+    r.read_exact(&mut len[1..]).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => FrameError::Malformed("truncated length prefix".into()),
+        _ => FrameError::Io(e),
+    })?;
+    let len = u32::from_le_bytes(len);
+    if len > MAX_HANDSHAKE_FRAME {
+        return Err(FrameError::TooLarge { len, max: MAX_HANDSHAKE_FRAME });
+    }
+    let mut buf = vec![0u8; len as usize];
+    r.read_exact(&mut buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => FrameError::Malformed("truncated frame".into()),
+        _ => FrameError::Io(e),
+    })?;
+    crate::frame::decode(&buf)
+}
 
 /// Connects to `addr` and runs the client side of the handshake, for a process of no node.
 pub fn connect(
@@ -268,36 +329,41 @@ pub fn connect_from(
     node: NodeId,
     max_frame: u32,
 ) -> Result<(Conn, FrameReader<Stream>, NodeId), ConnectError> {
+    let end = Instant::now() + HANDSHAKE_TIMEOUT;
     let stream = Stream::connect(addr).map_err(ConnectError::Io)?;
     let rd = stream.try_clone().map_err(ConnectError::Io)?;
-    rd.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(ConnectError::Io)?;
+    // A peer that stops reading cannot hold us in the hello either.
+    stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(ConnectError::Io)?;
     let conn = Conn::new(stream);
-    let mut reader = FrameReader::new(rd, max_frame);
     conn.send(&Hello { magic: MAGIC, version: PROTOCOL_VERSION, token: token.to_string(), from, node })
         .map_err(ConnectError::Io)?;
-    let reply: HelloReply = reader.read().map_err(ConnectError::Protocol)?;
-    reader.get_ref().set_read_timeout(None).map_err(ConnectError::Io)?;
+    let reply: HelloReply = read_handshake(&rd, end).map_err(ConnectError::Protocol)?;
+    rd.set_read_timeout(None).map_err(ConnectError::Io)?;
+    conn.set_write_timeout(None).map_err(ConnectError::Io)?;
     match reply {
-        HelloReply::Welcome { node } => Ok((conn, reader, node)),
+        HelloReply::Welcome { node } => Ok((conn, FrameReader::new(rd, max_frame), node)),
         HelloReply::Refused { reason } => Err(ConnectError::Refused(reason)),
     }
 }
 
-/// Runs the server side of the handshake on an accepted stream: checks magic, version and
-/// token, and answers. A refused peer gets the reason before the connection is closed.
+/// Runs the server side of the handshake on an accepted stream, within the deadline of its
+/// [`Admission`]: checks magic, version and token, and answers. A refused peer gets the
+/// reason before the connection is closed. The returned [`ConnSlot`] counts the connection
+/// in its listener's bound until it is dropped.
 pub fn accept(
     stream: Stream,
     token: &str,
     node: NodeId,
     max_frame: u32,
-) -> Result<(Conn, FrameReader<Stream>, Hello), ConnectError> {
+    admission: Admission,
+) -> Result<(Conn, FrameReader<Stream>, Hello, ConnSlot), ConnectError> {
+    let end = admission.deadline();
     let rd = stream.try_clone().map_err(ConnectError::Io)?;
-    rd.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(ConnectError::Io)?;
+    stream
+        .set_write_timeout(Some(end.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))))
+        .map_err(ConnectError::Io)?;
     let conn = Conn::new(stream);
-    // The hello is tiny: a small limit here keeps unauthenticated peers from making us
-    // allocate a large frame.
-    let mut reader = FrameReader::new(rd, 4096);
-    let hello: Hello = reader.read().map_err(ConnectError::Protocol)?;
+    let hello: Hello = read_handshake(&rd, end).map_err(ConnectError::Protocol)?;
     let refuse = |reason: String| {
         let _ = conn.send(&HelloReply::Refused { reason: reason.clone() });
         conn.shutdown();
@@ -315,12 +381,15 @@ pub fn accept(
     if !constant_time_eq(hello.token.as_bytes(), token.as_bytes()) {
         return refuse("wrong or missing cluster token".into());
     }
+    let slot = match admission.promote() {
+        Ok(s) => s,
+        Err(reason) => return refuse(reason),
+    };
     conn.send(&HelloReply::Welcome { node }).map_err(ConnectError::Io)?;
-    reader.get_ref().set_read_timeout(None).map_err(ConnectError::Io)?;
-    reader.set_max(max_frame);
-    Ok((conn, reader, hello))
+    rd.set_read_timeout(None).map_err(ConnectError::Io)?;
+    conn.set_write_timeout(None).map_err(ConnectError::Io)?;
+    Ok((conn, FrameReader::new(rd, max_frame), hello, slot))
 }
-
 /// Compares tokens without leaking through timing how long a matching prefix is.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {

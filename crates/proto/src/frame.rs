@@ -69,6 +69,11 @@ pub fn encode_frame<T: Serialize>(out: &mut Vec<u8>, msg: &T) -> Result<(), Fram
     }
 }
 
+/// The first step of a frame's buffer, and how far it grows at most beyond the bytes read.
+const GROW_STEP: usize = 64 << 10;
+/// A buffer larger than this is dropped before a small frame is read into it.
+const KEEP_BUFFER: usize = 1 << 20;
+
 /// Reads frames from a byte stream, reusing one buffer.
 pub struct FrameReader<R> {
     inner: BufReader<R>,
@@ -97,13 +102,30 @@ impl<R: Read> FrameReader<R> {
         if len > self.max {
             return Err(FrameError::TooLarge { len, max: self.max });
         }
+        let len = len as usize;
+        if self.buf.capacity() > KEEP_BUFFER && len <= KEEP_BUFFER {
+            // A large frame once does not keep its memory for the connection's life.
+            self.buf = Vec::new();
+        }
         self.buf.clear();
-        self.buf.resize(len as usize, 0);
-        self.inner.read_exact(&mut self.buf).map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => FrameError::Malformed("truncated frame".into()),
-            _ => FrameError::Io(e),
-        })?;
+        // The buffer grows as bytes arrive, never ahead of them by more than it holds: a
+        // peer that announces a large frame and sends one byte costs one step, not the
+        // whole frame (for frames up to `GROW_STEP`, one allocation as before).
+        while self.buf.len() < len {
+            let have = self.buf.len();
+            let step = (len - have).min(have.max(GROW_STEP));
+            self.buf.resize(have + step, 0);
+            self.inner.read_exact(&mut self.buf[have..]).map_err(|e| match e.kind() {
+                io::ErrorKind::UnexpectedEof => FrameError::Malformed("truncated frame".into()),
+                _ => FrameError::Io(e),
+            })?;
+        }
         Ok(&self.buf)
+    }
+
+    /// How much memory the reader holds for frames now (for tests of the bound above).
+    pub fn buffer_capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// Reads and decodes the next frame.
@@ -193,6 +215,25 @@ mod tests {
         let mut r = FrameReader::new(&out[..], 1024);
         assert!(matches!(r.read::<ToWorker>(), Err(FrameError::Malformed(_))));
         let _ = Arg::Inline(vec![]);
+    }
+
+    #[test]
+    fn a_large_announced_frame_costs_memory_only_as_its_bytes_arrive() {
+        // 64 MiB announced, 10 bytes sent: the reader holds one step, not 64 MiB.
+        let mut bytes = (64u32 << 20).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&[0u8; 10]);
+        let mut r = FrameReader::new(&bytes[..], 64 << 20);
+        assert!(matches!(r.read_raw(), Err(FrameError::Malformed(_))));
+        assert!(r.buffer_capacity() <= 2 * GROW_STEP, "{}", r.buffer_capacity());
+        // A whole large frame still arrives intact, and its memory is let go afterwards.
+        let payload: Vec<u8> = (0..(3 << 20) as u32).map(|i| i as u8).collect();
+        let mut out = Vec::new();
+        encode_frame(&mut out, &serde_bytes::ByteBuf::from(payload.clone())).unwrap();
+        encode_frame(&mut out, &ToWorker::Push(vec![])).unwrap();
+        let mut r = FrameReader::new(&out[..], 64 << 20);
+        assert_eq!(r.read::<serde_bytes::ByteBuf>().unwrap().into_vec(), payload);
+        assert!(matches!(r.read::<ToWorker>().unwrap(), ToWorker::Push(v) if v.is_empty()));
+        assert!(r.buffer_capacity() <= KEEP_BUFFER);
     }
 
     #[test]

@@ -119,6 +119,8 @@ pub struct Program {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobView {
     pub id: u64,
+    /// The program's file name, as `ferry submit` was given it.
+    pub name: String,
     pub hash: String,
     pub args: Vec<String>,
     pub pid: u32,
@@ -232,7 +234,7 @@ pub enum ToNode {
     FetchBinary { hash: String },
     /// Run the stored binary `hash` with `args` as a job joined to this cluster (its driver).
     /// Answered by `JobStarted`, then `JobOutput` as it prints and `JobEnded`.
-    SubmitJob { req: u64, hash: String, args: Vec<String> },
+    SubmitJob { req: u64, hash: String, name: String, args: Vec<String> },
     /// The jobs started here (answered by `Jobs`).
     Jobs { req: u64 },
     /// To an actor's home: its constructor ran (or failed) on `worker` of node `host`,

@@ -255,7 +255,8 @@ impl Cluster {
         for i in 1..hosts.len() {
             let mut cmd = hosts.command(i, ferry);
             cmd.env("FERRY_HEARTBEAT_MS", "100");
-            cmd.args(["start", "--address", &head.address, "--token", &head.token, "--host", hosts.addr(i)]);
+            cmd.env("FERRY_TOKEN", &head.token);
+            cmd.args(["start", "--address", &head.address, "--host", hosts.addr(i)]);
             cmd.args(["--port", "0", "--block"]);
             cmd.args(args.get(i).cloned().unwrap_or_default());
             members.push(Head::start(cmd, within)?);
@@ -295,7 +296,8 @@ impl Cluster {
     pub fn status(&self, hosts: &Hosts, ferry: &str) -> Result<String, String> {
         let out = hosts
             .command(0, ferry)
-            .args(["status", "--address", &self.head.address, "--token", &self.head.token])
+            .env("FERRY_TOKEN", &self.head.token)
+            .args(["status", "--address", &self.head.address])
             .output()
             .map_err(|e| e.to_string())?;
         Ok(String::from_utf8_lossy(&out.stdout).to_string())
