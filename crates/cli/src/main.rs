@@ -327,7 +327,7 @@ fn start_blocking(
         // How the head (and tests) find the running control store's process. Nobody joins it
         // by a token file: it writes none (it may be killed, and could not remove it).
         if let Some(dir) = state_dir {
-            let _ = std::fs::write(dir.join("control.pid"), std::process::id().to_string());
+            let _ = ferry_os::write_secret(&dir.join("control.pid"), std::process::id().to_string().as_bytes());
         }
         println!("address: {addr}");
         println!("ready");
@@ -399,7 +399,7 @@ impl HeadState {
                 });
             }
         }
-        std::fs::write(&pid_file, std::process::id().to_string()).map_err(|e| e.to_string())?;
+        ferry_os::write_secret(&pid_file, std::process::id().to_string().as_bytes()).map_err(|e| e.to_string())?;
         Ok(HeadState { dir, _session: None, _lock: Some(lock) })
     }
 
@@ -742,6 +742,37 @@ fn submit_inner(target: &Target, command: &[String]) -> Result<i32, String> {
     }
 }
 
+/// The nodes of the cluster the node on `conn` is part of, as its control store knows them
+/// (a node's own view lags by a heartbeat); `None` if it is in no cluster.
+fn cluster_nodes(
+    conn: &ferry_proto::Conn,
+    rx: &mut Reader,
+    token: &str,
+) -> Result<Option<Vec<ferry_proto::msg::NodeView>>, String> {
+    let ask = |conn: &ferry_proto::Conn, rx: &mut Reader| -> Result<Option<Vec<_>>, String> {
+        conn.send(&ToNode::ClusterStatus { req: 11 }).map_err(|e| e.to_string())?;
+        answer(rx, Duration::from_secs(10), |m| match m {
+            FromNode::Cluster { req: 11, nodes } => Some(Some(nodes)),
+            FromNode::Ack { req: 11, error: Some(_) } => Some(None),
+            _ => None,
+        })
+    };
+    conn.send(&ToNode::ControlAddress { req: 10 }).map_err(|e| e.to_string())?;
+    let control = answer(rx, Duration::from_secs(10), |m| match m {
+        FromNode::ControlAt { req: 10, addr } => Some(addr),
+        _ => None,
+    })?;
+    if let Some(addr) = control {
+        // The control store may be restarting: then this node's view will do.
+        if let Ok((c, mut r)) = register(&addr, token, ProcKind::Tool) {
+            if let Ok(Some(nodes)) = ask(&c, &mut r) {
+                return Ok(Some(nodes));
+            }
+        }
+    }
+    ask(conn, rx)
+}
+
 /// "1 node", "2 nodes".
 fn count(n: usize, what: &str) -> String {
     match n {
@@ -751,7 +782,7 @@ fn count(n: usize, what: &str) -> String {
 }
 
 fn status(target: &Target) -> Result<(), String> {
-    let (conn, mut rx, address, _) = node_conn(target)?;
+    let (conn, mut rx, address, token) = node_conn(target)?;
     conn.send(&ToNode::Stats { req: 1 }).map_err(|e| e.to_string())?;
     let stats = answer(&mut rx, Duration::from_secs(10), |m| match m {
         FromNode::Stats { stats, .. } => Some(stats),
@@ -778,12 +809,7 @@ fn status(target: &Target) -> Result<(), String> {
         stats.transfers_in,
         mb(stats.transfer_bytes_in)
     );
-    conn.send(&ToNode::ClusterStatus { req: 2 }).map_err(|e| e.to_string())?;
-    let nodes = answer(&mut rx, Duration::from_secs(10), |m| match m {
-        FromNode::Cluster { nodes, .. } => Some(Some(nodes)),
-        FromNode::Ack { error: Some(_), .. } => Some(None),
-        _ => None,
-    })?;
+    let nodes = cluster_nodes(&conn, &mut rx, &token)?;
     if let Some(nodes) = nodes.filter(|n| n.len() > 1) {
         // The control store keeps the cluster's tables and runs no work: not one of its nodes.
         let (control, work): (Vec<_>, Vec<_>) = nodes.into_iter().partition(|n| n.head);
@@ -861,12 +887,7 @@ fn stop(target: &Target, node_only: bool) -> Result<(), String> {
     let (conn, mut rx, address, token) = node_conn(target)?;
     let mut failed = Vec::new();
     if !node_only {
-        conn.send(&ToNode::ClusterStatus { req: 1 }).map_err(|e| e.to_string())?;
-        let nodes = answer(&mut rx, Duration::from_secs(10), |m| match m {
-            FromNode::Cluster { nodes, .. } => Some(nodes),
-            FromNode::Ack { error: Some(_), .. } => Some(Vec::new()),
-            _ => None,
-        })?;
+        let nodes = cluster_nodes(&conn, &mut rx, &token)?.unwrap_or_default();
         // The control store goes with the head; the node asked stops last (it answered).
         let others: Vec<String> =
             nodes.into_iter().filter(|n| !n.head && n.alive && n.addr != address).map(|n| n.addr).collect();

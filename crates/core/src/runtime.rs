@@ -1171,10 +1171,12 @@ impl Runtime {
         if let Some(n) = node {
             n.shutdown();
         }
+        let _ = std::fs::remove_file(peer_socket(&self.session_dir, self.me));
     }
 
     /// Cleanup at process exit without taking locks that may be held.
     pub(crate) fn emergency_cleanup(&self) {
+        let _ = std::fs::remove_file(peer_socket(&self.session_dir, self.me));
         if let Ok(g) = self.embedded.try_lock() {
             if let Some(n) = g.as_ref() {
                 n.emergency_cleanup();
@@ -1230,7 +1232,7 @@ fn this_program() -> Option<ferry_proto::msg::Program> {
 
 /// Where process `id` of a session listens.
 pub(crate) fn peer_socket(session_dir: &std::path::Path, id: WorkerId) -> std::path::PathBuf {
-    session_dir.join(format!("p-{id}.sock"))
+    ferry_node::socket_of(session_dir, id)
 }
 
 /// Shows lines that tasks printed, as they came (each starts with `(task pid=N)`); lines from

@@ -212,6 +212,9 @@ fn join(cfg: Config, address: &str) -> Result<()> {
         tcp_host: local_ip_toward(address),
     };
     Runtime::start(id, cfg, None, None)?;
+    // Its socket goes when it exits (the node removes it too when its link closes).
+    // SAFETY: registering a plain extern "C" function.
+    unsafe { libc::atexit(exit_cleanup) };
     Ok(())
 }
 

@@ -53,9 +53,20 @@ pub(crate) fn main() -> ! {
     std::env::remove_var(WORKER);
     std::env::remove_var(TOKEN);
     let exec = Executor::new();
+    let node_socket = match &id.node_addr {
+        Addr::Unix(p) => p.clone(),
+        Addr::Tcp(_) => PathBuf::new(),
+    };
     let rt = match Runtime::start(id, Config::default(), None, Some(exec.clone())) {
         Ok(rt) => rt,
         Err(e) => {
+            // Started for a cluster that stopped meanwhile (a program that calls `init` and
+            // exits at once): there is nobody to work for, and nothing to report.
+            // SAFETY: getppid has no preconditions.
+            let orphaned = parent.is_some_and(|p| p != unsafe { libc::getppid() });
+            if orphaned || std::os::unix::net::UnixStream::connect(&node_socket).is_err() {
+                std::process::exit(0);
+            }
             eprintln!("ferry-worker: {e}");
             std::process::exit(1);
         }

@@ -34,7 +34,18 @@ impl ControlStore {
     /// Opens (or creates) the store `file` in `dir`.
     pub(crate) fn open(dir: &std::path::Path, file: &str) -> Res<ControlStore> {
         std::fs::create_dir_all(dir).map_err(err)?;
-        let db = redb::Database::create(dir.join(file)).map_err(err)?;
+        let path = dir.join(file);
+        // Its rows hold job arguments (passwords, say): made readable by this user alone
+        // before redb opens it (redb would make it with the umask's mode).
+        match ferry_os::create_private_file(&path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+            }
+            Err(e) => return Err(err(e)),
+        }
+        let db = redb::Database::create(&path).map_err(err)?;
         // Create the tables, so that reads of a new store find them empty.
         let tx = db.begin_write().map_err(err)?;
         tx.open_table(NODES).map_err(err)?;

@@ -73,7 +73,7 @@ impl Node {
         std::fs::create_dir_all(self.bin_dir()).map_err(|e| e.to_string())?;
         let tmp = self.bin_dir().join(format!("{hash}.{:x}.tmp", ferry_proto::ids::random_u64()));
         let r = (|| -> Result<PathBuf, String> {
-            let mut f = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
+            let mut f = ferry_os::create_private_file(&tmp).map_err(|e| e.to_string())?;
             let mut h = Sha256::new();
             let mut buf = vec![0u8; 1 << 20];
             let mut left = size;
@@ -88,7 +88,8 @@ impl Node {
             if got != hash {
                 return Err(format!("the bytes have hash {got}, not {hash}"));
             }
-            f.set_permissions(std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+            // Run by this user's processes only.
+            f.set_permissions(std::fs::Permissions::from_mode(0o700)).map_err(|e| e.to_string())?;
             let fin = self.bin_dir().join(hash);
             std::fs::rename(&tmp, &fin).map_err(|e| e.to_string())?;
             Ok(fin)

@@ -94,6 +94,11 @@ pub struct NodeOptions {
     pub max_frame: u32,
 }
 
+/// Where process `id` of the session in `session_dir` listens.
+pub fn socket_of(session_dir: &std::path::Path, id: WorkerId) -> PathBuf {
+    session_dir.join(format!("p-{id}.sock"))
+}
+
 /// Environment variables a worker process is started with.
 pub mod worker_env {
     /// Set (to "1") in worker processes: the binary enters worker mode before `main`.
@@ -809,8 +814,15 @@ impl Node {
         }
     }
 
+    /// Removes the socket a process of this node listened on (it is gone). The path is made
+    /// here from its id, never taken from what a peer said.
+    fn remove_socket(&self, process: WorkerId) {
+        let _ = std::fs::remove_file(socket_of(&self.opts.session_dir, process));
+    }
+
     /// A worker is gone: tell every owner, free its resources, keep the pool's size.
     fn worker_gone(&self, st: &mut State, worker: WorkerId, reason: &str) {
+        self.remove_socket(worker);
         st.expected.remove(&worker);
         st.retired.remove(&worker);
         if let Some((conn, _, _)) = st.workers.remove(&worker) {
@@ -1193,6 +1205,8 @@ fn serve_conn(node: Arc<Node>, stream: Stream, adm: Admission) {
             st.store.free(*o);
         }
         node.free_copies(st, &owned);
+        // Its socket, if it listened in this node's session directory.
+        node.remove_socket(i.from);
     }
     if let Some(w) = info.and_then(|i| i.worker) {
         node.worker_gone(st, w, &format!("worker's connection to its node ended ({reason})"));

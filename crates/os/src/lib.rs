@@ -175,8 +175,13 @@ pub fn private_dir_all(path: &Path) -> io::Result<PathBuf> {
 pub fn runtime_dir() -> io::Result<PathBuf> {
     match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         Some(xdg) => private_dir(&Path::new(&xdg).join("ferry")),
-        None => private_dir(&std::env::temp_dir().join(format!("ferry-{}", euid()))),
+        None => runtime_dir_in(&std::env::temp_dir()),
     }
+}
+
+/// [`runtime_dir`] in the shared directory `tmp` (as with `TMPDIR=tmp`): `tmp/ferry-<uid>`.
+pub fn runtime_dir_in(tmp: &Path) -> io::Result<PathBuf> {
+    private_dir(&tmp.join(format!("ferry-{}", euid())))
 }
 
 /// This user's directory for object stores: `/dev/shm/ferry-<uid>` (shared memory), or
