@@ -782,7 +782,7 @@ fn count(n: usize, what: &str) -> String {
 }
 
 fn status(target: &Target) -> Result<(), String> {
-    let (conn, mut rx, address, token) = node_conn(target)?;
+    let (conn, mut rx, address, _) = node_conn(target)?;
     conn.send(&ToNode::Stats { req: 1 }).map_err(|e| e.to_string())?;
     let stats = answer(&mut rx, Duration::from_secs(10), |m| match m {
         FromNode::Stats { stats, .. } => Some(stats),
@@ -809,7 +809,14 @@ fn status(target: &Target) -> Result<(), String> {
         stats.transfers_in,
         mb(stats.transfer_bytes_in)
     );
-    let nodes = cluster_nodes(&conn, &mut rx, &token)?;
+    // This node's view (which its scheduling uses), not the control store's: it lags by a
+    // heartbeat, and a cluster is up for this node's jobs once this node sees every node.
+    conn.send(&ToNode::ClusterStatus { req: 2 }).map_err(|e| e.to_string())?;
+    let nodes = answer(&mut rx, Duration::from_secs(10), |m| match m {
+        FromNode::Cluster { nodes, .. } => Some(Some(nodes)),
+        FromNode::Ack { error: Some(_), .. } => Some(None),
+        _ => None,
+    })?;
     if let Some(nodes) = nodes.filter(|n| n.len() > 1) {
         // The control store keeps the cluster's tables and runs no work: not one of its nodes.
         let (control, work): (Vec<_>, Vec<_>) = nodes.into_iter().partition(|n| n.head);

@@ -70,3 +70,76 @@ fn start_needs_a_role() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("give either --head, or --address"));
     }
 }
+
+ferry_testkit::job!("FERRY_TEST_CLI_JOB", short_job);
+
+/// A short job: joins the node at `address`, runs tasks, exits.
+fn short_job(address: &str) {
+    ferry::init(ferry::Config::default().address(address)).expect("join the node");
+    let refs: Vec<_> = (0..20u64).map(square::remote).collect();
+    assert_eq!(ferry::get_all(&refs).unwrap().len(), 20);
+    std::process::exit(0);
+}
+
+/// The socket files of a node's session directory: one per process of it that listens.
+fn sockets(session: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(session)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.starts_with("p-") && n.ends_with(".sock"))
+        .collect()
+}
+
+/// The finding: five clean driver runs left eight stale `p-*.sock` files in a node's session
+/// directory (311 after twenty minutes). Now a process's socket goes with it: drivers remove
+/// their own, and the node removes those of processes it saw go (killed workers included).
+#[test]
+fn driver_runs_and_killed_workers_leave_no_socket_files() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args(["start", "--head", "--port", "0", "--num-cpus", "2", "--block"]);
+    let head = Head::start(cmd, T).unwrap();
+    let runtime = ferry_os::runtime_dir().unwrap();
+    let prefix = format!("s-{}-", head.child.id());
+    let session = std::fs::read_dir(&runtime)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix)))
+        .expect("the node's session directory");
+    for i in 0..5 {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .env("FERRY_TEST_CLI_JOB", &head.address)
+            .env("FERRY_TOKEN", &head.token)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "run {i}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Kill a worker (not the control store, the head's other child).
+    let is_control = |p: &u32| {
+        std::fs::read(format!("/proc/{p}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("--control-store"))
+    };
+    let workers: Vec<u32> =
+        ferry_testkit::children_of(head.child.id()).into_iter().filter(|p| !is_control(p)).collect();
+    assert!(!workers.is_empty());
+    ferry_testkit::signal(workers[0], 9);
+    let live_workers = || {
+        let out = ferry_cmd(&["status", "--address", &head.address, "--token", &head.token]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("workers:"))
+            .and_then(|w| w.split_whitespace().next())
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(usize::MAX)
+    };
+    let end = Instant::now() + T;
+    loop {
+        let (socks, live) = (sockets(&session), live_workers());
+        if socks.len() == live && !ferry_testkit::children_of(head.child.id()).contains(&workers[0]) {
+            break;
+        }
+        assert!(Instant::now() < end, "{} socket files for {live} workers: {socks:?}", socks.len());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
