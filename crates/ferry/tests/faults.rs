@@ -414,3 +414,50 @@ fn a_task_that_owns_children_is_run_again_when_it_dies() {
     assert!(!pid_alive(pid));
     let _ = std::fs::remove_file(&marker);
 }
+
+/// Resident memory of `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok());
+    kb.unwrap_or(0u64) * 1024
+}
+
+/// The finding: a token holder that sent a 64 MiB frame header and one byte made the daemon
+/// commit 64 MiB at once (twenty connections: +1.3 GiB). Now a frame's buffer grows as its
+/// bytes arrive: twenty such connections to the daemon and twenty to a worker cost little.
+#[test]
+fn frame_headers_announcing_gigabytes_cost_only_the_bytes_sent() {
+    cluster();
+    // The workers are up (they listen once registered).
+    eventually("both workers registered", T, || ferry::node_stats().unwrap().workers == 2);
+    let info = ferry::__private::session_info().unwrap();
+    let worker_sock = std::fs::read_dir(&info.session_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().to_string();
+            n.starts_with("p-") && n.ends_with(".sock") && *p != info.session_dir.join(format!("p-{}.sock", info.me))
+        })
+        .expect("a worker's socket");
+    let me = std::process::id();
+    let workers_rss = || info.worker_pids.iter().map(|p| rss(*p)).sum::<u64>();
+    let (before_me, before_workers) = (rss(me), workers_rss());
+    let mut held = Vec::new();
+    for target in [info.node_addr.clone(), ferry_proto::Addr::Unix(worker_sock)] {
+        for _ in 0..20 {
+            let (c, r, _) = connect(&target, &info.token, WorkerId(ferry_proto::ids::random_u64()), 64 << 20).unwrap();
+            let mut frame = ((64u32 << 20) - 1).to_le_bytes().to_vec();
+            frame.push(0);
+            c.send_raw(&frame).unwrap();
+            held.push((c, r));
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (grew_me, grew_workers) = (rss(me).saturating_sub(before_me), workers_rss().saturating_sub(before_workers));
+    eprintln!("40 announced 64 MiB frames: daemon +{} KiB, workers +{} KiB", grew_me >> 10, grew_workers >> 10);
+    assert!(grew_me < 64 << 20, "the daemon's process grew by {} MiB", grew_me >> 20);
+    assert!(grew_workers < 64 << 20, "the workers grew by {} MiB", grew_workers >> 20);
+    drop(held);
+    cluster_still_works();
+}

@@ -96,16 +96,33 @@ fn env_usize(name: &str) -> Option<usize> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
 
+/// This process's limit on open descriptors.
+fn fd_limit() -> usize {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit fills a struct we own.
+    match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } {
+        0 => lim.rlim_cur.min(1 << 20) as usize,
+        _ => 1024,
+    }
+}
+
 impl Limits {
-    /// For a TCP listener, which anyone on the network may reach. Env overrides:
-    /// `FERRY_MAX_HANDSHAKES`, `FERRY_MAX_HANDSHAKES_PER_SOURCE`, `FERRY_MAX_CONNECTIONS`,
-    /// `FERRY_HANDSHAKE_MS`.
+    /// For a TCP listener, which anyone on the network may reach. The defaults fit the
+    /// process's descriptor limit (a handshake holds two descriptors, a connection two):
+    /// strangers may use an eighth of it. Env overrides: `FERRY_MAX_HANDSHAKES`,
+    /// `FERRY_MAX_HANDSHAKES_PER_SOURCE`, `FERRY_MAX_CONNECTIONS`, `FERRY_HANDSHAKE_MS`.
     pub fn tcp() -> Limits {
+        let fds = fd_limit();
+        let max_pending = env_usize("FERRY_MAX_HANDSHAKES").unwrap_or((fds / 16).clamp(8, 256)).max(1);
         Limits {
             handshake: Duration::from_millis(env_usize("FERRY_HANDSHAKE_MS").unwrap_or(5000) as u64),
-            max_pending: env_usize("FERRY_MAX_HANDSHAKES").unwrap_or(256).max(1),
-            max_pending_per_source: env_usize("FERRY_MAX_HANDSHAKES_PER_SOURCE").unwrap_or(64).max(1),
-            max_conns: env_usize("FERRY_MAX_CONNECTIONS").unwrap_or(32768).max(1),
+            max_pending,
+            max_pending_per_source: env_usize("FERRY_MAX_HANDSHAKES_PER_SOURCE")
+                .unwrap_or((max_pending / 4).clamp(2, 64))
+                .max(1),
+            max_conns: env_usize("FERRY_MAX_CONNECTIONS")
+                .unwrap_or((fds / 2).saturating_sub(64).clamp(16, 32768))
+                .max(1),
         }
     }
 
