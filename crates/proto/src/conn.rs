@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 /// Where a process listens.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub enum Addr {
     Unix(PathBuf),
     Tcp(String),

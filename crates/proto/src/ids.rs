@@ -11,14 +11,17 @@ use std::fmt;
 
 /// A process that can own objects: the driver or a worker.
 #[derive(Copy, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub struct WorkerId(pub u64);
 
 /// One node (host) of the cluster.
 #[derive(Copy, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub struct NodeId(pub u64);
 
 /// A task, named by its owner and the owner's sequence number.
 #[derive(Copy, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub struct TaskId {
     pub owner: WorkerId,
     pub seq: u64,
@@ -26,6 +29,7 @@ pub struct TaskId {
 
 /// An immutable object: the return `index` of `task`.
 #[derive(Copy, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub struct ObjectId {
     pub task: TaskId,
     pub index: u32,

@@ -12,6 +12,8 @@
 pub mod conn;
 pub mod fail;
 pub mod frame;
+#[cfg(all(test, feature = "arbitrary"))]
+mod fuzz;
 pub mod ids;
 pub mod listen;
 pub mod msg;

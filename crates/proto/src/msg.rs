@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 /// The first frame on every connection.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub struct Hello {
     pub magic: [u8; 4],
     pub version: u32,
@@ -30,6 +31,7 @@ pub struct Hello {
 
 /// The answer to a [`Hello`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub enum HelloReply {
     Welcome { node: NodeId },
     Refused { reason: String },
@@ -38,6 +40,7 @@ pub enum HelloReply {
 /// Resource amounts in thousandths (so that `0.5` CPU is exact), sorted by name.
 /// A task's shape is also its scheduling class: tasks of one shape share leases.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub struct Shape(pub Vec<(String, u64)>);
 
 /// Name of the CPU resource.
@@ -94,6 +97,7 @@ impl std::fmt::Display for Shape {
 
 /// What kind of process registers with a daemon.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub enum ProcKind {
     Driver,
     Worker,
@@ -110,6 +114,7 @@ pub enum ProcKind {
 /// by `ferry submit`, its content hash (SHA-256, hex). A node that has no file of that hash
 /// fetches it from the head, which keeps every submitted binary.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub struct Program {
     pub path: std::path::PathBuf,
     pub hash: Option<String>,
@@ -117,6 +122,7 @@ pub struct Program {
 
 /// A job started by `ferry submit`, as the head lists it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub struct JobView {
     pub id: u64,
     /// The program's file name, as `ferry submit` was given it.
@@ -133,6 +139,7 @@ pub struct JobView {
 
 /// Where a task may run (Ray's scheduling strategies).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub enum Placement {
     /// This node first; another when this one can never fit the task or is busy and another
     /// has room (power of two choices on load).
@@ -148,6 +155,7 @@ pub enum Placement {
 
 /// One node as the head sees it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub struct NodeView {
     pub node: NodeId,
     /// Where drivers and tools reach its daemon (`host:port`).
@@ -170,6 +178,7 @@ pub struct NodeView {
 
 /// Requests to the node daemon.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub enum ToNode {
     /// First message after the handshake. `listen` is where owners reach this process.
     /// `exe`: a driver's own executable, which workers run (a node started on its own takes
@@ -293,6 +302,7 @@ impl ToNode {
 
 /// Identifies an actor across the cluster and its restarts.
 #[derive(Copy, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub struct ActorId(pub u64);
 
 impl ActorId {
@@ -319,6 +329,7 @@ impl std::fmt::Debug for ActorId {
 
 /// How to create (and re-create) an actor.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub struct ActorSpec {
     /// Registered id of the actor's type.
     pub class: String,
@@ -340,6 +351,7 @@ pub struct ActorSpec {
 
 /// Where an actor is, as the daemon knows it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub enum ActorLocation {
     Alive { worker: WorkerId, addr: Addr, incarnation: u32 },
     Dead { reason: String },
@@ -347,6 +359,7 @@ pub enum ActorLocation {
 
 /// Figures a daemon reports about itself.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub struct NodeStats {
     pub node: Option<NodeId>,
     pub store_objects: u64,
@@ -375,6 +388,7 @@ pub struct NodeStats {
 
 /// A stored object as the node lists it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub struct StoredInfo {
     pub object: ObjectId,
     pub size: u64,
@@ -383,6 +397,7 @@ pub struct StoredInfo {
 
 /// Messages from the node daemon.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub enum FromNode {
     Registered {
         node: NodeId,
@@ -528,6 +543,7 @@ pub enum FromNode {
 
 /// A task argument as the executing worker receives it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub enum Arg {
     /// The encoded value itself (small values, passed by value).
     Inline(#[serde(with = "serde_bytes")] Vec<u8>),
@@ -537,6 +553,7 @@ pub enum Arg {
 
 /// Everything a worker needs to run one task.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub struct TaskSpec {
     pub task: TaskId,
     /// Registered id of the function (its path in the job's binary); never code.
@@ -548,6 +565,7 @@ pub struct TaskSpec {
 
 /// From an owner to a worker it holds a lease on.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub enum ToWorker {
     /// Run these tasks, in order.
     Push(Vec<TaskSpec>),
@@ -574,6 +592,7 @@ pub enum ToWorker {
 
 /// What an owner says about an object a borrower asked for.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub enum ObjectAnswer {
     Inline(#[serde(with = "serde_bytes")] Vec<u8>),
     Stored {
@@ -588,6 +607,7 @@ pub enum ObjectAnswer {
 
 /// One object in a process's table, as `memory_summary` shows it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub struct RefInfo {
     pub object: ObjectId,
     /// The process whose table this is.
@@ -606,6 +626,7 @@ pub struct RefInfo {
 
 /// A task's return value as the worker reports it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub enum Return {
     Inline(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Written to the store of the worker's node and sealed there.
@@ -617,6 +638,7 @@ pub enum Return {
 
 /// Why a task produced no value.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub enum TaskError {
     /// The function panicked.
     Panicked { function: String, message: String },
@@ -634,6 +656,7 @@ pub enum TaskError {
 
 /// From a worker to the owner that pushed it tasks.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub enum FromWorker {
     Done {
         task: TaskId,
