@@ -62,24 +62,41 @@ impl Encoded<'_> {
     }
 }
 
-fn ser_err(e: postcard::Error) -> Error {
-    Error::Serialization { detail: e.to_string() }
+fn ser_err<T>(e: postcard::Error) -> Error {
+    Error::Serialization {
+        detail: format!(
+            "cannot encode a {}: {e} (ferry encodes with postcard: every sequence and map must know its \
+             length, and types that need a self-describing format, such as #[serde(untagged)] or \
+             #[serde(flatten)], cannot be used)",
+            std::any::type_name::<T>()
+        ),
+    }
+}
+
+fn decode_err<T>(e: impl std::fmt::Display) -> Error {
+    Error::Serialization {
+        detail: format!(
+            "cannot decode a {}: {e}; the bytes were made from another type (a driver and workers built from \
+             different code?)",
+            std::any::type_name::<T>()
+        ),
+    }
 }
 
 /// Encodes `v`.
 pub(crate) fn encode<T: Serialize + 'static>(v: &T) -> Result<Encoded<'_>> {
     if let Some(bytes) = (v as &dyn Any).downcast_ref::<Vec<u8>>() {
-        let header = postcard::to_allocvec(&bytes.len()).map_err(ser_err)?;
+        let header = postcard::to_allocvec(&bytes.len()).map_err(ser_err::<T>)?;
         return Ok(Encoded::Bytes { header, body: bytes });
     }
     if let Some(bytes) = (v as &dyn Any).downcast_ref::<Bytes>() {
         if let Some((path, all)) = bytes.staged() {
             return Ok(Encoded::Staged { path, all });
         }
-        let header = postcard::to_allocvec(&bytes.len()).map_err(ser_err)?;
+        let header = postcard::to_allocvec(&bytes.len()).map_err(ser_err::<T>)?;
         return Ok(Encoded::Bytes { header, body: bytes });
     }
-    postcard::to_allocvec(v).map(Encoded::Owned).map_err(ser_err)
+    postcard::to_allocvec(v).map(Encoded::Owned).map_err(ser_err::<T>)
 }
 
 /// Encodes `v` into one buffer.
@@ -112,18 +129,16 @@ pub(crate) fn decode_backed<T: DeserializeOwned + 'static>(bytes: &[u8], backing
     }
     match postcard::take_from_bytes::<T>(bytes) {
         Ok((v, [])) => Ok(v),
-        Ok((_, rest)) => Err(Error::Serialization {
-            detail: format!("{} bytes left over after decoding {}", rest.len(), std::any::type_name::<T>()),
-        }),
-        Err(e) => Err(Error::Serialization { detail: format!("cannot decode {}: {e}", std::any::type_name::<T>()) }),
+        Ok((_, rest)) => Err(decode_err::<T>(format!("{} bytes left over", rest.len()))),
+        Err(e) => Err(decode_err::<T>(e)),
     }
 }
 
 /// The raw bytes inside an encoded `Vec<u8>` (skipping the length prefix).
 pub(crate) fn bytes_body(bytes: &[u8]) -> Result<&[u8]> {
-    let (len, rest) = postcard::take_from_bytes::<usize>(bytes).map_err(ser_err)?;
+    let (len, rest) = postcard::take_from_bytes::<usize>(bytes).map_err(decode_err::<Vec<u8>>)?;
     if rest.len() != len {
-        return Err(Error::Serialization { detail: format!("byte vector says {len} bytes but {} follow", rest.len()) });
+        return Err(decode_err::<Vec<u8>>(format!("it says {len} bytes but {} follow", rest.len())));
     }
     Ok(rest)
 }

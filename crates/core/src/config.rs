@@ -123,8 +123,40 @@ impl Config {
         self.num_cpus.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
     }
 
-    pub(crate) fn store_bytes(&self) -> u64 {
-        self.object_store_bytes.unwrap_or_else(|| total_memory().map(|m| m / 10 * 3).unwrap_or(2 << 30))
+    /// The store's capacity: as configured, else 30% of RAM, but never more than the store's
+    /// filesystem (`store_dir`'s, normally `/dev/shm`) has free now: a container's
+    /// `/dev/shm` is often 64 MiB. Warns when it is small.
+    pub(crate) fn store_bytes(&self, store_dir: &std::path::Path) -> u64 {
+        let free = ferry_store::free_space(store_dir).ok();
+        let by_ram = total_memory().map(|m| m / 10 * 3).unwrap_or(2 << 30);
+        let mib = |b: u64| b >> 20;
+        match (self.object_store_bytes, free) {
+            (Some(b), Some(f)) if b > f => {
+                eprintln!(
+                    "ferry: warning: the object store may hold {} MiB (Config::object_store_bytes) but {} has only \
+                     {} MiB free: objects past that spill to disk sooner",
+                    mib(b),
+                    store_dir.display(),
+                    mib(f)
+                );
+                b
+            }
+            (Some(b), _) => b,
+            (None, Some(f)) if f / 10 * 9 < by_ram => {
+                let cap = f / 10 * 9;
+                eprintln!(
+                    "ferry: warning: {} has only {} MiB free, so the object store holds {} MiB (not 30% of RAM, \
+                     {} MiB) and larger working sets spill to disk; give it more (docker run --shm-size=...) or set \
+                     Config::object_store_bytes",
+                    store_dir.display(),
+                    mib(f),
+                    mib(cap),
+                    mib(by_ram)
+                );
+                cap
+            }
+            (None, _) => by_ram,
+        }
     }
 
     /// The settings a worker inherits from its driver, as environment variables.

@@ -24,8 +24,9 @@ pub enum Error {
     /// The process that owns the object (the one that created it) died, and with it the
     /// object's metadata: the object cannot be resolved any more.
     OwnerDied { object: ObjectId, detail: String },
-    /// A value did not encode or decode (a type mismatch between caller and function, or a
-    /// value serde cannot represent).
+    /// A value did not encode or decode: a value postcard cannot represent (its serde message
+    /// says which), or bytes made from another type (a driver and workers built from different
+    /// code). The detail names the value (task argument, return, object) and the cause.
     Serialization { detail: String },
     /// `get` or `wait` gave up after the caller's timeout; the task goes on.
     Timeout { waited: Duration },
@@ -60,15 +61,17 @@ impl Error {
             TaskError::Panicked { message, .. } => Error::TaskPanicked { task: name.to_string(), message },
             TaskError::UnknownFunction { function } => Error::UnknownFunction { function },
             TaskError::BadArgument { index, detail, .. } => {
-                Error::Serialization { detail: format!("argument {index} of {name} did not decode: {detail}") }
+                Error::Serialization { detail: format!("argument {index} of task {name}: {detail}") }
             }
             TaskError::BadReturn { detail, .. } => {
-                if detail.contains("object store full") {
-                    Error::ObjectStoreFull { detail }
-                } else {
-                    Error::Serialization { detail: format!("return value of {name}: {detail}") }
-                }
+                Error::Serialization { detail: format!("the return value of task {name}: {detail}") }
             }
+            TaskError::ReturnNotStored { detail, store_full: true, .. } => {
+                Error::ObjectStoreFull { detail: format!("the return value of task {name} was not stored: {detail}") }
+            }
+            TaskError::ReturnNotStored { detail, store_full: false, .. } => Error::Connection {
+                detail: format!("the return value of task {name} was not stored: its worker lost its node ({detail})"),
+            },
             TaskError::ArgumentUnavailable { detail, .. } => Error::ObjectLost {
                 object: ObjectId::default(),
                 reason: format!("an argument of {name} could not be read: {detail}"),
@@ -93,9 +96,7 @@ impl fmt::Display for Error {
                 "the owner of object {object:?} died ({detail}); objects die with the process that created \
                  them, so create long-lived objects in the driver or in a long-lived actor"
             ),
-            Error::Serialization { detail } => {
-                write!(f, "serialization failed: {detail}; check that the caller's and the function's types match")
-            }
+            Error::Serialization { detail } => write!(f, "serialization failed: {detail}"),
             Error::Timeout { waited } => {
                 write!(f, "timed out after {waited:?}; the task goes on, call get again to keep waiting")
             }

@@ -505,6 +505,11 @@ fn store_encoded(
                 Err(e) => Err(bad(e.to_string())),
             }
         }
-        Err(e) => Err(bad(e.to_string())),
+        Err(Error::ObjectStoreFull { detail }) => {
+            Err(TaskError::ReturnNotStored { function: function.to_string(), detail, store_full: true })
+        }
+        Err(e) => {
+            Err(TaskError::ReturnNotStored { function: function.to_string(), detail: e.to_string(), store_full: false })
+        }
     }
 }

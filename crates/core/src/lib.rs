@@ -476,7 +476,10 @@ pub fn submit<R>(function: &'static str, opts: &TaskOptions, args: Vec<TaskArg>)
 fn decode_ready<T: DeserializeOwned + 'static>(rt: &'static Runtime, id: ObjectId, ready: Ready) -> Result<T> {
     let (v, new) = refs::decoding(|| decode_ready_raw(rt, id, ready));
     rt.register_decoded(new);
-    v
+    v.map_err(|e| match e {
+        Error::Serialization { detail } => Error::Serialization { detail: format!("object {id:?}: {detail}") },
+        e => e,
+    })
 }
 
 fn decode_ready_raw<T: DeserializeOwned + 'static>(rt: &Runtime, id: ObjectId, ready: Ready) -> Result<T> {

@@ -448,6 +448,7 @@ impl Runtime {
                 FromNode::EndRecall => self.with_state(|st, _| st.node_short = false),
                 FromNode::WorkerDied { worker, reason } => self.worker_lost(worker, &reason),
                 FromNode::Sealed { req, .. }
+                | FromNode::Room { req, .. }
                 | FromNode::Stats { req, .. }
                 | FromNode::Ack { req, .. }
                 | FromNode::NamedActor { req, .. } => self.answer_call(req, msg),
@@ -1042,7 +1043,7 @@ impl Runtime {
     pub(crate) fn write_and_seal(&self, id: ObjectId, enc: &crate::codec::Encoded<'_>) -> Result<u64> {
         let written = match enc {
             crate::codec::Encoded::Staged { path, .. } => self.store.adopt(path, id),
-            _ => self.store.write_parts(id, &enc.parts()),
+            _ => self.with_room(enc.len() as u64, || self.store.write_parts(id, &enc.parts())),
         };
         let size = written
             .map_err(|e| Error::ObjectStoreFull { detail: format!("cannot write object {id:?} to the store: {e}") })?;
@@ -1050,6 +1051,27 @@ impl Runtime {
             FromNode::Sealed { error: None, .. } => Ok(size),
             FromNode::Sealed { error: Some(e), .. } => Err(Error::ObjectStoreFull { detail: e }),
             other => Err(Error::Connection { detail: format!("unexpected reply to seal: {other:?}") }),
+        }
+    }
+
+    /// Runs a write to the store; if its filesystem is full (`ENOSPC`), asks the daemon to
+    /// spill until `bytes` fit and tries again (a few times: other writers compete for it).
+    /// A filesystem smaller than the store's capacity is pressure, as the capacity is.
+    pub(crate) fn with_room<T>(&self, bytes: u64, mut write: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+        let mut tries = 0;
+        loop {
+            match write() {
+                Err(e) if ferry_store::is_no_space(&e) && tries < 3 => {
+                    tries += 1;
+                    match self.node_call(|req| ToNode::MakeRoom { req, bytes }) {
+                        Ok(FromNode::Room { error: None, .. }) => continue,
+                        Ok(FromNode::Room { error: Some(why), .. }) => return Err(std::io::Error::other(why)),
+                        Ok(other) => return Err(std::io::Error::other(format!("unexpected reply: {other:?}"))),
+                        Err(err) => return Err(std::io::Error::other(format!("{e}, and the node: {err}"))),
+                    }
+                }
+                r => return r,
+            }
         }
     }
 

@@ -53,7 +53,7 @@ fn node_options(cfg: &Config, program: Option<PathBuf>, tcp: Option<String>) -> 
     Ok(NodeOptions {
         session_dir,
         store_dir,
-        store_capacity: cfg.store_bytes(),
+        store_capacity: cfg.store_bytes(&shm),
         spill_dir: Some(spill_dir),
         token,
         resources: Shape::with_resources(cpus as f64, &cfg.resources),

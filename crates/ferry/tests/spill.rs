@@ -108,3 +108,97 @@ fn with_no_room_on_disk_either_put_fails_cleanly_and_nothing_is_lost() {
         assert_eq!((b.len(), b[0]), (4 * MB, i as u8));
     }
 }
+
+/// With `FERRY_TEST_SMALL_SHM` set, this test binary is a program run where `/dev/shm` is a
+/// 48 MiB tmpfs (see the test below); it prints what it checked, one line each.
+#[used]
+#[link_section = ".init_array"]
+static SMALL_SHM: extern "C" fn() = small_shm_program;
+
+extern "C" fn small_shm_program() {
+    let Some(mode) = std::env::var_os("FERRY_TEST_SMALL_SHM") else { return };
+    if std::env::var_os("FERRY_WORKER").is_some() {
+        return;
+    }
+    // SAFETY: single-threaded here, before main; the workers must not inherit it.
+    unsafe { std::env::remove_var("FERRY_TEST_SMALL_SHM") };
+    let mut cfg = ferry::Config::default().num_cpus(2);
+    if mode == "big" {
+        // A capacity larger than the filesystem: the filesystem filling is the pressure.
+        cfg = cfg.object_store_bytes(1 << 30);
+    }
+    ferry::init(cfg).unwrap();
+    let s = ferry::node_stats().unwrap();
+    println!("capacity {} MiB", s.store_capacity_bytes >> 20);
+    // 160 MiB of live objects (put and returned) through a 48 MiB /dev/shm: they spill.
+    let puts: Vec<_> = (0..10u8).map(|i| ferry::put(pattern(i, 8 * MB)).unwrap()).collect();
+    let made: Vec<_> = (100..110u8).map(produce::remote).collect();
+    for (i, r) in puts.iter().enumerate() {
+        assert!(ferry::get_bytes(r).unwrap()[..] == pattern(i as u8, 8 * MB)[..], "put {i}");
+    }
+    for (i, r) in made.iter().enumerate() {
+        assert!(ferry::get_timeout(r, T).unwrap() == pattern(100 + i as u8, 8 * MB), "return {i}");
+    }
+    let s = ferry::node_stats().unwrap();
+    println!("spilled {} MiB", s.spilled_bytes >> 20);
+    let mut b = ferry::BytesMut::zeroed(20 * MB).unwrap();
+    b[7] = 7;
+    assert_eq!(ferry::get_bytes(&ferry::put(b.freeze()).unwrap()).unwrap()[7], 7);
+    // Larger than the whole filesystem: a clear ObjectStoreFull, for a put and for a return.
+    match ferry::put(vec![1u8; 64 * MB]) {
+        Err(e @ ferry::Error::ObjectStoreFull { .. }) => println!("put: {e}"),
+        other => panic!("a 64 MiB put into a 48 MiB /dev/shm: {other:?}"),
+    }
+    match ferry::get_timeout(&huge::remote(64 * MB), T) {
+        Err(e @ ferry::Error::ObjectStoreFull { .. }) => println!("return: {e}"),
+        other => panic!("a 64 MiB return into a 48 MiB /dev/shm: {:?}", other.map(|v| v.len())),
+    }
+    // Nothing stored was lost meanwhile.
+    for (i, r) in puts.iter().enumerate() {
+        assert!(ferry::get_bytes(r).unwrap()[..] == pattern(i as u8, 8 * MB)[..], "put {i} after");
+    }
+    println!("ok");
+    std::process::exit(0);
+}
+
+#[ferry::remote(max_retries = 0)]
+fn huge(n: usize) -> Vec<u8> {
+    vec![3u8; n]
+}
+
+/// The finding: the default capacity was 30% of RAM whatever the size of `/dev/shm` (a
+/// container's is often 64 MiB): with 48 MiB, `put` failed with `No space left on device`
+/// having spilled nothing, and a task return failed as `Serialization`. Now the capacity is
+/// capped by the filesystem (with a warning), `ENOSPC` is pressure like the capacity is
+/// (spill, then try again), and what cannot fit at all fails as `ObjectStoreFull`.
+#[test]
+fn a_dev_shm_smaller_than_the_store_spills_and_says_so() {
+    for mode in ["default", "big"] {
+        let exe = std::env::current_exe().unwrap();
+        let script = format!("mount -t tmpfs -o size=48m tmpfs /dev/shm && exec '{}'", exe.display());
+        let out = std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .env("FERRY_TEST_SMALL_SHM", mode)
+            .output()
+            .unwrap();
+        let (so, se) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && so.contains("\nok"), "{mode}: {so}{se}");
+        let cap: u64 =
+            so.lines().find_map(|l| l.strip_prefix("capacity ")?.strip_suffix(" MiB")?.parse().ok()).unwrap();
+        let spilled: u64 =
+            so.lines().find_map(|l| l.strip_prefix("spilled ")?.strip_suffix(" MiB")?.parse().ok()).unwrap();
+        assert!(spilled >= 100, "{mode}: {so}");
+        match mode {
+            "default" => {
+                assert!(cap <= 48, "{so}");
+                assert!(se.contains("warning") && se.contains("/dev/shm") && se.contains("shm-size"), "{se}");
+            }
+            _ => assert!(cap == 1024 && se.contains("warning"), "{so}{se}"),
+        }
+        for line in ["put: ", "return: "] {
+            let l = so.lines().find(|l| l.starts_with(line)).unwrap_or_default();
+            assert!(l.contains("object store full") && l.contains("/dev/shm"), "{mode}: {l}");
+        }
+        assert!(so.contains("task huge"), "the return's error names its task: {so}");
+    }
+}

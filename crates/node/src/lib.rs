@@ -161,6 +161,8 @@ struct State {
     /// Seals answered once the store is back under its capacity (back-pressure on `put`
     /// and on task returns).
     waiting_seals: Vec<(ConnId, u64, ObjectId)>,
+    /// Writers that found the store's filesystem full, and the bytes each needs there.
+    waiting_room: Vec<(ConnId, u64, u64)>,
     /// Bytes spilled so far, and the time their copies took.
     spill_total: (u64, Duration),
     /// Transfers out and in, and their bytes.
@@ -326,6 +328,7 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
             pending_holds: HashMap::new(),
             members: HashMap::new(),
             waiting_seals: Vec::new(),
+            waiting_room: Vec::new(),
             spill_total: (0, Duration::ZERO),
             transfers: (0, 0, 0, 0),
             view: Vec::new(),
@@ -552,6 +555,21 @@ impl Node {
         *self.program_hash.lock().unwrap_or_else(|e| e.into_inner()) = exe.hash;
         let actions = std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()));
         self.apply(st, actions);
+    }
+
+    /// Answers the writers waiting for room on the store's filesystem: there is none to make.
+    fn no_room(&self, st: &mut State, why: &str) {
+        let free = st.store.dir().free_space().unwrap_or(0);
+        for (conn, req, bytes) in std::mem::take(&mut st.waiting_room) {
+            let error = format!(
+                "object store full: its filesystem ({}) has {} MiB free for {} MiB, and {why}; give it more \
+                 room (a larger /dev/shm: `docker run --shm-size`), or drop references to large objects",
+                st.store.dir().path().display(),
+                free >> 20,
+                bytes.div_ceil(1 << 20)
+            );
+            self.send(st, conn, &FromNode::Room { req, error: Some(error) });
+        }
     }
 
     /// Wakes `NodeHandle::wait_for_stop_request` (a client asked, or the head is gone).
@@ -958,6 +976,10 @@ impl Node {
                     self.send(st, conn, &FromNode::Sealed { req, error });
                 }
             },
+            ToNode::MakeRoom { req, bytes } => {
+                st.waiting_room.push((conn, req, bytes));
+                let _ = self.spill_tx.lock().unwrap_or_else(|e| e.into_inner()).send(Some(()));
+            }
             ToNode::Inventory { req } => {
                 let processes = st.conns.values().filter(|c| c.registered).map(|c| c.from).collect();
                 let objects = st
@@ -1045,7 +1067,15 @@ fn spiller(node: Arc<Node>, rx: mpsc::Receiver<Option<()>>) {
         loop {
             let next = {
                 let mut st = node.lock();
-                if !st.store.over_capacity() {
+                // Room asked for on the filesystem (beyond the store's own accounting).
+                let want = st.waiting_room.iter().map(|(_, _, b)| *b).max().unwrap_or(0);
+                let fs_short = want > 0 && st.store.dir().free_space().unwrap_or(u64::MAX) < want;
+                if !fs_short {
+                    for (conn, req, _) in std::mem::take(&mut st.waiting_room) {
+                        node.send(&st, conn, &FromNode::Room { req, error: None });
+                    }
+                }
+                if !st.store.over_capacity() && !fs_short {
                     let waiting = std::mem::take(&mut st.waiting_seals);
                     for (conn, req, _) in waiting {
                         node.send(&st, conn, &FromNode::Sealed { req, error: None });
@@ -1059,14 +1089,15 @@ fn spiller(node: Arc<Node>, rx: mpsc::Receiver<Option<()>>) {
                 match st.store.next_to_spill() {
                     Some((id, _)) => (id, st.store.dir().clone()),
                     None => {
-                        // Nothing left to spill (cannot happen while the table's invariant
-                        // holds): a writer must never wait for room that will not come.
+                        // Nothing left to spill: a writer must never wait for room that will
+                        // not come.
                         let waiting = std::mem::take(&mut st.waiting_seals);
                         for (conn, req, object) in waiting {
                             st.store.free(object);
                             let error = "object store full and nothing left to spill".to_string();
                             node.send(&st, conn, &FromNode::Sealed { req, error: Some(error) });
                         }
+                        node.no_room(&mut st, "nothing of this node's is left in memory to spill");
                         break;
                     }
                 }
@@ -1093,6 +1124,7 @@ fn spiller(node: Arc<Node>, rx: mpsc::Receiver<Option<()>>) {
                     // The disk is full (or the spill directory unusable): the writers
                     // waiting for room get a clear error and their objects are dropped.
                     st.store.spill_failed(id);
+                    node.no_room(&mut st, &format!("spilling failed: {e}"));
                     let waiting = std::mem::take(&mut st.waiting_seals);
                     let spill = dir.spill_dir().map(|p| p.display().to_string()).unwrap_or_default();
                     for (conn, req, object) in waiting {

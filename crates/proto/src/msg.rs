@@ -246,6 +246,10 @@ pub enum ToNode {
     SubmitJob { req: u64, hash: String, name: String, args: Vec<String> },
     /// The jobs started here (answered by `Jobs`).
     Jobs { req: u64 },
+    /// A write to the store failed for want of space on its filesystem (`ENOSPC`: a small
+    /// `/dev/shm`, or other programs' files): spill until `bytes` fit there, then answer
+    /// `Room` (with an error if nothing more can be spilled).
+    MakeRoom { req: u64, bytes: u64 },
     /// To an actor's home: its constructor ran (or failed) on `worker` of node `host`,
     /// reached at `addr` (the host may not be the node the home asked: a busy one passes the
     /// actor on to a node with room).
@@ -450,6 +454,11 @@ pub enum FromNode {
         req: u64,
         jobs: Vec<JobView>,
     },
+    /// The answer to `MakeRoom`.
+    Room {
+        req: u64,
+        error: Option<String>,
+    },
     /// The answer to `ControlAddress` (`None`: this node is in no cluster).
     ControlAt {
         req: u64,
@@ -646,8 +655,11 @@ pub enum TaskError {
     UnknownFunction { function: String },
     /// An argument did not decode as the type the function takes.
     BadArgument { function: String, index: usize, detail: String },
-    /// The return value did not encode or could not be stored.
+    /// The return value did not encode.
     BadReturn { function: String, detail: String },
+    /// The return value encoded but could not be stored: the store is full (`store_full`), or
+    /// the node could not be reached.
+    ReturnNotStored { function: String, detail: String, store_full: bool },
     /// An argument in the store could not be read.
     ArgumentUnavailable { function: String, detail: String },
     /// Cancelled before it started.

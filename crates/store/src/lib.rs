@@ -95,6 +95,11 @@ impl StoreDir {
         &self.path
     }
 
+    /// Bytes free for this user on the store's filesystem.
+    pub fn free_space(&self) -> io::Result<u64> {
+        free_space(&self.path)
+    }
+
     /// The file that holds `id`.
     pub fn path_of(&self, id: ObjectId) -> PathBuf {
         self.path.join(id.to_string())
@@ -225,6 +230,23 @@ impl StoreDir {
             let _ = fs::remove_dir_all(s);
         }
     }
+}
+
+/// Bytes free for this user on the filesystem of `path` (`statvfs`).
+pub fn free_space(path: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::other("NUL in path"))?;
+    // SAFETY: `c` is a valid C string and `st` a struct statvfs fills.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Whether an error is the filesystem being full.
+pub fn is_no_space(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOSPC)
 }
 
 /// A file staged in the store by [`StoreDir::stage`], mapped for writing.
