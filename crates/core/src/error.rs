@@ -53,6 +53,8 @@ pub enum Error {
     AlreadyInitialized,
     /// Starting or reaching the cluster failed.
     Connection { detail: String },
+    /// A call was given something it cannot take (the detail says what, and what to give).
+    InvalidArgument { detail: String },
 }
 
 impl Error {
@@ -128,6 +130,7 @@ impl fmt::Display for Error {
                 write!(f, "ferry::init was already called in this process; call it once, at start")
             }
             Error::Connection { detail } => write!(f, "cannot reach the cluster: {detail}"),
+            Error::InvalidArgument { detail } => write!(f, "{detail}"),
         }
     }
 }

@@ -542,33 +542,53 @@ pub fn get_timeout<T: DeserializeOwned + 'static>(r: &ObjectRef<T>, timeout: Dur
     get_value(runtime()?, r.id(), Some(timeout))
 }
 
-/// Gets every object, in order; the first error is returned.
+/// Gets every object, in order. The first error known is returned as soon as it is known (as
+/// Ray's `get` does), without waiting for the other objects.
 ///
-/// Waits once for the whole list (a cursor moves past ready objects, and only the first one
-/// still pending is watched), so a task waiting on thousands of refs gives its CPU back once,
-/// not once per ref.
+/// Waits once for the whole list: a cursor moves past ready objects and only the first one
+/// still pending is watched, plus any failure among the objects this process knows of; so a
+/// task waiting on thousands of refs gives its CPU back once, not once per ref, and the list
+/// is scanned again only when some object failed.
 pub fn get_all<T: DeserializeOwned + 'static>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
     let rt = runtime()?;
     let mut next = 0;
-    rt.block_until(None, |w| {
+    let mut seen_failures = u64::MAX;
+    let failed = rt.block_until(None, |w| {
         rt.with_state(|st, fx| {
+            let failed_at = |st: &owner::OwnerState, r: &ObjectRef<T>| match st.objects.get(&r.raw.id) {
+                Some(e) => matches!(e.state, owner::ObjState::Failed(_)),
+                None => false,
+            };
+            if st.failures != seen_failures {
+                seen_failures = st.failures;
+                if let Some(r) = refs[next..].iter().find(|r| failed_at(st, r)) {
+                    return Poll::Ready(Some(r.raw.id));
+                }
+            }
             while let Some(r) = refs.get(next) {
                 match st.objects.get_mut(&r.raw.id) {
                     Some(e) if matches!(e.state, owner::ObjState::Pending) => {
                         e.add_waiter(w);
+                        st.wake_on_failure(w);
                         // Borrowed ones are asked of their owners, all at once.
                         for r in &refs[next..] {
                             st.ensure_fetch(r.raw.id, fx);
                         }
                         return Poll::Pending;
                     }
-                    // Ready, failed or unknown: `get` below reports which.
+                    Some(e) if matches!(e.state, owner::ObjState::Failed(_)) => return Poll::Ready(Some(r.raw.id)),
+                    // Ready or unknown: `get` below reports which.
                     _ => next += 1,
                 }
             }
-            Poll::Ready(())
+            Poll::Ready(None)
         })
     });
+    if let Some(Some(id)) = failed {
+        if let Some(r) = refs.iter().find(|r| r.raw.id == id) {
+            get(r)?;
+        }
+    }
     refs.iter().map(get).collect()
 }
 
@@ -601,9 +621,20 @@ pub type WaitResult<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
 
 /// Waits until `num_ready` of `refs` are ready (a failed object counts as ready) or the
 /// timeout passes, and returns `(ready, not_ready)`: at most `num_ready` refs in the first
-/// list, every other ref in the second, each in the order given.
+/// list, every other ref in the second, each in the order given. The refs must be unique
+/// ([`Error::InvalidArgument`] otherwise), as in Ray.
 pub fn wait<T>(refs: &[ObjectRef<T>], num_ready: usize, timeout: Option<Duration>) -> Result<WaitResult<T>> {
     let rt = runtime()?;
+    let mut seen = std::collections::HashSet::with_capacity(refs.len());
+    if let Some(dup) = refs.iter().find(|r| !seen.insert(r.raw.id)) {
+        return Err(Error::InvalidArgument {
+            detail: format!(
+                "ferry::wait needs unique refs: {:?} is in the list more than once (each ref counts once \
+                 towards num_ready; deduplicate the list)",
+                dup.raw.id
+            ),
+        });
+    }
     let n = num_ready.min(refs.len());
     let deadline = timeout.map(|d| Instant::now() + d);
     let is_ready = |st: &owner::OwnerState, id: &ObjectId| {

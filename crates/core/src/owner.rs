@@ -297,6 +297,9 @@ pub(crate) struct OwnerState {
     /// `retry_exceptions`, a lost argument): see `ferry::recovery_stats`.
     pub reconstructions: u64,
     pub retries: u64,
+    /// Objects that became `Failed` so far, and who to wake when one does (see `get_all`).
+    pub failures: u64,
+    failure_waiters: Vec<Waker>,
 }
 
 impl OwnerState {
@@ -324,6 +327,24 @@ impl OwnerState {
             dead_nodes: HashSet::default(),
             reconstructions: 0,
             retries: 0,
+            failures: 0,
+            failure_waiters: Vec::new(),
+        }
+    }
+
+    /// Whether this process owns anything others may still need: objects (held here or by
+    /// borrowers), tasks it submitted, actors it holds or created.
+    pub fn owns_anything(&self) -> bool {
+        !self.tasks.is_empty()
+            || !self.actors.is_empty()
+            || !self.lineage.is_empty()
+            || self.objects.keys().any(|id| id.owner() == self.me)
+    }
+
+    /// Wakes `w` when any object becomes `Failed`.
+    pub fn wake_on_failure(&mut self, w: &Waker) {
+        if !self.failure_waiters.iter().any(|x| x.will_wake(w)) {
+            self.failure_waiters.push(w.clone());
         }
     }
 
@@ -684,8 +705,15 @@ impl OwnerState {
             self.unpin_all(contains, fx);
             return;
         }
-        let e = self.objects.get_mut(&id).expect("checked");
         let failed = if let ObjState::Failed(err) = &state { Some(err.clone()) } else { None };
+        if failed.is_some() {
+            // Whoever waits on many objects at once learns of a failure at once (`get_all`).
+            self.failures += 1;
+            for w in self.failure_waiters.drain(..) {
+                w.wake();
+            }
+        }
+        let e = self.objects.get_mut(&id).expect("checked");
         e.state = state;
         if !contains.is_empty() {
             e.rare().contains = contains;
@@ -1766,10 +1794,28 @@ impl OwnerState {
             if let Some(err) = c.dead.clone() {
                 let doomed: Vec<TaskId> =
                     c.queue.drain(..).chain(c.in_flight.drain(..)).chain(c.doomed.drain(..)).collect();
+                // Dead for good: nothing will restart it, so what its constructor took goes now
+                // (not with the last handle).
+                let ctor_args = std::mem::take(&mut c.ctor_args);
+                let ctor_exports = std::mem::take(&mut c.ctor_exports);
                 for t in doomed {
                     self.fail_task(t, err.clone(), fx);
                 }
+                self.release_submitted(&ctor_args, fx);
+                for a in ctor_exports {
+                    self.actor_handle_dropped(a, fx);
+                }
                 self.maybe_release_actor(actor, fx);
+                return;
+            }
+            if c.queue.is_empty() && !c.doomed.is_empty() && c.conn.is_none() && !c.resolving {
+                // Calls lost with its process fail once the daemon says what became of it (a
+                // restart, or its death), even if no other call is waiting to ask.
+                c.resolving = true;
+                let req = self.next_req;
+                self.next_req += 1;
+                self.actor_resolves.insert(req, actor);
+                fx.to_node.push(ToNode::ResolveActor { req, actor, stale: c.stale });
                 return;
             }
             let Some(&front) = c.queue.front() else { return };
@@ -1863,7 +1909,11 @@ impl OwnerState {
                 let doomed = std::mem::take(&mut c.doomed);
                 let err = Error::ActorDied {
                     actor: c.label.to_string(),
-                    reason: format!("its process died ({}) and the call had no retries left", c.lost_detail),
+                    reason: format!(
+                        "its process died while the call was sent or running ({}); the actor was restarted but the \
+                         call had no retries left (raise max_task_retries if its methods may run again)",
+                        c.lost_detail
+                    ),
                 };
                 for t in doomed {
                     self.fail_task(t, err.clone(), fx);

@@ -446,6 +446,16 @@ impl Runtime {
                     st.return_idle_leases(None, fx)
                 }),
                 FromNode::EndRecall => self.with_state(|st, _| st.node_short = false),
+                FromNode::RetireIfIdle if self.executor.is_some() => {
+                    // A worker that owns objects or tasks in use is not idle (as in Ray): its
+                    // objects would fail with `OwnerDied` under those who hold them.
+                    if self.lock().owns_anything() {
+                        let _ = self.node.send(&ToNode::StillInUse);
+                    } else {
+                        std::process::exit(0);
+                    }
+                }
+                FromNode::RetireIfIdle => {}
                 FromNode::WorkerDied { worker, reason } => self.worker_lost(worker, &reason),
                 FromNode::Sealed { req, .. }
                 | FromNode::Room { req, .. }

@@ -37,6 +37,11 @@ impl Counter {
     pub fn die(&self) -> i64 {
         std::process::abort()
     }
+    /// Dies `ms` milliseconds into the call.
+    pub fn die_after(&self, ms: u64) -> i64 {
+        std::thread::sleep(Duration::from_millis(ms));
+        std::process::abort()
+    }
     /// Calls another actor from inside this one.
     pub fn add_from(&mut self, other: ActorHandle<Counter>) -> i64 {
         let v = ferry::get(&other.get()).unwrap();
@@ -428,4 +433,63 @@ fn an_actor_pinned_to_a_missing_node_fails_with_the_reason() {
         let a = Counter::options().scheduling_strategy(c).remote(3).unwrap();
         assert_eq!(ferry::get_timeout(&a.get(), T).unwrap(), 3);
     }
+}
+
+/// The finding (Ray's test_actor_failures): an actor with restarts but no call retries whose
+/// process died during a call left that call, and the calls sent behind it, pending for ever
+/// while new calls were answered. Ray fails them with `ActorDied`: so does ferry now.
+#[test]
+fn calls_in_flight_when_a_restarting_actor_dies_fail_with_actor_died() {
+    cluster();
+    let c = Counter::options().max_restarts(1).remote(0).unwrap();
+    let warm: Vec<_> = (0..100).map(|_| c.incr(1)).collect();
+    assert_eq!(ferry::get_all(&warm).unwrap().last(), Some(&100));
+    let dying = c.die_after(300);
+    let behind: Vec<_> = (0..7).map(|_| c.incr(1)).collect();
+    for (i, r) in std::iter::once(&dying).chain(&behind).enumerate() {
+        match ferry::get_timeout(r, T) {
+            Err(e @ Error::ActorDied { .. }) => assert!(e.to_string().contains("no retries left"), "call {i}: {e}"),
+            other => panic!("call {i} in flight when the actor died: expected ActorDied, got {other:?}"),
+        }
+    }
+    // The restarted actor answers (its constructor ran again).
+    assert_eq!(ferry::get_timeout(&c.incr(1), T).unwrap(), 1);
+}
+
+/// The finding: with `max_restarts = 1`, the first call after a kill of the actor's process
+/// (sent before the caller learned of the death) never completed. Every call now ends: on
+/// the new incarnation, or with `ActorDied`.
+#[test]
+fn a_call_sent_while_the_actors_process_dies_ends() {
+    cluster();
+    for round in 0..5 {
+        let c = Counter::options().max_restarts(1).remote(10).unwrap();
+        let pid = ferry::get_timeout(&c.pid(), T).unwrap();
+        sigkill(pid);
+        let first = c.get();
+        match ferry::get_timeout(&first, T) {
+            Ok(10) | Err(Error::ActorDied { .. }) => {}
+            other => panic!("round {round}: the call sent as the actor died: {other:?}"),
+        }
+        assert_eq!(ferry::get_timeout(&c.get(), T).unwrap(), 10, "round {round}: later calls work");
+        assert_ne!(ferry::get_timeout(&c.pid(), T).unwrap(), pid);
+    }
+}
+
+/// The finding: `ferry::kill` left the actor's constructor arguments pinned until the last
+/// handle was dropped. After a kill nothing of the actor keeps objects alive.
+#[test]
+fn kill_lets_go_of_the_constructor_arguments() {
+    cluster();
+    let start = ferry::put(10i64).unwrap();
+    let id = start.id();
+    let c = Counter::remote(&start).unwrap();
+    assert_eq!(ferry::get_timeout(&c.get(), T).unwrap(), 10);
+    drop(start);
+    let held = || ferry::memory_summary().unwrap().objects.iter().any(|o| o.object == id);
+    assert!(held(), "the live actor's constructor argument is kept (for restarts)");
+    ferry::kill(&c).unwrap();
+    eventually("the killed actor's constructor argument freed", T, || !held());
+    assert!(matches!(ferry::get_timeout(&c.get(), T), Err(Error::ActorDied { .. })));
+    drop(c);
 }

@@ -2,10 +2,11 @@
 
 mod common;
 
-use common::{cluster, T};
+use common::{cluster, eventually, T};
 use ferry::prelude::*;
 use ferry::Error;
 use serde::{Deserialize, Serialize};
+use std::time::Instant;
 
 #[ferry::remote]
 fn add(a: i64, b: i64) -> i64 {
@@ -437,4 +438,78 @@ fn retry_exceptions_retries_panics_and_says_how_many_attempts() {
     for f in [f, f2, f3] {
         let _ = std::fs::remove_file(f);
     }
+}
+
+#[ferry::remote]
+fn put_inside(n: u8) -> Vec<ObjectRef<Vec<u8>>> {
+    vec![ferry::put(vec![n; 1000]).unwrap(), ferry::put(vec![n; 200 << 10]).unwrap()]
+}
+
+#[ferry::remote]
+fn sleepy(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// Submits a task and returns its ref without waiting: the ref is owned by this worker.
+#[ferry::remote]
+fn spawn_inner(ms: u64) -> Vec<ObjectRef<u64>> {
+    vec![sleepy::remote(ms)]
+}
+
+/// The finding: objects `put` by a task's worker, or returned by a pending inner task it
+/// submitted, became `OwnerDied` when the pool stopped that worker as idle, though the driver
+/// still held them. A worker that owns live objects or pending tasks is not idle (as in Ray).
+#[test]
+fn an_idle_worker_that_owns_objects_in_use_is_kept() {
+    let mut cfg = ferry::Config::default().num_cpus(2);
+    // Every worker is beyond the warm pool, and idle ones go after 300 ms.
+    cfg.prestart_workers = Some(0);
+    cfg.idle_worker_timeout = Duration::from_millis(300);
+    ferry::init(cfg).unwrap();
+    let outer = ferry::get_timeout(&put_inside::remote(7), T).unwrap();
+    let inner = ferry::get_timeout(&spawn_inner::remote(1500), T).unwrap();
+    // Well past the idle timeout: the workers that own these are idle, and kept.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(ferry::get_bytes(&outer[0]).unwrap()[..], [7u8; 1000][..]);
+    assert_eq!(ferry::get_bytes(&outer[1]).unwrap().len(), 200 << 10);
+    assert_eq!(ferry::get_timeout(&inner[0], T).unwrap(), 1500);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(ferry::get_bytes(&outer[0]).unwrap()[3], 7, "still there");
+    // Once nothing they own is in use, idle workers go as before.
+    drop(outer);
+    drop(inner);
+    eventually("idle workers stopped once they own nothing in use", T, || ferry::node_stats().unwrap().workers == 0);
+}
+
+#[ferry::remote(max_retries = 0)]
+fn fails_now() -> u64 {
+    panic!("failing at once")
+}
+
+/// The finding: `get_all` waited for every ref before it reported an error. Like Ray's `get`,
+/// it returns the first error as soon as it is known; and `wait` on a list with a ref twice is
+/// an error, as in Ray, instead of counting it twice.
+#[test]
+fn get_all_fails_fast_and_wait_refuses_duplicates() {
+    cluster();
+    let slow = sleepy::remote(8000);
+    let t = Instant::now();
+    match ferry::get_all(&[fails_now::remote(), slow.clone()]) {
+        Err(Error::TaskPanicked { message, .. }) => assert!(message.contains("failing at once"), "{message}"),
+        other => panic!("expected the panic, got {other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(4), "get_all waited {:?} for the slow ref", t.elapsed());
+    // An error after a ready ref, too, and with the failing ref last.
+    let ok = sleepy::remote(1);
+    ferry::wait(std::slice::from_ref(&ok), 1, Some(T)).unwrap();
+    let t = Instant::now();
+    assert!(ferry::get_all(&[ok.clone(), slow.clone(), fails_now::remote()]).is_err());
+    assert!(t.elapsed() < Duration::from_secs(4));
+    let a = sleepy::remote(1);
+    match ferry::wait(&[a.clone(), a.clone()], 2, Some(T)) {
+        Err(e @ Error::InvalidArgument { .. }) => assert!(e.to_string().contains("unique"), "{e}"),
+        other => panic!("wait with a duplicate: {:?}", other.map(|(r, p)| (r.len(), p.len()))),
+    }
+    ferry::cancel(&slow).unwrap();
 }

@@ -826,6 +826,10 @@ impl Node {
                 }
                 Action::StartWorker => self.spawn_cmd(SpawnCmd::Start),
                 Action::KillWorker { worker } => self.spawn_cmd(SpawnCmd::Kill(worker)),
+                Action::Retire { worker } => match st.workers.get(&worker) {
+                    Some((conn, _, _)) => self.send(st, *conn, &FromNode::RetireIfIdle),
+                    None => self.spawn_cmd(SpawnCmd::Kill(worker)),
+                },
                 Action::Recall { conn } => self.send(st, conn, &FromNode::RecallIdleLeases),
                 Action::EndRecall { conn } => self.send(st, conn, &FromNode::EndRecall),
             }
@@ -976,6 +980,12 @@ impl Node {
                     self.send(st, conn, &FromNode::Sealed { req, error });
                 }
             },
+            ToNode::StillInUse => {
+                if let Some(w) = st.conns.get(&conn).and_then(|c| c.worker) {
+                    let actions = st.sched.keep(w, Instant::now());
+                    self.apply(st, actions);
+                }
+            }
             ToNode::MakeRoom { req, bytes } => {
                 st.waiting_room.push((conn, req, bytes));
                 let _ = self.spill_tx.lock().unwrap_or_else(|e| e.into_inner()).send(Some(()));

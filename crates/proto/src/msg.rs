@@ -250,6 +250,8 @@ pub enum ToNode {
     /// `/dev/shm`, or other programs' files): spill until `bytes` fit there, then answer
     /// `Room` (with an error if nothing more can be spilled).
     MakeRoom { req: u64, bytes: u64 },
+    /// From a worker asked to retire: it owns objects or tasks still in use, so it stays.
+    StillInUse,
     /// To an actor's home: its constructor ran (or failed) on `worker` of node `host`,
     /// reached at `addr` (the host may not be the node the home asked: a busy one passes the
     /// actor on to a node with room).
@@ -459,6 +461,9 @@ pub enum FromNode {
         req: u64,
         error: Option<String>,
     },
+    /// To an idle worker beyond the warm pool: exit, unless you own objects or tasks still in
+    /// use (then answer `StillInUse`).
+    RetireIfIdle,
     /// The answer to `ControlAddress` (`None`: this node is in no cluster).
     ControlAt {
         req: u64,

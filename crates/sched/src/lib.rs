@@ -49,6 +49,12 @@ pub enum Action {
     KillWorker {
         worker: WorkerId,
     },
+    /// Ask an idle worker beyond the warm pool to exit. It does unless it owns objects or
+    /// tasks still in use (as in Ray, such a worker is not idle): then it says so and is kept
+    /// ([`Scheduler::keep`]); otherwise its death is reported as any other.
+    Retire {
+        worker: WorkerId,
+    },
     /// The node is short: this owner should return leases it is not using, now and as soon
     /// as any goes idle, until `EndRecall`.
     Recall {
@@ -73,9 +79,23 @@ pub struct PoolOptions {
 
 #[derive(Clone, Debug)]
 enum WorkerState {
-    Idle { since: Instant },
-    Leased { lease: LeaseId, owner: ConnId, shape: Shape, blocked: bool },
+    Idle {
+        since: Instant,
+    },
+    Leased {
+        lease: LeaseId,
+        owner: ConnId,
+        shape: Shape,
+        blocked: bool,
+    },
+    /// Asked to exit ([`Action::Retire`]) and not yet gone or kept: not leased meanwhile.
+    Retiring {
+        since: Instant,
+    },
 }
+
+/// A worker asked to retire that neither exits nor answers within this is killed.
+pub const RETIRE_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 struct Request {
@@ -233,6 +253,7 @@ impl Scheduler {
                 self.release(&shape, blocked);
             }
             Some(WorkerState::Idle { .. }) => self.idle.retain(|w| *w != worker),
+            Some(WorkerState::Retiring { .. }) => {}
             None => return Vec::new(),
         }
         let mut actions = Vec::new();
@@ -292,10 +313,25 @@ impl Scheduler {
         actions
     }
 
-    /// Stops idle workers beyond the warm pool that have been idle too long.
+    /// Asks idle workers beyond the warm pool that have been idle too long to retire, and
+    /// kills those asked long ago that neither went nor answered.
     pub fn tick(&mut self, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
-        while self.workers.len() > self.opts.prestart {
+        let stuck: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter_map(|(w, s)| match s {
+                WorkerState::Retiring { since } if now.duration_since(*since) >= RETIRE_GRACE => Some(*w),
+                _ => None,
+            })
+            .collect();
+        for w in stuck {
+            actions.push(Action::KillWorker { worker: w });
+            actions.extend(self.worker_died(w));
+        }
+        let retiring = self.workers.values().filter(|s| matches!(s, WorkerState::Retiring { .. })).count();
+        let mut beyond = (self.workers.len() - retiring).saturating_sub(self.opts.prestart);
+        while beyond > 0 {
             // The oldest idle worker is at the front.
             let Some(&w) = self.idle.first() else { break };
             let Some(WorkerState::Idle { since }) = self.workers.get(&w) else {
@@ -305,10 +341,24 @@ impl Scheduler {
                 break;
             }
             self.idle.remove(0);
-            self.workers.remove(&w);
-            actions.push(Action::KillWorker { worker: w });
+            self.workers.insert(w, WorkerState::Retiring { since: now });
+            actions.push(Action::Retire { worker: w });
+            beyond -= 1;
         }
         actions
+    }
+
+    /// A worker asked to retire still owns objects or tasks in use: it stays, idle, and is
+    /// asked again after another idle timeout.
+    pub fn keep(&mut self, worker: WorkerId, now: Instant) -> Vec<Action> {
+        match self.workers.get(&worker) {
+            Some(WorkerState::Retiring { .. }) => {
+                self.workers.insert(worker, WorkerState::Idle { since: now });
+                self.idle.push(worker);
+                self.schedule()
+            }
+            _ => Vec::new(),
+        }
     }
 
     fn release(&mut self, shape: &Shape, blocked: bool) {
@@ -591,14 +641,39 @@ mod tests {
     }
 
     #[test]
-    fn idle_extras_are_stopped_after_timeout() {
+    fn idle_extras_are_asked_to_retire_after_timeout() {
         let now = Instant::now();
         let (mut s, _) = Scheduler::new(&Shape::cpus(4.0), opts(1));
         s.worker_registered(WorkerId(1), now);
         s.worker_registered(WorkerId(2), now);
         assert!(s.tick(now).is_empty());
-        let a = s.tick(now + Duration::from_secs(2));
-        assert_eq!(a, vec![Action::KillWorker { worker: WorkerId(1) }]);
+        let later = now + Duration::from_secs(2);
+        let a = s.tick(later);
+        assert_eq!(a, vec![Action::Retire { worker: WorkerId(1) }]);
+        // Asked, not yet gone: not leased meanwhile, and not asked twice.
+        assert_eq!(s.num_idle(), 1);
+        assert!(s.tick(later).is_empty());
+        let g = s.request(9, 1, Shape::cpus(1.0), 1);
+        assert_eq!(grants(&g), vec![(9, 1, WorkerId(2))]);
+        // It exits: gone like any worker.
+        s.worker_died(WorkerId(1));
         assert_eq!(s.num_workers(), 1);
+    }
+
+    #[test]
+    fn a_worker_that_owns_objects_in_use_is_kept_and_asked_again_later() {
+        let now = Instant::now();
+        let (mut s, _) = Scheduler::new(&Shape::cpus(4.0), opts(0));
+        s.worker_registered(WorkerId(1), now);
+        let t1 = now + Duration::from_secs(2);
+        assert_eq!(s.tick(t1), vec![Action::Retire { worker: WorkerId(1) }]);
+        s.keep(WorkerId(1), t1);
+        assert_eq!((s.num_workers(), s.num_idle()), (1, 1));
+        assert!(s.tick(t1 + Duration::from_millis(500)).is_empty(), "idle again since it was kept");
+        assert_eq!(s.tick(t1 + Duration::from_secs(2)), vec![Action::Retire { worker: WorkerId(1) }]);
+        // One that neither goes nor answers is killed after the grace.
+        let a = s.tick(t1 + Duration::from_secs(2) + RETIRE_GRACE);
+        assert!(a.contains(&Action::KillWorker { worker: WorkerId(1) }), "{a:?}");
+        assert_eq!(s.num_workers(), 0);
     }
 }
