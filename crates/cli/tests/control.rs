@@ -198,3 +198,94 @@ fn the_control_store_killed_and_started_again_loses_nothing() {
     hosts.tear_down().unwrap();
     let _ = std::fs::remove_dir_all(&state);
 }
+
+/// Restarts slowly: its constructor sleeps when the marker file exists (a later incarnation).
+#[ferry::actor]
+pub struct Phoenix {
+    incarnation: u32,
+}
+
+#[ferry::actor]
+impl Phoenix {
+    pub fn new(marker: String) -> Self {
+        let again = std::fs::metadata(&marker).is_ok();
+        if again {
+            std::thread::sleep(Duration::from_millis(800));
+        }
+        let _ = std::fs::write(&marker, b"x");
+        Phoenix { incarnation: again as u32 }
+    }
+    pub fn pid(&self) -> u32 {
+        std::process::id()
+    }
+    pub fn slow(&self, ms: u64) -> u32 {
+        std::thread::sleep(Duration::from_millis(ms));
+        self.incarnation
+    }
+}
+
+ferry_testkit::job!("FERRY_TEST_LOST_RESOLVE_JOB", lost_resolve_job);
+
+/// Calls a named actor (homed at the control store), kills the actor's process and, while
+/// the caller's request for its new address waits at the control store, kills that too.
+fn lost_resolve_job(address: &str) {
+    ferry::init(ferry::Config::default().address(address)).unwrap();
+    let state = std::path::PathBuf::from(std::env::var("FERRY_TEST_STATE").unwrap());
+    let marker = std::env::var("FERRY_TEST_SLOW_RESTART").unwrap();
+    let p = Phoenix::options().name("phoenix").detached().max_restarts(1).max_task_retries(1).remote(marker).unwrap();
+    let pid = ferry::get(&p.pid()).unwrap();
+    let call = p.slow(1000);
+    std::thread::sleep(Duration::from_millis(200));
+    signal(pid, 9);
+    // The call goes back to the actor's queue and its new address is asked of the control
+    // store, which restarts it slowly: meanwhile the control store dies.
+    std::thread::sleep(Duration::from_millis(150));
+    signal(control_pid(&state).unwrap(), 9);
+    let t = Instant::now();
+    let r = ferry::get_timeout(&call, Duration::from_secs(30));
+    println!("call: {r:?} after {:?}", t.elapsed());
+    let after = ferry::get_timeout(&p.slow(1), Duration::from_secs(30));
+    println!("after: {after:?}");
+    let _ = ferry::kill(&p);
+    std::process::exit(0);
+}
+
+/// The same class as the calls lost with a restarting actor: a caller's request for an
+/// actor's address, sent to the control store just before it died, was never answered, so
+/// the calls waiting on it hung. Now such requests are asked again once it is back.
+#[test]
+fn a_resolve_lost_with_the_control_store_is_asked_again() {
+    let state = std::env::temp_dir().join(format!("ferry-test-lost-resolve-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let marker = std::env::temp_dir().join(format!("ferry-test-phoenix-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args(["start", "--head", "--port", "0", "--num-cpus", "2", "--block", "--state-dir"]).arg(&state);
+    cmd.env("FERRY_CONTROL_RESTART_DELAY_MS", "500").env("FERRY_NODE_TIMEOUT_MS", "2000");
+    let head = ferry_testkit::Head::start(cmd, T).unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("FERRY_TEST_LOST_RESOLVE_JOB", &head.address)
+        .env("FERRY_TOKEN", &head.token)
+        .env("FERRY_TEST_STATE", &state)
+        .env("FERRY_TEST_SLOW_RESTART", &marker)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (ok, text) = {
+        let mut child = out;
+        let mut s = String::new();
+        let mut stdout = child.stdout.take().unwrap();
+        let done = wait_exit(&mut child, T);
+        use std::io::Read;
+        let _ = stdout.read_to_string(&mut s);
+        (done, s)
+    };
+    assert!(ok.clone().is_ok_and(|clean| clean), "the job hung or failed: {ok:?}\n{text}");
+    let call = text.lines().find(|l| l.starts_with("call: ")).unwrap_or_default();
+    assert!(call.starts_with("call: Ok(1)") || call.contains("ActorDied"), "{text}");
+    assert!(text.contains("after: Ok(1)"), "{text}");
+    eprintln!("{text}");
+    drop(head);
+    let _ = std::fs::remove_dir_all(&state);
+    let _ = std::fs::remove_file(&marker);
+}

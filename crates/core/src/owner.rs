@@ -332,6 +332,42 @@ impl OwnerState {
         }
     }
 
+    /// The daemon homing the actors of `tag` is gone (its link closed): the requests for their
+    /// addresses sent there will never be answered. Forgets them; returns those actors, to be
+    /// resolved again ([`Self::resolve_again`]) once their home is back or known gone.
+    pub fn forget_resolves_at(&mut self, tag: u64) -> Vec<ActorId> {
+        let lost: Vec<(u64, ActorId)> =
+            self.actor_resolves.iter().filter(|(_, a)| a.home_tag() == tag).map(|(r, a)| (*r, *a)).collect();
+        let mut actors = Vec::with_capacity(lost.len());
+        for (req, actor) in lost {
+            self.actor_resolves.remove(&req);
+            if let Some(c) = self.actors.get_mut(&actor) {
+                c.resolving = false;
+                actors.push(actor);
+            }
+        }
+        actors.sort_unstable();
+        actors.dedup();
+        actors
+    }
+
+    /// These actors' home cannot be reached again: their calls fail with `why`.
+    pub fn home_gone(&mut self, actors: &[ActorId], why: &str, fx: &mut Effects) {
+        for a in actors {
+            if let Some(c) = self.actors.get_mut(a) {
+                c.dead = Some(Error::ActorDied { actor: c.label.to_string(), reason: why.to_string() });
+            }
+            self.pump_actor(*a, fx);
+        }
+    }
+
+    /// Asks again where these actors are (their last request was lost with their home).
+    pub fn resolve_again(&mut self, actors: &[ActorId], fx: &mut Effects) {
+        for a in actors {
+            self.pump_actor(*a, fx);
+        }
+    }
+
     /// Whether this process owns anything others may still need: objects (held here or by
     /// borrowers), tasks it submitted, actors it holds or created.
     pub fn owns_anything(&self) -> bool {

@@ -628,16 +628,27 @@ impl Runtime {
         // The view as last asked, never asked now: this runs on a daemon's reader thread, which
         // must not wait for an answer only it can read.
         let control = self.cluster.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|v| v.head && v.node == n);
-        if control && self.running.load(Ordering::Acquire) {
+        // Requests for actors' addresses sent there will not be answered: asked again below,
+        // once the control store is back (or of whatever answers for a node that is gone).
+        let stalled = self.lock().forget_resolves_at(ActorId::tag_of(n));
+        if self.running.load(Ordering::Acquire) {
             // The control store is gone, and is started again without knowing who held the
             // actors homed at it: this process holds its again, once it is back.
-            let holds = self.lock().held_actors_at(ActorId::tag_of(n));
-            if !holds.is_empty() {
+            let holds = if control { self.lock().held_actors_at(ActorId::tag_of(n)) } else { Vec::new() };
+            if !holds.is_empty() || !stalled.is_empty() {
                 let _ = thread::Builder::new().name("ferry-rehold".into()).spawn(move || {
-                    let Ok(c) = self.control_conn() else { return };
-                    for (actor, count) in holds {
-                        let _ = self.call_at(&c, |req| ToNode::HoldActorAgain { req, actor, count });
+                    if control {
+                        let Ok(c) = self.control_conn() else {
+                            // Not back within its bound: the calls fail rather than wait.
+                            let why = "the control store did not come back within 10 s";
+                            self.with_state(|st, fx| st.home_gone(&stalled, why, fx));
+                            return;
+                        };
+                        for (actor, count) in holds {
+                            let _ = self.call_at(&c, |req| ToNode::HoldActorAgain { req, actor, count });
+                        }
                     }
+                    self.with_state(|st, fx| st.resolve_again(&stalled, fx));
                 });
             }
         }
