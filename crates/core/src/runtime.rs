@@ -950,7 +950,7 @@ impl Runtime {
                         drop(inb);
                         self.inbound(hello.from, conn, reader)
                     }
-                    Err(ferry_proto::conn::ConnectError::Protocol(FrameError::Closed)) => {}
+                    Err(e) if e.peer_left() => {}
                     Err(e) => {
                         gate.log.log(|| format!("ferry: refused a connection from {source}: {e}"));
                     }
@@ -1076,13 +1076,19 @@ impl Runtime {
     }
 
     /// Runs a write to the store; if its filesystem is full (`ENOSPC`), asks the daemon to
-    /// spill until `bytes` fit and tries again (a few times: other writers compete for it).
-    /// A filesystem smaller than the store's capacity is pressure, as the capacity is.
+    /// spill until `bytes` fit and tries again, for as long as the daemon can make room
+    /// (other writers compete for it; bounded at 60 s). A filesystem smaller than the store's
+    /// capacity is pressure, as the capacity is.
     pub(crate) fn with_room<T>(&self, bytes: u64, mut write: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
-        let mut tries = 0;
+        let end = Instant::now() + Duration::from_secs(60);
+        let mut tries: u32 = 0;
         loop {
             match write() {
-                Err(e) if ferry_store::is_no_space(&e) && tries < 3 => {
+                Err(e) if ferry_store::is_no_space(&e) && Instant::now() < end => {
+                    if tries > 0 {
+                        // Room was made and another writer took it: give them a moment.
+                        thread::sleep(Duration::from_millis(5 * u64::from(tries.min(20))));
+                    }
                     tries += 1;
                     match self.node_call(|req| ToNode::MakeRoom { req, bytes }) {
                         Ok(FromNode::Room { error: None, .. }) => continue,

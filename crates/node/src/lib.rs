@@ -29,7 +29,7 @@ mod members;
 mod transfer;
 
 use actors::{ActorRec, ACTOR_CONN};
-use ferry_proto::conn::{accept, Addr, Conn, ConnectError, Stream};
+use ferry_proto::conn::{accept, Addr, Conn, Stream};
 use ferry_proto::listen::{accept_loop as accept_loop_on, wake_pair, Admission, Gate, Limits, Listener, Wake, WakeRx};
 use ferry_proto::msg::{
     ActorId, FromNode, JobView, NodeStats, Placement, ProcKind, Program, Shape, StoredInfo, ToNode, CPU as CPU_NAME,
@@ -1169,8 +1169,8 @@ fn serve_conn(node: Arc<Node>, stream: Stream, adm: Admission) {
     let (source, gate) = (adm.source(), adm.gate().clone());
     let (conn, mut reader, hello, _slot) = match accept(stream, &node.opts.token, node.id, node.opts.max_frame, adm) {
         Ok(x) => x,
-        // A peer that closed before saying anything (a port probe) is not worth a line.
-        Err(ConnectError::Protocol(FrameError::Closed)) => return,
+        // A peer that left (a port probe, a process that ended) is not worth a line.
+        Err(e) if e.peer_left() => return,
         Err(e) => {
             if !node.stopping.load(Ordering::SeqCst) {
                 gate.log.log(|| format!("ferry-node: refused a connection from {source}: {e}"));

@@ -258,6 +258,24 @@ impl std::fmt::Display for ConnectError {
 
 impl std::error::Error for ConnectError {}
 
+impl ConnectError {
+    /// The peer simply went away (closed before its hello, or while we answered): a probe, or
+    /// a process that ended; nothing worth a line in a log.
+    pub fn peer_left(&self) -> bool {
+        let gone = |e: &io::Error| {
+            matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof
+            )
+        };
+        match self {
+            ConnectError::Io(e) | ConnectError::Protocol(FrameError::Io(e)) => gone(e),
+            ConnectError::Protocol(FrameError::Closed) => true,
+            _ => false,
+        }
+    }
+}
+
 /// How long a connecting process waits for the whole handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
