@@ -624,6 +624,7 @@ fn register(address: &str, token: &str, kind: ProcKind) -> Result<(ferry_proto::
 /// Connects to the node `target` names, as a tool; returns its address and token too.
 fn node_conn(target: &Target) -> Result<(ferry_proto::Conn, Reader, String, String), String> {
     let address = target.address()?;
+    ferry::__private::probe(&address).map_err(|e| e.to_string())?;
     let token = target.token(&address)?;
     let (conn, rx) = register(&address, &token, ProcKind::Tool)?;
     Ok((conn, rx, address, token))

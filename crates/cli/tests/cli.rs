@@ -143,3 +143,104 @@ fn driver_runs_and_killed_workers_leave_no_socket_files() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+ferry_testkit::job!("FERRY_TEST_CLI_NOWHERE", nowhere_job);
+
+/// A job whose `init` must fail: prints the error.
+fn nowhere_job(address: &str) {
+    // SAFETY: before main, one thread.
+    unsafe { std::env::set_var("FERRY_ADDRESS", address) };
+    match ferry::init(ferry::Config::default()) {
+        Ok(()) => println!("joined?"),
+        Err(e) => println!("error: {e}"),
+    }
+    std::process::exit(0);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The findings of a new user: a job pointed at an address where nothing listens was told
+/// about a missing token file, and `FERRY_ADDRESS` without a port looked for
+/// `/tmp/ferry-cluster-0.token`. Both now say what is wrong and what to do; so does the CLI.
+#[test]
+fn a_wrong_address_is_told_for_what_it_is() {
+    let port = free_port();
+    let run = |address: &str| {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .env("FERRY_TEST_CLI_NOWHERE", address)
+            .env_remove("FERRY_TOKEN")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let nothing = run(&format!("127.0.0.1:{port}"));
+    assert!(
+        nothing.contains(&format!("nothing is listening at 127.0.0.1:{port}"))
+            && nothing.contains("ferry start --head"),
+        "{nothing}"
+    );
+    assert!(!nothing.contains("token"), "{nothing}");
+    let no_port = run("127.0.0.1");
+    assert!(no_port.contains("use HOST:PORT"), "{no_port}");
+    for address in [format!("127.0.0.1:{port}"), "127.0.0.1".to_string()] {
+        let out = ferry_cmd(&["status", "--address", &address]);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && (said.contains("nothing is listening") || said.contains("HOST:PORT")),
+            "{said}"
+        );
+        assert!(!said.contains("token"), "{said}");
+    }
+}
+
+/// `ferry status` counts nodes without the control store, says "1 node", and lists jobs by
+/// the program's name.
+#[test]
+fn status_counts_nodes_and_names_jobs() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args(["start", "--head", "--port", "0", "--num-cpus", "1", "--block"]);
+    let head = Head::start(cmd, T).unwrap();
+    let submit = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .env("FERRY_TOKEN", &head.token)
+        .args(["submit", "--address", &head.address, "--", "/bin/echo", "hello"])
+        .output()
+        .unwrap();
+    assert!(submit.status.success(), "{}", String::from_utf8_lossy(&submit.stderr));
+    let end = Instant::now() + T;
+    let text = loop {
+        let st = ferry_cmd(&["status", "--address", &head.address, "--token", &head.token]);
+        let text = String::from_utf8_lossy(&st.stdout).to_string();
+        if text.contains("cluster: ") || Instant::now() > end {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(text.contains("cluster: 1 node, 1 alive") && text.contains("control store at "), "{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("  node ")).count(), 1, "{text}");
+    assert!(text.contains("job 1 echo hello (pid"), "{text}");
+    drop(head);
+}
+
+/// Every option of every subcommand says what it is for in `--help`.
+#[test]
+fn every_option_of_every_subcommand_is_documented() {
+    for sub in ["start", "submit", "status", "stop"] {
+        let out = ferry_cmd(&[sub, "--help"]);
+        let help = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "{help}");
+        let lines: Vec<&str> = help.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            let t = l.trim_start();
+            if !(t.starts_with("--") || t.starts_with("-h")) || !l.starts_with(' ') {
+                continue;
+            }
+            // `--name <NAME>  what it is` on one line, or the description on the next.
+            let same_line = t.split("  ").filter(|p| !p.trim().is_empty()).count() >= 2;
+            let next = lines.get(i + 1).map(|n| n.trim_start()).unwrap_or("");
+            let next_line = !next.is_empty() && !next.starts_with('-') && lines[i + 1].starts_with("          ");
+            assert!(same_line || next_line, "ferry {sub}: option without help: {l:?}\n{help}");
+        }
+    }
+}

@@ -5,7 +5,7 @@
 use ferry_testkit::{signal, wait_exit, Head, Hosts};
 use std::io::Read;
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -181,4 +181,51 @@ fn a_restarted_head_finds_its_nodes_and_jobs_again() {
     );
     drop(head);
     let _ = std::fs::remove_dir_all(&state);
+}
+
+/// A member whose head is gone for good (longer than its grace) stops by itself, saying why,
+/// rather than retrying for ever.
+#[test]
+fn a_member_whose_head_is_gone_stops_after_its_grace() {
+    let ferry = env!("CARGO_BIN_EXE_ferry");
+    let mut cmd = std::process::Command::new(ferry);
+    cmd.args(["start", "--head", "--port", "0", "--num-cpus", "1", "--block"]);
+    let mut head = Head::start(cmd, T).unwrap();
+    let mut cmd = std::process::Command::new(ferry);
+    cmd.env("FERRY_TOKEN", &head.token).env("FERRY_HEARTBEAT_MS", "100");
+    cmd.args(["start", "--address", &head.address, "--port", "0", "--num-cpus", "1", "--block"]);
+    cmd.args(["--head-grace-ms", "1500"]).stderr(std::process::Stdio::piped());
+    let mut member = Head::start(cmd, T).unwrap();
+    let mut err = member.child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut s);
+        s
+    });
+    until_local(&head, "the member joined", |s| s.contains("cluster: 2 nodes, 2 alive"));
+    // The head and its control store go at once, for good.
+    signal(head.child.id(), 9);
+    let _ = head.wait_exit(T);
+    let t = Instant::now();
+    assert!(member.wait_exit(T).unwrap(), "the member did not stop cleanly");
+    let took = t.elapsed();
+    let said = log.join().unwrap();
+    assert!(said.contains("its head is gone: stopping this node"), "{said}");
+    assert!(took >= Duration::from_millis(1000) && took < Duration::from_secs(15), "stopped after {took:?}");
+}
+
+fn until_local(head: &Head, what: &str, ok: impl Fn(&str) -> bool) {
+    let end = Instant::now() + T;
+    loop {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .env("FERRY_TOKEN", &head.token)
+            .args(["status", "--address", &head.address])
+            .output()
+            .unwrap();
+        if ok(&String::from_utf8_lossy(&out.stdout)) {
+            return;
+        }
+        assert!(Instant::now() < end, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

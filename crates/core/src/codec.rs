@@ -62,7 +62,7 @@ impl Encoded<'_> {
     }
 }
 
-fn ser_err<T>(e: postcard::Error) -> Error {
+fn ser_err<T: ?Sized>(e: postcard::Error) -> Error {
     Error::Serialization {
         detail: format!(
             "cannot encode a {}: {e} (ferry encodes with postcard: every sequence and map must know its \
@@ -70,6 +70,30 @@ fn ser_err<T>(e: postcard::Error) -> Error {
              #[serde(flatten)], cannot be used)",
             std::any::type_name::<T>()
         ),
+    }
+}
+
+/// [`ser_err`], or the value's own message when its `Serialize` refused it (postcard drops it).
+fn encode_err<T: Serialize + ?Sized>(v: &T, e: postcard::Error) -> Error {
+    match (e, crate::why::encode_message(v)) {
+        (postcard::Error::SerdeSerCustom, Some(why)) => {
+            Error::Serialization { detail: format!("cannot encode a {}: {why}", std::any::type_name::<T>()) }
+        }
+        (e, _) => ser_err::<T>(e),
+    }
+}
+
+/// The error of decoding `bytes` as a `T`: in the words of the code that refused them (a
+/// `Deserialize` impl's own message, which postcard drops) when there are such words.
+fn decode_failed<T: DeserializeOwned>(bytes: &[u8], e: postcard::Error) -> Error {
+    match (e, crate::why::decode_message::<T>(bytes)) {
+        (postcard::Error::SerdeDeCustom, Some(why)) => Error::Serialization {
+            detail: format!(
+                "cannot decode a {}: {why} (its Deserialize refused the value)",
+                std::any::type_name::<T>()
+            ),
+        },
+        (e, _) => decode_err::<T>(e),
     }
 }
 
@@ -96,7 +120,7 @@ pub(crate) fn encode<T: Serialize + 'static>(v: &T) -> Result<Encoded<'_>> {
         let header = postcard::to_allocvec(&bytes.len()).map_err(ser_err::<T>)?;
         return Ok(Encoded::Bytes { header, body: bytes });
     }
-    postcard::to_allocvec(v).map(Encoded::Owned).map_err(ser_err::<T>)
+    postcard::to_allocvec(v).map(Encoded::Owned).map_err(|e| encode_err(v, e))
 }
 
 /// Encodes `v` into one buffer.
@@ -130,7 +154,7 @@ pub(crate) fn decode_backed<T: DeserializeOwned + 'static>(bytes: &[u8], backing
     match postcard::take_from_bytes::<T>(bytes) {
         Ok((v, [])) => Ok(v),
         Ok((_, rest)) => Err(decode_err::<T>(format!("{} bytes left over", rest.len()))),
-        Err(e) => Err(decode_err::<T>(e)),
+        Err(e) => Err(decode_failed::<T>(bytes, e)),
     }
 }
 

@@ -220,7 +220,7 @@ fn join(cfg: Config, address: &str) -> Result<()> {
 
 /// Checks that something listens at `address` (`host:port`) before anything else is said
 /// about joining it (a missing token is beside the point when no node runs there).
-fn probe(address: &str) -> Result<()> {
+pub fn probe(address: &str) -> Result<()> {
     use std::net::ToSocketAddrs;
     let bad =
         || Error::Connection { detail: format!("{address:?} is not an address: use HOST:PORT (e.g. 127.0.0.1:6380)") };

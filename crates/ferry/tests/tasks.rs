@@ -513,3 +513,67 @@ fn get_all_fails_fast_and_wait_refuses_duplicates() {
     }
     ferry::cancel(&slow).unwrap();
 }
+
+/// A value postcard cannot encode: a sequence whose length is not known up front.
+#[derive(Debug)]
+pub struct Unsized(Vec<u8>);
+
+impl Serialize for Unsized {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().filter(|_| true))
+    }
+}
+
+impl<'de> Deserialize<'de> for Unsized {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<u8>::deserialize(d).map(Unsized)
+    }
+}
+
+/// A value whose decoding refuses some inputs, with a message of its own.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Picky {
+    #[serde(deserialize_with = "no_sevens")]
+    v: u32,
+}
+
+fn no_sevens<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let v = u32::deserialize(d)?;
+    if v == 7 {
+        return Err(serde::de::Error::custom("sevens are not allowed"));
+    }
+    Ok(v)
+}
+
+#[ferry::remote]
+fn returns_unsized(n: u8) -> Unsized {
+    Unsized(vec![n; 4])
+}
+
+#[ferry::remote]
+fn takes_picky(p: Picky) -> u32 {
+    p.v
+}
+
+/// The finding: serialisation errors lost the serde message or did not name the task, and
+/// the hint "check that the types match" was printed twice, and where it was wrong. Each
+/// message now names the value (task argument, return, object), keeps serde's words, and
+/// gives one hint that fits.
+#[test]
+fn serialization_errors_keep_serdes_message_and_name_the_value() {
+    cluster();
+    let e = ferry::get_timeout(&returns_unsized::remote(3), T).unwrap_err();
+    let s = e.to_string();
+    assert!(matches!(e, Error::Serialization { .. }), "{e:?}");
+    assert!(s.contains("task returns_unsized") && s.contains("The length of a sequence must be known"), "{s}");
+    assert!(s.contains("cannot encode") && !s.contains("types match") && !s.contains("another type"), "{s}");
+    let e = ferry::get_timeout(&takes_picky::remote(Picky { v: 7 }), T).unwrap_err().to_string();
+    assert!(e.contains("argument 0 of task takes_picky") && e.contains("sevens are not allowed"), "{e}");
+    assert!(e.contains("its Deserialize refused") && !e.contains("another type"), "the hint that fits: {e}");
+    assert_eq!(ferry::get_timeout(&takes_picky::remote(Picky { v: 8 }), T).unwrap(), 8);
+    let r = ferry::put(Picky { v: 7 }).unwrap();
+    let e = ferry::get(&r).unwrap_err().to_string();
+    assert!(e.contains(&format!("{:?}", r.id())) && e.contains("sevens are not allowed"), "{e}");
+    let e = ferry::put(Unsized(vec![1, 2])).unwrap_err().to_string();
+    assert!(e.contains("cannot encode") && e.contains("Unsized"), "{e}");
+}
