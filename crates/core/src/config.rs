@@ -14,7 +14,8 @@ pub struct Config {
     /// embedded one. Env: `FERRY_ADDRESS`.
     pub address: Option<String>,
     /// The cluster token (printed by `ferry start`). Env: `FERRY_TOKEN`. Default: read from
-    /// the node's token file on its host, or random for an embedded cluster.
+    /// the token file `ferry start` wrote for this user on the node's host (in the private
+    /// runtime directory, see `ferry_os::runtime_dir`), or random for an embedded cluster.
     pub token: Option<String>,
     /// CPUs of the embedded node (default: the machine's cores). Env: `FERRY_NUM_CPUS`.
     pub num_cpus: Option<usize>,
