@@ -341,6 +341,12 @@ fn start_blocking(
     });
     let file = ferry::__private::token_file(addr.port()).map_err(|e| e.to_string())?;
     ferry_os::write_secret(&file, token.as_bytes()).map_err(|e| e.to_string())?;
+    // Processes of this user on this host reach the node through its Unix socket.
+    let link = ferry::__private::local_socket_link(&addr.to_string()).map_err(|e| e.to_string())?;
+    if let ferry_proto::Addr::Unix(sock) = node.addr() {
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(sock, &link).map_err(|e| format!("cannot link {}: {e}", link.display()))?;
+    }
     println!("ferry: node started (pid {})", std::process::id());
     println!("address: {addr}");
     println!("token: {token}");
@@ -349,6 +355,7 @@ fn start_blocking(
     println!("ready");
     node.wait_for_stop_request();
     let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_file(&link);
     if let Some(s) = supervisor {
         s.stop();
     }
@@ -607,8 +614,13 @@ type Reader = ferry_proto::FrameReader<ferry_proto::Stream>;
 /// Connects to the node at `address` and registers as `kind`.
 fn register(address: &str, token: &str, kind: ProcKind) -> Result<(ferry_proto::Conn, Reader), String> {
     let me = WorkerId(ferry_proto::ids::random_u64());
-    let (conn, mut rx, _) = connect(&Addr::Tcp(address.to_string()), token, me, 1 << 24)
-        .map_err(|e| format!("cannot reach the node at {address}: {e}"))?;
+    // A node of this user on this host is reached through its Unix socket.
+    let to = match ferry::__private::local_socket(address) {
+        Some(sock) => Addr::Unix(sock),
+        None => Addr::Tcp(address.to_string()),
+    };
+    let (conn, mut rx, _) =
+        connect(&to, token, me, 1 << 24).map_err(|e| format!("cannot reach the node at {address}: {e}"))?;
     conn.send(&ToNode::register_tool(kind)).map_err(|e| e.to_string())?;
     // A tool never waits for long: a node that does not answer is reported.
     rx.get_ref().set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
@@ -624,7 +636,9 @@ fn register(address: &str, token: &str, kind: ProcKind) -> Result<(ferry_proto::
 /// Connects to the node `target` names, as a tool; returns its address and token too.
 fn node_conn(target: &Target) -> Result<(ferry_proto::Conn, Reader, String, String), String> {
     let address = target.address()?;
-    ferry::__private::probe(&address).map_err(|e| e.to_string())?;
+    if ferry::__private::local_socket(&address).is_none() {
+        ferry::__private::probe(&address).map_err(|e| e.to_string())?;
+    }
     let token = target.token(&address)?;
     let (conn, rx) = register(&address, &token, ProcKind::Tool)?;
     Ok((conn, rx, address, token))

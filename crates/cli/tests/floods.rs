@@ -268,3 +268,37 @@ fn out_of_descriptors_a_node_backs_off_and_recovers() {
     let lines = log.lock().unwrap().lines().filter(|l| l.contains("cannot accept")).count();
     assert!(lines < 20, "{lines} lines about descriptors:\n{}", log.lock().unwrap());
 }
+
+/// A flood on loopback (another user of the host, say) has the same source address as this
+/// user's own tools and drivers on the host: those reach the node through its Unix socket,
+/// which strangers cannot (its directory is private), and keep working.
+#[test]
+fn a_loopback_flood_does_not_shut_out_this_users_tools_and_jobs() {
+    let ferry = env!("CARGO_BIN_EXE_ferry");
+    let mut cmd = Command::new(ferry);
+    cmd.args(["start", "--head", "--port", "0", "--num-cpus", "1", "--block"]);
+    let (head, _log) = start_logged(cmd);
+    let address = head.address.clone();
+    let flooder = std::thread::spawn(move || slowloris(&address, 2000, Duration::from_secs(8)));
+    std::thread::sleep(Duration::from_secs(2));
+    // The TCP port is saturated for this source...
+    let tcp = std::net::TcpStream::connect(&head.address).and_then(|mut s| {
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut b = [0u8; 1];
+        s.read(&mut b)
+    });
+    assert!(matches!(tcp, Ok(0) | Err(_)), "a stranger's connection was kept: {tcp:?}");
+    // ...and this user's commands and jobs on the host go on.
+    let st = Command::new(ferry)
+        .env("FERRY_TOKEN", &head.token)
+        .args(["status", "--address", &head.address])
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let mut job = Command::new(std::env::current_exe().unwrap());
+    job.env("FERRY_TEST_FLOOD_PEER", &head.address).env("FERRY_TOKEN", &head.token);
+    let out = wait_output(job.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap(), T);
+    assert!(out.0 && out.1.contains("2000 tasks"), "{}", out.1);
+    let (opened, closed) = flooder.join().unwrap();
+    eprintln!("loopback flood: opened {opened}, closed by the node {closed}; {}", out.1.trim());
+}

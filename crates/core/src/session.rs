@@ -195,15 +195,42 @@ pub fn cluster_token(address: &str, given: Option<&str>) -> Result<String> {
     })
 }
 
+/// Where `ferry start` links the Unix socket of the node listening at `address` on this host,
+/// for processes of the same user there (see [`local_socket`]).
+pub fn local_socket_link(address: &str) -> Result<PathBuf> {
+    Ok(ferry_os::runtime_dir().map_err(dirs_error)?.join(format!("node-{address}.sock")))
+}
+
+/// The Unix socket of the node at `address` if it runs on this host as this user: processes
+/// that can reach it so do, rather than over TCP (faster, and out of reach of a flood on the
+/// TCP port, which strangers can reach and the socket's private directory they cannot).
+pub fn local_socket(address: &str) -> Option<PathBuf> {
+    // Only for an address of this host (of this network namespace: namespace hosts share a
+    // filesystem but not their addresses): one a socket can be bound to here.
+    use std::net::ToSocketAddrs;
+    let ip = address.to_socket_addrs().ok()?.next()?.ip();
+    std::net::UdpSocket::bind((ip, 0)).ok()?;
+    let link = local_socket_link(address).ok()?;
+    std::fs::metadata(&link).ok()?;
+    std::os::unix::net::UnixStream::connect(&link).ok()?;
+    Some(link)
+}
+
 /// Joins a node that runs on its own (`ferry start`) at `address` (`host:port`).
 fn join(cfg: Config, address: &str) -> Result<()> {
-    probe(address)?;
+    let node_addr = match local_socket(address) {
+        Some(sock) => ferry_proto::Addr::Unix(sock),
+        None => {
+            probe(address)?;
+            ferry_proto::Addr::Tcp(address.to_string())
+        }
+    };
     let token = cluster_token(address, cfg.token.as_deref())?;
     let id = Identity {
         me: WorkerId(random_u64()),
         kind: ProcKind::Driver,
         token,
-        node_addr: ferry_proto::Addr::Tcp(address.to_string()),
+        node_addr,
         // Learnt from the node when registering.
         store_dir: PathBuf::new(),
         session_dir: PathBuf::new(),
