@@ -88,7 +88,7 @@ enum Cmd {
         block: bool,
         /// On a head: where its control store (nodes, named actors), its jobs and its token
         /// persist, made private (0700) or refused if others can reach it (default: `head-PORT`
-        /// in this user's runtime directory, $XDG_RUNTIME_DIR/ferry or $TMPDIR/ferry-UID).
+        /// in this user's runtime directory, $TMPDIR/ferry-UID).
         #[arg(long)]
         state_dir: Option<PathBuf>,
         /// On a head: a node silent this long is declared dead (default 5000; or
@@ -172,6 +172,11 @@ fn main() -> ExitCode {
             let target = Target { address: address.clone(), token: token.clone(), token_file };
             let role = match (head, address) {
                 _ if control_store => Ok(Role::Control { state_dir }),
+                (true, None) if target.token.is_some() || target.token_file.is_some() => {
+                    Err("--token and --token-file are for joining a head (with --address); a head makes its own \
+                     token, keeps it in its state directory, and takes FERRY_TOKEN if you want to choose it"
+                        .to_string())
+                }
                 (true, None) => Ok(Role::Head { state_dir }),
                 (false, Some(a)) => Ok(Role::Member { head: a, target }),
                 _ => Err("give either --head, or --address HEAD:PORT to join a head".to_string()),
@@ -871,7 +876,10 @@ fn status(target: &Target) -> Result<(), String> {
                 (Some(_), Some(c)) => format!("exited with {c}"),
                 (Some(_), None) => "ended (signal, or the head restarted)".to_string(),
             };
-            let line = std::iter::once(j.name.as_str()).chain(j.args.iter().map(String::as_str)).collect::<Vec<_>>();
+            // What came over the network is printed without its control characters (a
+            // terminal escape in a job's arguments must not reach this terminal).
+            let clean = |a: &str| a.chars().map(|c| if c.is_control() { '?' } else { c }).collect::<String>();
+            let line = std::iter::once(&j.name).chain(&j.args).map(|a| clean(a)).collect::<Vec<_>>();
             println!(
                 "  job {} {} (pid {}, binary {}): {state}",
                 j.id,

@@ -33,7 +33,7 @@ impl SharedTmp {
     /// `ferry` with this directory as its `TMPDIR`.
     fn ferry(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
-        c.env("TMPDIR", &self.path).env_remove("XDG_RUNTIME_DIR").env_remove("FERRY_TOKEN");
+        c.env("TMPDIR", &self.path).env_remove("FERRY_TOKEN");
         c.env_remove("FERRY_ADDRESS");
         c
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 /// ```no_run
 /// let cfg = ferry_core::Config::default().num_cpus(4).resource("disk", 2.0);
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Config {
     /// Join the node at this address (`host:port`, from `ferry start`) instead of starting an
     /// embedded one. Env: `FERRY_ADDRESS`.
@@ -54,6 +54,30 @@ pub struct Config {
     pub max_frame_bytes: u32,
     /// Default retries of a task whose worker dies. Default 3.
     pub default_max_retries: u32,
+}
+
+/// Every field but the token, which no log or panic message should carry.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("address", &self.address)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("num_cpus", &self.num_cpus)
+            .field("resources", &self.resources)
+            .field("inline_max_bytes", &self.inline_max_bytes)
+            .field("object_store_bytes", &self.object_store_bytes)
+            .field("spill_dir", &self.spill_dir)
+            .field("max_tasks_in_flight_per_worker", &self.max_tasks_in_flight_per_worker)
+            .field("max_pending_lease_requests", &self.max_pending_lease_requests)
+            .field("max_lineage_bytes", &self.max_lineage_bytes)
+            .field("lease_idle_timeout", &self.lease_idle_timeout)
+            .field("prestart_workers", &self.prestart_workers)
+            .field("max_workers", &self.max_workers)
+            .field("idle_worker_timeout", &self.idle_worker_timeout)
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("default_max_retries", &self.default_max_retries)
+            .finish()
+    }
 }
 
 fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
@@ -175,4 +199,14 @@ fn total_memory() -> Option<u64> {
     let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn debug_leaves_the_token_out() {
+        let c = super::Config::default().token("very-secret-token");
+        let d = format!("{c:?}");
+        assert!(!d.contains("very-secret-token") && d.contains("<redacted>"), "{d}");
+    }
 }

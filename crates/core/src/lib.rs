@@ -554,6 +554,7 @@ pub fn get_all<T: DeserializeOwned + 'static>(refs: &[ObjectRef<T>]) -> Result<V
     let rt = runtime()?;
     let mut next = 0;
     let mut seen_failures = u64::MAX;
+    let mut reg = 0;
     let failed = rt.block_until(None, |w| {
         rt.with_state(|st, fx| {
             let failed_at = |st: &owner::OwnerState, r: &ObjectRef<T>| match st.objects.get(&r.raw.id) {
@@ -570,7 +571,7 @@ pub fn get_all<T: DeserializeOwned + 'static>(refs: &[ObjectRef<T>]) -> Result<V
                 match st.objects.get_mut(&r.raw.id) {
                     Some(e) if matches!(e.state, owner::ObjState::Pending) => {
                         e.add_waiter(w);
-                        st.wake_on_failure(w);
+                        reg = st.wake_on_failure(reg, w);
                         // Borrowed ones are asked of their owners, all at once.
                         for r in &refs[next..] {
                             st.ensure_fetch(r.raw.id, fx);
@@ -585,6 +586,9 @@ pub fn get_all<T: DeserializeOwned + 'static>(refs: &[ObjectRef<T>]) -> Result<V
             Poll::Ready(None)
         })
     });
+    if reg != 0 {
+        rt.with_state(|st, _| st.end_failure_wake(reg));
+    }
     if let Some(Some(id)) = failed {
         if let Some(r) = refs.iter().find(|r| r.raw.id == id) {
             get(r)?;
@@ -626,7 +630,7 @@ pub type WaitResult<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
 /// ([`Error::InvalidArgument`] otherwise), as in Ray.
 pub fn wait<T>(refs: &[ObjectRef<T>], num_ready: usize, timeout: Option<Duration>) -> Result<WaitResult<T>> {
     let rt = runtime()?;
-    let mut seen = std::collections::HashSet::with_capacity(refs.len());
+    let mut seen = rustc_hash::FxHashSet::with_capacity_and_hasher(refs.len(), Default::default());
     if let Some(dup) = refs.iter().find(|r| !seen.insert(r.raw.id)) {
         return Err(Error::InvalidArgument {
             detail: format!(

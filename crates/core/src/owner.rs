@@ -297,9 +297,11 @@ pub(crate) struct OwnerState {
     /// `retry_exceptions`, a lost argument): see `ferry::recovery_stats`.
     pub reconstructions: u64,
     pub retries: u64,
-    /// Objects that became `Failed` so far, and who to wake when one does (see `get_all`).
+    /// Objects that became `Failed` so far, and who to wake when one does (see `get_all`),
+    /// by registration.
     pub failures: u64,
-    failure_waiters: Vec<Waker>,
+    failure_waiters: Vec<(u64, Waker)>,
+    next_failure_waiter: u64,
 }
 
 impl OwnerState {
@@ -329,6 +331,7 @@ impl OwnerState {
             retries: 0,
             failures: 0,
             failure_waiters: Vec::new(),
+            next_failure_waiter: 1,
         }
     }
 
@@ -377,11 +380,25 @@ impl OwnerState {
             || self.objects.keys().any(|id| id.owner() == self.me)
     }
 
-    /// Wakes `w` when any object becomes `Failed`.
-    pub fn wake_on_failure(&mut self, w: &Waker) {
-        if !self.failure_waiters.iter().any(|x| x.will_wake(w)) {
-            self.failure_waiters.push(w.clone());
+    /// Wakes `w` when any object becomes `Failed`, under registration `reg` (0: a new one);
+    /// returns the registration, which its owner ends with [`Self::end_failure_wake`]. One
+    /// registration holds one waker, however often it is renewed.
+    pub fn wake_on_failure(&mut self, reg: u64, w: &Waker) -> u64 {
+        if let Some((_, x)) = self.failure_waiters.iter_mut().find(|(r, _)| *r == reg) {
+            if !x.will_wake(w) {
+                *x = w.clone();
+            }
+            return reg;
         }
+        let reg = self.next_failure_waiter;
+        self.next_failure_waiter += 1;
+        self.failure_waiters.push((reg, w.clone()));
+        reg
+    }
+
+    /// Ends a registration of [`Self::wake_on_failure`].
+    pub fn end_failure_wake(&mut self, reg: u64) {
+        self.failure_waiters.retain(|(r, _)| *r != reg);
     }
 
     fn next_id(&mut self) -> TaskId {
@@ -745,8 +762,9 @@ impl OwnerState {
         if failed.is_some() {
             // Whoever waits on many objects at once learns of a failure at once (`get_all`).
             self.failures += 1;
-            for w in self.failure_waiters.drain(..) {
-                w.wake();
+            // Woken, not forgotten: their registrations end when their `get_all` does.
+            for (_, w) in &self.failure_waiters {
+                w.wake_by_ref();
             }
         }
         let e = self.objects.get_mut(&id).expect("checked");

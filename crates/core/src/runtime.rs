@@ -638,11 +638,19 @@ impl Runtime {
             if !holds.is_empty() || !stalled.is_empty() {
                 let _ = thread::Builder::new().name("ferry-rehold".into()).spawn(move || {
                     if control {
-                        let Ok(c) = self.control_conn() else {
-                            // Not back within its bound: the calls fail rather than wait.
-                            let why = "the control store did not come back within 10 s";
-                            self.with_state(|st, fx| st.home_gone(&stalled, why, fx));
-                            return;
+                        // The head restarts it within moments; a head gone for good takes this
+                        // node with it (after its grace), which fails every call. Bounded anyway.
+                        let end = Instant::now() + Duration::from_secs(300);
+                        let c = loop {
+                            match self.control_conn() {
+                                Ok(c) => break c,
+                                Err(_) if Instant::now() < end && self.running.load(Ordering::Acquire) => {}
+                                Err(e) => {
+                                    let why = format!("its home, the control store, did not come back: {e}");
+                                    self.with_state(|st, fx| st.home_gone(&stalled, &why, fx));
+                                    return;
+                                }
+                            }
                         };
                         for (actor, count) in holds {
                             let _ = self.call_at(&c, |req| ToNode::HoldActorAgain { req, actor, count });
@@ -1090,6 +1098,11 @@ impl Runtime {
                         thread::sleep(Duration::from_millis(5 * u64::from(tries.min(20))));
                     }
                     tries += 1;
+                    if self.store.free_space().is_ok_and(|f| f >= bytes.saturating_mul(2)) && tries > 1 {
+                        // Room there is, and still no space: not something spilling mends (no
+                        // inodes left, say).
+                        return Err(e);
+                    }
                     match self.node_call(|req| ToNode::MakeRoom { req, bytes }) {
                         Ok(FromNode::Room { error: None, .. }) => continue,
                         Ok(FromNode::Room { error: Some(why), .. }) => return Err(std::io::Error::other(why)),

@@ -185,6 +185,16 @@ pub fn cluster_token(address: &str, given: Option<&str>) -> Result<String> {
     let port = address.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).ok_or_else(|| Error::Connection {
         detail: format!("{address:?} is not an address: use HOST:PORT, as `ferry start` printed it"),
     })?;
+    if !is_local(address) {
+        // This host's token files are for this host's nodes only: another host's node on the
+        // same port is another cluster.
+        return Err(Error::Connection {
+            detail: format!(
+                "no cluster token for {address}: give the token its `ferry start` printed (Config::token, \
+                 FERRY_TOKEN, or --token-file)"
+            ),
+        });
+    }
     let file = token_file(port)?;
     ferry_os::read_secret(&file).map(|t| t.trim().to_string()).map_err(|e| Error::Connection {
         detail: format!(
@@ -205,15 +215,21 @@ pub fn local_socket_link(address: &str) -> Result<PathBuf> {
 /// that can reach it so do, rather than over TCP (faster, and out of reach of a flood on the
 /// TCP port, which strangers can reach and the socket's private directory they cannot).
 pub fn local_socket(address: &str) -> Option<PathBuf> {
-    // Only for an address of this host (of this network namespace: namespace hosts share a
-    // filesystem but not their addresses): one a socket can be bound to here.
-    use std::net::ToSocketAddrs;
-    let ip = address.to_socket_addrs().ok()?.next()?.ip();
-    std::net::UdpSocket::bind((ip, 0)).ok()?;
+    if !is_local(address) {
+        return None;
+    }
     let link = local_socket_link(address).ok()?;
     std::fs::metadata(&link).ok()?;
     std::os::unix::net::UnixStream::connect(&link).ok()?;
     Some(link)
+}
+
+/// Whether `address` (`host:port`) is one of this host's: of this network namespace, which
+/// namespace hosts do not share though they share a filesystem (one a socket can be bound to).
+fn is_local(address: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    let Some(ip) = address.to_socket_addrs().ok().and_then(|mut a| a.next()).map(|a| a.ip()) else { return false };
+    std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
 /// Joins a node that runs on its own (`ferry start`) at `address` (`host:port`).

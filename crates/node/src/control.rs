@@ -33,7 +33,7 @@ fn err(e: impl std::fmt::Display) -> String {
 impl ControlStore {
     /// Opens (or creates) the store `file` in `dir`.
     pub(crate) fn open(dir: &std::path::Path, file: &str) -> Res<ControlStore> {
-        std::fs::create_dir_all(dir).map_err(err)?;
+        let dir = ferry_os::private_dir_all(dir).map_err(err)?;
         let path = dir.join(file);
         // Its rows hold job arguments (passwords, say): made readable by this user alone
         // before redb opens it (redb would make it with the umask's mode).

@@ -52,8 +52,8 @@ use std::time::{Duration, Instant};
 /// How long a request waits here before rebalancing may send it to a node with room.
 const MOVE_AFTER: Duration = Duration::from_millis(50);
 
-/// Everything a daemon needs to start.
-#[derive(Clone, Debug)]
+/// Everything a daemon needs to start. (Its `Debug` leaves the token out.)
+#[derive(Clone)]
 pub struct NodeOptions {
     /// Directory for the daemon's and workers' sockets (private to the cluster's user).
     pub session_dir: PathBuf,
@@ -92,6 +92,28 @@ pub struct NodeOptions {
     /// Extra environment for workers (the job's configuration).
     pub worker_env: Vec<(String, String)>,
     pub max_frame: u32,
+}
+
+impl std::fmt::Debug for NodeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeOptions")
+            .field("session_dir", &self.session_dir)
+            .field("store_dir", &self.store_dir)
+            .field("store_capacity", &self.store_capacity)
+            .field("spill_dir", &self.spill_dir)
+            .field("token", &"<redacted>")
+            .field("resources", &self.resources)
+            .field("pool", &self.pool)
+            .field("worker_program", &self.worker_program)
+            .field("tcp", &self.tcp)
+            .field("head_timeout", &self.head_timeout)
+            .field("control_only", &self.control_only)
+            .field("join", &self.join)
+            .field("head_grace", &self.head_grace)
+            .field("state_dir", &self.state_dir)
+            .field("max_frame", &self.max_frame)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where process `id` of the session in `session_dir` listens.
@@ -161,8 +183,9 @@ struct State {
     /// Seals answered once the store is back under its capacity (back-pressure on `put`
     /// and on task returns).
     waiting_seals: Vec<(ConnId, u64, ObjectId)>,
-    /// Writers that found the store's filesystem full, and the bytes each needs there.
-    waiting_room: Vec<(ConnId, u64, u64)>,
+    /// Writers that found the store's filesystem full: the bytes each needs there, and how
+    /// many bytes must still be spilled for it (its shortfall when it asked).
+    waiting_room: Vec<(ConnId, u64, u64, u64)>,
     /// Bytes spilled so far, and the time their copies took.
     spill_total: (u64, Duration),
     /// Transfers out and in, and their bytes.
@@ -560,7 +583,7 @@ impl Node {
     /// Answers the writers waiting for room on the store's filesystem: there is none to make.
     fn no_room(&self, st: &mut State, why: &str) {
         let free = st.store.dir().free_space().unwrap_or(0);
-        for (conn, req, bytes) in std::mem::take(&mut st.waiting_room) {
+        for (conn, req, bytes, _) in std::mem::take(&mut st.waiting_room) {
             let error = format!(
                 "object store full: its filesystem ({}) has {} MiB free for {} MiB, and {why}; give it more \
                  room (a larger /dev/shm: `docker run --shm-size`), or drop references to large objects",
@@ -987,8 +1010,24 @@ impl Node {
                 }
             }
             ToNode::MakeRoom { req, bytes } => {
-                st.waiting_room.push((conn, req, bytes));
-                let _ = self.spill_tx.lock().unwrap_or_else(|e| e.into_inner()).send(Some(()));
+                let free = st.store.dir().free_space().unwrap_or(0);
+                let size = st.store.dir().fs_size().unwrap_or(u64::MAX);
+                if bytes > size {
+                    let error = format!(
+                        "object store full: the object needs {} MiB and the store's filesystem ({}) holds {} MiB \
+                         in all; give it more room (a larger /dev/shm: `docker run --shm-size`)",
+                        bytes.div_ceil(1 << 20),
+                        st.store.dir().path().display(),
+                        size >> 20
+                    );
+                    self.send(st, conn, &FromNode::Room { req, error: Some(error) });
+                } else if free >= bytes {
+                    // Room appeared meanwhile (another writer's was freed).
+                    self.send(st, conn, &FromNode::Room { req, error: None });
+                } else {
+                    st.waiting_room.push((conn, req, bytes, bytes - free));
+                    let _ = self.spill_tx.lock().unwrap_or_else(|e| e.into_inner()).send(Some(()));
+                }
             }
             ToNode::Inventory { req } => {
                 let processes = st.conns.values().filter(|c| c.registered).map(|c| c.from).collect();
@@ -1070,6 +1109,13 @@ impl Node {
     }
 }
 
+/// `bytes` left the store's memory: the writers waiting for room need that much less.
+fn made_room(st: &mut State, bytes: u64) {
+    for (_, _, _, need) in st.waiting_room.iter_mut() {
+        *need = need.saturating_sub(bytes);
+    }
+}
+
 /// Spills the oldest objects to disk while the store is over its capacity, then answers the
 /// seals that waited for room. Copies run without the state lock.
 fn spiller(node: Arc<Node>, rx: mpsc::Receiver<Option<()>>) {
@@ -1077,14 +1123,20 @@ fn spiller(node: Arc<Node>, rx: mpsc::Receiver<Option<()>>) {
         loop {
             let next = {
                 let mut st = node.lock();
-                // Room asked for on the filesystem (beyond the store's own accounting).
-                let want = st.waiting_room.iter().map(|(_, _, b)| *b).max().unwrap_or(0);
-                let fs_short = want > 0 && st.store.dir().free_space().unwrap_or(u64::MAX) < want;
-                if !fs_short {
-                    for (conn, req, _) in std::mem::take(&mut st.waiting_room) {
+                // Room asked for on the filesystem (beyond the store's own accounting): a
+                // writer is answered once its shortfall is spilled (its pages go when their
+                // last mapping does, which may lag) or its bytes fit; it tries again then.
+                if !st.waiting_room.is_empty() {
+                    let free = st.store.dir().free_space().unwrap_or(u64::MAX);
+                    let (done, left): (Vec<_>, Vec<_>) = std::mem::take(&mut st.waiting_room)
+                        .into_iter()
+                        .partition(|(_, _, bytes, need)| *need == 0 || free >= *bytes);
+                    st.waiting_room = left;
+                    for (conn, req, _, _) in done {
                         node.send(&st, conn, &FromNode::Room { req, error: None });
                     }
                 }
+                let fs_short = !st.waiting_room.is_empty();
                 if !st.store.over_capacity() && !fs_short {
                     let waiting = std::mem::take(&mut st.waiting_seals);
                     for (conn, req, _) in waiting {
@@ -1093,7 +1145,8 @@ fn spiller(node: Arc<Node>, rx: mpsc::Receiver<Option<()>>) {
                     break;
                 }
                 // Secondary copies go first: their nodes can give them again.
-                if st.store.drop_copy().is_some() {
+                if let Some((_, size)) = st.store.drop_copy() {
+                    made_room(&mut st, size);
                     continue;
                 }
                 match st.store.next_to_spill() {
@@ -1121,6 +1174,7 @@ fn spiller(node: Arc<Node>, rx: mpsc::Receiver<Option<()>>) {
                 Ok(n) => {
                     st.spill_total.0 += n;
                     st.spill_total.1 += took;
+                    made_room(&mut st, n);
                     if st.store.mark_spilled(id) {
                         // Its owner drops its mapping, or the memory would stay in use.
                         let owner =
@@ -1258,6 +1312,7 @@ fn serve_conn(node: Arc<Node>, stream: Stream, adm: Admission) {
     node.member_conn_closed(st, id);
     st.movable.retain(|(c, _), _| *c != id);
     st.infeasible.retain(|(c, ..)| *c != id);
+    st.waiting_room.retain(|(c, ..)| *c != id);
     let actions = st.sched.conn_closed(id);
     node.apply(st, actions);
 }

@@ -5,8 +5,8 @@
 //! a directory another user created first, or one others can write, is refused with an error
 //! that says what to do, never adopted (as ssh treats `~/.ssh`). See SECURITY.md.
 //!
-//! - [`runtime_dir`], [`shm_dir`]: this user's directories for ferry (sockets, tokens, logs;
-//!   the object store), `$XDG_RUNTIME_DIR/ferry` or `$TMPDIR/ferry-<uid>`, and
+//! - [`runtime_dir`], [`shm_dir`]: this user's directories for ferry (sockets, tokens, logs,
+//!   spilled objects, a head's state; the object store), `$TMPDIR/ferry-<uid>` and
 //!   `/dev/shm/ferry-<uid>`.
 //! - [`private_dir`]: makes or checks one private directory.
 //! - [`write_secret`], [`read_secret`]: files only this user can read, written without
@@ -86,7 +86,7 @@ fn check_ancestors(path: &Path) -> io::Result<()> {
         if dir.as_os_str().is_empty() {
             break;
         }
-        let meta = std::fs::metadata(dir)?;
+        let meta = std::fs::symlink_metadata(dir)?;
         let mode = meta.permissions().mode();
         let others_write = mode & 0o022 != 0;
         let sticky = mode & 0o1000 != 0;
@@ -117,11 +117,14 @@ fn check_ancestors(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// `path` made absolute, with its parent's links resolved: the ancestors then checked are the
+/// real ones (a link in the chain, which its owner could point elsewhere, is not followed
+/// later). The last component is kept as it is: it is checked not to be a link itself.
 fn absolute(path: &Path) -> io::Result<PathBuf> {
-    if path.is_absolute() {
-        Ok(path.to_path_buf())
-    } else {
-        Ok(std::env::current_dir()?.join(path))
+    let path = if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir()?.join(path) };
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => Ok(std::fs::canonicalize(parent)?.join(name)),
+        _ => Ok(path),
     }
 }
 
@@ -154,29 +157,28 @@ pub fn private_dir(path: &Path) -> io::Result<PathBuf> {
 /// For directories a user names (`--state-dir`, a spill directory): existing ancestors are
 /// checked as in [`private_dir`]'s, new ones are made 0700.
 pub fn private_dir_all(path: &Path) -> io::Result<PathBuf> {
-    let path = absolute(path)?;
+    let path = if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir()?.join(path) };
+    // The missing ancestors, deepest first; made shallowest first.
     let mut missing = Vec::new();
-    let mut cur = path.as_path();
-    while std::fs::symlink_metadata(cur).is_err() {
-        missing.push(cur.to_path_buf());
-        match cur.parent() {
-            Some(p) => cur = p,
-            None => break,
-        }
+    let mut cur = path.parent();
+    while let Some(p) = cur.filter(|p| std::fs::symlink_metadata(p).is_err()) {
+        missing.push(p.to_path_buf());
+        cur = p.parent();
     }
-    for p in missing.iter().rev().skip(1) {
+    for p in missing.iter().rev() {
         private_dir(p)?;
     }
     private_dir(&path)
 }
 
-/// This user's directory for ferry's sockets, tokens and logs: `$XDG_RUNTIME_DIR/ferry` when
-/// that is set, else `$TMPDIR/ferry-<uid>` (`/tmp/ferry-<uid>`); made private, or checked.
+/// This user's directory for ferry's sockets, tokens, logs, spilled objects and a head's
+/// state: `$TMPDIR/ferry-<uid>` (`/tmp/ferry-<uid>`); made private, or checked.
+///
+/// Not `$XDG_RUNTIME_DIR`: it is a small tmpfs (spilled objects would fill memory, not disk)
+/// that systemd removes when the user's last login session ends, and a node started from an
+/// ssh session outlives it; it would lose its sockets and its state at logout.
 pub fn runtime_dir() -> io::Result<PathBuf> {
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        Some(xdg) => private_dir(&Path::new(&xdg).join("ferry")),
-        None => runtime_dir_in(&std::env::temp_dir()),
-    }
+    runtime_dir_in(&std::env::temp_dir())
 }
 
 /// [`runtime_dir`] in the shared directory `tmp` (as with `TMPDIR=tmp`): `tmp/ferry-<uid>`.
@@ -228,8 +230,10 @@ pub fn create_private_file(path: &Path) -> io::Result<File> {
 /// Opens `path` to append to it, making it (mode 0600) if it does not exist, never through a
 /// link, and only if it belongs to this user and nobody else can read it: for logs.
 pub fn open_private_log(path: &Path) -> io::Result<File> {
-    let f = open_flags(path, libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_NOFOLLOW, 0o600)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display())))?;
+    // O_NONBLOCK: a FIFO planted there must not block the open (it is refused just after).
+    let f =
+        open_flags(path, libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK, 0o600)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display())))?;
     check_private_file(path, &f)?;
     Ok(f)
 }
@@ -280,7 +284,7 @@ pub fn write_secret(path: &Path, contents: &[u8]) -> io::Result<()> {
 /// that nobody else can read or write (otherwise someone may have planted it).
 pub fn read_secret(path: &Path) -> io::Result<String> {
     use std::io::Read;
-    let mut f = open_flags(path, libc::O_RDONLY | libc::O_NOFOLLOW, 0)?;
+    let mut f = open_flags(path, libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK, 0)?;
     check_private_file(path, &f)?;
     let mut s = String::new();
     // A token is small: anything large is not one.
@@ -360,7 +364,7 @@ impl Lock {
     /// Takes the lock on `path` (made, mode 0600, if missing; never through a link), or
     /// returns `None` if another process holds it.
     pub fn try_acquire(path: &Path) -> io::Result<Option<Lock>> {
-        let f = open_flags(path, libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW, 0o600)
+        let f = open_flags(path, libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK, 0o600)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display())))?;
         check_private_file(path, &f)?;
         // SAFETY: flock on a descriptor we own.
@@ -513,6 +517,37 @@ mod tests {
         File::open(d.join(".new-s-half.0")).unwrap().set_modified(old).unwrap();
         assert_eq!(sweep(&d, "s-"), 1);
         drop(live);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn missing_levels_are_all_made_private() {
+        let d = scratch("all");
+        let deep = d.join("a").join("b").join("c");
+        private_dir_all(&deep).unwrap();
+        for p in [d.join("a"), d.join("a/b"), deep.clone()] {
+            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o700, "{}", p.display());
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_link_among_the_ancestors_is_checked_where_it_points() {
+        let d = scratch("linked");
+        let open = d.join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        symlink(&open, d.join("via")).unwrap();
+        // The link's target can be changed by others: refused as the target is.
+        let e = private_dir(&d.join("via").join("x")).unwrap_err().to_string();
+        assert!(e.contains("not sticky") && e.contains("open"), "{e}");
+        // A planted FIFO is refused, not waited on.
+        let fifo = d.join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: mkfifo on a path we own.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(read_secret(&fifo).is_err());
+        assert!(open_private_log(&fifo).is_err());
         std::fs::remove_dir_all(&d).unwrap();
     }
 

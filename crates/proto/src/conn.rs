@@ -9,7 +9,7 @@
 use crate::frame::{encode_frame, FrameError, FrameReader};
 use crate::ids::{NodeId, WorkerId};
 use crate::listen::{Admission, ConnSlot};
-use crate::msg::{Hello, HelloReply};
+use crate::msg::{Hello, HelloProof, HelloReply};
 use crate::{MAGIC, PROTOCOL_VERSION};
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
@@ -48,9 +48,19 @@ impl Stream {
         match addr {
             Addr::Unix(p) => UnixStream::connect(p).map(Stream::Unix),
             Addr::Tcp(a) => {
-                let s = TcpStream::connect(a)?;
-                s.set_nodelay(true)?;
-                Ok(Stream::Tcp(s))
+                // Bounded: a host that is down must not hold a caller for the kernel's minutes.
+                use std::net::ToSocketAddrs;
+                let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{a} resolves to no address"));
+                for sa in a.to_socket_addrs()? {
+                    match TcpStream::connect_timeout(&sa, HANDSHAKE_TIMEOUT) {
+                        Ok(s) => {
+                            s.set_nodelay(true)?;
+                            return Ok(Stream::Tcp(s));
+                        }
+                        Err(e) => last = e,
+                    }
+                }
+                Err(last)
             }
         }
     }
@@ -340,7 +350,44 @@ pub fn connect(
     connect_from(addr, token, from, NodeId::default(), max_frame)
 }
 
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// `HMAC-SHA256(token, label | a | b)`: the proof of one side of the handshake.
+fn proof(token: &str, label: &[u8], a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
+    use hmac::Mac;
+    let mut m = HmacSha256::new_from_slice(token.as_bytes()).expect("HMAC takes a key of any length");
+    m.update(label);
+    m.update(a);
+    m.update(b);
+    m.finalize().into_bytes().into()
+}
+
+/// Checks a proof in constant time.
+fn proof_ok(token: &str, label: &[u8], a: &[u8; 32], b: &[u8; 32], given: &[u8; 32]) -> bool {
+    use hmac::Mac;
+    let mut m = HmacSha256::new_from_slice(token.as_bytes()).expect("HMAC takes a key of any length");
+    m.update(label);
+    m.update(a);
+    m.update(b);
+    m.verify_slice(given).is_ok()
+}
+
+const ACCEPT_LABEL: &[u8] = b"ferry-accept";
+const CONNECT_LABEL: &[u8] = b"ferry-connect";
+
+fn nonce() -> [u8; 32] {
+    crate::ids::random_bytes(32).try_into().expect("32 bytes")
+}
+
+/// The message a connecting process gets when the other side cannot prove it holds the token.
+pub const WRONG_TOKEN: &str = "wrong or missing cluster token";
+
 /// [`connect`] for a process of node `node`. Returns the peer's node.
+///
+/// The handshake (one deadline for all of it): the client sends [`Hello`] with a nonce; the
+/// server answers with its nonce and its proof of the token over both; only if that proof is
+/// right does the client send its own proof; the server then welcomes it. The token itself
+/// never crosses the wire, and the client proves nothing to a server that proved nothing.
 pub fn connect_from(
     addr: &Addr,
     token: &str,
@@ -351,24 +398,41 @@ pub fn connect_from(
     let end = Instant::now() + HANDSHAKE_TIMEOUT;
     let stream = Stream::connect(addr).map_err(ConnectError::Io)?;
     let rd = stream.try_clone().map_err(ConnectError::Io)?;
-    // A peer that stops reading cannot hold us in the hello either.
+    // A peer that stops reading cannot hold us in the handshake either.
     stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(ConnectError::Io)?;
     let conn = Conn::new(stream);
-    conn.send(&Hello { magic: MAGIC, version: PROTOCOL_VERSION, token: token.to_string(), from, node })
-        .map_err(ConnectError::Io)?;
+    let mine = nonce();
+    conn.send(&Hello { magic: MAGIC, version: PROTOCOL_VERSION, from, node, nonce: mine }).map_err(ConnectError::Io)?;
+    let theirs = match read_handshake::<HelloReply>(&rd, end).map_err(ConnectError::Protocol)? {
+        HelloReply::Challenge { nonce, proof } if proof_ok(token, ACCEPT_LABEL, &mine, &nonce, &proof) => nonce,
+        HelloReply::Challenge { .. } => {
+            conn.shutdown();
+            return Err(ConnectError::Refused(format!(
+                "{WRONG_TOKEN}: the peer at {addr} did not prove it holds this token (give the token `ferry start` \
+                 printed; or this is not a node of your cluster)"
+            )));
+        }
+        HelloReply::Refused { reason } => return Err(ConnectError::Refused(reason)),
+        HelloReply::Welcome { .. } => {
+            return Err(ConnectError::Protocol(FrameError::Malformed("welcomed before any proof".into())))
+        }
+    };
+    conn.send(&HelloProof { proof: proof(token, CONNECT_LABEL, &theirs, &mine) }).map_err(ConnectError::Io)?;
     let reply: HelloReply = read_handshake(&rd, end).map_err(ConnectError::Protocol)?;
     rd.set_read_timeout(None).map_err(ConnectError::Io)?;
     conn.set_write_timeout(None).map_err(ConnectError::Io)?;
     match reply {
         HelloReply::Welcome { node } => Ok((conn, FrameReader::new(rd, max_frame), node)),
         HelloReply::Refused { reason } => Err(ConnectError::Refused(reason)),
+        HelloReply::Challenge { .. } => Err(ConnectError::Protocol(FrameError::Malformed("a second challenge".into()))),
     }
 }
 
 /// Runs the server side of the handshake on an accepted stream, within the deadline of its
-/// [`Admission`]: checks magic, version and token, and answers. A refused peer gets the
-/// reason before the connection is closed. The returned [`ConnSlot`] counts the connection
-/// in its listener's bound until it is dropped.
+/// [`Admission`] (see [`connect_from`]): checks magic and version, proves it holds the token,
+/// checks the client's proof, and answers. A refused peer gets the reason before the
+/// connection is closed. The returned [`ConnSlot`] counts the connection in its listener's
+/// bound until it is dropped.
 pub fn accept(
     stream: Stream,
     token: &str,
@@ -397,8 +461,12 @@ pub fn accept(
             hello.version
         ));
     }
-    if !constant_time_eq(hello.token.as_bytes(), token.as_bytes()) {
-        return refuse("wrong or missing cluster token".into());
+    let mine = nonce();
+    conn.send(&HelloReply::Challenge { nonce: mine, proof: proof(token, ACCEPT_LABEL, &hello.nonce, &mine) })
+        .map_err(ConnectError::Io)?;
+    let answer: HelloProof = read_handshake(&rd, end).map_err(ConnectError::Protocol)?;
+    if !proof_ok(token, CONNECT_LABEL, &mine, &hello.nonce, &answer.proof) {
+        return refuse(WRONG_TOKEN.into());
     }
     let slot = match admission.promote() {
         Ok(s) => s,
@@ -409,10 +477,104 @@ pub fn accept(
     conn.set_write_timeout(None).map_err(ConnectError::Io)?;
     Ok((conn, FrameReader::new(rd, max_frame), hello, slot))
 }
-/// Compares tokens without leaking through timing how long a matching prefix is.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::listen::{Gate, Limits, Source};
+    use std::os::unix::net::{UnixListener, UnixStream};
+
+    fn listener(tag: &str) -> (UnixListener, PathBuf) {
+        let p = std::env::temp_dir().join(format!("ferry-conn-test-{tag}-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&p);
+        (UnixListener::bind(&p).unwrap(), p)
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+
+    /// Accepts one connection with `token` and returns how its handshake ended.
+    fn serve_one(l: UnixListener, token: &'static str) -> std::thread::JoinHandle<Result<WorkerId, String>> {
+        std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let s = Stream::Unix(s);
+            let gate = Gate::new("test", Limits::unix());
+            let adm = gate.admit(&s, Source::Local).unwrap();
+            accept(s, token, NodeId(9), 1 << 20, adm).map(|(_, _, h, _)| h.from).map_err(|e| e.to_string())
+        })
+    }
+
+    #[test]
+    fn both_sides_prove_the_token_without_sending_it() {
+        let (l, p) = listener("ok");
+        let server = serve_one(l, "s3cret-token");
+        let (_, _, node) = connect(&Addr::Unix(p.clone()), "s3cret-token", WorkerId(5), 1 << 20).unwrap();
+        assert_eq!(node, NodeId(9));
+        assert_eq!(server.join().unwrap(), Ok(WorkerId(5)));
+
+        // A wrong token: the client finds the server's proof wrong and sends no proof of its own.
+        let (l, p2) = listener("wrong");
+        let server = serve_one(l, "s3cret-token");
+        let e = connect(&Addr::Unix(p2.clone()), "guessed", WorkerId(6), 1 << 20).err().unwrap().to_string();
+        assert!(e.contains(WRONG_TOKEN), "{e}");
+        assert!(server.join().unwrap().is_err());
+        let _ = std::fs::remove_file(p);
+        let _ = std::fs::remove_file(p2);
+    }
+
+    /// A listener that is not a node of the cluster (planted on a free port, or a wrong
+    /// address) learns nothing: the token is in no frame, and a client that gets a wrong proof
+    /// sends no proof of its own.
+    #[test]
+    fn an_impostor_learns_nothing() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let client = std::thread::spawn(move || {
+            let (stream, rd) = (Stream::Unix(a.try_clone().unwrap()), Stream::Unix(a));
+            let end = Instant::now() + Duration::from_secs(5);
+            let conn = Conn::new(stream);
+            let mine = nonce();
+            conn.send(&Hello {
+                magic: MAGIC,
+                version: PROTOCOL_VERSION,
+                from: WorkerId(1),
+                node: NodeId(1),
+                nonce: mine,
+            })
+            .unwrap();
+            // As `connect_from` does, with the token the impostor is after.
+            match read_handshake::<HelloReply>(&rd, end).unwrap() {
+                HelloReply::Challenge { nonce, proof } => {
+                    proof_ok("the-real-token", ACCEPT_LABEL, &mine, &nonce, &proof)
+                }
+                _ => false,
+            }
+        });
+        let imp = Stream::Unix(b);
+        let hello: Hello = read_handshake(&imp, Instant::now() + Duration::from_secs(5)).unwrap();
+        let fake = Conn::new(imp.try_clone().unwrap());
+        fake.send(&HelloReply::Challenge { nonce: [7; 32], proof: [0; 32] }).unwrap();
+        assert!(!client.join().unwrap(), "a made-up proof is not accepted");
+        let _ = hello;
+        // Through the real client: refused, and nothing more reaches the impostor.
+        let (l, p) = listener("impostor");
+        let imp = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let s = Stream::Unix(s);
+            let mut seen = Vec::new();
+            let _ = read_handshake::<Hello>(&s, Instant::now() + Duration::from_secs(5)).unwrap();
+            Conn::new(s.try_clone().unwrap()).send(&HelloReply::Challenge { nonce: [1; 32], proof: [2; 32] }).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = (&s).read_to_end(&mut seen);
+            seen
+        });
+        let e = connect(&Addr::Unix(p.clone()), "the-real-token", WorkerId(2), 1 << 20).err().unwrap().to_string();
+        assert!(e.contains("did not prove it holds this token"), "{e}");
+        assert!(imp.join().unwrap().is_empty(), "the client sent something after a wrong proof");
+        let _ = std::fs::remove_file(p);
+    }
+
+    #[test]
+    fn proofs_are_bound_to_their_side_and_their_nonces() {
+        let p = proof("tok", CONNECT_LABEL, &[1; 32], &[2; 32]);
+        assert!(proof_ok("tok", CONNECT_LABEL, &[1; 32], &[2; 32], &p));
+        assert!(!proof_ok("tok", ACCEPT_LABEL, &[1; 32], &[2; 32], &p), "one side's proof is not the other's");
+        assert!(!proof_ok("tok", CONNECT_LABEL, &[2; 32], &[1; 32], &p), "nonces in their places");
+    }
 }

@@ -72,7 +72,7 @@ pub fn encode_frame<T: Serialize>(out: &mut Vec<u8>, msg: &T) -> Result<(), Fram
 /// The first step of a frame's buffer, and how far it grows at most beyond the bytes read.
 const GROW_STEP: usize = 64 << 10;
 /// A buffer larger than this is dropped before a small frame is read into it.
-const KEEP_BUFFER: usize = 1 << 20;
+const KEEP_BUFFER: usize = 16 << 20;
 
 /// Reads frames from a byte stream, reusing one buffer.
 pub struct FrameReader<R> {
@@ -103,17 +103,18 @@ impl<R: Read> FrameReader<R> {
             return Err(FrameError::TooLarge { len, max: self.max });
         }
         let len = len as usize;
-        if self.buf.capacity() > KEEP_BUFFER && len <= KEEP_BUFFER {
-            // A large frame once does not keep its memory for the connection's life.
+        if self.buf.capacity() > KEEP_BUFFER && len <= GROW_STEP {
+            // A very large frame once does not keep its memory for the connection's life.
             self.buf = Vec::new();
         }
         self.buf.clear();
         // The buffer grows as bytes arrive, never ahead of them by more than it holds: a
         // peer that announces a large frame and sends one byte costs one step, not the
-        // whole frame (for frames up to `GROW_STEP`, one allocation as before).
+        // whole frame. Memory already held is used at once (a connection that carries large
+        // frames often reads them in one step, as before).
         while self.buf.len() < len {
             let have = self.buf.len();
-            let step = (len - have).min(have.max(GROW_STEP));
+            let step = (len - have).min(have.max(GROW_STEP).max(self.buf.capacity() - have));
             self.buf.resize(have + step, 0);
             self.inner.read_exact(&mut self.buf[have..]).map_err(|e| match e.kind() {
                 io::ErrorKind::UnexpectedEof => FrameError::Malformed("truncated frame".into()),

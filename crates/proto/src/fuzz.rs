@@ -6,10 +6,10 @@
 //! exactly, and a reader never holds much more memory than the bytes it was given.
 //!
 //! `FERRY_FUZZ_CASES` sets the cases per property (default 20,000, a quarter of it for
-//! `FromNode`, whose values are the largest to generate: 145,000 in all).
+//! `FromNode`, whose values are the largest to generate: 165,000 in all).
 
 use crate::frame::{decode, encode_frame, FrameError, FrameReader};
-use crate::msg::{FromNode, FromWorker, Hello, HelloReply, ToNode, ToWorker};
+use crate::msg::{FromNode, FromWorker, Hello, HelloProof, HelloReply, ToNode, ToWorker};
 use proptest::prelude::*;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -35,6 +35,7 @@ fn round_trip<T: Serialize + DeserializeOwned>(m: &T) -> Result<Vec<u8>, TestCas
 fn decode_all(bytes: &[u8]) {
     let _ = decode::<Hello>(bytes);
     let _ = decode::<HelloReply>(bytes);
+    let _ = decode::<HelloProof>(bytes);
     let _ = decode::<ToNode>(bytes);
     let _ = decode::<FromNode>(bytes);
     let _ = decode::<ToWorker>(bytes);
@@ -115,6 +116,9 @@ proptest! {
 
     #[test]
     fn hello_reply(m: HelloReply, ops: Vec<Op>) { fuzz_one(&m, &ops)?; }
+
+    #[test]
+    fn hello_proof(m: HelloProof, ops: Vec<Op>) { fuzz_one(&m, &ops)?; }
 
     #[test]
     fn to_node(m: ToNode, ops: Vec<Op>) { fuzz_one(&m, &ops)?; }

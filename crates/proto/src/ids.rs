@@ -88,6 +88,10 @@ impl fmt::Debug for ObjectId {
 pub fn random_bytes(n: usize) -> Vec<u8> {
     use std::io::Read;
     let mut buf = vec![0u8; n];
+    // SAFETY: getrandom writes at most `buf.len()` bytes into `buf`.
+    if unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) } == n as isize {
+        return buf;
+    }
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
         if f.read_exact(&mut buf).is_ok() {
             return buf;

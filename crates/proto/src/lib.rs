@@ -6,8 +6,10 @@
 //! and a frame that fails to decode closes that connection only; nothing here panics on
 //! input.
 //!
-//! Every connection starts with a [`msg::Hello`] carrying the protocol version and the
-//! cluster token; the accepting side answers [`msg::HelloReply`] before anything else.
+//! Every connection starts with a handshake (`conn`): a [`msg::Hello`] with the protocol
+//! version and a nonce, a challenge in which the accepting side proves it holds the cluster
+//! token, the connecting side's proof ([`msg::HelloProof`]), and a welcome. The token never
+//! crosses the wire.
 
 pub mod conn;
 pub mod fail;

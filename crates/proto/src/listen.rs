@@ -181,6 +181,19 @@ struct GateState {
     next: u64,
 }
 
+impl GateState {
+    /// One handshake of `source` fewer; a source with none left is forgotten (a flood from
+    /// many addresses leaves nothing behind).
+    fn count_out(&mut self, source: Source) {
+        if let Some(n) = self.per_source.get_mut(&source) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(&source);
+            }
+        }
+    }
+}
+
 /// The bounds of one listener, shared by its accept loop and its connections' threads.
 pub struct Gate {
     name: String,
@@ -233,30 +246,34 @@ impl Gate {
             });
             return None;
         }
+        let mut evicted = None;
         if g.pending.len() >= self.limits.max_pending {
             // Room is made at the expense of the source with the most handshakes open.
             let busiest = g.per_source.iter().max_by_key(|(_, n)| **n).map(|(s, _)| *s);
             if let Some(i) = busiest.and_then(|b| g.pending.iter().position(|p| p.source == b)) {
                 let victim = g.pending.remove(i);
-                if let Some(n) = g.per_source.get_mut(&victim.source) {
-                    *n -= 1;
-                }
+                g.count_out(victim.source);
                 if let Some(s) = &victim.cut {
                     s.shutdown();
                 }
-                let total = self.limits.max_pending;
-                self.log.log(|| {
-                    format!(
-                        "{}: {total} handshakes in progress (FERRY_MAX_HANDSHAKES): dropped the oldest from {}",
-                        self.name, victim.source
-                    )
-                });
+                evicted = Some(victim.source);
             }
         }
         let id = g.next;
         g.next += 1;
         *g.per_source.entry(source).or_insert(0) += 1;
         g.pending.push(PendingRec { id, source, cut: stream.try_clone().ok() });
+        drop(g);
+        // Logged with the lock released: a slow stderr must not hold up every handshake.
+        if let Some(victim) = evicted {
+            let total = self.limits.max_pending;
+            self.log.log(|| {
+                format!(
+                    "{}: {total} handshakes in progress (FERRY_MAX_HANDSHAKES): dropped the oldest from {victim}",
+                    self.name
+                )
+            });
+        }
         Some(Admission { gate: self.clone(), id, source, deadline: Instant::now() + self.limits.handshake })
     }
 
@@ -264,12 +281,7 @@ impl Gate {
         let mut g = self.st.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(i) = g.pending.iter().position(|p| p.id == id) {
             let rec = g.pending.remove(i);
-            if let Some(n) = g.per_source.get_mut(&rec.source) {
-                *n -= 1;
-                if *n == 0 {
-                    g.per_source.remove(&rec.source);
-                }
-            }
+            g.count_out(rec.source);
         }
     }
 }
@@ -473,6 +485,7 @@ mod tests {
             .collect();
         let good = g.admit(&pair(), Source::Local).expect("admitted: the flood makes room");
         assert_eq!(g.counts().0, 4);
+        assert_eq!(g.st.lock().unwrap().per_source.get(&bad), Some(&3));
         // The oldest of the flood was cut off: its peer sees the end of the stream.
         use std::io::Read;
         let mut buf = [0u8; 1];

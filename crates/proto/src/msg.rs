@@ -14,27 +14,47 @@ use crate::conn::Addr;
 use crate::ids::{NodeId, ObjectId, TaskId, WorkerId};
 use serde::{Deserialize, Serialize};
 
-/// The first frame on every connection.
+/// The first frame on every connection. It carries no secret: each side proves it holds the
+/// cluster token with an HMAC over both sides' fresh nonces (see `conn`), so a listener that
+/// is not a node of the cluster (one planted on a free port, a wrong address) learns nothing.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub struct Hello {
     pub magic: [u8; 4],
     pub version: u32,
-    /// The cluster token; a connection without the right one is refused.
-    pub token: String,
     /// The connecting process.
     pub from: WorkerId,
     /// Its node (zero for tools): a process whose node is declared dead is lost to its peers
     /// even if its sockets stay open.
     pub node: NodeId,
+    /// Fresh randomness the accepting side's proof covers.
+    pub nonce: [u8; 32],
 }
 
-/// The answer to a [`Hello`].
+/// The answers to a [`Hello`] and to a [`HelloProof`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub enum HelloReply {
-    Welcome { node: NodeId },
-    Refused { reason: String },
+    /// The accepting side's nonce, and its proof that it holds the token:
+    /// `HMAC-SHA256(token, "ferry-accept" | client nonce | this nonce)`.
+    Challenge {
+        nonce: [u8; 32],
+        proof: [u8; 32],
+    },
+    Welcome {
+        node: NodeId,
+    },
+    Refused {
+        reason: String,
+    },
+}
+
+/// The connecting side's proof that it holds the token, sent once the other side proved it:
+/// `HMAC-SHA256(token, "ferry-connect" | server nonce | client nonce)`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
+pub struct HelloProof {
+    pub proof: [u8; 32],
 }
 
 /// Resource amounts in thousandths (so that `0.5` CPU is exact), sorted by name.

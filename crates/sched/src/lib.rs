@@ -89,8 +89,11 @@ enum WorkerState {
         blocked: bool,
     },
     /// Asked to exit ([`Action::Retire`]) and not yet gone or kept: not leased meanwhile.
+    /// `stale`: it runs a binary the node no longer runs (see [`Scheduler::retire_idle`]), so
+    /// it is never kept.
     Retiring {
         since: Instant,
+        stale: bool,
     },
 }
 
@@ -188,6 +191,11 @@ impl Scheduler {
     /// fresh ones to keep the pool's size.
     pub fn retire_idle(&mut self) -> Vec<Action> {
         let mut actions = Vec::new();
+        for s in self.workers.values_mut() {
+            if let WorkerState::Retiring { stale, .. } = s {
+                *stale = true;
+            }
+        }
         for w in std::mem::take(&mut self.idle) {
             self.workers.remove(&w);
             actions.push(Action::KillWorker { worker: w });
@@ -321,7 +329,7 @@ impl Scheduler {
             .workers
             .iter()
             .filter_map(|(w, s)| match s {
-                WorkerState::Retiring { since } if now.duration_since(*since) >= RETIRE_GRACE => Some(*w),
+                WorkerState::Retiring { since, .. } if now.duration_since(*since) >= RETIRE_GRACE => Some(*w),
                 _ => None,
             })
             .collect();
@@ -341,7 +349,7 @@ impl Scheduler {
                 break;
             }
             self.idle.remove(0);
-            self.workers.insert(w, WorkerState::Retiring { since: now });
+            self.workers.insert(w, WorkerState::Retiring { since: now, stale: false });
             actions.push(Action::Retire { worker: w });
             beyond -= 1;
         }
@@ -352,10 +360,16 @@ impl Scheduler {
     /// asked again after another idle timeout.
     pub fn keep(&mut self, worker: WorkerId, now: Instant) -> Vec<Action> {
         match self.workers.get(&worker) {
-            Some(WorkerState::Retiring { .. }) => {
+            Some(WorkerState::Retiring { stale: false, .. }) => {
                 self.workers.insert(worker, WorkerState::Idle { since: now });
                 self.idle.push(worker);
                 self.schedule()
+            }
+            Some(WorkerState::Retiring { stale: true, .. }) => {
+                // Its binary is no longer the job's: it must not be leased again.
+                let mut a = vec![Action::KillWorker { worker }];
+                a.extend(self.worker_died(worker));
+                a
             }
             _ => Vec::new(),
         }
@@ -671,6 +685,13 @@ mod tests {
         assert_eq!((s.num_workers(), s.num_idle()), (1, 1));
         assert!(s.tick(t1 + Duration::from_millis(500)).is_empty(), "idle again since it was kept");
         assert_eq!(s.tick(t1 + Duration::from_secs(2)), vec![Action::Retire { worker: WorkerId(1) }]);
+        // A worker asked to retire when the node's binary changes is never kept.
+        let (mut s2, _) = Scheduler::new(&Shape::cpus(4.0), opts(0));
+        s2.worker_registered(WorkerId(7), now);
+        assert_eq!(s2.tick(t1), vec![Action::Retire { worker: WorkerId(7) }]);
+        s2.retire_idle();
+        assert!(s2.keep(WorkerId(7), t1).contains(&Action::KillWorker { worker: WorkerId(7) }));
+        assert_eq!(s2.num_workers(), 0);
         // One that neither goes nor answers is killed after the grace.
         let a = s.tick(t1 + Duration::from_secs(2) + RETIRE_GRACE);
         assert!(a.contains(&Action::KillWorker { worker: WorkerId(1) }), "{a:?}");

@@ -74,7 +74,14 @@ impl StoreDir {
         let tmp = dir.join(format!("{id}.tmp"));
         let res = (|| {
             let mut src = File::open(self.path_of(id))?;
-            let mut dst = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+            // A leftover of an earlier attempt goes; then a new file, never through a link.
+            let _ = fs::remove_file(&tmp);
+            let mut dst = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .mode(0o600)
+                .open(&tmp)?;
             // `io::copy` between files uses copy_file_range/sendfile: no user-space copy.
             let n = io::copy(&mut src, &mut dst)?;
             dst.sync_data()?;
@@ -98,6 +105,11 @@ impl StoreDir {
     /// Bytes free for this user on the store's filesystem.
     pub fn free_space(&self) -> io::Result<u64> {
         free_space(&self.path)
+    }
+
+    /// The size of the store's filesystem.
+    pub fn fs_size(&self) -> io::Result<u64> {
+        statvfs(&self.path).map(|st| st.f_blocks * st.f_frsize)
     }
 
     /// The file that holds `id`.
@@ -232,16 +244,21 @@ impl StoreDir {
     }
 }
 
-/// Bytes free for this user on the filesystem of `path` (`statvfs`).
-pub fn free_space(path: &Path) -> io::Result<u64> {
+fn statvfs(path: &Path) -> io::Result<libc::statvfs> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::other("NUL in path"))?;
-    // SAFETY: `c` is a valid C string and `st` a struct statvfs fills.
+    // SAFETY: a zeroed statvfs is a valid value of a plain C struct.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid C string and `st` a struct statvfs fills.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    Ok(st)
+}
+
+/// Bytes free for this user on the filesystem of `path` (`statvfs`).
+pub fn free_space(path: &Path) -> io::Result<u64> {
+    statvfs(path).map(|st| st.f_bavail * st.f_frsize)
 }
 
 /// Whether an error is the filesystem being full.
@@ -391,12 +408,13 @@ impl ObjectTable {
         Ok(())
     }
 
-    /// Drops the oldest secondary copy in memory; returns its id (`None`: there is none).
-    pub fn drop_copy(&mut self) -> Option<ObjectId> {
+    /// Drops the oldest secondary copy in memory; returns its id and size (`None`: there is
+    /// none).
+    pub fn drop_copy(&mut self) -> Option<(ObjectId, u64)> {
         while let Some(id) = self.copies.pop_front() {
-            if self.objects.get(&id).is_some_and(|r| r.copy && !r.spilled) {
+            if let Some(size) = self.objects.get(&id).filter(|r| r.copy && !r.spilled).map(|r| r.size) {
                 self.free(id);
-                return Some(id);
+                return Some((id, size));
             }
         }
         None
