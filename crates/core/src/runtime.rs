@@ -1124,6 +1124,10 @@ impl Runtime {
             }
             match self.node_call(|req| ToNode::Pull { req, object: id, from: node })? {
                 FromNode::Pulled { error: None, .. } => {}
+                // The store here is full: not a loss (its owner must not make it again).
+                FromNode::Pulled { error: Some(e), .. } if e.starts_with(ferry_node::STORE_FULL) => {
+                    return Err(Error::ObjectStoreFull { detail: e })
+                }
                 FromNode::Pulled { error: Some(e), .. } => {
                     return Err(Error::ObjectLost {
                         object: id,

@@ -27,6 +27,7 @@ mod control;
 pub mod jobs;
 mod members;
 mod transfer;
+pub use transfer::STORE_FULL;
 
 use actors::{ActorRec, ACTOR_CONN};
 use ferry_proto::conn::{accept, Addr, Conn, Stream};
@@ -183,9 +184,9 @@ struct State {
     /// Seals answered once the store is back under its capacity (back-pressure on `put`
     /// and on task returns).
     waiting_seals: Vec<(ConnId, u64, ObjectId)>,
-    /// Writers that found the store's filesystem full: the bytes each needs there, and how
-    /// many bytes must still be spilled for it (its shortfall when it asked).
-    waiting_room: Vec<(ConnId, u64, u64, u64)>,
+    /// Writers that found the store's filesystem full: who to answer, the bytes each needs
+    /// there, and how many bytes must still be spilled for it (its shortfall when it asked).
+    waiting_room: Vec<(RoomWaiter, u64, u64)>,
     /// Bytes spilled so far, and the time their copies took.
     spill_total: (u64, Duration),
     /// Transfers out and in, and their bytes.
@@ -218,6 +219,13 @@ struct State {
     /// On a control store started again: actors loaded from its tables whose hosts have not
     /// re-reported them yet, and when they are started anew if none does.
     recovering: HashMap<ActorId, Instant>,
+}
+
+/// Who waits for room on the store's filesystem: a process (answered with `Room`), or a
+/// thread of this daemon (a transfer into the store).
+enum RoomWaiter {
+    Conn(ConnId, u64),
+    Local(mpsc::SyncSender<Option<String>>),
 }
 
 enum SpawnCmd {
@@ -583,7 +591,7 @@ impl Node {
     /// Answers the writers waiting for room on the store's filesystem: there is none to make.
     fn no_room(&self, st: &mut State, why: &str) {
         let free = st.store.dir().free_space().unwrap_or(0);
-        for (conn, req, bytes, _) in std::mem::take(&mut st.waiting_room) {
+        for (w, bytes, _) in std::mem::take(&mut st.waiting_room) {
             let error = format!(
                 "object store full: its filesystem ({}) has {} MiB free for {} MiB, and {why}; give it more \
                  room (a larger /dev/shm: `docker run --shm-size`), or drop references to large objects",
@@ -591,7 +599,36 @@ impl Node {
                 free >> 20,
                 bytes.div_ceil(1 << 20)
             );
-            self.send(st, conn, &FromNode::Room { req, error: Some(error) });
+            self.answer_room(st, w, Some(error));
+        }
+    }
+
+    fn answer_room(&self, st: &State, w: RoomWaiter, error: Option<String>) {
+        match w {
+            RoomWaiter::Conn(conn, req) => self.send(st, conn, &FromNode::Room { req, error }),
+            RoomWaiter::Local(tx) => {
+                let _ = tx.try_send(error);
+            }
+        }
+    }
+
+    /// For a thread of this daemon that found the store's filesystem full: spills until
+    /// `bytes` fit (as `MakeRoom` does for a process), waiting at most a minute.
+    pub(crate) fn wait_for_room(&self, bytes: u64) -> Result<(), String> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        {
+            let mut st = self.lock();
+            let free = st.store.dir().free_space().unwrap_or(0);
+            if free >= bytes {
+                return Ok(());
+            }
+            st.waiting_room.push((RoomWaiter::Local(tx), bytes, bytes - free));
+        }
+        let _ = self.spill_tx.lock().unwrap_or_else(|e| e.into_inner()).send(Some(()));
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(None) => Ok(()),
+            Ok(Some(why)) => Err(why),
+            Err(_) => Err("no room was made within a minute".into()),
         }
     }
 
@@ -1025,7 +1062,7 @@ impl Node {
                     // Room appeared meanwhile (another writer's was freed).
                     self.send(st, conn, &FromNode::Room { req, error: None });
                 } else {
-                    st.waiting_room.push((conn, req, bytes, bytes - free));
+                    st.waiting_room.push((RoomWaiter::Conn(conn, req), bytes, bytes - free));
                     let _ = self.spill_tx.lock().unwrap_or_else(|e| e.into_inner()).send(Some(()));
                 }
             }
@@ -1111,7 +1148,7 @@ impl Node {
 
 /// `bytes` left the store's memory: the writers waiting for room need that much less.
 fn made_room(st: &mut State, bytes: u64) {
-    for (_, _, _, need) in st.waiting_room.iter_mut() {
+    for (_, _, need) in st.waiting_room.iter_mut() {
         *need = need.saturating_sub(bytes);
     }
 }
@@ -1130,10 +1167,10 @@ fn spiller(node: Arc<Node>, rx: mpsc::Receiver<Option<()>>) {
                     let free = st.store.dir().free_space().unwrap_or(u64::MAX);
                     let (done, left): (Vec<_>, Vec<_>) = std::mem::take(&mut st.waiting_room)
                         .into_iter()
-                        .partition(|(_, _, bytes, need)| *need == 0 || free >= *bytes);
+                        .partition(|(_, bytes, need)| *need == 0 || free >= *bytes);
                     st.waiting_room = left;
-                    for (conn, req, _, _) in done {
-                        node.send(&st, conn, &FromNode::Room { req, error: None });
+                    for (w, _, _) in done {
+                        node.answer_room(&st, w, None);
                     }
                 }
                 let fs_short = !st.waiting_room.is_empty();
@@ -1312,7 +1349,7 @@ fn serve_conn(node: Arc<Node>, stream: Stream, adm: Admission) {
     node.member_conn_closed(st, id);
     st.movable.retain(|(c, _), _| *c != id);
     st.infeasible.retain(|(c, ..)| *c != id);
-    st.waiting_room.retain(|(c, ..)| *c != id);
+    st.waiting_room.retain(|(w, ..)| !matches!(w, RoomWaiter::Conn(c, _) if *c == id));
     let actions = st.sched.conn_closed(id);
     node.apply(st, actions);
 }

@@ -22,6 +22,16 @@ use std::time::Duration;
 /// How long a transfer may stall (no byte arriving) before it fails.
 const STALL: Duration = Duration::from_secs(30);
 
+/// How a failed copy says the store was full (the runtime tells it apart from a lost object).
+pub const STORE_FULL: &str = "object store full";
+
+/// Why one attempt at a copy failed.
+enum Fetch {
+    /// The store's filesystem was full, with the object's size.
+    NoSpace(u64, String),
+    Failed(String),
+}
+
 impl Node {
     /// `Pull`: answer at once if the object is here, join a transfer in flight, or start one.
     pub(crate) fn pull(self: &Arc<Self>, conn: ConnId, req: u64, object: ObjectId, from: NodeId) {
@@ -51,27 +61,69 @@ impl Node {
         }
     }
 
-    /// Copies `object` from the daemon at `addr` into this node's store; returns its size.
+    /// Copies `object` from the daemon at `addr` into this node's store; returns its size. A
+    /// store whose filesystem is full is pressure: room is made (spilling) and the copy tried
+    /// again; if none can be made the error says "object store full", never that the object
+    /// is lost (its owner would make it again for nothing).
     fn fetch(&self, object: ObjectId, addr: &str) -> Result<u64, String> {
+        let mut tries = 0;
+        loop {
+            match self.fetch_once(object, addr) {
+                Err(Fetch::NoSpace(size, e)) if tries < 3 => {
+                    tries += 1;
+                    if let Err(why) = self.wait_for_room(size) {
+                        return Err(format!("{STORE_FULL}: cannot copy object {object:?} here ({e}): {why}"));
+                    }
+                }
+                Err(Fetch::NoSpace(_, e)) => {
+                    return Err(format!("{STORE_FULL}: cannot copy object {object:?} here: {e}"))
+                }
+                Err(Fetch::Failed(e)) => return Err(e),
+                Ok(n) => return Ok(n),
+            }
+        }
+    }
+
+    fn fetch_once(&self, object: ObjectId, addr: &str) -> Result<u64, Fetch> {
+        let size = std::cell::Cell::new(0);
+        let r = self.fetch_inner(object, addr, &size);
+        match r {
+            Err((Some(e), _)) if ferry_store::is_no_space(&e) => Err(Fetch::NoSpace(size.get(), e.to_string())),
+            Err((_, why)) => Err(Fetch::Failed(why)),
+            Ok(n) => Ok(n),
+        }
+    }
+
+    fn fetch_inner(
+        &self,
+        object: ObjectId,
+        addr: &str,
+        announced: &std::cell::Cell<u64>,
+    ) -> Result<u64, (Option<std::io::Error>, String)> {
+        let plain = |e: String| (None, e);
         let (conn, mut rx, _) =
             connect(&Addr::Tcp(addr.to_string()), &self.opts.token, WorkerId(self.id.0), self.opts.max_frame)
-                .map_err(|e| format!("cannot reach node at {addr}: {e}"))?;
-        rx.get_ref().set_read_timeout(Some(STALL)).map_err(|e| e.to_string())?;
-        conn.send(&ToNode::register_tool(ProcKind::Node)).map_err(|e| e.to_string())?;
-        conn.send(&ToNode::FetchObject { object, node: self.id }).map_err(|e| e.to_string())?;
+                .map_err(|e| plain(format!("cannot reach node at {addr}: {e}")))?;
+        rx.get_ref().set_read_timeout(Some(STALL)).map_err(|e| plain(e.to_string()))?;
+        conn.send(&ToNode::register_tool(ProcKind::Node)).map_err(|e| plain(e.to_string()))?;
+        conn.send(&ToNode::FetchObject { object, node: self.id }).map_err(|e| plain(e.to_string()))?;
         let size = loop {
-            match rx.read::<FromNode>().map_err(|e| format!("node at {addr}: {e}"))? {
+            match rx.read::<FromNode>().map_err(|e| plain(format!("node at {addr}: {e}")))? {
                 FromNode::ObjectData { size, error: None, .. } => break size,
-                FromNode::ObjectData { error: Some(e), .. } => return Err(e),
+                FromNode::ObjectData { error: Some(e), .. } => return Err(plain(e)),
                 _ => continue,
             }
         };
+        announced.set(size);
         let store = self.lock().store.dir().clone();
         let (path, file) =
-            store.stage_file(ferry_proto::ids::random_u64()).map_err(|e| format!("cannot stage it: {e}"))?;
+            store.stage_file(ferry_proto::ids::random_u64()).map_err(|e| (None, format!("cannot stage it: {e}")))?;
         let r = receive(&mut rx, &file, size)
-            .map_err(|e| format!("transfer from {addr} broke off: {e}"))
-            .and_then(|_| store.adopt(&path, object).map_err(|e| e.to_string()));
+            .map_err(|e| {
+                let why = format!("transfer from {addr} broke off: {e}");
+                (Some(e), why)
+            })
+            .and_then(|_| store.adopt(&path, object).map_err(|e| (None, e.to_string())));
         let _ = std::fs::remove_file(&path);
         conn.shutdown();
         r

@@ -207,3 +207,87 @@ fn a_copy_is_dropped_before_a_primary_is_spilled() {
         );
     }
 }
+
+/// With `FERRY_TEST_SMALL_STORE=<dir>` (a 48 MiB tmpfs mounted there), this test binary runs
+/// the check below before `main` and exits: 0 if it held.
+#[used]
+#[link_section = ".init_array"]
+static SMALL_STORE: extern "C" fn() = small_store_check;
+
+extern "C" fn small_store_check() {
+    let Some(dir) = std::env::var_os("FERRY_TEST_SMALL_STORE") else { return };
+    let dir = std::path::PathBuf::from(dir);
+    // Before `main`, std has not yet set SIGPIPE to be ignored: a write to a closed socket
+    // must be an error here, as it is in any program, not the end of the process.
+    extern "C" {
+        fn signal(sig: i32, handler: usize) -> usize;
+    }
+    // SAFETY: setting SIGPIPE (13) to SIG_IGN (1).
+    unsafe { signal(13, 1) };
+    let head = ferry_node::start(options("head", None)).unwrap();
+    let mut mo = options("member", Some(head.tcp_addr().unwrap().to_string()));
+    // Its store on the small filesystem, with a capacity the filesystem cannot hold: the
+    // filesystem filling is the pressure.
+    mo.store_dir = dir.join("store");
+    mo.store_capacity = 1 << 30;
+    mo.spill_dir = Some(std::env::temp_dir().join(format!("ferry-transfer-test-{}-spill", std::process::id())));
+    let member = ferry_node::start(mo).unwrap();
+    let mut m = client(&member);
+    let end = Instant::now() + T;
+    while call(&mut m, ToNode::ClusterStatus { req: 1 }, |r| match r {
+        FromNode::Cluster { nodes, .. } => Some(nodes.iter().filter(|n| n.alive).count()),
+        _ => None,
+    }) != 2
+    {
+        assert!(Instant::now() < end, "the member never saw the head");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // 30 MiB of the member's own, then a 30 MiB copy: 60 MiB for a 48 MiB filesystem.
+    let own = ObjectId { task: TaskId { owner: WorkerId(43), seq: 1 }, index: 0 };
+    std::fs::write(dir.join("store").join(own.to_string()), vec![2u8; 30 << 20]).unwrap();
+    let sealed = call(&mut m, ToNode::Seal { req: 2, object: own, size: 30 << 20 }, |r| match r {
+        FromNode::Sealed { error, .. } => Some(error),
+        _ => None,
+    });
+    assert_eq!(sealed, None);
+    let mut h = client(&head);
+    let remote = ObjectId { task: TaskId { owner: WorkerId(42), seq: 1 }, index: 0 };
+    let bytes: Vec<u8> = (0..30 << 20).map(|i: u32| (i % 253) as u8).collect();
+    put_on_head(&mut h, remote, &bytes);
+    assert_eq!(pull(&mut m, remote, head.id()), None, "room is made for the copy");
+    assert!(std::fs::read(dir.join("store").join(remote.to_string())).unwrap() == bytes);
+    assert_eq!(member.stats().spilled_objects, 1, "its own object was spilled to make room");
+    // One larger than the whole filesystem: the store is full, the object is not lost.
+    let huge = ObjectId { task: TaskId { owner: WorkerId(42), seq: 2 }, index: 0 };
+    put_on_head(&mut h, huge, &vec![3u8; 60 << 20]);
+    let e = pull(&mut m, huge, head.id()).expect("an error");
+    assert!(e.starts_with(ferry_node::STORE_FULL), "{e}");
+    println!("small store ok: {e}");
+    drop(member);
+    drop(head);
+    for tag in ["head", "member", "spill"] {
+        let _ = std::fs::remove_dir_all(
+            std::env::temp_dir().join(format!("ferry-transfer-test-{}-{tag}", std::process::id())),
+        );
+    }
+    std::process::exit(0);
+}
+
+/// The same class as the writers' `ENOSPC` (issue 12, item 8), for copies between nodes: a
+/// member whose store's filesystem is full spills to make room for a copy, and one that cannot
+/// fit at all is "object store full", not a lost object (whose owner would make it again).
+#[test]
+fn a_copy_into_a_full_store_filesystem_makes_room_or_says_the_store_is_full() {
+    let mnt = std::env::temp_dir().join(format!("ferry-transfer-small-{}", std::process::id()));
+    std::fs::create_dir_all(&mnt).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let script = format!("mount -t tmpfs -o size=48m,mode=700 tmpfs '{}' && exec '{}'", mnt.display(), exe.display());
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env("FERRY_TEST_SMALL_STORE", &mnt)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir(&mnt);
+    let (so, se) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && so.contains("small store ok"), "{so}{se}");
+}
