@@ -38,6 +38,20 @@ impl SharedTmp {
         c
     }
 
+    /// A copy of `ferry` that `nobody` can run (the build directory may be out of its reach,
+    /// as under `/root`), in a directory of its own.
+    fn ferry_for_nobody(&self) -> PathBuf {
+        let dir = self.path.join("bin");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let to = dir.join("ferry");
+        std::fs::copy(env!("CARGO_BIN_EXE_ferry"), &to).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let check = self.as_nobody(&format!("{} --version", to.display()));
+        assert!(check.status.success(), "nobody cannot run ferry: {}", text(&check));
+        to
+    }
+
     /// Runs `script` in `sh` as `nobody`, with this directory as its `TMPDIR`.
     fn as_nobody(&self, script: &str) -> Output {
         Command::new("setpriv")
@@ -174,7 +188,8 @@ fn a_state_directory_planted_by_another_user_is_refused_never_adopted() {
     assert_eq!(mode, 0o700);
 
     // nobody cannot read the token, list the directory, nor use the planted token.
-    let ferry = env!("CARGO_BIN_EXE_ferry");
+    let ferry = tmp.ferry_for_nobody();
+    let ferry = ferry.display();
     let runtime = tmp.runtime();
     let tries = [
         format!("cat {}/cluster-{port}.token", runtime.display()),
