@@ -1862,14 +1862,10 @@ impl OwnerState {
                 self.maybe_release_actor(actor, fx);
                 return;
             }
-            if c.queue.is_empty() && !c.doomed.is_empty() && c.conn.is_none() && !c.resolving {
+            if c.queue.is_empty() && !c.doomed.is_empty() && c.conn.is_none() {
                 // Calls lost with its process fail once the daemon says what became of it (a
                 // restart, or its death), even if no other call is waiting to ask.
-                c.resolving = true;
-                let req = self.next_req;
-                self.next_req += 1;
-                self.actor_resolves.insert(req, actor);
-                fx.to_node.push(ToNode::ResolveActor { req, actor, stale: c.stale });
+                self.ask_where(actor, fx);
                 return;
             }
             let Some(&front) = c.queue.front() else { return };
@@ -1886,13 +1882,7 @@ impl OwnerState {
                 continue;
             }
             let (Some(conn), Some(worker)) = (c.conn.clone(), c.worker) else {
-                if !c.resolving {
-                    c.resolving = true;
-                    let req = self.next_req;
-                    self.next_req += 1;
-                    self.actor_resolves.insert(req, actor);
-                    fx.to_node.push(ToNode::ResolveActor { req, actor, stale: c.stale });
-                }
+                self.ask_where(actor, fx);
                 return;
             };
             let mut batch = Vec::new();
@@ -1916,6 +1906,19 @@ impl OwnerState {
             }
             return;
         }
+    }
+
+    /// Asks `actor`'s home where it is now, unless that is asked already.
+    fn ask_where(&mut self, actor: ActorId, fx: &mut Effects) {
+        let Some(c) = self.actors.get_mut(&actor) else { return };
+        if c.resolving {
+            return;
+        }
+        c.resolving = true;
+        let req = self.next_req;
+        self.next_req += 1;
+        self.actor_resolves.insert(req, actor);
+        fx.to_node.push(ToNode::ResolveActor { req, actor, stale: c.stale });
     }
 
     fn send_create(&mut self, actor: ActorId, task: TaskId, fx: &mut Effects) {

@@ -329,27 +329,24 @@ impl ser::SerializeMap for Null {
     }
 }
 
-impl ser::SerializeStruct for Null {
-    type Ok = ();
-    type Error = Kept;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, _: &'static str, v: &T) -> Result<(), Kept> {
-        v.serialize(Null)
-    }
-    fn end(self) -> Result<(), Kept> {
-        Ok(())
-    }
+macro_rules! null_struct {
+    ($($tr:ident;)*) => {
+        $(
+            impl ser::$tr for Null {
+                type Ok = ();
+                type Error = Kept;
+                fn serialize_field<T: Serialize + ?Sized>(&mut self, _: &'static str, v: &T) -> Result<(), Kept> {
+                    v.serialize(Null)
+                }
+                fn end(self) -> Result<(), Kept> {
+                    Ok(())
+                }
+            }
+        )*
+    };
 }
 
-impl ser::SerializeStructVariant for Null {
-    type Ok = ();
-    type Error = Kept;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, _: &'static str, v: &T) -> Result<(), Kept> {
-        v.serialize(Null)
-    }
-    fn end(self) -> Result<(), Kept> {
-        Ok(())
-    }
-}
+null_struct! { SerializeStruct; SerializeStructVariant; }
 
 #[cfg(test)]
 mod tests {

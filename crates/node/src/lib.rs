@@ -409,29 +409,20 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
         // Nothing to start workers from until a driver joins.
         *node.deferred.lock().unwrap_or_else(|e| e.into_inner()) = actions;
     }
-    let n = node.clone();
-    let (wake, rx) = wake_pair()?;
-    node.wakes.lock().unwrap_or_else(|e| e.into_inner()).push(wake);
-    let gate = Gate::new("ferry-node", Limits::unix());
-    threads.push(
-        thread::Builder::new()
-            .name("ferry-accept".into())
-            .spawn(move || accept_loop(n, Listener::Unix(listener), rx, gate))?,
-    );
-    if let Some(timeout) = node.opts.head_timeout {
-        let n = node.clone();
-        threads.push(thread::Builder::new().name("ferry-members".into()).spawn(move || members::monitor(n, timeout))?);
-    }
+    let mut listeners = vec![(Listener::Unix(listener), Limits::unix(), "ferry-accept")];
     if let Some(l) = tcp {
+        listeners.push((Listener::Tcp(l), Limits::tcp(), "ferry-accept-tcp"));
+    }
+    for (l, limits, name) in listeners {
         let n = node.clone();
         let (wake, rx) = wake_pair()?;
         node.wakes.lock().unwrap_or_else(|e| e.into_inner()).push(wake);
-        let gate = Gate::new("ferry-node", Limits::tcp());
-        threads.push(
-            thread::Builder::new()
-                .name("ferry-accept-tcp".into())
-                .spawn(move || accept_loop(n, Listener::Tcp(l), rx, gate))?,
-        );
+        let gate = Gate::new("ferry-node", limits);
+        threads.push(thread::Builder::new().name(name.into()).spawn(move || accept_loop(n, l, rx, gate))?);
+    }
+    if let Some(timeout) = node.opts.head_timeout {
+        let n = node.clone();
+        threads.push(thread::Builder::new().name("ferry-members".into()).spawn(move || members::monitor(n, timeout))?);
     }
     if let Some((head, every)) = node.opts.join.clone() {
         let n = node.clone();

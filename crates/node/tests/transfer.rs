@@ -64,6 +64,19 @@ fn pull(c: &mut (Conn, FrameReader<Stream>), object: ObjectId, from: NodeId) -> 
     })
 }
 
+/// Waits (bounded) until the member on `m` sees both nodes alive.
+fn until_both_alive(m: &mut (Conn, FrameReader<Stream>)) {
+    let end = Instant::now() + T;
+    while call(m, ToNode::ClusterStatus { req: 1 }, |r| match r {
+        FromNode::Cluster { nodes, .. } => Some(nodes.iter().filter(|n| n.alive).count()),
+        _ => None,
+    }) != 2
+    {
+        assert!(Instant::now() < end, "the member never saw the head");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Writes `bytes` into the head's store as `id` and seals it.
 fn put_on_head(h: &mut (Conn, FrameReader<Stream>), id: ObjectId, bytes: &[u8]) {
     let store = std::env::temp_dir().join(format!("ferry-transfer-test-{}-head/store", std::process::id()));
@@ -168,16 +181,8 @@ fn a_copy_is_dropped_before_a_primary_is_spilled() {
     mo.store_capacity = 24 << 20;
     mo.spill_dir = Some(std::env::temp_dir().join(format!("ferry-transfer-test-{}-spill", std::process::id())));
     let member = ferry_node::start(mo).unwrap();
-    let end = Instant::now() + T;
     let mut m = client(&member);
-    while call(&mut m, ToNode::ClusterStatus { req: 1 }, |r| match r {
-        FromNode::Cluster { nodes, .. } => Some(nodes.iter().filter(|n| n.alive).count()),
-        _ => None,
-    }) != 2
-    {
-        assert!(Instant::now() < end, "the member never saw the head");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until_both_alive(&mut m);
     let mut h = client(&head);
     let remote = ObjectId { task: TaskId { owner: WorkerId(42), seq: 1 }, index: 0 };
     put_on_head(&mut h, remote, &vec![1u8; 16 << 20]);
@@ -233,15 +238,7 @@ extern "C" fn small_store_check() {
     mo.spill_dir = Some(std::env::temp_dir().join(format!("ferry-transfer-test-{}-spill", std::process::id())));
     let member = ferry_node::start(mo).unwrap();
     let mut m = client(&member);
-    let end = Instant::now() + T;
-    while call(&mut m, ToNode::ClusterStatus { req: 1 }, |r| match r {
-        FromNode::Cluster { nodes, .. } => Some(nodes.iter().filter(|n| n.alive).count()),
-        _ => None,
-    }) != 2
-    {
-        assert!(Instant::now() < end, "the member never saw the head");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until_both_alive(&mut m);
     // 30 MiB of the member's own, then a 30 MiB copy: 60 MiB for a 48 MiB filesystem.
     let own = ObjectId { task: TaskId { owner: WorkerId(43), seq: 1 }, index: 0 };
     std::fs::write(dir.join("store").join(own.to_string()), vec![2u8; 30 << 20]).unwrap();
