@@ -344,14 +344,16 @@ fn start_blocking(
         println!("control store: {} (pid {}, started again if it dies)", c.addr, c.pid());
         c.supervise()
     });
+    // Processes of this user on this host reach the node through its Unix socket.
+    let links = ferry::__private::local_socket_links(addr).map_err(|e| e.to_string())?;
+    if let ferry_proto::Addr::Unix(sock) = node.addr() {
+        for link in &links {
+            let _ = std::fs::remove_file(link);
+            std::os::unix::fs::symlink(&sock, link).map_err(|e| format!("cannot link {}: {e}", link.display()))?;
+        }
+    }
     let file = ferry::__private::token_file(addr.port()).map_err(|e| e.to_string())?;
     ferry_os::write_secret(&file, token.as_bytes()).map_err(|e| e.to_string())?;
-    // Processes of this user on this host reach the node through its Unix socket.
-    let link = ferry::__private::local_socket_link(&addr.to_string()).map_err(|e| e.to_string())?;
-    if let ferry_proto::Addr::Unix(sock) = node.addr() {
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(sock, &link).map_err(|e| format!("cannot link {}: {e}", link.display()))?;
-    }
     println!("ferry: node started (pid {})", std::process::id());
     println!("address: {addr}");
     println!("token: {token}");
@@ -360,7 +362,9 @@ fn start_blocking(
     println!("ready");
     node.wait_for_stop_request();
     let _ = std::fs::remove_file(&file);
-    let _ = std::fs::remove_file(&link);
+    for link in &links {
+        let _ = std::fs::remove_file(link);
+    }
     if let Some(s) = supervisor {
         s.stop();
     }
@@ -620,7 +624,7 @@ type Reader = ferry_proto::FrameReader<ferry_proto::Stream>;
 fn register(address: &str, token: &str, kind: ProcKind) -> Result<(ferry_proto::Conn, Reader), String> {
     let me = WorkerId(ferry_proto::ids::random_u64());
     // A node of this user on this host is reached through its Unix socket.
-    let to = match ferry::__private::local_socket(address) {
+    let to = match ferry::__private::local_socket(address).map_err(|e| e.to_string())? {
         Some(sock) => Addr::Unix(sock),
         None => Addr::Tcp(address.to_string()),
     };
@@ -641,7 +645,7 @@ fn register(address: &str, token: &str, kind: ProcKind) -> Result<(ferry_proto::
 /// Connects to the node `target` names, as a tool; returns its address and token too.
 fn node_conn(target: &Target) -> Result<(ferry_proto::Conn, Reader, String, String), String> {
     let address = target.address()?;
-    if ferry::__private::local_socket(&address).is_none() {
+    if ferry::__private::local_socket(&address).map_err(|e| e.to_string())?.is_none() {
         ferry::__private::probe(&address).map_err(|e| e.to_string())?;
     }
     let token = target.token(&address)?;

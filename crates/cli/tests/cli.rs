@@ -244,3 +244,40 @@ fn every_option_of_every_subcommand_is_documented() {
         }
     }
 }
+
+/// A node of this user that died leaves its link: a command or job then says the node is not
+/// running, and sends nothing to whatever took the port since (another user, say).
+#[test]
+fn a_dead_nodes_port_is_not_trusted_with_this_users_connections() {
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args(["start", "--head", "--port", &port.to_string(), "--num-cpus", "1", "--block"]);
+    let mut head = Head::start(cmd, T).unwrap();
+    ferry_testkit::signal(head.child.id(), 9);
+    let _ = head.wait_exit(T);
+    // Someone else takes the port and waits for what comes.
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    squatter.set_nonblocking(true).unwrap();
+    let address = format!("127.0.0.1:{port}");
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .env("FERRY_TOKEN", &head.token)
+        .args(["status", "--address", &address])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("is not running any more"), "{said}");
+    let job = Command::new(std::env::current_exe().unwrap())
+        .env("FERRY_TEST_CLI_NOWHERE", &address)
+        .env("FERRY_TOKEN", &head.token)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&job.stdout).contains("is not running any more"));
+    assert!(squatter.accept().is_err(), "a connection reached the port's new owner");
+    // What the killed head left (a head stopped with `ferry stop` removes it itself).
+    let runtime = ferry_os::runtime_dir().unwrap();
+    let _ = std::fs::remove_dir_all(runtime.join(format!("head-{port}")));
+    for f in [format!("node-127.0.0.1:{port}.sock"), format!("node-[::1]:{port}.sock"), format!("cluster-{port}.token")]
+    {
+        let _ = std::fs::remove_file(runtime.join(f));
+    }
+}

@@ -789,7 +789,9 @@ pub mod __private {
         await_catching, ActorClass, ActorInstance, ActorMethod, MethodFuture, ACTOR_CLASSES, ACTOR_METHODS,
     };
     pub use crate::registry::{check_arity, decode_arg, run_catching, RemoteFunction, REMOTE_FUNCTIONS};
-    pub use crate::session::{cluster_token, local_socket, local_socket_link, probe, start_node, token_file, NodeRole};
+    pub use crate::session::{
+        cluster_token, local_socket, local_socket_links, probe, start_node, token_file, NodeRole,
+    };
     pub use ferry_proto::msg::{Return, TaskError};
     pub use linkme;
 }

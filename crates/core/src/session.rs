@@ -185,7 +185,7 @@ pub fn cluster_token(address: &str, given: Option<&str>) -> Result<String> {
     let port = address.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).ok_or_else(|| Error::Connection {
         detail: format!("{address:?} is not an address: use HOST:PORT, as `ferry start` printed it"),
     })?;
-    if !is_local(address) {
+    if !is_local_address(address) {
         // This host's token files are for this host's nodes only: another host's node on the
         // same port is another cluster.
         return Err(Error::Connection {
@@ -205,36 +205,72 @@ pub fn cluster_token(address: &str, given: Option<&str>) -> Result<String> {
     })
 }
 
-/// Where `ferry start` links the Unix socket of the node listening at `address` on this host,
-/// for processes of the same user there (see [`local_socket`]).
-pub fn local_socket_link(address: &str) -> Result<PathBuf> {
-    Ok(ferry_os::runtime_dir().map_err(dirs_error)?.join(format!("node-{address}.sock")))
+/// The name of the link to the Unix socket of this user's node at `sa` on this host.
+fn link_name(sa: std::net::SocketAddr) -> String {
+    format!("node-{}.sock", std::net::SocketAddr::new(sa.ip().to_canonical(), sa.port()))
 }
 
-/// The Unix socket of the node at `address` if it runs on this host as this user: processes
-/// that can reach it so do, rather than over TCP (faster, and out of reach of a flood on the
-/// TCP port, which strangers can reach and the socket's private directory they cannot).
-pub fn local_socket(address: &str) -> Option<PathBuf> {
-    if !is_local(address) {
-        return None;
+/// Where `ferry start` links the Unix socket of the node listening at `addr` on this host, for
+/// processes of the same user there (see [`local_socket`]): under the address itself, and, for
+/// a node on every address or on loopback, under `127.0.0.1` and `::1` too (what `localhost`
+/// resolves to).
+pub fn local_socket_links(addr: std::net::SocketAddr) -> Result<Vec<PathBuf>> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let dir = ferry_os::runtime_dir().map_err(dirs_error)?;
+    let mut names = vec![link_name(addr)];
+    if addr.ip().is_unspecified() || addr.ip().is_loopback() {
+        for ip in [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)] {
+            names.push(link_name(SocketAddr::new(ip, addr.port())));
+        }
     }
-    let link = local_socket_link(address).ok()?;
-    std::fs::metadata(&link).ok()?;
-    std::os::unix::net::UnixStream::connect(&link).ok()?;
-    Some(link)
+    names.sort();
+    names.dedup();
+    Ok(names.into_iter().map(|n| dir.join(n)).collect())
 }
 
-/// Whether `address` (`host:port`) is one of this host's: of this network namespace, which
-/// namespace hosts do not share though they share a filesystem (one a socket can be bound to).
-fn is_local(address: &str) -> bool {
+/// The Unix socket of this user's node at `address` if it runs on this host: processes that
+/// can reach it so do, rather than over TCP (faster, and out of reach of strangers, who can
+/// reach the TCP port but not the socket's private directory). `Ok(None)`: no node of this
+/// user's was started there (TCP, then). An error when one was and is gone: the port may be
+/// someone else's by now, so nothing is sent there in its place.
+pub fn local_socket(address: &str) -> Result<Option<PathBuf>> {
     use std::net::ToSocketAddrs;
-    let Some(ip) = address.to_socket_addrs().ok().and_then(|mut a| a.next()).map(|a| a.ip()) else { return false };
-    std::net::UdpSocket::bind((ip, 0)).is_ok()
+    let Some(sa) = address.to_socket_addrs().ok().and_then(|mut a| a.next()) else { return Ok(None) };
+    if !is_local(sa) {
+        return Ok(None);
+    }
+    let link = ferry_os::runtime_dir().map_err(dirs_error)?.join(link_name(sa));
+    if std::fs::symlink_metadata(&link).is_err() {
+        return Ok(None);
+    }
+    if std::os::unix::net::UnixStream::connect(&link).is_ok() {
+        return Ok(Some(link));
+    }
+    Err(Error::Connection {
+        detail: format!(
+            "your node at {address} is not running any more (its socket, linked at {link}, is dead): start it \
+             again with `ferry start`, or check the address; nothing was sent to whatever may listen on that \
+             port now (remove {link} to reach it over TCP anyway)",
+            link = link.display()
+        ),
+    })
+}
+
+/// Whether `sa` is an address of this host: of this network namespace, which namespace hosts
+/// do not share though they share a filesystem (one a socket can be bound to here).
+fn is_local(sa: std::net::SocketAddr) -> bool {
+    std::net::UdpSocket::bind((sa.ip(), 0)).is_ok()
+}
+
+/// [`is_local`] for `host:port`.
+fn is_local_address(address: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    address.to_socket_addrs().ok().and_then(|mut a| a.next()).is_some_and(is_local)
 }
 
 /// Joins a node that runs on its own (`ferry start`) at `address` (`host:port`).
 fn join(cfg: Config, address: &str) -> Result<()> {
-    let node_addr = match local_socket(address) {
+    let node_addr = match local_socket(address)? {
         Some(sock) => ferry_proto::Addr::Unix(sock),
         None => {
             probe(address)?;

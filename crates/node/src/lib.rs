@@ -222,10 +222,10 @@ struct State {
 }
 
 /// Who waits for room on the store's filesystem: a process (answered with `Room`), or a
-/// thread of this daemon (a transfer into the store).
+/// thread of this daemon (a transfer into the store), by a number of its own.
 enum RoomWaiter {
     Conn(ConnId, u64),
-    Local(mpsc::SyncSender<Option<String>>),
+    Local(u64, mpsc::SyncSender<Option<String>>),
 }
 
 enum SpawnCmd {
@@ -292,6 +292,18 @@ impl std::fmt::Debug for NodeHandle {
 
 /// Starts a node daemon on background threads.
 pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
+    if opts.token.len() < ferry_proto::conn::MIN_TOKEN_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "the cluster token has {} characters, fewer than {}: a stranger can guess a short token offline \
+                 from one handshake; leave FERRY_TOKEN (Config::token) unset and ferry makes a random one, or give \
+                 32 random hex digits or more",
+                opts.token.len(),
+                ferry_proto::conn::MIN_TOKEN_LEN
+            ),
+        ));
+    }
     ferry_os::raise_fd_limit();
     // Made new (never adopted) and locked for the daemon's life: see `ferry_os::SessionDir`.
     let mut dirs = vec![ferry_os::SessionDir::create_at(&opts.session_dir)?];
@@ -567,7 +579,7 @@ impl Node {
                 st.retired = st.workers.keys().chain(st.expected.iter()).copied().collect();
                 *self.program.lock().unwrap_or_else(|e| e.into_inner()) = Some(exe.path);
                 *self.program_hash.lock().unwrap_or_else(|e| e.into_inner()) = exe.hash;
-                let actions = st.sched.retire_idle();
+                let actions = st.sched.retire_idle(Instant::now());
                 self.apply(st, actions);
                 return;
             }
@@ -597,29 +609,38 @@ impl Node {
     fn answer_room(&self, st: &State, w: RoomWaiter, error: Option<String>) {
         match w {
             RoomWaiter::Conn(conn, req) => self.send(st, conn, &FromNode::Room { req, error }),
-            RoomWaiter::Local(tx) => {
+            RoomWaiter::Local(_, tx) => {
                 let _ = tx.try_send(error);
             }
         }
     }
 
     /// For a thread of this daemon that found the store's filesystem full: spills until
-    /// `bytes` fit (as `MakeRoom` does for a process), waiting at most a minute.
+    /// `bytes` fit (as `MakeRoom` does for a process), waiting at most 15 s (a transfer's
+    /// requester gives up after a minute, and a transfer tries three times).
     pub(crate) fn wait_for_room(&self, bytes: u64) -> Result<(), String> {
         let (tx, rx) = mpsc::sync_channel(1);
+        let id = ferry_proto::ids::random_u64();
         {
             let mut st = self.lock();
             let free = st.store.dir().free_space().unwrap_or(0);
             if free >= bytes {
                 return Ok(());
             }
-            st.waiting_room.push((RoomWaiter::Local(tx), bytes, bytes - free));
+            st.waiting_room.push((RoomWaiter::Local(id, tx), bytes, bytes - free));
         }
         let _ = self.spill_tx.lock().unwrap_or_else(|e| e.into_inner()).send(Some(()));
-        match rx.recv_timeout(Duration::from_secs(60)) {
+        match rx.recv_timeout(Duration::from_secs(15)) {
             Ok(None) => Ok(()),
             Ok(Some(why)) => Err(why),
-            Err(_) => Err("no room was made within a minute".into()),
+            Err(e) => {
+                // Not waited for any more: nothing is spilled for it.
+                self.lock().waiting_room.retain(|(w, ..)| !matches!(w, RoomWaiter::Local(i, _) if *i == id));
+                Err(match e {
+                    mpsc::RecvTimeoutError::Timeout => "no room was made within 15 s".into(),
+                    mpsc::RecvTimeoutError::Disconnected => "the node is stopping".into(),
+                })
+            }
         }
     }
 
@@ -1137,16 +1158,29 @@ impl Node {
     }
 }
 
-/// `bytes` left the store's memory: the writers waiting for room need that much less.
+/// `bytes` left the store's memory: they go to the writers waiting for room, first come first
+/// served (each byte made room for one of them, not for all).
 fn made_room(st: &mut State, bytes: u64) {
+    let mut left = bytes;
     for (_, _, need) in st.waiting_room.iter_mut() {
-        *need = need.saturating_sub(bytes);
+        let take = (*need).min(left);
+        *need -= take;
+        left -= take;
+        if left == 0 {
+            break;
+        }
     }
 }
 
 /// Spills the oldest objects to disk while the store is over its capacity, then answers the
 /// seals that waited for room. Copies run without the state lock.
 fn spiller(node: Arc<Node>, rx: mpsc::Receiver<Option<()>>) {
+    spill_while_asked(&node, rx);
+    // Stopping: nobody waits for room that will not come.
+    node.no_room(&mut node.lock(), "the node is stopping");
+}
+
+fn spill_while_asked(node: &Arc<Node>, rx: mpsc::Receiver<Option<()>>) {
     while let Ok(Some(())) = rx.recv() {
         loop {
             let next = {

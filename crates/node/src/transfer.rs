@@ -118,6 +118,16 @@ impl Node {
         let store = self.lock().store.dir().clone();
         let (path, file) =
             store.stage_file(ferry_proto::ids::random_u64()).map_err(|e| (None, format!("cannot stage it: {e}")))?;
+        // Its room is taken before any byte moves: a full filesystem shows now, not midway.
+        use std::os::fd::AsRawFd;
+        // SAFETY: plain syscall on a file we own.
+        let r = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, size as libc::off_t) };
+        if r != 0 {
+            let _ = std::fs::remove_file(&path);
+            let e = std::io::Error::from_raw_os_error(r);
+            let why = format!("cannot stage it: {e}");
+            return Err((Some(e), why));
+        }
         let r = receive(&mut rx, &file, size)
             .map_err(|e| {
                 let why = format!("transfer from {addr} broke off: {e}");

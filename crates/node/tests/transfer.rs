@@ -10,7 +10,7 @@ use ferry_proto::{Conn, FrameReader, NodeId, ObjectId, Stream, TaskId, WorkerId}
 use ferry_sched::PoolOptions;
 use std::time::{Duration, Instant};
 
-const TOKEN: &str = "transfer-test-token";
+const TOKEN: &str = "transfer-test-token-0123456789abcdef";
 const T: Duration = Duration::from_secs(20);
 
 fn options(tag: &str, head: Option<String>) -> NodeOptions {

@@ -13,7 +13,7 @@ use crate::msg::{Hello, HelloProof, HelloReply};
 use crate::{MAGIC, PROTOCOL_VERSION};
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -45,14 +45,23 @@ pub enum Stream {
 
 impl Stream {
     pub fn connect(addr: &Addr) -> io::Result<Stream> {
+        Stream::connect_by(addr, Instant::now() + HANDSHAKE_TIMEOUT)
+    }
+
+    /// Connects, giving up at `end`: a host that is down must not hold a caller for the
+    /// kernel's minutes.
+    pub fn connect_by(addr: &Addr, end: Instant) -> io::Result<Stream> {
         match addr {
             Addr::Unix(p) => UnixStream::connect(p).map(Stream::Unix),
             Addr::Tcp(a) => {
-                // Bounded: a host that is down must not hold a caller for the kernel's minutes.
                 use std::net::ToSocketAddrs;
                 let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{a} resolves to no address"));
                 for sa in a.to_socket_addrs()? {
-                    match TcpStream::connect_timeout(&sa, HANDSHAKE_TIMEOUT) {
+                    let left = end.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, format!("cannot reach {a} in time")));
+                    }
+                    match TcpStream::connect_timeout(&sa, left) {
                         Ok(s) => {
                             s.set_nodelay(true)?;
                             return Ok(Stream::Tcp(s));
@@ -317,7 +326,7 @@ impl Read for Deadline<'_> {
 }
 
 /// Reads one handshake frame (not through a buffer, so nothing after it is consumed).
-fn read_handshake<T: serde::de::DeserializeOwned>(stream: &Stream, end: Instant) -> Result<T, FrameError> {
+fn read_handshake<T: serde::de::DeserializeOwned + 'static>(stream: &Stream, end: Instant) -> Result<T, FrameError> {
     let mut r = Deadline { stream, end };
     let mut len = [0u8; 4];
     let n = r.read(&mut len[..1])?;
@@ -337,7 +346,56 @@ fn read_handshake<T: serde::de::DeserializeOwned>(stream: &Stream, end: Instant)
         io::ErrorKind::UnexpectedEof => FrameError::Malformed("truncated frame".into()),
         _ => FrameError::Io(e),
     })?;
-    crate::frame::decode(&buf)
+    decode_handshake(&buf)
+}
+
+/// Decodes a handshake frame. A `Hello` of another protocol version may be laid out
+/// otherwise: its magic and version, which every version puts first, are read alone first, so
+/// the peer is told why it is refused rather than that its bytes are wrong.
+fn decode_handshake<T: serde::de::DeserializeOwned + 'static>(buf: &[u8]) -> Result<T, FrameError> {
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<Hello>() {
+        if let Ok(((magic, version), _)) = postcard::take_from_bytes::<([u8; 4], u32)>(buf) {
+            if magic == MAGIC && version != PROTOCOL_VERSION {
+                return Err(FrameError::Malformed(version_mismatch(version)));
+            }
+        }
+    }
+    crate::frame::decode(buf)
+}
+
+fn version_mismatch(version: u32) -> String {
+    format!(
+        "protocol version {version} is not supported (this peer speaks {PROTOCOL_VERSION}); run the same ferry \
+         version everywhere"
+    )
+}
+
+/// What a peer said, fit for a log or a terminal: control characters replaced, at most 512
+/// characters (it comes from a peer that has not proved anything yet).
+fn printable(s: &str) -> String {
+    s.chars().take(512).map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
+/// The address a connection reached, as both ends name it: the connecting side's peer
+/// address, the accepting side's local one (`unix` for a Unix socket, which only this user
+/// can reach).
+fn endpoint(s: &Stream, local: bool) -> String {
+    match s {
+        Stream::Unix(_) => "unix".into(),
+        Stream::Tcp(t) => {
+            let a = if local { t.local_addr() } else { t.peer_addr() };
+            a.map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()).to_string()).unwrap_or_default()
+        }
+    }
+}
+
+/// Addresses that also name this node for the handshake's check of the dialed address
+/// (`FERRY_ADDRESS_ALIASES`, comma-separated `ip:port`): those clients reach through NAT or a
+/// port mapping.
+fn aliases() -> Vec<String> {
+    std::env::var("FERRY_ADDRESS_ALIASES")
+        .map(|v| v.split(',').map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect())
+        .unwrap_or_default()
 }
 
 /// Connects to `addr` and runs the client side of the handshake, for a process of no node.
@@ -352,25 +410,31 @@ pub fn connect(
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
-/// `HMAC-SHA256(token, label | a | b)`: the proof of one side of the handshake.
-fn proof(token: &str, label: &[u8], a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
+fn mac(token: &str, label: &[u8], a: &[u8; 32], b: &[u8; 32], bound: &str) -> HmacSha256 {
     use hmac::Mac;
     let mut m = HmacSha256::new_from_slice(token.as_bytes()).expect("HMAC takes a key of any length");
     m.update(label);
     m.update(a);
     m.update(b);
-    m.finalize().into_bytes().into()
+    m.update(bound.as_bytes());
+    m
+}
+
+/// `HMAC-SHA256(token, label | a | b | bound)`: the proof of one side of the handshake.
+fn proof(token: &str, label: &[u8], a: &[u8; 32], b: &[u8; 32], bound: &str) -> [u8; 32] {
+    use hmac::Mac;
+    mac(token, label, a, b, bound).finalize().into_bytes().into()
 }
 
 /// Checks a proof in constant time.
-fn proof_ok(token: &str, label: &[u8], a: &[u8; 32], b: &[u8; 32], given: &[u8; 32]) -> bool {
+fn proof_ok(token: &str, label: &[u8], a: &[u8; 32], b: &[u8; 32], bound: &str, given: &[u8; 32]) -> bool {
     use hmac::Mac;
-    let mut m = HmacSha256::new_from_slice(token.as_bytes()).expect("HMAC takes a key of any length");
-    m.update(label);
-    m.update(a);
-    m.update(b);
-    m.verify_slice(given).is_ok()
+    mac(token, label, a, b, bound).verify_slice(given).is_ok()
 }
+
+/// The shortest token a node accepts: one challenge lets a stranger guess a token offline,
+/// so it must be long enough not to be guessed (ferry's own are 32 random hex digits).
+pub const MIN_TOKEN_LEN: usize = 32;
 
 const ACCEPT_LABEL: &[u8] = b"ferry-accept";
 const CONNECT_LABEL: &[u8] = b"ferry-connect";
@@ -396,15 +460,17 @@ pub fn connect_from(
     max_frame: u32,
 ) -> Result<(Conn, FrameReader<Stream>, NodeId), ConnectError> {
     let end = Instant::now() + HANDSHAKE_TIMEOUT;
-    let stream = Stream::connect(addr).map_err(ConnectError::Io)?;
+    let stream = Stream::connect_by(addr, end).map_err(ConnectError::Io)?;
+    let dialed = endpoint(&stream, false);
     let rd = stream.try_clone().map_err(ConnectError::Io)?;
     // A peer that stops reading cannot hold us in the handshake either.
-    stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(ConnectError::Io)?;
+    let left = || end.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    stream.set_write_timeout(Some(left())).map_err(ConnectError::Io)?;
     let conn = Conn::new(stream);
     let mine = nonce();
     conn.send(&Hello { magic: MAGIC, version: PROTOCOL_VERSION, from, node, nonce: mine }).map_err(ConnectError::Io)?;
     let theirs = match read_handshake::<HelloReply>(&rd, end).map_err(ConnectError::Protocol)? {
-        HelloReply::Challenge { nonce, proof } if proof_ok(token, ACCEPT_LABEL, &mine, &nonce, &proof) => nonce,
+        HelloReply::Challenge { nonce, proof } if proof_ok(token, ACCEPT_LABEL, &mine, &nonce, "", &proof) => nonce,
         HelloReply::Challenge { .. } => {
             conn.shutdown();
             return Err(ConnectError::Refused(format!(
@@ -412,18 +478,20 @@ pub fn connect_from(
                  printed; or this is not a node of your cluster)"
             )));
         }
-        HelloReply::Refused { reason } => return Err(ConnectError::Refused(reason)),
+        HelloReply::Refused { reason } => return Err(ConnectError::Refused(printable(&reason))),
         HelloReply::Welcome { .. } => {
             return Err(ConnectError::Protocol(FrameError::Malformed("welcomed before any proof".into())))
         }
     };
-    conn.send(&HelloProof { proof: proof(token, CONNECT_LABEL, &theirs, &mine) }).map_err(ConnectError::Io)?;
+    conn.set_write_timeout(Some(left())).map_err(ConnectError::Io)?;
+    let mine_proof = proof(token, CONNECT_LABEL, &theirs, &mine, &dialed);
+    conn.send(&HelloProof { proof: mine_proof, dialed }).map_err(ConnectError::Io)?;
     let reply: HelloReply = read_handshake(&rd, end).map_err(ConnectError::Protocol)?;
     rd.set_read_timeout(None).map_err(ConnectError::Io)?;
     conn.set_write_timeout(None).map_err(ConnectError::Io)?;
     match reply {
         HelloReply::Welcome { node } => Ok((conn, FrameReader::new(rd, max_frame), node)),
-        HelloReply::Refused { reason } => Err(ConnectError::Refused(reason)),
+        HelloReply::Refused { reason } => Err(ConnectError::Refused(printable(&reason))),
         HelloReply::Challenge { .. } => Err(ConnectError::Protocol(FrameError::Malformed("a second challenge".into()))),
     }
 }
@@ -445,28 +513,50 @@ pub fn accept(
     stream
         .set_write_timeout(Some(end.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))))
         .map_err(ConnectError::Io)?;
+    let here = endpoint(&stream, true);
     let conn = Conn::new(stream);
-    let hello: Hello = read_handshake(&rd, end).map_err(ConnectError::Protocol)?;
     let refuse = |reason: String| {
         let _ = conn.send(&HelloReply::Refused { reason: reason.clone() });
         conn.shutdown();
         Err(ConnectError::Refused(reason))
     };
+    let hello: Hello = match read_handshake(&rd, end) {
+        Ok(h) => h,
+        Err(FrameError::Malformed(m)) if m.starts_with("protocol version") => return refuse(m),
+        Err(e) => return Err(ConnectError::Protocol(e)),
+    };
     if hello.magic != MAGIC {
         return refuse("not a ferry peer (bad magic)".into());
     }
     if hello.version != PROTOCOL_VERSION {
-        return refuse(format!(
-            "protocol version {} is not supported (this peer speaks {PROTOCOL_VERSION}); run the same ferry version everywhere",
-            hello.version
-        ));
+        return refuse(version_mismatch(hello.version));
     }
     let mine = nonce();
-    conn.send(&HelloReply::Challenge { nonce: mine, proof: proof(token, ACCEPT_LABEL, &hello.nonce, &mine) })
+    conn.send(&HelloReply::Challenge { nonce: mine, proof: proof(token, ACCEPT_LABEL, &hello.nonce, &mine, "") })
         .map_err(ConnectError::Io)?;
-    let answer: HelloProof = read_handshake(&rd, end).map_err(ConnectError::Protocol)?;
-    if !proof_ok(token, CONNECT_LABEL, &mine, &hello.nonce, &answer.proof) {
-        return refuse(WRONG_TOKEN.into());
+    let answer: HelloProof = match read_handshake(&rd, end) {
+        Ok(a) => a,
+        // Gone once challenged: a client with another token (it found our proof wrong), or a
+        // stranger collecting challenges. Worth a (rate-limited) line, unlike a probe.
+        Err(FrameError::Closed) => {
+            return Err(ConnectError::Refused("closed once challenged (a wrong token, or a scan)".into()))
+        }
+        Err(e) => return Err(ConnectError::Protocol(e)),
+    };
+    if !proof_ok(token, CONNECT_LABEL, &mine, &hello.nonce, &here, &answer.proof) {
+        let other =
+            answer.dialed != here && proof_ok(token, CONNECT_LABEL, &mine, &hello.nonce, &answer.dialed, &answer.proof);
+        if other && aliases().contains(&answer.dialed) {
+            // Reached through an address this node is told is its own (NAT, a port mapping).
+        } else if other {
+            return refuse(format!(
+                "the connection was made to {} but arrived at {here}: a relay, or a NAT or port mapping \
+                 (then list the outside address in FERRY_ADDRESS_ALIASES on this node)",
+                printable(&answer.dialed)
+            ));
+        } else {
+            return refuse(WRONG_TOKEN.into());
+        }
     }
     let slot = match admission.promote() {
         Ok(s) => s,
@@ -541,7 +631,7 @@ mod tests {
             // As `connect_from` does, with the token the impostor is after.
             match read_handshake::<HelloReply>(&rd, end).unwrap() {
                 HelloReply::Challenge { nonce, proof } => {
-                    proof_ok("the-real-token", ACCEPT_LABEL, &mine, &nonce, &proof)
+                    proof_ok("the-real-token", ACCEPT_LABEL, &mine, &nonce, "", &proof)
                 }
                 _ => false,
             }
@@ -564,17 +654,86 @@ mod tests {
             let _ = (&s).read_to_end(&mut seen);
             seen
         });
-        let e = connect(&Addr::Unix(p.clone()), "the-real-token", WorkerId(2), 1 << 20).err().unwrap().to_string();
+        let e = connect(&Addr::Unix(p.clone()), "the-real-token-of-this-cluster!!", WorkerId(2), 1 << 20)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("did not prove it holds this token"), "{e}");
         assert!(imp.join().unwrap().is_empty(), "the client sent something after a wrong proof");
         let _ = std::fs::remove_file(p);
     }
 
+    /// Copies bytes both ways between two streams until either closes.
+    fn pipe(a: std::net::TcpStream, b: std::net::TcpStream) {
+        let (a2, b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
+        let one = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut from, &mut to);
+                let _ = to.shutdown(Shutdown::Both);
+            })
+        };
+        one(a, b2);
+        one(b, a2);
+    }
+
+    /// A relay (a listener planted on a free port that passes the handshake on to a real node,
+    /// byte for byte) cannot complete it: the client's proof names the address it reached.
+    #[test]
+    fn a_relay_cannot_complete_the_handshake() {
+        const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+        let node = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let node_addr = node.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            for _ in 0..2 {
+                let (s, _) = node.accept().unwrap();
+                let s = Stream::Tcp(s);
+                let gate = Gate::new("test", Limits::tcp());
+                let adm = gate.admit(&s, Source::Local).unwrap();
+                out.push(accept(s, TOKEN, NodeId(9), 1 << 20, adm).map(|_| ()).map_err(|e| e.to_string()));
+            }
+            out
+        });
+        let relay = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let relay_addr = relay.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (c, _) = relay.accept().unwrap();
+            pipe(c, std::net::TcpStream::connect(node_addr).unwrap());
+        });
+        let e = connect(&Addr::Tcp(relay_addr.to_string()), TOKEN, WorkerId(1), 1 << 20).err().unwrap().to_string();
+        assert!(e.contains(&format!("made to {relay_addr} but arrived at {node_addr}")), "{e}");
+        // Straight to the node: welcome.
+        assert!(connect(&Addr::Tcp(node_addr.to_string()), TOKEN, WorkerId(2), 1 << 20).is_ok());
+        let ends = server.join().unwrap();
+        assert!(ends[0].as_ref().is_err_and(|e| e.contains("arrived at")) && ends[1].is_ok(), "{ends:?}");
+    }
+
+    #[test]
+    fn a_peer_of_another_version_is_told_so() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let old = std::thread::spawn(move || {
+            // Version 3's hello: magic, version, then the token in clear.
+            let c = Conn::new(Stream::Unix(a.try_clone().unwrap()));
+            c.send(&(MAGIC, 3u32, "old-token".to_string(), WorkerId(1), NodeId(1))).unwrap();
+            read_handshake::<HelloReply>(&Stream::Unix(a), Instant::now() + Duration::from_secs(5))
+        });
+        let s = Stream::Unix(b);
+        let gate = Gate::new("test", Limits::unix());
+        let adm = gate.admit(&s, Source::Local).unwrap();
+        let e = accept(s, "0123456789abcdef0123456789abcdef", NodeId(1), 1 << 20, adm).err().unwrap().to_string();
+        assert!(e.contains("protocol version 3 is not supported"), "{e}");
+        assert!(matches!(old.join().unwrap(), Ok(HelloReply::Refused { reason }) if reason.contains("version 3")));
+    }
+
     #[test]
     fn proofs_are_bound_to_their_side_and_their_nonces() {
-        let p = proof("tok", CONNECT_LABEL, &[1; 32], &[2; 32]);
-        assert!(proof_ok("tok", CONNECT_LABEL, &[1; 32], &[2; 32], &p));
-        assert!(!proof_ok("tok", ACCEPT_LABEL, &[1; 32], &[2; 32], &p), "one side's proof is not the other's");
-        assert!(!proof_ok("tok", CONNECT_LABEL, &[2; 32], &[1; 32], &p), "nonces in their places");
+        let p = proof("tok", CONNECT_LABEL, &[1; 32], &[2; 32], "10.0.0.1:6380");
+        assert!(proof_ok("tok", CONNECT_LABEL, &[1; 32], &[2; 32], "10.0.0.1:6380", &p));
+        assert!(
+            !proof_ok("tok", ACCEPT_LABEL, &[1; 32], &[2; 32], "10.0.0.1:6380", &p),
+            "one side's is not the other's"
+        );
+        assert!(!proof_ok("tok", CONNECT_LABEL, &[2; 32], &[1; 32], "10.0.0.1:6380", &p), "nonces in their places");
+        assert!(!proof_ok("tok", CONNECT_LABEL, &[1; 32], &[2; 32], "10.0.0.9:6380", &p), "bound to the address");
     }
 }

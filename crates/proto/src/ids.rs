@@ -97,18 +97,9 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
             return buf;
         }
     }
-    // /dev/urandom is on every Linux we target; if it is not readable, fall back to the
-    // std hasher's per-process random keys, which are unpredictable enough for ids.
-    use std::hash::{BuildHasher, Hasher};
-    for chunk in buf.chunks_mut(8) {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
-        );
-        let v = h.finish().to_le_bytes();
-        chunk.copy_from_slice(&v[..chunk.len()]);
-    }
-    buf
+    // Tokens and handshake nonces come from here: without the OS's randomness there is
+    // nothing safe to give (every Linux ferry runs on has getrandom).
+    panic!("no randomness from the operating system (getrandom and /dev/urandom both failed)")
 }
 
 /// A random non-zero 64-bit id.

@@ -25,7 +25,7 @@ pub use frame::{FrameError, FrameReader};
 pub use ids::{NodeId, ObjectId, TaskId, WorkerId};
 
 /// Version of the wire protocol; peers with another version are refused at the handshake.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// First bytes of every `Hello`, so a stray client (an HTTP probe, say) is told apart at once.
 pub const MAGIC: [u8; 4] = *b"FRY1";
 /// Default maximum frame size: small values travel inline, large ones through the store,

@@ -50,11 +50,15 @@ pub enum HelloReply {
 }
 
 /// The connecting side's proof that it holds the token, sent once the other side proved it:
-/// `HMAC-SHA256(token, "ferry-connect" | server nonce | client nonce)`.
+/// `HMAC-SHA256(token, "ferry-connect" | server nonce | client nonce | dialed)`. `dialed` is
+/// the address the connecting side's socket reached (`ip:port`, or `unix`): the accepting side
+/// checks the proof against the address the connection arrived at, so a relay (a listener that
+/// passes the handshake on to a real node) cannot complete it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub struct HelloProof {
     pub proof: [u8; 32],
+    pub dialed: String,
 }
 
 /// Resource amounts in thousandths (so that `0.5` CPU is exact), sorted by name.

@@ -95,6 +95,11 @@ enum WorkerState {
         since: Instant,
         stale: bool,
     },
+    /// Runs a binary the node no longer runs but owns objects or tasks still in use: never
+    /// leased, not part of the pool, asked again to retire after each idle timeout.
+    Draining {
+        since: Instant,
+    },
 }
 
 /// A worker asked to retire that neither exits nor answers within this is killed.
@@ -187,9 +192,10 @@ impl Scheduler {
         (moved, actions)
     }
 
-    /// Stops every idle worker (the job's binary changed: they run the old one) and starts
-    /// fresh ones to keep the pool's size.
-    pub fn retire_idle(&mut self) -> Vec<Action> {
+    /// The job's binary changed: every idle worker (which runs the old one) is asked to
+    /// retire, for good (one that owns objects in use drains: it stays out of the pool until
+    /// it owns none), and fresh ones start to keep the pool's size.
+    pub fn retire_idle(&mut self, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
         for s in self.workers.values_mut() {
             if let WorkerState::Retiring { stale, .. } = s {
@@ -197,15 +203,23 @@ impl Scheduler {
             }
         }
         for w in std::mem::take(&mut self.idle) {
-            self.workers.remove(&w);
-            actions.push(Action::KillWorker { worker: w });
+            self.workers.insert(w, WorkerState::Retiring { since: now, stale: true });
+            actions.push(Action::Retire { worker: w });
         }
-        while self.workers.len() + self.starting < self.opts.prestart {
+        while self.pool_len() + self.starting < self.opts.prestart {
             self.starting += 1;
             actions.push(Action::StartWorker);
         }
         actions.extend(self.schedule());
         actions
+    }
+
+    /// Workers of the pool: all but those on their way out (retiring) or of an old binary.
+    fn pool_len(&self) -> usize {
+        self.workers
+            .values()
+            .filter(|s| !matches!(s, WorkerState::Retiring { .. } | WorkerState::Draining { .. }))
+            .count()
     }
 
     /// The worker a lease is on.
@@ -261,12 +275,12 @@ impl Scheduler {
                 self.release(&shape, blocked);
             }
             Some(WorkerState::Idle { .. }) => self.idle.retain(|w| *w != worker),
-            Some(WorkerState::Retiring { .. }) => {}
+            Some(WorkerState::Retiring { .. } | WorkerState::Draining { .. }) => {}
             None => return Vec::new(),
         }
         let mut actions = Vec::new();
         // Keep the warm pool at its size.
-        if self.workers.len() + self.starting < self.opts.prestart {
+        if self.pool_len() + self.starting < self.opts.prestart {
             self.starting += 1;
             actions.push(Action::StartWorker);
         }
@@ -337,8 +351,20 @@ impl Scheduler {
             actions.push(Action::KillWorker { worker: w });
             actions.extend(self.worker_died(w));
         }
-        let retiring = self.workers.values().filter(|s| matches!(s, WorkerState::Retiring { .. })).count();
-        let mut beyond = (self.workers.len() - retiring).saturating_sub(self.opts.prestart);
+        // Draining workers are asked again, once per idle timeout.
+        let due: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter_map(|(w, s)| match s {
+                WorkerState::Draining { since } if now.duration_since(*since) >= self.opts.idle_timeout => Some(*w),
+                _ => None,
+            })
+            .collect();
+        for w in due {
+            self.workers.insert(w, WorkerState::Retiring { since: now, stale: true });
+            actions.push(Action::Retire { worker: w });
+        }
+        let mut beyond = self.pool_len().saturating_sub(self.opts.prestart);
         while beyond > 0 {
             // The oldest idle worker is at the front.
             let Some(&w) = self.idle.first() else { break };
@@ -366,10 +392,10 @@ impl Scheduler {
                 self.schedule()
             }
             Some(WorkerState::Retiring { stale: true, .. }) => {
-                // Its binary is no longer the job's: it must not be leased again.
-                let mut a = vec![Action::KillWorker { worker }];
-                a.extend(self.worker_died(worker));
-                a
+                // Its binary is no longer the job's: never leased again, but what it owns
+                // lives on until it owns nothing.
+                self.workers.insert(worker, WorkerState::Draining { since: now });
+                Vec::new()
             }
             _ => Vec::new(),
         }
@@ -685,12 +711,16 @@ mod tests {
         assert_eq!((s.num_workers(), s.num_idle()), (1, 1));
         assert!(s.tick(t1 + Duration::from_millis(500)).is_empty(), "idle again since it was kept");
         assert_eq!(s.tick(t1 + Duration::from_secs(2)), vec![Action::Retire { worker: WorkerId(1) }]);
-        // A worker asked to retire when the node's binary changes is never kept.
-        let (mut s2, _) = Scheduler::new(&Shape::cpus(4.0), opts(0));
+        // A worker of a binary the node no longer runs is never leased again: it drains (its
+        // objects live on) and is asked again each idle timeout until it goes.
+        let (mut s2, _) = Scheduler::new(&Shape::cpus(4.0), opts(1));
         s2.worker_registered(WorkerId(7), now);
-        assert_eq!(s2.tick(t1), vec![Action::Retire { worker: WorkerId(7) }]);
-        s2.retire_idle();
-        assert!(s2.keep(WorkerId(7), t1).contains(&Action::KillWorker { worker: WorkerId(7) }));
+        let a = s2.retire_idle(now);
+        assert!(a.contains(&Action::Retire { worker: WorkerId(7) }) && a.contains(&Action::StartWorker), "{a:?}");
+        assert!(s2.keep(WorkerId(7), now).is_empty());
+        assert!(grants(&s2.request(1, 1, Shape::cpus(1.0), 1)).is_empty(), "a draining worker is not leased");
+        assert_eq!(s2.tick(now + Duration::from_secs(2)), vec![Action::Retire { worker: WorkerId(7) }]);
+        s2.worker_died(WorkerId(7));
         assert_eq!(s2.num_workers(), 0);
         // One that neither goes nor answers is killed after the grace.
         let a = s.tick(t1 + Duration::from_secs(2) + RETIRE_GRACE);
