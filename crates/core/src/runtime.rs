@@ -958,7 +958,7 @@ impl Runtime {
                         drop(inb);
                         self.inbound(hello.from, conn, reader)
                     }
-                    Err(e) if e.peer_left() => {}
+                    Err(e) if !e.worth_logging(source) => {}
                     Err(e) => {
                         gate.log.log(|| format!("ferry: refused a connection from {source}: {e}"));
                     }
@@ -1098,11 +1098,6 @@ impl Runtime {
                         thread::sleep(Duration::from_millis(5 * u64::from(tries.min(20))));
                     }
                     tries += 1;
-                    if self.store.free_space().is_ok_and(|f| f >= bytes.saturating_mul(2)) && tries > 1 {
-                        // Room there is, and still no space: not something spilling mends (no
-                        // inodes left, say).
-                        return Err(e);
-                    }
                     match self.node_call(|req| ToNode::MakeRoom { req, bytes }) {
                         Ok(FromNode::Room { error: None, .. }) => continue,
                         Ok(FromNode::Room { error: Some(why), .. }) => return Err(std::io::Error::other(why)),

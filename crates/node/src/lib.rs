@@ -1286,7 +1286,7 @@ fn serve_conn(node: Arc<Node>, stream: Stream, adm: Admission) {
     let (conn, mut reader, hello, _slot) = match accept(stream, &node.opts.token, node.id, node.opts.max_frame, adm) {
         Ok(x) => x,
         // A peer that left (a port probe, a process that ended) is not worth a line.
-        Err(e) if e.peer_left() => return,
+        Err(e) if !e.worth_logging(source) => return,
         Err(e) => {
             if !node.stopping.load(Ordering::SeqCst) {
                 gate.log.log(|| format!("ferry-node: refused a connection from {source}: {e}"));

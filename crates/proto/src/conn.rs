@@ -260,6 +260,9 @@ impl Conn {
 #[derive(Debug)]
 pub enum ConnectError {
     Io(io::Error),
+    /// The peer went once challenged: a client with another token (it found our proof
+    /// wrong), a stranger collecting challenges, or a process that ended just then.
+    LeftWhenChallenged,
     /// The peer refused us (wrong token, wrong version, ...).
     Refused(String),
     Protocol(FrameError),
@@ -269,6 +272,7 @@ impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConnectError::Io(e) => write!(f, "{e}"),
+            ConnectError::LeftWhenChallenged => write!(f, "the peer left once challenged (a wrong token, or a scan)"),
             ConnectError::Refused(r) => write!(f, "refused by peer: {r}"),
             ConnectError::Protocol(e) => write!(f, "handshake failed: {e}"),
         }
@@ -278,6 +282,16 @@ impl std::fmt::Display for ConnectError {
 impl std::error::Error for ConnectError {}
 
 impl ConnectError {
+    /// Whether a refusal of a peer from `source` is worth a (rate-limited) line in a log: not
+    /// a peer that simply went away, nor one of this user's own processes (the only ones a Unix
+    /// socket reaches) that ended while it connected.
+    pub fn worth_logging(&self, source: crate::listen::Source) -> bool {
+        match self {
+            ConnectError::LeftWhenChallenged => source != crate::listen::Source::Local,
+            e => !e.peer_left(),
+        }
+    }
+
     /// The peer simply went away (closed before its hello, or while we answered): a probe, or
     /// a process that ended; nothing worth a line in a log.
     pub fn peer_left(&self) -> bool {
@@ -538,9 +552,7 @@ pub fn accept(
         Ok(a) => a,
         // Gone once challenged: a client with another token (it found our proof wrong), or a
         // stranger collecting challenges. Worth a (rate-limited) line, unlike a probe.
-        Err(FrameError::Closed) => {
-            return Err(ConnectError::Refused("closed once challenged (a wrong token, or a scan)".into()))
-        }
+        Err(FrameError::Closed) => return Err(ConnectError::LeftWhenChallenged),
         Err(e) => return Err(ConnectError::Protocol(e)),
     };
     if !proof_ok(token, CONNECT_LABEL, &mine, &hello.nonce, &here, &answer.proof) {
