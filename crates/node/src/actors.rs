@@ -20,6 +20,7 @@
 //! callers then call the actor's worker directly, wherever it is. A host whose home's link
 //! closes stops the actors it hosts for it (fate-sharing, as with a creator).
 
+use crate::members::{room, rooms};
 use crate::{Node, State};
 use ferry_proto::conn::Addr;
 use ferry_proto::msg::{ActorId, ActorLocation, ActorSpec, FromNode, Placement, ToNode};
@@ -217,7 +218,7 @@ impl Node {
         let default = placement == Placement::Default;
         if rec.home.is_none() && (self.in_cluster() || !default) {
             use ferry_sched::place::{fits, place, two_choices, Decision};
-            let (me, others) = (self.my_view(st), self.others_free(st));
+            let (me, others) = (room(&self.my_view(st)), rooms(&self.others_free(st)));
             st.rand ^= st.rand << 13;
             st.rand ^= st.rand >> 7;
             st.rand ^= st.rand << 17;

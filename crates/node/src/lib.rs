@@ -684,8 +684,8 @@ impl Node {
         prefer: Option<NodeId>,
     ) {
         use ferry_sched::place::{place, Decision};
-        let others = self.others(st);
-        let me = self.my_view(st);
+        let others = members::rooms(&self.others(st));
+        let me = members::room(&self.my_view(st));
         if placement == Placement::Spread {
             st.rr += 1;
         }

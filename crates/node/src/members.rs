@@ -177,6 +177,23 @@ impl Node {
     }
 }
 
+/// What placement needs of a node's view.
+pub(crate) fn room(v: &NodeView) -> ferry_sched::place::NodeRoom {
+    ferry_sched::place::NodeRoom {
+        node: v.node,
+        addr: v.addr.clone(),
+        head: v.head,
+        alive: v.alive,
+        total: v.total.clone(),
+        available: v.available.clone(),
+    }
+}
+
+/// [`room`] of each.
+pub(crate) fn rooms(vs: &[NodeView]) -> Vec<ferry_sched::place::NodeRoom> {
+    vs.iter().map(room).collect()
+}
+
 fn view_of(node: NodeId, addr: String, head: bool, alive: bool, silent_ms: u64, s: &NodeStats) -> NodeView {
     NodeView {
         node,

@@ -12,6 +12,7 @@
 
 use crate::conn::Addr;
 use crate::ids::{NodeId, ObjectId, TaskId, WorkerId};
+pub use ferry_types::{ActorId, Placement, Shape, CPU};
 use serde::{Deserialize, Serialize};
 
 /// The first frame on every connection. It carries no secret: each side proves it holds the
@@ -61,64 +62,6 @@ pub struct HelloProof {
     pub dialed: String,
 }
 
-/// Resource amounts in thousandths (so that `0.5` CPU is exact), sorted by name.
-/// A task's shape is also its scheduling class: tasks of one shape share leases.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
-pub struct Shape(pub Vec<(String, u64)>);
-
-/// Name of the CPU resource.
-pub const CPU: &str = "CPU";
-
-impl Shape {
-    /// A shape of `cpus` CPUs and nothing else.
-    pub fn cpus(cpus: f64) -> Shape {
-        let mut s = Shape::default();
-        s.set(CPU, cpus);
-        s
-    }
-
-    /// A shape of `cpus` CPUs plus custom `resources` (later amounts of a name win).
-    pub fn with_resources(cpus: f64, resources: &[(String, f64)]) -> Shape {
-        let mut s = Shape::cpus(cpus);
-        for (n, a) in resources {
-            s.set(n, *a);
-        }
-        s
-    }
-
-    /// Sets `name` to `amount` (in whole units; stored in thousandths). Zero removes it.
-    pub fn set(&mut self, name: &str, amount: f64) {
-        let milli = (amount.max(0.0) * 1000.0).round() as u64;
-        match self.0.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
-            Ok(i) if milli == 0 => {
-                self.0.remove(i);
-            }
-            Ok(i) => self.0[i].1 = milli,
-            Err(_) if milli == 0 => {}
-            Err(i) => self.0.insert(i, (name.to_string(), milli)),
-        }
-    }
-
-    /// Amount of `name` in thousandths.
-    pub fn get_milli(&self, name: &str) -> u64 {
-        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| *v).unwrap_or(0)
-    }
-}
-
-impl std::fmt::Display for Shape {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("{")?;
-        for (i, (n, v)) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(", ")?;
-            }
-            write!(f, "{n}: {}", *v as f64 / 1000.0)?;
-        }
-        f.write_str("}")
-    }
-}
-
 /// What kind of process registers with a daemon.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
@@ -159,22 +102,6 @@ pub struct JobView {
     pub ended_ms: Option<u64>,
     /// The exit code (`None` while running or if a signal ended it).
     pub code: Option<i32>,
-}
-
-/// Where a task may run (Ray's scheduling strategies).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
-pub enum Placement {
-    /// This node first; another when this one can never fit the task or is busy and another
-    /// has room (power of two choices on load).
-    #[default]
-    Default,
-    /// Round-robin over the nodes that can fit the task.
-    Spread,
-    /// On `node`; with `soft`, elsewhere when that node is dead or cannot fit the task.
-    Node { node: NodeId, soft: bool },
-    /// On the node asked and no other (a request another node spilled back to it).
-    Here,
 }
 
 /// One node as the head sees it.
@@ -327,33 +254,6 @@ impl ToNode {
             exe: None,
             node: None,
         }
-    }
-}
-
-/// Identifies an actor across the cluster and its restarts.
-#[derive(Copy, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
-pub struct ActorId(pub u64);
-
-impl ActorId {
-    /// A new id for an actor whose entry lives at `home`'s daemon: the high 32 bits are the
-    /// home's tag (so any process finds the daemon to ask), the rest is `random`.
-    pub fn new(home: NodeId, random: u64) -> ActorId {
-        ActorId((Self::tag_of(home) << 32) | (random & 0xffff_ffff))
-    }
-    /// The tag of the node keeping this actor's entry.
-    pub fn home_tag(&self) -> u64 {
-        self.0 >> 32
-    }
-    /// A node's tag, as actor ids carry it.
-    pub fn tag_of(node: NodeId) -> u64 {
-        node.0 & 0xffff_ffff
-    }
-}
-
-impl std::fmt::Debug for ActorId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "A{:016x}", self.0)
     }
 }
 
@@ -740,21 +640,4 @@ pub enum FromWorker {
         /// Tasks this process submitted that are not finished.
         tasks: u64,
     },
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shape_set_keeps_sorted_and_drops_zero() {
-        let mut s = Shape::cpus(1.0);
-        s.set("GPU", 0.5);
-        s.set("A", 2.0);
-        assert_eq!(s.0.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["A", "CPU", "GPU"]);
-        assert_eq!(s.get_milli("GPU"), 500);
-        s.set("A", 0.0);
-        assert_eq!(s.0.len(), 2);
-        assert_eq!(s.to_string(), "{CPU: 1, GPU: 0.5}");
-    }
 }

@@ -17,8 +17,7 @@
 
 pub mod place;
 
-use ferry_proto::msg::{Shape, CPU};
-use ferry_proto::WorkerId;
+use ferry_types::{Shape, WorkerId, CPU};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 

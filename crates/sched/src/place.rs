@@ -12,8 +12,20 @@
 //!
 //! Pure: the cluster view, the strategy and a random number in, a decision out.
 
-use ferry_proto::msg::{NodeView, Placement, Shape, CPU};
-use ferry_proto::NodeId;
+use ferry_types::{NodeId, Placement, Shape, CPU};
+
+/// One node as placement sees it: what choosing a node needs of the cluster's view.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeRoom {
+    pub node: NodeId,
+    /// Where its daemon is reached (`host:port`); empty if unknown.
+    pub addr: String,
+    /// The control store: never chosen.
+    pub head: bool,
+    pub alive: bool,
+    pub total: Shape,
+    pub available: Shape,
+}
 
 /// Where a request goes.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,7 +54,7 @@ pub fn take(have: &mut Shape, need: &Shape) {
 }
 
 /// Load of a node: the fraction of its CPUs in use (0 when it has none).
-fn load(v: &NodeView) -> f64 {
+fn load(v: &NodeRoom) -> f64 {
     let total = v.total.get_milli(CPU);
     if total == 0 {
         return 0.0;
@@ -57,12 +69,12 @@ pub fn place(
     shape: &Shape,
     placement: &Placement,
     prefer: Option<NodeId>,
-    me: &NodeView,
-    others: &[NodeView],
+    me: &NodeRoom,
+    others: &[NodeRoom],
     rr: u64,
     rand: u64,
 ) -> Decision {
-    let spill = |v: &NodeView| Decision::Spill { node: v.node, addr: v.addr.clone() };
+    let spill = |v: &NodeRoom| Decision::Spill { node: v.node, addr: v.addr.clone() };
     let alive = || others.iter().filter(|v| v.alive && !v.addr.is_empty());
     match placement {
         Placement::Here => Decision::Local,
@@ -87,7 +99,7 @@ pub fn place(
             ))
         }
         Placement::Spread => {
-            let mut feasible: Vec<&NodeView> = std::iter::once(me)
+            let mut feasible: Vec<&NodeRoom> = std::iter::once(me)
                 .filter(|v| !v.head && fits(shape, &v.total))
                 .chain(alive().filter(|v| fits(shape, &v.total)))
                 .collect();
@@ -123,8 +135,8 @@ pub fn place(
 }
 
 /// Of the live nodes with room for `shape` now, the less loaded of two drawn at random.
-pub fn two_choices<'a>(shape: &Shape, nodes: &'a [NodeView], rand: u64) -> Option<&'a NodeView> {
-    let roomy: Vec<&NodeView> =
+pub fn two_choices<'a>(shape: &Shape, nodes: &'a [NodeRoom], rand: u64) -> Option<&'a NodeRoom> {
+    let roomy: Vec<&NodeRoom> =
         nodes.iter().filter(|v| v.alive && !v.addr.is_empty() && fits(shape, &v.available)).collect();
     if roomy.is_empty() {
         return None;
@@ -134,7 +146,7 @@ pub fn two_choices<'a>(shape: &Shape, nodes: &'a [NodeView], rand: u64) -> Optio
     Some(if load(b) < load(a) { b } else { a })
 }
 
-fn wait(shape: &Shape, me: &NodeView, others: &[NodeView]) -> Decision {
+fn wait(shape: &Shape, me: &NodeRoom, others: &[NodeRoom]) -> Decision {
     let mut have: Vec<String> = vec![format!("{} (this node)", me.total)];
     have.extend(others.iter().filter(|v| v.alive).map(|v| v.total.to_string()));
     Decision::Wait(format!(
@@ -147,20 +159,14 @@ fn wait(shape: &Shape, me: &NodeView, others: &[NodeView]) -> Decision {
 mod tests {
     use super::*;
 
-    fn node(id: u64, cpus: f64, free: f64) -> NodeView {
-        NodeView {
+    fn node(id: u64, cpus: f64, free: f64) -> NodeRoom {
+        NodeRoom {
             node: NodeId(id),
             addr: format!("10.0.0.{id}:1"),
             head: false,
             alive: true,
             total: Shape::cpus(cpus),
             available: Shape::cpus(free),
-            workers: 0,
-            silent_ms: 0,
-            actors: 0,
-            objects: 0,
-            object_bytes: 0,
-            spilled_bytes: 0,
         }
     }
 

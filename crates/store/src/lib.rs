@@ -18,7 +18,7 @@
 //! **Architecture Invariant:** this crate knows nothing of the network or of owners; it
 //! stores, maps and deletes bytes named by [`ObjectId`].
 
-use ferry_proto::ObjectId;
+use ferry_types::ObjectId;
 pub use memmap2::Mmap;
 use memmap2::MmapMut;
 use std::collections::HashMap;
@@ -512,7 +512,7 @@ impl ObjectTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_proto::{TaskId, WorkerId};
+    use ferry_types::{TaskId, WorkerId};
 
     fn oid(seq: u64) -> ObjectId {
         ObjectId { task: TaskId { owner: WorkerId(7), seq }, index: 0 }
