@@ -14,7 +14,8 @@
 //! user of the host in the process list.
 
 use clap::{Args, Parser, Subcommand};
-use ferry::__private::NodeRole;
+use ferry_node::launch::{LaunchConfig, NodeRole};
+use ferry_os::local;
 use ferry_proto::conn::connect;
 use ferry_proto::msg::{FromNode, ProcKind, ToNode};
 use ferry_proto::{Addr, WorkerId};
@@ -238,7 +239,7 @@ impl Target {
             (None, Some(f)) => Some(read_token_file(f)?),
             (None, None) => std::env::var("FERRY_TOKEN").ok().filter(|t| !t.is_empty()),
         };
-        ferry::__private::cluster_token(address, given.as_deref()).map_err(|e| e.to_string())
+        local::cluster_token(address, given.as_deref())
     }
 }
 
@@ -280,15 +281,13 @@ fn start_blocking(
     resources: Option<&str>,
     store: Option<u64>,
 ) -> Result<(), String> {
-    let mut cfg = ferry::Config::default();
+    let mut cfg = LaunchConfig::from_env();
     if let Some(n) = cpus {
-        cfg = cfg.num_cpus(n);
+        cfg.cpus = n.max(1);
     }
-    for (k, v) in parse_resources(resources.unwrap_or(""))? {
-        cfg = cfg.resource(&k, v);
-    }
+    cfg.resources = parse_resources(resources.unwrap_or(""))?;
     if let Some(b) = store {
-        cfg = cfg.object_store_bytes(b);
+        cfg.store_bytes = Some(b);
     }
     let mut control = None;
     let mut head_state = None;
@@ -313,18 +312,18 @@ fn start_blocking(
         }
         Role::Member { head, target } => {
             // A member uses the cluster's token, so drivers reach it with the same one.
-            cfg = cfg.token(&target.token(head)?);
+            cfg.token = Some(target.token(head)?);
             NodeRole::Member { head: head.clone(), heartbeat: env_ms("FERRY_HEARTBEAT_MS", 1000) }
         }
     };
-    let started = ferry::__private::start_node(&cfg, &format!("{host}:{port}"), node_role);
+    let started = ferry_node::launch::start(&cfg, &format!("{host}:{port}"), node_role);
     let (node, token) = match started {
         Ok(x) => x,
         Err(e) => {
             if let Some(c) = control {
                 c.stop();
             }
-            return Err(e.to_string());
+            return Err(e);
         }
     };
     let addr = node.tcp_addr().ok_or("the node has no TCP address")?;
@@ -345,14 +344,14 @@ fn start_blocking(
         c.supervise()
     });
     // Processes of this user on this host reach the node through its Unix socket.
-    let links = ferry::__private::local_socket_links(addr).map_err(|e| e.to_string())?;
+    let links = local::local_socket_links(addr)?;
     if let ferry_proto::Addr::Unix(sock) = node.addr() {
         for link in &links {
             let _ = std::fs::remove_file(link);
             std::os::unix::fs::symlink(&sock, link).map_err(|e| format!("cannot link {}: {e}", link.display()))?;
         }
     }
-    let file = ferry::__private::token_file(addr.port()).map_err(|e| e.to_string())?;
+    let file = local::token_file(addr.port())?;
     ferry_os::write_secret(&file, token.as_bytes()).map_err(|e| e.to_string())?;
     println!("ferry: node started (pid {})", std::process::id());
     println!("address: {addr}");
@@ -624,7 +623,7 @@ type Reader = ferry_proto::FrameReader<ferry_proto::Stream>;
 fn register(address: &str, token: &str, kind: ProcKind) -> Result<(ferry_proto::Conn, Reader), String> {
     let me = WorkerId(ferry_proto::ids::random_u64());
     // A node of this user on this host is reached through its Unix socket.
-    let to = match ferry::__private::local_socket(address).map_err(|e| e.to_string())? {
+    let to = match local::local_socket(address)? {
         Some(sock) => Addr::Unix(sock),
         None => Addr::Tcp(address.to_string()),
     };
@@ -645,8 +644,8 @@ fn register(address: &str, token: &str, kind: ProcKind) -> Result<(ferry_proto::
 /// Connects to the node `target` names, as a tool; returns its address and token too.
 fn node_conn(target: &Target) -> Result<(ferry_proto::Conn, Reader, String, String), String> {
     let address = target.address()?;
-    if ferry::__private::local_socket(&address).map_err(|e| e.to_string())?.is_none() {
-        ferry::__private::probe(&address).map_err(|e| e.to_string())?;
+    if local::local_socket(&address)?.is_none() {
+        local::probe(&address)?;
     }
     let token = target.token(&address)?;
     let (conn, rx) = register(&address, &token, ProcKind::Tool)?;

@@ -80,29 +80,29 @@ impl std::fmt::Debug for Config {
     }
 }
 
-fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
-    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
-}
+use ferry_types::defaults::{self, env, env_str};
 
 impl Default for Config {
     fn default() -> Self {
         Config {
-            address: std::env::var("FERRY_ADDRESS").ok().filter(|a| !a.is_empty()),
-            token: std::env::var("FERRY_TOKEN").ok().filter(|t| !t.is_empty()),
+            address: env_str("FERRY_ADDRESS"),
+            token: env_str("FERRY_TOKEN"),
             num_cpus: env("FERRY_NUM_CPUS"),
             resources: Vec::new(),
-            inline_max_bytes: env("FERRY_INLINE_MAX_BYTES").unwrap_or(100 << 10),
+            inline_max_bytes: env("FERRY_INLINE_MAX_BYTES").unwrap_or(defaults::INLINE_MAX_BYTES),
             object_store_bytes: env("FERRY_OBJECT_STORE_BYTES"),
-            spill_dir: std::env::var_os("FERRY_SPILL_DIR").map(Into::into),
-            max_tasks_in_flight_per_worker: env("FERRY_MAX_TASKS_IN_FLIGHT").unwrap_or(16).max(1),
-            max_pending_lease_requests: 2,
-            max_lineage_bytes: 256 << 20,
-            lease_idle_timeout: Duration::from_millis(env("FERRY_LEASE_IDLE_MS").unwrap_or(1000)),
+            spill_dir: std::env::var_os("FERRY_SPILL_DIR").filter(|d| !d.is_empty()).map(Into::into),
+            max_tasks_in_flight_per_worker: env("FERRY_MAX_TASKS_IN_FLIGHT")
+                .unwrap_or(defaults::MAX_TASKS_IN_FLIGHT)
+                .max(1),
+            max_pending_lease_requests: defaults::MAX_PENDING_LEASE_REQUESTS,
+            max_lineage_bytes: defaults::MAX_LINEAGE_BYTES,
+            lease_idle_timeout: env("FERRY_LEASE_IDLE_MS").map(Duration::from_millis).unwrap_or(defaults::LEASE_IDLE),
             prestart_workers: env("FERRY_PRESTART_WORKERS"),
-            max_workers: env("FERRY_MAX_WORKERS").unwrap_or(4096),
-            idle_worker_timeout: Duration::from_secs(5),
+            max_workers: env("FERRY_MAX_WORKERS").unwrap_or(defaults::MAX_WORKERS),
+            idle_worker_timeout: defaults::IDLE_WORKER_TIMEOUT,
             max_frame_bytes: ferry_proto::DEFAULT_MAX_FRAME,
-            default_max_retries: 3,
+            default_max_retries: defaults::MAX_RETRIES,
         }
     }
 }
@@ -144,61 +144,20 @@ impl Config {
         self
     }
 
-    pub(crate) fn cpus(&self) -> usize {
-        self.num_cpus.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
-    }
-
-    /// The store's capacity: as configured, else 30% of RAM, but never more than the store's
-    /// filesystem (`store_dir`'s, normally `/dev/shm`) has free now: a container's
-    /// `/dev/shm` is often 64 MiB. Warns when it is small.
-    pub(crate) fn store_bytes(&self, store_dir: &std::path::Path) -> u64 {
-        let free = ferry_store::free_space(store_dir).ok();
-        let by_ram = total_memory().map(|m| m / 10 * 3).unwrap_or(2 << 30);
-        let mib = |b: u64| b >> 20;
-        match (self.object_store_bytes, free) {
-            (Some(b), Some(f)) if b > f => {
-                eprintln!(
-                    "ferry: warning: the object store may hold {} MiB (Config::object_store_bytes) but {} has only \
-                     {} MiB free: objects past that spill to disk sooner",
-                    mib(b),
-                    store_dir.display(),
-                    mib(f)
-                );
-                b
-            }
-            (Some(b), _) => b,
-            (None, Some(f)) if f / 10 * 9 < by_ram => {
-                let cap = f / 10 * 9;
-                eprintln!(
-                    "ferry: warning: {} has only {} MiB free, so the object store holds {} MiB (not 30% of RAM, \
-                     {} MiB) and larger working sets spill to disk; give it more (docker run --shm-size=...) or set \
-                     Config::object_store_bytes",
-                    store_dir.display(),
-                    mib(f),
-                    mib(cap),
-                    mib(by_ram)
-                );
-                cap
-            }
-            (None, _) => by_ram,
-        }
+    /// The CPUs the embedded node offers.
+    pub fn cpus(&self) -> usize {
+        self.num_cpus.unwrap_or_else(defaults::cpus)
     }
 
     /// The settings a worker inherits from its driver, as environment variables.
-    pub(crate) fn to_worker_env(&self) -> Vec<(String, String)> {
+    #[doc(hidden)]
+    pub fn to_worker_env(&self) -> Vec<(String, String)> {
         vec![
             ("FERRY_INLINE_MAX_BYTES".into(), self.inline_max_bytes.to_string()),
             ("FERRY_MAX_TASKS_IN_FLIGHT".into(), self.max_tasks_in_flight_per_worker.to_string()),
             ("FERRY_LEASE_IDLE_MS".into(), self.lease_idle_timeout.as_millis().to_string()),
         ]
     }
-}
-
-fn total_memory() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 #[cfg(test)]

@@ -67,7 +67,7 @@ use std::time::{Duration, Instant};
 static WORKER_ENTRY: extern "C" fn() = worker_entry;
 
 extern "C" fn worker_entry() {
-    if std::env::var_os(ferry_node::worker_env::WORKER).is_some_and(|v| v == "1") {
+    if std::env::var_os(ferry_proto::layout::worker_env::WORKER).is_some_and(|v| v == "1") {
         worker::main();
     }
 }
@@ -789,9 +789,7 @@ pub mod __private {
         await_catching, ActorClass, ActorInstance, ActorMethod, MethodFuture, ACTOR_CLASSES, ACTOR_METHODS,
     };
     pub use crate::registry::{check_arity, decode_arg, run_catching, RemoteFunction, REMOTE_FUNCTIONS};
-    pub use crate::session::{
-        cluster_token, local_socket, local_socket_links, probe, start_node, token_file, NodeRole,
-    };
+    pub use crate::session::{set_embedder, Embedded, EmbeddedNode, Embedder};
     pub use ferry_proto::msg::{Return, TaskError};
     pub use linkme;
 }

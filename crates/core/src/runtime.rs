@@ -28,11 +28,10 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::executor::Executor;
 use crate::owner::{ArgDraft, Effects, ObjState, OwnerLimits, OwnerState, Ready};
-use ferry_node::NodeHandle;
 use ferry_proto::conn::accept;
 use ferry_proto::conn::{connect, connect_from, Addr, Conn};
 use ferry_proto::listen::{accept_loop as accept_loop_on, wake_pair, Gate, Limits, Listener, Wake as StopLoop, WakeRx};
-use ferry_proto::msg::{ActorId, FromNode, FromWorker, NodeStats, ProcKind, Shape, ToNode, ToWorker};
+use ferry_proto::msg::{ActorId, FromNode, FromWorker, NodeStats, ProcKind, PullError, Shape, ToNode, ToWorker};
 use ferry_proto::{FrameError, FrameReader, NodeId, ObjectId, Stream, WorkerId};
 use ferry_store::{ObjectView, StoreDir};
 use std::collections::HashMap;
@@ -130,7 +129,7 @@ pub(crate) struct Runtime {
     releases: Mutex<Vec<(ObjectId, u32)>>,
     releases_cv: std::sync::Condvar,
     pub executor: Option<Arc<Executor>>,
-    embedded: Mutex<Option<NodeHandle>>,
+    embedded: Mutex<Option<Box<dyn crate::session::EmbeddedNode>>>,
     running: AtomicBool,
     /// Would stop the accept loops (they live as long as the process).
     wakes: Mutex<Vec<StopLoop>>,
@@ -141,7 +140,7 @@ impl Runtime {
     pub(crate) fn start(
         mut id: Identity,
         cfg: Config,
-        embedded: Option<NodeHandle>,
+        embedded: Option<Box<dyn crate::session::EmbeddedNode>>,
         executor: Option<Arc<Executor>>,
     ) -> Result<&'static Runtime> {
         let bind = |dir: &std::path::Path| {
@@ -1120,8 +1119,8 @@ impl Runtime {
             match self.node_call(|req| ToNode::Pull { req, object: id, from: node })? {
                 FromNode::Pulled { error: None, .. } => {}
                 // The store here is full: not a loss (its owner must not make it again).
-                FromNode::Pulled { error: Some(e), .. } if e.starts_with(ferry_node::STORE_FULL) => {
-                    return Err(Error::ObjectStoreFull { detail: e })
+                FromNode::Pulled { error: Some(e @ PullError::StoreFull(_)), .. } => {
+                    return Err(Error::ObjectStoreFull { detail: e.to_string() })
                 }
                 FromNode::Pulled { error: Some(e), .. } => {
                     return Err(Error::ObjectLost {
@@ -1287,13 +1286,13 @@ pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
 /// started by `ferry submit` (then a node without it fetches it from the head).
 fn this_program() -> Option<ferry_proto::msg::Program> {
     let path = std::env::current_exe().ok()?;
-    let hash = std::env::var(ferry_node::worker_env::EXE_HASH).ok().filter(|h| !h.is_empty());
+    let hash = std::env::var(ferry_proto::layout::worker_env::EXE_HASH).ok().filter(|h| !h.is_empty());
     Some(ferry_proto::msg::Program { path, hash })
 }
 
 /// Where process `id` of a session listens.
 pub(crate) fn peer_socket(session_dir: &std::path::Path, id: WorkerId) -> std::path::PathBuf {
-    ferry_node::socket_of(session_dir, id)
+    ferry_proto::layout::socket_of(session_dir, id)
 }
 
 /// Shows lines that tasks printed, as they came (each starts with `(task pid=N)`); lines from

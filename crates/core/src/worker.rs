@@ -4,8 +4,8 @@
 use crate::config::Config;
 use crate::executor::Executor;
 use crate::runtime::{Identity, Runtime};
-use ferry_node::worker_env::*;
 use ferry_proto::conn::Addr;
+use ferry_proto::layout::worker_env::*;
 use ferry_proto::msg::ProcKind;
 use ferry_proto::WorkerId;
 use std::path::PathBuf;

@@ -23,12 +23,14 @@
 //! Any binary that links ferry can serve as its own worker: worker processes are started from
 //! the same executable and enter worker mode before `main` runs.
 
+mod embed;
+
 pub use ferry_core::{
-    block_on, cancel, decode, encode_vec, get, get_actor, get_all, get_async, get_bytes, get_timeout, init, kill,
-    memory_summary, node_id, node_stats, nodes, put, recovery_stats, shutdown, store_return, wait, Actor, ActorHandle,
-    ActorId, ActorOptions, ActorOptionsBuilder, ActorProxy, Bytes, BytesMut, Config, Error, GetFuture, IntoArg,
-    Location, MemorySummary, NodeId, NodeInfo, NodeStats, ObjectId, ObjectRef, ObjectSummary, RawActor, RecoveryStats,
-    RemoteOptions, Result, SchedulingStrategy, TaskArg, TaskOptions, WaitResult, WorkerId,
+    block_on, cancel, decode, encode_vec, get, get_all, get_async, get_bytes, get_timeout, kill, shutdown,
+    store_return, wait, Actor, ActorHandle, ActorId, ActorOptions, ActorOptionsBuilder, ActorProxy, Bytes, BytesMut,
+    Config, Error, GetFuture, IntoArg, Location, MemorySummary, NodeId, NodeInfo, NodeStats, ObjectId, ObjectRef,
+    ObjectSummary, RawActor, RecoveryStats, RemoteOptions, Result, SchedulingStrategy, TaskArg, TaskOptions,
+    WaitResult, WorkerId,
 };
 pub use ferry_macros::{actor, main, remote};
 
@@ -38,10 +40,95 @@ pub mod prelude {
     pub use std::time::Duration;
 }
 
+// The entry points that may start the runtime: each makes sure it can start an embedded
+// node first (see `embed`). The rest of the API takes a ref or handle, which one of these made.
+
+/// Starts ferry in this process: with no cluster address (`Config::address`, or
+/// `FERRY_ADDRESS`), an embedded local cluster (a node daemon on background threads and one
+/// worker process per core, started from this very binary); with one, joins that cluster.
+/// Call once, early in `main`; without it, the first ferry call starts ferry with
+/// `Config::default()`, as Ray does.
+pub fn init(cfg: Config) -> Result<()> {
+    embed::ready();
+    ferry_core::init(cfg)
+}
+
+/// Stores a value and returns an owned reference to it. Small values stay in this process's
+/// memory; large ones go to the node's shared-memory store.
+pub fn put<T: serde::Serialize + 'static>(value: T) -> Result<ObjectRef<T>> {
+    embed::ready();
+    ferry_core::put(value)
+}
+
+/// The actor named `name` (in the cluster's directory of names), as a handle of type `T`.
+pub fn get_actor<T: Actor>(name: &str) -> Result<ActorHandle<T>> {
+    embed::ready();
+    ferry_core::get_actor(name)
+}
+
+/// Every node of the cluster, alive or dead, with its resources.
+pub fn nodes() -> Result<Vec<NodeInfo>> {
+    embed::ready();
+    ferry_core::nodes()
+}
+
+/// The node this process runs on (for [`SchedulingStrategy::NodeAffinity`]).
+pub fn node_id() -> Result<NodeId> {
+    embed::ready();
+    ferry_core::node_id()
+}
+
+/// Figures of the local node: store usage, workers, resources.
+pub fn node_stats() -> Result<NodeStats> {
+    embed::ready();
+    ferry_core::node_stats()
+}
+
+/// Every object of the cluster this process can see: owner, size, where it is, why alive.
+pub fn memory_summary() -> Result<MemorySummary> {
+    embed::ready();
+    ferry_core::memory_summary()
+}
+
+/// Retries and reconstructions of the tasks and objects this process owns.
+pub fn recovery_stats() -> Result<RecoveryStats> {
+    embed::ready();
+    ferry_core::recovery_stats()
+}
+
 #[doc(hidden)]
 pub mod __private {
     pub use ferry_core::__private::*;
-    pub use ferry_core::submit;
-    pub use ferry_core::worker_entry_point;
     pub use ferry_core::{session_info, SessionInfo};
+
+    /// Starts a remote function's task (the code `#[ferry::remote]` generates).
+    pub fn submit<R>(
+        function: &'static str,
+        opts: &ferry_core::TaskOptions,
+        args: Vec<ferry_core::TaskArg>,
+    ) -> ferry_core::ObjectRef<R> {
+        crate::embed::ready();
+        ferry_core::submit(function, opts, args)
+    }
+
+    /// Begins encoding a call's arguments (generated code; the first thing a call does).
+    pub fn begin_exports() {
+        crate::embed::ready();
+        ferry_core::__private::begin_exports()
+    }
+
+    /// Creates an actor (the code `#[ferry::actor]` generates).
+    pub fn create_actor<T: ferry_core::Actor>(
+        opts: &ferry_core::ActorOptions,
+        args: Vec<ferry_core::TaskArg>,
+    ) -> ferry_core::Result<ferry_core::ActorHandle<T>> {
+        crate::embed::ready();
+        ferry_core::__private::create_actor(opts, args)
+    }
+
+    /// Enters worker mode if this process was started as one (`#[ferry::main]`).
+    pub fn worker_entry_point() {
+        crate::embed::ready();
+        ferry_core::worker_entry_point()
+    }
 }

@@ -118,3 +118,12 @@ fn a_program_that_exits_at_once_leaves_no_noise() {
         assert!(!err.contains("ferry"), "run {i} printed after it was done:\n{err}");
     }
 }
+
+/// Without `init`, the first ferry call starts an embedded cluster with `Config::default()`,
+/// as Ray's first call does.
+#[test]
+fn the_first_call_starts_ferry_without_init() {
+    let r = ferry::put(41u64).expect("put starts ferry");
+    assert_eq!(ferry::get_timeout(&r, T).unwrap(), 41);
+    assert_eq!(ferry::get_timeout(&add::remote(1, 1), T).unwrap(), 2);
+}

@@ -25,9 +25,9 @@
 mod actors;
 mod control;
 pub mod jobs;
+pub mod launch;
 mod members;
 mod transfer;
-pub use transfer::STORE_FULL;
 
 use actors::{ActorRec, ACTOR_CONN};
 use ferry_proto::conn::{accept, Addr, Conn, Stream};
@@ -117,30 +117,7 @@ impl std::fmt::Debug for NodeOptions {
     }
 }
 
-/// Where process `id` of the session in `session_dir` listens.
-pub fn socket_of(session_dir: &std::path::Path, id: WorkerId) -> PathBuf {
-    session_dir.join(format!("p-{id}.sock"))
-}
-
-/// Environment variables a worker process is started with.
-pub mod worker_env {
-    /// Set (to "1") in worker processes: the binary enters worker mode before `main`.
-    pub const WORKER: &str = "FERRY_WORKER";
-    pub const WORKER_ID: &str = "FERRY_WORKER_ID";
-    pub const NODE_SOCKET: &str = "FERRY_NODE_SOCKET";
-    pub const TOKEN: &str = "FERRY_TOKEN";
-    pub const STORE_DIR: &str = "FERRY_STORE_DIR";
-    pub const SESSION_DIR: &str = "FERRY_SESSION_DIR";
-    /// Where the node spills objects (read back from there by any process).
-    pub const SPILL_DIR: &str = "FERRY_NODE_SPILL_DIR";
-    /// The daemon's process: a worker whose parent is no longer it exits at once.
-    pub const PARENT_PID: &str = "FERRY_PARENT_PID";
-    /// On a node with a TCP address: the host address the worker listens on too, for
-    /// processes of other nodes.
-    pub const TCP_HOST: &str = "FERRY_TCP_HOST";
-    /// The content hash of the program (when the job was submitted with `ferry submit`).
-    pub const EXE_HASH: &str = "FERRY_EXE_HASH";
-}
+pub use ferry_proto::layout::{socket_of, worker_env};
 
 pub(crate) struct ConnInfo {
     pub(crate) conn: Arc<Conn>,
@@ -445,6 +422,21 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
 }
 
 impl NodeHandle {
+    /// The cluster token every connection to it must prove.
+    pub fn token(&self) -> &str {
+        &self.node.opts.token
+    }
+    /// Its session's directory (sockets), store directory and spill directory.
+    pub fn session_dir(&self) -> &std::path::Path {
+        &self.node.opts.session_dir
+    }
+    pub fn store_dir(&self) -> &std::path::Path {
+        &self.node.opts.store_dir
+    }
+    pub fn spill_dir(&self) -> Option<&std::path::Path> {
+        self.node.opts.spill_dir.as_deref()
+    }
+
     /// Where drivers and workers on this host connect.
     pub fn addr(&self) -> Addr {
         Addr::Unix(self.node.opts.session_dir.join("node.sock"))

@@ -12,7 +12,7 @@
 
 use crate::{ConnId, Node};
 use ferry_proto::conn::{connect, Addr, Conn, Stream};
-use ferry_proto::msg::{FromNode, ProcKind, ToNode};
+use ferry_proto::msg::{FromNode, ProcKind, PullError, ToNode};
 use ferry_proto::FrameReader;
 use ferry_proto::{NodeId, ObjectId, WorkerId};
 use std::collections::HashMap;
@@ -21,9 +21,6 @@ use std::time::Duration;
 
 /// How long a transfer may stall (no byte arriving) before it fails.
 const STALL: Duration = Duration::from_secs(30);
-
-/// How a failed copy says the store was full (the runtime tells it apart from a lost object).
-pub const STORE_FULL: &str = "object store full";
 
 /// Why one attempt at a copy failed.
 enum Fetch {
@@ -46,7 +43,7 @@ impl Node {
         }
         let Some(addr) = self.node_addr(&st, from) else {
             let error = format!("object {object:?} is on node {from}, which is dead or not in the cluster");
-            self.send(&st, conn, &FromNode::Pulled { req, error: Some(error) });
+            self.send(&st, conn, &FromNode::Pulled { req, error: Some(PullError::Failed(error)) });
             return;
         };
         st.pulls.insert(object, vec![(conn, req)]);
@@ -57,7 +54,7 @@ impl Node {
             node.pulled(object, r);
         });
         if let Err(e) = spawned {
-            self.pulled(object, Err(format!("cannot start a transfer: {e}")));
+            self.pulled(object, Err(PullError::Failed(format!("cannot start a transfer: {e}"))));
         }
     }
 
@@ -65,20 +62,20 @@ impl Node {
     /// store whose filesystem is full is pressure: room is made (spilling) and the copy tried
     /// again; if none can be made the error says "object store full", never that the object
     /// is lost (its owner would make it again for nothing).
-    fn fetch(&self, object: ObjectId, addr: &str) -> Result<u64, String> {
+    fn fetch(&self, object: ObjectId, addr: &str) -> Result<u64, PullError> {
         let mut tries = 0;
         loop {
             match self.fetch_once(object, addr) {
                 Err(Fetch::NoSpace(size, e)) if tries < 3 => {
                     tries += 1;
                     if let Err(why) = self.wait_for_room(size) {
-                        return Err(format!("{STORE_FULL}: cannot copy object {object:?} here ({e}): {why}"));
+                        return Err(PullError::StoreFull(format!("cannot copy object {object:?} here ({e}): {why}")));
                     }
                 }
                 Err(Fetch::NoSpace(_, e)) => {
-                    return Err(format!("{STORE_FULL}: cannot copy object {object:?} here: {e}"))
+                    return Err(PullError::StoreFull(format!("cannot copy object {object:?} here: {e}")))
                 }
-                Err(Fetch::Failed(e)) => return Err(e),
+                Err(Fetch::Failed(e)) => return Err(PullError::Failed(e)),
                 Ok(n) => return Ok(n),
             }
         }
@@ -140,7 +137,7 @@ impl Node {
     }
 
     /// A transfer ended: seal the copy and answer everyone who waited for it.
-    fn pulled(&self, object: ObjectId, r: Result<u64, String>) {
+    fn pulled(&self, object: ObjectId, r: Result<u64, PullError>) {
         let mut st = self.lock();
         let error = match r {
             // A secondary copy: under pressure it is dropped (pulled again when needed).
@@ -153,7 +150,8 @@ impl Node {
                     }
                     None
                 }
-                Err(e) => Some(e.to_string()),
+                Err(e @ ferry_store::StoreError::Full { .. }) => Some(PullError::StoreFull(e.to_string())),
+                Err(e) => Some(PullError::Failed(e.to_string())),
             },
             Err(e) => Some(e),
         };

@@ -57,7 +57,7 @@ fn call<R>(c: &mut (Conn, FrameReader<Stream>), msg: ToNode, mut pick: impl FnMu
     }
 }
 
-fn pull(c: &mut (Conn, FrameReader<Stream>), object: ObjectId, from: NodeId) -> Option<String> {
+fn pull(c: &mut (Conn, FrameReader<Stream>), object: ObjectId, from: NodeId) -> Option<ferry_proto::msg::PullError> {
     call(c, ToNode::Pull { req: 7, object, from }, |m| match m {
         FromNode::Pulled { req: 7, error } => Some(error),
         _ => None,
@@ -115,7 +115,7 @@ fn a_member_pulls_an_object_once_for_concurrent_readers_and_frees_the_copy() {
     let mut h = client(&head);
     let broken = ObjectId { task: TaskId { owner: WorkerId(42), seq: 9 }, index: 0 };
     put_on_head(&mut h, broken, &vec![5u8; 4 << 20]);
-    let err = pull(&mut m, broken, head.id()).expect("a transfer broken midway is an error");
+    let err = pull(&mut m, broken, head.id()).expect("a transfer broken midway is an error").to_string();
     assert!(err.contains("broke off"), "{err}");
     assert!(marker.exists());
     assert_eq!(member.stats().store_objects, 0);
@@ -158,9 +158,9 @@ fn a_member_pulls_an_object_once_for_concurrent_readers_and_frees_the_copy() {
     }
 
     // Pulls that cannot succeed say why.
-    let missing = pull(&mut m, ObjectId { index: 9, ..id }, head.id()).expect("an error");
+    let missing = pull(&mut m, ObjectId { index: 9, ..id }, head.id()).expect("an error").to_string();
     assert!(missing.contains("does not hold"), "{missing}");
-    let nowhere = pull(&mut m, id, NodeId(1)).expect("an error");
+    let nowhere = pull(&mut m, id, NodeId(1)).expect("an error").to_string();
     assert!(nowhere.contains("not in the cluster"), "{nowhere}");
     drop(member);
     drop(head);
@@ -258,7 +258,7 @@ extern "C" fn small_store_check() {
     let huge = ObjectId { task: TaskId { owner: WorkerId(42), seq: 2 }, index: 0 };
     put_on_head(&mut h, huge, &vec![3u8; 60 << 20]);
     let e = pull(&mut m, huge, head.id()).expect("an error");
-    assert!(e.starts_with(ferry_node::STORE_FULL), "{e}");
+    assert!(matches!(e, ferry_proto::msg::PullError::StoreFull(_)), "{e}");
     println!("small store ok: {e}");
     drop(member);
     drop(head);

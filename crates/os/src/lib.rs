@@ -17,6 +17,8 @@
 //!   the process dies.
 //! - [`raise_fd_limit`]: the soft limit on open files up to the hard one.
 
+pub mod local;
+
 use std::ffi::CString;
 use std::fs::File;
 use std::io;

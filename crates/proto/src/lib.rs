@@ -17,12 +17,13 @@ pub mod frame;
 #[cfg(all(test, feature = "arbitrary"))]
 mod fuzz;
 pub mod ids;
+pub mod layout;
 pub mod listen;
 pub mod msg;
 
 pub use conn::{Addr, Conn, Stream};
+pub use ferry_types::{ActorId, NodeId, ObjectId, Placement, Shape, TaskId, WorkerId, CPU};
 pub use frame::{FrameError, FrameReader};
-pub use ids::{NodeId, ObjectId, TaskId, WorkerId};
 
 /// Version of the wire protocol; peers with another version are refused at the handshake.
 pub const PROTOCOL_VERSION: u32 = 5;

@@ -127,6 +127,26 @@ pub struct NodeView {
     pub spilled_bytes: u64,
 }
 
+/// Why a copy between nodes (`Pull`) failed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
+pub enum PullError {
+    /// This node's store had no room for the copy, even after spilling: the object is fine
+    /// where it is (its owner must not make it again).
+    StoreFull(String),
+    /// It could not be copied (its node is gone, or no longer holds it; the transfer broke).
+    Failed(String),
+}
+
+impl std::fmt::Display for PullError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PullError::StoreFull(why) => write!(f, "object store full: {why}"),
+            PullError::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
 /// Requests to the node daemon.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
@@ -352,7 +372,7 @@ pub enum FromNode {
     /// The answer to `Pull`.
     Pulled {
         req: u64,
-        error: Option<String>,
+        error: Option<PullError>,
     },
     /// The answer to `FetchBinary`: `size` raw bytes follow, or the error says why not.
     BinaryData {

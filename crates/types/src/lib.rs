@@ -1,6 +1,7 @@
 //! ferry's base types, under every other crate: the ids that name processes, nodes, tasks,
 //! objects and actors, and the resource shapes that scheduling counts. No IO here.
 
+pub mod defaults;
 pub mod ids;
 pub mod placement;
 pub mod shape;

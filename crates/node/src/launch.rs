@@ -1,0 +1,247 @@
+//! Starting a node: its directories, token and options, for the embedded cluster of a
+//! program (`ferry::init`) and for `ferry start` (head, member, control store).
+//!
+//! A session's files live in this user's private directories (`ferry_os::runtime_dir`,
+//! `ferry_os::shm_dir`): `s-<pid>-<rand>` in the first (sockets, spilled objects) and in the
+//! second (the store). The daemon makes both new and holds a lock on each for its life; they
+//! are removed at shutdown, at normal process exit, and otherwise by the next start of a node
+//! of this user once nobody holds their lock (whatever PID namespace the session ran in).
+
+use crate::{NodeHandle, NodeOptions};
+use ferry_sched::PoolOptions;
+use ferry_types::defaults;
+use ferry_types::{random_bytes, random_u64, Shape};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The prefix of session directories (swept once their session is over).
+pub const SESSION_PREFIX: &str = "s-";
+
+/// What a node is started with: the embedded node's from `ferry::Config`, a `ferry start`
+/// node's from its flags and the environment ([`LaunchConfig::from_env`]).
+#[derive(Clone)]
+pub struct LaunchConfig {
+    /// The cluster's token; `None`: a random one (or, for a head, the one its state keeps).
+    pub token: Option<String>,
+    pub cpus: usize,
+    /// Custom resources, e.g. `("gpu", 1.0)`.
+    pub resources: Vec<(String, f64)>,
+    /// The store's capacity; `None`: a share of RAM, no more than its filesystem has free.
+    pub store_bytes: Option<u64>,
+    /// Where to spill (a directory of the session's own is made in it); `None`: in the
+    /// session's directory.
+    pub spill_dir: Option<PathBuf>,
+    /// Workers started ahead of need; `None`: one per CPU.
+    pub prestart: Option<usize>,
+    pub max_workers: usize,
+    pub idle_timeout: Duration,
+    pub max_frame: u32,
+    /// Extra environment for workers (the job's settings).
+    pub worker_env: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for LaunchConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaunchConfig")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("cpus", &self.cpus)
+            .field("resources", &self.resources)
+            .field("store_bytes", &self.store_bytes)
+            .field("spill_dir", &self.spill_dir)
+            .field("prestart", &self.prestart)
+            .field("max_workers", &self.max_workers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LaunchConfig {
+    /// The defaults, with the environment's overrides (`FERRY_TOKEN`, `FERRY_NUM_CPUS`,
+    /// `FERRY_OBJECT_STORE_BYTES`, `FERRY_SPILL_DIR`, `FERRY_PRESTART_WORKERS`,
+    /// `FERRY_MAX_WORKERS`).
+    pub fn from_env() -> LaunchConfig {
+        LaunchConfig {
+            token: defaults::env_str("FERRY_TOKEN"),
+            cpus: defaults::cpus(),
+            resources: Vec::new(),
+            store_bytes: defaults::env("FERRY_OBJECT_STORE_BYTES"),
+            spill_dir: std::env::var_os("FERRY_SPILL_DIR").filter(|d| !d.is_empty()).map(Into::into),
+            prestart: defaults::env("FERRY_PRESTART_WORKERS"),
+            max_workers: defaults::env("FERRY_MAX_WORKERS").unwrap_or(defaults::MAX_WORKERS),
+            idle_timeout: defaults::IDLE_WORKER_TIMEOUT,
+            max_frame: ferry_proto::DEFAULT_MAX_FRAME,
+            worker_env: Vec::new(),
+        }
+    }
+}
+
+fn dirs_error(e: std::io::Error) -> String {
+    format!("ferry's directories: {e}")
+}
+
+/// Removes the directories of this user's sessions that are over.
+fn cleanup_stale(runtime: &Path, shm: &Path) {
+    ferry_os::sweep(runtime, SESSION_PREFIX);
+    ferry_os::sweep(shm, SESSION_PREFIX);
+}
+
+fn total_memory() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The store's capacity: `explicit`, else a share of RAM, but never more than the store's
+/// filesystem (`store_dir`'s, normally `/dev/shm`) has free now: a container's `/dev/shm`
+/// is often 64 MiB. Warns when it is small.
+pub fn store_capacity(explicit: Option<u64>, store_dir: &Path) -> u64 {
+    let free = ferry_store::free_space(store_dir).ok();
+    let by_ram = total_memory().map(|m| m / 100 * defaults::STORE_SHARE_OF_RAM_PERCENT).unwrap_or(2 << 30);
+    let mib = |b: u64| b >> 20;
+    match (explicit, free) {
+        (Some(b), Some(f)) if b > f => {
+            eprintln!(
+                "ferry: warning: the object store may hold {} MiB (Config::object_store_bytes) but {} has only {} \
+                 MiB free: objects past that spill to disk sooner",
+                mib(b),
+                store_dir.display(),
+                mib(f)
+            );
+            b
+        }
+        (Some(b), _) => b,
+        (None, Some(f)) if f / 10 * 9 < by_ram => {
+            let cap = f / 10 * 9;
+            eprintln!(
+                "ferry: warning: {} has only {} MiB free, so the object store holds {} MiB (not {}% of RAM, {} MiB) \
+                 and larger working sets spill to disk; give it more (docker run --shm-size=...) or set \
+                 Config::object_store_bytes",
+                store_dir.display(),
+                mib(f),
+                mib(cap),
+                defaults::STORE_SHARE_OF_RAM_PERCENT,
+                mib(by_ram)
+            );
+            cap
+        }
+        (None, _) => by_ram,
+    }
+}
+
+/// A node's options and directories for `cfg`: workers run `program` (`None`: the first
+/// driver's), and it also listens on `tcp` if given.
+pub fn options(cfg: &LaunchConfig, program: Option<PathBuf>, tcp: Option<String>) -> Result<NodeOptions, String> {
+    let runtime = ferry_os::runtime_dir().map_err(dirs_error)?;
+    let shm = ferry_os::shm_dir().map_err(dirs_error)?;
+    cleanup_stale(&runtime, &shm);
+    let sid = format!("{SESSION_PREFIX}{}-{:08x}", std::process::id(), random_u64() as u32);
+    let session_dir = runtime.join(&sid);
+    // A spill directory the user names may be shared: the session spills into a directory
+    // of its own there, made new and private.
+    let spill_dir = match &cfg.spill_dir {
+        Some(d) => d.join(format!("ferry-spill-{sid}")),
+        None => session_dir.join("spill"),
+    };
+    let token = match &cfg.token {
+        Some(t) => t.clone(),
+        None => new_token(),
+    };
+    Ok(NodeOptions {
+        session_dir,
+        store_dir: shm.join(&sid),
+        store_capacity: store_capacity(cfg.store_bytes, &shm),
+        spill_dir: Some(spill_dir),
+        token,
+        resources: Shape::with_resources(cfg.cpus as f64, &cfg.resources),
+        pool: PoolOptions {
+            prestart: cfg.prestart.unwrap_or(cfg.cpus),
+            max_workers: cfg.max_workers,
+            idle_timeout: cfg.idle_timeout,
+        },
+        worker_program: program,
+        tcp,
+        head_timeout: None,
+        control_only: false,
+        join: None,
+        head_grace: defaults::env("FERRY_HEAD_GRACE_MS").map(Duration::from_millis).unwrap_or(defaults::HEAD_GRACE),
+        state_dir: None,
+        worker_env: cfg.worker_env.clone(),
+        max_frame: cfg.max_frame,
+    })
+}
+
+/// A new random token (32 hex digits).
+fn new_token() -> String {
+    random_bytes(16).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Starts the embedded node of a program whose binary is `program` (its workers run it).
+pub fn start_embedded(cfg: &LaunchConfig, program: PathBuf) -> Result<NodeHandle, String> {
+    let opts = options(cfg, Some(program), None)?;
+    crate::start(opts).map_err(|e| format!("cannot start the node daemon: {e}"))
+}
+
+/// How a node started on its own takes part in a cluster.
+#[derive(Debug, Clone)]
+pub enum NodeRole {
+    /// The control store: nodes join it; one silent this long is dead. It runs no work; its
+    /// tables persist in `state_dir`.
+    Control { timeout: Duration, state_dir: Option<PathBuf> },
+    /// The head node: it joins the control store at `control` like any member, and keeps
+    /// submitted binaries and the jobs it runs in `state_dir`.
+    Head { control: String, heartbeat: Duration, state_dir: Option<PathBuf> },
+    /// It joins the cluster through any node's address (normally the head's), with a
+    /// heartbeat every interval.
+    Member { head: String, heartbeat: Duration },
+}
+
+/// Starts a node on its own (for `ferry start`): it listens on `tcp` too, and its workers
+/// run the binary of the first driver that joins (or that leases a worker from another node).
+/// Returns the node and its token.
+pub fn start(cfg: &LaunchConfig, tcp: &str, role: NodeRole) -> Result<(NodeHandle, String), String> {
+    let mut cfg = cfg.clone();
+    if let NodeRole::Head { state_dir: Some(dir), .. } | NodeRole::Control { state_dir: Some(dir), .. } = &role {
+        // The cluster's token lives with the head's state: a head started again keeps it, so
+        // members and drivers that hold it carry on.
+        if cfg.token.is_none() {
+            cfg.token = Some(persistent_token(dir)?);
+        }
+    }
+    let mut opts = options(&cfg, None, Some(tcp.to_string()))?;
+    match role {
+        NodeRole::Control { timeout, state_dir } => {
+            opts.head_timeout = Some(timeout);
+            opts.state_dir = state_dir;
+            opts.control_only = true;
+            opts.resources = Shape::default();
+            opts.pool.prestart = 0;
+            opts.pool.max_workers = 0;
+            opts.spill_dir = None;
+        }
+        NodeRole::Head { control, heartbeat, state_dir } => {
+            opts.join = Some((control, heartbeat));
+            opts.state_dir = state_dir;
+        }
+        NodeRole::Member { head, heartbeat } => opts.join = Some((head, heartbeat)),
+    }
+    let token = opts.token.clone();
+    let node = crate::start(opts).map_err(|e| format!("cannot start the node daemon on {tcp}: {e}"))?;
+    Ok((node, token))
+}
+
+/// The token kept in `dir` (made, readable by its user only, the first time). The directory
+/// must be this user's and private (or is made so): it is refused otherwise.
+fn persistent_token(dir: &Path) -> Result<String, String> {
+    let fail = |e: std::io::Error| format!("the head's state directory: {e}");
+    let dir = ferry_os::private_dir_all(dir).map_err(fail)?;
+    let file = dir.join("token");
+    match ferry_os::read_secret(&file) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(e)),
+    }
+    let token = new_token();
+    ferry_os::write_secret(&file, token.as_bytes()).map_err(fail)?;
+    Ok(token)
+}
