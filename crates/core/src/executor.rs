@@ -235,7 +235,7 @@ impl Executor {
                     let me = self.clone();
                     let spawned = thread::Builder::new().name(format!("ferry-actor-{i}")).spawn(move || me.run(rt));
                     if let Err(e) = spawned {
-                        eprintln!("ferry-worker: cannot start actor thread: {e}");
+                        tracing::error!("cannot start actor thread: {e}");
                     }
                 }
                 rt.send_node(&ToNode::ActorReady { actor, error: None });
@@ -286,7 +286,7 @@ impl Executor {
                         });
                         use futures_util::task::LocalSpawnExt;
                         if let Err(e) = spawner.spawn_local(InTask { task, inner }) {
-                            eprintln!("ferry-worker: cannot run an async call: {e}");
+                            tracing::error!("cannot run an async call: {e}");
                         }
                     }
                 }

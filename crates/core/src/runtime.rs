@@ -429,7 +429,7 @@ impl Runtime {
                     match self.worker_conn(worker, &addr) {
                         Ok(conn) => self.with_state(|st, fx| st.on_lease_granted(req, lease, worker, conn, fx)),
                         Err(e) => {
-                            eprintln!("ferry: cannot reach leased worker {worker:?} at {addr}: {e}");
+                            tracing::warn!("cannot reach leased worker {worker:?} at {addr}: {e}");
                             self.with_state(|st, fx| st.on_lease_unreachable(req, lease, fx))
                         }
                     }
@@ -482,7 +482,7 @@ impl Runtime {
                 }
                 FromNode::BecomeActor { actor, spec } => match &self.executor {
                     Some(x) => x.become_actor(actor, spec),
-                    None => eprintln!("ferry: a driver was asked to host an actor; ignored"),
+                    None => tracing::warn!("a driver was asked to host an actor; ignored"),
                 },
                 // Creation failures also reach callers through `ActorState` (dead).
                 FromNode::ActorCreated { .. }
@@ -512,7 +512,7 @@ impl Runtime {
         let target = match self.daemon_conn(to, addr) {
             Ok(c) => (to, c),
             Err(e) => {
-                eprintln!("ferry: cannot reach node {to} at {addr} ({e}); the task waits on this node");
+                tracing::warn!("cannot reach node {to} at {addr} ({e}); the task waits on this node");
                 (self.node_id, self.node.clone())
             }
         };
@@ -794,7 +794,7 @@ impl Runtime {
             std::process::exit(0);
         }
         if self.running.load(Ordering::Acquire) {
-            eprintln!("ferry: lost the connection to the node daemon: {e}");
+            tracing::error!("lost the connection to the node daemon: {e}");
             self.with_state(|st, fx| {
                 st.fail_all(Error::Connection { detail: format!("lost the node daemon: {e}") }, fx)
             });
@@ -865,7 +865,7 @@ impl Runtime {
                 }
                 Err(FrameError::Closed) => break "its connection closed".to_string(),
                 Err(e) => {
-                    eprintln!("ferry: closing connection to process {worker:?}: {e}");
+                    tracing::warn!("closing connection to process {worker:?}: {e}");
                     break e.to_string();
                 }
             }
@@ -975,7 +975,7 @@ impl Runtime {
                     match &self.executor {
                         Some(x) => x.on_message(&conn, m),
                         None => {
-                            eprintln!("ferry: process {from:?} sent tasks to a driver; closing its connection");
+                            tracing::warn!("process {from:?} sent tasks to a driver; closing its connection");
                             break;
                         }
                     }
@@ -1003,7 +1003,7 @@ impl Runtime {
                 Err(FrameError::Closed) => break,
                 Err(e) => {
                     // Malformed or oversized: drop this connection, keep running.
-                    eprintln!("ferry: closing the connection of process {from:?}: {e}");
+                    tracing::warn!("closing the connection of process {from:?}: {e}");
                     break;
                 }
             }

@@ -44,6 +44,8 @@ pub fn set_embedder(e: Embedder) {
 }
 
 pub(crate) fn start_embedded(cfg: Config) -> Result<()> {
+    // ferry's log lines go to this terminal, unless the program installed a subscriber.
+    ferry_os::logging::init(ferry_os::logging::Style::Terminal);
     if let Some(address) = cfg.address.clone() {
         return join(cfg, &address);
     }

@@ -14,7 +14,7 @@ fn var(name: &str) -> String {
     match std::env::var(name) {
         Ok(v) => v,
         Err(_) => {
-            eprintln!("ferry-worker: {name} is not set; worker processes are started by a node daemon");
+            tracing::error!("{name} is not set; worker processes are started by a node daemon");
             std::process::exit(2);
         }
     }
@@ -26,16 +26,13 @@ pub(crate) fn main() -> ! {
     // must be an error, not the end of the process.
     // SAFETY: setting a signal disposition to SIG_IGN.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    // What a task logs reaches the drivers' terminals through the captured standard error.
+    ferry_os::logging::init(ferry_os::logging::Style::Terminal);
     // Die with the daemon's spawner thread (our parent); if it is already gone, go now.
-    // SAFETY: plain syscalls.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     let parent: Option<i32> = std::env::var(PARENT_PID).ok().and_then(|p| p.parse().ok());
-    // SAFETY: getppid has no preconditions.
-    if parent.is_some_and(|p| p != unsafe { libc::getppid() }) {
-        std::process::exit(0);
-    }
+    ferry_os::die_with_parent(parent);
     let me = WorkerId(var(WORKER_ID).parse().unwrap_or_else(|_| {
-        eprintln!("ferry-worker: bad {WORKER_ID}");
+        tracing::error!("bad {WORKER_ID}");
         std::process::exit(2)
     }));
     let id = Identity {
@@ -67,7 +64,7 @@ pub(crate) fn main() -> ! {
             if orphaned || std::os::unix::net::UnixStream::connect(&node_socket).is_err() {
                 std::process::exit(0);
             }
-            eprintln!("ferry-worker: {e}");
+            tracing::error!("{e}");
             std::process::exit(1);
         }
     };

@@ -38,7 +38,8 @@ fn embed(cfg: &Config) -> Result<Embedded> {
         max_frame: cfg.max_frame_bytes,
         worker_env: cfg.to_worker_env(),
     };
-    let node = ferry_node::launch::start_embedded(&launch, exe).map_err(|detail| Error::Connection { detail })?;
+    let node =
+        ferry_node::launch::start_embedded(&launch, exe).map_err(|e| Error::Connection { detail: e.to_string() })?;
     Ok(Embedded {
         addr: node.addr(),
         token: node.token().to_string(),

@@ -191,9 +191,9 @@ fn a_dev_shm_smaller_than_the_store_spills_and_says_so() {
         match mode {
             "default" => {
                 assert!(cap <= 48, "{so}");
-                assert!(se.contains("warning") && se.contains("/dev/shm") && se.contains("shm-size"), "{se}");
+                assert!(se.contains("WARN") && se.contains("/dev/shm") && se.contains("shm-size"), "{se}");
             }
-            _ => assert!(cap == 1024 && se.contains("warning"), "{so}{se}"),
+            _ => assert!(cap == 1024 && se.contains("WARN"), "{so}{se}"),
         }
         for line in ["put: ", "return: "] {
             let l = so.lines().find(|l| l.starts_with(line)).unwrap_or_default();

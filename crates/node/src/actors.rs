@@ -173,9 +173,9 @@ impl Node {
                 ));
             }
         }
-        if let Some(c) = &self.control {
+        if let Some(c) = &self.tables {
             if let Err(e) = c.put_name(&name, actor, &class) {
-                eprintln!("ferry-node: control store: cannot record actor name {name:?}: {e}");
+                tracing::error!("control store: cannot record actor name {name:?}: {e}");
             }
         }
         st.names.insert(name, actor);
@@ -186,9 +186,9 @@ impl Node {
     pub(crate) fn create_actor(&self, st: &mut State, conn: ConnId, req: u64, actor: ActorId, spec: ActorSpec) {
         if self.opts.control_only {
             // Kept across a restart of the control store (see `restore_actor`).
-            if let Some(c) = &self.control {
+            if let Some(c) = &self.tables {
                 if let Err(e) = c.put_actor(actor, &spec) {
-                    eprintln!("ferry-node: control store: cannot record actor {actor:?}: {e}");
+                    tracing::error!("control store: cannot record actor {actor:?}: {e}");
                 }
             }
         }
@@ -252,7 +252,7 @@ impl Node {
                 // No node alive can ever host it: it waits for one that can (retried when the
                 // cluster's view changes), and its creator is told.
                 let warning = format!("ferry: warning: actor {actor:?} needing {shape} waits: {why}");
-                eprintln!("ferry-node: {warning}");
+                tracing::warn!("{warning}");
                 if let Some((conn, _)) = st.actors.get(&actor).and_then(|r| r.created) {
                     self.send(st, conn, &FromNode::Log { node: self.id, stderr: true, lines: vec![warning] });
                 }
@@ -556,7 +556,7 @@ impl Node {
         for n in &names {
             st.names.remove(n);
         }
-        if let Some(c) = &self.control {
+        if let Some(c) = &self.tables {
             for n in names.iter().chain(rec_name.iter()) {
                 let _ = c.remove_name(n);
             }
@@ -692,7 +692,7 @@ impl Node {
         for actor in due {
             st.recovering.remove(&actor);
             if st.actors.get(&actor).is_some_and(|r| r.is_placing() && r.host.is_none()) {
-                eprintln!("ferry-node: actor {actor:?} was not re-reported by any node: starting it anew");
+                tracing::info!("actor {actor:?} was not re-reported by any node: starting it anew");
                 self.place(st, actor);
             }
         }
@@ -714,7 +714,7 @@ impl Node {
                     rec.remote = Some((worker, addr));
                     rec.phase = Phase::Alive { worker };
                     rec.incarnation += 1;
-                    eprintln!("ferry-node: actor {actor:?} re-attached on node {node}");
+                    tracing::info!("actor {actor:?} re-attached on node {node}");
                     self.answer_waiters(st, actor);
                     true
                 }

@@ -1,205 +1,243 @@
-//! Persisted tables (DESIGN §9) in an embedded database (redb: transactional, crash-safe,
-//! pure Rust) in the head's state directory. The control store's file (`control.redb`) has its
-//! node id, the nodes that joined, the named actors and the specs of the actors it is home
-//! for; a control store started again on that directory loads them: the nodes alive when it
-//! stopped get a timeout to join again (members retry on their own) and are declared dead if
-//! they do not, names stay reserved, actors wait to be re-reported by their hosts. The head node's file (`jobs.redb`) has the jobs it ran: a job's
-//! driver is that daemon's child, so its record lives with the process that sees it end.
+//! The head's processes (DESIGN §9): its state directory, locked for its life; the control
+//! store, which runs as a process of its own so that it can die and start again while every
+//! node, task and actor goes on; and the supervisor that starts it again on the same address
+//! and state whenever it dies.
 //!
-//! What changes every heartbeat (load, last heard) stays in memory: a restart re-learns it
-//! within a heartbeat.
+//! The head starts the control store with a command its caller gives (the `ferry` binary
+//! runs itself with `start --control-store`); the child runs [`serve_control_store`], which
+//! prints `address: HOST:PORT` and then `ready` on its standard output, the two lines
+//! [`ControlStore::start`] waits for.
 
-use ferry_proto::msg::{ActorId, ActorSpec, JobView, Shape};
-use ferry_proto::NodeId;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use crate::launch::{LaunchConfig, LaunchError, NodeRole};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-const NODES: TableDefinition<u64, &[u8]> = TableDefinition::new("nodes");
-const NAMES: TableDefinition<&str, &[u8]> = TableDefinition::new("named_actors");
-const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
-const ACTORS: TableDefinition<u64, &[u8]> = TableDefinition::new("actors");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-
-/// See the module docs.
-pub(crate) struct ControlStore {
-    db: redb::Database,
+/// A head's state directory, locked for the head's life: a second head on it is refused.
+#[derive(Debug)]
+pub struct HeadState {
+    dir: PathBuf,
+    /// For a head on a port picked by the system: a directory of its own, removed with it.
+    _session: Option<ferry_os::SessionDir>,
+    _lock: Option<ferry_os::Lock>,
 }
 
-type Res<T> = Result<T, String>;
+impl HeadState {
+    /// Opens (and locks) the state of a head listening on `host:port`: `given`, else
+    /// `head-PORT` in this user's runtime directory, else (port 0) a session directory of its
+    /// own. The directory is made private or refused if others can reach it.
+    pub fn open(given: Option<&Path>, host: &str, port: u16) -> Result<HeadState, LaunchError> {
+        let runtime = || ferry_os::runtime_dir().map_err(LaunchError::Dirs);
+        if given.is_none() && port == 0 {
+            let name = format!("s-head-{}-{:08x}", std::process::id(), ferry_types::random_u64() as u32);
+            let session = ferry_os::SessionDir::create(&runtime()?, &name).map_err(LaunchError::Dirs)?;
+            return Ok(HeadState { dir: session.path().to_path_buf(), _session: Some(session), _lock: None });
+        }
+        let dir = match given {
+            Some(d) => d.to_path_buf(),
+            None => runtime()?.join(format!("head-{port}")),
+        };
+        let state_dir = |source| LaunchError::StateDir { dir: dir.clone(), source };
+        let dir = ferry_os::private_dir_all(&dir).map_err(state_dir)?;
+        let pid_file = dir.join("head.pid");
+        let lock = ferry_os::Lock::try_acquire(&dir.join("head.lock")).map_err(state_dir)?;
+        let Some(lock) = lock else {
+            let pid = std::fs::read_to_string(&pid_file).map(|p| p.trim().to_string()).unwrap_or_default();
+            return Err(LaunchError::HeadRunning { dir, pid });
+        };
+        if port != 0 {
+            if let Err(source) = std::net::TcpListener::bind((host, port)) {
+                return Err(match source.kind() {
+                    std::io::ErrorKind::AddrInUse => LaunchError::PortInUse { host: host.to_string(), port },
+                    _ => LaunchError::Listen { addr: format!("{host}:{port}"), source },
+                });
+            }
+        }
+        ferry_os::write_secret(&pid_file, std::process::id().to_string().as_bytes()).map_err(state_dir)?;
+        Ok(HeadState { dir, _session: None, _lock: Some(lock) })
+    }
 
-fn err(e: impl std::fmt::Display) -> String {
-    e.to_string()
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Dies with the process that started this one (the head, for its control store), if
+/// `FERRY_PARENT_PID` names it.
+fn die_with_parent() {
+    if let Some(parent) = std::env::var("FERRY_PARENT_PID").ok().and_then(|p| p.parse().ok()) {
+        ferry_os::die_with_parent(Some(parent));
+    }
+}
+
+/// Runs the control store in this process (the child [`ControlStore::start`] starts) until
+/// it is asked to stop: it dies with its parent, records its pid in `state_dir`, and prints
+/// `address: ...` and `ready` once it listens.
+pub fn serve_control_store(
+    cfg: &LaunchConfig,
+    host: &str,
+    port: u16,
+    state_dir: Option<PathBuf>,
+) -> Result<(), LaunchError> {
+    die_with_parent();
+    let role = NodeRole::Control { timeout: crate::launch::node_timeout(), state_dir: state_dir.clone() };
+    let (node, _token) = crate::launch::start(cfg, &format!("{host}:{port}"), role)?;
+    let addr = node.tcp_addr().ok_or(LaunchError::NoTcpAddress)?;
+    // How the head (and tests) find the running control store's process. Nobody joins it by
+    // a token file: it writes none (it may be killed, and could not remove it).
+    if let Some(dir) = &state_dir {
+        let _ = ferry_os::write_secret(&dir.join("control.pid"), std::process::id().to_string().as_bytes());
+    }
+    println!("address: {addr}");
+    println!("ready");
+    node.wait_for_stop_request();
+    node.shutdown();
+    Ok(())
+}
+
+/// Makes the command that starts the control store's process listening on a port (0: any),
+/// with its tables in a state directory (the head's).
+pub type ControlCommand = Box<dyn Fn(u16, &Path) -> Command + Send>;
+
+/// The control store's process, started by the head.
+pub struct ControlStore {
+    child: Child,
+    addr: String,
+    command: ControlCommand,
+    state_dir: PathBuf,
+}
+
+impl std::fmt::Debug for ControlStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlStore").field("pid", &self.child.id()).field("addr", &self.addr).finish()
+    }
 }
 
 impl ControlStore {
-    /// Opens (or creates) the store `file` in `dir`.
-    pub(crate) fn open(dir: &std::path::Path, file: &str) -> Res<ControlStore> {
-        let dir = ferry_os::private_dir_all(dir).map_err(err)?;
-        let path = dir.join(file);
-        // Its rows hold job arguments (passwords, say): made readable by this user alone
-        // before redb opens it (redb would make it with the umask's mode).
-        match ferry_os::create_private_file(&path) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
-            }
-            Err(e) => return Err(err(e)),
-        }
-        let db = redb::Database::create(&path).map_err(err)?;
-        // Create the tables, so that reads of a new store find them empty.
-        let tx = db.begin_write().map_err(err)?;
-        tx.open_table(NODES).map_err(err)?;
-        tx.open_table(NAMES).map_err(err)?;
-        tx.open_table(JOBS).map_err(err)?;
-        tx.open_table(ACTORS).map_err(err)?;
-        tx.open_table(META).map_err(err)?;
-        tx.commit().map_err(err)?;
-        Ok(ControlStore { db })
+    /// Starts the control store with `command` (on any port, its tables in `state_dir`) and
+    /// waits until it is ready.
+    pub fn start(command: ControlCommand, state_dir: &Path) -> Result<ControlStore, LaunchError> {
+        let (child, addr) = spawn(&command, 0, state_dir)?;
+        Ok(ControlStore { child, addr, command, state_dir: state_dir.to_path_buf() })
     }
 
-    fn write(&self, f: impl FnOnce(&redb::WriteTransaction) -> Res<()>) -> Res<()> {
-        let tx = self.db.begin_write().map_err(err)?;
-        f(&tx)?;
-        tx.commit().map_err(err)
+    /// Where it listens.
+    pub fn addr(&self) -> &str {
+        &self.addr
     }
 
-    pub(crate) fn put_node(&self, node: NodeId, addr: &str, total: &Shape) -> Res<()> {
-        let v = postcard::to_stdvec(&(addr, total)).map_err(err)?;
-        self.write(|tx| tx.open_table(NODES).map_err(err)?.insert(node.0, v.as_slice()).map(|_| ()).map_err(err))
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
-    pub(crate) fn remove_node(&self, node: NodeId) -> Res<()> {
-        self.write(|tx| tx.open_table(NODES).map_err(err)?.remove(node.0).map(|_| ()).map_err(err))
+    /// Stops it (the head could not start after all).
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
-    pub(crate) fn nodes(&self) -> Res<Vec<(NodeId, String, Shape)>> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let t = tx.open_table(NODES).map_err(err)?;
-        let mut out = Vec::new();
-        for row in t.iter().map_err(err)? {
-            let (k, v) = row.map_err(err)?;
-            if let Ok((addr, total)) = postcard::from_bytes::<(String, Shape)>(v.value()) {
-                out.push((NodeId(k.value()), addr, total));
-            }
-        }
-        Ok(out)
-    }
-
-    pub(crate) fn put_name(&self, name: &str, actor: ActorId, class: &str) -> Res<()> {
-        let v = postcard::to_stdvec(&(actor, class)).map_err(err)?;
-        self.write(|tx| tx.open_table(NAMES).map_err(err)?.insert(name, v.as_slice()).map(|_| ()).map_err(err))
-    }
-
-    pub(crate) fn remove_name(&self, name: &str) -> Res<()> {
-        self.write(|tx| tx.open_table(NAMES).map_err(err)?.remove(name).map(|_| ()).map_err(err))
-    }
-
-    pub(crate) fn names(&self) -> Res<Vec<(String, ActorId, String)>> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let t = tx.open_table(NAMES).map_err(err)?;
-        let mut out = Vec::new();
-        for row in t.iter().map_err(err)? {
-            let (k, v) = row.map_err(err)?;
-            if let Ok((actor, class)) = postcard::from_bytes::<(ActorId, String)>(v.value()) {
-                out.push((k.value().to_string(), actor, class));
-            }
-        }
-        Ok(out)
-    }
-
-    /// The id this store's node has had since the store was made: a control store started
-    /// again keeps it, so the actor ids that name it as their home still do.
-    pub(crate) fn node_id(&self) -> Res<NodeId> {
-        let tx = self.db.begin_write().map_err(err)?;
-        let id = {
-            let mut t = tx.open_table(META).map_err(err)?;
-            let known = t.get("node_id").map_err(err)?.map(|v| v.value());
-            match known {
-                Some(id) => id,
-                None => {
-                    let id = ferry_proto::ids::random_u64();
-                    t.insert("node_id", id).map_err(err)?;
-                    id
+    /// Watches the control store from a thread of its own (its death signal is tied to that
+    /// thread) and starts it again, on the same address and state, whenever it dies.
+    pub fn supervise(self) -> Supervisor {
+        let stopping = Arc::new(AtomicBool::new(false));
+        let pid = Arc::new(AtomicU32::new(self.child.id()));
+        let (s, p) = (stopping.clone(), pid.clone());
+        let thread = std::thread::spawn(move || {
+            let ControlStore { mut child, addr, command, state_dir } = self;
+            let port: u16 = addr.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            let mut started = Instant::now();
+            loop {
+                let status = child.wait();
+                if s.load(Ordering::SeqCst) {
+                    return;
+                }
+                tracing::warn!(?status, %addr, "the control store exited; starting it again");
+                // Only for drills and tests that need the outage to last.
+                std::thread::sleep(ferry_types::defaults::env_ms("FERRY_CONTROL_RESTART_DELAY_MS", Duration::ZERO));
+                if started.elapsed() < Duration::from_secs(1) {
+                    // It died as soon as it started: not in a tight loop.
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                // Its port may take a moment to be free again; bounded, then the head gives up.
+                let mut tries = 0;
+                child = loop {
+                    match spawn(&command, port, &state_dir) {
+                        Ok((c, _)) => break c,
+                        Err(e) if tries < 50 => {
+                            tries += 1;
+                            tracing::warn!("cannot start the control store yet: {e}");
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
+                        Err(e) => {
+                            tracing::error!("giving up on the control store: {e}");
+                            return;
+                        }
+                    }
+                };
+                p.store(child.id(), Ordering::SeqCst);
+                started = Instant::now();
+                if s.load(Ordering::SeqCst) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return;
                 }
             }
-        };
-        tx.commit().map_err(err)?;
-        Ok(NodeId(id))
-    }
-
-    pub(crate) fn put_actor(&self, actor: ActorId, spec: &ActorSpec) -> Res<()> {
-        let v = postcard::to_stdvec(spec).map_err(err)?;
-        self.write(|tx| tx.open_table(ACTORS).map_err(err)?.insert(actor.0, v.as_slice()).map(|_| ()).map_err(err))
-    }
-
-    pub(crate) fn remove_actor(&self, actor: ActorId) -> Res<()> {
-        self.write(|tx| tx.open_table(ACTORS).map_err(err)?.remove(actor.0).map(|_| ()).map_err(err))
-    }
-
-    pub(crate) fn actors(&self) -> Res<Vec<(ActorId, ActorSpec)>> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let t = tx.open_table(ACTORS).map_err(err)?;
-        let mut out = Vec::new();
-        for row in t.iter().map_err(err)? {
-            let (k, v) = row.map_err(err)?;
-            if let Ok(spec) = postcard::from_bytes::<ActorSpec>(v.value()) {
-                out.push((ActorId(k.value()), spec));
-            }
-        }
-        Ok(out)
-    }
-
-    pub(crate) fn put_job(&self, job: &JobView) -> Res<()> {
-        let v = postcard::to_stdvec(job).map_err(err)?;
-        self.write(|tx| tx.open_table(JOBS).map_err(err)?.insert(job.id, v.as_slice()).map(|_| ()).map_err(err))
-    }
-
-    pub(crate) fn jobs(&self) -> Res<Vec<JobView>> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let t = tx.open_table(JOBS).map_err(err)?;
-        let mut out = Vec::new();
-        for row in t.iter().map_err(err)? {
-            let (_, v) = row.map_err(err)?;
-            if let Ok(j) = postcard::from_bytes::<JobView>(v.value()) {
-                out.push(j);
-            }
-        }
-        Ok(out)
+        });
+        Supervisor { stopping, pid, thread }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tables_survive_reopening() {
-        let dir = std::env::temp_dir().join(format!("ferry-control-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        {
-            let s = ControlStore::open(&dir, "control.redb").unwrap();
-            s.put_node(NodeId(7), "10.0.0.2:1", &Shape::cpus(2.0)).unwrap();
-            s.put_name("svc", ActorId(9), "app::Svc").unwrap();
-            s.put_name("gone", ActorId(10), "app::Svc").unwrap();
-            s.remove_name("gone").unwrap();
-            let job = JobView {
-                name: "job".into(),
-                id: 1,
-                hash: "ab".into(),
-                args: vec!["x".into()],
-                pid: 5,
-                started_ms: 1,
-                ended_ms: None,
-                code: None,
-            };
-            s.put_job(&job).unwrap();
-            s.put_job(&JobView { ended_ms: Some(2), code: Some(0), ..job }).unwrap();
+/// Starts the control store's process and waits for its `address:` and `ready` lines.
+fn spawn(command: &ControlCommand, port: u16, state_dir: &Path) -> Result<(Child, String), LaunchError> {
+    let failed = |why: String| LaunchError::ControlStore(why);
+    let mut child = command(port, state_dir)
+        .env("FERRY_PARENT_PID", std::process::id().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| failed(e.to_string()))?;
+    let out = child.stdout.take().ok_or_else(|| failed("it has no standard output".into()))?;
+    let mut lines = BufReader::new(out).lines();
+    let mut addr = None;
+    for line in lines.by_ref() {
+        let line = line.map_err(|e| failed(e.to_string()))?;
+        if let Some(a) = line.strip_prefix("address: ") {
+            addr = Some(a.to_string());
         }
-        let s = ControlStore::open(&dir, "control.redb").unwrap();
-        assert_eq!(s.nodes().unwrap(), vec![(NodeId(7), "10.0.0.2:1".to_string(), Shape::cpus(2.0))]);
-        assert_eq!(s.names().unwrap(), vec![("svc".to_string(), ActorId(9), "app::Svc".to_string())]);
-        let jobs = s.jobs().unwrap();
-        assert_eq!((jobs.len(), jobs[0].code), (1, Some(0)));
-        let _ = std::fs::remove_dir_all(&dir);
+        if line == "ready" {
+            break;
+        }
+    }
+    // Whatever it prints later is drained, so that it never writes to a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    match addr {
+        Some(a) => Ok((child, a)),
+        None => {
+            let _ = child.kill();
+            Err(failed(format!("it exited before it was ready ({:?})", child.wait().ok())))
+        }
+    }
+}
+
+/// The thread that starts the control store again; [`Supervisor::stop`] stops both.
+#[derive(Debug)]
+pub struct Supervisor {
+    stopping: Arc<AtomicBool>,
+    pid: Arc<AtomicU32>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Supervisor {
+    /// Stops the control store for good.
+    pub fn stop(self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let pid = self.pid.load(Ordering::SeqCst);
+        // SAFETY: a signal to the child this head started (and has not reaped: the thread
+        // above reaps it).
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let _ = self.thread.join();
     }
 }

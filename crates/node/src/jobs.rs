@@ -135,7 +135,7 @@ impl Node {
             match self.fetch_binary(head, hash) {
                 Ok(path) => return path,
                 Err(e) => {
-                    eprintln!("ferry-node: cannot fetch binary {hash} from the head: {e}; using {}", p.path.display())
+                    tracing::warn!("cannot fetch binary {hash} from the head: {e}; using {}", p.path.display())
                 }
             }
         }
@@ -158,7 +158,7 @@ impl Node {
         };
         let t = std::time::Instant::now();
         let path = self.receive_binary(&mut rx, hash, size)?;
-        eprintln!("ferry-node: fetched the job's binary ({} MiB) from the head in {:.2?}", size >> 20, t.elapsed());
+        tracing::info!("fetched the job's binary ({} MiB) from the head in {:.2?}", size >> 20, t.elapsed());
         Ok(path)
     }
 
@@ -209,7 +209,7 @@ impl Node {
             st.jobs.push(view);
             id
         };
-        eprintln!("ferry-node: job {job} started (pid {pid}, binary {})", &hash[..12]);
+        tracing::info!("job {job} started (pid {pid}, binary {})", &hash[..12]);
         let _ = conn.send(&FromNode::JobStarted { req, job, pid });
         let mut pipes = Vec::new();
         if let Some(out) = child.stdout.take() {
@@ -252,7 +252,7 @@ impl Node {
                     node.record_job(&j);
                 }
             }
-            eprintln!("ferry-node: job {job} ended ({detail})");
+            tracing::info!("job {job} ended ({detail})");
             let _ = conn.send(&FromNode::JobEnded { job, code, detail });
         });
     }

@@ -7,12 +7,48 @@
 //! are removed at shutdown, at normal process exit, and otherwise by the next start of a node
 //! of this user once nobody holds their lock (whatever PID namespace the session ran in).
 
+use crate::control::{ControlCommand, ControlStore, HeadState, Supervisor};
 use crate::{NodeHandle, NodeOptions};
+use ferry_os::local;
 use ferry_sched::PoolOptions;
 use ferry_types::defaults;
 use ferry_types::{random_bytes, random_u64, Shape};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
+
+/// Why a node could not start; each says what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LaunchError {
+    #[error("ferry's directories: {0}")]
+    Dirs(#[source] std::io::Error),
+    #[error("the head's state directory {}: {source}", dir.display())]
+    StateDir { dir: PathBuf, source: std::io::Error },
+    #[error(
+        "a head already runs on this state directory, {} (pid {pid}); stop it with `ferry stop`, or give \
+         another --port or --state-dir",
+        dir.display()
+    )]
+    HeadRunning { dir: PathBuf, pid: String },
+    #[error("port {port} on {host} is in use by another program; choose another with --port")]
+    PortInUse { host: String, port: u16 },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("cannot start the node daemon{}: {source}", at.as_ref().map(|a| format!(" on {a}")).unwrap_or_default())]
+    Daemon { at: Option<String>, source: std::io::Error },
+    #[error("the node has no TCP address")]
+    NoTcpAddress,
+    #[error("cannot start the control store: {0}")]
+    ControlStore(String),
+    /// The cluster's token or this user's local files (the message says which).
+    #[error("{0}")]
+    Local(String),
+    #[error("cannot start the node in the background: {0}")]
+    Background(String),
+}
 
 /// The prefix of session directories (swept once their session is over).
 pub const SESSION_PREFIX: &str = "s-";
@@ -74,10 +110,6 @@ impl LaunchConfig {
     }
 }
 
-fn dirs_error(e: std::io::Error) -> String {
-    format!("ferry's directories: {e}")
-}
-
 /// Removes the directories of this user's sessions that are over.
 fn cleanup_stale(runtime: &Path, shm: &Path) {
     ferry_os::sweep(runtime, SESSION_PREFIX);
@@ -100,8 +132,8 @@ pub fn store_capacity(explicit: Option<u64>, store_dir: &Path) -> u64 {
     let mib = |b: u64| b >> 20;
     match (explicit, free) {
         (Some(b), Some(f)) if b > f => {
-            eprintln!(
-                "ferry: warning: the object store may hold {} MiB (Config::object_store_bytes) but {} has only {} \
+            tracing::warn!(
+                "the object store may hold {} MiB (Config::object_store_bytes) but {} has only {} \
                  MiB free: objects past that spill to disk sooner",
                 mib(b),
                 store_dir.display(),
@@ -112,8 +144,8 @@ pub fn store_capacity(explicit: Option<u64>, store_dir: &Path) -> u64 {
         (Some(b), _) => b,
         (None, Some(f)) if f / 10 * 9 < by_ram => {
             let cap = f / 10 * 9;
-            eprintln!(
-                "ferry: warning: {} has only {} MiB free, so the object store holds {} MiB (not {}% of RAM, {} MiB) \
+            tracing::warn!(
+                "{} has only {} MiB free, so the object store holds {} MiB (not {}% of RAM, {} MiB) \
                  and larger working sets spill to disk; give it more (docker run --shm-size=...) or set \
                  Config::object_store_bytes",
                 store_dir.display(),
@@ -130,9 +162,9 @@ pub fn store_capacity(explicit: Option<u64>, store_dir: &Path) -> u64 {
 
 /// A node's options and directories for `cfg`: workers run `program` (`None`: the first
 /// driver's), and it also listens on `tcp` if given.
-pub fn options(cfg: &LaunchConfig, program: Option<PathBuf>, tcp: Option<String>) -> Result<NodeOptions, String> {
-    let runtime = ferry_os::runtime_dir().map_err(dirs_error)?;
-    let shm = ferry_os::shm_dir().map_err(dirs_error)?;
+pub fn options(cfg: &LaunchConfig, program: Option<PathBuf>, tcp: Option<String>) -> Result<NodeOptions, LaunchError> {
+    let runtime = ferry_os::runtime_dir().map_err(LaunchError::Dirs)?;
+    let shm = ferry_os::shm_dir().map_err(LaunchError::Dirs)?;
     cleanup_stale(&runtime, &shm);
     let sid = format!("{SESSION_PREFIX}{}-{:08x}", std::process::id(), random_u64() as u32);
     let session_dir = runtime.join(&sid);
@@ -163,7 +195,7 @@ pub fn options(cfg: &LaunchConfig, program: Option<PathBuf>, tcp: Option<String>
         head_timeout: None,
         control_only: false,
         join: None,
-        head_grace: defaults::env("FERRY_HEAD_GRACE_MS").map(Duration::from_millis).unwrap_or(defaults::HEAD_GRACE),
+        head_grace: defaults::env_ms("FERRY_HEAD_GRACE_MS", defaults::HEAD_GRACE),
         state_dir: None,
         worker_env: cfg.worker_env.clone(),
         max_frame: cfg.max_frame,
@@ -176,9 +208,14 @@ fn new_token() -> String {
 }
 
 /// Starts the embedded node of a program whose binary is `program` (its workers run it).
-pub fn start_embedded(cfg: &LaunchConfig, program: PathBuf) -> Result<NodeHandle, String> {
+pub fn start_embedded(cfg: &LaunchConfig, program: PathBuf) -> Result<NodeHandle, LaunchError> {
     let opts = options(cfg, Some(program), None)?;
-    crate::start(opts).map_err(|e| format!("cannot start the node daemon: {e}"))
+    crate::start(opts).map_err(|source| LaunchError::Daemon { at: None, source })
+}
+
+/// How long the control store waits for a silent node (`FERRY_NODE_TIMEOUT_MS`).
+pub fn node_timeout() -> Duration {
+    defaults::env_ms("FERRY_NODE_TIMEOUT_MS", defaults::NODE_TIMEOUT)
 }
 
 /// How a node started on its own takes part in a cluster.
@@ -198,7 +235,7 @@ pub enum NodeRole {
 /// Starts a node on its own (for `ferry start`): it listens on `tcp` too, and its workers
 /// run the binary of the first driver that joins (or that leases a worker from another node).
 /// Returns the node and its token.
-pub fn start(cfg: &LaunchConfig, tcp: &str, role: NodeRole) -> Result<(NodeHandle, String), String> {
+pub fn start(cfg: &LaunchConfig, tcp: &str, role: NodeRole) -> Result<(NodeHandle, String), LaunchError> {
     let mut cfg = cfg.clone();
     if let NodeRole::Head { state_dir: Some(dir), .. } | NodeRole::Control { state_dir: Some(dir), .. } = &role {
         // The cluster's token lives with the head's state: a head started again keeps it, so
@@ -225,14 +262,14 @@ pub fn start(cfg: &LaunchConfig, tcp: &str, role: NodeRole) -> Result<(NodeHandl
         NodeRole::Member { head, heartbeat } => opts.join = Some((head, heartbeat)),
     }
     let token = opts.token.clone();
-    let node = crate::start(opts).map_err(|e| format!("cannot start the node daemon on {tcp}: {e}"))?;
+    let node = crate::start(opts).map_err(|source| LaunchError::Daemon { at: Some(tcp.to_string()), source })?;
     Ok((node, token))
 }
 
 /// The token kept in `dir` (made, readable by its user only, the first time). The directory
 /// must be this user's and private (or is made so): it is refused otherwise.
-fn persistent_token(dir: &Path) -> Result<String, String> {
-    let fail = |e: std::io::Error| format!("the head's state directory: {e}");
+fn persistent_token(dir: &Path) -> Result<String, LaunchError> {
+    let fail = |source| LaunchError::StateDir { dir: dir.to_path_buf(), source };
     let dir = ferry_os::private_dir_all(dir).map_err(fail)?;
     let file = dir.join("token");
     match ferry_os::read_secret(&file) {
@@ -244,4 +281,165 @@ fn persistent_token(dir: &Path) -> Result<String, String> {
     let token = new_token();
     ferry_os::write_secret(&file, token.as_bytes()).map_err(fail)?;
     Ok(token)
+}
+
+/// How a node started by `ferry start` takes part in its cluster.
+pub enum Serve {
+    /// The head: it starts its control store with `control` (and starts it again whenever it
+    /// dies), keeping both's state in `state_dir` (see [`HeadState::open`]).
+    Head { state_dir: Option<PathBuf>, control: ControlCommand },
+    /// A member joining the cluster at `head` (any node's address) with its `token`.
+    Member { head: String, token: String },
+}
+
+/// A node started by [`serve`]: running until [`Serving::wait`] sees a stop request.
+#[derive(Debug)]
+pub struct Serving {
+    node: NodeHandle,
+    addr: SocketAddr,
+    token: String,
+    token_file: PathBuf,
+    links: Vec<PathBuf>,
+    control: Option<(String, u32)>,
+    supervisor: Option<Supervisor>,
+    head_state: Option<HeadState>,
+}
+
+/// Starts a head or a member on `host:port` (0: any port): its control store first for a
+/// head; then the node, the links through which this user's processes on this host reach it
+/// by its Unix socket, and the token file that lets them join without being given it.
+pub fn serve(cfg: &LaunchConfig, host: &str, port: u16, how: Serve) -> Result<Serving, LaunchError> {
+    let mut cfg = cfg.clone();
+    let mut control = None;
+    let mut head_state = None;
+    let role = match how {
+        Serve::Head { state_dir, control: command } => {
+            // The head's state always persists (in a directory of its own when no port is
+            // fixed, which goes with the head), so its control store can start again on it.
+            let state = HeadState::open(state_dir.as_deref(), host, port)?;
+            let c = ControlStore::start(command, state.dir())?;
+            let addr = c.addr().to_string();
+            control = Some(c);
+            let dir = state.dir().to_path_buf();
+            head_state = Some(state);
+            // Five heartbeats per timeout at least (its control store has the same timeout).
+            let every = (node_timeout() / 5).clamp(Duration::from_millis(10), defaults::HEARTBEAT);
+            NodeRole::Head {
+                control: addr,
+                heartbeat: defaults::env_ms("FERRY_HEARTBEAT_MS", every),
+                state_dir: Some(dir),
+            }
+        }
+        Serve::Member { head, token } => {
+            // A member uses the cluster's token, so drivers reach it with the same one.
+            cfg.token = Some(token);
+            NodeRole::Member { head, heartbeat: defaults::env_ms("FERRY_HEARTBEAT_MS", defaults::HEARTBEAT) }
+        }
+    };
+    let (node, token) = match start(&cfg, &format!("{host}:{port}"), role) {
+        Ok(x) => x,
+        Err(e) => {
+            if let Some(c) = control {
+                c.stop();
+            }
+            return Err(e);
+        }
+    };
+    let addr = node.tcp_addr().ok_or(LaunchError::NoTcpAddress)?;
+    let control_seen = control.as_ref().map(|c| (c.addr().to_string(), c.pid()));
+    let supervisor = control.map(ControlStore::supervise);
+    let mut serving = Serving {
+        node,
+        addr,
+        token,
+        token_file: PathBuf::new(),
+        links: Vec::new(),
+        control: control_seen,
+        supervisor,
+        head_state,
+    };
+    // Processes of this user on this host reach the node through its Unix socket.
+    serving.links = local::local_socket_links(addr).map_err(LaunchError::Local)?;
+    if let ferry_proto::Addr::Unix(sock) = serving.node.addr() {
+        for link in &serving.links {
+            let _ = std::fs::remove_file(link);
+            std::os::unix::fs::symlink(&sock, link)
+                .map_err(|e| LaunchError::Local(format!("cannot link {}: {e}", link.display())))?;
+        }
+    }
+    serving.token_file = local::token_file(addr.port()).map_err(LaunchError::Local)?;
+    ferry_os::write_secret(&serving.token_file, serving.token.as_bytes())
+        .map_err(|e| LaunchError::Local(format!("cannot write {}: {e}", serving.token_file.display())))?;
+    Ok(serving)
+}
+
+impl Serving {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The file (this user's alone) that holds the token.
+    pub fn token_file(&self) -> &Path {
+        &self.token_file
+    }
+
+    /// The control store's address and process id, on a head.
+    pub fn control(&self) -> Option<(&str, u32)> {
+        self.control.as_ref().map(|(a, p)| (a.as_str(), *p))
+    }
+
+    /// Serves until the node is asked to stop, then stops it (and the control store of a
+    /// head) and removes its token file and links.
+    pub fn wait(self) {
+        self.node.wait_for_stop_request();
+        let _ = std::fs::remove_file(&self.token_file);
+        for link in &self.links {
+            let _ = std::fs::remove_file(link);
+        }
+        if let Some(s) = self.supervisor {
+            s.stop();
+        }
+        self.node.shutdown();
+        drop(self.head_state);
+    }
+}
+
+/// Runs `program args` (a `ferry start ... --block`) in a session of its own, logging to a
+/// private file in this user's runtime directory, and returns that file once the node prints
+/// `ready`; `on_line` gets every line it prints before. A `token` reaches it in its
+/// environment, never in its arguments (which every user can read for the node's life).
+pub fn start_background(
+    program: &Path,
+    args: &[String],
+    token: Option<&str>,
+    mut on_line: impl FnMut(&str),
+) -> Result<PathBuf, LaunchError> {
+    let failed = |e: &dyn std::fmt::Display| LaunchError::Background(e.to_string());
+    // Its log goes to a file of this user's alone: the terminal (or a pipe) it was started
+    // from may go away.
+    let dir = ferry_os::runtime_dir().map_err(LaunchError::Dirs)?;
+    let log = dir.join(format!("node-{}.log", std::process::id()));
+    let log_file = ferry_os::open_private_log(&log).map_err(|e| failed(&e))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log_file);
+    if let Some(t) = token {
+        cmd.env("FERRY_TOKEN", t);
+    }
+    // The node must outlive this terminal session.
+    ferry_os::new_session_on_exec(&mut cmd);
+    let mut child = cmd.spawn().map_err(|e| failed(&e))?;
+    let out = child.stdout.take().ok_or_else(|| failed(&"it has no standard output"))?;
+    for line in BufReader::new(out).lines() {
+        let line = line.map_err(|e| failed(&e))?;
+        if line == "ready" {
+            return Ok(log);
+        }
+        on_line(&line);
+    }
+    let tail = std::fs::read_to_string(&log).unwrap_or_default();
+    Err(failed(&format!("it exited before it was ready ({:?}): {}", child.wait().ok(), tail.trim())))
 }

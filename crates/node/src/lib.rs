@@ -23,10 +23,12 @@
 //! starting the thousandth actor forty times slower than the first.
 
 mod actors;
-mod control;
+pub mod client;
+pub mod control;
 pub mod jobs;
 pub mod launch;
 mod members;
+mod tables;
 mod transfer;
 
 use actors::{ActorRec, ACTOR_CONN};
@@ -223,7 +225,7 @@ struct Node {
     program: Mutex<Option<PathBuf>>,
     program_hash: Mutex<Option<String>>,
     /// The head's persisted tables.
-    control: Option<control::ControlStore>,
+    tables: Option<tables::Tables>,
     /// The scheduler's first actions (prestarting workers), held until there is a program.
     deferred: Mutex<Vec<Action>>,
     /// Set when a client asks the node to stop.
@@ -314,16 +316,16 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
     };
     let (sched, actions) = Scheduler::new(&opts.resources, opts.pool.clone());
     let file = if opts.control_only { "control.redb" } else { "jobs.redb" };
-    let control = match &opts.state_dir {
+    let tables = match &opts.state_dir {
         Some(d) => Some(
-            control::ControlStore::open(d, file)
+            tables::Tables::open(d, file)
                 .map_err(|e| io::Error::other(format!("control store in {}: {e}", d.display())))?,
         ),
         None => None,
     };
     // A node with a state directory keeps its id across restarts: the control store's is in
     // the home tag of its actors' ids, the head node's in the membership table.
-    let id = match &control {
+    let id = match &tables {
         Some(c) => c.node_id().map_err(|e| io::Error::other(format!("state in {:?}: {e}", opts.state_dir)))?,
         None => NodeId(ferry_proto::ids::random_u64()),
     };
@@ -370,7 +372,7 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
         spill_tx: Mutex::new(spill_tx),
         program: Mutex::new(program),
         program_hash: Mutex::new(None),
-        control,
+        tables,
         deferred: Mutex::new(Vec::new()),
         stop_requested: (Mutex::new(false), std::sync::Condvar::new()),
         tcp_addr,
@@ -563,8 +565,8 @@ impl Node {
             Some(old) => {
                 // A job with another binary: workers of the old one must not run its tasks.
                 // Idle ones stop now, leased ones when their lease comes back.
-                eprintln!(
-                    "ferry-node: a job with another binary joined ({}; was {}): its workers replace the old ones",
+                tracing::warn!(
+                    "a job with another binary joined ({}; was {}): its workers replace the old ones",
                     exe.path.display(),
                     old.display()
                 );
@@ -704,7 +706,7 @@ impl Node {
             Decision::Wait(why) => {
                 let first = !st.infeasible.iter().any(|(c, _, s, _, _)| *c == conn && *s == shape);
                 if first {
-                    eprintln!("ferry-node: warning: tasks needing {shape} wait: {why}");
+                    tracing::warn!("warning: tasks needing {shape} wait: {why}");
                     let line = format!("ferry: warning: tasks needing {shape} wait: {why}");
                     self.send(st, conn, &FromNode::Log { node: self.id, stderr: true, lines: vec![line] });
                 }
@@ -800,7 +802,7 @@ impl Node {
 
     /// Loads the head's persisted tables (see `control`).
     fn load_control(&self) {
-        let Some(c) = &self.control else { return };
+        let Some(c) = &self.tables else { return };
         let mut st = self.lock();
         for (node, addr, total) in c.nodes().unwrap_or_default() {
             st.members.insert(node, members::Member::restored(addr, total));
@@ -820,8 +822,8 @@ impl Node {
             j.ended_ms = Some(j.started_ms);
         }
         if !st.members.is_empty() || !st.jobs.is_empty() || !st.recovering.is_empty() {
-            eprintln!(
-                "ferry-node: control store: {} nodes (to join again within the timeout), {} names, {} actors, {} jobs",
+            tracing::info!(
+                "control store: {} nodes (to join again within the timeout), {} names, {} actors, {} jobs",
                 st.members.len(),
                 st.names.len(),
                 st.recovering.len(),
@@ -832,9 +834,9 @@ impl Node {
 
     /// Persists a job's record (on a head with a state directory).
     pub(crate) fn record_job(&self, j: &JobView) {
-        if let Some(c) = &self.control {
+        if let Some(c) = &self.tables {
             if let Err(e) = c.put_job(j) {
-                eprintln!("ferry-node: control store: cannot record job {}: {e}", j.id);
+                tracing::error!("control store: cannot record job {}: {e}", j.id);
             }
         }
     }
@@ -879,7 +881,7 @@ impl Node {
                         Some(addr) => self.send(st, conn, &FromNode::LeaseGranted { req, lease, worker, addr }),
                         None => {
                             // Cannot happen: the scheduler only grants registered workers.
-                            eprintln!("ferry-node: granted unknown worker {worker:?}");
+                            tracing::warn!("granted unknown worker {worker:?}");
                         }
                     }
                 }
@@ -1334,7 +1336,7 @@ fn serve_conn(node: Arc<Node>, stream: Stream, adm: Admission) {
             Err(FrameError::Io(e)) => break format!("connection failed: {e}"),
             Err(e) => {
                 // Malformed or oversized: this connection is done; the daemon goes on.
-                eprintln!("ferry-node: closing connection from {:?}: {e}", hello.from);
+                tracing::warn!("closing connection from {:?}: {e}", hello.from);
                 break e.to_string();
             }
         }
@@ -1393,7 +1395,7 @@ fn spawner(node: Arc<Node>, rx: mpsc::Receiver<SpawnCmd>) {
                     }
                     Err(e) => {
                         let program = node.program().map(|p| p.display().to_string()).unwrap_or_default();
-                        eprintln!("ferry-node: cannot start a worker ({program}): {e}");
+                        tracing::error!("cannot start a worker ({program}): {e}");
                         let mut st = node.lock();
                         let actions = st.sched.worker_start_failed();
                         node.apply(&mut st, actions);

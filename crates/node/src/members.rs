@@ -45,11 +45,11 @@ impl Node {
         total: Shape,
     ) -> Option<String> {
         self.opts.head_timeout?;
-        eprintln!("ferry-node: node {node} at {addr} joined with {total}");
+        tracing::info!("node {node} at {addr} joined with {total}");
         let stats = NodeStats { available: total.clone(), total: total.clone(), ..Default::default() };
-        if let Some(c) = &self.control {
+        if let Some(c) = &self.tables {
             if let Err(e) = c.put_node(node, &addr, &total) {
-                eprintln!("ferry-node: control store: cannot record node {node}: {e}");
+                tracing::error!("control store: cannot record node {node}: {e}");
             }
         }
         st.members.insert(node, Member { addr, total, stats, last_seen: Instant::now(), alive: true, conn });
@@ -64,8 +64,8 @@ impl Node {
         }
         if let Some(m) = st.members.get_mut(&node) {
             if !m.alive {
-                eprintln!("ferry-node: node {node} at {} is heard from again", m.addr);
-                if let Some(c) = &self.control {
+                tracing::info!("node {node} at {} is heard from again", m.addr);
+                if let Some(c) = &self.tables {
                     // Alive again: a restarted control store waits for it too.
                     let _ = c.put_node(node, &m.addr, &m.total);
                 }
@@ -102,11 +102,11 @@ impl Node {
         let Some(m) = st.members.get_mut(&node) else { return };
         m.alive = false;
         let silent_ms = m.last_seen.elapsed().as_millis() as u64;
-        eprintln!("ferry-node: node {node} at {} is dead: {why} (silent for {silent_ms} ms)", m.addr);
-        if let Some(c) = &self.control {
+        tracing::warn!("node {node} at {} is dead: {why} (silent for {silent_ms} ms)", m.addr);
+        if let Some(c) = &self.tables {
             // The table holds the nodes alive: what a restarted control store waits for.
             if let Err(e) = c.remove_node(node) {
-                eprintln!("ferry-node: control store: cannot drop node {node}: {e}");
+                tracing::error!("control store: cannot drop node {node}: {e}");
             }
         }
         let msg = FromNode::NodeDied { node, silent_ms };
@@ -257,8 +257,8 @@ pub(crate) fn join_loop(node: std::sync::Arc<Node>, given: &str, every: Duration
     while !stopping() {
         let since = last_link.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
         if since > node.opts.head_grace {
-            eprintln!(
-                "ferry-node: the control store at {given} has not been reachable for {:.0?} (the grace, \
+            tracing::error!(
+                "the control store at {given} has not been reachable for {:.0?} (the grace, \
                  FERRY_HEAD_GRACE_MS); its head is gone: stopping this node",
                 since
             );
@@ -292,7 +292,7 @@ pub(crate) fn join_loop(node: std::sync::Arc<Node>, given: &str, every: Duration
                 match rx.read::<FromNode>() {
                     Ok(FromNode::Ack { error: None, .. }) if !joined => {
                         joined = true;
-                        eprintln!("ferry-node: joined the control store at {head}");
+                        tracing::info!("joined the control store at {head}");
                         *node.head_link.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
                         *node.control_addr.lock().unwrap_or_else(|e| e.into_inner()) = Some(head.to_string());
                         let actors = node.hosted_for(&node.lock(), control);
@@ -340,7 +340,7 @@ pub(crate) fn join_loop(node: std::sync::Arc<Node>, given: &str, every: Duration
         *node.head_link.lock().unwrap_or_else(|e| e.into_inner()) = None;
         match joined {
             Err(e) if !stopping() && e != told => {
-                eprintln!("ferry-node: no link to the control store at {head} ({e}); trying again");
+                tracing::warn!("no link to the control store at {head} ({e}); trying again");
                 told = e;
             }
             Err(_) => {}

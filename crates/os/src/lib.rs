@@ -16,8 +16,10 @@
 //!   pid, decides: it is the same in every PID namespace and is released by the kernel when
 //!   the process dies.
 //! - [`raise_fd_limit`]: the soft limit on open files up to the hard one.
+//! - [`logging`]: the subscriber for ferry's `tracing` events.
 
 pub mod local;
+pub mod logging;
 
 use std::ffi::CString;
 use std::fs::File;
@@ -441,6 +443,33 @@ pub fn raise_fd_limit() -> u64 {
         }
     }
     lim.rlim_cur
+}
+
+/// Makes this process die (SIGKILL) when the thread that started it ends, and exits at once
+/// if its parent is already not `parent` (it died before this call): a worker or a control
+/// store never outlives the daemon that started it.
+pub fn die_with_parent(parent: Option<i32>) {
+    // SAFETY: plain syscalls on this process.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // SAFETY: getppid has no preconditions.
+    if parent.is_some_and(|p| p != unsafe { libc::getppid() }) {
+        std::process::exit(1);
+    }
+}
+
+/// Makes `cmd` start in a session of its own (`setsid`), so that it outlives the terminal
+/// session of the process that starts it.
+pub fn new_session_on_exec(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe, the only kind of call allowed between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
 }
 
 #[cfg(test)]

@@ -44,7 +44,7 @@ pub fn crash_point(name: &str) {
         return;
     }
     if action(name) == Some("crash") {
-        eprintln!("ferry: failpoint {name}: crashing this process ({})", std::process::id());
+        tracing::error!("failpoint {name}: crashing this process ({})", std::process::id());
         // SAFETY: plain syscalls; SIGKILL to ourselves, as a crash would end us.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
     }

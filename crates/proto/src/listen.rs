@@ -161,7 +161,7 @@ impl RateLog {
             0 => String::new(),
             n => format!(" ({n} more like it since the last such line)"),
         };
-        eprintln!("{}{more}", line());
+        tracing::warn!("{}{more}", line());
         true
     }
 }
@@ -397,7 +397,7 @@ fn poll_in(fds: &[RawFd], timeout: Option<Duration>) -> Vec<bool> {
 /// 1 s) instead of spinning.
 pub fn accept_loop(listener: &Listener, wake: &WakeRx, gate: &Arc<Gate>, mut handle: impl FnMut(Stream, Admission)) {
     if let Err(e) = listener.set_nonblocking() {
-        eprintln!("{}: cannot listen: {e}", gate.name);
+        tracing::error!("{}: cannot listen: {e}", gate.name);
         return;
     }
     let (lfd, wfd) = (listener.fd(), wake.rd.as_raw_fd());

@@ -14,6 +14,11 @@ pub fn env_str(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+/// Milliseconds from the environment (`name`), else `default`.
+pub fn env_ms(name: &str, default: Duration) -> Duration {
+    env(name).map(Duration::from_millis).unwrap_or(default)
+}
+
 /// CPUs a node offers: `FERRY_NUM_CPUS`, else the machine's.
 pub fn cpus() -> usize {
     env("FERRY_NUM_CPUS").unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1)
@@ -41,3 +46,11 @@ pub const MAX_RETRIES: u32 = 3;
 pub const STORE_SHARE_OF_RAM_PERCENT: u64 = 30;
 /// A node that cannot reach its head's control store this long stops (`FERRY_HEAD_GRACE_MS`).
 pub const HEAD_GRACE: Duration = Duration::from_secs(60);
+
+/// The control store declares a node dead once it has been silent this long
+/// (`FERRY_NODE_TIMEOUT_MS`).
+pub const NODE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often a member sends the control store a heartbeat (`FERRY_HEARTBEAT_MS`); the head
+/// sends five per timeout, at most this often.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);

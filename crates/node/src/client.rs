@@ -1,0 +1,335 @@
+//! A typed client of a node's wire protocol, for tools (`ferry status`, `stop`, `submit`):
+//! it connects as a tool (through the node's Unix socket when the node is this user's on this
+//! host), asks, and waits a bounded time for each answer, ignoring what else the node sends.
+
+use ferry_os::local;
+use ferry_proto::conn::{connect, ConnectError};
+use ferry_proto::msg::{FromNode, JobView, NodeStats, NodeView, ProcKind, ToNode};
+use ferry_proto::{Addr, Conn, FrameError, FrameReader, Stream, WorkerId};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long a tool waits for an answer before it reports the node as not answering.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+/// Why a tool's request to a node failed; each names the node and what went wrong.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The address, the token or this user's local files (the message says which and why).
+    #[error("{0}")]
+    Local(String),
+    #[error("cannot reach the node at {addr}: {source}")]
+    Unreachable { addr: String, source: ConnectError },
+    #[error("the node at {addr} closed the connection: {source}")]
+    Closed { addr: String, source: FrameError },
+    #[error("the node at {addr} did not answer within {within:?}: is it overloaded, or stopping?")]
+    NoAnswer { addr: String, within: Duration },
+    #[error("the node at {addr} refused: {reason}")]
+    Refused { addr: String, reason: String },
+    #[error("cannot read {}: {source}", path.display())]
+    File { path: PathBuf, source: std::io::Error },
+    #[error("lost the node at {addr} while job {job} ({name}) ran: {source}")]
+    LostJob { addr: String, job: u64, name: String, source: FrameError },
+    #[error("the node at {addr} did not stop within {within:?}")]
+    DidNotStop { addr: String, within: Duration },
+}
+
+type Reader = FrameReader<Stream>;
+
+/// A tool's connection to one node.
+pub struct Client {
+    conn: Conn,
+    rx: Reader,
+    addr: String,
+    next_req: u64,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+/// What a submitted job does, as [`Client::run_job`] reports it.
+#[derive(Debug)]
+pub enum JobEvent<'a> {
+    Started {
+        job: u64,
+        pid: u32,
+    },
+    Output {
+        stderr: bool,
+        data: &'a [u8],
+    },
+    /// Nothing came for this long.
+    Quiet {
+        job: u64,
+        running_for: Duration,
+    },
+}
+
+/// How a submitted job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobEnd {
+    pub job: u64,
+    /// `None` if a signal ended it.
+    pub code: Option<i32>,
+    pub detail: String,
+}
+
+impl Client {
+    /// Connects to the node at `address` (`HOST:PORT`) with `token`, as a tool.
+    pub fn connect(address: &str, token: &str) -> Result<Client, ClientError> {
+        let me = WorkerId(ferry_types::random_u64());
+        // A node of this user on this host is reached through its Unix socket.
+        let to = match local::local_socket(address).map_err(ClientError::Local)? {
+            Some(sock) => Addr::Unix(sock),
+            None => Addr::Tcp(address.to_string()),
+        };
+        let addr = address.to_string();
+        let (conn, rx, _) = connect(&to, token, me, ferry_proto::DEFAULT_MAX_FRAME)
+            .map_err(|source| ClientError::Unreachable { addr: addr.clone(), source })?;
+        let mut c = Client { conn, rx, addr, next_req: 1 };
+        c.send(&ToNode::register_tool(ProcKind::Tool))?;
+        // A tool never waits for long: a node that does not answer is reported.
+        c.rx.get_ref()
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .map_err(|e| ClientError::Local(format!("cannot set a timeout: {e}")))?;
+        c.answer(ANSWER_WITHIN, |m| matches!(m, FromNode::Registered { .. }).then_some(()))?;
+        Ok(c)
+    }
+
+    /// Connects after checking, with a plain TCP connection, that something listens there
+    /// (a clear "nothing listens" before any token is looked for): what `ferry` does.
+    pub fn probe_and_connect(
+        address: &str,
+        token: impl FnOnce() -> Result<String, String>,
+    ) -> Result<Client, ClientError> {
+        if local::local_socket(address).map_err(ClientError::Local)?.is_none() {
+            local::probe(address).map_err(ClientError::Local)?;
+        }
+        Client::connect(address, &token().map_err(ClientError::Local)?)
+    }
+
+    /// The node's address, as given.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn req(&mut self) -> u64 {
+        self.next_req += 1;
+        self.next_req
+    }
+
+    fn send(&self, m: &ToNode) -> Result<(), ClientError> {
+        self.conn.send(m).map_err(|e| ClientError::Closed { addr: self.addr.clone(), source: FrameError::Io(e) })
+    }
+
+    /// Waits for the answer `want` picks out, ignoring other messages.
+    fn answer<T>(&mut self, within: Duration, mut want: impl FnMut(FromNode) -> Option<T>) -> Result<T, ClientError> {
+        let end = Instant::now() + within;
+        loop {
+            match self.rx.read::<FromNode>() {
+                Ok(m) => {
+                    if let Some(v) = want(m) {
+                        return Ok(v);
+                    }
+                }
+                Err(e) if timed_out(&e) && Instant::now() < end => {}
+                Err(e) if timed_out(&e) => return Err(ClientError::NoAnswer { addr: self.addr.clone(), within }),
+                Err(source) => return Err(ClientError::Closed { addr: self.addr.clone(), source }),
+            }
+        }
+    }
+
+    /// The node's resources, workers, store and transfers.
+    pub fn stats(&mut self) -> Result<NodeStats, ClientError> {
+        let req = self.req();
+        self.send(&ToNode::Stats { req })?;
+        self.answer(ANSWER_WITHIN, |m| match m {
+            FromNode::Stats { req: r, stats } if r == req => Some(stats),
+            _ => None,
+        })
+    }
+
+    /// The nodes of its cluster as this node sees them (the view its scheduling uses, a
+    /// heartbeat behind the control store's); `None` if it is in no cluster.
+    pub fn cluster(&mut self) -> Result<Option<Vec<NodeView>>, ClientError> {
+        let req = self.req();
+        self.send(&ToNode::ClusterStatus { req })?;
+        self.answer(ANSWER_WITHIN, |m| match m {
+            FromNode::Cluster { req: r, nodes } if r == req => Some(Some(nodes)),
+            FromNode::Ack { req: r, error: Some(_) } if r == req => Some(None),
+            _ => None,
+        })
+    }
+
+    /// The address of its cluster's control store, if it is in one.
+    pub fn control_address(&mut self) -> Result<Option<String>, ClientError> {
+        let req = self.req();
+        self.send(&ToNode::ControlAddress { req })?;
+        self.answer(ANSWER_WITHIN, |m| match m {
+            FromNode::ControlAt { req: r, addr } if r == req => Some(addr),
+            _ => None,
+        })
+    }
+
+    /// The nodes of its cluster as the control store knows them (this node's own view while
+    /// the control store is restarting); `None` if it is in no cluster.
+    pub fn control_view(&mut self, token: &str) -> Result<Option<Vec<NodeView>>, ClientError> {
+        if let Some(addr) = self.control_address()? {
+            if let Ok(Some(nodes)) = Client::connect(&addr, token).and_then(|mut c| c.cluster()) {
+                return Ok(Some(nodes));
+            }
+        }
+        self.cluster()
+    }
+
+    /// The jobs `ferry submit` ran on it.
+    pub fn jobs(&mut self) -> Result<Vec<JobView>, ClientError> {
+        let req = self.req();
+        self.send(&ToNode::Jobs { req })?;
+        self.answer(ANSWER_WITHIN, |m| match m {
+            FromNode::Jobs { req: r, jobs } if r == req => Some(jobs),
+            _ => None,
+        })
+    }
+
+    /// Whether the node keeps a binary of this content hash.
+    pub fn has_binary(&mut self, hash: &str) -> Result<bool, ClientError> {
+        let req = self.req();
+        self.send(&ToNode::HaveBinary { req, hash: hash.to_string() })?;
+        self.answer(Duration::from_secs(30), |m| match m {
+            FromNode::Ack { req: r, error } if r == req => Some(error.is_none()),
+            _ => None,
+        })
+    }
+
+    /// Uploads the binary `path` (of `size` bytes and content hash `hash`).
+    pub fn put_binary(&mut self, path: &Path, hash: &str, size: u64) -> Result<(), ClientError> {
+        let file =
+            std::fs::File::open(path).map_err(|source| ClientError::File { path: path.to_path_buf(), source })?;
+        let req = self.req();
+        self.send(&ToNode::PutBinary { req, hash: hash.to_string(), size })?;
+        self.conn
+            .send_file(&file, size)
+            .map_err(|e| ClientError::Closed { addr: self.addr.clone(), source: FrameError::Io(e) })?;
+        let refused = self.answer(Duration::from_secs(120), |m| match m {
+            FromNode::Ack { req: r, error } if r == req => Some(error),
+            _ => None,
+        })?;
+        match refused {
+            None => Ok(()),
+            Some(reason) => Err(ClientError::Refused { addr: self.addr.clone(), reason }),
+        }
+    }
+
+    /// Runs the binary of content hash `hash` (which the node has) as a job named `name`,
+    /// reporting what it does to `on` until it ends; a job quiet for 30 s is reported as such.
+    pub fn run_job(
+        &mut self,
+        hash: &str,
+        name: &str,
+        args: &[String],
+        mut on: impl FnMut(JobEvent<'_>),
+    ) -> Result<JobEnd, ClientError> {
+        let req = self.req();
+        self.send(&ToNode::SubmitJob { req, hash: hash.to_string(), name: name.to_string(), args: args.to_vec() })?;
+        let started = Instant::now();
+        let mut last_heard = Instant::now();
+        let mut job = 0;
+        loop {
+            match self.rx.read::<FromNode>() {
+                Ok(FromNode::JobStarted { job: j, pid, .. }) => {
+                    job = j;
+                    on(JobEvent::Started { job, pid });
+                }
+                Ok(FromNode::JobOutput { stderr, data, .. }) => {
+                    last_heard = Instant::now();
+                    on(JobEvent::Output { stderr, data: &data });
+                }
+                Ok(FromNode::JobEnded { code, detail, .. }) => return Ok(JobEnd { job, code, detail }),
+                Ok(FromNode::Ack { req: r, error: Some(reason) }) if r == req => {
+                    return Err(ClientError::Refused { addr: self.addr.clone(), reason })
+                }
+                Ok(_) => {}
+                Err(e) if timed_out(&e) => {
+                    if last_heard.elapsed() >= Duration::from_secs(30) {
+                        on(JobEvent::Quiet { job, running_for: started.elapsed() });
+                        last_heard = Instant::now();
+                    }
+                }
+                Err(source) => {
+                    return Err(ClientError::LostJob { addr: self.addr.clone(), job, name: name.to_string(), source })
+                }
+            }
+        }
+    }
+
+    /// Asks the node to stop and waits (at most `within`) until it has: it closes every
+    /// connection as it stops, this one included.
+    pub fn stop_node(mut self, within: Duration) -> Result<(), ClientError> {
+        self.send(&ToNode::StopNode)?;
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            match self.rx.read::<FromNode>() {
+                Ok(_) => continue,
+                Err(e) if timed_out(&e) => continue,
+                Err(_) => return Ok(()),
+            }
+        }
+        Err(ClientError::DidNotStop { addr: self.addr, within })
+    }
+}
+
+fn timed_out(e: &FrameError) -> bool {
+    matches!(e, FrameError::Io(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
+}
+
+/// What [`stop_cluster`] stopped, and what it could not.
+#[derive(Debug, Default)]
+pub struct Stopped {
+    pub stopped: Vec<String>,
+    pub failed: Vec<ClientError>,
+}
+
+/// Stops the cluster of the node `client` is connected to: the other nodes first (at once,
+/// each waited for at most `within`; the control store goes with the head), then that node;
+/// with `node_only`, that node alone.
+pub fn stop_cluster(mut client: Client, token: &str, node_only: bool, within: Duration) -> Stopped {
+    let mut out = Stopped::default();
+    if !node_only {
+        let nodes = match client.control_view(token) {
+            Ok(n) => n.unwrap_or_default(),
+            Err(e) => {
+                out.failed.push(e);
+                return out;
+            }
+        };
+        let me = client.addr().to_string();
+        let others = nodes.into_iter().filter(|n| !n.head && n.alive && n.addr != me).map(|n| n.addr);
+        let stops: Vec<_> = others
+            .map(|a| {
+                let token = token.to_string();
+                std::thread::spawn(move || {
+                    let r = Client::connect(&a, &token).and_then(|c| c.stop_node(within));
+                    (a, r)
+                })
+            })
+            .collect();
+        for s in stops {
+            match s.join() {
+                Ok((a, Ok(()))) => out.stopped.push(a),
+                Ok((_, Err(e))) => out.failed.push(e),
+                Err(_) => out.failed.push(ClientError::Local("a stop thread panicked".into())),
+            }
+        }
+    }
+    let me = client.addr().to_string();
+    match client.stop_node(within) {
+        Ok(()) => out.stopped.push(me),
+        Err(e) => out.failed.push(e),
+    }
+    out
+}

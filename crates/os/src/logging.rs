@@ -1,0 +1,53 @@
+//! The one log facade: ferry's crates emit `tracing` events (with spans for tasks, leases,
+//! actors and objects); [`init`] installs the subscriber that writes them to standard error,
+//! filtered by `FERRY_LOG`, else `RUST_LOG` (`warn`, `ferry_node=debug`,
+//! `info,ferry_core=trace`, ...), else [`DEFAULT_FILTER`].
+//!
+//! A program that installs its own subscriber before `ferry::init` keeps it. A worker's
+//! standard error is captured and sent to the drivers' terminals, so what a task logs appears
+//! there as its prints do.
+
+use std::io::IsTerminal;
+use std::str::FromStr;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
+
+/// What is logged when neither `FERRY_LOG` nor `RUST_LOG` says.
+pub const DEFAULT_FILTER: &str = "info";
+
+/// Whether events carry the time: a daemon's log file, yes; a driver's terminal, no.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    Terminal,
+    Daemon,
+}
+
+/// The filter the environment asks for; a filter that does not parse is reported and the
+/// default used.
+pub fn filter() -> Targets {
+    let asked = ["FERRY_LOG", "RUST_LOG"].iter().find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()));
+    match asked.as_deref().map(Targets::from_str) {
+        Some(Ok(t)) => t,
+        Some(Err(e)) => {
+            eprintln!(
+                "ferry: the log filter {:?} (FERRY_LOG or RUST_LOG) is not valid ({e}); logging at {DEFAULT_FILTER}: \
+                 give levels like `warn` or `info,ferry_node=debug`",
+                asked.unwrap_or_default()
+            );
+            Targets::from_str(DEFAULT_FILTER).unwrap_or_default()
+        }
+        None => Targets::from_str(DEFAULT_FILTER).unwrap_or_default(),
+    }
+}
+
+/// Installs ferry's subscriber for this process unless one is installed already; returns
+/// whether it did.
+pub fn init(style: Style) -> bool {
+    let ansi = std::io::stderr().is_terminal();
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let r = match style {
+        Style::Terminal => tracing_subscriber::registry().with(layer.without_time().with_filter(filter())).try_init(),
+        Style::Daemon => tracing_subscriber::registry().with(layer.with_filter(filter())).try_init(),
+    };
+    r.is_ok()
+}
