@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::owner::Exports;
 use crate::runtime::{runtime, try_runtime};
 use crate::{ObjectRef, TaskArg};
-use ferry_proto::msg::{ActorId, ActorSpec, FromNode, Shape, ToNode};
+use ferry_proto::msg::{ActorId, ActorSpec, FromNode, HandleWire, Shape, ToNode};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::sync::Arc;
@@ -141,13 +141,6 @@ impl<T: Actor> std::fmt::Debug for ActorHandle<T> {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct WireHandle {
-    actor: u64,
-    class: String,
-    label: String,
-}
-
 /// Starts collecting the actor handles and refs that get encoded on this thread (generated
 /// code calls it before encoding a task's arguments).
 #[doc(hidden)]
@@ -182,17 +175,17 @@ impl<T: Actor> Serialize for ActorHandle<T> {
                 rt.lock().actor_attach(raw.id, &raw.label);
             }
         }
-        WireHandle { actor: raw.id.0, class: T::CLASS.to_string(), label: raw.label.to_string() }.serialize(s)
+        HandleWire { actor: raw.id, class: T::CLASS.to_string(), label: raw.label.to_string() }.serialize(s)
     }
 }
 
 impl<'de, T: Actor> Deserialize<'de> for ActorHandle<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let w = WireHandle::deserialize(d)?;
+        let w = HandleWire::deserialize(d)?;
         if w.class != T::CLASS {
             return Err(D::Error::custom(format!("a handle of {} is not a handle of {}", w.class, T::CLASS)));
         }
-        Ok(ActorHandle { proxy: T::Proxy::from_raw(RawActor::attach(ActorId(w.actor), &w.label)) })
+        Ok(ActorHandle { proxy: T::Proxy::from_raw(RawActor::attach(w.actor, &w.label)) })
     }
 }
 

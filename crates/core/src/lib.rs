@@ -45,6 +45,7 @@ pub use memory::{memory_summary, Location, MemorySummary, ObjectSummary};
 pub use runtime::block_on;
 
 use codec::Backing;
+use ferry_proto::msg::RefWire;
 use owner::{ArgDraft, Ready};
 use runtime::{runtime, try_runtime, Runtime};
 use serde::de::DeserializeOwned;
@@ -180,13 +181,13 @@ impl<T> std::fmt::Debug for ObjectRef<T> {
 impl<T> Serialize for ObjectRef<T> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         refs::encoding_ref(self.raw.id);
-        (self.raw.id, refs::owner_addr(self.raw.id)).serialize(s)
+        RefWire { id: self.raw.id, owner: refs::owner_addr(self.raw.id) }.serialize(s)
     }
 }
 
 impl<'de, T> serde::Deserialize<'de> for ObjectRef<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let (id, owner) = <(ObjectId, Option<std::net::SocketAddr>)>::deserialize(d)?;
+        let RefWire { id, owner } = RefWire::deserialize(d)?;
         refs::decoded_ref(id, owner);
         Ok(ObjectRef::from_id(id))
     }

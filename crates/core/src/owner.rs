@@ -1542,9 +1542,7 @@ impl OwnerState {
         let state = match answer {
             ObjectAnswer::Inline(v) => ObjState::Ready(Ready::Inline(Arc::new(v))),
             ObjectAnswer::Stored { size, node } => ObjState::Ready(Ready::Stored { size, node, view: None }),
-            ObjectAnswer::Failed(bytes) => ObjState::Failed(postcard::from_bytes(&bytes).unwrap_or_else(|e| {
-                Error::ObjectLost { object: id, reason: format!("its owner's error did not decode: {e}") }
-            })),
+            ObjectAnswer::Failed(e) => ObjState::Failed(e),
             ObjectAnswer::Unknown => ObjState::Failed(Error::ObjectLost {
                 object: id,
                 reason: "its owner no longer has it (it was freed there)".into(),
@@ -2165,7 +2163,7 @@ fn answer_of(state: &ObjState) -> ObjectAnswer {
     match state {
         ObjState::Ready(Ready::Inline(b)) => ObjectAnswer::Inline(b.to_vec()),
         ObjState::Ready(Ready::Stored { size, node, .. }) => ObjectAnswer::Stored { size: *size, node: *node },
-        ObjState::Failed(e) => ObjectAnswer::Failed(postcard::to_allocvec(e).unwrap_or_default()),
+        ObjState::Failed(e) => ObjectAnswer::Failed(e.clone()),
         ObjState::Pending | ObjState::Released => ObjectAnswer::Unknown,
     }
 }

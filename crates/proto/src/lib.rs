@@ -12,6 +12,7 @@
 //! crosses the wire.
 
 pub mod conn;
+pub mod error;
 pub mod fail;
 pub mod frame;
 #[cfg(all(test, feature = "arbitrary"))]
@@ -26,7 +27,10 @@ pub use ferry_types::{ActorId, NodeId, ObjectId, Placement, Shape, TaskId, Worke
 pub use frame::{FrameError, FrameReader};
 
 /// Version of the wire protocol; peers with another version are refused at the handshake.
-pub const PROTOCOL_VERSION: u32 = 5;
+///
+/// It covers every type in [`msg`], the [`error::Error`] a failed object carries, and the
+/// encodings of refs and actor handles inside values ([`msg::RefWire`], [`msg::HandleWire`]).
+pub const PROTOCOL_VERSION: u32 = 6;
 /// First bytes of every `Hello`, so a stray client (an HTTP probe, say) is told apart at once.
 pub const MAGIC: [u8; 4] = *b"FRY1";
 /// Default maximum frame size: small values travel inline, large ones through the store,

@@ -557,8 +557,8 @@ pub enum ObjectAnswer {
         size: u64,
         node: NodeId,
     },
-    /// The object failed; the bytes are the owner's encoded error.
-    Failed(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The object failed, with this error (as its owner has it).
+    Failed(crate::error::Error),
     /// The owner has no such object (freed, or never existed).
     Unknown,
 }
@@ -660,4 +660,23 @@ pub enum FromWorker {
         /// Tasks this process submitted that are not finished.
         tasks: u64,
     },
+}
+
+/// An `ObjectRef` inside a value: the object's id (which names its owner) and, in a
+/// cluster, where its owner listens on TCP, so that a process on any node can reach it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
+pub struct RefWire {
+    pub id: ObjectId,
+    pub owner: Option<std::net::SocketAddr>,
+}
+
+/// An actor handle inside a value: the actor, its type (checked when decoded into a handle
+/// of a type) and its label (for errors and logs).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
+pub struct HandleWire {
+    pub actor: ActorId,
+    pub class: String,
+    pub label: String,
 }
