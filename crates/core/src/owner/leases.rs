@@ -1,0 +1,187 @@
+//! Leases on workers: asking for them, granting, work stealing between the leases of a
+//! class, returning idle ones, and losing a worker.
+
+use super::*;
+
+impl OwnerState {
+    /// When a lease of `class` has nothing to do and nothing is queued, asks the busiest
+    /// other lease of the class to hand back half of its unstarted tasks: without this, a
+    /// task pipelined behind a long one waits while a worker idles.
+    pub(super) fn steal(&mut self, class: usize, fx: &mut Effects) {
+        let c = &self.classes[class];
+        if !c.queue.is_empty() {
+            return;
+        }
+        let leases = || c.leases.iter().filter_map(|l| self.leases.get(l).map(|s| (*l, s)));
+        if !leases().any(|(_, l)| l.in_flight == 0 && !l.blocked) {
+            return;
+        }
+        let victim = leases().filter(|(_, l)| l.in_flight >= 2 && !l.stealing).max_by_key(|(_, l)| l.in_flight);
+        if let Some((id, l)) = victim {
+            let max = (l.in_flight / 2) as u32;
+            fx.pushes.push((l.conn.clone(), ToWorker::Steal { max }));
+            self.leases.get_mut(&id).expect("listed").stealing = true;
+        }
+    }
+
+    /// The answer to a `Steal`: the tasks come back to the queue and go to idle leases.
+    pub fn on_stolen(&mut self, worker: WorkerId, tasks: Vec<TaskId>, fx: &mut Effects) {
+        for l in self.leases.values_mut().filter(|l| l.worker == worker) {
+            l.stealing = false;
+        }
+        self.take_back(tasks, false, fx);
+    }
+
+    /// Pushed tasks that a worker hands back unstarted go to the front of their queues, in
+    /// order; with `blocked`, their lease gets no more until its running task finishes.
+    pub(super) fn take_back(&mut self, tasks: Vec<TaskId>, blocked: bool, fx: &mut Effects) {
+        let mut classes = Vec::new();
+        for task in tasks.into_iter().rev() {
+            let Some(t) = self.tasks.get_mut(&task) else {
+                continue;
+            };
+            if let TaskState::Pushed { lease, .. } = t.state {
+                if let Some(l) = self.leases.get_mut(&lease) {
+                    l.in_flight = l.in_flight.saturating_sub(1);
+                    l.blocked |= blocked;
+                }
+                t.state = TaskState::Queued;
+                self.classes[t.class].queue.push_front(task);
+                classes.push(t.class);
+            }
+        }
+        classes.dedup();
+        for c in classes {
+            self.pump(c, fx);
+        }
+    }
+
+    /// The worker of a lease blocked in `get` and handed back the tasks it had not started.
+    pub fn on_requeued(&mut self, tasks: Vec<TaskId>, fx: &mut Effects) {
+        self.take_back(tasks, true, fx);
+    }
+
+    /// A lease request was granted.
+    pub fn on_lease_granted(&mut self, req: u64, lease: u64, worker: WorkerId, conn: Arc<Conn>, fx: &mut Effects) {
+        let Some(class) = self.lease_requests.remove(&req) else {
+            fx.to_node.push(ToNode::ReturnLease { lease, kill: false });
+            return;
+        };
+        let c = &mut self.classes[class];
+        c.pending_requests -= 1;
+        c.leases.push(lease);
+        let one_shot = c.placement == Placement::Spread;
+        self.leases.insert(
+            lease,
+            Lease {
+                worker,
+                conn,
+                class,
+                in_flight: 0,
+                blocked: false,
+                idle_since: Some(Instant::now()),
+                stealing: false,
+                one_shot,
+                used: false,
+            },
+        );
+        self.steal(class, fx);
+        self.pump(class, fx);
+    }
+
+    /// The worker behind a granted lease could not be reached.
+    pub fn on_lease_unreachable(&mut self, req: u64, lease: u64, fx: &mut Effects) {
+        fx.to_node.push(ToNode::ReturnLease { lease, kill: true });
+        if let Some(class) = self.lease_requests.remove(&req) {
+            self.classes[class].pending_requests -= 1;
+            self.pump(class, fx);
+        }
+    }
+
+    pub fn on_lease_infeasible(&mut self, req: u64, reason: String, fx: &mut Effects) {
+        let Some(class) = self.lease_requests.remove(&req) else {
+            return;
+        };
+        self.classes[class].pending_requests -= 1;
+        let queued: Vec<TaskId> = self.classes[class].queue.drain(..).collect();
+        for t in queued {
+            let name = self.tasks.get(&t).map(|t| t.name.to_string()).unwrap_or_default();
+            self.fail_task(t, Error::Infeasible { task: name, detail: reason.clone() }, fx);
+        }
+    }
+
+    /// A worker is gone: its leases end, and what it was running is retried or failed.
+    pub fn on_worker_lost(&mut self, worker: WorkerId, detail: &str, fx: &mut Effects) {
+        let dead: Vec<u64> = self.leases.iter().filter(|(_, l)| l.worker == worker).map(|(id, _)| *id).collect();
+        let mut classes = Vec::new();
+        for id in dead {
+            if let Some(l) = self.leases.remove(&id) {
+                self.classes[l.class].leases.retain(|x| *x != id);
+                classes.push(l.class);
+            }
+        }
+        // Actor calls in flight there go back, in order, to the front of their actor's queue
+        // (for the next incarnation) or fail; the actor's address must be fetched again.
+        let actor_ids: Vec<ActorId> =
+            self.actors.iter().filter(|(_, c)| c.worker == Some(worker)).map(|(a, _)| *a).collect();
+        for a in actor_ids {
+            self.actor_conn_lost(a, detail, fx);
+        }
+        let lost: Vec<TaskId> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.actor.is_none() && matches!(t.state, TaskState::Pushed { worker: w, .. } if w == worker))
+            .map(|(id, _)| *id)
+            .collect();
+        for task in lost {
+            let t = self.tasks.get_mut(&task).expect("listed");
+            if t.retries_left > 0 {
+                t.retries_left -= 1;
+                t.attempts += 1;
+                self.retries += 1;
+                t.state = TaskState::Queued;
+                self.classes[t.class].queue.push_front(task);
+                classes.push(t.class);
+            } else {
+                let name = t.name.to_string();
+                t.state = TaskState::Queued;
+                let class = t.class;
+                self.classes[class].queue.push_front(task);
+                self.fail_task(task, Error::WorkerDied { task: name, detail: detail.to_string() }, fx);
+            }
+        }
+        classes.sort_unstable();
+        classes.dedup();
+        for c in classes {
+            self.pump(c, fx);
+        }
+    }
+
+    /// Returns leases with nothing to do: all of them if `older_than` is `None` (the daemon
+    /// asked), else those idle since before it.
+    pub fn return_idle_leases(&mut self, older_than: Option<Instant>, fx: &mut Effects) {
+        let idle: Vec<u64> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| {
+                l.in_flight == 0
+                    && self.classes[l.class].queue.is_empty()
+                    && match (older_than, l.idle_since) {
+                        (None, _) => true,
+                        (Some(t), Some(since)) => since <= t,
+                        (Some(_), None) => false,
+                    }
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in idle {
+            let l = self.leases.remove(&id).expect("listed");
+            self.classes[l.class].leases.retain(|x| *x != id);
+            fx.to_node.push(ToNode::ReturnLease { lease: id, kill: false });
+        }
+    }
+
+    pub fn num_leases(&self) -> usize {
+        self.leases.len()
+    }
+}

@@ -1,0 +1,432 @@
+//! The owner's table and the submitter: what a process knows about the objects it owns and
+//! the tasks it submitted, and the leases it pushes them through.
+//!
+//! All of it lives in one [`OwnerState`] behind the runtime's mutex. Who changes what:
+//! - the caller's thread: `submit`, `put`, reference drops, `cancel`;
+//! - a leased worker's reader thread: replies (`on_done`, `on_failed`, `on_requeued`) and
+//!   the loss of that worker;
+//! - the node connection's reader thread: lease grants, refusals, recalls, worker deaths;
+//! - the housekeeping thread: returning leases idle too long.
+//!
+//! Object life: `Pending` → `Inline` | `Stored` | `Failed`, never back. The table holds the
+//! objects this process owns and those it borrows (refs it received from elsewhere). An
+//! entry is removed when all its counts are zero: `local` (live `ObjectRef` handles here),
+//! `submitted` (unfinished tasks that take it as an argument, or carry it inside one),
+//! `pins` (live objects whose values contain it) and, for owned objects, `borrowers` (other
+//! processes' registrations not yet released). An owned pending entry stays until its task
+//! finishes. Removing a stored owned object tells the node to delete it; removing a
+//! borrowed one tells its owner that this process no longer holds it.
+//!
+//! Borrowing (see ARCHITECTURE.md, "Borrowing"): a process that receives a ref it does not
+//! own holds it unregistered while whatever carried it pins it upstream (the task's
+//! arguments, the value it was read from). Before that pin can end it registers with the
+//! owner: at the end of the task for refs it still holds, or in `get` for refs it read out of
+//! a value. A borrower's registrations may be counted by the owner after the borrower's
+//! release of them arrives (they travel on different connections), so a borrower's count
+//! may be negative for a while; only zero frees.
+//!
+//! Task life: `WaitingDeps(n)` → `Queued` → `Pushed` → removed on reply. A worker that blocks
+//! sends back the tasks it has not started (`Queued` again); a worker that dies sends its
+//! `Pushed` tasks back to `Queued` while retries last, and fails them after.
+
+mod actors;
+mod borrow;
+mod leases;
+mod lineage;
+mod submit;
+mod table;
+
+use crate::error::Error;
+use ferry_proto::msg::{
+    ActorId, ActorSpec, Arg, FromWorker, ObjectAnswer, Placement, Return, Shape, TaskSpec, ToNode, ToWorker,
+};
+use ferry_proto::{Conn, NodeId, ObjectId, TaskId, WorkerId};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::Instant;
+
+use table::answer_of;
+pub(crate) use table::Borrowers;
+
+/// A task argument as the owner keeps it until the task is pushed.
+#[derive(Clone, Debug)]
+pub(crate) enum ArgDraft {
+    /// An encoded value, passed inline.
+    Value(Vec<u8>),
+    /// An object this process owns; resolved to its value or location before the push.
+    Ref(ObjectId),
+}
+
+/// Where a ready object's value is.
+#[derive(Clone, Debug)]
+pub(crate) enum Ready {
+    Inline(Arc<Vec<u8>>),
+    /// In the store of `node`. `view` is this process's mapping of it, once made: the
+    /// process that wrote an object keeps it mapped (as a plasma client does), and a later
+    /// `get` is then a pointer copy, not an `open` + `mmap`. Dropped with the entry.
+    Stored {
+        size: u64,
+        node: NodeId,
+        view: Option<ferry_store::ObjectView>,
+    },
+}
+
+/// Effects the state machine asks the runtime to carry out after the lock is released.
+#[derive(Debug, Default)]
+pub(crate) struct Effects {
+    pub to_node: Vec<ToNode>,
+    /// Stored objects to delete, with the node whose store holds them.
+    pub frees: Vec<(NodeId, ObjectId)>,
+    pub pushes: Vec<(Arc<Conn>, ToWorker)>,
+    /// Messages to other processes by id (connected to on first use).
+    pub to_peers: Vec<(WorkerId, ToWorker)>,
+    /// Answers on connections other processes opened to us.
+    pub replies: Vec<(Arc<Conn>, FromWorker)>,
+    /// Borrowed objects this process no longer holds, with the registrations to release.
+    pub releases: Vec<(ObjectId, u32)>,
+}
+
+/// What a reply says its value holds: refs, and handles of actors (with their labels).
+#[derive(Debug, Default)]
+pub(crate) struct Inside {
+    pub refs: Vec<ObjectId>,
+    pub actors: Vec<(ActorId, String)>,
+}
+
+/// What travels inside a value and must stay alive with it: actor handles (held at the
+/// daemon) and refs. For a task's arguments they are held until the task is over.
+#[derive(Debug, Default)]
+pub(crate) struct Exports {
+    pub actors: Vec<ActorId>,
+    pub refs: Vec<ObjectId>,
+    /// In a task's return value: the actors and their labels (the caller will hold them).
+    pub returned_actors: Vec<(ActorId, String)>,
+}
+
+/// Tunables the table needs.
+#[derive(Debug, Clone)]
+pub(crate) struct OwnerLimits {
+    pub max_in_flight: usize,
+    pub max_pending_requests: usize,
+    /// Bytes of task arguments kept for lineage; past it, new objects are not reconstructable.
+    pub max_lineage_bytes: usize,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct OwnerState {
+    pub me: WorkerId,
+    /// Nesting depth of the tasks this process submits.
+    pub depth: u32,
+    pub objects: HashMap<ObjectId, ObjEntry>,
+    tasks: HashMap<TaskId, TaskEntry>,
+    /// Actors this process holds handles of (or has calls to).
+    actors: HashMap<ActorId, ActorClient>,
+    /// `ResolveActor` requests in flight.
+    pub actor_resolves: HashMap<u64, ActorId>,
+    classes: Vec<Class>,
+    class_ids: HashMap<(Shape, Placement), usize>,
+    leases: HashMap<u64, Lease>,
+    lease_requests: HashMap<u64, usize>,
+    next_seq: u64,
+    next_req: u64,
+    limits: OwnerLimits,
+    /// Set at shutdown: everything pending fails with this.
+    pub stopped: Option<Error>,
+    /// The node is short of resources: give leases back as soon as they are idle.
+    pub node_short: bool,
+    /// Borrowed entries not yet registered with their owners (see the module docs).
+    pub unregistered: HashSet<ObjectId>,
+    /// Processes known to be dead: they are never counted as borrowers again (a task still
+    /// running for a dead caller must not pin its return's refs for nobody).
+    dead_peers: HashSet<WorkerId>,
+    /// How each owned stored object was made (see [`Lineage`]), and the bytes this keeps.
+    lineage: HashMap<ObjectId, Lineage>,
+    lineage_bytes: usize,
+    /// Nodes declared dead: objects stored there are lost.
+    dead_nodes: HashSet<NodeId>,
+    /// Objects made again so far, and task runs repeated (a lost worker or node, a panic with
+    /// `retry_exceptions`, a lost argument): see `ferry::recovery_stats`.
+    pub reconstructions: u64,
+    pub retries: u64,
+    /// Objects that became `Failed` so far, and who to wake when one does (see `get_all`),
+    /// by registration.
+    pub failures: u64,
+    failure_waiters: Vec<(u64, Waker)>,
+    next_failure_waiter: u64,
+}
+
+#[derive(Debug)]
+pub(crate) enum ObjState {
+    Pending,
+    Ready(Ready),
+    Failed(Error),
+    /// Nothing holds it but lineages of objects made from it: its value is gone (freed), its
+    /// entry stays so that it can be made again if one of them must be.
+    Released,
+}
+
+#[derive(Debug)]
+pub(crate) struct ObjEntry {
+    pub state: ObjState,
+    pub local: u32,
+    pub submitted: u32,
+    /// Live objects whose values contain this ref (each holds it once).
+    pub pins: u32,
+    /// Borrowed objects: this process's registrations at the owner not yet released.
+    pub registered: u32,
+    /// Borrowed objects: a `GetObject` to the owner is outstanding.
+    pub fetching: bool,
+    /// Owned objects: the processes that borrow it, with their unreleased registrations.
+    pub borrowers: Borrowers,
+    /// What most entries never need, out of line: a table of ten thousand small objects is
+    /// then half the size, and twice as likely to be in cache.
+    rare: Option<Box<Rare>>,
+}
+
+#[derive(Debug, Default)]
+struct Rare {
+    waiters: Vec<Waker>,
+    /// Tasks waiting for this object before they can be pushed.
+    dependents: Vec<TaskId>,
+    /// Owned objects: the refs inside its value, each pinned once while it lives.
+    contains: Vec<ObjectId>,
+    /// Owned objects: borrowers waiting for the value (answered when it is final).
+    remote_waiters: Vec<(WorkerId, Arc<Conn>)>,
+    /// Owned objects: actors whose handles are inside its value, each held once for it.
+    actors: Vec<ActorId>,
+    /// Owned objects: lineages naming it as an argument (see `Lineage`).
+    lineage_pins: u32,
+}
+
+impl ObjEntry {
+    fn new(state: ObjState, local: u32) -> ObjEntry {
+        ObjEntry {
+            state,
+            local,
+            submitted: 0,
+            pins: 0,
+            registered: 0,
+            fetching: false,
+            borrowers: Borrowers::default(),
+            rare: None,
+        }
+    }
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Default::default)
+    }
+    fn wake(&mut self) {
+        if let Some(r) = &mut self.rare {
+            for w in r.waiters.drain(..) {
+                w.wake();
+            }
+        }
+    }
+    /// Wakes `w` when the object is final.
+    pub fn add_waiter(&mut self, w: &Waker) {
+        let r = self.rare();
+        if !r.waiters.iter().any(|x| x.will_wake(w)) {
+            r.waiters.push(w.clone());
+        }
+    }
+    /// The refs inside its value (owned objects).
+    #[cfg(test)]
+    pub fn contains(&self) -> &[ObjectId] {
+        self.rare.as_ref().map(|r| r.contains.as_slice()).unwrap_or(&[])
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum TaskState {
+    WaitingDeps(u32),
+    Queued,
+    Pushed { lease: u64, worker: WorkerId },
+}
+
+#[derive(Debug)]
+struct TaskEntry {
+    function: &'static str,
+    name: Arc<str>,
+    args: Vec<ArgDraft>,
+    /// Normal tasks: their scheduling class. Actor calls and creations: unused.
+    class: usize,
+    /// A call of (or, with `create`, the creation of) this actor.
+    actor: Option<ActorId>,
+    create: Option<Box<ActorSpec>>,
+    /// Actor handles and refs inside the argument values: held here until the task is over.
+    exported: Exports,
+    depth: u32,
+    retries_left: u32,
+    /// Panics are retried too (`retry_exceptions`), not only lost workers.
+    retry_exceptions: bool,
+    /// Times it ran and failed or was lost before this run.
+    attempts: u32,
+    state: TaskState,
+    ret: ObjectId,
+}
+
+/// What a task is for: a scheduling class, or an actor (a call, or with `create` its creation).
+#[derive(Debug)]
+struct Target {
+    class: usize,
+    actor: Option<ActorId>,
+    create: Option<Box<ActorSpec>>,
+}
+
+impl Target {
+    fn call(actor: ActorId) -> Target {
+        Target { class: 0, actor: Some(actor), create: None }
+    }
+    fn creation(actor: ActorId, spec: ActorSpec) -> Target {
+        Target { class: 0, actor: Some(actor), create: Some(Box::new(spec)) }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Class {
+    shape: Shape,
+    placement: Placement,
+    queue: VecDeque<TaskId>,
+    leases: Vec<u64>,
+    pending_requests: usize,
+}
+
+#[derive(Debug)]
+struct Lease {
+    worker: WorkerId,
+    conn: Arc<Conn>,
+    class: usize,
+    in_flight: usize,
+    /// The worker told us its running task waits in `get`: push nothing more until it
+    /// finishes that task.
+    blocked: bool,
+    idle_since: Option<Instant>,
+    /// A `Steal` is outstanding on this lease.
+    stealing: bool,
+    /// Runs one task, then goes back (`Spread`: every task is placed on its own).
+    one_shot: bool,
+    used: bool,
+}
+
+/// How an owned stored object was made, kept while the object lives so that it can be made
+/// again if every copy is lost (lineage reconstruction, DESIGN §8). Its arguments stay held
+/// (`submitted`) meanwhile, so that they can be remade too.
+#[derive(Debug, Clone)]
+struct Lineage {
+    function: &'static str,
+    name: Arc<str>,
+    args: Vec<ArgDraft>,
+    /// Per argument: held by name (its own lineage can make it again, so only its entry is
+    /// kept) or by value (a `put` object, or one without lineage: its value is kept).
+    by_name: Vec<bool>,
+    class: usize,
+    /// Re-executions left (the task's `max_retries`, shared with its retries).
+    retries_left: u32,
+    /// Bytes of argument values it keeps (inline, and stored objects it holds).
+    bytes: usize,
+}
+
+/// Where a resolved actor turned out to be.
+#[derive(Debug)]
+pub(crate) enum Located {
+    At(WorkerId, Arc<Conn>),
+    Unreachable(WorkerId),
+    Dead(String),
+}
+
+/// What a process knows of an actor it calls. See the module docs for the task side.
+#[derive(Debug)]
+struct ActorClient {
+    /// Live handles in this process.
+    handles: u32,
+    /// Holds the daemon counts for this process (its own `HoldActor`s, and those a worker
+    /// made for it when returning a value with a handle in it); all end with the client.
+    held: u32,
+    worker: Option<WorkerId>,
+    conn: Option<Arc<Conn>>,
+    resolving: bool,
+    /// The worker it was on when we last lost it (so the daemon does not send us back).
+    stale: Option<WorkerId>,
+    /// Set once the actor is dead for good: every call fails with it.
+    dead: Option<Error>,
+    /// Not yet sent, in submission order (the creation first, while pending).
+    queue: VecDeque<TaskId>,
+    /// Sent and not answered, in order.
+    in_flight: VecDeque<TaskId>,
+    /// Lost with the actor's process and out of retries: they fail once the daemon says why.
+    doomed: Vec<TaskId>,
+    /// How the connection to the last incarnation ended.
+    lost_detail: String,
+    max_task_retries: u32,
+    /// How errors name the actor.
+    label: Arc<str>,
+    /// Objects its constructor took by reference (kept for restarts).
+    ctor_args: Vec<ObjectId>,
+    /// Actors whose handles its constructor took (held likewise).
+    ctor_exports: Vec<ActorId>,
+}
+
+impl ActorClient {
+    fn new(label: &str, held: u32, max_task_retries: u32) -> ActorClient {
+        ActorClient {
+            handles: 0,
+            held,
+            worker: None,
+            conn: None,
+            resolving: false,
+            stale: None,
+            dead: None,
+            queue: VecDeque::new(),
+            in_flight: VecDeque::new(),
+            doomed: Vec::new(),
+            lost_detail: String::new(),
+            max_task_retries,
+            label: Arc::from(label),
+            ctor_args: Vec::new(),
+            ctor_exports: Vec::new(),
+        }
+    }
+}
+
+impl OwnerState {
+    pub fn new(me: WorkerId, limits: OwnerLimits) -> OwnerState {
+        OwnerState {
+            me,
+            depth: 1,
+            objects: HashMap::default(),
+            tasks: HashMap::default(),
+            actors: HashMap::default(),
+            actor_resolves: HashMap::default(),
+            classes: Vec::new(),
+            class_ids: HashMap::default(),
+            leases: HashMap::default(),
+            lease_requests: HashMap::default(),
+            next_seq: 1,
+            next_req: 1,
+            limits,
+            stopped: None,
+            node_short: false,
+            unregistered: HashSet::default(),
+            dead_peers: HashSet::default(),
+            lineage: HashMap::default(),
+            lineage_bytes: 0,
+            dead_nodes: HashSet::default(),
+            reconstructions: 0,
+            retries: 0,
+            failures: 0,
+            failure_waiters: Vec::new(),
+            next_failure_waiter: 1,
+        }
+    }
+
+    /// Whether this process owns anything others may still need: objects (held here or by
+    /// borrowers), tasks it submitted, actors it holds or created.
+    pub fn owns_anything(&self) -> bool {
+        !self.tasks.is_empty()
+            || !self.actors.is_empty()
+            || !self.lineage.is_empty()
+            || self.objects.keys().any(|id| id.owner() == self.me)
+    }
+}

@@ -1,0 +1,486 @@
+//! Tasks, from submission to reply: scheduling classes and their queues, pushing queued
+//! tasks to leases in batches, replies, failures and retries, cancellation.
+
+use super::*;
+
+impl OwnerState {
+    pub(super) fn next_id(&mut self) -> TaskId {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        TaskId { owner: self.me, seq }
+    }
+
+    pub(super) fn class_of(&mut self, shape: &Shape, placement: &Placement) -> usize {
+        let key = (shape.clone(), placement.clone());
+        if let Some(c) = self.class_ids.get(&key) {
+            return *c;
+        }
+        let id = self.classes.len();
+        self.classes.push(Class { shape: shape.clone(), placement: placement.clone(), ..Default::default() });
+        self.class_ids.insert(key, id);
+        id
+    }
+
+    /// Records a task and returns its return object's id (with one local handle).
+    #[allow(clippy::too_many_arguments)]
+    pub fn submit(
+        &mut self,
+        function: &'static str,
+        name: Arc<str>,
+        args: Vec<ArgDraft>,
+        (shape, placement): (&Shape, &Placement),
+        (max_retries, retry_exceptions): (u32, bool),
+        exported: Exports,
+        fx: &mut Effects,
+    ) -> ObjectId {
+        let class = self.class_of(shape, placement);
+        let target = Target { class, actor: None, create: None };
+        let (task, ret, failed) = self.register_task(function, name, args, target, exported, max_retries, 1, fx);
+        if let Some(t) = self.tasks.get_mut(&task) {
+            t.retry_exceptions = retry_exceptions;
+        }
+        if let Some(err) = failed {
+            self.fail_task(task, err, fx);
+        } else if self.tasks.get(&task).is_some_and(|t| t.state == TaskState::Queued) {
+            self.classes[class].queue.push_back(task);
+            self.pump(class, fx);
+        }
+        ret
+    }
+
+    /// Records a task (normal, actor call or actor creation) with its argument counts.
+    /// Its return object starts with `local` handles.
+    /// Returns its id, and the error of a failed argument if there is one.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn register_task(
+        &mut self,
+        function: &'static str,
+        name: Arc<str>,
+        args: Vec<ArgDraft>,
+        target: Target,
+        exported: Exports,
+        max_retries: u32,
+        local: u32,
+        fx: &mut Effects,
+    ) -> (TaskId, ObjectId, Option<Error>) {
+        let task = self.next_id();
+        let ret = ObjectId { task, index: 0 };
+        self.objects.insert(ret, ObjEntry::new(ObjState::Pending, local));
+        let mut waiting = 0;
+        let mut failed = None;
+        for a in &args {
+            if let ArgDraft::Ref(id) = a {
+                match self.objects.get_mut(id) {
+                    Some(e) => {
+                        e.submitted += 1;
+                        match &e.state {
+                            ObjState::Pending => {
+                                waiting += 1;
+                                e.rare().dependents.push(task);
+                                // A borrowed object: its value comes from its owner.
+                                if id.owner() != self.me && !e.fetching {
+                                    e.fetching = true;
+                                    fx.to_peers.push((id.owner(), ToWorker::GetObject { object: *id }));
+                                }
+                            }
+                            ObjState::Failed(err) => failed = Some(err.clone()),
+                            // Only lineages hold a released object, never a handle.
+                            ObjState::Released => {
+                                failed =
+                                    Some(Error::ObjectLost { object: *id, reason: "its value was released".into() })
+                            }
+                            ObjState::Ready(_) => {}
+                        }
+                    }
+                    None => {
+                        failed = Some(Error::ObjectLost {
+                            object: *id,
+                            reason: "it was freed: no handle to it was left in this process".into(),
+                        })
+                    }
+                }
+            }
+        }
+        let state = if waiting > 0 { TaskState::WaitingDeps(waiting) } else { TaskState::Queued };
+        let depth = self.depth;
+        self.tasks.insert(
+            task,
+            TaskEntry {
+                function,
+                name,
+                args,
+                class: target.class,
+                actor: target.actor,
+                create: target.create,
+                exported,
+                depth,
+                retries_left: max_retries,
+                retry_exceptions: false,
+                attempts: 0,
+                state,
+                ret,
+            },
+        );
+        (task, ret, failed.or_else(|| self.stopped.clone()))
+    }
+
+    /// Pushes queued tasks of `class` to its leases, and asks for more leases if the queue
+    /// is still not empty.
+    pub(super) fn pump(&mut self, class: usize, fx: &mut Effects) {
+        let max = self.limits.max_in_flight;
+        loop {
+            if self.classes[class].queue.is_empty() {
+                break;
+            }
+            // The least loaded usable lease of the class.
+            let best = self.classes[class]
+                .leases
+                .iter()
+                .filter_map(|l| self.leases.get(l).map(|s| (*l, s)))
+                .filter(|(_, s)| !s.blocked && s.in_flight < max && !(s.one_shot && s.used))
+                .min_by_key(|(_, s)| s.in_flight)
+                .map(|(l, _)| l);
+            let Some(lease_id) = best else { break };
+            let mut batch = Vec::new();
+            loop {
+                let lease = &self.leases[&lease_id];
+                if lease.in_flight >= max || (lease.one_shot && lease.used) {
+                    break;
+                }
+                let Some(task) = self.classes[class].queue.pop_front() else {
+                    break;
+                };
+                if !self.tasks.contains_key(&task) {
+                    continue; // Finished meanwhile (see `finish_push`).
+                }
+                match self.build_spec(task) {
+                    Ok(spec) => {
+                        let lease = self.leases.get_mut(&lease_id).expect("lease");
+                        lease.in_flight += 1;
+                        lease.idle_since = None;
+                        lease.used = true;
+                        let worker = lease.worker;
+                        if let Some(t) = self.tasks.get_mut(&task) {
+                            t.state = TaskState::Pushed { lease: lease_id, worker };
+                        }
+                        batch.push(spec);
+                    }
+                    Err(e) => {
+                        if !self.wait_for_remade_args(task) {
+                            self.fail_task(task, e, fx);
+                        }
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                fx.pushes.push((self.leases[&lease_id].conn.clone(), ToWorker::Push(batch)));
+            }
+        }
+        // Tasks waiting behind another on a worker count as waiting too: more workers are
+        // asked for while there are any, and a new lease steals them (see `steal`).
+        // Otherwise a burst of long tasks would run one after another on the first lease.
+        let pipelined: usize = self.classes[class]
+            .leases
+            .iter()
+            .filter_map(|l| self.leases.get(l))
+            .map(|l| l.in_flight.saturating_sub(1))
+            .sum();
+        // An idle lease goes back when the node is short, unless it can take over some of
+        // those waiting tasks.
+        if self.node_short && self.classes[class].queue.is_empty() && pipelined == 0 {
+            self.return_idle_leases(None, fx);
+        }
+        let want = (self.classes[class].queue.len() + pipelined).min(self.limits.max_pending_requests);
+        if self.classes[class].pending_requests >= want {
+            return;
+        }
+        let prefer = self.classes[class].queue.front().and_then(|t| self.args_node(*t));
+        let c = &mut self.classes[class];
+        while c.pending_requests < want {
+            let req = self.next_req;
+            self.next_req += 1;
+            c.pending_requests += 1;
+            self.lease_requests.insert(req, class);
+            let (shape, placement) = (c.shape.clone(), c.placement.clone());
+            fx.to_node.push(ToNode::RequestLease { req, shape, depth: self.depth, placement, prefer });
+        }
+    }
+
+    /// The node holding most of `task`'s stored argument bytes, if that is at least
+    /// [`LOCALITY_MIN_BYTES`]: its lease is best asked of that node (Ray's locality-aware
+    /// lease policy), so the bytes need not move.
+    pub(super) fn args_node(&self, task: TaskId) -> Option<NodeId> {
+        let t = self.tasks.get(&task)?;
+        let mut best: Vec<(NodeId, u64)> = Vec::new();
+        for a in &t.args {
+            if let ArgDraft::Ref(id) = a {
+                if let Some(ObjState::Ready(Ready::Stored { size, node, .. })) = self.objects.get(id).map(|e| &e.state)
+                {
+                    match best.iter_mut().find(|(n, _)| n == node) {
+                        Some((_, b)) => *b += size,
+                        None => best.push((*node, *size)),
+                    }
+                }
+            }
+        }
+        best.into_iter().filter(|(_, b)| *b >= LOCALITY_MIN_BYTES).max_by_key(|(_, b)| *b).map(|(n, _)| n)
+    }
+
+    pub(super) fn resolve_args(&self, drafts: &[ArgDraft]) -> Result<Vec<Arg>, Error> {
+        let mut args = Vec::with_capacity(drafts.len());
+        for a in drafts {
+            args.push(match a {
+                ArgDraft::Value(v) => Arg::Inline(v.clone()),
+                ArgDraft::Ref(id) => match self.objects.get(id).map(|e| &e.state) {
+                    Some(ObjState::Ready(Ready::Inline(b))) => Arg::Inline(b.to_vec()),
+                    Some(ObjState::Ready(Ready::Stored { size, node, .. })) => {
+                        Arg::Stored { object: *id, size: *size, node: *node }
+                    }
+                    Some(ObjState::Failed(e)) => return Err(e.clone()),
+                    Some(ObjState::Pending | ObjState::Released) | None => {
+                        return Err(Error::ObjectLost {
+                            object: *id,
+                            reason: "argument vanished before its task ran".into(),
+                        })
+                    }
+                },
+            });
+        }
+        Ok(args)
+    }
+
+    /// A queued task found an argument pending again (it is being made again after a loss):
+    /// the task waits for it, as it would have before its first run. False if none is.
+    pub(super) fn wait_for_remade_args(&mut self, task: TaskId) -> bool {
+        let Some(t) = self.tasks.get(&task) else { return false };
+        let pending: Vec<ObjectId> = t
+            .args
+            .iter()
+            .filter_map(|a| match a {
+                ArgDraft::Ref(id) if matches!(self.objects.get(id).map(|e| &e.state), Some(ObjState::Pending)) => {
+                    Some(*id)
+                }
+                _ => None,
+            })
+            .collect();
+        if pending.is_empty() {
+            return false;
+        }
+        for id in &pending {
+            if let Some(e) = self.objects.get_mut(id) {
+                e.rare().dependents.push(task);
+            }
+        }
+        if let Some(t) = self.tasks.get_mut(&task) {
+            t.state = TaskState::WaitingDeps(pending.len() as u32);
+        }
+        true
+    }
+
+    pub(super) fn build_spec(&self, task: TaskId) -> Result<TaskSpec, Error> {
+        let t = &self.tasks[&task];
+        let args = self.resolve_args(&t.args)?;
+        Ok(TaskSpec { task, function: t.function.to_string(), args, depth: t.depth })
+    }
+
+    /// A task is over: release its arguments and the actor handles it carried.
+    pub(super) fn task_over(&mut self, t: &TaskEntry, fx: &mut Effects) {
+        self.release_args(&t.args, fx);
+        self.task_over_keeping_args(t, fx);
+    }
+
+    /// [`Self::task_over`] but for its arguments (kept by a lineage).
+    pub(super) fn task_over_keeping_args(&mut self, t: &TaskEntry, fx: &mut Effects) {
+        for a in &t.exported.actors {
+            self.actor_handle_dropped(*a, fx);
+        }
+        self.release_submitted(&t.exported.refs, fx);
+    }
+
+    /// Releases a task's arguments.
+    pub(super) fn release_args(&mut self, args: &[ArgDraft], fx: &mut Effects) {
+        let refs = args.iter().filter_map(|a| match a {
+            ArgDraft::Ref(id) => Some(id),
+            ArgDraft::Value(_) => None,
+        });
+        self.release_submitted(refs, fx);
+    }
+
+    /// Fails a task that is not pushed, or whose push is over.
+    pub(super) fn fail_task(&mut self, task: TaskId, err: Error, fx: &mut Effects) {
+        let Some(t) = self.tasks.remove(&task) else {
+            return;
+        };
+        match t.actor {
+            Some(a) => {
+                if let Some(c) = self.actors.get_mut(&a) {
+                    c.queue.retain(|x| *x != task);
+                    c.in_flight.retain(|x| *x != task);
+                    c.doomed.retain(|x| *x != task);
+                }
+            }
+            None if t.state == TaskState::Queued => self.classes[t.class].queue.retain(|x| *x != task),
+            None => {}
+        }
+        self.task_over(&t, fx);
+        self.resolve(t.ret, ObjState::Failed(err), fx);
+        if let Some(a) = t.actor {
+            self.maybe_release_actor(a, fx);
+        }
+    }
+
+    pub(super) fn finish_push(&mut self, task: TaskId, fx: &mut Effects) -> Option<TaskEntry> {
+        let t = self.tasks.remove(&task)?;
+        if t.actor.is_none() && t.state == TaskState::Queued {
+            // A late reply from a worker already given up for lost (its node was declared dead
+            // while the reply was on its way): the task was queued again; its result stands.
+            self.classes[t.class].queue.retain(|x| *x != task);
+        }
+        if let Some(a) = t.actor {
+            if let Some(c) = self.actors.get_mut(&a) {
+                c.in_flight.retain(|x| *x != task);
+            }
+            return Some(t);
+        }
+        if let TaskState::Pushed { lease, .. } = t.state {
+            if let Some(l) = self.leases.get_mut(&lease) {
+                l.in_flight = l.in_flight.saturating_sub(1);
+                l.blocked = false;
+                if l.in_flight == 0 {
+                    l.idle_since = Some(Instant::now());
+                    if l.one_shot && l.used {
+                        let class = l.class;
+                        self.leases.remove(&lease);
+                        self.classes[class].leases.retain(|x| *x != lease);
+                        fx.to_node.push(ToNode::ReturnLease { lease, kill: false });
+                    }
+                }
+            }
+        }
+        Some(t)
+    }
+
+    pub fn on_done(&mut self, task: TaskId, mut returns: Vec<Return>, inside: Inside, fx: &mut Effects) {
+        // Refs inside the value: held on its behalf from now on (see `resolve_with`).
+        let contained = self.pin_contained(inside.refs);
+        let Some(t) = self.finish_push(task, fx) else {
+            // A task we gave up on (cancelled, failed over): drop what it stored.
+            if let Some(Return::Stored { node, .. }) = returns.first() {
+                fx.frees.push((*node, ObjectId { task, index: 0 }));
+            }
+            self.unpin_all(contained, fx);
+            self.returned_actors(ObjectId::default(), inside.actors, fx);
+            return;
+        };
+        let state = match returns.pop() {
+            Some(Return::Inline(v)) => ObjState::Ready(Ready::Inline(Arc::new(v))),
+            Some(Return::Stored { size, node }) => ObjState::Ready(Ready::Stored { size, node, view: None }),
+            None => ObjState::Failed(Error::Serialization { detail: format!("task {} returned nothing", t.name) }),
+        };
+        // A value holding refs is not made again (its refs would be pinned twice).
+        let stored = matches!(state, ObjState::Ready(Ready::Stored { .. })) && contained.is_empty();
+        self.resolve_with(t.ret, state, contained, fx);
+        self.returned_actors(t.ret, inside.actors, fx);
+        if stored && self.keep_lineage(&t, fx) {
+            // Its arguments stay held by the lineage; the rest of the task ends.
+            self.task_over_keeping_args(&t, fx);
+        } else {
+            self.task_over(&t, fx);
+        }
+        self.after_reply(&t, fx);
+    }
+
+    pub(super) fn after_reply(&mut self, t: &TaskEntry, fx: &mut Effects) {
+        match t.actor {
+            Some(a) => self.maybe_release_actor(a, fx),
+            None => {
+                self.pump(t.class, fx);
+                self.steal(t.class, fx);
+            }
+        }
+    }
+
+    pub fn on_failed(&mut self, task: TaskId, err: ferry_proto::msg::TaskError, fx: &mut Effects) {
+        let Some(t) = self.finish_push(task, fx) else {
+            return;
+        };
+        let t = match err {
+            ferry_proto::msg::TaskError::ArgumentUnavailable { .. } => {
+                let class = t.class;
+                match self.retry_after_lost_args(Box::new(t), fx) {
+                    Ok(()) => {
+                        self.pump(class, fx);
+                        return;
+                    }
+                    Err(t) => *t,
+                }
+            }
+            ferry_proto::msg::TaskError::Panicked { .. }
+                if t.retry_exceptions && t.retries_left > 0 && t.actor.is_none() =>
+            {
+                // Opted in: an application error is retried like a lost worker.
+                let mut t = t;
+                t.retries_left -= 1;
+                t.attempts += 1;
+                self.retries += 1;
+                t.state = TaskState::Queued;
+                let class = t.class;
+                self.classes[class].queue.push_back(t.ret.task);
+                self.tasks.insert(t.ret.task, t);
+                self.pump(class, fx);
+                return;
+            }
+            _ => t,
+        };
+        let err = match (err, t.attempts) {
+            (ferry_proto::msg::TaskError::Panicked { function, message }, n) if n > 0 => {
+                let message = format!("{message} (the last of {} attempts)", n + 1);
+                ferry_proto::msg::TaskError::Panicked { function, message }
+            }
+            (e, _) => e,
+        };
+        self.task_over(&t, fx);
+        self.resolve(t.ret, ObjState::Failed(Error::from_task(&t.name, err)), fx);
+        self.after_reply(&t, fx);
+    }
+
+    /// Cancels the task that creates `id` if it has not finished.
+    pub fn cancel(&mut self, id: ObjectId, fx: &mut Effects) {
+        let task = id.task;
+        let Some(t) = self.tasks.get(&task) else {
+            return;
+        };
+        let name = t.name.to_string();
+        match t.state {
+            TaskState::Pushed { lease, .. } => {
+                // The worker drops it if not started; the result is final now either way and
+                // a late reply is ignored (and its stored value freed).
+                let conn = match t.actor {
+                    Some(a) => self.actors.get(&a).and_then(|c| c.conn.clone()),
+                    None => self.leases.get(&lease).map(|l| l.conn.clone()),
+                };
+                if let Some(conn) = conn {
+                    fx.pushes.push((conn, ToWorker::Cancel { task }));
+                }
+                let ret = t.ret;
+                self.resolve(ret, ObjState::Failed(Error::Cancelled { task: name }), fx);
+            }
+            TaskState::Queued | TaskState::WaitingDeps(_) => {
+                // Dependents' lists may still name it; they skip tasks they cannot find.
+                self.fail_task(task, Error::Cancelled { task: name }, fx);
+            }
+        }
+    }
+
+    /// Fails every pending object (shutdown).
+    pub fn fail_all(&mut self, err: Error, fx: &mut Effects) {
+        self.stopped = Some(err.clone());
+        let tasks: Vec<TaskId> = self.tasks.keys().copied().collect();
+        for t in tasks {
+            self.fail_task(t, err.clone(), fx);
+        }
+    }
+}
+
+/// Arguments smaller than this in all are not worth choosing a node for.
+pub(crate) const LOCALITY_MIN_BYTES: u64 = 1 << 20;

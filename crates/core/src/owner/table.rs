@@ -1,0 +1,310 @@
+//! The table of objects: their states and the counts that keep them alive (see the
+//! `owner` module docs for the counts), freeing, and resolving an object to its final state.
+
+use super::*;
+
+impl OwnerState {
+    /// Records a new owned object with one local handle, already in `state`.
+    pub fn new_object(&mut self, state: ObjState) -> ObjectId {
+        let id = ObjectId { task: self.next_id(), index: 0 };
+        self.objects.insert(id, ObjEntry::new(state, 1));
+        id
+    }
+
+    /// Keeps this process's mapping of a stored object for later gets.
+    pub fn cache_view(&mut self, id: ObjectId, v: ferry_store::ObjectView) {
+        if let Some(ObjEntry { state: ObjState::Ready(Ready::Stored { view, .. }), .. }) = self.objects.get_mut(&id) {
+            view.get_or_insert(v);
+        }
+    }
+
+    /// Forgets this process's mapping of a stored object (it was spilled: the mapping
+    /// would keep its memory in use).
+    pub fn drop_view(&mut self, id: ObjectId) {
+        if let Some(ObjEntry { state: ObjState::Ready(Ready::Stored { view, .. }), .. }) = self.objects.get_mut(&id) {
+            *view = None;
+        }
+    }
+
+    pub fn add_local_ref(&mut self, id: ObjectId) {
+        if let Some(e) = self.objects.get_mut(&id) {
+            e.local += 1;
+        }
+    }
+
+    pub fn remove_local_ref(&mut self, id: ObjectId, fx: &mut Effects) {
+        if let Some(e) = self.objects.get_mut(&id) {
+            e.local = e.local.saturating_sub(1);
+            self.maybe_free(id, fx);
+        }
+    }
+
+    pub(super) fn maybe_free(&mut self, id: ObjectId, fx: &mut Effects) {
+        // Most frees contain nothing: no work list then.
+        let Some(mut work) = self.free_one(id, fx) else { return };
+        while let Some(c) = work.pop() {
+            if let Some(ce) = self.objects.get_mut(&c) {
+                ce.pins = ce.pins.saturating_sub(1);
+                if let Some(more) = self.free_one(c, fx) {
+                    work.extend(more);
+                }
+            }
+        }
+    }
+
+    /// Removes `id` if nothing holds it; returns what its value contained (then no longer
+    /// held by it), if anything.
+    pub(super) fn free_one(&mut self, id: ObjectId, fx: &mut Effects) -> Option<Vec<ObjectId>> {
+        let e = self.objects.get(&id)?;
+        let owned = id.owner() == self.me;
+        if e.local > 0
+            || e.submitted > 0
+            || e.pins > 0
+            || !e.borrowers.is_empty()
+            || (owned && matches!(e.state, ObjState::Pending))
+        {
+            return None;
+        }
+        if owned && e.rare.as_ref().is_some_and(|r| r.lineage_pins > 0) {
+            // Only lineages name it: its value goes, its entry (and its own lineage) stays.
+            let e = self.objects.get_mut(&id).expect("checked");
+            if let ObjState::Ready(Ready::Stored { node, .. }) = e.state {
+                fx.frees.push((node, id));
+            }
+            e.state = ObjState::Released;
+            return None;
+        }
+        let mut e = self.objects.remove(&id).expect("checked");
+        if let Some(r) = &mut e.rare {
+            for a in std::mem::take(&mut r.actors) {
+                self.actor_handle_dropped(a, fx);
+            }
+        }
+        if owned {
+            if let ObjState::Ready(Ready::Stored { node, .. }) = e.state {
+                fx.frees.push((node, id));
+            }
+            if let Some(l) = self.lineage.remove(&id) {
+                self.drop_lineage_of(l, fx);
+            }
+        } else {
+            self.unregistered.remove(&id);
+            if e.registered > 0 {
+                fx.releases.push((id, e.registered));
+            }
+        }
+        e.rare.map(|r| r.contains).filter(|c| !c.is_empty())
+    }
+
+    /// Pins refs inside a value that is gone (or never was kept).
+    pub(super) fn unpin_all(&mut self, refs: Vec<ObjectId>, fx: &mut Effects) {
+        for c in refs {
+            if let Some(ce) = self.objects.get_mut(&c) {
+                ce.pins = ce.pins.saturating_sub(1);
+                self.maybe_free(c, fx);
+            }
+        }
+    }
+
+    /// Ends one `submitted` count of each ref.
+    pub fn release_submitted<'a>(&mut self, refs: impl IntoIterator<Item = &'a ObjectId>, fx: &mut Effects) {
+        for id in refs {
+            if let Some(e) = self.objects.get_mut(id) {
+                e.submitted = e.submitted.saturating_sub(1);
+                self.maybe_free(*id, fx);
+            }
+        }
+    }
+
+    /// Gives `id` its final state, wakes its waiters and moves its dependents on.
+    pub(super) fn resolve(&mut self, id: ObjectId, state: ObjState, fx: &mut Effects) {
+        self.resolve_with(id, state, Vec::new(), fx)
+    }
+
+    /// [`Self::resolve`] for a value that contains the refs `contains` (already pinned once
+    /// each on its behalf).
+    pub(super) fn resolve_with(&mut self, id: ObjectId, state: ObjState, contains: Vec<ObjectId>, fx: &mut Effects) {
+        let owned = id.owner() == self.me;
+        let final_already = self.objects.get(&id).is_none_or(|e| !matches!(e.state, ObjState::Pending));
+        if final_already {
+            // Nobody holds the object any more, or it is already final (cancelled, failed at
+            // shutdown): the late value is dropped.
+            if let (true, ObjState::Ready(Ready::Stored { node, .. })) = (owned, &state) {
+                fx.frees.push((*node, id));
+            }
+            self.unpin_all(contains, fx);
+            return;
+        }
+        let failed = if let ObjState::Failed(err) = &state { Some(err.clone()) } else { None };
+        if failed.is_some() {
+            // Whoever waits on many objects at once learns of a failure at once (`get_all`).
+            self.failures += 1;
+            // Woken, not forgotten: their registrations end when their `get_all` does.
+            for (_, w) in &self.failure_waiters {
+                w.wake_by_ref();
+            }
+        }
+        let e = self.objects.get_mut(&id).expect("checked");
+        e.state = state;
+        if !contains.is_empty() {
+            e.rare().contains = contains;
+        }
+        e.fetching = false;
+        e.wake();
+        let (remote, deps) = match &mut e.rare {
+            Some(r) => (std::mem::take(&mut r.remote_waiters), std::mem::take(&mut r.dependents)),
+            None => Default::default(),
+        };
+        if !remote.is_empty() {
+            let answer = answer_of(&e.state);
+            for (_, conn) in remote {
+                fx.replies.push((conn, FromWorker::Object { object: id, answer: answer.clone() }));
+            }
+        }
+        for d in deps {
+            match &failed {
+                // An error upstream is the error of everything downstream.
+                Some(err) => self.fail_task(d, err.clone(), fx),
+                None => {
+                    let Some(t) = self.tasks.get_mut(&d) else {
+                        continue;
+                    };
+                    if let TaskState::WaitingDeps(n) = &mut t.state {
+                        *n -= 1;
+                        if *n == 0 {
+                            t.state = TaskState::Queued;
+                            match t.actor {
+                                // Actor calls keep their place in the actor's queue.
+                                Some(a) => self.pump_actor(a, fx),
+                                None => {
+                                    let class = t.class;
+                                    self.classes[class].queue.push_back(d);
+                                    self.pump(class, fx);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.maybe_free(id, fx);
+    }
+
+    /// Wakes `w` when any object becomes `Failed`, under registration `reg` (0: a new one);
+    /// returns the registration, which its owner ends with [`Self::end_failure_wake`]. One
+    /// registration holds one waker, however often it is renewed.
+    pub fn wake_on_failure(&mut self, reg: u64, w: &Waker) -> u64 {
+        if let Some((_, x)) = self.failure_waiters.iter_mut().find(|(r, _)| *r == reg) {
+            if !x.will_wake(w) {
+                *x = w.clone();
+            }
+            return reg;
+        }
+        let reg = self.next_failure_waiter;
+        self.next_failure_waiter += 1;
+        self.failure_waiters.push((reg, w.clone()));
+        reg
+    }
+
+    /// Ends a registration of [`Self::wake_on_failure`].
+    pub fn end_failure_wake(&mut self, reg: u64) {
+        self.failure_waiters.retain(|(r, _)| *r != reg);
+    }
+
+    /// This process's table, for `memory_summary`.
+    pub fn summary(&self) -> Vec<ferry_proto::msg::RefInfo> {
+        self.objects
+            .iter()
+            .map(|(id, e)| {
+                let (state, size) = match &e.state {
+                    ObjState::Pending => ("pending", 0),
+                    ObjState::Ready(Ready::Inline(b)) => ("inline", b.len() as u64),
+                    ObjState::Ready(Ready::Stored { size, .. }) => ("stored", *size),
+                    ObjState::Failed(_) => ("failed", 0),
+                    ObjState::Released => ("released", 0),
+                };
+                ferry_proto::msg::RefInfo {
+                    object: *id,
+                    holder: self.me,
+                    owned: id.owner() == self.me,
+                    state: state.to_string(),
+                    size,
+                    local: e.local,
+                    submitted: e.submitted,
+                    contained_in: e.pins,
+                    borrowers: e.borrowers.len() as u32,
+                }
+            })
+            .collect()
+    }
+
+    /// Counts of the table's contents (for tests: nothing may be left behind).
+    pub fn table_sizes(&self) -> (usize, usize, usize) {
+        (self.objects.len(), self.tasks.len(), self.actors.len())
+    }
+}
+
+/// The processes borrowing an owned object, with their unreleased registrations (a count
+/// may be negative for a while, see the module docs). Nearly always one or none, so the
+/// first is kept inline: no allocation for it.
+#[derive(Debug, Default)]
+pub(crate) struct Borrowers {
+    first: Option<(WorkerId, i32)>,
+    more: Vec<(WorkerId, i32)>,
+}
+
+impl Borrowers {
+    pub fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    pub fn len(&self) -> usize {
+        self.first.iter().count() + self.more.len()
+    }
+
+    /// Adds `by` to `who`'s count; a count that reaches zero is removed.
+    pub fn bump(&mut self, who: WorkerId, by: i32) {
+        if by == 0 {
+            return;
+        }
+        match &mut self.first {
+            Some((w, n)) if *w == who => {
+                *n = n.saturating_add(by);
+                if *n == 0 {
+                    self.first = self.more.pop();
+                }
+            }
+            None => self.first = Some((who, by)),
+            Some(_) => match self.more.iter().position(|(w, _)| *w == who) {
+                Some(i) => {
+                    self.more[i].1 = self.more[i].1.saturating_add(by);
+                    if self.more[i].1 == 0 {
+                        self.more.swap_remove(i);
+                    }
+                }
+                None => self.more.push((who, by)),
+            },
+        }
+    }
+
+    /// Forgets `who` (a dead process); true if it was there.
+    pub fn remove(&mut self, who: WorkerId) -> bool {
+        if self.first.is_some_and(|(w, _)| w == who) {
+            self.first = self.more.pop();
+            return true;
+        }
+        let before = self.more.len();
+        self.more.retain(|(w, _)| *w != who);
+        before != self.more.len()
+    }
+}
+
+/// What to tell a borrower about a final object.
+pub(super) fn answer_of(state: &ObjState) -> ObjectAnswer {
+    match state {
+        ObjState::Ready(Ready::Inline(b)) => ObjectAnswer::Inline(b.to_vec()),
+        ObjState::Ready(Ready::Stored { size, node, .. }) => ObjectAnswer::Stored { size: *size, node: *node },
+        ObjState::Failed(e) => ObjectAnswer::Failed(e.clone()),
+        ObjState::Pending | ObjState::Released => ObjectAnswer::Unknown,
+    }
+}
