@@ -297,7 +297,7 @@ pub fn create_actor<T: Actor>(opts: &ActorOptions, args: Vec<TaskArg>) -> Result
         }
     };
     let shape = Shape::with_resources(opts.num_cpus, &opts.resources);
-    let depth = rt.lock().depth;
+    let depth = rt.lock().depth();
     let spec = ActorSpec {
         class: T::CLASS.to_string(),
         args: Vec::new(),

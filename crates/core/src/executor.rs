@@ -194,7 +194,7 @@ impl Executor {
     }
 
     fn run_one(&self, rt: &'static Runtime, conn: &Conn, spec: &TaskSpec) {
-        rt.lock().depth = spec.depth + 1;
+        rt.lock().set_depth(spec.depth + 1);
         if self.actor.get().is_none() {
             crate::logs::set_label(spec.function.rsplit("::").next().unwrap_or(&spec.function));
         }
@@ -214,7 +214,7 @@ impl Executor {
                 .ok_or_else(|| format!("this binary has no actor type {:?}", spec.class))?;
             let held = load_args(rt, &spec.class, &spec.args).map_err(|e| format!("{e:?}"))?;
             let args = arg_data(&spec.args, &held);
-            rt.lock().depth = spec.depth + 1;
+            rt.lock().set_depth(spec.depth + 1);
             is_async = class.is_async;
             let instance = (class.construct)(&args).map_err(|e| match e {
                 TaskError::Panicked { message, .. } => format!("the constructor panicked: {message}"),

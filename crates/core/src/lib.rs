@@ -11,8 +11,6 @@
 //! and when it can be freed. No central service is on the path of a task.
 
 mod actor;
-#[cfg(test)]
-mod borrow_model;
 mod bytes;
 mod codec;
 mod config;
@@ -21,8 +19,6 @@ mod executor;
 mod logs;
 mod memory;
 mod owner;
-#[cfg(test)]
-mod owner_model;
 mod refs;
 pub mod registry;
 mod runtime;
@@ -421,9 +417,8 @@ pub struct RecoveryStats {
 
 /// Retries and reconstructions of the tasks and objects this process owns.
 pub fn recovery_stats() -> Result<RecoveryStats> {
-    let rt = runtime()?;
-    let st = rt.lock();
-    Ok(RecoveryStats { task_retries: st.retries, reconstructions: st.reconstructions })
+    let (task_retries, reconstructions) = runtime()?.lock().recovery();
+    Ok(RecoveryStats { task_retries, reconstructions })
 }
 
 /// The node this process runs on (for [`SchedulingStrategy::NodeAffinity`]).
@@ -553,43 +548,10 @@ pub fn get_timeout<T: DeserializeOwned + 'static>(r: &ObjectRef<T>, timeout: Dur
 /// is scanned again only when some object failed.
 pub fn get_all<T: DeserializeOwned + 'static>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
     let rt = runtime()?;
-    let mut next = 0;
-    let mut seen_failures = u64::MAX;
-    let mut reg = 0;
-    let failed = rt.block_until(None, |w| {
-        rt.with_state(|st, fx| {
-            let failed_at = |st: &owner::OwnerState, r: &ObjectRef<T>| match st.objects.get(&r.raw.id) {
-                Some(e) => matches!(e.state, owner::ObjState::Failed(_)),
-                None => false,
-            };
-            if st.failures != seen_failures {
-                seen_failures = st.failures;
-                if let Some(r) = refs[next..].iter().find(|r| failed_at(st, r)) {
-                    return Poll::Ready(Some(r.raw.id));
-                }
-            }
-            while let Some(r) = refs.get(next) {
-                match st.objects.get_mut(&r.raw.id) {
-                    Some(e) if matches!(e.state, owner::ObjState::Pending) => {
-                        e.add_waiter(w);
-                        reg = st.wake_on_failure(reg, w);
-                        // Borrowed ones are asked of their owners, all at once.
-                        for r in &refs[next..] {
-                            st.ensure_fetch(r.raw.id, fx);
-                        }
-                        return Poll::Pending;
-                    }
-                    Some(e) if matches!(e.state, owner::ObjState::Failed(_)) => return Poll::Ready(Some(r.raw.id)),
-                    // Ready or unknown: `get` below reports which.
-                    _ => next += 1,
-                }
-            }
-            Poll::Ready(None)
-        })
-    });
-    if reg != 0 {
-        rt.with_state(|st, _| st.end_failure_wake(reg));
-    }
+    let ids: Vec<ObjectId> = refs.iter().map(|r| r.raw.id).collect();
+    let mut w8 = owner::AllWait::default();
+    let failed = rt.block_until(None, |w| rt.with_state(|st, fx| st.poll_all(&ids, &mut w8, w, fx)));
+    rt.with_state(|st, _| st.end_all_wait(w8));
     if let Some(Some(id)) = failed {
         if let Some(r) = refs.iter().find(|r| r.raw.id == id) {
             get(r)?;
@@ -643,49 +605,26 @@ pub fn wait<T>(refs: &[ObjectRef<T>], num_ready: usize, timeout: Option<Duration
     }
     let n = num_ready.min(refs.len());
     let deadline = timeout.map(|d| Instant::now() + d);
-    let is_ready = |st: &owner::OwnerState, id: &ObjectId| {
-        st.objects.get(id).is_none_or(|e| !matches!(e.state, owner::ObjState::Pending))
-    };
-    // Indices of the first `n` ready refs; the scan stops as soon as it has them.
-    let scan = |st: &owner::OwnerState| -> Vec<usize> {
-        let mut found = Vec::with_capacity(n);
-        for (i, r) in refs.iter().enumerate() {
-            if found.len() == n {
-                break;
-            }
-            if is_ready(st, &r.raw.id) {
-                found.push(i);
-            }
-        }
-        found
-    };
-    let waited = rt.block_until(deadline, |w| {
+    let ids: Vec<ObjectId> = refs.iter().map(|r| r.raw.id).collect();
+    // On a timeout, what is ready then is returned.
+    let _ = rt.block_until(deadline, |w| {
         rt.with_state(|st, fx| {
-            let found = scan(st);
-            if found.len() == n {
+            if st.first_final(&ids, n).len() == n {
                 return Poll::Ready(());
             }
-            for r in refs {
-                if let Some(e) = st.objects.get_mut(&r.raw.id) {
-                    if matches!(e.state, owner::ObjState::Pending) {
-                        e.add_waiter(w);
-                    }
-                }
-                st.ensure_fetch(r.raw.id, fx);
-            }
+            st.watch(&ids, w, fx);
             Poll::Pending
         })
     });
-    let _ = waited; // on timeout, return what is ready now
-                    // Split and take the new handles under one lock.
+    // Split and take the new handles under one lock.
     let mut st = rt.lock();
-    let found = scan(&st);
+    let found = st.first_final(&ids, n);
     let mut ready = Vec::with_capacity(found.len());
     let mut pending = Vec::with_capacity(refs.len() - found.len());
     let mut next = found.iter().peekable();
-    for (i, r) in refs.iter().enumerate() {
-        st.add_local_ref(r.raw.id);
-        let handle = ObjectRef::from_id(r.raw.id);
+    for (i, id) in ids.iter().enumerate() {
+        st.add_local_ref(*id);
+        let handle = ObjectRef::from_id(*id);
         if next.peek() == Some(&&i) {
             next.next();
             ready.push(handle);

@@ -16,18 +16,18 @@
 //! without asking anyone.
 //!
 //! Leases may come from other nodes: a daemon answers a request with `LeaseSpillback`, and
-//! the request goes to that node's daemon (connected to on first use, as a `Client`). The
-//! owner table sees lease ids of this process's own numbering; [`LeaseRoutes`] maps them to
-//! the granting daemon and its lease id.
+//! the request goes to that node's daemon (connected to on first use, as a `Client`); the
+//! owner table keeps which node granted each lease.
 //!
 //! The owner table's mutex is never held while blocking on the network: state changes
-//! collect their sends in [`Effects`], which go out after the lock is released (sends only
-//! append to a connection's buffer, or write to a socket whose reader is always reading).
+//! collect their sends in [`Effects`], naming each target by id, and [`Runtime::apply`]
+//! sends them on the right connections after the lock is released (sends only append to a
+//! connection's buffer, or write to a socket whose reader is always reading).
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::executor::Executor;
-use crate::owner::{ArgDraft, Effects, ObjState, OwnerLimits, OwnerState, Ready};
+use crate::owner::{ArgDraft, Daemon, Effects, ObjState, OwnerLimits, OwnerState, Ready};
 use ferry_proto::conn::accept;
 use ferry_proto::conn::{connect, connect_from, Addr, Conn};
 use ferry_proto::listen::{accept_loop as accept_loop_on, wake_pair, Gate, Limits, Listener, Wake as StopLoop, WakeRx};
@@ -79,16 +79,6 @@ pub(crate) struct Identity {
     pub tcp_host: Option<String>,
 }
 
-/// Leases and lease requests by daemon (see the module docs).
-#[derive(Default)]
-struct LeaseRoutes {
-    next: u64,
-    /// This process's lease id → the granting node, its lease id, and the leased worker.
-    routes: HashMap<u64, (NodeId, u64, WorkerId)>,
-    /// Unanswered lease requests: the node asked, and the request (to ask another).
-    requests: HashMap<u64, (NodeId, ToNode)>,
-}
-
 /// See the module docs.
 pub(crate) struct Runtime {
     pub me: WorkerId,
@@ -106,7 +96,6 @@ pub(crate) struct Runtime {
     /// Connections to other nodes' daemons, and their addresses.
     daemons: Mutex<HashMap<NodeId, Arc<Conn>>>,
     daemon_addrs: Mutex<HashMap<NodeId, String>>,
-    leases: Mutex<LeaseRoutes>,
     /// The cluster's nodes as last asked (to find an actor's home daemon).
     cluster: Mutex<Vec<ferry_proto::msg::NodeView>>,
     /// Calls to daemons waiting for their answer, with the connection each went on (its
@@ -212,11 +201,10 @@ impl Runtime {
             addrs: Default::default(),
             daemons: Default::default(),
             daemon_addrs: Default::default(),
-            leases: Mutex::new(LeaseRoutes { next: 1, ..Default::default() }),
             cluster: Mutex::new(Vec::new()),
             node_calls: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(1),
-            state: Mutex::new(OwnerState::new(id.me, limits)),
+            state: Mutex::new(OwnerState::new(id.me, node_id, limits)),
             peers: Mutex::new(HashMap::new()),
             peer_nodes: Mutex::new(HashMap::new()),
             inbound_conns: Mutex::new(HashMap::new()),
@@ -282,26 +270,11 @@ impl Runtime {
 
     /// Carries out the effects of a state change (after the lock is released).
     pub(crate) fn apply(&'static self, mut fx: Effects) {
-        for m in fx.to_node {
-            match m {
-                ToNode::RequestLease { req, .. } => {
-                    self.lock_leases().requests.insert(req, (self.node_id, m.clone()));
-                    let _ = self.node.send(&m);
-                }
-                ToNode::ReturnLease { lease, kill } => {
-                    let route = self.lock_leases().routes.remove(&lease);
-                    if let Some((node, lease, _)) = route {
-                        self.send_to_node(node, &ToNode::ReturnLease { lease, kill });
-                    }
-                }
-                ToNode::ReleaseActor { actor, .. }
-                | ToNode::ResolveActor { actor, .. }
-                | ToNode::CreateActor { actor, .. }
-                | ToNode::KillActor { actor } => {
+        for (to, m) in fx.to_daemons {
+            match to {
+                Daemon::Node(n) => self.send_to_node(n, &m),
+                Daemon::HomeOf(actor) => {
                     let _ = self.actor_home(actor).send(&m);
-                }
-                m => {
-                    let _ = self.node.send(&m);
                 }
             }
         }
@@ -312,12 +285,26 @@ impl Runtime {
                 self.send_to_node(chunk[0].0, &ToNode::Free { objects });
             }
         }
-        for (conn, m) in fx.pushes {
-            // A failed push surfaces as the loss of that worker on its reader thread.
-            let _ = conn.send(&m);
+        if !fx.to_workers.is_empty() {
+            // A worker without a connection is being reported lost, and a failed send
+            // surfaces as its loss on its reader thread: either way the message is moot.
+            let sends: Vec<_> = {
+                let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+                fx.to_workers.into_iter().filter_map(|(w, m)| Some((peers.get(&w)?.clone(), m))).collect()
+            };
+            for (conn, m) in sends {
+                let _ = conn.send(&m);
+            }
         }
-        for (conn, m) in fx.replies {
-            let _ = conn.send(&m);
+        if !fx.replies.is_empty() {
+            // Answers go on the connection the asker opened to us; one that closed has gone.
+            let sends: Vec<_> = {
+                let inbound = self.inbound_conns.lock().unwrap_or_else(|e| e.into_inner());
+                fx.replies.into_iter().filter_map(|(w, m)| Some((inbound.get(&w)?.1.clone(), m))).collect()
+            };
+            for (conn, m) in sends {
+                let _ = conn.send(&m);
+            }
         }
         if !fx.releases.is_empty() {
             let mut r = self.releases.lock().unwrap_or_else(|e| e.into_inner());
@@ -417,34 +404,23 @@ impl Runtime {
                 }
             };
             match msg {
-                FromNode::LeaseGranted { req, lease: theirs, worker, addr } => {
-                    let lease = {
-                        let mut l = self.lock_leases();
-                        l.requests.remove(&req);
-                        let lease = l.next;
-                        l.next += 1;
-                        l.routes.insert(lease, (node, theirs, worker));
-                        lease
-                    };
-                    match self.worker_conn(worker, &addr) {
-                        Ok(conn) => self.with_state(|st, fx| st.on_lease_granted(req, lease, worker, conn, fx)),
-                        Err(e) => {
-                            tracing::warn!("cannot reach leased worker {worker:?} at {addr}: {e}");
-                            self.with_state(|st, fx| st.on_lease_unreachable(req, lease, fx))
-                        }
+                FromNode::LeaseGranted { req, lease: theirs, worker, addr } => match self.worker_conn(worker, &addr) {
+                    Ok(_) => {
+                        let now = Instant::now();
+                        self.with_state(|st, fx| st.on_lease_granted(req, (node, theirs), worker, now, fx))
                     }
-                }
+                    Err(e) => {
+                        tracing::warn!("cannot reach leased worker {worker:?} at {addr}: {e}");
+                        self.with_state(|st, fx| st.on_lease_unreachable(req, (node, theirs), fx))
+                    }
+                },
                 FromNode::LeaseSpillback { req, node: to, addr } => self.spill_back(req, to, &addr),
                 FromNode::LeaseInfeasible { req, reason } => {
-                    self.lock_leases().requests.remove(&req);
                     self.with_state(|st, fx| st.on_lease_infeasible(req, reason, fx))
                 }
                 FromNode::Pulled { req, .. } => self.answer_call(req, msg),
-                FromNode::RecallIdleLeases => self.with_state(|st, fx| {
-                    st.node_short = true;
-                    st.return_idle_leases(None, fx)
-                }),
-                FromNode::EndRecall => self.with_state(|st, _| st.node_short = false),
+                FromNode::RecallIdleLeases => self.with_state(|st, fx| st.on_recall(fx)),
+                FromNode::EndRecall => self.with_state(|st, _| st.on_end_recall()),
                 FromNode::RetireIfIdle if self.executor.is_some() => {
                     // A worker that owns objects or tasks in use is not idle (as in Ray): its
                     // objects would fail with `OwnerDied` under those who hold them.
@@ -462,7 +438,7 @@ impl Runtime {
                 | FromNode::Ack { req, .. }
                 | FromNode::NamedActor { req, .. } => self.answer_call(req, msg),
                 FromNode::ActorState { req, actor, location } => {
-                    let resolving = self.lock().actor_resolves.remove(&req);
+                    let resolving = self.lock().take_resolve(req);
                     match resolving {
                         Some(actor) => self.actor_located(actor, location),
                         None => self.answer_call(req, FromNode::ActorState { req, actor, location }),
@@ -498,26 +474,17 @@ impl Runtime {
         }
     }
 
-    fn lock_leases(&self) -> MutexGuard<'_, LeaseRoutes> {
-        self.leases.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// A daemon sent a lease request on to node `to`: ask that node, which grants or queues it
     /// (`Placement::Here`). If it cannot be reached, this node queues it after all.
     fn spill_back(&'static self, req: u64, to: NodeId, addr: &str) {
-        let Some((_, mut msg)) = self.lock_leases().requests.remove(&req) else { return };
-        if let ToNode::RequestLease { placement, .. } = &mut msg {
-            *placement = ferry_proto::msg::Placement::Here;
-        }
-        let target = match self.daemon_conn(to, addr) {
-            Ok(c) => (to, c),
+        let at = match self.daemon_conn(to, addr) {
+            Ok(_) => to,
             Err(e) => {
                 tracing::warn!("cannot reach node {to} at {addr} ({e}); the task waits on this node");
-                (self.node_id, self.node.clone())
+                self.node_id
             }
         };
-        self.lock_leases().requests.insert(req, (target.0, msg.clone()));
-        let _ = target.1.send(&msg);
+        self.with_state(|st, fx| st.on_lease_spilled(req, at, fx));
     }
 
     /// Sends `m` to node `n`'s daemon (dropped if that node is unknown or gone: then what it
@@ -587,13 +554,10 @@ impl Runtime {
         if n == self.node_id {
             return;
         }
-        self.with_state(|st, _| st.node_dead(n));
-        let workers: Vec<WorkerId> = {
-            let mut l = self.lock_leases();
-            let w = l.routes.values().filter(|(node, ..)| *node == n).map(|(.., w)| *w).collect();
-            l.routes.retain(|_, (node, ..)| *node != n);
-            w
-        };
+        let workers = self.with_state(|st, _| {
+            st.node_dead(n);
+            st.workers_leased_at(n)
+        });
         // And every other process there this one talks to: owners it borrows from (their
         // objects fail with `OwnerDied`), actors it calls.
         let others: Vec<WorkerId> = {
@@ -659,20 +623,7 @@ impl Runtime {
                 });
             }
         }
-        let retry: Vec<ToNode> = {
-            let mut l = self.lock_leases();
-            let reqs: Vec<u64> = l.requests.iter().filter(|(_, (t, _))| *t == n).map(|(r, _)| *r).collect();
-            reqs.into_iter()
-                .filter_map(|r| l.requests.remove(&r))
-                .map(|(_, mut m)| {
-                    if let ToNode::RequestLease { placement, .. } = &mut m {
-                        *placement = ferry_proto::msg::Placement::Default;
-                    }
-                    m
-                })
-                .collect()
-        };
-        self.apply(Effects { to_node: retry, ..Default::default() });
+        self.with_state(|st, fx| st.on_daemon_lost(n, fx));
     }
 
     /// The cluster's nodes, asked of this node's daemon (`refresh`) or as last asked.
@@ -780,7 +731,7 @@ impl Runtime {
         use ferry_proto::msg::ActorLocation;
         let at = match location {
             ActorLocation::Alive { worker, addr, .. } => match self.worker_conn(worker, &addr) {
-                Ok(conn) => Located::At(worker, conn),
+                Ok(_) => Located::At(worker),
                 Err(_) => Located::Unreachable(worker),
             },
             ActorLocation::Dead { reason } => Located::Dead(reason),
@@ -843,9 +794,13 @@ impl Runtime {
             match reader.read::<FromWorker>() {
                 Ok(FromWorker::Done { task, returns, contained, actors }) => {
                     let inside = crate::owner::Inside { refs: contained, actors };
-                    self.with_state(|st, fx| st.on_done(task, returns, inside, fx))
+                    let now = Instant::now();
+                    self.with_state(|st, fx| st.on_done(task, returns, inside, now, fx))
                 }
-                Ok(FromWorker::Failed { task, error }) => self.with_state(|st, fx| st.on_failed(task, error, fx)),
+                Ok(FromWorker::Failed { task, error }) => {
+                    let now = Instant::now();
+                    self.with_state(|st, fx| st.on_failed(task, error, now, fx))
+                }
                 Ok(FromWorker::Requeued { tasks }) => self.with_state(|st, fx| st.on_requeued(tasks, fx)),
                 Ok(FromWorker::Stolen { tasks }) => self.with_state(|st, fx| st.on_stolen(worker, tasks, fx)),
                 Ok(FromWorker::Retained { objects }) => {
@@ -931,7 +886,7 @@ impl Runtime {
     pub(crate) fn register_at_task_end(&'static self, caller: WorkerId) -> Vec<ObjectId> {
         let ids = {
             let mut st = self.lock();
-            if st.unregistered.is_empty() {
+            if !st.has_unregistered() {
                 return Vec::new();
             }
             st.take_unregistered(None)
@@ -980,11 +935,9 @@ impl Runtime {
                         }
                     }
                 }
-                Ok(ToWorker::GetObject { object }) => {
-                    self.with_state(|st, fx| st.on_get_request(from, conn.clone(), object, fx))
-                }
+                Ok(ToWorker::GetObject { object }) => self.with_state(|st, fx| st.on_get_request(from, object, fx)),
                 Ok(ToWorker::Remake { object, node }) => {
-                    self.with_state(|st, fx| st.on_remake_request(from, conn.clone(), object, node, fx))
+                    self.with_state(|st, fx| st.on_remake_request(from, object, node, fx))
                 }
                 Ok(ToWorker::AddBorrower { req, objects, borrower }) => {
                     self.with_state(|st, fx| st.add_borrowers(borrower, &objects, fx));
@@ -1049,20 +1002,10 @@ impl Runtime {
         let id = self.with_state(|st, _| st.new_object(ObjState::Pending));
         let stored = self.write_and_seal(id, &enc);
         let state = match &stored {
-            Ok(size) => {
-                ObjState::Ready(Ready::Stored { size: *size, node: self.node_id, view: self.store.map(id).ok() })
-            }
-            Err(e) => ObjState::Failed(e.clone()),
+            Ok(size) => Ok(Ready::Stored { size: *size, node: self.node_id, view: self.store.map(id).ok() }),
+            Err(e) => Err(e.clone()),
         };
-        self.with_state(|st, fx| {
-            if let Some(e) = st.objects.get_mut(&id) {
-                e.state = state;
-            }
-            // Undo the handle the caller will not get on failure.
-            if stored.is_err() {
-                st.remove_local_ref(id, fx);
-            }
-        });
+        self.with_state(|st, fx| st.finish_put(id, state, fx));
         stored.map(|_| id)
     }
 
@@ -1143,27 +1086,7 @@ impl Runtime {
     /// Polls `id`: ready, failed, or pending (then `waker` is registered, and a borrowed
     /// object is asked of its owner).
     pub(crate) fn poll_object(&'static self, id: ObjectId, waker: &Waker) -> Poll<Result<Ready>> {
-        self.with_state(|st, fx| {
-            let Some(e) = st.objects.get_mut(&id) else {
-                return Poll::Ready(Err(Error::ObjectLost {
-                    object: id,
-                    reason: "this process holds no reference to it (it was freed)".into(),
-                }));
-            };
-            match &e.state {
-                ObjState::Ready(r) => Poll::Ready(Ok(r.clone())),
-                ObjState::Failed(err) => Poll::Ready(Err(err.clone())),
-                ObjState::Released => Poll::Ready(Err(Error::ObjectLost {
-                    object: id,
-                    reason: "its value was released (no handle to it was left)".into(),
-                })),
-                ObjState::Pending => {
-                    e.add_waiter(waker);
-                    st.ensure_fetch(id, fx);
-                    Poll::Pending
-                }
-            }
-        })
+        self.with_state(|st, fx| st.poll_object(id, waker, fx))
     }
 
     /// Blocks the calling thread until `poll` is ready or the deadline passes (`None`).

@@ -103,7 +103,7 @@ impl OwnerState {
         }
         let c = self.actors.remove(&actor).expect("checked");
         if c.held > 0 {
-            fx.to_node.push(ToNode::ReleaseActor { actor, count: c.held });
+            fx.to_daemons.push((Daemon::HomeOf(actor), ToNode::ReleaseActor { actor, count: c.held }));
         }
         self.release_submitted(&c.ctor_args, fx);
         for a in c.ctor_exports {
@@ -182,7 +182,7 @@ impl OwnerState {
                 self.maybe_release_actor(actor, fx);
                 return;
             }
-            if c.queue.is_empty() && !c.doomed.is_empty() && c.conn.is_none() {
+            if c.queue.is_empty() && !c.doomed.is_empty() && c.worker.is_none() {
                 // Calls lost with its process fail once the daemon says what became of it (a
                 // restart, or its death), even if no other call is waiting to ask.
                 self.ask_where(actor, fx);
@@ -201,7 +201,7 @@ impl OwnerState {
                 self.send_create(actor, front, fx);
                 continue;
             }
-            let (Some(conn), Some(worker)) = (c.conn.clone(), c.worker) else {
+            let Some(worker) = c.worker else {
                 self.ask_where(actor, fx);
                 return;
             };
@@ -222,7 +222,7 @@ impl OwnerState {
                 }
             }
             if !batch.is_empty() {
-                fx.pushes.push((conn, ToWorker::Push(batch)));
+                fx.to_workers.push((worker, ToWorker::Push(batch)));
             }
             return;
         }
@@ -238,7 +238,7 @@ impl OwnerState {
         let req = self.next_req;
         self.next_req += 1;
         self.actor_resolves.insert(req, actor);
-        fx.to_node.push(ToNode::ResolveActor { req, actor, stale: c.stale });
+        fx.to_daemons.push((Daemon::HomeOf(actor), ToNode::ResolveActor { req, actor, stale: c.stale }));
     }
 
     pub(super) fn send_create(&mut self, actor: ActorId, task: TaskId, fx: &mut Effects) {
@@ -247,7 +247,7 @@ impl OwnerState {
         match self.resolve_args(&t.args) {
             Ok(args) => {
                 spec.args = args;
-                fx.to_node.push(ToNode::CreateActor { req: 0, actor, spec });
+                fx.to_daemons.push((Daemon::HomeOf(actor), ToNode::CreateActor { req: 0, actor, spec }));
                 // Arguments by reference stay alive while this process holds the actor, so a
                 // restart can read them again.
                 let refs = t.args.iter().filter_map(|a| match a {
@@ -278,9 +278,8 @@ impl OwnerState {
         let Some(c) = self.actors.get_mut(&actor) else { return };
         c.resolving = false;
         match at {
-            Located::At(worker, conn) => {
+            Located::At(worker) => {
                 c.worker = Some(worker);
-                c.conn = Some(conn);
                 c.stale = None;
                 // A new incarnation: the calls lost with the old one had no retries left.
                 let doomed = std::mem::take(&mut c.doomed);
@@ -318,7 +317,6 @@ impl OwnerState {
     /// the queue, in order, while they have retries; the others fail.
     pub(super) fn actor_conn_lost(&mut self, actor: ActorId, detail: &str, fx: &mut Effects) {
         let Some(c) = self.actors.get_mut(&actor) else { return };
-        c.conn = None;
         c.stale = c.worker.take();
         c.lost_detail = detail.to_string();
         let in_flight: Vec<TaskId> = c.in_flight.drain(..).collect();

@@ -97,16 +97,16 @@ impl OwnerState {
     }
 
     /// A borrower asks for an object's value: answered now if final, else when it is.
-    pub fn on_get_request(&mut self, from: WorkerId, conn: Arc<Conn>, id: ObjectId, fx: &mut Effects) {
+    pub fn on_get_request(&mut self, from: WorkerId, id: ObjectId, fx: &mut Effects) {
         match self.objects.get_mut(&id) {
             Some(e) if id.owner() == self.me => {
                 if matches!(e.state, ObjState::Pending) {
-                    e.rare().remote_waiters.push((from, conn));
+                    e.rare().remote_waiters.push(from);
                 } else {
-                    fx.replies.push((conn, FromWorker::Object { object: id, answer: answer_of(&e.state) }));
+                    fx.replies.push((from, FromWorker::Object { object: id, answer: answer_of(&e.state) }));
                 }
             }
-            _ => fx.replies.push((conn, FromWorker::Object { object: id, answer: ObjectAnswer::Unknown })),
+            _ => fx.replies.push((from, FromWorker::Object { object: id, answer: ObjectAnswer::Unknown })),
         }
     }
 
@@ -114,16 +114,16 @@ impl OwnerState {
     /// there, that copy is gone, and the object is made again from its lineage (a copy
     /// elsewhere, or a remake already under way, is simply given). Answered as `GetObject`
     /// is, or with the reason it cannot be made again.
-    pub fn on_remake_request(&mut self, from: WorkerId, conn: Arc<Conn>, id: ObjectId, node: NodeId, fx: &mut Effects) {
+    pub fn on_remake_request(&mut self, from: WorkerId, id: ObjectId, node: NodeId, fx: &mut Effects) {
         let there = |s: &ObjState| matches!(s, ObjState::Ready(Ready::Stored { node: n, .. }) if *n == node);
         if id.owner() == self.me && self.objects.get(&id).is_some_and(|e| there(&e.state)) {
             if let Err(e) = self.reconstruct(id, fx) {
                 let answer = answer_of(&ObjState::Failed(e));
-                fx.replies.push((conn, FromWorker::Object { object: id, answer }));
+                fx.replies.push((from, FromWorker::Object { object: id, answer }));
                 return;
             }
         }
-        self.on_get_request(from, conn, id, fx)
+        self.on_get_request(from, id, fx)
     }
 
     /// A borrowed object's stored copy could not be read: ask its owner to make it again
@@ -178,7 +178,7 @@ impl OwnerState {
             if id.owner() == self.me {
                 let removed = e.borrowers.remove(peer);
                 if let Some(r) = &mut e.rare {
-                    r.remote_waiters.retain(|(w, _)| *w != peer);
+                    r.remote_waiters.retain(|w| *w != peer);
                 }
                 if removed {
                     touched.push(*id);

@@ -19,7 +19,7 @@ impl OwnerState {
         let victim = leases().filter(|(_, l)| l.in_flight >= 2 && !l.stealing).max_by_key(|(_, l)| l.in_flight);
         if let Some((id, l)) = victim {
             let max = (l.in_flight / 2) as u32;
-            fx.pushes.push((l.conn.clone(), ToWorker::Steal { max }));
+            fx.to_workers.push((l.worker, ToWorker::Steal { max }));
             self.leases.get_mut(&id).expect("listed").stealing = true;
         }
     }
@@ -61,12 +61,70 @@ impl OwnerState {
         self.take_back(tasks, true, fx);
     }
 
-    /// A lease request was granted.
-    pub fn on_lease_granted(&mut self, req: u64, lease: u64, worker: WorkerId, conn: Arc<Conn>, fx: &mut Effects) {
-        let Some(class) = self.lease_requests.remove(&req) else {
-            fx.to_node.push(ToNode::ReturnLease { lease, kill: false });
+    /// Asks for one more lease for `class` (of this node's daemon, which may send the request
+    /// on to another node: see [`Self::on_lease_spilled`]).
+    pub(super) fn request_lease(&mut self, class: usize, prefer: Option<NodeId>, fx: &mut Effects) {
+        let req = self.next_req;
+        self.next_req += 1;
+        let c = &mut self.classes[class];
+        c.pending_requests += 1;
+        let r = LeaseRequest { class, node: self.node, placement: c.placement.clone(), depth: self.depth, prefer };
+        self.send_lease_request(req, &r, fx);
+        self.lease_requests.insert(req, r);
+    }
+
+    fn send_lease_request(&self, req: u64, r: &LeaseRequest, fx: &mut Effects) {
+        let shape = self.classes[r.class].shape.clone();
+        let m = ToNode::RequestLease { req, shape, depth: r.depth, placement: r.placement.clone(), prefer: r.prefer };
+        fx.to_daemons.push((Daemon::Node(r.node), m));
+    }
+
+    /// A daemon sent lease request `req` on to node `to` (`LeaseSpillback`), which this
+    /// process is now connected to: it is asked there, to grant or queue it (`Here`). `to` is
+    /// this node if that node could not be reached.
+    pub fn on_lease_spilled(&mut self, req: u64, to: NodeId, fx: &mut Effects) {
+        let Some(mut r) = self.lease_requests.remove(&req) else { return };
+        r.node = to;
+        r.placement = Placement::Here;
+        self.send_lease_request(req, &r, fx);
+        self.lease_requests.insert(req, r);
+    }
+
+    /// Node `n`'s daemon is gone: the requests waiting there are asked of this node again,
+    /// placed anew.
+    pub fn on_daemon_lost(&mut self, n: NodeId, fx: &mut Effects) {
+        let stranded: Vec<u64> = self.lease_requests.iter().filter(|(_, r)| r.node == n).map(|(q, _)| *q).collect();
+        for req in stranded {
+            let r = self.lease_requests.get_mut(&req).expect("listed");
+            r.node = self.node;
+            r.placement = Placement::Default;
+            let r = self.lease_requests.remove(&req).expect("listed");
+            self.send_lease_request(req, &r, fx);
+            self.lease_requests.insert(req, r);
+        }
+    }
+
+    /// The workers of leases granted by node `n`.
+    pub fn workers_leased_at(&self, n: NodeId) -> Vec<WorkerId> {
+        self.leases.values().filter(|l| l.node == n).map(|l| l.worker).collect()
+    }
+
+    /// Lease request `req` was granted by node `from` (its lease `theirs` there) on `worker`,
+    /// which this process is now connected to; `now` is when.
+    pub fn on_lease_granted(
+        &mut self,
+        req: u64,
+        (from, theirs): (NodeId, u64),
+        worker: WorkerId,
+        now: Instant,
+        fx: &mut Effects,
+    ) {
+        let Some(LeaseRequest { class, .. }) = self.lease_requests.remove(&req) else {
+            fx.to_daemons.push((Daemon::Node(from), ToNode::ReturnLease { lease: theirs, kill: false }));
             return;
         };
+        let lease = self.next_lease;
+        self.next_lease += 1;
         let c = &mut self.classes[class];
         c.pending_requests -= 1;
         c.leases.push(lease);
@@ -75,11 +133,12 @@ impl OwnerState {
             lease,
             Lease {
                 worker,
-                conn,
+                node: from,
+                theirs,
                 class,
                 in_flight: 0,
                 blocked: false,
-                idle_since: Some(Instant::now()),
+                idle_since: Some(now),
                 stealing: false,
                 one_shot,
                 used: false,
@@ -89,17 +148,27 @@ impl OwnerState {
         self.pump(class, fx);
     }
 
-    /// The worker behind a granted lease could not be reached.
-    pub fn on_lease_unreachable(&mut self, req: u64, lease: u64, fx: &mut Effects) {
-        fx.to_node.push(ToNode::ReturnLease { lease, kill: true });
-        if let Some(class) = self.lease_requests.remove(&req) {
-            self.classes[class].pending_requests -= 1;
-            self.pump(class, fx);
+    /// The worker behind a lease granted by node `from` (`theirs` there) could not be reached:
+    /// the lease goes back, its worker killed.
+    pub fn on_lease_unreachable(&mut self, req: u64, (from, theirs): (NodeId, u64), fx: &mut Effects) {
+        fx.to_daemons.push((Daemon::Node(from), ToNode::ReturnLease { lease: theirs, kill: true }));
+        if let Some(r) = self.lease_requests.remove(&req) {
+            self.classes[r.class].pending_requests -= 1;
+            self.pump(r.class, fx);
+        }
+    }
+
+    /// Gives lease `lease` back to the node that granted it (`kill`: its worker is not to be
+    /// trusted again).
+    pub(super) fn return_lease(&mut self, lease: u64, kill: bool, fx: &mut Effects) {
+        if let Some(l) = self.leases.remove(&lease) {
+            self.classes[l.class].leases.retain(|x| *x != lease);
+            fx.to_daemons.push((Daemon::Node(l.node), ToNode::ReturnLease { lease: l.theirs, kill }));
         }
     }
 
     pub fn on_lease_infeasible(&mut self, req: u64, reason: String, fx: &mut Effects) {
-        let Some(class) = self.lease_requests.remove(&req) else {
+        let Some(LeaseRequest { class, .. }) = self.lease_requests.remove(&req) else {
             return;
         };
         self.classes[class].pending_requests -= 1;
@@ -175,9 +244,7 @@ impl OwnerState {
             .map(|(id, _)| *id)
             .collect();
         for id in idle {
-            let l = self.leases.remove(&id).expect("listed");
-            self.classes[l.class].leases.retain(|x| *x != id);
-            fx.to_node.push(ToNode::ReturnLease { lease: id, kill: false });
+            self.return_lease(id, false, fx);
         }
     }
 

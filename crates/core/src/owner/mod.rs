@@ -31,8 +31,12 @@
 
 mod actors;
 mod borrow;
+#[cfg(test)]
+mod borrow_model;
 mod leases;
 mod lineage;
+#[cfg(test)]
+mod model;
 mod submit;
 mod table;
 
@@ -40,15 +44,15 @@ use crate::error::Error;
 use ferry_proto::msg::{
     ActorId, ActorSpec, Arg, FromWorker, ObjectAnswer, Placement, Return, Shape, TaskSpec, ToNode, ToWorker,
 };
-use ferry_proto::{Conn, NodeId, ObjectId, TaskId, WorkerId};
+use ferry_proto::{NodeId, ObjectId, TaskId, WorkerId};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::task::Waker;
+use std::task::{Poll, Waker};
 use std::time::Instant;
 
-use table::answer_of;
-pub(crate) use table::Borrowers;
+pub(crate) use table::AllWait;
+use table::{answer_of, Borrowers};
 
 /// A task argument as the owner keeps it until the task is pushed.
 #[derive(Clone, Debug)]
@@ -74,18 +78,31 @@ pub(crate) enum Ready {
 }
 
 /// Effects the state machine asks the runtime to carry out after the lock is released.
+/// Each names its target by id; the runtime knows the connections.
 #[derive(Debug, Default)]
 pub(crate) struct Effects {
-    pub to_node: Vec<ToNode>,
+    /// Messages to daemons.
+    pub to_daemons: Vec<(Daemon, ToNode)>,
     /// Stored objects to delete, with the node whose store holds them.
     pub frees: Vec<(NodeId, ObjectId)>,
-    pub pushes: Vec<(Arc<Conn>, ToWorker)>,
+    /// Messages to processes this one is connected to (leased workers, actors' workers); if
+    /// the connection is gone, its loss is being reported, and the message is moot.
+    pub to_workers: Vec<(WorkerId, ToWorker)>,
     /// Messages to other processes by id (connected to on first use).
     pub to_peers: Vec<(WorkerId, ToWorker)>,
-    /// Answers on connections other processes opened to us.
-    pub replies: Vec<(Arc<Conn>, FromWorker)>,
+    /// Answers to processes that asked us, on their connections to us.
+    pub replies: Vec<(WorkerId, FromWorker)>,
     /// Borrowed objects this process no longer holds, with the registrations to release.
     pub releases: Vec<(ObjectId, u32)>,
+}
+
+/// Which daemon a message is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Daemon {
+    /// The daemon of this node (this process's own node) or of another.
+    Node(NodeId),
+    /// The daemon keeping the actor's entry (its home, whose tag the actor's id carries).
+    HomeOf(ActorId),
 }
 
 /// What a reply says its value holds: refs, and handles of actors (with their labels).
@@ -117,28 +134,33 @@ pub(crate) struct OwnerLimits {
 /// See the module docs.
 #[derive(Debug)]
 pub(crate) struct OwnerState {
-    pub me: WorkerId,
+    me: WorkerId,
     /// Nesting depth of the tasks this process submits.
-    pub depth: u32,
-    pub objects: HashMap<ObjectId, ObjEntry>,
+    depth: u32,
+    objects: HashMap<ObjectId, ObjEntry>,
     tasks: HashMap<TaskId, TaskEntry>,
     /// Actors this process holds handles of (or has calls to).
     actors: HashMap<ActorId, ActorClient>,
     /// `ResolveActor` requests in flight.
-    pub actor_resolves: HashMap<u64, ActorId>,
+    actor_resolves: HashMap<u64, ActorId>,
     classes: Vec<Class>,
     class_ids: HashMap<(Shape, Placement), usize>,
+    /// Leases by this process's lease id (each names the granting node and its own id).
     leases: HashMap<u64, Lease>,
-    lease_requests: HashMap<u64, usize>,
+    next_lease: u64,
+    /// Lease requests not yet answered.
+    lease_requests: HashMap<u64, LeaseRequest>,
+    /// The node this process runs on: lease requests go to its daemon first.
+    node: NodeId,
     next_seq: u64,
     next_req: u64,
     limits: OwnerLimits,
     /// Set at shutdown: everything pending fails with this.
-    pub stopped: Option<Error>,
+    stopped: Option<Error>,
     /// The node is short of resources: give leases back as soon as they are idle.
-    pub node_short: bool,
+    node_short: bool,
     /// Borrowed entries not yet registered with their owners (see the module docs).
-    pub unregistered: HashSet<ObjectId>,
+    unregistered: HashSet<ObjectId>,
     /// Processes known to be dead: they are never counted as borrowers again (a task still
     /// running for a dead caller must not pin its return's refs for nobody).
     dead_peers: HashSet<WorkerId>,
@@ -149,11 +171,11 @@ pub(crate) struct OwnerState {
     dead_nodes: HashSet<NodeId>,
     /// Objects made again so far, and task runs repeated (a lost worker or node, a panic with
     /// `retry_exceptions`, a lost argument): see `ferry::recovery_stats`.
-    pub reconstructions: u64,
-    pub retries: u64,
+    reconstructions: u64,
+    retries: u64,
     /// Objects that became `Failed` so far, and who to wake when one does (see `get_all`),
     /// by registration.
-    pub failures: u64,
+    failures: u64,
     failure_waiters: Vec<(u64, Waker)>,
     next_failure_waiter: u64,
 }
@@ -170,17 +192,17 @@ pub(crate) enum ObjState {
 
 #[derive(Debug)]
 pub(crate) struct ObjEntry {
-    pub state: ObjState,
-    pub local: u32,
-    pub submitted: u32,
+    state: ObjState,
+    local: u32,
+    submitted: u32,
     /// Live objects whose values contain this ref (each holds it once).
-    pub pins: u32,
+    pins: u32,
     /// Borrowed objects: this process's registrations at the owner not yet released.
-    pub registered: u32,
+    registered: u32,
     /// Borrowed objects: a `GetObject` to the owner is outstanding.
-    pub fetching: bool,
+    fetching: bool,
     /// Owned objects: the processes that borrow it, with their unreleased registrations.
-    pub borrowers: Borrowers,
+    borrowers: Borrowers,
     /// What most entries never need, out of line: a table of ten thousand small objects is
     /// then half the size, and twice as likely to be in cache.
     rare: Option<Box<Rare>>,
@@ -194,7 +216,7 @@ struct Rare {
     /// Owned objects: the refs inside its value, each pinned once while it lives.
     contains: Vec<ObjectId>,
     /// Owned objects: borrowers waiting for the value (answered when it is final).
-    remote_waiters: Vec<(WorkerId, Arc<Conn>)>,
+    remote_waiters: Vec<WorkerId>,
     /// Owned objects: actors whose handles are inside its value, each held once for it.
     actors: Vec<ActorId>,
     /// Owned objects: lineages naming it as an argument (see `Lineage`).
@@ -225,7 +247,7 @@ impl ObjEntry {
         }
     }
     /// Wakes `w` when the object is final.
-    pub fn add_waiter(&mut self, w: &Waker) {
+    fn add_waiter(&mut self, w: &Waker) {
         let r = self.rare();
         if !r.waiters.iter().any(|x| x.will_wake(w)) {
             r.waiters.push(w.clone());
@@ -296,7 +318,9 @@ struct Class {
 #[derive(Debug)]
 struct Lease {
     worker: WorkerId,
-    conn: Arc<Conn>,
+    /// The node that granted it, and the lease's id there.
+    node: NodeId,
+    theirs: u64,
     class: usize,
     in_flight: usize,
     /// The worker told us its running task waits in `get`: push nothing more until it
@@ -308,6 +332,16 @@ struct Lease {
     /// Runs one task, then goes back (`Spread`: every task is placed on its own).
     one_shot: bool,
     used: bool,
+}
+
+/// A lease request in flight: the node it was sent to and how it was asked there.
+#[derive(Debug)]
+struct LeaseRequest {
+    class: usize,
+    node: NodeId,
+    placement: Placement,
+    depth: u32,
+    prefer: Option<NodeId>,
 }
 
 /// How an owned stored object was made, kept while the object lives so that it can be made
@@ -331,7 +365,8 @@ struct Lineage {
 /// Where a resolved actor turned out to be.
 #[derive(Debug)]
 pub(crate) enum Located {
-    At(WorkerId, Arc<Conn>),
+    /// On this worker, which this process is now connected to.
+    At(WorkerId),
     Unreachable(WorkerId),
     Dead(String),
 }
@@ -344,8 +379,8 @@ struct ActorClient {
     /// Holds the daemon counts for this process (its own `HoldActor`s, and those a worker
     /// made for it when returning a value with a handle in it); all end with the client.
     held: u32,
+    /// The worker it is on, once this process is connected to it.
     worker: Option<WorkerId>,
-    conn: Option<Arc<Conn>>,
     resolving: bool,
     /// The worker it was on when we last lost it (so the daemon does not send us back).
     stale: Option<WorkerId>,
@@ -374,7 +409,6 @@ impl ActorClient {
             handles: 0,
             held,
             worker: None,
-            conn: None,
             resolving: false,
             stale: None,
             dead: None,
@@ -391,7 +425,7 @@ impl ActorClient {
 }
 
 impl OwnerState {
-    pub fn new(me: WorkerId, limits: OwnerLimits) -> OwnerState {
+    pub fn new(me: WorkerId, node: NodeId, limits: OwnerLimits) -> OwnerState {
         OwnerState {
             me,
             depth: 1,
@@ -402,7 +436,9 @@ impl OwnerState {
             classes: Vec::new(),
             class_ids: HashMap::default(),
             leases: HashMap::default(),
+            next_lease: 1,
             lease_requests: HashMap::default(),
+            node,
             next_seq: 1,
             next_req: 1,
             limits,
@@ -419,6 +455,41 @@ impl OwnerState {
             failure_waiters: Vec::new(),
             next_failure_waiter: 1,
         }
+    }
+
+    /// Nesting depth of the tasks this process submits (one more than the running task's).
+    pub fn depth(&self) -> u32 {
+        self.depth
+    }
+
+    pub fn set_depth(&mut self, depth: u32) {
+        self.depth = depth;
+    }
+
+    /// Task runs repeated and objects made again so far (`ferry::recovery_stats`).
+    pub fn recovery(&self) -> (u64, u64) {
+        (self.retries, self.reconstructions)
+    }
+
+    /// The daemon is short of resources: leases go back as soon as they are idle, those idle
+    /// now at once, until [`Self::on_end_recall`].
+    pub fn on_recall(&mut self, fx: &mut Effects) {
+        self.node_short = true;
+        self.return_idle_leases(None, fx);
+    }
+
+    pub fn on_end_recall(&mut self) {
+        self.node_short = false;
+    }
+
+    /// The actor a `ResolveActor` request was about, if it is one of this table's.
+    pub fn take_resolve(&mut self, req: u64) -> Option<ActorId> {
+        self.actor_resolves.remove(&req)
+    }
+
+    /// Whether this process holds borrowed refs not yet registered with their owners.
+    pub fn has_unregistered(&self) -> bool {
+        !self.unregistered.is_empty()
     }
 
     /// Whether this process owns anything others may still need: objects (held here or by

@@ -173,7 +173,7 @@ impl OwnerState {
                 }
             }
             if !batch.is_empty() {
-                fx.pushes.push((self.leases[&lease_id].conn.clone(), ToWorker::Push(batch)));
+                fx.to_workers.push((self.leases[&lease_id].worker, ToWorker::Push(batch)));
             }
         }
         // Tasks waiting behind another on a worker count as waiting too: more workers are
@@ -195,14 +195,8 @@ impl OwnerState {
             return;
         }
         let prefer = self.classes[class].queue.front().and_then(|t| self.args_node(*t));
-        let c = &mut self.classes[class];
-        while c.pending_requests < want {
-            let req = self.next_req;
-            self.next_req += 1;
-            c.pending_requests += 1;
-            self.lease_requests.insert(req, class);
-            let (shape, placement) = (c.shape.clone(), c.placement.clone());
-            fx.to_node.push(ToNode::RequestLease { req, shape, depth: self.depth, placement, prefer });
+        while self.classes[class].pending_requests < want {
+            self.request_lease(class, prefer, fx);
         }
     }
 
@@ -329,7 +323,7 @@ impl OwnerState {
         }
     }
 
-    pub(super) fn finish_push(&mut self, task: TaskId, fx: &mut Effects) -> Option<TaskEntry> {
+    pub(super) fn finish_push(&mut self, task: TaskId, now: Instant, fx: &mut Effects) -> Option<TaskEntry> {
         let t = self.tasks.remove(&task)?;
         if t.actor.is_none() && t.state == TaskState::Queued {
             // A late reply from a worker already given up for lost (its node was declared dead
@@ -347,12 +341,9 @@ impl OwnerState {
                 l.in_flight = l.in_flight.saturating_sub(1);
                 l.blocked = false;
                 if l.in_flight == 0 {
-                    l.idle_since = Some(Instant::now());
+                    l.idle_since = Some(now);
                     if l.one_shot && l.used {
-                        let class = l.class;
-                        self.leases.remove(&lease);
-                        self.classes[class].leases.retain(|x| *x != lease);
-                        fx.to_node.push(ToNode::ReturnLease { lease, kill: false });
+                        self.return_lease(lease, false, fx);
                     }
                 }
             }
@@ -360,10 +351,11 @@ impl OwnerState {
         Some(t)
     }
 
-    pub fn on_done(&mut self, task: TaskId, mut returns: Vec<Return>, inside: Inside, fx: &mut Effects) {
+    /// A task's reply: its value, and what the value holds; `now` is when it arrived.
+    pub fn on_done(&mut self, task: TaskId, mut returns: Vec<Return>, inside: Inside, now: Instant, fx: &mut Effects) {
         // Refs inside the value: held on its behalf from now on (see `resolve_with`).
         let contained = self.pin_contained(inside.refs);
-        let Some(t) = self.finish_push(task, fx) else {
+        let Some(t) = self.finish_push(task, now, fx) else {
             // A task we gave up on (cancelled, failed over): drop what it stored.
             if let Some(Return::Stored { node, .. }) = returns.first() {
                 fx.frees.push((*node, ObjectId { task, index: 0 }));
@@ -400,8 +392,9 @@ impl OwnerState {
         }
     }
 
-    pub fn on_failed(&mut self, task: TaskId, err: ferry_proto::msg::TaskError, fx: &mut Effects) {
-        let Some(t) = self.finish_push(task, fx) else {
+    /// A task's worker says it failed; `now` is when the reply arrived.
+    pub fn on_failed(&mut self, task: TaskId, err: ferry_proto::msg::TaskError, now: Instant, fx: &mut Effects) {
+        let Some(t) = self.finish_push(task, now, fx) else {
             return;
         };
         let t = match err {
@@ -452,16 +445,10 @@ impl OwnerState {
         };
         let name = t.name.to_string();
         match t.state {
-            TaskState::Pushed { lease, .. } => {
+            TaskState::Pushed { worker, .. } => {
                 // The worker drops it if not started; the result is final now either way and
                 // a late reply is ignored (and its stored value freed).
-                let conn = match t.actor {
-                    Some(a) => self.actors.get(&a).and_then(|c| c.conn.clone()),
-                    None => self.leases.get(&lease).map(|l| l.conn.clone()),
-                };
-                if let Some(conn) = conn {
-                    fx.pushes.push((conn, ToWorker::Cancel { task }));
-                }
+                fx.to_workers.push((worker, ToWorker::Cancel { task }));
                 let ret = t.ret;
                 self.resolve(ret, ObjState::Failed(Error::Cancelled { task: name }), fx);
             }

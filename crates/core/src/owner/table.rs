@@ -157,8 +157,8 @@ impl OwnerState {
         };
         if !remote.is_empty() {
             let answer = answer_of(&e.state);
-            for (_, conn) in remote {
-                fx.replies.push((conn, FromWorker::Object { object: id, answer: answer.clone() }));
+            for from in remote {
+                fx.replies.push((from, FromWorker::Object { object: id, answer: answer.clone() }));
             }
         }
         for d in deps {
@@ -190,10 +190,93 @@ impl OwnerState {
         self.maybe_free(id, fx);
     }
 
+    /// `put` wrote its value (`Ok`: where it is now) or could not (`Err`: the caller gets
+    /// no handle, so the one [`Self::new_object`] gave goes).
+    pub fn finish_put(&mut self, id: ObjectId, stored: Result<Ready, Error>, fx: &mut Effects) {
+        let failed = stored.is_err();
+        if let Some(e) = self.objects.get_mut(&id) {
+            e.state = match stored {
+                Ok(r) => ObjState::Ready(r),
+                Err(err) => ObjState::Failed(err),
+            };
+        }
+        if failed {
+            self.remove_local_ref(id, fx);
+        }
+    }
+
+    /// Polls `id` (`get`): ready, failed, or pending (then `waker` is woken when it is final,
+    /// and a borrowed object is asked of its owner).
+    pub fn poll_object(&mut self, id: ObjectId, waker: &Waker, fx: &mut Effects) -> Poll<Result<Ready, Error>> {
+        let Some(e) = self.objects.get_mut(&id) else {
+            return Poll::Ready(Err(Error::ObjectLost {
+                object: id,
+                reason: "this process holds no reference to it (it was freed)".into(),
+            }));
+        };
+        match &e.state {
+            ObjState::Ready(r) => Poll::Ready(Ok(r.clone())),
+            ObjState::Failed(err) => Poll::Ready(Err(err.clone())),
+            ObjState::Released => Poll::Ready(Err(Error::ObjectLost {
+                object: id,
+                reason: "its value was released (no handle to it was left)".into(),
+            })),
+            ObjState::Pending => {
+                e.add_waiter(waker);
+                self.ensure_fetch(id, fx);
+                Poll::Pending
+            }
+        }
+    }
+
+    /// One round of waiting for every one of `ids` (`get_all`): the first of them known to
+    /// have failed, or none once all are final (ready, or unknown here: `get` says which), or
+    /// pending. A cursor in `w8` moves past final objects, so only the first pending one is
+    /// watched, plus any failure among the objects of this table (the list is scanned again
+    /// only when one failed); borrowed ones are asked of their owners, all at once. End with
+    /// [`Self::end_all_wait`].
+    pub fn poll_all(
+        &mut self,
+        ids: &[ObjectId],
+        w8: &mut AllWait,
+        w: &Waker,
+        fx: &mut Effects,
+    ) -> Poll<Option<ObjectId>> {
+        let failed =
+            |st: &OwnerState, id: &ObjectId| st.objects.get(id).is_some_and(|e| matches!(e.state, ObjState::Failed(_)));
+        if self.failures != w8.seen_failures {
+            w8.seen_failures = self.failures;
+            if let Some(id) = ids[w8.next..].iter().find(|id| failed(self, id)) {
+                return Poll::Ready(Some(*id));
+            }
+        }
+        while let Some(id) = ids.get(w8.next) {
+            match self.objects.get_mut(id) {
+                Some(e) if matches!(e.state, ObjState::Pending) => {
+                    e.add_waiter(w);
+                    w8.reg = self.wake_on_failure(w8.reg, w);
+                    for id in &ids[w8.next..] {
+                        self.ensure_fetch(*id, fx);
+                    }
+                    return Poll::Pending;
+                }
+                Some(e) if matches!(e.state, ObjState::Failed(_)) => return Poll::Ready(Some(*id)),
+                _ => w8.next += 1,
+            }
+        }
+        Poll::Ready(None)
+    }
+
+    /// Ends the wait of [`Self::poll_all`].
+    pub fn end_all_wait(&mut self, w8: AllWait) {
+        if w8.reg != 0 {
+            self.failure_waiters.retain(|(r, _)| *r != w8.reg);
+        }
+    }
+
     /// Wakes `w` when any object becomes `Failed`, under registration `reg` (0: a new one);
-    /// returns the registration, which its owner ends with [`Self::end_failure_wake`]. One
-    /// registration holds one waker, however often it is renewed.
-    pub fn wake_on_failure(&mut self, reg: u64, w: &Waker) -> u64 {
+    /// returns the registration. One registration holds one waker, however often renewed.
+    fn wake_on_failure(&mut self, reg: u64, w: &Waker) -> u64 {
         if let Some((_, x)) = self.failure_waiters.iter_mut().find(|(r, _)| *r == reg) {
             if !x.will_wake(w) {
                 *x = w.clone();
@@ -206,9 +289,32 @@ impl OwnerState {
         reg
     }
 
-    /// Ends a registration of [`Self::wake_on_failure`].
-    pub fn end_failure_wake(&mut self, reg: u64) {
-        self.failure_waiters.retain(|(r, _)| *r != reg);
+    /// The indices of the first `n` of `ids` that are final: ready, failed, or unknown here
+    /// (`wait`).
+    pub fn first_final(&self, ids: &[ObjectId], n: usize) -> Vec<usize> {
+        let mut found = Vec::with_capacity(n);
+        for (i, id) in ids.iter().enumerate() {
+            if found.len() == n {
+                break;
+            }
+            if self.objects.get(id).is_none_or(|e| !matches!(e.state, ObjState::Pending)) {
+                found.push(i);
+            }
+        }
+        found
+    }
+
+    /// Wakes `w` when any pending one of `ids` is final; borrowed ones are asked of their
+    /// owners (`wait`).
+    pub fn watch(&mut self, ids: &[ObjectId], w: &Waker, fx: &mut Effects) {
+        for id in ids {
+            if let Some(e) = self.objects.get_mut(id) {
+                if matches!(e.state, ObjState::Pending) {
+                    e.add_waiter(w);
+                }
+            }
+            self.ensure_fetch(*id, fx);
+        }
     }
 
     /// This process's table, for `memory_summary`.
@@ -306,5 +412,20 @@ pub(super) fn answer_of(state: &ObjState) -> ObjectAnswer {
         ObjState::Ready(Ready::Stored { size, node, .. }) => ObjectAnswer::Stored { size: *size, node: *node },
         ObjState::Failed(e) => ObjectAnswer::Failed(e.clone()),
         ObjState::Pending | ObjState::Released => ObjectAnswer::Unknown,
+    }
+}
+
+/// Where a [`OwnerState::poll_all`] wait is: the first object not known to be final, the
+/// failure count it last looked at, its failure-wake registration.
+#[derive(Debug)]
+pub(crate) struct AllWait {
+    next: usize,
+    seen_failures: u64,
+    reg: u64,
+}
+
+impl Default for AllWait {
+    fn default() -> AllWait {
+        AllWait { next: 0, seen_failures: u64::MAX, reg: 0 }
     }
 }

@@ -124,7 +124,7 @@ impl Sim {
     fn new() -> Sim {
         let limits = OwnerLimits { max_in_flight: 16, max_pending_requests: 1, max_lineage_bytes: 1 << 20 };
         Sim {
-            procs: (0..PROCS).map(|p| OwnerState::new(wid(p), limits.clone())).collect(),
+            procs: (0..PROCS).map(|p| OwnerState::new(wid(p), ferry_proto::NodeId(1), limits.clone())).collect(),
             handles: Vec::new(),
             tasks: Vec::new(),
             chans: BTreeMap::new(),

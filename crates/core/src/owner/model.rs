@@ -2,16 +2,17 @@
 //! put / submit / clone / drop / task-finish events run against `OwnerState` and against a
 //! plain model; after every step, every object must be alive in the table exactly when the
 //! model says it is, with the same counts, and a stored object must be freed once, when it
-//! goes. The state machine's effects are collected, never sent (the connection is a socket
-//! pair nobody reads).
+//! goes. The state machine runs alone: its effects are collected and acted on here (a lease
+//! granted to the first request), never sent; time is whatever the test passes in.
 
+use crate::owner::Daemon;
 use crate::owner::{ArgDraft, Effects, ObjState, OwnerLimits, OwnerState, Ready};
-use ferry_proto::conn::{Conn, Stream};
 use ferry_proto::msg::{Return, Shape, TaskError, ToNode};
 use ferry_proto::{NodeId, ObjectId, TaskId, WorkerId};
 use proptest::prelude::*;
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Instant;
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -135,22 +136,18 @@ impl Model {
 
 struct Harness {
     st: OwnerState,
-    conn: Arc<Conn>,
-    _peer: std::os::unix::net::UnixStream,
     next_lease: u64,
     freed: HashSet<ObjectId>,
 }
 
 impl Harness {
     fn new() -> Harness {
-        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         Harness {
             st: OwnerState::new(
                 WorkerId(1),
+                NodeId(1),
                 OwnerLimits { max_in_flight: 100_000, max_pending_requests: 1, max_lineage_bytes: 1 << 20 },
             ),
-            conn: Arc::new(Conn::new(Stream::Unix(a))),
-            _peer: b,
             next_lease: 1,
             freed: HashSet::new(),
         }
@@ -163,18 +160,18 @@ impl Harness {
             for (_, o) in fx.frees.drain(..) {
                 assert!(self.freed.insert(o), "object {o:?} freed twice");
             }
-            if fx.to_node.is_empty() {
+            if fx.to_daemons.is_empty() {
                 break;
             }
             let mut more = Effects::default();
-            for m in std::mem::take(&mut fx.to_node) {
+            for (to, m) in std::mem::take(&mut fx.to_daemons) {
                 // A node with one worker: the first request is granted, the others wait
                 // (as a short daemon's would).
-                if let ToNode::RequestLease { req, .. } = m {
+                if let (Daemon::Node(node), ToNode::RequestLease { req, .. }) = (to, m) {
                     if self.next_lease == 1 {
                         let lease = self.next_lease;
                         self.next_lease += 1;
-                        self.st.on_lease_granted(req, lease, WorkerId(100 + lease), self.conn.clone(), &mut more);
+                        self.st.on_lease_granted(req, (node, lease), WorkerId(100 + lease), Instant::now(), &mut more);
                     }
                 }
             }
@@ -271,10 +268,10 @@ fn run(ops: Vec<Op>) {
                     } else {
                         Return::Inline(vec![0])
                     };
-                    h.st.on_done(t.task, vec![ret], Default::default(), &mut fx);
+                    h.st.on_done(t.task, vec![ret], Default::default(), Instant::now(), &mut fx);
                     m.finished(&t);
                 } else {
-                    h.st.on_failed(t.task, TaskError::Cancelled, &mut fx);
+                    h.st.on_failed(t.task, TaskError::Cancelled, Instant::now(), &mut fx);
                     m.fail(t.ret);
                 }
             }
@@ -295,7 +292,7 @@ fn run(ops: Vec<Op>) {
             m.stored.insert(t.ret);
         }
         let ret = if t.stored_return { Return::Stored { size: 10, node: NodeId(1) } } else { Return::Inline(vec![0]) };
-        h.st.on_done(t.task, vec![ret], Default::default(), &mut fx);
+        h.st.on_done(t.task, vec![ret], Default::default(), Instant::now(), &mut fx);
         m.finished(&t);
         h.settle(fx);
         check(&h, &m, &all);
