@@ -1,0 +1,428 @@
+//! The per-process runtime: the owner table, the connection to the node daemon, the
+//! connections to leased workers, and (in workers) the executor.
+//!
+//! Its parts: this module (starting, the owner table's lock, carrying out its effects,
+//! stopping); [`daemon`] (the links to node daemons); [`peers`] (connections between
+//! processes); [`objects`] (storing, mapping, getting objects); [`wait`] (blocking a thread
+//! until the table wakes it).
+//!
+//! One [`Runtime`] per process, reached through [`runtime`]. Threads it starts:
+//! - `ferry-node-rx`: reads the daemon's messages (lease grants, worker deaths, replies);
+//! - `ferry-peer-rx` (one per process we connected to: leased workers, actors, owners of
+//!   refs we borrow): reads task replies and owners' answers;
+//! - `ferry-accept`, and one `ferry-inbound` per process that connected to us: reads pushed
+//!   tasks (handed to the `executor` in workers) and borrowers' requests;
+//! - `ferry-housekeeping`: returns leases idle for too long.
+//!
+//! Every process listens on `<session dir>/p-<worker id>.sock`, so a ref's id (which names
+//! its owner) is enough to reach the owner on the same node. On a node with a TCP address
+//! processes also listen on TCP, and a ref carries its owner's TCP address when it travels
+//! (as Ray's refs carry the owner's address), so a process on another node reaches the owner
+//! without asking anyone.
+//!
+//! Leases may come from other nodes: a daemon answers a request with `LeaseSpillback`, and
+//! the request goes to that node's daemon (connected to on first use, as a `Client`); the
+//! owner table keeps which node granted each lease.
+//!
+//! The owner table's mutex is never held while blocking on the network: state changes
+//! collect their sends in [`Effects`], naming each target by id, and [`Runtime::apply`]
+//! sends them on the right connections after the lock is released (sends only append to a
+//! connection's buffer, or write to a socket whose reader is always reading).
+
+mod daemon;
+mod objects;
+mod peers;
+mod wait;
+
+pub use wait::block_on;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::executor::Executor;
+use crate::owner::{ArgDraft, Daemon, Effects, ObjState, OwnerLimits, OwnerState, Ready};
+use ferry_proto::conn::accept;
+use ferry_proto::conn::{connect, connect_from, Addr, Conn};
+use ferry_proto::listen::{accept_loop as accept_loop_on, wake_pair, Gate, Limits, Listener, Wake as StopLoop, WakeRx};
+use ferry_proto::msg::{ActorId, FromNode, FromWorker, NodeStats, ProcKind, PullError, Shape, ToNode, ToWorker};
+use ferry_proto::{FrameError, FrameReader, NodeId, ObjectId, Stream, WorkerId};
+use ferry_store::{ObjectView, StoreDir};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::unix::net::UnixListener;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Poll, Wake, Waker};
+use std::thread;
+use std::time::{Duration, Instant};
+
+static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+static INIT: Mutex<()> = Mutex::new(());
+
+/// The process's runtime, started with `Config::default()` on first use if `init` was not
+/// called (as Ray does).
+pub(crate) fn runtime() -> Result<&'static Runtime> {
+    if let Some(rt) = RUNTIME.get() {
+        return rt.check_running().map(|_| rt);
+    }
+    match crate::init(Config::default()) {
+        Ok(()) | Err(Error::AlreadyInitialized) => {}
+        Err(e) => return Err(e),
+    }
+    let rt = RUNTIME.get().ok_or_else(|| Error::NotRunning { detail: "initialisation failed".into() })?;
+    rt.check_running().map(|_| rt)
+}
+
+/// The runtime if it was started, without starting it.
+pub(crate) fn try_runtime() -> Option<&'static Runtime> {
+    RUNTIME.get()
+}
+
+/// Who this process is in the cluster.
+pub(crate) struct Identity {
+    pub me: WorkerId,
+    pub kind: ProcKind,
+    pub token: String,
+    pub node_addr: Addr,
+    pub store_dir: std::path::PathBuf,
+    pub session_dir: std::path::PathBuf,
+    /// The node's spill directory, where spilled objects are read from.
+    pub spill_dir: Option<std::path::PathBuf>,
+    /// Also listen on TCP at this host address (a node with a TCP address).
+    pub tcp_host: Option<String>,
+}
+
+/// See the module docs.
+pub(crate) struct Runtime {
+    pub me: WorkerId,
+    pub node_id: NodeId,
+    pub cfg: Config,
+    pub token: String,
+    pub store: StoreDir,
+    pub session_dir: std::path::PathBuf,
+    pub node_addr: Addr,
+    node: Arc<Conn>,
+    /// Where processes of other nodes reach this one.
+    pub my_tcp: Option<SocketAddr>,
+    /// Where other processes listen on TCP, learnt from the refs they own.
+    addrs: std::sync::RwLock<HashMap<WorkerId, SocketAddr>>,
+    /// Connections to other nodes' daemons, and their addresses.
+    daemons: Mutex<HashMap<NodeId, Arc<Conn>>>,
+    daemon_addrs: Mutex<HashMap<NodeId, String>>,
+    /// The cluster's nodes as last asked (to find an actor's home daemon).
+    cluster: Mutex<Vec<ferry_proto::msg::NodeView>>,
+    /// Calls to daemons waiting for their answer, with the connection each went on (its
+    /// address: calls on a daemon's link that closes fail at once).
+    node_calls: Mutex<HashMap<u64, (usize, mpsc::SyncSender<FromNode>)>>,
+    next_call: AtomicU64,
+    state: Mutex<OwnerState>,
+    /// Connections we opened to other processes, by process.
+    peers: Mutex<HashMap<WorkerId, Arc<Conn>>>,
+    /// The node of each process connected to (from its handshake): when a node is declared
+    /// dead, its processes are lost at once, even if their sockets stay open.
+    peer_nodes: Mutex<HashMap<WorkerId, NodeId>>,
+    /// Processes that connected to this one (borrowers, callers), with their nodes: closed
+    /// when their node is declared dead, which ends their borrows here.
+    inbound_conns: Mutex<HashMap<WorkerId, (NodeId, Arc<Conn>)>>,
+    /// Requests to other processes waiting for their answer.
+    peer_calls: Mutex<HashMap<u64, (WorkerId, mpsc::SyncSender<FromWorker>)>>,
+    /// Borrows to release, gathered for a moment so that dropping ten thousand refs one by
+    /// one sends one message per owner, not ten thousand (see `release_sender`).
+    releases: Mutex<Vec<(ObjectId, u32)>>,
+    releases_cv: std::sync::Condvar,
+    pub executor: Option<Arc<Executor>>,
+    embedded: Mutex<Option<Box<dyn crate::session::EmbeddedNode>>>,
+    running: AtomicBool,
+    /// Would stop the accept loops (they live as long as the process).
+    wakes: Mutex<Vec<StopLoop>>,
+}
+
+impl Runtime {
+    /// Connects to the node daemon, registers, and starts the runtime's threads.
+    pub(crate) fn start(
+        mut id: Identity,
+        cfg: Config,
+        embedded: Option<Box<dyn crate::session::EmbeddedNode>>,
+        executor: Option<Arc<Executor>>,
+    ) -> Result<&'static Runtime> {
+        let bind = |dir: &std::path::Path| {
+            let sock = peer_socket(dir, id.me);
+            UnixListener::bind(&sock)
+                .map_err(|e| Error::Connection { detail: format!("cannot listen on {}: {e}", sock.display()) })
+        };
+        // Listening before registering: the daemon may lease a worker to an owner as soon as
+        // it registers. (A driver that joins by address learns the directory from the answer.)
+        let mut listener = match id.session_dir.as_os_str().is_empty() {
+            true => None,
+            false => Some(bind(&id.session_dir)?),
+        };
+        let tcp_listener = match &id.tcp_host {
+            Some(h) => Some(
+                std::net::TcpListener::bind((h.as_str(), 0))
+                    .map_err(|e| Error::Connection { detail: format!("cannot listen on TCP at {h}: {e}") })?,
+            ),
+            None => None,
+        };
+        let my_tcp = tcp_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let (conn, mut reader, node_id) = connect(&id.node_addr, &id.token, id.me, cfg.max_frame_bytes)
+            .map_err(|e| Error::Connection { detail: format!("node daemon at {}: {e}", id.node_addr) })?;
+        let conn = Arc::new(conn);
+        let listen = Addr::Unix(peer_socket(&id.session_dir, id.me));
+        let exe = match id.kind {
+            ProcKind::Driver => this_program(),
+            _ => None,
+        };
+        let tcp = my_tcp.map(|a| a.to_string());
+        conn.send(&ToNode::Register { kind: id.kind, pid: std::process::id(), listen, tcp, exe, node: Some(node_id) })
+            .map_err(|e| Error::Connection { detail: e.to_string() })?;
+        // Nothing that comes before the answer concerns a process that is not yet registered.
+        loop {
+            match reader.read::<FromNode>() {
+                Ok(FromNode::Registered { session_dir, store_dir, spill_dir, .. }) => {
+                    // The node's directories (what a driver that joined by address did not know).
+                    id.session_dir = session_dir;
+                    id.store_dir = store_dir;
+                    id.spill_dir = spill_dir;
+                    break;
+                }
+                Ok(_) => continue,
+                Err(e) => return Err(Error::Connection { detail: format!("registration failed: {e}") }),
+            }
+        }
+        let listener = match listener.take() {
+            Some(l) => l,
+            None => bind(&id.session_dir)?,
+        };
+        let limits = OwnerLimits {
+            max_in_flight: cfg.max_tasks_in_flight_per_worker,
+            max_pending_requests: cfg.max_pending_lease_requests.max(1),
+            max_lineage_bytes: cfg.max_lineage_bytes,
+        };
+        let rt = Runtime {
+            me: id.me,
+            node_id,
+            token: id.token,
+            store: match id.spill_dir {
+                Some(spill) => StoreDir::open(id.store_dir).with_spill(spill),
+                None => StoreDir::open(id.store_dir),
+            },
+            session_dir: id.session_dir,
+            node_addr: id.node_addr.clone(),
+            cfg,
+            node: conn,
+            my_tcp,
+            addrs: Default::default(),
+            daemons: Default::default(),
+            daemon_addrs: Default::default(),
+            cluster: Mutex::new(Vec::new()),
+            node_calls: Mutex::new(HashMap::new()),
+            next_call: AtomicU64::new(1),
+            state: Mutex::new(OwnerState::new(id.me, node_id, limits)),
+            peers: Mutex::new(HashMap::new()),
+            peer_nodes: Mutex::new(HashMap::new()),
+            inbound_conns: Mutex::new(HashMap::new()),
+            peer_calls: Mutex::new(HashMap::new()),
+            releases: Mutex::new(Vec::new()),
+            releases_cv: std::sync::Condvar::new(),
+            executor,
+            embedded: Mutex::new(embedded),
+            running: AtomicBool::new(true),
+            wakes: Mutex::new(Vec::new()),
+        };
+        if RUNTIME.set(rt).is_err() {
+            return Err(Error::AlreadyInitialized);
+        }
+        let rt: &'static Runtime = RUNTIME.get().expect("just set");
+        thread::Builder::new()
+            .name("ferry-node-rx".into())
+            .spawn(move || rt.daemon_reader(node_id, reader))
+            .map_err(|e| Error::Connection { detail: e.to_string() })?;
+        thread::Builder::new()
+            .name("ferry-housekeeping".into())
+            .spawn(move || rt.housekeeping())
+            .map_err(|e| Error::Connection { detail: e.to_string() })?;
+        thread::Builder::new()
+            .name("ferry-release".into())
+            .spawn(move || rt.release_sender())
+            .map_err(|e| Error::Connection { detail: e.to_string() })?;
+        let mut listeners = vec![(Listener::Unix(listener), Limits::unix())];
+        if let Some(l) = tcp_listener {
+            listeners.push((Listener::Tcp(l), Limits::tcp()));
+        }
+        for (l, limits) in listeners {
+            let (wake, rx) = wake_pair().map_err(|e| Error::Connection { detail: e.to_string() })?;
+            rt.wakes.lock().unwrap_or_else(|e| e.into_inner()).push(wake);
+            let gate = Gate::new("ferry", limits);
+            thread::Builder::new()
+                .name("ferry-accept".into())
+                .spawn(move || rt.accept_loop(l, rx, gate))
+                .map_err(|e| Error::Connection { detail: e.to_string() })?;
+        }
+        Ok(rt)
+    }
+
+    pub(crate) fn init_lock() -> MutexGuard<'static, ()> {
+        INIT.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn is_set() -> bool {
+        RUNTIME.get().is_some()
+    }
+
+    fn check_running(&self) -> Result<()> {
+        if self.running.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(Error::NotRunning { detail: "ferry::shutdown was called".into() })
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, OwnerState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Carries out the effects of a state change (after the lock is released).
+    pub(crate) fn apply(&'static self, mut fx: Effects) {
+        for (to, m) in fx.to_daemons {
+            match to {
+                Daemon::Node(n) => self.send_to_node(n, &m),
+                Daemon::HomeOf(actor) => {
+                    let _ = self.actor_home(actor).send(&m);
+                }
+            }
+        }
+        if !fx.frees.is_empty() {
+            fx.frees.sort_unstable_by_key(|(n, _)| *n);
+            for chunk in fx.frees.chunk_by(|a, b| a.0 == b.0) {
+                let objects = chunk.iter().map(|(_, o)| *o).collect();
+                self.send_to_node(chunk[0].0, &ToNode::Free { objects });
+            }
+        }
+        if !fx.to_workers.is_empty() {
+            // A worker without a connection is being reported lost, and a failed send
+            // surfaces as its loss on its reader thread: either way the message is moot.
+            let sends: Vec<_> = {
+                let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+                fx.to_workers.into_iter().filter_map(|(w, m)| Some((peers.get(&w)?.clone(), m))).collect()
+            };
+            for (conn, m) in sends {
+                let _ = conn.send(&m);
+            }
+        }
+        if !fx.replies.is_empty() {
+            // Answers go on the connection the asker opened to us; one that closed has gone.
+            let sends: Vec<_> = {
+                let inbound = self.inbound_conns.lock().unwrap_or_else(|e| e.into_inner());
+                fx.replies.into_iter().filter_map(|(w, m)| Some((inbound.get(&w)?.1.clone(), m))).collect()
+            };
+            for (conn, m) in sends {
+                let _ = conn.send(&m);
+            }
+        }
+        if !fx.releases.is_empty() {
+            let mut r = self.releases.lock().unwrap_or_else(|e| e.into_inner());
+            if r.is_empty() {
+                self.releases_cv.notify_one();
+            }
+            r.append(&mut fx.releases);
+        }
+        for (peer, m) in fx.to_peers {
+            let sent =
+                self.peer_conn(peer).map_err(|e| e.to_string()).and_then(|c| c.send(&m).map_err(|e| e.to_string()));
+            if let Err(e) = sent {
+                // Its reader reports the loss if it had a connection; otherwise do it here.
+                if !self.peers.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&peer) {
+                    self.with_state(|st, fx| st.peer_lost(peer, &format!("cannot reach it: {e}"), fx));
+                }
+            }
+        }
+    }
+
+    /// Sends the gathered releases, one message per owner, a moment after the first one
+    /// (nothing waits for a release: it only lets an owner free memory).
+    fn release_sender(&'static self) {
+        loop {
+            {
+                let mut r = self.releases.lock().unwrap_or_else(|e| e.into_inner());
+                while r.is_empty() {
+                    r = self.releases_cv.wait(r).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+            thread::sleep(Duration::from_micros(500));
+            let mut batch = std::mem::take(&mut *self.releases.lock().unwrap_or_else(|e| e.into_inner()));
+            batch.sort_unstable_by_key(|(id, _)| id.owner());
+            let mut fx = Effects::default();
+            for chunk in batch.chunk_by(|a, b| a.0.owner() == b.0.owner()) {
+                fx.to_peers.push((chunk[0].0.owner(), ToWorker::ReleaseBorrows { objects: chunk.to_vec() }));
+            }
+            self.apply(fx);
+        }
+    }
+
+    /// Runs `f` on the owner table, then carries out its effects.
+    pub(crate) fn with_state<R>(&'static self, f: impl FnOnce(&mut OwnerState, &mut Effects) -> R) -> R {
+        let mut fx = Effects::default();
+        let r = {
+            let mut st = self.lock();
+            f(&mut st, &mut fx)
+        };
+        self.apply(fx);
+        r
+    }
+
+    /// Returns leases idle past the timeout. A process without leases (most actors, idle
+    /// workers) checks rarely: a node may run a thousand of them.
+    fn housekeeping(&'static self) {
+        let mut holding = false;
+        while self.running.load(Ordering::Acquire) {
+            let tick = self.cfg.lease_idle_timeout.min(Duration::from_millis(200));
+            thread::sleep(if holding { tick / 4 } else { tick });
+            if let Some(cutoff) = Instant::now().checked_sub(self.cfg.lease_idle_timeout) {
+                holding = self.with_state(|st, fx| {
+                    st.return_idle_leases(Some(cutoff), fx);
+                    st.num_leases() > 0
+                });
+            }
+        }
+    }
+
+    pub(crate) fn shutdown(&'static self) {
+        if !self.running.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        self.with_state(|st, fx| {
+            st.fail_all(Error::NotRunning { detail: "ferry::shutdown was called while it was pending".into() }, fx)
+        });
+        let node = self.embedded.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(n) = node {
+            n.shutdown();
+        }
+        let _ = std::fs::remove_file(peer_socket(&self.session_dir, self.me));
+    }
+
+    /// Cleanup at process exit without taking locks that may be held.
+    pub(crate) fn emergency_cleanup(&self) {
+        let _ = std::fs::remove_file(peer_socket(&self.session_dir, self.me));
+        if let Ok(g) = self.embedded.try_lock() {
+            if let Some(n) = g.as_ref() {
+                n.emergency_cleanup();
+            }
+        }
+    }
+
+    pub(crate) fn worker_pids(&self) -> Vec<u32> {
+        self.embedded.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|n| n.worker_pids()).unwrap_or_default()
+    }
+}
+
+/// This process's binary, as nodes are told of it: with its content hash when the job was
+/// started by `ferry submit` (then a node without it fetches it from the head).
+fn this_program() -> Option<ferry_proto::msg::Program> {
+    let path = std::env::current_exe().ok()?;
+    let hash = std::env::var(ferry_proto::layout::worker_env::EXE_HASH).ok().filter(|h| !h.is_empty());
+    Some(ferry_proto::msg::Program { path, hash })
+}
+
+/// Where process `id` of a session listens.
+pub(crate) fn peer_socket(session_dir: &std::path::Path, id: WorkerId) -> std::path::PathBuf {
+    ferry_proto::layout::socket_of(session_dir, id)
+}

@@ -1,0 +1,244 @@
+//! Connections between processes: to leased workers, actors and the owners of borrowed refs
+//! (opened on first use, one per process), and from other processes (borrowers, owners that
+//! push tasks); their reader threads, and what the loss of one means.
+
+use super::*;
+
+impl Runtime {
+    /// Where process `w` listens on TCP (learnt from a ref it owns), for processes of other
+    /// nodes; this process's own address for itself.
+    pub(crate) fn tcp_addr_of(&self, w: WorkerId) -> Option<SocketAddr> {
+        if w == self.me {
+            return self.my_tcp;
+        }
+        self.addrs.read().unwrap_or_else(|e| e.into_inner()).get(&w).copied()
+    }
+
+    pub(crate) fn learn_addr(&self, w: WorkerId, a: SocketAddr) {
+        if w == self.me {
+            return;
+        }
+        let known = self.addrs.read().unwrap_or_else(|e| e.into_inner()).get(&w) == Some(&a);
+        if !known {
+            self.addrs.write().unwrap_or_else(|e| e.into_inner()).insert(w, a);
+        }
+    }
+
+    /// The connection to another process by id: at its well-known socket if it is on this
+    /// node, else at the TCP address its refs carried.
+    pub(crate) fn peer_conn(&'static self, peer: WorkerId) -> Result<Arc<Conn>> {
+        if let Some(c) = self.peers.lock().unwrap_or_else(|e| e.into_inner()).get(&peer) {
+            return Ok(c.clone());
+        }
+        let unix = peer_socket(&self.session_dir, peer);
+        let addr = match self.tcp_addr_of(peer).filter(|_| !unix.exists()) {
+            Some(a) => Addr::Tcp(a.to_string()),
+            None => Addr::Unix(unix),
+        };
+        self.worker_conn(peer, &addr)
+    }
+
+    /// The connection to `worker`, opened (with its reader thread) on first use.
+    pub(super) fn worker_conn(&'static self, worker: WorkerId, addr: &Addr) -> Result<Arc<Conn>> {
+        // Held while connecting, so two threads never open two connections to one process
+        // (its replies must come back on one ordered stream).
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = peers.get(&worker) {
+            return Ok(c.clone());
+        }
+        let (conn, reader, node) = connect_from(addr, &self.token, self.me, self.node_id, self.cfg.max_frame_bytes)
+            .map_err(|e| Error::Connection { detail: e.to_string() })?;
+        let conn = Arc::new(conn);
+        peers.insert(worker, conn.clone());
+        self.peer_nodes.lock().unwrap_or_else(|e| e.into_inner()).insert(worker, node);
+        drop(peers);
+        thread::Builder::new()
+            .name("ferry-peer-rx".into())
+            .spawn(move || self.worker_reader(worker, reader))
+            .map_err(|e| Error::Connection { detail: e.to_string() })?;
+        Ok(conn)
+    }
+
+    pub(super) fn worker_reader(&'static self, worker: WorkerId, mut reader: FrameReader<Stream>) {
+        let reason = loop {
+            match reader.read::<FromWorker>() {
+                Ok(FromWorker::Done { task, returns, contained, actors }) => {
+                    let inside = crate::owner::Inside { refs: contained, actors };
+                    let now = Instant::now();
+                    self.with_state(|st, fx| st.on_done(task, returns, inside, now, fx))
+                }
+                Ok(FromWorker::Failed { task, error }) => {
+                    let now = Instant::now();
+                    self.with_state(|st, fx| st.on_failed(task, error, now, fx))
+                }
+                Ok(FromWorker::Requeued { tasks }) => self.with_state(|st, fx| st.on_requeued(tasks, fx)),
+                Ok(FromWorker::Stolen { tasks }) => self.with_state(|st, fx| st.on_stolen(worker, tasks, fx)),
+                Ok(FromWorker::Retained { objects }) => {
+                    self.with_state(|st, fx| st.add_borrowers(worker, &objects, fx))
+                }
+                Ok(FromWorker::Object { object, answer }) => {
+                    self.with_state(|st, fx| st.on_object_answer(object, answer, fx))
+                }
+                Ok(m @ (FromWorker::Ack { .. } | FromWorker::Summary { .. })) => {
+                    let req = match &m {
+                        FromWorker::Ack { req } | FromWorker::Summary { req, .. } => *req,
+                        _ => unreachable!("matched above"),
+                    };
+                    if let Some((_, tx)) = self.peer_calls.lock().unwrap_or_else(|e| e.into_inner()).remove(&req) {
+                        let _ = tx.send(m);
+                    }
+                }
+                Err(FrameError::Closed) => break "its connection closed".to_string(),
+                Err(e) => {
+                    tracing::warn!("closing connection to process {worker:?}: {e}");
+                    break e.to_string();
+                }
+            }
+        };
+        self.worker_lost(worker, &reason);
+    }
+
+    pub(super) fn worker_lost(&'static self, worker: WorkerId, reason: &str) {
+        if let Some(c) = self.peers.lock().unwrap_or_else(|e| e.into_inner()).remove(&worker) {
+            c.shutdown();
+        }
+        self.peer_nodes.lock().unwrap_or_else(|e| e.into_inner()).remove(&worker);
+        // Its unanswered requests fail (their senders are dropped).
+        self.peer_calls.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, (p, _)| *p != worker);
+        self.with_state(|st, fx| {
+            st.on_worker_lost(worker, reason, fx);
+            st.peer_lost(worker, reason, fx);
+        });
+    }
+
+    /// Sends a request to another process and waits for its answer.
+    pub(crate) fn peer_call(&'static self, peer: WorkerId, make: impl FnOnce(u64) -> ToWorker) -> Result<FromWorker> {
+        let conn = self.peer_conn(peer)?;
+        let req = self.next_call.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.peer_calls.lock().unwrap_or_else(|e| e.into_inner()).insert(req, (peer, tx));
+        if let Err(e) = conn.send(&make(req)) {
+            self.peer_calls.lock().unwrap_or_else(|e| e.into_inner()).remove(&req);
+            return Err(Error::Connection { detail: format!("process {peer:?}: {e}") });
+        }
+        rx.recv_timeout(Duration::from_secs(60)).map_err(|e| {
+            self.peer_calls.lock().unwrap_or_else(|e| e.into_inner()).remove(&req);
+            Error::Connection { detail: format!("process {peer:?} did not answer: {e}") }
+        })
+    }
+
+    /// Registers this process (or `borrower`) with the owners of `ids` as holding them,
+    /// one request per owner, and waits for every answer.
+    pub(crate) fn register_borrows(&'static self, ids: Vec<ObjectId>, borrower: WorkerId) {
+        let mut ids = ids;
+        ids.sort_unstable_by_key(|id| id.owner());
+        for chunk in ids.chunk_by(|a, b| a.owner() == b.owner()) {
+            let owner = chunk[0].owner();
+            let objects = chunk.to_vec();
+            // An owner that cannot be reached is dead: its objects fail with OwnerDied on
+            // their next `get`, so there is nothing to hold.
+            let _ = self.peer_call(owner, |req| ToWorker::AddBorrower { req, objects, borrower });
+        }
+    }
+
+    /// After `get` decoded a value: registers the borrowed refs it held.
+    pub(crate) fn register_decoded(&'static self, new: Vec<ObjectId>) {
+        if new.is_empty() {
+            return;
+        }
+        let ids = self.lock().take_unregistered(Some(&new));
+        self.register_borrows(ids, self.me);
+    }
+
+    /// At the end of a task for `caller`: every borrowed ref still held here and not yet
+    /// registered is registered now, before the caller's hold on it (the task's arguments)
+    /// ends. Returns those owned by the caller: it counts them when it reads `Retained`.
+    pub(crate) fn register_at_task_end(&'static self, caller: WorkerId) -> Vec<ObjectId> {
+        let ids = {
+            let mut st = self.lock();
+            if !st.has_unregistered() {
+                return Vec::new();
+            }
+            st.take_unregistered(None)
+        };
+        let (callers, others): (Vec<ObjectId>, Vec<ObjectId>) = ids.into_iter().partition(|id| id.owner() == caller);
+        self.register_borrows(others, self.me);
+        callers
+    }
+
+    /// Accepts other processes' connections (see `ferry_proto::listen`): each gets a thread
+    /// that runs its handshake, then reads what it sends.
+    pub(super) fn accept_loop(&'static self, listener: Listener, wake: WakeRx, gate: Arc<Gate>) {
+        accept_loop_on(&listener, &wake, &gate, |stream, adm| {
+            let _ = thread::Builder::new().name("ferry-inbound".into()).spawn(move || {
+                let (source, gate) = (adm.source(), adm.gate().clone());
+                match accept(stream, &self.token, self.node_id, self.cfg.max_frame_bytes, adm) {
+                    Ok((conn, reader, hello, _slot)) => {
+                        let conn = Arc::new(conn);
+                        let mut inb = self.inbound_conns.lock().unwrap_or_else(|e| e.into_inner());
+                        inb.insert(hello.from, (hello.node, conn.clone()));
+                        drop(inb);
+                        self.inbound(hello.from, conn, reader)
+                    }
+                    Err(e) if !e.worth_logging(source) => {}
+                    Err(e) => {
+                        gate.log.log(|| format!("ferry: refused a connection from {source}: {e}"));
+                    }
+                }
+            });
+        });
+    }
+
+    /// Reads what another process sends us: tasks to run (workers only) and requests about
+    /// objects we own.
+    pub(super) fn inbound(&'static self, from: WorkerId, conn: Arc<Conn>, mut reader: FrameReader<Stream>) {
+        loop {
+            match reader.read::<ToWorker>() {
+                Ok(m @ (ToWorker::Push(_) | ToWorker::Cancel { .. } | ToWorker::Steal { .. })) => {
+                    match &self.executor {
+                        Some(x) => x.on_message(&conn, m),
+                        None => {
+                            tracing::warn!("process {from:?} sent tasks to a driver; closing its connection");
+                            break;
+                        }
+                    }
+                }
+                Ok(ToWorker::GetObject { object }) => self.with_state(|st, fx| st.on_get_request(from, object, fx)),
+                Ok(ToWorker::Remake { object, node }) => {
+                    self.with_state(|st, fx| st.on_remake_request(from, object, node, fx))
+                }
+                Ok(ToWorker::AddBorrower { req, objects, borrower }) => {
+                    self.with_state(|st, fx| st.add_borrowers(borrower, &objects, fx));
+                    let _ = conn.send(&FromWorker::Ack { req });
+                }
+                Ok(ToWorker::ReleaseBorrows { objects }) => {
+                    self.with_state(|st, fx| st.release_borrows(from, &objects, fx))
+                }
+                Ok(ToWorker::Summary { req }) => {
+                    let (refs, tasks) = {
+                        let st = self.lock();
+                        (st.summary(), st.table_sizes().1 as u64)
+                    };
+                    let _ = conn.send(&FromWorker::Summary { req, refs, tasks });
+                }
+                Err(FrameError::Closed) => break,
+                Err(e) => {
+                    // Malformed or oversized: drop this connection, keep running.
+                    tracing::warn!("closing the connection of process {from:?}: {e}");
+                    break;
+                }
+            }
+        }
+        conn.shutdown();
+        {
+            let mut inb = self.inbound_conns.lock().unwrap_or_else(|e| e.into_inner());
+            if inb.get(&from).is_some_and(|(_, c)| Arc::ptr_eq(c, &conn)) {
+                inb.remove(&from);
+            }
+        }
+        if let Some(x) = &self.executor {
+            x.owner_gone(&conn);
+        }
+        self.with_state(|st, fx| st.peer_lost(from, "its connection closed", fx));
+    }
+}
