@@ -55,8 +55,8 @@ impl RawActor {
             Ok(rt) => rt,
             Err(_) => return ObjectRef::from_id(Default::default()),
         };
-        let exported = end_exports();
-        let (drafts, held) = match crate::drafts(args) {
+        let exported = crate::refs::end_args();
+        let (drafts, held) = match crate::task::drafts(args) {
             Ok(x) => x,
             Err(e) => {
                 unexport(exported);
@@ -68,19 +68,11 @@ impl RawActor {
         ObjectRef::from_id(id)
     }
 
-    /// A new handle in this process for an actor known by id (from a name or a message).
+    /// A new handle in this process for an actor known by id (from a name, or decoded
+    /// outside ferry's own decoding), counted at once.
     fn attach(id: ActorId, label: &str) -> RawActor {
         if let Some(rt) = try_runtime() {
-            if rt.lock().actor_attach(id, label) {
-                let held = matches!(
-                    rt.call_at(&rt.actor_home(id), |req| ToNode::HoldActor { req, actor: id }),
-                    Ok(FromNode::Ack { error: None, .. })
-                );
-                // A dead or unknown actor is not held; its calls fail when they resolve it.
-                if held {
-                    rt.lock().actor_set_held(id);
-                }
-            }
+            rt.hold_actor_handle(id, label);
         }
         RawActor { id, label: Arc::from(label) }
     }
@@ -97,6 +89,9 @@ impl Clone for RawActor {
 
 impl Drop for RawActor {
     fn drop(&mut self) {
+        if crate::refs::actor_dropped_while_decoding(self.id) {
+            return;
+        }
         if let Some(rt) = try_runtime() {
             let id = self.id;
             rt.with_state(|st, fx| st.actor_handle_dropped(id, fx));
@@ -145,7 +140,7 @@ impl<T: Actor> std::fmt::Debug for ActorHandle<T> {
 /// code calls it before encoding a task's arguments).
 #[doc(hidden)]
 pub fn begin_exports() {
-    crate::refs::begin(crate::refs::Mode::Args);
+    crate::refs::begin_args();
 }
 
 /// Gives back the holds taken for exports that did not make it into a task.
@@ -160,21 +155,11 @@ pub(crate) fn unexport(exported: Exports) {
     }
 }
 
-/// The actor handles and refs encoded since `begin_exports`.
-pub(crate) fn end_exports() -> Exports {
-    crate::refs::end()
-}
-
 impl<T: Actor> Serialize for ActorHandle<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         let raw = self.proxy.raw();
-        // Inside a task's arguments: the task keeps one more handle until it is over.
-        let exporting = crate::refs::encoding_actor(raw.id, &raw.label);
-        if exporting {
-            if let Some(rt) = try_runtime() {
-                rt.lock().actor_attach(raw.id, &raw.label);
-            }
-        }
+        // Recorded: whoever encodes decides what holding it means (see `refs`).
+        crate::refs::encoding_actor(raw.id, &raw.label);
         HandleWire { actor: raw.id, class: T::CLASS.to_string(), label: raw.label.to_string() }.serialize(s)
     }
 }
@@ -185,7 +170,12 @@ impl<'de, T: Actor> Deserialize<'de> for ActorHandle<T> {
         if w.class != T::CLASS {
             return Err(D::Error::custom(format!("a handle of {} is not a handle of {}", w.class, T::CLASS)));
         }
-        Ok(ActorHandle { proxy: T::Proxy::from_raw(RawActor::attach(w.actor, &w.label)) })
+        let raw = match crate::refs::decoded_actor(w.actor, &w.label) {
+            // Counted once the decode is over.
+            true => RawActor { id: w.actor, label: Arc::from(w.label.as_str()) },
+            false => RawActor::attach(w.actor, &w.label),
+        };
+        Ok(ActorHandle { proxy: T::Proxy::from_raw(raw) })
     }
 }
 
@@ -288,8 +278,8 @@ pub fn create_actor<T: Actor>(opts: &ActorOptions, args: Vec<TaskArg>) -> Result
             other => return Err(Error::Connection { detail: format!("unexpected reply {other:?}") }),
         }
     }
-    let exported = end_exports();
-    let (drafts, held) = match crate::drafts(args) {
+    let exported = crate::refs::end_args();
+    let (drafts, held) = match crate::task::drafts(args) {
         Ok(x) => x,
         Err(e) => {
             unexport(exported);

@@ -147,11 +147,7 @@ impl BytesMut {
     pub fn zeroed(len: usize) -> crate::Result<BytesMut> {
         let rt = crate::runtime::runtime()?;
         let header = postcard::to_allocvec(&len).map_err(|e| crate::Error::Serialization { detail: e.to_string() })?;
-        let tag = ferry_proto::ids::random_u64();
-        let size = (header.len() + len) as u64;
-        let mut file = rt.with_room(size, || rt.store.stage(size, tag)).map_err(|e| crate::Error::ObjectStoreFull {
-            detail: format!("cannot allocate {len} bytes in the store: {e}"),
-        })?;
+        let mut file = rt.stage((header.len() + len) as u64)?;
         file.map[..header.len()].copy_from_slice(&header);
         Ok(BytesMut { file: Some(file), start: header.len() })
     }

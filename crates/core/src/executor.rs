@@ -11,7 +11,6 @@
 
 use crate::bytes::ArgData;
 use crate::codec;
-use crate::error::Error;
 use crate::registry;
 use crate::registry::ActorInstance;
 use crate::runtime::{try_runtime, Runtime};
@@ -25,28 +24,39 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread;
 
 thread_local! {
-    /// The task running on this thread, if any.
+    /// The task running on this thread, if any: its return object is named after it.
     static CURRENT: Cell<Option<TaskId>> = const { Cell::new(None) };
-    /// Set by `store_return` for the reply: the refs inside the return value, those of them
-    /// the caller owns (this worker now holds them once more, see `send_reply`), and the
-    /// actors whose handles it holds.
-    static RETURN_REFS: std::cell::RefCell<ReturnRefs> = const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
-/// Refs in a return value, those the caller owns, and actors with handles in it.
-type ReturnRefs = (Vec<ObjectId>, Vec<ObjectId>, Vec<(ActorId, String)>);
+/// A task's return value as its worker replies with it (made by [`store_return`]): the
+/// value, inline or stored, and what it holds.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Returned {
+    value: Return,
+    /// Refs inside the value (the caller keeps them alive while the value lives).
+    contained: Vec<ObjectId>,
+    /// Of those, the caller's own: this worker holds them once more (see `send_reply`).
+    retained: Vec<ObjectId>,
+    /// Actors whose handles are inside the value, with their labels (already held for the
+    /// caller at the daemon).
+    actors: Vec<(ActorId, String)>,
+}
+
+impl Returned {
+    /// The reply for `task`, and the caller's objects this worker holds once more.
+    fn into_reply(self, task: TaskId) -> (FromWorker, Vec<ObjectId>) {
+        let done = FromWorker::Done { task, returns: vec![self.value], contained: self.contained, actors: self.actors };
+        (done, self.retained)
+    }
+}
 
 /// Sends a task's reply to its caller: first what the end of the task requires to be
 /// registered (`Runtime::register_at_task_end`; `Retained` tells the caller which of its own
-/// objects this worker still holds), then the reply, carrying the refs its value contains.
-fn send_reply(rt: &'static Runtime, conn: &Conn, caller: WorkerId, mut reply: FromWorker) {
+/// objects this worker still holds, the return value's `retained` among them), then the reply.
+fn send_reply(rt: &'static Runtime, conn: &Conn, caller: WorkerId, (reply, mut retained): (FromWorker, Vec<ObjectId>)) {
     ferry_proto::fail::crash_point("worker-before-reply");
-    let (contained, mut retained, actors) = RETURN_REFS.with(|r| std::mem::take(&mut *r.borrow_mut()));
     retained.extend(rt.register_at_task_end(caller));
-    if let FromWorker::Done { contained: c, actors: a, .. } = &mut reply {
-        *c = contained;
-        *a = actors;
-    }
     if !retained.is_empty() {
         let _ = conn.send(&FromWorker::Retained { objects: retained });
     }
@@ -273,13 +283,8 @@ impl Executor {
                         let active = active.clone();
                         let inner = Box::pin(async move {
                             let reply = match fut.await {
-                                Ok(ret) => FromWorker::Done {
-                                    task,
-                                    returns: vec![ret],
-                                    contained: Vec::new(),
-                                    actors: Vec::new(),
-                                },
-                                Err(error) => FromWorker::Failed { task, error },
+                                Ok(ret) => ret.into_reply(task),
+                                Err(error) => (FromWorker::Failed { task, error }, Vec::new()),
                             };
                             send_reply(rt, &conn, task.owner, reply);
                             active.set(active.get() - 1);
@@ -303,9 +308,10 @@ impl Executor {
         }
     }
 
-    /// Called when the task on this thread is about to wait. Returns a guard that takes
+    /// Called when the task on this thread is about to wait: tells the daemon (on `node`) its
+    /// CPU is free, and sends unstarted tasks back to their owners. Returns a guard that takes
     /// the CPU back when dropped; `None` if this thread runs no task.
-    pub fn enter_blocked(&self, rt: &Runtime) -> Option<BlockedGuard> {
+    pub fn enter_blocked(&self, node: &Arc<Conn>) -> Option<BlockedGuard> {
         CURRENT.with(|c| c.get())?;
         let mut q = self.lock();
         q.blocked += 1;
@@ -313,7 +319,7 @@ impl Executor {
             // An actor keeps its queued calls (they can run nowhere else); it only lends its
             // CPU while it waits.
             drop(q);
-            rt.send_node(&ToNode::Blocked);
+            let _ = node.send(&ToNode::Blocked);
         } else if q.blocked == 1 {
             let queued: Vec<(Arc<Conn>, TaskSpec)> = q.tasks.drain(..).collect();
             drop(q);
@@ -328,27 +334,27 @@ impl Executor {
             for (c, tasks) in by_owner {
                 let _ = c.send(&FromWorker::Requeued { tasks });
             }
-            rt.send_node(&ToNode::Blocked);
+            let _ = node.send(&ToNode::Blocked);
         }
-        Some(BlockedGuard { exec: self, rt })
+        Some(BlockedGuard { exec: self, node: node.clone() })
     }
 }
 
 /// Takes the worker's CPU back when the wait ends.
 pub(crate) struct BlockedGuard {
     exec: *const Executor,
-    rt: *const Runtime,
+    node: Arc<Conn>,
 }
 
 impl Drop for BlockedGuard {
     fn drop(&mut self) {
-        // SAFETY: the executor and runtime live for the whole process (in a static).
-        let (exec, rt) = unsafe { (&*self.exec, &*self.rt) };
+        // SAFETY: the executor lives for the whole process (in the runtime, a static).
+        let exec = unsafe { &*self.exec };
         let mut q = exec.lock();
         q.blocked -= 1;
         if q.blocked == 0 {
             drop(q);
-            rt.send_node(&ToNode::Unblocked);
+            let _ = self.node.send(&ToNode::Unblocked);
         }
     }
 }
@@ -390,13 +396,16 @@ fn arg_data<'a>(args: &'a [Arg], held: &'a [ArgBytes]) -> Vec<ArgData<'a>> {
         .collect()
 }
 
-/// Runs a task, or with `instance` a call of the hosted actor's method.
-fn execute(rt: &Runtime, spec: &TaskSpec, instance: Option<&ActorInstance>) -> FromWorker {
+/// Runs a task, or with `instance` a call of the hosted actor's method; returns its reply
+/// and the caller's objects this worker now holds once more.
+fn execute(rt: &Runtime, spec: &TaskSpec, instance: Option<&ActorInstance>) -> (FromWorker, Vec<ObjectId>) {
     let task = spec.task;
-    let unknown = || FromWorker::Failed { task, error: TaskError::UnknownFunction { function: spec.function.clone() } };
+    let failed = |error| (FromWorker::Failed { task, error }, Vec::new());
+    let unknown = || failed(TaskError::UnknownFunction { function: spec.function.clone() });
+    let _span = tracing::debug_span!("task", %task, function = %spec.function).entered();
     let held = match load_args(rt, &spec.function, &spec.args) {
         Ok(h) => h,
-        Err(error) => return FromWorker::Failed { task, error },
+        Err(error) => return failed(error),
     };
     let args = arg_data(&spec.args, &held);
     let result = match instance {
@@ -410,106 +419,64 @@ fn execute(rt: &Runtime, spec: &TaskSpec, instance: Option<&ActorInstance>) -> F
         },
     };
     match result {
-        Ok(ret) => FromWorker::Done { task, returns: vec![ret], contained: Vec::new(), actors: Vec::new() },
-        Err(error) => FromWorker::Failed { task, error },
+        Ok(ret) => ret.into_reply(task),
+        Err(error) => failed(error),
     }
 }
 
 enum Started {
-    Done(FromWorker),
+    Done((FromWorker, Vec<ObjectId>)),
     Future(registry::MethodFuture),
 }
 
 /// Starts a call on an async actor: an async method gives a future, anything else runs now.
 fn start_call(rt: &Runtime, instance: &ActorInstance, spec: &TaskSpec) -> Started {
     let task = spec.task;
+    let failed = |error| Started::Done((FromWorker::Failed { task, error }, Vec::new()));
     let Some(m) = registry::lookup_method(&spec.function) else {
-        let error = TaskError::UnknownFunction { function: spec.function.clone() };
-        return Started::Done(FromWorker::Failed { task, error });
+        return failed(TaskError::UnknownFunction { function: spec.function.clone() });
     };
     let Some(start) = m.invoke_async else {
         return Started::Done(execute(rt, spec, Some(instance)));
     };
     let held = match load_args(rt, &spec.function, &spec.args) {
         Ok(h) => h,
-        Err(error) => return Started::Done(FromWorker::Failed { task, error }),
+        Err(error) => return failed(error),
     };
     match start(instance, &arg_data(&spec.args, &held)) {
         Ok(fut) => Started::Future(fut),
-        Err(error) => Started::Done(FromWorker::Failed { task, error }),
+        Err(error) => failed(error),
     }
 }
 
 /// Encodes a task's return value: inline if small, else into the node's store under the
 /// task's return id (used by generated code).
-pub fn store_return<R: Serialize + 'static>(r: &R, function: &str) -> Result<Return, TaskError> {
+pub fn store_return<R: Serialize + 'static>(r: &R, function: &str) -> Result<Returned, TaskError> {
     let bad = |detail: String| TaskError::BadReturn { function: function.to_string(), detail };
-    let (enc, exports) = crate::refs::encoding(crate::refs::Mode::Return, || codec::encode(r));
-    let refs = exports.refs;
-    let mut actors = exports.returned_actors;
-    let enc = enc.map_err(|e| bad(e.to_string()))?;
     let rt = try_runtime().ok_or_else(|| bad("no runtime in this process".into()))?;
     let task = CURRENT.with(|c| c.get()).ok_or_else(|| bad("not running a task".into()))?;
-    let ret = store_encoded(rt, task, enc, function)?;
-    if !refs.is_empty() {
+    let (enc, found) = crate::refs::encoding(rt.addrs(), || codec::encode(r));
+    let enc = enc.map_err(|e| bad(e.to_string()))?;
+    let value = rt.store_return(ObjectId { task, index: 0 }, enc, function)?;
+    let mut out = Returned { value, contained: found.refs, retained: Vec::new(), actors: found.actors };
+    if !out.contained.is_empty() {
         // The value holds refs: make sure the caller is counted as holding them before
         // this task's own handles go (see `OwnerState::returning`).
-        let mut refs = refs;
-        refs.sort_unstable();
-        refs.dedup();
-        let (callers, others) = rt.lock().returning(task.owner, &refs);
+        out.contained.sort_unstable();
+        out.contained.dedup();
+        let (callers, others) = rt.lock().returning(task.owner, &out.contained);
         rt.register_borrows(others, task.owner);
-        RETURN_REFS.with(|r| {
-            let mut r = r.borrow_mut();
-            r.0 = refs;
-            r.1 = callers;
-        });
+        out.retained = callers;
     }
-    if !actors.is_empty() {
+    if !out.actors.is_empty() {
         // The caller must hold them before this task's own handles go.
-        actors.sort_unstable_by_key(|(a, _)| *a);
-        actors.dedup_by_key(|(a, _)| *a);
-        actors.retain(|(actor, _)| {
+        out.actors.sort_unstable_by_key(|(a, _)| *a);
+        out.actors.dedup_by_key(|(a, _)| *a);
+        out.actors.retain(|(actor, _)| {
             let home = rt.actor_home(*actor);
             let held = rt.call_at(&home, |req| ToNode::HoldActorFor { req, actor: *actor, holder: task.owner });
             matches!(held, Ok(ferry_proto::msg::FromNode::Ack { error: None, .. }))
         });
-        RETURN_REFS.with(|r| r.borrow_mut().2 = actors);
     }
-    Ok(ret)
-}
-
-fn store_encoded(
-    rt: &'static Runtime,
-    task: TaskId,
-    enc: codec::Encoded<'_>,
-    function: &str,
-) -> Result<Return, TaskError> {
-    let bad = |detail: String| TaskError::BadReturn { function: function.to_string(), detail };
-    if enc.len() <= rt.cfg.inline_max_bytes {
-        return Ok(Return::Inline(enc.into_vec()));
-    }
-    let id = ObjectId { task, index: 0 };
-    match rt.write_and_seal(id, &enc) {
-        Ok(size) => {
-            // Stored and sealed, its location not yet reported to the owner.
-            ferry_proto::fail::crash_point("worker-after-store");
-            Ok(Return::Stored { size, node: rt.node_id })
-        }
-        Err(Error::ObjectStoreFull { detail }) if detail.contains("exists") => {
-            // A retry of a task whose earlier run stored its value before dying: tasks are
-            // idempotent, so the stored value stands.
-            let size = std::fs::metadata(rt.store.path_of(id)).map(|m| m.len()).map_err(|e| bad(e.to_string()))?;
-            match rt.node_call(|req| ToNode::Seal { req, object: id, size }) {
-                Ok(_) => Ok(Return::Stored { size, node: rt.node_id }),
-                Err(e) => Err(bad(e.to_string())),
-            }
-        }
-        Err(Error::ObjectStoreFull { detail }) => {
-            Err(TaskError::ReturnNotStored { function: function.to_string(), detail, store_full: true })
-        }
-        Err(e) => {
-            Err(TaskError::ReturnNotStored { function: function.to_string(), detail: e.to_string(), store_full: false })
-        }
-    }
+    Ok(out)
 }

@@ -93,7 +93,7 @@ pub fn memory_summary() -> Result<MemorySummary> {
     let mut infos: Vec<RefInfo> = rt.lock().summary();
     let mut pending_tasks = rt.lock().table_sizes().1 as u64;
     let mut unreachable = Vec::new();
-    for p in processes.iter().filter(|p| **p != rt.me) {
+    for p in processes.iter().filter(|p| **p != rt.me()) {
         match rt.peer_call(*p, |req| ToWorker::Summary { req }) {
             Ok(FromWorker::Summary { refs, tasks, .. }) => {
                 infos.extend(refs);

@@ -20,7 +20,7 @@ pub struct RemoteFunction {
     pub id: &'static str,
     /// Decodes the arguments, runs the function and stores its return value
     /// (see `executor::store_return`).
-    pub invoke: fn(&[ArgData<'_>]) -> Result<ferry_proto::msg::Return, TaskError>,
+    pub invoke: fn(&[ArgData<'_>]) -> Result<crate::executor::Returned, TaskError>,
 }
 
 #[linkme::distributed_slice]
@@ -32,7 +32,7 @@ pub type ActorInstance = std::sync::Arc<dyn std::any::Any + Send + Sync>;
 
 /// The future of an async actor method's result.
 pub type MethodFuture =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<ferry_proto::msg::Return, TaskError>>>>;
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<crate::executor::Returned, TaskError>>>>;
 
 /// Starts an async method: decodes the arguments and returns the call's future.
 pub type StartMethod = fn(&ActorInstance, &[ArgData<'_>]) -> Result<MethodFuture, TaskError>;
@@ -53,7 +53,7 @@ pub struct ActorClass {
 pub struct ActorMethod {
     /// Stable id: `module::path::Type::method`.
     pub id: &'static str,
-    pub invoke: fn(&ActorInstance, &[ArgData<'_>]) -> Result<ferry_proto::msg::Return, TaskError>,
+    pub invoke: fn(&ActorInstance, &[ArgData<'_>]) -> Result<crate::executor::Returned, TaskError>,
     /// For `async fn` methods: decodes the arguments and returns the call's future.
     pub invoke_async: Option<StartMethod>,
 }
@@ -101,7 +101,15 @@ pub fn decode_arg<T: DeserializeOwned + 'static>(
         Some(v) => Backing::Mapped(v),
         None => Backing::None,
     };
-    crate::codec::decode_backed(bytes.bytes, backing).map_err(|e| TaskError::BadArgument {
+    // Handles inside it are counted once it is decoded; borrowed refs among them are
+    // registered with their owners at the end of the task (`Runtime::register_at_task_end`).
+    let (v, made) = crate::refs::decoding(|| crate::codec::decode_backed(bytes.bytes, backing));
+    if !made.refs.is_empty() || !made.actors.is_empty() {
+        if let Some(rt) = crate::runtime::try_runtime() {
+            rt.adopt(made);
+        }
+    }
+    v.map_err(|e| TaskError::BadArgument {
         function: function.to_string(),
         index,
         detail: match e {

@@ -26,11 +26,10 @@
 mod embed;
 
 pub use ferry_core::{
-    block_on, cancel, decode, encode_vec, get, get_all, get_async, get_bytes, get_timeout, kill, shutdown,
-    store_return, wait, Actor, ActorHandle, ActorId, ActorOptions, ActorOptionsBuilder, ActorProxy, Bytes, BytesMut,
-    Config, Error, GetFuture, IntoArg, Location, MemorySummary, NodeId, NodeInfo, NodeStats, ObjectId, ObjectRef,
-    ObjectSummary, RawActor, RecoveryStats, RemoteOptions, Result, SchedulingStrategy, TaskArg, TaskOptions,
-    WaitResult, WorkerId,
+    block_on, cancel, get, get_all, get_async, get_bytes, get_timeout, kill, shutdown, wait, Actor, ActorHandle,
+    ActorId, ActorOptions, ActorOptionsBuilder, ActorProxy, Bytes, BytesMut, Config, Error, GetFuture, IntoArg,
+    Location, MemorySummary, NodeId, NodeInfo, NodeStats, ObjectId, ObjectRef, ObjectSummary, RawActor, RecoveryStats,
+    RemoteOptions, Result, SchedulingStrategy, TaskArg, TaskOptions, WaitResult, WorkerId,
 };
 pub use ferry_macros::{actor, main, remote};
 

@@ -197,7 +197,7 @@ fn unknown_function_and_bad_arguments_are_typed_errors_and_the_worker_survives()
     }
     // `add` takes two i64: give it a string and too few arguments.
     let add_id = "faults::add";
-    let bad = ferry::encode_vec(&"not a number".to_string()).unwrap();
+    let bad = ferry::__private::encode_vec(&"not a number".to_string()).unwrap();
     w.send(&ToWorker::Push(vec![spec(add_id, vec![Arg::Inline(bad.clone()), Arg::Inline(bad)])])).unwrap();
     match wrx.read::<FromWorker>().unwrap() {
         FromWorker::Failed { error: TaskError::BadArgument { index: 0, .. }, .. } => {}
@@ -216,11 +216,11 @@ fn unknown_function_and_bad_arguments_are_typed_errors_and_the_worker_survives()
         FromWorker::Failed { error: TaskError::ArgumentUnavailable { .. }, .. }
     ));
     // A well-formed call on the same connection still works.
-    let one = ferry::encode_vec(&1i64).unwrap();
+    let one = ferry::__private::encode_vec(&1i64).unwrap();
     w.send(&ToWorker::Push(vec![spec(add_id, vec![Arg::Inline(one.clone()), Arg::Inline(one)])])).unwrap();
     match wrx.read::<FromWorker>().unwrap() {
         FromWorker::Done { returns, .. } => match &returns[0] {
-            ferry_proto::msg::Return::Inline(b) => assert_eq!(ferry::decode::<i64>(b).unwrap(), 2),
+            ferry_proto::msg::Return::Inline(b) => assert_eq!(ferry::__private::decode::<i64>(b).unwrap(), 2),
             r => panic!("{r:?}"),
         },
         other => panic!("{other:?}"),

@@ -137,12 +137,12 @@ fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenS
         #mod_vis mod #name {
             use super::*;
 
-            fn __invoke(__args: &[::ferry::__private::ArgData<'_>]) -> ::core::result::Result<::ferry::__private::Return, ::ferry::__private::TaskError> {
+            fn __invoke(__args: &[::ferry::__private::ArgData<'_>]) -> ::core::result::Result<::ferry::__private::Returned, ::ferry::__private::TaskError> {
                 const __ID: &str = ::core::module_path!();
                 ::ferry::__private::check_arity(__args, #n, __ID)?;
                 #( let #idents: #tys = ::ferry::__private::decode_arg(__args, #idx, __ID)?; )*
                 let __out: #ret = ::ferry::__private::run_catching(__ID, move || #call)?;
-                ::ferry::store_return(&__out, __ID)
+                ::ferry::__private::store_return(&__out, __ID)
             }
 
             #[::ferry::__private::linkme::distributed_slice(::ferry::__private::REMOTE_FUNCTIONS)]
@@ -443,7 +443,7 @@ fn expand_actor_impl(args: ActorArgs, imp: ItemImpl) -> syn::Result<proc_macro2:
                             let __cell = __inst.downcast_ref::<::std::sync::RwLock<#name>>().expect("checked above");
                             let __g = __cell.read().unwrap_or_else(|e| e.into_inner());
                             let __out: #ret = ::ferry::__private::await_catching(__ID, __g.#mname(#(#idents),*)).await?;
-                            ::ferry::store_return(&__out, __ID)
+                            ::ferry::__private::store_return(&__out, __ID)
                         }))
                     }
                 },
@@ -456,7 +456,7 @@ fn expand_actor_impl(args: ActorArgs, imp: ItemImpl) -> syn::Result<proc_macro2:
             fn #invoke(
                 __inst: &::ferry::__private::ActorInstance,
                 __args: &[::ferry::__private::ArgData<'_>],
-            ) -> ::core::result::Result<::ferry::__private::Return, ::ferry::__private::TaskError> {
+            ) -> ::core::result::Result<::ferry::__private::Returned, ::ferry::__private::TaskError> {
                 const __ID: &str = #id;
                 let __cell = __inst.downcast_ref::<::std::sync::RwLock<#name>>().ok_or_else(|| {
                     ::ferry::__private::TaskError::UnknownFunction { function: ::std::string::String::from(__ID) }
@@ -464,7 +464,7 @@ fn expand_actor_impl(args: ActorArgs, imp: ItemImpl) -> syn::Result<proc_macro2:
                 ::ferry::__private::check_arity(__args, #k, __ID)?;
                 #( let #idents: #tys = ::ferry::__private::decode_arg(__args, #idx, __ID)?; )*
                 let __out: #ret = ::ferry::__private::run_catching(__ID, move || { #lock #call })?;
-                ::ferry::store_return(&__out, __ID)
+                ::ferry::__private::store_return(&__out, __ID)
             }
 
             #[::ferry::__private::linkme::distributed_slice(::ferry::__private::ACTOR_METHODS)]

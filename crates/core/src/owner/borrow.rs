@@ -4,6 +4,22 @@
 use super::*;
 
 impl OwnerState {
+    /// Holds the refs and actor handles an encode met (see `refs`): for a task's arguments
+    /// (`for_task`: until the task is over) or for a value being built (`put`: while it
+    /// lives). Refs unknown here are not held. Returns what is held.
+    pub fn hold_exports(&mut self, refs: Vec<ObjectId>, actors: Vec<(ActorId, String)>, for_task: bool) -> Exports {
+        let refs =
+            refs.into_iter().filter(|id| if for_task { self.pin_for_task(*id) } else { self.pin(*id) }).collect();
+        let actors = actors
+            .into_iter()
+            .map(|(a, label)| {
+                self.actor_attach(a, &label);
+                a
+            })
+            .collect();
+        Exports { actors, refs }
+    }
+
     /// A ref was decoded in this process: one more local handle. Returns true if this made
     /// a new unregistered borrowed entry.
     pub fn decode_ref(&mut self, id: ObjectId) -> bool {

@@ -118,8 +118,6 @@ pub(crate) struct Inside {
 pub(crate) struct Exports {
     pub actors: Vec<ActorId>,
     pub refs: Vec<ObjectId>,
-    /// In a task's return value: the actors and their labels (the caller will hold them).
-    pub returned_actors: Vec<(ActorId, String)>,
 }
 
 /// Tunables the table needs.

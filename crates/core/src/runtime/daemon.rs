@@ -182,7 +182,7 @@ impl Runtime {
             kind: ProcKind::Client,
             pid: std::process::id(),
             listen: Addr::Unix(peer_socket(&self.session_dir, self.me)),
-            tcp: self.my_tcp.map(|a| a.to_string()),
+            tcp: self.addrs.mine().map(|a| a.to_string()),
             exe: this_program(),
             node: Some(self.node_id),
         };
@@ -312,6 +312,21 @@ impl Runtime {
                 nodes
             }
             _ => Vec::new(),
+        }
+    }
+
+    /// One more handle of `actor` in this process; the first one here makes the actor's home
+    /// count this process as a holder. A dead or unknown actor is not held: its calls fail
+    /// when they resolve it.
+    pub(crate) fn hold_actor_handle(&'static self, actor: ActorId, label: &str) {
+        if self.lock().actor_attach(actor, label) {
+            let held = matches!(
+                self.call_at(&self.actor_home(actor), |req| ToNode::HoldActor { req, actor }),
+                Ok(FromNode::Ack { error: None, .. })
+            );
+            if held {
+                self.lock().actor_set_held(actor);
+            }
         }
     }
 

@@ -40,6 +40,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::executor::Executor;
 use crate::owner::{ArgDraft, Daemon, Effects, ObjState, OwnerLimits, OwnerState, Ready};
+use crate::refs::Addrs;
 use ferry_proto::conn::accept;
 use ferry_proto::conn::{connect, connect_from, Addr, Conn};
 use ferry_proto::listen::{accept_loop as accept_loop_on, wake_pair, Gate, Limits, Listener, Wake as StopLoop, WakeRx};
@@ -93,18 +94,16 @@ pub(crate) struct Identity {
 
 /// See the module docs.
 pub(crate) struct Runtime {
-    pub me: WorkerId,
-    pub node_id: NodeId,
-    pub cfg: Config,
-    pub token: String,
-    pub store: StoreDir,
-    pub session_dir: std::path::PathBuf,
-    pub node_addr: Addr,
+    me: WorkerId,
+    node_id: NodeId,
+    cfg: Config,
+    token: String,
+    store: StoreDir,
+    session_dir: std::path::PathBuf,
+    node_addr: Addr,
     node: Arc<Conn>,
-    /// Where processes of other nodes reach this one.
-    pub my_tcp: Option<SocketAddr>,
-    /// Where other processes listen on TCP, learnt from the refs they own.
-    addrs: std::sync::RwLock<HashMap<WorkerId, SocketAddr>>,
+    /// Where this process and others listen on TCP (refs carry their owners').
+    addrs: Addrs,
     /// Connections to other nodes' daemons, and their addresses.
     daemons: Mutex<HashMap<NodeId, Arc<Conn>>>,
     daemon_addrs: Mutex<HashMap<NodeId, String>>,
@@ -129,7 +128,7 @@ pub(crate) struct Runtime {
     /// one sends one message per owner, not ten thousand (see `release_sender`).
     releases: Mutex<Vec<(ObjectId, u32)>>,
     releases_cv: std::sync::Condvar,
-    pub executor: Option<Arc<Executor>>,
+    executor: Option<Arc<Executor>>,
     embedded: Mutex<Option<Box<dyn crate::session::EmbeddedNode>>>,
     running: AtomicBool,
     /// Would stop the accept loops (they live as long as the process).
@@ -209,8 +208,7 @@ impl Runtime {
             node_addr: id.node_addr.clone(),
             cfg,
             node: conn,
-            my_tcp,
-            addrs: Default::default(),
+            addrs: Addrs::new(id.me, my_tcp),
             daemons: Default::default(),
             daemon_addrs: Default::default(),
             cluster: Mutex::new(Vec::new()),
@@ -273,6 +271,33 @@ impl Runtime {
             Ok(())
         } else {
             Err(Error::NotRunning { detail: "ferry::shutdown was called".into() })
+        }
+    }
+
+    /// This process's id.
+    pub(crate) fn me(&self) -> WorkerId {
+        self.me
+    }
+
+    /// The node this process runs on.
+    pub(crate) fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Where this process's node and store are, and the token to reach them.
+    pub(crate) fn session_info(&self) -> crate::SessionInfo {
+        crate::SessionInfo {
+            node_addr: self.node_addr.clone(),
+            token: self.token.clone(),
+            store_dir: self.store.path().to_path_buf(),
+            session_dir: self.session_dir.clone(),
+            worker_pids: self.worker_pids(),
+            me: self.me,
+            listen: Addr::Unix(peer_socket(&self.session_dir, self.me)),
         }
     }
 

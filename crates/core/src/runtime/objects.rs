@@ -1,12 +1,179 @@
-//! Objects in this process: storing a value (inline, or in the node's store), mapping a
-//! stored one (copied from another node first), and asking the owner table about one.
+//! Objects in this process: `get` (wait in the owner table, map the value from the store,
+//! decode it, count the refs inside), `put`, `wait`, and storing a value (inline, or in the
+//! node's store).
+//!
+//! The path of a `get`, one way down: `ferry::get` → [`Runtime::get`] → the owner table
+//! (`poll_object`, waiting in `wait`), the store (`map_from`, which may ask the daemon to copy
+//! the object here), `codec` (decoding, with `refs` recording the refs inside), then the owner
+//! table again to count them and the owners of borrowed ones to register.
 
 use super::*;
+use crate::codec::{self, Backing};
+use crate::owner::AllWait;
+use crate::refs::{self, Decoded};
+use ferry_proto::msg::{Return, TaskError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 impl Runtime {
+    /// Whether an encoded value of `len` bytes travels inline (in messages, in the owner's
+    /// memory) rather than through the store: the one place this is decided.
+    pub(crate) fn travels_inline(&self, len: usize) -> bool {
+        len <= self.cfg.inline_max_bytes
+    }
+
+    /// Waits for `id` (at most `timeout`) and decodes it. An owned object whose every copy was
+    /// lost (its node died) is made again from its lineage, and waited for again; a borrowed
+    /// one is asked of its owner again.
+    pub(crate) fn get<T: DeserializeOwned + 'static>(
+        &'static self,
+        id: ObjectId,
+        timeout: Option<Duration>,
+    ) -> Result<T> {
+        let deadline = timeout.map(|d| Instant::now() + d);
+        let mut remade = 0;
+        loop {
+            let ready = match self.block_until(deadline, |w| self.poll_object(id, w)) {
+                Some(r) => r?,
+                None => return Err(Error::Timeout { waited: timeout.unwrap_or_default() }),
+            };
+            match self.decode(id, ready) {
+                // Bounded: each round re-runs the task, which has retries of its own.
+                Err(Error::ObjectLost { .. }) if id.owner() == self.me && remade < 16 => {
+                    remade += 1;
+                    self.with_state(|st, fx| st.reconstruct(id, fx))?;
+                }
+                Err(e @ Error::ObjectLost { .. }) if remade < 16 => {
+                    remade += 1;
+                    if !self.with_state(|st, fx| st.ask_remake(id, fx)) {
+                        return Err(e);
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// `get` without blocking: the value if `id` is final, else pending (`waker` is woken
+    /// when it is).
+    pub(crate) fn poll_get<T: DeserializeOwned + 'static>(
+        &'static self,
+        id: ObjectId,
+        waker: &Waker,
+    ) -> Poll<Result<T>> {
+        match self.poll_object(id, waker) {
+            Poll::Ready(Ok(r)) => Poll::Ready(self.decode(id, r)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Every one of `ids`, in order; the first error known is returned as soon as it is known
+    /// (as Ray's `get` does), without waiting for the others. The wait is one wait for the
+    /// whole list (see `OwnerState::poll_all`): a task waiting on thousands of refs lends its
+    /// CPU once, not once per ref.
+    pub(crate) fn get_all<T: DeserializeOwned + 'static>(&'static self, ids: &[ObjectId]) -> Result<Vec<T>> {
+        let mut w8 = AllWait::default();
+        let failed = self.block_until(None, |w| self.with_state(|st, fx| st.poll_all(ids, &mut w8, w, fx)));
+        self.with_state(|st, _| st.end_all_wait(w8));
+        if let Some(Some(id)) = failed {
+            self.get::<T>(id, None)?;
+        }
+        ids.iter().map(|id| self.get(*id, None)).collect()
+    }
+
+    /// Decodes a ready value; the handles inside it are counted, and the borrowed refs among
+    /// them registered with their owners, before it is returned (the value's own hold on them
+    /// may end at any time after).
+    fn decode<T: DeserializeOwned + 'static>(&'static self, id: ObjectId, ready: Ready) -> Result<T> {
+        let view = match &ready {
+            Ready::Stored { view: None, node, .. } => {
+                let view = self.map_from(id, *node)?;
+                self.lock().cache_view(id, view.clone());
+                Some(view)
+            }
+            _ => None,
+        };
+        let (v, made) = refs::decoding(|| match (&ready, &view) {
+            (Ready::Inline(b), _) => codec::decode_backed(b, Backing::Inline(b)),
+            (Ready::Stored { view: Some(v), .. }, _) | (_, Some(v)) => codec::decode_backed(v, Backing::Mapped(v)),
+            (Ready::Stored { view: None, .. }, None) => unreachable!("mapped above"),
+        });
+        let new = self.adopt(made);
+        self.register_decoded(new);
+        v.map_err(|e| match e {
+            Error::Serialization { detail } => Error::Serialization { detail: format!("object {id:?}: {detail}") },
+            e => e,
+        })
+    }
+
+    /// Counts the handles a decode made (see `refs`): refs, learning the addresses of their
+    /// owners, and actor handles. Returns the borrowed refs new in this process, which must
+    /// be registered with their owners before whatever carried them lets them go.
+    pub(crate) fn adopt(&'static self, made: Decoded) -> Vec<ObjectId> {
+        for (id, a) in &made.refs {
+            if let Some(a) = a {
+                self.addrs.learn(id.owner(), *a);
+            }
+        }
+        let new = match made.refs.is_empty() {
+            true => Vec::new(),
+            false => {
+                let mut st = self.lock();
+                made.refs.iter().filter(|(id, _)| st.decode_ref(*id)).map(|(id, _)| *id).collect()
+            }
+        };
+        for (actor, label) in made.actors {
+            self.hold_actor_handle(actor, &label);
+        }
+        new
+    }
+
+    /// Stores `value` as a new object this process owns; the refs and actor handles inside
+    /// it are held by the object while it lives.
+    pub(crate) fn put<T: Serialize + 'static>(&'static self, value: &T) -> Result<ObjectId> {
+        let (enc, found) = refs::encoding(self.addrs(), || codec::encode(value));
+        // Held from now on, before the caller's own handles can go.
+        let inner = match found.is_empty() {
+            true => Default::default(),
+            false => self.with_state(|st, _| st.hold_exports(found.refs, found.actors, false)),
+        };
+        let put = enc.and_then(|enc| self.put_encoded(enc));
+        if !inner.refs.is_empty() || !inner.actors.is_empty() {
+            // Held by the new object while it lives (or let go at once if there is none).
+            let outer = put.as_ref().copied().unwrap_or_default();
+            self.with_state(|st, fx| {
+                st.set_contains(outer, inner.refs, fx);
+                st.hold_actors_for(outer, inner.actors, fx);
+            });
+        }
+        put
+    }
+
+    /// Waits until `n` of `ids` are final or the deadline passes; returns the indices of
+    /// those that are (at most `n`, in order), having taken one more handle of every one of
+    /// `ids` under one lock, for the caller to wrap.
+    pub(crate) fn wait(&'static self, ids: &[ObjectId], n: usize, deadline: Option<Instant>) -> Vec<usize> {
+        // On a timeout, what is final then is returned.
+        let _ = self.block_until(deadline, |w| {
+            self.with_state(|st, fx| {
+                if st.first_final(ids, n).len() == n {
+                    return Poll::Ready(());
+                }
+                st.watch(ids, w, fx);
+                Poll::Pending
+            })
+        });
+        let mut st = self.lock();
+        for id in ids {
+            st.add_local_ref(*id);
+        }
+        st.first_final(ids, n)
+    }
+
     /// Stores an encoded value this process owns and returns its id.
     pub(crate) fn put_encoded(&'static self, enc: crate::codec::Encoded<'_>) -> Result<ObjectId> {
-        if enc.len() <= self.cfg.inline_max_bytes {
+        if self.travels_inline(enc.len()) {
             let v = enc.into_vec();
             return Ok(self.with_state(|st, _| st.new_object(ObjState::Ready(Ready::Inline(Arc::new(v))))));
         }
@@ -116,5 +283,52 @@ impl Runtime {
     /// An object whose value is an error (for calls that fail before a task exists).
     pub(crate) fn failed_object(&'static self, err: Error) -> ObjectId {
         self.with_state(|st, _| st.new_object(ObjState::Failed(err)))
+    }
+
+    /// Stores a task's return value, as object `id`: inline if small, else in this node's
+    /// store (a value a retried task stored before its worker died stands).
+    pub(crate) fn store_return(
+        &'static self,
+        id: ObjectId,
+        enc: crate::codec::Encoded<'_>,
+        function: &str,
+    ) -> std::result::Result<Return, TaskError> {
+        let bad = |detail: String| TaskError::BadReturn { function: function.to_string(), detail };
+        if self.travels_inline(enc.len()) {
+            return Ok(Return::Inline(enc.into_vec()));
+        }
+        match self.write_and_seal(id, &enc) {
+            Ok(size) => {
+                // Stored and sealed, its location not yet reported to the owner.
+                ferry_proto::fail::crash_point("worker-after-store");
+                Ok(Return::Stored { size, node: self.node_id })
+            }
+            Err(Error::ObjectStoreFull { detail }) if detail.contains("exists") => {
+                // A retry of a task whose earlier run stored its value before dying: tasks are
+                // idempotent, so the stored value stands.
+                let size =
+                    std::fs::metadata(self.store.path_of(id)).map(|m| m.len()).map_err(|e| bad(e.to_string()))?;
+                match self.node_call(|req| ToNode::Seal { req, object: id, size }) {
+                    Ok(_) => Ok(Return::Stored { size, node: self.node_id }),
+                    Err(e) => Err(bad(e.to_string())),
+                }
+            }
+            Err(Error::ObjectStoreFull { detail }) => {
+                Err(TaskError::ReturnNotStored { function: function.to_string(), detail, store_full: true })
+            }
+            Err(e) => Err(TaskError::ReturnNotStored {
+                function: function.to_string(),
+                detail: e.to_string(),
+                store_full: false,
+            }),
+        }
+    }
+
+    /// A file of `size` bytes in this node's store, to be filled and then adopted as an
+    /// object (`BytesMut`); room is made for it as for any write.
+    pub(crate) fn stage(&self, size: u64) -> Result<ferry_store::StagedFile> {
+        let tag = ferry_proto::ids::random_u64();
+        self.with_room(size, || self.store.stage(size, tag))
+            .map_err(|e| Error::ObjectStoreFull { detail: format!("cannot allocate {size} bytes in the store: {e}") })
     }
 }

@@ -8,20 +8,12 @@ impl Runtime {
     /// Where process `w` listens on TCP (learnt from a ref it owns), for processes of other
     /// nodes; this process's own address for itself.
     pub(crate) fn tcp_addr_of(&self, w: WorkerId) -> Option<SocketAddr> {
-        if w == self.me {
-            return self.my_tcp;
-        }
-        self.addrs.read().unwrap_or_else(|e| e.into_inner()).get(&w).copied()
+        self.addrs.of(w)
     }
 
-    pub(crate) fn learn_addr(&self, w: WorkerId, a: SocketAddr) {
-        if w == self.me {
-            return;
-        }
-        let known = self.addrs.read().unwrap_or_else(|e| e.into_inner()).get(&w) == Some(&a);
-        if !known {
-            self.addrs.write().unwrap_or_else(|e| e.into_inner()).insert(w, a);
-        }
+    /// Where this process and others listen on TCP: what refs encoded here carry.
+    pub(crate) fn addrs(&'static self) -> &'static Addrs {
+        &self.addrs
     }
 
     /// The connection to another process by id: at its well-known socket if it is on this

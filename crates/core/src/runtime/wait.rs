@@ -19,7 +19,7 @@ impl Runtime {
                 return Some(r);
             }
             if blocked.is_none() {
-                blocked = Some(self.executor.as_ref().and_then(|x| x.enter_blocked(self)));
+                blocked = Some(self.executor.as_ref().and_then(|x| x.enter_blocked(&self.node)));
             }
             match deadline {
                 None => thread::park(),
@@ -61,7 +61,7 @@ pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
         }
         if blocked.is_none() {
             if let Some(rt) = try_runtime() {
-                blocked = Some(rt.executor.as_ref().and_then(|x| x.enter_blocked(rt)));
+                blocked = Some(rt.executor.as_ref().and_then(|x| x.enter_blocked(&rt.node)));
             }
         }
         thread::park();

@@ -1,0 +1,250 @@
+//! Tasks from the caller's side: arguments (a value, or a ref resolved before the task
+//! runs), options (resources, retries, placement), and submission to the owner table.
+
+use crate::actor;
+use crate::bytes::Bytes;
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::object_ref::{ObjectRef, RawRef};
+use crate::owner::ArgDraft;
+use crate::refs;
+use crate::runtime::runtime;
+use crate::{Actor, ActorHandle, NodeId};
+use ferry_proto::ObjectId;
+use serde::Serialize;
+use std::sync::Arc;
+
+enum ArgInner {
+    Value(Vec<u8>),
+    Ref(RawRef),
+    Failed(Error),
+}
+
+/// A task argument: a value, or a reference whose value the task receives.
+pub struct TaskArg(ArgInner);
+
+/// What may be passed where a remote function takes a `T`: a `T`, or an
+/// `ObjectRef<T>` (by value or by reference), resolved to its value before the task runs.
+pub trait IntoArg<T> {
+    fn into_arg(self) -> TaskArg;
+}
+
+impl<T: Serialize + 'static> IntoArg<T> for T {
+    fn into_arg(self) -> TaskArg {
+        let rt = match runtime() {
+            Ok(rt) => rt,
+            Err(e) => return TaskArg(ArgInner::Failed(e)),
+        };
+        let (enc, found) = refs::encoding(rt.addrs(), || codec::encode(&self));
+        // Refs and handles inside the value: the task holds them until it is over (taken
+        // now, before the value and its handles go).
+        if !found.is_empty() && refs::args_open() {
+            refs::add_args(rt.with_state(|st, _| st.hold_exports(found.refs, found.actors, true)));
+        }
+        match enc {
+            Ok(enc) if rt.travels_inline(enc.len()) => TaskArg(ArgInner::Value(enc.into_vec())),
+            // Large values go through the store, as if `put` first.
+            Ok(enc) => match rt.put_encoded(enc) {
+                Ok(id) => TaskArg(ArgInner::Ref(ObjectRef::<T>::from_id(id).into_raw())),
+                Err(e) => TaskArg(ArgInner::Failed(e)),
+            },
+            Err(e) => TaskArg(ArgInner::Failed(e)),
+        }
+    }
+}
+
+impl<T> IntoArg<T> for &ObjectRef<T> {
+    fn into_arg(self) -> TaskArg {
+        TaskArg(ArgInner::Ref(self.raw()))
+    }
+}
+
+impl<T> IntoArg<T> for ObjectRef<T> {
+    fn into_arg(self) -> TaskArg {
+        TaskArg(ArgInner::Ref(self.into_raw()))
+    }
+}
+
+// `&r` where a function takes an `ObjectRef<T>`: the ref itself is passed (cloned), unresolved.
+impl<T: 'static> IntoArg<ObjectRef<T>> for &ObjectRef<T> {
+    fn into_arg(self) -> TaskArg {
+        IntoArg::<ObjectRef<T>>::into_arg(self.clone())
+    }
+}
+
+// `&handle` where a function takes an `ActorHandle<A>`: the handle is passed (cloned).
+impl<A: Actor> IntoArg<ActorHandle<A>> for &ActorHandle<A> {
+    fn into_arg(self) -> TaskArg {
+        IntoArg::<ActorHandle<A>>::into_arg(self.clone())
+    }
+}
+
+// A `&str` where a `String` is expected, as a Rust user would write it.
+impl IntoArg<String> for &str {
+    fn into_arg(self) -> TaskArg {
+        IntoArg::<String>::into_arg(self.to_string())
+    }
+}
+
+// `Vec<u8>` and `Bytes` encode alike, so a function taking `Bytes` (to read a stored object
+// without copying it) accepts byte vectors and refs to them as they are.
+impl IntoArg<Bytes> for &ObjectRef<Vec<u8>> {
+    fn into_arg(self) -> TaskArg {
+        TaskArg(ArgInner::Ref(self.raw()))
+    }
+}
+impl IntoArg<Bytes> for ObjectRef<Vec<u8>> {
+    fn into_arg(self) -> TaskArg {
+        TaskArg(ArgInner::Ref(self.into_raw()))
+    }
+}
+impl IntoArg<Bytes> for Vec<u8> {
+    fn into_arg(self) -> TaskArg {
+        IntoArg::<Vec<u8>>::into_arg(self)
+    }
+}
+
+/// Options of one task: resources, retries, a display name.
+#[derive(Clone, Debug)]
+pub struct TaskOptions {
+    /// CPUs the task holds while it runs (default 1).
+    pub num_cpus: f64,
+    /// Custom resources, e.g. `("gpu", 1.0)`.
+    pub resources: Vec<(String, f64)>,
+    /// Retries if the worker dies (default `Config::default_max_retries`).
+    pub max_retries: Option<u32>,
+    /// Name shown in errors (default: the function's name).
+    pub name: Option<String>,
+    /// Which node runs it (default: this node first, then where there is room).
+    pub strategy: SchedulingStrategy,
+    /// Retry when the task panics too (default: only when its worker or node is lost).
+    pub retry_exceptions: bool,
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        TaskOptions {
+            num_cpus: 1.0,
+            resources: Vec::new(),
+            max_retries: None,
+            name: None,
+            strategy: Default::default(),
+            retry_exceptions: false,
+        }
+    }
+}
+
+/// Which node a task runs on (Ray's `scheduling_strategy`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SchedulingStrategy {
+    /// The submitting node while it has room; then another node with room (the less loaded
+    /// of two drawn at random), preferring the node that holds most of the arguments' bytes.
+    #[default]
+    Default,
+    /// Round-robin over the nodes that can fit the task.
+    Spread,
+    /// On `node`; if `soft`, elsewhere when that node is dead or cannot fit the task (if not,
+    /// the task fails with `TaskError` saying why).
+    NodeAffinity { node: NodeId, soft: bool },
+}
+
+impl SchedulingStrategy {
+    pub(crate) fn placement(&self) -> ferry_proto::msg::Placement {
+        use ferry_proto::msg::Placement;
+        match self {
+            SchedulingStrategy::Default => Placement::Default,
+            SchedulingStrategy::Spread => Placement::Spread,
+            SchedulingStrategy::NodeAffinity { node, soft } => Placement::Node { node: *node, soft: *soft },
+        }
+    }
+}
+
+impl TaskOptions {
+    fn shape(&self) -> ferry_proto::msg::Shape {
+        ferry_proto::msg::Shape::with_resources(self.num_cpus, &self.resources)
+    }
+}
+
+/// Builder methods shared by the `Options` type each `#[ferry::remote]` function gets.
+pub trait RemoteOptions: Sized {
+    #[doc(hidden)]
+    fn task_options(&mut self) -> &mut TaskOptions;
+
+    /// CPUs the task needs (fractions allowed; 0 for none).
+    fn num_cpus(mut self, n: f64) -> Self {
+        self.task_options().num_cpus = n;
+        self
+    }
+    /// A custom resource the task needs.
+    fn resource(mut self, name: &str, amount: f64) -> Self {
+        self.task_options().resources.push((name.to_string(), amount));
+        self
+    }
+    /// Retries if the worker running it dies.
+    fn max_retries(mut self, n: u32) -> Self {
+        self.task_options().max_retries = Some(n);
+        self
+    }
+    /// The task's display name.
+    fn name(mut self, name: &str) -> Self {
+        self.task_options().name = Some(name.to_string());
+        self
+    }
+    /// Which node runs the task.
+    fn scheduling_strategy(mut self, s: SchedulingStrategy) -> Self {
+        self.task_options().strategy = s;
+        self
+    }
+    /// Also retry (up to `max_retries`) when the task panics; the final error says how many
+    /// attempts were made.
+    fn retry_exceptions(mut self, yes: bool) -> Self {
+        self.task_options().retry_exceptions = yes;
+        self
+    }
+}
+
+/// Splits encoded arguments into drafts and the handles that keep ref arguments alive
+/// until the task has counted them.
+pub(crate) fn drafts(args: Vec<TaskArg>) -> Result<(Vec<ArgDraft>, Vec<RawRef>)> {
+    let mut drafts = Vec::with_capacity(args.len());
+    let mut held = Vec::new();
+    for a in args {
+        match a.0 {
+            ArgInner::Value(v) => drafts.push(ArgDraft::Value(v)),
+            ArgInner::Ref(raw) => {
+                drafts.push(ArgDraft::Ref(raw.id()));
+                held.push(raw);
+            }
+            ArgInner::Failed(e) => return Err(e),
+        }
+    }
+    Ok((drafts, held))
+}
+
+/// Submits a task (used by the code `#[ferry::remote]` generates, after `begin_exports`).
+#[doc(hidden)]
+pub fn submit<R>(function: &'static str, opts: &TaskOptions, args: Vec<TaskArg>) -> ObjectRef<R> {
+    let exported = refs::end_args();
+    let rt = match runtime() {
+        // A ref with no entry: its `get` reports why the runtime is not there.
+        Err(_) => return ObjectRef::from_id(ObjectId::default()),
+        Ok(rt) => rt,
+    };
+    let (drafts, held) = match drafts(args) {
+        Ok(x) => x,
+        Err(e) => {
+            actor::unexport(exported);
+            return ObjectRef::from_id(rt.failed_object(e));
+        }
+    };
+    let name: Arc<str> = match &opts.name {
+        Some(n) => Arc::from(n.as_str()),
+        None => Arc::from(function.rsplit("::").next().unwrap_or(function)),
+    };
+    let retries = opts.max_retries.unwrap_or(rt.config().default_max_retries);
+    let class = (&opts.shape(), &opts.strategy.placement());
+    let id = rt.submit(function, name, drafts, class, (retries, opts.retry_exceptions), exported);
+    // The task now counts its arguments itself.
+    drop(held);
+    ObjectRef::from_id(id)
+}
