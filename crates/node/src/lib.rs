@@ -198,6 +198,52 @@ struct State {
     /// On a control store started again: actors loaded from its tables whose hosts have not
     /// re-reported them yet, and when they are started anew if none does.
     recovering: HashMap<ActorId, Instant>,
+    /// Connections with messages queued while the state was locked: written once it is
+    /// released (see [`StateGuard`]).
+    outbox: std::cell::RefCell<Vec<Arc<Conn>>>,
+}
+
+/// The locked state. Messages sent while it is held are queued on their connections, in the
+/// order of the changes they report, and written when it is released: a peer that reads
+/// slowly (a write may wait up to its 5 s timeout) then stalls only the thread that writes to
+/// it, never the daemon.
+pub(crate) struct StateGuard<'a>(Option<std::sync::MutexGuard<'a, State>>);
+
+impl std::ops::Deref for StateGuard<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        self.0.as_ref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for StateGuard<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        self.0.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for StateGuard<'_> {
+    fn drop(&mut self) {
+        let Some(g) = self.0.take() else { return };
+        let touched = std::mem::take(&mut *g.outbox.borrow_mut());
+        drop(g);
+        for c in touched {
+            // A failed write means the peer is gone; its reader thread cleans up.
+            let _ = c.flush();
+        }
+    }
+}
+
+impl State {
+    /// Queues `msg` on `conn`, to be written once the state is released.
+    fn queue<T: serde::Serialize>(&self, conn: &Arc<Conn>, msg: &T) {
+        if conn.queue(msg).is_ok() {
+            let mut o = self.outbox.borrow_mut();
+            if !o.last().is_some_and(|l| Arc::ptr_eq(l, conn)) {
+                o.push(conn.clone());
+            }
+        }
+    }
 }
 
 /// Who waits for room on the store's filesystem: a process (answered with `Room`), or a
@@ -366,6 +412,7 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
             retired: HashSet::new(),
             waiting_actors: Vec::new(),
             recovering: HashMap::new(),
+            outbox: Default::default(),
         }),
         opts,
         spawn_tx: Mutex::new(spawn_tx),
@@ -528,8 +575,8 @@ impl Drop for NodeHandle {
 }
 
 impl Node {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> StateGuard<'_> {
+        StateGuard(Some(self.state.lock().unwrap_or_else(|e| e.into_inner())))
     }
 
     fn stats(&self, st: &State) -> NodeStats {
@@ -789,7 +836,7 @@ impl Node {
         }
         if origin.is_none() {
             if let Some(head) = self.head_link.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-                let _ = head.send(&ToNode::Log { stderr, lines, node: Some(self.id) });
+                st.queue(head, &ToNode::Log { stderr, lines, node: Some(self.id) });
             }
         } else if self.opts.head_timeout.is_some() {
             let members: Vec<ConnId> =
@@ -851,10 +898,10 @@ impl Node {
         }
     }
 
+    /// Sends `msg` on connection `conn` once the state is released (see [`StateGuard`]).
     fn send(&self, st: &State, conn: ConnId, msg: &FromNode) {
         if let Some(c) = st.conns.get(&conn) {
-            // A failed send means the peer is gone; its reader thread cleans up.
-            let _ = c.conn.send(msg);
+            st.queue(&c.conn, msg);
         }
     }
 
@@ -1288,7 +1335,7 @@ fn serve_conn(node: Arc<Node>, stream: Stream, adm: Admission) {
             return;
         }
     };
-    // The daemon answers while holding its state: a peer that stops reading must not stall it.
+    // A peer that stops reading must not hold a writing thread for ever.
     let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
     let conn = Arc::new(conn);
     let id = {

@@ -154,12 +154,40 @@ impl Conn {
 
     /// Sends one message. Frames queued by other threads during our write go out with it.
     pub fn send<T: Serialize>(&self, msg: &T) -> io::Result<()> {
+        let g = self.enqueue(msg)?;
+        self.write_out(g)
+    }
+
+    /// Queues one message without writing it: it goes out, after everything queued before
+    /// it, with the next [`Conn::flush`] or `send` on this connection, whichever thread makes
+    /// it. For a caller holding a lock that others need: it queues under the lock (so
+    /// messages keep the order of the changes they report) and flushes once it is released,
+    /// so a peer that reads slowly stalls nobody else.
+    pub fn queue<T: Serialize>(&self, msg: &T) -> io::Result<()> {
+        self.enqueue(msg).map(drop)
+    }
+
+    /// Writes what is queued, unless another thread is writing already (it writes it then).
+    pub fn flush(&self) -> io::Result<()> {
+        let g = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        if g.failed {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "connection failed earlier"));
+        }
+        self.write_out(g)
+    }
+
+    fn enqueue<T: Serialize>(&self, msg: &T) -> io::Result<std::sync::MutexGuard<'_, Out>> {
         let mut g = self.out.lock().unwrap_or_else(|e| e.into_inner());
         if g.failed {
             return Err(io::Error::new(io::ErrorKind::BrokenPipe, "connection failed earlier"));
         }
         encode_frame(&mut g.buf, msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-        if g.flushing {
+        Ok(g)
+    }
+
+    /// Writes the buffer, and whatever others add meanwhile, unless a writer is at it already.
+    fn write_out<'a>(&'a self, mut g: std::sync::MutexGuard<'a, Out>) -> io::Result<()> {
+        if g.flushing || g.buf.is_empty() {
             return Ok(());
         }
         g.flushing = true;
