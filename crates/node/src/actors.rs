@@ -749,3 +749,59 @@ impl Node {
         st.actors.values().filter(|r| !matches!(r.phase, Phase::Dead { .. })).count()
     }
 }
+
+impl Node {
+    /// Actors: creation, names, holders, where each is, and their hosts' reports. Routed here by `handle`.
+    pub(crate) fn on_actor(&self, st: &mut State, conn: ConnId, msg: ToNode) {
+        match msg {
+            ToNode::CreateActor { req, actor, spec } => self.create_actor(st, conn, req, actor, spec),
+            ToNode::ReserveName { req, name, actor, class } => {
+                let error = self.reserve_name(st, conn, name, actor, class);
+                self.send(st, conn, &FromNode::Ack { req, error });
+            }
+            ToNode::ResolveActor { req, actor, stale } => self.resolve_actor(st, conn, req, actor, stale),
+            ToNode::GetNamedActor { req, name } => {
+                let found = self.named_actor(st, &name);
+                self.send(st, conn, &FromNode::NamedActor { req, found });
+            }
+            ToNode::HoldActor { req, actor } => {
+                let error = self.hold_actor(st, conn, actor);
+                self.send(st, conn, &FromNode::Ack { req, error });
+            }
+            ToNode::ReleaseActor { actor, count } => self.release_actor(st, conn, actor, count),
+            ToNode::HoldActorAgain { req, actor, count } => {
+                let error = self.hold_actor_again(st, conn, actor, count);
+                self.send(st, conn, &FromNode::Ack { req, error });
+            }
+            ToNode::HoldActorFor { req, actor, holder } => {
+                let target = st.conns.iter().find(|(_, c)| c.registered && c.from == holder).map(|(k, _)| *k);
+                let error = match target {
+                    Some(t) => self.hold_actor(st, t, actor),
+                    // On another node and not connected here yet: held once it connects.
+                    None => self.hold_actor_pending(st, holder, actor),
+                };
+                self.send(st, conn, &FromNode::Ack { req, error });
+            }
+            ToNode::KillActor { actor } => self.kill_actor(st, actor),
+            ToNode::ActorReady { actor, error } => {
+                let worker = st.conns.get(&conn).and_then(|c| c.worker);
+                self.actor_ready(st, worker, actor, error)
+            }
+            ToNode::HostActor { actor, spec, home, exe } => {
+                if let Some(exe) = exe {
+                    self.set_program(st, exe);
+                }
+                self.host_actor(st, conn, actor, spec, home)
+            }
+            ToNode::ActorHosted { actor, worker, addr, error, host } => {
+                self.actor_hosted(st, actor, worker, addr, error, host)
+            }
+            ToNode::ActorsHosted { node, actors } => self.actors_reported(st, node, actors),
+            ToNode::ActorLost { actor, reason } if st.actors.get(&actor).is_some_and(|r| r.is_remote()) => {
+                self.actor_lost(st, actor, &reason);
+            }
+            // Routed elsewhere by `handle` (or, a lost actor, not one of this node's).
+            _ => {}
+        }
+    }
+}

@@ -12,7 +12,7 @@
 //! (`FetchBinary`), and its workers run that copy. Binaries are named by their hash, so a
 //! second job with the same binary ships nothing.
 
-use crate::{ConnId, Node};
+use crate::{ConnId, Node, State};
 use ferry_proto::conn::{connect, Addr, Conn, Stream};
 use ferry_proto::msg::{FromNode, JobView, ProcKind, Program, ToNode};
 use ferry_proto::{FrameReader, WorkerId};
@@ -260,5 +260,30 @@ impl Node {
     /// `Jobs`.
     pub(crate) fn jobs(&self, st: &crate::State, conn: ConnId, req: u64) {
         self.send(st, conn, &FromNode::Jobs { req, jobs: st.jobs.clone() });
+    }
+}
+
+impl Node {
+    /// Jobs and their binaries (on a head), and a request to stop the node. Routed here by `handle`.
+    pub(crate) fn on_jobs(&self, st: &mut State, conn: ConnId, msg: ToNode) {
+        match msg {
+            ToNode::HaveBinary { req, hash } => {
+                let error = self.binary_path(&hash).is_none().then(|| format!("no binary {hash} here"));
+                self.send(st, conn, &FromNode::Ack { req, error });
+            }
+            ToNode::Jobs { req } => self.jobs(st, conn, req),
+            ToNode::StopNode => self.request_stop(),
+            // Routed elsewhere by `handle`.
+            _ => {}
+        }
+    }
+
+    /// Persists a job's record (on a head with a state directory).
+    pub(crate) fn record_job(&self, j: &JobView) {
+        if let Some(c) = &self.tables {
+            if let Err(e) = c.put_job(j) {
+                tracing::error!("control store: cannot record job {}: {e}", j.id);
+            }
+        }
     }
 }

@@ -24,10 +24,13 @@
 
 mod actors;
 pub mod client;
+mod conns;
 pub mod control;
 pub mod jobs;
 pub mod launch;
 mod members;
+mod pool;
+mod store;
 mod tables;
 mod transfer;
 
@@ -433,9 +436,9 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
     });
     let mut threads = Vec::new();
     let n = node.clone();
-    threads.push(thread::Builder::new().name("ferry-spawner".into()).spawn(move || spawner(n, spawn_rx))?);
+    threads.push(thread::Builder::new().name("ferry-spawner".into()).spawn(move || pool::spawner(n, spawn_rx))?);
     let n = node.clone();
-    threads.push(thread::Builder::new().name("ferry-spill".into()).spawn(move || spiller(n, spill_rx))?);
+    threads.push(thread::Builder::new().name("ferry-spill".into()).spawn(move || store::spiller(n, spill_rx))?);
     let (token, id, max) = (node.opts.token.clone(), node.id, node.opts.max_frame);
     // Not joined at shutdown: it ends when its sender goes with the node.
     thread::Builder::new().name("ferry-links".into()).spawn(move || transfer::links(token, id, max, links_rx))?;
@@ -456,7 +459,7 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
         let (wake, rx) = wake_pair()?;
         node.wakes.lock().unwrap_or_else(|e| e.into_inner()).push(wake);
         let gate = Gate::new("ferry-node", limits);
-        threads.push(thread::Builder::new().name(name.into()).spawn(move || accept_loop(n, l, rx, gate))?);
+        threads.push(thread::Builder::new().name(name.into()).spawn(move || conns::accept_loop(n, l, rx, gate))?);
     }
     if let Some(timeout) = node.opts.head_timeout {
         let n = node.clone();
@@ -603,88 +606,6 @@ impl Node {
         }
     }
 
-    /// A node started on its own runs the first job's binary (from the first driver or
-    /// client that registers, or the first actor another node asks it to host).
-    /// `exe`'s path is already this node's copy (see `serve_conn`).
-    fn set_program(&self, st: &mut State, exe: Program) {
-        match self.program() {
-            Some(p) if p == exe.path || self.opts.worker_program.is_some() => return,
-            Some(old) => {
-                // A job with another binary: workers of the old one must not run its tasks.
-                // Idle ones stop now, leased ones when their lease comes back.
-                tracing::warn!(
-                    "a job with another binary joined ({}; was {}): its workers replace the old ones",
-                    exe.path.display(),
-                    old.display()
-                );
-                st.retired = st.workers.keys().chain(st.expected.iter()).copied().collect();
-                *self.program.lock().unwrap_or_else(|e| e.into_inner()) = Some(exe.path);
-                *self.program_hash.lock().unwrap_or_else(|e| e.into_inner()) = exe.hash;
-                let actions = st.sched.retire_idle(Instant::now());
-                self.apply(st, actions);
-                return;
-            }
-            None => {}
-        }
-        *self.program.lock().unwrap_or_else(|e| e.into_inner()) = Some(exe.path);
-        *self.program_hash.lock().unwrap_or_else(|e| e.into_inner()) = exe.hash;
-        let actions = std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()));
-        self.apply(st, actions);
-    }
-
-    /// Answers the writers waiting for room on the store's filesystem: there is none to make.
-    fn no_room(&self, st: &mut State, why: &str) {
-        let free = st.store.dir().free_space().unwrap_or(0);
-        for (w, bytes, _) in std::mem::take(&mut st.waiting_room) {
-            let error = format!(
-                "object store full: its filesystem ({}) has {} MiB free for {} MiB, and {why}; give it more \
-                 room (a larger /dev/shm: `docker run --shm-size`), or drop references to large objects",
-                st.store.dir().path().display(),
-                free >> 20,
-                bytes.div_ceil(1 << 20)
-            );
-            self.answer_room(st, w, Some(error));
-        }
-    }
-
-    fn answer_room(&self, st: &State, w: RoomWaiter, error: Option<String>) {
-        match w {
-            RoomWaiter::Conn(conn, req) => self.send(st, conn, &FromNode::Room { req, error }),
-            RoomWaiter::Local(_, tx) => {
-                let _ = tx.try_send(error);
-            }
-        }
-    }
-
-    /// For a thread of this daemon that found the store's filesystem full: spills until
-    /// `bytes` fit (as `MakeRoom` does for a process), waiting at most 15 s (a transfer's
-    /// requester gives up after a minute, and a transfer tries three times).
-    pub(crate) fn wait_for_room(&self, bytes: u64) -> Result<(), String> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        let id = ferry_proto::ids::random_u64();
-        {
-            let mut st = self.lock();
-            let free = st.store.dir().free_space().unwrap_or(0);
-            if free >= bytes {
-                return Ok(());
-            }
-            st.waiting_room.push((RoomWaiter::Local(id, tx), bytes, bytes - free));
-        }
-        let _ = self.spill_tx.lock().unwrap_or_else(|e| e.into_inner()).send(Some(()));
-        match rx.recv_timeout(Duration::from_secs(15)) {
-            Ok(None) => Ok(()),
-            Ok(Some(why)) => Err(why),
-            Err(e) => {
-                // Not waited for any more: nothing is spilled for it.
-                self.lock().waiting_room.retain(|(w, ..)| !matches!(w, RoomWaiter::Local(i, _) if *i == id));
-                Err(match e {
-                    mpsc::RecvTimeoutError::Timeout => "no room was made within 15 s".into(),
-                    mpsc::RecvTimeoutError::Disconnected => "the node is stopping".into(),
-                })
-            }
-        }
-    }
-
     /// Wakes `NodeHandle::wait_for_stop_request` (a client asked, or the head is gone).
     pub(crate) fn request_stop(&self) {
         let (m, cv) = &self.stop_requested;
@@ -692,159 +613,10 @@ impl Node {
         cv.notify_all();
     }
 
-    fn is_registered(&self, conn: ConnId) -> bool {
-        self.lock().conns.get(&conn).is_some_and(|c| c.registered)
-    }
-
-    /// The address of a process to give to the peer on `conn`: its TCP one when the peer
-    /// came over TCP (it may be on another host) and the process has one.
-    fn addr_for(&self, st: &State, conn: ConnId, local: &Addr, tcp: &Option<String>) -> Addr {
-        match (st.conns.get(&conn).is_some_and(|c| c.via_tcp), tcp) {
-            (true, Some(t)) => Addr::Tcp(t.clone()),
-            _ => local.clone(),
-        }
-    }
-
     /// Whether this node is part of a cluster (a head, or a member), where requests that no
     /// node can fit wait for one that can rather than fail.
     fn in_cluster(&self) -> bool {
         self.opts.head_timeout.is_some() || self.opts.join.is_some()
-    }
-
-    /// A lease request: granted or queued here, sent to another node (`LeaseSpillback`), or
-    /// waiting for a node that can fit it.
-    #[allow(clippy::too_many_arguments)]
-    fn request_lease(
-        &self,
-        st: &mut State,
-        conn: ConnId,
-        req: u64,
-        shape: Shape,
-        depth: u32,
-        placement: Placement,
-        prefer: Option<NodeId>,
-    ) {
-        use ferry_sched::place::{place, Decision};
-        let others = members::rooms(&self.others(st));
-        let me = members::room(&self.my_view(st));
-        if placement == Placement::Spread {
-            st.rr += 1;
-        }
-        // xorshift: cheap draws for the power of two choices.
-        st.rand ^= st.rand << 13;
-        st.rand ^= st.rand >> 7;
-        st.rand ^= st.rand << 17;
-        match place(&shape, &placement, prefer, &me, &others, st.rr, st.rand) {
-            Decision::Local => {
-                if placement == Placement::Default {
-                    st.movable.insert((conn, req), Instant::now());
-                }
-                let actions = st.sched.request(conn, req, shape, depth);
-                self.apply(st, actions);
-            }
-            Decision::Spill { node, addr } => self.send(st, conn, &FromNode::LeaseSpillback { req, node, addr }),
-            Decision::Fail(reason) => self.send(st, conn, &FromNode::LeaseInfeasible { req, reason }),
-            Decision::Wait(why) if !self.in_cluster() => {
-                // One node on its own: nothing can join, so it can never run.
-                let _ = why;
-                let actions = st.sched.request(conn, req, shape, depth);
-                self.apply(st, actions);
-            }
-            Decision::Wait(why) => {
-                let first = !st.infeasible.iter().any(|(c, _, s, _, _)| *c == conn && *s == shape);
-                if first {
-                    tracing::warn!("warning: tasks needing {shape} wait: {why}");
-                    let line = format!("ferry: warning: tasks needing {shape} wait: {why}");
-                    self.send(st, conn, &FromNode::Log { node: self.id, stderr: true, lines: vec![line] });
-                }
-                st.infeasible.push((conn, req, shape, depth, placement));
-            }
-        }
-    }
-
-    /// Requests waiting here for resources another node has free go there, as a raylet spills
-    /// back queued work: leases by `LeaseSpillback`, actors by `HostActor`. Every 50 ms (from
-    /// the spawner's tick), for requests that waited at least [`MOVE_AFTER`], against the
-    /// last view of the cluster.
-    fn rebalance(&self, st: &mut State) {
-        use ferry_sched::place::{fits, take};
-        if !self.in_cluster() || st.sched.num_queued() == 0 || Instant::now() < st.next_rebalance {
-            return;
-        }
-        st.next_rebalance = Instant::now() + Duration::from_millis(50);
-        let mut others: Vec<ferry_proto::msg::NodeView> =
-            self.others_free(st).into_iter().filter(|v| v.alive && !v.addr.is_empty()).collect();
-        if others.is_empty() {
-            return;
-        }
-        let mut chosen = Vec::new();
-        let (moved, actions) = st.sched.take_short(|conn, req, shape| {
-            // Only what has waited a while: a CPU here usually frees sooner than that.
-            if st.movable.get(&(conn, req)).is_none_or(|t| t.elapsed() < MOVE_AFTER) {
-                return false;
-            }
-            let best =
-                others.iter_mut().filter(|v| fits(shape, &v.available)).max_by_key(|v| v.available.get_milli(CPU_NAME));
-            match best {
-                Some(v) => {
-                    take(&mut v.available, shape);
-                    chosen.push((v.node, v.addr.clone()));
-                    true
-                }
-                None => false,
-            }
-        });
-        self.apply(st, actions);
-        for ((conn, req, _, _), (node, addr)) in moved.into_iter().zip(chosen) {
-            st.movable.remove(&(conn, req));
-            if conn == ACTOR_CONN {
-                self.actor_moved(st, req, node, addr);
-            } else {
-                self.send(st, conn, &FromNode::LeaseSpillback { req, node, addr });
-            }
-        }
-    }
-
-    /// The cluster's view changed: requests that waited for a node that can fit them try again.
-    fn retry_infeasible(&self, st: &mut State) {
-        for actor in std::mem::take(&mut st.waiting_actors) {
-            if st.actors.get(&actor).is_some_and(|r| r.is_placing()) {
-                self.place_actor(st, actor);
-            }
-        }
-        if st.infeasible.is_empty() {
-            return;
-        }
-        let waiting = std::mem::take(&mut st.infeasible);
-        for (conn, req, shape, depth, placement) in waiting {
-            if st.conns.contains_key(&conn) {
-                self.request_lease(st, conn, req, shape, depth, placement, None);
-            }
-        }
-    }
-
-    /// Lines tasks printed: to this node's drivers; a member also passes its own workers'
-    /// lines to the head, and the head passes members' lines to its drivers and the other
-    /// members (so every driver sees every line once).
-    fn log(&self, st: &mut State, from: ConnId, origin: Option<NodeId>, stderr: bool, lines: Vec<String>) {
-        let node = origin.unwrap_or(self.id);
-        let msg = FromNode::Log { node, stderr, lines: lines.clone() };
-        let drivers: Vec<ConnId> =
-            st.conns.iter().filter(|(_, c)| c.kind == Some(ProcKind::Driver)).map(|(k, _)| *k).collect();
-        for d in drivers {
-            self.send(st, d, &msg);
-        }
-        if origin.is_none() {
-            if let Some(head) = self.head_link.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-                st.queue(head, &ToNode::Log { stderr, lines, node: Some(self.id) });
-            }
-        } else if self.opts.head_timeout.is_some() {
-            let members: Vec<ConnId> =
-                st.members.values().filter(|m| m.alive).map(|m| m.conn).filter(|c| *c != from).collect();
-            for m in members {
-                self.send(st, m, &msg);
-            }
-        }
     }
 
     /// Loads the head's persisted tables (see `control`).
@@ -879,25 +651,6 @@ impl Node {
         }
     }
 
-    /// Persists a job's record (on a head with a state directory).
-    pub(crate) fn record_job(&self, j: &JobView) {
-        if let Some(c) = &self.tables {
-            if let Err(e) = c.put_job(j) {
-                tracing::error!("control store: cannot record job {}: {e}", j.id);
-            }
-        }
-    }
-
-    /// Lines from another member, passed on by the head: to this node's drivers only.
-    fn log_from_head(&self, st: &mut State, origin: NodeId, stderr: bool, lines: Vec<String>) {
-        let msg = FromNode::Log { node: origin, stderr, lines };
-        let drivers: Vec<ConnId> =
-            st.conns.iter().filter(|(_, c)| c.kind == Some(ProcKind::Driver)).map(|(k, _)| *k).collect();
-        for d in drivers {
-            self.send(st, d, &msg);
-        }
-    }
-
     /// Sends `msg` on connection `conn` once the state is released (see [`StateGuard`]).
     fn send(&self, st: &State, conn: ConnId, msg: &FromNode) {
         if let Some(c) = st.conns.get(&conn) {
@@ -905,77 +658,8 @@ impl Node {
         }
     }
 
-    fn spawn_kill(&self, worker: WorkerId) {
-        self.spawn_cmd(SpawnCmd::Kill(worker));
-    }
-
-    fn spawn_cmd(&self, cmd: SpawnCmd) {
-        let _ = self.spawn_tx.lock().unwrap_or_else(|e| e.into_inner()).send(cmd);
-    }
-
-    /// Carries out the scheduler's decisions.
-    fn apply(&self, st: &mut State, actions: Vec<Action>) {
-        for a in actions {
-            match a {
-                Action::Grant { conn: ACTOR_CONN, req, worker, .. } => {
-                    st.movable.remove(&(ACTOR_CONN, req));
-                    self.on_actor_grant(st, req, worker)
-                }
-                Action::Grant { conn, req, lease, worker } => {
-                    st.movable.remove(&(conn, req));
-                    let addr = st.workers.get(&worker).map(|(_, a, tcp)| self.addr_for(st, conn, a, tcp));
-                    match addr {
-                        Some(addr) => self.send(st, conn, &FromNode::LeaseGranted { req, lease, worker, addr }),
-                        None => {
-                            // Cannot happen: the scheduler only grants registered workers.
-                            tracing::warn!("granted unknown worker {worker:?}");
-                        }
-                    }
-                }
-                Action::Infeasible { conn: ACTOR_CONN, req, reason } => self.actor_infeasible(st, req, reason),
-                Action::Infeasible { conn, req, reason } => {
-                    st.movable.remove(&(conn, req));
-                    self.send(st, conn, &FromNode::LeaseInfeasible { req, reason })
-                }
-                Action::StartWorker => self.spawn_cmd(SpawnCmd::Start),
-                Action::KillWorker { worker } => self.spawn_cmd(SpawnCmd::Kill(worker)),
-                Action::Retire { worker } => match st.workers.get(&worker) {
-                    Some((conn, _, _)) => self.send(st, *conn, &FromNode::RetireIfIdle),
-                    None => self.spawn_cmd(SpawnCmd::Kill(worker)),
-                },
-                Action::Recall { conn } => self.send(st, conn, &FromNode::RecallIdleLeases),
-                Action::EndRecall { conn } => self.send(st, conn, &FromNode::EndRecall),
-            }
-        }
-    }
-
-    /// Removes the socket a process of this node listened on (it is gone). The path is made
-    /// here from its id, never taken from what a peer said.
-    fn remove_socket(&self, process: WorkerId) {
-        let _ = std::fs::remove_file(socket_of(&self.opts.session_dir, process));
-    }
-
-    /// A worker is gone: tell every owner, free its resources, keep the pool's size.
-    fn worker_gone(&self, st: &mut State, worker: WorkerId, reason: &str) {
-        self.remove_socket(worker);
-        st.expected.remove(&worker);
-        st.retired.remove(&worker);
-        if let Some((conn, _, _)) = st.workers.remove(&worker) {
-            if let Some(c) = st.conns.get_mut(&conn) {
-                c.worker = None;
-            }
-            // Only the owner holding its lease needs to know (an actor's callers hear of
-            // the actor instead); telling every process would cost n² messages when many
-            // workers go at once.
-            if let Some(holder) = st.sched.lease_holder(worker).filter(|h| *h != ACTOR_CONN) {
-                self.send(st, holder, &FromNode::WorkerDied { worker, reason: reason.to_string() });
-            }
-        }
-        let actions = st.sched.worker_died(worker);
-        self.apply(st, actions);
-        self.actor_worker_gone(st, worker, reason);
-    }
-
+    /// A request on connection `conn`, checked (registration first) and routed to the part of
+    /// the daemon it concerns.
     fn handle(&self, conn: ConnId, msg: ToNode) -> Result<(), String> {
         let mut st = self.lock();
         let st = &mut *st;
@@ -987,542 +671,44 @@ impl Node {
             (_, true) => {}
         }
         match msg {
-            ToNode::Register { kind, pid: _, listen, tcp, exe, node } => {
-                let registered = FromNode::Registered {
-                    node: self.id,
-                    worker: st.conns.get(&conn).map(|c| c.from).unwrap_or_default(),
-                    session_dir: self.opts.session_dir.clone(),
-                    store_dir: self.opts.store_dir.clone(),
-                    spill_dir: self.opts.spill_dir.clone(),
-                };
-                let Some(info) = st.conns.get_mut(&conn) else {
-                    return Ok(());
-                };
-                info.registered = true;
-                info.kind = Some(kind);
-                info.node = node;
-                let w = info.from;
-                self.attach_pending_holds(st, conn, w);
-                let Some(info) = st.conns.get_mut(&conn) else {
-                    return Ok(());
-                };
-                match kind {
-                    ProcKind::Worker => {
-                        if !st.expected.remove(&w) {
-                            return Err(format!("worker {w:?} was not started by this node"));
-                        }
-                        info.worker = Some(w);
-                        st.workers.insert(w, (conn, listen, tcp));
-                        // The registration is answered before anything is asked of the worker.
-                        self.send(st, conn, &registered);
-                        if st.retired.remove(&w) {
-                            // Started from the previous job's binary: another takes its
-                            // place (the scheduler still counts it as starting).
-                            self.spawn_kill(w);
-                            self.spawn_cmd(SpawnCmd::Start);
-                            return Ok(());
-                        }
-                        let actions = st.sched.worker_registered(w, Instant::now());
-                        self.apply(st, actions);
-                    }
-                    ProcKind::Node | ProcKind::Tool => self.send(st, conn, &registered),
-                    ProcKind::Driver | ProcKind::Client => {
-                        self.send(st, conn, &registered);
-                        if let Some(exe) = exe {
-                            self.set_program(st, exe);
-                        }
-                    }
-                }
-            }
+            m @ ToNode::Register { .. } => return self.on_register(st, conn, m),
             ToNode::Log { stderr, lines, node } => self.log(st, conn, node, stderr, lines),
-            ToNode::JoinCluster { req, node, addr, total } => {
-                let error = match self.opts.head_timeout {
-                    Some(_) => self.join_cluster(st, conn, node, addr, total),
-                    None => Some("this node is not a head: join the head's address".into()),
-                };
-                self.send(st, conn, &FromNode::Ack { req, error });
-            }
-            ToNode::Heartbeat { node, stats } => {
-                self.heartbeat(st, node, stats);
-                let nodes = self.cluster_view(st);
-                self.send(st, conn, &FromNode::Cluster { req: 0, nodes });
-            }
-            ToNode::ClusterStatus { req } => {
-                let nodes = self.full_view(st);
-                self.send(st, conn, &FromNode::Cluster { req, nodes });
-            }
+            m @ (ToNode::JoinCluster { .. }
+            | ToNode::Heartbeat { .. }
+            | ToNode::ClusterStatus { .. }
+            | ToNode::ControlAddress { .. }) => self.on_cluster(st, conn, m),
+            m @ (ToNode::HaveBinary { .. } | ToNode::Jobs { .. } | ToNode::StopNode) => self.on_jobs(st, conn, m),
+            m @ (ToNode::RequestLease { .. }
+            | ToNode::ReturnLease { .. }
+            | ToNode::Blocked
+            | ToNode::Unblocked
+            | ToNode::StillInUse) => self.on_pool(st, conn, m),
+            m @ (ToNode::Seal { .. }
+            | ToNode::MakeRoom { .. }
+            | ToNode::Inventory { .. }
+            | ToNode::Free { .. }
+            | ToNode::Stats { .. }) => self.on_store(st, conn, m),
+            m @ (ToNode::CreateActor { .. }
+            | ToNode::ReserveName { .. }
+            | ToNode::ResolveActor { .. }
+            | ToNode::GetNamedActor { .. }
+            | ToNode::HoldActor { .. }
+            | ToNode::ReleaseActor { .. }
+            | ToNode::HoldActorAgain { .. }
+            | ToNode::HoldActorFor { .. }
+            | ToNode::KillActor { .. }
+            | ToNode::ActorReady { .. }
+            | ToNode::HostActor { .. }
+            | ToNode::ActorHosted { .. }
+            | ToNode::ActorsHosted { .. }
+            | ToNode::ActorLost { .. }) => self.on_actor(st, conn, m),
             // Handled on the connection's thread (`serve_conn`): they block on the network.
             ToNode::Pull { .. }
             | ToNode::FetchObject { .. }
             | ToNode::PutBinary { .. }
             | ToNode::FetchBinary { .. }
             | ToNode::SubmitJob { .. } => {}
-            ToNode::HaveBinary { req, hash } => {
-                let error = self.binary_path(&hash).is_none().then(|| format!("no binary {hash} here"));
-                self.send(st, conn, &FromNode::Ack { req, error });
-            }
-            ToNode::Jobs { req } => self.jobs(st, conn, req),
-            ToNode::StopNode => self.request_stop(),
-            ToNode::RequestLease { req, shape, depth, placement, prefer } => {
-                self.request_lease(st, conn, req, shape, depth, placement, prefer)
-            }
-            ToNode::ReturnLease { lease, kill } => {
-                let retired = st.sched.lease_worker(lease).is_some_and(|w| st.retired.contains(&w));
-                let actions = st.sched.return_lease(conn, lease, kill || retired, Instant::now());
-                self.apply(st, actions);
-            }
-            ToNode::Blocked => {
-                if let Some(w) = st.conns.get(&conn).and_then(|c| c.worker) {
-                    let actions = st.sched.blocked(w);
-                    self.apply(st, actions);
-                }
-            }
-            ToNode::Unblocked => {
-                if let Some(w) = st.conns.get(&conn).and_then(|c| c.worker) {
-                    st.sched.unblocked(w);
-                }
-            }
-            ToNode::Seal { req, object, size } => match st.store.seal(object, size) {
-                Ok(()) if st.store.over_capacity() => {
-                    // Answered once spilling has made room: the writer waits until then.
-                    st.waiting_seals.push((conn, req, object));
-                    let _ = self.spill_tx.lock().unwrap_or_else(|e| e.into_inner()).send(Some(()));
-                }
-                res => {
-                    let error = res.err().map(|e| e.to_string());
-                    self.send(st, conn, &FromNode::Sealed { req, error });
-                }
-            },
-            ToNode::StillInUse => {
-                if let Some(w) = st.conns.get(&conn).and_then(|c| c.worker) {
-                    let actions = st.sched.keep(w, Instant::now());
-                    self.apply(st, actions);
-                }
-            }
-            ToNode::MakeRoom { req, bytes } => {
-                let free = st.store.dir().free_space().unwrap_or(0);
-                let size = st.store.dir().fs_size().unwrap_or(u64::MAX);
-                if bytes > size {
-                    let error = format!(
-                        "object store full: the object needs {} MiB and the store's filesystem ({}) holds {} MiB \
-                         in all; give it more room (a larger /dev/shm: `docker run --shm-size`)",
-                        bytes.div_ceil(1 << 20),
-                        st.store.dir().path().display(),
-                        size >> 20
-                    );
-                    self.send(st, conn, &FromNode::Room { req, error: Some(error) });
-                } else if free >= bytes {
-                    // Room appeared meanwhile (another writer's was freed).
-                    self.send(st, conn, &FromNode::Room { req, error: None });
-                } else {
-                    st.waiting_room.push((RoomWaiter::Conn(conn, req), bytes, bytes - free));
-                    let _ = self.spill_tx.lock().unwrap_or_else(|e| e.into_inner()).send(Some(()));
-                }
-            }
-            ToNode::Inventory { req } => {
-                let processes = st.conns.values().filter(|c| c.registered).map(|c| c.from).collect();
-                let objects = st
-                    .store
-                    .list()
-                    .into_iter()
-                    .map(|o| StoredInfo { object: o.id, size: o.size, spilled: o.spilled })
-                    .collect();
-                self.send(st, conn, &FromNode::Inventory { req, processes, objects });
-            }
-            ToNode::Free { objects } => {
-                for o in &objects {
-                    st.store.free(*o);
-                }
-                self.free_copies(st, &objects);
-            }
-            ToNode::Stats { req } => {
-                let stats = self.stats(st);
-                self.send(st, conn, &FromNode::Stats { req, stats });
-            }
-            ToNode::CreateActor { req, actor, spec } => self.create_actor(st, conn, req, actor, spec),
-            ToNode::ReserveName { req, name, actor, class } => {
-                let error = self.reserve_name(st, conn, name, actor, class);
-                self.send(st, conn, &FromNode::Ack { req, error });
-            }
-            ToNode::ResolveActor { req, actor, stale } => self.resolve_actor(st, conn, req, actor, stale),
-            ToNode::GetNamedActor { req, name } => {
-                let found = self.named_actor(st, &name);
-                self.send(st, conn, &FromNode::NamedActor { req, found });
-            }
-            ToNode::HoldActor { req, actor } => {
-                let error = self.hold_actor(st, conn, actor);
-                self.send(st, conn, &FromNode::Ack { req, error });
-            }
-            ToNode::ReleaseActor { actor, count } => self.release_actor(st, conn, actor, count),
-            ToNode::HoldActorAgain { req, actor, count } => {
-                let error = self.hold_actor_again(st, conn, actor, count);
-                self.send(st, conn, &FromNode::Ack { req, error });
-            }
-            ToNode::HoldActorFor { req, actor, holder } => {
-                let target = st.conns.iter().find(|(_, c)| c.registered && c.from == holder).map(|(k, _)| *k);
-                let error = match target {
-                    Some(t) => self.hold_actor(st, t, actor),
-                    // On another node and not connected here yet: held once it connects.
-                    None => self.hold_actor_pending(st, holder, actor),
-                };
-                self.send(st, conn, &FromNode::Ack { req, error });
-            }
-            ToNode::KillActor { actor } => self.kill_actor(st, actor),
-            ToNode::ActorReady { actor, error } => {
-                let worker = st.conns.get(&conn).and_then(|c| c.worker);
-                self.actor_ready(st, worker, actor, error)
-            }
-            ToNode::HostActor { actor, spec, home, exe } => {
-                if let Some(exe) = exe {
-                    self.set_program(st, exe);
-                }
-                self.host_actor(st, conn, actor, spec, home)
-            }
-            ToNode::ActorHosted { actor, worker, addr, error, host } => {
-                self.actor_hosted(st, actor, worker, addr, error, host)
-            }
-            ToNode::ActorsHosted { node, actors } => self.actors_reported(st, node, actors),
-            ToNode::ControlAddress { req } => {
-                let addr = match self.opts.head_timeout.is_some() {
-                    true => self.tcp_addr.map(|a| a.to_string()),
-                    false => self.control_addr.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-                };
-                self.send(st, conn, &FromNode::ControlAt { req, addr });
-            }
-            ToNode::ActorLost { actor, reason } => {
-                if st.actors.get(&actor).is_some_and(|r| r.is_remote()) {
-                    self.actor_lost(st, actor, &reason);
-                }
-            }
         }
         Ok(())
-    }
-}
-
-/// `bytes` left the store's memory: they go to the writers waiting for room, first come first
-/// served (each byte made room for one of them, not for all).
-fn made_room(st: &mut State, bytes: u64) {
-    let mut left = bytes;
-    for (_, _, need) in st.waiting_room.iter_mut() {
-        let take = (*need).min(left);
-        *need -= take;
-        left -= take;
-        if left == 0 {
-            break;
-        }
-    }
-}
-
-/// Spills the oldest objects to disk while the store is over its capacity, then answers the
-/// seals that waited for room. Copies run without the state lock.
-fn spiller(node: Arc<Node>, rx: mpsc::Receiver<Option<()>>) {
-    spill_while_asked(&node, rx);
-    // Stopping: nobody waits for room that will not come.
-    node.no_room(&mut node.lock(), "the node is stopping");
-}
-
-fn spill_while_asked(node: &Arc<Node>, rx: mpsc::Receiver<Option<()>>) {
-    while let Ok(Some(())) = rx.recv() {
-        loop {
-            let next = {
-                let mut st = node.lock();
-                // Room asked for on the filesystem (beyond the store's own accounting): a
-                // writer is answered once its shortfall is spilled (its pages go when their
-                // last mapping does, which may lag) or its bytes fit; it tries again then.
-                if !st.waiting_room.is_empty() {
-                    let free = st.store.dir().free_space().unwrap_or(u64::MAX);
-                    let (done, left): (Vec<_>, Vec<_>) = std::mem::take(&mut st.waiting_room)
-                        .into_iter()
-                        .partition(|(_, bytes, need)| *need == 0 || free >= *bytes);
-                    st.waiting_room = left;
-                    for (w, _, _) in done {
-                        node.answer_room(&st, w, None);
-                    }
-                }
-                let fs_short = !st.waiting_room.is_empty();
-                if !st.store.over_capacity() && !fs_short {
-                    let waiting = std::mem::take(&mut st.waiting_seals);
-                    for (conn, req, _) in waiting {
-                        node.send(&st, conn, &FromNode::Sealed { req, error: None });
-                    }
-                    break;
-                }
-                // Secondary copies go first: their nodes can give them again.
-                if let Some((_, size)) = st.store.drop_copy() {
-                    made_room(&mut st, size);
-                    continue;
-                }
-                match st.store.next_to_spill() {
-                    Some((id, _)) => (id, st.store.dir().clone()),
-                    None => {
-                        // Nothing left to spill: a writer must never wait for room that will
-                        // not come.
-                        let waiting = std::mem::take(&mut st.waiting_seals);
-                        for (conn, req, object) in waiting {
-                            st.store.free(object);
-                            let error = "object store full and nothing left to spill".to_string();
-                            node.send(&st, conn, &FromNode::Sealed { req, error: Some(error) });
-                        }
-                        node.no_room(&mut st, "nothing of this node's is left in memory to spill");
-                        break;
-                    }
-                }
-            };
-            let (id, dir) = next;
-            let t = Instant::now();
-            let copied = dir.spill(id);
-            let took = t.elapsed();
-            let mut st = node.lock();
-            match copied {
-                Ok(n) => {
-                    st.spill_total.0 += n;
-                    st.spill_total.1 += took;
-                    made_room(&mut st, n);
-                    if st.store.mark_spilled(id) {
-                        // Its owner drops its mapping, or the memory would stay in use.
-                        let owner =
-                            st.conns.iter().find(|(_, c)| c.registered && c.from == id.owner()).map(|(k, _)| *k);
-                        if let Some(c) = owner {
-                            node.send(&st, c, &FromNode::Spilled { objects: vec![id] });
-                        }
-                    }
-                }
-                Err(e) => {
-                    // The disk is full (or the spill directory unusable): the writers
-                    // waiting for room get a clear error and their objects are dropped.
-                    st.store.spill_failed(id);
-                    node.no_room(&mut st, &format!("spilling failed: {e}"));
-                    let waiting = std::mem::take(&mut st.waiting_seals);
-                    let spill = dir.spill_dir().map(|p| p.display().to_string()).unwrap_or_default();
-                    for (conn, req, object) in waiting {
-                        st.store.free(object);
-                        let error = format!(
-                            "object store full: {} of {} bytes in memory, and spilling to {spill} failed: {e}; \
-                             free space there, drop references to large objects, or raise \
-                             Config::object_store_bytes",
-                            st.store.used_bytes(),
-                            st.store.capacity_bytes()
-                        );
-                        node.send(&st, conn, &FromNode::Sealed { req, error: Some(error) });
-                    }
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// Accepts connections until the node stops (see `ferry_proto::listen`): each gets a thread
-/// that runs its handshake, then serves it.
-fn accept_loop(node: Arc<Node>, listener: Listener, wake: WakeRx, gate: Arc<Gate>) {
-    accept_loop_on(&listener, &wake, &gate, |stream, adm| {
-        let n = node.clone();
-        let _ = thread::Builder::new().name("ferry-node-conn".into()).spawn(move || serve_conn(n, stream, adm));
-    });
-}
-
-fn serve_conn(node: Arc<Node>, stream: Stream, adm: Admission) {
-    let via_tcp = matches!(stream, Stream::Tcp(_));
-    let (source, gate) = (adm.source(), adm.gate().clone());
-    let (conn, mut reader, hello, _slot) = match accept(stream, &node.opts.token, node.id, node.opts.max_frame, adm) {
-        Ok(x) => x,
-        // A peer that left (a port probe, a process that ended) is not worth a line.
-        Err(e) if !e.worth_logging(source) => return,
-        Err(e) => {
-            if !node.stopping.load(Ordering::SeqCst) {
-                gate.log.log(|| format!("ferry-node: refused a connection from {source}: {e}"));
-            }
-            return;
-        }
-    };
-    // A peer that stops reading must not hold a writing thread for ever.
-    let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
-    let conn = Arc::new(conn);
-    let id = {
-        let mut st = node.lock();
-        let id = st.next_conn;
-        st.next_conn += 1;
-        let info = ConnInfo {
-            conn: conn.clone(),
-            from: hello.from,
-            worker: None,
-            registered: false,
-            kind: None,
-            via_tcp,
-            node: None,
-        };
-        st.conns.insert(id, info);
-        id
-    };
-    let reason = loop {
-        match reader.read::<ToNode>() {
-            Ok(ToNode::FetchObject { object, node: to }) if node.is_registered(id) => {
-                node.serve_fetch(&conn, object, to)
-            }
-            Ok(ToNode::Pull { req, object, from }) if node.is_registered(id) => node.pull(id, req, object, from),
-            Ok(ToNode::PutBinary { req, hash, size }) if node.is_registered(id) => {
-                node.put_binary(&conn, &mut reader, req, &hash, size)
-            }
-            Ok(ToNode::FetchBinary { hash }) if node.is_registered(id) => node.serve_binary(&conn, &hash),
-            Ok(ToNode::SubmitJob { req, hash, name, args }) if node.is_registered(id) => {
-                node.submit_job(conn.clone(), req, &hash, &name, args)
-            }
-            Ok(mut msg) => {
-                // A program named by hash is fetched (from the head) before the state is
-                // locked, so the daemon never waits on the network while holding it.
-                if let ToNode::Register { exe: Some(p), .. } | ToNode::HostActor { exe: Some(p), .. } = &mut msg {
-                    if p.hash.is_some() {
-                        p.path = node.local_program(p);
-                    }
-                }
-                if let Err(e) = node.handle(id, msg) {
-                    break format!("protocol error: {e}");
-                }
-            }
-            Err(FrameError::Closed) => break "connection closed".to_string(),
-            Err(FrameError::Io(e)) => break format!("connection failed: {e}"),
-            Err(e) => {
-                // Malformed or oversized: this connection is done; the daemon goes on.
-                tracing::warn!("closing connection from {:?}: {e}", hello.from);
-                break e.to_string();
-            }
-        }
-    };
-    conn.shutdown();
-    let mut st = node.lock();
-    let st = &mut *st;
-    let info = st.conns.remove(&id);
-    if let Some(i) =
-        info.as_ref().filter(|i| matches!(i.kind, Some(ProcKind::Driver | ProcKind::Worker | ProcKind::Client)))
-    {
-        // A process is gone (of this node; or of another, whose link here closes when it
-        // exits, gives this node up for dead, or its node is declared dead): what it owned
-        // here will never be asked for again (its borrowers get `OwnerDied`), so its stored
-        // objects and their copies go.
-        let owned: Vec<ObjectId> = st.store.list().into_iter().map(|o| o.id).filter(|o| o.owner() == i.from).collect();
-        for o in &owned {
-            st.store.free(*o);
-        }
-        node.free_copies(st, &owned);
-        // Its socket, if it listened in this node's session directory.
-        node.remove_socket(i.from);
-    }
-    if let Some(w) = info.and_then(|i| i.worker) {
-        node.worker_gone(st, w, &format!("worker's connection to its node ended ({reason})"));
-        node.spawn_cmd(SpawnCmd::Kill(w));
-    }
-    node.actors_conn_closed(st, id);
-    node.member_conn_closed(st, id);
-    st.movable.retain(|(c, _), _| *c != id);
-    st.infeasible.retain(|(c, ..)| *c != id);
-    st.waiting_room.retain(|(w, ..)| !matches!(w, RoomWaiter::Conn(c, _) if *c == id));
-    let actions = st.sched.conn_closed(id);
-    node.apply(st, actions);
-}
-
-fn spawner(node: Arc<Node>, rx: mpsc::Receiver<SpawnCmd>) {
-    let mut children: HashMap<WorkerId, Child> = HashMap::new();
-    // Killed workers are reaped on the next tick; all children are checked once a second
-    // (for one that died on its own before registering), not every tick: a node may have a
-    // thousand actor processes.
-    let mut dying: Vec<WorkerId> = Vec::new();
-    let mut last_scan = Instant::now();
-    loop {
-        // Take every command waiting, then reap once.
-        let mut cmds = vec![rx.recv_timeout(Duration::from_millis(50))];
-        while let Ok(c) = rx.try_recv() {
-            cmds.push(Ok(c));
-        }
-        for cmd in cmds {
-            match cmd {
-                Ok(SpawnCmd::Start) => match spawn_worker(&node) {
-                    Ok((w, child)) => {
-                        node.pids.lock().unwrap_or_else(|e| e.into_inner()).insert(w, child.id());
-                        children.insert(w, child);
-                    }
-                    Err(e) => {
-                        let program = node.program().map(|p| p.display().to_string()).unwrap_or_default();
-                        tracing::error!("cannot start a worker ({program}): {e}");
-                        let mut st = node.lock();
-                        let actions = st.sched.worker_start_failed();
-                        node.apply(&mut st, actions);
-                    }
-                },
-                Ok(SpawnCmd::Kill(w)) => {
-                    if let Some(c) = children.get_mut(&w) {
-                        let _ = c.kill();
-                        dying.push(w);
-                    }
-                }
-                Ok(SpawnCmd::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    for c in children.values_mut() {
-                        let _ = c.kill();
-                    }
-                    for (_, mut c) in children.drain() {
-                        let _ = c.wait();
-                    }
-                    node.pids.lock().unwrap_or_else(|e| e.into_inner()).clear();
-                    return;
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-            }
-        }
-        // Reap exited workers and tick the pool's clock.
-        let scan_all = last_scan.elapsed() >= Duration::from_secs(1);
-        if scan_all {
-            last_scan = Instant::now();
-        }
-        let candidates: Vec<WorkerId> = if scan_all { children.keys().copied().collect() } else { dying.clone() };
-        let mut exited: Vec<(WorkerId, String)> = Vec::new();
-        for w in candidates {
-            if let Some(c) = children.get_mut(&w) {
-                if let Ok(Some(status)) = c.try_wait() {
-                    exited.push((w, format!("worker process exited ({status})")));
-                }
-            }
-        }
-        dying.retain(|w| children.contains_key(w) && !exited.iter().any(|(x, _)| x == w));
-        let mut st = node.lock();
-        for (w, reason) in exited {
-            children.remove(&w);
-            node.pids.lock().unwrap_or_else(|e| e.into_inner()).remove(&w);
-            let was_expected = st.expected.contains(&w);
-            node.worker_gone(&mut st, w, &reason);
-            if was_expected {
-                let actions = st.sched.worker_start_failed();
-                node.apply(&mut st, actions);
-            }
-        }
-        let actions = st.sched.tick(Instant::now());
-        node.apply(&mut st, actions);
-        node.rebalance(&mut st);
-    }
-}
-
-fn spawn_worker(node: &Node) -> io::Result<(WorkerId, Child)> {
-    use worker_env::*;
-    let w = WorkerId(ferry_proto::ids::random_u64());
-    node.lock().expected.insert(w);
-    let o = &node.opts;
-    let program = node.program().ok_or_else(|| io::Error::other("no job has joined: no worker program yet"))?;
-    let mut cmd = Command::new(program);
-    cmd.env(WORKER, "1")
-        .env(WORKER_ID, w.0.to_string())
-        .env(NODE_SOCKET, o.session_dir.join("node.sock"))
-        .env(TOKEN, &o.token)
-        .env(STORE_DIR, &o.store_dir)
-        .env(SESSION_DIR, &o.session_dir)
-        .env(PARENT_PID, std::process::id().to_string())
-        .env(SPILL_DIR, o.spill_dir.as_deref().unwrap_or(std::path::Path::new("")))
-        .env(TCP_HOST, node.tcp_addr.map(|a| a.ip().to_string()).unwrap_or_default())
-        .env(EXE_HASH, node.program_hash.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default())
-        .envs(o.worker_env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null());
-    match cmd.spawn() {
-        Ok(c) => Ok((w, c)),
-        Err(e) => {
-            node.lock().expected.remove(&w);
-            Err(e)
-        }
     }
 }

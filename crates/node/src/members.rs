@@ -9,7 +9,7 @@
 //! was killed, or restarts) asks and joins again, re-reporting the actors it hosts for it.
 
 use crate::{ConnId, Node, State};
-use ferry_proto::msg::{FromNode, NodeStats, NodeView, ProcKind, Shape};
+use ferry_proto::msg::{FromNode, NodeStats, NodeView, ProcKind, Shape, ToNode};
 use ferry_proto::NodeId;
 use std::time::{Duration, Instant};
 
@@ -347,5 +347,38 @@ pub(crate) fn join_loop(node: std::sync::Arc<Node>, given: &str, every: Duration
             Ok(()) => told.clear(),
         }
         std::thread::sleep(every);
+    }
+}
+
+impl Node {
+    /// Membership requests (on the control store) and views of the cluster. Routed here by `handle`.
+    pub(crate) fn on_cluster(&self, st: &mut State, conn: ConnId, msg: ToNode) {
+        match msg {
+            ToNode::JoinCluster { req, node, addr, total } => {
+                let error = match self.opts.head_timeout {
+                    Some(_) => self.join_cluster(st, conn, node, addr, total),
+                    None => Some("this node is not a head: join the head's address".into()),
+                };
+                self.send(st, conn, &FromNode::Ack { req, error });
+            }
+            ToNode::Heartbeat { node, stats } => {
+                self.heartbeat(st, node, stats);
+                let nodes = self.cluster_view(st);
+                self.send(st, conn, &FromNode::Cluster { req: 0, nodes });
+            }
+            ToNode::ClusterStatus { req } => {
+                let nodes = self.full_view(st);
+                self.send(st, conn, &FromNode::Cluster { req, nodes });
+            }
+            ToNode::ControlAddress { req } => {
+                let addr = match self.opts.head_timeout.is_some() {
+                    true => self.tcp_addr.map(|a| a.to_string()),
+                    false => self.control_addr.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                };
+                self.send(st, conn, &FromNode::ControlAt { req, addr });
+            }
+            // Routed elsewhere by `handle`.
+            _ => {}
+        }
     }
 }

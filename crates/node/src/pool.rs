@@ -1,0 +1,359 @@
+//! The worker pool and its leases: carrying out the scheduler's decisions, lease requests
+//! (granted here, queued, or sent to another node), moving waiting requests to nodes with
+//! room, and the spawner thread that starts, kills and reaps worker processes.
+
+use super::*;
+
+impl Node {
+    /// A node started on its own runs the first job's binary (from the first driver or
+    /// client that registers, or the first actor another node asks it to host).
+    /// `exe`'s path is already this node's copy (see `serve_conn`).
+    pub(crate) fn set_program(&self, st: &mut State, exe: Program) {
+        match self.program() {
+            Some(p) if p == exe.path || self.opts.worker_program.is_some() => return,
+            Some(old) => {
+                // A job with another binary: workers of the old one must not run its tasks.
+                // Idle ones stop now, leased ones when their lease comes back.
+                tracing::warn!(
+                    "a job with another binary joined ({}; was {}): its workers replace the old ones",
+                    exe.path.display(),
+                    old.display()
+                );
+                st.retired = st.workers.keys().chain(st.expected.iter()).copied().collect();
+                *self.program.lock().unwrap_or_else(|e| e.into_inner()) = Some(exe.path);
+                *self.program_hash.lock().unwrap_or_else(|e| e.into_inner()) = exe.hash;
+                let actions = st.sched.retire_idle(Instant::now());
+                self.apply(st, actions);
+                return;
+            }
+            None => {}
+        }
+        *self.program.lock().unwrap_or_else(|e| e.into_inner()) = Some(exe.path);
+        *self.program_hash.lock().unwrap_or_else(|e| e.into_inner()) = exe.hash;
+        let actions = std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()));
+        self.apply(st, actions);
+    }
+
+    /// Carries out the scheduler's decisions.
+    pub(crate) fn apply(&self, st: &mut State, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Grant { conn: ACTOR_CONN, req, worker, .. } => {
+                    st.movable.remove(&(ACTOR_CONN, req));
+                    self.on_actor_grant(st, req, worker)
+                }
+                Action::Grant { conn, req, lease, worker } => {
+                    st.movable.remove(&(conn, req));
+                    let addr = st.workers.get(&worker).map(|(_, a, tcp)| self.addr_for(st, conn, a, tcp));
+                    match addr {
+                        Some(addr) => self.send(st, conn, &FromNode::LeaseGranted { req, lease, worker, addr }),
+                        None => {
+                            // Cannot happen: the scheduler only grants registered workers.
+                            tracing::warn!("granted unknown worker {worker:?}");
+                        }
+                    }
+                }
+                Action::Infeasible { conn: ACTOR_CONN, req, reason } => self.actor_infeasible(st, req, reason),
+                Action::Infeasible { conn, req, reason } => {
+                    st.movable.remove(&(conn, req));
+                    self.send(st, conn, &FromNode::LeaseInfeasible { req, reason })
+                }
+                Action::StartWorker => self.spawn_cmd(SpawnCmd::Start),
+                Action::KillWorker { worker } => self.spawn_cmd(SpawnCmd::Kill(worker)),
+                Action::Retire { worker } => match st.workers.get(&worker) {
+                    Some((conn, _, _)) => self.send(st, *conn, &FromNode::RetireIfIdle),
+                    None => self.spawn_cmd(SpawnCmd::Kill(worker)),
+                },
+                Action::Recall { conn } => self.send(st, conn, &FromNode::RecallIdleLeases),
+                Action::EndRecall { conn } => self.send(st, conn, &FromNode::EndRecall),
+            }
+        }
+    }
+
+    /// A lease request: granted or queued here, sent to another node (`LeaseSpillback`), or
+    /// waiting for a node that can fit it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn request_lease(
+        &self,
+        st: &mut State,
+        conn: ConnId,
+        req: u64,
+        shape: Shape,
+        depth: u32,
+        placement: Placement,
+        prefer: Option<NodeId>,
+    ) {
+        use ferry_sched::place::{place, Decision};
+        let others = members::rooms(&self.others(st));
+        let me = members::room(&self.my_view(st));
+        if placement == Placement::Spread {
+            st.rr += 1;
+        }
+        // xorshift: cheap draws for the power of two choices.
+        st.rand ^= st.rand << 13;
+        st.rand ^= st.rand >> 7;
+        st.rand ^= st.rand << 17;
+        match place(&shape, &placement, prefer, &me, &others, st.rr, st.rand) {
+            Decision::Local => {
+                if placement == Placement::Default {
+                    st.movable.insert((conn, req), Instant::now());
+                }
+                let actions = st.sched.request(conn, req, shape, depth);
+                self.apply(st, actions);
+            }
+            Decision::Spill { node, addr } => self.send(st, conn, &FromNode::LeaseSpillback { req, node, addr }),
+            Decision::Fail(reason) => self.send(st, conn, &FromNode::LeaseInfeasible { req, reason }),
+            Decision::Wait(why) if !self.in_cluster() => {
+                // One node on its own: nothing can join, so it can never run.
+                let _ = why;
+                let actions = st.sched.request(conn, req, shape, depth);
+                self.apply(st, actions);
+            }
+            Decision::Wait(why) => {
+                let first = !st.infeasible.iter().any(|(c, _, s, _, _)| *c == conn && *s == shape);
+                if first {
+                    tracing::warn!("warning: tasks needing {shape} wait: {why}");
+                    let line = format!("ferry: warning: tasks needing {shape} wait: {why}");
+                    self.send(st, conn, &FromNode::Log { node: self.id, stderr: true, lines: vec![line] });
+                }
+                st.infeasible.push((conn, req, shape, depth, placement));
+            }
+        }
+    }
+
+    /// Requests waiting here for resources another node has free go there, as a raylet spills
+    /// back queued work: leases by `LeaseSpillback`, actors by `HostActor`. Every 50 ms (from
+    /// the spawner's tick), for requests that waited at least [`MOVE_AFTER`], against the
+    /// last view of the cluster.
+    pub(crate) fn rebalance(&self, st: &mut State) {
+        use ferry_sched::place::{fits, take};
+        if !self.in_cluster() || st.sched.num_queued() == 0 || Instant::now() < st.next_rebalance {
+            return;
+        }
+        st.next_rebalance = Instant::now() + Duration::from_millis(50);
+        let mut others: Vec<ferry_proto::msg::NodeView> =
+            self.others_free(st).into_iter().filter(|v| v.alive && !v.addr.is_empty()).collect();
+        if others.is_empty() {
+            return;
+        }
+        let mut chosen = Vec::new();
+        let (moved, actions) = st.sched.take_short(|conn, req, shape| {
+            // Only what has waited a while: a CPU here usually frees sooner than that.
+            if st.movable.get(&(conn, req)).is_none_or(|t| t.elapsed() < MOVE_AFTER) {
+                return false;
+            }
+            let best =
+                others.iter_mut().filter(|v| fits(shape, &v.available)).max_by_key(|v| v.available.get_milli(CPU_NAME));
+            match best {
+                Some(v) => {
+                    take(&mut v.available, shape);
+                    chosen.push((v.node, v.addr.clone()));
+                    true
+                }
+                None => false,
+            }
+        });
+        self.apply(st, actions);
+        for ((conn, req, _, _), (node, addr)) in moved.into_iter().zip(chosen) {
+            st.movable.remove(&(conn, req));
+            if conn == ACTOR_CONN {
+                self.actor_moved(st, req, node, addr);
+            } else {
+                self.send(st, conn, &FromNode::LeaseSpillback { req, node, addr });
+            }
+        }
+    }
+
+    /// The cluster's view changed: requests that waited for a node that can fit them try again.
+    pub(crate) fn retry_infeasible(&self, st: &mut State) {
+        for actor in std::mem::take(&mut st.waiting_actors) {
+            if st.actors.get(&actor).is_some_and(|r| r.is_placing()) {
+                self.place_actor(st, actor);
+            }
+        }
+        if st.infeasible.is_empty() {
+            return;
+        }
+        let waiting = std::mem::take(&mut st.infeasible);
+        for (conn, req, shape, depth, placement) in waiting {
+            if st.conns.contains_key(&conn) {
+                self.request_lease(st, conn, req, shape, depth, placement, None);
+            }
+        }
+    }
+
+    pub(crate) fn spawn_kill(&self, worker: WorkerId) {
+        self.spawn_cmd(SpawnCmd::Kill(worker));
+    }
+
+    pub(crate) fn spawn_cmd(&self, cmd: SpawnCmd) {
+        let _ = self.spawn_tx.lock().unwrap_or_else(|e| e.into_inner()).send(cmd);
+    }
+
+    /// Removes the socket a process of this node listened on (it is gone). The path is made
+    /// here from its id, never taken from what a peer said.
+    pub(crate) fn remove_socket(&self, process: WorkerId) {
+        let _ = std::fs::remove_file(socket_of(&self.opts.session_dir, process));
+    }
+
+    /// A worker is gone: tell every owner, free its resources, keep the pool's size.
+    pub(crate) fn worker_gone(&self, st: &mut State, worker: WorkerId, reason: &str) {
+        self.remove_socket(worker);
+        st.expected.remove(&worker);
+        st.retired.remove(&worker);
+        if let Some((conn, _, _)) = st.workers.remove(&worker) {
+            if let Some(c) = st.conns.get_mut(&conn) {
+                c.worker = None;
+            }
+            // Only the owner holding its lease needs to know (an actor's callers hear of
+            // the actor instead); telling every process would cost n² messages when many
+            // workers go at once.
+            if let Some(holder) = st.sched.lease_holder(worker).filter(|h| *h != ACTOR_CONN) {
+                self.send(st, holder, &FromNode::WorkerDied { worker, reason: reason.to_string() });
+            }
+        }
+        let actions = st.sched.worker_died(worker);
+        self.apply(st, actions);
+        self.actor_worker_gone(st, worker, reason);
+    }
+
+    /// Leases on this node's workers, and what their holders say of them. Routed here by `handle`.
+    pub(crate) fn on_pool(&self, st: &mut State, conn: ConnId, msg: ToNode) {
+        match msg {
+            ToNode::RequestLease { req, shape, depth, placement, prefer } => {
+                self.request_lease(st, conn, req, shape, depth, placement, prefer)
+            }
+            ToNode::ReturnLease { lease, kill } => {
+                let retired = st.sched.lease_worker(lease).is_some_and(|w| st.retired.contains(&w));
+                let actions = st.sched.return_lease(conn, lease, kill || retired, Instant::now());
+                self.apply(st, actions);
+            }
+            ToNode::Blocked => {
+                if let Some(w) = st.conns.get(&conn).and_then(|c| c.worker) {
+                    let actions = st.sched.blocked(w);
+                    self.apply(st, actions);
+                }
+            }
+            ToNode::Unblocked => {
+                if let Some(w) = st.conns.get(&conn).and_then(|c| c.worker) {
+                    st.sched.unblocked(w);
+                }
+            }
+            ToNode::StillInUse => {
+                if let Some(w) = st.conns.get(&conn).and_then(|c| c.worker) {
+                    let actions = st.sched.keep(w, Instant::now());
+                    self.apply(st, actions);
+                }
+            }
+            // Routed elsewhere by `handle`.
+            _ => {}
+        }
+    }
+}
+
+pub(crate) fn spawner(node: Arc<Node>, rx: mpsc::Receiver<SpawnCmd>) {
+    let mut children: HashMap<WorkerId, Child> = HashMap::new();
+    // Killed workers are reaped on the next tick; all children are checked once a second
+    // (for one that died on its own before registering), not every tick: a node may have a
+    // thousand actor processes.
+    let mut dying: Vec<WorkerId> = Vec::new();
+    let mut last_scan = Instant::now();
+    loop {
+        // Take every command waiting, then reap once.
+        let mut cmds = vec![rx.recv_timeout(Duration::from_millis(50))];
+        while let Ok(c) = rx.try_recv() {
+            cmds.push(Ok(c));
+        }
+        for cmd in cmds {
+            match cmd {
+                Ok(SpawnCmd::Start) => match spawn_worker(&node) {
+                    Ok((w, child)) => {
+                        node.pids.lock().unwrap_or_else(|e| e.into_inner()).insert(w, child.id());
+                        children.insert(w, child);
+                    }
+                    Err(e) => {
+                        let program = node.program().map(|p| p.display().to_string()).unwrap_or_default();
+                        tracing::error!("cannot start a worker ({program}): {e}");
+                        let mut st = node.lock();
+                        let actions = st.sched.worker_start_failed();
+                        node.apply(&mut st, actions);
+                    }
+                },
+                Ok(SpawnCmd::Kill(w)) => {
+                    if let Some(c) = children.get_mut(&w) {
+                        let _ = c.kill();
+                        dying.push(w);
+                    }
+                }
+                Ok(SpawnCmd::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    for c in children.values_mut() {
+                        let _ = c.kill();
+                    }
+                    for (_, mut c) in children.drain() {
+                        let _ = c.wait();
+                    }
+                    node.pids.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                    return;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+        }
+        // Reap exited workers and tick the pool's clock.
+        let scan_all = last_scan.elapsed() >= Duration::from_secs(1);
+        if scan_all {
+            last_scan = Instant::now();
+        }
+        let candidates: Vec<WorkerId> = if scan_all { children.keys().copied().collect() } else { dying.clone() };
+        let mut exited: Vec<(WorkerId, String)> = Vec::new();
+        for w in candidates {
+            if let Some(c) = children.get_mut(&w) {
+                if let Ok(Some(status)) = c.try_wait() {
+                    exited.push((w, format!("worker process exited ({status})")));
+                }
+            }
+        }
+        dying.retain(|w| children.contains_key(w) && !exited.iter().any(|(x, _)| x == w));
+        let mut st = node.lock();
+        for (w, reason) in exited {
+            children.remove(&w);
+            node.pids.lock().unwrap_or_else(|e| e.into_inner()).remove(&w);
+            let was_expected = st.expected.contains(&w);
+            node.worker_gone(&mut st, w, &reason);
+            if was_expected {
+                let actions = st.sched.worker_start_failed();
+                node.apply(&mut st, actions);
+            }
+        }
+        let actions = st.sched.tick(Instant::now());
+        node.apply(&mut st, actions);
+        node.rebalance(&mut st);
+    }
+}
+
+pub(crate) fn spawn_worker(node: &Node) -> io::Result<(WorkerId, Child)> {
+    use worker_env::*;
+    let w = WorkerId(ferry_proto::ids::random_u64());
+    node.lock().expected.insert(w);
+    let o = &node.opts;
+    let program = node.program().ok_or_else(|| io::Error::other("no job has joined: no worker program yet"))?;
+    let mut cmd = Command::new(program);
+    cmd.env(WORKER, "1")
+        .env(WORKER_ID, w.0.to_string())
+        .env(NODE_SOCKET, o.session_dir.join("node.sock"))
+        .env(TOKEN, &o.token)
+        .env(STORE_DIR, &o.store_dir)
+        .env(SESSION_DIR, &o.session_dir)
+        .env(PARENT_PID, std::process::id().to_string())
+        .env(SPILL_DIR, o.spill_dir.as_deref().unwrap_or(std::path::Path::new("")))
+        .env(TCP_HOST, node.tcp_addr.map(|a| a.ip().to_string()).unwrap_or_default())
+        .env(EXE_HASH, node.program_hash.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default())
+        .envs(o.worker_env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null());
+    match cmd.spawn() {
+        Ok(c) => Ok((w, c)),
+        Err(e) => {
+            node.lock().expected.remove(&w);
+            Err(e)
+        }
+    }
+}
