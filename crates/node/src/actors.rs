@@ -108,7 +108,7 @@ impl Node {
                 Some((w, addr)) if w == worker => {
                     Some(ActorLocation::Alive { worker: *worker, addr: addr.clone(), incarnation: rec.incarnation })
                 }
-                _ => st.workers.get(worker).map(|(_, addr, _)| ActorLocation::Alive {
+                _ => st.pool.workers.get(worker).map(|(_, addr, _)| ActorLocation::Alive {
                     worker: *worker,
                     addr: addr.clone(),
                     incarnation: rec.incarnation,
@@ -123,7 +123,7 @@ impl Node {
     fn location_for(&self, st: &State, conn: ConnId, location: &ActorLocation) -> ActorLocation {
         match location {
             ActorLocation::Alive { worker, addr, incarnation } => {
-                let tcp = st.workers.get(worker).and_then(|(_, _, t)| t.clone());
+                let tcp = st.pool.workers.get(worker).and_then(|(_, _, t)| t.clone());
                 ActorLocation::Alive {
                     worker: *worker,
                     addr: self.addr_for(st, conn, addr, &tcp),
@@ -165,7 +165,7 @@ impl Node {
         actor: ActorId,
         class: String,
     ) -> Option<String> {
-        if let Some(other) = st.names.get(&name) {
+        if let Some(other) = st.book.names.get(&name) {
             let live = st.actors.get(other).is_some_and(|r| !matches!(r.phase, Phase::Dead { .. }));
             if live {
                 return Some(format!(
@@ -178,7 +178,7 @@ impl Node {
                 tracing::error!("control store: cannot record actor name {name:?}: {e}");
             }
         }
-        st.names.insert(name, actor);
+        st.book.names.insert(name, actor);
         st.actors.entry(actor).or_insert_with(|| ActorRec::new(class, conn));
         None
     }
@@ -219,26 +219,26 @@ impl Node {
         if rec.home.is_none() && (self.in_cluster() || !default) {
             use ferry_sched::place::{fits, place, two_choices, Decision};
             let (me, others) = (room(&self.my_view(st)), rooms(&self.others_free(st)));
-            st.rand ^= st.rand << 13;
-            st.rand ^= st.rand >> 7;
-            st.rand ^= st.rand << 17;
+            st.placing.rand ^= st.placing.rand << 13;
+            st.placing.rand ^= st.placing.rand >> 7;
+            st.placing.rand ^= st.placing.rand << 17;
             if placement == Placement::Spread {
-                st.rr += 1;
+                st.placing.rr += 1;
             }
             // A strategy decides as it does for tasks. By default: here if it fits here now
             // (never on the control store, which runs nothing); else where there is room now;
             // else queued where it can ever fit (moved by rebalancing once some node has room).
             let decision = if !default {
-                match place(&shape, &placement, None, &me, &others, st.rr, st.rand) {
+                match place(&shape, &placement, None, &me, &others, st.placing.rr, st.placing.rand) {
                     Decision::Wait(_) if !self.in_cluster() => Decision::Local,
                     d => d,
                 }
             } else if !me.head && fits(&shape, &me.available) {
                 Decision::Local
             } else {
-                match two_choices(&shape, &others, st.rand) {
+                match two_choices(&shape, &others, st.placing.rand) {
                     Some(v) => Decision::Spill { node: v.node, addr: v.addr.clone() },
-                    None => place(&shape, &Placement::Default, None, &me, &others, 0, st.rand),
+                    None => place(&shape, &Placement::Default, None, &me, &others, 0, st.placing.rand),
                 }
             };
             if let Decision::Fail(reason) = decision {
@@ -256,13 +256,13 @@ impl Node {
                 if let Some((conn, _)) = st.actors.get(&actor).and_then(|r| r.created) {
                     self.send(st, conn, &FromNode::Log { node: self.id, stderr: true, lines: vec![warning] });
                 }
-                if !st.waiting_actors.contains(&actor) {
-                    st.waiting_actors.push(actor);
+                if !st.book.waiting.contains(&actor) {
+                    st.book.waiting.push(actor);
                 }
                 return;
             }
             if let Decision::Spill { node, addr } = decision {
-                st.pending_hosts.insert(actor, (node, shape, None));
+                st.book.pending_hosts.insert(actor, (node, shape, None));
                 let rec = st.actors.get_mut(&actor).expect("present");
                 rec.host = Some(node);
                 rec.remote = None;
@@ -275,21 +275,21 @@ impl Node {
         if let Some(rec) = st.actors.get_mut(&actor) {
             rec.host = None;
         }
-        let req = st.next_actor_req;
-        st.next_actor_req += 1;
-        st.actor_reqs.insert(req, actor);
+        let req = st.book.next_req;
+        st.book.next_req += 1;
+        st.book.reqs.insert(req, actor);
         // Movable (unless a strategy chose this node), also when hosted for another home: that
         // home chose this node from a view that may be a heartbeat old, and the actor must not
         // wait here while others have room.
         if default {
-            st.movable.insert((ACTOR_CONN, req), Instant::now());
+            st.placing.movable.insert((ACTOR_CONN, req), Instant::now());
         }
-        let actions = st.sched.request(ACTOR_CONN, req, shape, depth);
+        let actions = st.pool.sched.request(ACTOR_CONN, req, shape, depth);
         self.apply(st, actions);
     }
 
     pub(crate) fn on_actor_grant(&self, st: &mut State, req: u64, worker: WorkerId) {
-        let actor = st.actor_reqs.remove(&req);
+        let actor = st.book.reqs.remove(&req);
         let rec = actor.and_then(|a| st.actors.get_mut(&a).map(|r| (a, r)));
         let Some((actor, rec)) = rec.filter(|(_, r)| r.phase == Phase::Placing) else {
             // The actor died or was killed while waiting: the worker is not needed.
@@ -298,8 +298,8 @@ impl Node {
         };
         rec.phase = Phase::Starting { worker };
         let spec = rec.spec.clone().expect("placed actors have a spec");
-        st.worker_actor.insert(worker, actor);
-        if let Some((wconn, _, _)) = st.workers.get(&worker) {
+        st.book.worker_actor.insert(worker, actor);
+        if let Some((wconn, _, _)) = st.pool.workers.get(&worker) {
             let wconn = *wconn;
             self.send(st, wconn, &FromNode::BecomeActor { actor, spec });
         }
@@ -307,7 +307,7 @@ impl Node {
 
     /// No node can ever host the actor: it is dead, and its callers are told why.
     pub(crate) fn actor_infeasible(&self, st: &mut State, req: u64, reason: String) {
-        if let Some(actor) = st.actor_reqs.remove(&req) {
+        if let Some(actor) = st.book.reqs.remove(&req) {
             if let Some(rec) = st.actors.get_mut(&actor) {
                 rec.killed = true;
             }
@@ -323,7 +323,7 @@ impl Node {
         }
         if let Some(home) = rec.home {
             // Hosted for another node: it keeps the entry.
-            let tcp = st.workers.get(&w).and_then(|(_, _, t)| t.clone());
+            let tcp = st.pool.workers.get(&w).and_then(|(_, _, t)| t.clone());
             let addr = tcp.map(Addr::Tcp).unwrap_or_else(|| Addr::Tcp(String::new()));
             let msg = ToNode::ActorHosted { actor, worker: w, addr, error: error.clone(), host: self.id };
             if let Some(a) = self.node_addr(st, home) {
@@ -348,7 +348,7 @@ impl Node {
 
     /// The request for the actor's worker left this node's queue for `node`: it hosts it.
     pub(crate) fn actor_moved(&self, st: &mut State, req: u64, node: NodeId, addr: String) {
-        let Some(actor) = st.actor_reqs.remove(&req) else { return };
+        let Some(actor) = st.book.reqs.remove(&req) else { return };
         let Some(rec) = st.actors.get_mut(&actor) else { return };
         let Some(spec) = rec.spec.clone().filter(|_| rec.phase == Phase::Placing) else { return };
         if let Some(home) = rec.home {
@@ -361,7 +361,7 @@ impl Node {
         }
         rec.host = Some(node);
         rec.remote = None;
-        st.pending_hosts.insert(actor, (node, spec.shape.clone(), None));
+        st.book.pending_hosts.insert(actor, (node, spec.shape.clone(), None));
         let msg = ToNode::HostActor { actor, spec, home: self.id, exe: self.program_spec() };
         let _ = self.links_tx.lock().unwrap_or_else(|e| e.into_inner()).send((node, addr, msg));
     }
@@ -387,7 +387,7 @@ impl Node {
         host: NodeId,
     ) {
         // Still counted until the host's heartbeats show it (they lag by one).
-        if let Some(p) = st.pending_hosts.get_mut(&actor) {
+        if let Some(p) = st.book.pending_hosts.get_mut(&actor) {
             p.0 = host;
             p.2 = Some(Instant::now() + PENDING_AFTER_HOSTED);
         }
@@ -420,7 +420,7 @@ impl Node {
 
     /// Attaches holds made for `w` before it connected (see `hold_actor_pending`).
     pub(crate) fn attach_pending_holds(&self, st: &mut State, conn: ConnId, w: WorkerId) {
-        for actor in st.pending_holds.remove(&w).unwrap_or_default() {
+        for actor in st.book.pending_holds.remove(&w).unwrap_or_default() {
             let _ = self.hold_actor(st, conn, actor);
         }
     }
@@ -433,7 +433,7 @@ impl Node {
             None => Some("no such actor".into()),
             Some(Phase::Dead { reason }) => Some(reason.clone()),
             Some(_) => {
-                st.pending_holds.entry(holder).or_default().push(actor);
+                st.book.pending_holds.entry(holder).or_default().push(actor);
                 None
             }
         }
@@ -519,7 +519,7 @@ impl Node {
     }
 
     pub(crate) fn named_actor(&self, st: &State, name: &str) -> Option<(ActorId, String)> {
-        let actor = *st.names.get(name)?;
+        let actor = *st.book.names.get(name)?;
         let rec = st.actors.get(&actor)?;
         (!matches!(rec.phase, Phase::Dead { .. })).then(|| (actor, rec.class.clone()))
     }
@@ -547,14 +547,14 @@ impl Node {
         if let Some(spec) = rec.spec.as_mut() {
             spec.args.clear();
             if let Some(name) = spec.name.take() {
-                if st.names.get(&name) == Some(&actor) {
-                    st.names.remove(&name);
+                if st.book.names.get(&name) == Some(&actor) {
+                    st.book.names.remove(&name);
                 }
             }
         }
-        let names: Vec<String> = st.names.iter().filter(|(_, a)| **a == actor).map(|(n, _)| n.clone()).collect();
+        let names: Vec<String> = st.book.names.iter().filter(|(_, a)| **a == actor).map(|(n, _)| n.clone()).collect();
         for n in &names {
-            st.names.remove(n);
+            st.book.names.remove(n);
         }
         if let Some(c) = &self.tables {
             for n in names.iter().chain(rec_name.iter()) {
@@ -564,9 +564,9 @@ impl Node {
                 let _ = c.remove_actor(actor);
             }
         }
-        st.recovering.remove(&actor);
+        st.book.recovering.remove(&actor);
         let host = rec.host.take();
-        st.pending_hosts.remove(&actor);
+        st.book.pending_hosts.remove(&actor);
         if let Some(h) = host {
             // Hosted elsewhere: that node stops it.
             if let Some(a) = self.node_addr(st, h) {
@@ -574,7 +574,7 @@ impl Node {
                     self.links_tx.lock().unwrap_or_else(|e| e.into_inner()).send((h, a, ToNode::KillActor { actor }));
             }
         } else if let Some(w) = worker {
-            st.worker_actor.remove(&w);
+            st.book.worker_actor.remove(&w);
             self.spawn_kill(w);
         }
         self.tell_holders(st, actor, &FromNode::ActorDied { actor, reason, restarting: false });
@@ -583,7 +583,7 @@ impl Node {
 
     /// The worker hosting an actor died: restart it if allowed, else it is dead.
     pub(crate) fn actor_worker_gone(&self, st: &mut State, worker: WorkerId, reason: &str) {
-        let Some(actor) = st.worker_actor.remove(&worker) else { return };
+        let Some(actor) = st.book.worker_actor.remove(&worker) else { return };
         let Some(rec) = st.actors.get_mut(&actor) else { return };
         if let Some(home) = rec.home {
             // Hosted for another node: it decides about restarts; this copy ends.
@@ -601,7 +601,7 @@ impl Node {
     /// The actor's process (here or on its host) is gone: restart it if allowed, else it is
     /// dead.
     pub(crate) fn actor_lost(&self, st: &mut State, actor: ActorId, reason: &str) {
-        st.pending_hosts.remove(&actor);
+        st.book.pending_hosts.remove(&actor);
         let Some(rec) = st.actors.get_mut(&actor) else { return };
         if matches!(rec.phase, Phase::Dead { .. }) {
             return;
@@ -628,7 +628,7 @@ impl Node {
     /// detached) share its fate.
     pub(crate) fn actors_conn_closed(&self, st: &mut State, conn: ConnId) {
         let ids: Vec<ActorId> = st.actors.keys().copied().collect();
-        let controls: Vec<NodeId> = st.view.iter().filter(|v| v.head).map(|v| v.node).collect();
+        let controls: Vec<NodeId> = st.cluster.view.iter().filter(|v| v.head).map(|v| v.node).collect();
         for actor in ids {
             let Some(rec) = st.actors.get_mut(&actor) else { continue };
             rec.waiters.retain(|(c, _)| *c != conn);
@@ -668,7 +668,7 @@ impl Node {
         rec.hold_grace = Some(due);
         rec.spec = Some(spec);
         st.actors.insert(actor, rec);
-        st.recovering.insert(actor, due);
+        st.book.recovering.insert(actor, due);
     }
 
     /// Restored actors no host re-reported in time: started anew; restored actors nobody
@@ -688,9 +688,9 @@ impl Node {
         for actor in unheld {
             self.stop(st, actor, "every handle to it was dropped (while the control store restarted)".into());
         }
-        let due: Vec<ActorId> = st.recovering.iter().filter(|(_, t)| **t <= now).map(|(a, _)| *a).collect();
+        let due: Vec<ActorId> = st.book.recovering.iter().filter(|(_, t)| **t <= now).map(|(a, _)| *a).collect();
         for actor in due {
-            st.recovering.remove(&actor);
+            st.book.recovering.remove(&actor);
             if st.actors.get(&actor).is_some_and(|r| r.is_placing() && r.host.is_none()) {
                 tracing::info!("actor {actor:?} was not re-reported by any node: starting it anew");
                 self.place(st, actor);
@@ -706,10 +706,10 @@ impl Node {
             if actor.home_tag() != ActorId::tag_of(self.id) {
                 continue;
             }
-            let recovering = st.recovering.contains_key(&actor);
+            let recovering = st.book.recovering.contains_key(&actor);
             let keep = match st.actors.get_mut(&actor) {
                 Some(rec) if rec.is_placing() && (recovering || rec.host == Some(node)) => {
-                    st.recovering.remove(&actor);
+                    st.book.recovering.remove(&actor);
                     rec.host = Some(node);
                     rec.remote = Some((worker, addr));
                     rec.phase = Phase::Alive { worker };
@@ -737,7 +737,7 @@ impl Node {
             .filter(|(_, r)| r.home == Some(home))
             .filter_map(|(a, r)| match r.phase {
                 Phase::Alive { worker } => {
-                    let tcp = st.workers.get(&worker).and_then(|(_, _, t)| t.clone())?;
+                    let tcp = st.pool.workers.get(&worker).and_then(|(_, _, t)| t.clone())?;
                     Some((*a, worker, Addr::Tcp(tcp)))
                 }
                 _ => None,

@@ -34,7 +34,7 @@ impl Node {
             }
         } else if self.opts.head_timeout.is_some() {
             let members: Vec<ConnId> =
-                st.members.values().filter(|m| m.alive).map(|m| m.conn).filter(|c| *c != from).collect();
+                st.cluster.members.values().filter(|m| m.alive).map(|m| m.conn).filter(|c| *c != from).collect();
             for m in members {
                 self.send(st, m, &msg);
             }
@@ -75,21 +75,21 @@ impl Node {
         };
         match kind {
             ProcKind::Worker => {
-                if !st.expected.remove(&w) {
+                if !st.pool.expected.remove(&w) {
                     return Err(format!("worker {w:?} was not started by this node"));
                 }
                 info.worker = Some(w);
-                st.workers.insert(w, (conn, listen, tcp));
+                st.pool.workers.insert(w, (conn, listen, tcp));
                 // The registration is answered before anything is asked of the worker.
                 self.send(st, conn, &registered);
-                if st.retired.remove(&w) {
+                if st.pool.retired.remove(&w) {
                     // Started from the previous job's binary: another takes its
                     // place (the scheduler still counts it as starting).
                     self.spawn_kill(w);
                     self.spawn_cmd(SpawnCmd::Start);
                     return Ok(());
                 }
-                let actions = st.sched.worker_registered(w, Instant::now());
+                let actions = st.pool.sched.worker_registered(w, Instant::now());
                 self.apply(st, actions);
             }
             ProcKind::Node | ProcKind::Tool => self.send(st, conn, &registered),
@@ -205,9 +205,9 @@ pub(crate) fn serve_conn(node: Arc<Node>, stream: Stream, adm: Admission) {
     }
     node.actors_conn_closed(st, id);
     node.member_conn_closed(st, id);
-    st.movable.retain(|(c, _), _| *c != id);
-    st.infeasible.retain(|(c, ..)| *c != id);
-    st.waiting_room.retain(|(w, ..)| !matches!(w, RoomWaiter::Conn(c, _) if *c == id));
-    let actions = st.sched.conn_closed(id);
+    st.placing.movable.retain(|(c, _), _| *c != id);
+    st.placing.infeasible.retain(|(c, ..)| *c != id);
+    st.room.writers.retain(|(w, ..)| !matches!(w, RoomWaiter::Conn(c, _) if *c == id));
+    let actions = st.pool.sched.conn_closed(id);
     node.apply(st, actions);
 }

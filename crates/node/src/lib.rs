@@ -142,68 +142,104 @@ pub(crate) struct ConnInfo {
 }
 
 struct State {
-    sched: Scheduler,
+    /// The worker pool (`pool`).
+    pool: Pool,
     store: ObjectTable,
     conns: HashMap<ConnId, ConnInfo>,
+    next_conn: ConnId,
+    /// Actors this node keeps the entries of, or hosts (`actors`).
+    actors: HashMap<ActorId, ActorRec>,
+    book: ActorBook,
+    /// The other nodes (`members`).
+    cluster: Cluster,
+    /// Writers waiting for room in the store (`store`).
+    room: Room,
+    /// Objects copied between nodes (`transfer`).
+    copies: Copies,
+    /// Lease requests waiting for a node, or that may move to one (`pool`).
+    placing: Placing,
+    /// Jobs started with `ferry submit` (on a head).
+    jobs: Vec<JobView>,
+    /// Connections with messages queued while the state was locked: written once it is
+    /// released (see [`StateGuard`]).
+    outbox: std::cell::RefCell<Vec<Arc<Conn>>>,
+}
+
+/// The worker processes and the scheduler that leases them.
+struct Pool {
+    sched: Scheduler,
     /// Registered workers: their connection and where owners reach them (on this host, and
     /// from other hosts).
     workers: HashMap<WorkerId, (ConnId, Addr, Option<String>)>,
     /// Workers started by the spawner and not yet registered.
     expected: HashSet<WorkerId>,
-    next_conn: ConnId,
-    actors: HashMap<ActorId, ActorRec>,
+    /// Workers of an earlier job's binary: stopped when their lease comes back.
+    retired: HashSet<WorkerId>,
+}
+
+/// Lease requests on their way to a node.
+struct Placing {
+    /// Lease requests no node alive can fit, waiting for one that can.
+    infeasible: Vec<(ConnId, u64, Shape, u32, Placement)>,
+    /// Queued requests that may go to another node, and since when they wait: leases of
+    /// default placement asked here first, and workers for actors homed here. Requests with a
+    /// node affinity, or sent here by another node, stay.
+    movable: HashMap<(ConnId, u64), Instant>,
+    next_rebalance: Instant,
+    /// For `Placement::Spread`, and the random draws of spillback.
+    rr: u64,
+    rand: u64,
+}
+
+/// What the daemon keeps about actors besides their records.
+struct ActorBook {
     names: HashMap<String, ActorId>,
     /// Lease requests made for actors, by the scheduler's request id.
-    actor_reqs: HashMap<u64, ActorId>,
-    next_actor_req: u64,
+    reqs: HashMap<u64, ActorId>,
+    next_req: u64,
     /// Which actor each actor worker hosts.
     worker_actor: HashMap<WorkerId, ActorId>,
     /// Holds of actors made for processes not connected yet (`HoldActorFor` from another
     /// node's worker for its caller): attached when they connect.
     pending_holds: HashMap<WorkerId, Vec<ActorId>>,
-    /// The nodes that joined this head.
-    members: HashMap<NodeId, members::Member>,
-    /// Seals answered once the store is back under its capacity (back-pressure on `put`
-    /// and on task returns).
-    waiting_seals: Vec<(ConnId, u64, ObjectId)>,
-    /// Writers that found the store's filesystem full: who to answer, the bytes each needs
-    /// there, and how many bytes must still be spilled for it (its shortfall when it asked).
-    waiting_room: Vec<(RoomWaiter, u64, u64)>,
-    /// Bytes spilled so far, and the time their copies took.
-    spill_total: (u64, Duration),
-    /// Transfers out and in, and their bytes.
-    transfers: (u64, u64, u64, u64),
-    /// On a member: the other nodes as the head last described them.
-    view: Vec<ferry_proto::msg::NodeView>,
-    /// For `Placement::Spread`, and the random draws of spillback.
-    rr: u64,
-    rand: u64,
-    /// Transfers in flight: who waits for each object.
-    pulls: HashMap<ObjectId, Vec<(ConnId, u64)>>,
-    /// Nodes that took copies of objects stored here (told when they are freed).
-    copies: HashMap<ObjectId, Vec<NodeId>>,
-    /// Lease requests no node alive can fit, waiting for one that can.
-    infeasible: Vec<(ConnId, u64, Shape, u32, Placement)>,
-    next_rebalance: Instant,
     /// Actors sent to other nodes to host and not yet running there: their resources count
     /// as taken in this node's view of those nodes (which lags by a heartbeat).
     pending_hosts: HashMap<ActorId, (NodeId, Shape, Option<Instant>)>,
-    /// Queued requests that may go to another node, and since when they wait: leases of
-    /// default placement asked here first, and workers for actors homed here. Requests with a
-    /// node affinity, or sent here by another node, stay.
-    movable: HashMap<(ConnId, u64), Instant>,
-    /// Jobs started with `ferry submit` (on a head).
-    jobs: Vec<JobView>,
-    /// Workers of an earlier job's binary: stopped when their lease comes back.
-    retired: HashSet<WorkerId>,
     /// Actors no node alive can host, waiting for one that can.
-    waiting_actors: Vec<ActorId>,
+    waiting: Vec<ActorId>,
     /// On a control store started again: actors loaded from its tables whose hosts have not
     /// re-reported them yet, and when they are started anew if none does.
     recovering: HashMap<ActorId, Instant>,
-    /// Connections with messages queued while the state was locked: written once it is
-    /// released (see [`StateGuard`]).
-    outbox: std::cell::RefCell<Vec<Arc<Conn>>>,
+}
+
+/// The cluster as this node knows it.
+struct Cluster {
+    /// The nodes that joined this head.
+    members: HashMap<NodeId, members::Member>,
+    /// On a member: the other nodes as the head last described them.
+    view: Vec<ferry_proto::msg::NodeView>,
+}
+
+/// Back-pressure on writers to the store.
+struct Room {
+    /// Seals answered once the store is back under its capacity (back-pressure on `put`
+    /// and on task returns).
+    seals: Vec<(ConnId, u64, ObjectId)>,
+    /// Writers that found the store's filesystem full: who to answer, the bytes each needs
+    /// there, and how many bytes must still be spilled for it (its shortfall when it asked).
+    writers: Vec<(RoomWaiter, u64, u64)>,
+    /// Bytes spilled so far, and the time their copies took.
+    spilled: (u64, Duration),
+}
+
+/// Objects copied between nodes.
+struct Copies {
+    /// Transfers in flight: who waits for each object.
+    pulls: HashMap<ObjectId, Vec<(ConnId, u64)>>,
+    /// Nodes that took copies of objects stored here (told when they are freed).
+    taken: HashMap<ObjectId, Vec<NodeId>>,
+    /// Transfers out and in, and their bytes.
+    counts: (u64, u64, u64, u64),
 }
 
 /// The locked state. Messages sent while it is held are queued on their connections, in the
@@ -385,36 +421,32 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
     let node = Arc::new(Node {
         id,
         state: Mutex::new(State {
-            sched,
+            pool: Pool { sched, workers: HashMap::new(), expected: HashSet::new(), retired: HashSet::new() },
             store: ObjectTable::new(store, opts.store_capacity),
             conns: HashMap::new(),
-            workers: HashMap::new(),
-            expected: HashSet::new(),
             next_conn: 1,
             actors: HashMap::new(),
-            names: HashMap::new(),
-            actor_reqs: HashMap::new(),
-            next_actor_req: 1,
-            worker_actor: HashMap::new(),
-            pending_holds: HashMap::new(),
-            members: HashMap::new(),
-            waiting_seals: Vec::new(),
-            waiting_room: Vec::new(),
-            spill_total: (0, Duration::ZERO),
-            transfers: (0, 0, 0, 0),
-            view: Vec::new(),
-            rr: 0,
-            rand: ferry_proto::ids::random_u64(),
-            pulls: HashMap::new(),
-            copies: HashMap::new(),
-            infeasible: Vec::new(),
-            next_rebalance: Instant::now(),
-            pending_hosts: HashMap::new(),
-            movable: HashMap::new(),
+            book: ActorBook {
+                names: HashMap::new(),
+                reqs: HashMap::new(),
+                next_req: 1,
+                worker_actor: HashMap::new(),
+                pending_holds: HashMap::new(),
+                pending_hosts: HashMap::new(),
+                waiting: Vec::new(),
+                recovering: HashMap::new(),
+            },
+            cluster: Cluster { members: HashMap::new(), view: Vec::new() },
+            room: Room { seals: Vec::new(), writers: Vec::new(), spilled: (0, Duration::ZERO) },
+            copies: Copies { pulls: HashMap::new(), taken: HashMap::new(), counts: (0, 0, 0, 0) },
+            placing: Placing {
+                infeasible: Vec::new(),
+                movable: HashMap::new(),
+                next_rebalance: Instant::now(),
+                rr: 0,
+                rand: ferry_proto::ids::random_u64(),
+            },
             jobs: Vec::new(),
-            retired: HashSet::new(),
-            waiting_actors: Vec::new(),
-            recovering: HashMap::new(),
             outbox: Default::default(),
         }),
         opts,
@@ -588,21 +620,21 @@ impl Node {
             store_objects: st.store.len() as u64,
             store_used_bytes: st.store.used_bytes(),
             store_capacity_bytes: st.store.capacity_bytes(),
-            workers: st.sched.num_workers() as u64,
-            idle_workers: st.sched.num_idle() as u64,
-            leased_workers: (st.sched.num_workers() - st.sched.num_idle()) as u64,
-            pending_lease_requests: st.sched.num_queued() as u64,
-            total: st.sched.total(),
-            available: st.sched.available(),
+            workers: st.pool.sched.num_workers() as u64,
+            idle_workers: st.pool.sched.num_idle() as u64,
+            leased_workers: (st.pool.sched.num_workers() - st.pool.sched.num_idle()) as u64,
+            pending_lease_requests: st.pool.sched.num_queued() as u64,
+            total: st.pool.sched.total(),
+            available: st.pool.sched.available(),
             actors: self.num_live_actors(st) as u64,
             spilled_objects: st.store.spilled_objects() as u64,
             spilled_bytes: st.store.spilled_bytes(),
-            spill_total_bytes: st.spill_total.0,
-            spill_total_ns: st.spill_total.1.as_nanos() as u64,
-            transfers_out: st.transfers.0,
-            transfers_in: st.transfers.1,
-            transfer_bytes_out: st.transfers.2,
-            transfer_bytes_in: st.transfers.3,
+            spill_total_bytes: st.room.spilled.0,
+            spill_total_ns: st.room.spilled.1.as_nanos() as u64,
+            transfers_out: st.copies.counts.0,
+            transfers_in: st.copies.counts.1,
+            transfer_bytes_out: st.copies.counts.2,
+            transfer_bytes_in: st.copies.counts.3,
         }
     }
 
@@ -624,10 +656,10 @@ impl Node {
         let Some(c) = &self.tables else { return };
         let mut st = self.lock();
         for (node, addr, total) in c.nodes().unwrap_or_default() {
-            st.members.insert(node, members::Member::restored(addr, total));
+            st.cluster.members.insert(node, members::Member::restored(addr, total));
         }
         for (name, actor, _class) in c.names().unwrap_or_default() {
-            st.names.insert(name, actor);
+            st.book.names.insert(name, actor);
         }
         // Their hosts re-report them when they join again; those none reports within a node
         // timeout are started anew.
@@ -640,12 +672,12 @@ impl Node {
             // It ran under a head that is gone; whether it is still running is not known.
             j.ended_ms = Some(j.started_ms);
         }
-        if !st.members.is_empty() || !st.jobs.is_empty() || !st.recovering.is_empty() {
+        if !st.cluster.members.is_empty() || !st.jobs.is_empty() || !st.book.recovering.is_empty() {
             tracing::info!(
                 "control store: {} nodes (to join again within the timeout), {} names, {} actors, {} jobs",
-                st.members.len(),
-                st.names.len(),
-                st.recovering.len(),
+                st.cluster.members.len(),
+                st.book.names.len(),
+                st.book.recovering.len(),
                 st.jobs.len()
             );
         }

@@ -52,17 +52,17 @@ impl Node {
                 tracing::error!("control store: cannot record node {node}: {e}");
             }
         }
-        st.members.insert(node, Member { addr, total, stats, last_seen: Instant::now(), alive: true, conn });
+        st.cluster.members.insert(node, Member { addr, total, stats, last_seen: Instant::now(), alive: true, conn });
         self.retry_infeasible(st);
         None
     }
 
     pub(crate) fn heartbeat(&self, st: &mut State, node: NodeId, stats: NodeStats) {
-        if !st.waiting_actors.is_empty() {
+        if !st.book.waiting.is_empty() {
             // Room may have freed for actors the control store could not place.
             self.retry_infeasible(st);
         }
-        if let Some(m) = st.members.get_mut(&node) {
+        if let Some(m) = st.cluster.members.get_mut(&node) {
             if !m.alive {
                 tracing::info!("node {node} at {} is heard from again", m.addr);
                 if let Some(c) = &self.tables {
@@ -80,6 +80,7 @@ impl Node {
     pub(crate) fn check_members(&self, st: &mut State, timeout: Duration) {
         let now = Instant::now();
         let silent: Vec<NodeId> = st
+            .cluster
             .members
             .iter()
             .filter(|(_, m)| m.alive && now.duration_since(m.last_seen) > timeout)
@@ -92,14 +93,15 @@ impl Node {
 
     /// A connection closed: if a member's, that node is gone.
     pub(crate) fn member_conn_closed(&self, st: &mut State, conn: ConnId) {
-        let gone: Vec<NodeId> = st.members.iter().filter(|(_, m)| m.alive && m.conn == conn).map(|(n, _)| *n).collect();
+        let gone: Vec<NodeId> =
+            st.cluster.members.iter().filter(|(_, m)| m.alive && m.conn == conn).map(|(n, _)| *n).collect();
         for n in gone {
             self.member_died(st, n, "its connection to the control store closed");
         }
     }
 
     fn member_died(&self, st: &mut State, node: NodeId, why: &str) {
-        let Some(m) = st.members.get_mut(&node) else { return };
+        let Some(m) = st.cluster.members.get_mut(&node) else { return };
         m.alive = false;
         let silent_ms = m.last_seen.elapsed().as_millis() as u64;
         tracing::warn!("node {node} at {} is dead: {why} (silent for {silent_ms} ms)", m.addr);
@@ -137,7 +139,7 @@ impl Node {
     pub(crate) fn others(&self, st: &State) -> Vec<NodeView> {
         match self.opts.head_timeout {
             Some(_) => self.cluster_view(st).into_iter().skip(1).collect(),
-            None => st.view.iter().filter(|v| v.node != self.id && !v.head).cloned().collect(),
+            None => st.cluster.view.iter().filter(|v| v.node != self.id && !v.head).cloned().collect(),
         }
     }
 
@@ -145,7 +147,7 @@ impl Node {
     pub(crate) fn others_free(&self, st: &State) -> Vec<NodeView> {
         let mut v = self.others(st);
         let now = Instant::now();
-        for (node, shape, _) in st.pending_hosts.values().filter(|p| p.2.is_none_or(|until| until > now)) {
+        for (node, shape, _) in st.book.pending_hosts.values().filter(|p| p.2.is_none_or(|until| until > now)) {
             if let Some(n) = v.iter_mut().find(|n| n.node == *node) {
                 ferry_sched::place::take(&mut n.available, shape);
             }
@@ -159,7 +161,7 @@ impl Node {
             Some(_) => self.cluster_view(st),
             None => {
                 let mut v = vec![self.my_view(st)];
-                v.extend(st.view.iter().filter(|v| v.node != self.id).cloned());
+                v.extend(st.cluster.view.iter().filter(|v| v.node != self.id).cloned());
                 v
             }
         }
@@ -168,7 +170,7 @@ impl Node {
     /// This node (the head) and every member.
     pub(crate) fn cluster_view(&self, st: &State) -> Vec<NodeView> {
         let mut v = vec![self.my_view(st)];
-        for (n, m) in &st.members {
+        for (n, m) in &st.cluster.members {
             let mut stats = m.stats.clone();
             stats.total = m.total.clone();
             v.push(view_of(*n, m.addr.clone(), false, m.alive, m.last_seen.elapsed().as_millis() as u64, &stats));
@@ -277,7 +279,7 @@ pub(crate) fn join_loop(node: std::sync::Arc<Node>, given: &str, every: Duration
             let conn = std::sync::Arc::new(conn);
             conn.send(&ToNode::register_tool(ProcKind::Node)).map_err(|e| e.to_string())?;
             let addr = node.tcp_addr.map(|a| a.to_string()).unwrap_or_default();
-            let total = node.lock().sched.total();
+            let total = node.lock().pool.sched.total();
             conn.send(&ToNode::JoinCluster { req: 1, node: node.id, addr, total }).map_err(|e| e.to_string())?;
             rx.get_ref().set_read_timeout(Some(every.max(Duration::from_millis(10)))).map_err(|e| e.to_string())?;
             let mut joined = false;
@@ -305,14 +307,14 @@ pub(crate) fn join_loop(node: std::sync::Arc<Node>, given: &str, every: Duration
                         last_heard = Instant::now();
                         *last_link.lock().unwrap_or_else(|e| e.into_inner()) = last_heard;
                         let mut st = node.lock();
-                        st.view = nodes;
+                        st.cluster.view = nodes;
                         node.retry_infeasible(&mut st);
                     }
                     Ok(m @ FromNode::NodeDied { node: dead, .. }) => {
                         // Published to this node's processes too: their leases there end now.
                         // Its view says so at once, so that their retries are not sent there.
                         let mut st = node.lock();
-                        if let Some(v) = st.view.iter_mut().find(|v| v.node == dead) {
+                        if let Some(v) = st.cluster.view.iter_mut().find(|v| v.node == dead) {
                             v.alive = false;
                         }
                         let all: Vec<ConnId> = st.conns.iter().filter(|(_, c)| c.registered).map(|(k, _)| *k).collect();

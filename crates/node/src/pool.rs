@@ -19,10 +19,10 @@ impl Node {
                     exe.path.display(),
                     old.display()
                 );
-                st.retired = st.workers.keys().chain(st.expected.iter()).copied().collect();
+                st.pool.retired = st.pool.workers.keys().chain(st.pool.expected.iter()).copied().collect();
                 *self.program.lock().unwrap_or_else(|e| e.into_inner()) = Some(exe.path);
                 *self.program_hash.lock().unwrap_or_else(|e| e.into_inner()) = exe.hash;
-                let actions = st.sched.retire_idle(Instant::now());
+                let actions = st.pool.sched.retire_idle(Instant::now());
                 self.apply(st, actions);
                 return;
             }
@@ -39,12 +39,12 @@ impl Node {
         for a in actions {
             match a {
                 Action::Grant { conn: ACTOR_CONN, req, worker, .. } => {
-                    st.movable.remove(&(ACTOR_CONN, req));
+                    st.placing.movable.remove(&(ACTOR_CONN, req));
                     self.on_actor_grant(st, req, worker)
                 }
                 Action::Grant { conn, req, lease, worker } => {
-                    st.movable.remove(&(conn, req));
-                    let addr = st.workers.get(&worker).map(|(_, a, tcp)| self.addr_for(st, conn, a, tcp));
+                    st.placing.movable.remove(&(conn, req));
+                    let addr = st.pool.workers.get(&worker).map(|(_, a, tcp)| self.addr_for(st, conn, a, tcp));
                     match addr {
                         Some(addr) => self.send(st, conn, &FromNode::LeaseGranted { req, lease, worker, addr }),
                         None => {
@@ -55,12 +55,12 @@ impl Node {
                 }
                 Action::Infeasible { conn: ACTOR_CONN, req, reason } => self.actor_infeasible(st, req, reason),
                 Action::Infeasible { conn, req, reason } => {
-                    st.movable.remove(&(conn, req));
+                    st.placing.movable.remove(&(conn, req));
                     self.send(st, conn, &FromNode::LeaseInfeasible { req, reason })
                 }
                 Action::StartWorker => self.spawn_cmd(SpawnCmd::Start),
                 Action::KillWorker { worker } => self.spawn_cmd(SpawnCmd::Kill(worker)),
-                Action::Retire { worker } => match st.workers.get(&worker) {
+                Action::Retire { worker } => match st.pool.workers.get(&worker) {
                     Some((conn, _, _)) => self.send(st, *conn, &FromNode::RetireIfIdle),
                     None => self.spawn_cmd(SpawnCmd::Kill(worker)),
                 },
@@ -87,18 +87,18 @@ impl Node {
         let others = members::rooms(&self.others(st));
         let me = members::room(&self.my_view(st));
         if placement == Placement::Spread {
-            st.rr += 1;
+            st.placing.rr += 1;
         }
         // xorshift: cheap draws for the power of two choices.
-        st.rand ^= st.rand << 13;
-        st.rand ^= st.rand >> 7;
-        st.rand ^= st.rand << 17;
-        match place(&shape, &placement, prefer, &me, &others, st.rr, st.rand) {
+        st.placing.rand ^= st.placing.rand << 13;
+        st.placing.rand ^= st.placing.rand >> 7;
+        st.placing.rand ^= st.placing.rand << 17;
+        match place(&shape, &placement, prefer, &me, &others, st.placing.rr, st.placing.rand) {
             Decision::Local => {
                 if placement == Placement::Default {
-                    st.movable.insert((conn, req), Instant::now());
+                    st.placing.movable.insert((conn, req), Instant::now());
                 }
-                let actions = st.sched.request(conn, req, shape, depth);
+                let actions = st.pool.sched.request(conn, req, shape, depth);
                 self.apply(st, actions);
             }
             Decision::Spill { node, addr } => self.send(st, conn, &FromNode::LeaseSpillback { req, node, addr }),
@@ -106,17 +106,17 @@ impl Node {
             Decision::Wait(why) if !self.in_cluster() => {
                 // One node on its own: nothing can join, so it can never run.
                 let _ = why;
-                let actions = st.sched.request(conn, req, shape, depth);
+                let actions = st.pool.sched.request(conn, req, shape, depth);
                 self.apply(st, actions);
             }
             Decision::Wait(why) => {
-                let first = !st.infeasible.iter().any(|(c, _, s, _, _)| *c == conn && *s == shape);
+                let first = !st.placing.infeasible.iter().any(|(c, _, s, _, _)| *c == conn && *s == shape);
                 if first {
                     tracing::warn!("warning: tasks needing {shape} wait: {why}");
                     let line = format!("ferry: warning: tasks needing {shape} wait: {why}");
                     self.send(st, conn, &FromNode::Log { node: self.id, stderr: true, lines: vec![line] });
                 }
-                st.infeasible.push((conn, req, shape, depth, placement));
+                st.placing.infeasible.push((conn, req, shape, depth, placement));
             }
         }
     }
@@ -127,19 +127,19 @@ impl Node {
     /// last view of the cluster.
     pub(crate) fn rebalance(&self, st: &mut State) {
         use ferry_sched::place::{fits, take};
-        if !self.in_cluster() || st.sched.num_queued() == 0 || Instant::now() < st.next_rebalance {
+        if !self.in_cluster() || st.pool.sched.num_queued() == 0 || Instant::now() < st.placing.next_rebalance {
             return;
         }
-        st.next_rebalance = Instant::now() + Duration::from_millis(50);
+        st.placing.next_rebalance = Instant::now() + Duration::from_millis(50);
         let mut others: Vec<ferry_proto::msg::NodeView> =
             self.others_free(st).into_iter().filter(|v| v.alive && !v.addr.is_empty()).collect();
         if others.is_empty() {
             return;
         }
         let mut chosen = Vec::new();
-        let (moved, actions) = st.sched.take_short(|conn, req, shape| {
+        let (moved, actions) = st.pool.sched.take_short(|conn, req, shape| {
             // Only what has waited a while: a CPU here usually frees sooner than that.
-            if st.movable.get(&(conn, req)).is_none_or(|t| t.elapsed() < MOVE_AFTER) {
+            if st.placing.movable.get(&(conn, req)).is_none_or(|t| t.elapsed() < MOVE_AFTER) {
                 return false;
             }
             let best =
@@ -155,7 +155,7 @@ impl Node {
         });
         self.apply(st, actions);
         for ((conn, req, _, _), (node, addr)) in moved.into_iter().zip(chosen) {
-            st.movable.remove(&(conn, req));
+            st.placing.movable.remove(&(conn, req));
             if conn == ACTOR_CONN {
                 self.actor_moved(st, req, node, addr);
             } else {
@@ -166,15 +166,15 @@ impl Node {
 
     /// The cluster's view changed: requests that waited for a node that can fit them try again.
     pub(crate) fn retry_infeasible(&self, st: &mut State) {
-        for actor in std::mem::take(&mut st.waiting_actors) {
+        for actor in std::mem::take(&mut st.book.waiting) {
             if st.actors.get(&actor).is_some_and(|r| r.is_placing()) {
                 self.place_actor(st, actor);
             }
         }
-        if st.infeasible.is_empty() {
+        if st.placing.infeasible.is_empty() {
             return;
         }
-        let waiting = std::mem::take(&mut st.infeasible);
+        let waiting = std::mem::take(&mut st.placing.infeasible);
         for (conn, req, shape, depth, placement) in waiting {
             if st.conns.contains_key(&conn) {
                 self.request_lease(st, conn, req, shape, depth, placement, None);
@@ -199,20 +199,20 @@ impl Node {
     /// A worker is gone: tell every owner, free its resources, keep the pool's size.
     pub(crate) fn worker_gone(&self, st: &mut State, worker: WorkerId, reason: &str) {
         self.remove_socket(worker);
-        st.expected.remove(&worker);
-        st.retired.remove(&worker);
-        if let Some((conn, _, _)) = st.workers.remove(&worker) {
+        st.pool.expected.remove(&worker);
+        st.pool.retired.remove(&worker);
+        if let Some((conn, _, _)) = st.pool.workers.remove(&worker) {
             if let Some(c) = st.conns.get_mut(&conn) {
                 c.worker = None;
             }
             // Only the owner holding its lease needs to know (an actor's callers hear of
             // the actor instead); telling every process would cost n² messages when many
             // workers go at once.
-            if let Some(holder) = st.sched.lease_holder(worker).filter(|h| *h != ACTOR_CONN) {
+            if let Some(holder) = st.pool.sched.lease_holder(worker).filter(|h| *h != ACTOR_CONN) {
                 self.send(st, holder, &FromNode::WorkerDied { worker, reason: reason.to_string() });
             }
         }
-        let actions = st.sched.worker_died(worker);
+        let actions = st.pool.sched.worker_died(worker);
         self.apply(st, actions);
         self.actor_worker_gone(st, worker, reason);
     }
@@ -224,24 +224,24 @@ impl Node {
                 self.request_lease(st, conn, req, shape, depth, placement, prefer)
             }
             ToNode::ReturnLease { lease, kill } => {
-                let retired = st.sched.lease_worker(lease).is_some_and(|w| st.retired.contains(&w));
-                let actions = st.sched.return_lease(conn, lease, kill || retired, Instant::now());
+                let retired = st.pool.sched.lease_worker(lease).is_some_and(|w| st.pool.retired.contains(&w));
+                let actions = st.pool.sched.return_lease(conn, lease, kill || retired, Instant::now());
                 self.apply(st, actions);
             }
             ToNode::Blocked => {
                 if let Some(w) = st.conns.get(&conn).and_then(|c| c.worker) {
-                    let actions = st.sched.blocked(w);
+                    let actions = st.pool.sched.blocked(w);
                     self.apply(st, actions);
                 }
             }
             ToNode::Unblocked => {
                 if let Some(w) = st.conns.get(&conn).and_then(|c| c.worker) {
-                    st.sched.unblocked(w);
+                    st.pool.sched.unblocked(w);
                 }
             }
             ToNode::StillInUse => {
                 if let Some(w) = st.conns.get(&conn).and_then(|c| c.worker) {
-                    let actions = st.sched.keep(w, Instant::now());
+                    let actions = st.pool.sched.keep(w, Instant::now());
                     self.apply(st, actions);
                 }
             }
@@ -275,7 +275,7 @@ pub(crate) fn spawner(node: Arc<Node>, rx: mpsc::Receiver<SpawnCmd>) {
                         let program = node.program().map(|p| p.display().to_string()).unwrap_or_default();
                         tracing::error!("cannot start a worker ({program}): {e}");
                         let mut st = node.lock();
-                        let actions = st.sched.worker_start_failed();
+                        let actions = st.pool.sched.worker_start_failed();
                         node.apply(&mut st, actions);
                     }
                 },
@@ -317,14 +317,14 @@ pub(crate) fn spawner(node: Arc<Node>, rx: mpsc::Receiver<SpawnCmd>) {
         for (w, reason) in exited {
             children.remove(&w);
             node.pids.lock().unwrap_or_else(|e| e.into_inner()).remove(&w);
-            let was_expected = st.expected.contains(&w);
+            let was_expected = st.pool.expected.contains(&w);
             node.worker_gone(&mut st, w, &reason);
             if was_expected {
-                let actions = st.sched.worker_start_failed();
+                let actions = st.pool.sched.worker_start_failed();
                 node.apply(&mut st, actions);
             }
         }
-        let actions = st.sched.tick(Instant::now());
+        let actions = st.pool.sched.tick(Instant::now());
         node.apply(&mut st, actions);
         node.rebalance(&mut st);
     }
@@ -333,7 +333,7 @@ pub(crate) fn spawner(node: Arc<Node>, rx: mpsc::Receiver<SpawnCmd>) {
 pub(crate) fn spawn_worker(node: &Node) -> io::Result<(WorkerId, Child)> {
     use worker_env::*;
     let w = WorkerId(ferry_proto::ids::random_u64());
-    node.lock().expected.insert(w);
+    node.lock().pool.expected.insert(w);
     let o = &node.opts;
     let program = node.program().ok_or_else(|| io::Error::other("no job has joined: no worker program yet"))?;
     let mut cmd = Command::new(program);
@@ -352,7 +352,7 @@ pub(crate) fn spawn_worker(node: &Node) -> io::Result<(WorkerId, Child)> {
     match cmd.spawn() {
         Ok(c) => Ok((w, c)),
         Err(e) => {
-            node.lock().expected.remove(&w);
+            node.lock().pool.expected.remove(&w);
             Err(e)
         }
     }

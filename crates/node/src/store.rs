@@ -7,7 +7,7 @@ impl Node {
     /// Answers the writers waiting for room on the store's filesystem: there is none to make.
     pub(crate) fn no_room(&self, st: &mut State, why: &str) {
         let free = st.store.dir().free_space().unwrap_or(0);
-        for (w, bytes, _) in std::mem::take(&mut st.waiting_room) {
+        for (w, bytes, _) in std::mem::take(&mut st.room.writers) {
             let error = format!(
                 "object store full: its filesystem ({}) has {} MiB free for {} MiB, and {why}; give it more \
                  room (a larger /dev/shm: `docker run --shm-size`), or drop references to large objects",
@@ -40,7 +40,7 @@ impl Node {
             if free >= bytes {
                 return Ok(());
             }
-            st.waiting_room.push((RoomWaiter::Local(id, tx), bytes, bytes - free));
+            st.room.writers.push((RoomWaiter::Local(id, tx), bytes, bytes - free));
         }
         let _ = self.spill_tx.lock().unwrap_or_else(|e| e.into_inner()).send(Some(()));
         match rx.recv_timeout(Duration::from_secs(15)) {
@@ -48,7 +48,7 @@ impl Node {
             Ok(Some(why)) => Err(why),
             Err(e) => {
                 // Not waited for any more: nothing is spilled for it.
-                self.lock().waiting_room.retain(|(w, ..)| !matches!(w, RoomWaiter::Local(i, _) if *i == id));
+                self.lock().room.writers.retain(|(w, ..)| !matches!(w, RoomWaiter::Local(i, _) if *i == id));
                 Err(match e {
                     mpsc::RecvTimeoutError::Timeout => "no room was made within 15 s".into(),
                     mpsc::RecvTimeoutError::Disconnected => "the node is stopping".into(),
@@ -63,7 +63,7 @@ impl Node {
             ToNode::Seal { req, object, size } => match st.store.seal(object, size) {
                 Ok(()) if st.store.over_capacity() => {
                     // Answered once spilling has made room: the writer waits until then.
-                    st.waiting_seals.push((conn, req, object));
+                    st.room.seals.push((conn, req, object));
                     let _ = self.spill_tx.lock().unwrap_or_else(|e| e.into_inner()).send(Some(()));
                 }
                 res => {
@@ -87,7 +87,7 @@ impl Node {
                     // Room appeared meanwhile (another writer's was freed).
                     self.send(st, conn, &FromNode::Room { req, error: None });
                 } else {
-                    st.waiting_room.push((RoomWaiter::Conn(conn, req), bytes, bytes - free));
+                    st.room.writers.push((RoomWaiter::Conn(conn, req), bytes, bytes - free));
                     let _ = self.spill_tx.lock().unwrap_or_else(|e| e.into_inner()).send(Some(()));
                 }
             }
@@ -121,7 +121,7 @@ impl Node {
 /// served (each byte made room for one of them, not for all).
 pub(crate) fn made_room(st: &mut State, bytes: u64) {
     let mut left = bytes;
-    for (_, _, need) in st.waiting_room.iter_mut() {
+    for (_, _, need) in st.room.writers.iter_mut() {
         let take = (*need).min(left);
         *need -= take;
         left -= take;
@@ -147,19 +147,19 @@ pub(crate) fn spill_while_asked(node: &Arc<Node>, rx: mpsc::Receiver<Option<()>>
                 // Room asked for on the filesystem (beyond the store's own accounting): a
                 // writer is answered once its shortfall is spilled (its pages go when their
                 // last mapping does, which may lag) or its bytes fit; it tries again then.
-                if !st.waiting_room.is_empty() {
+                if !st.room.writers.is_empty() {
                     let free = st.store.dir().free_space().unwrap_or(u64::MAX);
-                    let (done, left): (Vec<_>, Vec<_>) = std::mem::take(&mut st.waiting_room)
+                    let (done, left): (Vec<_>, Vec<_>) = std::mem::take(&mut st.room.writers)
                         .into_iter()
                         .partition(|(_, bytes, need)| *need == 0 || free >= *bytes);
-                    st.waiting_room = left;
+                    st.room.writers = left;
                     for (w, _, _) in done {
                         node.answer_room(&st, w, None);
                     }
                 }
-                let fs_short = !st.waiting_room.is_empty();
+                let fs_short = !st.room.writers.is_empty();
                 if !st.store.over_capacity() && !fs_short {
-                    let waiting = std::mem::take(&mut st.waiting_seals);
+                    let waiting = std::mem::take(&mut st.room.seals);
                     for (conn, req, _) in waiting {
                         node.send(&st, conn, &FromNode::Sealed { req, error: None });
                     }
@@ -175,7 +175,7 @@ pub(crate) fn spill_while_asked(node: &Arc<Node>, rx: mpsc::Receiver<Option<()>>
                     None => {
                         // Nothing left to spill: a writer must never wait for room that will
                         // not come.
-                        let waiting = std::mem::take(&mut st.waiting_seals);
+                        let waiting = std::mem::take(&mut st.room.seals);
                         for (conn, req, object) in waiting {
                             st.store.free(object);
                             let error = "object store full and nothing left to spill".to_string();
@@ -193,8 +193,8 @@ pub(crate) fn spill_while_asked(node: &Arc<Node>, rx: mpsc::Receiver<Option<()>>
             let mut st = node.lock();
             match copied {
                 Ok(n) => {
-                    st.spill_total.0 += n;
-                    st.spill_total.1 += took;
+                    st.room.spilled.0 += n;
+                    st.room.spilled.1 += took;
                     made_room(&mut st, n);
                     if st.store.mark_spilled(id) {
                         // Its owner drops its mapping, or the memory would stay in use.
@@ -210,7 +210,7 @@ pub(crate) fn spill_while_asked(node: &Arc<Node>, rx: mpsc::Receiver<Option<()>>
                     // waiting for room get a clear error and their objects are dropped.
                     st.store.spill_failed(id);
                     node.no_room(&mut st, &format!("spilling failed: {e}"));
-                    let waiting = std::mem::take(&mut st.waiting_seals);
+                    let waiting = std::mem::take(&mut st.room.seals);
                     let spill = dir.spill_dir().map(|p| p.display().to_string()).unwrap_or_default();
                     for (conn, req, object) in waiting {
                         st.store.free(object);

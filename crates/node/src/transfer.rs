@@ -37,7 +37,7 @@ impl Node {
             self.send(&st, conn, &FromNode::Pulled { req, error: None });
             return;
         }
-        if let Some(w) = st.pulls.get_mut(&object) {
+        if let Some(w) = st.copies.pulls.get_mut(&object) {
             w.push((conn, req));
             return;
         }
@@ -46,7 +46,7 @@ impl Node {
             self.send(&st, conn, &FromNode::Pulled { req, error: Some(PullError::Failed(error)) });
             return;
         };
-        st.pulls.insert(object, vec![(conn, req)]);
+        st.copies.pulls.insert(object, vec![(conn, req)]);
         drop(st);
         let node = self.clone();
         let spawned = std::thread::Builder::new().name("ferry-pull".into()).spawn(move || {
@@ -143,8 +143,8 @@ impl Node {
             // A secondary copy: under pressure it is dropped (pulled again when needed).
             Ok(size) => match st.store.seal_copy(object, size) {
                 Ok(()) => {
-                    st.transfers.1 += 1;
-                    st.transfers.3 += size;
+                    st.copies.counts.1 += 1;
+                    st.copies.counts.3 += size;
                     if st.store.over_capacity() {
                         let _ = self.spill_tx.lock().unwrap_or_else(|e| e.into_inner()).send(Some(()));
                     }
@@ -155,7 +155,7 @@ impl Node {
             },
             Err(e) => Some(e),
         };
-        for (conn, req) in st.pulls.remove(&object).unwrap_or_default() {
+        for (conn, req) in st.copies.pulls.remove(&object).unwrap_or_default() {
             self.send(&st, conn, &FromNode::Pulled { req, error: error.clone() });
         }
     }
@@ -169,7 +169,7 @@ impl Node {
                 true => {
                     let f = st.store.dir().open_object(object);
                     if f.is_ok() {
-                        st.copies.entry(object).or_default().push(to);
+                        st.copies.taken.entry(object).or_default().push(to);
                     }
                     f.map_err(|e| e.to_string())
                 }
@@ -188,8 +188,8 @@ impl Node {
             // Counted as it starts: the puller may have it (and look) before this thread
             // would get the lock again.
             let mut st = self.lock();
-            st.transfers.0 += 1;
-            st.transfers.2 += size;
+            st.copies.counts.0 += 1;
+            st.copies.counts.2 += size;
         }
         if conn.send(&FromNode::ObjectData { object, size, error: None }).is_err() {
             return;
@@ -212,7 +212,7 @@ impl Node {
     pub(crate) fn free_copies(&self, st: &mut crate::State, objects: &[ObjectId]) {
         let mut by_node: HashMap<NodeId, Vec<ObjectId>> = HashMap::new();
         for o in objects {
-            for n in st.copies.remove(o).unwrap_or_default() {
+            for n in st.copies.taken.remove(o).unwrap_or_default() {
                 by_node.entry(n).or_default().push(*o);
             }
         }
