@@ -17,6 +17,7 @@ use crate::runtime::{try_runtime, Runtime};
 use ferry_proto::conn::Conn;
 use ferry_proto::msg::{ActorId, ActorSpec, Arg, FromWorker, Return, TaskError, TaskSpec, ToNode, ToWorker};
 use ferry_proto::{ObjectId, TaskId, WorkerId};
+use ferry_types::sync::{CondvarExt, MutexExt};
 use serde::Serialize;
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -114,7 +115,7 @@ impl Executor {
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.q.lock().unwrap_or_else(|e| e.into_inner())
+        self.q.locked()
     }
 
     /// A message from an owner on connection `conn` (read by the runtime's inbound thread).
@@ -193,7 +194,7 @@ impl Executor {
                     if let Some(t) = q.tasks.pop_front() {
                         break Ok(t);
                     }
-                    q = self.cv.wait(q).unwrap_or_else(|e| e.into_inner());
+                    q = self.cv.wait_locked(q);
                 }
             };
             match job {

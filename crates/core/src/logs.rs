@@ -4,6 +4,7 @@
 
 use crate::runtime::Runtime;
 use ferry_proto::msg::ToNode;
+use ferry_types::sync::MutexExt;
 use std::io::{BufRead, BufReader};
 use std::os::fd::FromRawFd;
 use std::sync::{Arc, Mutex};
@@ -14,7 +15,7 @@ static LABEL: Mutex<Option<Arc<str>>> = Mutex::new(None);
 /// Names what runs from now on.
 pub(crate) fn set_label(label: &str) {
     // Called per task: allocates only when the label changes.
-    let mut l = LABEL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut l = LABEL.locked();
     if l.as_deref() != Some(label) {
         *l = Some(Arc::from(label));
     }
@@ -53,7 +54,7 @@ fn forward(rt: &'static Runtime, file: std::fs::File, stderr: bool) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }
-            let label = LABEL.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let label = LABEL.locked().clone();
             let text = line.trim_end_matches(['\n', '\r']);
             lines.push(format!("({} pid={pid}) {text}", label.as_deref().unwrap_or("worker")));
             if r.buffer().is_empty() || lines.len() >= 256 {

@@ -20,6 +20,7 @@
 use crate::owner::Exports;
 use ferry_proto::msg::ActorId;
 use ferry_proto::{ObjectId, WorkerId};
+use ferry_types::sync::RwLockExt;
 use rustc_hash::FxHashMap as HashMap;
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -50,7 +51,7 @@ impl Addrs {
         if w == self.me {
             return self.mine;
         }
-        self.book.read().unwrap_or_else(|e| e.into_inner()).get(&w).copied()
+        self.book.read_locked().get(&w).copied()
     }
 
     /// What a ref owned by `owner` should carry: its owner's address, in a cluster.
@@ -63,9 +64,9 @@ impl Addrs {
         if w == self.me {
             return;
         }
-        let known = self.book.read().unwrap_or_else(|e| e.into_inner()).get(&w) == Some(&a);
+        let known = self.book.read_locked().get(&w) == Some(&a);
         if !known {
-            self.book.write().unwrap_or_else(|e| e.into_inner()).insert(w, a);
+            self.book.write_locked().insert(w, a);
         }
     }
 }

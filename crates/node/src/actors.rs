@@ -26,6 +26,7 @@ use ferry_proto::conn::Addr;
 use ferry_proto::msg::{ActorId, ActorLocation, ActorSpec, FromNode, Placement, ToNode};
 use ferry_proto::{NodeId, WorkerId};
 use ferry_sched::ConnId;
+use ferry_types::sync::MutexExt;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -268,7 +269,7 @@ impl Node {
                 rec.remote = None;
                 let spec = rec.spec.clone().expect("checked");
                 let msg = ToNode::HostActor { actor, spec, home: self.id, exe: self.program_spec() };
-                let _ = self.links_tx.lock().unwrap_or_else(|e| e.into_inner()).send((node, addr, msg));
+                let _ = self.links_tx.locked().send((node, addr, msg));
                 return;
             }
         }
@@ -327,7 +328,7 @@ impl Node {
             let addr = tcp.map(Addr::Tcp).unwrap_or_else(|| Addr::Tcp(String::new()));
             let msg = ToNode::ActorHosted { actor, worker: w, addr, error: error.clone(), host: self.id };
             if let Some(a) = self.node_addr(st, home) {
-                let _ = self.links_tx.lock().unwrap_or_else(|e| e.into_inner()).send((home, a, msg));
+                let _ = self.links_tx.locked().send((home, a, msg));
             }
         }
         let Some(rec) = st.actors.get_mut(&actor) else { return };
@@ -356,14 +357,14 @@ impl Node {
             // (naming itself), as this one would have.
             st.actors.remove(&actor);
             let msg = ToNode::HostActor { actor, spec, home, exe: self.program_spec() };
-            let _ = self.links_tx.lock().unwrap_or_else(|e| e.into_inner()).send((node, addr, msg));
+            let _ = self.links_tx.locked().send((node, addr, msg));
             return;
         }
         rec.host = Some(node);
         rec.remote = None;
         st.book.pending_hosts.insert(actor, (node, spec.shape.clone(), None));
         let msg = ToNode::HostActor { actor, spec, home: self.id, exe: self.program_spec() };
-        let _ = self.links_tx.lock().unwrap_or_else(|e| e.into_inner()).send((node, addr, msg));
+        let _ = self.links_tx.locked().send((node, addr, msg));
     }
 
     /// `HostActor`, from the actor's home daemon on `conn`: run it here.
@@ -396,7 +397,7 @@ impl Node {
             // Killed while it was being passed on from a busy host: stop the copy that ran.
             if let Some(a) = self.node_addr(st, host) {
                 let msg = ToNode::KillActor { actor };
-                let _ = self.links_tx.lock().unwrap_or_else(|e| e.into_inner()).send((host, a, msg));
+                let _ = self.links_tx.locked().send((host, a, msg));
             }
             return;
         }
@@ -570,8 +571,7 @@ impl Node {
         if let Some(h) = host {
             // Hosted elsewhere: that node stops it.
             if let Some(a) = self.node_addr(st, h) {
-                let _ =
-                    self.links_tx.lock().unwrap_or_else(|e| e.into_inner()).send((h, a, ToNode::KillActor { actor }));
+                let _ = self.links_tx.locked().send((h, a, ToNode::KillActor { actor }));
             }
         } else if let Some(w) = worker {
             st.book.worker_actor.remove(&w);
@@ -590,7 +590,7 @@ impl Node {
             rec.killed = true;
             let msg = ToNode::ActorLost { actor, reason: reason.to_string() };
             if let Some(a) = self.node_addr(st, home) {
-                let _ = self.links_tx.lock().unwrap_or_else(|e| e.into_inner()).send((home, a, msg));
+                let _ = self.links_tx.locked().send((home, a, msg));
             }
             self.stop(st, actor, format!("its process died ({reason})"));
             return;
@@ -724,7 +724,7 @@ impl Node {
             if !keep {
                 if let Some(a) = self.node_addr(st, node) {
                     let msg = ToNode::KillActor { actor };
-                    let _ = self.links_tx.lock().unwrap_or_else(|e| e.into_inner()).send((node, a, msg));
+                    let _ = self.links_tx.locked().send((node, a, msg));
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! thread of its own, registration, and the lines tasks print, passed on to drivers.
 
 use super::*;
+use ferry_types::sync::MutexExt;
 
 impl Node {
     pub(crate) fn is_registered(&self, conn: ConnId) -> bool {
@@ -29,7 +30,7 @@ impl Node {
             self.send(st, d, &msg);
         }
         if origin.is_none() {
-            if let Some(head) = self.head_link.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            if let Some(head) = self.head_link.locked().as_ref() {
                 st.queue(head, &ToNode::Log { stderr, lines, node: Some(self.id) });
             }
         } else if self.opts.head_timeout.is_some() {

@@ -22,6 +22,7 @@
 //! fork copies the page tables of a process that may hold thousands of threads, and made
 //! starting the thousandth actor forty times slower than the first.
 
+use ferry_types::sync::{CondvarExt, MutexExt};
 mod actors;
 pub mod client;
 mod conns;
@@ -333,11 +334,11 @@ struct Node {
 
 impl Node {
     fn program(&self) -> Option<PathBuf> {
-        self.program.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.program.locked().clone()
     }
     /// The program as other nodes are told of it (with its hash, so they can fetch it).
     fn program_spec(&self) -> Option<Program> {
-        let hash = self.program_hash.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let hash = self.program_hash.locked().clone();
         self.program().map(|path| Program { path, hash })
     }
 }
@@ -480,7 +481,7 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
         node.apply(&mut st, actions);
     } else {
         // Nothing to start workers from until a driver joins.
-        *node.deferred.lock().unwrap_or_else(|e| e.into_inner()) = actions;
+        *node.deferred.locked() = actions;
     }
     let mut listeners = vec![(Listener::Unix(listener), Limits::unix(), "ferry-accept")];
     if let Some(l) = tcp {
@@ -489,7 +490,7 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
     for (l, limits, name) in listeners {
         let n = node.clone();
         let (wake, rx) = wake_pair()?;
-        node.wakes.lock().unwrap_or_else(|e| e.into_inner()).push(wake);
+        node.wakes.locked().push(wake);
         let gate = Gate::new("ferry-node", limits);
         threads.push(thread::Builder::new().name(name.into()).spawn(move || conns::accept_loop(n, l, rx, gate))?);
     }
@@ -535,9 +536,9 @@ impl NodeHandle {
     /// Blocks until a client asks the node to stop (`ToNode::StopNode`).
     pub fn wait_for_stop_request(&self) {
         let (m, cv) = &self.node.stop_requested;
-        let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = m.locked();
         while !*g {
-            g = cv.wait(g).unwrap_or_else(|e| e.into_inner());
+            g = cv.wait_locked(g);
         }
     }
     pub fn stats(&self) -> NodeStats {
@@ -554,7 +555,7 @@ impl NodeHandle {
     }
     /// Pids of the worker processes alive now.
     pub fn worker_pids(&self) -> Vec<u32> {
-        self.node.pids.lock().unwrap_or_else(|e| e.into_inner()).values().copied().collect()
+        self.node.pids.locked().values().copied().collect()
     }
 
     /// Stops the daemon and every worker it started, and deletes its directories.
@@ -566,9 +567,9 @@ impl NodeHandle {
         if self.node.stopping.swap(true, Ordering::SeqCst) {
             return;
         }
-        let _ = self.node.spawn_tx.lock().unwrap_or_else(|e| e.into_inner()).send(SpawnCmd::Shutdown);
-        let _ = self.node.spill_tx.lock().unwrap_or_else(|e| e.into_inner()).send(None);
-        for w in self.node.wakes.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let _ = self.node.spawn_tx.locked().send(SpawnCmd::Shutdown);
+        let _ = self.node.spill_tx.locked().send(None);
+        for w in self.node.wakes.locked().iter() {
             w.wake();
         }
         for t in self.threads.drain(..) {
@@ -583,7 +584,7 @@ impl NodeHandle {
         if let Some(spill) = &self.node.opts.spill_dir {
             let _ = std::fs::remove_dir_all(spill);
         }
-        self.node.dirs.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.node.dirs.locked().clear();
     }
 
     /// Last-resort cleanup that takes no lock that could be held: for an `atexit` handler
@@ -611,7 +612,7 @@ impl Drop for NodeHandle {
 
 impl Node {
     fn lock(&self) -> StateGuard<'_> {
-        StateGuard(Some(self.state.lock().unwrap_or_else(|e| e.into_inner())))
+        StateGuard(Some(self.state.locked()))
     }
 
     fn stats(&self, st: &State) -> NodeStats {
@@ -641,7 +642,7 @@ impl Node {
     /// Wakes `NodeHandle::wait_for_stop_request` (a client asked, or the head is gone).
     pub(crate) fn request_stop(&self) {
         let (m, cv) = &self.stop_requested;
-        *m.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        *m.locked() = true;
         cv.notify_all();
     }
 

@@ -11,6 +11,7 @@
 use crate::{ConnId, Node, State};
 use ferry_proto::msg::{FromNode, NodeStats, NodeView, ProcKind, Shape, ToNode};
 use ferry_proto::NodeId;
+use ferry_types::sync::MutexExt;
 use std::time::{Duration, Instant};
 
 #[derive(Debug)]
@@ -257,7 +258,7 @@ pub(crate) fn join_loop(node: std::sync::Arc<Node>, given: &str, every: Duration
     // When the control store was last reached: past the grace, the head is gone for good.
     let last_link = std::sync::Arc::new(std::sync::Mutex::new(Instant::now()));
     while !stopping() {
-        let since = last_link.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
+        let since = last_link.locked().elapsed();
         if since > node.opts.head_grace {
             tracing::error!(
                 "the control store at {given} has not been reachable for {:.0?} (the grace, \
@@ -295,8 +296,8 @@ pub(crate) fn join_loop(node: std::sync::Arc<Node>, given: &str, every: Duration
                     Ok(FromNode::Ack { error: None, .. }) if !joined => {
                         joined = true;
                         tracing::info!("joined the control store at {head}");
-                        *node.head_link.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
-                        *node.control_addr.lock().unwrap_or_else(|e| e.into_inner()) = Some(head.to_string());
+                        *node.head_link.locked() = Some(conn.clone());
+                        *node.control_addr.locked() = Some(head.to_string());
                         let actors = node.hosted_for(&node.lock(), control);
                         if !actors.is_empty() {
                             conn.send(&ToNode::ActorsHosted { node: node.id, actors }).map_err(|e| e.to_string())?;
@@ -305,7 +306,7 @@ pub(crate) fn join_loop(node: std::sync::Arc<Node>, given: &str, every: Duration
                     Ok(FromNode::Ack { error: Some(e), .. }) => return Err(e),
                     Ok(FromNode::Cluster { nodes, .. }) => {
                         last_heard = Instant::now();
-                        *last_link.lock().unwrap_or_else(|e| e.into_inner()) = last_heard;
+                        *last_link.locked() = last_heard;
                         let mut st = node.lock();
                         st.cluster.view = nodes;
                         node.retry_infeasible(&mut st);
@@ -339,7 +340,7 @@ pub(crate) fn join_loop(node: std::sync::Arc<Node>, given: &str, every: Duration
             }
             Ok(())
         })();
-        *node.head_link.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *node.head_link.locked() = None;
         match joined {
             Err(e) if !stopping() && e != told => {
                 tracing::warn!("no link to the control store at {head} ({e}); trying again");
@@ -375,7 +376,7 @@ impl Node {
             ToNode::ControlAddress { req } => {
                 let addr = match self.opts.head_timeout.is_some() {
                     true => self.tcp_addr.map(|a| a.to_string()),
-                    false => self.control_addr.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                    false => self.control_addr.locked().clone(),
                 };
                 self.send(st, conn, &FromNode::ControlAt { req, addr });
             }

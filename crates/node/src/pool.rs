@@ -3,6 +3,7 @@
 //! room, and the spawner thread that starts, kills and reaps worker processes.
 
 use super::*;
+use ferry_types::sync::MutexExt;
 
 impl Node {
     /// A node started on its own runs the first job's binary (from the first driver or
@@ -20,17 +21,17 @@ impl Node {
                     old.display()
                 );
                 st.pool.retired = st.pool.workers.keys().chain(st.pool.expected.iter()).copied().collect();
-                *self.program.lock().unwrap_or_else(|e| e.into_inner()) = Some(exe.path);
-                *self.program_hash.lock().unwrap_or_else(|e| e.into_inner()) = exe.hash;
+                *self.program.locked() = Some(exe.path);
+                *self.program_hash.locked() = exe.hash;
                 let actions = st.pool.sched.retire_idle(Instant::now());
                 self.apply(st, actions);
                 return;
             }
             None => {}
         }
-        *self.program.lock().unwrap_or_else(|e| e.into_inner()) = Some(exe.path);
-        *self.program_hash.lock().unwrap_or_else(|e| e.into_inner()) = exe.hash;
-        let actions = std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()));
+        *self.program.locked() = Some(exe.path);
+        *self.program_hash.locked() = exe.hash;
+        let actions = std::mem::take(&mut *self.deferred.locked());
         self.apply(st, actions);
     }
 
@@ -187,7 +188,7 @@ impl Node {
     }
 
     pub(crate) fn spawn_cmd(&self, cmd: SpawnCmd) {
-        let _ = self.spawn_tx.lock().unwrap_or_else(|e| e.into_inner()).send(cmd);
+        let _ = self.spawn_tx.locked().send(cmd);
     }
 
     /// Removes the socket a process of this node listened on (it is gone). The path is made
@@ -268,7 +269,7 @@ pub(crate) fn spawner(node: Arc<Node>, rx: mpsc::Receiver<SpawnCmd>) {
             match cmd {
                 Ok(SpawnCmd::Start) => match spawn_worker(&node) {
                     Ok((w, child)) => {
-                        node.pids.lock().unwrap_or_else(|e| e.into_inner()).insert(w, child.id());
+                        node.pids.locked().insert(w, child.id());
                         children.insert(w, child);
                     }
                     Err(e) => {
@@ -292,7 +293,7 @@ pub(crate) fn spawner(node: Arc<Node>, rx: mpsc::Receiver<SpawnCmd>) {
                     for (_, mut c) in children.drain() {
                         let _ = c.wait();
                     }
-                    node.pids.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                    node.pids.locked().clear();
                     return;
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -316,7 +317,7 @@ pub(crate) fn spawner(node: Arc<Node>, rx: mpsc::Receiver<SpawnCmd>) {
         let mut st = node.lock();
         for (w, reason) in exited {
             children.remove(&w);
-            node.pids.lock().unwrap_or_else(|e| e.into_inner()).remove(&w);
+            node.pids.locked().remove(&w);
             let was_expected = st.pool.expected.contains(&w);
             node.worker_gone(&mut st, w, &reason);
             if was_expected {
@@ -346,7 +347,7 @@ pub(crate) fn spawn_worker(node: &Node) -> io::Result<(WorkerId, Child)> {
         .env(PARENT_PID, std::process::id().to_string())
         .env(SPILL_DIR, o.spill_dir.as_deref().unwrap_or(std::path::Path::new("")))
         .env(TCP_HOST, node.tcp_addr.map(|a| a.ip().to_string()).unwrap_or_default())
-        .env(EXE_HASH, node.program_hash.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default())
+        .env(EXE_HASH, node.program_hash.locked().clone().unwrap_or_default())
         .envs(o.worker_env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null());
     match cmd.spawn() {

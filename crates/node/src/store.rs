@@ -2,6 +2,7 @@
 //! on its filesystem for writers that found it full, and the spill thread.
 
 use super::*;
+use ferry_types::sync::MutexExt;
 
 impl Node {
     /// Answers the writers waiting for room on the store's filesystem: there is none to make.
@@ -42,7 +43,7 @@ impl Node {
             }
             st.room.writers.push((RoomWaiter::Local(id, tx), bytes, bytes - free));
         }
-        let _ = self.spill_tx.lock().unwrap_or_else(|e| e.into_inner()).send(Some(()));
+        let _ = self.spill_tx.locked().send(Some(()));
         match rx.recv_timeout(Duration::from_secs(15)) {
             Ok(None) => Ok(()),
             Ok(Some(why)) => Err(why),
@@ -64,7 +65,7 @@ impl Node {
                 Ok(()) if st.store.over_capacity() => {
                     // Answered once spilling has made room: the writer waits until then.
                     st.room.seals.push((conn, req, object));
-                    let _ = self.spill_tx.lock().unwrap_or_else(|e| e.into_inner()).send(Some(()));
+                    let _ = self.spill_tx.locked().send(Some(()));
                 }
                 res => {
                     let error = res.err().map(|e| e.to_string());
@@ -88,7 +89,7 @@ impl Node {
                     self.send(st, conn, &FromNode::Room { req, error: None });
                 } else {
                     st.room.writers.push((RoomWaiter::Conn(conn, req), bytes, bytes - free));
-                    let _ = self.spill_tx.lock().unwrap_or_else(|e| e.into_inner()).send(Some(()));
+                    let _ = self.spill_tx.locked().send(Some(()));
                 }
             }
             ToNode::Inventory { req } => {

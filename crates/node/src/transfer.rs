@@ -15,6 +15,7 @@ use ferry_proto::conn::{connect, Addr, Conn, Stream};
 use ferry_proto::msg::{FromNode, ProcKind, PullError, ToNode};
 use ferry_proto::FrameReader;
 use ferry_proto::{NodeId, ObjectId, WorkerId};
+use ferry_types::sync::MutexExt;
 use std::collections::HashMap;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -146,7 +147,7 @@ impl Node {
                     st.copies.counts.1 += 1;
                     st.copies.counts.3 += size;
                     if st.store.over_capacity() {
-                        let _ = self.spill_tx.lock().unwrap_or_else(|e| e.into_inner()).send(Some(()));
+                        let _ = self.spill_tx.locked().send(Some(()));
                     }
                     None
                 }
@@ -218,8 +219,7 @@ impl Node {
         }
         for (n, objects) in by_node {
             if let Some(addr) = self.node_addr(st, n) {
-                let _ =
-                    self.links_tx.lock().unwrap_or_else(|e| e.into_inner()).send((n, addr, ToNode::Free { objects }));
+                let _ = self.links_tx.locked().send((n, addr, ToNode::Free { objects }));
             }
         }
     }

@@ -11,6 +11,7 @@ use crate::ids::{NodeId, WorkerId};
 use crate::listen::{Admission, ConnSlot};
 use crate::msg::{Hello, HelloProof, HelloReply};
 use crate::{MAGIC, PROTOCOL_VERSION};
+use ferry_types::sync::MutexExt;
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -169,7 +170,7 @@ impl Conn {
 
     /// Writes what is queued, unless another thread is writing already (it writes it then).
     pub fn flush(&self) -> io::Result<()> {
-        let g = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let g = self.out.locked();
         if g.failed {
             return Err(io::Error::new(io::ErrorKind::BrokenPipe, "connection failed earlier"));
         }
@@ -177,7 +178,7 @@ impl Conn {
     }
 
     fn enqueue<T: Serialize>(&self, msg: &T) -> io::Result<std::sync::MutexGuard<'_, Out>> {
-        let mut g = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.out.locked();
         if g.failed {
             return Err(io::Error::new(io::ErrorKind::BrokenPipe, "connection failed earlier"));
         }
@@ -198,7 +199,7 @@ impl Conn {
             let r = (&self.stream).write_all(&data);
             spare = data;
             spare.clear();
-            g = self.out.lock().unwrap_or_else(|e| e.into_inner());
+            g = self.out.locked();
             if let Err(e) = r {
                 g.failed = true;
                 g.flushing = false;
@@ -215,7 +216,7 @@ impl Conn {
 
     /// Sends raw bytes without framing them. Only for tests that send garbage on purpose.
     pub fn send_raw(&self, bytes: &[u8]) -> io::Result<()> {
-        let _g = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let _g = self.out.locked();
         (&self.stream).write_all(bytes)
     }
 
@@ -225,7 +226,7 @@ impl Conn {
     pub fn with_raw_fd<R>(&self, f: impl FnOnce(std::os::fd::RawFd) -> io::Result<R>) -> io::Result<R> {
         use std::os::fd::AsRawFd;
         loop {
-            let g = self.out.lock().unwrap_or_else(|e| e.into_inner());
+            let g = self.out.locked();
             if g.failed {
                 return Err(io::Error::new(io::ErrorKind::BrokenPipe, "connection failed earlier"));
             }

@@ -15,6 +15,7 @@
 //!   cannot arrive when the socket file is gone or the descriptors are used up).
 
 use crate::conn::Stream;
+use ferry_types::sync::MutexExt;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, TcpListener};
@@ -148,7 +149,7 @@ impl RateLog {
     /// Logs `line()` unless a line went out less than an interval ago (then it is counted).
     /// Returns whether it was logged.
     pub fn log(&self, line: impl FnOnce() -> String) -> bool {
-        let mut g = self.st.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.st.locked();
         let now = Instant::now();
         if g.0.is_some_and(|t| now.duration_since(t) < self.every) {
             g.1 += 1;
@@ -226,14 +227,14 @@ impl Gate {
 
     /// Handshakes in progress and authenticated connections, now.
     pub fn counts(&self) -> (usize, usize) {
-        let g = self.st.lock().unwrap_or_else(|e| e.into_inner());
+        let g = self.st.locked();
         (g.pending.len(), g.conns)
     }
 
     /// Admits a new connection from `source` to its handshake, or refuses it (`None`: close
     /// it). May cut off the oldest handshake of the busiest source to make room.
     pub fn admit(self: &Arc<Self>, stream: &Stream, source: Source) -> Option<Admission> {
-        let mut g = self.st.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.st.locked();
         let from_source = g.per_source.get(&source).copied().unwrap_or(0);
         if from_source >= self.limits.max_pending_per_source {
             drop(g);
@@ -278,7 +279,7 @@ impl Gate {
     }
 
     fn forget(&self, id: u64) {
-        let mut g = self.st.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.st.locked();
         if let Some(i) = g.pending.iter().position(|p| p.id == id) {
             let rec = g.pending.remove(i);
             g.count_out(rec.source);
@@ -314,7 +315,7 @@ impl Admission {
     pub fn promote(self) -> Result<ConnSlot, String> {
         let gate = self.gate.clone();
         drop(self);
-        let mut g = gate.st.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = gate.st.locked();
         if g.conns >= gate.limits.max_conns {
             return Err(format!(
                 "{} has {} connections, its limit (FERRY_MAX_CONNECTIONS); try again later",
@@ -341,7 +342,7 @@ pub struct ConnSlot {
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
-        let mut g = self.gate.st.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.gate.st.locked();
         g.conns = g.conns.saturating_sub(1);
     }
 }

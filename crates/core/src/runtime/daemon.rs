@@ -3,6 +3,7 @@
 //! control store), and what happens when one is lost.
 
 use super::*;
+use ferry_types::sync::MutexExt;
 
 impl Runtime {
     /// Sends a request to the daemon and waits for its answer.
@@ -15,13 +16,13 @@ impl Runtime {
     pub(crate) fn call_at(&self, conn: &Conn, make: impl FnOnce(u64) -> ToNode) -> Result<FromNode> {
         let req = self.next_call.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::sync_channel(1);
-        self.node_calls.lock().unwrap_or_else(|e| e.into_inner()).insert(req, (conn as *const Conn as usize, tx));
+        self.node_calls.locked().insert(req, (conn as *const Conn as usize, tx));
         if let Err(e) = conn.send(&make(req)) {
-            self.node_calls.lock().unwrap_or_else(|e| e.into_inner()).remove(&req);
+            self.node_calls.locked().remove(&req);
             return Err(Error::Connection { detail: format!("node daemon: {e}") });
         }
         rx.recv_timeout(Duration::from_secs(60)).map_err(|e| {
-            self.node_calls.lock().unwrap_or_else(|e| e.into_inner()).remove(&req);
+            self.node_calls.locked().remove(&req);
             let detail = match e {
                 mpsc::RecvTimeoutError::Timeout => "the node daemon did not answer within 60 s",
                 mpsc::RecvTimeoutError::Disconnected => "the daemon's connection closed before it answered",
@@ -128,7 +129,7 @@ impl Runtime {
     }
 
     pub(super) fn answer_call(&self, req: u64, msg: FromNode) {
-        if let Some((_, tx)) = self.node_calls.lock().unwrap_or_else(|e| e.into_inner()).remove(&req) {
+        if let Some((_, tx)) = self.node_calls.locked().remove(&req) {
             let _ = tx.send(msg);
         }
     }
@@ -153,11 +154,11 @@ impl Runtime {
             let _ = self.node.send(m);
             return;
         }
-        let known = self.daemons.lock().unwrap_or_else(|e| e.into_inner()).get(&n).cloned();
+        let known = self.daemons.locked().conns.get(&n).cloned();
         let conn = match known {
             Some(c) => Some(c),
             None => {
-                let addr = self.daemon_addrs.lock().unwrap_or_else(|e| e.into_inner()).get(&n).cloned();
+                let addr = self.daemons.locked().about.get(&n).cloned();
                 addr.and_then(|a| self.daemon_conn(n, &a).ok())
             }
         };
@@ -169,11 +170,11 @@ impl Runtime {
     /// The connection to node `n`'s daemon at `addr`, opened (and registered as a client)
     /// on first use.
     pub(super) fn daemon_conn(&'static self, n: NodeId, addr: &str) -> Result<Arc<Conn>> {
-        let mut daemons = self.daemons.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = daemons.get(&n) {
+        let mut daemons = self.daemons.locked();
+        if let Some(c) = daemons.conns.get(&n) {
             return Ok(c.clone());
         }
-        self.daemon_addrs.lock().unwrap_or_else(|e| e.into_inner()).insert(n, addr.to_string());
+        daemons.about.insert(n, addr.to_string());
         let err = |e: String| Error::Connection { detail: format!("node {n} at {addr}: {e}") };
         let (conn, mut reader, _) =
             connect(&Addr::Tcp(addr.to_string()), &self.token, self.me, self.cfg.max_frame_bytes)
@@ -197,7 +198,7 @@ impl Runtime {
         }
         reader.get_ref().set_read_timeout(None).map_err(|e| err(e.to_string()))?;
         let conn = Arc::new(conn);
-        daemons.insert(n, conn.clone());
+        daemons.conns.insert(n, conn.clone());
         drop(daemons);
         thread::Builder::new()
             .name("ferry-daemon-rx".into())
@@ -220,9 +221,9 @@ impl Runtime {
         // And every other process there this one talks to: owners it borrows from (their
         // objects fail with `OwnerDied`), actors it calls.
         let others: Vec<WorkerId> = {
-            let mut pn = self.peer_nodes.lock().unwrap_or_else(|e| e.into_inner());
-            let w = pn.iter().filter(|(_, node)| **node == n).map(|(w, _)| *w).collect();
-            pn.retain(|_, node| *node != n);
+            let mut peers = self.peers.locked();
+            let w = peers.about.iter().filter(|(_, node)| **node == n).map(|(w, _)| *w).collect();
+            peers.about.retain(|_, node| *node != n);
             w
         };
         for w in workers.into_iter().chain(others) {
@@ -230,7 +231,7 @@ impl Runtime {
         }
         // Processes there that connected to this one: closing their links ends their borrows
         // (and, for a worker, the tasks of owners there) as if they had exited.
-        for (_, (node, c)) in self.inbound_conns.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for (_, (node, c)) in self.inbound_conns.locked().iter() {
             if *node == n {
                 c.shutdown();
             }
@@ -241,15 +242,16 @@ impl Runtime {
     /// Another node's daemon is gone: requests waiting there are asked of this node again
     /// (its workers, and so the leases, go with it and are reported by their connections).
     pub(super) fn daemon_lost(&'static self, n: NodeId) {
-        if let Some(c) = self.daemons.lock().unwrap_or_else(|e| e.into_inner()).remove(&n) {
+        let gone = self.daemons.locked().conns.remove(&n);
+        if let Some(c) = gone {
             c.shutdown();
             // Calls waiting for its answer fail now (their senders go).
             let at = Arc::as_ptr(&c) as usize;
-            self.node_calls.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, (c, _)| *c != at);
+            self.node_calls.locked().retain(|_, (c, _)| *c != at);
         }
         // The view as last asked, never asked now: this runs on a daemon's reader thread, which
         // must not wait for an answer only it can read.
-        let control = self.cluster.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|v| v.head && v.node == n);
+        let control = self.cluster.locked().iter().any(|v| v.head && v.node == n);
         // Requests for actors' addresses sent there will not be answered: asked again below,
         // once the control store is back (or of whatever answers for a node that is gone).
         let stalled = self.lock().forget_resolves_at(ActorId::tag_of(n));
@@ -301,14 +303,14 @@ impl Runtime {
     /// The cluster's nodes, asked of this node's daemon (`refresh`) or as last asked.
     pub(super) fn cluster_view(&self, refresh: bool) -> Vec<ferry_proto::msg::NodeView> {
         if !refresh {
-            let known = self.cluster.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let known = self.cluster.locked().clone();
             if !known.is_empty() {
                 return known;
             }
         }
         match self.node_call(|req| ToNode::ClusterStatus { req }) {
             Ok(FromNode::Cluster { nodes, .. }) => {
-                *self.cluster.lock().unwrap_or_else(|e| e.into_inner()) = nodes.clone();
+                *self.cluster.locked() = nodes.clone();
                 nodes
             }
             _ => Vec::new(),

@@ -29,6 +29,7 @@
 //! sends them on the right connections after the lock is released (sends only append to a
 //! connection's buffer, or write to a socket whose reader is always reading).
 
+use ferry_types::sync::{CondvarExt, MutexExt};
 mod daemon;
 mod objects;
 mod peers;
@@ -92,6 +93,19 @@ pub(crate) struct Identity {
     pub tcp_host: Option<String>,
 }
 
+/// Connections opened to other processes or daemons, one per peer, with what is known of
+/// each peer (a process's node; a daemon's address), under one lock.
+struct Links<K, V> {
+    conns: HashMap<K, Arc<Conn>>,
+    about: HashMap<K, V>,
+}
+
+impl<K, V> Default for Links<K, V> {
+    fn default() -> Self {
+        Links { conns: HashMap::new(), about: HashMap::new() }
+    }
+}
+
 /// See the module docs.
 pub(crate) struct Runtime {
     me: WorkerId,
@@ -105,8 +119,7 @@ pub(crate) struct Runtime {
     /// Where this process and others listen on TCP (refs carry their owners').
     addrs: Addrs,
     /// Connections to other nodes' daemons, and their addresses.
-    daemons: Mutex<HashMap<NodeId, Arc<Conn>>>,
-    daemon_addrs: Mutex<HashMap<NodeId, String>>,
+    daemons: Mutex<Links<NodeId, String>>,
     /// The cluster's nodes as last asked (to find an actor's home daemon).
     cluster: Mutex<Vec<ferry_proto::msg::NodeView>>,
     /// Calls to daemons waiting for their answer, with the connection each went on (its
@@ -115,10 +128,7 @@ pub(crate) struct Runtime {
     next_call: AtomicU64,
     state: Mutex<OwnerState>,
     /// Connections we opened to other processes, by process.
-    peers: Mutex<HashMap<WorkerId, Arc<Conn>>>,
-    /// The node of each process connected to (from its handshake): when a node is declared
-    /// dead, its processes are lost at once, even if their sockets stay open.
-    peer_nodes: Mutex<HashMap<WorkerId, NodeId>>,
+    peers: Mutex<Links<WorkerId, NodeId>>,
     /// Processes that connected to this one (borrowers, callers), with their nodes: closed
     /// when their node is declared dead, which ends their borrows here.
     inbound_conns: Mutex<HashMap<WorkerId, (NodeId, Arc<Conn>)>>,
@@ -210,13 +220,11 @@ impl Runtime {
             node: conn,
             addrs: Addrs::new(id.me, my_tcp),
             daemons: Default::default(),
-            daemon_addrs: Default::default(),
             cluster: Mutex::new(Vec::new()),
             node_calls: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(1),
             state: Mutex::new(OwnerState::new(id.me, node_id, limits)),
-            peers: Mutex::new(HashMap::new()),
-            peer_nodes: Mutex::new(HashMap::new()),
+            peers: Default::default(),
             inbound_conns: Mutex::new(HashMap::new()),
             peer_calls: Mutex::new(HashMap::new()),
             releases: Mutex::new(Vec::new()),
@@ -248,7 +256,7 @@ impl Runtime {
         }
         for (l, limits) in listeners {
             let (wake, rx) = wake_pair().map_err(|e| Error::Connection { detail: e.to_string() })?;
-            rt.wakes.lock().unwrap_or_else(|e| e.into_inner()).push(wake);
+            rt.wakes.locked().push(wake);
             let gate = Gate::new("ferry", limits);
             thread::Builder::new()
                 .name("ferry-accept".into())
@@ -259,7 +267,7 @@ impl Runtime {
     }
 
     pub(crate) fn init_lock() -> MutexGuard<'static, ()> {
-        INIT.lock().unwrap_or_else(|e| e.into_inner())
+        INIT.locked()
     }
 
     pub(crate) fn is_set() -> bool {
@@ -302,7 +310,7 @@ impl Runtime {
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, OwnerState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     /// Carries out the effects of a state change (after the lock is released).
@@ -326,8 +334,8 @@ impl Runtime {
             // A worker without a connection is being reported lost, and a failed send
             // surfaces as its loss on its reader thread: either way the message is moot.
             let sends: Vec<_> = {
-                let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-                fx.to_workers.into_iter().filter_map(|(w, m)| Some((peers.get(&w)?.clone(), m))).collect()
+                let peers = self.peers.locked();
+                fx.to_workers.into_iter().filter_map(|(w, m)| Some((peers.conns.get(&w)?.clone(), m))).collect()
             };
             for (conn, m) in sends {
                 let _ = conn.send(&m);
@@ -336,7 +344,7 @@ impl Runtime {
         if !fx.replies.is_empty() {
             // Answers go on the connection the asker opened to us; one that closed has gone.
             let sends: Vec<_> = {
-                let inbound = self.inbound_conns.lock().unwrap_or_else(|e| e.into_inner());
+                let inbound = self.inbound_conns.locked();
                 fx.replies.into_iter().filter_map(|(w, m)| Some((inbound.get(&w)?.1.clone(), m))).collect()
             };
             for (conn, m) in sends {
@@ -344,7 +352,7 @@ impl Runtime {
             }
         }
         if !fx.releases.is_empty() {
-            let mut r = self.releases.lock().unwrap_or_else(|e| e.into_inner());
+            let mut r = self.releases.locked();
             if r.is_empty() {
                 self.releases_cv.notify_one();
             }
@@ -355,7 +363,7 @@ impl Runtime {
                 self.peer_conn(peer).map_err(|e| e.to_string()).and_then(|c| c.send(&m).map_err(|e| e.to_string()));
             if let Err(e) = sent {
                 // Its reader reports the loss if it had a connection; otherwise do it here.
-                if !self.peers.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&peer) {
+                if !self.peers.locked().conns.contains_key(&peer) {
                     self.with_state(|st, fx| st.peer_lost(peer, &format!("cannot reach it: {e}"), fx));
                 }
             }
@@ -367,13 +375,13 @@ impl Runtime {
     fn release_sender(&'static self) {
         loop {
             {
-                let mut r = self.releases.lock().unwrap_or_else(|e| e.into_inner());
+                let mut r = self.releases.locked();
                 while r.is_empty() {
-                    r = self.releases_cv.wait(r).unwrap_or_else(|e| e.into_inner());
+                    r = self.releases_cv.wait_locked(r);
                 }
             }
             thread::sleep(Duration::from_micros(500));
-            let mut batch = std::mem::take(&mut *self.releases.lock().unwrap_or_else(|e| e.into_inner()));
+            let mut batch = std::mem::take(&mut *self.releases.locked());
             batch.sort_unstable_by_key(|(id, _)| id.owner());
             let mut fx = Effects::default();
             for chunk in batch.chunk_by(|a, b| a.0.owner() == b.0.owner()) {
@@ -417,7 +425,7 @@ impl Runtime {
         self.with_state(|st, fx| {
             st.fail_all(Error::NotRunning { detail: "ferry::shutdown was called while it was pending".into() }, fx)
         });
-        let node = self.embedded.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let node = self.embedded.locked().take();
         if let Some(n) = node {
             n.shutdown();
         }
@@ -435,7 +443,7 @@ impl Runtime {
     }
 
     pub(crate) fn worker_pids(&self) -> Vec<u32> {
-        self.embedded.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|n| n.worker_pids()).unwrap_or_default()
+        self.embedded.locked().as_ref().map(|n| n.worker_pids()).unwrap_or_default()
     }
 }
 

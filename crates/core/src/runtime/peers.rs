@@ -3,6 +3,7 @@
 //! push tasks); their reader threads, and what the loss of one means.
 
 use super::*;
+use ferry_types::sync::MutexExt;
 
 impl Runtime {
     /// Where process `w` listens on TCP (learnt from a ref it owns), for processes of other
@@ -19,7 +20,7 @@ impl Runtime {
     /// The connection to another process by id: at its well-known socket if it is on this
     /// node, else at the TCP address its refs carried.
     pub(crate) fn peer_conn(&'static self, peer: WorkerId) -> Result<Arc<Conn>> {
-        if let Some(c) = self.peers.lock().unwrap_or_else(|e| e.into_inner()).get(&peer) {
+        if let Some(c) = self.peers.locked().conns.get(&peer) {
             return Ok(c.clone());
         }
         let unix = peer_socket(&self.session_dir, peer);
@@ -34,15 +35,17 @@ impl Runtime {
     pub(super) fn worker_conn(&'static self, worker: WorkerId, addr: &Addr) -> Result<Arc<Conn>> {
         // Held while connecting, so two threads never open two connections to one process
         // (its replies must come back on one ordered stream).
-        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = peers.get(&worker) {
+        let mut peers = self.peers.locked();
+        if let Some(c) = peers.conns.get(&worker) {
             return Ok(c.clone());
         }
         let (conn, reader, node) = connect_from(addr, &self.token, self.me, self.node_id, self.cfg.max_frame_bytes)
             .map_err(|e| Error::Connection { detail: e.to_string() })?;
         let conn = Arc::new(conn);
-        peers.insert(worker, conn.clone());
-        self.peer_nodes.lock().unwrap_or_else(|e| e.into_inner()).insert(worker, node);
+        peers.conns.insert(worker, conn.clone());
+        // Its node (from its handshake): when that node is declared dead, its processes are
+        // lost at once, even if their sockets stay open.
+        peers.about.insert(worker, node);
         drop(peers);
         thread::Builder::new()
             .name("ferry-peer-rx".into())
@@ -76,7 +79,7 @@ impl Runtime {
                         FromWorker::Ack { req } | FromWorker::Summary { req, .. } => *req,
                         _ => unreachable!("matched above"),
                     };
-                    if let Some((_, tx)) = self.peer_calls.lock().unwrap_or_else(|e| e.into_inner()).remove(&req) {
+                    if let Some((_, tx)) = self.peer_calls.locked().remove(&req) {
                         let _ = tx.send(m);
                     }
                 }
@@ -91,12 +94,16 @@ impl Runtime {
     }
 
     pub(super) fn worker_lost(&'static self, worker: WorkerId, reason: &str) {
-        if let Some(c) = self.peers.lock().unwrap_or_else(|e| e.into_inner()).remove(&worker) {
+        let gone = {
+            let mut peers = self.peers.locked();
+            peers.about.remove(&worker);
+            peers.conns.remove(&worker)
+        };
+        if let Some(c) = gone {
             c.shutdown();
         }
-        self.peer_nodes.lock().unwrap_or_else(|e| e.into_inner()).remove(&worker);
         // Its unanswered requests fail (their senders are dropped).
-        self.peer_calls.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, (p, _)| *p != worker);
+        self.peer_calls.locked().retain(|_, (p, _)| *p != worker);
         self.with_state(|st, fx| {
             st.on_worker_lost(worker, reason, fx);
             st.peer_lost(worker, reason, fx);
@@ -108,13 +115,13 @@ impl Runtime {
         let conn = self.peer_conn(peer)?;
         let req = self.next_call.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::sync_channel(1);
-        self.peer_calls.lock().unwrap_or_else(|e| e.into_inner()).insert(req, (peer, tx));
+        self.peer_calls.locked().insert(req, (peer, tx));
         if let Err(e) = conn.send(&make(req)) {
-            self.peer_calls.lock().unwrap_or_else(|e| e.into_inner()).remove(&req);
+            self.peer_calls.locked().remove(&req);
             return Err(Error::Connection { detail: format!("process {peer:?}: {e}") });
         }
         rx.recv_timeout(Duration::from_secs(60)).map_err(|e| {
-            self.peer_calls.lock().unwrap_or_else(|e| e.into_inner()).remove(&req);
+            self.peer_calls.locked().remove(&req);
             Error::Connection { detail: format!("process {peer:?} did not answer: {e}") }
         })
     }
@@ -167,7 +174,7 @@ impl Runtime {
                 match accept(stream, &self.token, self.node_id, self.cfg.max_frame_bytes, adm) {
                     Ok((conn, reader, hello, _slot)) => {
                         let conn = Arc::new(conn);
-                        let mut inb = self.inbound_conns.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut inb = self.inbound_conns.locked();
                         inb.insert(hello.from, (hello.node, conn.clone()));
                         drop(inb);
                         self.inbound(hello.from, conn, reader)
@@ -223,7 +230,7 @@ impl Runtime {
         }
         conn.shutdown();
         {
-            let mut inb = self.inbound_conns.lock().unwrap_or_else(|e| e.into_inner());
+            let mut inb = self.inbound_conns.locked();
             if inb.get(&from).is_some_and(|(_, c)| Arc::ptr_eq(c, &conn)) {
                 inb.remove(&from);
             }
