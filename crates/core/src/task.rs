@@ -25,6 +25,11 @@ pub struct TaskArg(ArgInner);
 
 /// What may be passed where a remote function takes a `T`: a `T`, or an
 /// `ObjectRef<T>` (by value or by reference), resolved to its value before the task runs.
+#[diagnostic::on_unimplemented(
+    message = "a `{Self}` cannot be passed where the remote function or method takes `{T}`",
+    label = "expected `{T}`, or an `ObjectRef<{T}>` (by value or by reference)",
+    note = "the parameter it is passed for is shown below"
+)]
 pub trait IntoArg<T> {
     fn into_arg(self) -> TaskArg;
 }

@@ -76,6 +76,28 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
+/// The name a generated function gives argument `i`: the parameter's own (so an error about
+/// an argument of the wrong type names it), or `__argN` for a pattern.
+fn arg_name(pt: &syn::PatType, i: usize) -> syn::Ident {
+    match &*pt.pat {
+        syn::Pat::Ident(p) if p.subpat.is_none() => syn::Ident::new(&p.ident.to_string(), p.ident.span()),
+        _ => format_ident!("__arg{}", i),
+    }
+}
+
+/// The parameters of a generated call (`name: impl IntoArg<T>`), each spanned on the user's
+/// own parameter: an argument of the wrong type is then reported at that parameter, by name.
+fn arg_params(idents: &[syn::Ident], tys: &[Type]) -> Vec<proc_macro2::TokenStream> {
+    idents
+        .iter()
+        .zip(tys)
+        .map(|(i, t)| {
+            let span = i.span().join(t.span()).unwrap_or_else(|| i.span());
+            quote::quote_spanned!(span=> #i: impl ::ferry::IntoArg<#t>)
+        })
+        .collect()
+}
+
 fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenStream> {
     let sig = &f.sig;
     if !sig.generics.params.is_empty() {
@@ -87,6 +109,7 @@ fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenS
     let name = &sig.ident;
     let vis = &f.vis;
     let mut tys = Vec::new();
+    let mut idents = Vec::new();
     for input in &sig.inputs {
         match input {
             FnArg::Receiver(r) => {
@@ -99,6 +122,7 @@ fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenS
                         "remote functions take owned arguments (they cross process boundaries); use String, Vec<T>, ...",
                     ));
                 }
+                idents.push(arg_name(pt, tys.len()));
                 tys.push((*pt.ty).clone());
             }
         }
@@ -108,8 +132,8 @@ fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenS
         ReturnType::Type(_, t) => (**t).clone(),
     };
     let n = tys.len();
-    let idents: Vec<_> = (0..n).map(|i| format_ident!("__arg{}", i)).collect();
     let idx: Vec<_> = (0..n).collect();
+    let params = arg_params(&idents, &tys);
     let call = if sig.asyncness.is_some() {
         quote!(::ferry::block_on(super::#name(#(#idents),*)))
     } else {
@@ -173,7 +197,7 @@ fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenS
 
             impl Options {
                 /// Submits the task with these options.
-                pub fn remote(self, #( #idents: impl ::ferry::IntoArg<#tys> ),*) -> ::ferry::ObjectRef<#ret> {
+                pub fn remote(self, #(#params),*) -> ::ferry::ObjectRef<#ret> {
                     ::ferry::__private::begin_exports();
                     let __args = ::std::vec![#( ::ferry::IntoArg::<#tys>::into_arg(#idents) ),*];
                     ::ferry::__private::submit::<#ret>(__ENTRY.id, &self.0, __args)
@@ -181,8 +205,8 @@ fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenS
             }
 
             /// Submits the task; returns its result's future at once.
-            pub fn remote(#( #idents: impl ::ferry::IntoArg<#tys> ),*) -> ::ferry::ObjectRef<#ret> {
-                options().remote(#(#idents),*)
+            pub fn remote(#(#params),*) -> ::ferry::ObjectRef<#ret> {
+                self::options().remote(#(#idents),*)
             }
         }
     })
@@ -336,13 +360,14 @@ fn expand_actor_impl(args: ActorArgs, imp: ItemImpl) -> syn::Result<proc_macro2:
     let name = tp.path.segments.last().expect("a path").ident.clone();
     let proxy = proxy_name(&name);
     let options = format_ident!("{}Options", name);
-    let mut ctor: Option<(Vec<Type>, bool)> = None;
+    let mut ctor: Option<(Vec<Type>, Vec<syn::Ident>, bool)> = None;
     let mut methods = Vec::new();
     for item in &imp.items {
         let ImplItem::Fn(f) = item else { continue };
         let sig = &f.sig;
         let mut receiver = None;
         let mut tys = Vec::new();
+        let mut names = Vec::new();
         for input in &sig.inputs {
             match input {
                 FnArg::Receiver(r) => {
@@ -358,12 +383,13 @@ fn expand_actor_impl(args: ActorArgs, imp: ItemImpl) -> syn::Result<proc_macro2:
                             "actor methods take owned arguments (they cross process boundaries)",
                         ));
                     }
+                    names.push(arg_name(pt, tys.len()));
                     tys.push((*pt.ty).clone());
                 }
             }
         }
         match receiver {
-            None if sig.ident == "new" => ctor = Some((tys, sig.asyncness.is_some())),
+            None if sig.ident == "new" => ctor = Some((tys, names, sig.asyncness.is_some())),
             None => {}
             Some(mutable) => {
                 if !sig.generics.params.is_empty() {
@@ -373,19 +399,19 @@ fn expand_actor_impl(args: ActorArgs, imp: ItemImpl) -> syn::Result<proc_macro2:
                     ReturnType::Default => syn::parse_quote!(()),
                     ReturnType::Type(_, t) => (**t).clone(),
                 };
-                methods.push((sig.ident.clone(), tys, ret, mutable, sig.asyncness.is_some(), f.vis.clone()));
+                methods.push((sig.ident.clone(), tys, names, ret, mutable, sig.asyncness.is_some(), f.vis.clone()));
             }
         }
     }
-    let Some((ctor_tys, ctor_async)) = ctor else {
+    let Some((ctor_tys, cidents, ctor_async)) = ctor else {
         return Err(syn::Error::new(imp.span(), "an actor needs a constructor `fn new(..) -> Self`"));
     };
     if ctor_async {
         return Err(syn::Error::new(imp.span(), "the constructor cannot be async"));
     }
-    let is_async = methods.iter().any(|m| m.4);
+    let is_async = methods.iter().any(|m| m.5);
     if is_async {
-        if let Some(m) = methods.iter().find(|m| m.3) {
+        if let Some(m) = methods.iter().find(|m| m.4) {
             return Err(syn::Error::new(
                 m.0.span(),
                 "an actor with async methods runs its calls interleaved on one event loop, so its methods take \
@@ -394,14 +420,14 @@ fn expand_actor_impl(args: ActorArgs, imp: ItemImpl) -> syn::Result<proc_macro2:
         }
     }
     let n = ctor_tys.len();
-    let cidents: Vec<_> = (0..n).map(|i| format_ident!("__arg{}", i)).collect();
     let cidx: Vec<_> = (0..n).collect();
+    let cparams = arg_params(&cidents, &ctor_tys);
 
     let mut method_items = Vec::new();
     let mut proxy_methods = Vec::new();
-    for (mname, tys, ret, mutable, is_async, mvis) in &methods {
+    for (mname, tys, idents, ret, mutable, is_async, mvis) in &methods {
         let k = tys.len();
-        let idents: Vec<_> = (0..k).map(|i| format_ident!("__arg{}", i)).collect();
+        let params = arg_params(idents, tys);
         let idx: Vec<_> = (0..k).collect();
         let invoke = format_ident!("__ferry_invoke_{}", mname);
         let entry = format_ident!("__FERRY_METHOD_{}", mname.to_string().to_uppercase());
@@ -477,7 +503,7 @@ fn expand_actor_impl(args: ActorArgs, imp: ItemImpl) -> syn::Result<proc_macro2:
         let mname_str = mname.to_string();
         proxy_methods.push(quote! {
             /// Calls the actor's method; returns its result's future at once.
-            #mvis fn #mname(&self, #( #idents: impl ::ferry::IntoArg<#tys> ),*) -> ::ferry::ObjectRef<#ret> {
+            #mvis fn #mname(&self, #(#params),*) -> ::ferry::ObjectRef<#ret> {
                 ::ferry::__private::begin_exports();
                 let __args = ::std::vec![#( ::ferry::IntoArg::<#tys>::into_arg(#idents) ),*];
                 self.raw.call(#id, #mname_str, __args)
@@ -535,7 +561,7 @@ fn expand_actor_impl(args: ActorArgs, imp: ItemImpl) -> syn::Result<proc_macro2:
         #[allow(private_interfaces)]
         impl #options {
             /// Creates the actor with these options; its constructor runs on a dedicated worker.
-            pub fn remote(self, #( #cidents: impl ::ferry::IntoArg<#ctor_tys> ),*) -> ::ferry::Result<::ferry::ActorHandle<#name>> {
+            pub fn remote(self, #(#cparams),*) -> ::ferry::Result<::ferry::ActorHandle<#name>> {
                 ::ferry::__private::begin_exports();
                 let __args = ::std::vec![#( ::ferry::IntoArg::<#ctor_tys>::into_arg(#cidents) ),*];
                 ::ferry::__private::create_actor::<#name>(&self.0, __args)
@@ -545,7 +571,7 @@ fn expand_actor_impl(args: ActorArgs, imp: ItemImpl) -> syn::Result<proc_macro2:
         #[allow(private_interfaces)]
         impl #name {
             /// Creates an actor; returns its handle at once.
-            pub fn remote(#( #cidents: impl ::ferry::IntoArg<#ctor_tys> ),*) -> ::ferry::Result<::ferry::ActorHandle<#name>> {
+            pub fn remote(#(#cparams),*) -> ::ferry::Result<::ferry::ActorHandle<#name>> {
                 Self::options().remote(#(#cidents),*)
             }
 
