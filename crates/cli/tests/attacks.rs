@@ -288,7 +288,13 @@ fn nothing_a_cluster_keeps_is_readable_by_another_user_and_no_token_is_in_argv()
     let end = Instant::now() + T;
     while head.alive() || member.alive() {
         let stat = |p: u32| std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-        assert!(Instant::now() < end, "a node outlived ferry stop: {} / {}", stat(head.pid), stat(member.pid));
+        assert!(
+            Instant::now() < end,
+            "a node outlived ferry stop: {} / {}; stop said: {}",
+            stat(head.pid),
+            stat(member.pid),
+            text(&out)
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use std::time::Instant;
 
 /// Why a node could not start; each says what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -370,8 +371,21 @@ pub fn serve(cfg: &LaunchConfig, host: &str, port: u16, how: Serve) -> Result<Se
     serving.token_file = local::token_file(addr.port()).map_err(LaunchError::Local)?;
     ferry_os::write_secret(&serving.token_file, serving.token.as_bytes())
         .map_err(|e| LaunchError::Local(format!("cannot write {}: {e}", serving.token_file.display())))?;
+    // Ready means in the cluster: once `ferry start` returns, the control store lists this
+    // node (so `ferry status` shows it and `ferry stop` stops it). A head that cannot be
+    // reached yet is not fatal: the node keeps trying, as it does after any break.
+    let end = Instant::now() + defaults::env_ms("FERRY_JOIN_WAIT_MS", JOIN_WAIT);
+    while !serving.node.joined() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if !serving.node.joined() {
+        tracing::warn!("not in the cluster yet (its control store did not answer within {JOIN_WAIT:?}); still trying");
+    }
     Ok(serving)
 }
+
+/// How long [`serve`] waits for the node to join its cluster before it reports it started.
+const JOIN_WAIT: Duration = Duration::from_secs(10);
 
 impl Serving {
     pub fn addr(&self) -> SocketAddr {

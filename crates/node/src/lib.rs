@@ -533,6 +533,10 @@ impl NodeHandle {
     pub fn tcp_addr(&self) -> Option<std::net::SocketAddr> {
         self.node.tcp_addr
     }
+    /// Whether it is in a cluster's control store now (a head's or a member's link is up).
+    pub fn joined(&self) -> bool {
+        self.node.head_link.locked().is_some()
+    }
     /// Blocks until a client asks the node to stop (`ToNode::StopNode`).
     pub fn wait_for_stop_request(&self) {
         let (m, cv) = &self.node.stop_requested;

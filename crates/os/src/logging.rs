@@ -22,21 +22,22 @@ pub enum Style {
     Daemon,
 }
 
-/// The filter the environment asks for; a filter that does not parse is reported and the
-/// default used.
-pub fn filter() -> Targets {
+/// The filter the environment asks for, or the default and why the one asked for does not
+/// parse.
+pub fn filter() -> (Targets, Option<String>) {
     let asked = ["FERRY_LOG", "RUST_LOG"].iter().find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()));
+    let default = || Targets::from_str(DEFAULT_FILTER).unwrap_or_default();
     match asked.as_deref().map(Targets::from_str) {
-        Some(Ok(t)) => t,
+        Some(Ok(t)) => (t, None),
         Some(Err(e)) => {
-            eprintln!(
-                "ferry: the log filter {:?} (FERRY_LOG or RUST_LOG) is not valid ({e}); logging at {DEFAULT_FILTER}: \
-                 give levels like `warn` or `info,ferry_node=debug`",
+            let why = format!(
+                "the log filter {:?} (FERRY_LOG or RUST_LOG) is not valid ({e}); logging at {DEFAULT_FILTER}: give \
+                 levels like `warn` or `info,ferry_node=debug`",
                 asked.unwrap_or_default()
             );
-            Targets::from_str(DEFAULT_FILTER).unwrap_or_default()
+            (default(), Some(why))
         }
-        None => Targets::from_str(DEFAULT_FILTER).unwrap_or_default(),
+        None => (default(), None),
     }
 }
 
@@ -45,9 +46,13 @@ pub fn filter() -> Targets {
 pub fn init(style: Style) -> bool {
     let ansi = std::io::stderr().is_terminal();
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let (filter, invalid) = filter();
     let r = match style {
-        Style::Terminal => tracing_subscriber::registry().with(layer.without_time().with_filter(filter())).try_init(),
-        Style::Daemon => tracing_subscriber::registry().with(layer.with_filter(filter())).try_init(),
+        Style::Terminal => tracing_subscriber::registry().with(layer.without_time().with_filter(filter)).try_init(),
+        Style::Daemon => tracing_subscriber::registry().with(layer.with_filter(filter)).try_init(),
     };
+    if let Some(why) = invalid.filter(|_| r.is_ok()) {
+        tracing::warn!("{why}");
+    }
     r.is_ok()
 }
