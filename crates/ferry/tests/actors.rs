@@ -167,6 +167,7 @@ fn live_actors() -> u64 {
 
 #[test]
 fn calls_run_in_submission_order_and_return_refs() {
+    ferry_testkit::own_process!();
     cluster();
     let c = Counter::remote(10).unwrap();
     let refs: Vec<_> = (0..200).map(|_| c.incr(1)).collect();
@@ -185,6 +186,7 @@ fn calls_run_in_submission_order_and_return_refs() {
 
 #[test]
 fn constructor_and_method_arguments_may_be_refs() {
+    ferry_testkit::own_process!();
     cluster();
     let start = add::remote(40, 2);
     let c = Counter::remote(&start).unwrap();
@@ -200,6 +202,7 @@ fn constructor_and_method_arguments_may_be_refs() {
 
 #[test]
 fn handles_are_first_class() {
+    ferry_testkit::own_process!();
     cluster();
     let c = Counter::remote(0).unwrap();
     let t = bump_from_task::remote(c.clone(), 5);
@@ -215,6 +218,7 @@ fn handles_are_first_class() {
 
 #[test]
 fn actor_stops_when_every_handle_is_dropped() {
+    ferry_testkit::own_process!();
     cluster();
     let c = Counter::remote(1).unwrap();
     let pid = ferry::get_timeout(&c.pid(), T).unwrap();
@@ -232,6 +236,7 @@ fn actor_stops_when_every_handle_is_dropped() {
 
 #[test]
 fn kill_stops_at_once_and_calls_fail_with_actor_died() {
+    ferry_testkit::own_process!();
     cluster();
     let c = Counter::remote(1).unwrap();
     let pid = ferry::get_timeout(&c.pid(), T).unwrap();
@@ -248,6 +253,7 @@ fn kill_stops_at_once_and_calls_fail_with_actor_died() {
 
 #[test]
 fn named_and_detached_actors() {
+    ferry_testkit::own_process!();
     cluster();
     let c = Counter::options().name("hits").detached().remote(7).unwrap();
     ferry::get_timeout(&c.incr(1), T).unwrap();
@@ -270,6 +276,7 @@ fn named_and_detached_actors() {
 
 #[test]
 fn max_concurrency_runs_shared_methods_together() {
+    ferry_testkit::own_process!();
     cluster();
     let g = Gauge::options().max_concurrency(4).remote().unwrap();
     ferry::get_all(&(0..4).map(|_| g.hold(300)).collect::<Vec<_>>()).unwrap();
@@ -282,6 +289,7 @@ fn max_concurrency_runs_shared_methods_together() {
 
 #[test]
 fn async_methods_interleave_on_one_event_loop() {
+    ferry_testkit::own_process!();
     cluster();
     let w = Waiter::remote().unwrap();
     assert_eq!(ferry::get_timeout(&w.add_async(40, 2), T).unwrap(), 42);
@@ -301,6 +309,7 @@ fn async_methods_interleave_on_one_event_loop() {
 
 #[test]
 fn a_panic_fails_only_that_call() {
+    ferry_testkit::own_process!();
     cluster();
     let c = Counter::remote(1).unwrap();
     match ferry::get_timeout(&c.fail("oops"), T) {
@@ -316,6 +325,7 @@ fn a_panic_fails_only_that_call() {
 
 #[test]
 fn a_dead_actor_fails_pending_and_later_calls() {
+    ferry_testkit::own_process!();
     cluster();
     let c = Counter::remote(1).unwrap();
     let dying = c.die();
@@ -330,6 +340,7 @@ fn a_dead_actor_fails_pending_and_later_calls() {
 
 #[test]
 fn killed_process_is_restarted_and_calls_in_flight_retried() {
+    ferry_testkit::own_process!();
     cluster();
     let c = Counter::options().max_restarts(2).max_task_retries(2).remote(100).unwrap();
     assert_eq!(ferry::get_timeout(&c.incr(1), T).unwrap(), 101);
@@ -358,6 +369,7 @@ fn create_from_task(detached: String, attached: String) -> u32 {
 
 #[test]
 fn detached_actor_outlives_its_creator_and_an_attached_one_does_not() {
+    ferry_testkit::own_process!();
     cluster();
     let creator = ferry::get_timeout(&create_from_task::remote("survivor", "follower"), T).unwrap();
     assert_eq!(ferry::get_timeout(&ferry::get_actor::<Counter>("follower").unwrap().get(), T).unwrap(), 2);
@@ -370,6 +382,7 @@ fn detached_actor_outlives_its_creator_and_an_attached_one_does_not() {
 
 #[test]
 fn an_actor_no_node_can_host_fails_its_calls_with_the_reason() {
+    ferry_testkit::own_process!();
     cluster();
     let c = Counter::options().resource("unobtainium", 1.0).remote(0).unwrap();
     match ferry::get_timeout(&c.get(), T) {
@@ -380,6 +393,7 @@ fn an_actor_no_node_can_host_fails_its_calls_with_the_reason() {
 
 #[test]
 fn a_handle_inside_a_put_value_keeps_the_actor_alive() {
+    ferry_testkit::own_process!();
     cluster();
     let c = Counter::remote(7).unwrap();
     let boxed = ferry::put(vec![c.clone()]).unwrap();
@@ -403,6 +417,7 @@ fn make_counter(start: i64) -> Vec<ActorHandle<Counter>> {
 
 #[test]
 fn a_handle_returned_from_a_task_is_held_by_the_caller() {
+    ferry_testkit::own_process!();
     cluster();
     let out = make_counter::remote(40);
     ferry::wait(std::slice::from_ref(&out), 1, Some(T)).unwrap();
@@ -422,6 +437,7 @@ fn a_handle_returned_from_a_task_is_held_by_the_caller() {
 /// reason; pinned to this node, or softly to the missing one, it runs here.
 #[test]
 fn an_actor_pinned_to_a_missing_node_fails_with_the_reason() {
+    ferry_testkit::own_process!();
     cluster();
     let here = ferry::node_id().unwrap();
     let missing = ferry::NodeId(7);
@@ -440,6 +456,7 @@ fn an_actor_pinned_to_a_missing_node_fails_with_the_reason() {
 /// while new calls were answered. Ray fails them with `ActorDied`: so does ferry now.
 #[test]
 fn calls_in_flight_when_a_restarting_actor_dies_fail_with_actor_died() {
+    ferry_testkit::own_process!();
     cluster();
     let c = Counter::options().max_restarts(1).remote(0).unwrap();
     let warm: Vec<_> = (0..100).map(|_| c.incr(1)).collect();
@@ -461,6 +478,7 @@ fn calls_in_flight_when_a_restarting_actor_dies_fail_with_actor_died() {
 /// the new incarnation, or with `ActorDied`.
 #[test]
 fn a_call_sent_while_the_actors_process_dies_ends() {
+    ferry_testkit::own_process!();
     cluster();
     for round in 0..5 {
         let c = Counter::options().max_restarts(1).remote(10).unwrap();
@@ -480,6 +498,7 @@ fn a_call_sent_while_the_actors_process_dies_ends() {
 /// handle was dropped. After a kill nothing of the actor keeps objects alive.
 #[test]
 fn kill_lets_go_of_the_constructor_arguments() {
+    ferry_testkit::own_process!();
     cluster();
     let start = ferry::put(10i64).unwrap();
     let id = start.id();

@@ -48,6 +48,7 @@ fn nothing_left() -> bool {
 
 #[test]
 fn an_actor_keeps_a_ref_after_its_owner_dropped_its_own() {
+    ferry_testkit::own_process!();
     cluster();
     let x = ferry::put(vec![3u8; 2 * MB]).unwrap();
     let k = Keeper::remote().unwrap();
@@ -67,6 +68,7 @@ fn an_actor_keeps_a_ref_after_its_owner_dropped_its_own() {
 
 #[test]
 fn a_chain_of_borrowers_keeps_the_object_until_the_last_lets_go() {
+    ferry_testkit::own_process!();
     cluster();
     let x = ferry::put(vec![1u8; MB]).unwrap();
     let a = Keeper::remote().unwrap();
@@ -96,6 +98,7 @@ fn relay(r: ObjectRef<Vec<u8>>, hops: u32) -> u64 {
 
 #[test]
 fn a_ref_passed_through_nested_tasks_stays_alive_after_the_owner_drops_it() {
+    ferry_testkit::own_process!();
     cluster();
     let x = ferry::put(vec![2u8; MB]).unwrap();
     let out = relay::remote(x.clone(), 3);
@@ -118,6 +121,7 @@ fn make_big(n: u64) -> Vec<ObjectRef<Vec<u8>>> {
 
 #[test]
 fn refs_returned_inside_a_value_outlive_the_task_and_the_value() {
+    ferry_testkit::own_process!();
     cluster();
     // Owned by the worker that ran the task; the outer value is dropped at once.
     let refs = ferry::get_timeout(&make_refs::remote(5), T).unwrap();
@@ -138,6 +142,7 @@ fn refs_returned_inside_a_value_outlive_the_task_and_the_value() {
 
 #[test]
 fn refs_inside_a_put_value_live_as_long_as_the_value() {
+    ferry_testkit::own_process!();
     cluster();
     let inner = ferry::put(vec![5u8; MB]).unwrap();
     let outer = ferry::put(vec![inner.clone(), inner.clone()]).unwrap();
@@ -157,6 +162,7 @@ fn refs_inside_a_put_value_live_as_long_as_the_value() {
 
 #[test]
 fn a_borrower_that_dies_releases_its_borrow() {
+    ferry_testkit::own_process!();
     cluster();
     let x = ferry::put(vec![9u8; MB]).unwrap();
     let k = Keeper::remote().unwrap();
@@ -176,6 +182,7 @@ fn swap(refs: Vec<ObjectRef<u64>>) -> Vec<ObjectRef<u64>> {
 
 #[test]
 fn a_hundred_thousand_tasks_passing_refs_leave_nothing_behind() {
+    ferry_testkit::own_process!();
     cluster();
     let base: Vec<ObjectRef<u64>> = (0..10u64).map(|i| ferry::put(i).unwrap()).collect();
     let mut checked = 0;
@@ -203,6 +210,7 @@ fn refs_and_pid() -> (u32, Vec<ObjectRef<u64>>, ObjectRef<Vec<u8>>) {
 
 #[test]
 fn a_get_of_a_ref_whose_owner_died_fails_with_owner_died() {
+    ferry_testkit::own_process!();
     cluster();
     let (pid, refs, big) = ferry::get_timeout(&refs_and_pid::remote(), T).unwrap();
     assert_eq!(ferry::node_stats().unwrap().store_objects, 1);

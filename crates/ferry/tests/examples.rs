@@ -6,5 +6,6 @@ mod parameter_server;
 
 #[test]
 fn parameter_server_converges() {
+    ferry_testkit::own_process!();
     parameter_server::main().expect("parameter server example failed");
 }

@@ -51,6 +51,7 @@ impl Counter {
 
 #[test]
 fn crashes_at_each_protocol_step_are_recovered() {
+    ferry_testkit::own_process!();
     let dir = std::env::temp_dir().join(format!("ferry-failpoints-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();

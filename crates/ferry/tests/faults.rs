@@ -37,6 +37,7 @@ fn die_once(marker: String) -> String {
 
 #[test]
 fn worker_death_fails_the_task_and_the_driver_goes_on() {
+    ferry_testkit::own_process!();
     cluster();
     let r = die::remote();
     match ferry::get_timeout(&r, T) {
@@ -51,6 +52,7 @@ fn worker_death_fails_the_task_and_the_driver_goes_on() {
 
 #[test]
 fn worker_death_is_retried() {
+    ferry_testkit::own_process!();
     cluster();
     let marker = std::env::temp_dir().join(format!("ferry-die-once-{}", std::process::id()));
     let _ = std::fs::remove_file(&marker);
@@ -61,6 +63,7 @@ fn worker_death_is_retried() {
 
 #[test]
 fn shutdown_leaves_no_process_and_no_file_behind() {
+    ferry_testkit::own_process!();
     cluster();
     let mut pids: Vec<u32> = (0..10).map(|_| ferry::get_timeout(&pid::remote(), T).unwrap()).collect();
     pids.extend(ferry::__private::session_info().unwrap().worker_pids);
@@ -131,6 +134,7 @@ fn cluster_still_works() {
 
 #[test]
 fn wrong_or_missing_token_is_refused_with_a_reason() {
+    ferry_testkit::own_process!();
     cluster();
     let info = ferry::__private::session_info().unwrap();
     match connect(&info.node_addr, "not-the-token", WorkerId(1), 1 << 20) {
@@ -146,6 +150,7 @@ fn wrong_or_missing_token_is_refused_with_a_reason() {
 
 #[test]
 fn garbage_and_oversized_frames_close_only_that_connection() {
+    ferry_testkit::own_process!();
     cluster();
     let info = ferry::__private::session_info().unwrap();
     let path = match &info.node_addr {
@@ -186,6 +191,7 @@ fn garbage_and_oversized_frames_close_only_that_connection() {
 
 #[test]
 fn unknown_function_and_bad_arguments_are_typed_errors_and_the_worker_survives() {
+    ferry_testkit::own_process!();
     cluster();
     let (w, mut wrx, _node) = raw_worker();
     w.send(&ToWorker::Push(vec![spec("no::such::function", vec![])])).unwrap();
@@ -233,6 +239,7 @@ fn unknown_function_and_bad_arguments_are_typed_errors_and_the_worker_survives()
 
 #[test]
 fn garbage_never_crashes_a_daemon_or_a_worker() {
+    ferry_testkit::own_process!();
     cluster();
     let pids = ferry::__private::session_info().unwrap().worker_pids;
     // Many random frames from authenticated peers, each on its own connection.
@@ -285,6 +292,7 @@ extern "C" fn child_driver() {
 
 #[test]
 fn a_killed_driver_takes_its_workers_with_it() {
+    ferry_testkit::own_process!();
     use std::io::BufRead;
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .env("FERRY_TEST_CHILD_DRIVER", "1")
@@ -323,6 +331,7 @@ fn a_killed_driver_takes_its_workers_with_it() {
 
 #[test]
 fn a_peer_that_stops_reading_cannot_stall_the_daemon() {
+    ferry_testkit::own_process!();
     cluster();
     let (c, _rx_never_read) = raw_node();
     c.send(&ToNode::Register {
@@ -352,6 +361,7 @@ fn a_peer_that_stops_reading_cannot_stall_the_daemon() {
 
 #[test]
 fn bad_requests_to_a_drivers_own_socket_close_that_connection_only() {
+    ferry_testkit::own_process!();
     cluster();
     let info = ferry::__private::session_info().unwrap();
     let x = ferry::put(vec![1u8; 3]).unwrap();
@@ -403,6 +413,7 @@ fn parent_of_children(marker: String) -> u64 {
 /// has retries left), which makes the children again, and the result is the same.
 #[test]
 fn a_task_that_owns_children_is_run_again_when_it_dies() {
+    ferry_testkit::own_process!();
     cluster();
     let marker = std::env::temp_dir().join(format!("ferry-parent-{}", std::process::id()));
     let _ = std::fs::remove_file(&marker);
@@ -427,6 +438,7 @@ fn rss(pid: u32) -> u64 {
 /// bytes arrive: twenty such connections to the daemon and twenty to a worker cost little.
 #[test]
 fn frame_headers_announcing_gigabytes_cost_only_the_bytes_sent() {
+    ferry_testkit::own_process!();
     cluster();
     // The workers are up (they listen once registered).
     eventually("both workers registered", T, || ferry::node_stats().unwrap().workers == 2);

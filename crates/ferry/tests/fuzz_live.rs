@@ -85,6 +85,7 @@ fn blast<M: serde::Serialize>(
 
 #[test]
 fn random_well_formed_messages_from_a_token_holder_break_nothing() {
+    ferry_testkit::own_process!();
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |p| {
         PANICS.fetch_add(1, Ordering::SeqCst);

@@ -72,6 +72,7 @@ fn run_all_output(mut cmd: Command, within: Duration) -> (bool, String, String) 
 /// its daemon holds its lock, in any namespace.
 #[test]
 fn a_program_in_another_pid_namespace_leaves_a_live_session_alone() {
+    ferry_testkit::own_process!();
     cluster();
     let big = ferry::put(vec![5u8; 4 << 20]).unwrap();
     let info = ferry::__private::session_info().unwrap();
@@ -92,6 +93,7 @@ fn a_program_in_another_pid_namespace_leaves_a_live_session_alone() {
 /// stops: nothing waits on a wake-up through its socket file.
 #[test]
 fn a_session_whose_files_were_removed_still_shuts_down() {
+    ferry_testkit::own_process!();
     cluster();
     assert_eq!(ferry::get_timeout(&add::remote(1, 1), T).unwrap(), 2);
     let info = ferry::__private::session_info().unwrap();
@@ -109,6 +111,7 @@ fn a_session_whose_files_were_removed_still_shuts_down() {
 /// (a worker started for a cluster that had just stopped). Twenty runs, not a line.
 #[test]
 fn a_program_that_exits_at_once_leaves_no_noise() {
+    ferry_testkit::own_process!();
     let exe = std::env::current_exe().unwrap();
     for i in 0..20 {
         let mut cmd = Command::new(&exe);
@@ -123,6 +126,7 @@ fn a_program_that_exits_at_once_leaves_no_noise() {
 /// as Ray's first call does.
 #[test]
 fn the_first_call_starts_ferry_without_init() {
+    ferry_testkit::own_process!();
     let r = ferry::put(41u64).expect("put starts ferry");
     assert_eq!(ferry::get_timeout(&r, T).unwrap(), 41);
     assert_eq!(ferry::get_timeout(&add::remote(1, 1), T).unwrap(), 2);

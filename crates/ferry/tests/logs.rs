@@ -52,6 +52,7 @@ extern "C" fn child() {
 
 #[test]
 fn task_and_actor_output_reaches_the_driver_with_a_prefix() {
+    ferry_testkit::own_process!();
     let mut c = Command::new(std::env::current_exe().unwrap())
         .env("FERRY_TEST_LOG_CHILD", "1")
         .stdout(Stdio::piped())

@@ -26,6 +26,7 @@ fn store_files() -> usize {
 
 #[test]
 fn ten_thousand_one_mib_returns_leave_the_store_empty() {
+    ferry_testkit::own_process!();
     cluster();
     // In waves, so the test also shows the store reused, not only emptied at the end.
     for wave in 0..10u8 {
@@ -43,6 +44,7 @@ fn ten_thousand_one_mib_returns_leave_the_store_empty() {
 
 #[test]
 fn object_lives_while_a_pending_task_needs_it() {
+    ferry_testkit::own_process!();
     cluster();
     let big = mib::remote(9);
     let user = first_byte::remote(&big);
@@ -53,6 +55,7 @@ fn object_lives_while_a_pending_task_needs_it() {
 
 #[test]
 fn dropped_put_objects_are_freed_and_clones_keep_them() {
+    ferry_testkit::own_process!();
     cluster();
     let r = ferry::put(vec![1u8; 5 << 20]).unwrap();
     let r2 = r.clone();
@@ -65,6 +68,7 @@ fn dropped_put_objects_are_freed_and_clones_keep_them() {
 
 #[test]
 fn unreferenced_pending_result_is_freed_when_it_arrives() {
+    ferry_testkit::own_process!();
     cluster();
     for i in 0..50 {
         drop(mib::remote(i));

@@ -6,5 +6,6 @@ mod quickstart;
 
 #[test]
 fn quickstart_runs() {
+    ferry_testkit::own_process!();
     quickstart::main().expect("quickstart failed");
 }

@@ -27,6 +27,7 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
 
 #[test]
 fn live_objects_three_times_the_store_spill_and_read_back_correctly() {
+    ferry_testkit::own_process!();
     start(64, None);
     let spill = ferry::__private::session_info().unwrap().session_dir.join("spill");
     // 96 MiB from put, 96 MiB from task returns: 3x the 64 MiB store, all alive at once.
@@ -66,6 +67,7 @@ fn sum_bytes(b: ferry::Bytes) -> u64 {
 
 #[test]
 fn tasks_read_spilled_arguments() {
+    ferry_testkit::own_process!();
     start(16, None);
     let refs: Vec<_> = (0..6u8).map(|i| ferry::put(vec![i; 8 * MB]).unwrap()).collect();
     assert!(ferry::node_stats().unwrap().spilled_objects >= 4);
@@ -77,6 +79,7 @@ fn tasks_read_spilled_arguments() {
 
 #[test]
 fn with_no_room_on_disk_either_put_fails_cleanly_and_nothing_is_lost() {
+    ferry_testkit::own_process!();
     let spill = std::env::temp_dir().join(format!("ferry-test-nospill-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&spill);
     /// Removes the stand-in for a full disk however the test ends.
@@ -173,6 +176,7 @@ fn huge(n: usize) -> Vec<u8> {
 /// (spill, then try again), and what cannot fit at all fails as `ObjectStoreFull`.
 #[test]
 fn a_dev_shm_smaller_than_the_store_spills_and_says_so() {
+    ferry_testkit::own_process!();
     for mode in ["default", "big"] {
         let exe = std::env::current_exe().unwrap();
         let script = format!("mount -t tmpfs -o size=48m tmpfs /dev/shm && exec '{}'", exe.display());

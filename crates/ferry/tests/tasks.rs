@@ -121,6 +121,7 @@ fn pid() -> u32 {
 
 #[test]
 fn add_and_refs_as_arguments() {
+    ferry_testkit::own_process!();
     cluster();
     let a = add::remote(1, 2);
     let b = add::remote(&a, 10);
@@ -132,6 +133,7 @@ fn add_and_refs_as_arguments() {
 
 #[test]
 fn strings_structs_and_vectors_round_trip() {
+    ferry_testkit::own_process!();
     cluster();
     let r = concat::remote("a".to_string(), vec!["b".into(), "c".into()]);
     assert_eq!(ferry::get_timeout(&r, T).unwrap(), "abc");
@@ -145,6 +147,7 @@ fn strings_structs_and_vectors_round_trip() {
 
 #[test]
 fn nested_depth_ten_without_deadlock() {
+    ferry_testkit::own_process!();
     cluster();
     let r = tree::remote(10);
     assert_eq!(ferry::get_timeout(&r, T).unwrap(), 1024);
@@ -152,6 +155,7 @@ fn nested_depth_ten_without_deadlock() {
 
 #[test]
 fn fanout_of_a_thousand_from_inside_a_task() {
+    ferry_testkit::own_process!();
     cluster();
     let r = fanout::remote(1000);
     assert_eq!(ferry::get_timeout(&r, T).unwrap(), 1000);
@@ -162,6 +166,7 @@ fn fanout_of_a_thousand_from_inside_a_task() {
 
 #[test]
 fn many_tasks_complete_with_right_values() {
+    ferry_testkit::own_process!();
     cluster();
     let refs: Vec<_> = (0..5000).map(|i| add::remote(i, 1)).collect();
     let vals = ferry::get_all(&refs).unwrap();
@@ -170,6 +175,7 @@ fn many_tasks_complete_with_right_values() {
 
 #[test]
 fn large_put_is_zero_copy_view_of_shared_memory() {
+    ferry_testkit::own_process!();
     cluster();
     let n = 100 << 20;
     let big = ferry::put(vec![7u8; n]).unwrap();
@@ -203,6 +209,7 @@ fn large_put_is_zero_copy_view_of_shared_memory() {
 
 #[test]
 fn large_task_returns_and_large_arguments_go_through_the_store() {
+    ferry_testkit::own_process!();
     cluster();
     let r = make_bytes::remote(3 << 20, 2);
     assert_eq!(ferry::get_bytes(&r).unwrap().len(), 3 << 20);
@@ -218,6 +225,7 @@ fn large_task_returns_and_large_arguments_go_through_the_store() {
 
 #[test]
 fn wait_returns_ready_and_pending() {
+    ferry_testkit::own_process!();
     cluster();
     let fast = sleep_ms::remote(0);
     ferry::get_timeout(&fast, T).unwrap();
@@ -235,6 +243,7 @@ fn wait_returns_ready_and_pending() {
 
 #[test]
 fn panic_reaches_get_with_name_and_message_and_flows_downstream() {
+    ferry_testkit::own_process!();
     cluster();
     let r = boom::remote("kaput".to_string());
     match ferry::get_timeout(&r, T) {
@@ -257,6 +266,7 @@ fn panic_reaches_get_with_name_and_message_and_flows_downstream() {
 
 #[test]
 fn timeout_is_an_error_and_the_task_goes_on() {
+    ferry_testkit::own_process!();
     cluster();
     let r = sleep_ms::remote(300);
     assert!(matches!(ferry::get_timeout(&r, Duration::from_millis(20)), Err(Error::Timeout { .. })));
@@ -265,6 +275,7 @@ fn timeout_is_an_error_and_the_task_goes_on() {
 
 #[test]
 fn cancel_queued_and_running_tasks() {
+    ferry_testkit::own_process!();
     cluster();
     // Occupy both CPUs, then queue more.
     let busy: Vec<_> = (0..2).map(|_| sleep_ms::remote(500)).collect();
@@ -285,6 +296,7 @@ fn cancel_queued_and_running_tasks() {
 
 #[test]
 fn async_get_and_async_remote_functions() {
+    ferry_testkit::own_process!();
     cluster();
     let r = add::remote(20, 1);
     assert_eq!(ferry::block_on(async { r.clone().await }).unwrap(), 21);
@@ -295,6 +307,7 @@ fn async_get_and_async_remote_functions() {
 
 #[test]
 fn custom_and_infeasible_resources() {
+    ferry_testkit::own_process!();
     match ferry::init(ferry::Config::default().num_cpus(2).resource("widget", 1.0)) {
         Ok(()) => {}
         Err(e) => panic!("{e}"),
@@ -312,6 +325,7 @@ fn custom_and_infeasible_resources() {
 
 #[test]
 fn workers_are_prestarted_and_reused_across_functions() {
+    ferry_testkit::own_process!();
     cluster();
     common::eventually("two prestarted workers", T, || ferry::node_stats().unwrap().workers == 2);
     let mut pids = std::collections::HashSet::new();
@@ -325,6 +339,7 @@ fn workers_are_prestarted_and_reused_across_functions() {
 
 #[test]
 fn short_tasks_are_not_stuck_behind_a_long_one() {
+    ferry_testkit::own_process!();
     cluster();
     // Warm both leases, then put one long task and many short ones in flight.
     ferry::get_all(&(0..4).map(|_| sleep_ms::remote(1)).collect::<Vec<_>>()).unwrap();
@@ -340,6 +355,7 @@ fn short_tasks_are_not_stuck_behind_a_long_one() {
 
 #[test]
 fn idle_leases_go_back_to_the_daemon() {
+    ferry_testkit::own_process!();
     cluster();
     // One task at a time: the node is never short, so the lease is kept for reuse...
     ferry::get_timeout(&add::remote(1, 1), T).unwrap();
@@ -353,6 +369,7 @@ fn idle_leases_go_back_to_the_daemon() {
 
 #[test]
 fn regression_a_burst_of_long_tasks_spreads_over_workers() {
+    ferry_testkit::own_process!();
     cluster();
     // From a fresh owner holding no lease: the two tasks must not run one after another
     // on the first worker leased.
@@ -365,6 +382,7 @@ fn regression_a_burst_of_long_tasks_spreads_over_workers() {
 
 #[test]
 fn bytes_built_in_the_store_become_objects_without_a_copy() {
+    ferry_testkit::own_process!();
     cluster();
     let store = ferry::__private::session_info().unwrap().store_dir;
     let n = 5 << 20;
@@ -407,6 +425,7 @@ fn flaky(file: String, times: u32) -> u32 {
 
 #[test]
 fn retry_exceptions_retries_panics_and_says_how_many_attempts() {
+    ferry_testkit::own_process!();
     cluster();
     let file = |tag: &str| {
         let f = std::env::temp_dir().join(format!("ferry-flaky-{}-{tag}", std::process::id()));
@@ -462,6 +481,7 @@ fn spawn_inner(ms: u64) -> Vec<ObjectRef<u64>> {
 /// still held them. A worker that owns live objects or pending tasks is not idle (as in Ray).
 #[test]
 fn an_idle_worker_that_owns_objects_in_use_is_kept() {
+    ferry_testkit::own_process!();
     let mut cfg = ferry::Config::default().num_cpus(2);
     // Every worker is beyond the warm pool, and idle ones go after 300 ms.
     cfg.prestart_workers = Some(0);
@@ -492,6 +512,7 @@ fn fails_now() -> u64 {
 /// an error, as in Ray, instead of counting it twice.
 #[test]
 fn get_all_fails_fast_and_wait_refuses_duplicates() {
+    ferry_testkit::own_process!();
     cluster();
     let slow = sleepy::remote(8000);
     let t = Instant::now();
@@ -561,6 +582,7 @@ fn takes_picky(p: Picky) -> u32 {
 /// gives one hint that fits.
 #[test]
 fn serialization_errors_keep_serdes_message_and_name_the_value() {
+    ferry_testkit::own_process!();
     cluster();
     let e = ferry::get_timeout(&returns_unsized::remote(3), T).unwrap_err();
     let s = e.to_string();

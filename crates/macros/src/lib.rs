@@ -58,10 +58,16 @@ fn parse_args(attr: TokenStream) -> syn::Result<RemoteArgs> {
 
 /// Makes a function callable as a remote task. See the crate docs.
 ///
-/// ```ignore
+/// ```no_run
 /// #[ferry::remote(num_cpus = 1, max_retries = 2)]
 /// fn add(a: i64, b: i64) -> i64 { a + b }
-/// let r: ferry::ObjectRef<i64> = add::remote(1, 2);
+///
+/// fn main() -> Result<(), ferry::Error> {
+///     ferry::init(ferry::Config::default())?;
+///     let r: ferry::ObjectRef<i64> = add::remote(1, 2);
+///     assert_eq!(ferry::get(&r)?, 3);
+///     Ok(())
+/// }
 /// ```
 #[proc_macro_attribute]
 pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
@@ -268,7 +274,7 @@ fn parse_actor_args(attr: TokenStream) -> syn::Result<ActorArgs> {
 
 /// Makes a type an actor. Put it on the struct (or enum) and on its `impl` block:
 ///
-/// ```ignore
+/// ```no_run
 /// #[ferry::actor]
 /// pub struct Counter { n: i64 }
 ///
@@ -279,8 +285,13 @@ fn parse_actor_args(attr: TokenStream) -> syn::Result<ActorArgs> {
 ///     pub fn get(&self) -> i64 { self.n }
 /// }
 ///
-/// let c = Counter::remote(10)?;        // ActorHandle<Counter>
-/// let r = c.incr(5);                   // ObjectRef<i64>
+/// fn main() -> Result<(), ferry::Error> {
+///     ferry::init(ferry::Config::default())?;
+///     let c = Counter::remote(10)?;        // ActorHandle<Counter>
+///     let r = c.incr(5);                   // ObjectRef<i64>
+///     assert_eq!(ferry::get(&r)?, 15);
+///     Ok(())
+/// }
 /// ```
 ///
 /// On the type it adds `<Type>Proxy` (what a handle derefs to) and the `ferry::Actor` impl.

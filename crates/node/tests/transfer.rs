@@ -90,6 +90,7 @@ fn put_on_head(h: &mut (Conn, FrameReader<Stream>), id: ObjectId, bytes: &[u8]) 
 
 #[test]
 fn a_member_pulls_an_object_once_for_concurrent_readers_and_frees_the_copy() {
+    ferry_testkit::own_process!();
     // The first transfer in this process breaks off midway (a failpoint), once.
     let marker = std::env::temp_dir().join(format!("ferry-transfer-test-{}-broke", std::process::id()));
     let _ = std::fs::remove_file(&marker);
@@ -176,6 +177,7 @@ fn a_member_pulls_an_object_once_for_concurrent_readers_and_frees_the_copy() {
 /// again) rather than spilling its own objects to disk.
 #[test]
 fn a_copy_is_dropped_before_a_primary_is_spilled() {
+    ferry_testkit::own_process!();
     let head = ferry_node::start(options("head", None)).unwrap();
     let mut mo = options("member", Some(head.tcp_addr().unwrap().to_string()));
     mo.store_capacity = 24 << 20;
@@ -275,6 +277,7 @@ extern "C" fn small_store_check() {
 /// fit at all is "object store full", not a lost object (whose owner would make it again).
 #[test]
 fn a_copy_into_a_full_store_filesystem_makes_room_or_says_the_store_is_full() {
+    ferry_testkit::own_process!();
     let mnt = std::env::temp_dir().join(format!("ferry-transfer-small-{}", std::process::id()));
     std::fs::create_dir_all(&mnt).unwrap();
     let exe = std::env::current_exe().unwrap();

@@ -6,6 +6,11 @@
 //! [`Hosts::new`] builds them (root needed) and `Drop` removes every namespace, link and bridge
 //! it made, also when the test panics. Names carry this process's pid, so hosts left by a
 //! killed test run are recognised and removed by the next one.
+//!
+//! [`own_process!`] runs a test in a process of its own under `cargo test` as under nextest
+//! (see [`alone`]).
+
+pub mod alone;
 
 use std::process::{Command, Output};
 
