@@ -5,45 +5,15 @@
 //! driver waits up to its 5 s timeout on the flooding client's thread alone.
 
 use ferry_node::NodeOptions;
-use ferry_proto::conn::connect;
-use ferry_proto::msg::{FromNode, ProcKind, Shape, ToNode};
-use ferry_proto::{Addr, WorkerId};
-use ferry_sched::PoolOptions;
+use ferry_proto::msg::{FromNode, ProcKind, ToNode};
 use std::time::{Duration, Instant};
 
-const TOKEN: &str = "slow-peer-test-token-0123456789abcdef";
+mod common;
+
+use common::register;
 
 fn options() -> NodeOptions {
-    let base = std::env::temp_dir().join(format!("ferry-slow-peer-test-{}", std::process::id()));
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&base).unwrap();
-    NodeOptions {
-        session_dir: base.join("session"),
-        store_dir: base.join("store"),
-        store_capacity: 1 << 30,
-        spill_dir: None,
-        token: TOKEN.into(),
-        resources: Shape::cpus(1.0),
-        // No worker program: this test runs no tasks.
-        pool: PoolOptions { prestart: 0, max_workers: 1, idle_timeout: Duration::from_secs(1) },
-        worker_program: None,
-        tcp: None,
-        head_timeout: None,
-        control_only: false,
-        head_grace: Duration::from_secs(60),
-        join: None,
-        state_dir: None,
-        worker_env: Vec::new(),
-        max_frame: 64 << 20,
-    }
-}
-
-fn register(addr: &Addr, kind: ProcKind) -> (ferry_proto::Conn, ferry_proto::FrameReader<ferry_proto::Stream>) {
-    let (conn, mut rx, _) = connect(addr, TOKEN, WorkerId(ferry_proto::ids::random_u64()), 64 << 20).unwrap();
-    rx.get_ref().set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    conn.send(&ToNode::register_tool(kind)).unwrap();
-    assert!(matches!(rx.read::<FromNode>().unwrap(), FromNode::Registered { .. }));
-    (conn, rx)
+    common::options("slow-peer", "node")
 }
 
 #[test]

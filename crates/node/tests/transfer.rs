@@ -4,60 +4,28 @@
 //! cannot succeed end in errors, never in a wait.
 
 use ferry_node::{NodeHandle, NodeOptions};
-use ferry_proto::conn::{connect, Addr};
-use ferry_proto::msg::{FromNode, ProcKind, Shape, ToNode};
-use ferry_proto::{Conn, FrameReader, NodeId, ObjectId, Stream, TaskId, WorkerId};
-use ferry_sched::PoolOptions;
+use ferry_proto::conn::Addr;
+use ferry_proto::msg::{FromNode, ProcKind, ToNode};
+use ferry_proto::{NodeId, ObjectId, TaskId, WorkerId};
 use std::time::{Duration, Instant};
 
-const TOKEN: &str = "transfer-test-token-0123456789abcdef";
-const T: Duration = Duration::from_secs(20);
+mod common;
+
+use common::{call, register, Client, T};
 
 fn options(tag: &str, head: Option<String>) -> NodeOptions {
-    let base = std::env::temp_dir().join(format!("ferry-transfer-test-{}-{tag}", std::process::id()));
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&base).unwrap();
-    NodeOptions {
-        session_dir: base.join("session"),
-        store_dir: base.join("store"),
-        store_capacity: 1 << 30,
-        spill_dir: None,
-        token: TOKEN.into(),
-        resources: Shape::cpus(1.0),
-        // No worker program: this test runs no tasks.
-        pool: PoolOptions { prestart: 0, max_workers: 1, idle_timeout: Duration::from_secs(1) },
-        worker_program: None,
-        tcp: Some("127.0.0.1:0".into()),
-        head_timeout: head.is_none().then_some(Duration::from_secs(5)),
-        control_only: false,
-        head_grace: Duration::from_secs(60),
-        join: head.map(|h| (h, Duration::from_millis(50))),
-        state_dir: None,
-        worker_env: Vec::new(),
-        max_frame: 64 << 20,
-    }
+    let mut o = common::options("transfer", tag);
+    o.tcp = Some("127.0.0.1:0".into());
+    o.head_timeout = head.is_none().then_some(Duration::from_secs(5));
+    o.join = head.map(|h| (h, Duration::from_millis(50)));
+    o
 }
 
-fn client(node: &NodeHandle) -> (Conn, FrameReader<Stream>) {
-    let addr = Addr::Tcp(node.tcp_addr().unwrap().to_string());
-    let (conn, mut rx, _) = connect(&addr, TOKEN, WorkerId(ferry_proto::ids::random_u64()), 64 << 20).unwrap();
-    rx.get_ref().set_read_timeout(Some(T)).unwrap();
-    conn.send(&ToNode::register_tool(ProcKind::Tool)).unwrap();
-    assert!(matches!(rx.read::<FromNode>().unwrap(), FromNode::Registered { .. }));
-    (conn, rx)
+fn client(node: &NodeHandle) -> Client {
+    register(&Addr::Tcp(node.tcp_addr().unwrap().to_string()), ProcKind::Tool)
 }
 
-/// Sends `msg` and returns the first answer `pick` accepts.
-fn call<R>(c: &mut (Conn, FrameReader<Stream>), msg: ToNode, mut pick: impl FnMut(FromNode) -> Option<R>) -> R {
-    c.0.send(&msg).unwrap();
-    loop {
-        if let Some(r) = pick(c.1.read::<FromNode>().expect("an answer within the timeout")) {
-            return r;
-        }
-    }
-}
-
-fn pull(c: &mut (Conn, FrameReader<Stream>), object: ObjectId, from: NodeId) -> Option<ferry_proto::msg::PullError> {
+fn pull(c: &mut Client, object: ObjectId, from: NodeId) -> Option<ferry_proto::msg::PullError> {
     call(c, ToNode::Pull { req: 7, object, from }, |m| match m {
         FromNode::Pulled { req: 7, error } => Some(error),
         _ => None,
@@ -65,7 +33,7 @@ fn pull(c: &mut (Conn, FrameReader<Stream>), object: ObjectId, from: NodeId) -> 
 }
 
 /// Waits (bounded) until the member on `m` sees both nodes alive.
-fn until_both_alive(m: &mut (Conn, FrameReader<Stream>)) {
+fn until_both_alive(m: &mut Client) {
     let end = Instant::now() + T;
     while call(m, ToNode::ClusterStatus { req: 1 }, |r| match r {
         FromNode::Cluster { nodes, .. } => Some(nodes.iter().filter(|n| n.alive).count()),
@@ -78,8 +46,8 @@ fn until_both_alive(m: &mut (Conn, FrameReader<Stream>)) {
 }
 
 /// Writes `bytes` into the head's store as `id` and seals it.
-fn put_on_head(h: &mut (Conn, FrameReader<Stream>), id: ObjectId, bytes: &[u8]) {
-    let store = std::env::temp_dir().join(format!("ferry-transfer-test-{}-head/store", std::process::id()));
+fn put_on_head(h: &mut Client, id: ObjectId, bytes: &[u8]) {
+    let store = common::dir("transfer", "head").join("store");
     std::fs::write(store.join(id.to_string()), bytes).unwrap();
     let sealed = call(h, ToNode::Seal { req: 2, object: id, size: bytes.len() as u64 }, |r| match r {
         FromNode::Sealed { error, .. } => Some(error),
