@@ -74,6 +74,7 @@ struct Queue {
 
 /// The actor this worker hosts, once constructed.
 struct Hosted {
+    id: ActorId,
     instance: ActorInstance,
 }
 
@@ -210,7 +211,9 @@ impl Executor {
             crate::logs::set_label(spec.function.rsplit("::").next().unwrap_or(&spec.function));
         }
         CURRENT.with(|c| c.set(Some(spec.task)));
-        let reply = execute(rt, spec, self.actor.get().map(|h| &h.instance));
+        let hosted = self.actor.get();
+        let _span = hosted.map(|h| tracing::debug_span!("actor", actor = ?h.id).entered());
+        let reply = execute(rt, spec, hosted.map(|h| &h.instance));
         CURRENT.with(|c| c.set(None));
         send_reply(rt, conn, spec.task.owner, reply);
     }
@@ -218,6 +221,7 @@ impl Executor {
     /// Runs the actor's constructor; on success this worker serves its calls from now on,
     /// on `max_concurrency` threads.
     fn construct(self: &Arc<Self>, rt: &'static Runtime, actor: ActorId, spec: ActorSpec) {
+        let _span = tracing::debug_span!("actor", ?actor, class = %spec.class).entered();
         crate::logs::set_label(spec.class.rsplit("::").next().unwrap_or(&spec.class));
         let mut is_async = false;
         let result = (|| {
@@ -236,7 +240,7 @@ impl Executor {
         match result {
             Ok(instance) => {
                 ferry_proto::fail::crash_point("actor-before-ready");
-                let _ = self.actor.set(Hosted { instance });
+                let _ = self.actor.set(Hosted { id: actor, instance });
                 if is_async {
                     let _ = self.loop_thread.set(thread::current());
                     rt.send_node(&ToNode::ActorReady { actor, error: None });
@@ -265,7 +269,9 @@ impl Executor {
         let mut pool = futures_executor::LocalPool::new();
         let spawner = pool.spawner();
         let active = Rc::new(Cell::new(0usize));
-        let instance = self.actor.get().expect("constructed").instance.clone();
+        let hosted = self.actor.get().expect("constructed");
+        let instance = hosted.instance.clone();
+        let _span = tracing::debug_span!("actor", actor = ?hosted.id).entered();
         loop {
             let jobs: Vec<(Arc<Conn>, TaskSpec)> = {
                 let mut q = self.lock();

@@ -46,8 +46,60 @@ extern "C" fn child() {
     let t = Talker::remote().unwrap();
     let apid = ferry::get(&t.say("hi")).unwrap();
     println!("actor pid {apid}");
+    if std::env::var_os("FERRY_TEST_LOG_CHILD").is_some_and(|v| v == "once") {
+        ferry::shutdown();
+        std::process::exit(0);
+    }
     std::thread::sleep(T);
     std::process::exit(1);
+}
+
+/// Runs this binary as the driver above, to its end, with `log` as FERRY_LOG (none: neither
+/// FERRY_LOG nor RUST_LOG); what it wrote to standard error.
+fn driver_stderr(log: Option<&str>) -> String {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env("FERRY_TEST_LOG_CHILD", "once").env_remove("RUST_LOG").env_remove("FERRY_LOG");
+    if let Some(l) = log {
+        cmd.env("FERRY_LOG", l);
+    }
+    let mut c = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut err = c.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut s);
+        s
+    });
+    let end = Instant::now() + T;
+    loop {
+        match c.try_wait().unwrap() {
+            Some(status) => {
+                let text = reader.join().unwrap();
+                assert!(status.success(), "the driver failed ({status}): {text}");
+                return text;
+            }
+            None if Instant::now() < end => std::thread::sleep(std::time::Duration::from_millis(20)),
+            None => {
+                let _ = c.kill();
+                panic!("the driver did not finish within {T:?}");
+            }
+        }
+    }
+}
+
+/// ferry's own events go through `tracing`: filtered by FERRY_LOG, with spans naming the
+/// lease (and task, actor, object) they concern; quiet by default; a filter that does not
+/// parse is said to be so, and the default used.
+#[test]
+fn ferry_log_filters_what_ferry_logs_and_spans_name_their_ids() {
+    ferry_testkit::own_process!();
+    let debug = driver_stderr(Some("ferry_core=debug"));
+    assert!(debug.contains("requesting a lease") && debug.contains("lease_request="), "{debug}");
+    assert!(debug.lines().any(|l| l.contains("lease{") && l.contains("worker=") && l.contains("granted")), "{debug}");
+    let quiet = driver_stderr(None);
+    assert!(!quiet.contains("lease"), "debug events are off by default: {quiet}");
+    let bad = driver_stderr(Some("ferry_core=loud"));
+    assert!(bad.contains("is not valid") && bad.contains("FERRY_LOG"), "{bad}");
+    assert!(!bad.contains("requesting a lease"), "{bad}");
 }
 
 #[test]

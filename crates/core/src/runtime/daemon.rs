@@ -60,6 +60,8 @@ impl Runtime {
             match msg {
                 FromNode::LeaseGranted { req, lease: theirs, worker, addr } => match self.worker_conn(worker, &addr) {
                     Ok(_) => {
+                        let _span = tracing::debug_span!("lease", req, lease = theirs, ?node, ?worker).entered();
+                        tracing::debug!("granted");
                         let now = Instant::now();
                         self.with_state(|st, fx| st.on_lease_granted(req, (node, theirs), worker, now, fx))
                     }

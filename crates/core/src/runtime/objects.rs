@@ -30,6 +30,7 @@ impl Runtime {
         id: ObjectId,
         timeout: Option<Duration>,
     ) -> Result<T> {
+        let _span = tracing::debug_span!("get", object = %id).entered();
         let deadline = timeout.map(|d| Instant::now() + d);
         let mut remade = 0;
         loop {
@@ -132,6 +133,7 @@ impl Runtime {
     /// Stores `value` as a new object this process owns; the refs and actor handles inside
     /// it are held by the object while it lives.
     pub(crate) fn put<T: Serialize + 'static>(&'static self, value: &T) -> Result<ObjectId> {
+        let _span = tracing::debug_span!("put").entered();
         let (enc, found) = refs::encoding(self.addrs(), || codec::encode(value));
         // Held from now on, before the caller's own handles can go.
         let inner = match found.is_empty() {
