@@ -38,6 +38,11 @@ fn rustc() -> (String, String) {
     (field("release:"), field("host:"))
 }
 
+/// Edges the layers allow but the design does not: the CLI is argument parsing and printing
+/// over `ferry_node`'s daemon, control store and typed client; it speaks no wire itself and
+/// embeds no runtime.
+const FORBIDDEN: &[(&str, &str)] = &[("ferry-cli", "ferry-proto"), ("ferry-cli", "ferry-core")];
+
 fn metadata() -> Value {
     // For this host only: other platforms' dependencies need not be downloaded.
     let out = Command::new(env!("CARGO"))
@@ -75,6 +80,9 @@ fn the_crate_graph_points_down() {
             }
             if theirs >= mine {
                 wrong.push(format!("{name} (layer {mine}) depends on {dep} (layer {theirs})"));
+            }
+            if FORBIDDEN.contains(&(name, dep)) {
+                wrong.push(format!("{name} depends on {dep}, which the design forbids"));
             }
         }
     }
@@ -176,4 +184,39 @@ fn poisoned_locks_are_taken_in_one_place() {
         }
     }
     assert!(found.is_empty(), "lock idiom outside ferry_types::sync (use MutexExt::locked):\n{}", found.join("\n"));
+}
+
+/// The state machines are pure: the owner table (`core::owner`) and the scheduler
+/// (`ferry-sched`) take events and the time, and return effects; they read no clock, open
+/// no socket or file, start no thread, and reach no global runtime. Their model and unit
+/// tests run them without any of these (their `mod tests` may).
+#[test]
+fn the_state_machines_are_pure() {
+    let root = root();
+    let mut files = ferry_tidy::rust_files(&root.join("crates/core/src/owner"));
+    files.retain(|f| !f.ends_with("model.rs"));
+    files.extend(ferry_tidy::rust_files(&root.join("crates/sched/src")));
+    let impure = [
+        "Instant::now(",
+        "SystemTime::now(",
+        "thread::spawn",
+        "std::net",
+        "std::fs",
+        "std::os::unix::net",
+        "Arc<Conn>",
+        "ferry_proto::Conn",
+        "runtime()",
+    ];
+    let mut found = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let code = text.split("#[cfg(test)]\nmod tests").next().unwrap_or("");
+        for needle in impure {
+            for (n, line) in code_lines_with(code, needle) {
+                found.push(format!("{}:{n}: {}", shown(f), line.trim()));
+            }
+        }
+    }
+    assert!(files.len() >= 8, "the owner's and the scheduler's modules were not found: {files:?}");
+    assert!(found.is_empty(), "effects inside a pure state machine:\n{}", found.join("\n"));
 }
