@@ -166,7 +166,8 @@ fn free_port() -> u16 {
 /// `/tmp/ferry-cluster-0.token`. Both now say what is wrong and what to do; so does the CLI.
 #[test]
 fn a_wrong_address_is_told_for_what_it_is() {
-    let port = free_port();
+    let closed = ferry_testkit::ClosedPort::new();
+    let port = closed.port;
     let run = |address: &str| {
         let out = Command::new(std::env::current_exe().unwrap())
             .env("FERRY_TEST_CLI_NOWHERE", address)

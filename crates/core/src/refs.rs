@@ -92,6 +92,13 @@ pub(crate) struct Decoded {
     pub actors: Vec<(ActorId, String)>,
 }
 
+impl Decoded {
+    /// Nothing to count: the value held no ref and no handle.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.refs.is_empty() && self.actors.is_empty()
+    }
+}
+
 struct Encoding {
     addrs: &'static Addrs,
     found: Found,
@@ -159,6 +166,7 @@ pub(crate) fn end_args() -> Exports {
 
 /// Runs `f` (a decode) and returns the handles it made that are still alive, for the table
 /// to count.
+#[inline]
 pub(crate) fn decoding<R>(f: impl FnOnce() -> R) -> (R, Decoded) {
     let outer = DECODING.with(|d| d.borrow_mut().replace(Decoded::default()));
     let r = f();

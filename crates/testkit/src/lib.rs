@@ -354,3 +354,47 @@ pub fn signal(pid: u32, sig: i32) {
     // ours, which tests avoid by signalling only children they still hold.
     unsafe { kill(pid as i32, sig) };
 }
+
+/// A loopback TCP port nothing listens on and nobody else can take while this lives: a
+/// socket bound to it that never listens, so a connection there is refused (a port found
+/// free and let go may be taken by another test meanwhile).
+#[derive(Debug)]
+pub struct ClosedPort {
+    fd: i32,
+    pub port: u16,
+}
+
+impl ClosedPort {
+    pub fn new() -> ClosedPort {
+        // SAFETY: plain socket calls on a descriptor this function owns; `addr` is a valid
+        // sockaddr_in of the size given.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let r = libc::bind(fd, &addr as *const libc::sockaddr_in as *const libc::sockaddr, len);
+            assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
+            let mut got: libc::sockaddr_in = std::mem::zeroed();
+            let mut glen = len;
+            let r = libc::getsockname(fd, &mut got as *mut libc::sockaddr_in as *mut libc::sockaddr, &mut glen);
+            assert_eq!(r, 0, "getsockname: {}", std::io::Error::last_os_error());
+            ClosedPort { fd, port: u16::from_be(got.sin_port) }
+        }
+    }
+}
+
+impl Default for ClosedPort {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for ClosedPort {
+    fn drop(&mut self) {
+        // SAFETY: the descriptor is this value's own.
+        unsafe { libc::close(self.fd) };
+    }
+}

@@ -100,8 +100,10 @@ impl Runtime {
             (Ready::Stored { view: Some(v), .. }, _) | (_, Some(v)) => codec::decode_backed(v, Backing::Mapped(v)),
             (Ready::Stored { view: None, .. }, None) => unreachable!("mapped above"),
         });
-        let new = self.adopt(made);
-        self.register_decoded(new);
+        if !made.is_empty() {
+            let new = self.adopt(made);
+            self.register_decoded(new);
+        }
         v.map_err(|e| match e {
             Error::Serialization { detail } => Error::Serialization { detail: format!("object {id:?}: {detail}") },
             e => e,

@@ -6,16 +6,19 @@ use super::*;
 impl Runtime {
     /// Blocks the calling thread until `poll` is ready or the deadline passes (`None`).
     /// In a worker, a task that waits gives its CPU back for the wait.
-    pub(crate) fn block_until<R>(
+    pub(crate) fn block_until<R>(&self, deadline: Option<Instant>, poll: impl FnMut(&Waker) -> Poll<R>) -> Option<R> {
+        with_thread_waker(|waker| self.block_with(waker, deadline, poll))
+    }
+
+    fn block_with<R>(
         &self,
+        waker: &Waker,
         deadline: Option<Instant>,
         mut poll: impl FnMut(&Waker) -> Poll<R>,
     ) -> Option<R> {
-        let tw = Arc::new(ThreadWaker { thread: thread::current() });
-        let waker = Waker::from(tw);
         let mut blocked = None;
         loop {
-            if let Poll::Ready(r) = poll(&waker) {
+            if let Poll::Ready(r) = poll(waker) {
                 return Some(r);
             }
             if blocked.is_none() {
@@ -37,6 +40,22 @@ impl Runtime {
 
 struct ThreadWaker {
     thread: thread::Thread,
+}
+
+thread_local! {
+    /// This thread's waker, made once: a `get` of a value that is already there (the common
+    /// case) then costs no allocation and no `thread::current()`.
+    static THREAD_WAKER: Waker = Waker::from(Arc::new(ThreadWaker { thread: thread::current() }));
+}
+
+/// Runs `f` with a waker that unparks this thread.
+fn with_thread_waker<R>(f: impl FnOnce(&Waker) -> R) -> R {
+    let mut f = Some(f);
+    match THREAD_WAKER.try_with(|w| (f.take().expect("called once"))(w)) {
+        Ok(r) => r,
+        // While this thread's locals are torn down: a waker of its own.
+        Err(_) => (f.take().expect("not called"))(&Waker::from(Arc::new(ThreadWaker { thread: thread::current() }))),
+    }
 }
 
 impl Wake for ThreadWaker {
