@@ -30,6 +30,14 @@ fn big(n: usize, seed: u8) -> Vec<u8> {
     (0..n).map(|i| (i as u8).wrapping_mul(seed)).collect()
 }
 
+/// Two objects of one task (`num_returns`), each made again on its own.
+#[ferry::remote(num_returns = 2)]
+fn big_pair(n: usize, seed: u8) -> (Vec<u8>, Vec<u8>) {
+    let a: Vec<u8> = (0..n).map(|i| (i as u8).wrapping_mul(seed)).collect();
+    let b = a.iter().map(|x| x.wrapping_add(1)).collect();
+    (a, b)
+}
+
 #[ferry::remote]
 fn checksum(data: Vec<u8>) -> (NodeId, u64) {
     (ferry::node_id().unwrap(), data.iter().map(|b| *b as u64).sum())
@@ -257,8 +265,27 @@ fn lineage_job(address: &str) -> ! {
     }
     // Lent to a task inside a value: that task borrows it, and asks this process (its owner)
     // to make it again when it finds it lost.
-    let lent = big::options().scheduling_strategy(s).remote(n, 7);
+    let lent = big::options().scheduling_strategy(s.clone()).remote(n, 7);
     ferry::wait(std::slice::from_ref(&lent), 1, None).unwrap();
+    // Two returns of one task: the first dropped (and freed on its own), the second kept, to
+    // be made again after the node dies (its task runs again; nothing of the first is kept).
+    let (pa, pb) = big_pair::options().scheduling_strategy(s).remote(n, 9);
+    ferry::wait(&[pa.clone(), pb.clone()], 2, None).unwrap();
+    drop(pa);
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let objects = ferry::nodes().unwrap().iter().find(|v| v.node == target.node).map(|v| v.objects);
+        // data, second, lent and the pair's second.
+        if objects == Some(4) {
+            println!("pair freed ok");
+            break;
+        }
+        if std::time::Instant::now() > end {
+            println!("FAIL pair freed: {objects:?} objects on the node");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     println!("kill {}", target.addr);
     let end = std::time::Instant::now() + Duration::from_secs(20);
     while ferry::nodes().unwrap().iter().any(|v| v.node == target.node && v.alive) {
@@ -286,7 +313,13 @@ fn lineage_job(address: &str) -> ! {
         Ok(_) => println!("FAIL chain: wrong bytes"),
         Err(err) => println!("FAIL chain: {err}"),
     }
-    // Made again: `lent`, `data`, `second` and the released `first`.
+    let want_b: Vec<u8> = (0..n).map(|i| (i as u8).wrapping_mul(9).wrapping_add(1)).collect();
+    match ferry::get_timeout(&pb, Duration::from_secs(20)) {
+        Ok(v) if v == want_b => println!("pair ok"),
+        Ok(_) => println!("FAIL pair: wrong bytes"),
+        Err(err) => println!("FAIL pair: {err}"),
+    }
+    // Made again: `lent`, `data`, `second`, the released `first` and the pair's second.
     println!("reconstructions {}", ferry::recovery_stats().unwrap().reconstructions);
     ferry::shutdown();
     std::process::exit(0);
@@ -718,7 +751,9 @@ fn an_object_lost_with_its_node_is_made_again() {
     assert!(out.iter().any(|l| l == "chain ok"), "{out:?}");
     assert!(out.iter().any(|l| l == "released ok"), "{out:?}");
     assert!(out.iter().any(|l| l == "borrower ok"), "{out:?}");
-    assert!(out.iter().any(|l| l == "reconstructions 4"), "{out:?}");
+    assert!(out.iter().any(|l| l == "pair freed ok"), "{out:?}");
+    assert!(out.iter().any(|l| l == "pair ok"), "{out:?}");
+    assert!(out.iter().any(|l| l == "reconstructions 5"), "{out:?}");
 }
 
 /// An actor on a node that dies comes back on another node (it has a restart left), and calls

@@ -16,6 +16,7 @@ use crate::owner::Exports;
 use crate::runtime::{runtime, try_runtime};
 use crate::{ObjectRef, TaskArg};
 use ferry_proto::msg::{ActorId, ActorSpec, FromNode, HandleWire, Shape, ToNode};
+use ferry_proto::ObjectId;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::sync::Arc;
@@ -51,21 +52,36 @@ impl RawActor {
     /// Calls method `method` (used by generated code).
     #[doc(hidden)]
     pub fn call<R>(&self, method: &'static str, name: &'static str, args: Vec<TaskArg>) -> ObjectRef<R> {
+        ObjectRef::from_id(self.call_returning(method, name, args, None)[0])
+    }
+
+    /// Calls method `method`, whose value is split into `n` objects (`num_returns`); their
+    /// ids, each with one handle for the caller to take (used by generated code).
+    #[doc(hidden)]
+    pub fn call_returning(
+        &self,
+        method: &'static str,
+        name: &'static str,
+        args: Vec<TaskArg>,
+        returns: Option<u32>,
+    ) -> Vec<ObjectId> {
+        let n = returns.unwrap_or(1);
         let rt = match runtime() {
             Ok(rt) => rt,
-            Err(_) => return ObjectRef::from_id(Default::default()),
+            Err(_) => return vec![ObjectId::default(); n as usize],
         };
         let exported = crate::refs::end_args();
         let (drafts, held) = match crate::task::drafts(args) {
             Ok(x) => x,
             Err(e) => {
                 unexport(exported);
-                return ObjectRef::from_id(rt.failed_object(e));
+                return (0..n).map(|_| rt.failed_object(e.clone())).collect();
             }
         };
-        let id = rt.with_state(|st, fx| st.submit_call(self.id, method, Arc::from(name), drafts, exported, fx));
+        let id =
+            rt.with_state(|st, fx| st.submit_call(self.id, method, Arc::from(name), drafts, returns, exported, fx));
         drop(held);
-        ObjectRef::from_id(id)
+        (0..n).map(|index| ObjectId { task: id.task, index }).collect()
     }
 
     /// A new handle in this process for an actor known by id (from a name, or decoded

@@ -26,7 +26,22 @@ use std::thread;
 
 thread_local! {
     /// The task running on this thread, if any: its return object is named after it.
-    static CURRENT: Cell<Option<TaskId>> = const { Cell::new(None) };
+    static CURRENT: Cell<Option<Running>> = const { Cell::new(None) };
+}
+
+/// The task this thread runs now: its id (stored returns are named after it) and how many
+/// objects it returns.
+#[derive(Clone, Copy, Debug)]
+struct Running {
+    task: TaskId,
+    /// `num_returns`, when its caller asked for its value split into that many objects.
+    split: Option<u32>,
+}
+
+impl Running {
+    fn of(spec: &TaskSpec) -> Running {
+        Running { task: spec.task, split: spec.num_returns }
+    }
 }
 
 /// A task's return value as its worker replies with it (made by [`store_return`]): the
@@ -34,7 +49,8 @@ thread_local! {
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct Returned {
-    value: Return,
+    /// The objects it returns, by index (one unless the task has `num_returns`).
+    values: Vec<Return>,
     /// Refs inside the value (the caller keeps them alive while the value lives).
     contained: Vec<ObjectId>,
     /// Of those, the caller's own: this worker holds them once more (see `send_reply`).
@@ -47,7 +63,7 @@ pub struct Returned {
 impl Returned {
     /// The reply for `task`, and the caller's objects this worker holds once more.
     fn into_reply(self, task: TaskId) -> (FromWorker, Vec<ObjectId>) {
-        let done = FromWorker::Done { task, returns: vec![self.value], contained: self.contained, actors: self.actors };
+        let done = FromWorker::Done { task, returns: self.values, contained: self.contained, actors: self.actors };
         (done, self.retained)
     }
 }
@@ -81,15 +97,15 @@ struct Hosted {
 /// Runs one call's future with `CURRENT` set to its task during each poll (stored returns
 /// are named after it), so calls can interleave on one thread.
 struct InTask {
-    task: TaskId,
+    task: Running,
     inner: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
 }
 
 impl std::future::Future for InTask {
     type Output = ();
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        let task = self.task;
-        CURRENT.with(|c| c.set(Some(task)));
+        let running = self.task;
+        CURRENT.with(|c| c.set(Some(running)));
         let r = self.inner.as_mut().poll(cx);
         CURRENT.with(|c| c.set(None));
         r
@@ -210,7 +226,7 @@ impl Executor {
         if self.actor.get().is_none() {
             crate::logs::set_label(spec.function.rsplit("::").next().unwrap_or(&spec.function));
         }
-        CURRENT.with(|c| c.set(Some(spec.task)));
+        CURRENT.with(|c| c.set(Some(Running::of(spec))));
         let hosted = self.actor.get();
         let _span = hosted.map(|h| tracing::debug_span!("actor", actor = ?h.id).entered());
         let reply = execute(rt, spec, hosted.map(|h| &h.instance));
@@ -280,7 +296,7 @@ impl Executor {
             };
             for (conn, spec) in jobs {
                 let task = spec.task;
-                CURRENT.with(|c| c.set(Some(task)));
+                CURRENT.with(|c| c.set(Some(Running::of(&spec))));
                 let started = start_call(rt, &instance, &spec);
                 CURRENT.with(|c| c.set(None));
                 match started {
@@ -297,7 +313,7 @@ impl Executor {
                             active.set(active.get() - 1);
                         });
                         use futures_util::task::LocalSpawnExt;
-                        if let Err(e) = spawner.spawn_local(InTask { task, inner }) {
+                        if let Err(e) = spawner.spawn_local(InTask { task: Running::of(&spec), inner }) {
                             tracing::error!("cannot run an async call: {e}");
                         }
                     }
@@ -459,31 +475,83 @@ fn start_call(rt: &Runtime, instance: &ActorInstance, spec: &TaskSpec) -> Starte
 /// Encodes a task's return value: inline if small, else into the node's store under the
 /// task's return id (used by generated code).
 pub fn store_return<R: Serialize + 'static>(r: &R, function: &str) -> Result<Returned, TaskError> {
-    let bad = |detail: String| TaskError::BadReturn { function: function.to_string(), detail };
-    let rt = try_runtime().ok_or_else(|| bad("no runtime in this process".into()))?;
-    let task = CURRENT.with(|c| c.get()).ok_or_else(|| bad("not running a task".into()))?;
-    let (enc, found) = crate::refs::encoding(rt.addrs(), || codec::encode(r));
-    let enc = enc.map_err(|e| bad(e.to_string()))?;
-    let value = rt.store_return(ObjectId { task, index: 0 }, enc, function)?;
-    let mut out = Returned { value, contained: found.refs, retained: Vec::new(), actors: found.actors };
-    if !out.contained.is_empty() {
-        // The value holds refs: make sure the caller is counted as holding them before
-        // this task's own handles go (see `OwnerState::returning`).
-        out.contained.sort_unstable();
-        out.contained.dedup();
-        let (callers, others) = rt.lock().returning(task.owner, &out.contained);
-        rt.register_borrows(others, task.owner);
-        out.retained = callers;
+    let mut out = Returns::new(function, 1)?;
+    out.push(r)?;
+    out.finish()
+}
+
+/// Into how many objects the caller asked the running task's value to be split
+/// (`num_returns`), if it did.
+pub fn split_returns() -> Option<u32> {
+    CURRENT.with(|c| c.get()).and_then(|r| r.split)
+}
+
+/// A task's return values as objects `0..n`, stored one by one (used by generated code for
+/// `num_returns`; [`store_return`] is the case of one).
+#[doc(hidden)]
+pub struct Returns<'f> {
+    rt: &'static Runtime,
+    function: &'f str,
+    task: TaskId,
+    out: Returned,
+}
+
+impl<'f> Returns<'f> {
+    /// For `n` values of the running task of `function`. A count other than the one its
+    /// caller asked for is an error the caller sees on every ref.
+    pub fn new(function: &'f str, n: u32) -> Result<Returns<'f>, TaskError> {
+        let bad = |detail: String| TaskError::BadReturn { function: function.to_string(), detail };
+        let rt = try_runtime().ok_or_else(|| bad("no runtime in this process".into()))?;
+        let running = CURRENT.with(|c| c.get()).ok_or_else(|| bad("not running a task".into()))?;
+        let asked = running.split.unwrap_or(1);
+        if n != asked {
+            return Err(bad(format!(
+                "it returned {n} values but its caller asked for num_returns = {asked}: return as many as are asked for"
+            )));
+        }
+        let out = Returned {
+            values: Vec::with_capacity(n as usize),
+            contained: Vec::new(),
+            retained: Vec::new(),
+            actors: Vec::new(),
+        };
+        Ok(Returns { rt, function, task: running.task, out })
     }
-    if !out.actors.is_empty() {
-        // The caller must hold them before this task's own handles go.
-        out.actors.sort_unstable_by_key(|(a, _)| *a);
-        out.actors.dedup_by_key(|(a, _)| *a);
-        out.actors.retain(|(actor, _)| {
-            let home = rt.actor_home(*actor);
-            let held = rt.call_at(&home, |req| ToNode::HoldActorFor { req, actor: *actor, holder: task.owner });
-            matches!(held, Ok(ferry_proto::msg::FromNode::Ack { error: None, .. }))
-        });
+
+    /// The next value.
+    pub fn push<R: Serialize + 'static>(&mut self, r: &R) -> Result<(), TaskError> {
+        let function = self.function;
+        let bad = |detail: String| TaskError::BadReturn { function: function.to_string(), detail };
+        let (enc, found) = crate::refs::encoding(self.rt.addrs(), || codec::encode(r));
+        let enc = enc.map_err(|e| bad(e.to_string()))?;
+        let index = self.out.values.len() as u32;
+        self.out.values.push(self.rt.store_return(ObjectId { task: self.task, index }, enc, function)?);
+        self.out.contained.extend(found.refs);
+        self.out.actors.extend(found.actors);
+        Ok(())
     }
-    Ok(out)
+
+    /// What the caller is sent: the values, and the refs and handles inside them, which the
+    /// caller is made to hold before this task's own handles go.
+    pub fn finish(self) -> Result<Returned, TaskError> {
+        let Returns { rt, task, mut out, .. } = self;
+        if !out.contained.is_empty() {
+            // See `OwnerState::returning`.
+            out.contained.sort_unstable();
+            out.contained.dedup();
+            let (callers, others) = rt.lock().returning(task.owner, &out.contained);
+            rt.register_borrows(others, task.owner);
+            out.retained = callers;
+        }
+        if !out.actors.is_empty() {
+            out.actors.sort_unstable_by_key(|(a, _)| *a);
+            out.actors.dedup_by_key(|(a, _)| *a);
+            out.actors.retain(|(actor, _)| {
+                let home = rt.actor_home(*actor);
+                let held = rt.call_at(&home, |req| ToNode::HoldActorFor { req, actor: *actor, holder: task.owner });
+                matches!(held, Ok(ferry_proto::msg::FromNode::Ack { error: None, .. }))
+            });
+        }
+        Ok(out)
+    }
 }

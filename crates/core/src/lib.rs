@@ -40,7 +40,7 @@ pub use ferry_proto::{NodeId, ObjectId, WorkerId};
 pub use memory::{memory_summary, Location, MemorySummary, ObjectSummary};
 pub use object_ref::{get_async, GetFuture, ObjectRef};
 pub use runtime::block_on;
-pub use task::{submit, IntoArg, RemoteOptions, SchedulingStrategy, TaskArg, TaskOptions};
+pub use task::{submit, submit_returning, IntoArg, RemoteOptions, SchedulingStrategy, TaskArg, TaskOptions};
 
 use runtime::{runtime, try_runtime, Runtime};
 use serde::de::DeserializeOwned;
@@ -236,12 +236,13 @@ pub mod __private {
     pub use crate::actor::{begin_exports, create_actor};
     pub use crate::bytes::ArgData;
     pub use crate::codec::{decode, encode_vec};
-    pub use crate::executor::{store_return, Returned};
+    pub use crate::executor::{split_returns, store_return, Returned, Returns};
     pub use crate::registry::{
         await_catching, ActorClass, ActorInstance, ActorMethod, MethodFuture, ACTOR_CLASSES, ACTOR_METHODS,
     };
     pub use crate::registry::{check_arity, decode_arg, run_catching, RemoteFunction, REMOTE_FUNCTIONS};
     pub use crate::session::{set_embedder, Embedded, EmbeddedNode, Embedder};
+    pub use crate::task::adopt_ref;
     pub use ferry_proto::msg::TaskError;
     pub use linkme;
 }

@@ -124,6 +124,10 @@ pub struct TaskOptions {
     pub strategy: SchedulingStrategy,
     /// Retry when the task panics too (default: only when its worker or node is lost).
     pub retry_exceptions: bool,
+    /// Split the value into this many objects (`num_returns`; set by the generated
+    /// `options().num_returns(n)` and `#[ferry::remote(num_returns = n)]`).
+    #[doc(hidden)]
+    pub num_returns: Option<u32>,
 }
 
 impl Default for TaskOptions {
@@ -135,6 +139,7 @@ impl Default for TaskOptions {
             name: None,
             strategy: Default::default(),
             retry_exceptions: false,
+            num_returns: None,
         }
     }
 }
@@ -229,17 +234,26 @@ pub(crate) fn drafts(args: Vec<TaskArg>) -> Result<(Vec<ArgDraft>, Vec<RawRef>)>
 /// Submits a task (used by the code `#[ferry::remote]` generates, after `begin_exports`).
 #[doc(hidden)]
 pub fn submit<R>(function: &'static str, opts: &TaskOptions, args: Vec<TaskArg>) -> ObjectRef<R> {
+    ObjectRef::from_id(submit_returning(function, opts, args)[0])
+}
+
+/// Submits a task and returns the ids of its return objects (`opts.num_returns` of them,
+/// else one), each with one handle for the caller to take with [`adopt_ref`] (used by
+/// generated code).
+#[doc(hidden)]
+pub fn submit_returning(function: &'static str, opts: &TaskOptions, args: Vec<TaskArg>) -> Vec<ObjectId> {
     let exported = refs::end_args();
+    let n = opts.num_returns.unwrap_or(1);
     let rt = match runtime() {
-        // A ref with no entry: its `get` reports why the runtime is not there.
-        Err(_) => return ObjectRef::from_id(ObjectId::default()),
+        // Refs with no entry: their `get` reports why the runtime is not there.
+        Err(_) => return vec![ObjectId::default(); n as usize],
         Ok(rt) => rt,
     };
     let (drafts, held) = match drafts(args) {
         Ok(x) => x,
         Err(e) => {
             actor::unexport(exported);
-            return ObjectRef::from_id(rt.failed_object(e));
+            return (0..n).map(|_| rt.failed_object(e.clone())).collect();
         }
     };
     let name: Arc<str> = match &opts.name {
@@ -248,8 +262,14 @@ pub fn submit<R>(function: &'static str, opts: &TaskOptions, args: Vec<TaskArg>)
     };
     let retries = opts.max_retries.unwrap_or(rt.config().default_max_retries);
     let class = (&opts.shape(), &opts.strategy.placement());
-    let id = rt.submit(function, name, drafts, class, (retries, opts.retry_exceptions), exported);
+    let id = rt.submit(function, name, drafts, class, (retries, opts.retry_exceptions), opts.num_returns, exported);
     // The task now counts its arguments itself.
     drop(held);
+    (0..n).map(|index| ObjectId { task: id.task, index }).collect()
+}
+
+/// The typed handle of a return object [`submit_returning`] made (used by generated code).
+#[doc(hidden)]
+pub fn adopt_ref<T>(id: ObjectId) -> ObjectRef<T> {
     ObjectRef::from_id(id)
 }

@@ -31,7 +31,7 @@ pub use ferry_core::{
     Location, MemorySummary, NodeId, NodeInfo, NodeStats, ObjectId, ObjectRef, ObjectSummary, RawActor, RecoveryStats,
     RemoteOptions, Result, SchedulingStrategy, TaskArg, TaskOptions, WaitResult, WorkerId,
 };
-pub use ferry_macros::{actor, main, remote};
+pub use ferry_macros::{actor, main, method, remote};
 
 /// The names most programs need: `use ferry::prelude::*;`.
 pub mod prelude {
@@ -108,6 +108,16 @@ pub mod __private {
     ) -> ferry_core::ObjectRef<R> {
         crate::embed::ready();
         ferry_core::submit(function, opts, args)
+    }
+
+    /// Starts a task whose value is split into `opts.num_returns` objects; their ids.
+    pub fn submit_returning(
+        function: &'static str,
+        opts: &ferry_core::TaskOptions,
+        args: Vec<ferry_core::TaskArg>,
+    ) -> Vec<ferry_core::ObjectId> {
+        crate::embed::ready();
+        ferry_core::submit_returning(function, opts, args)
     }
 
     /// Begins encoding a call's arguments (generated code; the first thing a call does).

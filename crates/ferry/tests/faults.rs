@@ -125,7 +125,13 @@ fn raw_worker() -> (Conn, FrameReader<Stream>, Conn) {
 }
 
 fn spec(function: &str, args: Vec<Arg>) -> TaskSpec {
-    TaskSpec { task: TaskId { owner: WorkerId(43), seq: 1 }, function: function.into(), args, depth: 1 }
+    TaskSpec {
+        task: TaskId { owner: WorkerId(43), seq: 1 },
+        function: function.into(),
+        args,
+        depth: 1,
+        num_returns: None,
+    }
 }
 
 fn cluster_still_works() {

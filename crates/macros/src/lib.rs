@@ -18,6 +18,7 @@ use syn::{
 
 #[derive(Default)]
 struct RemoteArgs {
+    num_returns: Option<u32>,
     num_cpus: Option<f64>,
     max_retries: Option<u32>,
     name: Option<String>,
@@ -39,6 +40,13 @@ fn parse_args(attr: TokenStream) -> syn::Result<RemoteArgs> {
             a.num_cpus = Some(number(meta.value()?)?);
         } else if meta.path.is_ident("max_retries") {
             a.max_retries = Some(meta.value()?.parse::<LitInt>()?.base10_parse()?);
+        } else if meta.path.is_ident("num_returns") {
+            let lit = meta.value()?.parse::<LitInt>()?;
+            let n: u32 = lit.base10_parse()?;
+            if n < 2 {
+                return Err(syn::Error::new(lit.span(), "num_returns splits a tuple: give 2 or more"));
+            }
+            a.num_returns = Some(n);
         } else if meta.path.is_ident("name") {
             a.name = Some(meta.value()?.parse::<LitStr>()?.value());
         } else if meta.path.is_ident("resources") {
@@ -48,7 +56,7 @@ fn parse_args(attr: TokenStream) -> syn::Result<RemoteArgs> {
                 Ok(())
             })?;
         } else {
-            return Err(meta.error("expected num_cpus, max_retries, name or resources(...)"));
+            return Err(meta.error("expected num_cpus, max_retries, num_returns, name or resources(...)"));
         }
         Ok(())
     });
@@ -57,6 +65,11 @@ fn parse_args(attr: TokenStream) -> syn::Result<RemoteArgs> {
 }
 
 /// Makes a function callable as a remote task. See the crate docs.
+///
+/// Options: `num_cpus`, `max_retries`, `name`, `resources(gpu = 1)`, and `num_returns = n` on
+/// a function returning an n-tuple, which makes `remote` give one typed ref per element
+/// (Ray's `num_returns`). A function returning `Vec<T>` can have its value split by the
+/// caller instead: `f::options().num_returns(n).remote(..)` gives `Vec<ObjectRef<T>>`.
 ///
 /// ```no_run
 /// #[ferry::remote(num_cpus = 1, max_retries = 2)]
@@ -104,6 +117,74 @@ fn arg_params(idents: &[syn::Ident], tys: &[Type]) -> Vec<proc_macro2::TokenStre
         .collect()
 }
 
+/// For `num_returns = n`: the element types of the tuple the function returns, one per ref.
+fn tuple_returns(n: Option<u32>, ret: &Type, at: Span) -> syn::Result<Option<Vec<Type>>> {
+    let Some(n) = n else { return Ok(None) };
+    match ret {
+        Type::Tuple(t) if t.elems.len() == n as usize => Ok(Some(t.elems.iter().cloned().collect())),
+        _ => Err(syn::Error::new(
+            at,
+            format!(
+                "num_returns = {n} needs a function returning a tuple of {n} values: each becomes an object of its own"
+            ),
+        )),
+    }
+}
+
+/// Where a function's return type is written (its name when it has none).
+fn ret_span(sig: &syn::Signature) -> Span {
+    match &sig.output {
+        ReturnType::Type(_, t) => t.span(),
+        ReturnType::Default => sig.ident.span(),
+    }
+}
+
+/// `T` when the function returns `Vec<T>`: its caller may split the vector into one object
+/// per item (`options().num_returns(n)`).
+fn vec_item(ret: &Type) -> Option<Type> {
+    let Type::Path(p) = ret else { return None };
+    let last = p.path.segments.last()?;
+    if last.ident != "Vec" {
+        return None;
+    }
+    match &last.arguments {
+        syn::PathArguments::AngleBracketed(a) if a.args.len() == 1 => match &a.args[0] {
+            syn::GenericArgument::Type(t) => Some(t.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// How a task's value becomes its return objects: one, a tuple split by element, or (when
+/// the caller asks) a vector split by item.
+fn store_code(tuple: &Option<Vec<Type>>, item: &Option<Type>) -> proc_macro2::TokenStream {
+    if let Some(elems) = tuple {
+        let n = elems.len() as u32;
+        let idx = (0..elems.len()).map(syn::Index::from);
+        return quote! {
+            let mut __r = ::ferry::__private::Returns::new(__ID, #n)?;
+            #( __r.push(&__out.#idx)?; )*
+            __r.finish()
+        };
+    }
+    if item.is_some() {
+        return quote! {
+            match ::ferry::__private::split_returns() {
+                ::core::option::Option::None => ::ferry::__private::store_return(&__out, __ID),
+                ::core::option::Option::Some(_) => {
+                    let mut __r = ::ferry::__private::Returns::new(__ID, __out.len() as u32)?;
+                    for __v in &__out {
+                        __r.push(__v)?;
+                    }
+                    __r.finish()
+                }
+            }
+        };
+    }
+    quote!(::ferry::__private::store_return(&__out, __ID))
+}
+
 fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenStream> {
     let sig = &f.sig;
     if !sig.generics.params.is_empty() {
@@ -137,9 +218,67 @@ fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenS
         ReturnType::Default => syn::parse_quote!(()),
         ReturnType::Type(_, t) => (**t).clone(),
     };
+    let tuple = tuple_returns(args.num_returns, &ret, ret_span(sig))?;
+    let item = vec_item(&ret);
+    let store = store_code(&tuple, &item);
     let n = tys.len();
     let idx: Vec<_> = (0..n).collect();
     let params = arg_params(&idents, &tys);
+    // What `remote` gives: a ref, or one per element of the tuple.
+    let (out_ty, submit) = match &tuple {
+        Some(elems) => {
+            let k = elems.len() as u32;
+            let i = (0..elems.len()).map(syn::Index::from);
+            (
+                quote!(( #( ::ferry::ObjectRef<#elems> ),* )),
+                quote! {
+                    let mut __o = self.0;
+                    __o.num_returns = ::core::option::Option::Some(#k);
+                    let __ids = ::ferry::__private::submit_returning(__ENTRY.id, &__o, __args);
+                    ( #( ::ferry::__private::adopt_ref::<#elems>(__ids[#i]) ),* )
+                },
+            )
+        }
+        None => {
+            (quote!(::ferry::ObjectRef<#ret>), quote!(::ferry::__private::submit::<#ret>(__ENTRY.id, &self.0, __args)))
+        }
+    };
+    // A function returning `Vec<T>` may have it split, as many refs as the caller says.
+    let split = match &item {
+        Some(t) => quote! {
+            impl Options {
+                /// Splits the returned vector into `n` objects, one per item: `.remote(..)`
+                /// then gives `n` refs (Ray's `num_returns`). The task must return exactly
+                /// `n` items; otherwise every ref fails, saying so.
+                pub fn num_returns(mut self, n: u32) -> Split {
+                    self.0.num_returns = ::core::option::Option::Some(n);
+                    Split(self.0)
+                }
+            }
+
+            /// Options for one call whose vector is split into refs; finish with `.remote(..)`.
+            pub struct Split(::ferry::TaskOptions);
+
+            impl ::ferry::RemoteOptions for Split {
+                fn task_options(&mut self) -> &mut ::ferry::TaskOptions {
+                    &mut self.0
+                }
+            }
+
+            impl Split {
+                /// Submits the task; returns one ref per item at once.
+                pub fn remote(self, #(#params),*) -> ::std::vec::Vec<::ferry::ObjectRef<#t>> {
+                    ::ferry::__private::begin_exports();
+                    let __args = ::std::vec![#( ::ferry::IntoArg::<#tys>::into_arg(#idents) ),*];
+                    ::ferry::__private::submit_returning(__ENTRY.id, &self.0, __args)
+                        .into_iter()
+                        .map(::ferry::__private::adopt_ref::<#t>)
+                        .collect()
+                }
+            }
+        },
+        None => quote!(),
+    };
     let call = if sig.asyncness.is_some() {
         quote!(::ferry::block_on(super::#name(#(#idents),*)))
     } else {
@@ -172,7 +311,7 @@ fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenS
                 ::ferry::__private::check_arity(__args, #n, __ID)?;
                 #( let #idents: #tys = ::ferry::__private::decode_arg(__args, #idx, __ID)?; )*
                 let __out: #ret = ::ferry::__private::run_catching(__ID, move || #call)?;
-                ::ferry::__private::store_return(&__out, __ID)
+                #store
             }
 
             #[::ferry::__private::linkme::distributed_slice(::ferry::__private::REMOTE_FUNCTIONS)]
@@ -198,20 +337,23 @@ fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenS
                     name: #display,
                     strategy: ::std::default::Default::default(),
                     retry_exceptions: false,
+                    ..::std::default::Default::default()
                 })
             }
 
             impl Options {
                 /// Submits the task with these options.
-                pub fn remote(self, #(#params),*) -> ::ferry::ObjectRef<#ret> {
+                pub fn remote(self, #(#params),*) -> #out_ty {
                     ::ferry::__private::begin_exports();
                     let __args = ::std::vec![#( ::ferry::IntoArg::<#tys>::into_arg(#idents) ),*];
-                    ::ferry::__private::submit::<#ret>(__ENTRY.id, &self.0, __args)
+                    #submit
                 }
             }
 
+            #split
+
             /// Submits the task; returns its result's future at once.
-            pub fn remote(#(#params),*) -> ::ferry::ObjectRef<#ret> {
+            pub fn remote(#(#params),*) -> #out_ty {
                 self::options().remote(#(#idents),*)
             }
         }
@@ -361,7 +503,41 @@ fn expand_actor_type(
     })
 }
 
-fn expand_actor_impl(args: ActorArgs, imp: ItemImpl) -> syn::Result<proc_macro2::TokenStream> {
+/// `#[ferry::method(num_returns = n)]` on an actor method (removed from the emitted impl).
+fn method_returns(f: &mut syn::ImplItemFn) -> syn::Result<Option<u32>> {
+    let mut n = None;
+    let mut err = None;
+    f.attrs.retain(|a| {
+        let p = a.path();
+        let ours = p.is_ident("method")
+            || (p.segments.len() == 2 && p.segments[0].ident == "ferry" && p.segments[1].ident == "method");
+        if ours {
+            let r = a.parse_nested_meta(|meta| {
+                if meta.path.is_ident("num_returns") {
+                    let lit = meta.value()?.parse::<LitInt>()?;
+                    let v: u32 = lit.base10_parse()?;
+                    if v < 2 {
+                        return Err(syn::Error::new(lit.span(), "num_returns splits a tuple: give 2 or more"));
+                    }
+                    n = Some(v);
+                    Ok(())
+                } else {
+                    Err(meta.error("expected num_returns"))
+                }
+            });
+            if let Err(e) = r {
+                err = Some(e);
+            }
+        }
+        !ours
+    });
+    match err {
+        Some(e) => Err(e),
+        None => Ok(n),
+    }
+}
+
+fn expand_actor_impl(args: ActorArgs, mut imp: ItemImpl) -> syn::Result<proc_macro2::TokenStream> {
     if !imp.generics.params.is_empty() || imp.trait_.is_some() {
         return Err(syn::Error::new(imp.span(), "#[ferry::actor] goes on a plain, non-generic `impl Type` block"));
     }
@@ -373,8 +549,10 @@ fn expand_actor_impl(args: ActorArgs, imp: ItemImpl) -> syn::Result<proc_macro2:
     let options = format_ident!("{}Options", name);
     let mut ctor: Option<(Vec<Type>, Vec<syn::Ident>, bool)> = None;
     let mut methods = Vec::new();
-    for item in &imp.items {
+    let mut splits = Vec::new();
+    for item in &mut imp.items {
         let ImplItem::Fn(f) = item else { continue };
+        let split = method_returns(f)?;
         let sig = &f.sig;
         let mut receiver = None;
         let mut tys = Vec::new();
@@ -410,6 +588,8 @@ fn expand_actor_impl(args: ActorArgs, imp: ItemImpl) -> syn::Result<proc_macro2:
                     ReturnType::Default => syn::parse_quote!(()),
                     ReturnType::Type(_, t) => (**t).clone(),
                 };
+                let tuple = tuple_returns(split, &ret, ret_span(sig))?;
+                splits.push(tuple);
                 methods.push((sig.ident.clone(), tys, names, ret, mutable, sig.asyncness.is_some(), f.vis.clone()));
             }
         }
@@ -436,8 +616,9 @@ fn expand_actor_impl(args: ActorArgs, imp: ItemImpl) -> syn::Result<proc_macro2:
 
     let mut method_items = Vec::new();
     let mut proxy_methods = Vec::new();
-    for (mname, tys, idents, ret, mutable, is_async, mvis) in &methods {
+    for ((mname, tys, idents, ret, mutable, is_async, mvis), tuple) in methods.iter().zip(&splits) {
         let k = tys.len();
+        let store = store_code(tuple, &None);
         let params = arg_params(idents, tys);
         let idx: Vec<_> = (0..k).collect();
         let invoke = format_ident!("__ferry_invoke_{}", mname);
@@ -480,7 +661,7 @@ fn expand_actor_impl(args: ActorArgs, imp: ItemImpl) -> syn::Result<proc_macro2:
                             let __cell = __inst.downcast_ref::<::std::sync::RwLock<#name>>().expect("checked above");
                             let __g = __cell.read().unwrap_or_else(|e| e.into_inner());
                             let __out: #ret = ::ferry::__private::await_catching(__ID, __g.#mname(#(#idents),*)).await?;
-                            ::ferry::__private::store_return(&__out, __ID)
+                            #store
                         }))
                     }
                 },
@@ -501,7 +682,7 @@ fn expand_actor_impl(args: ActorArgs, imp: ItemImpl) -> syn::Result<proc_macro2:
                 ::ferry::__private::check_arity(__args, #k, __ID)?;
                 #( let #idents: #tys = ::ferry::__private::decode_arg(__args, #idx, __ID)?; )*
                 let __out: #ret = ::ferry::__private::run_catching(__ID, move || { #lock #call })?;
-                ::ferry::__private::store_return(&__out, __ID)
+                #store
             }
 
             #[::ferry::__private::linkme::distributed_slice(::ferry::__private::ACTOR_METHODS)]
@@ -512,12 +693,26 @@ fn expand_actor_impl(args: ActorArgs, imp: ItemImpl) -> syn::Result<proc_macro2:
             #async_fn
         });
         let mname_str = mname.to_string();
+        let (out_ty, call_it) = match tuple {
+            Some(elems) => {
+                let n = elems.len() as u32;
+                let i = (0..elems.len()).map(syn::Index::from);
+                (
+                    quote!(( #( ::ferry::ObjectRef<#elems> ),* )),
+                    quote! {
+                        let __ids = self.raw.call_returning(#id, #mname_str, __args, ::core::option::Option::Some(#n));
+                        ( #( ::ferry::__private::adopt_ref::<#elems>(__ids[#i]) ),* )
+                    },
+                )
+            }
+            None => (quote!(::ferry::ObjectRef<#ret>), quote!(self.raw.call(#id, #mname_str, __args))),
+        };
         proxy_methods.push(quote! {
             /// Calls the actor's method; returns its result's future at once.
-            #mvis fn #mname(&self, #(#params),*) -> ::ferry::ObjectRef<#ret> {
+            #mvis fn #mname(&self, #(#params),*) -> #out_ty {
                 ::ferry::__private::begin_exports();
                 let __args = ::std::vec![#( ::ferry::IntoArg::<#tys>::into_arg(#idents) ),*];
-                self.raw.call(#id, #mname_str, __args)
+                #call_it
             }
         });
     }
@@ -598,4 +793,15 @@ fn expand_actor_impl(args: ActorArgs, imp: ItemImpl) -> syn::Result<proc_macro2:
             }
         }
     })
+}
+
+/// Options of an actor method, read by `#[ferry::actor]` on its `impl` block:
+/// `#[ferry::method(num_returns = 2)]` splits the tuple the method returns into one ref per
+/// element. It means nothing elsewhere.
+#[proc_macro_attribute]
+pub fn method(_attr: TokenStream, item: TokenStream) -> TokenStream {
+    let mut out: proc_macro2::TokenStream =
+        quote!(compile_error!("#[ferry::method] goes on a method inside an #[ferry::actor] impl block"););
+    out.extend(proc_macro2::TokenStream::from(item));
+    out.into()
 }

@@ -519,6 +519,9 @@ pub struct TaskSpec {
     pub args: Vec<Arg>,
     /// Nesting depth: 1 for tasks the driver submits, one more for each level below.
     pub depth: u32,
+    /// `None`: its value is its one return object. `Some(n)` (`num_returns`): the value is
+    /// split (a tuple by its elements, a `Vec` by its items) into objects `0..n` of the task.
+    pub num_returns: Option<u32>,
 }
 
 /// From an owner to a worker it holds a lease on.

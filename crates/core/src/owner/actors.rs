@@ -139,18 +139,21 @@ impl OwnerState {
         }
     }
 
-    /// Records a call of `actor`'s method and returns its result's id.
+    /// Records a call of `actor`'s method and returns its (first) result's id.
+    #[allow(clippy::too_many_arguments)]
     pub fn submit_call(
         &mut self,
         actor: ActorId,
         method: &'static str,
         name: Arc<str>,
         args: Vec<ArgDraft>,
+        returns: Option<u32>,
         exported: Exports,
         fx: &mut Effects,
     ) -> ObjectId {
         let retries = self.actors.get(&actor).map(|c| c.max_task_retries).unwrap_or(0);
-        let (task, ret, failed) = self.register_task(method, name, args, Target::call(actor), exported, retries, 1, fx);
+        let target = Target::call(actor, returns);
+        let (task, ret, failed) = self.register_task(method, name, args, target, exported, retries, 1, fx);
         let c = self.actors.entry(actor).or_insert_with(|| ActorClient::new("actor", 0, 0));
         c.queue.push_back(task);
         match failed {

@@ -10,7 +10,8 @@ impl OwnerState {
         if t.actor.is_some() || !t.exported.refs.is_empty() || !t.exported.actors.is_empty() {
             return false;
         }
-        if !self.objects.contains_key(&t.ret) {
+        let live = t.rets().filter(|r| self.objects.contains_key(r)).count() as u32;
+        if live == 0 {
             return false;
         }
         // Arguments that can themselves be made again are held by name only; others (put
@@ -18,7 +19,7 @@ impl OwnerState {
         let by_name: Vec<bool> = t
             .args
             .iter()
-            .map(|a| matches!(a, ArgDraft::Ref(id) if id.owner() == self.me && self.lineage.contains_key(id)))
+            .map(|a| matches!(a, ArgDraft::Ref(id) if id.owner() == self.me && self.lineage.contains_key(&id.task)))
             .collect();
         let bytes: usize = t
             .args
@@ -55,6 +56,9 @@ impl OwnerState {
             })
             .collect();
         let lin = Lineage {
+            returns: t.returns,
+            split: t.split,
+            live,
             function: t.function,
             name: t.name.clone(),
             args: t.args.clone(),
@@ -64,7 +68,7 @@ impl OwnerState {
             bytes,
         };
         self.lineage_bytes += bytes;
-        if let Some(old) = self.lineage.insert(t.ret, lin) {
+        if let Some(old) = self.lineage.insert(t.ret.task, lin) {
             self.drop_lineage_of(old, fx);
         }
         self.release_submitted(&named_refs, fx);
@@ -100,7 +104,7 @@ impl OwnerState {
             return Ok(()); // Already being made again.
         }
         let lost = |why: String| Error::ObjectLost { object: id, reason: why };
-        let Some(lin) = self.lineage.get_mut(&id) else {
+        let Some(lin) = self.lineage.get_mut(&id.task) else {
             return Err(lost(
                 "every copy was lost, and it cannot be made again: it was `put`, or made by an actor, or its \
                  lineage was not kept (Config::max_lineage_bytes)"
@@ -161,7 +165,9 @@ impl OwnerState {
                 retry_exceptions: false,
                 attempts: 0,
                 state,
-                ret: id,
+                ret: ObjectId { task: id.task, index: 0 },
+                returns: lin.returns,
+                split: lin.split,
             },
         );
         if state == TaskState::Queued {

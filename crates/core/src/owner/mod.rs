@@ -163,7 +163,8 @@ pub(crate) struct OwnerState {
     /// running for a dead caller must not pin its return's refs for nobody).
     dead_peers: HashSet<WorkerId>,
     /// How each owned stored object was made (see [`Lineage`]), and the bytes this keeps.
-    lineage: HashMap<ObjectId, Lineage>,
+    /// By task: one lineage makes every return of its task.
+    lineage: HashMap<TaskId, Lineage>,
     lineage_bytes: usize,
     /// Nodes declared dead: objects stored there are lost.
     dead_nodes: HashSet<NodeId>,
@@ -284,7 +285,19 @@ struct TaskEntry {
     /// Times it ran and failed or was lost before this run.
     attempts: u32,
     state: TaskState,
+    /// Its first return object; the others (`num_returns`) follow it by index.
     ret: ObjectId,
+    /// How many objects it returns (1 unless split; 0 if split into none), and whether its value is split into them
+    /// (`num_returns`) rather than being its one object.
+    returns: u32,
+    split: bool,
+}
+
+impl TaskEntry {
+    /// Its return objects, in order.
+    fn rets(&self) -> impl Iterator<Item = ObjectId> + '_ {
+        (0..self.returns).map(|index| ObjectId { task: self.ret.task, index })
+    }
 }
 
 /// What a task is for: a scheduling class, or an actor (a call, or with `create` its creation).
@@ -293,14 +306,16 @@ struct Target {
     class: usize,
     actor: Option<ActorId>,
     create: Option<Box<ActorSpec>>,
+    /// Into how many objects its value is split (`num_returns`), if it is.
+    returns: Option<u32>,
 }
 
 impl Target {
-    fn call(actor: ActorId) -> Target {
-        Target { class: 0, actor: Some(actor), create: None }
+    fn call(actor: ActorId, returns: Option<u32>) -> Target {
+        Target { class: 0, actor: Some(actor), create: None, returns }
     }
     fn creation(actor: ActorId, spec: ActorSpec) -> Target {
-        Target { class: 0, actor: Some(actor), create: Some(Box::new(spec)) }
+        Target { class: 0, actor: Some(actor), create: Some(Box::new(spec)), returns: None }
     }
 }
 
@@ -348,6 +363,11 @@ struct LeaseRequest {
 #[derive(Debug, Clone)]
 struct Lineage {
     function: &'static str,
+    /// How many objects the task returns (split or not), and how many of them (entries in
+    /// the table) still name this lineage: it goes with the last.
+    returns: u32,
+    split: bool,
+    live: u32,
     name: Arc<str>,
     args: Vec<ArgDraft>,
     /// Per argument: held by name (its own lineage can make it again, so only its entry is

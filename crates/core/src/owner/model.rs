@@ -228,6 +228,7 @@ fn run(ops: Vec<Op>) {
                     drafts,
                     (&Shape::cpus(1.0), &Default::default()),
                     (0, false),
+                    None,
                     Default::default(),
                     &mut fx,
                 );

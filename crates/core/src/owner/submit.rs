@@ -21,7 +21,8 @@ impl OwnerState {
         id
     }
 
-    /// Records a task and returns its return object's id (with one local handle).
+    /// Records a task and returns its first return object's id (each of its `returns`
+    /// objects, which follow it by index, with one local handle).
     #[allow(clippy::too_many_arguments)]
     pub fn submit(
         &mut self,
@@ -30,11 +31,12 @@ impl OwnerState {
         args: Vec<ArgDraft>,
         (shape, placement): (&Shape, &Placement),
         (max_retries, retry_exceptions): (u32, bool),
+        returns: Option<u32>,
         exported: Exports,
         fx: &mut Effects,
     ) -> ObjectId {
         let class = self.class_of(shape, placement);
-        let target = Target { class, actor: None, create: None };
+        let target = Target { class, actor: None, create: None, returns };
         let (task, ret, failed) = self.register_task(function, name, args, target, exported, max_retries, 1, fx);
         if let Some(t) = self.tasks.get_mut(&task) {
             t.retry_exceptions = retry_exceptions;
@@ -65,7 +67,11 @@ impl OwnerState {
     ) -> (TaskId, ObjectId, Option<Error>) {
         let task = self.next_id();
         let ret = ObjectId { task, index: 0 };
-        self.objects.insert(ret, ObjEntry::new(ObjState::Pending, local));
+        // `num_returns(0)`: a task run for its effects, with no object to wait for.
+        let (returns, split) = (target.returns.unwrap_or(1), target.returns.is_some());
+        for index in 0..returns {
+            self.objects.insert(ObjectId { task, index }, ObjEntry::new(ObjState::Pending, local));
+        }
         let mut waiting = 0;
         let mut failed = None;
         for a in &args {
@@ -119,6 +125,8 @@ impl OwnerState {
                 attempts: 0,
                 state,
                 ret,
+                returns,
+                split,
             },
         );
         (task, ret, failed.or_else(|| self.stopped.clone()))
@@ -274,7 +282,13 @@ impl OwnerState {
     pub(super) fn build_spec(&self, task: TaskId) -> Result<TaskSpec, Error> {
         let t = &self.tasks[&task];
         let args = self.resolve_args(&t.args)?;
-        Ok(TaskSpec { task, function: t.function.to_string(), args, depth: t.depth })
+        Ok(TaskSpec {
+            task,
+            function: t.function.to_string(),
+            args,
+            depth: t.depth,
+            num_returns: t.split.then_some(t.returns),
+        })
     }
 
     /// A task is over: release its arguments and the actor handles it carried.
@@ -317,7 +331,9 @@ impl OwnerState {
             None => {}
         }
         self.task_over(&t, fx);
-        self.resolve(t.ret, ObjState::Failed(err), fx);
+        for r in t.rets() {
+            self.resolve(r, ObjState::Failed(err.clone()), fx);
+        }
         if let Some(a) = t.actor {
             self.maybe_release_actor(a, fx);
         }
@@ -352,26 +368,64 @@ impl OwnerState {
     }
 
     /// A task's reply: its value, and what the value holds; `now` is when it arrived.
-    pub fn on_done(&mut self, task: TaskId, mut returns: Vec<Return>, inside: Inside, now: Instant, fx: &mut Effects) {
+    pub fn on_done(&mut self, task: TaskId, returns: Vec<Return>, inside: Inside, now: Instant, fx: &mut Effects) {
         // Refs inside the value: held on its behalf from now on (see `resolve_with`).
         let contained = self.pin_contained(inside.refs);
         let Some(t) = self.finish_push(task, now, fx) else {
             // A task we gave up on (cancelled, failed over): drop what it stored.
-            if let Some(Return::Stored { node, .. }) = returns.first() {
-                fx.frees.push((*node, ObjectId { task, index: 0 }));
+            for (index, r) in returns.iter().enumerate() {
+                if let Return::Stored { node, .. } = r {
+                    fx.frees.push((*node, ObjectId { task, index: index as u32 }));
+                }
             }
             self.unpin_all(contained, fx);
             self.returned_actors(ObjectId::default(), inside.actors, fx);
             return;
         };
-        let state = match returns.pop() {
-            Some(Return::Inline(v)) => ObjState::Ready(Ready::Inline(Arc::new(v))),
-            Some(Return::Stored { size, node }) => ObjState::Ready(Ready::Stored { size, node, view: None }),
-            None => ObjState::Failed(Error::Serialization { detail: format!("task {} returned nothing", t.name) }),
-        };
+        if returns.len() != t.returns as usize {
+            let detail = format!("task {} returned {} objects, not {}", t.name, returns.len(), t.returns);
+            for (index, r) in returns.iter().enumerate() {
+                if let Return::Stored { node, .. } = r {
+                    fx.frees.push((*node, ObjectId { task, index: index as u32 }));
+                }
+            }
+            self.unpin_all(contained, fx);
+            self.returned_actors(ObjectId::default(), inside.actors, fx);
+            self.task_over(&t, fx);
+            for r in t.rets() {
+                self.resolve(r, ObjState::Failed(Error::Serialization { detail: detail.clone() }), fx);
+            }
+            self.after_reply(&t, fx);
+            return;
+        }
         // A value holding refs is not made again (its refs would be pinned twice).
-        let stored = matches!(state, ObjState::Ready(Ready::Stored { .. })) && contained.is_empty();
-        self.resolve_with(t.ret, state, contained, fx);
+        let holds_refs = !contained.is_empty() || !inside.actors.is_empty();
+        let no_refs = contained.is_empty();
+        let mut contained = Some(contained);
+        let mut any_stored = false;
+        for (index, r) in returns.into_iter().enumerate() {
+            let state = match r {
+                Return::Inline(v) => ObjState::Ready(Ready::Inline(Arc::new(v))),
+                Return::Stored { size, node } => {
+                    any_stored = true;
+                    ObjState::Ready(Ready::Stored { size, node, view: None })
+                }
+            };
+            let id = ObjectId { task, index: index as u32 };
+            // The refs and handles inside the values are held by the first; the others, if
+            // the values hold any, hold the first (a value's refs live while it does).
+            let inner = match (index, holds_refs) {
+                (0, _) => contained.take().unwrap_or_default(),
+                (_, false) => Vec::new(),
+                (_, true) => self.pin_contained(vec![t.ret]),
+            };
+            self.resolve_with(id, state, inner, fx);
+        }
+        if let Some(unheld) = contained.take() {
+            // No return object to hold them (`num_returns(0)`).
+            self.unpin_all(unheld, fx);
+        }
+        let stored = no_refs && any_stored;
         self.returned_actors(t.ret, inside.actors, fx);
         if stored && self.keep_lineage(&t, fx) {
             // Its arguments stay held by the lineage; the rest of the task ends.
@@ -433,7 +487,10 @@ impl OwnerState {
             (e, _) => e,
         };
         self.task_over(&t, fx);
-        self.resolve(t.ret, ObjState::Failed(Error::from_task(&t.name, err)), fx);
+        let err = Error::from_task(&t.name, err);
+        for r in t.rets() {
+            self.resolve(r, ObjState::Failed(err.clone()), fx);
+        }
         self.after_reply(&t, fx);
     }
 
@@ -449,8 +506,10 @@ impl OwnerState {
                 // The worker drops it if not started; the result is final now either way and
                 // a late reply is ignored (and its stored value freed).
                 fx.to_workers.push((worker, ToWorker::Cancel { task }));
-                let ret = t.ret;
-                self.resolve(ret, ObjState::Failed(Error::Cancelled { task: name }), fx);
+                let rets: Vec<ObjectId> = t.rets().collect();
+                for r in rets {
+                    self.resolve(r, ObjState::Failed(Error::Cancelled { task: name.clone() }), fx);
+                }
             }
             TaskState::Queued | TaskState::WaitingDeps(_) => {
                 // Dependents' lists may still name it; they skip tasks they cannot find.

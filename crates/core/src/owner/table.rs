@@ -84,7 +84,16 @@ impl OwnerState {
             if let ObjState::Ready(Ready::Stored { node, .. }) = e.state {
                 fx.frees.push((node, id));
             }
-            if let Some(l) = self.lineage.remove(&id) {
+            // The lineage goes with the last of its task's returns.
+            let last = match self.lineage.get_mut(&id.task) {
+                Some(l) => {
+                    l.live = l.live.saturating_sub(1);
+                    l.live == 0
+                }
+                None => false,
+            };
+            if last {
+                let l = self.lineage.remove(&id.task).expect("checked");
                 self.drop_lineage_of(l, fx);
             }
         } else {
@@ -129,7 +138,16 @@ impl OwnerState {
         if final_already {
             // Nobody holds the object any more, or it is already final (cancelled, failed at
             // shutdown): the late value is dropped.
-            if let (true, ObjState::Ready(Ready::Stored { node, .. })) = (owned, &state) {
+            // (Unless it is the very copy the object has: a task run again to remake a sibling
+            // return finds its old value in the store and leaves it, see `store_return`.)
+            let same_copy = match (self.objects.get(&id).map(|e| &e.state), &state) {
+                (
+                    Some(ObjState::Ready(Ready::Stored { node: a, .. })),
+                    ObjState::Ready(Ready::Stored { node: b, .. }),
+                ) => a == b,
+                _ => false,
+            };
+            if let (true, false, ObjState::Ready(Ready::Stored { node, .. })) = (owned, same_copy, &state) {
                 fx.frees.push((*node, id));
             }
             self.unpin_all(contains, fx);

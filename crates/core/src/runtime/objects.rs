@@ -272,6 +272,7 @@ impl Runtime {
         self.with_state(|st, fx| st.poll_object(id, waker, fx))
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn submit(
         &'static self,
         function: &'static str,
@@ -279,9 +280,10 @@ impl Runtime {
         args: Vec<ArgDraft>,
         class: (&Shape, &ferry_proto::msg::Placement),
         retries: (u32, bool),
+        returns: Option<u32>,
         exported: crate::owner::Exports,
     ) -> ObjectId {
-        self.with_state(|st, fx| st.submit(function, name, args, class, retries, exported, fx))
+        self.with_state(|st, fx| st.submit(function, name, args, class, retries, returns, exported, fx))
     }
 
     /// An object whose value is an error (for calls that fail before a task exists).
