@@ -78,8 +78,10 @@ impl RawActor {
                 return (0..n).map(|_| rt.failed_object(e.clone())).collect();
             }
         };
-        let id =
-            rt.with_state(|st, fx| st.submit_call(self.id, method, Arc::from(name), drafts, returns, exported, fx));
+        let job = rt.job();
+        let id = rt.with_state(|st, fx| {
+            st.submit_call(self.id, method, Arc::from(name), drafts, (returns, job), exported, fx)
+        });
         drop(held);
         (0..n).map(|index| ObjectId { task: id.task, index }).collect()
     }
@@ -314,6 +316,7 @@ pub fn create_actor<T: Actor>(opts: &ActorOptions, args: Vec<TaskArg>) -> Result
         max_concurrency: opts.max_concurrency.max(1),
         depth,
         placement: opts.strategy.placement(),
+        job: rt.job(),
     };
     rt.with_state(|st, fx| st.create_actor(actor, T::CLASS, &label, drafts, exported, spec, opts.max_task_retries, fx));
     drop(held);

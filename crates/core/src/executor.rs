@@ -16,7 +16,7 @@ use crate::registry::ActorInstance;
 use crate::runtime::{try_runtime, Runtime};
 use ferry_proto::conn::Conn;
 use ferry_proto::msg::{ActorId, ActorSpec, Arg, FromWorker, Return, TaskError, TaskSpec, ToNode, ToWorker};
-use ferry_proto::{ObjectId, TaskId, WorkerId};
+use ferry_proto::{ObjectId, Shape, TaskId, WorkerId};
 use ferry_types::sync::{CondvarExt, MutexExt};
 use serde::Serialize;
 use std::cell::Cell;
@@ -32,16 +32,45 @@ thread_local! {
 /// The task this thread runs now: its id (stored returns are named after it) and how many
 /// objects it returns.
 #[derive(Clone, Copy, Debug)]
-struct Running {
-    task: TaskId,
+pub(crate) struct Running {
+    pub task: TaskId,
     /// `num_returns`, when its caller asked for its value split into that many objects.
     split: Option<u32>,
+    /// Its job, and the runs of it before this one.
+    pub job: WorkerId,
+    pub attempt: u32,
 }
 
 impl Running {
     fn of(spec: &TaskSpec) -> Running {
-        Running { task: spec.task, split: spec.num_returns }
+        Running { task: spec.task, split: spec.num_returns, job: spec.job, attempt: spec.attempt }
     }
+}
+
+/// The task this thread runs now, if any.
+pub(crate) fn running() -> Option<Running> {
+    CURRENT.with(|c| c.get())
+}
+
+thread_local! {
+    /// What the task this thread runs holds, when not the default one CPU.
+    static RESOURCES: std::cell::RefCell<Option<Shape>> = const { std::cell::RefCell::new(None) };
+}
+
+/// What the task this thread runs holds (`None`: not in a task).
+pub(crate) fn running_resources() -> Option<Shape> {
+    running()?;
+    Some(RESOURCES.with(|r| r.borrow().clone()).unwrap_or_else(|| Shape::cpus(1.0)))
+}
+
+/// The actor this worker hosts (from the moment its constructor starts).
+#[derive(Debug, Clone)]
+pub(crate) struct Hosting {
+    pub id: ActorId,
+    pub job: WorkerId,
+    /// 1 for its first process, one more for each restart.
+    pub incarnation: u32,
+    pub resources: Shape,
 }
 
 /// A task's return value as its worker replies with it (made by [`store_return`]): the
@@ -85,7 +114,7 @@ struct Queue {
     /// Nesting of `enter_blocked` on the task thread.
     blocked: u32,
     /// The daemon asked this worker to host an actor; the main thread constructs it.
-    to_host: Option<(ActorId, ActorSpec)>,
+    to_host: Option<(ActorId, ActorSpec, u32)>,
 }
 
 /// The actor this worker hosts, once constructed.
@@ -117,6 +146,7 @@ pub(crate) struct Executor {
     q: Mutex<Queue>,
     cv: Condvar,
     actor: OnceLock<Hosted>,
+    hosting: OnceLock<Hosting>,
     /// The event loop's thread, for async actors (woken with `unpark` instead of `cv`).
     loop_thread: OnceLock<thread::Thread>,
 }
@@ -127,12 +157,18 @@ impl Executor {
             q: Mutex::new(Queue { tasks: VecDeque::new(), blocked: 0, to_host: None }),
             cv: Condvar::new(),
             actor: OnceLock::new(),
+            hosting: OnceLock::new(),
             loop_thread: OnceLock::new(),
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
         self.q.locked()
+    }
+
+    /// The actor this worker hosts, once asked to.
+    pub(crate) fn hosting(&self) -> Option<&Hosting> {
+        self.hosting.get()
     }
 
     /// A message from an owner on connection `conn` (read by the runtime's inbound thread).
@@ -194,8 +230,8 @@ impl Executor {
     }
 
     /// The daemon asks this worker to host an actor (called on the node reader thread).
-    pub fn become_actor(&self, actor: ActorId, spec: ActorSpec) {
-        self.lock().to_host = Some((actor, spec));
+    pub fn become_actor(&self, actor: ActorId, spec: ActorSpec, incarnation: u32) {
+        self.lock().to_host = Some((actor, spec, incarnation));
         self.cv.notify_all();
     }
 
@@ -205,8 +241,8 @@ impl Executor {
             let job = {
                 let mut q = self.lock();
                 loop {
-                    if let Some((actor, spec)) = q.to_host.take() {
-                        break Err((actor, spec));
+                    if let Some(host) = q.to_host.take() {
+                        break Err(host);
                     }
                     if let Some(t) = q.tasks.pop_front() {
                         break Ok(t);
@@ -216,7 +252,7 @@ impl Executor {
             };
             match job {
                 Ok((conn, spec)) => self.run_one(rt, &conn, &spec),
-                Err((actor, spec)) => self.construct(rt, actor, spec),
+                Err((actor, spec, incarnation)) => self.construct(rt, actor, spec, incarnation),
             }
         }
     }
@@ -227,16 +263,23 @@ impl Executor {
             crate::logs::set_label(spec.function.rsplit("::").next().unwrap_or(&spec.function));
         }
         CURRENT.with(|c| c.set(Some(Running::of(spec))));
+        if spec.resources.is_some() {
+            RESOURCES.with(|r| *r.borrow_mut() = spec.resources.clone());
+        }
         let hosted = self.actor.get();
         let _span = hosted.map(|h| tracing::debug_span!("actor", actor = ?h.id).entered());
         let reply = execute(rt, spec, hosted.map(|h| &h.instance));
         CURRENT.with(|c| c.set(None));
+        if spec.resources.is_some() {
+            RESOURCES.with(|r| *r.borrow_mut() = None);
+        }
         send_reply(rt, conn, spec.task.owner, reply);
     }
 
     /// Runs the actor's constructor; on success this worker serves its calls from now on,
     /// on `max_concurrency` threads.
-    fn construct(self: &Arc<Self>, rt: &'static Runtime, actor: ActorId, spec: ActorSpec) {
+    fn construct(self: &Arc<Self>, rt: &'static Runtime, actor: ActorId, spec: ActorSpec, incarnation: u32) {
+        let _ = self.hosting.set(Hosting { id: actor, job: spec.job, incarnation, resources: spec.shape.clone() });
         let _span = tracing::debug_span!("actor", ?actor, class = %spec.class).entered();
         crate::logs::set_label(spec.class.rsplit("::").next().unwrap_or(&spec.class));
         let mut is_async = false;

@@ -29,7 +29,8 @@ pub use ferry_core::{
     block_on, cancel, get, get_all, get_async, get_bytes, get_timeout, kill, shutdown, wait, Actor, ActorHandle,
     ActorId, ActorOptions, ActorOptionsBuilder, ActorProxy, Bytes, BytesMut, Config, Error, GetFuture, IntoArg,
     Location, MemorySummary, NodeId, NodeInfo, NodeStats, ObjectId, ObjectRef, ObjectSummary, RawActor, RecoveryStats,
-    RemoteOptions, Result, SchedulingStrategy, TaskArg, TaskOptions, WaitResult, WorkerId,
+    RemoteOptions, Result, RuntimeContext, SchedulingStrategy, Shape, TaskArg, TaskId, TaskOptions, WaitResult,
+    WorkerId,
 };
 pub use ferry_macros::{actor, main, method, remote};
 
@@ -87,6 +88,14 @@ pub fn node_stats() -> Result<NodeStats> {
 pub fn memory_summary() -> Result<MemorySummary> {
     embed::ready();
     ferry_core::memory_summary()
+}
+
+/// Who and where the calling code is, as Ray's `get_runtime_context()`: job, node, process,
+/// the task or actor it runs for, the task's attempt (a retry knows it is one), whether the
+/// actor was restarted, and what the task holds.
+pub fn runtime_context() -> Result<RuntimeContext> {
+    embed::ready();
+    ferry_core::runtime_context()
 }
 
 /// Retries and reconstructions of the tasks and objects this process owns.

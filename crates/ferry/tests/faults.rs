@@ -131,6 +131,9 @@ fn spec(function: &str, args: Vec<Arg>) -> TaskSpec {
         args,
         depth: 1,
         num_returns: None,
+        job: WorkerId(43),
+        attempt: 0,
+        resources: None,
     }
 }
 

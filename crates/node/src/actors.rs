@@ -298,11 +298,12 @@ impl Node {
             return;
         };
         rec.phase = Phase::Starting { worker };
+        let incarnation = rec.incarnation + 1;
         let spec = rec.spec.clone().expect("placed actors have a spec");
         st.book.worker_actor.insert(worker, actor);
         if let Some((wconn, _, _)) = st.pool.workers.get(&worker) {
             let wconn = *wconn;
-            self.send(st, wconn, &FromNode::BecomeActor { actor, spec });
+            self.send(st, wconn, &FromNode::BecomeActor { actor, spec, incarnation });
         }
     }
 

@@ -33,7 +33,7 @@ fn worker_mode() -> bool {
     conn.send(&register).unwrap();
     // Until the daemon closes the link (or kills this process).
     while let Ok(m) = rx.read::<FromNode>() {
-        if let FromNode::BecomeActor { actor, spec } = m {
+        if let FromNode::BecomeActor { actor, spec, .. } = m {
             let error = (spec.class == "Failing").then(|| "the constructor panicked".to_string());
             conn.send(&ToNode::ActorReady { actor, error }).unwrap();
         }
@@ -67,6 +67,7 @@ fn spec(class: &str, cpus: f64, max_restarts: u32) -> ActorSpec {
         max_concurrency: 1,
         depth: 1,
         placement: Placement::Default,
+        job: WorkerId(7),
     }
 }
 

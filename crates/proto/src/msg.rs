@@ -297,6 +297,8 @@ pub struct ActorSpec {
     pub depth: u32,
     /// Which node runs it (as for tasks; `Here` is not used).
     pub placement: Placement,
+    /// The job it belongs to (its creator's).
+    pub job: WorkerId,
 }
 
 /// Where an actor is, as the daemon knows it.
@@ -467,6 +469,8 @@ pub enum FromNode {
     BecomeActor {
         actor: ActorId,
         spec: ActorSpec,
+        /// 1 for its first process, one more for each restart.
+        incarnation: u32,
     },
     Stats {
         req: u64,
@@ -522,6 +526,12 @@ pub struct TaskSpec {
     /// `None`: its value is its one return object. `Some(n)` (`num_returns`): the value is
     /// split (a tuple by its elements, a `Vec` by its items) into objects `0..n` of the task.
     pub num_returns: Option<u32>,
+    /// The job it belongs to: the driver whose work it is (nested tasks inherit it).
+    pub job: WorkerId,
+    /// Runs before this one that failed or were lost (0 on the first run).
+    pub attempt: u32,
+    /// What it holds while it runs; `None` is one CPU (the default, sent as one byte).
+    pub resources: Option<Shape>,
 }
 
 /// From an owner to a worker it holds a lease on.

@@ -147,12 +147,12 @@ impl OwnerState {
         method: &'static str,
         name: Arc<str>,
         args: Vec<ArgDraft>,
-        returns: Option<u32>,
+        (returns, job): (Option<u32>, WorkerId),
         exported: Exports,
         fx: &mut Effects,
     ) -> ObjectId {
         let retries = self.actors.get(&actor).map(|c| c.max_task_retries).unwrap_or(0);
-        let target = Target::call(actor, returns);
+        let target = Target::call(actor, returns, job);
         let (task, ret, failed) = self.register_task(method, name, args, target, exported, retries, 1, fx);
         let c = self.actors.entry(actor).or_insert_with(|| ActorClient::new("actor", 0, 0));
         c.queue.push_back(task);

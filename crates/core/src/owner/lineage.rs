@@ -59,6 +59,7 @@ impl OwnerState {
             returns: t.returns,
             split: t.split,
             live,
+            job: t.job,
             function: t.function,
             name: t.name.clone(),
             args: t.args.clone(),
@@ -168,6 +169,7 @@ impl OwnerState {
                 ret: ObjectId { task: id.task, index: 0 },
                 returns: lin.returns,
                 split: lin.split,
+                job: lin.job,
             },
         );
         if state == TaskState::Queued {

@@ -291,6 +291,8 @@ struct TaskEntry {
     /// (`num_returns`) rather than being its one object.
     returns: u32,
     split: bool,
+    /// The job it belongs to (its driver), told to the worker that runs it.
+    job: WorkerId,
 }
 
 impl TaskEntry {
@@ -308,14 +310,17 @@ struct Target {
     create: Option<Box<ActorSpec>>,
     /// Into how many objects its value is split (`num_returns`), if it is.
     returns: Option<u32>,
+    /// The job it belongs to.
+    job: WorkerId,
 }
 
 impl Target {
-    fn call(actor: ActorId, returns: Option<u32>) -> Target {
-        Target { class: 0, actor: Some(actor), create: None, returns }
+    fn call(actor: ActorId, returns: Option<u32>, job: WorkerId) -> Target {
+        Target { class: 0, actor: Some(actor), create: None, returns, job }
     }
     fn creation(actor: ActorId, spec: ActorSpec) -> Target {
-        Target { class: 0, actor: Some(actor), create: Some(Box::new(spec)), returns: None }
+        let job = spec.job;
+        Target { class: 0, actor: Some(actor), create: Some(Box::new(spec)), returns: None, job }
     }
 }
 
@@ -368,6 +373,7 @@ struct Lineage {
     returns: u32,
     split: bool,
     live: u32,
+    job: WorkerId,
     name: Arc<str>,
     args: Vec<ArgDraft>,
     /// Per argument: held by name (its own lineage can make it again, so only its entry is

@@ -228,7 +228,7 @@ fn run(ops: Vec<Op>) {
                     drafts,
                     (&Shape::cpus(1.0), &Default::default()),
                     (0, false),
-                    None,
+                    (None, WorkerId(1)),
                     Default::default(),
                     &mut fx,
                 );

@@ -31,12 +31,12 @@ impl OwnerState {
         args: Vec<ArgDraft>,
         (shape, placement): (&Shape, &Placement),
         (max_retries, retry_exceptions): (u32, bool),
-        returns: Option<u32>,
+        (returns, job): (Option<u32>, WorkerId),
         exported: Exports,
         fx: &mut Effects,
     ) -> ObjectId {
         let class = self.class_of(shape, placement);
-        let target = Target { class, actor: None, create: None, returns };
+        let target = Target { class, actor: None, create: None, returns, job };
         let (task, ret, failed) = self.register_task(function, name, args, target, exported, max_retries, 1, fx);
         if let Some(t) = self.tasks.get_mut(&task) {
             t.retry_exceptions = retry_exceptions;
@@ -127,6 +127,7 @@ impl OwnerState {
                 ret,
                 returns,
                 split,
+                job: target.job,
             },
         );
         (task, ret, failed.or_else(|| self.stopped.clone()))
@@ -282,12 +283,20 @@ impl OwnerState {
     pub(super) fn build_spec(&self, task: TaskId) -> Result<TaskSpec, Error> {
         let t = &self.tasks[&task];
         let args = self.resolve_args(&t.args)?;
+        // One CPU, the default shape, goes as one byte.
+        let resources = match t.actor {
+            None => Some(&self.classes[t.class].shape).filter(|s| **s != Shape::cpus(1.0)).cloned(),
+            Some(_) => None,
+        };
         Ok(TaskSpec {
             task,
             function: t.function.to_string(),
             args,
             depth: t.depth,
             num_returns: t.split.then_some(t.returns),
+            job: t.job,
+            attempt: t.attempts,
+            resources,
         })
     }
 

@@ -112,8 +112,8 @@ impl Runtime {
                 FromNode::ActorDied { actor, reason, restarting } => {
                     self.with_state(|st, fx| st.on_actor_died(actor, &reason, restarting, fx))
                 }
-                FromNode::BecomeActor { actor, spec } => match &self.executor {
-                    Some(x) => x.become_actor(actor, spec),
+                FromNode::BecomeActor { actor, spec, incarnation } => match &self.executor {
+                    Some(x) => x.become_actor(actor, spec, incarnation),
                     None => tracing::warn!("a driver was asked to host an actor; ignored"),
                 },
                 // Creation failures also reach callers through `ActorState` (dead).

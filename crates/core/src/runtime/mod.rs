@@ -283,6 +283,23 @@ impl Runtime {
     }
 
     /// This process's id.
+    /// The actor this process hosts, if any.
+    pub(crate) fn hosting(&self) -> Option<crate::executor::Hosting> {
+        self.executor.as_ref().and_then(|x| x.hosting()).cloned()
+    }
+
+    /// The job of the work this thread does: the running task's, else the hosted actor's,
+    /// else this process's own (a driver is its job).
+    pub(crate) fn job(&self) -> WorkerId {
+        if let Some(r) = crate::executor::running() {
+            return r.job;
+        }
+        match self.executor.as_ref().and_then(|x| x.hosting()) {
+            Some(h) => h.job,
+            None => self.me,
+        }
+    }
+
     pub(crate) fn me(&self) -> WorkerId {
         self.me
     }

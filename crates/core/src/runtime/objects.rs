@@ -283,7 +283,8 @@ impl Runtime {
         returns: Option<u32>,
         exported: crate::owner::Exports,
     ) -> ObjectId {
-        self.with_state(|st, fx| st.submit(function, name, args, class, retries, returns, exported, fx))
+        let job = self.job();
+        self.with_state(|st, fx| st.submit(function, name, args, class, retries, (returns, job), exported, fx))
     }
 
     /// An object whose value is an error (for calls that fail before a task exists).
