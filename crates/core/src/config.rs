@@ -54,7 +54,14 @@ pub struct Config {
     pub max_frame_bytes: u32,
     /// Default retries of a task whose worker dies. Default 3.
     pub default_max_retries: u32,
+    /// Takes the errors of tasks whose every ref was dropped without a `get` (Ray's
+    /// "unhandled errors"). Default: each is printed once on this process's standard error
+    /// (in a worker, that reaches the driver's terminal).
+    pub on_unhandled_error: Option<UnhandledHook>,
 }
+
+/// What [`Config::on_unhandled_error`] calls, once per error nobody read.
+pub type UnhandledHook = std::sync::Arc<dyn Fn(&crate::owner::UnhandledError) + Send + Sync>;
 
 /// Every field but the token, which no log or panic message should carry.
 impl std::fmt::Debug for Config {
@@ -76,6 +83,7 @@ impl std::fmt::Debug for Config {
             .field("idle_worker_timeout", &self.idle_worker_timeout)
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("default_max_retries", &self.default_max_retries)
+            .field("on_unhandled_error", &self.on_unhandled_error.as_ref().map(|_| "<fn>"))
             .finish()
     }
 }
@@ -103,6 +111,7 @@ impl Default for Config {
             idle_worker_timeout: defaults::IDLE_WORKER_TIMEOUT,
             max_frame_bytes: ferry_proto::DEFAULT_MAX_FRAME,
             default_max_retries: defaults::MAX_RETRIES,
+            on_unhandled_error: None,
         }
     }
 }
@@ -139,6 +148,12 @@ impl Config {
         self
     }
     /// Sets the inline threshold in bytes.
+    /// Takes the errors nobody read instead of printing them (see the field).
+    pub fn on_unhandled_error(mut self, f: impl Fn(&crate::owner::UnhandledError) + Send + Sync + 'static) -> Self {
+        self.on_unhandled_error = Some(std::sync::Arc::new(f));
+        self
+    }
+
     pub fn inline_max_bytes(mut self, bytes: usize) -> Self {
         self.inline_max_bytes = bytes;
         self

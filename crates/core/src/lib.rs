@@ -31,7 +31,7 @@ mod worker;
 
 pub use actor::{get_actor, kill, Actor, ActorHandle, ActorOptions, ActorOptionsBuilder, ActorProxy, RawActor};
 pub use bytes::{ArgData, Bytes, BytesMut};
-pub use config::Config;
+pub use config::{Config, UnhandledHook};
 pub use context::{runtime_context, RuntimeContext};
 pub use error::{Error, Result};
 pub use ferry_proto::msg::ActorId;
@@ -41,6 +41,7 @@ pub use ferry_proto::msg::NodeView as NodeInfo;
 pub use ferry_proto::{NodeId, ObjectId, Shape, TaskId, WorkerId};
 pub use memory::{memory_summary, Location, MemorySummary, ObjectSummary};
 pub use object_ref::{get_async, GetFuture, ObjectRef};
+pub use owner::UnhandledError;
 pub use runtime::block_on;
 pub use task::{submit, submit_returning, IntoArg, RemoteOptions, SchedulingStrategy, TaskArg, TaskOptions};
 

@@ -157,7 +157,7 @@ impl OwnerState {
         let c = self.actors.entry(actor).or_insert_with(|| ActorClient::new("actor", 0, 0));
         c.queue.push_back(task);
         match failed {
-            Some(err) => self.fail_task(task, err, fx),
+            Some(err) => self.fail_downstream(task, err, fx),
             None => self.pump_actor(actor, fx),
         }
         ret

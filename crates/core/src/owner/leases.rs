@@ -214,10 +214,19 @@ impl OwnerState {
                 classes.push(t.class);
             } else {
                 let name = t.name.to_string();
+                let node = match t.state {
+                    TaskState::Pushed { lease, .. } => self.leases.get(&lease).map(|l| l.node),
+                    _ => None,
+                };
                 t.state = TaskState::Queued;
                 let class = t.class;
                 self.classes[class].queue.push_front(task);
-                self.fail_task(task, Error::WorkerDied { task: name, detail: detail.to_string() }, fx);
+                let err = Error::WorkerDied { task: name, detail: detail.to_string() };
+                if let Some(t) = self.tasks.remove(&task) {
+                    self.note_unread(&t, &err, (Some(worker), node));
+                    self.tasks.insert(task, t);
+                }
+                self.fail_task(task, err, fx);
             }
         }
         classes.sort_unstable();

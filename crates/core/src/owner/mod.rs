@@ -94,6 +94,30 @@ pub(crate) struct Effects {
     pub replies: Vec<(WorkerId, FromWorker)>,
     /// Borrowed objects this process no longer holds, with the registrations to release.
     pub releases: Vec<(ObjectId, u32)>,
+    /// Errors of tasks whose every ref went without their error being read (Ray's
+    /// "unhandled errors"): to be reported.
+    pub unhandled: Vec<UnhandledError>,
+}
+
+/// A task's error that nobody read: every ref to its result was dropped without a `get`
+/// (Ray's "unhandled errors"). Printed on the driver, or given to
+/// `Config::on_unhandled_error`.
+#[derive(Debug, Clone)]
+pub struct UnhandledError {
+    /// The task's name.
+    pub task: String,
+    pub error: Error,
+    /// The worker it ran on, and that worker's node (when it got as far as running).
+    pub worker: Option<WorkerId>,
+    pub node: Option<NodeId>,
+}
+
+/// A failed task's error while some of its refs live and none was read.
+#[derive(Debug)]
+struct Unread {
+    report: UnhandledError,
+    /// Its return objects still in the table.
+    left: u32,
 }
 
 /// Which daemon a message is for.
@@ -175,6 +199,8 @@ pub(crate) struct OwnerState {
     /// Objects that became `Failed` so far, and who to wake when one does (see `get_all`),
     /// by registration.
     failures: u64,
+    /// Failed tasks whose error is not read yet (see [`UnhandledError`]).
+    unread: HashMap<TaskId, Unread>,
     failure_waiters: Vec<(u64, Waker)>,
     next_failure_waiter: u64,
 }
@@ -476,6 +502,7 @@ impl OwnerState {
             reconstructions: 0,
             retries: 0,
             failures: 0,
+            unread: HashMap::default(),
             failure_waiters: Vec::new(),
             next_failure_waiter: 1,
         }

@@ -42,7 +42,7 @@ impl OwnerState {
             t.retry_exceptions = retry_exceptions;
         }
         if let Some(err) = failed {
-            self.fail_task(task, err, fx);
+            self.fail_downstream(task, err, fx);
         } else if self.tasks.get(&task).is_some_and(|t| t.state == TaskState::Queued) {
             self.classes[class].queue.push_back(task);
             self.pump(class, fx);
@@ -89,7 +89,11 @@ impl OwnerState {
                                     fx.to_peers.push((id.owner(), ToWorker::GetObject { object: *id }));
                                 }
                             }
-                            ObjState::Failed(err) => failed = Some(err.clone()),
+                            ObjState::Failed(err) => {
+                                // Passed on: the new task's error is the one to read.
+                                failed = Some(err.clone());
+                                self.unread.remove(&id.task);
+                            }
                             // Only lineages hold a released object, never a handle.
                             ObjState::Released => {
                                 failed =
@@ -324,6 +328,16 @@ impl OwnerState {
     }
 
     /// Fails a task that is not pushed, or whose push is over.
+    /// Fails `task` with the error of an object it needed: its own refs' error is unread
+    /// until someone reads it.
+    pub(super) fn fail_downstream(&mut self, task: TaskId, err: Error, fx: &mut Effects) {
+        if let Some(t) = self.tasks.remove(&task) {
+            self.note_unread(&t, &err, (None, None));
+            self.tasks.insert(task, t);
+        }
+        self.fail_task(task, err, fx);
+    }
+
     pub(super) fn fail_task(&mut self, task: TaskId, err: Error, fx: &mut Effects) {
         let Some(t) = self.tasks.remove(&task) else {
             return;
@@ -497,6 +511,11 @@ impl OwnerState {
         };
         self.task_over(&t, fx);
         let err = Error::from_task(&t.name, err);
+        let ran_on = match t.state {
+            TaskState::Pushed { lease, worker } => (Some(worker), self.leases.get(&lease).map(|l| l.node)),
+            _ => (None, None),
+        };
+        self.note_unread(&t, &err, ran_on);
         for r in t.rets() {
             self.resolve(r, ObjState::Failed(err.clone()), fx);
         }

@@ -84,6 +84,14 @@ impl OwnerState {
             if let ObjState::Ready(Ready::Stored { node, .. }) = e.state {
                 fx.frees.push((node, id));
             }
+            // The last ref of a failed task whose error nobody read: report it.
+            if let Some(u) = self.unread.get_mut(&id.task) {
+                u.left = u.left.saturating_sub(1);
+                if u.left == 0 {
+                    let u = self.unread.remove(&id.task).expect("checked");
+                    fx.unhandled.push(u.report);
+                }
+            }
             // The lineage goes with the last of its task's returns.
             let last = match self.lineage.get_mut(&id.task) {
                 Some(l) => {
@@ -103,6 +111,22 @@ impl OwnerState {
             }
         }
         e.rare.map(|r| r.contains).filter(|c| !c.is_empty())
+    }
+
+    /// `t` failed with `err`: until one of its refs is read, its error is unread, and is
+    /// reported when the last of them goes (Ray's unhandled errors).
+    pub(super) fn note_unread(
+        &mut self,
+        t: &TaskEntry,
+        err: &Error,
+        (worker, node): (Option<WorkerId>, Option<NodeId>),
+    ) {
+        let left = t.rets().filter(|r| self.objects.contains_key(r)).count() as u32;
+        if left == 0 || t.create.is_some() {
+            return;
+        }
+        let report = UnhandledError { task: t.name.to_string(), error: err.clone(), worker, node };
+        self.unread.insert(t.ret.task, Unread { report, left });
     }
 
     /// Pins refs inside a value that is gone (or never was kept).
@@ -173,6 +197,12 @@ impl OwnerState {
             Some(r) => (std::mem::take(&mut r.remote_waiters), std::mem::take(&mut r.dependents)),
             None => Default::default(),
         };
+        if failed.is_some() && (!remote.is_empty() || !deps.is_empty()) {
+            // Read by a borrower, or passed on to the tasks that needed it (which report
+            // their own error if nobody reads that).
+            self.unread.remove(&id.task);
+        }
+        let e = self.objects.get_mut(&id).expect("checked");
         if !remote.is_empty() {
             let answer = answer_of(&e.state);
             for from in remote {
@@ -182,7 +212,7 @@ impl OwnerState {
         for d in deps {
             match &failed {
                 // An error upstream is the error of everything downstream.
-                Some(err) => self.fail_task(d, err.clone(), fx),
+                Some(err) => self.fail_downstream(d, err.clone(), fx),
                 None => {
                     let Some(t) = self.tasks.get_mut(&d) else {
                         continue;
@@ -234,7 +264,12 @@ impl OwnerState {
         };
         match &e.state {
             ObjState::Ready(r) => Poll::Ready(Ok(r.clone())),
-            ObjState::Failed(err) => Poll::Ready(Err(err.clone())),
+            ObjState::Failed(err) => {
+                // Read: not an unhandled error any more.
+                let err = err.clone();
+                self.unread.remove(&id.task);
+                Poll::Ready(Err(err))
+            }
             ObjState::Released => Poll::Ready(Err(Error::ObjectLost {
                 object: id,
                 reason: "its value was released (no handle to it was left)".into(),

@@ -283,6 +283,25 @@ impl Runtime {
     }
 
     /// This process's id.
+    /// An error nobody read (see `UnhandledError`): to the program's hook, else printed.
+    fn report_unhandled(&self, u: crate::owner::UnhandledError) {
+        if let Some(hook) = &self.cfg.on_unhandled_error {
+            hook(&u);
+            return;
+        }
+        let at = match (u.worker, u.node) {
+            (Some(w), Some(n)) => format!(" (it ran on worker {w:?} of node {n:?})"),
+            (Some(w), None) => format!(" (it ran on worker {w:?})"),
+            _ => String::new(),
+        };
+        tracing::error!(
+            "unhandled error in task {}{at}: {}. Every ref to its result was dropped without a `get`; get one to \
+             handle it, or set Config::on_unhandled_error",
+            u.task,
+            u.error
+        );
+    }
+
     /// The actor this process hosts, if any.
     pub(crate) fn hosting(&self) -> Option<crate::executor::Hosting> {
         self.executor.as_ref().and_then(|x| x.hosting()).cloned()
@@ -374,6 +393,9 @@ impl Runtime {
                 self.releases_cv.notify_one();
             }
             r.append(&mut fx.releases);
+        }
+        for u in fx.unhandled {
+            self.report_unhandled(u);
         }
         for (peer, m) in fx.to_peers {
             let sent =
