@@ -6,7 +6,15 @@ use serde::{Deserialize, Serialize};
 /// A task's shape is also its scheduling class: tasks of one shape share leases.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
-pub struct Shape(pub Vec<(String, u64)>);
+pub struct Shape(
+    // A few resources, as real shapes have: the fuzzers generate shapes inside every task
+    // spec, and a hundred random names each would make them slow without finding more.
+    #[cfg_attr(
+        feature = "arbitrary",
+        proptest(strategy = "proptest::collection::vec(proptest::arbitrary::any::<(String, u64)>(), 0..4)")
+    )]
+    pub Vec<(String, u64)>,
+);
 
 /// Name of the CPU resource.
 pub const CPU: &str = "CPU";
