@@ -152,6 +152,7 @@ extern "C" fn job_entry() {
         ("affinity", check_affinity),
         ("custom_resource", check_custom_resource),
         ("transfer", check_transfer),
+        ("fetch_local", check_fetch_local),
         ("remote_owner", check_remote_owner),
         ("nested", check_nested),
         ("infeasible_waits", check_infeasible),
@@ -247,7 +248,9 @@ fn lineage_job(address: &str) -> ! {
     // lineage): making the second again needs the first made again too.
     let first = big::options().scheduling_strategy(s.clone()).remote(n, 3);
     let second = bump::options().scheduling_strategy(s.clone()).remote(&first);
-    ferry::wait(std::slice::from_ref(&second), 1, None).unwrap();
+    // (Not fetched here: the only copies must stay on the member.)
+    let only_there = ferry::WaitOptions::new(1).fetch_local(false);
+    ferry::wait_with(std::slice::from_ref(&second), only_there).unwrap();
     drop(first);
     // Its value goes from the store (the lineage keeps only its name): `data` and `second` stay.
     let end = std::time::Instant::now() + Duration::from_secs(10);
@@ -266,11 +269,11 @@ fn lineage_job(address: &str) -> ! {
     // Lent to a task inside a value: that task borrows it, and asks this process (its owner)
     // to make it again when it finds it lost.
     let lent = big::options().scheduling_strategy(s.clone()).remote(n, 7);
-    ferry::wait(std::slice::from_ref(&lent), 1, None).unwrap();
+    ferry::wait_with(std::slice::from_ref(&lent), only_there).unwrap();
     // Two returns of one task: the first dropped (and freed on its own), the second kept, to
     // be made again after the node dies (its task runs again; nothing of the first is kept).
     let (pa, pb) = big_pair::options().scheduling_strategy(s).remote(n, 9);
-    ferry::wait(&[pa.clone(), pb.clone()], 2, None).unwrap();
+    ferry::wait_with(&[pa.clone(), pb.clone()], ferry::WaitOptions::new(2).fetch_local(false)).unwrap();
     drop(pa);
     let end = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -448,6 +451,32 @@ fn check_custom_resource() -> Result<(), String> {
 
 /// An 8 MiB object made on one member is read by a task on the other (pulled between their
 /// daemons) and by the driver (pulled to the head); many readers at once share transfers.
+/// Ray's `wait(fetch_local=...)`: by default a ready value on another node is copied here
+/// before `wait` returns, so the `get` after it makes no transfer; without, nothing moves.
+fn check_fetch_local() -> Result<(), String> {
+    let (me, all) = node_ids()?;
+    let other = all.into_iter().find(|n| *n != me).ok_or("no other node")?;
+    let on = SchedulingStrategy::NodeAffinity { node: other, soft: false };
+    let pulls = || ferry::node_stats().map(|s| s.transfers_in).map_err(e);
+    let r = big::options().scheduling_strategy(on.clone()).remote(4 << 20, 5);
+    let before = pulls()?;
+    let (ready, _) =
+        ferry::wait_with(std::slice::from_ref(&r), ferry::WaitOptions::new(1).fetch_local(false)).map_err(e)?;
+    if ready.len() != 1 || pulls()? != before {
+        return Err(format!("without fetch_local: {} ready, {} pulls", ready.len(), pulls()? - before));
+    }
+    let (ready, _) = ferry::wait(std::slice::from_ref(&r), 1, None).map_err(e)?;
+    let fetched = pulls()?;
+    if ready.len() != 1 || fetched != before + 1 {
+        return Err(format!("with fetch_local: {} ready, {} pulls", ready.len(), fetched - before));
+    }
+    let v = ferry::get(&r).map_err(e)?;
+    if v.len() != 4 << 20 || pulls()? != fetched {
+        return Err(format!("the get after it made {} more pulls", pulls()? - fetched));
+    }
+    Ok(())
+}
+
 fn check_transfer() -> Result<(), String> {
     let (me, all) = node_ids()?;
     let others: Vec<NodeId> = all.into_iter().filter(|n| *n != me).collect();
@@ -671,6 +700,7 @@ fn a_job_uses_every_node_of_a_three_host_cluster() {
         "affinity",
         "custom_resource",
         "transfer",
+        "fetch_local",
         "remote_owner",
         "nested",
         "infeasible_waits",

@@ -175,6 +175,39 @@ pub type WaitResult<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
 /// list, every other ref in the second, each in the order given. The refs must be unique
 /// ([`Error::InvalidArgument`] otherwise), as in Ray.
 pub fn wait<T>(refs: &[ObjectRef<T>], num_ready: usize, timeout: Option<Duration>) -> Result<WaitResult<T>> {
+    wait_with(refs, WaitOptions { num_ready, timeout, fetch_local: true })
+}
+
+/// How [`wait_with`] waits (Ray's `wait` arguments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitOptions {
+    /// Return once this many are ready (at most the number of refs).
+    pub num_ready: usize,
+    /// Return what is ready after this long (`None`: no limit).
+    pub timeout: Option<Duration>,
+    /// Copy the ready values stored on other nodes to this node before returning, so a
+    /// following `get` costs no transfer (default true, as in Ray).
+    pub fetch_local: bool,
+}
+
+impl WaitOptions {
+    /// Wait for `num_ready` refs, with no time limit, fetching values here.
+    pub fn new(num_ready: usize) -> WaitOptions {
+        WaitOptions { num_ready, timeout: None, fetch_local: true }
+    }
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+    pub fn fetch_local(mut self, fetch: bool) -> Self {
+        self.fetch_local = fetch;
+        self
+    }
+}
+
+/// [`wait`] with all of Ray's options (see [`WaitOptions`]).
+pub fn wait_with<T>(refs: &[ObjectRef<T>], opts: WaitOptions) -> Result<WaitResult<T>> {
+    let WaitOptions { num_ready, timeout, fetch_local } = opts;
     let rt = runtime()?;
     let mut seen = rustc_hash::FxHashSet::with_capacity_and_hasher(refs.len(), Default::default());
     if let Some(dup) = refs.iter().find(|r| !seen.insert(r.id())) {
@@ -187,7 +220,7 @@ pub fn wait<T>(refs: &[ObjectRef<T>], num_ready: usize, timeout: Option<Duration
         });
     }
     let ids: Vec<ObjectId> = refs.iter().map(|r| r.id()).collect();
-    let found = rt.wait(&ids, num_ready.min(refs.len()), timeout.map(|d| Instant::now() + d));
+    let found = rt.wait(&ids, num_ready.min(refs.len()), timeout.map(|d| Instant::now() + d), fetch_local);
     // `wait` took one more handle of each, for these.
     let mut ready = Vec::with_capacity(found.len());
     let mut pending = Vec::with_capacity(refs.len() - found.len());
@@ -202,6 +235,18 @@ pub fn wait<T>(refs: &[ObjectRef<T>], num_ready: usize, timeout: Option<Duration
         }
     }
     Ok((ready, pending))
+}
+
+/// Deletes the values of `refs` from every store now (Ray's `free`): their refs stay valid
+/// handles, but a later `get` of one fails with [`Error::ObjectFreed`], saying who freed it;
+/// a freed object is not made again. For objects nothing will read again whose memory is
+/// wanted back before their refs go. Refs this process borrowed are freed by their owners.
+pub fn free<T>(refs: &[ObjectRef<T>]) -> Result<()> {
+    let rt = runtime()?;
+    let ids: Vec<ObjectId> = refs.iter().map(|r| r.id()).collect();
+    let me = rt.me();
+    rt.with_state(|st, fx| st.free_values(&ids, me, fx));
+    Ok(())
 }
 
 /// Cancels the task that produces `r`: a task not yet started never runs; one already

@@ -5,7 +5,7 @@
 //! happened and what to do.
 
 use crate::msg::TaskError;
-use ferry_types::ObjectId;
+use ferry_types::{ObjectId, WorkerId};
 use std::fmt;
 use std::time::Duration;
 
@@ -23,6 +23,8 @@ pub enum Error {
     WorkerDied { task: String, detail: String },
     /// The object cannot be retrieved any more.
     ObjectLost { object: ObjectId, reason: String },
+    /// The object's value was deleted with `ferry::free`, by process `by`.
+    ObjectFreed { object: ObjectId, by: WorkerId },
     /// The process that owns the object (the one that created it) died, and with it the
     /// object's metadata: the object cannot be resolved any more.
     OwnerDied { object: ObjectId, detail: String },
@@ -96,6 +98,11 @@ impl fmt::Display for Error {
                  raise max_retries if the task is idempotent"
             ),
             Error::ObjectLost { object, reason } => write!(f, "object {object:?} is lost: {reason}"),
+            Error::ObjectFreed { object, by } => write!(
+                f,
+                "object {object:?} was freed with ferry::free (by process {by:?}): its value is gone for good; \
+                 free only objects nobody will get again"
+            ),
             Error::OwnerDied { object, detail } => write!(
                 f,
                 "the owner of object {object:?} died ({detail}); objects die with the process that created \

@@ -552,6 +552,9 @@ pub enum ToWorker {
     /// make it again if that was its only copy, and answer with [`FromWorker::Object`] once
     /// it is final again (or with the error if it cannot be made again).
     Remake { object: ObjectId, node: NodeId },
+    /// `ferry::free` of objects the receiver owns, called in process `by`: their values go
+    /// now, and a `get` of one says so.
+    FreeObjects { objects: Vec<ObjectId>, by: WorkerId },
     /// Count `borrower` as holding each object once more (answered by [`FromWorker::Ack`]).
     AddBorrower { req: u64, objects: Vec<ObjectId>, borrower: WorkerId },
     /// The sender no longer holds these objects; each count is how many registrations of

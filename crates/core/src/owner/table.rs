@@ -18,6 +18,14 @@ impl OwnerState {
         }
     }
 
+    /// The node holding `id`'s value, if it is stored and not mapped here yet.
+    pub fn stored_unmapped(&self, id: ObjectId) -> Option<NodeId> {
+        match self.objects.get(&id).map(|e| &e.state) {
+            Some(ObjState::Ready(Ready::Stored { node, view: None, .. })) => Some(*node),
+            _ => None,
+        }
+    }
+
     /// Forgets this process's mapping of a stored object (it was spilled: the mapping
     /// would keep its memory in use).
     pub fn drop_view(&mut self, id: ObjectId) {
@@ -111,6 +119,42 @@ impl OwnerState {
             }
         }
         e.rare.map(|r| r.contains).filter(|c| !c.is_empty())
+    }
+
+    /// `ferry::free` in process `by`: the values of `ids` go now, from every store; their
+    /// refs stay, and a `get` of one says it was freed and by whom. Borrowed ones are freed
+    /// by their owners, who are asked to.
+    pub fn free_values(&mut self, ids: &[ObjectId], by: WorkerId, fx: &mut Effects) {
+        let mut owners: HashMap<WorkerId, Vec<ObjectId>> = HashMap::default();
+        for id in ids {
+            if id.owner() != self.me && by == self.me {
+                owners.entry(id.owner()).or_default().push(*id);
+            }
+            self.free_value(*id, by, fx);
+        }
+        for (owner, objects) in owners {
+            fx.to_peers.push((owner, ToWorker::FreeObjects { objects, by }));
+        }
+    }
+
+    fn free_value(&mut self, id: ObjectId, by: WorkerId, fx: &mut Effects) {
+        let owned = id.owner() == self.me;
+        let Some(e) = self.objects.get_mut(&id) else { return };
+        let err = Error::ObjectFreed { object: id, by };
+        match &e.state {
+            ObjState::Pending => {
+                // Its task's value, when it comes, is dropped (see `resolve_with`).
+                self.resolve(id, ObjState::Failed(err), fx);
+                return;
+            }
+            ObjState::Failed(_) => return,
+            ObjState::Ready(Ready::Stored { node, .. }) if owned => fx.frees.push((*node, id)),
+            _ => {}
+        }
+        // The value (and a mapped view of it) goes; so do the holds it kept on refs inside it.
+        e.state = ObjState::Failed(err);
+        let inner = e.rare.as_mut().map(|r| std::mem::take(&mut r.contains)).unwrap_or_default();
+        self.unpin_all(inner, fx);
     }
 
     /// `t` failed with `err`: until one of its refs is read, its error is unread, and is

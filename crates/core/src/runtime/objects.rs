@@ -157,7 +157,16 @@ impl Runtime {
     /// Waits until `n` of `ids` are final or the deadline passes; returns the indices of
     /// those that are (at most `n`, in order), having taken one more handle of every one of
     /// `ids` under one lock, for the caller to wrap.
-    pub(crate) fn wait(&'static self, ids: &[ObjectId], n: usize, deadline: Option<Instant>) -> Vec<usize> {
+    /// With `fetch_local`, the values of the ready ones stored on other nodes are copied to
+    /// this node before it returns (as Ray's `fetch_local`), so that their `get` costs no
+    /// transfer.
+    pub(crate) fn wait(
+        &'static self,
+        ids: &[ObjectId],
+        n: usize,
+        deadline: Option<Instant>,
+        fetch_local: bool,
+    ) -> Vec<usize> {
         // On a timeout, what is final then is returned.
         let _ = self.block_until(deadline, |w| {
             self.with_state(|st, fx| {
@@ -168,11 +177,25 @@ impl Runtime {
                 Poll::Pending
             })
         });
-        let mut st = self.lock();
-        for id in ids {
-            st.add_local_ref(*id);
+        let (found, elsewhere) = {
+            let mut st = self.lock();
+            for id in ids {
+                st.add_local_ref(*id);
+            }
+            let found = st.first_final(ids, n);
+            let elsewhere: Vec<(ObjectId, NodeId)> = match fetch_local {
+                true => found.iter().filter_map(|i| Some((ids[*i], st.stored_unmapped(ids[*i])?))).collect(),
+                false => Vec::new(),
+            };
+            (found, elsewhere)
+        };
+        for (id, node) in elsewhere {
+            // A copy that cannot be made now is not an error of `wait`: `get` says why.
+            if let Ok(view) = self.map_from(id, node) {
+                self.lock().cache_view(id, view);
+            }
         }
-        st.first_final(ids, n)
+        found
     }
 
     /// Stores an encoded value this process owns and returns its id.

@@ -206,6 +206,11 @@ impl Runtime {
                 Ok(ToWorker::Remake { object, node }) => {
                     self.with_state(|st, fx| st.on_remake_request(from, object, node, fx))
                 }
+                Ok(ToWorker::FreeObjects { objects, by }) => {
+                    // Only this process's own objects: a peer cannot free others' through it.
+                    let mine: Vec<ObjectId> = objects.into_iter().filter(|o| o.owner() == self.me()).collect();
+                    self.with_state(|st, fx| st.free_values(&mine, by, fx))
+                }
                 Ok(ToWorker::AddBorrower { req, objects, borrower }) => {
                     self.with_state(|st, fx| st.add_borrowers(borrower, &objects, fx));
                     let _ = conn.send(&FromWorker::Ack { req });
