@@ -77,7 +77,7 @@ ferry_testkit::job!("FERRY_TEST_WAITER_JOB", waiter_job);
 /// Joins the node at `address`, puts an 8 MiB object, lends it to a holder actor on the host
 /// with the `keep` resource, drops its own handle and waits.
 fn lending_owner_job(address: &str) {
-    ferry::init(ferry::Config::default().address(address)).unwrap();
+    ferry::init(ferry::Config::default().address(address).namespace("owners")).unwrap();
     let data = ferry::put(vec![1u8; 8 << 20]).unwrap();
     let _holder = Holder::options().name("holder").resource("keep", 1.0).remote().unwrap();
     // A task passes it on, so that this process never connects to the holder: only the
@@ -91,7 +91,7 @@ fn lending_owner_job(address: &str) {
 
 /// Asks the keeper for the value and prints what it got.
 fn waiter_job(address: &str) {
-    ferry::init(ferry::Config::default().address(address)).unwrap();
+    ferry::init(ferry::Config::default().address(address).namespace("owners")).unwrap();
     let keeper = ferry::get_actor::<Keeper>("keeper").unwrap();
     let r = keeper.wait_value();
     println!("waiting");
@@ -102,7 +102,7 @@ fn waiter_job(address: &str) {
 /// Joins the node at `address`, gives a keeper actor on the host with the `keep` resource a
 /// ref to a task that never ends, and waits to be frozen.
 fn lender_job(address: &str) {
-    ferry::init(ferry::Config::default().address(address)).unwrap();
+    ferry::init(ferry::Config::default().address(address).namespace("owners")).unwrap();
     let me = ferry::node_id().unwrap();
     let r = forever::options().scheduling_strategy(SchedulingStrategy::NodeAffinity { node: me, soft: false }).remote();
     let keeper = Keeper::options().name("keeper").detached().resource("keep", 1.0).remote().unwrap();
@@ -116,7 +116,7 @@ fn lender_job(address: &str) {
 /// says so, and waits to be killed.
 fn owner_job(address: &str) {
     let on = std::env::var("FERRY_TEST_OWNER_ON").unwrap();
-    ferry::init(ferry::Config::default().address(address)).unwrap();
+    ferry::init(ferry::Config::default().address(address).namespace("owners")).unwrap();
     let node = ferry::nodes().unwrap().into_iter().find(|n| n.addr == on).expect("the other node").node;
     let s = SchedulingStrategy::NodeAffinity { node, soft: false };
     let r = big::options().scheduling_strategy(s).remote(8 << 20);

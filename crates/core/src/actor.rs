@@ -288,9 +288,12 @@ pub fn create_actor<T: Actor>(opts: &ActorOptions, args: Vec<TaskArg>) -> Result
         Some(n) => format!("{short}({n:?})"),
         None => short.to_string(),
     };
-    if let Some(name) = &opts.name {
+    let job = rt.job();
+    // Names are one directory per namespace (see `qualified`).
+    let key = opts.name.as_ref().map(|n| qualified(&rt.namespace(), n));
+    if let (Some(name), Some(key)) = (&opts.name, &key) {
         let home = rt.actor_home(actor);
-        match rt.call_at(&home, |req| ToNode::ReserveName { req, name: name.clone(), actor, class: T::CLASS.into() })? {
+        match rt.call_at(&home, |req| ToNode::ReserveName { req, name: key.clone(), actor, class: T::CLASS.into() })? {
             FromNode::Ack { error: None, .. } => {}
             FromNode::Ack { error: Some(_), .. } => return Err(Error::ActorNameTaken { name: name.clone() }),
             other => return Err(Error::Connection { detail: format!("unexpected reply {other:?}") }),
@@ -310,28 +313,43 @@ pub fn create_actor<T: Actor>(opts: &ActorOptions, args: Vec<TaskArg>) -> Result
         class: T::CLASS.to_string(),
         args: Vec::new(),
         shape,
-        name: opts.name.clone(),
+        name: key,
         detached: opts.detached,
         max_restarts: opts.max_restarts,
         max_concurrency: opts.max_concurrency.max(1),
         depth,
         placement: opts.strategy.placement(),
-        job: rt.job(),
+        job: job.id,
+        namespace: job.namespace.as_deref().map(String::from),
     };
     rt.with_state(|st, fx| st.create_actor(actor, T::CLASS, &label, drafts, exported, spec, opts.max_task_retries, fx));
     drop(held);
     Ok(ActorHandle { proxy: T::Proxy::from_raw(RawActor { id: actor, label: Arc::from(label.as_str()) }) })
 }
 
-/// The actor registered under `name`, as a `T`.
+/// A name as the directory keys it: within its namespace (a separator no name or namespace
+/// contains, so `("a/b", "c")` and `("a", "b/c")` stay apart).
+fn qualified(namespace: &str, name: &str) -> String {
+    format!("{namespace}\u{1f}{name}")
+}
+
+/// The actor registered under `name` in this job's namespace (`Config::namespace`, else the
+/// job's anonymous one), as a `T`.
 pub fn get_actor<T: Actor>(name: &str) -> Result<ActorHandle<T>> {
     let rt = runtime()?;
+    get_actor_in(name, &rt.namespace())
+}
+
+/// The actor registered under `name` in `namespace` (another job's, say), as a `T`.
+pub fn get_actor_in<T: Actor>(name: &str, namespace: &str) -> Result<ActorHandle<T>> {
+    let rt = runtime()?;
+    let key = qualified(namespace, name);
     // The control store may be restarting: its link closing under a call is retried, once it
     // is back (`control_conn` waits for it, bounded).
     let mut tries = 0;
     let answer = loop {
         let control = rt.control_conn()?;
-        match rt.call_at(&control, |req| ToNode::GetNamedActor { req, name: name.to_string() }) {
+        match rt.call_at(&control, |req| ToNode::GetNamedActor { req, name: key.clone() }) {
             Err(Error::Connection { .. }) if tries < 3 => tries += 1,
             r => break r?,
         }

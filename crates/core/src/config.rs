@@ -13,6 +13,10 @@ pub struct Config {
     /// Join the node at this address (`host:port`, from `ferry start`) instead of starting an
     /// embedded one. Env: `FERRY_ADDRESS`.
     pub address: Option<String>,
+    /// The namespace of this job's actor names (Ray's `namespace`): named actors are unique
+    /// within a namespace and found by name in it. Default: an anonymous namespace of this
+    /// job's own. Env: `FERRY_NAMESPACE`.
+    pub namespace: Option<String>,
     /// The cluster token (printed by `ferry start`). Env: `FERRY_TOKEN`. Default: read from
     /// the token file `ferry start` wrote for this user on the node's host (in the private
     /// runtime directory, see `ferry_os::runtime_dir`), or random for an embedded cluster.
@@ -68,6 +72,7 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("address", &self.address)
+            .field("namespace", &self.namespace)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("num_cpus", &self.num_cpus)
             .field("resources", &self.resources)
@@ -94,6 +99,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             address: env_str("FERRY_ADDRESS"),
+            namespace: env_str("FERRY_NAMESPACE"),
             token: env_str("FERRY_TOKEN"),
             num_cpus: env("FERRY_NUM_CPUS"),
             resources: Vec::new(),
@@ -148,6 +154,12 @@ impl Config {
         self
     }
     /// Sets the inline threshold in bytes.
+    /// The namespace of this job's actor names (see the field).
+    pub fn namespace(mut self, namespace: &str) -> Self {
+        self.namespace = Some(namespace.to_string());
+        self
+    }
+
     /// Takes the errors nobody read instead of printing them (see the field).
     pub fn on_unhandled_error(mut self, f: impl Fn(&crate::owner::UnhandledError) + Send + Sync + 'static) -> Self {
         self.on_unhandled_error = Some(std::sync::Arc::new(f));

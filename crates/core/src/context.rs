@@ -12,6 +12,9 @@ pub struct RuntimeContext {
     /// The job: named by its driver's process (each task and actor inherits its
     /// submitter's job; a driver is its own).
     pub job_id: WorkerId,
+    /// The namespace names are registered and found in: the job's (`Config::namespace`),
+    /// else its own anonymous one.
+    pub namespace: String,
     /// The node this process runs on.
     pub node_id: NodeId,
     /// This process (a driver or a worker).
@@ -51,7 +54,8 @@ pub fn runtime_context() -> Result<RuntimeContext> {
     };
     let incarnation = hosting.as_ref().map_or(0, |h| h.incarnation);
     Ok(RuntimeContext {
-        job_id: rt.job(),
+        job_id: rt.job().id,
+        namespace: rt.namespace(),
         node_id: rt.node_id(),
         worker_id: rt.me(),
         task_id: running.map(|r| r.task),

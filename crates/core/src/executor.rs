@@ -55,6 +55,13 @@ pub(crate) fn running() -> Option<Running> {
 thread_local! {
     /// What the task this thread runs holds, when not the default one CPU.
     static RESOURCES: std::cell::RefCell<Option<Shape>> = const { std::cell::RefCell::new(None) };
+    /// The named namespace of the task this thread runs, if its job set one.
+    static NAMESPACE: std::cell::RefCell<Option<Arc<str>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The named namespace of the running task's job (`None`: anonymous, or no task).
+pub(crate) fn running_namespace() -> Option<Arc<str>> {
+    NAMESPACE.with(|n| n.borrow().clone())
 }
 
 /// What the task this thread runs holds (`None`: not in a task).
@@ -68,6 +75,7 @@ pub(crate) fn running_resources() -> Option<Shape> {
 pub(crate) struct Hosting {
     pub id: ActorId,
     pub job: WorkerId,
+    pub namespace: Option<Arc<str>>,
     /// 1 for its first process, one more for each restart.
     pub incarnation: u32,
     pub resources: Shape,
@@ -266,6 +274,9 @@ impl Executor {
         if spec.resources.is_some() {
             RESOURCES.with(|r| *r.borrow_mut() = spec.resources.clone());
         }
+        if let Some(n) = &spec.namespace {
+            NAMESPACE.with(|x| *x.borrow_mut() = Some(Arc::from(n.as_str())));
+        }
         let hosted = self.actor.get();
         let _span = hosted.map(|h| tracing::debug_span!("actor", actor = ?h.id).entered());
         let reply = execute(rt, spec, hosted.map(|h| &h.instance));
@@ -273,13 +284,23 @@ impl Executor {
         if spec.resources.is_some() {
             RESOURCES.with(|r| *r.borrow_mut() = None);
         }
+        if spec.namespace.is_some() {
+            NAMESPACE.with(|x| *x.borrow_mut() = None);
+        }
         send_reply(rt, conn, spec.task.owner, reply);
     }
 
     /// Runs the actor's constructor; on success this worker serves its calls from now on,
     /// on `max_concurrency` threads.
     fn construct(self: &Arc<Self>, rt: &'static Runtime, actor: ActorId, spec: ActorSpec, incarnation: u32) {
-        let _ = self.hosting.set(Hosting { id: actor, job: spec.job, incarnation, resources: spec.shape.clone() });
+        let namespace = spec.namespace.as_deref().map(Arc::from);
+        let _ = self.hosting.set(Hosting {
+            id: actor,
+            job: spec.job,
+            namespace,
+            incarnation,
+            resources: spec.shape.clone(),
+        });
         let _span = tracing::debug_span!("actor", ?actor, class = %spec.class).entered();
         crate::logs::set_label(spec.class.rsplit("::").next().unwrap_or(&spec.class));
         let mut is_async = false;

@@ -29,7 +29,9 @@ mod task;
 mod why;
 mod worker;
 
-pub use actor::{get_actor, kill, Actor, ActorHandle, ActorOptions, ActorOptionsBuilder, ActorProxy, RawActor};
+pub use actor::{
+    get_actor, get_actor_in, kill, Actor, ActorHandle, ActorOptions, ActorOptionsBuilder, ActorProxy, RawActor,
+};
 pub use bytes::{ArgData, Bytes, BytesMut};
 pub use config::{Config, UnhandledHook};
 pub use context::{runtime_context, RuntimeContext};

@@ -60,10 +60,17 @@ pub fn put<T: serde::Serialize + 'static>(value: T) -> Result<ObjectRef<T>> {
     ferry_core::put(value)
 }
 
-/// The actor named `name` (in the cluster's directory of names), as a handle of type `T`.
+/// The actor named `name` in this job's namespace (`Config::namespace`, else the job's own
+/// anonymous one, as in Ray), as a handle of type `T`.
 pub fn get_actor<T: Actor>(name: &str) -> Result<ActorHandle<T>> {
     embed::ready();
     ferry_core::get_actor(name)
+}
+
+/// The actor named `name` in `namespace` (another job's, say), as a handle of type `T`.
+pub fn get_actor_in<T: Actor>(name: &str, namespace: &str) -> Result<ActorHandle<T>> {
+    embed::ready();
+    ferry_core::get_actor_in(name, namespace)
 }
 
 /// Every node of the cluster, alive or dead, with its resources.

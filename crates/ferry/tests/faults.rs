@@ -132,6 +132,7 @@ fn spec(function: &str, args: Vec<Arg>) -> TaskSpec {
         depth: 1,
         num_returns: None,
         job: WorkerId(43),
+        namespace: None,
         attempt: 0,
         resources: None,
     }

@@ -68,6 +68,7 @@ fn spec(class: &str, cpus: f64, max_restarts: u32) -> ActorSpec {
         depth: 1,
         placement: Placement::Default,
         job: WorkerId(7),
+        namespace: None,
     }
 }
 

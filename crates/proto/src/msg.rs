@@ -297,8 +297,10 @@ pub struct ActorSpec {
     pub depth: u32,
     /// Which node runs it (as for tasks; `Here` is not used).
     pub placement: Placement,
-    /// The job it belongs to (its creator's).
+    /// The job it belongs to (its creator's), and its namespace (`None`: the job's anonymous
+    /// one).
     pub job: WorkerId,
+    pub namespace: Option<String>,
 }
 
 /// Where an actor is, as the daemon knows it.
@@ -526,8 +528,10 @@ pub struct TaskSpec {
     /// `None`: its value is its one return object. `Some(n)` (`num_returns`): the value is
     /// split (a tuple by its elements, a `Vec` by its items) into objects `0..n` of the task.
     pub num_returns: Option<u32>,
-    /// The job it belongs to: the driver whose work it is (nested tasks inherit it).
+    /// The job it belongs to: the driver whose work it is (nested tasks inherit it), and
+    /// the namespace of its names (`None`: the job's anonymous one).
     pub job: WorkerId,
+    pub namespace: Option<String>,
     /// Runs before this one that failed or were lost (0 on the first run).
     pub attempt: u32,
     /// What it holds while it runs; `None` is one CPU (the default, sent as one byte).

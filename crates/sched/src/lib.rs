@@ -115,6 +115,10 @@ struct Request {
 /// A queued request taken out to go elsewhere: its connection, id, shape and depth.
 pub type Moved = (ConnId, u64, Shape, u32);
 
+/// The largest amount of one resource a request may ask for (in thousandths, as shapes count
+/// them): far beyond any node's, and small enough that sums of them stay in range.
+pub const MAX_AMOUNT: u64 = 1 << 50;
+
 /// The node's scheduler. See the module docs.
 #[derive(Debug)]
 pub struct Scheduler {
@@ -161,6 +165,12 @@ impl Scheduler {
     /// arrival order, a tree of tasks would start breadth-first and block a worker for
     /// nearly every inner node.
     pub fn request(&mut self, conn: ConnId, req: u64, shape: Shape, depth: u32) -> Vec<Action> {
+        // Amounts past any node's are refused here, so the accounts below (signed, summed)
+        // never overflow on what a peer asked for.
+        if shape.0.iter().any(|(_, v)| *v > MAX_AMOUNT) {
+            let reason = format!("the task needs {shape}: more than any node can have");
+            return vec![Action::Infeasible { conn, req, reason }];
+        }
         let pos = self.queue.iter().position(|r| r.depth < depth).unwrap_or(self.queue.len());
         self.queue.insert(pos, Request { conn, req, shape, depth });
         self.schedule()
@@ -555,6 +565,24 @@ mod tests {
         let a = s.request(3, 1, shape, 1);
         assert!(matches!(&a[0], Action::Infeasible { conn: 3, req: 1, reason } if reason.contains("GPU")));
         assert_eq!(s.num_queued(), 0);
+    }
+
+    /// The finding of the live fuzzer: a request for an amount near `u64::MAX` overflowed
+    /// the node's signed accounts and panicked the daemon. Such amounts are refused.
+    #[test]
+    fn absurd_amounts_are_refused_not_counted() {
+        let now = Instant::now();
+        let (mut s, _) = Scheduler::new(&Shape::cpus(2.0), opts(1));
+        s.worker_registered(WorkerId(1), now);
+        let huge = Shape(vec![("CPU".into(), 0), ("x".into(), u64::MAX - 5)]);
+        let a = s.request(3, 1, huge, 1);
+        assert!(
+            matches!(&a[0], Action::Infeasible { conn: 3, req: 1, reason } if reason.contains("more than any node"))
+        );
+        let a = s.request(3, 2, Shape(vec![("CPU".into(), MAX_AMOUNT + 1)]), 1);
+        assert!(matches!(&a[0], Action::Infeasible { .. }));
+        // The node still grants what fits.
+        assert_eq!(grants(&s.request(3, 3, Shape::cpus(1.0), 1)).len(), 1);
     }
 
     #[test]

@@ -59,7 +59,7 @@ impl OwnerState {
             returns: t.returns,
             split: t.split,
             live,
-            job: t.job,
+            job: t.job.clone(),
             function: t.function,
             name: t.name.clone(),
             args: t.args.clone(),
@@ -169,7 +169,7 @@ impl OwnerState {
                 ret: ObjectId { task: id.task, index: 0 },
                 returns: lin.returns,
                 split: lin.split,
-                job: lin.job,
+                job: lin.job.clone(),
             },
         );
         if state == TaskState::Queued {

@@ -112,6 +112,14 @@ pub struct UnhandledError {
     pub node: Option<NodeId>,
 }
 
+/// The job work belongs to: its driver, and the namespace its names live in (`None`: the
+/// job's own anonymous one).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Job {
+    pub id: WorkerId,
+    pub namespace: Option<Arc<str>>,
+}
+
 /// A failed task's error while some of its refs live and none was read.
 #[derive(Debug)]
 struct Unread {
@@ -318,7 +326,7 @@ struct TaskEntry {
     returns: u32,
     split: bool,
     /// The job it belongs to (its driver), told to the worker that runs it.
-    job: WorkerId,
+    job: Job,
 }
 
 impl TaskEntry {
@@ -337,15 +345,15 @@ struct Target {
     /// Into how many objects its value is split (`num_returns`), if it is.
     returns: Option<u32>,
     /// The job it belongs to.
-    job: WorkerId,
+    job: Job,
 }
 
 impl Target {
-    fn call(actor: ActorId, returns: Option<u32>, job: WorkerId) -> Target {
+    fn call(actor: ActorId, returns: Option<u32>, job: Job) -> Target {
         Target { class: 0, actor: Some(actor), create: None, returns, job }
     }
     fn creation(actor: ActorId, spec: ActorSpec) -> Target {
-        let job = spec.job;
+        let job = Job { id: spec.job, namespace: spec.namespace.as_deref().map(Arc::from) };
         Target { class: 0, actor: Some(actor), create: Some(Box::new(spec)), returns: None, job }
     }
 }
@@ -399,7 +407,7 @@ struct Lineage {
     returns: u32,
     split: bool,
     live: u32,
-    job: WorkerId,
+    job: Job,
     name: Arc<str>,
     args: Vec<ArgDraft>,
     /// Per argument: held by name (its own lineage can make it again, so only its entry is

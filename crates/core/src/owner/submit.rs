@@ -31,7 +31,7 @@ impl OwnerState {
         args: Vec<ArgDraft>,
         (shape, placement): (&Shape, &Placement),
         (max_retries, retry_exceptions): (u32, bool),
-        (returns, job): (Option<u32>, WorkerId),
+        (returns, job): (Option<u32>, Job),
         exported: Exports,
         fx: &mut Effects,
     ) -> ObjectId {
@@ -131,7 +131,7 @@ impl OwnerState {
                 ret,
                 returns,
                 split,
-                job: target.job,
+                job: target.job.clone(),
             },
         );
         (task, ret, failed.or_else(|| self.stopped.clone()))
@@ -298,7 +298,8 @@ impl OwnerState {
             args,
             depth: t.depth,
             num_returns: t.split.then_some(t.returns),
-            job: t.job,
+            job: t.job.id,
+            namespace: t.job.namespace.as_deref().map(String::from),
             attempt: t.attempts,
             resources,
         })

@@ -74,6 +74,11 @@ pub(crate) fn runtime() -> Result<&'static Runtime> {
     rt.check_running().map(|_| rt)
 }
 
+/// The anonymous namespace of job `job` (one that set no `Config::namespace`).
+pub(crate) fn anonymous_namespace(job: WorkerId) -> String {
+    format!("anonymous-{:016x}", job.0)
+}
+
 /// The runtime if it was started, without starting it.
 pub(crate) fn try_runtime() -> Option<&'static Runtime> {
     RUNTIME.get()
@@ -309,13 +314,24 @@ impl Runtime {
 
     /// The job of the work this thread does: the running task's, else the hosted actor's,
     /// else this process's own (a driver is its job).
-    pub(crate) fn job(&self) -> WorkerId {
+    pub(crate) fn job(&self) -> crate::owner::Job {
+        use crate::owner::Job;
         if let Some(r) = crate::executor::running() {
-            return r.job;
+            return Job { id: r.job, namespace: crate::executor::running_namespace() };
         }
         match self.executor.as_ref().and_then(|x| x.hosting()) {
-            Some(h) => h.job,
-            None => self.me,
+            Some(h) => Job { id: h.job, namespace: h.namespace.clone() },
+            None => Job { id: self.me, namespace: self.cfg.namespace.as_deref().map(Arc::from) },
+        }
+    }
+
+    /// The namespace names are looked up and registered in: the job's, or, when it set none,
+    /// its own anonymous one (as in Ray).
+    pub(crate) fn namespace(&self) -> String {
+        let job = self.job();
+        match job.namespace {
+            Some(n) => n.to_string(),
+            None => anonymous_namespace(job.id),
         }
     }
 
