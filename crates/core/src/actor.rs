@@ -133,6 +133,31 @@ impl<T: Actor> ActorHandle<T> {
     pub fn id(&self) -> ActorId {
         self.proxy.raw().id
     }
+
+    /// Ends the actor after the calls already sent to it through this process (Ray's
+    /// `__ray_terminate__`): they run, its `on_exit` runs, and calls after it fail with
+    /// [`Error::ActorDied`] saying it was terminated. It is not restarted. `ferry::kill`
+    /// ends it at once instead.
+    pub fn terminate(&self) {
+        let raw = self.proxy.raw();
+        drop(raw.call::<()>(crate::executor::TERMINATE, "terminate", Vec::new()));
+    }
+}
+
+/// Ends the actor whose method calls it, once that method returns (Ray's `exit_actor`): the
+/// method's result reaches its caller, the actor's `on_exit` runs, and the calls queued after
+/// it fail with [`Error::ActorDied`] saying it exited on purpose. It is not restarted.
+/// Outside an actor's method it is an error.
+pub fn exit_actor() -> Result<()> {
+    let ended = try_runtime()
+        .and_then(|rt| rt.executor().cloned())
+        .is_some_and(|x| x.exit_after_call("it exited on purpose (ferry::exit_actor)"));
+    match ended {
+        true => Ok(()),
+        false => Err(Error::InvalidArgument {
+            detail: "ferry::exit_actor ends the actor whose method calls it: call it inside an actor's method".into(),
+        }),
+    }
 }
 
 impl<T: Actor> std::ops::Deref for ActorHandle<T> {

@@ -47,6 +47,9 @@ impl Running {
     }
 }
 
+/// The method id of a handle's `terminate()` call (no type registers it).
+pub const TERMINATE: &str = "ferry::__terminate__";
+
 /// The task this thread runs now, if any.
 pub(crate) fn running() -> Option<Running> {
     CURRENT.with(|c| c.get())
@@ -76,6 +79,8 @@ pub(crate) struct Hosting {
     pub id: ActorId,
     pub job: WorkerId,
     pub namespace: Option<Arc<str>>,
+    /// Its type's registered id.
+    pub class: String,
     /// 1 for its first process, one more for each restart.
     pub incarnation: u32,
     pub resources: Shape,
@@ -155,6 +160,9 @@ pub(crate) struct Executor {
     cv: Condvar,
     actor: OnceLock<Hosted>,
     hosting: OnceLock<Hosting>,
+    /// Set when the hosted actor is to end on purpose after the call that asked
+    /// (`exit_actor`, or a `terminate` call): why.
+    exiting: Mutex<Option<String>>,
     /// The event loop's thread, for async actors (woken with `unpark` instead of `cv`).
     loop_thread: OnceLock<thread::Thread>,
 }
@@ -166,6 +174,7 @@ impl Executor {
             cv: Condvar::new(),
             actor: OnceLock::new(),
             hosting: OnceLock::new(),
+            exiting: Mutex::new(None),
             loop_thread: OnceLock::new(),
         })
     }
@@ -177,6 +186,32 @@ impl Executor {
     /// The actor this worker hosts, once asked to.
     pub(crate) fn hosting(&self) -> Option<&Hosting> {
         self.hosting.get()
+    }
+
+    /// The hosted actor ends after the call running now (`exit_actor`, `terminate`).
+    pub(crate) fn exit_after_call(&self, why: &str) -> bool {
+        if self.actor.get().is_none() {
+            return false;
+        }
+        self.exiting.locked().get_or_insert_with(|| why.to_string());
+        true
+    }
+
+    /// If the hosted actor is to end: its `on_exit` runs, its daemon is told (its holders
+    /// learn why, and it is not restarted), and this process ends.
+    fn exit_if_asked(&self, rt: &'static Runtime) {
+        let Some(reason) = self.exiting.locked().clone() else { return };
+        let Some(hosted) = self.actor.get() else { return };
+        let class = self.hosting.get().and_then(|h| registry::lookup_class(&h.class));
+        if let Some(on_exit) = class.and_then(|c| c.on_exit) {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| on_exit(&hosted.instance))).is_err() {
+                tracing::error!("the actor's on_exit panicked");
+            }
+        }
+        rt.send_node(&ToNode::ActorExited { actor: hosted.id, reason });
+        // Its replies and the message above are on their way; what is queued never runs.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::process::exit(0);
     }
 
     /// A message from an owner on connection `conn` (read by the runtime's inbound thread).
@@ -288,6 +323,9 @@ impl Executor {
             NAMESPACE.with(|x| *x.borrow_mut() = None);
         }
         send_reply(rt, conn, spec.task.owner, reply);
+        if hosted.is_some() {
+            self.exit_if_asked(rt);
+        }
     }
 
     /// Runs the actor's constructor; on success this worker serves its calls from now on,
@@ -298,6 +336,7 @@ impl Executor {
             id: actor,
             job: spec.job,
             namespace,
+            class: spec.class.clone(),
             incarnation,
             resources: spec.shape.clone(),
         });
@@ -384,6 +423,8 @@ impl Executor {
                 }
             }
             pool.run_until_stalled();
+            // A call that asked the actor to end has replied by now; the others are dropped.
+            self.exit_if_asked(rt);
             let more = {
                 let q = self.lock();
                 !q.tasks.is_empty() && active.get() < limit
@@ -490,6 +531,16 @@ fn execute(rt: &Runtime, spec: &TaskSpec, instance: Option<&ActorInstance>) -> (
     let failed = |error| (FromWorker::Failed { task, error }, Vec::new());
     let unknown = || failed(TaskError::UnknownFunction { function: spec.function.clone() });
     let _span = tracing::debug_span!("task", %task, function = %spec.function).entered();
+    if instance.is_some() && spec.function == TERMINATE {
+        // A handle's `terminate()`: queued after the calls before it, it ends the actor now.
+        if let Some(x) = rt.executor() {
+            x.exit_after_call("it was terminated through a handle (terminate(), after the calls before it)");
+        }
+        return match store_return(&(), &spec.function) {
+            Ok(r) => r.into_reply(task),
+            Err(error) => failed(error),
+        };
+    }
     let held = match load_args(rt, &spec.function, &spec.args) {
         Ok(h) => h,
         Err(error) => return failed(error),
@@ -520,6 +571,9 @@ enum Started {
 fn start_call(rt: &Runtime, instance: &ActorInstance, spec: &TaskSpec) -> Started {
     let task = spec.task;
     let failed = |error| Started::Done((FromWorker::Failed { task, error }, Vec::new()));
+    if spec.function == TERMINATE {
+        return Started::Done(execute(rt, spec, Some(instance)));
+    }
     let Some(m) = registry::lookup_method(&spec.function) else {
         return failed(TaskError::UnknownFunction { function: spec.function.clone() });
     };

@@ -30,7 +30,8 @@ mod why;
 mod worker;
 
 pub use actor::{
-    get_actor, get_actor_in, kill, Actor, ActorHandle, ActorOptions, ActorOptionsBuilder, ActorProxy, RawActor,
+    exit_actor, get_actor, get_actor_in, kill, Actor, ActorHandle, ActorOptions, ActorOptionsBuilder, ActorProxy,
+    RawActor,
 };
 pub use bytes::{ArgData, Bytes, BytesMut};
 pub use config::{Config, UnhandledHook};

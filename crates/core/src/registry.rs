@@ -46,6 +46,8 @@ pub struct ActorClass {
     pub is_async: bool,
     /// Decodes the constructor's arguments and builds the instance.
     pub construct: fn(&[ArgData<'_>]) -> Result<ActorInstance, TaskError>,
+    /// Its `on_exit(&mut self)`, run when it ends on purpose (`exit_actor`, `terminate`).
+    pub on_exit: Option<fn(&ActorInstance)>,
 }
 
 /// One method of an actor type.

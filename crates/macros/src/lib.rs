@@ -550,6 +550,7 @@ fn expand_actor_impl(args: ActorArgs, mut imp: ItemImpl) -> syn::Result<proc_mac
     let mut ctor: Option<(Vec<Type>, Vec<syn::Ident>, bool)> = None;
     let mut methods = Vec::new();
     let mut splits = Vec::new();
+    let mut on_exit = false;
     for item in &mut imp.items {
         let ImplItem::Fn(f) = item else { continue };
         let split = method_returns(f)?;
@@ -580,6 +581,9 @@ fn expand_actor_impl(args: ActorArgs, mut imp: ItemImpl) -> syn::Result<proc_mac
         match receiver {
             None if sig.ident == "new" => ctor = Some((tys, names, sig.asyncness.is_some())),
             None => {}
+            // The exit hook: run by the actor's own worker when it ends on purpose, never
+            // called through a handle.
+            Some(true) if sig.ident == "on_exit" && tys.is_empty() => on_exit = true,
             Some(mutable) => {
                 if !sig.generics.params.is_empty() {
                     return Err(syn::Error::new(sig.generics.span(), "actor methods cannot be generic"));
@@ -722,6 +726,32 @@ fn expand_actor_impl(args: ActorArgs, mut imp: ItemImpl) -> syn::Result<proc_mac
     let mtr = args.max_task_retries.unwrap_or(0);
     let cpus = args.num_cpus.unwrap_or(0.0);
     let options_doc = format!("Options for creating a [`{name}`] actor; finish with `.remote(..)`.");
+    let (on_exit_fn, on_exit_entry) = match on_exit {
+        true => (
+            quote! {
+                fn __ferry_on_exit(__inst: &::ferry::__private::ActorInstance) {
+                    // Calls still in flight (an async actor's) may hold the instance: waited
+                    // for a moment, then the hook is skipped rather than the exit hung.
+                    let ::core::option::Option::Some(__cell) = __inst.downcast_ref::<::std::sync::RwLock<#name>>() else {
+                        return;
+                    };
+                    for _ in 0..200 {
+                        match __cell.try_write() {
+                            ::core::result::Result::Ok(mut __g) => return __g.on_exit(),
+                            ::core::result::Result::Err(::std::sync::TryLockError::Poisoned(__p)) => {
+                                return __p.into_inner().on_exit()
+                            }
+                            ::core::result::Result::Err(::std::sync::TryLockError::WouldBlock) => {
+                                ::std::thread::sleep(::std::time::Duration::from_millis(10))
+                            }
+                        }
+                    }
+                }
+            },
+            quote!(::core::option::Option::Some(__ferry_on_exit)),
+        ),
+        false => (quote!(), quote!(::core::option::Option::None)),
+    };
     Ok(quote! {
         #imp
 
@@ -745,7 +775,10 @@ fn expand_actor_impl(args: ActorArgs, mut imp: ItemImpl) -> syn::Result<proc_mac
                 id: <#name as ::ferry::Actor>::CLASS,
                 is_async: #is_async,
                 construct: __ferry_construct,
+                on_exit: #on_exit_entry,
             };
+
+            #on_exit_fn
 
             #(#method_items)*
         };

@@ -60,6 +60,8 @@ pub(crate) struct ActorRec {
     created: Option<(ConnId, u64)>,
     waiters: Vec<(ConnId, u64)>,
     killed: bool,
+    /// It is ending on purpose, for this reason: when its process goes, that is why it died.
+    exit_reason: Option<String>,
     /// At a host: the home daemon it reports to.
     home: Option<NodeId>,
     /// At the home: the node hosting it (`None`: this one), and its worker there once it runs.
@@ -94,6 +96,7 @@ impl ActorRec {
             created: None,
             waiters: Vec::new(),
             killed: false,
+            exit_reason: None,
             home: None,
             host: None,
             remote: None,
@@ -526,6 +529,22 @@ impl Node {
         (!matches!(rec.phase, Phase::Dead { .. })).then(|| (actor, rec.class.clone()))
     }
 
+    /// The actor is ending on purpose: when its process goes (it exits by itself, after its
+    /// last replies, which must reach their callers before they learn it died), it is dead
+    /// for good, for `reason`: no restart. A host tells the actor's home, which keeps its
+    /// entry.
+    pub(crate) fn actor_exited(&self, st: &mut State, actor: ActorId, reason: String) {
+        let Some(rec) = st.actors.get_mut(&actor) else { return };
+        rec.killed = true;
+        rec.exit_reason = Some(reason.clone());
+        if let Some(home) = rec.home {
+            if let Some(a) = self.node_addr(st, home) {
+                let msg = ToNode::ActorExited { actor, reason };
+                let _ = self.links_tx.locked().send((home, a, msg));
+            }
+        }
+    }
+
     pub(crate) fn kill_actor(&self, st: &mut State, actor: ActorId) {
         if let Some(rec) = st.actors.get_mut(&actor) {
             rec.killed = true;
@@ -589,11 +608,12 @@ impl Node {
         if let Some(home) = rec.home {
             // Hosted for another node: it decides about restarts; this copy ends.
             rec.killed = true;
+            let why = rec.exit_reason.take().unwrap_or_else(|| format!("its process died ({reason})"));
             let msg = ToNode::ActorLost { actor, reason: reason.to_string() };
             if let Some(a) = self.node_addr(st, home) {
                 let _ = self.links_tx.locked().send((home, a, msg));
             }
-            self.stop(st, actor, format!("its process died ({reason})"));
+            self.stop(st, actor, why);
             return;
         }
         self.actor_lost(st, actor, reason);
@@ -621,7 +641,8 @@ impl Node {
             self.tell_holders(st, actor, &msg);
             self.place(st, actor);
         } else {
-            self.stop(st, actor, format!("its process died ({reason})"));
+            let why = rec.exit_reason.take().unwrap_or_else(|| format!("its process died ({reason})"));
+            self.stop(st, actor, why);
         }
     }
 
@@ -787,6 +808,15 @@ impl Node {
             ToNode::ActorReady { actor, error } => {
                 let worker = st.conns.get(&conn).and_then(|c| c.worker);
                 self.actor_ready(st, worker, actor, error)
+            }
+            ToNode::ActorExited { actor, reason } => {
+                // Only from the actor's own worker, or from the node hosting it for this home.
+                let worker = st.conns.get(&conn).and_then(|c| c.worker);
+                let from_node = st.conns.get(&conn).is_some_and(|c| c.kind == Some(ferry_proto::msg::ProcKind::Node));
+                let hosts_it = worker.is_some_and(|w| st.book.worker_actor.get(&w) == Some(&actor));
+                if hosts_it || from_node {
+                    self.actor_exited(st, actor, reason)
+                }
             }
             ToNode::HostActor { actor, spec, home, exe } => {
                 if let Some(exe) = exe {

@@ -735,6 +735,7 @@ impl Node {
             | ToNode::HoldActorFor { .. }
             | ToNode::KillActor { .. }
             | ToNode::ActorReady { .. }
+            | ToNode::ActorExited { .. }
             | ToNode::HostActor { .. }
             | ToNode::ActorHosted { .. }
             | ToNode::ActorsHosted { .. }

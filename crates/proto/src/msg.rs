@@ -201,6 +201,9 @@ pub enum ToNode {
     KillActor { actor: ActorId },
     /// From a worker told to `BecomeActor`: the constructor ran (or failed).
     ActorReady { actor: ActorId, error: Option<String> },
+    /// From the worker hosting `actor` (or a host to the actor's home): it ends on purpose
+    /// (`ferry::exit_actor`, a handle's `terminate`), for `reason`; it is not restarted.
+    ActorExited { actor: ActorId, reason: String },
     /// From an actor's home daemon to another node's: run this actor on one of your workers
     /// and report to `home` (`ActorHosted`, `ActorLost`). `KillActor` stops it.
     /// `exe`: the job's binary, for a node whose workers have none yet.

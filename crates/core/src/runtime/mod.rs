@@ -307,6 +307,11 @@ impl Runtime {
         );
     }
 
+    /// This worker's executor (none in a driver).
+    pub(crate) fn executor(&self) -> Option<&Arc<Executor>> {
+        self.executor.as_ref()
+    }
+
     /// The actor this process hosts, if any.
     pub(crate) fn hosting(&self) -> Option<crate::executor::Hosting> {
         self.executor.as_ref().and_then(|x| x.hosting()).cloned()
