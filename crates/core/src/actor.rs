@@ -41,6 +41,8 @@ pub trait ActorProxy: Clone + Send + Sync + 'static {
 pub struct RawActor {
     id: ActorId,
     label: Arc<str>,
+    /// The name its calls are given (`method_options().name(..)`), instead of the method's.
+    call_name: Option<Arc<str>>,
 }
 
 impl RawActor {
@@ -79,9 +81,8 @@ impl RawActor {
             }
         };
         let job = rt.job();
-        let id = rt.with_state(|st, fx| {
-            st.submit_call(self.id, method, Arc::from(name), drafts, (returns, job), exported, fx)
-        });
+        let name = self.call_name.clone().unwrap_or_else(|| Arc::from(name));
+        let id = rt.with_state(|st, fx| st.submit_call(self.id, method, name, drafts, (returns, job), exported, fx));
         drop(held);
         (0..n).map(|index| ObjectId { task: id.task, index }).collect()
     }
@@ -92,7 +93,7 @@ impl RawActor {
         if let Some(rt) = try_runtime() {
             rt.hold_actor_handle(id, label);
         }
-        RawActor { id, label: Arc::from(label) }
+        RawActor { id, label: Arc::from(label), call_name: None }
     }
 }
 
@@ -101,7 +102,7 @@ impl Clone for RawActor {
         if let Some(rt) = try_runtime() {
             rt.lock().actor_attach(self.id, &self.label);
         }
-        RawActor { id: self.id, label: self.label.clone() }
+        RawActor { id: self.id, label: self.label.clone(), call_name: self.call_name.clone() }
     }
 }
 
@@ -134,6 +135,12 @@ impl<T: Actor> ActorHandle<T> {
         self.proxy.raw().id
     }
 
+    /// Options for the next call made through what it returns (Ray's
+    /// `actor.method.options(..)`): `h.method_options().name("warm-up").incr(1)`.
+    pub fn method_options(&self) -> MethodOptions<T> {
+        MethodOptions { proxy: T::Proxy::from_raw(self.proxy.raw().clone()) }
+    }
+
     /// Ends the actor after the calls already sent to it through this process (Ray's
     /// `__ray_terminate__`): they run, its `on_exit` runs, and calls after it fail with
     /// [`Error::ActorDied`] saying it was terminated. It is not restarted. `ferry::kill`
@@ -141,6 +148,28 @@ impl<T: Actor> ActorHandle<T> {
     pub fn terminate(&self) {
         let raw = self.proxy.raw();
         drop(raw.call::<()>(crate::executor::TERMINATE, "terminate", Vec::new()));
+    }
+}
+
+/// Per-call options of an actor's methods (see [`ActorHandle::method_options`]): set them,
+/// then call a method on it as on the handle.
+pub struct MethodOptions<T: Actor> {
+    proxy: T::Proxy,
+}
+
+impl<T: Actor> MethodOptions<T> {
+    /// The name the call goes by in errors and reports (default: the method's).
+    pub fn name(self, name: &str) -> Self {
+        let mut raw = self.proxy.raw().clone();
+        raw.call_name = Some(Arc::from(name));
+        MethodOptions { proxy: T::Proxy::from_raw(raw) }
+    }
+}
+
+impl<T: Actor> std::ops::Deref for MethodOptions<T> {
+    type Target = T::Proxy;
+    fn deref(&self) -> &T::Proxy {
+        &self.proxy
     }
 }
 
@@ -215,7 +244,7 @@ impl<'de, T: Actor> Deserialize<'de> for ActorHandle<T> {
         }
         let raw = match crate::refs::decoded_actor(w.actor, &w.label) {
             // Counted once the decode is over.
-            true => RawActor { id: w.actor, label: Arc::from(w.label.as_str()) },
+            true => RawActor { id: w.actor, label: Arc::from(w.label.as_str()), call_name: None },
             false => RawActor::attach(w.actor, &w.label),
         };
         Ok(ActorHandle { proxy: T::Proxy::from_raw(raw) })
@@ -349,7 +378,9 @@ pub fn create_actor<T: Actor>(opts: &ActorOptions, args: Vec<TaskArg>) -> Result
     };
     rt.with_state(|st, fx| st.create_actor(actor, T::CLASS, &label, drafts, exported, spec, opts.max_task_retries, fx));
     drop(held);
-    Ok(ActorHandle { proxy: T::Proxy::from_raw(RawActor { id: actor, label: Arc::from(label.as_str()) }) })
+    Ok(ActorHandle {
+        proxy: T::Proxy::from_raw(RawActor { id: actor, label: Arc::from(label.as_str()), call_name: None }),
+    })
 }
 
 /// A name as the directory keys it: within its namespace (a separator no name or namespace

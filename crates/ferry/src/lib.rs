@@ -28,9 +28,9 @@ mod embed;
 pub use ferry_core::{
     block_on, cancel, exit_actor, free, get, get_all, get_async, get_bytes, get_timeout, kill, shutdown, wait,
     wait_with, Actor, ActorHandle, ActorId, ActorOptions, ActorOptionsBuilder, ActorProxy, Bytes, BytesMut, Config,
-    Error, GetFuture, IntoArg, Location, MemorySummary, NodeId, NodeInfo, NodeStats, ObjectId, ObjectRef,
-    ObjectSummary, RawActor, RecoveryStats, RemoteOptions, Result, RuntimeContext, SchedulingStrategy, Shape, TaskArg,
-    TaskId, TaskOptions, UnhandledError, UnhandledHook, WaitOptions, WaitResult, WorkerId,
+    Error, GetFuture, IntoArg, Location, MemorySummary, MethodOptions, NodeId, NodeInfo, NodeStats, ObjectId,
+    ObjectRef, ObjectSummary, RawActor, RecoveryStats, RemoteOptions, Result, RuntimeContext, SchedulingStrategy,
+    Shape, TaskArg, TaskId, TaskOptions, UnhandledError, UnhandledHook, WaitOptions, WaitResult, WorkerId,
 };
 pub use ferry_macros::{actor, main, method, remote};
 

@@ -35,6 +35,9 @@ impl Journal {
     fn pid(&self) -> u32 {
         std::process::id()
     }
+    fn fail(&self) -> u32 {
+        panic!("on purpose")
+    }
     /// Flushes what it kept: runs when the actor ends on purpose.
     fn on_exit(&mut self) {
         std::fs::write(&self.path, self.lines.join("\n")).unwrap();
@@ -93,4 +96,18 @@ fn exit_actor_outside_an_actor_is_an_error() {
     cluster();
     let e = ferry::exit_actor().unwrap_err().to_string();
     assert!(e.contains("inside an actor's method"), "{e}");
+}
+
+/// Per-call options (Ray's `actor.method.options(name=..)`): the call goes by that name in
+/// its error; other calls keep the method's.
+#[test]
+fn a_call_can_be_given_a_name_of_its_own() {
+    ferry_testkit::own_process!();
+    cluster();
+    let (_, j) = journal("named");
+    let e = ferry::get_timeout(&j.method_options().name("nightly-check").fail(), T).unwrap_err();
+    assert!(matches!(&e, ferry::Error::TaskPanicked { task, .. } if task == "nightly-check"), "{e}");
+    let e = ferry::get_timeout(&j.fail(), T).unwrap_err();
+    assert!(matches!(&e, ferry::Error::TaskPanicked { task, .. } if task == "fail"), "{e}");
+    assert_eq!(ferry::get_timeout(&j.method_options().name("w").write(String::from("x")), T).unwrap(), 1);
 }
