@@ -232,6 +232,23 @@ fn freeze_job(address: &str) -> ! {
     std::process::exit(0);
 }
 
+/// Prints "`what` ok" once `node` holds `n` objects, or "FAIL `what`" after 10 s.
+fn say_when_node_holds(node: NodeId, n: u64, what: &str) {
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let objects = ferry::nodes().unwrap().iter().find(|v| v.node == node).map(|v| v.objects);
+        if objects == Some(n) {
+            println!("{what} ok");
+            return;
+        }
+        if std::time::Instant::now() > end {
+            println!("FAIL {what}: {objects:?} objects on the node");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The job of the lineage test: an 8 MiB object made on a member (soft affinity: it may be
 /// made again elsewhere), the harness kills that member, then a task reads the object and the
 /// driver gets it: both need it made again from its lineage.
@@ -253,19 +270,7 @@ fn lineage_job(address: &str) -> ! {
     ferry::wait_with(std::slice::from_ref(&second), only_there).unwrap();
     drop(first);
     // Its value goes from the store (the lineage keeps only its name): `data` and `second` stay.
-    let end = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let objects = ferry::nodes().unwrap().iter().find(|v| v.node == target.node).map(|v| v.objects);
-        if objects == Some(2) {
-            println!("released ok");
-            break;
-        }
-        if std::time::Instant::now() > end {
-            println!("FAIL released: {objects:?} objects on the node");
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    say_when_node_holds(target.node, 2, "released");
     // Lent to a task inside a value: that task borrows it, and asks this process (its owner)
     // to make it again when it finds it lost.
     let lent = big::options().scheduling_strategy(s.clone()).remote(n, 7);
@@ -275,20 +280,8 @@ fn lineage_job(address: &str) -> ! {
     let (pa, pb) = big_pair::options().scheduling_strategy(s).remote(n, 9);
     ferry::wait_with(&[pa.clone(), pb.clone()], ferry::WaitOptions::new(2).fetch_local(false)).unwrap();
     drop(pa);
-    let end = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let objects = ferry::nodes().unwrap().iter().find(|v| v.node == target.node).map(|v| v.objects);
-        // data, second, lent and the pair's second.
-        if objects == Some(4) {
-            println!("pair freed ok");
-            break;
-        }
-        if std::time::Instant::now() > end {
-            println!("FAIL pair freed: {objects:?} objects on the node");
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // data, second, lent and the pair's second.
+    say_when_node_holds(target.node, 4, "pair freed");
     println!("kill {}", target.addr);
     let end = std::time::Instant::now() + Duration::from_secs(20);
     while ferry::nodes().unwrap().iter().any(|v| v.node == target.node && v.alive) {
