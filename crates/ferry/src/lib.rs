@@ -24,6 +24,7 @@
 //! the same executable and enter worker mode before `main` runs.
 
 mod embed;
+pub mod testing;
 
 pub use ferry_core::{
     block_on, cancel, exit_actor, free, get, get_all, get_async, get_bytes, get_timeout, kill, shutdown, wait,

@@ -634,7 +634,11 @@ impl Node {
                 rec.host = None;
             }
         }
-        if rec.restarts_left > 0 && !rec.killed {
+        if rec.phase == Phase::Placing && !rec.killed {
+            // It never came up there (sent to a node that was dying): placed again, which
+            // costs no restart.
+            self.place(st, actor);
+        } else if rec.restarts_left > 0 && !rec.killed {
             rec.restarts_left -= 1;
             rec.phase = Phase::Placing;
             let msg = FromNode::ActorDied { actor, reason: reason.to_string(), restarting: true };

@@ -123,7 +123,7 @@ impl std::fmt::Debug for NodeOptions {
     }
 }
 
-pub use ferry_proto::layout::{socket_of, worker_env};
+pub use ferry_proto::layout::{socket_of, worker_env, NODE_SOCKET};
 
 pub(crate) struct ConnInfo {
     pub(crate) conn: Arc<Conn>,

@@ -91,6 +91,16 @@ impl OwnerState {
         self.lease_requests.insert(req, r);
     }
 
+    /// The node a daemon sent request `req` on to could not be reached: this node is asked
+    /// again to place it, as the request was first placed.
+    pub fn on_spill_unreachable(&mut self, req: u64, fx: &mut Effects) {
+        let Some(mut r) = self.lease_requests.remove(&req) else { return };
+        r.node = self.node;
+        r.placement = self.classes[r.class].placement.clone();
+        self.send_lease_request(req, &r, fx);
+        self.lease_requests.insert(req, r);
+    }
+
     /// Node `n`'s daemon is gone: the requests waiting there are asked of this node again,
     /// placed anew.
     pub fn on_daemon_lost(&mut self, n: NodeId, fx: &mut Effects) {

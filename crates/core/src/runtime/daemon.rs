@@ -5,6 +5,10 @@
 use super::*;
 use ferry_types::sync::MutexExt;
 
+/// How long a lease request waits before it is placed again after the node it was sent on to
+/// could not be reached (that node is being declared dead, within the node timeout).
+const SPILL_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
 impl Runtime {
     /// Sends a request to the daemon and waits for its answer.
     pub(crate) fn node_call(&self, make: impl FnOnce(u64) -> ToNode) -> Result<FromNode> {
@@ -139,14 +143,22 @@ impl Runtime {
     /// A daemon sent a lease request on to node `to`: ask that node, which grants or queues it
     /// (`Placement::Here`). If it cannot be reached, this node queues it after all.
     pub(super) fn spill_back(&'static self, req: u64, to: NodeId, addr: &str) {
-        let at = match self.daemon_conn(to, addr) {
-            Ok(_) => to,
+        match self.daemon_conn(to, addr) {
+            Ok(_) => self.with_state(|st, fx| st.on_lease_spilled(req, to, fx)),
             Err(e) => {
-                tracing::warn!("cannot reach node {to} at {addr} ({e}); the task waits on this node");
-                self.node_id
+                // Most likely dead, and not yet declared so: this node is asked again in a
+                // moment, placing it as at first (elsewhere once that node is known dead;
+                // here, it may not even fit).
+                tracing::warn!("cannot reach node {to} at {addr} ({e}); asking this node again to place the task");
+                let spawned = thread::Builder::new().name("ferry-spill-retry".into()).spawn(move || {
+                    thread::sleep(SPILL_RETRY);
+                    self.with_state(|st, fx| st.on_spill_unreachable(req, fx));
+                });
+                if spawned.is_err() {
+                    self.with_state(|st, fx| st.on_spill_unreachable(req, fx));
+                }
             }
-        };
-        self.with_state(|st, fx| st.on_lease_spilled(req, at, fx));
+        }
     }
 
     /// Sends `m` to node `n`'s daemon (dropped if that node is unknown or gone: then what it
