@@ -27,6 +27,16 @@ pub trait Actor: Send + Sync + 'static {
     const CLASS: &'static str;
     /// The generated type with the actor's methods.
     type Proxy: ActorProxy;
+    /// The generated type with its methods that return a `Vec`, each split into refs
+    /// (`method_options().num_returns(n)`).
+    type Split: SplitProxy;
+}
+
+/// The generated split proxy of an actor type (implemented by `#[ferry::actor]`): its
+/// `Vec`-returning methods, giving one ref per item.
+pub trait SplitProxy: Send + Sync + 'static {
+    #[doc(hidden)]
+    fn from_raw(raw: RawActor, n: u32) -> Self;
 }
 
 /// The generated proxy of an actor type (implemented by `#[ferry::actor]`).
@@ -163,6 +173,25 @@ impl<T: Actor> MethodOptions<T> {
         let mut raw = self.proxy.raw().clone();
         raw.call_name = Some(Arc::from(name));
         MethodOptions { proxy: T::Proxy::from_raw(raw) }
+    }
+
+    /// Splits the `Vec` the called method returns into `n` refs, one per item (Ray's
+    /// `num_returns`): only methods returning a `Vec` can be called on what it gives. The
+    /// method must return exactly `n` items; otherwise every ref fails, saying so.
+    pub fn num_returns(self, n: u32) -> SplitCall<T> {
+        SplitCall { split: T::Split::from_raw(self.proxy.raw().clone(), n) }
+    }
+}
+
+/// A call whose `Vec` result is split into refs (see [`MethodOptions::num_returns`]).
+pub struct SplitCall<T: Actor> {
+    split: T::Split,
+}
+
+impl<T: Actor> std::ops::Deref for SplitCall<T> {
+    type Target = T::Split;
+    fn deref(&self) -> &T::Split {
+        &self.split
     }
 }
 

@@ -31,7 +31,7 @@ mod worker;
 
 pub use actor::{
     exit_actor, get_actor, get_actor_in, kill, Actor, ActorHandle, ActorOptions, ActorOptionsBuilder, ActorProxy,
-    MethodOptions, RawActor,
+    MethodOptions, RawActor, SplitCall, SplitProxy,
 };
 pub use bytes::{ArgData, Bytes, BytesMut};
 pub use config::{Config, UnhandledHook};

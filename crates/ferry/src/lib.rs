@@ -31,7 +31,8 @@ pub use ferry_core::{
     wait_with, Actor, ActorHandle, ActorId, ActorOptions, ActorOptionsBuilder, ActorProxy, Bytes, BytesMut, Config,
     Error, GetFuture, IntoArg, Location, MemorySummary, MethodOptions, NodeId, NodeInfo, NodeStats, ObjectId,
     ObjectRef, ObjectSummary, RawActor, RecoveryStats, RemoteOptions, Result, RuntimeContext, SchedulingStrategy,
-    Shape, TaskArg, TaskId, TaskOptions, UnhandledError, UnhandledHook, WaitOptions, WaitResult, WorkerId,
+    Shape, SplitCall, SplitProxy, TaskArg, TaskId, TaskOptions, UnhandledError, UnhandledHook, WaitOptions, WaitResult,
+    WorkerId,
 };
 pub use ferry_macros::{actor, main, method, remote};
 

@@ -46,6 +46,9 @@ impl Pairs {
     fn new() -> Self {
         Pairs { n: 0 }
     }
+    fn upto(&self, n: u32) -> Vec<u32> {
+        (0..n).collect()
+    }
     #[ferry::method(num_returns = 2)]
     fn next_pair(&mut self) -> (i64, String) {
         self.n += 1;
@@ -136,4 +139,20 @@ fn an_actor_method_returns_several_refs_in_call_order() {
     assert_eq!(ferry::get_timeout(&s1, T).unwrap(), "pair 1");
     assert_eq!(ferry::get_timeout(&n1, T).unwrap(), 1);
     assert_eq!(ferry::get_timeout(&s2, T).unwrap(), "pair 2");
+}
+
+/// Ray's `actor.method.options(num_returns=n)`: a method returning a `Vec`, split per call.
+#[test]
+fn an_actor_methods_vector_is_split_when_the_call_asks() {
+    ferry_testkit::own_process!();
+    cluster();
+    let p = Pairs::remote().unwrap();
+    let whole: ObjectRef<Vec<u32>> = p.upto(3);
+    assert_eq!(ferry::get_timeout(&whole, T).unwrap(), vec![0, 1, 2]);
+    let parts: Vec<ObjectRef<u32>> = p.method_options().num_returns(3).upto(3);
+    assert_eq!(ferry::get_all(&parts).unwrap(), vec![0, 1, 2]);
+    for r in p.method_options().num_returns(2).upto(3) {
+        let e = ferry::get_timeout(&r, T).expect_err("three items for two refs").to_string();
+        assert!(e.contains("num_returns = 2") && e.contains("returned 3 values"), "{e}");
+    }
 }

@@ -477,7 +477,11 @@ fn expand_actor_type(
     item: proc_macro2::TokenStream,
 ) -> syn::Result<proc_macro2::TokenStream> {
     let proxy = proxy_name(name);
+    let split = format_ident!("{}Split", name);
     let doc = format!("The methods of actor [`{name}`], called through an `ActorHandle<{name}>`.");
+    let split_doc = format!(
+        "The methods of actor [`{name}`] that return a `Vec`, split into refs (`method_options().num_returns(n)`)."
+    );
     Ok(quote! {
         #item
 
@@ -499,6 +503,19 @@ fn expand_actor_type(
         impl ::ferry::Actor for #name {
             const CLASS: &'static str = ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#name));
             type Proxy = #proxy;
+            type Split = #split;
+        }
+
+        #[doc = #split_doc]
+        #vis struct #split {
+            raw: ::ferry::RawActor,
+            n: u32,
+        }
+
+        impl ::ferry::SplitProxy for #split {
+            fn from_raw(raw: ::ferry::RawActor, n: u32) -> Self {
+                #split { raw, n }
+            }
         }
     })
 }
@@ -546,6 +563,7 @@ fn expand_actor_impl(args: ActorArgs, mut imp: ItemImpl) -> syn::Result<proc_mac
     };
     let name = tp.path.segments.last().expect("a path").ident.clone();
     let proxy = proxy_name(&name);
+    let split_ty = format_ident!("{}Split", name);
     let options = format_ident!("{}Options", name);
     let mut ctor: Option<(Vec<Type>, Vec<syn::Ident>, bool)> = None;
     let mut methods = Vec::new();
@@ -620,9 +638,11 @@ fn expand_actor_impl(args: ActorArgs, mut imp: ItemImpl) -> syn::Result<proc_mac
 
     let mut method_items = Vec::new();
     let mut proxy_methods = Vec::new();
+    let mut split_methods = Vec::new();
     for ((mname, tys, idents, ret, mutable, is_async, mvis), tuple) in methods.iter().zip(&splits) {
         let k = tys.len();
-        let store = store_code(tuple, &None);
+        let item = if tuple.is_none() { vec_item(ret) } else { None };
+        let store = store_code(tuple, &item);
         let params = arg_params(idents, tys);
         let idx: Vec<_> = (0..k).collect();
         let invoke = format_ident!("__ferry_invoke_{}", mname);
@@ -711,6 +731,20 @@ fn expand_actor_impl(args: ActorArgs, mut imp: ItemImpl) -> syn::Result<proc_mac
             }
             None => (quote!(::ferry::ObjectRef<#ret>), quote!(self.raw.call(#id, #mname_str, __args))),
         };
+        if let Some(t) = &item {
+            split_methods.push(quote! {
+                /// Calls the actor's method; returns one ref per item of the vector it returns.
+                #mvis fn #mname(&self, #(#params),*) -> ::std::vec::Vec<::ferry::ObjectRef<#t>> {
+                    ::ferry::__private::begin_exports();
+                    let __args = ::std::vec![#( ::ferry::IntoArg::<#tys>::into_arg(#idents) ),*];
+                    self.raw
+                        .call_returning(#id, #mname_str, __args, ::core::option::Option::Some(self.n))
+                        .into_iter()
+                        .map(::ferry::__private::adopt_ref::<#t>)
+                        .collect()
+                }
+            });
+        }
         proxy_methods.push(quote! {
             /// Calls the actor's method; returns its result's future at once.
             #mvis fn #mname(&self, #(#params),*) -> #out_ty {
@@ -785,6 +819,10 @@ fn expand_actor_impl(args: ActorArgs, mut imp: ItemImpl) -> syn::Result<proc_mac
 
         impl #proxy {
             #(#proxy_methods)*
+        }
+
+        impl #split_ty {
+            #(#split_methods)*
         }
 
         #[doc = #options_doc]
