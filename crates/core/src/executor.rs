@@ -160,6 +160,10 @@ pub(crate) struct Executor {
     cv: Condvar,
     actor: OnceLock<Hosted>,
     hosting: OnceLock<Hosting>,
+    /// The task the main thread runs now, and the one its owner cancelled (`is_cancelled`).
+    running_task: Mutex<Option<TaskId>>,
+    cancelled: Mutex<Option<TaskId>>,
+    main_thread: OnceLock<thread::Thread>,
     /// Set when the hosted actor is to end on purpose after the call that asked
     /// (`exit_actor`, or a `terminate` call): why.
     exiting: Mutex<Option<String>>,
@@ -175,6 +179,9 @@ impl Executor {
             actor: OnceLock::new(),
             hosting: OnceLock::new(),
             exiting: Mutex::new(None),
+            running_task: Mutex::new(None),
+            cancelled: Mutex::new(None),
+            main_thread: OnceLock::new(),
             loop_thread: OnceLock::new(),
         })
     }
@@ -237,14 +244,31 @@ impl Executor {
                     }
                 }
             }
-            ToWorker::Cancel { task } => {
+            ToWorker::Cancel { task, force } => {
                 let mut q = self.lock();
-                // Only a task that has not started can be cancelled here; a running or
-                // finished one is already final at its owner.
                 if let Some(pos) = q.tasks.iter().position(|(_, s)| s.task == task) {
                     q.tasks.remove(pos);
                     drop(q);
                     let _ = conn.send(&FromWorker::Failed { task, error: TaskError::Cancelled });
+                    return;
+                }
+                if *self.running_task.locked() != Some(task) {
+                    return; // Finished: final at its owner already.
+                }
+                // An actor's calls cannot be forced (its state would go): they are told.
+                if force && self.actor.get().is_none() {
+                    // The tasks not started go back to their owners, then this process ends.
+                    let queued: Vec<(Arc<Conn>, TaskSpec)> = q.tasks.drain(..).collect();
+                    drop(q);
+                    hand_back(queued);
+                    let _ = conn.send(&FromWorker::Failed { task, error: TaskError::Cancelled });
+                    thread::sleep(std::time::Duration::from_millis(20));
+                    std::process::exit(1);
+                }
+                drop(q);
+                *self.cancelled.locked() = Some(task);
+                for t in [self.main_thread.get(), self.loop_thread.get()].into_iter().flatten() {
+                    t.unpark();
                 }
             }
             ToWorker::Steal { max } => {
@@ -280,6 +304,7 @@ impl Executor {
 
     /// Runs tasks forever on the calling thread.
     pub fn run(self: &Arc<Self>, rt: &'static Runtime) -> ! {
+        let _ = self.main_thread.set(thread::current());
         loop {
             let job = {
                 let mut q = self.lock();
@@ -300,7 +325,13 @@ impl Executor {
         }
     }
 
+    /// Whether the task the calling thread runs was cancelled.
+    pub(crate) fn is_cancelled(&self, task: TaskId) -> bool {
+        *self.cancelled.locked() == Some(task)
+    }
+
     fn run_one(&self, rt: &'static Runtime, conn: &Conn, spec: &TaskSpec) {
+        *self.running_task.locked() = Some(spec.task);
         rt.lock().set_depth(spec.depth + 1);
         if self.actor.get().is_none() {
             crate::logs::set_label(spec.function.rsplit("::").next().unwrap_or(&spec.function));
@@ -316,6 +347,12 @@ impl Executor {
         let _span = hosted.map(|h| tracing::debug_span!("actor", actor = ?h.id).entered());
         let reply = execute(rt, spec, hosted.map(|h| &h.instance));
         CURRENT.with(|c| c.set(None));
+        *self.running_task.locked() = None;
+        let mut cancelled = self.cancelled.locked();
+        if *cancelled == Some(spec.task) {
+            *cancelled = None;
+        }
+        drop(cancelled);
         if spec.resources.is_some() {
             RESOURCES.with(|r| *r.borrow_mut() = None);
         }
@@ -451,21 +488,31 @@ impl Executor {
         } else if q.blocked == 1 {
             let queued: Vec<(Arc<Conn>, TaskSpec)> = q.tasks.drain(..).collect();
             drop(q);
-            // Hand unstarted tasks back, one message per owner.
-            let mut by_owner: Vec<(Arc<Conn>, Vec<TaskId>)> = Vec::new();
-            for (c, s) in queued {
-                match by_owner.iter_mut().find(|(o, _)| Arc::ptr_eq(o, &c)) {
-                    Some((_, v)) => v.push(s.task),
-                    None => by_owner.push((c, vec![s.task])),
-                }
-            }
-            for (c, tasks) in by_owner {
-                let _ = c.send(&FromWorker::Requeued { tasks });
-            }
+            hand_back(queued);
             let _ = node.send(&ToNode::Blocked);
         }
         Some(BlockedGuard { exec: self, node: node.clone() })
     }
+}
+
+/// Hands unstarted tasks back to their owners, one message per owner (`Requeued`).
+fn hand_back(queued: Vec<(Arc<Conn>, TaskSpec)>) {
+    let mut by_owner: Vec<(Arc<Conn>, Vec<TaskId>)> = Vec::new();
+    for (c, s) in queued {
+        match by_owner.iter_mut().find(|(o, _)| Arc::ptr_eq(o, &c)) {
+            Some((_, v)) => v.push(s.task),
+            None => by_owner.push((c, vec![s.task])),
+        }
+    }
+    for (c, tasks) in by_owner {
+        let _ = c.send(&FromWorker::Requeued { tasks });
+    }
+}
+
+/// Whether the task the calling thread runs was cancelled (false outside a task).
+pub fn cancelled_now() -> bool {
+    let Some(r) = running() else { return false };
+    try_runtime().and_then(|rt| rt.executor().cloned()).is_some_and(|x| x.is_cancelled(r.task))
 }
 
 /// Takes the worker's CPU back when the wait ends.

@@ -237,6 +237,10 @@ pub fn wait_with<T>(refs: &[ObjectRef<T>], opts: WaitOptions) -> Result<WaitResu
             pending.push(handle);
         }
     }
+    if executor::cancelled_now() {
+        // The task waiting here was cancelled (its handles above are let go).
+        return Err(runtime::cancelled_here());
+    }
     Ok((ready, pending))
 }
 
@@ -253,12 +257,36 @@ pub fn free<T>(refs: &[ObjectRef<T>]) -> Result<()> {
 }
 
 /// Cancels the task that produces `r`: a task not yet started never runs; one already
-/// running finishes but its result is dropped. Either way `get(r)` returns
-/// [`Error::Cancelled`]. Cancelling a finished task or a `put` object does nothing.
+/// running is told ([`is_cancelled`] turns true in it, and a `get` or `wait` it waits in
+/// returns [`Error::Cancelled`]), and its result, if it still comes, is dropped. Either way
+/// `get(r)` returns [`Error::Cancelled`] at once. Cancelling a finished task or a `put`
+/// object does nothing. See [`cancel_with`] to end the worker running it.
 pub fn cancel<T>(r: &ObjectRef<T>) -> Result<()> {
+    cancel_with(r, CancelOptions::default())
+}
+
+/// How [`cancel_with`] cancels (Ray's `cancel` arguments).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CancelOptions {
+    /// End the worker running the task (it is replaced; the tasks it had not started go
+    /// back to their owners, uncharged). Without it a running task is told instead:
+    /// [`is_cancelled`] turns true in it, and a `get` or `wait` it waits in returns
+    /// [`Error::Cancelled`].
+    pub force: bool,
+}
+
+/// [`cancel`] with Ray's options (see [`CancelOptions`]): `get(r)` returns
+/// [`Error::Cancelled`] at once either way.
+pub fn cancel_with<T>(r: &ObjectRef<T>, opts: CancelOptions) -> Result<()> {
     let id = r.id();
-    runtime()?.with_state(|st, fx| st.cancel(id, fx));
+    runtime()?.with_state(|st, fx| st.cancel(id, opts.force, fx));
     Ok(())
+}
+
+/// Whether the task running on this thread was cancelled (for tasks that check now and then
+/// and stop early, as Ray's cooperative cancellation). False outside a task.
+pub fn is_cancelled() -> bool {
+    executor::cancelled_now()
 }
 
 /// Where this process's node and store are, and the token to reach them: for tools and

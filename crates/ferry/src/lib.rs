@@ -27,12 +27,12 @@ mod embed;
 pub mod testing;
 
 pub use ferry_core::{
-    block_on, cancel, exit_actor, free, get, get_all, get_async, get_bytes, get_timeout, kill, shutdown, wait,
-    wait_with, Actor, ActorHandle, ActorId, ActorOptions, ActorOptionsBuilder, ActorProxy, Bytes, BytesMut, Config,
-    Error, GetFuture, IntoArg, Location, MemorySummary, MethodOptions, NodeId, NodeInfo, NodeStats, ObjectId,
-    ObjectRef, ObjectSummary, RawActor, RecoveryStats, RemoteOptions, Result, RuntimeContext, SchedulingStrategy,
-    Shape, SplitCall, SplitProxy, TaskArg, TaskId, TaskOptions, UnhandledError, UnhandledHook, WaitOptions, WaitResult,
-    WorkerId,
+    block_on, cancel, cancel_with, exit_actor, free, get, get_all, get_async, get_bytes, get_timeout, is_cancelled,
+    kill, shutdown, wait, wait_with, Actor, ActorHandle, ActorId, ActorOptions, ActorOptionsBuilder, ActorProxy, Bytes,
+    BytesMut, CancelOptions, Config, Error, GetFuture, IntoArg, Location, MemorySummary, MethodOptions, NodeId,
+    NodeInfo, NodeStats, ObjectId, ObjectRef, ObjectSummary, RawActor, RecoveryStats, RemoteOptions, Result,
+    RuntimeContext, SchedulingStrategy, Shape, SplitCall, SplitProxy, TaskArg, TaskId, TaskOptions, UnhandledError,
+    UnhandledHook, WaitOptions, WaitResult, WorkerId,
 };
 pub use ferry_macros::{actor, main, method, remote};
 

@@ -548,7 +548,10 @@ pub enum ToWorker {
     /// Run these tasks, in order.
     Push(Vec<TaskSpec>),
     /// Drop this task if it has not started.
-    Cancel { task: TaskId },
+    /// Cancel `task`: dropped if not started; if running, it is told (`is_cancelled`, and a
+    /// `get` it waits in returns `Cancelled`); with `force`, the worker hands back the tasks
+    /// it has not started and exits.
+    Cancel { task: TaskId, force: bool },
     /// Hand back up to `max` of this owner's tasks that have not started (the owner has an
     /// idle worker for them). Answered by `Stolen`.
     Steal { max: u32 },

@@ -40,6 +40,18 @@ impl OwnerState {
             let Some(t) = self.tasks.get_mut(&task) else {
                 continue;
             };
+            if t.cancelled {
+                // Handed back unstarted after it was cancelled: it ends here.
+                if let TaskState::Pushed { lease, .. } = t.state {
+                    if let Some(l) = self.leases.get_mut(&lease) {
+                        l.in_flight = l.in_flight.saturating_sub(1);
+                    }
+                }
+                if let Some(t) = self.tasks.remove(&task) {
+                    self.task_over(&t, fx);
+                }
+                continue;
+            }
             if let TaskState::Pushed { lease, .. } = t.state {
                 if let Some(l) = self.leases.get_mut(&lease) {
                     l.in_flight = l.in_flight.saturating_sub(1);
@@ -215,6 +227,13 @@ impl OwnerState {
             .collect();
         for task in lost {
             let t = self.tasks.get_mut(&task).expect("listed");
+            if t.cancelled {
+                // Its worker was ended to cancel it (`force`): over, not retried.
+                if let Some(t) = self.tasks.remove(&task) {
+                    self.task_over(&t, fx);
+                }
+                continue;
+            }
             if t.retries_left > 0 {
                 t.retries_left -= 1;
                 t.attempts += 1;

@@ -169,6 +169,7 @@ impl OwnerState {
                 ret: ObjectId { task: id.task, index: 0 },
                 returns: lin.returns,
                 split: lin.split,
+                cancelled: false,
                 job: lin.job.clone(),
             },
         );

@@ -325,6 +325,8 @@ struct TaskEntry {
     /// (`num_returns`) rather than being its one object.
     returns: u32,
     split: bool,
+    /// Cancelled while pushed: its result is final already; it is never run again.
+    cancelled: bool,
     /// The job it belongs to (its driver), told to the worker that runs it.
     job: Job,
 }

@@ -131,6 +131,7 @@ impl OwnerState {
                 ret,
                 returns,
                 split,
+                cancelled: false,
                 job: target.job.clone(),
             },
         );
@@ -523,18 +524,21 @@ impl OwnerState {
         self.after_reply(&t, fx);
     }
 
-    /// Cancels the task that creates `id` if it has not finished.
-    pub fn cancel(&mut self, id: ObjectId, fx: &mut Effects) {
+    /// Cancels the task that creates `id` if it has not finished (`force`: its worker is
+    /// ended if it runs it).
+    pub fn cancel(&mut self, id: ObjectId, force: bool, fx: &mut Effects) {
         let task = id.task;
-        let Some(t) = self.tasks.get(&task) else {
+        let Some(t) = self.tasks.get_mut(&task) else {
             return;
         };
         let name = t.name.to_string();
         match t.state {
             TaskState::Pushed { worker, .. } => {
-                // The worker drops it if not started; the result is final now either way and
-                // a late reply is ignored (and its stored value freed).
-                fx.to_workers.push((worker, ToWorker::Cancel { task }));
+                // The worker drops it if not started, or tells it; the result is final now
+                // either way, a late reply is ignored (and its stored value freed), and the
+                // task is not run again if its worker goes.
+                t.cancelled = true;
+                fx.to_workers.push((worker, ToWorker::Cancel { task, force }));
                 let rets: Vec<ObjectId> = t.rets().collect();
                 for r in rets {
                     self.resolve(r, ObjState::Failed(Error::Cancelled { task: name.clone() }), fx);

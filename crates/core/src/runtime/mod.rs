@@ -32,6 +32,7 @@
 use ferry_types::sync::{CondvarExt, MutexExt};
 mod daemon;
 mod objects;
+pub(crate) use objects::cancelled_here;
 mod peers;
 mod wait;
 

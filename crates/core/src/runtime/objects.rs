@@ -15,6 +15,12 @@ use ferry_proto::msg::{Return, TaskError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+/// The error of a wait that ended because the task waiting was cancelled.
+pub(crate) fn cancelled_here() -> Error {
+    let task = crate::executor::running().map(|r| format!("{:?}", r.task)).unwrap_or_else(|| "this task".into());
+    Error::Cancelled { task }
+}
+
 impl Runtime {
     /// Whether an encoded value of `len` bytes travels inline (in messages, in the owner's
     /// memory) rather than through the store: the one place this is decided.
@@ -36,6 +42,7 @@ impl Runtime {
         loop {
             let ready = match self.block_until(deadline, |w| self.poll_object(id, w)) {
                 Some(r) => r?,
+                None if crate::executor::cancelled_now() => return Err(cancelled_here()),
                 None => return Err(Error::Timeout { waited: timeout.unwrap_or_default() }),
             };
             match self.decode(id, ready) {
@@ -77,6 +84,9 @@ impl Runtime {
         let mut w8 = AllWait::default();
         let failed = self.block_until(None, |w| self.with_state(|st, fx| st.poll_all(ids, &mut w8, w, fx)));
         self.with_state(|st, _| st.end_all_wait(w8));
+        if failed.is_none() {
+            return Err(cancelled_here());
+        }
         if let Some(Some(id)) = failed {
             self.get::<T>(id, None)?;
         }

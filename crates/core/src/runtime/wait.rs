@@ -21,6 +21,10 @@ impl Runtime {
             if let Poll::Ready(r) = poll(waker) {
                 return Some(r);
             }
+            // The task waiting here was cancelled: its wait ends (the caller says so).
+            if crate::executor::cancelled_now() {
+                return None;
+            }
             if blocked.is_none() {
                 blocked = Some(self.executor.as_ref().and_then(|x| x.enter_blocked(&self.node)));
             }
