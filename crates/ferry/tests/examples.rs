@@ -4,8 +4,18 @@
 #[allow(dead_code)]
 mod parameter_server;
 
+#[path = "../../../examples/cancellation.rs"]
+#[allow(dead_code)]
+mod cancellation;
+
 #[test]
 fn parameter_server_converges() {
     ferry_testkit::own_process!();
     parameter_server::main().expect("parameter server example failed");
+}
+
+#[test]
+fn cancellation_takes_the_first_answer_and_cancels_the_rest() {
+    ferry_testkit::own_process!();
+    cancellation::main().expect("cancellation example failed");
 }

@@ -517,7 +517,10 @@ impl OwnerState {
             TaskState::Pushed { lease, worker } => (Some(worker), self.leases.get(&lease).map(|l| l.node)),
             _ => (None, None),
         };
-        self.note_unread(&t, &err, ran_on);
+        if !t.cancelled {
+            // (A cancelled task's result was final, and Cancelled, already.)
+            self.note_unread(&t, &err, ran_on);
+        }
         for r in t.rets() {
             self.resolve(r, ObjState::Failed(err.clone()), fx);
         }
