@@ -64,7 +64,7 @@ impl RawActor {
     /// Calls method `method` (used by generated code).
     #[doc(hidden)]
     pub fn call<R>(&self, method: &'static str, name: &'static str, args: Vec<TaskArg>) -> ObjectRef<R> {
-        ObjectRef::from_id(self.call_returning(method, name, args, None)[0])
+        ObjectRef::from_id(self.submit_call(method, name, args, None).first())
     }
 
     /// Calls method `method`, whose value is split into `n` objects (`num_returns`); their
@@ -77,24 +77,34 @@ impl RawActor {
         args: Vec<TaskArg>,
         returns: Option<u32>,
     ) -> Vec<ObjectId> {
-        let n = returns.unwrap_or(1);
+        self.submit_call(method, name, args, returns).all(returns.unwrap_or(1))
+    }
+
+    fn submit_call(
+        &self,
+        method: &'static str,
+        name: &'static str,
+        args: Vec<TaskArg>,
+        returns: Option<u32>,
+    ) -> crate::task::Submitted {
+        use crate::task::Submitted;
         let rt = match runtime() {
             Ok(rt) => rt,
-            Err(_) => return vec![ObjectId::default(); n as usize],
+            Err(_) => return Submitted::NoRuntime,
         };
         let exported = crate::refs::end_args();
         let (drafts, held) = match crate::task::drafts(args) {
             Ok(x) => x,
             Err(e) => {
                 unexport(exported);
-                return (0..n).map(|_| rt.failed_object(e.clone())).collect();
+                return Submitted::Failed(rt, e);
             }
         };
         let job = rt.job();
         let name = self.call_name.clone().unwrap_or_else(|| Arc::from(name));
         let id = rt.with_state(|st, fx| st.submit_call(self.id, method, name, drafts, (returns, job), exported, fx));
         drop(held);
-        (0..n).map(|index| ObjectId { task: id.task, index }).collect()
+        Submitted::Task(id.task)
     }
 
     /// A new handle in this process for an actor known by id (from a name, or decoded

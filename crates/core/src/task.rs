@@ -8,9 +8,9 @@ use crate::error::{Error, Result};
 use crate::object_ref::{ObjectRef, RawRef};
 use crate::owner::ArgDraft;
 use crate::refs;
-use crate::runtime::runtime;
+use crate::runtime::{runtime, Runtime};
 use crate::{Actor, ActorHandle, NodeId};
-use ferry_proto::ObjectId;
+use ferry_proto::{ObjectId, TaskId};
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -234,7 +234,7 @@ pub(crate) fn drafts(args: Vec<TaskArg>) -> Result<(Vec<ArgDraft>, Vec<RawRef>)>
 /// Submits a task (used by the code `#[ferry::remote]` generates, after `begin_exports`).
 #[doc(hidden)]
 pub fn submit<R>(function: &'static str, opts: &TaskOptions, args: Vec<TaskArg>) -> ObjectRef<R> {
-    ObjectRef::from_id(submit_returning(function, opts, args)[0])
+    ObjectRef::from_id(submit_task(function, opts, args).first())
 }
 
 /// Submits a task and returns the ids of its return objects (`opts.num_returns` of them,
@@ -242,18 +242,50 @@ pub fn submit<R>(function: &'static str, opts: &TaskOptions, args: Vec<TaskArg>)
 /// generated code).
 #[doc(hidden)]
 pub fn submit_returning(function: &'static str, opts: &TaskOptions, args: Vec<TaskArg>) -> Vec<ObjectId> {
+    submit_task(function, opts, args).all(opts.num_returns.unwrap_or(1))
+}
+
+/// What a submission (a task, or an actor call) became: its return objects follow from it,
+/// made only as the caller needs them (one, with no list, in the common case).
+pub(crate) enum Submitted {
+    Task(TaskId),
+    /// It failed before a task existed (an argument would not encode).
+    Failed(&'static Runtime, Error),
+    /// No runtime: refs with no entry, whose `get` reports why.
+    NoRuntime,
+}
+
+impl Submitted {
+    /// The first return object (the only one unless the value is split).
+    pub(crate) fn first(self) -> ObjectId {
+        match self {
+            Submitted::Task(task) => ObjectId { task, index: 0 },
+            Submitted::Failed(rt, e) => rt.failed_object(e),
+            Submitted::NoRuntime => ObjectId::default(),
+        }
+    }
+
+    /// All `n` return objects.
+    pub(crate) fn all(self, n: u32) -> Vec<ObjectId> {
+        match self {
+            Submitted::Task(task) => (0..n).map(|index| ObjectId { task, index }).collect(),
+            Submitted::Failed(rt, e) => (0..n).map(|_| rt.failed_object(e.clone())).collect(),
+            Submitted::NoRuntime => vec![ObjectId::default(); n as usize],
+        }
+    }
+}
+
+fn submit_task(function: &'static str, opts: &TaskOptions, args: Vec<TaskArg>) -> Submitted {
     let exported = refs::end_args();
-    let n = opts.num_returns.unwrap_or(1);
     let rt = match runtime() {
-        // Refs with no entry: their `get` reports why the runtime is not there.
-        Err(_) => return vec![ObjectId::default(); n as usize],
+        Err(_) => return Submitted::NoRuntime,
         Ok(rt) => rt,
     };
     let (drafts, held) = match drafts(args) {
         Ok(x) => x,
         Err(e) => {
             actor::unexport(exported);
-            return (0..n).map(|_| rt.failed_object(e.clone())).collect();
+            return Submitted::Failed(rt, e);
         }
     };
     let name: Arc<str> = match &opts.name {
@@ -265,7 +297,7 @@ pub fn submit_returning(function: &'static str, opts: &TaskOptions, args: Vec<Ta
     let id = rt.submit(function, name, drafts, class, (retries, opts.retry_exceptions), opts.num_returns, exported);
     // The task now counts its arguments itself.
     drop(held);
-    (0..n).map(|index| ObjectId { task: id.task, index }).collect()
+    Submitted::Task(id.task)
 }
 
 /// The typed handle of a return object [`submit_returning`] made (used by generated code).
