@@ -12,7 +12,7 @@
 //! sender lets go.
 
 use crate::error::{Error, Result};
-use crate::owner::Exports;
+use crate::owner::{Exports, Rets};
 use crate::runtime::{runtime, try_runtime};
 use crate::{ObjectRef, TaskArg};
 use ferry_proto::msg::{ActorId, ActorSpec, FromNode, HandleWire, Shape, ToNode};
@@ -64,7 +64,7 @@ impl RawActor {
     /// Calls method `method` (used by generated code).
     #[doc(hidden)]
     pub fn call<R>(&self, method: &'static str, name: &'static str, args: Vec<TaskArg>) -> ObjectRef<R> {
-        ObjectRef::from_id(self.submit_call(method, name, args, None).first())
+        ObjectRef::from_id(self.submit_call(method, name, args, Rets::One).first())
     }
 
     /// Calls method `method`, whose value is split into `n` objects (`num_returns`); their
@@ -77,7 +77,20 @@ impl RawActor {
         args: Vec<TaskArg>,
         returns: Option<u32>,
     ) -> Vec<ObjectId> {
-        self.submit_call(method, name, args, returns).all(returns.unwrap_or(1))
+        self.submit_call(method, name, args, Rets::split(returns)).all(returns.unwrap_or(1))
+    }
+
+    /// Calls streaming method `method` (used by generated code): its values as they come.
+    #[doc(hidden)]
+    pub fn call_stream<R>(
+        &self,
+        method: &'static str,
+        name: &'static str,
+        args: Vec<TaskArg>,
+        window: Option<u32>,
+    ) -> crate::RefStream<R> {
+        let window = window.unwrap_or(crate::task::DEFAULT_STREAM_WINDOW);
+        crate::RefStream::of(self.submit_call(method, name, args, Rets::Stream(window)))
     }
 
     fn submit_call(
@@ -85,7 +98,7 @@ impl RawActor {
         method: &'static str,
         name: &'static str,
         args: Vec<TaskArg>,
-        returns: Option<u32>,
+        returns: Rets,
     ) -> crate::task::Submitted {
         use crate::task::Submitted;
         let rt = match runtime() {

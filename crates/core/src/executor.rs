@@ -15,7 +15,9 @@ use crate::registry;
 use crate::registry::ActorInstance;
 use crate::runtime::{try_runtime, Runtime};
 use ferry_proto::conn::Conn;
-use ferry_proto::msg::{ActorId, ActorSpec, Arg, FromWorker, Return, TaskError, TaskSpec, ToNode, ToWorker};
+use ferry_proto::msg::{
+    ActorId, ActorSpec, Arg, FromWorker, Return, StreamSpec, TaskError, TaskSpec, ToNode, ToWorker,
+};
 use ferry_proto::{ObjectId, Shape, TaskId, WorkerId};
 use ferry_types::sync::{CondvarExt, MutexExt};
 use serde::Serialize;
@@ -39,11 +41,13 @@ pub(crate) struct Running {
     /// Its job, and the runs of it before this one.
     pub job: WorkerId,
     pub attempt: u32,
+    /// A streaming task: how far ahead of its consumer it may run.
+    stream: Option<StreamSpec>,
 }
 
 impl Running {
     fn of(spec: &TaskSpec) -> Running {
-        Running { task: spec.task, split: spec.num_returns, job: spec.job, attempt: spec.attempt }
+        Running { task: spec.task, split: spec.num_returns, job: spec.job, attempt: spec.attempt, stream: spec.stream }
     }
 }
 
@@ -60,6 +64,8 @@ thread_local! {
     static RESOURCES: std::cell::RefCell<Option<Shape>> = const { std::cell::RefCell::new(None) };
     /// The named namespace of the task this thread runs, if its job set one.
     static NAMESPACE: std::cell::RefCell<Option<Arc<str>>> = const { std::cell::RefCell::new(None) };
+    /// The connection the running task came on (a streaming task sends its values there).
+    static CONN: std::cell::RefCell<Option<Arc<Conn>>> = const { std::cell::RefCell::new(None) };
 }
 
 /// The named namespace of the running task's job (`None`: anonymous, or no task).
@@ -169,6 +175,18 @@ pub(crate) struct Executor {
     exiting: Mutex<Option<String>>,
     /// The event loop's thread, for async actors (woken with `unpark` instead of `cv`).
     loop_thread: OnceLock<thread::Thread>,
+    /// Streaming tasks running here: how many values their consumers took (see
+    /// [`StreamOut`]), woken on each `StreamTaken`.
+    streams: Mutex<std::collections::HashMap<TaskId, Taken>>,
+    stream_cv: Condvar,
+}
+
+/// What a streaming task's consumer took so far.
+struct Taken {
+    taken: u32,
+    /// The connection to its owner (`gone` once it closed: nobody takes values any more).
+    conn: Arc<Conn>,
+    gone: bool,
 }
 
 impl Executor {
@@ -183,6 +201,8 @@ impl Executor {
             cancelled: Mutex::new(None),
             main_thread: OnceLock::new(),
             loop_thread: OnceLock::new(),
+            streams: Mutex::new(Default::default()),
+            stream_cv: Condvar::new(),
         })
     }
 
@@ -270,6 +290,13 @@ impl Executor {
                 for t in [self.main_thread.get(), self.loop_thread.get()].into_iter().flatten() {
                     t.unpark();
                 }
+                self.stream_cv.notify_all();
+            }
+            ToWorker::StreamTaken { task, taken } => {
+                if let Some(s) = self.streams.locked().get_mut(&task) {
+                    s.taken = s.taken.max(taken);
+                    self.stream_cv.notify_all();
+                }
             }
             ToWorker::Steal { max } => {
                 // The newest of this owner's unstarted tasks (the oldest run soonest here).
@@ -294,6 +321,36 @@ impl Executor {
     /// The owner behind `conn` is gone: nobody wants the results of its queued tasks.
     pub fn owner_gone(&self, conn: &Arc<Conn>) {
         self.lock().tasks.retain(|(c, _)| !Arc::ptr_eq(c, conn));
+        let mut streams = self.streams.locked();
+        for s in streams.values_mut().filter(|s| Arc::ptr_eq(&s.conn, conn)) {
+            s.gone = true;
+        }
+        self.stream_cv.notify_all();
+    }
+
+    /// Waits until streaming task `task` may make value `index`: its consumer took enough
+    /// (lending this worker's CPU meanwhile). An error if it was cancelled, or its owner is
+    /// gone.
+    fn wait_stream_room(&self, rt: &Runtime, task: TaskId, index: u32, window: u32) -> Result<(), TaskError> {
+        let mut lent = None;
+        let mut s = self.streams.locked();
+        loop {
+            let Some(t) = s.get(&task) else { return Ok(()) };
+            if t.gone || self.is_cancelled(task) {
+                return Err(TaskError::Cancelled);
+            }
+            if index < t.taken.saturating_add(window) {
+                return Ok(());
+            }
+            if lent.is_none() {
+                drop(s);
+                lent = Some(rt.lend_cpu());
+                s = self.streams.locked();
+                continue;
+            }
+            // Woken by a take, a cancel or the owner's loss; the timeout is a backstop.
+            s = self.stream_cv.wait_timeout_locked(s, std::time::Duration::from_millis(200));
+        }
     }
 
     /// The daemon asks this worker to host an actor (called on the node reader thread).
@@ -330,7 +387,7 @@ impl Executor {
         *self.cancelled.locked() == Some(task)
     }
 
-    fn run_one(&self, rt: &'static Runtime, conn: &Conn, spec: &TaskSpec) {
+    fn run_one(&self, rt: &'static Runtime, conn: &Arc<Conn>, spec: &TaskSpec) {
         *self.running_task.locked() = Some(spec.task);
         rt.lock().set_depth(spec.depth + 1);
         if self.actor.get().is_none() {
@@ -342,6 +399,9 @@ impl Executor {
         }
         if let Some(n) = &spec.namespace {
             NAMESPACE.with(|x| *x.borrow_mut() = Some(Arc::from(n.as_str())));
+        }
+        if spec.stream.is_some() {
+            CONN.with(|c| *c.borrow_mut() = Some(conn.clone()));
         }
         let hosted = self.actor.get();
         let _span = hosted.map(|h| tracing::debug_span!("actor", actor = ?h.id).entered());
@@ -358,6 +418,9 @@ impl Executor {
         }
         if spec.namespace.is_some() {
             NAMESPACE.with(|x| *x.borrow_mut() = None);
+        }
+        if spec.stream.is_some() {
+            CONN.with(|c| *c.borrow_mut() = None);
         }
         send_reply(rt, conn, spec.task.owner, reply);
         if hosted.is_some() {
@@ -437,7 +500,9 @@ impl Executor {
             for (conn, spec) in jobs {
                 let task = spec.task;
                 CURRENT.with(|c| c.set(Some(Running::of(&spec))));
+                CONN.with(|c| *c.borrow_mut() = spec.stream.map(|_| conn.clone()));
                 let started = start_call(rt, &instance, &spec);
+                CONN.with(|c| *c.borrow_mut() = None);
                 CURRENT.with(|c| c.set(None));
                 match started {
                     Started::Done(reply) => send_reply(rt, &conn, task.owner, reply),
@@ -700,6 +765,15 @@ impl<'f> Returns<'f> {
     /// caller is made to hold before this task's own handles go.
     pub fn finish(self) -> Result<Returned, TaskError> {
         let Returns { rt, task, mut out, .. } = self;
+        hold_inside(rt, task, &mut out);
+        Ok(out)
+    }
+}
+
+/// Holds what a value made by `task` contains for its caller: refs (see
+/// `OwnerState::returning`) and actor handles (at their homes).
+fn hold_inside(rt: &'static Runtime, task: TaskId, out: &mut Returned) {
+    {
         if !out.contained.is_empty() {
             // See `OwnerState::returning`.
             out.contained.sort_unstable();
@@ -717,6 +791,67 @@ impl<'f> Returns<'f> {
                 matches!(held, Ok(ferry_proto::msg::FromNode::Ack { error: None, .. }))
             });
         }
-        Ok(out)
+    }
+}
+
+/// A streaming task's values, each sent to its owner as soon as it is made (used by the
+/// code `#[ferry::remote(streaming)]` generates): value `i` is object `i` of the task.
+#[doc(hidden)]
+pub struct StreamOut<'f> {
+    rt: &'static Runtime,
+    exec: Arc<Executor>,
+    function: &'f str,
+    task: TaskId,
+    spec: StreamSpec,
+    conn: Arc<Conn>,
+    next: u32,
+}
+
+impl<'f> StreamOut<'f> {
+    /// For the running task of `function`, whose caller asked for a stream.
+    pub fn new(function: &'f str) -> Result<StreamOut<'f>, TaskError> {
+        let bad = |detail: &str| TaskError::BadReturn { function: function.to_string(), detail: detail.to_string() };
+        let rt = try_runtime().ok_or_else(|| bad("no runtime in this process"))?;
+        let exec = rt.executor().cloned().ok_or_else(|| bad("not a worker"))?;
+        let running = running().ok_or_else(|| bad("not running a task"))?;
+        let spec =
+            running.stream.ok_or_else(|| bad("it streams its values, but its caller did not ask for a stream"))?;
+        let conn = CONN.with(|c| c.borrow().clone()).ok_or_else(|| bad("no connection to its caller"))?;
+        exec.streams.locked().insert(running.task, Taken { taken: spec.taken, conn: conn.clone(), gone: false });
+        Ok(StreamOut { rt, exec, function, task: running.task, spec, conn, next: 0 })
+    }
+
+    /// Makes the next value: waits for room in the window, stores it, sends it.
+    pub fn push<R: Serialize + 'static>(&mut self, r: &R) -> Result<(), TaskError> {
+        let (rt, task, function) = (self.rt, self.task, self.function);
+        self.exec.wait_stream_room(rt, task, self.next, self.spec.window)?;
+        let bad = |detail: String| TaskError::BadReturn { function: function.to_string(), detail };
+        let (enc, found) = crate::refs::encoding(rt.addrs(), || codec::encode(r));
+        let enc = enc.map_err(|e| bad(e.to_string()))?;
+        let index = self.next;
+        let value = rt.store_return(ObjectId { task, index }, enc, function)?;
+        let mut out =
+            Returned { values: Vec::new(), contained: found.refs, retained: Vec::new(), actors: found.actors };
+        hold_inside(rt, task, &mut out);
+        if !out.retained.is_empty() {
+            let _ = self.conn.send(&FromWorker::Retained { objects: out.retained });
+        }
+        let sent =
+            self.conn.send(&FromWorker::Streamed { task, index, value, contained: out.contained, actors: out.actors });
+        // Its owner is gone: nobody takes the values.
+        sent.map_err(|_| TaskError::Cancelled)?;
+        self.next += 1;
+        Ok(())
+    }
+
+    /// The task's reply: its values went already.
+    pub fn finish(self) -> Result<Returned, TaskError> {
+        Ok(Returned { values: Vec::new(), contained: Vec::new(), retained: Vec::new(), actors: Vec::new() })
+    }
+}
+
+impl Drop for StreamOut<'_> {
+    fn drop(&mut self) {
+        self.exec.streams.locked().remove(&self.task);
     }
 }

@@ -25,6 +25,7 @@ mod refs;
 pub mod registry;
 mod runtime;
 mod session;
+mod stream;
 mod task;
 mod why;
 mod worker;
@@ -46,6 +47,7 @@ pub use memory::{memory_summary, Location, MemorySummary, ObjectSummary};
 pub use object_ref::{get_async, GetFuture, ObjectRef};
 pub use owner::UnhandledError;
 pub use runtime::block_on;
+pub use stream::RefStream;
 pub use task::{submit, submit_returning, IntoArg, RemoteOptions, SchedulingStrategy, TaskArg, TaskOptions};
 
 use runtime::{runtime, try_runtime, Runtime};
@@ -315,12 +317,13 @@ pub mod __private {
     pub use crate::actor::{begin_exports, create_actor};
     pub use crate::bytes::ArgData;
     pub use crate::codec::{decode, encode_vec};
-    pub use crate::executor::{split_returns, store_return, Returned, Returns};
+    pub use crate::executor::{split_returns, store_return, Returned, Returns, StreamOut};
     pub use crate::registry::{
         await_catching, ActorClass, ActorInstance, ActorMethod, MethodFuture, ACTOR_CLASSES, ACTOR_METHODS,
     };
     pub use crate::registry::{check_arity, decode_arg, run_catching, RemoteFunction, REMOTE_FUNCTIONS};
     pub use crate::session::{set_embedder, Embedded, EmbeddedNode, Embedder};
+    pub use crate::stream::submit_stream;
     pub use crate::task::adopt_ref;
     pub use ferry_proto::msg::TaskError;
     pub use linkme;

@@ -6,7 +6,7 @@ use crate::bytes::Bytes;
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::object_ref::{ObjectRef, RawRef};
-use crate::owner::ArgDraft;
+use crate::owner::{ArgDraft, Rets};
 use crate::refs;
 use crate::runtime::{runtime, Runtime};
 use crate::{Actor, ActorHandle, NodeId};
@@ -128,7 +128,14 @@ pub struct TaskOptions {
     /// `options().num_returns(n)` and `#[ferry::remote(num_returns = n)]`).
     #[doc(hidden)]
     pub num_returns: Option<u32>,
+    /// For a streaming task: how many values it may make ahead of its consumer (set by the
+    /// generated `options().backpressure(n)`; default [`DEFAULT_STREAM_WINDOW`]).
+    #[doc(hidden)]
+    pub backpressure: Option<u32>,
 }
+
+/// How many values a streaming task may make ahead of its consumer by default.
+pub const DEFAULT_STREAM_WINDOW: u32 = 64;
 
 impl Default for TaskOptions {
     fn default() -> Self {
@@ -140,6 +147,7 @@ impl Default for TaskOptions {
             strategy: Default::default(),
             retry_exceptions: false,
             num_returns: None,
+            backpressure: None,
         }
     }
 }
@@ -234,7 +242,7 @@ pub(crate) fn drafts(args: Vec<TaskArg>) -> Result<(Vec<ArgDraft>, Vec<RawRef>)>
 /// Submits a task (used by the code `#[ferry::remote]` generates, after `begin_exports`).
 #[doc(hidden)]
 pub fn submit<R>(function: &'static str, opts: &TaskOptions, args: Vec<TaskArg>) -> ObjectRef<R> {
-    ObjectRef::from_id(submit_task(function, opts, args).first())
+    ObjectRef::from_id(submit_task(function, opts, args, Rets::split(opts.num_returns)).first())
 }
 
 /// Submits a task and returns the ids of its return objects (`opts.num_returns` of them,
@@ -242,7 +250,12 @@ pub fn submit<R>(function: &'static str, opts: &TaskOptions, args: Vec<TaskArg>)
 /// generated code).
 #[doc(hidden)]
 pub fn submit_returning(function: &'static str, opts: &TaskOptions, args: Vec<TaskArg>) -> Vec<ObjectId> {
-    submit_task(function, opts, args).all(opts.num_returns.unwrap_or(1))
+    submit_task(function, opts, args, Rets::split(opts.num_returns)).all(opts.num_returns.unwrap_or(1))
+}
+
+/// Submits a streaming task (see [`crate::RefStream`]).
+pub(crate) fn submit_streaming(function: &'static str, opts: &TaskOptions, args: Vec<TaskArg>) -> Submitted {
+    submit_task(function, opts, args, Rets::Stream(opts.backpressure.unwrap_or(DEFAULT_STREAM_WINDOW)))
 }
 
 /// What a submission (a task, or an actor call) became: its return objects follow from it,
@@ -275,7 +288,7 @@ impl Submitted {
     }
 }
 
-fn submit_task(function: &'static str, opts: &TaskOptions, args: Vec<TaskArg>) -> Submitted {
+fn submit_task(function: &'static str, opts: &TaskOptions, args: Vec<TaskArg>, rets: Rets) -> Submitted {
     let exported = refs::end_args();
     let rt = match runtime() {
         Err(_) => return Submitted::NoRuntime,
@@ -294,7 +307,7 @@ fn submit_task(function: &'static str, opts: &TaskOptions, args: Vec<TaskArg>) -
     };
     let retries = opts.max_retries.unwrap_or(rt.config().default_max_retries);
     let class = (&opts.shape(), &opts.strategy.placement());
-    let id = rt.submit(function, name, drafts, class, (retries, opts.retry_exceptions), opts.num_returns, exported);
+    let id = rt.submit(function, name, drafts, class, (retries, opts.retry_exceptions), rets, exported);
     // The task now counts its arguments itself.
     drop(held);
     Submitted::Task(id.task)

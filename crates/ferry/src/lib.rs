@@ -30,7 +30,7 @@ pub use ferry_core::{
     block_on, cancel, cancel_with, exit_actor, free, get, get_all, get_async, get_bytes, get_timeout, is_cancelled,
     kill, shutdown, wait, wait_with, Actor, ActorHandle, ActorId, ActorOptions, ActorOptionsBuilder, ActorProxy, Bytes,
     BytesMut, CancelOptions, Config, Error, GetFuture, IntoArg, Location, MemorySummary, MethodOptions, NodeId,
-    NodeInfo, NodeStats, ObjectId, ObjectRef, ObjectSummary, RawActor, RecoveryStats, RemoteOptions, Result,
+    NodeInfo, NodeStats, ObjectId, ObjectRef, ObjectSummary, RawActor, RecoveryStats, RefStream, RemoteOptions, Result,
     RuntimeContext, SchedulingStrategy, Shape, SplitCall, SplitProxy, TaskArg, TaskId, TaskOptions, UnhandledError,
     UnhandledHook, WaitOptions, WaitResult, WorkerId,
 };
@@ -126,6 +126,16 @@ pub mod __private {
     ) -> ferry_core::ObjectRef<R> {
         crate::embed::ready();
         ferry_core::submit(function, opts, args)
+    }
+
+    /// Starts a streaming task (`#[ferry::remote(streaming)]`).
+    pub fn submit_stream<R>(
+        function: &'static str,
+        opts: &ferry_core::TaskOptions,
+        args: Vec<ferry_core::TaskArg>,
+    ) -> ferry_core::RefStream<R> {
+        crate::embed::ready();
+        ferry_core::__private::submit_stream(function, opts, args)
     }
 
     /// Starts a task whose value is split into `opts.num_returns` objects; their ids.

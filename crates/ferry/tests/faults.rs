@@ -135,6 +135,7 @@ fn spec(function: &str, args: Vec<Arg>) -> TaskSpec {
         namespace: None,
         attempt: 0,
         resources: None,
+        stream: None,
     }
 }
 

@@ -19,6 +19,7 @@ use syn::{
 #[derive(Default)]
 struct RemoteArgs {
     num_returns: Option<u32>,
+    streaming: bool,
     num_cpus: Option<f64>,
     max_retries: Option<u32>,
     name: Option<String>,
@@ -47,6 +48,8 @@ fn parse_args(attr: TokenStream) -> syn::Result<RemoteArgs> {
                 return Err(syn::Error::new(lit.span(), "num_returns splits a tuple: give 2 or more"));
             }
             a.num_returns = Some(n);
+        } else if meta.path.is_ident("streaming") {
+            a.streaming = true;
         } else if meta.path.is_ident("name") {
             a.name = Some(meta.value()?.parse::<LitStr>()?.value());
         } else if meta.path.is_ident("resources") {
@@ -56,11 +59,17 @@ fn parse_args(attr: TokenStream) -> syn::Result<RemoteArgs> {
                 Ok(())
             })?;
         } else {
-            return Err(meta.error("expected num_cpus, max_retries, num_returns, name or resources(...)"));
+            return Err(meta.error("expected num_cpus, max_retries, num_returns, streaming, name or resources(...)"));
         }
         Ok(())
     });
     syn::parse::Parser::parse(parser, attr)?;
+    if a.streaming && a.num_returns.is_some() {
+        return Err(syn::Error::new(
+            Span::call_site(),
+            "a function is either streaming (one ref per value it yields) or has num_returns, not both",
+        ));
+    }
     Ok(a)
 }
 
@@ -138,6 +147,53 @@ fn ret_span(sig: &syn::Signature) -> Span {
         ReturnType::Default => sig.ident.span(),
     }
 }
+
+/// For `streaming`: `T` of the `impl Iterator<Item = T>` (or `IntoIterator`) the function
+/// returns; each value it yields becomes an object of its own.
+fn stream_item(ret: &Type, at: Span) -> syn::Result<Type> {
+    let err = || {
+        syn::Error::new(
+            at,
+            "a streaming function returns `impl Iterator<Item = T>` (or `impl IntoIterator<Item = T>`): \
+             each value it yields becomes a ref of the caller's RefStream<T>",
+        )
+    };
+    let Type::ImplTrait(it) = ret else { return Err(err()) };
+    for b in &it.bounds {
+        let syn::TypeParamBound::Trait(t) = b else { continue };
+        let Some(last) = t.path.segments.last() else { continue };
+        if last.ident != "Iterator" && last.ident != "IntoIterator" {
+            continue;
+        }
+        if let syn::PathArguments::AngleBracketed(a) = &last.arguments {
+            for g in &a.args {
+                if let syn::GenericArgument::AssocType(at) = g {
+                    if at.ident == "Item" {
+                        return Ok(at.ty.clone());
+                    }
+                }
+            }
+        }
+    }
+    Err(err())
+}
+
+/// A streaming task's body: its values sent one by one as the iterator yields them, panics
+/// included (a panic mid-stream ends it, after the values made).
+fn stream_body(setup: ProtoTs, call: ProtoTs) -> ProtoTs {
+    quote! {
+        ::ferry::__private::run_catching(__ID, move || {
+            let mut __s = ::ferry::__private::StreamOut::new(__ID)?;
+            #setup
+            for __v in #call {
+                __s.push(&__v)?;
+            }
+            __s.finish()
+        })?
+    }
+}
+
+type ProtoTs = proc_macro2::TokenStream;
 
 /// `T` when the function returns `Vec<T>`: its caller may split the vector into one object
 /// per item (`options().num_returns(n)`).
@@ -219,7 +275,8 @@ fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenS
         ReturnType::Type(_, t) => (**t).clone(),
     };
     let tuple = tuple_returns(args.num_returns, &ret, ret_span(sig))?;
-    let item = vec_item(&ret);
+    let streamed = if args.streaming { Some(stream_item(&ret, ret_span(sig))?) } else { None };
+    let item = if streamed.is_some() { None } else { vec_item(&ret) };
     let store = store_code(&tuple, &item);
     let n = tys.len();
     let idx: Vec<_> = (0..n).collect();
@@ -239,9 +296,29 @@ fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenS
                 },
             )
         }
-        None => {
-            (quote!(::ferry::ObjectRef<#ret>), quote!(::ferry::__private::submit::<#ret>(__ENTRY.id, &self.0, __args)))
-        }
+        None => match &streamed {
+            Some(t) => (
+                quote!(::ferry::RefStream<#t>),
+                quote!(::ferry::__private::submit_stream::<#t>(__ENTRY.id, &self.0, __args)),
+            ),
+            None => (
+                quote!(::ferry::ObjectRef<#ret>),
+                quote!(::ferry::__private::submit::<#ret>(__ENTRY.id, &self.0, __args)),
+            ),
+        },
+    };
+    let backpressure = match &streamed {
+        Some(_) => quote! {
+            impl Options {
+                /// At most `n` values made ahead of what the caller took from its stream
+                /// (default 64): the task waits for the caller past that.
+                pub fn backpressure(mut self, n: u32) -> Options {
+                    self.0.backpressure = ::core::option::Option::Some(n.max(1));
+                    self
+                }
+            }
+        },
+        None => quote!(),
     };
     // A function returning `Vec<T>` may have it split, as many refs as the caller says.
     let split = match &item {
@@ -284,6 +361,13 @@ fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenS
     } else {
         quote!(super::#name(#(#idents),*))
     };
+    let body = match &streamed {
+        Some(_) => stream_body(quote!(), call.clone()),
+        None => quote! {
+            let __out: #ret = ::ferry::__private::run_catching(__ID, move || #call)?;
+            #store
+        },
+    };
     let num_cpus = args.num_cpus.unwrap_or(1.0);
     let max_retries = match args.max_retries {
         Some(r) => quote!(::core::option::Option::Some(#r)),
@@ -310,8 +394,7 @@ fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenS
                 const __ID: &str = ::core::module_path!();
                 ::ferry::__private::check_arity(__args, #n, __ID)?;
                 #( let #idents: #tys = ::ferry::__private::decode_arg(__args, #idx, __ID)?; )*
-                let __out: #ret = ::ferry::__private::run_catching(__ID, move || #call)?;
-                #store
+                #body
             }
 
             #[::ferry::__private::linkme::distributed_slice(::ferry::__private::REMOTE_FUNCTIONS)]
@@ -351,6 +434,8 @@ fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenS
             }
 
             #split
+
+            #backpressure
 
             /// Submits the task; returns its result's future at once.
             pub fn remote(#(#params),*) -> #out_ty {
@@ -520,9 +605,11 @@ fn expand_actor_type(
     })
 }
 
-/// `#[ferry::method(num_returns = n)]` on an actor method (removed from the emitted impl).
-fn method_returns(f: &mut syn::ImplItemFn) -> syn::Result<Option<u32>> {
+/// `#[ferry::method(num_returns = n)]` or `#[ferry::method(streaming)]` on an actor method
+/// (removed from the emitted impl).
+fn method_returns(f: &mut syn::ImplItemFn) -> syn::Result<(Option<u32>, bool)> {
     let mut n = None;
+    let mut streaming = false;
     let mut err = None;
     f.attrs.retain(|a| {
         let p = a.path();
@@ -538,8 +625,11 @@ fn method_returns(f: &mut syn::ImplItemFn) -> syn::Result<Option<u32>> {
                     }
                     n = Some(v);
                     Ok(())
+                } else if meta.path.is_ident("streaming") {
+                    streaming = true;
+                    Ok(())
                 } else {
-                    Err(meta.error("expected num_returns"))
+                    Err(meta.error("expected num_returns or streaming"))
                 }
             });
             if let Err(e) = r {
@@ -550,7 +640,10 @@ fn method_returns(f: &mut syn::ImplItemFn) -> syn::Result<Option<u32>> {
     });
     match err {
         Some(e) => Err(e),
-        None => Ok(n),
+        None if streaming && n.is_some() => {
+            Err(syn::Error::new(f.sig.ident.span(), "a method is either streaming or has num_returns, not both"))
+        }
+        None => Ok((n, streaming)),
     }
 }
 
@@ -571,7 +664,7 @@ fn expand_actor_impl(args: ActorArgs, mut imp: ItemImpl) -> syn::Result<proc_mac
     let mut on_exit = false;
     for item in &mut imp.items {
         let ImplItem::Fn(f) = item else { continue };
-        let split = method_returns(f)?;
+        let (split, streaming) = method_returns(f)?;
         let sig = &f.sig;
         let mut receiver = None;
         let mut tys = Vec::new();
@@ -611,7 +704,14 @@ fn expand_actor_impl(args: ActorArgs, mut imp: ItemImpl) -> syn::Result<proc_mac
                     ReturnType::Type(_, t) => (**t).clone(),
                 };
                 let tuple = tuple_returns(split, &ret, ret_span(sig))?;
-                splits.push(tuple);
+                let streamed = if streaming { Some(stream_item(&ret, ret_span(sig))?) } else { None };
+                if streamed.is_some() && sig.asyncness.is_some() {
+                    return Err(syn::Error::new(
+                        sig.ident.span(),
+                        "a streaming method is a plain fn returning an iterator",
+                    ));
+                }
+                splits.push((tuple, streamed));
                 methods.push((sig.ident.clone(), tys, names, ret, mutable, sig.asyncness.is_some(), f.vis.clone()));
             }
         }
@@ -639,9 +739,9 @@ fn expand_actor_impl(args: ActorArgs, mut imp: ItemImpl) -> syn::Result<proc_mac
     let mut method_items = Vec::new();
     let mut proxy_methods = Vec::new();
     let mut split_methods = Vec::new();
-    for ((mname, tys, idents, ret, mutable, is_async, mvis), tuple) in methods.iter().zip(&splits) {
+    for ((mname, tys, idents, ret, mutable, is_async, mvis), (tuple, streamed)) in methods.iter().zip(&splits) {
         let k = tys.len();
-        let item = if tuple.is_none() { vec_item(ret) } else { None };
+        let item = if tuple.is_none() && streamed.is_none() { vec_item(ret) } else { None };
         let store = store_code(tuple, &item);
         let params = arg_params(idents, tys);
         let idx: Vec<_> = (0..k).collect();
@@ -664,6 +764,13 @@ fn expand_actor_impl(args: ActorArgs, mut imp: ItemImpl) -> syn::Result<proc_mac
             "::",
             ::core::stringify!(#mname)
         ));
+        let body = match streamed {
+            Some(_) => stream_body(lock.clone(), call.clone()),
+            None => quote! {
+                let __out: #ret = ::ferry::__private::run_catching(__ID, move || { #lock #call })?;
+                #store
+            },
+        };
         let invoke_async = format_ident!("__ferry_start_{}", mname);
         let (async_fn, async_entry) = if *is_async {
             (
@@ -705,8 +812,7 @@ fn expand_actor_impl(args: ActorArgs, mut imp: ItemImpl) -> syn::Result<proc_mac
                 })?;
                 ::ferry::__private::check_arity(__args, #k, __ID)?;
                 #( let #idents: #tys = ::ferry::__private::decode_arg(__args, #idx, __ID)?; )*
-                let __out: #ret = ::ferry::__private::run_catching(__ID, move || { #lock #call })?;
-                #store
+                #body
             }
 
             #[::ferry::__private::linkme::distributed_slice(::ferry::__private::ACTOR_METHODS)]
@@ -729,7 +835,13 @@ fn expand_actor_impl(args: ActorArgs, mut imp: ItemImpl) -> syn::Result<proc_mac
                     },
                 )
             }
-            None => (quote!(::ferry::ObjectRef<#ret>), quote!(self.raw.call(#id, #mname_str, __args))),
+            None => match streamed {
+                Some(t) => (
+                    quote!(::ferry::RefStream<#t>),
+                    quote!(self.raw.call_stream(#id, #mname_str, __args, ::core::option::Option::None)),
+                ),
+                None => (quote!(::ferry::ObjectRef<#ret>), quote!(self.raw.call(#id, #mname_str, __args))),
+            },
         };
         if let Some(t) = &item {
             split_methods.push(quote! {

@@ -539,6 +539,19 @@ pub struct TaskSpec {
     pub attempt: u32,
     /// What it holds while it runs; `None` is one CPU (the default, sent as one byte).
     pub resources: Option<Shape>,
+    /// A streaming task (a generator): its values go to the owner one by one as
+    /// [`FromWorker::Streamed`], as objects `0, 1, ..` of the task.
+    pub stream: Option<StreamSpec>,
+}
+
+/// How a streaming task may run ahead of its consumer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
+pub struct StreamSpec {
+    /// Values produced and not yet taken by the consumer, at most (back-pressure).
+    pub window: u32,
+    /// Values the consumer has taken already (a run after a retry starts there).
+    pub taken: u32,
 }
 
 /// From an owner to a worker it holds a lease on.
@@ -572,6 +585,9 @@ pub enum ToWorker {
     ReleaseBorrows { objects: Vec<(ObjectId, u32)> },
     /// List the objects in this process's table (for `memory_summary`).
     Summary { req: u64 },
+    /// The consumer of streaming task `task` has taken `taken` of its values: it may
+    /// produce up to `taken + window`.
+    StreamTaken { task: TaskId, taken: u32 },
 }
 
 /// What an owner says about an object a borrower asked for.
@@ -671,6 +687,15 @@ pub enum FromWorker {
     /// holds after the task; the receiver counts it as their borrower once more.
     Retained {
         objects: Vec<ObjectId>,
+    },
+    /// A streaming task's value number `index` (sent in order, before its reply): it is
+    /// object `index` of the task. `contained` and `actors` as in `Done`.
+    Streamed {
+        task: TaskId,
+        index: u32,
+        value: Return,
+        contained: Vec<ObjectId>,
+        actors: Vec<(ActorId, String)>,
     },
     /// The answer to [`ToWorker::GetObject`].
     Object {

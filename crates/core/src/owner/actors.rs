@@ -147,7 +147,7 @@ impl OwnerState {
         method: &'static str,
         name: Arc<str>,
         args: Vec<ArgDraft>,
-        (returns, job): (Option<u32>, Job),
+        (returns, job): (Rets, Job),
         exported: Exports,
         fx: &mut Effects,
     ) -> ObjectId {

@@ -59,6 +59,7 @@ impl OwnerState {
             returns: t.returns,
             split: t.split,
             live,
+            stream: t.stream,
             job: t.job.clone(),
             function: t.function,
             name: t.name.clone(),
@@ -171,6 +172,7 @@ impl OwnerState {
                 split: lin.split,
                 cancelled: false,
                 job: lin.job.clone(),
+                stream: lin.stream,
             },
         );
         if state == TaskState::Queued {

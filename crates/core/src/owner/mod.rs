@@ -37,6 +37,7 @@ mod leases;
 mod lineage;
 #[cfg(test)]
 mod model;
+mod stream;
 mod submit;
 mod table;
 
@@ -211,6 +212,8 @@ pub(crate) struct OwnerState {
     unread: HashMap<TaskId, Unread>,
     failure_waiters: Vec<(u64, Waker)>,
     next_failure_waiter: u64,
+    /// Streaming tasks' streams (see [`stream`]).
+    streams: HashMap<TaskId, stream::StreamState>,
 }
 
 #[derive(Debug)]
@@ -329,6 +332,9 @@ struct TaskEntry {
     cancelled: bool,
     /// The job it belongs to (its driver), told to the worker that runs it.
     job: Job,
+    /// A streaming task, with its back-pressure window: `returns` counts the values it
+    /// made so far (see [`stream`]).
+    stream: Option<u32>,
 }
 
 impl TaskEntry {
@@ -344,19 +350,35 @@ struct Target {
     class: usize,
     actor: Option<ActorId>,
     create: Option<Box<ActorSpec>>,
-    /// Into how many objects its value is split (`num_returns`), if it is.
-    returns: Option<u32>,
+    /// What its value becomes.
+    returns: Rets,
     /// The job it belongs to.
     job: Job,
 }
 
 impl Target {
-    fn call(actor: ActorId, returns: Option<u32>, job: Job) -> Target {
+    fn call(actor: ActorId, returns: Rets, job: Job) -> Target {
         Target { class: 0, actor: Some(actor), create: None, returns, job }
     }
     fn creation(actor: ActorId, spec: ActorSpec) -> Target {
         let job = Job { id: spec.job, namespace: spec.namespace.as_deref().map(Arc::from) };
-        Target { class: 0, actor: Some(actor), create: Some(Box::new(spec)), returns: None, job }
+        Target { class: 0, actor: Some(actor), create: Some(Box::new(spec)), returns: Rets::One, job }
+    }
+}
+
+/// What a task's value becomes: one object, objects split from it (`num_returns`), or a
+/// stream of objects, one per value it yields (with its back-pressure window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rets {
+    One,
+    Split(u32),
+    Stream(u32),
+}
+
+impl Rets {
+    /// One object, or `n` split from the value.
+    pub fn split(n: Option<u32>) -> Rets {
+        n.map_or(Rets::One, Rets::Split)
     }
 }
 
@@ -409,6 +431,8 @@ struct Lineage {
     returns: u32,
     split: bool,
     live: u32,
+    /// A streaming task's window (see `TaskEntry::stream`).
+    stream: Option<u32>,
     job: Job,
     name: Arc<str>,
     args: Vec<ArgDraft>,
@@ -515,6 +539,7 @@ impl OwnerState {
             unread: HashMap::default(),
             failure_waiters: Vec::new(),
             next_failure_waiter: 1,
+            streams: HashMap::default(),
         }
     }
 

@@ -228,7 +228,7 @@ fn run(ops: Vec<Op>) {
                     drafts,
                     (&Shape::cpus(1.0), &Default::default()),
                     (0, false),
-                    (None, crate::owner::Job { id: WorkerId(1), namespace: None }),
+                    (crate::owner::Rets::One, crate::owner::Job { id: WorkerId(1), namespace: None }),
                     Default::default(),
                     &mut fx,
                 );

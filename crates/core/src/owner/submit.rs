@@ -31,7 +31,7 @@ impl OwnerState {
         args: Vec<ArgDraft>,
         (shape, placement): (&Shape, &Placement),
         (max_retries, retry_exceptions): (u32, bool),
-        (returns, job): (Option<u32>, Job),
+        (returns, job): (Rets, Job),
         exported: Exports,
         fx: &mut Effects,
     ) -> ObjectId {
@@ -68,7 +68,15 @@ impl OwnerState {
         let task = self.next_id();
         let ret = ObjectId { task, index: 0 };
         // `num_returns(0)`: a task run for its effects, with no object to wait for.
-        let (returns, split) = (target.returns.unwrap_or(1), target.returns.is_some());
+        let (returns, split, stream) = match target.returns {
+            Rets::One => (1, false, None),
+            Rets::Split(n) => (n, true, None),
+            // Its objects are made as its values arrive.
+            Rets::Stream(window) => {
+                self.streams.insert(task, stream::StreamState::new());
+                (0, false, Some(window.max(1)))
+            }
+        };
         for index in 0..returns {
             self.objects.insert(ObjectId { task, index }, ObjEntry::new(ObjState::Pending, local));
         }
@@ -133,6 +141,7 @@ impl OwnerState {
                 split,
                 cancelled: false,
                 job: target.job.clone(),
+                stream,
             },
         );
         (task, ret, failed.or_else(|| self.stopped.clone()))
@@ -303,6 +312,7 @@ impl OwnerState {
             namespace: t.job.namespace.as_deref().map(String::from),
             attempt: t.attempts,
             resources,
+            stream: t.stream.map(|w| self.stream_spec(task, w)),
         })
     }
 
@@ -356,6 +366,9 @@ impl OwnerState {
             None => {}
         }
         self.task_over(&t, fx);
+        if t.stream.is_some() {
+            self.end_stream(task, Some(err.clone()));
+        }
         for r in t.rets() {
             self.resolve(r, ObjState::Failed(err.clone()), fx);
         }
@@ -407,6 +420,18 @@ impl OwnerState {
             self.returned_actors(ObjectId::default(), inside.actors, fx);
             return;
         };
+        if t.stream.is_some() {
+            // Its values came before (`on_streamed`); the reply only ends it.
+            self.unpin_all(contained, fx);
+            self.returned_actors(ObjectId::default(), inside.actors, fx);
+            if self.stream_done(&t, fx) && self.keep_lineage(&t, fx) {
+                self.task_over_keeping_args(&t, fx);
+            } else {
+                self.task_over(&t, fx);
+            }
+            self.after_reply(&t, fx);
+            return;
+        }
         if returns.len() != t.returns as usize {
             let detail = format!("task {} returned {} objects, not {}", t.name, returns.len(), t.returns);
             for (index, r) in returns.iter().enumerate() {
@@ -517,7 +542,10 @@ impl OwnerState {
             TaskState::Pushed { lease, worker } => (Some(worker), self.leases.get(&lease).map(|l| l.node)),
             _ => (None, None),
         };
-        if !t.cancelled {
+        if t.stream.is_some() {
+            // An error mid-stream ends it after the values made so far.
+            self.end_stream(task, Some(err.clone()));
+        } else if !t.cancelled {
             // (A cancelled task's result was final, and Cancelled, already.)
             self.note_unread(&t, &err, ran_on);
         }
@@ -543,6 +571,9 @@ impl OwnerState {
                 t.cancelled = true;
                 fx.to_workers.push((worker, ToWorker::Cancel { task, force }));
                 let rets: Vec<ObjectId> = t.rets().collect();
+                if t.stream.is_some() {
+                    self.end_stream(task, Some(Error::Cancelled { task: name.clone() }));
+                }
                 for r in rets {
                     self.resolve(r, ObjState::Failed(Error::Cancelled { task: name.clone() }), fx);
                 }

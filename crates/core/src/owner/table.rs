@@ -166,7 +166,8 @@ impl OwnerState {
         (worker, node): (Option<WorkerId>, Option<NodeId>),
     ) {
         let left = t.rets().filter(|r| self.objects.contains_key(r)).count() as u32;
-        if left == 0 || t.create.is_some() {
+        // A stream's error is read where it ends the stream.
+        if left == 0 || t.create.is_some() || t.stream.is_some() {
             return;
         }
         let report = UnhandledError { task: t.name.to_string(), error: err.clone(), worker, node };

@@ -313,6 +313,11 @@ impl Runtime {
         self.executor.as_ref()
     }
 
+    /// In a worker's task: lends its CPU to the node until the guard goes (as a `get` does).
+    pub(crate) fn lend_cpu(&self) -> Option<crate::executor::BlockedGuard> {
+        self.executor.as_ref().and_then(|x| x.enter_blocked(&self.node))
+    }
+
     /// The actor this process hosts, if any.
     pub(crate) fn hosting(&self) -> Option<crate::executor::Hosting> {
         self.executor.as_ref().and_then(|x| x.hosting()).cloned()

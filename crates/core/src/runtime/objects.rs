@@ -313,7 +313,7 @@ impl Runtime {
         args: Vec<ArgDraft>,
         class: (&Shape, &ferry_proto::msg::Placement),
         retries: (u32, bool),
-        returns: Option<u32>,
+        returns: crate::owner::Rets,
         exported: crate::owner::Exports,
     ) -> ObjectId {
         let job = self.job();

@@ -62,6 +62,10 @@ impl Runtime {
                     let now = Instant::now();
                     self.with_state(|st, fx| st.on_done(task, returns, inside, now, fx))
                 }
+                Ok(FromWorker::Streamed { task, index, value, contained, actors }) => {
+                    let inside = crate::owner::Inside { refs: contained, actors };
+                    self.with_state(|st, fx| st.on_streamed(task, index, value, inside, fx))
+                }
                 Ok(FromWorker::Failed { task, error }) => {
                     let now = Instant::now();
                     self.with_state(|st, fx| st.on_failed(task, error, now, fx))
@@ -193,15 +197,18 @@ impl Runtime {
     pub(super) fn inbound(&'static self, from: WorkerId, conn: Arc<Conn>, mut reader: FrameReader<Stream>) {
         loop {
             match reader.read::<ToWorker>() {
-                Ok(m @ (ToWorker::Push(_) | ToWorker::Cancel { .. } | ToWorker::Steal { .. })) => {
-                    match &self.executor {
-                        Some(x) => x.on_message(&conn, m),
-                        None => {
-                            tracing::warn!("process {from:?} sent tasks to a driver; closing its connection");
-                            break;
-                        }
+                Ok(
+                    m @ (ToWorker::Push(_)
+                    | ToWorker::Cancel { .. }
+                    | ToWorker::Steal { .. }
+                    | ToWorker::StreamTaken { .. }),
+                ) => match &self.executor {
+                    Some(x) => x.on_message(&conn, m),
+                    None => {
+                        tracing::warn!("process {from:?} sent tasks to a driver; closing its connection");
+                        break;
                     }
-                }
+                },
                 Ok(ToWorker::GetObject { object }) => self.with_state(|st, fx| st.on_get_request(from, object, fx)),
                 Ok(ToWorker::Remake { object, node }) => {
                     self.with_state(|st, fx| st.on_remake_request(from, object, node, fx))
