@@ -53,7 +53,7 @@ pub fn main() -> Result<(), ferry::Error> {
 
     let s = stubborn::remote();
     std::thread::sleep(Duration::from_millis(100));
-    ferry::cancel_with(&s, ferry::CancelOptions { force: true })?;
+    ferry::cancel_with(&s, ferry::CancelOptions::default().force(true))?;
     assert!(matches!(ferry::get(&s), Err(ferry::Error::Cancelled { .. })));
     println!("a task that ignores cancellation was ended with force; the cluster goes on");
     Ok(())

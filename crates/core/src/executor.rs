@@ -179,6 +179,8 @@ pub(crate) struct Executor {
     /// [`StreamOut`]), woken on each `StreamTaken`.
     streams: Mutex<std::collections::HashMap<TaskId, Taken>>,
     stream_cv: Condvar,
+    /// An async actor's calls running now, each dropped by its handle when cancelled.
+    aborts: Mutex<std::collections::HashMap<TaskId, futures_util::future::AbortHandle>>,
 }
 
 /// What a streaming task's consumer took so far.
@@ -203,6 +205,7 @@ impl Executor {
             loop_thread: OnceLock::new(),
             streams: Mutex::new(Default::default()),
             stream_cv: Condvar::new(),
+            aborts: Mutex::new(Default::default()),
         })
     }
 
@@ -264,7 +267,7 @@ impl Executor {
                     }
                 }
             }
-            ToWorker::Cancel { task, force } => {
+            ToWorker::Cancel { task, force, recursive } => {
                 let mut q = self.lock();
                 if let Some(pos) = q.tasks.iter().position(|(_, s)| s.task == task) {
                     q.tasks.remove(pos);
@@ -272,8 +275,24 @@ impl Executor {
                     let _ = conn.send(&FromWorker::Failed { task, error: TaskError::Cancelled });
                     return;
                 }
+                // A running call of an async actor: dropped where it awaits.
+                if let Some(abort) = self.aborts.locked().remove(&task) {
+                    drop(q);
+                    abort.abort();
+                    if let Some(t) = self.loop_thread.get() {
+                        t.unpark();
+                    }
+                    return;
+                }
                 if *self.running_task.locked() != Some(task) {
                     return; // Finished: final at its owner already.
+                }
+                if recursive {
+                    // What it submitted is this process's to cancel (it owns it), before
+                    // this process may end below.
+                    if let Some(rt) = try_runtime() {
+                        rt.with_state(|st, fx| st.cancel_children(task, force, fx));
+                    }
                 }
                 // An actor's calls cannot be forced (its state would go): they are told.
                 if force && self.actor.get().is_none() {
@@ -389,7 +408,13 @@ impl Executor {
 
     fn run_one(&self, rt: &'static Runtime, conn: &Arc<Conn>, spec: &TaskSpec) {
         *self.running_task.locked() = Some(spec.task);
-        rt.lock().set_depth(spec.depth + 1);
+        let hosted = self.actor.get();
+        {
+            let mut st = rt.lock();
+            st.set_depth(spec.depth + 1);
+            // An actor's calls may run several at once: only a task is a parent for sure.
+            st.set_running(hosted.is_none().then_some(spec.task));
+        }
         if self.actor.get().is_none() {
             crate::logs::set_label(spec.function.rsplit("::").next().unwrap_or(&spec.function));
         }
@@ -403,11 +428,13 @@ impl Executor {
         if spec.stream.is_some() {
             CONN.with(|c| *c.borrow_mut() = Some(conn.clone()));
         }
-        let hosted = self.actor.get();
         let _span = hosted.map(|h| tracing::debug_span!("actor", actor = ?h.id).entered());
         let reply = execute(rt, spec, hosted.map(|h| &h.instance));
         CURRENT.with(|c| c.set(None));
         *self.running_task.locked() = None;
+        if hosted.is_none() {
+            rt.lock().set_running(None);
+        }
         let mut cancelled = self.cancelled.locked();
         if *cancelled == Some(spec.task) {
             *cancelled = None;
@@ -509,11 +536,20 @@ impl Executor {
                     Started::Future(fut) => {
                         active.set(active.get() + 1);
                         let active = active.clone();
+                        let (abort, registration) = futures_util::future::AbortHandle::new_pair();
+                        self.aborts.locked().insert(task, abort);
+                        let fut = futures_util::future::Abortable::new(fut, registration);
+                        let me = rt.executor().cloned();
                         let inner = Box::pin(async move {
                             let reply = match fut.await {
-                                Ok(ret) => ret.into_reply(task),
-                                Err(error) => (FromWorker::Failed { task, error }, Vec::new()),
+                                Ok(Ok(ret)) => ret.into_reply(task),
+                                Ok(Err(error)) => (FromWorker::Failed { task, error }, Vec::new()),
+                                // Cancelled: dropped where it awaited.
+                                Err(_) => (FromWorker::Failed { task, error: TaskError::Cancelled }, Vec::new()),
                             };
+                            if let Some(x) = me {
+                                x.aborts.locked().remove(&task);
+                            }
                             send_reply(rt, &conn, task.owner, reply);
                             active.set(active.get() - 1);
                         });

@@ -267,21 +267,45 @@ pub fn cancel<T>(r: &ObjectRef<T>) -> Result<()> {
     cancel_with(r, CancelOptions::default())
 }
 
-/// How [`cancel_with`] cancels (Ray's `cancel` arguments).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// How [`cancel_with`] cancels (Ray's `cancel` arguments): `CancelOptions::default()` is
+/// Ray's default (`force = false, recursive = true`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CancelOptions {
     /// End the worker running the task (it is replaced; the tasks it had not started go
     /// back to their owners, uncharged). Without it a running task is told instead:
     /// [`is_cancelled`] turns true in it, and a `get` or `wait` it waits in returns
-    /// [`Error::Cancelled`].
+    /// [`Error::Cancelled`]. An actor's calls are never forced (its state would go).
     pub force: bool,
+    /// Cancel the tasks the task submitted too, and theirs (default true, as in Ray).
+    pub recursive: bool,
+}
+
+impl Default for CancelOptions {
+    fn default() -> Self {
+        CancelOptions { force: false, recursive: true }
+    }
+}
+
+impl CancelOptions {
+    /// With `force` set as given.
+    pub fn force(mut self, yes: bool) -> Self {
+        self.force = yes;
+        self
+    }
+    /// With `recursive` set as given.
+    pub fn recursive(mut self, yes: bool) -> Self {
+        self.recursive = yes;
+        self
+    }
 }
 
 /// [`cancel`] with Ray's options (see [`CancelOptions`]): `get(r)` returns
-/// [`Error::Cancelled`] at once either way.
+/// [`Error::Cancelled`] at once either way (for a borrowed ref, once its owner has it).
+/// Actor calls: one not yet started is removed from the actor's queue; a running one of an
+/// async actor is dropped at its next `.await`; a running one of a sync actor is told.
 pub fn cancel_with<T>(r: &ObjectRef<T>, opts: CancelOptions) -> Result<()> {
     let id = r.id();
-    runtime()?.with_state(|st, fx| st.cancel(id, opts.force, fx));
+    runtime()?.with_state(|st, fx| st.cancel(id, opts.force, opts.recursive, fx));
     Ok(())
 }
 

@@ -59,11 +59,11 @@ impl<T> RefStream<T> {
         self.task
     }
 
-    /// Cancels the task making the values (see [`crate::cancel`]); the values made stand,
-    /// and the stream ends with a ref whose `get` returns `Cancelled`.
-    pub fn cancel(&self) {
+    /// Cancels the task making the values (as [`crate::cancel_with`]); the values made
+    /// stand, and the stream ends with a ref whose `get` returns `Cancelled`.
+    pub fn cancel(&self, opts: crate::CancelOptions) {
         if let (Some(rt), Some(task)) = (self.rt, self.task) {
-            rt.with_state(|st, fx| st.cancel(ObjectId { task, index: 0 }, false, fx));
+            rt.with_state(|st, fx| st.cancel(ObjectId { task, index: 0 }, opts.force, opts.recursive, fx));
         }
     }
 

@@ -179,7 +179,7 @@ mod tests {
     #[test]
     fn roundtrip_several_frames() {
         let mut out = Vec::new();
-        encode_frame(&mut out, &ToWorker::Cancel { task: Default::default(), force: false }).unwrap();
+        encode_frame(&mut out, &ToWorker::Cancel { task: Default::default(), force: false, recursive: false }).unwrap();
         encode_frame(&mut out, &ToWorker::Push(vec![])).unwrap();
         let mut r = FrameReader::new(&out[..], 1024);
         assert!(matches!(r.read::<ToWorker>().unwrap(), ToWorker::Cancel { .. }));
@@ -240,7 +240,7 @@ mod tests {
     #[test]
     fn truncated_frame_is_malformed() {
         let mut out = Vec::new();
-        encode_frame(&mut out, &ToWorker::Cancel { task: Default::default(), force: false }).unwrap();
+        encode_frame(&mut out, &ToWorker::Cancel { task: Default::default(), force: false, recursive: false }).unwrap();
         out.pop();
         let mut r = FrameReader::new(&out[..], 1024);
         assert!(matches!(r.read::<ToWorker>(), Err(FrameError::Malformed(_))));

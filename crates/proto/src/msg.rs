@@ -564,7 +564,11 @@ pub enum ToWorker {
     /// Cancel `task`: dropped if not started; if running, it is told (`is_cancelled`, and a
     /// `get` it waits in returns `Cancelled`); with `force`, the worker hands back the tasks
     /// it has not started and exits.
-    Cancel { task: TaskId, force: bool },
+    /// With `recursive`, the tasks it submitted are cancelled too (by the worker, which owns
+    /// them), and theirs in turn.
+    Cancel { task: TaskId, force: bool, recursive: bool },
+    /// From a borrower to an owner: cancel the task that makes `object` (as `Cancel`).
+    CancelObject { object: ObjectId, force: bool, recursive: bool },
     /// Hand back up to `max` of this owner's tasks that have not started (the owner has an
     /// idle worker for them). Answered by `Stolen`.
     Steal { max: u32 },

@@ -173,6 +173,7 @@ impl OwnerState {
                 cancelled: false,
                 job: lin.job.clone(),
                 stream: lin.stream,
+                parent: None,
             },
         );
         if state == TaskState::Queued {

@@ -214,6 +214,8 @@ pub(crate) struct OwnerState {
     next_failure_waiter: u64,
     /// Streaming tasks' streams (see [`stream`]).
     streams: HashMap<TaskId, stream::StreamState>,
+    /// In a worker, the task it runs now (not an actor's): the parent of what it submits.
+    running: Option<TaskId>,
 }
 
 #[derive(Debug)]
@@ -335,6 +337,9 @@ struct TaskEntry {
     /// A streaming task, with its back-pressure window: `returns` counts the values it
     /// made so far (see [`stream`]).
     stream: Option<u32>,
+    /// The task of this process that submitted it (in a worker): a recursive cancel of that
+    /// task cancels this one.
+    parent: Option<TaskId>,
 }
 
 impl TaskEntry {
@@ -540,6 +545,7 @@ impl OwnerState {
             failure_waiters: Vec::new(),
             next_failure_waiter: 1,
             streams: HashMap::default(),
+            running: None,
         }
     }
 
@@ -550,6 +556,12 @@ impl OwnerState {
 
     pub fn set_depth(&mut self, depth: u32) {
         self.depth = depth;
+    }
+
+    /// The task this worker runs now (`None` between tasks, and in actors, whose calls may
+    /// run several at once): what is submitted meanwhile is its child.
+    pub fn set_running(&mut self, task: Option<TaskId>) {
+        self.running = task;
     }
 
     /// Task runs repeated and objects made again so far (`ferry::recovery_stats`).

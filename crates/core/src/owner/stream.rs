@@ -139,7 +139,7 @@ impl OwnerState {
             self.remove_local_ref(ObjectId { task, index }, fx);
         }
         if !ended {
-            self.cancel(ObjectId { task, index: 0 }, false, fx);
+            self.cancel(ObjectId { task, index: 0 }, false, true, fx);
         }
     }
 

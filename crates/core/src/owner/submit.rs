@@ -142,6 +142,7 @@ impl OwnerState {
                 cancelled: false,
                 job: target.job.clone(),
                 stream,
+                parent: self.running,
             },
         );
         (task, ret, failed.or_else(|| self.stopped.clone()))
@@ -556,9 +557,16 @@ impl OwnerState {
     }
 
     /// Cancels the task that creates `id` if it has not finished (`force`: its worker is
-    /// ended if it runs it).
-    pub fn cancel(&mut self, id: ObjectId, force: bool, fx: &mut Effects) {
+    /// ended if it runs it; `recursive`: the tasks it submitted are cancelled too). A
+    /// borrowed object's cancel goes to its owner.
+    pub fn cancel(&mut self, id: ObjectId, force: bool, recursive: bool, fx: &mut Effects) {
         let task = id.task;
+        if id.owner() != self.me {
+            if self.objects.contains_key(&id) {
+                fx.to_peers.push((id.owner(), ToWorker::CancelObject { object: id, force, recursive }));
+            }
+            return;
+        }
         let Some(t) = self.tasks.get_mut(&task) else {
             return;
         };
@@ -569,7 +577,7 @@ impl OwnerState {
                 // either way, a late reply is ignored (and its stored value freed), and the
                 // task is not run again if its worker goes.
                 t.cancelled = true;
-                fx.to_workers.push((worker, ToWorker::Cancel { task, force }));
+                fx.to_workers.push((worker, ToWorker::Cancel { task, force, recursive }));
                 let rets: Vec<ObjectId> = t.rets().collect();
                 if t.stream.is_some() {
                     self.end_stream(task, Some(Error::Cancelled { task: name.clone() }));
@@ -582,6 +590,16 @@ impl OwnerState {
                 // Dependents' lists may still name it; they skip tasks they cannot find.
                 self.fail_task(task, Error::Cancelled { task: name }, fx);
             }
+        }
+    }
+
+    /// `parent`, a task this worker runs, was cancelled recursively: so are the tasks it
+    /// submitted (and, by their workers, theirs).
+    pub fn cancel_children(&mut self, parent: TaskId, force: bool, fx: &mut Effects) {
+        let children: Vec<TaskId> =
+            self.tasks.iter().filter(|(_, t)| t.parent == Some(parent)).map(|(id, _)| *id).collect();
+        for c in children {
+            self.cancel(ObjectId { task: c, index: 0 }, force, true, fx);
         }
     }
 

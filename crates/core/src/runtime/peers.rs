@@ -213,6 +213,12 @@ impl Runtime {
                 Ok(ToWorker::Remake { object, node }) => {
                     self.with_state(|st, fx| st.on_remake_request(from, object, node, fx))
                 }
+                Ok(ToWorker::CancelObject { object, force, recursive }) => {
+                    // Only this process's own tasks.
+                    if object.owner() == self.me() {
+                        self.with_state(|st, fx| st.cancel(object, force, recursive, fx))
+                    }
+                }
                 Ok(ToWorker::FreeObjects { objects, by }) => {
                     // Only this process's own objects: a peer cannot free others' through it.
                     let mine: Vec<ObjectId> = objects.into_iter().filter(|o| o.owner() == self.me()).collect();
