@@ -6,20 +6,23 @@
 //! ferry start --address HEAD:PORT [--host H] [--port P] [--token-file F] ...   (joins the head)
 //! ferry status [--address H:P] [--token-file F]
 //! ferry stop   [--address H:P] [--token-file F] [--node-only]
-//! ferry submit [--address H:P] [--token-file F] -- ./job args...
+//! ferry submit [--address H:P] [--token-file F] [--no-wait] -- ./job args...
+//! ferry job submit|list|status ID|logs ID [--follow]|stop ID   (see `jobs`)
 //! ```
 //! Drivers join with `ferry::init(Config::default().address("H:P"))` or `FERRY_ADDRESS`.
 //! The token comes from `--token-file`, `FERRY_TOKEN`, or the file `ferry start` wrote in this
 //! user's private runtime directory on that host; `--token` works too but is visible to every
 //! user of the host in the process list.
 
+mod jobs;
+
 use clap::{Args, Parser, Subcommand};
-use ferry_node::client::{stop_cluster, Client, JobEvent};
+use ferry_node::client::{stop_cluster, Client};
 use ferry_node::launch::{self, LaunchConfig, Serve};
 use ferry_os::local;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const DEFAULT_PORT: u16 = 6380;
 
@@ -32,7 +35,7 @@ struct Cli {
 
 /// How a command reaches a node, and the token it shows.
 #[derive(Args, Clone, Default)]
-struct Target {
+pub(crate) struct Target {
     /// The node's address, HOST:PORT (default: FERRY_ADDRESS, else 127.0.0.1:6380).
     #[arg(long)]
     address: Option<String>,
@@ -106,14 +109,24 @@ enum Cmd {
         #[arg(long, hide = true)]
         control_store: bool,
     },
-    /// Run a job binary on the cluster: it is shipped to the head by content hash (once), runs
-    /// there as the job's driver, and its output comes back here.
+    /// Run a job binary on the cluster (the short form of `ferry job submit`): it is shipped
+    /// to the head by content hash (once), runs there as the job's driver, and its output
+    /// comes back here. Ctrl-C stops the job.
     Submit {
         #[command(flatten)]
         target: Target,
+        /// Start the job and return at once, printing its id (its output goes to its log:
+        /// `ferry job logs ID`).
+        #[arg(long)]
+        no_wait: bool,
         /// The program and its arguments.
         #[arg(required = true, last = true)]
         command: Vec<String>,
+    },
+    /// Jobs: submit one, list them, see one's status or output, stop one.
+    Job {
+        #[command(subcommand)]
+        cmd: jobs::JobCmd,
     },
     /// Show the node's resources, workers, actors and store, every node of its cluster, and
     /// the jobs it ran.
@@ -141,13 +154,11 @@ fn main() -> ExitCode {
     };
     ferry_os::logging::init(style);
     let r = match cli.cmd {
-        Cmd::Submit { target, command } => {
+        Cmd::Submit { target, no_wait, command } => {
             warn_token_in_argv(target.token.is_some());
-            return match submit(&target, &command) {
-                Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
-                Err(e) => fail(e),
-            };
+            return exit_with(jobs::submit(&target, &command, no_wait));
         }
+        Cmd::Job { cmd } => return exit_with(jobs::run(cmd)),
         Cmd::Start {
             head,
             address,
@@ -211,6 +222,13 @@ fn main() -> ExitCode {
     }
 }
 
+fn exit_with(r: Result<i32, String>) -> ExitCode {
+    match r {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => fail(e),
+    }
+}
+
 fn fail(e: impl std::fmt::Display) -> ExitCode {
     eprintln!("ferry: {e}");
     ExitCode::FAILURE
@@ -250,7 +268,7 @@ impl Target {
     }
 
     /// Connects to the node it names; returns the token too.
-    fn connect(&self) -> Result<(Client, String), String> {
+    pub(crate) fn connect(&self) -> Result<(Client, String), String> {
         let address = self.address()?;
         let mut token = String::new();
         let client = Client::probe_and_connect(&address, || {
@@ -358,46 +376,6 @@ fn start_background(token: Option<String>) -> Result<(), String> {
     Ok(())
 }
 
-/// `ferry submit`: ship the binary by hash (if the head lacks it), run it, pass its output on,
-/// return its exit code.
-fn submit(target: &Target, command: &[String]) -> Result<i32, String> {
-    use std::io::Write;
-    let program = Path::new(&command[0]);
-    let size = std::fs::metadata(program).map_err(|e| format!("cannot read {}: {e}", program.display()))?.len();
-    let hash = ferry_node::jobs::hash_file(program).map_err(|e| format!("cannot read {}: {e}", program.display()))?;
-    let name = program.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| command[0].clone());
-    let (mut client, _) = target.connect()?;
-    if client.has_binary(&hash).map_err(|e| e.to_string())? {
-        eprintln!("ferry: the head already has {} ({})", program.display(), &hash[..12]);
-    } else {
-        eprintln!(
-            "ferry: uploading {} ({:.1} MiB, {}) to {} ...",
-            program.display(),
-            size as f64 / 1048576.0,
-            &hash[..12],
-            client.addr()
-        );
-        let t = Instant::now();
-        client.put_binary(program, &hash, size).map_err(|e| format!("the upload failed: {e}"))?;
-        eprintln!("ferry: uploaded in {:.2?}", t.elapsed());
-    }
-    let started = Instant::now();
-    let end = client
-        .run_job(&hash, &name, &command[1..], |event| match event {
-            JobEvent::Started { job, pid } => eprintln!("ferry: job {job} ({name}) running on the head (pid {pid})"),
-            JobEvent::Output { stderr: true, data } => drop(std::io::stderr().write_all(data)),
-            JobEvent::Output { stderr: false, data } => drop(std::io::stdout().write_all(data)),
-            // A long wait shows progress rather than silence.
-            JobEvent::Quiet { job, running_for } => {
-                eprintln!("ferry: job {job} ({name}) still running ({running_for:.0?} so far)")
-            }
-        })
-        .map_err(|e| e.to_string())?;
-    let _ = std::io::stdout().flush();
-    eprintln!("ferry: job {} ({name}) ended ({}) after {:.1?}", end.job, end.detail, started.elapsed());
-    Ok(end.code.unwrap_or(1))
-}
-
 /// "1 node", "2 nodes".
 fn count(n: usize, what: &str) -> String {
     match n {
@@ -464,19 +442,15 @@ fn status(target: &Target) -> Result<(), String> {
     if !jobs.is_empty() {
         println!("jobs: {}", jobs.len());
         for j in jobs {
-            let state = match (j.ended_ms, j.code) {
-                (None, _) => "running".to_string(),
-                (Some(_), Some(c)) => format!("exited with {c}"),
-                (Some(_), None) => "ended (signal, or the head restarted)".to_string(),
+            let state = match (jobs::status_word(&j), j.ended_ms, j.code) {
+                (_, Some(_), Some(c)) if !j.stopped => format!("exited with {c}"),
+                (_, Some(_), None) if !j.stopped => "ended (signal, or the head restarted)".to_string(),
+                (word, ..) => word.to_string(),
             };
-            // What came over the network is printed without its control characters (a
-            // terminal escape in a job's arguments must not reach this terminal).
-            let clean = |a: &str| a.chars().map(|c| if c.is_control() { '?' } else { c }).collect::<String>();
-            let line = std::iter::once(&j.name).chain(&j.args).map(|a| clean(a)).collect::<Vec<_>>();
             println!(
                 "  job {} {} (pid {}, binary {}): {state}",
                 j.id,
-                line.join(" "),
+                jobs::entrypoint(&j),
                 j.pid,
                 &j.hash[..j.hash.len().min(12)]
             );

@@ -227,8 +227,21 @@ fn status_counts_nodes_and_names_jobs() {
 /// Every option of every subcommand says what it is for in `--help`.
 #[test]
 fn every_option_of_every_subcommand_is_documented() {
-    for sub in ["start", "submit", "status", "stop"] {
-        let out = ferry_cmd(&[sub, "--help"]);
+    let subs: [&[&str]; 10] = [
+        &["start"],
+        &["submit"],
+        &["status"],
+        &["stop"],
+        &["job"],
+        &["job", "submit"],
+        &["job", "list"],
+        &["job", "status"],
+        &["job", "logs"],
+        &["job", "stop"],
+    ];
+    for sub in subs {
+        let out = ferry_cmd(&[sub, &["--help"]].concat());
+        let sub = sub.join(" ");
         let help = String::from_utf8_lossy(&out.stdout).to_string();
         assert!(out.status.success(), "{help}");
         let lines: Vec<&str> = help.lines().collect();

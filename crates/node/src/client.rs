@@ -4,7 +4,9 @@
 
 use ferry_os::local;
 use ferry_proto::conn::{connect, ConnectError};
-use ferry_proto::msg::{FromNode, JobView, NodeStats, NodeView, ProcKind, ToNode};
+/// A job as the head keeps it (`Client::jobs`).
+pub use ferry_proto::msg::JobView;
+use ferry_proto::msg::{FromNode, NodeStats, NodeView, ProcKind, ToNode};
 use ferry_proto::{Addr, Conn, FrameError, FrameReader, Stream, WorkerId};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -264,6 +266,49 @@ impl Client {
                     return Err(ClientError::LostJob { addr: self.addr.clone(), job, name: name.to_string(), source })
                 }
             }
+        }
+    }
+
+    /// Starts the binary of content hash `hash` as a job named `name` and returns once it
+    /// runs (its id and pid), leaving it running: what it prints goes to its log only.
+    pub fn start_job(&mut self, hash: &str, name: &str, args: &[String]) -> Result<(u64, u32), ClientError> {
+        let req = self.req();
+        self.send(&ToNode::SubmitJob { req, hash: hash.to_string(), name: name.to_string(), args: args.to_vec() })?;
+        self.answer(Duration::from_secs(30), |m| match m {
+            FromNode::JobStarted { req: r, job, pid } if r == req => Some(Ok((job, pid))),
+            // It could not start (no such binary, or spawning failed).
+            FromNode::JobEnded { job: 0, detail, .. } => Some(Err(detail)),
+            _ => None,
+        })?
+        .map_err(|reason| ClientError::Refused { addr: self.addr.clone(), reason })
+    }
+
+    /// Stops job `job` (`ferry job stop`): its process group gets SIGTERM, then SIGKILL.
+    pub fn stop_job(&mut self, job: u64) -> Result<(), ClientError> {
+        let req = self.req();
+        self.send(&ToNode::StopJob { req, job })?;
+        let refused = self.answer(ANSWER_WITHIN, |m| match m {
+            FromNode::Ack { req: r, error } if r == req => Some(error),
+            _ => None,
+        })?;
+        match refused {
+            None => Ok(()),
+            Some(reason) => Err(ClientError::Refused { addr: self.addr.clone(), reason }),
+        }
+    }
+
+    /// Job `job`'s log from byte `offset`: the bytes, the offset after them, and whether
+    /// the job has ended (so that nothing more will come).
+    pub fn job_log(&mut self, job: u64, offset: u64) -> Result<(Vec<u8>, u64, bool), ClientError> {
+        let req = self.req();
+        self.send(&ToNode::JobLogs { req, job, offset })?;
+        let got = self.answer(ANSWER_WITHIN, |m| match m {
+            FromNode::JobLog { req: r, data, next, ended, error } if r == req => Some((data, next, ended, error)),
+            _ => None,
+        })?;
+        match got {
+            (_, _, _, Some(reason)) => Err(ClientError::Refused { addr: self.addr.clone(), reason }),
+            (data, next, ended, None) => Ok((data, next, ended)),
         }
     }
 

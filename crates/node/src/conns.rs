@@ -160,6 +160,10 @@ pub(crate) fn serve_conn(node: Arc<Node>, stream: Stream, adm: Admission) {
             Ok(ToNode::SubmitJob { req, hash, name, args }) if node.is_registered(id) => {
                 node.submit_job(conn.clone(), req, &hash, &name, args)
             }
+            Ok(ToNode::StopJob { req, job }) if node.is_registered(id) => node.stop_job(&conn, req, job),
+            Ok(ToNode::JobLogs { req, job, offset }) if node.is_registered(id) => {
+                node.job_logs(&conn, req, job, offset)
+            }
             Ok(mut msg) => {
                 // A program named by hash is fetched (from the head) before the state is
                 // locked, so the daemon never waits on the network while holding it.

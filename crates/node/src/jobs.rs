@@ -7,6 +7,12 @@
 //! that the program it registers carries its hash), and streams what it prints back to
 //! `ferry submit` until it exits.
 //!
+//! Each job runs in a process group of its own; what it prints also goes to its log,
+//! `job-logs/job-N.log` in the head's state directory (or session directory), private,
+//! read by `JobLogs` (`ferry job logs`). `StopJob` sends the group SIGTERM, then SIGKILL
+//! after [`STOP_GRACE`]: the driver going takes its workers, objects and non-detached
+//! actors with it (ownership's fate-sharing, as when any driver exits).
+//!
 //! Other nodes learn the program with its hash (a client's `Register`, `HostActor`): a node
 //! that has no file of that hash in its `bin` directory fetches it from the head once
 //! (`FetchBinary`), and its workers run that copy. Binaries are named by their hash, so a
@@ -16,6 +22,7 @@ use crate::{ConnId, Node, State};
 use ferry_proto::conn::{connect, Addr, Conn, Stream};
 use ferry_proto::msg::{FromNode, JobView, ProcKind, Program, ToNode};
 use ferry_proto::{FrameReader, WorkerId};
+use ferry_types::sync::MutexExt;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -25,6 +32,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The largest job binary accepted (an upload's size is announced before its bytes).
 const MAX_BINARY: u64 = 4 << 30;
+
+/// How long a stopped job has to exit after SIGTERM before its group gets SIGKILL
+/// (`FERRY_JOB_STOP_GRACE_MS` to change).
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// The most log bytes one `JobLog` answer carries.
+const LOG_CHUNK: u64 = 1 << 20;
 
 /// A SHA-256 in hex: anything else is refused (it becomes a file name).
 pub fn valid_hash(h: &str) -> bool {
@@ -175,6 +189,8 @@ impl Node {
         };
         let address = self.tcp_addr.map(|a| a.to_string()).unwrap_or_default();
         let mut cmd = std::process::Command::new(&path);
+        // Its own process group: `StopJob` ends it and whatever it started.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd.args(&args)
             .env("FERRY_ADDRESS", &address)
             .env("FERRY_TOKEN", &self.opts.token)
@@ -204,12 +220,20 @@ impl Node {
                 started_ms: now_ms(),
                 ended_ms: None,
                 code: None,
+                stopped: false,
             };
             self.record_job(&view);
             st.jobs.push(view);
             id
         };
         tracing::info!("job {job} started (pid {pid}, binary {})", &hash[..12]);
+        let log = match self.open_job_log(job) {
+            Ok(f) => Some(Arc::new(std::sync::Mutex::new(f))),
+            Err(e) => {
+                tracing::warn!("job {job}: its output is not logged: {e}");
+                None
+            }
+        };
         let _ = conn.send(&FromNode::JobStarted { req, job, pid });
         let mut pipes = Vec::new();
         if let Some(out) = child.stdout.take() {
@@ -222,12 +246,17 @@ impl Node {
             .into_iter()
             .map(|(stderr, mut pipe)| {
                 let conn = conn.clone();
+                let log = log.clone();
                 std::thread::spawn(move || {
                     let mut buf = vec![0u8; 64 << 10];
                     while let Ok(n) = pipe.read(&mut buf) {
                         if n == 0 {
                             break;
                         }
+                        if let Some(f) = &log {
+                            let _ = f.locked().write_all(&buf[..n]);
+                        }
+                        // The submitter may be gone (`--no-wait`, or it was stopped): the job goes on.
                         let _ = conn.send(&FromNode::JobOutput { job, stderr, data: buf[..n].to_vec() });
                     }
                 })
@@ -255,6 +284,90 @@ impl Node {
             tracing::info!("job {job} ended ({detail})");
             let _ = conn.send(&FromNode::JobEnded { job, code, detail });
         });
+    }
+
+    fn job_log_path(&self, job: u64) -> PathBuf {
+        let dir = self.opts.state_dir.as_ref().unwrap_or(&self.opts.session_dir);
+        dir.join("job-logs").join(format!("job-{job}.log"))
+    }
+
+    /// A new private log file for `job` (one left by an earlier head of the same id goes).
+    fn open_job_log(&self, job: u64) -> std::io::Result<std::fs::File> {
+        let path = self.job_log_path(job);
+        if let Some(dir) = path.parent() {
+            ferry_os::private_dir(dir)?;
+        }
+        let _ = std::fs::remove_file(&path);
+        ferry_os::create_private_file(&path)
+    }
+
+    /// `StopJob`: SIGTERM to the job's process group, SIGKILL after the grace period if it
+    /// has not ended by then.
+    pub(crate) fn stop_job(self: &Arc<Self>, conn: &Conn, req: u64, job: u64) {
+        let pid = {
+            let mut st = self.lock();
+            match st.jobs.iter_mut().find(|j| j.id == job) {
+                None => Err(format!("there is no job {job} on this head: `ferry job list` shows its jobs")),
+                Some(j) if j.ended_ms.is_some() => Err(format!("job {job} ({}) has ended already", j.name)),
+                Some(j) => {
+                    j.stopped = true;
+                    let (j, pid) = (j.clone(), j.pid);
+                    self.record_job(&j);
+                    Ok(pid)
+                }
+            }
+        };
+        let error = match pid {
+            Err(e) => Some(e),
+            Ok(pid) => {
+                tracing::info!("job {job}: stopping it (SIGTERM to its process group {pid})");
+                signal_group(pid, libc::SIGTERM);
+                let grace = std::env::var("FERRY_JOB_STOP_GRACE_MS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .map(Duration::from_millis)
+                    .unwrap_or(STOP_GRACE);
+                let node = Arc::downgrade(self);
+                let _ = std::thread::Builder::new().name("ferry-job-stop".into()).spawn(move || {
+                    std::thread::sleep(grace);
+                    // Only while the job has not ended: its group id is then still its own.
+                    let running = node
+                        .upgrade()
+                        .is_some_and(|n| n.lock().jobs.iter().any(|j| j.id == job && j.ended_ms.is_none()));
+                    if running {
+                        tracing::warn!("job {job} did not exit within {grace:?} of SIGTERM: SIGKILL");
+                        signal_group(pid, libc::SIGKILL);
+                    }
+                });
+                None
+            }
+        };
+        let _ = conn.send(&FromNode::Ack { req, error });
+    }
+
+    /// `JobLogs`: up to [`LOG_CHUNK`] bytes of the job's log from `offset`.
+    pub(crate) fn job_logs(&self, conn: &Conn, req: u64, job: u64, offset: u64) {
+        let ended = self.lock().jobs.iter().find(|j| j.id == job).map(|j| j.ended_ms.is_some());
+        let reply = match ended {
+            None => FromNode::JobLog {
+                req,
+                data: Vec::new(),
+                next: offset,
+                ended: true,
+                error: Some(format!("there is no job {job} on this head: `ferry job list` shows its jobs")),
+            },
+            Some(ended) => match read_from(&self.job_log_path(job), offset) {
+                Ok(data) => FromNode::JobLog { req, next: offset + data.len() as u64, data, ended, error: None },
+                Err(e) => FromNode::JobLog {
+                    req,
+                    data: Vec::new(),
+                    next: offset,
+                    ended: true,
+                    error: Some(format!("job {job}'s log cannot be read: {e}")),
+                },
+            },
+        };
+        let _ = conn.send(&reply);
     }
 
     /// `Jobs`.
@@ -286,4 +399,20 @@ impl Node {
             }
         }
     }
+}
+
+/// Sends `sig` to the process group `pgid` (a job's: its leader's pid).
+fn signal_group(pgid: u32, sig: i32) {
+    // SAFETY: a plain syscall on a process group this node started.
+    unsafe { libc::kill(-(pgid as i32), sig) };
+}
+
+/// Up to [`LOG_CHUNK`] bytes of the file from `offset` (none if it is shorter).
+fn read_from(path: &std::path::Path, offset: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Seek;
+    let mut f = std::fs::File::open(path)?;
+    f.seek(std::io::SeekFrom::Start(offset))?;
+    let mut data = Vec::new();
+    f.take(LOG_CHUNK).read_to_end(&mut data)?;
+    Ok(data)
 }

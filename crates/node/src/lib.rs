@@ -745,7 +745,9 @@ impl Node {
             | ToNode::FetchObject { .. }
             | ToNode::PutBinary { .. }
             | ToNode::FetchBinary { .. }
-            | ToNode::SubmitJob { .. } => {}
+            | ToNode::SubmitJob { .. }
+            | ToNode::StopJob { .. }
+            | ToNode::JobLogs { .. } => {}
         }
         Ok(())
     }

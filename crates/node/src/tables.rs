@@ -191,6 +191,7 @@ mod tests {
                 started_ms: 1,
                 ended_ms: None,
                 code: None,
+                stopped: false,
             };
             s.put_job(&job).unwrap();
             s.put_job(&JobView { ended_ms: Some(2), code: Some(0), ..job }).unwrap();

@@ -90,7 +90,13 @@ impl<R: Read> FrameReader<R> {
     pub fn read_raw(&mut self) -> Result<&[u8], FrameError> {
         let mut len = [0u8; 4];
         // A clean close before the first byte of a frame is `Closed`; in the middle, an error.
-        let n = self.inner.read(&mut len[..1])?;
+        let n = loop {
+            match self.inner.read(&mut len[..1]) {
+                // A signal handled in this process (a Ctrl-C a tool catches) is no error.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => break r?,
+            }
+        };
         if n == 0 {
             return Err(FrameError::Closed);
         }

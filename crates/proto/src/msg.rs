@@ -102,6 +102,8 @@ pub struct JobView {
     pub ended_ms: Option<u64>,
     /// The exit code (`None` while running or if a signal ended it).
     pub code: Option<i32>,
+    /// `ferry job stop` (or a Ctrl-C on its `ferry submit`) asked it to stop.
+    pub stopped: bool,
 }
 
 /// One node as the head sees it.
@@ -220,6 +222,12 @@ pub enum ToNode {
     SubmitJob { req: u64, hash: String, name: String, args: Vec<String> },
     /// The jobs started here (answered by `Jobs`).
     Jobs { req: u64 },
+    /// Stop job `job`: its process group is sent SIGTERM, then SIGKILL after a grace
+    /// period (answered by `Ack`; its submitter, if still there, gets `JobEnded`).
+    StopJob { req: u64, job: u64 },
+    /// Job `job`'s output (stdout and stderr as printed) from byte `offset` (answered by
+    /// `JobLog`, at most 1 MiB at a time).
+    JobLogs { req: u64, job: u64, offset: u64 },
     /// A write to the store failed for want of space on its filesystem (`ENOSPC`: a small
     /// `/dev/shm`, or other programs' files): spill until `bytes` fit there, then answer
     /// `Room` (with an error if nothing more can be spilled).
@@ -406,6 +414,16 @@ pub enum FromNode {
     Jobs {
         req: u64,
         jobs: Vec<JobView>,
+    },
+    /// The answer to `JobLogs`: the bytes from the offset asked, the offset after them, and
+    /// whether the job has ended (then there is no more than this).
+    JobLog {
+        req: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        next: u64,
+        ended: bool,
+        error: Option<String>,
     },
     /// The answer to `MakeRoom`.
     Room {

@@ -129,6 +129,7 @@ impl Runtime {
                 | FromNode::JobOutput { .. }
                 | FromNode::JobEnded { .. }
                 | FromNode::Jobs { .. }
+                | FromNode::JobLog { .. }
                 | FromNode::ControlAt { .. } => {}
             }
         }
