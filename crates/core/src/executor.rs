@@ -431,10 +431,8 @@ impl Executor {
         let _span = hosted.map(|h| tracing::debug_span!("actor", actor = ?h.id).entered());
         let reply = execute(rt, spec, hosted.map(|h| &h.instance));
         CURRENT.with(|c| c.set(None));
+        // (`set_running` stays until the next task: a worker submits nothing between tasks.)
         *self.running_task.locked() = None;
-        if hosted.is_none() {
-            rt.lock().set_running(None);
-        }
         let mut cancelled = self.cancelled.locked();
         if *cancelled == Some(spec.task) {
             *cancelled = None;
