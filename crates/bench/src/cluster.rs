@@ -284,7 +284,10 @@ pub fn job(address: &str) {
     let mut speeds = Vec::new();
     for _ in 0..5 {
         let r = produce::options().scheduling_strategy(on(other)).remote(GIB);
-        ferry::wait(std::slice::from_ref(&r), 1, None).unwrap();
+        // Ready where it was made, not yet here (as Ray's side, `fetch_local=False`): the
+        // transfer is what `get` times.
+        let opts = ferry::WaitOptions { num_ready: 1, timeout: None, fetch_local: false };
+        ferry::wait_with(std::slice::from_ref(&r), opts).unwrap();
         let t = Instant::now();
         let b = ferry::get_bytes(&r).unwrap();
         let dt = t.elapsed().as_secs_f64();
