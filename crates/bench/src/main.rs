@@ -7,6 +7,7 @@
 //! issues. Sizes and iteration counts follow ray_bench.py.
 
 mod cluster;
+mod observability;
 
 use ferry::prelude::*;
 use std::time::Instant;
@@ -699,6 +700,11 @@ fn main() {
             info(&format!("ferry {} cluster (namespace hosts)", env!("CARGO_PKG_VERSION")));
             return cluster::group();
         }
+        Some("__events_probe") => return observability::probe(),
+        Some("observability") => {
+            info(&format!("ferry {} observability (child processes, events off and on)", env!("CARGO_PKG_VERSION")));
+            return observability::group();
+        }
         Some("recovery") => {
             info(&format!("ferry {} recovery (namespace hosts)", env!("CARGO_PKG_VERSION")));
             return cluster::recovery_group();
@@ -708,7 +714,7 @@ fn main() {
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!(
             "usage: ferry-bench [GROUP...]   groups: {} (default: all of them)\n       ferry-bench cluster   \
-             (as root: builds network-namespace hosts, needs the `ferry` binary next to this one)",
+             (as root: builds network-namespace hosts, needs the `ferry` binary next to this one)\n       ferry-bench observability   (task events off and on, alternately, in child processes)",
             GROUPS.join(", ")
         );
         return;

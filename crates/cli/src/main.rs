@@ -8,6 +8,7 @@
 //! ferry stop   [--address H:P] [--token-file F] [--node-only]
 //! ferry submit [--address H:P] [--token-file F] [--no-wait] -- ./job args...
 //! ferry job submit|list|status ID|logs ID [--follow]|stop ID   (see `jobs`)
+//! ferry list tasks|jobs|nodes, ferry summary tasks, ferry get task ID   (see `state`)
 //! ```
 //! Drivers join with `ferry::init(Config::default().address("H:P"))` or `FERRY_ADDRESS`.
 //! The token comes from `--token-file`, `FERRY_TOKEN`, or the file `ferry start` wrote in this
@@ -15,6 +16,7 @@
 //! user of the host in the process list.
 
 mod jobs;
+mod state;
 
 use clap::{Args, Parser, Subcommand};
 use ferry_node::client::{stop_cluster, Client};
@@ -128,6 +130,21 @@ enum Cmd {
         #[command(subcommand)]
         cmd: jobs::JobCmd,
     },
+    /// List tasks, jobs or nodes (as `ray list`).
+    List {
+        #[command(subcommand)]
+        what: state::ListWhat,
+    },
+    /// Counts of tasks by function and state (as `ray summary`).
+    Summary {
+        #[command(subcommand)]
+        what: state::SummaryWhat,
+    },
+    /// One task in full (as `ray get`).
+    Get {
+        #[command(subcommand)]
+        what: state::GetWhat,
+    },
     /// Show the node's resources, workers, actors and store, every node of its cluster, and
     /// the jobs it ran.
     Status {
@@ -159,6 +176,9 @@ fn main() -> ExitCode {
             return exit_with(jobs::submit(&target, &command, no_wait));
         }
         Cmd::Job { cmd } => return exit_with(jobs::run(cmd)),
+        Cmd::List { what } => state::list(what),
+        Cmd::Summary { what } => state::summary(what),
+        Cmd::Get { what } => state::get(what),
         Cmd::Start {
             head,
             address,

@@ -12,6 +12,16 @@ use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(30);
 
+#[ferry::remote]
+fn double(x: u64) -> u64 {
+    2 * x
+}
+
+#[ferry::remote]
+fn broken() -> u64 {
+    panic!("broken on purpose")
+}
+
 #[ferry::actor]
 struct Keeper;
 
@@ -45,6 +55,14 @@ extern "C" fn job_entry() {
             std::process::exit(3);
         }
         Some("sleepy") => sleepy(),
+        Some("tasks") => {
+            ferry::init(ferry::Config::default()).unwrap();
+            let refs: Vec<_> = (0..5).map(double::remote).collect();
+            assert_eq!(ferry::get_all(&refs).unwrap(), vec![0, 2, 4, 6, 8]);
+            assert!(ferry::get(&broken::remote()).is_err());
+            ferry::shutdown();
+            std::process::exit(0);
+        }
         _ => std::process::exit(2),
     }
 }
@@ -69,8 +87,9 @@ fn sleepy() -> ! {
 fn start_head() -> Head {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
     cmd.args(["start", "--head", "--port", "0", "--num-cpus", "2", "--block"]);
-    // Stopping takes SIGKILL after this long if SIGTERM was not enough.
-    cmd.env("FERRY_JOB_STOP_GRACE_MS", "2000");
+    // Stopping takes SIGKILL after this long if SIGTERM was not enough; jobs record task
+    // events (they inherit the head's environment).
+    cmd.env("FERRY_JOB_STOP_GRACE_MS", "2000").env("FERRY_TASK_EVENTS", "1");
     Head::start(cmd, T).unwrap()
 }
 
@@ -223,4 +242,43 @@ fn ctrl_c_on_a_foreground_submit_stops_the_job_and_says_so() {
     assert!(err.contains("stopped after"), "{err}");
     assert!(!alive(job_pid), "the job's driver is gone");
     status_until(&head, "1", "job 1: stopped");
+}
+
+/// `ferry list tasks`, `ferry summary tasks` and `ferry get task` show a job's tasks, as
+/// `ray list tasks` / `ray summary tasks` / `ray get tasks` do.
+#[test]
+fn the_state_commands_show_a_jobs_tasks() {
+    let head = start_head();
+    let sub = ferry_at(&head, &["submit", "--", &exe(), "--ferry-test-job", "tasks"]);
+    assert!(sub.status.success(), "{}", text(&sub));
+    // Its tasks reach the history in batches: wait for the failed one.
+    let end = Instant::now() + T;
+    let failed = loop {
+        let out = ferry_at(&head, &["list", "tasks", "--filter", "state=failed", "--format", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if v["matched"] == 1 {
+            break v["tasks"][0].clone();
+        }
+        assert!(Instant::now() < end, "no failed task listed: {}", text(&out));
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(failed["info"]["name"], "broken", "{failed}");
+    let table = text(&ferry_at(&head, &["list", "tasks"]));
+    assert!(table.contains("TASK") && table.contains("double") && table.contains("finished"), "{table}");
+    assert!(table.contains("6 of 6 matching tasks shown"), "{table}");
+    let summary = text(&ferry_at(&head, &["summary", "tasks"]));
+    let row = summary.lines().find(|l| l.contains("::double")).unwrap_or_else(|| panic!("{summary}"));
+    assert!(row.split_whitespace().filter(|w| *w == "5").count() >= 2, "5 finished, 5 in all: {row}");
+    // One task in full, by the id the list gave.
+    let list = ferry_at(&head, &["list", "tasks", "--filter", "name=broken", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let t = &v["tasks"][0]["task"];
+    let id = format!("{:016x}{:016x}", t["owner"].as_u64().unwrap(), t["seq"].as_u64().unwrap());
+    let one = text(&ferry_at(&head, &["get", "task", &id]));
+    assert!(one.contains("failed") && one.contains("broken on purpose"), "{one}");
+    // Bad input says what is wrong.
+    let bad = ferry_at(&head, &["list", "tasks", "--filter", "state=sleeping"]);
+    assert!(!bad.status.success() && text(&bad).contains("is not a task state"), "{}", text(&bad));
+    let bad = ferry_at(&head, &["get", "task", "nope"]);
+    assert!(!bad.status.success() && text(&bad).contains("is not a task id"), "{}", text(&bad));
 }

@@ -58,6 +58,11 @@ pub struct Config {
     pub max_frame_bytes: u32,
     /// Default retries of a task whose worker dies. Default 3.
     pub default_max_retries: u32,
+    /// Record each task's changes of state (`ferry list tasks`, `ferry summary tasks`): sent
+    /// to the node in batches, off the task path. Env: `FERRY_TASK_EVENTS` (`1` turns it on).
+    /// Default off for now: it still costs the 20,000-task throughput about 15% on two cores
+    /// (`ferry-bench observability`), over the 3% it may cost to be on by default.
+    pub task_events: bool,
     /// Takes the errors of tasks whose every ref was dropped without a `get` (Ray's
     /// "unhandled errors"). Default: each is printed once on this process's standard error
     /// (in a worker, that reaches the driver's terminal).
@@ -88,6 +93,7 @@ impl std::fmt::Debug for Config {
             .field("idle_worker_timeout", &self.idle_worker_timeout)
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("default_max_retries", &self.default_max_retries)
+            .field("task_events", &self.task_events)
             .field("on_unhandled_error", &self.on_unhandled_error.as_ref().map(|_| "<fn>"))
             .finish()
     }
@@ -118,6 +124,7 @@ impl Default for Config {
             max_frame_bytes: ferry_proto::DEFAULT_MAX_FRAME,
             default_max_retries: defaults::MAX_RETRIES,
             on_unhandled_error: None,
+            task_events: env_str("FERRY_TASK_EVENTS").is_some_and(|v| v == "1" || v == "true"),
         }
     }
 }
@@ -171,6 +178,12 @@ impl Config {
         self
     }
 
+    /// Records task events or not (see the field).
+    pub fn task_events(mut self, on: bool) -> Self {
+        self.task_events = on;
+        self
+    }
+
     /// The CPUs the embedded node offers.
     pub fn cpus(&self) -> usize {
         self.num_cpus.unwrap_or_else(defaults::cpus)
@@ -183,6 +196,7 @@ impl Config {
             ("FERRY_INLINE_MAX_BYTES".into(), self.inline_max_bytes.to_string()),
             ("FERRY_MAX_TASKS_IN_FLIGHT".into(), self.max_tasks_in_flight_per_worker.to_string()),
             ("FERRY_LEASE_IDLE_MS".into(), self.lease_idle_timeout.as_millis().to_string()),
+            ("FERRY_TASK_EVENTS".into(), if self.task_events { "1" } else { "0" }.into()),
         ]
     }
 }

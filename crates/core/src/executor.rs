@@ -18,6 +18,7 @@ use ferry_proto::conn::Conn;
 use ferry_proto::msg::{
     ActorId, ActorSpec, Arg, FromWorker, Return, StreamSpec, TaskError, TaskSpec, ToNode, ToWorker,
 };
+use ferry_proto::state::TaskState as SeenState;
 use ferry_proto::{ObjectId, Shape, TaskId, WorkerId};
 use ferry_types::sync::{CondvarExt, MutexExt};
 use serde::Serialize;
@@ -111,7 +112,8 @@ pub struct Returned {
 impl Returned {
     /// The reply for `task`, and the caller's objects this worker holds once more.
     fn into_reply(self, task: TaskId) -> (FromWorker, Vec<ObjectId>) {
-        let done = FromWorker::Done { task, returns: self.values, contained: self.contained, actors: self.actors };
+        let done =
+            FromWorker::Done { task, returns: self.values, contained: self.contained, actors: self.actors, ran: None };
         (done, self.retained)
     }
 }
@@ -428,8 +430,12 @@ impl Executor {
         if spec.stream.is_some() {
             CONN.with(|c| *c.borrow_mut() = Some(conn.clone()));
         }
+        let started = rt.started(spec.task, spec.attempt);
         let _span = hosted.map(|h| tracing::debug_span!("actor", actor = ?h.id).entered());
-        let reply = execute(rt, spec, hosted.map(|h| &h.instance));
+        let mut reply = execute(rt, spec, hosted.map(|h| &h.instance));
+        if let (Some(start), FromWorker::Done { ran, .. }) = (started, &mut reply.0) {
+            *ran = Some((start, rt.ended()));
+        }
         CURRENT.with(|c| c.set(None));
         // (`set_running` stays until the next task: a worker submits nothing between tasks.)
         *self.running_task.locked() = None;
@@ -576,7 +582,10 @@ impl Executor {
     /// CPU is free, and sends unstarted tasks back to their owners. Returns a guard that takes
     /// the CPU back when dropped; `None` if this thread runs no task.
     pub fn enter_blocked(&self, node: &Arc<Conn>) -> Option<BlockedGuard> {
-        CURRENT.with(|c| c.get())?;
+        let running = CURRENT.with(|c| c.get())?;
+        if let Some(rt) = try_runtime() {
+            rt.note_running(running.task, running.attempt, SeenState::Blocked);
+        }
         let mut q = self.lock();
         q.blocked += 1;
         if q.blocked == 1 && self.actor.get().is_some() {
@@ -590,7 +599,7 @@ impl Executor {
             hand_back(queued);
             let _ = node.send(&ToNode::Blocked);
         }
-        Some(BlockedGuard { exec: self, node: node.clone() })
+        Some(BlockedGuard { exec: self, node: node.clone(), running })
     }
 }
 
@@ -618,12 +627,16 @@ pub fn cancelled_now() -> bool {
 pub(crate) struct BlockedGuard {
     exec: *const Executor,
     node: Arc<Conn>,
+    running: Running,
 }
 
 impl Drop for BlockedGuard {
     fn drop(&mut self) {
         // SAFETY: the executor lives for the whole process (in the runtime, a static).
         let exec = unsafe { &*self.exec };
+        if let Some(rt) = try_runtime() {
+            rt.note_running(self.running.task, self.running.attempt, SeenState::Running);
+        }
         let mut q = exec.lock();
         q.blocked -= 1;
         if q.blocked == 0 {

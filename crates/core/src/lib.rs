@@ -25,6 +25,7 @@ mod refs;
 pub mod registry;
 mod runtime;
 mod session;
+pub mod state;
 mod stream;
 mod task;
 mod why;

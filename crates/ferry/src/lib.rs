@@ -26,6 +26,8 @@
 mod embed;
 pub mod testing;
 
+pub use ferry_core::state;
+
 pub use ferry_core::{
     block_on, cancel, cancel_with, exit_actor, free, get, get_all, get_async, get_bytes, get_timeout, is_cancelled,
     kill, shutdown, wait, wait_with, Actor, ActorHandle, ActorId, ActorOptions, ActorOptionsBuilder, ActorProxy, Bytes,

@@ -7,7 +7,10 @@ use ferry_proto::conn::{connect, ConnectError};
 /// A job as the head keeps it (`Client::jobs`).
 pub use ferry_proto::msg::JobView;
 use ferry_proto::msg::{FromNode, NodeStats, NodeView, ProcKind, ToNode};
+/// The task history's types (`ferry list tasks`).
+pub use ferry_proto::state::{HistoryStats, TaskFilter, TaskRecord, TaskState, TaskSummaryRow};
 use ferry_proto::{Addr, Conn, FrameError, FrameReader, Stream, WorkerId};
+pub use ferry_proto::{NodeId, TaskId, WorkerId as JobId};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -83,12 +86,23 @@ pub struct JobEnd {
 impl Client {
     /// Connects to the node at `address` (`HOST:PORT`) with `token`, as a tool.
     pub fn connect(address: &str, token: &str) -> Result<Client, ClientError> {
-        let me = WorkerId(ferry_types::random_u64());
         // A node of this user on this host is reached through its Unix socket.
         let to = match local::local_socket(address).map_err(ClientError::Local)? {
             Some(sock) => Addr::Unix(sock),
             None => Addr::Tcp(address.to_string()),
         };
+        Self::connect_to(to, address, token)
+    }
+
+    /// Connects over TCP whatever this host's links say: for an address a node named (its
+    /// control store's), where a link left by an earlier process on the same port must not
+    /// stand in the way. The handshake proves the token without sending it.
+    pub fn connect_tcp(address: &str, token: &str) -> Result<Client, ClientError> {
+        Self::connect_to(Addr::Tcp(address.to_string()), address, token)
+    }
+
+    fn connect_to(to: Addr, address: &str, token: &str) -> Result<Client, ClientError> {
+        let me = WorkerId(ferry_types::random_u64());
         let addr = address.to_string();
         let (conn, rx, _) = connect(&to, token, me, ferry_proto::DEFAULT_MAX_FRAME)
             .map_err(|source| ClientError::Unreachable { addr: addr.clone(), source })?;
@@ -310,6 +324,35 @@ impl Client {
             (_, _, _, Some(reason)) => Err(ClientError::Refused { addr: self.addr.clone(), reason }),
             (data, next, ended, None) => Ok((data, next, ended)),
         }
+    }
+
+    /// The tasks of the history this node keeps that match (`None`: it keeps none, its
+    /// control store does).
+    pub fn list_tasks(
+        &mut self,
+        filter: &ferry_proto::state::TaskFilter,
+        limit: u32,
+    ) -> Result<Option<(Vec<ferry_proto::state::TaskRecord>, u64, ferry_proto::state::HistoryStats)>, ClientError> {
+        let req = self.req();
+        self.send(&ToNode::ListTasks { req, filter: filter.clone(), limit })?;
+        self.answer(ANSWER_WITHIN, |m| match m {
+            FromNode::Tasks { req: r, tasks, matched, stats } if r == req => Some(stats.map(|s| (tasks, matched, s))),
+            _ => None,
+        })
+    }
+
+    /// Tasks by function and state, from the history this node keeps (`None`: it keeps none).
+    #[allow(clippy::type_complexity)]
+    pub fn summarize_tasks(
+        &mut self,
+        job: Option<WorkerId>,
+    ) -> Result<Option<(Vec<ferry_proto::state::TaskSummaryRow>, ferry_proto::state::HistoryStats)>, ClientError> {
+        let req = self.req();
+        self.send(&ToNode::SummarizeTasks { req, job })?;
+        self.answer(ANSWER_WITHIN, |m| match m {
+            FromNode::TaskSummary { req: r, rows, stats } if r == req => Some(stats.map(|s| (rows, s))),
+            _ => None,
+        })
     }
 
     /// Asks the node to stop and waits (at most `within`) until it has: it closes every

@@ -27,6 +27,7 @@ mod actors;
 pub mod client;
 mod conns;
 pub mod control;
+pub mod history;
 pub mod jobs;
 pub mod launch;
 mod members;
@@ -161,6 +162,8 @@ struct State {
     placing: Placing,
     /// Jobs started with `ferry submit` (on a head).
     jobs: Vec<JobView>,
+    /// The cluster's task history, if this node keeps it (see [`history`]).
+    history: history::TaskHistory,
     /// Connections with messages queued while the state was locked: written once it is
     /// released (see [`StateGuard`]).
     outbox: std::cell::RefCell<Vec<Arc<Conn>>>,
@@ -448,6 +451,12 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
                 rand: ferry_proto::ids::random_u64(),
             },
             jobs: Vec::new(),
+            history: history::TaskHistory::new(
+                std::env::var("FERRY_TASK_HISTORY_PER_JOB")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(history::DEFAULT_PER_JOB),
+            ),
             outbox: Default::default(),
         }),
         opts,
@@ -715,6 +724,9 @@ impl Node {
             | ToNode::ClusterStatus { .. }
             | ToNode::ControlAddress { .. }) => self.on_cluster(st, conn, m),
             m @ (ToNode::HaveBinary { .. } | ToNode::Jobs { .. } | ToNode::StopNode) => self.on_jobs(st, conn, m),
+            m @ (ToNode::TaskEvents { .. } | ToNode::ListTasks { .. } | ToNode::SummarizeTasks { .. }) => {
+                self.on_history(st, conn, m)
+            }
             m @ (ToNode::RequestLease { .. }
             | ToNode::ReturnLease { .. }
             | ToNode::Blocked

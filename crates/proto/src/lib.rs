@@ -21,6 +21,7 @@ pub mod ids;
 pub mod layout;
 pub mod listen;
 pub mod msg;
+pub mod state;
 
 pub use conn::{Addr, Conn, Stream};
 pub use ferry_types::{ActorId, NodeId, ObjectId, Placement, Shape, TaskId, WorkerId, CPU};

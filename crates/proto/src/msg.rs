@@ -228,6 +228,19 @@ pub enum ToNode {
     /// Job `job`'s output (stdout and stderr as printed) from byte `offset` (answered by
     /// `JobLog`, at most 1 MiB at a time).
     JobLogs { req: u64, job: u64, offset: u64 },
+    /// Task events from a process of this node (or, from a member, of its processes), with
+    /// how many its buffer dropped: kept by the cluster's history (the control store's, or a
+    /// node's own outside a cluster), to which a member passes them on.
+    TaskEvents {
+        #[serde(with = "serde_bytes")]
+        batch: Vec<u8>,
+        dropped: u64,
+    },
+    /// The tasks of the history that match, newest first, at most `limit` (answered by
+    /// `Tasks`).
+    ListTasks { req: u64, filter: crate::state::TaskFilter, limit: u32 },
+    /// Counts of tasks by function and state (answered by `TaskSummary`).
+    SummarizeTasks { req: u64, job: Option<WorkerId> },
     /// A write to the store failed for want of space on its filesystem (`ENOSPC`: a small
     /// `/dev/shm`, or other programs' files): spill until `bytes` fit there, then answer
     /// `Room` (with an error if nothing more can be spilled).
@@ -414,6 +427,20 @@ pub enum FromNode {
     Jobs {
         req: u64,
         jobs: Vec<JobView>,
+    },
+    /// The answer to `ListTasks`: the records, how many matched in all, and the history's
+    /// own figures (`None`: this node keeps no history: ask its control store).
+    Tasks {
+        req: u64,
+        tasks: Vec<crate::state::TaskRecord>,
+        matched: u64,
+        stats: Option<crate::state::HistoryStats>,
+    },
+    /// The answer to `SummarizeTasks`.
+    TaskSummary {
+        req: u64,
+        rows: Vec<crate::state::TaskSummaryRow>,
+        stats: Option<crate::state::HistoryStats>,
     },
     /// The answer to `JobLogs`: the bytes from the offset asked, the offset after them, and
     /// whether the job has ended (then there is no more than this).
@@ -692,6 +719,8 @@ pub enum FromWorker {
         /// Actors whose handles are inside the return value (with their labels): the daemon
         /// already counts the caller as holding each once more, for the value.
         actors: Vec<(ActorId, String)>,
+        /// When it started and ended on the worker (Unix microseconds), if task events are on.
+        ran: Option<(u64, u64)>,
     },
     Failed {
         task: TaskId,

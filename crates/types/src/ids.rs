@@ -72,6 +72,32 @@ impl fmt::Debug for TaskId {
         write!(f, "T{self}")
     }
 }
+/// A task id as it is displayed (32 hex digits: its owner's, then its sequence number's).
+impl std::str::FromStr for TaskId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<TaskId, String> {
+        let s = s.trim().trim_start_matches('T');
+        let bad = || format!("{s:?} is not a task id: it has 32 hex digits, as `ferry list tasks` shows them");
+        if s.len() != 32 || !s.is_ascii() {
+            return Err(bad());
+        }
+        let owner = u64::from_str_radix(&s[..16], 16).map_err(|_| bad())?;
+        let seq = u64::from_str_radix(&s[16..], 16).map_err(|_| bad())?;
+        Ok(TaskId { owner: WorkerId(owner), seq })
+    }
+}
+
+/// A process (or job) id as it is displayed (16 hex digits).
+impl std::str::FromStr for WorkerId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<WorkerId, String> {
+        let s = s.trim().trim_start_matches('W');
+        u64::from_str_radix(s, 16)
+            .map(WorkerId)
+            .map_err(|_| format!("{s:?} is not a job or worker id: it has 16 hex digits, as `ferry list` shows them"))
+    }
+}
+
 /// The display form is also the object's file name in the store, so it is fixed-width hex.
 impl fmt::Display for ObjectId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

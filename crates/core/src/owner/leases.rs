@@ -60,6 +60,7 @@ impl OwnerState {
                 t.state = TaskState::Queued;
                 self.classes[t.class].queue.push_front(task);
                 classes.push(t.class);
+                self.note_waiting(task, fx);
             }
         }
         classes.dedup();
@@ -241,6 +242,7 @@ impl OwnerState {
                 t.state = TaskState::Queued;
                 self.classes[t.class].queue.push_front(task);
                 classes.push(t.class);
+                self.note(task, ferry_proto::state::TaskState::WaitingForWorker, true, fx);
             } else {
                 let name = t.name.to_string();
                 let node = match t.state {

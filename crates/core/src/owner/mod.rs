@@ -33,6 +33,7 @@ mod actors;
 mod borrow;
 #[cfg(test)]
 mod borrow_model;
+pub(crate) mod events;
 mod leases;
 mod lineage;
 #[cfg(test)]
@@ -143,6 +144,8 @@ pub(crate) enum Daemon {
 pub(crate) struct Inside {
     pub refs: Vec<ObjectId>,
     pub actors: Vec<(ActorId, String)>,
+    /// When it ran on its worker (start, end; Unix microseconds), if the worker says.
+    pub ran: Option<(u64, u64)>,
 }
 
 /// What travels inside a value and must stay alive with it: actor handles (held at the
@@ -216,6 +219,11 @@ pub(crate) struct OwnerState {
     streams: HashMap<TaskId, stream::StreamState>,
     /// In a worker, the task it runs now (not an actor's): the parent of what it submits.
     running: Option<TaskId>,
+    /// Whether task events are noted, the notes not yet taken, and the time changes happen
+    /// at now (see [`events`]).
+    task_events: bool,
+    notes: Vec<events::Note>,
+    now_us: u64,
 }
 
 #[derive(Debug)]
@@ -546,6 +554,9 @@ impl OwnerState {
             next_failure_waiter: 1,
             streams: HashMap::default(),
             running: None,
+            task_events: false,
+            notes: Vec::new(),
+            now_us: 0,
         }
     }
 

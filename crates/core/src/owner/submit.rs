@@ -2,6 +2,7 @@
 //! tasks to leases in batches, replies, failures and retries, cancellation.
 
 use super::*;
+use ferry_proto::state::TaskState as Seen;
 
 impl OwnerState {
     pub(super) fn next_id(&mut self) -> TaskId {
@@ -145,6 +146,8 @@ impl OwnerState {
                 parent: self.running,
             },
         );
+        let seen = if waiting > 0 { Seen::WaitingForArgs } else { Seen::WaitingForWorker };
+        self.note(task, seen, true, fx);
         (task, ret, failed.or_else(|| self.stopped.clone()))
     }
 
@@ -187,6 +190,7 @@ impl OwnerState {
                         if let Some(t) = self.tasks.get_mut(&task) {
                             t.state = TaskState::Pushed { lease: lease_id, worker };
                         }
+                        self.note(task, Seen::Pushed, false, fx);
                         batch.push(spec);
                     }
                     Err(e) => {
@@ -367,6 +371,8 @@ impl OwnerState {
             None => {}
         }
         self.task_over(&t, fx);
+        let seen = if matches!(err, Error::Cancelled { .. }) { Seen::Cancelled } else { Seen::Failed };
+        self.note_end(&t, seen, Some(&err), fx);
         if t.stream.is_some() {
             self.end_stream(task, Some(err.clone()));
         }
@@ -421,6 +427,13 @@ impl OwnerState {
             self.returned_actors(ObjectId::default(), inside.actors, fx);
             return;
         };
+        self.note_end(&t, Seen::Finished, None, fx);
+        if let (Some((start, end)), true) = (inside.ran, self.task_events) {
+            if let Some(n) = self.notes.last_mut() {
+                n.started_us = Some(start);
+                n.at_us = end;
+            }
+        }
         if t.stream.is_some() {
             // Its values came before (`on_streamed`); the reply only ends it.
             self.unpin_all(contained, fx);
@@ -523,8 +536,10 @@ impl OwnerState {
                 self.retries += 1;
                 t.state = TaskState::Queued;
                 let class = t.class;
-                self.classes[class].queue.push_back(t.ret.task);
-                self.tasks.insert(t.ret.task, t);
+                let task = t.ret.task;
+                self.classes[class].queue.push_back(task);
+                self.tasks.insert(task, t);
+                self.note(task, Seen::WaitingForWorker, true, fx);
                 self.pump(class, fx);
                 return;
             }
@@ -539,6 +554,8 @@ impl OwnerState {
         };
         self.task_over(&t, fx);
         let err = Error::from_task(&t.name, err);
+        let seen = if matches!(err, Error::Cancelled { .. }) { Seen::Cancelled } else { Seen::Failed };
+        self.note_end(&t, seen, Some(&err), fx);
         let ran_on = match t.state {
             TaskState::Pushed { lease, worker } => (Some(worker), self.leases.get(&lease).map(|l| l.node)),
             _ => (None, None),
@@ -579,7 +596,9 @@ impl OwnerState {
                 t.cancelled = true;
                 fx.to_workers.push((worker, ToWorker::Cancel { task, force, recursive }));
                 let rets: Vec<ObjectId> = t.rets().collect();
-                if t.stream.is_some() {
+                let stream = t.stream.is_some();
+                self.note(task, Seen::Cancelled, false, fx);
+                if stream {
                     self.end_stream(task, Some(Error::Cancelled { task: name.clone() }));
                 }
                 for r in rets {

@@ -266,6 +266,8 @@ impl OwnerState {
                         *n -= 1;
                         if *n == 0 {
                             t.state = TaskState::Queued;
+                            self.note_waiting(d, fx);
+                            let Some(t) = self.tasks.get(&d) else { continue };
                             match t.actor {
                                 // Actor calls keep their place in the actor's queue.
                                 Some(a) => self.pump_actor(a, fx),

@@ -109,7 +109,11 @@ impl Runtime {
                         st.drop_view(id);
                     }
                 }),
-                FromNode::Inventory { req, .. } | FromNode::Cluster { req, .. } => self.answer_call(req, msg),
+                FromNode::Inventory { req, .. }
+                | FromNode::Cluster { req, .. }
+                | FromNode::Tasks { req, .. }
+                | FromNode::TaskSummary { req, .. }
+                | FromNode::ControlAt { req, .. } => self.answer_call(req, msg),
                 // Nothing runs on other nodes yet (issue 5's scheduling).
                 FromNode::NodeDied { node: dead, .. } => self.node_died(dead),
                 FromNode::Log { node, stderr, lines } => print_log(node != self.node_id, node, stderr, &lines),
@@ -129,8 +133,7 @@ impl Runtime {
                 | FromNode::JobOutput { .. }
                 | FromNode::JobEnded { .. }
                 | FromNode::Jobs { .. }
-                | FromNode::JobLog { .. }
-                | FromNode::ControlAt { .. } => {}
+                | FromNode::JobLog { .. } => {}
             }
         }
     }

@@ -31,6 +31,7 @@
 
 use ferry_types::sync::{CondvarExt, MutexExt};
 mod daemon;
+mod events;
 mod objects;
 pub(crate) use objects::cancelled_here;
 mod peers;
@@ -147,6 +148,8 @@ pub(crate) struct Runtime {
     executor: Option<Arc<Executor>>,
     embedded: Mutex<Option<Box<dyn crate::session::EmbeddedNode>>>,
     running: AtomicBool,
+    /// Task events not yet sent to the node (see [`events`]).
+    events: Mutex<events::EventBuf>,
     /// Would stop the accept loops (they live as long as the process).
     wakes: Mutex<Vec<StopLoop>>,
 }
@@ -212,6 +215,7 @@ impl Runtime {
             max_pending_requests: cfg.max_pending_lease_requests.max(1),
             max_lineage_bytes: cfg.max_lineage_bytes,
         };
+        let task_events = cfg.task_events;
         let rt = Runtime {
             me: id.me,
             node_id,
@@ -229,7 +233,11 @@ impl Runtime {
             cluster: Mutex::new(Vec::new()),
             node_calls: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(1),
-            state: Mutex::new(OwnerState::new(id.me, node_id, limits)),
+            state: Mutex::new({
+                let mut st = OwnerState::new(id.me, node_id, limits);
+                st.set_task_events(task_events);
+                st
+            }),
             peers: Default::default(),
             inbound_conns: Mutex::new(HashMap::new()),
             peer_calls: Mutex::new(HashMap::new()),
@@ -238,6 +246,7 @@ impl Runtime {
             executor,
             embedded: Mutex::new(embedded),
             running: AtomicBool::new(true),
+            events: Default::default(),
             wakes: Mutex::new(Vec::new()),
         };
         if RUNTIME.set(rt).is_err() {
@@ -373,7 +382,11 @@ impl Runtime {
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, OwnerState> {
-        self.state.locked()
+        // The time task changes under this lock happen at (read before taking it).
+        let now = if self.cfg.task_events { events::now_us() } else { 0 };
+        let mut st = self.state.locked();
+        st.set_now_us(now);
+        st
     }
 
     /// Carries out the effects of a state change (after the lock is released).
@@ -481,6 +494,7 @@ impl Runtime {
                     st.num_leases() > 0
                 });
             }
+            self.flush_task_events();
         }
     }
 
@@ -488,6 +502,8 @@ impl Runtime {
         if !self.running.swap(false, Ordering::AcqRel) {
             return;
         }
+        // What happened last is recorded too.
+        self.flush_task_events();
         self.with_state(|st, fx| {
             st.fail_all(Error::NotRunning { detail: "ferry::shutdown was called while it was pending".into() }, fx)
         });

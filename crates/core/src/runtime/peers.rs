@@ -57,13 +57,13 @@ impl Runtime {
     pub(super) fn worker_reader(&'static self, worker: WorkerId, mut reader: FrameReader<Stream>) {
         let reason = loop {
             match reader.read::<FromWorker>() {
-                Ok(FromWorker::Done { task, returns, contained, actors }) => {
-                    let inside = crate::owner::Inside { refs: contained, actors };
+                Ok(FromWorker::Done { task, returns, contained, actors, ran }) => {
+                    let inside = crate::owner::Inside { refs: contained, actors, ran };
                     let now = Instant::now();
                     self.with_state(|st, fx| st.on_done(task, returns, inside, now, fx))
                 }
                 Ok(FromWorker::Streamed { task, index, value, contained, actors }) => {
-                    let inside = crate::owner::Inside { refs: contained, actors };
+                    let inside = crate::owner::Inside { refs: contained, actors, ran: None };
                     self.with_state(|st, fx| st.on_streamed(task, index, value, inside, fx))
                 }
                 Ok(FromWorker::Failed { task, error }) => {

@@ -1,0 +1,351 @@
+//! `ferry list`, `ferry summary`, `ferry get`: the cluster's state for people (as Ray's
+//! `ray list|summary|get`), from the task history its control store keeps and the head's
+//! views of nodes and jobs. Tables by default, JSON with `--format json`.
+
+use crate::Target;
+use clap::{Subcommand, ValueEnum};
+use ferry_node::client::{Client, HistoryStats, JobId, NodeId, TaskFilter, TaskId, TaskRecord, TaskState};
+use std::time::{Duration, UNIX_EPOCH};
+
+#[derive(Clone, Copy, Default, ValueEnum)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum ListWhat {
+    /// Tasks (and actor calls), newest first: id, state, function, job, node, attempt, times.
+    Tasks {
+        #[command(flatten)]
+        target: Target,
+        /// Only those with KEY=VALUE; keys: state, job, name (part of the function or name),
+        /// node, task. May be given several times.
+        #[arg(long = "filter", value_name = "KEY=VALUE")]
+        filters: Vec<String>,
+        /// At most this many (default 100).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Every field, not just the main ones.
+        #[arg(long)]
+        detail: bool,
+        /// Table or JSON.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Jobs the head ran.
+    Jobs {
+        #[command(flatten)]
+        target: Target,
+        /// Table or JSON.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// The cluster's nodes.
+    Nodes {
+        #[command(flatten)]
+        target: Target,
+        /// Table or JSON.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SummaryWhat {
+    /// Tasks by function and state: exact counts, even where records were dropped.
+    Tasks {
+        #[command(flatten)]
+        target: Target,
+        /// Only this job's (its id, as `ferry list tasks` shows it).
+        #[arg(long)]
+        job: Option<String>,
+        /// Table or JSON.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum GetWhat {
+    /// One task, every field.
+    Task {
+        #[command(flatten)]
+        target: Target,
+        /// The task's id (32 hex digits, as `ferry list tasks` shows it).
+        id: String,
+        /// Table or JSON.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+/// The client of whatever keeps the task history: the node at the target, or its cluster's
+/// control store.
+fn history(target: &Target) -> Result<Client, String> {
+    let (mut client, token) = target.connect()?;
+    if client.list_tasks(&TaskFilter::default(), 0).map_err(|e| e.to_string())?.is_some() {
+        return Ok(client);
+    }
+    let control = client
+        .control_address()
+        .map_err(|e| e.to_string())?
+        .ok_or("the node keeps no task history and names no control store")?;
+    Client::connect(&control, &token)
+        .or_else(|_| Client::connect_tcp(&control, &token))
+        .map_err(|e| format!("cannot reach the control store at {control}: {e}"))
+}
+
+fn parse_filter(filters: &[String]) -> Result<TaskFilter, String> {
+    let mut f = TaskFilter::default();
+    for kv in filters {
+        let (k, v) = kv.split_once('=').ok_or_else(|| format!("filter {kv:?} is not KEY=VALUE"))?;
+        match k.trim() {
+            "state" => {
+                let names: Vec<&str> = TaskState::ALL.iter().map(|s| s.name()).collect();
+                f.state = Some(
+                    TaskState::parse(v)
+                        .ok_or_else(|| format!("{v:?} is not a task state: one of {}", names.join(", ")))?,
+                )
+            }
+            "job" => f.job = Some(v.parse::<JobId>()?),
+            "name" | "function" => f.name = Some(v.to_string()),
+            "node" => {
+                f.node = Some(NodeId(
+                    u64::from_str_radix(v.trim(), 16).map_err(|_| format!("{v:?} is not a node id (16 hex digits)"))?,
+                ))
+            }
+            "task" | "id" => f.task = Some(v.parse::<TaskId>()?),
+            other => return Err(format!("cannot filter tasks by {other:?}: use state, job, name, node or task")),
+        }
+    }
+    Ok(f)
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<(), String> {
+    println!("{}", serde_json::to_string_pretty(v).map_err(|e| e.to_string())?);
+    Ok(())
+}
+
+/// Unix microseconds as a UTC time of day with milliseconds.
+fn time(us: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_micros(us);
+    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    format!("{:02}:{:02}:{:02}.{:03}", secs / 3600 % 24, secs / 60 % 60, secs % 60, us / 1000 % 1000)
+}
+
+fn dropped_note(s: &HistoryStats) -> Option<String> {
+    (s.dropped_records > 0 || s.dropped_events > 0).then(|| {
+        format!(
+            "note: the history keeps {} records per job; {} older records were dropped (their counts stay in \
+             `ferry summary tasks`), and {} events were dropped before they reached it",
+            s.per_job_limit, s.dropped_records, s.dropped_events
+        )
+    })
+}
+
+/// The printable form of a name that came over the network.
+fn clean(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
+pub fn list(what: ListWhat) -> Result<(), String> {
+    match what {
+        ListWhat::Tasks { target, filters, limit, detail, format } => {
+            let filter = parse_filter(&filters)?;
+            let mut c = history(&target)?;
+            let (tasks, matched, stats) = c
+                .list_tasks(&filter, limit)
+                .map_err(|e| e.to_string())?
+                .ok_or("the control store keeps no task history")?;
+            if let Format::Json = format {
+                return json(&serde_json::json!({ "tasks": tasks, "matched": matched, "history": stats }));
+            }
+            print_tasks(&tasks, detail);
+            println!("{} of {matched} matching tasks shown", tasks.len());
+            if let Some(n) = dropped_note(&stats) {
+                println!("{n}");
+            }
+            Ok(())
+        }
+        ListWhat::Jobs { target, format } => {
+            let (mut c, _) = target.connect()?;
+            let jobs = c.jobs().map_err(|e| e.to_string())?;
+            match format {
+                Format::Json => json(&jobs),
+                Format::Table => crate::jobs::run(crate::jobs::JobCmd::List { target }).map(|_| ()),
+            }
+        }
+        ListWhat::Nodes { target, format } => {
+            let (mut c, token) = target.connect()?;
+            let nodes = match c.control_view(&token).map_err(|e| e.to_string())? {
+                Some(n) => n,
+                None => c.cluster().map_err(|e| e.to_string())?.unwrap_or_default(),
+            };
+            let nodes: Vec<_> = nodes.into_iter().filter(|n| !n.head).collect();
+            if let Format::Json = format {
+                return json(&nodes);
+            }
+            println!(
+                "{:<17} {:<22} {:<6} {:<24} {:<24} {:>7} {:>7} {:>8}",
+                "NODE", "ADDRESS", "STATE", "TOTAL", "AVAILABLE", "WORKERS", "ACTORS", "OBJECTS"
+            );
+            for n in &nodes {
+                println!(
+                    "{:<17} {:<22} {:<6} {:<24} {:<24} {:>7} {:>7} {:>8}",
+                    n.node.to_string(),
+                    n.addr,
+                    if n.alive { "alive" } else { "dead" },
+                    n.total.to_string(),
+                    n.available.to_string(),
+                    n.workers,
+                    n.actors,
+                    n.objects
+                );
+            }
+            if nodes.is_empty() {
+                let stats = c.stats().map_err(|e| e.to_string())?;
+                println!(
+                    "(not in a cluster) node {} at {}: {} available of {}",
+                    stats.node.map(|n| n.to_string()).unwrap_or_default(),
+                    c.addr(),
+                    stats.available,
+                    stats.total
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_tasks(tasks: &[TaskRecord], detail: bool) {
+    if detail {
+        for t in tasks {
+            print_task(t);
+            println!();
+        }
+        return;
+    }
+    println!(
+        "{:<32} {:<18} {:<24} {:<16} {:<16} {:>3} {:<12} {:>9}",
+        "TASK", "STATE", "NAME", "JOB", "NODE", "TRY", "SUBMITTED", "RAN (ms)"
+    );
+    for t in tasks {
+        let ran = match (t.started_us, t.ended_us) {
+            (Some(s), Some(e)) => format!("{:.1}", e.saturating_sub(s) as f64 / 1000.0),
+            _ => "-".into(),
+        };
+        println!(
+            "{:<32} {:<18} {:<24} {:<16} {:<16} {:>3} {:<12} {:>9}",
+            t.task.to_string(),
+            t.state.name(),
+            clean(&t.info.name).chars().take(24).collect::<String>(),
+            t.info.job.to_string(),
+            t.node.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+            t.attempt,
+            time(t.submitted_us),
+            ran
+        );
+    }
+}
+
+fn print_task(t: &TaskRecord) {
+    println!("task {}: {}", t.task, t.state.name());
+    println!("  function:  {}", clean(&t.info.function));
+    println!("  name:      {}", clean(&t.info.name));
+    println!("  job:       {}", t.info.job);
+    if let Some(p) = t.info.parent {
+        println!("  parent:    {p}");
+    }
+    if let Some(a) = t.info.actor {
+        println!("  actor:     {a:?}{}", if t.info.creation { " (its creation)" } else { "" });
+    }
+    println!("  attempt:   {}", t.attempt);
+    println!("  node:      {}", t.node.map(|n| n.to_string()).unwrap_or_else(|| "-".into()));
+    println!("  worker:    {}", t.worker.map(|w| w.to_string()).unwrap_or_else(|| "-".into()));
+    println!("  submitted: {} UTC", time(t.submitted_us));
+    if let Some(s) = t.started_us {
+        println!("  started:   {} UTC", time(s));
+    }
+    if let Some(e) = t.ended_us {
+        println!("  ended:     {} UTC", time(e));
+    }
+    if let Some(e) = &t.error {
+        println!("  error:     {}", clean(e));
+    }
+}
+
+pub fn summary(what: SummaryWhat) -> Result<(), String> {
+    let SummaryWhat::Tasks { target, job, format } = what;
+    let job = job.map(|j| j.parse::<JobId>()).transpose()?;
+    let mut c = history(&target)?;
+    let (rows, stats) =
+        c.summarize_tasks(job).map_err(|e| e.to_string())?.ok_or("the control store keeps no task history")?;
+    if let Format::Json = format {
+        let rows: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                let counts: serde_json::Map<String, serde_json::Value> =
+                    TaskState::ALL.iter().map(|s| (s.name().to_string(), r.counts[s.index()].into())).collect();
+                serde_json::json!({ "job": r.job.to_string(), "function": r.function, "counts": counts })
+            })
+            .collect();
+        return json(&serde_json::json!({ "functions": rows, "history": stats }));
+    }
+    print!("{:<16} {:<40}", "JOB", "FUNCTION");
+    for s in TaskState::ALL {
+        print!(" {:>8}", short(s));
+    }
+    println!(" {:>8}", "TOTAL");
+    for r in &rows {
+        print!("{:<16} {:<40}", r.job.to_string(), clean(&r.function).chars().take(40).collect::<String>());
+        for s in TaskState::ALL {
+            print!(" {:>8}", r.counts[s.index()]);
+        }
+        println!(" {:>8}", r.counts.iter().sum::<u64>());
+    }
+    println!(
+        "history: {} records kept, at most {} per job, about {} KiB",
+        stats.records,
+        stats.per_job_limit,
+        stats.bytes / 1024
+    );
+    if let Some(n) = dropped_note(&stats) {
+        println!("{n}");
+    }
+    Ok(())
+}
+
+/// A state's column heading.
+fn short(s: TaskState) -> &'static str {
+    match s {
+        TaskState::WaitingForArgs => "ARGS",
+        TaskState::WaitingForWorker => "WAITING",
+        TaskState::Pushed => "PUSHED",
+        TaskState::Running => "RUNNING",
+        TaskState::Blocked => "BLOCKED",
+        TaskState::Finished => "FINISHED",
+        TaskState::Failed => "FAILED",
+        TaskState::Cancelled => "CANCEL",
+    }
+}
+
+pub fn get(what: GetWhat) -> Result<(), String> {
+    let GetWhat::Task { target, id, format } = what;
+    let task = id.parse::<TaskId>()?;
+    let mut c = history(&target)?;
+    let filter = TaskFilter { task: Some(task), ..Default::default() };
+    let (mut tasks, _, _) =
+        c.list_tasks(&filter, 1).map_err(|e| e.to_string())?.ok_or("the control store keeps no task history")?;
+    let t = tasks.pop().ok_or_else(|| {
+        format!("no task {task} in the history: it may not have been reported yet, or its record was dropped")
+    })?;
+    match format {
+        Format::Json => json(&t),
+        Format::Table => {
+            print_task(&t);
+            Ok(())
+        }
+    }
+}

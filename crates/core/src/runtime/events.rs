@@ -1,0 +1,187 @@
+//! Task events leave the process here. The owner table notes its tasks' changes (see
+//! `owner::events`; the time is set on each lock), the executor notes when the tasks it runs
+//! start and block; every tick the housekeeping thread takes both, folds each task's notes
+//! into one event, and sends them to the node as one encoded batch, off the task path. A
+//! buffer past its bound drops new notes and counts them: the history says how many it
+//! never got.
+
+use super::*;
+use crate::owner::events::Note;
+use ferry_proto::state::{EventBatch, TaskEvent, TaskState, What};
+use ferry_proto::TaskId;
+
+/// Notes from the executor, and room for the owner's next ones.
+#[derive(Default)]
+pub(crate) struct EventBuf {
+    worker: Vec<Note>,
+    spare: Vec<Note>,
+    dropped: u64,
+    /// The task this worker's main thread runs, since when, and whether its start was sent
+    /// (a task that ends within a tick reports its times in its reply instead).
+    running: Option<(TaskId, u32, u64, bool)>,
+}
+
+/// A task running longer than this is said to be running before it ends.
+const SAY_RUNNING_AFTER_US: u64 = 100_000;
+
+/// Most notes the executor keeps between two ticks.
+const MAX_BUFFERED: usize = 100_000;
+
+/// Now, in Unix microseconds.
+pub(crate) fn now_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+impl Runtime {
+    /// Notes, from the worker running it, that `task` (attempt `attempt`) is now `state`.
+    pub(crate) fn note_running(&self, task: TaskId, attempt: u32, state: TaskState) {
+        if !self.cfg.task_events {
+            return;
+        }
+        let n = Note {
+            task,
+            state,
+            attempt,
+            at_us: now_us(),
+            node: Some(self.node_id),
+            worker: Some(self.me),
+            info: None,
+            error: None,
+            started_us: (state == TaskState::Running).then(now_us),
+        };
+        let mut b = self.events.locked();
+        if b.worker.len() < MAX_BUFFERED {
+            b.worker.push(n);
+        } else {
+            b.dropped += 1;
+        }
+    }
+
+    /// A task starts on this worker: when (if task events are on).
+    pub(crate) fn started(&self, task: TaskId, attempt: u32) -> Option<u64> {
+        if !self.cfg.task_events {
+            return None;
+        }
+        let now = now_us();
+        self.events.locked().running = Some((task, attempt, now, false));
+        Some(now)
+    }
+
+    /// The task it started has ended: when.
+    pub(crate) fn ended(&self) -> u64 {
+        self.events.locked().running = None;
+        now_us()
+    }
+
+    /// Sends what was noted since the last call to the node now.
+    pub(crate) fn flush_task_events(&self) {
+        if !self.cfg.task_events {
+            return;
+        }
+        let (mut notes, worker, dropped) = {
+            let mut b = self.events.locked();
+            // A task running for a while is said to be running now.
+            if let Some((task, attempt, since, said)) = &mut b.running {
+                if !*said && now_us().saturating_sub(*since) >= SAY_RUNNING_AFTER_US {
+                    *said = true;
+                    let n = Note {
+                        task: *task,
+                        state: TaskState::Running,
+                        attempt: *attempt,
+                        at_us: *since,
+                        node: Some(self.node_id),
+                        worker: Some(self.me),
+                        info: None,
+                        error: None,
+                        started_us: Some(*since),
+                    };
+                    b.worker.push(n);
+                }
+            }
+            let spare = std::mem::take(&mut b.spare);
+            let owner = self.state.locked().take_notes(spare);
+            (owner, std::mem::take(&mut b.worker), std::mem::take(&mut b.dropped))
+        };
+        if notes.is_empty() && worker.is_empty() && dropped == 0 {
+            self.events.locked().spare = notes;
+            return;
+        }
+        let batch = fold(notes.drain(..).chain(worker));
+        // The owner's buffer keeps its room for the next tick.
+        self.events.locked().spare = notes;
+        let _ = self.node.send(&ToNode::TaskEvents { batch: batch.encode(), dropped });
+    }
+}
+
+/// Folds each task's notes (in the order they were made) into one event.
+fn fold(notes: impl Iterator<Item = Note>) -> EventBatch {
+    let mut batch = EventBatch::default();
+    let mut at: HashMap<TaskId, usize> = HashMap::new();
+    // What tasks are, by the identity of what the owner shares among them (its function's
+    // `&'static str` and name's `Arc`): one `What` made per kind of task, not per task.
+    let mut whats: HashMap<(usize, usize, u64, Option<u64>, bool), u32> = HashMap::new();
+    for n in notes {
+        let i = *at.entry(n.task).or_insert_with(|| {
+            batch.events.push(TaskEvent {
+                task: n.task,
+                state: n.state,
+                at_us: n.at_us,
+                attempt: n.attempt,
+                what: None,
+                parent: None,
+                submitted_us: None,
+                started_us: None,
+                node: None,
+                worker: None,
+                error: None,
+            });
+            batch.events.len() - 1
+        });
+        let e = &mut batch.events[i];
+        if n.attempt > e.attempt {
+            // A retry: what came before it is over.
+            *e = TaskEvent { attempt: n.attempt, started_us: None, error: None, ..e.clone() };
+            e.state = n.state;
+        }
+        if let Some(info) = n.info {
+            let key = (
+                info.function.as_ptr() as usize,
+                Arc::as_ptr(&info.name) as *const u8 as usize,
+                info.job.0,
+                info.actor.map(|a| a.0),
+                info.creation,
+            );
+            let next = whats.len() as u32;
+            let idx = *whats.entry(key).or_insert_with(|| {
+                batch.whats.push(What {
+                    function: info.function.to_string(),
+                    name: info.name.to_string(),
+                    job: info.job,
+                    actor: info.actor,
+                    creation: info.creation,
+                });
+                next
+            });
+            e.what = Some(idx);
+            e.parent = info.parent;
+            e.submitted_us.get_or_insert(n.at_us);
+        }
+        if let Some(s) = n.started_us.filter(|_| n.attempt == e.attempt) {
+            e.started_us.get_or_insert(s);
+        }
+        if n.attempt == e.attempt && (!e.state.is_final() || n.state.is_final()) {
+            e.state = n.state;
+            e.at_us = n.at_us;
+        }
+        if n.node.is_some() {
+            e.node = n.node;
+        }
+        if n.worker.is_some() {
+            e.worker = n.worker;
+        }
+        if n.error.is_some() {
+            e.error = n.error;
+        }
+    }
+    batch
+}

@@ -1,0 +1,60 @@
+//! The cluster's tasks as people and tools see them (Ray's state API, `ray list tasks`):
+//! each task's current state and where it ran, from the task history the cluster keeps
+//! (see `Config::task_events`), and exact counts by function and state.
+
+use crate::error::{Error, Result};
+use crate::runtime::runtime;
+use ferry_proto::msg::{FromNode, ToNode};
+pub use ferry_proto::state::{HistoryStats, TaskFilter, TaskInfo, TaskRecord, TaskState, TaskSummaryRow};
+use ferry_proto::{TaskId, WorkerId};
+
+/// Tasks [`list_tasks`] found.
+#[derive(Debug, Clone)]
+pub struct TaskList {
+    /// The newest that matched, newest first.
+    pub tasks: Vec<TaskRecord>,
+    /// How many matched in all (more than `tasks.len()` when the limit cut).
+    pub matched: u64,
+    /// The history's size, its limit, and what it dropped (never silently).
+    pub stats: HistoryStats,
+}
+
+/// Asks the cluster's history (its control store, or this node outside a cluster).
+fn ask(make: impl Fn(u64) -> ToNode) -> Result<FromNode> {
+    let rt = runtime()?;
+    // This process's own events first, so that what it just did is there.
+    rt.flush_task_events();
+    let conn = rt.control_conn()?;
+    rt.call_at(&conn, make)
+}
+
+fn unexpected(m: FromNode) -> Error {
+    Error::Connection { detail: format!("the cluster's task history answered {m:?}") }
+}
+
+/// The tasks that match `filter`, newest first, at most `limit` of them. Events reach the
+/// history in batches (a fraction of a second after they happen).
+pub fn list_tasks(filter: &TaskFilter, limit: u32) -> Result<TaskList> {
+    match ask(|req| ToNode::ListTasks { req, filter: filter.clone(), limit })? {
+        FromNode::Tasks { tasks, matched, stats: Some(stats), .. } => Ok(TaskList { tasks, matched, stats }),
+        FromNode::Tasks { stats: None, .. } => Err(Error::Connection {
+            detail: "the node asked keeps no task history (its control store does): try again".into(),
+        }),
+        m => Err(unexpected(m)),
+    }
+}
+
+/// One task's record, if the history has it.
+pub fn get_task(task: TaskId) -> Result<Option<TaskRecord>> {
+    let filter = TaskFilter { task: Some(task), ..Default::default() };
+    Ok(list_tasks(&filter, 1)?.tasks.pop())
+}
+
+/// How many tasks of each function are in each state (of job `job`, or all), exact even
+/// where records were dropped; and the history's figures.
+pub fn summarize_tasks(job: Option<WorkerId>) -> Result<(Vec<TaskSummaryRow>, HistoryStats)> {
+    match ask(|req| ToNode::SummarizeTasks { req, job })? {
+        FromNode::TaskSummary { rows, stats: Some(stats), .. } => Ok((rows, stats)),
+        m => Err(unexpected(m)),
+    }
+}

@@ -1,0 +1,491 @@
+//! The cluster's task history (`ferry list tasks`, `ferry summary tasks`, the dashboard),
+//! kept where the cluster's state is: by the control store, or by a node outside any
+//! cluster. Members pass their processes' events on to it (`TaskEvents`).
+//!
+//! Lazy: a batch (`TaskEvents`) is kept as the bytes that came until the history is read,
+//! or until kept batches pass [`FOLD_AT`] bytes; then they are decoded and folded in, in
+//! the order they came. So recording costs the node a copy of the bytes while the cluster
+//! runs, and the work of keeping the history when someone looks (or every few MiB).
+//!
+//! Bounded: at most `per_job_limit` records per job; past it the oldest records go (their
+//! tasks' counts stay exact: a record dropped before its task ended leaves a small entry
+//! that keeps counting its changes). Events arrive from different processes (the owner's
+//! and the worker's) in any order between them: a record never goes from an end back to an
+//! earlier state within one attempt, and a later attempt's events win.
+
+use ferry_proto::state::{
+    EventBatch, HistoryStats, TaskEvent, TaskFilter, TaskInfo, TaskRecord, TaskState, TaskSummaryRow,
+};
+use ferry_proto::{NodeId, TaskId, WorkerId};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+/// Records kept per job by default (`FERRY_TASK_HISTORY_PER_JOB` to change).
+pub const DEFAULT_PER_JOB: usize = 100_000;
+
+/// Bytes of batches kept unread before they are folded in anyway.
+pub const FOLD_AT: usize = 8 << 20;
+
+/// Most events kept for tasks not known yet (a worker's start can come before its owner's
+/// batch that says what the task is).
+const MAX_ORPHANS: usize = 100_000;
+
+/// A task as kept: what it is (shared between the tasks of one function), and its state.
+#[derive(Debug, Clone)]
+struct Rec {
+    what: Arc<What>,
+    parent: Option<TaskId>,
+    state: TaskState,
+    attempt: u32,
+    node: Option<NodeId>,
+    worker: Option<WorkerId>,
+    error: Option<Box<str>>,
+    submitted_us: u64,
+    started_us: Option<u64>,
+    ended_us: Option<u64>,
+}
+
+/// What tasks of one function, name, job and actor have in common.
+type What = ferry_proto::state::What;
+
+/// A record dropped before its task ended: enough to keep the counts exact.
+#[derive(Debug)]
+struct Left {
+    what: Arc<What>,
+    state: TaskState,
+    attempt: u32,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct TaskHistory {
+    per_job_limit: usize,
+    records: HashMap<TaskId, Rec>,
+    /// Per job, its records' tasks in the order they were first seen.
+    order: HashMap<WorkerId, VecDeque<TaskId>>,
+    left: HashMap<TaskId, Left>,
+    /// Tasks per (job, function) and state: exact.
+    counts: HashMap<WorkerId, HashMap<Arc<str>, [u64; 8]>>,
+    whats: HashMap<Arc<What>, ()>,
+    dropped_records: u64,
+    dropped_events: u64,
+    /// Batches not folded in yet, and their bytes.
+    pending: Vec<Vec<u8>>,
+    pending_bytes: usize,
+    /// Events of tasks not known yet, folded in when their task is.
+    orphans: HashMap<TaskId, Vec<TaskEvent>>,
+}
+
+impl TaskHistory {
+    pub fn new(per_job_limit: usize) -> TaskHistory {
+        TaskHistory {
+            per_job_limit: per_job_limit.max(1),
+            records: HashMap::new(),
+            order: HashMap::new(),
+            left: HashMap::new(),
+            counts: HashMap::new(),
+            whats: HashMap::new(),
+            dropped_records: 0,
+            dropped_events: 0,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            orphans: HashMap::new(),
+        }
+    }
+
+    /// A batch from one process (encoded), which dropped `dropped` notes before sending it:
+    /// kept as it is until the history is read.
+    pub fn add_batch(&mut self, batch: Vec<u8>, dropped: u64) {
+        self.dropped_events = self.dropped_events.saturating_add(dropped);
+        self.pending_bytes += batch.len();
+        self.pending.push(batch);
+        if self.pending_bytes >= FOLD_AT {
+            self.fold();
+        }
+    }
+
+    /// Folds in the batches kept so far.
+    pub fn fold(&mut self) {
+        self.pending_bytes = 0;
+        for bytes in std::mem::take(&mut self.pending) {
+            match EventBatch::decode(&bytes) {
+                Some(b) => self.apply_batch(b),
+                None => self.dropped_events = self.dropped_events.saturating_add(1),
+            }
+        }
+    }
+
+    /// Folds in one decoded batch.
+    pub fn apply_batch(&mut self, b: EventBatch) {
+        let whats: Vec<Arc<What>> = b.whats.into_iter().map(|w| self.intern(w)).collect();
+        for e in b.events {
+            let what = e.what.and_then(|i| whats.get(i as usize).cloned());
+            self.apply(e, what);
+        }
+    }
+
+    fn count(&mut self, what: &What, state: TaskState, by: i64) {
+        let job = self.counts.entry(what.job).or_default();
+        if !job.contains_key(what.function.as_str()) {
+            job.insert(Arc::from(what.function.as_str()), [0; 8]);
+        }
+        let c = job.get_mut(what.function.as_str()).expect("inserted above");
+        let slot = &mut c[state.index()];
+        *slot = slot.saturating_add_signed(by);
+    }
+
+    fn intern(&mut self, w: What) -> Arc<What> {
+        if let Some((k, _)) = self.whats.get_key_value(&w) {
+            return k.clone();
+        }
+        let k = Arc::new(w);
+        self.whats.insert(k.clone(), ());
+        k
+    }
+
+    /// Whether an event of `attempt` in `to` replaces a record of `at` in `from`.
+    fn moves(from: TaskState, at: u32, to: TaskState, attempt: u32) -> bool {
+        match attempt.cmp(&at) {
+            std::cmp::Ordering::Greater => true,
+            std::cmp::Ordering::Less => false,
+            // Within an attempt: never back from an end; `Running`/`Blocked` (from the
+            // worker) never undo `Pushed`'s successors the owner saw.
+            std::cmp::Ordering::Equal => {
+                !from.is_final() && (to.is_final() || to >= from || from == TaskState::Blocked)
+            }
+        }
+    }
+
+    /// Folds in one task's event (`what`: what it is, when the event says).
+    pub fn apply(&mut self, e: TaskEvent, what: Option<Arc<What>>) {
+        if let Some(r) = self.records.get_mut(&e.task) {
+            if let Some(s) = e.started_us.filter(|_| e.attempt == r.attempt) {
+                r.started_us.get_or_insert(s);
+            }
+            if e.node.is_some() {
+                r.node = e.node;
+            }
+            if e.worker.is_some() {
+                r.worker = e.worker;
+            }
+            if !Self::moves(r.state, r.attempt, e.state, e.attempt) {
+                return;
+            }
+            let (old, from) = (r.what.clone(), r.state);
+            r.state = e.state;
+            if e.attempt > r.attempt {
+                r.attempt = e.attempt;
+                r.started_us = e.started_us;
+                r.ended_us = None;
+                r.error = None;
+            }
+            if e.state.is_final() {
+                r.ended_us = Some(e.at_us);
+                r.error = e.error.map(String::into_boxed_str);
+            }
+            self.count(&old, from, -1);
+            self.count(&old, e.state, 1);
+            return;
+        }
+        if let Some(l) = self.left.get_mut(&e.task) {
+            if !Self::moves(l.state, l.attempt, e.state, e.attempt) {
+                return;
+            }
+            let (old, from) = (l.what.clone(), l.state);
+            l.state = e.state;
+            l.attempt = l.attempt.max(e.attempt);
+            if e.state.is_final() {
+                self.left.remove(&e.task);
+            }
+            self.count(&old, from, -1);
+            self.count(&old, e.state, 1);
+            return;
+        }
+        // A task not known yet: its event says what it is, or it waits for one that does.
+        let Some(what) = what else {
+            if self.orphans.len() < MAX_ORPHANS {
+                self.orphans.entry(e.task).or_default().push(e);
+            } else {
+                self.dropped_events = self.dropped_events.saturating_add(1);
+            }
+            return;
+        };
+        self.count(&what, e.state, 1);
+        let job = what.job;
+        let task = e.task;
+        let rec = Rec {
+            what,
+            parent: e.parent,
+            state: e.state,
+            attempt: e.attempt,
+            node: e.node,
+            worker: e.worker,
+            error: e.error.map(String::into_boxed_str),
+            submitted_us: e.submitted_us.unwrap_or(e.at_us),
+            started_us: e.started_us,
+            ended_us: e.state.is_final().then_some(e.at_us),
+        };
+        self.records.insert(task, rec);
+        let order = self.order.entry(job).or_default();
+        order.push_back(task);
+        if order.len() > self.per_job_limit {
+            if let Some(old) = order.pop_front() {
+                if let Some(r) = self.records.remove(&old) {
+                    self.dropped_records += 1;
+                    if !r.state.is_final() {
+                        self.left.insert(old, Left { what: r.what, state: r.state, attempt: r.attempt });
+                    }
+                }
+            }
+        }
+        // What came for it before it was known (a worker's start).
+        if let Some(early) = self.orphans.remove(&task) {
+            for e in early {
+                self.apply(e, None);
+            }
+        }
+    }
+
+    fn view(task: TaskId, r: &Rec) -> TaskRecord {
+        TaskRecord {
+            task,
+            info: TaskInfo {
+                function: r.what.function.clone(),
+                name: r.what.name.clone(),
+                job: r.what.job,
+                parent: r.parent,
+                actor: r.what.actor,
+                creation: r.what.creation,
+            },
+            state: r.state,
+            attempt: r.attempt,
+            node: r.node,
+            worker: r.worker,
+            error: r.error.as_deref().map(String::from),
+            submitted_us: r.submitted_us,
+            started_us: r.started_us,
+            ended_us: r.ended_us,
+        }
+    }
+
+    /// The records that match, newest first, at most `limit`; and how many matched.
+    pub fn list(&self, filter: &TaskFilter, limit: usize) -> (Vec<TaskRecord>, u64) {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        if let Some(t) = filter.task {
+            let one: Vec<TaskRecord> =
+                self.records.get(&t).filter(|r| matches(filter, r)).map(|r| Self::view(t, r)).into_iter().collect();
+            let n = one.len() as u64;
+            return (one, n);
+        }
+        let mut matched = 0u64;
+        // The newest `limit` by submission time (a min-heap of them).
+        let mut top: BinaryHeap<Reverse<(u64, TaskId)>> = BinaryHeap::with_capacity(limit.min(4096) + 1);
+        let jobs: Vec<&VecDeque<TaskId>> = match filter.job {
+            Some(j) => self.order.get(&j).into_iter().collect(),
+            None => self.order.values().collect(),
+        };
+        for order in jobs {
+            for t in order {
+                let Some(r) = self.records.get(t) else { continue };
+                if !matches(filter, r) {
+                    continue;
+                }
+                matched += 1;
+                if limit == 0 {
+                    continue;
+                }
+                top.push(Reverse((r.submitted_us, *t)));
+                if top.len() > limit {
+                    top.pop();
+                }
+            }
+        }
+        let mut out: Vec<TaskRecord> =
+            top.into_iter().filter_map(|Reverse((_, t))| self.records.get(&t).map(|r| Self::view(t, r))).collect();
+        out.sort_by(|a, b| b.submitted_us.cmp(&a.submitted_us).then(b.task.seq.cmp(&a.task.seq)));
+        (out, matched)
+    }
+
+    /// One task's record, if kept.
+    pub fn get(&self, task: TaskId) -> Option<TaskRecord> {
+        self.records.get(&task).map(|r| Self::view(task, r))
+    }
+
+    /// Tasks by job and function, with their counts per state (exact).
+    pub fn summary(&self, job: Option<WorkerId>) -> Vec<TaskSummaryRow> {
+        let mut rows: Vec<TaskSummaryRow> = self
+            .counts
+            .iter()
+            .filter(|(j, _)| job.is_none_or(|x| x == **j))
+            .flat_map(|(j, fs)| {
+                fs.iter().map(|(f, c)| TaskSummaryRow { job: *j, function: f.to_string(), counts: c.to_vec() })
+            })
+            .collect();
+        rows.sort_by(|a, b| a.job.0.cmp(&b.job.0).then(a.function.cmp(&b.function)));
+        rows
+    }
+
+    pub fn stats(&self) -> HistoryStats {
+        // A record with its map slot and its place in a job's order; what it shares is small.
+        let per_record = std::mem::size_of::<Rec>() + std::mem::size_of::<TaskId>() * 3 + 16;
+        let errors: usize = self.records.values().filter_map(|r| r.error.as_ref().map(|e| e.len())).sum();
+        let whats: usize = self.whats.keys().map(|w| w.function.len() + w.name.len() + 64).sum();
+        HistoryStats {
+            records: self.records.len() as u64,
+            per_job_limit: self.per_job_limit as u64,
+            dropped_records: self.dropped_records,
+            dropped_events: self.dropped_events,
+            bytes: (self.records.len() * per_record + errors + whats + self.left.len() * 64) as u64,
+        }
+    }
+}
+
+fn matches(f: &TaskFilter, r: &Rec) -> bool {
+    f.job.is_none_or(|j| r.what.job == j)
+        && f.state.is_none_or(|s| r.state == s)
+        && f.name.as_deref().is_none_or(|n| r.what.name.contains(n) || r.what.function.contains(n))
+        && f.node.is_none_or(|n| r.node == Some(n))
+        && f.actor.is_none_or(|a| r.what.actor == Some(a))
+}
+
+impl crate::Node {
+    /// Task events, and questions about the tasks (routed here by `handle`).
+    pub(crate) fn on_history(&self, st: &mut crate::State, conn: crate::ConnId, msg: ferry_proto::msg::ToNode) {
+        use ferry_proto::msg::{FromNode, ToNode};
+        use ferry_types::sync::MutexExt;
+        let head = self.head_link.locked().clone();
+        match msg {
+            // A member keeps none: the control store keeps the cluster's.
+            ToNode::TaskEvents { batch, dropped } => match &head {
+                Some(h) => st.queue(h, &ToNode::TaskEvents { batch, dropped }),
+                None => st.history.add_batch(batch, dropped),
+            },
+            ToNode::ListTasks { req, filter, limit } => {
+                let reply = match head {
+                    Some(_) => FromNode::Tasks { req, tasks: Vec::new(), matched: 0, stats: None },
+                    None => {
+                        st.history.fold();
+                        let (tasks, matched) = st.history.list(&filter, limit.min(100_000) as usize);
+                        FromNode::Tasks { req, tasks, matched, stats: Some(st.history.stats()) }
+                    }
+                };
+                self.send(st, conn, &reply);
+            }
+            ToNode::SummarizeTasks { req, job } => {
+                let reply = match head {
+                    Some(_) => FromNode::TaskSummary { req, rows: Vec::new(), stats: None },
+                    None => {
+                        st.history.fold();
+                        FromNode::TaskSummary { req, rows: st.history.summary(job), stats: Some(st.history.stats()) }
+                    }
+                };
+                self.send(st, conn, &reply);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Folds in one event of task `seq`, saying what it is when `f` (function, job) is given.
+    fn put(h: &mut TaskHistory, seq: u64, state: TaskState, attempt: u32, at: u64, f: Option<(&str, u64)>) {
+        let whats: Vec<What> = f
+            .iter()
+            .map(|(f, job)| What {
+                function: f.to_string(),
+                name: f.to_string(),
+                job: WorkerId(*job),
+                actor: None,
+                creation: false,
+            })
+            .collect();
+        let e = TaskEvent {
+            task: TaskId { owner: WorkerId(1), seq },
+            state,
+            at_us: at,
+            attempt,
+            what: f.map(|_| 0),
+            parent: None,
+            submitted_us: f.map(|_| at),
+            started_us: (state == TaskState::Running).then_some(at),
+            node: None,
+            worker: None,
+            error: None,
+        };
+        // Through the bytes, as batches come.
+        h.add_batch(EventBatch { whats, events: vec![e] }.encode(), 0);
+        h.fold();
+    }
+
+    fn counts(h: &TaskHistory, f: &str) -> Vec<u64> {
+        h.summary(None).into_iter().find(|r| r.function == f).map(|r| r.counts).unwrap_or_default()
+    }
+
+    fn id(seq: u64) -> TaskId {
+        TaskId { owner: WorkerId(1), seq }
+    }
+
+    #[test]
+    fn events_from_two_processes_in_any_order_end_in_the_right_state() {
+        let mut h = TaskHistory::new(10);
+        // The worker's start comes before the owner says what the task is.
+        put(&mut h, 1, TaskState::Running, 0, 3, None);
+        put(&mut h, 1, TaskState::WaitingForWorker, 0, 1, Some(("f", 9)));
+        put(&mut h, 1, TaskState::Finished, 0, 4, None);
+        let r = h.get(id(1)).unwrap();
+        assert_eq!((r.state, r.started_us, r.ended_us), (TaskState::Finished, Some(3), Some(4)));
+        // A start that comes after the end does not undo it.
+        put(&mut h, 1, TaskState::Running, 0, 3, None);
+        assert_eq!(h.get(id(1)).unwrap().state, TaskState::Finished);
+        assert_eq!(counts(&h, "f")[TaskState::Finished.index()], 1);
+        assert_eq!(counts(&h, "f").iter().sum::<u64>(), 1);
+        // A retry (a later attempt) moves it on again.
+        put(&mut h, 1, TaskState::WaitingForWorker, 1, 5, Some(("f", 9)));
+        assert_eq!(h.get(id(1)).unwrap().state, TaskState::WaitingForWorker);
+        assert_eq!(counts(&h, "f").iter().sum::<u64>(), 1);
+    }
+
+    #[test]
+    fn counts_stay_exact_when_records_are_dropped() {
+        let mut h = TaskHistory::new(3);
+        for seq in 1..=10 {
+            put(&mut h, seq, TaskState::WaitingForWorker, 0, seq, Some(("g", 9)));
+        }
+        // Ten tasks, three records; the seven dropped still count, and move.
+        assert_eq!(h.stats().records, 3);
+        assert_eq!(h.stats().dropped_records, 7);
+        for seq in 1..=10 {
+            put(&mut h, seq, TaskState::Finished, 0, 100 + seq, None);
+        }
+        let c = counts(&h, "g");
+        assert_eq!(c[TaskState::Finished.index()], 10, "{c:?}");
+        assert_eq!(c.iter().sum::<u64>(), 10);
+        let (newest, matched) = h.list(&TaskFilter::default(), 2);
+        assert_eq!(matched, 3);
+        assert_eq!(newest.iter().map(|r| r.task.seq).collect::<Vec<_>>(), vec![10, 9]);
+    }
+
+    #[test]
+    fn filters_select_by_job_state_and_name() {
+        let mut h = TaskHistory::new(100);
+        put(&mut h, 1, TaskState::WaitingForWorker, 0, 1, Some(("app::load", 1)));
+        put(&mut h, 2, TaskState::WaitingForWorker, 0, 2, Some(("app::save", 2)));
+        put(&mut h, 2, TaskState::Failed, 0, 3, None);
+        let f = TaskFilter { state: Some(TaskState::Failed), ..Default::default() };
+        assert_eq!(h.list(&f, 10).0.iter().map(|r| r.task.seq).collect::<Vec<_>>(), vec![2]);
+        let f = TaskFilter { job: Some(WorkerId(1)), ..Default::default() };
+        assert_eq!(h.list(&f, 10).1, 1);
+        let f = TaskFilter { name: Some("load".into()), ..Default::default() };
+        assert_eq!(h.list(&f, 10).0[0].info.function, "app::load");
+        let f = TaskFilter { task: Some(id(2)), ..Default::default() };
+        assert_eq!(h.list(&f, 10).0[0].state, TaskState::Failed);
+        // Bytes that are no batch are counted, not folded.
+        h.add_batch(vec![0xff; 7], 0);
+        h.fold();
+        assert_eq!(h.stats().dropped_events, 1);
+    }
+}

@@ -1,0 +1,202 @@
+//! What the cluster records about tasks for people to look at (`ferry list`, `ferry summary`,
+//! the dashboard): task events as processes send them, and task records as the head keeps
+//! them.
+
+use crate::msg::ActorId;
+use crate::{NodeId, TaskId, WorkerId};
+use serde::{Deserialize, Serialize};
+
+/// A task's state as observers see it. The order is the order a task normally goes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
+pub enum TaskState {
+    /// Submitted; some argument is not ready yet.
+    WaitingForArgs,
+    /// Ready to run, waiting for a worker (a lease, or its actor).
+    WaitingForWorker,
+    /// Sent to a worker, not started there yet.
+    Pushed,
+    Running,
+    /// Running, and waiting in `get` or `wait` (its CPU lent).
+    Blocked,
+    Finished,
+    Failed,
+    Cancelled,
+}
+
+impl TaskState {
+    pub const ALL: [TaskState; 8] = [
+        TaskState::WaitingForArgs,
+        TaskState::WaitingForWorker,
+        TaskState::Pushed,
+        TaskState::Running,
+        TaskState::Blocked,
+        TaskState::Finished,
+        TaskState::Failed,
+        TaskState::Cancelled,
+    ];
+
+    /// Its name as `ferry list` shows it and `--filter state=..` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskState::WaitingForArgs => "waiting_for_args",
+            TaskState::WaitingForWorker => "waiting_for_worker",
+            TaskState::Pushed => "pushed",
+            TaskState::Running => "running",
+            TaskState::Blocked => "blocked",
+            TaskState::Finished => "finished",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TaskState> {
+        TaskState::ALL.into_iter().find(|t| t.name().eq_ignore_ascii_case(s))
+    }
+
+    /// No later event changes it (unless the task is run again to remake a lost value).
+    pub fn is_final(self) -> bool {
+        matches!(self, TaskState::Finished | TaskState::Failed | TaskState::Cancelled)
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What a task is (its record's description).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
+pub struct TaskInfo {
+    /// Its function's (or actor method's) registered id.
+    pub function: String,
+    /// Its display name.
+    pub name: String,
+    /// The job (its driver) it belongs to.
+    pub job: WorkerId,
+    /// The task that submitted it, if a task did.
+    pub parent: Option<TaskId>,
+    /// The actor it calls (or creates, with `creation`).
+    pub actor: Option<ActorId>,
+    pub creation: bool,
+}
+
+/// What many tasks share (one function of one job, on one actor), named once per batch.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
+pub struct What {
+    pub function: String,
+    pub name: String,
+    pub job: WorkerId,
+    pub actor: Option<ActorId>,
+    pub creation: bool,
+}
+
+/// Where one task got to since its process's last batch (its changes in between folded
+/// into one): from its owner (submission, where it was pushed, its end) or from the worker
+/// that ran it (when it started).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
+pub struct TaskEvent {
+    pub task: TaskId,
+    /// Its latest state, reached at `at_us` (Unix microseconds).
+    pub state: TaskState,
+    pub at_us: u64,
+    /// Runs of it before this one (0 on the first).
+    pub attempt: u32,
+    /// What it is, by index into the batch's `whats`: on its first event, and on a retry's.
+    pub what: Option<u32>,
+    pub parent: Option<TaskId>,
+    pub submitted_us: Option<u64>,
+    /// When it started running (from its worker).
+    pub started_us: Option<u64>,
+    pub node: Option<NodeId>,
+    pub worker: Option<WorkerId>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// One process's events since its last batch (`ToNode::TaskEvents` carries it encoded, so
+/// that a node keeps it as bytes until someone reads the history).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
+pub struct EventBatch {
+    pub whats: Vec<What>,
+    pub events: Vec<TaskEvent>,
+}
+
+impl EventBatch {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+    pub fn decode(bytes: &[u8]) -> Option<EventBatch> {
+        postcard::from_bytes(bytes).ok()
+    }
+}
+
+/// A task as the head keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
+pub struct TaskRecord {
+    pub task: TaskId,
+    pub info: TaskInfo,
+    pub state: TaskState,
+    pub attempt: u32,
+    pub node: Option<NodeId>,
+    pub worker: Option<WorkerId>,
+    pub error: Option<String>,
+    /// When it was submitted, started running, and ended (Unix microseconds).
+    pub submitted_us: u64,
+    pub started_us: Option<u64>,
+    pub ended_us: Option<u64>,
+}
+
+/// Which tasks `ListTasks` wants (every field that is set must match).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
+pub struct TaskFilter {
+    /// This task only.
+    pub task: Option<TaskId>,
+    pub job: Option<WorkerId>,
+    pub state: Option<TaskState>,
+    /// Its function id or its name contains this.
+    pub name: Option<String>,
+    pub node: Option<NodeId>,
+    pub actor: Option<ActorId>,
+}
+
+impl TaskFilter {
+    pub fn matches(&self, r: &TaskRecord) -> bool {
+        self.task.is_none_or(|t| r.task == t)
+            && self.job.is_none_or(|j| r.info.job == j)
+            && self.state.is_none_or(|s| r.state == s)
+            && self.name.as_deref().is_none_or(|n| r.info.name.contains(n) || r.info.function.contains(n))
+            && self.node.is_none_or(|n| r.node == Some(n))
+            && self.actor.is_none_or(|a| r.info.actor == Some(a))
+    }
+}
+
+/// One row of `ferry summary tasks`: a function in a job, with how many of its tasks are in
+/// each state (indexed by [`TaskState::index`]). Exact, even where records were dropped.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
+pub struct TaskSummaryRow {
+    pub job: WorkerId,
+    pub function: String,
+    pub counts: Vec<u64>,
+}
+
+/// What the head says of its task history besides the rows asked for.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
+pub struct HistoryStats {
+    /// Records kept now, and the most it keeps per job.
+    pub records: u64,
+    pub per_job_limit: u64,
+    /// Records of finished tasks dropped to keep within the limit (their counts stay), and
+    /// events processes dropped before sending them (their buffers were full).
+    pub dropped_records: u64,
+    pub dropped_events: u64,
+    /// Bytes the history takes, roughly.
+    pub bytes: u64,
+}
