@@ -1,6 +1,6 @@
 //! `ferry-bench observability`: what recording task events costs the task path. Child
 //! processes of this binary run the round trip and the 20,000-task throughput with events
-//! off and on (`FERRY_TASK_EVENTS`), alternately, five times each; the medians of each side
+//! off and on (`FERRY_TASK_EVENTS`), alternately, ten times each; the medians of each side
 //! and their ratios are printed. Then the history's own figures: listing and summarizing it
 //! once it holds the tasks of those runs.
 //!
@@ -8,6 +8,9 @@
 //! - `events_roundtrip_cost_pct`, `events_throughput_cost_pct` (positive: slower with events)
 
 use crate::{emit, info, median, noop};
+
+/// Runs of each side (events off, on), alternating.
+const ROUNDS: usize = 10;
 use std::time::Instant;
 
 /// Run in a child (`__events_probe`): one round-trip median and one throughput figure.
@@ -37,7 +40,7 @@ pub fn group() {
     let exe = std::env::current_exe().expect("this binary");
     let mut on = (Vec::new(), Vec::new());
     let mut off = (Vec::new(), Vec::new());
-    for round in 0..10 {
+    for round in 0..ROUNDS * 2 {
         let events = round % 2 == 1;
         let out = std::process::Command::new(&exe)
             .arg("__events_probe")

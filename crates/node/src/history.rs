@@ -350,40 +350,41 @@ fn matches(f: &TaskFilter, r: &Rec) -> bool {
 }
 
 impl crate::Node {
-    /// Task events, and questions about the tasks (routed here by `handle`).
-    pub(crate) fn on_history(&self, st: &mut crate::State, conn: crate::ConnId, msg: ferry_proto::msg::ToNode) {
+    /// Task events, and questions about the tasks, on the connection's own thread: the
+    /// history has a lock of its own, the node's state is not touched.
+    pub(crate) fn on_history(&self, conn: &ferry_proto::Conn, msg: ferry_proto::msg::ToNode) {
         use ferry_proto::msg::{FromNode, ToNode};
         use ferry_types::sync::MutexExt;
         let head = self.head_link.locked().clone();
-        match msg {
+        let reply = match msg {
             // A member keeps none: the control store keeps the cluster's.
-            ToNode::TaskEvents { batch, dropped } => match &head {
-                Some(h) => st.queue(h, &ToNode::TaskEvents { batch, dropped }),
-                None => st.history.add_batch(batch, dropped),
+            ToNode::TaskEvents { batch, dropped } => {
+                match &head {
+                    Some(h) => drop(h.send(&ToNode::TaskEvents { batch, dropped })),
+                    None => self.history.locked().add_batch(batch, dropped),
+                }
+                return;
+            }
+            ToNode::ListTasks { req, filter, limit } => match head {
+                Some(_) => FromNode::Tasks { req, tasks: Vec::new(), matched: 0, stats: None },
+                None => {
+                    let mut h = self.history.locked();
+                    h.fold();
+                    let (tasks, matched) = h.list(&filter, limit.min(100_000) as usize);
+                    FromNode::Tasks { req, tasks, matched, stats: Some(h.stats()) }
+                }
             },
-            ToNode::ListTasks { req, filter, limit } => {
-                let reply = match head {
-                    Some(_) => FromNode::Tasks { req, tasks: Vec::new(), matched: 0, stats: None },
-                    None => {
-                        st.history.fold();
-                        let (tasks, matched) = st.history.list(&filter, limit.min(100_000) as usize);
-                        FromNode::Tasks { req, tasks, matched, stats: Some(st.history.stats()) }
-                    }
-                };
-                self.send(st, conn, &reply);
-            }
-            ToNode::SummarizeTasks { req, job } => {
-                let reply = match head {
-                    Some(_) => FromNode::TaskSummary { req, rows: Vec::new(), stats: None },
-                    None => {
-                        st.history.fold();
-                        FromNode::TaskSummary { req, rows: st.history.summary(job), stats: Some(st.history.stats()) }
-                    }
-                };
-                self.send(st, conn, &reply);
-            }
-            _ => {}
-        }
+            ToNode::SummarizeTasks { req, job } => match head {
+                Some(_) => FromNode::TaskSummary { req, rows: Vec::new(), stats: None },
+                None => {
+                    let mut h = self.history.locked();
+                    h.fold();
+                    FromNode::TaskSummary { req, rows: h.summary(job), stats: Some(h.stats()) }
+                }
+            },
+            _ => return,
+        };
+        let _ = conn.send(&reply);
     }
 }
 

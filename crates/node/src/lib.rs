@@ -162,8 +162,6 @@ struct State {
     placing: Placing,
     /// Jobs started with `ferry submit` (on a head).
     jobs: Vec<JobView>,
-    /// The cluster's task history, if this node keeps it (see [`history`]).
-    history: history::TaskHistory,
     /// Connections with messages queued while the state was locked: written once it is
     /// released (see [`StateGuard`]).
     outbox: std::cell::RefCell<Vec<Arc<Conn>>>,
@@ -324,6 +322,9 @@ struct Node {
     links_tx: Mutex<mpsc::Sender<(NodeId, String, ToNode)>>,
     /// On a member: its link to the control store, once joined, and that store's address.
     head_link: Mutex<Option<Arc<Conn>>>,
+    /// The cluster's task history, if this node keeps it (see [`history`]): a lock of its
+    /// own, so that recording tasks never waits on, or holds up, the node's state.
+    history: Mutex<history::TaskHistory>,
     control_addr: Mutex<Option<String>>,
     stopping: AtomicBool,
     /// Pids of live workers, for the last-resort cleanup at process exit.
@@ -451,12 +452,6 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
                 rand: ferry_proto::ids::random_u64(),
             },
             jobs: Vec::new(),
-            history: history::TaskHistory::new(
-                std::env::var("FERRY_TASK_HISTORY_PER_JOB")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(history::DEFAULT_PER_JOB),
-            ),
             outbox: Default::default(),
         }),
         opts,
@@ -470,6 +465,12 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
         tcp_addr,
         links_tx: Mutex::new(links_tx),
         head_link: Mutex::new(None),
+        history: Mutex::new(history::TaskHistory::new(
+            std::env::var("FERRY_TASK_HISTORY_PER_JOB")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(history::DEFAULT_PER_JOB),
+        )),
         control_addr: Mutex::new(None),
         stopping: AtomicBool::new(false),
         pids: Mutex::new(HashMap::new()),
@@ -724,9 +725,7 @@ impl Node {
             | ToNode::ClusterStatus { .. }
             | ToNode::ControlAddress { .. }) => self.on_cluster(st, conn, m),
             m @ (ToNode::HaveBinary { .. } | ToNode::Jobs { .. } | ToNode::StopNode) => self.on_jobs(st, conn, m),
-            m @ (ToNode::TaskEvents { .. } | ToNode::ListTasks { .. } | ToNode::SummarizeTasks { .. }) => {
-                self.on_history(st, conn, m)
-            }
+
             m @ (ToNode::RequestLease { .. }
             | ToNode::ReturnLease { .. }
             | ToNode::Blocked
@@ -759,7 +758,10 @@ impl Node {
             | ToNode::FetchBinary { .. }
             | ToNode::SubmitJob { .. }
             | ToNode::StopJob { .. }
-            | ToNode::JobLogs { .. } => {}
+            | ToNode::JobLogs { .. }
+            | ToNode::TaskEvents { .. }
+            | ToNode::ListTasks { .. }
+            | ToNode::SummarizeTasks { .. } => {}
         }
         Ok(())
     }

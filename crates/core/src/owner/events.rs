@@ -1,11 +1,14 @@
 //! Task events (`ferry list tasks`, the dashboard): the owner notes each change of a task it
-//! submitted in a buffer it keeps (no allocation on the task path: the buffer's room is
-//! reused, a note is a small struct, the time is the one the runtime set when it took the
-//! lock). The runtime takes the notes every tick, folds each task's into one event, and
-//! sends them to its node in one message, off the task path (`runtime::events`).
+//! submitted in a buffer it keeps. On the task path a note is a small struct pushed into
+//! room that is reused (what the task is goes by a number: the kinds of tasks are kept once
+//! each, in `whats`), left unstamped: the runtime stamps the notes a change made with one
+//! read of the clock, before it lets the lock go. The runtime takes the notes every tick,
+//! folds each task's into one event, and sends them to its node in one message, off the
+//! task path (`runtime::events`).
 
 use super::*;
 use ferry_proto::state::TaskState as Seen;
+use rustc_hash::FxHashMap as HashMap;
 
 /// What a task is, noted when it is submitted (and again on a retry).
 #[derive(Debug, Clone)]
@@ -13,7 +16,6 @@ pub(crate) struct NoteInfo {
     pub function: &'static str,
     pub name: Arc<str>,
     pub job: WorkerId,
-    pub parent: Option<TaskId>,
     pub actor: Option<ActorId>,
     pub creation: bool,
 }
@@ -24,13 +26,24 @@ pub(crate) struct Note {
     pub task: TaskId,
     pub state: Seen,
     pub attempt: u32,
+    /// When (Unix microseconds; 0 until stamped).
     pub at_us: u64,
     pub node: Option<NodeId>,
     pub worker: Option<WorkerId>,
-    pub info: Option<NoteInfo>,
-    pub error: Option<String>,
+    /// What it is (an index into the owner's `whats`), and the task that submitted it: on
+    /// its submission and on a retry.
+    pub what: Option<u32>,
+    pub parent: Option<TaskId>,
+    pub error: Option<Box<str>>,
     /// When it started on its worker (from the worker).
     pub started_us: Option<u64>,
+}
+
+/// The kinds of tasks this owner noted, each kept once.
+#[derive(Debug, Default)]
+pub(crate) struct Whats {
+    pub list: Vec<NoteInfo>,
+    ids: HashMap<(usize, usize, u64, Option<u64>, bool), u32>,
 }
 
 impl OwnerState {
@@ -39,14 +52,51 @@ impl OwnerState {
         self.task_events = on;
     }
 
-    /// The time changes from now on happen at (Unix microseconds; set by the runtime).
-    pub fn set_now_us(&mut self, us: u64) {
-        self.now_us = us;
+    /// How many notes are waiting (the runtime stamps those made after this).
+    pub fn notes_len(&self) -> usize {
+        self.notes.len()
     }
 
-    /// The notes since the last call, leaving `spare`'s room for the next ones.
-    pub fn take_notes(&mut self, spare: Vec<Note>) -> Vec<Note> {
-        std::mem::replace(&mut self.notes, spare)
+    /// Stamps the notes from `from` on with `us`.
+    pub fn stamp_notes(&mut self, from: usize, us: u64) {
+        for n in self.notes.get_mut(from..).unwrap_or_default() {
+            if n.at_us == 0 {
+                n.at_us = us;
+            }
+        }
+    }
+
+    /// The notes since the last call, leaving `spare`'s room for the next ones; and what
+    /// the kinds of tasks they name are.
+    pub fn take_notes(&mut self, spare: Vec<Note>) -> (Vec<Note>, &[NoteInfo]) {
+        (std::mem::replace(&mut self.notes, spare), &self.whats.list)
+    }
+
+    /// The number of what task `t` is.
+    fn what_of(&mut self, task: TaskId) -> Option<(u32, Option<TaskId>)> {
+        let t = self.tasks.get(&task)?;
+        let key = (
+            t.function.as_ptr() as usize,
+            Arc::as_ptr(&t.name) as *const u8 as usize,
+            t.job.id.0,
+            t.actor.map(|a| a.0),
+            t.create.is_some(),
+        );
+        let parent = t.parent;
+        if let Some(i) = self.whats.ids.get(&key) {
+            return Some((*i, parent));
+        }
+        let info = NoteInfo {
+            function: t.function,
+            name: t.name.clone(),
+            job: t.job.id,
+            actor: t.actor,
+            creation: t.create.is_some(),
+        };
+        let i = self.whats.list.len() as u32;
+        self.whats.list.push(info);
+        self.whats.ids.insert(key, i);
+        Some((i, parent))
     }
 
     /// Notes that `task` is now `state` (with what it is, on its submission or a retry).
@@ -59,23 +109,20 @@ impl OwnerState {
             TaskState::Pushed { lease, worker } => (self.leases.get(&lease).map(|l| l.node), Some(worker)),
             _ => (None, None),
         };
-        let info = with_info.then(|| NoteInfo {
-            function: t.function,
-            name: t.name.clone(),
-            job: t.job.id,
-            parent: t.parent,
-            actor: t.actor,
-            creation: t.create.is_some(),
-        });
         let attempt = t.attempts;
+        let (what, parent) = match with_info.then(|| self.what_of(task)).flatten() {
+            Some((w, p)) => (Some(w), p),
+            None => (None, None),
+        };
         self.notes.push(Note {
             task,
             state,
             attempt,
-            at_us: self.now_us,
+            at_us: 0,
             node,
             worker,
-            info,
+            what,
+            parent,
             error: None,
             started_us: None,
         });
@@ -94,11 +141,12 @@ impl OwnerState {
             task: t.ret.task,
             state,
             attempt: t.attempts,
-            at_us: self.now_us,
+            at_us: 0,
             node: None,
             worker,
-            info: None,
-            error: error.map(|e| e.to_string()),
+            what: None,
+            parent: None,
+            error: error.map(|e| e.to_string().into_boxed_str()),
             started_us: None,
         });
     }

@@ -223,7 +223,7 @@ pub(crate) struct OwnerState {
     /// at now (see [`events`]).
     task_events: bool,
     notes: Vec<events::Note>,
-    now_us: u64,
+    whats: events::Whats,
 }
 
 #[derive(Debug)]
@@ -556,7 +556,7 @@ impl OwnerState {
             running: None,
             task_events: false,
             notes: Vec::new(),
-            now_us: 0,
+            whats: Default::default(),
         }
     }
 

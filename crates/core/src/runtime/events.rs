@@ -19,10 +19,15 @@ pub(crate) struct EventBuf {
     /// The task this worker's main thread runs, since when, and whether its start was sent
     /// (a task that ends within a tick reports its times in its reply instead).
     running: Option<(TaskId, u32, u64, bool)>,
+    /// The owner's kinds of tasks (`owner::events::Whats`), as far as taken.
+    kinds: Vec<crate::owner::events::NoteInfo>,
 }
 
 /// A task running longer than this is said to be running before it ends.
 const SAY_RUNNING_AFTER_US: u64 = 100_000;
+
+/// Events per `TaskEvents` frame (about 40 KiB).
+const EVENTS_PER_FRAME: usize = 1024;
 
 /// Most notes the executor keeps between two ticks.
 const MAX_BUFFERED: usize = 100_000;
@@ -45,7 +50,8 @@ impl Runtime {
             at_us: now_us(),
             node: Some(self.node_id),
             worker: Some(self.me),
-            info: None,
+            what: None,
+            parent: None,
             error: None,
             started_us: (state == TaskState::Running).then(now_us),
         };
@@ -91,7 +97,8 @@ impl Runtime {
                         at_us: *since,
                         node: Some(self.node_id),
                         worker: Some(self.me),
-                        info: None,
+                        what: None,
+                        parent: None,
                         error: None,
                         started_us: Some(*since),
                     };
@@ -99,28 +106,50 @@ impl Runtime {
                 }
             }
             let spare = std::mem::take(&mut b.spare);
-            let owner = self.state.locked().take_notes(spare);
+            let mut st = self.state.locked();
+            let (owner, kinds) = st.take_notes(spare);
+            // The kinds of tasks named so far (cloned only when new ones appeared).
+            let have = b.kinds.len();
+            if kinds.len() > have {
+                b.kinds.extend_from_slice(&kinds[have..]);
+            }
+            drop(st);
             (owner, std::mem::take(&mut b.worker), std::mem::take(&mut b.dropped))
         };
         if notes.is_empty() && worker.is_empty() && dropped == 0 {
             self.events.locked().spare = notes;
             return;
         }
-        let batch = fold(notes.drain(..).chain(worker));
+        let kinds = std::mem::take(&mut self.events.locked().kinds);
+        let batch = fold(notes.drain(..).chain(worker), &kinds, now_us());
+        self.events.locked().kinds = kinds;
         // The owner's buffer keeps its room for the next tick.
         self.events.locked().spare = notes;
-        let _ = self.node.send(&ToNode::TaskEvents { batch: batch.encode(), dropped });
+        // In frames of a bounded size: the link to the node also carries lease requests,
+        // which must not wait behind megabytes of events.
+        let mut dropped = Some(dropped);
+        let EventBatch { whats, events } = batch;
+        for chunk in events.chunks(EVENTS_PER_FRAME) {
+            let part = EventBatch { whats: whats.clone(), events: chunk.to_vec() };
+            let _ = self.node.send(&ToNode::TaskEvents { batch: part.encode(), dropped: dropped.take().unwrap_or(0) });
+        }
+        if let Some(d) = dropped.filter(|d| *d > 0) {
+            let _ = self.node.send(&ToNode::TaskEvents { batch: EventBatch::default().encode(), dropped: d });
+        }
     }
 }
 
-/// Folds each task's notes (in the order they were made) into one event.
-fn fold(notes: impl Iterator<Item = Note>) -> EventBatch {
+/// Folds each task's notes (in the order they were made) into one event; `kinds` are what
+/// the notes' `what` numbers name; `now` stamps notes made outside a change (rare).
+fn fold(notes: impl Iterator<Item = Note>, kinds: &[crate::owner::events::NoteInfo], now: u64) -> EventBatch {
     let mut batch = EventBatch::default();
     let mut at: HashMap<TaskId, usize> = HashMap::new();
-    // What tasks are, by the identity of what the owner shares among them (its function's
-    // `&'static str` and name's `Arc`): one `What` made per kind of task, not per task.
-    let mut whats: HashMap<(usize, usize, u64, Option<u64>, bool), u32> = HashMap::new();
-    for n in notes {
+    // The kinds this batch names, by the owner's number for them.
+    let mut whats: HashMap<u32, u32> = HashMap::new();
+    for mut n in notes {
+        if n.at_us == 0 {
+            n.at_us = now;
+        }
         let i = *at.entry(n.task).or_insert_with(|| {
             batch.events.push(TaskEvent {
                 task: n.task,
@@ -143,27 +172,21 @@ fn fold(notes: impl Iterator<Item = Note>) -> EventBatch {
             *e = TaskEvent { attempt: n.attempt, started_us: None, error: None, ..e.clone() };
             e.state = n.state;
         }
-        if let Some(info) = n.info {
-            let key = (
-                info.function.as_ptr() as usize,
-                Arc::as_ptr(&info.name) as *const u8 as usize,
-                info.job.0,
-                info.actor.map(|a| a.0),
-                info.creation,
-            );
+        if let Some(info) = n.what.and_then(|w| kinds.get(w as usize).map(|k| (w, k))) {
+            let (w, k) = info;
             let next = whats.len() as u32;
-            let idx = *whats.entry(key).or_insert_with(|| {
+            let idx = *whats.entry(w).or_insert_with(|| {
                 batch.whats.push(What {
-                    function: info.function.to_string(),
-                    name: info.name.to_string(),
-                    job: info.job,
-                    actor: info.actor,
-                    creation: info.creation,
+                    function: k.function.to_string(),
+                    name: k.name.to_string(),
+                    job: k.job,
+                    actor: k.actor,
+                    creation: k.creation,
                 });
                 next
             });
             e.what = Some(idx);
-            e.parent = info.parent;
+            e.parent = n.parent;
             e.submitted_us.get_or_insert(n.at_us);
         }
         if let Some(s) = n.started_us.filter(|_| n.attempt == e.attempt) {
@@ -179,8 +202,8 @@ fn fold(notes: impl Iterator<Item = Note>) -> EventBatch {
         if n.worker.is_some() {
             e.worker = n.worker;
         }
-        if n.error.is_some() {
-            e.error = n.error;
+        if let Some(err) = n.error {
+            e.error = Some(err.into_string());
         }
     }
     batch

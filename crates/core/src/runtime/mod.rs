@@ -382,11 +382,7 @@ impl Runtime {
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, OwnerState> {
-        // The time task changes under this lock happen at (read before taking it).
-        let now = if self.cfg.task_events { events::now_us() } else { 0 };
-        let mut st = self.state.locked();
-        st.set_now_us(now);
-        st
+        self.state.locked()
     }
 
     /// Carries out the effects of a state change (after the lock is released).
@@ -475,7 +471,13 @@ impl Runtime {
         let mut fx = Effects::default();
         let r = {
             let mut st = self.lock();
-            f(&mut st, &mut fx)
+            let noted = st.notes_len();
+            let r = f(&mut st, &mut fx);
+            // The changes it noted happened now: one read of the clock for all of them.
+            if st.notes_len() > noted {
+                st.stamp_notes(noted, events::now_us());
+            }
+            r
         };
         self.apply(fx);
         r
