@@ -2,7 +2,7 @@
 //! first): jobs run on the head as drivers, as Ray's job submission runs them.
 
 use crate::Target;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use ferry_node::client::JobEvent;
 use ferry_node::client::JobView;
 use std::io::Write;
@@ -11,21 +11,25 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+/// What `ferry job submit` and `ferry submit` take.
+#[derive(Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Start the job and return at once, printing its id (its output goes to its log:
+    /// `ferry job logs ID`).
+    #[arg(long)]
+    pub no_wait: bool,
+    /// The program and its arguments.
+    #[arg(required = true, last = true)]
+    pub command: Vec<String>,
+}
+
 #[derive(Subcommand)]
 pub enum JobCmd {
     /// Run a job binary on the cluster: it is shipped to the head by content hash (once), runs
     /// there as the job's driver, and its output comes back here. Ctrl-C stops the job.
-    Submit {
-        #[command(flatten)]
-        target: Target,
-        /// Start the job and return at once, printing its id (its output goes to its log:
-        /// `ferry job logs ID`).
-        #[arg(long)]
-        no_wait: bool,
-        /// The program and its arguments.
-        #[arg(required = true, last = true)]
-        command: Vec<String>,
-    },
+    Submit(SubmitArgs),
     /// List the jobs the head ran: id, status, exit code, start, end and entrypoint.
     List {
         #[command(flatten)]
@@ -61,7 +65,7 @@ pub enum JobCmd {
 /// Runs a `ferry job` command; the exit code.
 pub fn run(cmd: JobCmd) -> Result<i32, String> {
     match cmd {
-        JobCmd::Submit { target, no_wait, command } => submit(&target, &command, no_wait),
+        JobCmd::Submit(a) => submit(&a.target, &a.command, a.no_wait),
         JobCmd::List { target } => list(&target).map(|_| 0),
         JobCmd::Status { target, id } => status(&target, id).map(|_| 0),
         JobCmd::Logs { target, id, follow } => logs(&target, id, follow).map(|_| 0),

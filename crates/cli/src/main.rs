@@ -114,17 +114,7 @@ enum Cmd {
     /// Run a job binary on the cluster (the short form of `ferry job submit`): it is shipped
     /// to the head by content hash (once), runs there as the job's driver, and its output
     /// comes back here. Ctrl-C stops the job.
-    Submit {
-        #[command(flatten)]
-        target: Target,
-        /// Start the job and return at once, printing its id (its output goes to its log:
-        /// `ferry job logs ID`).
-        #[arg(long)]
-        no_wait: bool,
-        /// The program and its arguments.
-        #[arg(required = true, last = true)]
-        command: Vec<String>,
-    },
+    Submit(jobs::SubmitArgs),
     /// Jobs: submit one, list them, see one's status or output, stop one.
     Job {
         #[command(subcommand)]
@@ -171,9 +161,9 @@ fn main() -> ExitCode {
     };
     ferry_os::logging::init(style);
     let r = match cli.cmd {
-        Cmd::Submit { target, no_wait, command } => {
-            warn_token_in_argv(target.token.is_some());
-            return exit_with(jobs::submit(&target, &command, no_wait));
+        Cmd::Submit(a) => {
+            warn_token_in_argv(a.target.token.is_some());
+            return exit_with(jobs::submit(&a.target, &a.command, a.no_wait));
         }
         Cmd::Job { cmd } => return exit_with(jobs::run(cmd)),
         Cmd::List { what } => state::list(what),
