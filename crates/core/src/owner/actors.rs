@@ -218,7 +218,6 @@ impl OwnerState {
                 match self.build_spec(f) {
                     Ok(spec) => {
                         self.tasks.get_mut(&f).expect("present").state = TaskState::Pushed { lease: 0, worker };
-                        self.note(f, ferry_proto::state::TaskState::Pushed, false, fx);
                         self.actors.get_mut(&actor).expect("present").in_flight.push_back(f);
                         batch.push(spec);
                     }

@@ -1,5 +1,7 @@
-//! Task events (`ferry list tasks`, the dashboard): the owner notes each change of a task it
-//! submitted in a buffer it keeps. On the task path a note is a small struct pushed into
+//! Task events (`ferry list tasks`, the dashboard): the owner notes a task's submission, its
+//! end (with where it ran) and what happens in between off the common path (a retry, a
+//! wait for arguments, a hand-back), in a buffer it keeps; being pushed to a worker is not
+//! noted (the worker says a task is running once it has run for a tick). On the task path a note is a small struct pushed into
 //! room that is reused (what the task is goes by a number: the kinds of tasks are kept once
 //! each, in `whats`), left unstamped: the runtime stamps the notes a change made with one
 //! read of the clock, before it lets the lock go. The runtime takes the notes every tick,
@@ -133,16 +135,16 @@ impl OwnerState {
         if !self.task_events {
             return;
         }
-        let worker = match t.state {
-            TaskState::Pushed { worker, .. } => Some(worker),
-            _ => None,
+        let (node, worker) = match t.state {
+            TaskState::Pushed { lease, worker } => (self.leases.get(&lease).map(|l| l.node), Some(worker)),
+            _ => (None, None),
         };
         self.notes.push(Note {
             task: t.ret.task,
             state,
             attempt: t.attempts,
             at_us: 0,
-            node: None,
+            node,
             worker,
             what: None,
             parent: None,

@@ -190,7 +190,6 @@ impl OwnerState {
                         if let Some(t) = self.tasks.get_mut(&task) {
                             t.state = TaskState::Pushed { lease: lease_id, worker };
                         }
-                        self.note(task, Seen::Pushed, false, fx);
                         batch.push(spec);
                     }
                     Err(e) => {

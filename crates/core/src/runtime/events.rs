@@ -128,9 +128,10 @@ impl Runtime {
         // In frames of a bounded size: the link to the node also carries lease requests,
         // which must not wait behind megabytes of events.
         let mut dropped = Some(dropped);
-        let EventBatch { whats, events } = batch;
-        for chunk in events.chunks(EVENTS_PER_FRAME) {
-            let part = EventBatch { whats: whats.clone(), events: chunk.to_vec() };
+        let EventBatch { whats, mut events } = batch;
+        while !events.is_empty() {
+            let rest = events.split_off(events.len().min(EVENTS_PER_FRAME));
+            let part = EventBatch { whats: whats.clone(), events: std::mem::replace(&mut events, rest) };
             let _ = self.node.send(&ToNode::TaskEvents { batch: part.encode(), dropped: dropped.take().unwrap_or(0) });
         }
         if let Some(d) = dropped.filter(|d| *d > 0) {
@@ -143,9 +144,9 @@ impl Runtime {
 /// the notes' `what` numbers name; `now` stamps notes made outside a change (rare).
 fn fold(notes: impl Iterator<Item = Note>, kinds: &[crate::owner::events::NoteInfo], now: u64) -> EventBatch {
     let mut batch = EventBatch::default();
-    let mut at: HashMap<TaskId, usize> = HashMap::new();
+    let mut at: rustc_hash::FxHashMap<TaskId, usize> = Default::default();
     // The kinds this batch names, by the owner's number for them.
-    let mut whats: HashMap<u32, u32> = HashMap::new();
+    let mut whats: rustc_hash::FxHashMap<u32, u32> = Default::default();
     for mut n in notes {
         if n.at_us == 0 {
             n.at_us = now;
