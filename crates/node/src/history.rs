@@ -117,8 +117,8 @@ impl TaskHistory {
 
     /// Folds in one decoded batch.
     pub fn apply_batch(&mut self, b: EventBatch) {
-        let whats: Vec<Arc<What>> = b.whats.into_iter().map(|w| self.intern(w)).collect();
-        for e in b.events {
+        let whats: Vec<Arc<What>> = b.whats.iter().cloned().map(|w| self.intern(w)).collect();
+        for e in b.events() {
             let what = e.what.and_then(|i| whats.get(i as usize).cloned());
             self.apply(e, what);
         }
@@ -418,7 +418,9 @@ mod tests {
             error: None,
         };
         // Through the bytes, as batches come.
-        h.add_batch(EventBatch { whats, events: vec![e] }.encode(), 0);
+        let mut b = EventBatch { whats, ..Default::default() };
+        b.push(&e);
+        h.add_batch(b.encode(), 0);
         h.fold();
     }
 

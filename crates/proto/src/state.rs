@@ -116,14 +116,35 @@ pub struct TaskEvent {
     pub error: Option<String>,
 }
 
-/// One process's events since its last batch (`ToNode::TaskEvents` carries it encoded, so
-/// that a node keeps it as bytes until someone reads the history).
+/// One process's task events since its last batch (`ToNode::TaskEvents` carries it encoded,
+/// so that a node keeps it as bytes until someone reads the history).
+///
+/// Events travel as fixed-size records (`RECORD` bytes each, little-endian: task owner,
+/// task sequence, time, node, worker, start time, attempt, what, state), written and read
+/// without a serializer's per-field work; what few events carry besides (a parent task, an
+/// error) goes in `extras`, by record number.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
 pub struct EventBatch {
     pub whats: Vec<What>,
-    pub events: Vec<TaskEvent>,
+    #[serde(with = "serde_bytes")]
+    pub records: Vec<u8>,
+    pub extras: Vec<Extra>,
 }
+
+/// What one event carries besides its record.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
+pub struct Extra {
+    pub record: u32,
+    pub parent: Option<TaskId>,
+    pub error: Option<String>,
+}
+
+/// Bytes per event record.
+pub const RECORD: usize = 56;
+
+const NONE: u64 = u64::MAX;
 
 impl EventBatch {
     pub fn encode(&self) -> Vec<u8> {
@@ -131,6 +152,68 @@ impl EventBatch {
     }
     pub fn decode(bytes: &[u8]) -> Option<EventBatch> {
         postcard::from_bytes(bytes).ok()
+    }
+
+    /// How many events it holds.
+    pub fn len(&self) -> usize {
+        self.records.len() / RECORD
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.len() < RECORD
+    }
+
+    /// Appends an event (its `submitted_us` is its time when it says what the task is).
+    pub fn push(&mut self, e: &TaskEvent) {
+        let n = self.len() as u32;
+        let mut r = [0u8; RECORD];
+        r[0..8].copy_from_slice(&e.task.owner.0.to_le_bytes());
+        r[8..16].copy_from_slice(&e.task.seq.to_le_bytes());
+        r[16..24].copy_from_slice(&e.at_us.to_le_bytes());
+        r[24..32].copy_from_slice(&e.node.map_or(NONE, |n| n.0).to_le_bytes());
+        r[32..40].copy_from_slice(&e.worker.map_or(NONE, |w| w.0).to_le_bytes());
+        r[40..48].copy_from_slice(&e.started_us.unwrap_or(NONE).to_le_bytes());
+        r[48..52].copy_from_slice(&e.attempt.to_le_bytes());
+        // The state in the top byte of `what` (what numbers stay below 2^24).
+        let what = e.what.map_or(0x00ff_ffff, |w| w.min(0x00ff_fffe)) | ((e.state as u32) << 24);
+        r[52..56].copy_from_slice(&what.to_le_bytes());
+        self.records.extend_from_slice(&r);
+        if e.parent.is_some() || e.error.is_some() {
+            self.extras.push(Extra { record: n, parent: e.parent, error: e.error.clone() });
+        }
+    }
+
+    /// Its events, in order (records that do not read as one are skipped).
+    pub fn events(&self) -> impl Iterator<Item = TaskEvent> + '_ {
+        let mut extras = self.extras.iter().peekable();
+        self.records.chunks_exact(RECORD).enumerate().filter_map(move |(i, r)| {
+            let u64_at = |o: usize| u64::from_le_bytes(r[o..o + 8].try_into().expect("8 bytes"));
+            let some = |v: u64| (v != NONE).then_some(v);
+            let what = u32::from_le_bytes(r[52..56].try_into().expect("4 bytes"));
+            let state = *TaskState::ALL.get((what >> 24) as usize)?;
+            let w = what & 0x00ff_ffff;
+            let w = (w != 0x00ff_ffff).then_some(w);
+            let mut e = TaskEvent {
+                task: TaskId { owner: WorkerId(u64_at(0)), seq: u64_at(8) },
+                state,
+                at_us: u64_at(16),
+                attempt: u32::from_le_bytes(r[48..52].try_into().expect("4 bytes")),
+                what: w,
+                parent: None,
+                submitted_us: w.map(|_| u64_at(16)),
+                started_us: some(u64_at(40)),
+                node: some(u64_at(24)).map(NodeId),
+                worker: some(u64_at(32)).map(WorkerId),
+                error: None,
+            };
+            while let Some(x) = extras.next_if(|x| x.record as usize <= i) {
+                if x.record as usize == i {
+                    e.parent = x.parent;
+                    e.error = x.error.clone();
+                }
+            }
+            Some(e)
+        })
     }
 }
 

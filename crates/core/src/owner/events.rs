@@ -54,6 +54,11 @@ impl OwnerState {
         self.task_events = on;
     }
 
+    /// How many tasks this process has submitted and not seen end.
+    pub fn tasks_in_flight(&self) -> usize {
+        self.tasks.len()
+    }
+
     /// How many notes are waiting (the runtime stamps those made after this).
     pub fn notes_len(&self) -> usize {
         self.notes.len()

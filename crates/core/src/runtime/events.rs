@@ -29,6 +29,9 @@ const SAY_RUNNING_AFTER_US: u64 = 100_000;
 /// Events per `TaskEvents` frame (about 40 KiB).
 const EVENTS_PER_FRAME: usize = 1024;
 
+/// A process with more tasks in flight than this is in a burst: its tick sends no events.
+const BUSY_TASKS: usize = 1024;
+
 /// Most notes the executor keeps between two ticks.
 const MAX_BUFFERED: usize = 100_000;
 
@@ -84,6 +87,25 @@ impl Runtime {
         if !self.cfg.task_events {
             return;
         }
+        self.send_task_events();
+    }
+
+    /// The housekeeping tick's send: put off while a burst of tasks is in flight (the send
+    /// would take a core from the burst's workers), unless the notes pile up.
+    pub(super) fn tick_task_events(&self) {
+        if !self.cfg.task_events {
+            return;
+        }
+        let (busy, piled) = {
+            let st = self.state.locked();
+            (st.tasks_in_flight() > BUSY_TASKS, st.notes_len() > MAX_BUFFERED / 2)
+        };
+        if !busy || piled {
+            self.send_task_events();
+        }
+    }
+
+    fn send_task_events(&self) {
         let (mut notes, worker, dropped) = {
             let mut b = self.events.locked();
             // A task running for a while is said to be running now.
@@ -121,62 +143,37 @@ impl Runtime {
             return;
         }
         let kinds = std::mem::take(&mut self.events.locked().kinds);
-        let batch = fold(notes.drain(..).chain(worker), &kinds, now_us());
-        self.events.locked().kinds = kinds;
-        // The owner's buffer keeps its room for the next tick.
-        self.events.locked().spare = notes;
+        let mut dropped = Some(dropped);
         // In frames of a bounded size: the link to the node also carries lease requests,
         // which must not wait behind megabytes of events.
-        let mut dropped = Some(dropped);
-        let EventBatch { whats, mut events } = batch;
-        while !events.is_empty() {
-            let rest = events.split_off(events.len().min(EVENTS_PER_FRAME));
-            let part = EventBatch { whats: whats.clone(), events: std::mem::replace(&mut events, rest) };
-            let _ = self.node.send(&ToNode::TaskEvents { batch: part.encode(), dropped: dropped.take().unwrap_or(0) });
+        let now = now_us();
+        for chunk in notes.chunks(EVENTS_PER_FRAME).chain(worker.chunks(EVENTS_PER_FRAME)) {
+            let batch = pack(chunk, &kinds, now);
+            let _ = self.node.send(&ToNode::TaskEvents { batch: batch.encode(), dropped: dropped.take().unwrap_or(0) });
         }
         if let Some(d) = dropped.filter(|d| *d > 0) {
             let _ = self.node.send(&ToNode::TaskEvents { batch: EventBatch::default().encode(), dropped: d });
         }
+        notes.clear();
+        let mut b = self.events.locked();
+        b.kinds = kinds;
+        // The owner's buffer keeps its room for the next tick.
+        b.spare = notes;
     }
 }
 
-/// Folds each task's notes (in the order they were made) into one event; `kinds` are what
-/// the notes' `what` numbers name; `now` stamps notes made outside a change (rare).
-fn fold(notes: impl Iterator<Item = Note>, kinds: &[crate::owner::events::NoteInfo], now: u64) -> EventBatch {
-    let mut batch = EventBatch::default();
-    let mut at: rustc_hash::FxHashMap<TaskId, usize> = Default::default();
+/// Packs notes (in the order they were made) into a batch of records; `kinds` are what the
+/// notes' `what` numbers name; `now` stamps notes made outside a change (rare).
+fn pack(notes: &[Note], kinds: &[crate::owner::events::NoteInfo], now: u64) -> EventBatch {
+    let mut batch =
+        EventBatch { records: Vec::with_capacity(notes.len() * ferry_proto::state::RECORD), ..Default::default() };
     // The kinds this batch names, by the owner's number for them.
     let mut whats: rustc_hash::FxHashMap<u32, u32> = Default::default();
-    for mut n in notes {
-        if n.at_us == 0 {
-            n.at_us = now;
-        }
-        let i = *at.entry(n.task).or_insert_with(|| {
-            batch.events.push(TaskEvent {
-                task: n.task,
-                state: n.state,
-                at_us: n.at_us,
-                attempt: n.attempt,
-                what: None,
-                parent: None,
-                submitted_us: None,
-                started_us: None,
-                node: None,
-                worker: None,
-                error: None,
-            });
-            batch.events.len() - 1
-        });
-        let e = &mut batch.events[i];
-        if n.attempt > e.attempt {
-            // A retry: what came before it is over.
-            *e = TaskEvent { attempt: n.attempt, started_us: None, error: None, ..e.clone() };
-            e.state = n.state;
-        }
-        if let Some(info) = n.what.and_then(|w| kinds.get(w as usize).map(|k| (w, k))) {
-            let (w, k) = info;
+    for n in notes {
+        let what = n.what.and_then(|w| {
+            let k = kinds.get(w as usize)?;
             let next = whats.len() as u32;
-            let idx = *whats.entry(w).or_insert_with(|| {
+            Some(*whats.entry(w).or_insert_with(|| {
                 batch.whats.push(What {
                     function: k.function.to_string(),
                     name: k.name.to_string(),
@@ -185,27 +182,21 @@ fn fold(notes: impl Iterator<Item = Note>, kinds: &[crate::owner::events::NoteIn
                     creation: k.creation,
                 });
                 next
-            });
-            e.what = Some(idx);
-            e.parent = n.parent;
-            e.submitted_us.get_or_insert(n.at_us);
-        }
-        if let Some(s) = n.started_us.filter(|_| n.attempt == e.attempt) {
-            e.started_us.get_or_insert(s);
-        }
-        if n.attempt == e.attempt && (!e.state.is_final() || n.state.is_final()) {
-            e.state = n.state;
-            e.at_us = n.at_us;
-        }
-        if n.node.is_some() {
-            e.node = n.node;
-        }
-        if n.worker.is_some() {
-            e.worker = n.worker;
-        }
-        if let Some(err) = n.error {
-            e.error = Some(err.into_string());
-        }
+            }))
+        });
+        batch.push(&TaskEvent {
+            task: n.task,
+            state: n.state,
+            at_us: if n.at_us == 0 { now } else { n.at_us },
+            attempt: n.attempt,
+            what,
+            parent: n.parent,
+            submitted_us: None,
+            started_us: n.started_us,
+            node: n.node,
+            worker: n.worker,
+            error: n.error.as_deref().map(String::from),
+        });
     }
     batch
 }

@@ -498,7 +498,7 @@ impl Runtime {
                     st.num_leases() > 0
                 });
             }
-            self.flush_task_events();
+            self.tick_task_events();
         }
     }
 
