@@ -1,6 +1,6 @@
 //! `ferry-bench observability`: what recording task events costs the task path. Child
 //! processes of this binary run the round trip and the 20,000-task throughput with events
-//! off and on (`FERRY_TASK_EVENTS`), alternately, ten times each; the medians of each side
+//! off and on (`FERRY_TASK_EVENTS`), alternately, twenty times each; the medians of each side
 //! and their ratios are printed. Then the history's own figures: listing and summarizing it
 //! once it holds the tasks of those runs.
 //!
@@ -10,7 +10,7 @@
 use crate::{emit, info, median, noop};
 
 /// Runs of each side (events off, on), alternating.
-const ROUNDS: usize = 10;
+const ROUNDS: usize = 20;
 use std::time::Instant;
 
 /// Run in a child (`__events_probe`): one round-trip median and one throughput figure.
