@@ -248,16 +248,6 @@ pub struct TaskFilter {
     pub actor: Option<ActorId>,
 }
 
-impl TaskFilter {
-    pub fn matches(&self, r: &TaskRecord) -> bool {
-        self.task.is_none_or(|t| r.task == t)
-            && self.job.is_none_or(|j| r.info.job == j)
-            && self.state.is_none_or(|s| r.state == s)
-            && self.name.as_deref().is_none_or(|n| r.info.name.contains(n) || r.info.function.contains(n))
-            && self.node.is_none_or(|n| r.node == Some(n))
-            && self.actor.is_none_or(|a| r.info.actor == Some(a))
-    }
-}
 
 /// One row of `ferry summary tasks`: a function in a job, with how many of its tasks are in
 /// each state (indexed by [`TaskState::index`]). Exact, even where records were dropped.
