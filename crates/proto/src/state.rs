@@ -120,7 +120,7 @@ pub struct TaskEvent {
 /// so that a node keeps it as bytes until someone reads the history).
 ///
 /// Events travel as fixed-size records (`RECORD` bytes each, little-endian: task owner,
-/// task sequence, time, node, worker, start time, attempt, what, state), written and read
+/// task sequence, time, node, worker, start time, attempt, what and state, submission time), written and read
 /// without a serializer's per-field work; what few events carry besides (a parent task, an
 /// error) goes in `extras`, by record number.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -142,7 +142,7 @@ pub struct Extra {
 }
 
 /// Bytes per event record.
-pub const RECORD: usize = 56;
+pub const RECORD: usize = 64;
 
 const NONE: u64 = u64::MAX;
 
@@ -163,7 +163,7 @@ impl EventBatch {
         self.records.len() < RECORD
     }
 
-    /// Appends an event (its `submitted_us` is its time when it says what the task is).
+    /// Appends an event.
     pub fn push(&mut self, e: &TaskEvent) {
         let n = self.len() as u32;
         let mut r = [0u8; RECORD];
@@ -177,6 +177,7 @@ impl EventBatch {
         // The state in the top byte of `what` (what numbers stay below 2^24).
         let what = e.what.map_or(0x00ff_ffff, |w| w.min(0x00ff_fffe)) | ((e.state as u32) << 24);
         r[52..56].copy_from_slice(&what.to_le_bytes());
+        r[56..64].copy_from_slice(&e.submitted_us.unwrap_or(NONE).to_le_bytes());
         self.records.extend_from_slice(&r);
         if e.parent.is_some() || e.error.is_some() {
             self.extras.push(Extra { record: n, parent: e.parent, error: e.error.clone() });
@@ -200,7 +201,7 @@ impl EventBatch {
                 attempt: u32::from_le_bytes(r[48..52].try_into().expect("4 bytes")),
                 what: w,
                 parent: None,
-                submitted_us: w.map(|_| u64_at(16)),
+                submitted_us: some(u64_at(56)),
                 started_us: some(u64_at(40)),
                 node: some(u64_at(24)).map(NodeId),
                 worker: some(u64_at(32)).map(WorkerId),
@@ -247,7 +248,6 @@ pub struct TaskFilter {
     pub node: Option<NodeId>,
     pub actor: Option<ActorId>,
 }
-
 
 /// One row of `ferry summary tasks`: a function in a job, with how many of its tasks are in
 /// each state (indexed by [`TaskState::index`]). Exact, even where records were dropped.

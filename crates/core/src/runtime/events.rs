@@ -26,8 +26,9 @@ pub(crate) struct EventBuf {
 /// A task running longer than this is said to be running before it ends.
 const SAY_RUNNING_AFTER_US: u64 = 100_000;
 
-/// Events per `TaskEvents` frame (about 40 KiB).
-const EVENTS_PER_FRAME: usize = 1024;
+/// Notes per `TaskEvents` frame (at most 512 KiB of records: a short task's two notes make
+/// one record).
+const EVENTS_PER_FRAME: usize = 8192;
 
 /// A process with more tasks in flight than this is in a burst: its tick sends no events.
 const BUSY_TASKS: usize = 1024;
@@ -162,18 +163,46 @@ impl Runtime {
     }
 }
 
-/// Packs notes (in the order they were made) into a batch of records; `kinds` are what the
-/// notes' `what` numbers name; `now` stamps notes made outside a change (rare).
+/// Packs notes (in the order they were made) into a batch of records, one per task: its
+/// notes since the last tick folded together (a short task's submission and end make one
+/// record); `kinds` are what the notes' `what` numbers name; `now` stamps notes made
+/// outside a change (rare).
 fn pack(notes: &[Note], kinds: &[crate::owner::events::NoteInfo], now: u64) -> EventBatch {
-    let mut batch =
-        EventBatch { records: Vec::with_capacity(notes.len() * ferry_proto::state::RECORD), ..Default::default() };
+    let mut events: Vec<TaskEvent> = Vec::with_capacity(notes.len());
+    let mut at: rustc_hash::FxHashMap<TaskId, usize> = Default::default();
+    at.reserve(notes.len());
+    let mut batch = EventBatch::default();
     // The kinds this batch names, by the owner's number for them.
     let mut whats: rustc_hash::FxHashMap<u32, u32> = Default::default();
     for n in notes {
-        let what = n.what.and_then(|w| {
-            let k = kinds.get(w as usize)?;
+        let at_us = if n.at_us == 0 { now } else { n.at_us };
+        let i = *at.entry(n.task).or_insert_with(|| {
+            events.push(TaskEvent {
+                task: n.task,
+                state: n.state,
+                at_us,
+                attempt: n.attempt,
+                what: None,
+                parent: None,
+                submitted_us: None,
+                started_us: None,
+                node: None,
+                worker: None,
+                error: None,
+            });
+            events.len() - 1
+        });
+        let e = &mut events[i];
+        if n.attempt > e.attempt {
+            // A retry: what came before it is over.
+            e.attempt = n.attempt;
+            e.state = n.state;
+            e.started_us = None;
+            e.error = None;
+        }
+        if let Some((w, k)) = n.what.and_then(|w| kinds.get(w as usize).map(|k| (w, k))) {
             let next = whats.len() as u32;
-            Some(*whats.entry(w).or_insert_with(|| {
+            let idx = *whats.entry(w).or_insert_with(|| {
                 batch.whats.push(What {
                     function: k.function.to_string(),
                     name: k.name.to_string(),
@@ -182,21 +211,31 @@ fn pack(notes: &[Note], kinds: &[crate::owner::events::NoteInfo], now: u64) -> E
                     creation: k.creation,
                 });
                 next
-            }))
-        });
-        batch.push(&TaskEvent {
-            task: n.task,
-            state: n.state,
-            at_us: if n.at_us == 0 { now } else { n.at_us },
-            attempt: n.attempt,
-            what,
-            parent: n.parent,
-            submitted_us: None,
-            started_us: n.started_us,
-            node: n.node,
-            worker: n.worker,
-            error: n.error.as_deref().map(String::from),
-        });
+            });
+            e.what = Some(idx);
+            e.parent = n.parent;
+            e.submitted_us.get_or_insert(at_us);
+        }
+        if let Some(s) = n.started_us.filter(|_| n.attempt == e.attempt) {
+            e.started_us.get_or_insert(s);
+        }
+        if n.attempt == e.attempt && (!e.state.is_final() || n.state.is_final()) {
+            e.state = n.state;
+            e.at_us = at_us;
+        }
+        if n.node.is_some() {
+            e.node = n.node;
+        }
+        if n.worker.is_some() {
+            e.worker = n.worker;
+        }
+        if let Some(err) = &n.error {
+            e.error = Some(err.to_string());
+        }
+    }
+    batch.records.reserve(events.len() * ferry_proto::state::RECORD);
+    for e in &events {
+        batch.push(e);
     }
     batch
 }
