@@ -4,7 +4,7 @@
 //! ```text
 //! ferry start --head [--host H] [--port P] [--num-cpus N] [--resources k=v,..] [--block]
 //! ferry start --address HEAD:PORT [--host H] [--port P] [--token-file F] ...   (joins the head)
-//! ferry status [--address H:P] [--token-file F]
+//! ferry status [--address H:P] [--token-file F] [--watch [--interval-ms MS]]
 //! ferry stop   [--address H:P] [--token-file F] [--node-only]
 //! ferry submit [--address H:P] [--token-file F] [--no-wait] -- ./job args...
 //! ferry job submit|list|status ID|logs ID [--follow]|stop ID   (see `jobs`)
@@ -140,6 +140,12 @@ enum Cmd {
     Status {
         #[command(flatten)]
         target: Target,
+        /// Show it again every interval until interrupted (Ctrl-C), as `watch` would.
+        #[arg(long)]
+        watch: bool,
+        /// The interval of --watch, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        interval_ms: u64,
     },
     /// Stop the cluster: every node (members first, then the head and its control store),
     /// with every worker they started.
@@ -217,9 +223,12 @@ fn main() -> ExitCode {
                 (Ok(_), Ok(_)) => start_background(token),
             }
         }
-        Cmd::Status { target } => {
+        Cmd::Status { target, watch, interval_ms } => {
             warn_token_in_argv(target.token.is_some());
-            status(&target)
+            match watch {
+                false => status(&target),
+                true => watch_status(&target, Duration::from_millis(interval_ms.max(100))),
+            }
         }
         Cmd::Stop { target, node_only } => {
             warn_token_in_argv(target.token.is_some());
@@ -391,6 +400,27 @@ fn count(n: usize, what: &str) -> String {
     match n {
         1 => format!("1 {what}"),
         _ => format!("{n} {what}s"),
+    }
+}
+
+/// `ferry status --watch`: the status again every `every`, each under a line with the time
+/// (the screen cleared first on a terminal), until interrupted or the node is gone.
+fn watch_status(target: &Target, every: Duration) -> Result<(), String> {
+    use std::io::IsTerminal;
+    let tty = std::io::stdout().is_terminal();
+    loop {
+        if tty {
+            // Clear the screen and go home, as `watch` does.
+            print!("\x1b[2J\x1b[H");
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let s = now.as_secs();
+        println!("every {every:.1?}, at {:02}:{:02}:{:02} UTC (Ctrl-C to stop)", s / 3600 % 24, s / 60 % 60, s % 60);
+        status(target)?;
+        println!();
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        std::thread::sleep(every);
     }
 }
 

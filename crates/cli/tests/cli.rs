@@ -295,3 +295,49 @@ fn a_dead_nodes_port_is_not_trusted_with_this_users_connections() {
         let _ = std::fs::remove_file(runtime.join(f));
     }
 }
+
+/// `ferry status --watch` shows the status again every interval until stopped, and ends
+/// with an error once the node is gone.
+#[test]
+fn status_watch_repeats_until_the_node_is_gone() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args(["start", "--head", "--port", "0", "--num-cpus", "1", "--block"]);
+    let head = Head::start(cmd, T).unwrap();
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .env("FERRY_TOKEN", &head.token)
+        .args(["status", "--address", &head.address, "--watch", "--interval-ms", "100"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // Three snapshots, each under its time line.
+    let mut snapshots = 0;
+    let end = Instant::now() + T;
+    while snapshots < 3 {
+        let left = end.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).expect("ferry status --watch printed three snapshots in time");
+        if line.starts_with("every ") {
+            snapshots += 1;
+        } else {
+            assert!(line.is_empty() || line.starts_with(' ') || line.contains(':'), "{line}");
+        }
+    }
+    // The node goes: the watch ends, with an error.
+    drop(head);
+    let end = Instant::now() + T;
+    let status = loop {
+        if let Some(s) = watch.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < end, "ferry status --watch outlived its node");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+}
