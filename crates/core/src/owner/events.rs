@@ -1,12 +1,13 @@
 //! Task events (`ferry list tasks`, the dashboard): the owner notes a task's submission, its
 //! end (with where it ran) and what happens in between off the common path (a retry, a
 //! wait for arguments, a hand-back), in a buffer it keeps; being pushed to a worker is not
-//! noted (the worker says a task is running once it has run for a tick). On the task path a note is a small struct pushed into
-//! room that is reused (what the task is goes by a number: the kinds of tasks are kept once
-//! each, in `whats`), left unstamped: the runtime stamps the notes a change made with one
-//! read of the clock, before it lets the lock go. The runtime takes the notes every tick,
-//! folds each task's into one event, and sends them to its node in one message, off the
-//! task path (`runtime::events`).
+//! noted (the worker says a task is running once it has run for a tick).
+//!
+//! On the task path a note is a small struct pushed into room that is reused (what the task
+//! is goes by a number: the kinds of tasks are kept once each, in `whats`), left unstamped:
+//! `Runtime::with_state` stamps the notes a change made with one read of the clock, taken
+//! before the lock. The runtime takes the notes every tick and sends them to its node
+//! (`runtime::events`).
 
 use super::*;
 use ferry_proto::state::TaskState as Seen;

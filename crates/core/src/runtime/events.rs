@@ -1,9 +1,10 @@
 //! Task events leave the process here. The owner table notes its tasks' changes (see
-//! `owner::events`; the time is set on each lock), the executor notes when the tasks it runs
-//! start and block; every tick the housekeeping thread takes both, folds each task's notes
-//! into one event, and sends them to the node as one encoded batch, off the task path. A
-//! buffer past its bound drops new notes and counts them: the history says how many it
-//! never got.
+//! `owner::events`); the executor notes a task that blocks, or that has run for a tick (a
+//! shorter one's times go in its reply). Every tick the housekeeping thread takes both,
+//! folds each task's notes into one fixed-size record (`EventBatch`), and sends them to the
+//! node in bounded frames, off the task path; not while a burst of tasks is in flight,
+//! unless the notes pile up. A buffer past its bound drops new notes and counts them: the
+//! history says how many it never got.
 
 use super::*;
 use crate::owner::events::Note;
