@@ -103,8 +103,18 @@ fn temp(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-fn values<T: serde::de::DeserializeOwned + 'static>(s: RefStream<T>) -> Vec<T> {
-    s.map(|r| ferry::get_timeout(&r, T).unwrap()).collect()
+/// The stream's next ref, or its end; a stream that does neither within `T` fails the test.
+fn next<V>(s: &mut RefStream<V>) -> Option<ObjectRef<V>> {
+    s.next_timeout(T).unwrap_or_else(|e| panic!("the stream neither yielded nor ended: {e}"))
+}
+
+/// The rest of the stream's refs, each waited for at most `T`.
+fn refs<V>(mut s: RefStream<V>) -> Vec<ObjectRef<V>> {
+    std::iter::from_fn(|| next(&mut s)).collect()
+}
+
+fn values<V: serde::de::DeserializeOwned + 'static>(s: RefStream<V>) -> Vec<V> {
+    refs(s).iter().map(|r| ferry::get_timeout(r, T).unwrap()).collect()
 }
 
 #[test]
@@ -115,7 +125,7 @@ fn a_stream_yields_each_value_as_a_ref_in_order() {
     // An empty stream ends at once.
     assert_eq!(values(count::remote(0)), Vec::<u32>::new());
     // Each ref is an object like any other: it can be passed to tasks.
-    let refs: Vec<ObjectRef<u32>> = count::remote(4).collect();
+    let refs: Vec<ObjectRef<u32>> = refs(count::remote(4));
     assert_eq!(refs.iter().map(|r| r.id().index).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
     let doubled: Vec<ObjectRef<u32>> = refs.iter().map(double::remote).collect();
     assert_eq!(ferry::get_all(&doubled).unwrap(), vec![0, 2, 4, 6]);
@@ -150,7 +160,7 @@ fn the_producer_waits_when_the_consumer_falls_behind() {
     assert!(made() <= 3, "it ran ahead of the window: {} values made", made());
     let first = s.next_timeout(T).unwrap().unwrap();
     assert_eq!(ferry::get_timeout(&first, T).unwrap(), 0);
-    let rest: Vec<u32> = s.map(|r| ferry::get_timeout(&r, T).unwrap()).collect();
+    let rest: Vec<u32> = values(s);
     assert_eq!(rest, (1..20).collect::<Vec<_>>());
     assert_eq!(made(), 20);
 }
@@ -161,16 +171,16 @@ fn an_error_mid_stream_ends_it_after_the_values_made() {
     cluster();
     let mut s = fails_after::remote(3);
     for i in 0..3 {
-        assert_eq!(ferry::get_timeout(&s.next().unwrap(), T).unwrap(), i);
+        assert_eq!(ferry::get_timeout(&next(&mut s).unwrap(), T).unwrap(), i);
     }
-    let last = s.next().expect("a ref carrying the error");
+    let last = next(&mut s).expect("a ref carrying the error");
     match ferry::get_timeout(&last, T) {
         Err(ferry::Error::TaskPanicked { message, .. }) => {
             assert!(message.contains("the source broke at item 3"), "{message}")
         }
         other => panic!("expected the producer's panic, got {other:?}"),
     }
-    assert!(s.next().is_none(), "the stream ends after its error");
+    assert!(next(&mut s).is_none(), "the stream ends after its error");
 }
 
 #[test]
@@ -214,13 +224,19 @@ fn a_stream_is_also_an_async_stream() {
     ferry_testkit::own_process!();
     cluster();
     let mut s = count::remote(3);
-    let got = ferry::block_on(async {
-        let mut v = Vec::new();
-        while let Some(r) = s.next_async().await {
-            v.push(r.await.unwrap());
-        }
-        v
+    // Awaited on a thread of its own, so that the test waits for it at most `T`.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let got = ferry::block_on(async {
+            let mut v = Vec::new();
+            while let Some(r) = s.next_async().await {
+                v.push(r.await.unwrap());
+            }
+            v
+        });
+        let _ = tx.send(got);
     });
+    let got = rx.recv_timeout(T).expect("the async stream ended in time");
     assert_eq!(got, vec![0, 1, 2]);
 }
 
@@ -249,7 +265,7 @@ fn a_producer_whose_worker_dies_runs_again_without_losing_or_repeating_a_value()
     }
     let pid: u32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
     sigkill(pid);
-    got.extend(s.map(|r| ferry::get_timeout(&r, T).unwrap()));
+    got.extend(values(s));
     assert_eq!(got, (0..8).collect::<Vec<_>>());
     let again: u32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
     assert_ne!(again, pid, "it ran again on another worker");
@@ -268,7 +284,7 @@ fn a_streamed_value_lost_with_its_node_is_made_again_by_running_the_producer_aga
     let mut cluster = Cluster::new(NodeConfig::cpus(1)).unwrap();
     let b = cluster.add_node(NodeConfig::cpus(1).resource("source", 1.0)).unwrap();
     cluster.connect().unwrap();
-    let refs: Vec<ObjectRef<Vec<u8>>> = stored_chunks::options().resource("source", 1.0).remote(3).collect();
+    let refs: Vec<ObjectRef<Vec<u8>>> = refs(stored_chunks::options().resource("source", 1.0).remote(3));
     assert_eq!(refs.len(), 3);
     // (Not fetched here: their only copies stay on node b.)
     let opts = ferry::WaitOptions { num_ready: 3, timeout: Some(T), fetch_local: false };
