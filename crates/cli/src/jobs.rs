@@ -186,17 +186,6 @@ fn watch_ctrl_c(target: Target, job: Arc<AtomicU64>, stopping: Arc<AtomicBool>) 
     });
 }
 
-/// Its status as a word: running, stopping, succeeded, failed or stopped.
-pub fn status_word(j: &JobView) -> &'static str {
-    match (j.ended_ms, j.stopped, j.code) {
-        (None, false, _) => "running",
-        (None, true, _) => "stopping",
-        (Some(_), true, _) => "stopped",
-        (Some(_), false, Some(0)) => "succeeded",
-        (Some(_), false, _) => "failed",
-    }
-}
-
 /// Its entrypoint as typed, without control characters (what came over the network must
 /// not reach the terminal as escapes).
 pub fn entrypoint(j: &JobView) -> String {
@@ -215,15 +204,7 @@ fn list(target: &Target) -> Result<(), String> {
     for j in &jobs {
         let exit = j.code.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
         let end = j.ended_ms.map(utc).unwrap_or_else(|| "-".into());
-        println!(
-            "{:<5} {:<10} {:<5} {:<20} {:<20} {}",
-            j.id,
-            status_word(j),
-            exit,
-            utc(j.started_ms),
-            end,
-            entrypoint(j)
-        );
+        println!("{:<5} {:<10} {:<5} {:<20} {:<20} {}", j.id, j.status(), exit, utc(j.started_ms), end, entrypoint(j));
     }
     Ok(())
 }
@@ -231,7 +212,7 @@ fn list(target: &Target) -> Result<(), String> {
 fn status(target: &Target, id: u64) -> Result<(), String> {
     let (mut client, _) = target.connect()?;
     let j = find(&mut client.jobs().map_err(|e| e.to_string())?, id)?;
-    println!("job {}: {}", j.id, status_word(&j));
+    println!("job {}: {}", j.id, j.status());
     println!("  entrypoint: {}", entrypoint(&j));
     println!("  binary:     {} (pid {} on the head)", &j.hash[..j.hash.len().min(12)], j.pid);
     println!("  started:    {} UTC", utc(j.started_ms));

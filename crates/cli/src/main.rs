@@ -110,6 +110,13 @@ enum Cmd {
         /// it again if it dies).
         #[arg(long, hide = true)]
         control_store: bool,
+        /// On a head: the dashboard's port, on the head's host (default 8265, as Ray's; 0 picks
+        /// a free one). `ferry start` prints the URL that logs a browser in.
+        #[arg(long, default_value_t = ferry_dash::DEFAULT_PORT)]
+        dashboard_port: u16,
+        /// On a head: serve no dashboard (nor its /metrics).
+        #[arg(long)]
+        no_dashboard: bool,
     },
     /// Run a job binary on the cluster (the short form of `ferry job submit`): it is shipped
     /// to the head by content hash (once), runs there as the job's driver, and its output
@@ -191,6 +198,8 @@ fn main() -> ExitCode {
             node_timeout_ms,
             heartbeat_ms,
             head_grace_ms,
+            dashboard_port,
+            no_dashboard,
         } => {
             // Read where they are used, and inherited by the control store's process.
             for (var, v) in [
@@ -211,7 +220,7 @@ fn main() -> ExitCode {
                      token, keeps it in its state directory, and takes FERRY_TOKEN if you want to choose it"
                         .to_string())
                 }
-                (true, None) => Ok(Role::Head { state_dir }),
+                (true, None) => Ok(Role::Head { state_dir, dashboard: (!no_dashboard).then_some(dashboard_port) }),
                 (false, Some(a)) => Ok(Role::Member { head: a, target }),
                 _ => Err("give either --head, or --address HEAD:PORT to join a head".to_string()),
             };
@@ -319,7 +328,7 @@ fn parse_resources(s: &str) -> Result<Vec<(String, f64)>, String> {
 
 enum Role {
     Control { state_dir: Option<PathBuf> },
-    Head { state_dir: Option<PathBuf> },
+    Head { state_dir: Option<PathBuf>, dashboard: Option<u16> },
     Member { head: String, target: Target },
 }
 
@@ -338,11 +347,13 @@ fn launch_config(cpus: Option<usize>, resources: Option<&str>, store: Option<u64
 
 /// Runs the node in this process until `ferry stop`.
 fn start_blocking(role: Role, cfg: &LaunchConfig, host: &str, port: u16) -> Result<(), String> {
+    let mut dashboard = None;
     let how = match role {
         Role::Control { state_dir } => {
             return ferry_node::control::serve_control_store(cfg, host, port, state_dir).map_err(|e| e.to_string())
         }
-        Role::Head { state_dir } => {
+        Role::Head { state_dir, dashboard: port } => {
+            dashboard = port;
             // The control store is this binary again, on the head's host and state.
             let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
             let host = host.to_string();
@@ -369,9 +380,39 @@ fn start_blocking(role: Role, cfg: &LaunchConfig, host: &str, port: u16) -> Resu
     println!("token: {}", serving.token());
     println!("join with: ferry::init(ferry::Config::default().address(\"{addr}\")), or FERRY_ADDRESS={addr}");
     println!("the token is in {} (readable by this user only; or give FERRY_TOKEN)", serving.token_file().display());
+    let dashboard = dashboard.and_then(|port| start_dashboard(&serving, port));
     println!("ready");
     serving.wait();
+    drop(dashboard);
     Ok(())
+}
+
+/// Starts the head's dashboard on its host; a dashboard that cannot start (its port taken)
+/// is reported, and the head runs without it, as Ray's does.
+fn start_dashboard(serving: &launch::Serving, port: u16) -> Option<ferry_dash::Dashboard> {
+    let restarts = serving.control_restarts();
+    let facts = move || ferry_dash::HeadFacts {
+        control_store_restarts: restarts.as_ref().map(|r| r.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(0),
+    };
+    let opts = ferry_dash::DashOptions {
+        bind: std::net::SocketAddr::new(serving.addr().ip(), port),
+        node: serving.addr().to_string(),
+        token: serving.token().to_string(),
+        head_facts: Some(std::sync::Arc::new(facts)),
+    };
+    match ferry_dash::serve(opts) {
+        Ok(d) => {
+            println!(
+                "dashboard: {} (this URL logs a browser in: share it only with who may see the cluster)",
+                d.login_url()
+            );
+            Some(d)
+        }
+        Err(e) => {
+            println!("warning: no dashboard: {e}");
+            None
+        }
+    }
 }
 
 /// Starts `ferry start ... --block` in the background (its own session) and returns once it
@@ -482,7 +523,7 @@ fn status(target: &Target) -> Result<(), String> {
     if !jobs.is_empty() {
         println!("jobs: {}", jobs.len());
         for j in jobs {
-            let state = match (jobs::status_word(&j), j.ended_ms, j.code) {
+            let state = match (j.status(), j.ended_ms, j.code) {
                 (_, Some(_), Some(c)) if !j.stopped => format!("exited with {c}"),
                 (_, Some(_), None) if !j.stopped => "ended (signal, or the head restarted)".to_string(),
                 (word, ..) => word.to_string(),

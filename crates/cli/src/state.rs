@@ -84,17 +84,8 @@ pub enum GetWhat {
 /// The client of whatever keeps the task history: the node at the target, or its cluster's
 /// control store.
 fn history(target: &Target) -> Result<Client, String> {
-    let (mut client, token) = target.connect()?;
-    if client.list_tasks(&TaskFilter::default(), 0).map_err(|e| e.to_string())?.is_some() {
-        return Ok(client);
-    }
-    let control = client
-        .control_address()
-        .map_err(|e| e.to_string())?
-        .ok_or("the node keeps no task history and names no control store")?;
-    Client::connect(&control, &token)
-        .or_else(|_| Client::connect_tcp(&control, &token))
-        .map_err(|e| format!("cannot reach the control store at {control}: {e}"))
+    let (client, token) = target.connect()?;
+    client.into_history(&token).map_err(|e| e.to_string())
 }
 
 fn parse_filter(filters: &[String]) -> Result<TaskFilter, String> {

@@ -87,7 +87,8 @@ fn join(cfg: Config, address: &str) -> Result<()> {
     };
     let token = local::cluster_token(address, cfg.token.as_deref()).map_err(connection)?;
     let id = Identity {
-        me: WorkerId(random_u64()),
+        // A job's driver takes the id its head chose, which names the job in the task history.
+        me: WorkerId(ferry_types::defaults::job_driver_id().unwrap_or_else(random_u64)),
         kind: ProcKind::Driver,
         token,
         node_addr,

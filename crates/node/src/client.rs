@@ -6,9 +6,13 @@ use ferry_os::local;
 use ferry_proto::conn::{connect, ConnectError};
 /// A job as the head keeps it (`Client::jobs`).
 pub use ferry_proto::msg::JobView;
-use ferry_proto::msg::{FromNode, NodeStats, NodeView, ProcKind, ToNode};
+use ferry_proto::msg::{FromNode, ProcKind, ToNode};
+/// A node as it reports itself, and as its cluster sees it.
+pub use ferry_proto::msg::{NodeStats, NodeView};
 /// The task history's types (`ferry list tasks`).
-pub use ferry_proto::state::{HistoryStats, TaskFilter, TaskRecord, TaskState, TaskSummaryRow};
+pub use ferry_proto::state::{
+    HistoryStats, Latency, TaskFilter, TaskRecord, TaskState, TaskSummaryRow, LATENCY_BOUNDS_US,
+};
 use ferry_proto::{Addr, Conn, FrameError, FrameReader, Stream, WorkerId};
 pub use ferry_proto::{NodeId, TaskId, WorkerId as JobId};
 use std::path::{Path, PathBuf};
@@ -353,6 +357,18 @@ impl Client {
             FromNode::TaskSummary { req: r, rows, stats } if r == req => Some(stats.map(|s| (rows, s))),
             _ => None,
         })
+    }
+
+    /// The client of whatever keeps this node's task history: the node itself (outside a
+    /// cluster), or its cluster's control store.
+    pub fn into_history(mut self, token: &str) -> Result<Client, ClientError> {
+        if self.list_tasks(&ferry_proto::state::TaskFilter::default(), 0)?.is_some() {
+            return Ok(self);
+        }
+        let control = self.control_address()?.ok_or_else(|| {
+            ClientError::Local(format!("the node at {} keeps no task history and names no control store", self.addr))
+        })?;
+        Client::connect(&control, token).or_else(|_| Client::connect_tcp(&control, token))
     }
 
     /// Asks the node to stop and waits (at most `within`) until it has: it closes every

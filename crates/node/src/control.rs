@@ -12,7 +12,7 @@ use crate::launch::{LaunchConfig, LaunchError, NodeRole};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -144,7 +144,8 @@ impl ControlStore {
     pub fn supervise(self) -> Supervisor {
         let stopping = Arc::new(AtomicBool::new(false));
         let pid = Arc::new(AtomicU32::new(self.child.id()));
-        let (s, p) = (stopping.clone(), pid.clone());
+        let restarts = Arc::new(AtomicU64::new(0));
+        let (s, p, r) = (stopping.clone(), pid.clone(), restarts.clone());
         let thread = std::thread::spawn(move || {
             let ControlStore { mut child, addr, command, state_dir } = self;
             let port: u16 = addr.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
@@ -178,6 +179,7 @@ impl ControlStore {
                     }
                 };
                 p.store(child.id(), Ordering::SeqCst);
+                r.fetch_add(1, Ordering::Relaxed);
                 started = Instant::now();
                 if s.load(Ordering::SeqCst) {
                     let _ = child.kill();
@@ -186,7 +188,7 @@ impl ControlStore {
                 }
             }
         });
-        Supervisor { stopping, pid, thread }
+        Supervisor { stopping, pid, restarts, thread }
     }
 }
 
@@ -227,10 +229,16 @@ fn spawn(command: &ControlCommand, port: u16, state_dir: &Path) -> Result<(Child
 pub struct Supervisor {
     stopping: Arc<AtomicBool>,
     pid: Arc<AtomicU32>,
+    restarts: Arc<AtomicU64>,
     thread: std::thread::JoinHandle<()>,
 }
 
 impl Supervisor {
+    /// A count of the times it started the control store again (shared, live).
+    pub fn restarts(&self) -> Arc<AtomicU64> {
+        self.restarts.clone()
+    }
+
     /// Stops the control store for good.
     pub fn stop(self) {
         self.stopping.store(true, Ordering::SeqCst);

@@ -14,7 +14,7 @@
 //! earlier state within one attempt, and a later attempt's events win.
 
 use ferry_proto::state::{
-    EventBatch, HistoryStats, TaskEvent, TaskFilter, TaskInfo, TaskRecord, TaskState, TaskSummaryRow,
+    EventBatch, HistoryStats, Latency, TaskEvent, TaskFilter, TaskInfo, TaskRecord, TaskState, TaskSummaryRow,
 };
 use ferry_proto::{NodeId, TaskId, WorkerId};
 use std::collections::{HashMap, VecDeque};
@@ -56,6 +56,14 @@ struct Left {
     attempt: u32,
 }
 
+/// One function's tasks in one job: how many are in each state, how long they waited and ran.
+#[derive(Debug, Default)]
+struct PerFunction {
+    counts: [u64; 8],
+    wait: Latency,
+    run: Latency,
+}
+
 /// See the module docs.
 #[derive(Debug)]
 pub struct TaskHistory {
@@ -64,8 +72,8 @@ pub struct TaskHistory {
     /// Per job, its records' tasks in the order they were first seen.
     order: HashMap<WorkerId, VecDeque<TaskId>>,
     left: HashMap<TaskId, Left>,
-    /// Tasks per (job, function) and state: exact.
-    counts: HashMap<WorkerId, HashMap<Arc<str>, [u64; 8]>>,
+    /// Tasks per (job, function) and state (exact), and their latencies.
+    counts: HashMap<WorkerId, HashMap<Arc<str>, PerFunction>>,
     whats: HashMap<Arc<What>, ()>,
     dropped_records: u64,
     dropped_events: u64,
@@ -124,14 +132,26 @@ impl TaskHistory {
         }
     }
 
-    fn count(&mut self, what: &What, state: TaskState, by: i64) {
+    fn per_function(&mut self, what: &What) -> &mut PerFunction {
         let job = self.counts.entry(what.job).or_default();
         if !job.contains_key(what.function.as_str()) {
-            job.insert(Arc::from(what.function.as_str()), [0; 8]);
+            job.insert(Arc::from(what.function.as_str()), PerFunction::default());
         }
-        let c = job.get_mut(what.function.as_str()).expect("inserted above");
-        let slot = &mut c[state.index()];
+        job.get_mut(what.function.as_str()).expect("inserted above")
+    }
+
+    fn count(&mut self, what: &What, state: TaskState, by: i64) {
+        let slot = &mut self.per_function(what).counts[state.index()];
         *slot = slot.saturating_add_signed(by);
+    }
+
+    /// A task that ended after starting: its wait and run times go into its function's
+    /// histograms.
+    fn observe(&mut self, what: &What, submitted_us: u64, started_us: Option<u64>, ended_us: Option<u64>) {
+        let (Some(s), Some(e)) = (started_us, ended_us) else { return };
+        let f = self.per_function(what);
+        f.wait.observe(s.saturating_sub(submitted_us));
+        f.run.observe(e.saturating_sub(s));
     }
 
     fn intern(&mut self, w: What) -> Arc<What> {
@@ -179,9 +199,11 @@ impl TaskHistory {
                 r.ended_us = None;
                 r.error = None;
             }
+            let times = (r.submitted_us, r.started_us);
             if e.state.is_final() {
                 r.ended_us = Some(e.at_us);
                 r.error = e.error.map(String::into_boxed_str);
+                self.observe(&old, times.0, times.1, Some(e.at_us));
             }
             self.count(&old, from, -1);
             self.count(&old, e.state, 1);
@@ -225,6 +247,7 @@ impl TaskHistory {
             started_us: e.started_us,
             ended_us: e.state.is_final().then_some(e.at_us),
         };
+        self.observe(&rec.what.clone(), rec.submitted_us, rec.started_us, rec.ended_us);
         self.records.insert(task, rec);
         let order = self.order.entry(job).or_default();
         order.push_back(task);
@@ -319,7 +342,13 @@ impl TaskHistory {
             .iter()
             .filter(|(j, _)| job.is_none_or(|x| x == **j))
             .flat_map(|(j, fs)| {
-                fs.iter().map(|(f, c)| TaskSummaryRow { job: *j, function: f.to_string(), counts: c.to_vec() })
+                fs.iter().map(|(f, c)| TaskSummaryRow {
+                    job: *j,
+                    function: f.to_string(),
+                    counts: c.counts.to_vec(),
+                    wait: c.wait.clone(),
+                    run: c.run.clone(),
+                })
             })
             .collect();
         rows.sort_by(|a, b| a.job.0.cmp(&b.job.0).then(a.function.cmp(&b.function)));
@@ -490,5 +519,23 @@ mod tests {
         h.add_batch(vec![0xff; 7], 0);
         h.fold();
         assert_eq!(h.stats().dropped_events, 1);
+    }
+
+    #[test]
+    fn a_finished_task_adds_its_wait_and_run_times_to_its_functions_histograms() {
+        let mut h = TaskHistory::new(10);
+        put(&mut h, 1, TaskState::WaitingForWorker, 0, 1_000, Some(("f", 9)));
+        put(&mut h, 1, TaskState::Running, 0, 1_300, None);
+        put(&mut h, 1, TaskState::Finished, 0, 4_300, None);
+        // Ended without a start seen: no times to add.
+        put(&mut h, 2, TaskState::Cancelled, 0, 5_000, Some(("f", 9)));
+        let row = h.summary(None).into_iter().find(|r| r.function == "f").expect("a row for f");
+        assert_eq!((row.wait.count, row.wait.sum_us), (1, 300));
+        assert_eq!((row.run.count, row.run.sum_us), (1, 3_000));
+        // 300 µs falls in the (250, 500] bucket, 3 ms in (2.5, 5] ms.
+        let le = |l: &Latency, bound: f64| l.cumulative().iter().find(|(b, _)| *b == bound).map(|(_, n)| *n);
+        assert_eq!((le(&row.wait, 0.00025), le(&row.wait, 0.0005)), (Some(0), Some(1)));
+        assert_eq!((le(&row.run, 0.0025), le(&row.run, 0.005)), (Some(0), Some(1)));
+        assert_eq!(row.run.cumulative().last(), Some(&(f64::INFINITY, 1)));
     }
 }

@@ -188,6 +188,8 @@ impl Node {
             return;
         };
         let address = self.tcp_addr.map(|a| a.to_string()).unwrap_or_default();
+        // The driver's id, chosen here so that the job's tasks can be found by its job.
+        let driver = WorkerId(ferry_types::random_u64());
         let mut cmd = std::process::Command::new(&path);
         // Its own process group: `StopJob` ends it and whatever it started.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
@@ -195,6 +197,7 @@ impl Node {
             .env("FERRY_ADDRESS", &address)
             .env("FERRY_TOKEN", &self.opts.token)
             .env("FERRY_EXE_HASH", hash)
+            .env(ferry_types::defaults::JOB_DRIVER_ENV, format!("{}:{driver}", std::process::id()))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
@@ -221,6 +224,7 @@ impl Node {
                 ended_ms: None,
                 code: None,
                 stopped: false,
+                driver,
             };
             self.record_job(&view);
             st.jobs.push(view);

@@ -401,6 +401,11 @@ impl Serving {
         &self.token_file
     }
 
+    /// How many times a head started its control store again, live (`None` on a member).
+    pub fn control_restarts(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicU64>> {
+        self.supervisor.as_ref().map(|s| s.restarts())
+    }
+
     /// The control store's address and process id, on a head.
     pub fn control(&self) -> Option<(&str, u32)> {
         self.control.as_ref().map(|(a, p)| (a.as_str(), *p))

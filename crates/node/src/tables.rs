@@ -192,6 +192,7 @@ mod tests {
                 ended_ms: None,
                 code: None,
                 stopped: false,
+                driver: ferry_proto::WorkerId(3),
             };
             s.put_job(&job).unwrap();
             s.put_job(&JobView { ended_ms: Some(2), code: Some(0), ..job }).unwrap();

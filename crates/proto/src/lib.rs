@@ -31,7 +31,7 @@ pub use frame::{FrameError, FrameReader};
 ///
 /// It covers every type in [`msg`], the [`error::Error`] a failed object carries, and the
 /// encodings of refs and actor handles inside values ([`msg::RefWire`], [`msg::HandleWire`]).
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 /// First bytes of every `Hello`, so a stray client (an HTTP probe, say) is told apart at once.
 pub const MAGIC: [u8; 4] = *b"FRY1";
 /// Default maximum frame size: small values travel inline, large ones through the store,

@@ -104,6 +104,21 @@ pub struct JobView {
     pub code: Option<i32>,
     /// `ferry job stop` (or a Ctrl-C on its `ferry submit`) asked it to stop.
     pub stopped: bool,
+    /// Its driver's worker id: the job its tasks belong to in the task history.
+    pub driver: WorkerId,
+}
+
+impl JobView {
+    /// Its status as a word: running, stopping, succeeded, failed or stopped.
+    pub fn status(&self) -> &'static str {
+        match (self.ended_ms, self.stopped, self.code) {
+            (None, false, _) => "running",
+            (None, true, _) => "stopping",
+            (Some(_), true, _) => "stopped",
+            (Some(_), false, Some(0)) => "succeeded",
+            (Some(_), false, _) => "failed",
+        }
+    }
 }
 
 /// One node as the head sees it.

@@ -257,6 +257,54 @@ pub struct TaskSummaryRow {
     pub job: WorkerId,
     pub function: String,
     pub counts: Vec<u64>,
+    /// How long its tasks waited from submission to start, and ran: of those whose start and
+    /// end the head saw (a record dropped before its task ended takes its times with it).
+    pub wait: Latency,
+    pub run: Latency,
+}
+
+/// The upper bounds of [`Latency`]'s buckets, in microseconds (a last bucket takes the rest).
+pub const LATENCY_BOUNDS_US: [u64; 14] =
+    [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 10_000_000, 60_000_000];
+
+/// A histogram of durations (the Prometheus task latency histograms come from it).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
+pub struct Latency {
+    /// Observations per bucket of [`LATENCY_BOUNDS_US`] (not cumulative), then those above the
+    /// last bound. Empty when nothing was observed.
+    pub buckets: Vec<u64>,
+    pub sum_us: u64,
+    pub count: u64,
+}
+
+impl Latency {
+    pub fn observe(&mut self, us: u64) {
+        if self.buckets.is_empty() {
+            self.buckets = vec![0; LATENCY_BOUNDS_US.len() + 1];
+        }
+        let i = LATENCY_BOUNDS_US.partition_point(|&b| b < us);
+        if let Some(b) = self.buckets.get_mut(i) {
+            *b += 1;
+        }
+        self.sum_us = self.sum_us.saturating_add(us);
+        self.count += 1;
+    }
+
+    /// Cumulative counts per bound, as Prometheus wants them (`le`, in seconds), then +Inf.
+    pub fn cumulative(&self) -> Vec<(f64, u64)> {
+        let mut total = 0;
+        let mut out: Vec<(f64, u64)> = LATENCY_BOUNDS_US
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| {
+                total += self.buckets.get(i).copied().unwrap_or(0);
+                (b as f64 / 1e6, total)
+            })
+            .collect();
+        out.push((f64::INFINITY, self.count));
+        out
+    }
 }
 
 /// What the head says of its task history besides the rows asked for.

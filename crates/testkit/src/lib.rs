@@ -155,6 +155,8 @@ pub struct Head {
     pub child: std::process::Child,
     pub address: String,
     pub token: String,
+    /// The URL that logs a browser in to its dashboard, if it serves one.
+    pub dashboard: Option<String>,
     /// The token file it wrote (removed on drop: a killed head cannot).
     token_file: Option<std::path::PathBuf>,
 }
@@ -171,9 +173,9 @@ impl Head {
                 let _ = tx.send(line);
             }
         });
-        let mut head = Head { child, address: String::new(), token: String::new(), token_file: None };
+        let mut head = Head { child, address: String::new(), token: String::new(), dashboard: None, token_file: None };
         let end = std::time::Instant::now() + within;
-        while head.address.is_empty() || head.token.is_empty() || head.token_file.is_none() {
+        loop {
             let left = end.saturating_duration_since(std::time::Instant::now());
             let line = rx
                 .recv_timeout(left)
@@ -187,6 +189,16 @@ impl Head {
             if let Some(f) = line.strip_prefix("the token is in ").and_then(|r| r.split(" (").next()) {
                 head.token_file = Some(f.into());
             }
+            if let Some(u) = line.strip_prefix("dashboard: ").and_then(|r| r.split(' ').next()) {
+                head.dashboard = Some(u.to_string());
+            }
+            // Everything it prints about itself comes before this.
+            if line == "ready" {
+                break;
+            }
+        }
+        if head.address.is_empty() || head.token.is_empty() || head.token_file.is_none() {
+            return Err("the head was ready without printing its address, token and token file".into());
         }
         Ok(head)
     }

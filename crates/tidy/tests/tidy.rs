@@ -11,8 +11,8 @@ use std::process::Command;
 /// Each crate's layer: a crate may depend (normally, or to build) only on crates of a lower
 /// layer. Base crates (0) know no other ferry crate; the wire, the store and the scheduler
 /// (1) sit on the base; the per-process runtime and the daemon (2) on those, and neither on
-/// the other; the facade and the CLI (3) wire them together, beside the test kit (which
-/// needs nothing of ours); tools (4) may use anything.
+/// the other; the facade and the dashboard (3) wire them together, beside the test kit (which
+/// needs nothing of ours); tools (4: the CLI, the benchmarks) may use anything.
 const LAYERS: &[(&str, u8)] = &[
     ("ferry-types", 0),
     ("ferry-os", 0),
@@ -23,8 +23,9 @@ const LAYERS: &[(&str, u8)] = &[
     ("ferry-core", 2),
     ("ferry-node", 2),
     ("ferry", 3),
-    ("ferry-cli", 3),
+    ("ferry-dash", 3),
     ("ferry-testkit", 3),
+    ("ferry-cli", 4),
     ("ferry-bench", 4),
     ("ferry-tidy", 4),
 ];

@@ -54,3 +54,18 @@ pub const NODE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a member sends the control store a heartbeat (`FERRY_HEARTBEAT_MS`); the head
 /// sends five per timeout, at most this often.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Set by the head for a job's driver: `PID:ID`, the head's pid and the worker id the driver
+/// takes, so that the job's tasks are found by its job. Only a direct child of that pid takes
+/// it: a program the driver starts in turn inherits the variable, and must not take the id.
+pub const JOB_DRIVER_ENV: &str = "FERRY_JOB_DRIVER";
+
+/// The worker id the head chose for this process, if it is a job's driver (see
+/// [`JOB_DRIVER_ENV`]).
+pub fn job_driver_id() -> Option<u64> {
+    let v = env_str(JOB_DRIVER_ENV)?;
+    let (pid, id) = v.split_once(':')?;
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() };
+    (pid.parse::<i64>().ok()? == parent as i64).then(|| u64::from_str_radix(id, 16).ok()).flatten()
+}
