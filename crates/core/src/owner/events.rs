@@ -23,23 +23,57 @@ pub(crate) struct NoteInfo {
     pub creation: bool,
 }
 
-/// One change of one task.
+/// One change of one task: small (72 bytes), since a burst of a million tasks makes two
+/// million; what few notes carry besides (a parent, an error) is boxed.
 #[derive(Debug, Clone)]
 pub(crate) struct Note {
     pub task: TaskId,
-    pub state: Seen,
-    pub attempt: u32,
     /// When (Unix microseconds; 0 until stamped).
     pub at_us: u64,
-    pub node: Option<NodeId>,
-    pub worker: Option<WorkerId>,
-    /// What it is (an index into the owner's `whats`), and the task that submitted it: on
-    /// its submission and on a retry.
-    pub what: Option<u32>,
+    /// Where it ran ([`Note::NONE`]: not known to this note).
+    pub node: u64,
+    pub worker: u64,
+    /// When it started on its worker (from the worker; [`Note::NONE`]: not known).
+    pub started_us: u64,
+    pub attempt: u32,
+    /// What it is (an index into the owner's `whats`): on its submission and on a retry
+    /// ([`Note::NO_WHAT`] otherwise).
+    pub what: u32,
+    pub state: Seen,
+    pub extra: Option<Box<NoteExtra>>,
+}
+
+/// The task that submitted a task (on its submission), and why a task failed.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NoteExtra {
     pub parent: Option<TaskId>,
     pub error: Option<Box<str>>,
-    /// When it started on its worker (from the worker).
-    pub started_us: Option<u64>,
+}
+
+impl Note {
+    pub const NONE: u64 = u64::MAX;
+    pub const NO_WHAT: u32 = u32::MAX;
+
+    /// A note of `task` in `state`, with nothing else known yet.
+    pub fn new(task: TaskId, state: Seen, attempt: u32) -> Note {
+        Note {
+            task,
+            at_us: 0,
+            node: Note::NONE,
+            worker: Note::NONE,
+            started_us: Note::NONE,
+            attempt,
+            what: Note::NO_WHAT,
+            state,
+            extra: None,
+        }
+    }
+
+    fn at(mut self, node: Option<NodeId>, worker: Option<WorkerId>) -> Note {
+        self.node = node.map_or(Note::NONE, |n| n.0);
+        self.worker = worker.map_or(Note::NONE, |w| w.0);
+        self
+    }
 }
 
 /// The kinds of tasks this owner noted, each kept once.
@@ -117,23 +151,14 @@ impl OwnerState {
             TaskState::Pushed { lease, worker } => (self.leases.get(&lease).map(|l| l.node), Some(worker)),
             _ => (None, None),
         };
-        let attempt = t.attempts;
-        let (what, parent) = match with_info.then(|| self.what_of(task)).flatten() {
-            Some((w, p)) => (Some(w), p),
-            None => (None, None),
-        };
-        self.notes.push(Note {
-            task,
-            state,
-            attempt,
-            at_us: 0,
-            node,
-            worker,
-            what,
-            parent,
-            error: None,
-            started_us: None,
-        });
+        let mut n = Note::new(task, state, t.attempts).at(node, worker);
+        if let Some((what, parent)) = with_info.then(|| self.what_of(task)).flatten() {
+            n.what = what;
+            if parent.is_some() {
+                n.extra = Some(Box::new(NoteExtra { parent, error: None }));
+            }
+        }
+        self.notes.push(n);
     }
 
     /// Notes how `t` (no longer in the table) ended.
@@ -145,18 +170,11 @@ impl OwnerState {
             TaskState::Pushed { lease, worker } => (self.leases.get(&lease).map(|l| l.node), Some(worker)),
             _ => (None, None),
         };
-        self.notes.push(Note {
-            task: t.ret.task,
-            state,
-            attempt: t.attempts,
-            at_us: 0,
-            node,
-            worker,
-            what: None,
-            parent: None,
-            error: error.map(|e| e.to_string().into_boxed_str()),
-            started_us: None,
-        });
+        let mut n = Note::new(t.ret.task, state, t.attempts).at(node, worker);
+        if let Some(e) = error {
+            n.extra = Some(Box::new(NoteExtra { parent: None, error: Some(e.to_string().into_boxed_str()) }));
+        }
+        self.notes.push(n);
     }
 
     /// Notes that `task` waits for a worker again (ready, or back from one).

@@ -429,7 +429,7 @@ impl OwnerState {
         self.note_end(&t, Seen::Finished, None, fx);
         if let (Some((start, end)), true) = (inside.ran, self.task_events) {
             if let Some(n) = self.notes.last_mut() {
-                n.started_us = Some(start);
+                n.started_us = start;
                 n.at_us = end;
             }
         }

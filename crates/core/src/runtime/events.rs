@@ -48,18 +48,12 @@ impl Runtime {
         if !self.cfg.task_events {
             return;
         }
-        let n = Note {
-            task,
-            state,
-            attempt,
-            at_us: now_us(),
-            node: Some(self.node_id),
-            worker: Some(self.me),
-            what: None,
-            parent: None,
-            error: None,
-            started_us: (state == TaskState::Running).then(now_us),
-        };
+        let mut n = Note::new(task, state, attempt);
+        n.at_us = now_us();
+        (n.node, n.worker) = (self.node_id.0, self.me.0);
+        if state == TaskState::Running {
+            n.started_us = n.at_us;
+        }
         let mut b = self.events.locked();
         if b.worker.len() < MAX_BUFFERED {
             b.worker.push(n);
@@ -114,18 +108,9 @@ impl Runtime {
             if let Some((task, attempt, since, said)) = &mut b.running {
                 if !*said && now_us().saturating_sub(*since) >= SAY_RUNNING_AFTER_US {
                     *said = true;
-                    let n = Note {
-                        task: *task,
-                        state: TaskState::Running,
-                        attempt: *attempt,
-                        at_us: *since,
-                        node: Some(self.node_id),
-                        worker: Some(self.me),
-                        what: None,
-                        parent: None,
-                        error: None,
-                        started_us: Some(*since),
-                    };
+                    let mut n = Note::new(*task, TaskState::Running, *attempt);
+                    (n.at_us, n.started_us) = (*since, *since);
+                    (n.node, n.worker) = (self.node_id.0, self.me.0);
                     b.worker.push(n);
                 }
             }
@@ -164,46 +149,21 @@ impl Runtime {
     }
 }
 
-/// Packs notes (in the order they were made) into a batch of records, one per task: its
-/// notes since the last tick folded together (a short task's submission and end make one
-/// record); `kinds` are what the notes' `what` numbers name; `now` stamps notes made
-/// outside a change (rare).
+/// Packs notes (in the order they were made) into a batch of records, one per note, written
+/// straight from the notes (the history folds a task's records in order); `kinds` are what
+/// the notes' `what` numbers name; `now` stamps notes made outside a change (rare).
 fn pack(notes: &[Note], kinds: &[crate::owner::events::NoteInfo], now: u64) -> EventBatch {
-    let mut events: Vec<TaskEvent> = Vec::with_capacity(notes.len());
-    let mut at: rustc_hash::FxHashMap<TaskId, usize> = Default::default();
-    at.reserve(notes.len());
     let mut batch = EventBatch::default();
-    // The kinds this batch names, by the owner's number for them.
-    let mut whats: rustc_hash::FxHashMap<u32, u32> = Default::default();
+    batch.records.reserve(notes.len() * ferry_proto::state::RECORD);
+    // The kinds this batch names, by the owner's number for them (a handful).
+    let mut whats: Vec<(u32, u32)> = Vec::new();
+    let some = |v: u64| (v != Note::NONE).then_some(v);
     for n in notes {
         let at_us = if n.at_us == 0 { now } else { n.at_us };
-        let i = *at.entry(n.task).or_insert_with(|| {
-            events.push(TaskEvent {
-                task: n.task,
-                state: n.state,
-                at_us,
-                attempt: n.attempt,
-                what: None,
-                parent: None,
-                submitted_us: None,
-                started_us: None,
-                node: None,
-                worker: None,
-                error: None,
-            });
-            events.len() - 1
-        });
-        let e = &mut events[i];
-        if n.attempt > e.attempt {
-            // A retry: what came before it is over.
-            e.attempt = n.attempt;
-            e.state = n.state;
-            e.started_us = None;
-            e.error = None;
-        }
-        if let Some((w, k)) = n.what.and_then(|w| kinds.get(w as usize).map(|k| (w, k))) {
-            let next = whats.len() as u32;
-            let idx = *whats.entry(w).or_insert_with(|| {
+        let what = kinds.get(n.what as usize).map(|k| match whats.iter().find(|(w, _)| *w == n.what) {
+            Some((_, i)) => *i,
+            None => {
+                let i = batch.whats.len() as u32;
                 batch.whats.push(What {
                     function: k.function.to_string(),
                     name: k.name.to_string(),
@@ -211,32 +171,28 @@ fn pack(notes: &[Note], kinds: &[crate::owner::events::NoteInfo], now: u64) -> E
                     actor: k.actor,
                     creation: k.creation,
                 });
-                next
-            });
-            e.what = Some(idx);
-            e.parent = n.parent;
-            e.submitted_us.get_or_insert(at_us);
-        }
-        if let Some(s) = n.started_us.filter(|_| n.attempt == e.attempt) {
-            e.started_us.get_or_insert(s);
-        }
-        if n.attempt == e.attempt && (!e.state.is_final() || n.state.is_final()) {
-            e.state = n.state;
-            e.at_us = at_us;
-        }
-        if n.node.is_some() {
-            e.node = n.node;
-        }
-        if n.worker.is_some() {
-            e.worker = n.worker;
-        }
-        if let Some(err) = &n.error {
-            e.error = Some(err.to_string());
-        }
-    }
-    batch.records.reserve(events.len() * ferry_proto::state::RECORD);
-    for e in &events {
-        batch.push(e);
+                whats.push((n.what, i));
+                i
+            }
+        });
+        let (parent, error) = match &n.extra {
+            Some(x) => (x.parent, x.error.as_ref().map(|e| e.to_string())),
+            None => (None, None),
+        };
+        batch.push(&TaskEvent {
+            task: n.task,
+            state: n.state,
+            at_us,
+            attempt: n.attempt,
+            what,
+            parent,
+            // A note that says what the task is was made at its submission (or retry).
+            submitted_us: what.map(|_| at_us),
+            started_us: some(n.started_us),
+            node: some(n.node).map(ferry_proto::NodeId),
+            worker: some(n.worker).map(ferry_proto::WorkerId),
+            error,
+        });
     }
     batch
 }

@@ -469,15 +469,14 @@ impl Runtime {
     /// Runs `f` on the owner table, then carries out its effects.
     pub(crate) fn with_state<R>(&'static self, f: impl FnOnce(&mut OwnerState, &mut Effects) -> R) -> R {
         let mut fx = Effects::default();
-        // The time of the changes it notes, read before the lock is taken (a change that
-        // notes nothing has no use for it).
-        let now = if self.cfg.task_events { events::now_us() } else { 0 };
         let r = {
             let mut st = self.lock();
             let noted = st.notes_len();
             let r = f(&mut st, &mut fx);
+            // The clock is read once for the notes a change made, and only then: most
+            // changes note nothing.
             if st.notes_len() > noted {
-                st.stamp_notes(noted, now);
+                st.stamp_notes(noted, events::now_us());
             }
             r
         };
