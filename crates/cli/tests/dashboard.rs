@@ -51,7 +51,6 @@ extern "C" fn job_entry() {
 fn start_head() -> Head {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
     cmd.args(["start", "--head", "--port", "0", "--num-cpus", "2", "--block", "--dashboard-port", "0"]);
-    cmd.env("FERRY_TASK_EVENTS", "1");
     let head = Head::start(cmd, T).unwrap();
     assert!(head.dashboard.is_some(), "the head printed no dashboard URL");
     head

@@ -87,9 +87,8 @@ fn sleepy() -> ! {
 fn start_head() -> Head {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
     cmd.args(["start", "--head", "--port", "0", "--num-cpus", "2", "--block"]);
-    // Stopping takes SIGKILL after this long if SIGTERM was not enough; jobs record task
-    // events (they inherit the head's environment).
-    cmd.env("FERRY_JOB_STOP_GRACE_MS", "2000").env("FERRY_TASK_EVENTS", "1");
+    // Stopping takes SIGKILL after this long if SIGTERM was not enough.
+    cmd.env("FERRY_JOB_STOP_GRACE_MS", "2000");
     Head::start(cmd, T).unwrap()
 }
 

@@ -59,9 +59,9 @@ pub struct Config {
     /// Default retries of a task whose worker dies. Default 3.
     pub default_max_retries: u32,
     /// Record each task's changes of state (`ferry list tasks`, `ferry summary tasks`): sent
-    /// to the node in batches, off the task path. Env: `FERRY_TASK_EVENTS` (`1` turns it on).
-    /// Default off for now: it still costs the 20,000-task throughput about 15% on two cores
-    /// (`ferry-bench observability`), over the 3% it may cost to be on by default.
+    /// to the node in batches, off the task path. Env: `FERRY_TASK_EVENTS` (`0` turns it off).
+    /// Default on: it costs the task round trip and the 20,000-task throughput a few percent
+    /// at most on two cores (`ferry-bench observability`; BENCHMARKS.md has the figures).
     pub task_events: bool,
     /// Takes the errors of tasks whose every ref was dropped without a `get` (Ray's
     /// "unhandled errors"). Default: each is printed once on this process's standard error
@@ -124,7 +124,7 @@ impl Default for Config {
             max_frame_bytes: ferry_proto::DEFAULT_MAX_FRAME,
             default_max_retries: defaults::MAX_RETRIES,
             on_unhandled_error: None,
-            task_events: env_str("FERRY_TASK_EVENTS").is_some_and(|v| v == "1" || v == "true"),
+            task_events: env_str("FERRY_TASK_EVENTS").is_none_or(|v| v != "0" && v != "false"),
         }
     }
 }

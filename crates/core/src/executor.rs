@@ -430,7 +430,7 @@ impl Executor {
         if spec.stream.is_some() {
             CONN.with(|c| *c.borrow_mut() = Some(conn.clone()));
         }
-        let started = rt.started(spec.task, spec.attempt);
+        let started = spec.timed.then(|| rt.started(spec.task, spec.attempt));
         let _span = hosted.map(|h| tracing::debug_span!("actor", actor = ?h.id).entered());
         let mut reply = execute(rt, spec, hosted.map(|h| &h.instance));
         if let (Some(start), FromWorker::Done { ran, .. }) = (started, &mut reply.0) {

@@ -28,6 +28,21 @@ fn ask(make: impl Fn(u64) -> ToNode) -> Result<FromNode> {
     rt.call_at(&conn, make)
 }
 
+/// Turns recording this process's task events on or off from now on (it starts as
+/// `Config::task_events` says). What was recorded before stays in the history; tasks
+/// submitted while it is off are not in it, and their counts are not either.
+pub fn set_task_events(on: bool) -> Result<()> {
+    runtime()?.set_task_events(on);
+    Ok(())
+}
+
+/// Sends the task events this process recorded to the cluster's history now (they go in
+/// batches a fraction of a second apart otherwise).
+pub fn flush_task_events() -> Result<()> {
+    runtime()?.flush_task_events();
+    Ok(())
+}
+
 fn unexpected(m: FromNode) -> Error {
     Error::Connection { detail: format!("the cluster's task history answered {m:?}") }
 }

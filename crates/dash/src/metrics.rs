@@ -119,20 +119,6 @@ fn histogram(
     Ok(())
 }
 
-fn add(into: &mut Latency, l: &Latency) {
-    if l.count == 0 {
-        return;
-    }
-    if into.buckets.is_empty() {
-        into.buckets = vec![0; l.buckets.len()];
-    }
-    for (a, b) in into.buckets.iter_mut().zip(&l.buckets) {
-        *a += b;
-    }
-    into.sum_us += l.sum_us;
-    into.count += l.count;
-}
-
 impl prometheus_client::collector::Collector for Snapshot {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), Error> {
         let nodes = &self.nodes;
@@ -250,8 +236,8 @@ impl prometheus_client::collector::Collector for Snapshot {
             for (a, b) in f.0.iter_mut().zip(&r.counts) {
                 *a += b;
             }
-            add(&mut f.1, &r.wait);
-            add(&mut f.2, &r.run);
+            f.1.add(&r.wait);
+            f.2.add(&r.run);
         }
         family(
             &mut e,

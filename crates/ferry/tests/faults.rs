@@ -136,6 +136,7 @@ fn spec(function: &str, args: Vec<Arg>) -> TaskSpec {
         attempt: 0,
         resources: None,
         stream: None,
+        timed: false,
     }
 }
 

@@ -54,12 +54,6 @@ impl Counter {
     }
 }
 
-/// Task events on, for this test's process and its workers (the default is off for now).
-fn events_on() {
-    // SAFETY: set before anything else runs in this test's own process.
-    unsafe { std::env::set_var("FERRY_TASK_EVENTS", "1") };
-}
-
 /// Polls the history until `n` tasks match `filter` and the workers' reports of their
 /// start are in (they come in batches of their own).
 fn until_matched(filter: &TaskFilter, n: u64) -> state::TaskList {
@@ -76,7 +70,6 @@ fn until_matched(filter: &TaskFilter, n: u64) -> state::TaskList {
 #[test]
 fn every_task_is_in_the_history_with_where_and_how_it_ran() {
     ferry_testkit::own_process!();
-    events_on();
     cluster();
     let refs: Vec<_> = (0..20).map(|i| add::remote(i, 1)).collect();
     assert_eq!(ferry::get_all(&refs).unwrap().len(), 20);
@@ -130,7 +123,6 @@ fn every_task_is_in_the_history_with_where_and_how_it_ran() {
 #[test]
 fn a_cancelled_task_and_a_retried_one_end_in_their_states() {
     ferry_testkit::own_process!();
-    events_on();
     cluster();
     let marker = std::env::temp_dir().join(format!("ferry-state-dies-{}", std::process::id()));
     let _ = std::fs::remove_file(&marker);
@@ -155,7 +147,6 @@ fn counts_stay_exact_past_the_bound_and_the_drop_is_said() {
     // The embedded node (in this process) keeps 50 records per job.
     // SAFETY: set before anything else runs in this test's own process.
     unsafe { std::env::set_var("FERRY_TASK_HISTORY_PER_JOB", "50") };
-    events_on();
     cluster();
     let refs: Vec<_> = (0..300).map(|i| add::remote(i, 1)).collect();
     assert_eq!(ferry::get_all(&refs).unwrap().len(), 300);

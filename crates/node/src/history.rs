@@ -2,10 +2,13 @@
 //! kept where the cluster's state is: by the control store, or by a node outside any
 //! cluster. Members pass their processes' events on to it (`TaskEvents`).
 //!
-//! Lazy: a batch (`TaskEvents`) is kept as the bytes that came until the history is read,
-//! or until kept batches pass [`FOLD_AT`] bytes; then they are decoded and folded in, in
-//! the order they came. So recording costs the node a copy of the bytes while the cluster
-//! runs, and the work of keeping the history when someone looks (or every few MiB).
+//! Lazy and off the connections' threads ([`Shared`]): a batch (`TaskEvents`) is queued as
+//! the bytes that came until the history is read, or until queued batches pass [`FOLD_AT`]
+//! bytes; then they are decoded and folded in, in the order they came, by a thread of the
+//! history's own at a lower CPU priority. So recording costs a connection a copy of the
+//! bytes, and the history's work happens when someone looks or in the tasks' idle time.
+//! A kind of task (function, name, job, actor) is kept once; records and counts refer to it
+//! by number, so folding an event hashes only its task id.
 //!
 //! Bounded: at most `per_job_limit` records per job; past it the oldest records go (their
 //! tasks' counts stay exact: a record dropped before its task ended leaves a small entry
@@ -17,8 +20,10 @@ use ferry_proto::state::{
     EventBatch, HistoryStats, Latency, TaskEvent, TaskFilter, TaskInfo, TaskRecord, TaskState, TaskSummaryRow,
 };
 use ferry_proto::{NodeId, TaskId, WorkerId};
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use ferry_types::sync::{CondvarExt, MutexExt};
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex};
 
 /// Records kept per job by default (`FERRY_TASK_HISTORY_PER_JOB` to change).
 pub const DEFAULT_PER_JOB: usize = 100_000;
@@ -30,13 +35,23 @@ pub const FOLD_AT: usize = 8 << 20;
 /// batch that says what the task is).
 const MAX_ORPHANS: usize = 100_000;
 
-/// A task as kept: what it is (shared between the tasks of one function), and its state.
+/// Most kinds of tasks kept (each function of each job, per actor): past it, events of new
+/// kinds are dropped and counted.
+const MAX_WHATS: usize = 1_000_000;
+
+/// What tasks of one function, name, job and actor have in common.
+type What = ferry_proto::state::What;
+
+/// A kind of task: its number in the history's `whats`.
+type WhatId = u32;
+
+/// A task as kept: what it is (by number: the kinds are kept once each), and its state.
 #[derive(Debug, Clone)]
 struct Rec {
-    what: Arc<What>,
-    parent: Option<TaskId>,
+    what: WhatId,
     state: TaskState,
     attempt: u32,
+    parent: Option<TaskId>,
     node: Option<NodeId>,
     worker: Option<WorkerId>,
     error: Option<Box<str>>,
@@ -45,18 +60,15 @@ struct Rec {
     ended_us: Option<u64>,
 }
 
-/// What tasks of one function, name, job and actor have in common.
-type What = ferry_proto::state::What;
-
 /// A record dropped before its task ended: enough to keep the counts exact.
 #[derive(Debug)]
 struct Left {
-    what: Arc<What>,
+    what: WhatId,
     state: TaskState,
     attempt: u32,
 }
 
-/// One function's tasks in one job: how many are in each state, how long they waited and ran.
+/// One kind's tasks: how many are in each state, how long they waited and ran.
 #[derive(Debug, Default)]
 struct PerFunction {
     counts: [u64; 8],
@@ -72,14 +84,12 @@ pub struct TaskHistory {
     /// Per job, its records' tasks in the order they were first seen.
     order: HashMap<WorkerId, VecDeque<TaskId>>,
     left: HashMap<TaskId, Left>,
-    /// Tasks per (job, function) and state (exact), and their latencies.
-    counts: HashMap<WorkerId, HashMap<Arc<str>, PerFunction>>,
-    whats: HashMap<Arc<What>, ()>,
+    /// Every kind of task seen, with its tasks' counts (exact) and latencies; and each
+    /// kind's number.
+    whats: Vec<(Arc<What>, PerFunction)>,
+    what_ids: HashMap<Arc<What>, WhatId>,
     dropped_records: u64,
     dropped_events: u64,
-    /// Batches not folded in yet, and their bytes.
-    pending: Vec<Vec<u8>>,
-    pending_bytes: usize,
     /// Events of tasks not known yet, folded in when their task is.
     orphans: HashMap<TaskId, Vec<TaskEvent>>,
 }
@@ -88,34 +98,21 @@ impl TaskHistory {
     pub fn new(per_job_limit: usize) -> TaskHistory {
         TaskHistory {
             per_job_limit: per_job_limit.max(1),
-            records: HashMap::new(),
-            order: HashMap::new(),
-            left: HashMap::new(),
-            counts: HashMap::new(),
-            whats: HashMap::new(),
+            records: HashMap::default(),
+            order: HashMap::default(),
+            left: HashMap::default(),
+            whats: Vec::new(),
+            what_ids: HashMap::default(),
             dropped_records: 0,
             dropped_events: 0,
-            pending: Vec::new(),
-            pending_bytes: 0,
-            orphans: HashMap::new(),
+            orphans: HashMap::default(),
         }
     }
 
-    /// A batch from one process (encoded), which dropped `dropped` notes before sending it:
-    /// kept as it is until the history is read.
-    pub fn add_batch(&mut self, batch: Vec<u8>, dropped: u64) {
+    /// Folds in `batches` (encoded), whose processes dropped `dropped` notes before them.
+    pub fn fold_in(&mut self, batches: Vec<Vec<u8>>, dropped: u64) {
         self.dropped_events = self.dropped_events.saturating_add(dropped);
-        self.pending_bytes += batch.len();
-        self.pending.push(batch);
-        if self.pending_bytes >= FOLD_AT {
-            self.fold();
-        }
-    }
-
-    /// Folds in the batches kept so far.
-    pub fn fold(&mut self) {
-        self.pending_bytes = 0;
-        for bytes in std::mem::take(&mut self.pending) {
+        for bytes in batches {
             match EventBatch::decode(&bytes) {
                 Some(b) => self.apply_batch(b),
                 None => self.dropped_events = self.dropped_events.saturating_add(1),
@@ -125,42 +122,53 @@ impl TaskHistory {
 
     /// Folds in one decoded batch.
     pub fn apply_batch(&mut self, b: EventBatch) {
-        let whats: Vec<Arc<What>> = b.whats.iter().cloned().map(|w| self.intern(w)).collect();
+        let ids: Vec<Option<WhatId>> = b.whats.iter().map(|w| self.intern(w)).collect();
         for e in b.events() {
-            let what = e.what.and_then(|i| whats.get(i as usize).cloned());
+            let what = match e.what {
+                None => None,
+                Some(w) => match ids.get(w as usize).copied().flatten() {
+                    Some(id) => Some(id),
+                    // A kind the batch does not name, or one past the bound.
+                    None => {
+                        self.dropped_events = self.dropped_events.saturating_add(1);
+                        continue;
+                    }
+                },
+            };
             self.apply(e, what);
         }
     }
 
-    fn per_function(&mut self, what: &What) -> &mut PerFunction {
-        let job = self.counts.entry(what.job).or_default();
-        if !job.contains_key(what.function.as_str()) {
-            job.insert(Arc::from(what.function.as_str()), PerFunction::default());
+    fn count(&mut self, what: WhatId, state: TaskState, by: i64) {
+        if let Some((_, f)) = self.whats.get_mut(what as usize) {
+            let slot = &mut f.counts[state.index()];
+            *slot = slot.saturating_add_signed(by);
         }
-        job.get_mut(what.function.as_str()).expect("inserted above")
     }
 
-    fn count(&mut self, what: &What, state: TaskState, by: i64) {
-        let slot = &mut self.per_function(what).counts[state.index()];
-        *slot = slot.saturating_add_signed(by);
-    }
-
-    /// A task that ended after starting: its wait and run times go into its function's
+    /// A task that ended after starting: its wait and run times go into its kind's
     /// histograms.
-    fn observe(&mut self, what: &What, submitted_us: u64, started_us: Option<u64>, ended_us: Option<u64>) {
+    fn observe(&mut self, what: WhatId, submitted_us: u64, started_us: Option<u64>, ended_us: Option<u64>) {
         let (Some(s), Some(e)) = (started_us, ended_us) else { return };
-        let f = self.per_function(what);
-        f.wait.observe(s.saturating_sub(submitted_us));
-        f.run.observe(e.saturating_sub(s));
+        if let Some((_, f)) = self.whats.get_mut(what as usize) {
+            f.wait.observe(s.saturating_sub(submitted_us));
+            f.run.observe(e.saturating_sub(s));
+        }
     }
 
-    fn intern(&mut self, w: What) -> Arc<What> {
-        if let Some((k, _)) = self.whats.get_key_value(&w) {
-            return k.clone();
+    /// The number of a kind of task (`None` past [`MAX_WHATS`]).
+    fn intern(&mut self, w: &What) -> Option<WhatId> {
+        if let Some(id) = self.what_ids.get(w) {
+            return Some(*id);
         }
-        let k = Arc::new(w);
-        self.whats.insert(k.clone(), ());
-        k
+        if self.whats.len() >= MAX_WHATS {
+            return None;
+        }
+        let id = self.whats.len() as WhatId;
+        let w = Arc::new(w.clone());
+        self.whats.push((w.clone(), PerFunction::default()));
+        self.what_ids.insert(w, id);
+        Some(id)
     }
 
     /// Whether an event of `attempt` in `to` replaces a record of `at` in `from`.
@@ -177,7 +185,7 @@ impl TaskHistory {
     }
 
     /// Folds in one task's event (`what`: what it is, when the event says).
-    pub fn apply(&mut self, e: TaskEvent, what: Option<Arc<What>>) {
+    pub fn apply(&mut self, e: TaskEvent, what: Option<WhatId>) {
         if let Some(r) = self.records.get_mut(&e.task) {
             if let Some(s) = e.started_us.filter(|_| e.attempt == r.attempt) {
                 r.started_us.get_or_insert(s);
@@ -191,7 +199,7 @@ impl TaskHistory {
             if !Self::moves(r.state, r.attempt, e.state, e.attempt) {
                 return;
             }
-            let (old, from) = (r.what.clone(), r.state);
+            let (old, from) = (r.what, r.state);
             r.state = e.state;
             if e.attempt > r.attempt {
                 r.attempt = e.attempt;
@@ -203,24 +211,24 @@ impl TaskHistory {
             if e.state.is_final() {
                 r.ended_us = Some(e.at_us);
                 r.error = e.error.map(String::into_boxed_str);
-                self.observe(&old, times.0, times.1, Some(e.at_us));
+                self.observe(old, times.0, times.1, Some(e.at_us));
             }
-            self.count(&old, from, -1);
-            self.count(&old, e.state, 1);
+            self.count(old, from, -1);
+            self.count(old, e.state, 1);
             return;
         }
         if let Some(l) = self.left.get_mut(&e.task) {
             if !Self::moves(l.state, l.attempt, e.state, e.attempt) {
                 return;
             }
-            let (old, from) = (l.what.clone(), l.state);
+            let (old, from) = (l.what, l.state);
             l.state = e.state;
             l.attempt = l.attempt.max(e.attempt);
             if e.state.is_final() {
                 self.left.remove(&e.task);
             }
-            self.count(&old, from, -1);
-            self.count(&old, e.state, 1);
+            self.count(old, from, -1);
+            self.count(old, e.state, 1);
             return;
         }
         // A task not known yet: its event says what it is, or it waits for one that does.
@@ -232,8 +240,8 @@ impl TaskHistory {
             }
             return;
         };
-        self.count(&what, e.state, 1);
-        let job = what.job;
+        self.count(what, e.state, 1);
+        let Some(job) = self.whats.get(what as usize).map(|(w, _)| w.job) else { return };
         let task = e.task;
         let rec = Rec {
             what,
@@ -247,7 +255,7 @@ impl TaskHistory {
             started_us: e.started_us,
             ended_us: e.state.is_final().then_some(e.at_us),
         };
-        self.observe(&rec.what.clone(), rec.submitted_us, rec.started_us, rec.ended_us);
+        self.observe(what, rec.submitted_us, rec.started_us, rec.ended_us);
         self.records.insert(task, rec);
         let order = self.order.entry(job).or_default();
         order.push_back(task);
@@ -269,22 +277,27 @@ impl TaskHistory {
         }
     }
 
-    fn view(task: TaskId, r: &Rec) -> TaskRecord {
+    fn what(&self, id: WhatId) -> &What {
+        &self.whats[id as usize].0
+    }
+
+    fn view(&self, task: TaskId, r: &Rec) -> TaskRecord {
+        let w = self.what(r.what);
         TaskRecord {
             task,
             info: TaskInfo {
-                function: r.what.function.clone(),
-                name: r.what.name.clone(),
-                job: r.what.job,
+                function: w.function.clone(),
+                name: w.name.clone(),
+                job: w.job,
                 parent: r.parent,
-                actor: r.what.actor,
-                creation: r.what.creation,
+                actor: w.actor,
+                creation: w.creation,
             },
             state: r.state,
             attempt: r.attempt,
             node: r.node,
             worker: r.worker,
-            error: r.error.as_deref().map(String::from),
+            error: r.error.as_ref().map(|e| e.to_string()),
             submitted_us: r.submitted_us,
             started_us: r.started_us,
             ended_us: r.ended_us,
@@ -296,8 +309,13 @@ impl TaskHistory {
         use std::cmp::Reverse;
         use std::collections::BinaryHeap;
         if let Some(t) = filter.task {
-            let one: Vec<TaskRecord> =
-                self.records.get(&t).filter(|r| matches(filter, r)).map(|r| Self::view(t, r)).into_iter().collect();
+            let one: Vec<TaskRecord> = self
+                .records
+                .get(&t)
+                .filter(|r| matches(filter, r, self.what(r.what)))
+                .map(|r| self.view(t, r))
+                .into_iter()
+                .collect();
             let n = one.len() as u64;
             return (one, n);
         }
@@ -308,10 +326,12 @@ impl TaskHistory {
             Some(j) => self.order.get(&j).into_iter().collect(),
             None => self.order.values().collect(),
         };
+        // Which kinds match the filter's parts that concern the kind, decided once each.
+        let kinds: Vec<bool> = self.whats.iter().map(|(w, _)| kind_matches(filter, w)).collect();
         for order in jobs {
             for t in order {
                 let Some(r) = self.records.get(t) else { continue };
-                if !matches(filter, r) {
+                if !kinds[r.what as usize] || !record_matches(filter, r) {
                     continue;
                 }
                 matched += 1;
@@ -325,41 +345,41 @@ impl TaskHistory {
             }
         }
         let mut out: Vec<TaskRecord> =
-            top.into_iter().filter_map(|Reverse((_, t))| self.records.get(&t).map(|r| Self::view(t, r))).collect();
+            top.into_iter().filter_map(|Reverse((_, t))| self.records.get(&t).map(|r| self.view(t, r))).collect();
         out.sort_by(|a, b| b.submitted_us.cmp(&a.submitted_us).then(b.task.seq.cmp(&a.task.seq)));
         (out, matched)
     }
 
     /// One task's record, if kept.
     pub fn get(&self, task: TaskId) -> Option<TaskRecord> {
-        self.records.get(&task).map(|r| Self::view(task, r))
+        self.records.get(&task).map(|r| self.view(task, r))
     }
 
     /// Tasks by job and function, with their counts per state (exact).
     pub fn summary(&self, job: Option<WorkerId>) -> Vec<TaskSummaryRow> {
-        let mut rows: Vec<TaskSummaryRow> = self
-            .counts
-            .iter()
-            .filter(|(j, _)| job.is_none_or(|x| x == **j))
-            .flat_map(|(j, fs)| {
-                fs.iter().map(|(f, c)| TaskSummaryRow {
-                    job: *j,
-                    function: f.to_string(),
-                    counts: c.counts.to_vec(),
-                    wait: c.wait.clone(),
-                    run: c.run.clone(),
-                })
-            })
-            .collect();
-        rows.sort_by(|a, b| a.job.0.cmp(&b.job.0).then(a.function.cmp(&b.function)));
-        rows
+        let mut rows: BTreeMap<(u64, &str), TaskSummaryRow> = BTreeMap::new();
+        for (w, f) in self.whats.iter().filter(|(w, _)| job.is_none_or(|j| j == w.job)) {
+            let row = rows.entry((w.job.0, w.function.as_str())).or_insert_with(|| TaskSummaryRow {
+                job: w.job,
+                function: w.function.clone(),
+                counts: vec![0; TaskState::ALL.len()],
+                wait: Latency::default(),
+                run: Latency::default(),
+            });
+            for (a, b) in row.counts.iter_mut().zip(f.counts) {
+                *a += b;
+            }
+            row.wait.add(&f.wait);
+            row.run.add(&f.run);
+        }
+        rows.into_values().collect()
     }
 
     pub fn stats(&self) -> HistoryStats {
         // A record with its map slot and its place in a job's order; what it shares is small.
         let per_record = std::mem::size_of::<Rec>() + std::mem::size_of::<TaskId>() * 3 + 16;
         let errors: usize = self.records.values().filter_map(|r| r.error.as_ref().map(|e| e.len())).sum();
-        let whats: usize = self.whats.keys().map(|w| w.function.len() + w.name.len() + 64).sum();
+        let whats: usize = self.whats.iter().map(|(w, _)| w.function.len() + w.name.len() + 200).sum();
         HistoryStats {
             records: self.records.len() as u64,
             per_job_limit: self.per_job_limit as u64,
@@ -370,12 +390,110 @@ impl TaskHistory {
     }
 }
 
-fn matches(f: &TaskFilter, r: &Rec) -> bool {
-    f.job.is_none_or(|j| r.what.job == j)
-        && f.state.is_none_or(|s| r.state == s)
-        && f.name.as_deref().is_none_or(|n| r.what.name.contains(n) || r.what.function.contains(n))
-        && f.node.is_none_or(|n| r.node == Some(n))
-        && f.actor.is_none_or(|a| r.what.actor == Some(a))
+fn kind_matches(f: &TaskFilter, w: &What) -> bool {
+    f.job.is_none_or(|j| w.job == j)
+        && f.name.as_deref().is_none_or(|n| w.name.contains(n) || w.function.contains(n))
+        && f.actor.is_none_or(|a| w.actor == Some(a))
+}
+
+fn record_matches(f: &TaskFilter, r: &Rec) -> bool {
+    f.state.is_none_or(|s| r.state == s) && f.node.is_none_or(|n| r.node == Some(n))
+}
+
+fn matches(f: &TaskFilter, r: &Rec, w: &What) -> bool {
+    kind_matches(f, w) && record_matches(f, r)
+}
+
+/// The history as a node holds it. Batches come in on connection threads, which only
+/// queue them (a connection also carries its process's lease requests, which must not wait
+/// for a fold); a thread of its own folds them in once they pass [`FOLD_AT`] bytes, at a
+/// lower CPU priority than the tasks'; a reader folds in what is queued before it reads.
+/// What is queued is bounded: past [`MAX_QUEUED`] bytes a batch is dropped and its events
+/// are counted as dropped.
+#[derive(Debug)]
+pub struct Shared {
+    inbox: Mutex<Inbox>,
+    wake: Condvar,
+    kept: Mutex<TaskHistory>,
+}
+
+/// Batches not folded in yet.
+#[derive(Debug, Default)]
+struct Inbox {
+    batches: Vec<Vec<u8>>,
+    bytes: usize,
+    dropped: u64,
+    stop: bool,
+}
+
+/// Most bytes of batches queued before new ones are dropped.
+pub const MAX_QUEUED: usize = 4 * FOLD_AT;
+
+impl Shared {
+    pub fn new(per_job_limit: usize) -> Shared {
+        Shared {
+            inbox: Mutex::new(Inbox::default()),
+            wake: Condvar::new(),
+            kept: Mutex::new(TaskHistory::new(per_job_limit)),
+        }
+    }
+
+    /// Queues a batch (encoded) from a process that dropped `dropped` notes before it.
+    pub fn add(&self, batch: Vec<u8>, dropped: u64) {
+        let mut i = self.inbox.locked();
+        i.dropped = i.dropped.saturating_add(dropped);
+        if i.bytes + batch.len() > MAX_QUEUED {
+            let events = (batch.len() / ferry_proto::state::RECORD) as u64;
+            i.dropped = i.dropped.saturating_add(events.max(1));
+            return;
+        }
+        i.bytes += batch.len();
+        i.batches.push(batch);
+        if i.bytes >= FOLD_AT {
+            self.wake.notify_one();
+        }
+    }
+
+    fn take(&self) -> (Vec<Vec<u8>>, u64) {
+        let mut i = self.inbox.locked();
+        i.bytes = 0;
+        (std::mem::take(&mut i.batches), std::mem::take(&mut i.dropped))
+    }
+
+    /// The history, with everything queued folded in.
+    pub fn read(&self) -> std::sync::MutexGuard<'_, TaskHistory> {
+        let mut h = self.kept.locked();
+        let (batches, dropped) = self.take();
+        h.fold_in(batches, dropped);
+        h
+    }
+
+    /// The folding thread's loop, until [`Shared::stop`].
+    pub fn folder(&self) {
+        // Nice 10: folding gives way to tasks on a busy host, and still keeps up with them
+        // (a tenth of a core's share is several times what it needs).
+        // SAFETY: setpriority on the calling thread (`who` 0); no memory is involved.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+        loop {
+            {
+                let mut i = self.inbox.locked();
+                while i.bytes < FOLD_AT && !i.stop {
+                    i = self.wake.wait_locked(i);
+                }
+                if i.stop {
+                    return;
+                }
+            }
+            let mut h = self.kept.locked();
+            let (batches, dropped) = self.take();
+            h.fold_in(batches, dropped);
+        }
+    }
+
+    pub fn stop(&self) {
+        self.inbox.locked().stop = true;
+        self.wake.notify_all();
+    }
 }
 
 impl crate::Node {
@@ -390,15 +508,14 @@ impl crate::Node {
             ToNode::TaskEvents { batch, dropped } => {
                 match &head {
                     Some(h) => drop(h.send(&ToNode::TaskEvents { batch, dropped })),
-                    None => self.history.locked().add_batch(batch, dropped),
+                    None => self.history.add(batch, dropped),
                 }
                 return;
             }
             ToNode::ListTasks { req, filter, limit } => match head {
                 Some(_) => FromNode::Tasks { req, tasks: Vec::new(), matched: 0, stats: None },
                 None => {
-                    let mut h = self.history.locked();
-                    h.fold();
+                    let h = self.history.read();
                     let (tasks, matched) = h.list(&filter, limit.min(100_000) as usize);
                     FromNode::Tasks { req, tasks, matched, stats: Some(h.stats()) }
                 }
@@ -406,8 +523,7 @@ impl crate::Node {
             ToNode::SummarizeTasks { req, job } => match head {
                 Some(_) => FromNode::TaskSummary { req, rows: Vec::new(), stats: None },
                 None => {
-                    let mut h = self.history.locked();
-                    h.fold();
+                    let h = self.history.read();
                     FromNode::TaskSummary { req, rows: h.summary(job), stats: Some(h.stats()) }
                 }
             },
@@ -449,8 +565,7 @@ mod tests {
         // Through the bytes, as batches come.
         let mut b = EventBatch { whats, ..Default::default() };
         b.push(&e);
-        h.add_batch(b.encode(), 0);
-        h.fold();
+        h.fold_in(vec![b.encode()], 0);
     }
 
     fn counts(h: &TaskHistory, f: &str) -> Vec<u64> {
@@ -516,8 +631,7 @@ mod tests {
         let f = TaskFilter { task: Some(id(2)), ..Default::default() };
         assert_eq!(h.list(&f, 10).0[0].state, TaskState::Failed);
         // Bytes that are no batch are counted, not folded.
-        h.add_batch(vec![0xff; 7], 0);
-        h.fold();
+        h.fold_in(vec![vec![0xff; 7]], 0);
         assert_eq!(h.stats().dropped_events, 1);
     }
 

@@ -324,7 +324,7 @@ struct Node {
     head_link: Mutex<Option<Arc<Conn>>>,
     /// The cluster's task history, if this node keeps it (see [`history`]): a lock of its
     /// own, so that recording tasks never waits on, or holds up, the node's state.
-    history: Mutex<history::TaskHistory>,
+    history: Arc<history::Shared>,
     control_addr: Mutex<Option<String>>,
     stopping: AtomicBool,
     /// Pids of live workers, for the last-resort cleanup at process exit.
@@ -465,7 +465,7 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
         tcp_addr,
         links_tx: Mutex::new(links_tx),
         head_link: Mutex::new(None),
-        history: Mutex::new(history::TaskHistory::new(
+        history: Arc::new(history::Shared::new(
             std::env::var("FERRY_TASK_HISTORY_PER_JOB")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -482,6 +482,8 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
     threads.push(thread::Builder::new().name("ferry-spawner".into()).spawn(move || pool::spawner(n, spawn_rx))?);
     let n = node.clone();
     threads.push(thread::Builder::new().name("ferry-spill".into()).spawn(move || store::spiller(n, spill_rx))?);
+    let h = node.history.clone();
+    threads.push(thread::Builder::new().name("ferry-history".into()).spawn(move || h.folder())?);
     let (token, id, max) = (node.opts.token.clone(), node.id, node.opts.max_frame);
     // Not joined at shutdown: it ends when its sender goes with the node.
     thread::Builder::new().name("ferry-links".into()).spawn(move || transfer::links(token, id, max, links_rx))?;
@@ -583,6 +585,7 @@ impl NodeHandle {
         }
         let _ = self.node.spawn_tx.locked().send(SpawnCmd::Shutdown);
         let _ = self.node.spill_tx.locked().send(None);
+        self.node.history.stop();
         for w in self.node.wakes.locked().iter() {
             w.wake();
         }

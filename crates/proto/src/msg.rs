@@ -602,6 +602,9 @@ pub struct TaskSpec {
     /// A streaming task (a generator): its values go to the owner one by one as
     /// [`FromWorker::Streamed`], as objects `0, 1, ..` of the task.
     pub stream: Option<StreamSpec>,
+    /// Its owner records task events: the worker says when it ran (`FromWorker::Done`'s
+    /// `ran`), and that it runs if it runs for long.
+    pub timed: bool,
 }
 
 /// How a streaming task may run ahead of its consumer.

@@ -146,9 +146,113 @@ pub const RECORD: usize = 64;
 
 const NONE: u64 = u64::MAX;
 
+/// One event record as a process keeps it until it sends it: the fields in the order and
+/// width the records travel in, so that a buffer of them is sent as it is
+/// ([`Record::bytes`]), with nothing to pack. Fields hold the little-endian form of their
+/// values (`Record::new` and the setters see to it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Record {
+    owner: u64,
+    seq: u64,
+    at_us: u64,
+    node: u64,
+    worker: u64,
+    started_us: u64,
+    attempt: u32,
+    what_state: u32,
+    submitted_us: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<Record>() == RECORD && std::mem::align_of::<Record>() == 8);
+
+impl Record {
+    /// A record of `task` in `state`: nothing else known, not stamped.
+    pub fn new(task: TaskId, state: TaskState, attempt: u32) -> Record {
+        Record {
+            owner: task.owner.0.to_le(),
+            seq: task.seq.to_le(),
+            at_us: 0,
+            node: NONE,
+            worker: NONE,
+            started_us: NONE,
+            attempt: attempt.to_le(),
+            what_state: (0x00ff_ffff | ((state as u32) << 24)).to_le(),
+            submitted_us: NONE,
+        }
+    }
+
+    pub fn task(&self) -> TaskId {
+        TaskId { owner: WorkerId(u64::from_le(self.owner)), seq: u64::from_le(self.seq) }
+    }
+    pub fn attempt(&self) -> u32 {
+        u32::from_le(self.attempt)
+    }
+    pub fn set_state(&mut self, state: TaskState) {
+        let what = u32::from_le(self.what_state) & 0x00ff_ffff;
+        self.what_state = (what | ((state as u32) << 24)).to_le();
+    }
+    pub fn at_us(&self) -> u64 {
+        u64::from_le(self.at_us)
+    }
+    /// When it happened (0: not stamped yet).
+    pub fn set_at_us(&mut self, us: u64) {
+        self.at_us = us.to_le();
+    }
+    pub fn set_where(&mut self, node: Option<NodeId>, worker: Option<WorkerId>) {
+        self.node = node.map_or(NONE, |n| n.0.to_le());
+        self.worker = worker.map_or(NONE, |w| w.0.to_le());
+    }
+    pub fn set_started_us(&mut self, us: u64) {
+        self.started_us = us.to_le();
+    }
+    /// What the task is (its number in the batch's `whats`, below 2^24), said on its
+    /// submission, with when that was.
+    pub fn set_what(&mut self, what: u32, submitted_us: u64) {
+        let state = u32::from_le(self.what_state) & 0xff00_0000;
+        self.what_state = (state | what.min(0x00ff_fffe)).to_le();
+        self.submitted_us = submitted_us.to_le();
+    }
+    /// Stamps it with `us` if it is not stamped yet (its submission too, if it says what
+    /// the task is).
+    pub fn stamp(&mut self, us: u64) {
+        if self.at_us == 0 {
+            self.at_us = us.to_le();
+            if self.has_what() && self.submitted_us == 0 {
+                self.submitted_us = us.to_le();
+            }
+        }
+    }
+
+    pub fn has_what(&self) -> bool {
+        u32::from_le(self.what_state) & 0x00ff_ffff != 0x00ff_ffff
+    }
+
+    /// Records as the bytes [`EventBatch::records`] holds.
+    pub fn bytes(records: &[Record]) -> &[u8] {
+        // SAFETY: `Record` is `repr(C)` with only integer fields and no padding (asserted
+        // above), so its memory is initialized bytes; the slice covers exactly the records'.
+        unsafe { std::slice::from_raw_parts(records.as_ptr() as *const u8, std::mem::size_of_val(records)) }
+    }
+}
+
+/// [`EventBatch`] borrowed from where its parts are kept: encodes the same way.
+#[derive(Serialize)]
+struct BatchParts<'a> {
+    whats: &'a [What],
+    #[serde(with = "serde_bytes")]
+    records: &'a [u8],
+    extras: &'a [Extra],
+}
+
 impl EventBatch {
     pub fn encode(&self) -> Vec<u8> {
         postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// The encoding of a batch of these parts, without assembling it first.
+    pub fn encode_parts(whats: &[What], records: &[Record], extras: &[Extra]) -> Vec<u8> {
+        postcard::to_allocvec(&BatchParts { whats, records: Record::bytes(records), extras }).unwrap_or_default()
     }
     pub fn decode(bytes: &[u8]) -> Option<EventBatch> {
         postcard::from_bytes(bytes).ok()
@@ -291,6 +395,21 @@ impl Latency {
         self.count += 1;
     }
 
+    /// Adds `other`'s observations to these.
+    pub fn add(&mut self, other: &Latency) {
+        if other.count == 0 {
+            return;
+        }
+        if self.buckets.len() < other.buckets.len() {
+            self.buckets.resize(other.buckets.len(), 0);
+        }
+        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
+            *a += b;
+        }
+        self.sum_us = self.sum_us.saturating_add(other.sum_us);
+        self.count += other.count;
+    }
+
     /// Cumulative counts per bound, as Prometheus wants them (`le`, in seconds), then +Inf.
     pub fn cumulative(&self) -> Vec<(f64, u64)> {
         let mut total = 0;
@@ -320,4 +439,47 @@ pub struct HistoryStats {
     pub dropped_events: u64,
     /// Bytes the history takes, roughly.
     pub bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_kept_as_they_travel_read_back_as_the_events_they_were() {
+        let task = TaskId { owner: WorkerId(0x0102_0304_0506_0708), seq: 42 };
+        let mut r = Record::new(task, TaskState::Finished, 2);
+        r.set_at_us(1_000);
+        r.set_where(Some(NodeId(7)), None);
+        r.set_started_us(900);
+        let mut submitted = Record::new(task, TaskState::WaitingForWorker, 2);
+        submitted.set_at_us(500);
+        submitted.set_what(3, 500);
+        assert!(submitted.has_what() && !r.has_what());
+        let whats: Vec<What> = (0..4)
+            .map(|i| What {
+                function: format!("f{i}"),
+                name: "f".into(),
+                job: WorkerId(1),
+                actor: None,
+                creation: false,
+            })
+            .collect();
+        let extras = [Extra { record: 0, parent: Some(TaskId { owner: WorkerId(1), seq: 1 }), error: None }];
+        let bytes = EventBatch::encode_parts(&whats, &[submitted, r], &extras);
+        let batch = EventBatch::decode(&bytes).expect("decodes");
+        let events: Vec<TaskEvent> = batch.events().collect();
+        assert_eq!(events.len(), 2);
+        assert_eq!((events[0].what, events[0].submitted_us, events[0].parent), (Some(3), Some(500), extras[0].parent));
+        assert_eq!(events[0].state, TaskState::WaitingForWorker);
+        let e = &events[1];
+        assert_eq!((e.task, e.state, e.attempt, e.at_us), (task, TaskState::Finished, 2, 1_000));
+        assert_eq!((e.node, e.worker, e.started_us, e.what, e.parent), (Some(NodeId(7)), None, Some(900), None, None));
+        // The same as the batch built event by event.
+        let mut same = EventBatch { whats, ..Default::default() };
+        for e in &events {
+            same.push(e);
+        }
+        assert_eq!(same.records, batch.records);
+    }
 }

@@ -3,13 +3,14 @@
 //! wait for arguments, a hand-back), in a buffer it keeps; being pushed to a worker is not
 //! noted (the worker says a task is running once it has run for a tick).
 //!
-//! On the task path a note is a small struct pushed into room that is reused (what the task
-//! is goes by a number: the kinds of tasks are kept once each, in `whats`), left unstamped:
-//! `Runtime::with_state` stamps the notes a change made with one read of the clock, taken
-//! before the lock. The runtime takes the notes every tick and sends them to its node
-//! (`runtime::events`).
+//! On the task path a note is a 64-byte record, in the form it travels in, pushed into room
+//! that is reused (what the task is goes by a number: the kinds of tasks are kept once
+//! each, in `whats`), left unstamped: `Runtime::with_state` stamps the notes a change made
+//! with one read of the clock. The runtime takes the notes every tick and sends the buffer
+//! to its node as it is (`runtime::events`).
 
 use super::*;
+use ferry_proto::state::Extra;
 use ferry_proto::state::TaskState as Seen;
 use rustc_hash::FxHashMap as HashMap;
 
@@ -23,64 +24,24 @@ pub(crate) struct NoteInfo {
     pub creation: bool,
 }
 
-/// One change of one task: small (72 bytes), since a burst of a million tasks makes two
-/// million; what few notes carry besides (a parent, an error) is boxed.
-#[derive(Debug, Clone)]
-pub(crate) struct Note {
-    pub task: TaskId,
-    /// When (Unix microseconds; 0 until stamped).
-    pub at_us: u64,
-    /// Where it ran ([`Note::NONE`]: not known to this note).
-    pub node: u64,
-    pub worker: u64,
-    /// When it started on its worker (from the worker; [`Note::NONE`]: not known).
-    pub started_us: u64,
-    pub attempt: u32,
-    /// What it is (an index into the owner's `whats`): on its submission and on a retry
-    /// ([`Note::NO_WHAT`] otherwise).
-    pub what: u32,
-    pub state: Seen,
-    pub extra: Option<Box<NoteExtra>>,
-}
+/// One change of one task: a record as it travels (64 bytes, `ferry_proto::state::Record`),
+/// so that the buffer of them is sent as it is. What few notes carry besides (a parent, an
+/// error) goes in the owner's `extras`, by note number.
+pub(crate) type Note = ferry_proto::state::Record;
 
-/// The task that submitted a task (on its submission), and why a task failed.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct NoteExtra {
-    pub parent: Option<TaskId>,
-    pub error: Option<Box<str>>,
-}
+/// A task whose note saying what it is was sent already (or never made).
+pub(super) const NOT_NOTED: u64 = u64::MAX;
 
-impl Note {
-    pub const NONE: u64 = u64::MAX;
-    pub const NO_WHAT: u32 = u32::MAX;
-
-    /// A note of `task` in `state`, with nothing else known yet.
-    pub fn new(task: TaskId, state: Seen, attempt: u32) -> Note {
-        Note {
-            task,
-            at_us: 0,
-            node: Note::NONE,
-            worker: Note::NONE,
-            started_us: Note::NONE,
-            attempt,
-            what: Note::NO_WHAT,
-            state,
-            extra: None,
-        }
-    }
-
-    fn at(mut self, node: Option<NodeId>, worker: Option<WorkerId>) -> Note {
-        self.node = node.map_or(Note::NONE, |n| n.0);
-        self.worker = worker.map_or(Note::NONE, |w| w.0);
-        self
-    }
-}
+/// A kind of task as `Whats` tells kinds apart.
+type KindKey = (usize, Arc<str>, u64, Option<u64>, bool);
 
 /// The kinds of tasks this owner noted, each kept once.
 #[derive(Debug, Default)]
 pub(crate) struct Whats {
     pub list: Vec<NoteInfo>,
-    ids: HashMap<(usize, usize, u64, Option<u64>, bool), u32>,
+    /// By function (its registered id's address), name (its text: each submission may
+    /// bring its own copy), job, actor and whether it creates the actor.
+    ids: HashMap<KindKey, u32>,
 }
 
 impl OwnerState {
@@ -102,28 +63,24 @@ impl OwnerState {
     /// Stamps the notes from `from` on with `us`.
     pub fn stamp_notes(&mut self, from: usize, us: u64) {
         for n in self.notes.get_mut(from..).unwrap_or_default() {
-            if n.at_us == 0 {
-                n.at_us = us;
-            }
+            n.stamp(us);
         }
     }
 
-    /// The notes since the last call, leaving `spare`'s room for the next ones; and what
-    /// the kinds of tasks they name are.
-    pub fn take_notes(&mut self, spare: Vec<Note>) -> (Vec<Note>, &[NoteInfo]) {
-        (std::mem::replace(&mut self.notes, spare), &self.whats.list)
+    /// The notes since the last call and their extras, leaving `spare`'s room for the next
+    /// ones; and what the kinds of tasks they name are.
+    pub fn take_notes(&mut self, spare: (Vec<Note>, Vec<Extra>)) -> (Vec<Note>, Vec<Extra>, &[NoteInfo]) {
+        // Tasks' places in the notes taken are no longer theirs.
+        self.notes_gen = self.notes_gen.wrapping_add(1);
+        let notes = std::mem::replace(&mut self.notes, spare.0);
+        let extras = std::mem::replace(&mut self.note_extras, spare.1);
+        (notes, extras, &self.whats.list)
     }
 
     /// The number of what task `t` is.
     fn what_of(&mut self, task: TaskId) -> Option<(u32, Option<TaskId>)> {
         let t = self.tasks.get(&task)?;
-        let key = (
-            t.function.as_ptr() as usize,
-            Arc::as_ptr(&t.name) as *const u8 as usize,
-            t.job.id.0,
-            t.actor.map(|a| a.0),
-            t.create.is_some(),
-        );
+        let key = (t.function.as_ptr() as usize, t.name.clone(), t.job.id.0, t.actor.map(|a| a.0), t.create.is_some());
         let parent = t.parent;
         if let Some(i) = self.whats.ids.get(&key) {
             return Some((*i, parent));
@@ -151,28 +108,64 @@ impl OwnerState {
             TaskState::Pushed { lease, worker } => (self.leases.get(&lease).map(|l| l.node), Some(worker)),
             _ => (None, None),
         };
-        let mut n = Note::new(task, state, t.attempts).at(node, worker);
+        let mut n = Note::new(task, state, t.attempts);
+        n.set_where(node, worker);
         if let Some((what, parent)) = with_info.then(|| self.what_of(task)).flatten() {
-            n.what = what;
+            // Submitted now: stamped with the note.
+            n.set_what(what, 0);
+            let at = ((self.notes_gen as u64) << 32) | self.notes.len() as u64;
+            if let Some(t) = self.tasks.get_mut(&task) {
+                t.noted = at;
+            }
             if parent.is_some() {
-                n.extra = Some(Box::new(NoteExtra { parent, error: None }));
+                self.note_extras.push(Extra { record: self.notes.len() as u32, parent, error: None });
             }
         }
         self.notes.push(n);
     }
 
-    /// Notes how `t` (no longer in the table) ended.
-    pub(super) fn note_end(&mut self, t: &TaskEntry, state: Seen, error: Option<&Error>, _fx: &mut Effects) {
+    /// Notes that `t` (no longer in the table) finished, and when it ran if its worker said
+    /// (`ran`: start and end): in the note that said what it is, if that is still here.
+    pub(super) fn note_finished(&mut self, t: &TaskEntry, ran: Option<(u64, u64)>) {
         if !self.task_events {
             return;
         }
-        let (node, worker) = match t.state {
+        let (gen, at) = ((t.noted >> 32) as u32, t.noted as u32 as usize);
+        if let (Some((start, end)), true) = (ran, t.noted != NOT_NOTED && gen == self.notes_gen) {
+            let (node, worker) = self.ran_at(t);
+            if let Some(n) = self.notes.get_mut(at).filter(|n| n.task() == t.ret.task && n.attempt() == t.attempts) {
+                n.set_state(Seen::Finished);
+                n.set_where(node, worker);
+                n.set_started_us(start);
+                n.set_at_us(end);
+                return;
+            }
+        }
+        self.note_end(t, Seen::Finished, None);
+        if let (Some((start, end)), Some(n)) = (ran, self.notes.last_mut()) {
+            n.set_started_us(start);
+            n.set_at_us(end);
+        }
+    }
+
+    /// Where `t` ran, as far as this owner knows.
+    fn ran_at(&self, t: &TaskEntry) -> (Option<NodeId>, Option<WorkerId>) {
+        match t.state {
             TaskState::Pushed { lease, worker } => (self.leases.get(&lease).map(|l| l.node), Some(worker)),
             _ => (None, None),
-        };
-        let mut n = Note::new(t.ret.task, state, t.attempts).at(node, worker);
+        }
+    }
+
+    /// Notes how `t` (no longer in the table) ended.
+    pub(super) fn note_end(&mut self, t: &TaskEntry, state: Seen, error: Option<&Error>) {
+        if !self.task_events {
+            return;
+        }
+        let (node, worker) = self.ran_at(t);
+        let mut n = Note::new(t.ret.task, state, t.attempts);
+        n.set_where(node, worker);
         if let Some(e) = error {
-            n.extra = Some(Box::new(NoteExtra { parent: None, error: Some(e.to_string().into_boxed_str()) }));
+            self.note_extras.push(Extra { record: self.notes.len() as u32, parent: None, error: Some(e.to_string()) });
         }
         self.notes.push(n);
     }

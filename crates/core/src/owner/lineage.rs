@@ -174,6 +174,7 @@ impl OwnerState {
                 job: lin.job.clone(),
                 stream: lin.stream,
                 parent: None,
+                noted: events::NOT_NOTED,
             },
         );
         if state == TaskState::Queued {

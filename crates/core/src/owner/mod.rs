@@ -223,6 +223,9 @@ pub(crate) struct OwnerState {
     /// at now (see [`events`]).
     task_events: bool,
     notes: Vec<events::Note>,
+    /// Incremented each time the notes are taken.
+    notes_gen: u32,
+    note_extras: Vec<ferry_proto::state::Extra>,
     whats: events::Whats,
 }
 
@@ -348,6 +351,10 @@ struct TaskEntry {
     /// The task of this process that submitted it (in a worker): a recursive cancel of that
     /// task cancels this one.
     parent: Option<TaskId>,
+    /// Where its note that says what it is waits to be sent (the notes' generation and its
+    /// place; [`events::NOT_NOTED`] if none): a task that ends before the notes go has its
+    /// end noted in that note, one record for the task (see [`events`]).
+    noted: u64,
 }
 
 impl TaskEntry {
@@ -556,6 +563,8 @@ impl OwnerState {
             running: None,
             task_events: false,
             notes: Vec::new(),
+            notes_gen: 0,
+            note_extras: Vec::new(),
             whats: Default::default(),
         }
     }

@@ -144,6 +144,7 @@ impl OwnerState {
                 job: target.job.clone(),
                 stream,
                 parent: self.running,
+                noted: events::NOT_NOTED,
             },
         );
         let seen = if waiting > 0 { Seen::WaitingForArgs } else { Seen::WaitingForWorker };
@@ -317,6 +318,7 @@ impl OwnerState {
             attempt: t.attempts,
             resources,
             stream: t.stream.map(|w| self.stream_spec(task, w)),
+            timed: self.task_events,
         })
     }
 
@@ -371,7 +373,7 @@ impl OwnerState {
         }
         self.task_over(&t, fx);
         let seen = if matches!(err, Error::Cancelled { .. }) { Seen::Cancelled } else { Seen::Failed };
-        self.note_end(&t, seen, Some(&err), fx);
+        self.note_end(&t, seen, Some(&err));
         if t.stream.is_some() {
             self.end_stream(task, Some(err.clone()));
         }
@@ -426,13 +428,7 @@ impl OwnerState {
             self.returned_actors(ObjectId::default(), inside.actors, fx);
             return;
         };
-        self.note_end(&t, Seen::Finished, None, fx);
-        if let (Some((start, end)), true) = (inside.ran, self.task_events) {
-            if let Some(n) = self.notes.last_mut() {
-                n.started_us = start;
-                n.at_us = end;
-            }
-        }
+        self.note_finished(&t, inside.ran);
         if t.stream.is_some() {
             // Its values came before (`on_streamed`); the reply only ends it.
             self.unpin_all(contained, fx);
@@ -554,7 +550,7 @@ impl OwnerState {
         self.task_over(&t, fx);
         let err = Error::from_task(&t.name, err);
         let seen = if matches!(err, Error::Cancelled { .. }) { Seen::Cancelled } else { Seen::Failed };
-        self.note_end(&t, seen, Some(&err), fx);
+        self.note_end(&t, seen, Some(&err));
         let ran_on = match t.state {
             TaskState::Pushed { lease, worker } => (Some(worker), self.leases.get(&lease).map(|l| l.node)),
             _ => (None, None),

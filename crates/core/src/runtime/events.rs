@@ -8,20 +8,21 @@
 
 use super::*;
 use crate::owner::events::Note;
-use ferry_proto::state::{EventBatch, TaskEvent, TaskState, What};
+use ferry_proto::state::{EventBatch, Extra, TaskState, What};
 use ferry_proto::TaskId;
 
 /// Notes from the executor, and room for the owner's next ones.
 #[derive(Default)]
 pub(crate) struct EventBuf {
     worker: Vec<Note>,
-    spare: Vec<Note>,
+    spare: (Vec<Note>, Vec<Extra>),
     dropped: u64,
     /// The task this worker's main thread runs, since when, and whether its start was sent
     /// (a task that ends within a tick reports its times in its reply instead).
     running: Option<(TaskId, u32, u64, bool)>,
-    /// The owner's kinds of tasks (`owner::events::Whats`), as far as taken.
-    kinds: Vec<crate::owner::events::NoteInfo>,
+    /// The owner's kinds of tasks (`owner::events::Whats`) as far as taken, as they travel:
+    /// every batch names them all (a handful), so notes go by the owner's numbers.
+    whats: Vec<What>,
 }
 
 /// A task running longer than this is said to be running before it ends.
@@ -45,14 +46,15 @@ pub(crate) fn now_us() -> u64 {
 impl Runtime {
     /// Notes, from the worker running it, that `task` (attempt `attempt`) is now `state`.
     pub(crate) fn note_running(&self, task: TaskId, attempt: u32, state: TaskState) {
-        if !self.cfg.task_events {
+        if !self.events_on() {
             return;
         }
         let mut n = Note::new(task, state, attempt);
-        n.at_us = now_us();
-        (n.node, n.worker) = (self.node_id.0, self.me.0);
+        let now = now_us();
+        n.set_at_us(now);
+        n.set_where(Some(self.node_id), Some(self.me));
         if state == TaskState::Running {
-            n.started_us = n.at_us;
+            n.set_started_us(now);
         }
         let mut b = self.events.locked();
         if b.worker.len() < MAX_BUFFERED {
@@ -62,14 +64,22 @@ impl Runtime {
         }
     }
 
-    /// A task starts on this worker: when (if task events are on).
-    pub(crate) fn started(&self, task: TaskId, attempt: u32) -> Option<u64> {
-        if !self.cfg.task_events {
-            return None;
-        }
+    /// A task its owner times starts on this worker: when.
+    pub(crate) fn started(&self, task: TaskId, attempt: u32) -> u64 {
         let now = now_us();
         self.events.locked().running = Some((task, attempt, now, false));
-        Some(now)
+        now
+    }
+
+    /// Whether this process records task events now.
+    pub(crate) fn events_on(&self) -> bool {
+        self.events_on.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Turns recording task events on or off from now on.
+    pub(crate) fn set_task_events(&'static self, on: bool) {
+        self.events_on.store(on, std::sync::atomic::Ordering::Relaxed);
+        self.with_state(|st, _| st.set_task_events(on));
     }
 
     /// The task it started has ended: when.
@@ -78,18 +88,16 @@ impl Runtime {
         now_us()
     }
 
-    /// Sends what was noted since the last call to the node now.
+    /// Sends what was noted since the last call to the node now (what was noted before
+    /// recording was turned off included).
     pub(crate) fn flush_task_events(&self) {
-        if !self.cfg.task_events {
-            return;
-        }
         self.send_task_events();
     }
 
     /// The housekeeping tick's send: put off while a burst of tasks is in flight (the send
     /// would take a core from the burst's workers), unless the notes pile up.
     pub(super) fn tick_task_events(&self) {
-        if !self.cfg.task_events {
+        if !self.events_on() {
             return;
         }
         let (busy, piled) = {
@@ -102,97 +110,75 @@ impl Runtime {
     }
 
     fn send_task_events(&self) {
-        let (mut notes, worker, dropped) = {
+        let (mut notes, mut extras, mut worker, dropped, whats) = {
             let mut b = self.events.locked();
             // A task running for a while is said to be running now.
             if let Some((task, attempt, since, said)) = &mut b.running {
                 if !*said && now_us().saturating_sub(*since) >= SAY_RUNNING_AFTER_US {
                     *said = true;
                     let mut n = Note::new(*task, TaskState::Running, *attempt);
-                    (n.at_us, n.started_us) = (*since, *since);
-                    (n.node, n.worker) = (self.node_id.0, self.me.0);
+                    n.set_at_us(*since);
+                    n.set_started_us(*since);
+                    n.set_where(Some(self.node_id), Some(self.me));
                     b.worker.push(n);
                 }
             }
             let spare = std::mem::take(&mut b.spare);
             let mut st = self.state.locked();
-            let (owner, kinds) = st.take_notes(spare);
-            // The kinds of tasks named so far (cloned only when new ones appeared).
-            let have = b.kinds.len();
+            let (owner, extras, kinds) = st.take_notes(spare);
+            // The kinds of tasks named so far (converted only when new ones appeared).
+            let have = b.whats.len();
             if kinds.len() > have {
-                b.kinds.extend_from_slice(&kinds[have..]);
+                let new: Vec<What> = kinds[have..]
+                    .iter()
+                    .map(|k| What {
+                        function: k.function.to_string(),
+                        name: k.name.to_string(),
+                        job: k.job,
+                        actor: k.actor,
+                        creation: k.creation,
+                    })
+                    .collect();
+                b.whats.extend(new);
             }
             drop(st);
-            (owner, std::mem::take(&mut b.worker), std::mem::take(&mut b.dropped))
+            (owner, extras, std::mem::take(&mut b.worker), std::mem::take(&mut b.dropped), std::mem::take(&mut b.whats))
         };
-        if notes.is_empty() && worker.is_empty() && dropped == 0 {
-            self.events.locked().spare = notes;
-            return;
-        }
-        let kinds = std::mem::take(&mut self.events.locked().kinds);
         let mut dropped = Some(dropped);
-        // In frames of a bounded size: the link to the node also carries lease requests,
-        // which must not wait behind megabytes of events.
-        let now = now_us();
-        for chunk in notes.chunks(EVENTS_PER_FRAME).chain(worker.chunks(EVENTS_PER_FRAME)) {
-            let batch = pack(chunk, &kinds, now);
-            let _ = self.node.send(&ToNode::TaskEvents { batch: batch.encode(), dropped: dropped.take().unwrap_or(0) });
-        }
-        if let Some(d) = dropped.filter(|d| *d > 0) {
-            let _ = self.node.send(&ToNode::TaskEvents { batch: EventBatch::default().encode(), dropped: d });
+        if !notes.is_empty() || !worker.is_empty() || dropped.is_some_and(|d| d > 0) {
+            // Notes made outside a change (rare) are stamped now.
+            let now = now_us();
+            for n in notes.iter_mut().chain(worker.iter_mut()) {
+                n.stamp(now);
+            }
+            // In frames of a bounded size: the link to the node also carries lease requests,
+            // which must not wait behind megabytes of events.
+            let mut x = extras.drain(..).peekable();
+            for (i, chunk) in notes.chunks(EVENTS_PER_FRAME).enumerate() {
+                let (start, end) = (i * EVENTS_PER_FRAME, i * EVENTS_PER_FRAME + chunk.len());
+                let mine: Vec<Extra> = std::iter::from_fn(|| x.next_if(|e| (e.record as usize) < end))
+                    .map(|mut e| {
+                        e.record -= start as u32;
+                        e
+                    })
+                    .collect();
+                let batch = EventBatch::encode_parts(&whats, chunk, &mine);
+                let _ = self.node.send(&ToNode::TaskEvents { batch, dropped: dropped.take().unwrap_or(0) });
+            }
+            drop(x);
+            for chunk in worker.chunks(EVENTS_PER_FRAME) {
+                let batch = EventBatch::encode_parts(&whats, chunk, &[]);
+                let _ = self.node.send(&ToNode::TaskEvents { batch, dropped: dropped.take().unwrap_or(0) });
+            }
+            if let Some(d) = dropped.filter(|d| *d > 0) {
+                let _ = self.node.send(&ToNode::TaskEvents { batch: EventBatch::default().encode(), dropped: d });
+            }
         }
         notes.clear();
+        extras.clear();
         let mut b = self.events.locked();
-        b.kinds = kinds;
-        // The owner's buffer keeps its room for the next tick.
-        b.spare = notes;
+        b.whats = whats;
+        // The owner's buffers keep their room for the next tick.
+        b.spare = (notes, extras);
     }
-}
-
-/// Packs notes (in the order they were made) into a batch of records, one per note, written
-/// straight from the notes (the history folds a task's records in order); `kinds` are what
-/// the notes' `what` numbers name; `now` stamps notes made outside a change (rare).
-fn pack(notes: &[Note], kinds: &[crate::owner::events::NoteInfo], now: u64) -> EventBatch {
-    let mut batch = EventBatch::default();
-    batch.records.reserve(notes.len() * ferry_proto::state::RECORD);
-    // The kinds this batch names, by the owner's number for them (a handful).
-    let mut whats: Vec<(u32, u32)> = Vec::new();
-    let some = |v: u64| (v != Note::NONE).then_some(v);
-    for n in notes {
-        let at_us = if n.at_us == 0 { now } else { n.at_us };
-        let what = kinds.get(n.what as usize).map(|k| match whats.iter().find(|(w, _)| *w == n.what) {
-            Some((_, i)) => *i,
-            None => {
-                let i = batch.whats.len() as u32;
-                batch.whats.push(What {
-                    function: k.function.to_string(),
-                    name: k.name.to_string(),
-                    job: k.job,
-                    actor: k.actor,
-                    creation: k.creation,
-                });
-                whats.push((n.what, i));
-                i
-            }
-        });
-        let (parent, error) = match &n.extra {
-            Some(x) => (x.parent, x.error.as_ref().map(|e| e.to_string())),
-            None => (None, None),
-        };
-        batch.push(&TaskEvent {
-            task: n.task,
-            state: n.state,
-            at_us,
-            attempt: n.attempt,
-            what,
-            parent,
-            // A note that says what the task is was made at its submission (or retry).
-            submitted_us: what.map(|_| at_us),
-            started_us: some(n.started_us),
-            node: some(n.node).map(ferry_proto::NodeId),
-            worker: some(n.worker).map(ferry_proto::WorkerId),
-            error,
-        });
-    }
-    batch
 }

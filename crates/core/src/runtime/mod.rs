@@ -118,6 +118,9 @@ pub(crate) struct Runtime {
     me: WorkerId,
     node_id: NodeId,
     cfg: Config,
+    /// Whether this process records task events (`Config::task_events`, or
+    /// `state::set_task_events` since).
+    events_on: std::sync::atomic::AtomicBool,
     token: String,
     store: StoreDir,
     session_dir: std::path::PathBuf,
@@ -228,6 +231,7 @@ impl Runtime {
             node_addr: id.node_addr.clone(),
             cfg,
             node: conn,
+            events_on: std::sync::atomic::AtomicBool::new(task_events),
             addrs: Addrs::new(id.me, my_tcp),
             daemons: Default::default(),
             cluster: Mutex::new(Vec::new()),
