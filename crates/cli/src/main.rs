@@ -142,6 +142,19 @@ enum Cmd {
         #[command(subcommand)]
         what: state::GetWhat,
     },
+    /// Write the tasks' timeline as Chrome trace-event JSON (as `ray timeline`): a row per
+    /// node and worker, a slice per task run, arrows from submission to run. Open it in
+    /// https://ui.perfetto.dev or chrome://tracing.
+    Timeline {
+        #[command(flatten)]
+        target: Target,
+        /// Only this job's tasks (its id, as `ferry list tasks` shows it).
+        #[arg(long)]
+        job: Option<String>,
+        /// Where to write it.
+        #[arg(short, long, default_value = "ferry-timeline.json")]
+        output: PathBuf,
+    },
     /// Show the node's resources, workers, actors and store, every node of its cluster, and
     /// the jobs it ran.
     Status {
@@ -182,6 +195,7 @@ fn main() -> ExitCode {
         Cmd::List { what } => state::list(what),
         Cmd::Summary { what } => state::summary(what),
         Cmd::Get { what } => state::get(what),
+        Cmd::Timeline { target, job, output } => state::timeline(&target, job.as_deref(), &output),
         Cmd::Start {
             head,
             address,

@@ -340,3 +340,22 @@ pub fn get(what: GetWhat) -> Result<(), String> {
         }
     }
 }
+
+/// `ferry timeline`: streamed to a file made next to `output` and renamed into place.
+pub fn timeline(target: &Target, job: Option<&str>, output: &std::path::Path) -> Result<(), String> {
+    let job = job.map(|j| j.parse::<JobId>()).transpose()?;
+    let mut c = history(target)?;
+    let part = output.with_extension("json.part");
+    let file = std::fs::File::create(&part).map_err(|e| format!("cannot create {}: {e}", part.display()))?;
+    let written = ferry_node::timeline::write(&mut c, job, std::io::BufWriter::with_capacity(1 << 20, file));
+    let (_, tasks) = match written {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = std::fs::remove_file(&part);
+            return Err(e.to_string());
+        }
+    };
+    std::fs::rename(&part, output).map_err(|e| format!("cannot write {}: {e}", output.display()))?;
+    println!("wrote {tasks} task runs to {}; open it in https://ui.perfetto.dev or chrome://tracing", output.display());
+    Ok(())
+}

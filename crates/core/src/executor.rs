@@ -436,6 +436,9 @@ impl Executor {
         if let (Some(start), FromWorker::Done { ran, .. }) = (started, &mut reply.0) {
             *ran = Some((start, rt.ended()));
         }
+        // What the task submitted is recorded before it is said to be done: its job may end
+        // (and this worker with it) as soon as its owner hears.
+        rt.flush_task_events_if_noted();
         CURRENT.with(|c| c.set(None));
         // (`set_running` stays until the next task: a worker submits nothing between tasks.)
         *self.running_task.locked() = None;

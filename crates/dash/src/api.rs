@@ -82,6 +82,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/tasks", get(tasks))
         .route("/api/tasks/{id}", get(task))
         .route("/api/summary", get(summary))
+        .route("/api/timeline", get(timeline))
         .route("/metrics", get(crate::metrics::metrics))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token));
     Router::new()
@@ -352,4 +353,43 @@ async fn summary(State(app): State<Arc<App>>, Query(q): Query<SummaryQuery>) -> 
         })
         .collect();
     Ok(Json(json!({ "functions": rows })))
+}
+
+/// Bytes written on a blocking thread, sent to the response in chunks as they are made.
+struct Chunks(tokio::sync::mpsc::Sender<Result<axum::body::Bytes, std::io::Error>>);
+
+impl std::io::Write for Chunks {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Ok(axum::body::Bytes::copy_from_slice(b)))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the download was closed"))?;
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `/api/timeline?job=`: the tasks' timeline (Chrome trace-event JSON) as a download,
+/// streamed as it is written.
+async fn timeline(State(app): State<Arc<App>>, Query(q): Query<SummaryQuery>) -> Result<Response, ApiError> {
+    let job = q.job.as_deref().filter(|j| !j.is_empty()).map(|j| j.parse::<JobId>()).transpose().map_err(bad)?;
+    let source = app.source.clone();
+    let mut history = blocking(move || source.history()).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    tokio::task::spawn_blocking(move || {
+        let out = std::io::BufWriter::with_capacity(256 << 10, Chunks(tx.clone()));
+        if let Err(e) = ferry_node::timeline::write(&mut history, job, out) {
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CONTENT_DISPOSITION, "attachment; filename=\"ferry-timeline.json\""),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
 }

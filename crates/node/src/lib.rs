@@ -34,6 +34,7 @@ mod members;
 mod pool;
 mod store;
 mod tables;
+pub mod timeline;
 mod transfer;
 
 use actors::{ActorRec, ACTOR_CONN};

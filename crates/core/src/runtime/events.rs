@@ -94,6 +94,14 @@ impl Runtime {
         self.send_task_events();
     }
 
+    /// Sends what this process's owner table noted, if it noted anything (after a task that
+    /// submitted tasks; nothing for one that did not).
+    pub(crate) fn flush_task_events_if_noted(&self) {
+        if self.events_on() && self.state.locked().notes_len() > 0 {
+            self.send_task_events();
+        }
+    }
+
     /// The housekeeping tick's send: put off while a burst of tasks is in flight (the send
     /// would take a core from the burst's workers), unless the notes pile up.
     pub(super) fn tick_task_events(&self) {
