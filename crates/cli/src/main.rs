@@ -17,6 +17,7 @@
 
 mod jobs;
 mod state;
+mod views;
 
 use clap::{Args, Parser, Subcommand};
 use ferry_node::client::{stop_cluster, Client};
@@ -142,6 +143,24 @@ enum Cmd {
         #[command(subcommand)]
         what: state::GetWhat,
     },
+    /// Every object in the cluster: its owner, size, where it is and why it is alive (as
+    /// `ray memory`).
+    Memory {
+        #[command(flatten)]
+        target: Target,
+        /// Group by the node that stores it, or its owner.
+        #[arg(long, value_enum, default_value = "node")]
+        group_by: views::GroupBy,
+        /// Biggest first, or by id.
+        #[arg(long, value_enum, default_value = "size")]
+        sort_by: views::SortBy,
+        /// At most this many (default 1000).
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Table or JSON.
+        #[arg(long, value_enum, default_value_t)]
+        format: state::Format,
+    },
     /// Write the tasks' timeline as Chrome trace-event JSON (as `ray timeline`): a row per
     /// node and worker, a slice per task run, arrows from submission to run. Open it in
     /// https://ui.perfetto.dev or chrome://tracing.
@@ -195,6 +214,9 @@ fn main() -> ExitCode {
         Cmd::List { what } => state::list(what),
         Cmd::Summary { what } => state::summary(what),
         Cmd::Get { what } => state::get(what),
+        Cmd::Memory { target, group_by, sort_by, limit, format } => {
+            views::memory(&target, group_by, sort_by, limit, format)
+        }
         Cmd::Timeline { target, job, output } => state::timeline(&target, job.as_deref(), &output),
         Cmd::Start {
             head,

@@ -34,6 +34,40 @@ pub enum ListWhat {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Actors (alive first, then dead ones): id, state, class, name, node, restarts, why it
+    /// died.
+    Actors {
+        #[command(flatten)]
+        target: Target,
+        /// Only those with KEY=VALUE; keys: state, class, name, job, node.
+        #[arg(long = "filter", value_name = "KEY=VALUE")]
+        filters: Vec<String>,
+        /// At most this many (default 100).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Table or JSON.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Worker processes (and drivers) of every node: state (idle, leased, actor), pid.
+    Workers {
+        #[command(flatten)]
+        target: Target,
+        /// Table or JSON.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Objects in the nodes' stores, biggest first (`ferry memory` says why each is alive).
+    Objects {
+        #[command(flatten)]
+        target: Target,
+        /// At most this many (default 100).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Table or JSON.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// Jobs the head ran.
     Jobs {
         #[command(flatten)]
@@ -54,6 +88,22 @@ pub enum ListWhat {
 
 #[derive(Subcommand)]
 pub enum SummaryWhat {
+    /// Actors by class and state.
+    Actors {
+        #[command(flatten)]
+        target: Target,
+        /// Table or JSON.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Objects per node: in the store and spilled, with their bytes.
+    Objects {
+        #[command(flatten)]
+        target: Target,
+        /// Table or JSON.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// Tasks by function and state: exact counts, even where records were dropped.
     Tasks {
         #[command(flatten)]
@@ -69,6 +119,16 @@ pub enum SummaryWhat {
 
 #[derive(Subcommand)]
 pub enum GetWhat {
+    /// One actor, every field.
+    Actor {
+        #[command(flatten)]
+        target: Target,
+        /// The actor's id (16 hex digits, as `ferry list actors` shows it).
+        id: String,
+        /// Table or JSON.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// One task, every field.
     Task {
         #[command(flatten)]
@@ -114,7 +174,7 @@ fn parse_filter(filters: &[String]) -> Result<TaskFilter, String> {
     Ok(f)
 }
 
-fn json<T: serde::Serialize>(v: &T) -> Result<(), String> {
+pub(crate) fn json<T: serde::Serialize>(v: &T) -> Result<(), String> {
     println!("{}", serde_json::to_string_pretty(v).map_err(|e| e.to_string())?);
     Ok(())
 }
@@ -137,12 +197,17 @@ fn dropped_note(s: &HistoryStats) -> Option<String> {
 }
 
 /// The printable form of a name that came over the network.
-fn clean(s: &str) -> String {
+pub(crate) fn clean(s: &str) -> String {
     s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
 }
 
 pub fn list(what: ListWhat) -> Result<(), String> {
     match what {
+        ListWhat::Actors { target, filters, limit, format } => {
+            crate::views::list_actors(&target, &filters, limit, format)
+        }
+        ListWhat::Workers { target, format } => crate::views::list_workers(&target, format),
+        ListWhat::Objects { target, limit, format } => crate::views::list_objects(&target, limit, format),
         ListWhat::Tasks { target, filters, limit, detail, format } => {
             let filter = parse_filter(&filters)?;
             let mut c = history(&target)?;
@@ -268,7 +333,11 @@ fn print_task(t: &TaskRecord) {
 }
 
 pub fn summary(what: SummaryWhat) -> Result<(), String> {
-    let SummaryWhat::Tasks { target, job, format } = what;
+    let (target, job, format) = match what {
+        SummaryWhat::Actors { target, format } => return crate::views::summary_actors(&target, format),
+        SummaryWhat::Objects { target, format } => return crate::views::summary_objects(&target, format),
+        SummaryWhat::Tasks { target, job, format } => (target, job, format),
+    };
     let job = job.map(|j| j.parse::<JobId>()).transpose()?;
     let mut c = history(&target)?;
     let (rows, stats) =
@@ -323,7 +392,10 @@ fn short(s: TaskState) -> &'static str {
 }
 
 pub fn get(what: GetWhat) -> Result<(), String> {
-    let GetWhat::Task { target, id, format } = what;
+    let (target, id, format) = match what {
+        GetWhat::Actor { target, id, format } => return crate::views::get_actor(&target, &id, format),
+        GetWhat::Task { target, id, format } => (target, id, format),
+    };
     let task = id.parse::<TaskId>()?;
     let mut c = history(&target)?;
     let filter = TaskFilter { task: Some(task), ..Default::default() };

@@ -84,6 +84,46 @@ impl ActorRec {
 }
 
 impl ActorRec {
+    /// How `ferry list actors` shows it.
+    pub(crate) fn view(
+        &self,
+        actor: ferry_proto::msg::ActorId,
+        home: ferry_proto::NodeId,
+    ) -> ferry_proto::msg::ActorView {
+        let (state, worker, death) = match self.phase.clone() {
+            Phase::Reserved | Phase::Placing => {
+                (if self.incarnation > 0 { "restarting" } else { "pending" }, None, None)
+            }
+            Phase::Starting { worker } => {
+                (if self.incarnation > 0 { "restarting" } else { "starting" }, Some(worker), None)
+            }
+            Phase::Alive { worker } => ("alive", Some(worker), None),
+            Phase::Dead { reason } => ("dead", None, Some(reason)),
+        };
+        let spec = self.spec.as_ref();
+        let alive = death.is_none();
+        ferry_proto::msg::ActorView {
+            actor,
+            class: self.class.clone(),
+            state: state.into(),
+            // Names are kept as `namespace\u{1f}name` (one table for every namespace).
+            name: spec.and_then(|s| s.name.as_deref()).map(|n| n.rsplit('\u{1f}').next().unwrap_or(n).to_string()),
+            namespace: spec
+                .and_then(|s| s.name.as_deref().and_then(|n| n.split_once('\u{1f}')).map(|(ns, _)| ns.to_string()))
+                .or_else(|| spec.and_then(|s| s.namespace.clone())),
+            job: spec.map(|s| s.job).unwrap_or(WorkerId(0)),
+            detached: spec.is_some_and(|s| s.detached),
+            home,
+            node: alive.then(|| self.host.unwrap_or(home)),
+            worker: self.remote.as_ref().map(|(w, _)| *w).or(worker).filter(|_| alive),
+            restarts: self.incarnation,
+            restarts_left: self.restarts_left,
+            death,
+        }
+    }
+}
+
+impl ActorRec {
     fn new(class: String, owner: ConnId) -> ActorRec {
         ActorRec {
             class,

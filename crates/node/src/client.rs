@@ -6,9 +6,10 @@ use ferry_os::local;
 use ferry_proto::conn::{connect, ConnectError};
 /// A job as the head keeps it (`Client::jobs`).
 pub use ferry_proto::msg::JobView;
-use ferry_proto::msg::{FromNode, ProcKind, ToNode};
-/// A node as it reports itself, and as its cluster sees it.
-pub use ferry_proto::msg::{NodeStats, NodeView};
+/// A node as it reports itself, and as its cluster sees it; its actors, processes and
+/// objects as it lists them.
+pub use ferry_proto::msg::{ActorId, ActorView, NodeStats, NodeView, ProcKind, ProcView, RefInfo, StoredInfo};
+use ferry_proto::msg::{FromNode, ToNode};
 /// The task history's types (`ferry list tasks`).
 pub use ferry_proto::state::{
     HistoryStats, Latency, TaskFilter, TaskRecord, TaskState, TaskSummaryRow, LATENCY_BOUNDS_US,
@@ -20,6 +21,21 @@ use std::time::{Duration, Instant};
 
 /// How long a tool waits for an answer before it reports the node as not answering.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+/// A node of the cluster and a client of it (or why none could be made).
+pub type EachNode = (NodeView, Result<Client, ClientError>);
+
+/// What [`Client::memory`] returns for one node.
+#[derive(Debug, Clone)]
+pub struct NodeMemory {
+    /// Every process's table entries (an object's owner's says where it is and how big).
+    pub refs: Vec<RefInfo>,
+    pub pending_tasks: u64,
+    /// The node's store.
+    pub stored: Vec<StoredInfo>,
+    /// Processes that did not answer.
+    pub unreachable: Vec<WorkerId>,
+}
 
 /// Why a tool's request to a node failed; each names the node and what went wrong.
 #[derive(Debug, thiserror::Error)]
@@ -357,6 +373,88 @@ impl Client {
             FromNode::TaskSummary { req: r, rows, stats } if r == req => Some(stats.map(|s| (rows, s))),
             _ => None,
         })
+    }
+
+    /// The actors whose records this node keeps, dead ones included.
+    pub fn list_actors(&mut self) -> Result<Vec<ActorView>, ClientError> {
+        let req = self.req();
+        self.send(&ToNode::ListActors { req })?;
+        self.answer(ANSWER_WITHIN, |m| match m {
+            FromNode::Actors { req: r, actors } if r == req => Some(actors),
+            _ => None,
+        })
+    }
+
+    /// The processes connected to this node.
+    pub fn list_procs(&mut self) -> Result<Vec<ProcView>, ClientError> {
+        let req = self.req();
+        self.send(&ToNode::ListProcs { req })?;
+        self.answer(ANSWER_WITHIN, |m| match m {
+            FromNode::Procs { req: r, procs } if r == req => Some(procs),
+            _ => None,
+        })
+    }
+
+    /// The objects in this node's store (in memory or spilled).
+    pub fn stored_objects(&mut self) -> Result<Vec<StoredInfo>, ClientError> {
+        let req = self.req();
+        self.send(&ToNode::Inventory { req })?;
+        self.answer(ANSWER_WITHIN, |m| match m {
+            FromNode::Inventory { req: r, objects, .. } if r == req => Some(objects),
+            _ => None,
+        })
+    }
+
+    /// Every object in the tables of this node's processes and in its store, and why each
+    /// is alive (the node asks each process; one that does not answer is listed).
+    pub fn memory(&mut self) -> Result<NodeMemory, ClientError> {
+        let req = self.req();
+        self.send(&ToNode::Memory { req })?;
+        self.answer(ANSWER_WITHIN * 3, |m| match m {
+            FromNode::Memory { req: r, refs, pending_tasks, stored, unreachable } if r == req => {
+                Some(NodeMemory { refs, pending_tasks, stored, unreachable })
+            }
+            _ => None,
+        })
+    }
+
+    /// A client of every node of this node's cluster that is alive (this node itself when it
+    /// is in none), with how the cluster sees it.
+    pub fn each_node(mut self, token: &str) -> Result<Vec<EachNode>, ClientError> {
+        let nodes: Vec<NodeView> = match self.control_view(token)? {
+            Some(n) => n.into_iter().filter(|n| !n.head && n.alive).collect(),
+            None => Vec::new(),
+        };
+        if nodes.is_empty() {
+            let s = self.stats()?;
+            let view = NodeView {
+                node: s.node.unwrap_or(NodeId(0)),
+                addr: self.addr.clone(),
+                head: false,
+                alive: true,
+                total: s.total,
+                available: s.available,
+                workers: s.workers,
+                silent_ms: 0,
+                actors: s.actors,
+                objects: s.store_objects,
+                object_bytes: s.store_used_bytes,
+                spilled_bytes: s.spilled_bytes,
+            };
+            return Ok(vec![(view, Ok(self))]);
+        }
+        let mine = self.addr.clone();
+        let mut me = Some(self);
+        Ok(nodes
+            .into_iter()
+            .map(|n| {
+                let c = match me.take_if(|_| n.addr == mine) {
+                    Some(c) => Ok(c),
+                    None => Client::connect(&n.addr, token).or_else(|_| Client::connect_tcp(&n.addr, token)),
+                };
+                (n, c)
+            })
+            .collect())
     }
 
     /// The client of whatever keeps this node's task history: the node itself (outside a

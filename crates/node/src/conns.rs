@@ -55,7 +55,7 @@ impl Node {
     /// `Register`: what registers on `conn` (a worker this node started, a driver, a client
     /// from another node, a tool), answered before anything is asked of it.
     pub(crate) fn on_register(&self, st: &mut State, conn: ConnId, msg: ToNode) -> Result<(), String> {
-        let ToNode::Register { kind, pid: _, listen, tcp, exe, node } = msg else { return Ok(()) };
+        let ToNode::Register { kind, pid, listen, tcp, exe, node } = msg else { return Ok(()) };
         let registered = FromNode::Registered {
             node: self.id,
             worker: st.conns.get(&conn).map(|c| c.from).unwrap_or_default(),
@@ -69,6 +69,11 @@ impl Node {
         info.registered = true;
         info.kind = Some(kind);
         info.node = node;
+        info.pid = Some(pid);
+        info.listen = match (&tcp, info.via_tcp) {
+            (Some(t), true) => Some(Addr::Tcp(t.clone())),
+            _ => Some(listen.clone()),
+        };
         let w = info.from;
         self.attach_pending_holds(st, conn, w);
         let Some(info) = st.conns.get_mut(&conn) else {
@@ -143,6 +148,8 @@ pub(crate) fn serve_conn(node: Arc<Node>, stream: Stream, adm: Admission) {
             kind: None,
             via_tcp,
             node: None,
+            listen: None,
+            pid: None,
         };
         st.conns.insert(id, info);
         id

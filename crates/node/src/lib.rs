@@ -36,6 +36,7 @@ mod store;
 mod tables;
 pub mod timeline;
 mod transfer;
+mod views;
 
 use actors::{ActorRec, ACTOR_CONN};
 use ferry_proto::conn::{accept, Addr, Conn, Stream};
@@ -142,6 +143,10 @@ pub(crate) struct ConnInfo {
     via_tcp: bool,
     /// The node a registered process runs on (as it said).
     node: Option<NodeId>,
+    /// Where a registered driver or worker is reached by other processes (its TCP address
+    /// for one on another host), and its pid as it said.
+    listen: Option<Addr>,
+    pid: Option<u32>,
 }
 
 struct State {
@@ -755,6 +760,9 @@ impl Node {
             | ToNode::ActorHosted { .. }
             | ToNode::ActorsHosted { .. }
             | ToNode::ActorLost { .. }) => self.on_actor(st, conn, m),
+            m @ (ToNode::ListActors { .. } | ToNode::ListProcs { .. } | ToNode::Memory { .. }) => {
+                self.on_view(st, conn, m)
+            }
             // Handled on the connection's thread (`serve_conn`): they block on the network.
             ToNode::Pull { .. }
             | ToNode::FetchObject { .. }

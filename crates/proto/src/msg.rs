@@ -276,6 +276,14 @@ pub enum ToNode {
     ControlAddress { req: u64 },
     /// What the node knows of processes and stored objects (for `memory_summary`).
     Inventory { req: u64 },
+    /// The actors whose records this node keeps (those created through it), dead ones
+    /// included (answered by `Actors`).
+    ListActors { req: u64 },
+    /// The processes connected to this node (answered by `Procs`).
+    ListProcs { req: u64 },
+    /// Every object in this node's processes' tables and its store, and why each is alive:
+    /// the node asks each process (answered by `Memory`).
+    Memory { req: u64 },
     /// Asks a node started on its own (`ferry start`) to stop.
     StopNode,
     /// From a node joining the head: who it is and what it has (answered by `Ack`).
@@ -386,6 +394,44 @@ pub struct StoredInfo {
     pub object: ObjectId,
     pub size: u64,
     pub spilled: bool,
+}
+
+/// An actor as the node that keeps its record lists it (`ferry list actors`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
+pub struct ActorView {
+    pub actor: ActorId,
+    pub class: String,
+    /// "pending" (waiting for a worker or a node), "starting", "alive", "restarting" or "dead".
+    pub state: String,
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    /// The job (driver) it belongs to.
+    pub job: WorkerId,
+    pub detached: bool,
+    /// The node keeping its record, and the node and worker running it.
+    pub home: NodeId,
+    pub node: Option<NodeId>,
+    pub worker: Option<WorkerId>,
+    /// Times it was started again, and how many more it may be.
+    pub restarts: u32,
+    pub restarts_left: u32,
+    /// Why it died.
+    pub death: Option<String>,
+}
+
+/// A process connected to a node (`ferry list workers`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
+pub struct ProcView {
+    pub worker: WorkerId,
+    pub kind: ProcKind,
+    pub node: NodeId,
+    pub pid: Option<u32>,
+    /// "idle", "leased", "actor", or for other kinds their kind.
+    pub state: String,
+    /// The actor it runs.
+    pub actor: Option<ActorId>,
 }
 
 /// Messages from the node daemon.
@@ -565,6 +611,23 @@ pub enum FromNode {
         req: u64,
         processes: Vec<WorkerId>,
         objects: Vec<StoredInfo>,
+    },
+    Actors {
+        req: u64,
+        actors: Vec<ActorView>,
+    },
+    Procs {
+        req: u64,
+        procs: Vec<ProcView>,
+    },
+    /// Every process's table entries (`refs`), its unfinished tasks, the store's objects,
+    /// and the processes that did not answer.
+    Memory {
+        req: u64,
+        refs: Vec<RefInfo>,
+        pending_tasks: u64,
+        stored: Vec<StoredInfo>,
+        unreachable: Vec<WorkerId>,
     },
 }
 

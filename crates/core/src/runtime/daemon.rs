@@ -110,6 +110,9 @@ impl Runtime {
                     }
                 }),
                 FromNode::Inventory { req, .. }
+                | FromNode::Actors { req, .. }
+                | FromNode::Procs { req, .. }
+                | FromNode::Memory { req, .. }
                 | FromNode::Cluster { req, .. }
                 | FromNode::Tasks { req, .. }
                 | FromNode::TaskSummary { req, .. }

@@ -1,0 +1,362 @@
+//! `ferry list actors|workers|objects`, `ferry get actor`, `ferry summary actors|objects` and
+//! `ferry memory`: what every node of the cluster says of its actors, processes and objects,
+//! joined (as Ray's `ray list actors`, `ray memory`). Tables, or JSON with `--format json`.
+
+use crate::state::{clean, json, Format};
+use crate::Target;
+use ferry_node::client::{ActorView, Client, NodeView, ProcView, RefInfo, StoredInfo};
+use std::collections::BTreeMap;
+
+/// Every live node's answer to `ask`; nodes that cannot be asked are reported and skipped.
+fn from_each<T>(
+    target: &Target,
+    mut ask: impl FnMut(&mut Client) -> Result<T, String>,
+) -> Result<Vec<(NodeView, T)>, String> {
+    let (client, token) = target.connect()?;
+    let mut out = Vec::new();
+    for (node, c) in client.each_node(&token).map_err(|e| e.to_string())? {
+        match c.map_err(|e| e.to_string()).and_then(|mut c| ask(&mut c)) {
+            Ok(v) => out.push((node, v)),
+            Err(e) => eprintln!("ferry: warning: node {} at {} left out: {e}", node.node, node.addr),
+        }
+    }
+    Ok(out)
+}
+
+fn actor_id(a: ferry_node::client::ActorId) -> String {
+    format!("{:016x}", a.0)
+}
+
+fn actors(target: &Target) -> Result<Vec<ActorView>, String> {
+    let per_node = from_each(target, |c| c.list_actors().map_err(|e| e.to_string()))?;
+    let mut all: Vec<ActorView> = per_node.into_iter().flat_map(|(_, a)| a).collect();
+    all.sort_by(|a, b| {
+        (a.state == "dead").cmp(&(b.state == "dead")).then(a.class.cmp(&b.class)).then(a.actor.0.cmp(&b.actor.0))
+    });
+    Ok(all)
+}
+
+fn actor_json(a: &ActorView) -> serde_json::Value {
+    serde_json::json!({
+        "actor": actor_id(a.actor),
+        "class": a.class,
+        "state": a.state,
+        "name": a.name,
+        "namespace": a.namespace,
+        "job": a.job.to_string(),
+        "detached": a.detached,
+        "home": a.home.to_string(),
+        "node": a.node.map(|n| n.to_string()),
+        "worker": a.worker.map(|w| w.to_string()),
+        "restarts": a.restarts,
+        "restarts_left": a.restarts_left,
+        "death": a.death,
+    })
+}
+
+/// `ferry list actors`.
+pub fn list_actors(target: &Target, filters: &[String], limit: usize, format: Format) -> Result<(), String> {
+    let mut want: Vec<(String, String)> = Vec::new();
+    for kv in filters {
+        let (k, v) = kv.split_once('=').ok_or_else(|| format!("filter {kv:?} is not KEY=VALUE"))?;
+        if !["state", "class", "name", "job", "node"].contains(&k.trim()) {
+            return Err(format!("cannot filter actors by {k:?}: use state, class, name, job or node"));
+        }
+        want.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let all = actors(target)?;
+    let matched: Vec<&ActorView> = all
+        .iter()
+        .filter(|a| {
+            want.iter().all(|(k, v)| match k.as_str() {
+                "state" => a.state.eq_ignore_ascii_case(v),
+                "class" => a.class.contains(v.as_str()),
+                "name" => a.name.as_deref().is_some_and(|n| n.contains(v.as_str())),
+                "job" => a.job.to_string() == *v,
+                _ => a.node.is_some_and(|n| n.to_string() == *v),
+            })
+        })
+        .collect();
+    let shown = &matched[..matched.len().min(limit)];
+    if let Format::Json = format {
+        let list: Vec<_> = shown.iter().map(|a| actor_json(a)).collect();
+        return json(&serde_json::json!({ "actors": list, "matched": matched.len() }));
+    }
+    println!("{:<16} {:<10} {:<28} {:<16} {:<16} {:>8}  DEATH", "ACTOR", "STATE", "CLASS", "NAME", "NODE", "RESTARTS");
+    for a in shown {
+        println!(
+            "{:<16} {:<10} {:<28} {:<16} {:<16} {:>8}  {}",
+            actor_id(a.actor),
+            a.state,
+            clean(&a.class).chars().take(28).collect::<String>(),
+            a.name.as_deref().map(clean).unwrap_or_else(|| "-".into()),
+            a.node.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+            a.restarts,
+            a.death.as_deref().map(clean).unwrap_or_default()
+        );
+    }
+    println!("{} of {} matching actors shown", shown.len(), matched.len());
+    Ok(())
+}
+
+/// `ferry get actor ID`.
+pub fn get_actor(target: &Target, id: &str, format: Format) -> Result<(), String> {
+    let want = u64::from_str_radix(id.trim(), 16).map_err(|_| format!("{id:?} is not an actor id (16 hex digits)"))?;
+    let all = actors(target)?;
+    let a = all.iter().find(|a| a.actor.0 == want).ok_or_else(|| format!("no actor {id} in the cluster"))?;
+    match format {
+        Format::Json => json(&actor_json(a)),
+        Format::Table => {
+            let v = actor_json(a);
+            for (k, val) in v.as_object().into_iter().flatten() {
+                if !val.is_null() {
+                    println!("  {k:<14} {}", clean(val.to_string().trim_matches('"')));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `ferry summary actors`: by class and state.
+pub fn summary_actors(target: &Target, format: Format) -> Result<(), String> {
+    let all = actors(target)?;
+    let mut by: BTreeMap<&str, BTreeMap<&str, u64>> = BTreeMap::new();
+    for a in &all {
+        *by.entry(a.class.as_str()).or_default().entry(a.state.as_str()).or_default() += 1;
+    }
+    if let Format::Json = format {
+        return json(&by);
+    }
+    println!("{:<40} {:>8} {:>8} {:>8} {:>8}", "CLASS", "ALIVE", "PENDING", "DEAD", "TOTAL");
+    for (class, states) in &by {
+        let n = |s: &str| states.get(s).copied().unwrap_or(0);
+        println!(
+            "{:<40} {:>8} {:>8} {:>8} {:>8}",
+            clean(class).chars().take(40).collect::<String>(),
+            n("alive"),
+            n("pending") + n("starting") + n("restarting"),
+            n("dead"),
+            states.values().sum::<u64>()
+        );
+    }
+    Ok(())
+}
+
+/// `ferry list workers`.
+pub fn list_workers(target: &Target, format: Format) -> Result<(), String> {
+    let per_node = from_each(target, |c| c.list_procs().map_err(|e| e.to_string()))?;
+    let mut all: Vec<ProcView> = per_node.into_iter().flat_map(|(_, p)| p).collect();
+    all.retain(|p| p.state != "tool" && p.state != "node");
+    all.sort_by(|a, b| a.node.0.cmp(&b.node.0).then(a.state.cmp(&b.state)));
+    if let Format::Json = format {
+        let list: Vec<_> = all
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "worker": p.worker.to_string(), "node": p.node.to_string(), "pid": p.pid,
+                    "state": p.state, "actor": p.actor.map(actor_id),
+                })
+            })
+            .collect();
+        return json(&list);
+    }
+    println!("{:<16} {:<16} {:>8} {:<8} ACTOR", "WORKER", "NODE", "PID", "STATE");
+    for p in &all {
+        println!(
+            "{:<16} {:<16} {:>8} {:<8} {}",
+            p.worker.to_string(),
+            p.node.to_string(),
+            p.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            p.state,
+            p.actor.map(actor_id).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// Objects in the stores of every node.
+fn stored(target: &Target) -> Result<Vec<(NodeView, Vec<StoredInfo>)>, String> {
+    from_each(target, |c| c.stored_objects().map_err(|e| e.to_string()))
+}
+
+/// `ferry list objects`: every stored object, biggest first.
+pub fn list_objects(target: &Target, limit: usize, format: Format) -> Result<(), String> {
+    let mut all: Vec<(String, StoredInfo)> =
+        stored(target)?.into_iter().flat_map(|(n, s)| s.into_iter().map(move |o| (n.node.to_string(), o))).collect();
+    all.sort_by_key(|o| std::cmp::Reverse(o.1.size));
+    let shown = &all[..all.len().min(limit)];
+    if let Format::Json = format {
+        let list: Vec<_> = shown
+            .iter()
+            .map(|(n, o)| {
+                serde_json::json!({
+                    "object": o.object.to_string(), "owner": o.object.owner().to_string(), "node": n,
+                    "size": o.size, "spilled": o.spilled,
+                })
+            })
+            .collect();
+        return json(&serde_json::json!({ "objects": list, "total": all.len() }));
+    }
+    println!("{:<40} {:<16} {:<16} {:>12} WHERE", "OBJECT", "OWNER", "NODE", "BYTES");
+    for (n, o) in shown {
+        let place = if o.spilled { "spilled" } else { "in store" };
+        println!("{:<40} {:<16} {:<16} {:>12} {place}", o.object.to_string(), o.object.owner().to_string(), n, o.size);
+    }
+    println!("{} of {} stored objects shown", shown.len(), all.len());
+    Ok(())
+}
+
+/// `ferry summary objects`: per node.
+pub fn summary_objects(target: &Target, format: Format) -> Result<(), String> {
+    let rows: Vec<(NodeView, u64, u64, u64, u64)> = stored(target)?
+        .into_iter()
+        .map(|(n, s)| {
+            let (mem, spilled): (Vec<&StoredInfo>, Vec<&StoredInfo>) = s.iter().partition(|o| !o.spilled);
+            let bytes = |v: &[&StoredInfo]| v.iter().map(|o| o.size).sum::<u64>();
+            (n.clone(), mem.len() as u64, bytes(&mem), spilled.len() as u64, bytes(&spilled))
+        })
+        .collect();
+    if let Format::Json = format {
+        let list: Vec<_> = rows
+            .iter()
+            .map(|(n, a, b, c, d)| {
+                serde_json::json!({"node": n.node.to_string(), "in_store": a, "in_store_bytes": b, "spilled": c, "spilled_bytes": d})
+            })
+            .collect();
+        return json(&list);
+    }
+    println!("{:<16} {:<22} {:>9} {:>14} {:>9} {:>14}", "NODE", "ADDRESS", "IN STORE", "BYTES", "SPILLED", "BYTES");
+    for (n, a, b, c, d) in &rows {
+        println!("{:<16} {:<22} {a:>9} {b:>14} {c:>9} {d:>14}", n.node.to_string(), n.addr);
+    }
+    Ok(())
+}
+
+/// One object across the cluster, as `ferry memory` shows it.
+#[derive(Default, serde::Serialize)]
+struct Obj {
+    object: String,
+    owner: String,
+    size: u64,
+    /// pending, inline, in store, spilled, failed.
+    location: &'static str,
+    node: Option<String>,
+    local_refs: u32,
+    borrowers: u32,
+    task_args: u32,
+    contained_in: u32,
+}
+
+impl Obj {
+    fn why(&self) -> String {
+        let mut r = Vec::new();
+        if self.local_refs > 0 {
+            r.push(format!("{} local ref(s)", self.local_refs));
+        }
+        if self.borrowers > 0 {
+            r.push(format!("borrowed by {} process(es)", self.borrowers));
+        }
+        if self.task_args > 0 {
+            r.push(format!("argument of {} pending task(s)", self.task_args));
+        }
+        if self.contained_in > 0 {
+            r.push(format!("contained in {} object(s)", self.contained_in));
+        }
+        if r.is_empty() {
+            r.push(if self.location == "pending" { "its task is running".into() } else { "held by its owner".into() });
+        }
+        r.join(", ")
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum GroupBy {
+    Node,
+    Owner,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum SortBy {
+    Size,
+    Object,
+}
+
+/// `ferry memory`: every object in the cluster, its owner, size, where it is and why it is
+/// alive (the cluster-wide `memory_summary`).
+pub fn memory(target: &Target, group_by: GroupBy, sort_by: SortBy, limit: usize, format: Format) -> Result<(), String> {
+    let per_node = from_each(target, |c| c.memory().map_err(|e| e.to_string()))?;
+    let mut objects: BTreeMap<String, Obj> = BTreeMap::new();
+    let mut stored_at: BTreeMap<String, (String, bool)> = BTreeMap::new();
+    let (mut pending_tasks, mut unreachable) = (0, Vec::new());
+    for (n, m) in &per_node {
+        pending_tasks += m.pending_tasks;
+        unreachable.extend(m.unreachable.iter().map(|w| w.to_string()));
+        for s in &m.stored {
+            stored_at.insert(s.object.to_string(), (n.node.to_string(), s.spilled));
+        }
+    }
+    let refs: Vec<&RefInfo> = per_node.iter().flat_map(|(_, m)| &m.refs).collect();
+    for i in refs {
+        let key = i.object.to_string();
+        let o = objects.entry(key.clone()).or_insert_with(|| Obj {
+            object: key.clone(),
+            owner: i.object.owner().to_string(),
+            location: "pending",
+            ..Default::default()
+        });
+        o.local_refs += i.local;
+        o.task_args += i.submitted;
+        o.contained_in += i.contained_in;
+        if i.owned {
+            o.borrowers = i.borrowers;
+            o.size = i.size;
+            let at = stored_at.get(&key);
+            o.node = at.map(|(n, _)| n.clone());
+            o.location = match i.state.as_str() {
+                "inline" => "inline",
+                "stored" if at.is_some_and(|s| s.1) => "spilled",
+                "stored" => "in store",
+                "failed" => "failed",
+                _ => "pending",
+            };
+        }
+    }
+    let mut all: Vec<Obj> = objects.into_values().collect();
+    if let SortBy::Size = sort_by {
+        all.sort_by_key(|o| std::cmp::Reverse(o.size));
+    }
+    let total_bytes: u64 = all.iter().map(|o| o.size).sum();
+    if let Format::Json = format {
+        let shown: Vec<&Obj> = all.iter().take(limit).collect();
+        return json(&serde_json::json!({
+            "objects": shown, "total": all.len(), "total_bytes": total_bytes,
+            "pending_tasks": pending_tasks, "unreachable_processes": unreachable,
+        }));
+    }
+    let mut groups: BTreeMap<String, Vec<&Obj>> = BTreeMap::new();
+    for o in all.iter().take(limit) {
+        let key = match group_by {
+            GroupBy::Node => format!("node {}", o.node.as_deref().unwrap_or("- (not in a store)")),
+            GroupBy::Owner => format!("owner {}", o.owner),
+        };
+        groups.entry(key).or_default().push(o);
+    }
+    for (g, objs) in &groups {
+        let bytes: u64 = objs.iter().map(|o| o.size).sum();
+        println!("--- {g}: {} object(s), {bytes} bytes ---", objs.len());
+        println!("{:<40} {:>12} {:<9} {:<16} WHY ALIVE", "OBJECT", "BYTES", "WHERE", "OWNER");
+        for o in objs {
+            println!("{:<40} {:>12} {:<9} {:<16} {}", o.object, o.size, o.location, o.owner, o.why());
+        }
+    }
+    println!(
+        "{} object(s), {total_bytes} bytes, in {} node(s); {pending_tasks} task(s) pending",
+        all.len(),
+        per_node.len()
+    );
+    if !unreachable.is_empty() {
+        println!("note: {} process(es) did not answer: {}", unreachable.len(), unreachable.join(", "));
+    }
+    Ok(())
+}

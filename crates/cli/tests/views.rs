@@ -1,0 +1,167 @@
+//! `ferry list actors|workers|objects`, `ferry get actor`, `ferry summary actors|objects` and
+//! `ferry memory` on a real cluster: a head started by the CLI runs a job (this test binary)
+//! that holds actors (one named, one killed) and a stored object, and the commands show
+//! each as it is: alive or dead with the reason, the actor's worker with its pid, the
+//! object's size, owner, node and why it is alive.
+
+use ferry::prelude::*;
+use ferry_testkit::Head;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(60);
+
+#[ferry::actor]
+struct Counter {
+    n: u64,
+}
+
+#[ferry::actor]
+impl Counter {
+    fn new() -> Self {
+        Counter { n: 0 }
+    }
+    fn add(&mut self, k: u64) -> u64 {
+        self.n += k;
+        self.n
+    }
+}
+
+#[used]
+#[link_section = ".init_array"]
+static JOB: extern "C" fn() = job_entry;
+
+extern "C" fn job_entry() {
+    if std::env::var_os("FERRY_WORKER").is_some() || std::env::args().nth(1).as_deref() != Some("--ferry-test-job") {
+        return;
+    }
+    ferry::init(ferry::Config::default()).unwrap();
+    let kept = Counter::options().name("kept").remote().unwrap();
+    let gone = Counter::remote().unwrap();
+    ferry::get_timeout(&kept.add(1), T).unwrap();
+    ferry::get_timeout(&gone.add(1), T).unwrap();
+    ferry::kill(&gone).unwrap();
+    let big = ferry::put(vec![7u8; 4 << 20]).unwrap();
+    ferry::wait(std::slice::from_ref(&big), 1, Some(T)).unwrap();
+    println!("ready {}", big.id());
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = (&kept, &big);
+    }
+}
+
+fn ferry(head: &Head, args: &[&str]) -> String {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    c.env("FERRY_TOKEN", &head.token).env("FERRY_ADDRESS", &head.address).args(args);
+    let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let end = Instant::now() + T;
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < end, "ferry {args:?} took more than {T:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "ferry {args:?}: {text}");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn json(head: &Head, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.extend(["--format", "json"]);
+    let out = ferry(head, &a);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("ferry {args:?} printed no JSON ({e}): {out}"))
+}
+
+#[test]
+fn the_cluster_lists_its_actors_workers_and_objects_and_says_why_objects_live() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args(["start", "--head", "--port", "0", "--num-cpus", "2", "--block", "--no-dashboard"]);
+    let head = Head::start(cmd, T).unwrap();
+    // The job, in the foreground of a `ferry submit` whose output says when it is ready.
+    let mut submit = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .env("FERRY_TOKEN", &head.token)
+        .env("FERRY_ADDRESS", &head.address)
+        .args(["job", "submit", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .arg("--ferry-test-job")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = submit.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let object = loop {
+        let line = rx.recv_timeout(T).expect("the job never said it was ready");
+        if let Some(id) = line.strip_prefix("ready ") {
+            break id.to_string();
+        }
+    };
+
+    // Actors: the named one alive, the killed one dead with why.
+    let actors = json(&head, &["list", "actors"]);
+    let list = actors["actors"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{actors}");
+    let alive = list.iter().find(|a| a["state"] == "alive").unwrap_or_else(|| panic!("no live actor: {actors}"));
+    assert!(alive["class"].as_str().unwrap().contains("Counter"), "{alive}");
+    assert_eq!(alive["name"], "kept");
+    let dead = list.iter().find(|a| a["state"] == "dead").unwrap_or_else(|| panic!("no dead actor: {actors}"));
+    assert!(dead["death"].as_str().unwrap().contains("kill"), "{dead}");
+    let only_dead = json(&head, &["list", "actors", "--filter", "state=dead"]);
+    assert_eq!(only_dead["matched"], 1);
+    let one = json(&head, &["get", "actor", alive["actor"].as_str().unwrap()]);
+    assert_eq!((one["state"].as_str(), one["worker"].is_string()), (Some("alive"), true), "{one}");
+    let summary = ferry(&head, &["summary", "actors"]);
+    assert!(
+        summary
+            .lines()
+            .any(|l| l.contains("Counter") && l.split_whitespace().skip(1).collect::<Vec<_>>() == ["1", "0", "1", "2"]),
+        "{summary}"
+    );
+
+    // Workers: the live actor's, with its pid.
+    let workers = json(&head, &["list", "workers"]);
+    let actor_worker = workers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["state"] == "actor" && w["actor"] == alive["actor"])
+        .unwrap_or_else(|| panic!("no worker runs the live actor: {workers}"));
+    assert!(actor_worker["pid"].as_u64().is_some_and(|p| p > 1), "{actor_worker}");
+    assert!(workers.as_array().unwrap().iter().any(|w| w["state"] == "driver"), "the job's driver: {workers}");
+
+    // Objects: the 4 MiB one, in the head's store, owned by the job's driver.
+    let objects = json(&head, &["list", "objects"]);
+    let big = objects["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["object"] == object.as_str())
+        .unwrap_or_else(|| panic!("no object {object}: {objects}"));
+    assert!(big["size"].as_u64().unwrap() >= 4 << 20, "{big}");
+    let per_node = json(&head, &["summary", "objects"]);
+    assert!(per_node[0]["in_store_bytes"].as_u64().unwrap() >= 4 << 20, "{per_node}");
+
+    // Memory: where it is and why it is alive (its driver holds a ref).
+    let memory = json(&head, &["memory"]);
+    let m = memory["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["object"] == object.as_str())
+        .unwrap_or_else(|| panic!("no object {object} in ferry memory: {memory}"));
+    assert_eq!((m["location"].as_str(), m["owner"] == big["owner"]), (Some("in store"), true), "{m}");
+    assert!(m["local_refs"].as_u64().unwrap() >= 1, "{m}");
+    assert_eq!(memory["unreachable_processes"].as_array().map(Vec::len), Some(0), "{memory}");
+    let table = ferry(&head, &["memory", "--group-by", "owner"]);
+    assert!(table.contains(&format!("owner {}", big["owner"].as_str().unwrap())), "{table}");
+    assert!(table.lines().any(|l| l.contains(&object) && l.contains("local ref")), "{table}");
+
+    ferry(&head, &["job", "stop", "1"]);
+    let _ = submit.wait();
+}

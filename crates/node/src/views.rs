@@ -1,0 +1,116 @@
+//! What the node tells tools of its actors, processes and objects (`ferry list actors|
+//! workers|objects`, `ferry memory`, the dashboard): read from its tables under the lock,
+//! except the processes' own tables (`Memory`), which it asks each process for on a thread
+//! of the request's own, each answer bounded in time.
+
+use crate::{ConnId, Node, State};
+use ferry_proto::conn::connect;
+use ferry_proto::msg::{FromNode, FromWorker, ProcKind, ProcView, RefInfo, StoredInfo, ToNode, ToWorker};
+use ferry_proto::{Addr, WorkerId};
+use ferry_types::sync::MutexExt;
+use std::time::Duration;
+
+/// How long a process has to answer `Memory`'s question.
+const ANSWER_WITHIN: Duration = Duration::from_secs(3);
+
+impl Node {
+    pub(crate) fn on_view(&self, st: &mut State, conn: ConnId, msg: ToNode) {
+        match msg {
+            ToNode::ListActors { req } => {
+                let actors = st.actors.iter().map(|(id, r)| r.view(*id, self.id)).collect();
+                self.send(st, conn, &FromNode::Actors { req, actors });
+            }
+            ToNode::ListProcs { req } => {
+                let pids = self.pids.locked();
+                let procs = st
+                    .conns
+                    .values()
+                    .filter(|c| c.registered)
+                    .filter_map(|c| {
+                        let kind = c.kind?;
+                        let worker = c.worker.unwrap_or(c.from);
+                        let actor = st.book.worker_actor.get(&worker).copied();
+                        let state = match kind {
+                            ProcKind::Worker if actor.is_some() => "actor",
+                            ProcKind::Worker if st.pool.sched.lease_holder(worker).is_some() => "leased",
+                            ProcKind::Worker => "idle",
+                            ProcKind::Driver => "driver",
+                            ProcKind::Client => "client",
+                            ProcKind::Node => "node",
+                            ProcKind::Tool => "tool",
+                        };
+                        Some(ProcView {
+                            worker,
+                            kind,
+                            node: c.node.unwrap_or(self.id),
+                            pid: pids.get(&worker).copied().or(c.pid),
+                            state: state.into(),
+                            actor,
+                        })
+                    })
+                    .collect();
+                drop(pids);
+                self.send(st, conn, &FromNode::Procs { req, procs });
+            }
+            ToNode::Memory { req } => {
+                // Drivers and workers that registered here, where they listen.
+                let procs: Vec<(WorkerId, Addr)> = st
+                    .conns
+                    .values()
+                    .filter(|c| c.registered && matches!(c.kind, Some(ProcKind::Driver | ProcKind::Worker)))
+                    .filter_map(|c| {
+                        let w = c.worker.unwrap_or(c.from);
+                        // A process on this host listens in this node's session directory
+                        // (what it said at registration may predate its learning where).
+                        match c.listen.clone()? {
+                            Addr::Unix(_) => {
+                                Some((w, Addr::Unix(ferry_proto::layout::socket_of(&self.opts.session_dir, w))))
+                            }
+                            tcp => Some((w, tcp)),
+                        }
+                    })
+                    .collect();
+                let stored: Vec<StoredInfo> = st
+                    .store
+                    .list()
+                    .into_iter()
+                    .map(|o| StoredInfo { object: o.id, size: o.size, spilled: o.spilled })
+                    .collect();
+                let Some(to) = st.conns.get(&conn).map(|c| c.conn.clone()) else { return };
+                let ask = (self.opts.token.clone(), WorkerId(self.id.0), self.opts.max_frame);
+                std::thread::spawn(move || {
+                    let (mut refs, mut pending_tasks, mut unreachable) = (Vec::new(), 0, Vec::new());
+                    for (w, addr) in procs {
+                        match summary_of(&addr, &ask) {
+                            Some((r, t)) => {
+                                refs.extend(r);
+                                pending_tasks += t;
+                            }
+                            None => unreachable.push(w),
+                        }
+                    }
+                    let _ = to.send(&FromNode::Memory { req, refs, pending_tasks, stored, unreachable });
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One process's table, as it answers `ToWorker::Summary` (`None`: it did not, in time).
+fn summary_of(addr: &Addr, (token, me, max_frame): &(String, WorkerId, u32)) -> Option<(Vec<RefInfo>, u64)> {
+    let (conn, mut rx, _) = connect(addr, token, *me, *max_frame)
+        .map_err(|e| tracing::warn!("cannot ask the process at {addr} for its objects: {e}"))
+        .ok()?;
+    rx.get_ref().set_read_timeout(Some(ANSWER_WITHIN)).ok()?;
+    conn.send(&ToWorker::Summary { req: 1 }).ok()?;
+    let end = std::time::Instant::now() + ANSWER_WITHIN;
+    while std::time::Instant::now() < end {
+        let m =
+            rx.read::<FromWorker>().map_err(|e| tracing::warn!("the process at {addr} did not answer: {e}")).ok()?;
+        if let FromWorker::Summary { refs, tasks, .. } = m {
+            return Some((refs, tasks));
+        }
+    }
+    None
+}
