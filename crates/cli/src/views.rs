@@ -4,7 +4,8 @@
 
 use crate::state::{clean, json, Format};
 use crate::Target;
-use ferry_node::client::{ActorView, Client, NodeView, ProcView, RefInfo, StoredInfo};
+use ferry_node::client::{ActorView, Client, NodeView, ProcView, StoredInfo};
+use ferry_node::memory::Obj;
 use std::collections::BTreeMap;
 
 /// Every live node's answer to `ask`; nodes that cannot be asked are reported and skipped.
@@ -233,43 +234,6 @@ pub fn summary_objects(target: &Target, format: Format) -> Result<(), String> {
     Ok(())
 }
 
-/// One object across the cluster, as `ferry memory` shows it.
-#[derive(Default, serde::Serialize)]
-struct Obj {
-    object: String,
-    owner: String,
-    size: u64,
-    /// pending, inline, in store, spilled, failed.
-    location: &'static str,
-    node: Option<String>,
-    local_refs: u32,
-    borrowers: u32,
-    task_args: u32,
-    contained_in: u32,
-}
-
-impl Obj {
-    fn why(&self) -> String {
-        let mut r = Vec::new();
-        if self.local_refs > 0 {
-            r.push(format!("{} local ref(s)", self.local_refs));
-        }
-        if self.borrowers > 0 {
-            r.push(format!("borrowed by {} process(es)", self.borrowers));
-        }
-        if self.task_args > 0 {
-            r.push(format!("argument of {} pending task(s)", self.task_args));
-        }
-        if self.contained_in > 0 {
-            r.push(format!("contained in {} object(s)", self.contained_in));
-        }
-        if r.is_empty() {
-            r.push(if self.location == "pending" { "its task is running".into() } else { "held by its owner".into() });
-        }
-        r.join(", ")
-    }
-}
-
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum GroupBy {
     Node,
@@ -286,43 +250,8 @@ pub enum SortBy {
 /// alive (the cluster-wide `memory_summary`).
 pub fn memory(target: &Target, group_by: GroupBy, sort_by: SortBy, limit: usize, format: Format) -> Result<(), String> {
     let per_node = from_each(target, |c| c.memory().map_err(|e| e.to_string()))?;
-    let mut objects: BTreeMap<String, Obj> = BTreeMap::new();
-    let mut stored_at: BTreeMap<String, (String, bool)> = BTreeMap::new();
-    let (mut pending_tasks, mut unreachable) = (0, Vec::new());
-    for (n, m) in &per_node {
-        pending_tasks += m.pending_tasks;
-        unreachable.extend(m.unreachable.iter().map(|w| w.to_string()));
-        for s in &m.stored {
-            stored_at.insert(s.object.to_string(), (n.node.to_string(), s.spilled));
-        }
-    }
-    let refs: Vec<&RefInfo> = per_node.iter().flat_map(|(_, m)| &m.refs).collect();
-    for i in refs {
-        let key = i.object.to_string();
-        let o = objects.entry(key.clone()).or_insert_with(|| Obj {
-            object: key.clone(),
-            owner: i.object.owner().to_string(),
-            location: "pending",
-            ..Default::default()
-        });
-        o.local_refs += i.local;
-        o.task_args += i.submitted;
-        o.contained_in += i.contained_in;
-        if i.owned {
-            o.borrowers = i.borrowers;
-            o.size = i.size;
-            let at = stored_at.get(&key);
-            o.node = at.map(|(n, _)| n.clone());
-            o.location = match i.state.as_str() {
-                "inline" => "inline",
-                "stored" if at.is_some_and(|s| s.1) => "spilled",
-                "stored" => "in store",
-                "failed" => "failed",
-                _ => "pending",
-            };
-        }
-    }
-    let mut all: Vec<Obj> = objects.into_values().collect();
+    let m = ferry_node::memory::join(&per_node);
+    let (mut all, pending_tasks, unreachable) = (m.objects, m.pending_tasks, m.unreachable);
     if let SortBy::Size = sort_by {
         all.sort_by_key(|o| std::cmp::Reverse(o.size));
     }

@@ -8,6 +8,7 @@
 //!   for the job's tasks, their latency histograms and the node;
 //! - without the token, nothing but the login page is served.
 
+use ferry::prelude::*;
 use ferry_testkit::Head;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -32,9 +33,34 @@ fn broken() -> u64 {
 #[link_section = ".init_array"]
 static JOB: extern "C" fn() = job_entry;
 
+#[ferry::actor]
+struct Keeper;
+
+#[ferry::actor]
+impl Keeper {
+    fn new() -> Self {
+        Keeper
+    }
+    fn ping(&self) -> u32 {
+        1
+    }
+}
+
 extern "C" fn job_entry() {
     if std::env::var_os("FERRY_WORKER").is_some() {
         return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("--ferry-test-hold") {
+        // Holds an actor and a 4 MiB object until stopped.
+        ferry::init(ferry::Config::default()).unwrap();
+        let keeper = Keeper::options().name("keeper").remote().unwrap();
+        ferry::get(&keeper.ping()).unwrap();
+        let big = ferry::put(vec![7u8; 4 << 20]).unwrap();
+        ferry::wait(std::slice::from_ref(&big), 1, None).unwrap();
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let _ = (&keeper, &big);
+        }
     }
     if std::env::args().nth(1).as_deref() != Some("--ferry-test-job") {
         return;
@@ -270,10 +296,28 @@ fn the_dashboard_shows_a_real_job_in_a_real_browser() {
     let dom = browser.open(&url("logs/1"), "logs");
     assert!(by_id(&dom, "log").contains("the job says hello"), "the job's log: {dom}");
 
-    for page in ["actors", "objects"] {
-        let dom = browser.open(&url(page), page);
-        assert!(dom.contains(&format!("data-ready=\"{page}\"")), "the {page} page did not load: {dom}");
-    }
+    // A job that holds an actor and an object, for the actors and objects pages.
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    c.env("FERRY_TOKEN", &head.token).env("FERRY_ADDRESS", &head.address);
+    c.args(["job", "submit", "--no-wait", "--"]).arg(std::env::current_exe().unwrap()).arg("--ferry-test-hold");
+    assert!(run(c, T).status.success());
+    until("the held actor and object", || {
+        let a = api(&addr, &token, "/api/actors");
+        let m = api(&addr, &token, "/api/memory");
+        let alive = a["actors"].as_array()?.iter().any(|a| a["state"] == "alive" && a["name"] == "keeper");
+        let big =
+            m["objects"].as_array()?.iter().any(|o| o["size"].as_u64() >= Some(4 << 20) && o["location"] == "in store");
+        (alive && big).then_some(())
+    });
+    let dom = browser.open(&url("actors"), "actors");
+    assert!(dom.contains("class=\"actor-state\">alive<"), "no live actor on the actors page: {dom}");
+    assert!(dom.contains("Keeper"), "the actor's class is not shown: {dom}");
+    let dom = browser.open(&url("objects"), "objects");
+    assert!(dom.contains("class=\"object-size\">4.0 MiB<"), "the 4 MiB object is not shown: {dom}");
+    assert!(dom.contains("local ref"), "why the object is alive is not shown: {dom}");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    c.env("FERRY_TOKEN", &head.token).env("FERRY_ADDRESS", &head.address).args(["job", "stop", "2"]);
+    assert!(run(c, T).status.success());
     let _ = std::fs::remove_dir_all(&tmp);
 }
 

@@ -220,23 +220,40 @@ const pages = {
   },
 
   async actors() {
-    const c = await api("/api/cluster");
+    const [a, c] = await Promise.all([api("/api/actors"), api("/api/cluster")]);
+    const alive = a.actors.filter(x => x.state !== "dead").length;
     return [
       el("h1", {}, "Actors"),
-      el("div", { class: "cards" }, card("Actors alive", String(c.nodes.reduce((a, n) => a + (n.alive ? n.actors : 0), 0)), "actors-alive")),
-      table(["Node", "Address", "Actors alive"], c.nodes.map(n => el("tr", {}, el("td", {}, n.node), el("td", {}, n.addr), el("td", {}, n.actors))), { id: "actors" }),
-      el("p", {}, "Actor calls and creations are in the task table (filter by name)."),
+      el("div", { class: "cards" },
+        card("Alive", String(c.nodes.reduce((s, n) => s + (n.alive ? n.actors : 0), 0)), "actors-alive"),
+        card("Listed", String(a.actors.length), "actors-listed"),
+        card("Dead", String(a.actors.length - alive), "actors-dead")),
+      table(["Actor", "Class", "State", "Name", "Node", "Worker", "Restarts", "Why it died"],
+        a.actors.map(x => el("tr", { "data-actor": x.actor, class: x.state },
+          el("td", {}, x.actor), el("td", { class: "actor-class" }, x.class),
+          el("td", { class: "actor-state" }, x.state), el("td", {}, x.name || "-"),
+          el("td", {}, x.node || "-"), el("td", {}, x.worker || "-"), el("td", {}, x.restarts),
+          el("td", { class: "actor-death" }, x.death || ""))),
+        { id: "actors" }),
+      el("p", { class: "small" }, "Actor calls and creations are in the task table (filter by name)."),
     ];
   },
 
   async objects() {
-    const c = await api("/api/cluster");
+    const [m, c] = await Promise.all([api("/api/memory"), api("/api/cluster")]);
     return [
       el("h1", {}, "Objects and memory"),
       table(["Node", "Address", "Objects", "In store", "Spilled"],
         c.nodes.map(n => el("tr", {}, el("td", {}, n.node), el("td", {}, n.addr), el("td", {}, n.objects), el("td", {}, bytes(n.object_bytes)), el("td", {}, bytes(n.spilled_bytes)))),
-        { id: "objects" }),
+        { id: "stores" }),
       chart("Object store", c.samples, s => s.store_bytes, bytes),
+      el("h2", {}, `Every object (${m.total}), biggest first`),
+      table(["Object", "Size", "Where", "Node", "Owner", "Why alive"],
+        m.objects.map(o => el("tr", { "data-object": o.object },
+          el("td", {}, o.object), el("td", { class: "object-size" }, bytes(o.size)), el("td", {}, o.location),
+          el("td", {}, o.node || "-"), el("td", {}, o.owner), el("td", { class: "object-why" }, o.why))),
+        { id: "objects" }),
+      m.unreachable.length ? el("p", { class: "note" }, `${m.unreachable.length} process(es) did not answer.`) : null,
     ];
   },
 

@@ -83,6 +83,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/tasks/{id}", get(task))
         .route("/api/summary", get(summary))
         .route("/api/timeline", get(timeline))
+        .route("/api/actors", get(actors))
+        .route("/api/memory", get(memory))
         .route("/metrics", get(crate::metrics::metrics))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token));
     Router::new()
@@ -392,4 +394,46 @@ async fn timeline(State(app): State<Arc<App>>, Query(q): Query<SummaryQuery>) ->
         axum::body::Body::from_stream(stream),
     )
         .into_response())
+}
+
+async fn actors(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+    let source = app.source.clone();
+    let per_node = blocking(move || source.each(|c| c.list_actors())).await?;
+    let mut list: Vec<Value> = per_node
+        .iter()
+        .flat_map(|(_, a)| a)
+        .map(|a| {
+            json!({
+                "actor": format!("{:016x}", a.actor.0),
+                "class": a.class,
+                "state": a.state,
+                "name": a.name,
+                "namespace": a.namespace,
+                "job": a.job.to_string(),
+                "node": a.node.map(|n| n.to_string()),
+                "worker": a.worker.map(|w| w.to_string()),
+                "restarts": a.restarts,
+                "death": a.death,
+            })
+        })
+        .collect();
+    list.sort_by_key(|a| (a["state"] == "dead", a["class"].as_str().unwrap_or("").to_string()));
+    Ok(Json(json!({ "actors": list })))
+}
+
+async fn memory(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+    let source = app.source.clone();
+    let per_node = blocking(move || source.each(|c| c.memory())).await?;
+    let mut m = ferry_node::memory::join(&per_node);
+    m.objects.sort_by_key(|o| std::cmp::Reverse(o.size));
+    let total = m.objects.len();
+    let objects: Vec<Value> = m
+        .objects
+        .iter()
+        .take(MAX_PAGE as usize)
+        .map(|o| json!({ "object": o.object, "owner": o.owner, "size": o.size, "location": o.location, "node": o.node, "why": o.why() }))
+        .collect();
+    Ok(Json(
+        json!({ "objects": objects, "total": total, "pending_tasks": m.pending_tasks, "unreachable": m.unreachable }),
+    ))
 }

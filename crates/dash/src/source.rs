@@ -80,6 +80,15 @@ impl Source {
         }
     }
 
+    /// Every live node's answer to `ask` (nodes that cannot be asked are left out).
+    pub fn each<T>(
+        &self,
+        mut ask: impl FnMut(&mut Client) -> Result<T, ferry_node::client::ClientError>,
+    ) -> Result<Vec<(NodeView, T)>, String> {
+        let nodes = self.node()?.each_node(&self.token).map_err(|e| e.to_string())?;
+        Ok(nodes.into_iter().filter_map(|(n, c)| c.and_then(|mut c| ask(&mut c)).ok().map(|v| (n, v))).collect())
+    }
+
     /// Tasks by job and function (empty if the history cannot be read).
     pub fn summary(&self, job: Option<ferry_node::client::JobId>) -> Result<Vec<TaskSummaryRow>, String> {
         let mut h = self.history()?;

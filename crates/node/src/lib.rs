@@ -31,6 +31,7 @@ pub mod history;
 pub mod jobs;
 pub mod launch;
 mod members;
+pub mod memory;
 mod pool;
 mod store;
 mod tables;
