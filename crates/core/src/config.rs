@@ -63,6 +63,10 @@ pub struct Config {
     /// Default on: it costs the task round trip and the 20,000-task throughput a few percent
     /// at most on two cores (`ferry-bench observability`; BENCHMARKS.md has the figures).
     pub task_events: bool,
+    /// Show a progress bar on standard error (when it is a terminal) while `get_all` or `wait`
+    /// waits on 1,000 refs or more for over a second. Env: `FERRY_PROGRESS` (`0` turns them
+    /// off). Default on.
+    pub progress_bars: bool,
     /// Takes the errors of tasks whose every ref was dropped without a `get` (Ray's
     /// "unhandled errors"). Default: each is printed once on this process's standard error
     /// (in a worker, that reaches the driver's terminal).
@@ -94,6 +98,7 @@ impl std::fmt::Debug for Config {
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("default_max_retries", &self.default_max_retries)
             .field("task_events", &self.task_events)
+            .field("progress_bars", &self.progress_bars)
             .field("on_unhandled_error", &self.on_unhandled_error.as_ref().map(|_| "<fn>"))
             .finish()
     }
@@ -124,6 +129,7 @@ impl Default for Config {
             max_frame_bytes: ferry_proto::DEFAULT_MAX_FRAME,
             default_max_retries: defaults::MAX_RETRIES,
             on_unhandled_error: None,
+            progress_bars: env_str("FERRY_PROGRESS").is_none_or(|v| v != "0" && v != "false"),
             task_events: env_str("FERRY_TASK_EVENTS").is_none_or(|v| v != "0" && v != "false"),
         }
     }
@@ -175,6 +181,12 @@ impl Config {
 
     pub fn inline_max_bytes(mut self, bytes: usize) -> Self {
         self.inline_max_bytes = bytes;
+        self
+    }
+
+    /// Shows progress bars or not (see the field).
+    pub fn progress_bars(mut self, on: bool) -> Self {
+        self.progress_bars = on;
         self
     }
 

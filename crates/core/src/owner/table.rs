@@ -524,6 +524,13 @@ pub(crate) struct AllWait {
     reg: u64,
 }
 
+impl AllWait {
+    /// How many of the refs, from the first, are known ready.
+    pub fn done(&self) -> usize {
+        self.next
+    }
+}
+
 impl Default for AllWait {
     fn default() -> AllWait {
         AllWait { next: 0, seen_failures: u64::MAX, reg: 0 }

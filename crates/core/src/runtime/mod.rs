@@ -33,6 +33,7 @@ use ferry_types::sync::{CondvarExt, MutexExt};
 mod daemon;
 mod events;
 mod objects;
+mod progress;
 pub(crate) use objects::cancelled_here;
 mod peers;
 mod wait;

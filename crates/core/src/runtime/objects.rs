@@ -82,7 +82,15 @@ impl Runtime {
     /// CPU once, not once per ref.
     pub(crate) fn get_all<T: DeserializeOwned + 'static>(&'static self, ids: &[ObjectId]) -> Result<Vec<T>> {
         let mut w8 = AllWait::default();
-        let failed = self.block_until(None, |w| self.with_state(|st, fx| st.poll_all(ids, &mut w8, w, fx)));
+        let mut bar = super::progress::Progress::new(self, "get_all", ids.len());
+        let failed = self.block_until(None, |w| {
+            let p = self.with_state(|st, fx| st.poll_all(ids, &mut w8, w, fx));
+            if let Some(b) = bar.as_mut() {
+                b.at(w8.done());
+            }
+            p
+        });
+        drop(bar);
         self.with_state(|st, _| st.end_all_wait(w8));
         if failed.is_none() {
             return Err(cancelled_here());
@@ -178,15 +186,21 @@ impl Runtime {
         fetch_local: bool,
     ) -> Vec<usize> {
         // On a timeout, what is final then is returned.
+        let mut bar = super::progress::Progress::new(self, "wait", n);
         let _ = self.block_until(deadline, |w| {
             self.with_state(|st, fx| {
-                if st.first_final(ids, n).len() == n {
+                let ready = st.first_final(ids, n).len();
+                if let Some(b) = bar.as_mut() {
+                    b.at(ready);
+                }
+                if ready == n {
                     return Poll::Ready(());
                 }
                 st.watch(ids, w, fx);
                 Poll::Pending
             })
         });
+        drop(bar);
         let (found, elsewhere) = {
             let mut st = self.lock();
             for id in ids {
