@@ -7,6 +7,7 @@
 //! issues. Sizes and iteration counts follow ray_bench.py.
 
 mod cluster;
+mod history;
 mod observability;
 
 use ferry::prelude::*;
@@ -687,6 +688,10 @@ fn main() {
         cluster::job(&address);
         return;
     }
+    if let Some(n) = std::env::var("FERRY_BENCH_HISTORY_DRIVER").ok().and_then(|v| v.parse().ok()) {
+        history::driver(n);
+        return;
+    }
     if let Ok(address) = std::env::var("FERRY_BENCH_RECOVERY") {
         cluster::recovery_job(&address);
         return;
@@ -703,7 +708,8 @@ fn main() {
         Some("__events_probe") => return observability::probe(),
         Some("observability") => {
             info(&format!("ferry {} observability (child processes, events off and on)", env!("CARGO_PKG_VERSION")));
-            return observability::group();
+            observability::group();
+            return history::group();
         }
         Some("recovery") => {
             info(&format!("ferry {} recovery (namespace hosts)", env!("CARGO_PKG_VERSION")));

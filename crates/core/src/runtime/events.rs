@@ -97,7 +97,7 @@ impl Runtime {
     /// Sends what this process's owner table noted, if it noted anything (after a task that
     /// submitted tasks; nothing for one that did not).
     pub(crate) fn flush_task_events_if_noted(&self) {
-        if self.events_on() && self.state.locked().notes_len() > 0 {
+        if self.noted.swap(false, std::sync::atomic::Ordering::Relaxed) {
             self.send_task_events();
         }
     }

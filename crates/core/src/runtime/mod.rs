@@ -122,6 +122,9 @@ pub(crate) struct Runtime {
     /// Whether this process records task events (`Config::task_events`, or
     /// `state::set_task_events` since).
     events_on: std::sync::atomic::AtomicBool,
+    /// In a worker: its owner table noted something since the last send (what a task
+    /// submitted is sent before the task is said to be done).
+    noted: std::sync::atomic::AtomicBool,
     token: String,
     store: StoreDir,
     session_dir: std::path::PathBuf,
@@ -233,6 +236,7 @@ impl Runtime {
             cfg,
             node: conn,
             events_on: std::sync::atomic::AtomicBool::new(task_events),
+            noted: std::sync::atomic::AtomicBool::new(false),
             addrs: Addrs::new(id.me, my_tcp),
             daemons: Default::default(),
             cluster: Mutex::new(Vec::new()),
@@ -482,6 +486,9 @@ impl Runtime {
             // changes note nothing.
             if st.notes_len() > noted {
                 st.stamp_notes(noted, events::now_us());
+                if self.executor.is_some() {
+                    self.noted.store(true, Ordering::Relaxed);
+                }
             }
             r
         };

@@ -1,0 +1,226 @@
+//! `ferry-bench observability`, second part: the state tools at scale. A head started by the
+//! `ferry` binary next to this one (with its dashboard) runs a driver (this binary again,
+//! `FERRY_BENCH_HISTORY_DRIVER`) that submits `FERRY_BENCH_HISTORY_TASKS` no-op tasks (default
+//! 1,000,000, in waves of 100,000); then 10,000 actors' creations and calls are added to the
+//! history as events (no machine of this size runs 10,000 actor processes: issue 17 does
+//! many real actors). Then each query is timed (median of 7):
+//!
+//! - `history_cli_list_tasks_ms`, `history_cli_summary_tasks_ms`, `history_cli_list_actors_ms`
+//!   (the `ferry` command, start to exit);
+//! - `history_api_<page>_ms` for the dashboard's pages' requests (`/`, `/api/cluster`,
+//!   `/api/jobs`, `/api/tasks?limit=50`, `/api/tasks` filtered by state and name and paged,
+//!   `/api/summary`, `/api/actors`, `/api/memory`, `/metrics`);
+//! - `history_control_store_rss_mb` (the process that keeps the history), `history_records`
+//!   and `history_dropped_records` (as the history counts itself), `history_tasks_per_s` (the
+//!   run). `FERRY_BENCH_HISTORY_TASKS=0` skips this part.
+
+use crate::{emit, info, median};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[ferry::remote]
+fn noop_h() {}
+
+/// The driver: `n` tasks in waves.
+pub fn driver(n: usize) {
+    ferry::init(ferry::Config::default()).unwrap();
+    let t = Instant::now();
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(100_000);
+        let refs: Vec<_> = (0..k).map(|_| noop_h::remote()).collect();
+        ferry::get_all(&refs).unwrap();
+        left -= k;
+    }
+    println!("tasks_per_s {}", n as f64 / t.elapsed().as_secs_f64());
+    ferry::shutdown();
+}
+
+struct Head {
+    child: std::process::Child,
+    address: String,
+    token: String,
+    dashboard: String,
+    access: String,
+    control_pid: u32,
+}
+
+fn start_head(ferry: &std::path::Path) -> Head {
+    let mut child = Command::new(ferry)
+        .args(["start", "--head", "--port", "0", "--num-cpus", "2", "--block", "--dashboard-port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the head");
+    let out = child.stdout.take().expect("its output");
+    let mut h = Head {
+        child,
+        address: String::new(),
+        token: String::new(),
+        dashboard: String::new(),
+        access: String::new(),
+        control_pid: 0,
+    };
+    for line in BufReader::new(out).lines().map_while(Result::ok) {
+        if let Some(a) = line.strip_prefix("address: ") {
+            h.address = a.into();
+        } else if let Some(t) = line.strip_prefix("token: ") {
+            h.token = t.into();
+        } else if let Some(u) = line.strip_prefix("dashboard: http://") {
+            let u = u.split(' ').next().unwrap_or_default();
+            let (addr, token) = u.split_once("/?token=").expect("a login URL");
+            (h.dashboard, h.access) = (addr.into(), token.into());
+        } else if let Some(c) = line.strip_prefix("control store: ") {
+            h.control_pid =
+                c.split("(pid ").nth(1).and_then(|p| p.split(',').next()).and_then(|p| p.parse().ok()).unwrap_or(0);
+        } else if line == "ready" {
+            break;
+        }
+    }
+    h
+}
+
+/// One GET; the body.
+fn get(addr: &str, token: &str, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("the dashboard");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nCookie: ferry_dashboard={token}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let raw = String::from_utf8_lossy(&raw).to_string();
+    assert!(raw.starts_with("HTTP/1.1 200"), "GET {path}: {}", raw.lines().next().unwrap_or(""));
+    raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+}
+
+fn timed(mut f: impl FnMut()) -> f64 {
+    let mut v: Vec<f64> = (0..7)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    median(&mut v)
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+pub fn group() {
+    let n: usize = std::env::var("FERRY_BENCH_HISTORY_TASKS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    if n == 0 {
+        return;
+    }
+    let exe = std::env::current_exe().expect("this binary");
+    let ferry = exe.with_file_name("ferry");
+    assert!(ferry.exists(), "build the `ferry` binary next to ferry-bench (cargo build --release -p ferry-cli)");
+    let mut head = start_head(&ferry);
+    info(&format!("history at scale: {n} tasks on a head at {}, its dashboard at {}", head.address, head.dashboard));
+    let out = Command::new(&exe)
+        .env("FERRY_BENCH_HISTORY_DRIVER", n.to_string())
+        .env("FERRY_ADDRESS", &head.address)
+        .env("FERRY_TOKEN", &head.token)
+        .output()
+        .expect("run the driver");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tps: f64 =
+        text.lines().find_map(|l| l.strip_prefix("tasks_per_s ")).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    emit("history_tasks_per_s", tps, "tasks/s");
+    actors_as_events(&head, 10_000);
+    let ferry_cmd = |args: &[&str]| {
+        let o = Command::new(&ferry)
+            .args(args)
+            .env("FERRY_ADDRESS", &head.address)
+            .env("FERRY_TOKEN", &head.token)
+            .output()
+            .expect("run ferry");
+        assert!(o.status.success(), "ferry {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        o.stdout
+    };
+    // Everything folded in before timing (a query folds in what is queued).
+    let _ = get(&head.dashboard, &head.access, "/api/summary");
+    emit("history_cli_list_tasks_ms", timed(|| drop(ferry_cmd(&["list", "tasks", "--limit", "50"]))), "ms");
+    emit("history_cli_summary_tasks_ms", timed(|| drop(ferry_cmd(&["summary", "tasks"]))), "ms");
+    emit("history_cli_list_actors_ms", timed(|| drop(ferry_cmd(&["list", "actors", "--limit", "50"]))), "ms");
+    let pages = [
+        ("index", "/"),
+        ("cluster", "/api/cluster"),
+        ("jobs", "/api/jobs"),
+        ("tasks", "/api/tasks?limit=50"),
+        ("tasks_filtered_paged", "/api/tasks?limit=50&offset=5000&state=finished&name=noop"),
+        ("summary", "/api/summary"),
+        ("actors", "/api/actors"),
+        ("memory", "/api/memory"),
+        ("metrics", "/metrics"),
+    ];
+    for (name, path) in pages {
+        let ms = timed(|| drop(get(&head.dashboard, &head.access, path)));
+        emit(&format!("history_api_{name}_ms"), ms, "ms");
+    }
+    let tasks = get(&head.dashboard, &head.access, "/api/tasks?limit=1");
+    let field = |k: &str| {
+        tasks
+            .split(&format!("\"{k}\":"))
+            .nth(1)
+            .and_then(|r| r.split([',', '}']).next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    emit("history_records", field("records").unwrap_or(0.0), "records");
+    emit("history_dropped_records", field("dropped_records").unwrap_or(0.0), "records");
+    emit("history_control_store_rss_mb", rss_mb(head.control_pid), "MB");
+    let _ = Command::new(&ferry)
+        .args(["stop"])
+        .env("FERRY_ADDRESS", &head.address)
+        .env("FERRY_TOKEN", &head.token)
+        .output();
+    let end = Instant::now() + Duration::from_secs(20);
+    while head.child.try_wait().ok().flatten().is_none() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = head.child.kill();
+}
+
+/// Adds `n` actors' creations and one call each to the head's history, as events (what
+/// their owners would send), in batches of 1,000 actors.
+fn actors_as_events(head: &Head, n: u64) {
+    use ferry_proto::msg::{ActorId, ToNode};
+    use ferry_proto::state::{EventBatch, Record, TaskState, What};
+    use ferry_proto::{Addr, TaskId, WorkerId};
+    let job = WorkerId(0x00be_5c4e_0000_0001);
+    let (conn, _rx, _) =
+        ferry_proto::conn::connect(&Addr::Tcp(head.address.clone()), &head.token, job, ferry_proto::DEFAULT_MAX_FRAME)
+            .expect("connect to the head");
+    conn.send(&ToNode::register_tool(ferry_proto::msg::ProcKind::Tool)).expect("register");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
+    for first in (0..n).step_by(1000) {
+        let mut whats = Vec::new();
+        let mut records = Vec::new();
+        for i in first..(first + 1000).min(n) {
+            for (k, creation) in [(0u64, true), (1, false)] {
+                whats.push(What {
+                    function: if creation { "bench::Holder::__new__".into() } else { "bench::Holder::poke".into() },
+                    name: if creation { "Holder".into() } else { "Holder.poke".into() },
+                    job,
+                    actor: Some(ActorId(i + 1)),
+                    creation,
+                });
+                let mut r = Record::new(TaskId { owner: job, seq: i * 2 + k + 1 }, TaskState::Finished, 0);
+                r.set_what(whats.len() as u32 - 1, now);
+                r.set_started_us(now + 10);
+                r.set_at_us(now + 20);
+                records.push(r);
+            }
+        }
+        let batch = EventBatch::encode_parts(&whats, &records, &[]);
+        conn.send(&ToNode::TaskEvents { batch, dropped: 0 }).expect("send events");
+    }
+    // Sent: the head passes them on to its control store.
+    std::thread::sleep(Duration::from_millis(500));
+}
