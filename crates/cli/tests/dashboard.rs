@@ -418,3 +418,85 @@ fn tempdir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+#[test]
+fn a_slowloris_flood_from_one_address_neither_exhausts_the_dashboard_nor_shuts_out_others() {
+    use std::net::{SocketAddr, TcpStream};
+    let head = start_head();
+    let (addr, token) = dashboard(&head);
+    let target: SocketAddr = addr.parse().unwrap();
+    // 200 connections from 127.0.0.1 that never send a request.
+    let flood: Vec<TcpStream> = (0..200).filter_map(|_| TcpStream::connect(target).ok()).collect();
+    assert!(flood.len() >= 100, "could not open the flood's connections");
+    std::thread::sleep(Duration::from_millis(500));
+    // All but the 16 a source may hold were closed at once by the dashboard.
+    let closed = |conns: &[TcpStream]| conns.iter().filter(|c| is_closed(c)).count();
+    let held = flood.len() - closed(&flood);
+    assert!(held <= 16, "{held} connections of one address held open (at most 16)");
+    // Meanwhile another address is served at once.
+    let t = Instant::now();
+    let mut s = connect_from_another_address(target);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /api/cluster HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "another address was not served during the flood: {raw}");
+    assert!(t.elapsed() < Duration::from_secs(3), "another address waited {:?}", t.elapsed());
+    // The held ones are closed once their headers are overdue (10 s).
+    let end = Instant::now() + Duration::from_secs(20);
+    while closed(&flood) < flood.len() {
+        assert!(Instant::now() < end, "idle connections were never closed");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Whether the other side closed `c` (a read ends or fails, rather than waiting).
+fn is_closed(c: &std::net::TcpStream) -> bool {
+    c.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let mut b = [0u8; 1];
+    match (&*c).read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+    }
+}
+
+/// A connection to `target` from 127.0.0.2 (another source address on loopback).
+fn connect_from_another_address(target: std::net::SocketAddr) -> TcpStream {
+    // std cannot bind before connecting; a TCP socket made with libc can.
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor made here, handed to `TcpStream` once connected.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let mut local: libc::sockaddr_in = std::mem::zeroed();
+        local.sin_family = libc::AF_INET as u16;
+        local.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 2]);
+        assert_eq!(
+            libc::bind(
+                fd,
+                &local as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_in>() as u32
+            ),
+            0
+        );
+        let std::net::SocketAddr::V4(t) = target else { panic!("IPv4 only") };
+        let mut remote: libc::sockaddr_in = std::mem::zeroed();
+        remote.sin_family = libc::AF_INET as u16;
+        remote.sin_port = t.port().to_be();
+        remote.sin_addr.s_addr = u32::from_ne_bytes(t.ip().octets());
+        assert_eq!(
+            libc::connect(
+                fd,
+                &remote as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_in>() as u32
+            ),
+            0
+        );
+        TcpStream::from_raw_fd(fd)
+    }
+}
