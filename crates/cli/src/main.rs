@@ -161,6 +161,25 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t)]
         format: state::Format,
     },
+    /// What a task, an actor or a worker printed, from its node's log files (as `ray logs`).
+    Logs {
+        #[command(flatten)]
+        target: Target,
+        /// The lines of this task's run.
+        #[arg(long, conflicts_with_all = ["actor", "node"])]
+        task: Option<String>,
+        /// The lines of this actor's worker.
+        #[arg(long, conflicts_with = "node")]
+        actor: Option<String>,
+        /// The workers' logs this node keeps (with --worker: one of them).
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long, requires = "node")]
+        worker: Option<String>,
+        /// Keep printing until the task ends or the worker goes.
+        #[arg(long)]
+        follow: bool,
+    },
     /// Write the tasks' timeline as Chrome trace-event JSON (as `ray timeline`): a row per
     /// node and worker, a slice per task run, arrows from submission to run. Open it in
     /// https://ui.perfetto.dev or chrome://tracing.
@@ -216,6 +235,9 @@ fn main() -> ExitCode {
         Cmd::Get { what } => state::get(what),
         Cmd::Memory { target, group_by, sort_by, limit, format } => {
             views::memory(&target, group_by, sort_by, limit, format)
+        }
+        Cmd::Logs { target, task, actor, node, worker, follow } => {
+            views::logs(&target, task.as_deref(), actor.as_deref(), node.as_deref(), worker.as_deref(), follow)
         }
         Cmd::Timeline { target, job, output } => state::timeline(&target, job.as_deref(), &output),
         Cmd::Start {

@@ -289,3 +289,121 @@ pub fn memory(target: &Target, group_by: GroupBy, sort_by: SortBy, limit: usize,
     }
     Ok(())
 }
+
+/// A client of the node `id` (16 hex digits) of the target's cluster.
+fn node_client(target: &Target, id: &str) -> Result<Client, String> {
+    let (client, token) = target.connect()?;
+    for (n, c) in client.each_node(&token).map_err(|e| e.to_string())? {
+        if n.node.to_string() == id.trim() {
+            return c.map_err(|e| format!("cannot reach node {id} at {}: {e}", n.addr));
+        }
+    }
+    Err(format!("no live node {id} in the cluster: `ferry list nodes` shows them"))
+}
+
+/// Prints `worker`'s log on `c` from `offset`, each line through `keep`; with `follow`, goes
+/// on until the worker is gone. Returns the offset reached.
+fn print_log(
+    c: &mut Client,
+    worker: ferry_node::client::JobId,
+    mut offset: u64,
+    follow: bool,
+    keep: &dyn Fn(u64, &str) -> bool,
+) -> Result<u64, String> {
+    let mut partial = String::new();
+    loop {
+        let (data, next, ended) = c.read_worker_log(worker, offset).map_err(|e| e.to_string())?;
+        offset = next;
+        partial.push_str(&String::from_utf8_lossy(&data));
+        while let Some(i) = partial.find('\n') {
+            let line: String = partial.drain(..=i).collect();
+            if let Some((at, text)) = ferry_node::worker_logs::parse_line(line.trim_end()) {
+                if keep(at, text) {
+                    println!("{}", clean(text));
+                }
+            }
+        }
+        if !data.is_empty() {
+            continue;
+        }
+        if !follow || ended {
+            return Ok(offset);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+/// `ferry logs`: what a task, an actor or a worker printed, from its node's log files.
+pub fn logs(
+    target: &Target,
+    task: Option<&str>,
+    actor: Option<&str>,
+    node: Option<&str>,
+    worker: Option<&str>,
+    follow: bool,
+) -> Result<(), String> {
+    let no = |_: u64, _: &str| true;
+    if let Some(id) = task {
+        let task = id.parse::<ferry_node::client::TaskId>()?;
+        let filter = ferry_node::client::TaskFilter { task: Some(task), ..Default::default() };
+        let (client, token) = target.connect()?;
+        let mut h = client.into_history(&token).map_err(|e| e.to_string())?;
+        let find = |h: &mut Client| -> Result<ferry_node::client::TaskRecord, String> {
+            let (mut t, _, _) =
+                h.list_tasks(&filter, 1).map_err(|e| e.to_string())?.ok_or("the cluster keeps no task history")?;
+            t.pop()
+                .ok_or_else(|| format!("no task {task} in the history (not reported yet, or its record was dropped)"))
+        };
+        let t = find(&mut h)?;
+        let (Some(n), Some(w)) = (t.node, t.worker) else {
+            return Err(format!("task {task} has not run yet (it is {})", t.state.name()));
+        };
+        let end = std::cell::Cell::new(t.ended_us);
+        let keep = |at: u64, text: &str| ferry_node::worker_logs::is_tasks(&t, end.get(), at, text);
+        let mut c = node_client(target, &n.to_string())?;
+        let mut offset = print_log(&mut c, w, 0, false, &keep)?;
+        // Following a running task: until it ends (and its last lines are in).
+        while follow && end.get().is_none() {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            end.set(find(&mut h)?.ended_us);
+            if end.get().is_some() {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+            offset = print_log(&mut c, w, offset, false, &keep)?;
+        }
+        return Ok(());
+    }
+    if let Some(id) = actor {
+        let want =
+            u64::from_str_radix(id.trim(), 16).map_err(|_| format!("{id:?} is not an actor id (16 hex digits)"))?;
+        let a = actors(target)?
+            .into_iter()
+            .find(|a| a.actor.0 == want)
+            .ok_or_else(|| format!("no actor {id} in the cluster: `ferry list actors` shows them"))?;
+        let (Some(n), Some(w)) = (a.node, a.worker) else {
+            return Err(format!("actor {id} is {} and runs nowhere now", a.state));
+        };
+        let mut c = node_client(target, &n.to_string())?;
+        print_log(&mut c, w, 0, follow, &no)?;
+        return Ok(());
+    }
+    let Some(n) = node else {
+        return Err("say whose logs: --task ID, --actor ID, or --node ID (with --worker ID for one worker's)".into());
+    };
+    let mut c = node_client(target, n)?;
+    match worker {
+        Some(w) => {
+            let w = ferry_node::client::JobId(
+                u64::from_str_radix(w.trim(), 16).map_err(|_| format!("{w:?} is not a worker id (16 hex digits)"))?,
+            );
+            print_log(&mut c, w, 0, follow, &no)?;
+        }
+        None => {
+            println!("{:<16} {:>12} STATE", "WORKER", "BYTES");
+            for (w, bytes, alive) in c.worker_logs().map_err(|e| e.to_string())? {
+                println!("{:<16} {bytes:>12} {}", w.to_string(), if alive { "running" } else { "gone" });
+            }
+        }
+    }
+    Ok(())
+}

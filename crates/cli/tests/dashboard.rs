@@ -25,6 +25,7 @@ fn double(x: u64) -> u64 {
 
 #[ferry::remote]
 fn broken() -> u64 {
+    println!("about to break");
     panic!("broken on purpose")
 }
 
@@ -289,6 +290,7 @@ fn the_dashboard_shows_a_real_job_in_a_real_browser() {
     let dom = browser.open(&url(&format!("task/{failed}")), "task");
     assert_eq!(by_id(&dom, "task-state"), "failed");
     assert!(dom.contains("broken on purpose"), "the failed task's error is not shown: {dom}");
+    assert!(by_id(&dom, "task-log").contains("about to break"), "the failed task's output is not shown: {dom}");
 
     let dom = browser.open(&url("tasks?state=failed"), "tasks-failed");
     assert_eq!(by_id(&dom, "matched"), "1", "the state filter");

@@ -25,8 +25,15 @@ impl Counter {
     }
     fn add(&mut self, k: u64) -> u64 {
         self.n += k;
+        println!("counter adds {k}");
         self.n
     }
+}
+
+#[ferry::remote]
+fn shout(i: u64) -> u64 {
+    println!("shout {i}");
+    i
 }
 
 #[used]
@@ -45,7 +52,13 @@ extern "C" fn job_entry() {
     ferry::kill(&gone).unwrap();
     let big = ferry::put(vec![7u8; 4 << 20]).unwrap();
     ferry::wait(std::slice::from_ref(&big), 1, Some(T)).unwrap();
-    println!("ready {}", big.id());
+    // Two tasks one after the other (on the same worker, likely): each one's lines are its own.
+    let one = shout::remote(1);
+    ferry::get_timeout(&one, T).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let two = shout::remote(2);
+    ferry::get_timeout(&two, T).unwrap();
+    println!("ready {} {} {}", big.id(), one.id().task, two.id().task);
     loop {
         std::thread::sleep(Duration::from_millis(100));
         let _ = (&kept, &big);
@@ -75,7 +88,7 @@ fn json(head: &Head, args: &[&str]) -> Value {
 }
 
 #[test]
-fn the_cluster_lists_its_actors_workers_and_objects_and_says_why_objects_live() {
+fn the_cluster_lists_its_actors_workers_objects_and_what_each_task_printed() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
     cmd.args(["start", "--head", "--port", "0", "--num-cpus", "2", "--block", "--no-dashboard"]);
     let head = Head::start(cmd, T).unwrap();
@@ -96,10 +109,11 @@ fn the_cluster_lists_its_actors_workers_and_objects_and_says_why_objects_live() 
             let _ = tx.send(line);
         }
     });
-    let object = loop {
+    let (object, task_one, task_two) = loop {
         let line = rx.recv_timeout(T).expect("the job never said it was ready");
-        if let Some(id) = line.strip_prefix("ready ") {
-            break id.to_string();
+        if let Some(ids) = line.strip_prefix("ready ") {
+            let ids: Vec<&str> = ids.split(' ').collect();
+            break (ids[0].to_string(), ids[1].to_string(), ids[2].to_string());
         }
     };
 
@@ -161,6 +175,23 @@ fn the_cluster_lists_its_actors_workers_and_objects_and_says_why_objects_live() 
     let table = ferry(&head, &["memory", "--group-by", "owner"]);
     assert!(table.contains(&format!("owner {}", big["owner"].as_str().unwrap())), "{table}");
     assert!(table.lines().any(|l| l.contains(&object) && l.contains("local ref")), "{table}");
+
+    // Logs: a task's own lines, an actor's, a node's workers' files.
+    let end = Instant::now() + T;
+    let mine = loop {
+        let out = ferry(&head, &["logs", "--task", &task_one]);
+        if out.contains("shout 1") || Instant::now() > end {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(mine.contains("shout 1") && !mine.contains("shout 2"), "task {task_one}'s log: {mine}");
+    assert!(ferry(&head, &["logs", "--task", &task_two]).contains("shout 2"));
+    let actor_log = ferry(&head, &["logs", "--actor", alive["actor"].as_str().unwrap()]);
+    assert!(actor_log.contains("counter adds 1"), "the actor's log: {actor_log}");
+    let node = alive["node"].as_str().unwrap();
+    let files = ferry(&head, &["logs", "--node", node]);
+    assert!(files.lines().filter(|l| l.contains("running")).count() >= 2, "the node's worker logs: {files}");
 
     ferry(&head, &["job", "stop", "1"]);
     let _ = submit.wait();

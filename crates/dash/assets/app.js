@@ -203,7 +203,7 @@ const pages = {
   },
 
   async task(params, id) {
-    const t = await api("/api/tasks/" + encodeURIComponent(id));
+    const [t, log] = await Promise.all([api("/api/tasks/" + encodeURIComponent(id)), api("/api/tasks/" + encodeURIComponent(id) + "/log")]);
     const row = (k, v, attrs) => [el("dt", {}, k), el("dd", attrs || {}, v)];
     return [
       el("h1", {}, "Task " + t.task),
@@ -216,6 +216,8 @@ const pages = {
         row("Node", t.node || "-"), row("Worker", t.worker || "-"),
         row("Submitted", micros(t.submitted_us)), row("Started", micros(t.started_us)), row("Ended", micros(t.ended_us)),
         t.error ? row("Error", el("pre", {}, t.error), { id: "task-error" }) : null),
+      el("h2", {}, "What it printed"),
+      el("pre", { class: "log", id: "task-log" }, log.lines.length ? log.lines.join("\n") : "(nothing)"),
     ];
   },
 

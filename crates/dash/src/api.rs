@@ -81,6 +81,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/jobs/{id}/log", get(job_log))
         .route("/api/tasks", get(tasks))
         .route("/api/tasks/{id}", get(task))
+        .route("/api/tasks/{id}/log", get(task_log))
         .route("/api/summary", get(summary))
         .route("/api/timeline", get(timeline))
         .route("/api/actors", get(actors))
@@ -436,4 +437,28 @@ async fn memory(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
     Ok(Json(
         json!({ "objects": objects, "total": total, "pending_tasks": m.pending_tasks, "unreachable": m.unreachable }),
     ))
+}
+
+/// `/api/tasks/{id}/log`: what the task printed, from its worker's log on its node.
+async fn task_log(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let task = id.parse::<TaskId>().map_err(bad)?;
+    let source = app.source.clone();
+    let lines = blocking(move || {
+        let mut h = source.history()?;
+        let f = TaskFilter { task: Some(task), ..Default::default() };
+        let Some(t) = h.list_tasks(&f, 1).map_err(|e| e.to_string())?.and_then(|(mut t, _, _)| t.pop()) else {
+            return Ok(Vec::new());
+        };
+        let Some(node) = t.node else { return Ok(Vec::new()) };
+        let mut found = Vec::new();
+        for (n, c) in source.node()?.each_node(&source.token).map_err(|e| e.to_string())? {
+            if n.node == node {
+                let mut c = c.map_err(|e| e.to_string())?;
+                found = ferry_node::worker_logs::task_lines(&mut c, &t).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(found)
+    })
+    .await?;
+    Ok(Json(json!({ "lines": lines })))
 }

@@ -385,6 +385,30 @@ impl Client {
         })
     }
 
+    /// The workers' logs this node keeps: each worker, its bytes, and whether it still runs.
+    pub fn worker_logs(&mut self) -> Result<Vec<(WorkerId, u64, bool)>, ClientError> {
+        let req = self.req();
+        self.send(&ToNode::ListWorkerLogs { req })?;
+        self.answer(ANSWER_WITHIN, |m| match m {
+            FromNode::WorkerLogs { req: r, logs } if r == req => Some(logs),
+            _ => None,
+        })
+    }
+
+    /// A chunk of `worker`'s log from `offset`: its bytes, the next offset, and whether the
+    /// worker is gone (nothing more will come).
+    pub fn read_worker_log(&mut self, worker: WorkerId, offset: u64) -> Result<(Vec<u8>, u64, bool), ClientError> {
+        let req = self.req();
+        self.send(&ToNode::ReadWorkerLog { req, worker, offset })?;
+        match self.answer(ANSWER_WITHIN, |m| match m {
+            FromNode::WorkerLog { req: r, data, next, ended, error } if r == req => Some((data, next, ended, error)),
+            _ => None,
+        })? {
+            (_, _, _, Some(e)) => Err(ClientError::Refused { addr: self.addr.clone(), reason: e }),
+            (data, next, ended, None) => Ok((data, next, ended)),
+        }
+    }
+
     /// The processes connected to this node.
     pub fn list_procs(&mut self) -> Result<Vec<ProcView>, ClientError> {
         let req = self.req();

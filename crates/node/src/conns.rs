@@ -30,6 +30,19 @@ impl Node {
             self.send(st, d, &msg);
         }
         if origin.is_none() {
+            // A worker of this node: its own log file keeps the lines too.
+            if let Some(worker) = st.conns.get(&from).and_then(|c| c.worker) {
+                let at_us = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_micros() as u64)
+                    .unwrap_or(0);
+                let _ = self.worker_logs.locked().send(crate::worker_logs::Lines {
+                    worker,
+                    stderr,
+                    lines: lines.clone(),
+                    at_us,
+                });
+            }
             if let Some(head) = self.head_link.locked().as_ref() {
                 st.queue(head, &ToNode::Log { stderr, lines, node: Some(self.id) });
             }
@@ -175,6 +188,9 @@ pub(crate) fn serve_conn(node: Arc<Node>, stream: Stream, adm: Admission) {
             }
             Ok(ToNode::JobLogs { req, job, offset }) if node.is_registered(id) => {
                 node.job_logs(&conn, req, job, offset)
+            }
+            Ok(m @ (ToNode::ListWorkerLogs { .. } | ToNode::ReadWorkerLog { .. })) if node.is_registered(id) => {
+                node.on_worker_logs(&conn, m)
             }
             Ok(mut msg) => {
                 // A program named by hash is fetched (from the head) before the state is

@@ -38,6 +38,7 @@ mod tables;
 pub mod timeline;
 mod transfer;
 mod views;
+pub mod worker_logs;
 
 use actors::{ActorRec, ACTOR_CONN};
 use ferry_proto::conn::{accept, Addr, Conn, Stream};
@@ -314,6 +315,8 @@ struct Node {
     spawn_tx: Mutex<mpsc::Sender<SpawnCmd>>,
     /// Wakes the spill thread (`None` stops it).
     spill_tx: Mutex<mpsc::Sender<Option<()>>>,
+    /// Workers' output to their log files (`worker_logs`).
+    worker_logs: Mutex<mpsc::Sender<worker_logs::Lines>>,
     /// The program workers run (set by the first driver on a node started on its own), and
     /// its content hash when known (passed on to workers, who pass it to other nodes).
     program: Mutex<Option<PathBuf>>,
@@ -429,6 +432,7 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
     let program = opts.worker_program.clone();
     let (spawn_tx, spawn_rx) = mpsc::channel();
     let (spill_tx, spill_rx) = mpsc::channel();
+    let (logs_tx, logs_rx) = mpsc::channel();
     let (links_tx, links_rx) = mpsc::channel();
     let node = Arc::new(Node {
         id,
@@ -464,6 +468,7 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
         opts,
         spawn_tx: Mutex::new(spawn_tx),
         spill_tx: Mutex::new(spill_tx),
+        worker_logs: Mutex::new(logs_tx),
         program: Mutex::new(program),
         program_hash: Mutex::new(None),
         tables,
@@ -489,6 +494,9 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
     threads.push(thread::Builder::new().name("ferry-spawner".into()).spawn(move || pool::spawner(n, spawn_rx))?);
     let n = node.clone();
     threads.push(thread::Builder::new().name("ferry-spill".into()).spawn(move || store::spiller(n, spill_rx))?);
+    let dir = worker_logs::dir(&node.opts.session_dir);
+    // Not joined at shutdown: it ends when its sender goes with the node.
+    thread::Builder::new().name("ferry-worker-logs".into()).spawn(move || worker_logs::writer(dir, logs_rx))?;
     let h = node.history.clone();
     threads.push(thread::Builder::new().name("ferry-history".into()).spawn(move || h.folder())?);
     let (token, id, max) = (node.opts.token.clone(), node.id, node.opts.max_frame);
@@ -772,6 +780,8 @@ impl Node {
             | ToNode::SubmitJob { .. }
             | ToNode::StopJob { .. }
             | ToNode::JobLogs { .. }
+            | ToNode::ListWorkerLogs { .. }
+            | ToNode::ReadWorkerLog { .. }
             | ToNode::TaskEvents { .. }
             | ToNode::ListTasks { .. }
             | ToNode::SummarizeTasks { .. } => {}

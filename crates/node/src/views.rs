@@ -97,6 +97,40 @@ impl Node {
     }
 }
 
+impl Node {
+    /// `ListWorkerLogs`, `ReadWorkerLog`, on the connection's own thread (they read files).
+    pub(crate) fn on_worker_logs(&self, conn: &ferry_proto::Conn, msg: ToNode) {
+        let dir = crate::worker_logs::dir(&self.opts.session_dir);
+        let alive = |w: WorkerId| self.lock().conns.values().any(|c| c.worker == Some(w));
+        let reply = match msg {
+            ToNode::ListWorkerLogs { req } => {
+                let logs = crate::worker_logs::list(&dir).into_iter().map(|(w, n)| (w, n, alive(w))).collect();
+                FromNode::WorkerLogs { req, logs }
+            }
+            ToNode::ReadWorkerLog { req, worker, offset } => {
+                match crate::worker_logs::read(&dir, worker, offset, 1 << 20) {
+                    Ok((data, _)) => {
+                        let next = offset + data.len() as u64;
+                        let ended = data.is_empty() && !alive(worker);
+                        FromNode::WorkerLog { req, data, next, ended, error: None }
+                    }
+                    Err(e) => FromNode::WorkerLog {
+                        req,
+                        data: Vec::new(),
+                        next: offset,
+                        ended: true,
+                        error: Some(format!(
+                            "no log of worker {worker} on this node ({e}): `ferry logs --node` lists them"
+                        )),
+                    },
+                }
+            }
+            _ => return,
+        };
+        let _ = conn.send(&reply);
+    }
+}
+
 /// One process's table, as it answers `ToWorker::Summary` (`None`: it did not, in time).
 fn summary_of(addr: &Addr, (token, me, max_frame): &(String, WorkerId, u32)) -> Option<(Vec<RefInfo>, u64)> {
     let (conn, mut rx, _) = connect(addr, token, *me, *max_frame)

@@ -243,6 +243,10 @@ pub enum ToNode {
     /// Job `job`'s output (stdout and stderr as printed) from byte `offset` (answered by
     /// `JobLog`, at most 1 MiB at a time).
     JobLogs { req: u64, job: u64, offset: u64 },
+    /// The workers' logs this node keeps, with their sizes (answered by `WorkerLogs`).
+    ListWorkerLogs { req: u64 },
+    /// A chunk of one worker's log from `offset` (answered by `WorkerLog`).
+    ReadWorkerLog { req: u64, worker: WorkerId, offset: u64 },
     /// Task events from a process of this node (or, from a member, of its processes), with
     /// how many its buffer dropped: kept by the cluster's history (the control store's, or a
     /// node's own outside a cluster), to which a member passes them on.
@@ -615,6 +619,20 @@ pub enum FromNode {
     Actors {
         req: u64,
         actors: Vec<ActorView>,
+    },
+    /// Each worker's log kept here: the worker, its bytes, and whether it still runs.
+    WorkerLogs {
+        req: u64,
+        logs: Vec<(WorkerId, u64, bool)>,
+    },
+    /// A chunk of a worker's log (`ended`: the worker is gone, nothing more will come).
+    WorkerLog {
+        req: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        next: u64,
+        ended: bool,
+        error: Option<String>,
     },
     Procs {
         req: u64,

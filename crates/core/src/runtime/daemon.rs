@@ -111,6 +111,8 @@ impl Runtime {
                 }),
                 FromNode::Inventory { req, .. }
                 | FromNode::Actors { req, .. }
+                | FromNode::WorkerLogs { req, .. }
+                | FromNode::WorkerLog { req, .. }
                 | FromNode::Procs { req, .. }
                 | FromNode::Memory { req, .. }
                 | FromNode::Cluster { req, .. }
