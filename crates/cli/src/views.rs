@@ -1,6 +1,7 @@
-//! `ferry list actors|workers|objects`, `ferry get actor`, `ferry summary actors|objects` and
-//! `ferry memory`: what every node of the cluster says of its actors, processes and objects,
-//! joined (as Ray's `ray list actors`, `ray memory`). Tables, or JSON with `--format json`.
+//! `ferry list actors|workers|objects`, `ferry get actor`, `ferry summary actors|objects`,
+//! `ferry memory` and `ferry logs`: what every node of the cluster says of its actors,
+//! processes, objects and workers' output, joined (as Ray's `ray list actors`, `ray memory`,
+//! `ray logs`). Tables, or JSON with `--format json`.
 
 use crate::state::{clean, json, Format};
 use crate::Target;

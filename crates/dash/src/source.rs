@@ -55,29 +55,7 @@ impl Source {
     /// The cluster's nodes that run work (not its control store), as the control store sees
     /// them.
     pub fn nodes(&self) -> Result<Vec<NodeView>, String> {
-        let mut c = self.node()?;
-        let nodes = c.control_view(&self.token).map_err(|e| e.to_string())?;
-        match nodes {
-            Some(n) => Ok(n.into_iter().filter(|n| !n.head).collect()),
-            // Outside a cluster: the node itself.
-            None => {
-                let s = c.stats().map_err(|e| e.to_string())?;
-                Ok(vec![NodeView {
-                    node: s.node.unwrap_or(ferry_node::client::NodeId(0)),
-                    addr: self.node.clone(),
-                    head: false,
-                    alive: true,
-                    total: s.total,
-                    available: s.available,
-                    workers: s.workers,
-                    silent_ms: 0,
-                    actors: s.actors,
-                    objects: s.store_objects,
-                    object_bytes: s.store_used_bytes,
-                    spilled_bytes: s.spilled_bytes,
-                }])
-            }
-        }
+        self.node()?.nodes(&self.token).map_err(|e| e.to_string())
     }
 
     /// Every live node's answer to `ask` (nodes that cannot be asked are left out).

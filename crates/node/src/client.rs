@@ -375,6 +375,33 @@ impl Client {
         })
     }
 
+    /// The nodes of this node's cluster that run work (dead ones too), as its control store
+    /// sees them; this node alone, as it reports itself, when it is in no cluster.
+    pub fn nodes(&mut self, token: &str) -> Result<Vec<NodeView>, ClientError> {
+        let nodes: Vec<NodeView> = match self.control_view(token)? {
+            Some(n) => n.into_iter().filter(|n| !n.head).collect(),
+            None => Vec::new(),
+        };
+        if !nodes.is_empty() {
+            return Ok(nodes);
+        }
+        let s = self.stats()?;
+        Ok(vec![NodeView {
+            node: s.node.unwrap_or(NodeId(0)),
+            addr: self.addr.clone(),
+            head: false,
+            alive: true,
+            total: s.total,
+            available: s.available,
+            workers: s.workers,
+            silent_ms: 0,
+            actors: s.actors,
+            objects: s.store_objects,
+            object_bytes: s.store_used_bytes,
+            spilled_bytes: s.spilled_bytes,
+        }])
+    }
+
     /// The actors whose records this node keeps, dead ones included.
     pub fn list_actors(&mut self) -> Result<Vec<ActorView>, ClientError> {
         let req = self.req();
@@ -445,28 +472,7 @@ impl Client {
     /// A client of every node of this node's cluster that is alive (this node itself when it
     /// is in none), with how the cluster sees it.
     pub fn each_node(mut self, token: &str) -> Result<Vec<EachNode>, ClientError> {
-        let nodes: Vec<NodeView> = match self.control_view(token)? {
-            Some(n) => n.into_iter().filter(|n| !n.head && n.alive).collect(),
-            None => Vec::new(),
-        };
-        if nodes.is_empty() {
-            let s = self.stats()?;
-            let view = NodeView {
-                node: s.node.unwrap_or(NodeId(0)),
-                addr: self.addr.clone(),
-                head: false,
-                alive: true,
-                total: s.total,
-                available: s.available,
-                workers: s.workers,
-                silent_ms: 0,
-                actors: s.actors,
-                objects: s.store_objects,
-                object_bytes: s.store_used_bytes,
-                spilled_bytes: s.spilled_bytes,
-            };
-            return Ok(vec![(view, Ok(self))]);
-        }
+        let nodes: Vec<NodeView> = self.nodes(token)?.into_iter().filter(|n| n.alive).collect();
         let mine = self.addr.clone();
         let mut me = Some(self);
         Ok(nodes

@@ -23,19 +23,7 @@ pub struct Obj {
 impl Obj {
     /// Why it is alive, in words.
     pub fn why(&self) -> String {
-        let mut r = Vec::new();
-        if self.local_refs > 0 {
-            r.push(format!("{} local ref(s)", self.local_refs));
-        }
-        if self.borrowers > 0 {
-            r.push(format!("borrowed by {} process(es)", self.borrowers));
-        }
-        if self.task_args > 0 {
-            r.push(format!("argument of {} pending task(s)", self.task_args));
-        }
-        if self.contained_in > 0 {
-            r.push(format!("contained in {} object(s)", self.contained_in));
-        }
+        let mut r = crate::client::RefInfo::reasons(self.local_refs, self.borrowers, self.task_args, self.contained_in);
         if r.is_empty() {
             r.push(if self.location == "pending" { "its task is running".into() } else { "held by its owner".into() });
         }

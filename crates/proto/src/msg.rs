@@ -772,6 +772,27 @@ pub struct RefInfo {
     pub borrowers: u32,
 }
 
+impl RefInfo {
+    /// Why an object with these counts over every process's table is alive, in words
+    /// (`memory_summary`, `ferry memory`); empty if none of them holds it.
+    pub fn reasons(local_refs: u32, borrowers: u32, task_args: u32, contained_in: u32) -> Vec<String> {
+        let mut r = Vec::new();
+        if local_refs > 0 {
+            r.push(format!("{local_refs} local ref(s)"));
+        }
+        if borrowers > 0 {
+            r.push(format!("borrowed by {borrowers} process(es)"));
+        }
+        if task_args > 0 {
+            r.push(format!("argument of {task_args} pending task(s)"));
+        }
+        if contained_in > 0 {
+            r.push(format!("contained in {contained_in} object(s)"));
+        }
+        r
+    }
+}
+
 /// A task's return value as the worker reports it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
