@@ -218,7 +218,7 @@ fn actors_as_events(head: &Head, n: u64) {
                 records.push(r);
             }
         }
-        let batch = EventBatch::encode_parts(&whats, &records, &[]);
+        let batch = EventBatch::encode_parts(&whats, &records, &[], &[]);
         conn.send(&ToNode::TaskEvents { batch, dropped: 0 }).expect("send events");
     }
     // Sent: the head passes them on to its control store.

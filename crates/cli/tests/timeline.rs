@@ -35,6 +35,9 @@ extern "C" fn job_entry() {
     ferry::init(ferry::Config::default()).unwrap();
     let refs: Vec<_> = (0..3).map(|_| fan::remote(4)).collect();
     assert_eq!(ferry::get_all(&refs).unwrap(), vec![10, 10, 10]);
+    // A put of 8 MiB into the store: a put slice on the driver's row.
+    let big = ferry::put(vec![1u8; 8 << 20]).unwrap();
+    drop(big);
     ferry::shutdown();
     std::process::exit(0);
 }
@@ -168,6 +171,22 @@ fn the_timeline_of_a_job_with_nested_tasks_is_valid_trace_event_json() {
         })
         .count();
     assert_eq!(from_fans, 12, "the leaves' arrows do not start in their fans' runs");
+    // The waits: each fan's get_all of its leaves, on its row; the driver's, on the
+    // driver's row (process 0); the driver's put.
+    let of = |cat: &str| events.iter().filter(|e| e["ph"] == "X" && e["cat"] == cat).collect::<Vec<_>>();
+    let gets = of("get");
+    let on_fans = gets
+        .iter()
+        .filter(|g| {
+            let n = |k: &str| g[k].as_f64().unwrap() as u64;
+            fans.iter().any(|f| f.0 == n("pid") && f.1 == n("tid") && f.2 <= n("ts") && n("ts") <= f.3)
+        })
+        .count();
+    assert_eq!(on_fans, 3, "each fan's wait for its leaves: {gets:?}");
+    assert!(gets.iter().any(|g| g["pid"] == 0), "the driver's wait for the fans: {gets:?}");
+    assert!(gets.iter().all(|g| g["args"]["object"].is_string()), "{gets:?}");
+    let puts = of("put");
+    assert!(puts.iter().any(|p| p["pid"] == 0), "the driver's put: {puts:?}");
 
     // The dashboard's download is the same timeline.
     let url = head.dashboard.clone().unwrap();

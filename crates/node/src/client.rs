@@ -412,6 +412,17 @@ impl Client {
         })
     }
 
+    /// `job`'s get, put and transfer spans, from the history this node keeps (`None`: it
+    /// keeps none).
+    pub fn list_spans(&mut self, job: WorkerId) -> Result<Option<Vec<ferry_proto::state::Span>>, ClientError> {
+        let req = self.req();
+        self.send(&ToNode::ListSpans { req, job })?;
+        self.answer(ANSWER_WITHIN, |m| match m {
+            FromNode::Spans { req: r, spans } if r == req => Some(spans),
+            _ => None,
+        })
+    }
+
     /// The workers' logs this node keeps: each worker, its bytes, and whether it still runs.
     pub fn worker_logs(&mut self) -> Result<Vec<(WorkerId, u64, bool)>, ClientError> {
         let req = self.req();

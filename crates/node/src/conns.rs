@@ -181,11 +181,12 @@ pub(crate) fn serve_conn(node: Arc<Node>, stream: Stream, adm: Admission) {
                 node.submit_job(conn.clone(), req, &hash, &name, args)
             }
             Ok(ToNode::StopJob { req, job }) if node.is_registered(id) => node.stop_job(&conn, req, job),
-            Ok(m @ (ToNode::TaskEvents { .. } | ToNode::ListTasks { .. } | ToNode::SummarizeTasks { .. }))
-                if node.is_registered(id) =>
-            {
-                node.on_history(&conn, m)
-            }
+            Ok(
+                m @ (ToNode::TaskEvents { .. }
+                | ToNode::ListTasks { .. }
+                | ToNode::SummarizeTasks { .. }
+                | ToNode::ListSpans { .. }),
+            ) if node.is_registered(id) => node.on_history(&conn, m),
             Ok(ToNode::JobLogs { req, job, offset }) if node.is_registered(id) => {
                 node.job_logs(&conn, req, job, offset)
             }

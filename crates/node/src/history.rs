@@ -17,7 +17,7 @@
 //! earlier state within one attempt, and a later attempt's events win.
 
 use ferry_proto::state::{
-    EventBatch, HistoryStats, Latency, TaskEvent, TaskFilter, TaskInfo, TaskRecord, TaskState, TaskSummaryRow,
+    EventBatch, HistoryStats, Latency, Span, TaskEvent, TaskFilter, TaskInfo, TaskRecord, TaskState, TaskSummaryRow,
 };
 use ferry_proto::{NodeId, TaskId, WorkerId};
 use ferry_types::sync::{CondvarExt, MutexExt};
@@ -92,6 +92,8 @@ pub struct TaskHistory {
     dropped_events: u64,
     /// Events of tasks not known yet, folded in when their task is.
     orphans: HashMap<TaskId, Vec<TaskEvent>>,
+    /// Per job, its latest get, put and transfer spans (at most `per_job_limit`).
+    spans: HashMap<WorkerId, VecDeque<Span>>,
 }
 
 impl TaskHistory {
@@ -106,6 +108,7 @@ impl TaskHistory {
             dropped_records: 0,
             dropped_events: 0,
             orphans: HashMap::default(),
+            spans: HashMap::default(),
         }
     }
 
@@ -120,8 +123,20 @@ impl TaskHistory {
         }
     }
 
+    /// `job`'s spans, oldest first.
+    pub fn spans(&self, job: WorkerId) -> Vec<Span> {
+        self.spans.get(&job).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+    }
+
     /// Folds in one decoded batch.
-    pub fn apply_batch(&mut self, b: EventBatch) {
+    pub fn apply_batch(&mut self, mut b: EventBatch) {
+        for s in std::mem::take(&mut b.spans) {
+            let kept = self.spans.entry(s.job).or_default();
+            kept.push_back(s);
+            if kept.len() > self.per_job_limit {
+                kept.pop_front();
+            }
+        }
         let ids: Vec<Option<WhatId>> = b.whats.iter().map(|w| self.intern(w)).collect();
         for e in b.events() {
             let what = match e.what {
@@ -519,6 +534,10 @@ impl crate::Node {
                     let (tasks, matched) = h.list(&filter, limit.min(100_000) as usize);
                     FromNode::Tasks { req, tasks, matched, stats: Some(h.stats()) }
                 }
+            },
+            ToNode::ListSpans { req, job } => match head {
+                Some(_) => FromNode::Spans { req, spans: None },
+                None => FromNode::Spans { req, spans: Some(self.history.read().spans(job)) },
             },
             ToNode::SummarizeTasks { req, job } => match head {
                 Some(_) => FromNode::TaskSummary { req, rows: Vec::new(), stats: None },

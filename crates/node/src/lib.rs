@@ -784,6 +784,7 @@ impl Node {
             | ToNode::ReadWorkerLog { .. }
             | ToNode::TaskEvents { .. }
             | ToNode::ListTasks { .. }
+            | ToNode::ListSpans { .. }
             | ToNode::SummarizeTasks { .. } => {}
         }
         Ok(())

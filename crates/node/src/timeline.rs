@@ -1,8 +1,10 @@
 //! The task history as a timeline (`ferry timeline`, the dashboard's download): Chrome
 //! trace-event JSON, which Perfetto (ui.perfetto.dev) and `chrome://tracing` open. A process
 //! row per node and a thread row per worker, a slice per task run (its name, and its id,
-//! function, state, attempt and error as arguments), and a flow arrow from where each task
-//! was submitted (its parent task's run, or its job's driver, a row of its own) to its run.
+//! function, state, attempt and error as arguments), a flow arrow from where each task was
+//! submitted (its parent task's run, or its job's driver, a row of its own) to its run, and a
+//! slice per `get` that waited, `put` into the store and transfer between nodes that took
+//! 200 µs or more, on the row of the process that made it.
 //!
 //! Streamed: events are written as they are made, one job's records at a time, so a long
 //! history never sits in memory as JSON.
@@ -132,6 +134,28 @@ impl<W: Write> Timeline<W> {
         Ok(())
     }
 
+    /// Writes one job's get, put and transfer spans, on the rows of the processes they were
+    /// in (its driver's for the driver's own).
+    pub fn spans(&mut self, job: JobId, spans: &[ferry_proto::state::Span]) -> io::Result<()> {
+        let from = spans.iter().map(|s| s.start_us).min().unwrap_or(0);
+        let to = spans.iter().map(|s| s.end_us).max().unwrap_or(from);
+        for s in spans {
+            let (pid, tid) = match s.worker == job {
+                true => self.driver(job, from, to)?,
+                false => self.row(s.node, s.worker)?,
+            };
+            let mut args = json!({ "object": s.object.to_string() });
+            if let Some(t) = s.task {
+                args["task"] = json!(t.to_string());
+            }
+            self.event(&json!({
+                "ph": "X", "cat": s.kind.name(), "name": s.kind.name(), "pid": pid, "tid": tid,
+                "ts": s.start_us, "dur": (s.end_us - s.start_us).max(1), "args": args,
+            }))?;
+        }
+        Ok(())
+    }
+
     /// Ends the JSON; returns the output and how many task runs it holds.
     pub fn finish(mut self) -> io::Result<(W, u64)> {
         self.out.write_all(b"\n]}\n")?;
@@ -156,6 +180,8 @@ pub fn write<W: Write>(history: &mut Client, job: Option<JobId>, out: W) -> Resu
         let filter = TaskFilter { job: Some(j), ..Default::default() };
         let (records, _, _) = history.list_tasks(&filter, PAGE)?.ok_or(TimelineError::NoHistory)?;
         t.job(&records)?;
+        let spans = history.list_spans(j)?.ok_or(TimelineError::NoHistory)?;
+        t.spans(j, &spans)?;
     }
     Ok(t.finish()?)
 }

@@ -243,6 +243,8 @@ pub enum ToNode {
     /// Job `job`'s output (stdout and stderr as printed) from byte `offset` (answered by
     /// `JobLog`, at most 1 MiB at a time).
     JobLogs { req: u64, job: u64, offset: u64 },
+    /// The get, put and transfer spans of `job` the history keeps (answered by `Spans`).
+    ListSpans { req: u64, job: WorkerId },
     /// The workers' logs this node keeps, with their sizes (answered by `WorkerLogs`).
     ListWorkerLogs { req: u64 },
     /// A chunk of one worker's log from `offset` (answered by `WorkerLog`).
@@ -619,6 +621,11 @@ pub enum FromNode {
     Actors {
         req: u64,
         actors: Vec<ActorView>,
+    },
+    /// `None`: this node keeps no history (its control store does).
+    Spans {
+        req: u64,
+        spans: Option<Vec<crate::state::Span>>,
     },
     /// Each worker's log kept here: the worker, its bytes, and whether it still runs.
     WorkerLogs {

@@ -3,7 +3,7 @@
 //! them.
 
 use crate::msg::ActorId;
-use crate::{NodeId, TaskId, WorkerId};
+use crate::{NodeId, ObjectId, TaskId, WorkerId};
 use serde::{Deserialize, Serialize};
 
 /// A task's state as observers see it. The order is the order a task normally goes through.
@@ -130,6 +130,46 @@ pub struct EventBatch {
     #[serde(with = "serde_bytes")]
     pub records: Vec<u8>,
     pub extras: Vec<Extra>,
+    /// Waits and copies of objects that took a while (the timeline's get, put and transfer
+    /// slices).
+    pub spans: Vec<Span>,
+}
+
+/// What a [`Span`] was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
+pub enum SpanKind {
+    /// A `get` (or `get_all`, `wait`) that waited.
+    Get,
+    /// A `put` into the shared-memory store.
+    Put,
+    /// A copy of an object from another node.
+    Transfer,
+}
+
+impl SpanKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SpanKind::Get => "get",
+            SpanKind::Put => "put",
+            SpanKind::Transfer => "transfer",
+        }
+    }
+}
+
+/// A process spent `start_us..end_us` on an object (`ferry timeline`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
+pub struct Span {
+    pub kind: SpanKind,
+    pub object: ObjectId,
+    /// The job it was for, and the task the process ran then (none: its driver).
+    pub job: WorkerId,
+    pub task: Option<TaskId>,
+    pub node: NodeId,
+    pub worker: WorkerId,
+    pub start_us: u64,
+    pub end_us: u64,
 }
 
 /// What one event carries besides its record.
@@ -243,6 +283,7 @@ struct BatchParts<'a> {
     #[serde(with = "serde_bytes")]
     records: &'a [u8],
     extras: &'a [Extra],
+    spans: &'a [Span],
 }
 
 impl EventBatch {
@@ -251,8 +292,8 @@ impl EventBatch {
     }
 
     /// The encoding of a batch of these parts, without assembling it first.
-    pub fn encode_parts(whats: &[What], records: &[Record], extras: &[Extra]) -> Vec<u8> {
-        postcard::to_allocvec(&BatchParts { whats, records: Record::bytes(records), extras }).unwrap_or_default()
+    pub fn encode_parts(whats: &[What], records: &[Record], extras: &[Extra], spans: &[Span]) -> Vec<u8> {
+        postcard::to_allocvec(&BatchParts { whats, records: Record::bytes(records), extras, spans }).unwrap_or_default()
     }
     pub fn decode(bytes: &[u8]) -> Option<EventBatch> {
         postcard::from_bytes(bytes).ok()
@@ -466,7 +507,7 @@ mod tests {
             })
             .collect();
         let extras = [Extra { record: 0, parent: Some(TaskId { owner: WorkerId(1), seq: 1 }), error: None }];
-        let bytes = EventBatch::encode_parts(&whats, &[submitted, r], &extras);
+        let bytes = EventBatch::encode_parts(&whats, &[submitted, r], &extras, &[]);
         let batch = EventBatch::decode(&bytes).expect("decodes");
         let events: Vec<TaskEvent> = batch.events().collect();
         assert_eq!(events.len(), 2);

@@ -112,6 +112,7 @@ impl Runtime {
                 FromNode::Inventory { req, .. }
                 | FromNode::Actors { req, .. }
                 | FromNode::WorkerLogs { req, .. }
+                | FromNode::Spans { req, .. }
                 | FromNode::WorkerLog { req, .. }
                 | FromNode::Procs { req, .. }
                 | FromNode::Memory { req, .. }

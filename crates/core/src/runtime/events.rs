@@ -8,7 +8,7 @@
 
 use super::*;
 use crate::owner::events::Note;
-use ferry_proto::state::{EventBatch, Extra, TaskState, What};
+use ferry_proto::state::{EventBatch, Extra, Span, SpanKind, TaskState, What};
 use ferry_proto::TaskId;
 
 /// Notes from the executor, and room for the owner's next ones.
@@ -20,6 +20,8 @@ pub(crate) struct EventBuf {
     /// The task this worker's main thread runs, since when, and whether its start was sent
     /// (a task that ends within a tick reports its times in its reply instead).
     running: Option<(TaskId, u32, u64, bool)>,
+    /// Waits and copies of objects that took a while (`span`), not sent yet.
+    spans: Vec<Span>,
     /// The owner's kinds of tasks (`owner::events::Whats`) as far as taken, as they travel:
     /// every batch names them all (a handful), so notes go by the owner's numbers.
     whats: Vec<What>,
@@ -37,6 +39,12 @@ const BUSY_TASKS: usize = 1024;
 
 /// Most notes the executor keeps between two ticks.
 const MAX_BUFFERED: usize = 100_000;
+
+/// A wait or copy shorter than this is no span of the timeline.
+const SPAN_MIN_US: u64 = 200;
+
+/// Most spans kept between two ticks.
+const MAX_SPANS: usize = 10_000;
 
 /// Now, in Unix microseconds.
 pub(crate) fn now_us() -> u64 {
@@ -59,6 +67,32 @@ impl Runtime {
         let mut b = self.events.locked();
         if b.worker.len() < MAX_BUFFERED {
             b.worker.push(n);
+        } else {
+            b.dropped += 1;
+        }
+    }
+
+    /// When a wait or copy that may become a span starts (`None`: nothing is recorded).
+    pub(crate) fn span_start(&self) -> Option<u64> {
+        self.events_on().then(now_us)
+    }
+
+    /// This process spent from `start` (`span_start`) until now on `object`: kept for the
+    /// timeline if that took [`SPAN_MIN_US`] or more.
+    pub(crate) fn span(&self, kind: SpanKind, object: ferry_proto::ObjectId, start: Option<u64>) {
+        let Some(start_us) = start else { return };
+        let end_us = now_us();
+        if end_us.saturating_sub(start_us) < SPAN_MIN_US {
+            return;
+        }
+        let (job, task) = match crate::executor::running() {
+            Some(r) => (r.job, Some(r.task)),
+            None => (self.me, None),
+        };
+        let s = Span { kind, object, job, task, node: self.node_id, worker: self.me, start_us, end_us };
+        let mut b = self.events.locked();
+        if b.spans.len() < MAX_SPANS {
+            b.spans.push(s);
         } else {
             b.dropped += 1;
         }
@@ -118,7 +152,7 @@ impl Runtime {
     }
 
     fn send_task_events(&self) {
-        let (mut notes, mut extras, mut worker, dropped, whats) = {
+        let (mut notes, mut extras, mut worker, dropped, whats, spans) = {
             let mut b = self.events.locked();
             // A task running for a while is said to be running now.
             if let Some((task, attempt, since, said)) = &mut b.running {
@@ -150,10 +184,18 @@ impl Runtime {
                 b.whats.extend(new);
             }
             drop(st);
-            (owner, extras, std::mem::take(&mut b.worker), std::mem::take(&mut b.dropped), std::mem::take(&mut b.whats))
+            let spans = std::mem::take(&mut b.spans);
+            (
+                owner,
+                extras,
+                std::mem::take(&mut b.worker),
+                std::mem::take(&mut b.dropped),
+                std::mem::take(&mut b.whats),
+                spans,
+            )
         };
         let mut dropped = Some(dropped);
-        if !notes.is_empty() || !worker.is_empty() || dropped.is_some_and(|d| d > 0) {
+        if !notes.is_empty() || !worker.is_empty() || !spans.is_empty() || dropped.is_some_and(|d| d > 0) {
             // Notes made outside a change (rare) are stamped now.
             let now = now_us();
             for n in notes.iter_mut().chain(worker.iter_mut()) {
@@ -170,12 +212,16 @@ impl Runtime {
                         e
                     })
                     .collect();
-                let batch = EventBatch::encode_parts(&whats, chunk, &mine);
+                let batch = EventBatch::encode_parts(&whats, chunk, &mine, &[]);
                 let _ = self.node.send(&ToNode::TaskEvents { batch, dropped: dropped.take().unwrap_or(0) });
             }
             drop(x);
             for chunk in worker.chunks(EVENTS_PER_FRAME) {
-                let batch = EventBatch::encode_parts(&whats, chunk, &[]);
+                let batch = EventBatch::encode_parts(&whats, chunk, &[], &[]);
+                let _ = self.node.send(&ToNode::TaskEvents { batch, dropped: dropped.take().unwrap_or(0) });
+            }
+            for chunk in spans.chunks(EVENTS_PER_FRAME) {
+                let batch = EventBatch::encode_parts(&[], &[], &[], chunk);
                 let _ = self.node.send(&ToNode::TaskEvents { batch, dropped: dropped.take().unwrap_or(0) });
             }
             if let Some(d) = dropped.filter(|d| *d > 0) {

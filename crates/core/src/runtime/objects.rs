@@ -12,6 +12,7 @@ use crate::codec::{self, Backing};
 use crate::owner::AllWait;
 use crate::refs::{self, Decoded};
 use ferry_proto::msg::{Return, TaskError};
+use ferry_proto::state::SpanKind;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -36,6 +37,13 @@ impl Runtime {
         id: ObjectId,
         timeout: Option<Duration>,
     ) -> Result<T> {
+        let start = self.span_start();
+        let r = self.get_now(id, timeout);
+        self.span(SpanKind::Get, id, start);
+        r
+    }
+
+    fn get_now<T: DeserializeOwned + 'static>(&'static self, id: ObjectId, timeout: Option<Duration>) -> Result<T> {
         let _span = tracing::debug_span!("get", object = %id).entered();
         let deadline = timeout.map(|d| Instant::now() + d);
         let mut remade = 0;
@@ -81,6 +89,15 @@ impl Runtime {
     /// whole list (see `OwnerState::poll_all`): a task waiting on thousands of refs lends its
     /// CPU once, not once per ref.
     pub(crate) fn get_all<T: DeserializeOwned + 'static>(&'static self, ids: &[ObjectId]) -> Result<Vec<T>> {
+        let start = self.span_start();
+        let r = self.get_all_now(ids);
+        if let Some(first) = ids.first() {
+            self.span(SpanKind::Get, *first, start);
+        }
+        r
+    }
+
+    fn get_all_now<T: DeserializeOwned + 'static>(&'static self, ids: &[ObjectId]) -> Result<Vec<T>> {
         let mut w8 = AllWait::default();
         let mut bar = super::progress::Progress::new(self, "get_all", ids.len());
         let failed = self.block_until(None, |w| {
@@ -96,9 +113,9 @@ impl Runtime {
             return Err(cancelled_here());
         }
         if let Some(Some(id)) = failed {
-            self.get::<T>(id, None)?;
+            self.get_now::<T>(id, None)?;
         }
-        ids.iter().map(|id| self.get(*id, None)).collect()
+        ids.iter().map(|id| self.get_now(*id, None)).collect()
     }
 
     /// Decodes a ready value; the handles inside it are counted, and the borrowed refs among
@@ -230,7 +247,9 @@ impl Runtime {
         }
         // Reserve the id first so the file is named for it.
         let id = self.with_state(|st, _| st.new_object(ObjState::Pending));
+        let start = self.span_start();
         let stored = self.write_and_seal(id, &enc);
+        self.span(SpanKind::Put, id, start);
         let state = match &stored {
             Ok(size) => Ok(Ready::Stored { size: *size, node: self.node_id, view: self.store.map(id).ok() }),
             Err(e) => Err(e.clone()),
@@ -289,7 +308,10 @@ impl Runtime {
             if let Ok(v) = self.store.map(id) {
                 return Ok(v);
             }
-            match self.node_call(|req| ToNode::Pull { req, object: id, from: node })? {
+            let start = self.span_start();
+            let pulled = self.node_call(|req| ToNode::Pull { req, object: id, from: node });
+            self.span(SpanKind::Transfer, id, start);
+            match pulled? {
                 FromNode::Pulled { error: None, .. } => {}
                 // The store here is full: not a loss (its owner must not make it again).
                 FromNode::Pulled { error: Some(e @ PullError::StoreFull(_)), .. } => {
