@@ -38,6 +38,19 @@ impl fmt::Display for FrameError {
 
 impl std::error::Error for FrameError {}
 
+/// A read inside a frame that failed. The end of the stream there is a connection broken
+/// (its peer died or left mid-write), not bytes that are wrong: reported as such, not as
+/// malformed (which daemons log as a warning).
+fn cut_short(e: io::Error) -> FrameError {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof => FrameError::Io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the peer closed the connection in the middle of a frame",
+        )),
+        _ => FrameError::Io(e),
+    }
+}
+
 impl From<io::Error> for FrameError {
     fn from(e: io::Error) -> Self {
         if e.kind() == io::ErrorKind::UnexpectedEof {
@@ -100,10 +113,7 @@ impl<R: Read> FrameReader<R> {
         if n == 0 {
             return Err(FrameError::Closed);
         }
-        self.inner.read_exact(&mut len[1..]).map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => FrameError::Malformed("truncated length prefix".into()),
-            _ => FrameError::Io(e),
-        })?;
+        self.inner.read_exact(&mut len[1..]).map_err(cut_short)?;
         let len = u32::from_le_bytes(len);
         if len > self.max {
             return Err(FrameError::TooLarge { len, max: self.max });
@@ -122,10 +132,7 @@ impl<R: Read> FrameReader<R> {
             let have = self.buf.len();
             let step = (len - have).min(have.max(GROW_STEP).max(self.buf.capacity() - have));
             self.buf.resize(have + step, 0);
-            self.inner.read_exact(&mut self.buf[have..]).map_err(|e| match e.kind() {
-                io::ErrorKind::UnexpectedEof => FrameError::Malformed("truncated frame".into()),
-                _ => FrameError::Io(e),
-            })?;
+            self.inner.read_exact(&mut self.buf[have..]).map_err(cut_short)?;
         }
         Ok(&self.buf)
     }
@@ -230,7 +237,7 @@ mod tests {
         let mut bytes = (64u32 << 20).to_le_bytes().to_vec();
         bytes.extend_from_slice(&[0u8; 10]);
         let mut r = FrameReader::new(&bytes[..], 64 << 20);
-        assert!(matches!(r.read_raw(), Err(FrameError::Malformed(_))));
+        assert!(matches!(r.read_raw(), Err(FrameError::Io(_))));
         assert!(r.buffer_capacity() <= 2 * GROW_STEP, "{}", r.buffer_capacity());
         // A whole large frame still arrives intact, and its memory is let go afterwards.
         let payload: Vec<u8> = (0..(3 << 20) as u32).map(|i| i as u8).collect();
@@ -244,11 +251,13 @@ mod tests {
     }
 
     #[test]
-    fn truncated_frame_is_malformed() {
+    fn a_frame_cut_short_is_a_broken_connection_not_a_malformed_one() {
         let mut out = Vec::new();
         encode_frame(&mut out, &ToWorker::Cancel { task: Default::default(), force: false, recursive: false }).unwrap();
         out.pop();
         let mut r = FrameReader::new(&out[..], 1024);
-        assert!(matches!(r.read::<ToWorker>(), Err(FrameError::Malformed(_))));
+        assert!(matches!(r.read::<ToWorker>(), Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof));
+        let mut r = FrameReader::new(&out[..2], 1024);
+        assert!(matches!(r.read::<ToWorker>(), Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof));
     }
 }
