@@ -17,7 +17,7 @@
 //! earlier state within one attempt, and a later attempt's events win.
 
 use ferry_proto::state::{
-    EventBatch, HistoryStats, Latency, Span, TaskEvent, TaskFilter, TaskInfo, TaskRecord, TaskState, TaskSummaryRow,
+    BatchView, HistoryStats, Latency, Span, TaskEvent, TaskFilter, TaskInfo, TaskRecord, TaskState, TaskSummaryRow,
 };
 use ferry_proto::{NodeId, TaskId, WorkerId};
 use ferry_types::sync::{CondvarExt, MutexExt};
@@ -116,7 +116,7 @@ impl TaskHistory {
     pub fn fold_in(&mut self, batches: Vec<Vec<u8>>, dropped: u64) {
         self.dropped_events = self.dropped_events.saturating_add(dropped);
         for bytes in batches {
-            match EventBatch::decode(&bytes) {
+            match BatchView::decode(&bytes) {
                 Some(b) => self.apply_batch(b),
                 None => self.dropped_events = self.dropped_events.saturating_add(1),
             }
@@ -129,7 +129,7 @@ impl TaskHistory {
     }
 
     /// Folds in one decoded batch.
-    pub fn apply_batch(&mut self, mut b: EventBatch) {
+    pub fn apply_batch(&mut self, mut b: BatchView<'_>) {
         for s in std::mem::take(&mut b.spans) {
             let kept = self.spans.entry(s.job).or_default();
             kept.push_back(s);
@@ -555,6 +555,7 @@ impl crate::Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_proto::state::EventBatch;
 
     /// Folds in one event of task `seq`, saying what it is when `f` (function, job) is given.
     fn put(h: &mut TaskHistory, seq: u64, state: TaskState, attempt: u32, at: u64, f: Option<(&str, u64)>) {

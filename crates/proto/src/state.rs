@@ -331,36 +331,63 @@ impl EventBatch {
 
     /// Its events, in order (records that do not read as one are skipped).
     pub fn events(&self) -> impl Iterator<Item = TaskEvent> + '_ {
-        let mut extras = self.extras.iter().peekable();
-        self.records.chunks_exact(RECORD).enumerate().filter_map(move |(i, r)| {
-            let u64_at = |o: usize| u64::from_le_bytes(r[o..o + 8].try_into().expect("8 bytes"));
-            let some = |v: u64| (v != NONE).then_some(v);
-            let what = u32::from_le_bytes(r[52..56].try_into().expect("4 bytes"));
-            let state = *TaskState::ALL.get((what >> 24) as usize)?;
-            let w = what & 0x00ff_ffff;
-            let w = (w != 0x00ff_ffff).then_some(w);
-            let mut e = TaskEvent {
-                task: TaskId { owner: WorkerId(u64_at(0)), seq: u64_at(8) },
-                state,
-                at_us: u64_at(16),
-                attempt: u32::from_le_bytes(r[48..52].try_into().expect("4 bytes")),
-                what: w,
-                parent: None,
-                submitted_us: some(u64_at(56)),
-                started_us: some(u64_at(40)),
-                node: some(u64_at(24)).map(NodeId),
-                worker: some(u64_at(32)).map(WorkerId),
-                error: None,
-            };
-            while let Some(x) = extras.next_if(|x| x.record as usize <= i) {
-                if x.record as usize == i {
-                    e.parent = x.parent;
-                    e.error = x.error.clone();
-                }
-            }
-            Some(e)
-        })
+        events_of(&self.records, &self.extras)
     }
+}
+
+/// [`EventBatch`] read in place: its records are not copied out of the bytes that came (the
+/// history folds batches of hundreds of KiB).
+#[derive(Deserialize)]
+pub struct BatchView<'a> {
+    pub whats: Vec<What>,
+    #[serde(borrow, with = "serde_bytes")]
+    pub records: &'a [u8],
+    pub extras: Vec<Extra>,
+    pub spans: Vec<Span>,
+}
+
+impl<'a> BatchView<'a> {
+    pub fn decode(bytes: &'a [u8]) -> Option<BatchView<'a>> {
+        postcard::from_bytes(bytes).ok()
+    }
+
+    /// Its events, in order (records that do not read as one are skipped).
+    pub fn events(&self) -> impl Iterator<Item = TaskEvent> + '_ {
+        events_of(self.records, &self.extras)
+    }
+}
+
+/// The events of `records` with their `extras`.
+fn events_of<'a>(records: &'a [u8], extras: &'a [Extra]) -> impl Iterator<Item = TaskEvent> + 'a {
+    let mut extras = extras.iter().peekable();
+    records.chunks_exact(RECORD).enumerate().filter_map(move |(i, r)| {
+        let u64_at = |o: usize| u64::from_le_bytes(r[o..o + 8].try_into().expect("8 bytes"));
+        let some = |v: u64| (v != NONE).then_some(v);
+        let what = u32::from_le_bytes(r[52..56].try_into().expect("4 bytes"));
+        let state = *TaskState::ALL.get((what >> 24) as usize)?;
+        let w = what & 0x00ff_ffff;
+        let w = (w != 0x00ff_ffff).then_some(w);
+        let mut e = TaskEvent {
+            task: TaskId { owner: WorkerId(u64_at(0)), seq: u64_at(8) },
+            state,
+            at_us: u64_at(16),
+            attempt: u32::from_le_bytes(r[48..52].try_into().expect("4 bytes")),
+            what: w,
+            parent: None,
+            submitted_us: some(u64_at(56)),
+            started_us: some(u64_at(40)),
+            node: some(u64_at(24)).map(NodeId),
+            worker: some(u64_at(32)).map(WorkerId),
+            error: None,
+        };
+        while let Some(x) = extras.next_if(|x| x.record as usize <= i) {
+            if x.record as usize == i {
+                e.parent = x.parent;
+                e.error = x.error.clone();
+            }
+        }
+        Some(e)
+    })
 }
 
 /// A task as the head keeps it.
