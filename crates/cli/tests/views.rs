@@ -194,5 +194,13 @@ fn the_cluster_lists_its_actors_workers_objects_and_what_each_task_printed() {
     assert!(files.lines().filter(|l| l.contains("running")).count() >= 2, "the node's worker logs: {files}");
 
     ferry(&head, &["job", "stop", "1"]);
-    let _ = submit.wait();
+    // The foreground submit ends with its job.
+    let end = Instant::now() + T;
+    while submit.try_wait().unwrap().is_none() {
+        if Instant::now() > end {
+            let _ = submit.kill();
+            panic!("ferry job submit did not end with its stopped job");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
