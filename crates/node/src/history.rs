@@ -60,6 +60,62 @@ struct Rec {
     ended_us: Option<u64>,
 }
 
+/// The records: in slots reused as old ones go (so the records of a job's window sit
+/// together), found by task through an index of slot numbers, small enough to stay in cache
+/// (a job at its bound of 100,000 records turns one over per new task).
+#[derive(Debug, Default)]
+struct Records {
+    slots: Vec<Option<(TaskId, Rec)>>,
+    free: Vec<u32>,
+    index: HashMap<TaskId, u32>,
+}
+
+impl Records {
+    fn get(&self, t: &TaskId) -> Option<&Rec> {
+        self.index.get(t).and_then(|&i| self.slots[i as usize].as_ref()).map(|(_, r)| r)
+    }
+    fn get_mut(&mut self, t: &TaskId) -> Option<&mut Rec> {
+        let i = *self.index.get(t)?;
+        self.slots[i as usize].as_mut().map(|(_, r)| r)
+    }
+    /// Keeps `rec` of `task`; returns its slot.
+    fn insert(&mut self, task: TaskId, rec: Rec) -> u32 {
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = Some((task, rec));
+                s
+            }
+            None => {
+                self.slots.push(Some((task, rec)));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        // (A task is inserted only when not kept: an older slot of it, were there one, would
+        // be freed when its job's order reaches it, and its index entry is checked then.)
+        self.index.insert(task, slot);
+        slot
+    }
+    /// The record in `slot`, if any.
+    fn at(&self, slot: u32) -> Option<(TaskId, &Rec)> {
+        self.slots.get(slot as usize)?.as_ref().map(|(t, r)| (*t, r))
+    }
+    /// Drops the record in `slot`, if it still holds one, and returns it.
+    fn remove_slot(&mut self, slot: u32) -> Option<(TaskId, Rec)> {
+        let (t, r) = self.slots.get_mut(slot as usize)?.take()?;
+        if self.index.get(&t) == Some(&slot) {
+            self.index.remove(&t);
+        }
+        self.free.push(slot);
+        Some((t, r))
+    }
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+    fn values(&self) -> impl Iterator<Item = &Rec> {
+        self.slots.iter().flatten().map(|(_, r)| r)
+    }
+}
+
 /// A record dropped before its task ended: enough to keep the counts exact.
 #[derive(Debug)]
 struct Left {
@@ -80,9 +136,9 @@ struct PerFunction {
 #[derive(Debug)]
 pub struct TaskHistory {
     per_job_limit: usize,
-    records: HashMap<TaskId, Rec>,
-    /// Per job, its records' tasks in the order they were first seen.
-    order: HashMap<WorkerId, VecDeque<TaskId>>,
+    records: Records,
+    /// Per job, its records' slots in the order their tasks were first seen.
+    order: HashMap<WorkerId, VecDeque<u32>>,
     left: HashMap<TaskId, Left>,
     /// Every kind of task seen, with its tasks' counts (exact) and latencies; and each
     /// kind's number.
@@ -100,7 +156,7 @@ impl TaskHistory {
     pub fn new(per_job_limit: usize) -> TaskHistory {
         TaskHistory {
             per_job_limit: per_job_limit.max(1),
-            records: HashMap::default(),
+            records: Records::default(),
             order: HashMap::default(),
             left: HashMap::default(),
             whats: Vec::new(),
@@ -271,12 +327,12 @@ impl TaskHistory {
             ended_us: e.state.is_final().then_some(e.at_us),
         };
         self.observe(what, rec.submitted_us, rec.started_us, rec.ended_us);
-        self.records.insert(task, rec);
+        let slot = self.records.insert(task, rec);
         let order = self.order.entry(job).or_default();
-        order.push_back(task);
+        order.push_back(slot);
         if order.len() > self.per_job_limit {
             if let Some(old) = order.pop_front() {
-                if let Some(r) = self.records.remove(&old) {
+                if let Some((old, r)) = self.records.remove_slot(old) {
                     self.dropped_records += 1;
                     if !r.state.is_final() {
                         self.left.insert(old, Left { what: r.what, state: r.state, attempt: r.attempt });
@@ -336,16 +392,16 @@ impl TaskHistory {
         }
         let mut matched = 0u64;
         // The newest `limit` by submission time (a min-heap of them).
-        let mut top: BinaryHeap<Reverse<(u64, TaskId)>> = BinaryHeap::with_capacity(limit.min(4096) + 1);
-        let jobs: Vec<&VecDeque<TaskId>> = match filter.job {
+        let mut top: BinaryHeap<Reverse<(u64, u64, u32)>> = BinaryHeap::with_capacity(limit.min(4096) + 1);
+        let jobs: Vec<&VecDeque<u32>> = match filter.job {
             Some(j) => self.order.get(&j).into_iter().collect(),
             None => self.order.values().collect(),
         };
         // Which kinds match the filter's parts that concern the kind, decided once each.
         let kinds: Vec<bool> = self.whats.iter().map(|(w, _)| kind_matches(filter, w)).collect();
         for order in jobs {
-            for t in order {
-                let Some(r) = self.records.get(t) else { continue };
+            for slot in order {
+                let Some((t, r)) = self.records.at(*slot) else { continue };
                 if !kinds[r.what as usize] || !record_matches(filter, r) {
                     continue;
                 }
@@ -353,14 +409,14 @@ impl TaskHistory {
                 if limit == 0 {
                     continue;
                 }
-                top.push(Reverse((r.submitted_us, *t)));
+                top.push(Reverse((r.submitted_us, t.seq, *slot)));
                 if top.len() > limit {
                     top.pop();
                 }
             }
         }
         let mut out: Vec<TaskRecord> =
-            top.into_iter().filter_map(|Reverse((_, t))| self.records.get(&t).map(|r| self.view(t, r))).collect();
+            top.into_iter().filter_map(|Reverse((_, _, s))| self.records.at(s).map(|(t, r)| self.view(t, r))).collect();
         out.sort_by(|a, b| b.submitted_us.cmp(&a.submitted_us).then(b.task.seq.cmp(&a.task.seq)));
         (out, matched)
     }
