@@ -147,3 +147,54 @@ pub fn task_lines(
         .map(|(_, line)| line.to_string())
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workers_log_is_stamped_listed_read_in_chunks_and_rotated_past_its_bound() {
+        let dir = std::env::temp_dir().join(format!("ferry-worker-logs-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d = dir.clone();
+        let writer = std::thread::spawn(move || writer(d, rx));
+        let w = WorkerId(0xabc);
+        tx.send(Lines { worker: w, stderr: false, lines: vec!["(f pid=1) first".into()], at_us: 5 }).unwrap();
+        tx.send(Lines { worker: w, stderr: true, lines: vec!["(f pid=1) oops".into()], at_us: 6 }).unwrap();
+        // Past the bound: 9 MiB more, in lines of 1 KiB.
+        let line = "x".repeat(1024);
+        for i in 0..9 * 1024 {
+            tx.send(Lines { worker: w, stderr: false, lines: vec![line.clone()], at_us: 10 + i }).unwrap();
+        }
+        tx.send(Lines { worker: w, stderr: false, lines: vec!["(f pid=1) after".into()], at_us: 99_999 }).unwrap();
+        drop(tx);
+        writer.join().unwrap();
+        // The older file holds the first lines, stamped; the current one the last line.
+        let old = std::fs::read_to_string(file(&dir, w).with_extension("log.1")).unwrap();
+        assert!(old.starts_with("5 o (f pid=1) first\n6 e (f pid=1) oops\n"), "{}", &old[..64]);
+        assert!(old.len() as u64 > ROTATE_AT);
+        let (mut all, mut offset) = (Vec::new(), 0);
+        let size = loop {
+            let (data, size) = read(&dir, w, offset, 1 << 20).unwrap();
+            if data.is_empty() {
+                break size;
+            }
+            offset += data.len() as u64;
+            all.extend(data);
+        };
+        assert_eq!(all.len() as u64, size);
+        assert!(size < ROTATE_AT, "the current file holds only what came after the rotation: {size} bytes");
+        assert!(all.ends_with(b"\n99999 o (f pid=1) after\n"), "the last line is not the last one sent");
+        assert_eq!(list(&dir), vec![(w, size)]);
+        // Read in chunks from an offset.
+        let (part, _) = read(&dir, w, 6, 4).unwrap();
+        assert_eq!(part, &all[6..10]);
+        assert_eq!(parse_line("99999 o (f pid=1) after"), Some((99_999, "(f pid=1) after")));
+        // Private: only this user reads them.
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(std::fs::metadata(file(&dir, w)).unwrap().permissions().mode() & 0o777, 0o600);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
