@@ -5,7 +5,9 @@
 use crate::error::{Error, Result};
 use crate::runtime::runtime;
 use ferry_proto::msg::{FromNode, ToNode};
-pub use ferry_proto::state::{HistoryStats, TaskFilter, TaskInfo, TaskRecord, TaskState, TaskSummaryRow};
+pub use ferry_proto::state::{
+    HistoryStats, Span, SpanKind, TaskFilter, TaskInfo, TaskRecord, TaskState, TaskSummaryRow,
+};
 use ferry_proto::{TaskId, WorkerId};
 
 /// Tasks [`list_tasks`] found.
@@ -70,6 +72,19 @@ pub fn get_task(task: TaskId) -> Result<Option<TaskRecord>> {
 pub fn summarize_tasks(job: Option<WorkerId>) -> Result<(Vec<TaskSummaryRow>, HistoryStats)> {
     match ask(|req| ToNode::SummarizeTasks { req, job })? {
         FromNode::TaskSummary { rows, stats: Some(stats), .. } => Ok((rows, stats)),
+        m => Err(unexpected(m)),
+    }
+}
+
+/// The `get`s that waited, `put`s into the store and transfers between nodes of job `job`
+/// (this program's, if `None`) that took 200 µs or more, oldest first: the timeline's slices.
+pub fn list_spans(job: Option<WorkerId>) -> Result<Vec<Span>> {
+    let job = match job {
+        Some(j) => j,
+        None => runtime()?.me(),
+    };
+    match ask(|req| ToNode::ListSpans { req, job })? {
+        FromNode::Spans { spans: Some(spans), .. } => Ok(spans),
         m => Err(unexpected(m)),
     }
 }

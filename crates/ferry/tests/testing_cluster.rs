@@ -72,3 +72,38 @@ fn tasks_and_actors_survive_a_node_removed_from_a_test_cluster() {
     assert_eq!(cluster.node_ids().len(), 2);
     ferry::shutdown();
 }
+
+#[ferry::remote]
+fn blob() -> Vec<u8> {
+    vec![3u8; 8 << 20]
+}
+
+#[test]
+fn a_get_of_an_object_on_another_node_shows_as_a_wait_and_a_transfer() {
+    ferry_testkit::own_process!();
+    let mut cluster = Cluster::new(NodeConfig::cpus(1)).unwrap();
+    let b = cluster.add_node(NodeConfig::cpus(1)).unwrap();
+    cluster.connect().unwrap();
+    common::eventually("the head sees both nodes", T, || {
+        ferry::nodes().unwrap().iter().filter(|n| n.alive).count() == 2
+    });
+    // Made on the other node; read here: copied between the nodes.
+    let r = blob::options().scheduling_strategy(SchedulingStrategy::NodeAffinity { node: b, soft: false }).remote();
+    assert_eq!(ferry::get_timeout(&r, T).unwrap().len(), 8 << 20);
+    ferry::state::flush_task_events().unwrap();
+    use ferry::state::SpanKind;
+    common::eventually("the get and the transfer in the history", T, || {
+        let spans = ferry::state::list_spans(None).unwrap();
+        let of = |k: SpanKind| spans.iter().find(|s| s.kind == k && s.object == r.id()).cloned();
+        match (of(SpanKind::Get), of(SpanKind::Transfer)) {
+            (Some(g), Some(t)) => {
+                // The copy happened inside the wait, in this process, on this node.
+                assert!(g.start_us <= t.start_us && t.end_us <= g.end_us, "{g:?} {t:?}");
+                assert_eq!((t.worker, t.task), (g.worker, None));
+                assert_ne!(t.node, b);
+                true
+            }
+            _ => false,
+        }
+    });
+}
