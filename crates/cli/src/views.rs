@@ -5,7 +5,7 @@
 
 use crate::state::{clean, json, Format};
 use crate::Target;
-use ferry_node::client::{ActorView, Client, NodeView, ProcView, StoredInfo};
+use ferry_node::client::{actor_json, ActorView, Client, NodeView, ProcView, StoredInfo};
 use ferry_node::memory::Obj;
 use std::collections::BTreeMap;
 
@@ -36,24 +36,6 @@ fn actors(target: &Target) -> Result<Vec<ActorView>, String> {
         (a.state == "dead").cmp(&(b.state == "dead")).then(a.class.cmp(&b.class)).then(a.actor.0.cmp(&b.actor.0))
     });
     Ok(all)
-}
-
-fn actor_json(a: &ActorView) -> serde_json::Value {
-    serde_json::json!({
-        "actor": actor_id(a.actor),
-        "class": a.class,
-        "state": a.state,
-        "name": a.name,
-        "namespace": a.namespace,
-        "job": a.job.to_string(),
-        "detached": a.detached,
-        "home": a.home.to_string(),
-        "node": a.node.map(|n| n.to_string()),
-        "worker": a.worker.map(|w| w.to_string()),
-        "restarts": a.restarts,
-        "restarts_left": a.restarts_left,
-        "death": a.death,
-    })
 }
 
 /// `ferry list actors`.

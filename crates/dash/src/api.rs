@@ -400,24 +400,7 @@ async fn timeline(State(app): State<Arc<App>>, Query(q): Query<SummaryQuery>) ->
 async fn actors(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
     let source = app.source.clone();
     let per_node = blocking(move || source.each(|c| c.list_actors())).await?;
-    let mut list: Vec<Value> = per_node
-        .iter()
-        .flat_map(|(_, a)| a)
-        .map(|a| {
-            json!({
-                "actor": format!("{:016x}", a.actor.0),
-                "class": a.class,
-                "state": a.state,
-                "name": a.name,
-                "namespace": a.namespace,
-                "job": a.job.to_string(),
-                "node": a.node.map(|n| n.to_string()),
-                "worker": a.worker.map(|w| w.to_string()),
-                "restarts": a.restarts,
-                "death": a.death,
-            })
-        })
-        .collect();
+    let mut list: Vec<Value> = per_node.iter().flat_map(|(_, a)| a).map(ferry_node::client::actor_json).collect();
     list.sort_by_key(|a| (a["state"] == "dead", a["class"].as_str().unwrap_or("").to_string()));
     Ok(Json(json!({ "actors": list })))
 }

@@ -22,6 +22,26 @@ use std::time::{Duration, Instant};
 /// How long a tool waits for an answer before it reports the node as not answering.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
+/// An actor as tools show it in JSON (`ferry list actors --format json`, the dashboard): ids
+/// as hex strings (a u64 does not fit a JavaScript number).
+pub fn actor_json(a: &ActorView) -> serde_json::Value {
+    serde_json::json!({
+        "actor": format!("{:016x}", a.actor.0),
+        "class": a.class,
+        "state": a.state,
+        "name": a.name,
+        "namespace": a.namespace,
+        "job": a.job.to_string(),
+        "detached": a.detached,
+        "home": a.home.to_string(),
+        "node": a.node.map(|n| n.to_string()),
+        "worker": a.worker.map(|w| w.to_string()),
+        "restarts": a.restarts,
+        "restarts_left": a.restarts_left,
+        "death": a.death,
+    })
+}
+
 /// A node of the cluster and a client of it (or why none could be made).
 pub type EachNode = (NodeView, Result<Client, ClientError>);
 
