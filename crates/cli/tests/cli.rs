@@ -166,7 +166,15 @@ fn free_port() -> u16 {
 /// `/tmp/ferry-cluster-0.token`. Both now say what is wrong and what to do; so does the CLI.
 #[test]
 fn a_wrong_address_is_told_for_what_it_is() {
-    let closed = ferry_testkit::ClosedPort::new();
+    // A port some other test's killed node held may still have that node's socket link, and
+    // then the answer is rightly "your node there is not running any more": take another.
+    let closed = (0..100)
+        .map(|_| ferry_testkit::ClosedPort::new())
+        .find(|c| {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], c.port));
+            ferry_os::local::local_socket_links(addr).unwrap().iter().all(|l| l.symlink_metadata().is_err())
+        })
+        .expect("a closed port without a dead node's socket link");
     let port = closed.port;
     let run = |address: &str| {
         let out = Command::new(std::env::current_exe().unwrap())
