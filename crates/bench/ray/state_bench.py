@@ -1,5 +1,7 @@
 """Ray's side of `ferry-bench observability`'s history figures: N no-op tasks (default
-100,000: Ray keeps at most 100,000 task events per job), then `ray list tasks`,
+100,000: Ray keeps at most 100,000 task events per job), then ACTORS actors (default 1,000:
+each Ray actor is a Python process of ~50 MiB, so they are made in waves of 100, each created,
+called once and released but the last, which stays alive), then `ray list tasks`,
 `ray summary tasks`, `ray list actors` (the CLI, start to exit) and the dashboard's state API
 timed, median of 7. Same figure names as ferry's, prefixed `ray_`.
 
@@ -24,6 +26,31 @@ while left > 0:
     ray.get([noop.remote() for _ in range(k)])
     left -= k
 print(f"ray_history_tasks_per_s {N / (time.time() - t):.1f} tasks/s", flush=True)
+
+@ray.remote(num_cpus=0)
+class Holder:
+    def __init__(self):
+        self.n = 0
+
+    def poke(self):
+        self.n += 1
+        return self.n
+
+ACTORS = int(os.environ.get("ACTORS", "1000"))
+t = time.time()
+left, kept = ACTORS, []
+while left > 0:
+    k = min(left, 100)
+    wave = [Holder.remote() for _ in range(k)]
+    ray.get([a.poke.remote() for a in wave])
+    left -= k
+    if left == 0:
+        kept = wave
+    else:
+        for a in wave:
+            ray.kill(a)
+        del wave
+print(f"ray_history_actors_per_s {ACTORS / (time.time() - t):.1f} actors/s", flush=True)
 time.sleep(5)  # task events reach the GCS once a second
 
 def timed(f, n=7):
@@ -61,6 +88,7 @@ for name, path in [
     ("tasks_filtered", "/api/v0/tasks?limit=50&filter_keys=state&filter_predicates=%3D&filter_values=FINISHED"),
     ("summary", "/api/v0/tasks/summarize"),
     ("actors", "/api/v0/actors?limit=50"),
+    ("actors_dead", "/api/v0/actors?limit=50&filter_keys=state&filter_predicates=%3D&filter_values=DEAD"),
 ]:
     try:
         print(f"ray_history_api_{name}_ms {timed(lambda: get(path)):.1f} ms", flush=True)

@@ -1,9 +1,11 @@
 //! `ferry-bench observability`, second part: the state tools at scale. A head started by the
 //! `ferry` binary next to this one (with its dashboard) runs a driver (this binary again,
 //! `FERRY_BENCH_HISTORY_DRIVER`) that submits `FERRY_BENCH_HISTORY_TASKS` no-op tasks (default
-//! 1,000,000, in waves of 100,000); then 10,000 actors' creations and calls are added to the
-//! history as events (no machine of this size runs 10,000 actor processes: issue 17 does
-//! many real actors). Then each query is timed (median of 7):
+//! 1,000,000, in waves of 100,000), then makes `FERRY_BENCH_HISTORY_ACTORS` real actors
+//! (default 10,000) in waves of 1,000: each created and called once; every wave but the last
+//! is released, so the nodes keep 9,000 dead actors' records and 1,000 living actors while
+//! the queries run (10,000 living at once is issue 17's). Then each query is timed (median
+//! of 7):
 //!
 //! - `history_cli_list_tasks_ms`, `history_cli_summary_tasks_ms`, `history_cli_list_actors_ms`
 //!   (the `ferry` command, start to exit);
@@ -11,8 +13,8 @@
 //!   `/api/jobs`, `/api/tasks?limit=50`, `/api/tasks` filtered by state and name and paged,
 //!   `/api/summary`, `/api/actors`, `/api/memory`, `/metrics`);
 //! - `history_control_store_rss_mb` (the process that keeps the history), `history_records`
-//!   and `history_dropped_records` (as the history counts itself), `history_tasks_per_s` (the
-//!   run). `FERRY_BENCH_HISTORY_TASKS=0` skips this part.
+//!   and `history_dropped_records` (as the history counts itself), `history_tasks_per_s` and
+//!   `history_actors_per_s` (the run). `FERRY_BENCH_HISTORY_TASKS=0` skips this part.
 
 use crate::{emit, info, median};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -22,18 +24,60 @@ use std::time::{Duration, Instant};
 #[ferry::remote]
 fn noop_h() {}
 
-/// The driver: `n` tasks in waves.
-pub fn driver(n: usize) {
+/// An actor that holds nothing (0 CPUs, as every actor by default).
+#[ferry::actor]
+pub struct Holder(u64);
+
+#[ferry::actor]
+impl Holder {
+    pub fn new() -> Self {
+        Holder(0)
+    }
+    pub fn poke(&mut self) -> u64 {
+        self.0 += 1;
+        self.0
+    }
+}
+
+/// The driver: `tasks` tasks in waves, then `actors` actors in waves of 1,000, the last wave
+/// kept alive until its stdin closes (while the queries run).
+pub fn driver(tasks: usize, actors: usize) {
     ferry::init(ferry::Config::default()).unwrap();
     let t = Instant::now();
-    let mut left = n;
+    let mut left = tasks;
     while left > 0 {
         let k = left.min(100_000);
         let refs: Vec<_> = (0..k).map(|_| noop_h::remote()).collect();
         ferry::get_all(&refs).unwrap();
         left -= k;
     }
-    println!("tasks_per_s {}", n as f64 / t.elapsed().as_secs_f64());
+    println!("tasks_per_s {}", tasks as f64 / t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let mut left = actors;
+    let mut kept = Vec::new();
+    while left > 0 {
+        let k = left.min(1000);
+        let wave: Vec<_> = (0..k).map(|_| Holder::remote().unwrap()).collect();
+        let calls: Vec<_> = wave.iter().map(|a| a.poke()).collect();
+        ferry::get_all(&calls).unwrap();
+        left -= k;
+        if left == 0 {
+            kept = wave;
+        } else {
+            let living = kept.len() as u64;
+            drop(wave);
+            // Released: wait until their processes are gone before the next wave.
+            let end = Instant::now() + Duration::from_secs(120);
+            while ferry::node_stats().unwrap().actors > living && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    println!("actors_per_s {}", actors as f64 / t.elapsed().as_secs_f64());
+    println!("ready");
+    std::io::stdout().flush().unwrap();
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    drop(kept);
     ferry::shutdown();
 }
 
@@ -123,17 +167,23 @@ pub fn group() {
     assert!(ferry.exists(), "build the `ferry` binary next to ferry-bench (cargo build --release -p ferry-cli)");
     let mut head = start_head(&ferry);
     info(&format!("history at scale: {n} tasks on a head at {}, its dashboard at {}", head.address, head.dashboard));
-    let out = Command::new(&exe)
-        .env("FERRY_BENCH_HISTORY_DRIVER", n.to_string())
+    let actors: usize = std::env::var("FERRY_BENCH_HISTORY_ACTORS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let mut driver = Command::new(&exe)
+        .env("FERRY_BENCH_HISTORY_DRIVER", format!("{n},{actors}"))
         .env("FERRY_ADDRESS", &head.address)
         .env("FERRY_TOKEN", &head.token)
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
         .expect("run the driver");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let tps: f64 =
-        text.lines().find_map(|l| l.strip_prefix("tasks_per_s ")).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    emit("history_tasks_per_s", tps, "tasks/s");
-    actors_as_events(&head, 10_000);
+    let mut said = BufReader::new(driver.stdout.take().expect("its output")).lines().map_while(Result::ok);
+    let mut figure = |name: &str| -> f64 {
+        let line = said.by_ref().find(|l| l.starts_with(name) || l == "ready").unwrap_or_default();
+        line.strip_prefix(name).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+    };
+    emit("history_tasks_per_s", figure("tasks_per_s"), "tasks/s");
+    emit("history_actors_per_s", figure("actors_per_s"), "actors/s");
+    assert!(said.any(|l| l == "ready"), "the driver ended before it was ready");
     let ferry_cmd = |args: &[&str]| {
         let o = Command::new(&ferry)
             .args(args)
@@ -156,7 +206,8 @@ pub fn group() {
         ("tasks", "/api/tasks?limit=50"),
         ("tasks_filtered_paged", "/api/tasks?limit=50&offset=5000&state=finished&name=noop"),
         ("summary", "/api/summary"),
-        ("actors", "/api/actors"),
+        ("actors", "/api/actors?limit=50"),
+        ("actors_dead_paged", "/api/actors?limit=50&offset=5000&state=dead"),
         ("memory", "/api/memory"),
         ("metrics", "/metrics"),
     ];
@@ -175,6 +226,10 @@ pub fn group() {
     emit("history_records", field("records").unwrap_or(0.0), "records");
     emit("history_dropped_records", field("dropped_records").unwrap_or(0.0), "records");
     emit("history_control_store_rss_mb", rss_mb(head.control_pid), "MB");
+    let actors_now = get(&head.dashboard, &head.access, "/api/actors?limit=1");
+    info(&format!("actors in the nodes' tables while timed: {}", actors_now.chars().take(400).collect::<String>()));
+    drop(driver.stdin.take());
+    let _ = driver.wait();
     let _ = Command::new(&ferry)
         .args(["stop"])
         .env("FERRY_ADDRESS", &head.address)
@@ -185,42 +240,4 @@ pub fn group() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = head.child.kill();
-}
-
-/// Adds `n` actors' creations and one call each to the head's history, as events (what
-/// their owners would send), in batches of 1,000 actors.
-fn actors_as_events(head: &Head, n: u64) {
-    use ferry_proto::msg::{ActorId, ToNode};
-    use ferry_proto::state::{EventBatch, Record, TaskState, What};
-    use ferry_proto::{Addr, TaskId, WorkerId};
-    let job = WorkerId(0x00be_5c4e_0000_0001);
-    let (conn, _rx, _) =
-        ferry_proto::conn::connect(&Addr::Tcp(head.address.clone()), &head.token, job, ferry_proto::DEFAULT_MAX_FRAME)
-            .expect("connect to the head");
-    conn.send(&ToNode::register_tool(ferry_proto::msg::ProcKind::Tool)).expect("register");
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
-    for first in (0..n).step_by(1000) {
-        let mut whats = Vec::new();
-        let mut records = Vec::new();
-        for i in first..(first + 1000).min(n) {
-            for (k, creation) in [(0u64, true), (1, false)] {
-                whats.push(What {
-                    function: if creation { "bench::Holder::__new__".into() } else { "bench::Holder::poke".into() },
-                    name: if creation { "Holder".into() } else { "Holder.poke".into() },
-                    job,
-                    actor: Some(ActorId(i + 1)),
-                    creation,
-                });
-                let mut r = Record::new(TaskId { owner: job, seq: i * 2 + k + 1 }, TaskState::Finished, 0);
-                r.set_what(whats.len() as u32 - 1, now);
-                r.set_started_us(now + 10);
-                r.set_at_us(now + 20);
-                records.push(r);
-            }
-        }
-        let batch = EventBatch::encode_parts(&whats, &records, &[], &[]);
-        conn.send(&ToNode::TaskEvents { batch, dropped: 0 }).expect("send events");
-    }
-    // Sent: the head passes them on to its control store.
-    std::thread::sleep(Duration::from_millis(500));
 }

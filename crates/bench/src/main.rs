@@ -3,8 +3,9 @@
 //! with `#` are information.
 //!
 //! Groups: `memory` (startup and idle memory), `tasks`, `objects`, `actors`; with no argument
-//! all of them run, in about two minutes. Later groups (`actors`, `cluster`, `recovery`) come with their
-//! issues. Sizes and iteration counts follow ray_bench.py.
+//! all of them run, in about two minutes. On their own: `cluster` and `recovery` (namespace
+//! hosts), `observability` (what task events cost, then `history`) and `history` (the state
+//! tools over a large history). Sizes and iteration counts follow ray_bench.py.
 
 mod cluster;
 mod history;
@@ -688,8 +689,9 @@ fn main() {
         cluster::job(&address);
         return;
     }
-    if let Some(n) = std::env::var("FERRY_BENCH_HISTORY_DRIVER").ok().and_then(|v| v.parse().ok()) {
-        history::driver(n);
+    if let Ok(v) = std::env::var("FERRY_BENCH_HISTORY_DRIVER") {
+        let mut it = v.split(',').map(|x| x.parse::<usize>().expect("FERRY_BENCH_HISTORY_DRIVER: TASKS,ACTORS"));
+        history::driver(it.next().unwrap_or(0), it.next().unwrap_or(0));
         return;
     }
     if let Ok(address) = std::env::var("FERRY_BENCH_RECOVERY") {
@@ -709,6 +711,10 @@ fn main() {
         Some("observability") => {
             info(&format!("ferry {} observability (child processes, events off and on)", env!("CARGO_PKG_VERSION")));
             observability::group();
+            return history::group();
+        }
+        Some("history") => {
+            info(&format!("ferry {} history (the state tools at scale)", env!("CARGO_PKG_VERSION")));
             return history::group();
         }
         Some("recovery") => {

@@ -314,6 +314,10 @@ fn the_dashboard_shows_a_real_job_in_a_real_browser() {
     let dom = browser.open(&url("actors"), "actors");
     assert!(dom.contains("class=\"actor-state\">alive<"), "no live actor on the actors page: {dom}");
     assert!(dom.contains("Keeper"), "the actor's class is not shown: {dom}");
+    assert_eq!(by_id(&dom, "actors-alive"), "1", "{dom}");
+    let dom = browser.open(&url("actors?state=dead"), "actors-dead");
+    assert_eq!(by_id(&dom, "actors-matched"), "0", "the state filter on actors: {dom}");
+    assert!(!dom.contains("Keeper"), "a live actor listed as dead: {dom}");
     let dom = browser.open(&url("objects"), "objects");
     assert!(dom.contains("class=\"object-size\">4.0 MiB<"), "the 4 MiB object is not shown: {dom}");
     assert!(dom.contains("local ref"), "why the object is alive is not shown: {dom}");

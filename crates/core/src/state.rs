@@ -1,9 +1,11 @@
-//! The cluster's tasks as people and tools see them (Ray's state API, `ray list tasks`):
+//! The cluster as people and tools see it (Ray's state API, `ray list tasks|actors|workers`):
 //! each task's current state and where it ran, from the task history the cluster keeps
-//! (see `Config::task_events`), and exact counts by function and state.
+//! (see `Config::task_events`), and exact counts by function and state; each actor and each
+//! process, from the nodes' own tables.
 
 use crate::error::{Error, Result};
 use crate::runtime::runtime;
+pub use ferry_proto::msg::{ActorView, ProcKind, ProcView};
 use ferry_proto::msg::{FromNode, ToNode};
 pub use ferry_proto::state::{
     HistoryStats, Span, SpanKind, TaskFilter, TaskInfo, TaskRecord, TaskState, TaskSummaryRow,
@@ -87,4 +89,43 @@ pub fn list_spans(job: Option<WorkerId>) -> Result<Vec<Span>> {
         FromNode::Spans { spans: Some(spans), .. } => Ok(spans),
         m => Err(unexpected(m)),
     }
+}
+
+/// Answers of every node to one question, joined; a node that does not answer is an error
+/// naming it (the cluster's view is then partial, and saying so beats a short list).
+fn from_each_node<T>(make: impl Fn(u64) -> ToNode, take: impl Fn(FromNode) -> Option<Vec<T>>) -> Result<Vec<T>> {
+    let mut all = Vec::new();
+    for (node, answer) in runtime()?.ask_each_node(make) {
+        let answer = answer.map_err(|e| Error::Connection {
+            detail: format!("node {} at {} did not answer ({e}); see `ferry status`", node.node, node.addr),
+        })?;
+        all.extend(take(answer).ok_or_else(|| Error::Connection {
+            detail: format!("node {} at {} answered something else", node.node, node.addr),
+        })?);
+    }
+    Ok(all)
+}
+
+/// Every actor each node keeps a record of: living ones, and the dead (each with why it
+/// died; a node keeps the last 100,000, `FERRY_DEAD_ACTORS_KEPT`), as `ferry list actors`.
+pub fn list_actors() -> Result<Vec<ActorView>> {
+    from_each_node(
+        |req| ToNode::ListActors { req },
+        |m| match m {
+            FromNode::Actors { actors, .. } => Some(actors),
+            _ => None,
+        },
+    )
+}
+
+/// Every process registered with each node: drivers, workers (idle, leased or hosting an
+/// actor), tools, as `ferry list workers`.
+pub fn list_workers() -> Result<Vec<ProcView>> {
+    from_each_node(
+        |req| ToNode::ListProcs { req },
+        |m| match m {
+            FromNode::Procs { procs, .. } => Some(procs),
+            _ => None,
+        },
+    )
 }

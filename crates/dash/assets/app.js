@@ -221,15 +221,29 @@ const pages = {
     ];
   },
 
-  async actors() {
-    const [a, c] = await Promise.all([api("/api/actors"), api("/api/cluster")]);
-    const alive = a.actors.filter(x => x.state !== "dead").length;
+  async actors(params) {
+    const q = new URLSearchParams(params);
+    const limit = 50;
+    const offset = Number(q.get("offset") || 0);
+    q.set("limit", limit);
+    const a = await api("/api/actors?" + q);
+    const go = (changes) => {
+      const n = new URLSearchParams(params);
+      for (const [k, v] of Object.entries(changes)) { if (v === "" || v === null) n.delete(k); else n.set(k, v); }
+      location.hash = "#/actors?" + n;
+    };
+    const stateSel = el("select", { name: "state", onchange: e => go({ state: e.target.value, offset: null }) },
+      el("option", { value: "" }, "any state"), el("option", { value: "alive" }, "alive"), el("option", { value: "dead" }, "dead"));
+    stateSel.value = q.get("state") || "";
+    const classIn = el("input", { name: "class", placeholder: "class or name", value: q.get("class") || "" });
     return [
       el("h1", {}, "Actors"),
       el("div", { class: "cards" },
-        card("Alive", String(c.nodes.reduce((s, n) => s + (n.alive ? n.actors : 0), 0)), "actors-alive"),
-        card("Listed", String(a.actors.length), "actors-listed"),
-        card("Dead", String(a.actors.length - alive), "actors-dead")),
+        card("Alive", String(a.alive), "actors-alive"),
+        card("Listed", String(a.total), "actors-listed"),
+        card("Dead", String(a.dead), "actors-dead")),
+      el("form", { class: "filters", onsubmit: e => { e.preventDefault(); go({ class: classIn.value, offset: null }); } },
+        stateSel, classIn, el("button", { type: "submit" }, "Filter")),
       table(["Actor", "Class", "State", "Name", "Node", "Worker", "Restarts", "Why it died"],
         a.actors.map(x => el("tr", { "data-actor": x.actor, class: x.state },
           el("td", {}, x.actor), el("td", { class: "actor-class" }, x.class),
@@ -237,6 +251,10 @@ const pages = {
           el("td", {}, x.node || "-"), el("td", {}, x.worker || "-"), el("td", {}, x.restarts),
           el("td", { class: "actor-death" }, x.death || ""))),
         { id: "actors" }),
+      el("p", { class: "pager" },
+        el("button", { disabled: offset === 0 ? "" : null, onclick: () => go({ offset: Math.max(0, offset - limit) }) }, "previous"),
+        ` ${a.matched ? offset + 1 : 0}–${offset + a.actors.length} of `, el("span", { id: "actors-matched" }, a.matched), " ",
+        el("button", { disabled: offset + a.actors.length >= a.matched ? "" : null, onclick: () => go({ offset: offset + limit }) }, "next")),
       el("p", { class: "small" }, "Actor calls and creations are in the task table (filter by name)."),
     ];
   },

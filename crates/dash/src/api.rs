@@ -11,7 +11,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use ferry_node::client::{JobId, NodeId, NodeView, TaskFilter, TaskId, TaskRecord, TaskState, TaskSummaryRow};
+use ferry_node::client::{
+    ActorView, JobId, NodeId, NodeView, TaskFilter, TaskId, TaskRecord, TaskState, TaskSummaryRow,
+};
 use ferry_types::sync::MutexExt;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};
@@ -397,12 +399,57 @@ async fn timeline(State(app): State<Arc<App>>, Query(q): Query<SummaryQuery>) ->
         .into_response())
 }
 
-async fn actors(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+#[derive(serde::Deserialize)]
+struct ActorQuery {
+    /// `alive` (any state but dead) or `dead`.
+    state: Option<String>,
+    /// A part of the class or the name.
+    class: Option<String>,
+    limit: Option<u32>,
+    offset: Option<u32>,
+}
+
+/// `/api/actors`: a page of the cluster's actors, living ones first, and how many match; with
+/// tens of thousands of actors a page stays small (the page Ray's dashboard renders whole).
+async fn actors(State(app): State<Arc<App>>, Query(q): Query<ActorQuery>) -> Result<Json<Value>, ApiError> {
+    let dead_wanted = match q.state.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        None => None,
+        Some("alive") => Some(false),
+        Some("dead") => Some(true),
+        Some(other) => return Err(bad(format!("{other:?} is not an actor state to filter by: alive or dead"))),
+    };
+    let part = q.class.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
+    let limit = q.limit.unwrap_or(50).min(MAX_PAGE) as usize;
+    let offset = q.offset.unwrap_or(0) as usize;
     let source = app.source.clone();
     let per_node = blocking(move || source.each(|c| c.list_actors())).await?;
-    let mut list: Vec<Value> = per_node.iter().flat_map(|(_, a)| a).map(ferry_node::client::actor_json).collect();
-    list.sort_by_key(|a| (a["state"] == "dead", a["class"].as_str().unwrap_or("").to_string()));
-    Ok(Json(json!({ "actors": list })))
+    let all: Vec<&ActorView> = per_node.iter().flat_map(|(_, a)| a).collect();
+    let dead = all.iter().filter(|a| a.state == "dead").count();
+    let mut matched: Vec<&ActorView> = all
+        .iter()
+        .copied()
+        .filter(|a| dead_wanted.is_none_or(|d| (a.state == "dead") == d))
+        .filter(|a| {
+            part.as_deref().is_none_or(|p| a.class.contains(p) || a.name.as_deref().is_some_and(|n| n.contains(p)))
+        })
+        .collect();
+    // Living first, then by class, then by id: a stable order to page through.
+    let end = (offset + limit).min(matched.len());
+    let key = |a: &&ActorView| (a.state == "dead", a.class.clone(), a.actor.0);
+    if offset < matched.len() {
+        matched.select_nth_unstable_by_key(end.saturating_sub(1), key);
+        matched[..end].sort_unstable_by_key(key);
+    }
+    let page: Vec<Value> = matched.iter().skip(offset).take(limit).map(|a| ferry_node::client::actor_json(a)).collect();
+    Ok(Json(json!({
+        "actors": page,
+        "matched": matched.len(),
+        "total": all.len(),
+        "alive": all.len() - dead,
+        "dead": dead,
+        "offset": offset,
+        "limit": limit,
+    })))
 }
 
 async fn memory(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {

@@ -353,6 +353,9 @@ fn killed_process_is_restarted_and_calls_in_flight_retried() {
     let new_pid = ferry::get_timeout(&c.pid(), T).unwrap();
     assert_ne!(pid, new_pid);
     assert_eq!(ferry::get_timeout(&c.incr(5), T).unwrap(), 105);
+    // The state API counts the restart, and the one left.
+    let seen = ferry::state::list_actors().unwrap().into_iter().find(|a| a.actor == c.id()).unwrap();
+    assert_eq!((seen.state.as_str(), seen.restarts, seen.restarts_left), ("alive", 1, 1), "{seen:?}");
 }
 
 /// Creates two named actors from inside a task (so the task's worker is their creator) and

@@ -162,3 +162,43 @@ fn counts_stay_exact_past_the_bound_and_the_drop_is_said() {
     let l = state::list_tasks(&TaskFilter::default(), 10).unwrap();
     assert_eq!((l.tasks.len(), l.matched), (10, 50));
 }
+
+/// `state::list_actors` and `list_workers` see the node's tables: living actors with their
+/// workers, dead ones with why they died, and only the newest dead past the bound a node
+/// keeps (here 3: `FERRY_DEAD_ACTORS_KEPT`), so making actors for ever takes bounded memory.
+#[test]
+fn actors_and_workers_are_listed_and_only_the_newest_dead_are_kept() {
+    ferry_testkit::own_process!();
+    // SAFETY: before the runtime starts, on the test's only thread.
+    unsafe { std::env::set_var("FERRY_DEAD_ACTORS_KEPT", "3") };
+    cluster();
+    let live = Counter::remote().unwrap();
+    assert_eq!(ferry::get_timeout(&live.incr(), T).unwrap(), 1);
+    let mut killed = Vec::new();
+    for _ in 0..5 {
+        let a = Counter::remote().unwrap();
+        assert_eq!(ferry::get_timeout(&a.incr(), T).unwrap(), 1);
+        killed.push(a.id());
+        ferry::kill(&a).unwrap();
+        eventually("the killed actor is dead in the node's table", T, || {
+            state::list_actors().unwrap().iter().any(|v| v.actor == a.id() && v.state == "dead")
+        });
+    }
+    let actors = state::list_actors().unwrap();
+    let alive: Vec<_> = actors.iter().filter(|a| a.state == "alive").collect();
+    assert_eq!(alive.len(), 1, "{actors:?}");
+    assert_eq!((alive[0].actor, alive[0].restarts), (live.id(), 0));
+    let dead: Vec<_> = actors.iter().filter(|a| a.state == "dead").map(|a| a.actor).collect();
+    let mut newest = killed[2..].to_vec();
+    newest.sort();
+    let mut got = dead.clone();
+    got.sort();
+    assert_eq!(got, newest, "the 3 newest dead are kept, the older forgotten: {actors:?}");
+    assert!(actors.iter().filter(|a| a.state == "dead").all(|a| a.death.as_deref().unwrap_or("").contains("kill")));
+
+    let workers = state::list_workers().unwrap();
+    let host = workers.iter().find(|w| w.actor == Some(live.id())).expect("the live actor's worker");
+    assert_eq!(host.state, "actor");
+    assert!(host.pid.is_some_and(pid_alive), "{host:?}");
+    assert!(workers.iter().any(|w| w.kind == ferry::state::ProcKind::Driver), "{workers:?}");
+}

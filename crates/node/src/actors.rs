@@ -45,6 +45,9 @@ pub(crate) enum Phase {
     Dead { reason: String },
 }
 
+/// Dead actors' records each node keeps by default (`FERRY_DEAD_ACTORS_KEPT` to change).
+pub(crate) const DEAD_ACTORS_KEPT: usize = 100_000;
+
 #[derive(Debug)]
 pub(crate) struct ActorRec {
     class: String,
@@ -116,7 +119,8 @@ impl ActorRec {
             home,
             node: alive.then(|| self.host.unwrap_or(home)),
             worker: self.remote.as_ref().map(|(w, _)| *w).or(worker).filter(|_| alive),
-            restarts: self.incarnation,
+            // The first start is incarnation 1.
+            restarts: self.incarnation.saturating_sub(1),
             restarts_left: self.restarts_left,
             death,
         }
@@ -639,6 +643,13 @@ impl Node {
         }
         self.tell_holders(st, actor, &FromNode::ActorDied { actor, reason, restarting: false });
         self.answer_waiters(st, actor);
+        st.book.dead.push_back(actor);
+        while st.book.dead.len() > st.book.dead_kept {
+            let Some(old) = st.book.dead.pop_front() else { break };
+            if st.actors.get(&old).is_some_and(|r| matches!(r.phase, Phase::Dead { .. })) {
+                st.actors.remove(&old);
+            }
+        }
     }
 
     /// The worker hosting an actor died: restart it if allowed, else it is dead.

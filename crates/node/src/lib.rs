@@ -220,6 +220,11 @@ struct ActorBook {
     /// On a control store started again: actors loaded from its tables whose hosts have not
     /// re-reported them yet, and when they are started anew if none does.
     recovering: HashMap<ActorId, Instant>,
+    /// Dead actors' records (tombstones, for `ferry list actors` and for late callers, who
+    /// learn why it died), oldest first: past `dead_kept`, the oldest are forgotten, so a
+    /// cluster that makes actors for ever keeps bounded memory (Ray keeps 100,000 too).
+    dead: std::collections::VecDeque<ActorId>,
+    dead_kept: usize,
 }
 
 /// The cluster as this node knows it.
@@ -451,6 +456,11 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
                 pending_hosts: HashMap::new(),
                 waiting: Vec::new(),
                 recovering: HashMap::new(),
+                dead: std::collections::VecDeque::new(),
+                dead_kept: std::env::var("FERRY_DEAD_ACTORS_KEPT")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(actors::DEAD_ACTORS_KEPT),
             },
             cluster: Cluster { members: HashMap::new(), view: Vec::new() },
             room: Room { seals: Vec::new(), writers: Vec::new(), spilled: (0, Duration::ZERO) },

@@ -341,6 +341,28 @@ impl Runtime {
         }
     }
 
+    /// Asks every live node daemon of the cluster (not its control store, which runs no
+    /// work) and collects their answers, each node's in turn: one that cannot be reached or
+    /// does not answer gives its error, and the others still answer.
+    pub(crate) fn ask_each_node(
+        &'static self,
+        make: impl Fn(u64) -> ToNode,
+    ) -> Vec<(ferry_proto::msg::NodeView, Result<FromNode>)> {
+        let nodes: Vec<_> = self.cluster_view(true).into_iter().filter(|n| n.alive && !n.head).collect();
+        let nodes = if nodes.is_empty() { self.cluster_view(true) } else { nodes };
+        nodes
+            .into_iter()
+            .map(|n| {
+                let answer = if n.node == self.node_id {
+                    self.node_call(&make)
+                } else {
+                    self.daemon_conn(n.node, &n.addr).and_then(|c| self.call_at(&c, &make))
+                };
+                (n, answer)
+            })
+            .collect()
+    }
+
     /// One more handle of `actor` in this process; the first one here makes the actor's home
     /// count this process as a holder. A dead or unknown actor is not held: its calls fail
     /// when they resolve it.
