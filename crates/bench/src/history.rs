@@ -12,7 +12,8 @@
 //! - `history_api_<page>_ms` for the dashboard's pages' requests (`/`, `/api/cluster`,
 //!   `/api/jobs`, `/api/tasks?limit=50`, `/api/tasks` filtered by state and name and paged,
 //!   `/api/summary`, `/api/actors`, `/api/memory`, `/metrics`);
-//! - `history_control_store_rss_mb` (the process that keeps the history), `history_records`
+//! - `history_control_store_rss_mb` (the process that keeps the history),
+//!   `history_head_node_rss_mb` (the node that keeps the actors' records), `history_records`
 //!   and `history_dropped_records` (as the history counts itself), `history_tasks_per_s` and
 //!   `history_actors_per_s` (the run). `FERRY_BENCH_HISTORY_TASKS=0` skips this part.
 
@@ -226,6 +227,8 @@ pub fn group() {
     emit("history_records", field("records").unwrap_or(0.0), "records");
     emit("history_dropped_records", field("dropped_records").unwrap_or(0.0), "records");
     emit("history_control_store_rss_mb", rss_mb(head.control_pid), "MB");
+    // The head's node daemon, which keeps the actors' records (the dead ones bounded).
+    emit("history_head_node_rss_mb", rss_mb(head.child.id()), "MB");
     let actors_now = get(&head.dashboard, &head.access, "/api/actors?limit=1");
     info(&format!("actors in the nodes' tables while timed: {}", actors_now.chars().take(400).collect::<String>()));
     drop(driver.stdin.take());
