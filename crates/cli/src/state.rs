@@ -14,75 +14,69 @@ pub enum Format {
     Json,
 }
 
+/// What every `ferry list` takes, as `ray list`.
+#[derive(clap::Args)]
+pub struct ListOpts {
+    /// Only those with KEY=VALUE (a field as `--format json` names it; names and classes match
+    /// by a part). May be given several times.
+    #[arg(long = "filter", value_name = "KEY=VALUE")]
+    pub filters: Vec<String>,
+    /// At most this many (default 100).
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    /// Every field, not just the main ones.
+    #[arg(long)]
+    pub detail: bool,
+    /// Table or JSON.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
 #[derive(Subcommand)]
 pub enum ListWhat {
     /// Tasks (and actor calls), newest first: id, state, function, job, node, attempt, times.
+    /// Filter keys: state, job, name (part of the function or name), node, task.
     Tasks {
         #[command(flatten)]
         target: Target,
-        /// Only those with KEY=VALUE; keys: state, job, name (part of the function or name),
-        /// node, task. May be given several times.
-        #[arg(long = "filter", value_name = "KEY=VALUE")]
-        filters: Vec<String>,
-        /// At most this many (default 100).
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
-        /// Every field, not just the main ones.
-        #[arg(long)]
-        detail: bool,
-        /// Table or JSON.
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
+        #[command(flatten)]
+        opts: ListOpts,
     },
     /// Actors (alive first, then dead ones): id, state, class, name, node, restarts, why it
     /// died.
     Actors {
         #[command(flatten)]
         target: Target,
-        /// Only those with KEY=VALUE; keys: state, class, name, job, node.
-        #[arg(long = "filter", value_name = "KEY=VALUE")]
-        filters: Vec<String>,
-        /// At most this many (default 100).
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
-        /// Table or JSON.
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
+        #[command(flatten)]
+        opts: ListOpts,
     },
     /// Worker processes (and drivers) of every node: state (idle, leased, actor), pid.
     Workers {
         #[command(flatten)]
         target: Target,
-        /// Table or JSON.
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
+        #[command(flatten)]
+        opts: ListOpts,
     },
     /// Objects in the nodes' stores, biggest first (`ferry memory` says why each is alive).
     Objects {
         #[command(flatten)]
         target: Target,
-        /// At most this many (default 100).
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
-        /// Table or JSON.
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
+        #[command(flatten)]
+        opts: ListOpts,
     },
     /// Jobs the head ran.
     Jobs {
         #[command(flatten)]
         target: Target,
-        /// Table or JSON.
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
+        #[command(flatten)]
+        opts: ListOpts,
     },
     /// The cluster's nodes.
     Nodes {
         #[command(flatten)]
         target: Target,
-        /// Table or JSON.
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
+        #[command(flatten)]
+        opts: ListOpts,
     },
 }
 
@@ -203,64 +197,61 @@ pub(crate) fn clean(s: &str) -> String {
 
 pub fn list(what: ListWhat) -> Result<(), String> {
     match what {
-        ListWhat::Actors { target, filters, limit, format } => {
-            crate::views::list_actors(&target, &filters, limit, format)
-        }
-        ListWhat::Workers { target, format } => crate::views::list_workers(&target, format),
-        ListWhat::Objects { target, limit, format } => crate::views::list_objects(&target, limit, format),
-        ListWhat::Tasks { target, filters, limit, detail, format } => {
-            let filter = parse_filter(&filters)?;
+        ListWhat::Actors { target, opts } => crate::views::list_actors(&target, &opts),
+        ListWhat::Workers { target, opts } => crate::views::list_workers(&target, &opts),
+        ListWhat::Objects { target, opts } => crate::views::list_objects(&target, &opts),
+        ListWhat::Tasks { target, opts } => {
+            let filter = parse_filter(&opts.filters)?;
             let mut c = history(&target)?;
+            let limit = u32::try_from(opts.limit).unwrap_or(u32::MAX);
             let (tasks, matched, stats) = c
                 .list_tasks(&filter, limit)
                 .map_err(|e| e.to_string())?
                 .ok_or("the control store keeps no task history")?;
-            if let Format::Json = format {
+            if let Format::Json = opts.format {
                 return json(&serde_json::json!({ "tasks": tasks, "matched": matched, "history": stats }));
             }
-            print_tasks(&tasks, detail);
+            print_tasks(&tasks, opts.detail);
             println!("{} of {matched} matching tasks shown", tasks.len());
             if let Some(n) = dropped_note(&stats) {
                 println!("{n}");
             }
             Ok(())
         }
-        ListWhat::Jobs { target, format } => {
+        ListWhat::Jobs { target, opts } => {
             let (mut c, _) = target.connect()?;
             let jobs = c.jobs().map_err(|e| e.to_string())?;
-            match format {
-                Format::Json => json(&jobs),
-                Format::Table => crate::jobs::run(crate::jobs::JobCmd::List { target }).map(|_| ()),
-            }
+            let rows = jobs
+                .iter()
+                .map(|j| {
+                    let mut v = serde_json::to_value(j).unwrap_or_default();
+                    v["status"] = j.status().into();
+                    v["started"] = time(j.started_ms * 1000).into();
+                    v
+                })
+                .collect();
+            show_rows(
+                "jobs",
+                rows,
+                &[
+                    ("ID", "id", 4),
+                    ("STATUS", "status", 10),
+                    ("NAME", "name", 24),
+                    ("DRIVER", "driver", 16),
+                    ("STARTED (UTC)", "started", 13),
+                    ("EXIT", "code", 4),
+                ],
+                &opts,
+            )
         }
-        ListWhat::Nodes { target, format } => {
+        ListWhat::Nodes { target, opts } => {
             let (mut c, token) = target.connect()?;
             let nodes = match c.control_view(&token).map_err(|e| e.to_string())? {
                 Some(n) => n,
                 None => c.cluster().map_err(|e| e.to_string())?.unwrap_or_default(),
             };
             let nodes: Vec<_> = nodes.into_iter().filter(|n| !n.head).collect();
-            if let Format::Json = format {
-                return json(&nodes);
-            }
-            println!(
-                "{:<17} {:<22} {:<6} {:<24} {:<24} {:>7} {:>7} {:>8}",
-                "NODE", "ADDRESS", "STATE", "TOTAL", "AVAILABLE", "WORKERS", "ACTORS", "OBJECTS"
-            );
-            for n in &nodes {
-                println!(
-                    "{:<17} {:<22} {:<6} {:<24} {:<24} {:>7} {:>7} {:>8}",
-                    n.node.to_string(),
-                    n.addr,
-                    if n.alive { "alive" } else { "dead" },
-                    n.total.to_string(),
-                    n.available.to_string(),
-                    n.workers,
-                    n.actors,
-                    n.objects
-                );
-            }
-            if nodes.is_empty() {
+            if nodes.is_empty() && !matches!(opts.format, Format::Json) {
                 let stats = c.stats().map_err(|e| e.to_string())?;
                 println!(
                     "(not in a cluster) node {} at {}: {} available of {}",
@@ -269,10 +260,106 @@ pub fn list(what: ListWhat) -> Result<(), String> {
                     stats.available,
                     stats.total
                 );
+                return Ok(());
             }
-            Ok(())
+            let rows = nodes
+                .iter()
+                .map(|n| {
+                    let mut v = serde_json::to_value(n).unwrap_or_default();
+                    v["node"] = n.node.to_string().into();
+                    v["state"] = if n.alive { "alive" } else { "dead" }.into();
+                    v["total"] = n.total.to_string().into();
+                    v["available"] = n.available.to_string().into();
+                    v
+                })
+                .collect();
+            show_rows(
+                "nodes",
+                rows,
+                &[
+                    ("NODE", "node", 16),
+                    ("ADDRESS", "addr", 22),
+                    ("STATE", "state", 6),
+                    ("TOTAL", "total", 24),
+                    ("AVAILABLE", "available", 24),
+                    ("WORKERS", "workers", 7),
+                    ("ACTORS", "actors", 7),
+                    ("OBJECTS", "objects", 8),
+                ],
+                &opts,
+            )
         }
     }
+}
+
+/// A field of a row as text: strings bare, nothing as "-".
+fn field(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "-".into(),
+        serde_json::Value::String(s) => clean(s),
+        other => clean(&other.to_string()),
+    }
+}
+
+/// Prints `rows` (each an object, as `--format json` shows it) as `ferry list` does: only
+/// those matching every `--filter` (a field's text equal, ignoring case, or containing the
+/// value for names and classes), at most `--limit`, as a table of `columns` (header, field,
+/// width), every field with `--detail`, or JSON.
+pub(crate) fn show_rows(
+    kind: &str,
+    rows: Vec<serde_json::Value>,
+    columns: &[(&str, &str, usize)],
+    opts: &ListOpts,
+) -> Result<(), String> {
+    let mut want = Vec::new();
+    for kv in &opts.filters {
+        let (k, v) = kv.split_once('=').ok_or_else(|| format!("filter {kv:?} is not KEY=VALUE"))?;
+        let k = k.trim();
+        if let Some(first) = rows.first() {
+            if first.get(k).is_none() {
+                let keys: Vec<&str> =
+                    first.as_object().into_iter().flat_map(|o| o.keys()).map(String::as_str).collect();
+                return Err(format!("cannot filter {kind} by {k:?}: use one of {}", keys.join(", ")));
+            }
+        }
+        want.push((k.to_string(), v.trim().to_string()));
+    }
+    let matched: Vec<&serde_json::Value> = rows
+        .iter()
+        .filter(|r| {
+            want.iter().all(|(k, v)| {
+                let f = field(&r[k.as_str()]);
+                f.eq_ignore_ascii_case(v) || (matches!(k.as_str(), "name" | "class") && f.contains(v.as_str()))
+            })
+        })
+        .collect();
+    let shown = &matched[..matched.len().min(opts.limit)];
+    if let Format::Json = opts.format {
+        return json(&serde_json::json!({ kind: shown, "matched": matched.len() }));
+    }
+    if opts.detail {
+        for r in shown {
+            for (k, v) in r.as_object().into_iter().flatten() {
+                println!("  {k:<14} {}", field(v));
+            }
+            println!();
+        }
+    } else {
+        let line = |cells: Vec<String>| {
+            let mut out = String::new();
+            for ((_, _, w), c) in columns.iter().zip(cells) {
+                let c: String = c.chars().take(*w.max(&40)).collect();
+                out.push_str(&format!("{c:<w$} ", w = *w));
+            }
+            println!("{}", out.trim_end());
+        };
+        line(columns.iter().map(|(h, _, _)| h.to_string()).collect());
+        for r in shown {
+            line(columns.iter().map(|(_, f, _)| field(&r[*f])).collect());
+        }
+    }
+    println!("{} of {} matching {kind} shown", shown.len(), matched.len());
+    Ok(())
 }
 
 fn print_tasks(tasks: &[TaskRecord], detail: bool) {

@@ -3,7 +3,7 @@
 //! processes, objects and workers' output, joined (as Ray's `ray list actors`, `ray memory`,
 //! `ray logs`). Tables, or JSON with `--format json`.
 
-use crate::state::{clean, json, Format};
+use crate::state::{clean, json, show_rows, Format, ListOpts};
 use crate::Target;
 use ferry_node::client::{actor_json, ActorView, Client, NodeView, ProcView, StoredInfo};
 use ferry_node::memory::Obj;
@@ -39,48 +39,18 @@ fn actors(target: &Target) -> Result<Vec<ActorView>, String> {
 }
 
 /// `ferry list actors`.
-pub fn list_actors(target: &Target, filters: &[String], limit: usize, format: Format) -> Result<(), String> {
-    let mut want: Vec<(String, String)> = Vec::new();
-    for kv in filters {
-        let (k, v) = kv.split_once('=').ok_or_else(|| format!("filter {kv:?} is not KEY=VALUE"))?;
-        if !["state", "class", "name", "job", "node"].contains(&k.trim()) {
-            return Err(format!("cannot filter actors by {k:?}: use state, class, name, job or node"));
-        }
-        want.push((k.trim().to_string(), v.trim().to_string()));
-    }
-    let all = actors(target)?;
-    let matched: Vec<&ActorView> = all
-        .iter()
-        .filter(|a| {
-            want.iter().all(|(k, v)| match k.as_str() {
-                "state" => a.state.eq_ignore_ascii_case(v),
-                "class" => a.class.contains(v.as_str()),
-                "name" => a.name.as_deref().is_some_and(|n| n.contains(v.as_str())),
-                "job" => a.job.to_string() == *v,
-                _ => a.node.is_some_and(|n| n.to_string() == *v),
-            })
-        })
-        .collect();
-    let shown = &matched[..matched.len().min(limit)];
-    if let Format::Json = format {
-        let list: Vec<_> = shown.iter().map(|a| actor_json(a)).collect();
-        return json(&serde_json::json!({ "actors": list, "matched": matched.len() }));
-    }
-    println!("{:<16} {:<10} {:<28} {:<16} {:<16} {:>8}  DEATH", "ACTOR", "STATE", "CLASS", "NAME", "NODE", "RESTARTS");
-    for a in shown {
-        println!(
-            "{:<16} {:<10} {:<28} {:<16} {:<16} {:>8}  {}",
-            actor_id(a.actor),
-            a.state,
-            clean(&a.class).chars().take(28).collect::<String>(),
-            a.name.as_deref().map(clean).unwrap_or_else(|| "-".into()),
-            a.node.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
-            a.restarts,
-            a.death.as_deref().map(clean).unwrap_or_default()
-        );
-    }
-    println!("{} of {} matching actors shown", shown.len(), matched.len());
-    Ok(())
+pub fn list_actors(target: &Target, opts: &ListOpts) -> Result<(), String> {
+    let rows = actors(target)?.iter().map(actor_json).collect();
+    let columns = [
+        ("ACTOR", "actor", 16),
+        ("STATE", "state", 10),
+        ("CLASS", "class", 28),
+        ("NAME", "name", 16),
+        ("NODE", "node", 16),
+        ("RESTARTS", "restarts", 8),
+        ("DEATH", "death", 0),
+    ];
+    show_rows("actors", rows, &columns, opts)
 }
 
 /// `ferry get actor ID`.
@@ -128,35 +98,28 @@ pub fn summary_actors(target: &Target, format: Format) -> Result<(), String> {
 }
 
 /// `ferry list workers`.
-pub fn list_workers(target: &Target, format: Format) -> Result<(), String> {
+pub fn list_workers(target: &Target, opts: &ListOpts) -> Result<(), String> {
     let per_node = from_each(target, |c| c.list_procs().map_err(|e| e.to_string()))?;
     let mut all: Vec<ProcView> = per_node.into_iter().flat_map(|(_, p)| p).collect();
     all.retain(|p| p.state != "tool" && p.state != "node");
     all.sort_by(|a, b| a.node.0.cmp(&b.node.0).then(a.state.cmp(&b.state)));
-    if let Format::Json = format {
-        let list: Vec<_> = all
-            .iter()
-            .map(|p| {
-                serde_json::json!({
-                    "worker": p.worker.to_string(), "node": p.node.to_string(), "pid": p.pid,
-                    "state": p.state, "actor": p.actor.map(actor_id),
-                })
+    let rows = all
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "worker": p.worker.to_string(), "node": p.node.to_string(), "pid": p.pid,
+                "kind": format!("{:?}", p.kind).to_lowercase(), "state": p.state, "actor": p.actor.map(actor_id),
             })
-            .collect();
-        return json(&list);
-    }
-    println!("{:<16} {:<16} {:>8} {:<8} ACTOR", "WORKER", "NODE", "PID", "STATE");
-    for p in &all {
-        println!(
-            "{:<16} {:<16} {:>8} {:<8} {}",
-            p.worker.to_string(),
-            p.node.to_string(),
-            p.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            p.state,
-            p.actor.map(actor_id).unwrap_or_default()
-        );
-    }
-    Ok(())
+        })
+        .collect();
+    let columns = [
+        ("WORKER", "worker", 16),
+        ("NODE", "node", 16),
+        ("PID", "pid", 8),
+        ("STATE", "state", 8),
+        ("ACTOR", "actor", 16),
+    ];
+    show_rows("workers", rows, &columns, opts)
 }
 
 /// Objects in the stores of every node.
@@ -165,30 +128,27 @@ fn stored(target: &Target) -> Result<Vec<(NodeView, Vec<StoredInfo>)>, String> {
 }
 
 /// `ferry list objects`: every stored object, biggest first.
-pub fn list_objects(target: &Target, limit: usize, format: Format) -> Result<(), String> {
+pub fn list_objects(target: &Target, opts: &ListOpts) -> Result<(), String> {
     let mut all: Vec<(String, StoredInfo)> =
         stored(target)?.into_iter().flat_map(|(n, s)| s.into_iter().map(move |o| (n.node.to_string(), o))).collect();
     all.sort_by_key(|o| std::cmp::Reverse(o.1.size));
-    let shown = &all[..all.len().min(limit)];
-    if let Format::Json = format {
-        let list: Vec<_> = shown
-            .iter()
-            .map(|(n, o)| {
-                serde_json::json!({
-                    "object": o.object.to_string(), "owner": o.object.owner().to_string(), "node": n,
-                    "size": o.size, "spilled": o.spilled,
-                })
+    let rows = all
+        .iter()
+        .map(|(n, o)| {
+            serde_json::json!({
+                "object": o.object.to_string(), "owner": o.object.owner().to_string(), "node": n,
+                "size": o.size, "spilled": o.spilled, "where": if o.spilled { "spilled" } else { "in store" },
             })
-            .collect();
-        return json(&serde_json::json!({ "objects": list, "total": all.len() }));
-    }
-    println!("{:<40} {:<16} {:<16} {:>12} WHERE", "OBJECT", "OWNER", "NODE", "BYTES");
-    for (n, o) in shown {
-        let place = if o.spilled { "spilled" } else { "in store" };
-        println!("{:<40} {:<16} {:<16} {:>12} {place}", o.object.to_string(), o.object.owner().to_string(), n, o.size);
-    }
-    println!("{} of {} stored objects shown", shown.len(), all.len());
-    Ok(())
+        })
+        .collect();
+    let columns = [
+        ("OBJECT", "object", 40),
+        ("OWNER", "owner", 16),
+        ("NODE", "node", 16),
+        ("BYTES", "size", 12),
+        ("WHERE", "where", 0),
+    ];
+    show_rows("objects", rows, &columns, opts)
 }
 
 /// `ferry summary objects`: per node.

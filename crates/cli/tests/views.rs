@@ -65,7 +65,8 @@ extern "C" fn job_entry() {
     }
 }
 
-fn ferry(head: &Head, args: &[&str]) -> String {
+/// `ferry ARGS` against the head, bounded in time: its whole output, succeeding or not.
+fn ferry_out(head: &Head, args: &[&str]) -> std::process::Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
     c.env("FERRY_TOKEN", &head.token).env("FERRY_ADDRESS", &head.address).args(args);
     let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
@@ -74,7 +75,11 @@ fn ferry(head: &Head, args: &[&str]) -> String {
         assert!(Instant::now() < end, "ferry {args:?} took more than {T:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let out = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn ferry(head: &Head, args: &[&str]) -> String {
+    let out = ferry_out(head, args);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "ferry {args:?}: {text}");
     String::from_utf8_lossy(&out.stdout).to_string()
@@ -140,14 +145,34 @@ fn the_cluster_lists_its_actors_workers_objects_and_what_each_task_printed() {
 
     // Workers: the live actor's, with its pid.
     let workers = json(&head, &["list", "workers"]);
-    let actor_worker = workers
+    let actor_worker = workers["workers"]
         .as_array()
         .unwrap()
         .iter()
         .find(|w| w["state"] == "actor" && w["actor"] == alive["actor"])
         .unwrap_or_else(|| panic!("no worker runs the live actor: {workers}"));
     assert!(actor_worker["pid"].as_u64().is_some_and(|p| p > 1), "{actor_worker}");
-    assert!(workers.as_array().unwrap().iter().any(|w| w["state"] == "driver"), "the job's driver: {workers}");
+    assert!(
+        workers["workers"].as_array().unwrap().iter().any(|w| w["state"] == "driver"),
+        "the job's driver: {workers}"
+    );
+    // Every list takes --filter on any field, --limit, --detail and --format, as `ray list`.
+    let drivers = json(&head, &["list", "workers", "--filter", "state=driver"]);
+    assert_eq!(drivers["matched"], 1, "{drivers}");
+    let one = json(&head, &["list", "workers", "--limit", "1"]);
+    assert_eq!(one["workers"].as_array().map(Vec::len), Some(1), "{one}");
+    let nodes = json(&head, &["list", "nodes", "--filter", "state=alive"]);
+    assert_eq!(nodes["matched"], 1, "{nodes}");
+    let jobs = json(&head, &["list", "jobs", "--filter", "status=running"]);
+    assert_eq!(jobs["matched"], 1, "{jobs}");
+    let detail = ferry(&head, &["list", "actors", "--detail", "--filter", "name=kept"]);
+    assert!(detail.contains("restarts_left") && detail.contains("namespace"), "{detail}");
+    let bad = ferry_out(&head, &["list", "workers", "--filter", "colour=red"]);
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && said.contains("cannot filter workers by \"colour\"") && said.contains("pid"),
+        "{said}"
+    );
 
     // Objects: the 4 MiB one, in the head's store, owned by the job's driver.
     let objects = json(&head, &["list", "objects"]);
