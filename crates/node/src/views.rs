@@ -8,6 +8,7 @@ use ferry_proto::conn::connect;
 use ferry_proto::msg::{FromNode, FromWorker, ProcKind, ProcView, RefInfo, StoredInfo, ToNode, ToWorker};
 use ferry_proto::{Addr, WorkerId};
 use ferry_types::sync::MutexExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// How long a process has to answer `Memory`'s question.
@@ -18,6 +19,12 @@ type Table = (Vec<RefInfo>, u64);
 
 /// How many processes `Memory` asks at once.
 const ASKERS: usize = 16;
+
+/// `Memory` questions being answered or waiting their turn, in this process; past
+/// `MAX_GATHERINGS` one is answered at once with every process said not to answer.
+static GATHERINGS: AtomicUsize = AtomicUsize::new(0);
+const MAX_GATHERINGS: usize = 8;
+static GATHER_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Node {
     pub(crate) fn on_view(&self, st: &mut State, conn: ConnId, msg: ToNode) {
@@ -84,7 +91,17 @@ impl Node {
                     .collect();
                 let Some(to) = st.conns.get(&conn).map(|c| c.conn.clone()) else { return };
                 let ask = (self.opts.token.clone(), WorkerId(self.id.0), self.opts.max_frame);
+                if GATHERINGS.fetch_add(1, Ordering::SeqCst) >= MAX_GATHERINGS {
+                    // A flood of questions: this one is not asked around (each would open a
+                    // connection to every process); every process is said not to answer.
+                    GATHERINGS.fetch_sub(1, Ordering::SeqCst);
+                    let unreachable = procs.into_iter().map(|(w, _)| w).collect();
+                    let _ = to.send(&FromNode::Memory { req, refs: Vec::new(), pending_tasks: 0, stored, unreachable });
+                    return;
+                }
                 std::thread::spawn(move || {
+                    // One gathering at a time: ASKERS connections at most, whatever comes.
+                    let turn = GATHER_TURN.locked();
                     // Asked ASKERS at a time: each answer is mostly waiting for the process to
                     // be scheduled, so a thousand actors answer in a fraction of the time.
                     let chunk = procs.len().div_ceil(ASKERS).max(1);
@@ -108,6 +125,8 @@ impl Node {
                             None => unreachable.push(w),
                         }
                     }
+                    drop(turn);
+                    GATHERINGS.fetch_sub(1, Ordering::SeqCst);
                     let _ = to.send(&FromNode::Memory { req, refs, pending_tasks, stored, unreachable });
                 });
             }
