@@ -49,7 +49,7 @@ pub use object_ref::{get_async, GetFuture, ObjectRef};
 pub use owner::UnhandledError;
 pub use runtime::block_on;
 pub use stream::RefStream;
-pub use task::{submit, submit_returning, IntoArg, RemoteOptions, SchedulingStrategy, TaskArg, TaskOptions};
+pub use task::{submit, submit_returning, IntoArg, Priority, RemoteOptions, SchedulingStrategy, TaskArg, TaskOptions};
 
 use runtime::{runtime, try_runtime, Runtime};
 use serde::de::DeserializeOwned;

@@ -10,6 +10,7 @@ use crate::owner::{ArgDraft, Rets};
 use crate::refs;
 use crate::runtime::{runtime, Runtime};
 use crate::{Actor, ActorHandle, NodeId};
+pub use ferry_proto::Priority;
 use ferry_proto::{ObjectId, TaskId};
 use serde::Serialize;
 use std::sync::Arc;
@@ -132,6 +133,9 @@ pub struct TaskOptions {
     /// generated `options().backpressure(n)`; default [`DEFAULT_STREAM_WINDOW`]).
     #[doc(hidden)]
     pub backpressure: Option<u32>,
+    /// How urgent it is (default [`Priority::Normal`]): real-time tasks go first at every
+    /// queue and take CPUs from best-effort tasks at once.
+    pub priority: Priority,
 }
 
 /// How many values a streaming task may make ahead of its consumer by default.
@@ -148,6 +152,7 @@ impl Default for TaskOptions {
             retry_exceptions: false,
             num_returns: None,
             backpressure: None,
+            priority: Priority::Normal,
         }
     }
 }
@@ -217,6 +222,13 @@ pub trait RemoteOptions: Sized {
     /// attempts were made.
     fn retry_exceptions(mut self, yes: bool) -> Self {
         self.task_options().retry_exceptions = yes;
+        self
+    }
+    /// How urgent the task is: [`Priority::RealTime`] goes first at every queue and takes
+    /// CPUs from [`Priority::BestEffort`] tasks at once (they are suspended, and go on
+    /// where they stopped when the CPUs are free).
+    fn priority(mut self, p: Priority) -> Self {
+        self.task_options().priority = p;
         self
     }
 }
@@ -306,7 +318,7 @@ fn submit_task(function: &'static str, opts: &TaskOptions, args: Vec<TaskArg>, r
         None => Arc::from(function.rsplit("::").next().unwrap_or(function)),
     };
     let retries = opts.max_retries.unwrap_or(rt.config().default_max_retries);
-    let class = (&opts.shape(), &opts.strategy.placement());
+    let class = (&opts.shape(), &opts.strategy.placement(), opts.priority);
     let id = rt.submit(function, name, drafts, class, (retries, opts.retry_exceptions), rets, exported);
     // The task now counts its arguments itself.
     drop(held);

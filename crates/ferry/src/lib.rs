@@ -32,15 +32,17 @@ pub use ferry_core::{
     block_on, cancel, cancel_with, exit_actor, free, get, get_all, get_async, get_bytes, get_timeout, is_cancelled,
     kill, shutdown, wait, wait_with, Actor, ActorHandle, ActorId, ActorOptions, ActorOptionsBuilder, ActorProxy, Bytes,
     BytesMut, CancelOptions, Config, Error, GetFuture, IntoArg, Location, MemorySummary, MethodOptions, NodeId,
-    NodeInfo, NodeStats, ObjectId, ObjectRef, ObjectSummary, RawActor, RecoveryStats, RefStream, RemoteOptions, Result,
-    RuntimeContext, SchedulingStrategy, Shape, SplitCall, SplitProxy, TaskArg, TaskId, TaskOptions, UnhandledError,
-    UnhandledHook, WaitOptions, WaitResult, WorkerId,
+    NodeInfo, NodeStats, ObjectId, ObjectRef, ObjectSummary, Priority, RawActor, RecoveryStats, RefStream,
+    RemoteOptions, Result, RuntimeContext, SchedulingStrategy, Shape, SplitCall, SplitProxy, TaskArg, TaskId,
+    TaskOptions, UnhandledError, UnhandledHook, WaitOptions, WaitResult, WorkerId,
 };
 pub use ferry_macros::{actor, main, method, remote};
 
 /// The names most programs need: `use ferry::prelude::*;`.
 pub mod prelude {
-    pub use crate::{ActorHandle, ActorOptionsBuilder, IntoArg, ObjectRef, RemoteOptions, SchedulingStrategy};
+    pub use crate::{
+        ActorHandle, ActorOptionsBuilder, IntoArg, ObjectRef, Priority, RemoteOptions, SchedulingStrategy,
+    };
     pub use std::time::Duration;
 }
 

@@ -112,6 +112,7 @@ fn raw_worker() -> (Conn, FrameReader<Stream>, Conn) {
         depth: 1,
         placement: Default::default(),
         prefer: None,
+        priority: Default::default(),
     })
     .unwrap();
     let addr = loop {

@@ -24,6 +24,8 @@ struct RemoteArgs {
     max_retries: Option<u32>,
     name: Option<String>,
     resources: Vec<(String, f64)>,
+    /// `real_time`, `normal` or `best_effort` (checked here, at compile time).
+    priority: Option<String>,
 }
 
 fn number(input: syn::parse::ParseStream) -> syn::Result<f64> {
@@ -50,6 +52,13 @@ fn parse_args(attr: TokenStream) -> syn::Result<RemoteArgs> {
             a.num_returns = Some(n);
         } else if meta.path.is_ident("streaming") {
             a.streaming = true;
+        } else if meta.path.is_ident("priority") {
+            let lit = meta.value()?.parse::<LitStr>()?;
+            let p = lit.value().trim().to_ascii_lowercase().replace('-', "_");
+            if !["real_time", "normal", "best_effort"].contains(&p.as_str()) {
+                return Err(syn::Error::new(lit.span(), "priority is \"real_time\", \"normal\" or \"best_effort\""));
+            }
+            a.priority = Some(p);
         } else if meta.path.is_ident("name") {
             a.name = Some(meta.value()?.parse::<LitStr>()?.value());
         } else if meta.path.is_ident("resources") {
@@ -59,7 +68,9 @@ fn parse_args(attr: TokenStream) -> syn::Result<RemoteArgs> {
                 Ok(())
             })?;
         } else {
-            return Err(meta.error("expected num_cpus, max_retries, num_returns, streaming, name or resources(...)"));
+            return Err(
+                meta.error("expected num_cpus, max_retries, num_returns, streaming, name, priority or resources(...)")
+            );
         }
         Ok(())
     });
@@ -75,7 +86,8 @@ fn parse_args(attr: TokenStream) -> syn::Result<RemoteArgs> {
 
 /// Makes a function callable as a remote task. See the crate docs.
 ///
-/// Options: `num_cpus`, `max_retries`, `name`, `resources(gpu = 1)`, and `num_returns = n` on
+/// Options: `num_cpus`, `max_retries`, `name`, `resources(gpu = 1)`, `priority = "real_time"`
+/// (or `"best_effort"`; default `"normal"`), and `num_returns = n` on
 /// a function returning an n-tuple, which makes `remote` give one typed ref per element
 /// (Ray's `num_returns`). A function returning `Vec<T>` can have its value split by the
 /// caller instead: `f::options().num_returns(n).remote(..)` gives `Vec<ObjectRef<T>>`.
@@ -377,6 +389,11 @@ fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenS
         Some(n) => quote!(::core::option::Option::Some(::std::string::String::from(#n))),
         None => quote!(::core::option::Option::None),
     };
+    let priority = match args.priority.as_deref() {
+        Some("real_time") => quote!(::ferry::Priority::RealTime),
+        Some("best_effort") => quote!(::ferry::Priority::BestEffort),
+        _ => quote!(::ferry::Priority::Normal),
+    };
     let res_names: Vec<_> = args.resources.iter().map(|(n, _)| n.clone()).collect();
     let res_amounts: Vec<_> = args.resources.iter().map(|(_, a)| *a).collect();
     let doc = format!("Remote form of [`{name}`](fn@{name}): `{name}::remote(..)` runs it as a task.");
@@ -420,6 +437,7 @@ fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenS
                     name: #display,
                     strategy: ::std::default::Default::default(),
                     retry_exceptions: false,
+                    priority: #priority,
                     ..::std::default::Default::default()
                 })
             }

@@ -332,7 +332,7 @@ impl Node {
         if default {
             st.placing.movable.insert((ACTOR_CONN, req), Instant::now());
         }
-        let actions = st.pool.sched.request(ACTOR_CONN, req, shape, depth);
+        let actions = st.pool.sched.request(ACTOR_CONN, req, shape, depth, ferry_types::Priority::Normal);
         self.apply(st, actions);
     }
 

@@ -190,7 +190,7 @@ struct Pool {
 /// Lease requests on their way to a node.
 struct Placing {
     /// Lease requests no node alive can fit, waiting for one that can.
-    infeasible: Vec<(ConnId, u64, Shape, u32, Placement)>,
+    infeasible: Vec<(ConnId, u64, Shape, u32, Placement, ferry_types::Priority)>,
     /// Queued requests that may go to another node, and since when they wait: leases of
     /// default placement asked here first, and workers for actors homed here. Requests with a
     /// node affinity, or sent here by another node, stay.
@@ -678,6 +678,8 @@ impl Node {
             transfers_in: st.copies.counts.1,
             transfer_bytes_out: st.copies.counts.2,
             transfer_bytes_in: st.copies.counts.3,
+            suspended_workers: st.pool.sched.suspensions().0 as u64,
+            suspensions: st.pool.sched.suspensions().1,
         }
     }
 

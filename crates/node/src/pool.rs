@@ -65,6 +65,8 @@ impl Node {
                     Some((conn, _, _)) => self.send(st, *conn, &FromNode::RetireIfIdle),
                     None => self.spawn_cmd(SpawnCmd::Kill(worker)),
                 },
+                Action::Suspend { worker } => self.signal_worker(worker, libc::SIGSTOP),
+                Action::Resume { worker } => self.signal_worker(worker, libc::SIGCONT),
                 Action::Recall { conn } => self.send(st, conn, &FromNode::RecallIdleLeases),
                 Action::EndRecall { conn } => self.send(st, conn, &FromNode::EndRecall),
             }
@@ -83,6 +85,7 @@ impl Node {
         depth: u32,
         placement: Placement,
         prefer: Option<NodeId>,
+        priority: ferry_types::Priority,
     ) {
         use ferry_sched::place::{place, Decision};
         let others = members::rooms(&self.others(st));
@@ -99,7 +102,7 @@ impl Node {
                 if placement == Placement::Default {
                     st.placing.movable.insert((conn, req), Instant::now());
                 }
-                let actions = st.pool.sched.request(conn, req, shape, depth);
+                let actions = st.pool.sched.request(conn, req, shape, depth, priority);
                 self.apply(st, actions);
             }
             Decision::Spill { node, addr } => self.send(st, conn, &FromNode::LeaseSpillback { req, node, addr }),
@@ -107,17 +110,17 @@ impl Node {
             Decision::Wait(why) if !self.in_cluster() => {
                 // One node on its own: nothing can join, so it can never run.
                 let _ = why;
-                let actions = st.pool.sched.request(conn, req, shape, depth);
+                let actions = st.pool.sched.request(conn, req, shape, depth, priority);
                 self.apply(st, actions);
             }
             Decision::Wait(why) => {
-                let first = !st.placing.infeasible.iter().any(|(c, _, s, _, _)| *c == conn && *s == shape);
+                let first = !st.placing.infeasible.iter().any(|(c, _, s, ..)| *c == conn && *s == shape);
                 if first {
                     tracing::warn!("warning: tasks needing {shape} wait: {why}");
                     let line = format!("ferry: warning: tasks needing {shape} wait: {why}");
                     self.send(st, conn, &FromNode::Log { node: self.id, stderr: true, lines: vec![line] });
                 }
-                st.placing.infeasible.push((conn, req, shape, depth, placement));
+                st.placing.infeasible.push((conn, req, shape, depth, placement, priority));
             }
         }
     }
@@ -176,10 +179,24 @@ impl Node {
             return;
         }
         let waiting = std::mem::take(&mut st.placing.infeasible);
-        for (conn, req, shape, depth, placement) in waiting {
+        for (conn, req, shape, depth, placement, priority) in waiting {
             if st.conns.contains_key(&conn) {
-                self.request_lease(st, conn, req, shape, depth, placement, None);
+                self.request_lease(st, conn, req, shape, depth, placement, None, priority);
             }
+        }
+    }
+
+    /// Stops (`SIGSTOP`) or continues (`SIGCONT`) a worker this node started: suspension
+    /// of best-effort work for real-time work. A process stopped keeps its memory and
+    /// sockets; what is sent to it waits in them.
+    fn signal_worker(&self, worker: WorkerId, sig: i32) {
+        match self.pids.locked().get(&worker) {
+            // SAFETY: a plain syscall to a child this node started and has not reaped (its
+            // entry goes when it is reaped).
+            Some(pid) => unsafe {
+                libc::kill(*pid as i32, sig);
+            },
+            None => tracing::warn!("no process for worker {worker} to signal"),
         }
     }
 
@@ -221,8 +238,8 @@ impl Node {
     /// Leases on this node's workers, and what their holders say of them. Routed here by `handle`.
     pub(crate) fn on_pool(&self, st: &mut State, conn: ConnId, msg: ToNode) {
         match msg {
-            ToNode::RequestLease { req, shape, depth, placement, prefer } => {
-                self.request_lease(st, conn, req, shape, depth, placement, prefer)
+            ToNode::RequestLease { req, shape, depth, placement, prefer, priority } => {
+                self.request_lease(st, conn, req, shape, depth, placement, prefer, priority)
             }
             ToNode::ReturnLease { lease, kill } => {
                 let retired = st.pool.sched.lease_worker(lease).is_some_and(|w| st.pool.retired.contains(&w));

@@ -12,7 +12,7 @@
 
 use crate::conn::Addr;
 use crate::ids::{NodeId, ObjectId, TaskId, WorkerId};
-pub use ferry_types::{ActorId, Placement, Shape, CPU};
+pub use ferry_types::{ActorId, Placement, Priority, Shape, CPU};
 use serde::{Deserialize, Serialize};
 
 /// The first frame on every connection. It carries no secret: each side proves it holds the
@@ -178,7 +178,14 @@ pub enum ToNode {
     /// Ask for a worker for tasks of `shape` at nesting `depth` (the driver's tasks are at
     /// depth 1). Answered by `LeaseGranted`, `LeaseSpillback` (ask that node instead) or
     /// `LeaseInfeasible`. `prefer`: the node holding most of the tasks' argument bytes.
-    RequestLease { req: u64, shape: Shape, depth: u32, placement: Placement, prefer: Option<NodeId> },
+    RequestLease {
+        req: u64,
+        shape: Shape,
+        depth: u32,
+        placement: Placement,
+        prefer: Option<NodeId>,
+        priority: Priority,
+    },
     /// Give a lease back; the worker becomes idle (or is retired, with `kill`).
     ReturnLease { lease: u64, kill: bool },
     /// The task running in this worker waits in `get`: its CPU may go to other work.
@@ -391,6 +398,10 @@ pub struct NodeStats {
     pub transfers_in: u64,
     pub transfer_bytes_out: u64,
     pub transfer_bytes_in: u64,
+    /// Best-effort workers suspended now for real-time work, and suspensions since the node
+    /// started (preemptions that lose nothing).
+    pub suspended_workers: u64,
+    pub suspensions: u64,
 }
 
 /// A stored object as the node lists it.

@@ -17,7 +17,7 @@
 
 pub mod place;
 
-use ferry_types::{Shape, WorkerId, CPU};
+use ferry_types::{Priority, Shape, WorkerId, CPU};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -63,6 +63,15 @@ pub enum Action {
     EndRecall {
         conn: ConnId,
     },
+    /// Stop this best-effort worker where it is (its CPUs went to real-time work); it loses
+    /// nothing and goes on after [`Action::Resume`].
+    Suspend {
+        worker: WorkerId,
+    },
+    /// Let a suspended worker go on.
+    Resume {
+        worker: WorkerId,
+    },
 }
 
 /// Tunables of the pool.
@@ -86,6 +95,9 @@ enum WorkerState {
         owner: ConnId,
         shape: Shape,
         blocked: bool,
+        priority: Priority,
+        /// Stopped, its CPUs lent to real-time work ([`Action::Suspend`]).
+        suspended: bool,
     },
     /// Asked to exit ([`Action::Retire`]) and not yet gone or kept: not leased meanwhile.
     /// `stale`: it runs a binary the node no longer runs (see [`Scheduler::retire_idle`]), so
@@ -110,6 +122,7 @@ struct Request {
     req: u64,
     shape: Shape,
     depth: u32,
+    priority: Priority,
 }
 
 /// A queued request taken out to go elsewhere: its connection, id, shape and depth.
@@ -133,6 +146,10 @@ pub struct Scheduler {
     next_lease: LeaseId,
     /// Owners told the node is short (and not yet told it no longer is).
     recalled: BTreeSet<ConnId>,
+    /// Suspended best-effort workers, in the order they were suspended (resumed oldest
+    /// first), and how many times any was (`preemptions`).
+    suspended: Vec<WorkerId>,
+    suspensions: u64,
     opts: PoolOptions,
 }
 
@@ -151,6 +168,8 @@ impl Scheduler {
             starting: 0,
             next_lease: 1,
             recalled: BTreeSet::new(),
+            suspended: Vec::new(),
+            suspensions: 0,
             opts,
         };
         let n = s.opts.prestart.min(s.opts.max_workers);
@@ -158,21 +177,22 @@ impl Scheduler {
         (s, vec![Action::StartWorker; n])
     }
 
-    /// An owner asks for a worker for tasks of `shape` at nesting `depth`.
+    /// An owner asks for a worker for tasks of `shape` at nesting `depth` and `priority`.
     ///
-    /// Deeper requests go first (stable among equals). Nested tasks then run depth-first,
+    /// Higher priorities go first; within one, deeper requests go first (stable among
+    /// equals). Nested tasks then run depth-first,
     /// which bounds the number of workers blocked in `get` by about depth × CPUs; served in
     /// arrival order, a tree of tasks would start breadth-first and block a worker for
     /// nearly every inner node.
-    pub fn request(&mut self, conn: ConnId, req: u64, shape: Shape, depth: u32) -> Vec<Action> {
+    pub fn request(&mut self, conn: ConnId, req: u64, shape: Shape, depth: u32, priority: Priority) -> Vec<Action> {
         // Amounts past any node's are refused here, so the accounts below (signed, summed)
         // never overflow on what a peer asked for.
         if shape.0.iter().any(|(_, v)| *v > MAX_AMOUNT) {
             let reason = format!("the task needs {shape}: more than any node can have");
             return vec![Action::Infeasible { conn, req, reason }];
         }
-        let pos = self.queue.iter().position(|r| r.depth < depth).unwrap_or(self.queue.len());
-        self.queue.insert(pos, Request { conn, req, shape, depth });
+        let pos = self.queue.iter().position(|r| (r.priority, r.depth) < (priority, depth)).unwrap_or(self.queue.len());
+        self.queue.insert(pos, Request { conn, req, shape, depth, priority });
         self.schedule()
     }
 
@@ -261,11 +281,16 @@ impl Scheduler {
             _ => return Vec::new(),
         }
         self.leases.remove(&lease);
-        let Some(WorkerState::Leased { shape, blocked, .. }) = self.workers.remove(&worker) else {
+        let Some(WorkerState::Leased { shape, blocked, suspended, .. }) = self.workers.remove(&worker) else {
             unreachable!("checked above")
         };
-        self.release(&shape, blocked);
+        self.release(&shape, blocked || suspended);
         let mut actions = Vec::new();
+        if suspended {
+            // Given back while stopped (its owner cancelled, say): it must not idle stopped.
+            self.suspended.retain(|w| *w != worker);
+            actions.push(Action::Resume { worker });
+        }
         if kill {
             actions.push(Action::KillWorker { worker });
         } else {
@@ -279,9 +304,10 @@ impl Scheduler {
     /// A worker process is gone (exited, killed, or its connection broke).
     pub fn worker_died(&mut self, worker: WorkerId) -> Vec<Action> {
         match self.workers.remove(&worker) {
-            Some(WorkerState::Leased { lease, shape, blocked, .. }) => {
+            Some(WorkerState::Leased { lease, shape, blocked, suspended, .. }) => {
                 self.leases.remove(&lease);
-                self.release(&shape, blocked);
+                self.release(&shape, blocked || suspended);
+                self.suspended.retain(|w| *w != worker);
             }
             Some(WorkerState::Idle { .. }) => self.idle.retain(|w| *w != worker),
             Some(WorkerState::Retiring { .. } | WorkerState::Draining { .. }) => {}
@@ -299,9 +325,12 @@ impl Scheduler {
 
     /// The task running on `worker` waits in `get`: lend its CPUs to other work.
     pub fn blocked(&mut self, worker: WorkerId) -> Vec<Action> {
-        if let Some(WorkerState::Leased { shape, blocked, .. }) = self.workers.get_mut(&worker) {
+        if let Some(WorkerState::Leased { shape, blocked, suspended, .. }) = self.workers.get_mut(&worker) {
             if !*blocked {
                 *blocked = true;
+                if *suspended {
+                    return Vec::new(); // its CPUs are lent already
+                }
                 let cpu = shape.get_milli(CPU) as i64;
                 *self.available.entry(CPU.to_string()).or_insert(0) += cpu;
                 return self.schedule();
@@ -313,9 +342,12 @@ impl Scheduler {
     /// The waiting task on `worker` resumes: it takes its CPUs back (possibly
     /// oversubscribing the node for a while).
     pub fn unblocked(&mut self, worker: WorkerId) {
-        if let Some(WorkerState::Leased { shape, blocked, .. }) = self.workers.get_mut(&worker) {
+        if let Some(WorkerState::Leased { shape, blocked, suspended, .. }) = self.workers.get_mut(&worker) {
             if *blocked {
                 *blocked = false;
+                if *suspended {
+                    return; // it takes them back when resumed
+                }
                 let cpu = shape.get_milli(CPU) as i64;
                 *self.available.entry(CPU.to_string()).or_insert(0) -= cpu;
             }
@@ -410,10 +442,12 @@ impl Scheduler {
         }
     }
 
-    fn release(&mut self, shape: &Shape, blocked: bool) {
+    /// A lease's resources come back; `lent`: its CPUs came back already (it was blocked
+    /// in `get`, or suspended).
+    fn release(&mut self, shape: &Shape, lent: bool) {
         for (n, v) in &shape.0 {
-            if blocked && n == CPU {
-                continue; // already lent back while blocked
+            if lent && n == CPU {
+                continue; // already lent back
             }
             *self.available.entry(n.clone()).or_insert(0) += *v as i64;
         }
@@ -425,11 +459,27 @@ impl Scheduler {
 
     fn schedule(&mut self) -> Vec<Action> {
         let mut actions = Vec::new();
+        self.resume_suspended(&mut actions);
         let mut provisional = self.available.clone();
         let mut need_workers = 0usize;
         let mut short = false;
         let mut i = 0;
         while i < self.queue.len() {
+            if !Self::fits(&provisional, &self.queue[i].shape)
+                && self.queue[i].priority == Priority::RealTime
+                && Self::fits(&self.total, &self.queue[i].shape)
+            {
+                if self.idle.is_empty() {
+                    // A worker starts for it; best-effort work goes on until one is ready.
+                    need_workers += 1;
+                    short = true;
+                    i += 1;
+                    continue;
+                }
+                // Real-time work takes CPUs from best-effort work at once.
+                let shape = self.queue[i].shape.clone();
+                self.suspend_for(&shape, &mut provisional, &mut actions);
+            }
             let shape = &self.queue[i].shape;
             if !Self::fits(&self.total, shape) {
                 let r = self.queue.remove(i).expect("index checked");
@@ -455,8 +505,17 @@ impl Scheduler {
                 let lease = self.next_lease;
                 self.next_lease += 1;
                 self.leases.insert(lease, worker);
-                self.workers
-                    .insert(worker, WorkerState::Leased { lease, owner: r.conn, shape: r.shape, blocked: false });
+                self.workers.insert(
+                    worker,
+                    WorkerState::Leased {
+                        lease,
+                        owner: r.conn,
+                        shape: r.shape,
+                        blocked: false,
+                        priority: r.priority,
+                        suspended: false,
+                    },
+                );
                 actions.push(Action::Grant { conn: r.conn, req: r.req, lease, worker });
                 continue;
             }
@@ -470,8 +529,9 @@ impl Scheduler {
             self.starting += 1;
             actions.push(Action::StartWorker);
         }
-        if short {
-            // Every holder of a lease learns that the node is short, including holders that
+        if short || !self.suspended.is_empty() {
+            // Every holder of a lease learns that the node is short (or that best-effort work
+            // waits, suspended, for the leases real-time work holds), including holders that
             // got their lease after the first recall.
             let holders: BTreeSet<ConnId> = self
                 .workers
@@ -490,6 +550,90 @@ impl Scheduler {
             actions.extend(std::mem::take(&mut self.recalled).into_iter().map(|conn| Action::EndRecall { conn }));
         }
         actions
+    }
+
+    /// Suspends best-effort leases, most recently granted first, until `shape` fits in
+    /// `provisional`; suspends none if that cannot make it fit (only CPUs are taken).
+    fn suspend_for(&mut self, shape: &Shape, provisional: &mut BTreeMap<String, i64>, actions: &mut Vec<Action>) {
+        let others_fit = shape.0.iter().all(|(n, v)| n == CPU || provisional.get(n).copied().unwrap_or(0) >= *v as i64);
+        if !others_fit {
+            return;
+        }
+        let mut short = shape.get_milli(CPU) as i64 - provisional.get(CPU).copied().unwrap_or(0);
+        let mut victims: Vec<(LeaseId, WorkerId, i64)> = self
+            .workers
+            .iter()
+            .filter_map(|(w, s)| match s {
+                WorkerState::Leased {
+                    lease,
+                    shape,
+                    blocked: false,
+                    priority: Priority::BestEffort,
+                    suspended: false,
+                    ..
+                } if shape.get_milli(CPU) > 0 => Some((*lease, *w, shape.get_milli(CPU) as i64)),
+                _ => None,
+            })
+            .collect();
+        // The most recently started loses the least work if it must wait (REEF's order).
+        victims.sort_by_key(|(lease, _, _)| std::cmp::Reverse(*lease));
+        let mut chosen = Vec::new();
+        for (_, w, cpu) in victims {
+            if short <= 0 {
+                break;
+            }
+            chosen.push((w, cpu));
+            short -= cpu;
+        }
+        if short > 0 {
+            return;
+        }
+        for (w, cpu) in chosen {
+            if let Some(WorkerState::Leased { suspended, .. }) = self.workers.get_mut(&w) {
+                *suspended = true;
+            }
+            *self.available.entry(CPU.to_string()).or_insert(0) += cpu;
+            *provisional.entry(CPU.to_string()).or_insert(0) += cpu;
+            self.suspended.push(w);
+            self.suspensions += 1;
+            actions.push(Action::Suspend { worker: w });
+        }
+    }
+
+    /// Suspended workers go on, oldest first, as their CPUs come free, unless real-time work
+    /// still waits for them.
+    fn resume_suspended(&mut self, actions: &mut Vec<Action>) {
+        if self.suspended.is_empty() || self.queue.iter().any(|r| r.priority == Priority::RealTime) {
+            return;
+        }
+        let mut still = Vec::new();
+        for w in std::mem::take(&mut self.suspended) {
+            let Some(WorkerState::Leased { shape, blocked, suspended, .. }) = self.workers.get_mut(&w) else {
+                continue;
+            };
+            let cpu = shape.get_milli(CPU) as i64;
+            let free = self.available.get(CPU).copied().unwrap_or(0);
+            if !still.is_empty() || (!*blocked && free < cpu) {
+                still.push(w);
+                continue;
+            }
+            *suspended = false;
+            if !*blocked {
+                *self.available.entry(CPU.to_string()).or_insert(0) -= cpu;
+            }
+            actions.push(Action::Resume { worker: w });
+        }
+        self.suspended = still;
+    }
+
+    /// Best-effort workers suspended now, and suspensions so far.
+    pub fn suspensions(&self) -> (usize, u64) {
+        (self.suspended.len(), self.suspensions)
+    }
+
+    /// Whether `worker` is suspended (stopped for real-time work).
+    pub fn is_suspended(&self, worker: WorkerId) -> bool {
+        self.suspended.contains(&worker)
     }
 
     /// Number of worker processes (idle or leased), not counting those starting.
@@ -544,13 +688,122 @@ mod tests {
             .expect("a grant")
     }
 
+    fn suspended(a: &[Action]) -> Vec<WorkerId> {
+        a.iter()
+            .filter_map(|x| match x {
+                Action::Suspend { worker } => Some(*worker),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn resumed(a: &[Action]) -> Vec<WorkerId> {
+        a.iter()
+            .filter_map(|x| match x {
+                Action::Resume { worker } => Some(*worker),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A queue holding best-effort, normal and real-time requests serves real-time first,
+    /// then normal, then best-effort, each in arrival order (depth equal).
+    #[test]
+    fn higher_priorities_are_served_first() {
+        let now = Instant::now();
+        let (mut s, _) = Scheduler::new(&Shape::cpus(1.0), opts(0));
+        s.worker_registered(WorkerId(1), now);
+        let first = s.request(1, 1, Shape::cpus(1.0), 1, Priority::Normal);
+        let l = lease_of(&first);
+        s.request(1, 2, Shape::cpus(1.0), 1, Priority::BestEffort);
+        s.request(1, 3, Shape::cpus(1.0), 1, Priority::Normal);
+        s.request(1, 4, Shape::cpus(1.0), 1, Priority::RealTime);
+        let mut order = Vec::new();
+        let mut lease = l;
+        for _ in 0..3 {
+            let a = s.return_lease(1, lease, false, now);
+            let g = grants(&a);
+            assert_eq!(g.len(), 1, "{a:?}");
+            order.push(g[0].1);
+            lease = lease_of(&a);
+        }
+        assert_eq!(order, vec![4, 3, 2]);
+    }
+
+    /// REEF's preemption by suspension: a node whose CPUs best-effort leases hold suspends
+    /// the most recently granted for a real-time request at once, lends its CPU, and
+    /// resumes it when the real-time lease goes back; a normal lease is never suspended.
+    /// The accounts balance throughout.
+    #[test]
+    fn real_time_work_suspends_best_effort_work_and_gives_its_cpus_back() {
+        let now = Instant::now();
+        let (mut s, _) = Scheduler::new(&Shape::cpus(2.0), opts(0));
+        for w in 1..=3 {
+            s.worker_registered(WorkerId(w), now);
+        }
+        let older = lease_of(&s.request(1, 1, Shape::cpus(1.0), 1, Priority::BestEffort));
+        let newer = s.request(1, 2, Shape::cpus(1.0), 1, Priority::BestEffort);
+        let newer_worker = grants(&newer)[0].2;
+        let _ = older;
+        assert_eq!(s.available().get_milli(CPU), 0);
+        let a = s.request(2, 3, Shape::cpus(1.0), 1, Priority::RealTime);
+        assert_eq!(suspended(&a), vec![newer_worker], "{a:?}");
+        let rt = grants(&a);
+        assert_eq!(rt.len(), 1, "{a:?}");
+        assert!(a.iter().any(|x| matches!(x, Action::Recall { conn: 2 })), "the real-time owner is asked back: {a:?}");
+        assert_eq!(s.suspensions(), (1, 1));
+        assert_eq!(s.available().get_milli(CPU), 0);
+        // A best-effort request meanwhile waits: the suspended one comes first.
+        assert!(grants(&s.request(1, 4, Shape::cpus(1.0), 1, Priority::BestEffort)).is_empty());
+        let a = s.return_lease(2, lease_of(&a), false, now);
+        assert_eq!(resumed(&a), vec![newer_worker], "{a:?}");
+        assert!(grants(&a).is_empty(), "{a:?}");
+        assert_eq!((s.suspensions().0, s.available().get_milli(CPU)), (0, 0));
+
+        // Normal work is not suspended: real-time work waits for it.
+        let (mut s, _) = Scheduler::new(&Shape::cpus(1.0), opts(0));
+        s.worker_registered(WorkerId(1), now);
+        s.worker_registered(WorkerId(2), now);
+        s.request(1, 1, Shape::cpus(1.0), 1, Priority::Normal);
+        let a = s.request(2, 2, Shape::cpus(1.0), 1, Priority::RealTime);
+        assert!(suspended(&a).is_empty() && grants(&a).is_empty(), "{a:?}");
+    }
+
+    /// With no idle worker, a real-time request starts one and suspends nothing until it is
+    /// ready; a suspended lease given back is resumed (never left stopped), and one whose
+    /// worker died is forgotten.
+    #[test]
+    fn suspension_waits_for_a_worker_and_never_leaves_one_stopped() {
+        let now = Instant::now();
+        let (mut s, _) = Scheduler::new(&Shape::cpus(1.0), opts(0));
+        s.worker_registered(WorkerId(1), now);
+        let be = s.request(1, 1, Shape::cpus(1.0), 1, Priority::BestEffort);
+        let be_lease = lease_of(&be);
+        let a = s.request(2, 2, Shape::cpus(1.0), 1, Priority::RealTime);
+        assert!(suspended(&a).is_empty(), "{a:?}");
+        assert!(a.contains(&Action::StartWorker), "{a:?}");
+        let a = s.worker_registered(WorkerId(2), now);
+        assert_eq!(suspended(&a), vec![WorkerId(1)]);
+        assert_eq!(grants(&a), vec![(2, 2, WorkerId(2))]);
+        // The best-effort owner gives its lease back while it is suspended.
+        let a = s.return_lease(1, be_lease, false, now);
+        assert_eq!(resumed(&a), vec![WorkerId(1)], "{a:?}");
+        assert_eq!(s.suspensions().0, 0);
+        assert_eq!(s.available().get_milli(CPU), 0, "the real-time lease holds the one CPU");
+        // A suspended worker that dies is forgotten.
+        let be = s.request(1, 3, Shape::cpus(1.0), 1, Priority::BestEffort);
+        assert!(grants(&be).is_empty());
+        s.worker_died(WorkerId(2));
+        assert_eq!(s.suspensions().0, 0);
+    }
+
     #[test]
     fn prestarts_pool_and_grants_when_workers_register() {
         let now = Instant::now();
         let (mut s, a) = Scheduler::new(&Shape::cpus(2.0), opts(2));
         assert_eq!(a, vec![Action::StartWorker, Action::StartWorker]);
         // A request before any worker registered waits without starting more than needed.
-        assert!(s.request(1, 10, Shape::cpus(1.0), 1).is_empty());
+        assert!(s.request(1, 10, Shape::cpus(1.0), 1, Priority::Normal).is_empty());
         let a = s.worker_registered(WorkerId(1), now);
         assert_eq!(grants(&a), vec![(1, 10, WorkerId(1))]);
         s.worker_registered(WorkerId(2), now);
@@ -562,7 +815,7 @@ mod tests {
         let (mut s, _) = Scheduler::new(&Shape::cpus(2.0), opts(0));
         let mut shape = Shape::cpus(1.0);
         shape.set("GPU", 1.0);
-        let a = s.request(3, 1, shape, 1);
+        let a = s.request(3, 1, shape, 1, Priority::Normal);
         assert!(matches!(&a[0], Action::Infeasible { conn: 3, req: 1, reason } if reason.contains("GPU")));
         assert_eq!(s.num_queued(), 0);
     }
@@ -575,14 +828,14 @@ mod tests {
         let (mut s, _) = Scheduler::new(&Shape::cpus(2.0), opts(1));
         s.worker_registered(WorkerId(1), now);
         let huge = Shape(vec![("CPU".into(), 0), ("x".into(), u64::MAX - 5)]);
-        let a = s.request(3, 1, huge, 1);
+        let a = s.request(3, 1, huge, 1, Priority::Normal);
         assert!(
             matches!(&a[0], Action::Infeasible { conn: 3, req: 1, reason } if reason.contains("more than any node"))
         );
-        let a = s.request(3, 2, Shape(vec![("CPU".into(), MAX_AMOUNT + 1)]), 1);
+        let a = s.request(3, 2, Shape(vec![("CPU".into(), MAX_AMOUNT + 1)]), 1, Priority::Normal);
         assert!(matches!(&a[0], Action::Infeasible { .. }));
         // The node still grants what fits.
-        assert_eq!(grants(&s.request(3, 3, Shape::cpus(1.0), 1)).len(), 1);
+        assert_eq!(grants(&s.request(3, 3, Shape::cpus(1.0), 1, Priority::Normal)).len(), 1);
     }
 
     #[test]
@@ -592,15 +845,15 @@ mod tests {
         for w in 1..=3 {
             s.worker_registered(WorkerId(w), now);
         }
-        let a1 = s.request(1, 1, Shape::cpus(1.0), 1);
-        let a2 = s.request(1, 2, Shape::cpus(1.0), 1);
-        let a3 = s.request(2, 3, Shape::cpus(1.0), 1);
+        let a1 = s.request(1, 1, Shape::cpus(1.0), 1, Priority::Normal);
+        let a2 = s.request(1, 2, Shape::cpus(1.0), 1, Priority::Normal);
+        let a3 = s.request(2, 3, Shape::cpus(1.0), 1, Priority::Normal);
         assert_eq!(grants(&a1).len() + grants(&a2).len(), 2);
         // The third does not fit: no grant, and the holder of leases is asked for idle ones.
         assert!(grants(&a3).is_empty());
         assert!(a3.contains(&Action::Recall { conn: 1 }));
         // Told once, not on every event.
-        assert!(!s.request(2, 4, Shape::cpus(1.0), 1).contains(&Action::Recall { conn: 1 }));
+        assert!(!s.request(2, 4, Shape::cpus(1.0), 1, Priority::Normal).contains(&Action::Recall { conn: 1 }));
         let a = s.return_lease(1, lease_of(&a1), false, now);
         assert_eq!(grants(&a).len(), 1);
         assert_eq!(grants(&a)[0].0, 2);
@@ -617,15 +870,15 @@ mod tests {
         let (mut s, _) = Scheduler::new(&Shape::cpus(1.0), opts(2));
         s.worker_registered(WorkerId(1), now);
         s.worker_registered(WorkerId(2), now);
-        let a = s.request(1, 1, Shape::cpus(1.0), 1);
+        let a = s.request(1, 1, Shape::cpus(1.0), 1, Priority::Normal);
         let (_, _, w) = grants(&a)[0];
-        assert!(grants(&s.request(2, 2, Shape::cpus(1.0), 1)).is_empty());
+        assert!(grants(&s.request(2, 2, Shape::cpus(1.0), 1, Priority::Normal)).is_empty());
         let a = s.blocked(w);
         assert_eq!(grants(&a).len(), 1, "the blocked worker's CPU goes to the waiting request");
         s.unblocked(w);
         assert_eq!(s.available().get_milli(CPU), 0);
         // Oversubscribed: a further request waits until both leases are back.
-        assert!(grants(&s.request(3, 3, Shape::cpus(1.0), 1)).is_empty());
+        assert!(grants(&s.request(3, 3, Shape::cpus(1.0), 1, Priority::Normal)).is_empty());
     }
 
     #[test]
@@ -637,7 +890,11 @@ mod tests {
         );
         let mut starts = 0;
         for r in 0..5 {
-            starts += s.request(1, r, Shape::cpus(1.0), 1).iter().filter(|a| **a == Action::StartWorker).count();
+            starts += s
+                .request(1, r, Shape::cpus(1.0), 1, Priority::Normal)
+                .iter()
+                .filter(|a| **a == Action::StartWorker)
+                .count();
         }
         assert_eq!(starts, 2);
         let a = s.worker_registered(WorkerId(9), now);
@@ -649,7 +906,7 @@ mod tests {
         let now = Instant::now();
         let (mut s, _) = Scheduler::new(&Shape::cpus(1.0), opts(1));
         s.worker_registered(WorkerId(1), now);
-        let a = s.request(1, 1, Shape::cpus(1.0), 1);
+        let a = s.request(1, 1, Shape::cpus(1.0), 1, Priority::Normal);
         let lease = lease_of(&a);
         let a = s.worker_died(WorkerId(1));
         assert_eq!(a, vec![Action::StartWorker]);
@@ -663,7 +920,7 @@ mod tests {
         let now = Instant::now();
         let (mut s, _) = Scheduler::new(&Shape::cpus(1.0), opts(1));
         s.worker_registered(WorkerId(1), now);
-        let lease = lease_of(&s.request(1, 1, Shape::cpus(1.0), 1));
+        let lease = lease_of(&s.request(1, 1, Shape::cpus(1.0), 1, Priority::Normal));
         assert!(s.return_lease(2, lease, false, now).is_empty());
         assert_eq!(s.lease_holder(WorkerId(1)), Some(1));
     }
@@ -673,8 +930,8 @@ mod tests {
         let now = Instant::now();
         let (mut s, _) = Scheduler::new(&Shape::cpus(1.0), opts(1));
         s.worker_registered(WorkerId(1), now);
-        s.request(1, 1, Shape::cpus(1.0), 1);
-        s.request(1, 2, Shape::cpus(1.0), 1);
+        s.request(1, 1, Shape::cpus(1.0), 1, Priority::Normal);
+        s.request(1, 2, Shape::cpus(1.0), 1, Priority::Normal);
         let a = s.conn_closed(1);
         assert!(a.contains(&Action::KillWorker { worker: WorkerId(1) }));
         assert_eq!(s.num_queued(), 0);
@@ -686,13 +943,13 @@ mod tests {
         let (mut s, _) = Scheduler::new(&Shape::cpus(2.0), opts(0));
         // Two fit (they wait for workers to start); the third does not.
         for req in 1..=3 {
-            s.request(1, req, Shape::cpus(1.0), 1);
+            s.request(1, req, Shape::cpus(1.0), 1, Priority::Normal);
         }
         let (moved, _) = s.take_short(|_, _, _| true);
         assert_eq!(moved.iter().map(|m| m.1).collect::<Vec<_>>(), vec![3]);
         assert_eq!(s.num_queued(), 2);
         // Nowhere else has room: nothing moves.
-        s.request(1, 4, Shape::cpus(1.0), 1);
+        s.request(1, 4, Shape::cpus(1.0), 1, Priority::Normal);
         assert!(s.take_short(|_, _, _| false).0.is_empty());
     }
 
@@ -700,9 +957,9 @@ mod tests {
     fn deeper_requests_are_served_first() {
         let now = Instant::now();
         let (mut s, _) = Scheduler::new(&Shape::cpus(1.0), opts(0));
-        s.request(1, 1, Shape::cpus(1.0), 1);
-        s.request(2, 2, Shape::cpus(1.0), 3);
-        s.request(3, 3, Shape::cpus(1.0), 2);
+        s.request(1, 1, Shape::cpus(1.0), 1, Priority::Normal);
+        s.request(2, 2, Shape::cpus(1.0), 3, Priority::Normal);
+        s.request(3, 3, Shape::cpus(1.0), 2, Priority::Normal);
         let a = s.worker_registered(WorkerId(1), now);
         assert_eq!(grants(&a), vec![(2, 2, WorkerId(1))]);
     }
@@ -720,7 +977,7 @@ mod tests {
         // Asked, not yet gone: not leased meanwhile, and not asked twice.
         assert_eq!(s.num_idle(), 1);
         assert!(s.tick(later).is_empty());
-        let g = s.request(9, 1, Shape::cpus(1.0), 1);
+        let g = s.request(9, 1, Shape::cpus(1.0), 1, Priority::Normal);
         assert_eq!(grants(&g), vec![(9, 1, WorkerId(2))]);
         // It exits: gone like any worker.
         s.worker_died(WorkerId(1));
@@ -745,7 +1002,10 @@ mod tests {
         let a = s2.retire_idle(now);
         assert!(a.contains(&Action::Retire { worker: WorkerId(7) }) && a.contains(&Action::StartWorker), "{a:?}");
         assert!(s2.keep(WorkerId(7), now).is_empty());
-        assert!(grants(&s2.request(1, 1, Shape::cpus(1.0), 1)).is_empty(), "a draining worker is not leased");
+        assert!(
+            grants(&s2.request(1, 1, Shape::cpus(1.0), 1, Priority::Normal)).is_empty(),
+            "a draining worker is not leased"
+        );
         assert_eq!(s2.tick(now + Duration::from_secs(2)), vec![Action::Retire { worker: WorkerId(7) }]);
         s2.worker_died(WorkerId(7));
         assert_eq!(s2.num_workers(), 0);

@@ -5,9 +5,11 @@
 pub mod defaults;
 pub mod ids;
 pub mod placement;
+pub mod priority;
 pub mod shape;
 pub mod sync;
 
 pub use ids::{random_bytes, random_u64, ActorId, NodeId, ObjectId, TaskId, WorkerId};
 pub use placement::Placement;
+pub use priority::Priority;
 pub use shape::{Shape, CPU};

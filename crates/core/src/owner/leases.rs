@@ -89,7 +89,15 @@ impl OwnerState {
     fn send_lease_request(&self, req: u64, r: &LeaseRequest, fx: &mut Effects) {
         let shape = self.classes[r.class].shape.clone();
         tracing::debug!(lease_request = req, node = ?r.node, %shape, "requesting a lease");
-        let m = ToNode::RequestLease { req, shape, depth: r.depth, placement: r.placement.clone(), prefer: r.prefer };
+        let priority = self.classes[r.class].priority;
+        let m = ToNode::RequestLease {
+            req,
+            shape,
+            depth: r.depth,
+            placement: r.placement.clone(),
+            prefer: r.prefer,
+            priority,
+        };
         fx.to_daemons.push((Daemon::Node(r.node), m));
     }
 

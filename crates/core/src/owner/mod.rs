@@ -46,7 +46,7 @@ use crate::error::Error;
 use ferry_proto::msg::{
     ActorId, ActorSpec, Arg, FromWorker, ObjectAnswer, Placement, Return, Shape, TaskSpec, ToNode, ToWorker,
 };
-use ferry_proto::{NodeId, ObjectId, TaskId, WorkerId};
+use ferry_proto::{NodeId, ObjectId, Priority, TaskId, WorkerId};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -178,7 +178,7 @@ pub(crate) struct OwnerState {
     /// `ResolveActor` requests in flight.
     actor_resolves: HashMap<u64, ActorId>,
     classes: Vec<Class>,
-    class_ids: HashMap<(Shape, Placement), usize>,
+    class_ids: HashMap<(Shape, Placement, Priority), usize>,
     /// Leases by this process's lease id (each names the granting node and its own id).
     leases: HashMap<u64, Lease>,
     next_lease: u64,
@@ -406,6 +406,9 @@ impl Rets {
 struct Class {
     shape: Shape,
     placement: Placement,
+    /// Its own class per priority: its own leases, so real-time tasks never wait behind
+    /// best-effort ones pushed to a worker, and its own lease requests, served by priority.
+    priority: Priority,
     queue: VecDeque<TaskId>,
     leases: Vec<u64>,
     pending_requests: usize,

@@ -226,7 +226,7 @@ fn run(ops: Vec<Op>) {
                     "f",
                     Arc::from("f"),
                     drafts,
-                    (&Shape::cpus(1.0), &Default::default()),
+                    (&Shape::cpus(1.0), &Default::default(), Default::default()),
                     (0, false),
                     (crate::owner::Rets::One, crate::owner::Job { id: WorkerId(1), namespace: None }),
                     Default::default(),

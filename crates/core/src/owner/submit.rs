@@ -11,13 +11,13 @@ impl OwnerState {
         TaskId { owner: self.me, seq }
     }
 
-    pub(super) fn class_of(&mut self, shape: &Shape, placement: &Placement) -> usize {
-        let key = (shape.clone(), placement.clone());
+    pub(super) fn class_of(&mut self, shape: &Shape, placement: &Placement, priority: Priority) -> usize {
+        let key = (shape.clone(), placement.clone(), priority);
         if let Some(c) = self.class_ids.get(&key) {
             return *c;
         }
         let id = self.classes.len();
-        self.classes.push(Class { shape: shape.clone(), placement: placement.clone(), ..Default::default() });
+        self.classes.push(Class { shape: shape.clone(), placement: placement.clone(), priority, ..Default::default() });
         self.class_ids.insert(key, id);
         id
     }
@@ -30,13 +30,13 @@ impl OwnerState {
         function: &'static str,
         name: Arc<str>,
         args: Vec<ArgDraft>,
-        (shape, placement): (&Shape, &Placement),
+        (shape, placement, priority): (&Shape, &Placement, Priority),
         (max_retries, retry_exceptions): (u32, bool),
         (returns, job): (Rets, Job),
         exported: Exports,
         fx: &mut Effects,
     ) -> ObjectId {
-        let class = self.class_of(shape, placement);
+        let class = self.class_of(shape, placement, priority);
         let target = Target { class, actor: None, create: None, returns, job };
         let (task, ret, failed) = self.register_task(function, name, args, target, exported, max_retries, 1, fx);
         if let Some(t) = self.tasks.get_mut(&task) {

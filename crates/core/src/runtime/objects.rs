@@ -347,7 +347,7 @@ impl Runtime {
         function: &'static str,
         name: Arc<str>,
         args: Vec<ArgDraft>,
-        class: (&Shape, &ferry_proto::msg::Placement),
+        class: (&Shape, &ferry_proto::msg::Placement, ferry_proto::Priority),
         retries: (u32, bool),
         returns: crate::owner::Rets,
         exported: crate::owner::Exports,

@@ -1,0 +1,84 @@
+//! Priorities and preemption by suspension (issue 16), with real worker processes: on a
+//! node whose two CPUs run best-effort tasks, a real-time task runs at once (the newest
+//! best-effort worker is stopped while it runs, its CPU lent), and the best-effort tasks go
+//! on where they stopped: same processes, no retry, right results. Normal tasks are never
+//! suspended.
+
+mod common;
+
+use common::*;
+use ferry::prelude::*;
+use std::time::{Duration, Instant};
+
+/// Busy for `ms` of its own CPU time (a stopped process uses none), then its pid.
+fn spin_cpu(ms: u64) -> u32 {
+    let cpu = || {
+        let mut t = libc_timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: a plain syscall writing into `t`.
+        unsafe { clock_gettime(2, &mut t) }; // CLOCK_PROCESS_CPUTIME_ID
+        Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+    };
+    let start = cpu();
+    while cpu() - start < Duration::from_millis(ms) {
+        std::hint::spin_loop();
+    }
+    std::process::id()
+}
+
+#[repr(C)]
+struct libc_timespec {
+    tv_sec: i64,
+    tv_nsec: i64,
+}
+
+extern "C" {
+    fn clock_gettime(clock: i32, t: *mut libc_timespec) -> i32;
+}
+
+#[ferry::remote(priority = "best_effort")]
+fn background(ms: u64) -> u32 {
+    spin_cpu(ms)
+}
+
+#[ferry::remote]
+fn urgent(ms: u64) -> (u32, u64) {
+    let t = Instant::now();
+    spin_cpu(ms);
+    (std::process::id(), t.elapsed().as_millis() as u64)
+}
+
+#[test]
+fn a_real_time_task_suspends_best_effort_work_which_then_goes_on() {
+    ferry_testkit::own_process!();
+    cluster();
+    let be: Vec<_> = (0..2).map(|_| background::remote(2500)).collect();
+    eventually("both best-effort tasks hold the CPUs", T, || {
+        let s = ferry::node_stats().unwrap();
+        s.available.get_milli("CPU") == 0 && s.leased_workers >= 2
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    let (rt_pid, ran_ms) =
+        ferry::get_timeout(&urgent::options().priority(ferry::Priority::RealTime).remote(100), T).unwrap();
+    let took = t.elapsed();
+    let stats = ferry::node_stats().unwrap();
+    assert!(stats.suspensions >= 1, "no best-effort worker was suspended: {stats:?}");
+    // It ran alone on its CPU: its 100 ms of CPU took about 100 ms of wall time, and it
+    // finished long before the best-effort tasks (2.5 s of CPU each) could have.
+    assert!(
+        ran_ms < 1000 && took < Duration::from_millis(2000),
+        "the real-time task waited: {took:?}, ran {ran_ms} ms"
+    );
+    let be_pids = ferry::get_all(&be).unwrap();
+    assert!(!be_pids.contains(&rt_pid), "the real-time task ran on its own worker");
+    assert_eq!(ferry::recovery_stats().unwrap().task_retries, 0, "suspension loses nothing: no retry");
+    eventually("the suspended worker is resumed", T, || ferry::node_stats().unwrap().suspended_workers == 0);
+
+    // Normal tasks are not suspended: a real-time task waits for one to end.
+    let normal: Vec<_> = (0..2).map(|_| urgent::remote(600)).collect();
+    eventually("both normal tasks hold the CPUs", T, || ferry::node_stats().unwrap().available.get_milli("CPU") == 0);
+    let before = ferry::node_stats().unwrap().suspensions;
+    ferry::get_timeout(&urgent::options().priority(ferry::Priority::RealTime).remote(10), T).unwrap();
+    assert_eq!(ferry::node_stats().unwrap().suspensions, before, "a normal task was suspended");
+    ferry::get_all(&normal).unwrap();
+}
