@@ -4,12 +4,13 @@
 //!
 //! Groups: `memory` (startup and idle memory), `tasks`, `objects`, `actors`; with no argument
 //! all of them run, in about two minutes. On their own: `cluster` and `recovery` (namespace
-//! hosts), `observability` (what task events cost, then `history`) and `history` (the state
-//! tools over a large history). Sizes and iteration counts follow ray_bench.py.
+//! hosts), `observability` (what task events cost, then `history`), `history` (the state
+//! tools over a large history) and `priority` (real-time tasks beside best-effort ones). Sizes and iteration counts follow ray_bench.py.
 
 mod cluster;
 mod history;
 mod observability;
+mod priority;
 
 use ferry::prelude::*;
 use std::time::Instant;
@@ -712,6 +713,10 @@ fn main() {
             info(&format!("ferry {} observability (child processes, events off and on)", env!("CARGO_PKG_VERSION")));
             observability::group();
             return history::group();
+        }
+        Some("priority") => {
+            info(&format!("ferry {} priority (real-time beside best-effort work)", env!("CARGO_PKG_VERSION")));
+            return priority::group();
         }
         Some("history") => {
             info(&format!("ferry {} history (the state tools at scale)", env!("CARGO_PKG_VERSION")));

@@ -67,6 +67,7 @@ impl Node {
                 },
                 Action::Suspend { worker } => self.signal_worker(worker, libc::SIGSTOP),
                 Action::Resume { worker } => self.signal_worker(worker, libc::SIGCONT),
+                Action::Lower { worker } => self.lower_worker(worker),
                 Action::Recall { conn } => self.send(st, conn, &FromNode::RecallIdleLeases),
                 Action::EndRecall { conn } => self.send(st, conn, &FromNode::EndRecall),
             }
@@ -197,6 +198,20 @@ impl Node {
                 libc::kill(*pid as i32, sig);
             },
             None => tracing::warn!("no process for worker {worker} to signal"),
+        }
+    }
+
+    /// Drops every thread of a worker to nice 19 (niceness is per thread on Linux; threads
+    /// it makes later inherit it from their maker). For good: raising it again needs a
+    /// privilege the node does not assume.
+    fn lower_worker(&self, worker: WorkerId) {
+        let Some(pid) = self.pids.locked().get(&worker).copied() else { return };
+        let tids: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+            .unwrap_or_default();
+        for tid in tids {
+            // SAFETY: a plain syscall on a thread of a child of this node.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 19) };
         }
     }
 

@@ -72,6 +72,13 @@ pub enum Action {
     Resume {
         worker: WorkerId,
     },
+    /// Drop this worker to the lowest CPU priority (nice 19) for good: it runs best-effort
+    /// work from now on, so every other thread on the host, the node's and real-time
+    /// workers' included, preempts it at once. A process cannot raise its priority again
+    /// unprivileged, so such a worker is leased for best-effort work only.
+    Lower {
+        worker: WorkerId,
+    },
 }
 
 /// Tunables of the pool.
@@ -150,6 +157,8 @@ pub struct Scheduler {
     /// first), and how many times any was (`preemptions`).
     suspended: Vec<WorkerId>,
     suspensions: u64,
+    /// Workers lowered to the lowest CPU priority ([`Action::Lower`]): best-effort only.
+    lowered: BTreeSet<WorkerId>,
     opts: PoolOptions,
 }
 
@@ -170,6 +179,7 @@ impl Scheduler {
             recalled: BTreeSet::new(),
             suspended: Vec::new(),
             suspensions: 0,
+            lowered: BTreeSet::new(),
             opts,
         };
         let n = s.opts.prestart.min(s.opts.max_workers);
@@ -303,6 +313,7 @@ impl Scheduler {
 
     /// A worker process is gone (exited, killed, or its connection broke).
     pub fn worker_died(&mut self, worker: WorkerId) -> Vec<Action> {
+        self.lowered.remove(&worker);
         match self.workers.remove(&worker) {
             Some(WorkerState::Leased { lease, shape, blocked, suspended, .. }) => {
                 self.leases.remove(&lease);
@@ -469,7 +480,7 @@ impl Scheduler {
                 && self.queue[i].priority == Priority::RealTime
                 && Self::fits(&self.total, &self.queue[i].shape)
             {
-                if self.idle.is_empty() {
+                if !self.has_idle_for(Priority::RealTime) {
                     // A worker starts for it; best-effort work goes on until one is ready.
                     need_workers += 1;
                     short = true;
@@ -496,7 +507,7 @@ impl Scheduler {
                 i += 1;
                 continue;
             }
-            if let Some(worker) = self.idle.pop() {
+            if let Some(worker) = self.take_idle(self.queue[i].priority, &mut actions) {
                 let r = self.queue.remove(i).expect("index checked");
                 for (n, v) in &r.shape.0 {
                     *self.available.entry(n.clone()).or_insert(0) -= *v as i64;
@@ -519,7 +530,7 @@ impl Scheduler {
                 actions.push(Action::Grant { conn: r.conn, req: r.req, lease, worker });
                 continue;
             }
-            for (n, v) in &shape.0 {
+            for (n, v) in &self.queue[i].shape.0 {
                 *provisional.entry(n.clone()).or_insert(0) -= *v as i64;
             }
             need_workers += 1;
@@ -624,6 +635,28 @@ impl Scheduler {
             actions.push(Action::Resume { worker: w });
         }
         self.suspended = still;
+    }
+
+    /// Whether an idle worker may take work of `priority` (lowered workers take only
+    /// best-effort work).
+    fn has_idle_for(&self, priority: Priority) -> bool {
+        priority == Priority::BestEffort || self.idle.iter().any(|w| !self.lowered.contains(w))
+    }
+
+    /// An idle worker for work of `priority`, most recently used first: a lowered one for
+    /// best-effort work if there is one (else one is lowered), never a lowered one for other
+    /// work.
+    fn take_idle(&mut self, priority: Priority, actions: &mut Vec<Action>) -> Option<WorkerId> {
+        let pos = if priority == Priority::BestEffort {
+            self.idle.iter().rposition(|w| self.lowered.contains(w)).or_else(|| self.idle.len().checked_sub(1))
+        } else {
+            self.idle.iter().rposition(|w| !self.lowered.contains(w))
+        }?;
+        let w = self.idle.remove(pos);
+        if priority == Priority::BestEffort && self.lowered.insert(w) {
+            actions.push(Action::Lower { worker: w });
+        }
+        Some(w)
     }
 
     /// Best-effort workers suspended now, and suspensions so far.
@@ -795,6 +828,25 @@ mod tests {
         assert!(grants(&be).is_empty());
         s.worker_died(WorkerId(2));
         assert_eq!(s.suspensions().0, 0);
+    }
+
+    /// A worker that ran best-effort work is lowered once and from then on takes only
+    /// best-effort work: other work gets another worker.
+    #[test]
+    fn lowered_workers_take_only_best_effort_work() {
+        let now = Instant::now();
+        let (mut s, _) = Scheduler::new(&Shape::cpus(1.0), opts(0));
+        s.worker_registered(WorkerId(1), now);
+        let a = s.request(1, 1, Shape::cpus(1.0), 1, Priority::BestEffort);
+        assert!(a.contains(&Action::Lower { worker: WorkerId(1) }), "{a:?}");
+        let a = s.return_lease(1, lease_of(&a), false, now);
+        assert!(grants(&a).is_empty());
+        let a = s.request(1, 2, Shape::cpus(1.0), 1, Priority::Normal);
+        assert!(grants(&a).is_empty() && a.contains(&Action::StartWorker), "{a:?}");
+        assert_eq!(grants(&s.worker_registered(WorkerId(2), now)), vec![(1, 2, WorkerId(2))]);
+        let a = s.request(1, 3, Shape::cpus(0.0), 1, Priority::BestEffort);
+        assert_eq!(grants(&a), vec![(1, 3, WorkerId(1))]);
+        assert!(!a.iter().any(|x| matches!(x, Action::Lower { .. })), "lowered once: {a:?}");
     }
 
     #[test]
