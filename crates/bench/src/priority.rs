@@ -106,9 +106,19 @@ struct Run {
     t_end: f64,
 }
 
+/// The real-time window: submit times, the refs, when each result was seen (stamped by the
+/// collector thread), and when the window closed.
+struct RtWindow {
+    submit: Vec<f64>,
+    refs: Vec<ObjectRef<f64>>,
+    done: Arc<Mutex<Vec<f64>>>,
+    t_end: f64,
+    collector: std::thread::JoinHandle<()>,
+}
+
 /// Submits real-time tasks on the fixed schedule; a collector thread stamps each result as
 /// it arrives.
-fn rt_run(seconds: f64) -> (Vec<f64>, Vec<ObjectRef<f64>>, Arc<Mutex<Vec<f64>>>, f64) {
+fn rt_run(seconds: f64) -> RtWindow {
     let n = (seconds / RT_PERIOD.as_secs_f64()) as usize;
     let done = Arc::new(Mutex::new(vec![f64::NAN; n]));
     let (tx, rx) = std::sync::mpsc::channel::<(usize, ObjectRef<f64>)>();
@@ -163,11 +173,9 @@ fn rt_run(seconds: f64) -> (Vec<f64>, Vec<ObjectRef<f64>>, Arc<Mutex<Vec<f64>>>,
         refs.push(r);
     }
     let t_end = now_s() + (t0 + RT_PERIOD * n as u32).saturating_duration_since(Instant::now()).as_secs_f64();
+    // The collector ends once every result is in.
     drop(tx);
-    // The collector ends once every result is in (bounded: each `get` below is).
-    let starts_done = std::thread::spawn(move || collector.join());
-    let _ = starts_done;
-    (submit, refs, done, t_end)
+    RtWindow { submit, refs, done, t_end, collector }
 }
 
 fn report(prefix: &str, run: &Run, be: Option<&BeStream>) {
@@ -217,15 +225,18 @@ fn case(prefix: &str, seconds: f64, depth: usize) {
     if be.is_some() {
         std::thread::sleep(Duration::from_secs(2));
     }
-    let (submit, refs, done, t_end) = rt_run(seconds);
+    let w = rt_run(seconds);
     if let Some(b) = be.as_mut() {
         b.shutdown();
     }
+    // Every result within 120 s (each `get` is bounded), after which the collector ends.
     let start: Vec<f64> =
-        refs.iter().map(|r| ferry::get_timeout(r, Duration::from_secs(120)).unwrap_or(f64::NAN)).collect();
-    std::thread::sleep(Duration::from_millis(50));
-    let done = done.lock().unwrap().clone();
-    report(prefix, &Run { submit, done, start, t_end }, be.as_ref());
+        w.refs.iter().map(|r| ferry::get_timeout(r, Duration::from_secs(120)).unwrap_or(f64::NAN)).collect();
+    if start.iter().all(|s| s.is_finite()) {
+        let _ = w.collector.join();
+    }
+    let done = w.done.lock().unwrap().clone();
+    report(prefix, &Run { submit: w.submit, done, start, t_end: w.t_end }, be.as_ref());
     let s = ferry::node_stats().unwrap();
     info(&format!("{prefix}: suspensions so far {}", s.suspensions));
     std::thread::sleep(Duration::from_secs(2));
