@@ -8,81 +8,13 @@
 //! - the function's registration under the stable id `module::path::f`, with an invoker
 //!   that decodes the arguments, runs `f` catching panics, and stores the return value.
 
+mod args;
+
+use args::{parse_actor_args, parse_args, ActorArgs, RemoteArgs};
 use proc_macro::TokenStream;
 use proc_macro2::Span;
 use quote::{format_ident, quote};
-use syn::{
-    parse_macro_input, spanned::Spanned, FnArg, ImplItem, Item, ItemFn, ItemImpl, LitFloat, LitInt, LitStr, ReturnType,
-    Type,
-};
-
-#[derive(Default)]
-struct RemoteArgs {
-    num_returns: Option<u32>,
-    streaming: bool,
-    num_cpus: Option<f64>,
-    max_retries: Option<u32>,
-    name: Option<String>,
-    resources: Vec<(String, f64)>,
-    /// `real_time`, `normal` or `best_effort` (checked here, at compile time).
-    priority: Option<String>,
-}
-
-fn number(input: syn::parse::ParseStream) -> syn::Result<f64> {
-    if input.peek(LitFloat) {
-        input.parse::<LitFloat>()?.base10_parse()
-    } else {
-        Ok(input.parse::<LitInt>()?.base10_parse::<u64>()? as f64)
-    }
-}
-
-fn parse_args(attr: TokenStream) -> syn::Result<RemoteArgs> {
-    let mut a = RemoteArgs::default();
-    let parser = syn::meta::parser(|meta| {
-        if meta.path.is_ident("num_cpus") {
-            a.num_cpus = Some(number(meta.value()?)?);
-        } else if meta.path.is_ident("max_retries") {
-            a.max_retries = Some(meta.value()?.parse::<LitInt>()?.base10_parse()?);
-        } else if meta.path.is_ident("num_returns") {
-            let lit = meta.value()?.parse::<LitInt>()?;
-            let n: u32 = lit.base10_parse()?;
-            if n < 2 {
-                return Err(syn::Error::new(lit.span(), "num_returns splits a tuple: give 2 or more"));
-            }
-            a.num_returns = Some(n);
-        } else if meta.path.is_ident("streaming") {
-            a.streaming = true;
-        } else if meta.path.is_ident("priority") {
-            let lit = meta.value()?.parse::<LitStr>()?;
-            let p = lit.value().trim().to_ascii_lowercase().replace('-', "_");
-            if !["real_time", "normal", "best_effort"].contains(&p.as_str()) {
-                return Err(syn::Error::new(lit.span(), "priority is \"real_time\", \"normal\" or \"best_effort\""));
-            }
-            a.priority = Some(p);
-        } else if meta.path.is_ident("name") {
-            a.name = Some(meta.value()?.parse::<LitStr>()?.value());
-        } else if meta.path.is_ident("resources") {
-            meta.parse_nested_meta(|m| {
-                let name = m.path.get_ident().ok_or_else(|| m.error("expected a resource name"))?.to_string();
-                a.resources.push((name, number(m.value()?)?));
-                Ok(())
-            })?;
-        } else {
-            return Err(
-                meta.error("expected num_cpus, max_retries, num_returns, streaming, name, priority or resources(...)")
-            );
-        }
-        Ok(())
-    });
-    syn::parse::Parser::parse(parser, attr)?;
-    if a.streaming && a.num_returns.is_some() {
-        return Err(syn::Error::new(
-            Span::call_site(),
-            "a function is either streaming (one ref per value it yields) or has num_returns, not both",
-        ));
-    }
-    Ok(a)
-}
+use syn::{parse_macro_input, spanned::Spanned, FnArg, ImplItem, Item, ItemFn, ItemImpl, LitInt, ReturnType, Type};
 
 /// Makes a function callable as a remote task. See the crate docs.
 ///
@@ -487,34 +419,6 @@ pub fn main(_attr: TokenStream, item: TokenStream) -> TokenStream {
         }
     }
     .into()
-}
-
-#[derive(Default)]
-struct ActorArgs {
-    max_concurrency: Option<u32>,
-    max_restarts: Option<u32>,
-    max_task_retries: Option<u32>,
-    num_cpus: Option<f64>,
-}
-
-fn parse_actor_args(attr: TokenStream) -> syn::Result<ActorArgs> {
-    let mut a = ActorArgs::default();
-    let parser = syn::meta::parser(|meta| {
-        if meta.path.is_ident("max_concurrency") {
-            a.max_concurrency = Some(meta.value()?.parse::<LitInt>()?.base10_parse()?);
-        } else if meta.path.is_ident("max_restarts") {
-            a.max_restarts = Some(meta.value()?.parse::<LitInt>()?.base10_parse()?);
-        } else if meta.path.is_ident("max_task_retries") {
-            a.max_task_retries = Some(meta.value()?.parse::<LitInt>()?.base10_parse()?);
-        } else if meta.path.is_ident("num_cpus") {
-            a.num_cpus = Some(number(meta.value()?)?);
-        } else {
-            return Err(meta.error("expected max_concurrency, max_restarts, max_task_retries or num_cpus"));
-        }
-        Ok(())
-    });
-    syn::parse::Parser::parse(parser, attr)?;
-    Ok(a)
 }
 
 /// Makes a type an actor. Put it on the struct (or enum) and on its `impl` block:
