@@ -322,6 +322,10 @@ pub struct ActorOptions {
     pub resources: Vec<(String, f64)>,
     /// Which node runs it (and runs it again after a restart).
     pub strategy: crate::SchedulingStrategy,
+    /// How urgent it is (default `Normal`): a best-effort actor's worker runs at the lowest
+    /// CPU priority and is suspended, as a best-effort task's, while real-time work needs
+    /// the CPUs it holds; a real-time actor is placed before other work.
+    pub priority: crate::Priority,
 }
 
 impl Default for ActorOptions {
@@ -335,6 +339,7 @@ impl Default for ActorOptions {
             num_cpus: 0.0,
             resources: Vec::new(),
             strategy: crate::SchedulingStrategy::Default,
+            priority: crate::Priority::Normal,
         }
     }
 }
@@ -379,6 +384,11 @@ pub trait ActorOptionsBuilder: Sized {
     /// dies; a soft one runs elsewhere then).
     fn scheduling_strategy(mut self, s: crate::SchedulingStrategy) -> Self {
         self.actor_options().strategy = s;
+        self
+    }
+    /// How urgent the actor is (see [`ActorOptions::priority`]).
+    fn priority(mut self, p: crate::Priority) -> Self {
+        self.actor_options().priority = p;
         self
     }
 }
@@ -427,6 +437,7 @@ pub fn create_actor<T: Actor>(opts: &ActorOptions, args: Vec<TaskArg>) -> Result
         placement: opts.strategy.placement(),
         job: job.id,
         namespace: job.namespace.as_deref().map(String::from),
+        priority: opts.priority,
     };
     rt.with_state(|st, fx| st.create_actor(actor, T::CLASS, &label, drafts, exported, spec, opts.max_task_retries, fx));
     drop(held);

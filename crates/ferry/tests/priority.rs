@@ -82,3 +82,43 @@ fn a_real_time_task_suspends_best_effort_work_which_then_goes_on() {
     assert_eq!(ferry::node_stats().unwrap().suspensions, before, "a normal task was suspended");
     ferry::get_all(&normal).unwrap();
 }
+
+/// A best-effort actor holding a CPU.
+#[ferry::actor]
+struct Cruncher {
+    done: u64,
+}
+
+#[ferry::actor(priority = "best_effort")]
+impl Cruncher {
+    fn new() -> Self {
+        Cruncher { done: 0 }
+    }
+    fn crunch(&mut self, ms: u64) -> u64 {
+        spin_cpu(ms);
+        self.done += 1;
+        self.done
+    }
+}
+
+/// Best-effort actors are suspended as best-effort tasks are: their state and their calls
+/// go on after, and the real-time task does not wait for them.
+#[test]
+fn best_effort_actors_give_their_cpus_to_real_time_work() {
+    ferry_testkit::own_process!();
+    cluster();
+    let actors: Vec<_> = (0..2).map(|_| Cruncher::options().num_cpus(1.0).remote().unwrap()).collect();
+    let calls: Vec<_> = actors.iter().map(|a| a.crunch(2500)).collect();
+    eventually("both actors hold the CPUs", T, || ferry::node_stats().unwrap().available.get_milli("CPU") == 0);
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    let (_, ran_ms) =
+        ferry::get_timeout(&urgent::options().priority(ferry::Priority::RealTime).remote(100), T).unwrap();
+    assert!(t.elapsed() < Duration::from_millis(2000) && ran_ms < 1000, "waited for the actors: {:?}", t.elapsed());
+    assert!(ferry::node_stats().unwrap().suspensions >= 1);
+    assert_eq!(ferry::get_all(&calls).unwrap(), vec![1, 1]);
+    // Resumed, with their state.
+    let again: Vec<_> = actors.iter().map(|a| a.crunch(10)).collect();
+    assert_eq!(ferry::get_all(&again).unwrap(), vec![2, 2]);
+    eventually("nothing is left suspended", T, || ferry::node_stats().unwrap().suspended_workers == 0);
+}

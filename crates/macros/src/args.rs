@@ -25,6 +25,25 @@ pub(crate) fn number(input: syn::parse::ParseStream) -> syn::Result<f64> {
     }
 }
 
+/// `priority = "real_time" | "normal" | "best_effort"`, checked.
+fn priority(input: syn::parse::ParseStream) -> syn::Result<String> {
+    let lit = input.parse::<LitStr>()?;
+    let p = lit.value().trim().to_ascii_lowercase().replace('-', "_");
+    if !["real_time", "normal", "best_effort"].contains(&p.as_str()) {
+        return Err(syn::Error::new(lit.span(), "priority is \"real_time\", \"normal\" or \"best_effort\""));
+    }
+    Ok(p)
+}
+
+/// The `::ferry::Priority` a checked priority names.
+pub(crate) fn priority_tokens(p: Option<&str>) -> proc_macro2::TokenStream {
+    match p {
+        Some("real_time") => quote::quote!(::ferry::Priority::RealTime),
+        Some("best_effort") => quote::quote!(::ferry::Priority::BestEffort),
+        _ => quote::quote!(::ferry::Priority::Normal),
+    }
+}
+
 pub(crate) fn parse_args(attr: TokenStream) -> syn::Result<RemoteArgs> {
     let mut a = RemoteArgs::default();
     let parser = syn::meta::parser(|meta| {
@@ -42,12 +61,7 @@ pub(crate) fn parse_args(attr: TokenStream) -> syn::Result<RemoteArgs> {
         } else if meta.path.is_ident("streaming") {
             a.streaming = true;
         } else if meta.path.is_ident("priority") {
-            let lit = meta.value()?.parse::<LitStr>()?;
-            let p = lit.value().trim().to_ascii_lowercase().replace('-', "_");
-            if !["real_time", "normal", "best_effort"].contains(&p.as_str()) {
-                return Err(syn::Error::new(lit.span(), "priority is \"real_time\", \"normal\" or \"best_effort\""));
-            }
-            a.priority = Some(p);
+            a.priority = Some(priority(meta.value()?)?);
         } else if meta.path.is_ident("name") {
             a.name = Some(meta.value()?.parse::<LitStr>()?.value());
         } else if meta.path.is_ident("resources") {
@@ -79,6 +93,7 @@ pub(crate) struct ActorArgs {
     pub(crate) max_restarts: Option<u32>,
     pub(crate) max_task_retries: Option<u32>,
     pub(crate) num_cpus: Option<f64>,
+    pub(crate) priority: Option<String>,
 }
 
 pub(crate) fn parse_actor_args(attr: TokenStream) -> syn::Result<ActorArgs> {
@@ -92,8 +107,10 @@ pub(crate) fn parse_actor_args(attr: TokenStream) -> syn::Result<ActorArgs> {
             a.max_task_retries = Some(meta.value()?.parse::<LitInt>()?.base10_parse()?);
         } else if meta.path.is_ident("num_cpus") {
             a.num_cpus = Some(number(meta.value()?)?);
+        } else if meta.path.is_ident("priority") {
+            a.priority = Some(priority(meta.value()?)?);
         } else {
-            return Err(meta.error("expected max_concurrency, max_restarts, max_task_retries or num_cpus"));
+            return Err(meta.error("expected max_concurrency, max_restarts, max_task_retries, num_cpus or priority"));
         }
         Ok(())
     });

@@ -321,11 +321,7 @@ fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenS
         Some(n) => quote!(::core::option::Option::Some(::std::string::String::from(#n))),
         None => quote!(::core::option::Option::None),
     };
-    let priority = match args.priority.as_deref() {
-        Some("real_time") => quote!(::ferry::Priority::RealTime),
-        Some("best_effort") => quote!(::ferry::Priority::BestEffort),
-        _ => quote!(::ferry::Priority::Normal),
-    };
+    let priority = args::priority_tokens(args.priority.as_deref());
     let res_names: Vec<_> = args.resources.iter().map(|(n, _)| n.clone()).collect();
     let res_amounts: Vec<_> = args.resources.iter().map(|(_, a)| *a).collect();
     let doc = format!("Remote form of [`{name}`](fn@{name}): `{name}::remote(..)` runs it as a task.");
@@ -448,7 +444,7 @@ pub fn main(_attr: TokenStream, item: TokenStream) -> TokenStream {
 /// callable through handles (`&self` methods may run together when `max_concurrency` > 1;
 /// `&mut self` ones run alone); `Type::remote(..)` and `Type::options()` create actors.
 /// Options on the `impl` attribute set defaults: `max_concurrency`, `max_restarts`,
-/// `max_task_retries`, `num_cpus`.
+/// `max_task_retries`, `num_cpus`, `priority = "best_effort"` (or `"real_time"`).
 #[proc_macro_attribute]
 pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
     let parsed = parse_macro_input!(item as Item);
@@ -793,6 +789,7 @@ fn expand_actor_impl(args: ActorArgs, mut imp: ItemImpl) -> syn::Result<proc_mac
     let mr = args.max_restarts.unwrap_or(0);
     let mtr = args.max_task_retries.unwrap_or(0);
     let cpus = args.num_cpus.unwrap_or(0.0);
+    let priority = args::priority_tokens(args.priority.as_deref());
     let options_doc = format!("Options for creating a [`{name}`] actor; finish with `.remote(..)`.");
     let (on_exit_fn, on_exit_entry) = match on_exit {
         true => (
@@ -893,6 +890,7 @@ fn expand_actor_impl(args: ActorArgs, mut imp: ItemImpl) -> syn::Result<proc_mac
                     max_restarts: #mr,
                     max_task_retries: #mtr,
                     num_cpus: #cpus,
+                    priority: #priority,
                     ..::core::default::Default::default()
                 })
             }

@@ -262,7 +262,8 @@ impl Node {
     fn place(&self, st: &mut State, actor: ActorId) {
         let Some(rec) = st.actors.get(&actor) else { return };
         let Some(spec) = rec.spec.as_ref() else { return };
-        let (shape, depth, placement) = (spec.shape.clone(), spec.depth, spec.placement.clone());
+        let (shape, depth, placement, priority) =
+            (spec.shape.clone(), spec.depth, spec.placement.clone(), spec.priority);
         let default = placement == Placement::Default;
         if rec.home.is_none() && (self.in_cluster() || !default) {
             use ferry_sched::place::{fits, place, two_choices, Decision};
@@ -332,7 +333,7 @@ impl Node {
         if default {
             st.placing.movable.insert((ACTOR_CONN, req), Instant::now());
         }
-        let actions = st.pool.sched.request(ACTOR_CONN, req, shape, depth, ferry_types::Priority::Normal);
+        let actions = st.pool.sched.request(ACTOR_CONN, req, shape, depth, priority);
         self.apply(st, actions);
     }
 

@@ -69,6 +69,7 @@ fn spec(class: &str, cpus: f64, max_restarts: u32) -> ActorSpec {
         placement: Placement::Default,
         job: WorkerId(7),
         namespace: None,
+        priority: Default::default(),
     }
 }
 

@@ -361,6 +361,9 @@ pub struct ActorSpec {
     /// one).
     pub job: WorkerId,
     pub namespace: Option<String>,
+    /// How urgent its creation is, and whether its worker may be suspended for real-time
+    /// work (best-effort) like a best-effort task's.
+    pub priority: Priority,
 }
 
 /// Where an actor is, as the daemon knows it.
