@@ -481,8 +481,11 @@ impl Scheduler {
                 && Self::fits(&self.total, &self.queue[i].shape)
             {
                 if !self.has_idle_for(Priority::RealTime) {
-                    // A worker starts for it; best-effort work goes on until one is ready.
-                    need_workers += 1;
+                    // A worker starts for it if suspending best-effort work could make room;
+                    // that work goes on until the worker is ready.
+                    if self.has_suspendable() {
+                        need_workers += 1;
+                    }
                     short = true;
                     i += 1;
                     continue;
@@ -635,6 +638,14 @@ impl Scheduler {
             actions.push(Action::Resume { worker: w });
         }
         self.suspended = still;
+    }
+
+    /// Whether some best-effort lease holds CPUs it could lend by being suspended.
+    fn has_suspendable(&self) -> bool {
+        self.workers.values().any(|s| {
+            matches!(s, WorkerState::Leased { shape, blocked: false, priority: Priority::BestEffort, suspended: false, .. }
+                if shape.get_milli(CPU) > 0)
+        })
     }
 
     /// Whether an idle worker may take work of `priority` (lowered workers take only

@@ -348,8 +348,10 @@ impl Runtime {
         &'static self,
         make: impl Fn(u64) -> ToNode,
     ) -> Vec<(ferry_proto::msg::NodeView, Result<FromNode>)> {
-        let nodes: Vec<_> = self.cluster_view(true).into_iter().filter(|n| n.alive && !n.head).collect();
-        let nodes = if nodes.is_empty() { self.cluster_view(true) } else { nodes };
+        let all = self.cluster_view(true);
+        let workers: Vec<_> = all.iter().filter(|n| n.alive && !n.head).cloned().collect();
+        // Outside a cluster the view is this node alone.
+        let nodes = if workers.is_empty() { all } else { workers };
         nodes
             .into_iter()
             .map(|n| {
