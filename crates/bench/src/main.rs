@@ -695,6 +695,10 @@ fn main() {
         history::driver(it.next().unwrap_or(0), it.next().unwrap_or(0));
         return;
     }
+    if let Ok(address) = std::env::var("FERRY_BENCH_PRIORITY_JOB") {
+        priority::xnode_job(&address);
+        return;
+    }
     if let Ok(address) = std::env::var("FERRY_BENCH_RECOVERY") {
         cluster::recovery_job(&address);
         return;
@@ -717,6 +721,10 @@ fn main() {
         Some("priority") => {
             info(&format!("ferry {} priority (real-time beside best-effort work)", env!("CARGO_PKG_VERSION")));
             return priority::group();
+        }
+        Some("priority_xnode") => {
+            info(&format!("ferry {} priority across 3 namespace nodes", env!("CARGO_PKG_VERSION")));
+            return priority::xnode_group();
         }
         Some("history") => {
             info(&format!("ferry {} history (the state tools at scale)", env!("CARGO_PKG_VERSION")));

@@ -5,6 +5,10 @@
 //! of 200 ms of work outstanding. Latency is submit → result seen by the driver; queue delay
 //! is submit → the task starts in its worker (one clock, one machine).
 //!
+//! `ferry-bench priority_xnode` runs the same cases on three network-namespace nodes of
+//! `FERRY_BENCH_PRIORITY_NODE_CPUS` (default 1) CPUs each (`prio_xnode_*`), every task spread
+//! over the nodes: each node's real-time tasks must take CPUs from its own best-effort work.
+//!
 //! The work is CPU time, not wall time (Ray's script spins on the wall clock): a suspended
 //! best-effort task must not be credited with the time it spent stopped.
 
@@ -59,13 +63,30 @@ struct BeStream {
     thread: Option<std::thread::JoinHandle<Vec<ObjectRef<u32>>>>,
 }
 
+/// Where the tasks go: this node first (one node), or round-robin over the nodes.
+fn be_task_here(spread: bool) -> ObjectRef<u32> {
+    if spread {
+        be_task::options().scheduling_strategy(SchedulingStrategy::Spread).remote()
+    } else {
+        be_task::remote()
+    }
+}
+
+fn rt_task_here(spread: bool) -> ObjectRef<f64> {
+    if spread {
+        rt_task::options().scheduling_strategy(SchedulingStrategy::Spread).remote()
+    } else {
+        rt_task::remote()
+    }
+}
+
 impl BeStream {
-    fn start(depth: usize) -> BeStream {
+    fn start(depth: usize, spread: bool) -> BeStream {
         let stop = Arc::new(AtomicBool::new(false));
         let completions = Arc::new(Mutex::new(Vec::new()));
         let (s, c) = (stop.clone(), completions.clone());
         let thread = std::thread::spawn(move || {
-            let mut pending: Vec<ObjectRef<u32>> = (0..depth).map(|_| be_task::remote()).collect();
+            let mut pending: Vec<ObjectRef<u32>> = (0..depth).map(|_| be_task_here(spread)).collect();
             while !s.load(Ordering::SeqCst) {
                 let (ready, rest) = ferry::wait(&pending, 1, Some(Duration::from_millis(500))).unwrap();
                 if ready.is_empty() {
@@ -78,7 +99,7 @@ impl BeStream {
                 c.lock().unwrap().extend(std::iter::repeat_n(now, n));
                 pending = rest;
                 if !s.load(Ordering::SeqCst) {
-                    pending.extend((0..depth - pending.len()).map(|_| be_task::remote()));
+                    pending.extend((0..depth - pending.len()).map(|_| be_task_here(spread)));
                 }
             }
             pending
@@ -118,7 +139,7 @@ struct RtWindow {
 
 /// Submits real-time tasks on the fixed schedule; a collector thread stamps each result as
 /// it arrives.
-fn rt_run(seconds: f64) -> RtWindow {
+fn rt_run(seconds: f64, spread: bool) -> RtWindow {
     let n = (seconds / RT_PERIOD.as_secs_f64()) as usize;
     let done = Arc::new(Mutex::new(vec![f64::NAN; n]));
     let (tx, rx) = std::sync::mpsc::channel::<(usize, ObjectRef<f64>)>();
@@ -168,7 +189,7 @@ fn rt_run(seconds: f64) -> RtWindow {
             std::thread::sleep(d);
         }
         *s = now_s();
-        let r = rt_task::remote();
+        let r = rt_task_here(spread);
         tx.send((i, r.clone())).unwrap();
         refs.push(r);
     }
@@ -178,7 +199,7 @@ fn rt_run(seconds: f64) -> RtWindow {
     RtWindow { submit, refs, done, t_end, collector }
 }
 
-fn report(prefix: &str, run: &Run, be: Option<&BeStream>) {
+fn report(prefix: &str, run: &Run, be: Option<&BeStream>, cpus: f64) {
     let lat: Vec<f64> = run.submit.iter().zip(&run.done).map(|(s, d)| (d - s) * 1e3).collect();
     let ok: Vec<f64> = lat.iter().copied().filter(|x| x.is_finite()).collect();
     emit(&format!("{prefix}_rt_submitted"), run.submit.len() as f64, "tasks");
@@ -211,21 +232,23 @@ fn report(prefix: &str, run: &Run, be: Option<&BeStream>) {
         emit(&format!("{prefix}_be_tasks_completed_per_s"), c as f64 / window, "tasks/s");
         // What the CPUs could do for best-effort work beside the real-time work's share.
         let rt_share = RT_WORK_MS as f64 / RT_PERIOD.as_millis() as f64;
-        let ideal = (2.0 - rt_share) / (BE_WORK_MS as f64 / 1000.0);
+        let ideal = (cpus - rt_share) / (BE_WORK_MS as f64 / 1000.0);
         emit(&format!("{prefix}_be_frac_of_capacity_left"), c as f64 / window / ideal, "fraction");
         info(&format!(
-            "{prefix}: BE completions in window {c}; ideal with 2 CPUs less the RT share {:.0}",
+            "{prefix}: BE completions in window {c}; ideal with {cpus} CPUs less the RT share {:.0}",
             ideal * window
         ));
     }
 }
 
-fn case(prefix: &str, seconds: f64, depth: usize) {
-    let mut be = (depth > 0).then(|| BeStream::start(depth));
+/// One case: `cpus` is what the best-effort work can use at most (the host's cores when the
+/// nodes' CPUs add up to more).
+fn case(prefix: &str, seconds: f64, depth: usize, spread: bool, cpus: f64) {
+    let mut be = (depth > 0).then(|| BeStream::start(depth, spread));
     if be.is_some() {
         std::thread::sleep(Duration::from_secs(2));
     }
-    let w = rt_run(seconds);
+    let w = rt_run(seconds, spread);
     if let Some(b) = be.as_mut() {
         b.shutdown();
     }
@@ -236,14 +259,15 @@ fn case(prefix: &str, seconds: f64, depth: usize) {
         let _ = w.collector.join();
     }
     let done = w.done.lock().unwrap().clone();
-    report(prefix, &Run { submit: w.submit, done, start, t_end: w.t_end }, be.as_ref());
-    let s = ferry::node_stats().unwrap();
-    info(&format!("{prefix}: suspensions so far {}", s.suspensions));
+    report(prefix, &Run { submit: w.submit, done, start, t_end: w.t_end }, be.as_ref(), cpus);
+    if !spread {
+        info(&format!("{prefix}: suspensions so far {}", ferry::node_stats().unwrap().suspensions));
+    }
     std::thread::sleep(Duration::from_secs(2));
 }
 
 pub fn group() {
-    let seconds: f64 = std::env::var("FERRY_BENCH_PRIORITY_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20.0);
+    let seconds = seconds();
     ferry::init(ferry::Config::default().num_cpus(2)).unwrap();
     // Warm: a worker for each priority class.
     ferry::get(&rt_task::remote()).unwrap();
@@ -252,8 +276,55 @@ pub fn group() {
         "RT: {RT_WORK_MS} ms of CPU every {} ms for {seconds} s; BE: {BE_WORK_MS} ms of CPU each",
         RT_PERIOD.as_millis()
     ));
-    case("prio_alone", seconds, 0);
-    case("prio_be8", seconds, 8);
-    case("prio_be64", seconds, 64);
+    case("prio_alone", seconds, 0, false, 2.0);
+    case("prio_be8", seconds, 8, false, 2.0);
+    case("prio_be64", seconds, 64, false, 2.0);
+    ferry::shutdown();
+}
+
+fn seconds() -> f64 {
+    std::env::var("FERRY_BENCH_PRIORITY_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20.0)
+}
+
+fn node_cpus() -> String {
+    std::env::var("FERRY_BENCH_PRIORITY_NODE_CPUS").unwrap_or_else(|_| "1".into())
+}
+
+/// `priority_xnode`: three namespace nodes, the job on the head's host (this binary again,
+/// `FERRY_BENCH_PRIORITY_JOB`).
+pub fn xnode_group() {
+    let here = std::env::current_exe().unwrap();
+    let ferry = here.with_file_name("ferry");
+    assert!(ferry.exists(), "build the `ferry` binary next to ferry-bench (cargo build --release -p ferry-cli)");
+    let hosts = ferry_testkit::Hosts::new(3).expect("network namespaces (run as root, with `ip`)");
+    let args: Vec<Vec<String>> = (0..3).map(|_| vec!["--num-cpus".to_string(), node_cpus()]).collect();
+    let cluster = ferry_testkit::Cluster::start(&hosts, &ferry.to_string_lossy(), &args, Duration::from_secs(60))
+        .expect("cluster");
+    info(&format!("3 namespace nodes, {} CPU(s) each, head at {}", node_cpus(), cluster.head.address));
+    let out =
+        cluster.job(&hosts, 0, &here, "FERRY_BENCH_PRIORITY_JOB", &cluster.head.address).output().expect("run the job");
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// The cross-node job: the cases with every task spread over the nodes.
+pub fn xnode_job(address: &str) {
+    ferry::init(ferry::Config::default().address(address)).expect("join the cluster");
+    let nodes = ferry::nodes().unwrap().into_iter().filter(|n| n.alive).count();
+    let logical = nodes as f64 * node_cpus().parse::<f64>().unwrap_or(1.0);
+    let cores = std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(2.0);
+    let cpus = logical.min(cores);
+    // Warm every node's workers for both priorities.
+    let warm: Vec<_> = (0..nodes * 2).map(|_| rt_task_here(true)).collect();
+    ferry::get_all(&warm).unwrap();
+    let warm: Vec<_> = (0..nodes * 2).map(|_| be_task_here(true)).collect();
+    ferry::get_all(&warm).unwrap();
+    let seconds = seconds();
+    info(&format!("{nodes} nodes, {logical} CPUs in all on {cores} cores; every task spread"));
+    let per = nodes * 8;
+    case("prio_xnode_alone", seconds, 0, true, cpus);
+    case(&format!("prio_xnode_be{per}"), seconds, per, true, cpus);
     ferry::shutdown();
 }
