@@ -50,7 +50,7 @@ pub enum ListWhat {
         #[command(flatten)]
         opts: ListOpts,
     },
-    /// Worker processes (and drivers) of every node: state (idle, leased, actor), pid.
+    /// Worker processes (and drivers) of every node: state (idle, leased, actor, suspended), pid.
     Workers {
         #[command(flatten)]
         target: Target,

@@ -58,8 +58,16 @@ fn a_real_time_task_suspends_best_effort_work_which_then_goes_on() {
     });
     std::thread::sleep(Duration::from_millis(200));
     let t = Instant::now();
-    let (rt_pid, ran_ms) =
-        ferry::get_timeout(&urgent::options().priority(ferry::Priority::RealTime).remote(100), T).unwrap();
+    let rt = urgent::options().priority(ferry::Priority::RealTime).remote(100);
+    // While it runs, the state API shows the best-effort worker it stopped.
+    let mut seen = Vec::new();
+    eventually("a suspended worker in `list_workers`", T, || {
+        seen = ferry::state::list_workers().unwrap();
+        seen.iter().any(|w| w.state == "suspended")
+            || ferry::wait(&[rt.clone()], 1, Some(Duration::ZERO)).unwrap().0.len() == 1
+    });
+    let (rt_pid, ran_ms) = ferry::get_timeout(&rt, T).unwrap();
+    assert!(seen.iter().any(|w| w.state == "suspended"), "no worker listed as suspended while it ran: {seen:?}");
     let took = t.elapsed();
     let stats = ferry::node_stats().unwrap();
     assert!(stats.suspensions >= 1, "no best-effort worker was suspended: {stats:?}");

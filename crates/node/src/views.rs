@@ -44,6 +44,7 @@ impl Node {
                         let worker = c.worker.unwrap_or(c.from);
                         let actor = st.book.worker_actor.get(&worker).copied();
                         let state = match kind {
+                            ProcKind::Worker if st.pool.sched.is_suspended(worker) => "suspended",
                             ProcKind::Worker if actor.is_some() => "actor",
                             ProcKind::Worker if st.pool.sched.lease_holder(worker).is_some() => "leased",
                             ProcKind::Worker => "idle",
