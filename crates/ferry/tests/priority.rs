@@ -64,7 +64,7 @@ fn a_real_time_task_suspends_best_effort_work_which_then_goes_on() {
     eventually("a suspended worker in `list_workers`", T, || {
         seen = ferry::state::list_workers().unwrap();
         seen.iter().any(|w| w.state == "suspended")
-            || ferry::wait(&[rt.clone()], 1, Some(Duration::ZERO)).unwrap().0.len() == 1
+            || ferry::wait(std::slice::from_ref(&rt), 1, Some(Duration::ZERO)).unwrap().0.len() == 1
     });
     let (rt_pid, ran_ms) = ferry::get_timeout(&rt, T).unwrap();
     assert!(seen.iter().any(|w| w.state == "suspended"), "no worker listed as suspended while it ran: {seen:?}");
