@@ -120,6 +120,24 @@ enum WorkerState {
     },
 }
 
+impl WorkerState {
+    /// A best-effort lease running (not blocked, not suspended) on CPUs it could lend by
+    /// being suspended: its lease and those CPUs.
+    fn suspendable(&self) -> Option<(LeaseId, i64)> {
+        match self {
+            WorkerState::Leased {
+                lease,
+                shape,
+                blocked: false,
+                priority: Priority::BestEffort,
+                suspended: false,
+                ..
+            } if shape.get_milli(CPU) > 0 => Some((*lease, shape.get_milli(CPU) as i64)),
+            _ => None,
+        }
+    }
+}
+
 /// A worker asked to retire that neither exits nor answers within this is killed.
 pub const RETIRE_GRACE: Duration = Duration::from_secs(10);
 
@@ -154,7 +172,7 @@ pub struct Scheduler {
     /// Owners told the node is short (and not yet told it no longer is).
     recalled: BTreeSet<ConnId>,
     /// Suspended best-effort workers, in the order they were suspended (resumed oldest
-    /// first), and how many times any was (`preemptions`).
+    /// first), and how many suspensions there were in all.
     suspended: Vec<WorkerId>,
     suspensions: u64,
     /// Workers lowered to the lowest CPU priority ([`Action::Lower`]): best-effort only.
@@ -574,21 +592,8 @@ impl Scheduler {
             return;
         }
         let mut short = shape.get_milli(CPU) as i64 - provisional.get(CPU).copied().unwrap_or(0);
-        let mut victims: Vec<(LeaseId, WorkerId, i64)> = self
-            .workers
-            .iter()
-            .filter_map(|(w, s)| match s {
-                WorkerState::Leased {
-                    lease,
-                    shape,
-                    blocked: false,
-                    priority: Priority::BestEffort,
-                    suspended: false,
-                    ..
-                } if shape.get_milli(CPU) > 0 => Some((*lease, *w, shape.get_milli(CPU) as i64)),
-                _ => None,
-            })
-            .collect();
+        let mut victims: Vec<(LeaseId, WorkerId, i64)> =
+            self.workers.iter().filter_map(|(w, s)| s.suspendable().map(|(lease, cpu)| (lease, *w, cpu))).collect();
         // The most recently started loses the least work if it must wait (REEF's order).
         victims.sort_by_key(|(lease, _, _)| std::cmp::Reverse(*lease));
         let mut chosen = Vec::new();
@@ -642,10 +647,7 @@ impl Scheduler {
 
     /// Whether some best-effort lease holds CPUs it could lend by being suspended.
     fn has_suspendable(&self) -> bool {
-        self.workers.values().any(|s| {
-            matches!(s, WorkerState::Leased { shape, blocked: false, priority: Priority::BestEffort, suspended: false, .. }
-                if shape.get_milli(CPU) > 0)
-        })
+        self.workers.values().any(|s| s.suspendable().is_some())
     }
 
     /// Whether an idle worker may take work of `priority` (lowered workers take only
