@@ -266,9 +266,78 @@ fn case(prefix: &str, seconds: f64, depth: usize, spread: bool, cpus: f64) {
     std::thread::sleep(Duration::from_secs(2));
 }
 
+/// A best-effort task that holds the node's one `accel` (a device suspension cannot free).
+#[ferry::remote(priority = "best_effort", resources(accel = 1))]
+fn be_accel(ms: u64) -> u32 {
+    work(ms);
+    1
+}
+
+/// A real-time task that needs the `accel`: when it started.
+#[ferry::remote(priority = "real_time", resources(accel = 1))]
+fn rt_accel() -> f64 {
+    let start = now_s();
+    work(RT_WORK_MS);
+    start
+}
+
+#[ferry::remote(priority = "best_effort")]
+fn be_long(ms: u64) -> u32 {
+    work(ms);
+    1
+}
+
+/// Preemption latency (issue 16): a real-time task submitted to a node whose resources
+/// best-effort work holds, one at a time, `n` times; submit → running in its worker.
+/// `prio_preempt_suspend_*`: the best-effort tasks hold both CPUs (suspension);
+/// `prio_preempt_reset_*`: one holds the node's `accel`, which the real-time task needs
+/// (reset: its worker is killed and its task runs again).
+fn preempt_case(prefix: &str, n: usize, reset: bool) {
+    let mut lat = Vec::new();
+    let mut be: Vec<ObjectRef<u32>> = Vec::new();
+    for _ in 0..n {
+        // Top the best-effort work up (a reset task runs again by itself).
+        be.retain(|r| ferry::wait(std::slice::from_ref(r), 1, Some(Duration::ZERO)).unwrap().0.is_empty());
+        let want = if reset { 1 } else { 2 };
+        while be.len() < want {
+            be.push(if reset {
+                be_accel::options().max_preemptions(u32::MAX).remote(60_000)
+            } else {
+                be_long::remote(60_000)
+            });
+        }
+        // Until it holds what the real-time task needs.
+        let end = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < end {
+            let s = ferry::node_stats().unwrap();
+            let held = if reset { s.available.get_milli("accel") == 0 } else { s.available.get_milli(ferry::CPU) == 0 };
+            if held && s.suspended_workers == 0 && s.leased_workers as usize >= want {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let t = now_s();
+        let r = if reset { rt_accel::remote() } else { rt_task::remote() };
+        let started = ferry::get_timeout(&r, Duration::from_secs(60)).unwrap();
+        lat.push((started - t) * 1e3);
+    }
+    let resets = ferry::node_stats().unwrap().resets;
+    for r in &be {
+        let _ = ferry::cancel_with(r, ferry::CancelOptions { force: true, recursive: true });
+    }
+    for r in &be {
+        let _ = ferry::get_timeout(r, Duration::from_secs(60));
+    }
+    emit(&format!("{prefix}_ms_p50"), percentile(&mut lat.clone(), 50.0), "ms");
+    emit(&format!("{prefix}_ms_p99"), percentile(&mut lat.clone(), 99.0), "ms");
+    info(&format!("{prefix}: {n} preemptions; resets on the node so far {resets}"));
+    std::thread::sleep(Duration::from_secs(1));
+}
+
 pub fn group() {
     let seconds = seconds();
-    ferry::init(ferry::Config::default().num_cpus(2)).unwrap();
+    ferry::init(ferry::Config::default().num_cpus(2).resource("accel", 1.0)).unwrap();
     // Warm: a worker for each priority class.
     ferry::get(&rt_task::remote()).unwrap();
     ferry::get_all(&(0..2).map(|_| be_task::remote()).collect::<Vec<_>>()).unwrap();
@@ -279,6 +348,9 @@ pub fn group() {
     case("prio_alone", seconds, 0, false, 2.0);
     case("prio_be8", seconds, 8, false, 2.0);
     case("prio_be64", seconds, 64, false, 2.0);
+    let n = std::env::var("FERRY_BENCH_PREEMPTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    preempt_case("prio_preempt_suspend", n, false);
+    preempt_case("prio_preempt_reset", n, true);
     ferry::shutdown();
 }
 

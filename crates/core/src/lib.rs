@@ -44,12 +44,16 @@ pub use ferry_proto::msg::NodeStats;
 /// One node as the cluster sees it (see [`nodes`]).
 pub use ferry_proto::msg::NodeView as NodeInfo;
 pub use ferry_proto::{NodeId, ObjectId, Shape, TaskId, WorkerId};
+pub use ferry_proto::{CPU, MEMORY};
 pub use memory::{memory_summary, Location, MemorySummary, ObjectSummary};
 pub use object_ref::{get_async, GetFuture, ObjectRef};
 pub use owner::UnhandledError;
 pub use runtime::block_on;
 pub use stream::RefStream;
-pub use task::{submit, submit_returning, IntoArg, Priority, RemoteOptions, SchedulingStrategy, TaskArg, TaskOptions};
+pub use task::{
+    submit, submit_returning, IntoArg, Priority, RemoteOptions, SchedulingStrategy, TaskArg, TaskOptions,
+    DEFAULT_MAX_PREEMPTIONS,
+};
 
 use runtime::{runtime, try_runtime, Runtime};
 use serde::de::DeserializeOwned;
@@ -117,12 +121,15 @@ pub struct RecoveryStats {
     pub task_retries: u64,
     /// Objects made again from their lineage after every copy was lost.
     pub reconstructions: u64,
+    /// Task runs preempted (reset: their worker killed for real-time work or to free
+    /// memory) and run again, or failed past their `max_preemptions`; not retries.
+    pub preemptions: u64,
 }
 
 /// Retries and reconstructions of the tasks and objects this process owns.
 pub fn recovery_stats() -> Result<RecoveryStats> {
-    let (task_retries, reconstructions) = runtime()?.lock().recovery();
-    Ok(RecoveryStats { task_retries, reconstructions })
+    let (task_retries, reconstructions, preemptions) = runtime()?.lock().recovery();
+    Ok(RecoveryStats { task_retries, reconstructions, preemptions })
 }
 
 /// The node this process runs on (for [`SchedulingStrategy::NodeAffinity`]).

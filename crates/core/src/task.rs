@@ -136,7 +136,16 @@ pub struct TaskOptions {
     /// How urgent it is (default [`Priority::Normal`]): real-time tasks go first at every
     /// queue and take CPUs from best-effort tasks at once.
     pub priority: Priority,
+    /// Times the task may be preempted (reset: its worker killed for more urgent work or to
+    /// free memory) and run again, without charging a retry; once more fails it with
+    /// [`Error::Preempted`](crate::Error::Preempted) or
+    /// [`Error::OutOfMemory`](crate::Error::OutOfMemory). Default
+    /// [`DEFAULT_MAX_PREEMPTIONS`].
+    pub max_preemptions: Option<u32>,
 }
+
+/// How many times a task may be preempted by default (`TaskOptions::max_preemptions`).
+pub const DEFAULT_MAX_PREEMPTIONS: u32 = 10;
 
 /// How many values a streaming task may make ahead of its consumer by default.
 pub const DEFAULT_STREAM_WINDOW: u32 = 64;
@@ -153,6 +162,7 @@ impl Default for TaskOptions {
             num_returns: None,
             backpressure: None,
             priority: Priority::Normal,
+            max_preemptions: None,
         }
     }
 }
@@ -229,6 +239,18 @@ pub trait RemoteOptions: Sized {
     /// where they stopped when the CPUs are free).
     fn priority(mut self, p: Priority) -> Self {
         self.task_options().priority = p;
+        self
+    }
+    /// Times the task may be preempted and run again before it fails (see
+    /// [`TaskOptions::max_preemptions`]).
+    fn max_preemptions(mut self, n: u32) -> Self {
+        self.task_options().max_preemptions = Some(n);
+        self
+    }
+    /// Memory the task needs, in bytes: reserved on the node that runs it (the `memory`
+    /// resource, which every node has as much of as its memory, less its object store).
+    fn memory(mut self, bytes: u64) -> Self {
+        self.task_options().resources.push((ferry_proto::MEMORY.to_string(), bytes as f64));
         self
     }
 }
@@ -318,8 +340,9 @@ fn submit_task(function: &'static str, opts: &TaskOptions, args: Vec<TaskArg>, r
         None => Arc::from(function.rsplit("::").next().unwrap_or(function)),
     };
     let retries = opts.max_retries.unwrap_or(rt.config().default_max_retries);
+    let preemptions = opts.max_preemptions.unwrap_or(DEFAULT_MAX_PREEMPTIONS);
     let class = (&opts.shape(), &opts.strategy.placement(), opts.priority);
-    let id = rt.submit(function, name, drafts, class, (retries, opts.retry_exceptions), rets, exported);
+    let id = rt.submit(function, name, drafts, class, (retries, opts.retry_exceptions, preemptions), rets, exported);
     // The task now counts its arguments itself.
     drop(held);
     Submitted::Task(id.task)

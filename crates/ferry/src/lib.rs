@@ -34,7 +34,8 @@ pub use ferry_core::{
     BytesMut, CancelOptions, Config, Error, GetFuture, IntoArg, Location, MemorySummary, MethodOptions, NodeId,
     NodeInfo, NodeStats, ObjectId, ObjectRef, ObjectSummary, Priority, RawActor, RecoveryStats, RefStream,
     RemoteOptions, Result, RuntimeContext, SchedulingStrategy, Shape, SplitCall, SplitProxy, TaskArg, TaskId,
-    TaskOptions, UnhandledError, UnhandledHook, WaitOptions, WaitResult, WorkerId,
+    TaskOptions, UnhandledError, UnhandledHook, WaitOptions, WaitResult, WorkerId, CPU, DEFAULT_MAX_PREEMPTIONS,
+    MEMORY,
 };
 pub use ferry_macros::{actor, main, method, remote};
 

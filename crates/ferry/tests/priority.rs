@@ -10,31 +10,6 @@ use common::*;
 use ferry::prelude::*;
 use std::time::{Duration, Instant};
 
-/// Busy for `ms` of its own CPU time (a stopped process uses none), then its pid.
-fn spin_cpu(ms: u64) -> u32 {
-    let cpu = || {
-        let mut t = libc_timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: a plain syscall writing into `t`.
-        unsafe { clock_gettime(2, &mut t) }; // CLOCK_PROCESS_CPUTIME_ID
-        Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
-    };
-    let start = cpu();
-    while cpu() - start < Duration::from_millis(ms) {
-        std::hint::spin_loop();
-    }
-    std::process::id()
-}
-
-#[repr(C)]
-struct libc_timespec {
-    tv_sec: i64,
-    tv_nsec: i64,
-}
-
-extern "C" {
-    fn clock_gettime(clock: i32, t: *mut libc_timespec) -> i32;
-}
-
 #[ferry::remote(priority = "best_effort")]
 fn background(ms: u64) -> u32 {
     spin_cpu(ms)

@@ -11,6 +11,7 @@ pub(crate) struct RemoteArgs {
     pub(crate) streaming: bool,
     pub(crate) num_cpus: Option<f64>,
     pub(crate) max_retries: Option<u32>,
+    pub(crate) max_preemptions: Option<u32>,
     pub(crate) name: Option<String>,
     pub(crate) resources: Vec<(String, f64)>,
     /// `real_time`, `normal` or `best_effort` (checked here, at compile time).
@@ -51,6 +52,8 @@ pub(crate) fn parse_args(attr: TokenStream) -> syn::Result<RemoteArgs> {
             a.num_cpus = Some(number(meta.value()?)?);
         } else if meta.path.is_ident("max_retries") {
             a.max_retries = Some(meta.value()?.parse::<LitInt>()?.base10_parse()?);
+        } else if meta.path.is_ident("max_preemptions") {
+            a.max_preemptions = Some(meta.value()?.parse::<LitInt>()?.base10_parse()?);
         } else if meta.path.is_ident("num_returns") {
             let lit = meta.value()?.parse::<LitInt>()?;
             let n: u32 = lit.base10_parse()?;
@@ -72,7 +75,7 @@ pub(crate) fn parse_args(attr: TokenStream) -> syn::Result<RemoteArgs> {
             })?;
         } else {
             return Err(
-                meta.error("expected num_cpus, max_retries, num_returns, streaming, name, priority or resources(...)")
+                meta.error("expected num_cpus, max_retries, max_preemptions, num_returns, streaming, name, priority or resources(...)")
             );
         }
         Ok(())

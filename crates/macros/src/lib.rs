@@ -18,7 +18,7 @@ use syn::{parse_macro_input, spanned::Spanned, FnArg, ImplItem, Item, ItemFn, It
 
 /// Makes a function callable as a remote task. See the crate docs.
 ///
-/// Options: `num_cpus`, `max_retries`, `name`, `resources(gpu = 1)`, `priority = "real_time"`
+/// Options: `num_cpus`, `max_retries`, `max_preemptions`, `name`, `resources(gpu = 1)`, `priority = "real_time"`
 /// (or `"best_effort"`; default `"normal"`), and `num_returns = n` on
 /// a function returning an n-tuple, which makes `remote` give one typed ref per element
 /// (Ray's `num_returns`). A function returning `Vec<T>` can have its value split by the
@@ -317,6 +317,10 @@ fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenS
         Some(r) => quote!(::core::option::Option::Some(#r)),
         None => quote!(::core::option::Option::None),
     };
+    let max_preemptions = match args.max_preemptions {
+        Some(r) => quote!(::core::option::Option::Some(#r)),
+        None => quote!(::core::option::Option::None),
+    };
     let display = match &args.name {
         Some(n) => quote!(::core::option::Option::Some(::std::string::String::from(#n))),
         None => quote!(::core::option::Option::None),
@@ -366,6 +370,7 @@ fn expand_remote(args: RemoteArgs, f: ItemFn) -> syn::Result<proc_macro2::TokenS
                     strategy: ::std::default::Default::default(),
                     retry_exceptions: false,
                     priority: #priority,
+                    max_preemptions: #max_preemptions,
                     ..::std::default::Default::default()
                 })
             }

@@ -346,6 +346,11 @@ impl Node {
             return;
         };
         rec.phase = Phase::Starting { worker };
+        if rec.restarts_left == 0 {
+            // Reset would kill it for good: a best-effort actor is reset only with restarts
+            // left (it may still be suspended, which loses nothing).
+            st.pool.sched.protect(worker);
+        }
         let incarnation = rec.incarnation + 1;
         let spec = rec.spec.clone().expect("placed actors have a spec");
         st.book.worker_actor.insert(worker, actor);

@@ -161,6 +161,16 @@ pub fn store_capacity(explicit: Option<u64>, store_dir: &Path) -> u64 {
     }
 }
 
+/// `resources` with the node's memory as its `memory` resource (in bytes), unless given.
+fn with_memory(mut resources: Shape, watch: &crate::pressure::Watch, store_capacity: u64) -> Shape {
+    if resources.get_milli(ferry_types::MEMORY) == 0 {
+        // Shapes count thousandths: past this a sum could overflow (over a petabyte).
+        let bytes = crate::pressure::offered(watch, store_capacity).min(ferry_sched::MAX_AMOUNT / 1000);
+        resources.set(ferry_types::MEMORY, bytes as f64);
+    }
+    resources
+}
+
 /// A node's options and directories for `cfg`: workers run `program` (`None`: the first
 /// driver's), and it also listens on `tcp` if given.
 pub fn options(cfg: &LaunchConfig, program: Option<PathBuf>, tcp: Option<String>) -> Result<NodeOptions, LaunchError> {
@@ -179,17 +189,21 @@ pub fn options(cfg: &LaunchConfig, program: Option<PathBuf>, tcp: Option<String>
         Some(t) => t.clone(),
         None => new_token(),
     };
+    let watch = crate::pressure::Watch::from_env();
+    let capacity = store_capacity(cfg.store_bytes, &shm);
     Ok(NodeOptions {
+        memory_watch: watch.clone(),
         session_dir,
         store_dir: shm.join(&sid),
-        store_capacity: store_capacity(cfg.store_bytes, &shm),
+        store_capacity: capacity,
         spill_dir: Some(spill_dir),
         token,
-        resources: Shape::with_resources(cfg.cpus as f64, &cfg.resources),
+        resources: with_memory(Shape::with_resources(cfg.cpus as f64, &cfg.resources), &watch, capacity),
         pool: PoolOptions {
             prestart: cfg.prestart.unwrap_or(cfg.cpus),
             max_workers: cfg.max_workers,
             idle_timeout: cfg.idle_timeout,
+            reset_after: defaults::env_ms("FERRY_PREEMPT_RESET_AFTER_MS", defaults::PREEMPT_RESET_AFTER),
         },
         worker_program: program,
         tcp,

@@ -33,6 +33,7 @@ pub mod launch;
 mod members;
 pub mod memory;
 mod pool;
+pub mod pressure;
 mod store;
 mod tables;
 pub mod timeline;
@@ -104,6 +105,8 @@ pub struct NodeOptions {
     /// Extra environment for workers (the job's configuration).
     pub worker_env: Vec<(String, String)>,
     pub max_frame: u32,
+    /// What the node watches of its memory, and when it preempts to free some.
+    pub memory_watch: pressure::Watch,
 }
 
 impl std::fmt::Debug for NodeOptions {
@@ -185,6 +188,13 @@ struct Pool {
     expected: HashSet<WorkerId>,
     /// Workers of an earlier job's binary: stopped when their lease comes back.
     retired: HashSet<WorkerId>,
+    /// The worker last reset to free memory, until it is gone (one victim at a time), what
+    /// the memory was when it was chosen, and resets for memory so far.
+    memory_victim: Option<WorkerId>,
+    pressure: String,
+    memory_resets: u64,
+    /// Why workers this node is killing are killed (reset), for their actors' death reasons.
+    kill_reasons: HashMap<WorkerId, String>,
 }
 
 /// Lease requests on their way to a node.
@@ -442,7 +452,16 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
     let node = Arc::new(Node {
         id,
         state: Mutex::new(State {
-            pool: Pool { sched, workers: HashMap::new(), expected: HashSet::new(), retired: HashSet::new() },
+            pool: Pool {
+                sched,
+                workers: HashMap::new(),
+                expected: HashSet::new(),
+                retired: HashSet::new(),
+                memory_victim: None,
+                pressure: String::new(),
+                memory_resets: 0,
+                kill_reasons: HashMap::new(),
+            },
             store: ObjectTable::new(store, opts.store_capacity),
             conns: HashMap::new(),
             next_conn: 1,
@@ -680,6 +699,8 @@ impl Node {
             transfer_bytes_in: st.copies.counts.3,
             suspended_workers: st.pool.sched.suspensions().0 as u64,
             suspensions: st.pool.sched.suspensions().1,
+            resets: st.pool.sched.resets(),
+            memory_resets: st.pool.memory_resets,
         }
     }
 

@@ -70,6 +70,24 @@ impl Node {
                 Action::Lower { worker } => self.lower_worker(worker),
                 Action::Recall { conn } => self.send(st, conn, &FromNode::RecallIdleLeases),
                 Action::EndRecall { conn } => self.send(st, conn, &FromNode::EndRecall),
+                Action::Preempt { conn, worker, memory } => {
+                    let detail = if memory {
+                        format!("node {} was short of memory: {}", self.id, st.pool.pressure)
+                    } else {
+                        format!("node {} needed its resources for real-time work", self.id)
+                    };
+                    if conn == ACTOR_CONN {
+                        // An actor's reset is its restart (if it has none left, it dies with
+                        // this reason).
+                        st.pool.kill_reasons.insert(worker, format!("its process was killed: {detail}"));
+                        self.spawn_cmd(SpawnCmd::Kill(worker));
+                    } else {
+                        // Stopped now, so it frees its CPUs (and stops growing) at once;
+                        // killed when its holder gives the lease back.
+                        self.signal_worker(worker, libc::SIGSTOP);
+                        self.send(st, conn, &FromNode::Preempted { worker, memory, detail });
+                    }
+                }
             }
         }
     }
@@ -231,6 +249,11 @@ impl Node {
 
     /// A worker is gone: tell every owner, free its resources, keep the pool's size.
     pub(crate) fn worker_gone(&self, st: &mut State, worker: WorkerId, reason: &str) {
+        let why = st.pool.kill_reasons.remove(&worker);
+        let reason = why.as_deref().unwrap_or(reason);
+        if st.pool.memory_victim == Some(worker) {
+            st.pool.memory_victim = None;
+        }
         self.remove_socket(worker);
         st.pool.expected.remove(&worker);
         st.pool.retired.remove(&worker);
@@ -291,6 +314,8 @@ pub(crate) fn spawner(node: Arc<Node>, rx: mpsc::Receiver<SpawnCmd>) {
     // thousand actor processes.
     let mut dying: Vec<WorkerId> = Vec::new();
     let mut last_scan = Instant::now();
+    let mut last_memory = Instant::now();
+    let cgroup = crate::pressure::cgroup_dir();
     loop {
         // Take every command waiting, then reap once.
         let mut cmds = vec![rx.recv_timeout(Duration::from_millis(50))];
@@ -360,6 +385,44 @@ pub(crate) fn spawner(node: Arc<Node>, rx: mpsc::Receiver<SpawnCmd>) {
         let actions = st.pool.sched.tick(Instant::now());
         node.apply(&mut st, actions);
         node.rebalance(&mut st);
+        drop(st);
+        let watch = &node.opts.memory_watch;
+        if !watch.every.is_zero() && last_memory.elapsed() >= watch.every {
+            last_memory = Instant::now();
+            node.check_memory(cgroup.as_deref());
+        }
+    }
+}
+
+impl Node {
+    /// Measures memory (see [`crate::pressure`]) and, past the threshold, resets one lease
+    /// to free some, unless the last one reset for memory is not gone yet.
+    fn check_memory(&self, cgroup: Option<&std::path::Path>) {
+        use crate::pressure::{self, Usage};
+        let watch = &self.opts.memory_watch;
+        let pids: Vec<(WorkerId, u32)> = self.pids.locked().iter().map(|(w, p)| (*w, *p)).collect();
+        let mut scopes: Vec<Usage> = pressure::host().into_iter().chain(cgroup.and_then(pressure::cgroup)).collect();
+        if let Some(limit) = watch.limit {
+            let used = pids.iter().filter_map(|(_, p)| pressure::private_rss(*p)).sum();
+            scopes.push(Usage { used, total: limit, scope: "the node's workers'" });
+        }
+        let Some(worst) = scopes.into_iter().max_by(|a, b| a.fraction().total_cmp(&b.fraction())) else { return };
+        if worst.fraction() < watch.threshold {
+            return;
+        }
+        let mut st = self.lock();
+        if st.pool.memory_victim.is_some() {
+            return;
+        }
+        st.pool.pressure = format!("{worst}, over the {:.0}% threshold", watch.threshold * 100.0);
+        let (victim, actions) = st.pool.sched.preempt_for_memory();
+        let Some(v) = victim else { return };
+        let rss = pids.iter().find(|(w, _)| *w == v).and_then(|(_, p)| pressure::private_rss(*p)).unwrap_or(0);
+        st.pool.pressure.push_str(&format!("; the task's process used {} MiB", rss >> 20));
+        tracing::warn!("memory pressure: resetting worker {v:?}: {}", st.pool.pressure);
+        st.pool.memory_victim = Some(v);
+        st.pool.memory_resets += 1;
+        self.apply(&mut st, actions);
     }
 }
 

@@ -59,6 +59,13 @@ pub enum Error {
     Connection { detail: String },
     /// A call was given something it cannot take (the detail says what, and what to give).
     InvalidArgument { detail: String },
+    /// The task was preempted (its worker reset for real-time work) more times than its
+    /// `max_preemptions` allow.
+    Preempted { task: String, times: u32, detail: String },
+    /// The task's node ran short of memory while it ran, and the task was preempted to free
+    /// it more times than its `max_preemptions` allow. `detail` names the node's memory
+    /// use and the task's.
+    OutOfMemory { task: String, node: String, detail: String },
 }
 
 impl Error {
@@ -141,6 +148,17 @@ impl fmt::Display for Error {
             }
             Error::Connection { detail } => write!(f, "cannot reach the cluster: {detail}"),
             Error::InvalidArgument { detail } => write!(f, "{detail}"),
+            Error::Preempted { task, times, detail } => write!(
+                f,
+                "task {task} was preempted {times} times for more urgent work ({detail}) and is not run again; \
+                 raise its max_preemptions, give it a higher priority, or run it when the cluster is less busy"
+            ),
+            Error::OutOfMemory { task, node, detail } => write!(
+                f,
+                "task {task} was killed on node {node} to free memory ({detail}) too many times to run again; \
+                 use less memory per task, reserve what it needs with .memory(bytes) so it is placed where \
+                 there is room, or add memory to the node"
+            ),
         }
     }
 }

@@ -405,6 +405,10 @@ pub struct NodeStats {
     /// started (preemptions that lose nothing).
     pub suspended_workers: u64,
     pub suspensions: u64,
+    /// Leases reset since the node started (their workers killed for real-time work or to
+    /// free memory; their tasks run again), and of those, resets to free memory.
+    pub resets: u64,
+    pub memory_resets: u64,
 }
 
 /// A stored object as the node lists it.
@@ -566,6 +570,15 @@ pub enum FromNode {
     WorkerDied {
         worker: WorkerId,
         reason: String,
+    },
+    /// To the holder of a lease on `worker`: the node took it back (reset preemption, for
+    /// real-time work or, with `memory`, to free memory; `detail` says why). The worker is
+    /// stopped and is killed once the lease comes back (`ReturnLease`), or soon anyway; what
+    /// it ran is run again without charging a retry, up to the task's bound.
+    Preempted {
+        worker: WorkerId,
+        memory: bool,
+        detail: String,
     },
     Sealed {
         req: u64,

@@ -79,7 +79,21 @@ pub enum Action {
     Lower {
         worker: WorkerId,
     },
+    /// Reset (REEF): this lease is taken back for good, its resources given to other work
+    /// already. The worker is stopped at once; its holder is told (it sends the lease back
+    /// to be killed, and runs the task again without charging a retry) and the worker is
+    /// killed within [`PREEMPT_GRACE`] either way. `memory`: to free memory, not for
+    /// real-time work. An actor's lease ([`Scheduler::protect`] keeps those that cannot
+    /// restart) is ended by killing the worker: its restart is the reset.
+    Preempt {
+        conn: ConnId,
+        worker: WorkerId,
+        memory: bool,
+    },
 }
+
+/// A preempted worker whose holder does not give its lease back within this is killed.
+pub const PREEMPT_GRACE: Duration = Duration::from_secs(2);
 
 /// Tunables of the pool.
 #[derive(Clone, Debug)]
@@ -90,6 +104,10 @@ pub struct PoolOptions {
     pub max_workers: usize,
     /// Idle workers beyond `prestart` are stopped after this long.
     pub idle_timeout: Duration,
+    /// A best-effort lease suspended this long is reset instead ([`Action::Preempt`]): its
+    /// task runs again from the start, maybe on another node, rather than hold its memory
+    /// and wait for real-time work that keeps the CPUs this long.
+    pub reset_after: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -117,6 +135,14 @@ enum WorkerState {
     /// leased, not part of the pool, asked again to retire after each idle timeout.
     Draining {
         since: Instant,
+    },
+    /// Preempted by reset ([`Action::Preempt`]): stopped, its resources given back already,
+    /// killed when its holder returns the lease or when [`PREEMPT_GRACE`] has passed.
+    /// `since` is `None` until the first tick sees it.
+    Preempting {
+        lease: LeaseId,
+        owner: ConnId,
+        since: Option<Instant>,
     },
 }
 
@@ -177,6 +203,12 @@ pub struct Scheduler {
     suspensions: u64,
     /// Workers lowered to the lowest CPU priority ([`Action::Lower`]): best-effort only.
     lowered: BTreeSet<WorkerId>,
+    /// When each suspended worker was first seen suspended by a tick (see
+    /// [`PoolOptions::reset_after`]).
+    suspended_seen: HashMap<WorkerId, Instant>,
+    /// Leases that must never be reset (actors with no restarts left), and resets so far.
+    protected: BTreeSet<WorkerId>,
+    resets: u64,
     opts: PoolOptions,
 }
 
@@ -198,6 +230,9 @@ impl Scheduler {
             suspended: Vec::new(),
             suspensions: 0,
             lowered: BTreeSet::new(),
+            suspended_seen: HashMap::new(),
+            protected: BTreeSet::new(),
+            resets: 0,
             opts,
         };
         let n = s.opts.prestart.min(s.opts.max_workers);
@@ -306,9 +341,19 @@ impl Scheduler {
         };
         match self.workers.get(&worker) {
             Some(WorkerState::Leased { owner, .. }) if *owner == conn => {}
+            Some(WorkerState::Preempting { owner, .. }) if *owner == conn => {
+                // The holder gave the preempted lease back: its worker goes now.
+                self.leases.remove(&lease);
+                self.workers.remove(&worker);
+                self.forget(worker);
+                let mut actions = vec![Action::KillWorker { worker }];
+                actions.extend(self.schedule());
+                return actions;
+            }
             _ => return Vec::new(),
         }
         self.leases.remove(&lease);
+        self.protected.remove(&worker);
         let Some(WorkerState::Leased { shape, blocked, suspended, .. }) = self.workers.remove(&worker) else {
             unreachable!("checked above")
         };
@@ -331,12 +376,15 @@ impl Scheduler {
 
     /// A worker process is gone (exited, killed, or its connection broke).
     pub fn worker_died(&mut self, worker: WorkerId) -> Vec<Action> {
-        self.lowered.remove(&worker);
+        self.forget(worker);
         match self.workers.remove(&worker) {
             Some(WorkerState::Leased { lease, shape, blocked, suspended, .. }) => {
                 self.leases.remove(&lease);
                 self.release(&shape, blocked || suspended);
                 self.suspended.retain(|w| *w != worker);
+            }
+            Some(WorkerState::Preempting { lease, .. }) => {
+                self.leases.remove(&lease);
             }
             Some(WorkerState::Idle { .. }) => self.idle.retain(|w| *w != worker),
             Some(WorkerState::Retiring { .. } | WorkerState::Draining { .. }) => {}
@@ -392,7 +440,7 @@ impl Scheduler {
             .workers
             .iter()
             .filter_map(|(w, s)| match s {
-                WorkerState::Leased { owner, .. } if *owner == conn => Some(*w),
+                WorkerState::Leased { owner, .. } | WorkerState::Preempting { owner, .. } if *owner == conn => Some(*w),
                 _ => None,
             })
             .collect();
@@ -421,6 +469,7 @@ impl Scheduler {
             actions.push(Action::KillWorker { worker: w });
             actions.extend(self.worker_died(w));
         }
+        actions.extend(self.tick_preemption(now));
         // Draining workers are asked again, once per idle timeout.
         let due: Vec<WorkerId> = self
             .workers
@@ -450,6 +499,94 @@ impl Scheduler {
             beyond -= 1;
         }
         actions
+    }
+
+    /// Preemption's clock: preempted workers whose holders did not give their leases back
+    /// in time are killed, and best-effort leases suspended longer than
+    /// [`PoolOptions::reset_after`] are reset.
+    fn tick_preemption(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let mut late = Vec::new();
+        for (w, s) in self.workers.iter_mut() {
+            if let WorkerState::Preempting { since, .. } = s {
+                match since {
+                    None => *since = Some(now),
+                    Some(t) if now.duration_since(*t) >= PREEMPT_GRACE => late.push(*w),
+                    Some(_) => {}
+                }
+            }
+        }
+        for w in late {
+            actions.push(Action::KillWorker { worker: w });
+            actions.extend(self.worker_died(w));
+        }
+        let suspended = &self.suspended;
+        self.suspended_seen.retain(|w, _| suspended.contains(w));
+        let mut overdue = Vec::new();
+        for w in &self.suspended {
+            let seen = *self.suspended_seen.entry(*w).or_insert(now);
+            if now.duration_since(seen) >= self.opts.reset_after && !self.protected.contains(w) {
+                overdue.push(*w);
+            }
+        }
+        for w in overdue {
+            self.reset(w, false, &mut actions);
+        }
+        if !actions.is_empty() {
+            actions.extend(self.schedule());
+        }
+        actions
+    }
+
+    /// Resets the lease on `worker` ([`Action::Preempt`]): its resources come back now.
+    fn reset(&mut self, worker: WorkerId, memory: bool, actions: &mut Vec<Action>) {
+        let Some(WorkerState::Leased { lease, owner, shape, blocked, suspended, .. }) = self.workers.remove(&worker)
+        else {
+            return;
+        };
+        self.release(&shape, blocked || suspended);
+        self.suspended.retain(|w| *w != worker);
+        self.suspended_seen.remove(&worker);
+        self.workers.insert(worker, WorkerState::Preempting { lease, owner, since: None });
+        self.resets += 1;
+        actions.push(Action::Preempt { conn: owner, worker, memory });
+    }
+
+    /// The node is short of memory: resets one lease to free it, and says which worker. The
+    /// victim is the most recently granted best-effort lease, else the most recently granted
+    /// other one, lower priorities first; leases that cannot be reset (actors with no
+    /// restarts left) only when no other is left. `None` if nothing is leased.
+    pub fn preempt_for_memory(&mut self) -> (Option<WorkerId>, Vec<Action>) {
+        let victim = self
+            .workers
+            .iter()
+            .filter_map(|(w, s)| match s {
+                WorkerState::Leased { lease, priority, .. } => {
+                    Some(((!self.protected.contains(w), std::cmp::Reverse(*priority), *lease), *w))
+                }
+                _ => None,
+            })
+            .max()
+            .map(|(_, w)| w);
+        let mut actions = Vec::new();
+        if let Some(w) = victim {
+            self.reset(w, true, &mut actions);
+            actions.extend(self.schedule());
+        }
+        (victim, actions)
+    }
+
+    /// The lease on `worker` must never be reset for priority (an actor with no restarts
+    /// left: a reset would kill it for good). Forgotten when the lease ends.
+    pub fn protect(&mut self, worker: WorkerId) {
+        self.protected.insert(worker);
+    }
+
+    /// What is known of a worker that is gone or whose lease ended for good.
+    fn forget(&mut self, worker: WorkerId) {
+        self.lowered.remove(&worker);
+        self.protected.remove(&worker);
+        self.suspended_seen.remove(&worker);
     }
 
     /// A worker asked to retire still owns objects or tasks in use: it stays, idle, and is
@@ -508,8 +645,10 @@ impl Scheduler {
                     i += 1;
                     continue;
                 }
-                // Real-time work takes CPUs from best-effort work at once.
+                // Real-time work takes resources from best-effort work at once: CPUs by
+                // suspending it, anything else (memory, GPUs) by resetting it.
                 let shape = self.queue[i].shape.clone();
+                self.reset_for(&shape, &mut provisional, &mut actions);
                 self.suspend_for(&shape, &mut provisional, &mut actions);
             }
             let shape = &self.queue[i].shape;
@@ -619,6 +758,58 @@ impl Scheduler {
         }
     }
 
+    /// Resets best-effort leases, most recently granted first, that hold resources other
+    /// than CPUs that `shape` lacks in `provisional`, until it no longer lacks them; resets
+    /// none if that cannot make them fit. Suspension cannot free those: a stopped process
+    /// keeps its memory and its devices.
+    fn reset_for(&mut self, shape: &Shape, provisional: &mut BTreeMap<String, i64>, actions: &mut Vec<Action>) {
+        let mut lacking: BTreeMap<&str, i64> = shape
+            .0
+            .iter()
+            .filter(|(n, _)| n != CPU)
+            .map(|(n, v)| (n.as_str(), *v as i64 - provisional.get(n).copied().unwrap_or(0)))
+            .filter(|(_, short)| *short > 0)
+            .collect();
+        if lacking.is_empty() {
+            return;
+        }
+        let mut victims: Vec<(LeaseId, WorkerId, &Shape)> = self
+            .workers
+            .iter()
+            .filter_map(|(w, s)| match s {
+                WorkerState::Leased { lease, shape, priority: Priority::BestEffort, .. }
+                    if !self.protected.contains(w) && shape.0.iter().any(|(n, _)| lacking.contains_key(n.as_str())) =>
+                {
+                    Some((*lease, *w, shape))
+                }
+                _ => None,
+            })
+            .collect();
+        victims.sort_by_key(|(lease, _, _)| std::cmp::Reverse(*lease));
+        let mut chosen = Vec::new();
+        for (_, w, held) in victims {
+            if lacking.values().all(|v| *v <= 0) {
+                break;
+            }
+            for (n, v) in &held.0 {
+                if let Some(short) = lacking.get_mut(n.as_str()) {
+                    *short -= *v as i64;
+                }
+            }
+            chosen.push(w);
+        }
+        if lacking.values().any(|v| *v > 0) {
+            return;
+        }
+        for w in chosen {
+            let before = self.available.clone();
+            self.reset(w, false, actions);
+            for (n, v) in &self.available {
+                *provisional.entry(n.clone()).or_insert(0) += v - before.get(n).copied().unwrap_or(0);
+            }
+        }
+    }
+
     /// Suspended workers go on, oldest first, as their CPUs come free, unless real-time work
     /// still waits for them.
     fn resume_suspended(&mut self, actions: &mut Vec<Action>) {
@@ -702,9 +893,14 @@ impl Scheduler {
     /// The owner connection holding `worker`'s lease, if leased.
     pub fn lease_holder(&self, worker: WorkerId) -> Option<ConnId> {
         match self.workers.get(&worker) {
-            Some(WorkerState::Leased { owner, .. }) => Some(*owner),
+            Some(WorkerState::Leased { owner, .. } | WorkerState::Preempting { owner, .. }) => Some(*owner),
             _ => None,
         }
+    }
+
+    /// Leases reset so far ([`Action::Preempt`]).
+    pub fn resets(&self) -> u64 {
+        self.resets
     }
 }
 

@@ -4,7 +4,7 @@
 use super::*;
 
 fn opts(prestart: usize) -> PoolOptions {
-    PoolOptions { prestart, max_workers: 8, idle_timeout: Duration::from_secs(1) }
+    PoolOptions { prestart, max_workers: 8, idle_timeout: Duration::from_secs(1), reset_after: Duration::from_secs(30) }
 }
 
 fn grants(a: &[Action]) -> Vec<(ConnId, u64, WorkerId)> {
@@ -134,6 +134,109 @@ fn suspension_waits_for_a_worker_and_never_leaves_one_stopped() {
     assert_eq!(s.suspensions().0, 0);
 }
 
+fn preempted(a: &[Action]) -> Vec<(ConnId, WorkerId, bool)> {
+    a.iter()
+        .filter_map(|x| match x {
+            Action::Preempt { conn, worker, memory } => Some((*conn, *worker, *memory)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Suspension cannot free a GPU (or memory): a real-time request that lacks one resets the
+/// most recently granted best-effort lease holding it, is granted at once, and the reset
+/// worker is killed when its holder gives the lease back. A lease that cannot be reset is
+/// not, and none is when resetting all would still not make room.
+#[test]
+fn real_time_work_resets_best_effort_work_that_holds_what_it_needs() {
+    let now = Instant::now();
+    let total = Shape::with_resources(4.0, &[("GPU".to_string(), 2.0)]);
+    let gpu = |g: f64| Shape::with_resources(1.0, &[("GPU".to_string(), g)]);
+    let (mut s, _) = Scheduler::new(&total, opts(0));
+    for w in 1..=4 {
+        s.worker_registered(WorkerId(w), now);
+    }
+    let older = grants(&s.request(1, 1, gpu(1.0), 1, Priority::BestEffort))[0].2;
+    let newer = s.request(1, 2, gpu(1.0), 1, Priority::BestEffort);
+    let (newer_worker, newer_lease) = (grants(&newer)[0].2, lease_of(&newer));
+    let a = s.request(2, 3, gpu(1.0), 1, Priority::RealTime);
+    assert_eq!(preempted(&a), vec![(1, newer_worker, false)], "the newest is reset: {a:?}");
+    assert!(suspended(&a).is_empty(), "CPUs were free: {a:?}");
+    let rt = lease_of(&a);
+    assert_eq!(s.resets(), 1);
+    assert_eq!(s.lease_holder(newer_worker), Some(1), "its holder is still told of its death");
+    // A second reset of the same lease never happens; its holder's return kills it.
+    assert_eq!(s.return_lease(1, newer_lease, false, now), vec![Action::KillWorker { worker: newer_worker }]);
+    assert!(s.worker_died(newer_worker).iter().all(|x| !matches!(x, Action::Grant { .. })));
+    // The older one is protected (an actor that cannot restart): a second real-time request
+    // waits rather than kill it.
+    s.protect(older);
+    let a = s.request(2, 4, gpu(2.0), 1, Priority::RealTime);
+    assert!(preempted(&a).is_empty() && grants(&a).is_empty(), "{a:?}");
+    // Accounts balance once everything is back.
+    s.return_lease(2, rt, false, now);
+    assert_eq!(s.available().get_milli("GPU"), 1000, "the second request took nothing yet");
+}
+
+/// A best-effort lease suspended longer than `reset_after` is reset: its worker is stopped
+/// already, its holder told, and it is killed after `PREEMPT_GRACE` if the holder never
+/// gives the lease back.
+#[test]
+fn a_lease_suspended_too_long_is_reset_and_killed_if_never_returned() {
+    let now = Instant::now();
+    let mut o = opts(0);
+    o.reset_after = Duration::from_secs(1);
+    let (mut s, _) = Scheduler::new(&Shape::cpus(1.0), o);
+    s.worker_registered(WorkerId(1), now);
+    s.worker_registered(WorkerId(2), now);
+    let be = grants(&s.request(1, 1, Shape::cpus(1.0), 1, Priority::BestEffort))[0].2;
+    let a = s.request(2, 2, Shape::cpus(1.0), 1, Priority::RealTime);
+    assert_eq!(suspended(&a), vec![be]);
+    assert!(preempted(&s.tick(now)).is_empty(), "first seen suspended now");
+    let a = s.tick(now + Duration::from_millis(1100));
+    assert_eq!(preempted(&a), vec![(1, be, false)], "{a:?}");
+    assert_eq!(s.suspensions().0, 0, "no longer suspended: reset");
+    let a = s.tick(now + Duration::from_millis(1200));
+    assert!(!a.contains(&Action::KillWorker { worker: be }), "{a:?}");
+    let a = s.tick(now + Duration::from_millis(1200) + PREEMPT_GRACE);
+    assert!(a.contains(&Action::KillWorker { worker: be }), "{a:?}");
+    assert_eq!(s.lease_holder(be), None);
+    assert_eq!(s.available().get_milli(CPU), 0, "the real-time lease holds the CPU");
+}
+
+/// Under memory pressure the victim is the newest best-effort lease, then the newest other
+/// by rising priority; a protected lease (an actor with no restarts left) only when nothing
+/// else is left.
+#[test]
+fn memory_pressure_resets_newest_lowest_priority_first_and_protected_last() {
+    let now = Instant::now();
+    let (mut s, _) = Scheduler::new(&Shape::cpus(8.0), opts(0));
+    for w in 1..=5 {
+        s.worker_registered(WorkerId(w), now);
+    }
+    let mut by_req = std::collections::BTreeMap::new();
+    for (req, p) in [
+        (1, Priority::BestEffort),
+        (2, Priority::Normal),
+        (3, Priority::BestEffort),
+        (4, Priority::RealTime),
+        (5, Priority::BestEffort),
+    ] {
+        by_req.insert(grants(&s.request(1, req, Shape::cpus(1.0), 1, p))[0].2, req);
+    }
+    let protected = by_req.iter().find(|(_, r)| **r == 5).map(|(w, _)| *w).expect("granted");
+    s.protect(protected);
+    let mut order = Vec::new();
+    loop {
+        let (victim, a) = s.preempt_for_memory();
+        let Some(w) = victim else { break };
+        assert_eq!(preempted(&a), vec![(1, w, true)]);
+        order.push(by_req[&w]);
+    }
+    assert_eq!(order, vec![3, 1, 2, 4, 5]);
+    assert_eq!(s.available().get_milli(CPU), 8000, "every reset lease gave its CPU back");
+}
+
 /// A worker that ran best-effort work is lowered once and from then on takes only
 /// best-effort work: other work gets another worker.
 #[test]
@@ -238,8 +341,10 @@ fn blocked_worker_lends_cpu_and_oversubscribes_on_resume() {
 #[test]
 fn starts_workers_on_demand_up_to_max() {
     let now = Instant::now();
-    let (mut s, _) =
-        Scheduler::new(&Shape::cpus(16.0), PoolOptions { prestart: 0, max_workers: 2, idle_timeout: Duration::ZERO });
+    let (mut s, _) = Scheduler::new(
+        &Shape::cpus(16.0),
+        PoolOptions { prestart: 0, max_workers: 2, idle_timeout: Duration::ZERO, reset_after: Duration::from_secs(30) },
+    );
     let mut starts = 0;
     for r in 0..5 {
         starts += s

@@ -39,6 +39,9 @@ pub const LEASE_IDLE: Duration = Duration::from_millis(1000);
 pub const MAX_WORKERS: usize = 4096;
 /// Idle workers beyond the warm pool are asked to retire after this.
 pub const IDLE_WORKER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A best-effort lease suspended for real-time work this long is reset instead: its task
+/// runs again, maybe elsewhere (`FERRY_PREEMPT_RESET_AFTER_MS`).
+pub const PREEMPT_RESET_AFTER: Duration = Duration::from_secs(10);
 /// Retries of a task whose worker dies.
 pub const MAX_RETRIES: u32 = 3;
 /// The share of the machine's memory the object store takes by default (capped by what its

@@ -12,4 +12,4 @@ pub mod sync;
 pub use ids::{random_bytes, random_u64, ActorId, NodeId, ObjectId, TaskId, WorkerId};
 pub use placement::Placement;
 pub use priority::Priority;
-pub use shape::{Shape, CPU};
+pub use shape::{Shape, CPU, MEMORY};

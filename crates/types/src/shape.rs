@@ -18,6 +18,9 @@ pub struct Shape(
 
 /// Name of the CPU resource.
 pub const CPU: &str = "CPU";
+/// Name of the memory resource, counted in bytes: a node has as much as its memory less its
+/// object store; a task reserves some with `.memory(bytes)`.
+pub const MEMORY: &str = "memory";
 
 impl Shape {
     /// A shape of `cpus` CPUs and nothing else.

@@ -3,7 +3,30 @@
 
 use super::*;
 
+/// A node took back a lease on a worker (reset preemption): why, and which node.
+#[derive(Debug)]
+pub(crate) struct Preemption {
+    node: NodeId,
+    memory: bool,
+    detail: String,
+}
+
 impl OwnerState {
+    /// Node `node` took back the lease on `worker` (`FromNode::Preempted`): the lease goes
+    /// back to be killed, and when the worker is seen gone what it ran is run again without
+    /// charging a retry (see [`Self::on_worker_lost`]).
+    pub fn on_preempted(&mut self, node: NodeId, worker: WorkerId, memory: bool, detail: String, fx: &mut Effects) {
+        let held: Vec<u64> =
+            self.leases.iter().filter(|(_, l)| l.worker == worker && l.node == node).map(|(id, _)| *id).collect();
+        if held.is_empty() {
+            return; // given back already: the node kills it anyway
+        }
+        self.preempted.insert(worker, Preemption { node, memory, detail });
+        for id in held {
+            self.return_lease(id, true, fx);
+        }
+    }
+
     /// When a lease of `class` has nothing to do and nothing is queued, asks the busiest
     /// other lease of the class to hand back half of its unstarted tasks: without this, a
     /// task pipelined behind a long one waits while a worker idles.
@@ -213,6 +236,7 @@ impl OwnerState {
 
     /// A worker is gone: its leases end, and what it was running is retried or failed.
     pub fn on_worker_lost(&mut self, worker: WorkerId, detail: &str, fx: &mut Effects) {
+        let preempted = self.preempted.remove(&worker);
         let dead: Vec<u64> = self.leases.iter().filter(|(_, l)| l.worker == worker).map(|(id, _)| *id).collect();
         let mut classes = Vec::new();
         for id in dead {
@@ -243,10 +267,27 @@ impl OwnerState {
                 }
                 continue;
             }
-            if t.retries_left > 0 {
-                t.retries_left -= 1;
+            if preempted.is_some() {
+                self.preemptions += 1;
+                t.preempted += 1;
+            }
+            // A preempted run is not the task's fault: it does not charge a retry, only its
+            // own bound.
+            let again = match &preempted {
+                Some(_) if t.preemptions_left > 0 => {
+                    t.preemptions_left -= 1;
+                    true
+                }
+                Some(_) => false,
+                None if t.retries_left > 0 => {
+                    t.retries_left -= 1;
+                    self.retries += 1;
+                    true
+                }
+                None => false,
+            };
+            if again {
                 t.attempts += 1;
-                self.retries += 1;
                 t.state = TaskState::Queued;
                 self.classes[t.class].queue.push_front(task);
                 classes.push(t.class);
@@ -257,10 +298,18 @@ impl OwnerState {
                     TaskState::Pushed { lease, .. } => self.leases.get(&lease).map(|l| l.node),
                     _ => None,
                 };
+                let node = node.or(preempted.as_ref().map(|p| p.node));
                 t.state = TaskState::Queued;
+                let times = t.preempted;
                 let class = t.class;
                 self.classes[class].queue.push_front(task);
-                let err = Error::WorkerDied { task: name, detail: detail.to_string() };
+                let err = match &preempted {
+                    Some(Preemption { node, memory: true, detail }) => {
+                        Error::OutOfMemory { task: name, node: node.to_string(), detail: detail.clone() }
+                    }
+                    Some(Preemption { detail, .. }) => Error::Preempted { task: name, times, detail: detail.clone() },
+                    None => Error::WorkerDied { task: name, detail: detail.to_string() },
+                };
                 if let Some(t) = self.tasks.remove(&task) {
                     self.note_unread(&t, &err, (Some(worker), node));
                     self.tasks.insert(task, t);

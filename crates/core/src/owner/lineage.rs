@@ -165,6 +165,8 @@ impl OwnerState {
                 depth,
                 retries_left: lin.retries_left,
                 retry_exceptions: false,
+                preemptions_left: crate::task::DEFAULT_MAX_PREEMPTIONS,
+                preempted: 0,
                 attempts: 0,
                 state,
                 ret: ObjectId { task: id.task, index: 0 },

@@ -208,6 +208,10 @@ pub(crate) struct OwnerState {
     /// `retry_exceptions`, a lost argument): see `ferry::recovery_stats`.
     reconstructions: u64,
     retries: u64,
+    /// Task runs ended by preemption (see [`Self::on_preempted`]), and the workers whose
+    /// nodes took their leases back, not yet seen gone: their loss is a preemption.
+    preemptions: u64,
+    preempted: HashMap<WorkerId, leases::Preemption>,
     /// Objects that became `Failed` so far, and who to wake when one does (see `get_all`),
     /// by registration.
     failures: u64,
@@ -332,6 +336,10 @@ struct TaskEntry {
     retries_left: u32,
     /// Panics are retried too (`retry_exceptions`), not only lost workers.
     retry_exceptions: bool,
+    /// Preemptions it may still take and run again without charging a retry, and those it
+    /// took.
+    preemptions_left: u32,
+    preempted: u32,
     /// Times it ran and failed or was lost before this run.
     attempts: u32,
     state: TaskState,
@@ -558,6 +566,8 @@ impl OwnerState {
             dead_nodes: HashSet::default(),
             reconstructions: 0,
             retries: 0,
+            preemptions: 0,
+            preempted: HashMap::default(),
             failures: 0,
             unread: HashMap::default(),
             failure_waiters: Vec::new(),
@@ -587,9 +597,10 @@ impl OwnerState {
         self.running = task;
     }
 
-    /// Task runs repeated and objects made again so far (`ferry::recovery_stats`).
-    pub fn recovery(&self) -> (u64, u64) {
-        (self.retries, self.reconstructions)
+    /// Task runs repeated, objects made again and task runs preempted so far
+    /// (`ferry::recovery_stats`).
+    pub fn recovery(&self) -> (u64, u64, u64) {
+        (self.retries, self.reconstructions, self.preemptions)
     }
 
     /// The daemon is short of resources: leases go back as soon as they are idle, those idle

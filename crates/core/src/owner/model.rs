@@ -227,7 +227,7 @@ fn run(ops: Vec<Op>) {
                     Arc::from("f"),
                     drafts,
                     (&Shape::cpus(1.0), &Default::default(), Default::default()),
-                    (0, false),
+                    (0, false, 0),
                     (crate::owner::Rets::One, crate::owner::Job { id: WorkerId(1), namespace: None }),
                     Default::default(),
                     &mut fx,

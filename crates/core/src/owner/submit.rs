@@ -31,7 +31,7 @@ impl OwnerState {
         name: Arc<str>,
         args: Vec<ArgDraft>,
         (shape, placement, priority): (&Shape, &Placement, Priority),
-        (max_retries, retry_exceptions): (u32, bool),
+        (max_retries, retry_exceptions, max_preemptions): (u32, bool, u32),
         (returns, job): (Rets, Job),
         exported: Exports,
         fx: &mut Effects,
@@ -41,6 +41,7 @@ impl OwnerState {
         let (task, ret, failed) = self.register_task(function, name, args, target, exported, max_retries, 1, fx);
         if let Some(t) = self.tasks.get_mut(&task) {
             t.retry_exceptions = retry_exceptions;
+            t.preemptions_left = max_preemptions;
         }
         if let Some(err) = failed {
             self.fail_downstream(task, err, fx);
@@ -135,6 +136,8 @@ impl OwnerState {
                 depth,
                 retries_left: max_retries,
                 retry_exceptions: false,
+                preemptions_left: 0,
+                preempted: 0,
                 attempts: 0,
                 state,
                 ret,

@@ -92,6 +92,9 @@ impl Runtime {
                 }
                 FromNode::RetireIfIdle => {}
                 FromNode::WorkerDied { worker, reason } => self.worker_lost(worker, &reason),
+                FromNode::Preempted { worker, memory, detail } => {
+                    self.with_state(|st, fx| st.on_preempted(node, worker, memory, detail, fx))
+                }
                 FromNode::Sealed { req, .. }
                 | FromNode::Room { req, .. }
                 | FromNode::Stats { req, .. }

@@ -348,7 +348,7 @@ impl Runtime {
         name: Arc<str>,
         args: Vec<ArgDraft>,
         class: (&Shape, &ferry_proto::msg::Placement, ferry_proto::Priority),
-        retries: (u32, bool),
+        retries: (u32, bool, u32),
         returns: crate::owner::Rets,
         exported: crate::owner::Exports,
     ) -> ObjectId {

@@ -45,3 +45,28 @@ pub fn sigkill(pid: u32) {
     // SAFETY: a plain syscall; the pid is a worker of this test's own cluster.
     unsafe { kill(pid as i32, 9) };
 }
+
+/// Busy for `ms` of its own CPU time (a stopped process uses none), then its pid.
+pub fn spin_cpu(ms: u64) -> u32 {
+    let cpu = || {
+        let mut t = Timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: a plain syscall writing into `t`.
+        unsafe { clock_gettime(2, &mut t) }; // CLOCK_PROCESS_CPUTIME_ID
+        Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+    };
+    let start = cpu();
+    while cpu() - start < Duration::from_millis(ms) {
+        std::hint::spin_loop();
+    }
+    std::process::id()
+}
+
+#[repr(C)]
+struct Timespec {
+    tv_sec: i64,
+    tv_nsec: i64,
+}
+
+extern "C" {
+    fn clock_gettime(clock: i32, t: *mut Timespec) -> i32;
+}

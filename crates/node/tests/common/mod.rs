@@ -37,7 +37,12 @@ pub fn options(test: &str, tag: &str) -> NodeOptions {
         spill_dir: None,
         token: TOKEN.into(),
         resources: Shape::cpus(1.0),
-        pool: PoolOptions { prestart: 0, max_workers: 1, idle_timeout: Duration::from_secs(1) },
+        pool: PoolOptions {
+            prestart: 0,
+            max_workers: 1,
+            idle_timeout: Duration::from_secs(1),
+            reset_after: Duration::from_secs(30),
+        },
         worker_program: None,
         tcp: None,
         head_timeout: None,
@@ -47,6 +52,7 @@ pub fn options(test: &str, tag: &str) -> NodeOptions {
         state_dir: None,
         worker_env: Vec::new(),
         max_frame: 64 << 20,
+        memory_watch: ferry_node::pressure::Watch::off(),
     }
 }
 
