@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::owner::{Exports, Rets};
 use crate::runtime::{runtime, try_runtime};
 use crate::{ObjectRef, TaskArg};
-use ferry_proto::msg::{ActorId, ActorSpec, FromNode, HandleWire, Shape, ToNode};
+use ferry_proto::msg::{ActorId, ActorSpec, FromNode, HandleWire, ToNode};
 use ferry_proto::ObjectId;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -386,6 +386,11 @@ pub trait ActorOptionsBuilder: Sized {
         self.actor_options().strategy = s;
         self
     }
+    /// Runs the actor inside bundle `bundle` of placement group `pg` (any if `None`).
+    fn placement_group(mut self, pg: &crate::PlacementGroup, bundle: Option<u32>) -> Self {
+        self.actor_options().strategy = crate::SchedulingStrategy::PlacementGroup { group: pg.id(), bundle };
+        self
+    }
     /// How urgent the actor is (see [`ActorOptions::priority`]).
     fn priority(mut self, p: crate::Priority) -> Self {
         self.actor_options().priority = p;
@@ -423,7 +428,7 @@ pub fn create_actor<T: Actor>(opts: &ActorOptions, args: Vec<TaskArg>) -> Result
             return Err(e);
         }
     };
-    let shape = Shape::with_resources(opts.num_cpus, &opts.resources);
+    let shape = opts.strategy.shape(opts.num_cpus, &opts.resources);
     let depth = rt.lock().depth();
     let spec = ActorSpec {
         class: T::CLASS.to_string(),

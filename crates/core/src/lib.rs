@@ -17,6 +17,7 @@ mod config;
 mod context;
 mod error;
 mod executor;
+mod groups;
 mod logs;
 mod memory;
 mod object_ref;
@@ -40,11 +41,15 @@ pub use config::{Config, UnhandledHook};
 pub use context::{runtime_context, RuntimeContext};
 pub use error::{Error, Result};
 pub use ferry_proto::msg::ActorId;
+pub use ferry_proto::msg::GroupView;
 pub use ferry_proto::msg::NodeStats;
 /// One node as the cluster sees it (see [`nodes`]).
 pub use ferry_proto::msg::NodeView as NodeInfo;
+pub use ferry_proto::{GroupStrategy, CPU, MEMORY};
 pub use ferry_proto::{NodeId, ObjectId, Shape, TaskId, WorkerId};
-pub use ferry_proto::{CPU, MEMORY};
+pub use groups::{
+    placement_group, placement_group_named, placement_groups, remove_placement_group, GroupPhase, PlacementGroup,
+};
 pub use memory::{memory_summary, Location, MemorySummary, ObjectSummary};
 pub use object_ref::{get_async, GetFuture, ObjectRef};
 pub use owner::UnhandledError;

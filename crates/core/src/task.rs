@@ -179,6 +179,9 @@ pub enum SchedulingStrategy {
     /// On `node`; if `soft`, elsewhere when that node is dead or cannot fit the task (if not,
     /// the task fails with `TaskError` saying why).
     NodeAffinity { node: NodeId, soft: bool },
+    /// Inside bundle `bundle` of placement group `group` (any of its bundles if `None`),
+    /// using the resources reserved there: set with `.placement_group(&pg, Some(i))`.
+    PlacementGroup { group: u64, bundle: Option<u32> },
 }
 
 impl SchedulingStrategy {
@@ -188,13 +191,25 @@ impl SchedulingStrategy {
             SchedulingStrategy::Default => Placement::Default,
             SchedulingStrategy::Spread => Placement::Spread,
             SchedulingStrategy::NodeAffinity { node, soft } => Placement::Node { node: *node, soft: *soft },
+            // The bundle's renamed resources lead it to its node (see `shape`).
+            SchedulingStrategy::PlacementGroup { .. } => Placement::Default,
+        }
+    }
+
+    /// The resources asked for `num_cpus` and `resources` under this strategy: inside a
+    /// placement group, those reserved for it.
+    pub(crate) fn shape(&self, num_cpus: f64, resources: &[(String, f64)]) -> ferry_proto::msg::Shape {
+        let plain = ferry_proto::msg::Shape::with_resources(num_cpus, resources);
+        match self {
+            SchedulingStrategy::PlacementGroup { group, bundle } => crate::groups::shape_in(&plain, *group, *bundle),
+            _ => plain,
         }
     }
 }
 
 impl TaskOptions {
     fn shape(&self) -> ferry_proto::msg::Shape {
-        ferry_proto::msg::Shape::with_resources(self.num_cpus, &self.resources)
+        self.strategy.shape(self.num_cpus, &self.resources)
     }
 }
 
@@ -226,6 +241,12 @@ pub trait RemoteOptions: Sized {
     /// Which node runs the task.
     fn scheduling_strategy(mut self, s: SchedulingStrategy) -> Self {
         self.task_options().strategy = s;
+        self
+    }
+    /// Runs the task inside bundle `bundle` of placement group `pg` (any of its bundles if
+    /// `None`), on the resources reserved there; it waits until the group is placed.
+    fn placement_group(mut self, pg: &crate::PlacementGroup, bundle: Option<u32>) -> Self {
+        self.task_options().strategy = SchedulingStrategy::PlacementGroup { group: pg.id(), bundle };
         self
     }
     /// Also retry (up to `max_retries`) when the task panics; the final error says how many

@@ -37,6 +37,7 @@ pub use ferry_core::{
     TaskOptions, UnhandledError, UnhandledHook, WaitOptions, WaitResult, WorkerId, CPU, DEFAULT_MAX_PREEMPTIONS,
     MEMORY,
 };
+pub use ferry_core::{placement_groups, remove_placement_group, GroupPhase, GroupStrategy, GroupView, PlacementGroup};
 pub use ferry_macros::{actor, main, method, remote};
 
 /// The names most programs need: `use ferry::prelude::*;`.
@@ -78,6 +79,31 @@ pub fn get_actor<T: Actor>(name: &str) -> Result<ActorHandle<T>> {
 pub fn get_actor_in<T: Actor>(name: &str, namespace: &str) -> Result<ActorHandle<T>> {
     embed::ready();
     ferry_core::get_actor_in(name, namespace)
+}
+
+/// Reserves resources for a group of bundles, atomically across nodes (Ray's
+/// `placement_group`), laid out by `strategy`; see [`PlacementGroup`]. Tasks and actors run
+/// in a bundle with `.placement_group(&pg, Some(i))`.
+///
+/// ```no_run
+/// use ferry::{GroupStrategy, Shape};
+/// let pg = ferry::placement_group(vec![Shape::cpus(1.0); 2], GroupStrategy::StrictSpread).unwrap();
+/// ferry::get(&pg.ready()).unwrap();
+/// pg.remove().unwrap();
+/// ```
+pub fn placement_group(bundles: impl IntoIterator<Item = Shape>, strategy: GroupStrategy) -> Result<PlacementGroup> {
+    embed::ready();
+    ferry_core::placement_group(bundles, strategy)
+}
+
+/// [`placement_group`] with a name, shown by `ferry status`.
+pub fn placement_group_named(
+    name: &str,
+    bundles: impl IntoIterator<Item = Shape>,
+    strategy: GroupStrategy,
+) -> Result<PlacementGroup> {
+    embed::ready();
+    ferry_core::placement_group_named(name, bundles, strategy)
 }
 
 /// Every node of the cluster, alive or dead, with its resources.

@@ -27,6 +27,7 @@ mod actors;
 pub mod client;
 mod conns;
 pub mod control;
+mod groups;
 pub mod history;
 pub mod jobs;
 pub mod launch;
@@ -171,6 +172,8 @@ struct State {
     copies: Copies,
     /// Lease requests waiting for a node, or that may move to one (`pool`).
     placing: Placing,
+    /// Placement groups homed here, and bundles reserved here.
+    groups: groups::Groups,
     /// Jobs started with `ferry submit` (on a head).
     jobs: Vec<JobView>,
     /// Connections with messages queued while the state was locked: written once it is
@@ -484,6 +487,7 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
             cluster: Cluster { members: HashMap::new(), view: Vec::new() },
             room: Room { seals: Vec::new(), writers: Vec::new(), spilled: (0, Duration::ZERO) },
             copies: Copies { pulls: HashMap::new(), taken: HashMap::new(), counts: (0, 0, 0, 0) },
+            groups: Default::default(),
             placing: Placing {
                 infeasible: Vec::new(),
                 movable: HashMap::new(),
@@ -802,6 +806,13 @@ impl Node {
             | ToNode::ActorHosted { .. }
             | ToNode::ActorsHosted { .. }
             | ToNode::ActorLost { .. }) => self.on_actor(st, conn, m),
+            m @ (ToNode::CreateGroup { .. }
+            | ToNode::RemoveGroup { .. }
+            | ToNode::ListGroups { .. }
+            | ToNode::PrepareBundles { .. }
+            | ToNode::BundlesPrepared { .. }
+            | ToNode::CommitBundles { .. }
+            | ToNode::ReturnBundles { .. }) => self.on_groups(st, conn, m),
             m @ (ToNode::ListActors { .. } | ToNode::ListProcs { .. } | ToNode::Memory { .. }) => {
                 self.on_view(st, conn, m)
             }

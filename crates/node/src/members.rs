@@ -118,6 +118,7 @@ impl Node {
             self.send(st, c, &msg);
         }
         self.actors_node_died(st, node);
+        self.groups_node_died(st, node);
     }
 
     /// Node `dead` was declared dead: the links of its processes here are closed (a frozen or
@@ -173,7 +174,13 @@ impl Node {
         let mut v = vec![self.my_view(st)];
         for (n, m) in &st.cluster.members {
             let mut stats = m.stats.clone();
-            stats.total = m.total.clone();
+            // Its total as it joined, and the resources of the placement-group bundles
+            // committed there since (renamed: see `groups`).
+            let mut total = m.total.clone();
+            for (n, v) in stats.total.0.iter().filter(|(n, _)| n.contains("_group_")) {
+                total.set(n, *v as f64 / 1000.0);
+            }
+            stats.total = total;
             v.push(view_of(*n, m.addr.clone(), false, m.alive, m.last_seen.elapsed().as_millis() as u64, &stats));
         }
         v

@@ -107,6 +107,9 @@ impl Node {
         priority: ferry_types::Priority,
     ) {
         use ferry_sched::place::{place, Decision};
+        if let Some(reason) = self.ended_group_of(st, &shape) {
+            return self.send(st, conn, &FromNode::LeaseInfeasible { req, reason });
+        }
         let others = members::rooms(&self.others(st));
         let me = members::room(&self.my_view(st));
         if placement == Placement::Spread {
@@ -385,6 +388,7 @@ pub(crate) fn spawner(node: Arc<Node>, rx: mpsc::Receiver<SpawnCmd>) {
         let actions = st.pool.sched.tick(Instant::now());
         node.apply(&mut st, actions);
         node.rebalance(&mut st);
+        node.tick_groups(&mut st);
         drop(st);
         let watch = &node.opts.memory_watch;
         if !watch.every.is_zero() && last_memory.elapsed() >= watch.every {

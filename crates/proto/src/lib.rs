@@ -24,7 +24,9 @@ pub mod msg;
 pub mod state;
 
 pub use conn::{Addr, Conn, Stream};
-pub use ferry_types::{ActorId, NodeId, ObjectId, Placement, Priority, Shape, TaskId, WorkerId, CPU, MEMORY};
+pub use ferry_types::{
+    ActorId, GroupStrategy, NodeId, ObjectId, Placement, Priority, Shape, TaskId, WorkerId, CPU, MEMORY,
+};
 pub use frame::{FrameError, FrameReader};
 
 /// Version of the wire protocol; peers with another version are refused at the handshake.

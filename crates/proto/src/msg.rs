@@ -12,7 +12,7 @@
 
 use crate::conn::Addr;
 use crate::ids::{NodeId, ObjectId, TaskId, WorkerId};
-pub use ferry_types::{ActorId, Placement, Priority, Shape, CPU};
+pub use ferry_types::{ActorId, GroupStrategy, Placement, Priority, Shape, CPU};
 use serde::{Deserialize, Serialize};
 
 /// The first frame on every connection. It carries no secret: each side proves it holds the
@@ -269,6 +269,23 @@ pub enum ToNode {
     ListTasks { req: u64, filter: crate::state::TaskFilter, limit: u32 },
     /// Counts of tasks by function and state (answered by `TaskSummary`).
     SummarizeTasks { req: u64, job: Option<WorkerId> },
+    /// To the control store (or a node alone): make placement group `group` (an id the
+    /// program drew) of these bundles; answered by `Ack` at once, placed in the background.
+    CreateGroup { req: u64, group: u64, name: String, bundles: Vec<Shape>, strategy: GroupStrategy },
+    /// Removes a placement group: its bundles' resources go back, what runs in them is
+    /// killed. Answered by `Ack`.
+    RemoveGroup { req: u64, group: u64 },
+    /// Placement groups as their home knows them: one, or all (answered by `Groups`).
+    ListGroups { req: u64, group: Option<u64> },
+    /// Between daemons, from a group's home: reserve these bundles of `group` (answered by
+    /// `BundlesPrepared`), for round `round` of its placing.
+    PrepareBundles { group: u64, round: u64, home: NodeId, bundles: Vec<(u32, Shape)> },
+    /// The answer to `PrepareBundles`, from `node`.
+    BundlesPrepared { group: u64, round: u64, node: NodeId, ok: bool },
+    /// Every bundle prepared: offer their resources, renamed for the group.
+    CommitBundles { group: u64, round: u64 },
+    /// Give back the bundles of `group` reserved here: those of round `round`, or all.
+    ReturnBundles { group: u64, round: Option<u64> },
     /// A write to the store failed for want of space on its filesystem (`ENOSPC`: a small
     /// `/dev/shm`, or other programs' files): spill until `bytes` fit there, then answer
     /// `Room` (with an error if nothing more can be spilled).
@@ -458,6 +475,34 @@ pub struct ProcView {
     pub actor: Option<ActorId>,
 }
 
+/// Where a placement group is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
+pub enum GroupPhase {
+    /// Waiting for room (or being reserved).
+    Pending,
+    /// Every bundle reserved.
+    Created,
+    /// A node holding bundles died: they are reserved again elsewhere.
+    Rescheduling,
+    Removed,
+    /// It can never fit (`reason` says why).
+    Infeasible,
+}
+
+/// A placement group as `ListGroups` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
+pub struct GroupView {
+    pub group: u64,
+    pub name: String,
+    pub strategy: GroupStrategy,
+    pub phase: GroupPhase,
+    pub reason: Option<String>,
+    /// Each bundle and the node holding it.
+    pub bundles: Vec<(Shape, Option<NodeId>)>,
+}
+
 /// Messages from the node daemon.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
@@ -566,6 +611,11 @@ pub enum FromNode {
     RecallIdleLeases,
     /// The daemon is no longer short: idle leases may be kept for reuse again.
     EndRecall,
+    /// The answer to `ListGroups`.
+    Groups {
+        req: u64,
+        groups: Vec<GroupView>,
+    },
     /// A worker process exited; owners fail or retry what they had pushed to it.
     WorkerDied {
         worker: WorkerId,

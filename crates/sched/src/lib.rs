@@ -15,6 +15,7 @@
 //! it recovers). Invariant: `available + Σ(held by unblocked leases) + Σ(non-CPU of blocked
 //! leases) == total`.
 
+pub mod groups;
 pub mod place;
 
 use ferry_types::{Priority, Shape, WorkerId, CPU};
@@ -652,7 +653,9 @@ impl Scheduler {
                 self.suspend_for(&shape, &mut provisional, &mut actions);
             }
             let shape = &self.queue[i].shape;
-            if !Self::fits(&self.total, shape) {
+            // A placement group's resources appear when its bundles are committed: a task
+            // for one waits for them (the node refuses it if the group is removed).
+            if !Self::fits(&self.total, shape) && !shape.0.iter().any(|(n, _)| n.contains("_group_")) {
                 let r = self.queue.remove(i).expect("index checked");
                 let total = Shape(self.total.iter().map(|(n, v)| (n.clone(), *v as u64)).collect());
                 actions.push(Action::Infeasible {
@@ -896,6 +899,78 @@ impl Scheduler {
             Some(WorkerState::Leased { owner, .. } | WorkerState::Preempting { owner, .. }) => Some(*owner),
             _ => None,
         }
+    }
+
+    /// Takes `shape` out of what is free, for a placement group's bundle (its prepare);
+    /// `false`, taking nothing, if it does not fit now. Nothing is preempted for a bundle.
+    pub fn reserve(&mut self, shape: &Shape) -> bool {
+        if !Self::fits(&self.available, shape) {
+            return false;
+        }
+        for (n, v) in &shape.0 {
+            *self.available.entry(n.clone()).or_insert(0) -= *v as i64;
+        }
+        true
+    }
+
+    /// Gives back what [`Self::reserve`] took (a bundle cancelled or removed).
+    pub fn unreserve(&mut self, shape: &Shape) -> Vec<Action> {
+        self.release(shape, false);
+        self.schedule()
+    }
+
+    /// New resources, total and free: a committed bundle's renamed resources.
+    pub fn add_resources(&mut self, extra: &Shape) -> Vec<Action> {
+        for (n, v) in &extra.0 {
+            *self.total.entry(n.clone()).or_insert(0) += *v as i64;
+            *self.available.entry(n.clone()).or_insert(0) += *v as i64;
+        }
+        self.schedule()
+    }
+
+    /// Takes away what [`Self::add_resources`] added (a bundle removed): the leases holding
+    /// any of it are killed first (their tasks and actors were placed in the bundle), and
+    /// queued requests for it are refused as infeasible.
+    pub fn remove_resources(&mut self, extra: &Shape) -> Vec<Action> {
+        let holders: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter_map(|(w, s)| match s {
+                WorkerState::Leased { shape, .. } if shape.0.iter().any(|(n, _)| extra.get_milli(n) > 0) => Some(*w),
+                _ => None,
+            })
+            .collect();
+        let mut actions = Vec::new();
+        for w in holders {
+            actions.push(Action::KillWorker { worker: w });
+            actions.extend(self.worker_died(w));
+        }
+        for (n, v) in &extra.0 {
+            let t = self.total.entry(n.clone()).or_insert(0);
+            *t -= *v as i64;
+            if *t <= 0 {
+                self.total.remove(n);
+                self.available.remove(n);
+            } else {
+                *self.available.entry(n.clone()).or_insert(0) -= *v as i64;
+            }
+        }
+        actions.extend(self.schedule());
+        actions
+    }
+
+    /// Refuses the queued requests that ask for a resource `doomed` says will never come (a
+    /// removed placement group's), with `reason`.
+    pub fn refuse_queued(&mut self, doomed: impl Fn(&str) -> bool, reason: &str) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.queue.retain(|r| {
+            let refuse = r.shape.0.iter().any(|(n, _)| doomed(n));
+            if refuse {
+                actions.push(Action::Infeasible { conn: r.conn, req: r.req, reason: reason.to_string() });
+            }
+            !refuse
+        });
+        actions
     }
 
     /// Leases reset so far ([`Action::Preempt`]).

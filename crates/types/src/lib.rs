@@ -10,6 +10,6 @@ pub mod shape;
 pub mod sync;
 
 pub use ids::{random_bytes, random_u64, ActorId, NodeId, ObjectId, TaskId, WorkerId};
-pub use placement::Placement;
+pub use placement::{bundle_resource, is_bundle_resource_of, GroupStrategy, Placement, BUNDLE};
 pub use priority::Priority;
 pub use shape::{Shape, CPU, MEMORY};

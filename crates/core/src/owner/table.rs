@@ -194,6 +194,16 @@ impl OwnerState {
         }
     }
 
+    /// Gives an object made pending by [`Self::new_object`] (no task makes it) its value
+    /// (encoded) or its error.
+    pub fn settle(&mut self, id: ObjectId, value: Result<Vec<u8>, Error>, fx: &mut Effects) {
+        let state = match value {
+            Ok(v) => ObjState::Ready(Ready::Inline(Arc::new(v))),
+            Err(e) => ObjState::Failed(e),
+        };
+        self.resolve(id, state, fx);
+    }
+
     /// Gives `id` its final state, wakes its waiters and moves its dependents on.
     pub(super) fn resolve(&mut self, id: ObjectId, state: ObjState, fx: &mut Effects) {
         self.resolve_with(id, state, Vec::new(), fx)

@@ -99,7 +99,8 @@ impl Runtime {
                 | FromNode::Room { req, .. }
                 | FromNode::Stats { req, .. }
                 | FromNode::Ack { req, .. }
-                | FromNode::NamedActor { req, .. } => self.answer_call(req, msg),
+                | FromNode::NamedActor { req, .. }
+                | FromNode::Groups { req, .. } => self.answer_call(req, msg),
                 FromNode::ActorState { req, actor, location } => {
                     let resolving = self.lock().take_resolve(req);
                     match resolving {

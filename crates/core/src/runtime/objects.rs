@@ -356,6 +356,16 @@ impl Runtime {
         self.with_state(|st, fx| st.submit(function, name, args, class, retries, (returns, job), exported, fx))
     }
 
+    /// An object with no value yet and no task to make it: [`Self::settle_object`] gives it
+    /// one (a placement group's `ready`).
+    pub(crate) fn pending_object(&'static self) -> ObjectId {
+        self.with_state(|st, _| st.new_object(ObjState::Pending))
+    }
+
+    pub(crate) fn settle_object(&'static self, id: ObjectId, value: std::result::Result<Vec<u8>, Error>) {
+        self.with_state(|st, fx| st.settle(id, value, fx))
+    }
+
     /// An object whose value is an error (for calls that fail before a task exists).
     pub(crate) fn failed_object(&'static self, err: Error) -> ObjectId {
         self.with_state(|st, _| st.new_object(ObjState::Failed(err)))
