@@ -8,6 +8,7 @@
 //! tools over a large history) and `priority` (real-time tasks beside best-effort ones). Sizes and iteration counts follow ray_bench.py.
 
 mod cluster;
+mod groups;
 mod history;
 mod observability;
 mod priority;
@@ -721,6 +722,10 @@ fn main() {
         Some("priority") => {
             info(&format!("ferry {} priority (real-time beside best-effort work)", env!("CARGO_PKG_VERSION")));
             return priority::group();
+        }
+        Some("groups") => {
+            info(&format!("ferry {} placement groups (Ray's create/removal shape)", env!("CARGO_PKG_VERSION")));
+            return groups::group();
         }
         Some("priority_xnode") => {
             info(&format!("ferry {} priority across 3 namespace nodes", env!("CARGO_PKG_VERSION")));

@@ -523,13 +523,27 @@ fn watch_status(target: &Target, every: Duration) -> Result<(), String> {
     }
 }
 
+/// Resources as `ferry status` prints them: the plain ones (placement groups' renamed ones
+/// are listed with the groups), memory in GiB.
+fn resources(s: &ferry_node::client::Shape) -> String {
+    let shown: Vec<String> =
+        s.0.iter()
+            .filter(|(n, _)| !n.contains("_group_"))
+            .map(|(n, v)| match n.as_str() {
+                ferry_node::client::MEMORY => format!("{n}: {:.1} GiB", *v as f64 / 1000.0 / (1u64 << 30) as f64),
+                _ => format!("{n}: {}", *v as f64 / 1000.0),
+            })
+            .collect();
+    format!("{{{}}}", shown.join(", "))
+}
+
 fn status(target: &Target) -> Result<(), String> {
-    let (mut client, _) = target.connect()?;
+    let (mut client, token) = target.connect()?;
     let address = client.addr().to_string();
     let stats = client.stats().map_err(|e| e.to_string())?;
     let mb = |b: u64| b as f64 / (1 << 20) as f64;
     println!("node {} at {address}: alive", stats.node.map(|n| n.to_string()).unwrap_or_default());
-    println!("  resources: {} available of {}", stats.available, stats.total);
+    println!("  resources: {} available of {}", resources(&stats.available), resources(&stats.total));
     println!("  workers:   {} ({} idle, {} leased)", stats.workers, stats.idle_workers, stats.leased_workers);
     println!("  actors:    {}", stats.actors);
     println!(
@@ -563,8 +577,8 @@ fn status(target: &Target) -> Result<(), String> {
                  last heard {} ms ago",
                 n.node,
                 n.addr,
-                n.available,
-                n.total,
+                resources(&n.available),
+                resources(&n.total),
                 count(n.workers as usize, "worker"),
                 count(n.actors as usize, "actor"),
                 count(n.objects as usize, "object"),
@@ -575,6 +589,26 @@ fn status(target: &Target) -> Result<(), String> {
         }
         for c in control {
             println!("control store at {}: {}", c.addr, if c.alive { "alive" } else { "not answering" });
+        }
+    }
+    let groups = client.groups(&token).map_err(|e| e.to_string())?;
+    if !groups.is_empty() {
+        println!("placement groups: {}", groups.len());
+        for g in groups {
+            let name = if g.name.is_empty() { String::new() } else { format!(" {:?}", g.name) };
+            let bundles: Vec<String> = g
+                .bundles
+                .iter()
+                .map(|(s, n)| format!("{} on {}", resources(s), n.map(|n| n.to_string()).unwrap_or_else(|| "-".into())))
+                .collect();
+            let why = g.reason.map(|r| format!(" ({r})")).unwrap_or_default();
+            println!(
+                "  group {:016x}{name} {}: {:?}{why}; bundles: {}",
+                g.group,
+                g.strategy.name(),
+                g.phase,
+                bundles.join(", ")
+            );
         }
     }
     let jobs = client.jobs().map_err(|e| e.to_string())?;

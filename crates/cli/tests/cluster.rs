@@ -140,6 +140,9 @@ extern "C" fn job_entry() {
     if let Ok(address) = std::env::var("FERRY_TEST_ACTOR_NODE_JOB") {
         actor_node_job(&address);
     }
+    if let Ok(address) = std::env::var("FERRY_TEST_GROUP_JOB") {
+        group_job(&address);
+    }
     let Ok(address) = std::env::var("FERRY_TEST_CLUSTER_JOB") else { return };
     if let Err(e) = ferry::init(ferry::Config::default().address(&address)) {
         println!("FAIL init: {e}");
@@ -356,6 +359,52 @@ fn actor_node_job(address: &str) -> ! {
     }
     ferry::kill(&t).unwrap();
     drop(filler);
+    ferry::shutdown();
+    std::process::exit(0);
+}
+
+/// A strict-spread placement group over two of the three nodes: each bundle's tasks run on
+/// its node; the member holding one is killed and the bundle is reserved again on the third
+/// node; a group of three bundles, with two nodes left, is infeasible.
+fn group_job(address: &str) -> ! {
+    use ferry::{GroupPhase, GroupStrategy, Shape};
+    ferry::init(ferry::Config::default().address(address)).unwrap();
+    let me = ferry::node_id().unwrap();
+    let slot = || Shape::with_resources(0.0, &[("slot".to_string(), 1.0)]);
+    let pg = ferry::placement_group_named("pair", vec![slot(), slot()], GroupStrategy::StrictSpread).unwrap();
+    pg.wait(Duration::from_secs(20)).unwrap();
+    let run_in = |i: u32| {
+        let r = where_am_i::options().num_cpus(0.0).resource("slot", 1.0).placement_group(&pg, Some(i)).remote(0);
+        ferry::get_timeout(&r, Duration::from_secs(20)).unwrap()
+    };
+    let nodes: Vec<NodeId> = pg.bundle_nodes().unwrap().into_iter().map(|n| n.unwrap()).collect();
+    assert_ne!(nodes[0], nodes[1], "strict spread: two nodes");
+    for (i, n) in nodes.iter().enumerate() {
+        assert_eq!(run_in(i as u32), *n, "bundle {i}'s task ran off its node");
+    }
+    println!("placed ok");
+    let (i, victim) = nodes.iter().copied().enumerate().find(|(_, n)| *n != me).expect("a member holds one");
+    let addr = ferry::nodes().unwrap().into_iter().find(|n| n.node == victim).unwrap().addr;
+    println!("kill {addr}");
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = pg.info().unwrap();
+        let now: Vec<Option<NodeId>> = info.bundles.iter().map(|(_, n)| *n).collect();
+        if info.phase == GroupPhase::Created && !now.contains(&Some(victim)) {
+            let moved = now[i].unwrap();
+            assert!(moved != victim && Some(moved) != now[1 - i], "{now:?}");
+            assert_eq!(run_in(i as u32), moved, "the moved bundle's task ran off its node");
+            println!("rescheduled ok");
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "the bundle was never placed again: {info:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let three = ferry::placement_group(vec![slot(), slot(), slot()], GroupStrategy::StrictSpread).unwrap();
+    match ferry::get_timeout(&three.ready(), Duration::from_secs(20)) {
+        Err(ferry::Error::Infeasible { .. }) => println!("infeasible ok"),
+        other => println!("FAIL three bundles on two nodes: {other:?}"),
+    }
     ferry::shutdown();
     std::process::exit(0);
 }
@@ -782,6 +831,19 @@ fn an_object_lost_with_its_node_is_made_again() {
 /// An actor on a node that dies comes back on another node (it has a restart left), and calls
 /// made after the death reach it there.
 #[test]
+fn a_placement_group_spans_nodes_and_is_placed_again_when_one_dies() {
+    let (out, clean) = job_with_failures("FERRY_TEST_GROUP_JOB", &["--resources", "slot=1"]);
+    assert!(clean, "the job failed: {out:?}");
+    for want in ["placed ok", "rescheduled ok", "infeasible ok"] {
+        assert!(out.iter().any(|l| l == want), "no {want:?}: {out:?}");
+    }
+    let status = out.iter().filter(|l| l.starts_with("status: ")).cloned().collect::<Vec<_>>().join("\n");
+    assert!(status.contains("placement groups: 2"), "{status}");
+    assert!(status.contains("\"pair\" STRICT_SPREAD: Created"), "{status}");
+    assert!(status.contains("STRICT_SPREAD: Infeasible"), "{status}");
+}
+
+#[test]
 fn an_actor_on_a_dead_node_restarts_elsewhere() {
     let (out, clean) = job_with_failures("FERRY_TEST_ACTOR_NODE_JOB", &["--resources", "spot=1"]);
     assert!(clean, "the job failed: {out:?}");
@@ -832,6 +894,10 @@ fn job_with_failures(var: &str, args: &[&str]) -> (Vec<String>, bool) {
     }
     if exited.is_err() {
         let _ = job.kill();
+    }
+    // What `ferry status` says at the end, for the test to check.
+    if let Ok(text) = cluster.status(&hosts, ferry) {
+        out.extend(text.lines().map(|l| format!("status: {l}")));
     }
     drop(cluster);
     (out, exited.unwrap_or(false))

@@ -103,38 +103,15 @@ impl PlacementGroup {
         let obj = rt.pending_object();
         let id = self.id;
         let _ = std::thread::Builder::new().name("ferry-pg-ready".into()).spawn(move || {
-            let mut pause = Duration::from_millis(2);
-            let value = loop {
-                match list(Some(id)).map(|mut v| v.pop()) {
-                    Ok(Some(v)) => match v.phase {
-                        GroupPhase::Created => break Ok(Vec::new()),
-                        GroupPhase::Infeasible | GroupPhase::Removed => {
-                            break Err(Error::Infeasible {
-                                task: format!("placement group {id:016x}"),
-                                detail: v.reason.unwrap_or_else(|| "it was removed".into()),
-                            })
-                        }
-                        GroupPhase::Pending | GroupPhase::Rescheduling => {}
-                    },
-                    Ok(None) => {
-                        break Err(Error::InvalidArgument {
-                            detail: format!("placement group {id:016x} is not known to the control store"),
-                        })
-                    }
-                    Err(e) => break Err(e),
-                }
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(50));
-            };
-            rt.settle_object(obj, value);
+            rt.settle_object(obj, placed(id, None).map(|()| Vec::new()));
         });
         ObjectRef::from_id(obj)
     }
 
-    /// Waits up to `timeout` for every bundle to be reserved.
+    /// Waits up to `timeout` for every bundle to be reserved ([`Error::Timeout`] if they
+    /// are not by then).
     pub fn wait(&self, timeout: Duration) -> Result<()> {
-        let end = Instant::now() + timeout;
-        crate::get_timeout(&self.ready(), end.saturating_duration_since(Instant::now()))
+        placed(self.id, Some(Instant::now() + timeout))
     }
 
     /// Removes the group: its bundles' resources go back to their nodes, and the tasks and
@@ -142,6 +119,37 @@ impl PlacementGroup {
     /// [`Error::Infeasible`].
     pub fn remove(&self) -> Result<()> {
         remove_placement_group(self)
+    }
+}
+
+/// Waits until group `id` is placed (or `deadline` passes), asking its home, sooner at
+/// first.
+fn placed(id: u64, deadline: Option<Instant>) -> Result<()> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match list(Some(id))?.pop() {
+            Some(v) => match v.phase {
+                GroupPhase::Created => return Ok(()),
+                GroupPhase::Infeasible | GroupPhase::Removed => {
+                    return Err(Error::Infeasible {
+                        task: format!("placement group {id:016x}"),
+                        detail: v.reason.unwrap_or_else(|| "it was removed".into()),
+                    })
+                }
+                GroupPhase::Pending | GroupPhase::Rescheduling => {}
+            },
+            None => {
+                return Err(Error::InvalidArgument {
+                    detail: format!("placement group {id:016x} is not known to the control store"),
+                })
+            }
+        }
+        if deadline.is_some_and(|d| Instant::now() + pause > d) {
+            return Err(Error::Timeout { waited: start.elapsed() });
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
 

@@ -97,7 +97,13 @@ fn a_session_whose_files_were_removed_still_shuts_down() {
     cluster();
     assert_eq!(ferry::get_timeout(&add::remote(1, 1), T).unwrap(), 2);
     let info = ferry::__private::session_info().unwrap();
-    std::fs::remove_dir_all(&info.session_dir).unwrap();
+    // Workers may still be making their sockets there: removing races with them, so again
+    // until it is gone.
+    let end = Instant::now() + T;
+    while let Err(e) = std::fs::remove_dir_all(&info.session_dir) {
+        assert!(Instant::now() < end, "cannot remove the session directory: {e}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let t = std::thread::spawn(ferry::shutdown);
     let end = Instant::now() + T;
     while !t.is_finished() {

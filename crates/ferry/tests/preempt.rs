@@ -9,9 +9,13 @@ use common::*;
 use ferry::prelude::*;
 use std::time::{Duration, Instant};
 
+/// Sleeps rather than spins: at nice 19 a best-effort worker gets next to no CPU while other
+/// programs keep the cores busy (as the rest of the suite does), and what is tested here is
+/// that a reset task runs again, not how fast.
 #[ferry::remote(priority = "best_effort", max_retries = 0)]
 fn background(ms: u64) -> u32 {
-    spin_cpu(ms)
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::id()
 }
 
 #[ferry::remote(priority = "real_time")]
@@ -27,8 +31,8 @@ fn best_effort_work_suspended_too_long_is_reset_and_runs_again_without_a_retry()
     ferry_testkit::own_process!();
     std::env::set_var("FERRY_PREEMPT_RESET_AFTER_MS", "300");
     cluster();
-    let kept = background::remote(400);
-    let given_up = background::options().max_preemptions(0).remote(400);
+    let kept = background::remote(1000);
+    let given_up = background::options().max_preemptions(0).remote(1000);
     eventually("both best-effort tasks hold the CPUs", T, || {
         let s = ferry::node_stats().unwrap();
         s.available.get_milli("CPU") == 0 && s.leased_workers >= 2
@@ -79,7 +83,9 @@ fn real_time_work_resets_best_effort_work_holding_what_it_needs() {
     let t = Instant::now();
     let pid = ferry::get_timeout(&infer::remote(), T).unwrap();
     assert!(t.elapsed() < Duration::from_secs(5), "the real-time task waited {:?}", t.elapsed());
-    assert_eq!(ferry::recovery_stats().unwrap().preemptions, 1);
+    // Counted once the owner sees the reset worker gone (its connection's end may come after
+    // the real-time result).
+    eventually("one preemption counted", T, || ferry::recovery_stats().unwrap().preemptions == 1);
     // The best-effort task was reset, not suspended: it starts again, on another process.
     assert!(ferry::node_stats().unwrap().resets >= 1);
     eventually("the best-effort task is running again", T, holds_gpu);
@@ -106,22 +112,22 @@ fn modest(ms: u64) -> u64 {
     ms
 }
 
-/// A node given 256 MiB for its workers resets the best-effort task that outgrows it
+/// A node given 128 MiB for its workers resets the best-effort task that outgrows it
 /// (not the older normal task beside it) and, past its `max_preemptions`, fails it with
-/// `OutOfMemory` naming the task, the node and the memory. The node offers its 256 MiB as
+/// `OutOfMemory` naming the task, the node and the memory. The node offers its 128 MiB as
 /// the `memory` resource: a task that reserves more can never run, one that reserves less
 /// runs.
 #[test]
 fn memory_pressure_resets_the_newest_best_effort_task_and_then_fails_it_out_of_memory() {
     ferry_testkit::own_process!();
-    std::env::set_var("FERRY_MEMORY_LIMIT_BYTES", (256u64 << 20).to_string());
+    std::env::set_var("FERRY_MEMORY_LIMIT_BYTES", (128u64 << 20).to_string());
     std::env::set_var("FERRY_MEMORY_MONITOR_MS", "50");
     std::env::set_var("FERRY_MEMORY_USAGE_THRESHOLD", "0.9");
     cluster();
-    assert_eq!(ferry::node_stats().unwrap().total.get_milli(ferry::MEMORY), (256u64 << 20) * 1000);
+    assert_eq!(ferry::node_stats().unwrap().total.get_milli(ferry::MEMORY), (128u64 << 20) * 1000);
     let innocent = modest::remote(3000);
     eventually("the normal task holds a CPU", T, || ferry::node_stats().unwrap().leased_workers >= 1);
-    let big = hog::options().max_preemptions(2).remote(1024);
+    let big = hog::options().max_preemptions(2).remote(512);
     let err = ferry::get_timeout(&big, Duration::from_secs(60)).unwrap_err();
     match &err {
         ferry::Error::OutOfMemory { task, node, detail } => {
@@ -137,10 +143,10 @@ fn memory_pressure_resets_the_newest_best_effort_task_and_then_fails_it_out_of_m
     assert_eq!((r.preemptions, r.task_retries), (3, 0), "{r:?}");
     assert!(ferry::node_stats().unwrap().memory_resets >= 3);
     // A small hog fits and is left alone.
-    assert_eq!(ferry::get_timeout(&hog::remote(64), T).unwrap(), 64);
+    assert_eq!(ferry::get_timeout(&hog::remote(32), T).unwrap(), 32);
 
     // The memory resource.
-    let too_big = modest::options().memory(512 << 20).remote(1);
+    let too_big = modest::options().memory(256 << 20).remote(1);
     assert!(matches!(ferry::get_timeout(&too_big, T), Err(ferry::Error::Infeasible { .. })));
-    assert_eq!(ferry::get_timeout(&modest::options().memory(100 << 20).remote(1), T).unwrap(), 1);
+    assert_eq!(ferry::get_timeout(&modest::options().memory(64 << 20).remote(1), T).unwrap(), 1);
 }

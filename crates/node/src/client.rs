@@ -16,6 +16,7 @@ pub use ferry_proto::state::{
 };
 use ferry_proto::{Addr, Conn, FrameError, FrameReader, Stream, WorkerId};
 pub use ferry_proto::{NodeId, TaskId, WorkerId as JobId};
+pub use ferry_proto::{Shape, MEMORY};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -248,6 +249,24 @@ impl Client {
         self.send(&ToNode::Jobs { req })?;
         self.answer(ANSWER_WITHIN, |m| match m {
             FromNode::Jobs { req: r, jobs } if r == req => Some(jobs),
+            _ => None,
+        })
+    }
+
+    /// The cluster's placement groups, from their home: the control store (this node when it
+    /// is in no cluster).
+    pub fn groups(&mut self, token: &str) -> Result<Vec<ferry_proto::msg::GroupView>, ClientError> {
+        if let Some(addr) = self.control_address()? {
+            return Client::connect(&addr, token)?.groups_here();
+        }
+        self.groups_here()
+    }
+
+    fn groups_here(&mut self) -> Result<Vec<ferry_proto::msg::GroupView>, ClientError> {
+        let req = self.req();
+        self.send(&ToNode::ListGroups { req, group: None })?;
+        self.answer(ANSWER_WITHIN, |m| match m {
+            FromNode::Groups { req: r, groups } if r == req => Some(groups),
             _ => None,
         })
     }

@@ -30,6 +30,14 @@ use std::time::{Duration, Instant};
 pub const ROUND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Removed and infeasible groups kept for listing, at most.
 const ENDED_KEPT: usize = 1000;
+/// Bundles of one group, at most (a bound on what one request can make the home keep).
+pub const MAX_BUNDLES: usize = 10_000;
+
+/// Whether a bundle asks more of some resource than any node can have (what a peer sends is
+/// checked before it is counted).
+fn too_big(s: &Shape) -> bool {
+    s.0.iter().any(|(_, v)| *v > ferry_sched::MAX_AMOUNT)
+}
 
 /// Groups homed here and bundles reserved here.
 #[derive(Default)]
@@ -92,6 +100,10 @@ impl Node {
             ToNode::CreateGroup { req, group, name, bundles, strategy } => {
                 let error = if bundles.is_empty() || bundles.iter().any(|b| b.0.is_empty()) {
                     Some("a placement group needs one bundle or more, each with some resource".to_string())
+                } else if bundles.len() > MAX_BUNDLES || bundles.iter().any(too_big) {
+                    Some(format!(
+                        "a placement group has at most {MAX_BUNDLES} bundles, each of amounts a node can have"
+                    ))
                 } else if st.groups.homed.iter().any(|g| g.id == group) {
                     Some(format!("placement group {group:016x} exists already"))
                 } else {
@@ -161,7 +173,7 @@ impl Node {
     /// Reserves bundles here for `home`'s round, all or none, and answers.
     fn prepare_bundles(&self, st: &mut State, group: u64, round: u64, home: NodeId, bundles: Vec<(u32, Shape)>) {
         let mut taken = Vec::new();
-        for (i, shape) in &bundles {
+        for (i, shape) in bundles.iter().take_while(|(_, s)| !too_big(s)) {
             if st.groups.reserved.contains_key(&(group, *i)) || !st.pool.sched.reserve(shape) {
                 break;
             }

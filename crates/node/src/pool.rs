@@ -137,7 +137,9 @@ impl Node {
             }
             Decision::Wait(why) => {
                 let first = !st.placing.infeasible.iter().any(|(c, _, s, ..)| *c == conn && *s == shape);
-                if first {
+                // A placement group's bundle not yet in this node's view (a heartbeat behind)
+                // is not worth a warning: it is there, or the group says why not.
+                if first && !shape.0.iter().any(|(n, _)| n.contains("_group_")) {
                     tracing::warn!("warning: tasks needing {shape} wait: {why}");
                     let line = format!("ferry: warning: tasks needing {shape} wait: {why}");
                     self.send(st, conn, &FromNode::Log { node: self.id, stderr: true, lines: vec![line] });
