@@ -20,6 +20,10 @@ pub struct SubmitArgs {
     /// `ferry job logs ID`).
     #[arg(long)]
     pub no_wait: bool,
+    /// The job's weight in fair sharing: when jobs together want more CPUs than the cluster
+    /// has, each gets a share in proportion to its weight (default 1).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub weight: Option<u32>,
     /// The program and its arguments.
     #[arg(required = true, last = true)]
     pub command: Vec<String>,
@@ -65,7 +69,7 @@ pub enum JobCmd {
 /// Runs a `ferry job` command; the exit code.
 pub fn run(cmd: JobCmd) -> Result<i32, String> {
     match cmd {
-        JobCmd::Submit(a) => submit(&a.target, &a.command, a.no_wait),
+        JobCmd::Submit(a) => submit(&a.target, &a.command, a.no_wait, a.weight),
         JobCmd::List { target } => list(&target).map(|_| 0),
         JobCmd::Status { target, id } => status(&target, id).map(|_| 0),
         JobCmd::Logs { target, id, follow } => logs(&target, id, follow).map(|_| 0),
@@ -98,7 +102,7 @@ fn find(jobs: &mut Vec<JobView>, id: u64) -> Result<JobView, String> {
 
 /// `ferry submit` / `ferry job submit`: ship the binary by hash (if the head lacks it), run
 /// it; in the foreground pass its output on and return its exit code (a Ctrl-C stops it).
-pub fn submit(target: &Target, command: &[String], no_wait: bool) -> Result<i32, String> {
+pub fn submit(target: &Target, command: &[String], no_wait: bool, weight: Option<u32>) -> Result<i32, String> {
     let program = Path::new(&command[0]);
     let size = std::fs::metadata(program).map_err(|e| format!("cannot read {}: {e}", program.display()))?.len();
     let hash = ferry_node::jobs::hash_file(program).map_err(|e| format!("cannot read {}: {e}", program.display()))?;
@@ -119,7 +123,7 @@ pub fn submit(target: &Target, command: &[String], no_wait: bool) -> Result<i32,
         eprintln!("ferry: uploaded in {:.2?}", t.elapsed());
     }
     if no_wait {
-        let (job, pid) = client.start_job(&hash, &name, &command[1..]).map_err(|e| e.to_string())?;
+        let (job, pid) = client.start_job(&hash, &name, &command[1..], weight).map_err(|e| e.to_string())?;
         eprintln!(
             "ferry: job {job} ({name}) running on the head (pid {pid}); see it with `ferry job logs {job} --follow`, \
              stop it with `ferry job stop {job}`"
@@ -132,7 +136,7 @@ pub fn submit(target: &Target, command: &[String], no_wait: bool) -> Result<i32,
     watch_ctrl_c(target.clone(), job_id.clone(), stopping.clone());
     let started = Instant::now();
     let end = client
-        .run_job(&hash, &name, &command[1..], |event| match event {
+        .run_job(&hash, &name, &command[1..], weight, |event| match event {
             JobEvent::Started { job, pid } => {
                 job_id.store(job, Ordering::SeqCst);
                 eprintln!("ferry: job {job} ({name}) running on the head (pid {pid}); Ctrl-C stops it")

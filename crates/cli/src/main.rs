@@ -227,7 +227,7 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Submit(a) => {
             warn_token_in_argv(a.target.token.is_some());
-            return exit_with(jobs::submit(&a.target, &a.command, a.no_wait));
+            return exit_with(jobs::submit(&a.target, &a.command, a.no_wait, a.weight));
         }
         Cmd::Job { cmd } => return exit_with(jobs::run(cmd)),
         Cmd::List { what } => state::list(what),

@@ -55,6 +55,11 @@ extern "C" fn job_entry() {
             std::process::exit(3);
         }
         Some("sleepy") => sleepy(),
+        Some("fair") => {
+            let from: u64 = args.next().and_then(|a| a.parse().ok()).unwrap();
+            let to: u64 = args.next().and_then(|a| a.parse().ok()).unwrap();
+            fair_job(from, to)
+        }
         Some("tasks") => {
             ferry::init(ferry::Config::default()).unwrap();
             let refs: Vec<_> = (0..5).map(double::remote).collect();
@@ -65,6 +70,37 @@ extern "C" fn job_entry() {
         }
         _ => std::process::exit(2),
     }
+}
+
+#[ferry::remote]
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// Keeps 16 tasks of 100 ms (one CPU each) outstanding until `to` (Unix ms), and prints how
+/// many ended between `from` and `to`: this job's share of the node then.
+fn fair_job(from: u64, to: u64) -> ! {
+    ferry::init(ferry::Config::default()).unwrap();
+    let mut pending: Vec<_> = (0..16).map(|_| nap::remote(100)).collect();
+    let mut done = 0;
+    while unix_ms() < to {
+        let (ready, rest) = ferry::wait(&pending, 1, Some(Duration::from_millis(200))).unwrap();
+        let now = unix_ms();
+        if now >= from && now < to {
+            done += ready.len();
+        }
+        pending = rest;
+        while pending.len() < 16 {
+            pending.push(nap::remote(100));
+        }
+    }
+    println!("done {done}");
+    std::process::exit(0);
 }
 
 /// Holds an actor, a detached named actor and a stored object, says "ready", then ticks.
@@ -280,4 +316,38 @@ fn the_state_commands_show_a_jobs_tasks() {
     assert!(!bad.status.success() && text(&bad).contains("is not a task state"), "{}", text(&bad));
     let bad = ferry_at(&head, &["get", "task", "nope"]);
     assert!(!bad.status.success() && text(&bad).contains("is not a task id"), "{}", text(&bad));
+}
+
+/// Two jobs that each want more CPUs than the head's four, submitted with weights 3 and 1,
+/// get about three and one of them: counted by the tasks each finished in the same window.
+#[test]
+fn jobs_share_a_node_by_weight() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args(["start", "--head", "--port", "0", "--num-cpus", "4", "--block"]);
+    let head = Head::start(cmd, T).unwrap();
+    let from = unix_ms() + 3000;
+    let to = from + 6000;
+    let (f, t) = (from.to_string(), to.to_string());
+    let mut ids = Vec::new();
+    for weight in ["3", "1"] {
+        let args = ["job", "submit", "--no-wait", "--weight", weight, "--", &exe(), "--ferry-test-job", "fair", &f, &t];
+        let out = ferry_at(&head, &args);
+        assert!(out.status.success(), "{}", text(&out));
+        ids.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    }
+    let mut done = Vec::new();
+    for id in &ids {
+        let out = ferry_at(&head, &["job", "logs", id, "--follow"]);
+        let log = text(&out);
+        let n: f64 = log
+            .lines()
+            .find_map(|l| l.strip_prefix("done "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("job {id} printed no count: {log}"));
+        done.push(n);
+    }
+    let ratio = done[0] / done[1].max(1.0);
+    println!("tasks done in the window by the jobs of weight 3 and 1: {done:?}");
+    assert!(done[0] + done[1] > 100.0, "the node was not kept busy: {done:?}");
+    assert!((2.0..=4.5).contains(&ratio), "weights 3:1 gave {done:?} tasks ({ratio:.2}:1)");
 }

@@ -63,6 +63,10 @@ pub struct Config {
     /// Default on: it costs the task round trip and the 20,000-task throughput a few percent
     /// at most on two cores (`ferry-bench observability`; BENCHMARKS.md has the figures).
     pub task_events: bool,
+    /// This job's weight in fair sharing: when jobs together want more CPUs than a node has,
+    /// each gets a share in proportion to its weight (default 1). Env: `FERRY_JOB_WEIGHT`
+    /// (set by `ferry job submit --weight`).
+    pub job_weight: Option<u32>,
     /// Show a progress bar on standard error (when it is a terminal) while `get_all` or `wait`
     /// waits on 1,000 refs or more for over a second. Env: `FERRY_PROGRESS` (`0` turns them
     /// off). Default on.
@@ -98,6 +102,7 @@ impl std::fmt::Debug for Config {
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("default_max_retries", &self.default_max_retries)
             .field("task_events", &self.task_events)
+            .field("job_weight", &self.job_weight)
             .field("progress_bars", &self.progress_bars)
             .field("on_unhandled_error", &self.on_unhandled_error.as_ref().map(|_| "<fn>"))
             .finish()
@@ -131,6 +136,7 @@ impl Default for Config {
             on_unhandled_error: None,
             progress_bars: env_str("FERRY_PROGRESS").is_none_or(|v| v != "0" && v != "false"),
             task_events: env_str("FERRY_TASK_EVENTS").is_none_or(|v| v != "0" && v != "false"),
+            job_weight: env::<u32>("FERRY_JOB_WEIGHT").filter(|w| *w > 0),
         }
     }
 }
@@ -139,6 +145,11 @@ impl Config {
     /// Sets the embedded node's CPU count.
     pub fn num_cpus(mut self, n: usize) -> Self {
         self.num_cpus = Some(n.max(1));
+        self
+    }
+    /// This job's weight in fair sharing between jobs (see [`Config::job_weight`]).
+    pub fn weight(mut self, w: u32) -> Self {
+        self.job_weight = Some(w.max(1));
         self
     }
     /// Adds a custom resource to the embedded node.

@@ -113,6 +113,8 @@ fn raw_worker() -> (Conn, FrameReader<Stream>, Conn) {
         placement: Default::default(),
         prefer: None,
         priority: Default::default(),
+        job: Default::default(),
+        weight: None,
     })
     .unwrap();
     let addr = loop {

@@ -307,10 +307,12 @@ impl Client {
         hash: &str,
         name: &str,
         args: &[String],
+        weight: Option<u32>,
         mut on: impl FnMut(JobEvent<'_>),
     ) -> Result<JobEnd, ClientError> {
         let req = self.req();
-        self.send(&ToNode::SubmitJob { req, hash: hash.to_string(), name: name.to_string(), args: args.to_vec() })?;
+        let (hash, name, args) = (hash.to_string(), name.to_string(), args.to_vec());
+        self.send(&ToNode::SubmitJob { req, hash, name: name.clone(), args, weight })?;
         let started = Instant::now();
         let mut last_heard = Instant::now();
         let mut job = 0;
@@ -344,9 +346,16 @@ impl Client {
 
     /// Starts the binary of content hash `hash` as a job named `name` and returns once it
     /// runs (its id and pid), leaving it running: what it prints goes to its log only.
-    pub fn start_job(&mut self, hash: &str, name: &str, args: &[String]) -> Result<(u64, u32), ClientError> {
+    pub fn start_job(
+        &mut self,
+        hash: &str,
+        name: &str,
+        args: &[String],
+        weight: Option<u32>,
+    ) -> Result<(u64, u32), ClientError> {
         let req = self.req();
-        self.send(&ToNode::SubmitJob { req, hash: hash.to_string(), name: name.to_string(), args: args.to_vec() })?;
+        let (hash, name, args) = (hash.to_string(), name.to_string(), args.to_vec());
+        self.send(&ToNode::SubmitJob { req, hash, name, args, weight })?;
         self.answer(Duration::from_secs(30), |m| match m {
             FromNode::JobStarted { req: r, job, pid } if r == req => Some(Ok((job, pid))),
             // It could not start (no such binary, or spawning failed).

@@ -177,8 +177,8 @@ pub(crate) fn serve_conn(node: Arc<Node>, stream: Stream, adm: Admission) {
                 node.put_binary(&conn, &mut reader, req, &hash, size)
             }
             Ok(ToNode::FetchBinary { hash }) if node.is_registered(id) => node.serve_binary(&conn, &hash),
-            Ok(ToNode::SubmitJob { req, hash, name, args }) if node.is_registered(id) => {
-                node.submit_job(conn.clone(), req, &hash, &name, args)
+            Ok(ToNode::SubmitJob { req, hash, name, args, weight }) if node.is_registered(id) => {
+                node.submit_job(conn.clone(), req, (&hash, &name, weight), args)
             }
             Ok(ToNode::StopJob { req, job }) if node.is_registered(id) => node.stop_job(&conn, req, job),
             Ok(

@@ -178,7 +178,13 @@ impl Node {
 
     /// `SubmitJob`: starts the binary as a driver of this cluster and streams its output to
     /// the submitter (`conn`); the job goes on if the submitter goes.
-    pub(crate) fn submit_job(self: &Arc<Self>, conn: Arc<Conn>, req: u64, hash: &str, name: &str, args: Vec<String>) {
+    pub(crate) fn submit_job(
+        self: &Arc<Self>,
+        conn: Arc<Conn>,
+        req: u64,
+        (hash, name, weight): (&str, &str, Option<u32>),
+        args: Vec<String>,
+    ) {
         let Some(path) = self.binary_path(hash) else {
             let _ = conn.send(&FromNode::JobEnded {
                 job: 0,
@@ -198,6 +204,8 @@ impl Node {
             .env("FERRY_TOKEN", &self.opts.token)
             .env("FERRY_EXE_HASH", hash)
             .env(ferry_types::defaults::JOB_DRIVER_ENV, format!("{}:{driver}", std::process::id()))
+            // Its share in fair sharing between jobs (see `ferry::Config::job_weight`).
+            .env("FERRY_JOB_WEIGHT", weight.unwrap_or(1).clamp(1, 1_000_000).to_string())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());

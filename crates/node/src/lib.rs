@@ -203,7 +203,7 @@ struct Pool {
 /// Lease requests on their way to a node.
 struct Placing {
     /// Lease requests no node alive can fit, waiting for one that can.
-    infeasible: Vec<(ConnId, u64, Shape, u32, Placement, ferry_types::Priority)>,
+    infeasible: Vec<(ConnId, u64, Shape, u32, Placement, (ferry_types::Priority, ferry_sched::Share))>,
     /// Queued requests that may go to another node, and since when they wait: leases of
     /// default placement asked here first, and workers for actors homed here. Requests with a
     /// node affinity, or sent here by another node, stay.

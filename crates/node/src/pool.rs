@@ -70,6 +70,7 @@ impl Node {
                 Action::Lower { worker } => self.lower_worker(worker),
                 Action::Recall { conn } => self.send(st, conn, &FromNode::RecallIdleLeases),
                 Action::EndRecall { conn } => self.send(st, conn, &FromNode::EndRecall),
+                Action::Reclaim { conn, lease } => self.send(st, conn, &FromNode::GiveBackLease { lease }),
                 Action::Preempt { conn, worker, memory } => {
                     let detail = if memory {
                         format!("node {} was short of memory: {}", self.id, st.pool.pressure)
@@ -104,7 +105,7 @@ impl Node {
         depth: u32,
         placement: Placement,
         prefer: Option<NodeId>,
-        priority: ferry_types::Priority,
+        (priority, share): (ferry_types::Priority, ferry_sched::Share),
     ) {
         use ferry_sched::place::{place, Decision};
         if let Some(reason) = self.ended_group_of(st, &shape) {
@@ -124,7 +125,7 @@ impl Node {
                 if placement == Placement::Default {
                     st.placing.movable.insert((conn, req), Instant::now());
                 }
-                let actions = st.pool.sched.request(conn, req, shape, depth, priority);
+                let actions = st.pool.sched.request_for(conn, req, shape, depth, priority, share);
                 self.apply(st, actions);
             }
             Decision::Spill { node, addr } => self.send(st, conn, &FromNode::LeaseSpillback { req, node, addr }),
@@ -132,7 +133,7 @@ impl Node {
             Decision::Wait(why) if !self.in_cluster() => {
                 // One node on its own: nothing can join, so it can never run.
                 let _ = why;
-                let actions = st.pool.sched.request(conn, req, shape, depth, priority);
+                let actions = st.pool.sched.request_for(conn, req, shape, depth, priority, share);
                 self.apply(st, actions);
             }
             Decision::Wait(why) => {
@@ -144,7 +145,7 @@ impl Node {
                     let line = format!("ferry: warning: tasks needing {shape} wait: {why}");
                     self.send(st, conn, &FromNode::Log { node: self.id, stderr: true, lines: vec![line] });
                 }
-                st.placing.infeasible.push((conn, req, shape, depth, placement, priority));
+                st.placing.infeasible.push((conn, req, shape, depth, placement, (priority, share)));
             }
         }
     }
@@ -281,8 +282,9 @@ impl Node {
     /// Leases on this node's workers, and what their holders say of them. Routed here by `handle`.
     pub(crate) fn on_pool(&self, st: &mut State, conn: ConnId, msg: ToNode) {
         match msg {
-            ToNode::RequestLease { req, shape, depth, placement, prefer, priority } => {
-                self.request_lease(st, conn, req, shape, depth, placement, prefer, priority)
+            ToNode::RequestLease { req, shape, depth, placement, prefer, priority, job, weight } => {
+                let share = ferry_sched::Share { job: job.0, weight };
+                self.request_lease(st, conn, req, shape, depth, placement, prefer, (priority, share))
             }
             ToNode::ReturnLease { lease, kill } => {
                 let retired = st.pool.sched.lease_worker(lease).is_some_and(|w| st.pool.retired.contains(&w));

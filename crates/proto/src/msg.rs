@@ -185,6 +185,10 @@ pub enum ToNode {
         placement: Placement,
         prefer: Option<NodeId>,
         priority: Priority,
+        /// The job its tasks belong to (its driver's id), and that job's weight in fair
+        /// sharing if the asker knows it (its driver does).
+        job: WorkerId,
+        weight: Option<u32>,
     },
     /// Give a lease back; the worker becomes idle (or is retired, with `kill`).
     ReturnLease { lease: u64, kill: bool },
@@ -241,7 +245,7 @@ pub enum ToNode {
     FetchBinary { hash: String },
     /// Run the stored binary `hash` with `args` as a job joined to this cluster (its driver).
     /// Answered by `JobStarted`, then `JobOutput` as it prints and `JobEnded`.
-    SubmitJob { req: u64, hash: String, name: String, args: Vec<String> },
+    SubmitJob { req: u64, hash: String, name: String, args: Vec<String>, weight: Option<u32> },
     /// The jobs started here (answered by `Jobs`).
     Jobs { req: u64 },
     /// Stop job `job`: its process group is sent SIGTERM, then SIGKILL after a grace
@@ -620,6 +624,11 @@ pub enum FromNode {
     WorkerDied {
         worker: WorkerId,
         reason: String,
+    },
+    /// Fair sharing: give lease `lease` back once the task running on it ends (push it no
+    /// more); another job waits for less than its share of the node.
+    GiveBackLease {
+        lease: u64,
     },
     /// To the holder of a lease on `worker`: the node took it back (reset preemption, for
     /// real-time work or, with `memory`, to free memory; `detail` says why). The worker is

@@ -15,8 +15,10 @@
 //! it recovers). Invariant: `available + Σ(held by unblocked leases) + Σ(non-CPU of blocked
 //! leases) == total`.
 
+mod fair;
 pub mod groups;
 pub mod place;
+mod preempt;
 
 use ferry_types::{Priority, Shape, WorkerId, CPU};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -91,7 +93,27 @@ pub enum Action {
         worker: WorkerId,
         memory: bool,
     },
+    /// Fair sharing: the job holding this lease has more than its share of the node while
+    /// another job waits; its holder should give it back once the task running on it ends
+    /// (pushing it no more, taking back what waits there).
+    Reclaim {
+        conn: ConnId,
+        lease: LeaseId,
+    },
 }
+
+/// The job a lease request is for, and its weight: the CPUs of a node whose jobs all want
+/// more than it has are shared in proportion to their weights (see [`Scheduler::tick`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Share {
+    /// 0: no job (an actor's worker, a tool): never reclaimed.
+    pub job: u64,
+    /// `None`: the job's weight as last given, else 1.
+    pub weight: Option<u32>,
+}
+
+/// The window of fair sharing: CPU-seconds used count half after this long.
+pub const FAIR_HALF_LIFE: Duration = Duration::from_secs(10);
 
 /// A preempted worker whose holder does not give its lease back within this is killed.
 pub const PREEMPT_GRACE: Duration = Duration::from_secs(2);
@@ -124,6 +146,8 @@ enum WorkerState {
         priority: Priority,
         /// Stopped, its CPUs lent to real-time work ([`Action::Suspend`]).
         suspended: bool,
+        /// The job it runs for (see [`Share`]).
+        job: u64,
     },
     /// Asked to exit ([`Action::Retire`]) and not yet gone or kept: not leased meanwhile.
     /// `stale`: it runs a binary the node no longer runs (see [`Scheduler::retire_idle`]), so
@@ -175,6 +199,7 @@ struct Request {
     shape: Shape,
     depth: u32,
     priority: Priority,
+    job: u64,
 }
 
 /// A queued request taken out to go elsewhere: its connection, id, shape and depth.
@@ -210,6 +235,12 @@ pub struct Scheduler {
     /// Leases that must never be reset (actors with no restarts left), and resets so far.
     protected: BTreeSet<WorkerId>,
     resets: u64,
+    /// Fair sharing: each job's weight, its CPU-seconds (decayed, see [`FAIR_HALF_LIFE`]),
+    /// when they were last counted, and the leases asked back.
+    weights: HashMap<u64, u32>,
+    usage: HashMap<u64, f64>,
+    counted: Option<Instant>,
+    reclaiming: BTreeSet<LeaseId>,
     opts: PoolOptions,
 }
 
@@ -234,6 +265,10 @@ impl Scheduler {
             suspended_seen: HashMap::new(),
             protected: BTreeSet::new(),
             resets: 0,
+            weights: HashMap::new(),
+            usage: HashMap::new(),
+            counted: None,
+            reclaiming: BTreeSet::new(),
             opts,
         };
         let n = s.opts.prestart.min(s.opts.max_workers);
@@ -249,6 +284,23 @@ impl Scheduler {
     /// arrival order, a tree of tasks would start breadth-first and block a worker for
     /// nearly every inner node.
     pub fn request(&mut self, conn: ConnId, req: u64, shape: Shape, depth: u32, priority: Priority) -> Vec<Action> {
+        self.request_for(conn, req, shape, depth, priority, Share::default())
+    }
+
+    /// [`Self::request`] for a job: between jobs, the one that used least of its share goes
+    /// first (after priority, before depth).
+    pub fn request_for(
+        &mut self,
+        conn: ConnId,
+        req: u64,
+        shape: Shape,
+        depth: u32,
+        priority: Priority,
+        share: Share,
+    ) -> Vec<Action> {
+        if let Some(w) = share.weight {
+            self.weights.insert(share.job, w.clamp(1, 1_000_000));
+        }
         // Amounts past any node's are refused here, so the accounts below (signed, summed)
         // never overflow on what a peer asked for.
         if shape.0.iter().any(|(_, v)| *v > MAX_AMOUNT) {
@@ -256,7 +308,7 @@ impl Scheduler {
             return vec![Action::Infeasible { conn, req, reason }];
         }
         let pos = self.queue.iter().position(|r| (r.priority, r.depth) < (priority, depth)).unwrap_or(self.queue.len());
-        self.queue.insert(pos, Request { conn, req, shape, depth, priority });
+        self.queue.insert(pos, Request { conn, req, shape, depth, priority, job: share.job });
         self.schedule()
     }
 
@@ -354,6 +406,7 @@ impl Scheduler {
             _ => return Vec::new(),
         }
         self.leases.remove(&lease);
+        self.reclaiming.remove(&lease);
         self.protected.remove(&worker);
         let Some(WorkerState::Leased { shape, blocked, suspended, .. }) = self.workers.remove(&worker) else {
             unreachable!("checked above")
@@ -381,6 +434,7 @@ impl Scheduler {
         match self.workers.remove(&worker) {
             Some(WorkerState::Leased { lease, shape, blocked, suspended, .. }) => {
                 self.leases.remove(&lease);
+                self.reclaiming.remove(&lease);
                 self.release(&shape, blocked || suspended);
                 self.suspended.retain(|w| *w != worker);
             }
@@ -471,6 +525,7 @@ impl Scheduler {
             actions.extend(self.worker_died(w));
         }
         actions.extend(self.tick_preemption(now));
+        self.count_usage(now);
         // Draining workers are asked again, once per idle timeout.
         let due: Vec<WorkerId> = self
             .workers
@@ -500,87 +555,6 @@ impl Scheduler {
             beyond -= 1;
         }
         actions
-    }
-
-    /// Preemption's clock: preempted workers whose holders did not give their leases back
-    /// in time are killed, and best-effort leases suspended longer than
-    /// [`PoolOptions::reset_after`] are reset.
-    fn tick_preemption(&mut self, now: Instant) -> Vec<Action> {
-        let mut actions = Vec::new();
-        let mut late = Vec::new();
-        for (w, s) in self.workers.iter_mut() {
-            if let WorkerState::Preempting { since, .. } = s {
-                match since {
-                    None => *since = Some(now),
-                    Some(t) if now.duration_since(*t) >= PREEMPT_GRACE => late.push(*w),
-                    Some(_) => {}
-                }
-            }
-        }
-        for w in late {
-            actions.push(Action::KillWorker { worker: w });
-            actions.extend(self.worker_died(w));
-        }
-        let suspended = &self.suspended;
-        self.suspended_seen.retain(|w, _| suspended.contains(w));
-        let mut overdue = Vec::new();
-        for w in &self.suspended {
-            let seen = *self.suspended_seen.entry(*w).or_insert(now);
-            if now.duration_since(seen) >= self.opts.reset_after && !self.protected.contains(w) {
-                overdue.push(*w);
-            }
-        }
-        for w in overdue {
-            self.reset(w, false, &mut actions);
-        }
-        if !actions.is_empty() {
-            actions.extend(self.schedule());
-        }
-        actions
-    }
-
-    /// Resets the lease on `worker` ([`Action::Preempt`]): its resources come back now.
-    fn reset(&mut self, worker: WorkerId, memory: bool, actions: &mut Vec<Action>) {
-        let Some(WorkerState::Leased { lease, owner, shape, blocked, suspended, .. }) = self.workers.remove(&worker)
-        else {
-            return;
-        };
-        self.release(&shape, blocked || suspended);
-        self.suspended.retain(|w| *w != worker);
-        self.suspended_seen.remove(&worker);
-        self.workers.insert(worker, WorkerState::Preempting { lease, owner, since: None });
-        self.resets += 1;
-        actions.push(Action::Preempt { conn: owner, worker, memory });
-    }
-
-    /// The node is short of memory: resets one lease to free it, and says which worker. The
-    /// victim is the most recently granted best-effort lease, else the most recently granted
-    /// other one, lower priorities first; leases that cannot be reset (actors with no
-    /// restarts left) only when no other is left. `None` if nothing is leased.
-    pub fn preempt_for_memory(&mut self) -> (Option<WorkerId>, Vec<Action>) {
-        let victim = self
-            .workers
-            .iter()
-            .filter_map(|(w, s)| match s {
-                WorkerState::Leased { lease, priority, .. } => {
-                    Some(((!self.protected.contains(w), std::cmp::Reverse(*priority), *lease), *w))
-                }
-                _ => None,
-            })
-            .max()
-            .map(|(_, w)| w);
-        let mut actions = Vec::new();
-        if let Some(w) = victim {
-            self.reset(w, true, &mut actions);
-            actions.extend(self.schedule());
-        }
-        (victim, actions)
-    }
-
-    /// The lease on `worker` must never be reset for priority (an actor with no restarts
-    /// left: a reset would kill it for good). Forgotten when the lease ends.
-    pub fn protect(&mut self, worker: WorkerId) {
-        self.protected.insert(worker);
     }
 
     /// What is known of a worker that is gone or whose lease ended for good.
@@ -626,6 +600,7 @@ impl Scheduler {
 
     fn schedule(&mut self) -> Vec<Action> {
         let mut actions = Vec::new();
+        self.order_by_share();
         self.resume_suspended(&mut actions);
         let mut provisional = self.available.clone();
         let mut need_workers = 0usize;
@@ -679,6 +654,7 @@ impl Scheduler {
                 let lease = self.next_lease;
                 self.next_lease += 1;
                 self.leases.insert(lease, worker);
+                let job = r.job;
                 self.workers.insert(
                     worker,
                     WorkerState::Leased {
@@ -688,6 +664,7 @@ impl Scheduler {
                         blocked: false,
                         priority: r.priority,
                         suspended: false,
+                        job,
                     },
                 );
                 actions.push(Action::Grant { conn: r.conn, req: r.req, lease, worker });
@@ -702,6 +679,9 @@ impl Scheduler {
         while self.starting < need_workers && self.workers.len() + self.starting < self.opts.max_workers {
             self.starting += 1;
             actions.push(Action::StartWorker);
+        }
+        if short {
+            self.reclaim_for_fairness(&mut actions);
         }
         if short || !self.suspended.is_empty() {
             // Every holder of a lease learns that the node is short (or that best-effort work
@@ -758,58 +738,6 @@ impl Scheduler {
             self.suspended.push(w);
             self.suspensions += 1;
             actions.push(Action::Suspend { worker: w });
-        }
-    }
-
-    /// Resets best-effort leases, most recently granted first, that hold resources other
-    /// than CPUs that `shape` lacks in `provisional`, until it no longer lacks them; resets
-    /// none if that cannot make them fit. Suspension cannot free those: a stopped process
-    /// keeps its memory and its devices.
-    fn reset_for(&mut self, shape: &Shape, provisional: &mut BTreeMap<String, i64>, actions: &mut Vec<Action>) {
-        let mut lacking: BTreeMap<&str, i64> = shape
-            .0
-            .iter()
-            .filter(|(n, _)| n != CPU)
-            .map(|(n, v)| (n.as_str(), *v as i64 - provisional.get(n).copied().unwrap_or(0)))
-            .filter(|(_, short)| *short > 0)
-            .collect();
-        if lacking.is_empty() {
-            return;
-        }
-        let mut victims: Vec<(LeaseId, WorkerId, &Shape)> = self
-            .workers
-            .iter()
-            .filter_map(|(w, s)| match s {
-                WorkerState::Leased { lease, shape, priority: Priority::BestEffort, .. }
-                    if !self.protected.contains(w) && shape.0.iter().any(|(n, _)| lacking.contains_key(n.as_str())) =>
-                {
-                    Some((*lease, *w, shape))
-                }
-                _ => None,
-            })
-            .collect();
-        victims.sort_by_key(|(lease, _, _)| std::cmp::Reverse(*lease));
-        let mut chosen = Vec::new();
-        for (_, w, held) in victims {
-            if lacking.values().all(|v| *v <= 0) {
-                break;
-            }
-            for (n, v) in &held.0 {
-                if let Some(short) = lacking.get_mut(n.as_str()) {
-                    *short -= *v as i64;
-                }
-            }
-            chosen.push(w);
-        }
-        if lacking.values().any(|v| *v > 0) {
-            return;
-        }
-        for w in chosen {
-            let before = self.available.clone();
-            self.reset(w, false, actions);
-            for (n, v) in &self.available {
-                *provisional.entry(n.clone()).or_insert(0) += v - before.get(n).copied().unwrap_or(0);
-            }
         }
     }
 

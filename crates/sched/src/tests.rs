@@ -471,3 +471,50 @@ fn a_worker_that_owns_objects_in_use_is_kept_and_asked_again_later() {
     assert!(a.contains(&Action::KillWorker { worker: WorkerId(1) }), "{a:?}");
     assert_eq!(s.num_workers(), 0);
 }
+
+fn reclaimed(a: &[Action]) -> Vec<(ConnId, LeaseId)> {
+    a.iter()
+        .filter_map(|x| match x {
+            Action::Reclaim { conn, lease } => Some((*conn, *lease)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Two jobs that each want more than the node has: the first holds every CPU; when the
+/// second asks, the first is asked back the leases past its weighted share (newest first),
+/// and what it gives back goes to the job that used least of its share.
+#[test]
+fn jobs_share_the_cpus_by_weight() {
+    let now = Instant::now();
+    let (mut s, _) = Scheduler::new(&Shape::cpus(4.0), opts(0));
+    for w in 1..=6 {
+        s.worker_registered(WorkerId(w), now);
+    }
+    let a = Share { job: 10, weight: Some(3) };
+    let b = Share { job: 20, weight: Some(1) };
+    let mut a_leases = Vec::new();
+    for req in 1..=4 {
+        a_leases.push(lease_of(&s.request_for(1, req, Shape::cpus(1.0), 1, Priority::Normal, a)));
+    }
+    s.tick(now);
+    s.tick(now + Duration::from_secs(1));
+    let (job, used, weight) = s.job_usage()[0];
+    assert_eq!((job, weight), (10, 3));
+    assert!((used - 4.0).abs() < 0.01, "4 CPUs for 1 s: {used}");
+    // Job b waits: a holds 4 of 4 CPUs, its share is 3: one lease is asked back, the newest.
+    let w = s.request_for(2, 100, Shape::cpus(1.0), 1, Priority::Normal, b);
+    assert_eq!(reclaimed(&w), vec![(1, a_leases[3])], "{w:?}");
+    // Asked once, not again while it runs its last task.
+    let w = s.request_for(2, 101, Shape::cpus(1.0), 1, Priority::Normal, b);
+    assert!(reclaimed(&w).is_empty(), "{w:?}");
+    // a asks for more too; the lease given back goes to b, whose share is unused.
+    s.request_for(1, 5, Shape::cpus(1.0), 1, Priority::Normal, a);
+    let g = s.return_lease(1, a_leases[3], false, now);
+    assert_eq!(grants(&g).iter().map(|x| x.1).collect::<Vec<_>>(), vec![100], "{g:?}");
+    // Equal weights from now on: a, holding 3 of 4 CPUs and wanting more, gives one more
+    // back for b's second request.
+    let w = s.request_for(2, 102, Shape::cpus(1.0), 1, Priority::Normal, Share { job: 20, weight: Some(3) });
+    assert_eq!(reclaimed(&w).len(), 1, "{w:?}");
+    assert_eq!(s.reclaiming.len(), 1);
+}

@@ -122,7 +122,8 @@ fn proc_of(w: WorkerId) -> usize {
 
 impl Sim {
     fn new() -> Sim {
-        let limits = OwnerLimits { max_in_flight: 16, max_pending_requests: 1, max_lineage_bytes: 1 << 20 };
+        let limits =
+            OwnerLimits { max_in_flight: 16, max_pending_requests: 1, max_lineage_bytes: 1 << 20, job_weight: None };
         Sim {
             procs: (0..PROCS).map(|p| OwnerState::new(wid(p), ferry_proto::NodeId(1), limits.clone())).collect(),
             handles: Vec::new(),

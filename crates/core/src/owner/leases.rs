@@ -102,9 +102,11 @@ impl OwnerState {
     pub(super) fn request_lease(&mut self, class: usize, prefer: Option<NodeId>, fx: &mut Effects) {
         let req = self.next_req;
         self.next_req += 1;
+        let job =
+            self.classes[class].queue.front().and_then(|t| self.tasks.get(t)).map(|t| t.job.id).unwrap_or(self.me);
         let c = &mut self.classes[class];
         c.pending_requests += 1;
-        let r = LeaseRequest { class, node: self.node, placement: c.placement.clone(), depth: self.depth, prefer };
+        let r = LeaseRequest { class, node: self.node, placement: c.placement.clone(), depth: self.depth, prefer, job };
         self.send_lease_request(req, &r, fx);
         self.lease_requests.insert(req, r);
     }
@@ -120,6 +122,10 @@ impl OwnerState {
             placement: r.placement.clone(),
             prefer: r.prefer,
             priority,
+            job: r.job,
+            // Only this process's own job's weight is known here (a worker's nested tasks'
+            // job goes by the weight its driver gave).
+            weight: if r.job == self.me { self.limits.job_weight } else { None },
         };
         fx.to_daemons.push((Daemon::Node(r.node), m));
     }
@@ -231,6 +237,23 @@ impl OwnerState {
         for t in queued {
             let name = self.tasks.get(&t).map(|t| t.name.to_string()).unwrap_or_default();
             self.fail_task(t, Error::Infeasible { task: name, detail: reason.clone() }, fx);
+        }
+    }
+
+    /// Node `node` asks lease `theirs` back for fair sharing (`FromNode::GiveBackLease`): it
+    /// is pushed nothing more, what waits on it comes back (`Steal`), and it goes back once
+    /// its running task ends.
+    pub fn on_give_back(&mut self, node: NodeId, theirs: u64, fx: &mut Effects) {
+        let Some((&id, l)) = self.leases.iter_mut().find(|(_, l)| l.node == node && l.theirs == theirs) else {
+            return;
+        };
+        l.one_shot = true;
+        l.used = true;
+        if l.in_flight == 0 {
+            self.return_lease(id, false, fx);
+        } else if l.in_flight > 1 && !l.stealing {
+            l.stealing = true;
+            fx.to_workers.push((l.worker, ToWorker::Steal { max: l.in_flight as u32 }));
         }
     }
 

@@ -163,6 +163,8 @@ pub(crate) struct OwnerLimits {
     pub max_pending_requests: usize,
     /// Bytes of task arguments kept for lineage; past it, new objects are not reconstructable.
     pub max_lineage_bytes: usize,
+    /// This process's job's weight in fair sharing (sent with its own job's lease requests).
+    pub job_weight: Option<u32>,
 }
 
 /// See the module docs.
@@ -449,6 +451,8 @@ struct LeaseRequest {
     placement: Placement,
     depth: u32,
     prefer: Option<NodeId>,
+    /// The job of the tasks it is for (the first queued one's when asked).
+    job: WorkerId,
 }
 
 /// How an owned stored object was made, kept while the object lives so that it can be made

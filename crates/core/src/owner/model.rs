@@ -146,7 +146,12 @@ impl Harness {
             st: OwnerState::new(
                 WorkerId(1),
                 NodeId(1),
-                OwnerLimits { max_in_flight: 100_000, max_pending_requests: 1, max_lineage_bytes: 1 << 20 },
+                OwnerLimits {
+                    max_in_flight: 100_000,
+                    max_pending_requests: 1,
+                    max_lineage_bytes: 1 << 20,
+                    job_weight: None,
+                },
             ),
             next_lease: 1,
             freed: HashSet::new(),

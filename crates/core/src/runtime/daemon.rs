@@ -92,6 +92,7 @@ impl Runtime {
                 }
                 FromNode::RetireIfIdle => {}
                 FromNode::WorkerDied { worker, reason } => self.worker_lost(worker, &reason),
+                FromNode::GiveBackLease { lease } => self.with_state(|st, fx| st.on_give_back(node, lease, fx)),
                 FromNode::Preempted { worker, memory, detail } => {
                     self.with_state(|st, fx| st.on_preempted(node, worker, memory, detail, fx))
                 }

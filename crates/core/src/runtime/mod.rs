@@ -221,6 +221,7 @@ impl Runtime {
             max_in_flight: cfg.max_tasks_in_flight_per_worker,
             max_pending_requests: cfg.max_pending_lease_requests.max(1),
             max_lineage_bytes: cfg.max_lineage_bytes,
+            job_weight: cfg.job_weight,
         };
         let task_events = cfg.task_events;
         let rt = Runtime {
