@@ -200,10 +200,14 @@ struct Pool {
     kill_reasons: HashMap<WorkerId, String>,
 }
 
+/// A lease request waiting for a node that can fit it: its connection, id, shape, depth,
+/// placement, priority and job.
+type Waiting = (ConnId, u64, Shape, u32, Placement, (ferry_types::Priority, ferry_sched::Share));
+
 /// Lease requests on their way to a node.
 struct Placing {
     /// Lease requests no node alive can fit, waiting for one that can.
-    infeasible: Vec<(ConnId, u64, Shape, u32, Placement, (ferry_types::Priority, ferry_sched::Share))>,
+    infeasible: Vec<Waiting>,
     /// Queued requests that may go to another node, and since when they wait: leases of
     /// default placement asked here first, and workers for actors homed here. Requests with a
     /// node affinity, or sent here by another node, stay.
