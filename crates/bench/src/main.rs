@@ -8,6 +8,7 @@
 //! tools over a large history) and `priority` (real-time tasks beside best-effort ones). Sizes and iteration counts follow ray_bench.py.
 
 mod cluster;
+mod fair;
 mod groups;
 mod history;
 mod observability;
@@ -700,6 +701,10 @@ fn main() {
         priority::xnode_job(&address);
         return;
     }
+    if let Ok(address) = std::env::var("FERRY_BENCH_FAIR_JOB") {
+        fair::job(&address);
+        return;
+    }
     if let Ok(address) = std::env::var("FERRY_BENCH_RECOVERY") {
         cluster::recovery_job(&address);
         return;
@@ -722,6 +727,10 @@ fn main() {
         Some("priority") => {
             info(&format!("ferry {} priority (real-time beside best-effort work)", env!("CARGO_PKG_VERSION")));
             return priority::group();
+        }
+        Some("fair") => {
+            info(&format!("ferry {} fair sharing between two jobs", env!("CARGO_PKG_VERSION")));
+            return fair::group();
         }
         Some("groups") => {
             info(&format!("ferry {} placement groups (Ray's create/removal shape)", env!("CARGO_PKG_VERSION")));

@@ -87,6 +87,13 @@ impl OwnerState {
             }
         }
         classes.dedup();
+        // A lease being given back (one-shot, used) that has nothing left goes now: its
+        // tasks all came back unstarted, so no reply will return it.
+        let done: Vec<u64> =
+            self.leases.iter().filter(|(_, l)| l.one_shot && l.used && l.in_flight == 0).map(|(id, _)| *id).collect();
+        for id in done {
+            self.return_lease(id, false, fx);
+        }
         for c in classes {
             self.pump(c, fx);
         }
