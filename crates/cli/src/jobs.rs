@@ -124,8 +124,12 @@ pub fn submit(target: &Target, command: &[String], no_wait: bool, weight: Option
     }
     if no_wait {
         let (job, pid) = client.start_job(&hash, &name, &command[1..], weight).map_err(|e| e.to_string())?;
+        let state = match pid {
+            0 => "queued on the head (it starts when a running job ends)".to_string(),
+            pid => format!("running on the head (pid {pid})"),
+        };
         eprintln!(
-            "ferry: job {job} ({name}) running on the head (pid {pid}); see it with `ferry job logs {job} --follow`, \
+            "ferry: job {job} ({name}) {state}; see it with `ferry job logs {job} --follow`, \
              stop it with `ferry job stop {job}`"
         );
         println!("{job}");
@@ -137,6 +141,12 @@ pub fn submit(target: &Target, command: &[String], no_wait: bool, weight: Option
     let started = Instant::now();
     let end = client
         .run_job(&hash, &name, &command[1..], weight, |event| match event {
+            JobEvent::Queued { job, ahead } => {
+                job_id.store(job, Ordering::SeqCst);
+                eprintln!(
+                    "ferry: job {job} ({name}) queued: the head runs as many jobs as it allows, {ahead} wait before it"
+                )
+            }
             JobEvent::Started { job, pid } => {
                 job_id.store(job, Ordering::SeqCst);
                 eprintln!("ferry: job {job} ({name}) running on the head (pid {pid}); Ctrl-C stops it")

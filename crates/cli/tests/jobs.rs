@@ -351,3 +351,39 @@ fn jobs_share_a_node_by_weight() {
     assert!(done[0] + done[1] > 100.0, "the node was not kept busy: {done:?}");
     assert!((2.0..=4.5).contains(&ratio), "weights 3:1 gave {done:?} tasks ({ratio:.2}:1)");
 }
+
+/// A head that runs one job at a time (`FERRY_MAX_RUNNING_JOBS=1`, ray#41241): a second and
+/// a third job wait in order, listed as queued; one stopped while it waits never runs; the
+/// next starts when the running one ends.
+#[test]
+fn jobs_past_the_running_limit_wait_their_turn() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args(["start", "--head", "--port", "0", "--num-cpus", "2", "--block"]);
+    cmd.env("FERRY_MAX_RUNNING_JOBS", "1").env("FERRY_JOB_STOP_GRACE_MS", "2000");
+    let head = Head::start(cmd, T).unwrap();
+    let submit = |mode: &str| {
+        let out = ferry_at(&head, &["job", "submit", "--no-wait", "--", &exe(), "--ferry-test-job", mode]);
+        assert!(out.status.success(), "{}", text(&out));
+        (String::from_utf8_lossy(&out.stdout).trim().to_string(), text(&out))
+    };
+    let (first, _) = submit("sleepy");
+    status_until(&head, &first, "running");
+    let (second, said) = submit("quick");
+    assert!(said.contains("queued"), "{said}");
+    let (third, _) = submit("quick");
+    let list = text(&ferry_at(&head, &["job", "list"]));
+    for id in [&second, &third] {
+        let row = list.lines().find(|l| l.starts_with(&format!("{id} "))).unwrap_or_else(|| panic!("{list}"));
+        assert!(row.contains("queued"), "{row}");
+    }
+    // The third is stopped while it waits: it never runs.
+    assert!(ferry_at(&head, &["job", "stop", &third]).status.success());
+    status_until(&head, &third, "stopped");
+    // The first ends: the second runs (and prints), the third does not.
+    assert!(ferry_at(&head, &["job", "stop", &first]).status.success());
+    status_until(&head, &second, "failed"); // the quick job exits with 3
+    let logs = text(&ferry_at(&head, &["job", "logs", &second]));
+    assert!(logs.contains("hello from the job"), "{logs}");
+    let logs = text(&ferry_at(&head, &["job", "logs", &third]));
+    assert!(!logs.contains("hello from the job"), "a stopped queued job ran: {logs}");
+}

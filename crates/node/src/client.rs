@@ -100,6 +100,11 @@ impl std::fmt::Debug for Client {
 /// What a submitted job does, as [`Client::run_job`] reports it.
 #[derive(Debug)]
 pub enum JobEvent<'a> {
+    /// It waits for its turn (the head runs as many jobs as it allows), `ahead` before it.
+    Queued {
+        job: u64,
+        ahead: u32,
+    },
     Started {
         job: u64,
         pid: u32,
@@ -322,6 +327,10 @@ impl Client {
                     job = j;
                     on(JobEvent::Started { job, pid });
                 }
+                Ok(FromNode::JobQueued { job: j, ahead, .. }) => {
+                    job = j;
+                    on(JobEvent::Queued { job, ahead });
+                }
                 Ok(FromNode::JobOutput { stderr, data, .. }) => {
                     last_heard = Instant::now();
                     on(JobEvent::Output { stderr, data: &data });
@@ -358,6 +367,8 @@ impl Client {
         self.send(&ToNode::SubmitJob { req, hash, name, args, weight })?;
         self.answer(Duration::from_secs(30), |m| match m {
             FromNode::JobStarted { req: r, job, pid } if r == req => Some(Ok((job, pid))),
+            // Waiting for its turn: pid 0 until it starts.
+            FromNode::JobQueued { req: r, job, .. } if r == req => Some(Ok((job, 0))),
             // It could not start (no such binary, or spawning failed).
             FromNode::JobEnded { job: 0, detail, .. } => Some(Err(detail)),
             _ => None,

@@ -74,7 +74,13 @@ struct Reserved {
     shape: Shape,
     round: u64,
     committed: bool,
+    /// When it was prepared: one not committed within [`PREPARED_TIMEOUT`] goes back.
+    since: Instant,
 }
+
+/// A bundle prepared here and not committed this long is given back: its home died or gave
+/// the round up (and its word was lost), or a peer asked that never meant to commit.
+pub const PREPARED_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a committed bundle offers: its resources renamed for the bundle and for the group,
 /// and the `bundle` resource.
@@ -182,7 +188,8 @@ impl Node {
         let ok = taken.len() == bundles.len();
         if ok {
             for (i, shape) in taken {
-                st.groups.reserved.insert((group, i), Reserved { shape, round, committed: false });
+                let since = Instant::now();
+                st.groups.reserved.insert((group, i), Reserved { shape, round, committed: false, since });
             }
         } else {
             for (_, shape) in taken {
@@ -315,6 +322,17 @@ impl Node {
 
     /// The home's clock: a round not answered in time is given up; waiting groups try again.
     pub(crate) fn tick_groups(&self, st: &mut State) {
+        let stale: Vec<(u64, u64)> = st
+            .groups
+            .reserved
+            .iter()
+            .filter(|(_, r)| !r.committed && r.since.elapsed() >= PREPARED_TIMEOUT)
+            .map(|((g, _), r)| (*g, r.round))
+            .collect();
+        for (group, round) in stale {
+            tracing::warn!("placement group {group:016x}: a reservation never committed is given back");
+            self.return_bundles(st, group, Some(round));
+        }
         if st.groups.placing.as_ref().is_some_and(|r| r.started.elapsed() >= ROUND_TIMEOUT) {
             self.abort_round(st);
         }

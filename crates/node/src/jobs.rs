@@ -193,6 +193,9 @@ impl Node {
             });
             return;
         };
+        // A name from the network is shown in terminals: printable characters only.
+        let name: String = name.chars().filter(|c| !c.is_control()).take(256).collect();
+        let Some(queued) = self.wait_for_slot(&conn, req, &name, hash, &args) else { return };
         let address = self.tcp_addr.map(|a| a.to_string()).unwrap_or_default();
         // The driver's id, chosen here so that the job's tasks can be found by its job.
         let driver = WorkerId(ferry_types::random_u64());
@@ -212,6 +215,9 @@ impl Node {
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
+                if let Some(id) = queued {
+                    self.end_queued(id);
+                }
                 let _ = conn.send(&FromNode::JobEnded { job: 0, code: None, detail: format!("cannot start it: {e}") });
                 return;
             }
@@ -219,9 +225,7 @@ impl Node {
         let pid = child.id();
         let job = {
             let mut st = self.lock();
-            let id = st.jobs.len() as u64 + 1;
-            // A name from the network is shown in terminals: printable characters only.
-            let name: String = name.chars().filter(|c| !c.is_control()).take(256).collect();
+            let id = queued.unwrap_or(st.jobs.len() as u64 + 1);
             let view = JobView {
                 id,
                 name,
@@ -235,7 +239,10 @@ impl Node {
                 driver,
             };
             self.record_job(&view);
-            st.jobs.push(view);
+            match st.jobs.iter_mut().find(|j| j.id == id) {
+                Some(j) => *j = view,
+                None => st.jobs.push(view),
+            }
             id
         };
         tracing::info!("job {job} started (pid {pid}, binary {})", &hash[..12]);
@@ -298,6 +305,68 @@ impl Node {
         });
     }
 
+    /// The queue of jobs (ray#41241): while `FERRY_MAX_RUNNING_JOBS` jobs run, a submitted job
+    /// is recorded as queued (pid 0), told so, and waits here, on its submitter's connection
+    /// thread, for its turn (first come, first started). `Some(Some(id))`: it waited as job
+    /// `id`; `Some(None)`: it did not wait; `None`: it was stopped while it waited.
+    fn wait_for_slot(&self, conn: &Conn, req: u64, name: &str, hash: &str, args: &[String]) -> Option<Option<u64>> {
+        let max: usize = ferry_types::defaults::env("FERRY_MAX_RUNNING_JOBS").unwrap_or(usize::MAX).max(1);
+        let running = |st: &State| st.jobs.iter().filter(|j| j.pid != 0 && j.ended_ms.is_none()).count();
+        let id = {
+            let mut st = self.lock();
+            if running(&st) < max {
+                return Some(None);
+            }
+            let id = st.jobs.len() as u64 + 1;
+            let ahead = st.jobs.iter().filter(|j| j.pid == 0 && j.ended_ms.is_none()).count() as u32;
+            let view = JobView {
+                id,
+                name: name.to_string(),
+                hash: hash.to_string(),
+                args: args.to_vec(),
+                pid: 0,
+                started_ms: now_ms(),
+                ended_ms: None,
+                code: None,
+                stopped: false,
+                driver: WorkerId(0),
+            };
+            self.record_job(&view);
+            st.jobs.push(view);
+            tracing::info!("job {id} queued: {max} jobs run already, {ahead} wait before it");
+            let _ = conn.send(&FromNode::JobQueued { req, job: id, ahead });
+            id
+        };
+        loop {
+            {
+                let st = self.lock();
+                let me = st.jobs.iter().find(|j| j.id == id)?;
+                if me.stopped {
+                    drop(st);
+                    self.end_queued(id);
+                    let detail = "stopped while it waited in the queue of jobs".to_string();
+                    let _ = conn.send(&FromNode::JobEnded { job: id, code: None, detail });
+                    return None;
+                }
+                let first = st.jobs.iter().filter(|j| j.pid == 0 && j.ended_ms.is_none()).all(|j| j.id >= id);
+                if first && running(&st) < max {
+                    return Some(Some(id));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A queued job that will not run: it ended.
+    fn end_queued(&self, id: u64) {
+        let mut st = self.lock();
+        if let Some(j) = st.jobs.iter_mut().find(|j| j.id == id) {
+            j.ended_ms = Some(now_ms());
+            let j = j.clone();
+            self.record_job(&j);
+        }
+    }
+
     fn job_log_path(&self, job: u64) -> PathBuf {
         let dir = self.opts.state_dir.as_ref().unwrap_or(&self.opts.session_dir);
         dir.join("job-logs").join(format!("job-{job}.log"))
@@ -321,6 +390,13 @@ impl Node {
             match st.jobs.iter_mut().find(|j| j.id == job) {
                 None => Err(format!("there is no job {job} on this head: `ferry job list` shows its jobs")),
                 Some(j) if j.ended_ms.is_some() => Err(format!("job {job} ({}) has ended already", j.name)),
+                // Queued: it ends where it waits (its pid 0 is no process group to signal).
+                Some(j) if j.pid == 0 => {
+                    j.stopped = true;
+                    let j = j.clone();
+                    self.record_job(&j);
+                    Err(String::new())
+                }
                 Some(j) => {
                     j.stopped = true;
                     let (j, pid) = (j.clone(), j.pid);
@@ -330,6 +406,7 @@ impl Node {
             }
         };
         let error = match pid {
+            Err(e) if e.is_empty() => None,
             Err(e) => Some(e),
             Ok(pid) => {
                 tracing::info!("job {job}: stopping it (SIGTERM to its process group {pid})");

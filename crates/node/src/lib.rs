@@ -133,6 +133,7 @@ impl std::fmt::Debug for NodeOptions {
 }
 
 pub use ferry_proto::layout::{socket_of, worker_env, NODE_SOCKET};
+pub use groups::PREPARED_TIMEOUT;
 
 pub(crate) struct ConnInfo {
     pub(crate) conn: Arc<Conn>,

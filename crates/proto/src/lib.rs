@@ -17,6 +17,7 @@ pub mod fail;
 pub mod frame;
 #[cfg(all(test, feature = "arbitrary"))]
 mod fuzz;
+pub mod groups;
 pub mod ids;
 pub mod layout;
 pub mod listen;

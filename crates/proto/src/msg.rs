@@ -11,6 +11,7 @@
 //! Each connection opens with [`Hello`] / [`HelloReply`].
 
 use crate::conn::Addr;
+pub use crate::groups::{GroupPhase, GroupView};
 use crate::ids::{NodeId, ObjectId, TaskId, WorkerId};
 pub use ferry_types::{ActorId, GroupStrategy, Placement, Priority, Shape, CPU};
 use serde::{Deserialize, Serialize};
@@ -96,8 +97,9 @@ pub struct JobView {
     pub name: String,
     pub hash: String,
     pub args: Vec<String>,
+    /// 0 while it waits in the queue of jobs (see `JobQueued`).
     pub pid: u32,
-    /// Unix time in milliseconds.
+    /// Unix time in milliseconds (when it was queued, while it waits).
     pub started_ms: u64,
     pub ended_ms: Option<u64>,
     /// The exit code (`None` while running or if a signal ended it).
@@ -109,9 +111,10 @@ pub struct JobView {
 }
 
 impl JobView {
-    /// Its status as a word: running, stopping, succeeded, failed or stopped.
+    /// Its status as a word: queued, running, stopping, succeeded, failed or stopped.
     pub fn status(&self) -> &'static str {
         match (self.ended_ms, self.stopped, self.code) {
+            (None, false, _) if self.pid == 0 => "queued",
             (None, false, _) => "running",
             (None, true, _) => "stopping",
             (Some(_), true, _) => "stopped",
@@ -479,34 +482,6 @@ pub struct ProcView {
     pub actor: Option<ActorId>,
 }
 
-/// Where a placement group is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
-pub enum GroupPhase {
-    /// Waiting for room (or being reserved).
-    Pending,
-    /// Every bundle reserved.
-    Created,
-    /// A node holding bundles died: they are reserved again elsewhere.
-    Rescheduling,
-    Removed,
-    /// It can never fit (`reason` says why).
-    Infeasible,
-}
-
-/// A placement group as `ListGroups` shows it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
-pub struct GroupView {
-    pub group: u64,
-    pub name: String,
-    pub strategy: GroupStrategy,
-    pub phase: GroupPhase,
-    pub reason: Option<String>,
-    /// Each bundle and the node holding it.
-    pub bundles: Vec<(Shape, Option<NodeId>)>,
-}
-
 /// Messages from the node daemon.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
@@ -540,6 +515,14 @@ pub enum FromNode {
     BinaryData {
         size: u64,
         error: Option<String>,
+    },
+    /// The answer to `SubmitJob` while as many jobs run as the head allows
+    /// (`FERRY_MAX_RUNNING_JOBS`): job `job` waits, `ahead` jobs before it; `JobStarted`
+    /// follows when it starts.
+    JobQueued {
+        req: u64,
+        job: u64,
+        ahead: u32,
     },
     JobStarted {
         req: u64,

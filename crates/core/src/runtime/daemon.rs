@@ -141,6 +141,7 @@ impl Runtime {
                 | FromNode::ObjectData { .. }
                 | FromNode::BinaryData { .. }
                 | FromNode::JobStarted { .. }
+                | FromNode::JobQueued { .. }
                 | FromNode::JobOutput { .. }
                 | FromNode::JobEnded { .. }
                 | FromNode::Jobs { .. }
