@@ -150,3 +150,53 @@ fn memory_pressure_resets_the_newest_best_effort_task_and_then_fails_it_out_of_m
     assert!(matches!(ferry::get_timeout(&too_big, T), Err(ferry::Error::Infeasible { .. })));
     assert_eq!(ferry::get_timeout(&modest::options().memory(64 << 20).remote(1), T).unwrap(), 1);
 }
+
+/// A best-effort actor holding the gpu.
+#[ferry::actor]
+struct Renderer {
+    frames: u64,
+}
+
+#[ferry::actor(priority = "best_effort")]
+impl Renderer {
+    fn new() -> Self {
+        Renderer { frames: 0 }
+    }
+    fn frame(&mut self) -> u64 {
+        self.frames += 1;
+        self.frames
+    }
+}
+
+/// A best-effort actor is reset (its process killed, so it restarts) only if it has
+/// restarts left: one without waits for real-time work to be done with its gpu, and is
+/// never killed for it; one with a restart left gives the gpu at once and comes back.
+#[test]
+fn best_effort_actors_are_reset_only_with_restarts_left() {
+    ferry_testkit::own_process!();
+    match ferry::init(ferry::Config::default().num_cpus(2).resource("gpu", 1.0)) {
+        Ok(()) => {}
+        Err(e) => panic!("cannot start ferry: {e}"),
+    }
+    let fragile = Renderer::options().resource("gpu", 1.0).remote().unwrap();
+    assert_eq!(ferry::get_timeout(&fragile.frame(), T).unwrap(), 1);
+    let rt = infer::remote();
+    assert!(
+        ferry::wait(std::slice::from_ref(&rt), 1, Some(Duration::from_millis(500))).unwrap().0.is_empty(),
+        "an actor with no restarts left was reset"
+    );
+    assert_eq!(ferry::get_timeout(&fragile.frame(), T).unwrap(), 2, "it lives, with its state");
+    ferry::kill(&fragile).unwrap();
+    ferry::get_timeout(&rt, T).expect("the real-time task runs once the gpu is free");
+
+    let sturdy = Renderer::options().resource("gpu", 1.0).max_restarts(1).remote().unwrap();
+    assert_eq!(ferry::get_timeout(&sturdy.frame(), T).unwrap(), 1);
+    let t = Instant::now();
+    ferry::get_timeout(&infer::remote(), T).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(10), "the real-time task waited {:?}", t.elapsed());
+    // Restarted (its constructor ran again: its state starts over) and serving.
+    eventually("the reset actor serves again", T, || ferry::get_timeout(&sturdy.frame(), T).is_ok_and(|n| n == 1));
+    let view = ferry::state::list_actors().unwrap();
+    assert!(view.iter().any(|a| a.class.contains("Renderer") && a.restarts == 1), "{view:?}");
+    assert!(ferry::node_stats().unwrap().resets >= 1);
+}
