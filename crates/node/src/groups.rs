@@ -180,7 +180,8 @@ impl Node {
     fn prepare_bundles(&self, st: &mut State, group: u64, round: u64, home: NodeId, bundles: Vec<(u32, Shape)>) {
         let mut taken = Vec::new();
         for (i, shape) in bundles.iter().take_while(|(_, s)| !too_big(s)) {
-            if st.groups.reserved.contains_key(&(group, *i)) || !st.pool.sched.reserve(shape) {
+            let again = st.groups.reserved.contains_key(&(group, *i)) || taken.iter().any(|(j, _)| j == i);
+            if again || !st.pool.sched.reserve(shape) {
                 break;
             }
             taken.push((*i, shape.clone()));
@@ -403,7 +404,9 @@ impl Node {
             self.abort_round(st);
         }
         for g in st.groups.homed.iter_mut() {
-            if g.phase == GroupPhase::Created && g.nodes.contains(&Some(dead)) {
+            // Also a group already placing its bundles again: a second death counts too.
+            let placed = matches!(g.phase, GroupPhase::Created | GroupPhase::Rescheduling);
+            if placed && g.nodes.contains(&Some(dead)) {
                 for n in g.nodes.iter_mut().filter(|n| **n == Some(dead)) {
                     *n = None;
                 }

@@ -215,6 +215,7 @@ impl Node {
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
+                self.lock().starting_jobs -= 1;
                 if let Some(id) = queued {
                     self.end_queued(id);
                 }
@@ -223,9 +224,12 @@ impl Node {
             }
         };
         let pid = child.id();
-        let job = {
+        let (job, stop_now) = {
             let mut st = self.lock();
+            st.starting_jobs -= 1;
             let id = queued.unwrap_or(st.jobs.len() as u64 + 1);
+            // Stopped in the moment between leaving the queue and starting.
+            let stopped = st.jobs.iter().any(|j| j.id == id && j.stopped);
             let view = JobView {
                 id,
                 name,
@@ -235,7 +239,7 @@ impl Node {
                 started_ms: now_ms(),
                 ended_ms: None,
                 code: None,
-                stopped: false,
+                stopped,
                 driver,
             };
             self.record_job(&view);
@@ -243,8 +247,11 @@ impl Node {
                 Some(j) => *j = view,
                 None => st.jobs.push(view),
             }
-            id
+            (id, stopped)
         };
+        if stop_now {
+            signal_group(pid, libc::SIGTERM);
+        }
         tracing::info!("job {job} started (pid {pid}, binary {})", &hash[..12]);
         let log = match self.open_job_log(job) {
             Ok(f) => Some(Arc::new(std::sync::Mutex::new(f))),
@@ -311,10 +318,13 @@ impl Node {
     /// `id`; `Some(None)`: it did not wait; `None`: it was stopped while it waited.
     fn wait_for_slot(&self, conn: &Conn, req: u64, name: &str, hash: &str, args: &[String]) -> Option<Option<u64>> {
         let max: usize = ferry_types::defaults::env("FERRY_MAX_RUNNING_JOBS").unwrap_or(usize::MAX).max(1);
-        let running = |st: &State| st.jobs.iter().filter(|j| j.pid != 0 && j.ended_ms.is_none()).count();
-        let id = {
+        let running =
+            |st: &State| st.starting_jobs + st.jobs.iter().filter(|j| j.pid != 0 && j.ended_ms.is_none()).count();
+        let (id, ahead) = {
             let mut st = self.lock();
-            if running(&st) < max {
+            let waiting = st.jobs.iter().any(|j| j.pid == 0 && j.ended_ms.is_none());
+            if running(&st) < max && !waiting {
+                st.starting_jobs += 1;
                 return Some(None);
             }
             let id = st.jobs.len() as u64 + 1;
@@ -334,12 +344,13 @@ impl Node {
             self.record_job(&view);
             st.jobs.push(view);
             tracing::info!("job {id} queued: {max} jobs run already, {ahead} wait before it");
-            let _ = conn.send(&FromNode::JobQueued { req, job: id, ahead });
-            id
+            (id, ahead)
         };
+        // Not under the lock: a submitter that does not read must not stall the node.
+        let _ = conn.send(&FromNode::JobQueued { req, job: id, ahead });
         loop {
             {
-                let st = self.lock();
+                let mut st = self.lock();
                 let me = st.jobs.iter().find(|j| j.id == id)?;
                 if me.stopped {
                     drop(st);
@@ -350,6 +361,7 @@ impl Node {
                 }
                 let first = st.jobs.iter().filter(|j| j.pid == 0 && j.ended_ms.is_none()).all(|j| j.id >= id);
                 if first && running(&st) < max {
+                    st.starting_jobs += 1;
                     return Some(Some(id));
                 }
             }

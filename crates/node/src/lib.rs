@@ -177,6 +177,9 @@ struct State {
     groups: groups::Groups,
     /// Jobs started with `ferry submit` (on a head).
     jobs: Vec<JobView>,
+    /// Jobs given a slot to run (`FERRY_MAX_RUNNING_JOBS`) and not yet started: they count
+    /// as running, so concurrent submissions cannot all take the last slot.
+    starting_jobs: usize,
     /// Connections with messages queued while the state was locked: written once it is
     /// released (see [`StateGuard`]).
     outbox: std::cell::RefCell<Vec<Arc<Conn>>>,
@@ -501,6 +504,7 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
                 rand: ferry_proto::ids::random_u64(),
             },
             jobs: Vec::new(),
+            starting_jobs: 0,
             outbox: Default::default(),
         }),
         opts,

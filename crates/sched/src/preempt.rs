@@ -54,6 +54,23 @@ impl Scheduler {
         if lacking.values().any(|v| *v > 0) {
             return;
         }
+        // Reset nothing unless the CPUs can be had too (the victims' own, and what
+        // suspending the other best-effort leases lends): else work is killed for nothing.
+        let cpu = |w: &WorkerId| match self.workers.get(w) {
+            Some(WorkerState::Leased { shape, blocked: false, suspended: false, .. }) => shape.get_milli(CPU) as i64,
+            _ => 0,
+        };
+        let freed: i64 = chosen.iter().map(cpu).sum();
+        let lendable: i64 = self
+            .workers
+            .iter()
+            .filter(|(w, _)| !chosen.contains(w))
+            .filter_map(|(_, s)| s.suspendable().map(|(_, c)| c))
+            .sum();
+        let cpu_short = shape.get_milli(CPU) as i64 - provisional.get(CPU).copied().unwrap_or(0);
+        if cpu_short > freed + lendable {
+            return;
+        }
         for w in chosen {
             let before = self.available.clone();
             self.reset(w, false, actions);
