@@ -223,7 +223,7 @@ fn freeze_job(address: &str) -> ! {
     let me = ferry::node_id().unwrap();
     let target = ferry::nodes().unwrap().into_iter().find(|n| n.node != me && n.alive).unwrap();
     let s = SchedulingStrategy::NodeAffinity { node: target.node, soft: true };
-    let r = slow_where::options().scheduling_strategy(s).remote(1500);
+    let r = slow_where::options().scheduling_strategy(s).remote(3000);
     std::thread::sleep(Duration::from_millis(300));
     println!("freeze {}", target.addr);
     let t = std::time::Instant::now();

@@ -109,8 +109,8 @@ impl OwnerState {
     pub(super) fn request_lease(&mut self, class: usize, prefer: Option<NodeId>, fx: &mut Effects) {
         let req = self.next_req;
         self.next_req += 1;
-        let job =
-            self.classes[class].queue.front().and_then(|t| self.tasks.get(t)).map(|t| t.job.id).unwrap_or(self.me);
+        // Its job: a worker's tasks belong to its caller's job, never to the worker itself.
+        let job = self.classes[class].job;
         let c = &mut self.classes[class];
         c.pending_requests += 1;
         let r = LeaseRequest { class, node: self.node, placement: c.placement.clone(), depth: self.depth, prefer, job };

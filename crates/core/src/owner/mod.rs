@@ -422,6 +422,9 @@ struct Class {
     queue: VecDeque<TaskId>,
     leases: Vec<u64>,
     pending_requests: usize,
+    /// The job of the tasks last submitted to it (what its lease requests are for, in fair
+    /// sharing; the default, 0, is no job).
+    job: WorkerId,
 }
 
 #[derive(Debug)]

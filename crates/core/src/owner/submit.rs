@@ -37,6 +37,7 @@ impl OwnerState {
         fx: &mut Effects,
     ) -> ObjectId {
         let class = self.class_of(shape, placement, priority);
+        self.classes[class].job = job.id;
         let target = Target { class, actor: None, create: None, returns, job };
         let (task, ret, failed) = self.register_task(function, name, args, target, exported, max_retries, 1, fx);
         if let Some(t) = self.tasks.get_mut(&task) {
