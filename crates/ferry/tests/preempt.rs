@@ -69,10 +69,7 @@ fn infer() -> u32 {
 #[test]
 fn real_time_work_resets_best_effort_work_holding_what_it_needs() {
     ferry_testkit::own_process!();
-    match ferry::init(ferry::Config::default().num_cpus(2).resource("gpu", 1.0)) {
-        Ok(()) => {}
-        Err(e) => panic!("cannot start ferry: {e}"),
-    }
+    cluster_with(ferry::Config::default().num_cpus(2).resource("gpu", 1.0));
     let be = render::remote(20_000);
     // (A resource all taken is absent from `available`.)
     let holds_gpu = || {
@@ -174,10 +171,7 @@ impl Renderer {
 #[test]
 fn best_effort_actors_are_reset_only_with_restarts_left() {
     ferry_testkit::own_process!();
-    match ferry::init(ferry::Config::default().num_cpus(2).resource("gpu", 1.0)) {
-        Ok(()) => {}
-        Err(e) => panic!("cannot start ferry: {e}"),
-    }
+    cluster_with(ferry::Config::default().num_cpus(2).resource("gpu", 1.0));
     let fragile = Renderer::options().resource("gpu", 1.0).remote().unwrap();
     assert_eq!(ferry::get_timeout(&fragile.frame(), T).unwrap(), 1);
     let rt = infer::remote();

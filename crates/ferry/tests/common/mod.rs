@@ -10,7 +10,12 @@ pub const T: Duration = Duration::from_secs(30);
 
 /// Starts a 2-CPU embedded cluster (or reuses this process's).
 pub fn cluster() {
-    match ferry::init(ferry::Config::default().num_cpus(2)) {
+    cluster_with(ferry::Config::default().num_cpus(2));
+}
+
+/// Starts an embedded cluster of `cfg` (or reuses this process's).
+pub fn cluster_with(cfg: ferry::Config) {
+    match ferry::init(cfg) {
         Ok(()) | Err(ferry::Error::AlreadyInitialized) => {}
         Err(e) => panic!("cannot start ferry: {e}"),
     }
