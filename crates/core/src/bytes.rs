@@ -4,7 +4,7 @@
 //! interchangeable on the wire. Decoded from the store (by `get`, or as a task argument) it
 //! is a view of the shared-memory mapping: no copy, however large.
 
-use ferry_store::{ObjectView, StagedFile};
+use ferry_store::{Held, ObjectView, StagedFile};
 use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use std::path::{Path, PathBuf};
@@ -21,8 +21,16 @@ pub struct Bytes {
 enum Inner {
     Inline(Arc<Vec<u8>>),
     Mapped(ObjectView),
-    /// Built in the store by a [`BytesMut`]: `put` or a task return adopts the file.
+    /// Built in a file of the store by a [`BytesMut`]: `put` or a task return adopts the file.
     Staged(Arc<Staged>),
+    /// Built in an extent of the arena by a [`BytesMut`]: `put` or a task return seals it.
+    Built(Arc<Held>),
+}
+
+/// Where a frozen [`BytesMut`] was built.
+pub(crate) enum StagedSrc<'a> {
+    File(&'a Path),
+    Arena(&'a Arc<Held>),
 }
 
 /// A frozen staged file: read-only now; its temporary name goes with the last `Bytes`.
@@ -47,13 +55,14 @@ impl Bytes {
     }
     /// Whether these bytes are a view of the shared-memory store (not a private copy).
     pub fn is_shared_memory(&self) -> bool {
-        matches!(self.inner, Inner::Mapped(_) | Inner::Staged(_))
+        matches!(self.inner, Inner::Mapped(_) | Inner::Staged(_) | Inner::Built(_))
     }
 
-    /// For bytes built by a [`BytesMut`]: the staged file and all its bytes (header included).
-    pub(crate) fn staged(&self) -> Option<(&Path, &[u8])> {
+    /// For bytes built by a [`BytesMut`]: where, and all its bytes (header included).
+    pub(crate) fn staged(&self) -> Option<(StagedSrc<'_>, &[u8])> {
         match &self.inner {
-            Inner::Staged(s) => Some((&s.path, &s.map[..])),
+            Inner::Staged(s) => Some((StagedSrc::File(&s.path), &s.map[..])),
+            Inner::Built(h) => Some((StagedSrc::Arena(h), h.bytes())),
             _ => None,
         }
     }
@@ -72,6 +81,7 @@ impl std::ops::Deref for Bytes {
             Inner::Inline(v) => &v[self.start..],
             Inner::Mapped(m) => &m[self.start..],
             Inner::Staged(s) => &s.map[self.start..],
+            Inner::Built(h) => &h.bytes()[self.start..],
         }
     }
 }
@@ -138,31 +148,61 @@ impl<'de> Deserialize<'de> for Bytes {
 /// # Ok(()) }
 /// ```
 pub struct BytesMut {
-    file: Option<StagedFile>,
+    buf: Option<Buf>,
     start: usize,
 }
 
+enum Buf {
+    /// An extent of the arena, created for this buffer alone.
+    Arena(Arc<Held>),
+    /// A file of its own (no arena here, or no extent large enough).
+    File(StagedFile),
+}
+
 impl BytesMut {
-    /// `len` zero bytes in the store (pages are allocated as they are written).
+    /// `len` zero bytes in the store.
     pub fn zeroed(len: usize) -> crate::Result<BytesMut> {
         let rt = crate::runtime::runtime()?;
         let header = postcard::to_allocvec(&len).map_err(|e| crate::Error::Serialization { detail: e.to_string() })?;
-        let mut file = rt.stage((header.len() + len) as u64)?;
-        file.map[..header.len()].copy_from_slice(&header);
-        Ok(BytesMut { file: Some(file), start: header.len() })
+        let mut b = BytesMut {
+            buf: Some(match rt.stage((header.len() + len) as u64)? {
+                crate::runtime::Staged::Arena(h) => Buf::Arena(h),
+                crate::runtime::Staged::File(f) => Buf::File(f),
+            }),
+            start: header.len(),
+        };
+        let all = b.all_mut();
+        all[..header.len()].copy_from_slice(&header);
+        if matches!(b.buf, Some(Buf::Arena(_))) {
+            // A reused extent holds an earlier object's bytes (a new file is zero already).
+            b.all_mut()[header.len()..].fill(0);
+        }
+        Ok(b)
+    }
+
+    fn all_mut(&mut self) -> &mut [u8] {
+        match self.buf.as_mut().expect("a BytesMut holds its buffer until frozen or dropped") {
+            Buf::File(f) => &mut f.map[..],
+            // SAFETY: the extent was created for this buffer, is not sealed, and its only
+            // handle is ours (`&mut self`) until `freeze`.
+            Buf::Arena(h) => unsafe { h.bytes_mut() },
+        }
     }
 
     /// Makes the bytes immutable, without copying them.
     pub fn freeze(mut self) -> Bytes {
-        let f = self.file.take().expect("a BytesMut holds its file until frozen or dropped");
-        match f.map.make_read_only() {
-            Ok(map) => Bytes { inner: Inner::Staged(Arc::new(Staged { map, path: f.path })), start: self.start },
-            // Cannot happen on Linux for a mapping we own; fall back to a private copy.
-            Err(_) => {
-                let bytes = Bytes::from(Vec::new());
-                let _ = std::fs::remove_file(&f.path);
-                bytes
-            }
+        let start = self.start;
+        match self.buf.take().expect("a BytesMut holds its buffer until frozen or dropped") {
+            Buf::Arena(h) => Bytes { inner: Inner::Built(h), start },
+            Buf::File(f) => match f.map.make_read_only() {
+                Ok(map) => Bytes { inner: Inner::Staged(Arc::new(Staged { map, path: f.path })), start },
+                // Cannot happen on Linux for a mapping we own; fall back to a private copy.
+                Err(_) => {
+                    let bytes = Bytes::from(Vec::new());
+                    let _ = std::fs::remove_file(&f.path);
+                    bytes
+                }
+            },
         }
     }
 }
@@ -170,20 +210,24 @@ impl BytesMut {
 impl std::ops::Deref for BytesMut {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.file.as_ref().expect("live").map[self.start..]
+        match self.buf.as_ref().expect("live") {
+            Buf::File(f) => &f.map[self.start..],
+            Buf::Arena(h) => &h.bytes()[self.start..],
+        }
     }
 }
 
 impl std::ops::DerefMut for BytesMut {
     fn deref_mut(&mut self) -> &mut [u8] {
         let start = self.start;
-        &mut self.file.as_mut().expect("live").map[start..]
+        &mut self.all_mut()[start..]
     }
 }
 
 impl Drop for BytesMut {
     fn drop(&mut self) {
-        if let Some(f) = self.file.take() {
+        // An extent goes back when its pin does; a file is deleted.
+        if let Some(Buf::File(f)) = self.buf.take() {
             let _ = std::fs::remove_file(&f.path);
         }
     }

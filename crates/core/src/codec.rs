@@ -28,9 +28,9 @@ pub(crate) enum Encoded<'a> {
         header: Vec<u8>,
         body: &'a [u8],
     },
-    /// Already encoded in a staged store file (a frozen `BytesMut`): adopt it, do not copy.
+    /// Already encoded in the store (a frozen `BytesMut`): make it the object, do not copy.
     Staged {
-        path: &'a std::path::Path,
+        src: crate::bytes::StagedSrc<'a>,
         all: &'a [u8],
     },
 }
@@ -114,8 +114,8 @@ pub(crate) fn encode<T: Serialize + 'static>(v: &T) -> Result<Encoded<'_>> {
         return Ok(Encoded::Bytes { header, body: bytes });
     }
     if let Some(bytes) = (v as &dyn Any).downcast_ref::<Bytes>() {
-        if let Some((path, all)) = bytes.staged() {
-            return Ok(Encoded::Staged { path, all });
+        if let Some((src, all)) = bytes.staged() {
+            return Ok(Encoded::Staged { src, all });
         }
         let header = postcard::to_allocvec(&bytes.len()).map_err(ser_err::<T>)?;
         return Ok(Encoded::Bytes { header, body: bytes });

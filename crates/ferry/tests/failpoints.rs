@@ -1,8 +1,8 @@
 //! Failpoints (`ferry_proto::fail`) at the protocol's steps, on a real embedded cluster: a worker
-//! that crashes after running a task and before replying, one that crashes after storing a
-//! large return and before reporting where it is, and an actor's process that crashes during
-//! creation. Each fires once in the cluster; the task is retried, the actor restarted, and the
-//! values come out right.
+//! that crashes after running a task and before replying, one that crashes midway through
+//! writing a large return, one that crashes after storing a large return and before reporting
+//! where it is, and an actor's process that crashes during creation. Each fires once in the
+//! cluster; the task is retried, the actor restarted, and the values come out right.
 
 mod common;
 
@@ -60,10 +60,12 @@ fn crashes_at_each_protocol_step_are_recovered() {
     std::env::set_var(
         "FERRY_FAILPOINTS",
         format!(
-            "worker-before-reply=crash-once:{},worker-after-store=crash-once:{},actor-before-ready=crash-once:{}",
+            "worker-before-reply=crash-once:{},worker-after-store=crash-once:{},actor-before-ready=crash-once:{},\
+             store-mid-write=crash-once:{}",
             marker("reply").display(),
             marker("store").display(),
-            marker("actor").display()
+            marker("actor").display(),
+            marker("midwrite").display()
         ),
     );
     cluster();
@@ -79,6 +81,22 @@ fn crashes_at_each_protocol_step_are_recovered() {
     let r = add::remote(log("add").display().to_string(), 2, 3);
     assert_eq!(ferry::get_timeout(&r, T).unwrap(), 5);
     twice_in_two_processes("add");
+
+    // Midway through writing a large return into the arena (its first part written, the rest
+    // not): nothing partial is ever sealed, the retry's value is whole, and the dead writer's
+    // extent goes back.
+    // (`worker-after-store` is held off meanwhile: its marker exists until the next step.)
+    std::fs::write(marker("store"), "").unwrap();
+    let log_mid = log("midwrite");
+    let v = ferry::get_timeout(&make_bytes::remote(log_mid.display().to_string(), 5 << 20, 4), T).unwrap();
+    assert!(v.len() == 5 << 20 && v.iter().all(|b| *b == 4));
+    twice_in_two_processes("midwrite");
+    std::fs::remove_file(marker("store")).unwrap();
+    drop(v);
+    common::eventually("no extent left taken", T, || {
+        let s = ferry::node_stats().unwrap();
+        s.store_objects == 0 && s.arena_free_bytes == s.arena_bytes
+    });
 
     // After a large return was stored and sealed, before its location was reported.
     let v = ferry::get_timeout(&make_bytes::remote(log("big").display().to_string(), 3 << 20, 9), T).unwrap();

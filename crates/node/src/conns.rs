@@ -218,6 +218,8 @@ pub(crate) fn serve_conn(node: Arc<Node>, stream: Stream, adm: Admission) {
     let mut st = node.lock();
     let st = &mut *st;
     let info = st.conns.remove(&id);
+    // What it pinned in the store, and extents it created and never sealed, go.
+    st.store.release(id as ferry_store::Holder);
     if let Some(i) =
         info.as_ref().filter(|i| matches!(i.kind, Some(ProcKind::Driver | ProcKind::Worker | ProcKind::Client)))
     {

@@ -430,6 +430,12 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
         }
         store = store.with_spill(spill);
     }
+    // Objects go to the arena unless FERRY_STORE_ARENA=0 (each to a file of its own, as
+    // before the arena: for comparisons).
+    let objects = match ferry_types::defaults::env::<u8>("FERRY_STORE_ARENA") {
+        Some(0) => ObjectTable::new(store, opts.store_capacity),
+        _ => ObjectTable::with_arena(store, opts.store_capacity)?,
+    };
     let sock = opts.session_dir.join("node.sock");
     let listener = UnixListener::bind(&sock)?;
     let tcp = match &opts.tcp {
@@ -473,7 +479,7 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
                 memory_resets: 0,
                 kill_reasons: HashMap::new(),
             },
-            store: ObjectTable::new(store, opts.store_capacity),
+            store: objects,
             conns: HashMap::new(),
             next_conn: 1,
             actors: HashMap::new(),
@@ -690,6 +696,7 @@ impl Node {
     }
 
     fn stats(&self, st: &State) -> NodeStats {
+        let arena = st.store.arena_stats();
         NodeStats {
             node: Some(self.id),
             store_objects: st.store.len() as u64,
@@ -714,6 +721,13 @@ impl Node {
             suspensions: st.pool.sched.suspensions().1,
             resets: st.pool.sched.resets(),
             memory_resets: st.pool.memory_resets,
+            arena_bytes: arena.size,
+            arena_free_bytes: arena.free,
+            arena_largest_free_bytes: arena.largest_free,
+            arena_free_extents: arena.free_extents,
+            arena_pinned_extents: arena.pinned_extents,
+            store_fallback_files: arena.fallbacks,
+            store_fragmented_fallbacks: arena.fragmented,
         }
     }
 
@@ -796,6 +810,9 @@ impl Node {
             | ToNode::Unblocked
             | ToNode::StillInUse) => self.on_pool(st, conn, m),
             m @ (ToNode::Seal { .. }
+            | ToNode::Create { .. }
+            | ToNode::Pin { .. }
+            | ToNode::Unpin { .. }
             | ToNode::MakeRoom { .. }
             | ToNode::Inventory { .. }
             | ToNode::Free { .. }

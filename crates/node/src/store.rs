@@ -2,6 +2,8 @@
 //! on its filesystem for writers that found it full, and the spill thread.
 
 use super::*;
+use ferry_proto::msg::StorePlace;
+use ferry_store::{Holder, Place};
 use ferry_types::sync::MutexExt;
 
 impl Node {
@@ -37,7 +39,12 @@ impl Node {
         let id = ferry_proto::ids::random_u64();
         {
             let mut st = self.lock();
-            let free = st.store.dir().free_space().unwrap_or(0);
+            let mut free = st.store.dir().free_space().unwrap_or(0);
+            if free < bytes {
+                // Pages of free extents go back to the filesystem first.
+                st.store.trim();
+                free = st.store.dir().free_space().unwrap_or(0);
+            }
             if free >= bytes {
                 return Ok(());
             }
@@ -61,7 +68,24 @@ impl Node {
     /// The store's accounts: objects sealed, freed, listed; room made on its filesystem. Routed here by `handle`.
     pub(crate) fn on_store(&self, st: &mut State, conn: ConnId, msg: ToNode) {
         match msg {
-            ToNode::Seal { req, object, size } => match st.store.seal(object, size) {
+            ToNode::Create { req, size } => {
+                let c = st.store.create(size, conn as Holder);
+                let epoch = c.map(|c| c.epoch).unwrap_or(0);
+                self.send(st, conn, &FromNode::Created { req, at: c.map(|c| c.at), epoch });
+            }
+            ToNode::Pin { req, object } => {
+                let place = st.store.pin(object, conn as Holder).map(|p| match p {
+                    Place::Arena { at, size } => StorePlace::Arena { at, size },
+                    Place::File => StorePlace::File,
+                });
+                self.send(st, conn, &FromNode::Pinned { req, place });
+            }
+            ToNode::Unpin { at } => {
+                for a in at {
+                    st.store.unpin(a, conn as Holder);
+                }
+            }
+            ToNode::Seal { req, object, size, at } => match st.store.seal_at(object, size, at, conn as Holder) {
                 Ok(()) if st.store.over_capacity() => {
                     // Answered once spilling has made room: the writer waits until then.
                     st.room.seals.push((conn, req, object));
@@ -73,6 +97,8 @@ impl Node {
                 }
             },
             ToNode::MakeRoom { req, bytes } => {
+                // Pages of free extents go back to the filesystem first.
+                st.store.trim();
                 let free = st.store.dir().free_space().unwrap_or(0);
                 let size = st.store.dir().fs_size().unwrap_or(u64::MAX);
                 if bytes > size {
@@ -149,6 +175,8 @@ pub(crate) fn spill_while_asked(node: &Arc<Node>, rx: mpsc::Receiver<Option<()>>
                 // writer is answered once its shortfall is spilled (its pages go when their
                 // last mapping does, which may lag) or its bytes fit; it tries again then.
                 if !st.room.writers.is_empty() {
+                    // What spilling freed in the arena goes back to the filesystem.
+                    st.store.trim();
                     let free = st.store.dir().free_space().unwrap_or(u64::MAX);
                     let (done, left): (Vec<_>, Vec<_>) = std::mem::take(&mut st.room.writers)
                         .into_iter()
@@ -172,7 +200,9 @@ pub(crate) fn spill_while_asked(node: &Arc<Node>, rx: mpsc::Receiver<Option<()>>
                     continue;
                 }
                 match st.store.next_to_spill() {
-                    Some((id, _)) => (id, st.store.dir().clone()),
+                    Some((id, size, at)) => {
+                        (id, st.store.dir().clone(), at.and_then(|at| Some((st.store.arena_file()?, at, size))))
+                    }
                     None => {
                         // Nothing left to spill: a writer must never wait for room that will
                         // not come.
@@ -187,11 +217,15 @@ pub(crate) fn spill_while_asked(node: &Arc<Node>, rx: mpsc::Receiver<Option<()>>
                     }
                 }
             };
-            let (id, dir) = next;
+            let (id, dir, from) = next;
             let t = Instant::now();
-            let copied = dir.spill(id);
+            let copied = dir.spill_from(id, from.as_ref().map(|(f, at, size)| (&**f, *at, *size)));
             let took = t.elapsed();
             let mut st = node.lock();
+            if let Some((_, at, _)) = from {
+                // The daemon's pin for the copy.
+                st.store.unpin(at, ferry_store::DAEMON);
+            }
             match copied {
                 Ok(n) => {
                     st.room.spilled.0 += n;

@@ -63,7 +63,7 @@ impl Node {
     /// store whose filesystem is full is pressure: room is made (spilling) and the copy tried
     /// again; if none can be made the error says "object store full", never that the object
     /// is lost (its owner would make it again for nothing).
-    fn fetch(&self, object: ObjectId, addr: &str) -> Result<u64, PullError> {
+    fn fetch(&self, object: ObjectId, addr: &str) -> Result<(u64, Option<u64>), PullError> {
         let mut tries = 0;
         loop {
             match self.fetch_once(object, addr) {
@@ -82,7 +82,7 @@ impl Node {
         }
     }
 
-    fn fetch_once(&self, object: ObjectId, addr: &str) -> Result<u64, Fetch> {
+    fn fetch_once(&self, object: ObjectId, addr: &str) -> Result<(u64, Option<u64>), Fetch> {
         let size = std::cell::Cell::new(0);
         let r = self.fetch_inner(object, addr, &size);
         match r {
@@ -97,7 +97,7 @@ impl Node {
         object: ObjectId,
         addr: &str,
         announced: &std::cell::Cell<u64>,
-    ) -> Result<u64, (Option<std::io::Error>, String)> {
+    ) -> Result<(u64, Option<u64>), (Option<std::io::Error>, String)> {
         let plain = |e: String| (None, e);
         let (conn, mut rx, _) =
             connect(&Addr::Tcp(addr.to_string()), &self.opts.token, WorkerId(self.id.0), self.opts.max_frame)
@@ -113,7 +113,23 @@ impl Node {
             }
         };
         announced.set(size);
-        let store = self.lock().store.dir().clone();
+        // Into an extent of the arena (pinned by the daemon until sealed), or a file of its own.
+        let (store, arena) = {
+            let mut st = self.lock();
+            let c = st.store.create(size, ferry_store::DAEMON);
+            (st.store.dir().clone(), c.and_then(|c| Some((st.store.arena_file()?, c.at))))
+        };
+        if let Some((file, at)) = arena {
+            let r = receive(&mut rx, &file, at, size).map_err(|e| {
+                let why = format!("transfer from {addr} broke off: {e}");
+                (Some(e), why)
+            });
+            conn.shutdown();
+            if r.is_err() {
+                self.lock().store.unpin(at, ferry_store::DAEMON);
+            }
+            return r.map(|_| (size, Some(at)));
+        }
         let (path, file) =
             store.stage_file(ferry_proto::ids::random_u64()).map_err(|e| (None, format!("cannot stage it: {e}")))?;
         // Its room is taken before any byte moves: a full filesystem shows now, not midway.
@@ -126,7 +142,7 @@ impl Node {
             let why = format!("cannot stage it: {e}");
             return Err((Some(e), why));
         }
-        let r = receive(&mut rx, &file, size)
+        let r = receive(&mut rx, &file, 0, size)
             .map_err(|e| {
                 let why = format!("transfer from {addr} broke off: {e}");
                 (Some(e), why)
@@ -134,15 +150,26 @@ impl Node {
             .and_then(|_| store.adopt(&path, object).map_err(|e| (None, e.to_string())));
         let _ = std::fs::remove_file(&path);
         conn.shutdown();
-        r
+        r.map(|n| (n, None))
     }
 
     /// A transfer ended: seal the copy and answer everyone who waited for it.
-    fn pulled(&self, object: ObjectId, r: Result<u64, PullError>) {
+    fn pulled(&self, object: ObjectId, r: Result<(u64, Option<u64>), PullError>) {
         let mut st = self.lock();
-        let error = match r {
+        let sealed = match r {
+            Ok((size, at)) => {
+                let s = st.store.seal_copy(object, size, at);
+                if let Some(at) = at {
+                    // Bound to the object now (or refused, and so free again).
+                    st.store.unpin(at, ferry_store::DAEMON);
+                }
+                Ok((size, s))
+            }
+            Err(e) => Err(e),
+        };
+        let error = match sealed {
             // A secondary copy: under pressure it is dropped (pulled again when needed).
-            Ok(size) => match st.store.seal_copy(object, size) {
+            Ok((size, sealed)) => match sealed {
                 Ok(()) => {
                     st.copies.counts.1 += 1;
                     st.copies.counts.3 += size;
@@ -164,27 +191,44 @@ impl Node {
     /// `FetchObject`, on the fetching node's own connection: the size, then the bytes.
     /// Runs on that connection's thread without the state lock.
     pub(crate) fn serve_fetch(&self, conn: &Conn, object: ObjectId, to: NodeId) {
-        let file = {
+        // The object's file, or the arena with the extent (pinned by the daemon while it is
+        // sent: freed meanwhile, it is not reused under the transfer).
+        let found = {
             let mut st = self.lock();
-            match st.store.contains(object) {
-                true => {
-                    let f = st.store.dir().open_object(object);
-                    if f.is_ok() {
-                        st.copies.taken.entry(object).or_default().push(to);
-                    }
-                    f.map_err(|e| e.to_string())
-                }
-                false => Err(format!("node {} does not hold object {object:?} (freed?)", self.id)),
+            let f = match st.store.pin(object, ferry_store::DAEMON) {
+                Some(ferry_store::Place::Arena { at, size }) => match st.store.arena_file() {
+                    Some(f) => Ok((f, Some(at), size)),
+                    None => Err("the store has no arena".to_string()),
+                },
+                Some(ferry_store::Place::File) => st
+                    .store
+                    .dir()
+                    .open_object(object)
+                    .map_err(|e| e.to_string())
+                    .map(|f| (Arc::new(f), None, 0)),
+                None => Err(format!("node {} does not hold object {object:?} (freed?)", self.id)),
+            };
+            if f.is_ok() {
+                st.copies.taken.entry(object).or_default().push(to);
             }
+            f
         };
-        let file = match file {
+        let (file, at, size) = match found {
             Ok(f) => f,
             Err(error) => {
                 let _ = conn.send(&FromNode::ObjectData { object, size: 0, error: Some(error) });
                 return;
             }
         };
-        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let size = match at {
+            Some(_) => size,
+            None => file.metadata().map(|m| m.len()).unwrap_or(0),
+        };
+        let unpin = || {
+            if let Some(at) = at {
+                self.lock().store.unpin(at, ferry_store::DAEMON);
+            }
+        };
         {
             // Counted as it starts: the puller may have it (and look) before this thread
             // would get the lock again.
@@ -193,15 +237,19 @@ impl Node {
             st.copies.counts.2 += size;
         }
         if conn.send(&FromNode::ObjectData { object, size, error: None }).is_err() {
+            unpin();
             return;
         }
+        let from = at.unwrap_or(0);
         if ferry_proto::fail::break_point("transfer-midway") {
             // Half the bytes, then the connection goes: the puller must report, not hang.
-            let _ = conn.send_file(&file, size / 2);
+            let _ = conn.send_file_at(&file, from, size / 2);
             conn.shutdown();
+            unpin();
             return;
         }
-        let _ = conn.send_file(&file, size);
+        let _ = conn.send_file_at(&file, from, size);
+        unpin();
     }
 
     /// Where node `n`'s daemon listens, if it is alive.
@@ -228,13 +276,12 @@ impl Node {
 /// Reads `size` raw bytes from the connection into `file`: what the reader already buffered
 /// first, then the rest with `splice` (socket to pipe to file), so the bytes go from the
 /// socket's buffers to the store's pages with one copy, made by the kernel.
-fn receive(rx: &mut FrameReader<Stream>, file: &std::fs::File, size: u64) -> std::io::Result<()> {
-    use std::io::Write;
+fn receive(rx: &mut FrameReader<Stream>, file: &std::fs::File, at: u64, size: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let head = (rx.buffered() as u64).min(size) as usize;
     let mut first = vec![0u8; head];
     rx.read_exact_raw(&mut first)?;
-    (&*file).write_all(&first)?;
+    std::os::unix::fs::FileExt::write_all_at(file, &first, at)?;
     let sock = match rx.get_ref() {
         Stream::Tcp(s) => s.as_raw_fd(),
         Stream::Unix(s) => s.as_raw_fd(),
@@ -247,10 +294,11 @@ fn receive(rx: &mut FrameReader<Stream>, file: &std::fs::File, size: u64) -> std
     let (pr, pw) = (fds[0], fds[1]);
     // SAFETY: as above.
     let pipe_size = unsafe { libc::fcntl(pw, libc::F_SETPIPE_SZ, 1 << 20) }.max(64 << 10) as usize;
-    let mut off: libc::loff_t = head as libc::loff_t;
+    let mut off: libc::loff_t = (at + head as u64) as libc::loff_t;
+    let end = at + size;
     let r = (|| {
-        while (off as u64) < size {
-            let want = ((size - off as u64) as usize).min(pipe_size);
+        while (off as u64) < end {
+            let want = ((end - off as u64) as usize).min(pipe_size);
             // SAFETY: valid descriptors; null offsets mean "current position" for the socket.
             let n = retry(|| unsafe {
                 libc::splice(sock, std::ptr::null_mut(), pw, std::ptr::null_mut(), want, libc::SPLICE_F_MOVE)

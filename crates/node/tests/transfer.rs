@@ -5,7 +5,7 @@
 
 use ferry_node::{NodeHandle, NodeOptions};
 use ferry_proto::conn::Addr;
-use ferry_proto::msg::{FromNode, ProcKind, ToNode};
+use ferry_proto::msg::{FromNode, ProcKind, StorePlace, ToNode};
 use ferry_proto::{NodeId, ObjectId, TaskId, WorkerId};
 use std::time::{Duration, Instant};
 
@@ -45,11 +45,30 @@ fn until_both_alive(m: &mut Client) {
     }
 }
 
+/// The bytes of `id` in the store at `store`, of the node `c` is connected to: pinned, read
+/// through the arena or from its own file, and let go; and whether it was in the arena.
+fn read_stored(c: &mut Client, store: &std::path::Path, id: ObjectId) -> (Vec<u8>, bool) {
+    let place = call(c, ToNode::Pin { req: 3, object: id }, |r| match r {
+        FromNode::Pinned { req: 3, place } => Some(place),
+        _ => None,
+    });
+    match place {
+        Some(StorePlace::Arena { at, size }) => {
+            let a = ferry_store::Arena::open(store).unwrap();
+            let v = a.hold(at, size, None).unwrap().bytes().to_vec();
+            c.0.send(&ToNode::Unpin { at: vec![at] }).unwrap();
+            (v, true)
+        }
+        Some(StorePlace::File) => (std::fs::read(store.join(id.to_string())).unwrap(), false),
+        None => panic!("{id:?} is not in the store"),
+    }
+}
+
 /// Writes `bytes` into the head's store as `id` and seals it.
 fn put_on_head(h: &mut Client, id: ObjectId, bytes: &[u8]) {
     let store = common::dir("transfer", "head").join("store");
     std::fs::write(store.join(id.to_string()), bytes).unwrap();
-    let sealed = call(h, ToNode::Seal { req: 2, object: id, size: bytes.len() as u64 }, |r| match r {
+    let sealed = call(h, ToNode::Seal { req: 2, object: id, size: bytes.len() as u64, at: None }, |r| match r {
         FromNode::Sealed { error, .. } => Some(error),
         _ => None,
     });
@@ -112,7 +131,9 @@ fn a_member_pulls_an_object_once_for_concurrent_readers_and_frees_the_copy() {
         assert_eq!(r.join().unwrap(), None, "every concurrent pull succeeds");
     }
     let mstore = std::env::temp_dir().join(format!("ferry-transfer-test-{}-member/store", std::process::id()));
-    assert!(std::fs::read(mstore.join(id.to_string())).unwrap() == bytes, "the copy is byte for byte");
+    let (copy, in_arena) = read_stored(&mut m, &mstore, id);
+    assert!(copy == bytes, "the copy is byte for byte");
+    assert!(in_arena, "the copy went into the member's arena");
     assert_eq!(head.stats().transfers_out - out_before, 1, "four concurrent pulls, one transfer");
     assert_eq!((member.stats().transfers_in, member.stats().transfer_bytes_in), (1, bytes.len() as u64));
     // A pull of what is already here costs nothing.
@@ -163,7 +184,7 @@ fn a_copy_is_dropped_before_a_primary_is_spilled() {
     let own = ObjectId { task: TaskId { owner: WorkerId(43), seq: 1 }, index: 0 };
     let mstore = std::env::temp_dir().join(format!("ferry-transfer-test-{}-member/store", std::process::id()));
     std::fs::write(mstore.join(own.to_string()), vec![2u8; 16 << 20]).unwrap();
-    let sealed = call(&mut m, ToNode::Seal { req: 2, object: own, size: 16 << 20 }, |r| match r {
+    let sealed = call(&mut m, ToNode::Seal { req: 2, object: own, size: 16 << 20, at: None }, |r| match r {
         FromNode::Sealed { error, .. } => Some(error),
         _ => None,
     });
@@ -212,7 +233,7 @@ extern "C" fn small_store_check() {
     // 30 MiB of the member's own, then a 30 MiB copy: 60 MiB for a 48 MiB filesystem.
     let own = ObjectId { task: TaskId { owner: WorkerId(43), seq: 1 }, index: 0 };
     std::fs::write(dir.join("store").join(own.to_string()), vec![2u8; 30 << 20]).unwrap();
-    let sealed = call(&mut m, ToNode::Seal { req: 2, object: own, size: 30 << 20 }, |r| match r {
+    let sealed = call(&mut m, ToNode::Seal { req: 2, object: own, size: 30 << 20, at: None }, |r| match r {
         FromNode::Sealed { error, .. } => Some(error),
         _ => None,
     });
@@ -222,7 +243,7 @@ extern "C" fn small_store_check() {
     let bytes: Vec<u8> = (0..30 << 20).map(|i: u32| (i % 253) as u8).collect();
     put_on_head(&mut h, remote, &bytes);
     assert_eq!(pull(&mut m, remote, head.id()), None, "room is made for the copy");
-    assert!(std::fs::read(dir.join("store").join(remote.to_string())).unwrap() == bytes);
+    assert!(read_stored(&mut m, &dir.join("store"), remote).0 == bytes);
     assert_eq!(member.stats().spilled_objects, 1, "its own object was spilled to make room");
     // One larger than the whole filesystem: the store is full, the object is not lost.
     let huge = ObjectId { task: TaskId { owner: WorkerId(42), seq: 2 }, index: 0 };

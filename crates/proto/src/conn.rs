@@ -249,13 +249,19 @@ impl Conn {
     /// Writes the first `len` bytes of `file` raw (not framed) after what was queued before,
     /// with the kernel's file-to-socket copy where it has one.
     pub fn send_file(&self, file: &std::fs::File, len: u64) -> io::Result<()> {
+        self.send_file_at(file, 0, len)
+    }
+
+    /// [`Conn::send_file`] of `len` bytes from offset `at` of `file`.
+    pub fn send_file_at(&self, file: &std::fs::File, at: u64, len: u64) -> io::Result<()> {
         use std::os::fd::AsRawFd;
         // `sendfile`, in pieces: no copy through user space (`io::copy` from a `Take<&File>`
         // falls back to a small buffer, four times slower measured on 1 GiB).
+        let end = at + len;
         self.with_raw_fd(|fd| {
-            let mut off: libc::off_t = 0;
-            while (off as u64) < len {
-                let want = ((len - off as u64) as usize).min(64 << 20);
+            let mut off: libc::off_t = at as libc::off_t;
+            while (off as u64) < end {
+                let want = ((end - off as u64) as usize).min(64 << 20);
                 // SAFETY: both descriptors are open for the call; `off` is ours.
                 let n = unsafe { libc::sendfile(fd, file.as_raw_fd(), &mut off, want) };
                 if n < 0 {

@@ -23,6 +23,7 @@ pub mod layout;
 pub mod listen;
 pub mod msg;
 pub mod state;
+pub mod views;
 
 pub use conn::{Addr, Conn, Stream};
 pub use ferry_types::{

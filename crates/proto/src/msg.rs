@@ -13,6 +13,7 @@
 use crate::conn::Addr;
 pub use crate::groups::{GroupPhase, GroupView};
 use crate::ids::{NodeId, ObjectId, TaskId, WorkerId};
+pub use crate::views::{ActorView, NodeStats, ProcView, StorePlace, StoredInfo};
 pub use ferry_types::{ActorId, GroupStrategy, Placement, Priority, Shape, CPU};
 use serde::{Deserialize, Serialize};
 
@@ -199,8 +200,17 @@ pub enum ToNode {
     Blocked,
     /// The waiting task resumes and takes its CPU back.
     Unblocked,
-    /// An object file was written into the store; account for it. Answered by `Sealed`.
-    Seal { req: u64, object: ObjectId, size: u64 },
+    /// An object was written into the store: into the arena extent at `at` this process
+    /// created, or (`None`) into a file of its own; account for it. Answered by `Sealed`.
+    Seal { req: u64, object: ObjectId, size: u64, at: Option<u64> },
+    /// An extent of the arena to write `size` bytes into, pinned by this process until it
+    /// says `Unpin` (or goes). Answered by `Created`.
+    Create { req: u64, size: u64 },
+    /// Where `object` is in this node's store, pinning its extent if it is in the arena.
+    /// Answered by `Pinned`.
+    Pin { req: u64, object: ObjectId },
+    /// This process no longer views these extents (one entry per pin).
+    Unpin { at: Vec<u64> },
     /// Objects no longer referenced by their owner: delete them.
     Free { objects: Vec<ObjectId> },
     /// Ask for the store's and the pool's figures. Answered by `Stats`.
@@ -398,90 +408,6 @@ pub enum ActorLocation {
     Dead { reason: String },
 }
 
-/// Figures a daemon reports about itself.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
-pub struct NodeStats {
-    pub node: Option<NodeId>,
-    pub store_objects: u64,
-    pub store_used_bytes: u64,
-    pub store_capacity_bytes: u64,
-    pub workers: u64,
-    pub idle_workers: u64,
-    pub leased_workers: u64,
-    pub pending_lease_requests: u64,
-    pub total: Shape,
-    pub available: Shape,
-    /// Actors not yet dead.
-    pub actors: u64,
-    pub spilled_objects: u64,
-    pub spilled_bytes: u64,
-    /// Bytes spilled since the node started, and the time the copies took.
-    pub spill_total_bytes: u64,
-    pub spill_total_ns: u64,
-    /// Objects this node sent to other nodes, and copied from them (transfers, not requests:
-    /// concurrent pulls of one object are one transfer), with their bytes.
-    pub transfers_out: u64,
-    pub transfers_in: u64,
-    pub transfer_bytes_out: u64,
-    pub transfer_bytes_in: u64,
-    /// Best-effort workers suspended now for real-time work, and suspensions since the node
-    /// started (preemptions that lose nothing).
-    pub suspended_workers: u64,
-    pub suspensions: u64,
-    /// Leases reset since the node started (their workers killed for real-time work or to
-    /// free memory; their tasks run again), and of those, resets to free memory.
-    pub resets: u64,
-    pub memory_resets: u64,
-}
-
-/// A stored object as the node lists it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
-pub struct StoredInfo {
-    pub object: ObjectId,
-    pub size: u64,
-    pub spilled: bool,
-}
-
-/// An actor as the node that keeps its record lists it (`ferry list actors`).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
-pub struct ActorView {
-    pub actor: ActorId,
-    pub class: String,
-    /// "pending" (waiting for a worker or a node), "starting", "alive", "restarting" or "dead".
-    pub state: String,
-    pub name: Option<String>,
-    pub namespace: Option<String>,
-    /// The job (driver) it belongs to.
-    pub job: WorkerId,
-    pub detached: bool,
-    /// The node keeping its record, and the node and worker running it.
-    pub home: NodeId,
-    pub node: Option<NodeId>,
-    pub worker: Option<WorkerId>,
-    /// Times it was started again, and how many more it may be.
-    pub restarts: u32,
-    pub restarts_left: u32,
-    /// Why it died.
-    pub death: Option<String>,
-}
-
-/// A process connected to a node (`ferry list workers`).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
-pub struct ProcView {
-    pub worker: WorkerId,
-    pub kind: ProcKind,
-    pub node: NodeId,
-    pub pid: Option<u32>,
-    /// "idle", "leased", "actor", or for other kinds their kind.
-    pub state: String,
-    /// The actor it runs.
-    pub actor: Option<ActorId>,
-}
-
 /// Messages from the node daemon.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(proptest_derive::Arbitrary))]
@@ -625,6 +551,18 @@ pub enum FromNode {
     Sealed {
         req: u64,
         error: Option<String>,
+    },
+    /// An extent for `Create` and the arena's epoch to prepare it with, or `None`: no free
+    /// extent is large enough, write a file of its own.
+    Created {
+        req: u64,
+        at: Option<u64>,
+        epoch: u64,
+    },
+    /// Where a pinned object is: `None`, not in this node's store.
+    Pinned {
+        req: u64,
+        place: Option<StorePlace>,
     },
     ActorCreated {
         req: u64,

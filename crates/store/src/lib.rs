@@ -1,27 +1,37 @@
 //! The shared-memory object store of one node.
 //!
-//! Each large object is one file in the node's store directory, which lives on a tmpfs
-//! (`/dev/shm`), so its pages *are* shared memory: the producing process writes the file,
-//! any process on the node maps it read-only, and a `get` of bytes is a pointer into the
-//! mapping. Files appear under their final name only when complete (written to a temporary
-//! name, then renamed), so a reader never sees half an object.
+//! The store lives on a tmpfs (`/dev/shm`), so its files' pages *are* shared memory. Large
+//! objects go into extents of one **arena** file that every process of the node maps once
+//! ([`arena`]): the daemon allocates extents from its own memory ([`ObjectTable`]), a producer
+//! writes into pages it has mapped before (a `memcpy`, no page faults), then seals, and any
+//! process reads a sealed object through its mapping, without a copy. Extents are reused once
+//! freed and unpinned (readers pin what they view; a process's pins die with it). An object no
+//! free extent can hold (fragmentation, or the arena off) gets a file of its own, as every
+//! object did before the arena: written under a temporary name, then renamed, so a reader never
+//! sees half of one.
 //!
-//! Writers and readers are any process; the [`ObjectTable`] (accounting, capacity, freeing)
-//! belongs to the node daemon alone.
+//! Writers and readers are any process; the [`ObjectTable`] (accounting, capacity, freeing,
+//! pins) belongs to the node daemon alone.
 //!
 //! Spilling: when the store is over its capacity the daemon copies its oldest objects to a
-//! spill directory on disk and deletes their shared-memory files. A reader that finds no
-//! file in the store maps the spilled file instead, so a spilled object is read back on
-//! demand by the kernel (the page cache is its restored copy, reclaimable at any time)
-//! rather than copied back into a store that is, by definition, short of room.
+//! spill directory on disk and frees their memory. A reader that finds an object spilled
+//! maps the spilled file instead, so a spilled object is read back on demand by the kernel
+//! (the page cache is its restored copy, reclaimable at any time) rather than copied back
+//! into a store that is, by definition, short of room.
 //!
 //! **Architecture Invariant:** this crate knows nothing of the network or of owners; it
 //! stores, maps and deletes bytes named by [`ObjectId`].
 
+pub mod arena;
+pub mod extents;
+mod table;
+
+pub use arena::{Arena, Held};
+pub use table::{ArenaStats, Created, Holder, ObjectTable, Place, StoredObject, DAEMON};
+
 use ferry_types::ObjectId;
 pub use memmap2::Mmap;
 use memmap2::MmapMut;
-use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -66,14 +76,30 @@ impl StoreDir {
     }
 
     /// Copies `id` to the spill directory (under a temporary name, renamed when complete)
-    /// and asks the kernel to drop the copy's pages from its cache. The store's file is left
-    /// for the caller to delete.
+    /// and asks the kernel to drop the copy's pages from its cache: from its own file, or
+    /// with `from`, `len` bytes at an offset of the arena. The memory copy is left for the
+    /// caller to free.
+    pub fn spill_from(&self, id: ObjectId, from: Option<(&File, u64, u64)>) -> io::Result<u64> {
+        match from {
+            None => self.spill(id),
+            Some((arena, at, len)) => self.spill_with(id, |dst| {
+                copy_range(arena, at, dst, len)?;
+                Ok(len)
+            }),
+        }
+    }
+
+    /// [`StoreDir::spill_from`] an object's own file.
     pub fn spill(&self, id: ObjectId) -> io::Result<u64> {
+        let src = self.path_of(id);
+        self.spill_with(id, |dst| io::copy(&mut File::open(&src)?, dst))
+    }
+
+    fn spill_with(&self, id: ObjectId, copy: impl FnOnce(&mut File) -> io::Result<u64>) -> io::Result<u64> {
         let dir = self.spill.as_ref().ok_or_else(|| io::Error::other("spilling is off"))?;
         let fin = dir.join(id.to_string());
         let tmp = dir.join(format!("{id}.tmp"));
         let res = (|| {
-            let mut src = File::open(self.path_of(id))?;
             // A leftover of an earlier attempt goes; then a new file, never through a link.
             let _ = fs::remove_file(&tmp);
             let mut dst = OpenOptions::new()
@@ -82,8 +108,9 @@ impl StoreDir {
                 .custom_flags(libc::O_NOFOLLOW)
                 .mode(0o600)
                 .open(&tmp)?;
-            // `io::copy` between files uses copy_file_range/sendfile: no user-space copy.
-            let n = io::copy(&mut src, &mut dst)?;
+            // Between files `io::copy` and `copy_range` use copy_file_range/sendfile: no
+            // user-space copy.
+            let n = copy(&mut dst)?;
             dst.sync_data()?;
             fs::rename(&tmp, &fin)?;
             // Written and on disk: its pages need not stay in memory.
@@ -196,7 +223,7 @@ impl StoreDir {
         };
         let len = f.metadata()?.len();
         if len == 0 {
-            return Ok(ObjectView { map: None });
+            return Ok(ObjectView { inner: View::Empty });
         }
         // SAFETY: store files are written once under a temporary name and renamed into
         // place; nobody writes to them afterwards, so the mapped bytes never change under us.
@@ -206,7 +233,7 @@ impl StoreDir {
             // fault at a time as the reader gets there.
             let _ = map.advise(memmap2::Advice::WillNeed);
         }
-        Ok(ObjectView { map: Some(Arc::new(map)) })
+        Ok(ObjectView { inner: View::File(Arc::new(map)) })
     }
 
     /// Opens `id`'s file for reading, in memory or spilled.
@@ -244,6 +271,30 @@ impl StoreDir {
     }
 }
 
+/// Copies `len` bytes at `at` of `src` to the current position of `dst`, in the kernel
+/// (`sendfile` reads from any offset and writes to any file).
+pub fn copy_range(src: &File, at: u64, dst: &File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut off = at as libc::off_t;
+    let end = at + len;
+    while (off as u64) < end {
+        let want = ((end - off as u64) as usize).min(64 << 20);
+        // SAFETY: both descriptors are open for the call; `off` is ours.
+        let n = unsafe { libc::sendfile(dst.as_raw_fd(), src.as_raw_fd(), &mut off, want) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the arena is shorter than the extent"));
+        }
+    }
+    Ok(())
+}
+
 fn statvfs(path: &Path) -> io::Result<libc::statvfs> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::other("NUL in path"))?;
@@ -274,25 +325,45 @@ pub struct StagedFile {
 }
 
 /// A read-only view of a stored object: its bytes in shared memory, without a copy.
-/// Cloning shares the mapping.
+/// Cloning shares the mapping (and the pin of an arena extent).
 #[derive(Clone)]
 pub struct ObjectView {
-    map: Option<Arc<Mmap>>,
+    inner: View,
+}
+
+#[derive(Clone)]
+enum View {
+    Empty,
+    File(Arc<Mmap>),
+    Arena(Arc<Held>),
+}
+
+impl ObjectView {
+    /// A view of an extent of the arena, pinned by `held`.
+    pub fn arena(held: Arc<Held>) -> ObjectView {
+        ObjectView { inner: View::Arena(held) }
+    }
+
+    /// Whether it is a view of the arena (else of a file, or empty).
+    pub fn in_arena(&self) -> bool {
+        matches!(self.inner, View::Arena(_))
+    }
 }
 
 impl Deref for ObjectView {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        match &self.map {
-            Some(m) => m,
-            None => &[],
+        match &self.inner {
+            View::Empty => &[],
+            View::File(m) => m,
+            View::Arena(h) => h.bytes(),
         }
     }
 }
 
 impl fmt::Debug for ObjectView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ObjectView({} bytes)", self.len())
+        write!(f, "ObjectView({} bytes{})", self.len(), if self.in_arena() { ", arena" } else { "" })
     }
 }
 
@@ -303,6 +374,8 @@ pub enum StoreError {
     Full { size: u64, used: u64, capacity: u64 },
     /// The object's file is not in the store directory.
     Missing(ObjectId),
+    /// The writer named an extent it did not create for this object.
+    BadExtent { id: ObjectId, at: u64 },
 }
 
 impl fmt::Display for StoreError {
@@ -314,317 +387,14 @@ impl fmt::Display for StoreError {
                  drop references to large objects or raise Config::object_store_bytes"
             ),
             StoreError::Missing(id) => write!(f, "object {id} is not in the store"),
+            StoreError::BadExtent { id, at } => write!(
+                f,
+                "object {id}: the extent at {at} is not one this process created and has not sealed yet (a bug \
+                 in the writer: the object is not stored)"
+            ),
         }
-    }
-}
-
-/// The daemon's record of what its store holds.
-///
-/// Invariants: `used` is the sum of the sizes of the objects in memory and `spilled` of
-/// those on disk; every entry has a file in one of the two places; `order` holds every
-/// object in memory, oldest first, and `copies` every secondary copy (copied from another
-/// node, which can give it again) in memory, oldest first (both may hold ids since freed or
-/// spilled: skipped). Under pressure copies are dropped before primaries are spilled.
-#[derive(Debug)]
-pub struct ObjectTable {
-    dir: StoreDir,
-    objects: HashMap<ObjectId, Rec>,
-    order: std::collections::VecDeque<ObjectId>,
-    copies: std::collections::VecDeque<ObjectId>,
-    used: u64,
-    spilled: u64,
-    capacity: u64,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Rec {
-    size: u64,
-    spilled: bool,
-    /// A secondary copy: dropped, not spilled, when room is needed.
-    copy: bool,
-}
-
-/// One object as the daemon lists it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct StoredObject {
-    pub id: ObjectId,
-    pub size: u64,
-    pub spilled: bool,
-}
-
-impl ObjectTable {
-    pub fn new(dir: StoreDir, capacity: u64) -> ObjectTable {
-        ObjectTable {
-            dir,
-            objects: HashMap::new(),
-            order: Default::default(),
-            copies: Default::default(),
-            used: 0,
-            spilled: 0,
-            capacity,
-        }
-    }
-
-    pub fn dir(&self) -> &StoreDir {
-        &self.dir
-    }
-
-    /// Accounts for an object whose file a process has written. Without a spill directory
-    /// an object that does not fit is deleted and refused; with one it is accepted, and the
-    /// store may be over capacity until [`ObjectTable::next_to_spill`] has made room. The
-    /// size is the file's: what the writer claims (`_claimed`) is not trusted.
-    pub fn seal(&mut self, id: ObjectId, _claimed: u64) -> Result<(), StoreError> {
-        let on_disk = fs::metadata(self.dir.path_of(id)).map(|m| m.len());
-        let Ok(on_disk) = on_disk else {
-            return Err(StoreError::Missing(id));
-        };
-        if self.objects.contains_key(&id) {
-            return Ok(());
-        }
-        let size = on_disk;
-        // Secondary copies make room first: their nodes can give them again.
-        while self.used + size > self.capacity && self.drop_copy().is_some() {}
-        if self.used + size > self.capacity && self.dir.spill.is_none() {
-            let _ = self.dir.remove(id);
-            return Err(StoreError::Full { size, used: self.used, capacity: self.capacity });
-        }
-        self.objects.insert(id, Rec { size, spilled: false, copy: false });
-        self.order.push_back(id);
-        self.used += size;
-        Ok(())
-    }
-
-    /// [`ObjectTable::seal`] for a secondary copy of an object whose primary is on another
-    /// node: under pressure it is dropped (a reader copies it again) rather than spilled.
-    pub fn seal_copy(&mut self, id: ObjectId, claimed: u64) -> Result<(), StoreError> {
-        let known = self.objects.contains_key(&id);
-        self.seal(id, claimed)?;
-        if !known {
-            if let Some(r) = self.objects.get_mut(&id) {
-                r.copy = true;
-                self.copies.push_back(id);
-            }
-        }
-        Ok(())
-    }
-
-    /// Drops the oldest secondary copy in memory; returns its id and size (`None`: there is
-    /// none).
-    pub fn drop_copy(&mut self) -> Option<(ObjectId, u64)> {
-        while let Some(id) = self.copies.pop_front() {
-            if let Some(size) = self.objects.get(&id).filter(|r| r.copy && !r.spilled).map(|r| r.size) {
-                self.free(id);
-                return Some((id, size));
-            }
-        }
-        None
-    }
-
-    /// Whether more is in memory than the capacity allows.
-    pub fn over_capacity(&self) -> bool {
-        self.used > self.capacity
-    }
-
-    /// The oldest object in memory, to be spilled (it stays in memory, and counted, until
-    /// [`ObjectTable::mark_spilled`]).
-    pub fn next_to_spill(&mut self) -> Option<(ObjectId, u64)> {
-        while let Some(id) = self.order.pop_front() {
-            if let Some(r) = self.objects.get(&id) {
-                if !r.spilled {
-                    return Some((id, r.size));
-                }
-            }
-        }
-        None
-    }
-
-    /// `id` was copied to the spill directory: its memory copy is deleted. Returns false
-    /// (and deletes the copy) if it was freed meanwhile.
-    pub fn mark_spilled(&mut self, id: ObjectId) -> bool {
-        match self.objects.get_mut(&id) {
-            Some(r) if !r.spilled => {
-                r.spilled = true;
-                self.used -= r.size;
-                self.spilled += r.size;
-                let _ = self.dir.remove(id);
-                true
-            }
-            Some(_) => true,
-            None => {
-                self.dir.remove_spilled(id);
-                false
-            }
-        }
-    }
-
-    /// A spill of `id` failed: it stays in memory, first in line for the next attempt.
-    pub fn spill_failed(&mut self, id: ObjectId) {
-        if self.objects.get(&id).is_some_and(|r| !r.spilled) {
-            self.order.push_front(id);
-        }
-    }
-
-    /// Deletes an object. Returns whether it was known.
-    pub fn free(&mut self, id: ObjectId) -> bool {
-        let _ = self.dir.remove(id);
-        match self.objects.remove(&id) {
-            Some(r) if r.spilled => {
-                self.dir.remove_spilled(id);
-                self.spilled -= r.size;
-                true
-            }
-            Some(r) => {
-                self.used -= r.size;
-                true
-            }
-            None => false,
-        }
-    }
-
-    pub fn contains(&self, id: ObjectId) -> bool {
-        self.objects.contains_key(&id)
-    }
-    /// Bytes in memory.
-    pub fn used_bytes(&self) -> u64 {
-        self.used
-    }
-    /// Bytes spilled to disk.
-    pub fn spilled_bytes(&self) -> u64 {
-        self.spilled
-    }
-    pub fn spilled_objects(&self) -> usize {
-        self.objects.values().filter(|r| r.spilled).count()
-    }
-    pub fn capacity_bytes(&self) -> u64 {
-        self.capacity
-    }
-    pub fn len(&self) -> usize {
-        self.objects.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.objects.is_empty()
-    }
-    pub fn list(&self) -> Vec<StoredObject> {
-        self.objects.iter().map(|(id, r)| StoredObject { id: *id, size: r.size, spilled: r.spilled }).collect()
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use ferry_types::{TaskId, WorkerId};
-
-    fn oid(seq: u64) -> ObjectId {
-        ObjectId { task: TaskId { owner: WorkerId(7), seq }, index: 0 }
-    }
-
-    fn tmpdir(name: &str) -> StoreDir {
-        let p = std::env::temp_dir().join(format!("ferry-store-test-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        StoreDir::create(p).unwrap()
-    }
-
-    #[test]
-    fn write_map_free_accounting() {
-        let dir = tmpdir("basic");
-        let mut t = ObjectTable::new(dir.clone(), 1000);
-        assert_eq!(dir.write_parts(oid(1), &[b"hello ", b"world"]).unwrap(), 11);
-        assert_eq!(&*dir.map(oid(1)).unwrap(), b"hello world");
-        t.seal(oid(1), 11).unwrap();
-        assert_eq!(t.used_bytes(), 11);
-        // Immutable: a second write of the same id fails and leaves the first intact.
-        assert!(dir.write_parts(oid(1), &[b"x"]).is_err());
-        assert_eq!(&*dir.map(oid(1)).unwrap(), b"hello world");
-        let view = dir.map(oid(1)).unwrap();
-        assert!(t.free(oid(1)));
-        assert_eq!(t.used_bytes(), 0);
-        assert!(t.is_empty());
-        // A live mapping survives deletion of the file.
-        assert_eq!(&*view, b"hello world");
-        assert!(dir.map(oid(1)).is_err());
-        dir.destroy();
-    }
-
-    #[test]
-    fn seal_over_capacity_is_refused_and_file_removed() {
-        let dir = tmpdir("full");
-        let mut t = ObjectTable::new(dir.clone(), 10);
-        dir.write_parts(oid(2), &[&[1u8; 8]]).unwrap();
-        t.seal(oid(2), 8).unwrap();
-        dir.write_parts(oid(3), &[&[1u8; 8]]).unwrap();
-        assert!(matches!(t.seal(oid(3), 8), Err(StoreError::Full { size: 8, used: 8, capacity: 10 })));
-        assert!(!dir.path_of(oid(3)).exists());
-        assert_eq!(t.seal(oid(4), 1), Err(StoreError::Missing(oid(4))));
-        dir.destroy();
-    }
-
-    #[test]
-    fn spill_moves_oldest_to_disk_and_reads_still_work() {
-        let spill = std::env::temp_dir().join(format!("ferry-store-test-spilled-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&spill);
-        fs::create_dir_all(&spill).unwrap();
-        let dir = tmpdir("spill").with_spill(&spill);
-        let mut t = ObjectTable::new(dir.clone(), 10);
-        dir.write_parts(oid(1), &[&[1u8; 8]]).unwrap();
-        t.seal(oid(1), 8).unwrap();
-        dir.write_parts(oid(2), &[&[2u8; 8]]).unwrap();
-        // Over capacity is accepted when it can spill.
-        t.seal(oid(2), 8).unwrap();
-        assert!(t.over_capacity());
-        let (id, size) = t.next_to_spill().unwrap();
-        assert_eq!((id, size), (oid(1), 8));
-        assert_eq!(dir.spill(id).unwrap(), 8);
-        assert!(t.mark_spilled(id));
-        assert!(!t.over_capacity());
-        assert_eq!((t.used_bytes(), t.spilled_bytes(), t.spilled_objects()), (8, 8, 1));
-        assert!(!dir.path_of(oid(1)).exists());
-        // Read back from disk, transparently.
-        assert_eq!(&*dir.map(oid(1)).unwrap(), &[1u8; 8]);
-        assert!(t.free(oid(1)));
-        assert!(t.free(oid(2)));
-        assert_eq!((t.used_bytes(), t.spilled_bytes()), (0, 0));
-        assert_eq!(fs::read_dir(&spill).unwrap().count(), 0);
-        // A spill of an object freed meanwhile leaves nothing behind.
-        dir.write_parts(oid(3), &[&[3u8; 4]]).unwrap();
-        t.seal(oid(3), 4).unwrap();
-        dir.spill(oid(3)).unwrap();
-        t.free(oid(3));
-        assert!(!t.mark_spilled(oid(3)));
-        assert_eq!(fs::read_dir(&spill).unwrap().count(), 0);
-        dir.destroy();
-    }
-
-    #[test]
-    fn secondary_copies_make_room_before_anything_is_refused_or_spilled() {
-        // Without a spill directory: a copy makes room for a primary that would not fit.
-        let dir = tmpdir("copies");
-        let mut t = ObjectTable::new(dir.clone(), 10);
-        dir.write_parts(oid(1), &[&[1u8; 6]]).unwrap();
-        t.seal_copy(oid(1), 6).unwrap();
-        dir.write_parts(oid(2), &[&[2u8; 6]]).unwrap();
-        t.seal(oid(2), 6).unwrap();
-        assert!(!t.contains(oid(1)) && !dir.path_of(oid(1)).exists(), "the copy was dropped");
-        assert_eq!(t.used_bytes(), 6);
-        // A primary is never dropped: with no copy left, the next one is refused.
-        dir.write_parts(oid(3), &[&[3u8; 6]]).unwrap();
-        assert!(t.seal(oid(3), 6).is_err());
-        assert_eq!(t.drop_copy(), None);
-        dir.destroy();
-
-        // With one: the oldest copy goes before the oldest primary is spilled.
-        let spill = std::env::temp_dir().join(format!("ferry-store-test-copyspill-{}", std::process::id()));
-        fs::create_dir_all(&spill).unwrap();
-        let dir = tmpdir("copies2").with_spill(&spill);
-        let mut t = ObjectTable::new(dir.clone(), 20);
-        dir.write_parts(oid(4), &[&[4u8; 8]]).unwrap();
-        t.seal(oid(4), 8).unwrap();
-        dir.write_parts(oid(5), &[&[5u8; 8]]).unwrap();
-        t.seal_copy(oid(5), 8).unwrap();
-        dir.write_parts(oid(6), &[&[6u8; 8]]).unwrap();
-        t.seal(oid(6), 8).unwrap();
-        assert!(!t.over_capacity() && !t.contains(oid(5)), "the copy made room");
-        assert_eq!((t.used_bytes(), t.spilled_objects()), (16, 0));
-        dir.destroy();
-        let _ = fs::remove_dir_all(&spill);
-    }
-}
+mod tests;

@@ -97,6 +97,8 @@ impl Runtime {
                     self.with_state(|st, fx| st.on_preempted(node, worker, memory, detail, fx))
                 }
                 FromNode::Sealed { req, .. }
+                | FromNode::Created { req, .. }
+                | FromNode::Pinned { req, .. }
                 | FromNode::Room { req, .. }
                 | FromNode::Stats { req, .. }
                 | FromNode::Ack { req, .. }

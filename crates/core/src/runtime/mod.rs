@@ -34,7 +34,7 @@ mod daemon;
 mod events;
 mod objects;
 mod progress;
-pub(crate) use objects::cancelled_here;
+pub(crate) use objects::{cancelled_here, Staged};
 mod peers;
 mod wait;
 
@@ -127,6 +127,8 @@ pub(crate) struct Runtime {
     noted: std::sync::atomic::AtomicBool,
     token: String,
     store: StoreDir,
+    /// The node's arena, mapped once (`None`: the store has none, or it is on another host).
+    arena: Option<Arc<ferry_store::Arena>>,
     session_dir: std::path::PathBuf,
     node_addr: Addr,
     node: Arc<Conn>,
@@ -224,6 +226,7 @@ impl Runtime {
             job_weight: cfg.job_weight,
         };
         let task_events = cfg.task_events;
+        let arena = ferry_store::Arena::open(&id.store_dir).ok();
         let rt = Runtime {
             me: id.me,
             node_id,
@@ -232,6 +235,7 @@ impl Runtime {
                 Some(spill) => StoreDir::open(id.store_dir).with_spill(spill),
                 None => StoreDir::open(id.store_dir),
             },
+            arena,
             session_dir: id.session_dir,
             node_addr: id.node_addr.clone(),
             cfg,
@@ -263,6 +267,14 @@ impl Runtime {
             return Err(Error::AlreadyInitialized);
         }
         let rt: &'static Runtime = RUNTIME.get().expect("just set");
+        if let Some(a) = &rt.arena {
+            // Views are dropped anywhere, locks held: the unpin is queued, and goes out with
+            // the next message to the daemon (before any later `Create`, so the extent can be
+            // reused at once) or the next housekeeping tick.
+            a.set_release(move |at| {
+                let _ = rt.node.queue(&ToNode::Unpin { at: vec![at] });
+            });
+        }
         thread::Builder::new()
             .name("ferry-node-rx".into())
             .spawn(move || rt.daemon_reader(node_id, reader))
@@ -511,6 +523,8 @@ impl Runtime {
                 });
             }
             self.tick_task_events();
+            // Unpins queued since (see `init`).
+            let _ = self.node.flush();
         }
     }
 

@@ -11,8 +11,9 @@ use super::*;
 use crate::codec::{self, Backing};
 use crate::owner::AllWait;
 use crate::refs::{self, Decoded};
-use ferry_proto::msg::{Return, TaskError};
+use ferry_proto::msg::{Return, StorePlace, TaskError};
 use ferry_proto::state::SpanKind;
+use ferry_store::Held;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -251,27 +252,96 @@ impl Runtime {
         let stored = self.write_and_seal(id, &enc);
         self.span(SpanKind::Put, id, start);
         let state = match &stored {
-            Ok(size) => Ok(Ready::Stored { size: *size, node: self.node_id, view: self.store.map(id).ok() }),
+            Ok((size, view)) => Ok(Ready::Stored {
+                size: *size,
+                node: self.node_id,
+                view: view.clone().or_else(|| self.store.map(id).ok()),
+            }),
             Err(e) => Err(e.clone()),
         };
         self.with_state(|st, fx| st.finish_put(id, state, fx));
         stored.map(|_| id)
     }
 
-    /// Writes an object into this node's store and has the daemon account for it.
-    /// A value built in the store (`BytesMut`) becomes the object without a copy.
-    pub(crate) fn write_and_seal(&self, id: ObjectId, enc: &crate::codec::Encoded<'_>) -> Result<u64> {
+    /// Writes an object into this node's store (an extent of its arena, else a file of its
+    /// own) and has the daemon account for it. Returns its size, and the writer's view of it
+    /// in the arena. A value built in the store (`BytesMut`) becomes the object without a copy.
+    pub(crate) fn write_and_seal(
+        &self,
+        id: ObjectId,
+        enc: &crate::codec::Encoded<'_>,
+    ) -> Result<(u64, Option<ObjectView>)> {
+        use crate::bytes::StagedSrc;
+        use crate::codec::Encoded;
+        if let Encoded::Staged { src: StagedSrc::Arena(held), all } = enc {
+            // Sealed as it is, unless it is some object already (then it is copied below).
+            if held.object().is_none() && self.seal(id, all.len() as u64, Some(held.at())).is_ok() {
+                held.name(id);
+                return Ok((all.len() as u64, Some(ObjectView::arena((*held).clone()))));
+            }
+        }
+        if let Some(r) = self.write_arena(id, enc) {
+            return r;
+        }
         let written = match enc {
-            crate::codec::Encoded::Staged { path, .. } => self.store.adopt(path, id),
+            Encoded::Staged { src: StagedSrc::File(path), .. } => self.store.adopt(path, id),
             _ => self.with_room(enc.len() as u64, || self.store.write_parts(id, &enc.parts())),
         };
         let size = written
             .map_err(|e| Error::ObjectStoreFull { detail: format!("cannot write object {id:?} to the store: {e}") })?;
-        match self.node_call(|req| ToNode::Seal { req, object: id, size })? {
-            FromNode::Sealed { error: None, .. } => Ok(size),
+        self.seal(id, size, None)?;
+        Ok((size, None))
+    }
+
+    fn seal(&self, id: ObjectId, size: u64, at: Option<u64>) -> Result<()> {
+        match self.node_call(|req| ToNode::Seal { req, object: id, size, at })? {
+            FromNode::Sealed { error: None, .. } => Ok(()),
             FromNode::Sealed { error: Some(e), .. } => Err(Error::ObjectStoreFull { detail: e }),
             other => Err(Error::Connection { detail: format!("unexpected reply to seal: {other:?}") }),
         }
+    }
+
+    /// Copies an encoded value into a new extent of the arena and seals it. `None`: there is
+    /// no arena here or no extent for it, and the caller writes a file of its own.
+    fn write_arena(&self, id: ObjectId, enc: &crate::codec::Encoded<'_>) -> Option<Result<(u64, Option<ObjectView>)>> {
+        let size = enc.len() as u64;
+        let held = match self.create_extent(size, Some(id)) {
+            Ok(Some(h)) => h,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e)),
+        };
+        // SAFETY: the extent was created for this process just now and is not sealed; this is
+        // the only reference to its bytes.
+        let dst = unsafe { held.bytes_mut() };
+        let mut off = 0;
+        for p in enc.parts() {
+            dst[off..off + p.len()].copy_from_slice(p);
+            off += p.len();
+            // A writer killed here has written part of the object: it must never be sealed.
+            ferry_proto::fail::crash_point("store-mid-write");
+        }
+        Some(self.seal(id, size, Some(held.at())).map(|_| (size, Some(ObjectView::arena(held)))))
+    }
+
+    /// A new extent of `len` bytes in the arena, pinned by this process and readied for
+    /// writing. `None`: no arena here, no free extent large enough, or no pages for it (the
+    /// caller writes a file of its own instead, which makes room if the filesystem is full).
+    fn create_extent(&self, len: u64, id: Option<ObjectId>) -> Result<Option<Arc<Held>>> {
+        let Some(arena) = &self.arena else { return Ok(None) };
+        let (at, epoch) = match self.node_call(|req| ToNode::Create { req, size: len })? {
+            FromNode::Created { at: Some(at), epoch, .. } => (at, epoch),
+            FromNode::Created { at: None, .. } => return Ok(None),
+            other => return Err(Error::Connection { detail: format!("unexpected reply to create: {other:?}") }),
+        };
+        let held = arena
+            .hold(at, len, id)
+            .map_err(|e| Error::Connection { detail: format!("the node's answer to create: {e}") })?;
+        if let Err(e) = held.prepare(epoch) {
+            // Its pin goes with `held`.
+            tracing::debug!("no pages for {len} bytes in the arena ({e}): writing a file");
+            return Ok(None);
+        }
+        Ok(Some(held))
     }
 
     /// Runs a write to the store; if its filesystem is full (`ENOSPC`), asks the daemon to
@@ -305,7 +375,8 @@ impl Runtime {
     /// pulls it; a copy already here is used as it is).
     pub(crate) fn map_from(&self, id: ObjectId, node: NodeId) -> Result<ObjectView> {
         if node != self.node_id {
-            if let Ok(v) = self.store.map(id) {
+            // A copy may be here already.
+            if let Ok(v) = self.map_object(id) {
                 return Ok(v);
             }
             let start = self.span_start();
@@ -329,10 +400,26 @@ impl Runtime {
         self.map_object(id)
     }
 
+    /// Maps `id` from this node's store: a view this process holds already, an extent of the
+    /// arena (pinned for this process while any view of it lives), or a file.
     pub(crate) fn map_object(&self, id: ObjectId) -> Result<ObjectView> {
-        self.store
-            .map(id)
-            .map_err(|e| Error::ObjectLost { object: id, reason: format!("its store file could not be read: {e}") })
+        let lost = |reason: String| Error::ObjectLost { object: id, reason };
+        if let Some(arena) = &self.arena {
+            if let Some(v) = arena.cached(id) {
+                return Ok(v);
+            }
+            match self.node_call(|req| ToNode::Pin { req, object: id })? {
+                FromNode::Pinned { place: Some(StorePlace::Arena { at, size }), .. } => {
+                    return arena.hold(at, size, Some(id)).map(ObjectView::arena).map_err(|e| lost(e.to_string()))
+                }
+                FromNode::Pinned { place: Some(StorePlace::File), .. } => {}
+                FromNode::Pinned { place: None, .. } => {
+                    return Err(lost(format!("it is not in the store of node {} (freed, or lost)", self.node_id)))
+                }
+                other => return Err(Error::Connection { detail: format!("unexpected reply to pin: {other:?}") }),
+            }
+        }
+        self.store.map(id).map_err(|e| lost(format!("its store file could not be read: {e}")))
     }
 
     /// Polls `id`: ready, failed, or pending (then `waker` is registered, and a borrowed
@@ -384,7 +471,7 @@ impl Runtime {
             return Ok(Return::Inline(enc.into_vec()));
         }
         match self.write_and_seal(id, &enc) {
-            Ok(size) => {
+            Ok((size, _)) => {
                 // Stored and sealed, its location not yet reported to the owner.
                 ferry_proto::fail::crash_point("worker-after-store");
                 Ok(Return::Stored { size, node: self.node_id })
@@ -394,7 +481,7 @@ impl Runtime {
                 // idempotent, so the stored value stands.
                 let size =
                     std::fs::metadata(self.store.path_of(id)).map(|m| m.len()).map_err(|e| bad(e.to_string()))?;
-                match self.node_call(|req| ToNode::Seal { req, object: id, size }) {
+                match self.node_call(|req| ToNode::Seal { req, object: id, size, at: None }) {
                     Ok(_) => Ok(Return::Stored { size, node: self.node_id }),
                     Err(e) => Err(bad(e.to_string())),
                 }
@@ -410,11 +497,21 @@ impl Runtime {
         }
     }
 
-    /// A file of `size` bytes in this node's store, to be filled and then adopted as an
-    /// object (`BytesMut`); room is made for it as for any write.
-    pub(crate) fn stage(&self, size: u64) -> Result<ferry_store::StagedFile> {
+    /// `size` bytes in this node's store, to be filled and then made an object (`BytesMut`):
+    /// an extent of the arena, else a file of its own (room is made for it as for any write).
+    pub(crate) fn stage(&self, size: u64) -> Result<Staged> {
+        if let Some(h) = self.create_extent(size, None)? {
+            return Ok(Staged::Arena(h));
+        }
         let tag = ferry_proto::ids::random_u64();
         self.with_room(size, || self.store.stage(size, tag))
+            .map(Staged::File)
             .map_err(|e| Error::ObjectStoreFull { detail: format!("cannot allocate {size} bytes in the store: {e}") })
     }
+}
+
+/// Room for a value built in place.
+pub(crate) enum Staged {
+    Arena(Arc<Held>),
+    File(ferry_store::StagedFile),
 }
