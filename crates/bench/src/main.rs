@@ -13,6 +13,7 @@ mod groups;
 mod history;
 mod observability;
 mod priority;
+mod store;
 
 use ferry::prelude::*;
 use std::time::Instant;
@@ -480,87 +481,6 @@ fn group_tasks() {
     emit("wait_first_of_1000_pending_incl_submit_median", median(&mut both), "us");
 }
 
-fn group_objects() {
-    for (label, nbytes, iters) in [("1KiB", KIB, 2000), ("1MiB", MIB, 300), ("100MiB", 100 * MIB, 10)] {
-        let arr = make_array(nbytes);
-        for _ in 0..iters.min(20) {
-            let r = ferry::put(arr.clone()).unwrap();
-            ferry::get_bytes(&r).unwrap();
-        }
-        let (mut put_ns, mut get_ns, mut getcopy_ns) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..iters {
-            // ray.put(arr) serialises the caller's array; ours takes the value, so the clone
-            // is made before the clock starts.
-            let v = arr.clone();
-            let t = Instant::now();
-            let r = ferry::put(v).unwrap();
-            let t2 = Instant::now();
-            let view = ferry::get_bytes(&r).unwrap();
-            let t3 = Instant::now();
-            put_ns.push((t2 - t).as_nanos() as u64);
-            get_ns.push((t3 - t2).as_nanos() as u64);
-            if nbytes >= MIB {
-                let t4 = Instant::now();
-                let c = view.to_vec();
-                getcopy_ns.push(ns(t4) + (t3 - t2).as_nanos() as u64);
-                assert_eq!(c.len(), nbytes);
-            }
-            assert_eq!(view.len(), nbytes);
-        }
-        let put_s = put_ns.iter().sum::<u64>() as f64 / 1e9;
-        let get_s = get_ns.iter().sum::<u64>() as f64 / 1e9;
-        emit(&format!("put_{label}_ops_per_s"), iters as f64 / put_s, "ops/s");
-        emit(&format!("get_{label}_ops_per_s"), iters as f64 / get_s, "ops/s");
-        emit(&format!("put_{label}_GB_per_s"), (iters * nbytes) as f64 / put_s / 1e9, "GB/s");
-        emit(&format!("get_{label}_GB_per_s"), (iters * nbytes) as f64 / get_s / 1e9, "GB/s");
-        let mut p: Vec<f64> = put_ns.iter().map(|n| *n as f64 / 1e3).collect();
-        let mut g: Vec<f64> = get_ns.iter().map(|n| *n as f64 / 1e3).collect();
-        emit(&format!("put_{label}_median_us"), median(&mut p), "us");
-        emit(&format!("get_{label}_median_us"), median(&mut g), "us");
-        if !getcopy_ns.is_empty() {
-            let s = getcopy_ns.iter().sum::<u64>() as f64 / 1e9;
-            emit(&format!("get_plus_copy_{label}_GB_per_s"), (iters * nbytes) as f64 / s / 1e9, "GB/s");
-        }
-    }
-    info("get_* uses ferry::get_bytes, a zero-copy view of the shared-memory store (as Ray's numpy get); get_plus_copy_* adds a copy");
-
-    let nbytes = 100 * MIB;
-    let src = produce::remote(nbytes);
-    ferry::wait(std::slice::from_ref(&src), 1, None).unwrap();
-    assert_eq!(ferry::get(&length::remote(&src)).unwrap(), nbytes);
-    let mut ts = Vec::new();
-    for _ in 0..10 {
-        let t = Instant::now();
-        assert_eq!(ferry::get(&length::remote(&src)).unwrap(), nbytes);
-        ts.push(t.elapsed().as_secs_f64());
-    }
-    emit("pass_by_ref_100MiB_consume_s", median(&mut ts), "s");
-    drop(src);
-    let mut ts = Vec::new();
-    for _ in 0..5 {
-        let t = Instant::now();
-        assert_eq!(ferry::get(&length::remote(produce::remote(nbytes))).unwrap(), nbytes);
-        ts.push(t.elapsed().as_secs_f64());
-    }
-    emit("pass_by_ref_100MiB_produce_and_consume_s", median(&mut ts), "s");
-    let mut ts = Vec::new();
-    for _ in 0..5 {
-        let t = Instant::now();
-        assert_eq!(ferry::get(&length::remote(produce_vec::remote(nbytes))).unwrap(), nbytes);
-        ts.push(t.elapsed().as_secs_f64());
-    }
-    emit("pass_by_ref_100MiB_produce_vec_and_consume_s", median(&mut ts), "s");
-    let dref = ferry::put(make_array(nbytes)).unwrap();
-    ferry::get(&length::remote(&dref)).unwrap();
-    let mut ts = Vec::new();
-    for _ in 0..10 {
-        let t = Instant::now();
-        ferry::get(&length::remote(&dref)).unwrap();
-        ts.push(t.elapsed().as_secs_f64());
-    }
-    emit("pass_by_ref_100MiB_driver_put_consume_s", median(&mut ts), "s");
-}
-
 /// `get` of an object containing 10k refs, as ray_perf's: the object is made once (by a
 /// task, so the refs are the worker's and the driver borrows them) and each `get` decodes the
 /// 10,000 refs. Then the same with a new object each time (task, 10,000 puts, get, release).
@@ -683,7 +603,7 @@ fn group_spill_child() {
     }
 }
 
-const GROUPS: &[&str] = &["memory", "tasks", "objects", "refs", "actors", "spill"];
+const GROUPS: &[&str] = &["memory", "tasks", "objects", "refs", "actors", "spill", "fragmentation"];
 const LATER: &[(&str, &str)] = &[];
 
 fn main() {
@@ -780,7 +700,9 @@ fn main() {
         match g {
             "memory" => group_memory(),
             "tasks" => group_tasks(),
-            "objects" => group_objects(),
+            "objects" => store::group_objects(),
+            "fragmentation" if std::env::var_os("FERRY_OBJECT_STORE_BYTES").is_some() => store::group_fragmentation(),
+            "fragmentation" => store::group_fragmentation_child(),
             "actors" => group_actors(),
             "refs" => group_refs(),
             "spill" if std::env::var_os("FERRY_OBJECT_STORE_BYTES").is_some() => group_spill(),

@@ -53,6 +53,13 @@ impl Bytes {
     pub(crate) fn mapped(view: ObjectView, start: usize) -> Bytes {
         Bytes { inner: Inner::Mapped(view), start }
     }
+    /// A private copy. Large copies ask for transparent hugepages where the host offers them
+    /// (as numpy does for its arrays): a fresh 100 MiB vector then costs 50 page faults
+    /// instead of 25,600, several times faster.
+    pub fn to_vec(&self) -> Vec<u8> {
+        copy_out(self)
+    }
+
     /// Whether these bytes are a view of the shared-memory store (not a private copy).
     pub fn is_shared_memory(&self) -> bool {
         matches!(self.inner, Inner::Mapped(_) | Inner::Staged(_) | Inner::Built(_))
@@ -255,4 +262,22 @@ mod sealed {
 pub struct ArgData<'a> {
     pub bytes: &'a [u8],
     pub view: Option<&'a ObjectView>,
+}
+
+/// Copies `src` into a new vector; one of 4 MiB or more is advised to use hugepages.
+pub(crate) fn copy_out(src: &[u8]) -> Vec<u8> {
+    const HUGE: usize = 2 << 20;
+    if src.len() < 2 * HUGE {
+        return src.to_vec();
+    }
+    let mut v: Vec<u8> = Vec::with_capacity(src.len());
+    let p = v.as_mut_ptr() as usize;
+    let (start, end) = (p.next_multiple_of(HUGE), (p + src.len()) / HUGE * HUGE);
+    if end > start {
+        // SAFETY: advice on whole hugepages inside our own allocation, before any byte of it
+        // is touched; it changes no data, and a host without hugepages ignores it.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+    }
+    v.extend_from_slice(src);
+    v
 }

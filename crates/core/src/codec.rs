@@ -148,7 +148,7 @@ pub(crate) fn decode_backed<T: DeserializeOwned + 'static>(bytes: &[u8], backing
     }
     if TypeId::of::<T>() == TypeId::of::<Vec<u8>>() {
         let body = bytes_body(bytes)?;
-        let boxed: Box<dyn Any> = Box::new(body.to_vec());
+        let boxed: Box<dyn Any> = Box::new(crate::bytes::copy_out(body));
         return Ok(*boxed.downcast::<T>().expect("T is Vec<u8>"));
     }
     match postcard::take_from_bytes::<T>(bytes) {
@@ -181,6 +181,17 @@ mod tests {
             assert_eq!(decode::<Vec<u8>>(&slow).unwrap(), v);
             let via_serde: Vec<u8> = postcard::from_bytes(&fast).unwrap();
             assert_eq!(via_serde, v);
+        }
+    }
+
+    #[test]
+    fn large_vectors_decode_whole_through_the_hugepage_copy() {
+        for n in [(4 << 20) - 1, 4 << 20, (9 << 20) + 123] {
+            let v: Vec<u8> = (0..n).map(|i| (i % 249) as u8).collect();
+            let enc = encode_vec(&v).unwrap();
+            let back: Vec<u8> = decode_backed(&enc, Backing::Inline(&Arc::new(enc.clone()))).unwrap();
+            assert!(back == v, "{n} bytes");
+            assert!(Bytes::from(v.clone()).to_vec() == v);
         }
     }
 

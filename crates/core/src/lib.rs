@@ -185,6 +185,11 @@ pub fn put<T: Serialize + 'static>(value: T) -> Result<ObjectRef<T>> {
     runtime()?.put(&value).map(ObjectRef::from_id)
 }
 
+/// [`put`] of a value the caller keeps: encoded straight into the store, nothing cloned.
+pub fn put_from<T: Serialize + 'static>(value: &T) -> Result<ObjectRef<T>> {
+    runtime()?.put(value).map(ObjectRef::from_id)
+}
+
 /// `(ready, not_ready)`, as [`wait`] returns them.
 pub type WaitResult<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
 

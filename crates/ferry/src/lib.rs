@@ -68,6 +68,20 @@ pub fn put<T: serde::Serialize + 'static>(value: T) -> Result<ObjectRef<T>> {
     ferry_core::put(value)
 }
 
+/// [`put`] of a value the caller keeps (as Ray's `put` does): it is encoded straight into the
+/// store, with no clone and nothing freed on the caller's time.
+///
+/// ```no_run
+/// let frame = vec![0u8; 64 << 20];
+/// let r = ferry::put_from(&frame)?;
+/// // `frame` is still ours.
+/// # Ok::<(), ferry::Error>(())
+/// ```
+pub fn put_from<T: serde::Serialize + 'static>(value: &T) -> Result<ObjectRef<T>> {
+    embed::ready();
+    ferry_core::put_from(value)
+}
+
 /// The actor named `name` in this job's namespace (`Config::namespace`, else the job's own
 /// anonymous one, as in Ray), as a handle of type `T`.
 pub fn get_actor<T: Actor>(name: &str) -> Result<ActorHandle<T>> {

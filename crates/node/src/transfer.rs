@@ -200,12 +200,9 @@ impl Node {
                     Some(f) => Ok((f, Some(at), size)),
                     None => Err("the store has no arena".to_string()),
                 },
-                Some(ferry_store::Place::File) => st
-                    .store
-                    .dir()
-                    .open_object(object)
-                    .map_err(|e| e.to_string())
-                    .map(|f| (Arc::new(f), None, 0)),
+                Some(ferry_store::Place::File) => {
+                    st.store.dir().open_object(object).map_err(|e| e.to_string()).map(|f| (Arc::new(f), None, 0))
+                }
                 None => Err(format!("node {} does not hold object {object:?} (freed?)", self.id)),
             };
             if f.is_ok() {

@@ -257,3 +257,13 @@ fn arena_objects_spill_and_fragmented_space_falls_back_to_files() {
     dir.destroy();
     let _ = fs::remove_dir_all(&spill);
 }
+
+#[test]
+fn large_copies_split_over_threads_copy_every_byte() {
+    for n in [0usize, 5, (16 << 20) - 1, (16 << 20) + 4097, 33 << 20] {
+        let src: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+        let mut dst = vec![0u8; n];
+        arena::copy_in(&mut dst, &src);
+        assert!(dst == src, "{n} bytes");
+    }
+}

@@ -315,7 +315,7 @@ impl Runtime {
         let dst = unsafe { held.bytes_mut() };
         let mut off = 0;
         for p in enc.parts() {
-            dst[off..off + p.len()].copy_from_slice(p);
+            ferry_store::arena::copy_in(&mut dst[off..off + p.len()], p);
             off += p.len();
             // A writer killed here has written part of the object: it must never be sealed.
             ferry_proto::fail::crash_point("store-mid-write");
