@@ -13,6 +13,7 @@ mod groups;
 mod history;
 mod observability;
 mod priority;
+mod scale;
 mod store;
 
 use ferry::prelude::*;
@@ -625,6 +626,20 @@ fn main() {
         fair::job(&address);
         return;
     }
+    for (var, run) in [
+        ("FERRY_BENCH_SCALE_TASKS", scale::tasks_child as fn(usize)),
+        ("FERRY_BENCH_SCALE_PENDING", scale::pending_child as fn(usize)),
+    ] {
+        if let Some(n) = std::env::var(var).ok().and_then(|v| v.parse().ok()) {
+            return run(n);
+        }
+    }
+    if let Ok(address) = std::env::var("FERRY_BENCH_SCALE_JOB") {
+        return scale::job(&address);
+    }
+    if let Ok(address) = std::env::var("FERRY_BENCH_SIM_NODES") {
+        return scale::sim_nodes(&address);
+    }
     if let Ok(address) = std::env::var("FERRY_BENCH_RECOVERY") {
         cluster::recovery_job(&address);
         return;
@@ -663,6 +678,13 @@ fn main() {
         Some("history") => {
             info(&format!("ferry {} history (the state tools at scale)", env!("CARGO_PKG_VERSION")));
             return history::group();
+        }
+        Some("scale") => {
+            info(&format!(
+                "ferry {} scale (a million tasks, 20 namespace nodes, 1,000 simulated nodes)",
+                env!("CARGO_PKG_VERSION")
+            ));
+            return scale::group();
         }
         Some("recovery") => {
             info(&format!("ferry {} recovery (namespace hosts)", env!("CARGO_PKG_VERSION")));

@@ -358,7 +358,7 @@ fn submit_task(function: &'static str, opts: &TaskOptions, args: Vec<TaskArg>, r
     };
     let name: Arc<str> = match &opts.name {
         Some(n) => Arc::from(n.as_str()),
-        None => Arc::from(function.rsplit("::").next().unwrap_or(function)),
+        None => default_name(function),
     };
     let retries = opts.max_retries.unwrap_or(rt.config().default_max_retries);
     let preemptions = opts.max_preemptions.unwrap_or(DEFAULT_MAX_PREEMPTIONS);
@@ -373,4 +373,18 @@ fn submit_task(function: &'static str, opts: &TaskOptions, args: Vec<TaskArg>, r
 #[doc(hidden)]
 pub fn adopt_ref<T>(id: ObjectId) -> ObjectRef<T> {
     ObjectRef::from_id(id)
+}
+
+/// A function's default task name (its last path segment), made once per function and
+/// thread: a million tasks then share one allocation rather than hold one each.
+fn default_name(function: &'static str) -> Arc<str> {
+    thread_local! {
+        static NAMES: std::cell::RefCell<std::collections::HashMap<&'static str, Arc<str>>> = Default::default();
+    }
+    NAMES.with(|n| {
+        n.borrow_mut()
+            .entry(function)
+            .or_insert_with(|| Arc::from(function.rsplit("::").next().unwrap_or(function)))
+            .clone()
+    })
 }

@@ -254,6 +254,10 @@ struct Cluster {
     members: HashMap<NodeId, members::Member>,
     /// On a member: the other nodes as the head last described them.
     view: Vec<ferry_proto::msg::NodeView>,
+    /// On the control store: the last change of each member's view, by change number
+    /// (`members::publish`), and the last number given.
+    changes: std::collections::BTreeMap<u64, NodeId>,
+    change_seq: u64,
 }
 
 /// Back-pressure on writers to the store.
@@ -498,7 +502,7 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(actors::DEAD_ACTORS_KEPT),
             },
-            cluster: Cluster { members: HashMap::new(), view: Vec::new() },
+            cluster: Cluster { members: HashMap::new(), view: Vec::new(), changes: Default::default(), change_seq: 0 },
             room: Room { seals: Vec::new(), writers: Vec::new(), spilled: (0, Duration::ZERO) },
             copies: Copies { pulls: HashMap::new(), taken: HashMap::new(), counts: (0, 0, 0, 0) },
             groups: Default::default(),

@@ -23,6 +23,11 @@ pub(crate) struct Member {
     last_seen: Instant,
     pub(crate) alive: bool,
     pub(crate) conn: ConnId,
+    /// Its view as last published (without `silent_ms`), and the change that published it.
+    published: Option<NodeView>,
+    changed: u64,
+    /// The last change this member was told of (heartbeat replies carry what changed since).
+    told: u64,
 }
 
 impl Member {
@@ -32,7 +37,17 @@ impl Member {
     pub(crate) fn restored(addr: String, total: Shape) -> Member {
         let stats = NodeStats { total: total.clone(), ..Default::default() };
         // No connection yet: 0 is the daemon's own (actors') id, never a peer's.
-        Member { addr, total, stats, last_seen: Instant::now(), alive: true, conn: 0 }
+        Member {
+            addr,
+            total,
+            stats,
+            last_seen: Instant::now(),
+            alive: true,
+            conn: 0,
+            published: None,
+            changed: 0,
+            told: 0,
+        }
     }
 }
 
@@ -53,9 +68,35 @@ impl Node {
                 tracing::error!("control store: cannot record node {node}: {e}");
             }
         }
-        st.cluster.members.insert(node, Member { addr, total, stats, last_seen: Instant::now(), alive: true, conn });
+        let (published, changed) = match st.cluster.members.remove(&node) {
+            Some(m) => (m.published, m.changed),
+            None => (None, 0),
+        };
+        // `told: 0`: its first heartbeat's answer describes every node.
+        let m =
+            Member { addr, total, stats, last_seen: Instant::now(), alive: true, conn, published, changed, told: 0 };
+        st.cluster.members.insert(node, m);
+        publish(st, node);
         self.retry_infeasible(st);
         None
+    }
+
+    /// What a member is told in answer to its heartbeat: this node, and every member whose
+    /// view changed since it was last told (all of them the first time). An idle cluster of a
+    /// thousand nodes then costs a few entries per heartbeat, not a thousand.
+    pub(crate) fn changes_for(&self, st: &mut State, node: NodeId) -> Vec<NodeView> {
+        let mut v = vec![self.my_view(st)];
+        let Some(told) = st.cluster.members.get(&node).map(|m| m.told) else { return v };
+        for n in st.cluster.changes.range(told + 1..).map(|(_, n)| *n) {
+            if let Some(m) = st.cluster.members.get(&n) {
+                v.push(member_view(n, m));
+            }
+        }
+        let last = st.cluster.change_seq;
+        if let Some(m) = st.cluster.members.get_mut(&node) {
+            m.told = last;
+        }
+        v
     }
 
     pub(crate) fn heartbeat(&self, st: &mut State, node: NodeId, stats: NodeStats) {
@@ -74,6 +115,7 @@ impl Node {
             m.alive = true;
             m.stats = stats;
             m.last_seen = Instant::now();
+            publish(st, node);
         }
     }
 
@@ -105,6 +147,8 @@ impl Node {
         let Some(m) = st.cluster.members.get_mut(&node) else { return };
         m.alive = false;
         let silent_ms = m.last_seen.elapsed().as_millis() as u64;
+        publish(st, node);
+        let Some(m) = st.cluster.members.get(&node) else { return };
         tracing::warn!("node {node} at {} is dead: {why} (silent for {silent_ms} ms)", m.addr);
         if let Some(c) = &self.tables {
             // The table holds the nodes alive: what a restarted control store waits for.
@@ -173,18 +217,41 @@ impl Node {
     pub(crate) fn cluster_view(&self, st: &State) -> Vec<NodeView> {
         let mut v = vec![self.my_view(st)];
         for (n, m) in &st.cluster.members {
-            let mut stats = m.stats.clone();
-            // Its total as it joined, and the resources of the placement-group bundles
-            // committed there since (renamed: see `groups`).
-            let mut total = m.total.clone();
-            for (n, v) in stats.total.0.iter().filter(|(n, _)| n.contains("_group_")) {
-                total.set(n, *v as f64 / 1000.0);
-            }
-            stats.total = total;
-            v.push(view_of(*n, m.addr.clone(), false, m.alive, m.last_seen.elapsed().as_millis() as u64, &stats));
+            let mut view = member_view(*n, m);
+            view.silent_ms = m.last_seen.elapsed().as_millis() as u64;
+            v.push(view);
         }
         v
     }
+}
+
+/// A member's view (`silent_ms` left 0): its total as it joined, and the resources of the
+/// placement-group bundles committed there since (renamed: see `groups`).
+fn member_view(n: NodeId, m: &Member) -> NodeView {
+    let mut stats = m.stats.clone();
+    let mut total = m.total.clone();
+    for (n, v) in stats.total.0.iter().filter(|(n, _)| n.contains("_group_")) {
+        total.set(n, *v as f64 / 1000.0);
+    }
+    stats.total = total;
+    view_of(n, m.addr.clone(), false, m.alive, 0, &stats)
+}
+
+/// Records a change of member `node`'s view, if it changed since it was last published.
+fn publish(st: &mut State, node: NodeId) {
+    let Some(m) = st.cluster.members.get(&node) else { return };
+    let view = member_view(node, m);
+    if m.published.as_ref() == Some(&view) {
+        return;
+    }
+    st.cluster.change_seq += 1;
+    let seq = st.cluster.change_seq;
+    let old = m.changed;
+    st.cluster.changes.remove(&old);
+    st.cluster.changes.insert(seq, node);
+    let m = st.cluster.members.get_mut(&node).expect("looked up above");
+    m.published = Some(view);
+    m.changed = seq;
 }
 
 /// What placement needs of a node's view.
@@ -318,6 +385,18 @@ pub(crate) fn join_loop(node: std::sync::Arc<Node>, given: &str, every: Duration
                         st.cluster.view = nodes;
                         node.retry_infeasible(&mut st);
                     }
+                    Ok(FromNode::ClusterChanges { nodes }) => {
+                        last_heard = Instant::now();
+                        *last_link.locked() = last_heard;
+                        let mut st = node.lock();
+                        for n in nodes {
+                            match st.cluster.view.iter_mut().find(|v| v.node == n.node) {
+                                Some(v) => *v = n,
+                                None => st.cluster.view.push(n),
+                            }
+                        }
+                        node.retry_infeasible(&mut st);
+                    }
                     Ok(m @ FromNode::NodeDied { node: dead, .. }) => {
                         // Published to this node's processes too: their leases there end now.
                         // Its view says so at once, so that their retries are not sent there.
@@ -373,8 +452,8 @@ impl Node {
             }
             ToNode::Heartbeat { node, stats } => {
                 self.heartbeat(st, node, stats);
-                let nodes = self.cluster_view(st);
-                self.send(st, conn, &FromNode::Cluster { req: 0, nodes });
+                let nodes = self.changes_for(st, node);
+                self.send(st, conn, &FromNode::ClusterChanges { nodes });
             }
             ToNode::ClusterStatus { req } => {
                 let nodes = self.full_view(st);

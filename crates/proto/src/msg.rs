@@ -604,6 +604,11 @@ pub enum FromNode {
         req: u64,
         nodes: Vec<NodeView>,
     },
+    /// The control store's answer to a heartbeat: itself, and the nodes whose views changed
+    /// since it last answered this member (every node in its first answer).
+    ClusterChanges {
+        nodes: Vec<NodeView>,
+    },
     /// The head found a node silent past the heartbeat timeout: it is dead.
     NodeDied {
         node: NodeId,

@@ -154,7 +154,7 @@ impl OwnerState {
         let depth = self.depth;
         self.tasks.insert(
             id.task,
-            TaskEntry {
+            Box::new(TaskEntry {
                 function: lin.function,
                 name: lin.name.clone(),
                 args: lin.args.clone(),
@@ -177,7 +177,7 @@ impl OwnerState {
                 stream: lin.stream,
                 parent: None,
                 noted: events::NOT_NOTED,
-            },
+            }),
         );
         if state == TaskState::Queued {
             self.classes[lin.class].queue.push_back(id.task);
@@ -219,7 +219,7 @@ impl OwnerState {
                 e.rare().dependents.push(t.ret.task);
             }
         }
-        self.tasks.insert(t.ret.task, *t);
+        self.tasks.insert(t.ret.task, t);
         Ok(())
     }
 }

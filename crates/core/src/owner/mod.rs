@@ -173,8 +173,10 @@ pub(crate) struct OwnerState {
     me: WorkerId,
     /// Nesting depth of the tasks this process submits.
     depth: u32,
-    objects: HashMap<ObjectId, ObjEntry>,
-    tasks: HashMap<TaskId, TaskEntry>,
+    /// Entries boxed: a table of a million doubles to two million buckets, which then hold a
+    /// pointer each rather than a whole entry (half the memory of a million pending tasks).
+    objects: HashMap<ObjectId, Box<ObjEntry>>,
+    tasks: HashMap<TaskId, Box<TaskEntry>>,
     /// Actors this process holds handles of (or has calls to).
     actors: HashMap<ActorId, ActorClient>,
     /// `ResolveActor` requests in flight.
@@ -278,9 +280,21 @@ struct Rare {
     lineage_pins: u32,
 }
 
+impl Rare {
+    fn is_empty(&self) -> bool {
+        let Rare { waiters, dependents, contains, remote_waiters, actors, lineage_pins } = self;
+        waiters.is_empty()
+            && dependents.is_empty()
+            && contains.is_empty()
+            && remote_waiters.is_empty()
+            && actors.is_empty()
+            && *lineage_pins == 0
+    }
+}
+
 impl ObjEntry {
-    fn new(state: ObjState, local: u32) -> ObjEntry {
-        ObjEntry {
+    fn new(state: ObjState, local: u32) -> Box<ObjEntry> {
+        Box::new(ObjEntry {
             state,
             local,
             submitted: 0,
@@ -289,7 +303,7 @@ impl ObjEntry {
             fetching: false,
             borrowers: Borrowers::default(),
             rare: None,
-        }
+        })
     }
     fn rare(&mut self) -> &mut Rare {
         self.rare.get_or_insert_with(Default::default)
@@ -298,6 +312,11 @@ impl ObjEntry {
         if let Some(r) = &mut self.rare {
             for w in r.waiters.drain(..) {
                 w.wake();
+            }
+            if r.is_empty() {
+                // Allocated for a waiter alone: it goes with it (a million-ref `get_all`
+                // otherwise leaves one behind on every object its cursor stopped at).
+                self.rare = None;
             }
         }
     }

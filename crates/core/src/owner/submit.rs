@@ -126,7 +126,7 @@ impl OwnerState {
         let depth = self.depth;
         self.tasks.insert(
             task,
-            TaskEntry {
+            Box::new(TaskEntry {
                 function,
                 name,
                 args,
@@ -149,7 +149,7 @@ impl OwnerState {
                 stream,
                 parent: self.running,
                 noted: events::NOT_NOTED,
-            },
+            }),
         );
         let seen = if waiting > 0 { Seen::WaitingForArgs } else { Seen::WaitingForWorker };
         self.note(task, seen, true, fx);
@@ -389,7 +389,7 @@ impl OwnerState {
         }
     }
 
-    pub(super) fn finish_push(&mut self, task: TaskId, now: Instant, fx: &mut Effects) -> Option<TaskEntry> {
+    pub(super) fn finish_push(&mut self, task: TaskId, now: Instant, fx: &mut Effects) -> Option<Box<TaskEntry>> {
         let t = self.tasks.remove(&task)?;
         if t.actor.is_none() && t.state == TaskState::Queued {
             // A late reply from a worker already given up for lost (its node was declared dead
@@ -517,12 +517,12 @@ impl OwnerState {
         let t = match err {
             ferry_proto::msg::TaskError::ArgumentUnavailable { .. } => {
                 let class = t.class;
-                match self.retry_after_lost_args(Box::new(t), fx) {
+                match self.retry_after_lost_args(t, fx) {
                     Ok(()) => {
                         self.pump(class, fx);
                         return;
                     }
-                    Err(t) => *t,
+                    Err(t) => t,
                 }
             }
             ferry_proto::msg::TaskError::Panicked { .. }
@@ -624,6 +624,11 @@ impl OwnerState {
     /// Fails every pending object (shutdown).
     pub fn fail_all(&mut self, err: Error, fx: &mut Effects) {
         self.stopped = Some(err.clone());
+        // Queues emptied first: taking each task out of its queue one by one is quadratic
+        // with a million queued.
+        for c in &mut self.classes {
+            c.queue.clear();
+        }
         let tasks: Vec<TaskId> = self.tasks.keys().copied().collect();
         for t in tasks {
             self.fail_task(t, err.clone(), fx);

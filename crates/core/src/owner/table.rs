@@ -13,7 +13,9 @@ impl OwnerState {
 
     /// Keeps this process's mapping of a stored object for later gets.
     pub fn cache_view(&mut self, id: ObjectId, v: ferry_store::ObjectView) {
-        if let Some(ObjEntry { state: ObjState::Ready(Ready::Stored { view, .. }), .. }) = self.objects.get_mut(&id) {
+        if let Some(ObjEntry { state: ObjState::Ready(Ready::Stored { view, .. }), .. }) =
+            self.objects.get_mut(&id).map(|e| &mut **e)
+        {
             view.get_or_insert(v);
         }
     }
@@ -29,7 +31,9 @@ impl OwnerState {
     /// Forgets this process's mapping of a stored object (it was spilled: the mapping
     /// would keep its memory in use).
     pub fn drop_view(&mut self, id: ObjectId) {
-        if let Some(ObjEntry { state: ObjState::Ready(Ready::Stored { view, .. }), .. }) = self.objects.get_mut(&id) {
+        if let Some(ObjEntry { state: ObjState::Ready(Ready::Stored { view, .. }), .. }) =
+            self.objects.get_mut(&id).map(|e| &mut **e)
+        {
             *view = None;
         }
     }
@@ -365,8 +369,13 @@ impl OwnerState {
                 Some(e) if matches!(e.state, ObjState::Pending) => {
                     e.add_waiter(w);
                     w8.reg = self.wake_on_failure(w8.reg, w);
-                    for id in &ids[w8.next..] {
-                        self.ensure_fetch(*id, fx);
+                    // Once: a fetch stays asked until its object resolves, and walking the
+                    // rest on every wake made a million-ref `get_all` quadratic.
+                    if !w8.fetched {
+                        w8.fetched = true;
+                        for id in &ids[w8.next..] {
+                            self.ensure_fetch(*id, fx);
+                        }
                     }
                     return Poll::Pending;
                 }
@@ -532,6 +541,8 @@ pub(crate) struct AllWait {
     next: usize,
     seen_failures: u64,
     reg: u64,
+    /// The borrowed ones were asked of their owners.
+    fetched: bool,
 }
 
 impl AllWait {
@@ -543,6 +554,6 @@ impl AllWait {
 
 impl Default for AllWait {
     fn default() -> AllWait {
-        AllWait { next: 0, seen_failures: u64::MAX, reg: 0 }
+        AllWait { next: 0, seen_failures: u64::MAX, reg: 0, fetched: false }
     }
 }

@@ -90,7 +90,7 @@ impl Runtime {
                         std::process::exit(0);
                     }
                 }
-                FromNode::RetireIfIdle => {}
+                FromNode::RetireIfIdle | FromNode::ClusterChanges { .. } => {}
                 FromNode::WorkerDied { worker, reason } => self.worker_lost(worker, &reason),
                 FromNode::GiveBackLease { lease } => self.with_state(|st, fx| st.on_give_back(node, lease, fx)),
                 FromNode::Preempted { worker, memory, detail } => {
