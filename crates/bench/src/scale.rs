@@ -110,17 +110,26 @@ fn child(var: &str, value: usize) {
     }
 }
 
+/// All three parts, or those named in `FERRY_BENCH_SCALE_ONLY` (`tasks,nodes,sim`).
 pub fn group() {
-    info("tasks: N no-op tasks submitted at once by one driver, then get_all; each N in a fresh process");
-    for n in [100_000, 300_000, 1_000_000] {
-        child("FERRY_BENCH_SCALE_TASKS", n);
+    let only = std::env::var("FERRY_BENCH_SCALE_ONLY").unwrap_or_else(|_| "tasks,nodes,sim".into());
+    let on = |part: &str| only.split(',').any(|p| p == part);
+    if on("tasks") {
+        info("tasks: N no-op tasks submitted at once by one driver, then get_all; each N in a fresh process");
+        for n in [100_000, 300_000, 1_000_000] {
+            child("FERRY_BENCH_SCALE_TASKS", n);
+        }
+        child("FERRY_BENCH_SCALE_PENDING", 1_000_000);
     }
-    child("FERRY_BENCH_SCALE_PENDING", 1_000_000);
-    if is_root() {
-        nodes_group();
-        sim_group(1000);
-    } else {
+    if !is_root() {
         info("nodes and sim: need root (network-namespace hosts); skipped");
+        return;
+    }
+    if on("nodes") {
+        nodes_group();
+    }
+    if on("sim") {
+        sim_group(1000);
     }
 }
 
@@ -176,7 +185,10 @@ fn cpu_and_rss(pid: u32) -> (f64, u64) {
 }
 
 const CPUS_PER_NODE: usize = 2;
-const SCALE_TASKS: u64 = 40_000;
+/// Tasks per throughput round, in all (`FERRY_BENCH_SCALE_TOTAL`).
+fn scale_tasks() -> u64 {
+    std::env::var("FERRY_BENCH_SCALE_TOTAL").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000)
+}
 
 /// 20 namespace nodes against one: formation, the control store's CPU per heartbeat, and
 /// task throughput from submitters on every node.
@@ -226,16 +238,24 @@ pub fn job(address: &str) {
     let warm: Vec<_> =
         (0..cpus * 4).map(|_| tick::options().scheduling_strategy(SchedulingStrategy::Spread).remote()).collect();
     ferry::get_all(&warm).unwrap();
-    let per = SCALE_TASKS / cpus as u64;
-    let mut rates = Vec::new();
-    for _ in 0..3 {
-        let t = Instant::now();
-        let subs: Vec<_> = (0..cpus)
-            .map(|_| submitter::options().scheduling_strategy(SchedulingStrategy::Spread).remote(per))
-            .collect();
-        let done: u64 = ferry::get_all(&subs).unwrap().into_iter().sum();
-        rates.push(done as f64 / t.elapsed().as_secs_f64());
+    let per = scale_tasks() / cpus as u64;
+    let rate = |local: bool| {
+        let mut rates = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            let subs: Vec<_> = (0..cpus)
+                .map(|_| submitter::options().scheduling_strategy(SchedulingStrategy::Spread).remote(per, local))
+                .collect();
+            let done: u64 = ferry::get_all(&subs).unwrap().into_iter().sum();
+            rates.push(done as f64 / t.elapsed().as_secs_f64());
+        }
+        info(&format!("rounds{}: {:.0?} tasks/s", if local { " (kept local)" } else { "" }, rates));
+        median(&mut rates)
+    };
+    if nodes > 1 {
+        info(&format!("the same with every task kept on its submitter's node: {:.0} tasks/s", rate(true)));
     }
+    let mut rates = vec![rate(false)];
     let name = if nodes == 1 {
         "single_node_task_throughput_per_s".to_string()
     } else {
@@ -246,8 +266,11 @@ pub fn job(address: &str) {
 }
 
 #[ferry::remote]
-fn submitter(n: u64) -> u64 {
-    let refs: Vec<_> = (0..n).map(|_| tick::remote()).collect();
+fn submitter(n: u64, local: bool) -> u64 {
+    let here = SchedulingStrategy::NodeAffinity { node: ferry::node_id().unwrap(), soft: true };
+    let refs: Vec<_> = (0..n)
+        .map(|_| if local { tick::options().scheduling_strategy(here.clone()).remote() } else { tick::remote() })
+        .collect();
     ferry::get_all(&refs).unwrap();
     n
 }
@@ -309,8 +332,18 @@ pub fn sim_nodes(head: &str) {
                 .stack_size(256 << 10)
                 .spawn(move || {
                     let me = if i == 0 { victim } else { NodeId(0x5eed_0000_0000_0001 + i as u64) };
-                    let Ok((c, mut rx, _)) = connect(&Addr::Tcp(control), &token, WorkerId(me.0), max_frame) else {
-                        return;
+                    // As a node does: again until it is let in (the control store bounds the
+                    // handshakes from one address, and all of these come from one).
+                    let mut tries = 0;
+                    let (c, mut rx, _) = loop {
+                        match connect(&Addr::Tcp(control.clone()), &token, WorkerId(me.0), max_frame) {
+                            Ok(x) => break x,
+                            Err(_) if tries < 200 => {
+                                tries += 1;
+                                std::thread::sleep(Duration::from_millis(50 + (i as u64 % 50)));
+                            }
+                            Err(_) => return,
+                        }
                     };
                     let total = Shape::cpus(2.0);
                     let _ = c.send(&ToNode::register_tool(ProcKind::Node));

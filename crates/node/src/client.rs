@@ -452,6 +452,7 @@ impl Client {
             alive: true,
             total: s.total,
             available: s.available,
+            queued: s.pending_lease_requests,
             workers: s.workers,
             silent_ms: 0,
             actors: s.actors,

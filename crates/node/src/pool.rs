@@ -160,8 +160,16 @@ impl Node {
             return;
         }
         st.placing.next_rebalance = Instant::now() + Duration::from_millis(50);
+        // Only to nodes clearly underused: nothing waits there and at least half their CPUs
+        // were free at their last heartbeat. When every node is busy, the CPUs a heartbeat
+        // caught free are gone by the time a request gets there, and the leases moved keep
+        // pulling tasks across nodes (20 busy nodes moving requests among themselves ran at
+        // half the throughput of keeping them).
+        let underused = |v: &ferry_proto::msg::NodeView| {
+            v.queued == 0 && 2 * v.available.get_milli(CPU_NAME) >= v.total.get_milli(CPU_NAME)
+        };
         let mut others: Vec<ferry_proto::msg::NodeView> =
-            self.others_free(st).into_iter().filter(|v| v.alive && !v.addr.is_empty()).collect();
+            self.others_free(st).into_iter().filter(|v| v.alive && !v.addr.is_empty() && underused(v)).collect();
         if others.is_empty() {
             return;
         }

@@ -137,6 +137,9 @@ pub struct NodeView {
     pub alive: bool,
     pub total: Shape,
     pub available: Shape,
+    /// Lease requests waiting there: a node with some is busy, whatever it has free at the
+    /// moment of its heartbeat.
+    pub queued: u64,
     pub workers: u64,
     /// Since its last heartbeat.
     pub silent_ms: u64,
