@@ -637,6 +637,9 @@ fn main() {
     if let Ok(address) = std::env::var("FERRY_BENCH_SCALE_JOB") {
         return scale::job(&address);
     }
+    if let Ok(address) = std::env::var("FERRY_BENCH_SCALE_ACTORS") {
+        return scale::actors_job(&address);
+    }
     if let Ok(address) = std::env::var("FERRY_BENCH_SIM_NODES") {
         return scale::sim_nodes(&address);
     }

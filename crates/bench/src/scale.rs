@@ -10,6 +10,9 @@
 //! - `sim_1000_*`: one control store and 1,000 simulated nodes (a load generator: each a
 //!   connection that joins and heartbeats as a node does): its CPU and memory, and the time to
 //!   tell every node of a death.
+//! - `actors_{n}_*` (`FERRY_BENCH_SCALE_ONLY=actors`, n = `FERRY_BENCH_SCALE_ACTOR_COUNT`,
+//!   2,000 by default): Ray's many_actors shape over 5 namespace nodes: created, each called
+//!   once, released; processes, threads and PSS per actor.
 
 use crate::{emit, info, median};
 use ferry::prelude::*;
@@ -130,6 +133,150 @@ pub fn group() {
     }
     if on("sim") {
         sim_group(1000);
+    }
+    if on("actors") {
+        actors_group();
+    }
+}
+
+/// A small stateful actor (0 CPUs, as Ray's actors once created).
+#[ferry::actor]
+#[derive(Default)]
+pub struct Cell {
+    n: u64,
+}
+
+#[ferry::actor]
+impl Cell {
+    pub fn new() -> Self {
+        Cell::default()
+    }
+    pub fn bump(&mut self) -> u64 {
+        self.n += 1;
+        self.n
+    }
+}
+
+const ACTOR_NODES: usize = 5;
+
+/// Ray's many_actors shape: N actors created over `ACTOR_NODES` namespace nodes (2 CPUs
+/// each; the actors take none), each called once, then all released.
+fn actors_group() {
+    // 2,000 by default: 10,000 stall (issue 17, open).
+    let n: usize = std::env::var("FERRY_BENCH_SCALE_ACTOR_COUNT").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000);
+    // Each actor is a process with a connection to its node and one from the driver: the
+    // default 20,000 descriptors are not enough (a user is told to raise `ulimit -n`).
+    raise_fd_limit_to(1 << 20);
+    // Every thread takes a pid, and an actor's process has several: the default pid_max of
+    // 32,768 runs out near 4,000 actors (fork fails with EAGAIN). A user is told to raise it
+    // (`sysctl kernel.pid_max=4194304`); so does this benchmark, and it says so.
+    let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse::<u64>().ok());
+    let raised =
+        pid_max.filter(|m| *m < 4_194_304).and_then(|m| match std::fs::write("/proc/sys/kernel/pid_max", "4194304") {
+            Ok(()) => {
+                info(&format!("raised kernel.pid_max from {m} to 4194304 for the run (sysctl kernel.pid_max=4194304)"));
+                Some(m)
+            }
+            Err(e) => {
+                info(&format!("cannot raise kernel.pid_max ({e}): past ~3,000 actors, processes fail to start"));
+                None
+            }
+        });
+    let here = std::env::current_exe().unwrap();
+    let ferry = ferry_cli();
+    let hosts = ferry_testkit::Hosts::new(ACTOR_NODES).expect("network namespaces (run as root, with `ip`)");
+    let args = |_| vec!["--num-cpus".to_string(), CPUS_PER_NODE.to_string()];
+    let cluster = ferry_testkit::Cluster::start(&hosts, &ferry, &(0..ACTOR_NODES).map(args).collect::<Vec<_>>(), T)
+        .expect("cluster");
+    info(&format!("{n} actors over {ACTOR_NODES} namespace nodes of {CPUS_PER_NODE} CPUs"));
+    let mut cmd = cluster.job(&hosts, 0, &here, "FERRY_BENCH_SCALE_ACTORS", &cluster.head.address);
+    cmd.env("FERRY_BENCH_SCALE_ACTOR_COUNT", n.to_string());
+    let out = cmd.output().expect("run the actors job");
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+    if let Some(m) = raised {
+        let _ = std::fs::write("/proc/sys/kernel/pid_max", m.to_string());
+    }
+}
+
+/// Sum of the proportional set sizes of this machine's processes running `exe`, how many
+/// there are, and their threads.
+fn pss_of(exe: &std::path::Path) -> (u64, usize, usize) {
+    let (mut sum, mut count, mut threads) = (0, 0, 0);
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_deref() != Some(exe) {
+            continue;
+        }
+        let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else { continue };
+        if let Some(kb) = s.lines().find(|l| l.starts_with("Pss:")).and_then(|l| l.split_whitespace().nth(1)) {
+            sum += kb.parse::<u64>().unwrap_or(0) * 1024;
+            count += 1;
+            threads += std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0);
+        }
+    }
+    (sum, count, threads)
+}
+
+/// `FERRY_BENCH_SCALE_ACTORS=HEAD`: the actors job.
+pub fn actors_job(address: &str) {
+    raise_fd_limit_to(1 << 20);
+    let n: usize = std::env::var("FERRY_BENCH_SCALE_ACTOR_COUNT").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000);
+    ferry::init(ferry::Config::default().address(address)).expect("join the cluster");
+    let exe = std::env::current_exe().unwrap();
+    let (pss0, procs0, threads0) = pss_of(&exe);
+    let t = Instant::now();
+    let cells: Vec<_> = (0..n)
+        .map(|_| Cell::options().scheduling_strategy(SchedulingStrategy::Spread).remote().expect("create an actor"))
+        .collect();
+    let submitted = t.elapsed().as_secs_f64();
+    let calls: Vec<_> = cells.iter().map(|c| c.bump()).collect();
+    // Bounded: a stall is reported, not waited out.
+    let (ready, _) = ferry::wait(&calls, calls.len(), Some(Duration::from_secs(300))).unwrap();
+    if ready.len() < n {
+        info(&format!("only {} of {n} actors answered within 300 s: stopping", ready.len()));
+        std::process::exit(1);
+    }
+    let ones = ferry::get_all(&calls).expect("every actor answers");
+    assert!(ones.iter().all(|x| *x == 1));
+    let created = t.elapsed().as_secs_f64();
+    let (pss1, procs1, threads1) = pss_of(&exe);
+    let nodes = ferry::nodes().unwrap();
+    // A node counts the actors it hosts and those whose entries it keeps (their home).
+    info(&format!("actors by node (hosted or homed): {:?}", nodes.iter().map(|v| v.actors).collect::<Vec<_>>()));
+    let control = control_store_pid().map(|p| cpu_and_rss(p).1).unwrap_or(0);
+    let t2 = Instant::now();
+    drop((calls, cells));
+    let end = Instant::now() + Duration::from_secs(300);
+    while ferry::nodes().unwrap().iter().map(|v| v.actors).sum::<u64>() > 0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let released = t2.elapsed().as_secs_f64();
+    let l = label(n);
+    emit(&format!("actors_{l}_submit_s"), submitted, "s");
+    emit(&format!("actors_{l}_create_and_call_s"), created, "s");
+    emit(&format!("actors_{l}_release_s"), released, "s");
+    emit(&format!("actors_{l}_create_call_release_s"), created + released, "s");
+    emit(&format!("actors_{l}_processes"), (procs1 - procs0) as f64, "procs");
+    emit(&format!("actors_{l}_threads_per_actor"), (threads1 - threads0) as f64 / n as f64, "threads");
+    emit(
+        &format!("actors_{l}_pss_per_actor_MiB"),
+        pss1.saturating_sub(pss0) as f64 / n as f64 / (1 << 20) as f64,
+        "MiB",
+    );
+    emit(&format!("actors_{l}_control_store_rss_MiB"), (control >> 20) as f64, "MiB");
+    ferry::shutdown();
+}
+
+/// To `want` descriptors, the hard limit too where this process may (root).
+fn raise_fd_limit_to(want: u64) {
+    let lim = libc::rlimit { rlim_cur: want, rlim_max: want };
+    // SAFETY: setrlimit on a struct we own; refused without the privilege (then the soft
+    // limit goes up to the hard one).
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        raise_fd_limit();
     }
 }
 
