@@ -27,7 +27,7 @@ fn nothing() {}
 /// Submits `n` no-op tasks from wherever it runs and waits for them (`local`: kept on this
 /// node, for comparison).
 #[ferry::remote]
-fn submitter(n: u64, local: bool) -> u64 {
+pub(crate) fn submitter(n: u64, local: bool) -> u64 {
     let here = SchedulingStrategy::NodeAffinity { node: ferry::node_id().unwrap(), soft: true };
     let refs: Vec<_> = (0..n)
         .map(|_| if local { nothing::options().scheduling_strategy(here.clone()).remote() } else { nothing::remote() })

@@ -391,7 +391,11 @@ pub fn job(address: &str) {
         for _ in 0..5 {
             let t = Instant::now();
             let subs: Vec<_> = (0..cpus)
-                .map(|_| submitter::options().scheduling_strategy(SchedulingStrategy::Spread).remote(per, local))
+                .map(|_| {
+                    crate::cluster::submitter::options()
+                        .scheduling_strategy(SchedulingStrategy::Spread)
+                        .remote(per, local)
+                })
                 .collect();
             let done: u64 = ferry::get_all(&subs).unwrap().into_iter().sum();
             rates.push(done as f64 / t.elapsed().as_secs_f64());
@@ -410,16 +414,6 @@ pub fn job(address: &str) {
     };
     emit(&name, median(&mut rates), "tasks/s");
     ferry::shutdown();
-}
-
-#[ferry::remote]
-fn submitter(n: u64, local: bool) -> u64 {
-    let here = SchedulingStrategy::NodeAffinity { node: ferry::node_id().unwrap(), soft: true };
-    let refs: Vec<_> = (0..n)
-        .map(|_| if local { tick::options().scheduling_strategy(here.clone()).remote() } else { tick::remote() })
-        .collect();
-    ferry::get_all(&refs).unwrap();
-    n
 }
 
 /// One control store (a one-node cluster's head) and `n` simulated nodes from a load
