@@ -456,7 +456,10 @@ impl Runtime {
         let at = match location {
             ActorLocation::Alive { worker, addr, .. } => match self.worker_conn(worker, &addr) {
                 Ok(_) => Located::At(worker),
-                Err(_) => Located::Unreachable(worker),
+                Err(e) => {
+                    tracing::warn!("cannot reach actor {actor:?} at worker {worker:?} ({addr}): {e}");
+                    Located::Unreachable(worker)
+                }
             },
             ActorLocation::Dead { reason } => Located::Dead(reason),
         };

@@ -47,10 +47,16 @@ impl Runtime {
         // lost at once, even if their sockets stay open.
         peers.about.insert(worker, node);
         drop(peers);
-        thread::Builder::new()
-            .name("ferry-peer-rx".into())
-            .spawn(move || self.worker_reader(worker, reader))
-            .map_err(|e| Error::Connection { detail: e.to_string() })?;
+        let spawned =
+            thread::Builder::new().name("ferry-peer-rx".into()).spawn(move || self.worker_reader(worker, reader));
+        if let Err(e) = spawned {
+            // No reader: nothing sent on it would ever be answered, so it must not stay.
+            let mut peers = self.peers.locked();
+            peers.conns.remove(&worker);
+            peers.about.remove(&worker);
+            conn.shutdown();
+            return Err(Error::Connection { detail: format!("cannot start a thread to read worker {worker:?}: {e}") });
+        }
         Ok(conn)
     }
 
