@@ -588,17 +588,17 @@ fn group_spill() {
     drop(refs);
 }
 
-/// Runs `ferry-bench spill` in a child with a 256 MiB store and passes its figures on.
-fn group_spill_child() {
+/// Runs `ferry-bench GROUP` in a child with a 256 MiB store and passes on the lines that start
+/// with one of `keep`.
+fn group_in_small_store(group: &str, keep: &[&str]) {
     let exe = std::env::current_exe().unwrap();
     let out = std::process::Command::new(exe)
-        .arg("spill")
+        .arg(group)
         .env("FERRY_OBJECT_STORE_BYTES", (256 * MIB).to_string())
         .output()
-        .expect("run ferry-bench spill");
+        .unwrap_or_else(|e| panic!("run ferry-bench {group}: {e}"));
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let keep = ["disk_", "spill_", "restore_", "# spill", "# page", "# could"].iter().any(|p| line.starts_with(p));
-        if keep {
+        if keep.iter().any(|p| line.starts_with(p)) {
             println!("{line}");
         }
     }
@@ -727,11 +727,11 @@ fn main() {
             "tasks" => group_tasks(),
             "objects" => store::group_objects(),
             "fragmentation" if std::env::var_os("FERRY_OBJECT_STORE_BYTES").is_some() => store::group_fragmentation(),
-            "fragmentation" => store::group_fragmentation_child(),
+            "fragmentation" => group_in_small_store("fragmentation", &["put_64MiB", "fragmented_"]),
             "actors" => group_actors(),
             "refs" => group_refs(),
             "spill" if std::env::var_os("FERRY_OBJECT_STORE_BYTES").is_some() => group_spill(),
-            "spill" => group_spill_child(),
+            "spill" => group_in_small_store("spill", &["disk_", "spill_", "restore_", "# spill", "# page", "# could"]),
             _ => unreachable!("checked above"),
         }
     }

@@ -153,17 +153,3 @@ pub(crate) fn group_fragmentation() {
     emit("fragmented_fallback_files", (s.store_fallback_files - before) as f64, "files");
     drop(small);
 }
-
-pub(crate) fn group_fragmentation_child() {
-    let exe = std::env::current_exe().unwrap();
-    let out = std::process::Command::new(exe)
-        .arg("fragmentation")
-        .env("FERRY_OBJECT_STORE_BYTES", (256 * MIB).to_string())
-        .output()
-        .expect("run ferry-bench fragmentation");
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if ["put_64MiB", "fragmented_"].iter().any(|p| line.starts_with(p)) {
-            println!("{line}");
-        }
-    }
-}
