@@ -2,7 +2,8 @@
 //! then never reads (its socket fills), a client flooding the daemon with lines for the
 //! drivers, and a third client whose requests must keep being answered at once. The daemon
 //! queues what it sends under its lock and writes after releasing it; a write to the stuck
-//! driver waits up to its 5 s timeout on the flooding client's thread alone.
+//! driver waits up to its 5 s timeout on the flooding client's thread alone, and then ends
+//! that connection.
 
 use ferry_node::NodeOptions;
 use ferry_proto::msg::{FromNode, ProcKind, ToNode};
@@ -21,7 +22,7 @@ fn a_driver_that_stops_reading_stalls_no_other_client() {
     let node = ferry_node::start(options()).unwrap();
     let addr = node.addr();
     // Registered as a driver, so every line tasks print is sent to it; it never reads.
-    let _stuck = register(&addr, ProcKind::Driver);
+    let (_stuck_conn, mut stuck) = register(&addr, ProcKind::Driver);
     let flooder = std::thread::spawn({
         let addr = addr.clone();
         move || {
@@ -56,5 +57,19 @@ fn a_driver_that_stops_reading_stalls_no_other_client() {
     assert!(slowest < Duration::from_secs(2), "a request waited {slowest:?} behind the stuck driver");
     assert!(req > 15, "only {req} requests answered in 6 s");
     flooder.join().unwrap();
+    // The write that timed out ended the connection: the stuck driver, reading at last, gets
+    // what was written before and then the end, not a wait for lines that were dropped.
+    let mut read = 0;
+    let end = loop {
+        match stuck.read::<FromNode>() {
+            Ok(_) => read += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(read < 512, "all {read} messages arrived: no write timed out, the test proves nothing");
+    assert!(
+        !matches!(&end, ferry_proto::frame::FrameError::Io(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "the stuck driver waited for frames that were dropped (its connection stayed open): {end:?}"
+    );
     node.shutdown();
 }

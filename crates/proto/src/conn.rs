@@ -17,7 +17,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Where a process listens.
@@ -37,11 +37,14 @@ impl std::fmt::Display for Addr {
     }
 }
 
-/// A connected byte stream.
-#[derive(Debug)]
+/// A connected byte stream. Its clones share one descriptor (a connection's reader and
+/// writer hold one each): a process with ten thousand connections uses ten thousand
+/// descriptors, not twenty (a descriptor's options and `shutdown` are the socket's anyway, as
+/// with `dup`).
+#[derive(Debug, Clone)]
 pub enum Stream {
-    Unix(UnixStream),
-    Tcp(TcpStream),
+    Unix(Arc<UnixStream>),
+    Tcp(Arc<TcpStream>),
 }
 
 impl Stream {
@@ -53,7 +56,7 @@ impl Stream {
     /// kernel's minutes.
     pub fn connect_by(addr: &Addr, end: Instant) -> io::Result<Stream> {
         match addr {
-            Addr::Unix(p) => UnixStream::connect(p).map(Stream::Unix),
+            Addr::Unix(p) => UnixStream::connect(p).map(Stream::from),
             Addr::Tcp(a) => {
                 use std::net::ToSocketAddrs;
                 let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{a} resolves to no address"));
@@ -65,7 +68,7 @@ impl Stream {
                     match TcpStream::connect_timeout(&sa, left) {
                         Ok(s) => {
                             s.set_nodelay(true)?;
-                            return Ok(Stream::Tcp(s));
+                            return Ok(Stream::from(s));
                         }
                         Err(e) => last = e,
                     }
@@ -74,11 +77,9 @@ impl Stream {
             }
         }
     }
+    /// Another handle on the same descriptor (never fails; kept fallible for its callers).
     pub fn try_clone(&self) -> io::Result<Stream> {
-        Ok(match self {
-            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
-            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
-        })
+        Ok(self.clone())
     }
     pub fn set_read_timeout(&self, d: Option<Duration>) -> io::Result<()> {
         match self {
@@ -100,11 +101,23 @@ impl Stream {
     }
 }
 
+impl From<UnixStream> for Stream {
+    fn from(s: UnixStream) -> Stream {
+        Stream::Unix(Arc::new(s))
+    }
+}
+
+impl From<TcpStream> for Stream {
+    fn from(s: TcpStream) -> Stream {
+        Stream::Tcp(Arc::new(s))
+    }
+}
+
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Stream::Unix(s) => s.read(buf),
-            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => (&**s).read(buf),
+            Stream::Tcp(s) => (&**s).read(buf),
         }
     }
 }
@@ -112,8 +125,8 @@ impl Read for Stream {
 impl Read for &Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Stream::Unix(s) => (&*s).read(buf),
-            Stream::Tcp(s) => (&*s).read(buf),
+            Stream::Unix(s) => (&**s).read(buf),
+            Stream::Tcp(s) => (&**s).read(buf),
         }
     }
 }
@@ -121,8 +134,8 @@ impl Read for &Stream {
 impl Write for &Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Stream::Unix(s) => (&*s).write(buf),
-            Stream::Tcp(s) => (&*s).write(buf),
+            Stream::Unix(s) => (&**s).write(buf),
+            Stream::Tcp(s) => (&**s).write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -204,6 +217,11 @@ impl Conn {
                 g.failed = true;
                 g.flushing = false;
                 g.buf.clear();
+                // A frame may be cut and what was queued after it is dropped: the stream is
+                // broken, so both ends must see it end. A peer still reading would otherwise
+                // wait for ever for answers that were lost (a slow reader whose writer timed
+                // out), and our own reader would not learn the peer is unusable.
+                self.stream.shutdown();
                 return Err(e);
             }
             if g.buf.is_empty() {
@@ -631,7 +649,7 @@ mod tests {
     fn serve_one(l: UnixListener, token: &'static str) -> std::thread::JoinHandle<Result<WorkerId, String>> {
         std::thread::spawn(move || {
             let (s, _) = l.accept().unwrap();
-            let s = Stream::Unix(s);
+            let s = Stream::from(s);
             let gate = Gate::new("test", Limits::unix());
             let adm = gate.admit(&s, Source::Local).unwrap();
             accept(s, token, NodeId(9), 1 << 20, adm).map(|(_, _, h, _)| h.from).map_err(|e| e.to_string())
@@ -663,7 +681,7 @@ mod tests {
     fn an_impostor_learns_nothing() {
         let (a, b) = UnixStream::pair().unwrap();
         let client = std::thread::spawn(move || {
-            let (stream, rd) = (Stream::Unix(a.try_clone().unwrap()), Stream::Unix(a));
+            let (stream, rd) = (Stream::from(a.try_clone().unwrap()), Stream::from(a));
             let end = Instant::now() + Duration::from_secs(5);
             let conn = Conn::new(stream);
             let mine = nonce();
@@ -683,7 +701,7 @@ mod tests {
                 _ => false,
             }
         });
-        let imp = Stream::Unix(b);
+        let imp = Stream::from(b);
         let hello: Hello = read_handshake(&imp, Instant::now() + Duration::from_secs(5)).unwrap();
         let fake = Conn::new(imp.try_clone().unwrap());
         fake.send(&HelloReply::Challenge { nonce: [7; 32], proof: [0; 32] }).unwrap();
@@ -693,7 +711,7 @@ mod tests {
         let (l, p) = listener("impostor");
         let imp = std::thread::spawn(move || {
             let (s, _) = l.accept().unwrap();
-            let s = Stream::Unix(s);
+            let s = Stream::from(s);
             let mut seen = Vec::new();
             let _ = read_handshake::<Hello>(&s, Instant::now() + Duration::from_secs(5)).unwrap();
             Conn::new(s.try_clone().unwrap()).send(&HelloReply::Challenge { nonce: [1; 32], proof: [2; 32] }).unwrap();
@@ -734,7 +752,7 @@ mod tests {
             let mut out = Vec::new();
             for _ in 0..2 {
                 let (s, _) = node.accept().unwrap();
-                let s = Stream::Tcp(s);
+                let s = Stream::from(s);
                 let gate = Gate::new("test", Limits::tcp());
                 let adm = gate.admit(&s, Source::Local).unwrap();
                 out.push(accept(s, TOKEN, NodeId(9), 1 << 20, adm).map(|_| ()).map_err(|e| e.to_string()));
@@ -760,16 +778,52 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let old = std::thread::spawn(move || {
             // Version 3's hello: magic, version, then the token in clear.
-            let c = Conn::new(Stream::Unix(a.try_clone().unwrap()));
+            let c = Conn::new(Stream::from(a.try_clone().unwrap()));
             c.send(&(MAGIC, 3u32, "old-token".to_string(), WorkerId(1), NodeId(1))).unwrap();
-            read_handshake::<HelloReply>(&Stream::Unix(a), Instant::now() + Duration::from_secs(5))
+            read_handshake::<HelloReply>(&Stream::from(a), Instant::now() + Duration::from_secs(5))
         });
-        let s = Stream::Unix(b);
+        let s = Stream::from(b);
         let gate = Gate::new("test", Limits::unix());
         let adm = gate.admit(&s, Source::Local).unwrap();
         let e = accept(s, "0123456789abcdef0123456789abcdef", NodeId(1), 1 << 20, adm).err().unwrap().to_string();
         assert!(e.contains("protocol version 3 is not supported"), "{e}");
         assert!(matches!(old.join().unwrap(), Ok(HelloReply::Refused { reason }) if reason.contains("version 3")));
+    }
+
+    /// A writer that gives up on a peer that stopped reading ends the connection: the peer,
+    /// once it reads again, sees it closed rather than waiting for the frames that were lost.
+    #[test]
+    fn a_write_that_fails_ends_the_connection_for_both_sides() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let conn = Conn::new(Stream::from(a));
+        conn.set_write_timeout(Some(Duration::from_millis(100))).unwrap();
+        let big = vec![7u8; 64 << 10];
+        let mut sent = 0;
+        let err = loop {
+            match conn.send(&big) {
+                Ok(()) => sent += 1,
+                Err(e) => break e,
+            }
+            assert!(sent < 10_000, "writes to a peer that never reads never failed");
+        };
+        assert!(matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut), "{err}");
+        assert!(conn.send(&1u8).is_err(), "a failed connection stays failed");
+        let peer = Stream::from(b);
+        peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut reader = FrameReader::new(peer, 1 << 20);
+        let mut got = 0;
+        let end = loop {
+            match reader.read::<Vec<u8>>() {
+                Ok(_) => got += 1,
+                Err(e) => break e,
+            }
+        };
+        assert!(got <= sent, "{got} frames read of {sent} sent");
+        assert!(
+            matches!(end, FrameError::Closed)
+                || matches!(&end, FrameError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof),
+            "the peer must see the connection end, not wait: {end:?}"
+        );
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub enum Error {
     /// it more times than its `max_preemptions` allow. `detail` names the node's memory
     /// use and the task's.
     OutOfMemory { task: String, node: String, detail: String },
+    /// The actor is alive (its node says so) but this process could not connect to it, twice
+    /// (as Ray's `ActorUnavailableError`). The calls were not sent: calling again is safe.
+    ActorUnavailable { actor: String, detail: String },
 }
 
 impl Error {
@@ -158,6 +161,12 @@ impl fmt::Display for Error {
                 "task {task} was killed on node {node} to free memory ({detail}) too many times to run again; \
                  use less memory per task, reserve what it needs with .memory(bytes) so it is placed where \
                  there is room, or add memory to the node"
+            ),
+            Error::ActorUnavailable { actor, detail } => write!(
+                f,
+                "actor {actor} is alive but this process cannot reach it ({detail}); the call was not sent, so \
+                 calling again is safe: check that its process is not stopped or overloaded and that this \
+                 host can reach its node"
             ),
         }
     }

@@ -51,13 +51,13 @@ impl Listener {
             Listener::Unix(l) => {
                 let (s, _) = l.accept()?;
                 s.set_nonblocking(false)?;
-                Ok((Stream::Unix(s), Source::Local))
+                Ok((Stream::from(s), Source::Local))
             }
             Listener::Tcp(l) => {
                 let (s, a) = l.accept()?;
                 s.set_nonblocking(false)?;
                 let _ = s.set_nodelay(true);
-                Ok((Stream::Tcp(s), Source::Ip(a.ip())))
+                Ok((Stream::from(s), Source::Ip(a.ip())))
             }
         }
     }
@@ -448,7 +448,7 @@ mod tests {
 
     fn pair() -> Stream {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-        Stream::Unix(a)
+        Stream::from(a)
     }
 
     #[test]
@@ -480,7 +480,7 @@ mod tests {
         let g = Gate::new("test", limits);
         let bad = Source::Ip("10.0.0.66".parse().unwrap());
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let first = Stream::Unix(a);
+        let first = Stream::from(a);
         let _held: Vec<Admission> = std::iter::once(g.admit(&first, bad).unwrap())
             .chain((0..3).map(|_| g.admit(&pair(), bad).unwrap()))
             .collect();
