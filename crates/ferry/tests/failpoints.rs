@@ -2,7 +2,8 @@
 //! that crashes after running a task and before replying, one that crashes midway through
 //! writing a large return, one that crashes after storing a large return and before reporting
 //! where it is, and an actor's process that crashes during creation. Each fires once in the
-//! cluster; the task is retried, the actor restarted, and the values come out right.
+//! cluster; the task is retried, the actor restarted, and the values come out right. And an
+//! actor alive but unreachable: its calls fail typed, bounded in time.
 
 mod common;
 
@@ -108,5 +109,35 @@ fn crashes_at_each_protocol_step_are_recovered() {
     let c = Counter::options().max_restarts(1).remote(log("actor").display().to_string(), 10).unwrap();
     assert_eq!(ferry::get_timeout(&c.incr(1), T).unwrap(), 11);
     twice_in_two_processes("actor");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An actor alive but unreachable (failpoint `actor-refuses-callers`: its process drops
+/// every connection made to it, as a partition or a stopped process would): its calls end
+/// in `ActorUnavailable` within bounded time rather than wait for ever, a later call tries
+/// again and fails the same way, and the actor itself stays alive.
+#[test]
+fn calls_to_a_live_actor_nobody_can_reach_fail_typed() {
+    ferry_testkit::own_process!();
+    let dir = std::env::temp_dir().join(format!("ferry-unreachable-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::env::set_var("FERRY_FAILPOINTS", "actor-refuses-callers=break");
+    cluster();
+    let log = dir.join("ctor.runs").display().to_string();
+    let c = Counter::remote(log.clone(), 0).unwrap();
+    let unavailable = |r: ObjectRef<i64>, what: &str| {
+        let start = std::time::Instant::now();
+        match ferry::get_timeout(&r, T) {
+            Err(ferry::Error::ActorUnavailable { actor, detail }) => {
+                assert!(actor.contains("Counter") && detail.contains("failed twice"), "{what}: {actor}: {detail}");
+            }
+            other => panic!("{what}: expected ActorUnavailable, got {other:?} after {:?}", start.elapsed()),
+        }
+    };
+    unavailable(c.incr(1), "the first call");
+    unavailable(c.incr(1), "a later call");
+    let me = ferry::state::list_actors().unwrap().into_iter().find(|a| a.actor == c.id()).unwrap();
+    assert_eq!(me.state, "alive", "the actor itself is fine: {me:?}");
+    assert_eq!(runs(std::path::Path::new(&log)).len(), 1, "it was never restarted");
     let _ = std::fs::remove_dir_all(&dir);
 }

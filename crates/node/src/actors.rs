@@ -10,6 +10,10 @@
 //! Holders are connections (processes) with at least one handle. A non-detached actor stops
 //! when it has no holders left, or when its owner (the creator's connection) goes.
 //! Callers fetch an actor's address once (`ResolveActor`) and then call its worker directly.
+//! A caller that lost its worker, or could not connect to it, asks again naming it (`stale`):
+//! the home answers once it knows more (a restart, a death), or after `parked_for` with what
+//! it knows; a caller that still cannot connect then fails its waiting calls with
+//! `ActorUnavailable`. No call waits for ever on a live actor it cannot reach.
 //!
 //! Across nodes: an actor's entry lives at its *home* daemon, whose tag its id carries (the
 //! creator's node; the head for named and detached actors, so names are one directory). The
@@ -32,6 +36,12 @@ use std::time::Instant;
 
 /// How long an actor just hosted elsewhere still counts against its host in this node's view.
 const PENDING_AFTER_HOSTED: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long a resolve naming a worker this node still calls alive waits for news of it:
+/// long enough to learn of its node's death (twice the node timeout), at least 10 s.
+fn parked_for() -> std::time::Duration {
+    (crate::launch::node_timeout() * 2).max(std::time::Duration::from_secs(10))
+}
 
 /// The scheduler connection id under which the daemon leases actors' workers.
 pub(crate) const ACTOR_CONN: ConnId = 0;
@@ -527,8 +537,29 @@ impl Node {
                 let on_stale = matches!(rec.phase, Phase::Alive { worker } if Some(worker) == stale);
                 if !on_stale {
                     self.answer_waiters(st, actor);
+                } else {
+                    // Not for ever: see `answer_parked`.
+                    let until = Instant::now() + parked_for();
+                    st.book.parked.entry(actor).or_insert(until);
                 }
             }
+        }
+    }
+
+    /// Answers resolves parked past their time with what this node knows (to it the actor
+    /// is alive where the caller could not reach it): the caller tries once more, and fails
+    /// its calls with `ActorUnavailable` if it still cannot connect. Otherwise a caller that
+    /// lost its connection to a live actor (a network fault, a stopped or swamped process)
+    /// would wait for ever. Called on the pool's tick.
+    pub(crate) fn answer_parked(&self, st: &mut State) {
+        if st.book.parked.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let due: Vec<ActorId> = st.book.parked.iter().filter(|(_, t)| **t <= now).map(|(a, _)| *a).collect();
+        for actor in due {
+            st.book.parked.remove(&actor);
+            self.answer_waiters(st, actor);
         }
     }
 

@@ -246,6 +246,9 @@ struct ActorBook {
     /// cluster that makes actors for ever keeps bounded memory (Ray keeps 100,000 too).
     dead: std::collections::VecDeque<ActorId>,
     dead_kept: usize,
+    /// Resolves parked because their caller lost a worker this node still calls alive, and
+    /// until when (see `resolve_actor`).
+    parked: HashMap<ActorId, Instant>,
 }
 
 /// The cluster as this node knows it.
@@ -497,6 +500,7 @@ pub fn start(opts: NodeOptions) -> io::Result<NodeHandle> {
                 waiting: Vec::new(),
                 recovering: HashMap::new(),
                 dead: std::collections::VecDeque::new(),
+                parked: HashMap::new(),
                 dead_kept: std::env::var("FERRY_DEAD_ACTORS_KEPT")
                     .ok()
                     .and_then(|v| v.parse().ok())

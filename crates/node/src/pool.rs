@@ -401,6 +401,7 @@ pub(crate) fn spawner(node: Arc<Node>, rx: mpsc::Receiver<SpawnCmd>) {
         node.apply(&mut st, actions);
         node.rebalance(&mut st);
         node.tick_groups(&mut st);
+        node.answer_parked(&mut st);
         drop(st);
         let watch = &node.opts.memory_watch;
         if !watch.every.is_zero() && last_memory.elapsed() >= watch.every {

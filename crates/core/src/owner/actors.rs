@@ -241,6 +241,7 @@ impl OwnerState {
         let req = self.next_req;
         self.next_req += 1;
         self.actor_resolves.insert(req, actor);
+        tracing::debug!(?actor, req, stale = ?c.stale, "asking where the actor is");
         fx.to_daemons.push((Daemon::HomeOf(actor), ToNode::ResolveActor { req, actor, stale: c.stale }));
     }
 
@@ -279,27 +280,62 @@ impl OwnerState {
     /// The daemon said where `actor` is, and we could connect (or not), or that it is dead.
     pub fn actor_resolved(&mut self, actor: ActorId, at: Located, fx: &mut Effects) {
         let Some(c) = self.actors.get_mut(&actor) else { return };
+        tracing::debug!(?actor, ?at, "actor located");
         c.resolving = false;
         match at {
             Located::At(worker) => {
+                // The same process as before: only the connection was lost (its home waited
+                // and still calls it alive). Else a new incarnation.
+                let same = c.stale == Some(worker);
                 c.worker = Some(worker);
                 c.stale = None;
-                // A new incarnation: the calls lost with the old one had no retries left.
+                c.unreachable = 0;
+                // The calls lost with the old connection had no retries left.
                 let doomed = std::mem::take(&mut c.doomed);
-                let err = Error::ActorDied {
-                    actor: c.label.to_string(),
-                    reason: format!(
-                        "its process died while the call was sent or running ({}); the actor was restarted but the \
-                         call had no retries left (raise max_task_retries if its methods may run again)",
-                        c.lost_detail
-                    ),
+                let err = if same {
+                    Error::ActorUnavailable {
+                        actor: c.label.to_string(),
+                        detail: format!(
+                            "the connection to its process was lost while the call was sent or running ({}), and \
+                             the call had no retries left (raise max_task_retries if its methods may run again)",
+                            c.lost_detail
+                        ),
+                    }
+                } else {
+                    Error::ActorDied {
+                        actor: c.label.to_string(),
+                        reason: format!(
+                            "its process died while the call was sent or running ({}); the actor was restarted but \
+                             the call had no retries left (raise max_task_retries if its methods may run again)",
+                            c.lost_detail
+                        ),
+                    }
                 };
                 for t in doomed {
                     self.fail_task(t, err.clone(), fx);
                 }
             }
-            // Gone since the daemon last heard of it: ask again, naming it.
-            Located::Unreachable(worker) => c.stale = Some(worker),
+            Located::Unreachable(worker, detail) => {
+                c.unreachable += 1;
+                if c.unreachable < 2 {
+                    // Perhaps gone since its home last heard of it: ask again, naming it (the
+                    // home answers once it knows more, or after a while with what it knows).
+                    c.stale = Some(worker);
+                } else {
+                    // Its home still calls it alive there: the calls waiting fail, typed, and
+                    // later calls try again from the start.
+                    c.unreachable = 0;
+                    c.stale = None;
+                    let err = Error::ActorUnavailable {
+                        actor: c.label.to_string(),
+                        detail: format!("connecting to its process {worker:?} failed twice: {detail}"),
+                    };
+                    let waiting: Vec<TaskId> = c.queue.drain(..).chain(c.doomed.drain(..)).collect();
+                    for t in waiting {
+                        self.fail_task(t, err.clone(), fx);
+                    }
+                }
+            }
             Located::Dead(reason) => c.dead = Some(Error::ActorDied { actor: c.label.to_string(), reason }),
         }
         self.pump_actor(actor, fx);
@@ -320,6 +356,7 @@ impl OwnerState {
     /// the queue, in order, while they have retries; the others fail.
     pub(super) fn actor_conn_lost(&mut self, actor: ActorId, detail: &str, fx: &mut Effects) {
         let Some(c) = self.actors.get_mut(&actor) else { return };
+        tracing::debug!(?actor, detail, "connection to the actor lost");
         c.stale = c.worker.take();
         c.lost_detail = detail.to_string();
         let in_flight: Vec<TaskId> = c.in_flight.drain(..).collect();

@@ -508,7 +508,8 @@ struct Lineage {
 pub(crate) enum Located {
     /// On this worker, which this process is now connected to.
     At(WorkerId),
-    Unreachable(WorkerId),
+    /// Its home says it is on this worker, and connecting to it failed (why).
+    Unreachable(WorkerId, String),
     Dead(String),
 }
 
@@ -525,6 +526,9 @@ struct ActorClient {
     resolving: bool,
     /// The worker it was on when we last lost it (so the daemon does not send us back).
     stale: Option<WorkerId>,
+    /// Connections to its worker that failed in a row while its home called it alive: at
+    /// two, its waiting calls fail with `ActorUnavailable` rather than wait for ever.
+    unreachable: u32,
     /// Set once the actor is dead for good: every call fails with it.
     dead: Option<Error>,
     /// Not yet sent, in submission order (the creation first, while pending).
@@ -552,6 +556,7 @@ impl ActorClient {
             worker: None,
             resolving: false,
             stale: None,
+            unreachable: 0,
             dead: None,
             queue: VecDeque::new(),
             in_flight: VecDeque::new(),

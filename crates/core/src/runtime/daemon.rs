@@ -107,7 +107,10 @@ impl Runtime {
                 FromNode::ActorState { req, actor, location } => {
                     let resolving = self.lock().take_resolve(req);
                     match resolving {
-                        Some(actor) => self.actor_located(actor, location),
+                        // Connecting to its worker may take up to a handshake's timeout: not
+                        // on this thread, which must keep reading (the daemon gives up on a
+                        // reader that stalls, and ten thousand actors resolve at once).
+                        Some(actor) => self.in_background(Box::new(move || self.actor_located(actor, location))),
                         None => self.answer_call(req, FromNode::ActorState { req, actor, location }),
                     }
                 }
@@ -458,7 +461,7 @@ impl Runtime {
                 Ok(_) => Located::At(worker),
                 Err(e) => {
                     tracing::warn!("cannot reach actor {actor:?} at worker {worker:?} ({addr}): {e}");
-                    Located::Unreachable(worker)
+                    Located::Unreachable(worker, format!("at {addr}: {e}"))
                 }
             },
             ActorLocation::Dead { reason } => Located::Dead(reason),

@@ -106,11 +106,13 @@ pub(crate) struct Identity {
 struct Links<K, V> {
     conns: HashMap<K, Arc<Conn>>,
     about: HashMap<K, V>,
+    /// Peers a thread is connecting to now (others wanting the same one wait for it).
+    connecting: std::collections::HashSet<K>,
 }
 
 impl<K, V> Default for Links<K, V> {
     fn default() -> Self {
-        Links { conns: HashMap::new(), about: HashMap::new() }
+        Links { conns: HashMap::new(), about: HashMap::new(), connecting: Default::default() }
     }
 }
 
@@ -145,6 +147,11 @@ pub(crate) struct Runtime {
     state: Mutex<OwnerState>,
     /// Connections we opened to other processes, by process.
     peers: Mutex<Links<WorkerId, NodeId>>,
+    /// Signalled when a connection to a process is opened or given up.
+    peers_cv: std::sync::Condvar,
+    /// Work that may wait on another process, off the reader threads (see `in_background`).
+    helpers: Mutex<peers::Helpers>,
+    helpers_cv: std::sync::Condvar,
     /// Processes that connected to this one (borrowers, callers), with their nodes: closed
     /// when their node is declared dead, which ends their borrows here.
     inbound_conns: Mutex<HashMap<WorkerId, (NodeId, Arc<Conn>)>>,
@@ -253,6 +260,9 @@ impl Runtime {
                 st
             }),
             peers: Default::default(),
+            peers_cv: std::sync::Condvar::new(),
+            helpers: Default::default(),
+            helpers_cv: std::sync::Condvar::new(),
             inbound_conns: Mutex::new(HashMap::new()),
             peer_calls: Mutex::new(HashMap::new()),
             releases: Mutex::new(Vec::new()),

@@ -33,14 +33,25 @@ impl Runtime {
 
     /// The connection to `worker`, opened (with its reader thread) on first use.
     pub(super) fn worker_conn(&'static self, worker: WorkerId, addr: &Addr) -> Result<Arc<Conn>> {
-        // Held while connecting, so two threads never open two connections to one process
-        // (its replies must come back on one ordered stream).
+        // Two threads never open two connections to one process (its replies must come back
+        // on one ordered stream): the second waits for the first. Connections to different
+        // processes open at once, outside the lock (a handshake may wait on a busy peer).
         let mut peers = self.peers.locked();
-        if let Some(c) = peers.conns.get(&worker) {
-            return Ok(c.clone());
+        loop {
+            if let Some(c) = peers.conns.get(&worker) {
+                return Ok(c.clone());
+            }
+            if peers.connecting.insert(worker) {
+                break;
+            }
+            peers = self.peers_cv.wait_locked(peers);
         }
-        let (conn, reader, node) = connect_from(addr, &self.token, self.me, self.node_id, self.cfg.max_frame_bytes)
-            .map_err(|e| Error::Connection { detail: e.to_string() })?;
+        drop(peers);
+        let opened = connect_from(addr, &self.token, self.me, self.node_id, self.cfg.max_frame_bytes);
+        let mut peers = self.peers.locked();
+        peers.connecting.remove(&worker);
+        self.peers_cv.notify_all();
+        let (conn, reader, node) = opened.map_err(|e| Error::Connection { detail: e.to_string() })?;
         let conn = Arc::new(conn);
         peers.conns.insert(worker, conn.clone());
         // Its node (from its handshake): when that node is declared dead, its processes are
@@ -179,6 +190,12 @@ impl Runtime {
     /// that runs its handshake, then reads what it sends.
     pub(super) fn accept_loop(&'static self, listener: Listener, wake: WakeRx, gate: Arc<Gate>) {
         accept_loop_on(&listener, &wake, &gate, |stream, adm| {
+            // Failpoint: an actor alive but unreachable (a partition, a stopped process).
+            let hosts_actor = self.executor.as_ref().is_some_and(|x| x.hosting().is_some());
+            if hosts_actor && ferry_proto::fail::break_point("actor-refuses-callers") {
+                drop((stream, adm));
+                return;
+            }
             let _ = thread::Builder::new().name("ferry-inbound".into()).spawn(move || {
                 let (source, gate) = (adm.source(), adm.gate().clone());
                 match accept(stream, &self.token, self.node_id, self.cfg.max_frame_bytes, adm) {
@@ -263,5 +280,69 @@ impl Runtime {
             x.owner_gone(&conn);
         }
         self.with_state(|st, fx| st.peer_lost(from, "its connection closed", fx));
+    }
+}
+
+/// Jobs waiting for a helper thread, and the helpers (see [`Runtime::in_background`]).
+#[derive(Default)]
+pub(super) struct Helpers {
+    jobs: std::collections::VecDeque<Box<dyn FnOnce() + Send>>,
+    threads: usize,
+    idle: usize,
+}
+
+/// At most this many helpers: enough to open connections to several slow peers at once.
+const MAX_HELPERS: usize = 8;
+/// A helper with nothing to do this long ends (an actor's process keeps no idle threads).
+const HELPER_IDLE: Duration = Duration::from_secs(5);
+
+impl Runtime {
+    /// Runs `job` on a helper thread: for work that may wait on another process (opening a
+    /// connection to it), which must not hold up a thread that reads a connection. Helpers
+    /// start as jobs come, up to [`MAX_HELPERS`], and end when idle; jobs run in the order
+    /// given when one helper runs them.
+    pub(super) fn in_background(&'static self, job: Box<dyn FnOnce() + Send>) {
+        let mut h = self.helpers.locked();
+        h.jobs.push_back(job);
+        if h.idle > 0 {
+            self.helpers_cv.notify_one();
+        }
+        if h.jobs.len() <= h.idle || h.threads >= MAX_HELPERS {
+            return;
+        }
+        h.threads += 1;
+        drop(h);
+        if thread::Builder::new().name("ferry-helper".into()).spawn(move || self.helper()).is_err() {
+            let mut h = self.helpers.locked();
+            h.threads -= 1;
+            if h.threads == 0 {
+                // No helper will run them: this thread does, rather than lose them.
+                let jobs: Vec<_> = h.jobs.drain(..).collect();
+                drop(h);
+                for job in jobs {
+                    job();
+                }
+            }
+        }
+    }
+
+    fn helper(&'static self) {
+        let mut h = self.helpers.locked();
+        loop {
+            if let Some(job) = h.jobs.pop_front() {
+                drop(h);
+                job();
+                h = self.helpers.locked();
+                continue;
+            }
+            h.idle += 1;
+            let since = Instant::now();
+            h = self.helpers_cv.wait_timeout_locked(h, HELPER_IDLE);
+            h.idle -= 1;
+            if h.jobs.is_empty() && since.elapsed() >= HELPER_IDLE {
+                h.threads -= 1;
+                return;
+            }
+        }
     }
 }
