@@ -621,6 +621,15 @@ fn check_actor_placement() -> Result<(), String> {
     if at != all {
         return Err(format!("spread actors ran on {at:?}, not on each of {all:?}"));
     }
+    // Listed once each (by their home, not again by the node hosting them), where they run.
+    let listed = ferry::state::list_actors().map_err(e)?;
+    for t in &spread {
+        let rows: Vec<_> = listed.iter().filter(|v| v.actor == t.id()).collect();
+        let ran = g(&t.node(), "a spread actor")?;
+        if rows.len() != 1 || rows[0].node != Some(ran) || rows[0].state != "alive" {
+            return Err(format!("actor {:?} (on {ran:?}) is listed as {rows:?}", t.id()));
+        }
+    }
     let other = *all.iter().find(|n| **n != me).expect("another node");
     let pinned = Tally::options()
         .scheduling_strategy(SchedulingStrategy::NodeAffinity { node: other, soft: false })

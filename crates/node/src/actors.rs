@@ -86,6 +86,11 @@ pub(crate) struct ActorRec {
 }
 
 impl ActorRec {
+    /// Run here for another node, its home (which keeps its entry).
+    pub(crate) fn hosted_for_another(&self) -> bool {
+        self.home.is_some()
+    }
+
     /// Hosted on another node (seen from its home).
     pub(crate) fn is_remote(&self) -> bool {
         self.host.is_some()

@@ -30,7 +30,14 @@ impl Node {
     pub(crate) fn on_view(&self, st: &mut State, conn: ConnId, msg: ToNode) {
         match msg {
             ToNode::ListActors { req } => {
-                let actors = st.actors.iter().map(|(id, r)| r.view(*id, self.id)).collect();
+                // Those hosted here for another node are listed by their home (which says
+                // they run here): each actor once.
+                let actors = st
+                    .actors
+                    .iter()
+                    .filter(|(_, r)| !r.hosted_for_another())
+                    .map(|(id, r)| r.view(*id, self.id))
+                    .collect();
                 self.send(st, conn, &FromNode::Actors { req, actors });
             }
             ToNode::ListProcs { req } => {
