@@ -11,8 +11,9 @@
 //!   connection that joins and heartbeats as a node does): its CPU and memory, and the time to
 //!   tell every node of a death.
 //! - `actors_{n}_*` (`FERRY_BENCH_SCALE_ONLY=actors`, n = `FERRY_BENCH_SCALE_ACTOR_COUNT`,
-//!   2,000 by default): Ray's many_actors shape over 5 namespace nodes: created, each called
-//!   once, released; processes, threads and PSS per actor.
+//!   10,000 by default): Ray's many_actors shape over 5 namespace nodes: created, each called
+//!   once, released; processes, threads and PSS per actor, each node's process table, and what
+//!   the node daemons and the control store hold.
 
 use crate::{emit, info, median};
 use ferry::prelude::*;
@@ -38,7 +39,8 @@ fn after(_g: u8) {}
 fn label(n: usize) -> String {
     match n {
         n if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}m", n / 1_000_000),
-        n => format!("{}k", n / 1000),
+        n if n >= 1000 => format!("{}k", n / 1000),
+        n => n.to_string(),
     }
 }
 
@@ -162,8 +164,7 @@ const ACTOR_NODES: usize = 5;
 /// Ray's many_actors shape: N actors created over `ACTOR_NODES` namespace nodes (2 CPUs
 /// each; the actors take none), each called once, then all released.
 fn actors_group() {
-    // 2,000 by default: 10,000 stall (issue 17, open).
-    let n: usize = std::env::var("FERRY_BENCH_SCALE_ACTOR_COUNT").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000);
+    let n: usize = std::env::var("FERRY_BENCH_SCALE_ACTOR_COUNT").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     // Each actor is a process with a connection to its node and one from the driver: the
     // default 20,000 descriptors are not enough (a user is told to raise `ulimit -n`).
     raise_fd_limit_to(1 << 20);
@@ -223,7 +224,10 @@ fn pss_of(exe: &std::path::Path) -> (u64, usize, usize) {
 /// `FERRY_BENCH_SCALE_ACTORS=HEAD`: the actors job.
 pub fn actors_job(address: &str) {
     raise_fd_limit_to(1 << 20);
-    let n: usize = std::env::var("FERRY_BENCH_SCALE_ACTOR_COUNT").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000);
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let files = limits.lines().find(|l| l.starts_with("Max open files")).map(|l| l.split_whitespace().nth(3));
+    info(&format!("the driver may open {} files (a connection per actor takes one)", files.flatten().unwrap_or("?")));
+    let n: usize = std::env::var("FERRY_BENCH_SCALE_ACTOR_COUNT").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     ferry::init(ferry::Config::default().address(address)).expect("join the cluster");
     let exe = std::env::current_exe().unwrap();
     let (pss0, procs0, threads0) = pss_of(&exe);
@@ -233,11 +237,19 @@ pub fn actors_job(address: &str) {
         .collect();
     let submitted = t.elapsed().as_secs_f64();
     let calls: Vec<_> = cells.iter().map(|c| c.bump()).collect();
-    // Bounded: a stall is reported, not waited out.
-    let (ready, _) = ferry::wait(&calls, calls.len(), Some(Duration::from_secs(300))).unwrap();
-    if ready.len() < n {
-        info(&format!("only {} of {n} actors answered within 300 s: stopping", ready.len()));
-        std::process::exit(1);
+    // Bounded: a stall is reported, not waited out; progress every 10 s shows its shape.
+    let bound: u64 = std::env::var("FERRY_BENCH_SCALE_ACTOR_WAIT_S").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let deadline = Instant::now() + Duration::from_secs(bound);
+    loop {
+        let (ready, _) = ferry::wait(&calls, calls.len(), Some(Duration::from_secs(10))).unwrap();
+        if ready.len() == n {
+            break;
+        }
+        if Instant::now() >= deadline {
+            info(&format!("only {} of {n} actors answered within {bound} s: stopping", ready.len()));
+            std::process::exit(1);
+        }
+        info(&format!("{:.0} s: {} of {n} actors answered", t.elapsed().as_secs_f64(), ready.len()));
     }
     let ones = ferry::get_all(&calls).expect("every actor answers");
     assert!(ones.iter().all(|x| *x == 1));
@@ -247,6 +259,8 @@ pub fn actors_job(address: &str) {
     // A node counts the actors it hosts and those whose entries it keeps (their home).
     info(&format!("actors by node (hosted or homed): {:?}", nodes.iter().map(|v| v.actors).collect::<Vec<_>>()));
     let control = control_store_pid().map(|p| cpu_and_rss(p).1).unwrap_or(0);
+    let daemons = node_daemons();
+    print_process_tables(&daemons);
     let t2 = Instant::now();
     drop((calls, cells));
     let end = Instant::now() + Duration::from_secs(300);
@@ -267,7 +281,68 @@ pub fn actors_job(address: &str) {
         "MiB",
     );
     emit(&format!("actors_{l}_control_store_rss_MiB"), (control >> 20) as f64, "MiB");
+    let most = |f: fn(&Daemon) -> u64| daemons.iter().map(f).max().unwrap_or(0) as f64;
+    emit(&format!("actors_{l}_node_daemon_rss_MiB"), most(|d| d.rss >> 20), "MiB");
+    emit(&format!("actors_{l}_node_daemon_threads"), most(|d| d.threads), "threads");
+    emit(&format!("actors_{l}_node_daemon_fds"), most(|d| d.fds), "fds");
     ferry::shutdown();
+}
+
+/// A node daemon of this machine, as the kernel sees it.
+struct Daemon {
+    pid: u32,
+    rss: u64,
+    threads: u64,
+    fds: u64,
+}
+
+/// The node daemons running here (not control stores).
+fn node_daemons() -> Vec<Daemon> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let cmd = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+            .replace('\0', " ");
+        if !cmd.contains("ferry start") || cmd.contains("--control-store") {
+            continue;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |k: &str| {
+            status.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        };
+        out.push(Daemon {
+            pid,
+            rss: field("VmRSS:").unwrap_or(0) * 1024,
+            threads: field("Threads:").unwrap_or(0),
+            fds: std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0),
+        });
+    }
+    out
+}
+
+/// Each node's process table (its processes by state, from `ferry::state::list_workers`) and
+/// what its daemon holds.
+fn print_process_tables(daemons: &[Daemon]) {
+    let procs = ferry::state::list_workers().unwrap_or_default();
+    let mut nodes: Vec<_> = procs.iter().map(|p| p.node).collect();
+    nodes.sort();
+    nodes.dedup();
+    for n in nodes {
+        let mut by_state = std::collections::BTreeMap::new();
+        for p in procs.iter().filter(|p| p.node == n) {
+            *by_state.entry(p.state.as_str()).or_insert(0usize) += 1;
+        }
+        info(&format!("node {}: processes {by_state:?}", &n.to_string()[..8]));
+    }
+    for d in daemons {
+        info(&format!(
+            "node daemon pid {}: {} MiB resident, {} threads, {} open files",
+            d.pid,
+            d.rss >> 20,
+            d.threads,
+            d.fds
+        ));
+    }
 }
 
 /// To `want` descriptors, the hard limit too where this process may (root).
@@ -497,6 +572,9 @@ pub fn sim_nodes(head: &str) {
                     let mut was_joined = false;
                     while !stop.load(Ordering::Relaxed) {
                         if i == 0 && victim_gone.lock().unwrap().is_some() {
+                            // The clock starts as the connection closes (this thread sees the
+                            // signal only between reads of up to 100 ms).
+                            *victim_gone.lock().unwrap() = Some(Instant::now());
                             c.shutdown();
                             return;
                         }
@@ -544,12 +622,12 @@ pub fn sim_nodes(head: &str) {
     emit(&format!("sim_{n}_control_store_cpu_us_per_heartbeat"), (c1 - c0) / (j as f64 * secs) * 1e6, "us");
     emit(&format!("sim_{n}_control_store_rss_MiB"), (rss >> 20) as f64, "MiB");
     // One node's process dies: its connection closes; every other node must be told.
-    let t_death = Instant::now();
-    *victim_gone.lock().unwrap() = Some(t_death);
+    *victim_gone.lock().unwrap() = Some(Instant::now());
     let end = Instant::now() + Duration::from_secs(30);
     while told.lock().unwrap().len() < j.saturating_sub(1) && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(2));
     }
+    let t_death = victim_gone.lock().unwrap().expect("set above");
     let mut ms: Vec<f64> = told.lock().unwrap().iter().map(|t| (*t - t_death).as_secs_f64() * 1e3).collect();
     ms.sort_by(f64::total_cmp);
     if ms.len() < j.saturating_sub(1) {
