@@ -13,7 +13,9 @@
 //! A caller that lost its worker, or could not connect to it, asks again naming it (`stale`):
 //! the home answers once it knows more (a restart, a death), or after `parked_for` with what
 //! it knows; a caller that still cannot connect then fails its waiting calls with
-//! `ActorUnavailable`. No call waits for ever on a live actor it cannot reach.
+//! `ActorUnavailable` (after at most two such waits when it had lost an open connection). No
+//! call waiting to be sent waits for ever on a live actor it cannot connect to. (A call sent
+//! on a connection that stays open to a stopped process still waits for its answer.)
 //!
 //! Across nodes: an actor's entry lives at its *home* daemon, whose tag its id carries (the
 //! creator's node; the head for named and detached actors, so names are one directory). The
@@ -87,8 +89,8 @@ pub(crate) struct ActorRec {
 
 impl ActorRec {
     /// Run here for another node, its home (which keeps its entry).
-    pub(crate) fn hosted_for_another(&self) -> bool {
-        self.home.is_some()
+    pub(crate) fn hosted_for(&self) -> Option<NodeId> {
+        self.home
     }
 
     /// Hosted on another node (seen from its home).
@@ -200,6 +202,8 @@ impl Node {
     fn answer_waiters(&self, st: &mut State, actor: ActorId) {
         let Some(rec) = st.actors.get(&actor) else { return };
         let Some(location) = self.location(st, rec) else { return };
+        // Answered now: a resolve parked later waits its own full time.
+        st.book.parked.remove(&actor);
         let rec = st.actors.get_mut(&actor).expect("present");
         let waiters = std::mem::take(&mut rec.waiters);
         let created = if matches!(location, ActorLocation::Alive { .. } | ActorLocation::Dead { .. }) {

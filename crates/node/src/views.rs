@@ -6,7 +6,7 @@
 use crate::{ConnId, Node, State};
 use ferry_proto::conn::connect;
 use ferry_proto::msg::{FromNode, FromWorker, ProcKind, ProcView, RefInfo, StoredInfo, ToNode, ToWorker};
-use ferry_proto::{Addr, WorkerId};
+use ferry_proto::{Addr, NodeId, WorkerId};
 use ferry_types::sync::MutexExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -31,11 +31,13 @@ impl Node {
         match msg {
             ToNode::ListActors { req } => {
                 // Those hosted here for another node are listed by their home (which says
-                // they run here): each actor once.
+                // they run here), so each actor once; but not when that home is the control
+                // store, which is not asked.
+                let controls: Vec<NodeId> = st.cluster.view.iter().filter(|v| v.head).map(|v| v.node).collect();
                 let actors = st
                     .actors
                     .iter()
-                    .filter(|(_, r)| !r.hosted_for_another())
+                    .filter(|(_, r)| r.hosted_for().is_none_or(|h| controls.contains(&h)))
                     .map(|(id, r)| r.view(*id, self.id))
                     .collect();
                 self.send(st, conn, &FromNode::Actors { req, actors });

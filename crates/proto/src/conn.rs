@@ -259,6 +259,15 @@ impl Conn {
                 Stream::Tcp(s) => s.as_raw_fd(),
             };
             let r = f(fd);
+            if r.is_err() {
+                // Raw bytes may have been cut midway: as with a failed frame, the stream is
+                // broken and both ends must see it end.
+                let mut g = g;
+                g.failed = true;
+                self.stream.shutdown();
+                drop(g);
+                return r;
+            }
             drop(g);
             return r;
         }
@@ -378,16 +387,21 @@ struct Deadline<'a> {
 
 impl Read for Deadline<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "the handshake took too long"));
-        }
-        self.stream.set_read_timeout(Some(left))?;
-        match (&mut &*self.stream).read(buf) {
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                Err(io::Error::new(io::ErrorKind::TimedOut, "the handshake took too long"))
+        loop {
+            let left = self.end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "the handshake took too long"));
             }
-            r => r,
+            self.stream.set_read_timeout(Some(left))?;
+            match (&mut &*self.stream).read(buf) {
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "the handshake took too long"))
+                }
+                // A read with a timeout is not restarted after a signal (signal(7)), even a
+                // stop and continue: again, within the same deadline.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
         }
     }
 }

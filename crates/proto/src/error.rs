@@ -66,8 +66,9 @@ pub enum Error {
     /// it more times than its `max_preemptions` allow. `detail` names the node's memory
     /// use and the task's.
     OutOfMemory { task: String, node: String, detail: String },
-    /// The actor is alive (its node says so) but this process could not connect to it, twice
-    /// (as Ray's `ActorUnavailableError`). The calls were not sent: calling again is safe.
+    /// The actor is alive (its node says so) but this process could not reach it (as Ray's
+    /// `ActorUnavailableError`). `detail` says whether the call was sent (it may have run) or
+    /// not (calling again is safe).
     ActorUnavailable { actor: String, detail: String },
 }
 
@@ -164,9 +165,8 @@ impl fmt::Display for Error {
             ),
             Error::ActorUnavailable { actor, detail } => write!(
                 f,
-                "actor {actor} is alive but this process cannot reach it ({detail}); the call was not sent, so \
-                 calling again is safe: check that its process is not stopped or overloaded and that this \
-                 host can reach its node"
+                "actor {actor} is alive but this process cannot reach it: {detail}; check that its process is \
+                 not stopped or overloaded and that this host can reach its node"
             ),
         }
     }

@@ -296,8 +296,9 @@ impl OwnerState {
                     Error::ActorUnavailable {
                         actor: c.label.to_string(),
                         detail: format!(
-                            "the connection to its process was lost while the call was sent or running ({}), and \
-                             the call had no retries left (raise max_task_retries if its methods may run again)",
+                            "the connection to its process was lost while the call was sent or running ({}); the \
+                             call may have run, and had no retries left (raise max_task_retries if its methods \
+                             may run again)",
                             c.lost_detail
                         ),
                     }
@@ -316,6 +317,10 @@ impl OwnerState {
                 }
             }
             Located::Unreachable(worker, detail) => {
+                if c.stale != Some(worker) {
+                    // Strikes count against one process (a restart starts again).
+                    c.unreachable = 0;
+                }
                 c.unreachable += 1;
                 if c.unreachable < 2 {
                     // Perhaps gone since its home last heard of it: ask again, naming it (the
@@ -326,13 +331,25 @@ impl OwnerState {
                     // later calls try again from the start.
                     c.unreachable = 0;
                     c.stale = None;
-                    let err = Error::ActorUnavailable {
+                    let why = format!("connecting to its process {worker:?} failed twice: {detail}");
+                    let unsent = Error::ActorUnavailable {
                         actor: c.label.to_string(),
-                        detail: format!("connecting to its process {worker:?} failed twice: {detail}"),
+                        detail: format!("{why}; the call was not sent, so calling again is safe"),
                     };
-                    let waiting: Vec<TaskId> = c.queue.drain(..).chain(c.doomed.drain(..)).collect();
-                    for t in waiting {
-                        self.fail_task(t, err.clone(), fx);
+                    let sent = Error::ActorUnavailable {
+                        actor: c.label.to_string(),
+                        detail: format!(
+                            "{why}; the call was sent before its connection was lost ({}) and may have run",
+                            c.lost_detail
+                        ),
+                    };
+                    let (queued, doomed): (Vec<TaskId>, Vec<TaskId>) =
+                        (c.queue.drain(..).collect(), c.doomed.drain(..).collect());
+                    for t in queued {
+                        self.fail_task(t, unsent.clone(), fx);
+                    }
+                    for t in doomed {
+                        self.fail_task(t, sent.clone(), fx);
                     }
                 }
             }

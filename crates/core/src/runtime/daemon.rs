@@ -257,6 +257,7 @@ impl Runtime {
         // objects fail with `OwnerDied`), actors it calls.
         let others: Vec<WorkerId> = {
             let mut peers = self.peers.locked();
+            self.dead_nodes.locked().insert(n);
             let w = peers.about.iter().filter(|(_, node)| **node == n).map(|(w, _)| *w).collect();
             peers.about.retain(|_, node| *node != n);
             w

@@ -47,11 +47,28 @@ impl Runtime {
             peers = self.peers_cv.wait_locked(peers);
         }
         drop(peers);
+        // Unmarked if connecting panics too, or later callers would wait for ever.
+        struct Connecting(&'static Runtime, WorkerId);
+        impl Drop for Connecting {
+            fn drop(&mut self) {
+                self.0.peers.locked().connecting.remove(&self.1);
+                self.0.peers_cv.notify_all();
+            }
+        }
+        let marked = Connecting(self, worker);
         let opened = connect_from(addr, &self.token, self.me, self.node_id, self.cfg.max_frame_bytes);
         let mut peers = self.peers.locked();
+        // Unmarked under the lock, with the outcome in place: a waiter wakes to find it.
+        std::mem::forget(marked);
         peers.connecting.remove(&worker);
         self.peers_cv.notify_all();
         let (conn, reader, node) = opened.map_err(|e| Error::Connection { detail: e.to_string() })?;
+        if self.dead_nodes.locked().contains(&node) {
+            // Its node was declared dead while we connected (`node_died` did not see this
+            // connection): as lost as the others there.
+            conn.shutdown();
+            return Err(Error::Connection { detail: format!("its node {node} was declared dead") });
+        }
         let conn = Arc::new(conn);
         peers.conns.insert(worker, conn.clone());
         // Its node (from its handshake): when that node is declared dead, its processes are
@@ -331,7 +348,10 @@ impl Runtime {
         loop {
             if let Some(job) = h.jobs.pop_front() {
                 drop(h);
-                job();
+                // A job that panics must not take the helper (and its count) with it.
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                    tracing::error!("a background job of this process panicked");
+                }
                 h = self.helpers.locked();
                 continue;
             }
