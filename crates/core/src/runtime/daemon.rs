@@ -67,7 +67,15 @@ impl Runtime {
                         let _span = tracing::debug_span!("lease", req, lease = theirs, ?node, ?worker).entered();
                         tracing::debug!("granted");
                         let now = Instant::now();
-                        self.with_state(|st, fx| st.on_lease_granted(req, (node, theirs), worker, now, fx))
+                        self.with_state(|st, fx| {
+                            // Its loss may have been reported already, before the lease was
+                            // known here: then nothing would ever report it again.
+                            if self.connected(worker) {
+                                st.on_lease_granted(req, (node, theirs), worker, now, fx)
+                            } else {
+                                st.on_lease_unreachable(req, (node, theirs), fx)
+                            }
+                        })
                     }
                     Err(e) => {
                         tracing::warn!("cannot reach leased worker {worker:?} at {addr}: {e}");
@@ -257,7 +265,8 @@ impl Runtime {
         // objects fail with `OwnerDied`), actors it calls.
         let others: Vec<WorkerId> = {
             let mut peers = self.peers.locked();
-            self.dead_nodes.locked().insert(n);
+            let death = self.deaths.fetch_add(1, Ordering::SeqCst) + 1;
+            self.dead_nodes.locked().insert(n, death);
             let w = peers.about.iter().filter(|(_, node)| **node == n).map(|(w, _)| *w).collect();
             peers.about.retain(|_, node| *node != n);
             w
@@ -467,7 +476,17 @@ impl Runtime {
             },
             ActorLocation::Dead { reason } => Located::Dead(reason),
         };
-        self.with_state(|st, fx| st.actor_resolved(actor, at, fx));
+        self.with_state(|st, fx| {
+            // Checked under the owner's lock: a loss reported before this was not the actor's
+            // yet (and is not reported again); one reported after finds it.
+            let at = match at {
+                Located::At(w) if !self.connected(w) => {
+                    Located::Unreachable(w, "its connection closed as soon as it opened".into())
+                }
+                at => at,
+            };
+            st.actor_resolved(actor, at, fx)
+        });
     }
 }
 

@@ -149,9 +149,12 @@ pub(crate) struct Runtime {
     peers: Mutex<Links<WorkerId, NodeId>>,
     /// Signalled when a connection to a process is opened or given up.
     peers_cv: std::sync::Condvar,
-    /// Nodes the head declared dead: a connection to a process there that opened meanwhile is
-    /// closed at once (lock order: `peers`, then this).
-    dead_nodes: Mutex<std::collections::HashSet<NodeId>>,
+    /// Nodes the head declared dead, each with the count of deaths then (`deaths`): a
+    /// connection to a process there that was opening as it died is closed at once, as
+    /// `node_died` closed the others (lock order: `peers`, then this). One opened later is
+    /// kept: the head may hear from the node again.
+    dead_nodes: Mutex<HashMap<NodeId, u64>>,
+    deaths: AtomicU64,
     /// Work that may wait on another process, off the reader threads (see `in_background`).
     helpers: Mutex<peers::Helpers>,
     helpers_cv: std::sync::Condvar,
@@ -265,6 +268,7 @@ impl Runtime {
             peers: Default::default(),
             peers_cv: std::sync::Condvar::new(),
             dead_nodes: Default::default(),
+            deaths: AtomicU64::new(0),
             helpers: Default::default(),
             helpers_cv: std::sync::Condvar::new(),
             inbound_conns: Mutex::new(HashMap::new()),
@@ -441,29 +445,12 @@ impl Runtime {
         if !fx.to_workers.is_empty() {
             // A worker without a connection is being reported lost, and a failed send
             // surfaces as its loss on its reader thread: either way the message is moot.
-            let mut gone = Vec::new();
             let sends: Vec<_> = {
                 let peers = self.peers.locked();
-                fx.to_workers
-                    .into_iter()
-                    .filter_map(|(w, m)| match peers.conns.get(&w) {
-                        Some(c) => Some((c.clone(), m)),
-                        None => {
-                            gone.push(w);
-                            None
-                        }
-                    })
-                    .collect()
+                fx.to_workers.into_iter().filter_map(|(w, m)| Some((peers.conns.get(&w)?.clone(), m))).collect()
             };
             for (conn, m) in sends {
                 let _ = conn.send(&m);
-            }
-            // Lost between connecting and sending (its reader reported it before what was
-            // sent there was recorded): what was just sent there is lost with it.
-            gone.sort_unstable();
-            gone.dedup();
-            for w in gone {
-                self.with_state(|st, fx| st.on_worker_lost(w, "its connection closed before the call was sent", fx));
             }
         }
         if !fx.replies.is_empty() {

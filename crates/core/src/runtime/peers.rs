@@ -31,6 +31,12 @@ impl Runtime {
         self.worker_conn(peer, &addr)
     }
 
+    /// Whether this process has a connection to `worker` now (the owner's lock may be held:
+    /// the order is owner state, then peers).
+    pub(super) fn connected(&self, worker: WorkerId) -> bool {
+        self.peers.locked().conns.contains_key(&worker)
+    }
+
     /// The connection to `worker`, opened (with its reader thread) on first use.
     pub(super) fn worker_conn(&'static self, worker: WorkerId, addr: &Addr) -> Result<Arc<Conn>> {
         // Two threads never open two connections to one process (its replies must come back
@@ -56,6 +62,7 @@ impl Runtime {
             }
         }
         let marked = Connecting(self, worker);
+        let deaths = self.deaths.load(Ordering::SeqCst);
         let opened = connect_from(addr, &self.token, self.me, self.node_id, self.cfg.max_frame_bytes);
         let mut peers = self.peers.locked();
         // Unmarked under the lock, with the outcome in place: a waiter wakes to find it.
@@ -63,7 +70,7 @@ impl Runtime {
         peers.connecting.remove(&worker);
         self.peers_cv.notify_all();
         let (conn, reader, node) = opened.map_err(|e| Error::Connection { detail: e.to_string() })?;
-        if self.dead_nodes.locked().contains(&node) {
+        if self.dead_nodes.locked().get(&node).is_some_and(|d| *d > deaths) {
             // Its node was declared dead while we connected (`node_died` did not see this
             // connection): as lost as the others there.
             conn.shutdown();
