@@ -214,14 +214,8 @@ impl Conn {
             spare.clear();
             g = self.out.locked();
             if let Err(e) = r {
-                g.failed = true;
                 g.flushing = false;
-                g.buf.clear();
-                // A frame may be cut and what was queued after it is dropped: the stream is
-                // broken, so both ends must see it end. A peer still reading would otherwise
-                // wait for ever for answers that were lost (a slow reader whose writer timed
-                // out), and our own reader would not learn the peer is unusable.
-                self.stream.shutdown();
+                self.break_off(&mut g);
                 return Err(e);
             }
             if g.buf.is_empty() {
@@ -230,6 +224,16 @@ impl Conn {
                 return Ok(());
             }
         }
+    }
+
+    /// A write failed: a frame or raw bytes may be cut and what was queued after is dropped,
+    /// so the stream is broken and both ends must see it end. A peer still reading would
+    /// otherwise wait for ever for answers that were lost (a slow reader whose writer timed
+    /// out), and our own reader would not learn the peer is unusable.
+    fn break_off(&self, g: &mut Out) {
+        g.failed = true;
+        g.buf.clear();
+        self.stream.shutdown();
     }
 
     /// Sends raw bytes without framing them. Only for tests that send garbage on purpose.
@@ -244,7 +248,7 @@ impl Conn {
     pub fn with_raw_fd<R>(&self, f: impl FnOnce(std::os::fd::RawFd) -> io::Result<R>) -> io::Result<R> {
         use std::os::fd::AsRawFd;
         loop {
-            let g = self.out.locked();
+            let mut g = self.out.locked();
             if g.failed {
                 return Err(io::Error::new(io::ErrorKind::BrokenPipe, "connection failed earlier"));
             }
@@ -260,15 +264,9 @@ impl Conn {
             };
             let r = f(fd);
             if r.is_err() {
-                // Raw bytes may have been cut midway: as with a failed frame, the stream is
-                // broken and both ends must see it end.
-                let mut g = g;
-                g.failed = true;
-                self.stream.shutdown();
-                drop(g);
-                return r;
+                // Raw bytes may have been cut midway: as after a failed frame.
+                self.break_off(&mut g);
             }
-            drop(g);
             return r;
         }
     }
